@@ -1,0 +1,6 @@
+// Batch gather / decode for the loader.
+#include "core.hpp"
+
+namespace fastprune {
+void bind_loader(nb::module_ &m) {}
+}  // namespace fastprune

@@ -1,0 +1,11 @@
+// fastprune._core: the native core. This file only assembles the module; each area binds its
+// own functions from its own translation unit (see the bind_* declarations in core.hpp).
+#include "core.hpp"
+
+NB_MODULE(_core, m) {
+    m.doc() = "fastprune native core: store checks, selection kernels, batch gather/decode";
+    m.attr("ABI_VERSION") = 1;
+    fastprune::bind_store(m);
+    fastprune::bind_select(m);
+    fastprune::bind_loader(m);
+}

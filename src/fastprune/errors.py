@@ -1,0 +1,13 @@
+"""Exceptions raised by fastprune."""
+
+
+class FastpruneError(Exception):
+    """Base class of fastprune's own errors."""
+
+
+class StoreError(FastpruneError):
+    """A store file is missing, truncated, corrupted or not a store; the message names the file."""
+
+
+class ConversionError(FastpruneError):
+    """A source could not be converted; the message names the file or sample at fault."""
