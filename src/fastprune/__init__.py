@@ -1,8 +1,47 @@
-"""fastprune: dynamic data pruning with a packed, memory-mapped data path."""
+"""fastprune: dynamic data pruning with a packed, memory-mapped data path.
+
+The public names below are imported lazily, so ``import fastprune`` stays cheap (no torch or
+numba import) until a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from ._native import core as _core  # fails early, with a clear message, if the build is missing
 from .errors import ConversionError, FastpruneError, StoreError
 
 __version__ = "0.1.0"
 
-__all__ = ["ConversionError", "FastpruneError", "StoreError", "__version__"]
+# public name -> module that defines it
+_LAZY = {
+    "write_dataset": "fastprune.store.writer",
+    "Store": "fastprune.store.reader",
+    "Loader": "fastprune.loader",
+    "Batch": "fastprune.loader",
+    "ScoreTable": "fastprune.prune",
+    "Selection": "fastprune.prune",
+    "Full": "fastprune.prune",
+    "UniformRandom": "fastprune.prune",
+    "EpsilonGreedy": "fastprune.prune",
+    "UCB": "fastprune.prune",
+    "InfoBatch": "fastprune.prune",
+    "EL2N": "fastprune.prune",
+    "Forgetting": "fastprune.prune",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["ConversionError", "FastpruneError", "StoreError", "__version__", *_LAZY]
