@@ -1,0 +1,110 @@
+// A small persistent thread pool for the loader's batch kernels.
+//
+// Why persistent: a batch takes ~0.1-2 ms to gather; spawning threads per batch would cost as
+// much as the work. Workers sleep on a condition variable between jobs. The calling thread
+// takes part in every job, so a pool of N threads owns N-1 std::threads.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastprune {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(size_t threads) : size_(std::max<size_t>(threads, 1)) {
+        for (size_t t = 1; t < size_; ++t) workers_.emplace_back([this] { worker_loop(); });
+    }
+    ~ThreadPool() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto &w : workers_) w.join();
+    }
+    ThreadPool(const ThreadPool &) = delete;
+    ThreadPool &operator=(const ThreadPool &) = delete;
+
+    size_t size() const { return size_; }
+
+    // Runs fn(i) for i in [0, n) on up to max_threads threads (0 = all) and rethrows the first
+    // exception a task raised. Concurrent callers are serialised: one job at a time.
+    void parallel_for(size_t n, size_t max_threads, const std::function<void(size_t)> &fn) {
+        size_t wanted = max_threads == 0 ? size_ : std::min(max_threads, size_);
+        if (wanted <= 1 || n <= 1) {  // inline: no locking, no wake-ups
+            for (size_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        std::lock_guard<std::mutex> job_lock(job_mutex_);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            fn_ = &fn;
+            n_ = n;
+            next_.store(0);
+            helpers_wanted_ = wanted - 1;
+            helpers_joined_ = 0;  // reset only here, so no late worker joins a finished job
+            helpers_done_ = 0;
+            error_ = nullptr;
+            ++generation_;
+        }
+        wake_.notify_all();
+        run_tasks();
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [this] { return helpers_done_ == helpers_wanted_; });
+        fn_ = nullptr;
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    void run_tasks() {
+        for (size_t i = next_.fetch_add(1); i < n_; i = next_.fetch_add(1)) {
+            try {
+                (*fn_)(i);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (!error_) error_ = std::current_exception();
+                next_.store(n_);  // stop handing out work
+            }
+        }
+    }
+
+    void worker_loop() {
+        size_t seen = 0;
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && helpers_joined_ < helpers_wanted_); });
+                if (stopping_) return;
+                seen = generation_;
+                ++helpers_joined_;
+            }
+            run_tasks();
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                ++helpers_done_;
+            }
+            done_.notify_all();
+        }
+    }
+
+    size_t size_;
+    std::vector<std::thread> workers_;
+    std::mutex job_mutex_;  // one job at a time
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    const std::function<void(size_t)> *fn_ = nullptr;
+    size_t n_ = 0;
+    std::atomic<size_t> next_{0};
+    size_t generation_ = 0, helpers_wanted_ = 0, helpers_joined_ = 0, helpers_done_ = 0;
+    bool stopping_ = false;
+    std::exception_ptr error_;
+};
+
+}  // namespace fastprune
