@@ -1,6 +1,392 @@
-// Selection kernels for the pruning strategies (score updates, top-k, sampling, RNG).
+// Selection kernels for the pruning strategies: the score-table scatter update, bandit scores,
+// O(N) top-k (radix select on the float bits, no sort), sampling without replacement (Knuth's
+// selection sampling, which streams in index order and gives exact sizes), and the InfoBatch split.
+// Every random draw comes from CounterRng(seed, epoch, stream) indexed by a counter (rng.hpp).
 #include "core.hpp"
+#include "rng.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
 
 namespace fastprune {
-void bind_select(nb::module_ &m) {}
+namespace {
+
+template <typename T>
+using NumpyArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+
+// Hands a std::vector to numpy without copying (the capsule frees it).
+template <typename T>
+NumpyArray<T> to_numpy(std::vector<T> &&values) {
+    auto *owned = new std::vector<T>(std::move(values));
+    nb::capsule owner(owned, [](void *p) noexcept { delete static_cast<std::vector<T> *>(p); });
+    return NumpyArray<T>(owned->data(), {owned->size()}, owner);
+}
+
+// Derived RNG streams: a kernel call with stream s uses 4*s+0 for breaking ties at the top-k
+// threshold and 4*s+1 for its uniform part, so the two never share numbers.
+constexpr uint64_t kTieStream = 0, kRandomStream = 1;
+CounterRng derived_rng(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t part) {
+    return CounterRng(seed, epoch, stream * 4 + part);
+}
+
+// Maps a float to a uint32 whose unsigned order is the float order (-0.0 folded into +0.0).
+inline uint32_t sortable_key(float x) {
+    x = x + 0.0f;
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+void check_no_nan(const float *scores, size_t n, const char *name) {
+    bool any_nan = false;
+    for (size_t i = 0; i < n; ++i) any_nan |= std::isnan(scores[i]);
+    if (!any_nan) return;
+    for (size_t i = 0; i < n; ++i)
+        if (std::isnan(scores[i]))
+            fail_value(std::string(name) + "[" + std::to_string(i) + "] is NaN; scores must be ordered");
+}
+
+// Knuth's selection sampling (TAOCP 3.4.2, Algorithm S): visiting a population of size `total`
+// in order, take each item with probability need/remaining. Exactly `want` items are taken and
+// every subset of that size is equally likely.
+struct SelectionSampler {
+    CounterRng rng;
+    uint64_t total, need, visited = 0;
+    SelectionSampler(CounterRng r, uint64_t total_, uint64_t want) : rng(r), total(total_), need(want) {}
+    bool take() {
+        if (need == 0) return false;
+        bool taken = rng.uniform(visited) * double(total - visited) < double(need);
+        ++visited;
+        need -= taken;
+        return taken;
+    }
+};
+
+// The k-th largest key (1-based) and how many keys lie strictly above it, found with two
+// histogram passes (high 16 bits, then low 16 bits inside the one bucket that holds it).
+struct Threshold {
+    uint32_t key;
+    uint64_t above;  // # keys > key
+    uint64_t equal;  // # keys == key
+};
+
+Threshold kth_largest_key(const float *scores, size_t n, uint64_t k) {
+    // Four interleaved histograms break the store-to-load chain when many keys are equal.
+    std::vector<uint32_t> hist(4 * 65536, 0);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; ++j) ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
+    for (; i < n; ++i) ++hist[sortable_key(scores[i]) >> 16];
+    uint64_t above = 0;
+    uint32_t high = 65535;
+    for (;; --high) {
+        uint64_t count = uint64_t(hist[high]) + hist[65536 + high] + hist[2 * 65536 + high] + hist[3 * 65536 + high];
+        if (above + count >= k) break;
+        above += count;
+    }
+    std::vector<uint64_t> low_hist(65536, 0);
+    for (size_t t = 0; t < n; ++t) {
+        uint32_t key = sortable_key(scores[t]);
+        if ((key >> 16) == high) ++low_hist[key & 0xFFFFu];
+    }
+    uint32_t low = 65535;
+    for (;; --low) {
+        if (above + low_hist[low] >= k) break;
+        above += low_hist[low];
+    }
+    return {(high << 16) | low, above, low_hist[low]};
+}
+
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others.
+std::vector<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
+                                     uint64_t seed, uint64_t epoch, uint64_t stream) {
+    std::vector<int64_t> out(k_top + k_rand);
+    SelectionSampler rest(derived_rng(seed, epoch, stream, kRandomStream), n - k_top, k_rand);
+    size_t pos = 0;
+    if (k_top == 0) {
+        for (size_t i = 0; i < n && pos < out.size(); ++i)
+            if (rest.take()) out[pos++] = int64_t(i);
+        return out;
+    }
+    Threshold th = kth_largest_key(scores, n, k_top);
+    // Ties at the threshold: take a uniform subset of them (a random, seeded tie-break).
+    SelectionSampler ties(derived_rng(seed, epoch, stream, kTieStream), th.equal, k_top - th.above);
+    for (size_t i = 0; i < n; ++i) {
+        uint32_t key = sortable_key(scores[i]);
+        bool top = key > th.key || (key == th.key && ties.take());
+        if (top || rest.take()) out[pos++] = int64_t(i);
+    }
+    if (pos != out.size()) fail_value("internal error: top_plus_random selected the wrong count");
+    return out;
+}
+
+size_t checked_same_length(size_t n, size_t other, const char *name) {
+    if (other != n)
+        fail_value(std::string(name) + " has length " + std::to_string(other) + ", expected " + std::to_string(n));
+    return n;
+}
+
+// ---- score table update --------------------------------------------------------------------
+
+struct TableViews {
+    float *mean, *var;
+    int32_t *seen, *last_epoch, *forgets;
+    int8_t *last_correct;
+    uint8_t *ever_correct;
+    size_t n;
+};
+
+// The first bad entry (index out of range, non-finite loss, correct not 0/1), or -1.
+int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss, const int8_t *correct, size_t m,
+                      std::string *why) {
+    for (size_t j = 0; j < m; ++j) {
+        if (idx[j] < 0 || uint64_t(idx[j]) >= t.n) {
+            *why = "indices[" + std::to_string(j) + "] = " + std::to_string(idx[j]) + " is out of range for a table of " +
+                   std::to_string(t.n) + " samples";
+            return int64_t(j);
+        }
+        if (!std::isfinite(loss[j])) {
+            *why = "losses[" + std::to_string(j) + "] = " + std::to_string(loss[j]) + " (sample " +
+                   std::to_string(idx[j]) + ") is not finite";
+            return int64_t(j);
+        }
+        if (correct && correct[j] != 0 && correct[j] != 1) {
+            *why = "correct[" + std::to_string(j) + "] = " + std::to_string(int(correct[j])) + " is not 0 or 1";
+            return int64_t(j);
+        }
+    }
+    return -1;
+}
+
+bool entry_valid(const TableViews &t, int64_t i, float loss, const int8_t *correct, size_t j) {
+    return i >= 0 && uint64_t(i) < t.n && std::isfinite(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
+}
+
+// EMA of the loss and of its squared deviation (the incremental form of Finch 2009, "Incremental
+// calculation of weighted mean and variance"). decay < 0 selects a plain running mean.
+void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, int32_t epoch) {
+    int32_t seen = t.seen[i];
+    if (seen == 0) {
+        t.mean[i] = loss;
+        t.var[i] = 0.0f;
+    } else {
+        double alpha = decay < 0 ? 1.0 / (double(seen) + 1.0) : 1.0 - decay;
+        double diff = double(loss) - t.mean[i];
+        t.mean[i] = float(t.mean[i] + alpha * diff);
+        t.var[i] = float((1.0 - alpha) * (t.var[i] + alpha * diff * diff));
+    }
+    if (seen < std::numeric_limits<int32_t>::max()) t.seen[i] = seen + 1;
+    t.last_epoch[i] = epoch;
+    if (correct >= 0) {
+        if (t.last_correct[i] == 1 && correct == 0 && t.forgets[i] < std::numeric_limits<int32_t>::max()) ++t.forgets[i];
+        t.last_correct[i] = int8_t(correct);
+        t.ever_correct[i] |= uint8_t(correct);
+    }
+}
+
+int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<int32_t> seen, Array1D<int32_t> last_epoch,
+                     Array1D<int32_t> forgets, Array1D<int8_t> last_correct, Array1D<uint8_t> ever_correct,
+                     ROArray1D<int64_t> indices, ROArray1D<float> losses, ROArray1D<int8_t> correct, double decay,
+                     int32_t epoch, bool has_correct, bool skip_invalid) {
+    size_t n = mean.shape(0);
+    checked_same_length(n, var.shape(0), "var");
+    checked_same_length(n, seen.shape(0), "seen");
+    checked_same_length(n, last_epoch.shape(0), "last_epoch");
+    checked_same_length(n, forgets.shape(0), "forgets");
+    checked_same_length(n, last_correct.shape(0), "last_correct");
+    checked_same_length(n, ever_correct.shape(0), "ever_correct");
+    size_t m = indices.shape(0);
+    checked_same_length(m, losses.shape(0), "losses");
+    if (has_correct) checked_same_length(m, correct.shape(0), "correct");
+    if (!(decay < 1.0)) fail_value("decay must be < 1 (or negative for a running mean), got " + std::to_string(decay));
+
+    TableViews t{mean.data(), var.data(), seen.data(), last_epoch.data(), forgets.data(), last_correct.data(),
+                 ever_correct.data(), n};
+    const int64_t *idx = indices.data();
+    const float *loss = losses.data();
+    const int8_t *corr = has_correct ? correct.data() : nullptr;
+    int64_t skipped = 0;
+    std::string why;
+    {
+        nb::gil_scoped_release release;
+        // Validate everything before touching the table, so an error leaves it unchanged.
+        int64_t bad = skip_invalid ? -1 : first_invalid(t, idx, loss, corr, m, &why);
+        if (bad < 0) {
+            for (size_t j = 0; j < m; ++j) {
+                if (skip_invalid && !entry_valid(t, idx[j], loss[j], corr, j)) {
+                    ++skipped;
+                    continue;
+                }
+                apply_one(t, idx[j], loss[j], corr ? corr[j] : -1, decay, epoch);
+            }
+        }
+    }
+    if (!why.empty()) {
+        if (why.rfind("indices", 0) == 0) fail_index("score update: " + why);
+        fail_value("score update: " + why + " (pass skip_invalid=True to drop such entries)");
+    }
+    return skipped;
+}
+
+// ---- scores and selections -----------------------------------------------------------------
+
+NumpyArray<float> bandit_scores(ROArray1D<float> mean, ROArray1D<float> var, ROArray1D<int32_t> seen, double c,
+                                bool use_std) {
+    size_t n = mean.shape(0);
+    checked_same_length(n, var.shape(0), "var");
+    checked_same_length(n, seen.shape(0), "seen");
+    std::vector<float> out(n);
+    const float *mu = mean.data(), *v = var.data();
+    const int32_t *s = seen.data();
+    {
+        nb::gil_scoped_release release;
+        const float inf = std::numeric_limits<float>::infinity();
+        for (size_t i = 0; i < n; ++i) {
+            float bonus = use_std ? std::sqrt(std::max(v[i], 0.0f)) : v[i];
+            // Unseen samples score +inf: every arm is tried once before any is exploited.
+            out[i] = s[i] == 0 ? inf : float(mu[i] + c * bonus);
+        }
+    }
+    return to_numpy(std::move(out));
+}
+
+NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed,
+                                      uint64_t epoch, uint64_t stream) {
+    size_t n = scores.shape(0);
+    if (n >= (size_t(1) << 32)) fail_value("select_top_random: at most 2^32 - 1 samples are supported");
+    if (k_top < 0 || k_rand < 0) fail_value("select_top_random: k_top and k_rand must be >= 0");
+    if (uint64_t(k_top) + uint64_t(k_rand) > n)
+        fail_value("select_top_random: k_top + k_rand = " + std::to_string(k_top + k_rand) + " exceeds the " +
+                   std::to_string(n) + " scores");
+    const float *p = scores.data();
+    std::vector<int64_t> out;
+    {
+        nb::gil_scoped_release release;
+        if (k_top > 0) check_no_nan(p, n, "scores");
+        out = top_plus_random(p, n, uint64_t(k_top), uint64_t(k_rand), seed, epoch, stream);
+    }
+    return to_numpy(std::move(out));
+}
+
+NumpyArray<int64_t> sample_uniform(int64_t n, int64_t k, uint64_t seed, uint64_t epoch, uint64_t stream) {
+    if (n < 0 || k < 0 || k > n)
+        fail_value("sample_uniform: need 0 <= k <= n, got n=" + std::to_string(n) + " k=" + std::to_string(k));
+    std::vector<int64_t> out;
+    {
+        nb::gil_scoped_release release;
+        out = top_plus_random(nullptr, size_t(n), 0, uint64_t(k), seed, epoch, stream);
+    }
+    return to_numpy(std::move(out));
+}
+
+std::pair<double, int64_t> masked_mean(ROArray1D<float> scores, ROArray1D<int32_t> seen) {
+    size_t n = checked_same_length(scores.shape(0), seen.shape(0), "seen");
+    const float *p = scores.data();
+    const int32_t *s = seen.data();
+    double sum = 0.0;
+    int64_t count = 0;
+    {
+        nb::gil_scoped_release release;
+        for (size_t i = 0; i < n; ++i) {
+            bool used = s[i] > 0;
+            sum += used ? double(p[i]) : 0.0;
+            count += used;
+        }
+    }
+    return {count ? sum / double(count) : 0.0, count};
+}
+
+// "Below" = seen and score < threshold: the samples InfoBatch may prune.
+inline bool is_below(const float *p, const int32_t *s, size_t i, float threshold) {
+    return s[i] > 0 && p[i] < threshold;
+}
+
+int64_t count_below(ROArray1D<float> scores, ROArray1D<int32_t> seen, float threshold) {
+    size_t n = checked_same_length(scores.shape(0), seen.shape(0), "seen");
+    const float *p = scores.data();
+    const int32_t *s = seen.data();
+    int64_t count = 0;
+    {
+        nb::gil_scoped_release release;
+        for (size_t i = 0; i < n; ++i) count += is_below(p, s, i, threshold);
+    }
+    return count;
+}
+
+std::pair<NumpyArray<int64_t>, NumpyArray<float>> split_sample(ROArray1D<float> scores, ROArray1D<int32_t> seen,
+                                                                float threshold, int64_t k_below, float below_weight,
+                                                                uint64_t seed, uint64_t epoch, uint64_t stream) {
+    size_t n = checked_same_length(scores.shape(0), seen.shape(0), "seen");
+    const float *p = scores.data();
+    const int32_t *s = seen.data();
+    std::vector<int64_t> idx;
+    std::vector<float> weights;
+    std::string error;
+    {
+        nb::gil_scoped_release release;
+        uint64_t n_below = 0;
+        for (size_t i = 0; i < n; ++i) n_below += is_below(p, s, i, threshold);
+        if (k_below < 0 || uint64_t(k_below) > n_below) {
+            error = "split_sample: k_below = " + std::to_string(k_below) + " but only " + std::to_string(n_below) +
+                    " samples lie below the threshold";
+        } else {
+            size_t k = n - n_below + uint64_t(k_below);
+            idx.resize(k);
+            weights.resize(k);
+            SelectionSampler below(derived_rng(seed, epoch, stream, kRandomStream), n_below, uint64_t(k_below));
+            size_t pos = 0;
+            for (size_t i = 0; i < n; ++i) {
+                if (!is_below(p, s, i, threshold)) {
+                    idx[pos] = int64_t(i);
+                    weights[pos++] = 1.0f;
+                } else if (below.take()) {
+                    idx[pos] = int64_t(i);
+                    weights[pos++] = below_weight;
+                }
+            }
+        }
+    }
+    if (!error.empty()) fail_value(error);
+    return {to_numpy(std::move(idx)), to_numpy(std::move(weights))};
+}
+
+NumpyArray<double> random_uniform(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t start, int64_t n) {
+    if (n < 0) fail_value("random_uniform: n must be >= 0");
+    std::vector<double> out(static_cast<size_t>(n));
+    CounterRng rng(seed, epoch, stream);
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = rng.uniform(start + uint64_t(i));
+    return to_numpy(std::move(out));
+}
+
+}  // namespace
+
+void bind_select(nb::module_ &m) {
+    m.def("score_update", &score_update, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("last_epoch"),
+          nb::arg("forgets"), nb::arg("last_correct"), nb::arg("ever_correct"), nb::arg("indices"),
+          nb::arg("losses"), nb::arg("correct"), nb::arg("decay"), nb::arg("epoch"), nb::arg("has_correct"),
+          nb::arg("skip_invalid"),
+          "Scatter (index, loss[, correct]) into the score table, in order; returns the number skipped.");
+    m.def("bandit_scores", &bandit_scores, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("c"),
+          nb::arg("use_std"), "mean + c*sqrt(var) (or c*var); +inf for unseen samples.");
+    m.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
+          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
+          "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
+          "uniformly sampled without replacement from the rest. O(N), no sort.");
+    m.def("sample_uniform", &sample_uniform, nb::arg("n"), nb::arg("k"), nb::arg("seed"), nb::arg("epoch"),
+          nb::arg("stream"), "k ascending indices drawn uniformly without replacement from range(n).");
+    m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),
+          "(mean of scores over seen samples, number of seen samples).");
+    m.def("count_below", &count_below, nb::arg("scores"), nb::arg("seen"), nb::arg("threshold"),
+          "Number of seen samples whose score is < threshold.");
+    m.def("split_sample", &split_sample, nb::arg("scores"), nb::arg("seen"), nb::arg("threshold"),
+          nb::arg("k_below"), nb::arg("below_weight"), nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
+          "InfoBatch split: every sample not below the threshold (weight 1) plus k_below of the below ones, "
+          "uniformly without replacement (weight below_weight). Returns (indices, weights).");
+    m.def("random_uniform", &random_uniform, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
+          nb::arg("n"), "The counter-based RNG's uniforms for counters start..start+n-1 (for tests/oracles).");
+}
+
 }  // namespace fastprune
