@@ -1,0 +1,236 @@
+"""Pieces every converter shares: input checks, image normalisation, field choice, the write call.
+
+A converter's job is only to build ``(source, fields)`` and hand them to
+:func:`fastprune.write_dataset`; the writer does the parallel encoding, the progress bar and the
+atomic temp-file-and-rename. Everything here exists so each converter fails early, with a
+:class:`~fastprune.ConversionError` that names the file or sample at fault, before any output
+file is created.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConversionError
+
+DEFAULT_JPEG_QUALITY = 90
+
+
+# ----------------------------------------------------------------------------------- checks
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, or a ConversionError saying which input is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{what} not found: {path}")
+    return path
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ConversionError(f"{what} is not a directory: {path}")
+    return path
+
+
+def check_output_path(out: str | os.PathLike) -> Path:
+    """Fail before any work if the output cannot be written where asked."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConversionError(f"output {out} is a directory; give a file name such as {out / 'data.beton'}")
+    if not out.parent.is_dir():
+        raise ConversionError(f"output folder {out.parent} does not exist (output {out})")
+    return out
+
+
+def check_uint8(array: np.ndarray, what: str) -> None:
+    """Refuse non-uint8 pixels instead of guessing a scale (0..1 floats? 0..65535 ints?)."""
+    if array.dtype != np.uint8:
+        raise ConversionError(
+            f"{what} has dtype {array.dtype}; fastprune stores 8-bit pixels (uint8, 0..255) and "
+            "does not rescale: convert them yourself first, e.g. (x * 255).round().astype(np.uint8) "
+            "for floats in [0, 1]")
+
+
+def as_int_labels(labels: Any, what: str) -> np.ndarray:
+    """Labels as a 1-D int64 array; floats, bools and strings are refused, not rounded."""
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ConversionError(f"{what} must be 1-D (one label per sample), got shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise ConversionError(f"{what} must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def as_int_label(label: Any, what: str) -> int:
+    """One label as a Python int: int, numpy integer or 0-d integer tensor."""
+    if getattr(label, "ndim", None) == 0 and hasattr(label, "item"):
+        label = label.item()  # 0-d tensor or array: its Python value keeps the int/float/bool kind
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise ConversionError(f"{what} must be an integer, got {type(label).__name__} {label!r}")
+    return int(label)
+
+
+def check_not_empty(count: int, what: str) -> None:
+    if count == 0:
+        raise ConversionError(f"{what} has no samples; nothing to convert")
+
+
+def check_counts_match(n_images: int, n_labels: int, what: str) -> None:
+    if n_images != n_labels:
+        raise ConversionError(f"{what}: {n_images} images but {n_labels} labels")
+
+
+# ----------------------------------------------------------------------------------- images
+
+
+def to_hwc3(image: np.ndarray, what: str) -> np.ndarray:
+    """An HxW, HxWx1 or HxWx3 uint8 array as a contiguous HxWx3 array.
+
+    Gray images are replicated to RGB so that ffcv's own RGB decoder can read the file.
+    """
+    check_uint8(image, what)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    raise ConversionError(f"{what} has shape {image.shape}; expected HxW (gray), HxWx1 or HxWx3 (RGB)")
+
+
+# PIL modes whose values are 8-bit and convert to RGB without rescaling; "I", "I;16", "F" are not.
+EIGHT_BIT_PIL_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+def pil_to_rgb(image: Any, what: str) -> np.ndarray:
+    """A PIL image as HxWx3 uint8; alpha is dropped, 16-bit and float images are refused."""
+    if image.mode not in EIGHT_BIT_PIL_MODES:
+        raise ConversionError(f"{what} has PIL mode {image.mode!r} (not 8 bits per channel); "
+                              "fastprune stores 8-bit RGB and does not rescale")
+    return np.asarray(image.convert("RGB"))
+
+
+def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
+    """A PIL image, numpy array (HxW, HxWxC, CxHxW) or uint8 tensor (CxHxW, HxWxC) as HxWx3 uint8.
+
+    Channel order is guessed from where a 1 or 3 sits: tensors are read channels-first when
+    possible (torch's convention), arrays channels-last (numpy/PIL's convention).
+    """
+    import sys
+
+    torch = sys.modules.get("torch")  # a torch tensor can only come from an imported torch
+    if hasattr(image, "mode") and hasattr(image, "convert"):
+        return pil_to_rgb(image, what)
+    if torch is not None and isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            raise ConversionError(
+                f"{what} is a {image.dtype} tensor; fastprune stores uint8 pixels and does not "
+                "rescale: drop ToTensor()/Normalize() from the transform (PILToTensor() keeps uint8)")
+        array = image.detach().cpu().numpy()
+        if array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array.transpose(1, 2, 0)
+        return to_hwc3(array, what)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] not in (1, 3) and image.shape[0] in (1, 3):
+            image = image.transpose(1, 2, 0)
+        return to_hwc3(image, what)
+    raise ConversionError(f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array "
+                          "or a uint8 tensor")
+
+
+def fit_image(image: np.ndarray, *, max_side: int | None = None,
+              resize: tuple[int, int] | None = None) -> np.ndarray:
+    """Apply ``resize`` (exact HxW) or ``max_side`` (shrink keeping aspect; never enlarge)."""
+    height, width = image.shape[:2]
+    if resize is not None:
+        target = resize
+    elif max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    else:
+        return image
+    if target == (height, width):
+        return image
+    from PIL import Image
+
+    resized = Image.fromarray(image).resize((target[1], target[0]), Image.Resampling.LANCZOS)
+    return np.asarray(resized)
+
+
+def fitted_shape(height: int, width: int, *, max_side: int | None = None,
+                 resize: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) that :func:`fit_image` will produce, without decoding anything."""
+    if resize is not None:
+        return resize
+    if max_side is not None and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return height, width
+
+
+def check_size_options(max_side: int | None, resize: tuple[int, int] | None) -> None:
+    if max_side is not None and resize is not None:
+        raise ConversionError("give either max_side (--max-side) or resize (--resize), not both")
+    if max_side is not None and max_side < 1:
+        raise ConversionError(f"max_side must be a positive number of pixels, got {max_side}")
+    if resize is not None and (len(resize) != 2 or min(resize) < 1):
+        raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
+
+
+def mixed_shape_error(first: tuple[str, Sequence[int]], other: tuple[str, Sequence[int]]) -> ConversionError:
+    """The error for raw storage of images with different shapes, naming one of each."""
+    def fmt(shape: Sequence[int]) -> str:
+        return "x".join(str(s) for s in shape)
+
+    return ConversionError(
+        f"raw storage needs one image shape, but {first[0]} is {fmt(first[1])} and {other[0]} is "
+        f"{fmt(other[1])}: resize them to one shape (--resize HxW) or store JPEG (--jpeg)")
+
+
+# ----------------------------------------------------------------------------------- fields & write
+
+
+def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALITY,
+                       extra_int_fields: Sequence[str] = ()) -> dict:
+    """The ``image`` + ``label`` schema every converter writes (plus optional int fields)."""
+    from ..store.fields import IntField, RGBImageField
+
+    if not 1 <= quality <= 100:
+        raise ConversionError(f"JPEG quality must be between 1 and 100, got {quality}")
+    image = (RGBImageField(write_mode="jpg", jpeg_quality=quality) if jpeg
+             else RGBImageField(write_mode="raw"))
+    fields = {"image": image, "label": IntField()}
+    for name in extra_int_fields:
+        fields[name] = IntField()
+    return fields
+
+
+def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool) -> Path:
+    """Hand a ready source to the store writer; it writes ``out`` atomically or not at all."""
+    from ..store.writer import write_dataset
+
+    write_dataset(out, source, fields, workers=workers, progress=progress)
+    return out
+
+
+class ArraySource:
+    """In-memory images (N x H x W x 3 uint8, or N x H x W gray) and labels as a writer source."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *extra: np.ndarray):
+        self.images = images
+        self.columns = (labels, *extra)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple:
+        image = self.images[index]
+        if image.ndim == 2:  # gray, replicated per sample so the whole set is never tripled in RAM
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        return (image, *(int(column[index]) for column in self.columns))

@@ -1,0 +1,63 @@
+"""numpy arrays (in memory or in a .npz with ``images`` and ``labels``) -> store."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from . import _common
+
+
+def check_arrays(images: Any, labels: Any, what: str = "arrays") -> tuple[np.ndarray, np.ndarray]:
+    """``images`` as N x H x W (gray) or N x H x W x 3 uint8, ``labels`` as N int64."""
+    images = np.asarray(images)
+    _common.check_uint8(images, f"{what}: images")
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
+        raise ConversionError(f"{what}: images have shape {images.shape}; expected N x H x W (gray), "
+                              "N x H x W x 1 or N x H x W x 3 (RGB)")
+    labels = _common.as_int_labels(labels, f"{what}: labels")
+    _common.check_counts_match(len(images), len(labels), what)
+    _common.check_not_empty(len(images), what)
+    return images, labels
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` and ``labels`` from a .npz; object arrays (pickles) are refused."""
+    path = _common.require_file(path, "npz file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"images", "labels"} - set(archive.files)
+            if missing:
+                raise ConversionError(f"{path}: missing array(s) {sorted(missing)}; found {archive.files}")
+            return archive["images"], archive["labels"]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: cannot read as .npz: {exc}") from exc
+
+
+def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool = False,
+                quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
+                progress: bool = True) -> Path:
+    """Convert ``images`` (N x H x W[x C] uint8) and integer ``labels`` to a store at ``out``.
+
+    Gray images are stored as RGB. Pixels must already be uint8: floats are refused, not rescaled.
+    """
+    out = _common.check_output_path(out)
+    images, labels = check_arrays(images, labels)
+    fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+    return _common.write(out, _common.ArraySource(images, labels), fields,
+                         workers=workers, progress=progress)
+
+
+def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
+    """Convert a .npz holding ``images`` and ``labels`` (see :func:`from_arrays`)."""
+    out = _common.check_output_path(out)
+    images, labels = load_npz(source)
+    images, labels = check_arrays(images, labels, what=str(source))
+    return from_arrays(images, labels, out, **options)

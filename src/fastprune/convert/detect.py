@@ -1,0 +1,81 @@
+"""Which converter a source needs (``--kind auto``), and the one entry point that dispatches to it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConversionError
+from . import _common
+from .arrays import from_npz
+from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar
+from .idx import FASHION_MNIST_DIR, from_idx
+from .image_folder import from_image_folder
+
+KINDS = ("idx", "cifar10", "cifar100", "imagefolder", "npz")
+SHORTCUTS = {"fashion-mnist": FASHION_MNIST_DIR}  # names that stand for a known location
+SPLIT_KINDS = {"idx", "cifar10", "cifar100"}
+RESIZE_KINDS = {"imagefolder"}
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A shortcut name ("fashion-mnist") as its folder, unless a path of that name exists."""
+    path = Path(source)
+    if not path.exists() and str(source) in SHORTCUTS:
+        return SHORTCUTS[str(source)]
+    if not path.exists():
+        raise ConversionError(f"source not found: {path} (shortcuts: {', '.join(SHORTCUTS)})")
+    return path
+
+
+def detect_kind(path: Path) -> str:
+    """The kind of source at ``path``, judged by the file names the official layouts use."""
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "npz"
+        raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, or "
+                              ".npz files with 'images' and 'labels'")
+    names = {p.name for p in path.iterdir()}
+    if any(name.endswith("-images-idx3-ubyte") or name.endswith("-images-idx3-ubyte.gz") for name in names):
+        return "idx"
+    if CIFAR10_FOLDER in names or "test_batch" in names or "data_batch_1" in names:
+        return "cifar10"
+    if CIFAR100_FOLDER in names or {"train", "test", "meta"} <= names:
+        return "cifar100"
+    if any((path / name).is_dir() and not name.startswith(".") for name in names):
+        return "imagefolder"
+    raise ConversionError(f"{path}: cannot tell what this folder holds (no IDX files, CIFAR batches "
+                          "or class subfolders); name it with --kind")
+
+
+def _check_applicable(kind: str, split: str | None, max_side: int | None,
+                      resize: tuple[int, int] | None, coarse: bool) -> None:
+    if split is not None and kind not in SPLIT_KINDS:
+        raise ConversionError(f"--split applies to {'/'.join(sorted(SPLIT_KINDS))} sources, not {kind}")
+    if (max_side is not None or resize is not None) and kind not in RESIZE_KINDS:
+        raise ConversionError(f"--max-side/--resize apply to image folders, not {kind} "
+                              "(its images already share one shape)")
+    if coarse and kind != "cifar100":
+        raise ConversionError(f"--coarse applies to cifar100 sources, not {kind}")
+
+
+def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "auto",
+            split: str | None = None, jpeg: bool = False,
+            quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
+            resize: tuple[int, int] | None = None, coarse: bool = False,
+            workers: int | None = None, progress: bool = True) -> Path:
+    """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind."""
+    path = resolve_source(source)
+    if kind == "auto":
+        kind = detect_kind(path)
+    if kind not in KINDS:
+        raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
+    _check_applicable(kind, split, max_side, resize, coarse)
+    common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress)
+    if kind == "idx":
+        return from_idx(path, out, split=split or "train", **common)
+    if kind in ("cifar10", "cifar100"):
+        return from_cifar(path, out, kind=kind, split=split or "train", coarse=coarse, **common)
+    if kind == "imagefolder":
+        return from_image_folder(path, out, max_side=max_side, resize=resize, **common)
+    return from_npz(path, out, **common)

@@ -1,0 +1,101 @@
+"""MNIST / Fashion-MNIST IDX files (gzipped or not) -> store.
+
+IDX layout (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type code (0x08 = uint8),
+the number of dimensions, then one big-endian uint32 per dimension, then the values, row-major.
+Images are ``idx3`` (N x H x W), labels ``idx1`` (N).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConversionError
+from . import _common
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+UINT8_TYPE_CODE = 0x08
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
+    """The uint8 array stored in an IDX file with ``ndim`` dimensions; errors name the file."""
+    path = _common.require_file(path, "IDX file")
+    data = _read_maybe_gzip(path)
+    header_size = 4 + 4 * ndim
+    if len(data) < 4:
+        raise ConversionError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
+    zeros, type_code, file_ndim = data[0:2], data[2], data[3]
+    if zeros != b"\x00\x00":
+        raise ConversionError(f"{path}: not an IDX file (magic {data[:4].hex()} does not start with 0000)")
+    if type_code != UINT8_TYPE_CODE:
+        raise ConversionError(f"{path}: IDX type code 0x{type_code:02x}, only 0x08 (uint8) is supported")
+    if file_ndim != ndim:
+        raise ConversionError(f"{path}: IDX file has {file_ndim} dimensions, expected {ndim}")
+    if len(data) < header_size:
+        raise ConversionError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = header_size + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        raise ConversionError(f"{path}: IDX header says shape {dims} ({expected} bytes) but the file "
+                              f"holds {len(data)} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name)."""
+    raw = path.read_bytes()
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise ConversionError(f"{path}: corrupt gzip data ({exc})") from exc
+
+
+def find_idx_files(folder: str | os.PathLike, split: str = "train") -> tuple[Path, Path]:
+    """The (images, labels) IDX files of ``split`` in ``folder``, gzipped or not."""
+    if split not in SPLIT_PREFIX:
+        raise ConversionError(f"split must be one of {sorted(SPLIT_PREFIX)}, got {split!r}")
+    folder = _common.require_dir(folder, "IDX folder")
+    prefix = SPLIT_PREFIX[split]
+    return (_find_one(folder, f"{prefix}-images-idx3-ubyte"),
+            _find_one(folder, f"{prefix}-labels-idx1-ubyte"))
+
+
+def _find_one(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise ConversionError(f"{folder}: neither {stem}.gz nor {stem} found")
+
+
+def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x H x W uint8) and labels (N int64) from an IDX pair, counts checked."""
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if len(images) != len(labels):
+        raise ConversionError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                              f"{len(labels)} labels")
+    _common.check_not_empty(len(images), str(images_path))
+    return images, labels.astype(np.int64)
+
+
+def from_idx(source: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
+             jpeg: bool = False, quality: int = _common.DEFAULT_JPEG_QUALITY,
+             workers: int | None = None, progress: bool = True) -> Path:
+    """Convert an MNIST-style IDX folder (default: Debian's Fashion-MNIST) to a store at ``out``.
+
+    Gray images are stored as RGB (the gray value in all three channels) so that ffcv's own
+    RGB decoder reads the file; ``label`` is an int field. Returns the output path.
+    """
+    out = _common.check_output_path(out)
+    images_path, labels_path = find_idx_files(FASHION_MNIST_DIR if source is None else source, split)
+    images, labels = load_idx(images_path, labels_path)
+    fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+    return _common.write(out, _common.ArraySource(images, labels), fields,
+                         workers=workers, progress=progress)

@@ -1,0 +1,74 @@
+"""Any map-style torch Dataset returning ``(image, label)`` -> store.
+
+``image`` may be a PIL image, an HxW / HxWxC numpy array or a uint8 CHW / HWC tensor; ``label``
+an int, numpy integer or 0-d integer tensor. Each sample is checked as the writer reads it, and a
+bad one stops the conversion with an error naming its index (the writer then leaves no file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from . import _common
+
+
+class DatasetSource:
+    """Adapts a map-style dataset to the writer: (HxWx3 uint8, int) per index, checked."""
+
+    def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
+                 resize: tuple[int, int] | None = None):
+        _common.check_size_options(max_side, resize)
+        self.dataset = dataset
+        self.max_side, self.resize = max_side, resize
+        try:
+            self.length = len(dataset)
+        except TypeError as exc:
+            raise ConversionError(f"{type(dataset).__name__} has no len(): a map-style dataset "
+                                  "(with __len__ and __getitem__) is needed") from exc
+        _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
+        # sample 0 is checked now, so a wholly unsuitable dataset fails before the writer starts,
+        # and fixes the shape every sample must have when raw storage needs one shape
+        self.reference_shape = self[0][0].shape if one_shape else None
+        self.one_shape = one_shape
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        what = f"sample {index} of {type(self.dataset).__name__}"
+        item = self._fetch(index, what)
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConversionError(f"{what}: expected an (image, label) pair, got {type(item).__name__}"
+                                  + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+        image = _common.any_image_to_rgb(item[0], f"{what}: image")
+        image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
+        if getattr(self, "one_shape", False) and image.shape != self.reference_shape:
+            raise _common.mixed_shape_error(("sample 0", self.reference_shape), (f"sample {index}", image.shape))
+        return image, _common.as_int_label(item[1], f"{what}: label")
+
+    def _fetch(self, index: int, what: str) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # the user's dataset code failed; say which sample
+            raise ConversionError(f"{what}: the dataset raised {type(exc).__name__}: {exc}") from exc
+
+
+def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = False,
+                       quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
+                       resize: tuple[int, int] | None = None, workers: int | None = None,
+                       progress: bool = True) -> Path:
+    """Convert a map-style dataset of ``(image, int label)`` pairs to a store at ``out``.
+
+    Raw storage (the default) needs every image to have one shape (``resize`` gives them one);
+    JPEG storage (``jpeg=True``) accepts mixed shapes. ``max_side`` shrinks large images keeping
+    their aspect. Pixels must be uint8: float tensors from ``ToTensor()`` are refused.
+    """
+    out = _common.check_output_path(out)
+    source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize)
+    fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+    return _common.write(out, source, fields, workers=workers, progress=progress)
