@@ -1,0 +1,158 @@
+"""The ``fastprune`` command line: ``fastprune convert | info`` (``python -m fastprune`` too).
+
+Each subcommand is one ``add_<name>_command(subparsers)`` function that registers its parser and
+sets ``run`` to the function doing the work; :data:`COMMANDS` lists them in help order, so a new
+subcommand (``train``, ``bench``) is one more function appended there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import FastpruneError
+
+PROG = "fastprune"
+
+
+# ----------------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def jpeg_quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {text}")
+    return value
+
+
+def height_by_width(text: str) -> tuple[int, int]:
+    """'32x48' -> (32, 48)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 32x32, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"sides must be positive, got {text!r}")
+    return height, width
+
+
+# ----------------------------------------------------------------------------------- convert
+
+CONVERT_HELP = """\
+SOURCE is one of:
+  fashion-mnist       Debian's Fashion-MNIST (/usr/share/datasets/fashion-mnist)
+  a folder of IDX files (MNIST layout: train-/t10k-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz])
+  a CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch) or its parent
+  a CIFAR-100 folder (cifar-100-python: train, test, meta) or its parent
+  an image folder: one subfolder per class (sorted names -> labels 0, 1, ...), .jpg/.jpeg/.png
+    files below each (other and hidden files ignored)
+  a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
+The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
+replicated), label (int), and coarse_label for CIFAR-100 with --coarse.
+Raw storage needs one image shape: use --resize HxW for image folders of mixed sizes, or --jpeg.
+"""
+
+
+def add_convert_command(subparsers) -> None:
+    from .convert import KINDS
+
+    parser = subparsers.add_parser(
+        "convert", help="convert a dataset to a store (.beton) file",
+        description="Convert a dataset to a store (.beton) file, written atomically.",
+        epilog=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="SOURCE", help="dataset folder, .npz file or 'fashion-mnist'")
+    parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="output file")
+    parser.add_argument("--kind", default="auto", choices=("auto", *KINDS), help="source kind (default: auto)")
+    parser.add_argument("--split", choices=("train", "test"),
+                        help="split of an IDX or CIFAR source (default: train)")
+    parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
+    parser.add_argument("--quality", type=jpeg_quality, default=90, metavar="Q", help="JPEG quality (default: 90)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--max-side", type=positive_int, metavar="N",
+                      help="image folders: shrink images whose longer side exceeds N (keeps aspect)")
+    size.add_argument("--resize", type=height_by_width, metavar="HxW",
+                      help="image folders: resize every image to exactly HxW")
+    parser.add_argument("--coarse", action="store_true", help="CIFAR-100: also store coarse_label")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
+                  quality=args.quality, max_side=args.max_side, resize=args.resize,
+                  coarse=args.coarse, workers=args.workers, progress=not args.no_progress)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- info
+
+
+def add_info_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info", help="describe a store file",
+        description="Print a store's samples, fields and their settings, class histogram and size; "
+                    "with --verify, also check every checksum.")
+    parser.add_argument("file", metavar="FILE", type=Path, help="store (.beton) file")
+    parser.add_argument("--verify", action="store_true", help="check all checksums (reads the whole file)")
+    parser.set_defaults(run=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .store.info import describe, verify
+    from .store.reader import Store
+
+    store = Store(args.file)
+    print(describe(store))
+    if args.verify:
+        verify(store)  # raises StoreError naming the file and the first damaged part
+        print(f"verify: OK ({args.file})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- main
+
+# Subcommands in help order; later issues append add_train_command, add_bench_command here.
+COMMANDS: list[Callable] = [add_convert_command, add_info_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Dynamic data pruning with a packed, "
+                                     "memory-mapped data path.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (errors: one line on stderr, code 1)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except (FastpruneError, OSError) as exc:  # the user's input or files; a traceback would not help
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
