@@ -1,0 +1,323 @@
+"""``Store``: a read-only, memory-mapped view of a store file (fastprune's or ffcv's ``.beton``).
+
+Opening validates the whole structure against the file size before anything is sized from the
+file's contents: header, field descriptors, metadata table, allocation table and every pointer
+in the metadata. Any inconsistency raises ``StoreError`` naming the file and the sample or table
+at fault, so a truncated or corrupted file never makes a reader (ours, or the native gather built
+on ``buffer`` + ``field_ranges``) touch memory outside the mapping.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StoreError
+from . import format as fmt
+from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, BytesField, NDArrayField
+
+
+class Store:
+    """A store file, memory-mapped read-only (the OS page cache holds the data, not this object).
+
+    ``store[i]`` is sample i as a tuple in field order: images as H x W x 3 uint8 arrays, ints,
+    floats, ndarrays and bytes. The arrays below stay valid (and the file mapped) as long as
+    something references them, even after ``close()``.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._buffer = _map_file(self.path)
+        try:
+            self._parse()
+        except StoreError:
+            self._buffer = None
+            raise
+
+    # --- public API ------------------------------------------------------------------------------
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The whole file as a read-only uint8 array (a view of the mapping, no copy)."""
+        return self._open_buffer()
+
+    @property
+    def metadata(self) -> np.ndarray:
+        """The per-sample metadata table: a read-only structured array, fields f0, f1, ..."""
+        self._open_buffer()
+        return self._metadata
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        return dict(self._fields)
+
+    @property
+    def page_size(self) -> int:
+        return self._page_size
+
+    @property
+    def alloc_table(self) -> np.ndarray:
+        self._open_buffer()
+        return self._alloc_table
+
+    @property
+    def alloc_table_ptr(self) -> int:
+        return self._alloc_table_ptr
+
+    @property
+    def metadata_end(self) -> int:
+        return self._metadata_end
+
+    @property
+    def file_size(self) -> int:
+        return self._file_size
+
+    def __len__(self) -> int:
+        return self._num_samples
+
+    def field_ranges(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, sizes), uint64[num_samples] each: where field ``name`` of every sample lies in
+        ``buffer``. Payload fields point into the data pages (image sizes come from the allocation
+        table, as ffcv's memory manager looks them up); int and float fields point at their 8 bytes
+        inside the metadata table. All ranges were checked against the file when it was opened."""
+        if name not in self._ranges:
+            raise KeyError(f"{self.path}: no field {name!r}; fields are {list(self._fields)}")
+        offsets, sizes = self._ranges[name]
+        return offsets, sizes
+
+    def field_index(self, name: str) -> int:
+        return list(self._fields).index(name)
+
+    def __getitem__(self, index) -> tuple:
+        i = self._check_index(index)
+        buffer = self._open_buffer()
+        record = self._metadata[i]
+        values = []
+        for k, (name, field) in enumerate(self._fields.items()):
+            data = None
+            if field.has_payload:
+                offsets, sizes = self._ranges[name]
+                data = buffer[int(offsets[i]):int(offsets[i]) + int(sizes[i])]
+            try:
+                values.append(field.decode(record[k], data))
+            except (ValueError, OSError, SyntaxError) as exc:  # PIL reports bad JPEGs as OSError
+                raise StoreError(f"{self.path}: sample {i}, field {name!r} cannot be decoded: {exc}") from exc
+        return tuple(values)
+
+    def verify(self):
+        """Check the structure and every checksum; returns a VerifyReport (see verify.py)."""
+        from .verify import verify_store
+        return verify_store(self)
+
+    def close(self) -> None:
+        """Drop this store's reference to the mapping; it is unmapped once no array uses it."""
+        self._buffer = None
+        self._metadata = None
+        self._alloc_table = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}: {f!r}" for n, f in self._fields.items())
+        return f"Store({str(self.path)!r}, {self._num_samples} samples, {{{fields}}})"
+
+    # --- parsing and validation ------------------------------------------------------------------
+
+    def _fail(self, what: str):
+        raise StoreError(f"{self.path}: {what}")
+
+    def _open_buffer(self) -> np.ndarray:
+        if self._buffer is None:
+            raise StoreError(f"{self.path}: the store is closed")
+        return self._buffer
+
+    def _check_index(self, index) -> int:
+        try:
+            i = index.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(f"store indices must be integers, got {type(index).__name__}") from None
+        if i < 0:
+            i += self._num_samples
+        if not 0 <= i < self._num_samples:
+            raise IndexError(f"{self.path}: sample {index} out of range for {self._num_samples} samples")
+        return i
+
+    def _parse(self) -> None:
+        buffer = self._buffer
+        self._file_size = size = buffer.size
+        if size < fmt.HEADER_TYPE.itemsize:
+            self._fail(f"file of {size} bytes is too small to be a store (the header alone is "
+                       f"{fmt.HEADER_TYPE.itemsize} bytes)")
+        header = buffer[: fmt.HEADER_TYPE.itemsize].view(fmt.HEADER_TYPE)[0]
+        self._parse_header(header)
+        self._parse_fields()
+        self._parse_alloc_table()
+        self._ranges = {name: self._compute_ranges(k, name, field)
+                        for k, (name, field) in enumerate(self._fields.items())}
+
+    def _parse_header(self, header) -> None:
+        size = self._file_size
+        version, num_fields = int(header["version"]), int(header["num_fields"])
+        if version != fmt.VERSION:
+            self._fail(f"not a store: format version {version} (expected {fmt.VERSION}; is this an "
+                       "ffcv .beton file?)")
+        if num_fields == 0:
+            self._fail("header says 0 fields")
+        self._page_size = int(header["page_size"])
+        if not fmt.is_power_of_two(self._page_size):
+            self._fail(f"header page_size {self._page_size} is not a power of two")
+        meta_start = fmt.metadata_start(num_fields)
+        if meta_start > size:
+            self._fail(f"truncated: header says {num_fields} fields, whose descriptors end at byte "
+                       f"{meta_start}, past the end of the file ({size} bytes)")
+        self._num_fields = num_fields
+        self._num_samples = int(header["num_samples"])
+        self._alloc_table_ptr = int(header["alloc_table_ptr"])
+        if not meta_start <= self._alloc_table_ptr <= size:
+            self._fail(f"header alloc_table_ptr {self._alloc_table_ptr} lies outside "
+                       f"[{meta_start}, {size}] (file truncated or header corrupted)")
+
+    def _parse_fields(self) -> None:
+        meta_start = fmt.metadata_start(self._num_fields)
+        descriptors = self._buffer[fmt.HEADER_TYPE.itemsize:meta_start].view(fmt.FIELD_DESC_TYPE)
+        types, names = [], []
+        for k, desc in enumerate(descriptors):
+            type_id, name = int(desc["type_id"]), fmt.decode_field_name(desc["name"])
+            if type_id not in TYPE_ID_TO_FIELD:
+                self._fail(f"field {k} ({name!r}) has type id {type_id}, which fastprune does not read "
+                           f"(known: {sorted(TYPE_ID_TO_FIELD)})")
+            if name in names:
+                self._fail(f"field name {name!r} appears twice")
+            types.append(TYPE_ID_TO_FIELD[type_id])
+            names.append(name)
+        meta_dtype = fmt.metadata_dtype([t.metadata_type for t in types])
+        # Python ints: num_samples comes from the file and may be absurd; never overflow.
+        self._metadata_end = meta_start + self._num_samples * meta_dtype.itemsize
+        if self._metadata_end > self._alloc_table_ptr:
+            self._fail(f"truncated or corrupted: {self._num_samples} samples of metadata "
+                       f"({meta_dtype.itemsize} bytes each) would end at byte {self._metadata_end}, "
+                       f"past the allocation table at {self._alloc_table_ptr} (file size {self._file_size})")
+        self._metadata = self._buffer[meta_start:self._metadata_end].view(meta_dtype)
+        self._fields = {}
+        for k, (name, cls, desc) in enumerate(zip(names, types, descriptors)):
+            try:
+                self._fields[name] = cls.from_binary(np.array(desc["arguments"]), self._metadata[f"f{k}"])
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+                self._fail(f"field {name!r}: bad arguments in its descriptor: {exc}")
+
+    def _parse_alloc_table(self) -> None:
+        table_bytes = self._file_size - self._alloc_table_ptr
+        if table_bytes % fmt.ALLOC_TABLE_TYPE.itemsize:
+            self._fail(f"the allocation table ({table_bytes} bytes from alloc_table_ptr "
+                       f"{self._alloc_table_ptr} to the end) is not a whole number of "
+                       f"{fmt.ALLOC_TABLE_TYPE.itemsize}-byte entries (file truncated?)")
+        table = self._buffer[self._alloc_table_ptr:].view(fmt.ALLOC_TABLE_TYPE)
+        bad = (table["sample_id"] >= self._num_samples) | ~_in_bounds(
+            table["ptr"], table["size"], self._metadata_end, self._alloc_table_ptr)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            entry = table[k]
+            self._fail(f"allocation table entry {k} (sample {int(entry['sample_id'])}, ptr "
+                       f"{int(entry['ptr'])}, size {int(entry['size'])}) points outside the data "
+                       f"region [{self._metadata_end}, {self._alloc_table_ptr}) or to a sample "
+                       f">= {self._num_samples}; {int(bad.sum())} bad entries in all")
+        self._alloc_table = table
+        # Sorted by pointer for ffcv-style size look-ups; at equal pointers the largest first, so
+        # an empty allocation never hides the real one.
+        order = np.lexsort((-table["size"].astype(np.int64), table["ptr"]))
+        self._sorted_ptrs = np.ascontiguousarray(table["ptr"][order])
+        self._sorted_sizes = np.ascontiguousarray(table["size"][order])
+
+    def _compute_ranges(self, k: int, name: str, field: Field) -> tuple[np.ndarray, np.ndarray]:
+        column = self._metadata[f"f{k}"]
+        n = self._num_samples
+        if isinstance(field, (IntField, FloatField)):
+            start = fmt.metadata_start(self._num_fields) + self._metadata.dtype.fields[f"f{k}"][1]
+            offsets = start + np.arange(n, dtype=np.uint64) * np.uint64(self._metadata.dtype.itemsize)
+            return offsets, np.full(n, 8, dtype=np.uint64)
+        if isinstance(field, RGBImageField):
+            offsets, sizes = self._lookup_allocations(name, column["data_ptr"])
+            self._check_images(name, column, sizes)
+            return offsets, sizes
+        if isinstance(field, NDArrayField):
+            offsets = np.ascontiguousarray(column, dtype=np.uint64)
+            sizes = np.full(n, field.element_size, dtype=np.uint64)
+        else:  # BytesField: pointer and size are both in the metadata
+            offsets = np.ascontiguousarray(column["ptr"], dtype=np.uint64)
+            sizes = np.ascontiguousarray(column["size"], dtype=np.uint64)
+        self._check_ranges(name, offsets, sizes)
+        return offsets, sizes
+
+    def _lookup_allocations(self, name: str, ptrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ptrs = np.ascontiguousarray(ptrs, dtype=np.uint64)
+        pos = np.searchsorted(self._sorted_ptrs, ptrs)
+        found = pos < self._sorted_ptrs.size
+        found[found] = self._sorted_ptrs[pos[found]] == ptrs[found]
+        if not found.all():
+            i = int(np.flatnonzero(~found)[0])
+            self._fail(f"sample {i}, field {name!r}: data pointer {int(ptrs[i])} is not in the "
+                       f"allocation table ({int((~found).sum())} samples affected)")
+        return ptrs, self._sorted_sizes[pos]
+
+    def _check_images(self, name: str, column: np.ndarray, sizes: np.ndarray) -> None:
+        mode, width, height = column["mode"], column["width"], column["height"]
+        raw = mode == fmt.IMAGE_MODE_RAW
+        expected = width.astype(np.uint64) * height.astype(np.uint64) * np.uint64(3)
+        bad = ((mode != fmt.IMAGE_MODE_RAW) & (mode != fmt.IMAGE_MODE_JPG)) | (width == 0) | (height == 0) \
+            | (raw & (sizes != expected)) | (sizes == 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self._fail(f"sample {i}, field {name!r}: inconsistent image metadata (mode "
+                       f"{int(mode[i])}, {int(width[i])}x{int(height[i])}, {int(sizes[i])} bytes "
+                       f"allocated); {int(bad.sum())} samples affected")
+
+    def _check_ranges(self, name: str, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        bad = ~_in_bounds(offsets, sizes, self._metadata_end, self._alloc_table_ptr)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self._fail(f"sample {i}, field {name!r}: data [{int(offsets[i])}, +{int(sizes[i])}) lies "
+                       f"outside the data region [{self._metadata_end}, {self._alloc_table_ptr}); "
+                       f"{int(bad.sum())} samples affected")
+
+
+def _in_bounds(ptrs: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """ptr >= lo and ptr + size <= hi, without uint64 overflow."""
+    ptrs = np.asarray(ptrs, dtype=np.uint64)
+    sizes = np.asarray(sizes, dtype=np.uint64)
+    hi_ = np.uint64(hi)
+    size_ok = sizes <= hi_
+    room = np.where(size_ok, hi_ - np.minimum(sizes, hi_), np.uint64(0))
+    return size_ok & (ptrs >= np.uint64(lo)) & (ptrs <= room)
+
+
+def _map_file(path: Path) -> np.ndarray:
+    """The file as a read-only uint8 array over mmap; StoreError for anything but a regular file."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open store: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device could block or never end
+        raise StoreError(f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise StoreError(f"{path}: empty file (0 bytes), not a store")
+    try:
+        with open(path, "rb") as f:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot map store: {exc}") from exc
+    return np.frombuffer(mapping, dtype=np.uint8)
+
+
+__all__ = ["Store"]

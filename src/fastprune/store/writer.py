@@ -1,0 +1,369 @@
+"""``write_dataset``: convert any indexable source into a store file (an ffcv ``.beton``).
+
+How a file is written:
+
+1. samples are encoded in chunks (in worker processes when ``workers > 1``): every field value is
+   validated and split into metadata scalars and a payload (see fields.py);
+2. the main process lays the payloads out in pages as ffcv's allocator does (all allocations of a
+   sample in one page, in field order; a sample that does not fit in what is left of a page starts
+   the next page) and appends them to a temporary file in the destination folder;
+3. it then writes the metadata table, the per-allocation CRC-32 block, the checksum trailer, the
+   allocation table and finally the header, and renames the temporary file to ``path``.
+
+Any exception (including KeyboardInterrupt) removes the temporary file: a failed conversion leaves
+no file at ``path`` (an existing file there is left untouched) and nothing else behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .._native import core
+from ..errors import ConversionError
+from . import format as fmt
+from .fields import Field, RGBImageField
+
+
+@dataclass
+class EncodedChunk:
+    """The encoded samples [start, stop) of a source."""
+
+    start: int
+    stop: int
+    scalars: list[list]  # per field: the metadata scalars of each sample (None for payload-only)
+    sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
+    blob: bytes  # every payload, sample-major then field order, back to back
+
+
+def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
+                  workers: int | None = None, progress: bool = True,
+                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None) -> Path:
+    """Write ``source`` to a store file at ``path`` and return the path.
+
+    source: any object with ``__len__`` and ``__getitem__(i)`` returning a tuple of values in the
+        order of ``fields`` (like ffcv's ``DatasetWriter.from_indexed_dataset``).
+    fields: name -> Field, in order (names: ASCII, 1..16 characters, unique).
+    jpeg_quality: if given, overrides the quality of every JPEG image field.
+    workers: encoding processes (default: all cores; 1 encodes in this process). Workers are forked,
+        so the source need not be picklable.
+    progress: show a tqdm progress bar.
+    page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
+    """
+    path = Path(path)
+    fields = _check_fields(fields, jpeg_quality)
+    num_samples = _check_source(source)
+    _check_page_size(page_size)
+    workers = _resolve_workers(workers, num_samples)
+    chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
+
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            writer = _FileWriter(out, fields, num_samples, page_size)
+            for chunk in _encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
+                writer.add_chunk(chunk)
+            writer.finish()
+        os.replace(tmp_name, path)
+    except BaseException:
+        _remove_quietly(tmp_name)
+        raise
+    return path
+
+
+# --- argument checks -----------------------------------------------------------------------------
+
+def _check_fields(fields: Mapping[str, Field], jpeg_quality: int | None) -> dict[str, Field]:
+    if not isinstance(fields, Mapping) or not fields:
+        raise ValueError("write_dataset: fields must be a non-empty dict name -> Field")
+    if len(fields) > 0xFFFF:
+        raise ValueError(f"write_dataset: at most 65535 fields, got {len(fields)}")
+    checked = {}
+    for name, field in fields.items():
+        if not isinstance(name, str) or not name.isascii() or not 1 <= len(name) <= fmt.FIELD_NAME_BYTES \
+                or "\x00" in name:
+            raise ValueError(f"write_dataset: field name {name!r} must be 1..16 ASCII characters "
+                             "(the format stores 16 bytes)")
+        if not isinstance(field, Field):
+            raise TypeError(f"write_dataset: field {name!r} is {type(field).__name__}, expected a "
+                            "fastprune.store.fields Field")
+        if jpeg_quality is not None and isinstance(field, RGBImageField) and field.write_mode == "jpg":
+            field = RGBImageField("jpg", jpeg_quality, field.max_resolution)
+        checked[name] = field
+    return checked
+
+
+def _check_source(source) -> int:
+    try:
+        num_samples = len(source)
+    except TypeError:
+        raise ConversionError(f"write_dataset: the source ({type(source).__name__}) has no len()") from None
+    if num_samples == 0:
+        raise ConversionError("write_dataset: the source is empty (0 samples)")
+    if not hasattr(source, "__getitem__"):
+        raise ConversionError(f"write_dataset: the source ({type(source).__name__}) is not indexable")
+    return num_samples
+
+
+def _check_page_size(page_size: int) -> None:
+    if not fmt.is_power_of_two(page_size) or not fmt.MIN_PAGE_SIZE <= page_size <= fmt.MAX_PAGE_SIZE:
+        raise ValueError(f"write_dataset: page_size must be a power of two in "
+                         f"[{fmt.MIN_PAGE_SIZE}, {fmt.MAX_PAGE_SIZE}], got {page_size}")
+
+
+def _resolve_workers(workers: int | None, num_samples: int) -> int:
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"write_dataset: workers must be >= 1, got {workers}")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1  # workers inherit the source by forking; elsewhere encode in this process
+    return max(1, min(workers, num_samples // 256 or 1))
+
+
+def _remove_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int) -> EncodedChunk:
+    """Read and encode samples [start, stop); errors name the sample and the field."""
+    scalars: list[list] = [[] for _ in fields]
+    payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
+    sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
+    payloads: list = []
+    for row, index in enumerate(range(start, stop)):
+        values = _read_sample(source, index, len(fields))
+        col = 0
+        for i, ((name, field), value) in enumerate(zip(fields, values)):
+            try:
+                scalar, payload = field.encode(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ConversionError(f"sample {index}, field {name!r} ({type(field).__name__}): {exc}") from exc
+            scalars[i].append(scalar)
+            if payload is not None:
+                payloads.append(payload)
+                sizes[row, col] = payload.size
+                col += 1
+    return EncodedChunk(start, stop, scalars, sizes, b"".join(payloads))
+
+
+def _read_sample(source, index: int, num_fields: int) -> tuple:
+    try:
+        values = source[index]
+    except Exception as exc:
+        raise ConversionError(f"reading sample {index} from the source failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(values, (tuple, list)) or len(values) != num_fields:
+        got = f"{len(values)} values" if isinstance(values, (tuple, list)) else type(values).__name__
+        raise ConversionError(f"sample {index}: the source returned {got}, expected a tuple of "
+                              f"{num_fields} values (one per field)")
+    return values
+
+
+# Set in the parent right before forking the pool; the workers inherit them.
+_WORKER_JOB: tuple | None = None
+
+
+def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
+    source, fields = _WORKER_JOB
+    return encode_chunk(source, fields, *bounds)
+
+
+def _encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,
+                    workers: int, progress: bool):
+    """Yield EncodedChunks in sample order, updating a progress bar."""
+    from tqdm import tqdm
+
+    bounds = [(s, min(s + chunk_size, num_samples)) for s in range(0, num_samples, chunk_size)]
+    items = list(fields.items())
+    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="write_dataset") as bar:
+        if workers == 1:
+            for start, stop in bounds:
+                yield encode_chunk(source, items, start, stop)
+                bar.update(stop - start)
+            return
+        global _WORKER_JOB
+        _WORKER_JOB = (source, items)
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        try:
+            for chunk in pool.imap(_encode_in_worker, bounds):
+                yield chunk
+                bar.update(chunk.stop - chunk.start)
+        finally:
+            _WORKER_JOB = None
+            pool.terminate()
+            pool.join()
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+class _FileWriter:
+    """Appends encoded chunks to the open temporary file, then writes tables and header."""
+
+    def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int):
+        self.out = out
+        self.fields = list(fields.items())
+        self.num_samples = num_samples
+        self.page_size = page_size
+        self.payload_fields = [i for i, (_, f) in enumerate(self.fields) if f.has_payload]
+        self.payload_column = {field_index: col for col, field_index in enumerate(self.payload_fields)}
+        self.metadata = np.zeros(num_samples, dtype=fmt.metadata_dtype([f.metadata_type for _, f in self.fields]))
+        self.metadata_end = fmt.metadata_start(len(self.fields)) + self.metadata.nbytes
+        self.data_start = fmt.align_up(self.metadata_end, page_size)
+        num_allocs = num_samples * len(self.payload_fields)
+        self.alloc_table = np.zeros(num_allocs, dtype=fmt.ALLOC_TABLE_TYPE)
+        self.next_alloc = 0
+        self.page_end = self.data_start  # end of the current page (none opened yet)
+        self.cursor = self.data_start  # next free byte in the current page
+        self.any_data = False
+        out.seek(self.data_start)
+
+    def add_chunk(self, chunk: EncodedChunk) -> None:
+        n = chunk.stop - chunk.start
+        totals = chunk.sizes.sum(axis=1, dtype=np.uint64)
+        starts = self._place_samples(totals, chunk.start)
+        self._write_blob(chunk.blob, starts, totals)
+        ptrs = starts[:, None] + np.cumsum(chunk.sizes, axis=1, dtype=np.uint64) - chunk.sizes
+        self._record_allocations(chunk.start, n, ptrs, chunk.sizes)
+        rows = self.metadata[chunk.start:chunk.stop]
+        for i, (_, field) in enumerate(self.fields):
+            col = self.payload_column.get(i)
+            field_ptrs = None if col is None else ptrs[:, col]
+            field_sizes = None if col is None else chunk.sizes[:, col]
+            field.fill_metadata(rows[f"f{i}"], chunk.scalars[i], field_ptrs, field_sizes)
+
+    def _place_samples(self, totals: np.ndarray, first_index: int) -> np.ndarray:
+        """File offset of each sample's first allocation (ffcv's page rule)."""
+        starts = np.zeros(len(totals), dtype=np.uint64)
+        page_size, cursor, page_end = self.page_size, self.cursor, self.page_end
+        for row, total in enumerate(totals.tolist()):
+            if total > page_size:
+                raise ConversionError(f"sample {first_index + row}: its data ({total} bytes) is larger "
+                                      f"than a page ({page_size} bytes); pass a larger page_size")
+            if total == 0:
+                starts[row] = cursor
+                continue
+            if cursor + total > page_end or not self.any_data:
+                # open the next page (the first one starts at data_start)
+                cursor = page_end if self.any_data else self.data_start
+                page_end = cursor + page_size
+                self.any_data = True
+            starts[row] = cursor
+            cursor += total
+        self.cursor, self.page_end = cursor, page_end
+        return starts
+
+    def _write_blob(self, blob: bytes, starts: np.ndarray, totals: np.ndarray) -> None:
+        """Write the samples' payloads at their offsets, skipping (zero-filled) page tails."""
+        if not blob:
+            return
+        view = memoryview(blob)
+        ends = starts + totals
+        # Samples are contiguous except where a new page begins: split the blob there.
+        breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        blob_offsets = np.concatenate([[0], np.cumsum(totals, dtype=np.uint64)])
+        run_bounds = np.concatenate([[0], breaks, [len(starts)]]).astype(np.int64)
+        for a, b in zip(run_bounds[:-1], run_bounds[1:]):
+            lo, hi = int(blob_offsets[a]), int(blob_offsets[b])
+            if hi == lo:
+                continue
+            self.out.seek(int(starts[a]))
+            self.out.write(view[lo:hi])
+
+    def _record_allocations(self, first: int, n: int, ptrs: np.ndarray, sizes: np.ndarray) -> None:
+        count = n * len(self.payload_fields)
+        if count == 0:
+            return
+        table = self.alloc_table[self.next_alloc:self.next_alloc + count]
+        table["sample_id"] = np.repeat(np.arange(first, first + n, dtype=np.uint64), len(self.payload_fields))
+        table["ptr"] = ptrs.reshape(-1)
+        table["size"] = sizes.reshape(-1)
+        self.next_alloc += count
+
+    def finish(self) -> None:
+        out = self.out
+        data_end = self.page_end if self.any_data else self.metadata_end
+        block_ptr = fmt.align_up(data_end, 8)
+        out.truncate(block_ptr)  # zero-fills the last page's tail, as ffcv writes full pages
+        header, descriptors = self._header(), self._descriptors()
+        out.seek(0)
+        out.write(header.tobytes())
+        out.write(descriptors.tobytes())
+        out.write(self.metadata.tobytes())
+        out.flush()
+        crcs = self._allocation_crcs()
+        block = crcs.astype(fmt.CHECKSUM_DTYPE).tobytes()
+        trailer_ptr = fmt.align_up(block_ptr + len(block), 8)
+        alloc_table_ptr = trailer_ptr + fmt.CHECKSUM_TRAILER_TYPE.itemsize
+        header["alloc_table_ptr"] = alloc_table_ptr
+        layout_crc = zlib.crc32(self.metadata, zlib.crc32(descriptors, zlib.crc32(header.tobytes())))
+        trailer = make_trailer(layout_crc, zlib.crc32(self.alloc_table), zlib.crc32(block),
+                               block_ptr, len(self.alloc_table))
+        out.seek(block_ptr)
+        out.write(block)
+        out.write(b"\x00" * (trailer_ptr - block_ptr - len(block)))
+        out.write(trailer.tobytes())
+        out.write(self.alloc_table.tobytes())
+        out.seek(0)
+        out.write(header.tobytes())
+        out.flush()
+
+    def _allocation_crcs(self) -> np.ndarray:
+        if len(self.alloc_table) == 0:
+            return np.zeros(0, dtype=np.uint32)
+        mapped = np.memmap(self.out, dtype=np.uint8, mode="r")
+        try:
+            return core.crc32_ranges(mapped, np.ascontiguousarray(self.alloc_table["ptr"]),
+                                     np.ascontiguousarray(self.alloc_table["size"]), os.cpu_count() or 1)
+        finally:
+            del mapped
+
+    def _header(self) -> np.ndarray:
+        header = np.zeros(1, dtype=fmt.HEADER_TYPE)
+        header["version"] = fmt.VERSION
+        header["num_fields"] = len(self.fields)
+        header["page_size"] = self.page_size
+        header["num_samples"] = self.num_samples
+        return header
+
+    def _descriptors(self) -> np.ndarray:
+        descriptors = np.zeros(len(self.fields), dtype=fmt.FIELD_DESC_TYPE)
+        for i, (name, field) in enumerate(self.fields):
+            descriptors[i]["type_id"] = field.type_id
+            descriptors[i]["name"] = fmt.encode_field_name(name)
+            descriptors[i]["arguments"] = field.to_binary()
+        return descriptors
+
+
+def make_trailer(layout_crc: int, alloc_table_crc: int, block_crc: int, block_ptr: int,
+                 num_allocations: int) -> np.ndarray:
+    trailer = np.zeros(1, dtype=fmt.CHECKSUM_TRAILER_TYPE)
+    trailer["magic"] = fmt.CHECKSUM_MAGIC
+    trailer["version"] = fmt.CHECKSUM_VERSION
+    trailer["layout_crc"] = layout_crc
+    trailer["alloc_table_crc"] = alloc_table_crc
+    trailer["block_crc"] = block_crc
+    trailer["block_ptr"] = block_ptr
+    trailer["num_allocations"] = num_allocations
+    trailer["trailer_crc"] = trailer_crc(trailer)
+    return trailer
+
+
+def trailer_crc(trailer: np.ndarray) -> int:
+    covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
+    return zlib.crc32(trailer.tobytes()[:covered])
+
+
+__all__ = ["write_dataset", "encode_chunk", "EncodedChunk"]
