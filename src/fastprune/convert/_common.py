@@ -62,6 +62,8 @@ def as_int_labels(labels: Any, what: str) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1:
         raise ConversionError(f"{what} must be 1-D (one label per sample), got shape {array.shape}")
+    if array.size == 0:  # an empty list has no integer dtype to check; emptiness is checked elsewhere
+        return array.astype(np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise ConversionError(f"{what} must be integers, got dtype {array.dtype}")
     return array.astype(np.int64, copy=False)

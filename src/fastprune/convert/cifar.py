@@ -92,6 +92,7 @@ def read_batch(path: str | os.PathLike, label_keys: tuple[str, ...]) -> tuple[np
     _common.check_uint8(data, f"{path}: 'data'")
     if data.ndim != 2 or data.shape[1] != PIXELS_PER_IMAGE:
         raise ConversionError(f"{path}: 'data' has shape {data.shape}, expected N x {PIXELS_PER_IMAGE}")
+    _common.check_not_empty(len(data), str(path))
     labels = [_common.as_int_labels(_get(batch, key, path), f"{path}: {key!r}") for key in label_keys]
     for key, column in zip(label_keys, labels):
         _common.check_counts_match(len(data), len(column), f"{path} ({key!r})")
@@ -131,7 +132,6 @@ def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
     batches = [read_batch(path, label_keys) for path in batch_files(cifar_folder(source, kind), kind, split)]
     images = np.concatenate([images for images, _ in batches])
     columns = [np.concatenate([labels[i] for _, labels in batches]) for i in range(len(label_keys))]
-    _common.check_not_empty(len(images), f"{kind} {split} split in {source}")
     return images, columns
 
 
