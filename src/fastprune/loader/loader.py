@@ -1,0 +1,378 @@
+"""fastprune.Loader: batches of an epoch's selected samples, assembled natively, prefetched.
+
+Per epoch the loader asks the sampler for the epoch's selection (sample ids + weights), shuffles
+its order from (seed, epoch), takes this rank's shard, and hands the batches to ``threads``
+producer threads. A producer builds whole batches: native gather/decode (GIL released) then the
+numba transforms (nogil). Batch k is built by producer k % threads and delivered in order, so
+results are identical whatever the thread count; at most ``prefetch`` finished batches wait per
+producer, which bounds memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import queue
+import threading
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ._source import open_source
+from .transforms import BatchTransform, Normalize, _ResizedCrop, stream_key
+
+__all__ = ["Loader", "Batch"]
+
+_POLL_S = 0.05  # how often blocked producers/consumers re-check for shutdown
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # [B, 3, H, W] float (after Normalize) or uint8 [B, H, W, 3]
+    labels: torch.Tensor | None  # int64 [B]
+    indices: torch.Tensor  # int64 [B] sample ids in the store
+    weights: torch.Tensor  # float32 [B] per-sample loss weights from the sampler
+
+
+class _AllSamples:
+    """The default sampler: every sample, weight 1."""
+
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples
+
+    def select(self, epoch: int):
+        return np.arange(self.num_samples, dtype=np.int64), np.ones(self.num_samples, np.float32)
+
+    def num_selected(self, epoch: int) -> int:
+        return self.num_samples
+
+
+class Loader:
+    """Iterate an epoch of a store as :class:`Batch` es.
+
+    Args:
+        store_or_path: a ``fastprune.Store`` or the path of a .beton-compatible file.
+        batch_size: samples per batch.
+        sampler: ``select(epoch) -> Selection(indices, weights)`` and ``num_selected(epoch)``;
+            None = all samples, weight 1.
+        transforms: list of :mod:`fastprune.loader.transforms`; a resized crop placed first is
+            fused into the native decode (needed when images differ in size).
+        shuffle: shuffle each epoch's selection from (seed, epoch).
+        drop_last: drop the last, incomplete batch.
+        seed: seeds the order and every augmentation.
+        threads: producer threads (default: the CPUs this process may use).
+        prefetch: finished batches kept ready per producer.
+        device: "cpu" or a CUDA device (pinned memory + non_blocking copies).
+        distributed: None, (rank, world_size), or True to read them from torch.distributed.
+            Every rank shuffles identically and takes a disjoint, equal-length shard (the
+            remainder of the selection past a multiple of world_size is dropped that epoch).
+        image_field / label_field: field names (default: the only image field; "label" or the
+            only integer field).
+
+    ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
+    ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass
+    does not (the next iteration repeats that epoch unless you call ``set_epoch``).
+    """
+
+    def __init__(self, store_or_path, batch_size: int, *, sampler=None,
+                 transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
+                 seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
+                 distributed=None, image_field: str | None = None, label_field: str | None = None):
+        if int(batch_size) <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if threads is not None and int(threads) <= 0:
+            raise ValueError(f"threads must be > 0 or None, got {threads}")
+        if int(prefetch) <= 0:
+            raise ValueError(f"prefetch must be > 0, got {prefetch}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.threads = int(threads) if threads is not None else _default_threads()
+        self.prefetch = int(prefetch)
+        self.device = _check_device(device)
+        self.rank, self.world_size = _resolve_distributed(distributed)
+        self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda")
+        self._source = open_source(store_or_path, image_field, label_field, threads=1)
+        self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
+        _check_sampler(self.sampler, self._source.num_samples)
+        self._epoch = 0
+
+    # -- epochs and lengths ---------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will run."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return self._source.num_samples
+
+    def samples_in_epoch(self, epoch: int) -> int:
+        """Samples this rank loads in ``epoch``."""
+        per_rank = _num_selected(self.sampler, epoch) // self.world_size
+        if self.drop_last:
+            return per_rank // self.batch_size * self.batch_size
+        return per_rank
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        per_rank = _num_selected(self.sampler, epoch) // self.world_size
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_in_epoch(self._epoch)
+
+    def steps_for_epochs(self, start: int, stop: int) -> int:
+        """Total batches of epochs [start, stop): the step count an LR schedule needs."""
+        if not 0 <= start <= stop:
+            raise ValueError(f"steps_for_epochs needs 0 <= start <= stop, got {start}, {stop}")
+        return sum(self.batches_in_epoch(e) for e in range(start, stop))
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids, weights) this rank visits in ``epoch``, in order."""
+        ids, weights = _selection(self.sampler, epoch, self._source.num_samples)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(ids))
+            ids, weights = ids[order], weights[order]
+        per_rank = len(ids) // self.world_size
+        ids = ids[: per_rank * self.world_size][self.rank :: self.world_size]
+        weights = weights[: per_rank * self.world_size][self.rank :: self.world_size]
+        if self.drop_last:
+            keep = len(ids) // self.batch_size * self.batch_size
+            ids, weights = ids[:keep], weights[:keep]
+        return np.ascontiguousarray(ids), np.ascontiguousarray(weights)
+
+    # -- iteration ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self._epoch
+        ids, weights = self.epoch_order(epoch)
+        run = _EpochRun(self._batch_builder(epoch), ids, weights, self.batch_size, self.threads, self.prefetch)
+        try:
+            for batch in run.batches():
+                yield self._to_device(batch)
+        finally:
+            run.close()
+        self._epoch = epoch + 1
+
+    def _batch_builder(self, epoch: int) -> "_BatchBuilder":
+        streams = [stream_key(self.seed, epoch, salt) for salt in range(len(self.transforms))]
+        return _BatchBuilder(self._source, self.transforms, streams, epoch)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.device.type == "cpu":
+            return batch
+        return Batch(*(None if t is None else t.to(self.device, non_blocking=True) for t in batch))
+
+    def __repr__(self) -> str:
+        return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, "
+                f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
+
+
+class _BatchBuilder:
+    """Builds one batch from its sample ids: native gather/decode, then the transforms."""
+
+    def __init__(self, source, transforms, streams, epoch):
+        self.source, self.transforms, self.streams, self.epoch = source, transforms, streams, epoch
+        self.fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
+        self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
+        if not self.fused_crop and source.uniform_shape is None and source.num_samples:
+            raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
+                             "in transforms so that every batch has one shape")
+
+    def __call__(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
+        images = self._gather(ids)
+        for transform, stream in zip(self.transforms[int(self.fused_crop):], self.streams[int(self.fused_crop):]):
+            images = transform(images, ids, stream)
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+            if self.pin:
+                images = images.pin_memory()
+        labels = None if self.source.labels is None else torch.from_numpy(self.source.labels[ids])
+        return Batch(images, labels, torch.from_numpy(ids), torch.from_numpy(weights))
+
+    def _gather(self, ids: np.ndarray) -> np.ndarray:
+        source = self.source
+        if self.fused_crop:
+            crop = self.transforms[0]
+            crops = crop.crop_params(source.heights[ids], source.widths[ids], ids, self.streams[0])
+            out = np.empty((len(ids), *crop.size, 3), np.uint8)
+            source.gather.gather_crops(ids, crops, out, max_threads=1)
+        else:
+            out = np.empty((len(ids), *source.uniform_shape, 3), np.uint8)
+            source.gather.gather(ids, out, max_threads=1)
+        return out
+
+
+class _EpochRun:
+    """Producer threads for one pass; close() stops and joins them and drops queued batches."""
+
+    def __init__(self, build, ids, weights, batch_size, threads, prefetch):
+        self._build, self._ids, self._weights, self._batch_size = build, ids, weights, batch_size
+        self.num_batches = math.ceil(len(ids) / batch_size)
+        self._threads = max(1, min(threads, self.num_batches))
+        self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
+                                          name=f"fastprune-loader-{t}") for t in range(self._threads)]
+        for w in self._workers:
+            w.start()
+
+    def batches(self) -> Iterator[Batch]:
+        for k in range(self.num_batches):
+            kind, value = self._take(self._queues[k % self._threads])
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        for q in self._queues:  # unblock producers waiting on a full queue, free their batches
+            _drain(q)
+        for w in self._workers:
+            w.join()
+        for q in self._queues:
+            _drain(q)
+
+    def _produce(self, t: int) -> None:
+        for k in range(t, self.num_batches, self._threads):
+            if self._stop.is_set():
+                return
+            rows = slice(k * self._batch_size, (k + 1) * self._batch_size)
+            try:
+                item = ("batch", self._build(self._ids[rows], self._weights[rows]))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                _add_note(exc, f"raised by a fastprune loader thread while building batch {k} of epoch "
+                               f"{self._build.epoch} (sample ids {self._ids[rows][:8].tolist()}...)")
+                item = ("error", exc)
+            if not self._put(self._queues[t], item) or item[0] == "error":
+                return
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _take(self, q: queue.Queue):
+        while True:
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not any(w.is_alive() for w in self._workers) and q.empty():
+                    raise RuntimeError("fastprune loader threads stopped without delivering a batch")
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+
+
+# -- argument checks ----------------------------------------------------------------------------
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} but CUDA is not available (torch {torch.__version__}); "
+                           "use device='cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(device)!r}")
+    return device
+
+
+def _check_transforms(transforms, pin: bool) -> list:
+    transforms = list(transforms)
+    for i, t in enumerate(transforms):
+        if not callable(t):
+            raise TypeError(f"transforms[{i}] is not callable: {t!r}")
+        if isinstance(t, Normalize) and i != len(transforms) - 1:
+            raise ValueError(f"transforms[{i}]: Normalize must be the last transform (it returns a torch tensor)")
+        if isinstance(t, _ResizedCrop) and i != 0:
+            continue  # allowed: then it runs in numba on the uint8 batch
+    if pin:
+        transforms = [copy.copy(t) if isinstance(t, Normalize) else t for t in transforms]
+        for t in transforms:
+            if isinstance(t, Normalize):
+                t.pin_memory = True
+    return transforms
+
+
+def _resolve_distributed(distributed) -> tuple[int, int]:
+    if distributed is None or distributed is False:
+        return 0, 1
+    if distributed is True:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
+        return dist.get_rank(), dist.get_world_size()
+    try:
+        rank, world = (int(v) for v in distributed)
+    except (TypeError, ValueError):
+        raise ValueError(f"distributed must be None, True or (rank, world_size), got {distributed!r}") from None
+    if world <= 0 or not 0 <= rank < world:
+        raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
+    return rank, world
+
+
+def _check_sampler(sampler, num_samples: int) -> None:
+    if not callable(getattr(sampler, "select", None)):
+        raise TypeError(f"sampler must have select(epoch) -> Selection(indices, weights), got {sampler!r}")
+    declared = getattr(sampler, "num_samples", num_samples)
+    if declared != num_samples:
+        raise ValueError(f"sampler.num_samples = {declared} but the store has {num_samples} samples")
+
+
+def _num_selected(sampler, epoch: int) -> int:
+    if hasattr(sampler, "num_selected"):
+        return int(sampler.num_selected(epoch))
+    return len(_selection_arrays(sampler.select(epoch))[0])
+
+
+def _selection_arrays(selection):
+    if hasattr(selection, "indices"):
+        return selection.indices, getattr(selection, "weights", None)
+    if isinstance(selection, tuple) and len(selection) == 2:
+        return selection
+    return selection, None
+
+
+def _selection(sampler, epoch: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    indices, weights = _selection_arrays(sampler.select(epoch))
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+        raise ValueError(f"sampler.select({epoch}) must return 1-D integer indices, got {indices.dtype} "
+                         f"{indices.shape}")
+    indices = indices.astype(np.int64, copy=False)
+    if indices.size and (indices.min() < 0 or indices.max() >= num_samples):
+        raise IndexError(f"sampler.select({epoch}) returned sample ids outside [0, {num_samples})")
+    weights = np.ones(len(indices), np.float32) if weights is None else np.asarray(weights, np.float32)
+    if weights.shape != indices.shape:
+        raise ValueError(f"sampler.select({epoch}): {len(weights)} weights for {len(indices)} indices")
+    if hasattr(sampler, "num_selected") and sampler.num_selected(epoch) != len(indices):
+        raise ValueError(f"sampler.num_selected({epoch}) = {sampler.num_selected(epoch)} but select({epoch}) "
+                         f"returned {len(indices)} indices; len(loader) would be wrong")
+    return indices, weights

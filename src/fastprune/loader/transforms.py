@@ -1,0 +1,417 @@
+"""Batch transforms: numba kernels over a whole uint8 NHWC batch.
+
+Every transform sees the batch being assembled, ``images`` (uint8 ``[B, H, W, 3]``), the store
+sample ids of its rows, ``ids`` (int64 ``[B]``), and ``stream``, a 64-bit key derived from
+(loader seed, epoch, position of the transform in the pipeline). Random choices come from
+``uniform(stream, ids[b], k)`` -- a counter-based hash of (stream, sample id, draw number) -- so
+a sample's augmentation depends only on (seed, epoch, sample id): not on the thread count, the
+batch size, or which other samples share its batch.
+
+The last transform may be :class:`Normalize`, which turns the uint8 batch into a float32 /
+float16 / bfloat16 torch tensor (NCHW or channels_last). Without it the loader yields the uint8
+NHWC batch as a torch tensor.
+
+Writing your own transform takes a few lines: a ``nogil`` numba kernel plus a
+:class:`BatchTransform` subclass whose ``__call__`` runs it and returns the batch::
+
+    import numba
+    from fastprune.loader.transforms import BatchTransform, uniform
+
+    @numba.njit(nogil=True, cache=True)
+    def _invert(images, ids, stream, p):
+        for b in range(images.shape[0]):
+            if uniform(stream, ids[b], 0) < p:
+                images[b] = 255 - images[b]
+
+    class RandomInvert(BatchTransform):
+        def __init__(self, p=0.5):
+            self.p = p
+
+        def __call__(self, images, ids, stream):
+            _invert(images, ids, stream, self.p)
+            return images            # in place; return a new array if the shape changes
+
+    loader = Loader(store, 256, transforms=[RandomInvert(), Normalize(MEAN, STD)])
+
+A transform that changes the image size overrides ``output_size(height, width)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numba
+import numpy as np
+import torch
+
+__all__ = [
+    "BatchTransform", "RandomCrop", "RandomResizedCrop", "CenterCrop", "RandomHorizontalFlip",
+    "Cutout", "Normalize", "uniform", "stream_key",
+]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix64_py(z: int) -> int:
+    """splitmix64's finaliser on Python ints (the reference for the numba version)."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, epoch: int, salt: int) -> int:
+    """The 64-bit random stream of one transform (salt = its position) in one epoch."""
+    return _mix64_py(_mix64_py(_mix64_py(int(seed)) ^ int(epoch)) ^ (int(salt) + 0x5851F42D4C957F2D))
+
+
+def uniform_py(stream: int, sample_id: int, k: int) -> float:
+    """Pure-Python twin of :func:`uniform` (used by tests as the oracle)."""
+    z = _mix64_py(int(stream) ^ _mix64_py((int(sample_id) * 0x9E3779B97F4A7C15 + int(k)) & _MASK64))
+    return (z >> 11) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def uniform(stream, sample_id, k):
+    """Uniform float in [0, 1): draw number k for one sample in one transform's stream."""
+    z = _mix64(np.uint64(stream) ^ _mix64(np.uint64(sample_id) * _GOLDEN + np.uint64(k)))
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def _randint(stream, sample_id, k, n):
+    """Uniform integer in [0, n)."""
+    return min(int(uniform(stream, sample_id, k) * n), n - 1)
+
+
+class BatchTransform:
+    """Base class of batch transforms (see the module docstring)."""
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Random crop with zero padding (torchvision RandomCrop(size, padding) / ffcv RandomTranslate).
+
+@numba.njit(nogil=True, cache=True)
+def _random_crop_kernel(images, out, ids, stream, padding, fill):
+    in_h, in_w = images.shape[1], images.shape[2]
+    out_h, out_w = out.shape[1], out.shape[2]
+    for b in range(images.shape[0]):
+        # top-left of the window in padded coordinates, then shifted back to image coordinates
+        dy = _randint(stream, ids[b], 0, in_h + 2 * padding - out_h + 1) - padding
+        dx = _randint(stream, ids[b], 1, in_w + 2 * padding - out_w + 1) - padding
+        for y in range(out_h):
+            sy = y + dy
+            if sy < 0 or sy >= in_h:
+                out[b, y, :, :] = fill
+                continue
+            x0 = max(0, -dx)
+            x1 = min(out_w, in_w - dx)
+            out[b, y, :x0, :] = fill
+            out[b, y, x1:, :] = fill
+            for x in range(x0, x1):
+                for c in range(3):
+                    out[b, y, x, c] = images[b, sy, x + dx, c]
+    return out
+
+
+class RandomCrop(BatchTransform):
+    """Pad by ``padding`` (with ``fill``) and take a random ``size`` crop (default: input size)."""
+
+    def __init__(self, size: int | tuple[int, int] | None = None, padding: int = 4, fill: int = 0):
+        if padding < 0:
+            raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
+        if not 0 <= fill <= 255:
+            raise ValueError(f"RandomCrop: fill must be a uint8 value, got {fill}")
+        self.size = _pair(size, "RandomCrop", "size") if size is not None else None
+        self.padding = int(padding)
+        self.fill = int(fill)
+
+    def output_size(self, height, width):
+        out = self.size or (height, width)
+        if out[0] > height + 2 * self.padding or out[1] > width + 2 * self.padding:
+            raise ValueError(f"RandomCrop: size {out} is larger than the padded image "
+                             f"{height + 2 * self.padding}x{width + 2 * self.padding}")
+        return out
+
+    def __call__(self, images, ids, stream):
+        h, w = self.output_size(images.shape[1], images.shape[2])
+        out = np.empty((images.shape[0], h, w, 3), np.uint8)
+        return _random_crop_kernel(images, out, ids, np.uint64(stream), self.padding, np.uint8(self.fill))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resized crops. Used as the *first* transform, the loader fuses them into the native
+# gather/decode (csrc/gather.cpp: read or decode, crop, bilinear resize), which is what makes
+# datasets with several image sizes batchable; later in a pipeline they run in numba here.
+
+@numba.njit(nogil=True, cache=True)
+def _random_resized_crop_params(heights, widths, ids, stream, scale_lo, scale_hi, log_r_lo, log_r_hi, crops):
+    """ffcv's get_random_crop with counter-based draws: crops[b] = (top, left, h, w)."""
+    for b in range(ids.shape[0]):
+        height, width, s = heights[b], widths[b], ids[b]
+        area = height * width
+        found = False
+        for attempt in range(10):
+            target_area = area * (scale_lo + (scale_hi - scale_lo) * uniform(stream, s, 4 * attempt))
+            aspect = math.exp(log_r_lo + (log_r_hi - log_r_lo) * uniform(stream, s, 4 * attempt + 1))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                crops[b, 0] = _randint(stream, s, 4 * attempt + 2, height - h + 1)
+                crops[b, 1] = _randint(stream, s, 4 * attempt + 3, width - w + 1)
+                crops[b, 2] = h
+                crops[b, 3] = w
+                found = True
+                break
+        if not found:  # fall back to the central crop with the closest allowed aspect ratio
+            in_ratio = width / height
+            w, h = width, height
+            if in_ratio < math.exp(log_r_lo):
+                h = int(round(width / math.exp(log_r_lo)))
+            elif in_ratio > math.exp(log_r_hi):
+                w = int(round(height * math.exp(log_r_hi)))
+            crops[b, 0] = (height - h) // 2
+            crops[b, 1] = (width - w) // 2
+            crops[b, 2] = h
+            crops[b, 3] = w
+    return crops
+
+
+@numba.njit(nogil=True, cache=True)
+def _center_crop_params(heights, widths, ratio, crops):
+    for b in range(heights.shape[0]):
+        c = max(1, int(ratio * min(heights[b], widths[b])))
+        crops[b, 0] = (heights[b] - c) // 2
+        crops[b, 1] = (widths[b] - c) // 2
+        crops[b, 2] = c
+        crops[b, 3] = c
+    return crops
+
+
+@numba.njit(nogil=True, cache=True)
+def _resize_crops_kernel(images, crops, out):
+    """Bilinear, pixel-centre sampling; the same formula as resize_crop in csrc/gather.cpp."""
+    out_h, out_w = out.shape[1], out.shape[2]
+    for b in range(images.shape[0]):
+        top, left, h, w = crops[b, 0], crops[b, 1], crops[b, 2], crops[b, 3]
+        for y in range(out_h):
+            sy = min(max((y + 0.5) * h / out_h - 0.5, 0.0), h - 1.0)
+            y0 = int(sy)
+            y1 = min(y0 + 1, h - 1)
+            fy = sy - y0
+            for x in range(out_w):
+                sx = min(max((x + 0.5) * w / out_w - 0.5, 0.0), w - 1.0)
+                x0 = int(sx)
+                x1 = min(x0 + 1, w - 1)
+                fx = sx - x0
+                for c in range(3):
+                    t = images[b, top + y0, left + x0, c] * (1 - fx) + images[b, top + y0, left + x1, c] * fx
+                    d = images[b, top + y1, left + x0, c] * (1 - fx) + images[b, top + y1, left + x1, c] * fx
+                    out[b, y, x, c] = np.uint8(t * (1 - fy) + d * fy + 0.5)
+    return out
+
+
+class _ResizedCrop(BatchTransform):
+    def __init__(self, size):
+        self.size = _pair(size, type(self).__name__, "size")
+
+    def output_size(self, height, width):
+        return self.size
+
+    def crop_params(self, heights, widths, ids, stream) -> np.ndarray:
+        """int32 [B, 4] crop windows (top, left, h, w) for images of the given sizes."""
+        raise NotImplementedError
+
+    def __call__(self, images, ids, stream):
+        b, h, w = images.shape[:3]
+        crops = self.crop_params(np.full(b, h, np.int64), np.full(b, w, np.int64), ids, stream)
+        out = np.empty((b, *self.size, 3), np.uint8)
+        return _resize_crops_kernel(images, crops, out)
+
+
+class RandomResizedCrop(_ResizedCrop):
+    """Random area fraction in ``scale`` and aspect ratio in ``ratio``, resized to ``size``."""
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        super().__init__(size)
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < lo <= hi, got {ratio}")
+        self.scale = tuple(map(float, scale))
+        self.ratio = tuple(map(float, ratio))
+
+    def crop_params(self, heights, widths, ids, stream):
+        crops = np.empty((len(ids), 4), np.int32)
+        return _random_resized_crop_params(
+            heights.astype(np.int64), widths.astype(np.int64), ids, np.uint64(stream), self.scale[0],
+            self.scale[1], math.log(self.ratio[0]), math.log(self.ratio[1]), crops)
+
+
+class CenterCrop(_ResizedCrop):
+    """Central square of side ``ratio * min(h, w)``, resized to ``size`` (ffcv's CenterCrop)."""
+
+    def __init__(self, size, ratio: float = 224 / 256):
+        super().__init__(size)
+        if not 0 < ratio <= 1:
+            raise ValueError(f"CenterCrop: ratio must be in (0, 1], got {ratio}")
+        self.ratio = float(ratio)
+
+    def crop_params(self, heights, widths, ids, stream):
+        crops = np.empty((len(heights), 4), np.int32)
+        return _center_crop_params(heights.astype(np.int64), widths.astype(np.int64), self.ratio, crops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flip and cutout, in place.
+
+@numba.njit(nogil=True, cache=True)
+def _flip_kernel(images, ids, stream, p):
+    w = images.shape[2]
+    for b in range(images.shape[0]):
+        if uniform(stream, ids[b], 0) < p:
+            for y in range(images.shape[1]):
+                for x in range(w // 2):
+                    for c in range(3):
+                        t = images[b, y, x, c]
+                        images[b, y, x, c] = images[b, y, w - 1 - x, c]
+                        images[b, y, w - 1 - x, c] = t
+    return images
+
+
+class RandomHorizontalFlip(BatchTransform):
+    """Mirror each image left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1:
+            raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(self, images, ids, stream):
+        return _flip_kernel(images, ids, np.uint64(stream), self.p)
+
+
+@numba.njit(nogil=True, cache=True)
+def _cutout_kernel(images, ids, stream, size, fill):
+    h, w = images.shape[1], images.shape[2]
+    for b in range(images.shape[0]):
+        cy = _randint(stream, ids[b], 0, h)
+        cx = _randint(stream, ids[b], 1, w)
+        y0, y1 = max(0, cy - size // 2), min(h, cy - size // 2 + size)
+        x0, x1 = max(0, cx - size // 2), min(w, cx - size // 2 + size)
+        images[b, y0:y1, x0:x1, :] = fill
+    return images
+
+
+class Cutout(BatchTransform):
+    """Fill a ``size`` x ``size`` square centred at a random pixel (clipped at the borders)."""
+
+    def __init__(self, size: int, fill: int = 0):
+        if size <= 0:
+            raise ValueError(f"Cutout: size must be > 0, got {size}")
+        if not 0 <= fill <= 255:
+            raise ValueError(f"Cutout: fill must be a uint8 value, got {fill}")
+        self.size = int(size)
+        self.fill = int(fill)
+
+    def __call__(self, images, ids, stream):
+        return _cutout_kernel(images, ids, np.uint64(stream), self.size, np.uint8(self.fill))
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalize + conversion to a torch tensor, through a per-channel lookup table: a uint8 input
+# has only 256 values per channel, so torch computes the 3x256 outputs once in the target
+# dtype (exact rounding, bfloat16 included) and the kernel is a pure gather + layout change.
+
+@numba.njit(nogil=True, cache=True)
+def _lut_nchw_kernel(images, lut, out):
+    for b in range(images.shape[0]):
+        for c in range(3):
+            table = lut[c]
+            for y in range(images.shape[1]):
+                for x in range(images.shape[2]):
+                    out[b, c, y, x] = table[images[b, y, x, c]]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _lut_nhwc_kernel(images, lut, out):
+    for b in range(images.shape[0]):
+        for y in range(images.shape[1]):
+            for x in range(images.shape[2]):
+                for c in range(3):
+                    out[b, y, x, c] = lut[c, images[b, y, x, c]]
+    return out
+
+
+_LUT_STORAGE = {torch.float32: (np.float32, torch.float32), torch.float16: (np.uint16, torch.float16),
+                torch.bfloat16: (np.uint16, torch.bfloat16)}
+
+
+class Normalize(BatchTransform):
+    """``(x / 255 - mean) / std`` per channel into a torch tensor of ``dtype``, shape [B, 3, H, W].
+
+    ``channels_last=True`` returns the same logical shape stored NHWC
+    (``torch.channels_last``). ``pin_memory`` is set by the loader when it copies to CUDA.
+    """
+
+    def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+        if dtype not in _LUT_STORAGE:
+            raise ValueError(f"Normalize: dtype must be torch.float32, float16 or bfloat16, got {dtype}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"Normalize: mean and std need 3 values (RGB), got {mean} and {std}")
+        if any(s == 0 for s in std):
+            raise ValueError(f"Normalize: std must not contain 0, got {std}")
+        self.mean = tuple(map(float, mean))
+        self.std = tuple(map(float, std))
+        self.dtype = dtype
+        self.channels_last = bool(channels_last)
+        self.pin_memory = False
+        values = torch.arange(256, dtype=torch.float64) / 255.0
+        table = (values[None, :] - torch.tensor(self.mean)[:, None]) / torch.tensor(self.std)[:, None]
+        storage, _ = _LUT_STORAGE[dtype]
+        self._lut = table.to(dtype).view(torch.int16 if storage is np.uint16 else dtype).numpy().view(storage).copy()
+
+    def __call__(self, images, ids, stream) -> torch.Tensor:
+        b, h, w, _ = images.shape
+        storage, torch_dtype = _LUT_STORAGE[self.dtype]
+        shape = (b, h, w, 3) if self.channels_last else (b, 3, h, w)
+        # allocate in torch (pinned when going to CUDA) and fill through a numpy view
+        out = torch.empty(shape, dtype=torch.int16 if storage is np.uint16 else torch_dtype,
+                          pin_memory=self.pin_memory)
+        target = out.numpy().view(storage)
+        if self.channels_last:
+            _lut_nhwc_kernel(images, self._lut, target)
+        else:
+            _lut_nchw_kernel(images, self._lut, target)
+        out = out.view(torch_dtype)
+        return out.permute(0, 3, 1, 2) if self.channels_last else out
+
+
+def _pair(value, owner: str, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(int(v) <= 0 for v in pair):
+        raise ValueError(f"{owner}: {name} must be a positive int or (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
