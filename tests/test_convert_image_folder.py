@@ -1,0 +1,166 @@
+"""Image-folder trees: class discovery, raw and JPEG storage, resizing, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastprune
+from fastprune import ConversionError
+from fastprune.convert import from_image_folder
+from fastprune.convert.image_folder import scan_image_folder
+
+
+def save(path, array, **options):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return array
+
+
+def random_image(height, width, seed, channels=3):
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def smooth_image(height, width):
+    """A gradient: JPEG keeps it close, unlike noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
+                     np.full_like(x, 128)], axis=-1).astype(np.uint8)
+
+
+def stored(path):
+    store = fastprune.Store(path)
+    return [store[i] for i in range(len(store))]
+
+
+@pytest.fixture
+def png_tree(tmp_path):
+    """root/{cat,dog}/... PNGs of one shape, plus files that must be ignored."""
+    root = tmp_path / "tree"
+    images = {
+        "dog/b.png": save(root / "dog/b.png", random_image(8, 6, 1)),
+        "cat/z.PNG": save(root / "cat/z.PNG", random_image(8, 6, 2)),
+        "cat/a.png": save(root / "cat/a.png", random_image(8, 6, 3)),
+        "dog/sub/c.png": save(root / "dog/sub/c.png", random_image(8, 6, 4)),
+        "cat/gray.png": np.repeat(save(root / "cat/gray.png", random_image(8, 6, 5, channels=1))[..., None], 3, 2),
+    }
+    (root / "cat/notes.txt").write_text("not an image")
+    (root / "cat/.hidden.png").write_bytes(b"garbage")
+    (root / ".git").mkdir()
+    (root / "README.png").write_bytes(b"not in a class folder")
+    return root, images
+
+
+def test_classes_are_sorted_subfolders_and_other_files_ignored(png_tree):
+    root, _ = png_tree
+    paths, labels, classes = scan_image_folder(root)
+    assert classes == ["cat", "dog"]
+    assert [p.relative_to(root).as_posix() for p in paths] == [
+        "cat/a.png", "cat/gray.png", "cat/z.PNG", "dog/b.png", "dog/sub/c.png"]
+    assert labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_raw_storage_keeps_pixels_exactly(png_tree, tmp_path):
+    root, images = png_tree
+    out = from_image_folder(root, tmp_path / "raw.beton", progress=False, workers=1)
+    samples = stored(out)
+    order = ["cat/a.png", "cat/gray.png", "cat/z.PNG", "dog/b.png", "dog/sub/c.png"]
+    assert [label for _, label in samples] == [0, 0, 0, 1, 1]
+    for (image, _), name in zip(samples, order):
+        np.testing.assert_array_equal(image, images[name])
+
+
+def test_jpeg_storage_with_max_side_keeps_aspect(tmp_path):
+    root = tmp_path / "tree"
+    save(root / "a/wide.jpg", smooth_image(40, 80), quality=95)
+    save(root / "a/small.png", smooth_image(10, 12))
+    save(root / "b/tall.jpeg", smooth_image(64, 16), quality=95)
+    out = from_image_folder(root, tmp_path / "j.beton", jpeg=True, quality=90, max_side=32, progress=False)
+    samples = stored(out)
+    shapes = [image.shape for image, _ in samples]
+    assert shapes == [(10, 12, 3), (16, 32, 3), (32, 8, 3)]  # small.png is never enlarged
+    assert [label for _, label in samples] == [0, 0, 1]
+    expected = np.asarray(Image.fromarray(smooth_image(40, 80)).resize((32, 16), Image.Resampling.LANCZOS))
+    assert np.abs(samples[1][0].astype(int) - expected).mean() < 8  # JPEG of a JPEG: close, not equal
+    assert fastprune.Store(out).fields["image"].write_mode == "jpg"
+
+
+def test_mixed_shapes_in_raw_mode_name_two_files(tmp_path):
+    root = tmp_path / "tree"
+    save(root / "a/first.png", random_image(8, 8, 0))
+    save(root / "b/other.png", random_image(9, 8, 1))
+    out = tmp_path / "o.beton"
+    with pytest.raises(ConversionError, match=r"first\.png is 8x8x3 and .*other\.png is 9x8x3.*--resize"):
+        from_image_folder(root, out, progress=False)
+    assert not out.exists()
+
+
+def test_resize_gives_mixed_shapes_one_shape(tmp_path):
+    root = tmp_path / "tree"
+    save(root / "a/first.png", random_image(8, 8, 0))
+    save(root / "b/other.png", random_image(20, 10, 1))
+    out = from_image_folder(root, tmp_path / "o.beton", resize=(6, 4), progress=False)
+    assert [image.shape for image, _ in stored(out)] == [(6, 4, 3), (6, 4, 3)]
+
+
+def test_max_side_that_leaves_shapes_different_is_still_refused_raw(tmp_path):
+    root = tmp_path / "tree"
+    save(root / "a/wide.png", random_image(10, 20, 0))
+    save(root / "a/tall.png", random_image(20, 10, 1))
+    with pytest.raises(ConversionError, match="raw storage needs one image shape"):
+        from_image_folder(root, tmp_path / "o.beton", max_side=8, progress=False)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_corrupt_image_is_named_and_leaves_no_file(tmp_path, workers):
+    root = tmp_path / "tree"
+    for i in range(520):  # enough samples (>= 2 x 256) for the writer to fork two workers
+        save(root / f"a/{i:03d}.png", random_image(4, 4, i))
+    good = (root / "a/150.png").read_bytes()
+    (root / "a/150.png").write_bytes(good[: len(good) // 2])  # header intact, pixels cut off
+    out = tmp_path / "o.beton"
+    with pytest.raises(ConversionError, match=r"150\.png"):
+        from_image_folder(root, out, jpeg=True, progress=False, workers=workers)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [root]  # no temporary file left behind either
+
+
+def test_file_that_is_not_an_image_is_named(tmp_path):
+    root = tmp_path / "tree"
+    save(root / "a/good.png", random_image(4, 4, 0))
+    (root / "a/bad.jpg").write_text("this is text")
+    with pytest.raises(ConversionError, match=r"bad\.jpg.*cannot"):
+        from_image_folder(root, tmp_path / "o.beton", progress=False)
+    assert not (tmp_path / "o.beton").exists()
+
+
+def test_sixteen_bit_png_is_refused_not_rescaled(tmp_path):
+    root = tmp_path / "tree"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(root / "a/deep.png")
+    with pytest.raises(ConversionError, match=r"deep\.png.*not 8 bits"):
+        from_image_folder(root, tmp_path / "o.beton", progress=False)
+
+
+def test_empty_inputs(tmp_path):
+    root = tmp_path / "tree"
+    root.mkdir()
+    with pytest.raises(ConversionError, match="no class subfolders"):
+        from_image_folder(root, tmp_path / "o.beton", progress=False)
+    (root / "a").mkdir()
+    (root / "a/readme.txt").write_text("x")
+    with pytest.raises(ConversionError, match=r"a: class folder holds no \.jpg/\.jpeg/\.png"):
+        from_image_folder(root, tmp_path / "o.beton", progress=False)
+    with pytest.raises(ConversionError, match="not a directory"):
+        from_image_folder(tmp_path / "missing", tmp_path / "o.beton", progress=False)
+    assert not (tmp_path / "o.beton").exists()
+
+
+def test_conflicting_size_options_and_bad_output_folder(png_tree, tmp_path):
+    root, _ = png_tree
+    with pytest.raises(ConversionError, match="either max_side"):
+        from_image_folder(root, tmp_path / "o.beton", max_side=4, resize=(2, 2), progress=False)
+    with pytest.raises(ConversionError, match="output folder .*nowhere does not exist"):
+        from_image_folder(root, tmp_path / "nowhere/o.beton", progress=False)
