@@ -1,0 +1,88 @@
+"""Human-readable summary of a store, for ``fastprune info FILE [--verify]``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import format as fmt
+from .fields import IntField, RGBImageField
+from .verify import read_trailer
+
+_MAX_CLASSES_SHOWN = 30
+
+
+def describe(store, verify: bool = False) -> str:
+    """Samples, fields and their settings, class histogram of the first int field, size on disk
+    and (with ``verify``) the integrity report."""
+    lines = [
+        f"file:        {store.path}",
+        f"size:        {_human_bytes(store.file_size)} ({store.file_size} bytes)",
+        f"samples:     {store.num_samples}",
+        f"page size:   {_human_bytes(store.page_size)}",
+        f"checksums:   {_checksum_state(store)}",
+        "fields:",
+    ]
+    for k, (name, field) in enumerate(store.fields.items()):
+        lines.append(f"  {name:<16} {_field_summary(store, k, name, field)}")
+    label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
+    if label is not None:
+        lines += _histogram_lines(store, label)
+    if verify:
+        lines.append(f"verify:      {store.verify()}")
+    return "\n".join(lines)
+
+
+def verify(store):
+    """Verify ``store``; returns the VerifyReport when sound, raises StoreError (naming the file and
+    the damaged parts/samples) when not. A file without checksums (ffcv's) passes on structure;
+    ``str(report)`` says so."""
+    return store.verify().raise_if_bad()
+
+
+def _checksum_state(store) -> str:
+    trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
+    if trailer is None:
+        return "none (file written by ffcv?)"
+    if isinstance(trailer, str):
+        return f"damaged: {trailer}"
+    return f"CRC-32 per sample allocation ({int(trailer['num_allocations'])} entries)"
+
+
+def _field_summary(store, k: int, name: str, field) -> str:
+    if not isinstance(field, RGBImageField):
+        return repr(field)
+    column = store.metadata[f"f{k}"]
+    if len(column) == 0:
+        return repr(field)
+    _, sizes = store.field_ranges(name)
+    jpeg = int(np.count_nonzero(column["mode"] == fmt.IMAGE_MODE_JPG))
+    widths, heights = column["width"], column["height"]
+    shape = (f"{int(heights[0])}x{int(widths[0])}" if widths.min() == widths.max() and heights.min() == heights.max()
+             else f"{int(heights.min())}..{int(heights.max())} x {int(widths.min())}..{int(widths.max())}")
+    return (f"{field!r}: {shape} px, {jpeg} JPEG / {len(column) - jpeg} raw, "
+            f"{_human_bytes(int(sizes.sum()))} of image data")
+
+
+def _histogram_lines(store, name: str) -> list[str]:
+    values = np.asarray(store.metadata[f"f{store.field_index(name)}"])
+    classes, counts = np.unique(values, return_counts=True)
+    lines = [f"classes ({name}): {classes.size}"]
+    shown = min(classes.size, _MAX_CLASSES_SHOWN)
+    peak = counts.max()
+    for value, count in zip(classes[:shown], counts[:shown]):
+        bar = "#" * max(1, round(30 * count / peak))
+        lines.append(f"  {int(value):>6} {int(count):>9}  {bar}")
+    if classes.size > shown:
+        lines.append(f"  ... {classes.size - shown} more classes")
+    return lines
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+__all__ = ["describe", "verify"]

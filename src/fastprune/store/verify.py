@@ -1,0 +1,147 @@
+"""Integrity checks of a store: structure (done when it opens) and CRC-32 checksums.
+
+fastprune writes a checksum block between the data pages and the allocation table (see
+format.py); ffcv never looks there. Files written by ffcv have no such block: their structure is
+checked and the report says that no checksums could be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._native import core
+from ..errors import StoreError
+from . import format as fmt
+
+_MAX_LISTED = 10  # bad samples named in the summary line
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    structure_ok: bool
+    has_checksums: bool
+    problems: list[str] = field(default_factory=list)
+    bad_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    checked_allocations: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.structure_ok and not self.problems
+
+    def raise_if_bad(self) -> "VerifyReport":
+        if not self.ok:
+            raise StoreError(str(self))
+        return self
+
+    def __str__(self) -> str:
+        if not self.structure_ok:
+            return f"{self.path}: CORRUPT: " + "; ".join(self.problems)
+        if not self.has_checksums:
+            return (f"{self.path}: structure OK; no checksums in this file (written by ffcv?), so the "
+                    "data itself could not be verified")
+        if self.ok:
+            return (f"{self.path}: OK (structure, header/metadata, allocation table and "
+                    f"{self.checked_allocations} data checksums)")
+        return f"{self.path}: CORRUPT: " + "; ".join(self.problems)
+
+
+def verify_file(path) -> VerifyReport:
+    """Open and verify ``path``; a file that does not even open gives a report, not an exception."""
+    from .reader import Store
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        return VerifyReport(Path(path), structure_ok=False, has_checksums=False, problems=[str(exc)])
+    with store:
+        return verify_store(store)
+
+
+def verify_store(store) -> VerifyReport:
+    report = VerifyReport(store.path, structure_ok=True, has_checksums=False)
+    trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
+    if trailer is None:
+        return report
+    if isinstance(trailer, str):
+        report.has_checksums = True
+        report.problems.append(trailer)
+        return report
+    report.has_checksums = True
+    _check_layout(store, trailer, report)
+    _check_alloc_table(store, trailer, report)
+    crcs = _read_block(store, trailer, report)
+    if crcs is not None:
+        _check_allocations(store, crcs, report)
+    return report
+
+
+def read_trailer(buffer: np.ndarray, alloc_table_ptr: int, metadata_end: int):
+    """The checksum trailer; None if the file has none; a message if it is present but damaged."""
+    start = alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
+    if start < metadata_end:
+        return None
+    raw = buffer[start:alloc_table_ptr]
+    if raw[:8].tobytes() != fmt.CHECKSUM_MAGIC:
+        return None
+    trailer = raw.view(fmt.CHECKSUM_TRAILER_TYPE)[0]
+    covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
+    if zlib.crc32(raw[:covered]) != int(trailer["trailer_crc"]):
+        return "the checksum trailer is corrupted (its own CRC does not match)"
+    if int(trailer["version"]) != fmt.CHECKSUM_VERSION:
+        return f"unknown checksum block version {int(trailer['version'])}"
+    return trailer
+
+
+def _check_layout(store, trailer, report: VerifyReport) -> None:
+    if zlib.crc32(store.buffer[: store.metadata_end]) != int(trailer["layout_crc"]):
+        report.problems.append("header, field descriptors or metadata table corrupted (CRC mismatch "
+                               f"over bytes [0, {store.metadata_end}))")
+
+
+def _check_alloc_table(store, trailer, report: VerifyReport) -> None:
+    table = store.buffer[store.alloc_table_ptr:]
+    if zlib.crc32(table) != int(trailer["alloc_table_crc"]):
+        report.problems.append("allocation table corrupted (CRC mismatch)")
+
+
+def _read_block(store, trailer, report: VerifyReport):
+    count, block_ptr = int(trailer["num_allocations"]), int(trailer["block_ptr"])
+    trailer_start = store.alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
+    if count != len(store.alloc_table):
+        report.problems.append(f"checksum block has {count} entries but the allocation table has "
+                               f"{len(store.alloc_table)}")
+        return None
+    block_end = block_ptr + count * fmt.CHECKSUM_DTYPE.itemsize
+    if not store.metadata_end <= block_ptr <= block_end <= trailer_start:
+        report.problems.append(f"checksum block [{block_ptr}, {block_end}) lies outside "
+                               f"[{store.metadata_end}, {trailer_start})")
+        return None
+    raw = store.buffer[block_ptr:block_end]
+    if zlib.crc32(raw) != int(trailer["block_crc"]):
+        report.problems.append("checksum block corrupted (CRC mismatch)")
+        return None
+    return raw.view(fmt.CHECKSUM_DTYPE)
+
+
+def _check_allocations(store, expected: np.ndarray, report: VerifyReport) -> None:
+    table = store.alloc_table
+    actual = core.crc32_ranges(store.buffer, np.ascontiguousarray(table["ptr"]),
+                               np.ascontiguousarray(table["size"]), os.cpu_count() or 1)
+    report.checked_allocations = len(table)
+    bad = np.flatnonzero(actual != expected)
+    if bad.size == 0:
+        return
+    samples = np.unique(table["sample_id"][bad]).astype(np.int64)
+    report.bad_samples = samples
+    names = ", ".join(str(s) for s in samples[:_MAX_LISTED])
+    more = f" and {samples.size - _MAX_LISTED} more" if samples.size > _MAX_LISTED else ""
+    report.problems.append(f"data of {samples.size} sample(s) corrupted (CRC mismatch): samples "
+                           f"{names}{more}")
+
+
+__all__ = ["VerifyReport", "verify_file", "verify_store", "read_trailer"]
