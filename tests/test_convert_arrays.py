@@ -1,0 +1,174 @@
+"""numpy arrays, .npz files and map-style torch Datasets as sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastprune
+from fastprune import ConversionError
+from fastprune.convert import from_arrays, from_npz, from_torch_dataset
+
+
+def stored(path):
+    store = fastprune.Store(path)
+    return [store[i] for i in range(len(store))]
+
+
+def random_images(*shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------- arrays / npz
+
+
+def test_rgb_arrays_round_trip(tmp_path):
+    images, labels = random_images(7, 5, 4, 3), np.array([3, 1, 4, 1, 5, 9, 2], dtype=np.int32)
+    out = from_arrays(images, labels, tmp_path / "a.beton", progress=False)
+    samples = stored(out)
+    assert [label for _, label in samples] == labels.tolist()
+    for i, (image, _) in enumerate(samples):
+        np.testing.assert_array_equal(image, images[i])
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5), (4, 6, 5, 1)])
+def test_gray_arrays_are_stored_as_rgb(tmp_path, shape):
+    images = random_images(*shape)
+    out = from_arrays(images, [0, 1, 2, 3], tmp_path / "g.beton", progress=False)
+    image, _ = stored(out)[2]
+    assert image.shape == (6, 5, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], images[2].reshape(6, 5))
+
+
+def test_npz_round_trip_and_jpeg(tmp_path):
+    images = np.tile(np.linspace(0, 255, 16, dtype=np.uint8), (3, 16, 1))[..., None].repeat(3, -1)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.array([0, 1, 2]))
+    out = from_npz(tmp_path / "d.npz", tmp_path / "d.beton", jpeg=True, quality=95, progress=False)
+    samples = stored(out)
+    assert [label for _, label in samples] == [0, 1, 2]
+    assert np.abs(samples[0][0].astype(int) - images[0]).max() <= 8
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((2, 4, 4, 3), np.float32), [0, 1], "dtype float32.*does not rescale"),
+    (np.zeros((2, 4, 4, 3), np.uint16), [0, 1], "dtype uint16"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [0.0, 1.0], "labels must be integers, got dtype float64"),
+    (np.zeros((2, 4, 4, 3), np.uint8), ["cat", "dog"], "labels must be integers"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [True, False], "labels must be integers, got dtype bool"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [0, 1, 2], "2 images but 3 labels"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [[0], [1]], "must be 1-D"),
+    (np.zeros((2, 4, 4, 4), np.uint8), [0, 1], r"shape \(2, 4, 4, 4\)"),
+    (np.zeros((2, 4), np.uint8), [0, 1], r"shape \(2, 4\)"),
+    (np.zeros((0, 4, 4, 3), np.uint8), [], "no samples"),
+])
+def test_bad_arrays_leave_no_file(tmp_path, images, labels, message):
+    out = tmp_path / "o.beton"
+    with pytest.raises(ConversionError, match=message):
+        from_arrays(images, labels, out, progress=False)
+    assert not out.exists()
+
+
+def test_bad_npz_files_are_named(tmp_path):
+    np.savez(tmp_path / "nolabels.npz", images=np.zeros((1, 2, 2), np.uint8))
+    np.savez(tmp_path / "objects.npz", images=np.zeros((1, 2, 2), np.uint8), labels=np.array([None]))
+    (tmp_path / "junk.npz").write_text("not a zip")
+    for name, message in [("nolabels.npz", r"missing array\(s\) \['labels'\]"),
+                          ("objects.npz", "cannot read as .npz"), ("junk.npz", "cannot read as .npz"),
+                          ("absent.npz", "npz file not found")]:
+        with pytest.raises(ConversionError, match=f"{name}.*{message}|{message}.*{name}"):
+            from_npz(tmp_path / name, tmp_path / "o.beton", progress=False)
+    assert not (tmp_path / "o.beton").exists()
+
+
+# ----------------------------------------------------------------------------------- torch datasets
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_dataset_of_mixed_image_kinds(tmp_path):
+    rgb = random_images(6, 5, 3, seed=1)
+    gray = random_images(6, 5, seed=2)
+    items = [
+        (Image.fromarray(rgb), 0),                                  # PIL RGB
+        (Image.fromarray(gray), np.int64(1)),                       # PIL gray, numpy label
+        (torch.from_numpy(rgb).permute(2, 0, 1), torch.tensor(2)),  # CHW tensor, tensor label
+        (torch.from_numpy(rgb), 3),                                 # HWC tensor (6 and 5 are not channels)
+        (rgb.transpose(2, 0, 1), 4),                                # CHW array
+        (gray, 5),                                                  # HW array
+        (Image.fromarray(np.dstack([rgb, gray])), 6),               # RGBA: alpha dropped
+    ]
+    out = from_torch_dataset(ListDataset(items), tmp_path / "t.beton", progress=False)
+    samples = stored(out)
+    assert [label for _, label in samples] == list(range(7))
+    gray_rgb = np.repeat(gray[..., None], 3, axis=2)
+    for index, expected in enumerate([rgb, gray_rgb, rgb, rgb, rgb, gray_rgb, rgb]):
+        np.testing.assert_array_equal(samples[index][0], expected, err_msg=f"sample {index}")
+
+
+def test_torchvision_fake_data(tmp_path):
+    from torchvision.datasets import FakeData
+
+    dataset = FakeData(size=12, image_size=(3, 10, 8), num_classes=4, random_offset=5)
+    out = from_torch_dataset(dataset, tmp_path / "f.beton", progress=False)
+    samples = stored(out)
+    assert len(samples) == 12
+    image, label = dataset[7]
+    np.testing.assert_array_equal(samples[7][0], np.asarray(image))
+    assert samples[7][1] == int(label)
+
+
+def test_dataset_jpeg_accepts_mixed_shapes_and_max_side(tmp_path):
+    items = [(random_images(20, 10), 0), (random_images(8, 8), 1)]
+    out = from_torch_dataset(ListDataset(items), tmp_path / "t.beton", jpeg=True, max_side=10,
+                             progress=False)
+    assert [image.shape for image, _ in stored(out)] == [(10, 5, 3), (8, 8, 3)]
+
+
+@pytest.mark.parametrize("items, message", [
+    ([(torch.rand(3, 4, 4), 0)], "sample 0.*torch.float32 tensor.*ToTensor"),
+    ([(random_images(4, 4, 3), 0), (random_images(4, 4, 3), 1.0)], "sample 1.*label must be an integer, got float"),
+    ([(random_images(4, 4, 3), 0), (random_images(4, 4, 3), torch.tensor(True))], "sample 1.*label.*bool"),
+    ([(random_images(4, 4, 3), 0), (random_images(4, 5, 3), 1)], "sample 0 is 4x4x3 and sample 1 is 4x5x3"),
+    ([(random_images(4, 4, 3), 0), (random_images(4, 4, 3),)], "sample 1.*expected an \\(image, label\\) pair"),
+    ([(random_images(4, 4, 3), 0), ("path.png", 1)], "sample 1.*image is a str"),
+    ([], "no samples"),
+])
+def test_bad_dataset_samples_are_named_and_leave_no_file(tmp_path, items, message):
+    out = tmp_path / "o.beton"
+    with pytest.raises(ConversionError, match=message):
+        from_torch_dataset(ListDataset(items), out, progress=False, workers=1)
+    assert not out.exists()
+
+
+def test_dataset_that_raises_is_reported_with_the_index(tmp_path):
+    class Failing(ListDataset):
+        def __getitem__(self, index):
+            if index == 2:
+                raise FileNotFoundError("/data/img2.png")
+            return super().__getitem__(index)
+
+    out = tmp_path / "o.beton"
+    with pytest.raises(ConversionError, match=r"sample 2 of Failing.*FileNotFoundError: /data/img2\.png"):
+        from_torch_dataset(Failing([(random_images(2, 2, 3), 0)] * 4), out, progress=False)
+    assert not out.exists()
+
+
+def test_iterable_dataset_without_len_is_refused(tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield random_images(2, 2, 3), 0
+
+    with pytest.raises(ConversionError, match="Stream has no len"):
+        from_torch_dataset(Stream(), tmp_path / "o.beton", progress=False)
