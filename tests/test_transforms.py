@@ -1,0 +1,139 @@
+"""numba batch transforms against slow numpy oracles; randomness keyed by (seed, epoch, id)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastprune.loader.transforms import (CenterCrop, Cutout, Normalize, RandomCrop, RandomHorizontalFlip,
+                                         RandomResizedCrop, stream_key, uniform, uniform_py)
+
+STREAM = stream_key(seed=3, epoch=1, salt=0)
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (24, 10, 12, 3), dtype=np.uint8), rng.permutation(1000)[:24].astype(np.int64)
+
+
+def _randint_py(stream, sample_id, k, n):
+    return min(int(uniform_py(stream, sample_id, k) * n), n - 1)
+
+
+def test_numba_rng_matches_python_reference_and_is_uniform():
+    draws = np.array([uniform(np.uint64(STREAM), s, k) for s in range(200) for k in range(5)])
+    reference = np.array([uniform_py(STREAM, s, k) for s in range(200) for k in range(5)])
+    np.testing.assert_array_equal(draws, reference)
+    assert 0 <= draws.min() and draws.max() < 1
+    assert abs(draws.mean() - 0.5) < 0.03
+    assert len(np.unique(draws)) == len(draws)
+    assert stream_key(3, 1, 0) != stream_key(3, 2, 0) != stream_key(4, 1, 0) != stream_key(3, 1, 1)
+
+
+def test_random_crop_matches_padded_numpy_oracle(batch):
+    images, ids = batch
+    out = RandomCrop(padding=3)(images, ids, STREAM)
+    padded = np.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    for b, s in enumerate(ids):
+        dy, dx = _randint_py(STREAM, s, 0, 7), _randint_py(STREAM, s, 1, 7)
+        np.testing.assert_array_equal(out[b], padded[b, dy:dy + 10, dx:dx + 12])
+
+
+def test_random_crop_to_smaller_size_and_fill(batch):
+    images, ids = batch
+    out = RandomCrop(size=(8, 9), padding=2, fill=77)(images, ids, STREAM)
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=77)
+    for b, s in enumerate(ids):
+        dy, dx = _randint_py(STREAM, s, 0, 7), _randint_py(STREAM, s, 1, 8)
+        np.testing.assert_array_equal(out[b], padded[b, dy:dy + 8, dx:dx + 9])
+
+
+def test_flip_matches_oracle_and_flips_about_half(batch):
+    images, ids = batch
+    original = images.copy()
+    out = RandomHorizontalFlip()(images, ids, STREAM)
+    flipped = [uniform_py(STREAM, s, 0) < 0.5 for s in ids]
+    for b in range(len(ids)):
+        np.testing.assert_array_equal(out[b], original[b, :, ::-1] if flipped[b] else original[b])
+    assert 0 < sum(flipped) < len(ids)
+
+
+def test_cutout_matches_oracle(batch):
+    images, ids = batch
+    original = images.copy()
+    out = Cutout(size=5, fill=9)(images, ids, STREAM)
+    for b, s in enumerate(ids):
+        expected = original[b].copy()
+        cy, cx = _randint_py(STREAM, s, 0, 10), _randint_py(STREAM, s, 1, 12)
+        expected[max(0, cy - 2):max(0, cy + 3), max(0, cx - 2):max(0, cx + 3)] = 9
+        np.testing.assert_array_equal(out[b], expected)
+
+
+def test_augmentation_depends_only_on_sample_id(batch):
+    """Same id -> same result whatever the rest of the batch (so thread count cannot matter)."""
+    images, ids = batch
+    transform = RandomCrop(padding=4)
+    whole = transform(images, ids, STREAM)
+    part = transform(images[5:9][::-1].copy(), ids[5:9][::-1].copy(), STREAM)
+    np.testing.assert_array_equal(whole[5:9][::-1], part)
+
+
+def test_random_resized_crop_params_are_valid_and_varied():
+    ids = np.arange(500, dtype=np.int64)
+    heights, widths = np.full(500, 40), np.full(500, 64)
+    crops = RandomResizedCrop(16, scale=(0.2, 1.0)).crop_params(heights, widths, ids, STREAM)
+    top, left, h, w = crops.T
+    assert (top >= 0).all() and (left >= 0).all() and (h > 0).all() and (w > 0).all()
+    assert (top + h <= 40).all() and (left + w <= 64).all()
+    area = h * w / (40 * 64)
+    assert area.min() >= 0.15 and area.max() <= 1.0 and area.std() > 0.1
+    assert ((w / h) >= 0.7).all() and ((w / h) <= 1.4).all()
+
+
+def test_center_crop_params_match_ffcv_formula():
+    crops = CenterCrop(8, ratio=0.5).crop_params(np.array([40, 20]), np.array([64, 21]), np.arange(2), STREAM)
+    # side = int(0.5 * min(h, w)); offsets = (h - side) // 2, (w - side) // 2
+    np.testing.assert_array_equal(crops, [[10, 22, 20, 20], [5, 5, 10, 10]])
+
+
+def test_resized_crop_in_numba_matches_native_decoder_path(batch):
+    from fastprune import _core
+
+    images, ids = batch
+    transform = RandomResizedCrop((7, 9))
+    numba_out = transform(images.copy(), ids, STREAM)
+    n = len(images)
+    gather = _core.ImageGather(images.reshape(-1), np.arange(n, dtype=np.uint64) * 360, np.full(n, 360, np.uint64),
+                               np.ones(n, np.uint8), np.full(n, 10, np.uint32), np.full(n, 12, np.uint32), 2)
+    crops = transform.crop_params(np.full(n, 10), np.full(n, 12), ids, STREAM)
+    native_out = np.empty_like(numba_out)
+    gather.gather_crops(np.arange(n, dtype=np.int64), crops, native_out)
+    assert np.abs(numba_out.astype(int) - native_out).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalize_matches_torch_oracle(batch, dtype, channels_last):
+    images, ids = batch
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    out = Normalize(mean, std, dtype=dtype, channels_last=channels_last)(images, ids, STREAM)
+    expected = ((torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
+                / torch.tensor(std).view(1, 3, 1, 1)).to(dtype)
+    assert out.dtype == dtype and out.shape == (24, 3, 10, 12)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="padding"):
+        RandomCrop(padding=-1)
+    with pytest.raises(ValueError, match="p must be"):
+        RandomHorizontalFlip(p=2)
+    with pytest.raises(ValueError, match="scale"):
+        RandomResizedCrop(8, scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="dtype"):
+        Normalize(dtype=torch.int32)
+    with pytest.raises(ValueError, match="std"):
+        Normalize(std=(1, 0, 1))
+    with pytest.raises(ValueError, match="size"):
+        Cutout(0)
