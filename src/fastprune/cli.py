@@ -117,8 +117,7 @@ def run_info(args: argparse.Namespace) -> int:
     store = Store(args.file)
     print(describe(store))
     if args.verify:
-        verify(store)  # raises StoreError naming the file and the first damaged part
-        print(f"verify: OK ({args.file})")
+        print(f"verify:      {verify(store)}")  # a damaged file raises StoreError naming the parts
     return 0
 
 
