@@ -5,6 +5,8 @@
 #include "core.hpp"
 #include "rng.hpp"
 
+#include <nanobind/stl/pair.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>

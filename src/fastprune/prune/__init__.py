@@ -1,0 +1,18 @@
+"""Dynamic data pruning: the score table and the strategies that choose each epoch's samples.
+
+Integration into a training loop (three changed lines)::
+
+    criterion = torch.nn.CrossEntropyLoss(reduction="none")      # 1: per-sample loss
+    ...
+    loss = criterion(model(batch.x), batch.y)
+    strategy.update(batch.indices, loss)                          # 2: feed the scores back
+    (loss * batch.weights).mean().backward()                      # 3: weighted mean
+"""
+
+from .base import Selection, Strategy
+from .static import EL2N, Forgetting
+from .strategies import UCB, EpsilonGreedy, Full, InfoBatch, UniformRandom
+from .table import ScoreTable
+
+__all__ = ["EL2N", "UCB", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "ScoreTable", "Selection",
+           "Strategy", "UniformRandom"]

@@ -1,0 +1,48 @@
+"""Turning user inputs (numpy arrays, torch tensors, lists) into the kernels' contiguous arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, maybe on the GPU or requiring grad
+        value = value.detach()
+        if value.dtype.is_floating_point and value.dtype.itemsize < 4:
+            value = value.float()  # numpy has no bfloat16
+        return value.cpu().numpy()
+    return np.asarray(value)
+
+
+def _one_dim(array: np.ndarray, name: str, length: int | None) -> np.ndarray:
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per sample; use reduction='none'), "
+                         f"got shape {array.shape}")
+    if length is not None and len(array) != length:
+        raise ValueError(f"{name} has {len(array)} entries but indices has {length}")
+    return array
+
+
+def as_indices(indices) -> np.ndarray:
+    array = _one_dim(to_numpy(indices), "indices", None)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def as_losses(losses, length: int) -> np.ndarray:
+    array = _one_dim(to_numpy(losses), "losses", length)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"losses must be numbers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def as_correct(correct, length: int) -> np.ndarray | None:
+    if correct is None:
+        return None
+    array = _one_dim(to_numpy(correct), "correct", length)
+    if array.dtype.kind not in "biu":
+        raise ValueError(f"correct must be booleans or 0/1 integers, got dtype {array.dtype}")
+    if array.dtype.kind != "b" and array.size and (array.min() < 0 or array.max() > 1):
+        raise ValueError("correct must contain only 0/1 (or booleans)")
+    return np.ascontiguousarray(array, dtype=np.int8)

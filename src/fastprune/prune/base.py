@@ -1,0 +1,231 @@
+"""The strategy interface the loader drives, and the epoch policy all strategies share.
+
+A strategy is the loader's sampler: ``select(epoch)`` returns the epoch's :class:`Selection`,
+``num_selected(epoch)`` its size (for ``len(loader)``), ``update(indices, losses, correct)``
+feeds per-sample results back. Everything random derives from ``(seed, epoch, stream)`` through
+the native counter-based RNG, so a selection depends only on the seed, the epoch and the table.
+
+Common options (defaults and why):
+
+* ``warmup_epochs=0`` — no warm-up is needed: unseen samples score +inf, so the first epochs
+  already visit every sample once (a uniform random order of first visits) before scores are
+  exploited. Set it >0 to train on full data first, as some papers do.
+* ``final_full_epochs=0`` (requires ``epochs``) — off for the bandit methods, which Raju et al.
+  run pruned to the end; InfoBatch turns it on via ``delta``.
+* ``reselect_every=1`` — the dynamic methods' point is to re-choose every epoch; a larger value
+  keeps each subset for that many epochs (cheaper only if selection cost mattered, which at
+  O(N) it does not).
+* ``labels=None`` — when given, every class keeps the same fraction (quotas by largest
+  remainder), guarding against a strategy that drops an easy class entirely.
+* ``skip_invalid=False`` — a NaN loss usually means a diverged model: fail loudly by default.
+* ``distributed="auto"`` — all-gather updates whenever a torch.distributed group is running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .distributed import gather_updates
+from .table import ScoreTable
+
+_STATE_FORMAT = "fastprune.strategy/1"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One epoch's samples: ``indices`` (int64, any order) and ``weights`` (float32) to multiply
+    each sample's loss by, so weighted strategies keep the expected gradient unbiased."""
+
+    indices: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self):
+        if self.indices.shape != self.weights.shape:
+            raise ValueError("Selection indices and weights must have the same shape")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @classmethod
+    def unweighted(cls, indices: np.ndarray) -> "Selection":
+        return cls(np.asarray(indices, dtype=np.int64), np.ones(len(indices), dtype=np.float32))
+
+
+def _fraction(value: float, name: str) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, ties by group)."""
+    exact = sizes * (total / sizes.sum())
+    quotas = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - quotas), kind="stable")
+    quotas[order[: total - quotas.sum()]] += 1
+    return np.minimum(quotas, sizes)
+
+
+class Strategy:
+    """Base class: epoch phases (warm-up / pruned / final full), reselection, class balance,
+    caching, updates and checkpoints. Subclasses implement :meth:`_choose`."""
+
+    #: EMA decay of the score table; subclasses override (None = running mean).
+    default_decay: float | None = 0.7
+
+    def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
+                 final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
+                 labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
+                 distributed: bool | str = "auto"):
+        self.keep = _fraction(keep, "keep")
+        self.seed = int(seed)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed!r}")
+        self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay)
+        self.num_samples = self.table.num_samples
+        self.num_kept = int(round(self.keep * self.num_samples))
+        if self.num_kept < 1:
+            raise ValueError(f"keep={keep} keeps no sample out of {self.num_samples}")
+        self.warmup_epochs = self._non_negative(warmup_epochs, "warmup_epochs")
+        self.final_full_epochs = self._non_negative(final_full_epochs, "final_full_epochs")
+        if self.final_full_epochs and epochs is None:
+            raise ValueError("final_full_epochs needs epochs (the total number of training epochs)")
+        self.epochs = None if epochs is None else self._non_negative(epochs, "epochs")
+        if int(reselect_every) < 1:
+            raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
+        self.reselect_every = int(reselect_every)
+        self.skip_invalid = bool(skip_invalid)
+        if distributed not in (True, False, "auto"):
+            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
+        self.distributed = distributed
+        self._pools, self._pool_quotas = self._class_pools(labels)
+        self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
+        self._epoch = 0  # the epoch updates are attributed to: the latest one selected
+
+    # ---- the interface the loader uses ----------------------------------------------------
+
+    def select(self, epoch: int) -> Selection:
+        """The samples of ``epoch``. Calling it again for the same epoch returns the same
+        selection, even after updates (a pruned selection is cached until the next one)."""
+        epoch = self._non_negative(epoch, "epoch")
+        self._epoch = epoch
+        if self.is_full_epoch(epoch):
+            return Selection.unweighted(np.arange(self.num_samples, dtype=np.int64))
+        anchor = self._anchor(epoch)
+        if self._cache is None or self._cache[0] != anchor:
+            self._cache = (anchor, self._select_pruned(anchor))
+        return self._cache[1]
+
+    def num_selected(self, epoch: int) -> int:
+        """The exact size of ``select(epoch)`` given the current table; no side effects."""
+        epoch = self._non_negative(epoch, "epoch")
+        if self.is_full_epoch(epoch):
+            return self.num_samples
+        anchor = self._anchor(epoch)
+        if self._cache is not None and self._cache[0] == anchor:
+            return len(self._cache[1])
+        return self._count_pruned(anchor)
+
+    def update(self, indices, losses, correct=None) -> int:
+        """Record per-sample losses (and optionally correctness) of the current epoch. Accepts
+        numpy arrays or torch tensors. Under torch.distributed every rank's updates are
+        all-gathered first, so all ranks hold identical tables. Returns the number skipped."""
+        if self.distributed is not False:
+            indices, losses, correct = gather_updates(indices, losses, correct,
+                                                      required=self.distributed is True)
+        return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid)
+
+    def is_full_epoch(self, epoch: int) -> bool:
+        if epoch < self.warmup_epochs:
+            return True
+        return bool(self.final_full_epochs) and epoch >= self.epochs - self.final_full_epochs
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """The settings a checkpoint must agree with to be restored into this strategy."""
+        return {"strategy": type(self).__name__, "num_samples": self.num_samples, "keep": self.keep,
+                "seed": self.seed, "decay": self.table.decay}
+
+    def state_dict(self) -> dict:
+        import torch
+
+        cache = None
+        if self._cache is not None:
+            anchor, sel = self._cache
+            cache = {"anchor": anchor, "indices": torch.from_numpy(sel.indices.copy()),
+                     "weights": torch.from_numpy(sel.weights.copy())}
+        return {"format": _STATE_FORMAT, "config": self.config(), "epoch": self._epoch,
+                "table": self.table.state_dict(), "cache": cache}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"not a fastprune strategy checkpoint (format {state.get('format')!r})")
+        mine, theirs = self.config(), state["config"]
+        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if differ:
+            raise ValueError("checkpoint was taken with different settings (checkpoint, this strategy): "
+                             + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
+        self.table.load_state_dict(state["table"])
+        self._epoch = int(state["epoch"])
+        cache = state["cache"]
+        self._cache = None if cache is None else (
+            int(cache["anchor"]), Selection(np.asarray(cache["indices"], dtype=np.int64),
+                                            np.asarray(cache["weights"], dtype=np.float32)))
+
+    # ---- what subclasses provide ----------------------------------------------------------
+
+    def _prepare(self, epoch: int):
+        """Per-selection context shared by all class pools (e.g. the score array)."""
+        return None
+
+    def _choose(self, context, epoch: int, pool: np.ndarray | None, quota: int, stream: int) -> Selection:
+        """Choose ``quota`` samples from ``pool`` (None: all samples); indices are pool positions."""
+        raise NotImplementedError
+
+    def _count_pruned(self, epoch: int) -> int:
+        return self.num_kept
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _select_pruned(self, epoch: int) -> Selection:
+        context = self._prepare(epoch)
+        if self._pools is None:
+            return self._choose(context, epoch, None, self.num_kept, stream=0)
+        parts = []
+        for c, (pool, quota) in enumerate(zip(self._pools, self._pool_quotas)):
+            part = self._choose(context, epoch, pool, int(quota), stream=c + 1)
+            parts.append(Selection(pool[part.indices], part.weights))
+        return Selection(np.concatenate([p.indices for p in parts]),
+                         np.concatenate([p.weights for p in parts]))
+
+    def _anchor(self, epoch: int) -> int:
+        """The epoch whose selection ``epoch`` reuses (reselection every k epochs)."""
+        start = self.warmup_epochs
+        return start + (epoch - start) // self.reselect_every * self.reselect_every
+
+    def _class_pools(self, labels):
+        if labels is None:
+            return None, None
+        from ._convert import to_numpy
+
+        labels = np.asarray(to_numpy(labels))
+        if labels.shape != (self.num_samples,):
+            raise ValueError(f"labels must have one entry per sample ({self.num_samples}), "
+                             f"got shape {labels.shape}")
+        classes, inverse = np.unique(labels, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        sizes = np.bincount(inverse, minlength=len(classes))
+        pools = np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
+        return pools, _quotas(sizes, self.num_kept)
+
+    @staticmethod
+    def _non_negative(value, name: str) -> int:
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        return int(value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_samples={self.num_samples}, keep={self.keep}, seed={self.seed})"

@@ -1,0 +1,63 @@
+"""All-gathering score updates across a torch.distributed job, so every rank holds the same table.
+
+Each rank calls ``update`` with its own shard's (indices, losses, correct); the ranks' updates
+are concatenated in rank order (the same order on every rank), so the tables — and hence the
+deterministic selections — stay identical everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._convert import as_correct, as_indices, as_losses
+
+
+def _active_group():
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    return dist
+
+
+def gather_updates(indices, losses, correct=None, *, required: bool = False):
+    """Returns this rank's update unchanged outside a multi-process group, else everyone's."""
+    dist = _active_group()
+    if dist is None:
+        if required:
+            raise RuntimeError("distributed=True but no torch.distributed process group with "
+                               "more than one rank is initialised")
+        return indices, losses, correct
+    import torch
+
+    idx = as_indices(indices)
+    loss = as_losses(losses, len(idx))
+    corr = as_correct(correct, len(idx))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    world = dist.get_world_size()
+
+    header = torch.tensor([len(idx), corr is not None], dtype=torch.int64, device=device)
+    headers = [torch.empty_like(header) for _ in range(world)]
+    dist.all_gather(headers, header)
+    sizes = [int(h[0]) for h in headers]
+    flags = {bool(h[1]) for h in headers}
+    if len(flags) != 1:
+        raise ValueError("update(): some ranks passed `correct` and others did not")
+
+    # One float64 payload per rank: indices (< 2^53, exact), losses (float32, exact), correct.
+    width = max(sizes)
+    payload = torch.zeros((3, width), dtype=torch.float64, device=device)
+    payload[0, : len(idx)] = torch.from_numpy(idx.astype(np.float64))
+    payload[1, : len(idx)] = torch.from_numpy(loss.astype(np.float64))
+    if corr is not None:
+        payload[2, : len(idx)] = torch.from_numpy(corr.astype(np.float64))
+    gathered = [torch.empty_like(payload) for _ in range(world)]
+    dist.all_gather(gathered, payload)
+
+    rows = [g[:, :n].cpu().numpy() for g, n in zip(gathered, sizes)]
+    all_rows = np.concatenate(rows, axis=1)
+    has_correct = flags.pop()
+    return (all_rows[0].astype(np.int64), all_rows[1].astype(np.float32),
+            all_rows[2].astype(np.int8) if has_correct else None)

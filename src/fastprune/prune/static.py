@@ -1,0 +1,73 @@
+"""Static baselines from prior work: score during a few full-data epochs, then train on a fixed
+subset. Their scoring epochs are ordinary full epochs of the same run (warm-up), so they count
+in every time measurement, as they should.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._native import core
+from .strategies import _TopScores
+
+
+class _Static(_TopScores):
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int, **options):
+        for name in ("warmup_epochs", "reselect_every"):
+            if name in options:
+                raise ValueError(f"{type(self).__name__} fixes {name}; pass score_epochs instead")
+        if int(score_epochs) < 1:
+            raise ValueError(f"score_epochs must be >= 1, got {score_epochs!r}")
+        super().__init__(num_samples, keep, warmup_epochs=int(score_epochs), **options)
+        self.score_epochs = int(score_epochs)
+
+    def config(self):
+        return {**super().config(), "score_epochs": self.score_epochs}
+
+    def _anchor(self, epoch):
+        return self.warmup_epochs  # one subset, chosen right after scoring, for the rest of training
+
+
+class EL2N(_Static):
+    """EL2N (Paul et al., NeurIPS 2021): keep the ``keep·N`` samples with the largest error norm,
+    measured over the first ``score_epochs`` (default 2) full-data epochs, then a fixed subset.
+
+    Approximation: the true score is ``||softmax(f(x)) - onehot(y)||_2``, averaged over several
+    independently trained models. The training loop gives us only per-sample losses, so the
+    score here is the running mean of the loss over the scoring epochs of this one run. For
+    cross-entropy, ``loss = -log p_y`` is monotone in ``1 - p_y``, which is the dominant term of
+    the error norm (and a lower bound of it up to a constant), so the rankings agree except for
+    how the wrong-class mass is spread. To use the exact norm, pass it as ``losses`` to
+    ``update()`` during the scoring epochs.
+    """
+
+    default_decay = None  # running mean over the scoring epochs
+
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 2, **options):
+        super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
+
+    def _scores(self):
+        return core.bandit_scores(self.table.mean, self.table.var, self.table.seen, 0.0, True)
+
+
+class Forgetting(_Static):
+    """Forgetting scores (Toneva et al., ICLR 2019): count correct -> wrong transitions of each
+    sample over the first ``score_epochs`` (default 3: at least two transitions need three
+    observations) full-data epochs; keep the ``keep·N`` most forgotten samples, with samples
+    never classified correctly ranked first (the paper counts them as forgotten infinitely
+    often). Many samples tie at zero; ties are broken uniformly at random by (seed, epoch).
+    Needs ``correct`` in every ``update()``.
+    """
+
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 3, **options):
+        super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
+
+    def update(self, indices, losses, correct=None):
+        if correct is None:
+            raise ValueError("Forgetting.update() needs `correct` (per-sample 0/1 or bool, "
+                             "e.g. out.argmax(1) == y)")
+        return super().update(indices, losses, correct)
+
+    def _scores(self):
+        forgets = self.table.forgets.astype(np.float32)
+        return np.where(self.table.ever_correct.astype(bool), forgets, np.float32(np.inf)).astype(np.float32)

@@ -1,0 +1,194 @@
+"""The dynamic strategies: Full, UniformRandom, EpsilonGreedy, UCB, InfoBatch.
+
+Policy (how many, from where) is here; the O(N) work is in the native core.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._native import core
+from .base import Selection, Strategy, _fraction
+
+
+def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
+    return array if pool is None else np.ascontiguousarray(array[pool])
+
+
+def _pool_size(strategy: Strategy, pool: np.ndarray | None) -> int:
+    return strategy.num_samples if pool is None else len(pool)
+
+
+class Full(Strategy):
+    """Every sample, every epoch, weight 1 (the baseline and the 'no pruning' switch)."""
+
+    def __init__(self, num_samples: int, **options):
+        super().__init__(num_samples, 1.0, **options)
+
+    def is_full_epoch(self, epoch: int) -> bool:
+        return True
+
+
+class UniformRandom(Strategy):
+    """A fresh uniform random subset of ``keep * N`` samples every epoch (weights 1).
+
+    Raju et al. find even this beats static pruning at aggressive rates. Scores are still
+    recorded by update(), so the table can be inspected, but they do not affect the choice.
+    """
+
+    def _choose(self, context, epoch, pool, quota, stream):
+        indices = core.sample_uniform(_pool_size(self, pool), quota, self.seed, epoch, stream)
+        return Selection.unweighted(indices)
+
+
+class _TopScores(Strategy):
+    """Keeps the highest scores, optionally mixed with a uniform part (k_rand of the quota)."""
+
+    def _scores(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _random_part(self, quota: int) -> int:
+        return 0
+
+    def _prepare(self, epoch):
+        return self._scores()
+
+    def _choose(self, scores, epoch, pool, quota, stream):
+        k_rand = self._random_part(quota)
+        indices = core.select_top_random(_sub(scores, pool), quota - k_rand, k_rand, self.seed, epoch, stream)
+        return Selection.unweighted(indices)
+
+
+class EpsilonGreedy(_TopScores):
+    """Raju et al.'s epsilon-greedy bandit: score = EMA of the sample's loss; keep the
+    ``(1-eps)·k`` highest scores plus ``eps·k`` drawn uniformly from the rest.
+
+    Defaults: ``eps=0.2`` — with keep=0.5 that re-visits 10% of the data at random each epoch,
+    enough to refresh stale scores of samples the greedy part has dropped (their losses drift as
+    the model trains) while keeping 80% of the budget on the hardest samples. ``decay=0.7``
+    (EMA weight of the old value): a sample is updated only when selected, roughly every
+    1/keep epochs, so a slow EMA (0.9+) would rank by losses many epochs old; 0.7 halves an old
+    loss's weight after two visits and still smooths augmentation noise.
+    Unseen samples score +inf, so every sample is tried once first (ties broken at random).
+    """
+
+    def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options):
+        super().__init__(num_samples, keep, **options)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {eps!r}")
+        self.eps = float(eps)
+
+    def config(self):
+        return {**super().config(), "eps": self.eps}
+
+    def _scores(self):
+        return core.bandit_scores(self.table.mean, self.table.var, self.table.seen, 0.0, True)
+
+    def _random_part(self, quota):
+        return int(round(self.eps * quota))
+
+
+class UCB(_TopScores):
+    """Raju et al.'s UCB bandit: keep the top k of ``mean + c·bonus``, where mean is the EMA of
+    the loss and bonus its EMA standard deviation (``bonus="std"``) or variance (``"var"``).
+
+    Defaults: ``bonus="std"`` because the std has the loss's own unit, so ``c`` does not depend
+    on the loss scale; ``c=1.0`` then means "one standard deviation of optimism", the usual UCB
+    scale; ``decay=0.7`` as in :class:`EpsilonGreedy` (the variance needs a few updates of memory
+    to mean anything, which a decay of 0.5 or less would not give). Unseen samples score +inf.
+    """
+
+    def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std", **options):
+        super().__init__(num_samples, keep, **options)
+        if bonus not in ("std", "var"):
+            raise ValueError(f"bonus must be 'std' or 'var', got {bonus!r}")
+        if not math.isfinite(c) or c < 0:
+            raise ValueError(f"c must be a finite number >= 0, got {c!r}")
+        self.c, self.bonus = float(c), bonus
+
+    def config(self):
+        return {**super().config(), "c": self.c, "bonus": self.bonus}
+
+    def _scores(self):
+        return core.bandit_scores(self.table.mean, self.table.var, self.table.seen, self.c, self.bonus == "std")
+
+
+class InfoBatch(Strategy):
+    """InfoBatch (Qin et al., ICLR 2024) with a settable overall kept fraction.
+
+    Each pruned epoch keeps every sample whose latest loss is >= the mean loss (and every sample
+    not yet seen), and a uniform random subset of exactly ``k_below`` of the ``n_below``
+    below-mean samples, each up-weighted by ``n_below / k_below`` — the inverse of its inclusion
+    probability, so the expected weighted loss sum equals the full-data sum.
+
+    How ``k_below`` is set:
+
+    * ``keep`` given (overall fraction of the N samples, what InfoBatch's users ask for):
+      ``k_below = round(keep·N) - n_above``, i.e. the below-mean keep probability is
+      ``p = (keep - f_above) / f_below`` with ``f_above``/``f_below`` the fractions at/above and
+      below the mean. When more than ``keep·N`` samples are at/above the mean the target cannot
+      be met without dropping hard samples; then ``p = min_below_keep`` (default 0.1, so the
+      weights stay bounded) and the epoch is larger than the target.
+    * ``keep=None``: the paper's own rule, ``p = 1 - prune`` (``prune=0.5`` by default).
+
+    The final ``epochs - ceil(delta·epochs)`` epochs use full data (``delta=0.875``, the paper's
+    default, "annealing"). ``decay=0.0`` by default: InfoBatch scores by the latest loss.
+    """
+
+    default_decay = 0.0
+
+    def __init__(self, num_samples: int, keep: float | None = 0.5, *, epochs: int, delta: float = 0.875,
+                 prune: float = 0.5, min_below_keep: float = 0.1, **options):
+        if "final_full_epochs" in options:
+            raise ValueError("InfoBatch sets its final full-data epochs from delta; do not pass final_full_epochs")
+        if not 0.0 < delta <= 1.0:
+            raise ValueError(f"delta must be in (0, 1], got {delta!r}")
+        if not 0.0 <= prune < 1.0:
+            raise ValueError(f"prune must be in [0, 1), got {prune!r}")
+        full = int(epochs) - math.ceil(delta * int(epochs))
+        super().__init__(num_samples, 1.0 if keep is None else keep, epochs=epochs, final_full_epochs=full, **options)
+        self.target = keep
+        self.delta, self.prune = float(delta), float(prune)
+        self.min_below_keep = _fraction(min_below_keep, "min_below_keep")
+
+    def config(self):
+        return {**super().config(), "target": self.target, "delta": self.delta, "prune": self.prune,
+                "min_below_keep": self.min_below_keep}
+
+    def _prepare(self, epoch):
+        mean, _ = core.masked_mean(self.table.mean, self.table.seen)
+        return float(np.float32(mean))
+
+    def _k_below(self, pool_size: int, quota: int, n_below: int) -> int:
+        if n_below == 0:
+            return 0
+        if self.target is None:
+            k = round((1.0 - self.prune) * n_below)
+        else:
+            k = quota - (pool_size - n_below)
+            k = max(k, math.ceil(self.min_below_keep * n_below))
+        return int(min(max(k, 1), n_below))
+
+    def _split(self, threshold, pool):
+        scores, seen = _sub(self.table.mean, pool), _sub(self.table.seen, pool)
+        return scores, seen, core.count_below(scores, seen, threshold)
+
+    def _choose(self, threshold, epoch, pool, quota, stream):
+        scores, seen, n_below = self._split(threshold, pool)
+        k_below = self._k_below(len(scores), quota, n_below)
+        weight = np.float32(n_below / k_below) if k_below else np.float32(1.0)
+        indices, weights = core.split_sample(scores, seen, threshold, k_below, float(weight),
+                                             self.seed, epoch, stream)
+        return Selection(indices, weights)
+
+    def _count_pruned(self, epoch):
+        threshold = self._prepare(epoch)
+        pools = [None] if self._pools is None else self._pools
+        quotas = [self.num_kept] if self._pools is None else self._pool_quotas
+        total = 0
+        for pool, quota in zip(pools, quotas):
+            scores, _, n_below = self._split(threshold, pool)
+            total += len(scores) - n_below + self._k_below(len(scores), int(quota), n_below)
+        return total

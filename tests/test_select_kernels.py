@@ -1,0 +1,173 @@
+"""The native selection kernels against slow numpy/Python oracles."""
+
+import numpy as np
+import pytest
+
+from fastprune._native import core
+
+# Derived RNG streams of a kernel call with stream s (see csrc/select.cpp).
+TIE, RANDOM = 0, 1
+
+
+def chi2_critical(df: int, z: float = 3.719) -> float:
+    """Upper chi-square quantile (Wilson-Hilferty); z=3.719 is the 1e-4 tail."""
+    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+
+
+def selection_sampling(total, want, uniforms):
+    """Knuth's Algorithm S, written plainly: which of `total` items (in order) are taken."""
+    taken, need = [], want
+    for t in range(total):
+        if need == 0:
+            break
+        if uniforms[t] * (total - t) < need:
+            taken.append(t)
+            need -= 1
+    return taken
+
+
+def oracle_top_random(scores, k_top, k_rand, seed, epoch, stream):
+    scores = np.asarray(scores, dtype=np.float32)
+    n = len(scores)
+    top = np.zeros(n, dtype=bool)
+    if k_top:
+        threshold = np.sort(scores)[::-1][k_top - 1]
+        top = scores > threshold
+        ties = np.flatnonzero(scores == threshold)
+        u = core.random_uniform(seed, epoch, 4 * stream + TIE, 0, len(ties))
+        top[ties[selection_sampling(len(ties), k_top - top.sum(), u)]] = True
+    rest = np.flatnonzero(~top)
+    u = core.random_uniform(seed, epoch, 4 * stream + RANDOM, 0, len(rest))
+    chosen = np.concatenate([np.flatnonzero(top), rest[selection_sampling(len(rest), k_rand, u)]])
+    return np.sort(chosen)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 200_003])
+def test_top_k_equals_sort_for_distinct_scores(n):
+    rng = np.random.default_rng(n)
+    scores = rng.standard_normal(n).astype(np.float32) * 10.0 ** rng.integers(-30, 30, n)
+    for k in sorted({0, 1, n // 3, n - 1, n}):
+        got = core.select_top_random(scores, k, 0, 0, 0, 0)
+        expected = np.sort(np.argsort(-scores, kind="stable")[:k])
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_special_values_order_like_floats():
+    scores = np.array([np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 3.4e38, -3.4e38], dtype=np.float32)
+    for k in range(len(scores) + 1):
+        got = core.select_top_random(scores, k, 0, 5, 1, 0)
+        np.testing.assert_array_equal(got, oracle_top_random(scores, k, 0, 5, 1, 0))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_oracle_with_ties_and_random_part(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    scores = rng.integers(0, 5, n).astype(np.float32)  # heavy ties at the threshold
+    k_top = int(rng.integers(0, n + 1))
+    k_rand = int(rng.integers(0, n - k_top + 1))
+    got = core.select_top_random(scores, k_top, k_rand, seed, 3, 2)
+    np.testing.assert_array_equal(got, oracle_top_random(scores, k_top, k_rand, seed, 3, 2))
+    assert got.dtype == np.int64 and len(got) == k_top + k_rand
+    assert np.all(np.diff(got) > 0)  # ascending, hence no duplicates
+
+
+def test_sample_uniform_matches_oracle_and_sizes():
+    for n, k in [(0, 0), (1, 1), (10, 0), (10, 10), (5000, 1234)]:
+        got = core.sample_uniform(n, k, 9, 4, 1)
+        u = core.random_uniform(9, 4, 4 * 1 + RANDOM, 0, n)
+        np.testing.assert_array_equal(got, selection_sampling(n, k, u))
+
+
+def test_deterministic_per_seed_and_epoch():
+    scores = np.random.default_rng(0).random(10_000).astype(np.float32)
+    a = core.select_top_random(scores, 3000, 2000, 1, 2, 0)
+    np.testing.assert_array_equal(a, core.select_top_random(scores, 3000, 2000, 1, 2, 0))
+    assert not np.array_equal(a, core.select_top_random(scores, 3000, 2000, 1, 3, 0))
+    assert not np.array_equal(a, core.select_top_random(scores, 3000, 2000, 2, 2, 0))
+    assert not np.array_equal(a, core.select_top_random(scores, 3000, 2000, 1, 2, 1))
+
+
+def test_uniform_sampling_is_uniform_over_seeds():
+    n, k, trials = 40, 7, 6000
+    counts = np.zeros(n)
+    first = np.zeros(n)  # the smallest chosen index: checks more than the marginals
+    for seed in range(trials):
+        chosen = core.sample_uniform(n, k, seed, 0, 0)
+        counts[chosen] += 1
+        first[chosen[0]] += 1
+    expected = trials * k / n
+    assert ((counts - expected) ** 2 / expected).sum() < chi2_critical(n - 1)
+    # P(min = i) = C(n-1-i, k-1) / C(n, k)
+    from math import comb
+    p_first = np.array([comb(n - 1 - i, k - 1) for i in range(n)]) / comb(n, k)
+    mask = p_first * trials >= 5
+    exp_first = p_first[mask] * trials
+    assert ((first[mask] - exp_first) ** 2 / exp_first).sum() < chi2_critical(int(mask.sum()) - 1)
+
+
+def test_random_part_is_uniform_over_the_rest():
+    scores = np.arange(30, dtype=np.float32)  # the top 10 are indices 20..29
+    counts = np.zeros(30)
+    trials = 4000
+    for epoch in range(trials):
+        chosen = core.select_top_random(scores, 10, 5, 0, epoch, 0)
+        assert set(range(20, 30)) <= set(chosen.tolist())
+        counts[chosen] += 1
+    rest = counts[:20]
+    expected = trials * 5 / 20
+    assert ((rest - expected) ** 2 / expected).sum() < chi2_critical(19)
+
+
+def test_ties_are_broken_uniformly():
+    scores = np.ones(12, dtype=np.float32)
+    counts = np.zeros(12)
+    for seed in range(3000):
+        counts[core.select_top_random(scores, 4, 0, seed, 0, 0)] += 1
+    expected = 3000 * 4 / 12
+    assert ((counts - expected) ** 2 / expected).sum() < chi2_critical(11)
+
+
+def test_bad_arguments_raise():
+    scores = np.ones(5, dtype=np.float32)
+    with pytest.raises(ValueError, match="exceeds"):
+        core.select_top_random(scores, 4, 2, 0, 0, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        core.select_top_random(scores, -1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match=r"scores\[2\] is NaN"):
+        core.select_top_random(np.array([1, 2, np.nan], dtype=np.float32), 1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="k <= n"):
+        core.sample_uniform(3, 4, 0, 0, 0)
+
+
+def test_bandit_scores():
+    rng = np.random.default_rng(1)
+    mean = rng.random(100).astype(np.float32)
+    var = rng.random(100).astype(np.float32)
+    seen = rng.integers(0, 3, 100).astype(np.int32)
+    for c, use_std in [(0.0, True), (1.5, True), (2.0, False)]:
+        got = core.bandit_scores(mean, var, seen, c, use_std)
+        bonus = np.sqrt(var) if use_std else var
+        expected = np.where(seen == 0, np.inf, mean + np.float32(c) * bonus).astype(np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_split_sample_matches_oracle():
+    rng = np.random.default_rng(3)
+    n = 2000
+    scores = rng.exponential(size=n).astype(np.float32)
+    seen = (rng.random(n) < 0.9).astype(np.int32)
+    threshold = np.float32(scores[seen > 0].mean())
+    below = (seen > 0) & (scores < threshold)
+    assert core.count_below(scores, seen, threshold) == below.sum()
+    k_below = int(below.sum()) // 3
+    idx, w = core.split_sample(scores, seen, threshold, k_below, 2.5, 7, 1, 0)
+    u = core.random_uniform(7, 1, 4 * 0 + RANDOM, 0, int(below.sum()))
+    kept_below = np.flatnonzero(below)[selection_sampling(int(below.sum()), k_below, u)]
+    expected = np.sort(np.concatenate([np.flatnonzero(~below), kept_below]))
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_array_equal(w, np.where(below[idx], np.float32(2.5), np.float32(1.0)))
+    mean, count = core.masked_mean(scores, seen)
+    assert count == seen.sum() and mean == pytest.approx(scores[seen > 0].astype(np.float64).mean())
+    with pytest.raises(ValueError, match="only"):
+        core.split_sample(scores, seen, threshold, int(below.sum()) + 1, 1.0, 0, 0, 0)
