@@ -1,0 +1,133 @@
+"""The ``fastprune`` command line: convert (real Fashion-MNIST and generated sources) and info."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastprune
+from fastprune.cli import main
+
+
+def idx_payload(path, header_size):
+    """The raw values of an IDX file, read independently of the converter."""
+    return np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8, offset=header_size)
+
+
+@pytest.fixture(scope="module")
+def fashion_train_store(fashion_mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "fashion-train.beton"
+    assert main(["convert", "fashion-mnist", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_fashion_mnist_train_split_converts_completely(fashion_train_store, fashion_mnist_dir):
+    store = fastprune.Store(fashion_train_store)
+    assert len(store) == 60000
+    assert list(store.fields) == ["image", "label"]
+    labels = np.array([store[i][1] for i in range(len(store))])
+    assert np.bincount(labels).tolist() == [6000] * 10
+
+    expected_labels = idx_payload(fashion_mnist_dir / "train-labels-idx1-ubyte.gz", 8)
+    np.testing.assert_array_equal(labels, expected_labels)
+    pixels = idx_payload(fashion_mnist_dir / "train-images-idx3-ubyte.gz", 16).reshape(60000, 28, 28)
+    for index in (0, 1, 31337, 59999):
+        image = store[index][0]
+        assert image.shape == (28, 28, 3)
+        for channel in range(3):
+            np.testing.assert_array_equal(image[..., channel], pixels[index])
+
+
+def test_info_describes_and_verifies(fashion_train_store, capsys):
+    assert main(["info", str(fashion_train_store), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "60000" in printed
+    assert "RGBImageField" in printed and "IntField" in printed
+    assert printed.count("6000 ") >= 10  # one histogram row per class
+    assert "verify:" in printed and "OK" in printed
+
+
+def test_info_on_damaged_file_fails_with_one_line(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 3, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(4))
+    out = tmp_path / "d.beton"
+    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    out.write_bytes(out.read_bytes()[:-100])  # lose the end of the file
+    assert main(["info", str(out), "--verify"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fastprune info: error: ") and str(out) in error
+    assert error.count("\n") == 1
+
+
+def test_python_m_fastprune_reports_errors_without_traceback(tmp_path):
+    missing = tmp_path / "missing.beton"
+    result = subprocess.run([sys.executable, "-m", "fastprune", "info", str(missing)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(missing) in result.stderr
+
+
+def test_image_folder_via_cli_with_jpeg_and_max_side(tmp_path, capsys):
+    for name, shape in [("b/x.png", (30, 60)), ("a/y.jpg", (12, 12))]:
+        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((*shape, 3), 90, np.uint8)).save(tmp_path / "tree" / name)
+    out = tmp_path / "f.beton"
+    code = main(["convert", str(tmp_path / "tree"), "--out", str(out), "--jpeg", "--quality", "80",
+                 "--max-side", "20", "--workers", "1", "--no-progress"])
+    assert code == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    store = fastprune.Store(out)
+    assert [(store[i][0].shape, store[i][1]) for i in range(2)] == [((12, 12, 3), 0), ((10, 20, 3), 1)]
+    assert store.fields["image"].jpeg_quality == 80
+
+
+def test_cifar10_folder_is_detected(tmp_path):
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    images = np.random.default_rng(1).integers(0, 256, (2, 3072), dtype=np.uint8)
+    (batches / "test_batch").write_bytes(pickle.dumps({"data": images, "labels": [4, 2]}))
+    out = tmp_path / "c.beton"
+    assert main(["convert", str(tmp_path), "-o", str(out), "--split", "test", "--no-progress"]) == 0
+    store = fastprune.Store(out)
+    assert [store[i][1] for i in range(len(store))] == [4, 2]
+    np.testing.assert_array_equal(store[1][0], images[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--split", "test"], "--split applies to cifar10/cifar100/idx sources, not imagefolder"),
+    (["--kind", "cifar10"], "no CIFAR-10 training batches"),
+    ([], r"raw storage needs one image shape, but .*a[/\\]1\.png is 4x4x3 and .*b[/\\]2\.png is 5x4x3"),
+])
+def test_convert_errors_are_one_line_and_leave_no_file(tmp_path, capsys, arguments, message):
+    for name, height in [("a/1.png", 4), ("b/2.png", 5)]:
+        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((height, 4, 3), np.uint8)).save(tmp_path / "tree" / name)
+    out = tmp_path / "o.beton"
+    assert main(["convert", str(tmp_path / "tree"), "-o", str(out), "--no-progress", *arguments]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("fastprune convert: error: ") and error.count("\n") == 1
+    assert re.search(message, error), error
+    assert not out.exists()
+
+
+def test_unknown_source_and_bad_arguments(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nothing"), "-o", str(tmp_path / "o.beton")]) == 1
+    assert "source not found" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["convert", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "o.beton")]) == 1
+    assert "cannot tell what this file is" in capsys.readouterr().err
+    for bad in (["--quality", "0"], ["--max-side", "-3"], ["--resize", "32"], ["--max-side", "4", "--resize", "4x4"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["convert", str(tmp_path), "-o", str(tmp_path / "o.beton"), *bad])
+        assert exit_.value.code == 2
+    assert main([]) == 2
+    assert not (tmp_path / "o.beton").exists()
