@@ -97,6 +97,7 @@ class Loader:
         self._source = open_source(store_or_path, image_field, label_field, threads=1)
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
         _check_sampler(self.sampler, self._source.num_samples)
+        _check_batchable(self._source, self.transforms)
         self._epoch = 0
 
     # -- epochs and lengths ---------------------------------------------------------------------
@@ -181,9 +182,6 @@ class _BatchBuilder:
         self.source, self.transforms, self.streams, self.epoch = source, transforms, streams, epoch
         self.fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
-        if not self.fused_crop and source.uniform_shape is None and source.num_samples:
-            raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
-                             "in transforms so that every batch has one shape")
 
     def __call__(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
         images = self._gather(ids)
@@ -318,6 +316,13 @@ def _check_transforms(transforms, pin: bool) -> list:
             if isinstance(t, Normalize):
                 t.pin_memory = True
     return transforms
+
+
+def _check_batchable(source, transforms) -> None:
+    fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
+    if not fused_crop and source.num_samples and source.uniform_shape is None:
+        raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
+                         "in transforms so that every batch has one shape")
 
 
 def _resolve_distributed(distributed) -> tuple[int, int]:

@@ -1,0 +1,243 @@
+"""fastprune.Loader: epochs, lengths, determinism, shards, shutdown, errors."""
+
+import gc
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import fastprune
+from fastprune.loader import Batch, Cutout, Loader, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+from fastprune.loader.transforms import BatchTransform
+from fastprune.store.fields import IntField, RGBImageField
+
+N = 300
+
+
+class _Images:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (N, 16, 16, 3), dtype=np.uint8), rng.integers(0, 10, N)
+
+
+@pytest.fixture(scope="module")
+def raw_store(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("stores") / "raw.beton"
+    return fastprune.write_dataset(path, _Images(*data), {"image": RGBImageField(write_mode="raw"),
+                                                          "label": IntField()}, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def jpeg_store_mixed_sizes(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (12 + i % 7, 20 - i % 5, 3), dtype=np.uint8) for i in range(40)]
+    path = tmp_path_factory.mktemp("stores") / "jpeg.beton"
+    return fastprune.write_dataset(path, _Images(images, np.arange(40) % 3),
+                                   {"image": RGBImageField(write_mode="jpg"), "label": IntField()},
+                                   workers=1, progress=False)
+
+
+class ShrinkingSampler:
+    """Test double of the pruning sampler contract: keeps N - 50 * epoch samples, weight 2."""
+
+    num_samples = N
+
+    def _ids(self, epoch):
+        keep = ShrinkingSampler.num_selected(self, epoch)
+        return np.random.default_rng(epoch).permutation(N)[:keep].astype(np.int64)
+
+    def select(self, epoch):
+        ids = self._ids(epoch)
+        return SimpleNamespace(indices=ids, weights=np.full(len(ids), 2.0, np.float32))
+
+    def num_selected(self, epoch):
+        return max(N - 50 * epoch, 10)
+
+
+def _pipeline():
+    return [RandomCrop(padding=2), RandomHorizontalFlip(), Cutout(4), Normalize((0.5,) * 3, (0.2,) * 3)]
+
+
+def _epoch(loader):
+    return [b for b in loader]
+
+
+def test_full_epoch_yields_every_sample_once_with_its_label(raw_store, data):
+    images, labels = data
+    loader = Loader(raw_store, 64, seed=1)
+    batches = _epoch(loader)
+    assert len(batches) == len(loader.__class__(raw_store, 64)) == 5
+    ids = torch.cat([b.indices for b in batches]).numpy()
+    assert sorted(ids) == list(range(N)) and not (ids == np.arange(N)).all()  # shuffled
+    first = batches[0]
+    assert isinstance(first, Batch) and first.images.dtype == torch.uint8 and first.images.shape == (64, 16, 16, 3)
+    np.testing.assert_array_equal(first.images.numpy(), images[first.indices.numpy()])
+    np.testing.assert_array_equal(first.labels.numpy(), labels[first.indices.numpy()])
+    assert first.weights.dtype == torch.float32 and (first.weights == 1).all()
+    assert loader.epoch == 1
+
+
+def test_len_follows_the_sampler_when_the_subset_changes(raw_store):
+    loader = Loader(raw_store, 64, sampler=ShrinkingSampler())
+    for epoch in range(4):
+        expected = -(-ShrinkingSampler().num_selected(epoch) // 64)
+        assert len(loader) == expected
+        batches = _epoch(loader)
+        assert len(batches) == expected
+        ids = torch.cat([b.indices for b in batches]).numpy()
+        assert sorted(ids) == sorted(ShrinkingSampler()._ids(epoch))
+        assert all((b.weights == 2).all() for b in batches)
+    assert loader.epoch == 4
+    assert loader.steps_for_epochs(0, 4) == sum(-(-ShrinkingSampler().num_selected(e) // 64) for e in range(4))
+    loader.set_epoch(1)
+    assert len(loader) == 4  # 250 samples
+
+
+def test_drop_last(raw_store):
+    loader = Loader(raw_store, 64, drop_last=True, sampler=ShrinkingSampler())
+    assert len(loader) == N // 64
+    assert all(len(b.indices) == 64 for b in _epoch(loader))
+
+
+def test_same_seed_same_epoch_bit_identical_across_thread_counts(raw_store):
+    runs = []
+    for threads in (1, 2, 3):
+        loader = Loader(raw_store, 50, transforms=_pipeline(), seed=7, threads=threads)
+        loader.set_epoch(2)
+        runs.append(_epoch(loader))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a.indices, b.indices) and torch.equal(a.images, b.images)
+    loader = Loader(raw_store, 50, transforms=_pipeline(), seed=7)
+    loader.set_epoch(3)
+    assert not torch.equal(_epoch(loader)[0].indices, runs[0][0].indices)
+
+
+def test_augmentation_matches_transforms_applied_by_hand(raw_store, data):
+    from fastprune.loader.transforms import stream_key
+
+    images, _ = data
+    loader = Loader(raw_store, 40, transforms=_pipeline(), seed=5, shuffle=False)
+    batch = _epoch(loader)[1]
+    ids = batch.indices.numpy()
+    x = images[ids].copy()
+    for salt, transform in enumerate(_pipeline()):
+        x = transform(x, ids, stream_key(5, 0, salt))
+    assert torch.equal(batch.images, x)
+
+
+def test_distributed_shards_are_disjoint_equal_and_cover_the_selection(raw_store):
+    shards = []
+    for rank in range(3):
+        loader = Loader(raw_store, 32, sampler=ShrinkingSampler(), distributed=(rank, 3), seed=2)
+        loader.set_epoch(1)  # 250 selected -> 83 per rank
+        assert len(loader) == 3
+        shards.append(torch.cat([b.indices for b in _epoch(loader)]).numpy())
+    assert [len(s) for s in shards] == [83] * 3
+    union = np.concatenate(shards)
+    assert len(np.unique(union)) == 249 and set(union) <= set(ShrinkingSampler()._ids(1))
+    with pytest.raises(ValueError, match="rank"):
+        Loader(raw_store, 32, distributed=(3, 3))
+
+
+def test_breaking_out_and_gc_leave_no_threads(raw_store):
+    baseline = threading.active_count()
+    loader = Loader(raw_store, 10, transforms=_pipeline(), threads=2, prefetch=2)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break
+    assert threading.active_count() == baseline
+    assert loader.epoch == 0  # an interrupted pass does not advance the epoch
+    it = iter(loader)
+    next(it)
+    del it, loader
+    gc.collect()
+    assert threading.active_count() == baseline
+    assert len(_epoch(Loader(raw_store, 100))) == 3  # starts cleanly again
+
+
+class _Boom(BatchTransform):
+    def __call__(self, images, ids, stream):
+        if 123 in ids:
+            raise ZeroDivisionError("boom in a user transform")
+        return images
+
+
+def test_exception_in_a_transform_reaches_the_caller_with_context(raw_store):
+    baseline = threading.active_count()
+    loader = Loader(raw_store, 20, transforms=[_Boom()], shuffle=False, threads=2)
+    with pytest.raises(ZeroDivisionError, match="boom") as info:
+        _epoch(loader)
+    assert any("batch 6 of epoch 0" in note for note in getattr(info.value, "__notes__", []))
+    assert threading.active_count() == baseline
+    assert loader.epoch == 0
+
+
+def test_mixed_size_jpegs_need_a_resized_crop(jpeg_store_mixed_sizes):
+    with pytest.raises(ValueError, match="RandomResizedCrop or CenterCrop first"):
+        Loader(jpeg_store_mixed_sizes, 8)
+    loader = Loader(jpeg_store_mixed_sizes, 8, transforms=[RandomResizedCrop(10), RandomHorizontalFlip(),
+                                                           Normalize(dtype=torch.bfloat16)])
+    batches = _epoch(loader)
+    assert [tuple(b.images.shape) for b in batches] == [(8, 3, 10, 10)] * 5
+    assert batches[0].images.dtype == torch.bfloat16
+    assert float(torch.cat([b.images.float() for b in batches]).std()) > 0.1
+
+
+def test_device_handling(raw_store):
+    batch = next(iter(Loader(raw_store, 8, device="cpu")))
+    assert batch.images.device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            Loader(raw_store, 8, device="cuda")
+    else:  # pinned memory + non_blocking copy path
+        batch = next(iter(Loader(raw_store, 8, device="cuda", transforms=[Normalize()])))
+        assert batch.images.is_cuda and batch.labels.is_cuda
+
+
+def test_bad_arguments_name_the_argument(raw_store):
+    with pytest.raises(ValueError, match="batch_size"):
+        Loader(raw_store, 0)
+    with pytest.raises(ValueError, match="threads"):
+        Loader(raw_store, 8, threads=0)
+    with pytest.raises(ValueError, match="image_field='label'"):
+        Loader(raw_store, 8, image_field="label")
+    with pytest.raises(ValueError, match="Normalize must be the last"):
+        Loader(raw_store, 8, transforms=[Normalize(), RandomHorizontalFlip()])
+    with pytest.raises(FileNotFoundError, match="store_or_path"):
+        Loader("/nonexistent/x.beton", 8)
+
+    class Liar(ShrinkingSampler):
+        def num_selected(self, epoch):
+            return super().num_selected(epoch) - 1  # one less than select() returns
+
+    with pytest.raises(ValueError, match="num_selected"):
+        _epoch(Loader(raw_store, 8, sampler=Liar()))
+
+
+@pytest.mark.ffcv
+def test_reads_a_file_written_by_ffcv(tmp_path, data):
+    ffcv_writer = pytest.importorskip("ffcv.writer")
+    from ffcv.fields import IntField as FfcvInt
+    from ffcv.fields import RGBImageField as FfcvRGB
+
+    images, labels = data
+    path = str(tmp_path / "ffcv.beton")
+    ffcv_writer.DatasetWriter(path, {"image": FfcvRGB(write_mode="raw"), "label": FfcvInt()},
+                              num_workers=1).from_indexed_dataset(_Images(images[:50], labels[:50]))
+    batch = next(iter(Loader(path, 50, shuffle=False)))
+    np.testing.assert_array_equal(batch.images.numpy(), images[:50])
+    np.testing.assert_array_equal(batch.labels.numpy(), labels[:50])
