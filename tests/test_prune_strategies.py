@@ -1,0 +1,234 @@
+"""Strategies: sizes, contents against numpy oracles, epoch phases, determinism, unbiasedness."""
+
+import numpy as np
+import pytest
+
+from fastprune.prune import EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, Selection, UniformRandom
+
+
+def feed(strategy, epoch, rng, n=None):
+    """Select an epoch and report a random loss for each selected sample."""
+    sel = strategy.select(epoch)
+    losses = rng.exponential(size=len(sel)).astype(np.float32)
+    strategy.update(sel.indices, losses, rng.random(len(sel)) < 0.7)
+    return sel
+
+
+def check_selection(sel: Selection, n: int, k: int):
+    assert isinstance(sel, Selection) and len(sel) == k
+    assert sel.indices.dtype == np.int64 and sel.weights.dtype == np.float32
+    assert len(np.unique(sel.indices)) == k  # no duplicates
+    assert sel.indices.min() >= 0 and sel.indices.max() < n
+
+
+ALL = [lambda n: Full(n), lambda n: UniformRandom(n, 0.3, seed=1), lambda n: EpsilonGreedy(n, 0.3, seed=1),
+       lambda n: UCB(n, 0.3, seed=1), lambda n: InfoBatch(n, 0.3, epochs=10, seed=1),
+       lambda n: EL2N(n, 0.3, seed=1), lambda n: Forgetting(n, 0.3, seed=1)]
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_num_selected_is_exact_and_select_is_repeatable(make):
+    n, rng = 503, np.random.default_rng(0)
+    strategy = make(n)
+    for epoch in range(6):
+        k = strategy.num_selected(epoch)
+        assert strategy.num_selected(epoch) == k  # no side effects
+        sel = strategy.select(epoch)
+        check_selection(sel, n, k)
+        losses = rng.exponential(size=len(sel)).astype(np.float32)
+        strategy.update(sel.indices, losses, rng.random(len(sel)) < 0.7)
+        again = strategy.select(epoch)  # after updates: still the same epoch's selection
+        np.testing.assert_array_equal(again.indices, sel.indices)
+        np.testing.assert_array_equal(again.weights, sel.weights)
+
+
+@pytest.mark.parametrize("make", ALL[1:])
+def test_same_seed_same_run(make):
+    a, b = make(300), make(300)
+    ra, rb = np.random.default_rng(5), np.random.default_rng(5)
+    for epoch in range(5):
+        np.testing.assert_array_equal(feed(a, epoch, ra).indices, feed(b, epoch, rb).indices)
+
+
+def test_full():
+    sel = Full(7).select(3)
+    np.testing.assert_array_equal(sel.indices, np.arange(7))
+    np.testing.assert_array_equal(sel.weights, np.ones(7))
+
+
+def test_uniform_random_changes_every_epoch():
+    s = UniformRandom(1000, 0.5)
+    a, b = s.select(0).indices, s.select(1).indices
+    assert len(a) == 500 and not np.array_equal(a, b)
+
+
+def topk_oracle(scores, k):
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+
+
+def test_epsilon_greedy_eps0_is_exact_top_k_of_ema_loss():
+    n, rng = 400, np.random.default_rng(1)
+    s = EpsilonGreedy(n, 0.25, eps=0.0, warmup_epochs=1)
+    s.update(np.arange(n), rng.random(n))  # epoch 0 (warm-up): every sample seen
+    for epoch in range(1, 4):
+        sel = s.select(epoch)
+        assert set(sel.indices.tolist()) == topk_oracle(s.table.mean, 100)
+        s.update(sel.indices, rng.random(len(sel)))
+
+
+def test_epsilon_greedy_mixes_top_and_random():
+    n, rng = 1000, np.random.default_rng(2)
+    s = EpsilonGreedy(n, 0.4, eps=0.25)
+    s.update(np.arange(n), rng.random(n))
+    chosen = set(s.select(1).indices.tolist())
+    top = topk_oracle(s.table.mean, 300)  # (1 - eps) * 400
+    assert top <= chosen and len(chosen) == 400
+
+
+def test_unseen_samples_are_tried_first():
+    s = EpsilonGreedy(100, 0.3, eps=0.0)
+    seen = set()
+    for epoch in range(3):
+        sel = s.select(epoch)
+        assert not (set(sel.indices.tolist()) & seen) or len(seen) > 70
+        seen |= set(sel.indices.tolist())
+        s.update(sel.indices, np.ones(len(sel)))
+    assert len(seen) >= 90
+
+
+@pytest.mark.parametrize("bonus", ["std", "var"])
+def test_ucb_is_top_k_of_mean_plus_bonus(bonus):
+    n, rng = 300, np.random.default_rng(3)
+    s = UCB(n, 0.2, c=2.0, bonus=bonus)
+    for _ in range(3):
+        s.update(np.arange(n), rng.exponential(size=n))
+    b = np.sqrt(s.table.var) if bonus == "std" else s.table.var
+    scores = (s.table.mean + np.float32(2.0) * b).astype(np.float32)
+    assert set(s.select(0).indices.tolist()) == topk_oracle(scores, 60)
+
+
+def test_warmup_final_and_reselect_every():
+    s = UniformRandom(200, 0.25, warmup_epochs=2, final_full_epochs=2, epochs=10, reselect_every=3)
+    assert [s.num_selected(e) for e in range(10)] == [200, 200, 50, 50, 50, 50, 50, 50, 200, 200]
+    np.testing.assert_array_equal(s.select(2).indices, s.select(4).indices)
+    assert not np.array_equal(s.select(4).indices, s.select(5).indices)
+    np.testing.assert_array_equal(s.select(5).indices, s.select(7).indices)
+    assert len(s.select(9)) == 200
+
+
+def test_class_balanced_quotas():
+    labels = np.repeat([0, 1, 2], [500, 300, 200])
+    rng = np.random.default_rng(4)
+    labels = rng.permutation(labels)
+    for s in [UCB(1000, 0.3, labels=labels), UniformRandom(1000, 0.3, labels=labels),
+              InfoBatch(1000, 0.5, epochs=10, labels=labels)]:
+        s.update(np.arange(1000), rng.exponential(size=1000))
+        sel = s.select(1)
+        counts = np.bincount(labels[sel.indices], minlength=3)
+        if isinstance(s, InfoBatch):
+            assert abs(len(sel) - 500) <= 3  # per-class rounding only
+            np.testing.assert_allclose(counts / [500, 300, 200], 0.5, atol=0.01)
+        else:
+            np.testing.assert_array_equal(counts, [150, 90, 60])
+        assert s.num_selected(1) == len(sel)
+
+
+def infobatch_table(n=2000, seed=0):
+    s = InfoBatch(n, 0.6, epochs=10, seed=seed)
+    losses = np.random.default_rng(42).exponential(size=n).astype(np.float32)
+    s.update(np.arange(n), losses)
+    return s, losses
+
+
+def test_infobatch_hits_the_overall_target_and_weights():
+    s, losses = infobatch_table()
+    sel = s.select(1)
+    assert len(sel) == 1200 == s.num_selected(1)
+    above = losses >= np.float32(losses.astype(np.float64).mean())
+    kept_above = above[sel.indices]
+    assert set(np.flatnonzero(above)) <= set(sel.indices.tolist())
+    assert np.all(sel.weights[kept_above] == 1.0)
+    n_below, k_below = (~above).sum(), (~kept_above).sum()
+    np.testing.assert_allclose(sel.weights[~kept_above], n_below / k_below, rtol=1e-6)
+
+
+def test_infobatch_is_unbiased_over_seeds():
+    n = 500
+    losses = np.random.default_rng(7).exponential(size=n)
+    values = np.random.default_rng(8).normal(size=n)  # a per-sample "gradient" component
+    sums = []
+    inclusion = np.zeros(n)
+    for seed in range(3000):
+        s = InfoBatch(n, 0.5, epochs=10, seed=seed)
+        s.update(np.arange(n), losses)
+        sel = s.select(1)
+        sums.append(float((values[sel.indices] * sel.weights).sum()))
+        inclusion[sel.indices] += sel.weights
+    sums = np.array(sums)
+    stderr = sums.std() / np.sqrt(len(sums))
+    assert abs(sums.mean() - values.sum()) < 4 * stderr
+    # each sample's expected weight is 1 (inclusion probability x weight)
+    assert np.abs(inclusion / 3000 - 1).max() < 0.25
+
+
+def test_infobatch_classic_prune_ratio_and_final_epochs():
+    s = InfoBatch(1000, None, prune=0.5, epochs=8, delta=0.75)  # epochs 6, 7 use full data
+    losses = np.random.default_rng(1).exponential(size=1000)
+    s.update(np.arange(1000), losses)
+    n_below = (losses < np.float32(losses.mean())).sum()
+    assert s.num_selected(1) == 1000 - n_below + round(0.5 * n_below)
+    assert [s.is_full_epoch(e) for e in range(8)] == [False] * 6 + [True] * 2
+    assert len(s.select(7)) == 1000
+
+
+def test_infobatch_unreachable_target_keeps_min_fraction():
+    s = InfoBatch(1000, 0.1, epochs=10, min_below_keep=0.2)
+    losses = np.random.default_rng(1).exponential(size=1000)
+    s.update(np.arange(1000), losses)
+    n_below = (losses < np.float32(losses.mean())).sum()
+    assert s.num_selected(1) == 1000 - n_below + int(np.ceil(0.2 * n_below))
+
+
+def test_el2n_scores_then_fixes_the_subset():
+    n, rng = 300, np.random.default_rng(9)
+    s = EL2N(n, 0.2, score_epochs=2)
+    total = np.zeros(n)
+    for epoch in range(2):
+        sel = s.select(epoch)
+        assert len(sel) == n
+        losses = rng.exponential(size=n)
+        total += losses.astype(np.float32)
+        s.update(sel.indices, losses)
+    fixed = s.select(2)
+    assert set(fixed.indices.tolist()) == topk_oracle((total / 2).astype(np.float32), 60)
+    s.update(fixed.indices, rng.exponential(size=60) * 100)
+    for epoch in (3, 7):
+        np.testing.assert_array_equal(s.select(epoch).indices, fixed.indices)
+
+
+def test_forgetting_counts_events_and_ranks_unlearned_first():
+    s = Forgetting(6, 0.5, score_epochs=3)
+    pattern = np.array([[1, 0, 1], [1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 0]])  # rows: samples
+    for epoch in range(3):
+        s.select(epoch)
+        s.update(np.arange(6), np.ones(6), pattern[:, epoch])
+    np.testing.assert_array_equal(s.table.forgets, [1, 0, 0, 1, 0, 1])
+    chosen = set(s.select(3).indices.tolist())  # never learned (2) first, then ties among 1-forget ones
+    assert len(chosen) == 3 and 2 in chosen and chosen <= {0, 2, 3, 5}
+    with pytest.raises(ValueError, match="needs `correct`"):
+        s.update([0], [1.0])
+
+
+def test_bad_options_name_the_argument():
+    for make, match in [(lambda: UCB(10, 0.0), "keep"), (lambda: UCB(10, 0.5, c=-1), "c must"),
+                        (lambda: UCB(10, 0.5, bonus="x"), "bonus"), (lambda: EpsilonGreedy(10, eps=2), "eps"),
+                        (lambda: UniformRandom(10, 0.5, final_full_epochs=1), "needs epochs"),
+                        (lambda: UniformRandom(10, 0.5, reselect_every=0), "reselect_every"),
+                        (lambda: UniformRandom(10, 0.01), "keeps no sample"),
+                        (lambda: UCB(10, labels=[0, 1]), "labels"),
+                        (lambda: InfoBatch(10, epochs=5, delta=0), "delta"),
+                        (lambda: EL2N(10, score_epochs=0), "score_epochs")]:
+        with pytest.raises(ValueError, match=match):
+            make()
+    with pytest.raises(ValueError, match="epoch"):
+        UCB(10).select(-1)
