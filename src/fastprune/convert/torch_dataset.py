@@ -31,10 +31,11 @@ class DatasetSource:
             raise ConversionError(f"{type(dataset).__name__} has no len(): a map-style dataset "
                                   "(with __len__ and __getitem__) is needed") from exc
         _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
-        # sample 0 is checked now, so a wholly unsuitable dataset fails before the writer starts,
-        # and fixes the shape every sample must have when raw storage needs one shape
-        self.reference_shape = self[0][0].shape if one_shape else None
-        self.one_shape = one_shape
+        # sample 0 is checked now, so a wholly unsuitable dataset fails before the writer starts;
+        # when raw storage needs one shape, its shape is the one every sample must have
+        self.reference_shape = None
+        first_image = self[0][0]
+        self.reference_shape = first_image.shape if one_shape else None
 
     def __len__(self) -> int:
         return self.length
@@ -47,7 +48,7 @@ class DatasetSource:
                                   + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
         image = _common.any_image_to_rgb(item[0], f"{what}: image")
         image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
-        if getattr(self, "one_shape", False) and image.shape != self.reference_shape:
+        if self.reference_shape is not None and image.shape != self.reference_shape:
             raise _common.mixed_shape_error(("sample 0", self.reference_shape), (f"sample {index}", image.shape))
         return image, _common.as_int_label(item[1], f"{what}: label")
 
