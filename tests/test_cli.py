@@ -131,3 +131,19 @@ def test_unknown_source_and_bad_arguments(tmp_path, capsys):
         assert exit_.value.code == 2
     assert main([]) == 2
     assert not (tmp_path / "o.beton").exists()
+
+
+@pytest.mark.ffcv
+def test_converted_fashion_mnist_loads_in_ffcvs_own_loader(fashion_train_store, fashion_mnist_dir):
+    """Gray is stored as RGB precisely so that ffcv's RGB decoder can read the file."""
+    pytest.importorskip("ffcv.loader")
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(fashion_train_store), batch_size=256, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    images, labels = next(iter(loader))
+    pixels = idx_payload(fashion_mnist_dir / "train-images-idx3-ubyte.gz", 16).reshape(60000, 28, 28)
+    expected_labels = idx_payload(fashion_mnist_dir / "train-labels-idx1-ubyte.gz", 8)
+    np.testing.assert_array_equal(np.asarray(images)[..., 1], pixels[:256])
+    np.testing.assert_array_equal(np.asarray(labels).ravel(), expected_labels[:256])
