@@ -1,0 +1,457 @@
+"""The reference training loop shared by ``fastprune train`` and the end-to-end benchmark.
+
+The loop is an ordinary PyTorch loop plus the three lines data pruning needs::
+
+    loss = criterion(model(images), labels)           # reduction="none": one loss per sample
+    strategy.update(batch.indices, loss.detach(), correct)
+    (loss * batch.weights).mean().backward()          # weights keep pruned gradients unbiased
+
+Everything else here is bookkeeping a benchmark needs to be honest: an LR schedule sized from the
+exact number of steps of the whole run (the subset, hence the number of batches, changes per epoch),
+timing that separates training, evaluation and pruning overhead, and checkpoints from which a run
+resumes with exactly the same selections.
+
+Contracts this module relies on (duck-typed, so stand-ins work in tests):
+
+* a *loader*: iterable of ``Batch(images, labels, indices, weights)``; ``len(loader)`` is the number
+  of batches of the next epoch; ``loader.set_epoch(e)``; optionally ``loader.total_steps(epochs)``
+  and ``state_dict()/load_state_dict()``.
+* a *strategy*: ``select(epoch)``, ``num_selected(epoch)``, ``update(indices, losses, correct)``,
+  ``state_dict()/load_state_dict()``. The loader calls ``select`` (the strategy is its sampler);
+  ``fit`` calls ``update``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "fit",
+    "evaluate",
+    "seed_everything",
+    "make_optimizer",
+    "one_cycle",
+    "total_steps",
+    "save_checkpoint",
+    "load_checkpoint",
+    "build_parser",
+    "train_main",
+]
+
+# A schedule factory: given the optimizer and the run's exact number of optimizer steps, build an
+# LR scheduler that ``fit`` steps once per batch. A factory (not a built scheduler) because the
+# step count is only known once the loader and strategy are known.
+ScheduleFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up helpers
+# --------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) so model init and any stray randomness repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def make_optimizer(model: nn.Module, lr: float = 0.2, weight_decay: float = 5e-4,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on biases and batch-norm parameters, which
+    only hurts them (they have no scale invariance to regularize)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
+def one_cycle(max_lr: float, pct_start: float = 0.25, div_factor: float = 10.0,
+              final_div_factor: float = 100.0) -> ScheduleFactory:
+    """A one-cycle schedule (linear warm-up, then linear decay) over the run's exact step count."""
+    def build(optimizer, steps):
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=max(steps, 1), pct_start=pct_start,
+            anneal_strategy="linear", div_factor=div_factor, final_div_factor=final_div_factor,
+            cycle_momentum=False)
+    return build
+
+
+def total_steps(loader, epochs: int, strategy=None) -> int:
+    """Optimizer steps of a whole run: the sum of each epoch's batch count.
+
+    Pruned epochs have fewer batches than full ones, and how many varies per epoch (warm-up and
+    final full-data epochs), so ``len(loader) * epochs`` would be wrong. Asks the loader when it
+    knows; otherwise derives each epoch's count from ``strategy.num_selected(epoch)``.
+    """
+    if hasattr(loader, "total_steps"):
+        return int(loader.total_steps(epochs))
+    if strategy is None or not hasattr(strategy, "num_selected"):
+        return len(loader) * epochs
+    batch_size = loader.batch_size
+    drop_last = getattr(loader, "drop_last", False)
+    count = 0
+    for epoch in range(epochs):
+        selected = int(strategy.num_selected(epoch))
+        count += selected // batch_size if drop_last else math.ceil(selected / batch_size)
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Device handling: AMP and channels_last pay off on CUDA; on CPU they are off unless asked for.
+# --------------------------------------------------------------------------------------------
+
+def _autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` ("auto", "bf16", "fp16", "off" or a bool) on ``device``.
+
+    "auto" means CUDA only: bf16 where the GPU supports it, else fp16. On CPU, bf16 autocast must be
+    asked for explicitly ("bf16"); it is fast only on CPUs with AMX/AVX512-BF16.
+    """
+    if amp in ("off", False, None):
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp in ("auto", True):
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+
+
+def _memory_format(device: torch.device, channels_last: str | bool) -> torch.memory_format:
+    use = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    return torch.channels_last if use else torch.contiguous_format
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning overhead clock
+# --------------------------------------------------------------------------------------------
+
+class _OverheadClock:
+    """Accumulates the seconds spent inside ``strategy.select`` and ``strategy.update``.
+
+    The loader, not ``fit``, calls ``select`` (the strategy is its sampler), so the clock wraps the
+    strategy's methods on the instance for the duration of the run and restores them afterwards.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def timed(self, method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return wrapper
+
+    @contextlib.contextmanager
+    def watching(self, strategy) -> Iterator[None]:
+        if strategy is None:
+            yield
+            return
+        patched = [name for name in ("select", "update") if hasattr(strategy, name)]
+        for name in patched:
+            setattr(strategy, name, self.timed(getattr(strategy, name)))
+        try:
+            yield
+        finally:
+            for name in patched:
+                with contextlib.suppress(AttributeError):
+                    delattr(strategy, name)  # removes the instance attribute, unmasking the method
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
+             channels_last: str | bool = "auto") -> tuple[float, float]:
+    """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``."""
+    device = _model_device(model)
+    dtype = _autocast_dtype(device, amp)
+    memory_format = _memory_format(device, channels_last)
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, seen = 0, 0.0, 0
+    for batch in loader:
+        images = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = batch[1].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += labels.numel()
+    model.train(was_training)
+    if seen == 0:
+        return float("nan"), float("nan")
+    return 100.0 * correct / seen, loss_sum / seen
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, dtype,
+                     memory_format, scaler, progress) -> dict[str, float]:
+    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR."""
+    device = _model_device(model)
+    model.train()
+    samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
+    lr = optimizer.param_groups[0]["lr"]
+    bar = _progress_bar(loader, progress)
+    for batch in bar:
+        images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = batch.labels.to(device, non_blocking=True)
+        weights = batch.weights.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        # Loss in float32 even under autocast: the strategy ranks samples by it.
+        loss = criterion(logits.float(), labels)
+        if strategy is not None:
+            correct = logits.argmax(1) == labels
+            strategy.update(batch.indices, loss.detach().cpu(), correct.cpu())  # timed by the clock
+        # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
+        # survive for the gradient to stay an unbiased estimate of the full-data gradient.
+        scaler.scale((loss * weights).mean()).backward()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
+        samples += labels.numel()
+        steps += 1
+    mean_loss = loss_sum.item() / samples if samples else float("nan")
+    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr}
+
+
+def _progress_bar(loader, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+    return tqdm(loader, total=len(loader), leave=False, dynamic_ncols=True, unit="batch")
+
+
+def _format_record(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch'] + 1}/{epochs}  samples {record['samples']}  "
+            f"loss {record['loss']:.4f}  val_acc {record['val_acc']:.2f}%  "
+            f"epoch {record['epoch_s']:.1f}s  total {record['cumulative_s']:.1f}s  "
+            f"pruning {record['overhead_s']:.3f}s")
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    strategy=None,
+    epochs: int = 10,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: ScheduleFactory | torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    criterion: nn.Module | None = None,
+    amp: str | bool = "auto",
+    channels_last: str | bool = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``epochs`` epochs on the samples ``strategy`` selects; return the history.
+
+    Args:
+        model: already on its device (batches are moved to the model's device).
+        train_loader: yields ``Batch`` tuples; its sampler is ``strategy`` (or a plain permutation).
+        val_loader: evaluated after every epoch (accuracy in percent); None skips evaluation.
+        strategy: the pruning strategy, whose ``update`` receives every batch's per-sample losses.
+            None trains on whatever the loader yields, with no updates.
+        optimizer: defaults to ``make_optimizer(model)``.
+        schedule: a factory ``(optimizer, total_steps) -> scheduler`` (see ``one_cycle``), stepped
+            once per batch, sized by ``total_steps`` over the whole run; or a built scheduler; or None.
+        criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
+        amp, channels_last: "auto" enables them on CUDA only; see ``_autocast_dtype``.
+        checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
+            present, training continues from it with the same selections as an uninterrupted run.
+        on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
+            from it stops training after the checkpoint of that epoch is written.
+
+    Returns:
+        One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
+        (mean per-sample training loss), ``val_acc``, ``val_loss``, ``lr`` (used by the epoch's last step),
+        ``train_s`` (training incl. data loading and selection), ``eval_s``, ``overhead_s`` (time
+        inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
+        and ``cumulative_train_s``.
+    """
+    device = _model_device(model)
+    dtype = _autocast_dtype(device, amp)
+    memory_format = _memory_format(device, channels_last)
+    model.to(memory_format=memory_format)
+    optimizer = optimizer or make_optimizer(model)
+    criterion = criterion or nn.CrossEntropyLoss(reduction="none")
+    scheduler = _build_scheduler(schedule, optimizer, train_loader, epochs, strategy)
+    # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, strategy,
+                                               train_loader, scaler=scaler)
+        if log:
+            log(f"resumed from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
+
+    clock = _OverheadClock()
+    with clock.watching(strategy):
+        for epoch in range(start_epoch, epochs):
+            record = _run_epoch(epoch, model, train_loader, val_loader, strategy, optimizer,
+                                scheduler, criterion, scaler, clock, history, dtype=dtype,
+                                memory_format=memory_format, amp=amp, channels_last=channels_last,
+                                progress=progress)
+            history.append(record)
+            if log:
+                log(_format_record(record, epochs))
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, strategy, train_loader,
+                                history, scaler=scaler)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    return history
+
+
+def _run_epoch(epoch, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
+               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress):
+    """Train and evaluate one epoch; return its history record."""
+    train_loader.set_epoch(epoch)
+    overhead_before = clock.seconds
+    start = time.perf_counter()
+    stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion,
+                             dtype=dtype, memory_format=memory_format, scaler=scaler,
+                             progress=progress)
+    _synchronize(_model_device(model))
+    train_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    val_acc, val_loss = (float("nan"), float("nan"))
+    if val_loader is not None:
+        val_acc, val_loss = evaluate(model, val_loader, amp=amp, channels_last=channels_last)
+    eval_s = time.perf_counter() - start
+
+    previous = history[-1] if history else {"cumulative_s": 0.0, "cumulative_train_s": 0.0}
+    return {
+        "epoch": epoch,
+        **stats,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "overhead_s": clock.seconds - overhead_before,
+        "epoch_s": train_s + eval_s,
+        "cumulative_s": previous["cumulative_s"] + train_s + eval_s,
+        "cumulative_train_s": previous["cumulative_train_s"] + train_s,
+    }
+
+
+def _build_scheduler(schedule, optimizer, loader, epochs, strategy):
+    if schedule is None or isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
+        return schedule
+    return schedule(optimizer, total_steps(loader, epochs, strategy))
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so epoch timings measure the work, not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history, *,
+                    scaler=None) -> None:
+    """Write everything a run needs to continue exactly: model, optimizer, scheduler, strategy
+    (its score table decides future selections), loader position, RNG states and history.
+
+    Written to a temporary file and renamed, so an interrupted save never leaves a torn checkpoint.
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "strategy": strategy.state_dict() if strategy is not None else None,
+        "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "next_epoch": history[-1]["epoch"] + 1 if history else 0,
+        "history": history,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, loader=None, *,
+                    scaler=None) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the objects passed from ``path``; return (next epoch, history so far)."""
+    # weights_only=False: the checkpoint holds numpy arrays and RNG tuples, and is our own file.
+    state = torch.load(path, map_location=_model_device(model), weights_only=False)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if strategy is not None and state["strategy"] is not None:
+        strategy.load_state_dict(state["strategy"])
+    if loader is not None and state["loader"] is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(state["loader"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["next_epoch"], state["history"]
+
+
+def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
+    """Write the history (plus any metadata, e.g. the command's arguments) as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**metadata, "history": history}, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# `fastprune train` (wired into cli.py by its owner)
+# --------------------------------------------------------------------------------------------
+
+def build_parser(subparsers):
+    """Add the ``train`` subcommand to an argparse ``subparsers`` object and return its parser."""
+    parser = subparsers.add_parser("train", help="train a model on a store with a pruning strategy")
+    return parser
+
+
+def train_main(args) -> int:
+    raise NotImplementedError("wired once the Loader and strategies land")
