@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import tarfile
 
 import numpy as np
 import pytest
 
 import fastprune
 from fastprune import ConversionError
-from fastprune.convert import from_cifar
+from fastprune.convert import convert, from_cifar
 from fastprune.convert.cifar import RestrictedUnpickler, load_pickle
 
 
@@ -190,3 +191,36 @@ def test_python2_pickle_loads_as_real_cifar_files_do(tmp_path):
     batch = load_pickle(tmp_path / "data_batch_1")
     assert set(batch) == {b"batch_label", b"labels", b"data", b"filenames"}
     assert batch[b"data"].dtype == np.uint8 and batch[b"data"].shape == (2, 3072)
+
+
+def pack(folder, archive):
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def test_downloaded_archive_is_read_without_unpacking(tmp_path):
+    expected = make_cifar10(tmp_path / "cifar-10-batches-py", batch_sizes=(2, 3, 1))
+    archive = pack(tmp_path / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz")
+    out = convert(archive, tmp_path / "a.beton", progress=False)  # kind detected from the name
+    samples = stored(out)
+    images, labels = expected["train"]
+    assert [label for _, label in samples] == labels
+    np.testing.assert_array_equal(np.stack([image for image, _ in samples]), images)
+
+
+def test_bad_archives_are_named(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": RunsShellCommand(tmp_path / "pwned"),
+                                                      "labels": [0]}))
+    archive = pack(folder, tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(ConversionError, match=r"cifar-10-python\.tar\.gz:cifar-10-batches-py/test_batch.*refused"):
+        from_cifar(archive, tmp_path / "o.beton", split="test", progress=False)
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(ConversionError, match=r"tar\.gz: no CIFAR-10 training batches"):
+        from_cifar(archive, tmp_path / "o.beton", split="train", progress=False)
+    archive.write_bytes(archive.read_bytes()[:40])
+    with pytest.raises(ConversionError, match=r"cifar-10-python\.tar\.gz: cannot read archive"):
+        from_cifar(archive, tmp_path / "o.beton", split="test", progress=False)
+    assert not (tmp_path / "o.beton").exists()

@@ -53,6 +53,7 @@ SOURCE is one of:
   a folder of IDX files (MNIST layout: train-/t10k-images-idx3-ubyte[.gz] and -labels-idx1-ubyte[.gz])
   a CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch) or its parent
   a CIFAR-100 folder (cifar-100-python: train, test, meta) or its parent
+  a CIFAR archive as downloaded (cifar-10-python.tar.gz, cifar-100-python.tar.gz), read without unpacking
   an image folder: one subfolder per class (sorted names -> labels 0, 1, ...), .jpg/.jpeg/.png
     files below each (other and hidden files ignored)
   a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
@@ -69,7 +70,7 @@ def add_convert_command(subparsers) -> None:
         "convert", help="convert a dataset to a store (.beton) file",
         description="Convert a dataset to a store (.beton) file, written atomically.",
         epilog=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="SOURCE", help="dataset folder, .npz file or 'fashion-mnist'")
+    parser.add_argument("source", metavar="SOURCE", help="dataset folder, .npz file, CIFAR .tar.gz or 'fashion-mnist'")
     parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="output file")
     parser.add_argument("--kind", default="auto", choices=("auto", *KINDS), help="source kind (default: auto)")
     parser.add_argument("--split", choices=("train", "test"),

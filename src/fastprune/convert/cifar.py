@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 "python version" batch folders -> store.
+"""CIFAR-10 / CIFAR-100 "python version" batch folders (or their .tar.gz archives) -> store.
 
 The batches are pickles written by Python 2's cPickle: dicts with (byte-)string keys, lists of
 ints and strings, and one numpy uint8 array ``data`` of N x 3072 (1024 red, 1024 green, 1024 blue
@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import tarfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from . import _common
 
 CIFAR10_FOLDER = "cifar-10-batches-py"  # the folder names inside the official archives
 CIFAR100_FOLDER = "cifar-100-python"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")  # cifar-10-python.tar.gz, cifar-100-python.tar.gz
 SIDE = 32
 PIXELS_PER_IMAGE = 3 * SIDE * SIDE
 
@@ -61,75 +64,103 @@ class RestrictedUnpickler(pickle.Unpickler):
                 "arrays") from None
 
 
-def load_pickle(path: str | os.PathLike) -> Any:
+def unpickle(file: BinaryIO, name: str) -> Any:
     """Unpickle a CIFAR batch safely; bytes keys are kept as the Python 2 files have them."""
-    path = _common.require_file(path, "CIFAR batch")
     try:
-        with open(path, "rb") as file:
-            return RestrictedUnpickler(file, encoding="bytes").load()
+        return RestrictedUnpickler(file, encoding="bytes").load()
     except Exception as exc:  # any unpickling failure: corrupt, truncated or malicious file
-        raise ConversionError(f"{path}: cannot read as a CIFAR batch pickle: {exc}") from exc
+        raise ConversionError(f"{name}: cannot read as a CIFAR batch pickle: {exc}") from exc
 
 
-def _get(batch: dict, key: str, path: Path) -> Any:
+def load_pickle(path: str | os.PathLike) -> Any:
+    path = _common.require_file(path, "CIFAR batch")
+    with open(path, "rb") as file:
+        return unpickle(file, str(path))
+
+
+def _get(batch: dict, key: str, name: str) -> Any:
     """``batch[key]`` whether the file has str keys or the original Python 2 bytes keys."""
     for candidate in (key.encode(), key):
         if candidate in batch:
             return batch[candidate]
     keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
-    raise ConversionError(f"{path}: CIFAR batch has no {key!r} entry (keys: {keys})")
+    raise ConversionError(f"{name}: CIFAR batch has no {key!r} entry (keys: {keys})")
 
 
-def read_batch(path: str | os.PathLike, label_keys: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One batch file as (N x 32 x 32 x 3 uint8 images, one int64 array per label key)."""
-    path = Path(path)
-    batch = load_pickle(path)
+def parse_batch(batch: Any, name: str, label_keys: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One unpickled batch as (N x 32 x 32 x 3 uint8 images, one int64 array per label key)."""
     if not isinstance(batch, dict):
-        raise ConversionError(f"{path}: expected a dict in a CIFAR batch, got {type(batch).__name__}")
-    data = _get(batch, "data", path)
+        raise ConversionError(f"{name}: expected a dict in a CIFAR batch, got {type(batch).__name__}")
+    data = _get(batch, "data", name)
     if not isinstance(data, np.ndarray):
-        raise ConversionError(f"{path}: 'data' is a {type(data).__name__}, expected a numpy array")
-    _common.check_uint8(data, f"{path}: 'data'")
+        raise ConversionError(f"{name}: 'data' is a {type(data).__name__}, expected a numpy array")
+    _common.check_uint8(data, f"{name}: 'data'")
     if data.ndim != 2 or data.shape[1] != PIXELS_PER_IMAGE:
-        raise ConversionError(f"{path}: 'data' has shape {data.shape}, expected N x {PIXELS_PER_IMAGE}")
-    _common.check_not_empty(len(data), str(path))
-    labels = [_common.as_int_labels(_get(batch, key, path), f"{path}: {key!r}") for key in label_keys]
+        raise ConversionError(f"{name}: 'data' has shape {data.shape}, expected N x {PIXELS_PER_IMAGE}")
+    _common.check_not_empty(len(data), name)
+    labels = [_common.as_int_labels(_get(batch, key, name), f"{name}: {key!r}") for key in label_keys]
     for key, column in zip(label_keys, labels):
-        _common.check_counts_match(len(data), len(column), f"{path} ({key!r})")
+        _common.check_counts_match(len(data), len(column), f"{name} ({key!r})")
     images = data.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)  # planes -> HxWxC
     return np.ascontiguousarray(images), labels
 
 
-def cifar_folder(source: str | os.PathLike, kind: str) -> Path:
-    """The batch folder itself, accepting its parent (where the archive was unpacked) too."""
-    source = _common.require_dir(source, f"{kind} folder")
-    inner = source / (CIFAR10_FOLDER if kind == "cifar10" else CIFAR100_FOLDER)
-    return inner if inner.is_dir() else source
-
-
-def batch_files(folder: Path, kind: str, split: str) -> list[Path]:
-    """The batch files of ``split``, in the order the official loaders use."""
+def select_batches(names: list[str], kind: str, split: str, where: str) -> list[str]:
+    """Which of the file ``names`` (base names) hold ``split``, in the official loaders' order."""
     if split not in ("train", "test"):
         raise ConversionError(f"split must be 'train' or 'test', got {split!r}")
-    if kind == "cifar100":
-        return [_common.require_file(folder / split, "CIFAR-100 batch")]
-    if split == "test":
-        return [_common.require_file(folder / "test_batch", "CIFAR-10 batch")]
-    numbered = [p for p in folder.iterdir() if re.fullmatch(r"data_batch_\d+", p.name)]
+    wanted = split if kind == "cifar100" else "test_batch" if split == "test" else None
+    if wanted is not None:
+        if wanted not in names:
+            raise ConversionError(f"{where}: CIFAR-{kind[5:]} batch {wanted!r} not found")
+        return [wanted]
+    numbered = [name for name in names if re.fullmatch(r"data_batch_\d+", name)]
     if not numbered:
-        raise ConversionError(f"{folder}: no CIFAR-10 training batches (data_batch_1 ...) found")
-    return sorted(numbered, key=lambda p: int(p.name.rsplit("_", 1)[1]))
+        raise ConversionError(f"{where}: no CIFAR-10 training batches (data_batch_1 ...) found")
+    return sorted(numbered, key=lambda name: int(name.rsplit("_", 1)[1]))
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def folder_batches(source: Path, kind: str, split: str) -> Iterator[tuple[str, Any]]:
+    """(name, unpickled batch) of a split in an unpacked folder, or the folder it was unpacked in."""
+    source = _common.require_dir(source, f"{kind} folder")
+    inner = source / (CIFAR10_FOLDER if kind == "cifar10" else CIFAR100_FOLDER)
+    folder = inner if inner.is_dir() else source
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    for name in select_batches(names, kind, split, str(folder)):
+        yield str(folder / name), load_pickle(folder / name)
+
+
+def archive_batches(archive: Path, kind: str, split: str) -> Iterator[tuple[str, Any]]:
+    """(name, unpickled batch) of a split read straight from the downloaded .tar.gz (no unpacking)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for name in select_batches(list(members), kind, split, str(archive)):
+                member = members[name]
+                with tar.extractfile(member) as file:
+                    yield f"{archive}:{member.name}", unpickle(file, f"{archive}:{member.name}")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise ConversionError(f"{archive}: cannot read archive: {exc}") from exc
 
 
 def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
                coarse: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-    """All images and label columns of a split: ``label`` first, then ``coarse_label``."""
+    """All images and label columns of a split: ``label`` first, then ``coarse_label``.
+
+    ``source``: the batch folder, the folder it was unpacked in, or the official .tar.gz archive.
+    """
     if kind not in ("cifar10", "cifar100"):
         raise ConversionError(f"kind must be 'cifar10' or 'cifar100', got {kind!r}")
     if coarse and kind != "cifar100":
         raise ConversionError("coarse labels exist only in CIFAR-100")
     label_keys = ("labels",) if kind == "cifar10" else ("fine_labels", "coarse_labels")[:1 + coarse]
-    batches = [read_batch(path, label_keys) for path in batch_files(cifar_folder(source, kind), kind, split)]
+    source = Path(source)
+    found = archive_batches(source, kind, split) if is_archive(source) else folder_batches(source, kind, split)
+    batches = [parse_batch(batch, name, label_keys) for name, batch in found]
     images = np.concatenate([images for images, _ in batches])
     columns = [np.concatenate([labels[i] for _, labels in batches]) for i in range(len(label_keys))]
     return images, columns

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConversionError
 from . import _common
 from .arrays import from_npz
-from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar
+from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar, is_archive
 from .idx import FASHION_MNIST_DIR, from_idx
 from .image_folder import from_image_folder
 
@@ -33,8 +33,12 @@ def detect_kind(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "npz"
-        raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, or "
-                              ".npz files with 'images' and 'labels'")
+        if is_archive(path) and "cifar-100" in path.name.lower():
+            return "cifar100"
+        if is_archive(path) and "cifar-10" in path.name.lower():
+            return "cifar10"
+        raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, "
+                              ".npz files with 'images' and 'labels', or CIFAR .tar.gz archives")
     names = {p.name for p in path.iterdir()}
     if any(name.endswith("-images-idx3-ubyte") or name.endswith("-images-idx3-ubyte.gz") for name in names):
         return "idx"
