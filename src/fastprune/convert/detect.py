@@ -22,7 +22,10 @@ def resolve_source(source: str | os.PathLike) -> Path:
     """A shortcut name ("fashion-mnist") as its folder, unless a path of that name exists."""
     path = Path(source)
     if not path.exists() and str(source) in SHORTCUTS:
-        return SHORTCUTS[str(source)]
+        target = SHORTCUTS[str(source)]
+        if not target.is_dir():
+            raise ConversionError(f"{source}: {target} not found (apt-get install dataset-{source})")
+        return target
     if not path.exists():
         raise ConversionError(f"source not found: {path} (shortcuts: {', '.join(SHORTCUTS)})")
     return path
