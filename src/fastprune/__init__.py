@@ -31,7 +31,15 @@ _LAZY = {
 }
 
 
+# subpackages reachable as attributes (``fastprune.convert.from_idx(...)``) without an explicit import
+_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"fastprune.{name}")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fastprune' has no attribute {name!r}")
