@@ -1,0 +1,286 @@
+"""Loader throughput: fastprune vs ffcv 1.0.2's Loader vs torch DataLoader (torchvision v2).
+
+Same files and the same pipeline for every system: decode + random crop (padding 4) + horizontal
+flip + normalize to float32 NCHW, batch 256. Data (Fashion-MNIST train, 60k images, grey
+replicated to RGB):
+  raw28   raw 28x28 pixels
+  raw32   raw 32x32: Fashion-MNIST zero-padded by 2 pixels on each side
+  jpeg32  the raw32 images stored as JPEG (quality 90)
+Both fastprune and ffcv read the same .beton file, written by ffcv's own DatasetWriter.
+Images/s = images delivered per second of iterating an epoch, median over --epochs repetitions
+after one warm-up epoch (which includes numba compilation). The torch DataLoader runs a fixed
+--torch-batches per repetition (it is too slow for whole epochs).
+
+Modes:
+  python benchmarks/loader_throughput.py             throughput table, keep-0.5 epoch, JSON
+  python benchmarks/loader_throughput.py --rss       RSS per epoch over 20 epochs of raw32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastprune
+from fastprune.loader import Loader, Normalize, RandomCrop, RandomHorizontalFlip
+
+MEAN, STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+RESULTS = Path(__file__).parent / "results"
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+def fashion_mnist_rgb(limit: int | None) -> np.ndarray:
+    with gzip.open(FMNIST, "rb") as f:
+        raw = f.read()
+    count = int.from_bytes(raw[4:8], "big")
+    grey = np.frombuffer(raw, np.uint8, offset=16).reshape(count, 28, 28)[:limit]
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+class _Arrays:
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], i % 10
+
+
+def write_ffcv(path: Path, images: np.ndarray, mode: str) -> Path:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if not path.exists():
+        DatasetWriter(str(path), {"image": RGBImageField(write_mode=mode, jpeg_quality=90), "label": IntField()},
+                      num_workers=2).from_indexed_dataset(_Arrays(images))
+    return path
+
+
+def datasets(workdir: Path, limit: int | None) -> dict[str, tuple[Path, np.ndarray]]:
+    raw28 = fashion_mnist_rgb(limit)
+    raw32 = np.pad(raw28, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    tag = f"{len(raw28)}"
+    return {"raw28": (write_ffcv(workdir / f"raw28_{tag}.beton", raw28, "raw"), raw28),
+            "raw32": (write_ffcv(workdir / f"raw32_{tag}.beton", raw32, "raw"), raw32),
+            "jpeg32": (write_ffcv(workdir / f"jpeg32_{tag}.beton", raw32, "jpg"), raw32)}
+
+
+# -- the three systems --------------------------------------------------------------------------
+
+def fastprune_loader(path, threads, sampler=None):
+    return Loader(path, 256, threads=threads, sampler=sampler, seed=0,
+                  transforms=[RandomCrop(padding=4), RandomHorizontalFlip(), Normalize(MEAN, STD)])
+
+
+def ffcv_loader(path, threads):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader as FfcvLoader
+    from ffcv.loader import OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip as FFlip, RandomTranslate, ToTensor, ToTorchImage
+
+    image = [SimpleRGBImageDecoder(), RandomTranslate(padding=4), FFlip(),
+             NormalizeImage(np.array(MEAN) * 255, np.array(STD) * 255, np.float32),
+             ToTensor(), ToTorchImage(channels_last=False)]
+    return FfcvLoader(str(path), batch_size=256, num_workers=threads, order=OrderOption.RANDOM, os_cache=True,
+                      pipelines={"image": image, "label": [IntDecoder(), ToTensor()]})
+
+
+class _TorchImages(torch.utils.data.Dataset):
+    """Per-sample torchvision v2 pipeline over raw pixels or JPEG bytes (decoded by torchvision)."""
+
+    def __init__(self, images, jpeg: bool):
+        from torchvision.io import encode_jpeg
+        from torchvision.transforms import v2
+
+        chw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        self.items = [encode_jpeg(im, quality=90) for im in chw] if jpeg else chw
+        self.jpeg = jpeg
+        size = images.shape[1]
+        self.transform = v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
+                                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from torchvision.io import decode_jpeg
+
+        image = decode_jpeg(self.items[i]) if self.jpeg else self.items[i]
+        return self.transform(image), i % 10
+
+
+def torch_loader(images, jpeg, workers):
+    return torch.utils.data.DataLoader(_TorchImages(images, jpeg), batch_size=256, shuffle=True,
+                                       num_workers=workers, persistent_workers=workers > 0)
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+def epoch_rate(loader, max_batches=None) -> float:
+    start, count = time.perf_counter(), 0
+    for k, (images, *_rest) in enumerate(loader):
+        count += images.shape[0]
+        if max_batches is not None and k + 1 >= max_batches:
+            break
+    return count / (time.perf_counter() - start)
+
+
+def measure(loader, epochs, max_batches=None) -> list[float]:
+    epoch_rate(loader, max_batches)  # warm-up: compilation, page cache, worker start
+    return [epoch_rate(loader, max_batches) for _ in range(epochs)]
+
+
+class HalfSampler:
+    """A fixed random half of the samples (the loader only ever touches those)."""
+
+    def __init__(self, n):
+        self.num_samples = n
+        self.ids = np.sort(np.random.default_rng(0).permutation(n)[: n // 2]).astype(np.int64)
+
+    def select(self, epoch):
+        return self.ids, np.ones(len(self.ids), np.float32)
+
+    def num_selected(self, epoch):
+        return len(self.ids)
+
+
+def epoch_seconds(loader) -> float:
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
+
+
+def run_throughput(args, data) -> dict:
+    rows, ratios = [], {}
+    for name, (path, images) in data.items():
+        for threads in args.threads:
+            row = {}
+            for system, make, batches in (("fastprune", lambda: fastprune_loader(path, threads), None),
+                                          ("ffcv", lambda: ffcv_loader(path, threads), None)):
+                rates = measure(make(), args.epochs, batches)
+                row[system] = statistics.median(rates)
+                rows.append({"system": system, "data": name, "threads": threads,
+                             "img_per_s_median": round(row[system]), "img_per_s_all": [round(r) for r in rates]})
+                print(f"{system:>18} {name:>7} threads={threads}: {row[system]:>10.0f} img/s", flush=True)
+            ratios[f"fastprune/ffcv {name} t{threads}"] = round(row["fastprune"] / row["ffcv"], 2)
+        for workers in args.torch_workers:
+            rates = measure(torch_loader(images, name.startswith("jpeg"), workers), max(3, args.epochs // 2),
+                            args.torch_batches)
+            rows.append({"system": "torch_dataloader", "data": name, "threads": workers,
+                         "img_per_s_median": round(statistics.median(rates)),
+                         "img_per_s_all": [round(r) for r in rates]})
+            print(f"{'torch_dataloader':>18} {name:>7} workers={workers}: {statistics.median(rates):>10.0f} img/s",
+                  flush=True)
+        best = lambda system: max(r["img_per_s_median"] for r in rows if r["system"] == system and r["data"] == name)
+        ratios[f"fastprune/torch best {name}"] = round(best("fastprune") / best("torch_dataloader"), 2)
+    return {"runs": rows, "ratios": ratios}
+
+
+def run_keep_half(args, data) -> dict:
+    path, images = data["raw32"]
+    threads = max(args.threads)
+    full_loader = fastprune_loader(path, threads)
+    half_loader = fastprune_loader(path, threads, HalfSampler(len(images)))
+    epoch_seconds(full_loader), epoch_seconds(half_loader)  # warm-up
+    full, half = [], []
+    for _ in range(args.epochs):  # interleaved so that noise hits both alike
+        full.append(epoch_seconds(full_loader))
+        half.append(epoch_seconds(half_loader))
+    ratio = statistics.median(half) / statistics.median(full)
+    print(f"keep 0.5 epoch / full epoch (raw32, threads={threads}): {ratio:.3f} "
+          f"({statistics.median(half) * 1e3:.1f} ms / {statistics.median(full) * 1e3:.1f} ms)")
+    return {"data": "raw32", "threads": threads, "full_s": full, "half_s": half, "ratio_median": round(ratio, 3)}
+
+
+def run_rss(args, data) -> dict:
+    import psutil
+
+    path, images = data["raw32"]
+    loader = fastprune_loader(path, max(args.threads))
+    process, per_epoch = psutil.Process(), []
+    print(f"store {os.path.getsize(path) / 2**20:.0f} MiB; prefetch buffers ~{2 * 2 * 256 * 3 * 32 * 32 * 5 / 2**20:.0f} MiB")
+    for epoch in range(args.rss_epochs):
+        for _ in loader:
+            pass
+        info = process.memory_full_info()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        per_epoch.append({"epoch": epoch, "rss_mib": round(info.rss / 2**20, 1), "uss_mib": round(info.uss / 2**20, 1),
+                          "peak_rss_mib": round(peak, 1)})
+        print(f"epoch {epoch:>2}: rss {info.rss / 2**20:7.1f} MiB  uss {info.uss / 2**20:7.1f} MiB  "
+              f"peak {peak:7.1f} MiB", flush=True)
+    return {"store_mib": round(os.path.getsize(path) / 2**20, 1), "epochs": per_epoch}
+
+
+def machine() -> dict:
+    import numba
+
+    try:
+        import ffcv
+        ffcv_version = getattr(ffcv, "__version__", "1.0.2")
+    except ImportError:
+        ffcv_version = None
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "numba": numba.__version__, "ffcv": ffcv_version, "fastprune": fastprune.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--torch-workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--torch-batches", type=int, default=30, help="batches per torch DataLoader repetition")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images (default: all 60k)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-bench"))
+    parser.add_argument("--rss", action="store_true", help="only the RSS-over-epochs check")
+    parser.add_argument("--rss-epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = datasets(args.workdir, args.limit)
+    result = {"benchmark": "loader_throughput", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "note": "measured while other processes may share the 2 cores; batch 256; pipeline = decode + "
+                      "random crop (pad 4) + flip + normalize to float32 NCHW; raw32 = Fashion-MNIST padded"}
+    if args.rss:
+        result["rss"] = run_rss(args, data)
+        name = "loader_rss"
+    else:
+        result.update(run_throughput(args, data))
+        result["keep_half"] = run_keep_half(args, data)
+        print("\nratios:")
+        for key, value in result["ratios"].items():
+            print(f"  {key:>32}: {value:.2f}x")
+        name = "loader_throughput"
+    out = args.out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
