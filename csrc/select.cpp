@@ -39,29 +39,23 @@ inline uint32_t sortable_key(float x) {
     x = x + 0.0f;
     uint32_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-void check_no_nan(const float *scores, size_t n, const char *name) {
-    bool any_nan = false;
-    for (size_t i = 0; i < n; ++i) any_nan |= std::isnan(scores[i]);
-    if (!any_nan) return;
-    for (size_t i = 0; i < n; ++i)
-        if (std::isnan(scores[i]))
-            fail_value(std::string(name) + "[" + std::to_string(i) + "] is NaN; scores must be ordered");
+    uint32_t negative = uint32_t(int32_t(bits) >> 31);  // all ones for negatives (branch-free: vectorises)
+    return bits ^ (negative | 0x80000000u);
 }
 
 // Knuth's selection sampling (TAOCP 3.4.2, Algorithm S): visiting a population of size `total`
 // in order, take each item with probability need/remaining. Exactly `want` items are taken and
-// every subset of that size is equally likely.
+// every subset of that size is equally likely. The test u < need/remaining is done in integers
+// (u a 32-bit uniform: u * remaining < need * 2^32), branch-free and without a division.
 struct SelectionSampler {
     CounterRng rng;
     uint64_t total, need, visited = 0;
     SelectionSampler(CounterRng r, uint64_t total_, uint64_t want) : rng(r), total(total_), need(want) {}
-    bool take() {
-        if (need == 0) return false;
-        bool taken = rng.uniform(visited) * double(total - visited) < double(need);
-        ++visited;
+    // Whether the next item is taken; `visit` false means the item is not part of the population.
+    bool take(bool visit = true) {
+        uint64_t u = rng.bits(visited) >> 32;
+        bool taken = visit & (u * (total - visited) < (need << 32));
+        visited += visit;
         need -= taken;
         return taken;
     }
@@ -78,10 +72,20 @@ struct Threshold {
 Threshold kth_largest_key(const float *scores, size_t n, uint64_t k) {
     // Four interleaved histograms break the store-to-load chain when many keys are equal.
     std::vector<uint32_t> hist(4 * 65536, 0);
+    bool any_nan = false;
     size_t i = 0;
     for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; ++j) ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
-    for (; i < n; ++i) ++hist[sortable_key(scores[i]) >> 16];
+        for (int j = 0; j < 4; ++j) {
+            any_nan |= std::isnan(scores[i + j]);
+            ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
+        }
+    for (; i < n; ++i) {
+        any_nan |= std::isnan(scores[i]);
+        ++hist[sortable_key(scores[i]) >> 16];
+    }
+    if (any_nan)
+        for (size_t t = 0; t < n; ++t)
+            if (std::isnan(scores[t])) fail_value("scores[" + std::to_string(t) + "] is NaN; scores must be ordered");
     uint64_t above = 0;
     uint32_t high = 65535;
     for (;; --high) {
@@ -102,26 +106,62 @@ Threshold kth_largest_key(const float *scores, size_t n, uint64_t k) {
     return {(high << 16) | low, above, low_hist[low]};
 }
 
-// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others.
-std::vector<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
-                                     uint64_t seed, uint64_t epoch, uint64_t stream) {
-    std::vector<int64_t> out(k_top + k_rand);
-    SelectionSampler rest(derived_rng(seed, epoch, stream, kRandomStream), n - k_top, k_rand);
+// A heap buffer handed to numpy without copying or zero-filling.
+template <typename T>
+struct Buffer {
+    T *data = nullptr;
+    size_t size = 0;
+    Buffer() = default;
+    explicit Buffer(size_t capacity) : data(new T[capacity]), size(capacity) {}
+};
+
+template <typename T>
+NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
+    nb::capsule owner(buffer.data, [](void *p) noexcept { delete[] static_cast<T *>(p); });
+    return NumpyArray<T>(buffer.data, {size}, owner);
+}
+
+// The emit pass: indices above the threshold, the sampled ties, and the uniform part from the
+// rest, in ascending order. Writes unconditionally and advances on a hit (no unpredictable
+// branch); `out` therefore needs one spare slot.
+template <bool kHasTop, bool kHasRandom>
+size_t emit(const float *scores, size_t n, const Threshold &th, SelectionSampler &ties, SelectionSampler &rest,
+            int64_t *out) {
     size_t pos = 0;
-    if (k_top == 0) {
-        for (size_t i = 0; i < n && pos < out.size(); ++i)
-            if (rest.take()) out[pos++] = int64_t(i);
-        return out;
+    for (size_t i = 0; i < n; ++i) {
+        bool top = false;
+        if constexpr (kHasTop) {
+            uint32_t key = sortable_key(scores[i]);
+            top = key > th.key;
+            if (key == th.key) top = ties.take();
+        }
+        bool taken = top;
+        if constexpr (kHasRandom) taken |= rest.take(!top);
+        out[pos] = int64_t(i);
+        pos += taken;
     }
-    Threshold th = kth_largest_key(scores, n, k_top);
+    return pos;
+}
+
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others.
+Buffer<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand, uint64_t seed,
+                                uint64_t epoch, uint64_t stream) {
+    if (n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
+    SelectionSampler rest(derived_rng(seed, epoch, stream, kRandomStream), n - k_top, k_rand);
+    Threshold th{0, 0, 0};
+    if (k_top > 0) th = kth_largest_key(scores, n, k_top);  // may throw: allocate after it
+    Buffer<int64_t> out(k_top + k_rand + 1);
     // Ties at the threshold: take a uniform subset of them (a random, seeded tie-break).
     SelectionSampler ties(derived_rng(seed, epoch, stream, kTieStream), th.equal, k_top - th.above);
-    for (size_t i = 0; i < n; ++i) {
-        uint32_t key = sortable_key(scores[i]);
-        bool top = key > th.key || (key == th.key && ties.take());
-        if (top || rest.take()) out[pos++] = int64_t(i);
+    size_t got;
+    if (k_top > 0 && k_rand > 0) got = emit<true, true>(scores, n, th, ties, rest, out.data);
+    else if (k_top > 0) got = emit<true, false>(scores, n, th, ties, rest, out.data);
+    else if (k_rand > 0) got = emit<false, true>(scores, n, th, ties, rest, out.data);
+    else got = 0;
+    if (got != k_top + k_rand) {
+        delete[] out.data;
+        fail_value("internal error: top_plus_random selected the wrong count");
     }
-    if (pos != out.size()) fail_value("internal error: top_plus_random selected the wrong count");
     return out;
 }
 
@@ -264,24 +304,23 @@ NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, in
         fail_value("select_top_random: k_top + k_rand = " + std::to_string(k_top + k_rand) + " exceeds the " +
                    std::to_string(n) + " scores");
     const float *p = scores.data();
-    std::vector<int64_t> out;
+    Buffer<int64_t> out;
     {
         nb::gil_scoped_release release;
-        if (k_top > 0) check_no_nan(p, n, "scores");
         out = top_plus_random(p, n, uint64_t(k_top), uint64_t(k_rand), seed, epoch, stream);
     }
-    return to_numpy(std::move(out));
+    return to_numpy(out, size_t(k_top + k_rand));
 }
 
 NumpyArray<int64_t> sample_uniform(int64_t n, int64_t k, uint64_t seed, uint64_t epoch, uint64_t stream) {
     if (n < 0 || k < 0 || k > n)
         fail_value("sample_uniform: need 0 <= k <= n, got n=" + std::to_string(n) + " k=" + std::to_string(k));
-    std::vector<int64_t> out;
+    Buffer<int64_t> out;
     {
         nb::gil_scoped_release release;
         out = top_plus_random(nullptr, size_t(n), 0, uint64_t(k), seed, epoch, stream);
     }
-    return to_numpy(std::move(out));
+    return to_numpy(out, size_t(k));
 }
 
 std::pair<double, int64_t> masked_mean(ROArray1D<float> scores, ROArray1D<int32_t> seen) {
@@ -331,7 +370,9 @@ std::pair<NumpyArray<int64_t>, NumpyArray<float>> split_sample(ROArray1D<float> 
         nb::gil_scoped_release release;
         uint64_t n_below = 0;
         for (size_t i = 0; i < n; ++i) n_below += is_below(p, s, i, threshold);
-        if (k_below < 0 || uint64_t(k_below) > n_below) {
+        if (n >= (size_t(1) << 32)) {
+            error = "split_sample: at most 2^32 - 1 samples are supported";
+        } else if (k_below < 0 || uint64_t(k_below) > n_below) {
             error = "split_sample: k_below = " + std::to_string(k_below) + " but only " + std::to_string(n_below) +
                     " samples lie below the threshold";
         } else {
@@ -363,6 +404,15 @@ NumpyArray<double> random_uniform(uint64_t seed, uint64_t epoch, uint64_t stream
     return to_numpy(std::move(out));
 }
 
+// The 32-bit uniforms selection sampling uses (the high half of each counter's 64 bits).
+NumpyArray<uint32_t> random_u32(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t start, int64_t n) {
+    if (n < 0) fail_value("random_u32: n must be >= 0");
+    std::vector<uint32_t> out(static_cast<size_t>(n));
+    CounterRng rng(seed, epoch, stream);
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = uint32_t(rng.bits(start + uint64_t(i)) >> 32);
+    return to_numpy(std::move(out));
+}
+
 }  // namespace
 
 void bind_select(nb::module_ &m) {
@@ -389,6 +439,8 @@ void bind_select(nb::module_ &m) {
           "uniformly without replacement (weight below_weight). Returns (indices, weights).");
     m.def("random_uniform", &random_uniform, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
           nb::arg("n"), "The counter-based RNG's uniforms for counters start..start+n-1 (for tests/oracles).");
+    m.def("random_u32", &random_u32, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
+          nb::arg("n"), "The 32-bit uniforms that selection sampling compares (for tests/oracles).");
 }
 
 }  // namespace fastprune

@@ -14,13 +14,14 @@ def chi2_critical(df: int, z: float = 3.719) -> float:
     return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
-def selection_sampling(total, want, uniforms):
-    """Knuth's Algorithm S, written plainly: which of `total` items (in order) are taken."""
+def selection_sampling(total, want, u32):
+    """Knuth's Algorithm S, written plainly: which of `total` items (in order) are taken.
+    u32[t] / 2^32 is the uniform of item t; the kernel compares u < need/remaining exactly so."""
     taken, need = [], want
     for t in range(total):
         if need == 0:
             break
-        if uniforms[t] * (total - t) < need:
+        if int(u32[t]) * (total - t) < need << 32:
             taken.append(t)
             need -= 1
     return taken
@@ -34,10 +35,10 @@ def oracle_top_random(scores, k_top, k_rand, seed, epoch, stream):
         threshold = np.sort(scores)[::-1][k_top - 1]
         top = scores > threshold
         ties = np.flatnonzero(scores == threshold)
-        u = core.random_uniform(seed, epoch, 4 * stream + TIE, 0, len(ties))
+        u = core.random_u32(seed, epoch, 4 * stream + TIE, 0, len(ties))
         top[ties[selection_sampling(len(ties), k_top - top.sum(), u)]] = True
     rest = np.flatnonzero(~top)
-    u = core.random_uniform(seed, epoch, 4 * stream + RANDOM, 0, len(rest))
+    u = core.random_u32(seed, epoch, 4 * stream + RANDOM, 0, len(rest))
     chosen = np.concatenate([np.flatnonzero(top), rest[selection_sampling(len(rest), k_rand, u)]])
     return np.sort(chosen)
 
@@ -75,7 +76,7 @@ def test_matches_oracle_with_ties_and_random_part(seed):
 def test_sample_uniform_matches_oracle_and_sizes():
     for n, k in [(0, 0), (1, 1), (10, 0), (10, 10), (5000, 1234)]:
         got = core.sample_uniform(n, k, 9, 4, 1)
-        u = core.random_uniform(9, 4, 4 * 1 + RANDOM, 0, n)
+        u = core.random_u32(9, 4, 4 * 1 + RANDOM, 0, n)
         np.testing.assert_array_equal(got, selection_sampling(n, k, u))
 
 
@@ -162,7 +163,7 @@ def test_split_sample_matches_oracle():
     assert core.count_below(scores, seen, threshold) == below.sum()
     k_below = int(below.sum()) // 3
     idx, w = core.split_sample(scores, seen, threshold, k_below, 2.5, 7, 1, 0)
-    u = core.random_uniform(7, 1, 4 * 0 + RANDOM, 0, int(below.sum()))
+    u = core.random_u32(7, 1, 4 * 0 + RANDOM, 0, int(below.sum()))
     kept_below = np.flatnonzero(below)[selection_sampling(int(below.sum()), k_below, u)]
     expected = np.sort(np.concatenate([np.flatnonzero(~below), kept_below]))
     np.testing.assert_array_equal(idx, expected)
