@@ -1,0 +1,89 @@
+"""Drive ffcv's own Loader (PyPI release 1.0.2) with fastprune's strategies.
+
+    from fastprune.ffcv import PrunedOrder
+    strategy = UCB(num_samples, keep=0.5)
+    order = PrunedOrder.register(strategy)          # ffcv 1.0.2 only accepts orders from ORDER_MAP
+    loader = ffcv.loader.Loader(path, batch_size=256, order=order, pipelines={...})
+    for epoch in range(epochs):
+        for x, y, index in loader:                  # the .beton needs an index field (IntField)
+            loss = criterion(model(x), y)                                # reduction="none"
+            strategy.update(index, loss)
+            (loss * order.weights(index)).mean().backward()
+
+Why ``register``: the PyPI release's Loader instantiates ``ORDER_MAP[order](loader)`` and its
+branch for custom TraversalOrder objects is broken (it calls an instance), so a custom order
+must be a class registered in ``ffcv.loader.loader.ORDER_MAP``. ``register`` makes a subclass
+bound to the strategy, registers it, and returns it to pass as ``order=``.
+
+``len(loader)``: ffcv freezes it at construction (from the epoch-0 order) and truncates every
+later epoch to that many batches — which would silently drop samples whenever an epoch's subset
+is larger than epoch 0's (e.g. final full-data epochs). Each time an epoch's order is drawn we
+store it as the loader's ``first_traversal_order``, which ffcv's ``__len__`` reads, so from the
+start of iterating an epoch ``len(loader)`` is that epoch's true batch count and nothing is
+truncated. Before iteration starts it still reports the previous epoch's count; use
+``order.num_batches(epoch)`` for the count ahead of time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from ffcv.loader.loader import ORDER_MAP
+from ffcv.traversal_order.base import TraversalOrder
+
+
+class PrunedOrder(TraversalOrder):
+    """An ffcv TraversalOrder whose epochs are the strategy's selections, shuffled per (seed, epoch)."""
+
+    strategy = None  # set on the subclass that register() makes
+
+    @classmethod
+    def register(cls, strategy) -> type["PrunedOrder"]:
+        bound = type(f"PrunedOrder[{type(strategy).__name__}]", (cls,), {"strategy": strategy})
+        ORDER_MAP[bound] = bound
+        return bound
+
+    def __init__(self, loader):
+        if self.strategy is None:
+            raise TypeError("use PrunedOrder.register(strategy) and pass its result as the Loader's order")
+        super().__init__(loader)
+        if len(self.indices) != self.strategy.num_samples:
+            raise ValueError(f"the strategy covers {self.strategy.num_samples} samples but the loader "
+                             f"traverses {len(self.indices)} (its `indices`)")
+        type(self).instance = self
+        self._weights = np.ones(self.strategy.num_samples, dtype=np.float32)
+
+    def sample_order(self, epoch: int):
+        selection = self.strategy.select(epoch)
+        self._weights = np.zeros(self.strategy.num_samples, dtype=np.float32)
+        self._weights[selection.indices] = selection.weights
+        # The strategy returns its selection in any order (often ascending): shuffle it.
+        seed = self.seed if self.seed is not None else self.strategy.seed
+        permuted = selection.indices[np.random.default_rng([seed, epoch]).permutation(len(selection))]
+        order = self.indices[permuted]
+        if self.distributed:
+            order = self._shard(order)
+        self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current
+        return order
+
+    @classmethod
+    def weights(cls, sample_ids) -> np.ndarray:
+        """The current epoch's loss weights of these sample ids (positions in the loader's indices)."""
+        from .prune._convert import to_numpy
+
+        return cls.instance._weights[np.asarray(to_numpy(sample_ids)).reshape(-1).astype(np.int64)]
+
+    @classmethod
+    def num_batches(cls, epoch: int, batch_size: int, drop_last: bool = False) -> int:
+        k = cls.strategy.num_selected(epoch)
+        return k // batch_size if drop_last else math.ceil(k / batch_size)
+
+    @staticmethod
+    def _shard(order: np.ndarray) -> np.ndarray:
+        """Equal, disjoint shards of the (identical on all ranks) epoch order."""
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        per_rank = len(order) // world
+        return order[rank * per_rank:(rank + 1) * per_rank]

@@ -1,0 +1,69 @@
+"""PrunedOrder with the real ffcv 1.0.2 Loader on a .beton written by ffcv's own DatasetWriter."""
+
+import numpy as np
+import pytest
+
+ffcv = pytest.importorskip("ffcv")
+from ffcv.fields import FloatField, IntField  # noqa: E402
+from ffcv.fields.decoders import FloatDecoder, IntDecoder  # noqa: E402
+from ffcv.loader import Loader  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
+
+from fastprune.ffcv import PrunedOrder  # noqa: E402
+from fastprune.prune import UCB, UniformRandom  # noqa: E402
+
+pytestmark = pytest.mark.ffcv
+N, BATCH = 103, 10
+
+
+class Pairs:
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return i, float(i) * 0.5
+
+
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ffcv") / "pairs.beton"
+    DatasetWriter(str(path), {"index": IntField(), "value": FloatField()}, num_workers=1).from_indexed_dataset(Pairs())
+    return path
+
+
+def make_loader(beton, strategy):
+    order = PrunedOrder.register(strategy)
+    loader = Loader(str(beton), batch_size=BATCH, num_workers=1, order=order, drop_last=False, seed=3,
+                    pipelines={"index": [IntDecoder()], "value": [FloatDecoder()]})
+    return loader, order
+
+
+def test_epochs_follow_the_strategy_and_batch_counts_follow_the_subset(beton):
+    strategy = UniformRandom(N, 0.3, warmup_epochs=1, final_full_epochs=1, epochs=4, seed=7)
+    loader, order = make_loader(beton, strategy)
+    expected_sizes = [N, 31, 31, N]
+    for epoch, size in enumerate(expected_sizes):
+        seen, batches = [], 0
+        for index, value in loader:
+            batches += 1
+            ids = np.asarray(index).reshape(-1)
+            np.testing.assert_allclose(np.asarray(value).reshape(-1), ids * 0.5)  # rows belong to ids
+            seen.extend(ids.tolist())
+        assert batches == -(-size // BATCH) == order.num_batches(epoch, BATCH) == len(loader)
+        assert sorted(seen) == sorted(strategy.select(epoch).indices.tolist())  # exactly the subset
+
+
+def test_updates_and_weights_drive_the_next_epoch(beton):
+    strategy = UCB(N, 0.2, seed=1, warmup_epochs=1)
+    loader, order = make_loader(beton, strategy)
+    for index, value in loader:  # epoch 0 (full): loss = value, so the largest ids score highest
+        ids = np.asarray(index).reshape(-1)
+        assert np.all(order.weights(ids) == 1.0)
+        strategy.update(ids, np.asarray(value).reshape(-1))
+    got = sorted(np.asarray(i).reshape(-1)[0] for batch in loader for i in batch[0])
+    assert got == list(range(N - 21, N))  # top 21 (= round(0.2 * 103)) by loss
+
+
+def test_register_is_required(beton):
+    with pytest.raises(TypeError, match="register"):
+        PrunedOrder(object())
