@@ -14,7 +14,7 @@ resumes with exactly the same selections.
 Contracts this module relies on (duck-typed, so stand-ins work in tests):
 
 * a *loader*: iterable of ``Batch(images, labels, indices, weights)``; ``len(loader)`` is the number
-  of batches of the next epoch; ``loader.set_epoch(e)``; optionally ``loader.total_steps(epochs)``
+  of batches of the next epoch; ``loader.set_epoch(e)``; optionally ``loader.steps_for_epochs(start, stop)``
   and ``state_dict()/load_state_dict()``.
 * a *strategy*: ``select(epoch)``, ``num_selected(epoch)``, ``update(indices, losses, correct)``,
   ``state_dict()/load_state_dict()``. The loader calls ``select`` (the strategy is its sampler);
@@ -42,8 +42,9 @@ __all__ = [
     "evaluate",
     "seed_everything",
     "make_optimizer",
+    "OneCycle",
     "one_cycle",
-    "total_steps",
+    "planned_steps",
     "save_checkpoint",
     "load_checkpoint",
     "build_parser",
@@ -78,32 +79,64 @@ def make_optimizer(model: nn.Module, lr: float = 0.2, weight_decay: float = 5e-4
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
 
 
-def one_cycle(max_lr: float, pct_start: float = 0.25, div_factor: float = 10.0,
+class OneCycle(torch.optim.lr_scheduler.LRScheduler):
+    """One-cycle LR (linear warm-up to the optimizer's lr, then linear decay), as a function of the
+    run's *progress* ``step / (total_steps - 1)``, stepped once per batch.
+
+    ``total_steps`` is the sum of every epoch's batch count. ``fit`` re-plans it at the start of each
+    epoch (``replan``): this epoch's count is exact, and for strategies whose subset size depends
+    on the scores (InfoBatch keeps every above-mean sample) later epochs are re-estimated from the
+    current table. For all other strategies the plan never changes, so the schedule is exactly the
+    classic one over the run's true number of steps, and the last step uses the final LR.
+    """
+
+    def __init__(self, optimizer, total_steps: int, pct_start: float = 0.25,
+                 div_factor: float = 10.0, final_div_factor: float = 100.0, last_epoch: int = -1):
+        self.total_steps = max(int(total_steps), 1)
+        self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor
+        super().__init__(optimizer, last_epoch)
+
+    def replan(self, total_steps: int) -> None:
+        """Set the run's total step count (never below the steps already taken)."""
+        self.total_steps = max(int(total_steps), self.last_epoch + 1, 1)
+
+    def multiplier(self, progress: float) -> float:
+        start, end = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
+        if progress < self.pct_start:
+            return start + (1.0 - start) * progress / self.pct_start
+        return 1.0 + (end - 1.0) * (progress - self.pct_start) / (1.0 - self.pct_start)
+
+    def get_lr(self):
+        progress = min(self.last_epoch / max(self.total_steps - 1, 1), 1.0)
+        return [base * self.multiplier(progress) for base in self.base_lrs]
+
+
+def one_cycle(max_lr: float | None = None, pct_start: float = 0.25, div_factor: float = 10.0,
               final_div_factor: float = 100.0) -> ScheduleFactory:
-    """A one-cycle schedule (linear warm-up, then linear decay) over the run's exact step count."""
+    """A factory for ``fit``: a OneCycle peaking at ``max_lr`` (default: the optimizer's lr)."""
     def build(optimizer, steps):
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, total_steps=max(steps, 1), pct_start=pct_start,
-            anneal_strategy="linear", div_factor=div_factor, final_div_factor=final_div_factor,
-            cycle_momentum=False)
+        if max_lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = max_lr
+        return OneCycle(optimizer, steps, pct_start, div_factor, final_div_factor)
     return build
 
 
-def total_steps(loader, epochs: int, strategy=None) -> int:
-    """Optimizer steps of a whole run: the sum of each epoch's batch count.
+def planned_steps(loader, start: int, stop: int, strategy=None) -> int:
+    """Optimizer steps of epochs [start, stop): the sum of each epoch's batch count.
 
-    Pruned epochs have fewer batches than full ones, and how many varies per epoch (warm-up and
-    final full-data epochs), so ``len(loader) * epochs`` would be wrong. Asks the loader when it
-    knows; otherwise derives each epoch's count from ``strategy.num_selected(epoch)``.
+    Pruned epochs have fewer batches than full ones, and how many varies per epoch (warm-up,
+    scoring and final full-data epochs), so ``len(loader) * epochs`` would be wrong. Asks the
+    loader (``steps_for_epochs``) when it can; otherwise derives each epoch's count from
+    ``strategy.num_selected(epoch)``.
     """
-    if hasattr(loader, "total_steps"):
-        return int(loader.total_steps(epochs))
+    if hasattr(loader, "steps_for_epochs"):
+        return int(loader.steps_for_epochs(start, stop))
     if strategy is None or not hasattr(strategy, "num_selected"):
-        return len(loader) * epochs
-    batch_size = loader.batch_size
-    drop_last = getattr(loader, "drop_last", False)
+        return len(loader) * (stop - start)
+    batch_size, drop_last = loader.batch_size, getattr(loader, "drop_last", False)
     count = 0
-    for epoch in range(epochs):
+    for epoch in range(start, stop):
         selected = int(strategy.num_selected(epoch))
         count += selected // batch_size if drop_last else math.ceil(selected / batch_size)
     return count
@@ -146,7 +179,7 @@ def _model_device(model: nn.Module) -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 class _OverheadClock:
-    """Accumulates the seconds spent inside ``strategy.select`` and ``strategy.update``.
+    """Accumulates the seconds spent inside the strategy: ``select``, ``num_selected``, ``update``.
 
     The loader, not ``fit``, calls ``select`` (the strategy is its sampler), so the clock wraps the
     strategy's methods on the instance for the duration of the run and restores them afterwards.
@@ -169,7 +202,7 @@ class _OverheadClock:
         if strategy is None:
             yield
             return
-        patched = [name for name in ("select", "update") if hasattr(strategy, name)]
+        patched = [name for name in ("select", "num_selected", "update") if hasattr(strategy, name)]
         for name in patched:
             setattr(strategy, name, self.timed(getattr(strategy, name)))
         try:
@@ -289,7 +322,8 @@ def fit(
             None trains on whatever the loader yields, with no updates.
         optimizer: defaults to ``make_optimizer(model)``.
         schedule: a factory ``(optimizer, total_steps) -> scheduler`` (see ``one_cycle``), stepped
-            once per batch, sized by ``total_steps`` over the whole run; or a built scheduler; or None.
+            once per batch and sized by ``planned_steps`` over the whole run (re-planned every
+            epoch if it has ``replan``); or a built scheduler; or None.
         criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
         amp, channels_last: "auto" enables them on CUDA only; see ``_autocast_dtype``.
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
@@ -325,7 +359,7 @@ def fit(
     clock = _OverheadClock()
     with clock.watching(strategy):
         for epoch in range(start_epoch, epochs):
-            record = _run_epoch(epoch, model, train_loader, val_loader, strategy, optimizer,
+            record = _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer,
                                 scheduler, criterion, scaler, clock, history, dtype=dtype,
                                 memory_format=memory_format, amp=amp, channels_last=channels_last,
                                 progress=progress)
@@ -340,10 +374,11 @@ def fit(
     return history
 
 
-def _run_epoch(epoch, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
+def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
                scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress):
     """Train and evaluate one epoch; return its history record."""
     train_loader.set_epoch(epoch)
+    _replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
     overhead_before = clock.seconds
     start = time.perf_counter()
     stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion,
@@ -376,7 +411,13 @@ def _run_epoch(epoch, model, train_loader, val_loader, strategy, optimizer, sche
 def _build_scheduler(schedule, optimizer, loader, epochs, strategy):
     if schedule is None or isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
         return schedule
-    return schedule(optimizer, total_steps(loader, epochs, strategy))
+    return schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
+
+
+def _replan_schedule(scheduler, loader, strategy, epoch: int, epochs: int) -> None:
+    """Re-size a re-plannable schedule at an epoch start: steps taken + steps still to come."""
+    if hasattr(scheduler, "replan"):
+        scheduler.replan(scheduler.last_epoch + planned_steps(loader, epoch, epochs, strategy))
 
 
 def _synchronize(device: torch.device) -> None:
