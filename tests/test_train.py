@@ -147,3 +147,26 @@ def test_resume_continues_with_the_same_selections_and_weights(stores, tmp_path)
     for name, tensor in full_model.state_dict().items():
         torch.testing.assert_close(resumed_model.state_dict()[name], tensor, rtol=0, atol=0,
                                    msg=name)
+
+
+def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys):
+    import argparse
+    import json
+
+    from fastprune.train import add_train_command
+
+    parser = argparse.ArgumentParser()
+    add_train_command(parser.add_subparsers(dest="command"))
+    train, val = stores
+    log, checkpoint = tmp_path / "log.json", tmp_path / "ckpt.pt"
+    common = ["train", "--train", str(train), "--val", str(val), "--strategy", "el2n", "--keep", "0.5",
+              "--seed", "1", "--width", "8", "--threads", "1", "--no-progress",
+              "--log-json", str(log), "--checkpoint", str(checkpoint)]
+    args = parser.parse_args([*common, "--epochs", "1"])
+    assert args.run(args) == 0
+    args = parser.parse_args([*common, "--epochs", "3", "--resume"])  # extend the run to 3 epochs
+    assert args.run(args) == 0
+    history = json.loads(log.read_text())["history"]
+    assert [r["samples"] for r in history] == [TRAIN_SIZE, TRAIN_SIZE, TRAIN_SIZE // 2]  # 2 scoring epochs
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch 3/3" in out

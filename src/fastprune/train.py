@@ -47,6 +47,11 @@ __all__ = [
     "planned_steps",
     "save_checkpoint",
     "load_checkpoint",
+    "save_history",
+    "make_strategy",
+    "make_loaders",
+    "STRATEGIES",
+    "add_train_command",
     "build_parser",
     "train_main",
 ]
@@ -485,14 +490,123 @@ def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# `fastprune train` (wired into cli.py by its owner)
+# The recipe shared by `fastprune train` and the end-to-end benchmark
 # --------------------------------------------------------------------------------------------
 
-def build_parser(subparsers):
-    """Add the ``train`` subcommand to an argparse ``subparsers`` object and return its parser."""
-    parser = subparsers.add_parser("train", help="train a model on a store with a pruning strategy")
+# Fashion-MNIST pixel statistics (the store holds gray replicated to RGB).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,) * 3, (0.353,) * 3
+
+STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")
+
+
+def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed: int = 0,
+                  **options):
+    """Build a pruning strategy by its benchmark name (see ``STRATEGIES``), library defaults."""
+    from . import prune
+
+    if name == "full":
+        return prune.Full(num_samples, seed=seed, **options)
+    if name == "infobatch":  # its final full-data epochs are placed from the run's length
+        return prune.InfoBatch(num_samples, keep, epochs=epochs, seed=seed, **options)
+    classes = {"uniform_random": prune.UniformRandom, "epsilon_greedy": prune.EpsilonGreedy,
+               "ucb": prune.UCB, "el2n": prune.EL2N, "forgetting": prune.Forgetting}
+    if name not in classes:
+        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+    return classes[name](num_samples, keep, seed=seed, **options)
+
+
+def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
+                 pad: int = 2, threads: int | None = None, channels_last: bool = False,
+                 mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, device="cpu"):
+    """(train loader, val loader) over two stores: random crop + flip for training, none for val.
+
+    ``channels_last`` makes the loader's Normalize write NHWC-strided tensors directly, so the
+    model's channels_last layout needs no conversion per batch.
+    """
+    from .loader import Loader, Normalize, RandomCrop, RandomHorizontalFlip
+
+    normalize = Normalize(mean, std, channels_last=channels_last)
+    augmentations = [RandomCrop(padding=pad), RandomHorizontalFlip()] if augment else []
+    train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
+                          seed=seed, threads=threads, device=device)
+    val_loader = Loader(val, 1000, transforms=[normalize], shuffle=False, threads=threads,
+                        device=device)
+    return train_loader, val_loader
+
+
+# --------------------------------------------------------------------------------------------
+# `fastprune train` (cli.py appends ``add_train_command`` to its COMMANDS)
+# --------------------------------------------------------------------------------------------
+
+def add_train_command(subparsers):
+    """Register ``fastprune train`` on an argparse ``subparsers`` object; returns its parser."""
+    from .models import BENCHMARK_MODEL
+
+    parser = subparsers.add_parser(
+        "train", help="train a model on a store, pruning the data dynamically",
+        description="Train a ResNet on a store with a pruning strategy; one log line per epoch, "
+                    "a JSON log, a checkpoint after every epoch (--resume continues from it).")
+    parser.add_argument("--train", required=True, type=Path, metavar="FILE", help="training store")
+    parser.add_argument("--val", required=True, type=Path, metavar="FILE", help="validation store")
+    parser.add_argument("--strategy", default="ucb", choices=STRATEGIES)
+    parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per pruned epoch")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.2, help="peak LR of the one-cycle schedule")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--model", default=BENCHMARK_MODEL["name"], choices=("small_resnet", "resnet18"))
+    parser.add_argument("--width", type=int, default=BENCHMARK_MODEL["widths"][0],
+                        help="small_resnet: channels of the first stage (doubled per stage)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and loader threads")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                        help="autocast; auto = on CUDA only (bf16 is fast on CPUs with AMX)")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history here")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=train_main)
     return parser
 
 
+build_parser = add_train_command  # the name the first brief used
+
+
 def train_main(args) -> int:
-    raise NotImplementedError("wired once the Loader and strategies land")
+    """Run ``fastprune train`` from parsed arguments; returns the exit code."""
+    from .models import BENCHMARK_MODEL, build_model
+
+    if args.resume and args.checkpoint is None:
+        raise SystemExit("fastprune train: --resume needs --checkpoint")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    device = torch.device(args.device)
+    channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
+
+    from .store.reader import Store
+
+    train_store, val_store = Store(args.train), Store(args.val)
+    strategy = make_strategy(args.strategy, len(train_store), args.keep, epochs=args.epochs,
+                             seed=args.seed)
+    train_loader, val_loader = make_loaders(train_store, val_store, args.batch_size, sampler=strategy,
+                                            seed=args.seed, threads=args.threads,
+                                            channels_last=channels_last, device=device)
+    options = {}
+    if args.model == "small_resnet":
+        options = {**BENCHMARK_MODEL, "widths": tuple(args.width * 2**i for i in range(3))}
+        options.pop("name")
+    model = build_model(args.model, in_channels=3, **options).to(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=args.label_smoothing)
+    history = fit(model, train_loader, val_loader, strategy, args.epochs, optimizer,
+                  one_cycle(args.lr), criterion=criterion, amp=args.amp,
+                  channels_last=channels_last, checkpoint=args.checkpoint, resume=args.resume,
+                  progress=not args.no_progress)
+    if args.log_json:
+        save_history(args.log_json, history, command="fastprune train",
+                     arguments={k: str(v) for k, v in vars(args).items() if k != "run"})
+    return 0
