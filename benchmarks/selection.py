@@ -98,7 +98,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") *
             os.sysconf("SC_PHYS_PAGES") / 2**30), "gpu": None, "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "numba": numba_version, "ffcv": None,
-            "threads": 1}
+            "threads": 1, "load_avg_1m": os.getloadavg()[0]}
 
 
 def bench_size(n: int, repeats: int) -> dict:
