@@ -1,17 +1,28 @@
 // Selection kernels for the pruning strategies: the score-table scatter update, bandit scores,
-// O(N) top-k (radix select on the float bits, no sort), sampling without replacement (Knuth's
-// selection sampling, which streams in index order and gives exact sizes), and the InfoBatch split.
+// O(N) top-k plus uniform sampling without replacement (select_kernels.hpp: sampled threshold
+// bracket + nth_element, Floyd's subsets as bitmaps), and the InfoBatch split (Knuth's selection
+// sampling, which streams in index order and gives exact sizes).
 // Every random draw comes from CounterRng(seed, epoch, stream) indexed by a counter (rng.hpp).
 #include "core.hpp"
 #include "rng.hpp"
+#include "select_kernels.hpp"
 
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/tuple.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace fastprune {
 namespace {
@@ -28,19 +39,11 @@ NumpyArray<T> to_numpy(std::vector<T> &&values) {
 }
 
 // Derived RNG streams: a kernel call with stream s uses 4*s+0 for breaking ties at the top-k
-// threshold and 4*s+1 for its uniform part, so the two never share numbers.
-constexpr uint64_t kTieStream = 0, kRandomStream = 1;
+// threshold, 4*s+1 for its uniform part and 4*s+2 for the sample that brackets the threshold
+// (which affects only the speed), so they never share numbers.
+constexpr uint64_t kTieStream = 0, kRandomStream = 1, kSampleStream = 2;
 CounterRng derived_rng(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t part) {
     return CounterRng(seed, epoch, stream * 4 + part);
-}
-
-// Maps a float to a uint32 whose unsigned order is the float order (-0.0 folded into +0.0).
-inline uint32_t sortable_key(float x) {
-    x = x + 0.0f;
-    uint32_t bits;
-    std::memcpy(&bits, &x, sizeof bits);
-    uint32_t negative = uint32_t(int32_t(bits) >> 31);  // all ones for negatives (branch-free: vectorises)
-    return bits ^ (negative | 0x80000000u);
 }
 
 // Knuth's selection sampling (TAOCP 3.4.2, Algorithm S): visiting a population of size `total`
@@ -61,105 +64,61 @@ struct SelectionSampler {
     }
 };
 
-// The k-th largest key (1-based) and how many keys lie strictly above it, found with two
-// histogram passes (high 16 bits, then low 16 bits inside the one bucket that holds it).
-struct Threshold {
-    uint32_t key;
-    uint64_t above;  // # keys > key
-    uint64_t equal;  // # keys == key
-};
-
-Threshold kth_largest_key(const float *scores, size_t n, uint64_t k) {
-    // Four interleaved histograms break the store-to-load chain when many keys are equal.
-    std::vector<uint32_t> hist(4 * 65536, 0);
-    bool any_nan = false;
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; ++j) {
-            any_nan |= std::isnan(scores[i + j]);
-            ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
-        }
-    for (; i < n; ++i) {
-        any_nan |= std::isnan(scores[i]);
-        ++hist[sortable_key(scores[i]) >> 16];
-    }
-    if (any_nan)
-        for (size_t t = 0; t < n; ++t)
-            if (std::isnan(scores[t])) fail_value("scores[" + std::to_string(t) + "] is NaN; scores must be ordered");
-    uint64_t above = 0;
-    uint32_t high = 65535;
-    for (;; --high) {
-        uint64_t count = uint64_t(hist[high]) + hist[65536 + high] + hist[2 * 65536 + high] + hist[3 * 65536 + high];
-        if (above + count >= k) break;
-        above += count;
-    }
-    std::vector<uint64_t> low_hist(65536, 0);
-    for (size_t t = 0; t < n; ++t) {
-        uint32_t key = sortable_key(scores[t]);
-        if ((key >> 16) == high) ++low_hist[key & 0xFFFFu];
-    }
-    uint32_t low = 65535;
-    for (;; --low) {
-        if (above + low_hist[low] >= k) break;
-        above += low_hist[low];
-    }
-    return {(high << 16) | low, above, low_hist[low]};
-}
-
-// A heap buffer handed to numpy without copying or zero-filling.
+// A heap buffer handed to numpy without copying or zero-filling. Large buffers are 2 MiB aligned
+// and advised to use transparent huge pages on Linux: a fresh 400 MB output otherwise spends
+// more time in page faults than the selection itself.
 template <typename T>
 struct Buffer {
     T *data = nullptr;
     size_t size = 0;
     Buffer() = default;
-    explicit Buffer(size_t capacity) : data(new T[capacity]), size(capacity) {}
+    explicit Buffer(size_t capacity) : size(capacity) {
+        size_t bytes = std::max<size_t>(capacity, 1) * sizeof(T);
+#if defined(__linux__)
+        constexpr size_t kHuge = size_t(1) << 21;
+        if (bytes >= 2 * kHuge) {
+            bytes = (bytes + kHuge - 1) & ~(kHuge - 1);
+            void *p = std::aligned_alloc(kHuge, bytes);
+            if (!p) throw std::bad_alloc();
+            madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+            data = static_cast<T *>(p);
+            return;
+        }
+#endif
+        void *p = std::malloc(bytes);
+        if (!p) throw std::bad_alloc();
+        data = static_cast<T *>(p);
+    }
+    void release() { std::free(data); data = nullptr; }
 };
 
 template <typename T>
 NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
-    nb::capsule owner(buffer.data, [](void *p) noexcept { delete[] static_cast<T *>(p); });
+    nb::capsule owner(buffer.data, [](void *p) noexcept { std::free(p); });
     return NumpyArray<T>(buffer.data, {size}, owner);
 }
 
-// The emit pass: indices above the threshold, the sampled ties, and the uniform part from the
-// rest, in ascending order. Writes unconditionally and advances on a hit (no unpredictable
-// branch); `out` therefore needs one spare slot.
-template <bool kHasTop, bool kHasRandom>
-size_t emit(const float *scores, size_t n, const Threshold &th, SelectionSampler &ties, SelectionSampler &rest,
-            int64_t *out) {
-    size_t pos = 0;
-    for (size_t i = 0; i < n; ++i) {
-        bool top = false;
-        if constexpr (kHasTop) {
-            uint32_t key = sortable_key(scores[i]);
-            top = key > th.key;
-            if (key == th.key) top = ties.take();
-        }
-        bool taken = top;
-        if constexpr (kHasRandom) taken |= rest.take(!top);
-        out[pos] = int64_t(i);
-        pos += taken;
-    }
-    return pos;
-}
-
-// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others.
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others
+// (select_kernels.hpp has the definition and the algorithm).
 Buffer<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand, uint64_t seed,
                                 uint64_t epoch, uint64_t stream) {
     if (n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
-    SelectionSampler rest(derived_rng(seed, epoch, stream, kRandomStream), n - k_top, k_rand);
-    Threshold th{0, 0, 0};
-    if (k_top > 0) th = kth_largest_key(scores, n, k_top);  // may throw: allocate after it
     Buffer<int64_t> out(k_top + k_rand + 1);
-    // Ties at the threshold: take a uniform subset of them (a random, seeded tie-break).
-    SelectionSampler ties(derived_rng(seed, epoch, stream, kTieStream), th.equal, k_top - th.above);
-    size_t got;
-    if (k_top > 0 && k_rand > 0) got = emit<true, true>(scores, n, th, ties, rest, out.data);
-    else if (k_top > 0) got = emit<true, false>(scores, n, th, ties, rest, out.data);
-    else if (k_rand > 0) got = emit<false, true>(scores, n, th, ties, rest, out.data);
-    else got = 0;
-    if (got != k_top + k_rand) {
-        delete[] out.data;
+    int64_t got;
+    try {
+        got = select_detail::top_plus_random(scores, n, k_top, k_rand, derived_rng(seed, epoch, stream, kTieStream),
+                                             derived_rng(seed, epoch, stream, kRandomStream),
+                                             derived_rng(seed, epoch, stream, kSampleStream), out.data);
+    } catch (...) {
+        out.release();
+        throw;
+    }
+    if (got < 0) {
+        out.release();
+        fail_value("scores[" + std::to_string(-1 - got) + "] is NaN; scores must be ordered");
+    }
+    if (uint64_t(got) != k_top + k_rand) {
+        out.release();
         fail_value("internal error: top_plus_random selected the wrong count");
     }
     return out;
@@ -413,6 +372,26 @@ NumpyArray<uint32_t> random_u32(uint64_t seed, uint64_t epoch, uint64_t stream, 
     return to_numpy(std::move(out));
 }
 
+// The top-k threshold by one method, for tests: 0 automatic, 1 copy + nth_element, 2 radix
+// histogram, 3 sampled bracket with a sample of `sample_size` and a margin of `sigmas`.
+// Returns (key as float, # above, # equal, path taken).
+std::tuple<float, int64_t, int64_t, int> threshold_for_tests(ROArray1D<float> scores, int64_t k, int method,
+                                                             int64_t sample_size, double sigmas, uint64_t seed) {
+    size_t n = scores.shape(0);
+    if (n >= (size_t(1) << 32) || k < 1 || uint64_t(k) > n) fail_value("threshold: need 1 <= k <= n < 2^32");
+    if (sample_size < 0 || sample_size > (int64_t(1) << 24)) fail_value("threshold: bad sample_size");
+    const float *p = scores.data();
+    if (select_detail::first_nan(p, n) >= 0) fail_value("threshold: NaN");
+    select_detail::ThresholdResult r;
+    if (method == 1) r = {select_detail::kth_largest_copy(p, n, uint64_t(k)), -1, 0};
+    else if (method == 2) r = {select_detail::kth_largest_histogram(p, n, uint64_t(k)), -1, 3};
+    else if (method == 0 || method == 3)
+        r = select_detail::kth_largest(p, n, uint64_t(k), CounterRng(seed, 0, 2), method == 3 ? size_t(sample_size) : 0,
+                                       method == 3 ? sigmas : 4.5);
+    else fail_value("threshold: unknown method");
+    return {select_detail::key_to_float(r.th.key), int64_t(r.th.above), int64_t(r.th.equal), r.path};
+}
+
 }  // namespace
 
 void bind_select(nb::module_ &m) {
@@ -440,7 +419,13 @@ void bind_select(nb::module_ &m) {
     m.def("random_uniform", &random_uniform, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
           nb::arg("n"), "The counter-based RNG's uniforms for counters start..start+n-1 (for tests/oracles).");
     m.def("random_u32", &random_u32, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
-          nb::arg("n"), "The 32-bit uniforms that selection sampling compares (for tests/oracles).");
+          nb::arg("n"),
+          "The 32-bit uniforms (high half of each counter's 64 bits) that selection sampling compares and "
+          "Floyd's subset draws use (for tests/oracles).");
+    m.def("_threshold", &threshold_for_tests, nb::arg("scores"), nb::arg("k"), nb::arg("method"),
+          nb::arg("sample_size") = 0, nb::arg("sigmas") = 4.5, nb::arg("seed") = 0,
+          "Testing hook: the k-th largest score, # above, # equal, path (0 copy, 1 bracket, 2 bracket end, "
+          "3 histogram) by method 0 auto, 1 copy, 2 histogram, 3 bracket with the given sample.");
 }
 
 }  // namespace fastprune

@@ -27,6 +27,29 @@ def selection_sampling(total, want, u32):
     return taken
 
 
+def floyd_subset(total, want, seed, epoch, stream):
+    """Floyd's algorithm, written plainly: the ascending `want`-subset of range(total) that the
+    kernels choose with RNG stream `stream`. For i < pick, j = total - pick + i, draw t uniform in
+    [0, j] from counter i (Lemire's multiply-shift on the 32-bit uniform, a rejected draw retrying
+    with counter + 2^32) and choose t, or j if t is already chosen. pick = want if 2*want <= total,
+    else total - want items are chosen to be left out."""
+    pick = want if 2 * want <= total else total - want
+    u = core.random_u32(seed, epoch, stream, 0, pick)
+    chosen = set()
+    for i in range(pick):
+        j = total - pick + i
+        r = j + 1
+        x, counter = int(u[i]), i
+        while (x * r) % 2**32 < (2**32 - r) % r:
+            counter += 2**32
+            x = int(core.random_u32(seed, epoch, stream, counter, 1)[0])
+        t = (x * r) >> 32
+        chosen.add(j if t in chosen else t)
+    mask = np.zeros(total, dtype=bool)
+    mask[list(chosen)] = True
+    return np.flatnonzero(mask if pick == want else ~mask)
+
+
 def oracle_top_random(scores, k_top, k_rand, seed, epoch, stream):
     scores = np.asarray(scores, dtype=np.float32)
     n = len(scores)
@@ -35,11 +58,10 @@ def oracle_top_random(scores, k_top, k_rand, seed, epoch, stream):
         threshold = np.sort(scores)[::-1][k_top - 1]
         top = scores > threshold
         ties = np.flatnonzero(scores == threshold)
-        u = core.random_u32(seed, epoch, 4 * stream + TIE, 0, len(ties))
-        top[ties[selection_sampling(len(ties), k_top - top.sum(), u)]] = True
+        top[ties[floyd_subset(len(ties), k_top - top.sum(), seed, epoch, 4 * stream + TIE)]] = True
     rest = np.flatnonzero(~top)
-    u = core.random_u32(seed, epoch, 4 * stream + RANDOM, 0, len(rest))
-    chosen = np.concatenate([np.flatnonzero(top), rest[selection_sampling(len(rest), k_rand, u)]])
+    rand = rest[floyd_subset(len(rest), k_rand, seed, epoch, 4 * stream + RANDOM)]
+    chosen = np.concatenate([np.flatnonzero(top), rand])
     return np.sort(chosen)
 
 
@@ -73,11 +95,56 @@ def test_matches_oracle_with_ties_and_random_part(seed):
     assert np.all(np.diff(got) > 0)  # ascending, hence no duplicates
 
 
+def _large_cases():
+    """Score arrays above the kernel's small-n cutoff (16384), shaped to hit every path of the
+    sampled threshold bracket: inside it, at either end (heavy ties), and the exact fallback."""
+    rng = np.random.default_rng(11)
+    n = 60_001
+    half_inf = rng.random(n).astype(np.float32)
+    half_inf[rng.random(n) < 0.5] = np.inf  # UCB after one epoch: unseen samples score +inf
+    n_inf = int(np.isinf(half_inf).sum())
+    spike = rng.random(n).astype(np.float32)
+    spike[: n // 50] = 7.0  # a narrow cluster of ties that the sample may straddle
+    return [
+        ("uniform", rng.random(n).astype(np.float32), [1, 17, n // 3, n // 2, n - 1, n]),
+        ("wide", (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np.float32), [n // 5, n // 2]),
+        ("five values", rng.integers(0, 5, n).astype(np.float32), [1, n // 5, n // 2, 4 * n // 5]),
+        ("all equal", np.full(n, np.inf, dtype=np.float32), [1, n // 2, n]),
+        ("half inf", half_inf, [n_inf - 1, n_inf, n_inf + 1, n // 3]),
+        ("sorted", np.arange(n, dtype=np.float32), [n // 4, n // 2]),
+        ("reversed", -np.arange(n, dtype=np.float32), [n // 4]),
+        ("signed zeros", np.where(rng.random(n) < 0.5, -0.0, 0.0).astype(np.float32), [n // 3]),
+        ("spike", spike, [n // 50 - 3, n // 50, n // 50 + 3]),
+        ("one outlier", np.r_[np.zeros(n - 1, np.float32), np.float32(1.0)], [1, 2, n // 2]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_large_selections_match_oracle(case):
+    name, scores, ks = _large_cases()[case]
+    n = len(scores)
+    for i, k_top in enumerate(ks):
+        k_rand = [0, (n - k_top) // 7, n - k_top][i % 3]
+        got = core.select_top_random(scores, k_top, k_rand, case, i, 1)
+        np.testing.assert_array_equal(got, oracle_top_random(scores, k_top, k_rand, case, i, 1), err_msg=name)
+
+
+def test_nan_is_reported_for_large_arrays():
+    scores = np.random.default_rng(2).random(100_000).astype(np.float32)
+    for where in [0, 4097, 99_999]:
+        bad = scores.copy()
+        bad[where] = np.nan
+        with pytest.raises(ValueError, match=rf"scores\[{where}\] is NaN"):
+            core.select_top_random(bad, 50_000, 100, 0, 0, 0)
+    bad = np.full(100_000, np.nan, dtype=np.float32)  # NaN everywhere, the sample included
+    with pytest.raises(ValueError, match=r"scores\[0\] is NaN"):
+        core.select_top_random(bad, 10, 0, 0, 0, 0)
+
+
 def test_sample_uniform_matches_oracle_and_sizes():
-    for n, k in [(0, 0), (1, 1), (10, 0), (10, 10), (5000, 1234)]:
+    for n, k in [(0, 0), (1, 1), (10, 0), (10, 10), (5000, 1234), (5000, 3766), (70_000, 40_000)]:
         got = core.sample_uniform(n, k, 9, 4, 1)
-        u = core.random_u32(9, 4, 4 * 1 + RANDOM, 0, n)
-        np.testing.assert_array_equal(got, selection_sampling(n, k, u))
+        np.testing.assert_array_equal(got, floyd_subset(n, k, 9, 4, 4 * 1 + RANDOM))
 
 
 def test_deterministic_per_seed_and_epoch():
@@ -172,3 +239,24 @@ def test_split_sample_matches_oracle():
     assert count == seen.sum() and mean == pytest.approx(scores[seen > 0].astype(np.float64).mean())
     with pytest.raises(ValueError, match="only"):
         core.split_sample(scores, seen, threshold, int(below.sum()) + 1, 1.0, 0, 0, 0)
+
+
+def test_threshold_methods_agree_and_fallback_is_exact():
+    """The sampled bracket (with tiny, often-missing samples, so that the exact histogram fallback
+    runs), the copy + nth_element and the radix histogram all find the same threshold."""
+    paths = set()
+    for case, (name, scores, ks) in enumerate(_large_cases()):
+        for k in ks:
+            if k < 1:
+                continue
+            expected = core._threshold(scores, k, 2)
+            assert core._threshold(scores, k, 1)[:3] == expected[:3], name
+            assert core._threshold(scores, k, 0)[:3] == expected[:3], name
+            for size, sigmas, seed in [(1, 0.0, case), (8, 0.0, k), (64, 0.5, 1), (4096, 4.5, 2)]:
+                got = core._threshold(scores, k, 3, size, sigmas, seed)
+                assert got[:3] == expected[:3], (name, k, size)
+                paths.add(got[3])
+            value, above, equal, _ = expected
+            order = np.sort(scores)[::-1]
+            assert value == order[k - 1] and above == (scores > value).sum() and equal == (scores == value).sum()
+    assert paths == {1, 2, 3}  # inside the bracket, at one of its ends, and the fallback

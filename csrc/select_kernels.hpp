@@ -1,0 +1,495 @@
+// The hot loops of top-k-plus-random selection, free of Python/nanobind so that they can be timed
+// and profiled from a plain C++ driver. select.cpp binds them.
+//
+// Definition (what the test oracles in tests/test_select_kernels.py implement):
+//   1. T = the k_top-th largest score (floats ordered as numbers, -0.0 == +0.0; NaN rejected);
+//      every score > T is taken; of the `equal` scores == T, `k_top - above` are taken: the
+//      uniform subset of their ranks (in index order) given by Floyd's algorithm (subset_bits)
+//      on RNG stream "tie".
+//   2. Of the n - k_top items not taken in 1, k_rand are taken: Floyd's subset of their ranks on
+//      stream "random".
+//   Output: the taken indices, ascending. Depends only on (scores, k_top, k_rand, seed, epoch,
+//   stream), not on how it is computed.
+//
+// How it is computed fast:
+//   - T: a random sample of the scores brackets T; one streaming SSE2 pass counts the scores
+//     above, at and inside the bracket and copies the (few) strictly inside; std::nth_element on
+//     the copy gives T exactly. If the bracket misses, or holds too many scores, an exact
+//     two-pass radix histogram is the fallback, so the sample only affects speed, never the
+//     result.
+//   - The uniform subsets depend only on (population size, count, stream), not on the scores,
+//     so they are drawn up front into bitmaps with O(min(k, total - k)) random numbers.
+//   - The emit pass works on 64 scores at a time: SSE2 compare masks, the subset bits of the
+//     non-top positions put in place by a nibble-table "parallel deposit", set bits written out.
+#pragma once
+#include "rng.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#include <emmintrin.h>
+#define FASTPRUNE_SSE2 1
+#else
+#define FASTPRUNE_SSE2 0
+#endif
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#endif
+
+namespace fastprune {
+namespace select_detail {
+
+// Maps a float to a uint32 whose unsigned order is the float order (-0.0 folded into +0.0).
+inline uint32_t sortable_key(float x) {
+    x = x + 0.0f;
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    uint32_t negative = uint32_t(int32_t(bits) >> 31);  // all ones for negatives (branch-free: vectorises)
+    return bits ^ (negative | 0x80000000u);
+}
+
+// The inverse of sortable_key (for non-NaN keys).
+inline float key_to_float(uint32_t key) {
+    uint32_t bits = (key & 0x80000000u) ? (key ^ 0x80000000u) : ~key;
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+// The k-th largest score (1-based) as a key, and how many scores lie strictly above / equal.
+struct Threshold {
+    uint32_t key;
+    uint64_t above;  // # keys > key
+    uint64_t equal;  // # keys == key
+};
+
+// Index of the first NaN, or -1.
+inline int64_t first_nan(const float *scores, size_t n) {
+    for (size_t t = 0; t < n; ++t)
+        if (std::isnan(scores[t])) return int64_t(t);
+    return -1;
+}
+
+// Exact: two histogram passes (high 16 bits of the key, then the low 16 bits inside the bucket
+// that holds the k-th largest). Scores must be NaN-free. 1 <= k <= n.
+inline Threshold kth_largest_histogram(const float *scores, size_t n, uint64_t k) {
+    // Four interleaved histograms break the store-to-load chain when many keys are equal.
+    std::vector<uint32_t> hist(4 * 65536, 0);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; ++j) ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
+    for (; i < n; ++i) ++hist[sortable_key(scores[i]) >> 16];
+    uint64_t above = 0;
+    uint32_t high = 65535;
+    for (;; --high) {
+        uint64_t count = uint64_t(hist[high]) + hist[65536 + high] + hist[2 * 65536 + high] + hist[3 * 65536 + high];
+        if (above + count >= k) break;
+        above += count;
+    }
+    std::vector<uint64_t> low_hist(65536, 0);
+    for (size_t t = 0; t < n; ++t) {
+        uint32_t key = sortable_key(scores[t]);
+        if ((key >> 16) == high) ++low_hist[key & 0xFFFFu];
+    }
+    uint32_t low = 65535;
+    for (;; --low) {
+        if (above + low_hist[low] >= k) break;
+        above += low_hist[low];
+    }
+    return {(high << 16) | low, above, low_hist[low]};
+}
+
+// Exact, for small n: copy the keys and nth_element. Scores must be NaN-free. 1 <= k <= n.
+inline Threshold kth_largest_copy(const float *scores, size_t n, uint64_t k) {
+    std::vector<uint32_t> keys(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = sortable_key(scores[i]);
+    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint32_t>());
+    uint32_t key = keys[k - 1];
+    uint64_t above = 0, equal = 0;
+    for (size_t i = 0; i < n; ++i) {
+        above += keys[i] > key;
+        equal += keys[i] == key;
+    }
+    return {key, above, equal};
+}
+
+struct ThresholdResult {
+    Threshold th;
+    int64_t nan_index;  // >= 0: scores[nan_index] is NaN and th is meaningless
+    int path;           // 0 copy, 1 bracket, 2 bracket with a single key, 3 histogram fallback
+};
+
+// ---- bit helpers ---------------------------------------------------------------------------
+
+inline int ctz64(uint64_t x) {  // x != 0
+#if defined(_MSC_VER) && !defined(__clang__)
+    unsigned long i;
+    _BitScanForward64(&i, x);
+    return int(i);
+#else
+    return __builtin_ctzll(x);
+#endif
+}
+
+// Portable popcount (the POPCNT instruction is not in the x86-64 baseline).
+inline uint64_t popcount64(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (x * 0x0101010101010101ULL) >> 56;
+}
+
+// dep[m][v]: the low bits of v placed, in order, at the set bits of the nibble m (a 4-bit
+// "parallel deposit"); pop[m]: the number of set bits of m.
+struct NibbleTables {
+    uint8_t dep[16][16];
+    uint8_t pop[16];
+    constexpr NibbleTables() : dep(), pop() {
+        for (int m = 0; m < 16; ++m) {
+            pop[m] = uint8_t((m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1) + ((m >> 3) & 1));
+            for (int v = 0; v < 16; ++v) {
+                int r = 0, k = 0;
+                for (int b = 0; b < 4; ++b)
+                    if (m & (1 << b)) r |= ((v >> k++) & 1) << b;
+                dep[m][v] = uint8_t(r);
+            }
+        }
+    }
+};
+inline constexpr NibbleTables kNibble{};
+
+// The consecutive low bits of `stream` placed, in order, at the set bits of `mask` (what the
+// BMI2 instruction PDEP does, which baseline x86-64 lacks). Uses popcount(mask) bits of stream.
+inline uint64_t deposit(uint64_t mask, uint64_t stream) {
+    uint64_t r = 0;
+    for (int nib = 0; nib < 64; nib += 4) {
+        unsigned m = unsigned(mask >> nib) & 15u;
+        r |= uint64_t(kNibble.dep[m][stream & 15u]) << nib;
+        stream >>= kNibble.pop[m];
+    }
+    return r;
+}
+
+// 64 bits of a bitmap starting at bit `offset`; words[offset / 64 + 1] must be readable.
+inline uint64_t bits_at(const uint64_t *words, uint64_t offset) {
+    size_t i = size_t(offset >> 6);
+    unsigned s = unsigned(offset & 63);
+    return (words[i] >> s) | ((words[i + 1] << 1) << (63 - s));
+}
+
+// A word array (no zero-fill of the body) with two zero words past the end, so that bits_at may
+// read at any offset up to the bit count.
+struct Bitmap {
+    std::unique_ptr<uint64_t[]> words;
+    explicit Bitmap(uint64_t bits) {
+        size_t nwords = size_t((bits + 63) / 64);
+        words.reset(new uint64_t[nwords + 2]);
+        words[nwords] = words[nwords + 1] = 0;
+    }
+    uint64_t *data() { return words.get(); }
+};
+
+// Comparison masks of up to 64 floats against t: bit j set iff x[j] OP t.
+enum class Cmp { Ge, Gt, Eq };
+
+template <Cmp kOp>
+inline bool compare(float x, float t) {
+    if constexpr (kOp == Cmp::Ge) return x >= t;
+    else if constexpr (kOp == Cmp::Gt) return x > t;
+    else return x == t;
+}
+
+template <Cmp kOp>
+inline uint64_t mask_of(const float *x, size_t count, float t) {
+    uint64_t m = 0;
+    for (size_t j = 0; j < count; ++j) m |= uint64_t(compare<kOp>(x[j], t)) << j;
+    return m;
+}
+
+template <Cmp kOp>
+inline uint64_t mask64(const float *x, float t) {
+#if FASTPRUNE_SSE2
+    const __m128 tv = _mm_set1_ps(t);
+    uint64_t m = 0;
+    for (int j = 0; j < 64; j += 16) {
+        __m128 a = _mm_loadu_ps(x + j), b = _mm_loadu_ps(x + j + 4), c = _mm_loadu_ps(x + j + 8),
+               d = _mm_loadu_ps(x + j + 12);
+        int ma, mb, mc, md;
+        if constexpr (kOp == Cmp::Ge) {
+            ma = _mm_movemask_ps(_mm_cmpge_ps(a, tv)), mb = _mm_movemask_ps(_mm_cmpge_ps(b, tv));
+            mc = _mm_movemask_ps(_mm_cmpge_ps(c, tv)), md = _mm_movemask_ps(_mm_cmpge_ps(d, tv));
+        } else if constexpr (kOp == Cmp::Gt) {
+            ma = _mm_movemask_ps(_mm_cmpgt_ps(a, tv)), mb = _mm_movemask_ps(_mm_cmpgt_ps(b, tv));
+            mc = _mm_movemask_ps(_mm_cmpgt_ps(c, tv)), md = _mm_movemask_ps(_mm_cmpgt_ps(d, tv));
+        } else {
+            ma = _mm_movemask_ps(_mm_cmpeq_ps(a, tv)), mb = _mm_movemask_ps(_mm_cmpeq_ps(b, tv));
+            mc = _mm_movemask_ps(_mm_cmpeq_ps(c, tv)), md = _mm_movemask_ps(_mm_cmpeq_ps(d, tv));
+        }
+        m |= uint64_t(unsigned(ma | (mb << 4) | (mc << 8) | (md << 12))) << j;
+    }
+    return m;
+#else
+    return mask_of<kOp>(x, 64, t);
+#endif
+}
+
+// Appends base + j for every set bit j of `taken`, ascending.
+inline size_t write_bits(int64_t *out, size_t pos, uint64_t base, uint64_t taken) {
+    while (taken) {
+        out[pos++] = int64_t(base + uint64_t(ctz64(taken)));
+        taken &= taken - 1;
+    }
+    return pos;
+}
+
+// ---- the threshold -------------------------------------------------------------------------
+
+// One pass over the scores against a bracket lo <= hi: how many are > hi, == hi, strictly
+// inside, == lo, whether any is NaN; the strictly-inside ones are copied to cand (up to cap,
+// else `overflow`).
+struct BracketCounts {
+    uint64_t above = 0, at_hi = 0, inside = 0, at_lo = 0;
+    size_t stored = 0;
+    bool overflow = false, nan = false;
+};
+
+inline void bracket_scalar(const float *x, size_t count, float lo, float hi, float *cand, size_t cap,
+                           BracketCounts &c) {
+    uint64_t above = 0, at_hi = 0, inside = 0, at_lo = 0;
+    bool nan = false;
+    size_t pos = c.stored;
+    bool store = !c.overflow && c.stored + count <= cap;
+    for (size_t i = 0; i < count; ++i) {
+        float v = x[i];
+        nan |= v != v;
+        above += v > hi;
+        at_hi += v == hi;
+        at_lo += v == lo;
+        bool in = (v > lo) & (v < hi);
+        inside += in;
+        if (store) {
+            cand[pos] = v;
+            pos += in;
+        }
+    }
+    c.above += above, c.at_hi += at_hi, c.inside += inside, c.at_lo += at_lo;
+    c.nan |= nan;
+    if (store) c.stored = pos;
+    else if (inside) c.overflow = true;
+}
+
+inline BracketCounts bracket_pass(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap) {
+    BracketCounts c;
+    constexpr size_t kBlock = 4096;  // int32 lane counters cannot overflow within a block
+    size_t b = 0;
+#if FASTPRUNE_SSE2
+    const __m128 lv = _mm_set1_ps(lo), hv = _mm_set1_ps(hi);
+    for (; b + kBlock <= n; b += kBlock) {
+        const float *x = scores + b;
+        __m128i above = _mm_setzero_si128(), at_hi = above, at_lo = above, inside = above;
+        __m128 nan = _mm_setzero_ps();
+        size_t pos = c.stored;
+        bool store = !c.overflow && c.stored + kBlock <= cap;
+        for (size_t j = 0; j < kBlock; j += 4) {
+            __m128 v = _mm_loadu_ps(x + j);
+            nan = _mm_or_ps(nan, _mm_cmpunord_ps(v, v));
+            above = _mm_sub_epi32(above, _mm_castps_si128(_mm_cmpgt_ps(v, hv)));
+            at_hi = _mm_sub_epi32(at_hi, _mm_castps_si128(_mm_cmpeq_ps(v, hv)));
+            at_lo = _mm_sub_epi32(at_lo, _mm_castps_si128(_mm_cmpeq_ps(v, lv)));
+            __m128 in = _mm_and_ps(_mm_cmpgt_ps(v, lv), _mm_cmplt_ps(v, hv));
+            inside = _mm_sub_epi32(inside, _mm_castps_si128(in));
+            int m = _mm_movemask_ps(in);
+            if (m && store) {
+                for (int l = 0; l < 4; ++l) {
+                    cand[pos] = x[j + size_t(l)];
+                    pos += (m >> l) & 1;
+                }
+            }
+        }
+        alignas(16) int32_t lanes[4][4];
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[0]), above);
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[1]), at_hi);
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[2]), at_lo);
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[3]), inside);
+        uint64_t sums[4];
+        for (int r = 0; r < 4; ++r) sums[r] = uint64_t(lanes[r][0]) + lanes[r][1] + lanes[r][2] + lanes[r][3];
+        c.above += sums[0], c.at_hi += sums[1], c.at_lo += sums[2], c.inside += sums[3];
+        c.nan |= _mm_movemask_ps(nan) != 0;
+        if (store) c.stored = pos;
+        else if (sums[3]) c.overflow = true;
+    }
+#endif
+    for (; b < n; b += kBlock) bracket_scalar(scores + b, std::min(kBlock, n - b), lo, hi, cand, cap, c);
+    return c;
+}
+
+// The k-th largest key (1 <= k <= n), or the first NaN. `sample_rng` only picks the sample that
+// brackets the threshold: it changes the speed, never the result.
+// (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
+inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
+                                   size_t sample_size = 0, double sigmas = 4.5) {
+    constexpr size_t kCopyBelow = 16384;
+    if (n < kCopyBelow && sample_size == 0) {
+        int64_t bad = first_nan(scores, n);
+        if (bad >= 0) return {{0, 0, 0}, bad, 0};
+        return {kth_largest_copy(scores, n, k), -1, 0};
+    }
+    // A sample of m scores (positions drawn with replacement); its elements at descending ranks
+    // centre -+ margin (~4.5 standard deviations of the sample rank of the k-th largest) bracket
+    // the threshold.
+    size_t m = sample_size ? sample_size : std::min<size_t>(65536, std::max<size_t>(4096, n / 64));
+    std::vector<uint32_t> sample(m);
+    for (size_t j = 0; j < m; ++j) {
+        uint64_t pos = ((sample_rng.bits(j) >> 32) * uint64_t(n)) >> 32;  // n < 2^32
+        sample[j] = sortable_key(scores[pos]);
+    }
+    double q = double(k) / double(n);
+    double centre = q * double(m) - 0.5;
+    double margin = sigmas * std::sqrt(double(m) * q * (1.0 - q)) + (sigmas > 0 ? 4.0 : 0.0);
+    double hi_rank = std::floor(centre - margin), lo_rank = std::ceil(centre + margin);
+    const uint32_t kPlusInf = 0xFF800000u, kMinusInf = 0x007FFFFFu;
+    uint32_t hi_key = kPlusInf, lo_key = kMinusInf;
+    auto desc = std::greater<uint32_t>();
+    size_t from = 0;
+    if (hi_rank >= 0) {
+        std::nth_element(sample.begin(), sample.begin() + size_t(hi_rank), sample.end(), desc);
+        hi_key = sample[size_t(hi_rank)];
+        from = size_t(hi_rank);
+    }
+    if (lo_rank < double(m)) {
+        size_t at = std::max(size_t(lo_rank), from);
+        std::nth_element(sample.begin() + from, sample.begin() + at, sample.end(), desc);
+        lo_key = sample[at];
+    }
+    // A NaN in the sample gives a NaN bound; harmless, as the pass then reports the NaN.
+    hi_key = std::min(hi_key, 0xFFC00000u);
+    float hi = key_to_float(hi_key), lo = key_to_float(lo_key);
+    size_t expected = size_t(double(n) * (2.0 * margin + 2.0) / double(m)) + 1;
+    size_t cap = std::min(n, 2 * expected + 8192);
+    std::unique_ptr<float[]> cand(new float[cap]);
+    BracketCounts c = bracket_pass(scores, n, lo, hi, cand.get(), cap);
+    if (c.nan) return {{0, 0, 0}, first_nan(scores, n), 1};
+    if (lo_key == hi_key) c.at_lo = 0;  // the same scores as at_hi
+    uint64_t a = c.above;
+    if (k <= a) return {kth_largest_histogram(scores, n, k), -1, 3};
+    if (k <= a + c.at_hi) return {{hi_key, a, c.at_hi}, -1, 2};
+    a += c.at_hi;
+    if (k <= a + c.inside) {
+        if (c.overflow) return {kth_largest_histogram(scores, n, k), -1, 3};
+        float *v = cand.get();
+        size_t r = size_t(k - a - 1);
+        std::nth_element(v, v + r, v + c.stored, std::greater<float>());
+        float t = v[r];
+        uint64_t gt = 0, eq = 0;
+        for (size_t i = 0; i < c.stored; ++i) {
+            gt += v[i] > t;
+            eq += v[i] == t;
+        }
+        return {{sortable_key(t), a + gt, eq}, -1, 1};
+    }
+    a += c.inside;
+    if (k <= a + c.at_lo) return {{lo_key, a, c.at_lo}, -1, 2};
+    return {kth_largest_histogram(scores, n, k), -1, 3};
+}
+
+// ---- uniform subsets as bitmaps ------------------------------------------------------------
+
+// A uniform integer in [0, range) (1 <= range < 2^32), exactly, by Lemire's multiply-shift with
+// rejection ("Fast random integer generation in an interval", 2019), from the high 32 bits of
+// counter `counter`; a rejected draw retries with counter + 2^32, + 2*2^32, ...
+inline uint32_t uniform_below(const CounterRng &rng, uint32_t range, uint64_t counter) {
+    for (;; counter += uint64_t(1) << 32) {
+        uint64_t product = (rng.bits(counter) >> 32) * uint64_t(range);
+        uint32_t low = uint32_t(product);
+        if (low >= range || low >= uint32_t(0u - range) % range) return uint32_t(product >> 32);
+    }
+}
+
+// A uniform `want`-subset of range(total) as a bitmap (bit t set iff t is chosen), by Floyd's
+// algorithm (Bentley & Floyd, "A sample of brilliance", CACM 1987): for i = 0..pick-1 and
+// j = total - pick + i, draw t = uniform_below(j + 1, counter i); choose t unless it is already
+// chosen, else j. pick = want if 2*want <= total, else pick = total - want items are chosen to be
+// left out. O(pick) random numbers; every subset of the size is equally likely. total < 2^32;
+// `words` has room for (total + 63) / 64 words.
+inline void subset_bits(const CounterRng &rng, uint64_t total, uint64_t want, uint64_t *words) {
+    size_t nwords = size_t((total + 63) / 64);
+    std::memset(words, 0, nwords * sizeof(uint64_t));
+    bool complement = 2 * want > total;
+    uint64_t pick = complement ? total - want : want;
+    for (uint64_t i = 0; i < pick; ++i) {
+        uint64_t j = total - pick + i;
+        uint64_t t = uniform_below(rng, uint32_t(j + 1), i);
+        uint64_t hit = (words[t >> 6] >> (t & 63)) & 1;
+        uint64_t target = hit ? j : t;
+        words[target >> 6] |= uint64_t(1) << (target & 63);
+    }
+    if (complement) {
+        for (size_t w = 0; w < nwords; ++w) words[w] = ~words[w];
+        if (total % 64) words[nwords - 1] &= (uint64_t(1) << (total % 64)) - 1;
+    }
+}
+
+// ---- the selection -------------------------------------------------------------------------
+
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
+// written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
+// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
+inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
+                               const CounterRng &tie_rng, const CounterRng &random_rng,
+                               const CounterRng &sample_rng, int64_t *out) {
+    uint64_t n_rest = n - k_top;
+    if (k_top == 0 && k_rand == 0) return 0;
+    Bitmap rest(k_rand ? n_rest : 0);
+    if (k_rand) subset_bits(random_rng, n_rest, k_rand, rest.data());
+    const uint64_t *rw = rest.data();
+    size_t pos = 0;
+    if (k_top == 0) {
+        for (size_t j = 0, nw = size_t((n_rest + 63) / 64); j < nw; ++j) pos = write_bits(out, pos, j * 64, rw[j]);
+        return int64_t(pos);
+    }
+    ThresholdResult r = kth_largest(scores, n, k_top, sample_rng);
+    if (r.nan_index >= 0) return -1 - r.nan_index;
+    const Threshold &th = r.th;
+    const float t = key_to_float(th.key);
+    uint64_t tie_need = k_top - th.above;
+    bool all_ties = tie_need == th.equal;  // every tie is taken
+    Bitmap ties(all_ties ? 0 : th.equal);
+    if (!all_ties) subset_bits(tie_rng, th.equal, tie_need, ties.data());
+    const uint64_t *tw = ties.data();
+    uint64_t rc = 0, tc = 0;  // ranks among the rest and among the ties
+    for (size_t base = 0; base < n; base += 64) {
+        size_t count = std::min<size_t>(64, n - base);
+        const float *x = scores + base;
+        uint64_t valid = count == 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
+        uint64_t top;
+        if (all_ties) {
+            top = count == 64 ? mask64<Cmp::Ge>(x, t) : mask_of<Cmp::Ge>(x, count, t);
+        } else {
+            uint64_t gt = count == 64 ? mask64<Cmp::Gt>(x, t) : mask_of<Cmp::Gt>(x, count, t);
+            uint64_t eq = count == 64 ? mask64<Cmp::Eq>(x, t) : mask_of<Cmp::Eq>(x, count, t);
+            top = gt;
+            if (eq) {
+                top |= deposit(eq, bits_at(tw, tc));
+                tc += popcount64(eq);
+            }
+        }
+        uint64_t taken = top;
+        if (k_rand) {
+            uint64_t others = ~top & valid;
+            taken |= deposit(others, bits_at(rw, rc));
+            rc += popcount64(others);
+        }
+        pos = write_bits(out, pos, base, taken);
+    }
+    return int64_t(pos);
+}
+
+}  // namespace select_detail
+}  // namespace fastprune
