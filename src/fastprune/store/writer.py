@@ -178,7 +178,15 @@ _WORKER_JOB: tuple | None = None
 
 def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
     source, fields = _WORKER_JOB
-    return encode_chunk(source, fields, *bounds)
+    try:
+        return encode_chunk(source, fields, *bounds)
+    except ConversionError:
+        raise
+    except BaseException as exc:
+        # A BaseException (SystemExit, KeyboardInterrupt) would kill the worker and the pool would
+        # wait forever for its task: report it as an ordinary, picklable error instead.
+        raise ConversionError(f"encoding samples {bounds[0]}..{bounds[1] - 1} failed in a worker: "
+                              f"{type(exc).__name__}: {exc}") from None
 
 
 def _encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,

@@ -1,0 +1,410 @@
+"""The packed store on its own: round trips, input validation, atomic writes, corrupt files, verify."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from fastprune import ConversionError, StoreError
+from fastprune.store import (BytesField, FloatField, IntField, NDArrayField, RGBImageField, Store,
+                             write_dataset)
+from fastprune.store import format as fmt
+from fastprune.store.info import describe, verify
+from fastprune.store.verify import verify_file
+
+SMALL_PAGE = 1 << 13  # 8 KiB: a few images per page, so page boundaries are exercised
+
+
+class ListSource:
+    """The smallest valid source: a list of tuples."""
+
+    def __init__(self, rows, fail_at=None, exc=RuntimeError):
+        self.rows, self.fail_at, self.exc = rows, fail_at, exc
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise self.exc(f"boom at {i}")
+        return self.rows[i]
+
+
+def mixed_rows(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, (int(rng.integers(1, 40)), int(rng.integers(1, 40)), 3), dtype=np.uint8),
+             int(rng.integers(-5, 1000)),
+             float(rng.normal()),
+             rng.normal(size=(2, 3)).astype(np.float32),
+             rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes())
+            for _ in range(n)]
+
+
+MIXED_FIELDS = {"image": RGBImageField(), "label": IntField(), "weight": FloatField(),
+                "feat": NDArrayField(np.float32, (2, 3)), "blob": BytesField()}
+
+
+def assert_rows_equal(store, rows):
+    assert len(store) == len(rows)
+    for i, expected in enumerate(rows):
+        got = store[i]
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert got[1] == expected[1] and type(got[1]) is int
+        assert got[2] == expected[2] and type(got[2]) is float
+        np.testing.assert_array_equal(got[3], expected[3])
+        assert got[3].dtype == np.float32
+        assert got[4] == expected[4]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_round_trip_all_field_types(tmp_path, workers):
+    rows = mixed_rows(300)
+    path = write_dataset(tmp_path / "d.beton", ListSource(rows), MIXED_FIELDS, workers=workers,
+                         page_size=SMALL_PAGE, progress=False, chunk_size=37)
+    with Store(path) as store:
+        assert_rows_equal(store, rows)
+        assert list(store.fields) == list(MIXED_FIELDS)
+        assert store.fields == MIXED_FIELDS
+        assert store.page_size == SMALL_PAGE and store.num_samples == 300
+        assert store[-1][1] == rows[-1][1]
+
+
+def test_parallel_and_serial_files_are_identical(tmp_path):
+    rows = mixed_rows(500, seed=3)
+    a = write_dataset(tmp_path / "a.beton", ListSource(rows), MIXED_FIELDS, workers=1,
+                      page_size=SMALL_PAGE, progress=False)
+    b = write_dataset(tmp_path / "b.beton", ListSource(rows), MIXED_FIELDS, workers=2,
+                      page_size=SMALL_PAGE, progress=False, chunk_size=50)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_field_ranges_point_at_the_payload_bytes(tmp_path):
+    rows = mixed_rows(120, seed=1)
+    path = write_dataset(tmp_path / "d.beton", ListSource(rows), MIXED_FIELDS, workers=1,
+                         page_size=SMALL_PAGE, progress=False)
+    with Store(path) as store:
+        buf = store.buffer
+        for name, k in [("image", 0), ("feat", 3), ("blob", 4)]:
+            offsets, sizes = store.field_ranges(name)
+            assert offsets.dtype == np.uint64 and sizes.dtype == np.uint64 and offsets.shape == (120,)
+            for i, row in enumerate(rows):
+                expected = np.ascontiguousarray(row[k]).tobytes() if k != 4 else row[k]
+                assert buf[int(offsets[i]):int(offsets[i] + sizes[i])].tobytes() == expected
+        offsets, sizes = store.field_ranges("label")  # scalars: the 8 bytes inside the metadata
+        labels = np.array([buf[int(o):int(o) + 8].view("<i8")[0] for o in offsets])
+        np.testing.assert_array_equal(labels, [r[1] for r in rows])
+        with pytest.raises(KeyError, match="nope"):
+            store.field_ranges("nope")
+
+
+def test_every_sample_stays_inside_one_page(tmp_path):
+    rows = mixed_rows(400, seed=2)
+    path = write_dataset(tmp_path / "d.beton", ListSource(rows), MIXED_FIELDS, workers=1,
+                         page_size=SMALL_PAGE, progress=False)
+    with Store(path) as store:
+        table = store.alloc_table
+        data_start = fmt.align_up(store.metadata_end, SMALL_PAGE)
+        first = (table["ptr"].astype(np.int64) - data_start) // SMALL_PAGE
+        last = (table["ptr"].astype(np.int64) + table["size"].astype(np.int64) - 1 - data_start) // SMALL_PAGE
+        nonempty = table["size"] > 0
+        assert (first[nonempty] == last[nonempty]).all()
+        for sid in np.unique(table["sample_id"]):
+            pages = first[(table["sample_id"] == sid) & nonempty]
+            assert len(set(pages.tolist())) <= 1
+        assert (first >= 0).all() and first.max() >= 5  # several pages were used
+
+
+def test_buffer_and_metadata_are_read_only_views(tmp_path):
+    path = write_dataset(tmp_path / "d.beton", ListSource(mixed_rows(10)), MIXED_FIELDS, workers=1,
+                         progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        assert not store.buffer.flags.writeable and not store.metadata.flags.writeable
+        assert store.buffer.size == os.path.getsize(path)
+        assert store.metadata.base is not None  # a view of the mapping, not a copy
+        with pytest.raises(ValueError):
+            store.metadata["f1"][0] = 3
+    with pytest.raises(StoreError, match="closed"):
+        store[0]
+
+
+def test_index_errors(tmp_path):
+    path = write_dataset(tmp_path / "d.beton", ListSource(mixed_rows(4)), MIXED_FIELDS, workers=1,
+                         progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        with pytest.raises(IndexError, match="sample 4"):
+            store[4]
+        with pytest.raises(IndexError):
+            store[-5]
+        with pytest.raises(TypeError):
+            store[1.0]
+
+
+def smooth_images(n, h=32, w=40):
+    y, x = np.mgrid[0:h, 0:w]
+    return [np.stack([(x * 6 + i) % 256, (y * 7) % 256, ((x + y) * 3 + 5 * i) % 256], -1).astype(np.uint8)
+            for i in range(n)]
+
+
+def test_jpeg_round_trip_within_tolerance(tmp_path):
+    images = smooth_images(20)
+    path = write_dataset(tmp_path / "j.beton", ListSource([(im, i) for i, im in enumerate(images)]),
+                         {"image": RGBImageField("jpg", jpeg_quality=95), "label": IntField()},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        assert store.fields["image"].write_mode == "jpg"
+        assert (store.metadata["f0"]["mode"] == fmt.IMAGE_MODE_JPG).all()
+        _, sizes = store.field_ranges("image")
+        assert (sizes < images[0].nbytes).all()  # actually compressed
+        for i, image in enumerate(images):
+            got = store[i][0]
+            assert got.shape == image.shape and got.dtype == np.uint8
+            assert np.abs(got.astype(int) - image).mean() < 4
+
+
+def test_jpeg_quality_override_is_applied_and_recorded(tmp_path):
+    rows = [(im,) for im in smooth_images(10)]
+    sizes = {}
+    for q in (30, 95):
+        path = write_dataset(tmp_path / f"q{q}.beton", ListSource(rows), {"image": RGBImageField("jpg")},
+                             jpeg_quality=q, workers=1, progress=False, page_size=SMALL_PAGE)
+        with Store(path) as store:
+            assert store.fields["image"].jpeg_quality == q
+            sizes[q] = int(store.field_ranges("image")[1].sum())
+    assert sizes[30] < sizes[95]
+
+
+def test_grey_and_pil_images_become_rgb(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (6, 7), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    rows = [(grey,), (grey[:, :, None],), (Image.fromarray(grey),), (Image.fromarray(rgb),)]
+    path = write_dataset(tmp_path / "g.beton", ListSource(rows), {"image": RGBImageField()},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        for i in range(3):
+            np.testing.assert_array_equal(store[i][0], np.repeat(grey[:, :, None], 3, axis=2))
+        np.testing.assert_array_equal(store[3][0], rgb)
+
+
+def test_max_resolution_shrinks_the_longer_side(tmp_path):
+    rows = [(np.zeros((50, 100, 3), np.uint8),), (np.zeros((10, 12, 3), np.uint8),)]
+    path = write_dataset(tmp_path / "m.beton", ListSource(rows), {"image": RGBImageField(max_resolution=20)},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        assert store[0][0].shape == (10, 20, 3)
+        assert store[1][0].shape == (10, 12, 3)  # already small enough: untouched
+        assert store.fields["image"].max_resolution == 20
+
+
+@pytest.mark.parametrize("fields, row, pattern", [
+    ({"image": RGBImageField()}, (np.zeros((4, 4, 3), np.float32),), "uint8"),
+    ({"image": RGBImageField()}, (np.zeros((4, 4, 4), np.uint8),), "shape"),
+    ({"image": RGBImageField()}, ("not an image",), "expected an image"),
+    ({"label": IntField()}, (True,), "bool"),
+    ({"label": IntField()}, (2.5,), "expected an integer"),
+    ({"label": IntField()}, ("3",), "expected an integer"),
+    ({"label": IntField()}, (1 << 70,), "int64"),
+    ({"x": FloatField()}, ("1.0",), "real number"),
+    ({"a": NDArrayField(np.float32, (2, 3))}, (np.zeros((3, 2), np.float32),), "shape"),
+    ({"a": NDArrayField(np.int16, (2,))}, (np.zeros(2, np.int64),), "cast"),
+    ({"b": BytesField()}, ("text",), "bytes"),
+])
+def test_bad_values_name_sample_and_field(tmp_path, fields, row, pattern):
+    name = next(iter(fields))
+    good = {"image": (np.zeros((4, 4, 3), np.uint8),), "label": (1,), "x": (1.0,),
+            "a": (np.zeros(fields[name].shape if hasattr(fields[name], "shape") else (1,),
+                           getattr(fields[name], "dtype", np.float32)),),
+            "b": (b"ok",)}[name]
+    rows = [good, good, row, good]
+    with pytest.raises(ConversionError, match=pattern) as info:
+        write_dataset(tmp_path / "bad.beton", ListSource(rows), fields, workers=1, progress=False,
+                      page_size=SMALL_PAGE)
+    assert "sample 2" in str(info.value) and repr(name) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_accepts_numpy_and_tensor_scalars(tmp_path):
+    import torch
+    rows = [(np.int32(3), np.float32(0.5)), (torch.tensor(7), 2), (np.array(9), np.float64(1.25))]
+    path = write_dataset(tmp_path / "s.beton", ListSource(rows), {"label": IntField(), "x": FloatField()},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        assert [store[i] for i in range(3)] == [(3, 0.5), (7, 2.0), (9, 1.25)]
+
+
+def test_source_errors(tmp_path):
+    out = tmp_path / "x.beton"
+    with pytest.raises(ConversionError, match="empty"):
+        write_dataset(out, ListSource([]), {"label": IntField()}, progress=False)
+    with pytest.raises(ConversionError, match="sample 1: the source returned 2 values"):
+        write_dataset(out, ListSource([(1,), (1, 2)]), {"label": IntField()}, workers=1, progress=False)
+    with pytest.raises(ValueError, match="field name"):
+        write_dataset(out, ListSource([(1,)]), {"a_name_longer_than_16": IntField()}, progress=False)
+    with pytest.raises(ValueError, match="page_size"):
+        write_dataset(out, ListSource([(1,)]), {"label": IntField()}, page_size=3000, progress=False)
+    with pytest.raises(ConversionError, match="sample 0: its data .* larger than a page"):
+        write_dataset(out, ListSource([(np.zeros((64, 64, 3), np.uint8),)]), {"image": RGBImageField()},
+                      workers=1, page_size=4096, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_failing_source_leaves_no_file_and_no_temp(tmp_path, workers, exc):
+    rows = mixed_rows(700, seed=4)
+    if workers == 2 and exc is KeyboardInterrupt:
+        exc = SystemExit  # a BaseException raised inside a pool worker
+    expected = ConversionError if exc is RuntimeError else (KeyboardInterrupt, SystemExit, Exception)
+    with pytest.raises(expected) as info:
+        write_dataset(tmp_path / "d.beton", ListSource(rows, fail_at=613, exc=exc), MIXED_FIELDS,
+                      workers=workers, progress=False, page_size=SMALL_PAGE, chunk_size=64)
+    if exc is RuntimeError:
+        assert "sample 613" in str(info.value) and "boom" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_an_existing_file(tmp_path):
+    out = tmp_path / "d.beton"
+    write_dataset(out, ListSource([(1,), (2,)]), {"label": IntField()}, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(ConversionError):
+        write_dataset(out, ListSource([(1,), (2,)], fail_at=1), {"label": IntField()}, progress=False)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["d.beton"]
+
+
+# --- corrupt and foreign files ---------------------------------------------------------------------
+
+@pytest.fixture
+def good_file(tmp_path):
+    return write_dataset(tmp_path / "good.beton", ListSource(mixed_rows(60, seed=7)), MIXED_FIELDS,
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+
+
+def corrupted_copy(src, dst, offset, value: bytes):
+    shutil.copy(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(offset)
+        f.write(value)
+    return dst
+
+
+def test_truncated_files_raise_store_error(good_file, tmp_path):
+    data = good_file.read_bytes()
+    with Store(good_file) as store:
+        cuts = [10, 30, fmt.metadata_start(5) + 50, store.metadata_end + 100, store.alloc_table_ptr + 7,
+                len(data) - 24]
+    for cut in cuts:
+        bad = tmp_path / f"cut{cut}.beton"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(StoreError, match=str(bad)):
+            Store(bad)
+
+
+def test_non_store_files_raise_store_error(tmp_path):
+    cases = {"empty": b"", "text": b"hello, this is not a store file at all" * 10,
+             "random": np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(StoreError, match=name):
+            Store(tmp_path / name)
+    with pytest.raises(StoreError, match="not a regular file"):
+        Store(tmp_path)
+    with pytest.raises(StoreError, match="missing"):
+        Store(tmp_path / "missing.beton")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(StoreError, match="not a regular file"):  # must not block on open
+        Store(tmp_path / "fifo")
+
+
+def test_corrupted_header_and_pointers_raise_store_error(good_file, tmp_path):
+    with Store(good_file) as store:
+        meta_start = fmt.metadata_start(5)
+        image_ptr_offset = meta_start + 3 * store.metadata.dtype.itemsize + 5  # sample 3's data_ptr
+        blob_size_offset = meta_start + 9 * store.metadata.dtype.itemsize + \
+            store.metadata.dtype.fields["f4"][1] + 8  # sample 9's blob size
+        table_ptr = store.alloc_table_ptr
+    huge = np.uint64(1 << 60).tobytes()
+    cases = [
+        ("version", 0, b"\x07\x00", "version"),
+        ("fields0", 2, b"\x00\x00", "0 fields"),
+        ("fieldsmany", 2, b"\xff\xff", "descriptors end"),
+        ("pagesize", 4, b"\x00\x30\x00\x00", "power of two"),
+        ("samples", 8, huge, "samples of metadata"),
+        ("tableptr", 16, huge, "alloc_table_ptr"),
+        ("typeid", fmt.HEADER_TYPE.itemsize, b"\x09", "type id 9"),
+        ("imageptr", image_ptr_offset, huge, "sample 3, field 'image'"),
+        ("blobsize", blob_size_offset, huge, "sample 9, field 'blob'"),
+        ("allocentry", table_ptr + 8, huge, "allocation table entry 0"),
+    ]
+    for name, offset, value, pattern in cases:
+        bad = corrupted_copy(good_file, tmp_path / f"{name}.beton", offset, value)
+        with pytest.raises(StoreError, match=pattern):
+            Store(bad)
+
+
+def test_verify_clean_file(good_file):
+    with Store(good_file) as store:
+        report = store.verify()
+        assert report.ok and report.has_checksums and report.checked_allocations == 60 * 3
+        assert verify(store) is not None
+        assert "OK" in str(report)
+
+
+def test_verify_names_the_sample_with_a_flipped_data_byte(good_file, tmp_path):
+    with Store(good_file) as store:
+        offsets, _ = store.field_ranges("feat")
+        target = int(offsets[41]) + 2
+        original = store.buffer[target]
+    bad = corrupted_copy(good_file, tmp_path / "flip.beton", target, bytes([original ^ 0x10]))
+    with Store(bad) as store:
+        report = store.verify()
+        assert not report.ok and report.bad_samples.tolist() == [41]
+        assert "samples 41" in str(report)
+        with pytest.raises(StoreError, match="samples 41"):
+            verify(store)
+    assert verify_file(bad).bad_samples.tolist() == [41]
+
+
+def test_verify_detects_a_changed_label(good_file, tmp_path):
+    with Store(good_file) as store:
+        offset = int(store.field_ranges("label")[0][5])
+        value = store.buffer[offset]
+    bad = corrupted_copy(good_file, tmp_path / "label.beton", offset, bytes([value ^ 1]))
+    report = verify_file(bad)
+    assert not report.ok and "metadata" in str(report)
+
+
+def test_verify_file_reports_unopenable_files(tmp_path):
+    (tmp_path / "junk").write_bytes(b"junk" * 100)
+    report = verify_file(tmp_path / "junk")
+    assert not report.ok and not report.structure_ok and "junk" in str(report)
+
+
+def test_describe_lists_fields_histogram_and_size(tmp_path):
+    rows = [(np.zeros((8, 9, 3), np.uint8), i % 3, 0.0) for i in range(30)]
+    path = write_dataset(tmp_path / "d.beton", ListSource(rows),
+                         {"image": RGBImageField(), "label": IntField(), "w": FloatField()},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        text = describe(store, verify=True)
+    assert "samples:     30" in text and "8x9 px" in text and "classes (label): 3" in text
+    for value in range(3):
+        assert f"     {value}        10" in text
+    assert str(os.path.getsize(path)) in text and "OK" in text
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=40), seed=st.integers(0, 2**16))
+def test_variable_bytes_round_trip_property(tmp_path, sizes, seed):
+    rng = np.random.default_rng(seed)
+    rows = [(rng.integers(0, 256, n, dtype=np.uint8).tobytes(), n) for n in sizes]
+    path = write_dataset(tmp_path / "p.beton", ListSource(rows), {"blob": BytesField(), "n": IntField()},
+                         workers=1, progress=False, page_size=SMALL_PAGE, chunk_size=7)
+    with Store(path) as store:
+        assert [store[i] for i in range(len(rows))] == rows
+        assert store.verify().ok
