@@ -234,11 +234,24 @@ class Store:
                        f"region [{self._metadata_end}, {self._alloc_table_ptr}) or to a sample "
                        f">= {self._num_samples}; {int(bad.sum())} bad entries in all")
         self._alloc_table = table
+        self._check_allocation_count()
         # Sorted by pointer for ffcv-style size look-ups; at equal pointers the largest first, so
         # an empty allocation never hides the real one.
         order = np.lexsort((-table["size"].astype(np.int64), table["ptr"]))
         self._sorted_ptrs = np.ascontiguousarray(table["ptr"][order])
         self._sorted_sizes = np.ascontiguousarray(table["size"][order])
+
+    def _check_allocation_count(self) -> None:
+        """Files with fastprune's checksum trailer record how many allocations they hold: a table
+        cut at an entry boundary is caught here, not only by verify()."""
+        from .verify import read_trailer
+        trailer = read_trailer(self._buffer, self._alloc_table_ptr, self._metadata_end)
+        if trailer is None or isinstance(trailer, str):
+            return  # ffcv's file, or a damaged trailer (verify() reports it)
+        expected = int(trailer["num_allocations"])
+        if expected != len(self._alloc_table):
+            self._fail(f"truncated or corrupted: the allocation table has {len(self._alloc_table)} "
+                       f"entries, the checksum trailer says {expected}")
 
     def _compute_ranges(self, k: int, name: str, field: Field) -> tuple[np.ndarray, np.ndarray]:
         column = self._metadata[f"f{k}"]
@@ -251,13 +264,14 @@ class Store:
             offsets, sizes = self._lookup_allocations(name, column["data_ptr"])
             self._check_images(name, column, sizes)
             return offsets, sizes
+        # ffcv's decoders find every payload through the allocation table, so it must be there.
         if isinstance(field, NDArrayField):
-            offsets = np.ascontiguousarray(column, dtype=np.uint64)
+            offsets, allocated = self._lookup_allocations(name, column)
             sizes = np.full(n, field.element_size, dtype=np.uint64)
         else:  # BytesField: pointer and size are both in the metadata
-            offsets = np.ascontiguousarray(column["ptr"], dtype=np.uint64)
+            offsets, allocated = self._lookup_allocations(name, column["ptr"])
             sizes = np.ascontiguousarray(column["size"], dtype=np.uint64)
-        self._check_ranges(name, offsets, sizes)
+        self._check_ranges(name, offsets, sizes, allocated)
         return offsets, sizes
 
     def _lookup_allocations(self, name: str, ptrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,13 +297,13 @@ class Store:
                        f"{int(mode[i])}, {int(width[i])}x{int(height[i])}, {int(sizes[i])} bytes "
                        f"allocated); {int(bad.sum())} samples affected")
 
-    def _check_ranges(self, name: str, offsets: np.ndarray, sizes: np.ndarray) -> None:
-        bad = ~_in_bounds(offsets, sizes, self._metadata_end, self._alloc_table_ptr)
+    def _check_ranges(self, name: str, offsets: np.ndarray, sizes: np.ndarray, allocated: np.ndarray) -> None:
+        bad = (sizes > allocated) | ~_in_bounds(offsets, sizes, self._metadata_end, self._alloc_table_ptr)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            self._fail(f"sample {i}, field {name!r}: data [{int(offsets[i])}, +{int(sizes[i])}) lies "
-                       f"outside the data region [{self._metadata_end}, {self._alloc_table_ptr}); "
-                       f"{int(bad.sum())} samples affected")
+            self._fail(f"sample {i}, field {name!r}: data [{int(offsets[i])}, +{int(sizes[i])}) does not "
+                       f"fit its allocation of {int(allocated[i])} bytes inside the data region "
+                       f"[{self._metadata_end}, {self._alloc_table_ptr}); {int(bad.sum())} samples affected")
 
 
 def _in_bounds(ptrs: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -20,6 +20,8 @@ import multiprocessing
 import os
 import tempfile
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -204,15 +206,27 @@ def _encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_si
             return
         global _WORKER_JOB
         _WORKER_JOB = (source, items)
-        pool = multiprocessing.get_context("fork").Pool(workers)
+        # An executor, not multiprocessing.Pool: it notices a worker that dies (os._exit, a crash
+        # in user code) and raises BrokenProcessPool instead of waiting for it forever.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         try:
-            for chunk in pool.imap(_encode_in_worker, bounds):
+            for chunk in pool.map(_encode_in_worker, bounds):
                 yield chunk
                 bar.update(chunk.stop - chunk.start)
+        except BrokenProcessPool as exc:
+            raise ConversionError(f"an encoding worker process died: {exc}") from exc
         finally:
             _WORKER_JOB = None
-            pool.terminate()
-            pool.join()
+            _stop_pool(pool)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now, even mid-task (after an error or KeyboardInterrupt)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+        process.join()
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -234,7 +248,9 @@ class _FileWriter:
         self.alloc_table = np.zeros(num_allocs, dtype=fmt.ALLOC_TABLE_TYPE)
         self.next_alloc = 0
         self.page_end = self.data_start  # end of the current page (none opened yet)
-        self.cursor = self.data_start  # next free byte in the current page
+        # next free byte in the current page; before the first page, empty allocations point at
+        # the end of the metadata (inside the file, like every pointer must be)
+        self.cursor = self.metadata_end
         self.any_data = False
         out.seek(self.data_start)
 
