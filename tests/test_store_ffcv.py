@@ -1,0 +1,161 @@
+"""Interchange with the real ffcv 1.0.2, both directions: fastprune files load in ffcv's own
+Loader, ffcv DatasetWriter files open in fastprune.Store with identical values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ffcv = pytest.importorskip("ffcv", reason="the ffcv extra is not installed")
+
+from ffcv.fields import BytesField as FfcvBytes  # noqa: E402
+from ffcv.fields import FloatField as FfcvFloat  # noqa: E402
+from ffcv.fields import IntField as FfcvInt  # noqa: E402
+from ffcv.fields import NDArrayField as FfcvNDArray  # noqa: E402
+from ffcv.fields import RGBImageField as FfcvRGB  # noqa: E402
+from ffcv.fields.bytes import BytesDecoder  # noqa: E402
+from ffcv.fields.decoders import (FloatDecoder, IntDecoder, NDArrayDecoder,  # noqa: E402
+                                  SimpleRGBImageDecoder)
+from ffcv.loader import Loader, OrderOption  # noqa: E402
+from ffcv.reader import Reader  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
+
+from fastprune.store import (BytesField, FloatField, IntField, NDArrayField, RGBImageField,  # noqa: E402
+                             Store, write_dataset)
+
+pytestmark = pytest.mark.ffcv
+
+N = 37  # not a multiple of the batch size: the last, partial batch is checked too
+BATCH = 8
+
+
+class Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def make_rows(n=N, jpeg_friendly=False, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:24, 0:20]
+    rows = []
+    for i in range(n):
+        if jpeg_friendly:  # smooth images, so JPEG error is small and comparable
+            image = np.stack([(x * 9 + i) % 256, (y * 5) % 256, ((x + y) * 4) % 256], -1).astype(np.uint8)
+        else:
+            image = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+        rows.append((image, int(rng.integers(0, 10)), float(rng.normal()),
+                     rng.normal(size=(3, 2)).astype(np.float32)))
+    return rows
+
+
+def load_with_ffcv(path, extra_pipelines=None):
+    pipelines = {"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()],
+                 "weight": [FloatDecoder()], "feat": [NDArrayDecoder()], **(extra_pipelines or {})}
+    loader = Loader(str(path), batch_size=BATCH, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines=pipelines)
+    batches = [[np.array(part) for part in batch] for batch in loader]
+    return [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
+
+
+FASTPRUNE_FIELDS = {"image": RGBImageField(), "label": IntField(), "weight": FloatField(),
+                    "feat": NDArrayField(np.float32, (3, 2))}
+
+
+def test_fastprune_raw_file_loads_in_ffcv_loader(tmp_path):
+    rows = make_rows()
+    path = write_dataset(tmp_path / "fp.beton", Rows(rows), FASTPRUNE_FIELDS, workers=2,
+                         page_size=1 << 13, progress=False, chunk_size=5)
+    images, labels, weights, feats = load_with_ffcv(path)
+    np.testing.assert_array_equal(images, np.stack([r[0] for r in rows]))
+    np.testing.assert_array_equal(labels.ravel(), [r[1] for r in rows])
+    np.testing.assert_array_equal(weights.ravel(), [r[2] for r in rows])
+    np.testing.assert_array_equal(feats, np.stack([r[3] for r in rows]))
+
+
+def test_fastprune_jpeg_file_loads_in_ffcv_loader(tmp_path):
+    rows = make_rows(jpeg_friendly=True)
+    fields = dict(FASTPRUNE_FIELDS, image=RGBImageField("jpg", jpeg_quality=90))
+    path = write_dataset(tmp_path / "fpj.beton", Rows(rows), fields, workers=1, progress=False,
+                         page_size=1 << 13)
+    images = load_with_ffcv(path)[0]
+    with Store(path) as store:
+        ours = np.stack([store[i][0] for i in range(N)])
+    original = np.stack([r[0] for r in rows])
+    assert np.abs(images.astype(int) - original).mean() < 4
+    # the same bytes through two JPEG decoders (ffcv's turbojpeg uses fast IDCT/upsampling):
+    # equal up to rounding
+    diff = np.abs(images.astype(int) - ours)
+    assert diff.mean() < 1.5 and diff.max() <= 6
+
+
+def test_fastprune_bytes_field_loads_in_ffcv_loader(tmp_path):
+    rng = np.random.default_rng(1)
+    blobs = [rng.integers(0, 256, int(rng.integers(1, 50)), dtype=np.uint8).tobytes() for _ in range(N)]
+    path = write_dataset(tmp_path / "b.beton", Rows([(b, i) for i, b in enumerate(blobs)]),
+                         {"blob": BytesField(), "label": IntField()}, workers=1, progress=False,
+                         page_size=1 << 12)
+    loader = Loader(str(path), batch_size=BATCH, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"blob": [BytesDecoder()], "label": [IntDecoder()]})
+    got = np.concatenate([np.array(b[0]) for b in loader])
+    for i, blob in enumerate(blobs):  # ffcv pads each row to the longest blob
+        assert got[i, :len(blob)].tobytes() == blob
+
+
+def test_ffcv_reader_sees_the_same_tables(tmp_path):
+    rows = make_rows()
+    path = write_dataset(tmp_path / "fp.beton", Rows(rows), FASTPRUNE_FIELDS, workers=1,
+                         progress=False, page_size=1 << 13)
+    reader = Reader(str(path))
+    with Store(path) as store:
+        assert int(reader.num_samples) == store.num_samples and int(reader.page_size) == store.page_size
+        assert reader.field_names == list(store.fields)
+        np.testing.assert_array_equal(reader.metadata, store.metadata)
+        np.testing.assert_array_equal(reader.alloc_table, store.alloc_table)
+
+
+def write_with_ffcv(path, rows, fields):
+    writer = DatasetWriter(str(path), fields, num_workers=1)
+    writer.from_indexed_dataset(Rows(rows), chunksize=10)
+    return path
+
+
+def test_ffcv_raw_file_opens_in_store(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [(*row, rng.integers(0, 256, int(rng.integers(1, 30)), dtype=np.uint8))
+            for row in make_rows(seed=2)]
+    fields = {"image": FfcvRGB(write_mode="raw"), "label": FfcvInt(), "weight": FfcvFloat(),
+              "feat": FfcvNDArray(np.dtype("float32"), (3, 2)), "blob": FfcvBytes()}
+    path = write_with_ffcv(tmp_path / "ffcv.beton", rows, fields)
+    with Store(path) as store:
+        assert list(store.fields) == list(fields)
+        assert store.fields["feat"] == NDArrayField(np.float32, (3, 2))
+        for i, row in enumerate(rows):
+            image, label, weight, feat, blob = store[i]
+            np.testing.assert_array_equal(image, row[0])
+            assert label == row[1] and weight == row[2]
+            np.testing.assert_array_equal(feat, row[3])
+            assert blob == row[4].tobytes()
+        report = store.verify()
+        assert report.ok and not report.has_checksums and "no checksums" in str(report)
+
+
+def test_ffcv_jpeg_file_opens_in_store(tmp_path):
+    rows = make_rows(jpeg_friendly=True, seed=3)
+    path = write_with_ffcv(tmp_path / "ffcvj.beton", [(r[0], r[1]) for r in rows],
+                           {"image": FfcvRGB(write_mode="jpg", jpeg_quality=90), "label": FfcvInt()})
+    loader = Loader(str(path), batch_size=BATCH, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    ffcv_images = np.concatenate([np.array(b[0]) for b in loader])
+    with Store(path) as store:
+        assert store.fields["image"].write_mode == "jpg"  # inferred from the samples
+        ours = np.stack([store[i][0] for i in range(N)])
+        assert [store[i][1] for i in range(N)] == [r[1] for r in rows]
+    assert np.abs(ours.astype(int) - np.stack([r[0] for r in rows])).mean() < 4
+    diff = np.abs(ours.astype(int) - ffcv_images)
+    assert diff.mean() < 1.5 and diff.max() <= 6
