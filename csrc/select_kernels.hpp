@@ -330,6 +330,76 @@ inline BracketCounts bracket_pass(const float *scores, size_t n, float lo, float
     return c;
 }
 
+// The common case, with fewer counters: how many scores are > hi and how many in [lo, hi]
+// (in `inside`; at_hi = at_lo = 0), copying the latter when `store`. Ties at the bracket's ends
+// are copied like any score inside it, so kth_largest uses bracket_pass when the sample shows
+// many of them.
+inline void bracket_fast_scalar(const float *x, size_t count, float lo, float hi, float *cand, size_t cap,
+                                bool store, BracketCounts &c) {
+    uint64_t above = 0, inside = 0;
+    bool nan = false;
+    size_t pos = c.stored;
+    store = store && !c.overflow && c.stored + count <= cap;
+    for (size_t i = 0; i < count; ++i) {
+        float v = x[i];
+        nan |= v != v;
+        above += v > hi;
+        bool in = (v >= lo) & (v <= hi);
+        inside += in;
+        if (store) {
+            cand[pos] = v;
+            pos += in;
+        }
+    }
+    c.above += above, c.inside += inside;
+    c.nan |= nan;
+    if (store) c.stored = pos;
+    else if (inside) c.overflow = true;
+}
+
+inline BracketCounts bracket_pass_fast(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap,
+                                       bool store) {
+    BracketCounts c;
+    constexpr size_t kBlock = 4096;
+    size_t b = 0;
+#if FASTPRUNE_SSE2
+    const __m128 lv = _mm_set1_ps(lo), hv = _mm_set1_ps(hi);
+    for (; b + kBlock <= n; b += kBlock) {
+        const float *x = scores + b;
+        __m128i above = _mm_setzero_si128(), at_least_lo = above;
+        __m128 nan = _mm_setzero_ps();
+        size_t pos = c.stored;
+        bool store_block = store && !c.overflow && c.stored + kBlock <= cap;
+        for (size_t j = 0; j < kBlock; j += 4) {
+            __m128 v = _mm_loadu_ps(x + j);
+            nan = _mm_or_ps(nan, _mm_cmpunord_ps(v, v));
+            __m128 gt = _mm_cmpgt_ps(v, hv), ge = _mm_cmpge_ps(v, lv);
+            above = _mm_sub_epi32(above, _mm_castps_si128(gt));
+            at_least_lo = _mm_sub_epi32(at_least_lo, _mm_castps_si128(ge));
+            int m = _mm_movemask_ps(_mm_andnot_ps(gt, ge));
+            if (m && store_block) {
+                for (int l = 0; l < 4; ++l) {
+                    cand[pos] = x[j + size_t(l)];
+                    pos += (m >> l) & 1;
+                }
+            }
+        }
+        alignas(16) int32_t lanes[2][4];
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[0]), above);
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[1]), at_least_lo);
+        uint64_t a = uint64_t(lanes[0][0]) + lanes[0][1] + lanes[0][2] + lanes[0][3];
+        uint64_t inside = uint64_t(lanes[1][0]) + lanes[1][1] + lanes[1][2] + lanes[1][3] - a;
+        c.above += a, c.inside += inside;
+        c.nan |= _mm_movemask_ps(nan) != 0;
+        if (store_block) c.stored = pos;
+        else if (inside) c.overflow = true;
+    }
+#endif
+    for (; b < n; b += kBlock)
+        bracket_fast_scalar(scores + b, std::min(kBlock, n - b), lo, hi, cand, cap, store, c);
+    return c;
+}
+
 // The k-th largest key (1 <= k <= n), or the first NaN. `sample_rng` only picks the sample that
 // brackets the threshold: it changes the speed, never the result.
 // (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
@@ -341,14 +411,14 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
         if (bad >= 0) return {{0, 0, 0}, bad, 0};
         return {kth_largest_copy(scores, n, k), -1, 0};
     }
-    // A sample of m scores (positions drawn with replacement); its elements at descending ranks
+    // A sample of m scores; its elements at descending ranks
     // centre -+ margin (~4.5 standard deviations of the sample rank of the k-th largest) bracket
     // the threshold.
     size_t m = sample_size ? sample_size : std::min<size_t>(65536, std::max<size_t>(4096, n / 64));
     std::vector<uint32_t> sample(m);
-    for (size_t j = 0; j < m; ++j) {
-        uint64_t pos = ((sample_rng.bits(j) >> 32) * uint64_t(n)) >> 32;  // n < 2^32
-        sample[j] = sortable_key(scores[pos]);
+    for (size_t j = 0; j < m; ++j) {  // stratified: one position in each m-th of the array, in order
+        uint64_t offset = ((sample_rng.bits(j) >> 32) * uint64_t(n)) >> 32;  // n < 2^32, m < 2^25
+        sample[j] = sortable_key(scores[(uint64_t(j) * n + offset) / m]);
     }
     double q = double(k) / double(n);
     double centre = q * double(m) - 0.5;
@@ -374,7 +444,16 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
     size_t expected = size_t(double(n) * (2.0 * margin + 2.0) / double(m)) + 1;
     size_t cap = std::min(n, 2 * expected + 8192);
     std::unique_ptr<float[]> cand(new float[cap]);
-    BracketCounts c = bracket_pass(scores, n, lo, hi, cand.get(), cap);
+    // Many sample elements equal to a bound mean many ties there: count them apart, not copy them.
+    size_t ends = 0;
+    for (size_t j = 0; j < m; ++j) ends += (sample[j] == hi_key) | (sample[j] == lo_key);
+    BracketCounts c;
+    if (lo_key == hi_key || ends <= std::max<size_t>(8, m / 256)) {
+        c = bracket_pass_fast(scores, n, lo, hi, cand.get(), cap, lo_key != hi_key);
+        if (lo_key == hi_key) std::swap(c.at_hi, c.inside);  // all of them equal hi
+    } else {
+        c = bracket_pass(scores, n, lo, hi, cand.get(), cap);
+    }
     if (c.nan) return {{0, 0, 0}, first_nan(scores, n), 1};
     if (lo_key == hi_key) c.at_lo = 0;  // the same scores as at_hi
     uint64_t a = c.above;
