@@ -40,7 +40,7 @@ from fastprune.train import (STRATEGIES, fit, make_loaders, make_optimizer,  # n
 # and the whole benchmark fits in 2 hours on a 2-core CPU (see the module docstring of models.py
 # and the report in benchmarks/results/end_to_end.md).
 RECIPE = {"epochs": 10, "batch_size": 256, "lr": 0.2, "weight_decay": 5e-4, "label_smoothing": 0.1,
-          "pad": 2}
+          "pad": 0}
 
 FULL_MODE = {"train_limit": None, "epochs": RECIPE["epochs"], "keeps": (0.3, 0.5, 0.7),
              "seeds": (0, 1, 2), "strategies": STRATEGIES[1:]}
@@ -48,6 +48,9 @@ QUICK_MODE = {"train_limit": 12000, "epochs": 4, "keeps": (0.5,), "seeds": (0,),
               "strategies": STRATEGIES[1:]}
 
 TARGET_MARGIN_PT = 0.5  # "time to reach full-data accuracy minus 0.5 pt"
+
+# One colour per strategy in every plot (tab10), full data in black.
+COLORS = {name: ("black" if name == "full" else f"C{i}") for i, name in enumerate(STRATEGIES)}
 
 
 # ----------------------------------------------------------------------------------- data
@@ -195,8 +198,9 @@ def plot_curves(runs: list[dict], path: Path) -> None:
                         and r["strategy"] != "full"]
         for run in shown:
             seconds, accs = zip(*run["curve"])
-            style = {"color": "black", "linewidth": 2} if run["strategy"] == "full" else {}
-            axis.plot(seconds, accs, marker=".", label=run["strategy"], **style)
+            width = 2 if run["strategy"] == "full" else 1.2
+            axis.plot(seconds, accs, marker=".", label=run["strategy"], linewidth=width,
+                      color=COLORS.get(run["strategy"]))
         axis.set_title(f"keep {keep}")
         axis.set_xlabel("training wall-clock (s)")
         axis.grid(alpha=0.3)
@@ -227,7 +231,8 @@ def plot_frontier(summary: list[dict], path: Path) -> None:
                       key=lambda r: r["speedup"])
         if not rows:
             continue
-        style = {"color": "black", "marker": "*", "markersize": 12} if strategy == "full" else {"marker": "o"}
+        style = {"marker": "*", "markersize": 12} if strategy == "full" else {"marker": "o"}
+        style["color"] = COLORS.get(strategy)
         axis.errorbar([r["speedup"] for r in rows], [r["acc_mean"] for r in rows],
                       yerr=[r["acc_std"] for r in rows], label=strategy, capsize=3, **style)
         for row in rows:

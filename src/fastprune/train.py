@@ -516,9 +516,13 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
 
 
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
-                 pad: int = 2, threads: int | None = None, channels_last: bool = False,
+                 pad: int = 0, threads: int | None = None, channels_last: bool = False,
                  mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, device="cpu"):
-    """(train loader, val loader) over two stores: random crop + flip for training, none for val.
+    """(train loader, val loader) over two stores: horizontal flip (and, with ``pad`` > 0, a random
+    crop of the padded image) for training, no augmentation for validation.
+
+    ``pad=0`` by default: in a 10-epoch Fashion-MNIST run, flip alone reached 92.6% where adding a
+    pad-2 random crop reached 92.0% (seed 0): short schedules underfit, so less augmentation wins.
 
     ``channels_last`` makes the loader's Normalize write NHWC-strided tensors directly, so the
     model's channels_last layout needs no conversion per batch.
@@ -526,7 +530,10 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     from .loader import Loader, Normalize, RandomCrop, RandomHorizontalFlip
 
     normalize = Normalize(mean, std, channels_last=channels_last)
-    augmentations = [RandomCrop(padding=pad), RandomHorizontalFlip()] if augment else []
+    augmentations = []
+    if augment:
+        augmentations = [RandomCrop(padding=pad)] if pad else []
+        augmentations.append(RandomHorizontalFlip())
     train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
                           seed=seed, threads=threads, device=device)
     val_loader = Loader(val, 1000, transforms=[normalize], shuffle=False, threads=threads,
@@ -556,6 +563,7 @@ def add_train_command(subparsers):
     parser.add_argument("--lr", type=float, default=0.2, help="peak LR of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--pad", type=int, default=0, help="random-crop padding (0: flip only)")
     parser.add_argument("--model", default=BENCHMARK_MODEL["name"], choices=("small_resnet", "resnet18"))
     parser.add_argument("--width", type=int, default=BENCHMARK_MODEL["widths"][0],
                         help="small_resnet: channels of the first stage (doubled per stage)")
@@ -593,7 +601,7 @@ def train_main(args) -> int:
     strategy = make_strategy(args.strategy, len(train_store), args.keep, epochs=args.epochs,
                              seed=args.seed)
     train_loader, val_loader = make_loaders(train_store, val_store, args.batch_size, sampler=strategy,
-                                            seed=args.seed, threads=args.threads,
+                                            seed=args.seed, pad=args.pad, threads=args.threads,
                                             channels_last=channels_last, device=device)
     options = {}
     if args.model == "small_resnet":
