@@ -73,6 +73,13 @@ def test_round_trip_all_field_types(tmp_path, workers):
         assert store[-1][1] == rows[-1][1]
 
 
+def test_written_file_gets_normal_permissions(tmp_path):
+    path = write_dataset(tmp_path / "p.beton", ListSource([(1,)]), {"label": IntField()}, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_parallel_and_serial_files_are_identical(tmp_path):
     rows = mixed_rows(500, seed=3)
     a = write_dataset(tmp_path / "a.beton", ListSource(rows), MIXED_FIELDS, workers=1,

@@ -73,6 +73,7 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
             for chunk in _encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
                 writer.add_chunk(chunk)
             writer.finish()
+            os.fchmod(out.fileno(), _default_file_mode())  # mkstemp's 0600 is for the temp only
         os.replace(tmp_name, path)
     except BaseException:
         _remove_quietly(tmp_name)
@@ -128,6 +129,13 @@ def _resolve_workers(workers: int | None, num_samples: int) -> int:
     if "fork" not in multiprocessing.get_all_start_methods():
         workers = 1  # workers inherit the source by forking; elsewhere encode in this process
     return max(1, min(workers, num_samples // 256 or 1))
+
+
+def _default_file_mode() -> int:
+    """0666 minus the process umask: the mode open() would have given a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove_quietly(name: str) -> None:
