@@ -110,7 +110,7 @@ def bench_size(n: int, repeats: int) -> dict:
     k_rand = int(round(EPS * k))
     k_top = k - k_rand
     reps = repeats if n < 10**8 else max(1, repeats // 3)
-    row = {"n": n, "k_top": k_top, "k_rand": k_rand, "repeats": reps}
+    row = {"n": n, "k_top": k_top, "k_rand": k_rand, "repeats": reps, "load_avg_1m_before": os.getloadavg()[0]}
     impls = {"fastprune": lambda: fastprune_select(scores, k_top, k_rand, 1),
              "fastprune_ucb_scores_plus_select": lambda: fastprune_ucb(scores, k_top, k_rand, 1, table),
              "numpy": lambda: numpy_select(scores, k_top, k_rand, 1),
@@ -123,6 +123,7 @@ def bench_size(n: int, repeats: int) -> dict:
     row["numpy_extra_peak_bytes"] = extra_peak_memory(impls["numpy"])
     row["speedup_vs_numpy"] = row["numpy_s"] / row["fastprune_s"]
     row["speedup_vs_torch"] = row["torch_s"] / row["fastprune_s"]
+    row["load_avg_1m_after"] = os.getloadavg()[0]
     return row
 
 
@@ -136,14 +137,14 @@ def main(argv=None):
 
     rows = []
     print(f"{'N':>11} {'fastprune s':>12} {'ucb s':>9} {'numpy s':>9} {'torch s':>9} {'x numpy':>8} "
-          f"{'x torch':>8} {'ns/sample':>10} {'extra MB':>9}")
+          f"{'x torch':>8} {'ns/sample':>10} {'extra MB':>9} {'load':>5}")
     for size in args.sizes:
         row = bench_size(int(size), args.repeats)
         rows.append(row)
         print(f"{row['n']:>11,} {row['fastprune_s']:>12.4f} {row['fastprune_ucb_scores_plus_select_s']:>9.4f} "
               f"{row['numpy_s']:>9.4f} {row['torch_s']:>9.4f} {row['speedup_vs_numpy']:>8.1f} "
               f"{row['speedup_vs_torch']:>8.1f} {row['fastprune_s'] / row['n'] * 1e9:>10.2f} "
-              f"{row['fastprune_extra_peak_bytes'] / 2**20:>9.1f}", flush=True)
+              f"{row['fastprune_extra_peak_bytes'] / 2**20:>9.1f} {row['load_avg_1m_after']:>5.1f}", flush=True)
 
     result = {"benchmark": "selection", "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
               "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
