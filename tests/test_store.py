@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from fastprune import ConversionError, StoreError
-from fastprune.store import (BytesField, FloatField, IntField, NDArrayField, RGBImageField, Store,
-                             write_dataset)
+from fastprune.store import (BytesField, FloatField, IntField, JSONField, NDArrayField, RGBImageField,
+                             Store, TorchTensorField, write_dataset)
 from fastprune.store import format as fmt
 from fastprune.store.info import describe, verify
 from fastprune.store.verify import verify_file
@@ -430,3 +430,18 @@ def test_a_worker_that_dies_fails_the_write_instead_of_hanging(tmp_path):
         write_dataset(tmp_path / "d.beton", DyingSource(rows, fail_at=1500), {"label": IntField()},
                       workers=2, progress=False, chunk_size=100)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_and_torch_tensor_fields_round_trip(tmp_path):
+    import torch
+    rows = [({"box": [i, i + 1], "name": f"n{i}"}, torch.arange(4, dtype=torch.int32) * i) for i in range(5)]
+    path = write_dataset(tmp_path / "j.beton", ListSource(rows),
+                         {"meta": JSONField(), "t": TorchTensorField(np.int32, (4,))},
+                         workers=1, progress=False, page_size=SMALL_PAGE)
+    with Store(path) as store:
+        for i, (meta, tensor) in enumerate(rows):
+            got_meta, got_tensor = store[i]
+            assert got_meta == meta and torch.equal(got_tensor, tensor)
+    with pytest.raises(ConversionError, match="sample 0, field 'meta'.*JSON"):
+        write_dataset(tmp_path / "bad.beton", ListSource([(object(),)]), {"meta": JSONField()},
+                      workers=1, progress=False)

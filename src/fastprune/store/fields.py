@@ -19,6 +19,8 @@ Accepted values (anything else raises ``ValueError``/``TypeError``, which the wr
 * ``NDArrayField(dtype, shape)``: arrays of exactly ``shape`` whose dtype equals ``dtype`` or
   casts to it safely (``np.can_cast(..., "safe")``).
 * ``BytesField``: ``bytes``, ``bytearray``, ``memoryview`` or 1-D ``uint8`` arrays.
+* ``JSONField`` / ``TorchTensorField``: ffcv's, for reading its files (and writing them back):
+  JSON-serialisable values / tensors or arrays of the given dtype and shape.
 """
 
 from __future__ import annotations
@@ -355,9 +357,43 @@ class NDArrayField(Field):
         return np.array(data).view(self.dtype).reshape(self.shape)
 
 
+class JSONField(BytesField):
+    """A JSON-serialisable value per sample, stored as ffcv's JSONField does (UTF-8 JSON text
+    followed by one NUL byte); read back as the Python value."""
+
+    type_id = 5
+
+    def encode(self, value):
+        try:
+            text = json.dumps(value) + "\0"
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"value is not JSON-serialisable: {exc}") from None
+        return None, np.frombuffer(text.encode("utf8"), dtype=np.uint8)
+
+    def decode(self, record, data):
+        return json.loads(data.tobytes().split(b"\0", 1)[0].decode("utf8"))
+
+
+class TorchTensorField(NDArrayField):
+    """ffcv's TorchTensorField: an NDArrayField read back as a torch tensor (the file stores the
+    numpy dtype, as ffcv does)."""
+
+    type_id = 6
+
+    def encode(self, value):
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        return super().encode(value)
+
+    def decode(self, record, data):
+        import torch
+        return torch.from_numpy(super().decode(record, data))
+
+
 TYPE_ID_TO_FIELD: dict[int, type[Field]] = {
-    cls.type_id: cls for cls in (FloatField, IntField, RGBImageField, BytesField, NDArrayField)
+    cls.type_id: cls for cls in (FloatField, IntField, RGBImageField, BytesField, NDArrayField,
+                                 JSONField, TorchTensorField)
 }
 
 __all__ = ["Field", "FloatField", "IntField", "RGBImageField", "BytesField", "NDArrayField",
-           "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]
+           "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]
