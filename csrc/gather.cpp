@@ -188,7 +188,18 @@ private:
 
     void decode(int64_t s, Pixels &px) const {
         std::string error;
-        px.owned = decode_jpeg_rgb(buffer_.data() + offsets_.data()[s], sizes_.data()[s], px.width, px.height, error);
+        const uint8_t *data = buffer_.data() + offsets_.data()[s];
+        // Check the header's size first: a corrupted header must not make the decoder allocate
+        // (and fill) an image far larger than the one the metadata describes.
+        int header_w = 0, header_h = 0;
+        if (!jpeg_dimensions(data, sizes_.data()[s], header_w, header_h))
+            fail_value("JPEG decode of " + sample_name(s) + " failed: unreadable JPEG header");
+        if (uint32_t(header_h) != heights_.data()[s] || uint32_t(header_w) != widths_.data()[s])
+            fail_value("JPEG " + sample_name(s) + " decodes to " + std::to_string(header_h) + "x" +
+                       std::to_string(header_w) + " but the store's metadata says " +
+                       std::to_string(heights_.data()[s]) + "x" + std::to_string(widths_.data()[s]) +
+                       " (read from its header, before decoding)");
+        px.owned = decode_jpeg_rgb(data, sizes_.data()[s], px.width, px.height, error);
         if (!px.owned) fail_value("JPEG decode of " + sample_name(s) + " failed: " + error);
         px.data = px.owned;
         if (uint32_t(px.height) != heights_.data()[s] || uint32_t(px.width) != widths_.data()[s])

@@ -48,4 +48,10 @@ uint8_t *decode_jpeg_rgb(const uint8_t *data, size_t size, int &width, int &heig
 
 void free_decoded(uint8_t *pixels) { stbi_image_free(pixels); }
 
+bool jpeg_dimensions(const uint8_t *data, size_t size, int &width, int &height) {
+    if (size > static_cast<size_t>(std::numeric_limits<int>::max())) return false;
+    int channels = 0;
+    return stbi_info_from_memory(data, static_cast<int>(size), &width, &height, &channels) == 1;
+}
+
 }  // namespace fastprune

@@ -243,10 +243,7 @@ class RGBImageField(Field):
         height, width = int(record["height"]), int(record["width"])
         if int(record["mode"]) == fmt.IMAGE_MODE_RAW:
             return np.array(data).reshape(height, width, 3)
-        image = decode_jpeg(data)
-        if image.shape != (height, width, 3):
-            raise ValueError(f"JPEG decodes to shape {image.shape}, metadata says {(height, width, 3)}")
-        return image
+        return decode_jpeg(data, expected_shape=(height, width))
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -262,9 +259,23 @@ def encode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.frombuffer(out.getbuffer(), dtype=np.uint8).copy()
 
 
-def decode_jpeg(data: np.ndarray) -> np.ndarray:
+def decode_jpeg(data: np.ndarray, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """JPEG bytes -> H x W x 3 uint8. With ``expected_shape`` (height, width), a header that
+    disagrees is rejected before any pixel is decoded, so a corrupted header cannot make PIL
+    allocate a huge image (or raise its DecompressionBombError, which is not a ValueError)."""
+    import warnings
+
     from PIL import Image
-    with Image.open(io.BytesIO(data.tobytes())) as img:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
+            img = Image.open(io.BytesIO(data.tobytes()))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"JPEG header claims an implausibly large image: {exc}") from None
+    with img:
+        if expected_shape is not None and (img.height, img.width) != tuple(expected_shape):
+            raise ValueError(f"JPEG header says {img.height}x{img.width}, metadata says "
+                             f"{expected_shape[0]}x{expected_shape[1]}")
         return np.asarray(img.convert("RGB")).copy()
 
 
