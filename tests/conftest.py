@@ -14,3 +14,18 @@ def fashion_mnist_dir() -> Path:
         pytest.fail(f"Fashion-MNIST not found under {FASHION_MNIST_DIR}: run `bash scripts/run test`, "
                     "which installs Debian's dataset-fashion-mnist")
     return FASHION_MNIST_DIR
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print how many cases the fuzz tests ran (tests/test_fuzz_*.py record them on the config)."""
+    counts = getattr(config, "fastprune_fuzz_counts", None)
+    if not counts:
+        return
+    terminalreporter.section("fastprune fuzz cases")
+    total = 0
+    for name, outcome in counts.items():
+        cases = outcome.get("ok", 0) + outcome.get("error", 0)
+        total += cases
+        extra = ", ".join(f"{k}={v}" for k, v in outcome.items())
+        terminalreporter.write_line(f"{name}: {cases} cases ({extra})")
+    terminalreporter.write_line(f"total: {total} fuzz cases")
