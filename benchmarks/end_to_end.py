@@ -39,7 +39,7 @@ from fastprune.train import (STRATEGIES, fit, make_loaders, make_optimizer,  # n
 # The training recipe: chosen so that a full-data run reaches >= 92% Fashion-MNIST test accuracy
 # and the whole benchmark fits in 2 hours on a 2-core CPU (see the module docstring of models.py
 # and the report in benchmarks/results/end_to_end.md).
-RECIPE = {"epochs": 10, "batch_size": 256, "lr": 0.2, "weight_decay": 5e-4, "label_smoothing": 0.1,
+RECIPE = {"epochs": 10, "batch_size": 512, "lr": 0.4, "weight_decay": 5e-4, "label_smoothing": 0.1,
           "pad": 0}
 
 FULL_MODE = {"train_limit": None, "epochs": RECIPE["epochs"], "keeps": (0.3, 0.5, 0.7),
