@@ -24,6 +24,7 @@ Contracts this module relies on (duck-typed, so stand-ins work in tests):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -315,7 +316,7 @@ def fit(
     resume: bool = False,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = "stdout",
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs on the samples ``strategy`` selects; return the history.
 
@@ -343,6 +344,8 @@ def fit(
         inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
         and ``cumulative_train_s``.
     """
+    if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
+        log = functools.partial(print, flush=True)
     device = _model_device(model)
     dtype = _autocast_dtype(device, amp)
     memory_format = _memory_format(device, channels_last)
