@@ -1,5 +1,6 @@
 // JPEG decoder: stb_image (v2.27, public domain / MIT, vendored in third_party/ from Debian's
-// libstb-dev; its licence is at the end of that file), compiled with only the JPEG decoder.
+// libstb-dev; its licence is at the end of that file), compiled with only the JPEG decoder; patched
+// for malformed input (search "fastprune patch"), found by the sanitized fuzz run (scripts/sanitize).
 //
 // Why this route: the install must need no system library. We looked for a PyPI wheel that
 // ships libturbojpeg.so with the TurboJPEG API exported, to dlopen it: simplejpeg links

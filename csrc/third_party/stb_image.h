@@ -3102,6 +3102,9 @@ static int stbi__process_marker(stbi__jpeg *z, int m)
                sizes[i] = stbi__get8(z->s);
                n += sizes[i];
             }
+            // fastprune patch (as upstream v2.28): more than 256 codes overflow size[257] and
+            // values[256] below (found by UBSan on fuzzed JPEGs, tests/test_fuzz_store.py)
+            if (n > 256) return stbi__err("bad DHT header","Corrupt JPEG");
             L -= 17;
             if (tc == 0) {
                if (!stbi__build_huffman(z->huff_dc+th, sizes)) return 0;
