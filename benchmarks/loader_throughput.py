@@ -19,26 +19,21 @@ Modes:
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
-import json
 import os
-import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import fastprune
+from fastprune.bench.machine import RESULTS, command_line, machine, now, write_json
 from fastprune.loader import Loader, Normalize, RandomCrop, RandomHorizontalFlip
 
 MEAN, STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-RESULTS = Path(__file__).parent / "results"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -229,25 +224,6 @@ def run_rss(args, data) -> dict:
     return {"store_mib": round(os.path.getsize(path) / 2**20, 1), "epochs": per_epoch}
 
 
-def machine() -> dict:
-    import numba
-
-    try:
-        import ffcv
-        ffcv_version = getattr(ffcv, "__version__", "1.0.2")
-    except ImportError:
-        ffcv_version = None
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "numba": numba.__version__, "ffcv": ffcv_version, "fastprune": fastprune.__version__}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration (after 1 warm-up)")
@@ -262,8 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = datasets(args.workdir, args.limit)
-    result = {"benchmark": "loader_throughput", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    result = {"benchmark": "loader_throughput", "command": command_line(),
+              "machine": machine(), "date": now(),
               "note": "measured while other processes may share the 2 cores; batch 256; pipeline = decode + "
                       "random crop (pad 4) + flip + normalize to float32 NCHW; raw32 = Fashion-MNIST padded"}
     if args.rss:
@@ -276,9 +252,7 @@ def main() -> None:
         for key, value in result["ratios"].items():
             print(f"  {key:>32}: {value:.2f}x")
         name = "loader_throughput"
-    out = args.out or RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.out or RESULTS / f"{name}.json", result)
     print(f"wrote {out}")
 
 

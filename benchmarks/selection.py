@@ -10,13 +10,8 @@ Prints a table and writes benchmarks/results/selection.json (see shared BENCHMAR
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +19,7 @@ import numpy as np
 import torch
 
 from fastprune._native import core
+from fastprune.bench.machine import command_line, machine, now, write_json
 
 KEEP, EPS = 0.5, 0.2
 
@@ -83,24 +79,6 @@ def timed(fn, repeats):
     return statistics.median(times), times
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        import numba
-        numba_version = numba.__version__
-    except ImportError:
-        numba_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") *
-            os.sysconf("SC_PHYS_PAGES") / 2**30), "gpu": None, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "numba": numba_version, "ffcv": None,
-            "threads": 1, "load_avg_1m": os.getloadavg()[0]}
-
-
 def bench_size(n: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     scores = rng.random(n, dtype=np.float32)
@@ -146,15 +124,14 @@ def main(argv=None):
               f"{row['speedup_vs_torch']:>8.1f} {row['fastprune_s'] / row['n'] * 1e9:>10.2f} "
               f"{row['fastprune_extra_peak_bytes'] / 2**20:>9.1f} {row['load_avg_1m_after']:>5.1f}", flush=True)
 
-    result = {"benchmark": "selection", "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-              "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    result = {"benchmark": "selection", "command": command_line(),
+              "machine": machine(), "date": now(),
               "settings": {"keep": KEEP, "eps": EPS, "dtype": "float32", "threads": 1,
                            "what": "epsilon-greedy selection of keep*N from N uniform scores"},
               "runs": rows,
               "ratios": {str(r["n"]): {"vs_numpy": r["speedup_vs_numpy"], "vs_torch": r["speedup_vs_torch"]}
                          for r in rows}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(args.out), result)
     print(f"wrote {args.out}")
 
 

@@ -10,29 +10,16 @@ median of --reps repetitions is reported, after one untimed warm-up of each. Raw
 from __future__ import annotations
 
 import argparse
-import gzip
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, command_line, machine, now, write_json  # noqa: E402
-
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a numpy array: magic 0x0000 08 NDIM, then big-endian sizes."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+from fastprune.bench.machine import RESULTS, command_line, machine, now, write_json
+from fastprune.convert.idx import FASHION_MNIST_DIR, find_idx_files, load_idx
 
 
 class FashionMnistRGB:
@@ -77,8 +64,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "write_throughput.json")
     args = parser.parse_args()
 
-    images = read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[: args.samples]
-    labels = read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")[: args.samples]
+    images, labels = load_idx(*find_idx_files(FASHION_MNIST_DIR, "train"))
+    images, labels = images[: args.samples], labels[: args.samples]
     source = FashionMnistRGB(images, labels)
     n = len(source)
     systems = {"fastprune": write_fastprune, "ffcv": write_ffcv}

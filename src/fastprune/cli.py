@@ -1,4 +1,4 @@
-"""The ``fastprune`` command line: ``fastprune convert | info`` (``python -m fastprune`` too).
+"""The ``fastprune`` command line: ``fastprune convert | info | train | bench`` (``python -m fastprune`` too).
 
 Each subcommand is one ``add_<name>_command(subparsers)`` function that registers its parser and
 sets ``run`` to the function doing the work; :data:`COMMANDS` lists them in help order, so a new
@@ -124,8 +124,18 @@ def run_info(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- main
 
-# Subcommands in help order; later issues append add_train_command, add_bench_command here.
-COMMANDS: list[Callable] = [add_convert_command, add_info_command]
+def add_train_command(subparsers) -> None:
+    from .train import add_train_command as add  # torch is imported only when the CLI is built
+    add(subparsers)
+
+
+def add_bench_command(subparsers) -> None:
+    from .bench.end_to_end import add_bench_command as add
+    add(subparsers)
+
+
+# Subcommands in help order.
+COMMANDS: list[Callable] = [add_convert_command, add_info_command, add_train_command, add_bench_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

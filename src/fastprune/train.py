@@ -53,7 +53,6 @@ __all__ = [
     "make_loaders",
     "STRATEGIES",
     "add_train_command",
-    "build_parser",
     "train_main",
 ]
 
@@ -581,9 +580,6 @@ def add_train_command(subparsers):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=train_main)
     return parser
-
-
-build_parser = add_train_command  # the name the first brief used
 
 
 def train_main(args) -> int:

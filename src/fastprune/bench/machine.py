@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -10,7 +11,9 @@ import shlex
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Relative to the working directory: run from the repository root, results land next to the
+# benchmark scripts (benchmarks/results/), as BENCHMARKS.md asks.
+RESULTS = Path("benchmarks") / "results"
 
 
 def machine() -> dict:
@@ -21,10 +24,9 @@ def machine() -> dict:
 
     import fastprune
 
-    try:
-        import ffcv
-        ffcv_version = getattr(ffcv, "__version__", "1.0.2")
-    except ImportError:
+    try:  # ffcv.__version__ says 0.0.3rc1 in its 1.0.2 release: ask the installed distribution
+        ffcv_version = importlib.metadata.version("ffcv")
+    except importlib.metadata.PackageNotFoundError:
         ffcv_version = None
     cpu = platform.processor()
     try:
@@ -37,7 +39,9 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "numba": numba.__version__, "ffcv": ffcv_version,
-            "fastprune": fastprune.__version__}
+            "fastprune": fastprune.__version__,
+            # the machine is shared: the load when the run started says how much to trust timings
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def command_line() -> str:
@@ -50,6 +54,10 @@ def now() -> str:
 
 
 def write_json(path: Path, result: dict) -> Path:
+    """Write ``result`` to ``path`` atomically (a reader never sees half a file)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
