@@ -12,12 +12,19 @@ How a file is written:
 
 Any exception (including KeyboardInterrupt) removes the temporary file: a failed conversion leaves
 no file at ``path`` (an existing file there is left untouched) and nothing else behind.
+
+A process killed outright (SIGKILL, power loss) cannot clean up: it leaves no file at ``path``, but
+its temporary file ``.NAME.HOST.PID.XXXXXXXX.tmp`` stays in the folder. The next write to the same
+``path`` from the same host removes such leftovers whose process no longer runs; temporary files of
+live processes, or of other hosts sharing the folder, are never touched.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
+import socket
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -66,7 +73,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     workers = _resolve_workers(workers, num_samples)
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temp_files(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, os.getpid()), suffix=".tmp")
     try:
         with os.fdopen(fd, "w+b") as out:
             writer = _FileWriter(out, fields, num_samples, page_size)
@@ -136,6 +144,40 @@ def _default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def _temp_prefix(path: Path, pid: int) -> str:
+    return f".{path.name}.{_host()}.{pid}."
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Remove temporary files of earlier writes to ``path`` by processes of this host that are
+    gone (killed before they could clean up)."""
+    pattern = re.compile(re.escape(f".{path.name}.{_host()}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    try:
+        entries = os.listdir(path.parent)
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match and not _process_alive(int(match.group(1))):
+            _remove_quietly(str(path.parent / entry))
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or an impossible pid): leave its file alone
+    return True
 
 
 def _remove_quietly(name: str) -> None:
