@@ -23,6 +23,7 @@ Common options (defaults and why):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,15 @@ class Selection:
         return cls(np.asarray(indices, dtype=np.int64), np.ones(len(indices), dtype=np.float32))
 
 
+def _real(value, name: str) -> float:
+    """``value`` as a float; a TypeError naming ``name`` for strings, None, bools, arrays..."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
 def _fraction(value: float, name: str) -> float:
+    value = _real(value, name)
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._native import core
-from .base import Selection, Strategy, _fraction
+from .base import Selection, Strategy, _fraction, _real
 
 
 def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -76,6 +76,7 @@ class EpsilonGreedy(_TopScores):
 
     def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options):
         super().__init__(num_samples, keep, **options)
+        eps = _real(eps, "eps")
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps!r}")
         self.eps = float(eps)
@@ -104,6 +105,7 @@ class UCB(_TopScores):
         super().__init__(num_samples, keep, **options)
         if bonus not in ("std", "var"):
             raise ValueError(f"bonus must be 'std' or 'var', got {bonus!r}")
+        c = _real(c, "c")
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"c must be a finite number >= 0, got {c!r}")
         self.c, self.bonus = float(c), bonus
@@ -143,6 +145,7 @@ class InfoBatch(Strategy):
                  prune: float = 0.5, min_below_keep: float = 0.1, **options):
         if "final_full_epochs" in options:
             raise ValueError("InfoBatch sets its final full-data epochs from delta; do not pass final_full_epochs")
+        delta, prune = _real(delta, "delta"), _real(prune, "prune")
         if not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
         if not 0.0 <= prune < 1.0:
