@@ -79,12 +79,10 @@ class Loader:
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
                  distributed=None, image_field: str | None = None, label_field: str | None = None):
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if threads is not None and int(threads) <= 0:
-            raise ValueError(f"threads must be > 0 or None, got {threads}")
-        if int(prefetch) <= 0:
-            raise ValueError(f"prefetch must be > 0, got {prefetch}")
+        batch_size = _positive_int(batch_size, "batch_size")
+        if threads is not None:
+            threads = _positive_int(threads, "threads")
+        prefetch = _positive_int(prefetch, "prefetch")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -95,6 +93,8 @@ class Loader:
         self.rank, self.world_size = _resolve_distributed(distributed)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda")
         self._source = open_source(store_or_path, image_field, label_field, threads=1)
+        if self._source.num_samples == 0:
+            raise ValueError(f"store_or_path: the store {_store_name(store_or_path)} holds no samples")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
         _check_sampler(self.sampler, self._source.num_samples)
         _check_batchable(self._source, self.transforms)
@@ -283,6 +283,23 @@ def _add_note(exc: BaseException, note: str) -> None:
 
 
 # -- argument checks ----------------------------------------------------------------------------
+
+def _positive_int(value, name: str) -> int:
+    """An int >= 1; a TypeError/ValueError naming ``name`` for 0, negatives, 1.5, "8", True, None."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer >= 1, got the bool {value!r}")
+    try:
+        as_int = value.__index__()  # ints, numpy integers; not floats or strings
+    except (AttributeError, TypeError):
+        raise TypeError(f"{name} must be an integer >= 1, got {type(value).__name__} {value!r:.40}") from None
+    if as_int < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return as_int
+
+
+def _store_name(store_or_path) -> str:
+    return repr(str(getattr(store_or_path, "path", store_or_path)))
+
 
 def _default_threads() -> int:
     try:
