@@ -115,3 +115,121 @@ def test_stale_temp_files_of_live_processes_and_other_hosts_are_kept(tmp_path):
     write_dataset(path, [(1,), (2,)], {"label": IntField()}, progress=False)
     assert not stale.exists()
     assert live.exists() and other_host.exists() and other_file.exists()
+
+
+# --- 4. bad API input: clear errors that name the argument ---------------------------------------
+
+def _tiny_store(path: Path, n: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), i % 3) for i in range(n)]
+    return write_dataset(path, rows, {"image": RGBImageField(), "label": IntField()}, progress=False,
+                         page_size=1 << 12)
+
+
+@pytest.mark.parametrize("cls", ["UniformRandom", "EpsilonGreedy", "UCB"])
+@pytest.mark.parametrize("keep, exc", [(0, ValueError), (0.0, ValueError), (-0.5, ValueError), (1.0001, ValueError),
+                                       (2, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                       ("0.5", TypeError), (None, TypeError), (True, TypeError)])
+def test_keep_outside_unit_interval(cls, keep, exc):
+    with pytest.raises(exc, match="keep"):
+        getattr(fastprune, cls)(100, keep=keep)
+
+
+def test_keep_so_small_that_nothing_is_kept():
+    with pytest.raises(ValueError, match="keep"):
+        fastprune.UniformRandom(10, keep=0.01)
+
+
+@pytest.mark.parametrize("eps, exc", [(-0.01, ValueError), (1.01, ValueError), (float("nan"), ValueError),
+                                      ("0.1", TypeError), (None, TypeError)])
+def test_eps_outside_closed_unit_interval(eps, exc):
+    with pytest.raises(exc, match="eps"):
+        fastprune.EpsilonGreedy(100, keep=0.5, eps=eps)
+
+
+@pytest.mark.parametrize("eps", [0, 0.0, 1, 1.0, np.float32(0.5)])
+def test_eps_bounds_are_accepted(eps):
+    assert fastprune.EpsilonGreedy(100, keep=0.5, eps=eps).eps == float(eps)
+
+
+@pytest.mark.parametrize("name, value, exc", [
+    ("batch_size", 0, ValueError), ("batch_size", -3, ValueError), ("batch_size", 1.5, TypeError),
+    ("batch_size", "8", TypeError), ("batch_size", None, TypeError), ("batch_size", True, TypeError),
+    ("threads", 0, ValueError), ("threads", 2.0, TypeError), ("prefetch", 0, ValueError),
+    ("prefetch", "2", TypeError)])
+def test_loader_integer_arguments(tmp_path, name, value, exc):
+    path = _tiny_store(tmp_path / "t.beton")
+    kwargs = {"batch_size": 2, name: value}
+    with pytest.raises(exc, match=name):
+        fastprune.Loader(path, **kwargs)
+
+
+def test_loader_accepts_numpy_integers(tmp_path):
+    loader = fastprune.Loader(_tiny_store(tmp_path / "t.beton"), np.int64(3), threads=np.int32(1))
+    assert [len(b.indices) for b in loader] == [3, 3, 2]
+
+
+def _empty_store(tmp_path: Path) -> Path:
+    """A structurally valid store with 0 samples (header + descriptors, no metadata, no table)."""
+    from fastprune.store import format as fmt
+
+    full = _tiny_store(tmp_path / "full.beton")
+    data = bytearray(full.read_bytes())
+    meta_start = fmt.metadata_start(2)
+    header = np.frombuffer(bytes(data[:fmt.HEADER_TYPE.itemsize]), fmt.HEADER_TYPE).copy()
+    header["num_samples"] = 0
+    header["alloc_table_ptr"] = meta_start
+    data[:fmt.HEADER_TYPE.itemsize] = header.tobytes()
+    path = tmp_path / "empty.beton"
+    path.write_bytes(bytes(data[:meta_start]))
+    return path
+
+
+def test_empty_store_opens_but_the_loader_and_strategies_refuse_it(tmp_path):
+    path = _empty_store(tmp_path)
+    with Store(path) as store:
+        assert len(store) == 0
+        with pytest.raises(IndexError):
+            store[0]
+    with pytest.raises(ValueError, match="store_or_path.*no samples"):
+        fastprune.Loader(path, 4)
+    with pytest.raises(ValueError, match="num_samples"):
+        fastprune.UniformRandom(0, keep=0.5)
+
+
+def test_empty_source_is_refused_by_the_writer(tmp_path):
+    with pytest.raises(fastprune.ConversionError, match="empty"):
+        write_dataset(tmp_path / "e.beton", [], {"label": IntField()}, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("indices, losses, match", [
+    (np.arange(3), np.ones(4), "losses has 4 entries but indices has 3"),
+    (np.arange(3), np.ones(2), "losses has 2 entries but indices has 3"),
+    (torch.arange(3), torch.ones(5), "losses has 5 entries"),
+    (np.arange(3.0), np.ones(3), "indices must be integers"),
+    (np.array([True, False, True]), np.ones(3), "indices must be integers"),
+    (torch.arange(3.0), torch.ones(3), "indices must be integers"),
+    (np.arange(3), np.array(["a", "b", "c"]), "losses must be numbers"),
+    (np.arange(3), [1.0, None, 2.0], "losses must be numbers"),
+    (np.arange(3), np.ones(3, complex), "losses must be numbers"),
+    (np.arange(3), np.ones((3, 1)), "losses must be 1-D"),
+    (np.arange(3), 1.0, "losses must be 1-D"),
+])
+def test_update_rejects_bad_losses_and_indices(indices, losses, match):
+    strategy = fastprune.UniformRandom(10, keep=0.5)
+    before = strategy.table.state_dict()
+    with pytest.raises(ValueError, match=match):
+        strategy.update(indices, losses)
+    after = strategy.table.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a rejected update changed the table"
+
+
+def test_update_rejects_correct_of_wrong_length_and_out_of_range_indices():
+    strategy = fastprune.UniformRandom(10, keep=0.5)
+    with pytest.raises(ValueError, match="correct has 2 entries but indices has 3"):
+        strategy.update(np.arange(3), np.ones(3), np.ones(2))
+    with pytest.raises(IndexError, match="indices"):
+        strategy.update(np.array([10]), np.ones(1))
+    with pytest.raises(ValueError, match="NaN|nan|finite"):
+        strategy.update(np.array([1]), np.array([np.nan]))
