@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -233,3 +234,147 @@ def test_update_rejects_correct_of_wrong_length_and_out_of_range_indices():
         strategy.update(np.array([10]), np.ones(1))
     with pytest.raises(ValueError, match="NaN|nan|finite"):
         strategy.update(np.array([1]), np.array([np.nan]))
+
+
+# --- 5. two readers and a converter in one folder -------------------------------------------------
+
+_READER = r"""
+import hashlib, sys
+import numpy as np
+import fastprune
+store = fastprune.Store(sys.argv[1])
+assert store.verify().ok
+h = hashlib.sha256()
+for batch in fastprune.Loader(store, 500, shuffle=False, threads=1):
+    h.update(batch.images.numpy().tobytes()); h.update(batch.labels.numpy().tobytes())
+    h.update(batch.indices.numpy().tobytes())
+for i in range(0, len(store), 97):
+    image, label = store[i]
+    h.update(image.tobytes()); h.update(str(label).encode())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_readers_and_a_converter_in_one_folder_do_not_interfere(fashion_mnist_dir, tmp_path):
+    shared = tmp_path / "data"
+    shared.mkdir()
+    target = shared / "test.beton"
+    subprocess.run(_convert_cmd(target, "--workers", "1"), check=True, capture_output=True, timeout=120)
+    digest_before = _sha256(target)
+    expected = subprocess.run([sys.executable, "-c", _READER, str(target)], capture_output=True, text=True,
+                              check=True, timeout=120).stdout.strip()
+
+    other = shared / "other.beton"
+    procs = [subprocess.Popen(_convert_cmd(other, "--workers", "2", "--jpeg"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)]
+    procs += [subprocess.Popen([sys.executable, "-c", _READER, str(target)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    assert [out.strip() for out, _ in results[1:]] == [expected, expected]
+    assert _sha256(target) == digest_before
+    with Store(other) as store:
+        assert len(store) == 10_000 and store.verify().ok
+    assert sorted(p.name for p in shared.iterdir()) == ["other.beton", "test.beton"]
+
+
+# --- 7. a training run killed mid-epoch and resumed -------------------------------------------
+
+_TRAIN = r"""
+import hashlib, json, sys, time
+import numpy as np, torch
+from torch import nn
+import fastprune
+from fastprune import train
+
+store, checkpoint, select_log, progress, epochs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+torch.set_num_threads(1)
+train.seed_everything(0)
+
+class Slow(nn.Module):  # makes an epoch last long enough to be killed in the middle of it
+    def forward(self, x):
+        if self.training:
+            time.sleep(0.02)
+        return x
+
+model = nn.Sequential(Slow(), nn.Flatten(), nn.Linear(8 * 8 * 3, 32), nn.ReLU(), nn.Linear(32, 4))
+strategy = fastprune.EpsilonGreedy(len(fastprune.Store(store)), keep=0.5, eps=0.2, seed=3)
+select = strategy.select
+def logged_select(epoch):
+    sel = select(epoch)
+    with open(select_log, "a") as f:
+        f.write(json.dumps([int(epoch), hashlib.sha256(sel.indices.tobytes() + sel.weights.tobytes()).hexdigest()]) + "\n")
+    return sel
+strategy.select = logged_select
+train_loader, val_loader = train.make_loaders(store, store, 32, sampler=strategy, seed=5, threads=1)
+def done(record):
+    with open(progress, "a") as f:
+        f.write(json.dumps(record["epoch"]) + "\n")
+history = train.fit(model, train_loader, val_loader, strategy, epochs=epochs,
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                    schedule=train.one_cycle(0.1), checkpoint=checkpoint, resume=True,
+                    on_epoch_end=done, progress=False, log=None)
+print(json.dumps([{k: r[k] for k in ("epoch", "samples", "steps", "loss", "val_acc", "val_loss", "lr")} for r in history]))
+"""
+
+
+def _synthetic_store(path: Path, n: int = 1200) -> Path:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, n)
+    rows = [(np.clip(rng.normal(60 * c + 30, 25, (8, 8, 3)), 0, 255).astype(np.uint8), int(c)) for c in labels]
+    return write_dataset(path, rows, {"image": RGBImageField(), "label": IntField()}, progress=False,
+                         page_size=1 << 14)
+
+
+def _selections(log: Path) -> dict[int, str]:
+    seen: dict[int, str] = {}
+    for line in log.read_text().splitlines():
+        epoch, digest = json.loads(line)
+        assert seen.setdefault(epoch, digest) == digest, f"epoch {epoch} selected differently after resuming"
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_training_killed_mid_epoch_resumes_to_the_same_selections_and_metrics(tmp_path):
+    store = _synthetic_store(tmp_path / "s.beton")
+    epochs = 5
+
+    def run(name, kill_after_epoch=None):
+        d = tmp_path / name
+        d.mkdir()
+        args = [sys.executable, "-c", _TRAIN, str(store), str(d / "ckpt.pt"), str(d / "select.log"),
+                str(d / "progress"), str(epochs)]
+        killed = False
+        if kill_after_epoch is not None:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                progress = (d / "progress").read_text().split() if (d / "progress").exists() else []
+                if len(progress) > kill_after_epoch:
+                    break
+                time.sleep(0.01)
+            time.sleep(0.25)  # an epoch takes ~0.4-1 s here: land inside the next one
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            killed = proc.returncode == -signal.SIGKILL
+            done = (d / "progress").read_text().split()
+            assert killed and len(done) < epochs, "the run finished before it could be killed"
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1]), _selections(d / "select.log"), killed
+
+    reference, ref_selections, _ = run("straight")
+    resumed, res_selections, killed = run("killed", kill_after_epoch=1)
+    assert killed
+    lines = (tmp_path / "killed" / "select.log").read_text().splitlines()
+    assert len({json.loads(line)[0] for line in lines}) < len(lines), "no epoch was selected again after resuming"
+    assert res_selections == ref_selections and len(ref_selections) == epochs
+    assert [r["epoch"] for r in resumed] == list(range(epochs))
+    for a, b in zip(reference, resumed):
+        assert a["samples"] == b["samples"] and a["steps"] == b["steps"]
+        for key in ("loss", "val_acc", "val_loss", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
