@@ -378,3 +378,43 @@ def test_training_killed_mid_epoch_resumes_to_the_same_selections_and_metrics(tm
         assert a["samples"] == b["samples"] and a["steps"] == b["steps"]
         for key in ("loss", "val_acc", "val_loss", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
+
+
+# --- 6. soak (short version of benchmarks/soak.py) ----------------------------------------------
+
+def _load_soak_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
+    spec = importlib.util.spec_from_file_location("fastprune_soak", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest.mark.timeout(300)
+def test_short_soak_keeps_threads_and_memory_flat(tmp_path):
+    soak = _load_soak_module()
+    rng = np.random.default_rng(0)
+    n = 16_384  # 12 MiB of 16x16 images, against ~0.8 MiB of prefetch buffers
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    path = write_dataset(tmp_path / "soak.beton", [(images[i], i % 10) for i in range(n)],
+                         {"image": RGBImageField(), "label": IntField()}, progress=False, page_size=1 << 20)
+    records = soak.soak(path, 8, threads=2, report=None)
+    assert all(r["samples"] == n // 2 for r in records)
+    # no loader thread outlives its epoch (the count after epoch 0 includes threads that imports
+    # of torch/numba may start once)
+    assert [r["python_threads"] for r in records] == [records[0]["python_threads"]] * len(records), records
+    assert threading.active_count() == records[0]["python_threads"]
+    # native threads of a finished epoch may take a moment to exit after join(): allow them to
+    deadline = time.monotonic() + 5
+    while _os_threads() > min(r["threads"] for r in records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _os_threads() <= min(r["threads"] for r in records)
+    summary = soak.summarize(records)
+    assert summary["rss_anon_mib_max"] - summary["rss_anon_mib_min"] < 64, summary
