@@ -90,6 +90,11 @@ CHECKSUM_TRAILER_TYPE = np.dtype(
 )
 # The header's alloc_table_ptr is zero while the file is written; layout_crc is computed over the
 # header with its final value.
+#
+# Files with a checksum block also carry CHECKSUM_MAGIC in the last 8 bytes of every field
+# descriptor's arguments (zeros in ffcv's files, and bytes no field type reads), so a damaged or
+# zeroed trailer cannot pass for an ffcv file without checksums: verify() then reports it.
+CHECKSUM_MARKER_OFFSET = FIELD_ARGS_BYTES - len(CHECKSUM_MAGIC)
 
 
 def metadata_dtype(metadata_types: list[np.dtype]) -> np.dtype:

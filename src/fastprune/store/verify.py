@@ -66,6 +66,10 @@ def verify_store(store) -> VerifyReport:
     report = VerifyReport(store.path, structure_ok=True, has_checksums=False)
     trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
     if trailer is None:
+        if has_checksum_marker(store):
+            report.has_checksums = True
+            report.problems.append("the checksum trailer is missing or destroyed (the field "
+                                   "descriptors say this file was written with checksums)")
         return report
     if isinstance(trailer, str):
         report.has_checksums = True
@@ -80,15 +84,30 @@ def verify_store(store) -> VerifyReport:
     return report
 
 
+def has_checksum_marker(store) -> bool:
+    """True if the field descriptors carry the mark of a file written with a checksum block."""
+    descriptors = store.buffer[fmt.HEADER_TYPE.itemsize:fmt.metadata_start(len(store.fields))]
+    args = descriptors.view(fmt.FIELD_DESC_TYPE)["arguments"]
+    return any(row[fmt.CHECKSUM_MARKER_OFFSET:].tobytes() == fmt.CHECKSUM_MAGIC for row in args)
+
+
 def read_trailer(buffer: np.ndarray, alloc_table_ptr: int, metadata_end: int):
     """The checksum trailer; None if the file has none; a message if it is present but damaged."""
     start = alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
     if start < metadata_end:
         return None
     raw = buffer[start:alloc_table_ptr]
-    if raw[:8].tobytes() != fmt.CHECKSUM_MAGIC:
-        return None
     trailer = raw.view(fmt.CHECKSUM_TRAILER_TYPE)[0]
+    if raw[:8].tobytes() != fmt.CHECKSUM_MAGIC:
+        # Either ffcv's file (no trailer) or ours with a damaged magic: a corrupted byte there
+        # must not silently turn verification off. Our trailer's position is fixed by its own
+        # fields (block_ptr + 4 * num_allocations, aligned to 8, ends where it starts, and
+        # num_allocations is the table's length), which ffcv's page bytes match by chance only.
+        entries = (buffer.size - alloc_table_ptr) // fmt.ALLOC_TABLE_TYPE.itemsize
+        count, block_ptr = int(trailer["num_allocations"]), int(trailer["block_ptr"])
+        if count == entries and fmt.align_up(block_ptr + count * fmt.CHECKSUM_DTYPE.itemsize, 8) == start:
+            return "the checksum trailer is corrupted (its magic bytes do not match)"
+        return None
     covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
     if zlib.crc32(raw[:covered]) != int(trailer["trailer_crc"]):
         return "the checksum trailer is corrupted (its own CRC does not match)"
@@ -144,4 +163,4 @@ def _check_allocations(store, expected: np.ndarray, report: VerifyReport) -> Non
                            f"{names}{more}")
 
 
-__all__ = ["VerifyReport", "verify_file", "verify_store", "read_trailer"]
+__all__ = ["VerifyReport", "verify_file", "verify_store", "read_trailer", "has_checksum_marker"]

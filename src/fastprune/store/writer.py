@@ -417,7 +417,10 @@ class _FileWriter:
         for i, (name, field) in enumerate(self.fields):
             descriptors[i]["type_id"] = field.type_id
             descriptors[i]["name"] = fmt.encode_field_name(name)
-            descriptors[i]["arguments"] = field.to_binary()
+            args = field.to_binary()
+            if not args[fmt.CHECKSUM_MARKER_OFFSET:].any():  # free (always, unless a huge dtype)
+                args[fmt.CHECKSUM_MARKER_OFFSET:] = np.frombuffer(fmt.CHECKSUM_MAGIC, dtype="<u1")
+            descriptors[i]["arguments"] = args
         return descriptors
 
 
