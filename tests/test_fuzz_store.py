@@ -479,3 +479,23 @@ def _record(request, result: dict) -> None:
     counts[request.node.name] = dict(result["outcomes"])
     counts[request.node.name]["peak_traced_MB"] = round(result["traced_peak"] / 2**20, 2)
     counts[request.node.name]["rss_growth_MB"] = round(result["rss_growth"] / 2**20, 2)
+
+
+@pytest.mark.parametrize("damage", ["flip_magic", "zero_trailer", "zero_trailer_and_block", "zero_tail_sector"])
+def test_a_damaged_checksum_trailer_never_passes_for_a_file_without_checksums(mixed, tmp_path, damage):
+    """Found by the fuzzer: a zeroed trailer magic made verify() report 'no checksums (ffcv
+    file?)' and ok=True, so corrupted data went unnoticed."""
+    buf = bytearray(mixed.data)
+    trailer = mixed.alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
+    block = mixed.regions["checksums"][0]
+    if damage == "flip_magic":
+        buf[trailer + 3] ^= 0x20
+    elif damage == "zero_trailer":
+        buf[trailer:mixed.alloc_table_ptr] = bytes(mixed.alloc_table_ptr - trailer)
+    elif damage == "zero_trailer_and_block":
+        buf[block:mixed.alloc_table_ptr] = bytes(mixed.alloc_table_ptr - block)
+    else:  # a 512-byte sector of zeros ending at the alloc table, plus a changed data byte
+        buf[mixed.alloc_table_ptr - 512:mixed.alloc_table_ptr] = bytes(512)
+        buf[mixed.first_page + 5] ^= 0xFF
+    path = _write_variant(tmp_path, buf)
+    assert check_file(path, mixed.values) == "error"
