@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -106,15 +104,12 @@ def main(argv=None) -> int:
         records = soak(store, args.epochs, threads=args.threads)
     summary = summarize(records)
     print("summary:", json.dumps(summary))
-    result = {"benchmark": "soak", "command": "python benchmarks/soak.py " + " ".join(argv or sys.argv[1:]),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_average": os.getloadavg()},
+    from fastprune.bench.machine import command_line, machine, now, write_json
+
+    result = {"benchmark": "soak", "command": command_line(), "machine": machine(), "date": now(),
               "store_mib": round(size_mib, 1), "batch_size": 256, "keep": 0.5, "threads": args.threads,
               "prefetch": 2, "summary": summary, "epochs": records}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
