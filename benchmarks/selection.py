@@ -126,7 +126,7 @@ def main(argv=None):
 
     result = {"benchmark": "selection", "command": command_line(),
               "machine": machine(), "date": now(),
-              "settings": {"keep": KEEP, "eps": EPS, "dtype": "float32", "threads": 1,
+              "settings": {"keep": KEEP, "eps": EPS, "dtype": "float32", "threads": "fastprune: auto, min(2, cores) from 2^20 scores; numpy/torch: 1",
                            "what": "epsilon-greedy selection of keep*N from N uniform scores"},
               "runs": rows,
               "ratios": {str(r["n"]): {"vs_numpy": r["speedup_vs_numpy"], "vs_torch": r["speedup_vs_torch"]}

@@ -31,6 +31,8 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
@@ -249,6 +251,40 @@ inline size_t write_bits(int64_t *out, size_t pos, uint64_t base, uint64_t taken
     return pos;
 }
 
+// ---- two threads ---------------------------------------------------------------------------
+
+// Below this many scores everything runs on the calling thread (a thread start costs ~50 us).
+inline constexpr size_t kParallelMin = size_t(1) << 20;
+
+// The number of threads to use for n scores: `threads` (0 = min(2, hardware threads)), capped at 2;
+// 1 below kParallelMin. The result never depends on it.
+inline unsigned pick_threads(size_t n, unsigned threads) {
+    if (n < kParallelMin) return 1;
+    if (threads == 0) threads = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
+    return std::min(threads, 2u);
+}
+
+// Runs f0() and f1(), on two threads when `parallel` (f1 on a new thread), else in turn; falls back
+// to running both here if the thread cannot be started. f0 and f1 must not throw.
+template <typename F0, typename F1>
+inline void run_two(bool parallel, F0 &&f0, F1 &&f1) {
+    if (parallel) {
+        std::thread worker;
+        try {
+            worker = std::thread(std::forward<F1>(f1));
+        } catch (...) {
+            parallel = false;
+        }
+        if (parallel) {
+            f0();
+            worker.join();
+            return;
+        }
+    }
+    f0();
+    f1();
+}
+
 // ---- the threshold -------------------------------------------------------------------------
 
 // One pass over the scores against a bracket lo <= hi: how many are > hi, == hi, strictly
@@ -404,7 +440,7 @@ inline BracketCounts bracket_pass_fast(const float *scores, size_t n, float lo, 
 // brackets the threshold: it changes the speed, never the result.
 // (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
 inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
-                                   size_t sample_size = 0, double sigmas = 4.5) {
+                                   size_t sample_size = 0, double sigmas = 4.5, unsigned threads = 1) {
     constexpr size_t kCopyBelow = 16384;
     if (n < kCopyBelow && sample_size == 0) {
         int64_t bad = first_nan(scores, n);
@@ -443,17 +479,34 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
     float hi = key_to_float(hi_key), lo = key_to_float(lo_key);
     size_t expected = size_t(double(n) * (2.0 * margin + 2.0) / double(m)) + 1;
     size_t cap = std::min(n, 2 * expected + 8192);
-    std::unique_ptr<float[]> cand(new float[cap]);
+    const bool parallel = pick_threads(n, threads) > 1;
+    // With two threads each copies into its own cap-sized half; the halves are joined after.
+    std::unique_ptr<float[]> cand(new float[parallel ? 2 * cap : cap]);
     // Many sample elements equal to a bound mean many ties there: count them apart, not copy them.
     size_t ends = 0;
     for (size_t j = 0; j < m; ++j) ends += (sample[j] == hi_key) | (sample[j] == lo_key);
+    const bool fast = lo_key == hi_key || ends <= std::max<size_t>(8, m / 256);
+    auto pass = [&](size_t begin, size_t end, float *buf) {
+        if (fast) return bracket_pass_fast(scores + begin, end - begin, lo, hi, buf, cap, lo_key != hi_key);
+        return bracket_pass(scores + begin, end - begin, lo, hi, buf, cap);
+    };
     BracketCounts c;
-    if (lo_key == hi_key || ends <= std::max<size_t>(8, m / 256)) {
-        c = bracket_pass_fast(scores, n, lo, hi, cand.get(), cap, lo_key != hi_key);
-        if (lo_key == hi_key) std::swap(c.at_hi, c.inside);  // all of them equal hi
+    if (parallel) {
+        size_t mid = (n / 2) & ~size_t(4095);
+        BracketCounts c1;
+        run_two(true, [&] { c = pass(0, mid, cand.get()); }, [&] { c1 = pass(mid, n, cand.get() + cap); });
+        // The counts add up; the copies (any order will do: only their values matter) are joined.
+        c.above += c1.above, c.at_hi += c1.at_hi, c.inside += c1.inside, c.at_lo += c1.at_lo;
+        c.nan |= c1.nan;
+        c.overflow |= c1.overflow;
+        if (!c.overflow) {
+            std::memmove(cand.get() + c.stored, cand.get() + cap, c1.stored * sizeof(float));
+            c.stored += c1.stored;
+        }
     } else {
-        c = bracket_pass(scores, n, lo, hi, cand.get(), cap);
+        c = pass(0, n, cand.get());
     }
+    if (fast && lo_key == hi_key) std::swap(c.at_hi, c.inside);  // all of them equal hi
     if (c.nan) return {{0, 0, 0}, first_nan(scores, n), 1};
     if (lo_key == hi_key) c.at_lo = 0;  // the same scores as at_hi
     uint64_t a = c.above;
@@ -517,34 +570,49 @@ inline void subset_bits(const CounterRng &rng, uint64_t total, uint64_t want, ui
 
 // ---- the selection -------------------------------------------------------------------------
 
-// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
-// written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
-// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
-inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
-                               const CounterRng &tie_rng, const CounterRng &random_rng,
-                               const CounterRng &sample_rng, int64_t *out) {
-    uint64_t n_rest = n - k_top;
-    if (k_top == 0 && k_rand == 0) return 0;
-    Bitmap rest(k_rand ? n_rest : 0);
-    if (k_rand) subset_bits(random_rng, n_rest, k_rand, rest.data());
-    const uint64_t *rw = rest.data();
-    size_t pos = 0;
-    if (k_top == 0) {
-        for (size_t j = 0, nw = size_t((n_rest + 63) / 64); j < nw; ++j) pos = write_bits(out, pos, j * 64, rw[j]);
-        return int64_t(pos);
+// How many of x[0, count) are > t and == t.
+inline std::pair<uint64_t, uint64_t> count_gt_eq(const float *x, size_t count, float t) {
+    uint64_t gt = 0, eq = 0;
+    size_t b = 0;
+#if FASTPRUNE_SSE2
+    constexpr size_t kBlock = 4096;  // int32 lane counters cannot overflow within a block
+    const __m128 tv = _mm_set1_ps(t);
+    for (; b + kBlock <= count; b += kBlock) {
+        __m128i g = _mm_setzero_si128(), e = g;
+        for (size_t j = 0; j < kBlock; j += 4) {
+            __m128 v = _mm_loadu_ps(x + b + j);
+            g = _mm_sub_epi32(g, _mm_castps_si128(_mm_cmpgt_ps(v, tv)));
+            e = _mm_sub_epi32(e, _mm_castps_si128(_mm_cmpeq_ps(v, tv)));
+        }
+        alignas(16) int32_t lanes[2][4];
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[0]), g);
+        _mm_store_si128(reinterpret_cast<__m128i *>(lanes[1]), e);
+        gt += uint64_t(lanes[0][0]) + lanes[0][1] + lanes[0][2] + lanes[0][3];
+        eq += uint64_t(lanes[1][0]) + lanes[1][1] + lanes[1][2] + lanes[1][3];
     }
-    ThresholdResult r = kth_largest(scores, n, k_top, sample_rng);
-    if (r.nan_index >= 0) return -1 - r.nan_index;
-    const Threshold &th = r.th;
-    const float t = key_to_float(th.key);
-    uint64_t tie_need = k_top - th.above;
-    bool all_ties = tie_need == th.equal;  // every tie is taken
-    Bitmap ties(all_ties ? 0 : th.equal);
-    if (!all_ties) subset_bits(tie_rng, th.equal, tie_need, ties.data());
-    const uint64_t *tw = ties.data();
-    uint64_t rc = 0, tc = 0;  // ranks among the rest and among the ties
-    for (size_t base = 0; base < n; base += 64) {
-        size_t count = std::min<size_t>(64, n - base);
+#endif
+    for (; b < count; ++b) {
+        gt += x[b] > t;
+        eq += x[b] == t;
+    }
+    return {gt, eq};
+}
+
+// How many of the first `bits` bits of a bitmap are set.
+inline uint64_t popcount_prefix(const uint64_t *words, uint64_t bits) {
+    uint64_t total = 0;
+    size_t full = size_t(bits >> 6);
+    for (size_t w = 0; w < full; ++w) total += popcount64(words[w]);
+    if (bits & 63) total += popcount64(words[full] & ((uint64_t(1) << (bits & 63)) - 1));
+    return total;
+}
+
+// The emit pass over scores[begin, end) (begin a multiple of 64): rc and tc are the ranks among
+// the rest and among the ties of scores[begin]; writes from out[pos]; returns the new pos.
+inline size_t emit_range(const float *scores, size_t begin, size_t end, float t, bool all_ties, const uint64_t *tw,
+                         uint64_t tc, const uint64_t *rw, uint64_t rc, bool with_rest, int64_t *out, size_t pos) {
+    for (size_t base = begin; base < end; base += 64) {
+        size_t count = std::min<size_t>(64, end - base);
         const float *x = scores + base;
         uint64_t valid = count == 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
         uint64_t top;
@@ -560,14 +628,65 @@ inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, ui
             }
         }
         uint64_t taken = top;
-        if (k_rand) {
+        if (with_rest) {
             uint64_t others = ~top & valid;
             taken |= deposit(others, bits_at(rw, rc));
             rc += popcount64(others);
         }
         pos = write_bits(out, pos, base, taken);
     }
-    return int64_t(pos);
+    return pos;
+}
+
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
+// written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
+// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
+// threads: 0 = min(2, hardware threads), else at most 2 (1 below kParallelMin scores); the output
+// is the same for every thread count.
+inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
+                               const CounterRng &tie_rng, const CounterRng &random_rng,
+                               const CounterRng &sample_rng, int64_t *out, unsigned threads = 0) {
+    uint64_t n_rest = n - k_top;
+    if (k_top == 0 && k_rand == 0) return 0;
+    Bitmap rest(k_rand ? n_rest : 0);
+    if (k_rand) subset_bits(random_rng, n_rest, k_rand, rest.data());
+    const uint64_t *rw = rest.data();
+    size_t pos = 0;
+    if (k_top == 0) {
+        for (size_t j = 0, nw = size_t((n_rest + 63) / 64); j < nw; ++j) pos = write_bits(out, pos, j * 64, rw[j]);
+        return int64_t(pos);
+    }
+    const bool parallel = pick_threads(n, threads) > 1;
+    ThresholdResult r = kth_largest(scores, n, k_top, sample_rng, 0, 4.5, parallel ? 2u : 1u);
+    if (r.nan_index >= 0) return -1 - r.nan_index;
+    const Threshold &th = r.th;
+    const float t = key_to_float(th.key);
+    uint64_t tie_need = k_top - th.above;
+    bool all_ties = tie_need == th.equal;  // every tie is taken
+    Bitmap ties(all_ties ? 0 : th.equal);
+    if (!all_ties) subset_bits(tie_rng, th.equal, tie_need, ties.data());
+    const uint64_t *tw = ties.data();
+    const bool with_rest = k_rand != 0;
+    if (!parallel)
+        return int64_t(emit_range(scores, 0, n, t, all_ties, tw, 0, rw, 0, with_rest, out, 0));
+    // Two threads: this one emits [0, mid) from the start; the other first counts the scores > t
+    // and == t in [0, mid) (cheaper than emitting them, hence mid past n/2), which with the subset
+    // bitmaps gives the ranks and the output position at mid, then emits [mid, n).
+    size_t mid = (size_t(double(n) * 0.58)) & ~size_t(63);
+    size_t end_first = 0;
+    size_t end_second = 0;
+    run_two(
+        true, [&] { end_first = emit_range(scores, 0, mid, t, all_ties, tw, 0, rw, 0, with_rest, out, 0); },
+        [&] {
+            std::pair<uint64_t, uint64_t> ge = count_gt_eq(scores, mid, t);
+            uint64_t tc = all_ties ? 0 : ge.second;         // ties before mid
+            uint64_t top = ge.first + (all_ties ? ge.second : popcount_prefix(tw, tc));
+            uint64_t rc = mid - top;                        // non-top scores before mid
+            uint64_t start = top + (with_rest ? popcount_prefix(rw, rc) : 0);
+            end_second = emit_range(scores, mid, n, t, all_ties, tw, tc, rw, rc, with_rest, out, size_t(start));
+        });
+    (void)end_first;
+    return int64_t(end_second);
 }
 
 }  // namespace select_detail

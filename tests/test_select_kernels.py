@@ -129,6 +129,35 @@ def test_large_selections_match_oracle(case):
         np.testing.assert_array_equal(got, oracle_top_random(scores, k_top, k_rand, case, i, 1), err_msg=name)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "ties"])
+def test_two_threads_match_one_thread_and_oracle(kind):
+    """From 2^20 scores the kernel may split its passes over two threads; the result must not
+    depend on that (n not a multiple of 64, so the split and the tail are both exercised)."""
+    rng = np.random.default_rng(21)
+    n = 2**21 + 37
+    if kind == "uniform":
+        scores = rng.random(n).astype(np.float32)
+        cases = [(n // 2, 1000), (0, 777), (1234, 0), (n - 500, 500), (n // 3, n - n // 3 - 100), (1, 0), (n, 0)]
+    else:
+        scores = rng.integers(0, 1000, n).astype(np.float32)  # ~2100 ties at every value
+        cases = [(n // 2, 0), (n // 2 + 5, 2000), (0, 1000), (n // 7, n - n // 7 - 50), (3, 0)]
+    for i, (k_top, k_rand) in enumerate(cases):
+        one = core.select_top_random(scores, k_top, k_rand, 9, i, 1, threads=1)
+        assert len(one) == k_top + k_rand
+        for threads in (0, 2, 2):
+            got = core.select_top_random(scores, k_top, k_rand, 9, i, 1, threads=threads)
+            np.testing.assert_array_equal(got, one, err_msg=f"{kind} {k_top} {k_rand} threads={threads}")
+        np.testing.assert_array_equal(one, oracle_top_random(scores, k_top, k_rand, 9, i, 1),
+                                      err_msg=f"{kind} {k_top} {k_rand}")
+    bad = scores.copy()
+    bad[[n - 1, n // 2 + 3]] = np.nan
+    for threads in (0, 1, 2):
+        with pytest.raises(ValueError, match=rf"scores\[{n // 2 + 3}\] is NaN"):
+            core.select_top_random(bad, n // 2, 10, 0, 0, 0, threads=threads)
+    with pytest.raises(ValueError, match="threads"):
+        core.select_top_random(scores, 10, 10, 0, 0, 0, threads=-1)
+
+
 def test_nan_is_reported_for_large_arrays():
     scores = np.random.default_rng(2).random(100_000).astype(np.float32)
     for where in [0, 4097, 99_999]:
