@@ -24,8 +24,8 @@ from fastprune.bench.machine import command_line, machine, now, write_json
 KEEP, EPS = 0.5, 0.2
 
 
-def fastprune_select(scores, k_top, k_rand, seed):
-    return core.select_top_random(scores, k_top, k_rand, seed, 0, 0)
+def fastprune_select(scores, k_top, k_rand, seed, threads=0):
+    return core.select_top_random(scores, k_top, k_rand, seed, 0, 0, threads=threads)
 
 
 def fastprune_ucb(scores, k_top, k_rand, seed, table):
@@ -69,14 +69,18 @@ def extra_peak_memory(fn) -> int:
     return peak_rss_bytes() - before
 
 
-def timed(fn, repeats):
-    fn()  # warm-up, excluded
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed_interleaved(impls: dict, repeats: int) -> dict:
+    """Seconds per call of every implementation, repetitions interleaved (a, b, c, a, b, c, ...)
+    so that all of them share the machine's load swings; one warm-up call each, excluded."""
+    for fn in impls.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    times = {name: [] for name in impls}
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def bench_size(n: int, repeats: int) -> dict:
@@ -90,17 +94,18 @@ def bench_size(n: int, repeats: int) -> dict:
     reps = repeats if n < 10**8 else max(1, repeats // 3)
     row = {"n": n, "k_top": k_top, "k_rand": k_rand, "repeats": reps, "load_avg_1m_before": os.getloadavg()[0]}
     impls = {"fastprune": lambda: fastprune_select(scores, k_top, k_rand, 1),
+             "fastprune_1thread": lambda: fastprune_select(scores, k_top, k_rand, 1, threads=1),
              "fastprune_ucb_scores_plus_select": lambda: fastprune_ucb(scores, k_top, k_rand, 1, table),
              "numpy": lambda: numpy_select(scores, k_top, k_rand, 1),
              "torch": lambda: torch_select(scores_t, k_top, k_rand, 1)}
-    for name, fn in impls.items():
-        median, all_times = timed(fn, reps)
-        row[f"{name}_s"] = median
+    for name, all_times in timed_interleaved(impls, reps).items():
+        row[f"{name}_s"] = statistics.median(all_times)
         row[f"{name}_all_s"] = all_times
     row["fastprune_extra_peak_bytes"] = extra_peak_memory(impls["fastprune"])
     row["numpy_extra_peak_bytes"] = extra_peak_memory(impls["numpy"])
     row["speedup_vs_numpy"] = row["numpy_s"] / row["fastprune_s"]
     row["speedup_vs_torch"] = row["torch_s"] / row["fastprune_s"]
+    row["speedup_vs_numpy_1thread"] = row["numpy_s"] / row["fastprune_1thread_s"]
     row["load_avg_1m_after"] = os.getloadavg()[0]
     return row
 
@@ -114,12 +119,13 @@ def main(argv=None):
     torch.set_num_threads(1)
 
     rows = []
-    print(f"{'N':>11} {'fastprune s':>12} {'ucb s':>9} {'numpy s':>9} {'torch s':>9} {'x numpy':>8} "
+    print(f"{'N':>11} {'fastprune s':>12} {'1 thread':>9} {'ucb s':>9} {'numpy s':>9} {'torch s':>9} {'x numpy':>8} "
           f"{'x torch':>8} {'ns/sample':>10} {'extra MB':>9} {'load':>5}")
     for size in args.sizes:
         row = bench_size(int(size), args.repeats)
         rows.append(row)
-        print(f"{row['n']:>11,} {row['fastprune_s']:>12.4f} {row['fastprune_ucb_scores_plus_select_s']:>9.4f} "
+        print(f"{row['n']:>11,} {row['fastprune_s']:>12.4f} {row['fastprune_1thread_s']:>9.4f} "
+              f"{row['fastprune_ucb_scores_plus_select_s']:>9.4f} "
               f"{row['numpy_s']:>9.4f} {row['torch_s']:>9.4f} {row['speedup_vs_numpy']:>8.1f} "
               f"{row['speedup_vs_torch']:>8.1f} {row['fastprune_s'] / row['n'] * 1e9:>10.2f} "
               f"{row['fastprune_extra_peak_bytes'] / 2**20:>9.1f} {row['load_avg_1m_after']:>5.1f}", flush=True)
@@ -129,7 +135,7 @@ def main(argv=None):
               "settings": {"keep": KEEP, "eps": EPS, "dtype": "float32", "threads": "fastprune: auto, min(2, cores) from 2^20 scores; numpy/torch: 1",
                            "what": "epsilon-greedy selection of keep*N from N uniform scores"},
               "runs": rows,
-              "ratios": {str(r["n"]): {"vs_numpy": r["speedup_vs_numpy"], "vs_torch": r["speedup_vs_torch"]}
+              "ratios": {str(r["n"]): {"vs_numpy": r["speedup_vs_numpy"], "vs_numpy_1thread": r["speedup_vs_numpy_1thread"], "vs_torch": r["speedup_vs_torch"]}
                          for r in rows}}
     write_json(Path(args.out), result)
     print(f"wrote {args.out}")
