@@ -35,18 +35,7 @@ def _settings(n: int):
                     suppress_health_check=list(HealthCheck))
 
 
-# --- the files being mutated ------------------------------------------------------------------
-
-class _Rows:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
+# --- the files being mutated (a list of rows is a valid source) -------------------------------
 
 def _mixed_rows(n=24, seed=0):
     rng = np.random.default_rng(seed)
@@ -106,14 +95,14 @@ class Pristine:
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Pristine:
     path = tmp_path_factory.mktemp("fuzz") / "mixed.beton"
-    write_dataset(path, _Rows(_mixed_rows()), MIXED_FIELDS, workers=1, page_size=PAGE, progress=False)
+    write_dataset(path, _mixed_rows(), MIXED_FIELDS, workers=1, page_size=PAGE, progress=False)
     return Pristine(path)
 
 
 @pytest.fixture(scope="module")
 def jpeg(tmp_path_factory) -> Pristine:
     path = tmp_path_factory.mktemp("fuzz") / "jpeg.beton"
-    write_dataset(path, _Rows(_jpeg_rows()), JPEG_FIELDS, workers=1, page_size=PAGE, progress=False)
+    write_dataset(path, _jpeg_rows(), JPEG_FIELDS, workers=1, page_size=PAGE, progress=False)
     return Pristine(path)
 
 

@@ -31,17 +31,6 @@ N = 37  # not a multiple of the batch size: the last, partial batch is checked t
 BATCH = 8
 
 
-class Rows:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
 def make_rows(n=N, jpeg_friendly=False, seed=0):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:24, 0:20]
@@ -71,7 +60,7 @@ FASTPRUNE_FIELDS = {"image": RGBImageField(), "label": IntField(), "weight": Flo
 
 def test_fastprune_raw_file_loads_in_ffcv_loader(tmp_path):
     rows = make_rows()
-    path = write_dataset(tmp_path / "fp.beton", Rows(rows), FASTPRUNE_FIELDS, workers=2,
+    path = write_dataset(tmp_path / "fp.beton", rows, FASTPRUNE_FIELDS, workers=2,
                          page_size=1 << 13, progress=False, chunk_size=5)
     images, labels, weights, feats = load_with_ffcv(path)
     np.testing.assert_array_equal(images, np.stack([r[0] for r in rows]))
@@ -83,7 +72,7 @@ def test_fastprune_raw_file_loads_in_ffcv_loader(tmp_path):
 def test_fastprune_jpeg_file_loads_in_ffcv_loader(tmp_path):
     rows = make_rows(jpeg_friendly=True)
     fields = dict(FASTPRUNE_FIELDS, image=RGBImageField("jpg", jpeg_quality=90))
-    path = write_dataset(tmp_path / "fpj.beton", Rows(rows), fields, workers=1, progress=False,
+    path = write_dataset(tmp_path / "fpj.beton", rows, fields, workers=1, progress=False,
                          page_size=1 << 13)
     images = load_with_ffcv(path)[0]
     with Store(path) as store:
@@ -99,7 +88,7 @@ def test_fastprune_jpeg_file_loads_in_ffcv_loader(tmp_path):
 def test_fastprune_bytes_field_loads_in_ffcv_loader(tmp_path):
     rng = np.random.default_rng(1)
     blobs = [rng.integers(0, 256, int(rng.integers(1, 50)), dtype=np.uint8).tobytes() for _ in range(N)]
-    path = write_dataset(tmp_path / "b.beton", Rows([(b, i) for i, b in enumerate(blobs)]),
+    path = write_dataset(tmp_path / "b.beton", [(b, i) for i, b in enumerate(blobs)],
                          {"blob": BytesField(), "label": IntField()}, workers=1, progress=False,
                          page_size=1 << 12)
     loader = Loader(str(path), batch_size=BATCH, num_workers=1, order=OrderOption.SEQUENTIAL,
@@ -111,7 +100,7 @@ def test_fastprune_bytes_field_loads_in_ffcv_loader(tmp_path):
 
 def test_ffcv_reader_sees_the_same_tables(tmp_path):
     rows = make_rows()
-    path = write_dataset(tmp_path / "fp.beton", Rows(rows), FASTPRUNE_FIELDS, workers=1,
+    path = write_dataset(tmp_path / "fp.beton", rows, FASTPRUNE_FIELDS, workers=1,
                          progress=False, page_size=1 << 13)
     reader = Reader(str(path))
     with Store(path) as store:
@@ -123,7 +112,7 @@ def test_ffcv_reader_sees_the_same_tables(tmp_path):
 
 def write_with_ffcv(path, rows, fields):
     writer = DatasetWriter(str(path), fields, num_workers=1)
-    writer.from_indexed_dataset(Rows(rows), chunksize=10)
+    writer.from_indexed_dataset(rows, chunksize=10)
     return path
 
 
