@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import fastprune
-from fastprune import StoreError
 from fastprune.store import IntField, RGBImageField, Store, write_dataset
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

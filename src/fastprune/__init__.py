@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._native import core as _core  # fails early, with a clear message, if the build is missing
+from ._native import core as _core  # noqa: F401  (fails early, with a clear message, if the build is missing)
 from .errors import ConversionError, FastpruneError, StoreError
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import StoreError
 from . import format as fmt
-from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, BytesField, NDArrayField
+from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, NDArrayField
 
 
 class Store:
