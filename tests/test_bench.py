@@ -1,0 +1,102 @@
+"""fastprune bench: the summary arithmetic against hand-computed values, and a tiny real run
+(2,000 Fashion-MNIST images, 2 epochs) that writes every output and continues with --continue."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastprune.bench import end_to_end as bench
+
+
+def _run(strategy, keep, seed, acc, wall, curve, overhead=0.01):
+    return {"strategy": strategy, "keep": keep, "seed": seed, "final_acc": acc, "wall_s": wall,
+            "curve": curve, "scoring_s": 0.0, "pruning_overhead_s": overhead}
+
+
+def test_summary_matches_hand_computed_means_speedups_and_target_times():
+    runs = [
+        _run("full", 1.0, 0, 92.0, 100.0, [[50.0, 90.0], [100.0, 92.0]]),
+        _run("full", 1.0, 1, 93.0, 120.0, [[60.0, 91.0], [120.0, 93.0]]),
+        # target = mean full accuracy 92.5 - 0.5 = 92.0
+        _run("ucb", 0.5, 0, 92.1, 50.0, [[25.0, 91.0], [50.0, 92.1]], overhead=0.5),
+        _run("ucb", 0.5, 1, 91.9, 60.0, [[30.0, 91.5], [60.0, 91.9]], overhead=0.3),
+        _run("uniform_random", 0.5, 0, 92.4, 40.0, [[20.0, 92.0], [40.0, 92.4]]),
+    ]
+    rows = {(row["strategy"], row["keep"]): row for row in bench.summarize(runs)}
+    full, ucb, uniform = rows["full", 1.0], rows["ucb", 0.5], rows["uniform_random", 0.5]
+
+    assert full["acc_mean"] == pytest.approx(92.5)
+    assert full["acc_std"] == pytest.approx(0.5 ** 0.5)  # sample std of 92 and 93
+    assert full["speedup"] == pytest.approx(1.0)
+    assert ucb["acc_mean"] == pytest.approx(92.0)
+    assert ucb["acc_delta_pt"] == pytest.approx(-0.5)
+    assert ucb["speedup"] == pytest.approx(110.0 / 55.0)
+    assert ucb["reached_target"] == "1/2" and ucb["time_to_target_s"] is None  # seed 1 never got there
+    assert ucb["overhead_share_pct"] == pytest.approx(100 * (0.5 / 50 + 0.3 / 60) / 2)
+    assert uniform["time_to_target_s"] == pytest.approx(20.0) and uniform["reached_target"] == "1/1"
+    assert [row["strategy"] for row in bench.summarize(runs)] == ["full", "uniform_random", "ucb"]
+
+    table = bench.pivot_table(bench.summarize(runs))
+    header, _, keep_row = table.splitlines()
+    assert header == "| keep | uniform_random | ucb |"
+    assert keep_row == "| 0.5 | 92.40 ± 0.00 / 2.75x | 92.00 ± 0.14 / 2.00x |"
+
+
+def test_time_to_target_is_the_first_epoch_at_or_above_it():
+    curve = [[1.0, 80.0], [2.0, 92.0], [3.0, 91.0], [4.0, 93.0]]
+    assert bench.time_to_target(curve, 92.0) == 2.0
+    assert bench.time_to_target(curve, 93.5) is None
+
+
+def test_planned_runs_open_every_keep_block_with_a_baseline():
+    mode = {"seeds": (0, 1), "keeps": (0.3, 0.5), "strategies": ("ucb", "el2n")}
+    runs = bench.planned_runs(mode)
+    assert runs[:3] == [("full", 1.0, 0, 0.3), ("ucb", 0.3, 0, 0.3), ("el2n", 0.3, 0, 0.3)]
+    assert [run for run in runs if run[0] == "full"] == [
+        ("full", 1.0, seed, keep) for seed in (0, 1) for keep in (0.3, 0.5)]
+    assert len(runs) == 2 * 2 * (1 + 2) and len(set(runs)) == len(runs)
+
+
+def test_repeated_baselines_count_once_per_seed_for_accuracy_and_every_time_for_wall_clock():
+    runs = [
+        {**_run("full", 1.0, 0, 92.0, 100.0, [[100.0, 92.0]]), "block": 0.3},
+        {**_run("full", 1.0, 0, 92.0, 140.0, [[140.0, 92.0]]), "block": 0.5},
+        {**_run("full", 1.0, 1, 93.0, 120.0, [[120.0, 93.0]]), "block": 0.3},
+        _run("ucb", 0.5, 0, 92.5, 60.0, [[60.0, 92.5]]),
+    ]
+    rows = {row["strategy"]: row for row in bench.summarize(runs)}
+    assert rows["full"]["seeds"] == 2 and rows["full"]["runs"] == 3
+    assert rows["full"]["acc_mean"] == pytest.approx(92.5)  # not (92 + 92 + 93) / 3
+    assert rows["full"]["wall_s_mean"] == pytest.approx(120.0)
+    assert rows["ucb"]["speedup"] == pytest.approx(2.0)
+
+
+def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp_path):
+    out = tmp_path / "e2e.json"
+    common = ["--train-limit", "2000", "--epochs", "2", "--strategies", "uniform_random", "el2n",
+              "--keeps", "0.5", "--workdir", str(tmp_path / "stores"), "--out", str(out),
+              "--threads", str(torch.get_num_threads()), "--amp", "off", "--no-flush-denormal"]
+    assert bench.main([*common, "--seeds", "0"]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["strategy"], r["seed"], r["block"]) for r in result["runs"]] == [
+        ("full", 0, 0.5), ("uniform_random", 0, 0.5), ("el2n", 0, 0.5)]
+    full, uniform, el2n = result["runs"]
+    assert full["samples_seen"] == 2 * 2000 and uniform["samples_seen"] == 2 * 1000
+    assert el2n["scoring_s"] > 0  # the static method's scoring epoch is billed to it
+    assert all(len(r["curve"]) == 2 and 0 <= r["final_acc"] <= 100 for r in result["runs"])
+    assert {"cpu", "cores"} <= set(result["machine"])
+    report = out.with_suffix(".md").read_text()
+    assert "| keep | uniform_random | el2n |" in report and "| full | 1.0 |" in report
+    for suffix in ("_curves.png", "_frontier.png"):
+        assert (tmp_path / f"e2e{suffix}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --continue keeps seed 0's runs untouched and adds only seed 1's
+    assert bench.main([*common, "--seeds", "0", "1", "--continue"]) == 0
+    continued = json.loads(out.read_text())
+    assert continued["runs"][:3] == result["runs"]
+    assert [(r["strategy"], r["seed"]) for r in continued["runs"][3:]] == [
+        ("full", 1), ("uniform_random", 1), ("el2n", 1)]
+    assert {row["seeds"] for row in continued["summary"]} == {2}
