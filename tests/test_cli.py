@@ -76,6 +76,34 @@ def test_python_m_fastprune_reports_errors_without_traceback(tmp_path):
     assert str(missing) in result.stderr
 
 
+def test_info_and_convert_do_not_import_torch(tmp_path):
+    # train/bench parsers import torch (~2 s); only those subcommands may pay for it.
+    images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.arange(2))
+    out = tmp_path / "d.beton"
+    script = (f"import sys; from fastprune.cli import main\n"
+              f"assert main(['convert', {str(tmp_path / 'd.npz')!r}, '-o', {str(out)!r}, '--no-progress']) == 0\n"
+              f"assert main(['info', {str(out)!r}]) == 0\n"
+              f"print('torch imported:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+
+
+def test_help_lists_every_command_and_builds_the_one_asked_for(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    for command in ("convert", "info", "train", "bench"):
+        assert re.search(rf"^\s+{command}\s+\S", listing, re.M), command
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--strategy" in capsys.readouterr().out  # the full parser, not the stub
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "--quick" in capsys.readouterr().out
+
+
 def test_image_folder_via_cli_with_jpeg_and_max_side(tmp_path, capsys):
     for name, shape in [("b/x.png", (30, 60)), ("a/y.jpg", (12, 12))]:
         (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)

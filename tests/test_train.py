@@ -85,11 +85,12 @@ def _run(stores, *, strategy="ucb", epochs=4, keep=0.5, seed=0, **fit_options):
 
 
 def test_models_accept_28_and_32_pixel_inputs():
-    for model in (SmallResNet(1), build_model("small_resnet", widths=(8, 16), blocks=2),
-                  resnet18_small(1)):
+    # Defaults take 3 channels: every store fastprune writes is RGB, gray datasets included.
+    for channels, model in ((1, SmallResNet(1)), (3, build_model("small_resnet", widths=(8, 16), blocks=2)),
+                            (1, resnet18_small(1)), (3, build_model("resnet18"))):
         model.eval()
         for size in (28, 32):
-            assert model(torch.zeros(2, 1, size, size)).shape == (2, 10)
+            assert model(torch.zeros(2, channels, size, size)).shape == (2, 10)
 
 
 def test_fit_learns_and_keeps_a_consistent_history(stores):

@@ -1,13 +1,14 @@
 """The ``fastprune`` command line: ``fastprune convert | info | train | bench`` (``python -m fastprune`` too).
 
 Each subcommand is one ``add_<name>_command(subparsers)`` function that registers its parser and
-sets ``run`` to the function doing the work; :data:`COMMANDS` lists them in help order, so a new
-subcommand (``train``, ``bench``) is one more function appended there.
+sets ``run`` to the function doing the work; :data:`COMMANDS` lists the ones defined here, and
+:data:`LAZY_COMMANDS` the ones whose modules import torch (``train``, ``bench``), built only when run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -124,32 +125,38 @@ def run_info(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- main
 
-def add_train_command(subparsers) -> None:
-    from .train import add_train_command as add  # torch is imported only when the CLI is built
-    add(subparsers)
+# train and bench import torch (~2 s): `fastprune info` and `convert` should not pay for it, so
+# their full parsers are built only when they are the command being run; otherwise a stub with
+# the one-line summary lists them in `fastprune --help`.
+LAZY_COMMANDS = {
+    "train": ("fastprune.train", "train a model on a store, pruning the data dynamically"),
+    "bench": ("fastprune.bench.end_to_end", "benchmark every strategy against full-data training"),
+}
+
+# Subcommands built eagerly, in help order (the lazy ones follow).
+COMMANDS: list[Callable] = [add_convert_command, add_info_command]
 
 
-def add_bench_command(subparsers) -> None:
-    from .bench.end_to_end import add_bench_command as add
-    add(subparsers)
-
-
-# Subcommands in help order.
-COMMANDS: list[Callable] = [add_convert_command, add_info_command, add_train_command, add_bench_command]
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; ``command`` names the one lazy subcommand whose full parser is needed."""
     parser = argparse.ArgumentParser(prog=PROG, description="Dynamic data pruning with a packed, "
                                      "memory-mapped data path.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(subparsers)
+    for name, (module, summary) in LAZY_COMMANDS.items():
+        if name == command:
+            getattr(importlib.import_module(module), f"add_{name}_command")(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code (errors: one line on stderr, code 1)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level parser has no options taking a value, so the first word is the command.
+    parser = build_parser(next((word for word in argv if not word.startswith("-")), None))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

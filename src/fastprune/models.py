@@ -48,7 +48,8 @@ class SmallResNet(nn.Module):
     """ResNet for small images: stem conv, one stage per width, global pool, linear head.
 
     Args:
-        in_channels: 1 for (Fashion-)MNIST, 3 for CIFAR.
+        in_channels: 3 (default) for every store fastprune writes, gray datasets included: they
+            are stored as RGB; 1 only for tensors built elsewhere.
         num_classes: size of the output layer.
         widths: channels of each stage; every stage after the first halves the resolution.
         blocks: BasicBlocks per stage (an int applies to every stage). ``widths=(16, 32, 64)``
@@ -59,7 +60,7 @@ class SmallResNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
+        in_channels: int = 3,
         num_classes: int = 10,
         widths: Sequence[int] = (32, 64, 128),
         blocks: int | Sequence[int] = 1,
@@ -131,7 +132,7 @@ def _init_weights(model: nn.Module) -> None:
 BENCHMARK_MODEL = {"name": "small_resnet", "widths": (32, 64, 128), "blocks": 1, "stem_stride": 2}
 
 
-def build_model(name: str = "small_resnet", *, in_channels: int = 1, num_classes: int = 10,
+def build_model(name: str = "small_resnet", *, in_channels: int = 3, num_classes: int = 10,
                 **options) -> nn.Module:
     """Build a model by name: ``"small_resnet"`` (options go to SmallResNet) or ``"resnet18"``."""
     if name == "small_resnet":

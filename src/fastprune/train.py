@@ -544,7 +544,7 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
 
 
 # --------------------------------------------------------------------------------------------
-# `fastprune train` (cli.py appends ``add_train_command`` to its COMMANDS)
+# `fastprune train` (cli.py lists it in LAZY_COMMANDS)
 # --------------------------------------------------------------------------------------------
 
 def add_train_command(subparsers):
