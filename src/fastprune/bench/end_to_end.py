@@ -7,7 +7,7 @@ full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMAR
 table and two PNG plots into benchmarks/results/.
 
     fastprune bench --quick        # a few minutes: subset, fewer epochs, keep 0.5
-    fastprune bench                # the full benchmark (about 2 hours on 2 cores)
+    fastprune bench                # the full benchmark (111 min on 2 cores, 63 runs)
 
 (``python benchmarks/end_to_end.py`` is the same program.)
 
