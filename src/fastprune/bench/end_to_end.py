@@ -392,7 +392,8 @@ def _report(result: dict) -> str:
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
             f"Wall-clock = training time incl. loading, selection and scoring epochs; evaluation "
-            f"excluded. Speed-up = full-data wall-clock / strategy wall-clock (means over seeds).\n")
+            f"excluded. Speed-up = mean wall-clock of all full-data baseline runs (one per keep block "
+            f"and seed) / the strategy's mean wall-clock over seeds.\n")
 
 
 def main(argv=None) -> int:
