@@ -24,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import tempfile
 import zlib
@@ -228,6 +229,21 @@ def _read_sample(source, index: int, num_fields: int) -> tuple:
 _WORKER_JOB: tuple | None = None
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a worker must not outlive a parent killed with SIGKILL (nothing would
+    read its results, and it would keep a core busy). ProcessPoolExecutor alone does not ensure
+    it: a worker blocked on the task or result pipe never sees EOF, because its siblings hold
+    copies of both ends. On Linux the kernel sends SIGKILL when the parent dies; the getppid
+    check covers a parent that died between the fork and the request."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipes are all there is
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
     source, fields = _WORKER_JOB
     try:
@@ -258,7 +274,8 @@ def _encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_si
         _WORKER_JOB = (source, items)
         # An executor, not multiprocessing.Pool: it notices a worker that dies (os._exit, a crash
         # in user code) and raises BrokenProcessPool instead of waiting for it forever.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
             for chunk in pool.map(_encode_in_worker, bounds):
                 yield chunk
