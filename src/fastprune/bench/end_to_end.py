@@ -71,14 +71,17 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 
 # ----------------------------------------------------------------------------------- one run
 
-def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, options) -> dict:
-    """Train one model; return its row of the JSON's "runs"."""
+def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, options,
+            strategy_options: dict | None = None) -> dict:
+    """Train one model; return its row of the JSON's "runs". ``strategy_options`` override the
+    strategy's library defaults (the held-out tuning study uses them; the benchmark does not)."""
     from fastprune.store.reader import Store
 
     seed_everything(seed)
     train_store, val_store = (Store(path) for path in stores)
     epochs = mode["epochs"]
-    strategy = make_strategy(strategy_name, len(train_store), keep, epochs=epochs, seed=seed)
+    strategy = make_strategy(strategy_name, len(train_store), keep, epochs=epochs, seed=seed,
+                             **(strategy_options or {}))
     train_loader, val_loader = make_loaders(
         train_store, val_store, RECIPE["batch_size"], sampler=strategy, seed=seed,
         pad=RECIPE["pad"], threads=options.threads, channels_last=options.channels_last)

@@ -1,0 +1,142 @@
+"""Held-out check of the bandit strategies' defaults, without touching the test set.
+
+The end-to-end benchmark reports test accuracy, so its numbers must not be used to choose a
+strategy's hyperparameters. This study splits Fashion-MNIST's *training* set into 50k images to
+train on and 10k held-out images to validate on (a fixed permutation), and trains the benchmark's
+model and recipe (fastprune.bench.end_to_end.RECIPE) with full data and with variants of
+EpsilonGreedy and UCB at one keep ratio, over a few seeds. It prints a table (held-out accuracy
+mean ± std, gap to full data, wall-clock) and writes JSON + markdown to benchmarks/results/.
+
+    python benchmarks/heldout_tuning.py                      # the default variants, seeds 0 1
+    python benchmarks/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
+
+A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
+class keeps the same fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastprune.bench import machine
+from fastprune.bench.end_to_end import RECIPE, _cpu_has_fast_bf16, _mean, _std, run_one, warm_up
+
+HELDOUT = 10_000
+SPLIT_SEED = 20261123
+DEFAULT_VARIANTS = ("epsilon_greedy", "epsilon_greedy:eps=0.1", "epsilon_greedy:balanced=1",
+                    "ucb", "ucb:c=0.5", "ucb:balanced=1")
+
+
+def split_stores(workdir: Path) -> tuple[Path, Path, np.ndarray]:
+    """Fashion-MNIST train split into (50k fit store, 10k held-out store); returns the fit labels."""
+    from fastprune.convert import FASHION_MNIST_DIR, from_arrays
+    from fastprune.convert.idx import find_idx_files, load_idx
+
+    images, labels = load_idx(*find_idx_files(FASHION_MNIST_DIR, "train"))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    fit_part, held_part = np.sort(order[HELDOUT:]), np.sort(order[:HELDOUT])
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, part in (("fit", fit_part), ("heldout", held_part)):
+        path = workdir / f"fashion-mnist-train-{name}-{SPLIT_SEED}.beton"
+        if not path.exists():
+            from_arrays(images[part], labels[part], path, progress=False)
+        paths.append(path)
+    return paths[0], paths[1], labels[fit_part]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"ucb:c=0.5,decay=0.5"`` -> ("ucb", {"c": 0.5, "decay": 0.5})."""
+    name, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"variant {text!r}: expected option=value, got {item!r}")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            options[key] = value
+    return name, options
+
+
+def strategy_options(options: dict, labels: np.ndarray) -> dict:
+    options = dict(options)
+    if options.pop("balanced", 0):
+        options["labels"] = labels
+    return options
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    full = [r["final_acc"] for r in runs if r["variant"] == "full"]
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+        accs = [r["final_acc"] for r in mine]
+        rows.append({"variant": variant, "seeds": [r["seed"] for r in mine],
+                     "acc_mean": _mean(accs), "acc_std": _std(accs),
+                     "gap_pt": _mean(accs) - _mean(full) if full else None,
+                     "wall_s": _mean([r["wall_s"] for r in mine])})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| variant | seeds | held-out acc % (mean ± std) | gap to full pt | wall s |", "|---|---|---|---|---|"]
+    for r in rows:
+        gap = "–" if r["gap_pt"] is None else f"{r['gap_pt']:+.2f}"
+        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
+                     f"{gap} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--keep", type=float, default=0.5)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
+    parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
+    args = parser.parse_args(argv)
+    # the benchmark's own settings (fastprune bench defaults on this CPU)
+    options = argparse.Namespace(threads=os.cpu_count(), amp="bf16" if _cpu_has_fast_bf16() else "auto", channels_last=True, progress=False)
+    torch.set_num_threads(options.threads)
+    torch.set_flush_denormal(True)
+    fit_store, held_store, labels = split_stores(args.workdir)
+    stores, mode = (fit_store, held_store), {"epochs": args.epochs}
+    print(f"warm-up (untimed): {warm_up(stores, mode, options):.1f}s", flush=True)
+    variants = [parse_variant(v) for v in args.variants]
+    runs = []
+    result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
+              "date": machine.now(), "recipe": RECIPE, "epochs": args.epochs, "keep": args.keep,
+              "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)"},
+              "runs": runs, "summary": []}
+    started = time.perf_counter()
+    for seed in args.seeds:
+        for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
+            keep = 1.0 if name == "full" else args.keep
+            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels))
+            runs.append({"variant": label, **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc",
+                                                                   "wall_s", "curve")}})
+            result["summary"] = summarize(runs)
+            machine.write_json(args.out, result)
+            print(f"{label:>32} seed {seed}: held-out acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
+                  f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
+    table = markdown(result["summary"])
+    args.out.with_suffix(".md").write_text(
+        f"# Held-out tuning: keep {args.keep}, {args.epochs} epochs, 50k/10k split of Fashion-MNIST train\n\n"
+        f"`{result['command']}` — {result['date']}, {result['machine']['cpu']}.\n\n{table}\n")
+    print(f"\n{table}\n\nwrote {args.out} (+ .md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
