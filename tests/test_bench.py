@@ -100,3 +100,13 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert [(r["strategy"], r["seed"]) for r in continued["runs"][3:]] == [
         ("full", 1), ("uniform_random", 1), ("el2n", 1)]
     assert {row["seeds"] for row in continued["summary"]} == {2}
+
+    # --continue onto a file from another machine or with other settings is refused, file untouched
+    for args in (["--epochs", "3"], ["--amp", "bf16"]):
+        with pytest.raises(SystemExit, match="--continue: .*(mode.epochs|settings)"):
+            bench.main([*common, *args, "--seeds", "0", "1", "--continue"])
+    foreign = {**continued, "machine": {**continued["machine"], "cpu": "Some Other CPU"}}
+    out.write_text(json.dumps(foreign))
+    with pytest.raises(SystemExit, match="machine.cpu = 'Some Other CPU'"):
+        bench.main([*common, "--seeds", "0", "1", "--continue"])
+    assert json.loads(out.read_text()) == foreign
