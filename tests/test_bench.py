@@ -110,3 +110,9 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     with pytest.raises(SystemExit, match="machine.cpu = 'Some Other CPU'"):
         bench.main([*common, "--seeds", "0", "1", "--continue"])
     assert json.loads(out.read_text()) == foreign
+
+
+def test_remaining_time_extrapolates_seconds_per_unit_of_work():
+    # 300 s for a full run (1.0) and a keep-0.5 run: 200 s per unit; 0.5 + 1.0 units left -> 5 min
+    assert bench.remaining_time(300.0, 1.5, 1.5) == "~5 min left"
+    assert bench.remaining_time(300.0, 1.5, 0.0) == "done"

@@ -397,6 +397,14 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
                              f"rerun without --continue.")
 
 
+def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
+    """"~N min left", extrapolating the seconds per unit of work so far (a run's work is its keep
+    ratio, 1.0 for full data: static methods' scoring epochs and evaluation make it an estimate)."""
+    if work_left <= 0:
+        return "done"
+    return f"~{elapsed / work_done * work_left / 60:.0f} min left"
+
+
 def write_outputs(out: Path, result: dict) -> None:
     machine.write_json(out, result)
     if not result["summary"]:
@@ -452,16 +460,17 @@ def run(args: argparse.Namespace) -> int:
     todo = [run for run in planned_runs(mode) if run not in done]
     if todo:
         print(f"warm-up (untimed): {warm_up(stores, mode, args):.1f}s", flush=True)
-    started = time.perf_counter()
+    started, work = time.perf_counter(), [keep for _, keep, _, _ in todo]
     for number, (strategy, keep, seed, block) in enumerate(todo, 1):
         row = {**run_one(strategy, keep, seed, stores, mode, args), "block": block}
         runs.append(row)
+        elapsed = time.perf_counter() - started
+        eta = remaining_time(elapsed, sum(work[:number]), sum(work[number:]))
         result["summary"] = summarize(runs)
         write_outputs(out, result)  # after every run: a long benchmark can be inspected or continued
         print(f"[{number}/{len(todo)}] {strategy:>14} keep {keep:.1f} seed {seed}: "
               f"acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  eval {row['eval_s']:.1f}s  "
-              f"overhead {row['pruning_overhead_s']:.2f}s  (elapsed {time.perf_counter() - started:.0f}s)",
-              flush=True)
+              f"overhead {row['pruning_overhead_s']:.2f}s  (elapsed {elapsed:.0f}s, {eta})", flush=True)
     print()
     print(markdown_table(result["summary"]))
     print(f"\nwrote {out} (+ .md, _curves.png, _frontier.png)")
