@@ -35,14 +35,19 @@ DEFAULT_VARIANTS = ("epsilon_greedy", "epsilon_greedy:eps=0.1", "epsilon_greedy:
                     "ucb", "ucb:c=0.5", "ucb:balanced=1")
 
 
+def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) sample indices, sorted: a fixed random ``HELDOUT`` of ``n`` are held out."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return np.sort(order[HELDOUT:]), np.sort(order[:HELDOUT])
+
+
 def split_stores(workdir: Path) -> tuple[Path, Path, np.ndarray]:
     """Fashion-MNIST train split into (50k fit store, 10k held-out store); returns the fit labels."""
     from fastprune.convert import FASHION_MNIST_DIR, from_arrays
     from fastprune.convert.idx import find_idx_files, load_idx
 
     images, labels = load_idx(*find_idx_files(FASHION_MNIST_DIR, "train"))
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
-    fit_part, held_part = np.sort(order[HELDOUT:]), np.sort(order[:HELDOUT])
+    fit_part, held_part = split_indices(len(labels))
     workdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, part in (("fit", fit_part), ("heldout", held_part)):

@@ -116,3 +116,41 @@ def test_remaining_time_extrapolates_seconds_per_unit_of_work():
     # 300 s for a full run (1.0) and a keep-0.5 run: 200 s per unit; 0.5 + 1.0 units left -> 5 min
     assert bench.remaining_time(300.0, 1.5, 1.5) == "~5 min left"
     assert bench.remaining_time(300.0, 1.5, 0.0) == "done"
+
+
+def _load_heldout_study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "heldout_tuning.py"
+    spec = importlib.util.spec_from_file_location("fastprune_heldout_tuning", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps():
+    import numpy as np
+
+    study = _load_heldout_study()
+    fit, held = study.split_indices(60_000)
+    assert len(held) == study.HELDOUT and len(fit) == 50_000
+    assert np.array_equal(np.union1d(fit, held), np.arange(60_000)) and not np.intersect1d(fit, held).size
+    assert np.array_equal(study.split_indices(60_000)[1], held)  # the same split every time
+
+    assert study.parse_variant("ucb") == ("ucb", {})
+    assert study.parse_variant("ucb:c=0.5,bonus=var") == ("ucb", {"c": 0.5, "bonus": "var"})
+    with pytest.raises(SystemExit, match="option=value"):
+        study.parse_variant("ucb:c")
+    labels = np.arange(10)
+    assert study.strategy_options({"balanced": 1.0, "eps": 0.1}, labels) == {"labels": labels, "eps": 0.1}
+    assert study.strategy_options({"balanced": 0.0}, labels) == {}
+
+    runs = [{"variant": "full", "seed": 0, "final_acc": 93.0, "wall_s": 10.0},
+            {"variant": "ucb", "seed": 0, "final_acc": 92.0, "wall_s": 5.0},
+            {"variant": "full", "seed": 1, "final_acc": 92.0, "wall_s": 12.0},
+            {"variant": "ucb", "seed": 1, "final_acc": 91.5, "wall_s": 7.0}]
+    full, ucb = study.summarize(runs)
+    assert (full["variant"], full["gap_pt"], full["wall_s"]) == ("full", 0.0, 11.0)
+    assert ucb["acc_mean"] == pytest.approx(91.75) and ucb["gap_pt"] == pytest.approx(-0.75)
+    assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
