@@ -16,6 +16,21 @@ def fashion_mnist_dir() -> Path:
     return FASHION_MNIST_DIR
 
 
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script under benchmarks/ (not a package) as a module: ``benchmark_script("soak")``."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"fastprune_benchmark_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print how many cases the fuzz tests ran (tests/test_fuzz_*.py record them on the config)."""
     counts = getattr(config, "fastprune_fuzz_counts", None)

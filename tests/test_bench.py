@@ -118,21 +118,10 @@ def test_remaining_time_extrapolates_seconds_per_unit_of_work():
     assert bench.remaining_time(300.0, 1.5, 0.0) == "done"
 
 
-def _load_heldout_study():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "heldout_tuning.py"
-    spec = importlib.util.spec_from_file_location("fastprune_heldout_tuning", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps():
+def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps(benchmark_script):
     import numpy as np
 
-    study = _load_heldout_study()
+    study = benchmark_script("heldout_tuning")
     fit, held = study.split_indices(60_000)
     assert len(held) == study.HELDOUT and len(fit) == 50_000
     assert np.array_equal(np.union1d(fit, held), np.arange(60_000)) and not np.intersect1d(fit, held).size

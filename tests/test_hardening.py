@@ -381,24 +381,14 @@ def test_training_killed_mid_epoch_resumes_to_the_same_selections_and_metrics(tm
 
 # --- 6. soak (short version of benchmarks/soak.py) ----------------------------------------------
 
-def _load_soak_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "soak.py"
-    spec = importlib.util.spec_from_file_location("fastprune_soak", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _os_threads() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
 
 
 @pytest.mark.timeout(300)
-def test_short_soak_keeps_threads_and_memory_flat(tmp_path):
-    soak = _load_soak_module()
+def test_short_soak_keeps_threads_and_memory_flat(tmp_path, benchmark_script):
+    soak = benchmark_script("soak")
     rng = np.random.default_rng(0)
     n = 16_384  # 12 MiB of 16x16 images, against ~0.8 MiB of prefetch buffers
     images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
