@@ -17,8 +17,6 @@ class keeps the same fraction.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import RECIPE, _cpu_has_fast_bf16, _mean, _std, run_one, warm_up
+from fastprune.bench.end_to_end import RECIPE, _mean, _std, build_parser, run_one, warm_up
 
 HELDOUT = 10_000
 SPLIT_SEED = 20261123
@@ -111,10 +109,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
-    # the benchmark's own settings (fastprune bench defaults on this CPU)
-    options = argparse.Namespace(threads=os.cpu_count(), amp="bf16" if _cpu_has_fast_bf16() else "auto", channels_last=True, progress=False)
+    options = build_parser().parse_args([])  # the settings `fastprune bench` uses on this CPU
     torch.set_num_threads(options.threads)
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(options.flush_denormal)
     fit_store, held_store, labels = split_stores(args.workdir)
     stores, mode = (fit_store, held_store), {"epochs": args.epochs}
     print(f"warm-up (untimed): {warm_up(stores, mode, options):.1f}s", flush=True)
