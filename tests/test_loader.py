@@ -112,6 +112,39 @@ def test_drop_last(raw_store):
     assert all(len(b.indices) == 64 for b in _epoch(loader))
 
 
+def test_even_batches_split_every_sample_into_near_equal_batches(raw_store):
+    # ShrinkingSampler epochs hold 300, 250, 200, 150 samples: with batches of 64 the plain split
+    # leaves remainders of 44, 58, 8 and 22 samples.
+    plain = Loader(raw_store, 64, sampler=ShrinkingSampler(), seed=3)
+    even = Loader(raw_store, 64, sampler=ShrinkingSampler(), seed=3, even_batches=True)
+    for epoch in range(4):
+        selected = ShrinkingSampler().num_selected(epoch)
+        assert len(even) == len(plain) == -(-selected // 64)
+        plain_batches, even_batches = _epoch(plain), _epoch(even)
+        sizes = [len(b.indices) for b in even_batches]
+        assert len(sizes) == len(plain_batches) and sum(sizes) == selected
+        assert max(sizes) <= 64 and max(sizes) - min(sizes) <= 1
+        # the same samples in the same order, only cut at other places
+        assert torch.equal(torch.cat([b.indices for b in even_batches]), torch.cat([b.indices for b in plain_batches]))
+    assert even.steps_for_epochs(0, 4) == plain.steps_for_epochs(0, 4)
+    with pytest.raises(ValueError, match="drop_last and even_batches"):
+        Loader(raw_store, 64, drop_last=True, even_batches=True)
+
+
+def test_batch_bounds_match_a_slow_split():
+    from fastprune.loader.loader import batch_bounds
+
+    for n in (0, 1, 7, 64, 65, 300, 42_000):
+        for size in (1, 8, 64, 512):
+            plain, even = batch_bounds(n, size), batch_bounds(n, size, even=True)
+            expected = [min(k * size, n) for k in range(-(-n // size) + 1)]
+            assert plain.tolist() == expected
+            sizes = np.diff(even)
+            assert len(sizes) == len(expected) - 1 and sizes.sum() == n and even[0] == 0
+            if n:
+                assert sizes.max() <= size and sizes.max() - sizes.min() <= 1
+
+
 def test_same_seed_same_epoch_bit_identical_across_thread_counts(raw_store):
     runs = []
     for threads in (1, 2, 3):

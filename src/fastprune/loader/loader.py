@@ -60,6 +60,11 @@ class Loader:
             fused into the native decode (needed when images differ in size).
         shuffle: shuffle each epoch's selection from (seed, epoch).
         drop_last: drop the last, incomplete batch.
+        even_batches: split the epoch into the same number of batches, ``ceil(n / batch_size)``,
+            of near-equal size (they differ by at most one sample) instead of full batches and a
+            remainder. A pruned epoch's remainder can be tiny (42,000 samples in batches of 512
+            leave 16), and one 16-sample step at a high learning rate measurably set the model
+            back (see ``fastprune.train.make_loaders``). Excludes ``drop_last``.
         seed: seeds the order and every augmentation.
         threads: producer threads (default: the CPUs this process may use).
         prefetch: finished batches kept ready per producer.
@@ -77,7 +82,7 @@ class Loader:
 
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
+                 even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
                  distributed=None, image_field: str | None = None, label_field: str | None = None):
         batch_size = _positive_int(batch_size, "batch_size")
         if threads is not None:
@@ -86,6 +91,10 @@ class Loader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.even_batches = bool(even_batches)
+        if self.drop_last and self.even_batches:
+            raise ValueError("drop_last and even_batches exclude each other: drop_last keeps only full "
+                             "batches, even_batches splits every sample into near-equal batches")
         self.seed = int(seed)
         self.threads = int(threads) if threads is not None else _default_threads()
         self.prefetch = int(prefetch)
@@ -153,7 +162,8 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self._epoch
         ids, weights = self.epoch_order(epoch)
-        run = _EpochRun(self._batch_builder(epoch), ids, weights, self.batch_size, self.threads, self.prefetch)
+        bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)
+        run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch)
         try:
             for batch in run.batches():
                 yield self._to_device(batch)
@@ -173,6 +183,15 @@ class Loader:
     def __repr__(self) -> str:
         return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, "
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
+
+
+def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.ndarray:
+    """Start offsets of an epoch's ``ceil(num_samples / batch_size)`` batches, plus the end:
+    full batches and a remainder, or (``even``) sizes that differ by at most one."""
+    count = math.ceil(num_samples / batch_size)
+    if even:
+        return np.arange(count + 1, dtype=np.int64) * num_samples // max(count, 1)
+    return np.minimum(np.arange(count + 1, dtype=np.int64) * batch_size, num_samples)
 
 
 class _BatchBuilder:
@@ -210,9 +229,9 @@ class _BatchBuilder:
 class _EpochRun:
     """Producer threads for one pass; close() stops and joins them and drops queued batches."""
 
-    def __init__(self, build, ids, weights, batch_size, threads, prefetch):
-        self._build, self._ids, self._weights, self._batch_size = build, ids, weights, batch_size
-        self.num_batches = math.ceil(len(ids) / batch_size)
+    def __init__(self, build, ids, weights, bounds, threads, prefetch):
+        self._build, self._ids, self._weights, self._bounds = build, ids, weights, bounds
+        self.num_batches = len(bounds) - 1
         self._threads = max(1, min(threads, self.num_batches))
         self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
         self._stop = threading.Event()
@@ -241,7 +260,7 @@ class _EpochRun:
         for k in range(t, self.num_batches, self._threads):
             if self._stop.is_set():
                 return
-            rows = slice(k * self._batch_size, (k + 1) * self._batch_size)
+            rows = slice(int(self._bounds[k]), int(self._bounds[k + 1]))
             try:
                 item = ("batch", self._build(self._ids[rows], self._weights[rows]))
             except BaseException as exc:  # handed to the consumer, which re-raises it
