@@ -171,3 +171,12 @@ def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys):
     assert [r["samples"] for r in history] == [TRAIN_SIZE, TRAIN_SIZE, TRAIN_SIZE // 2]  # 2 scoring epochs
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 3/3" in out
+
+
+@pytest.mark.parametrize("name", ["uniform_random", "epsilon_greedy", "ucb", "el2n", "forgetting"])
+def test_make_strategy_places_final_full_epochs_from_the_run_length(name):
+    from fastprune.train import make_strategy
+
+    strategy = make_strategy(name, 1000, 0.5, epochs=6, seed=0, final_full_epochs=2)
+    assert [strategy.num_selected(e) for e in (3, 4, 5)] == [500, 1000, 1000]
+    assert len(strategy.select(5)) == 1000 and len(strategy.select(3)) == 500

@@ -503,7 +503,9 @@ STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "e
 
 def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed: int = 0,
                   **options):
-    """Build a pruning strategy by its benchmark name (see ``STRATEGIES``), library defaults."""
+    """Build a pruning strategy by its benchmark name (see ``STRATEGIES``), library defaults.
+    ``epochs`` (the run's length) reaches every strategy, so options that place epochs from the
+    end, such as ``final_full_epochs``, work for all of them."""
     from . import prune
 
     if name == "full":
@@ -514,7 +516,7 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
                "ucb": prune.UCB, "el2n": prune.EL2N, "forgetting": prune.Forgetting}
     if name not in classes:
         raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
-    return classes[name](num_samples, keep, seed=seed, **options)
+    return classes[name](num_samples, keep, epochs=epochs, seed=seed, **options)
 
 
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
