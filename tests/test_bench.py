@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -143,3 +145,27 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert (full["variant"], full["gap_pt"], full["wall_s"]) == ("full", 0.0, 11.0)
     assert ucb["acc_mean"] == pytest.approx(91.75) and ucb["gap_pt"] == pytest.approx(-0.75)
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
+
+
+def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchings(benchmark_script, tmp_path):
+    from fastprune.convert import from_arrays
+    from fastprune.store.reader import Store
+    from fastprune.train import make_loaders, make_strategy
+
+    study = benchmark_script("even_batches")
+    for n in (50_000, 60_000, 12_345):
+        keep = study.keep_with_remainder(n, 512, study.REMAINDER)
+        assert round(keep * n) % 512 == study.REMAINDER and 0.6 < keep <= 0.7
+    # make_loaders batches evenly unless told not to; the study compares the two
+    images = np.zeros((100, 8, 8, 3), np.uint8)
+    store = Store(from_arrays(images, np.arange(100) % 10, tmp_path / "s.beton", progress=False))
+    sizes = {}
+    for even in (False, True):
+        sampler = make_strategy("uniform_random", 100, 0.7, epochs=1, seed=0)
+        loader, _ = make_loaders(store, store, 32, sampler=sampler, even_batches=even, mean=(0,) * 3, std=(1,) * 3)
+        sizes[even] = [len(b.indices) for b in loader]
+    assert sizes == {False: [32, 32, 6], True: [23, 23, 24]}
+    runs = [{"batches": b, "seed": s, "final_acc": a, "curve": [[1.0, 50.0], [2.0, a]]}
+            for b, s, a in (("plain", 0, 91.0), ("even", 0, 92.0), ("plain", 1, 91.5), ("even", 1, 92.5))]
+    table = study.markdown(runs)
+    assert "| plain | mean | | 91.25 |" in table and "| even | mean | | 92.25 |" in table

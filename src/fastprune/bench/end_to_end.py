@@ -72,9 +72,10 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------- one run
 
 def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, options,
-            strategy_options: dict | None = None) -> dict:
+            strategy_options: dict | None = None, even_batches: bool = True) -> dict:
     """Train one model; return its row of the JSON's "runs". ``strategy_options`` override the
-    strategy's library defaults (the held-out tuning study uses them; the benchmark does not)."""
+    strategy's library defaults and ``even_batches=False`` restores plain batching (the held-out
+    studies use them; the benchmark does not)."""
     from fastprune.store.reader import Store
 
     seed_everything(seed)
@@ -84,7 +85,8 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, opti
                              **(strategy_options or {}))
     train_loader, val_loader = make_loaders(
         train_store, val_store, RECIPE["batch_size"], sampler=strategy, seed=seed,
-        pad=RECIPE["pad"], threads=options.threads, channels_last=options.channels_last)
+        pad=RECIPE["pad"], threads=options.threads, channels_last=options.channels_last,
+        even_batches=even_batches)
     model_options = {k: v for k, v in BENCHMARK_MODEL.items() if k != "name"}
     model = build_model(BENCHMARK_MODEL["name"], in_channels=3, **model_options)
     optimizer = make_optimizer(model, RECIPE["lr"], RECIPE["weight_decay"])
