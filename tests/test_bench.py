@@ -112,6 +112,11 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     with pytest.raises(SystemExit, match="machine.cpu = 'Some Other CPU'"):
         bench.main([*common, "--seeds", "0", "1", "--continue"])
     assert json.loads(out.read_text()) == foreign
+    # ... and onto one measured before even batches were part of the recipe
+    old_recipe = {k: v for k, v in continued["recipe"].items() if k != "even_batches"}
+    out.write_text(json.dumps({**continued, "recipe": old_recipe}))
+    with pytest.raises(SystemExit, match="--continue: .*recipe"):
+        bench.main([*common, "--seeds", "0", "1", "--continue"])
 
 
 def test_remaining_time_extrapolates_seconds_per_unit_of_work():

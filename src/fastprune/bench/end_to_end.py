@@ -37,8 +37,10 @@ from . import machine
 # The training recipe: chosen so that a full-data run reaches >= 92% Fashion-MNIST test accuracy
 # and the whole benchmark fits in 2 hours on a 2-core CPU (see the module docstring of models.py
 # and the report in benchmarks/results/end_to_end.md).
+# even_batches: part of the recipe so that --continue refuses result files measured before it
+# (plain batches: full ones plus a remainder that can be a handful of samples).
 RECIPE = {"epochs": 10, "batch_size": 512, "lr": 0.4, "weight_decay": 5e-4, "label_smoothing": 0.1,
-          "pad": 0}
+          "pad": 0, "even_batches": True}
 
 FULL_MODE = {"train_limit": None, "epochs": RECIPE["epochs"], "keeps": (0.3, 0.5, 0.7),
              "seeds": (0, 1, 2), "strategies": STRATEGIES[1:]}
@@ -72,10 +74,10 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------- one run
 
 def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, options,
-            strategy_options: dict | None = None, even_batches: bool = True) -> dict:
+            strategy_options: dict | None = None, even_batches: bool | None = None) -> dict:
     """Train one model; return its row of the JSON's "runs". ``strategy_options`` override the
-    strategy's library defaults and ``even_batches=False`` restores plain batching (the held-out
-    studies use them; the benchmark does not)."""
+    strategy's library defaults and ``even_batches`` the recipe's batching (the held-out studies
+    use them; the benchmark does not)."""
     from fastprune.store.reader import Store
 
     seed_everything(seed)
@@ -86,7 +88,7 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, opti
     train_loader, val_loader = make_loaders(
         train_store, val_store, RECIPE["batch_size"], sampler=strategy, seed=seed,
         pad=RECIPE["pad"], threads=options.threads, channels_last=options.channels_last,
-        even_batches=even_batches)
+        even_batches=RECIPE["even_batches"] if even_batches is None else even_batches)
     model_options = {k: v for k, v in BENCHMARK_MODEL.items() if k != "name"}
     model = build_model(BENCHMARK_MODEL["name"], in_channels=3, **model_options)
     optimizer = make_optimizer(model, RECIPE["lr"], RECIPE["weight_decay"])
