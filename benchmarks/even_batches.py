@@ -66,7 +66,7 @@ def main(argv=None) -> int:
               "date": machine.now(), "recipe": RECIPE, "keep": keep, "remainder": REMAINDER, "runs": runs}
     for seed in args.seeds:
         for even in (False, True):
-            row = run_one("uniform_random", keep, seed, stores, mode, options, even_batches=even)
+            row = run_one("uniform_random", keep, seed, stores, mode, options, recipe={"even_batches": even})
             runs.append({"batches": "even" if even else "plain",
                          **{k: row[k] for k in ("keep", "seed", "final_acc", "wall_s", "curve")}})
             machine.write_json(args.out, result)

@@ -9,6 +9,7 @@ mean ± std, gap to full data, wall-clock) and writes JSON + markdown to benchma
 
     python benchmarks/heldout_tuning.py                      # the default variants, seeds 0 1
     python benchmarks/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
+    python benchmarks/heldout_tuning.py --variants epsilon_greedy --batch-size 256 --lr 0.2   # a recipe change
 
 A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
 class keeps the same fraction.
@@ -106,9 +107,13 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"],
+                        help="a recipe change to study (applies to every run, full data included)")
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate, ditto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
+    recipe = {**RECIPE, "batch_size": args.batch_size, "lr": args.lr}
     options = build_parser().parse_args([])  # the settings `fastprune bench` uses on this CPU
     torch.set_num_threads(options.threads)
     torch.set_flush_denormal(options.flush_denormal)
@@ -118,14 +123,14 @@ def main(argv=None) -> int:
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": RECIPE, "epochs": args.epochs, "keep": args.keep,
+              "date": machine.now(), "recipe": recipe, "epochs": args.epochs, "keep": args.keep,
               "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)"},
               "runs": runs, "summary": []}
     started = time.perf_counter()
     for seed in args.seeds:
         for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
             keep = 1.0 if name == "full" else args.keep
-            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels))
+            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels), recipe)
             runs.append({"variant": label, **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc",
                                                                    "wall_s", "curve")}})
             result["summary"] = summarize(runs)
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
     table = markdown(result["summary"])
     args.out.with_suffix(".md").write_text(
-        f"# Held-out tuning: keep {args.keep}, {args.epochs} epochs, 50k/10k split of Fashion-MNIST train\n\n"
+        f"# Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch {recipe['batch_size']}, "
+        f"peak lr {recipe['lr']}, 50k/10k split of Fashion-MNIST train\n\n"
         f"`{result['command']}` — {result['date']}, {result['machine']['cpu']}.\n\n{table}\n")
     print(f"\n{table}\n\nwrote {args.out} (+ .md)")
     return 0
