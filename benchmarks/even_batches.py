@@ -16,13 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import RECIPE, _mean, build_parser, run_one, warm_up
+from fastprune.bench.end_to_end import RECIPE, _mean, run_one, warm_up
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_tuning import split_stores  # noqa: E402  (the script beside this one: same split)
+# the script beside this one: the same split and settings
+from heldout_tuning import bench_settings, split_stores, write_markdown  # noqa: E402
 
 REMAINDER = 16
 
@@ -51,9 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=machine.RESULTS / "even_batches.json")
     args = parser.parse_args(argv)
-    options = build_parser().parse_args([])  # the settings `fastprune bench` uses on this CPU
-    torch.set_num_threads(options.threads)
-    torch.set_flush_denormal(options.flush_denormal)
+    options = bench_settings()
     fit_store, held_store, _ = split_stores(args.workdir)
     stores, mode = (fit_store, held_store), {"epochs": RECIPE["epochs"]}
     from fastprune.store.reader import Store
@@ -73,11 +70,8 @@ def main(argv=None) -> int:
             print(f"{runs[-1]['batches']:>5} seed {seed}: held-out acc {row['final_acc']:.2f}% "
                   f"(epochs: {' '.join(f'{a:.1f}' for _, a in row['curve'])})", flush=True)
     table = markdown(runs)
-    args.out.with_suffix(".md").write_text(
-        f"# Plain vs even batches: uniform keep {keep:.5f} (every epoch ends on a {REMAINDER}-sample batch "
-        f"when plain), held-out split\n\n`{result['command']}` — {result['date']}, {result['machine']['cpu']}.\n\n"
-        f"{table}\n")
-    print(f"\n{table}\n\nwrote {args.out} (+ .md)")
+    write_markdown(args.out, f"Plain vs even batches: uniform keep {keep:.5f} (every epoch ends on a "
+                             f"{REMAINDER}-sample batch when plain), held-out split", result, table)
     return 0
 
 

@@ -34,6 +34,22 @@ DEFAULT_VARIANTS = ("epsilon_greedy", "epsilon_greedy:eps=0.1", "epsilon_greedy:
                     "ucb", "ucb:c=0.5", "ucb:balanced=1")
 
 
+def bench_settings():
+    """The run settings `fastprune bench` uses on this CPU (amp, threads, channels_last...),
+    with its torch threads and denormal flushing applied to this process."""
+    options = build_parser().parse_args([])
+    torch.set_num_threads(options.threads)
+    torch.set_flush_denormal(options.flush_denormal)
+    return options
+
+
+def write_markdown(out: Path, title: str, result: dict, table: str) -> None:
+    """``out`` with suffix .md: the title, the command, date and CPU, then the table; says so."""
+    out.with_suffix(".md").write_text(
+        f"# {title}\n\n`{result['command']}` — {result['date']}, {result['machine']['cpu']}.\n\n{table}\n")
+    print(f"\n{table}\n\nwrote {out} (+ .md)")
+
+
 def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(fit, held-out) sample indices, sorted: a fixed random ``HELDOUT`` of ``n`` are held out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
@@ -114,9 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = {**RECIPE, "batch_size": args.batch_size, "lr": args.lr}
-    options = build_parser().parse_args([])  # the settings `fastprune bench` uses on this CPU
-    torch.set_num_threads(options.threads)
-    torch.set_flush_denormal(options.flush_denormal)
+    options = bench_settings()
     fit_store, held_store, labels = split_stores(args.workdir)
     stores, mode = (fit_store, held_store), {"epochs": args.epochs}
     print(f"warm-up (untimed): {warm_up(stores, mode, options):.1f}s", flush=True)
@@ -138,11 +152,9 @@ def main(argv=None) -> int:
             print(f"{label:>32} seed {seed}: held-out acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
     table = markdown(result["summary"])
-    args.out.with_suffix(".md").write_text(
-        f"# Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch {recipe['batch_size']}, "
-        f"peak lr {recipe['lr']}, 50k/10k split of Fashion-MNIST train\n\n"
-        f"`{result['command']}` — {result['date']}, {result['machine']['cpu']}.\n\n{table}\n")
-    print(f"\n{table}\n\nwrote {args.out} (+ .md)")
+    write_markdown(args.out, f"Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch "
+                             f"{recipe['batch_size']}, peak lr {recipe['lr']}, 50k/10k split of Fashion-MNIST train",
+                   result, table)
     return 0
 
 

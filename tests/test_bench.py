@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -126,8 +125,6 @@ def test_remaining_time_extrapolates_seconds_per_unit_of_work():
 
 
 def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps(benchmark_script):
-    import numpy as np
-
     study = benchmark_script("heldout_tuning")
     fit, held = study.split_indices(60_000)
     assert len(held) == study.HELDOUT and len(fit) == 50_000
@@ -150,6 +147,16 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert (full["variant"], full["gap_pt"], full["wall_s"]) == ("full", 0.0, 11.0)
     assert ucb["acc_mean"] == pytest.approx(91.75) and ucb["gap_pt"] == pytest.approx(-0.75)
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
+
+
+
+def test_study_reports_name_the_command_date_and_cpu(benchmark_script, tmp_path, capsys):
+    study = benchmark_script("heldout_tuning")
+    result = {"command": "python x.py --seeds 0", "date": "2026-11-23T12:00:00", "machine": {"cpu": "Some CPU"}}
+    study.write_markdown(tmp_path / "r.json", "A title", result, "| a |")
+    assert (tmp_path / "r.md").read_text() == \
+        "# A title\n\n`python x.py --seeds 0` — 2026-11-23T12:00:00, Some CPU.\n\n| a |\n"
+    assert f"wrote {tmp_path / 'r.json'} (+ .md)" in capsys.readouterr().out
 
 
 def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchings(benchmark_script, tmp_path):
