@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import RECIPE, _mean, _std, build_parser, run_one, warm_up
+from fastprune.bench.end_to_end import (RECIPE, _mean, _std, apply_process_settings, build_parser, run_one,
+                                        warm_up)
 
 HELDOUT = 10_000
 SPLIT_SEED = 20261123
@@ -38,8 +38,7 @@ def bench_settings():
     """The run settings `fastprune bench` uses on this CPU (amp, threads, channels_last...),
     with its torch threads and denormal flushing applied to this process."""
     options = build_parser().parse_args([])
-    torch.set_num_threads(options.threads)
-    torch.set_flush_denormal(options.flush_denormal)
+    apply_process_settings(options)
     return options
 
 

@@ -149,7 +149,6 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
 
 
-
 def test_study_reports_name_the_command_date_and_cpu(benchmark_script, tmp_path, capsys):
     study = benchmark_script("heldout_tuning")
     result = {"command": "python x.py --seeds 0", "date": "2026-11-23T12:00:00", "machine": {"cpu": "Some CPU"}}
