@@ -16,6 +16,19 @@ from pathlib import Path
 RESULTS = Path("benchmarks") / "results"
 
 
+# The CPU features that decide how fast the benchmark's model trains (bf16 needs AMX to pay; the
+# vector width sets fp32 speed). CPUs of one model name differ in them: a VM may hide AMX.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> set[str]:
+    """The flags of /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration, IndexError):
+        return set()
+
+
 def machine() -> dict:
     """The machine description every result file carries (see BENCHMARKS.md)."""
     import numba
@@ -35,7 +48,9 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(ram),
+    flags = cpu_flags()
+    return {"cpu": cpu, "cpu_features": [f for f in SPEED_FLAGS if f in flags],
+            "cores": os.cpu_count(), "ram_gb": round(ram),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "numba": numba.__version__, "ffcv": ffcv_version,
