@@ -393,24 +393,19 @@ CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_features"), ("machin
 RECORDED_LATER = {("machine", "cpu_features")}
 
 
-def _field(document: dict, path: tuple[str, ...], missing=None):
+def _field(document: dict, path: tuple[str, ...]):
     for key in path:
-        if not isinstance(document, dict) or key not in document:
-            return missing
-        document = document[key]
+        document = (document or {}).get(key)
     return document
 
 
 def check_can_continue(previous: dict, result: dict, out: Path) -> None:
     """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
     result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
-    not_recorded = object()
     for path in CONTINUE_MUST_MATCH:
-        old, new = _field(previous, path, not_recorded), _field(result, path)
-        if old is not_recorded and path in RECORDED_LATER:
+        if path in RECORDED_LATER and path[-1] not in (_field(previous, path[:-1]) or {}):
             continue
-        if old is not_recorded:
-            old = None
+        old, new = _field(previous, path), _field(result, path)
         if old != new:
             raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
                              f"{new!r}; mixing them would compare unlike runs. Use another --out, or "

@@ -21,12 +21,19 @@ RESULTS = Path("benchmarks") / "results"
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of /proc/cpuinfo (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as lines:
+            return next(line.split(":", 1)[1].strip() for line in lines
+                        if line.startswith(key) and ":" in line)
+    except (OSError, StopIteration):
+        return None
+
+
 def cpu_flags() -> set[str]:
     """The flags of /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration, IndexError):
-        return set()
+    return set((_cpuinfo("flags") or "").split())
 
 
 def machine() -> dict:
@@ -41,12 +48,7 @@ def machine() -> dict:
         ffcv_version = importlib.metadata.version("ffcv")
     except importlib.metadata.PackageNotFoundError:
         ffcv_version = None
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = _cpuinfo("model name") or platform.processor()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     flags = cpu_flags()
     return {"cpu": cpu, "cpu_features": [f for f in SPEED_FLAGS if f in flags],
