@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import (RECIPE, _mean, _std, apply_process_settings, build_parser, run_one,
+from fastprune.bench.end_to_end import (BENCHMARK_MODEL, RECIPE, _mean, _std, apply_process_settings, build_parser, run_one,
                                         warm_up)
 
 HELDOUT = 10_000
@@ -125,10 +125,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"],
                         help="a recipe change to study (applies to every run, full data included)")
     parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate, ditto")
+    parser.add_argument("--widths", nargs="+", type=int, default=list(BENCHMARK_MODEL["widths"]),
+                        help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = {**RECIPE, "batch_size": args.batch_size, "lr": args.lr}
+    model = {**BENCHMARK_MODEL, "widths": tuple(args.widths)}
     options = bench_settings()
     fit_store, held_store, labels = split_stores(args.workdir)
     stores, mode = (fit_store, held_store), {"epochs": args.epochs}
@@ -136,14 +139,15 @@ def main(argv=None) -> int:
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": recipe, "epochs": args.epochs, "keep": args.keep,
+              "date": machine.now(), "recipe": recipe, "model": model, "epochs": args.epochs, "keep": args.keep,
               "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)"},
               "runs": runs, "summary": []}
     started = time.perf_counter()
     for seed in args.seeds:
         for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
             keep = 1.0 if name == "full" else args.keep
-            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels), recipe)
+            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels), recipe,
+                          model)
             runs.append({"variant": label, **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc",
                                                                    "wall_s", "curve")}})
             result["summary"] = summarize(runs)
@@ -152,7 +156,8 @@ def main(argv=None) -> int:
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
     table = markdown(result["summary"])
     write_markdown(args.out, f"Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch "
-                             f"{recipe['batch_size']}, peak lr {recipe['lr']}, 50k/10k split of Fashion-MNIST train",
+                             f"{recipe['batch_size']}, peak lr {recipe['lr']}, widths {model['widths']}, "
+                             "50k/10k split of Fashion-MNIST train",
                    result, table)
     return 0
 

@@ -74,10 +74,11 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------- one run
 
 def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, options,
-            strategy_options: dict | None = None, recipe: dict | None = None) -> dict:
+            strategy_options: dict | None = None, recipe: dict | None = None,
+            model: dict | None = None) -> dict:
     """Train one model; return its row of the JSON's "runs". ``strategy_options`` override the
-    strategy's library defaults and ``recipe`` entries of RECIPE (the held-out studies use them;
-    the benchmark does not)."""
+    strategy's library defaults, ``recipe`` entries of RECIPE and ``model`` entries of
+    BENCHMARK_MODEL (the held-out studies use them; the benchmark does not)."""
     from fastprune.store.reader import Store
 
     recipe = {**RECIPE, **(recipe or {})}
@@ -90,11 +91,11 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, mode: dict, opti
         train_store, val_store, recipe["batch_size"], sampler=strategy, seed=seed,
         pad=recipe["pad"], threads=options.threads, channels_last=options.channels_last,
         even_batches=recipe["even_batches"])
-    model_options = {k: v for k, v in BENCHMARK_MODEL.items() if k != "name"}
-    model = build_model(BENCHMARK_MODEL["name"], in_channels=3, **model_options)
-    optimizer = make_optimizer(model, recipe["lr"], recipe["weight_decay"])
+    model_spec = {**BENCHMARK_MODEL, **(model or {})}
+    net = build_model(model_spec.pop("name"), in_channels=3, **model_spec)
+    optimizer = make_optimizer(net, recipe["lr"], recipe["weight_decay"])
     criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe["label_smoothing"])
-    history = fit(model, train_loader, val_loader, strategy, epochs, optimizer,
+    history = fit(net, train_loader, val_loader, strategy, epochs, optimizer,
                   one_cycle(recipe["lr"]), criterion=criterion, amp=options.amp,
                   channels_last=options.channels_last, progress=options.progress, log=None)
     return _run_row(strategy_name, keep, seed, strategy, history)
