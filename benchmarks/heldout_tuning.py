@@ -10,6 +10,7 @@ mean ± std, gap to full data, wall-clock) and writes JSON + markdown to benchma
     python benchmarks/heldout_tuning.py                      # the default variants, seeds 0 1
     python benchmarks/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
     python benchmarks/heldout_tuning.py --variants epsilon_greedy --batch-size 256 --lr 0.2   # a recipe change
+    python benchmarks/heldout_tuning.py --variants ucb --epochs 20 --widths 16 32 64    # a smaller model
 
 A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
 class keeps the same fraction.
@@ -25,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import (BENCHMARK_MODEL, RECIPE, _mean, _std, apply_process_settings, build_parser, run_one,
-                                        warm_up)
+from fastprune.bench.end_to_end import (BENCHMARK_MODEL, RECIPE, _mean, _std, apply_process_settings, build_parser,
+                                        run_one, warm_up)
 
 HELDOUT = 10_000
 SPLIT_SEED = 20261123

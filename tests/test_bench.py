@@ -197,3 +197,21 @@ def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchi
             for b, s, a in (("plain", 0, 91.0), ("even", 0, 92.0), ("plain", 1, 91.5), ("even", 1, 92.5))]
     table = study.markdown(runs)
     assert "| plain | mean | | 91.25 |" in table and "| even | mean | | 92.25 |" in table
+
+
+def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_path):
+    from fastprune.convert import from_arrays
+
+    built = []
+    real_build = bench.build_model
+    monkeypatch.setattr(bench, "build_model", lambda name, **kw: built.append((name, kw)) or real_build(name, **kw))
+    rng = np.random.default_rng(0)
+    store = from_arrays(rng.integers(0, 255, (64, 28, 28), np.uint8), np.arange(64) % 10, tmp_path / "s.beton",
+                        progress=False)
+    options = bench.build_parser().parse_args(["--threads", "1", "--amp", "off"])
+    row = bench.run_one("uniform_random", 0.5, 0, (store, store), {"epochs": 1}, options, model={"widths": (8, 16)})
+    assert built == [("small_resnet", {"in_channels": 3, "widths": (8, 16), "blocks": 1, "stem_stride": 2})]
+    assert row["epochs"] == 1 and row["samples_seen"] == 32
+    bench.run_one("uniform_random", 0.5, 0, (store, store), {"epochs": 1}, options)  # no override: the benchmark's
+    assert built[1] == ("small_resnet", {"in_channels": 3, **{k: v for k, v in bench.BENCHMARK_MODEL.items()
+                                                               if k != "name"}})
