@@ -91,6 +91,8 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert {"cpu", "cores"} <= set(result["machine"])
     report = out.with_suffix(".md").read_text()
     assert "| keep | uniform_random | el2n |" in report and "| full | 1.0 |" in report
+    assert "Partial" not in report  # all 3 planned runs are done; a file stopped early says so:
+    assert "**Partial: 2 of 3 planned runs**" in bench._report({**result, "runs": result["runs"][:2]})
     for suffix in ("_curves.png", "_frontier.png"):
         assert (tmp_path / f"e2e{suffix}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

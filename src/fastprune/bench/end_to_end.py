@@ -431,11 +431,22 @@ def write_outputs(out: Path, result: dict) -> None:
     plot_frontier(result["summary"], Path(f"{stem}_frontier.png"))
 
 
+def _completeness(result: dict) -> str:
+    """A line saying the file is partial (the file is written after every run, so a benchmark
+    stopped early leaves a report whose means cover fewer seeds than planned)."""
+    planned, done = len(planned_runs(result["mode"])), len(result["runs"])
+    if done >= planned:
+        return ""
+    return (f"**Partial: {done} of {planned} planned runs**; cells average the seeds done so far. "
+            "Add the rest with the same command and `--continue`.\n\n")
+
+
 def _report(result: dict) -> str:
     machine = result["machine"]
     return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
+            f"{_completeness(result)}"
             f"{markdown_table(result['summary'])}\n\n"
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
