@@ -91,6 +91,8 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert {"cpu", "cores"} <= set(result["machine"])
     report = out.with_suffix(".md").read_text()
     assert "| keep | uniform_random | el2n |" in report and "| full | 1.0 |" in report
+    hours = sum(r["wall_s"] + r["eval_s"] for r in result["runs"]) / 3600
+    assert f"3 runs, {hours:.2f} h of training + evaluation in all." in report
     assert "Partial" not in report  # all 3 planned runs are done; a file stopped early says so:
     assert "**Partial: 2 of 3 planned runs**" in bench._report({**result, "runs": result["runs"][:2]})
     for suffix in ("_curves.png", "_frontier.png"):

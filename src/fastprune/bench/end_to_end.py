@@ -441,12 +441,20 @@ def _completeness(result: dict) -> str:
             "Add the rest with the same command and `--continue`.\n\n")
 
 
+def _total_time(runs: list[dict]) -> str:
+    """The benchmark's own cost (its runs' training + evaluation, summed over sessions when it was
+    continued): what "finishes within N hours" is judged by, since wall-clocks exclude evaluation."""
+    hours = sum(run["wall_s"] + run["eval_s"] for run in runs) / 3600
+    return f"{len(runs)} runs, {hours:.2f} h of training + evaluation in all.\n\n"
+
+
 def _report(result: dict) -> str:
     machine = result["machine"]
     return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
             f"{_completeness(result)}"
+            f"{_total_time(result['runs'])}"
             f"{markdown_table(result['summary'])}\n\n"
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
