@@ -99,6 +99,9 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert "3 runs, " in report and " h of training + evaluation in all." in report
     assert "Partial" not in report  # all 3 planned runs are done; a file stopped early says so:
     assert "**Partial: 2 of 3 planned runs**" in bench._report({**result, "runs": result["runs"][:2]})
+    unplanned = {**result["runs"][2], "strategy": "ucb"}  # a row this plan does not count
+    assert "**Partial: 2 of 3 planned runs**" in bench._report(
+        {**result, "runs": [*result["runs"][:2], unplanned]})
     for suffix in ("_curves.png", "_frontier.png"):
         assert (tmp_path / f"e2e{suffix}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

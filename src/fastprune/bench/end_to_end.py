@@ -381,6 +381,12 @@ def _run_key(row: dict) -> tuple[str, float, int, float]:
     return row["strategy"], row["keep"], row["seed"], row.get("block", row["keep"])
 
 
+def missing_runs(mode: dict, runs: list[dict]) -> list[tuple[str, float, int, float]]:
+    """The planned runs (in run order) that ``runs`` does not hold yet."""
+    done = {_run_key(row) for row in runs}
+    return [run for run in planned_runs(mode) if run not in done]
+
+
 # What must be the same for runs of one result file to be compared: speed-ups divide wall-clocks
 # of different runs, so they must come from the same kind of CPU and the same settings (the project's
 # machines differ between sessions: an AMX Xeon trains this recipe in bf16 ~3x faster than an AVX2
@@ -434,11 +440,12 @@ def write_outputs(out: Path, result: dict) -> None:
 def _completeness(result: dict) -> str:
     """A line saying the file is partial (the file is written after every run, so a benchmark
     stopped early leaves a report whose means cover fewer seeds than planned)."""
-    planned, done = len(planned_runs(result["mode"])), len(result["runs"])
-    if done >= planned:
+    missing = len(missing_runs(result["mode"], result["runs"]))
+    if not missing:
         return ""
-    return (f"**Partial: {done} of {planned} planned runs**; cells average the seeds done so far. "
-            "Add the rest with the same command and `--continue`.\n\n")
+    planned = len(planned_runs(result["mode"]))
+    return (f"**Partial: {planned - missing} of {planned} planned runs**; cells average the seeds done "
+            "so far. Add the rest with the same command and `--continue`.\n\n")
 
 
 def _total_time(runs: list[dict]) -> str:
@@ -497,8 +504,7 @@ def run(args: argparse.Namespace) -> int:
         check_can_continue(previous, result, out)
         result["runs"] = previous["runs"]
     runs = result["runs"]
-    done = {_run_key(r) for r in runs}
-    todo = [run for run in planned_runs(mode) if run not in done]
+    todo = missing_runs(mode, runs)
     if todo:
         print(f"warm-up (untimed): {warm_up(stores, mode, args):.1f}s", flush=True)
     started, work = time.perf_counter(), [keep for _, keep, _, _ in todo]
