@@ -7,7 +7,8 @@ full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMAR
 table and two PNG plots into benchmarks/results/.
 
     fastprune bench --quick        # a few minutes: subset, fewer epochs, keep 0.5
-    fastprune bench                # the full benchmark (111 min on 2 cores, 63 runs)
+    fastprune bench                # the full benchmark: 63 runs, 111 min on a 2-core AMX Xeon
+                                   # (3.5-5 h on 2 cores without AMX, in fp32)
 
 (``python benchmarks/end_to_end.py`` is the same program.)
 
