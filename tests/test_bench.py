@@ -127,11 +127,18 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     out.write_text(json.dumps(other_features))
     with pytest.raises(SystemExit, match="machine.cpu_features"):
         bench.main([*common, "--seeds", "0", "1", "--continue"])
-    # ... while a file from before the features were recorded is judged on the other fields
-    before_features = {**continued, "machine": {k: v for k, v in continued["machine"].items()
-                                                if k != "cpu_features"}}
-    out.write_text(json.dumps(before_features))
-    assert bench.main([*common, "--seeds", "0", "1", "--continue"]) == 0
+    # ... and onto one from a CPU of the same name and features but another family/model ...
+    other_id = {**continued, "machine": {**continued["machine"], "cpu_id": "AuthenticAMD family 23 model 49"}}
+    out.write_text(json.dumps(other_id))
+    with pytest.raises(SystemExit, match="machine.cpu_id"):
+        bench.main([*common, "--seeds", "0", "1", "--continue"])
+    # ... and onto one written before the CPU's id or features were recorded: it cannot show its CPU
+    for field in ("cpu_id", "cpu_features"):
+        older = {**continued, "machine": {k: v for k, v in continued["machine"].items() if k != field}}
+        out.write_text(json.dumps(older))
+        with pytest.raises(SystemExit, match=f"does not record machine.{field}"):
+            bench.main([*common, "--seeds", "0", "1", "--continue"])
+        assert json.loads(out.read_text()) == older
     # ... and onto one measured before even batches were part of the recipe
     old_recipe = {k: v for k, v in continued["recipe"].items() if k != "even_batches"}
     out.write_text(json.dumps({**continued, "recipe": old_recipe}))
@@ -139,11 +146,28 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
         bench.main([*common, "--seeds", "0", "1", "--continue"])
 
 
-def test_bf16_is_the_default_only_with_amx():
-    # measured: avx512_bf16 without AMX trains this model 1.4x slower in bf16 than in fp32
-    assert bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    assert not bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"})
-    assert not bench.cpu_has_fast_bf16(set())
+def test_bf16_is_the_default_with_amx_or_amd_avx512_bf16():
+    # measured: avx512_bf16 without AMX trains this model 1.4x slower in bf16 than fp32 on a Xeon,
+    # 1.4x faster on a Zen 5 EPYC
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert bench.cpu_has_fast_bf16(amx, "GenuineIntel")
+    assert not bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel")
+    assert bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD")
+    assert not bench.cpu_has_fast_bf16({"avx2"}, "AuthenticAMD")
+    assert not bench.cpu_has_fast_bf16(set(), None)
+
+
+def test_cpu_id_is_vendor_family_and_model_number(tmp_path):
+    # "model" must not be read off the "model name" line ("model AMD EPYC" names no CPU kind)
+    from fastprune.bench import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+                       "model name\t: AMD EPYC\nmodel\t\t: 2\nflags\t\t: fpu avx2\n")
+    assert machine.cpu_id(cpuinfo) == "AuthenticAMD family 26 model 2"
+    assert machine.cpu_id(tmp_path / "absent") is None
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 26\n")  # no model line
+    assert machine.cpu_id(cpuinfo) is None
 
 
 def test_remaining_time_extrapolates_seconds_per_unit_of_work():

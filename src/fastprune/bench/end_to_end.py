@@ -304,12 +304,18 @@ def plot_frontier(summary: list[dict], path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- main
 
-def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
-    """bf16 autocast pays on CPUs with AMX (measured ~2x over fp32 on an AMX Xeon). AVX512-BF16
-    alone does not: on a 2-core Xeon with avx512_bf16 but no AMX, half an epoch of the benchmark
-    took 15.5 s in bf16 against 11.1 s in fp32 (oneDNN converts to and from bf16 around each op)."""
+def cpu_has_fast_bf16(flags: set[str] | None = None, vendor: str | None = None) -> bool:
+    """Whether bf16 autocast trains the benchmark's model faster than fp32 on this CPU, by what was
+    measured (the quick benchmark's full-data run, or half an epoch of the full one):
+    - AMX (Intel): ~2x faster than fp32 on an AMX Xeon.
+    - AVX512-BF16 on Intel without AMX: slower, 15.5 s against 11.1 s for half an epoch on a 2-core
+      Xeon (oneDNN converts to and from bf16 around each op).
+    - AVX512-BF16 on AMD: faster, 11.2-12.8 s against 15.1-18.0 s (`fastprune bench --quick
+      --strategies epsilon_greedy --amp bf16|off`, twice each) on a 2-core Zen 5 EPYC (family 26),
+      whose 512-bit units run bf16 dot products natively. Zen 4 (family 25) is not measured."""
     flags = machine.cpu_flags() if flags is None else flags
-    return "amx_bf16" in flags
+    vendor = machine.cpu_vendor() if vendor is None else vendor
+    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +344,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch + loader threads")
     parser.add_argument("--amp", default="bf16" if cpu_has_fast_bf16() else "auto",
                         choices=("auto", "bf16", "fp16", "off"),
-                        help="autocast (default: bf16 where the CPU has AMX, else fp32 on the CPU)")
+                        help="autocast (default: bf16 where the CPU has AMX, or AVX512-BF16 on AMD; "
+                             "else fp32 on the CPU)")
     parser.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
                         help="flush denormal floats to zero on the CPU (measured: the full-data run "
                              "10 epochs in 142.6 s instead of 164.3 s, same accuracy)")
@@ -393,12 +400,12 @@ def missing_runs(mode: dict, runs: list[dict]) -> list[tuple[str, float, int, fl
 # machines differ between sessions: an AMX Xeon trains this recipe in bf16 ~3x faster than an AVX2
 # EPYC in fp32), and accuracies must come from the same recipe, model and epoch budget.
 # The CPU's name alone is not enough: two Xeons of this project, both "Intel(R) Xeon(R) Processor",
-# trained it in 16 s and 32 s per bf16 epoch, one with AMX and one without.
-CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_features"), ("machine", "cores"),
-                       ("machine", "torch"), ("settings",), ("recipe",), ("model",), ("mode", "epochs"),
-                       ("mode", "train_limit"))
-# Recorded only since a later version: a file written before has no such key and is judged on the rest.
-RECORDED_LATER = {("machine", "cpu_features")}
+# trained it in 16 s and 32 s per bf16 epoch, one with AMX and one without; two "AMD EPYC"s (an AVX2
+# one and a Zen 5) in 436 s and 216 s per fp32 full-data run. A file written before cpu_id or
+# cpu_features were recorded cannot show which CPU it came from, so it is not continued.
+CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "cpu_features"),
+                       ("machine", "cores"), ("machine", "torch"), ("settings",), ("recipe",), ("model",),
+                       ("mode", "epochs"), ("mode", "train_limit"))
 
 
 def _field(document: dict, path: tuple[str, ...]):
@@ -411,8 +418,10 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
     """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
     result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
     for path in CONTINUE_MUST_MATCH:
-        if path in RECORDED_LATER and path[-1] not in (_field(previous, path[:-1]) or {}):
-            continue
+        if path[-1] not in (_field(previous, path[:-1]) or {}):
+            raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
+                             f"older fastprune), so it cannot be shown to come from this machine and "
+                             f"settings. Use another --out, or rerun without --continue.")
         old, new = _field(previous, path), _field(result, path)
         if old != new:
             raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
