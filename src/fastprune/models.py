@@ -127,8 +127,8 @@ def _init_weights(model: nn.Module) -> None:
 #   (32, 64, 128)        1             ~400                         ~1,200
 #
 # At ~3,600 img/s (bf16 on the AMX Xeon) a 10-epoch full-data run takes ~2.8 min, which is what
-# lets the full benchmark (63 runs) fit in 2 hours there (111 min); in fp32 on CPUs without AMX
-# it takes 3.5-5 h. It reaches 92.7-92.9% Fashion-MNIST test accuracy (one-cycle SGD, label
+# lets the full benchmark (63 runs) fit in 2 hours there (111 min; 85 min on a Zen 5 EPYC in bf16);
+# in fp32 on CPUs without fast bf16 it takes 3.5-5 h. It reaches 92.7-92.9% Fashion-MNIST test accuracy (one-cycle SGD, label
 # smoothing 0.1, flip augmentation; see benchmarks/results/end_to_end*.md).
 BENCHMARK_MODEL = {"name": "small_resnet", "widths": (32, 64, 128), "blocks": 1, "stem_stride": 2}
 

@@ -7,8 +7,8 @@ full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMAR
 table and two PNG plots into benchmarks/results/.
 
     fastprune bench --quick        # a few minutes: subset, fewer epochs, keep 0.5
-    fastprune bench                # the full benchmark: 63 runs, 111 min on a 2-core AMX Xeon
-                                   # (3.5-5 h on 2 cores without AMX, in fp32)
+    fastprune bench                # the full benchmark: 63 runs, 85-111 min on 2 cores with fast
+                                   # bf16 (Zen 5 EPYC, AMX Xeon), 3.5-5 h in fp32
 
 (``python benchmarks/end_to_end.py`` is the same program.)
 
@@ -311,7 +311,7 @@ def cpu_has_fast_bf16(flags: set[str] | None = None, vendor: str | None = None) 
     - AVX512-BF16 on Intel without AMX: slower, 15.5 s against 11.1 s for half an epoch on a 2-core
       Xeon (oneDNN converts to and from bf16 around each op).
     - AVX512-BF16 on AMD: faster, 11.2-12.8 s against 15.1-18.0 s (`fastprune bench --quick
-      --strategies epsilon_greedy --amp bf16|off`, twice each) on a 2-core Zen 5 EPYC (family 26),
+      --strategies epsilon_greedy --amp bf16|off`, three times each) on a 2-core Zen 5 EPYC (family 26),
       whose 512-bit units run bf16 dot products natively. Zen 4 (family 25) is not measured."""
     flags = machine.cpu_flags() if flags is None else flags
     vendor = machine.cpu_vendor() if vendor is None else vendor
