@@ -11,9 +11,12 @@ mean ± std, gap to full data, wall-clock) and writes JSON + markdown to benchma
     python benchmarks/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
     python benchmarks/heldout_tuning.py --variants epsilon_greedy --batch-size 256 --lr 0.2   # a recipe change
     python benchmarks/heldout_tuning.py --variants ucb --epochs 20 --widths 16 32 64    # a smaller model
+    python benchmarks/heldout_tuning.py --variants epsilon_greedy full:epochs=5     # compute-matched full data
 
 A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
-class keeps the same fraction.
+class keeps the same fraction, and ``epochs=E`` trains that variant for E epochs instead of
+``--epochs`` (``full:epochs=5`` is full data on half the budget: the cost of a keep-0.5 run spent
+on a shorter schedule instead of a subset).
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, options
 
 
+def run_settings(options: dict, labels: np.ndarray, epochs: int) -> tuple[int, dict]:
+    """(epochs, strategy options) of a variant: its own ``epochs=`` if given, else ``epochs``."""
+    options = dict(options)
+    own = options.pop("epochs", epochs)
+    if own != int(own) or own < 1:
+        raise SystemExit(f"epochs={own!r}: expected a positive whole number")
+    return int(own), strategy_options(options, labels)
+
+
 def strategy_options(options: dict, labels: np.ndarray) -> dict:
     options = dict(options)
     if options.pop("balanced", 0):
@@ -135,8 +147,8 @@ def main(argv=None) -> int:
     model = {**BENCHMARK_MODEL, "widths": tuple(args.widths)}
     options = bench_settings()
     fit_store, held_store, labels = split_stores(args.workdir)
-    stores, mode = (fit_store, held_store), {"epochs": args.epochs}
-    print(f"warm-up (untimed): {warm_up(stores, mode, options):.1f}s", flush=True)
+    stores = (fit_store, held_store)
+    print(f"warm-up (untimed): {warm_up(stores, {'epochs': args.epochs}, options):.1f}s", flush=True)
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
@@ -147,10 +159,10 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
             keep = 1.0 if name == "full" else args.keep
-            row = run_one(name, keep, seed, stores, mode, options, strategy_options(opts, labels), recipe,
-                          model)
-            runs.append({"variant": label, **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc",
-                                                                   "wall_s", "curve")}})
+            epochs, strategy_opts = run_settings(opts, labels, args.epochs)
+            row = run_one(name, keep, seed, stores, {"epochs": epochs}, options, strategy_opts, recipe, model)
+            runs.append({"variant": label, "epochs": epochs,
+                         **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
             result["summary"] = summarize(runs)
             machine.write_json(args.out, result)
             print(f"{label:>32} seed {seed}: held-out acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"

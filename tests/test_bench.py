@@ -190,6 +190,12 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     labels = np.arange(10)
     assert study.strategy_options({"balanced": 1.0, "eps": 0.1}, labels) == {"labels": labels, "eps": 0.1}
     assert study.strategy_options({"balanced": 0.0}, labels) == {}
+    # a variant's own epochs= (parsed as a float) leaves the strategy options; others get --epochs
+    assert study.run_settings({"epochs": 5.0, "eps": 0.1}, labels, 10) == (5, {"eps": 0.1})
+    assert study.run_settings({"balanced": 1.0}, labels, 10) == (10, {"labels": labels})
+    for bad in (0.0, 2.5):
+        with pytest.raises(SystemExit, match="positive whole number"):
+            study.run_settings({"epochs": bad}, labels, 10)
 
     runs = [{"variant": "full", "seed": 0, "final_acc": 93.0, "wall_s": 10.0},
             {"variant": "ucb", "seed": 0, "final_acc": 92.0, "wall_s": 5.0},
