@@ -3,6 +3,8 @@ Loader, ffcv DatasetWriter files open in fastprune.Store with identical values."
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -26,6 +28,17 @@ from fastprune.store import (BytesField, FloatField, IntField, NDArrayField, RGB
 # ffcv's numba-compiled memcpy leaves a KeyError in a finalizer at teardown: ffcv's noise, not ours.
 pytestmark = [pytest.mark.ffcv,
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_ffcv_dispatchers():
+    """Run that finalizer here, at the end of this module, where the filter above applies.
+    ffcv's dispatchers sit in reference cycles, so without this the next automatic collection
+    runs it inside whichever later test happens to allocate (seen in test_transforms, test_train)."""
+    yield
+    gc.collect()
+
 
 N = 37  # not a multiple of the batch size: the last, partial batch is checked too
 BATCH = 8
