@@ -95,7 +95,7 @@ def run_settings(options: dict, labels: np.ndarray, epochs: int) -> tuple[int, d
     """(epochs, strategy options) of a variant: its own ``epochs=`` if given, else ``epochs``."""
     options = dict(options)
     own = options.pop("epochs", epochs)
-    if own != int(own) or own < 1:
+    if isinstance(own, str) or not float(own).is_integer() or own < 1:
         raise SystemExit(f"epochs={own!r}: expected a positive whole number")
     return int(own), strategy_options(options, labels)
 

@@ -193,7 +193,7 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     # a variant's own epochs= (parsed as a float) leaves the strategy options; others get --epochs
     assert study.run_settings({"epochs": 5.0, "eps": 0.1}, labels, 10) == (5, {"eps": 0.1})
     assert study.run_settings({"balanced": 1.0}, labels, 10) == (10, {"labels": labels})
-    for bad in (0.0, 2.5):
+    for bad in (0.0, 2.5, float("nan"), "five"):
         with pytest.raises(SystemExit, match="positive whole number"):
             study.run_settings({"epochs": bad}, labels, 10)
 

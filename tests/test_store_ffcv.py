@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.ffcv,
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _collect_ffcv_dispatchers():
     """Run that finalizer here, at the end of this module, where the filter above applies.
