@@ -570,7 +570,8 @@ def add_train_command(subparsers):
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=0.4, help="peak LR of the one-cycle schedule")
+    parser.add_argument("--lr", type=float, default=1.2,
+                        help="peak LR of the one-cycle schedule (the benchmark recipe's)")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--pad", type=int, default=0, help="random-crop padding (0: flip only)")
