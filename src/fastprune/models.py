@@ -126,9 +126,9 @@ def _init_weights(model: nn.Module) -> None:
 #   (16, 32, 64)         1                                          ~2,400
 #   (32, 64, 128)        1             ~400                         ~1,200
 #
-# At ~3,600 img/s (bf16 on the AMX Xeon) a 10-epoch full-data run takes ~2.8 min, which is what
-# lets the full benchmark (63 runs) fit in 2 hours there (111 min; 85 min on a Zen 5 EPYC in bf16);
-# in fp32 on CPUs without fast bf16 it takes 3.5-5 h. It reaches 92.7-92.9% Fashion-MNIST test accuracy (one-cycle SGD, label
+# In bf16 on the AMX Xeon a 10-epoch full-data run takes ~1.5 min (with even batches), which is what
+# lets the full benchmark (63 runs) fit in 2 hours there (64 min; 85 min on a Zen 5 EPYC in bf16);
+# in fp32 on CPUs without fast bf16 it takes 3.5-5 h. It reaches 93.0% Fashion-MNIST test accuracy at peak lr 1.2 (92.7-92.9% at 0.4; one-cycle SGD, label
 # smoothing 0.1, flip augmentation; see benchmarks/results/end_to_end*.md).
 BENCHMARK_MODEL = {"name": "small_resnet", "widths": (32, 64, 128), "blocks": 1, "stem_stride": 2}
 

@@ -7,8 +7,8 @@ full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMAR
 table and two PNG plots into benchmarks/results/.
 
     fastprune bench --quick        # a few minutes: subset, fewer epochs, keep 0.5
-    fastprune bench                # the full benchmark: 63 runs, 85-111 min on 2 cores with fast
-                                   # bf16 (Zen 5 EPYC, AMX Xeon), 3.5-5 h in fp32
+    fastprune bench                # the full benchmark: 63 runs, 64-85 min on 2 cores with fast
+                                   # bf16 (AMX Xeon, Zen 5 EPYC), 3.5-5 h in fp32
 
 (``python benchmarks/end_to_end.py`` is the same program.)
 
