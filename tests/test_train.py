@@ -171,6 +171,10 @@ def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys):
     assert [r["samples"] for r in history] == [TRAIN_SIZE, TRAIN_SIZE, TRAIN_SIZE // 2]  # 2 scoring epochs
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 3/3" in out
+    args = parser.parse_args([*common, "--epochs", "3", "--resume"])  # the run is complete
+    assert args.run(args) == 0
+    assert "already holds 3 of 3 epochs: nothing left to train" in capsys.readouterr().out
+    assert len(json.loads(log.read_text())["history"]) == 3
 
 
 @pytest.mark.parametrize("name", ["uniform_random", "epsilon_greedy", "ucb", "el2n", "forgetting"])

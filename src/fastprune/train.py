@@ -360,7 +360,9 @@ def fit(
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, strategy,
                                                train_loader, scaler=scaler)
-        if log:
+        if log and start_epoch >= epochs:
+            log(f"{checkpoint} already holds {start_epoch} of {epochs} epochs: nothing left to train")
+        elif log:
             log(f"resumed from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
 
     clock = _OverheadClock()
