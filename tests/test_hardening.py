@@ -197,6 +197,14 @@ def test_empty_store_opens_but_the_loader_and_strategies_refuse_it(tmp_path):
         fastprune.UniformRandom(0, keep=0.5)
 
 
+def test_info_describes_an_empty_store(tmp_path, capsys):
+    from fastprune.cli import main
+
+    assert main(["info", str(_empty_store(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "samples:     0" in out and "classes (label): 0" in out
+
+
 def test_empty_source_is_refused_by_the_writer(tmp_path):
     with pytest.raises(fastprune.ConversionError, match="empty"):
         write_dataset(tmp_path / "e.beton", [], {"label": IntField()}, progress=False)

@@ -150,10 +150,11 @@ def test_resume_continues_with_the_same_selections_and_weights(stores, tmp_path)
                                    msg=name)
 
 
-def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys):
+def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys, monkeypatch):
     import argparse
     import json
 
+    from fastprune import train as train_module
     from fastprune.train import add_train_command
 
     parser = argparse.ArgumentParser()
@@ -162,16 +163,29 @@ def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys):
     log, checkpoint = tmp_path / "log.json", tmp_path / "ckpt.pt"
     common = ["train", "--train", str(train), "--val", str(val), "--strategy", "el2n", "--keep", "0.5",
               "--seed", "1", "--width", "8", "--threads", "1", "--no-progress",
-              "--log-json", str(log), "--checkpoint", str(checkpoint)]
-    args = parser.parse_args([*common, "--epochs", "1"])
-    assert args.run(args) == 0
-    args = parser.parse_args([*common, "--epochs", "3", "--resume"])  # extend the run to 3 epochs
+              "--log-json", str(log), "--checkpoint", str(checkpoint), "--epochs", "3"]
+
+    class Killed(Exception):
+        pass
+
+    save = train_module.save_checkpoint
+
+    def save_then_die(path, *args, **kwargs):  # the process dies right after epoch 1's checkpoint
+        save(path, *args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    args = parser.parse_args(common)
+    with pytest.raises(Killed):
+        args.run(args)
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    args = parser.parse_args([*common, "--resume"])
     assert args.run(args) == 0
     history = json.loads(log.read_text())["history"]
     assert [r["samples"] for r in history] == [TRAIN_SIZE, TRAIN_SIZE, TRAIN_SIZE // 2]  # 2 scoring epochs
     out = capsys.readouterr().out
-    assert "resumed from" in out and "epoch 3/3" in out
-    args = parser.parse_args([*common, "--epochs", "3", "--resume"])  # the run is complete
+    assert "resumed from" in out and "epoch 2/3" in out and "epoch 3/3" in out
+    args = parser.parse_args([*common, "--resume"])  # the run is complete
     assert args.run(args) == 0
     assert "already holds 3 of 3 epochs: nothing left to train" in capsys.readouterr().out
     assert len(json.loads(log.read_text())["history"]) == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ._native import core as _core  # noqa: F401  (fails early, with a clear message, if the build is missing)
-from .errors import ConversionError, FastpruneError, StoreError
+from .errors import CheckpointError, ConversionError, FastpruneError, StoreError
 
 __version__ = "0.1.0"
 
@@ -52,4 +52,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["ConversionError", "FastpruneError", "StoreError", "__version__", *_LAZY]
+__all__ = ["CheckpointError", "ConversionError", "FastpruneError", "StoreError", "__version__", *_LAZY]

@@ -83,6 +83,9 @@ def add_convert_command(subparsers) -> None:
                       help="image folders: shrink images whose longer side exceeds N (keeps aspect)")
     size.add_argument("--resize", type=height_by_width, metavar="HxW",
                       help="image folders: resize every image to exactly HxW")
+    parser.add_argument("--max-pixels", type=positive_int, metavar="N",
+                        help="image folders: refuse images whose header claims more than N pixels, "
+                             "before decoding them (default: 2**26 = 67,108,864)")
     parser.add_argument("--coarse", action="store_true", help="CIFAR-100: also store coarse_label")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,7 +97,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
                   quality=args.quality, max_side=args.max_side, resize=args.resize,
-                  coarse=args.coarse, workers=args.workers, progress=not args.no_progress)
+                  coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers, progress=not args.no_progress)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -11,3 +11,7 @@ class StoreError(FastpruneError):
 
 class ConversionError(FastpruneError):
     """A source could not be converted; the message names the file or sample at fault."""
+
+
+class CheckpointError(FastpruneError):
+    """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 __all__ = [
     "fit",
     "evaluate",
@@ -313,6 +315,7 @@ def fit(
     channels_last: str | bool = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    settings: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = "stdout",
@@ -333,6 +336,9 @@ def fit(
         amp, channels_last: "auto" enables them on CUDA only; see ``_autocast_dtype``.
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
             present, training continues from it with the same selections as an uninterrupted run.
+        settings: the run's settings (e.g. the command line's LR), stored in the checkpoint; a
+            resume refuses a checkpoint written with other settings, or with another ``epochs``,
+            batch size or model class (all of which ``fit`` adds itself).
         on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
             from it stops training after the checkpoint of that epoch is written.
 
@@ -355,11 +361,13 @@ def fit(
     # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
+    settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
+                "batch_size": getattr(train_loader, "batch_size", None)}
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, strategy,
-                                               train_loader, scaler=scaler)
+                                               train_loader, scaler=scaler, settings=settings)
         if log and start_epoch >= epochs:
             log(f"{checkpoint} already holds {start_epoch} of {epochs} epochs: nothing left to train")
         elif log:
@@ -377,7 +385,7 @@ def fit(
                 log(_format_record(record, epochs))
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, optimizer, scheduler, strategy, train_loader,
-                                history, scaler=scaler)
+                                history, scaler=scaler, settings=settings)
             if on_epoch_end is not None:
                 on_epoch_end(record)
     return history
@@ -440,13 +448,18 @@ def _synchronize(device: torch.device) -> None:
 # --------------------------------------------------------------------------------------------
 
 def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history, *,
-                    scaler=None) -> None:
+                    scaler=None, settings: dict[str, Any] | None = None) -> None:
     """Write everything a run needs to continue exactly: model, optimizer, scheduler, strategy
-    (its score table decides future selections), loader position, RNG states and history.
+    (its score table decides future selections), loader position, RNG states and history, plus
+    the run's ``settings``, which a resume must match.
 
-    Written to a temporary file and renamed, so an interrupted save never leaves a torn checkpoint.
+    Only tensors and plain Python values are stored, so :func:`load_checkpoint` can read the file
+    with ``torch.load(weights_only=True)``, which executes nothing. Written to a temporary file
+    and renamed, so an interrupted save never leaves a torn checkpoint.
     """
     state = {
+        "format": CHECKPOINT_FORMAT,
+        "settings": dict(settings or {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -455,7 +468,7 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
         "scaler": scaler.state_dict() if scaler is not None else None,
         "next_epoch": history[-1]["epoch"] + 1 if history else 0,
         "history": history,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
                 "python": random.getstate()},
     }
     path = Path(path)
@@ -465,24 +478,79 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     os.replace(partial, path)
 
 
+# Version of the checkpoint layout; files without it (or with another) are refused with a clear
+# message instead of a KeyError half-way through restoring.
+CHECKPOINT_FORMAT = "fastprune-checkpoint-2"
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's legacy RNG state as a tensor and plain numbers (a raw ndarray would need pickle)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state((state["name"], state["key"].numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def read_checkpoint(path, map_location=None) -> dict[str, Any]:
+    """The checkpoint's contents, read without executing anything it holds.
+
+    ``weights_only=True`` restricts unpickling to tensors and plain containers: a file carrying a
+    pickled callable (a ``__reduce__`` payload) is refused here, never run.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
+                              f"objects other than tensors and plain values): {first_line}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}); start a new run")
+    return state
+
+
+def check_settings(path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a run whose settings differ from the checkpoint's, naming each difference."""
+    differ = [f"{key}={saved.get(key)!r} in the checkpoint, {value!r} now"
+              for key, value in current.items() if saved.get(key, value) != value]
+    if differ:
+        raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(differ)}): "
+                              "resume with the same settings, or start a new checkpoint")
+
+
 def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, loader=None, *,
-                    scaler=None) -> tuple[int, list[dict[str, Any]]]:
-    """Restore the objects passed from ``path``; return (next epoch, history so far)."""
-    # weights_only=False: the checkpoint holds numpy arrays and RNG tuples, and is our own file.
-    state = torch.load(path, map_location=_model_device(model), weights_only=False)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if strategy is not None and state["strategy"] is not None:
-        strategy.load_state_dict(state["strategy"])
+                    scaler=None, settings: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the objects passed from ``path``; return (next epoch, history so far).
+
+    ``settings``: what this run was started with; any that differ from the checkpoint's stop the
+    resume with a one-line :class:`~fastprune.CheckpointError`, before anything is restored.
+    """
+    state = read_checkpoint(path, map_location=_model_device(model))
+    check_settings(path, state["settings"], settings or {})
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if strategy is not None and state["strategy"] is not None:
+            strategy.load_state_dict(state["strategy"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # another model, optimizer or strategy
+        first_line = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit this run's model, optimizer or strategy: {first_line}") from None
     if loader is not None and state["loader"] is not None and hasattr(loader, "load_state_dict"):
         loader.load_state_dict(state["loader"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
+    _set_numpy_rng_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     return state["next_epoch"], state["history"]
 
@@ -623,8 +691,18 @@ def train_main(args) -> int:
     history = fit(model, train_loader, val_loader, strategy, args.epochs, optimizer,
                   one_cycle(args.lr), criterion=criterion, amp=args.amp,
                   channels_last=channels_last, checkpoint=args.checkpoint, resume=args.resume,
-                  progress=not args.no_progress)
+                  settings=_run_settings(args), progress=not args.no_progress)
     if args.log_json:
         save_history(args.log_json, history, command="fastprune train",
                      arguments={k: str(v) for k, v in vars(args).items() if k != "run"})
     return 0
+
+
+# The arguments that define a run: a resume with any of them changed would not continue the same
+# run. Device, threads, logging and the stores' paths may change between the interrupted and the
+# resumed process (the strategy's checkpoint already pins the number of training samples).
+RUN_SETTINGS = ("strategy", "keep", "seed", "lr", "weight_decay", "label_smoothing", "pad", "model", "width")
+
+
+def _run_settings(args) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in RUN_SETTINGS}

@@ -10,14 +10,19 @@ file is created.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import ConversionError
 
 DEFAULT_JPEG_QUALITY = 90
+# Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
+# 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
+# largest is ~12 Mpx) and below what a 2-core/24 GiB machine decodes comfortably per worker.
+DEFAULT_MAX_PIXELS = 2**26
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -38,14 +43,46 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def check_output_path(out: str | os.PathLike) -> Path:
-    """Fail before any work if the output cannot be written where asked."""
+def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Fail before any work if the output cannot be written where asked, or writing it would
+    destroy something: ``out`` must not be an existing non-regular file (a FIFO, a device: the
+    atomic rename would replace it) nor, through any path or link, one of the ``inputs``."""
     out = Path(out)
     if out.is_dir():
         raise ConversionError(f"output {out} is a directory; give a file name such as {out / 'data.beton'}")
     if not out.parent.is_dir():
         raise ConversionError(f"output folder {out.parent} does not exist (output {out})")
+    try:
+        existing = out.stat()
+    except OSError:  # nothing there (or a dangling link, which the rename replaces harmlessly)
+        return out
+    if not stat.S_ISREG(existing.st_mode):
+        raise ConversionError(f"output {out} exists and is not a regular file ({_file_kind(existing.st_mode)}); "
+                              "it is left alone: choose another --out")
+    for source in inputs:
+        if os.path.samefile(source, out):
+            raise ConversionError(f"output {out} is the input file {source}; the source is never "
+                                  "overwritten: choose another --out")
     return out
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConversionError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+
+
+def check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
+    """Refuse an image whose (claimed) size exceeds ``max_pixels``, before it is decoded."""
+    if height * width > max_pixels:
+        raise ConversionError(f"{what}: {width}x{height} = {height * width:,} pixels exceeds the limit of "
+                              f"{max_pixels:,} (a damaged file or a decompression bomb?); raise it with "
+                              "--max-pixels / max_pixels= if the image is genuine")
 
 
 def check_uint8(array: np.ndarray, what: str) -> None:

@@ -57,7 +57,7 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
 
 def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
     """Convert a .npz holding ``images`` and ``labels`` (see :func:`from_arrays`)."""
-    out = _common.check_output_path(out)
+    out = _common.check_output_path(out, inputs=(source,))
     images, labels = load_npz(source)
     images, labels = check_arrays(images, labels, what=str(source))
     return from_arrays(images, labels, out, **options)

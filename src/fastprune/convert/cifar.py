@@ -147,6 +147,15 @@ def archive_batches(archive: Path, kind: str, split: str) -> Iterator[tuple[str,
         raise ConversionError(f"{archive}: cannot read archive: {exc}") from exc
 
 
+def input_files(source: Path) -> list[Path]:
+    """Every file a conversion of ``source`` may read: the archive, or the files of the batch
+    folder and of the official folders inside it (what the output must never replace)."""
+    if source.is_file():
+        return [source]
+    folders = [source, source / CIFAR10_FOLDER, source / CIFAR100_FOLDER]
+    return [path for folder in folders if folder.is_dir() for path in folder.iterdir() if path.is_file()]
+
+
 def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
                coarse: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
     """All images and label columns of a split: ``label`` first, then ``coarse_label``.
@@ -175,7 +184,7 @@ def from_cifar(source: str | os.PathLike, out: str | os.PathLike, *, kind: str =
     Fields: ``image`` (32x32 RGB), ``label`` (CIFAR-100: the fine label) and, for CIFAR-100 with
     ``coarse=True``, ``coarse_label``.
     """
-    out = _common.check_output_path(out)
+    out = _common.check_output_path(out, inputs=input_files(Path(source)))
     images, columns = load_cifar(source, kind, split, coarse)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality,
                                         extra_int_fields=("coarse_label",) if coarse else ())

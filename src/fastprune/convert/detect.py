@@ -56,12 +56,15 @@ def detect_kind(path: Path) -> str:
 
 
 def _check_applicable(kind: str, split: str | None, max_side: int | None,
-                      resize: tuple[int, int] | None, coarse: bool) -> None:
+                      resize: tuple[int, int] | None, coarse: bool, max_pixels: int | None) -> None:
     if split is not None and kind not in SPLIT_KINDS:
         raise ConversionError(f"--split applies to {'/'.join(sorted(SPLIT_KINDS))} sources, not {kind}")
     if (max_side is not None or resize is not None) and kind not in RESIZE_KINDS:
         raise ConversionError(f"--max-side/--resize apply to image folders, not {kind} "
                               "(its images already share one shape)")
+    if max_pixels is not None and kind != "imagefolder":
+        raise ConversionError(f"--max-pixels applies to image folders, not {kind} "
+                              "(its image size is fixed by the format)")
     if coarse and kind != "cifar100":
         raise ConversionError(f"--coarse applies to cifar100 sources, not {kind}")
 
@@ -70,19 +73,20 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             split: str | None = None, jpeg: bool = False,
             quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
             resize: tuple[int, int] | None = None, coarse: bool = False,
-            workers: int | None = None, progress: bool = True) -> Path:
+            max_pixels: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
-    _check_applicable(kind, split, max_side, resize, coarse)
+    _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress)
     if kind == "idx":
         return from_idx(path, out, split=split or "train", **common)
     if kind in ("cifar10", "cifar100"):
         return from_cifar(path, out, kind=kind, split=split or "train", coarse=coarse, **common)
     if kind == "imagefolder":
-        return from_image_folder(path, out, max_side=max_side, resize=resize, **common)
+        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+        return from_image_folder(path, out, max_side=max_side, resize=resize, **limit, **common)
     return from_npz(path, out, **common)

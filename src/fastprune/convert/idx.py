@@ -8,8 +8,12 @@ Images are ``idx3`` (N x H x W), labels ``idx1`` (N).
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -20,41 +24,62 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's datase
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 UINT8_TYPE_CODE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
+# DEFLATE cannot expand data by more than ~1032:1, so a gzip file of n bytes holds at most this
+# many times n bytes: a header claiming more is refused before anything is inflated.
+MAX_GZIP_RATIO = 1100
 
 
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
-    """The uint8 array stored in an IDX file with ``ndim`` dimensions; errors name the file."""
+    """The uint8 array stored in an IDX file with ``ndim`` dimensions; errors name the file.
+
+    The header is checked before the values are read, and no more bytes are read (or inflated,
+    for a gzipped file) than it promises: a small gzip file that inflates to gigabytes costs no
+    more memory than its header claims, and a claim the file cannot hold is refused up front.
+    """
     path = _common.require_file(path, "IDX file")
-    data = _read_maybe_gzip(path)
-    header_size = 4 + 4 * ndim
-    if len(data) < 4:
-        raise ConversionError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
-    zeros, type_code, file_ndim = data[0:2], data[2], data[3]
+    with path.open("rb") as file:
+        gzipped = file.read(2) == GZIP_MAGIC
+    try:
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as file:
+            return _read_idx_stream(file, path, ndim, gzipped)
+    except (OSError, EOFError, zlib.error) as exc:
+        if not gzipped:
+            raise
+        raise ConversionError(f"{path}: corrupt gzip data ({exc})") from exc
+
+
+def _read_idx_stream(file: BinaryIO, path: Path, ndim: int, gzipped: bool) -> np.ndarray:
+    head = file.read(4)
+    if len(head) < 4:
+        raise ConversionError(f"{path}: too short to be an IDX file ({len(head)} bytes)")
+    zeros, type_code, file_ndim = head[0:2], head[2], head[3]
     if zeros != b"\x00\x00":
-        raise ConversionError(f"{path}: not an IDX file (magic {data[:4].hex()} does not start with 0000)")
+        raise ConversionError(f"{path}: not an IDX file (magic {head.hex()} does not start with 0000)")
     if type_code != UINT8_TYPE_CODE:
         raise ConversionError(f"{path}: IDX type code 0x{type_code:02x}, only 0x08 (uint8) is supported")
     if file_ndim != ndim:
         raise ConversionError(f"{path}: IDX file has {file_ndim} dimensions, expected {ndim}")
-    if len(data) < header_size:
+    dims_bytes = file.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
         raise ConversionError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header_size + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise ConversionError(f"{path}: IDX header says shape {dims} ({expected} bytes) but the file "
-                              f"holds {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
+    dims = struct.unpack(f">{ndim}I", dims_bytes)
+    header_size = 4 + 4 * ndim
+    count = math.prod(dims)  # Python ints: no wrap-around, whatever the header claims
+    expected = header_size + count
+    stored = path.stat().st_size
+    if not gzipped and stored != expected:
+        raise _size_error(path, dims, expected, f"{stored} bytes")
+    if gzipped and expected > stored * MAX_GZIP_RATIO:
+        raise _size_error(path, dims, expected, f"a {stored}-byte gzip stream")
+    data = file.read(count + 1)  # one byte more than promised tells a stream that holds more
+    if len(data) != count:
+        raise _size_error(path, dims, expected, f"{header_size + len(data)} bytes" if len(data) < count
+                          else f"more than {expected} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name)."""
-    raw = path.read_bytes()
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise ConversionError(f"{path}: corrupt gzip data ({exc})") from exc
+def _size_error(path: Path, dims: tuple[int, ...], expected: int, held: str) -> ConversionError:
+    return ConversionError(f"{path}: IDX header says shape {dims} ({expected} bytes) but the file holds {held}")
 
 
 def find_idx_files(folder: str | os.PathLike, split: str = "train") -> tuple[Path, Path]:
@@ -93,8 +118,8 @@ def from_idx(source: str | os.PathLike | None, out: str | os.PathLike, *, split:
     Gray images are stored as RGB (the gray value in all three channels) so that ffcv's own
     RGB decoder reads the file; ``label`` is an int field. Returns the output path.
     """
-    out = _common.check_output_path(out)
     images_path, labels_path = find_idx_files(FASHION_MNIST_DIR if source is None else source, split)
+    out = _common.check_output_path(out, inputs=(images_path, labels_path))
     images, labels = load_idx(images_path, labels_path)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, _common.ArraySource(images, labels), fields,

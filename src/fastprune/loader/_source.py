@@ -31,6 +31,12 @@ class ImageSource:
     def num_samples(self) -> int:
         return len(self.heights)
 
+    def check_unchanged(self) -> None:
+        """Raise StoreError if the store's file was changed in place (a Store checks itself)."""
+        check = getattr(self.owner, "check_unchanged", None)
+        if check is not None:
+            check()
+
     @property
     def uniform_shape(self) -> tuple[int, int] | None:
         """(H, W) when every image has the same size, else None."""

@@ -20,6 +20,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .._args import check_epoch, check_seed
 from ._source import open_source
 from .transforms import BatchTransform, Normalize, _ResizedCrop, stream_key
 
@@ -95,7 +96,7 @@ class Loader:
         if self.drop_last and self.even_batches:
             raise ValueError("drop_last and even_batches exclude each other: drop_last keeps only full "
                              "batches, even_batches splits every sample into near-equal batches")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.threads = int(threads) if threads is not None else _default_threads()
         self.prefetch = int(prefetch)
         self.device = _check_device(device)
@@ -116,9 +117,7 @@ class Loader:
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = int(epoch)
+        self._epoch = check_epoch(epoch)
 
     @property
     def num_samples(self) -> int:
@@ -203,6 +202,7 @@ class _BatchBuilder:
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
 
     def __call__(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
+        self.source.check_unchanged()  # a file rewritten in place would fault (SIGBUS) in the gather
         images = self._gather(ids)
         for transform, stream in zip(self.transforms[int(self.fused_crop):], self.streams[int(self.fused_crop):]):
             images = transform(images, ids, stream)

@@ -25,7 +25,7 @@ def _one_dim(array: np.ndarray, name: str, length: int | None) -> np.ndarray:
 
 def as_indices(indices) -> np.ndarray:
     array = _one_dim(to_numpy(indices), "indices", None)
-    if array.dtype.kind not in "iu":
+    if array.dtype.kind not in "iu" and array.size:  # [] is float64 to numpy, and a valid no-op
         raise ValueError(f"indices must be integers, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.int64)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._args import MAX_EPOCH, check_seed
 from .distributed import gather_updates
 from .table import ScoreTable
 
@@ -89,9 +90,7 @@ class Strategy:
                  labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
                  distributed: bool | str = "auto"):
         self.keep = _fraction(keep, "keep")
-        self.seed = int(seed)
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed!r}")
+        self.seed = check_seed(seed)
         self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay)
         self.num_samples = self.table.num_samples
         self.num_kept = int(round(self.keep * self.num_samples))
@@ -178,11 +177,26 @@ class Strategy:
             raise ValueError("checkpoint was taken with different settings (checkpoint, this strategy): "
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
         self.table.load_state_dict(state["table"])
-        self._epoch = int(state["epoch"])
+        self._epoch = self._non_negative(state["epoch"], "checkpoint epoch")
         cache = state["cache"]
         self._cache = None if cache is None else (
-            int(cache["anchor"]), Selection(np.asarray(cache["indices"], dtype=np.int64),
-                                            np.asarray(cache["weights"], dtype=np.float32)))
+            self._non_negative(cache["anchor"], "checkpoint selection epoch"),
+            self._checked_selection(np.asarray(cache["indices"]), np.asarray(cache["weights"])))
+
+    def _checked_selection(self, indices: np.ndarray, weights: np.ndarray) -> Selection:
+        """A cached selection from a checkpoint, refused unless it could have come from this
+        strategy: the loader would gather these indices without another look."""
+        if indices.ndim != 1 or weights.shape != indices.shape or indices.dtype.kind not in "iu":
+            raise ValueError(f"checkpoint selection: indices {indices.dtype}{list(indices.shape)} and "
+                             f"weights {weights.dtype}{list(weights.shape)} are not two matching 1-D arrays")
+        outside = (indices < 0) | (indices >= self.num_samples)
+        if outside.any():
+            raise ValueError(f"checkpoint selection holds index {int(indices[outside][0])} outside "
+                             f"[0, {self.num_samples}) ({int(outside.sum())} such indices)")
+        weights = weights.astype(np.float32)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("checkpoint selection holds weights that are negative, NaN or infinite")
+        return Selection(indices.astype(np.int64), weights)
 
     # ---- what subclasses provide ----------------------------------------------------------
 
@@ -232,8 +246,14 @@ class Strategy:
 
     @staticmethod
     def _non_negative(value, name: str) -> int:
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        """An epoch count or index: an integer in [0, MAX_EPOCH] (the score table stores epochs as
+        int32); integral floats such as 3.0 are accepted."""
+        try:
+            ok = int(value) == value and 0 <= value <= MAX_EPOCH
+        except (TypeError, ValueError, OverflowError):  # None, "3", nan, inf
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be an integer in [0, {MAX_EPOCH}], got {value!r}")
         return int(value)
 
     def __repr__(self) -> str:

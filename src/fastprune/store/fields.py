@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import numbers
 from typing import Any, ClassVar
 
@@ -302,6 +303,11 @@ class BytesField(Field):
         return data.tobytes()
 
 
+# One sample's array may not exceed this (2**48 bytes = 256 TiB, beyond any file): larger claims
+# come from damaged descriptors, and would overflow the uint64 sizes the reader computes.
+MAX_ELEMENT_BYTES = 2**48
+
+
 class NDArrayField(Field):
     """A fixed-shape, fixed-dtype array per sample."""
 
@@ -316,7 +322,11 @@ class NDArrayField(Field):
             raise ValueError(f"NDArrayField: shape must have 1..32 positive sides, got {shape!r}")
         if self.dtype.hasobject or self.dtype.itemsize == 0:
             raise ValueError(f"NDArrayField: dtype {self.dtype} cannot be stored as bytes")
-        self.element_size = int(self.dtype.itemsize * np.prod(self.shape))
+        # Python ints: a damaged descriptor may claim sides near 2**63, whose product would wrap
+        self.element_size = self.dtype.itemsize * math.prod(self.shape)
+        if self.element_size > MAX_ELEMENT_BYTES:
+            raise ValueError(f"NDArrayField: shape {self.shape} of {self.dtype} is {self.element_size} "
+                             f"bytes per sample, over the {MAX_ELEMENT_BYTES}-byte limit")
 
     def settings(self):
         return {"dtype": self.dtype.str, "shape": self.shape}

@@ -67,6 +67,8 @@ def _histogram_lines(store, name: str) -> list[str]:
     values = np.asarray(store.metadata[f"f{store.field_index(name)}"])
     classes, counts = np.unique(values, return_counts=True)
     lines = [f"classes ({name}): {classes.size}"]
+    if classes.size == 0:  # an empty store has no histogram to draw
+        return lines
     shown = min(classes.size, _MAX_CLASSES_SHOWN)
     peak = counts.max()
     for value, count in zip(classes[:shown], counts[:shown]):

@@ -31,11 +31,12 @@ class Store:
 
     def __init__(self, path):
         self.path = Path(path)
-        self._buffer = _map_file(self.path)
+        self._file, self._buffer = _map_file(self.path)
+        self._identity = _identity(os.fstat(self._file.fileno()))
         try:
             self._parse()
         except StoreError:
-            self._buffer = None
+            self.close()
             raise
 
     # --- public API ------------------------------------------------------------------------------
@@ -99,6 +100,7 @@ class Store:
     def __getitem__(self, index) -> tuple:
         i = self._check_index(index)
         buffer = self._open_buffer()
+        self.check_unchanged()
         record = self._metadata[i]
         values = []
         for k, (name, field) in enumerate(self._fields.items()):
@@ -112,6 +114,21 @@ class Store:
                 raise StoreError(f"{self.path}: sample {i}, field {name!r} cannot be decoded: {exc}") from exc
         return tuple(values)
 
+    def check_unchanged(self) -> None:
+        """Raise StoreError if the file was changed in place since it was opened.
+
+        Another program rewriting the file where it lies (``cp new.beton old.beton``) would change
+        the mapped bytes under the reader, and shrinking it makes reads past the new end fault
+        (SIGBUS). The loader calls this before every batch, so such a change stops training with
+        an error instead. It cannot catch a change that happens *during* a batch: replace store
+        files with a rename (as fastprune's writer does), never in place, while they are read.
+        """
+        if self._file is None:
+            raise StoreError(f"{self.path}: the store is closed")
+        if _identity(os.fstat(self._file.fileno())) != self._identity:
+            raise StoreError(f"{self.path}: the file was changed in place while open (size or "
+                             "modification time differs); reopen it, and replace stores by renaming")
+
     def verify(self):
         """Check the structure and every checksum; returns a VerifyReport (see verify.py)."""
         from .verify import verify_store
@@ -122,6 +139,9 @@ class Store:
         self._buffer = None
         self._metadata = None
         self._alloc_table = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> "Store":
         return self
@@ -214,7 +234,8 @@ class Store:
         for k, (name, cls, desc) in enumerate(zip(names, types, descriptors)):
             try:
                 self._fields[name] = cls.from_binary(np.array(desc["arguments"]), self._metadata[f"f{k}"])
-            except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, OverflowError,
+                    RecursionError) as exc:  # whatever the descriptor's numbers and JSON make numpy raise
                 self._fail(f"field {name!r}: bad arguments in its descriptor: {exc}")
 
     def _parse_alloc_table(self) -> None:
@@ -316,8 +337,13 @@ def _in_bounds(ptrs: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> np.ndar
     return size_ok & (ptrs >= np.uint64(lo)) & (ptrs <= room)
 
 
-def _map_file(path: Path) -> np.ndarray:
-    """The file as a read-only uint8 array over mmap; StoreError for anything but a regular file."""
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_size, info.st_mtime_ns
+
+
+def _map_file(path: Path):
+    """(open file, the file as a read-only uint8 array over mmap); StoreError for anything but a
+    regular file. The file stays open so that ``check_unchanged`` can fstat it."""
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -327,11 +353,15 @@ def _map_file(path: Path) -> np.ndarray:
     if info.st_size == 0:
         raise StoreError(f"{path}: empty file (0 bytes), not a store")
     try:
-        with open(path, "rb") as f:
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        file = open(path, "rb")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open store: {exc.strerror or exc}") from exc
+    try:
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
+        file.close()
         raise StoreError(f"{path}: cannot map store: {exc}") from exc
-    return np.frombuffer(mapping, dtype=np.uint8)
+    return file, np.frombuffer(mapping, dtype=np.uint8)
 
 
 __all__ = ["Store"]

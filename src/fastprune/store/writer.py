@@ -11,7 +11,9 @@ How a file is written:
    allocation table and finally the header, and renames the temporary file to ``path``.
 
 Any exception (including KeyboardInterrupt) removes the temporary file: a failed conversion leaves
-no file at ``path`` (an existing file there is left untouched) and nothing else behind.
+no file at ``path`` (an existing file there is left untouched) and nothing else behind. SIGTERM (what
+``kill``, ``timeout`` and job schedulers send) is treated like Ctrl-C while a write runs in the main
+thread of a process that has not set its own SIGTERM handler.
 
 A process killed outright (SIGKILL, power loss) cannot clean up: it leaves no file at ``path``, but
 its temporary file ``.NAME.HOST.PID.XXXXXXXX.tmp`` stays in the folder. The next write to the same
@@ -21,6 +23,7 @@ live processes, or of other hosts sharing the folder, are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -75,19 +78,43 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
     _remove_stale_temp_files(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, os.getpid()), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w+b") as out:
-            writer = _FileWriter(out, fields, num_samples, page_size)
-            for chunk in _encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
-                writer.add_chunk(chunk)
-            writer.finish()
-            os.fchmod(out.fileno(), _default_file_mode())  # mkstemp's 0600 is for the temp only
-        os.replace(tmp_name, path)
-    except BaseException:
-        _remove_quietly(tmp_name)
-        raise
+    with _sigterm_as_interrupt():
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, os.getpid()), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                writer = _FileWriter(out, fields, num_samples, page_size)
+                for chunk in _encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
+                    writer.add_chunk(chunk)
+                writer.finish()
+                os.fchmod(out.fileno(), _default_file_mode())  # mkstemp's 0600 is for the temp only
+            os.replace(tmp_name, path)
+        except BaseException:
+            _remove_quietly(tmp_name)
+            raise
     return path
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt (so the temporary file is removed, as
+    for Ctrl-C) instead of killing the process outright. Only where Python can install handlers
+    (the main thread) and only over the default action: a handler the caller set is kept."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills, as usual
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- argument checks -----------------------------------------------------------------------------

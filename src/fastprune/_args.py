@@ -1,0 +1,33 @@
+"""Argument checks shared by the loader and the strategies, so that a bad seed or epoch fails
+where it is given, with a message naming it, instead of deep inside a native call.
+
+The native core takes seeds as unsigned 64-bit integers and stores epochs in int32 columns of
+the score table: these are the ranges checked here.
+"""
+
+from __future__ import annotations
+
+MAX_SEED = 2**64 - 1
+MAX_EPOCH = 2**31 - 1
+
+
+def check_int_range(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high]; a TypeError/ValueError naming ``name`` otherwise.
+    Accepts ints and numpy integers, not bools, floats or strings."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"{name} must be an integer, got the bool {value!r}")
+    try:
+        as_int = value.__index__()
+    except (AttributeError, TypeError):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}") from None
+    if not low <= as_int <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {as_int}")
+    return as_int
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    return check_int_range(seed, name, 0, MAX_SEED)
+
+
+def check_epoch(epoch, name: str = "epoch") -> int:
+    return check_int_range(epoch, name, 0, MAX_EPOCH)

@@ -1,0 +1,419 @@
+"""Hostile inputs and destructive paths: unsafe checkpoints, outputs that would overwrite sources
+or special files, non-regular files and symlinks in image folders, decompression bombs, damaged
+field descriptors, stores changed under a reader, SIGTERM, and out-of-range API values.
+
+Every refusal must leave the sources (and any existing output) byte-identical.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fastprune
+from fastprune import CheckpointError, ConversionError, StoreError
+from fastprune.convert import convert, from_idx, from_image_folder, from_npz
+from fastprune.store import IntField, NDArrayField, RGBImageField, Store, write_dataset
+from fastprune.store import format as fmt
+
+
+def _digest(paths) -> dict[str, str]:
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def _npz(path: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=np.arange(n) % 3)
+    return path
+
+
+def _jpeg_bytes(height: int = 16, width: int = 16, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _claim_size(jpeg: bytes, height: int, width: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming height x width; the data stays tiny."""
+    data = bytearray(jpeg)
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _image_folder(root: Path, classes=("a", "b"), per_class: int = 2) -> Path:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i}.jpg").write_bytes(_jpeg_bytes(seed=10 * c + i))
+    return root
+
+
+# --- 1. checkpoints never execute code ------------------------------------------------------------
+
+class _Payload:
+    """Pickles to a call of os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path):
+    from fastprune.train import load_checkpoint, make_optimizer
+
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"format": "fastprune-checkpoint-2", "model": _Payload(marker)}, checkpoint)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match="evil.pt: not a loadable fastprune checkpoint") as error:
+        load_checkpoint(checkpoint, model, make_optimizer(model))
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_resume_refuses_other_settings_and_models_in_one_line(tmp_path):
+    from fastprune.train import load_checkpoint, make_optimizer, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    checkpoint = tmp_path / "run.pt"
+    history = [{"epoch": 0}]
+    save_checkpoint(checkpoint, model, make_optimizer(model), None, None, None, history,
+                    settings={"lr": 1.2, "epochs": 10})
+    with pytest.raises(CheckpointError, match=r"other settings \(lr=1.2 in the checkpoint, 0.4 now\)") as error:
+        load_checkpoint(checkpoint, model, make_optimizer(model), settings={"lr": 0.4, "epochs": 10})
+    assert "\n" not in str(error.value)
+    other = torch.nn.Linear(3, 2)
+    with pytest.raises(CheckpointError, match="does not fit this run's model") as error:
+        load_checkpoint(checkpoint, other, make_optimizer(other), settings={"lr": 1.2, "epochs": 10})
+    assert "\n" not in str(error.value)
+    assert load_checkpoint(checkpoint, model, make_optimizer(model),
+                           settings={"lr": 1.2, "epochs": 10}) == (1, history)
+
+
+def test_fit_refuses_to_resume_with_another_epoch_count_or_strategy(tmp_path):
+    from fastprune.train import fit
+
+    store = tmp_path / "s.beton"
+    rng = np.random.default_rng(0)
+    fastprune.convert.from_arrays(rng.integers(0, 256, (64, 4, 4, 3), dtype=np.uint8), np.arange(64) % 2,
+                                  store, progress=False)
+    loader = fastprune.Loader(store, 32, threads=1, transforms=[fastprune.loader.Normalize()])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    checkpoint = tmp_path / "run.pt"
+    fit(model, loader, None, fastprune.UCB(64, keep=0.5), 1, checkpoint=checkpoint, progress=False, log=None)
+    with pytest.raises(CheckpointError, match=r"epochs=1 in the checkpoint, 2 now"):
+        fit(model, loader, None, fastprune.UCB(64, keep=0.5), 2, checkpoint=checkpoint, resume=True,
+            progress=False, log=None)
+    with pytest.raises(CheckpointError, match=r"strategy.*'UCB' vs 'EpsilonGreedy'"):
+        fit(model, loader, None, fastprune.EpsilonGreedy(64, keep=0.5), 1, checkpoint=checkpoint,
+            resume=True, progress=False, log=None)
+
+
+# --- 2. --out never destroys data ----------------------------------------------------------------
+
+def test_output_that_is_the_input_is_refused_and_nothing_changes(tmp_path):
+    source = _npz(tmp_path / "src.npz")
+    link = tmp_path / "link.beton"
+    link.symlink_to(source)
+    hard = tmp_path / "hard.beton"
+    os.link(source, hard)
+    before = _digest([source])
+    for out in (source, link, hard, tmp_path / "." / "src.npz"):
+        with pytest.raises(ConversionError, match="is the input file"):
+            from_npz(source, out, progress=False)
+    assert _digest([source]) == before and link.is_symlink()
+
+
+def test_output_onto_an_idx_cifar_or_image_folder_input_is_refused(tmp_path, fashion_mnist_dir):
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (idx / name).write_bytes((fashion_mnist_dir / name).read_bytes())
+    before = _digest(idx.iterdir())
+    with pytest.raises(ConversionError, match="is the input file"):
+        from_idx(idx, idx / "t10k-labels-idx1-ubyte.gz", split="test", progress=False)
+    assert _digest(idx.iterdir()) == before
+
+    folder = _image_folder(tmp_path / "photos")
+    target = folder / "b" / "1.jpg"
+    before = _digest([target])
+    for jpeg in (False, True):
+        with pytest.raises(ConversionError, match="is the input file"):
+            from_image_folder(folder, target, jpeg=jpeg, progress=False)
+    assert _digest([target]) == before
+
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    (cifar / "data_batch_1").write_bytes(b"not really a batch")
+    with pytest.raises(ConversionError, match="is the input file"):
+        convert(cifar, cifar / "data_batch_1", progress=False)
+    assert (cifar / "data_batch_1").read_bytes() == b"not really a batch"
+
+
+def test_output_that_is_a_fifo_or_device_is_left_alone(tmp_path):
+    source = _npz(tmp_path / "src.npz")
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConversionError, match="exists and is not a regular file \\(a FIFO\\)"):
+        from_npz(source, fifo, progress=False)
+    assert fifo.is_fifo()
+    if os.geteuid() == 0:  # a private twin of /dev/null: never point a test at the real one
+        device = tmp_path / "null"
+        os.mknod(device, 0o666 | 0o020000, os.makedev(1, 3))
+        with pytest.raises(ConversionError, match="a character device"):
+            from_npz(source, device, progress=False)
+        assert device.is_char_device()
+
+
+# --- 3. image folders: regular files only, symlinks followed ------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("jpeg", [False, True])
+def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path, jpeg):
+    folder = _image_folder(tmp_path / "photos")
+    os.mkfifo(folder / "a" / "stuck.jpg")
+    (folder / "a" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = from_image_folder(folder, tmp_path / "o.beton", jpeg=jpeg, progress=False)
+    assert len(Store(out)) == 4
+
+
+def test_symlinked_class_folders_and_loops_are_followed_once(tmp_path):
+    elsewhere = _image_folder(tmp_path / "shared", classes=("c",), per_class=3)
+    folder = _image_folder(tmp_path / "photos")
+    (folder / "c").symlink_to(elsewhere / "c", target_is_directory=True)
+    (folder / "a" / "loop").symlink_to(folder / "a", target_is_directory=True)
+    paths, labels, classes = fastprune.convert.image_folder.scan_image_folder(folder)
+    assert classes == ["a", "b", "c"]
+    assert np.bincount(labels).tolist() == [2, 2, 3]
+
+
+# --- 4. decompression bombs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("jpeg", [False, True])
+@pytest.mark.parametrize("side", [12000, 65000])
+def test_an_image_claiming_huge_dimensions_is_refused_before_decoding(tmp_path, jpeg, side):
+    folder = _image_folder(tmp_path / "photos")
+    bomb = folder / "b" / "bomb.jpg"
+    bomb.write_bytes(_claim_size(_jpeg_bytes(), side, side))
+    out = tmp_path / "o.beton"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="bomb.jpg: .*exceeds") as error:
+            from_image_folder(folder, out, jpeg=jpeg, workers=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if side == 12000:  # under PIL's own hard limit (2 x 89.5 Mpx): fastprune's limit refuses it
+        assert "12000x12000 = 144,000,000 pixels exceeds the limit of 67,108,864" in str(error.value)
+    assert "--max-pixels" in str(error.value) and "\n" not in str(error.value)
+    assert peak < 64 * 2**20 and not out.exists()
+
+
+def test_the_pixel_limit_is_an_option_and_truncated_images_are_errors(tmp_path):
+    folder = _image_folder(tmp_path / "photos")  # 16x16 images: 256 pixels
+    with pytest.raises(ConversionError, match="exceeds the limit of 255"):
+        from_image_folder(folder, tmp_path / "o.beton", max_pixels=255, progress=False)
+    assert len(Store(from_image_folder(folder, tmp_path / "o.beton", max_pixels=256, progress=False))) == 4
+    whole = _jpeg_bytes(128, 128)
+    (folder / "a" / "0.jpg").write_bytes(whole[:len(whole) * 3 // 5])  # header intact, data cut
+    with pytest.raises(ConversionError, match="0.jpg: cannot decode image: image file is truncated"):
+        from_image_folder(folder, tmp_path / "t.beton", jpeg=True, progress=False)
+    assert not (tmp_path / "t.beton").exists()
+
+
+def test_the_cli_takes_the_pixel_limit(tmp_path, capsys):
+    from fastprune.cli import main
+
+    folder = _image_folder(tmp_path / "photos")
+    assert main(["convert", str(folder), "--out", str(tmp_path / "c.beton"), "--max-pixels", "100"]) == 1
+    assert "exceeds the limit of 100 " in capsys.readouterr().err
+    assert not (tmp_path / "c.beton").exists()
+    assert main(["convert", str(folder), "--out", str(tmp_path / "c.beton"), "--max-pixels", "256",
+                 "--no-progress"]) == 0
+
+
+def _idx_header(dims) -> bytes:
+    return bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+def test_a_gzip_idx_bomb_is_not_inflated_past_its_header(tmp_path):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    labels = np.arange(10, dtype=np.uint8) % 3
+    (folder / "train-labels-idx1-ubyte").write_bytes(_idx_header((10,)) + labels.tobytes())
+    images = folder / "train-images-idx3-ubyte.gz"
+    zeros = bytes(2**20)
+    with gzip.open(images, "wb", compresslevel=9) as file:  # says 10 images, inflates to 256 MiB
+        file.write(_idx_header((10, 28, 28)))
+        for _ in range(256):
+            file.write(zeros)
+    assert images.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match=r"shape \(10, 28, 28\) \(7856 bytes\) but the file holds more"):
+            from_idx(folder, tmp_path / "o.beton", progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20
+
+    with gzip.open(images, "wb") as file:  # claims 60000 x 60000 x 60000 bytes in a tiny stream
+        file.write(_idx_header((60000, 60000, 60000)))
+    with pytest.raises(ConversionError, match="but the file holds a [0-9]+-byte gzip stream"):
+        from_idx(folder, tmp_path / "o.beton", progress=False)
+
+
+def test_idx_dimensions_whose_product_wraps_are_a_size_error(tmp_path):
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "train-labels-idx1-ubyte").write_bytes(_idx_header((4,)) + bytes(4))
+    big = 2**32 - 1  # (2^32-1)^3 wraps to a small number in int64 arithmetic
+    (folder / "train-images-idx3-ubyte").write_bytes(_idx_header((big, big, big)) + bytes(64))
+    with pytest.raises(ConversionError, match="IDX header says shape"):
+        from_idx(folder, tmp_path / "o.beton", progress=False)
+
+
+# --- 5. damaged stores raise StoreError only ---------------------------------------------------------
+
+def _ndarray_store(path: Path) -> tuple[Path, int]:
+    """A store with one NDArray field; returns it and the offset of that field's descriptor args."""
+    rows = [(np.arange(6, dtype=np.float32).reshape(2, 3) + i, i) for i in range(4)]
+    write_dataset(path, rows, {"x": NDArrayField(np.float32, (2, 3)), "y": IntField()}, workers=1,
+                  progress=False)
+    args = fmt.HEADER_TYPE.itemsize + fmt.FIELD_DESC_TYPE.fields["arguments"][1]
+    return path, args
+
+
+@pytest.mark.parametrize("sides", [(2**63 - 1, 2), (2**62, 4), (2**32, 2**32), (2**64 - 1,)])
+def test_an_ndarray_shape_near_2_to_the_63_is_a_store_error(tmp_path, sides):
+    path, args = _ndarray_store(tmp_path / "s.beton")
+    data = bytearray(path.read_bytes())
+    for k, side in enumerate(sides):
+        data[args + 8 * k:args + 8 * k + 8] = struct.pack("<Q", side)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="field 'x'"):
+        Store(path)
+
+
+# --- 6. a store changed in place under a reader ---------------------------------------------------------
+
+def _raw_store(path: Path, n: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    return fastprune.convert.from_arrays(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                         np.arange(n) % 4, path, progress=False)
+
+
+PROBE = textwrap.dedent("""
+    import os, sys, shutil
+    import fastprune
+    path, how = sys.argv[1], sys.argv[2]
+    store = fastprune.Store(path)
+    loader = fastprune.Loader(store, 16, threads=1, shuffle=False)
+    size = os.path.getsize(path)
+    if how == "truncate":
+        os.truncate(path, size // 3)
+    else:  # what `cp other.beton store.beton` does: rewrite the same file in place
+        data = open(sys.argv[3], "rb").read()
+        with open(path, "r+b") as f:
+            f.write(data)
+        os.utime(path, ns=(0, 0))
+    try:
+        for batch in loader:
+            pass
+    except fastprune.StoreError as exc:
+        print("StoreError:", exc)
+        try:
+            store[0]
+        except fastprune.StoreError:
+            print("getitem refused too")
+        sys.exit(3)
+    print("no error")
+""")
+
+
+@pytest.mark.parametrize("how", ["truncate", "overwrite"])
+def test_a_store_changed_in_place_stops_with_a_store_error_not_sigbus(tmp_path, how):
+    path = _raw_store(tmp_path / "s.beton")
+    other = _raw_store(tmp_path / "other.beton")
+    result = subprocess.run([sys.executable, "-c", PROBE, str(path), how, str(other)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, (result.returncode, result.stdout, result.stderr[-2000:])
+    assert "changed in place while open" in result.stdout and "getitem refused too" in result.stdout
+
+
+# --- 7. SIGTERM, API ranges, checkpointed selections -----------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_during_a_conversion_removes_the_temp_file(fashion_mnist_dir, tmp_path):
+    out = tmp_path / "fm.beton"
+    command = [sys.executable, "-m", "fastprune", "convert", "fashion-mnist", "--split", "train", "--jpeg",
+               "--workers", "1", "--no-progress", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".fm.beton.*.tmp")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".fm.beton.*.tmp")), "the conversion never started writing"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_range_seeds_and_epochs_fail_where_they_are_given(tmp_path):
+    store = _raw_store(tmp_path / "s.beton")
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 18446744073709551615\], got -1"):
+        fastprune.Loader(store, 8, seed=-1)
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        fastprune.Loader(store, 8, seed=2**64)
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        fastprune.UCB(10, keep=0.5, seed=2**64)
+    strategy = fastprune.EpsilonGreedy(10, keep=0.5, seed=2**64 - 1)
+    assert len(strategy.select(2**31 - 1)) == 5
+    for call in (strategy.select, strategy.num_selected, fastprune.Loader(store, 8).set_epoch):
+        with pytest.raises(ValueError, match=r"epoch must be an integer in \[0, 2147483647\]"):
+            call(2**31)
+        with pytest.raises(ValueError, match="epoch must be an integer in"):
+            call(2**64)
+
+
+def test_an_empty_update_is_a_no_op():
+    strategy = fastprune.UCB(10, keep=0.5)
+    before = strategy.state_dict()["table"]
+    assert strategy.update([], []) == 0
+    assert strategy.update(np.array([], dtype=np.float64), torch.tensor([])) == 0
+    for name, value in strategy.state_dict()["table"].items():
+        assert torch.equal(value, before[name])
+
+
+def test_a_checkpointed_selection_with_indices_out_of_range_is_refused():
+    strategy = fastprune.UCB(10, keep=0.5)
+    strategy.select(0)
+    state = strategy.state_dict()
+    state["cache"]["indices"][0] = 10
+    with pytest.raises(ValueError, match=r"index 10 outside \[0, 10\)"):
+        fastprune.UCB(10, keep=0.5).load_state_dict(state)
+    state["cache"]["indices"][0] = -1
+    with pytest.raises(ValueError, match="index -1 outside"):
+        fastprune.UCB(10, keep=0.5).load_state_dict(state)
