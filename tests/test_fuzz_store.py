@@ -259,6 +259,46 @@ def test_fuzz_absurd_header_table_and_metadata_values(mixed, tmp_path_factory, t
     tally.add(check_file(_write_variant(tmp_path_factory.mktemp("c"), buf), mixed.values))
 
 
+DESC_TYPE_ID = fmt.FIELD_DESC_TYPE.fields["type_id"]
+DESC_ARGS = fmt.FIELD_DESC_TYPE.fields["arguments"][1]
+NDARRAY_SHAPE, NDARRAY_TYPE_LENGTH = (fmt.NDARRAY_ARGS_TYPE.fields[n][1] for n in ("shape", "type_length"))
+FEAT = list(MIXED_FIELDS).index("feat")  # the NDArrayField, whose descriptor holds a shape and JSON
+HOSTILE_DTYPE_JSON = [
+    '[["", "<f8"]]', '[["", "|O"]]', '[["", "|V0"]]', '[["", "<f4", [1000000000, 1000000000]]]',
+    '[["", "<f4", [4611686018427387904]]]', '[["a", "<f4"], ["b", "<i4"]]', '[]', 'null', '"<f4"',
+    '[[1, 2, 3]]', '[["", "<f4"]', "[" * 200 + "]" * 200, '[["", "<U99999999999"]]', '\u00e9\ud800',
+]
+
+
+@pytest.mark.timeout(120)
+@_settings(400)
+@given(data=st.data())
+def test_fuzz_field_descriptors(mixed, tmp_path_factory, tally, data):
+    """Field descriptors: type ids, an NDArray field's shape sides and dtype length set to absurd
+    integers, its dtype JSON replaced by hostile or arbitrary text."""
+    buf = bytearray(mixed.data)
+    args = fmt.HEADER_TYPE.itemsize + FEAT * fmt.FIELD_DESC_TYPE.itemsize + DESC_ARGS
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        what = data.draw(st.sampled_from(["type_id", "shape", "type_length", "json"]), label="what")
+        value = data.draw(st.sampled_from(ABSURD_U64) | st.integers(0, (1 << 64) - 1), label="value")
+        if what == "type_id":
+            k = data.draw(st.integers(0, len(MIXED_FIELDS) - 1), label="field")
+            dtype, offset = DESC_TYPE_ID[:2]
+            put(buf, fmt.HEADER_TYPE.itemsize + k * fmt.FIELD_DESC_TYPE.itemsize + offset, dtype, value % 256)
+        elif what == "shape":
+            side = data.draw(st.integers(0, 31), label="side")
+            put(buf, args + NDARRAY_SHAPE + 8 * side, np.dtype("<u8"), value)
+        elif what == "type_length":
+            put(buf, args + NDARRAY_TYPE_LENGTH, np.dtype("<u8"), value)
+        else:
+            text = data.draw(st.sampled_from(HOSTILE_DTYPE_JSON) | st.text(max_size=80), label="json")
+            raw = text.encode("utf8", "surrogatepass")[:fmt.FIELD_ARGS_BYTES - fmt.NDARRAY_ARGS_TYPE.itemsize]
+            start = args + fmt.NDARRAY_ARGS_TYPE.itemsize
+            buf[start:start + len(raw)] = raw
+            put(buf, args + NDARRAY_TYPE_LENGTH, np.dtype("<u8"), len(raw))
+    tally.add(check_file(_write_variant(tmp_path_factory.mktemp("d"), buf), mixed.values))
+
+
 def put(buf: bytearray, offset: int, dtype: np.dtype, value: int) -> None:
     dtype = np.dtype(dtype)
     value &= (1 << (8 * dtype.itemsize)) - 1
