@@ -14,7 +14,7 @@ from fastprune.store import (BytesField, FloatField, IntField, JSONField, NDArra
                              Store, TorchTensorField, write_dataset)
 from fastprune.store import format as fmt
 from fastprune.store.info import describe, verify
-from fastprune.store.verify import verify_file
+from fastprune.store.reader import verify_file
 
 SMALL_PAGE = 1 << 13  # 8 KiB: a few images per page, so page boundaries are exercised
 

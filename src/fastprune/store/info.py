@@ -6,7 +6,7 @@ import numpy as np
 
 from . import format as fmt
 from .fields import IntField, RGBImageField
-from .verify import read_trailer
+from .checksums import read_trailer
 
 _MAX_CLASSES_SHOWN = 30
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import StoreError
 from . import format as fmt
+from .checksums import VerifyReport, read_trailer, verify_store
 from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, NDArrayField
 
 
@@ -130,8 +131,7 @@ class Store:
                              "modification time differs); reopen it, and replace stores by renaming")
 
     def verify(self):
-        """Check the structure and every checksum; returns a VerifyReport (see verify.py)."""
-        from .verify import verify_store
+        """Check the structure and every checksum; returns a VerifyReport (see checksums.py)."""
         return verify_store(self)
 
     def close(self) -> None:
@@ -265,7 +265,6 @@ class Store:
     def _check_allocation_count(self) -> None:
         """Files with fastprune's checksum trailer record how many allocations they hold: a table
         cut at an entry boundary is caught here, not only by verify()."""
-        from .verify import read_trailer
         trailer = read_trailer(self._buffer, self._alloc_table_ptr, self._metadata_end)
         if trailer is None or isinstance(trailer, str):
             return  # ffcv's file, or a damaged trailer (verify() reports it)
@@ -364,4 +363,14 @@ def _map_file(path: Path):
     return file, np.frombuffer(mapping, dtype=np.uint8)
 
 
-__all__ = ["Store"]
+def verify_file(path) -> VerifyReport:
+    """Open and verify ``path``; a file that does not even open gives a report, not an exception."""
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        return VerifyReport(Path(path), structure_ok=False, has_checksums=False, problems=[str(exc)])
+    with store:
+        return verify_store(store)
+
+
+__all__ = ["Store", "verify_file"]

@@ -42,6 +42,7 @@ import numpy as np
 from .._native import core
 from ..errors import ConversionError
 from . import format as fmt
+from .checksums import make_trailer, mark_checksummed
 from .fields import Field, RGBImageField
 
 
@@ -461,30 +462,8 @@ class _FileWriter:
         for i, (name, field) in enumerate(self.fields):
             descriptors[i]["type_id"] = field.type_id
             descriptors[i]["name"] = fmt.encode_field_name(name)
-            args = field.to_binary()
-            if not args[fmt.CHECKSUM_MARKER_OFFSET:].any():  # free (always, unless a huge dtype)
-                args[fmt.CHECKSUM_MARKER_OFFSET:] = np.frombuffer(fmt.CHECKSUM_MAGIC, dtype="<u1")
-            descriptors[i]["arguments"] = args
+            descriptors[i]["arguments"] = mark_checksummed(field.to_binary())
         return descriptors
-
-
-def make_trailer(layout_crc: int, alloc_table_crc: int, block_crc: int, block_ptr: int,
-                 num_allocations: int) -> np.ndarray:
-    trailer = np.zeros(1, dtype=fmt.CHECKSUM_TRAILER_TYPE)
-    trailer["magic"] = fmt.CHECKSUM_MAGIC
-    trailer["version"] = fmt.CHECKSUM_VERSION
-    trailer["layout_crc"] = layout_crc
-    trailer["alloc_table_crc"] = alloc_table_crc
-    trailer["block_crc"] = block_crc
-    trailer["block_ptr"] = block_ptr
-    trailer["num_allocations"] = num_allocations
-    trailer["trailer_crc"] = trailer_crc(trailer)
-    return trailer
-
-
-def trailer_crc(trailer: np.ndarray) -> int:
-    covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
-    return zlib.crc32(trailer.tobytes()[:covered])
 
 
 __all__ = ["write_dataset", "encode_chunk", "EncodedChunk"]

@@ -1,8 +1,10 @@
-"""Integrity checks of a store: structure (done when it opens) and CRC-32 checksums.
+"""fastprune's checksums, in one place: the trailer the writer appends, how it is read back,
+and the verification of a store against it.
 
 fastprune writes a checksum block between the data pages and the allocation table (see
 format.py); ffcv never looks there. Files written by ffcv have no such block: their structure is
-checked and the report says that no checksums could be compared.
+checked (when the store opens) and the report says that no checksums could be compared.
+This module works on an open store's buffer and layout; it never opens files itself.
 """
 
 from __future__ import annotations
@@ -51,17 +53,6 @@ class VerifyReport:
         return f"{self.path}: CORRUPT: " + "; ".join(self.problems)
 
 
-def verify_file(path) -> VerifyReport:
-    """Open and verify ``path``; a file that does not even open gives a report, not an exception."""
-    from .reader import Store
-    try:
-        store = Store(path)
-    except StoreError as exc:
-        return VerifyReport(Path(path), structure_ok=False, has_checksums=False, problems=[str(exc)])
-    with store:
-        return verify_store(store)
-
-
 def verify_store(store) -> VerifyReport:
     report = VerifyReport(store.path, structure_ok=True, has_checksums=False)
     trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
@@ -82,6 +73,14 @@ def verify_store(store) -> VerifyReport:
     if crcs is not None:
         _check_allocations(store, crcs, report)
     return report
+
+
+def mark_checksummed(args: np.ndarray) -> np.ndarray:
+    """A field descriptor's argument bytes with the marker saying "this file has a checksum
+    trailer" in their unused tail, so that a destroyed trailer cannot pass for ffcv's file."""
+    if not args[fmt.CHECKSUM_MARKER_OFFSET:].any():  # free (always, unless a huge dtype)
+        args[fmt.CHECKSUM_MARKER_OFFSET:] = np.frombuffer(fmt.CHECKSUM_MAGIC, dtype="<u1")
+    return args
 
 
 def has_checksum_marker(store) -> bool:
@@ -108,12 +107,32 @@ def read_trailer(buffer: np.ndarray, alloc_table_ptr: int, metadata_end: int):
         if count == entries and fmt.align_up(block_ptr + count * fmt.CHECKSUM_DTYPE.itemsize, 8) == start:
             return "the checksum trailer is corrupted (its magic bytes do not match)"
         return None
-    covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
-    if zlib.crc32(raw[:covered]) != int(trailer["trailer_crc"]):
+    if _trailer_crc(raw) != int(trailer["trailer_crc"]):
         return "the checksum trailer is corrupted (its own CRC does not match)"
     if int(trailer["version"]) != fmt.CHECKSUM_VERSION:
         return f"unknown checksum block version {int(trailer['version'])}"
     return trailer
+
+
+def make_trailer(layout_crc: int, alloc_table_crc: int, block_crc: int, block_ptr: int,
+                 num_allocations: int) -> np.ndarray:
+    """The trailer the writer puts right before the allocation table."""
+    trailer = np.zeros(1, dtype=fmt.CHECKSUM_TRAILER_TYPE)
+    trailer["magic"] = fmt.CHECKSUM_MAGIC
+    trailer["version"] = fmt.CHECKSUM_VERSION
+    trailer["layout_crc"] = layout_crc
+    trailer["alloc_table_crc"] = alloc_table_crc
+    trailer["block_crc"] = block_crc
+    trailer["block_ptr"] = block_ptr
+    trailer["num_allocations"] = num_allocations
+    trailer["trailer_crc"] = _trailer_crc(trailer.tobytes())
+    return trailer
+
+
+def _trailer_crc(raw) -> int:
+    """The trailer's own CRC, over every field before ``trailer_crc``."""
+    covered = fmt.CHECKSUM_TRAILER_TYPE.fields["trailer_crc"][1]
+    return zlib.crc32(bytes(raw[:covered]))
 
 
 def _check_layout(store, trailer, report: VerifyReport) -> None:
@@ -163,4 +182,5 @@ def _check_allocations(store, expected: np.ndarray, report: VerifyReport) -> Non
                            f"{names}{more}")
 
 
-__all__ = ["VerifyReport", "verify_file", "verify_store", "read_trailer", "has_checksum_marker"]
+__all__ = ["VerifyReport", "verify_store", "make_trailer", "mark_checksummed", "read_trailer",
+           "has_checksum_marker"]
