@@ -32,6 +32,9 @@ import numpy as np
 from ffcv.loader.loader import ORDER_MAP
 from ffcv.traversal_order.base import TraversalOrder
 
+from .prune.distributed import shard
+from .random_streams import epoch_permutation
+
 
 class PrunedOrder(TraversalOrder):
     """An ffcv TraversalOrder whose epochs are the strategy's selections, shuffled per (seed, epoch)."""
@@ -60,10 +63,11 @@ class PrunedOrder(TraversalOrder):
         self._weights[selection.indices] = selection.weights
         # The strategy returns its selection in any order (often ascending): shuffle it.
         seed = self.seed if self.seed is not None else self.strategy.seed
-        permuted = selection.indices[np.random.default_rng([seed, epoch]).permutation(len(selection))]
-        order = self.indices[permuted]
+        order = self.indices[selection.indices[epoch_permutation(seed, epoch, len(selection))]]
         if self.distributed:
-            order = self._shard(order)
+            import torch.distributed as dist
+
+            order = shard(order, dist.get_rank(), dist.get_world_size())
         self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current
         return order
 
@@ -78,12 +82,3 @@ class PrunedOrder(TraversalOrder):
     def num_batches(cls, epoch: int, batch_size: int, drop_last: bool = False) -> int:
         k = cls.strategy.num_selected(epoch)
         return k // batch_size if drop_last else math.ceil(k / batch_size)
-
-    @staticmethod
-    def _shard(order: np.ndarray) -> np.ndarray:
-        """Equal, disjoint shards of the (identical on all ranks) epoch order."""
-        import torch.distributed as dist
-
-        rank, world = dist.get_rank(), dist.get_world_size()
-        per_rank = len(order) // world
-        return order[rank * per_rank:(rank + 1) * per_rank]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from .._args import check_epoch, check_seed
+from ..prune.distributed import shard
+from ..random_streams import epoch_permutation
 from ._source import open_source
 from .transforms import BatchTransform, Normalize, _ResizedCrop, stream_key
 
@@ -147,11 +149,9 @@ class Loader:
         """(sample ids, weights) this rank visits in ``epoch``, in order."""
         ids, weights = _selection(self.sampler, epoch, self._source.num_samples)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(ids))
+            order = epoch_permutation(self.seed, epoch, len(ids))
             ids, weights = ids[order], weights[order]
-        per_rank = len(ids) // self.world_size
-        ids = ids[: per_rank * self.world_size][self.rank :: self.world_size]
-        weights = weights[: per_rank * self.world_size][self.rank :: self.world_size]
+        ids, weights = (shard(a, self.rank, self.world_size) for a in (ids, weights))
         if self.drop_last:
             keep = len(ids) // self.batch_size * self.batch_size
             ids, weights = ids[:keep], weights[:keep]

@@ -12,6 +12,14 @@ import numpy as np
 from ._convert import as_correct, as_indices, as_losses
 
 
+def shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's part of an epoch order that every rank computed identically: disjoint, equal
+    shards (positions rank, rank + world_size, ...); the remainder past a multiple of world_size
+    is skipped, so that every rank takes the same number of steps."""
+    per_rank = len(order) // world_size
+    return order[: per_rank * world_size][rank::world_size]
+
+
 def _active_group():
     try:
         import torch.distributed as dist

@@ -1,0 +1,34 @@
+"""Where every random number in fastprune comes from (the one list of derivations).
+
+Nothing random carries hidden state from one epoch to the next: each draw is a pure function of
+the user's ``seed``, the ``epoch`` and what is being drawn, so a resumed run, another thread count
+or another rank of a distributed job draws exactly the same numbers.
+
+* **Selections** (which samples an epoch keeps): the native counter-based RNG (``csrc/rng.hpp``),
+  keyed by (strategy seed, epoch, stream), where stream 0 is the whole-data pool and stream
+  ``c + 1`` the pool of class ``c`` for class-balanced selection.
+* **Epoch order** (the order the kept samples are visited in): :func:`epoch_permutation`, numpy's
+  PCG64 seeded with (loader seed, epoch, a fixed salt); used by ``fastprune.Loader`` and by
+  ``PrunedOrder`` for ffcv's own loader, so both visit a selection in the same order.
+* **Augmentations**: ``fastprune.loader.transforms.stream_key(seed, epoch, position)`` gives each
+  transform of a pipeline its 64-bit stream, and ``uniform(stream, sample_id, k)`` (a splitmix64
+  hash, the same mixer as the native RNG) its k-th draw for one sample: independent of which
+  samples share its batch.
+* **Sharding** across ranks draws nothing: every rank computes the same epoch order and takes
+  its own positions of it (``fastprune.prune.distributed.shard``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Salt of the epoch-order stream, so that it differs from any other use of the same seed.
+_ORDER_SALT = 0x5EED
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The visiting order of an epoch's ``n`` selected samples: a permutation of range(n)."""
+    return np.random.default_rng([int(seed), int(epoch), _ORDER_SALT]).permutation(n)
+
+
+__all__ = ["epoch_permutation"]
