@@ -9,7 +9,7 @@ from ffcv.fields.decoders import FloatDecoder, IntDecoder  # noqa: E402
 from ffcv.loader import Loader  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
 
-from fastprune.ffcv import PrunedOrder  # noqa: E402
+from fastprune.integrations.ffcv import PrunedOrder  # noqa: E402
 from fastprune.prune import UCB, UniformRandom  # noqa: E402
 
 pytestmark = pytest.mark.ffcv

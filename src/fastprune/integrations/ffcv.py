@@ -1,6 +1,6 @@
 """Drive ffcv's own Loader (PyPI release 1.0.2) with fastprune's strategies.
 
-    from fastprune.ffcv import PrunedOrder
+    from fastprune.integrations.ffcv import PrunedOrder
     strategy = UCB(num_samples, keep=0.5)
     order = PrunedOrder.register(strategy)          # ffcv 1.0.2 only accepts orders from ORDER_MAP
     loader = ffcv.loader.Loader(path, batch_size=256, order=order, pipelines={...})
@@ -32,8 +32,8 @@ import numpy as np
 from ffcv.loader.loader import ORDER_MAP
 from ffcv.traversal_order.base import TraversalOrder
 
-from .prune.distributed import shard
-from .random_streams import epoch_permutation
+from ..prune.distributed import shard
+from ..random_streams import epoch_permutation
 
 
 class PrunedOrder(TraversalOrder):
@@ -74,7 +74,7 @@ class PrunedOrder(TraversalOrder):
     @classmethod
     def weights(cls, sample_ids) -> np.ndarray:
         """The current epoch's loss weights of these sample ids (positions in the loader's indices)."""
-        from .prune._convert import to_numpy
+        from ..prune._convert import to_numpy
 
         return cls.instance._weights[np.asarray(to_numpy(sample_ids)).reshape(-1).astype(np.int64)]
 
