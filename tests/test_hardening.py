@@ -404,10 +404,12 @@ def test_short_soak_keeps_threads_and_memory_flat(tmp_path, benchmark_script):
                          {"image": RGBImageField(), "label": IntField()}, progress=False, page_size=1 << 20)
     records = soak.soak(path, 8, threads=2, report=None)
     assert all(r["samples"] == n // 2 for r in records)
-    # no loader thread outlives its epoch (the count after epoch 0 includes threads that imports
-    # of torch/numba may start once)
-    assert [r["python_threads"] for r in records] == [records[0]["python_threads"]] * len(records), records
-    assert threading.active_count() == records[0]["python_threads"]
+    # no loader thread outlives its epoch: the count never grows from one epoch to the next (it
+    # may shrink: a thread an earlier test started, such as tqdm's monitor, can end meanwhile;
+    # the count after epoch 0 includes threads that imports of torch/numba may start once)
+    counts = [r["python_threads"] for r in records]
+    assert all(later <= earlier for earlier, later in zip(counts, counts[1:])), records
+    assert threading.active_count() <= counts[0]
     # native threads of a finished epoch may take a moment to exit after join(): allow them to
     deadline = time.monotonic() + 5
     while _os_threads() > min(r["threads"] for r in records) and time.monotonic() < deadline:
