@@ -67,3 +67,55 @@ def test_two_ranks_hold_identical_tables_and_selections(tmp_path):
 def test_distributed_true_without_a_group_is_an_error():
     with pytest.raises(RuntimeError, match="process group"):
         UCB(10, distributed=True).update([0], [1.0])
+
+
+def train_worker(rank, port, store, out_dir):
+    """The multi-process training recipe: DDP over gloo, fastprune's Loader and a strategy, no
+    sharding arguments anywhere: the loader and PrunedSampler shard by the running group."""
+    import fastprune
+    from fastprune import PrunedSampler
+    from fastprune.loader import Normalize
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        strategy = UCB(200, keep=0.5, seed=3)
+        loader = fastprune.Loader(store, 20, sampler=strategy, seed=3, threads=1, transforms=[Normalize()])
+        visited = {}
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            visited[f"ids{epoch}"] = []
+            for images, labels, indices, weights in loader:
+                loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="none")
+                strategy.update(indices, loss.detach())
+                optimizer.zero_grad()
+                (loss * weights).mean().backward()
+                optimizer.step()
+                visited[f"ids{epoch}"] += indices.tolist()
+        sampler = PrunedSampler(strategy, seed=3)
+        result = {k: np.asarray(v) for k, v in visited.items()}
+        result["sampler"] = np.asarray(list(sampler))
+        result["mean"] = strategy.table.mean
+        result["weight"] = model.module[1].weight.detach().numpy()
+        np.savez(f"{out_dir}/train{rank}.npz", **result)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_training_shards_automatically_and_keeps_ranks_in_step(tmp_path):
+    import fastprune
+
+    rng = np.random.default_rng(0)
+    store = fastprune.convert.from_arrays(rng.integers(0, 256, (200, 4, 4, 3), dtype=np.uint8),
+                                          np.arange(200) % 3, tmp_path / "s.beton", progress=False)
+    mp.spawn(train_worker, args=(free_port(), str(store), str(tmp_path)), nprocs=WORLD, join=True)
+    r0, r1 = np.load(tmp_path / "train0.npz"), np.load(tmp_path / "train1.npz")
+    for epoch in range(3):
+        a, b = r0[f"ids{epoch}"], r1[f"ids{epoch}"]
+        assert len(a) == len(b) == 50 and not set(a) & set(b)          # disjoint halves of 100 kept
+    assert len(r0["sampler"]) == 50 and not set(r0["sampler"]) & set(r1["sampler"])
+    np.testing.assert_array_equal(r0["mean"], r1["mean"])              # one score table everywhere
+    np.testing.assert_allclose(r0["weight"], r1["weight"])             # DDP kept the replicas equal

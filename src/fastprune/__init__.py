@@ -28,6 +28,8 @@ _LAZY = {
     "InfoBatch": "fastprune.prune",
     "EL2N": "fastprune.prune",
     "Forgetting": "fastprune.prune",
+    "PrunedSampler": "fastprune.prune",
+    "WithIndices": "fastprune.prune",
 }
 
 

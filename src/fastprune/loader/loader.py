@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._args import check_epoch, check_seed
-from ..prune.distributed import shard
+from ..prune.distributed import resolve_ranks, shard
 from ..random_streams import epoch_permutation
 from ._source import open_source
 from .transforms import BatchTransform, Normalize, _ResizedCrop, stream_key
@@ -72,8 +72,8 @@ class Loader:
         threads: producer threads (default: the CPUs this process may use).
         prefetch: finished batches kept ready per producer.
         device: "cpu" or a CUDA device (pinned memory + non_blocking copies).
-        distributed: None, (rank, world_size), or True to read them from torch.distributed.
-            Every rank shuffles identically and takes a disjoint, equal-length shard (the
+        distributed: "auto" (default: shard across the running torch.distributed group, if
+            any), False (no sharding), True (the group must exist) or (rank, world_size). Every rank shuffles identically and takes a disjoint, equal-length shard (the
             remainder of the selection past a multiple of world_size is dropped that epoch).
         image_field / label_field: field names (default: the only image field; "label" or the
             only integer field).
@@ -86,7 +86,7 @@ class Loader:
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
-                 distributed=None, image_field: str | None = None, label_field: str | None = None):
+                 distributed="auto", image_field: str | None = None, label_field: str | None = None):
         batch_size = _positive_int(batch_size, "batch_size")
         if threads is not None:
             threads = _positive_int(threads, "threads")
@@ -102,7 +102,7 @@ class Loader:
         self.threads = int(threads) if threads is not None else _default_threads()
         self.prefetch = int(prefetch)
         self.device = _check_device(device)
-        self.rank, self.world_size = _resolve_distributed(distributed)
+        self.rank, self.world_size = resolve_ranks(distributed)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda")
         self._source = open_source(store_or_path, image_field, label_field, threads=1)
         if self._source.num_samples == 0:
@@ -359,24 +359,6 @@ def _check_batchable(source, transforms) -> None:
     if not fused_crop and source.num_samples and source.uniform_shape is None:
         raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
                          "in transforms so that every batch has one shape")
-
-
-def _resolve_distributed(distributed) -> tuple[int, int]:
-    if distributed is None or distributed is False:
-        return 0, 1
-    if distributed is True:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
-        return dist.get_rank(), dist.get_world_size()
-    try:
-        rank, world = (int(v) for v in distributed)
-    except (TypeError, ValueError):
-        raise ValueError(f"distributed must be None, True or (rank, world_size), got {distributed!r}") from None
-    if world <= 0 or not 0 <= rank < world:
-        raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
-    return rank, world
 
 
 def _check_sampler(sampler, num_samples: int) -> None:

@@ -10,9 +10,10 @@ Integration into a training loop (three changed lines)::
 """
 
 from .base import Selection, Strategy
+from .sampler import PrunedSampler, WithIndices
 from .static import EL2N, Forgetting
 from .strategies import UCB, EpsilonGreedy, Full, InfoBatch, UniformRandom
 from .table import ScoreTable
 
-__all__ = ["EL2N", "UCB", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "ScoreTable", "Selection",
-           "Strategy", "UniformRandom"]
+__all__ = ["EL2N", "UCB", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "PrunedSampler", "ScoreTable",
+           "Selection", "Strategy", "UniformRandom", "WithIndices"]

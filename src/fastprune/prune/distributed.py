@@ -12,6 +12,40 @@ import numpy as np
 from ._convert import as_correct, as_indices, as_losses
 
 
+def resolve_ranks(distributed="auto") -> tuple[int, int]:
+    """(rank, world_size) for a loader or sampler.
+
+    ``"auto"`` (the default): the running torch.distributed group's, so that under DDP,
+    Lightning or Accelerate every rank trains its own shard without being told; (0, 1) outside a
+    group. ``False``: (0, 1), every rank sees everything (the explicit opt-out). ``True``: the
+    group's, which must exist. ``(rank, world_size)``: as given.
+    """
+    if distributed is False or distributed is None:
+        return 0, 1
+    if isinstance(distributed, str) and distributed == "auto" or distributed is True:
+        dist = _active_group()
+        if dist is not None:
+            return dist.get_rank(), dist.get_world_size()
+        if distributed is True and not _group_initialized():
+            raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
+        return 0, 1
+    try:
+        rank, world = (int(v) for v in distributed)
+    except (TypeError, ValueError):
+        raise ValueError(f"distributed must be 'auto', True, False or (rank, world_size), got {distributed!r}") from None
+    if world <= 0 or not 0 <= rank < world:
+        raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
+    return rank, world
+
+
+def _group_initialized() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
 def shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's part of an epoch order that every rank computed identically: disjoint, equal
     shards (positions rank, rank + world_size, ...); the remainder past a multiple of world_size
