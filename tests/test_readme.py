@@ -1,11 +1,14 @@
-"""The README's Python examples run as written: concatenated, in order, as a script in a temp dir."""
+"""The README's and docs/guide.md's Python examples run as written: concatenated, in order (the
+guide continues from the README's quick start), as a script in a temp dir."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"
 
 
 def python_blocks(text: str) -> list[str]:
@@ -14,7 +17,10 @@ def python_blocks(text: str) -> list[str]:
 
 def test_readme_python_examples_run(tmp_path):
     blocks = python_blocks(README.read_text())
-    assert len(blocks) >= 2, "the README lost its Python examples"
+    assert blocks, "the README lost its Python example"
+    guide = python_blocks(GUIDE.read_text())
+    assert len(guide) >= 2, "docs/guide.md lost its Python examples"
+    blocks += guide
     script = tmp_path / "readme_examples.py"
     script.write_text("\n".join(blocks))
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
@@ -23,3 +29,4 @@ def test_readme_python_examples_run(tmp_path):
     # UCB at keep 0.5 over 10k samples and batch 256: 20 batches per epoch, in both epochs
     assert result.stdout.count("20 batches") == 2, result.stdout
     assert "torch.Size([64, 3, 28, 28]) torch.float32" in result.stdout
+    assert result.stdout.count("samples") == 2 and "epoch 1: 500 samples" in result.stdout
