@@ -175,3 +175,13 @@ def test_converted_fashion_mnist_loads_in_ffcvs_own_loader(fashion_train_store, 
     expected_labels = idx_payload(fashion_mnist_dir / "train-labels-idx1-ubyte.gz", 8)
     np.testing.assert_array_equal(np.asarray(images)[..., 1], pixels[:256])
     np.testing.assert_array_equal(np.asarray(labels).ravel(), expected_labels[:256])
+
+
+def test_options_are_never_abbreviated(capsys):
+    from fastprune.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("bench").parse_args(["bench", "--train", "100"])   # not --train-limit
+    assert "unrecognized arguments: --train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["convert", "x", "--out", "y", "--qual", "9"])

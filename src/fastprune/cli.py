@@ -152,6 +152,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             getattr(importlib.import_module(module), f"add_{name}_command")(subparsers)
         else:
             subparsers.add_parser(name, help=summary)
+    # No abbreviated options: `--train X` silently meaning `--train-limit X` is a trap.
+    parser.allow_abbrev = False
+    for subparser in subparsers.choices.values():
+        subparser.allow_abbrev = False
     return parser
 
 
