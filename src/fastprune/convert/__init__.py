@@ -11,9 +11,9 @@ from .cifar import RestrictedUnpickler, from_cifar
 from .detect import KINDS, convert, detect_kind
 from .idx import FASHION_MNIST_DIR, from_idx, read_idx
 from .image_folder import from_image_folder
-from .torch_dataset import from_torch_dataset
+from .torch_dataset import from_hf_dataset, from_torch_dataset
 
 __all__ = [
     "FASHION_MNIST_DIR", "KINDS", "RestrictedUnpickler", "convert", "detect_kind", "from_arrays",
-    "from_cifar", "from_idx", "from_image_folder", "from_npz", "from_torch_dataset", "read_idx",
+    "from_cifar", "from_hf_dataset", "from_idx", "from_image_folder", "from_npz", "from_torch_dataset", "read_idx",
 ]

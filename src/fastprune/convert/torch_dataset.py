@@ -1,7 +1,9 @@
-"""Any map-style torch Dataset returning ``(image, label)`` -> store.
+"""Any map-style Dataset returning ``(image, label)`` pairs or dicts -> store; and Hugging Face
+``datasets.Dataset`` objects, whose rows are dicts.
 
 ``image`` may be a PIL image, an HxW / HxWxC numpy array or a uint8 CHW / HWC tensor; ``label``
-an int, numpy integer or 0-d integer tensor. Each sample is checked as the writer reads it, and a
+an int, numpy integer or 0-d integer tensor. Dict samples are read by key (``image_key``,
+``label_key``; by default "image" and "label"). Each sample is checked as the writer reads it, and a
 bad one stops the conversion with an error naming its index (the writer then leaves no file).
 """
 
@@ -21,9 +23,10 @@ class DatasetSource:
     """Adapts a map-style dataset to the writer: (HxWx3 uint8, int) per index, checked."""
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
-                 resize: tuple[int, int] | None = None):
+                 resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label"):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
+        self.keys = (image_key, label_key)
         self.max_side, self.resize = max_side, resize
         try:
             self.length = len(dataset)
@@ -42,15 +45,25 @@ class DatasetSource:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         what = f"sample {index} of {type(self.dataset).__name__}"
-        item = self._fetch(index, what)
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ConversionError(f"{what}: expected an (image, label) pair, got {type(item).__name__}"
-                                  + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+        item = self._pair(self._fetch(index, what), what)
         image = _common.any_image_to_rgb(item[0], f"{what}: image")
         image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
         if self.reference_shape is not None and image.shape != self.reference_shape:
             raise _common.mixed_shape_error(("sample 0", self.reference_shape), (f"sample {index}", image.shape))
         return image, _common.as_int_label(item[1], f"{what}: label")
+
+    def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
+        """(image, label) of a sample that is a pair or a dict."""
+        if isinstance(item, dict):
+            missing = [key for key in self.keys if key not in item]
+            if missing:
+                raise ConversionError(f"{what}: no key {missing[0]!r} in the sample (keys: {sorted(item)}); "
+                                      "name the image and label keys (image_key=, label_key=)")
+            return item[self.keys[0]], item[self.keys[1]]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ConversionError(f"{what}: expected an (image, label) pair or a dict, got {type(item).__name__}"
+                                  + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+        return item[0], item[1]
 
     def _fetch(self, index: int, what: str) -> Any:
         try:
@@ -62,14 +75,34 @@ class DatasetSource:
 def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = False,
                        quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                        resize: tuple[int, int] | None = None, workers: int | None = None,
-                       progress: bool = True) -> Path:
-    """Convert a map-style dataset of ``(image, int label)`` pairs to a store at ``out``.
+                       progress: bool = True, image_key: str = "image", label_key: str = "label") -> Path:
+    """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
+    ``image_key`` and ``label_key``) to a store at ``out``.
 
     Raw storage (the default) needs every image to have one shape (``resize`` gives them one);
     JPEG storage (``jpeg=True``) accepts mixed shapes. ``max_side`` shrinks large images keeping
     their aspect. Pixels must be uint8: float tensors from ``ToTensor()`` are refused.
     """
     out = _common.check_output_path(out)
-    source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize)
+    source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
+                           image_key=image_key, label_key=label_key)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, source, fields, workers=workers, progress=progress)
+
+
+def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str = "image",
+                    label_column: str = "label", **options: Any) -> Path:
+    """Convert a Hugging Face ``datasets.Dataset`` (one split, already loaded) to a store.
+
+    Rows are read by column name; image columns decode to PIL images, label columns must hold
+    integers (a ``ClassLabel`` does). Options as :func:`from_torch_dataset` (``jpeg``,
+    ``resize``, ``max_side``, ...). Nothing is downloaded here: load the dataset first.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if not isinstance(columns, list):  # a DatasetDict maps split names to column lists
+        raise ConversionError(f"expected a datasets.Dataset (one split), got {type(dataset).__name__}; "
+                              "for a DatasetDict pick a split, e.g. dataset['train']")
+    for what, column in (("image_column", image_column), ("label_column", label_column)):
+        if column not in columns:
+            raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns})")
+    return from_torch_dataset(dataset, out, image_key=image_column, label_key=label_column, **options)

@@ -1,0 +1,49 @@
+"""Dict-shaped samples and Hugging Face datasets (built in memory: nothing is downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastprune
+from fastprune import ConversionError
+from fastprune.convert import from_hf_dataset, from_torch_dataset
+
+
+def _images(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (10, 8, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_dict_samples_are_read_by_key(tmp_path):
+    images = _images()
+    rows = [{"img": image, "y": i % 4, "extra": "ignored"} for i, image in enumerate(images)]
+    out = from_torch_dataset(rows, tmp_path / "d.beton", image_key="img", label_key="y", progress=False)
+    store = fastprune.Store(out)
+    for i in (0, 11):
+        np.testing.assert_array_equal(store[i][0], images[i])
+        assert store[i][1] == i % 4
+    with pytest.raises(ConversionError, match="sample 0 of list: no key 'image' in the sample .*image_key="):
+        from_torch_dataset(rows, tmp_path / "e.beton", progress=False)
+    assert not (tmp_path / "e.beton").exists()
+
+
+def test_a_hugging_face_dataset_converts_by_column_name(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = _images()
+    features = datasets.Features({"picture": datasets.Image(),
+                                  "kind": datasets.ClassLabel(names=["cat", "dog", "owl"])})
+    dataset = datasets.Dataset.from_dict(
+        {"picture": [Image.fromarray(image) for image in images], "kind": [i % 3 for i in range(12)]},
+        features=features)
+    out = from_hf_dataset(dataset, tmp_path / "hf.beton", image_column="picture", label_column="kind",
+                          progress=False)
+    store = fastprune.Store(out)
+    assert len(store) == 12
+    np.testing.assert_array_equal(store[5][0], images[5])   # PNG-encoded in memory: lossless
+    assert [store[i][1] for i in range(4)] == [0, 1, 2, 0]
+    with pytest.raises(ConversionError, match=r"label_column='label' is not a column .*\['picture', 'kind'\]"):
+        from_hf_dataset(dataset, tmp_path / "x.beton", image_column="picture", progress=False)
+    with pytest.raises(ConversionError, match="pick a split"):
+        from_hf_dataset(datasets.DatasetDict({"train": dataset}), tmp_path / "x.beton", progress=False)
