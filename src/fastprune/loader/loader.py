@@ -73,7 +73,8 @@ class Loader:
         prefetch: finished batches kept ready per producer.
         device: "cpu" or a CUDA device (pinned memory + non_blocking copies).
         distributed: "auto" (default: shard across the running torch.distributed group, if
-            any), False (no sharding), True (the group must exist) or (rank, world_size). Every rank shuffles identically and takes a disjoint, equal-length shard (the
+            any), False (no sharding), True (the group must exist) or (rank, world_size).
+            Every rank shuffles identically and takes a disjoint, equal-length shard (the
             remainder of the selection past a multiple of world_size is dropped that epoch).
         image_field / label_field: field names (default: the only image field; "label" or the
             only integer field).

@@ -22,7 +22,7 @@ def resolve_ranks(distributed="auto") -> tuple[int, int]:
     """
     if distributed is False or distributed is None:
         return 0, 1
-    if isinstance(distributed, str) and distributed == "auto" or distributed is True:
+    if distributed is True or (isinstance(distributed, str) and distributed == "auto"):
         dist = _active_group()
         if dist is not None:
             return dist.get_rank(), dist.get_world_size()
