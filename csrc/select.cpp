@@ -101,14 +101,15 @@ NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
 // Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others
 // (select_kernels.hpp has the definition and the algorithm).
 Buffer<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand, uint64_t seed,
-                                uint64_t epoch, uint64_t stream, unsigned threads = 0) {
+                                uint64_t epoch, uint64_t stream, unsigned threads = 0, bool one_pass = true) {
     if (n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
     Buffer<int64_t> out(k_top + k_rand + 1);
     int64_t got;
     try {
         got = select_detail::top_plus_random(scores, n, k_top, k_rand, derived_rng(seed, epoch, stream, kTieStream),
                                              derived_rng(seed, epoch, stream, kRandomStream),
-                                             derived_rng(seed, epoch, stream, kSampleStream), out.data, threads);
+                                             derived_rng(seed, epoch, stream, kSampleStream), out.data, threads,
+                                             one_pass);
     } catch (...) {
         out.release();
         throw;
@@ -277,7 +278,7 @@ NumpyArray<float> bandit_scores(ROArray1D<float> mean, ROArray1D<float> var, ROA
 }
 
 NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed,
-                                      uint64_t epoch, uint64_t stream, int64_t threads) {
+                                      uint64_t epoch, uint64_t stream, int64_t threads, bool one_pass) {
     size_t n = scores.shape(0);
     if (threads < 0) fail_value("select_top_random: threads must be >= 0 (0 = automatic)");
     if (n >= (size_t(1) << 32)) fail_value("select_top_random: at most 2^32 - 1 samples are supported");
@@ -290,7 +291,7 @@ NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, in
     {
         nb::gil_scoped_release release;
         out = top_plus_random(p, n, uint64_t(k_top), uint64_t(k_rand), seed, epoch, stream,
-                              unsigned(std::min<int64_t>(threads, 2)));
+                              unsigned(std::min<int64_t>(threads, 2)), one_pass);
     }
     return to_numpy(out, size_t(k_top + k_rand));
 }
@@ -430,10 +431,11 @@ void bind_select(nb::module_ &m) {
           nb::arg("use_std"), "mean + c*sqrt(var) (or c*var; var unread and may be empty when c == 0); "
           "+inf for unseen samples.");
     m.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
-          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0,
+          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0, nb::arg("one_pass") = true,
           "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
           "uniformly sampled without replacement from the rest. O(N), no sort. threads: 0 = automatic "
-          "(up to 2, from 2^20 scores); the result is the same for every thread count.");
+          "(up to 2, from 2^20 scores); the result is the same for every thread count. one_pass=False "
+          "(for tests) forces the two-pass path; the result is the same.");
     m.def("sample_uniform", &sample_uniform, nb::arg("n"), nb::arg("k"), nb::arg("seed"), nb::arg("epoch"),
           nb::arg("stream"), "k ascending indices drawn uniformly without replacement from range(n).");
     m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),
