@@ -16,6 +16,7 @@
 #include <new>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -64,37 +65,93 @@ struct SelectionSampler {
     }
 };
 
+// The latest freed large buffer, kept for the next one of about its size: every epoch selects
+// about as many samples as the last, and a fresh buffer's pages cost page faults and the kernel's
+// zeroing, more than the selection's own writes. One block at most is kept; never destroyed, so
+// that a buffer freed during interpreter shutdown still finds it.
+class SpareBlock {
+  public:
+    static SpareBlock &get() {
+        static SpareBlock *spare = new SpareBlock;
+        return *spare;
+    }
+    // A kept block of bytes..bytes*5/4, or null.
+    void *take(size_t bytes) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!block_ || bytes_ < bytes || bytes_ > bytes + bytes / 4) return nullptr;
+        void *p = block_;
+        block_ = nullptr;
+        return p;
+    }
+    void give(void *p, size_t bytes) {
+        void *old;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            old = block_;
+            block_ = p, bytes_ = bytes;
+        }
+        std::free(old);
+    }
+
+  private:
+    std::mutex mutex_;
+    void *block_ = nullptr;
+    size_t bytes_ = 0;
+};
+
 // A heap buffer handed to numpy without copying or zero-filling. Large buffers are 2 MiB aligned
-// and advised to use transparent huge pages on Linux: a fresh 400 MB output otherwise spends
-// more time in page faults than the selection itself.
+// and advised to use transparent huge pages on Linux (a fresh 400 MB output otherwise spends
+// more time in page faults than the selection itself), and go back to SpareBlock when freed.
 template <typename T>
 struct Buffer {
     T *data = nullptr;
-    size_t size = 0;
+    size_t size = 0, bytes = 0;  // bytes > 0: a large buffer (SpareBlock's)
     Buffer() = default;
     explicit Buffer(size_t capacity) : size(capacity) {
-        size_t bytes = std::max<size_t>(capacity, 1) * sizeof(T);
+        size_t want = std::max<size_t>(capacity, 1) * sizeof(T);
 #if defined(__linux__)
         constexpr size_t kHuge = size_t(1) << 21;
-        if (bytes >= 2 * kHuge) {
-            bytes = (bytes + kHuge - 1) & ~(kHuge - 1);
-            void *p = std::aligned_alloc(kHuge, bytes);
-            if (!p) throw std::bad_alloc();
-            madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+        if (want >= 2 * kHuge) {
+            bytes = (want + kHuge - 1) & ~(kHuge - 1);
+            void *p = SpareBlock::get().take(bytes);
+            if (!p) {
+                p = std::aligned_alloc(kHuge, bytes);
+                if (!p) throw std::bad_alloc();
+                madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+            }
             data = static_cast<T *>(p);
             return;
         }
 #endif
-        void *p = std::malloc(bytes);
+        void *p = std::malloc(want);
         if (!p) throw std::bad_alloc();
         data = static_cast<T *>(p);
     }
-    void release() { std::free(data); data = nullptr; }
+    static void free(void *p, size_t bytes) noexcept {
+        if (bytes) SpareBlock::get().give(p, bytes);
+        else std::free(p);
+    }
+    void release() { free(data, bytes); data = nullptr; }
 };
 
 template <typename T>
 NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
-    nb::capsule owner(buffer.data, [](void *p) noexcept { std::free(p); });
+    struct Owned {
+        void *data;
+        size_t bytes;
+    };
+    Owned *owned = nullptr;
+    try {
+        owned = new Owned{buffer.data, buffer.bytes};
+    } catch (...) {
+        buffer.release();
+        throw;
+    }
+    nb::capsule owner(owned, [](void *p) noexcept {
+        auto *o = static_cast<Owned *>(p);
+        Buffer<T>::free(o->data, o->bytes);
+        delete o;
+    });
     return NumpyArray<T>(buffer.data, {size}, owner);
 }
 

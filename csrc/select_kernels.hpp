@@ -140,6 +140,15 @@ inline int ctz64(uint64_t x) {  // x != 0
 #endif
 }
 
+// A hint to load the cache line of p (no effect on results).
+inline void prefetch(const void *p) {
+#if FASTPRUNE_SSE2
+    _mm_prefetch(static_cast<const char *>(p), _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
 // Portable popcount (the POPCNT instruction is not in the x86-64 baseline).
 inline uint64_t popcount64(uint64_t x) {
     x = x - ((x >> 1) & 0x5555555555555555ULL);
@@ -497,7 +506,14 @@ inline Bracket choose_bracket(const float *scores, size_t n, uint64_t k, const C
     std::vector<uint32_t> sample(m);
     for (size_t j = 0; j < m; ++j) {  // stratified: one position in each m-th of the array, in order
         uint64_t offset = ((sample_rng.bits(j) >> 32) * uint64_t(n)) >> 32;  // n < 2^32, m < 2^25
-        sample[j] = sortable_key(scores[(uint64_t(j) * n + offset) / m]);
+        sample[j] = uint32_t((uint64_t(j) * n + offset) / m);
+    }
+    // The positions first, then the loads, prefetched ahead: each is a cache miss.
+    constexpr size_t kAhead = 32;
+    for (size_t j = 0; j < std::min(m, kAhead); ++j) prefetch(scores + sample[j]);
+    for (size_t j = 0; j < m; ++j) {
+        if (j + kAhead < m) prefetch(scores + sample[j + kAhead]);
+        sample[j] = sortable_key(scores[sample[j]]);
     }
     double q = double(k) / double(n);
     double centre = q * double(m) - 0.5;
@@ -618,12 +634,22 @@ inline void subset_bits(const CounterRng &rng, uint64_t total, uint64_t want, ui
     std::memset(words, 0, nwords * sizeof(uint64_t));
     bool complement = 2 * want > total;
     uint64_t pick = complement ? total - want : want;
-    for (uint64_t i = 0; i < pick; ++i) {
-        uint64_t j = total - pick + i;
-        uint64_t t = uniform_below(rng, uint32_t(j + 1), i);
-        uint64_t hit = (words[t >> 6] >> (t & 63)) & 1;
-        uint64_t target = hit ? j : t;
-        words[target >> 6] |= uint64_t(1) << (target & 63);
+    // The draws do not depend on the bitmap: draw a batch and prefetch its words, then set the
+    // bits in order (a bitmap of millions of bits misses the caches at every random draw).
+    constexpr uint64_t kBatch = 64;
+    uint32_t t[kBatch];
+    for (uint64_t i0 = 0; i0 < pick; i0 += kBatch) {
+        uint64_t count = std::min(kBatch, pick - i0);
+        for (uint64_t b = 0; b < count; ++b) {
+            t[b] = uniform_below(rng, uint32_t(total - pick + i0 + b + 1), i0 + b);
+            prefetch(words + (t[b] >> 6));
+        }
+        for (uint64_t b = 0; b < count; ++b) {
+            uint64_t j = total - pick + i0 + b;
+            uint64_t hit = (words[t[b] >> 6] >> (t[b] & 63)) & 1;
+            uint64_t target = hit ? j : t[b];
+            words[target >> 6] |= uint64_t(1) << (target & 63);
+        }
     }
     if (complement) {
         for (size_t w = 0; w < nwords; ++w) words[w] = ~words[w];

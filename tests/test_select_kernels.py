@@ -337,3 +337,19 @@ def test_one_pass_two_threads_and_nan(threads):
     for one_pass in (True, False):
         with pytest.raises(ValueError, match=rf"scores\[{2**19 + 5}\] is NaN"):
             core.select_top_random(bad, n // 2, 100, 0, 0, 0, threads=threads, one_pass=one_pass)
+
+
+def test_reused_output_buffers_keep_live_results_intact():
+    """A freed large output is reused by the next selection of about its size; results still
+    alive are never written to."""
+    scores = np.random.default_rng(5).random(1_200_000).astype(np.float32)
+    k = 600_000  # 4.8 MB of int64: a large (reusable) buffer
+    first = core.select_top_random(scores, k, 0, 0, 0, 0)
+    second = core.select_top_random(scores, k - 100, 100, 0, 1, 0)
+    kept = second.copy()
+    del first  # its block becomes the spare
+    for epoch in range(2, 5):
+        again = core.select_top_random(scores, k - 100, 100, 0, epoch, 0)
+        np.testing.assert_array_equal(again, core.select_top_random(scores, k - 100, 100, 0, epoch, 0, one_pass=False))
+        np.testing.assert_array_equal(second, kept)
+        assert len(again) == k and np.all(np.diff(again) > 0)
