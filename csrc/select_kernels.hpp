@@ -13,14 +13,20 @@
 //
 // How it is computed fast:
 //   - T: a random sample of the scores brackets T; one streaming SSE2 pass counts the scores
-//     above, at and inside the bracket and copies the (few) strictly inside; std::nth_element on
-//     the copy gives T exactly. If the bracket misses, or holds too many scores, an exact
-//     two-pass radix histogram is the fallback, so the sample only affects speed, never the
-//     result.
+//     above, at and inside the bracket and copies the (few) inside; std::nth_element on the copy
+//     gives T exactly. If the bracket misses, or holds too many scores, an exact two-pass radix
+//     histogram is the fallback, so the sample only affects speed, never the result.
 //   - The uniform subsets depend only on (population size, count, stream), not on the scores,
-//     so they are drawn up front into bitmaps with O(min(k, total - k)) random numbers.
-//   - The emit pass works on 64 scores at a time: SSE2 compare masks, the subset bits of the
-//     non-top positions put in place by a nibble-table "parallel deposit", set bits written out.
+//     so they are drawn into bitmaps with O(min(k, total - k)) random numbers (on the other
+//     thread while the scores are read).
+//   - One pass (the common case): the same streaming pass marks the scores above the bracket in
+//     a bitmap and copies those inside with their indices; marking the copies above T and the
+//     chosen ties completes the top-k bitmap, and the output is written from the bitmaps, so the
+//     scores are read once. When ties crowd the bracket's ends, a second (emit) pass compares
+//     every score with T instead.
+//   - Output words are built 64 positions at a time: the subset bits of the non-top positions
+//     put in place by a nibble-table "parallel deposit", set bits written out (dense words by a
+//     byte table, without a branch per bit).
 #pragma once
 #include "rng.hpp"
 
@@ -899,7 +905,10 @@ inline void mark_threshold(const Marks (&mk)[2], float t, const TieBits &ties, u
         for (size_t j = 0; j < m.stored; ++j) {
             float v = m.value[j];
             bool take = v > t;
-            if (v == t) take = ties.all || ((tw[tie_rank >> 6] >> (tie_rank & 63)) & 1), ++tie_rank;
+            if (v == t) {
+                take = ties.all || ((tw[tie_rank >> 6] >> (tie_rank & 63)) & 1);
+                ++tie_rank;
+            }
             if (take) words[m.index[j] >> 6] |= uint64_t(1) << (m.index[j] & 63);
         }
     }
