@@ -16,6 +16,7 @@
 #include <new>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -64,51 +65,108 @@ struct SelectionSampler {
     }
 };
 
+// The latest freed large buffer, kept for the next one of about its size: every epoch selects
+// about as many samples as the last, and a fresh buffer's pages cost page faults and the kernel's
+// zeroing, more than the selection's own writes. One block at most is kept; never destroyed, so
+// that a buffer freed during interpreter shutdown still finds it.
+class SpareBlock {
+  public:
+    static SpareBlock &get() {
+        static SpareBlock *spare = new SpareBlock;
+        return *spare;
+    }
+    // A kept block of bytes..bytes*5/4, or null.
+    void *take(size_t bytes) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!block_ || bytes_ < bytes || bytes_ > bytes + bytes / 4) return nullptr;
+        void *p = block_;
+        block_ = nullptr;
+        return p;
+    }
+    void give(void *p, size_t bytes) {
+        void *old;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            old = block_;
+            block_ = p, bytes_ = bytes;
+        }
+        std::free(old);
+    }
+
+  private:
+    std::mutex mutex_;
+    void *block_ = nullptr;
+    size_t bytes_ = 0;
+};
+
 // A heap buffer handed to numpy without copying or zero-filling. Large buffers are 2 MiB aligned
-// and advised to use transparent huge pages on Linux: a fresh 400 MB output otherwise spends
-// more time in page faults than the selection itself.
+// and advised to use transparent huge pages on Linux (a fresh 400 MB output otherwise spends
+// more time in page faults than the selection itself), and go back to SpareBlock when freed.
 template <typename T>
 struct Buffer {
     T *data = nullptr;
-    size_t size = 0;
+    size_t size = 0, bytes = 0;  // bytes > 0: a large buffer (SpareBlock's)
     Buffer() = default;
     explicit Buffer(size_t capacity) : size(capacity) {
-        size_t bytes = std::max<size_t>(capacity, 1) * sizeof(T);
+        size_t want = std::max<size_t>(capacity, 1) * sizeof(T);
 #if defined(__linux__)
         constexpr size_t kHuge = size_t(1) << 21;
-        if (bytes >= 2 * kHuge) {
-            bytes = (bytes + kHuge - 1) & ~(kHuge - 1);
-            void *p = std::aligned_alloc(kHuge, bytes);
-            if (!p) throw std::bad_alloc();
-            madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+        if (want >= 2 * kHuge) {
+            bytes = (want + kHuge - 1) & ~(kHuge - 1);
+            void *p = SpareBlock::get().take(bytes);
+            if (!p) {
+                p = std::aligned_alloc(kHuge, bytes);
+                if (!p) throw std::bad_alloc();
+                madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+            }
             data = static_cast<T *>(p);
             return;
         }
 #endif
-        void *p = std::malloc(bytes);
+        void *p = std::malloc(want);
         if (!p) throw std::bad_alloc();
         data = static_cast<T *>(p);
     }
-    void release() { std::free(data); data = nullptr; }
+    static void free(void *p, size_t bytes) noexcept {
+        if (bytes) SpareBlock::get().give(p, bytes);
+        else std::free(p);
+    }
+    void release() { free(data, bytes); data = nullptr; }
 };
 
 template <typename T>
 NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
-    nb::capsule owner(buffer.data, [](void *p) noexcept { std::free(p); });
+    struct Owned {
+        void *data;
+        size_t bytes;
+    };
+    Owned *owned = nullptr;
+    try {
+        owned = new Owned{buffer.data, buffer.bytes};
+    } catch (...) {
+        buffer.release();
+        throw;
+    }
+    nb::capsule owner(owned, [](void *p) noexcept {
+        auto *o = static_cast<Owned *>(p);
+        Buffer<T>::free(o->data, o->bytes);
+        delete o;
+    });
     return NumpyArray<T>(buffer.data, {size}, owner);
 }
 
 // Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others
 // (select_kernels.hpp has the definition and the algorithm).
 Buffer<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand, uint64_t seed,
-                                uint64_t epoch, uint64_t stream, unsigned threads = 0) {
+                                uint64_t epoch, uint64_t stream, unsigned threads = 0, bool one_pass = true) {
     if (n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
     Buffer<int64_t> out(k_top + k_rand + 1);
     int64_t got;
     try {
         got = select_detail::top_plus_random(scores, n, k_top, k_rand, derived_rng(seed, epoch, stream, kTieStream),
                                              derived_rng(seed, epoch, stream, kRandomStream),
-                                             derived_rng(seed, epoch, stream, kSampleStream), out.data, threads);
+                                             derived_rng(seed, epoch, stream, kSampleStream), out.data, threads,
+                                             one_pass);
     } catch (...) {
         out.release();
         throw;
@@ -132,12 +190,16 @@ size_t checked_same_length(size_t n, size_t other, const char *name) {
 
 // ---- score table update --------------------------------------------------------------------
 
+// The table's arrays; a null pointer is a field the table does not keep (ScoreTable allocates
+// per strategy only what it reads). mean and seen are always kept.
 struct TableViews {
-    float *mean, *var;
+    float *mean, *var, *score;
     int32_t *seen, *last_epoch, *forgets;
     int8_t *last_correct;
     uint8_t *ever_correct;
     size_t n;
+    double c;      // the bandit score's bonus weight (when score is kept)
+    bool use_std;  // bonus = sqrt(var) (else var)
 };
 
 // The first bad entry (index out of range, non-finite loss, correct not 0/1), or -1.
@@ -166,21 +228,33 @@ bool entry_valid(const TableViews &t, int64_t i, float loss, const int8_t *corre
     return i >= 0 && uint64_t(i) < t.n && std::isfinite(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
 }
 
+// The bandit score: +inf while unseen (every arm is tried once before any is exploited), else
+// mean + c * (sqrt(var) or var), computed in double and rounded once. c == 0 reads no variance,
+// so a table without one (epsilon-greedy) ranks by the mean.
+inline float bandit_score(float mean, const float *var, size_t i, int32_t seen, double c, bool use_std) {
+    if (seen == 0) return std::numeric_limits<float>::infinity();
+    if (c == 0.0) return mean;
+    float bonus = use_std ? std::sqrt(std::max(var[i], 0.0f)) : var[i];
+    return float(mean + c * bonus);
+}
+
 // EMA of the loss and of its squared deviation (the incremental form of Finch 2009, "Incremental
-// calculation of weighted mean and variance"). decay < 0 selects a plain running mean.
+// calculation of weighted mean and variance"). decay < 0 selects a plain running mean. The score
+// column, where kept, is recomputed from the new state, so it always equals bandit_score.
 void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, int32_t epoch) {
     int32_t seen = t.seen[i];
     if (seen == 0) {
         t.mean[i] = loss;
-        t.var[i] = 0.0f;
+        if (t.var) t.var[i] = 0.0f;
     } else {
         double alpha = decay < 0 ? 1.0 / (double(seen) + 1.0) : 1.0 - decay;
         double diff = double(loss) - t.mean[i];
         t.mean[i] = float(t.mean[i] + alpha * diff);
-        t.var[i] = float((1.0 - alpha) * (t.var[i] + alpha * diff * diff));
+        if (t.var) t.var[i] = float((1.0 - alpha) * (t.var[i] + alpha * diff * diff));
     }
     if (seen < std::numeric_limits<int32_t>::max()) t.seen[i] = seen + 1;
-    t.last_epoch[i] = epoch;
+    if (t.score) t.score[i] = bandit_score(t.mean[i], t.var, size_t(i), t.seen[i], t.c, t.use_std);
+    if (t.last_epoch) t.last_epoch[i] = epoch;
     if (correct >= 0) {
         if (t.last_correct[i] == 1 && correct == 0 && t.forgets[i] < std::numeric_limits<int32_t>::max()) ++t.forgets[i];
         t.last_correct[i] = int8_t(correct);
@@ -188,24 +262,33 @@ void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, 
     }
 }
 
-int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<int32_t> seen, Array1D<int32_t> last_epoch,
-                     Array1D<int32_t> forgets, Array1D<int8_t> last_correct, Array1D<uint8_t> ever_correct,
-                     ROArray1D<int64_t> indices, ROArray1D<float> losses, ROArray1D<int8_t> correct, double decay,
-                     int32_t epoch, bool has_correct, bool skip_invalid) {
+// An optional field: length n, or 0 for "not kept" (null).
+template <typename T>
+T *optional_field(Array1D<T> a, size_t n, const char *name) {
+    if (a.shape(0) == 0) return nullptr;
+    checked_same_length(n, a.shape(0), name);
+    return a.data();
+}
+
+int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<float> score, Array1D<int32_t> seen,
+                     Array1D<int32_t> last_epoch, Array1D<int32_t> forgets, Array1D<int8_t> last_correct,
+                     Array1D<uint8_t> ever_correct, ROArray1D<int64_t> indices, ROArray1D<float> losses,
+                     ROArray1D<int8_t> correct, double decay, int32_t epoch, bool has_correct, bool skip_invalid,
+                     double c, bool use_std) {
     size_t n = mean.shape(0);
-    checked_same_length(n, var.shape(0), "var");
     checked_same_length(n, seen.shape(0), "seen");
-    checked_same_length(n, last_epoch.shape(0), "last_epoch");
-    checked_same_length(n, forgets.shape(0), "forgets");
-    checked_same_length(n, last_correct.shape(0), "last_correct");
-    checked_same_length(n, ever_correct.shape(0), "ever_correct");
+    TableViews t{mean.data(), optional_field(var, n, "var"), optional_field(score, n, "score"), seen.data(),
+                 optional_field(last_epoch, n, "last_epoch"), optional_field(forgets, n, "forgets"),
+                 optional_field(last_correct, n, "last_correct"), optional_field(ever_correct, n, "ever_correct"),
+                 n, c, use_std};
     size_t m = indices.shape(0);
     checked_same_length(m, losses.shape(0), "losses");
     if (has_correct) checked_same_length(m, correct.shape(0), "correct");
+    if (has_correct && !(t.forgets && t.last_correct && t.ever_correct))
+        fail_value("score update: `correct` given but the table keeps no forgets/last_correct/ever_correct");
+    if (t.score && c != 0.0 && !t.var) fail_value("score update: a score with c != 0 needs the var field");
     if (!(decay < 1.0)) fail_value("decay must be < 1 (or negative for a running mean), got " + std::to_string(decay));
 
-    TableViews t{mean.data(), var.data(), seen.data(), last_epoch.data(), forgets.data(), last_correct.data(),
-                 ever_correct.data(), n};
     const int64_t *idx = indices.data();
     const float *loss = losses.data();
     const int8_t *corr = has_correct ? correct.data() : nullptr;
@@ -234,28 +317,25 @@ int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<int32_t> s
 
 // ---- scores and selections -----------------------------------------------------------------
 
+// The bandit scores of the whole table (what ScoreTable's score column holds; it recomputes it
+// after loading a checkpoint). var may be empty when c == 0.
 NumpyArray<float> bandit_scores(ROArray1D<float> mean, ROArray1D<float> var, ROArray1D<int32_t> seen, double c,
                                 bool use_std) {
     size_t n = mean.shape(0);
-    checked_same_length(n, var.shape(0), "var");
     checked_same_length(n, seen.shape(0), "seen");
-    std::vector<float> out(n);
-    const float *mu = mean.data(), *v = var.data();
+    if (c != 0.0 || var.shape(0) != 0) checked_same_length(n, var.shape(0), "var");
+    Buffer<float> out(n);
+    const float *mu = mean.data(), *v = var.shape(0) ? var.data() : nullptr;
     const int32_t *s = seen.data();
     {
         nb::gil_scoped_release release;
-        const float inf = std::numeric_limits<float>::infinity();
-        for (size_t i = 0; i < n; ++i) {
-            float bonus = use_std ? std::sqrt(std::max(v[i], 0.0f)) : v[i];
-            // Unseen samples score +inf: every arm is tried once before any is exploited.
-            out[i] = s[i] == 0 ? inf : float(mu[i] + c * bonus);
-        }
+        for (size_t i = 0; i < n; ++i) out.data[i] = bandit_score(mu[i], v, i, s[i], c, use_std);
     }
-    return to_numpy(std::move(out));
+    return to_numpy(out, n);
 }
 
 NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed,
-                                      uint64_t epoch, uint64_t stream, int64_t threads) {
+                                      uint64_t epoch, uint64_t stream, int64_t threads, bool one_pass) {
     size_t n = scores.shape(0);
     if (threads < 0) fail_value("select_top_random: threads must be >= 0 (0 = automatic)");
     if (n >= (size_t(1) << 32)) fail_value("select_top_random: at most 2^32 - 1 samples are supported");
@@ -268,7 +348,7 @@ NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, in
     {
         nb::gil_scoped_release release;
         out = top_plus_random(p, n, uint64_t(k_top), uint64_t(k_rand), seed, epoch, stream,
-                              unsigned(std::min<int64_t>(threads, 2)));
+                              unsigned(std::min<int64_t>(threads, 2)), one_pass);
     }
     return to_numpy(out, size_t(k_top + k_rand));
 }
@@ -397,18 +477,22 @@ std::tuple<float, int64_t, int64_t, int> threshold_for_tests(ROArray1D<float> sc
 }  // namespace
 
 void bind_select(nb::module_ &m) {
-    m.def("score_update", &score_update, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("last_epoch"),
-          nb::arg("forgets"), nb::arg("last_correct"), nb::arg("ever_correct"), nb::arg("indices"),
-          nb::arg("losses"), nb::arg("correct"), nb::arg("decay"), nb::arg("epoch"), nb::arg("has_correct"),
-          nb::arg("skip_invalid"),
-          "Scatter (index, loss[, correct]) into the score table, in order; returns the number skipped.");
+    m.def("score_update", &score_update, nb::arg("mean"), nb::arg("var"), nb::arg("score"), nb::arg("seen"),
+          nb::arg("last_epoch"), nb::arg("forgets"), nb::arg("last_correct"), nb::arg("ever_correct"),
+          nb::arg("indices"), nb::arg("losses"), nb::arg("correct"), nb::arg("decay"), nb::arg("epoch"),
+          nb::arg("has_correct"), nb::arg("skip_invalid"), nb::arg("c") = 0.0, nb::arg("use_std") = true,
+          "Scatter (index, loss[, correct]) into the score table, in order; returns the number skipped. "
+          "Optional fields (var, score, last_epoch, the correctness ones) may be empty: not kept. A kept "
+          "score is set to bandit_scores' value (c, use_std) of every updated sample.");
     m.def("bandit_scores", &bandit_scores, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("c"),
-          nb::arg("use_std"), "mean + c*sqrt(var) (or c*var); +inf for unseen samples.");
+          nb::arg("use_std"), "mean + c*sqrt(var) (or c*var; var unread and may be empty when c == 0); "
+          "+inf for unseen samples.");
     m.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
-          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0,
+          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0, nb::arg("one_pass") = true,
           "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
           "uniformly sampled without replacement from the rest. O(N), no sort. threads: 0 = automatic "
-          "(up to 2, from 2^20 scores); the result is the same for every thread count.");
+          "(up to 2, from 2^20 scores); the result is the same for every thread count. one_pass=False "
+          "(for tests) forces the two-pass path; the result is the same.");
     m.def("sample_uniform", &sample_uniform, nb::arg("n"), nb::arg("k"), nb::arg("seed"), nb::arg("epoch"),
           nb::arg("stream"), "k ascending indices drawn uniformly without replacement from range(n).");
     m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),

@@ -13,14 +13,20 @@
 //
 // How it is computed fast:
 //   - T: a random sample of the scores brackets T; one streaming SSE2 pass counts the scores
-//     above, at and inside the bracket and copies the (few) strictly inside; std::nth_element on
-//     the copy gives T exactly. If the bracket misses, or holds too many scores, an exact
-//     two-pass radix histogram is the fallback, so the sample only affects speed, never the
-//     result.
+//     above, at and inside the bracket and copies the (few) inside; std::nth_element on the copy
+//     gives T exactly. If the bracket misses, or holds too many scores, an exact two-pass radix
+//     histogram is the fallback, so the sample only affects speed, never the result.
 //   - The uniform subsets depend only on (population size, count, stream), not on the scores,
-//     so they are drawn up front into bitmaps with O(min(k, total - k)) random numbers.
-//   - The emit pass works on 64 scores at a time: SSE2 compare masks, the subset bits of the
-//     non-top positions put in place by a nibble-table "parallel deposit", set bits written out.
+//     so they are drawn into bitmaps with O(min(k, total - k)) random numbers (on the other
+//     thread while the scores are read).
+//   - One pass (the common case): the same streaming pass marks the scores above the bracket in
+//     a bitmap and copies those inside with their indices; marking the copies above T and the
+//     chosen ties completes the top-k bitmap, and the output is written from the bitmaps, so the
+//     scores are read once. When ties crowd the bracket's ends, a second (emit) pass compares
+//     every score with T instead.
+//   - Output words are built 64 positions at a time: the subset bits of the non-top positions
+//     put in place by a nibble-table "parallel deposit", set bits written out (dense words by a
+//     byte table, without a branch per bit).
 #pragma once
 #include "rng.hpp"
 
@@ -140,6 +146,15 @@ inline int ctz64(uint64_t x) {  // x != 0
 #endif
 }
 
+// A hint to load the cache line of p (no effect on results).
+inline void prefetch(const void *p) {
+#if FASTPRUNE_SSE2
+    _mm_prefetch(static_cast<const char *>(p), _MM_HINT_T0);
+#else
+    (void)p;
+#endif
+}
+
 // Portable popcount (the POPCNT instruction is not in the x86-64 baseline).
 inline uint64_t popcount64(uint64_t x) {
     x = x - ((x >> 1) & 0x5555555555555555ULL);
@@ -249,6 +264,46 @@ inline size_t write_bits(int64_t *out, size_t pos, uint64_t base, uint64_t taken
         taken &= taken - 1;
     }
     return pos;
+}
+
+// offset[b]: the positions of the set bits of the byte b, ascending (the rest 0); 16 KiB.
+struct ByteExpansion {
+    int64_t offset[256][8];
+    constexpr ByteExpansion() : offset() {
+        for (int b = 0; b < 256; ++b)
+            for (int j = 0, k = 0; j < 8; ++j)
+                if (b & (1 << j)) offset[b][k++] = j;
+    }
+};
+inline constexpr ByteExpansion kByteExpansion{};
+
+// write_bits for dense words, without a branch per bit: every byte of `taken` writes 8 values
+// (its set bits' indices, then filler) and advances by its popcount, so up to 7 slots past the
+// returned pos get filler, which later words overwrite.
+inline size_t write_bits_dense(int64_t *out, size_t pos, uint64_t base, uint64_t taken) {
+    for (int byte = 0; byte < 8; ++byte, base += 8, taken >>= 8) {
+        unsigned b = unsigned(taken & 0xFF);
+        const int64_t *offset = kByteExpansion.offset[b];
+#if FASTPRUNE_SSE2
+        const __m128i bv = _mm_set1_epi64x(int64_t(base));
+        for (int j = 0; j < 8; j += 2)
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(out + pos + j),
+                             _mm_add_epi64(bv, _mm_loadu_si128(reinterpret_cast<const __m128i *>(offset + j))));
+#else
+        for (int j = 0; j < 8; ++j) out[pos + j] = int64_t(base) + offset[j];
+#endif
+        pos += kNibble.pop[b & 15] + kNibble.pop[b >> 4];
+    }
+    return pos;
+}
+
+// write_bits into out[pos, limit), where `limit` is where this part of the output ends: the
+// branch-free form for dense words whose filler stays below the limit (later words of the same
+// part overwrite it).
+inline size_t write_word(int64_t *out, size_t pos, uint64_t base, uint64_t taken, size_t limit) {
+    uint64_t count = popcount64(taken);
+    if (count >= 16 && pos + count + 8 <= limit) return write_bits_dense(out, pos, base, taken);
+    return write_bits(out, pos, base, taken);
 }
 
 // ---- two threads ---------------------------------------------------------------------------
@@ -436,25 +491,35 @@ inline BracketCounts bracket_pass_fast(const float *scores, size_t n, float lo, 
     return c;
 }
 
-// The k-th largest key (1 <= k <= n), or the first NaN. `sample_rng` only picks the sample that
-// brackets the threshold: it changes the speed, never the result.
-// (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
-inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
-                                   size_t sample_size = 0, double sigmas = 4.5, unsigned threads = 1) {
-    constexpr size_t kCopyBelow = 16384;
-    if (n < kCopyBelow && sample_size == 0) {
-        int64_t bad = first_nan(scores, n);
-        if (bad >= 0) return {{0, 0, 0}, bad, 0};
-        return {kth_largest_copy(scores, n, k), -1, 0};
-    }
-    // A sample of m scores; its elements at descending ranks
-    // centre -+ margin (~4.5 standard deviations of the sample rank of the k-th largest) bracket
-    // the threshold.
+// Below this many scores the threshold is found by copy + nth_element, without a sample.
+inline constexpr size_t kCopyBelow = 16384;
+
+// Scores in [lo, hi] (lo_key/hi_key as sortable keys) bracket the k-th largest with high
+// probability; `fast`: few sample elements equal a bound, so ties at the ends can be copied like
+// any score inside; cap: room for the copies of scores inside, per pass.
+struct Bracket {
+    uint32_t lo_key, hi_key;
+    float lo, hi;
+    bool fast;
+    size_t cap;
+};
+
+// The bracket from a stratified random sample of m scores: its elements at descending ranks
+// centre -+ margin (~4.5 standard deviations of the sample rank of the k-th largest).
+inline Bracket choose_bracket(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
+                              size_t sample_size, double sigmas) {
     size_t m = sample_size ? sample_size : std::min<size_t>(65536, std::max<size_t>(4096, n / 64));
     std::vector<uint32_t> sample(m);
     for (size_t j = 0; j < m; ++j) {  // stratified: one position in each m-th of the array, in order
         uint64_t offset = ((sample_rng.bits(j) >> 32) * uint64_t(n)) >> 32;  // n < 2^32, m < 2^25
-        sample[j] = sortable_key(scores[(uint64_t(j) * n + offset) / m]);
+        sample[j] = uint32_t((uint64_t(j) * n + offset) / m);
+    }
+    // The positions first, then the loads, prefetched ahead: each is a cache miss.
+    constexpr size_t kAhead = 32;
+    for (size_t j = 0; j < std::min(m, kAhead); ++j) prefetch(scores + sample[j]);
+    for (size_t j = 0; j < m; ++j) {
+        if (j + kAhead < m) prefetch(scores + sample[j + kAhead]);
+        sample[j] = sortable_key(scores[sample[j]]);
     }
     double q = double(k) / double(n);
     double centre = q * double(m) - 0.5;
@@ -476,16 +541,45 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
     }
     // A NaN in the sample gives a NaN bound; harmless, as the pass then reports the NaN.
     hi_key = std::min(hi_key, 0xFFC00000u);
-    float hi = key_to_float(hi_key), lo = key_to_float(lo_key);
     size_t expected = size_t(double(n) * (2.0 * margin + 2.0) / double(m)) + 1;
-    size_t cap = std::min(n, 2 * expected + 8192);
-    const bool parallel = pick_threads(n, threads) > 1;
-    // With two threads each copies into its own cap-sized half; the halves are joined after.
-    std::unique_ptr<float[]> cand(new float[parallel ? 2 * cap : cap]);
     // Many sample elements equal to a bound mean many ties there: count them apart, not copy them.
     size_t ends = 0;
     for (size_t j = 0; j < m; ++j) ends += (sample[j] == hi_key) | (sample[j] == lo_key);
     const bool fast = lo_key == hi_key || ends <= std::max<size_t>(8, m / 256);
+    return {lo_key, hi_key, key_to_float(lo_key), key_to_float(hi_key), fast, std::min(n, 2 * expected + 8192)};
+}
+
+// The threshold when it is the r-th largest (0-based) of the `stored` copies v of the scores
+// inside the bracket, `before` scores lying above them. Reorders v.
+inline Threshold threshold_among(float *v, size_t stored, size_t r, uint64_t before) {
+    std::nth_element(v, v + r, v + stored, std::greater<float>());
+    float t = v[r];
+    uint64_t gt = 0, eq = 0;
+    for (size_t i = 0; i < stored; ++i) {
+        gt += v[i] > t;
+        eq += v[i] == t;
+    }
+    return {sortable_key(t), before + gt, eq};
+}
+
+// The k-th largest key (1 <= k <= n), or the first NaN. `sample_rng` only picks the sample that
+// brackets the threshold: it changes the speed, never the result.
+// (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
+inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
+                                   size_t sample_size = 0, double sigmas = 4.5, unsigned threads = 1) {
+    if (n < kCopyBelow && sample_size == 0) {
+        int64_t bad = first_nan(scores, n);
+        if (bad >= 0) return {{0, 0, 0}, bad, 0};
+        return {kth_largest_copy(scores, n, k), -1, 0};
+    }
+    const Bracket br = choose_bracket(scores, n, k, sample_rng, sample_size, sigmas);
+    const uint32_t lo_key = br.lo_key, hi_key = br.hi_key;
+    const float lo = br.lo, hi = br.hi;
+    const bool fast = br.fast;
+    const size_t cap = br.cap;
+    const bool parallel = pick_threads(n, threads) > 1;
+    // With two threads each copies into its own cap-sized half; the halves are joined after.
+    std::unique_ptr<float[]> cand(new float[parallel ? 2 * cap : cap]);
     auto pass = [&](size_t begin, size_t end, float *buf) {
         if (fast) return bracket_pass_fast(scores + begin, end - begin, lo, hi, buf, cap, lo_key != hi_key);
         return bracket_pass(scores + begin, end - begin, lo, hi, buf, cap);
@@ -515,16 +609,7 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
     a += c.at_hi;
     if (k <= a + c.inside) {
         if (c.overflow) return {kth_largest_histogram(scores, n, k), -1, 3};
-        float *v = cand.get();
-        size_t r = size_t(k - a - 1);
-        std::nth_element(v, v + r, v + c.stored, std::greater<float>());
-        float t = v[r];
-        uint64_t gt = 0, eq = 0;
-        for (size_t i = 0; i < c.stored; ++i) {
-            gt += v[i] > t;
-            eq += v[i] == t;
-        }
-        return {{sortable_key(t), a + gt, eq}, -1, 1};
+        return {threshold_among(cand.get(), c.stored, size_t(k - a - 1), a), -1, 1};
     }
     a += c.inside;
     if (k <= a + c.at_lo) return {{lo_key, a, c.at_lo}, -1, 2};
@@ -555,12 +640,22 @@ inline void subset_bits(const CounterRng &rng, uint64_t total, uint64_t want, ui
     std::memset(words, 0, nwords * sizeof(uint64_t));
     bool complement = 2 * want > total;
     uint64_t pick = complement ? total - want : want;
-    for (uint64_t i = 0; i < pick; ++i) {
-        uint64_t j = total - pick + i;
-        uint64_t t = uniform_below(rng, uint32_t(j + 1), i);
-        uint64_t hit = (words[t >> 6] >> (t & 63)) & 1;
-        uint64_t target = hit ? j : t;
-        words[target >> 6] |= uint64_t(1) << (target & 63);
+    // The draws do not depend on the bitmap: draw a batch and prefetch its words, then set the
+    // bits in order (a bitmap of millions of bits misses the caches at every random draw).
+    constexpr uint64_t kBatch = 64;
+    uint32_t t[kBatch];
+    for (uint64_t i0 = 0; i0 < pick; i0 += kBatch) {
+        uint64_t count = std::min(kBatch, pick - i0);
+        for (uint64_t b = 0; b < count; ++b) {
+            t[b] = uniform_below(rng, uint32_t(total - pick + i0 + b + 1), i0 + b);
+            prefetch(words + (t[b] >> 6));
+        }
+        for (uint64_t b = 0; b < count; ++b) {
+            uint64_t j = total - pick + i0 + b;
+            uint64_t hit = (words[t[b] >> 6] >> (t[b] & 63)) & 1;
+            uint64_t target = hit ? j : t[b];
+            words[target >> 6] |= uint64_t(1) << (target & 63);
+        }
     }
     if (complement) {
         for (size_t w = 0; w < nwords; ++w) words[w] = ~words[w];
@@ -638,45 +733,37 @@ inline size_t emit_range(const float *scores, size_t begin, size_t end, float t,
     return pos;
 }
 
-// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
-// written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
-// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
-// threads: 0 = min(2, hardware threads), else at most 2 (1 below kParallelMin scores); the output
-// is the same for every thread count.
-inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
-                               const CounterRng &tie_rng, const CounterRng &random_rng,
-                               const CounterRng &sample_rng, int64_t *out, unsigned threads = 0) {
-    uint64_t n_rest = n - k_top;
-    if (k_top == 0 && k_rand == 0) return 0;
-    Bitmap rest(k_rand ? n_rest : 0);
-    if (k_rand) subset_bits(random_rng, n_rest, k_rand, rest.data());
-    const uint64_t *rw = rest.data();
-    size_t pos = 0;
-    if (k_top == 0) {
-        for (size_t j = 0, nw = size_t((n_rest + 63) / 64); j < nw; ++j) pos = write_bits(out, pos, j * 64, rw[j]);
-        return int64_t(pos);
+// The tie subset (which of the `equal` scores == T are taken) as a bitmap, or none (null) when
+// all of them are.
+struct TieBits {
+    Bitmap bits;
+    bool all;
+    TieBits(const Threshold &th, uint64_t k_top, const CounterRng &tie_rng)
+        : bits(k_top - th.above == th.equal ? 0 : th.equal), all(k_top - th.above == th.equal) {
+        if (!all) subset_bits(tie_rng, th.equal, k_top - th.above, bits.data());
     }
-    const bool parallel = pick_threads(n, threads) > 1;
+};
+
+// The two-pass selection, for every input: the threshold (kth_largest), then an emit pass that
+// compares every score with it again. `rw`: the subset of the non-top ranks (if k_rand > 0).
+inline int64_t top_plus_random_two_pass(const float *scores, size_t n, uint64_t k_top, const uint64_t *rw,
+                                        const CounterRng &tie_rng, const CounterRng &sample_rng, int64_t *out,
+                                        bool parallel) {
     ThresholdResult r = kth_largest(scores, n, k_top, sample_rng, 0, 4.5, parallel ? 2u : 1u);
     if (r.nan_index >= 0) return -1 - r.nan_index;
-    const Threshold &th = r.th;
-    const float t = key_to_float(th.key);
-    uint64_t tie_need = k_top - th.above;
-    bool all_ties = tie_need == th.equal;  // every tie is taken
-    Bitmap ties(all_ties ? 0 : th.equal);
-    if (!all_ties) subset_bits(tie_rng, th.equal, tie_need, ties.data());
-    const uint64_t *tw = ties.data();
-    const bool with_rest = k_rand != 0;
+    const float t = key_to_float(r.th.key);
+    const TieBits ties(r.th, k_top, tie_rng);
+    const bool all_ties = ties.all, with_rest = rw != nullptr;
+    const uint64_t *tw = ties.bits.words.get();
     if (!parallel)
         return int64_t(emit_range(scores, 0, n, t, all_ties, tw, 0, rw, 0, with_rest, out, 0));
     // Two threads: this one emits [0, mid) from the start; the other first counts the scores > t
     // and == t in [0, mid) (cheaper than emitting them, hence mid past n/2), which with the subset
     // bitmaps gives the ranks and the output position at mid, then emits [mid, n).
     size_t mid = (size_t(double(n) * 0.58)) & ~size_t(63);
-    size_t end_first = 0;
     size_t end_second = 0;
     run_two(
-        true, [&] { end_first = emit_range(scores, 0, mid, t, all_ties, tw, 0, rw, 0, with_rest, out, 0); },
+        true, [&] { emit_range(scores, 0, mid, t, all_ties, tw, 0, rw, 0, with_rest, out, 0); },
         [&] {
             std::pair<uint64_t, uint64_t> ge = count_gt_eq(scores, mid, t);
             uint64_t tc = all_ties ? 0 : ge.second;         // ties before mid
@@ -685,8 +772,225 @@ inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, ui
             uint64_t start = top + (with_rest ? popcount_prefix(rw, rc) : 0);
             end_second = emit_range(scores, mid, n, t, all_ties, tw, tc, rw, rc, with_rest, out, size_t(start));
         });
-    (void)end_first;
     return int64_t(end_second);
+}
+
+// ---- the one-pass selection (the common case) ----------------------------------------------
+//
+// One streaming pass over the scores against a "fast" bracket [lo, hi] marks the scores > hi in a
+// bitmap (n/8 bytes) and copies the few inside [lo, hi], with their indices, in index order. The
+// threshold T is among the copies; marking those > T and the chosen ties at T completes the
+// top-k bitmap, and the output is written from the bitmaps alone: the scores are read once.
+// When the bracket misses or is not fast, the two-pass selection runs instead.
+
+// What a marking pass over scores[begin, end) found.
+struct Marks {
+    uint64_t above = 0, inside = 0;
+    size_t stored = 0;
+    bool overflow = false, nan = false;
+    float *value = nullptr;     // the copies: room for `cap`
+    uint32_t *index = nullptr;  // their indices
+};
+
+// Records the scores of x[0, count) flagged in `inside` (bit j: x[j]) at base + j.
+inline void store_inside(const float *x, uint64_t base, uint64_t inside, size_t cap, Marks &mk) {
+    if (mk.overflow || mk.stored + size_t(popcount64(inside)) > cap) {
+        mk.overflow = true;
+        return;
+    }
+    for (; inside; inside &= inside - 1) {
+        unsigned j = unsigned(ctz64(inside));
+        mk.value[mk.stored] = x[j];
+        mk.index[mk.stored++] = uint32_t(base + j);
+    }
+}
+
+// 64 scores (or `count` < 64): bit j of the result is x[j] > hi; `inside` gets lo <= x[j] <= hi.
+inline uint64_t mark64(const float *x, size_t count, float lo, float hi, uint64_t &inside, bool &nan) {
+#if FASTPRUNE_SSE2
+    if (count == 64) {
+        const __m128 lv = _mm_set1_ps(lo), hv = _mm_set1_ps(hi);
+        uint64_t gt = 0, in = 0;
+        __m128 unordered = _mm_setzero_ps();
+        for (int j = 0; j < 64; j += 4) {
+            __m128 v = _mm_loadu_ps(x + j);
+            unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(v, v));
+            __m128 g = _mm_cmpgt_ps(v, hv);
+            gt |= uint64_t(unsigned(_mm_movemask_ps(g))) << j;
+            in |= uint64_t(unsigned(_mm_movemask_ps(_mm_andnot_ps(g, _mm_cmpge_ps(v, lv))))) << j;
+        }
+        nan |= _mm_movemask_ps(unordered) != 0;
+        inside = in;
+        return gt;
+    }
+#endif
+    uint64_t gt = 0, in = 0;
+    for (size_t j = 0; j < count; ++j) {
+        nan |= x[j] != x[j];
+        gt |= uint64_t(x[j] > hi) << j;
+        in |= uint64_t((x[j] >= lo) & (x[j] <= hi)) << j;
+    }
+    inside = in;
+    return gt;
+}
+
+// The marking pass over scores[begin, end) (begin a multiple of 64): words[w] = the > hi bits of
+// scores[64w, 64w + 64).
+inline void mark_pass(const float *scores, size_t begin, size_t end, float lo, float hi, size_t cap,
+                      uint64_t *words, Marks &mk) {
+    for (size_t base = begin; base < end; base += 64) {
+        size_t count = std::min<size_t>(64, end - base);
+        uint64_t inside;
+        uint64_t gt = mark64(scores + base, count, lo, hi, inside, mk.nan);
+        words[base >> 6] = gt;
+        mk.above += popcount64(gt);
+        if (inside) {
+            mk.inside += popcount64(inside);
+            store_inside(scores + base, base, inside, cap, mk);
+        }
+    }
+}
+
+// Writes the taken indices of words [w_begin, w_end) to out[pos, limit): the marked (top) bits,
+// plus, when rw is given, the subset bits of the unmarked positions from rank rc on. Returns the
+// new pos (== limit).
+inline size_t emit_marked(const uint64_t *top, size_t w_begin, size_t w_end, size_t n, const uint64_t *rw,
+                          uint64_t rc, int64_t *out, size_t pos, size_t limit) {
+    for (size_t w = w_begin; w < w_end; ++w) {
+        uint64_t base = uint64_t(w) * 64;
+        uint64_t taken = top[w];
+        if (rw) {
+            uint64_t valid = n - base >= 64 ? ~uint64_t(0) : (uint64_t(1) << (n - base)) - 1;
+            uint64_t others = ~taken & valid;
+            taken |= deposit(others, bits_at(rw, rc));
+            rc += popcount64(others);
+        }
+        pos = write_word(out, pos, base, taken, limit);
+    }
+    return pos;
+}
+
+// The result of the marking pass: the threshold, or why the two-pass selection must run.
+enum class MarkedStatus { Ok, Nan, Fallback };
+
+// Runs the marking pass (split over two threads when `parallel` and there is no uniform part;
+// else the other thread draws the uniform subset `draw_rest` meanwhile) and finds the threshold
+// among the copies. `value`/`index`: room for 2 * cap copies.
+template <typename DrawRest>
+inline MarkedStatus mark_and_threshold(const float *scores, size_t n, uint64_t k, const Bracket &br, bool parallel,
+                                       uint64_t *words, Marks (&mk)[2], DrawRest &&draw_rest, Threshold &th) {
+    const bool split = parallel && !draw_rest.needed();
+    size_t mid = split ? (n / 2) & ~size_t(4095) : n;
+    run_two(
+        parallel, [&] { mark_pass(scores, 0, mid, br.lo, br.hi, br.cap, words, mk[0]); },
+        [&] {
+            draw_rest();
+            mark_pass(scores, mid, n, br.lo, br.hi, br.cap, words, mk[1]);
+        });
+    if (mk[0].nan || mk[1].nan) return MarkedStatus::Nan;
+    uint64_t above = mk[0].above + mk[1].above, inside = mk[0].inside + mk[1].inside;
+    if (mk[0].overflow || mk[1].overflow || k <= above || k > above + inside) return MarkedStatus::Fallback;
+    std::vector<float> values(mk[0].stored + mk[1].stored);  // a copy: mk keeps the index order
+    std::copy(mk[0].value, mk[0].value + mk[0].stored, values.begin());
+    std::copy(mk[1].value, mk[1].value + mk[1].stored, values.begin() + ptrdiff_t(mk[0].stored));
+    th = threshold_among(values.data(), values.size(), size_t(k - above - 1), above);
+    return MarkedStatus::Ok;
+}
+
+// Completes the top-k bitmap: marks the copies > t and, in index order, the chosen ties == t.
+inline void mark_threshold(const Marks (&mk)[2], float t, const TieBits &ties, uint64_t *words) {
+    uint64_t tie_rank = 0;
+    const uint64_t *tw = ties.bits.words.get();
+    for (const Marks &m : mk) {
+        for (size_t j = 0; j < m.stored; ++j) {
+            float v = m.value[j];
+            bool take = v > t;
+            if (v == t) {
+                take = ties.all || ((tw[tie_rank >> 6] >> (tie_rank & 63)) & 1);
+                ++tie_rank;
+            }
+            if (take) words[m.index[j] >> 6] |= uint64_t(1) << (m.index[j] & 63);
+        }
+    }
+}
+
+// The uniform subset of the non-top ranks, drawn when (and where) the selection asks for it.
+struct RestDraw {
+    const CounterRng &rng;
+    uint64_t total, want;
+    Bitmap bits;
+    RestDraw(const CounterRng &r, uint64_t total_, uint64_t want_) : rng(r), total(total_), want(want_), bits(want_ ? total_ : 0) {}
+    bool needed() const { return want != 0; }
+    void operator()() {
+        if (want) subset_bits(rng, total, want, bits.data());
+    }
+    const uint64_t *words() const { return want ? bits.words.get() : nullptr; }
+};
+
+// What top_plus_random_marked returns when the two-pass selection must run instead.
+inline constexpr int64_t kFallback = std::numeric_limits<int64_t>::min();
+
+// The one-pass selection: the count written, -1 - i for a NaN at scores[i], or kFallback (the
+// rest subset is drawn either way).
+inline int64_t top_plus_random_marked(const float *scores, size_t n, uint64_t k_top, RestDraw &rest,
+                                      const CounterRng &tie_rng, const CounterRng &sample_rng, int64_t *out,
+                                      bool parallel) {
+    const Bracket br = choose_bracket(scores, n, k_top, sample_rng, 0, 4.5);
+    if (!br.fast || br.lo_key == br.hi_key) {  // ties at the bracket's ends are not copied
+        rest();
+        return kFallback;
+    }
+    Bitmap top(n);
+    std::unique_ptr<float[]> values(new float[2 * br.cap]);
+    std::unique_ptr<uint32_t[]> indices(new uint32_t[2 * br.cap]);
+    Marks mk[2];
+    for (int h = 0; h < 2; ++h) mk[h].value = values.get() + h * br.cap, mk[h].index = indices.get() + h * br.cap;
+    Threshold th;
+    MarkedStatus status = mark_and_threshold(scores, n, k_top, br, parallel, top.data(), mk, rest, th);
+    if (status == MarkedStatus::Nan) return -1 - first_nan(scores, n);
+    if (status == MarkedStatus::Fallback) return kFallback;
+    const TieBits ties(th, k_top, tie_rng);
+    mark_threshold(mk, key_to_float(th.key), ties, top.data());
+    const uint64_t *tw = top.data(), *rw = rest.words();
+    const size_t nwords = (n + 63) / 64, total = size_t(k_top + rest.want);
+    if (!parallel) return int64_t(emit_marked(tw, 0, nwords, n, rw, 0, out, 0, total));
+    // Two threads: the output position and rest rank at the middle word follow from popcounts.
+    const size_t mid = nwords / 2;
+    const uint64_t top_before = popcount_prefix(tw, uint64_t(mid) * 64);
+    const uint64_t rc = uint64_t(mid) * 64 - top_before;  // non-top positions before mid
+    const size_t start = size_t(top_before + (rw ? popcount_prefix(rw, rc) : 0));
+    size_t end_second = 0;
+    run_two(
+        true, [&] { emit_marked(tw, 0, mid, n, rw, 0, out, 0, start); },
+        [&] { end_second = emit_marked(tw, mid, nwords, n, rw, rc, out, start, total); });
+    return int64_t(end_second);
+}
+
+// Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
+// written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
+// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
+// threads: 0 = min(2, hardware threads), else at most 2 (1 below kParallelMin scores); the output
+// is the same for every thread count, and for either path (one-pass or two-pass).
+inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
+                               const CounterRng &tie_rng, const CounterRng &random_rng,
+                               const CounterRng &sample_rng, int64_t *out, unsigned threads = 0,
+                               bool allow_one_pass = true) {
+    if (k_top == 0 && k_rand == 0) return 0;
+    RestDraw rest(random_rng, n - k_top, k_rand);
+    if (k_top == 0) {
+        rest();
+        size_t pos = 0;
+        for (size_t j = 0, nw = size_t((n + 63) / 64); j < nw; ++j) pos = write_word(out, pos, j * 64, rest.bits.words[j], size_t(k_rand));
+        return int64_t(pos);
+    }
+    const bool parallel = pick_threads(n, threads) > 1;
+    if (n >= kCopyBelow && allow_one_pass) {
+        int64_t got = top_plus_random_marked(scores, n, k_top, rest, tie_rng, sample_rng, out, parallel);
+        if (got != kFallback) return got;
+    } else {
+        rest();
+    }
+    return top_plus_random_two_pass(scores, n, k_top, rest.words(), tie_rng, sample_rng, out, parallel);
 }
 
 }  // namespace select_detail

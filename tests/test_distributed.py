@@ -37,7 +37,7 @@ def worker(rank, port, out_dir):
                 s.update(torch.from_numpy(shard), losses, torch.from_numpy(rng.random(len(shard)) < 0.5))
         result = {}
         for i, s in enumerate(strategies):
-            for name in ("mean", "var", "seen", "forgets"):
+            for name in s.table.fields:  # what each strategy tracks (UCB: var; both: correctness)
                 result[f"{i}_{name}"] = getattr(s.table, name)
             for epoch, idx in enumerate(selections[i]):
                 result[f"{i}_sel{epoch}"] = idx

@@ -87,7 +87,8 @@ def test_state_dict_round_trip_in_process():
     a.select(1)
     b = UCB(50, 0.4, seed=1)
     b.load_state_dict(a.state_dict())
-    for name in ("mean", "var", "seen", "last_epoch", "forgets", "last_correct", "ever_correct"):
+    assert a.table.fields == b.table.fields == ("mean", "var", "seen", "forgets", "last_correct", "ever_correct")
+    for name in a.table.fields + ("score",):
         np.testing.assert_array_equal(getattr(a.table, name), getattr(b.table, name))
     np.testing.assert_array_equal(a.select(2).indices, b.select(2).indices)
 

@@ -1,9 +1,12 @@
 """Strategies: sizes, contents against numpy oracles, epoch phases, determinism, unbiasedness."""
 
 import numpy as np
+import torch
 import pytest
 
-from fastprune.prune import EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, Selection, UniformRandom
+from fastprune._native import core
+from fastprune.prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, ScoreTable, Selection,
+                             UniformRandom)
 
 
 def feed(strategy, epoch, rng, n=None):
@@ -232,3 +235,68 @@ def test_bad_options_name_the_argument():
             make()
     with pytest.raises(ValueError, match="epoch"):
         UCB(10).select(-1)
+
+
+def old_selection(strategy, epoch, state, c, use_std, eps=0.0):
+    """What the strategies selected before the score column: scores materialised from a full
+    table state by bandit_scores, then select_top_random per class pool (streams 0, 1, 2, ...)."""
+    scores = core.bandit_scores(state["mean"].numpy(), state["var"].numpy(), state["seen"].numpy(), c, use_std)
+    pools = [None] if strategy._pools is None else strategy._pools
+    quotas = [strategy.num_kept] if strategy._pools is None else strategy._pool_quotas
+    parts = []
+    for stream, (pool, quota) in enumerate(zip(pools, quotas), start=0 if strategy._pools is None else 1):
+        k_rand = int(round(eps * int(quota)))
+        sub = scores if pool is None else np.ascontiguousarray(scores[pool])
+        got = core.select_top_random(sub, int(quota) - k_rand, k_rand, strategy.seed, epoch, stream)
+        parts.append(got if pool is None else pool[got])
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("keep", [0.003, 0.3, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("labels", [False, True])
+def test_bandits_select_what_scores_then_select_did(keep, labels):
+    """The score column changes where scores are computed, not what is selected: the same ids as
+    computing the scores from an old-style (seven-field) state and then selecting, for every
+    keep, with class pools, ties (unseen samples score +inf) and equal losses."""
+    n, rng = 2000, np.random.default_rng(int(keep * 1000) + labels)
+    full = UCB(n, 0.5)  # a full old-style table: every sample's fields, some unseen, many equal losses
+    part = np.flatnonzero(rng.random(n) < 0.85)
+    for epoch in range(3):
+        idx = part[rng.random(len(part)) < 0.8]
+        full.table.update(idx, np.round(rng.exponential(size=len(idx)), 1), rng.random(len(idx)) < 0.5)
+    state = {**full.table.state_dict(), "last_epoch": torch.zeros(n, dtype=torch.int32)}
+    opts = {"seed": 4, "labels": rng.integers(0, 3, n) if labels else None}
+    cases = [(EpsilonGreedy(n, keep, eps=0.2, **opts), 0.0, True, 0.2), (EL2N(n, keep, **opts), 0.0, True, 0.0),
+             (UCB(n, keep, c=1.3, **opts), 1.3, True, 0.0), (UCB(n, keep, c=0.5, bonus="var", **opts), 0.5, False, 0.0)]
+    batch = rng.integers(0, n, 300)  # an update after loading: the column must follow it
+    losses = np.round(rng.exponential(size=300), 1)
+    for strategy, c, use_std, eps in cases:
+        strategy.table.load_state_dict(state)
+        reference = ScoreTable(n, decay=strategy.table.decay)
+        reference.load_state_dict(state)
+        strategy.table.update(batch, losses)
+        reference.update(batch, losses)
+        epoch = 5 if not isinstance(strategy, EL2N) else strategy.warmup_epochs
+        got = np.sort(strategy.select(epoch).indices)
+        expected = old_selection(strategy, epoch, reference.state_dict(), c, use_std, eps)
+        np.testing.assert_array_equal(got, np.sort(expected), err_msg=type(strategy).__name__)
+
+
+def test_nan_in_a_loaded_table_is_a_clean_error():
+    s = UCB(100, 0.5)
+    state = s.table.state_dict()
+    state["seen"][:] = 1
+    state["mean"][17] = float("nan")
+    s.table.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"scores\[17\] is NaN"):
+        s.select(0)
+
+
+def test_bytes_per_sample_per_strategy():
+    """22 bytes per sample before; now each strategy keeps what it reads (+6 once `correct` is given)."""
+    sizes = {type(s).__name__: s.table.bytes_per_sample for s in
+             [EpsilonGreedy(10), UCB(10), InfoBatch(10, epochs=4), UniformRandom(10), EL2N(10), Forgetting(10)]}
+    assert sizes == {"EpsilonGreedy": 12, "UCB": 16, "InfoBatch": 8, "UniformRandom": 8, "EL2N": 12, "Forgetting": 8}
+    s = EpsilonGreedy(10)
+    s.update([1], [0.5], [True])
+    assert s.table.bytes_per_sample == 18 and s.table.forgets.sum() == 0

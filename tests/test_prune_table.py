@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastprune._native import core
 from fastprune.prune import ScoreTable
 
 
@@ -110,3 +111,101 @@ def test_bad_construction():
         ScoreTable(0)
     with pytest.raises(ValueError, match="decay"):
         ScoreTable(3, decay=1.0)
+
+
+# ---- the bandit score column and per-strategy fields ---------------------------------------
+
+def full_state(n, rng):
+    """A table state as every earlier version saved it: all seven fields, some samples unseen."""
+    table = ScoreTable(n)
+    seen = rng.random(n) < 0.8
+    for epoch in range(3):
+        idx = np.flatnonzero(seen & (rng.random(n) < 0.7))
+        table.update(idx, rng.exponential(size=len(idx)).astype(np.float32), rng.random(len(idx)) < 0.5,
+                     epoch=epoch)
+    return table.state_dict()
+
+
+@pytest.mark.parametrize("c, use_std", [(0.0, True), (1.5, True), (0.7, False)])
+def test_score_column_equals_bandit_scores_after_updates_and_loads(c, use_std):
+    rng = np.random.default_rng(7)
+    n = 300
+    fields = ("correct",) if c == 0 else ("var", "correct")
+    table = ScoreTable(n, decay=0.7, fields=fields, bandit_score=(c, use_std))
+    np.testing.assert_array_equal(table.score, np.full(n, np.inf, np.float32))  # all unseen
+    reference = ScoreTable(n, decay=0.7)  # every field, scores computed afterwards as before
+    for epoch in range(4):
+        idx = rng.integers(0, n, 400)  # duplicates within a call
+        loss = rng.exponential(size=400).astype(np.float32)
+        table.update(idx, loss, epoch=epoch)
+        reference.update(idx, loss, epoch=epoch)
+        expected = core.bandit_scores(reference.mean, reference.var, reference.seen, c, use_std)
+        np.testing.assert_array_equal(table.score, expected)  # bit-exact, not approximately
+    loaded = ScoreTable(n, decay=0.7, fields=fields, bandit_score=(c, use_std))
+    loaded.load_state_dict(reference.state_dict())  # an old-style state with all seven fields
+    np.testing.assert_array_equal(loaded.score, table.score)
+
+
+def test_zero_bonus_weight_reads_no_variance():
+    """c == 0 ranks by the mean alone, so an overflowed variance cannot turn 0*inf into a NaN."""
+    mean = np.array([1.0, 2.0, 3.0], np.float32)
+    var = np.array([np.inf, 0.0, 1.0], np.float32)
+    seen = np.array([1, 0, 2], np.int32)
+    np.testing.assert_array_equal(core.bandit_scores(mean, var, seen, 0.0, True), [1.0, np.inf, 3.0])
+    np.testing.assert_array_equal(core.bandit_scores(mean, np.zeros(0, np.float32), seen, 0.0, True),
+                                  [1.0, np.inf, 3.0])
+    with pytest.raises(ValueError, match="var has length 0"):
+        core.bandit_scores(mean, np.zeros(0, np.float32), seen, 1.0, True)
+
+
+def test_fewer_fields_bytes_and_clear_errors():
+    table = ScoreTable(10, fields=("correct",), bandit_score=(0.0, True))
+    assert table.fields == ("mean", "seen", "forgets", "last_correct", "ever_correct")
+    assert table.bytes_per_sample == 12  # mean, seen, score; correctness not allocated yet
+    with pytest.raises(AttributeError, match="keeps no 'var' field"):
+        table.var
+    with pytest.raises(AttributeError, match="keeps no score column"):
+        ScoreTable(10).score
+    every = ScoreTable(10)
+    every.update([0], [1.0], [False])
+    assert every.bytes_per_sample == 22  # every field, as before (once `correct` was passed)
+    table.update([1, 2], [1.0, 2.0])
+    assert table.bytes_per_sample == 12 and "forgets" not in table.state_dict()
+    table.update([1], [1.0], [True])  # the first `correct` allocates the correctness group
+    assert table.bytes_per_sample == 18 and table.ever_correct[1] == 1 and "forgets" in table.state_dict()
+    bare = ScoreTable(4, fields=())
+    bare.update([0], [1.0], [True])  # correctness not kept: validated, then ignored
+    with pytest.raises(AttributeError, match="keeps no 'forgets' field"):
+        bare.forgets
+    with pytest.raises(ValueError, match="0/1"):
+        bare.update([0], [1.0], [2])
+    with pytest.raises(ValueError, match="unknown score table fields"):
+        ScoreTable(4, fields=("mean",))
+    with pytest.raises(ValueError, match="needs the 'var' field"):
+        ScoreTable(4, fields=(), bandit_score=(1.0, True))
+
+
+def test_arrays_are_read_only_views():
+    """Only update() and load_state_dict() may change the table, so the score column stays exact."""
+    table = ScoreTable(5, bandit_score=(1.0, True))
+    for name in ("mean", "var", "seen", "score", "forgets"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(table, name)[0] = 1
+
+
+def test_loading_old_and_partial_states():
+    rng = np.random.default_rng(3)
+    state = full_state(50, rng)
+    small = ScoreTable(50, fields=("correct",), bandit_score=(0.0, True))
+    small.load_state_dict(state)  # the fields it does not keep are ignored
+    np.testing.assert_array_equal(small.forgets, state["forgets"].numpy())
+    np.testing.assert_array_equal(small.score, core.bandit_scores(state["mean"].numpy(), state["var"].numpy(),
+                                                                  state["seen"].numpy(), 0.0, True))
+    partial = {k: v for k, v in state.items() if k not in ("forgets", "last_correct", "ever_correct")}
+    small.load_state_dict(partial)  # saved before any `correct`: the group is back to unallocated
+    assert small.bytes_per_sample == 12 and small.forgets.max() == 0
+    full = ScoreTable(50)
+    with pytest.raises(KeyError, match="lacks 'var'"):
+        full.load_state_dict(small.state_dict())
+    with pytest.raises(ValueError, match=r"'seen' has shape \(49,\)"):
+        full.load_state_dict({**state, "seen": state["seen"][:49]})

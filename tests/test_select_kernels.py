@@ -289,3 +289,67 @@ def test_threshold_methods_agree_and_fallback_is_exact():
             order = np.sort(scores)[::-1]
             assert value == order[k - 1] and above == (scores > value).sum() and equal == (scores == value).sum()
     assert paths == {1, 2, 3}  # inside the bracket, at one of its ends, and the fallback
+
+
+def _path_cases():
+    """Inputs for the one-pass path (a bracket that holds the threshold) and its fallbacks (heavy
+    ties at the bracket's ends, a threshold outside the bracket), above the small-n cutoff."""
+    rng = np.random.default_rng(31)
+    n = 50_001
+    losses = rng.exponential(size=n).astype(np.float32)
+    unseen = losses.copy()
+    unseen[rng.random(n) < 0.3] = np.inf  # UCB early on: many +inf ties
+    coarse = np.round(losses, 1)  # EMA losses of few distinct values: ties at the threshold
+    with np.errstate(over="ignore"):
+        huge = losses * np.float32(3e38)  # overflowing scores: +inf
+    return [("exp", losses), ("unseen", unseen), ("coarse", coarse), ("huge", huge),
+            ("two values", (rng.random(n) < 0.5).astype(np.float32)), ("all inf", np.full(n, np.inf, np.float32))]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_one_pass_and_two_pass_paths_agree_with_oracle(case):
+    name, scores = _path_cases()[case]
+    n = len(scores)
+    n_inf = int(np.isinf(scores).sum())
+    ks = sorted({1, 63, 64, 65, n // 3, n // 2, n - 1, n, max(n_inf - 1, 1), min(n_inf + 1, n)})
+    for i, k_top in enumerate(ks):
+        for k_rand in {0, (n - k_top) // 5, n - k_top}:
+            one = core.select_top_random(scores, k_top, k_rand, case, i, 2)
+            two = core.select_top_random(scores, k_top, k_rand, case, i, 2, one_pass=False)
+            np.testing.assert_array_equal(one, two, err_msg=f"{name} k_top={k_top} k_rand={k_rand}")
+            if i % 3 == 0:
+                np.testing.assert_array_equal(one, oracle_top_random(scores, k_top, k_rand, case, i, 2), err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_pass_two_threads_and_nan(threads):
+    """n >= 2^20 (the passes split over two threads), n not a multiple of 64: both paths, both
+    thread counts, the same ids; a NaN anywhere is reported by its first index."""
+    rng = np.random.default_rng(41)
+    n = 2**20 + 4099
+    scores = np.round(rng.exponential(size=n), 2).astype(np.float32)
+    for k_top, k_rand in [(n // 2, 0), (2 * n // 5, n // 10), (1, 0), (n - 3, 3), (n // 7, n - n // 7)]:
+        one = core.select_top_random(scores, k_top, k_rand, 3, 1, 0, threads=threads)
+        two = core.select_top_random(scores, k_top, k_rand, 3, 1, 0, threads=1, one_pass=False)
+        np.testing.assert_array_equal(one, two, err_msg=f"{k_top} {k_rand}")
+    bad = scores.copy()
+    bad[[n - 1, 2**19 + 5]] = np.nan
+    for one_pass in (True, False):
+        with pytest.raises(ValueError, match=rf"scores\[{2**19 + 5}\] is NaN"):
+            core.select_top_random(bad, n // 2, 100, 0, 0, 0, threads=threads, one_pass=one_pass)
+
+
+def test_reused_output_buffers_keep_live_results_intact():
+    """A freed large output is reused by the next selection of about its size; results still
+    alive are never written to."""
+    scores = np.random.default_rng(5).random(1_200_000).astype(np.float32)
+    k = 600_000  # 4.8 MB of int64: a large (reusable) buffer
+    first = core.select_top_random(scores, k, 0, 0, 0, 0)
+    second = core.select_top_random(scores, k - 100, 100, 0, 1, 0)
+    kept = second.copy()
+    del first  # its block becomes the spare
+    for epoch in range(2, 5):
+        again = core.select_top_random(scores, k - 100, 100, 0, epoch, 0)
+        np.testing.assert_array_equal(again, core.select_top_random(scores, k - 100, 100, 0, epoch, 0, one_pass=False))
+        np.testing.assert_array_equal(second, kept)
+        assert len(again) == k and np.all(np.diff(again) > 0)

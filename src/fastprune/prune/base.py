@@ -84,6 +84,9 @@ class Strategy:
 
     #: EMA decay of the score table; subclasses override (None = running mean).
     default_decay: float | None = 0.7
+    #: Optional score-table fields the strategy reads (table.OPTIONAL); mean and seen are always
+    #: kept, and the correctness fields are allocated once an update passes `correct`.
+    table_fields: tuple[str, ...] = ("correct",)
 
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
@@ -91,7 +94,8 @@ class Strategy:
                  distributed: bool | str = "auto"):
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)
-        self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay)
+        self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay,
+                                fields=self.table_fields, bandit_score=self._bandit_score())
         self.num_samples = self.table.num_samples
         self.num_kept = int(round(self.keep * self.num_samples))
         if self.num_kept < 1:
@@ -199,6 +203,10 @@ class Strategy:
         return Selection(indices.astype(np.int64), weights)
 
     # ---- what subclasses provide ----------------------------------------------------------
+
+    def _bandit_score(self) -> tuple[float, bool] | None:
+        """(c, use_std) when the strategy ranks by the table's bandit score column, else None."""
+        return None
 
     def _prepare(self, epoch: int):
         """Per-selection context shared by all class pools (e.g. the score array)."""

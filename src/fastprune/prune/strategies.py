@@ -44,10 +44,12 @@ class UniformRandom(Strategy):
 
 
 class _TopScores(Strategy):
-    """Keeps the highest scores, optionally mixed with a uniform part (k_rand of the quota)."""
+    """Keeps the highest scores, optionally mixed with a uniform part (k_rand of the quota).
+    By default the scores are the table's bandit score column, kept current by every update, so a
+    selection reads one array and computes no scores."""
 
     def _scores(self) -> np.ndarray:
-        raise NotImplementedError
+        return self.table.score
 
     def _random_part(self, quota: int) -> int:
         return 0
@@ -75,17 +77,17 @@ class EpsilonGreedy(_TopScores):
     """
 
     def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options):
-        super().__init__(num_samples, keep, **options)
         eps = _real(eps, "eps")
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps!r}")
         self.eps = float(eps)
+        super().__init__(num_samples, keep, **options)
 
     def config(self):
         return {**super().config(), "eps": self.eps}
 
-    def _scores(self):
-        return core.bandit_scores(self.table.mean, self.table.var, self.table.seen, 0.0, True)
+    def _bandit_score(self):
+        return 0.0, True  # the EMA loss (+inf while unseen): no variance needed
 
     def _random_part(self, quota):
         return int(round(self.eps * quota))
@@ -101,20 +103,22 @@ class UCB(_TopScores):
     to mean anything, which a decay of 0.5 or less would not give). Unseen samples score +inf.
     """
 
+    table_fields = ("var", "correct")
+
     def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std", **options):
-        super().__init__(num_samples, keep, **options)
         if bonus not in ("std", "var"):
             raise ValueError(f"bonus must be 'std' or 'var', got {bonus!r}")
         c = _real(c, "c")
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"c must be a finite number >= 0, got {c!r}")
         self.c, self.bonus = float(c), bonus
+        super().__init__(num_samples, keep, **options)
 
     def config(self):
         return {**super().config(), "c": self.c, "bonus": self.bonus}
 
-    def _scores(self):
-        return core.bandit_scores(self.table.mean, self.table.var, self.table.seen, self.c, self.bonus == "std")
+    def _bandit_score(self):
+        return self.c, self.bonus == "std"
 
 
 class InfoBatch(Strategy):
