@@ -1,8 +1,8 @@
-"""End-to-end benchmark (same program as ``fastprune bench``): see fastprune/bench/end_to_end.py."""
+"""End-to-end benchmark (same program as ``fastprune bench``): see fastprune/bench/cli.py."""
 
 import sys
 
-from fastprune.bench.end_to_end import main
+from fastprune.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

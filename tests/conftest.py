@@ -1,5 +1,7 @@
 """Fixtures shared by the whole suite."""
 
+import functools
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +18,32 @@ def fashion_mnist_dir() -> Path:
     return FASHION_MNIST_DIR
 
 
-@pytest.fixture(scope="session")
-def benchmark_script():
-    """Load a script under benchmarks/ (not a package) as a module: ``benchmark_script("soak")``."""
+def _load_script(folder: str, name: str):
+    """Load ``folder/name.py`` (scripts, not a package) as a module. Its folder is on sys.path while
+    it loads, as when it runs as ``python folder/name.py``, so it can import the scripts beside it."""
     import importlib.util
 
-    def load(name: str):
-        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"fastprune_benchmark_{name}", path)
-        module = importlib.util.module_from_spec(spec)
+    path = Path(__file__).resolve().parent.parent / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fastprune_{folder}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
         spec.loader.exec_module(module)
-        return module
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
 
-    return load
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script under benchmarks/ as a module: ``benchmark_script("soak")``."""
+    return functools.partial(_load_script, "benchmarks")
+
+
+@pytest.fixture(scope="session")
+def study_script():
+    """Load a script under studies/ as a module: ``study_script("heldout_tuning")``."""
+    return functools.partial(_load_script, "studies")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastprune.bench import end_to_end as bench
+from fastprune.bench import cli, machine, plan
+from fastprune.bench import report as bench_report
+from fastprune.bench import run as bench_run
+from fastprune.train import recipe
 
 
 def _run(strategy, keep, seed, acc, wall, curve, overhead=0.01):
@@ -26,7 +29,7 @@ def test_summary_matches_hand_computed_means_speedups_and_target_times():
         _run("ucb", 0.5, 1, 91.9, 60.0, [[30.0, 91.5], [60.0, 91.9]], overhead=0.3),
         _run("uniform_random", 0.5, 0, 92.4, 40.0, [[20.0, 92.0], [40.0, 92.4]]),
     ]
-    rows = {(row["strategy"], row["keep"]): row for row in bench.summarize(runs)}
+    rows = {(row["strategy"], row["keep"]): row for row in bench_report.summarize(runs)}
     full, ucb, uniform = rows["full", 1.0], rows["ucb", 0.5], rows["uniform_random", 0.5]
 
     assert full["acc_mean"] == pytest.approx(92.5)
@@ -38,9 +41,9 @@ def test_summary_matches_hand_computed_means_speedups_and_target_times():
     assert ucb["reached_target"] == "1/2" and ucb["time_to_target_s"] is None  # seed 1 never got there
     assert ucb["overhead_share_pct"] == pytest.approx(100 * (0.5 / 50 + 0.3 / 60) / 2)
     assert uniform["time_to_target_s"] == pytest.approx(20.0) and uniform["reached_target"] == "1/1"
-    assert [row["strategy"] for row in bench.summarize(runs)] == ["full", "uniform_random", "ucb"]
+    assert [row["strategy"] for row in bench_report.summarize(runs)] == ["full", "uniform_random", "ucb"]
 
-    table = bench.pivot_table(bench.summarize(runs))
+    table = bench_report.pivot_table(bench_report.summarize(runs))
     header, _, keep_row = table.splitlines()
     assert header == "| keep | uniform_random | ucb |"
     assert keep_row == "| 0.5 | 92.40 ± 0.00 / 2.75x | 92.00 ± 0.14 / 2.00x |"
@@ -48,18 +51,18 @@ def test_summary_matches_hand_computed_means_speedups_and_target_times():
 
 def test_total_time_counts_training_and_evaluation_of_every_run():
     runs = [{"wall_s": 3000.0, "eval_s": 600.0}, {"wall_s": 3300.0, "eval_s": 300.0}]
-    assert bench._total_time(runs) == "2 runs, 2.00 h of training + evaluation in all.\n\n"
+    assert bench_report.total_time(runs) == "2 runs, 2.00 h of training + evaluation in all.\n\n"
 
 
 def test_time_to_target_is_the_first_epoch_at_or_above_it():
     curve = [[1.0, 80.0], [2.0, 92.0], [3.0, 91.0], [4.0, 93.0]]
-    assert bench.time_to_target(curve, 92.0) == 2.0
-    assert bench.time_to_target(curve, 93.5) is None
+    assert bench_report.time_to_target(curve, 92.0) == 2.0
+    assert bench_report.time_to_target(curve, 93.5) is None
 
 
 def test_planned_runs_open_every_keep_block_with_a_baseline():
     mode = {"seeds": (0, 1), "keeps": (0.3, 0.5), "strategies": ("ucb", "el2n")}
-    runs = bench.planned_runs(mode)
+    runs = plan.planned_runs(mode)
     assert runs[:3] == [("full", 1.0, 0, 0.3), ("ucb", 0.3, 0, 0.3), ("el2n", 0.3, 0, 0.3)]
     assert [run for run in runs if run[0] == "full"] == [
         ("full", 1.0, seed, keep) for seed in (0, 1) for keep in (0.3, 0.5)]
@@ -73,7 +76,7 @@ def test_repeated_baselines_count_once_per_seed_for_accuracy_and_every_time_for_
         {**_run("full", 1.0, 1, 93.0, 120.0, [[120.0, 93.0]]), "block": 0.3},
         _run("ucb", 0.5, 0, 92.5, 60.0, [[60.0, 92.5]]),
     ]
-    rows = {row["strategy"]: row for row in bench.summarize(runs)}
+    rows = {row["strategy"]: row for row in bench_report.summarize(runs)}
     assert rows["full"]["seeds"] == 2 and rows["full"]["runs"] == 3
     assert rows["full"]["acc_mean"] == pytest.approx(92.5)  # not (92 + 92 + 93) / 3
     assert rows["full"]["wall_s_mean"] == pytest.approx(120.0)
@@ -85,7 +88,7 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     common = ["--train-limit", "2000", "--epochs", "2", "--strategies", "uniform_random", "el2n",
               "--keeps", "0.5", "--workdir", str(tmp_path / "stores"), "--out", str(out),
               "--threads", str(torch.get_num_threads()), "--amp", "off", "--no-flush-denormal"]
-    assert bench.main([*common, "--seeds", "0"]) == 0
+    assert cli.main([*common, "--seeds", "0"]) == 0
     result = json.loads(out.read_text())
     assert [(r["strategy"], r["seed"], r["block"]) for r in result["runs"]] == [
         ("full", 0, 0.5), ("uniform_random", 0, 0.5), ("el2n", 0, 0.5)]
@@ -98,15 +101,15 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert "| keep | uniform_random | el2n |" in report and "| full | 1.0 |" in report
     assert "3 runs, " in report and " h of training + evaluation in all." in report
     assert "Partial" not in report  # all 3 planned runs are done; a file stopped early says so:
-    assert "**Partial: 2 of 3 planned runs**" in bench._report({**result, "runs": result["runs"][:2]})
+    assert "**Partial: 2 of 3 planned runs**" in bench_report.render({**result, "runs": result["runs"][:2]})
     unplanned = {**result["runs"][2], "strategy": "ucb"}  # a row this plan does not count
-    assert "**Partial: 2 of 3 planned runs**" in bench._report(
+    assert "**Partial: 2 of 3 planned runs**" in bench_report.render(
         {**result, "runs": [*result["runs"][:2], unplanned]})
     for suffix in ("_curves.png", "_frontier.png"):
         assert (tmp_path / f"e2e{suffix}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # --continue keeps seed 0's runs untouched and adds only seed 1's
-    assert bench.main([*common, "--seeds", "0", "1", "--continue"]) == 0
+    assert cli.main([*common, "--seeds", "0", "1", "--continue"]) == 0
     continued = json.loads(out.read_text())
     assert continued["runs"][:3] == result["runs"]
     assert [(r["strategy"], r["seed"]) for r in continued["runs"][3:]] == [
@@ -116,51 +119,49 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     # --continue onto a file from another machine or with other settings is refused, file untouched
     for args in (["--epochs", "3"], ["--amp", "bf16"]):
         with pytest.raises(SystemExit, match="--continue: .*(mode.epochs|settings)"):
-            bench.main([*common, *args, "--seeds", "0", "1", "--continue"])
+            cli.main([*common, *args, "--seeds", "0", "1", "--continue"])
     foreign = {**continued, "machine": {**continued["machine"], "cpu": "Some Other CPU"}}
     out.write_text(json.dumps(foreign))
     with pytest.raises(SystemExit, match="machine.cpu = 'Some Other CPU'"):
-        bench.main([*common, "--seeds", "0", "1", "--continue"])
+        cli.main([*common, "--seeds", "0", "1", "--continue"])
     assert json.loads(out.read_text()) == foreign
     # ... and onto one from a CPU of the same name without AMX (half as fast in bf16) ...
     other_features = {**continued, "machine": {**continued["machine"], "cpu_features": ["avx2", "amx_bf16"]}}
     out.write_text(json.dumps(other_features))
     with pytest.raises(SystemExit, match="machine.cpu_features"):
-        bench.main([*common, "--seeds", "0", "1", "--continue"])
+        cli.main([*common, "--seeds", "0", "1", "--continue"])
     # ... and onto one from a CPU of the same name and features but another family/model ...
     other_id = {**continued, "machine": {**continued["machine"], "cpu_id": "OtherVendor family 99 model 99"}}
     out.write_text(json.dumps(other_id))
     with pytest.raises(SystemExit, match="machine.cpu_id"):
-        bench.main([*common, "--seeds", "0", "1", "--continue"])
+        cli.main([*common, "--seeds", "0", "1", "--continue"])
     # ... and onto one written before the CPU's id or features were recorded: it cannot show its CPU
     for field in ("cpu_id", "cpu_features"):
         older = {**continued, "machine": {k: v for k, v in continued["machine"].items() if k != field}}
         out.write_text(json.dumps(older))
         with pytest.raises(SystemExit, match=f"does not record machine.{field}"):
-            bench.main([*common, "--seeds", "0", "1", "--continue"])
+            cli.main([*common, "--seeds", "0", "1", "--continue"])
         assert json.loads(out.read_text()) == older
     # ... and onto one measured before even batches were part of the recipe
     old_recipe = {k: v for k, v in continued["recipe"].items() if k != "even_batches"}
     out.write_text(json.dumps({**continued, "recipe": old_recipe}))
     with pytest.raises(SystemExit, match="--continue: .*recipe"):
-        bench.main([*common, "--seeds", "0", "1", "--continue"])
+        cli.main([*common, "--seeds", "0", "1", "--continue"])
 
 
 def test_bf16_is_the_default_with_amx_or_amd_avx512_bf16():
     # measured: avx512_bf16 without AMX trains this model 1.4x slower in bf16 than fp32 on a Xeon,
     # 1.4x faster on a Zen 5 EPYC
     amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
-    assert bench.cpu_has_fast_bf16(amx, "GenuineIntel")
-    assert not bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel")
-    assert bench.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD")
-    assert not bench.cpu_has_fast_bf16({"avx2"}, "AuthenticAMD")
-    assert not bench.cpu_has_fast_bf16(set(), None)
+    assert machine.cpu_has_fast_bf16(amx, "GenuineIntel")
+    assert not machine.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "GenuineIntel")
+    assert machine.cpu_has_fast_bf16({"avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD")
+    assert not machine.cpu_has_fast_bf16({"avx2"}, "AuthenticAMD")
+    assert not machine.cpu_has_fast_bf16(set(), None)
 
 
 def test_cpu_id_is_vendor_family_and_model_number(tmp_path):
     # "model" must not be read off the "model name" line ("model AMD EPYC" names no CPU kind)
-    from fastprune.bench import machine
-
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
                        "model name\t: AMD EPYC\nmodel\t\t: 2\nflags\t\t: fpu avx2\n")
@@ -172,12 +173,12 @@ def test_cpu_id_is_vendor_family_and_model_number(tmp_path):
 
 def test_remaining_time_extrapolates_seconds_per_unit_of_work():
     # 300 s for a full run (1.0) and a keep-0.5 run: 200 s per unit; 0.5 + 1.0 units left -> 5 min
-    assert bench.remaining_time(300.0, 1.5, 1.5) == "~5 min left"
-    assert bench.remaining_time(300.0, 1.5, 0.0) == "done"
+    assert cli.remaining_time(300.0, 1.5, 1.5) == "~5 min left"
+    assert cli.remaining_time(300.0, 1.5, 0.0) == "done"
 
 
-def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps(benchmark_script):
-    study = benchmark_script("heldout_tuning")
+def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps(study_script):
+    study = study_script("heldout_tuning")
     fit, held = study.split_indices(60_000)
     assert len(held) == study.HELDOUT and len(fit) == 50_000
     assert np.array_equal(np.union1d(fit, held), np.arange(60_000)) and not np.intersect1d(fit, held).size
@@ -207,8 +208,8 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
 
 
-def test_study_reports_name_the_command_date_and_cpu(benchmark_script, tmp_path, capsys):
-    study = benchmark_script("heldout_tuning")
+def test_study_reports_name_the_command_date_and_cpu(study_script, tmp_path, capsys):
+    study = study_script("heldout_tuning")
     result = {"command": "python x.py --seeds 0", "date": "2026-11-23T12:00:00", "machine": {"cpu": "Some CPU"}}
     study.write_markdown(tmp_path / "r.json", "A title", result, "| a |")
     assert (tmp_path / "r.md").read_text() == \
@@ -216,12 +217,12 @@ def test_study_reports_name_the_command_date_and_cpu(benchmark_script, tmp_path,
     assert f"wrote {tmp_path / 'r.json'} (+ .md)" in capsys.readouterr().out
 
 
-def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchings(benchmark_script, tmp_path):
+def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchings(study_script, tmp_path):
     from fastprune.convert import from_arrays
     from fastprune.store.reader import Store
     from fastprune.train import make_loaders, make_strategy
 
-    study = benchmark_script("even_batches")
+    study = study_script("even_batches")
     for n in (50_000, 60_000, 12_345):
         keep = study.keep_with_remainder(n, 512, study.REMAINDER)
         assert round(keep * n) % 512 == study.REMAINDER and 0.6 < keep <= 0.7
@@ -244,15 +245,16 @@ def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_
     from fastprune.convert import from_arrays
 
     built = []
-    real_build = bench.build_model
-    monkeypatch.setattr(bench, "build_model", lambda name, **kw: built.append((name, kw)) or real_build(name, **kw))
+    real_build = recipe.build_model
+    monkeypatch.setattr(recipe, "build_model", lambda name, **kw: built.append((name, kw)) or real_build(name, **kw))
     rng = np.random.default_rng(0)
     store = from_arrays(rng.integers(0, 255, (64, 28, 28), np.uint8), np.arange(64) % 10, tmp_path / "s.beton",
                         progress=False)
-    options = bench.build_parser().parse_args(["--threads", "1", "--amp", "off"])
-    row = bench.run_one("uniform_random", 0.5, 0, (store, store), {"epochs": 1}, options, model={"widths": (8, 16)})
+    options = cli.build_parser().parse_args(["--threads", "1", "--amp", "off"])
+    one_epoch = recipe.RECIPE.replace(epochs=1)
+    row = bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch.replace(widths=(8, 16)))
     assert built == [("small_resnet", {"in_channels": 3, "widths": (8, 16), "blocks": 1, "stem_stride": 2})]
     assert row["epochs"] == 1 and row["samples_seen"] == 32
-    bench.run_one("uniform_random", 0.5, 0, (store, store), {"epochs": 1}, options)  # no override: the benchmark's
-    assert built[1] == ("small_resnet", {"in_channels": 3, **{k: v for k, v in bench.BENCHMARK_MODEL.items()
+    bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch)  # no override: the benchmark's
+    assert built[1] == ("small_resnet", {"in_channels": 3, **{k: v for k, v in recipe.RECIPE.model_json().items()
                                                                if k != "name"}})

@@ -154,7 +154,7 @@ def test_train_command_logs_json_and_resumes(stores, tmp_path, capsys, monkeypat
     import argparse
     import json
 
-    from fastprune import train as train_module
+    from fastprune.train import loop as train_module  # fit looks save_checkpoint up there
     from fastprune.train import add_train_command
 
     parser = argparse.ArgumentParser()

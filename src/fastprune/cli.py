@@ -132,8 +132,8 @@ def run_info(args: argparse.Namespace) -> int:
 # their full parsers are built only when they are the command being run; otherwise a stub with
 # the one-line summary lists them in `fastprune --help`.
 LAZY_COMMANDS = {
-    "train": ("fastprune.train", "train a model on a store, pruning the data dynamically"),
-    "bench": ("fastprune.bench.end_to_end", "benchmark every strategy against full-data training"),
+    "train": ("fastprune.train.cli", "train a model on a store, pruning the data dynamically"),
+    "bench": ("fastprune.bench.cli", "benchmark every strategy against full-data training"),
 }
 
 # Subcommands built eagerly, in help order (the lazy ones follow).

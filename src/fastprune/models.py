@@ -4,7 +4,7 @@ Two families:
 
 * ``SmallResNet``: a CIFAR-style pre-activation-free ResNet (He et al. 2016, section 4.2) with
   configurable widths and blocks per stage. Small enough to train on a 2-core CPU in minutes;
-  this is the model the end-to-end benchmark uses (see ``BENCHMARK_MODEL``).
+  the reference recipe's model (``fastprune.train.RECIPE.model``).
 * ``resnet18_small``: torchvision's ResNet-18 with the ImageNet stem (7x7 stride-2 conv + max-pool,
   which shrinks a 32x32 image to 8x8 before the first block) replaced by a 3x3 stride-1 conv and no
   pooling, the usual adaptation for CIFAR-sized inputs.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "SmallResNet", "resnet18_small", "build_model", "BENCHMARK_MODEL"]
+__all__ = ["BasicBlock", "SmallResNet", "resnet18_small", "build_model"]
 
 
 class BasicBlock(nn.Module):
@@ -113,24 +113,6 @@ def _init_weights(model: nn.Module) -> None:
         bn2 = getattr(module, "bn2", None)
         if isinstance(bn2, nn.BatchNorm2d) and hasattr(module, "conv2"):
             nn.init.zeros_(bn2.weight)
-
-
-# The model the end-to-end benchmark trains, chosen by measurement on the 2-core benchmark machine
-# (Xeon Sapphire Rapids, torch 2.14 CPU, batch 256, 3x28x28 inputs, training img/s):
-#
-#   SmallResNet widths   stem stride   fp32    fp32+channels_last   bf16 autocast+channels_last
-#   (32, 64, 128)        2             ~1,900  ~2,200               ~3,600  (300k parameters)
-#   (48, 96, 192)        2                                          ~2,200
-#   (64, 128, 256)       2                                          ~1,500
-#   (32, 64, 128) x2     2                                          ~2,100
-#   (16, 32, 64)         1                                          ~2,400
-#   (32, 64, 128)        1             ~400                         ~1,200
-#
-# In bf16 on the AMX Xeon a 10-epoch full-data run takes ~1.5 min (with even batches), which is what
-# lets the full benchmark (63 runs) fit in 2 hours there (64 min; 85 min on a Zen 5 EPYC in bf16);
-# in fp32 on CPUs without fast bf16 it takes 3.5-5 h. It reaches 93.0% Fashion-MNIST test accuracy at peak lr 1.2 (92.7-92.9% at 0.4; one-cycle SGD, label
-# smoothing 0.1, flip augmentation; see benchmarks/results/end_to_end*.md).
-BENCHMARK_MODEL = {"name": "small_resnet", "widths": (32, 64, 128), "blocks": 1, "stem_stride": 2}
 
 
 def build_model(name: str = "small_resnet", *, in_channels: int = 3, num_classes: int = 10,

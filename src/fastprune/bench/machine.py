@@ -37,8 +37,8 @@ def _cpuinfo(key: str, path: Path | None = None) -> str | None:
 
 def cpu_id(path: Path | None = None) -> str | None:
     """Vendor, family and model of the CPU ("AuthenticAMD family 26 model 2"): the model name of a VM's
-    CPU can be as vague as "AMD EPYC", which this project has seen on an AVX2 EPYC and on a Zen 5 one
-    that trains the benchmark twice as fast."""
+    CPU can be as vague as "AMD EPYC", which this project has seen on CPU kinds of very different
+    speeds (an AVX2 EPYC and a Zen 5 one)."""
     parts = [_cpuinfo(key, path) for key in ("vendor_id", "cpu family", "model")]
     if None in parts:
         return None
@@ -53,6 +53,16 @@ def cpu_vendor() -> str | None:
 def cpu_flags() -> set[str]:
     """The flags of /proc/cpuinfo (empty where it cannot be read)."""
     return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_has_fast_bf16(flags: set[str] | None = None, vendor: str | None = None) -> bool:
+    """Whether bf16 autocast trains the benchmark's model faster than fp32 on this CPU, by what was
+    measured (docs/benchmarks.md): yes with AMX (Intel), and with AVX512-BF16 on AMD (Zen 5, whose
+    512-bit units run bf16 dot products natively); no with AVX512-BF16 on Intel without AMX (oneDNN
+    converts to and from bf16 around each op). Zen 4 (family 25) is not measured."""
+    flags = cpu_flags() if flags is None else flags
+    vendor = cpu_vendor() if vendor is None else vendor
+    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
 
 
 def machine() -> dict:

@@ -3,15 +3,15 @@
 The end-to-end benchmark reports test accuracy, so its numbers must not be used to choose a
 strategy's hyperparameters. This study splits Fashion-MNIST's *training* set into 50k images to
 train on and 10k held-out images to validate on (a fixed permutation), and trains the benchmark's
-model and recipe (fastprune.bench.end_to_end.RECIPE) with full data and with variants of
+model and recipe (fastprune.train.RECIPE) with full data and with variants of
 EpsilonGreedy and UCB at one keep ratio, over a few seeds. It prints a table (held-out accuracy
-mean ± std, gap to full data, wall-clock) and writes JSON + markdown to benchmarks/results/.
+mean ± std, gap to full data, wall-clock) and writes JSON + markdown to studies/results/.
 
-    python benchmarks/heldout_tuning.py                      # the default variants, seeds 0 1
-    python benchmarks/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
-    python benchmarks/heldout_tuning.py --variants epsilon_greedy --batch-size 256 --lr 0.2   # a recipe change
-    python benchmarks/heldout_tuning.py --variants ucb --epochs 20 --widths 16 32 64    # a smaller model
-    python benchmarks/heldout_tuning.py --variants epsilon_greedy full:epochs=5     # compute-matched full data
+    python studies/heldout_tuning.py                         # the default variants, seeds 0 1
+    python studies/heldout_tuning.py --variants ucb:c=0.5 epsilon_greedy:eps=0.1,decay=0.5
+    python studies/heldout_tuning.py --variants epsilon_greedy --batch-size 256 --lr 0.2   # a recipe change
+    python studies/heldout_tuning.py --variants ucb --epochs 20 --widths 16 32 64    # a smaller model
+    python studies/heldout_tuning.py --variants epsilon_greedy full:epochs=5     # compute-matched full data
 
 A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
 class keeps the same fraction, and ``epochs=E`` trains that variant for E epochs instead of
@@ -29,21 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import (BENCHMARK_MODEL, RECIPE, _mean, _std, apply_process_settings, build_parser,
-                                        run_one, warm_up)
+from fastprune.bench.report import mean, std
+from fastprune.bench.run import Settings, run_one, warm_up
+from fastprune.train import RECIPE
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 HELDOUT = 10_000
 SPLIT_SEED = 20261123
 DEFAULT_VARIANTS = ("epsilon_greedy", "epsilon_greedy:eps=0.1", "epsilon_greedy:balanced=1",
                     "ucb", "ucb:c=0.5", "ucb:balanced=1")
-
-
-def bench_settings():
-    """The run settings `fastprune bench` uses on this CPU (amp, threads, channels_last...),
-    with its torch threads and denormal flushing applied to this process."""
-    options = build_parser().parse_args([])
-    apply_process_settings(options)
-    return options
 
 
 def write_markdown(out: Path, title: str, result: dict, table: str) -> None:
@@ -114,9 +109,9 @@ def summarize(runs: list[dict]) -> list[dict]:
         mine = [r for r in runs if r["variant"] == variant]
         accs = [r["final_acc"] for r in mine]
         rows.append({"variant": variant, "seeds": [r["seed"] for r in mine],
-                     "acc_mean": _mean(accs), "acc_std": _std(accs),
-                     "gap_pt": _mean(accs) - _mean(full) if full else None,
-                     "wall_s": _mean([r["wall_s"] for r in mine])})
+                     "acc_mean": mean(accs), "acc_std": std(accs),
+                     "gap_pt": mean(accs) - mean(full) if full else None,
+                     "wall_s": mean([r["wall_s"] for r in mine])})
     return rows
 
 
@@ -134,25 +129,25 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"],
+    parser.add_argument("--epochs", type=int, default=RECIPE.epochs)
+    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size,
                         help="a recipe change to study (applies to every run, full data included)")
-    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate, ditto")
-    parser.add_argument("--widths", nargs="+", type=int, default=list(BENCHMARK_MODEL["widths"]),
+    parser.add_argument("--lr", type=float, default=RECIPE.lr, help="peak learning rate, ditto")
+    parser.add_argument("--widths", nargs="+", type=int, default=list(RECIPE.model.widths),
                         help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
-    parser.add_argument("--out", type=Path, default=machine.RESULTS / "heldout_tuning.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
-    recipe = {**RECIPE, "batch_size": args.batch_size, "lr": args.lr}
-    model = {**BENCHMARK_MODEL, "widths": tuple(args.widths)}
-    options = bench_settings()
+    recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
+    settings = Settings()  # as `fastprune bench` runs on this CPU
+    settings.apply()
     fit_store, held_store, labels = split_stores(args.workdir)
     stores = (fit_store, held_store)
-    print(f"warm-up (untimed): {warm_up(stores, {'epochs': args.epochs}, options):.1f}s", flush=True)
+    print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s", flush=True)
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": recipe, "model": model, "epochs": args.epochs, "keep": args.keep,
+              "date": machine.now(), "recipe": recipe.training_json(), "model": recipe.model_json(), "epochs": args.epochs, "keep": args.keep,
               "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)"},
               "runs": runs, "summary": []}
     started = time.perf_counter()
@@ -160,7 +155,8 @@ def main(argv=None) -> int:
         for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
             keep = 1.0 if name == "full" else args.keep
             epochs, strategy_opts = run_settings(opts, labels, args.epochs)
-            row = run_one(name, keep, seed, stores, {"epochs": epochs}, options, strategy_opts, recipe, model)
+            row = run_one(name, keep, seed, stores, settings, recipe=recipe.replace(epochs=epochs),
+                          strategy_options=strategy_opts)
             runs.append({"variant": label, "epochs": epochs,
                          **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
             result["summary"] = summarize(runs)
@@ -169,7 +165,7 @@ def main(argv=None) -> int:
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
     table = markdown(result["summary"])
     write_markdown(args.out, f"Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch "
-                             f"{recipe['batch_size']}, peak lr {recipe['lr']}, widths {model['widths']}, "
+                             f"{recipe.batch_size}, peak lr {recipe.lr}, widths {recipe.model.widths}, "
                              "50k/10k split of Fashion-MNIST train",
                    result, table)
     return 0

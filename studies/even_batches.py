@@ -5,9 +5,9 @@ handful of samples. This study trains the benchmark's model and recipe on the he
 heldout_tuning.py (50k fit / 10k held-out of Fashion-MNIST *train*; the test set is not used)
 with UniformRandom at a keep ratio chosen so that every epoch ends on a 16-sample batch
 (34,832 = 68 x 512 + 16), once with plain and once with even batches, over a few seeds. It
-prints the held-out accuracy after every epoch and writes JSON + markdown to benchmarks/results/.
+prints the held-out accuracy after every epoch and writes JSON + markdown to studies/results/.
 
-    python benchmarks/even_batches.py             # seeds 0 1, about 20 min on 2 cores (fp32)
+    python studies/even_batches.py               # seeds 0 1, about 20 min on 2 cores (fp32)
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 from fastprune.bench import machine
-from fastprune.bench.end_to_end import RECIPE, _mean, run_one, warm_up
+from fastprune.bench.report import mean
+from fastprune.bench.run import Settings, run_one, warm_up
+from fastprune.train import RECIPE
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# the script beside this one: the same split and settings
-from heldout_tuning import bench_settings, split_stores, write_markdown  # noqa: E402
+# the study beside this one (this script's folder is on sys.path): the same split and report
+from heldout_tuning import RESULTS, split_stores, write_markdown
 
 REMAINDER = 16
 
@@ -39,7 +40,7 @@ def markdown(runs: list[dict]) -> str:
         lines.append(f"| {r['batches']} | {r['seed']} | {' '.join(f'{a:.1f}' for _, a in r['curve'])} | "
                      f"{r['final_acc']:.2f} |")
     for batches in dict.fromkeys(r["batches"] for r in runs):
-        final = _mean([r["final_acc"] for r in runs if r["batches"] == batches])
+        final = mean([r["final_acc"] for r in runs if r["batches"] == batches])
         lines.append(f"| {batches} | mean | | {final:.2f} |")
     return "\n".join(lines)
 
@@ -48,22 +49,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
-    parser.add_argument("--out", type=Path, default=machine.RESULTS / "even_batches.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "even_batches.json")
     args = parser.parse_args(argv)
-    options = bench_settings()
+    settings = Settings()  # as `fastprune bench` runs on this CPU
+    settings.apply()
     fit_store, held_store, _ = split_stores(args.workdir)
-    stores, mode = (fit_store, held_store), {"epochs": RECIPE["epochs"]}
+    stores = (fit_store, held_store)
     from fastprune.store.reader import Store
 
     with Store(fit_store) as store:
-        keep = keep_with_remainder(len(store), RECIPE["batch_size"], REMAINDER)
-    print(f"warm-up (untimed): {warm_up(stores, mode, options):.1f}s; keep {keep}", flush=True)
+        keep = keep_with_remainder(len(store), RECIPE.batch_size, REMAINDER)
+    print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s; keep {keep}", flush=True)
     runs = []
     result = {"benchmark": "even_batches", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": RECIPE, "keep": keep, "remainder": REMAINDER, "runs": runs}
+              "date": machine.now(), "recipe": RECIPE.training_json(), "keep": keep, "remainder": REMAINDER, "runs": runs}
     for seed in args.seeds:
         for even in (False, True):
-            row = run_one("uniform_random", keep, seed, stores, mode, options, recipe={"even_batches": even})
+            row = run_one("uniform_random", keep, seed, stores, settings, recipe=RECIPE.replace(even_batches=even))
             runs.append({"batches": "even" if even else "plain",
                          **{k: row[k] for k in ("keep", "seed", "final_acc", "wall_s", "curve")}})
             machine.write_json(args.out, result)

@@ -1,0 +1,98 @@
+"""Planning the end-to-end benchmark: the matrix of runs, the runs a result file still lacks, and
+whether a result file may be continued at all (``--continue``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..train.recipe import RECIPE, STRATEGIES
+from . import machine
+
+FULL_MODE = {"train_limit": None, "epochs": RECIPE.epochs, "keeps": (0.3, 0.5, 0.7),
+             "seeds": (0, 1, 2), "strategies": STRATEGIES[1:]}
+QUICK_MODE = {"train_limit": 12000, "epochs": 4, "keeps": (0.5,), "seeds": (0,),
+              "strategies": STRATEGIES[1:]}
+
+NOTES = ("wall_s = training seconds incl. data loading, selection, score updates and static scoring "
+         "epochs; eval_s (per-epoch evaluation) is excluded from the speed-up. Runs are seed-major, then "
+         "one block per keep ratio opened by its own full-data baseline run; speed-ups divide the mean "
+         "wall_s of all baseline runs by the strategy's mean wall_s.")
+
+# What must be the same for runs of one result file to be compared: speed-ups divide wall-clocks
+# of different runs, so they must come from the same kind of CPU and the same settings (the same
+# recipe trains several times faster on some of the project's machines than on others), and
+# accuracies must come from the same recipe, model and epoch budget. The CPU's name alone is not
+# enough: CPUs of one name ("Intel(R) Xeon(R) Processor", "AMD EPYC") have trained it at very
+# different speeds, with and without AMX, or of different generations (docs/benchmarks.md). A file
+# written before cpu_id or cpu_features were recorded cannot show which CPU it came from, so it is
+# not continued.
+CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "cpu_features"),
+                       ("machine", "cores"), ("machine", "torch"), ("settings",), ("recipe",), ("model",),
+                       ("mode", "epochs"), ("mode", "train_limit"))
+
+
+def mode_for(args) -> dict:
+    """The quick or full mode, with the options the command line gives."""
+    mode = dict(QUICK_MODE if args.quick else FULL_MODE)
+    for key, value in (("strategies", args.strategies), ("keeps", args.keeps), ("seeds", args.seeds),
+                       ("epochs", args.epochs), ("train_limit", args.train_limit)):
+        if value is not None:
+            mode[key] = tuple(value) if isinstance(value, list) else value
+    return mode
+
+
+def new_result(mode: dict, settings, quick: bool) -> dict:
+    """A result document with no runs yet: what the runs will be compared under."""
+    return {"benchmark": "end_to_end", "command": machine.command_line(),
+            "machine": machine.machine(), "date": machine.now(),
+            "mode": {**mode, "quick": quick}, "recipe": RECIPE.training_json(), "model": RECIPE.model_json(),
+            "settings": settings.record(), "notes": NOTES, "runs": [], "summary": []}
+
+
+def planned_runs(mode: dict) -> list[tuple[str, float, int, float]]:
+    """(strategy, keep, seed, block) in run order: seed-major, then one block per keep ratio, each
+    block opened by its own full-data baseline run.
+
+    Why a baseline per block: a shared machine's speed drifts over minutes (docs/benchmarks.md), so
+    one baseline per seed, measured once at its start, biases every speed-up by wherever the
+    machine happened to be then. Baselines spread over the whole benchmark sample the drift as the
+    pruned runs do."""
+    runs = []
+    for seed in mode["seeds"]:
+        for keep in mode["keeps"]:
+            runs.append(("full", 1.0, seed, keep))
+            runs += [(name, keep, seed, keep) for name in mode["strategies"]]
+    return runs
+
+
+def _run_key(row: dict) -> tuple[str, float, int, float]:
+    """A run's place in planned_runs (rows written before blocks existed count as their keep's)."""
+    return row["strategy"], row["keep"], row["seed"], row.get("block", row["keep"])
+
+
+def missing_runs(mode: dict, runs: list[dict]) -> list[tuple[str, float, int, float]]:
+    """The planned runs (in run order) that ``runs`` does not hold yet."""
+    done = {_run_key(row) for row in runs}
+    return [run for run in planned_runs(mode) if run not in done]
+
+
+def _field(document: dict, path: tuple[str, ...]):
+    for key in path:
+        document = (document or {}).get(key)
+    return document
+
+
+def check_can_continue(previous: dict, result: dict, out: Path) -> None:
+    """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
+    result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
+    for path in CONTINUE_MUST_MATCH:
+        if path[-1] not in (_field(previous, path[:-1]) or {}):
+            raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
+                             f"older fastprune), so it cannot be shown to come from this machine and "
+                             f"settings. Use another --out, or rerun without --continue.")
+        old, new = _field(previous, path), _field(result, path)
+        if old != new:
+            raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
+                             f"{new!r}; mixing them would compare unlike runs. Use another --out, or "
+                             f"rerun without --continue.")

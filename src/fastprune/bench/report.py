@@ -1,0 +1,135 @@
+"""Reporting the end-to-end benchmark: statistics over seeds and runs, the markdown tables, and
+the report document written next to the result JSON."""
+
+from __future__ import annotations
+
+import statistics
+
+from ..train.recipe import STRATEGIES
+from .plan import missing_runs, planned_runs
+
+TARGET_MARGIN_PT = 0.5  # "time to reach full-data accuracy minus 0.5 pt"
+
+
+def mean(values):
+    """The mean of ``values``; None for none."""
+    return statistics.fmean(values) if values else None
+
+
+def std(values):
+    """The sample standard deviation of ``values``; 0 for fewer than two."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def time_to_target(curve, target: float) -> float | None:
+    """Training seconds until validation accuracy first reaches ``target`` (None: never)."""
+    return next((seconds for seconds, acc in curve if acc >= target), None)
+
+
+def _per_seed_accuracies(runs: list[dict]) -> list[float]:
+    by_seed: dict[int, list[float]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], []).append(run["final_acc"])
+    return [mean(accs) for accs in by_seed.values()]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (strategy, keep): accuracy mean ± std over seeds, speed-up and deltas versus
+    full data. The full-data baseline runs several times per seed (once per keep block): its
+    accuracy is averaged per seed first, its wall-clock over every run."""
+    full = [r for r in runs if r["strategy"] == "full"]
+    full_acc = mean(_per_seed_accuracies(full))
+    full_wall = mean([r["wall_s"] for r in full])
+    target = None if full_acc is None else full_acc - TARGET_MARGIN_PT
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["strategy"], run["keep"]), []).append(run)
+    rows = []
+    for (strategy, keep), group in groups.items():
+        accs = _per_seed_accuracies(group)
+        walls = [r["wall_s"] for r in group]
+        reached = [t for t in (time_to_target(r["curve"], target) for r in group) if t is not None] \
+            if target is not None else []
+        rows.append({
+            "strategy": strategy, "keep": keep, "seeds": len(accs), "runs": len(group),
+            "acc_mean": mean(accs), "acc_std": std(accs),
+            "wall_s_mean": mean(walls),
+            "speedup": full_wall / mean(walls) if full_wall else None,
+            "acc_delta_pt": mean(accs) - full_acc if full_acc is not None else None,
+            "time_to_target_s": mean(reached) if len(reached) == len(group) else None,
+            "reached_target": f"{len(reached)}/{len(group)}",
+            "scoring_s_mean": mean([r["scoring_s"] for r in group]),
+            "overhead_share_pct": 100 * mean([r["pruning_overhead_s"] / r["wall_s"] for r in group]),
+        })
+    order = {name: i for i, name in enumerate(STRATEGIES)}
+    return sorted(rows, key=lambda row: (row["keep"] if row["strategy"] != "full" else -1,
+                                         order.get(row["strategy"], 99)))
+
+
+def markdown_table(summary: list[dict]) -> str:
+    def fmt(value, spec):
+        return "–" if value is None else format(value, spec)
+
+    lines = ["| strategy | keep | acc % (mean ± std) | Δ acc pt | wall s | speed-up | "
+             "time to full−0.5 pt s (reached) | scoring s | pruning overhead % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in summary:
+        lines.append(
+            f"| {row['strategy']} | {row['keep']:.1f} | {row['acc_mean']:.2f} ± {row['acc_std']:.2f} | "
+            f"{fmt(row['acc_delta_pt'], '+.2f')} | {row['wall_s_mean']:.1f} | "
+            f"{fmt(row['speedup'], '.2f')}x | {fmt(row['time_to_target_s'], '.1f')} "
+            f"({row['reached_target']}) | {row['scoring_s_mean']:.1f} | "
+            f"{row['overhead_share_pct']:.2f} |")
+    return "\n".join(lines)
+
+
+def pivot_table(summary: list[dict]) -> str:
+    """The README's compact view: one row per keep ratio, one column per strategy, cells
+    "accuracy mean ± std / speed-up"; the full-data result is stated above it."""
+    strategies = [name for name in STRATEGIES[1:] if any(row["strategy"] == name for row in summary)]
+    cells = {(row["strategy"], row["keep"]): row for row in summary}
+    keeps = sorted({row["keep"] for row in summary if row["strategy"] != "full"})
+    lines = ["| keep | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
+    for keep in keeps:
+        row_cells = []
+        for name in strategies:
+            row = cells.get((name, keep))
+            row_cells.append("–" if row is None else
+                             f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} / "
+                             + ("–" if row["speedup"] is None else f"{row['speedup']:.2f}x"))
+        lines.append(f"| {keep:.1f} | " + " | ".join(row_cells) + " |")
+    return "\n".join(lines)
+
+
+def completeness(result: dict) -> str:
+    """A line saying the file is partial (the file is written after every run, so a benchmark
+    stopped early leaves a report whose means cover fewer seeds than planned)."""
+    missing = len(missing_runs(result["mode"], result["runs"]))
+    if not missing:
+        return ""
+    planned = len(planned_runs(result["mode"]))
+    return (f"**Partial: {planned - missing} of {planned} planned runs**; cells average the seeds done "
+            "so far. Add the rest with the same command and `--continue`.\n\n")
+
+
+def total_time(runs: list[dict]) -> str:
+    """The benchmark's own cost (its runs' training + evaluation, summed over sessions when it was
+    continued): what "finishes within N hours" is judged by, since wall-clocks exclude evaluation."""
+    hours = sum(run["wall_s"] + run["eval_s"] for run in runs) / 3600
+    return f"{len(runs)} runs, {hours:.2f} h of training + evaluation in all.\n\n"
+
+
+def render(result: dict) -> str:
+    """The markdown report of a result document."""
+    machine = result["machine"]
+    return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs\n\n"
+            f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
+            f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
+            f"{completeness(result)}"
+            f"{total_time(result['runs'])}"
+            f"{markdown_table(result['summary'])}\n\n"
+            f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
+            f"{pivot_table(result['summary'])}\n\n"
+            f"Wall-clock = training time incl. loading, selection and scoring epochs; evaluation "
+            f"excluded. Speed-up = mean wall-clock of all full-data baseline runs (one per keep block "
+            f"and seed) / the strategy's mean wall-clock over seeds.\n")

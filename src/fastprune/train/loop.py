@@ -1,0 +1,262 @@
+"""The training loop: ``fit`` (epochs of training, evaluation, checkpoints) and ``evaluate``.
+
+Besides the three lines data pruning needs (see ``fastprune.train``), the loop keeps the books a
+benchmark needs to be honest: timing that separates training, evaluation and pruning overhead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .device import autocast_dtype, memory_format_for, model_device, synchronize
+from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
+
+
+class _OverheadClock:
+    """Accumulates the seconds spent inside the strategy: ``select``, ``num_selected``, ``update``.
+
+    The loader, not ``fit``, calls ``select`` (the strategy is its sampler), so the clock wraps the
+    strategy's methods on the instance for the duration of the run and restores them afterwards.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def timed(self, method):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return wrapper
+
+    @contextlib.contextmanager
+    def watching(self, strategy) -> Iterator[None]:
+        if strategy is None:
+            yield
+            return
+        patched = [name for name in ("select", "num_selected", "update") if hasattr(strategy, name)]
+        for name in patched:
+            setattr(strategy, name, self.timed(getattr(strategy, name)))
+        try:
+            yield
+        finally:
+            for name in patched:
+                with contextlib.suppress(AttributeError):
+                    delattr(strategy, name)  # removes the instance attribute, unmasking the method
+
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
+             channels_last: str | bool = "auto") -> tuple[float, float]:
+    """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``."""
+    device = model_device(model)
+    dtype = autocast_dtype(device, amp)
+    memory_format = memory_format_for(device, channels_last)
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, seen = 0, 0.0, 0
+    for batch in loader:
+        images = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = batch[1].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += labels.numel()
+    model.train(was_training)
+    if seen == 0:
+        return float("nan"), float("nan")
+    return 100.0 * correct / seen, loss_sum / seen
+
+
+def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, dtype,
+                     memory_format, scaler, progress) -> dict[str, float]:
+    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR."""
+    device = model_device(model)
+    model.train()
+    samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
+    lr = optimizer.param_groups[0]["lr"]
+    bar = _progress_bar(loader, progress)
+    for batch in bar:
+        images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = batch.labels.to(device, non_blocking=True)
+        weights = batch.weights.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        # Loss in float32 even under autocast: the strategy ranks samples by it.
+        loss = criterion(logits.float(), labels)
+        if strategy is not None:
+            correct = logits.argmax(1) == labels
+            strategy.update(batch.indices, loss.detach().cpu(), correct.cpu())  # timed by the clock
+        # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
+        # survive for the gradient to stay an unbiased estimate of the full-data gradient.
+        scaler.scale((loss * weights).mean()).backward()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
+        samples += labels.numel()
+        steps += 1
+    mean_loss = loss_sum.item() / samples if samples else float("nan")
+    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr}
+
+
+def _progress_bar(loader, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+    return tqdm(loader, total=len(loader), leave=False, dynamic_ncols=True, unit="batch")
+
+
+def _format_record(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch'] + 1}/{epochs}  samples {record['samples']}  "
+            f"loss {record['loss']:.4f}  val_acc {record['val_acc']:.2f}%  "
+            f"epoch {record['epoch_s']:.1f}s  total {record['cumulative_s']:.1f}s  "
+            f"pruning {record['overhead_s']:.3f}s")
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    strategy=None,
+    epochs: int = 10,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: ScheduleFactory | torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    criterion: nn.Module | None = None,
+    amp: str | bool = "auto",
+    channels_last: str | bool = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = "stdout",
+) -> list[dict[str, Any]]:
+    """Train ``model`` for ``epochs`` epochs on the samples ``strategy`` selects; return the history.
+
+    Args:
+        model: already on its device (batches are moved to the model's device).
+        train_loader: yields ``Batch`` tuples; its sampler is ``strategy`` (or a plain permutation).
+        val_loader: evaluated after every epoch (accuracy in percent); None skips evaluation.
+        strategy: the pruning strategy, whose ``update`` receives every batch's per-sample losses.
+            None trains on whatever the loader yields, with no updates.
+        optimizer: defaults to ``make_optimizer(model)``.
+        schedule: a factory ``(optimizer, total_steps) -> scheduler`` (see ``one_cycle``), stepped
+            once per batch and sized by ``planned_steps`` over the whole run (re-planned every
+            epoch if it has ``replan``); or a built scheduler; or None.
+        criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
+        amp, channels_last: "auto" enables them on CUDA only; see ``device.autocast_dtype``.
+        checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
+            present, training continues from it with the same selections as an uninterrupted run.
+        settings: the run's settings (e.g. the command line's LR), stored in the checkpoint; a
+            resume refuses a checkpoint written with other settings, or with another ``epochs``,
+            batch size or model class (all of which ``fit`` adds itself).
+        on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
+            from it stops training after the checkpoint of that epoch is written.
+
+    Returns:
+        One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
+        (mean per-sample training loss), ``val_acc``, ``val_loss``, ``lr`` (used by the epoch's last step),
+        ``train_s`` (training incl. data loading and selection), ``eval_s``, ``overhead_s`` (time
+        inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
+        and ``cumulative_train_s``.
+    """
+    if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
+        log = functools.partial(print, flush=True)
+    device = model_device(model)
+    dtype = autocast_dtype(device, amp)
+    memory_format = memory_format_for(device, channels_last)
+    model.to(memory_format=memory_format)
+    optimizer = optimizer or make_optimizer(model)
+    criterion = criterion or nn.CrossEntropyLoss(reduction="none")
+    scheduler = build_scheduler(schedule, optimizer, train_loader, epochs, strategy)
+    # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+    settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
+                "batch_size": getattr(train_loader, "batch_size", None)}
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        start_epoch, history = load_checkpoint(checkpoint, model, optimizer, scheduler, strategy,
+                                               train_loader, scaler=scaler, settings=settings)
+        if log and start_epoch >= epochs:
+            log(f"{checkpoint} already holds {start_epoch} of {epochs} epochs: nothing left to train")
+        elif log:
+            log(f"resumed from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
+
+    clock = _OverheadClock()
+    with clock.watching(strategy):
+        for epoch in range(start_epoch, epochs):
+            record = _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer,
+                                scheduler, criterion, scaler, clock, history, dtype=dtype,
+                                memory_format=memory_format, amp=amp, channels_last=channels_last,
+                                progress=progress)
+            history.append(record)
+            if log:
+                log(_format_record(record, epochs))
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer, scheduler, strategy, train_loader,
+                                history, scaler=scaler, settings=settings)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    return history
+
+
+def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
+               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress):
+    """Train and evaluate one epoch; return its history record."""
+    train_loader.set_epoch(epoch)
+    replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
+    overhead_before = clock.seconds
+    start = time.perf_counter()
+    stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion,
+                             dtype=dtype, memory_format=memory_format, scaler=scaler,
+                             progress=progress)
+    synchronize(model_device(model))
+    train_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    val_acc, val_loss = (float("nan"), float("nan"))
+    if val_loader is not None:
+        val_acc, val_loss = evaluate(model, val_loader, amp=amp, channels_last=channels_last)
+    eval_s = time.perf_counter() - start
+
+    previous = history[-1] if history else {"cumulative_s": 0.0, "cumulative_train_s": 0.0}
+    return {
+        "epoch": epoch,
+        **stats,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "overhead_s": clock.seconds - overhead_before,
+        "epoch_s": train_s + eval_s,
+        "cumulative_s": previous["cumulative_s"] + train_s + eval_s,
+        "cumulative_train_s": previous["cumulative_train_s"] + train_s,
+    }
+
+
+def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
+    """Write the history (plus any metadata, e.g. the command's arguments) as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**metadata, "history": history}, indent=2, default=str))

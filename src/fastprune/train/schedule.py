@@ -1,0 +1,105 @@
+"""The optimizer and its LR schedule, sized from the run's exact number of steps.
+
+The subset, hence the number of batches, changes per epoch, so the schedule's length is the sum of
+every epoch's batch count (``planned_steps``), not ``len(loader) * epochs``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+# A schedule factory: given the optimizer and the run's exact number of optimizer steps, build an
+# LR scheduler that ``fit`` steps once per batch. A factory (not a built scheduler) because the
+# step count is only known once the loader and strategy are known.
+ScheduleFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+def make_optimizer(model: nn.Module, lr: float = 0.2, weight_decay: float = 5e-4,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on biases and batch-norm parameters, which
+    only hurts them (they have no scale invariance to regularize)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
+class OneCycle(torch.optim.lr_scheduler.LRScheduler):
+    """One-cycle LR (linear warm-up to the optimizer's lr, then linear decay), as a function of the
+    run's *progress* ``step / (total_steps - 1)``, stepped once per batch.
+
+    ``total_steps`` is the sum of every epoch's batch count. ``fit`` re-plans it at the start of each
+    epoch (``replan``): this epoch's count is exact, and for strategies whose subset size depends
+    on the scores (InfoBatch keeps every above-mean sample) later epochs are re-estimated from the
+    current table. For all other strategies the plan never changes, so the schedule is exactly the
+    classic one over the run's true number of steps, and the last step uses the final LR.
+    """
+
+    def __init__(self, optimizer, total_steps: int, pct_start: float = 0.25,
+                 div_factor: float = 10.0, final_div_factor: float = 100.0, last_epoch: int = -1):
+        self.total_steps = max(int(total_steps), 1)
+        self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor
+        super().__init__(optimizer, last_epoch)
+
+    def replan(self, total_steps: int) -> None:
+        """Set the run's total step count (never below the steps already taken)."""
+        self.total_steps = max(int(total_steps), self.last_epoch + 1, 1)
+
+    def multiplier(self, progress: float) -> float:
+        start, end = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
+        if progress < self.pct_start:
+            return start + (1.0 - start) * progress / self.pct_start
+        return 1.0 + (end - 1.0) * (progress - self.pct_start) / (1.0 - self.pct_start)
+
+    def get_lr(self):
+        progress = min(self.last_epoch / max(self.total_steps - 1, 1), 1.0)
+        return [base * self.multiplier(progress) for base in self.base_lrs]
+
+
+def one_cycle(max_lr: float | None = None, pct_start: float = 0.25, div_factor: float = 10.0,
+              final_div_factor: float = 100.0) -> ScheduleFactory:
+    """A factory for ``fit``: a OneCycle peaking at ``max_lr`` (default: the optimizer's lr)."""
+    def build(optimizer, steps):
+        if max_lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = max_lr
+        return OneCycle(optimizer, steps, pct_start, div_factor, final_div_factor)
+    return build
+
+
+def planned_steps(loader, start: int, stop: int, strategy=None) -> int:
+    """Optimizer steps of epochs [start, stop): the sum of each epoch's batch count.
+
+    Pruned epochs have fewer batches than full ones, and how many varies per epoch (warm-up,
+    scoring and final full-data epochs), so ``len(loader) * epochs`` would be wrong. Asks the
+    loader (``steps_for_epochs``) when it can; otherwise derives each epoch's count from
+    ``strategy.num_selected(epoch)``.
+    """
+    if hasattr(loader, "steps_for_epochs"):
+        return int(loader.steps_for_epochs(start, stop))
+    if strategy is None or not hasattr(strategy, "num_selected"):
+        return len(loader) * (stop - start)
+    batch_size, drop_last = loader.batch_size, getattr(loader, "drop_last", False)
+    count = 0
+    for epoch in range(start, stop):
+        selected = int(strategy.num_selected(epoch))
+        count += selected // batch_size if drop_last else math.ceil(selected / batch_size)
+    return count
+
+
+def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
+    """``fit``'s scheduler: a factory is sized by the whole run's planned steps; a built one is kept."""
+    if schedule is None or isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
+        return schedule
+    return schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
+
+
+def replan_schedule(scheduler, loader, strategy, epoch: int, epochs: int) -> None:
+    """Re-size a re-plannable schedule at an epoch start: steps taken + steps still to come."""
+    if hasattr(scheduler, "replan"):
+        scheduler.replan(scheduler.last_epoch + planned_steps(loader, epoch, epochs, strategy))
