@@ -255,12 +255,16 @@ private:
     std::unique_ptr<ThreadPool> pool_;
 };
 
-// One-off decode (tests, tools): JPEG bytes -> uint8 [H, W, 3] numpy array; with a crop
-// (top, left, h, w) and an output size, the region the loader would decode for it.
-nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data, uint64_t max_pixels) {
+// One-off decode (tests, the converter's check of JPEGs it stores as they are): JPEG bytes ->
+// uint8 [H, W, 3] numpy array; with min_height/min_width, DCT-downscaled (libjpeg-turbo) as far
+// as keeps at least that size (a cheap full check of the entropy-coded data).
+nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data, uint64_t max_pixels, int min_height,
+                                                         int min_width) {
     std::string error;
     JpegRequest request;
     request.max_pixels = max_pixels;
+    request.min_height = min_height;
+    request.min_width = min_width;
     auto *owner = new JpegRegionOwner();
     bool ok;
     {
@@ -294,6 +298,7 @@ void bind_loader(nb::module_ &m) {
              nb::arg("max_threads") = 0,
              "Read/decode samples ids, crop crops[b] = (top, left, h, w) and resize bilinearly into out[b].");
     m.def("decode_jpeg", &decode_jpeg, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
+          nb::arg("min_height") = 0, nb::arg("min_width") = 0,
           "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
     m.attr("JPEG_BACKEND") = jpeg_backend();
     m.attr("DEFAULT_MAX_PIXELS") = DEFAULT_MAX_PIXELS;
