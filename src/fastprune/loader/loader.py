@@ -6,6 +6,11 @@ producer threads. A producer builds whole batches: native gather/decode (GIL rel
 numba transforms (nogil). Batch k is built by producer k % threads and delivered in order, so
 results are identical whatever the thread count; at most ``prefetch`` finished batches wait per
 producer, which bounds memory.
+
+Why producer threads rather than one producer and the native thread pool inside each gather:
+the producers also run the transforms in parallel. Measured on 2 cores (2026-12-03, 2 threads,
+images/s): raw 32 px 180k vs 156k with the pool; 256 px JPEG RandomResizedCrop 224 2,084 vs 1,862,
+CenterCrop 2,527 vs 2,241.
 """
 
 from __future__ import annotations
