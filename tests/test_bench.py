@@ -128,7 +128,9 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     with pytest.raises(SystemExit, match="machine.cpu_features"):
         bench.main([*common, "--seeds", "0", "1", "--continue"])
     # ... and onto one from a CPU of the same name and features but another family/model ...
-    other_id = {**continued, "machine": {**continued["machine"], "cpu_id": "AuthenticAMD family 23 model 49"}}
+    other_cpu = "AuthenticAMD family 23 model 49"  # (another one when this machine is that CPU)
+    other_cpu = "GenuineIntel family 6 model 143" if continued["machine"]["cpu_id"] == other_cpu else other_cpu
+    other_id = {**continued, "machine": {**continued["machine"], "cpu_id": other_cpu}}
     out.write_text(json.dumps(other_id))
     with pytest.raises(SystemExit, match="machine.cpu_id"):
         bench.main([*common, "--seeds", "0", "1", "--continue"])
