@@ -98,6 +98,7 @@ def test_crop_window_decode_equals_the_whole_image_decoded_then_cropped(transfor
         assert diff.max() <= (1 if TURBO else 8), f"sample {b}, crop {(top, left, h, w)}, scale 1/{scale}"
 
 
+@pytest.mark.skipif(not TURBO, reason="stb_image decodes at full resolution: nothing is downscaled")
 def test_downscaled_window_is_the_same_crop_at_full_resolution():
     """Against the full-resolution decode, cropped and box-filtered to the output size: the only
     differences are those of the two filters (compared after a light blur), so a window that were
@@ -216,8 +217,9 @@ def test_damaged_jpegs_raise_naming_the_sample(damage):
             call()
         except ValueError as exc:
             assert "JPEG decode of sample 1 failed" in str(exc)
-        else:  # libjpeg resynchronises on some damage inside the scan and decodes the image
-            assert damage == "garbage_scan"
+        else:  # libjpeg resynchronises on some damage inside the scan and decodes the image;
+            # stb_image also pads a cut stream and converts CMYK (libjpeg refuses both)
+            assert damage in ({"garbage_scan"} if TURBO else {"garbage_scan", "cut_in_scan", "cmyk"})
 
 
 def _jpeg_bytes_cmyk(image) -> bytes:
