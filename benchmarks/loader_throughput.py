@@ -11,6 +11,17 @@ Images/s = images delivered per second of iterating an epoch, median over --epoc
 after one warm-up epoch (which includes numba compilation). The torch DataLoader runs a fixed
 --torch-batches per repetition (it is too slow for whole epochs).
 
+ImageNet-like rows (--photos N, default 2000; 0 skips them): N variable-size natural-photo JPEGs
+cut (varied size 200-640 px on the long side, aspect 0.6-1.7) from the colour photos that ship
+inside pip packages (scikit-image's skimage/data, matplotlib's sample_data; `pip install
+scikit-image` for more than one photo), in an image folder of 10 classes. Each storage size
+(--max-sides, default 256 512) is converted twice, timed: `fastprune convert --jpeg --max-side S`
+(from_image_folder, 2 workers) and ffcv's DatasetWriter (RGBImageField jpg, max_resolution S,
+quality 90, torchvision ImageFolder, 2 workers). Both loaders then read the ffcv-written file, batch
+128: RandomResizedCrop 160 / 224 + flip + normalize (ffcv: RandomResizedCropRGBImageDecoder) and
+CenterCrop 224, ratio 224/256 + normalize (ffcv: CenterCropRGBImageDecoder), fastprune and ffcv
+epochs interleaved.
+
 Modes:
   python benchmarks/loader_throughput.py             throughput table, keep-0.5 epoch, JSON
   python benchmarks/loader_throughput.py --rss       RSS per epoch over 20 epochs of raw32
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import resource
 import statistics
@@ -205,6 +217,159 @@ def run_keep_half(args, data) -> dict:
     return {"data": "raw32", "threads": threads, "full_s": full, "half_s": half, "ratio_median": round(ratio, 3)}
 
 
+# -- ImageNet-like photos ------------------------------------------------------------------------
+
+PHOTO_MEAN, PHOTO_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
+                   "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg")
+
+
+def photo_files() -> list[Path]:
+    """Colour photos shipped inside installed packages (found by path: nothing is imported)."""
+    import importlib.util
+
+    found = []
+    for package, folder, names in (("skimage", "data", _SKIMAGE_PHOTOS),
+                                   ("matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg",))):
+        spec = importlib.util.find_spec(package)
+        if spec and spec.submodule_search_locations:
+            base = Path(list(spec.submodule_search_locations)[0]) / folder
+            found += [base / n for n in names if (base / n).exists()]
+    if not found:
+        raise SystemExit("no sample photos found: pip install scikit-image (or matplotlib)")
+    return found
+
+
+def photo_folder(workdir: Path, count: int) -> Path:
+    """An image folder of `count` JPEG crops of varied size and aspect (deterministic)."""
+    from PIL import Image
+
+    root = workdir / f"photos_{count}"
+    if (root / ".complete").exists():
+        return root
+    photos = [Image.open(p).convert("RGB") for p in photo_files()]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.7)))
+        area = rng.uniform(0.25, 1.0) * photo.width * photo.height
+        w = min(photo.width, max(16, round(math.sqrt(area * aspect))))
+        h = min(photo.height, max(16, round(math.sqrt(area / aspect))))
+        left, top = int(rng.integers(0, photo.width - w + 1)), int(rng.integers(0, photo.height - h + 1))
+        long_side = int(rng.integers(200, 641))
+        scale = long_side / max(w, h)
+        crop = photo.crop((left, top, left + w, top + h)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                                 Image.Resampling.BILINEAR)
+        folder = root / f"class{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        crop.save(folder / f"{i:06d}.jpg", quality=int(rng.integers(85, 96)))
+    (root / ".complete").touch()
+    return root
+
+
+def convert_fastprune(folder: Path, out: Path, max_side: int, workers: int) -> None:
+    from fastprune.convert.image_folder import from_image_folder
+
+    from_image_folder(folder, out, jpeg=True, quality=90, max_side=max_side, workers=workers, progress=False)
+
+
+def convert_ffcv(folder: Path, out: Path, max_side: int, workers: int) -> None:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    from torchvision.datasets import ImageFolder
+
+    DatasetWriter(str(out), {"image": RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=90),
+                             "label": IntField()}, num_workers=workers).from_indexed_dataset(ImageFolder(str(folder)))
+
+
+def photo_pipeline(kind: str, size: int):
+    from fastprune.loader import CenterCrop, RandomResizedCrop
+
+    if kind == "rrc":
+        return [RandomResizedCrop(size), RandomHorizontalFlip(), Normalize(PHOTO_MEAN, PHOTO_STD)]
+    return [CenterCrop(size, ratio=224 / 256), Normalize(PHOTO_MEAN, PHOTO_STD)]
+
+
+def ffcv_photo_loader(path, threads, kind: str, size: int):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader as FfcvLoader
+    from ffcv.loader import OrderOption
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip as FFlip, ToTensor, ToTorchImage
+
+    normalize = [NormalizeImage(np.array(PHOTO_MEAN) * 255, np.array(PHOTO_STD) * 255, np.float32), ToTensor(),
+                 ToTorchImage(channels_last=False)]
+    image = ([RandomResizedCropRGBImageDecoder((size, size)), FFlip()] if kind == "rrc"
+             else [CenterCropRGBImageDecoder((size, size), ratio=224 / 256)]) + normalize
+    return FfcvLoader(str(path), batch_size=128, num_workers=threads, order=OrderOption.RANDOM, os_cache=True,
+                      drop_last=False, pipelines={"image": image, "label": [IntDecoder(), ToTensor()]})
+
+
+def interleaved_rates(loaders: dict, epochs: int) -> dict[str, list[float]]:
+    """Warm every loader up, then time one epoch of each in turn, `epochs` times."""
+    for loader in loaders.values():
+        epoch_rate(loader)
+    rates = {name: [] for name in loaders}
+    for _ in range(epochs):
+        for name, loader in loaders.items():
+            rates[name].append(epoch_rate(loader))
+    return rates
+
+
+def run_photos(args) -> dict:
+    folder = photo_folder(args.workdir, args.photos)
+    rows, ratios, conversion = [], {}, []
+    for max_side in args.max_sides:
+        times = {"fastprune": [], "ffcv": []}
+        for rep in range(args.convert_reps):  # interleaved; the last ffcv file is the one both loaders read
+            for system, convert in (("fastprune", convert_fastprune), ("ffcv", convert_ffcv)):
+                out = args.workdir / f"photos{args.photos}_{max_side}_{system}.beton"
+                out.unlink(missing_ok=True)
+                start = time.perf_counter()
+                convert(folder, out, max_side, 2)
+                times[system].append(time.perf_counter() - start)
+        conversion.append({"max_side": max_side, "images": args.photos, "workers": 2,
+                           **{f"{k}_s": [round(t, 3) for t in v] for k, v in times.items()},
+                           **{f"{k}_bytes": (args.workdir / f"photos{args.photos}_{max_side}_{k}.beton").stat().st_size
+                              for k in times}})
+        ratio = statistics.median(times["ffcv"]) / statistics.median(times["fastprune"])
+        ratios[f"conversion fastprune/ffcv speed max_side {max_side}"] = round(ratio, 2)
+        print(f"convert max_side={max_side}: fastprune {statistics.median(times['fastprune']):.2f} s, "
+              f"ffcv {statistics.median(times['ffcv']):.2f} s ({ratio:.2f}x)", flush=True)
+        path = args.workdir / f"photos{args.photos}_{max_side}_ffcv.beton"
+        for kind, size in (("rrc", 160), ("rrc", 224), ("center", 224)):
+            data = f"photo{max_side}_{kind}{size}"
+            for threads in args.threads:
+                loaders = {"fastprune": Loader(path, 128, threads=threads, seed=0, transforms=photo_pipeline(kind, size)),
+                           "ffcv": ffcv_photo_loader(path, threads, kind, size)}
+                rates = interleaved_rates(loaders, args.epochs)
+                for system, r in rates.items():
+                    rows.append({"system": system, "data": data, "threads": threads,
+                                 "img_per_s_median": round(statistics.median(r)), "img_per_s_all": [round(x) for x in r]})
+                ratio = statistics.median(rates["fastprune"]) / statistics.median(rates["ffcv"])
+                ratios[f"fastprune/ffcv {data} t{threads}"] = round(ratio, 2)
+                print(f"{data:>22} threads={threads}: fastprune {statistics.median(rates['fastprune']):7.0f} img/s, "
+                      f"ffcv {statistics.median(rates['ffcv']):7.0f} img/s ({ratio:.2f}x)", flush=True)
+    return {"runs": rows, "ratios": ratios, "conversion": conversion,
+            "keep_half": photo_keep_half(args, args.workdir / f"photos{args.photos}_{args.max_sides[0]}_ffcv.beton")}
+
+
+def photo_keep_half(args, path: Path) -> dict:
+    threads = max(args.threads)
+    make = lambda sampler: Loader(path, 128, threads=threads, seed=0, sampler=sampler,
+                                  transforms=photo_pipeline("rrc", 224))
+    full_loader, half_loader = make(None), make(HalfSampler(args.photos))
+    epoch_seconds(full_loader), epoch_seconds(half_loader)  # warm-up
+    full, half = [], []
+    for _ in range(args.epochs):
+        full.append(epoch_seconds(full_loader))
+        half.append(epoch_seconds(half_loader))
+    ratio = statistics.median(half) / statistics.median(full)
+    print(f"keep 0.5 epoch / full epoch (photos, RRC 224, threads={threads}): {ratio:.3f}")
+    return {"data": f"photo{args.max_sides[0]}_rrc224", "threads": threads, "full_s": full, "half_s": half,
+            "ratio_median": round(ratio, 3)}
+
+
 def run_rss(args, data) -> dict:
     import psutil
 
@@ -234,10 +399,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-bench"))
     parser.add_argument("--rss", action="store_true", help="only the RSS-over-epochs check")
     parser.add_argument("--rss-epochs", type=int, default=20)
+    parser.add_argument("--photos", type=int, default=2000, help="ImageNet-like photo JPEGs (0: skip those rows)")
+    parser.add_argument("--max-sides", type=int, nargs="+", default=[256, 512], help="photo storage sizes")
+    parser.add_argument("--convert-reps", type=int, default=2, help="timed conversions per system and size")
+    parser.add_argument("--no-small", action="store_true", help="skip the 28/32 px rows")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    data = datasets(args.workdir, args.limit)
+    data = None if args.no_small and not args.rss else datasets(args.workdir, args.limit)
     result = {"benchmark": "loader_throughput", "command": command_line(),
               "machine": machine(), "date": now(),
               "note": "measured while other processes may share the 2 cores; batch 256; pipeline = decode + "
@@ -246,8 +415,16 @@ def main() -> None:
         result["rss"] = run_rss(args, data)
         name = "loader_rss"
     else:
-        result.update(run_throughput(args, data))
-        result["keep_half"] = run_keep_half(args, data)
+        result.update({"runs": [], "ratios": {}})
+        if data is not None:
+            result.update(run_throughput(args, data))
+            result["keep_half"] = run_keep_half(args, data)
+        if args.photos:
+            photos = run_photos(args)
+            result["runs"] += photos["runs"]
+            result["ratios"].update(photos["ratios"])
+            result["photo_conversion"] = photos["conversion"]
+            result["photo_keep_half"] = photos["keep_half"]
         print("\nratios:")
         for key, value in result["ratios"].items():
             print(f"  {key:>32}: {value:.2f}x")

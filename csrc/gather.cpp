@@ -5,7 +5,8 @@
 // a persistent thread pool. Each call assembles one batch of selected samples into a
 // caller-owned uint8 [B, H, W, 3] buffer with the GIL released:
 //   gather(ids, out)              raw copy / JPEG decode; every sample must already be HxW.
-//   gather_crops(ids, crops, out) read or decode, crop (top, left, h, w), bilinear resize.
+//   gather_crops(ids, crops, out) read or decode, crop (top, left, h, w), bilinear resize; a
+//                                 JPEG decodes only the window (see jpeg_decode.hpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -28,59 +29,87 @@ using Crops2D = nb::ndarray<const int32_t, nb::ndim<2>, nb::c_contig, nb::device
 
 std::string sample_name(int64_t id) { return "sample " + std::to_string(id); }
 
-// Decoded (or raw, borrowed) pixels of one sample; frees what it decoded.
-struct Pixels {
-    const uint8_t *data = nullptr;
-    int height = 0, width = 0;
-    uint8_t *owned = nullptr;
-    Pixels() = default;
-    Pixels(const Pixels &) = delete;
-    ~Pixels() {
-        if (owned) free_decoded(owned);
-    }
+// A crop window in a pixel buffer (edge coordinates: fractional when the JPEG decoder
+// downscaled in the IDCT, integral otherwise).
+struct Window {
+    const uint8_t *pixels;
+    int rows, cols;  // the buffer
+    double top, left, height, width;
 };
 
-// Bilinear resize of src[top:top+h, left:left+w] into dst (out_h x out_w x 3), sampling at pixel
-// centres (the convention of cv2.INTER_LINEAR / PIL), clamped to the crop window.
-void resize_crop(const uint8_t *src, int src_w, int top, int left, int h, int w, uint8_t *dst, int out_h, int out_w) {
-    if (h == out_h && w == out_w) {  // pure crop: row copies
+// Horizontal taps of a bilinear resample: for output column x, source columns x0[x] and
+// x0[x] + step[x] (step 0 at the clamped edge) and the 8-bit weight of the second.
+struct Taps {
+    std::vector<int> x0, step, frac;
+};
+
+Taps make_taps(double start, double length, int first, int last, int out_size) {
+    Taps t;
+    t.x0.resize(out_size);
+    t.step.resize(out_size);
+    t.frac.resize(out_size);
+    for (int x = 0; x < out_size; ++x) {
+        double sx = start + (x + 0.5) * length / out_size - 0.5;  // pixel-centre sampling
+        sx = std::min(std::max(sx, double(first)), double(last));
+        int x0 = std::min(int(sx), last);
+        t.x0[x] = x0;
+        t.step[x] = x0 < last ? 1 : 0;
+        t.frac[x] = int(std::lround((sx - x0) * 256));
+    }
+    return t;
+}
+
+// Bilinear resize of a window into dst (out_h x out_w x 3), sampling at pixel centres (the
+// convention of cv2.INTER_LINEAR / PIL), clamped to the pixels the window covers. Separable, in
+// 8-bit fixed point: each output row blends two horizontally resampled source rows, which
+// consecutive output rows mostly share. Within 1 grey level of the float formula.
+void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w) {
+    const int top = int(win.top), left = int(win.left);
+    if (win.top == top && win.left == left && win.height == out_h && win.width == out_w) {  // pure crop
         for (int y = 0; y < out_h; ++y)
-            std::memcpy(dst + size_t(y) * out_w * 3, src + (size_t(top + y) * src_w + left) * 3, size_t(out_w) * 3);
+            std::memcpy(dst + size_t(y) * out_w * 3, win.pixels + (size_t(top + y) * win.cols + left) * 3,
+                        size_t(out_w) * 3);
         return;
     }
-    std::vector<int> x0(out_w), x1(out_w);
-    std::vector<double> fx(out_w);
-    for (int x = 0; x < out_w; ++x) {
-        double sx = (x + 0.5) * w / out_w - 0.5;
-        sx = std::min(std::max(sx, 0.0), double(w - 1));
-        x0[x] = int(sx);
-        x1[x] = std::min(x0[x] + 1, w - 1);
-        fx[x] = sx - x0[x];
-    }
-    for (int y = 0; y < out_h; ++y) {
-        double sy = (y + 0.5) * h / out_h - 0.5;
-        sy = std::min(std::max(sy, 0.0), double(h - 1));
-        int y0 = int(sy), y1 = std::min(y0 + 1, h - 1);
-        double fy = sy - y0;
-        const uint8_t *row0 = src + (size_t(top + y0) * src_w + left) * 3;
-        const uint8_t *row1 = src + (size_t(top + y1) * src_w + left) * 3;
-        uint8_t *out = dst + size_t(y) * out_w * 3;
+    auto last_of = [](double start, double length, int size) {
+        return std::min(int(std::ceil(start + length)) - 1, size - 1);
+    };
+    Taps tx = make_taps(win.left, win.width, left, last_of(win.left, win.width, win.cols), out_w);
+    Taps ty = make_taps(win.top, win.height, top, last_of(win.top, win.height, win.rows), out_h);
+    std::vector<uint16_t> rows[2] = {std::vector<uint16_t>(size_t(out_w) * 3), std::vector<uint16_t>(size_t(out_w) * 3)};
+    int cached[2] = {-1, -1};
+    auto horizontal = [&](int src_row, int slot) {
+        if (cached[slot] == src_row) return;
+        const uint8_t *src = win.pixels + size_t(src_row) * win.cols * 3;
+        uint16_t *row = rows[slot].data();
         for (int x = 0; x < out_w; ++x) {
-            for (int c = 0; c < 3; ++c) {
-                double top_v = row0[x0[x] * 3 + c] * (1 - fx[x]) + row0[x1[x] * 3 + c] * fx[x];
-                double bot_v = row1[x0[x] * 3 + c] * (1 - fx[x]) + row1[x1[x] * 3 + c] * fx[x];
-                out[x * 3 + c] = uint8_t(top_v * (1 - fy) + bot_v * fy + 0.5);
-            }
+            const uint8_t *a = src + size_t(tx.x0[x]) * 3, *b = a + tx.step[x] * 3;
+            int f = tx.frac[x];
+            for (int c = 0; c < 3; ++c) row[x * 3 + c] = uint16_t(a[c] * (256 - f) + b[c] * f);
         }
+        cached[slot] = src_row;
+    };
+    for (int y = 0; y < out_h; ++y) {
+        int y0 = ty.x0[y], y1 = y0 + ty.step[y], f = ty.frac[y];
+        if (cached[1] == y0) {  // slide down: the old bottom row is the new top row
+            std::swap(rows[0], rows[1]);
+            std::swap(cached[0], cached[1]);
+        }
+        horizontal(y0, 0);
+        horizontal(y1, 1);
+        const uint16_t *a = rows[0].data(), *b = rows[1].data();
+        uint8_t *out = dst + size_t(y) * out_w * 3;
+        for (int i = 0; i < out_w * 3; ++i) out[i] = uint8_t((a[i] * (256 - f) + b[i] * f + 32768) >> 16);
     }
 }
 
 class ImageGather {
 public:
     ImageGather(ROArray1D<uint8_t> buffer, ROArray1D<uint64_t> offsets, ROArray1D<uint64_t> sizes,
-                ROArray1D<uint8_t> modes, ROArray1D<uint32_t> heights, ROArray1D<uint32_t> widths, size_t threads)
+                ROArray1D<uint8_t> modes, ROArray1D<uint32_t> heights, ROArray1D<uint32_t> widths, size_t threads,
+                uint64_t max_pixels)
         : buffer_(buffer), offsets_(offsets), sizes_(sizes), modes_(modes), heights_(heights), widths_(widths),
-          pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads)) {
+          max_pixels_(max_pixels), pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads)) {
         size_t n = offsets.shape(0);
         if (sizes.shape(0) != n || modes.shape(0) != n || heights.shape(0) != n || widths.shape(0) != n)
             fail_value("ImageGather: offsets, sizes, modes, heights and widths must have one entry per sample (got " +
@@ -91,6 +120,7 @@ public:
 
     size_t num_samples() const { return offsets_.shape(0); }
     size_t threads() const { return pool_->size(); }
+    uint64_t max_pixels() const { return max_pixels_; }
 
     void gather(ROArray1D<int64_t> ids, Batch4D out, size_t max_threads) {
         check_out(ids, out, "gather");
@@ -109,9 +139,9 @@ public:
             if (modes_.data()[s] == MODE_RAW) {
                 std::memcpy(dst + b * stride, buffer_.data() + offsets_.data()[s], stride);
             } else {
-                Pixels px;
-                decode(s, px);
-                std::memcpy(dst + b * stride, px.data, stride);
+                JpegRegionOwner decoded;
+                decode(s, JpegRequest{}, decoded.region);  // the whole image, checked to be out_h x out_w
+                std::memcpy(dst + b * stride, decoded.region.pixels, stride);
             }
         });
     }
@@ -129,22 +159,28 @@ public:
         nb::gil_scoped_release no_gil;
         run(ids.shape(0), max_threads, [&](size_t b) {
             int64_t s = checked_id(id[b], b);
-            Pixels px;
-            if (modes_.data()[s] == MODE_RAW) {
-                px.data = buffer_.data() + offsets_.data()[s];
-                px.height = int(heights_.data()[s]);
-                px.width = int(widths_.data()[s]);
-            } else {
-                decode(s, px);
-            }
             const int32_t *c = crop + b * 4;
-            if (c[0] < 0 || c[1] < 0 || c[2] <= 0 || c[3] <= 0 || int64_t(c[0]) + c[2] > px.height ||
-                int64_t(c[1]) + c[3] > px.width)
+            const int height = int(heights_.data()[s]), width = int(widths_.data()[s]);
+            if (c[0] < 0 || c[1] < 0 || c[2] <= 0 || c[3] <= 0 || int64_t(c[0]) + c[2] > height ||
+                int64_t(c[1]) + c[3] > width)
                 fail_value("gather_crops: crop (top=" + std::to_string(c[0]) + ", left=" + std::to_string(c[1]) +
                            ", h=" + std::to_string(c[2]) + ", w=" + std::to_string(c[3]) + ") of batch row " +
-                           std::to_string(b) + " is outside " + sample_name(s) + " (" + std::to_string(px.height) +
-                           "x" + std::to_string(px.width) + ")");
-            resize_crop(px.data, px.width, c[0], c[1], c[2], c[3], dst + b * stride, out_h, out_w);
+                           std::to_string(b) + " is outside " + sample_name(s) + " (" + std::to_string(height) +
+                           "x" + std::to_string(width) + ")");
+            if (modes_.data()[s] == MODE_RAW) {
+                Window win{buffer_.data() + offsets_.data()[s], height, width, double(c[0]), double(c[1]),
+                           double(c[2]), double(c[3])};
+                resize_window(win, dst + b * stride, out_h, out_w);
+                return;
+            }
+            JpegRequest request;  // decode only the window, downscaled in the IDCT when it is >= 2x the output
+            request.top = c[0], request.left = c[1], request.height = c[2], request.width = c[3];
+            request.min_height = out_h, request.min_width = out_w;
+            JpegRegionOwner decoded;
+            decode(s, request, decoded.region);
+            const JpegRegion &r = decoded.region;
+            resize_window(Window{r.pixels, r.rows, r.cols, r.top, r.left, r.height, r.width}, dst + b * stride,
+                          out_h, out_w);
         });
     }
 
@@ -186,26 +222,16 @@ private:
                        std::to_string(ids.shape(0)));
     }
 
-    void decode(int64_t s, Pixels &px) const {
+    // Decodes (part of) JPEG sample s. The header is checked against the metadata and the pixel
+    // cap before the decoder allocates anything: a corrupted header must not make it allocate
+    // (and fill) an image far larger than the one the metadata describes.
+    void decode(int64_t s, JpegRequest request, JpegRegion &out) const {
+        request.expect_height = heights_.data()[s];
+        request.expect_width = widths_.data()[s];
+        request.max_pixels = max_pixels_;
         std::string error;
-        const uint8_t *data = buffer_.data() + offsets_.data()[s];
-        // Check the header's size first: a corrupted header must not make the decoder allocate
-        // (and fill) an image far larger than the one the metadata describes.
-        int header_w = 0, header_h = 0;
-        if (!jpeg_dimensions(data, sizes_.data()[s], header_w, header_h))
-            fail_value("JPEG decode of " + sample_name(s) + " failed: unreadable JPEG header");
-        if (uint32_t(header_h) != heights_.data()[s] || uint32_t(header_w) != widths_.data()[s])
-            fail_value("JPEG " + sample_name(s) + " decodes to " + std::to_string(header_h) + "x" +
-                       std::to_string(header_w) + " but the store's metadata says " +
-                       std::to_string(heights_.data()[s]) + "x" + std::to_string(widths_.data()[s]) +
-                       " (read from its header, before decoding)");
-        px.owned = decode_jpeg_rgb(data, sizes_.data()[s], px.width, px.height, error);
-        if (!px.owned) fail_value("JPEG decode of " + sample_name(s) + " failed: " + error);
-        px.data = px.owned;
-        if (uint32_t(px.height) != heights_.data()[s] || uint32_t(px.width) != widths_.data()[s])
-            fail_value("JPEG " + sample_name(s) + " decodes to " + std::to_string(px.height) + "x" +
-                       std::to_string(px.width) + " but the store's metadata says " +
-                       std::to_string(heights_.data()[s]) + "x" + std::to_string(widths_.data()[s]));
+        if (!decode_jpeg_region(buffer_.data() + offsets_.data()[s], sizes_.data()[s], request, out, error))
+            fail_value("JPEG decode of " + sample_name(s) + " failed: " + error);
     }
 
     // One task per chunk of rows: few enough to keep pool overhead small, enough to balance.
@@ -225,21 +251,33 @@ private:
     ROArray1D<uint64_t> offsets_, sizes_;
     ROArray1D<uint8_t> modes_;
     ROArray1D<uint32_t> heights_, widths_;
+    uint64_t max_pixels_;
     std::unique_ptr<ThreadPool> pool_;
 };
 
-// One-off decode (tests, tools): JPEG bytes -> uint8 [H, W, 3] numpy array.
-nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data) {
+// One-off decode (tests, the converter's check of JPEGs it stores as they are): JPEG bytes ->
+// uint8 [H, W, 3] numpy array; with min_height/min_width, DCT-downscaled (libjpeg-turbo) as far
+// as keeps at least that size (a cheap full check of the entropy-coded data).
+nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data, uint64_t max_pixels, int min_height,
+                                                         int min_width) {
     std::string error;
-    int w = 0, h = 0;
-    uint8_t *pixels;
+    JpegRequest request;
+    request.max_pixels = max_pixels;
+    request.min_height = min_height;
+    request.min_width = min_width;
+    auto *owner = new JpegRegionOwner();
+    bool ok;
     {
         nb::gil_scoped_release no_gil;
-        pixels = decode_jpeg_rgb(data.data(), data.shape(0), w, h, error);
+        ok = decode_jpeg_region(data.data(), data.shape(0), request, owner->region, error);
     }
-    if (!pixels) fail_value("decode_jpeg: " + error);
-    nb::capsule owner(pixels, [](void *p) noexcept { free_decoded(static_cast<uint8_t *>(p)); });
-    return nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>>(pixels, {size_t(h), size_t(w), 3}, owner);
+    if (!ok) {
+        delete owner;
+        fail_value("decode_jpeg: " + error);
+    }
+    const JpegRegion &r = owner->region;
+    nb::capsule capsule(owner, [](void *p) noexcept { delete static_cast<JpegRegionOwner *>(p); });
+    return nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>>(r.pixels, {size_t(r.rows), size_t(r.cols), 3}, capsule);
 }
 
 }  // namespace
@@ -248,17 +286,22 @@ void bind_loader(nb::module_ &m) {
     nb::class_<ImageGather>(m, "ImageGather",
                             "Assembles batches of one image field of a memory-mapped store (see csrc/gather.cpp).")
         .def(nb::init<ROArray1D<uint8_t>, ROArray1D<uint64_t>, ROArray1D<uint64_t>, ROArray1D<uint8_t>,
-                      ROArray1D<uint32_t>, ROArray1D<uint32_t>, size_t>(),
+                      ROArray1D<uint32_t>, ROArray1D<uint32_t>, size_t, uint64_t>(),
              nb::arg("buffer"), nb::arg("offsets"), nb::arg("sizes"), nb::arg("modes"), nb::arg("heights"),
-             nb::arg("widths"), nb::arg("threads") = 1)
+             nb::arg("widths"), nb::arg("threads") = 1, nb::arg("max_pixels") = DEFAULT_MAX_PIXELS)
         .def_prop_ro("num_samples", &ImageGather::num_samples)
         .def_prop_ro("threads", &ImageGather::threads)
+        .def_prop_ro("max_pixels", &ImageGather::max_pixels)
         .def("gather", &ImageGather::gather, nb::arg("ids"), nb::arg("out"), nb::arg("max_threads") = 0,
              "Copy/decode samples ids into out[:len(ids)] (uint8 [B, H, W, 3]); all must be HxW.")
         .def("gather_crops", &ImageGather::gather_crops, nb::arg("ids"), nb::arg("crops"), nb::arg("out"),
              nb::arg("max_threads") = 0,
              "Read/decode samples ids, crop crops[b] = (top, left, h, w) and resize bilinearly into out[b].");
-    m.def("decode_jpeg", &decode_jpeg, nb::arg("data"), "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
+    m.def("decode_jpeg", &decode_jpeg, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
+          nb::arg("min_height") = 0, nb::arg("min_width") = 0,
+          "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
+    m.attr("JPEG_BACKEND") = jpeg_backend();
+    m.attr("DEFAULT_MAX_PIXELS") = DEFAULT_MAX_PIXELS;
 }
 
 }  // namespace fastprune

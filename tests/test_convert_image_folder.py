@@ -164,3 +164,42 @@ def test_conflicting_size_options_and_bad_output_folder(png_tree, tmp_path):
         from_image_folder(root, tmp_path / "o.beton", max_side=4, resize=(2, 2), progress=False)
     with pytest.raises(ConversionError, match="output folder .*nowhere does not exist"):
         from_image_folder(root, tmp_path / "nowhere/o.beton", progress=False)
+
+
+def test_fitting_baseline_jpegs_are_stored_byte_for_byte(tmp_path):
+    """--jpeg keeps a baseline JPEG that needs no resizing as it is (no re-encode); progressive
+    files, PNGs and files that must shrink are re-encoded; a damaged JPEG is still named."""
+    root = tmp_path / "tree"
+    save(root / "a/baseline.jpg", smooth_image(30, 40), quality=95)
+    save(root / "a/grey.jpg", smooth_image(20, 20)[:, :, 0], quality=95)
+    save(root / "a/progressive.jpg", smooth_image(30, 40), quality=95, progressive=True)
+    save(root / "b/large.jpg", smooth_image(60, 80), quality=95)
+    save(root / "b/small.png", smooth_image(10, 12))
+    out = from_image_folder(root, tmp_path / "j.beton", jpeg=True, quality=80, max_side=48, progress=False)
+    with fastprune.Store(out) as store:
+        offsets, sizes = store.field_ranges("image")
+        stored_bytes = [store.buffer[int(o):int(o) + int(n)].tobytes() for o, n in zip(offsets, sizes)]
+        shapes = [image.shape[:2] for image, _ in store]
+    names = ["baseline.jpg", "grey.jpg", "progressive.jpg", "large.jpg", "small.png"]
+    kept = [stored_bytes[i] == (root / ("a" if i < 3 else "b") / name).read_bytes() for i, name in enumerate(names)]
+    assert kept == [True, True, False, False, False]
+    assert shapes == [(30, 40), (20, 20), (30, 40), (36, 48), (10, 12)]
+    (root / "a/baseline.jpg").write_bytes((root / "a/baseline.jpg").read_bytes()[:300])  # cut in the scan
+    with pytest.raises(ConversionError, match=r"baseline\.jpg"):
+        from_image_folder(root, tmp_path / "k.beton", jpeg=True, max_side=48, progress=False)
+
+
+def test_baseline_jpeg_size_reads_only_baseline_frames():
+    from io import BytesIO
+
+    from fastprune.convert.image_folder import baseline_jpeg_size
+
+    def encoded(**options):
+        out = BytesIO()
+        Image.fromarray(smooth_image(9, 14)).save(out, "JPEG", **options)
+        return out.getvalue()
+
+    assert baseline_jpeg_size(encoded()) == (9, 14)
+    assert baseline_jpeg_size(encoded(progressive=True)) is None
+    for junk in (b"", b"\xff\xd8", b"\xff\xd8\xff\xc0\x00", b"not a jpeg", encoded()[:20]):
+        assert baseline_jpeg_size(junk) is None

@@ -342,6 +342,30 @@ def _pil_jpegs() -> list[bytes]:
     return out
 
 
+def _damaged(payload: bytearray, data) -> bytearray:
+    """Flipped bytes, a cut, a frame header claiming a huge (or empty) image, or garbage."""
+    kind = data.draw(st.sampled_from(["flip", "truncate", "huge", "garbage"]), label="kind")
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            pos = data.draw(st.integers(0, len(payload) - 1))
+            payload[pos] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        payload = payload[: data.draw(st.integers(0, len(payload) - 1))]
+    elif kind == "huge":  # SOF0 height/width set to 65535 or large values
+        sof = payload.find(b"\xff\xc0")
+        assume_found = sof >= 0
+        if assume_found:
+            h = data.draw(st.sampled_from([0, 1, 65535, 40000]))
+            w = data.draw(st.sampled_from([0, 1, 65535, 40000]))
+            payload[sof + 5:sof + 7] = h.to_bytes(2, "big")
+            payload[sof + 7:sof + 9] = w.to_bytes(2, "big")
+    else:
+        payload = bytearray(data.draw(st.binary(min_size=0, max_size=300)))
+        if data.draw(st.booleans()):
+            payload[:2] = b"\xff\xd8"
+    return payload
+
+
 PIL_JPEGS = _pil_jpegs()
 # scripts/sanitize runs the decoder fuzz longer: memory errors there are what ASan/UBSan find
 DECODER_CASES = 5000 if os.environ.get("FASTPRUNE_SANITIZED") else 1000
@@ -362,31 +386,61 @@ def test_fuzz_native_decoder_on_damaged_jpegs(jpeg, tally, data):
             offsets, sizes = store.field_ranges("image")
             i = data.draw(st.integers(0, len(store) - 1), label="sample")
             payload = bytearray(store.buffer[int(offsets[i]):int(offsets[i]) + int(sizes[i])].tobytes())
-    kind = data.draw(st.sampled_from(["flip", "truncate", "huge", "garbage"]), label="kind")
-    if kind == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            pos = data.draw(st.integers(0, len(payload) - 1))
-            payload[pos] ^= data.draw(st.integers(1, 255))
-    elif kind == "truncate":
-        payload = payload[: data.draw(st.integers(0, len(payload) - 1))]
-    elif kind == "huge":  # SOF0 height/width set to 65535 or large values
-        sof = payload.find(b"\xff\xc0")
-        assume_found = sof >= 0
-        if assume_found:
-            h = data.draw(st.sampled_from([0, 1, 65535, 40000]))
-            w = data.draw(st.sampled_from([0, 1, 65535, 40000]))
-            payload[sof + 5:sof + 7] = h.to_bytes(2, "big")
-            payload[sof + 7:sof + 9] = w.to_bytes(2, "big")
-    else:
-        payload = bytearray(data.draw(st.binary(min_size=0, max_size=300)))
-        if data.draw(st.booleans()):
-            payload[:2] = b"\xff\xd8"
+    payload = _damaged(payload, data)
     try:
         image = core.decode_jpeg(np.frombuffer(bytes(payload), dtype=np.uint8))
     except ValueError:
         tally.add("error")
         return
     assert image.ndim == 3 and image.shape[2] == 3
+    tally.add("ok")
+
+
+def _photo_jpegs() -> list[bytes]:
+    """A 72x96 natural photo (matplotlib's sample) as baseline 4:2:0 / 4:2:2 / 4:4:4, progressive
+    and grey JPEGs: large enough for crop windows and every IDCT scale."""
+    import io
+
+    import matplotlib
+    from PIL import Image
+
+    photo = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    photo = photo.resize((96, 72))
+    out = []
+    for image, options in ((photo, {}), (photo, {"subsampling": 1}), (photo, {"subsampling": 0}),
+                           (photo, {"progressive": True}), (photo.convert("L"), {})):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85, **options)
+        out.append(buf.getvalue())
+    return out
+
+
+PHOTO_JPEGS = _photo_jpegs()
+
+
+@pytest.mark.timeout(300)
+@_settings(DECODER_CASES)
+@given(data=st.data())
+def test_fuzz_crop_window_decode_on_damaged_jpegs(tally, data):
+    """The loader's fused-crop path: damaged streams decoded through a random crop window and
+    output size (so crop_scanline, skip_scanlines and every IDCT scale run on bad data)."""
+    from fastprune._native import core
+
+    payload = _damaged(bytearray(data.draw(st.sampled_from(PHOTO_JPEGS), label="seed")), data)
+    if not payload:
+        payload = bytearray(b"\0")  # an empty range is refused when the gather is built
+    top, left = data.draw(st.integers(0, 71), label="top"), data.draw(st.integers(0, 95), label="left")
+    crop = [top, left, data.draw(st.integers(1, 72 - top), label="h"), data.draw(st.integers(1, 96 - left), label="w")]
+    out = np.empty((1, data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40)), 3), np.uint8)
+    gather = core.ImageGather(np.frombuffer(bytes(payload), np.uint8), np.zeros(1, np.uint64),
+                              np.array([len(payload)], np.uint64), np.zeros(1, np.uint8), np.array([72], np.uint32),
+                              np.array([96], np.uint32), 1)
+    try:
+        gather.gather_crops(np.zeros(1, np.int64), np.array([crop], np.int32), out)
+    except ValueError as exc:
+        assert "JPEG decode of sample 0 failed" in str(exc)
+        tally.add("error")
+        return
     tally.add("ok")
 
 

@@ -137,3 +137,27 @@ def test_bad_arguments_name_the_argument():
         Normalize(std=(1, 0, 1))
     with pytest.raises(ValueError, match="size"):
         Cutout(0)
+
+
+def test_normalize_reuses_output_memory_only_after_every_tensor_on_it_is_gone():
+    import copy
+    import pickle
+
+    norm = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    ids = np.arange(2, dtype=np.int64)
+    images = [np.full((2, 4, 5, 3), v, np.uint8) for v in (10, 20, 30, 40)]
+    first = norm(images[0], ids, 0)
+    kept = first.clone()
+    view = first[1]  # a view keeps the storage alive after `first` is dropped
+    pointer = first.data_ptr()
+    del first
+    second = norm(images[1], ids, 0)
+    assert second.data_ptr() != pointer
+    assert torch.equal(view, kept[1])
+    del view
+    third = norm(images[2], ids, 0)
+    assert third.data_ptr() == pointer  # recycled once nothing used it
+    assert torch.equal(second, torch.full_like(second, (20 / 255 - 0.5) / 0.25))
+    assert torch.equal(third, torch.full_like(third, (30 / 255 - 0.5) / 0.25))
+    for clone in (copy.deepcopy(norm), pickle.loads(pickle.dumps(norm))):
+        assert torch.equal(clone(images[3], ids, 0), norm(images[3], ids, 0))

@@ -13,6 +13,16 @@ from .errors import CheckpointError, ConversionError, FastpruneError, StoreError
 
 __version__ = "0.1.0"
 
+
+def build_info() -> dict:
+    """How the native core was built: ``{"version", "jpeg_decoder", "max_image_pixels"}``.
+
+    ``jpeg_decoder`` is ``"libjpeg-turbo X.Y.Z"`` when the build found the system library (it
+    decodes only the window a resized crop keeps) or ``"stb_image ... (vendored)"``, the slower
+    fallback (see the README's install notes)."""
+    return {"version": __version__, "jpeg_decoder": _core.JPEG_BACKEND,
+            "max_image_pixels": int(_core.DEFAULT_MAX_PIXELS)}
+
 # public name -> module that defines it
 _LAZY = {
     "write_dataset": "fastprune.store.writer",
@@ -54,4 +64,5 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["CheckpointError", "ConversionError", "FastpruneError", "StoreError", "__version__", *_LAZY]
+__all__ = ["CheckpointError", "ConversionError", "FastpruneError", "StoreError", "__version__", "build_info",
+           *_LAZY]

@@ -196,10 +196,20 @@ def fit_image(image: np.ndarray, *, max_side: int | None = None,
         return image
     if target == (height, width):
         return image
+    if target[0] <= height and target[1] <= width and _cv2() is not None:
+        # shrinking: OpenCV's area interpolation (ffcv's choice) is ~10x faster than PIL's Lanczos
+        cv2 = _cv2()
+        return cv2.resize(np.ascontiguousarray(image), (target[1], target[0]), interpolation=cv2.INTER_AREA)
     from PIL import Image
 
     resized = Image.fromarray(image).resize((target[1], target[0]), Image.Resampling.LANCZOS)
     return np.asarray(resized)
+
+
+def _cv2():
+    from ..store.fields import _cv2 as cv2  # imported once there, None when OpenCV is missing
+
+    return cv2
 
 
 def fitted_shape(height: int, width: int, *, max_side: int | None = None,

@@ -13,12 +13,18 @@ Rules:
 * files directly in the root are ignored (they belong to no class);
 * an image whose header claims more than ``max_pixels`` pixels is refused before it is decoded
   (a few bytes can claim gigabytes), as is a truncated image.
+
+JPEG storage (``jpeg=True``) keeps a file's own bytes when it needs no resizing and is a
+baseline 8-bit JPEG (grey or YCbCr) that decodes cleanly: no decode/re-encode, no generation
+loss, and the conversion costs only a check (a 1/8-scale decode). Other files are decoded (a
+JPEG that must shrink by 2x or more is decoded already DCT-downscaled), fitted and re-encoded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._native import core
 from ..errors import ConversionError
+from ..store.fields import EncodedJpeg
 from . import _common
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
@@ -79,20 +87,54 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def read_image(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one file to HxWx3 uint8; any decoding failure names the file.
+def baseline_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a baseline (SOF0/SOF1, 8-bit, 1 or 3 components) JPEG, from its
+    markers; None for anything else (progressive, arithmetic, 12-bit, CMYK, not a JPEG)."""
+    pos = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame
+            frame = data[pos + 4:pos + 10]
+            if marker not in (0xC0, 0xC1) or len(frame) < 6 or frame[0] != 8 or frame[5] not in (1, 3):
+                return None
+            height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+            return (height, width) if height and width else None
+        if marker == 0xDA or length < 2:  # scan before any frame header: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
 
-    The size in the header is checked against ``max_pixels`` before any pixel is decoded.
-    """
+
+def _stored_as_is(path: Path, data: bytes, max_side, resize, max_pixels) -> EncodedJpeg | None:
+    """The file's own bytes, when they can be stored unchanged (see the module docstring)."""
+    size = baseline_jpeg_size(data) if path.suffix.lower() in (".jpg", ".jpeg") else None
+    if size is None or _common.fitted_shape(*size, max_side=max_side, resize=resize) != size:
+        return None
+    _common.check_pixels(*size, max_pixels, str(path))
+    try:  # the loader must be able to decode every stored byte: check it now, cheaply
+        core.decode_jpeg(np.frombuffer(data, np.uint8), min_height=1, min_width=1)
+    except ValueError:
+        return None  # let PIL decode it (and name the file if it cannot)
+    return EncodedJpeg(data, *size)
+
+
+def read_fitted(path: Path, data: bytes, max_side, resize,
+                max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode and fit one file (its size checked against ``max_pixels`` before any pixel is
+    decoded); a JPEG that shrinks by 2x or more is decoded DCT-downscaled."""
     from PIL import Image
 
-    with _open_image(path) as image:
-        _common.check_pixels(image.size[1], image.size[0], max_pixels, str(path))
+    with _open_image(path, data) as image:
+        _common.check_pixels(image.height, image.width, max_pixels, str(path))
+        target = _common.fitted_shape(image.height, image.width, max_side=max_side, resize=resize)
+        if image.format == "JPEG" and target != (image.height, image.width):
+            image.draft("RGB", (target[1], target[0]))  # keeps at least the target size
         try:
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ConversionError(f"{path}: cannot decode image: {exc}") from exc
-        return _common.pil_to_rgb(image, str(path))
+        pixels = _common.pil_to_rgb(image, str(path))
+    return _common.fit_image(pixels, resize=target)
 
 
 def read_size(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -104,15 +146,16 @@ def read_size(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple
 
 
 @contextlib.contextmanager
-def _open_image(path: Path):
-    """PIL's lazy open (header only), with its errors and size warnings turned into one-line
-    ConversionErrors; fastprune checks the size itself, against its own limit."""
+def _open_image(path: Path, data: bytes | None = None):
+    """PIL's lazy open (header only) of ``path`` (or of its bytes ``data``, already read), with its
+    errors and size warnings turned into one-line ConversionErrors; fastprune checks the size
+    itself, against its own limit."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path if data is None else io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open
         raise ConversionError(f"{path}: {exc} (PIL's own hard limit, above any --max-pixels; raise "
                               "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)") from None
@@ -139,17 +182,25 @@ class ImageFolderSource:
 
     def __init__(self, paths: list[Path], labels: np.ndarray, *, max_side: int | None,
                  resize: tuple[int, int] | None, one_shape: tuple[int, int] | None = None,
-                 max_pixels: int = _common.DEFAULT_MAX_PIXELS):
+                 max_pixels: int = _common.DEFAULT_MAX_PIXELS, keep_jpeg: bool = False):
         self.paths, self.labels = paths, labels
         self.max_side, self.resize, self.max_pixels = max_side, resize, max_pixels
         self.one_shape = one_shape  # raw storage: the shape the header pass found for all files
+        self.keep_jpeg = keep_jpeg  # JPEG storage: store fitting baseline JPEGs unchanged
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path = self.paths[index]
-        image = _common.fit_image(read_image(path, self.max_pixels), max_side=self.max_side, resize=self.resize)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConversionError(f"{path}: cannot read image: {exc}") from exc
+        as_is = _stored_as_is(path, data, self.max_side, self.resize, self.max_pixels) if self.keep_jpeg else None
+        if as_is is not None:
+            return as_is, int(self.labels[index])
+        image = read_fitted(path, data, self.max_side, self.resize, self.max_pixels)
         if self.one_shape is not None and image.shape[:2] != self.one_shape:  # header lied
             raise _common.mixed_shape_error((str(self.paths[0]), (*self.one_shape, 3)),
                                             (str(path), image.shape))
@@ -175,5 +226,5 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                                                   workers=workers, max_pixels=max_pixels)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, keep_jpeg=jpeg)
     return _common.write(out, source, fields, workers=workers, progress=progress)

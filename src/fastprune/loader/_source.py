@@ -47,7 +47,8 @@ class ImageSource:
         return (h, w) if same else None
 
 
-def open_source(store_or_path, image_field: str | None, label_field: str | None, threads: int) -> ImageSource:
+def open_source(store_or_path, image_field: str | None, label_field: str | None, threads: int,
+                max_pixels: int = core.DEFAULT_MAX_PIXELS) -> ImageSource:
     if isinstance(store_or_path, (str, os.PathLike)):
         store_or_path = _open_path(os.fspath(store_or_path))
     columns, ranges, owner = _describe(store_or_path)
@@ -64,7 +65,7 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
     widths = np.ascontiguousarray(meta["width"], np.uint32)
     gather = core.ImageGather(owner_buffer(owner), np.ascontiguousarray(offsets, np.uint64),
                               np.ascontiguousarray(sizes, np.uint64), np.ascontiguousarray(meta["mode"], np.uint8),
-                              heights, widths, max(1, threads))
+                              heights, widths, max(1, threads), int(max_pixels))
     labels = None if label_field is None else np.ascontiguousarray(columns[label_field], np.int64)
     return ImageSource(gather, heights, widths, labels, image_field, label_field, owner)
 

@@ -6,6 +6,11 @@ producer threads. A producer builds whole batches: native gather/decode (GIL rel
 numba transforms (nogil). Batch k is built by producer k % threads and delivered in order, so
 results are identical whatever the thread count; at most ``prefetch`` finished batches wait per
 producer, which bounds memory.
+
+Why producer threads rather than one producer and the native thread pool inside each gather:
+the producers also run the transforms in parallel. Measured on 2 cores (2026-12-03, 2 threads,
+images/s): raw 32 px 180k vs 156k with the pool; 256 px JPEG RandomResizedCrop 224 2,084 vs 1,862,
+CenterCrop 2,527 vs 2,241.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ class Loader:
             remainder of the selection past a multiple of world_size is dropped that epoch).
         image_field / label_field: field names (default: the only image field; "label" or the
             only integer field).
+        max_image_pixels: a JPEG whose header claims more pixels is refused (ValueError naming
+            the sample) before anything is allocated; default 2**27 (a 403 MB RGB image), so a
+            damaged or hostile header cannot make the loader allocate gigabytes.
 
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
     ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass
@@ -87,7 +95,8 @@ class Loader:
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
-                 distributed="auto", image_field: str | None = None, label_field: str | None = None):
+                 distributed="auto", image_field: str | None = None, label_field: str | None = None,
+                 max_image_pixels: int = 1 << 27):
         batch_size = _positive_int(batch_size, "batch_size")
         if threads is not None:
             threads = _positive_int(threads, "threads")
@@ -105,7 +114,8 @@ class Loader:
         self.device = _check_device(device)
         self.rank, self.world_size = resolve_ranks(distributed)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda")
-        self._source = open_source(store_or_path, image_field, label_field, threads=1)
+        self._source = open_source(store_or_path, image_field, label_field, threads=1,
+                                   max_pixels=_positive_int(max_image_pixels, "max_image_pixels"))
         if self._source.num_samples == 0:
             raise ValueError(f"store_or_path: the store {_store_name(store_or_path)} holds no samples")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)

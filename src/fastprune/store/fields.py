@@ -29,7 +29,7 @@ import io
 import json
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -143,6 +143,16 @@ _WRITE_MODES = {"jpg": fmt.IMAGE_MODE_JPG, "raw": fmt.IMAGE_MODE_RAW}
 _WRITE_MODE_NAMES = {v: k for k, v in _WRITE_MODES.items()}
 
 
+class EncodedJpeg(NamedTuple):
+    """A JPEG to store as it is (no decode, no re-encode): an RGBImageField in 'jpg' mode takes
+    it as a value. The converter passes only streams it has checked: baseline, 8-bit, 1 or 3
+    components, decodable, of the given size."""
+
+    data: bytes
+    height: int
+    width: int
+
+
 class RGBImageField(Field):
     """An RGB image per sample: raw uint8 pixels or JPEG (ffcv's 'raw' and 'jpg' write modes).
 
@@ -194,6 +204,10 @@ class RGBImageField(Field):
         return field
 
     def encode(self, value):
+        if isinstance(value, EncodedJpeg) and self.write_mode == "jpg" and not self._too_large(value):
+            return (fmt.IMAGE_MODE_JPG, value.width, value.height), np.frombuffer(value.data, np.uint8)
+        if isinstance(value, EncodedJpeg):  # raw storage, or larger than max_resolution: decode
+            value = decode_jpeg(np.frombuffer(value.data, np.uint8), (value.height, value.width))
         image = self._as_rgb_array(value)
         image = self._shrink(image)
         height, width = image.shape[:2]
@@ -218,6 +232,9 @@ class RGBImageField(Field):
         if not (1 <= value.shape[0] <= 65535 and 1 <= value.shape[1] <= 65535):
             raise ValueError(f"image sides must be in 1..65535, got shape {value.shape}")
         return value
+
+    def _too_large(self, value: EncodedJpeg) -> bool:
+        return self.max_resolution is not None and max(value.height, value.width) > self.max_resolution
 
     def _shrink(self, image: np.ndarray) -> np.ndarray:
         if self.max_resolution is None:
@@ -416,5 +433,5 @@ TYPE_ID_TO_FIELD: dict[int, type[Field]] = {
                                  JSONField, TorchTensorField)
 }
 
-__all__ = ["Field", "FloatField", "IntField", "RGBImageField", "BytesField", "NDArrayField",
+__all__ = ["Field", "FloatField", "IntField", "EncodedJpeg", "RGBImageField", "BytesField", "NDArrayField",
            "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]

@@ -20,6 +20,7 @@ def describe(store, verify: bool = False) -> str:
         f"samples:     {store.num_samples}",
         f"page size:   {_human_bytes(store.page_size)}",
         f"checksums:   {_checksum_state(store)}",
+        f"decoder:     {_jpeg_decoder()} (this build of fastprune)",
         "fields:",
     ]
     for k, (name, field) in enumerate(store.fields.items()):
@@ -30,6 +31,12 @@ def describe(store, verify: bool = False) -> str:
     if verify:
         lines.append(f"verify:      {store.verify()}")
     return "\n".join(lines)
+
+
+def _jpeg_decoder() -> str:
+    from .. import build_info
+
+    return "JPEG via " + build_info()["jpeg_decoder"]
 
 
 def verify(store):

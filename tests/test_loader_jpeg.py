@@ -1,0 +1,235 @@
+"""The fused resized-crop JPEG path: decode only the crop window, downscaled in the IDCT when the
+window is >= 2x the output (csrc/jpeg_turbo.cpp), against decode-everything oracles (PIL)."""
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+import fastprune
+from fastprune import _core
+from fastprune.loader import CenterCrop, Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop
+from fastprune.loader.transforms import stream_key
+from fastprune.store import IntField, RGBImageField, write_dataset
+
+TURBO = _core.JPEG_BACKEND.startswith("libjpeg-turbo")
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # ships with matplotlib
+
+
+def _photo_jpegs(count=24, seed=0):
+    """Crops/resizes of a natural photo: varied sizes, chroma subsampling 4:4:4/4:2:2/4:2:0,
+    baseline and progressive, some greyscale."""
+    photo = Image.open(PHOTO).convert("RGB")
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for i in range(count):
+        w, h = int(rng.integers(60, 512)), int(rng.integers(60, 600))
+        image = photo.crop((0, 0, w, h)) if i % 2 else photo.resize((w, h))
+        if i % 5 == 4:
+            image = image.convert("L")
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90, subsampling=i % 3, progressive=i % 4 == 3)
+        blobs.append(np.frombuffer(out.getvalue(), np.uint8))
+    return blobs
+
+
+def _gather(blobs, **kwargs):
+    sizes = [Image.open(io.BytesIO(b.tobytes())).size for b in blobs]
+    offsets = np.cumsum([0] + [b.size for b in blobs[:-1]]).astype(np.uint64)
+    gather = _core.ImageGather(np.concatenate(blobs), offsets, np.array([b.size for b in blobs], np.uint64),
+                               np.zeros(len(blobs), np.uint8), np.array([s[1] for s in sizes], np.uint32),
+                               np.array([s[0] for s in sizes], np.uint32), 2, **kwargs)
+    return gather, np.array([s[1] for s in sizes]), np.array([s[0] for s in sizes])
+
+
+def _idct_scale(h, w, out_h, out_w):
+    """The scale the decoder picks: the largest 1/s (s = 8, 4, 2) keeping the window >= the output."""
+    return next((s for s in (8, 4, 2) if h // s >= out_h and w // s >= out_w), 1)
+
+
+def _window_bilinear(image, top, left, h, w, out_h, out_w):
+    """Pixel-centre bilinear of a (fractional) window, clamped to the pixels it covers: the
+    documented resampling of gather_crops, in float."""
+    def taps(start, length, n, size):
+        first, last = int(math.floor(start)), min(int(math.ceil(start + length)) - 1, size - 1)
+        s = np.clip(start + (np.arange(n) + 0.5) * length / n - 0.5, first, last)
+        i0 = np.minimum(s.astype(int), last)
+        return i0, np.minimum(i0 + 1, last), s - i0
+
+    y0, y1, fy = taps(top, h, out_h, image.shape[0])
+    x0, x1, fx = taps(left, w, out_w, image.shape[1])
+    image, fx, fy = image.astype(float), fx[None, :, None], fy[:, None, None]
+    upper = image[y0][:, x0] * (1 - fx) + image[y0][:, x1] * fx
+    lower = image[y1][:, x0] * (1 - fx) + image[y1][:, x1] * fx
+    return np.floor(upper * (1 - fy) + lower * fy + 0.5)
+
+
+def _pil_decode(blob, scale=1):
+    """PIL's libjpeg decode of the whole image, DCT-scaled by 1/scale (PIL's draft mode)."""
+    image = Image.open(io.BytesIO(blob.tobytes()))
+    if scale > 1:
+        image.draft("RGB", (image.width // scale, image.height // scale))
+    return np.asarray(image.convert("RGB"))
+
+
+CROPS = [RandomResizedCrop(64), RandomResizedCrop(32), RandomResizedCrop(160), CenterCrop(48), CenterCrop(200)]
+
+
+@pytest.mark.parametrize("transform", CROPS, ids=repr)
+def test_crop_window_decode_equals_the_whole_image_decoded_then_cropped(transform):
+    """Per sample id: the window decode (crop + skip + IDCT scale) equals PIL's whole-image decode at
+    the same DCT scale, cropped to the same window and resampled the same way, within rounding."""
+    blobs = _photo_jpegs()
+    gather, heights, widths = _gather(blobs)
+    ids = np.arange(len(blobs), dtype=np.int64)
+    crops = transform.crop_params(heights, widths, ids, stream_key(3, 1, 0))
+    out = np.empty((len(ids), *transform.size, 3), np.uint8)
+    gather.gather_crops(ids, crops, out)
+    for b, (top, left, h, w) in enumerate(crops.tolist()):
+        scale = _idct_scale(h, w, *transform.size) if TURBO else 1
+        whole = _pil_decode(blobs[b], scale)
+        assert whole.shape[:2] == (math.ceil(heights[b] / scale), math.ceil(widths[b] / scale))
+        expected = _window_bilinear(whole, top / scale, left / scale, h / scale, w / scale, *transform.size)
+        diff = np.abs(out[b] - expected)
+        assert diff.max() <= (1 if TURBO else 8), f"sample {b}, crop {(top, left, h, w)}, scale 1/{scale}"
+
+
+@pytest.mark.skipif(not TURBO, reason="stb_image decodes at full resolution: nothing is downscaled")
+def test_downscaled_window_is_the_same_crop_at_full_resolution():
+    """Against the full-resolution decode, cropped and box-filtered to the output size: the only
+    differences are those of the two filters (compared after a light blur), so a window that were
+    off by a few pixels or a wrong scale would fail."""
+    blobs = _photo_jpegs(seed=1)
+    gather, heights, widths = _gather(blobs)
+    ids = np.arange(len(blobs), dtype=np.int64)
+    transform = RandomResizedCrop(40, scale=(0.3, 1.0))
+    crops = transform.crop_params(heights, widths, ids, stream_key(0, 0, 0))
+    out = np.empty((len(ids), 40, 40, 3), np.uint8)
+    gather.gather_crops(ids, crops, out)
+    blur = lambda a: np.asarray(Image.fromarray(np.asarray(a, np.uint8)).filter(ImageFilter.BoxBlur(1)), float)
+    for b, (top, left, h, w) in enumerate(crops.tolist()):
+        window = _pil_decode(blobs[b])[top:top + h, left:left + w]
+        expected = np.asarray(Image.fromarray(window).resize((40, 40), Image.Resampling.BOX))
+        assert np.abs(blur(out[b]) - blur(expected)).mean() < 4, f"sample {b}, crop {(top, left, h, w)}"
+
+
+def _photo_store(tmp_path, count=40):
+    blobs = _photo_jpegs(count, seed=2)
+    rows = [(np.asarray(Image.open(io.BytesIO(b.tobytes())).convert("RGB")), i % 3) for i, b in enumerate(blobs)]
+    path = tmp_path / "photos.beton"
+    write_dataset(path, rows, {"image": RGBImageField("jpg", jpeg_quality=90), "label": IntField()},
+                  workers=1, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("crop", [RandomResizedCrop(56), CenterCrop(72)], ids=repr)
+def test_batches_are_identical_across_thread_counts(tmp_path, crop):
+    path = _photo_store(tmp_path)
+    epochs = []
+    for threads in (1, 2, 3):
+        loader = Loader(path, 7, threads=threads, seed=5, transforms=[crop, RandomHorizontalFlip(), Normalize()])
+        loader.set_epoch(2)
+        epochs.append([(b.images.clone(), b.indices.clone()) for b in loader])
+    for other in epochs[1:]:
+        for (images, ids), (images_1, ids_1) in zip(epochs[0], other):
+            assert torch_equal(ids, ids_1) and torch_equal(images, images_1)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def _with_sof_size(blob: np.ndarray, height: int, width: int) -> np.ndarray:
+    data = bytearray(blob.tobytes())
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return np.frombuffer(bytes(data), np.uint8)
+
+
+def test_header_claiming_too_many_pixels_is_refused_before_decoding():
+    """A ~700-byte JPEG whose header (and metadata) claim 12000x12000: refused from the header by
+    the pixel cap (default 2**27), naming the sample; a lower cap is honoured too."""
+    small = np.frombuffer(_jpeg_bytes(np.zeros((16, 16, 3), np.uint8)), np.uint8)
+    hostile = _with_sof_size(small, 12000, 12000)
+    assert hostile.size < 1000
+    buffer = np.concatenate([small, hostile])
+    offsets = np.array([0, small.size], np.uint64)
+    sizes = np.array([small.size, hostile.size], np.uint64)
+    gather = _core.ImageGather(buffer, offsets, sizes, np.zeros(2, np.uint8), np.array([16, 12000], np.uint32),
+                               np.array([16, 12000], np.uint32), 1)
+    out = np.empty((1, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"sample 1 failed: JPEG header claims 12000x12000 = 144000000 pixels, "
+                                         r"more than the limit of 134217728"):
+        gather.gather_crops(np.array([1]), np.array([[0, 0, 100, 100]], np.int32), out)
+    gather.gather_crops(np.array([0]), np.array([[0, 0, 16, 16]], np.int32), out)  # the good one still reads
+    strict = _core.ImageGather(buffer, offsets, sizes, np.zeros(2, np.uint8), np.array([16, 12000], np.uint32),
+                               np.array([16, 12000], np.uint32), 1, max_pixels=255)
+    with pytest.raises(ValueError, match="sample 0 failed: JPEG header claims 16x16 = 256 pixels"):
+        strict.gather(np.array([0]), np.empty((1, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="more than the limit"):
+        _core.decode_jpeg(hostile)
+
+
+def test_loader_passes_max_image_pixels(tmp_path):
+    path = _photo_store(tmp_path, count=6)
+    loader = Loader(path, 3, transforms=[CenterCrop(16)], max_image_pixels=100)
+    with pytest.raises(ValueError, match="more than the limit of 100"):
+        next(iter(loader))
+    with pytest.raises(ValueError, match="max_image_pixels must be an integer >= 1"):
+        Loader(path, 3, transforms=[CenterCrop(16)], max_image_pixels=0)
+
+
+def _jpeg_bytes(image, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "JPEG", **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "cut_in_scan", "garbage_scan", "cmyk"])
+def test_damaged_jpegs_raise_naming_the_sample(damage):
+    rng = np.random.default_rng(0)
+    photo = np.asarray(Image.open(PHOTO).convert("RGB").resize((96, 80)))
+    good = _jpeg_bytes(photo, quality=90)
+    if damage == "truncated":
+        bad = good[: len(good) // 2]
+    elif damage == "cut_in_scan":
+        bad = good[: len(good) - 200] + b"\xff\xd9"
+    elif damage == "garbage_scan":
+        scan = good.find(b"\xff\xda") + 20
+        bad = good[:scan] + bytes(rng.integers(0, 256, 300, dtype=np.uint8)) + good[scan + 300:]
+    else:
+        bad = _jpeg_bytes_cmyk(photo)
+    blobs = [np.frombuffer(good, np.uint8), np.frombuffer(bad, np.uint8)]
+    gather = _core.ImageGather(np.concatenate(blobs), np.array([0, len(good)], np.uint64),
+                               np.array([len(good), len(bad)], np.uint64), np.zeros(2, np.uint8),
+                               np.array([80, 80], np.uint32), np.array([96, 96], np.uint32), 1)
+    # the whole image, and a crop window covering it (a window decode reads only its rows, so
+    # damage below a smaller window goes unnoticed, like damage in bytes a reader skips)
+    calls = [lambda: gather.gather(np.array([1]), np.empty((1, 80, 96, 3), np.uint8)),
+             lambda: gather.gather_crops(np.array([1]), np.array([[0, 0, 80, 96]], np.int32),
+                                         np.empty((1, 20, 24, 3), np.uint8))]
+    for call in calls:
+        try:
+            call()
+        except ValueError as exc:
+            assert "JPEG decode of sample 1 failed" in str(exc)
+        else:  # libjpeg resynchronises on some damage inside the scan and decodes the image;
+            # stb_image also pads a cut stream and converts CMYK (libjpeg refuses both)
+            assert damage in ({"garbage_scan"} if TURBO else {"garbage_scan", "cut_in_scan", "cmyk"})
+
+
+def _jpeg_bytes_cmyk(image) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).convert("CMYK").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_build_info_names_the_decoder():
+    info = fastprune.build_info()
+    assert info["jpeg_decoder"] == _core.JPEG_BACKEND
+    assert info["jpeg_decoder"].startswith(("libjpeg-turbo", "stb_image"))
+    assert info["max_image_pixels"] == 2**27
