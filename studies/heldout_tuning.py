@@ -54,17 +54,20 @@ def split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[HELDOUT:]), np.sort(order[:HELDOUT])
 
 
-def split_stores(workdir: Path) -> tuple[Path, Path, np.ndarray]:
-    """Fashion-MNIST train split into (50k fit store, 10k held-out store); returns the fit labels."""
+def split_stores(workdir: Path, fit_limit: int | None = None) -> tuple[Path, Path, np.ndarray]:
+    """Fashion-MNIST train split into (50k fit store, 10k held-out store); returns the fit labels.
+    ``fit_limit`` keeps the first N fit images (a smaller training set, the same held-out split)."""
     from fastprune.convert import FASHION_MNIST_DIR, from_arrays
     from fastprune.convert.idx import find_idx_files, load_idx
 
     images, labels = load_idx(*find_idx_files(FASHION_MNIST_DIR, "train"))
     fit_part, held_part = split_indices(len(labels))
+    fit_part = fit_part[:fit_limit]
     workdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, part in (("fit", fit_part), ("heldout", held_part)):
-        path = workdir / f"fashion-mnist-train-{name}-{SPLIT_SEED}.beton"
+        size = "" if name == "heldout" or fit_limit is None else f"-{len(part)}"
+        path = workdir / f"fashion-mnist-train-{name}{size}-{SPLIT_SEED}.beton"
         if not path.exists():
             from_arrays(images[part], labels[part], path, progress=False)
         paths.append(path)
@@ -135,20 +138,23 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=RECIPE.lr, help="peak learning rate, ditto")
     parser.add_argument("--widths", nargs="+", type=int, default=list(RECIPE.model.widths),
                         help="SmallResNet stage widths, a model change to study (every run)")
+    parser.add_argument("--fit-limit", type=int, help="train on the first N of the 50k fit images "
+                        "(a smaller training set, as the main job's smoke run has)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
     settings = Settings()  # as `fastprune bench` runs on this CPU
     settings.apply()
-    fit_store, held_store, labels = split_stores(args.workdir)
+    fit_store, held_store, labels = split_stores(args.workdir, args.fit_limit)
     stores = (fit_store, held_store)
     print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s", flush=True)
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
               "date": machine.now(), "recipe": recipe.training_json(), "model": recipe.model_json(), "epochs": args.epochs, "keep": args.keep,
-              "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)"},
+              "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)",
+                        "fit": len(labels)},
               "runs": runs, "summary": []}
     started = time.perf_counter()
     for seed in args.seeds:
@@ -166,7 +172,7 @@ def main(argv=None) -> int:
     table = markdown(result["summary"])
     write_markdown(args.out, f"Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch "
                              f"{recipe.batch_size}, peak lr {recipe.lr}, widths {recipe.model.widths}, "
-                             "50k/10k split of Fashion-MNIST train",
+                             f"{len(labels) // 1000}k/10k split of Fashion-MNIST train",
                    result, table)
     return 0
 

@@ -83,12 +83,16 @@ def test_repeated_baselines_count_once_per_seed_for_accuracy_and_every_time_for_
     assert rows["ucb"]["speedup"] == pytest.approx(2.0)
 
 
-def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp_path):
+def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp_path, capsys):
     out = tmp_path / "e2e.json"
     common = ["--train-limit", "2000", "--epochs", "2", "--strategies", "uniform_random", "el2n",
               "--keeps", "0.5", "--workdir", str(tmp_path / "stores"), "--out", str(out),
               "--threads", str(torch.get_num_threads()), "--amp", "off", "--no-flush-denormal"]
     assert cli.main([*common, "--seeds", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "2k images, 2 epochs, SmallResNet(32, 64, 128), 1 seed; every measurement: docs/benchmarks.md"
+    assert f"plots: {tmp_path / 'e2e'}_curves.png, {tmp_path / 'e2e'}_frontier.png" in printed
+    assert printed[-1].startswith("verdict at keep 0.5: uniform ") and "el2n" not in printed[-1]
     result = json.loads(out.read_text())
     assert [(r["strategy"], r["seed"], r["block"]) for r in result["runs"]] == [
         ("full", 0, 0.5), ("uniform_random", 0, 0.5), ("el2n", 0, 0.5)]
@@ -239,6 +243,50 @@ def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchi
             for b, s, a in (("plain", 0, 91.0), ("even", 0, 92.0), ("plain", 1, 91.5), ("even", 1, 92.5))]
     table = study.markdown(runs)
     assert "| plain | mean | | 91.25 |" in table and "| even | mean | | 92.25 |" in table
+
+
+def test_quick_mode_is_the_recipe_with_a_narrower_model_on_a_subset_not_a_second_recipe():
+    quick = plan.mode_for(cli.build_parser().parse_args(["--quick"]))
+    assert quick["train_limit"] is not None and quick["keeps"] == (0.5,) and len(quick["seeds"]) == 1
+    assert {"epsilon_greedy", "ucb"} <= set(quick["strategies"]) and "full" not in quick["strategies"]
+    trained = plan.recipe_for(quick, True)
+    assert trained == recipe.QUICK_RECIPE and trained.epochs == quick["epochs"]
+    # the preset changes the length and the widths and nothing else the recipe states
+    assert recipe.QUICK_RECIPE.replace(epochs=recipe.RECIPE.epochs, widths=recipe.RECIPE.model.widths) \
+        == recipe.RECIPE
+    # --epochs applies to the preset; the full mode keeps the benchmark's recipe
+    assert plan.recipe_for(plan.mode_for(cli.build_parser().parse_args(["--quick", "--epochs", "3"])), True) \
+        == recipe.QUICK_RECIPE.replace(epochs=3)
+    full = plan.mode_for(cli.build_parser().parse_args([]))
+    assert plan.recipe_for(full, False) == recipe.RECIPE and full["train_limit"] is None
+    # a result file records the recipe its runs trained, the model included
+    result = plan.new_result(quick, bench_run.Settings(amp="off", threads=1), True)
+    assert result["model"]["widths"] == recipe.QUICK_RECIPE.model.widths and result["mode"]["quick"]
+
+
+def test_scale_note_says_a_quick_run_is_smoke_size_and_what_the_full_benchmark_is():
+    quick = {"train_limit": 12000, "epochs": 30, "seeds": (0,)}
+    note = bench_report.scale_note(quick, recipe.RECIPE.replace(widths=(16, 32, 64)), True)
+    assert note.startswith("smoke-size run: 12k images, 30 epochs, SmallResNet(16, 32, 64), 1 seed; ")
+    assert "the full benchmark (60k images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds)" in note
+    full = bench_report.scale_note({"train_limit": None, "epochs": 10, "seeds": (0, 1, 2)}, recipe.RECIPE, False)
+    assert "smoke" not in full and full.startswith("60k images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds")
+
+
+def test_verdict_is_one_line_on_the_bandits_and_uniform_at_keep_one_half():
+    def row(strategy, keep, acc, speedup):
+        return {"strategy": strategy, "keep": keep, "acc_mean": acc, "speedup": speedup,
+                "acc_delta_pt": acc - 90.0}
+    summary = [row("full", 1.0, 90.0, 1.0), row("uniform_random", 0.3, 88.0, 3.2),
+               row("uniform_random", 0.5, 89.0, 1.98), row("epsilon_greedy", 0.5, 89.75, 1.95),
+               row("ucb", 0.5, 90.125, 2.0), row("el2n", 0.5, 89.5, 1.7)]
+    assert bench_report.verdict(summary, "a note") == (
+        "verdict at keep 0.5: uniform 1.98x faster, -1.00 pt; eps-greedy 1.95x faster, -0.25 pt; "
+        "UCB 2.00x faster, +0.12 pt vs full data (90.00%) (a note)")
+    # no keep 0.5 run: the nearest keep; none of the three strategies: every one run there
+    assert bench_report.verdict([row("full", 1.0, 90.0, 1.0), row("el2n", 0.3, 88.5, 2.25)], "n") == \
+        "verdict at keep 0.3: el2n 2.25x faster, -1.50 pt vs full data (90.00%) (n)"
+    assert bench_report.verdict([row("full", 1.0, 90.0, 1.0)], "n").startswith("verdict: no full-data and pruned")
 
 
 def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_path):

@@ -6,7 +6,8 @@ final accuracy (mean ± std over seeds), training wall-clock, speed-up versus fu
 reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMARKS.md), a
 markdown table and two PNG plots into benchmarks/results/.
 
-    fastprune bench --quick        # a few minutes: subset, fewer epochs, keep 0.5
+    fastprune bench --quick        # ~5 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
+                                   # 12k-image subset, keep 0.5, one seed, the bandits + uniform)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
 
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..train.recipe import RECIPE, STRATEGIES
+from ..train.recipe import STRATEGIES
 from . import machine, plan, plots, report
 from .run import Settings, prepare_stores, run_one, warm_up
 
@@ -49,7 +50,9 @@ def add_bench_command(subparsers) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--quick", action="store_true",
-                        help="smoke check: 12k training images, 4 epochs, keep 0.5, one seed")
+                        help="smoke-size run (the main job's): the recipe with a half-width model "
+                             "over 12k training images for 30 epochs, keep 0.5, one seed, "
+                             "uniform random and the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
     parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
@@ -83,19 +86,24 @@ def run(args: argparse.Namespace) -> int:
     settings.apply()
     mode = plan.mode_for(args)
     out = args.out or machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
+    recipe = plan.recipe_for(mode, args.quick)
     stores = prepare_stores(args.workdir, mode["train_limit"])
     result = plan.new_result(mode, settings, args.quick)
+    note = report.scale_note(mode, recipe, args.quick)
+    print(note, flush=True)  # up front: a smoke-size run must not be read as the benchmark's result
     if args.resume and out.exists():
         previous = json.loads(out.read_text())
         plan.check_can_continue(previous, result, out)
         result["runs"] = previous["runs"]
     todo = plan.missing_runs(mode, result["runs"])
     if todo:
-        print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s", flush=True)
-    _run_all(todo, stores, settings, RECIPE.replace(epochs=mode["epochs"]), result, out)
+        print(f"warm-up (untimed): {warm_up(stores, settings, recipe):.1f}s", flush=True)
+    _run_all(todo, stores, settings, recipe, result, out)
     print()
     print(report.markdown_table(result["summary"]))
-    print(f"\nwrote {out} (+ .md, _curves.png, _frontier.png)")
+    stem = out.with_suffix("")
+    print(f"\nwrote {out}, {stem}.md\nplots: {stem}_curves.png, {stem}_frontier.png")
+    print(report.verdict(result["summary"], note))
     return 0
 
 

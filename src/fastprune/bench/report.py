@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import statistics
 
-from ..train.recipe import STRATEGIES
-from .plan import missing_runs, planned_runs
+from ..train.recipe import RECIPE, STRATEGIES
+from .plan import FULL_MODE, missing_runs, planned_runs
 
 TARGET_MARGIN_PT = 0.5  # "time to reach full-data accuracy minus 0.5 pt"
+# What the closing verdict line compares with full data: the bandits and their uniform control,
+# at the keep ratio the README's headline is about.
+VERDICT_KEEP = 0.5
+VERDICT_STRATEGIES = {"uniform_random": "uniform", "epsilon_greedy": "eps-greedy", "ucb": "UCB"}
 
 
 def mean(values):
@@ -101,6 +105,39 @@ def pivot_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _size(train_limit, epochs, widths, seeds) -> str:
+    images = "60k" if train_limit is None else \
+        f"{train_limit // 1000}k" if train_limit % 1000 == 0 else f"{train_limit:,}"
+    return (f"{images} images, {epochs} epochs, SmallResNet{tuple(widths)}, "
+            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+
+
+def scale_note(mode: dict, recipe, quick: bool) -> str:
+    """How a run relates to the full benchmark, for the verdict line: a smoke-size run says so."""
+    size = _size(mode["train_limit"], mode["epochs"], recipe.model.widths, mode["seeds"])
+    if not quick:
+        return f"{size}; every measurement: docs/benchmarks.md"
+    full = _size(FULL_MODE["train_limit"], FULL_MODE["epochs"], RECIPE.model.widths, FULL_MODE["seeds"])
+    return f"smoke-size run: {size}; the full benchmark ({full}): docs/benchmarks.md"
+
+
+def verdict(summary: list[dict], note: str) -> str:
+    """One line: speed-up and accuracy change versus full data of the bandits and uniform random
+    at keep 0.5 (or the nearest keep run; every pruned strategy if none of those ran)."""
+    full = next((row for row in summary if row["strategy"] == "full"), None)
+    pruned = [row for row in summary if row["strategy"] != "full"]
+    if full is None or not pruned:
+        return f"verdict: no full-data and pruned runs to compare yet ({note})"
+    keep = min({row["keep"] for row in pruned}, key=lambda k: abs(k - VERDICT_KEEP))
+    rows = [row for row in pruned if row["keep"] == keep]
+    rows = [row for row in rows if row["strategy"] in VERDICT_STRATEGIES] or rows
+    parts = [f"{VERDICT_STRATEGIES.get(row['strategy'], row['strategy'])} "
+             f"{'–' if row['speedup'] is None else format(row['speedup'], '.2f')}x faster, "
+             f"{row['acc_delta_pt']:+.2f} pt" for row in rows]
+    return (f"verdict at keep {keep:.1f}: {'; '.join(parts)} vs full data ({full['acc_mean']:.2f}%) "
+            f"({note})")
+
+
 def completeness(result: dict) -> str:
     """A line saying the file is partial (the file is written after every run, so a benchmark
     stopped early leaves a report whose means cover fewer seeds than planned)."""
@@ -122,7 +159,8 @@ def total_time(runs: list[dict]) -> str:
 def render(result: dict) -> str:
     """The markdown report of a result document."""
     machine = result["machine"]
-    return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs\n\n"
+    smoke = " (smoke-size run, `--quick`)" if result["mode"].get("quick") else ""
+    return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs{smoke}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
             f"{completeness(result)}"

@@ -70,16 +70,16 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
     return _run_row(strategy_name, keep, seed, strategy, history)
 
 
-def warm_up(stores, settings) -> float:
-    """One short untimed run (about 4 batches of a uniform subset, one epoch) before the timed
-    ones, so numba compilation, oneDNN kernel selection and the page cache are not billed to
-    whichever run happens to come first (the full-data baseline). Returns its seconds."""
+def warm_up(stores, settings, recipe: Recipe = RECIPE) -> float:
+    """One short untimed run of ``recipe``'s model (about 4 batches of a uniform subset, one epoch)
+    before the timed ones, so numba compilation, oneDNN kernel selection and the page cache are not
+    billed to whichever run happens to come first (the full-data baseline). Returns its seconds."""
     from ..store.reader import Store
 
     started = time.perf_counter()
     with Store(stores[0]) as store:
-        keep = min(1.0, 4 * RECIPE.batch_size / len(store))
-    run_one("uniform_random", keep, 0, stores, settings, recipe=RECIPE.replace(epochs=1))
+        keep = min(1.0, 4 * recipe.batch_size / len(store))
+    run_one("uniform_random", keep, 0, stores, settings, recipe=recipe.replace(epochs=1))
     return time.perf_counter() - started
 
 

@@ -1,7 +1,9 @@
 """The README's main job (``bash scripts/run main``): convert Fashion-MNIST, describe the store,
-then train on full data and with every pruning strategy (``fastprune bench --quick``: a 12k-image
-subset, 4 epochs, keep 0.5) and print the speed-up table. ``--bench`` passes other options, e.g.
-``bash scripts/run main --bench --keeps 0.3 0.5`` or ``--bench`` alone for the full benchmark.
+then run the benchmark's smoke-size preset (``fastprune bench --quick``: the recipe with a
+half-width model, 30 epochs over a 12k-image subset, full data vs uniform random and the two
+bandits at keep 0.5, one seed; about 5 minutes on 2 cores), print its table, where its plots
+went, and a one-line verdict. ``--bench`` passes other options, e.g. ``bash scripts/run main
+--bench --keeps 0.3 0.5`` or ``--bench`` alone for the full benchmark.
 
 Stores are written under ``data/`` (kept between runs: a store is reconverted only when missing
 or when it fails verification).
@@ -38,7 +40,7 @@ def ensure_store(split: str, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastprune.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fastprune.main_job", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--bench", nargs=argparse.REMAINDER, default=["--quick"],
                         help="arguments for `fastprune bench` (default: --quick)")
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     code = cli.main(["info", str(train)])
     if code != 0:
         return code
-    print("\ntraining full data vs every pruning strategy (fastprune bench " + " ".join(args.bench) + ")",
-          flush=True)
+    print(f"\ntraining full data vs pruning: fastprune bench {' '.join(args.bench)} "
+          "(the full benchmark: bash scripts/run main --bench)", flush=True)
     return cli.main(["bench", "--workdir", str(args.data_dir), *args.bench])
 
 
