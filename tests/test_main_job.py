@@ -26,7 +26,8 @@ def test_main_job_converts_once_runs_the_quick_preset_and_ends_on_a_verdict(fash
     result = json.loads(out.read_text())
     assert result["mode"]["quick"] and result["model"]["widths"] == [16, 32, 64]
     assert [run["strategy"] for run in result["runs"]] == ["full", "epsilon_greedy"]
-    assert (tmp_path / "quick_curves.png").exists() and "(smoke-size run, `--quick`)" in out.with_suffix(".md").read_text()
+    assert (tmp_path / "quick_curves.png").exists()
+    assert "(smoke-size run, `--quick`)" in out.with_suffix(".md").read_text()
 
     # a second run finds the stores verified and does not convert again
     assert main_job.main(["--data-dir", str(data), "--bench", *bench]) == 0

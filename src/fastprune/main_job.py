@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     code = cli.main(["info", str(train)])
     if code != 0:
         return code
-    print(f"\ntraining full data vs pruning: fastprune bench {' '.join(args.bench)} "
-          "(the full benchmark: bash scripts/run main --bench)", flush=True)
+    full_bench = "" if "--quick" not in args.bench else " (the full benchmark: bash scripts/run main --bench)"
+    print(f"\ntraining full data vs pruning: fastprune bench {' '.join(args.bench)}{full_bench}", flush=True)
     return cli.main(["bench", "--workdir", str(args.data_dir), *args.bench])
 
 
