@@ -212,6 +212,23 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
 
 
+def test_heldout_study_fit_limit_keeps_the_first_fit_images_and_the_same_held_out_split(
+        study_script, fashion_mnist_dir, tmp_path):
+    from fastprune.convert.idx import find_idx_files, load_idx
+    from fastprune.store.reader import Store
+
+    study = study_script("heldout_tuning")
+    _, labels = load_idx(*find_idx_files(fashion_mnist_dir, "train"))
+    fit, held = study.split_indices(len(labels))
+    fit_store, held_store, fit_labels = study.split_stores(tmp_path, fit_limit=300)
+    assert np.array_equal(fit_labels, labels[fit[:300]])
+    with Store(fit_store) as small, Store(held_store) as held_out:
+        assert len(small) == 300 and len(held_out) == study.HELDOUT
+        assert [int(held_out[i][1]) for i in range(5)] == list(labels[held[:5]])
+        assert [int(small[i][1]) for i in (0, 299)] == [labels[fit[0]], labels[fit[299]]]
+    assert "-300-" in fit_store.name  # not the store of the whole fit part
+
+
 def test_study_reports_name_the_command_date_and_cpu(study_script, tmp_path, capsys):
     study = study_script("heldout_tuning")
     result = {"command": "python x.py --seeds 0", "date": "2026-11-23T12:00:00", "machine": {"cpu": "Some CPU"}}
