@@ -7,7 +7,7 @@ reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BE
 markdown table and two PNG plots into benchmarks/results/.
 
     fastprune bench --quick        # ~5 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
-                                   # 12k-image subset, keep 0.5, one seed, the bandits + uniform)
+                                   # 12k-image subset, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke-size run (the main job's): the recipe with a half-width model "
                              "over 12k training images for 30 epochs, keep 0.5, one seed, "
-                             "uniform random and the two bandits")
+                             "the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
     parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
