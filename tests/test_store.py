@@ -445,3 +445,22 @@ def test_json_and_torch_tensor_fields_round_trip(tmp_path):
     with pytest.raises(ConversionError, match="sample 0, field 'meta'.*JSON"):
         write_dataset(tmp_path / "bad.beton", ListSource([(object(),)]), {"meta": JSONField()},
                       workers=1, progress=False)
+
+
+def test_native_crc32_equals_zlib_on_every_tail_length_and_range():
+    """The slicing-by-8 CRC kernel (csrc/store_checks.cpp) that verify() and the writer use for
+    per-sample checksums: the same value as zlib.crc32 for every length mod 8, chained starts, and
+    byte ranges at any offset (the checksums are compared with values zlib wrote elsewhere)."""
+    import zlib
+
+    from fastprune._native import core
+
+    data = np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8)
+    for n in list(range(20)) + [63, 64, 65, 299, 300]:
+        assert core.testing.crc32(data[:n]) == zlib.crc32(data[:n].tobytes()), n
+        start = zlib.crc32(b"prefix")
+        assert core.testing.crc32(data[:n], start) == zlib.crc32(data[:n].tobytes(), start), n
+    offsets = np.array([0, 1, 7, 8, 13, 299, 300], np.uint64)
+    sizes = np.array([300, 9, 0, 17, 250, 1, 0], np.uint64)
+    got = core.crc32_ranges(data, offsets, sizes, 2)
+    assert list(got) == [zlib.crc32(data[o:o + s].tobytes()) for o, s in zip(offsets.astype(int), sizes.astype(int))]
