@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConversionError
-from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # noqa: F401  (the converters' default)
+from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
 # largest is ~12 Mpx) and below what a 2-core/24 GiB machine decodes comfortably per worker.
