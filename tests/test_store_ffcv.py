@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.ffcv,
 def _collect_ffcv_dispatchers():
     """Run that finalizer here, at the end of this module, where the filter above applies.
     ffcv's dispatchers sit in reference cycles, so without this the next automatic collection
-    runs it inside whichever later test happens to allocate (seen in test_transforms, test_train)."""
+    runs it inside whichever later test happens to allocate (seen in test_loader_transforms, test_train)."""
     yield
     gc.collect()
 

@@ -66,6 +66,7 @@ Raw storage needs one image shape: use --resize HxW for image folders of mixed s
 
 def add_convert_command(subparsers) -> None:
     from .convert import KINDS
+    from .store.images import DEFAULT_JPEG_QUALITY
 
     parser = subparsers.add_parser(
         "convert", help="convert a dataset to a store (.beton) file",
@@ -77,7 +78,8 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--split", choices=("train", "test"),
                         help="split of an IDX or CIFAR source (default: train)")
     parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
-    parser.add_argument("--quality", type=jpeg_quality, default=90, metavar="Q", help="JPEG quality (default: 90)")
+    parser.add_argument("--quality", type=jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
+                        help=f"JPEG quality (default: {DEFAULT_JPEG_QUALITY})")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=positive_int, metavar="N",
                       help="image folders: shrink images whose longer side exceeds N (keeps aspect)")

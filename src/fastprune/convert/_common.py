@@ -17,8 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConversionError
-
-DEFAULT_JPEG_QUALITY = 90
+from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
 # largest is ~12 Mpx) and below what a 2-core/24 GiB machine decodes comfortably per worker.
@@ -185,31 +184,10 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
 
 def fit_image(image: np.ndarray, *, max_side: int | None = None,
               resize: tuple[int, int] | None = None) -> np.ndarray:
-    """Apply ``resize`` (exact HxW) or ``max_side`` (shrink keeping aspect; never enlarge)."""
-    height, width = image.shape[:2]
-    if resize is not None:
-        target = resize
-    elif max_side is not None and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        target = (max(1, round(height * scale)), max(1, round(width * scale)))
-    else:
-        return image
-    if target == (height, width):
-        return image
-    if target[0] <= height and target[1] <= width and _cv2() is not None:
-        # shrinking: OpenCV's area interpolation (ffcv's choice) is ~10x faster than PIL's Lanczos
-        cv2 = _cv2()
-        return cv2.resize(np.ascontiguousarray(image), (target[1], target[0]), interpolation=cv2.INTER_AREA)
-    from PIL import Image
-
-    resized = Image.fromarray(image).resize((target[1], target[0]), Image.Resampling.LANCZOS)
-    return np.asarray(resized)
-
-
-def _cv2():
-    from ..store.fields import _cv2 as cv2  # imported once there, None when OpenCV is missing
-
-    return cv2
+    """Apply ``resize`` (exact HxW) or ``max_side`` (shrink keeping aspect; never enlarge), with
+    the one filter every store write uses (:func:`fastprune.store.images.resize_image`)."""
+    height, width = fitted_shape(*image.shape[:2], max_side=max_side, resize=resize)
+    return resize_image(image, height, width)
 
 
 def fitted_shape(height: int, width: int, *, max_side: int | None = None,

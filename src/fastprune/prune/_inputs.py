@@ -1,4 +1,4 @@
-"""Turning user inputs (numpy arrays, torch tensors, lists) into the kernels' contiguous arrays."""
+"""Per-sample inputs (numpy arrays, torch tensors, lists) checked and coerced to the kernels' arrays."""
 
 from __future__ import annotations
 
