@@ -44,7 +44,7 @@ _LAZY = {
 
 
 # subpackages reachable as attributes (``fastprune.convert.from_idx(...)``) without an explicit import
-_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli")
+_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", "bench")
 
 
 def __getattr__(name: str):

@@ -156,9 +156,20 @@ def load_model_factory(spec: str):
 
 
 def _build_user_model(spec: str, num_classes: int) -> nn.Module:
+    return build_user_model(load_model_factory(spec), num_classes, spec)
+
+
+def build_user_model(factory, num_classes: int, spec: str | None = None) -> nn.Module:
+    """``factory(num_classes=num_classes)``, checked to be an nn.Module (``spec``: its name in errors)."""
     from .errors import ConfigError
 
-    model = load_model_factory(spec)(num_classes=num_classes)
+    spec = spec or model_spec_of(factory)
+    model = factory(num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r}: returned a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def model_spec_of(factory) -> str:
+    """The "MODULE:CALLABLE" a result file records for a model function passed as an object."""
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"

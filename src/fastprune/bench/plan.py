@@ -56,9 +56,12 @@ def mode_for(args) -> dict:
 def new_result(mode: dict, settings, quick: bool, recipe=RECIPE, data: dict | None = None) -> dict:
     """A result document with no runs yet: what the runs will be compared under. ``data``: the
     stores ("train", "val": paths, or BUILT_IN_DATA) and what was read off them."""
+    # The run length is mode.epochs; the recipe record keeps the default's epochs, as every result
+    # file has since the recipe was recorded, so that those files still continue.
+    recorded = recipe.replace(epochs=RECIPE.epochs)
     return {"benchmark": "end_to_end", "command": machine.command_line(),
             "machine": machine.machine(), "date": machine.now(),
-            "mode": {**mode, "quick": quick}, "recipe": recipe.training_json(), "model": recipe.model_json(),
+            "mode": {**mode, "quick": quick}, "recipe": recorded.training_json(), "model": recipe.model_json(),
             "data": data or {"train": BUILT_IN_DATA, "val": BUILT_IN_DATA},
             "settings": settings.record(), "notes": NOTES, "runs": [], "summary": []}
 

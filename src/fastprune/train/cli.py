@@ -13,7 +13,7 @@ import torch
 
 from ..models import load_model_factory
 from .loop import save_csv, save_history
-from .recipe import RECIPE, STRATEGIES, run_recipe
+from .recipe import RECIPE, STRATEGIES, describe_recipe_data, run_recipe
 
 # The arguments that define a run: a resume with any of them changed would not continue the same
 # run. Device, threads, logging and the stores' paths may change between the interrupted and the
@@ -107,16 +107,23 @@ def train_main(args) -> int:
     device = torch.device(args.device)
     channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
     recipe = recipe_from_args(args, args.epochs)
-    _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val),
+    data = describe_recipe_data(recipe, (args.train, args.val))
+    print(f"{args.train}: {data.num_classes} classes, images {data.image_size}, normalized with mean "
+          f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
+    _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=args.amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
                             progress=not args.no_progress)
     if args.log_json:  # typed: numbers stay numbers, paths become strings
-        save_history(args.log_json, history, command="fastprune train",
+        save_history(args.log_json, history, command="fastprune train", data=data.json(),
                      arguments={k: v for k, v in vars(args).items() if k != "run"})
     if args.log_csv:
         save_csv(args.log_csv, history)
     return 0
+
+
+def _rounded(values) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
 
 
 def _run_settings(args) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models import build_model
+from ..models import build_model, build_user_model
 from .data import DataSpec, channel_statistics, describe_stores
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
@@ -40,8 +40,13 @@ class ModelSpec:
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet only, like the two below
     blocks: int = 1
     stem_stride: int = 2
+    # A model function given as an object (Python API): called with num_classes=; ``name`` is then
+    # its "MODULE:CALLABLE", for the records. Not compared, not recorded.
+    factory: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def build(self, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        if self.factory is not None:
+            return build_user_model(self.factory, num_classes, self.name)
         options = {} if self.name != "small_resnet" else \
             {"widths": self.widths, "blocks": self.blocks, "stem_stride": self.stem_stride}
         return build_model(self.name, in_channels=in_channels, num_classes=num_classes, **options)
@@ -84,7 +89,8 @@ class Recipe:
 
     def model_json(self) -> dict[str, Any]:
         """The model, as a result file's "model" records it."""
-        return dataclasses.asdict(self.model)
+        return {field.name: getattr(self.model, field.name) for field in dataclasses.fields(ModelSpec)
+                if field.name != "factory"}
 
 
 RECIPE = Recipe()
