@@ -253,8 +253,9 @@ def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_
     options = cli.build_parser().parse_args(["--threads", "1", "--amp", "off"])
     one_epoch = recipe.RECIPE.replace(epochs=1)
     row = bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch.replace(widths=(8, 16)))
-    assert built == [("small_resnet", {"in_channels": 3, "widths": (8, 16), "blocks": 1, "stem_stride": 2})]
+    assert built == [("small_resnet", {"in_channels": 3, "num_classes": 10, "widths": (8, 16), "blocks": 1,
+                                       "stem_stride": 2})]  # 10 classes: read off the store's labels
     assert row["epochs"] == 1 and row["samples_seen"] == 32
     bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch)  # no override: the benchmark's
-    assert built[1] == ("small_resnet", {"in_channels": 3, **{k: v for k, v in recipe.RECIPE.model_json().items()
+    assert built[1] == ("small_resnet", {"in_channels": 3, "num_classes": 10, **{k: v for k, v in recipe.RECIPE.model_json().items()
                                                                if k != "name"}})

@@ -15,3 +15,8 @@ class ConversionError(FastpruneError):
 
 class CheckpointError(FastpruneError):
     """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""
+
+
+class ConfigError(FastpruneError, ValueError):
+    """An option does not fit the run: a model spec that cannot be built, stores whose labels or
+    image sizes need another option. The message names the option that fixes it."""

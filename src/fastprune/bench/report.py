@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 from ..train.recipe import STRATEGIES
-from .plan import missing_runs, planned_runs
+from .plan import data_name, missing_runs, planned_runs
 
 TARGET_MARGIN_PT = 0.5  # "time to reach full-data accuracy minus 0.5 pt"
 
@@ -122,7 +122,7 @@ def total_time(runs: list[dict]) -> str:
 def render(result: dict) -> str:
     """The markdown report of a result document."""
     machine = result["machine"]
-    return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs\n\n"
+    return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
             f"{completeness(result)}"
