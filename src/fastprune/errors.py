@@ -15,3 +15,19 @@ class ConversionError(FastpruneError):
 
 class CheckpointError(FastpruneError):
     """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""
+
+
+class MissingExtraError(FastpruneError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import ``module`` (an optional dependency) or raise MissingExtraError, one line naming the
+    extra to install: ``pip install "fastprune[plots]"``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+                                f'pip install "fastprune[{extra}]"') from None

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import MissingExtraError
 from ..train.recipe import RECIPE, STRATEGIES
 from . import machine, plan, plots, report
 from .run import Settings, prepare_stores, run_one, warm_up
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
     _run_all(todo, stores, settings, RECIPE.replace(epochs=mode["epochs"]), result, out)
     print()
     print(report.markdown_table(result["summary"]))
-    print(f"\nwrote {out} (+ .md, _curves.png, _frontier.png)")
+    skipped = write_outputs(out, result) if todo else None  # rewritten once more: was a plot skipped?
+    print(f"\nwrote {out} (+ .md{'' if skipped else ', _curves.png, _frontier.png'})")
+    if skipped:
+        print(f"plots skipped: {skipped}")
     return 0
 
 
@@ -122,15 +126,20 @@ def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
     return f"~{elapsed / work_done * work_left / 60:.0f} min left"
 
 
-def write_outputs(out: Path, result: dict) -> None:
-    """The result JSON, and once there is a summary, its markdown report and two plots beside it."""
+def write_outputs(out: Path, result: dict) -> str | None:
+    """The result JSON, and once there is a summary, its markdown report and two plots beside it.
+    Returns why the plots were skipped (matplotlib missing), or None."""
     machine.write_json(out, result)
     if not result["summary"]:
-        return
+        return None
     stem = out.with_suffix("")
     Path(f"{stem}.md").write_text(report.render(result))
-    plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"))
-    plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"))
+    try:
+        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"))
+        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"))
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":
