@@ -52,8 +52,8 @@ def plot_curves(runs: list[dict], path: Path) -> None:
 
 def _pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed), or MissingExtraError."""
-    require("matplotlib", "plots", "the benchmark's plots").use("Agg")
-    return require("matplotlib.pyplot", "plots", "the benchmark's plots")
+    require("matplotlib", "plots", "plotting the benchmark").use("Agg")
+    return require("matplotlib.pyplot", "plots", "plotting the benchmark")
 
 
 def _zoom_on_the_top(axis, runs):
