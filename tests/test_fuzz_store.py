@@ -224,13 +224,17 @@ ABSURD_U64 = [0, 1, 2, 7, 8, 24, 4095, 4096, 1 << 31, (1 << 32) - 1, 1 << 32, (1
 @given(data=st.data())
 def test_fuzz_flipped_bytes(mixed, tmp_path_factory, tally, data):
     """1..8 bytes changed, each in a chosen region of the file (header to allocation table)."""
-    buf = bytearray(mixed.data)
-    for _ in range(data.draw(st.integers(1, 8), label="flips")):
-        region = data.draw(st.sampled_from(REGIONS), label="region")
-        lo, hi = mixed.regions[region]
-        pos = data.draw(st.integers(lo, hi - 1), label="pos")
-        buf[pos] ^= data.draw(st.integers(1, 255), label="xor")
+    buf = flip_bytes(mixed, REGIONS, 8, data)
     tally.add(check_file(_write_variant(tmp_path_factory.mktemp("c"), buf), mixed.values))
+
+
+def flip_bytes(pristine: Pristine, regions: list[str], most: int, data) -> bytearray:
+    """The file with 1..``most`` bytes changed, each in a region drawn from ``regions``."""
+    buf = bytearray(pristine.data)
+    for _ in range(data.draw(st.integers(1, most), label="flips")):
+        lo, hi = pristine.regions[data.draw(st.sampled_from(regions), label="region")]
+        buf[data.draw(st.integers(lo, hi - 1), label="pos")] ^= data.draw(st.integers(1, 255), label="xor")
+    return buf
 
 
 @pytest.mark.timeout(120)
@@ -490,10 +494,7 @@ HOSTILE_NAMES_JSON = ['{"label": "zero"}', '{"label": [0, 1]}', "[]", "null", '{
 @given(data=st.data())
 def test_fuzz_flipped_bytes_in_a_file_with_class_names(named, tmp_path_factory, tally, data):
     """1..6 bytes changed, mostly in the class-names block, the rest around it."""
-    buf = bytearray(named.data)
-    for _ in range(data.draw(st.integers(1, 6), label="flips")):
-        lo, hi = named.regions[data.draw(st.sampled_from(NAMES_REGIONS), label="region")]
-        buf[data.draw(st.integers(lo, hi - 1), label="pos")] ^= data.draw(st.integers(1, 255), label="xor")
+    buf = flip_bytes(named, NAMES_REGIONS, 6, data)
     tally.add(check_file(_write_variant(tmp_path_factory.mktemp("n"), buf), named.values, names=CLASS_NAMES))
 
 
