@@ -101,7 +101,7 @@ def test_sigkilled_conversions_leave_no_file_and_a_rerun_succeeds(fashion_mnist_
 def test_stale_temp_files_of_live_processes_and_other_hosts_are_kept(tmp_path):
     import socket
 
-    from fastprune.store.writer import _temp_prefix
+    from fastprune.store._atomic import temp_prefix as _temp_prefix
 
     path = tmp_path / "d.beton"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

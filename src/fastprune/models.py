@@ -93,10 +93,11 @@ class SmallResNet(nn.Module):
 
 
 def resnet18_small(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 28x28 / 32x32 inputs."""
-    from torchvision.models import resnet18
+    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 28x28 / 32x32 inputs.
+    Needs torchvision (the ``vision`` extra)."""
+    from .errors import require
 
-    model = resnet18(num_classes=num_classes)
+    model = require("torchvision.models", "vision", "the resnet18 model").resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
     _init_weights(model)

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import MissingExtraError
 from ..train.cli import add_recipe_arguments, recipe_from_args
 from ..train.loop import save_csv
 from ..train.recipe import STRATEGIES, describe_recipe_data
@@ -108,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
                      built_in=args.train is None, log=functools.partial(print, flush=True))
     print()
     print(report.markdown_table(result["summary"]))
-    print(f"\nwrote {out} (+ .md, _epochs.csv, _curves.png, _frontier.png)")
+    skipped = _plots_unavailable()
+    print(f"\nwrote {out} (+ .md, _epochs.csv{'' if skipped else ', _curves.png, _frontier.png'})")
+    if skipped:
+        print(f"plots skipped: {skipped}")
     return 0
 
 
@@ -160,18 +164,31 @@ def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
     return f"~{elapsed / work_done * work_left / 60:.0f} min left"
 
 
-def write_outputs(out: Path, result: dict) -> None:
+def write_outputs(out: Path, result: dict) -> str | None:
     """The result JSON, and once there is a summary, its markdown report, a CSV of every run's
-    epochs and two plots beside it."""
+    epochs and two plots beside it. Returns why the plots were skipped (matplotlib missing), or None."""
     machine.write_json(out, result)
     if not result["summary"]:
-        return
+        return None
     stem, name = out.with_suffix(""), plan.data_name(result)
     Path(f"{stem}.md").write_text(report.render(result))
     save_csv(Path(f"{stem}_epochs.csv"), [{"strategy": run["strategy"], "keep": run["keep"], "seed": run["seed"],
                                            **record} for run in result["runs"] for record in run["history"]])
-    plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name)
-    plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name)
+    try:
+        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name)
+        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name)
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
+
+
+def _plots_unavailable() -> str | None:
+    """Why no plots were written (matplotlib missing), or None."""
+    try:
+        plots.pyplot()
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""The end-to-end benchmark's plots: accuracy over training wall-clock, and accuracy versus speed-up."""
+"""The end-to-end benchmark's plots: accuracy over training wall-clock, and accuracy versus speed-up.
+
+They need matplotlib (the ``plots`` extra); without it the benchmark writes its JSON and table
+and says the plots were skipped.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..errors import require
 
 from ..train.recipe import STRATEGIES
 from .report import TARGET_MARGIN_PT
@@ -14,9 +20,7 @@ COLORS = {name: ("black" if name == "full" else f"C{i}") for i, name in enumerat
 def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
     """Accuracy versus training wall-clock, one panel per keep ratio, one line per strategy
     (seed 0 of each; every panel also draws the full-data run of its keep block)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keeps = sorted({r["keep"] for r in runs if r["strategy"] != "full"})
     if not keeps:  # only the baseline so far: nothing to compare yet
@@ -46,6 +50,12 @@ def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST") -> No
     plt.close(fig)
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), or MissingExtraError."""
+    require("matplotlib", "plots", "plotting the benchmark").use("Agg")
+    return require("matplotlib.pyplot", "plots", "plotting the benchmark")
+
+
 def _zoom_on_the_top(axis, runs):
     """Early epochs sit far below the end of training; show the range where methods differ."""
     finals = [r["final_acc"] for r in runs]
@@ -54,9 +64,7 @@ def _zoom_on_the_top(axis, runs):
 
 def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
     """Final accuracy (mean ± std over seeds) versus speed-up, one series per strategy."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axis = plt.subplots(figsize=(6, 4.5))
     for strategy in dict.fromkeys(row["strategy"] for row in summary):

@@ -238,12 +238,36 @@ def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALIT
     return fields
 
 
-def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool) -> Path:
-    """Hand a ready source to the store writer; it writes ``out`` atomically or not at all."""
+def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool,
+          class_names: dict[str, list[str]] | None = None) -> Path:
+    """Hand a ready source to the store writer; it writes ``out`` atomically or not at all.
+    ``class_names`` ({int field: names}, where the source knows them) is kept in the file."""
     from ..store.writer import write_dataset
 
-    write_dataset(out, source, fields, workers=workers, progress=progress)
+    write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names)
     return out
+
+
+def label_names_option(class_names: Any) -> dict[str, list[str]]:
+    """A converter's ``class_names=`` option as the writer's {"label": names} ({} for None)."""
+    return {} if class_names is None else {"label": names_list(class_names, "class_names")}
+
+
+def names_list(values: Any, what: str) -> list[str]:
+    """Class names as a list of str: str and bytes (UTF-8) kept, integers spelt out, tuples of
+    synonyms (torchvision's ImageNet: ``("tench", "Tinca tinca")``) joined with ", "."""
+    def one(value: Any) -> str:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
+            return ", ".join(value)
+        if isinstance(value, (str, int, np.integer)) and not isinstance(value, bool):
+            return str(value)
+        raise ConversionError(f"{what}: class name {value!r:.60} is a {type(value).__name__}, "
+                              "expected a string")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConversionError(f"{what}: class names must be a list of strings, got {type(values).__name__}")
+    return [one(value) for value in values]
 
 
 class ArraySource:

@@ -23,12 +23,8 @@ live processes, or of other hosts sharing the folder, are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import re
-import signal
-import socket
 import tempfile
 import zlib
 from pathlib import Path
@@ -39,6 +35,8 @@ import numpy as np
 from .._native import core
 from ..errors import ConversionError
 from . import format as fmt
+from . import names as class_names_block
+from ._atomic import default_file_mode, remove_quietly, remove_stale_temp_files, sigterm_as_interrupt, temp_prefix
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks
 from .fields import Field, RGBImageField
@@ -46,7 +44,8 @@ from .fields import Field, RGBImageField
 
 def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
                   workers: int | None = None, progress: bool = True,
-                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None) -> Path:
+                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None,
+                  class_names=None) -> Path:
     """Write ``source`` to a store file at ``path`` and return the path.
 
     source: any object with ``__len__`` and ``__getitem__(i)`` returning a tuple of values in the
@@ -57,52 +56,33 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         so the source need not be picklable.
     progress: show a tqdm progress bar.
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
+    class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
+        list (label value i -> names[i]) for the first IntField, or {int field name: list}.
+        A label >= the number of names stops the write.
     """
     path = Path(path)
     fields = _check_fields(fields, jpeg_quality)
     num_samples = _check_source(source)
     _check_page_size(page_size)
+    names = class_names_block.check_class_names(class_names, fields)
     workers = _resolve_workers(workers, num_samples)
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
-    _remove_stale_temp_files(path)
-    with _sigterm_as_interrupt():
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, os.getpid()), suffix=".tmp")
+    remove_stale_temp_files(path)
+    with sigterm_as_interrupt():
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path, os.getpid()), suffix=".tmp")
         try:
             with os.fdopen(fd, "w+b") as out:
-                writer = _FileWriter(out, fields, num_samples, page_size)
+                writer = _FileWriter(out, fields, num_samples, page_size, names)
                 for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
                     writer.add_chunk(chunk)
                 writer.finish()
-                os.fchmod(out.fileno(), _default_file_mode())  # mkstemp's 0600 is for the temp only
+                os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
         except BaseException:
-            _remove_quietly(tmp_name)
+            remove_quietly(tmp_name)
             raise
     return path
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt (so the temporary file is removed, as
-    for Ctrl-C) instead of killing the process outright. Only where Python can install handlers
-    (the main thread) and only over the default action: a handler the caller set is kept."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills, as usual
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- argument checks -----------------------------------------------------------------------------
@@ -155,52 +135,6 @@ def _resolve_workers(workers: int | None, num_samples: int) -> int:
     return max(1, min(workers, num_samples // 256 or 1))
 
 
-def _default_file_mode() -> int:
-    """0666 minus the process umask: the mode open() would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _temp_prefix(path: Path, pid: int) -> str:
-    return f".{path.name}.{_host()}.{pid}."
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Remove temporary files of earlier writes to ``path`` by processes of this host that are
-    gone (killed before they could clean up)."""
-    pattern = re.compile(re.escape(f".{path.name}.{_host()}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
-    try:
-        entries = os.listdir(path.parent)
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.fullmatch(entry)
-        if match and not _process_alive(int(match.group(1))):
-            _remove_quietly(str(path.parent / entry))
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or an impossible pid): leave its file alone
-    return True
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -208,9 +142,11 @@ def _remove_quietly(name: str) -> None:
 class _FileWriter:
     """Appends encoded chunks to the open temporary file, then writes tables and header."""
 
-    def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int):
+    def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int,
+                 class_names: dict[str, list[str]]):
         self.out = out
         self.fields = list(fields.items())
+        self.class_names = class_names
         self.num_samples = num_samples
         self.page_size = page_size
         self.payload_fields = [i for i, (_, f) in enumerate(self.fields) if f.has_payload]
@@ -236,11 +172,21 @@ class _FileWriter:
         ptrs = starts[:, None] + np.cumsum(chunk.sizes, axis=1, dtype=np.uint64) - chunk.sizes
         self._record_allocations(chunk.start, n, ptrs, chunk.sizes)
         rows = self.metadata[chunk.start:chunk.stop]
-        for i, (_, field) in enumerate(self.fields):
+        for i, (name, field) in enumerate(self.fields):
+            self._check_labels(name, chunk.scalars[i], chunk.start)
             col = self.payload_column.get(i)
             field_ptrs = None if col is None else ptrs[:, col]
             field_sizes = None if col is None else chunk.sizes[:, col]
             field.fill_metadata(rows[f"f{i}"], chunk.scalars[i], field_ptrs, field_sizes)
+
+    def _check_labels(self, field: str, labels: list, first_index: int) -> None:
+        """Every label of a field with class names must name one (caught per chunk, early)."""
+        names = self.class_names.get(field)
+        bad = None if names is None else class_names_block.label_out_of_range(labels, len(names))
+        if bad is not None:
+            raise ConversionError(f"sample {first_index + bad}, field {field!r}: label {labels[bad]} "
+                                  f"but only {len(names)} class names were given; pass names that "
+                                  "cover every label (or none)")
 
     def _place_samples(self, totals: np.ndarray, first_index: int) -> np.ndarray:
         """File offset of each sample's first allocation (ffcv's page rule)."""
@@ -303,7 +249,9 @@ class _FileWriter:
         out.flush()
         crcs = self._allocation_crcs()
         block = crcs.astype(fmt.CHECKSUM_DTYPE).tobytes()
-        trailer_ptr = fmt.align_up(block_ptr + len(block), 8)
+        names_ptr = fmt.align_up(block_ptr + len(block), 8)
+        names = class_names_block.encode_block(self.class_names)  # between CRCs and trailer
+        trailer_ptr = names_ptr + len(names)
         alloc_table_ptr = trailer_ptr + fmt.CHECKSUM_TRAILER_TYPE.itemsize
         header["alloc_table_ptr"] = alloc_table_ptr
         layout_crc = zlib.crc32(self.metadata, zlib.crc32(descriptors, zlib.crc32(header.tobytes())))
@@ -311,7 +259,8 @@ class _FileWriter:
                                block_ptr, len(self.alloc_table))
         out.seek(block_ptr)
         out.write(block)
-        out.write(b"\x00" * (trailer_ptr - block_ptr - len(block)))
+        out.write(b"\x00" * (names_ptr - block_ptr - len(block)))
+        out.write(names)
         out.write(trailer.tobytes())
         out.write(self.alloc_table.tobytes())
         out.seek(0)
