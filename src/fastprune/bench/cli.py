@@ -172,8 +172,10 @@ def write_outputs(out: Path, result: dict) -> str | None:
         return None
     stem, name = out.with_suffix(""), plan.data_name(result)
     Path(f"{stem}.md").write_text(report.render(result))
-    save_csv(Path(f"{stem}_epochs.csv"), [{"strategy": run["strategy"], "keep": run["keep"], "seed": run["seed"],
-                                           **record} for run in result["runs"] for record in run["history"]])
+    # runs of result files from before per-epoch histories were kept have none: no rows for them
+    rows = [{"strategy": run["strategy"], "keep": run["keep"], "seed": run["seed"], **record}
+            for run in result["runs"] for record in run.get("history", [])]
+    save_csv(Path(f"{stem}_epochs.csv"), rows)
     try:
         plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name)
         plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name)
