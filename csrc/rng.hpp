@@ -23,9 +23,6 @@ class CounterRng {
 
     uint64_t bits(uint64_t counter) const { return mix64(key_ + (counter + 1) * 0x9E3779B97F4A7C15ULL); }
 
-    // Uniform double in [0, 1) with 53 random bits.
-    double uniform(uint64_t counter) const { return double(bits(counter) >> 11) * 0x1.0p-53; }
-
   private:
     uint64_t key_;
 };

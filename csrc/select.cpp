@@ -437,14 +437,6 @@ std::pair<NumpyArray<int64_t>, NumpyArray<float>> split_sample(ROArray1D<float> 
     return {to_numpy(std::move(idx)), to_numpy(std::move(weights))};
 }
 
-NumpyArray<double> random_uniform(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t start, int64_t n) {
-    if (n < 0) fail_value("random_uniform: n must be >= 0");
-    std::vector<double> out(static_cast<size_t>(n));
-    CounterRng rng(seed, epoch, stream);
-    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = rng.uniform(start + uint64_t(i));
-    return to_numpy(std::move(out));
-}
-
 // The 32-bit uniforms selection sampling uses (the high half of each counter's 64 bits).
 NumpyArray<uint32_t> random_u32(uint64_t seed, uint64_t epoch, uint64_t stream, uint64_t start, int64_t n) {
     if (n < 0) fail_value("random_u32: n must be >= 0");
@@ -487,12 +479,15 @@ void bind_select(nb::module_ &m) {
     m.def("bandit_scores", &bandit_scores, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("c"),
           nb::arg("use_std"), "mean + c*sqrt(var) (or c*var; var unread and may be empty when c == 0); "
           "+inf for unseen samples.");
-    m.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
-          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0, nb::arg("one_pass") = true,
-          "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
-          "uniformly sampled without replacement from the rest. O(N), no sort. threads: 0 = automatic "
-          "(up to 2, from 2^20 scores); the result is the same for every thread count. one_pass=False "
-          "(for tests) forces the two-pass path; the result is the same.");
+    m.def(
+        "select_top_random",
+        [](ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed, uint64_t epoch, uint64_t stream,
+           int64_t threads) { return select_top_random(scores, k_top, k_rand, seed, epoch, stream, threads, true); },
+        nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"), nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
+        nb::arg("threads") = 0,
+        "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
+        "uniformly sampled without replacement from the rest. O(N), no sort. threads: 0 = automatic "
+        "(up to 2, from 2^20 scores); the result is the same for every thread count.");
     m.def("sample_uniform", &sample_uniform, nb::arg("n"), nb::arg("k"), nb::arg("seed"), nb::arg("epoch"),
           nb::arg("stream"), "k ascending indices drawn uniformly without replacement from range(n).");
     m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),
@@ -503,16 +498,23 @@ void bind_select(nb::module_ &m) {
           nb::arg("k_below"), nb::arg("below_weight"), nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
           "InfoBatch split: every sample not below the threshold (weight 1) plus k_below of the below ones, "
           "uniformly without replacement (weight below_weight). Returns (indices, weights).");
-    m.def("random_uniform", &random_uniform, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
-          nb::arg("n"), "The counter-based RNG's uniforms for counters start..start+n-1 (for tests/oracles).");
-    m.def("random_u32", &random_u32, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
+}
+
+// Hooks for the tests only (fastprune._core.testing): oracles reach the kernels' random numbers and
+// internal paths through them; nothing in src/fastprune calls them.
+void bind_select_testing(nb::module_ &t) {
+    t.def("random_u32", &random_u32, nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("start"),
           nb::arg("n"),
           "The 32-bit uniforms (high half of each counter's 64 bits) that selection sampling compares and "
-          "Floyd's subset draws use (for tests/oracles).");
-    m.def("_threshold", &threshold_for_tests, nb::arg("scores"), nb::arg("k"), nb::arg("method"),
+          "Floyd's subset draws use.");
+    t.def("threshold", &threshold_for_tests, nb::arg("scores"), nb::arg("k"), nb::arg("method"),
           nb::arg("sample_size") = 0, nb::arg("sigmas") = 4.5, nb::arg("seed") = 0,
-          "Testing hook: the k-th largest score, # above, # equal, path (0 copy, 1 bracket, 2 bracket end, "
+          "The k-th largest score, # above, # equal, path (0 copy, 1 bracket, 2 bracket end, "
           "3 histogram) by method 0 auto, 1 copy, 2 histogram, 3 bracket with the given sample.");
+    t.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
+          nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0, nb::arg("one_pass") = true,
+          "fastprune._core.select_top_random with the path chosen: one_pass=False forces the two-pass "
+          "path (the result must be the same).");
 }
 
 }  // namespace fastprune

@@ -46,17 +46,6 @@ uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n) {
 
 void bind_store(nb::module_ &m) {
     m.def(
-        "crc32",
-        [](ROArray1D<uint8_t> data, uint32_t start) {
-            const uint8_t *p = data.data();
-            size_t n = data.shape(0);
-            nb::gil_scoped_release release;
-            return crc32_update(start, p, n);
-        },
-        nb::arg("data"), nb::arg("start") = 0,
-        "CRC-32 of a uint8 buffer (same value as zlib.crc32).");
-
-    m.def(
         "crc32_ranges",
         [](ROArray1D<uint8_t> buffer, ROArray1D<uint64_t> offsets, ROArray1D<uint64_t> sizes,
            int threads) {
@@ -88,6 +77,21 @@ void bind_store(nb::module_ &m) {
         nb::arg("buffer"), nb::arg("offsets"), nb::arg("sizes"), nb::arg("threads") = 1,
         "CRC-32 of each byte range [offsets[i], offsets[i]+sizes[i]) of buffer; every range is "
         "bounds-checked first (IndexError names the first bad one).");
+}
+
+// Hook for the tests only (fastprune._core.testing): the CRC of one buffer, so the slicing-by-8
+// kernel can be checked against zlib.crc32 on every length and start value directly.
+void bind_store_testing(nb::module_ &t) {
+    t.def(
+        "crc32",
+        [](ROArray1D<uint8_t> data, uint32_t start) {
+            const uint8_t *p = data.data();
+            size_t n = data.shape(0);
+            nb::gil_scoped_release release;
+            return crc32_update(start, p, n);
+        },
+        nb::arg("data"), nb::arg("start") = 0,
+        "CRC-32 of a uint8 buffer (same value as zlib.crc32).");
 }
 
 }  // namespace fastprune

@@ -263,21 +263,25 @@ def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchi
 
 
 def test_quick_mode_is_the_recipe_with_a_narrower_model_on_a_subset_not_a_second_recipe():
-    quick = plan.mode_for(cli.build_parser().parse_args(["--quick"]))
+    def mode_and_recipe(*argv):
+        args = cli.build_parser().parse_args(list(argv))
+        mode = plan.mode_for(args)
+        return mode, cli.recipe_for(args, mode)
+
+    quick, trained = mode_and_recipe("--quick")
     assert quick["train_limit"] is not None and quick["keeps"] == (0.5,) and len(quick["seeds"]) == 1
     assert {"epsilon_greedy", "ucb"} <= set(quick["strategies"]) and "full" not in quick["strategies"]
-    trained = plan.recipe_for(quick, True)
     assert trained == recipe.QUICK_RECIPE and trained.epochs == quick["epochs"]
     # the preset changes the length and the widths and nothing else the recipe states
     assert recipe.QUICK_RECIPE.replace(epochs=recipe.RECIPE.epochs, widths=recipe.RECIPE.model.widths) \
         == recipe.RECIPE
-    # --epochs applies to the preset; the full mode keeps the benchmark's recipe
-    assert plan.recipe_for(plan.mode_for(cli.build_parser().parse_args(["--quick", "--epochs", "3"])), True) \
-        == recipe.QUICK_RECIPE.replace(epochs=3)
-    full = plan.mode_for(cli.build_parser().parse_args([]))
-    assert plan.recipe_for(full, False) == recipe.RECIPE and full["train_limit"] is None
-    # a result file records the recipe its runs trained, the model included
-    result = plan.new_result(quick, bench_run.Settings(amp="off", threads=1), True)
+    # --epochs and --width apply to the preset; the full mode keeps the benchmark's recipe
+    assert mode_and_recipe("--quick", "--epochs", "3")[1] == recipe.QUICK_RECIPE.replace(epochs=3)
+    assert mode_and_recipe("--quick", "--width", "32")[1].model.widths == recipe.RECIPE.model.widths
+    full, trained = mode_and_recipe()
+    assert trained == recipe.RECIPE and full["train_limit"] is None
+    # a result file records the model its runs trained
+    result = plan.new_result(quick, bench_run.Settings(amp="off", threads=1), True, recipe.QUICK_RECIPE)
     assert result["model"]["widths"] == recipe.QUICK_RECIPE.model.widths and result["mode"]["quick"]
 
 
@@ -287,7 +291,11 @@ def test_scale_note_says_a_quick_run_is_smoke_size_and_what_the_full_benchmark_i
     assert note.startswith("smoke-size run: 12k images, 30 epochs, SmallResNet(16, 32, 64), 1 seed; ")
     assert "the full benchmark (60k images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds)" in note
     full = bench_report.scale_note({"train_limit": None, "epochs": 10, "seeds": (0, 1, 2)}, recipe.RECIPE, False)
-    assert "smoke" not in full and full.startswith("60k images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds")
+    assert full == "all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds; every measurement: " \
+                   "docs/benchmarks.md"
+    other = bench_report.scale_note({"train_limit": 1500, "epochs": 2, "seeds": (0,)},
+                                    recipe.RECIPE.replace(name="resnet18"), False)
+    assert other.startswith("1,500 images, 2 epochs, resnet18, 1 seed; ")
 
 
 def test_verdict_is_one_line_on_the_bandits_and_uniform_at_keep_one_half():
@@ -318,8 +326,9 @@ def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_
     options = cli.build_parser().parse_args(["--threads", "1", "--amp", "off"])
     one_epoch = recipe.RECIPE.replace(epochs=1)
     row = bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch.replace(widths=(8, 16)))
-    assert built == [("small_resnet", {"in_channels": 3, "widths": (8, 16), "blocks": 1, "stem_stride": 2})]
+    assert built == [("small_resnet", {"in_channels": 3, "num_classes": 10, "widths": (8, 16), "blocks": 1,
+                                       "stem_stride": 2})]  # 10 classes: read off the store's labels
     assert row["epochs"] == 1 and row["samples_seen"] == 32
     bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch)  # no override: the benchmark's
-    assert built[1] == ("small_resnet", {"in_channels": 3, **{k: v for k, v in recipe.RECIPE.model_json().items()
+    assert built[1] == ("small_resnet", {"in_channels": 3, "num_classes": 10, **{k: v for k, v in recipe.RECIPE.model_json().items()
                                                                if k != "name"}})

@@ -181,7 +181,7 @@ def test_options_are_never_abbreviated(capsys):
     from fastprune.cli import build_parser
 
     with pytest.raises(SystemExit):
-        build_parser("bench").parse_args(["bench", "--train", "100"])   # not --train-limit
-    assert "unrecognized arguments: --train" in capsys.readouterr().err
+        build_parser("bench").parse_args(["bench", "--train-lim", "100"])   # not --train-limit
+    assert "unrecognized arguments: --train-lim" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "x", "--out", "y", "--qual", "9"])

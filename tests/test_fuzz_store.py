@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from fastprune import StoreError
 from fastprune.store import (BytesField, FloatField, IntField, JSONField, NDArrayField, RGBImageField,
                              Store, write_dataset)
 from fastprune.store import format as fmt
+from fastprune.store import names as names_block
 
 PAGE = 1 << 12  # 4 KiB pages: several pages and page boundaries in a ~50 KB file
 
@@ -81,13 +83,18 @@ class Pristine:
             self.alloc_table_ptr = store.alloc_table_ptr
             self.num_allocs = len(store.alloc_table)
             self.first_page = fmt.align_up(store.metadata_end, store.page_size)
+            self.names = store.field_class_names
         trailer = self.alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
+        block_ptr = int(np.frombuffer(self.data[trailer:self.alloc_table_ptr], fmt.CHECKSUM_TRAILER_TYPE)[0]["block_ptr"])
+        self.names_start = fmt.align_up(block_ptr + 4 * self.num_allocs, 8)
         self.regions = {  # name -> [start, stop) of the file
             "header": (0, fmt.HEADER_TYPE.itemsize),
             "descriptors": (fmt.HEADER_TYPE.itemsize, self.meta_start),
             "metadata": (self.meta_start, self.metadata_end),
-            "pages": (self.first_page, trailer - 8),
-            "checksums": (trailer - 8 - 4 * self.num_allocs, self.alloc_table_ptr),
+            "pages": (self.first_page, block_ptr),
+            "checksums": (block_ptr, self.names_start),
+            "names": (self.names_start, trailer),  # empty in files without class names
+            "trailer": (trailer, self.alloc_table_ptr),
             "alloc_table": (self.alloc_table_ptr, len(self.data)),
         }
 
@@ -96,6 +103,18 @@ class Pristine:
 def mixed(tmp_path_factory) -> Pristine:
     path = tmp_path_factory.mktemp("fuzz") / "mixed.beton"
     write_dataset(path, _mixed_rows(), MIXED_FIELDS, workers=1, page_size=PAGE, progress=False)
+    return Pristine(path)
+
+
+# label i % 10 -> one of these (non-ASCII and JSON escapes included)
+CLASS_NAMES = {"label": ["zero", "één", 'q"uote', "back\\slash", "tab\t", "猫", "", "7", "eight", "nine"]}
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory) -> Pristine:
+    path = tmp_path_factory.mktemp("fuzz") / "named.beton"
+    write_dataset(path, _mixed_rows(), MIXED_FIELDS, workers=1, page_size=PAGE, progress=False,
+                  class_names=CLASS_NAMES)
     return Pristine(path)
 
 
@@ -108,11 +127,12 @@ def jpeg(tmp_path_factory) -> Pristine:
 
 # --- the oracle -------------------------------------------------------------------------------
 
-def check_file(path: Path, expected: list[tuple], *, gather: bool = True) -> str:
-    """Open, read every sample, verify and (for image stores) gather natively.
+def check_file(path: Path, expected: list[tuple], *, gather: bool = True, names: dict | None = None) -> str:
+    """Open, read every sample and the class names, verify and (for image stores) gather natively.
 
-    Returns "error" when a StoreError was raised somewhere, "ok" when everything read back equal
-    to ``expected``; anything else (another exception, a verified file with wrong values) fails.
+    Returns "error" when a StoreError was raised somewhere, "ok" when everything (class names
+    included: ``names``, {} when the file has none) read back equal to what was written; anything
+    else (another exception, a verified file with wrong values) fails.
     """
     try:
         store = Store(path)
@@ -126,11 +146,17 @@ def check_file(path: Path, expected: list[tuple], *, gather: bool = True) -> str
             return "error"
         if gather:
             _gather_everything(store)
+        try:
+            got_names = store.field_class_names
+        except StoreError:  # damaged names: verify() must have said so too
+            assert not report.ok, f"verify() passed a file whose class names raise: {store.path}"
+            return "error"
         if not report.ok:
             with pytest.raises(StoreError):
                 report.raise_if_bad()
             return "error"
         # verified: the file must read back exactly as written
+        assert got_names == (names or {}), f"verified file has class names {got_names!r:.200}"
         assert len(values) == len(expected), f"verified file has {len(values)} samples, wrote {len(expected)}"
         for i, (got, want) in enumerate(zip(values, expected)):
             assert len(got) == len(want)
@@ -187,7 +213,7 @@ def tally(request):
 
 # --- mutations --------------------------------------------------------------------------------
 
-REGIONS = ["header", "descriptors", "metadata", "pages", "checksums", "alloc_table"]
+REGIONS = ["header", "descriptors", "metadata", "pages", "checksums", "trailer", "alloc_table"]
 
 ABSURD_U64 = [0, 1, 2, 7, 8, 24, 4095, 4096, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, 1 << 63,
               (1 << 64) - 24, (1 << 64) - 1]
@@ -198,13 +224,17 @@ ABSURD_U64 = [0, 1, 2, 7, 8, 24, 4095, 4096, 1 << 31, (1 << 32) - 1, 1 << 32, (1
 @given(data=st.data())
 def test_fuzz_flipped_bytes(mixed, tmp_path_factory, tally, data):
     """1..8 bytes changed, each in a chosen region of the file (header to allocation table)."""
-    buf = bytearray(mixed.data)
-    for _ in range(data.draw(st.integers(1, 8), label="flips")):
-        region = data.draw(st.sampled_from(REGIONS), label="region")
-        lo, hi = mixed.regions[region]
-        pos = data.draw(st.integers(lo, hi - 1), label="pos")
-        buf[pos] ^= data.draw(st.integers(1, 255), label="xor")
+    buf = flip_bytes(mixed, REGIONS, 8, data)
     tally.add(check_file(_write_variant(tmp_path_factory.mktemp("c"), buf), mixed.values))
+
+
+def flip_bytes(pristine: Pristine, regions: list[str], most: int, data) -> bytearray:
+    """The file with 1..``most`` bytes changed, each in a region drawn from ``regions``."""
+    buf = bytearray(pristine.data)
+    for _ in range(data.draw(st.integers(1, most), label="flips")):
+        lo, hi = pristine.regions[data.draw(st.sampled_from(regions), label="region")]
+        buf[data.draw(st.integers(lo, hi - 1), label="pos")] ^= data.draw(st.integers(1, 255), label="xor")
+    return buf
 
 
 @pytest.mark.timeout(120)
@@ -444,9 +474,54 @@ def test_fuzz_crop_window_decode_on_damaged_jpegs(tally, data):
     tally.add("ok")
 
 
-def test_pristine_files_read_back_exactly(mixed, jpeg):
+def test_pristine_files_read_back_exactly(mixed, jpeg, named):
     assert check_file(mixed.path, mixed.values) == "ok"
     assert check_file(jpeg.path, jpeg.values) == "ok"
+    assert named.names == CLASS_NAMES and mixed.names == {}
+    assert check_file(named.path, named.values, names=CLASS_NAMES) == "ok"
+
+
+# --- the class-names block (names.py) ---------------------------------------------------------
+
+NAMES_REGIONS = ["names"] * 4 + ["checksums", "trailer", "alloc_table", "header", "pages"]
+NAMES_HEADER = {n: names_block.HEADER_TYPE.fields[n][:2] for n in names_block.HEADER_TYPE.names}
+HOSTILE_NAMES_JSON = ['{"label": "zero"}', '{"label": [0, 1]}', "[]", "null", '{"label": [[]]}', "{" * 300,
+                      "[" * 5000 + "]" * 5000, '{"label": ["\ud800"]}', "\u0000", '{"a": 1e999}', ""]
+
+
+@pytest.mark.timeout(120)
+@_settings(300)
+@given(data=st.data())
+def test_fuzz_flipped_bytes_in_a_file_with_class_names(named, tmp_path_factory, tally, data):
+    """1..6 bytes changed, mostly in the class-names block, the rest around it."""
+    buf = flip_bytes(named, NAMES_REGIONS, 6, data)
+    tally.add(check_file(_write_variant(tmp_path_factory.mktemp("n"), buf), named.values, names=CLASS_NAMES))
+
+
+@pytest.mark.timeout(120)
+@_settings(300)
+@given(data=st.data())
+def test_fuzz_class_names_block_with_valid_crcs(named, tmp_path_factory, tally, data):
+    """The block's header fields set to absurd values, or its JSON replaced by hostile text, with
+    both CRCs recomputed, so the checks behind them (size, version, JSON, types) are reached."""
+    buf = bytearray(named.data)
+    start, stop = named.regions["names"]
+    header_size = names_block.HEADER_TYPE.itemsize
+    size = int(np.frombuffer(buf[start:start + header_size], names_block.HEADER_TYPE)[0]["json_size"])
+    if data.draw(st.booleans(), label="json"):
+        text = data.draw(st.sampled_from(HOSTILE_NAMES_JSON) | st.text(max_size=60), label="text")
+        body = text.encode("utf8", "surrogatepass")[:size].ljust(size, b" ")  # fills the same place
+        buf[start + header_size:start + header_size + size] = body
+        put(buf, start + NAMES_HEADER["json_crc"][1], np.dtype("<u4"), zlib.crc32(body))
+    else:
+        name = data.draw(st.sampled_from(["version", "json_size", "magic"]), label="field")
+        dtype, offset = NAMES_HEADER[name]
+        value = data.draw(st.sampled_from(ABSURD_U64) | st.integers(0, size + 64), label="value")
+        put(buf, start + offset, dtype if name != "magic" else np.dtype("<u8"), value)
+    put(buf, start + NAMES_HEADER["header_crc"][1], np.dtype("<u4"),
+        zlib.crc32(bytes(buf[start:start + NAMES_HEADER["header_crc"][1]])))
+    outcome = check_file(_write_variant(tmp_path_factory.mktemp("h"), buf), named.values, names=CLASS_NAMES)
+    tally.add(outcome)
 
 
 # --- memory: absurd sizes must not allocate beyond the file -----------------------------------

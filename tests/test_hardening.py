@@ -101,7 +101,7 @@ def test_sigkilled_conversions_leave_no_file_and_a_rerun_succeeds(fashion_mnist_
 def test_stale_temp_files_of_live_processes_and_other_hosts_are_kept(tmp_path):
     import socket
 
-    from fastprune.store.writer import _temp_prefix
+    from fastprune.store._atomic import temp_prefix as _temp_prefix
 
     path = tmp_path / "d.beton"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -417,3 +417,14 @@ def test_short_soak_keeps_threads_and_memory_flat(tmp_path, benchmark_script):
     assert _os_threads() <= min(r["threads"] for r in records)
     summary = soak.summarize(records)
     assert summary["rss_anon_mib_max"] - summary["rss_anon_mib_min"] < 64, summary
+
+
+def test_native_core_exposes_only_what_the_package_uses():
+    """Test-only hooks live in fastprune._core.testing; every other public name of the core is
+    called somewhere in src/fastprune (so a hook added to the product surface fails here)."""
+    core = fastprune._native.core
+    source = "\n".join(p.read_text() for p in Path(fastprune.__file__).parent.rglob("*.py"))
+    unused = [name for name in dir(core) if not name.startswith("__") and name not in ("testing", "ABI_VERSION")
+              and f"core.{name}" not in source]
+    assert unused == [], f"fastprune._core names no module in src/fastprune uses: {unused}"
+    assert {"crc32", "random_u32", "threshold", "select_top_random"} <= set(dir(core.testing))

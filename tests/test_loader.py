@@ -252,6 +252,8 @@ def test_bad_arguments_name_the_argument(raw_store):
         Loader(raw_store, 8, transforms=[Normalize(), RandomHorizontalFlip()])
     with pytest.raises(FileNotFoundError, match="store_or_path"):
         Loader("/nonexistent/x.beton", 8)
+    with pytest.raises(TypeError, match="store_or_path must be a fastprune.Store or a file path, got dict"):
+        Loader({"image": []}, 8)
 
     class Liar(ShrinkingSampler):
         def num_selected(self, epoch):
@@ -274,3 +276,14 @@ def test_reads_a_file_written_by_ffcv(tmp_path, data):
     batch = next(iter(Loader(path, 50, shuffle=False)))
     np.testing.assert_array_equal(batch.images.numpy(), images[:50])
     np.testing.assert_array_equal(batch.labels.numpy(), labels[:50])
+
+
+def test_fields_named_like_metadata_columns_are_found_by_position(tmp_path, data):
+    """The metadata table's columns are f0, f1, ... in field order, whatever the fields' names:
+    an image field named "f1" stored first is column f0."""
+    images, labels = data
+    path = fastprune.write_dataset(tmp_path / "f.beton", _Images(images[:20], labels[:20]),
+                                   {"f1": RGBImageField(), "f0": IntField()}, workers=1, progress=False)
+    batch = next(iter(Loader(path, 20, shuffle=False)))
+    np.testing.assert_array_equal(batch.images.numpy(), images[:20])
+    np.testing.assert_array_equal(batch.labels.numpy(), labels[:20])

@@ -30,3 +30,7 @@ def test_readme_python_examples_run(tmp_path):
     assert result.stdout.count("20 batches") == 2, result.stdout
     assert "torch.Size([64, 3, 28, 28]) torch.float32" in result.stdout
     assert result.stdout.count("samples") == 2 and "epoch 1: 500 samples" in result.stdout
+    # the guide's compare() example: its table's rows, and a speed-up read off a row
+    assert "| full | 1.0 | " in result.stdout and "| ucb | 0.5 | " in result.stdout
+    assert re.search(r"UCB: [\d.]+% in [\d.]+ s of training, [\d.]+x full data's speed", result.stdout)
+    assert "None / Ankle boot" in result.stdout  # the guide's class names: none from IDX, then given

@@ -445,3 +445,68 @@ def test_json_and_torch_tensor_fields_round_trip(tmp_path):
     with pytest.raises(ConversionError, match="sample 0, field 'meta'.*JSON"):
         write_dataset(tmp_path / "bad.beton", ListSource([(object(),)]), {"meta": JSONField()},
                       workers=1, progress=False)
+
+
+def test_native_crc32_equals_zlib_on_every_tail_length_and_range():
+    """The slicing-by-8 CRC kernel (csrc/store_checks.cpp) that verify() and the writer use for
+    per-sample checksums: the same value as zlib.crc32 for every length mod 8, chained starts, and
+    byte ranges at any offset (the checksums are compared with values zlib wrote elsewhere)."""
+    import zlib
+
+    from fastprune._native import core
+
+    data = np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8)
+    for n in list(range(20)) + [63, 64, 65, 299, 300]:
+        assert core.testing.crc32(data[:n]) == zlib.crc32(data[:n].tobytes()), n
+        start = zlib.crc32(b"prefix")
+        assert core.testing.crc32(data[:n], start) == zlib.crc32(data[:n].tobytes(), start), n
+    offsets = np.array([0, 1, 7, 8, 13, 299, 300], np.uint64)
+    sizes = np.array([300, 9, 0, 17, 250, 1, 0], np.uint64)
+    got = core.crc32_ranges(data, offsets, sizes, 2)
+    assert list(got) == [zlib.crc32(data[o:o + s].tobytes()) for o, s in zip(offsets.astype(int), sizes.astype(int))]
+
+
+def _photo_and_noise():
+    import matplotlib
+    from PIL import Image
+
+    photo = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg"))
+    noise = np.random.default_rng(0).integers(0, 256, (257, 383, 3), dtype=np.uint8)
+    return [np.asarray(photo.convert("RGB")), noise]
+
+
+@pytest.mark.parametrize("block", [1 << 23, 1000])  # one block of running sums, and many
+def test_area_shrink_without_opencv_matches_opencv(monkeypatch, block):
+    """Every shrink goes through store.images.resize_image: OpenCV's INTER_AREA when importable,
+    else the numpy computation of the same filter, which must agree to within 1 grey level."""
+    cv2 = pytest.importorskip("cv2")
+    from fastprune.store import images
+
+    monkeypatch.setattr(images, "_BLOCK_VALUES", block)
+    for image in _photo_and_noise():
+        rows, cols = image.shape[:2]
+        for height, width in [(rows // 2, cols // 2), (rows // 3, cols // 3), (int(rows * 0.7), int(cols * 0.7)),
+                              (int(rows * 0.37), int(cols * 0.9)), (rows - 1, cols - 1), (rows, cols // 4), (1, 1)]:
+            expected = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).astype(int)
+            got = images._area_shrink(image, height, width).astype(int)
+            assert got.shape == expected.shape
+            diff = np.abs(got - expected)
+            assert diff.max() <= 1 and diff.mean() < 0.2, (image.shape, height, width)
+    monkeypatch.setattr(images, "_cv2", None)
+    image = _photo_and_noise()[0]
+    np.testing.assert_array_equal(images.resize_image(image, 200, 170), images._area_shrink(image, 200, 170))
+
+
+def test_store_and_converters_shrink_with_the_same_filter(tmp_path):
+    """RGBImageField(max_resolution) and the converters' max_side give identical pixels for the
+    same target size: both call store.images.resize_image."""
+    from fastprune.convert._common import fit_image
+    from fastprune.store.images import resize_image
+
+    image = _photo_and_noise()[0]  # 600 x 512: both round to 100 x 85 for a longer side of 100
+    path = write_dataset(tmp_path / "m.beton", ListSource([(image,)]), {"image": RGBImageField(max_resolution=100)},
+                         workers=1, progress=False)
+    with Store(path) as store:
+        stored = store[0][0]
+    np.testing.assert_array_equal(stored, resize_image(image, 100, 85))
+    np.testing.assert_array_equal(fit_image(image, max_side=100), stored)

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.ffcv,
 def _collect_ffcv_dispatchers():
     """Run that finalizer here, at the end of this module, where the filter above applies.
     ffcv's dispatchers sit in reference cycles, so without this the next automatic collection
-    runs it inside whichever later test happens to allocate (seen in test_transforms, test_train)."""
+    runs it inside whichever later test happens to allocate (seen in test_loader_transforms, test_train)."""
     yield
     gc.collect()
 
@@ -122,6 +122,27 @@ def test_ffcv_reader_sees_the_same_tables(tmp_path):
         np.testing.assert_array_equal(reader.alloc_table, store.alloc_table)
 
 
+def test_a_file_with_class_names_loads_in_ffcv_unchanged(tmp_path):
+    """The names block lies where ffcv never reads: its Loader and Reader see the same samples and
+    tables with names as without, in a file with several pages (workers=2) and a JPEG variant."""
+    rows = make_rows()
+    names = [f"class {i} — ñame" for i in range(10)]
+    for fields in (FASTPRUNE_FIELDS, dict(FASTPRUNE_FIELDS, image=RGBImageField("jpg", jpeg_quality=90))):
+        plain = write_dataset(tmp_path / "plain.beton", rows, fields, workers=2, page_size=1 << 13,
+                              progress=False, chunk_size=5)
+        named = write_dataset(tmp_path / "named.beton", rows, fields, workers=2, page_size=1 << 13,
+                              progress=False, chunk_size=5, class_names=names)
+        assert named.stat().st_size > plain.stat().st_size
+        for got, want in zip(load_with_ffcv(named), load_with_ffcv(plain)):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(load_with_ffcv(named)[1].ravel(), [r[1] for r in rows])
+        reader = Reader(str(named))
+        with Store(named) as store:
+            assert store.class_names == names and store.verify().ok
+            np.testing.assert_array_equal(reader.metadata, store.metadata)
+            np.testing.assert_array_equal(reader.alloc_table, store.alloc_table)
+
+
 def write_with_ffcv(path, rows, fields):
     writer = DatasetWriter(str(path), fields, num_workers=1)
     writer.from_indexed_dataset(rows, chunksize=10)
@@ -146,6 +167,7 @@ def test_ffcv_raw_file_opens_in_store(tmp_path):
             assert blob == row[4].tobytes()
         report = store.verify()
         assert report.ok and not report.has_checksums and "no checksums" in str(report)
+        assert store.class_names is None and store.field_class_names == {}  # ffcv keeps none
 
 
 def test_ffcv_jpeg_file_opens_in_store(tmp_path):

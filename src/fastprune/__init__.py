@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ._native import core as _core  # noqa: F401  (fails early, with a clear message, if the build is missing)
-from .errors import CheckpointError, ConversionError, FastpruneError, StoreError
+from .errors import CheckpointError, ConfigError, ConversionError, FastpruneError, StoreError
 
 __version__ = "0.1.0"
 
@@ -44,7 +44,7 @@ _LAZY = {
 
 
 # subpackages reachable as attributes (``fastprune.convert.from_idx(...)``) without an explicit import
-_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli")
+_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", "bench")
 
 
 def __getattr__(name: str):
@@ -64,5 +64,5 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["CheckpointError", "ConversionError", "FastpruneError", "StoreError", "__version__", "build_info",
+__all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "__version__", "build_info",
            *_LAZY]

@@ -46,6 +46,23 @@ def height_by_width(text: str) -> tuple[int, int]:
     return height, width
 
 
+def class_names(text: str) -> list[str]:
+    """'a,b,c' -> ['a', 'b', 'c']; '@names.txt' -> the file's lines (names may hold commas)."""
+    if text.startswith("@"):
+        try:
+            lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc}") from None
+    else:
+        lines = text.split(",")
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:  # a file's final newline
+        names.pop()
+    if not names or not all(names):  # a blank name would shift every later label's name
+        raise argparse.ArgumentTypeError(f"empty class name in {text!r:.80} (name {names.index('') if names else 0})")
+    return names
+
+
 # ----------------------------------------------------------------------------------- convert
 
 CONVERT_HELP = """\
@@ -66,6 +83,7 @@ Raw storage needs one image shape: use --resize HxW for image folders of mixed s
 
 def add_convert_command(subparsers) -> None:
     from .convert import KINDS
+    from .store.images import DEFAULT_JPEG_QUALITY
 
     parser = subparsers.add_parser(
         "convert", help="convert a dataset to a store (.beton) file",
@@ -77,7 +95,8 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--split", choices=("train", "test"),
                         help="split of an IDX or CIFAR source (default: train)")
     parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
-    parser.add_argument("--quality", type=jpeg_quality, default=90, metavar="Q", help="JPEG quality (default: 90)")
+    parser.add_argument("--quality", type=jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
+                        help=f"JPEG quality (default: {DEFAULT_JPEG_QUALITY})")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=positive_int, metavar="N",
                       help="image folders: shrink images whose longer side exceeds N (keeps aspect)")
@@ -87,6 +106,10 @@ def add_convert_command(subparsers) -> None:
                         help="image folders: refuse images whose header claims more than N pixels, "
                              "before decoding them (default: 2**26 = 67,108,864)")
     parser.add_argument("--coarse", action="store_true", help="CIFAR-100: also store coarse_label")
+    parser.add_argument("--class-names", type=class_names, metavar="A,B,C|@FILE",
+                        help="the classes' names (label 0, 1, ...), kept in the store: comma-separated, "
+                             "or @FILE with one name a line (default: those the source has; IDX and "
+                             ".npz have none)")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_convert)
@@ -97,7 +120,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
                   quality=args.quality, max_side=args.max_side, resize=args.resize,
-                  coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers, progress=not args.no_progress)
+                  coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
+                  progress=not args.no_progress, class_names=args.class_names)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

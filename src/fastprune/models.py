@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "SmallResNet", "resnet18_small", "build_model"]
+__all__ = ["BasicBlock", "SmallResNet", "resnet18_small", "build_model", "load_model_factory"]
 
 
 class BasicBlock(nn.Module):
@@ -93,10 +93,11 @@ class SmallResNet(nn.Module):
 
 
 def resnet18_small(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 28x28 / 32x32 inputs."""
-    from torchvision.models import resnet18
+    """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 28x28 / 32x32 inputs.
+    Needs torchvision (the ``vision`` extra)."""
+    from .errors import require
 
-    model = resnet18(num_classes=num_classes)
+    model = require("torchvision.models", "vision", "the resnet18 model").resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
     _init_weights(model)
@@ -117,11 +118,59 @@ def _init_weights(model: nn.Module) -> None:
 
 def build_model(name: str = "small_resnet", *, in_channels: int = 3, num_classes: int = 10,
                 **options) -> nn.Module:
-    """Build a model by name: ``"small_resnet"`` (options go to SmallResNet) or ``"resnet18"``."""
+    """Build a model by name: ``"small_resnet"`` (options go to SmallResNet), ``"resnet18"``, or
+    ``"MODULE:CALLABLE"``, a function of yours called as ``CALLABLE(num_classes=...)`` (its module
+    is imported, so it must be on ``sys.path`` / ``PYTHONPATH``; ``options`` do not apply to it)."""
+    if ":" in name:
+        return _build_user_model(name, num_classes)
     if name == "small_resnet":
         return SmallResNet(in_channels, num_classes, **options)
     if name == "resnet18":
         if options:
             raise ValueError(f"resnet18 takes no options, got {sorted(options)}")
         return resnet18_small(in_channels, num_classes)
-    raise ValueError(f"unknown model {name!r}; expected 'small_resnet' or 'resnet18'")
+    raise ValueError(f"unknown model {name!r}; expected 'small_resnet', 'resnet18' or MODULE:CALLABLE")
+
+
+def load_model_factory(spec: str):
+    """The callable ``spec`` ("MODULE:CALLABLE", the callable may be dotted: "pkg.mod:Net.small")
+    names; a :class:`~fastprune.ConfigError` naming what is missing otherwise."""
+    import importlib
+
+    from .errors import ConfigError
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"model {spec!r}: expected MODULE:CALLABLE, such as mymodels:make")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as exc:  # ModuleNotFoundError too, and a module whose own imports fail
+        raise ConfigError(f"model {spec!r}: cannot import {module_name!r} ({exc}); put its folder on "
+                          "PYTHONPATH (or sys.path)") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"model {spec!r}: module {module_name!r} has no {attribute!r}") from None
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"model {spec!r}: {attribute!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def _build_user_model(spec: str, num_classes: int) -> nn.Module:
+    return build_user_model(load_model_factory(spec), num_classes, spec)
+
+
+def build_user_model(factory, num_classes: int, spec: str | None = None) -> nn.Module:
+    """``factory(num_classes=num_classes)``, checked to be an nn.Module (``spec``: its name in errors)."""
+    from .errors import ConfigError
+
+    spec = spec or model_spec_of(factory)
+    model = factory(num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec!r}: returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def model_spec_of(factory) -> str:
+    """The "MODULE:CALLABLE" a result file records for a model function passed as an object."""
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"

@@ -14,6 +14,8 @@ or another rank of a distributed job draws exactly the same numbers.
   transform of a pipeline its 64-bit stream, and ``uniform(stream, sample_id, k)`` (a splitmix64
   hash, the same mixer as the native RNG) its k-th draw for one sample: independent of which
   samples share its batch.
+* **Normalization statistics** (``fastprune train`` without ``--mean/--std``): the samples they
+  are computed over, :func:`statistics_sample`, numpy's PCG64 seeded with (a fixed salt).
 * **Sharding** across ranks draws nothing: every rank computes the same epoch order and takes
   its own positions of it (``fastprune.prune.distributed.shard``).
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 # Salt of the epoch-order stream, so that it differs from any other use of the same seed.
 _ORDER_SALT = 0x5EED
+_STATISTICS_SALT = 0x57A7
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -31,4 +34,13 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch), _ORDER_SALT]).permutation(n)
 
 
-__all__ = ["epoch_permutation"]
+def statistics_sample(n: int, count: int) -> np.ndarray:
+    """Sorted ids of ``min(n, count)`` distinct samples of ``n``: the same for every run on a
+    store of ``n`` samples, so a resumed run normalizes exactly as the interrupted one."""
+    if count >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([int(n), _STATISTICS_SALT])
+    return np.sort(rng.choice(n, count, replace=False)).astype(np.int64)
+
+
+__all__ = ["epoch_permutation", "statistics_sample"]

@@ -10,6 +10,11 @@ markdown table and two PNG plots into benchmarks/results/.
                                    # 12k-image subset, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
+    fastprune bench --train my-train.beton --val my-val.beton --crop 64 --model mymodels:make \
+                    --strategies epsilon_greedy ucb --keeps 0.5 --epochs 10    # your data and model
+
+With --train/--val the benchmark runs on your stores (classes and normalization read off them, as
+``fastprune train`` does); ``fastprune.bench.compare`` is the same comparison from Python.
 
 (``python benchmarks/end_to_end.py`` is the same program.)
 
@@ -22,12 +27,16 @@ benchmark needs, is timed separately (``eval_s``) and left out of the speed-up.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
-from ..train.recipe import STRATEGIES
+from ..errors import MissingExtraError
+from ..train.cli import add_recipe_arguments, recipe_from_args
+from ..train.loop import save_csv
+from ..train.recipe import STRATEGIES, describe_recipe_data
 from . import machine, plan, plots, report
 from .run import Settings, prepare_stores, run_one, warm_up
 
@@ -51,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--quick", action="store_true",
                         help="smoke-size run (the main job's): the recipe with a half-width model "
-                             "over 12k training images for 30 epochs, keep 0.5, one seed, "
-                             "the two bandits")
+                             "(--width 16) over 12k training images for 30 epochs, keep 0.5, one "
+                             "seed, the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
     parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
@@ -67,12 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "accuracy)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=defaults.channels_last,
                         help="NHWC activations (faster with oneDNN on CPU and on CUDA)")
+    parser.add_argument("--train", type=Path, metavar="STORE",
+                        help="your training store (default: Fashion-MNIST, converted into --workdir)")
+    parser.add_argument("--val", type=Path, metavar="STORE", help="your validation store (with --train)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-bench"),
-                        help="where the converted stores go")
-    parser.add_argument("--out", type=Path, help="result JSON (default: benchmarks/results/end_to_end[_quick].json)")
+                        help="where the converted Fashion-MNIST stores go")
+    parser.add_argument("--out", type=Path, help="result JSON, relative to the current folder (default: "
+                        "benchmarks/results/end_to_end[_quick].json; with --train, bench_<train's name>.json)")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the runs already in --out and do only the missing ones")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
+    add_recipe_arguments(parser)
+    parser.set_defaults(width=None)  # the mode's: --quick trains the narrower QUICK_RECIPE
 
 
 def main(argv=None) -> int:
@@ -85,41 +100,73 @@ def run(args: argparse.Namespace) -> int:
                         flush_denormal=args.flush_denormal, progress=args.progress)
     settings.apply()
     mode = plan.mode_for(args)
-    out = args.out or machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
-    recipe = plan.recipe_for(mode, args.quick)
-    stores = prepare_stores(args.workdir, mode["train_limit"])
-    result = plan.new_result(mode, settings, args.quick)
+    if (args.train is None) != (args.val is None):
+        raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
+    recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick)
     print(note, flush=True)  # up front: a smoke-size run must not be read as the benchmark's result
-    if args.resume and out.exists():
-        previous = json.loads(out.read_text())
-        plan.check_can_continue(previous, result, out)
-        result["runs"] = previous["runs"]
-    todo = plan.missing_runs(mode, result["runs"])
-    if todo:
-        print(f"warm-up (untimed): {warm_up(stores, settings, recipe):.1f}s", flush=True)
-    _run_all(todo, stores, settings, recipe, result, out)
+    if args.train is not None:
+        stores, default_out = (args.train, args.val), Path(f"bench_{args.train.stem}.json")
+    else:
+        stores = prepare_stores(args.workdir, mode["train_limit"])
+        default_out = machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
+    out = args.out or default_out
+    result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
+                     built_in=args.train is None, log=functools.partial(print, flush=True))
     print()
     print(report.markdown_table(result["summary"]))
-    stem = out.with_suffix("")
-    print(f"\nwrote {out}, {stem}.md\nplots: {stem}_curves.png, {stem}_frontier.png")
+    skipped, stem = _plots_unavailable(), out.with_suffix("")
+    print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
+    print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")
     print(report.verdict(result["summary"], note))
     return 0
 
 
-def _run_all(todo, stores, settings: Settings, recipe, result: dict, out: Path) -> None:
+def recipe_for(args: argparse.Namespace, mode: dict):
+    """The recipe the command line describes, for ``mode``'s epochs; without --width, the mode's
+    (``--quick``: QUICK_RECIPE's half width)."""
+    width = plan.base_recipe(args.quick).model.widths[0] if args.width is None else args.width
+    return recipe_from_args(argparse.Namespace(**{**vars(args), "width": width}), mode["epochs"])
+
+
+def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *, quick: bool = False,
+            resume: bool = False, built_in: bool = False, log=None) -> dict:
+    """Run the runs of ``mode`` (see plan.planned_runs) that ``out`` does not hold yet (all of them
+    without ``resume``) on ``stores`` (train, val) with ``recipe``; return the result document,
+    written to ``out`` (None: not written) after every run. ``fastprune bench`` and
+    :func:`fastprune.bench.compare` both run through here."""
+    data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
+    names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
+    result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1], **data.json()})
+    if resume and out is not None and out.exists():
+        previous = json.loads(out.read_text())
+        plan.check_can_continue(previous, result, out)
+        result["runs"] = previous["runs"]
+        result["summary"] = report.summarize(result["runs"])
+    todo = plan.missing_runs(mode, result["runs"])
+    if todo:
+        seconds = warm_up(stores, settings, recipe, data)
+        if log:
+            log(f"warm-up (untimed): {seconds:.1f}s")
+    _run_all(todo, stores, settings, recipe, data, result, out, log)
+    return result
+
+
+def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: Path | None, log) -> None:
     runs = result["runs"]
     started, work = time.perf_counter(), [keep for _, keep, _, _ in todo]
     for number, (strategy, keep, seed, block) in enumerate(todo, 1):
-        row = {**run_one(strategy, keep, seed, stores, settings, recipe=recipe), "block": block}
+        row = {**run_one(strategy, keep, seed, stores, settings, recipe=recipe, data=data), "block": block}
         runs.append(row)
         elapsed = time.perf_counter() - started
         eta = remaining_time(elapsed, sum(work[:number]), sum(work[number:]))
         result["summary"] = report.summarize(runs)
-        write_outputs(out, result)  # after every run: a long benchmark can be inspected or continued
-        print(f"[{number}/{len(todo)}] {strategy:>14} keep {keep:.1f} seed {seed}: "
-              f"acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  eval {row['eval_s']:.1f}s  "
-              f"overhead {row['pruning_overhead_s']:.2f}s  (elapsed {elapsed:.0f}s, {eta})", flush=True)
+        if out is not None:
+            write_outputs(out, result)  # after every run: a long benchmark can be inspected or continued
+        if log:
+            log(f"[{number}/{len(todo)}] {strategy:>14} keep {keep:.1f} seed {seed}: "
+                f"acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  eval {row['eval_s']:.1f}s  "
+                f"overhead {row['pruning_overhead_s']:.2f}s  (elapsed {elapsed:.0f}s, {eta})")
 
 
 def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
@@ -130,15 +177,33 @@ def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
     return f"~{elapsed / work_done * work_left / 60:.0f} min left"
 
 
-def write_outputs(out: Path, result: dict) -> None:
-    """The result JSON, and once there is a summary, its markdown report and two plots beside it."""
+def write_outputs(out: Path, result: dict) -> str | None:
+    """The result JSON, and once there is a summary, its markdown report, a CSV of every run's
+    epochs and two plots beside it. Returns why the plots were skipped (matplotlib missing), or None."""
     machine.write_json(out, result)
     if not result["summary"]:
-        return
-    stem = out.with_suffix("")
+        return None
+    stem, name = out.with_suffix(""), plan.data_name(result)
     Path(f"{stem}.md").write_text(report.render(result))
-    plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"))
-    plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"))
+    # runs of result files from before per-epoch histories were kept have none: no rows for them
+    rows = [{"strategy": run["strategy"], "keep": run["keep"], "seed": run["seed"], **record}
+            for run in result["runs"] for record in run.get("history", [])]
+    save_csv(Path(f"{stem}_epochs.csv"), rows)
+    try:
+        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name)
+        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name)
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
+
+
+def _plots_unavailable() -> str | None:
+    """Why no plots were written (matplotlib missing), or None."""
+    try:
+        plots.pyplot()
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

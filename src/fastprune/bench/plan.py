@@ -33,12 +33,23 @@ NOTES = ("wall_s = training seconds incl. data loading, selection, score updates
 # not continued.
 CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "cpu_features"),
                        ("machine", "cores"), ("machine", "torch"), ("settings",), ("recipe",), ("model",),
-                       ("mode", "epochs"), ("mode", "train_limit"))
+                       ("mode", "epochs"), ("mode", "train_limit"), ("data", "train"), ("data", "val"))
+
+# What ``fastprune bench`` trains on when not given --train/--val: Fashion-MNIST it converts itself.
+BUILT_IN_DATA = "fashion-mnist (built in)"
+# Fields files written before they were recorded hold implicitly: every such file benchmarked the
+# built-in Fashion-MNIST.
+LEGACY_FIELDS = {("data", "train"): BUILT_IN_DATA, ("data", "val"): BUILT_IN_DATA}
 
 
 def mode_for(args) -> dict:
     """The quick or full mode, with the options the command line gives."""
     mode = dict(QUICK_MODE if args.quick else FULL_MODE)
+    if getattr(args, "train", None) is not None:  # the user's stores are used whole
+        if args.train_limit is not None:
+            raise SystemExit("fastprune bench: --train-limit applies to the built-in Fashion-MNIST only; "
+                             "convert a smaller store of your own instead")
+        mode["train_limit"] = None
     for key, value in (("strategies", args.strategies), ("keeps", args.keeps), ("seeds", args.seeds),
                        ("epochs", args.epochs), ("train_limit", args.train_limit)):
         if value is not None:
@@ -47,23 +58,28 @@ def mode_for(args) -> dict:
 
 
 def base_recipe(quick: bool) -> Recipe:
-    """The recipe a mode trains (before ``--epochs``): the smoke-size preset or the benchmark's."""
+    """The recipe a mode trains by default (before the command line's options): the smoke-size
+    preset or the benchmark's."""
     return QUICK_RECIPE if quick else RECIPE
 
 
-def recipe_for(mode: dict, quick: bool) -> Recipe:
-    """The recipe every run of ``mode`` trains with: its base recipe for the mode's epochs."""
-    return base_recipe(quick).replace(epochs=mode["epochs"])
-
-
-def new_result(mode: dict, settings, quick: bool) -> dict:
-    """A result document with no runs yet: what the runs will be compared under (the base recipe
-    is recorded, the epochs are the mode's)."""
-    recipe = base_recipe(quick)
+def new_result(mode: dict, settings, quick: bool, recipe=RECIPE, data: dict | None = None) -> dict:
+    """A result document with no runs yet: what the runs will be compared under. ``data``: the
+    stores ("train", "val": paths, or BUILT_IN_DATA) and what was read off them."""
+    # The run length is mode.epochs; the recipe record keeps the default's epochs, as every result
+    # file has since the recipe was recorded, so that those files still continue.
+    recorded = recipe.replace(epochs=RECIPE.epochs)
     return {"benchmark": "end_to_end", "command": machine.command_line(),
             "machine": machine.machine(), "date": machine.now(),
-            "mode": {**mode, "quick": quick}, "recipe": recipe.training_json(), "model": recipe.model_json(),
+            "mode": {**mode, "quick": quick}, "recipe": recorded.training_json(), "model": recipe.model_json(),
+            "data": data or {"train": BUILT_IN_DATA, "val": BUILT_IN_DATA},
             "settings": settings.record(), "notes": NOTES, "runs": [], "summary": []}
+
+
+def data_name(result: dict) -> str:
+    """What a result file's runs trained on, for titles: "Fashion-MNIST" or the training store's name."""
+    train = (result.get("data") or {}).get("train", BUILT_IN_DATA)
+    return "Fashion-MNIST" if train == BUILT_IN_DATA else Path(train).name
 
 
 def planned_runs(mode: dict) -> list[tuple[str, float, int, float]]:
@@ -103,6 +119,9 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
     """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
     result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
     for path in CONTINUE_MUST_MATCH:
+        if path in LEGACY_FIELDS and path[-1] not in (_field(previous, path[:-1]) or {}):
+            previous = json.loads(json.dumps(previous))
+            previous.setdefault(path[0], {})[path[1]] = LEGACY_FIELDS[path]
         if path[-1] not in (_field(previous, path[:-1]) or {}):
             raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
                              f"older fastprune), so it cannot be shown to come from this machine and "

@@ -1,8 +1,14 @@
-"""The end-to-end benchmark's plots: accuracy over training wall-clock, and accuracy versus speed-up."""
+"""The end-to-end benchmark's plots: accuracy over training wall-clock, and accuracy versus speed-up.
+
+They need matplotlib (the ``plots`` extra); without it the benchmark writes its JSON and table
+and says the plots were skipped.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..errors import require
 
 from ..train.recipe import STRATEGIES
 from .report import TARGET_MARGIN_PT
@@ -11,12 +17,10 @@ from .report import TARGET_MARGIN_PT
 COLORS = {name: ("black" if name == "full" else f"C{i}") for i, name in enumerate(STRATEGIES)}
 
 
-def plot_curves(runs: list[dict], path: Path) -> None:
+def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
     """Accuracy versus training wall-clock, one panel per keep ratio, one line per strategy
     (seed 0 of each; every panel also draws the full-data run of its keep block)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keeps = sorted({r["keep"] for r in runs if r["strategy"] != "full"})
     if not keeps:  # only the baseline so far: nothing to compare yet
@@ -40,10 +44,16 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     axes[0][0].set_ylabel("test accuracy (%)")
     _zoom_on_the_top(axes[0][0], runs)
     axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Fashion-MNIST: accuracy vs wall-clock (seed {first_seed})")
+    fig.suptitle(f"{data}: accuracy vs wall-clock (seed {first_seed})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), or MissingExtraError."""
+    require("matplotlib", "plots", "plotting the benchmark").use("Agg")
+    return require("matplotlib.pyplot", "plots", "plotting the benchmark")
 
 
 def _zoom_on_the_top(axis, runs):
@@ -52,11 +62,9 @@ def _zoom_on_the_top(axis, runs):
     axis.set_ylim(min(finals) - 5, max(finals) + 1)
 
 
-def plot_frontier(summary: list[dict], path: Path) -> None:
+def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
     """Final accuracy (mean ± std over seeds) versus speed-up, one series per strategy."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axis = plt.subplots(figsize=(6, 4.5))
     for strategy in dict.fromkeys(row["strategy"] for row in summary):
@@ -78,7 +86,7 @@ def plot_frontier(summary: list[dict], path: Path) -> None:
                      linewidth=1, label=f"full − {TARGET_MARGIN_PT} pt")
     axis.set_xlabel("wall-clock speed-up vs full data (x)")
     axis.set_ylabel("final test accuracy (%)")
-    axis.set_title("Fashion-MNIST: accuracy vs speed-up (labels: keep ratio)")
+    axis.set_title(f"{data}: accuracy vs speed-up (labels: keep ratio)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()

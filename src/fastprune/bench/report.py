@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 from ..train.recipe import RECIPE, STRATEGIES
-from .plan import FULL_MODE, missing_runs, planned_runs
+from .plan import FULL_MODE, data_name, missing_runs, planned_runs
 
 TARGET_MARGIN_PT = 0.5  # "time to reach full-data accuracy minus 0.5 pt"
 # What the closing verdict line compares with full data: the bandits and their uniform control,
@@ -105,19 +105,21 @@ def pivot_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _size(train_limit, epochs, widths, seeds) -> str:
-    images = "60k" if train_limit is None else \
-        f"{train_limit // 1000}k" if train_limit % 1000 == 0 else f"{train_limit:,}"
-    return (f"{images} images, {epochs} epochs, SmallResNet{tuple(widths)}, "
-            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+def _size(images: str, epochs: int, recipe, seeds) -> str:
+    model = recipe.model
+    name = f"SmallResNet{tuple(model.widths)}" if model.name == "small_resnet" else model.name
+    return f"{images}, {epochs} epochs, {name}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
 
 
 def scale_note(mode: dict, recipe, quick: bool) -> str:
     """How a run relates to the full benchmark, for the verdict line: a smoke-size run says so."""
-    size = _size(mode["train_limit"], mode["epochs"], recipe.model.widths, mode["seeds"])
+    limit = mode["train_limit"]
+    images = "all training images" if limit is None else \
+        f"{limit // 1000}k images" if limit % 1000 == 0 else f"{limit:,} images"
+    size = _size(images, mode["epochs"], recipe, mode["seeds"])
     if not quick:
         return f"{size}; every measurement: docs/benchmarks.md"
-    full = _size(FULL_MODE["train_limit"], FULL_MODE["epochs"], RECIPE.model.widths, FULL_MODE["seeds"])
+    full = _size("60k images", FULL_MODE["epochs"], RECIPE, FULL_MODE["seeds"])
     return f"smoke-size run: {size}; the full benchmark ({full}): docs/benchmarks.md"
 
 
@@ -160,7 +162,7 @@ def render(result: dict) -> str:
     """The markdown report of a result document."""
     machine = result["machine"]
     smoke = " (smoke-size run, `--quick`)" if result["mode"].get("quick") else ""
-    return (f"# End-to-end: Fashion-MNIST, {result['mode']['epochs']} epochs{smoke}\n\n"
+    return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{smoke}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
             f"{completeness(result)}"

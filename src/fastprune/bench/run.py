@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..train.data import DataSpec
 from ..train.recipe import RECIPE, Recipe, run_recipe
 from .machine import cpu_has_fast_bf16
 
@@ -61,25 +62,27 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 
 
 def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, recipe: Recipe = RECIPE,
-            strategy_options: dict | None = None) -> dict:
+            strategy_options: dict | None = None, data: DataSpec | None = None) -> dict:
     """Train one model with ``recipe``; return its row of the JSON's "runs". ``strategy_options``
-    override the strategy's library defaults (the held-out study uses them; the benchmark does not)."""
+    override the strategy's library defaults (the held-out study uses them; the benchmark does not);
+    ``data``: the stores' description, when the caller has it (else read off the stores)."""
     strategy, history = run_recipe(recipe, strategy_name, keep, seed, stores, strategy_options=strategy_options,
+                                   data=data,
                                    threads=settings.threads, amp=settings.amp,
                                    channels_last=settings.channels_last, progress=settings.progress, log=None)
     return _run_row(strategy_name, keep, seed, strategy, history)
 
 
-def warm_up(stores, settings, recipe: Recipe = RECIPE) -> float:
-    """One short untimed run of ``recipe``'s model (about 4 batches of a uniform subset, one epoch)
-    before the timed ones, so numba compilation, oneDNN kernel selection and the page cache are not
-    billed to whichever run happens to come first (the full-data baseline). Returns its seconds."""
+def warm_up(stores, settings, recipe: Recipe = RECIPE, data: DataSpec | None = None) -> float:
+    """One short untimed run (about 4 batches of a uniform subset, one epoch) before the timed
+    ones, so numba compilation, oneDNN kernel selection and the page cache are not billed to
+    whichever run happens to come first (the full-data baseline). Returns its seconds."""
     from ..store.reader import Store
 
     started = time.perf_counter()
     with Store(stores[0]) as store:
         keep = min(1.0, 4 * recipe.batch_size / len(store))
-    run_one("uniform_random", keep, 0, stores, settings, recipe=recipe.replace(epochs=1))
+    run_one("uniform_random", keep, 0, stores, settings, recipe=recipe.replace(epochs=1), data=data)
     return time.perf_counter() - started
 
 

@@ -17,8 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import ConversionError
-
-DEFAULT_JPEG_QUALITY = 90
+from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
 # largest is ~12 Mpx) and below what a 2-core/24 GiB machine decodes comfortably per worker.
@@ -185,31 +184,10 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
 
 def fit_image(image: np.ndarray, *, max_side: int | None = None,
               resize: tuple[int, int] | None = None) -> np.ndarray:
-    """Apply ``resize`` (exact HxW) or ``max_side`` (shrink keeping aspect; never enlarge)."""
-    height, width = image.shape[:2]
-    if resize is not None:
-        target = resize
-    elif max_side is not None and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        target = (max(1, round(height * scale)), max(1, round(width * scale)))
-    else:
-        return image
-    if target == (height, width):
-        return image
-    if target[0] <= height and target[1] <= width and _cv2() is not None:
-        # shrinking: OpenCV's area interpolation (ffcv's choice) is ~10x faster than PIL's Lanczos
-        cv2 = _cv2()
-        return cv2.resize(np.ascontiguousarray(image), (target[1], target[0]), interpolation=cv2.INTER_AREA)
-    from PIL import Image
-
-    resized = Image.fromarray(image).resize((target[1], target[0]), Image.Resampling.LANCZOS)
-    return np.asarray(resized)
-
-
-def _cv2():
-    from ..store.fields import _cv2 as cv2  # imported once there, None when OpenCV is missing
-
-    return cv2
+    """Apply ``resize`` (exact HxW) or ``max_side`` (shrink keeping aspect; never enlarge), with
+    the one filter every store write uses (:func:`fastprune.store.images.resize_image`)."""
+    height, width = fitted_shape(*image.shape[:2], max_side=max_side, resize=resize)
+    return resize_image(image, height, width)
 
 
 def fitted_shape(height: int, width: int, *, max_side: int | None = None,
@@ -260,12 +238,36 @@ def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALIT
     return fields
 
 
-def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool) -> Path:
-    """Hand a ready source to the store writer; it writes ``out`` atomically or not at all."""
+def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool,
+          class_names: dict[str, list[str]] | None = None) -> Path:
+    """Hand a ready source to the store writer; it writes ``out`` atomically or not at all.
+    ``class_names`` ({int field: names}, where the source knows them) is kept in the file."""
     from ..store.writer import write_dataset
 
-    write_dataset(out, source, fields, workers=workers, progress=progress)
+    write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names)
     return out
+
+
+def label_names_option(class_names: Any) -> dict[str, list[str]]:
+    """A converter's ``class_names=`` option as the writer's {"label": names} ({} for None)."""
+    return {} if class_names is None else {"label": names_list(class_names, "class_names")}
+
+
+def names_list(values: Any, what: str) -> list[str]:
+    """Class names as a list of str: str and bytes (UTF-8) kept, integers spelt out, tuples of
+    synonyms (torchvision's ImageNet: ``("tench", "Tinca tinca")``) joined with ", "."""
+    def one(value: Any) -> str:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
+            return ", ".join(value)
+        if isinstance(value, (str, int, np.integer)) and not isinstance(value, bool):
+            return str(value)
+        raise ConversionError(f"{what}: class name {value!r:.60} is a {type(value).__name__}, "
+                              "expected a string")
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConversionError(f"{what}: class names must be a list of strings, got {type(values).__name__}")
+    return [one(value) for value in values]
 
 
 class ArraySource:

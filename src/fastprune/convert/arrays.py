@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,16 +43,17 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool = False,
                 quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, class_names: Sequence[str] | None = None) -> Path:
     """Convert ``images`` (N x H x W[x C] uint8) and integer ``labels`` to a store at ``out``.
 
     Gray images are stored as RGB. Pixels must already be uint8: floats are refused, not rescaled.
+    ``class_names`` (label i -> name i), if given, is kept in the store.
     """
     out = _common.check_output_path(out)
     images, labels = check_arrays(images, labels)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
-    return _common.write(out, _common.ArraySource(images, labels), fields,
-                         workers=workers, progress=progress)
+    return _common.write(out, _common.ArraySource(images, labels), fields, workers=workers,
+                         progress=progress, class_names=_common.label_names_option(class_names))
 
 
 def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:

@@ -18,7 +18,7 @@ import re
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from . import _common
 
 CIFAR10_FOLDER = "cifar-10-batches-py"  # the folder names inside the official archives
 CIFAR100_FOLDER = "cifar-100-python"
+META_FILE = {"cifar10": "batches.meta", "cifar100": "meta"}  # the class names
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")  # cifar-10-python.tar.gz, cifar-100-python.tar.gz
 SIDE = 32
 PIXELS_PER_IMAGE = 3 * SIDE * SIDE
@@ -120,6 +121,29 @@ def select_batches(names: list[str], kind: str, split: str, where: str) -> list[
     return sorted(numbered, key=lambda name: int(name.rsplit("_", 1)[1]))
 
 
+def _wanted_files(names: list[str], kind: str, split: str, where: str) -> list[str]:
+    """The split's batches, then the meta file (class names) when the source has one."""
+    meta = META_FILE[kind]
+    return select_batches(names, kind, split, where) + ([meta] if meta in names else [])
+
+
+def label_names(meta: Any, name: str, kind: str, coarse: bool) -> dict[str, list[str]]:
+    """{field: class names} from an unpickled meta file; a name list the file lacks is left out."""
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{name}: expected a dict in a CIFAR meta file, got {type(meta).__name__}")
+    keys = {"label": "label_names"} if kind == "cifar10" else {"label": "fine_label_names"}
+    if coarse:
+        keys["coarse_label"] = "coarse_label_names"
+    found = {}
+    for field, key in keys.items():
+        try:
+            found[field] = _common.names_list(_get(meta, key, name), f"{name}: {key!r}")
+        except ConversionError:
+            if any(k in meta for k in (key, key.encode())):
+                raise  # there, but not a list of names
+    return found
+
+
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 
@@ -130,7 +154,7 @@ def folder_batches(source: Path, kind: str, split: str) -> Iterator[tuple[str, A
     inner = source / (CIFAR10_FOLDER if kind == "cifar10" else CIFAR100_FOLDER)
     folder = inner if inner.is_dir() else source
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    for name in select_batches(names, kind, split, str(folder)):
+    for name in _wanted_files(names, kind, split, str(folder)):
         yield str(folder / name), load_pickle(folder / name)
 
 
@@ -139,7 +163,7 @@ def archive_batches(archive: Path, kind: str, split: str) -> Iterator[tuple[str,
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            for name in select_batches(list(members), kind, split, str(archive)):
+            for name in _wanted_files(list(members), kind, split, str(archive)):
                 member = members[name]
                 with tar.extractfile(member) as file:
                     yield f"{archive}:{member.name}", unpickle(file, f"{archive}:{member.name}")
@@ -156,11 +180,12 @@ def input_files(source: Path) -> list[Path]:
     return [path for folder in folders if folder.is_dir() for path in folder.iterdir() if path.is_file()]
 
 
-def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
-               coarse: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def load_cifar(source: str | os.PathLike, kind: str, split: str = "train", coarse: bool = False,
+               names: dict | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """All images and label columns of a split: ``label`` first, then ``coarse_label``.
 
     ``source``: the batch folder, the folder it was unpacked in, or the official .tar.gz archive.
+    ``names``: a dict that receives {field: class names} from the source's meta file, if any.
     """
     if kind not in ("cifar10", "cifar100"):
         raise ConversionError(f"kind must be 'cifar10' or 'cifar100', got {kind!r}")
@@ -169,7 +194,12 @@ def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
     label_keys = ("labels",) if kind == "cifar10" else ("fine_labels", "coarse_labels")[:1 + coarse]
     source = Path(source)
     found = archive_batches(source, kind, split) if is_archive(source) else folder_batches(source, kind, split)
-    batches = [parse_batch(batch, name, label_keys) for name, batch in found]
+    batches = []
+    for name, batch in found:
+        if Path(name).name != META_FILE[kind]:
+            batches.append(parse_batch(batch, name, label_keys))
+        elif names is not None:
+            names.update(label_names(batch, name, kind, coarse))
     images = np.concatenate([images for images, _ in batches])
     columns = [np.concatenate([labels[i] for _, labels in batches]) for i in range(len(label_keys))]
     return images, columns
@@ -178,15 +208,19 @@ def load_cifar(source: str | os.PathLike, kind: str, split: str = "train",
 def from_cifar(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "cifar10",
                split: str = "train", coarse: bool = False, jpeg: bool = False,
                quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
-               progress: bool = True) -> Path:
+               progress: bool = True, class_names: Sequence[str] | None = None) -> Path:
     """Convert a CIFAR-10/100 python batch folder to a store at ``out``; returns the path.
 
     Fields: ``image`` (32x32 RGB), ``label`` (CIFAR-100: the fine label) and, for CIFAR-100 with
-    ``coarse=True``, ``coarse_label``.
+    ``coarse=True``, ``coarse_label``. The class names of the meta file (``batches.meta``,
+    ``meta``) are kept in the store when the source has it; ``class_names`` replaces the
+    label's.
     """
     out = _common.check_output_path(out, inputs=input_files(Path(source)))
-    images, columns = load_cifar(source, kind, split, coarse)
+    names: dict[str, list[str]] = {}
+    images, columns = load_cifar(source, kind, split, coarse, names=names)
+    names.update(_common.label_names_option(class_names))
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality,
                                         extra_int_fields=("coarse_label",) if coarse else ())
     return _common.write(out, _common.ArraySource(images, *columns), fields,
-                         workers=workers, progress=progress)
+                         workers=workers, progress=progress, class_names=names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import ConversionError
 from . import _common
@@ -73,15 +74,17 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             split: str | None = None, jpeg: bool = False,
             quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
             resize: tuple[int, int] | None = None, coarse: bool = False,
-            max_pixels: int | None = None, workers: int | None = None, progress: bool = True) -> Path:
-    """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind."""
+            max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
+            class_names: Sequence[str] | None = None) -> Path:
+    """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
+    ``class_names`` replaces the names the source has (IDX and .npz files have none)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
-    common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress)
+    common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names)
     if kind == "idx":
         return from_idx(path, out, split=split or "train", **common)
     if kind in ("cifar10", "cifar100"):

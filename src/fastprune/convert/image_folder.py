@@ -29,6 +29,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -210,8 +211,10 @@ class ImageFolderSource:
 def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg: bool = False,
                       quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                       resize: tuple[int, int] | None = None, workers: int | None = None,
-                      max_pixels: int = _common.DEFAULT_MAX_PIXELS, progress: bool = True) -> Path:
-    """Convert an image-folder tree to a store at ``out``; returns the path.
+                      max_pixels: int = _common.DEFAULT_MAX_PIXELS, progress: bool = True,
+                      class_names: Sequence[str] | None = None) -> Path:
+    """Convert an image-folder tree to a store at ``out``; returns the path. The class folders'
+    names are kept in the store (``Store.class_names``) unless ``class_names`` replaces them.
 
     Raw storage (default) needs one image shape after resizing: give ``resize=(h, w)`` for
     folders of mixed sizes, or store JPEG (``jpeg=True``), which keeps each image's own size.
@@ -220,11 +223,12 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     """
     _common.check_size_options(max_side, resize)
     _common.check_max_pixels(max_pixels)
-    paths, labels, _ = scan_image_folder(source)
+    paths, labels, classes = scan_image_folder(source)
     out = _common.check_output_path(out, inputs=paths)
     one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize,
                                                   workers=workers, max_pixels=max_pixels)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg)
-    return _common.write(out, source, fields, workers=workers, progress=progress)
+    return _common.write(out, source, fields, workers=workers, progress=progress,
+                         class_names=_common.label_names_option(classes if class_names is None else class_names))

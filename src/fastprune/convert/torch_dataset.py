@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -75,19 +75,38 @@ class DatasetSource:
 def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = False,
                        quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                        resize: tuple[int, int] | None = None, workers: int | None = None,
-                       progress: bool = True, image_key: str = "image", label_key: str = "label") -> Path:
+                       progress: bool = True, image_key: str = "image", label_key: str = "label",
+                       class_names: Sequence[str] | None = None) -> Path:
     """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
     ``image_key`` and ``label_key``) to a store at ``out``.
 
     Raw storage (the default) needs every image to have one shape (``resize`` gives them one);
     JPEG storage (``jpeg=True``) accepts mixed shapes. ``max_side`` shrinks large images keeping
     their aspect. Pixels must be uint8: float tensors from ``ToTensor()`` are refused.
+    ``class_names`` (label i -> name i) is kept in the store; by default the dataset's own
+    ``.classes`` (torchvision's datasets, also through a ``Subset``); ``[]`` keeps none.
     """
     out = _common.check_output_path(out)
+    names = _common.names_list(class_names, "class_names") if class_names is not None \
+        else _torchvision_classes(dataset)
     source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                            image_key=image_key, label_key=label_key)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
-    return _common.write(out, source, fields, workers=workers, progress=progress)
+    return _common.write(out, source, fields, workers=workers, progress=progress,
+                         class_names={"label": names})
+
+
+def _torchvision_classes(dataset: Any) -> list[str]:
+    """The ``.classes`` of a torchvision-style dataset (or of the one a ``Subset`` wraps, whose
+    labels are the same); [] when there is none, or it is not a list of names."""
+    for candidate in (dataset, getattr(dataset, "dataset", None)):
+        classes = getattr(candidate, "classes", None)
+        if isinstance(classes, (list, tuple)) and classes:
+            try:
+                return _common.names_list(classes, f"{type(candidate).__name__}.classes")
+            except ConversionError:
+                return []  # something else called "classes": store no names rather than wrong ones
+    return []
 
 
 def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str = "image",
@@ -95,8 +114,9 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     """Convert a Hugging Face ``datasets.Dataset`` (one split, already loaded) to a store.
 
     Rows are read by column name; image columns decode to PIL images, label columns must hold
-    integers (a ``ClassLabel`` does). Options as :func:`from_torch_dataset` (``jpeg``,
-    ``resize``, ``max_side``, ...). Nothing is downloaded here: load the dataset first.
+    integers (a ``ClassLabel`` does, and its names are kept in the store). Options as
+    :func:`from_torch_dataset` (``jpeg``, ``resize``, ``max_side``, ``class_names``, ...).
+    Nothing is downloaded here: load the dataset first.
     """
     columns = getattr(dataset, "column_names", None)
     if not isinstance(columns, list):  # a DatasetDict maps split names to column lists
@@ -105,4 +125,7 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     for what, column in (("image_column", image_column), ("label_column", label_column)):
         if column not in columns:
             raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns})")
+    label_names = getattr((getattr(dataset, "features", None) or {}).get(label_column), "names", None)
+    if label_names and options.get("class_names") is None:  # a ClassLabel column
+        options["class_names"] = label_names
     return from_torch_dataset(dataset, out, image_key=image_column, label_key=label_column, **options)

@@ -74,7 +74,7 @@ class PrunedOrder(TraversalOrder):
     @classmethod
     def weights(cls, sample_ids) -> np.ndarray:
         """The current epoch's loss weights of these sample ids (positions in the loader's indices)."""
-        from ..prune._convert import to_numpy
+        from ..prune._inputs import to_numpy
 
         return cls.instance._weights[np.asarray(to_numpy(sample_ids)).reshape(-1).astype(np.int64)]
 

@@ -240,7 +240,7 @@ class Strategy:
     def _class_pools(self, labels):
         if labels is None:
             return None, None
-        from ._convert import to_numpy
+        from ._inputs import to_numpy
 
         labels = np.asarray(to_numpy(labels))
         if labels.shape != (self.num_samples,):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._convert import as_correct, as_indices, as_losses
+from ._inputs import as_correct, as_indices, as_losses
 
 
 def resolve_ranks(distributed="auto") -> tuple[int, int]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._args import check_epoch, check_seed
 from ..random_streams import epoch_permutation
-from ._convert import to_numpy
+from ._inputs import to_numpy
 from .distributed import resolve_ranks, shard
 
 try:  # subclassing torch's Sampler lets DataLoader and Lightning recognise it; torch is optional here

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
-from ._convert import as_correct, as_indices, as_losses
+from ._inputs import as_correct, as_indices, as_losses
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection
 # kernel streams only the arrays it reads).

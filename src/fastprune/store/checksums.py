@@ -2,7 +2,8 @@
 and the verification of a store against it.
 
 fastprune writes a checksum block between the data pages and the allocation table (see
-format.py); ffcv never looks there. Files written by ffcv have no such block: their structure is
+format.py), and the class names (names.py) between that block and the trailer; ffcv never looks
+there. Verification covers the names too. Files written by ffcv have no such block: their structure is
 checked (when the store opens) and the report says that no checksums could be compared.
 This module works on an open store's buffer and layout; it never opens files itself.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from .._native import core
 from ..errors import StoreError
 from . import format as fmt
+from . import names as class_names_block
 
 _MAX_LISTED = 10  # bad samples named in the summary line
 
@@ -72,7 +74,26 @@ def verify_store(store) -> VerifyReport:
     crcs = _read_block(store, trailer, report)
     if crcs is not None:
         _check_allocations(store, crcs, report)
+    names = class_names_block.read_block(store.buffer, trailer, _trailer_start(store))
+    if isinstance(names, str):
+        report.problems.append(names)
     return report
+
+
+def read_class_names(store):
+    """{int field: class names} kept in the file ({} when it has none, as ffcv's files); a
+    message (str) when they are there but cannot be read (names.py has the block's layout)."""
+    trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
+    if trailer is None:
+        return ("the checksum trailer is missing or destroyed, so the class names cannot be found"
+                if has_checksum_marker(store) else {})
+    if isinstance(trailer, str):
+        return f"{trailer}, so the class names cannot be found"
+    return class_names_block.read_block(store.buffer, trailer, _trailer_start(store))
+
+
+def _trailer_start(store) -> int:
+    return store.alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
 
 
 def mark_checksummed(args: np.ndarray) -> np.ndarray:
@@ -100,11 +121,14 @@ def read_trailer(buffer: np.ndarray, alloc_table_ptr: int, metadata_end: int):
     if raw[:8].tobytes() != fmt.CHECKSUM_MAGIC:
         # Either ffcv's file (no trailer) or ours with a damaged magic: a corrupted byte there
         # must not silently turn verification off. Our trailer's position is fixed by its own
-        # fields (block_ptr + 4 * num_allocations, aligned to 8, ends where it starts, and
-        # num_allocations is the table's length), which ffcv's page bytes match by chance only.
+        # fields (block_ptr + 4 * num_allocations, aligned to 8, ends where it starts or where a
+        # class-names block starts, and num_allocations is the table's length), which ffcv's page
+        # bytes match by chance only.
         entries = (buffer.size - alloc_table_ptr) // fmt.ALLOC_TABLE_TYPE.itemsize
         count, block_ptr = int(trailer["num_allocations"]), int(trailer["block_ptr"])
-        if count == entries and fmt.align_up(block_ptr + count * fmt.CHECKSUM_DTYPE.itemsize, 8) == start:
+        block_end = fmt.align_up(block_ptr + count * fmt.CHECKSUM_DTYPE.itemsize, 8)
+        names_follow = block_end < start and buffer[block_end:block_end + 8].tobytes() == class_names_block.MAGIC
+        if count == entries and (block_end == start or names_follow):
             return "the checksum trailer is corrupted (its magic bytes do not match)"
         return None
     if _trailer_crc(raw) != int(trailer["trailer_crc"]):
@@ -149,7 +173,7 @@ def _check_alloc_table(store, trailer, report: VerifyReport) -> None:
 
 def _read_block(store, trailer, report: VerifyReport):
     count, block_ptr = int(trailer["num_allocations"]), int(trailer["block_ptr"])
-    trailer_start = store.alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize
+    trailer_start = _trailer_start(store)
     if count != len(store.alloc_table):
         report.problems.append(f"checksum block has {count} entries but the allocation table has "
                                f"{len(store.alloc_table)}")
@@ -183,4 +207,4 @@ def _check_allocations(store, expected: np.ndarray, report: VerifyReport) -> Non
 
 
 __all__ = ["VerifyReport", "verify_store", "make_trailer", "mark_checksummed", "read_trailer",
-           "has_checksum_marker"]
+           "has_checksum_marker", "read_class_names"]

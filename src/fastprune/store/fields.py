@@ -25,7 +25,6 @@ Accepted values (anything else raises ``ValueError``/``TypeError``, which the wr
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import numbers
@@ -35,10 +34,7 @@ import numpy as np
 
 from . import format as fmt
 
-try:  # OpenCV is ffcv's own JPEG encoder; it releases the GIL and is faster on tiny images.
-    import cv2 as _cv2
-except ImportError:  # pragma: no cover - depends on the environment
-    _cv2 = None
+from .images import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg, resize_image
 
 
 def _zero_args() -> np.ndarray:
@@ -156,7 +152,8 @@ class EncodedJpeg(NamedTuple):
 class RGBImageField(Field):
     """An RGB image per sample: raw uint8 pixels or JPEG (ffcv's 'raw' and 'jpg' write modes).
 
-    ``max_resolution`` shrinks images whose longer side exceeds it (area interpolation, as ffcv).
+    ``max_resolution`` shrinks images whose longer side exceeds it (ffcv's sizes; the filter is
+    :func:`~fastprune.store.images.resize_image`'s area averaging, as ffcv's).
     Read back as an H x W x 3 uint8 array.
     """
 
@@ -164,7 +161,7 @@ class RGBImageField(Field):
     metadata_type = fmt.RGB_METADATA
     has_payload = True
 
-    def __init__(self, write_mode: str = "raw", jpeg_quality: int = 90,
+    def __init__(self, write_mode: str = "raw", jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                  max_resolution: int | None = None):
         if write_mode not in _WRITE_MODES:
             raise ValueError(f"RGBImageField: write_mode must be 'raw' or 'jpg', got {write_mode!r}")
@@ -195,7 +192,7 @@ class RGBImageField(Field):
         if ours["tag"] == _RGB_ARGS_TAG and int(ours["write_mode"]) in _WRITE_MODE_NAMES:
             quality = int(ours["jpeg_quality"])
             return cls(_WRITE_MODE_NAMES[int(ours["write_mode"])],
-                       quality if 1 <= quality <= 100 else 90,
+                       quality if 1 <= quality <= 100 else DEFAULT_JPEG_QUALITY,
                        int(ours["max_resolution"]) or None)
         # Written by ffcv: the settings are not stored; infer the mode from the samples.
         field = cls()
@@ -244,11 +241,7 @@ class RGBImageField(Field):
         if ratio >= 1:
             return image
         new_w, new_h = (ratio * size).astype(int)  # ffcv's rounding (truncation)
-        new_w, new_h = max(int(new_w), 1), max(int(new_h), 1)
-        if _cv2 is not None:
-            return _cv2.resize(image, (new_w, new_h), interpolation=_cv2.INTER_AREA)
-        from PIL import Image
-        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BOX))
+        return resize_image(image, max(int(new_h), 1), max(int(new_w), 1))
 
     def fill_metadata(self, column, scalars, ptrs, sizes):
         parts = np.array(scalars, dtype=np.int64).reshape(-1, 3)
@@ -262,39 +255,6 @@ class RGBImageField(Field):
         if int(record["mode"]) == fmt.IMAGE_MODE_RAW:
             return np.array(data).reshape(height, width, 3)
         return decode_jpeg(data, expected_shape=(height, width))
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    if _cv2 is not None:
-        ok, encoded = _cv2.imencode(".jpg", _cv2.cvtColor(image, _cv2.COLOR_RGB2BGR),
-                                    [int(_cv2.IMWRITE_JPEG_QUALITY), quality])
-        if not ok:
-            raise ValueError("OpenCV failed to encode the image as JPEG")
-        return encoded.reshape(-1)
-    from PIL import Image
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, format="JPEG", quality=quality)
-    return np.frombuffer(out.getbuffer(), dtype=np.uint8).copy()
-
-
-def decode_jpeg(data: np.ndarray, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """JPEG bytes -> H x W x 3 uint8. With ``expected_shape`` (height, width), a header that
-    disagrees is rejected before any pixel is decoded, so a corrupted header cannot make PIL
-    allocate a huge image (or raise its DecompressionBombError, which is not a ValueError)."""
-    import warnings
-
-    from PIL import Image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
-            img = Image.open(io.BytesIO(data.tobytes()))
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"JPEG header claims an implausibly large image: {exc}") from None
-    with img:
-        if expected_shape is not None and (img.height, img.width) != tuple(expected_shape):
-            raise ValueError(f"JPEG header says {img.height}x{img.width}, metadata says "
-                             f"{expected_shape[0]}x{expected_shape[1]}")
-        return np.asarray(img.convert("RGB")).copy()
 
 
 class BytesField(Field):

@@ -12,6 +12,7 @@ written here and fastprune reads files written by ffcv::
                                                        one sample lies inside one page
     ...                      checksum block            fastprune only, unreferenced by ffcv:
                                                        CHECKSUM_DTYPE[num_allocations]
+    (aligned to 8)           class-names block         fastprune only, optional (see names.py)
     alloc_table_ptr - 48     CHECKSUM_TRAILER_TYPE     fastprune only (magic, crcs, block_ptr)
     alloc_table_ptr          ALLOC_TABLE_TYPE[...]     (sample_id, ptr, size) per allocation;
                                                        runs to the END OF THE FILE (ffcv reads it

@@ -6,14 +6,15 @@ import numpy as np
 
 from . import format as fmt
 from .fields import IntField, RGBImageField
-from .checksums import read_trailer
+from .checksums import read_class_names, read_trailer
 
 _MAX_CLASSES_SHOWN = 30
+_NAME_WIDTH = 24  # a class name longer than this is cut (with "…") in the histogram
 
 
 def describe(store, verify: bool = False) -> str:
-    """Samples, fields and their settings, class histogram of the first int field, size on disk
-    and (with ``verify``) the integrity report."""
+    """Samples, fields and their settings, class histogram of the first int field (with the
+    class names the file keeps), size on disk and (with ``verify``) the integrity report."""
     lines = [
         f"file:        {store.path}",
         f"size:        {_human_bytes(store.file_size)} ({store.file_size} bytes)",
@@ -26,8 +27,11 @@ def describe(store, verify: bool = False) -> str:
     for k, (name, field) in enumerate(store.fields.items()):
         lines.append(f"  {name:<16} {_field_summary(store, k, name, field)}")
     label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
+    names = read_class_names(store)
+    if isinstance(names, str):
+        lines.append(f"class names: damaged: {names}")
     if label is not None:
-        lines += _histogram_lines(store, label)
+        lines += _histogram_lines(store, label, names.get(label) if isinstance(names, dict) else None)
     if verify:
         lines.append(f"verify:      {store.verify()}")
     return "\n".join(lines)
@@ -70,20 +74,29 @@ def _field_summary(store, k: int, name: str, field) -> str:
             f"{_human_bytes(int(sizes.sum()))} of image data")
 
 
-def _histogram_lines(store, name: str) -> list[str]:
+def _histogram_lines(store, name: str, class_names: list[str] | None) -> list[str]:
     values = np.asarray(store.metadata[f"f{store.field_index(name)}"])
     classes, counts = np.unique(values, return_counts=True)
-    lines = [f"classes ({name}): {classes.size}"]
+    named = f", {len(class_names)} names stored" if class_names else ", no names stored"
+    lines = [f"classes ({name}): {classes.size}{named}"]
     if classes.size == 0:  # an empty store has no histogram to draw
         return lines
     shown = min(classes.size, _MAX_CLASSES_SHOWN)
     peak = counts.max()
     for value, count in zip(classes[:shown], counts[:shown]):
         bar = "#" * max(1, round(30 * count / peak))
-        lines.append(f"  {int(value):>6} {int(count):>9}  {bar}")
+        label = f" {_class_name(class_names, int(value)):<{_NAME_WIDTH}}" if class_names else ""
+        lines.append(f"  {int(value):>6}{label} {int(count):>9}  {bar}")
     if classes.size > shown:
         lines.append(f"  ... {classes.size - shown} more classes")
     return lines
+
+
+def _class_name(class_names: list[str], value: int) -> str:
+    if not 0 <= value < len(class_names):
+        return "?"
+    name = " ".join(class_names[value].split())  # no newline or tab may break the table
+    return name if len(name) <= _NAME_WIDTH else name[:_NAME_WIDTH - 1] + "…"
 
 
 def _human_bytes(n: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import StoreError
 from . import format as fmt
-from .checksums import VerifyReport, read_trailer, verify_store
+from .checksums import VerifyReport, read_class_names, read_trailer, verify_store
 from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, NDArrayField
 
 
@@ -84,6 +84,22 @@ class Store:
 
     def __len__(self) -> int:
         return self._num_samples
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the classes of the label field (the first IntField): label value i is
+        ``class_names[i]``; None when the file keeps none (ffcv's files, stores written without
+        names). StoreError, naming the file, when the names block is damaged."""
+        label = next((name for name, f in self._fields.items() if isinstance(f, IntField)), None)
+        return self.field_class_names.get(label)
+
+    @property
+    def field_class_names(self) -> dict[str, list[str]]:
+        """Every int field's class names kept in the file ({} when none; see class_names)."""
+        names = read_class_names(self)
+        if isinstance(names, str):
+            self._fail(names)
+        return names
 
     def field_ranges(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, sizes), uint64[num_samples] each: where field ``name`` of every sample lies in

@@ -2,8 +2,8 @@
 
 How a file is written:
 
-1. samples are encoded in chunks (in worker processes when ``workers > 1``): every field value is
-   validated and split into metadata scalars and a payload (see fields.py);
+1. samples are encoded in chunks (in worker processes when ``workers > 1``; encoding.py): every
+   field value is validated and split into metadata scalars and a payload (see fields.py);
 2. the main process lays the payloads out in pages as ffcv's allocator does (all allocations of a
    sample in one page, in field order; a sample that does not fit in what is left of a page starts
    the next page) and appends them to a temporary file in the destination folder;
@@ -23,43 +23,29 @@ live processes, or of other hosts sharing the folder, are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import re
-import signal
-import socket
 import tempfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
 from .._native import core
 from ..errors import ConversionError
 from . import format as fmt
+from . import names as class_names_block
+from ._atomic import default_file_mode, remove_quietly, remove_stale_temp_files, sigterm_as_interrupt, temp_prefix
 from .checksums import make_trailer, mark_checksummed
+from .encoding import EncodedChunk, encoded_chunks
 from .fields import Field, RGBImageField
-
-
-@dataclass
-class EncodedChunk:
-    """The encoded samples [start, stop) of a source."""
-
-    start: int
-    stop: int
-    scalars: list[list]  # per field: the metadata scalars of each sample (None for payload-only)
-    sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
-    blob: bytes  # every payload, sample-major then field order, back to back
 
 
 def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
                   workers: int | None = None, progress: bool = True,
-                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None) -> Path:
+                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None,
+                  class_names=None) -> Path:
     """Write ``source`` to a store file at ``path`` and return the path.
 
     source: any object with ``__len__`` and ``__getitem__(i)`` returning a tuple of values in the
@@ -70,52 +56,33 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         so the source need not be picklable.
     progress: show a tqdm progress bar.
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
+    class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
+        list (label value i -> names[i]) for the first IntField, or {int field name: list}.
+        A label >= the number of names stops the write.
     """
     path = Path(path)
     fields = _check_fields(fields, jpeg_quality)
     num_samples = _check_source(source)
     _check_page_size(page_size)
+    names = class_names_block.check_class_names(class_names, fields)
     workers = _resolve_workers(workers, num_samples)
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
-    _remove_stale_temp_files(path)
-    with _sigterm_as_interrupt():
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, os.getpid()), suffix=".tmp")
+    remove_stale_temp_files(path)
+    with sigterm_as_interrupt():
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path, os.getpid()), suffix=".tmp")
         try:
             with os.fdopen(fd, "w+b") as out:
-                writer = _FileWriter(out, fields, num_samples, page_size)
-                for chunk in _encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
+                writer = _FileWriter(out, fields, num_samples, page_size, names)
+                for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
                     writer.add_chunk(chunk)
                 writer.finish()
-                os.fchmod(out.fileno(), _default_file_mode())  # mkstemp's 0600 is for the temp only
+                os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
         except BaseException:
-            _remove_quietly(tmp_name)
+            remove_quietly(tmp_name)
             raise
     return path
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt (so the temporary file is removed, as
-    for Ctrl-C) instead of killing the process outright. Only where Python can install handlers
-    (the main thread) and only over the default action: a handler the caller set is kept."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills, as usual
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- argument checks -----------------------------------------------------------------------------
@@ -168,160 +135,6 @@ def _resolve_workers(workers: int | None, num_samples: int) -> int:
     return max(1, min(workers, num_samples // 256 or 1))
 
 
-def _default_file_mode() -> int:
-    """0666 minus the process umask: the mode open() would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _temp_prefix(path: Path, pid: int) -> str:
-    return f".{path.name}.{_host()}.{pid}."
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", "_") or "localhost"
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Remove temporary files of earlier writes to ``path`` by processes of this host that are
-    gone (killed before they could clean up)."""
-    pattern = re.compile(re.escape(f".{path.name}.{_host()}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
-    try:
-        entries = os.listdir(path.parent)
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.fullmatch(entry)
-        if match and not _process_alive(int(match.group(1))):
-            _remove_quietly(str(path.parent / entry))
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or an impossible pid): leave its file alone
-    return True
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass
-
-
-# --- encoding ------------------------------------------------------------------------------------
-
-def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int) -> EncodedChunk:
-    """Read and encode samples [start, stop); errors name the sample and the field."""
-    scalars: list[list] = [[] for _ in fields]
-    payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
-    sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
-    payloads: list = []
-    for row, index in enumerate(range(start, stop)):
-        values = _read_sample(source, index, len(fields))
-        col = 0
-        for i, ((name, field), value) in enumerate(zip(fields, values)):
-            try:
-                scalar, payload = field.encode(value)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise ConversionError(f"sample {index}, field {name!r} ({type(field).__name__}): {exc}") from exc
-            scalars[i].append(scalar)
-            if payload is not None:
-                payloads.append(payload)
-                sizes[row, col] = payload.size
-                col += 1
-    return EncodedChunk(start, stop, scalars, sizes, b"".join(payloads))
-
-
-def _read_sample(source, index: int, num_fields: int) -> tuple:
-    try:
-        values = source[index]
-    except Exception as exc:
-        raise ConversionError(f"reading sample {index} from the source failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(values, (tuple, list)) or len(values) != num_fields:
-        got = f"{len(values)} values" if isinstance(values, (tuple, list)) else type(values).__name__
-        raise ConversionError(f"sample {index}: the source returned {got}, expected a tuple of "
-                              f"{num_fields} values (one per field)")
-    return values
-
-
-# Set in the parent right before forking the pool; the workers inherit them.
-_WORKER_JOB: tuple | None = None
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: a worker must not outlive a parent killed with SIGKILL (nothing would
-    read its results, and it would keep a core busy). ProcessPoolExecutor alone does not ensure
-    it: a worker blocked on the task or result pipe never sees EOF, because its siblings hold
-    copies of both ends. On Linux the kernel sends SIGKILL when the parent dies; the getppid
-    check covers a parent that died between the fork and the request."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the pipes are all there is
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
-    source, fields = _WORKER_JOB
-    try:
-        return encode_chunk(source, fields, *bounds)
-    except ConversionError:
-        raise
-    except BaseException as exc:
-        # A BaseException (SystemExit, KeyboardInterrupt) would kill the worker and the pool would
-        # wait forever for its task: report it as an ordinary, picklable error instead.
-        raise ConversionError(f"encoding samples {bounds[0]}..{bounds[1] - 1} failed in a worker: "
-                              f"{type(exc).__name__}: {exc}") from None
-
-
-def _encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,
-                    workers: int, progress: bool):
-    """Yield EncodedChunks in sample order, updating a progress bar."""
-    from tqdm import tqdm
-
-    bounds = [(s, min(s + chunk_size, num_samples)) for s in range(0, num_samples, chunk_size)]
-    items = list(fields.items())
-    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="write_dataset") as bar:
-        if workers == 1:
-            for start, stop in bounds:
-                yield encode_chunk(source, items, start, stop)
-                bar.update(stop - start)
-            return
-        global _WORKER_JOB
-        _WORKER_JOB = (source, items)
-        # An executor, not multiprocessing.Pool: it notices a worker that dies (os._exit, a crash
-        # in user code) and raises BrokenProcessPool instead of waiting for it forever.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_die_with_parent, initargs=(os.getpid(),))
-        try:
-            for chunk in pool.map(_encode_in_worker, bounds):
-                yield chunk
-                bar.update(chunk.stop - chunk.start)
-        except BrokenProcessPool as exc:
-            raise ConversionError(f"an encoding worker process died: {exc}") from exc
-        finally:
-            _WORKER_JOB = None
-            _stop_pool(pool)
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers now, even mid-task (after an error or KeyboardInterrupt)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        if process.is_alive():
-            process.terminate()
-        process.join()
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -329,9 +142,11 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
 class _FileWriter:
     """Appends encoded chunks to the open temporary file, then writes tables and header."""
 
-    def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int):
+    def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int,
+                 class_names: dict[str, list[str]]):
         self.out = out
         self.fields = list(fields.items())
+        self.class_names = class_names
         self.num_samples = num_samples
         self.page_size = page_size
         self.payload_fields = [i for i, (_, f) in enumerate(self.fields) if f.has_payload]
@@ -357,11 +172,21 @@ class _FileWriter:
         ptrs = starts[:, None] + np.cumsum(chunk.sizes, axis=1, dtype=np.uint64) - chunk.sizes
         self._record_allocations(chunk.start, n, ptrs, chunk.sizes)
         rows = self.metadata[chunk.start:chunk.stop]
-        for i, (_, field) in enumerate(self.fields):
+        for i, (name, field) in enumerate(self.fields):
+            self._check_labels(name, chunk.scalars[i], chunk.start)
             col = self.payload_column.get(i)
             field_ptrs = None if col is None else ptrs[:, col]
             field_sizes = None if col is None else chunk.sizes[:, col]
             field.fill_metadata(rows[f"f{i}"], chunk.scalars[i], field_ptrs, field_sizes)
+
+    def _check_labels(self, field: str, labels: list, first_index: int) -> None:
+        """Every label of a field with class names must name one (caught per chunk, early)."""
+        names = self.class_names.get(field)
+        bad = None if names is None else class_names_block.label_out_of_range(labels, len(names))
+        if bad is not None:
+            raise ConversionError(f"sample {first_index + bad}, field {field!r}: label {labels[bad]} "
+                                  f"but only {len(names)} class names were given; pass names that "
+                                  "cover every label (or none)")
 
     def _place_samples(self, totals: np.ndarray, first_index: int) -> np.ndarray:
         """File offset of each sample's first allocation (ffcv's page rule)."""
@@ -424,7 +249,9 @@ class _FileWriter:
         out.flush()
         crcs = self._allocation_crcs()
         block = crcs.astype(fmt.CHECKSUM_DTYPE).tobytes()
-        trailer_ptr = fmt.align_up(block_ptr + len(block), 8)
+        names_ptr = fmt.align_up(block_ptr + len(block), 8)
+        names = class_names_block.encode_block(self.class_names)  # between CRCs and trailer
+        trailer_ptr = names_ptr + len(names)
         alloc_table_ptr = trailer_ptr + fmt.CHECKSUM_TRAILER_TYPE.itemsize
         header["alloc_table_ptr"] = alloc_table_ptr
         layout_crc = zlib.crc32(self.metadata, zlib.crc32(descriptors, zlib.crc32(header.tobytes())))
@@ -432,7 +259,8 @@ class _FileWriter:
                                block_ptr, len(self.alloc_table))
         out.seek(block_ptr)
         out.write(block)
-        out.write(b"\x00" * (trailer_ptr - block_ptr - len(block)))
+        out.write(b"\x00" * (names_ptr - block_ptr - len(block)))
+        out.write(names)
         out.write(trailer.tobytes())
         out.write(self.alloc_table.tobytes())
         out.seek(0)
@@ -466,4 +294,4 @@ class _FileWriter:
         return descriptors
 
 
-__all__ = ["write_dataset", "encode_chunk", "EncodedChunk"]
+__all__ = ["write_dataset"]

@@ -13,6 +13,7 @@ Everything else is bookkeeping a benchmark needs to be honest, one module each:
   run (the subset, hence the number of batches, changes per epoch);
 * ``checkpoints``: files from which a run resumes with exactly the same selections;
 * ``device``: autocast dtype, memory format, GPU synchronization;
+* ``data``: what a run takes from its stores (classes, normalization statistics, crop check);
 * ``recipe``: the reference recipe (:data:`RECIPE`), stated once, and the run built from it;
 * ``cli``: ``fastprune train``.
 
@@ -31,8 +32,9 @@ from __future__ import annotations
 # Also importable from here, as before the split: the checkpoint format and checks, RUN_SETTINGS,
 # the Fashion-MNIST statistics and ScheduleFactory (not in __all__).
 from .checkpoints import CHECKPOINT_FORMAT, check_settings, load_checkpoint, read_checkpoint, save_checkpoint
-from .cli import RUN_SETTINGS, add_train_command, train_main
-from .loop import evaluate, fit, save_history
+from .cli import RUN_SETTINGS, add_recipe_arguments, add_train_command, recipe_from_args, train_main
+from .data import DataSpec, describe_stores
+from .loop import evaluate, fit, save_csv, save_history
 from .recipe import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, RECIPE, STRATEGIES, ModelSpec, Recipe, make_loaders,
                      make_strategy, run_recipe, seed_everything)
 from .schedule import OneCycle, ScheduleFactory, make_optimizer, one_cycle, planned_steps
@@ -48,6 +50,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "save_history",
+    "save_csv",
+    "describe_stores",
+    "DataSpec",
     "make_strategy",
     "make_loaders",
     "STRATEGIES",

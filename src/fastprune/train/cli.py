@@ -3,47 +3,94 @@ stores, its defaults taken from :data:`~fastprune.train.recipe.RECIPE`."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .loop import save_history
-from .recipe import RECIPE, STRATEGIES, run_recipe
+from ..models import load_model_factory
+from .loop import save_csv, save_history
+from .recipe import RECIPE, STRATEGIES, describe_recipe_data, run_recipe
 
 # The arguments that define a run: a resume with any of them changed would not continue the same
 # run. Device, threads, logging and the stores' paths may change between the interrupted and the
 # resumed process (the strategy's checkpoint already pins the number of training samples).
-RUN_SETTINGS = ("strategy", "keep", "seed", "lr", "weight_decay", "label_smoothing", "pad", "model", "width")
+# ``model`` is stored as "model_spec": fit records the model's class under "model" itself. The
+# normalization statistics and the number of classes actually used are added by run_recipe.
+RUN_SETTINGS = ("strategy", "keep", "seed", "lr", "weight_decay", "label_smoothing", "pad", "crop", "model",
+                "width")
+
+
+def model_spec(text: str) -> str:
+    """An argparse type: a built-in model name or MODULE:CALLABLE."""
+    if text in ("small_resnet", "resnet18") or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected small_resnet, resnet18 or MODULE:CALLABLE (a function of "
+                                     f"yours taking num_classes=), got {text!r}")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options (all but --epochs), shared by ``fastprune train`` and ``bench``; their
+    defaults are :data:`RECIPE`'s. :func:`recipe_from_args` turns them back into a Recipe."""
+    group = parser.add_argument_group("recipe (defaults: the benchmark's)")
+    group.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    group.add_argument("--lr", type=float, default=RECIPE.lr, help="peak LR of the one-cycle schedule")
+    group.add_argument("--weight-decay", type=float, default=RECIPE.weight_decay)
+    group.add_argument("--label-smoothing", type=float, default=RECIPE.label_smoothing)
+    group.add_argument("--pad", type=int, default=RECIPE.pad, help="random-crop padding (0: flip only)")
+    group.add_argument("--crop", type=int, metavar="N", default=RECIPE.crop,
+                       help="train on RandomResizedCrop(N) + flip, evaluate on CenterCrop(N): needed when "
+                            "the store's images differ in size")
+    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="normalization mean per channel, fractions of 255 (default: computed from "
+                            "the training store)")
+    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="ditto, standard deviation")
+    group.add_argument("--model", type=model_spec, default=RECIPE.model.name, metavar="MODEL",
+                       help="small_resnet (default), resnet18, or MODULE:CALLABLE: your function, called "
+                            "with num_classes=, returning an nn.Module (MODULE is imported from the "
+                            "current folder or PYTHONPATH)")
+    group.add_argument("--width", type=int, default=RECIPE.model.widths[0],
+                       help="small_resnet: channels of the first stage (doubled per stage)")
+
+
+def recipe_from_args(args, epochs: int):
+    """The :class:`Recipe` the options of :func:`add_recipe_arguments` describe. A user model is
+    imported here, so that a wrong MODULE:CALLABLE stops the command before any work."""
+    if ":" in args.model:
+        if os.getcwd() not in sys.path:  # `fastprune` is a script: its folder, not the cwd, is on sys.path
+            sys.path.insert(0, os.getcwd())
+        load_model_factory(args.model)
+    return RECIPE.replace(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          label_smoothing=args.label_smoothing, pad=args.pad, crop=args.crop,
+                          mean=None if args.mean is None else tuple(args.mean),
+                          std=None if args.std is None else tuple(args.std),
+                          name=args.model, widths=tuple(args.width * 2**i for i in range(3)))
 
 
 def add_train_command(subparsers):
     """Register ``fastprune train`` on an argparse ``subparsers`` object; returns its parser."""
     parser = subparsers.add_parser(
         "train", help="train a model on a store, pruning the data dynamically",
-        description="Train a ResNet on a store with a pruning strategy; one log line per epoch, "
-                    "a JSON log, a checkpoint after every epoch (--resume continues from it).")
+        description="Train a model on a store with a pruning strategy; one log line per epoch, "
+                    "a JSON and a CSV log, a checkpoint after every epoch (--resume continues from it). "
+                    "Classes and normalization come from the training store.")
     parser.add_argument("--train", required=True, type=Path, metavar="FILE", help="training store")
     parser.add_argument("--val", required=True, type=Path, metavar="FILE", help="validation store")
     parser.add_argument("--strategy", default="ucb", choices=STRATEGIES)
     parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per pruned epoch")
     parser.add_argument("--epochs", type=int, default=RECIPE.epochs)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
-    parser.add_argument("--lr", type=float, default=RECIPE.lr,
-                        help="peak LR of the one-cycle schedule (the benchmark recipe's)")
-    parser.add_argument("--weight-decay", type=float, default=RECIPE.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=RECIPE.label_smoothing)
-    parser.add_argument("--pad", type=int, default=RECIPE.pad, help="random-crop padding (0: flip only)")
-    parser.add_argument("--model", default=RECIPE.model.name, choices=("small_resnet", "resnet18"))
-    parser.add_argument("--width", type=int, default=RECIPE.model.widths[0],
-                        help="small_resnet: channels of the first stage (doubled per stage)")
+    add_recipe_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch and loader threads")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                         help="autocast; auto = on CUDA only (bf16 is fast on CPUs with AMX)")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history here")
+    parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
+    parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,18 +106,26 @@ def train_main(args) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
-    recipe = RECIPE.replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                            pad=args.pad, name=args.model, widths=tuple(args.width * 2**i for i in range(3)))
-    _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val),
+    recipe = recipe_from_args(args, args.epochs)
+    data = describe_recipe_data(recipe, (args.train, args.val))
+    print(f"{args.train}: {data.num_classes} classes, images {data.image_size}, normalized with mean "
+          f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
+    _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=args.amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
                             progress=not args.no_progress)
-    if args.log_json:
-        save_history(args.log_json, history, command="fastprune train",
-                     arguments={k: str(v) for k, v in vars(args).items() if k != "run"})
+    if args.log_json:  # typed: numbers stay numbers, paths become strings
+        save_history(args.log_json, history, command="fastprune train", data=data.json(),
+                     arguments={k: v for k, v in vars(args).items() if k != "run"})
+    if args.log_csv:
+        save_csv(args.log_csv, history)
     return 0
 
 
+def _rounded(values) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
+
+
 def _run_settings(args) -> dict[str, Any]:
-    return {name: value for name, value in vars(args).items() if name in RUN_SETTINGS}
+    return {("model_spec" if name == "model" else name): value for name, value in vars(args).items()
+            if name in RUN_SETTINGS}

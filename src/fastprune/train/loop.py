@@ -7,6 +7,7 @@ benchmark needs to be honest: timing that separates training, evaluation and pru
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import json
 import os
@@ -92,6 +93,9 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
     lr = optimizer.param_groups[0]["lr"]
     bar = _progress_bar(loader, progress)
     for batch in bar:
+        if batch.labels is None:
+            raise ValueError("fit: the loader yields no labels (its store has no integer field named "
+                             "'label', or several integer fields): pass label_field=... to Loader")
         images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch.labels.to(device, non_blocking=True)
         weights = batch.weights.to(device, non_blocking=True)
@@ -99,6 +103,7 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
             logits = model(images)
         # Loss in float32 even under autocast: the strategy ranks samples by it.
         loss = criterion(logits.float(), labels)
+        _check_per_sample(loss, labels)
         if strategy is not None:
             correct = logits.argmax(1) == labels
             strategy.update(batch.indices, loss.detach().cpu(), correct.cpu())  # timed by the clock
@@ -116,6 +121,14 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         steps += 1
     mean_loss = loss_sum.item() / samples if samples else float("nan")
     return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr}
+
+
+def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
+    """One loss per sample, or the strategy would score a batch mean (and raise far from here)."""
+    if loss.ndim != 1 or loss.shape[0] != labels.shape[0]:
+        raise ValueError(f"fit: the criterion returned a loss of shape {tuple(loss.shape)} for a batch of "
+                         f"{labels.shape[0]}; pruning needs one loss per sample: build it with "
+                         "reduction='none', e.g. nn.CrossEntropyLoss(reduction='none')")
 
 
 def _progress_bar(loader, enabled: bool):
@@ -188,6 +201,9 @@ def fit(
     model.to(memory_format=memory_format)
     optimizer = optimizer or make_optimizer(model)
     criterion = criterion or nn.CrossEntropyLoss(reduction="none")
+    if getattr(criterion, "reduction", "none") != "none":  # caught before any work, not after an epoch
+        raise ValueError(f"fit: criterion has reduction={criterion.reduction!r}; pruning needs one loss per "
+                         f"sample: use {type(criterion).__name__}(reduction='none')")
     scheduler = build_scheduler(schedule, optimizer, train_loader, epochs, strategy)
     # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -257,6 +273,18 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
 
 
 def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
-    """Write the history (plus any metadata, e.g. the command's arguments) as JSON."""
+    """Write the history (plus any metadata, e.g. the command's arguments) as JSON: numbers stay
+    numbers, paths and other objects become strings."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({**metadata, "history": history}, indent=2, default=str))
+
+
+def save_csv(path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (history records, maybe with leading columns such as the strategy) as CSV,
+    one column per key in first-seen order, for any plotting tool."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models import build_model
+from ..models import build_model, build_user_model
+from .data import DataSpec, channel_statistics, describe_stores
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
 
-# Fashion-MNIST pixel statistics (the store holds gray replicated to RGB).
+# Fashion-MNIST pixel statistics (the store holds gray replicated to RGB); runs compute their own
+# from the training store (train/data.py) unless given, these stay for code written against them.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,) * 3, (0.353,) * 3
 
 STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")
@@ -30,19 +32,24 @@ STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "e
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model by name and options (see ``fastprune.models.build_model``). The default is the
-    cheapest SmallResNet measured that still reaches the recipe's accuracy target on a CPU
-    (docs/benchmarks.md)."""
+    """A model by name and options (see ``fastprune.models.build_model``): "small_resnet",
+    "resnet18" or your own "MODULE:CALLABLE". The default is the cheapest SmallResNet measured
+    that still reaches the recipe's accuracy target on a CPU (docs/benchmarks.md)."""
 
     name: str = "small_resnet"
     widths: tuple[int, ...] = (32, 64, 128)  # small_resnet only, like the two below
     blocks: int = 1
     stem_stride: int = 2
+    # A model function given as an object (Python API): called with num_classes=; ``name`` is then
+    # its "MODULE:CALLABLE", for the records. Not compared, not recorded.
+    factory: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
 
-    def build(self, in_channels: int = 3) -> nn.Module:
+    def build(self, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        if self.factory is not None:
+            return build_user_model(self.factory, num_classes, self.name)
         options = {} if self.name != "small_resnet" else \
             {"widths": self.widths, "blocks": self.blocks, "stem_stride": self.stem_stride}
-        return build_model(self.name, in_channels=in_channels, **options)
+        return build_model(self.name, in_channels=in_channels, num_classes=num_classes, **options)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,12 @@ class Recipe:
     # Part of the recipe (not a run setting) so that `bench --continue` refuses result files
     # measured with plain batches, whose remainder can be a handful of samples.
     even_batches: bool = True
+    # For stores of mixed image sizes: RandomResizedCrop(crop) + flip for training, CenterCrop(crop)
+    # for validation. None: images are used at their (one) stored size.
+    crop: int | None = None
+    # Normalization (per channel, fractions of 255); None: computed from the training store.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     model: ModelSpec = ModelSpec()
 
     def replace(self, **changes) -> Recipe:
@@ -68,16 +81,20 @@ class Recipe:
         return dataclasses.replace(self, **changes, model=dataclasses.replace(self.model, **model_changes))
 
     def training_json(self) -> dict[str, Any]:
-        """The training fields (all but the model), as a result file's "recipe" records them."""
+        """The training fields (all but the model), as a result file's "recipe" records them.
+        crop, mean and std are left out while unset, so a recipe without them records as it did
+        before they existed (and ``bench --continue`` accepts those files)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
-                if field.name != "model"}
+                if field.name != "model" and not (field.name in _UNSET_OMITTED and getattr(self, field.name) is None)}
 
     def model_json(self) -> dict[str, Any]:
         """The model, as a result file's "model" records it."""
-        return dataclasses.asdict(self.model)
+        return {field.name: getattr(self.model, field.name) for field in dataclasses.fields(ModelSpec)
+                if field.name != "factory"}
 
 
 RECIPE = Recipe()
+_UNSET_OMITTED = ("crop", "mean", "std")
 
 # The main job's smoke-size preset (`fastprune bench --quick`, with a 12k-image subset): the same
 # recipe with a half-width model, so that enough epochs for the full-data run to saturate (what
@@ -112,10 +129,14 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
 
 
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
-                 pad: int = 0, threads: int | None = None, channels_last: bool = False,
-                 mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, device="cpu", even_batches: bool = True):
+                 pad: int = 0, crop: int | None = None, threads: int | None = None, channels_last: bool = False,
+                 mean=None, std=None, device="cpu", even_batches: bool = True):
     """(train loader, val loader) over two stores: horizontal flip (and, with ``pad`` > 0, a random
-    crop of the padded image) for training, no augmentation for validation.
+    crop of the padded image) for training, no augmentation for validation. With ``crop``, a
+    RandomResizedCrop(crop) first for training and a CenterCrop(crop) for validation: both fused
+    into the native decode, they batch stores whose images differ in size.
+
+    ``mean``/``std`` (per channel, fractions of 255): None computes them from ``train``.
 
     ``channels_last`` makes the loader's Normalize write NHWC-strided tensors directly, so the
     model's channels_last layout needs no conversion per batch.
@@ -124,36 +145,57 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     remainder depends on the keep ratio, and a last step on a handful of samples sets the model
     back (studies/even_batches.py measures it; docs/benchmarks.md).
     """
-    from ..loader import Loader, Normalize, RandomCrop, RandomHorizontalFlip
+    from ..loader import CenterCrop, Loader, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+    from ..loader._source import open_source
 
+    if mean is None or std is None:
+        mean, std = channel_statistics(open_source(train, None, None, threads=1))
     normalize = Normalize(mean, std, channels_last=channels_last)
     augmentations = []
     if augment:
-        augmentations = [RandomCrop(padding=pad)] if pad else []
+        augmentations = [RandomResizedCrop(crop)] if crop else []
+        augmentations += [RandomCrop(padding=pad)] if pad else []
         augmentations.append(RandomHorizontalFlip())
+    elif crop:
+        augmentations = [CenterCrop(crop)]
+    val_crop = [CenterCrop(crop)] if crop else []
     train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
                           seed=seed, threads=threads, device=device, even_batches=even_batches)
-    val_loader = Loader(val, 1000, transforms=[normalize], shuffle=False, threads=threads,
+    val_loader = Loader(val, 1000, transforms=[*val_crop, normalize], shuffle=False, threads=threads,
                         device=device)
     return train_loader, val_loader
 
 
+def describe_recipe_data(recipe: Recipe, stores) -> DataSpec:
+    """The classes, statistics and checks of ``stores`` (train, val) for ``recipe``
+    (:func:`~fastprune.train.data.describe_stores` with the recipe's crop, mean and std)."""
+    return describe_stores(*stores, mean=recipe.mean, std=recipe.std, crop=recipe.crop)
+
+
 def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, stores, *,
                strategy_options: dict[str, Any] | None = None, device="cpu", threads: int | None = None,
-               amp: str | bool = "auto", channels_last: bool = False, **fit_options):
+               amp: str | bool = "auto", channels_last: bool = False, data: DataSpec | None = None,
+               **fit_options):
     """Train ``recipe``'s model on ``stores`` (train, val paths) with a strategy by name; return
-    (strategy, history). ``strategy_options`` override the strategy's library defaults;
-    ``fit_options`` (progress, log, checkpoint, resume, settings) go to :func:`fit`."""
+    (strategy, history). The number of classes and, unless the recipe gives them, the
+    normalization statistics come from the stores (``data``, when a caller running many runs on
+    the same stores has them already). ``strategy_options`` override the strategy's library
+    defaults; ``fit_options`` (progress, log, checkpoint, resume, settings) go to :func:`fit`."""
     from ..store.reader import Store
 
     seed_everything(seed)
     train_store, val_store = (Store(path) for path in stores)
+    data = data or describe_recipe_data(recipe, (train_store, val_store))
+    if fit_options.get("settings") is not None:  # a resume must normalize and classify alike
+        fit_options["settings"] = {**fit_options["settings"], "num_classes": data.num_classes,
+                                   "mean": list(data.mean), "std": list(data.std)}
     strategy = make_strategy(strategy_name, len(train_store), keep, epochs=recipe.epochs, seed=seed,
                              **(strategy_options or {}))
     train_loader, val_loader = make_loaders(
         train_store, val_store, recipe.batch_size, sampler=strategy, seed=seed, pad=recipe.pad,
-        threads=threads, channels_last=channels_last, device=device, even_batches=recipe.even_batches)
-    model = recipe.model.build().to(device)
+        crop=recipe.crop, threads=threads, channels_last=channels_last, mean=data.mean, std=data.std,
+        device=device, even_batches=recipe.even_batches)
+    model = recipe.model.build(data.num_classes, data.channels).to(device)
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
     criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
     history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),

@@ -1,4 +1,4 @@
-"""Turning user inputs (numpy arrays, torch tensors, lists) into the kernels' contiguous arrays."""
+"""Per-sample inputs (numpy arrays, torch tensors, lists) checked and coerced to the kernels' arrays."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def _one_dim(array: np.ndarray, name: str, length: int | None) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D (one value per sample; use reduction='none'), "
                          f"got shape {array.shape}")
     if length is not None and len(array) != length:
-        raise ValueError(f"{name} has {len(array)} entries but indices has {length}")
+        hint = ": one loss per sample, so compute it with reduction='none'" if name == "losses" else ""
+        raise ValueError(f"{name} has {len(array)} entries but indices has {length}{hint}")
     return array
 
 

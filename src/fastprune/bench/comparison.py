@@ -1,0 +1,117 @@
+"""``fastprune.bench.compare``: the benchmark's comparison (full data against pruning strategies,
+accuracy and training wall-clock) on your own stores and model, from Python. It plans, runs and
+summarizes through the same code as ``fastprune bench`` (plan, cli.execute, report)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import load_model_factory, model_spec_of
+from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
+from . import report
+from .run import Settings
+
+_RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("epochs", "model")) + \
+    tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("name", "factory"))
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`compare`: ``rows`` (one per strategy and keep ratio: ``acc_mean``,
+    ``acc_std`` over seeds, ``wall_s_mean`` (training seconds), ``speedup`` versus full data,
+    ``acc_delta_pt``...), ``runs`` (every run, with its per-epoch ``history``) and ``result``, the
+    whole document ``fastprune bench`` writes as JSON."""
+
+    result: dict[str, Any]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.result["summary"]
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        return self.result["runs"]
+
+    def row(self, strategy: str, keep: float | None = None) -> dict[str, Any]:
+        """The row of ``strategy`` (at ``keep``, needed when several keep ratios were run)."""
+        matches = [r for r in self.rows if r["strategy"] == strategy and keep in (None, r["keep"])]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} rows for strategy={strategy!r}, keep={keep!r}; "
+                           f"rows: {[(r['strategy'], r['keep']) for r in self.rows]}")
+        return matches[0]
+
+    def table(self) -> str:
+        """The markdown table ``fastprune bench`` prints."""
+        return report.markdown_table(self.rows)
+
+
+def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.model.name,
+            strategies: Sequence[str] = ("full", "epsilon_greedy", "ucb"), keep: float | Sequence[float] = 0.5,
+            epochs: int = RECIPE.epochs, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
+            threads: int | None = None, amp: str | None = None, channels_last: bool | None = None,
+            verbose: bool = False, **recipe_options) -> Comparison:
+    """Train ``model`` on the store ``train`` with full data and with each pruning strategy, evaluate
+    on ``val`` after every epoch, and compare final accuracy and training wall-clock.
+
+    Args:
+        train, val: store paths (or ``fastprune.Store`` objects' paths). Classes, and unless given
+            the normalization statistics, are read off them, as ``fastprune train`` does.
+        model: "small_resnet" (default), "resnet18", "MODULE:CALLABLE", or a function called as
+            ``model(num_classes=...)`` returning an ``nn.Module``.
+        strategies: names from ``fastprune.train.STRATEGIES``; full data always runs (once per keep
+            ratio and seed), as the baseline every speed-up divides.
+        keep: the kept fraction of each pruned epoch, or several.
+        out: a JSON path (relative to the current folder): the result document, its markdown report,
+            a CSV of every epoch and two plots are written there (after every run), as by
+            ``fastprune bench``. None writes nothing.
+        threads, amp, channels_last: how the runs execute (:class:`~fastprune.bench.run.Settings`,
+            whose defaults are the benchmark's). The benchmark's settings act on the process (torch
+            threads, denormal flushing); the thread count is restored afterwards.
+        verbose: print a line per run.
+        recipe_options: the recipe's fields (``batch_size``, ``lr``, ``weight_decay``,
+            ``label_smoothing``, ``pad``, ``crop``, ``mean``, ``std``, ``even_batches``; for
+            small_resnet ``widths``, ``blocks``, ``stem_stride``); defaults: :data:`RECIPE`.
+
+    Returns a :class:`Comparison`; ``.table()`` is the markdown table.
+    """
+    from .cli import execute
+
+    unknown = sorted(set(recipe_options) - set(_RECIPE_OPTIONS))
+    if unknown:
+        raise TypeError(f"compare() got unknown recipe options {unknown}; recipe options: {list(_RECIPE_OPTIONS)}")
+    unknown = [name for name in strategies if name not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"compare(): unknown strategies {unknown}; choose from {list(STRATEGIES)}")
+    keeps = (keep,) if isinstance(keep, (int, float)) else tuple(keep)
+    mode = {"train_limit": None, "epochs": int(epochs), "keeps": keeps, "seeds": tuple(seeds),
+            "strategies": tuple(name for name in strategies if name != "full")}
+    defaults = Settings()
+    settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads or defaults.threads,
+                        channels_last=defaults.channels_last if channels_last is None else channels_last)
+    recipe = _recipe(model, int(epochs), recipe_options)
+    threads_before = torch.get_num_threads()
+    settings.apply()
+    try:
+        result = execute(mode, settings, recipe, (train, val), None if out is None else Path(out),
+                         log=print if verbose else None)
+    finally:
+        torch.set_num_threads(threads_before)
+    return Comparison(result)
+
+
+def _recipe(model, epochs: int, options: dict[str, Any]) -> Recipe:
+    # tuples, as the command line makes them (a list would record and compare differently)
+    options = {name: tuple(value) if name in ("mean", "std", "widths") and value is not None else value
+               for name, value in options.items()}
+    if callable(model):
+        return RECIPE.replace(epochs=epochs, name=model_spec_of(model), factory=model, **options)
+    if ":" in model:
+        load_model_factory(model)  # a wrong MODULE:CALLABLE stops here, before any work
+    return RECIPE.replace(epochs=epochs, name=model, **options)

@@ -1,0 +1,137 @@
+"""Step 1 of ``write_dataset`` (see writer.py): samples read and encoded in chunks, in this process
+or in forked worker processes, yielded in sample order as :class:`EncodedChunk`."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConversionError
+from .fields import Field
+
+
+@dataclass
+class EncodedChunk:
+    """The encoded samples [start, stop) of a source."""
+
+    start: int
+    stop: int
+    scalars: list[list]  # per field: the metadata scalars of each sample (None for payload-only)
+    sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
+    blob: bytes  # every payload, sample-major then field order, back to back
+
+
+def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int) -> EncodedChunk:
+    """Read and encode samples [start, stop); errors name the sample and the field."""
+    scalars: list[list] = [[] for _ in fields]
+    payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
+    sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
+    payloads: list = []
+    for row, index in enumerate(range(start, stop)):
+        values = _read_sample(source, index, len(fields))
+        col = 0
+        for i, ((name, field), value) in enumerate(zip(fields, values)):
+            try:
+                scalar, payload = field.encode(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ConversionError(f"sample {index}, field {name!r} ({type(field).__name__}): {exc}") from exc
+            scalars[i].append(scalar)
+            if payload is not None:
+                payloads.append(payload)
+                sizes[row, col] = payload.size
+                col += 1
+    return EncodedChunk(start, stop, scalars, sizes, b"".join(payloads))
+
+
+def _read_sample(source, index: int, num_fields: int) -> tuple:
+    try:
+        values = source[index]
+    except Exception as exc:
+        raise ConversionError(f"reading sample {index} from the source failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(values, (tuple, list)) or len(values) != num_fields:
+        got = f"{len(values)} values" if isinstance(values, (tuple, list)) else type(values).__name__
+        raise ConversionError(f"sample {index}: the source returned {got}, expected a tuple of "
+                              f"{num_fields} values (one per field)")
+    return values
+
+
+# Set in the parent right before forking the pool; the workers inherit them.
+_WORKER_JOB: tuple | None = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a worker must not outlive a parent killed with SIGKILL (nothing would
+    read its results, and it would keep a core busy). ProcessPoolExecutor alone does not ensure
+    it: a worker blocked on the task or result pipe never sees EOF, because its siblings hold
+    copies of both ends. On Linux the kernel sends SIGKILL when the parent dies; the getppid
+    check covers a parent that died between the fork and the request."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pipes are all there is
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
+    source, fields = _WORKER_JOB
+    try:
+        return encode_chunk(source, fields, *bounds)
+    except ConversionError:
+        raise
+    except BaseException as exc:
+        # A BaseException (SystemExit, KeyboardInterrupt) would kill the worker and the pool would
+        # wait forever for its task: report it as an ordinary, picklable error instead.
+        raise ConversionError(f"encoding samples {bounds[0]}..{bounds[1] - 1} failed in a worker: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,
+                    workers: int, progress: bool):
+    """Yield EncodedChunks in sample order, updating a progress bar."""
+    from tqdm import tqdm
+
+    bounds = [(s, min(s + chunk_size, num_samples)) for s in range(0, num_samples, chunk_size)]
+    items = list(fields.items())
+    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="write_dataset") as bar:
+        if workers == 1:
+            for start, stop in bounds:
+                yield encode_chunk(source, items, start, stop)
+                bar.update(stop - start)
+            return
+        global _WORKER_JOB
+        _WORKER_JOB = (source, items)
+        # An executor, not multiprocessing.Pool: it notices a worker that dies (os._exit, a crash
+        # in user code) and raises BrokenProcessPool instead of waiting for it forever.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+        try:
+            for chunk in pool.map(_encode_in_worker, bounds):
+                yield chunk
+                bar.update(chunk.stop - chunk.start)
+        except BrokenProcessPool as exc:
+            raise ConversionError(f"an encoding worker process died: {exc}") from exc
+        finally:
+            _WORKER_JOB = None
+            _stop_pool(pool)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now, even mid-task (after an error or KeyboardInterrupt)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+        process.join()
+
+
+__all__ = ["encode_chunk", "encoded_chunks", "EncodedChunk"]

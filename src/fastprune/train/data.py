@@ -1,0 +1,121 @@
+"""What a run learns from, read off its two stores: the number of classes, the input channels,
+the normalization statistics and whether the images need a crop to be batched.
+
+Every check fails before training starts, in one line naming the store and the option that fixes
+it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the loss.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..random_streams import statistics_sample
+
+# Images the statistics are computed over: enough for the mean and std of a channel to be exact
+# to about 0.3% of a pixel's range, and cheap (a few thousand decodes, well under a second).
+STATISTICS_SAMPLES = 4096
+_CHUNK = 256  # images decoded at once: bounds memory for large images
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The facts a run takes from its stores (or from the options that override them)."""
+
+    num_classes: int
+    channels: int  # 3: every image field of a .beton store is RGB (gray is stored replicated)
+    mean: tuple[float, float, float]  # per channel, as fractions of 255
+    std: tuple[float, float, float]
+    image_size: str  # "28x28", or "mixed, 21 to 64 px a side"
+
+    def json(self) -> dict[str, Any]:
+        return {"classes": self.num_classes, "channels": self.channels, "mean": list(self.mean),
+                "std": list(self.std), "image_size": self.image_size}
+
+
+def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    crop: int | None = None) -> DataSpec:
+    """Check ``train`` and ``val`` (stores or paths) fit a run with these options; return the
+    :class:`DataSpec`. ``mean``/``std``: None computes them from the training store."""
+    from ..loader._source import open_source
+
+    sources = {role: open_source(store, None, None, threads=1) for role, store in (("training", train), ("validation", val))}
+    for role, store in (("training", train), ("validation", val)):
+        if sources[role].num_samples == 0:
+            raise ConfigError(f"{_name(store)}: the {role} store holds no samples")
+        _check_batchable(sources[role], _name(store), role, crop)
+    num_classes = _classes(sources["training"], sources["validation"], _name(train), _name(val))
+    if (mean is None) != (std is None):
+        raise ConfigError("give both --mean and --std (mean= and std= in Python), or neither to compute "
+                          "them from the training store")
+    if mean is None:
+        mean, std = channel_statistics(sources["training"])
+    return DataSpec(num_classes, 3, _three(mean, "mean"), _three(std, "std"), _size(sources["training"]))
+
+
+def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of the pixels of a seeded sample of the store's images, as fractions
+    of 255 (what ``Normalize`` takes). Every pixel counts once, whatever its image's size."""
+    ids = statistics_sample(source.num_samples, samples)
+    total, squares, pixels = np.zeros(3), np.zeros(3), 0
+    shapes = np.stack([source.heights[ids], source.widths[ids]], axis=1)
+    for shape in np.unique(shapes, axis=0):  # one shape per gather: mixed stores group by size
+        group = ids[(shapes == shape).all(axis=1)]
+        for start in range(0, len(group), _CHUNK):
+            chunk = group[start:start + _CHUNK]
+            images = np.empty((len(chunk), int(shape[0]), int(shape[1]), 3), np.uint8)
+            source.gather.gather(chunk, images, max_threads=1)
+            flat = images.reshape(-1, 3).astype(np.float64)
+            total += flat.sum(axis=0)
+            squares += np.square(flat).sum(axis=0)
+            pixels += len(flat)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
+    # A constant channel carries nothing; dividing it by 1 keeps it finite (Normalize refuses 0).
+    std = np.where(std < 1e-3, 255.0, std)
+    return tuple(float(v) for v in mean / 255), tuple(float(v) for v in std / 255)
+
+
+def _classes(train, val, train_name: str, val_name: str) -> int:
+    for source, name in ((train, train_name), (val, val_name)):
+        if source.labels is None:
+            raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only "
+                              "integer field); convert it with labels (fastprune convert writes 'label')")
+        if len(source.labels) and source.labels.min() < 0:
+            raise ConfigError(f"{name}: label {int(source.labels.min())} is negative; classes must be "
+                              "numbered 0, 1, 2, ...")
+    num_classes = int(train.labels.max()) + 1
+    if len(val.labels) and int(val.labels.max()) >= num_classes:
+        raise ConfigError(f"{val_name}: label {int(val.labels.max())}, but the training store {train_name} "
+                          f"has classes 0..{num_classes - 1} only: convert both from the same classes")
+    return num_classes
+
+
+def _check_batchable(source, name: str, role: str, crop: int | None) -> None:
+    if crop is None and source.uniform_shape is None:
+        raise ConfigError(f"{name}: the {role} store's images differ in size ({_size(source)}): give "
+                          "--crop N (crop=N in Python) to train and evaluate on N x N crops")
+
+
+def _size(source) -> str:
+    if source.uniform_shape is not None:
+        return "x".join(map(str, source.uniform_shape))
+    sides = np.concatenate([source.heights, source.widths])
+    return f"mixed, {int(sides.min())} to {int(sides.max())} px a side"
+
+
+def _three(values, name: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise ConfigError(f"--{name} needs 3 values (R G B, fractions of 255), got {len(values)}")
+    if name == "std" and min(values) <= 0:
+        raise ConfigError(f"--std values must be positive, got {values}")
+    return values  # type: ignore[return-value]
+
+
+def _name(store) -> str:
+    return os.fspath(getattr(store, "path", store))

@@ -1,0 +1,267 @@
+"""Bring your own data and model: `fastprune train` and `bench` on any image-classification store,
+with a model from the user's own module, and `fastprune.bench.compare` from Python.
+
+The acceptance test walks a newcomer's path: a 12-class folder of images of mixed sizes, a tiny
+CNN in their own module, convert -> train -> bench (CLI, from their folder) -> compare (Python).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastprune
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+
+CLASSES = 12
+TINY_MODEL = """
+from torch import nn
+
+def make(num_classes):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+def not_a_model(num_classes):
+    return "a string"
+
+NOT_CALLABLE = 3
+"""
+FAST = ["--threads", "1", "--amp", "off", "--batch-size", "32"]
+
+
+def _image_folder(root: Path, per_class: int, seed: int) -> Path:
+    """``CLASSES`` class folders of PNGs and JPEGs of varied sizes; each class has its own colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in range(CLASSES):
+        folder = root / f"class_{label:02d}"
+        folder.mkdir(parents=True)
+        colour = np.array([label * 21, 255 - label * 21, (label % 3) * 120])
+        for i in range(per_class):
+            height, width = rng.integers(20, 70, 2)
+            pixels = np.clip(colour + rng.integers(-30, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """The user's own model module, importable in this process (its name is unique per test)."""
+    name = f"user_models_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_newcomer_brings_a_12_class_image_folder_and_a_model(tmp_path, user_module, monkeypatch):
+    # 1. convert their folders (mixed sizes, PNG and JPEG) to JPEG stores
+    stores = {}
+    for split, per_class in (("train", 8), ("val", 2)):
+        folder = _image_folder(tmp_path / "photos" / split, per_class, seed=len(split))
+        stores[split] = tmp_path / f"{split}.beton"
+        assert main(["convert", str(folder), "--jpeg", "--max-side", "48", "--out", str(stores[split]),
+                     "--no-progress", "--workers", "1"]) == 0
+    with fastprune.Store(stores["train"]) as store:
+        assert len(store) == 96 and sorted({int(store[i][1]) for i in range(len(store))}) == list(range(CLASSES))
+
+    # 2. train their model with pruning, crops for the mixed sizes, typed logs
+    log_json, log_csv, checkpoint = tmp_path / "run.json", tmp_path / "run.csv", tmp_path / "run.pt"
+    assert main(["train", "--train", str(stores["train"]), "--val", str(stores["val"]), "--strategy", "ucb",
+                 "--crop", "32", "--model", f"{user_module}:make", "--epochs", "2", "--no-progress",
+                 "--log-json", str(log_json), "--log-csv", str(log_csv), "--checkpoint", str(checkpoint),
+                 *FAST]) == 0
+    state = fastprune.train.read_checkpoint(checkpoint)["model"]
+    assert state["4.weight"].shape == (CLASSES, 8)  # the head the store's 12 classes asked for
+    logged = json.loads(log_json.read_text())
+    arguments = logged["arguments"]
+    assert arguments["epochs"] == 2 and arguments["crop"] == 32 and arguments["keep"] == 0.5
+    assert arguments["train"] == str(stores["train"]) and arguments["mean"] is None
+    assert arguments["resume"] is False and arguments["model"] == f"{user_module}:make"
+    assert logged["data"]["classes"] == CLASSES and logged["data"]["image_size"].startswith("mixed")
+    assert [r["epoch"] for r in logged["history"]] == [0, 1]
+    with open(log_csv, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["val_acc"]) for r in rows] == [r["val_acc"] for r in logged["history"]]
+    assert {"loss", "samples", "epoch_s", "cumulative_s"} <= set(rows[0])
+
+    # 3. the comparison from the command line, run from their folder: the console script imports
+    # their module from there, and --out is relative to it
+    fastprune_script = Path(sys.executable).with_name("fastprune")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(fastprune_script), "bench", "--train", "train.beton", "--val", "val.beton", "--crop", "32",
+         "--model", f"{user_module}:make", "--epochs", "1", "--strategies", "epsilon_greedy", "ucb",
+         "--keeps", "0.5", "--seeds", "0", "--out", "results/mine.json", *FAST],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "results" / "mine.json"
+    bench = json.loads(out.read_text())
+    assert bench["data"]["classes"] == CLASSES and bench["data"]["train"] == str(stores["train"])
+    assert bench["model"]["name"] == f"{user_module}:make" and bench["recipe"]["crop"] == 32
+    report = out.with_suffix(".md").read_text()
+    assert report.startswith("# End-to-end: train.beton, 1 epochs")
+    for strategy in ("full | 1.0", "epsilon_greedy | 0.5", "ucb | 0.5"):
+        assert f"| {strategy} |" in report and f"| {strategy} |" in result.stdout
+    with open(tmp_path / "results" / "mine_epochs.csv", newline="") as file:
+        assert [row["strategy"] for row in csv.DictReader(file)] == ["full", "epsilon_greedy", "ucb"]
+
+    # 4. the same comparison from Python
+    comparison = fastprune.bench.compare(stores["train"], stores["val"], model=f"{user_module}:make",
+                                         epochs=1, crop=32, threads=1, amp="off", batch_size=32)
+    assert [(row["strategy"], row["keep"]) for row in comparison.rows] == [
+        ("full", 1.0), ("epsilon_greedy", 0.5), ("ucb", 0.5)]
+    assert comparison.row("full")["speedup"] == pytest.approx(1.0)
+    assert all(row["wall_s_mean"] > 0 and 0 <= row["acc_mean"] <= 100 for row in comparison.rows)
+    table = comparison.table().splitlines()
+    assert table[0].startswith("| strategy | keep | acc %") and len(table) == 2 + 3
+    assert table[4].startswith("| ucb | 0.5 | ")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["run.json"]  # out=None
+
+
+@pytest.fixture
+def twelve_class_stores(tmp_path):
+    """12-class 32x32 raw stores (labels 0..11): the case that used to end in 'Target 10 is out of bounds'."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % CLASSES
+    images = rng.integers(0, 255, (96, 32, 32, 3), np.uint8)
+    train = from_arrays(images, labels, tmp_path / "train.beton", progress=False, workers=1)
+    val = from_arrays(images[:24], labels[:24], tmp_path / "val.beton", progress=False, workers=1)
+    return train, val, images
+
+
+def _train_args(train, val, *extra):
+    return ["train", "--train", str(train), "--val", str(val), "--epochs", "1", "--width", "4",
+            "--no-progress", *FAST, *extra]
+
+
+def test_classes_and_statistics_come_from_the_training_store(twelve_class_stores, capsys):
+    from fastprune.train import describe_stores
+
+    train, val, images = twelve_class_stores
+    data = describe_stores(train, val)
+    assert data.num_classes == CLASSES and data.channels == 3 and data.image_size == "32x32"
+    # 96 images < the sample size: the statistics are those of every pixel
+    pixels = images.reshape(-1, 3) / 255
+    np.testing.assert_allclose(data.mean, pixels.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(data.std, pixels.std(axis=0), rtol=1e-9)
+    given = describe_stores(train, val, mean=(0.1, 0.2, 0.3), std=(1, 1, 1))
+    assert given.mean == (0.1, 0.2, 0.3) and given.std == (1.0, 1.0, 1.0)
+    assert main(_train_args(train, val)) == 0
+    assert f"{train}: 12 classes, images 32x32" in capsys.readouterr().out
+
+
+def test_stores_that_do_not_fit_fail_in_one_line_naming_the_fix(twelve_class_stores, tmp_path, capsys):
+    train, val, images = twelve_class_stores
+    more_classes = from_arrays(images[:20], np.arange(20), tmp_path / "twenty.beton", progress=False, workers=1)
+    mixed = _image_folder(tmp_path / "mixed", 1, seed=0)
+    mixed_store = tmp_path / "mixed.beton"
+    assert main(["convert", str(mixed), "--jpeg", "--out", str(mixed_store), "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    cases = [
+        (_train_args(train, more_classes), "label 19, but the training store"),
+        (_train_args(mixed_store, mixed_store), "differ in size (mixed, "),
+        (_train_args(mixed_store, mixed_store), "give --crop N (crop=N in Python)"),
+        (_train_args(train, val, "--mean", "0.5", "0.5", "0.5"), "give both --mean and --std"),
+        (_train_args(train, val, "--model", "no_such_module_here:make"), "cannot import 'no_such_module_here'"),
+    ]
+    for arguments, message in cases:
+        assert main(arguments) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_user_models_are_checked_before_any_work(user_module, twelve_class_stores, capsys):
+    from fastprune.models import build_model
+
+    train, val, _ = twelve_class_stores
+    for spec, message in ((f"{user_module}:missing", f"has no 'missing'"),
+                          (f"{user_module}:NOT_CALLABLE", "is a int, not a callable"),
+                          (f"{user_module}:not_a_model", "returned a str, not a torch.nn.Module")):
+        assert main(_train_args(train, val, "--model", spec)) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert build_model(f"{user_module}:make", num_classes=5)(torch.zeros(1, 3, 8, 8)).shape == (1, 5)
+    with pytest.raises(SystemExit):  # neither a built-in name nor MODULE:CALLABLE
+        main(_train_args(train, val, "--model", "resnet50"))
+    assert "expected small_resnet, resnet18 or MODULE:CALLABLE" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_model_spec_or_crop(user_module, twelve_class_stores, tmp_path, capsys):
+    train, val, _ = twelve_class_stores
+    checkpoint = tmp_path / "run.pt"
+    common = _train_args(train, val, "--checkpoint", str(checkpoint), "--resume")
+    assert main([*common, "--model", f"{user_module}:make"]) == 0
+    saved = fastprune.train.read_checkpoint(checkpoint)["settings"]
+    assert saved["model_spec"] == f"{user_module}:make" and saved["num_classes"] == CLASSES
+    assert saved["mean"] == pytest.approx(list(fastprune.train.describe_stores(train, val).mean))
+    capsys.readouterr()
+    assert main([*common, "--model", f"{user_module}:make"]) == 0  # same settings: nothing left
+    assert "nothing left to train" in capsys.readouterr().out
+    for changed, name in ((["--model", "small_resnet"], "model_spec="), (["--model", f"{user_module}:make",
+                                                                          "--crop", "24"], "crop=")):
+        assert main([*common, *changed]) == 1
+        assert name in capsys.readouterr().err
+
+
+def test_bench_takes_both_stores_or_neither(twelve_class_stores, capsys):
+    from fastprune.bench import cli
+
+    train, _, _ = twelve_class_stores
+    with pytest.raises(SystemExit, match="give both --train and --val"):
+        cli.main(["--train", str(train), *FAST])
+    with pytest.raises(SystemExit, match="--train-limit applies to the built-in Fashion-MNIST only"):
+        cli.main(["--train", str(train), "--val", str(train), "--train-limit", "10", *FAST])
+
+
+def test_compare_checks_its_arguments(twelve_class_stores):
+    train, val, _ = twelve_class_stores
+    with pytest.raises(TypeError, match="unknown recipe options \\['learning_rate'\\]"):
+        fastprune.bench.compare(train, val, learning_rate=0.1)
+    with pytest.raises(ValueError, match="unknown strategies \\['ucbb'\\]"):
+        fastprune.bench.compare(train, val, strategies=("full", "ucbb"))
+
+
+def test_per_sample_loss_mistakes_name_reduction_none(twelve_class_stores):
+    from fastprune import UCB, Loader
+    from fastprune.loader import Normalize
+    from fastprune.train import fit
+
+    train, val, _ = twelve_class_stores
+    strategy = UCB(96, keep=0.5, seed=0)
+    with pytest.raises(ValueError, match=r"losses must be 1-D \(one value per sample; use reduction='none'\)"):
+        strategy.update(torch.arange(4), torch.tensor(1.5))
+    with pytest.raises(ValueError, match="losses has 1 entries but indices has 4: .*reduction='none'"):
+        strategy.update(torch.arange(4), torch.tensor([1.5]))
+
+    loader = Loader(train, 32, sampler=strategy, transforms=[Normalize()], threads=1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32 * 3, CLASSES))
+    with pytest.raises(ValueError, match=r"reduction='mean'.*use CrossEntropyLoss\(reduction='none'\)"):
+        fit(model, loader, None, strategy, 1, criterion=torch.nn.CrossEntropyLoss(), progress=False, log=None)
+
+    def mean_loss(logits, labels):  # a plain function: no reduction attribute to look at
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    with pytest.raises(ValueError, match=r"loss of shape \(\) for a batch of 32.*reduction='none'"):
+        fit(model, loader, None, strategy, 1, criterion=mean_loss, progress=False, log=None)
+
+
+def test_wrong_field_names_list_the_store_fields(twelve_class_stores):
+    from fastprune import Loader
+
+    train, _, _ = twelve_class_stores
+    with pytest.raises(ValueError, match=r"image_field='img' is not an RGB image field .*\['image', 'label'\]"):
+        Loader(train, 8, image_field="img")
+    with pytest.raises(ValueError, match=r"label_field='target' is not a scalar field .*\['image', 'label'\]"):
+        Loader(train, 8, label_field="target")

@@ -1,0 +1,23 @@
+"""docs/integrations.md's PyTorch Lightning and Accelerate examples run as written (on CPU, one
+process), each block after the shared set-up block, as a script in a temp dir."""
+
+import subprocess
+import sys
+
+import pytest
+
+from test_readme import ROOT, python_blocks
+
+DOC = ROOT / "docs" / "integrations.md"
+
+
+@pytest.mark.parametrize("framework, block", [("lightning", 1), ("accelerate", 2)])
+def test_integration_example_runs(tmp_path, framework, block):
+    pytest.importorskip(framework)
+    blocks = python_blocks(DOC.read_text())
+    assert len(blocks) == 3, "docs/integrations.md: set-up, Lightning and Accelerate blocks expected"
+    script = tmp_path / f"{framework}_example.py"
+    script.write_text(blocks[0] + "\n" + blocks[block])
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
