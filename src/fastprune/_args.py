@@ -14,15 +14,30 @@ MAX_EPOCH = 2**31 - 1
 def check_int_range(value, name: str, low: int, high: int) -> int:
     """``value`` as an int in [low, high]; a TypeError/ValueError naming ``name`` otherwise.
     Accepts ints and numpy integers, not bools, floats or strings."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        raise TypeError(f"{name} must be an integer, got the bool {value!r}")
-    try:
-        as_int = value.__index__()
-    except (AttributeError, TypeError):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}") from None
+    as_int = _integer(value, name, "an integer")
     if not low <= as_int <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {as_int}")
     return as_int
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1 (sizes and counts: no upper bound); a TypeError/ValueError naming
+    ``name`` for 0, negatives, 1.5, "8", True, None."""
+    as_int = _integer(value, name, "an integer >= 1")
+    if as_int < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return as_int
+
+
+def _integer(value, name: str, expected: str) -> int:
+    """``value.__index__()`` (ints, numpy integers; not bools, floats or strings), or a TypeError
+    saying ``name`` must be ``expected``."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"{name} must be {expected}, got the bool {value!r}")
+    try:
+        return value.__index__()
+    except (AttributeError, TypeError):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}") from None
 
 
 def check_seed(seed, name: str = "seed") -> int:

@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .._args import check_epoch, check_seed
+from .._args import check_epoch, check_positive_int, check_seed
 from ..prune.distributed import resolve_ranks, shard
 from ..random_streams import epoch_permutation
 from ._source import open_source
@@ -97,10 +97,10 @@ class Loader:
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2, device="cpu",
                  distributed="auto", image_field: str | None = None, label_field: str | None = None,
                  max_image_pixels: int = 1 << 27):
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if threads is not None:
-            threads = _positive_int(threads, "threads")
-        prefetch = _positive_int(prefetch, "prefetch")
+            threads = check_positive_int(threads, "threads")
+        prefetch = check_positive_int(prefetch, "prefetch")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -115,7 +115,7 @@ class Loader:
         self.rank, self.world_size = resolve_ranks(distributed)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda")
         self._source = open_source(store_or_path, image_field, label_field, threads=1,
-                                   max_pixels=_positive_int(max_image_pixels, "max_image_pixels"))
+                                   max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"))
         if self._source.num_samples == 0:
             raise ValueError(f"store_or_path: the store {_store_name(store_or_path)} holds no samples")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
@@ -313,19 +313,6 @@ def _add_note(exc: BaseException, note: str) -> None:
 
 
 # -- argument checks ----------------------------------------------------------------------------
-
-def _positive_int(value, name: str) -> int:
-    """An int >= 1; a TypeError/ValueError naming ``name`` for 0, negatives, 1.5, "8", True, None."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer >= 1, got the bool {value!r}")
-    try:
-        as_int = value.__index__()  # ints, numpy integers; not floats or strings
-    except (AttributeError, TypeError):
-        raise TypeError(f"{name} must be an integer >= 1, got {type(value).__name__} {value!r:.40}") from None
-    if as_int < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return as_int
-
 
 def _store_name(store_or_path) -> str:
     return repr(str(getattr(store_or_path, "path", store_or_path)))
