@@ -7,6 +7,8 @@ the score table: these are the ranges checked here.
 
 from __future__ import annotations
 
+import numpy as np
+
 MAX_SEED = 2**64 - 1
 MAX_EPOCH = 2**31 - 1
 
@@ -32,7 +34,7 @@ def check_positive_int(value, name: str) -> int:
 def _integer(value, name: str, expected: str) -> int:
     """``value.__index__()`` (ints, numpy integers; not bools, floats or strings), or a TypeError
     saying ``name`` must be ``expected``."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be {expected}, got the bool {value!r}")
     try:
         return value.__index__()

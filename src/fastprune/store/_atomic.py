@@ -36,6 +36,31 @@ def sigterm_as_interrupt():
 
 
 
+def create_temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (its name made by :func:`temp_prefix`): (fd, name).
+    Call it inside :func:`signals_deferred` with the name stored before the block ends, so an
+    interrupt cannot fall between creating the file and recording its name for cleanup."""
+    import tempfile
+
+    return tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path, os.getpid()), suffix=".tmp")
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM back within the block; one that arrives is delivered (its handler
+    runs) when the block ends. Main thread only, where Python runs signal handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def default_file_mode() -> int:
     """0666 minus the process umask: the mode open() would have given a new file."""
     umask = os.umask(0)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -36,7 +35,8 @@ from .._native import core
 from ..errors import ConversionError
 from . import format as fmt
 from . import names as class_names_block
-from ._atomic import default_file_mode, remove_quietly, remove_stale_temp_files, sigterm_as_interrupt, temp_prefix
+from ._atomic import (create_temp_file, default_file_mode, remove_quietly, remove_stale_temp_files,
+                      sigterm_as_interrupt, signals_deferred)
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks
 from .fields import Field, RGBImageField
@@ -70,8 +70,10 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
 
     remove_stale_temp_files(path)
     with sigterm_as_interrupt():
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path, os.getpid()), suffix=".tmp")
+        tmp_name = None
         try:
+            with signals_deferred():  # a Ctrl-C/SIGTERM right after the file exists still sees its name
+                fd, tmp_name = create_temp_file(path)
             with os.fdopen(fd, "w+b") as out:
                 writer = _FileWriter(out, fields, num_samples, page_size, names)
                 for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
@@ -80,7 +82,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
         except BaseException:
-            remove_quietly(tmp_name)
+            if tmp_name is not None:
+                remove_quietly(tmp_name)
             raise
     return path
 
