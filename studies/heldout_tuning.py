@@ -14,9 +14,11 @@ mean ± std, gap to full data, wall-clock) and writes JSON + markdown to studies
     python studies/heldout_tuning.py --variants epsilon_greedy full:epochs=5     # compute-matched full data
 
 A variant is ``strategy[:option=value,...]``; ``balanced=1`` passes the training labels so every
-class keeps the same fraction, and ``epochs=E`` trains that variant for E epochs instead of
+class keeps the same fraction, ``epochs=E`` trains that variant for E epochs instead of
 ``--epochs`` (``full:epochs=5`` is full data on half the budget: the cost of a keep-0.5 run spent
-on a shorter schedule instead of a subset).
+on a shorter schedule instead of a subset), and ``keep=K`` keeps K instead of ``--keep``
+(``epsilon_greedy:keep=0.24,final_full_epochs=1``: the same samples as keep 0.3 over 10 epochs,
+one of them full).
 """
 
 from __future__ import annotations
@@ -89,13 +91,34 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, options
 
 
-def run_settings(options: dict, labels: np.ndarray, epochs: int) -> tuple[int, dict]:
-    """(epochs, strategy options) of a variant: its own ``epochs=`` if given, else ``epochs``."""
+def run_settings(options: dict, labels: np.ndarray, epochs: int, keep: float = 0.5) -> tuple[int, float, dict]:
+    """(epochs, keep, strategy options) of a variant: its own ``epochs=`` and ``keep=`` if given,
+    else ``epochs`` and ``keep``."""
     options = dict(options)
     own = options.pop("epochs", epochs)
     if isinstance(own, str) or not float(own).is_integer() or own < 1:
         raise SystemExit(f"epochs={own!r}: expected a positive whole number")
-    return int(own), strategy_options(options, labels)
+    own_keep = options.pop("keep", keep)
+    if isinstance(own_keep, str) or not 0 < own_keep <= 1:
+        raise SystemExit(f"keep={own_keep!r}: expected a fraction in (0, 1]")
+    return int(own), float(own_keep), strategy_options(options, labels)
+
+
+def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
+    """{seed: full-data run} from an earlier result file, refused unless it trained the same
+    recipe, model, epochs and split (else its accuracies would not be comparable)."""
+    import json
+
+    earlier = json.loads(path.read_text())
+    for key in ("recipe", "model", "epochs", "split"):
+        if earlier.get(key) != result[key]:
+            raise SystemExit(f"--full-from {path}: its {key} {earlier.get(key)!r} differs from this "
+                             f"run's {result[key]!r}")
+    full = {run["seed"]: run for run in earlier["runs"] if run["variant"] == "full"}
+    missing = [seed for seed in seeds if seed not in full]
+    if missing:
+        raise SystemExit(f"--full-from {path}: no full-data run for seeds {missing}")
+    return {seed: {**full[seed], "from": str(path)} for seed in seeds}
 
 
 def strategy_options(options: dict, labels: np.ndarray) -> dict:
@@ -140,6 +163,9 @@ def main(argv=None) -> int:
                         help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--fit-limit", type=int, help="train on the first N of the 50k fit images "
                         "(a smaller training set, as the main job's smoke run has)")
+    parser.add_argument("--full-from", type=Path, metavar="JSON",
+                        help="take the full-data runs from this earlier result of the same recipe, model, "
+                             "epochs and split instead of training them again")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
@@ -156,14 +182,18 @@ def main(argv=None) -> int:
               "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)",
                         "fit": len(labels)},
               "runs": runs, "summary": []}
+    reused = full_runs_from(args.full_from, result, args.seeds) if args.full_from else {}
     started = time.perf_counter()
     for seed in args.seeds:
+        if seed in reused:
+            runs.append(reused[seed])
         for label, (name, opts) in [("full", ("full", {})), *zip(args.variants, variants)]:
-            keep = 1.0 if name == "full" else args.keep
-            epochs, strategy_opts = run_settings(opts, labels, args.epochs)
+            if label == "full" and seed in reused:
+                continue
+            epochs, keep, strategy_opts = run_settings(opts, labels, args.epochs, 1.0 if name == "full" else args.keep)
             row = run_one(name, keep, seed, stores, settings, recipe=recipe.replace(epochs=epochs),
                           strategy_options=strategy_opts)
-            runs.append({"variant": label, "epochs": epochs,
+            runs.append({"variant": label, "epochs": epochs, "samples_seen": row["samples_seen"],
                          **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
             result["summary"] = summarize(runs)
             machine.write_json(args.out, result)

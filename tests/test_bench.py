@@ -196,8 +196,13 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert study.strategy_options({"balanced": 1.0, "eps": 0.1}, labels) == {"labels": labels, "eps": 0.1}
     assert study.strategy_options({"balanced": 0.0}, labels) == {}
     # a variant's own epochs= (parsed as a float) leaves the strategy options; others get --epochs
-    assert study.run_settings({"epochs": 5.0, "eps": 0.1}, labels, 10) == (5, {"eps": 0.1})
-    assert study.run_settings({"balanced": 1.0}, labels, 10) == (10, {"labels": labels})
+    assert study.run_settings({"epochs": 5.0, "eps": 0.1}, labels, 10) == (5, 0.5, {"eps": 0.1})
+    assert study.run_settings({"balanced": 1.0}, labels, 10, 0.3) == (10, 0.3, {"labels": labels})
+    assert study.run_settings({"keep": 0.24, "final_full_epochs": 1.0}, labels, 10, 0.3) == (
+        10, 0.24, {"final_full_epochs": 1.0})
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(SystemExit, match="keep="):
+            study.run_settings({"keep": bad}, labels, 10)
     for bad in (0.0, 2.5, float("nan"), "five"):
         with pytest.raises(SystemExit, match="positive whole number"):
             study.run_settings({"epochs": bad}, labels, 10)
@@ -260,6 +265,24 @@ def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchi
             for b, s, a in (("plain", 0, 91.0), ("even", 0, 92.0), ("plain", 1, 91.5), ("even", 1, 92.5))]
     table = study.markdown(runs)
     assert "| plain | mean | | 91.25 |" in table and "| even | mean | | 92.25 |" in table
+
+
+def test_eval_every_thins_the_curves_not_the_final_accuracy_or_wall_clock(fashion_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "sparse.json"
+    assert cli.main(["--train-limit", "1000", "--epochs", "3", "--eval-every", "2", "--strategies",
+                     "uniform_random", "--keeps", "0.5", "--seeds", "0", "--workdir", str(tmp_path / "stores"),
+                     "--out", str(out), "--threads", "1", "--amp", "off"]) == 0
+    result = json.loads(out.read_text())
+    assert result["mode"]["eval_every"] == 2 and "eval_every" not in result["settings"]
+    for run in result["runs"]:  # evaluated after epochs 2 (every 2nd) and 3 (the last)
+        assert [record["val_acc"] is not None for record in run["history"]] == [False, True, True]
+        assert [point[0] for point in run["curve"]] == [round(r["cumulative_train_s"], 3) for r in run["history"][1:]]
+        assert run["final_acc"] == run["history"][-1]["val_acc"] == run["curve"][-1][1]
+        assert run["eval_s"] == sum(r["eval_s"] for r in run["history"][1:]) > 0
+    csv_rows = (tmp_path / "sparse_epochs.csv").read_text().splitlines()
+    assert ",," in csv_rows[1] and ",," not in csv_rows[2]  # an epoch not evaluated leaves its cells empty
+    with pytest.raises(SystemExit, match="--eval-every must be >= 1, got 0"):
+        cli.main(["--eval-every", "0", "--out", str(out)])
 
 
 def test_quick_mode_is_the_recipe_with_a_narrower_model_on_a_subset_not_a_second_recipe():

@@ -186,7 +186,7 @@ def test_user_models_are_checked_before_any_work(user_module, twelve_class_store
     from fastprune.models import build_model
 
     train, val, _ = twelve_class_stores
-    for spec, message in ((f"{user_module}:missing", f"has no 'missing'"),
+    for spec, message in ((f"{user_module}:missing", "has no 'missing'"),
                           (f"{user_module}:NOT_CALLABLE", "is a int, not a callable"),
                           (f"{user_module}:not_a_model", "returned a str, not a torch.nn.Module")):
         assert main(_train_args(train, val, "--model", spec)) == 1

@@ -111,6 +111,19 @@ def test_fit_learns_and_keeps_a_consistent_history(stores):
     assert not {"select", "num_selected", "update"} & set(vars(strategy.strategy))
 
 
+def test_eval_every_skips_evaluations_without_changing_training(stores):
+    _, _, every, _ = _run(stores, epochs=3)
+    _, _, sparse, _ = _run(stores, epochs=3, eval_every=2)
+    # evaluated after the 2nd epoch (every 2nd) and the 3rd (the last); the others record None
+    assert [r["val_acc"] is not None for r in sparse] == [False, True, True]
+    assert sparse[0]["val_loss"] is None and sparse[0]["eval_s"] == 0.0
+    # evaluating changes nothing the model learns: same losses, same final accuracy
+    assert [r["loss"] for r in sparse] == [r["loss"] for r in every]
+    assert sparse[-1]["val_acc"] == every[-1]["val_acc"]
+    with pytest.raises(ValueError, match="eval_every must be an integer >= 1, got 0"):
+        _run(stores, epochs=1, eval_every=0)
+
+
 @pytest.mark.parametrize("strategy", ["ucb", "infobatch"])
 def test_schedule_spans_the_exact_steps_of_a_changing_subset(stores, strategy):
     epochs = 4

@@ -27,6 +27,7 @@ benchmark needs, is timed separately (``eval_s``) and left out of the speed-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -67,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default by mode)")
     parser.add_argument("--train-limit", type=int, help="use the first N training images")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="evaluate every N-th epoch and the last (default by mode: 1; --quick: 5); "
+                             "evaluation is left out of the speed-up either way")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch + loader threads")
     parser.add_argument("--amp", default=defaults.amp, choices=("auto", "bf16", "fp16", "off"),
                         help="autocast (default: bf16 where the CPU has AMX, or AVX512-BF16 on AMD; "
@@ -136,6 +140,7 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
     written to ``out`` (None: not written) after every run. ``fastprune bench`` and
     :func:`fastprune.bench.compare` both run through here."""
     data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
+    settings = dataclasses.replace(settings, eval_every=mode.get("eval_every", 1))
     names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
     result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1], **data.json()})
     if resume and out is not None and out.exists():

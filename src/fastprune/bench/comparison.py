@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._args import check_positive_int
 from ..models import load_model_factory, model_spec_of
 from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
 from . import report
@@ -56,9 +57,9 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             strategies: Sequence[str] = ("full", "epsilon_greedy", "ucb"), keep: float | Sequence[float] = 0.5,
             epochs: int = RECIPE.epochs, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
             threads: int | None = None, amp: str | None = None, channels_last: bool | None = None,
-            verbose: bool = False, **recipe_options) -> Comparison:
+            eval_every: int = 1, verbose: bool = False, **recipe_options) -> Comparison:
     """Train ``model`` on the store ``train`` with full data and with each pruning strategy, evaluate
-    on ``val`` after every epoch, and compare final accuracy and training wall-clock.
+    on ``val`` after every ``eval_every``-th epoch and the last, and compare final accuracy and training wall-clock.
 
     Args:
         train, val: store paths (or ``fastprune.Store`` objects' paths). Classes, and unless given
@@ -91,7 +92,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
         raise ValueError(f"compare(): unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     keeps = (keep,) if isinstance(keep, (int, float)) else tuple(keep)
     mode = {"train_limit": None, "epochs": int(epochs), "keeps": keeps, "seeds": tuple(seeds),
-            "strategies": tuple(name for name in strategies if name != "full")}
+            "strategies": tuple(name for name in strategies if name != "full"),
+            "eval_every": check_positive_int(eval_every, "compare(): eval_every")}
     defaults = Settings()
     settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads or defaults.threads,
                         channels_last=defaults.channels_last if channels_last is None else channels_last)

@@ -10,13 +10,13 @@ from ..train.recipe import QUICK_RECIPE, RECIPE, STRATEGIES, Recipe
 from . import machine
 
 FULL_MODE = {"train_limit": None, "epochs": RECIPE.epochs, "keeps": (0.3, 0.5, 0.7),
-             "seeds": (0, 1, 2), "strategies": STRATEGIES[1:]}
+             "seeds": (0, 1, 2), "strategies": STRATEGIES[1:], "eval_every": 1}
 # The main job's smoke-size run: QUICK_RECIPE over the first 12k images, keep 0.5, one seed, the
 # two bandits. Each run also evaluates the 10k test images after every epoch, about a third of a
 # full-data epoch's cost here, so another strategy (uniform random: ~70 s on an AVX2 EPYC in fp32)
 # would take the job past 5 minutes on 2 cores; `--strategies` adds any.
 QUICK_MODE = {"train_limit": 12000, "epochs": QUICK_RECIPE.epochs, "keeps": (0.5,), "seeds": (0,),
-              "strategies": ("epsilon_greedy", "ucb")}
+              "strategies": ("epsilon_greedy", "ucb"), "eval_every": 5}
 
 NOTES = ("wall_s = training seconds incl. data loading, selection, score updates and static scoring "
          "epochs; eval_s (per-epoch evaluation) is excluded from the speed-up. Runs are seed-major, then "
@@ -51,9 +51,12 @@ def mode_for(args) -> dict:
                              "convert a smaller store of your own instead")
         mode["train_limit"] = None
     for key, value in (("strategies", args.strategies), ("keeps", args.keeps), ("seeds", args.seeds),
-                       ("epochs", args.epochs), ("train_limit", args.train_limit)):
+                       ("epochs", args.epochs), ("train_limit", args.train_limit),
+                       ("eval_every", getattr(args, "eval_every", None))):
         if value is not None:
             mode[key] = tuple(value) if isinstance(value, list) else value
+    if mode["eval_every"] < 1:
+        raise SystemExit(f"fastprune bench: --eval-every must be >= 1, got {mode['eval_every']}")
     return mode
 
 

@@ -83,6 +83,8 @@ def add_train_command(subparsers):
     parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per pruned epoch")
     parser.add_argument("--epochs", type=int, default=RECIPE.epochs)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+                        help="evaluate on --val every N-th epoch and after the last (default: every epoch)")
     add_recipe_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch and loader threads")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
@@ -102,6 +104,8 @@ def train_main(args) -> int:
     """Run ``fastprune train`` from parsed arguments; returns the exit code."""
     if args.resume and args.checkpoint is None:
         raise SystemExit("fastprune train: --resume needs --checkpoint")
+    if args.eval_every < 1:
+        raise SystemExit(f"fastprune train: --eval-every must be >= 1, got {args.eval_every}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -113,7 +117,7 @@ def train_main(args) -> int:
     _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=args.amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
-                            progress=not args.no_progress)
+                            eval_every=args.eval_every, progress=not args.no_progress)
     if args.log_json:  # typed: numbers stay numbers, paths become strings
         save_history(args.log_json, history, command="fastprune train", data=data.json(),
                      arguments={k: v for k, v in vars(args).items() if k != "run"})

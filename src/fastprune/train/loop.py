@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._args import check_positive_int
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
 from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
@@ -140,9 +141,13 @@ def _progress_bar(loader, enabled: bool):
 
 def _format_record(record: dict[str, Any], epochs: int) -> str:
     return (f"epoch {record['epoch'] + 1}/{epochs}  samples {record['samples']}  "
-            f"loss {record['loss']:.4f}  val_acc {record['val_acc']:.2f}%  "
+            f"loss {record['loss']:.4f}  val_acc {_percent(record['val_acc'])}  "
             f"epoch {record['epoch_s']:.1f}s  total {record['cumulative_s']:.1f}s  "
             f"pruning {record['overhead_s']:.3f}s")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def fit(
@@ -161,6 +166,7 @@ def fit(
     resume: bool = False,
     settings: dict[str, Any] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    eval_every: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = "stdout",
 ) -> list[dict[str, Any]]:
@@ -169,7 +175,8 @@ def fit(
     Args:
         model: already on its device (batches are moved to the model's device).
         train_loader: yields ``Batch`` tuples; its sampler is ``strategy`` (or a plain permutation).
-        val_loader: evaluated after every epoch (accuracy in percent); None skips evaluation.
+        val_loader: evaluated after every ``eval_every``-th epoch and after the last (accuracy in
+            percent); None skips evaluation.
         strategy: the pruning strategy, whose ``update`` receives every batch's per-sample losses.
             None trains on whatever the loader yields, with no updates.
         optimizer: defaults to ``make_optimizer(model)``.
@@ -185,6 +192,9 @@ def fit(
             batch size or model class (all of which ``fit`` adds itself).
         on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
             from it stops training after the checkpoint of that epoch is written.
+        eval_every: evaluate after every N-th epoch (and always after the last): evaluation is not
+            training, and on a large validation set or a short epoch it can cost as much. Epochs
+            not evaluated record ``val_acc`` and ``val_loss`` as None.
 
     Returns:
         One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
@@ -193,6 +203,7 @@ def fit(
         inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
         and ``cumulative_train_s``.
     """
+    eval_every = check_positive_int(eval_every, "fit: eval_every")
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)
@@ -226,7 +237,7 @@ def fit(
             record = _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer,
                                 scheduler, criterion, scaler, clock, history, dtype=dtype,
                                 memory_format=memory_format, amp=amp, channels_last=channels_last,
-                                progress=progress)
+                                progress=progress, evaluate_now=_evaluates(epoch, epochs, eval_every))
             history.append(record)
             if log:
                 log(_format_record(record, epochs))
@@ -239,8 +250,8 @@ def fit(
 
 
 def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
-               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress):
-    """Train and evaluate one epoch; return its history record."""
+               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress, evaluate_now=True):
+    """Train one epoch, evaluate after it if ``evaluate_now``; return its history record."""
     train_loader.set_epoch(epoch)
     replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
     overhead_before = clock.seconds
@@ -251,11 +262,11 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     synchronize(model_device(model))
     train_s = time.perf_counter() - start
 
-    start = time.perf_counter()
-    val_acc, val_loss = (float("nan"), float("nan"))
-    if val_loader is not None:
+    val_acc, val_loss, eval_s = (float("nan"), float("nan"), 0.0) if evaluate_now else (None, None, 0.0)
+    if val_loader is not None and evaluate_now:
+        start = time.perf_counter()
         val_acc, val_loss = evaluate(model, val_loader, amp=amp, channels_last=channels_last)
-    eval_s = time.perf_counter() - start
+        eval_s = time.perf_counter() - start
 
     previous = history[-1] if history else {"cumulative_s": 0.0, "cumulative_train_s": 0.0}
     return {
@@ -270,6 +281,11 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
         "cumulative_s": previous["cumulative_s"] + train_s + eval_s,
         "cumulative_train_s": previous["cumulative_train_s"] + train_s,
     }
+
+
+def _evaluates(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether 0-based ``epoch`` is evaluated: every ``eval_every``-th one, and the last."""
+    return (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
 
 
 def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
