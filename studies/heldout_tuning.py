@@ -121,6 +121,16 @@ def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
     return {seed: {**full[seed], "from": str(path)} for seed in seeds}
 
 
+def test_stores(workdir: Path) -> tuple[tuple[Path, Path], np.ndarray]:
+    """((60k train store, 10k test store), train labels): the benchmark's data, for --final-test."""
+    from fastprune.bench.run import prepare_stores
+    from fastprune.convert import FASHION_MNIST_DIR
+    from fastprune.convert.idx import find_idx_files, load_idx
+
+    _, labels = load_idx(*find_idx_files(FASHION_MNIST_DIR, "train"))  # what prepare_stores converts
+    return prepare_stores(workdir, None), labels
+
+
 def strategy_options(options: dict, labels: np.ndarray) -> dict:
     options = dict(options)
     if options.pop("balanced", 0):
@@ -138,15 +148,20 @@ def summarize(runs: list[dict]) -> list[dict]:
                      "acc_mean": mean(accs), "acc_std": std(accs),
                      "gap_pt": mean(accs) - mean(full) if full else None,
                      "wall_s": mean([r["wall_s"] for r in mine])})
+    full_wall = next((row["wall_s"] for row in rows if row["variant"] == "full"), None)
+    for row in rows:
+        row["speedup"] = full_wall / row["wall_s"] if full_wall else None
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| variant | seeds | held-out acc % (mean ± std) | gap to full pt | wall s |", "|---|---|---|---|---|"]
+def markdown(rows: list[dict], evaluated_on: str = "held-out") -> str:
+    lines = [f"| variant | seeds | {evaluated_on} acc % (mean ± std) | gap to full pt | wall s | speed-up |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         gap = "–" if r["gap_pt"] is None else f"{r['gap_pt']:+.2f}"
+        speedup = "–" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
-                     f"{gap} | {r['wall_s']:.1f} |")
+                     f"{gap} | {r['wall_s']:.1f} | {speedup} |")
     return "\n".join(lines)
 
 
@@ -163,6 +178,9 @@ def main(argv=None) -> int:
                         help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--fit-limit", type=int, help="train on the first N of the 50k fit images "
                         "(a smaller training set, as the main job's smoke run has)")
+    parser.add_argument("--final-test", action="store_true",
+                        help="the one final measurement of settings chosen on the held-out split: train on all "
+                             "60k training images, report test-set accuracy (never use it to choose)")
     parser.add_argument("--full-from", type=Path, metavar="JSON",
                         help="take the full-data runs from this earlier result of the same recipe, model, "
                              "epochs and split instead of training them again")
@@ -172,15 +190,22 @@ def main(argv=None) -> int:
     recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
     settings = Settings()  # as `fastprune bench` runs on this CPU
     settings.apply()
-    fit_store, held_store, labels = split_stores(args.workdir, args.fit_limit)
-    stores = (fit_store, held_store)
+    if args.final_test:
+        if args.fit_limit is not None:
+            raise SystemExit("--final-test trains on all 60k training images: drop --fit-limit")
+        stores, labels = test_stores(args.workdir)
+    else:
+        fit_store, held_store, labels = split_stores(args.workdir, args.fit_limit)
+        stores = (fit_store, held_store)
     print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s", flush=True)
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
               "date": machine.now(), "recipe": recipe.training_json(), "model": recipe.model_json(), "epochs": args.epochs, "keep": args.keep,
-              "split": {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)",
-                        "fit": len(labels)},
+              "split": ({"train": "Fashion-MNIST train (60k)", "evaluated_on": "Fashion-MNIST test (10k)"}
+                        if args.final_test else
+                        {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)",
+                         "fit": len(labels)}),
               "runs": runs, "summary": []}
     reused = full_runs_from(args.full_from, result, args.seeds) if args.full_from else {}
     started = time.perf_counter()
@@ -199,11 +224,12 @@ def main(argv=None) -> int:
             machine.write_json(args.out, result)
             print(f"{label:>32} seed {seed}: held-out acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
-    table = markdown(result["summary"])
-    write_markdown(args.out, f"Held-out tuning: keep {args.keep}, {args.epochs} epochs, batch "
-                             f"{recipe.batch_size}, peak lr {recipe.lr}, widths {recipe.model.widths}, "
-                             f"{len(labels) // 1000}k/10k split of Fashion-MNIST train",
-                   result, table)
+    table = markdown(result["summary"], "test" if args.final_test else "held-out")
+    data = ("Fashion-MNIST 60k train / 10k test (the final measurement)" if args.final_test
+            else f"{len(labels) // 1000}k/10k split of Fashion-MNIST train")
+    write_markdown(args.out, f"{'Test set' if args.final_test else 'Held-out tuning'}: keep {args.keep}, "
+                             f"{args.epochs} epochs, batch {recipe.batch_size}, peak lr {recipe.lr}, "
+                             f"widths {recipe.model.widths}, {data}", result, table)
     return 0
 
 

@@ -214,7 +214,27 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     full, ucb = study.summarize(runs)
     assert (full["variant"], full["gap_pt"], full["wall_s"]) == ("full", 0.0, 11.0)
     assert ucb["acc_mean"] == pytest.approx(91.75) and ucb["gap_pt"] == pytest.approx(-0.75)
-    assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 |" in study.markdown([full, ucb])
+    assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 | 1.83x |" in study.markdown([full, ucb])
+    assert "| variant | seeds | test acc % (mean ± std) |" in study.markdown([full, ucb], "test")
+
+
+def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(study_script, tmp_path):
+    study = study_script("heldout_tuning")
+    this = {"recipe": {"lr": 1.2}, "model": {"widths": [32]}, "epochs": 10, "split": {"fit": 50000}}
+    earlier = {**this, "runs": [{"variant": "full", "seed": 0, "final_acc": 93.0},
+                                {"variant": "ucb", "seed": 0, "final_acc": 92.0},
+                                {"variant": "full", "seed": 1, "final_acc": 92.5}]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    reused = study.full_runs_from(path, this, [1, 0])
+    assert {seed: run["final_acc"] for seed, run in reused.items()} == {1: 92.5, 0: 93.0}
+    assert reused[0]["from"] == str(path)
+    with pytest.raises(SystemExit, match="no full-data run for seeds \\[2\\]"):
+        study.full_runs_from(path, this, [0, 2])
+    with pytest.raises(SystemExit, match="its epochs 10 differs from this run's 5"):
+        study.full_runs_from(path, {**this, "epochs": 5}, [0])
+    with pytest.raises(SystemExit, match="drop --fit-limit"):
+        study.main(["--final-test", "--fit-limit", "300", "--workdir", str(tmp_path)])
 
 
 def test_heldout_study_fit_limit_keeps_the_first_fit_images_and_the_same_held_out_split(
@@ -346,7 +366,7 @@ def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_
     rng = np.random.default_rng(0)
     store = from_arrays(rng.integers(0, 255, (64, 28, 28), np.uint8), np.arange(64) % 10, tmp_path / "s.beton",
                         progress=False)
-    options = cli.build_parser().parse_args(["--threads", "1", "--amp", "off"])
+    options = bench_run.Settings(threads=1, amp="off")
     one_epoch = recipe.RECIPE.replace(epochs=1)
     row = bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch.replace(widths=(8, 16)))
     assert built == [("small_resnet", {"in_channels": 3, "num_classes": 10, "widths": (8, 16), "blocks": 1,
