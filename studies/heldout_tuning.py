@@ -18,7 +18,7 @@ class keeps the same fraction, ``epochs=E`` trains that variant for E epochs ins
 ``--epochs`` (``full:epochs=5`` is full data on half the budget: the cost of a keep-0.5 run spent
 on a shorter schedule instead of a subset), and ``keep=K`` keeps K instead of ``--keep``
 (``epsilon_greedy:keep=0.24,final_full_epochs=1``: the same samples as keep 0.3 over 10 epochs,
-one of them full).
+one of them full); ``keep_schedule=0.1/0.2/.../1`` gives a kept fraction per epoch.
 """
 
 from __future__ import annotations
@@ -135,6 +135,8 @@ def strategy_options(options: dict, labels: np.ndarray) -> dict:
     options = dict(options)
     if options.pop("balanced", 0):
         options["labels"] = labels
+    if "keep_schedule" in options:  # keep_schedule=0.1/0.2/1: one fraction per epoch
+        options["keep_schedule"] = tuple(float(part) for part in str(options["keep_schedule"]).split("/"))
     return options
 
 

@@ -242,7 +242,7 @@ def old_selection(strategy, epoch, state, c, use_std, eps=0.0):
     table state by bandit_scores, then select_top_random per class pool (streams 0, 1, 2, ...)."""
     scores = core.bandit_scores(state["mean"].numpy(), state["var"].numpy(), state["seen"].numpy(), c, use_std)
     pools = [None] if strategy._pools is None else strategy._pools
-    quotas = [strategy.num_kept] if strategy._pools is None else strategy._pool_quotas
+    quotas = [strategy.num_kept] if strategy._pools is None else strategy._pool_quotas(epoch)
     parts = []
     for stream, (pool, quota) in enumerate(zip(pools, quotas), start=0 if strategy._pools is None else 1):
         k_rand = int(round(eps * int(quota)))
@@ -300,3 +300,37 @@ def test_bytes_per_sample_per_strategy():
     s = EpsilonGreedy(10)
     s.update([1], [0.5], [True])
     assert s.table.bytes_per_sample == 18 and s.table.forgets.sum() == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: EpsilonGreedy(1000, 0.3, seed=3, **kw),
+    lambda **kw: UCB(1000, 0.3, seed=3, **kw),
+    lambda **kw: UniformRandom(1000, 0.3, seed=3, **kw),
+    lambda **kw: EpsilonGreedy(1000, 0.3, seed=3, labels=np.arange(1000) % 7, **kw),
+])
+def test_a_keep_schedule_sets_each_epochs_size_and_full_epochs(make):
+    strategy = make(keep_schedule=[0.1, 0.25, 1.0, 0.5])
+    rng = np.random.default_rng(0)
+    sizes = []
+    for epoch in range(6):
+        selection = strategy.select(epoch)
+        assert strategy.num_selected(epoch) == len(selection)
+        assert len(np.unique(selection.indices)) == len(selection)
+        strategy.update(selection.indices, rng.random(len(selection)).astype(np.float32))
+        sizes.append(len(selection))
+    # the schedule's fractions, then `keep` once it has run out; 1.0 is a full epoch (every index)
+    assert sizes == [100, 250, 1000, 500, 300, 300]
+    assert strategy.is_full_epoch(2) and not strategy.is_full_epoch(3)
+    assert np.array_equal(strategy.select(2).indices, np.arange(1000))
+    # a checkpoint carries the schedule: one taken with another schedule is refused
+    other = make(keep_schedule=[0.1, 0.25, 1.0, 0.4])
+    with pytest.raises(ValueError, match="keep_schedule"):
+        other.load_state_dict(strategy.state_dict())
+
+
+def test_a_keep_schedule_with_a_bad_fraction_names_its_epoch():
+    with pytest.raises(ValueError, match=r"keep_schedule\[1\] must be in \(0, 1\], got 1.5"):
+        EpsilonGreedy(100, 0.3, keep_schedule=[0.2, 1.5])
+    with pytest.raises(ValueError, match=r"keep_schedule\[0\]=0.001 keeps no sample out of 100"):
+        EpsilonGreedy(100, 0.3, keep_schedule=[0.001])
+    assert "keep_schedule" not in EpsilonGreedy(100, 0.3).config()  # older checkpoints still load

@@ -12,6 +12,9 @@ Common options (defaults and why):
   exploited. Set it >0 to train on full data first, as some papers do.
 * ``final_full_epochs=0`` (requires ``epochs``) — off for the bandit methods, which Raju et al.
   run pruned to the end; InfoBatch turns it on via ``delta``.
+* ``keep_schedule=None`` — a kept fraction per epoch (epoch ``e`` keeps ``keep_schedule[e]``;
+  epochs past its end keep ``keep``; 1.0 is a full epoch), to spend the same number of sample
+  passes unevenly over the run, e.g. more of them late, where the learning rate is low.
 * ``reselect_every=1`` — the dynamic methods' point is to re-choose every epoch; a larger value
   keeps each subset for that many epochs (cheaper only if selection cost mattered, which at
   O(N) it does not).
@@ -90,7 +93,7 @@ class Strategy:
 
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
-                 labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
+                 keep_schedule=None, labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
                  distributed: bool | str = "auto"):
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)
@@ -100,6 +103,7 @@ class Strategy:
         self.num_kept = int(round(self.keep * self.num_samples))
         if self.num_kept < 1:
             raise ValueError(f"keep={keep} keeps no sample out of {self.num_samples}")
+        self.keep_schedule = self._checked_schedule(keep_schedule)
         self.warmup_epochs = self._non_negative(warmup_epochs, "warmup_epochs")
         self.final_full_epochs = self._non_negative(final_full_epochs, "final_full_epochs")
         if self.final_full_epochs and epochs is None:
@@ -112,7 +116,7 @@ class Strategy:
         if distributed not in (True, False, "auto"):
             raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
         self.distributed = distributed
-        self._pools, self._pool_quotas = self._class_pools(labels)
+        self._pools, self._pool_sizes = self._class_pools(labels)
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
 
@@ -150,16 +154,29 @@ class Strategy:
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid)
 
     def is_full_epoch(self, epoch: int) -> bool:
-        if epoch < self.warmup_epochs:
+        if epoch < self.warmup_epochs or self._scheduled(epoch) == 1.0:
             return True
         return bool(self.final_full_epochs) and epoch >= self.epochs - self.final_full_epochs
+
+    def kept_fraction(self, epoch: int) -> float:
+        """The fraction a pruned ``epoch`` keeps: ``keep_schedule[epoch]`` while the schedule lasts,
+        else ``keep``."""
+        scheduled = self._scheduled(epoch)
+        return self.keep if scheduled is None else scheduled
+
+    def _scheduled(self, epoch: int) -> float | None:
+        schedule = self.keep_schedule
+        return schedule[epoch] if schedule is not None and epoch < len(schedule) else None
 
     # ---- checkpoints ----------------------------------------------------------------------
 
     def config(self) -> dict:
         """The settings a checkpoint must agree with to be restored into this strategy."""
-        return {"strategy": type(self).__name__, "num_samples": self.num_samples, "keep": self.keep,
-                "seed": self.seed, "decay": self.table.decay}
+        config = {"strategy": type(self).__name__, "num_samples": self.num_samples, "keep": self.keep,
+                  "seed": self.seed, "decay": self.table.decay}
+        if self.keep_schedule is not None:  # absent otherwise: checkpoints from before it still load
+            config["keep_schedule"] = list(self.keep_schedule)
+        return config
 
     def state_dict(self) -> dict:
         import torch
@@ -217,16 +234,24 @@ class Strategy:
         raise NotImplementedError
 
     def _count_pruned(self, epoch: int) -> int:
-        return self.num_kept
+        return self._quota(epoch)
 
     # ---- helpers --------------------------------------------------------------------------
+
+    def _quota(self, epoch: int) -> int:
+        """How many samples a pruned ``epoch`` keeps."""
+        return max(1, int(round(self.kept_fraction(epoch) * self.num_samples)))
+
+    def _pool_quotas(self, epoch: int) -> np.ndarray:
+        """Each class pool's share of the epoch's quota (class-balanced selection)."""
+        return _quotas(self._pool_sizes, self._quota(epoch))
 
     def _select_pruned(self, epoch: int) -> Selection:
         context = self._prepare(epoch)
         if self._pools is None:
-            return self._choose(context, epoch, None, self.num_kept, stream=0)
+            return self._choose(context, epoch, None, self._quota(epoch), stream=0)
         parts = []
-        for c, (pool, quota) in enumerate(zip(self._pools, self._pool_quotas)):
+        for c, (pool, quota) in enumerate(zip(self._pools, self._pool_quotas(epoch))):
             part = self._choose(context, epoch, pool, int(quota), stream=c + 1)
             parts.append(Selection(pool[part.indices], part.weights))
         return Selection(np.concatenate([p.indices for p in parts]),
@@ -250,7 +275,16 @@ class Strategy:
         order = np.argsort(inverse, kind="stable")
         sizes = np.bincount(inverse, minlength=len(classes))
         pools = np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
-        return pools, _quotas(sizes, self.num_kept)
+        return pools, sizes
+
+    def _checked_schedule(self, schedule) -> tuple[float, ...] | None:
+        if schedule is None:
+            return None
+        fractions = tuple(_fraction(value, f"keep_schedule[{e}]") for e, value in enumerate(schedule))
+        for e, fraction in enumerate(fractions):
+            if round(fraction * self.num_samples) < 1:
+                raise ValueError(f"keep_schedule[{e}]={fraction} keeps no sample out of {self.num_samples}")
+        return fractions
 
     @staticmethod
     def _non_negative(value, name: str) -> int:

@@ -193,9 +193,57 @@ class InfoBatch(Strategy):
     def _count_pruned(self, epoch):
         threshold = self._prepare(epoch)
         pools = [None] if self._pools is None else self._pools
-        quotas = [self.num_kept] if self._pools is None else self._pool_quotas
+        quotas = [self._quota(epoch)] if self._pools is None else self._pool_quotas(epoch)
         total = 0
         for pool, quota in zip(pools, quotas):
             scores, _, n_below = self._split(threshold, pool)
             total += len(scores) - n_below + self._k_below(len(scores), int(quota), n_below)
         return total
+
+
+class ImportanceSampling(Strategy):
+    """Loss-proportional sampling with unbiased weights (PROTOTYPE, under study for aggressive keeps).
+
+    Each sample is kept independently (Poisson sampling) with probability
+    ``pi_i = k * ((1 - mix) * s_i / sum(s) + mix / N)``, capped at 1 (the excess redistributed),
+    where ``s_i`` is its EMA loss (unseen samples: the largest seen loss, so they are tried early)
+    and ``k = keep * N``; it is weighted ``(k / N) / pi_i``, so the expected weighted mean loss of
+    an epoch is the full-data mean loss. ``mix`` (uniform share) bounds the weights by ``1 / mix``.
+    """
+
+    table_fields = ()
+
+    def __init__(self, num_samples: int, keep: float = 0.5, mix: float = 0.5, **options):
+        self.mix = _fraction(mix, "mix")
+        super().__init__(num_samples, keep, **options)
+
+    def config(self):
+        return {**super().config(), "mix": self.mix}
+
+    def _prepare(self, epoch):
+        scores = self.table.mean.astype(np.float64)
+        seen = self.table.seen > 0
+        top = scores[seen].max() if seen.any() else 1.0
+        return np.where(seen, np.maximum(scores, 1e-6 * max(top, 1e-12)), max(top, 1e-12))
+
+    def _probabilities(self, scores: np.ndarray, quota: int) -> np.ndarray:
+        n = len(scores)
+        pi = quota * ((1.0 - self.mix) * scores / scores.sum() + self.mix / n)
+        capped = np.zeros(n, dtype=bool)
+        while (pi > 1.0 + 1e-12).any():  # at most a few rounds: each caps the largest
+            capped |= pi >= 1.0
+            rest = quota - capped.sum()
+            free = pi[~capped]
+            pi = np.where(capped, 1.0, pi * rest / free.sum() if free.sum() > 0 else 0.0)
+        return np.minimum(pi, 1.0)
+
+    def _choose(self, scores, epoch, pool, quota, stream):
+        scores = _sub(scores, pool)
+        pi = self._probabilities(scores, quota)
+        rng = np.random.default_rng([self.seed, epoch, stream, 0x1A5])
+        indices = np.flatnonzero(rng.random(len(scores)) < pi).astype(np.int64)
+        weights = ((quota / len(scores)) / pi[indices]).astype(np.float32)
+        return Selection(indices, weights)
+
+    def _count_pruned(self, epoch):
+        return len(self._select_pruned(epoch))
