@@ -111,7 +111,7 @@ def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
 
     earlier = json.loads(path.read_text())
     for key in ("recipe", "model", "epochs", "split"):
-        if earlier.get(key) != result[key]:
+        if earlier.get(key) != json.loads(json.dumps(result[key])):  # as written: tuples become lists
             raise SystemExit(f"--full-from {path}: its {key} {earlier.get(key)!r} differs from this "
                              f"run's {result[key]!r}")
     full = {run["seed"]: run for run in earlier["runs"] if run["variant"] == "full"}

@@ -220,8 +220,8 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
 
 def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(study_script, tmp_path):
     study = study_script("heldout_tuning")
-    this = {"recipe": {"lr": 1.2}, "model": {"widths": [32]}, "epochs": 10, "split": {"fit": 50000}}
-    earlier = {**this, "runs": [{"variant": "full", "seed": 0, "final_acc": 93.0},
+    this = {"recipe": {"lr": 1.2}, "model": {"widths": (32,)}, "epochs": 10, "split": {"fit": 50000}}
+    earlier = {**this, "model": {"widths": [32]}, "runs": [{"variant": "full", "seed": 0, "final_acc": 93.0},
                                 {"variant": "ucb", "seed": 0, "final_acc": 92.0},
                                 {"variant": "full", "seed": 1, "final_acc": 92.5}]}
     path = tmp_path / "earlier.json"
