@@ -122,8 +122,7 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
     if name == "infobatch":  # its final full-data epochs are placed from the run's length
         return prune.InfoBatch(num_samples, keep, epochs=epochs, seed=seed, **options)
     classes = {"uniform_random": prune.UniformRandom, "epsilon_greedy": prune.EpsilonGreedy,
-               "ucb": prune.UCB, "el2n": prune.EL2N, "forgetting": prune.Forgetting,
-               "importance_sampling": prune.ImportanceSampling}
+               "ucb": prune.UCB, "el2n": prune.EL2N, "forgetting": prune.Forgetting}
     if name not in classes:
         raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
     return classes[name](num_samples, keep, epochs=epochs, seed=seed, **options)
