@@ -180,6 +180,8 @@ def main(argv=None) -> int:
                         help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--fit-limit", type=int, help="train on the first N of the 50k fit images "
                         "(a smaller training set, as the main job's smoke run has)")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+                        help="evaluate every N-th epoch and the last (only the final accuracy is reported)")
     parser.add_argument("--final-test", action="store_true",
                         help="the one final measurement of settings chosen on the held-out split: train on all "
                              "60k training images, report test-set accuracy (never use it to choose)")
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
-    settings = Settings()  # as `fastprune bench` runs on this CPU
+    settings = Settings(eval_every=args.eval_every)  # as `fastprune bench` runs on this CPU
     settings.apply()
     if args.final_test:
         if args.fit_limit is not None:
