@@ -343,7 +343,7 @@ def test_annealed_eps_greedy_spends_its_budget_on_pruned_epochs_then_a_full_one(
     assert sizes == [12_000] * 9 + [n]  # (0.316 * 10 - 1) / 9 = 0.24 of the data, then all of it
     assert sum(sizes) == pytest.approx(0.316 * epochs * n, rel=1e-3)  # the budget: total sample passes
     # the pruned epochs are eps-greedy's at that fraction: the same selections, sample for sample
-    plain = EpsilonGreedy(n, 0.24, epochs=epochs, final_full_epochs=1, seed=4)
+    plain = EpsilonGreedy(n, 0.24, eps=0.05, epochs=epochs, final_full_epochs=1, seed=4)
     rng = np.random.default_rng(1)
     for epoch in range(3):
         mine, theirs = strategy.select(epoch), plain.select(epoch)
