@@ -13,7 +13,7 @@ from fastprune import main_job
 
 def test_main_job_converts_once_runs_the_quick_preset_and_ends_on_a_verdict(fashion_mnist_dir, tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "quick.json"
-    bench = ["--quick", "--train-limit", "600", "--epochs", "1", "--strategies", "epsilon_greedy",
+    bench = ["--quick", "--train-limit", "600", "--epochs", "1", "--seeds", "0", "--strategies", "epsilon_greedy",
              "--out", str(out), "--threads", str(torch.get_num_threads()), "--amp", "off"]
     assert main_job.main(["--data-dir", str(data), "--bench", *bench]) == 0
     printed = capsys.readouterr().out
