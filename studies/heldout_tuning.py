@@ -226,7 +226,7 @@ def main(argv=None) -> int:
                          **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
             result["summary"] = summarize(runs)
             machine.write_json(args.out, result)
-            print(f"{label:>32} seed {seed}: held-out acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
+            print(f"{label:>32} seed {seed}: {'test' if args.final_test else 'held-out'} acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
                   f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
     table = markdown(result["summary"], "test" if args.final_test else "held-out")
     data = ("Fashion-MNIST 60k train / 10k test (the final measurement)" if args.final_test
