@@ -5,7 +5,7 @@ import torch
 import pytest
 
 from fastprune._native import core
-from fastprune.prune import (EL2N, UCB, AnnealedEpsilonGreedy, EpsilonGreedy, Forgetting, Full, InfoBatch, ScoreTable, Selection,
+from fastprune.prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, ScoreTable, Selection,
                              UniformRandom)
 
 
@@ -335,27 +335,3 @@ def test_a_keep_schedule_with_a_bad_fraction_names_its_epoch():
         EpsilonGreedy(100, 0.3, keep_schedule=[0.001])
     assert "keep_schedule" not in EpsilonGreedy(100, 0.3).config()  # older checkpoints still load
 
-
-def test_annealed_eps_greedy_spends_its_budget_on_pruned_epochs_then_a_full_one():
-    n, epochs = 50_000, 10
-    strategy = AnnealedEpsilonGreedy(n, 0.316, epochs=epochs, seed=4)
-    sizes = [strategy.num_selected(e) for e in range(epochs)]
-    assert sizes == [12_000] * 9 + [n]  # (0.316 * 10 - 1) / 9 = 0.24 of the data, then all of it
-    assert sum(sizes) == pytest.approx(0.316 * epochs * n, rel=1e-3)  # the budget: total sample passes
-    # the pruned epochs are eps-greedy's at that fraction: the same selections, sample for sample
-    plain = EpsilonGreedy(n, 0.24, eps=0.05, epochs=epochs, final_full_epochs=1, seed=4)
-    rng = np.random.default_rng(1)
-    for epoch in range(3):
-        mine, theirs = strategy.select(epoch), plain.select(epoch)
-        assert np.array_equal(mine.indices, theirs.indices)
-        losses = rng.random(len(mine)).astype(np.float32)
-        strategy.update(mine.indices, losses)
-        plain.update(theirs.indices, losses)
-    assert np.array_equal(strategy.select(9).indices, np.arange(n))
-    with pytest.raises(ValueError, match=r"keep=0.05 over 10 epochs is 0.5 epochs of data, not more than "
-                                         r"final_full_epochs=1"):
-        AnnealedEpsilonGreedy(1000, 0.05, epochs=10)
-    with pytest.raises(ValueError, match=r"final_full_epochs must be in \[1, epochs - 1\] = \[1, 9\], got 10"):
-        AnnealedEpsilonGreedy(1000, 0.5, epochs=10, final_full_epochs=10)
-    with pytest.raises(TypeError, match="epochs"):
-        AnnealedEpsilonGreedy(1000, 0.5)  # the budget is spread over the run: its length is needed

@@ -34,7 +34,6 @@ _LAZY = {
     "Full": "fastprune.prune",
     "UniformRandom": "fastprune.prune",
     "EpsilonGreedy": "fastprune.prune",
-    "AnnealedEpsilonGreedy": "fastprune.prune",
     "UCB": "fastprune.prune",
     "InfoBatch": "fastprune.prune",
     "EL2N": "fastprune.prune",

@@ -9,11 +9,8 @@ from pathlib import Path
 from ..train.recipe import QUICK_RECIPE, RECIPE, STRATEGIES, Recipe
 from . import machine
 
-# The headline matrix: every strategy but AnnealedEpsilonGreedy, which is measured at ~3x only
-# (docs/benchmarks.md, "Three times cheaper"); `--strategies epsilon_greedy_anneal` runs it.
-FULL_MODE = {"train_limit": None, "epochs": RECIPE.epochs, "keeps": (0.3, 0.5, 0.7), "seeds": (0, 1, 2),
-             "strategies": tuple(name for name in STRATEGIES[1:] if name != "epsilon_greedy_anneal"),
-             "eval_every": 1}
+FULL_MODE = {"train_limit": None, "epochs": RECIPE.epochs, "keeps": (0.3, 0.5, 0.7),
+             "seeds": (0, 1, 2), "strategies": STRATEGIES[1:], "eval_every": 1}
 # The main job's smoke-size run: QUICK_RECIPE over the first 12k images, keep 0.5, the two bandits,
 # two seeds: a single seed's gap to full data scatters by +-0.3-0.5 pt at this size, so one seed
 # could not show the headline's ordering reliably. Evaluating the 10k test images costs about a

@@ -12,8 +12,8 @@ Integration into a training loop (three changed lines)::
 from .base import Selection, Strategy
 from .sampler import PrunedSampler, WithIndices
 from .static import EL2N, Forgetting
-from .strategies import UCB, AnnealedEpsilonGreedy, EpsilonGreedy, Full, InfoBatch, UniformRandom
+from .strategies import UCB, EpsilonGreedy, Full, InfoBatch, UniformRandom
 from .table import ScoreTable
 
-__all__ = ["EL2N", "UCB", "AnnealedEpsilonGreedy", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "PrunedSampler", "ScoreTable",
+__all__ = ["EL2N", "UCB", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "PrunedSampler", "ScoreTable",
            "Selection", "Strategy", "UniformRandom", "WithIndices"]

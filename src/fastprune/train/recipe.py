@@ -27,8 +27,7 @@ from .schedule import make_optimizer, one_cycle
 # from the training store (train/data.py) unless given, these stay for code written against them.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,) * 3, (0.353,) * 3
 
-STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting",
-              "epsilon_greedy_anneal")
+STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,6 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
     if name == "infobatch":  # its final full-data epochs are placed from the run's length
         return prune.InfoBatch(num_samples, keep, epochs=epochs, seed=seed, **options)
     classes = {"uniform_random": prune.UniformRandom, "epsilon_greedy": prune.EpsilonGreedy,
-               "epsilon_greedy_anneal": prune.AnnealedEpsilonGreedy,
                "ucb": prune.UCB, "el2n": prune.EL2N, "forgetting": prune.Forgetting}
     if name not in classes:
         raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
