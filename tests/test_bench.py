@@ -312,7 +312,7 @@ def test_quick_mode_is_the_recipe_with_a_narrower_model_on_a_subset_not_a_second
         return mode, cli.recipe_for(args, mode)
 
     quick, trained = mode_and_recipe("--quick")
-    assert quick["train_limit"] is not None and quick["keeps"] == (0.5,) and len(quick["seeds"]) == 2
+    assert quick["train_limit"] is not None and quick["keeps"] == (0.5,) and len(quick["seeds"]) == 1
     assert {"epsilon_greedy", "ucb"} <= set(quick["strategies"]) and "full" not in quick["strategies"]
     assert trained == recipe.QUICK_RECIPE and trained.epochs == quick["epochs"]
     # the preset changes the length and the widths and nothing else the recipe states

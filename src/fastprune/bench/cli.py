@@ -6,8 +6,8 @@ final accuracy (mean ± std over seeds), training wall-clock, speed-up versus fu
 reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMARKS.md), a
 markdown table and two PNG plots into benchmarks/results/.
 
-    fastprune bench --quick        # ~6 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
-                                   # 12k-image subset, keep 0.5, two seeds, the two bandits)
+    fastprune bench --quick        # ~3.5 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
+                                   # 12k-image subset, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
     fastprune bench --train my-train.beton --val my-val.beton --crop 64 --model mymodels:make \
@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--quick", action="store_true",
                         help="smoke-size run (the main job's): the recipe with a half-width model "
-                             "(--width 16) over 12k training images for 30 epochs, keep 0.5, two "
-                             "seeds, the two bandits")
+                             "(--width 16) over 12k training images for 30 epochs, keep 0.5, one "
+                             "seed, the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
     parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
