@@ -6,7 +6,7 @@ final accuracy (mean ± std over seeds), training wall-clock, speed-up versus fu
 reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMARKS.md), a
 markdown table and two PNG plots into benchmarks/results/.
 
-    fastprune bench --quick        # ~3.5 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
+    fastprune bench --quick        # ~3 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
                                    # 12k-image subset, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)

@@ -13,7 +13,7 @@ FULL_MODE = {"train_limit": None, "epochs": RECIPE.epochs, "keeps": (0.3, 0.5, 0
              "seeds": (0, 1, 2), "strategies": STRATEGIES[1:], "eval_every": 1}
 # The main job's smoke-size run: QUICK_RECIPE over the first 12k images, keep 0.5, the two bandits,
 # one seed. Evaluating the 10k test images costs about a third of a full-data epoch here, so runs
-# evaluate every 10th epoch only (the accuracy curves get 3 points): ~3.5 min on 2 cores. A second
+# evaluate every 10th epoch only (the accuracy curves get 3 points): ~3 min on 2 cores. A second
 # seed (`--seeds 0 1`) makes it ~6 min and gave the same picture (docs/benchmarks.md, "The main
 # job"); `--strategies` adds strategies (uniform random: ~40 s per seed on an AVX2 EPYC in fp32).
 QUICK_MODE = {"train_limit": 12000, "epochs": QUICK_RECIPE.epochs, "keeps": (0.5,), "seeds": (0,),

@@ -98,7 +98,7 @@ _UNSET_OMITTED = ("crop", "mean", "std")
 
 # The main job's smoke-size preset (`fastprune bench --quick`, with a 12k-image subset): the same
 # recipe with a half-width model, so that enough epochs for the full-data run to saturate (what
-# makes pruning nearly free in the full benchmark) fit in about 3.5 minutes on 2 cores. The values
+# makes pruning nearly free in the full benchmark) fit in about 3 minutes on 2 cores. The values
 # were picked on a held-out split (docs/benchmarks.md, "The main job").
 QUICK_RECIPE = RECIPE.replace(epochs=30, widths=(16, 32, 64))
 
