@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fastprune
 from fastprune import ConversionError, StoreError
 from fastprune.cli import main
 from fastprune.convert import convert, from_arrays, from_cifar, from_hf_dataset, from_idx, from_image_folder, \

@@ -28,7 +28,7 @@ from PIL import Image
 import fastprune
 from fastprune import CheckpointError, ConversionError, StoreError
 from fastprune.convert import convert, from_idx, from_image_folder, from_npz
-from fastprune.store import IntField, NDArrayField, RGBImageField, Store, write_dataset
+from fastprune.store import IntField, NDArrayField, Store, write_dataset
 from fastprune.store import format as fmt
 
 
