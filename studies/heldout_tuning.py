@@ -24,6 +24,7 @@ one of them full); ``keep_schedule=0.1/0.2/.../1`` gives a kept fraction per epo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -107,8 +108,6 @@ def run_settings(options: dict, labels: np.ndarray, epochs: int, keep: float = 0
 def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
     """{seed: full-data run} from an earlier result file, refused unless it trained the same
     recipe, model, epochs and split (else its accuracies would not be comparable)."""
-    import json
-
     earlier = json.loads(path.read_text())
     for key in ("recipe", "model", "epochs", "split"):
         if earlier.get(key) != json.loads(json.dumps(result[key])):  # as written: tuples become lists

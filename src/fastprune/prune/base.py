@@ -100,9 +100,7 @@ class Strategy:
         self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay,
                                 fields=self.table_fields, bandit_score=self._bandit_score())
         self.num_samples = self.table.num_samples
-        self.num_kept = int(round(self.keep * self.num_samples))
-        if self.num_kept < 1:
-            raise ValueError(f"keep={keep} keeps no sample out of {self.num_samples}")
+        self.num_kept = self._kept_count(self.keep, f"keep={keep}")
         self.keep_schedule = self._checked_schedule(keep_schedule)
         self.warmup_epochs = self._non_negative(warmup_epochs, "warmup_epochs")
         self.final_full_epochs = self._non_negative(final_full_epochs, "final_full_epochs")
@@ -239,8 +237,9 @@ class Strategy:
     # ---- helpers --------------------------------------------------------------------------
 
     def _quota(self, epoch: int) -> int:
-        """How many samples a pruned ``epoch`` keeps."""
-        return max(1, int(round(self.kept_fraction(epoch) * self.num_samples)))
+        """How many samples a pruned ``epoch`` keeps (at least one: checked at construction)."""
+        scheduled = self._scheduled(epoch)
+        return self.num_kept if scheduled is None else int(round(scheduled * self.num_samples))
 
     def _pool_quotas(self, epoch: int) -> np.ndarray:
         """Each class pool's share of the epoch's quota (class-balanced selection)."""
@@ -282,9 +281,15 @@ class Strategy:
             return None
         fractions = tuple(_fraction(value, f"keep_schedule[{e}]") for e, value in enumerate(schedule))
         for e, fraction in enumerate(fractions):
-            if round(fraction * self.num_samples) < 1:
-                raise ValueError(f"keep_schedule[{e}]={fraction} keeps no sample out of {self.num_samples}")
+            self._kept_count(fraction, f"keep_schedule[{e}]={fraction}")
         return fractions
+
+    def _kept_count(self, fraction: float, described: str) -> int:
+        """round(fraction * N), refused with ``described`` when that keeps no sample."""
+        count = int(round(fraction * self.num_samples))
+        if count < 1:
+            raise ValueError(f"{described} keeps no sample out of {self.num_samples}")
+        return count
 
     @staticmethod
     def _non_negative(value, name: str) -> int:

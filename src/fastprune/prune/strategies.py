@@ -199,5 +199,3 @@ class InfoBatch(Strategy):
             scores, _, n_below = self._split(threshold, pool)
             total += len(scores) - n_below + self._k_below(len(scores), int(quota), n_below)
         return total
-
-
