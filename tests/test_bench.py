@@ -305,34 +305,40 @@ def test_eval_every_thins_the_curves_not_the_final_accuracy_or_wall_clock(fashio
         cli.main(["--eval-every", "0", "--out", str(out)])
 
 
-def test_quick_mode_is_the_recipe_with_a_narrower_model_on_a_subset_not_a_second_recipe():
+def test_quick_mode_is_the_full_mode_narrowed_with_a_half_width_model_not_a_second_recipe():
     def mode_and_recipe(*argv):
         args = cli.build_parser().parse_args(list(argv))
         mode = plan.mode_for(args)
         return mode, cli.recipe_for(args, mode)
 
     quick, trained = mode_and_recipe("--quick")
-    assert quick["train_limit"] is not None and quick["keeps"] == (0.5,) and len(quick["seeds"]) == 1
+    # the full benchmark's data, epochs and evaluation, narrowed to keep 0.5 and one seed
+    full, full_recipe = mode_and_recipe()
+    assert {key: quick[key] for key in ("train_limit", "epochs", "eval_every")} == \
+        {key: full[key] for key in ("train_limit", "epochs", "eval_every")}
+    assert quick["keeps"] == (0.5,) and len(quick["seeds"]) == 1
     assert {"epsilon_greedy", "ucb"} <= set(quick["strategies"]) and "full" not in quick["strategies"]
     assert trained == recipe.QUICK_RECIPE and trained.epochs == quick["epochs"]
-    # the preset changes the length and the widths and nothing else the recipe states
-    assert recipe.QUICK_RECIPE.replace(epochs=recipe.RECIPE.epochs, widths=recipe.RECIPE.model.widths) \
-        == recipe.RECIPE
+    # the preset changes the widths and nothing else the recipe states
+    assert recipe.QUICK_RECIPE.model.widths < recipe.RECIPE.model.widths
+    assert recipe.QUICK_RECIPE.replace(widths=recipe.RECIPE.model.widths) == recipe.RECIPE
     # --epochs and --width apply to the preset; the full mode keeps the benchmark's recipe
     assert mode_and_recipe("--quick", "--epochs", "3")[1] == recipe.QUICK_RECIPE.replace(epochs=3)
     assert mode_and_recipe("--quick", "--width", "32")[1].model.widths == recipe.RECIPE.model.widths
-    full, trained = mode_and_recipe()
-    assert trained == recipe.RECIPE and full["train_limit"] is None
+    assert full_recipe == recipe.RECIPE and full["train_limit"] is None and len(full["seeds"]) == 3
     # a result file records the model its runs trained
     result = plan.new_result(quick, bench_run.Settings(amp="off", threads=1), True, recipe.QUICK_RECIPE)
     assert result["model"]["widths"] == recipe.QUICK_RECIPE.model.widths and result["mode"]["quick"]
 
 
-def test_scale_note_says_a_quick_run_is_smoke_size_and_what_the_full_benchmark_is():
-    quick = {"train_limit": 12000, "epochs": 30, "seeds": (0,)}
+def test_scale_note_says_a_run_is_quick_and_what_the_full_benchmark_is():
+    quick = {"train_limit": None, "epochs": 10, "seeds": (0,)}
     note = bench_report.scale_note(quick, recipe.RECIPE.replace(widths=(16, 32, 64)), True)
-    assert note.startswith("smoke-size run: 12k images, 30 epochs, SmallResNet(16, 32, 64), 1 seed; ")
-    assert "the full benchmark (60k images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds)" in note
+    assert note.startswith("quick run: all training images, 10 epochs, SmallResNet(16, 32, 64), 1 seed; ")
+    assert note.endswith("the full benchmark (all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds): "
+                         "docs/benchmarks.md")
+    subset = bench_report.scale_note({"train_limit": 12000, "epochs": 30, "seeds": (0, 1)}, recipe.RECIPE, True)
+    assert subset.startswith("quick run: 12k images, 30 epochs, SmallResNet(32, 64, 128), 2 seeds; ")
     full = bench_report.scale_note({"train_limit": None, "epochs": 10, "seeds": (0, 1, 2)}, recipe.RECIPE, False)
     assert full == "all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds; every measurement: " \
                    "docs/benchmarks.md"

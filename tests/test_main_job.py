@@ -1,5 +1,5 @@
 """The README's main job (``bash scripts/run main`` -> ``python -m fastprune.main_job``): it
-converts Fashion-MNIST once, describes the store, runs the benchmark's smoke-size preset and ends
+converts Fashion-MNIST once, describes the store, runs the benchmark's quick preset and ends
 on where the plots went and a one-line verdict. Run here on a tiny subset for one epoch."""
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ def test_main_job_converts_once_runs_the_quick_preset_and_ends_on_a_verdict(fash
     printed = capsys.readouterr().out
     assert (data / "fashion-mnist-train.beton").exists() and (data / "fashion-mnist-train-600.beton").exists()
     assert "samples" in printed  # `fastprune info` of the converted store
-    assert "smoke-size run: 600 images, 1 epochs, SmallResNet(16, 32, 64), 1 seed; the full benchmark" in printed
+    assert "quick run: 600 images, 1 epochs, SmallResNet(16, 32, 64), 1 seed; the full benchmark" in printed
     lines = printed.rstrip().splitlines()
     assert lines[-2] == f"plots: {tmp_path / 'quick'}_curves.png, {tmp_path / 'quick'}_frontier.png"
-    assert lines[-1].startswith("verdict at keep 0.5: eps-greedy ") and "smoke-size run" in lines[-1]
+    assert lines[-1].startswith("verdict at keep 0.5: eps-greedy ") and "quick run" in lines[-1]
     result = json.loads(out.read_text())
     assert result["mode"]["quick"] and result["model"]["widths"] == [16, 32, 64]
     assert [run["strategy"] for run in result["runs"]] == ["full", "epsilon_greedy"]
     assert (tmp_path / "quick_curves.png").exists()
-    assert "(smoke-size run, `--quick`)" in out.with_suffix(".md").read_text()
+    assert "(quick run, `--quick`)" in out.with_suffix(".md").read_text()
 
     # a second run finds the stores verified and does not convert again
     assert main_job.main(["--data-dir", str(data), "--bench", *bench]) == 0

@@ -6,8 +6,8 @@ final accuracy (mean ± std over seeds), training wall-clock, speed-up versus fu
 reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMARKS.md), a
 markdown table and two PNG plots into benchmarks/results/.
 
-    fastprune bench --quick        # ~3 min on 2 cores: the smoke-size preset (QUICK_RECIPE, a
-                                   # 12k-image subset, keep 0.5, one seed, the two bandits)
+    fastprune bench --quick        # ~5 min on 2 cores: the quick preset (QUICK_RECIPE's half-width
+                                   # model, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
                                    # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
     fastprune bench --train my-train.beton --val my-val.beton --crop 64 --model mymodels:make \
@@ -60,9 +60,8 @@ def add_bench_command(subparsers) -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--quick", action="store_true",
-                        help="smoke-size run (the main job's): the recipe with a half-width model "
-                             "(--width 16) over 12k training images for 30 epochs, keep 0.5, one "
-                             "seed, the two bandits")
+                        help="quick run (the main job's): the full benchmark with a half-width model "
+                             "(--width 16), keep 0.5, one seed, the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
     parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick)
-    print(note, flush=True)  # up front: a smoke-size run must not be read as the benchmark's result
+    print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
     if args.train is not None:
         stores, default_out = (args.train, args.val), Path(f"bench_{args.train.stem}.json")
     else:

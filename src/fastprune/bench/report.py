@@ -105,22 +105,21 @@ def pivot_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _size(images: str, epochs: int, recipe, seeds) -> str:
+def _size(limit: int | None, epochs: int, recipe, seeds) -> str:
+    images = "all training images" if limit is None else \
+        f"{limit // 1000}k images" if limit % 1000 == 0 else f"{limit:,} images"
     model = recipe.model
     name = f"SmallResNet{tuple(model.widths)}" if model.name == "small_resnet" else model.name
     return f"{images}, {epochs} epochs, {name}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
 
 
 def scale_note(mode: dict, recipe, quick: bool) -> str:
-    """How a run relates to the full benchmark, for the verdict line: a smoke-size run says so."""
-    limit = mode["train_limit"]
-    images = "all training images" if limit is None else \
-        f"{limit // 1000}k images" if limit % 1000 == 0 else f"{limit:,} images"
-    size = _size(images, mode["epochs"], recipe, mode["seeds"])
+    """How a run relates to the full benchmark, for the verdict line: a quick run says so."""
+    size = _size(mode["train_limit"], mode["epochs"], recipe, mode["seeds"])
     if not quick:
         return f"{size}; every measurement: docs/benchmarks.md"
-    full = _size("60k images", FULL_MODE["epochs"], RECIPE, FULL_MODE["seeds"])
-    return f"smoke-size run: {size}; the full benchmark ({full}): docs/benchmarks.md"
+    full = _size(FULL_MODE["train_limit"], FULL_MODE["epochs"], RECIPE, FULL_MODE["seeds"])
+    return f"quick run: {size}; the full benchmark ({full}): docs/benchmarks.md"
 
 
 def verdict(summary: list[dict], note: str) -> str:
@@ -161,8 +160,8 @@ def total_time(runs: list[dict]) -> str:
 def render(result: dict) -> str:
     """The markdown report of a result document."""
     machine = result["machine"]
-    smoke = " (smoke-size run, `--quick`)" if result["mode"].get("quick") else ""
-    return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{smoke}\n\n"
+    quick = " (quick run, `--quick`)" if result["mode"].get("quick") else ""
+    return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{quick}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
             f"{completeness(result)}"
