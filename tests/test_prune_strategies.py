@@ -226,11 +226,13 @@ def test_bad_options_name_the_argument():
     for make, match in [(lambda: UCB(10, 0.0), "keep"), (lambda: UCB(10, 0.5, c=-1), "c must"),
                         (lambda: UCB(10, 0.5, bonus="x"), "bonus"), (lambda: EpsilonGreedy(10, eps=2), "eps"),
                         (lambda: UniformRandom(10, 0.5, final_full_epochs=1), "needs epochs"),
-                        (lambda: UniformRandom(10, 0.5, reselect_every=0), "reselect_every"),
+                        (lambda: UniformRandom(10, 0.5, reselect_every=0), "reselect_every must be >= 1"),
+                        (lambda: UniformRandom(10, 0.5, reselect_every=2.5), "reselect_every must be an integer"),
                         (lambda: UniformRandom(10, 0.01), "keeps no sample"),
                         (lambda: UCB(10, labels=[0, 1]), "labels"),
                         (lambda: InfoBatch(10, epochs=5, delta=0), "delta"),
-                        (lambda: EL2N(10, score_epochs=0), "score_epochs")]:
+                        (lambda: EL2N(10, score_epochs=0), "score_epochs must be >= 1"),
+                        (lambda: EL2N(10, score_epochs=1.5), "score_epochs must be an integer")]:
         with pytest.raises(ValueError, match=match):
             make()
     with pytest.raises(ValueError, match="epoch"):

@@ -107,9 +107,9 @@ class Strategy:
         if self.final_full_epochs and epochs is None:
             raise ValueError("final_full_epochs needs epochs (the total number of training epochs)")
         self.epochs = None if epochs is None else self._non_negative(epochs, "epochs")
-        if int(reselect_every) < 1:
+        self.reselect_every = self._non_negative(reselect_every, "reselect_every")  # 2.5 is refused, not cut to 2
+        if self.reselect_every < 1:
             raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
-        self.reselect_every = int(reselect_every)
         self.skip_invalid = bool(skip_invalid)
         if distributed not in (True, False, "auto"):
             raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
