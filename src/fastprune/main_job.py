@@ -1,8 +1,9 @@
 """The README's main job (``bash scripts/run main``): convert Fashion-MNIST, describe the store,
 then run the benchmark's quick preset (``fastprune bench --quick``: the full benchmark's data,
 recipe and 10 epochs with a half-width model, full data vs the two bandits at keep 0.5, one seed;
-about 5 minutes on 2 cores), print its table, where its plots went, and a one-line verdict. ``--bench`` passes other options, e.g. ``bash scripts/run main
---bench --keeps 0.3 0.5`` or ``--bench`` alone for the full benchmark.
+about 5 minutes on 2 cores), print its table, where its plots went, and a one-line verdict.
+``--bench`` passes other options, e.g. ``bash scripts/run main --bench --keeps 0.3 0.5`` or
+``--bench`` alone for the full benchmark.
 
 Stores are written under ``data/`` (kept between runs: a store is reconverted only when missing
 or when it fails verification).

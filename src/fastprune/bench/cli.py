@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per run (default by mode)")
     parser.add_argument("--train-limit", type=int, help="use the first N training images")
     parser.add_argument("--eval-every", type=int, metavar="N",
-                        help="evaluate every N-th epoch and the last (default by mode: 1; --quick: 10); "
+                        help="evaluate every N-th epoch and the last (default: 1, every epoch); "
                              "evaluation is left out of the speed-up either way")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch + loader threads")
     parser.add_argument("--amp", default=defaults.amp, choices=("auto", "bf16", "fp16", "off"),

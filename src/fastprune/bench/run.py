@@ -45,7 +45,8 @@ class Settings:
 
     def record(self) -> dict[str, Any]:
         """The settings a result file records."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if name not in ("progress", "eval_every")}
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if name not in ("progress", "eval_every")}
 
 
 def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:

@@ -156,12 +156,6 @@ class Strategy:
             return True
         return bool(self.final_full_epochs) and epoch >= self.epochs - self.final_full_epochs
 
-    def kept_fraction(self, epoch: int) -> float:
-        """The fraction a pruned ``epoch`` keeps: ``keep_schedule[epoch]`` while the schedule lasts,
-        else ``keep``."""
-        scheduled = self._scheduled(epoch)
-        return self.keep if scheduled is None else scheduled
-
     def _scheduled(self, epoch: int) -> float | None:
         schedule = self.keep_schedule
         return schedule[epoch] if schedule is not None and epoch < len(schedule) else None
@@ -239,7 +233,7 @@ class Strategy:
     def _quota(self, epoch: int) -> int:
         """How many samples a pruned ``epoch`` keeps (at least one: checked at construction)."""
         scheduled = self._scheduled(epoch)
-        return self.num_kept if scheduled is None else int(round(scheduled * self.num_samples))
+        return self.num_kept if scheduled is None else self._kept_count(scheduled, f"keep_schedule[{epoch}]")
 
     def _pool_quotas(self, epoch: int) -> np.ndarray:
         """Each class pool's share of the epoch's quota (class-balanced selection)."""
