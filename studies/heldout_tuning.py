@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--widths", nargs="+", type=int, default=list(RECIPE.model.widths),
                         help="SmallResNet stage widths, a model change to study (every run)")
     parser.add_argument("--fit-limit", type=int, help="train on the first N of the 50k fit images "
-                        "(a smaller training set, as the main job's smoke run has)")
+                        "(a smaller training set, as the main job's former 12k-image preset had)")
     parser.add_argument("--eval-every", type=int, default=1, metavar="N",
                         help="evaluate every N-th epoch and the last (only the final accuracy is reported)")
     parser.add_argument("--final-test", action="store_true",
@@ -225,8 +225,9 @@ def main(argv=None) -> int:
                          **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
             result["summary"] = summarize(runs)
             machine.write_json(args.out, result)
-            print(f"{label:>32} seed {seed}: {'test' if args.final_test else 'held-out'} acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s"
-                  f"  (elapsed {time.perf_counter() - started:.0f}s)", flush=True)
+            print(f"{label:>32} seed {seed}: {'test' if args.final_test else 'held-out'} acc "
+                  f"{row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  (elapsed {time.perf_counter() - started:.0f}s)",
+                  flush=True)
     table = markdown(result["summary"], "test" if args.final_test else "held-out")
     data = ("Fashion-MNIST 60k train / 10k test (the final measurement)" if args.final_test
             else f"{len(labels) // 1000}k/10k split of Fashion-MNIST train")
