@@ -134,6 +134,10 @@ def test_cifar10_folder_is_detected(tmp_path):
     (["--split", "test"], "--split applies to cifar10/cifar100/idx sources, not imagefolder"),
     (["--kind", "cifar10"], "no CIFAR-10 training batches"),
     ([], r"raw storage needs one image shape, but .*a[/\\]1\.png is 4x4x3 and .*b[/\\]2\.png is 5x4x3"),
+    # a resize target is bounded like a source image (99999x99999 drove a 24 GiB machine out of memory)
+    (["--resize", "99999x99999"], r"resize 99999x99999 = 9,999,800,001 pixels exceeds the limit of 67,108,864; "
+                                  "raise it with --max-pixels"),
+    (["--resize", "8x8", "--max-pixels", "63"], "resize 8x8 = 64 pixels exceeds the limit of 63"),
 ])
 def test_convert_errors_are_one_line_and_leave_no_file(tmp_path, capsys, arguments, message):
     for name, height in [("a/1.png", 4), ("b/2.png", 5)]:

@@ -201,13 +201,20 @@ def fitted_shape(height: int, width: int, *, max_side: int | None = None,
     return height, width
 
 
-def check_size_options(max_side: int | None, resize: tuple[int, int] | None) -> None:
+def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse contradictory or impossible sizes, and a ``resize`` target larger than ``max_pixels``
+    (the bound on sources, which a resize must not get round: 99999x99999 is 30 GB a sample)."""
     if max_side is not None and resize is not None:
         raise ConversionError("give either max_side (--max-side) or resize (--resize), not both")
     if max_side is not None and max_side < 1:
         raise ConversionError(f"max_side must be a positive number of pixels, got {max_side}")
     if resize is not None and (len(resize) != 2 or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
+    if resize is not None and resize[0] * resize[1] > max_pixels:
+        raise ConversionError(f"resize {resize[0]}x{resize[1]} = {resize[0] * resize[1]:,} pixels exceeds the "
+                              f"limit of {max_pixels:,}; raise it with --max-pixels / max_pixels= if "
+                              "you mean it")
 
 
 def mixed_shape_error(first: tuple[str, Sequence[int]], other: tuple[str, Sequence[int]]) -> ConversionError:

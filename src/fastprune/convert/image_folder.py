@@ -221,8 +221,8 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     ``max_side`` shrinks images whose longer side is larger, keeping the aspect ratio.
     ``max_pixels`` refuses images whose header claims more pixels (checked before decoding).
     """
-    _common.check_size_options(max_side, resize)
     _common.check_max_pixels(max_pixels)
+    _common.check_size_options(max_side, resize, max_pixels)
     paths, labels, classes = scan_image_folder(source)
     out = _common.check_output_path(out, inputs=paths)
     one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize,
