@@ -172,6 +172,19 @@ def test_info_cuts_long_names_and_lists_thousands_of_classes_in_part(tmp_path):
     assert len(text.splitlines()) < 60
 
 
+def test_info_escapes_control_characters_in_names_fields_and_path(tmp_path, capsys):
+    """A crafted store must not reach the terminal: ESC (clear screen, retitle), BEL and a
+    right-to-left mark in a class name, a field name and the file name are printed escaped."""
+    hostile = "\x1b]0;x\x07\x1b[2J"
+    fields = {"image": RGBImageField(), f"l\x1b[31m": IntField()}
+    path = write(tmp_path / "evil\u202e.beton", [f"cat{hostile}", "dog\u200e"] + NAMES[2:], fields=fields)
+    assert main(["info", str(path), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\u200e\u202e"), repr(out)
+    assert "cat\\x1b]0;x\\x07\\x1b[2J" in out and "dog\\u200e" in out
+    assert "l\\x1b[31m" in out and "evil\\u202e.beton" in out
+
+
 # --- converters -------------------------------------------------------------------------------
 
 def test_image_folder_keeps_its_folder_names(tmp_path):

@@ -428,3 +428,27 @@ def test_native_core_exposes_only_what_the_package_uses():
               and f"core.{name}" not in source]
     assert unused == [], f"fastprune._core names no module in src/fastprune uses: {unused}"
     assert {"crc32", "random_u32", "threshold", "select_top_random"} <= set(dir(core.testing))
+
+
+# --- rounds 3 and 4 (issues 37, 38): the data side ---------------------------------------------
+
+@pytest.mark.parametrize("option, values, message", [
+    ("--std", ["nan", "1", "1"], "argument --std: must be a finite number, got 'nan'"),
+    ("--std", ["1", "0", "1"], "argument --std: must be positive, got '0'"),
+    ("--mean", ["0.5", "inf", "0.5"], "argument --mean: must be a finite number, got 'inf'"),
+])
+def test_non_finite_normalization_is_refused_at_the_argument(tmp_path, capsys, option, values, message):
+    from fastprune.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--train", str(tmp_path / "a.beton"), "--val", str(tmp_path / "b.beton"), option, *values])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_non_finite_normalization_is_refused_in_python(tmp_path):
+    from fastprune.errors import ConfigError
+    from fastprune.train.data import describe_stores
+
+    path = _tiny_store(tmp_path / "t.beton")
+    with pytest.raises(ConfigError, match=r"--std values must be finite numbers, got \(nan, 1.0, 1.0\)"):
+        describe_stores(path, path, mean=(0.5,) * 3, std=(float("nan"), 1, 1))

@@ -140,13 +140,13 @@ def add_info_command(subparsers) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .store.info import describe, verify
+    from .store.info import describe, printable, verify
     from .store.reader import Store
 
     store = Store(args.file)
     print(describe(store))
-    if args.verify:
-        print(f"verify:      {verify(store)}")  # a damaged file raises StoreError naming the parts
+    if args.verify:  # a damaged file raises StoreError naming the parts
+        print(f"verify:      {printable(str(verify(store)))}")
     return 0
 
 
@@ -195,11 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (FastpruneError, OSError) as exc:  # the user's input or files; a traceback would not help
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        # messages may quote a file's own text (names, paths): escaped, never sent raw to a terminal
+        print(f"{PROG} {args.command}: error: {_printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _printable(text: str) -> str:
+    from .store.info import printable
+
+    return printable(text)
 
 
 if __name__ == "__main__":

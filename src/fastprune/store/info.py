@@ -16,7 +16,7 @@ def describe(store, verify: bool = False) -> str:
     """Samples, fields and their settings, class histogram of the first int field (with the
     class names the file keeps), size on disk and (with ``verify``) the integrity report."""
     lines = [
-        f"file:        {store.path}",
+        f"file:        {printable(str(store.path))}",
         f"size:        {_human_bytes(store.file_size)} ({store.file_size} bytes)",
         f"samples:     {store.num_samples}",
         f"page size:   {_human_bytes(store.page_size)}",
@@ -25,11 +25,11 @@ def describe(store, verify: bool = False) -> str:
         "fields:",
     ]
     for k, (name, field) in enumerate(store.fields.items()):
-        lines.append(f"  {name:<16} {_field_summary(store, k, name, field)}")
+        lines.append(f"  {printable(name):<16} {printable(_field_summary(store, k, name, field))}")
     label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
     names = read_class_names(store)
     if isinstance(names, str):
-        lines.append(f"class names: damaged: {names}")
+        lines.append(f"class names: damaged: {printable(names)}")
     if label is not None:
         lines += _histogram_lines(store, label, names.get(label) if isinstance(names, dict) else None)
     if verify:
@@ -78,7 +78,7 @@ def _histogram_lines(store, name: str, class_names: list[str] | None) -> list[st
     values = np.asarray(store.metadata[f"f{store.field_index(name)}"])
     classes, counts = np.unique(values, return_counts=True)
     named = f", {len(class_names)} names stored" if class_names else ", no names stored"
-    lines = [f"classes ({name}): {classes.size}{named}"]
+    lines = [f"classes ({printable(name)}): {classes.size}{named}"]
     if classes.size == 0:  # an empty store has no histogram to draw
         return lines
     shown = min(classes.size, _MAX_CLASSES_SHOWN)
@@ -95,8 +95,17 @@ def _histogram_lines(store, name: str, class_names: list[str] | None) -> list[st
 def _class_name(class_names: list[str], value: int) -> str:
     if not 0 <= value < len(class_names):
         return "?"
-    name = " ".join(class_names[value].split())  # no newline or tab may break the table
+    name = printable(" ".join(class_names[value].split()))  # no newline or tab may break the table
     return name if len(name) <= _NAME_WIDTH else name[:_NAME_WIDTH - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or other non-printable character escaped as Python writes it
+    (``\\x1b``, ``\\u200e``): a store's names come from whoever wrote the file, and printed raw,
+    an escape sequence in one could rewrite the user's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _human_bytes(n: int) -> str:
@@ -107,4 +116,4 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-__all__ = ["describe", "verify"]
+__all__ = ["describe", "printable", "verify"]

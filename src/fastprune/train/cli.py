@@ -4,6 +4,7 @@ stores, its defaults taken from :data:`~fastprune.train.recipe.RECIPE`."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def model_spec(text: str) -> str:
                                      f"yours taking num_classes=), got {text!r}")
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number ('nan' and 'inf' would poison every batch)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a standard deviation)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (all but --epochs), shared by ``fastprune train`` and ``bench``; their
     defaults are :data:`RECIPE`'s. :func:`recipe_from_args` turns them back into a Recipe."""
@@ -44,10 +61,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=int, metavar="N", default=RECIPE.crop,
                        help="train on RandomResizedCrop(N) + flip, evaluate on CenterCrop(N): needed when "
                             "the store's images differ in size")
-    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    group.add_argument("--mean", type=finite_float, nargs=3, metavar=("R", "G", "B"),
                        help="normalization mean per channel, fractions of 255 (default: computed from "
                             "the training store)")
-    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="ditto, standard deviation")
+    group.add_argument("--std", type=positive_float, nargs=3, metavar=("R", "G", "B"), help="ditto, standard deviation")
     group.add_argument("--model", type=model_spec, default=RECIPE.model.name, metavar="MODEL",
                        help="small_resnet (default), resnet18, or MODULE:CALLABLE: your function, called "
                             "with num_classes=, returning an nn.Module (MODULE is imported from the "

@@ -112,6 +112,8 @@ def _three(values, name: str) -> tuple[float, float, float]:
     values = tuple(float(v) for v in values)
     if len(values) != 3:
         raise ConfigError(f"--{name} needs 3 values (R G B, fractions of 255), got {len(values)}")
+    if not all(np.isfinite(values)):
+        raise ConfigError(f"--{name} values must be finite numbers, got {values}")
     if name == "std" and min(values) <= 0:
         raise ConfigError(f"--std values must be positive, got {values}")
     return values  # type: ignore[return-value]
