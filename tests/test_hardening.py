@@ -452,3 +452,110 @@ def test_non_finite_normalization_is_refused_in_python(tmp_path):
     path = _tiny_store(tmp_path / "t.beton")
     with pytest.raises(ConfigError, match=r"--std values must be finite numbers, got \(nan, 1.0, 1.0\)"):
         describe_stores(path, path, mean=(0.5,) * 3, std=(float("nan"), 1, 1))
+
+
+class _System:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+def test_an_unloadable_checkpoint_error_never_advises_weights_only_false(tmp_path):
+    """torch's message says re-running with weights_only=False "will likely succeed": the one thing
+    not to do with a file one does not trust. Ours keeps torch's reason, drops its advice."""
+    from fastprune.errors import CheckpointError
+    from fastprune.train import load_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    carrying_code, truncated = tmp_path / "code.pt", tmp_path / "cut.pt"
+    torch.save({"format": "fastprune-checkpoint-2", "model": _System()}, carrying_code)
+    torch.save({"format": "fastprune-checkpoint-2", "model": model.state_dict()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    for path, reason in ((carrying_code, "unsupported GLOBAL posix.system"), (truncated, "zip archive")):
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(path, model)
+        message = str(error.value)
+        assert message.startswith(f"{path}: not a loadable fastprune checkpoint") and reason in message
+        assert "weights_only" not in message and "\n" not in message
+
+
+def _checkpoint_parts():
+    from fastprune.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(model)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()  # momentum buffers now exist
+    strategy = fastprune.UCB(8, keep=0.5)
+    strategy.update([0, 1], [0.5, 1.5])
+    return model, optimizer, strategy
+
+
+def _tamper_next_epoch_and_history(state):
+    state["history"] = [{"epoch": k} for k in range(10**3)]
+    state["next_epoch"] = 10**3
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda s: s.update(next_epoch=10**9), "next_epoch 1000000000 does not follow its history of 2 epochs"),
+    (lambda s: s.update(next_epoch=-5), "next_epoch -5 does not follow"),
+    (lambda s: s.update(next_epoch="2"), "next_epoch '2' does not follow"),
+    (_tamper_next_epoch_and_history, "next_epoch 1000 is past the run's 4 epochs"),
+    (lambda s: s["history"].append("x"), "'history' is not one record per epoch"),
+    (lambda s: s.pop("settings"), "no 'settings' entry"),
+    (lambda s: s["rng"].update(torch=torch.zeros(7, dtype=torch.uint8)), "its RNG states do not restore"),
+    (lambda s: s["rng"].update(python=(3, (1, 2), None)), "its RNG states do not restore"),
+    (lambda s: s["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(5, 5)),
+     r"optimizer buffer 'momentum_buffer' of parameter 0 has shape \[5, 5\], the parameter \[2, 3\]"),
+    (lambda s: s["strategy"]["table"]["mean"].fill_(float("nan")), "score table holds NaN in 'mean'"),
+])
+def test_tampered_but_loadable_checkpoints_are_refused_in_one_line(tmp_path, tamper, message):
+    from fastprune.errors import CheckpointError
+    from fastprune.train import load_checkpoint, save_checkpoint
+
+    model, optimizer, strategy = _checkpoint_parts()
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}, {"epoch": 1}],
+                    settings={"epochs": 4})
+    assert load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2],
+                           settings={"epochs": 4})[0] == 2  # untouched, it loads
+    state = torch.load(path, weights_only=True)
+    tamper(state)
+    torch.save(state, path)
+    model, optimizer, strategy = _checkpoint_parts()
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_checkpoint(path, model, optimizer, strategy=strategy, settings={"epochs": 4})
+    assert "\n" not in str(error.value) and str(error.value).startswith(str(path))
+
+
+def _labelled_arrays(path: Path, seed: int, n: int = 64, classes: int = 2, names=None) -> Path:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return fastprune.convert.from_arrays(images, np.arange(n) % classes, path, progress=False, workers=1,
+                                         class_names=names)
+
+
+def _train_args(train: Path, val: Path, checkpoint: Path, *extra) -> list[str]:
+    return ["train", "--train", str(train), "--val", str(val), "--epochs", "1", "--width", "4",
+            "--batch-size", "32", "--threads", "1", "--no-progress", "--mean", "0.5", "0.5", "0.5",
+            "--std", "0.25", "0.25", "0.25", "--checkpoint", str(checkpoint), *extra]
+
+
+def test_resume_on_another_store_of_the_same_size_is_refused(tmp_path, capsys):
+    """The checkpoint records an identity (size and CRCs) of both stores: the same stores moved
+    elsewhere resume; another training or validation store of the same size does not."""
+    from fastprune.cli import main
+
+    train, val = _labelled_arrays(tmp_path / "a.beton", 0), _labelled_arrays(tmp_path / "v.beton", 1)
+    other = _labelled_arrays(tmp_path / "b.beton", 2)
+    checkpoint = tmp_path / "run.pt"
+    assert main(_train_args(train, val, checkpoint)) == 0
+    moved = tmp_path / "moved.beton"
+    os.rename(train, moved)
+    capsys.readouterr()
+    assert main(_train_args(moved, val, checkpoint, "--resume")) == 0
+    assert "nothing left to train" in capsys.readouterr().out
+    for args, role in (((other, val), "training"), ((moved, other), "validation")):
+        assert main(_train_args(*args, checkpoint, "--resume")) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"run.pt was written for another {role} store (64 samples" in error

@@ -111,6 +111,21 @@ def has_checksum_marker(store) -> bool:
     return any(row[fmt.CHECKSUM_MARKER_OFFSET:].tobytes() == fmt.CHECKSUM_MAGIC for row in args)
 
 
+def store_identity(store) -> str:
+    """A cheap identity of a store's contents, for a checkpoint to record which store its run
+    trained on: sample count, size and the CRCs of fastprune's trailer (which cover the header,
+    metadata, allocation table and, through the CRC block, every sample's bytes); for a file
+    without a trailer (ffcv's), a CRC-32 of its header, metadata and allocation table. It does
+    not depend on the file's name or place, so a moved store resumes and another one does not."""
+    trailer = read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end)
+    if trailer is None or isinstance(trailer, str):
+        crc = zlib.crc32(store.buffer[:store.metadata_end])
+        crc = f"{zlib.crc32(store.buffer[store.alloc_table_ptr:], crc):08x}"
+    else:
+        crc = "".join(f"{int(trailer[k]):08x}" for k in ("layout_crc", "alloc_table_crc", "block_crc"))
+    return f"{store.num_samples} samples, {store.file_size} bytes, crc {crc}"
+
+
 def read_trailer(buffer: np.ndarray, alloc_table_ptr: int, metadata_end: int):
     """The checksum trailer; None if the file has none; a message if it is present but damaged."""
     start = alloc_table_ptr - fmt.CHECKSUM_TRAILER_TYPE.itemsize

@@ -77,9 +77,8 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
-                              f"objects other than tensors and plain values): {first_line}") from None
+                              f"objects other than tensors and plain values): {_load_failure(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
@@ -87,8 +86,25 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     return state
 
 
+def _load_failure(exc: BaseException) -> str:
+    """What torch.load found wrong, in one line, without torch's advice to retry with
+    ``weights_only=False``: the one thing not to do with a file one does not trust."""
+    lines = (line.split("WeightsUnpickler error:", 1)[-1].strip() for line in str(exc).splitlines())
+    useful = [line for line in lines if line and "weights_only" not in line and "Weights only" not in line
+              and not line.startswith(("Check the documentation", "Please file an issue"))]
+    return useful[0] if useful else type(exc).__name__
+
+
+# Settings that name the stores a run trained and evaluated on (store_identity: size and CRCs).
+STORE_SETTINGS = {"train_store": "training", "val_store": "validation"}
+
+
 def check_settings(path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume a run whose settings differ from the checkpoint's, naming each difference."""
+    for key, role in STORE_SETTINGS.items():
+        if key in saved and key in current and saved[key] != current[key]:
+            raise CheckpointError(f"{path} was written for another {role} store ({saved[key]}; this one: "
+                                  f"{current[key]}): resume on the same stores, or start a new checkpoint")
     differ = [f"{key}={saved.get(key)!r} in the checkpoint, {value!r} now"
               for key, value in current.items() if saved.get(key, value) != value]
     if differ:
@@ -104,7 +120,9 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
     resume with a one-line :class:`~fastprune.CheckpointError`, before anything is restored.
     """
     state = read_checkpoint(path, map_location=model_device(model))
+    _check_contents(path, state)
     check_settings(path, state["settings"], settings or {})
+    _check_optimizer_shapes(path, state["optimizer"], optimizer)
     try:
         model.load_state_dict(state["model"])
         if optimizer is not None:
@@ -113,14 +131,83 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
             scheduler.load_state_dict(state["scheduler"])
         if strategy is not None and state["strategy"] is not None:
             strategy.load_state_dict(state["strategy"])
-    except (RuntimeError, ValueError, KeyError) as exc:  # another model, optimizer or strategy
-        first_line = str(exc).strip().splitlines()[0]
+        if loader is not None and state["loader"] is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(state["loader"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        # another model, optimizer or strategy, or a tampered entry: one line, never a traceback
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} does not fit this run's model, optimizer or strategy: {first_line}") from None
-    if loader is not None and state["loader"] is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(state["loader"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     _set_numpy_rng_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     return state["next_epoch"], state["history"]
+
+
+_ENTRIES = ("settings", "model", "optimizer", "scheduler", "strategy", "loader", "next_epoch", "history", "rng")
+
+
+def _check_contents(path, state: dict[str, Any]) -> None:
+    """Refuse, in one line and before anything is restored, a checkpoint that loads but could not
+    have been written by :func:`save_checkpoint`: a missing entry, an epoch count that does not
+    follow its history (``next_epoch=10**9`` would end the run at once, "complete"), RNG states
+    that do not restore, NaN in the strategy's score table."""
+    def bad(what: str):
+        raise CheckpointError(f"{path}: damaged or altered checkpoint: {what}; start a new run")
+
+    missing = [key for key in _ENTRIES if key not in state]
+    if missing:
+        bad(f"no {missing[0]!r} entry")
+    if not isinstance(state["settings"], dict):
+        bad(f"'settings' is a {type(state['settings']).__name__}, not a dict")
+    history, next_epoch = state["history"], state["next_epoch"]
+    if not isinstance(history, list) or [_epoch_of(r) for r in history] != list(range(len(history))):
+        bad("'history' is not one record per epoch 0, 1, 2, ...")
+    if type(next_epoch) is not int or next_epoch != len(history):
+        bad(f"next_epoch {next_epoch!r} does not follow its history of {len(history)} epochs")
+    epochs = state["settings"].get("epochs")
+    if type(epochs) is int and next_epoch > epochs:
+        bad(f"next_epoch {next_epoch} is past the run's {epochs} epochs")
+    _check_rng(bad, state["rng"])
+    table = state["strategy"].get("table") if isinstance(state["strategy"], dict) else None
+    for name, value in table.items() if isinstance(table, dict) else ():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and torch.isnan(value).any():
+            bad(f"the strategy's score table holds NaN in {name!r}")
+
+
+def _epoch_of(record) -> int | None:
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if type(epoch) is int else None
+
+
+def _check_rng(bad, rng) -> None:
+    """Restore the saved RNG states into throw-away generators: what would fail, fails here."""
+    try:
+        torch.Generator().set_state(rng["torch"])
+        numpy_state = rng["numpy"]
+        np.random.RandomState().set_state((numpy_state["name"], numpy_state["key"].numpy().astype(np.uint32),
+                                           numpy_state["pos"], numpy_state["has_gauss"],
+                                           numpy_state["cached_gaussian"]))
+        random.Random().setstate(rng["python"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        bad(f"its RNG states do not restore ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+
+
+def _check_optimizer_shapes(path, saved, optimizer) -> None:
+    """torch loads an optimizer's per-parameter buffers whatever their shape, and the first step
+    then fails deep in training: compare each saved buffer with its parameter first."""
+    if optimizer is None or not isinstance(saved, dict):
+        return  # a missing optimizer state is load_state_dict's to report
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+    if len(ids) != len(params):
+        return  # load_state_dict refuses another parameter layout itself
+    by_id = dict(zip(ids, params))
+    for key, buffers in (saved.get("state") or {}).items():
+        param = by_id.get(key)
+        for name, value in (buffers.items() if isinstance(buffers, dict) else ()):
+            if param is not None and isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                raise CheckpointError(f"{path}: damaged or altered checkpoint: optimizer buffer {name!r} of "
+                                      f"parameter {key} has shape {list(value.shape)}, the parameter "
+                                      f"{list(param.shape)}; start a new run")

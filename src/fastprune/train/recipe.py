@@ -181,14 +181,16 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     normalization statistics come from the stores (``data``, when a caller running many runs on
     the same stores has them already). ``strategy_options`` override the strategy's library
     defaults; ``fit_options`` (progress, log, checkpoint, resume, settings) go to :func:`fit`."""
+    from ..store.checksums import store_identity
     from ..store.reader import Store
 
     seed_everything(seed)
     train_store, val_store = (Store(path) for path in stores)
     data = data or describe_recipe_data(recipe, (train_store, val_store))
-    if fit_options.get("settings") is not None:  # a resume must normalize and classify alike
+    if fit_options.get("settings") is not None:  # a resume must normalize, classify and read alike
         fit_options["settings"] = {**fit_options["settings"], "num_classes": data.num_classes,
-                                   "mean": list(data.mean), "std": list(data.std)}
+                                   "mean": list(data.mean), "std": list(data.std),
+                                   "train_store": store_identity(train_store), "val_store": store_identity(val_store)}
     strategy = make_strategy(strategy_name, len(train_store), keep, epochs=recipe.epochs, seed=seed,
                              **(strategy_options or {}))
     train_loader, val_loader = make_loaders(
