@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <new>
 #include <cstring>
@@ -202,7 +203,20 @@ struct TableViews {
     bool use_std;  // bonus = sqrt(var) (else var)
 };
 
-// The first bad entry (index out of range, non-finite loss, correct not 0/1), or -1.
+// A loss the table accepts: finite and |loss| <= kMaxLoss, so that a squared deviation between two
+// accepted losses (at most (2e18)^2 = 4e36) fits in float32 (3.4e38) and the variance stays finite.
+// A larger loss is treated as a non-finite one: refused, or skipped under skip_invalid.
+constexpr float kMaxLoss = 1e18f;
+
+inline bool loss_valid(float loss) { return std::isfinite(loss) && std::fabs(loss) <= kMaxLoss; }
+
+std::string format_loss(float loss) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", double(loss));
+    return buf;
+}
+
+// The first bad entry (index out of range, loss not finite or beyond kMaxLoss, correct not 0/1), or -1.
 int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss, const int8_t *correct, size_t m,
                       std::string *why) {
     for (size_t j = 0; j < m; ++j) {
@@ -211,9 +225,11 @@ int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss
                    std::to_string(t.n) + " samples";
             return int64_t(j);
         }
-        if (!std::isfinite(loss[j])) {
-            *why = "losses[" + std::to_string(j) + "] = " + std::to_string(loss[j]) + " (sample " +
-                   std::to_string(idx[j]) + ") is not finite";
+        if (!loss_valid(loss[j])) {
+            *why = "losses[" + std::to_string(j) + "] = " + format_loss(loss[j]) + " (sample " +
+                   std::to_string(idx[j]) + (std::isfinite(loss[j]) ? ") is beyond +-1e18, where its variance "
+                                                                         "would overflow float32"
+                                                                       : ") is not finite");
             return int64_t(j);
         }
         if (correct && correct[j] != 0 && correct[j] != 1) {
@@ -225,24 +241,28 @@ int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss
 }
 
 bool entry_valid(const TableViews &t, int64_t i, float loss, const int8_t *correct, size_t j) {
-    return i >= 0 && uint64_t(i) < t.n && std::isfinite(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
+    return i >= 0 && uint64_t(i) < t.n && loss_valid(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
 }
 
-// The bandit score: +inf while unseen (every arm is tried once before any is exploited), else
-// mean + c * (sqrt(var) or var), computed in double and rounded once. c == 0 reads no variance,
-// so a table without one (epsilon-greedy) ranks by the mean.
+// The bandit score: +inf while unseen (every arm is tried once before any is exploited), -inf
+// for a sample tried whose every loss was skipped (seen == -1: it ranks last, retried only by a
+// random part), else mean + c * (sqrt(var) or var), computed in double, saturated at the largest
+// float (only an unseen sample scores +inf) and rounded once. c == 0 reads no variance, so a
+// table without one (epsilon-greedy) ranks by the mean.
 inline float bandit_score(float mean, const float *var, size_t i, int32_t seen, double c, bool use_std) {
     if (seen == 0) return std::numeric_limits<float>::infinity();
+    if (seen < 0) return -std::numeric_limits<float>::infinity();
     if (c == 0.0) return mean;
     float bonus = use_std ? std::sqrt(std::max(var[i], 0.0f)) : var[i];
-    return float(mean + c * bonus);
+    double score = double(mean) + c * double(bonus);
+    return float(std::min(score, double(std::numeric_limits<float>::max())));
 }
 
 // EMA of the loss and of its squared deviation (the incremental form of Finch 2009, "Incremental
 // calculation of weighted mean and variance"). decay < 0 selects a plain running mean. The score
 // column, where kept, is recomputed from the new state, so it always equals bandit_score.
 void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, int32_t epoch) {
-    int32_t seen = t.seen[i];
+    int32_t seen = std::max(t.seen[i], 0);  // -1 (tried, every loss skipped) starts afresh, as unseen
     if (seen == 0) {
         t.mean[i] = loss;
         if (t.var) t.var[i] = 0.0f;
@@ -260,6 +280,15 @@ void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, 
         t.last_correct[i] = int8_t(correct);
         t.ever_correct[i] |= uint8_t(correct);
     }
+}
+
+// A skipped entry of an unseen sample (index in range) marks it tried: seen = -1, score -inf, so a
+// sample whose loss is always NaN is not re-chosen as "unseen" every epoch. A seen sample keeps its
+// statistics.
+void mark_tried(TableViews &t, int64_t i) {
+    if (i < 0 || uint64_t(i) >= t.n || t.seen[i] != 0) return;
+    t.seen[i] = -1;
+    if (t.score) t.score[i] = bandit_score(t.mean[i], t.var, size_t(i), -1, t.c, t.use_std);
 }
 
 // An optional field: length n, or 0 for "not kept" (null).
@@ -302,6 +331,7 @@ int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<float> sco
             for (size_t j = 0; j < m; ++j) {
                 if (skip_invalid && !entry_valid(t, idx[j], loss[j], corr, j)) {
                     ++skipped;
+                    mark_tried(t, idx[j]);
                     continue;
                 }
                 apply_one(t, idx[j], loss[j], corr ? corr[j] : -1, decay, epoch);
@@ -381,9 +411,10 @@ std::pair<double, int64_t> masked_mean(ROArray1D<float> scores, ROArray1D<int32_
     return {count ? sum / double(count) : 0.0, count};
 }
 
-// "Below" = seen and score < threshold: the samples InfoBatch may prune.
+// "Below" = seen and score < threshold, or tried with every loss skipped (seen == -1): the samples
+// InfoBatch may prune.
 inline bool is_below(const float *p, const int32_t *s, size_t i, float threshold) {
-    return s[i] > 0 && p[i] < threshold;
+    return s[i] < 0 || (s[i] > 0 && p[i] < threshold);
 }
 
 int64_t count_below(ROArray1D<float> scores, ROArray1D<int32_t> seen, float threshold) {
@@ -493,7 +524,7 @@ void bind_select(nb::module_ &m) {
     m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),
           "(mean of scores over seen samples, number of seen samples).");
     m.def("count_below", &count_below, nb::arg("scores"), nb::arg("seen"), nb::arg("threshold"),
-          "Number of seen samples whose score is < threshold.");
+          "Number of samples seen with score < threshold, plus those tried with every loss skipped (seen -1).");
     m.def("split_sample", &split_sample, nb::arg("scores"), nb::arg("seen"), nb::arg("threshold"),
           nb::arg("k_below"), nb::arg("below_weight"), nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
           "InfoBatch split: every sample not below the threshold (weight 1) plus k_below of the below ones, "

@@ -243,11 +243,13 @@ def test_bandit_scores():
     rng = np.random.default_rng(1)
     mean = rng.random(100).astype(np.float32)
     var = rng.random(100).astype(np.float32)
-    seen = rng.integers(0, 3, 100).astype(np.int32)
+    seen = rng.integers(-1, 3, 100).astype(np.int32)  # -1: tried, every loss skipped (issue 38.4)
+    var[:10] = np.float32(3e38)  # bonus * c overflows float32: saturates, never +inf
     for c, use_std in [(0.0, True), (1.5, True), (2.0, False)]:
         got = core.bandit_scores(mean, var, seen, c, use_std)
-        bonus = np.sqrt(var) if use_std else var
-        expected = np.where(seen == 0, np.inf, mean + np.float32(c) * bonus).astype(np.float32)
+        bonus = np.sqrt(var.astype(np.float64)) if use_std else var.astype(np.float64)
+        score = np.minimum(mean + c * bonus, np.finfo(np.float32).max)
+        expected = np.where(seen == 0, np.inf, np.where(seen < 0, -np.inf, score)).astype(np.float32)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -256,8 +258,9 @@ def test_split_sample_matches_oracle():
     n = 2000
     scores = rng.exponential(size=n).astype(np.float32)
     seen = (rng.random(n) < 0.9).astype(np.int32)
+    seen[rng.random(n) < 0.05] = -1  # tried, every loss skipped: prunable, outside the mean (issue 38.4)
     threshold = np.float32(scores[seen > 0].mean())
-    below = (seen > 0) & (scores < threshold)
+    below = (seen < 0) | ((seen > 0) & (scores < threshold))
     assert core.count_below(scores, seen, threshold) == below.sum()
     k_below = int(below.sum()) // 3
     idx, w = core.split_sample(scores, seen, threshold, k_below, 2.5, 7, 1, 0)
@@ -267,7 +270,7 @@ def test_split_sample_matches_oracle():
     np.testing.assert_array_equal(idx, expected)
     np.testing.assert_array_equal(w, np.where(below[idx], np.float32(2.5), np.float32(1.0)))
     mean, count = core.masked_mean(scores, seen)
-    assert count == seen.sum() and mean == pytest.approx(scores[seen > 0].astype(np.float64).mean())
+    assert count == (seen > 0).sum() and mean == pytest.approx(scores[seen > 0].astype(np.float64).mean())
     with pytest.raises(ValueError, match="only"):
         core.split_sample(scores, seen, threshold, int(below.sum()) + 1, 1.0, 0, 0, 0)
 

@@ -337,3 +337,117 @@ def test_a_keep_schedule_with_a_bad_fraction_names_its_epoch():
         EpsilonGreedy(100, 0.3, keep_schedule=[0.001])
     assert "keep_schedule" not in EpsilonGreedy(100, 0.3).config()  # older checkpoints still load
 
+
+
+# ---- hardening: issue 38 points 3, 4 and 7, issue 37 point 6, issue 34 point 4 --------------
+
+@pytest.mark.parametrize("make", [lambda: UCB(50, 0.3, seed=1), lambda: InfoBatch(50, 0.5, epochs=9, seed=1),
+                                  lambda: Full(50)])
+def test_select_hands_out_copies_that_cannot_change_the_cache(make):
+    """Issue 38.3: select() handed out its cached arrays, so user code such as
+    `sel.indices[:] = 3` or `sel.weights /= sel.weights.sum()` changed what the loader trains on."""
+    strategy = make()
+    strategy.update(np.arange(50), np.linspace(0, 1, 50, dtype=np.float32))
+    first = strategy.select(1)
+    indices, weights = first.indices.copy(), first.weights.copy()
+    first.indices[:] = 3
+    user_weights = first.weights
+    user_weights /= user_weights.sum()
+    again = strategy.select(1)
+    np.testing.assert_array_equal(again.indices, indices)
+    np.testing.assert_array_equal(again.weights, weights)
+
+
+def test_always_nan_samples_are_not_chosen_every_epoch():
+    """Issue 38.4: with skip_invalid, samples whose loss is always NaN stayed "unseen" (+inf) and
+    eps-greedy's greedy part took all of them every epoch. They are now tried once and then
+    revisited only by the random part."""
+    n, bad = 1000, np.arange(100)  # 10% of samples always NaN
+    strategy = EpsilonGreedy(n, 0.3, eps=0.2, seed=0, skip_invalid=True)
+    rng = np.random.default_rng(0)
+    taken = []
+    for epoch in range(8):
+        chosen = strategy.select(epoch).indices
+        losses = rng.random(len(chosen)).astype(np.float32) + 0.5
+        losses[np.isin(chosen, bad)] = np.nan
+        strategy.update(chosen, losses)
+        taken.append(np.isin(bad, chosen).sum())
+    assert (strategy.table.seen[bad] == -1).all()
+    # after every sample was tried (4 epochs at keep 0.3), only the random part (60 of 900) meets them
+    assert max(taken[5:]) <= 20 and sum(taken[5:]) > 0
+
+
+def test_duplicate_indices_in_one_update_are_one_observation_each():
+    """Issue 37.6: duplicates in one update() call are accepted, each one observation applied in
+    order (documented in Strategy.update and the module docstring), as with torch tensors."""
+    strategy = UCB(4, 0.5, decay=0.5)
+    strategy.update(torch.tensor([2, 2, 2, 1]), torch.tensor([4.0, 0.0, 2.0, 1.0]))
+    assert strategy.table.seen[2] == 3 and strategy.table.mean[2] == 2.0  # 4 -> 2 -> 2
+    sequential = UCB(4, 0.5, decay=0.5)
+    for i, loss in [(2, 4.0), (2, 0.0), (2, 2.0), (1, 1.0)]:
+        sequential.update([i], [loss])
+    np.testing.assert_array_equal(strategy.table.score, sequential.table.score)
+    assert "duplicate index is one observation per occurrence" in " ".join(UCB.update.__doc__.split())
+
+
+_OPTION_CHANGES = [
+    ("warmup_epochs", {"warmup_epochs": 1}),
+    ("reselect_every", {"reselect_every": 2}),
+    ("labels", {"labels": np.arange(60) % 3}),
+    ("epochs", {"epochs": 9}),
+    ("final_full_epochs", {"epochs": 9, "final_full_epochs": 2}),
+    ("skip_invalid", {"skip_invalid": True}),
+]
+
+
+@pytest.mark.parametrize("key, options", _OPTION_CHANGES, ids=[k for k, _ in _OPTION_CHANGES])
+def test_state_does_not_load_into_a_strategy_with_other_options(key, options):
+    """Issue 38.7: these options were not part of config(), so UCB(...).load_state_dict of a
+    class-balanced (or warmed-up, ...) strategy's state succeeded and replayed its cached subset."""
+    taken = UCB(60, 0.5, seed=0, **options)
+    taken.update(np.arange(60), np.linspace(0, 1, 60, dtype=np.float32))
+    taken.select(1)
+    with pytest.raises(ValueError, match=rf"different settings.*{key}="):
+        UCB(60, 0.5, seed=0).load_state_dict(taken.state_dict())
+    with pytest.raises(ValueError, match=rf"different settings.*{key}="):  # and the other way round
+        taken.load_state_dict(UCB(60, 0.5, seed=0).state_dict())
+    UCB(60, 0.5, seed=0, **options).load_state_dict(taken.state_dict())  # the same options load
+
+
+def test_other_labels_are_refused_and_older_checkpoints_still_load():
+    a = EpsilonGreedy(60, 0.5, labels=np.arange(60) % 3)
+    with pytest.raises(ValueError, match="labels="):
+        EpsilonGreedy(60, 0.5, labels=(np.arange(60) + 1) % 3).load_state_dict(a.state_dict())
+    EpsilonGreedy(60, 0.5, labels=(np.arange(60) % 3) * 10).load_state_dict(a.state_dict())  # same classes
+    state = EpsilonGreedy(60, 0.5).state_dict()  # a checkpoint from before these keys were recorded
+    for key in ("warmup_epochs", "reselect_every", "labels", "epochs", "final_full_epochs", "skip_invalid"):
+        del state["config"][key]
+    EpsilonGreedy(60, 0.5).load_state_dict(state)
+    scheduled = EpsilonGreedy(60, 0.5, keep_schedule=[0.2]).state_dict()  # checked both ways now
+    with pytest.raises(ValueError, match="keep_schedule"):
+        EpsilonGreedy(60, 0.5).load_state_dict(scheduled)
+
+
+def test_weighted_loss_updates_and_returns_the_weighted_mean():
+    """Issue 34.4: one call replaces update + weighted mean; weights default to the current
+    selection's (InfoBatch up-weights its kept below-mean samples)."""
+    strategy = InfoBatch(100, 0.5, epochs=8, seed=0)
+    strategy.select(0)
+    losses = torch.linspace(0.1, 2.0, 100, requires_grad=True)
+    loss = strategy.weighted_loss(torch.arange(100), losses)
+    assert loss.item() == pytest.approx(losses.mean().item()) and (strategy.table.seen == 1).all()
+    loss.backward()
+    assert losses.grad is not None
+    selection = strategy.select(1)
+    assert selection.weights.max() > 1
+    ids = torch.as_tensor(selection.indices[::-1].copy())
+    per_sample = torch.rand(len(ids))
+    expected = (per_sample * torch.as_tensor(selection.weights[::-1].copy())).mean()
+    assert strategy.weighted_loss(ids, per_sample).item() == pytest.approx(expected.item())
+    given = torch.full((len(ids),), 2.0)
+    assert strategy.weighted_loss(ids, per_sample, given).item() == pytest.approx(2 * per_sample.mean().item())
+    assert (strategy.table.seen[selection.indices] == 3).all()
+    with pytest.raises(TypeError, match="losses must be a torch tensor"):
+        strategy.weighted_loss(ids, per_sample.numpy())
+    with pytest.raises(IndexError, match="out of range"):
+        strategy.weighted_loss(torch.tensor([100]), torch.tensor([1.0]))

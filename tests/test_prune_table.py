@@ -8,11 +8,17 @@ from fastprune._native import core
 from fastprune.prune import ScoreTable
 
 
-def oracle_update(state, indices, losses, correct, decay, epoch):
-    """The update rule written one entry at a time, in float64."""
+def oracle_update(state, indices, losses, correct, decay, epoch, skip_invalid=False):
+    """The update rule written one entry at a time, in float64. Under ``skip_invalid`` a loss that
+    is not finite or beyond +-1e18 is skipped; it marks an unseen sample tried (seen -1)."""
     for j, (i, loss) in enumerate(zip(indices, losses)):
         loss = float(np.float32(loss))
-        if state["seen"][i] == 0:
+        if skip_invalid and not (np.isfinite(loss) and abs(loss) <= 1e18):
+            if state["seen"][i] == 0:
+                state["seen"][i] = -1
+            continue
+        if state["seen"][i] <= 0:
+            state["seen"][i] = 0
             state["mean"][i], state["var"][i] = loss, 0.0
         else:
             alpha = 1.0 / (state["seen"][i] + 1) if decay is None else 1.0 - decay
@@ -49,6 +55,64 @@ def test_update_matches_oracle_with_duplicates(decay):
         np.testing.assert_array_equal(getattr(table, name), state[name], err_msg=name)
     np.testing.assert_allclose(table.mean, state["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table.var, state["var"], rtol=1e-4, atol=1e-6)
+
+
+def oracle_scores(state, c, use_std):
+    """bandit_scores in float64: +inf unseen, -inf tried with every loss skipped, else
+    mean + c*bonus saturated at the largest float32."""
+    bonus = np.sqrt(np.maximum(state["var"], 0)) if use_std else state["var"]
+    score = np.minimum(state["mean"] + c * bonus, np.finfo(np.float32).max)
+    return np.where(state["seen"] == 0, np.inf, np.where(state["seen"] < 0, -np.inf, score))
+
+
+@pytest.mark.parametrize("c, use_std", [(1.0, True), (100.0, False)])
+def test_extreme_losses_never_poison_a_sample(c, use_std):
+    """Issue 38.4: a loss of 1e20 used to overflow the variance to inf, and the sample scored +inf
+    (chosen as if unseen) forever. Now a loss beyond 1e18 is invalid (refused or skipped), every
+    valid one leaves finite statistics, scores saturate below +inf, and the table matches the oracle."""
+    table = ScoreTable(4, decay=0.7, bandit_score=(c, use_std))
+    with pytest.raises(ValueError, match=r"losses\[0\] = 1e\+20 \(sample 0\) is beyond \+-1e18"):
+        table.update([0, 0, 1], [1e20, 0.0, 1.0])
+    assert (table.seen == 0).all()  # refused whole
+    rng = np.random.default_rng(5)
+    n = 64
+    table, state = ScoreTable(n, decay=0.7, bandit_score=(c, use_std)), fresh_state(n)
+    for epoch in range(8):
+        idx = rng.integers(0, n, 100)
+        loss = rng.choice(np.array([1e18, -1e18, 9.9e17, 1e20, -3e38, np.nan, 0.5], np.float32), 100)
+        table.update(idx, loss, epoch=epoch, skip_invalid=True)
+        oracle_update(state, idx, loss, None, 0.7, epoch, skip_invalid=True)
+    np.testing.assert_array_equal(table.seen, state["seen"])
+    assert np.isfinite(table.mean).all() and np.isfinite(table.var).all()
+    np.testing.assert_allclose(table.mean, state["mean"], rtol=1e-5)
+    np.testing.assert_allclose(table.var, state["var"], rtol=1e-4)
+    expected = oracle_scores(state, c, use_std)
+    np.testing.assert_allclose(table.score, expected.astype(np.float32), rtol=1e-5)
+    assert not np.isposinf(table.score[table.seen != 0]).any()
+    # the issue's case, skipped: sample 0 takes its statistics from its valid losses only
+    table = ScoreTable(2, decay=0.7, bandit_score=(1.0, True))
+    assert table.update([0, 0, 1], [1e20, 0.0, 1.0], skip_invalid=True) == 1
+    assert table.seen[0] == 1 and table.mean[0] == 0.0 and table.score[0] == 0.0
+
+
+def test_always_invalid_samples_are_tried_not_unseen():
+    """Issue 38.4: under skip_invalid, a sample whose loss is always NaN used to stay "unseen"
+    (+inf) and be chosen every epoch. It is now marked tried and ranks last; its first valid loss
+    starts its statistics afresh; a seen sample's NaN changes nothing."""
+    table = ScoreTable(3, decay=0.5, bandit_score=(1.0, True))
+    table.update([0, 1, 2], [np.nan, 2.0, 1.0], skip_invalid=True)
+    np.testing.assert_array_equal(table.seen, [-1, 1, 1])
+    assert table.score[0] == -np.inf
+    table.update([0, 1], [np.nan, np.inf], skip_invalid=True)
+    np.testing.assert_array_equal(table.seen, [-1, 1, 1])
+    assert table.mean[1] == 2.0
+    table.update([0], [4.0])
+    assert table.seen[0] == 1 and table.mean[0] == 4.0 and table.var[0] == 0.0 and table.score[0] == 4.0
+    again = ScoreTable(3, decay=0.5, bandit_score=(1.0, True))  # -1 survives a checkpoint
+    poisoned = ScoreTable(3, decay=0.5, bandit_score=(1.0, True))
+    poisoned.update([0], [np.nan], skip_invalid=True)
+    again.load_state_dict(poisoned.state_dict())
+    assert again.seen[0] == -1 and again.score[0] == -np.inf
 
 
 def test_duplicates_are_applied_in_order():
@@ -102,7 +166,7 @@ def test_skip_invalid_drops_bad_entries():
     table = ScoreTable(5)
     skipped = table.update([0, 9, 1, 2], [1.0, 1.0, np.nan, 3.0], skip_invalid=True)
     assert skipped == 2
-    np.testing.assert_array_equal(table.seen, [1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(table.seen, [1, -1, 1, 0, 0])  # 1: tried, its only loss skipped
     assert table.mean[2] == 3.0
 
 

@@ -31,6 +31,16 @@ def as_indices(indices) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def in_range(indices: np.ndarray, num_samples: int) -> np.ndarray:
+    """``indices`` (from :func:`as_indices`), or an IndexError naming the first one outside
+    [0, num_samples), worded as ``update()`` words it."""
+    outside = (indices < 0) | (indices >= num_samples)
+    if outside.any():
+        j = int(np.flatnonzero(outside)[0])
+        raise IndexError(f"indices[{j}] = {int(indices[j])} is out of range for a table of {num_samples} samples")
+    return indices
+
+
 def as_losses(losses, length: int) -> np.ndarray:
     array = _one_dim(to_numpy(losses), "losses", length)
     if array.dtype.kind not in "fiu":

@@ -21,21 +21,44 @@ Common options (defaults and why):
 * ``labels=None`` — when given, every class keeps the same fraction (quotas by largest
   remainder), guarding against a strategy that drops an easy class entirely.
 * ``skip_invalid=False`` — a NaN loss usually means a diverged model: fail loudly by default.
+
+Scores that could poison a sample (the rule every strategy shares, in the score table's update):
+
+* A loss must be finite and within +-1e18 (so that its squared deviation, the variance UCB's
+  bonus reads, fits in float32). A larger loss counts as non-finite: refused, or skipped under
+  ``skip_invalid``. A seen sample's bandit score saturates at the largest float32, so +inf always
+  means "unseen" and every sample's score falls again once its losses do.
+* Under ``skip_invalid``, a skipped loss leaves a seen sample's statistics as they were. A sample
+  whose every loss so far was skipped is marked tried (``table.seen == -1``): it ranks last
+  (score -inf) instead of staying "unseen" (+inf) and being chosen every epoch; InfoBatch counts
+  it among the prunable below-mean samples. Only a random part (EpsilonGreedy's ``eps``,
+  UniformRandom, InfoBatch's below-mean draw) revisits it; its first valid loss starts its
+  statistics afresh. UCB and EL2N, which keep only the top scores, drop it for good.
+* Duplicate indices in one ``update`` call are each one observation, applied in order (as
+  several epochs' updates would be): the sample's mean moves once per occurrence and ``seen``
+  counts every one. Under torch.distributed the ranks' updates are applied in rank order, so a
+  sample two ranks both report (a padded sampler) counts twice on every rank alike.
 * ``distributed="auto"`` — all-gather updates whenever a torch.distributed group is running.
 """
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._args import MAX_EPOCH, check_seed
+from ._inputs import as_indices, to_numpy
 from .distributed import gather_updates
 from .table import ScoreTable
 
 _STATE_FORMAT = "fastprune.strategy/1"
+#: config() keys added after the first checkpoints: a checkpoint that lacks one predates it and is
+#: not checked on it (its value then is unknown). keep_schedule is different: absent means None.
+_LATER_KEYS = ("warmup_epochs", "reselect_every", "labels", "epochs", "final_full_epochs", "skip_invalid")
+_ABSENT_MEANS = {"keep_schedule": None}
 
 
 @dataclass(frozen=True)
@@ -114,19 +137,26 @@ class Strategy:
         if distributed not in (True, False, "auto"):
             raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
         self.distributed = distributed
-        self._pools, self._pool_sizes = self._class_pools(labels)
+        self._pools, self._pool_sizes, self._labels_digest = self._class_pools(labels)
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
+        self._dense_weights = None  # (cached Selection, device, per-sample weights): weighted_loss's lookup
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
 
     # ---- the interface the loader uses ----------------------------------------------------
 
     def select(self, epoch: int) -> Selection:
         """The samples of ``epoch``. Calling it again for the same epoch returns the same
-        selection, even after updates (a pruned selection is cached until the next one)."""
+        selection, even after updates (a pruned selection is cached until the next one). The
+        arrays are the caller's own copies: writing to them changes nothing here."""
         epoch = self._non_negative(epoch, "epoch")
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             return Selection.unweighted(np.arange(self.num_samples, dtype=np.int64))
+        cached = self._current_pruned(epoch)
+        return Selection(cached.indices.copy(), cached.weights.copy())
+
+    def _current_pruned(self, epoch: int) -> Selection:
+        """The cached selection of a pruned ``epoch`` (chosen now if not cached): never handed out."""
         anchor = self._anchor(epoch)
         if self._cache is None or self._cache[0] != anchor:
             self._cache = (anchor, self._select_pruned(anchor))
@@ -145,11 +175,62 @@ class Strategy:
     def update(self, indices, losses, correct=None) -> int:
         """Record per-sample losses (and optionally correctness) of the current epoch. Accepts
         numpy arrays or torch tensors. Under torch.distributed every rank's updates are
-        all-gathered first, so all ranks hold identical tables. Returns the number skipped."""
+        all-gathered first, so all ranks hold identical tables. Returns the number skipped.
+
+        A duplicate index is one observation per occurrence, applied in order. A loss must be
+        finite and within +-1e18; see the module docstring for ``skip_invalid``'s rule."""
         if self.distributed is not False:
             indices, losses, correct = gather_updates(indices, losses, correct,
                                                       required=self.distributed is True)
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid)
+
+    def weighted_loss(self, indices, losses, weights=None):
+        """One call for the end of a training step: ``update(indices, losses)`` and return
+        ``(losses * weights).mean()``, the loss to backpropagate. ``losses``: per-sample (a torch
+        tensor from ``reduction="none"``). ``weights``: the batch's loss weights (the Loader's
+        ``weights``); by default they are looked up by sample id in the current epoch's selection
+        (1 for a sample outside it), so a torch DataLoader loop needs only ``indices``::
+
+            loss = strategy.weighted_loss(indices, criterion(model(x), y))   # reduction="none"
+            loss.backward()
+        """
+        if not hasattr(losses, "detach"):
+            raise TypeError(f"losses must be a torch tensor (the per-sample loss to backpropagate), "
+                            f"got {type(losses).__name__}")
+        self.update(indices, losses)
+        if weights is None:
+            weights = self._weights_of(indices, losses.device)
+            if weights is None:  # all weights are 1
+                return losses.mean()
+        import torch
+
+        weights = torch.as_tensor(weights).to(losses.device, losses.dtype)
+        if weights.shape != losses.shape:
+            raise ValueError(f"weights has shape {tuple(weights.shape)} but losses {tuple(losses.shape)}")
+        return (losses * weights).mean()
+
+    def _weights_of(self, indices, device):
+        """The current epoch's weights of ``indices`` on ``device``, or None when they are all 1."""
+        if self.is_full_epoch(self._epoch):
+            return None
+        selection = self._current_pruned(self._epoch)
+        dense = self._dense_weights
+        if dense is None or dense[0] is not selection or dense[1] != device:
+            if bool((selection.weights == 1).all()):
+                self._dense_weights = (selection, device, None)
+            else:
+                import torch
+
+                full = np.ones(self.num_samples, dtype=np.float32)
+                full[selection.indices] = selection.weights
+                self._dense_weights = (selection, device, torch.from_numpy(full).to(device))
+            dense = self._dense_weights
+        if dense[2] is None:
+            return None
+        import torch
+
+        ids = indices.to(device) if isinstance(indices, torch.Tensor) else torch.from_numpy(as_indices(indices))
+        return dense[2][ids.to(device).long()]
 
     def is_full_epoch(self, epoch: int) -> bool:
         if epoch < self.warmup_epochs or self._scheduled(epoch) == 1.0:
@@ -165,7 +246,9 @@ class Strategy:
     def config(self) -> dict:
         """The settings a checkpoint must agree with to be restored into this strategy."""
         config = {"strategy": type(self).__name__, "num_samples": self.num_samples, "keep": self.keep,
-                  "seed": self.seed, "decay": self.table.decay}
+                  "seed": self.seed, "decay": self.table.decay, "warmup_epochs": self.warmup_epochs,
+                  "reselect_every": self.reselect_every, "labels": self._labels_digest, "epochs": self.epochs,
+                  "final_full_epochs": self.final_full_epochs, "skip_invalid": self.skip_invalid}
         if self.keep_schedule is not None:  # absent otherwise: checkpoints from before it still load
             config["keep_schedule"] = list(self.keep_schedule)
         return config
@@ -185,7 +268,13 @@ class Strategy:
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"not a fastprune strategy checkpoint (format {state.get('format')!r})")
         mine, theirs = self.config(), state["config"]
-        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        differ = {}
+        for k in [*mine, *(k for k in theirs if k not in mine)]:
+            if k in _LATER_KEYS and k not in theirs:
+                continue  # a checkpoint from before the key existed
+            a, b = theirs.get(k, _ABSENT_MEANS.get(k)), mine.get(k, _ABSENT_MEANS.get(k))
+            if a != b:
+                differ[k] = (a, b)
         if differ:
             raise ValueError("checkpoint was taken with different settings (checkpoint, this strategy): "
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
@@ -256,10 +345,9 @@ class Strategy:
         return start + (epoch - start) // self.reselect_every * self.reselect_every
 
     def _class_pools(self, labels):
+        """(pools, their sizes, a digest of the class partition for config()); Nones without labels."""
         if labels is None:
-            return None, None
-        from ._inputs import to_numpy
-
+            return None, None, None
         labels = np.asarray(to_numpy(labels))
         if labels.shape != (self.num_samples,):
             raise ValueError(f"labels must have one entry per sample ({self.num_samples}), "
@@ -268,7 +356,8 @@ class Strategy:
         order = np.argsort(inverse, kind="stable")
         sizes = np.bincount(inverse, minlength=len(classes))
         pools = np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
-        return pools, sizes
+        digest = hashlib.sha256(np.ascontiguousarray(inverse, dtype=np.int64).tobytes()).hexdigest()[:16]
+        return pools, sizes, f"{len(classes)} classes, sha256 {digest}"
 
     def _checked_schedule(self, schedule) -> tuple[float, ...] | None:
         if schedule is None:

@@ -12,7 +12,7 @@ from ._inputs import as_correct, as_indices, as_losses
 _FIELDS = {
     "mean": (np.float32, 0.0),  # EMA of the loss
     "var": (np.float32, 0.0),  # EMA of the squared deviation from that mean
-    "seen": (np.int32, 0),  # number of updates the sample received
+    "seen": (np.int32, 0),  # number of valid updates (-1: tried, but every loss so far was skipped)
     "last_epoch": (np.int32, -1),  # epoch of the latest update (-1: never)
     "forgets": (np.int32, 0),  # correct -> wrong transitions (Toneva et al. 2019)
     "last_correct": (np.int8, -1),  # latest correctness (-1: never reported)
@@ -97,9 +97,12 @@ class ScoreTable:
     def update(self, indices, losses, correct=None, *, epoch: int = 0, skip_invalid: bool = False) -> int:
         """Apply (index, loss[, correct]) updates in order (a duplicate index is applied twice).
 
-        Raises IndexError for an index outside [0, num_samples) and ValueError for a NaN/inf loss
+        Raises IndexError for an index outside [0, num_samples) and ValueError for a loss that is
+        NaN, infinite or beyond +-1e18 (its squared deviation would overflow the float32 variance)
         or a ``correct`` other than 0/1 — leaving the table untouched — unless ``skip_invalid``,
-        which drops such entries instead. Returns the number of entries skipped.
+        which drops such entries instead: a seen sample keeps its statistics, an unseen one is
+        marked tried (``seen`` -1, bandit score -inf) until its first valid loss. Returns the
+        number of entries skipped. A seen sample's bandit score saturates at the largest float32.
         ``correct`` is ignored by a table that does not keep the correctness fields.
         """
         idx = as_indices(indices)
