@@ -45,6 +45,7 @@ def test_a_dataloader_loop_feeds_indices_back_and_weights_follow_the_epoch():
     loader = DataLoader(WithIndices(dataset), batch_size=16, sampler=sampler)
     for epoch in range(3):
         sampler.set_epoch(epoch)
+        expected = len(sampler)                                           # this pass's count
         seen = []
         for x, y, indices in loader:
             assert torch.equal(x[:, 0].long(), indices)                   # the index is the sample's own
@@ -53,7 +54,8 @@ def test_a_dataloader_loop_feeds_indices_back_and_weights_follow_the_epoch():
             weights = sampler.weights(indices)
             assert weights.dtype == torch.float32 and (weights > 0).all()
             seen += indices.tolist()
-        assert len(seen) == len(sampler) == strategy.num_selected(epoch)
+        assert len(seen) == expected == strategy.num_selected(epoch)
+        assert sampler.epoch == epoch + 1                                 # a complete pass advanced it
     # InfoBatch up-weights the kept low-loss samples of a pruned epoch
     assert sampler.weights(torch.arange(100)).max() > 1
 
@@ -64,3 +66,113 @@ def test_with_indices_keeps_the_sample_shape():
     assert WithIndices(["a"])[0] == ("a", 0)
     with pytest.raises(KeyError, match="already have an 'index'"):
         WithIndices([{"index": 3}])[0]
+
+
+def test_without_set_epoch_each_pass_runs_the_next_epoch():
+    """Issue 34.4: without set_epoch the sampler replayed epoch 0's subset forever. A complete pass
+    now advances the epoch (as fastprune.Loader does); set_epoch still sets it; a pass broken off
+    repeats its epoch."""
+    strategy = fastprune.UCB(100, keep=0.3, seed=1)
+    sampler = PrunedSampler(strategy, seed=2)
+    loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler)
+    passes = []
+    for _ in range(3):
+        ids = torch.cat([indices for _, _, indices in loader])
+        passes.append(sorted(ids.tolist()))
+        assert passes[-1] == sorted(strategy.select(len(passes) - 1).indices.tolist())
+        strategy.update(ids, torch.rand(len(ids)))
+    assert sampler.epoch == 3
+    assert passes[0] != passes[1] != passes[2]                          # pruning follows the scores
+    sampler.set_epoch(1)
+    assert sorted(sampler) == sorted(strategy.select(1).indices.tolist()) and sampler.epoch == 2
+    next(iter(sampler))                                                 # broken off: no advance
+    assert sampler.epoch == 2
+    sampler.set_epoch(7)
+    it = iter(sampler)
+    next(it)
+    sampler.set_epoch(9)                                                # set during a pass: kept
+    list(it)
+    assert sampler.epoch == 9
+
+
+def test_a_torch_loop_changes_by_one_call_with_weighted_loss():
+    """Issue 34.4: the DataLoader loop of docs/guide.md, with strategy.weighted_loss and no
+    set_epoch, learns and prunes (a tiny linearly separable set)."""
+    torch.manual_seed(0)
+    x = torch.randn(400, 4)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    strategy = fastprune.InfoBatch(400, keep=0.5, epochs=8, seed=0)
+    loader = DataLoader(WithIndices(TensorDataset(x, y)), batch_size=40, sampler=PrunedSampler(strategy))
+    net = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    criterion = torch.nn.CrossEntropyLoss(reduction="none")
+    sizes = []
+    for epoch in range(8):
+        count = 0
+        for xb, yb, indices in loader:
+            loss = strategy.weighted_loss(indices, criterion(net(xb), yb))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            count += len(indices)
+        sizes.append(count)
+    assert sizes[0] == 400 and max(sizes[1:7]) < 400 and sizes[7] == 400   # pruned, then InfoBatch's full tail
+    assert (net(x).argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_num_replicas_and_rank_like_distributed_sampler(rank):
+    """Issue 37.4: num_replicas=/rank= as torch's DistributedSampler takes them; 3 ranks over 5
+    kept samples each take one (equal steps), disjoint, the remainder dropped."""
+    strategy = fastprune.UniformRandom(10, keep=0.5, seed=0)                 # 5 kept
+    shards = [list(PrunedSampler(strategy, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [1, 1, 1] and len(set(sum(shards, []))) == 3
+    assert set(sum(shards, [])) <= set(strategy.select(0).indices.tolist())
+    sampler = PrunedSampler(strategy, num_replicas=3, rank=rank)
+    assert (sampler.num_replicas, sampler.rank, len(sampler)) == (3, rank, 1)
+    assert list(sampler) == shards[rank]
+    assert list(PrunedSampler(strategy, distributed=(rank, 3))) == shards[rank]
+
+
+def test_num_replicas_and_rank_are_checked():
+    strategy = fastprune.UniformRandom(10, keep=0.5, seed=0)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, num_replicas\)"):
+        PrunedSampler(strategy, num_replicas=3, rank=3)
+    with pytest.raises(ValueError, match="rank= is needed: no torch.distributed group"):
+        PrunedSampler(strategy, num_replicas=3)
+    with pytest.raises(ValueError, match="not both"):
+        PrunedSampler(strategy, num_replicas=3, rank=0, distributed=False)
+    with pytest.raises(TypeError, match="num_replicas must be an integer"):
+        PrunedSampler(strategy, num_replicas=2.5, rank=0)
+
+
+def test_num_replicas_and_rank_are_checked_against_a_running_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        strategy = fastprune.UniformRandom(10, keep=0.5, seed=0)
+        with pytest.raises(ValueError, match="num_replicas=3 but the running torch.distributed group has "
+                                             "num_replicas 1"):
+            PrunedSampler(strategy, num_replicas=3, rank=0)
+        sampler = PrunedSampler(strategy, rank=0)                          # num_replicas from the group
+        assert (sampler.num_replicas, len(sampler)) == (1, 5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_weights_refuses_ids_that_update_refuses():
+    """Issue 38.7: weights() read -1 as sample N-1, 2.7 as sample 2 and a bool tensor as 0/1."""
+    strategy = fastprune.InfoBatch(10, keep=0.5, epochs=4, seed=0)
+    sampler = PrunedSampler(strategy)
+    list(sampler)
+    for bad, error, match in [(torch.tensor([-1]), IndexError, r"indices\[0\] = -1 is out of range"),
+                              (torch.tensor([10]), IndexError, "out of range for a table of 10"),
+                              (torch.tensor([2.7]), ValueError, "indices must be integers"),
+                              (torch.tensor([True, False]), ValueError, "indices must be integers"),
+                              (torch.tensor([[1]]), ValueError, "1-D")]:
+        with pytest.raises(error, match=match):
+            sampler.weights(bad)
+        with pytest.raises(error, match=match):
+            strategy.update(bad, torch.ones(bad.shape))
+    assert sampler.weights([0, 9]).tolist() == [1.0, 1.0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._args import check_int_range, check_positive_int
 from ._inputs import as_correct, as_indices, as_losses
 
 
@@ -36,6 +37,36 @@ def resolve_ranks(distributed="auto") -> tuple[int, int]:
     if world <= 0 or not 0 <= rank < world:
         raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
     return rank, world
+
+
+def sampler_ranks(distributed="auto", num_replicas=None, rank=None) -> tuple[int, int]:
+    """(rank, world_size) from torch DistributedSampler's ``num_replicas=``/``rank=`` (what
+    Lightning and Accelerate pass), else from ``distributed`` (:func:`resolve_ranks`). Under a
+    running torch.distributed group an omitted one is the group's and a given one must match it;
+    without a group both must be given."""
+    if num_replicas is None and rank is None:
+        return resolve_ranks(distributed)
+    if not (isinstance(distributed, str) and distributed == "auto"):
+        raise ValueError(f"pass distributed= or num_replicas=/rank=, not both (got distributed={distributed!r})")
+    if num_replicas is not None:
+        num_replicas = check_positive_int(num_replicas, "num_replicas")
+    if rank is not None:
+        rank = check_int_range(rank, "rank", 0, 2**31 - 1)
+    if _group_initialized():
+        import torch.distributed as dist
+
+        group = {"num_replicas": dist.get_world_size(), "rank": dist.get_rank()}
+        for name, given in (("num_replicas", num_replicas), ("rank", rank)):
+            if given is not None and given != group[name]:
+                raise ValueError(f"{name}={given} but the running torch.distributed group has {name} "
+                                 f"{group[name]}; omit {name}= to use the group's")
+        num_replicas, rank = group["num_replicas"], group["rank"]
+    elif num_replicas is None or rank is None:
+        missing = "num_replicas" if num_replicas is None else "rank"
+        raise ValueError(f"{missing}= is needed: no torch.distributed group is running to take it from")
+    if rank >= num_replicas:
+        raise ValueError(f"rank must be in [0, num_replicas) = [0, {num_replicas}), got {rank}")
+    return rank, num_replicas
 
 
 def _group_initialized() -> bool:

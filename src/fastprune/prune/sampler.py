@@ -3,20 +3,19 @@
     from fastprune import PrunedSampler, UCB, WithIndices
 
     strategy = UCB(len(dataset), keep=0.5, seed=0)
-    sampler = PrunedSampler(strategy, seed=0)
-    loader = torch.utils.data.DataLoader(WithIndices(dataset), batch_size=256, sampler=sampler)
+    loader = torch.utils.data.DataLoader(WithIndices(dataset), batch_size=256, sampler=PrunedSampler(strategy))
     for epoch in range(epochs):
-        sampler.set_epoch(epoch)                          # as with DistributedSampler
         for images, labels, indices in loader:            # WithIndices appends each sample's index
-            loss = criterion(model(images), labels)       # reduction="none"
-            strategy.update(indices, loss)
-            (loss * sampler.weights(indices)).mean().backward()
+            loss = strategy.weighted_loss(indices, criterion(model(images), labels))  # reduction="none"
+            loss.backward()
 
 Each epoch visits ``strategy.select(epoch)`` in the same shuffled order as ``fastprune.Loader``
 (``random_streams.epoch_permutation``) and, under torch.distributed, takes the same disjoint,
-equal-length shard per rank (``distributed.shard``); ``len(sampler)`` is the current epoch's
-count. What it does not give is the fast loader's data path: the Dataset's own ``__getitem__``
-and the DataLoader's workers still decode every sample.
+equal-length shard per rank (``distributed.shard``). As with the Loader, a complete pass advances
+the epoch by one (``set_epoch``, as with DistributedSampler, sets it; Lightning calls it);
+``len(sampler)`` is the count of the epoch the next pass runs. What it does not give is the fast
+loader's data path: the Dataset's own ``__getitem__`` and the DataLoader's workers still decode
+every sample.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ import numpy as np
 
 from .._args import check_epoch, check_seed
 from ..random_streams import epoch_permutation
-from ._inputs import to_numpy
-from .distributed import resolve_ranks, shard
+from ._inputs import as_indices, in_range
+from .distributed import sampler_ranks, shard
 
 try:  # subclassing torch's Sampler lets DataLoader and Lightning recognise it; torch is optional here
     from torch.utils.data import Sampler as _SamplerBase
@@ -38,39 +37,56 @@ except ImportError:  # pragma: no cover - torch is installed wherever a DataLoad
 
 class PrunedSampler(_SamplerBase):
     """Yields the dataset indices of each epoch's selection: shuffled from ``seed``, sharded across
-    ranks (``distributed``: see ``resolve_ranks``; default "auto"); ``shuffle=False`` keeps the
-    strategy's order. ``weights(indices)`` gives the loss weights of the current epoch
-    (all 1 except for unbiased strategies such as InfoBatch)."""
+    ranks; ``shuffle=False`` keeps the strategy's order. Sharding: ``num_replicas=``/``rank=`` as
+    torch's DistributedSampler takes them (checked against a running torch.distributed group), or
+    ``distributed`` (see ``resolve_ranks``; default "auto": the running group's). Every rank takes
+    ``len(selection) // num_replicas`` samples; the remainder is dropped that epoch (a different
+    one each epoch, as the order is reshuffled). A complete pass advances ``epoch`` by one;
+    ``set_epoch`` sets it. ``weights(indices)`` gives the loss weights of the latest pass (0 for
+    samples outside it; all 1 except for unbiased strategies such as InfoBatch)."""
 
-    def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto"):
+    def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto",
+                 num_replicas: int | None = None, rank: int | None = None):
         self.strategy = strategy
         self.seed = check_seed(seed)
         self.shuffle = bool(shuffle)
-        self.rank, self.world_size = resolve_ranks(distributed)
-        self.epoch = 0
+        self.rank, self.world_size = sampler_ranks(distributed, num_replicas, rank)
+        self.epoch = 0  # the epoch the next pass runs
+        self._set_during_pass = False
         self._weights = np.ones(strategy.num_samples, dtype=np.float32)
+
+    @property
+    def num_replicas(self) -> int:
+        return self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = check_epoch(epoch)
+        self._set_during_pass = True
 
     def __len__(self) -> int:
         return self.strategy.num_selected(self.epoch) // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        selection = self.strategy.select(self.epoch)
+        epoch = self.epoch
+        self._set_during_pass = False
+        selection = self.strategy.select(epoch)
         self._weights = np.zeros(self.strategy.num_samples, dtype=np.float32)
         self._weights[selection.indices] = selection.weights
         order = selection.indices
         if self.shuffle:
-            order = order[epoch_permutation(self.seed, self.epoch, len(order))]
-        return iter(shard(order, self.rank, self.world_size).tolist())
+            order = order[epoch_permutation(self.seed, epoch, len(order))]
+        yield from shard(order, self.rank, self.world_size).tolist()
+        if not self._set_during_pass:  # a complete pass: the next one runs the next epoch
+            self.epoch = epoch + 1
 
     def weights(self, indices):
-        """The current epoch's loss weights of these dataset indices, as a float32 tensor."""
+        """The latest pass's loss weights of these dataset indices (1-D integers in range, as
+        ``strategy.update`` takes them), as a float32 tensor on the indices' device."""
         import torch
 
-        ids = np.asarray(to_numpy(indices)).reshape(-1).astype(np.int64)
-        return torch.from_numpy(self._weights[ids])
+        ids = in_range(as_indices(indices), self.strategy.num_samples)
+        weights = torch.from_numpy(self._weights[ids])
+        return weights.to(indices.device) if isinstance(indices, torch.Tensor) else weights
 
 
 class WithIndices:
