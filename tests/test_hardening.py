@@ -559,3 +559,48 @@ def test_resume_on_another_store_of_the_same_size_is_refused(tmp_path, capsys):
         assert main(_train_args(*args, checkpoint, "--resume")) == 1
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and f"run.pt was written for another {role} store (64 samples" in error
+
+
+def _store_with_labels(path: Path, labels, names=None) -> Path:
+    rows = [(np.full((4, 4, 3), i, np.uint8), int(label)) for i, label in enumerate(labels)]
+    return write_dataset(path, rows, {"image": RGBImageField(), "label": IntField()}, progress=False,
+                         page_size=1 << 12, workers=1, class_names=names)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 2**40, 0, 2**40], r"labels are not 0..K-1 \(2 distinct values up to 1099511627776; none is 1\), so the "
+                           r"model would need 1,099,511,627,777 outputs for 2 classes: relabel them 0..1"),
+    ([0, 9_999_999] * 2, "would need 10,000,000 outputs for 2 classes"),
+    ([0, 1, 3, 3], r"\(3 distinct values up to 3; none is 2\)"),
+])
+def test_training_refuses_labels_that_are_not_0_to_k_minus_1(tmp_path, labels, message):
+    """Labels {0, 2**40} built a 2**40-class head (a traceback asking for 562 TB); {0, 9999999}
+    silently built a 10-million-class layer. The classes come from the labels present."""
+    from fastprune.errors import ConfigError
+    from fastprune.train.data import describe_stores
+
+    train = _store_with_labels(tmp_path / "t.beton", labels)
+    with pytest.raises(ConfigError, match=message) as error:
+        describe_stores(train, train, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert "\n" not in str(error.value) and "np.unique(labels, return_inverse=True)[1]" in str(error.value)
+    dense = _store_with_labels(tmp_path / "d.beton", np.unique(labels, return_inverse=True)[1])
+    assert describe_stores(dense, dense, mean=(0.5,) * 3, std=(0.5,) * 3).num_classes == len(set(labels))
+
+
+def test_train_and_val_class_names_must_agree(tmp_path, capsys):
+    """A validation folder missing "cat" shifts "dog" to label 1: accuracy against the wrong
+    classes (50% where the truth is 100%). Names that agree, or a store without names, pass."""
+    from fastprune.cli import main
+    from fastprune.errors import ConfigError
+    from fastprune.train.data import describe_stores
+
+    train = _store_with_labels(tmp_path / "t.beton", [0, 1, 2, 0], ["bird", "cat", "dog"])
+    shifted = _store_with_labels(tmp_path / "v.beton", [0, 1], ["bird", "dog"])
+    with pytest.raises(ConfigError, match=r"v.beton: label 1 is class 'dog' there but 'cat' in the training "
+                                          r"store .*t.beton: the stores number their classes differently"):
+        describe_stores(train, shifted, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert main(_train_args(train, shifted, tmp_path / "c.pt")) == 1
+    assert "label 1 is class 'dog' there" in capsys.readouterr().err
+    for val in (_store_with_labels(tmp_path / "p.beton", [0, 1], ["bird", "cat"]),  # fewer classes, same numbers
+                _store_with_labels(tmp_path / "n.beton", [0, 1, 2])):  # no names
+        assert describe_stores(train, val, mean=(0.5,) * 3, std=(0.5,) * 3).num_classes == 3

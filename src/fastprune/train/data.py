@@ -88,11 +88,43 @@ def _classes(train, val, train_name: str, val_name: str) -> int:
         if len(source.labels) and source.labels.min() < 0:
             raise ConfigError(f"{name}: label {int(source.labels.min())} is negative; classes must be "
                               "numbered 0, 1, 2, ...")
-    num_classes = int(train.labels.max()) + 1
+    num_classes = _dense_classes(train.labels, train_name)
     if len(val.labels) and int(val.labels.max()) >= num_classes:
         raise ConfigError(f"{val_name}: label {int(val.labels.max())}, but the training store {train_name} "
                           f"has classes 0..{num_classes - 1} only: convert both from the same classes")
+    _check_same_names(train, val, train_name, val_name)
     return num_classes
+
+
+def _dense_classes(labels: np.ndarray, name: str) -> int:
+    """The number of classes, K, when the labels are exactly 0..K-1. Gaps and huge values are
+    refused: the model gets one output per label value up to the largest, so labels {0, 2**40}
+    would allocate a 2**40-class layer for 2 classes."""
+    top = int(labels.max())
+    if top < len(labels):  # bincount is O(N) and small here; larger labels leave a gap anyway
+        missing = np.flatnonzero(np.bincount(labels, minlength=top + 1) == 0)
+        if not missing.size:
+            return top + 1
+        distinct, gap = top + 1 - missing.size, int(missing[0])
+    else:
+        values = np.unique(labels)
+        distinct, gap = len(values), int(np.flatnonzero(values != np.arange(len(values)))[0])
+    raise ConfigError(f"{name}: labels are not 0..K-1 ({distinct} distinct values up to {top}; none is {gap}), "
+                      f"so the model would need {top + 1:,} outputs for {distinct} classes: relabel them "
+                      f"0..{distinct - 1} and convert again, e.g. labels = np.unique(labels, return_inverse=True)[1]")
+
+
+def _check_same_names(train, val, train_name: str, val_name: str) -> None:
+    """Refuse stores that both name their classes, differently: a validation folder missing one
+    class shifts every later label, and accuracy would be measured against the wrong classes."""
+    names = [source.owner.field_class_names.get(source.label_field) for source in (train, val)]
+    if not all(names):
+        return  # one of them keeps no names: nothing to compare
+    differ = next((i for i, (a, b) in enumerate(zip(*names)) if a != b), None)
+    if differ is not None:
+        raise ConfigError(f"{val_name}: label {differ} is class {names[1][differ]!r} there but {names[0][differ]!r} "
+                          f"in the training store {train_name}: the stores number their classes differently "
+                          "(a class folder missing from one?); convert both with one class list (--class-names)")
 
 
 def _check_batchable(source, name: str, role: str, crop: int | None) -> None:
