@@ -100,6 +100,9 @@ def test_negative_labels_need_no_name(tmp_path):
     path = write(tmp_path / "u.beton", NAMES, source)
     assert Store(path).class_names == NAMES
     assert "      -1 ?" in describe(Store(path))
+    with pytest.raises(IndexError, match="label -1 names no class"):  # was the last class's name
+        Store(path).class_names[-1]
+    assert Store(path).class_names[-2:] == NAMES[-2:] and Store(path).field_class_names["label"][5] == NAMES[5]
 
 
 @pytest.mark.parametrize("damage", ["json_byte", "header_size", "magic", "trailing_zeros"])

@@ -63,12 +63,46 @@ def test_npz_round_trip_and_jpeg(tmp_path):
     (np.zeros((2, 4, 4, 4), np.uint8), [0, 1], r"shape \(2, 4, 4, 4\)"),
     (np.zeros((2, 4), np.uint8), [0, 1], r"shape \(2, 4\)"),
     (np.zeros((0, 4, 4, 3), np.uint8), [], "no samples"),
+    # uint64 labels past int64 were stored as -1 without a word
+    (np.zeros((3, 4, 4, 3), np.uint8), np.array([0, 1, 2**64 - 1], np.uint64),
+     "sample 2 has label 18446744073709551615, which does not fit in a 64-bit signed label"),
+    # -1 ("no label" in Hugging Face datasets) was stored, and only training refused it
+    (np.zeros((3, 4, 4, 3), np.uint8), [0, -1, 1],
+     r"sample 1: label -1 is negative .* pass drop_unlabeled=True \(convert --drop-unlabeled\) .*\(1 such samples\)"),
+    (np.zeros((2, 4, 4, 3), np.uint8), [-1, -1], "sample 0: label -1 is negative"),
 ])
 def test_bad_arrays_leave_no_file(tmp_path, images, labels, message):
     out = tmp_path / "o.beton"
     with pytest.raises(ConversionError, match=message):
         from_arrays(images, labels, out, progress=False)
     assert not out.exists()
+
+
+def test_unlabelled_samples_can_be_dropped_and_sparse_labels_warn(tmp_path, capsys):
+    from fastprune.cli import main
+    from fastprune.errors import LabelWarning
+
+    images = random_images(4, 4, 4, 3)
+    out = from_arrays(images, [2, -1, 0, 1], tmp_path / "d.beton", progress=False, drop_unlabeled=True)
+    assert [(int(image[0, 0, 0]), label) for image, label in stored(out)] == \
+        [(int(images[i, 0, 0, 0]), label) for i, label in ((0, 2), (2, 0), (3, 1))]
+    with pytest.raises(ConversionError, match="no samples"):
+        from_arrays(images, [-1] * 4, tmp_path / "none.beton", progress=False, drop_unlabeled=True)
+    with pytest.warns(LabelWarning, match=r"s.beton: labels are sparse \(2 distinct values up to 1099511627776; "
+                                          r"none is 1\); training needs 0..K-1") as warned:
+        out = from_arrays(images, [0, 2**40, 0, 2**40], tmp_path / "s.beton", progress=False)
+    assert len(warned) == 1 and "\n" not in str(warned[0].message) and len(fastprune.Store(out)) == 4
+    # the command line: an error naming the sample, --drop-unlabeled, one-line warnings
+    np.savez(tmp_path / "u.npz", images=images, labels=np.array([0, 1, -1, 5]))
+    arguments = ["convert", str(tmp_path / "u.npz"), "-o", str(tmp_path / "u.beton"), "--no-progress"]
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "sample 2: label -1 is negative" in error
+    assert not (tmp_path / "u.beton").exists()
+    assert main([*arguments, "--drop-unlabeled"]) == 0
+    assert [label for _, label in stored(tmp_path / "u.beton")] == [0, 1, 5]
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("fastprune convert: warning: ") and "labels are sparse" in error
 
 
 def test_bad_npz_files_are_named(tmp_path):

@@ -47,3 +47,24 @@ def test_a_hugging_face_dataset_converts_by_column_name(tmp_path):
         from_hf_dataset(dataset, tmp_path / "x.beton", image_column="picture", progress=False)
     with pytest.raises(ConversionError, match="pick a split"):
         from_hf_dataset(datasets.DatasetDict({"train": dataset}), tmp_path / "x.beton", progress=False)
+
+
+def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):
+    """-1 is Hugging Face's "no label": it was stored (and named the last class). Now it stops
+    the conversion, naming the sample, unless drop_unlabeled=True leaves those samples out."""
+    datasets = pytest.importorskip("datasets")
+    images = _images(6)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image) for image in images], "label": [0, 1, -1, 1, -1, 0]}, features=features)
+    with pytest.raises(ConversionError, match=r"sample 2 of Dataset: label -1 is negative .*drop_unlabeled=True"):
+        from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False)
+    assert not (tmp_path / "hf.beton").exists()
+    store = fastprune.Store(from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False, drop_unlabeled=True))
+    assert [store[i][1] for i in range(len(store))] == [0, 1, 1, 0] and store.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(store[2][0], images[3])
+    rows = [(image, -1 if i == 4 else i % 2) for i, image in enumerate(images)]  # a plain torch-style dataset
+    with pytest.raises(ConversionError, match="sample 4 of list: label -1 is negative"):
+        from_torch_dataset(rows, tmp_path / "t.beton", progress=False)
+    store = fastprune.Store(from_torch_dataset(rows, tmp_path / "t.beton", progress=False, drop_unlabeled=True))
+    assert len(store) == 5 and store[4][1] == 1

@@ -8,8 +8,10 @@ sets ``run`` to the function doing the work; :data:`COMMANDS` lists the ones def
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -110,6 +112,8 @@ def add_convert_command(subparsers) -> None:
                         help="the classes' names (label 0, 1, ...), kept in the store: comma-separated, "
                              "or @FILE with one name a line (default: those the source has; IDX and "
                              ".npz have none)")
+    parser.add_argument("--drop-unlabeled", action="store_true",
+                        help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_convert)
@@ -121,7 +125,8 @@ def run_convert(args: argparse.Namespace) -> int:
     out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
                   quality=args.quality, max_side=args.max_side, resize=args.resize,
                   coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
-                  progress=not args.no_progress, class_names=args.class_names)
+                  progress=not args.no_progress, class_names=args.class_names,
+                  drop_unlabeled=args.drop_unlabeled)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -193,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_one_line_warning, args.command, warnings.showwarning)
+            return args.run(args)
     except (FastpruneError, OSError) as exc:  # the user's input or files; a traceback would not help
         # messages may quote a file's own text (names, paths): escaped, never sent raw to a terminal
         print(f"{PROG} {args.command}: error: {_printable(str(exc))}", file=sys.stderr)
@@ -201,6 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(command, show, message, category, *args, **kwargs) -> None:
+    """fastprune's own warnings (LabelWarning) as one line on stderr, like its errors; others
+    as Python shows them."""
+    from .errors import LabelWarning
+
+    if not issubclass(category, LabelWarning):
+        return show(message, category, *args, **kwargs)
+    print(f"{PROG} {command}: warning: {_printable(str(message))}", file=sys.stderr)
 
 
 def _printable(text: str) -> str:

@@ -26,6 +26,11 @@ class MissingExtraError(FastpruneError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 
 
+class LabelWarning(UserWarning):
+    """A converter wrote labels that training will refuse (not 0..K-1); the message says how to
+    relabel them."""
+
+
 def require(module: str, extra: str, purpose: str):
     """Import ``module`` (an optional dependency) or raise MissingExtraError, one line naming the
     extra to install: ``pip install "fastprune[plots]"``."""

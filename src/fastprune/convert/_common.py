@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -102,7 +103,36 @@ def as_int_labels(labels: Any, what: str) -> np.ndarray:
         return array.astype(np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise ConversionError(f"{what} must be integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64:  # values past int64 would wrap round to negative labels
+        too_large = np.flatnonzero(array > np.uint64(2**63 - 1))
+        if too_large.size:
+            raise ConversionError(f"{what}: sample {int(too_large[0])} has label {int(array[too_large[0]])}, which "
+                                  "does not fit in a 64-bit signed label; labels must be 0, 1, 2, ...")
     return array.astype(np.int64, copy=False)
+
+
+def unlabeled_error(what: str, label: int, how_to_drop: str) -> ConversionError:
+    """The error for a negative label, naming the sample: it names no class, and training refuses it."""
+    return ConversionError(f"{what}: label {label} is negative (Hugging Face datasets use -1 for 'no label'); "
+                           f"classes are numbered 0, 1, 2, ...: {how_to_drop}")
+
+
+DROP_OPTION = "pass drop_unlabeled=True (convert --drop-unlabeled) to leave such samples out"
+
+
+def labelled_samples(labels: np.ndarray, what: str, drop_unlabeled: bool) -> np.ndarray | None:
+    """Refuse negative labels naming the first such sample, or (``drop_unlabeled``) return the
+    positions of the samples to keep (None when nothing is dropped)."""
+    negative = np.flatnonzero(labels < 0)
+    if not negative.size:
+        return None
+    if not drop_unlabeled:
+        first = int(negative[0])
+        raise unlabeled_error(f"{what}: sample {first}", int(labels[first]),
+                              f"{DROP_OPTION} ({negative.size} such samples)")
+    kept = np.flatnonzero(labels >= 0)
+    check_not_empty(len(kept), f"{what} without its unlabelled samples")
+    return kept
 
 
 def as_int_label(label: Any, what: str) -> int:
@@ -252,7 +282,25 @@ def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress
     from ..store.writer import write_dataset
 
     write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names)
+    warn_if_sparse(out)
     return out
+
+
+def warn_if_sparse(out: Path) -> None:
+    """One-line LabelWarning when the store's labels are not 0..K-1 (training refuses them)."""
+    from ..errors import LabelWarning
+    from ..store.names import label_gap
+    from ..store.reader import Store
+
+    with Store(out) as store:
+        if "label" not in store.fields:
+            return
+        gap = label_gap(np.asarray(store.metadata[f"f{store.field_index('label')}"]))
+    if gap is not None:
+        distinct, top, missing = gap
+        warnings.warn(f"{out}: labels are sparse ({distinct} distinct values up to {top}; none is {missing}); "
+                      f"training needs 0..K-1: relabel them first, e.g. "
+                      "labels = np.unique(labels, return_inverse=True)[1]", LabelWarning, stacklevel=3)
 
 
 def label_names_option(class_names: Any) -> dict[str, list[str]]:

@@ -75,15 +75,18 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
             resize: tuple[int, int] | None = None, coarse: bool = False,
             max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
-            class_names: Sequence[str] | None = None) -> Path:
+            class_names: Sequence[str] | None = None, drop_unlabeled: bool = False) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
-    ``class_names`` replaces the names the source has (IDX and .npz files have none)."""
+    ``class_names`` replaces the names the source has (IDX and .npz files have none);
+    ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
+    if drop_unlabeled and kind != "npz":
+        raise ConversionError(f"--drop-unlabeled applies to npz sources, not {kind} (its labels are never negative)")
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names)
     if kind == "idx":
         return from_idx(path, out, split=split or "train", **common)
@@ -92,4 +95,4 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
     if kind == "imagefolder":
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return from_image_folder(path, out, max_side=max_side, resize=resize, **limit, **common)
-    return from_npz(path, out, **common)
+    return from_npz(path, out, drop_unlabeled=drop_unlabeled, **common)

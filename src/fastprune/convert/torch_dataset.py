@@ -23,17 +23,23 @@ class DatasetSource:
     """Adapts a map-style dataset to the writer: (HxWx3 uint8, int) per index, checked."""
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
-                 resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label"):
+                 resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
+                 drop_unlabeled: bool = False):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.keys = (image_key, label_key)
         self.max_side, self.resize = max_side, resize
+        self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
         try:
             self.length = len(dataset)
         except TypeError as exc:
             raise ConversionError(f"{type(dataset).__name__} has no len(): a map-style dataset "
                                   "(with __len__ and __getitem__) is needed") from exc
         _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
+        if drop_unlabeled:
+            self.indices = _common.labelled_samples(self._all_labels(), f"dataset {type(dataset).__name__}",
+                                                    drop_unlabeled=True)
+            self.length = self.length if self.indices is None else len(self.indices)
         # sample 0 is checked now, so a wholly unsuitable dataset fails before the writer starts;
         # when raw storage needs one shape, its shape is the one every sample must have
         self.reference_shape = None
@@ -44,13 +50,30 @@ class DatasetSource:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        index = index if self.indices is None else int(self.indices[index])
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
+        label = _common.as_int_label(item[1], f"{what}: label")
+        if label < 0:
+            raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = _common.any_image_to_rgb(item[0], f"{what}: image")
         image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
         if self.reference_shape is not None and image.shape != self.reference_shape:
-            raise _common.mixed_shape_error(("sample 0", self.reference_shape), (f"sample {index}", image.shape))
-        return image, _common.as_int_label(item[1], f"{what}: label")
+            first = 0 if self.indices is None else int(self.indices[0])
+            raise _common.mixed_shape_error((f"sample {first}", self.reference_shape), (f"sample {index}", image.shape))
+        return image, label
+
+    def _all_labels(self) -> np.ndarray:
+        """Every sample's label: a Hugging Face dataset's label column (read without decoding any
+        image), else each sample's, read in turn."""
+        label_key = self.keys[1]
+        if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names:
+            labels = self.dataset[label_key]
+        else:
+            labels = [self._pair(self._fetch(i, f"sample {i}"), f"sample {i}")[1] for i in range(self.length)]
+        name = type(self.dataset).__name__
+        return np.array([_common.as_int_label(v, f"sample {i} of {name}: label") for i, v in enumerate(labels)],
+                        dtype=np.int64)
 
     def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
         """(image, label) of a sample that is a pair or a dict."""
@@ -76,7 +99,7 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
                        quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                        resize: tuple[int, int] | None = None, workers: int | None = None,
                        progress: bool = True, image_key: str = "image", label_key: str = "label",
-                       class_names: Sequence[str] | None = None) -> Path:
+                       class_names: Sequence[str] | None = None, drop_unlabeled: bool = False) -> Path:
     """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
     ``image_key`` and ``label_key``) to a store at ``out``.
 
@@ -85,12 +108,16 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     their aspect. Pixels must be uint8: float tensors from ``ToTensor()`` are refused.
     ``class_names`` (label i -> name i) is kept in the store; by default the dataset's own
     ``.classes`` (torchvision's datasets, also through a ``Subset``); ``[]`` keeps none.
+    A negative label (-1: "no label") stops the conversion naming its sample, unless
+    ``drop_unlabeled=True`` leaves such samples out (their labels are read first: a Hugging Face
+    dataset's column directly, other datasets sample by sample). Labels that are not 0..K-1 are
+    written with a one-line LabelWarning (training refuses them).
     """
     out = _common.check_output_path(out)
     names = _common.names_list(class_names, "class_names") if class_names is not None \
         else _torchvision_classes(dataset)
     source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
-                           image_key=image_key, label_key=label_key)
+                           image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, source, fields, workers=workers, progress=progress,
                          class_names={"label": names})

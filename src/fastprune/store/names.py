@@ -93,6 +93,34 @@ def label_out_of_range(labels: Sequence[int], count: int) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
+def label_gap(labels) -> tuple[int, int, int] | None:
+    """(distinct values, largest, smallest value >= 0 absent) of non-negative ``labels`` that are
+    not exactly 0..K-1, or None when they are (or there are none). O(N) for dense labels; a
+    largest value >= N leaves a gap by itself and is counted with a sort."""
+    labels = np.asarray(labels, dtype=np.int64)
+    labels = labels[labels >= 0]
+    if not labels.size:
+        return None
+    top = int(labels.max())
+    if top < labels.size:
+        missing = np.flatnonzero(np.bincount(labels, minlength=top + 1) == 0)
+        return None if not missing.size else (top + 1 - int(missing.size), top, int(missing[0]))
+    values = np.unique(labels)
+    return len(values), top, int(np.flatnonzero(values != np.arange(len(values)))[0])
+
+
+class ClassNames(list):
+    """A store's class names: label i is ``names[i]``. A negative label names no class, so
+    ``names[-1]`` raises IndexError instead of answering with the last class's name (-1 marks
+    unlabelled samples in Hugging Face datasets); slices work as for any list."""
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) and index.__index__() < 0:
+            raise IndexError(f"label {index.__index__()} names no class: class names are indexed by "
+                             f"labels 0..{len(self) - 1}")
+        return super().__getitem__(index)
+
+
 def encode_json(names: dict[str, list[str]]) -> bytes:
     return json.dumps(names, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -144,7 +172,7 @@ def _parse(body: bytes):
     if not isinstance(names, dict) or not all(
             isinstance(v, list) and all(isinstance(n, str) for n in v) for v in names.values()):
         return "the class names are not a JSON object of string lists"
-    return names
+    return {field: ClassNames(values) for field, values in names.items()}
 
 
 def _header_crc(raw) -> int:
@@ -152,4 +180,4 @@ def _header_crc(raw) -> int:
     return zlib.crc32(bytes(raw[:covered]))
 
 
-__all__ = ["check_class_names", "label_out_of_range", "encode_block", "read_block", "MAX_JSON_BYTES"]
+__all__ = ["ClassNames", "check_class_names", "label_gap", "label_out_of_range", "encode_block", "read_block", "MAX_JSON_BYTES"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..random_streams import statistics_sample
+from ..store.names import label_gap
 
 # Images the statistics are computed over: enough for the mean and std of a channel to be exact
 # to about 0.3% of a pixel's range, and cheap (a few thousand decodes, well under a second).
@@ -100,16 +101,11 @@ def _dense_classes(labels: np.ndarray, name: str) -> int:
     """The number of classes, K, when the labels are exactly 0..K-1. Gaps and huge values are
     refused: the model gets one output per label value up to the largest, so labels {0, 2**40}
     would allocate a 2**40-class layer for 2 classes."""
-    top = int(labels.max())
-    if top < len(labels):  # bincount is O(N) and small here; larger labels leave a gap anyway
-        missing = np.flatnonzero(np.bincount(labels, minlength=top + 1) == 0)
-        if not missing.size:
-            return top + 1
-        distinct, gap = top + 1 - missing.size, int(missing[0])
-    else:
-        values = np.unique(labels)
-        distinct, gap = len(values), int(np.flatnonzero(values != np.arange(len(values)))[0])
-    raise ConfigError(f"{name}: labels are not 0..K-1 ({distinct} distinct values up to {top}; none is {gap}), "
+    gap = label_gap(labels)
+    if gap is None:
+        return int(labels.max()) + 1
+    distinct, top, missing = gap
+    raise ConfigError(f"{name}: labels are not 0..K-1 ({distinct} distinct values up to {top}; none is {missing}), "
                       f"so the model would need {top + 1:,} outputs for {distinct} classes: relabel them "
                       f"0..{distinct - 1} and convert again, e.g. labels = np.unique(labels, return_inverse=True)[1]")
 
