@@ -604,3 +604,56 @@ def test_train_and_val_class_names_must_agree(tmp_path, capsys):
     for val in (_store_with_labels(tmp_path / "p.beton", [0, 1], ["bird", "cat"]),  # fewer classes, same numbers
                 _store_with_labels(tmp_path / "n.beton", [0, 1, 2])):  # no names
         assert describe_stores(train, val, mean=(0.5,) * 3, std=(0.5,) * 3).num_classes == 3
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    """What users write: a map-style Dataset over a fastprune.Store."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, index):
+        image, label = self.store[index]
+        return torch.from_numpy(image).permute(2, 0, 1), label
+
+
+@pytest.mark.timeout(120)
+def test_a_store_travels_to_spawned_dataloader_workers(tmp_path):
+    """A Store held an open file and a mapping: "cannot pickle '_io.BufferedReader'", so a Dataset
+    wrapping one broke in DataLoader workers started with spawn (macOS's default, CUDA users' pick)."""
+    import pickle
+
+    path = _labelled_arrays(tmp_path / "s.beton", 0, n=16)
+    store = fastprune.Store(path)
+    loader = torch.utils.data.DataLoader(StoreDataset(store), batch_size=4, num_workers=2,
+                                         multiprocessing_context="spawn")
+    batches = list(loader)
+    assert torch.equal(torch.cat([labels for _, labels in batches]), torch.arange(16) % 2)
+    assert torch.equal(batches[3][0][1], torch.from_numpy(store[13][0]).permute(2, 0, 1))
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.path == store.path and np.array_equal(copy[5][0], store[5][0])
+    data = pickle.dumps(store)
+    os.utime(path, ns=(0, 0))  # the file changed after pickling: refused, not read
+    with pytest.raises(fastprune.StoreError, match="changed .* since the store was pickled"):
+        pickle.loads(data)
+
+
+def test_a_loader_pickles_by_path_and_settings(tmp_path):
+    import pickle
+
+    from fastprune.loader import Normalize, RandomHorizontalFlip
+
+    store = _labelled_arrays(tmp_path / "s.beton", 0, n=40)
+    loader = fastprune.Loader(fastprune.Store(store), 16, transforms=[RandomHorizontalFlip(), Normalize()],
+                              seed=3, threads=1, even_batches=True, max_image_pixels=1000)
+    loader.set_epoch(2)
+    copy = pickle.loads(pickle.dumps(loader))
+    assert (copy.epoch, copy.batch_size, len(copy), copy._source.gather.max_pixels) == (2, 16, 3, 1000)
+    ours, theirs = list(loader), list(copy)  # the same batches: order, flips and labels
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert (loader.epoch, copy.epoch) == (3, 3)

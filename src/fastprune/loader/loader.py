@@ -194,6 +194,19 @@ class Loader:
         return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, "
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
 
+    # -- pickling: by the store's path and the settings; the other side reopens the file --------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        source = state.pop("_source")  # a native gather over this process's mapping: not picklable
+        state["_source_settings"] = (source.owner, source.image_field, source.label_field,
+                                     source.gather.threads, source.gather.max_pixels)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        store, image_field, label_field, threads, max_pixels = state.pop("_source_settings")
+        self.__dict__.update(state)
+        self._source = open_source(store, image_field, label_field, threads=threads, max_pixels=max_pixels)
+
 
 def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.ndarray:
     """Start offsets of an epoch's ``ceil(num_samples / batch_size)`` batches, plus the end:

@@ -159,6 +159,11 @@ class Store:
             self._file.close()
             self._file = None
 
+    def __reduce__(self):
+        """Pickled by path (a DataLoader worker started with "spawn" gets a copy): the other side
+        maps the file again, and refuses it (StoreError) if it was changed in the meantime."""
+        return _reopen, (str(self.path), self._identity)
+
     def __enter__(self) -> "Store":
         return self
 
@@ -350,6 +355,16 @@ def _in_bounds(ptrs: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> np.ndar
     size_ok = sizes <= hi_
     room = np.where(size_ok, hi_ - np.minimum(sizes, hi_), np.uint64(0))
     return size_ok & (ptrs >= np.uint64(lo)) & (ptrs <= room)
+
+
+def _reopen(path: str, identity: tuple[int, int]) -> Store:
+    """A pickled Store on the other side: the same file, unchanged since it was pickled."""
+    store = Store(path)
+    if store._identity != tuple(identity):
+        store.close()
+        raise StoreError(f"{path}: the file changed (size or modification time) since the store was "
+                         "pickled; reopen it by path instead")
+    return store
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
