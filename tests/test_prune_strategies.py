@@ -451,3 +451,7 @@ def test_weighted_loss_updates_and_returns_the_weighted_mean():
         strategy.weighted_loss(ids, per_sample.numpy())
     with pytest.raises(IndexError, match="out of range"):
         strategy.weighted_loss(torch.tensor([100]), torch.tensor([1.0]))
+    forgetting = Forgetting(10, 0.5)
+    forgetting.select(0)
+    forgetting.weighted_loss(torch.arange(10), torch.ones(10), correct=torch.arange(10) % 2 == 0)
+    assert forgetting.table.ever_correct.sum() == 5

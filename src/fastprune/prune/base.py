@@ -184,12 +184,13 @@ class Strategy:
                                                       required=self.distributed is True)
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid)
 
-    def weighted_loss(self, indices, losses, weights=None):
+    def weighted_loss(self, indices, losses, weights=None, *, correct=None):
         """One call for the end of a training step: ``update(indices, losses)`` and return
         ``(losses * weights).mean()``, the loss to backpropagate. ``losses``: per-sample (a torch
         tensor from ``reduction="none"``). ``weights``: the batch's loss weights (the Loader's
         ``weights``); by default they are looked up by sample id in the current epoch's selection
-        (1 for a sample outside it), so a torch DataLoader loop needs only ``indices``::
+        (1 for a sample outside it), so a torch DataLoader loop needs only ``indices``.
+        ``correct`` goes to ``update`` (Forgetting needs it)::
 
             loss = strategy.weighted_loss(indices, criterion(model(x), y))   # reduction="none"
             loss.backward()
@@ -197,7 +198,7 @@ class Strategy:
         if not hasattr(losses, "detach"):
             raise TypeError(f"losses must be a torch tensor (the per-sample loss to backpropagate), "
                             f"got {type(losses).__name__}")
-        self.update(indices, losses)
+        self.update(indices, losses, correct)
         if weights is None:
             weights = self._weights_of(indices, losses.device)
             if weights is None:  # all weights are 1
