@@ -7,6 +7,9 @@ Integration into a training loop (three changed lines)::
     loss = criterion(model(batch.x), batch.y)
     strategy.update(batch.indices, loss)                          # 2: feed the scores back
     (loss * batch.weights).mean().backward()                      # 3: weighted mean
+
+Lines 2 and 3 in one call: ``strategy.weighted_loss(batch.indices, loss, batch.weights).backward()``
+(with torch's DataLoader and ``PrunedSampler``, leave out the weights: they are looked up).
 """
 
 from .base import Selection, Strategy
