@@ -447,6 +447,9 @@ def test_weighted_loss_updates_and_returns_the_weighted_mean():
     given = torch.full((len(ids),), 2.0)
     assert strategy.weighted_loss(ids, per_sample, given).item() == pytest.approx(2 * per_sample.mean().item())
     assert (strategy.table.seen[selection.indices] == 3).all()
+    with pytest.raises(ValueError, match=r"weights has shape \(3,\) but losses \(2,\)"):
+        strategy.weighted_loss(ids[:2], per_sample[:2], torch.ones(3))
+    assert (strategy.table.seen[selection.indices] == 3).all()                # refused before the update
     with pytest.raises(TypeError, match="losses must be a torch tensor"):
         strategy.weighted_loss(ids, per_sample.numpy())
     with pytest.raises(IndexError, match="out of range"):

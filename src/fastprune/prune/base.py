@@ -198,16 +198,17 @@ class Strategy:
         if not hasattr(losses, "detach"):
             raise TypeError(f"losses must be a torch tensor (the per-sample loss to backpropagate), "
                             f"got {type(losses).__name__}")
+        import torch
+
+        if weights is not None:  # checked first: an error leaves the table untouched
+            weights = torch.as_tensor(weights).to(losses.device, losses.dtype)
+            if weights.shape != losses.shape:
+                raise ValueError(f"weights has shape {tuple(weights.shape)} but losses {tuple(losses.shape)}")
         self.update(indices, losses, correct)
         if weights is None:
             weights = self._weights_of(indices, losses.device)
             if weights is None:  # all weights are 1
                 return losses.mean()
-        import torch
-
-        weights = torch.as_tensor(weights).to(losses.device, losses.dtype)
-        if weights.shape != losses.shape:
-            raise ValueError(f"weights has shape {tuple(weights.shape)} but losses {tuple(losses.shape)}")
         return (losses * weights).mean()
 
     def _weights_of(self, indices, device):
