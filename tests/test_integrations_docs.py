@@ -1,6 +1,7 @@
 """docs/integrations.md's PyTorch Lightning and Accelerate examples run as written (on CPU, one
 process), each block after the shared set-up block, as a script in a temp dir."""
 
+import re
 import subprocess
 import sys
 
@@ -15,9 +16,12 @@ DOC = ROOT / "docs" / "integrations.md"
 def test_integration_example_runs(tmp_path, framework, block):
     pytest.importorskip(framework)
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 3, "docs/integrations.md: set-up, Lightning and Accelerate blocks expected"
+    assert len(blocks) == 4, "docs/integrations.md: set-up, Lightning, Accelerate and DDP-exit blocks expected"
     script = tmp_path / f"{framework}_example.py"
     script.write_text(blocks[0] + "\n" + blocks[block])
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the recipe learns the toy task (2 classes: chance is 50%), not only runs
+    found = re.search(rf"{framework}: accuracy ([\d.]+)%", result.stdout, flags=re.I)
+    assert found and float(found.group(1)) >= 90, result.stdout

@@ -139,6 +139,27 @@ def test_bad_arguments_name_the_argument():
         Cutout(0)
 
 
+@pytest.mark.parametrize("mean, std", [([72.9] * 3, [90.0] * 3), ([127.5] * 3, [74.0] * 3),
+                                       ([0.5] * 3, [64.0] * 3), ([123.7, 0.4, 0.4], [0.2] * 3)])
+def test_normalize_refuses_statistics_in_255_units_and_names_the_fix(mean, std):
+    """(x/255 - 72.9)/90 lands every pixel in [-0.81, -0.80]: a model trained on it stays at chance."""
+    with pytest.raises(ValueError, match=r"0-255 pixel units.*from_255"):
+        Normalize(mean, std)
+
+
+def test_normalize_from_255_equals_fractions_of_255():
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3) * 5
+    ids = np.arange(2, dtype=np.int64)
+    a = Normalize.from_255([72.9, 80.0, 90.0], [90.0, 60.0, 30.0])(images, ids, 0)
+    b = Normalize([72.9 / 255, 80 / 255, 90 / 255], [90 / 255, 60 / 255, 30 / 255])(images, ids, 0)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert float(a.min()) < -0.5 and float(a.max()) > 2  # spread out, not squeezed near one value
+    with pytest.raises(ValueError, match="3 finite values"):
+        Normalize([0.5, 0.5], [0.2] * 3)
+    with pytest.raises(ValueError, match="3 finite values"):
+        Normalize([0.5] * 3, [float("nan")] * 3)
+
+
 def test_normalize_reuses_output_memory_only_after_every_tensor_on_it_is_gone():
     import copy
     import pickle

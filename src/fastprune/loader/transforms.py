@@ -404,20 +404,23 @@ class _RecycledBuffers:
 class Normalize(BatchTransform):
     """``(x / 255 - mean) / std`` per channel into a torch tensor of ``dtype``, shape [B, 3, H, W].
 
-    ``channels_last=True`` returns the same logical shape stored NHWC
-    (``torch.channels_last``). ``pin_memory`` is set by the loader when it copies to CUDA.
+    ``mean`` and ``std`` are fractions of 255, as in torchvision (ImageNet: mean (0.485, 0.456,
+    0.406), std (0.229, 0.224, 0.225)). Statistics in 0-255 units, FFCV's convention, are refused
+    (any value above 1): pass them through :meth:`from_255`. ``channels_last=True`` returns the
+    same logical shape stored NHWC (``torch.channels_last``). ``pin_memory`` is set by the loader
+    when it copies to CUDA.
     """
 
     def __init__(self, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
                  dtype: torch.dtype = torch.float32, channels_last: bool = False):
         if dtype not in _LUT_STORAGE:
             raise ValueError(f"Normalize: dtype must be torch.float32, float16 or bfloat16, got {dtype}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"Normalize: mean and std need 3 values (RGB), got {mean} and {std}")
+        mean, std = _rgb(mean, "mean"), _rgb(std, "std")
         if any(s == 0 for s in std):
             raise ValueError(f"Normalize: std must not contain 0, got {std}")
-        self.mean = tuple(map(float, mean))
-        self.std = tuple(map(float, std))
+        _check_fraction_units(mean, std)
+        self.mean = mean
+        self.std = std
         self.dtype = dtype
         self.channels_last = bool(channels_last)
         self.pin_memory = False
@@ -426,6 +429,40 @@ class Normalize(BatchTransform):
         storage, _ = _LUT_STORAGE[dtype]
         self._buffers = _RecycledBuffers()
         self._lut = table.to(dtype).view(torch.int16 if storage is np.uint16 else dtype).numpy().view(storage).copy()
+
+    def on_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """The same normalization on a uint8 NHWC tensor on any device (the GPU hand-off: uint8
+        crosses PCIe, then this runs there). It gathers from the CPU kernel's lookup table, so the
+        values are bit-identical to :meth:`__call__`'s."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"Normalize.on_tensor needs a uint8 [B, H, W, 3] tensor, got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        lut = self._device_lut(images.device)
+        out = lut[images.to(torch.int32) + self._channel_offsets(images.device)]  # [B, H, W, 3]
+        out = out.permute(0, 3, 1, 2)  # NCHW shape over NHWC storage: channels_last as is
+        return out if self.channels_last else out.contiguous()
+
+    def _device_lut(self, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_luts", {})
+        if device not in cache:
+            storage, torch_dtype = _LUT_STORAGE[self.dtype]
+            table = torch.from_numpy(self._lut.view(np.int16) if storage is np.uint16 else self._lut)
+            cache[device] = table.reshape(-1).view(torch_dtype).to(device)
+        return cache[device]
+
+    def _channel_offsets(self, device: torch.device) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_offsets", {})
+        if device not in cache:
+            cache[device] = torch.tensor([0, 256, 512], dtype=torch.int32, device=device)
+        return cache[device]
+
+    def __getstate__(self) -> dict:  # device tables are rebuilt where the object lands
+        return {k: v for k, v in self.__dict__.items() if k not in ("_luts", "_offsets")}
+
+    @classmethod
+    def from_255(cls, mean: Sequence[float], std: Sequence[float], **kwargs) -> "Normalize":
+        """Normalize with statistics in 0-255 pixel units (FFCV's convention): divides them by 255."""
+        return cls([m / 255 for m in _rgb(mean, "mean")], [s / 255 for s in _rgb(std, "std")], **kwargs)
 
     def __call__(self, images, ids, stream) -> torch.Tensor:
         b, h, w, _ = images.shape
@@ -443,6 +480,23 @@ class Normalize(BatchTransform):
             _lut_nchw_kernel(images, self._lut, target)
         out = out.view(torch_dtype)
         return out.permute(0, 3, 1, 2) if self.channels_last else out
+
+
+def _rgb(values, name: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in values)
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"Normalize: {name} needs 3 finite values (RGB), got {list(values)}")
+    return values
+
+
+def _check_fraction_units(mean, std) -> None:
+    """Refuse statistics in 0-255 units: (x/255 - 72.9)/90 squeezes every pixel into [-0.81, -0.80],
+    and a model trained on that stays at chance without any error."""
+    if max(map(abs, mean + std)) > 1:
+        fixed = lambda v: "[" + ", ".join(f"{x / 255:.4g}" for x in v) + "]"  # noqa: E731
+        raise ValueError(f"Normalize: mean={list(mean)}, std={list(std)} look like 0-255 pixel units, but "
+                         f"Normalize computes (x/255 - mean)/std and takes fractions of 255: use "
+                         f"mean={fixed(mean)}, std={fixed(std)}, or Normalize.from_255(mean, std)")
 
 
 def _pair(value, owner: str, name: str) -> tuple[int, int]:
