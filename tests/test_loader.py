@@ -241,6 +241,45 @@ def test_device_handling(raw_store):
         assert batch.images.is_cuda and batch.labels.is_cuda
 
 
+@pytest.mark.parametrize("pipeline", [
+    lambda: [RandomCrop(padding=2), RandomHorizontalFlip(), Normalize((0.5,) * 3, (0.2,) * 3)],
+    lambda: [RandomHorizontalFlip(), Normalize((0.3, 0.4, 0.5), (0.2, 0.3, 0.4), dtype=torch.bfloat16,
+                                              channels_last=True)],
+    lambda: [RandomResizedCrop(10), Normalize(dtype=torch.float16)],   # fused into the gather
+    lambda: [RandomHorizontalFlip()],                                   # uint8 batches
+], ids=["crop-flip-f32", "flip-bf16-channels-last", "fused-crop-f16", "uint8"])
+def test_normalize_on_the_device_gives_the_host_path_values(raw_store, pipeline):
+    """The GPU hand-off (uint8 out of the producers, Normalize after the copy) run on CPU: every
+    batch equals the host path's, bit for bit, in order, with the same layout."""
+    def run(where):
+        loader = Loader(raw_store, 37, sampler=ShrinkingSampler(), transforms=pipeline(), seed=4, threads=2,
+                        prefetch=2, normalize_on=where)
+        return [_epoch(loader) for _ in range(2)]
+
+    host, device = run("host"), run("device")
+    for epoch_host, epoch_device in zip(host, device):
+        assert len(epoch_host) == len(epoch_device) > 2
+        for a, b in zip(epoch_host, epoch_device):
+            assert a.images.dtype == b.images.dtype and a.images.shape == b.images.shape
+            assert a.images.stride() == b.images.stride()
+            assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+            assert torch.equal(a.labels, b.labels) and torch.equal(a.weights, b.weights)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CPU twin above runs everywhere)")
+def test_cuda_hand_off_copies_uint8_and_matches_the_host_path(raw_store):
+    pipeline = [RandomCrop(padding=2), RandomHorizontalFlip(), Normalize((0.5,) * 3, (0.2,) * 3, channels_last=True)]
+    host = _epoch(Loader(raw_store, 32, transforms=pipeline, seed=2, device="cpu"))
+    gpu = Loader(raw_store, 32, transforms=pipeline, seed=2, device="cuda", prefetch=3)
+    assert gpu.normalize_on == "device"
+    for _ in range(2):  # the second epoch reuses the pinned buffers of the first
+        batches = _epoch(gpu)
+        gpu.set_epoch(0)
+        for a, b in zip(host, batches):
+            assert b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(a.images, b.images.cpu()) and torch.equal(a.labels, b.labels.cpu())
+
+
 def test_bad_arguments_name_the_argument(raw_store):
     with pytest.raises(ValueError, match="batch_size"):
         Loader(raw_store, 0)
@@ -248,6 +287,8 @@ def test_bad_arguments_name_the_argument(raw_store):
         Loader(raw_store, 8, threads=0)
     with pytest.raises(ValueError, match="image_field='label'"):
         Loader(raw_store, 8, image_field="label")
+    with pytest.raises(ValueError, match="normalize_on must be"):
+        Loader(raw_store, 8, normalize_on="gpu")
     with pytest.raises(ValueError, match="Normalize must be the last"):
         Loader(raw_store, 8, transforms=[Normalize(), RandomHorizontalFlip()])
     with pytest.raises(FileNotFoundError, match="store_or_path"):
@@ -287,3 +328,26 @@ def test_fields_named_like_metadata_columns_are_found_by_position(tmp_path, data
     batch = next(iter(Loader(path, 20, shuffle=False)))
     np.testing.assert_array_equal(batch.images.numpy(), images[:20])
     np.testing.assert_array_equal(batch.labels.numpy(), labels[:20])
+
+
+def test_pinned_buffers_are_reused_only_after_their_copy_completed(monkeypatch):
+    from fastprune.loader.device import PinnedBuffers
+
+    class Event:
+        def __init__(self, done):
+            self.done = done
+
+        def query(self):
+            return self.done
+
+    monkeypatch.setattr(PinnedBuffers, "_allocate", staticmethod(lambda shape: torch.empty(shape, dtype=torch.uint8)))
+    pool = PinnedBuffers()
+    a, b = pool.take((2, 4, 4, 3)), pool.take((2, 4, 4, 3))
+    assert a.ctypes.data != b.ctypes.data
+    pending = Event(False)
+    pool.release(a, pending)
+    assert pool.take((2, 4, 4, 3)).ctypes.data != a.ctypes.data     # its copy may still be reading it
+    pending.done = True
+    assert pool.take((2, 4, 4, 3)).ctypes.data == a.ctypes.data     # copy done: recycled
+    pool.release(b, None)
+    assert pool.take((3, 4, 4, 3)).shape == (3, 4, 4, 3)            # another shape: a new buffer
