@@ -14,20 +14,55 @@ def to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _one_dim(array: np.ndarray, name: str, length: int | None) -> np.ndarray:
+def _one_dim(array, name: str, length: int | None):
+    """``array`` (a numpy array, or a torch tensor: only its metadata is read) if 1-D and, when
+    ``length`` is given, of that length; else a ValueError naming ``name``."""
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one value per sample; use reduction='none'), "
-                         f"got shape {array.shape}")
+                         f"got shape {tuple(array.shape)}")
     if length is not None and len(array) != length:
         hint = ": one loss per sample, so compute it with reduction='none'" if name == "losses" else ""
         raise ValueError(f"{name} has {len(array)} entries but indices has {length}{hint}")
     return array
 
 
+def _kind(dtype) -> str:
+    """numpy's dtype.kind of a numpy or torch dtype ('b', 'i', 'u', 'f', 'c')."""
+    if isinstance(dtype, np.dtype):
+        return dtype.kind
+    import torch
+
+    if dtype == torch.bool:
+        return "b"
+    if dtype.is_complex:
+        return "c"
+    return "f" if dtype.is_floating_point else "i" if dtype.is_signed else "u"
+
+
+def _check_dtype(array, name: str) -> None:
+    """The dtype rule of ``name`` (indices, losses or correct), read off a numpy array or a tensor."""
+    kind, dtype = _kind(array.dtype), str(array.dtype).removeprefix("torch.")
+    if name == "indices":
+        if kind not in "iu" and len(array):  # [] is float64 to numpy, and a valid no-op
+            raise ValueError(f"indices must be integers, got dtype {dtype}")
+    elif name == "losses":
+        if kind not in "fiu":
+            raise ValueError(f"losses must be numbers, got dtype {dtype}")
+    elif kind not in "biu":
+        raise ValueError(f"correct must be booleans or 0/1 integers, got dtype {dtype}")
+
+
+def staged(tensor, name: str, length: int | None = None):
+    """A copy of torch tensor ``tensor`` on its own device, for a deferred update: its shape and
+    dtype checked as :func:`as_indices`, :func:`as_losses`, :func:`as_correct` check them, from
+    metadata only (no device sync). Its values (ranges, NaN, 0/1) are checked when applied."""
+    _check_dtype(_one_dim(tensor, name, length), name)
+    return tensor.detach().clone()
+
+
 def as_indices(indices) -> np.ndarray:
     array = _one_dim(to_numpy(indices), "indices", None)
-    if array.dtype.kind not in "iu" and array.size:  # [] is float64 to numpy, and a valid no-op
-        raise ValueError(f"indices must be integers, got dtype {array.dtype}")
+    _check_dtype(array, "indices")
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
@@ -43,8 +78,7 @@ def in_range(indices: np.ndarray, num_samples: int) -> np.ndarray:
 
 def as_losses(losses, length: int) -> np.ndarray:
     array = _one_dim(to_numpy(losses), "losses", length)
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"losses must be numbers, got dtype {array.dtype}")
+    _check_dtype(array, "losses")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -52,8 +86,7 @@ def as_correct(correct, length: int) -> np.ndarray | None:
     if correct is None:
         return None
     array = _one_dim(to_numpy(correct), "correct", length)
-    if array.dtype.kind not in "biu":
-        raise ValueError(f"correct must be booleans or 0/1 integers, got dtype {array.dtype}")
+    _check_dtype(array, "correct")
     if array.dtype.kind != "b" and array.size and (array.min() < 0 or array.max() > 1):
         raise ValueError("correct must contain only 0/1 (or booleans)")
     return np.ascontiguousarray(array, dtype=np.int8)

@@ -149,6 +149,7 @@ class Strategy:
         selection, even after updates (a pruned selection is cached until the next one). The
         arrays are the caller's own copies: writing to them changes nothing here."""
         epoch = self._non_negative(epoch, "epoch")
+        self.table.flush()  # the previous epoch's deferred updates, even where no score is read
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             return Selection.unweighted(np.arange(self.num_samples, dtype=np.int64))
@@ -172,17 +173,33 @@ class Strategy:
             return len(self._cache[1])
         return self._count_pruned(anchor)
 
-    def update(self, indices, losses, correct=None) -> int:
+    def update(self, indices, losses, correct=None, *, defer: bool | None = None) -> int | None:
         """Record per-sample losses (and optionally correctness) of the current epoch. Accepts
         numpy arrays or torch tensors. Under torch.distributed every rank's updates are
         all-gathered first, so all ranks hold identical tables. Returns the number skipped.
 
         A duplicate index is one observation per occurrence, applied in order. A loss must be
-        finite and within +-1e18; see the module docstring for ``skip_invalid``'s rule."""
+        finite and within +-1e18; see the module docstring for ``skip_invalid``'s rule.
+
+        Losses on a GPU (any non-CPU torch tensor) are not copied to the host here, which would
+        make the CPU wait for the GPU every step: the update is staged on the device and applied
+        before anything reads the scores (the next ``select``, ``num_selected``, ``state_dict``,
+        ``self.table``'s fields) or at :meth:`flush`, with identical results; it then returns
+        None, and an invalid value raises at that point, naming the call (``update() call 12 of
+        epoch 3``). ``defer=True``/``False`` forces either path. Under a multi-rank
+        torch.distributed group the gather still happens here, per call."""
+        if defer is None:
+            defer = hasattr(losses, "detach") and losses.device.type != "cpu"
         if self.distributed is not False:
             indices, losses, correct = gather_updates(indices, losses, correct,
                                                       required=self.distributed is True)
-        return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid)
+        return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
+                                 defer=bool(defer))
+
+    def flush(self) -> int:
+        """Apply deferred updates now (see :meth:`update`); return the number of entries skipped.
+        Reads of the scores do this themselves; call it to raise a deferred error early."""
+        return self.table.flush()
 
     def weighted_loss(self, indices, losses, weights=None, *, correct=None):
         """One call for the end of a training step: ``update(indices, losses)`` and return
@@ -204,7 +221,7 @@ class Strategy:
             weights = torch.as_tensor(weights).to(losses.device, losses.dtype)
             if weights.shape != losses.shape:
                 raise ValueError(f"weights has shape {tuple(weights.shape)} but losses {tuple(losses.shape)}")
-        self.update(indices, losses, correct)
+        self.update(indices, losses, correct)  # deferred for a GPU loss: the weights read no scores
         if weights is None:
             weights = self._weights_of(indices, losses.device)
             if weights is None:  # all weights are 1

@@ -61,11 +61,11 @@ class Forgetting(_Static):
     def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 3, **options):
         super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
 
-    def update(self, indices, losses, correct=None):
+    def update(self, indices, losses, correct=None, *, defer=None):
         if correct is None:
             raise ValueError("Forgetting.update() needs `correct` (per-sample 0/1 or bool, "
                              "e.g. out.argmax(1) == y)")
-        return super().update(indices, losses, correct)
+        return super().update(indices, losses, correct, defer=defer)
 
     def _scores(self):
         forgets = self.table.forgets.astype(np.float32)

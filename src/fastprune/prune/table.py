@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
-from ._inputs import as_correct, as_indices, as_losses
+from ._inputs import as_correct, as_indices, as_losses, staged
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection
 # kernel streams only the arrays it reads).
@@ -41,7 +41,16 @@ class ScoreTable:
     ``core.bandit_scores(mean, var, seen, c, use_std)``, updated with every sample, so that a
     selection reads one array and computes nothing. The arrays are read-only views: only
     :meth:`update` and :meth:`load_state_dict` change them, which keeps the score column exact.
+
+    ``update(..., defer=True)`` stages an update instead of applying it (device tensors stay on
+    their device: no host sync); staged updates are applied in order, before anything reads the
+    table (a field, ``state_dict``), at :meth:`flush`, at the next immediate update, or once more
+    than ``max_pending`` entries wait.
     """
+
+    #: Staged entries (all deferred calls together) past which update() applies them at once, so
+    #: that the memory they hold stays bounded (13 bytes each with correctness: 52 MiB).
+    max_pending = 1 << 22
 
     def __init__(self, num_samples: int, decay: float | None = 0.7, *, fields=OPTIONAL,
                  bandit_score: tuple[float, bool] | None = None):
@@ -62,6 +71,9 @@ class ScoreTable:
         self._arrays = {name: self._initial(name) for name in self._kept}
         if self.bandit_score is not None:
             self._arrays["score"] = np.full(self.num_samples, np.inf, dtype=np.float32)  # all unseen
+        self._pending: list[_Staged] = []  # deferred updates, in call order
+        self._pending_entries = 0
+        self._calls = (None, 0)  # (epoch, update() calls in it): names a deferred call at fault
 
     def __len__(self) -> int:
         return self.num_samples
@@ -82,6 +94,8 @@ class ScoreTable:
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
         if name in _CORRECTNESS and name not in arrays and self._correctness:
             self._allocate_correctness()
+        if self.__dict__.get("_pending"):
+            self.flush()  # every read sees every update made before it
         if name not in arrays:
             what = "score column" if name == "score" else f"{name!r} field"
             raise AttributeError(f"this score table keeps no {what} (it tracks {', '.join(self.fields)}); "
@@ -94,7 +108,13 @@ class ScoreTable:
     def std(self) -> np.ndarray:
         return np.sqrt(self.var)
 
-    def update(self, indices, losses, correct=None, *, epoch: int = 0, skip_invalid: bool = False) -> int:
+    @property
+    def pending(self) -> int:
+        """The number of entries staged by deferred updates and not applied yet."""
+        return self._pending_entries
+
+    def update(self, indices, losses, correct=None, *, epoch: int = 0, skip_invalid: bool = False,
+               defer: bool = False) -> int | None:
         """Apply (index, loss[, correct]) updates in order (a duplicate index is applied twice).
 
         Raises IndexError for an index outside [0, num_samples) and ValueError for a loss that is
@@ -104,7 +124,81 @@ class ScoreTable:
         marked tried (``seen`` -1, bandit score -inf) until its first valid loss. Returns the
         number of entries skipped. A seen sample's bandit score saturates at the largest float32.
         ``correct`` is ignored by a table that does not keep the correctness fields.
+
+        ``defer=True`` stages the update and returns None (the skipped count is not known
+        without reading the values): torch tensors are copied on their own device, so nothing
+        waits for a GPU; shapes and dtypes are checked now, values when the update is applied
+        (see :meth:`flush`).
         """
+        number = self._count_call(epoch)
+        if defer:
+            self._stage(indices, losses, correct, int(epoch), bool(skip_invalid), number)
+            return None
+        self.flush()
+        return self._apply(indices, losses, correct, epoch, skip_invalid)
+
+    def flush(self) -> int:
+        """Apply the staged (deferred) updates in the order they were made; return the number of
+        entries skipped. One device-to-host copy per device and dtype, then one native update per
+        run of calls of the same epoch, so the table ends bit for bit as if each call had been
+        applied when it was made. An invalid value raises the error the immediate update would
+        have raised, prefixed with the call at fault (``update() call 12 of epoch 3``); the calls
+        before it are applied, it and the later ones dropped."""
+        pending, self._pending, self._pending_entries = self._pending, [], 0
+        if not pending:
+            return 0
+        columns = [_to_host([getattr(call, name) for call in pending]) for name in ("indices", "losses", "correct")]
+        calls = [_Staged(c.epoch, c.skip_invalid, c.number, i, l, k) for c, i, l, k in zip(pending, *columns)]
+        skipped = start = 0
+        while start < len(calls):  # runs of calls that one native update can apply together
+            key = calls[start].key
+            stop = start + 1
+            while stop < len(calls) and calls[stop].key == key:
+                stop += 1
+            skipped += self._apply_run(calls[start:stop])
+            start = stop
+        return skipped
+
+    def _apply_run(self, calls: list) -> int:
+        first = calls[0]
+        try:
+            idx = [as_indices(c.indices) for c in calls]
+            loss = [as_losses(c.losses, len(i)) for c, i in zip(calls, idx)]
+            corr = None if first.correct is None else [as_correct(c.correct, len(i)) for c, i in zip(calls, idx)]
+            return self._apply(np.concatenate(idx), np.concatenate(loss),
+                               None if corr is None else np.concatenate(corr), first.epoch, first.skip_invalid)
+        except (ValueError, IndexError):  # the table is untouched: find the call at fault
+            pass
+        skipped = 0
+        for call in calls:
+            try:
+                skipped += self._apply(call.indices, call.losses, call.correct, call.epoch, call.skip_invalid)
+            except (ValueError, IndexError) as error:
+                raise type(error)(f"update() call {call.number} of epoch {call.epoch} (deferred, applied "
+                                  f"now): {error}") from None
+        raise AssertionError("a run of deferred updates failed, but none of its calls alone")  # pragma: no cover
+
+    def _count_call(self, epoch) -> int:
+        """The 1-based number of this update() call within its epoch."""
+        last, count = self._calls
+        count = count + 1 if last == epoch else 1
+        self._calls = (epoch, count)
+        return count
+
+    def _stage(self, indices, losses, correct, epoch: int, skip_invalid: bool, number: int) -> None:
+        is_tensor = hasattr(indices, "detach")
+        idx = staged(indices, "indices") if is_tensor else as_indices(indices).copy()
+        length = len(idx)
+        loss = (staged(losses, "losses", length) if hasattr(losses, "detach")
+                else as_losses(losses, length).copy())
+        corr = (None if correct is None else staged(correct, "correct", length) if hasattr(correct, "detach")
+                else as_correct(correct, length).copy())
+        self._pending.append(_Staged(epoch, skip_invalid, number, idx, loss, corr))
+        self._pending_entries += length
+        if self._pending_entries > self.max_pending:
+            self.flush()
+
+    def _apply(self, indices, losses, correct, epoch, skip_invalid) -> int:
         idx = as_indices(indices)
         loss = as_losses(losses, len(idx))
         corr = as_correct(correct, len(idx))
@@ -127,11 +221,14 @@ class ScoreTable:
         """The tracked fields (the score column is derived: recomputed on load)."""
         import torch  # tensors, so torch.load(weights_only=True) accepts checkpoints
 
+        self.flush()
         return {name: torch.from_numpy(self._arrays[name].copy()) for name in _FIELDS if name in self._arrays}
 
     def load_state_dict(self, state: dict) -> None:
         """Load a state_dict of this version or an older one (which held all seven fields; the
-        ones this table does not keep are ignored). The correctness group is loaded when present."""
+        ones this table does not keep are ignored). The correctness group is loaded when present.
+        Staged updates are applied first (and then replaced, as they would have been)."""
+        self.flush()
         names = list(self._kept)
         if self._correctness and all(name in state for name in _CORRECTNESS):
             names += _CORRECTNESS
@@ -168,3 +265,38 @@ class ScoreTable:
         if array.shape != (self.num_samples,):
             raise ValueError(f"score table state {name!r} has shape {array.shape}, expected ({self.num_samples},)")
         return np.ascontiguousarray(array, dtype=_FIELDS[name][0]).copy()
+
+
+class _Staged:
+    """One deferred update() call: its epoch, skip rule, number within the epoch, and its
+    indices, losses and correct (None) as staged: tensors on their device, or numpy arrays."""
+
+    __slots__ = ("epoch", "skip_invalid", "number", "indices", "losses", "correct")
+
+    def __init__(self, epoch, skip_invalid, number, indices, losses, correct):
+        self.epoch, self.skip_invalid, self.number = epoch, skip_invalid, number
+        self.indices, self.losses, self.correct = indices, losses, correct
+
+    @property
+    def key(self):
+        """Calls with equal keys are applied by one native update."""
+        return self.epoch, self.skip_invalid, self.correct is None
+
+
+def _to_host(parts: list) -> list:
+    """``parts`` (torch tensors on any device, numpy arrays, None) with every tensor brought to
+    the host: one concatenation and one copy per (device, dtype), not one per part."""
+    groups: dict = {}
+    for position, part in enumerate(parts):
+        if hasattr(part, "detach"):
+            groups.setdefault((part.device, part.dtype), []).append(position)
+    out = list(parts)
+    if not groups:
+        return out
+    import torch
+
+    for positions in groups.values():
+        host = torch.cat([parts[p] for p in positions]).cpu()
+        for p, piece in zip(positions, torch.split(host, [len(parts[p]) for p in positions])):
+            out[p] = piece
+    return out
