@@ -59,7 +59,14 @@ class Recorder:
         return getattr(self.strategy, name)
 
 
-def _run(stores, *, strategy="ucb", epochs=4, keep=0.5, seed=0, **fit_options):
+class DeferringRecorder(Recorder):
+    """A Recorder whose updates take the deferred path, as a GPU's losses would."""
+
+    def update(self, indices, losses, correct=None):
+        return self.strategy.update(indices, losses, correct, defer=True)
+
+
+def _run(stores, *, strategy="ucb", epochs=4, keep=0.5, seed=0, defer=False, **fit_options):
     """A small pruned run; returns (model, recorded strategy, history, scheduler)."""
     train_store, val_store = stores
     torch.set_num_threads(1)  # deterministic, and not fighting other processes for cores
@@ -69,7 +76,7 @@ def _run(stores, *, strategy="ucb", epochs=4, keep=0.5, seed=0, **fit_options):
         pruner = UCB(TRAIN_SIZE, keep, seed=seed, warmup_epochs=1)
     else:  # InfoBatch: the sizes of pruned epochs depend on the scores
         pruner = InfoBatch(TRAIN_SIZE, keep, epochs=epochs, seed=seed)
-    recorder = Recorder(pruner)
+    recorder = (DeferringRecorder if defer else Recorder)(pruner)
     normalize = [Normalize(MEAN, STD)]
     loader = Loader(train_store, BATCH, sampler=recorder, transforms=normalize, seed=seed, threads=1)
     val_loader = Loader(val_store, 500, transforms=normalize, shuffle=False, threads=1)
@@ -133,6 +140,83 @@ def test_schedule_spans_the_exact_steps_of_a_changing_subset(stores, strategy):
     assert scheduler.total_steps == scheduler.last_epoch == sum(steps)
     # the one-cycle schedule ends on max_lr / (div_factor * final_div_factor) on the last step
     assert history[-1]["lr"] == pytest.approx(LR / 10 / 100)
+
+
+@pytest.mark.parametrize("strategy", ["ucb", "infobatch"])
+def test_deferred_updates_train_exactly_as_immediate_ones(stores, strategy, monkeypatch):
+    """fit hands the strategy its loss tensors as they are (on a GPU: no host sync per step); the
+    deferred path they take there gives the same selections, hence the same run, bit for bit."""
+    from fastprune.prune import ScoreTable
+
+    _, immediate, expected, _ = _run(stores, strategy=strategy, epochs=3)
+    monkeypatch.setattr(ScoreTable, "max_pending", 700)  # also flushed mid-epoch: 64-sample steps
+    flushes = []
+    flush = ScoreTable.flush
+    monkeypatch.setattr(ScoreTable, "flush", lambda table: flushes.append(table.pending) or flush(table))
+    _, deferred, history, _ = _run(stores, strategy=strategy, epochs=3, defer=True)
+    assert max(flushes) > 0  # updates were staged, then applied
+    for epoch in range(3):
+        np.testing.assert_array_equal(deferred.selections[epoch], immediate.selections[epoch])
+    assert [r["loss"] for r in history] == [r["loss"] for r in expected]
+    assert [r["val_acc"] for r in history] == [r["val_acc"] for r in expected]
+    assert deferred.strategy.table.pending == 0  # fit applies each epoch's updates at its end
+    for field, value in immediate.strategy.state_dict()["table"].items():
+        assert torch.equal(value, deferred.strategy.state_dict()["table"][field]), field
+
+
+def _cpp_compiler_or_skip():
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001 - whatever stops inductor from finding one
+        pytest.skip(f"torch.compile has no working C++ compiler here ({type(error).__name__}: {error})")
+
+
+def test_fit_compiled_trains_like_fit_uncompiled(stores):
+    """fit(compile=True) runs the training forward through torch.compile: a tiny model (compiling
+    a ResNet takes a minute on 2 cores), even batches (near-static shapes: at most two
+    compilations), and the same loss trajectory within tolerance (inductor's kernels may round
+    differently)."""
+    _cpp_compiler_or_skip()
+    train_store, val_store = stores
+    torch.set_num_threads(1)
+    normalize = [Normalize(MEAN, STD)]
+
+    def run(compile):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 13 * 13, 10))
+        strategy = UCB(TRAIN_SIZE, 0.5, seed=0, warmup_epochs=1)
+        loader = Loader(train_store, BATCH, sampler=strategy, transforms=normalize, seed=0, threads=1,
+                        even_batches=True)
+        val_loader = Loader(val_store, 500, transforms=normalize, shuffle=False, threads=1)
+        history = fit(model, loader, val_loader, strategy, 3, make_optimizer(model, lr=0.05), progress=False,
+                      log=None, compile=compile)
+        return model, history
+
+    from torch._dynamo.utils import counters
+
+    torch.compiler.reset()
+    counters.clear()
+    plain_model, plain = run(False)
+    assert not counters["stats"]["unique_graphs"]
+    compiled_model, compiled = run(True)
+    # even batches differ by one sample at most: a graph for the first size, one with a dynamic
+    # batch size at the second, and no recompiles after
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert not hasattr(compiled_model, "_orig_mod")  # fit compiles a wrapper; the model is the user's
+    assert compiled[-1]["loss"] < compiled[0]["loss"] and compiled[-1]["val_acc"] > 50.0
+    assert [r["samples"] for r in compiled] == [r["samples"] for r in plain]
+    np.testing.assert_allclose([r["loss"] for r in compiled], [r["loss"] for r in plain], rtol=1e-3)
+    for name, tensor in plain_model.state_dict().items():
+        torch.testing.assert_close(compiled_model.state_dict()[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("value", ["fast", 1, "max-autotune-cudagraphs"])
+def test_fit_refuses_an_unknown_compile_mode_before_any_work(stores, value):
+    with pytest.raises(ValueError, match=r"^fit: compile must be False, None, True or one of 'default', "
+                                         r"'reduce-overhead', 'max-autotune-no-cudagraphs', got "):
+        fit(torch.nn.Linear(2, 2), None, None, epochs=1, compile=value, log=None)
 
 
 def test_resume_continues_with_the_same_selections_and_weights(stores, tmp_path):

@@ -26,7 +26,8 @@ from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_s
 
 
 class _OverheadClock:
-    """Accumulates the seconds spent inside the strategy: ``select``, ``num_selected``, ``update``.
+    """Accumulates the seconds spent inside the strategy: ``select``, ``num_selected``, ``update``,
+    ``flush`` (where a GPU's deferred updates are applied).
 
     The loader, not ``fit``, calls ``select`` (the strategy is its sampler), so the clock wraps the
     strategy's methods on the instance for the duration of the run and restores them afterwards.
@@ -49,7 +50,7 @@ class _OverheadClock:
         if strategy is None:
             yield
             return
-        patched = [name for name in ("select", "num_selected", "update") if hasattr(strategy, name)]
+        patched = [name for name in ("select", "num_selected", "update", "flush") if hasattr(strategy, name)]
         for name in patched:
             setattr(strategy, name, self.timed(getattr(strategy, name)))
         try:
@@ -85,10 +86,31 @@ def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
     return 100.0 * correct / seen, loss_sum / seen
 
 
+#: fit(compile=...) values: torch.compile's mode for each (None: torch's default mode).
+COMPILE_MODES = {True: None, "default": None, "reduce-overhead": "reduce-overhead",
+                 "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}
+
+
+def compiled_forward(model: nn.Module, compile) -> nn.Module:
+    """``model`` itself for ``compile`` False/None, else ``torch.compile(model, mode=...)`` with the
+    mode of :data:`COMPILE_MODES` (True/"default", "reduce-overhead": CUDA graphs,
+    "max-autotune-no-cudagraphs"). The compiled module shares the model's parameters; it is used
+    for the training forward (and its backward) only, checkpoints hold the model's own keys."""
+    if compile is None or compile is False:
+        return model
+    if not isinstance(compile, (bool, str)) or compile not in COMPILE_MODES:
+        raise ValueError(f"fit: compile must be False, None, True or one of "
+                         f"{', '.join(repr(m) for m in COMPILE_MODES if m is not True)}, got {compile!r}")
+    return torch.compile(model, mode=COMPILE_MODES[compile])
+
+
 def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, dtype,
-                     memory_format, scaler, progress) -> dict[str, float]:
-    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR."""
+                     memory_format, scaler, progress, forward=None, graphs=False) -> dict[str, float]:
+    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR.
+    ``forward``: the module that runs the model (a compiled one), default ``model``; ``graphs``:
+    it replays CUDA graphs, so each step is marked as a new one."""
     device = model_device(model)
+    forward = model if forward is None else forward
     model.train()
     samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
     lr = optimizer.param_groups[0]["lr"]
@@ -100,14 +122,17 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch.labels.to(device, non_blocking=True)
         weights = batch.weights.to(device, non_blocking=True)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(images)
+            logits = forward(images)
         # Loss in float32 even under autocast: the strategy ranks samples by it.
         loss = criterion(logits.float(), labels)
         _check_per_sample(loss, labels)
         if strategy is not None:
-            correct = logits.argmax(1) == labels
-            strategy.update(batch.indices, loss.detach().cpu(), correct.cpu())  # timed by the clock
+            # Device tensors as they are: a GPU's update is staged there, not copied to the host
+            # (which would make the CPU wait for the GPU every step), and applied when read.
+            strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
         # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
         # survive for the gradient to stay an unbiased estimate of the full-data gradient.
         scaler.scale((loss * weights).mean()).backward()
@@ -169,6 +194,7 @@ def fit(
     eval_every: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = "stdout",
+    compile: bool | str | None = False,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``epochs`` epochs on the samples ``strategy`` selects; return the history.
 
@@ -195,6 +221,12 @@ def fit(
         eval_every: evaluate after every N-th epoch (and always after the last): evaluation is not
             training, and on a large validation set or a short epoch it can cost as much. Epochs
             not evaluated record ``val_acc`` and ``val_loss`` as None.
+        compile: run the training forward through ``torch.compile`` (opt-in; default off): True or
+            "default", "reduce-overhead" (CUDA graphs: for small, launch-bound models on a GPU),
+            "max-autotune-no-cudagraphs". The first epoch pays for compiling (it is in its
+            ``train_s``). With the Loader's ``even_batches`` the batch sizes differ by one at
+            most, so it compiles twice at most (then with a dynamic batch size); plain batches
+            add the remainder's size. Evaluation runs the model uncompiled.
 
     Returns:
         One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
@@ -204,6 +236,7 @@ def fit(
         and ``cumulative_train_s``.
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
+    forward = compiled_forward(model, compile)  # checked before any work
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)
@@ -237,7 +270,8 @@ def fit(
             record = _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer,
                                 scheduler, criterion, scaler, clock, history, dtype=dtype,
                                 memory_format=memory_format, amp=amp, channels_last=channels_last,
-                                progress=progress, evaluate_now=_evaluates(epoch, epochs, eval_every))
+                                progress=progress, evaluate_now=_evaluates(epoch, epochs, eval_every),
+                                forward=forward, graphs=compile == "reduce-overhead")
             history.append(record)
             if log:
                 log(_format_record(record, epochs))
@@ -250,7 +284,8 @@ def fit(
 
 
 def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimizer, scheduler, criterion,
-               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress, evaluate_now=True):
+               scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress, evaluate_now=True,
+               forward=None, graphs=False):
     """Train one epoch, evaluate after it if ``evaluate_now``; return its history record."""
     train_loader.set_epoch(epoch)
     replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
@@ -258,7 +293,9 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     start = time.perf_counter()
     stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion,
                              dtype=dtype, memory_format=memory_format, scaler=scaler,
-                             progress=progress)
+                             progress=progress, forward=forward, graphs=graphs)
+    if hasattr(strategy, "flush"):  # the epoch's deferred updates, while the loop waits anyway
+        strategy.flush()
     synchronize(model_device(model))
     train_s = time.perf_counter() - start
 
