@@ -240,16 +240,31 @@ def photo_files() -> list[Path]:
     return found
 
 
-def photo_folder(workdir: Path, count: int) -> Path:
-    """An image folder of `count` JPEG crops of varied size and aspect (deterministic)."""
-    from PIL import Image
+def photo_folder(workdir: Path, count: int, workers: int = 1) -> Path:
+    """An image folder of `count` JPEG crops of varied size and aspect (deterministic: crop i
+    depends only on i, so `workers` processes write the same files as one)."""
+    from concurrent.futures import ProcessPoolExecutor
 
     root = workdir / f"photos_{count}"
     if (root / ".complete").exists():
         return root
+    for c in range(10):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    if workers <= 1:
+        _write_photo_crops(root, range(count))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_photo_crops, [root] * workers, [range(w, count, workers) for w in range(workers)]))
+    (root / ".complete").touch()
+    return root
+
+
+def _write_photo_crops(root: Path, indices) -> None:
+    from PIL import Image
+
     photos = [Image.open(p).convert("RGB") for p in photo_files()]
-    rng = np.random.default_rng(0)
-    for i in range(count):
+    for i in indices:
+        rng = np.random.default_rng([0, i])
         photo = photos[i % len(photos)]
         aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.7)))
         area = rng.uniform(0.25, 1.0) * photo.width * photo.height
@@ -260,11 +275,7 @@ def photo_folder(workdir: Path, count: int) -> Path:
         scale = long_side / max(w, h)
         crop = photo.crop((left, top, left + w, top + h)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
                                                                  Image.Resampling.BILINEAR)
-        folder = root / f"class{i % 10}"
-        folder.mkdir(parents=True, exist_ok=True)
-        crop.save(folder / f"{i:06d}.jpg", quality=int(rng.integers(85, 96)))
-    (root / ".complete").touch()
-    return root
+        crop.save(root / f"class{i % 10}" / f"{i:06d}.jpg", quality=int(rng.integers(85, 96)))
 
 
 def convert_fastprune(folder: Path, out: Path, max_side: int, workers: int) -> None:
