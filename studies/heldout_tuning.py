@@ -34,6 +34,7 @@ import numpy as np
 from fastprune.bench import machine
 from fastprune.bench.report import mean, std
 from fastprune.bench.run import Settings, run_one, warm_up
+from fastprune.errors import ConfigError
 from fastprune.train import RECIPE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -187,11 +188,16 @@ def main(argv=None) -> int:
     parser.add_argument("--full-from", type=Path, metavar="JSON",
                         help="take the full-data runs from this earlier result of the same recipe, model, "
                              "epochs and split instead of training them again")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (CUDA when available, else the CPU), cpu, cuda or cuda:N")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
-    settings = Settings(eval_every=args.eval_every)  # as `fastprune bench` runs on this CPU
+    try:  # as `fastprune bench` runs on this machine; CUDA asked for and missing is one line
+        settings = Settings(eval_every=args.eval_every, device=args.device).resolved()
+    except ConfigError as exc:
+        raise SystemExit(f"heldout_tuning: {exc}") from None
     settings.apply()
     if args.final_test:
         if args.fit_limit is not None:
@@ -200,11 +206,11 @@ def main(argv=None) -> int:
     else:
         fit_store, held_store, labels = split_stores(args.workdir, args.fit_limit)
         stores = (fit_store, held_store)
-    print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s", flush=True)
+    print(f"warm-up (untimed): {warm_up(stores, settings, recipe):.1f}s", flush=True)
     variants = [parse_variant(v) for v in args.variants]
     runs = []
     result = {"benchmark": "heldout_tuning", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": recipe.training_json(), "model": recipe.model_json(), "epochs": args.epochs, "keep": args.keep,
+              "device": machine.run_device(settings), "date": machine.now(), "recipe": recipe.training_json(), "model": recipe.model_json(), "epochs": args.epochs, "keep": args.keep,
               "split": ({"train": "Fashion-MNIST train (60k)", "evaluated_on": "Fashion-MNIST test (10k)"}
                         if args.final_test else
                         {"heldout": HELDOUT, "seed": SPLIT_SEED, "of": "Fashion-MNIST train (60k)",
@@ -222,7 +228,8 @@ def main(argv=None) -> int:
             row = run_one(name, keep, seed, stores, settings, recipe=recipe.replace(epochs=epochs),
                           strategy_options=strategy_opts)
             runs.append({"variant": label, "epochs": epochs, "samples_seen": row["samples_seen"],
-                         **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "curve")}})
+                         **{k: row[k] for k in ("strategy", "keep", "seed", "final_acc", "wall_s", "gpu_busy_pct",
+                                                "curve")}})
             result["summary"] = summarize(runs)
             machine.write_json(args.out, result)
             print(f"{label:>32} seed {seed}: {'test' if args.final_test else 'held-out'} acc "

@@ -3,7 +3,8 @@ then run the benchmark's quick preset (``fastprune bench --quick``: the full ben
 recipe and 10 epochs with a half-width model, full data vs the two bandits at keep 0.5, one seed;
 about 5 minutes on 2 cores), print its table, where its plots went, and a one-line verdict.
 ``--bench`` passes other options, e.g. ``bash scripts/run main --bench --keeps 0.3 0.5`` or
-``--bench`` alone for the full benchmark.
+``--bench`` alone for the full benchmark. ``--device`` (auto: CUDA when available, else the CPU)
+says where the benchmark trains: on a GPU machine the main job trains on the GPU.
 
 Stores are written under ``data/`` (kept between runs: a store is reconverted only when missing
 or when it fails verification).
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import cli
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 
 DATA_DIR = Path("data")
 
@@ -42,18 +43,29 @@ def ensure_store(split: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastprune.main_job", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="where the benchmark trains: auto (CUDA when available, else the CPU), cpu, "
+                             "cuda or cuda:N (a --device among the --bench arguments wins)")
     parser.add_argument("--bench", nargs=argparse.REMAINDER, default=["--quick"],
                         help="arguments for `fastprune bench` (default: --quick)")
     args = parser.parse_args(argv)
+    from .train.device import resolve_device
+
+    try:  # checked before converting anything: CUDA asked for and missing is one line
+        resolve_device(args.device)
+    except ConfigError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    bench = args.bench if any(a == "--device" or a.startswith("--device=") for a in args.bench) else \
+        ["--device", args.device, *args.bench]
     args.data_dir.mkdir(parents=True, exist_ok=True)
     train = ensure_store("train", args.data_dir / "fashion-mnist-train.beton")
     ensure_store("test", args.data_dir / "fashion-mnist-test.beton")
     code = cli.main(["info", str(train)])
     if code != 0:
         return code
-    full_bench = "" if "--quick" not in args.bench else " (the full benchmark: bash scripts/run main --bench)"
-    print(f"\ntraining full data vs pruning: fastprune bench {' '.join(args.bench)}{full_bench}", flush=True)
-    return cli.main(["bench", "--workdir", str(args.data_dir), *args.bench])
+    full_bench = "" if "--quick" not in bench else " (the full benchmark: bash scripts/run main --bench)"
+    print(f"\ntraining full data vs pruning: fastprune bench {' '.join(bench)}{full_bench}", flush=True)
+    return cli.main(["bench", "--workdir", str(args.data_dir), *bench])
 
 
 if __name__ == "__main__":

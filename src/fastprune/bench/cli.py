@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from ..errors import MissingExtraError
-from ..train.cli import add_recipe_arguments, recipe_from_args
+from ..train.cli import add_device_arguments, add_recipe_arguments, describe_device, recipe_from_args
+from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
 from ..train.recipe import STRATEGIES, describe_recipe_data
 from . import machine, plan, plots, report
@@ -71,9 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate every N-th epoch and the last (default: 1, every epoch); "
                              "evaluation is left out of the speed-up either way")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch + loader threads")
-    parser.add_argument("--amp", default=defaults.amp, choices=("auto", "bf16", "fp16", "off"),
-                        help="autocast (default: bf16 where the CPU has AMX, or AVX512-BF16 on AMD; "
-                             "else fp32 on the CPU)")
+    add_device_arguments(parser)  # --device, --amp: as `fastprune train` takes them
     parser.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=defaults.flush_denormal,
                         help="flush denormal floats to zero on the CPU (faster late in training, same "
                              "accuracy)")
@@ -100,7 +99,8 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the runs ``--out`` does not hold yet, writing every output after each."""
     settings = Settings(amp=args.amp, channels_last=args.channels_last, threads=args.threads,
-                        flush_denormal=args.flush_denormal, progress=args.progress)
+                        flush_denormal=args.flush_denormal, progress=args.progress, device=args.device)
+    settings = settings.resolved()  # before any work: CUDA asked for and missing is one line
     settings.apply()
     mode = plan.mode_for(args)
     if (args.train is None) != (args.val is None):
@@ -138,10 +138,14 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
     without ``resume``) on ``stores`` (train, val) with ``recipe``; return the result document,
     written to ``out`` (None: not written) after every run. ``fastprune bench`` and
     :func:`fastprune.bench.compare` both run through here."""
+    settings = dataclasses.replace(settings.resolved(), eval_every=mode.get("eval_every", 1))
     data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
-    settings = dataclasses.replace(settings, eval_every=mode.get("eval_every", 1))
     names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
     result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1], **data.json()})
+    if log:
+        device = resolve_device(settings.device)
+        precision = run_amp(device, settings.amp)
+        log(f"training on {describe_device(device)}, {'fp32' if precision == 'off' else precision}")
     if resume and out is not None and out.exists():
         previous = json.loads(out.read_text())
         plan.check_can_continue(previous, result, out)
@@ -170,7 +174,11 @@ def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: 
         if log:
             log(f"[{number}/{len(todo)}] {strategy:>14} keep {keep:.1f} seed {seed}: "
                 f"acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  eval {row['eval_s']:.1f}s  "
-                f"overhead {row['pruning_overhead_s']:.2f}s  (elapsed {elapsed:.0f}s, {eta})")
+                f"overhead {row['pruning_overhead_s']:.2f}s{_busy(row)}  (elapsed {elapsed:.0f}s, {eta})")
+
+
+def _busy(row: dict) -> str:
+    return "" if row.get("gpu_busy_pct") is None else f"  GPU busy {row['gpu_busy_pct']:.0f}%"
 
 
 def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:

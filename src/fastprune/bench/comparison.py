@@ -57,7 +57,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             strategies: Sequence[str] = ("full", "epsilon_greedy", "ucb"), keep: float | Sequence[float] = 0.5,
             epochs: int = RECIPE.epochs, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
             threads: int | None = None, amp: str | None = None, channels_last: bool | None = None,
-            eval_every: int = 1, verbose: bool = False, **recipe_options) -> Comparison:
+            device: str = "auto", eval_every: int = 1, verbose: bool = False, **recipe_options) -> Comparison:
     """Train ``model`` on the store ``train`` with full data and with each pruning strategy, evaluate
     on ``val`` after every ``eval_every``-th epoch and the last, and compare final accuracy and training wall-clock.
 
@@ -75,6 +75,10 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
         threads, amp, channels_last: how the runs execute (:class:`~fastprune.bench.run.Settings`,
             whose defaults are the benchmark's). The benchmark's settings act on the process (torch
             threads, denormal flushing); the thread count is restored afterwards.
+        device: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; CUDA asked
+            for where there is none raises :class:`~fastprune.errors.ConfigError` before any work.
+            The result records the device, GPU, torch and CUDA versions (``result["device"]``) and
+            each run's mean GPU busy percentage (``gpu_busy_pct``, None on the CPU or without nvml).
         verbose: print a line per run.
         recipe_options: the recipe's fields (``batch_size``, ``lr``, ``weight_decay``,
             ``label_smoothing``, ``pad``, ``crop``, ``mean``, ``std``, ``even_batches``; for
@@ -96,7 +100,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             "eval_every": check_positive_int(eval_every, "compare(): eval_every")}
     defaults = Settings()
     settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads or defaults.threads,
-                        channels_last=defaults.channels_last if channels_last is None else channels_last)
+                        channels_last=defaults.channels_last if channels_last is None else channels_last,
+                        device=device).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)
     threads_before = torch.get_num_threads()
     settings.apply()

@@ -90,6 +90,16 @@ def machine() -> dict:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
+def run_device(settings) -> dict:
+    """The device a result file's runs train on (``settings``: a bench ``Settings``): ``device``,
+    ``gpu`` (its name), ``torch``, ``cuda`` (the CUDA version torch runs; None on the CPU) and
+    ``precision`` (bf16, fp16 or off, as the runs' amp setting resolves there)."""
+    from ..train.device import device_record, resolve_device, run_amp
+
+    device = resolve_device(settings.device)
+    return {**device_record(device), "precision": run_amp(device, settings.amp)}
+
+
 def command_line() -> str:
     """The exact command that is running, for the result file."""
     return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])

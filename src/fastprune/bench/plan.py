@@ -73,7 +73,7 @@ def new_result(mode: dict, settings, quick: bool, recipe=RECIPE, data: dict | No
     # file has since the recipe was recorded, so that those files still continue.
     recorded = recipe.replace(epochs=RECIPE.epochs)
     return {"benchmark": "end_to_end", "command": machine.command_line(),
-            "machine": machine.machine(), "date": machine.now(),
+            "machine": machine.machine(), "device": machine.run_device(settings), "date": machine.now(),
             "mode": {**mode, "quick": quick}, "recipe": recorded.training_json(), "model": recipe.model_json(),
             "data": data or {"train": BUILT_IN_DATA, "val": BUILT_IN_DATA},
             "settings": settings.record(), "notes": NOTES, "runs": [], "summary": []}

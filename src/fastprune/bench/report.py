@@ -163,7 +163,7 @@ def render(result: dict) -> str:
     quick = " (quick run, `--quick`)" if result["mode"].get("quick") else ""
     return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{quick}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
-            f"torch {machine['torch']}, amp {result['settings']['amp']}.\n\n"
+            f"torch {machine['torch']}, amp {result['settings']['amp']}{_on_gpu(result)}.\n\n"
             f"{completeness(result)}"
             f"{total_time(result['runs'])}"
             f"{markdown_table(result['summary'])}\n\n"
@@ -172,3 +172,12 @@ def render(result: dict) -> str:
             f"Wall-clock = training time incl. loading, selection and scoring epochs; evaluation "
             f"excluded. Speed-up = mean wall-clock of all full-data baseline runs (one per keep block "
             f"and seed) / the strategy's mean wall-clock over seeds.\n")
+
+
+def _on_gpu(result: dict) -> str:
+    """", on cuda:0 (NVIDIA H200, CUDA 13.0, bf16)" for a result measured on a GPU; "" on the CPU
+    (and for files written before the device was recorded, all measured on the CPU)."""
+    device = result.get("device") or {}
+    if not device.get("gpu"):
+        return ""
+    return f", on {device['device']} ({device['gpu']}, CUDA {device['cuda']}, {device['precision']})"

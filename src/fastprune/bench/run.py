@@ -14,12 +14,8 @@ from typing import Any
 import torch
 
 from ..train.data import DataSpec
-from ..train.recipe import RECIPE, Recipe, run_recipe
-from .machine import cpu_has_fast_bf16
-
-
-def _default_amp() -> str:
-    return "bf16" if cpu_has_fast_bf16() else "auto"
+from ..train.device import autocast_dtype, memory_format_for, resolve_device, run_amp, synchronize
+from ..train.recipe import RECIPE, VAL_BATCH, Recipe, gpu_busy_of, run_recipe
 
 
 @dataclass(frozen=True)
@@ -27,7 +23,9 @@ class Settings:
     """How the runs execute on this machine (not what they learn, which is the recipe); a result
     file records them, and ``--continue`` requires the same. The defaults are ``fastprune bench``'s."""
 
-    amp: str = field(default_factory=_default_amp)  # bf16 where it is fast on this CPU; else fp32 on CPU
+    # The precision rule of every recipe run (train/device.run_amp): bf16 on a GPU and where it is
+    # fast on this CPU, else fp32 on the CPU.
+    amp: str = "auto"
     channels_last: bool = True  # NHWC activations: faster with oneDNN on CPU and on CUDA
     threads: int = field(default_factory=os.cpu_count)
     # Late in training many activations and gradients become denormal, and x86 handles those in
@@ -37,6 +35,13 @@ class Settings:
     # Evaluate every N-th epoch and the last (recorded in the result's mode, not here: it changes
     # no accuracy or wall-clock, only how many points the accuracy curves have).
     eval_every: int = 1
+    # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; resolved() pins it.
+    device: str = "auto"
+
+    def resolved(self) -> Settings:
+        """These settings with ``device`` resolved ("auto" -> "cuda" or "cpu"; ConfigError in one
+        line for a malformed value or CUDA where there is none)."""
+        return dataclasses.replace(self, device=str(resolve_device(self.device)))
 
     def apply(self) -> None:
         """Apply the settings that act on the whole process: torch threads, denormal flushing."""
@@ -44,9 +49,18 @@ class Settings:
         torch.set_flush_denormal(self.flush_denormal)
 
     def record(self) -> dict[str, Any]:
-        """The settings a result file records."""
-        return {name: value for name, value in dataclasses.asdict(self).items()
-                if name not in ("progress", "eval_every")}
+        """The settings a result file records. As files written before the device was a setting
+        (all trained on the CPU, whose default was amp "bf16" where it is fast and "auto" (fp32)
+        elsewhere) recorded them, so that ``--continue`` still accepts those: ``device`` only when it
+        is not the CPU, and amp "auto" as "bf16" on a CPU where the rule picks bf16."""
+        device = resolve_device(self.device)
+        record = {name: value for name, value in dataclasses.asdict(self).items()
+                  if name not in ("progress", "eval_every", "device")}
+        if device.type == "cpu" and self.amp == "auto" and run_amp(device, "auto") == "bf16":
+            record["amp"] = "bf16"
+        if device.type != "cpu":
+            record["device"] = str(device)
+        return record
 
 
 def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
@@ -71,7 +85,7 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
     override the strategy's library defaults (the held-out study uses them; the benchmark does not);
     ``data``: the stores' description, when the caller has it (else read off the stores)."""
     strategy, history = run_recipe(recipe, strategy_name, keep, seed, stores, strategy_options=strategy_options,
-                                   data=data,
+                                   data=data, device=settings.device,
                                    threads=settings.threads, amp=settings.amp,
                                    channels_last=settings.channels_last, progress=settings.progress,
                                    eval_every=settings.eval_every, log=None)
@@ -81,14 +95,64 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
 def warm_up(stores, settings, recipe: Recipe = RECIPE, data: DataSpec | None = None) -> float:
     """One short untimed run (about 4 batches of a uniform subset, one epoch) before the timed
     ones, so numba compilation, oneDNN kernel selection and the page cache are not billed to
-    whichever run happens to come first (the full-data baseline). Returns its seconds."""
+    whichever run happens to come first (the full-data baseline). On CUDA, first
+    :func:`warm_up_steps`: CUDA's initialization and cuDNN's kernel choice for the model and input
+    size the runs will time (12.5 s of the first run's first epoch on an H200). Returns its seconds."""
     from ..store.reader import Store
+    from ..train.recipe import describe_recipe_data
 
     started = time.perf_counter()
-    with Store(stores[0]) as store:
+    with Store(stores[0]) as store, Store(stores[1]) as val_store:
         keep = min(1.0, 4 * recipe.batch_size / len(store))
+        sizes = min(recipe.batch_size, len(store)), min(VAL_BATCH, len(val_store))
+    device = resolve_device(settings.device)
+    if device.type == "cuda":
+        data = data or describe_recipe_data(recipe, stores)
+        warm_up_steps(recipe, data, device, amp=settings.amp, channels_last=settings.channels_last,
+                      batch_size=sizes[0], eval_batch_size=sizes[1])
     run_one("uniform_random", keep, 0, stores, settings, recipe=recipe.replace(epochs=1), data=data)
     return time.perf_counter() - started
+
+
+def input_size(recipe: Recipe, data: DataSpec) -> tuple[int, int]:
+    """(height, width) of the images the runs feed the model: the recipe's crop, else the stores'
+    one image size ("28x28")."""
+    if recipe.crop:
+        return recipe.crop, recipe.crop
+    height, width = (int(side) for side in data.image_size.split("x"))
+    return height, width
+
+
+def warm_up_steps(recipe: Recipe, data: DataSpec, device, *, amp="auto", channels_last: bool = True,
+                  batch_size: int | None = None, eval_batch_size: int = VAL_BATCH, steps: int = 3) -> int:
+    """``steps`` forward/backward steps of ``recipe``'s model on random images of the size, batch,
+    precision and memory layout the runs will train with, and one evaluation forward: CUDA's
+    initialization and cuDNN's choice of kernels for those shapes happen here, untimed. The model is
+    thrown away (runs build their own from their seed). Returns the steps taken."""
+    device = resolve_device(device)
+    dtype = autocast_dtype(device, run_amp(device, amp))
+    memory_format = memory_format_for(device, channels_last)
+    model = recipe.model.build(data.num_classes, data.channels).to(device).to(memory_format=memory_format)
+    size = input_size(recipe, data)
+    generator = torch.Generator().manual_seed(0)  # the global RNG is the runs'
+
+    def batch(n):
+        images = torch.randn(n, data.channels, *size, generator=generator)
+        labels = torch.randint(0, data.num_classes, (n,), generator=generator)
+        return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
+
+    images, labels = batch(batch_size or recipe.batch_size)
+    model.train()
+    for _ in range(steps):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+        model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        model(batch(eval_batch_size)[0])
+    synchronize(device)
+    return steps
 
 
 def _run_row(strategy_name, keep, seed, strategy, history) -> dict:
@@ -105,6 +169,7 @@ def _run_row(strategy_name, keep, seed, strategy, history) -> dict:
         "eval_s": sum(r["eval_s"] for r in history),
         "scoring_s": sum(r["train_s"] for r in history[:scoring_epochs]),
         "pruning_overhead_s": sum(r["overhead_s"] for r in history),
+        "gpu_busy_pct": gpu_busy_of(history),  # None on the CPU or without nvml
         "samples_seen": sum(r["samples"] for r in history),
         "curve": [[round(r["cumulative_train_s"], 3), r["val_acc"]] for r in history if r["val_acc"] is not None],
         "history": history,

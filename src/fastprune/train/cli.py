@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from ..models import load_model_factory
+from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
 from .loop import save_csv, save_history
-from .recipe import RECIPE, STRATEGIES, describe_recipe_data, run_recipe
+from .recipe import RECIPE, STRATEGIES, describe_recipe_data, gpu_busy_of, run_recipe
 
 # The arguments that define a run: a resume with any of them changed would not continue the same
 # run. Device, threads, logging and the stores' paths may change between the interrupted and the
@@ -87,6 +88,19 @@ def recipe_from_args(args, epochs: int):
                           name=args.model, widths=tuple(args.width * 2**i for i in range(3)))
 
 
+AMP_HELP = ("autocast (default auto: bf16 on a GPU, and on CPUs where bf16 is fast: AMX, or "
+            "AVX512-BF16 on AMD; else fp32 on the CPU)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --amp, shared by ``fastprune train`` and ``bench``: where a run trains and in
+    which precision, resolved by :func:`~fastprune.train.device.resolve_device` and
+    :func:`~fastprune.train.device.run_amp` (one rule for both commands)."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else the CPU)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help=AMP_HELP)
+
+
 def add_train_command(subparsers):
     """Register ``fastprune train`` on an argparse ``subparsers`` object; returns its parser."""
     parser = subparsers.add_parser(
@@ -104,10 +118,8 @@ def add_train_command(subparsers):
                         help="evaluate on --val every N-th epoch and after the last (default: every epoch)")
     add_recipe_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch and loader threads")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                        help="autocast; auto = on CUDA only (bf16 is fast on CPUs with AMX)")
+    add_device_arguments(parser)
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
     parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
@@ -123,24 +135,33 @@ def train_main(args) -> int:
         raise SystemExit("fastprune train: --resume needs --checkpoint")
     if args.eval_every < 1:
         raise SystemExit(f"fastprune train: --eval-every must be >= 1, got {args.eval_every}")
+    device = resolve_device(args.device)  # before any work: CUDA asked for and missing is one line
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    amp = run_amp(device, args.amp)
     channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
     recipe = recipe_from_args(args, args.epochs)
     data = describe_recipe_data(recipe, (args.train, args.val))
     print(f"{args.train}: {data.num_classes} classes, images {data.image_size}, normalized with mean "
           f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
+    print(f"training on {describe_device(device)}, {'fp32' if amp == 'off' else amp}", flush=True)
     _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
-                            device=device, threads=args.threads, amp=args.amp, channels_last=channels_last,
+                            device=device, threads=args.threads, amp=amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
                             eval_every=args.eval_every, progress=not args.no_progress)
     if args.log_json:  # typed: numbers stay numbers, paths become strings
         save_history(args.log_json, history, command="fastprune train", data=data.json(),
-                     arguments={k: v for k, v in vars(args).items() if k != "run"})
+                     arguments={k: v for k, v in vars(args).items() if k != "run"},
+                     **device_record(device), precision=amp, gpu_busy_pct=gpu_busy_of(history))
     if args.log_csv:
         save_csv(args.log_csv, history)
     return 0
+
+
+def describe_device(device: torch.device) -> str:
+    """"cpu", or "cuda:0 (NVIDIA H200)", for the line a run prints before it starts."""
+    record = device_record(device)
+    return record["device"] if record["gpu"] is None else f"{record['device']} ({record['gpu']})"
 
 
 def _rounded(values) -> str:

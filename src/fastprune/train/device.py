@@ -1,16 +1,53 @@
-"""Device and precision: AMP and channels_last pay off on CUDA; on CPU they are off unless asked for."""
+"""Device and precision, each resolved in one place: :func:`resolve_device` ("auto": CUDA when it
+is there) and :func:`run_amp` (the precision a recipe run trains in, the same for ``fastprune
+train``, ``bench``, ``bench.compare`` and the studies). AMP and channels_last pay off on CUDA; on
+CPU, ``fit`` leaves them off unless asked for. :class:`GpuBusySampler` measures how busy the GPU
+was during a run (nvml), or says nothing (None) where it cannot."""
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The one place a run's ``device`` is resolved: "auto" (or None) is CUDA when it is available,
+    else the CPU; "cpu", "cuda" and "cuda:N" are checked against this machine. A malformed value,
+    or CUDA where there is none, raises :class:`~fastprune.errors.ConfigError` in one line."""
+    from ..errors import ConfigError
+
+    text = device.strip().lower() if isinstance(device, str) else device
+    if text is None or text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be {DEVICE_CHOICES}, got {str(device)!r:.60}")
+    if resolved.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the CPU too
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r}: CUDA is not available on this machine (torch "
+                          f"{torch.__version__}); use device cpu or auto")
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s) "
+                          f"(cuda:0..cuda:{count - 1})")
+    # with its index, so that records of "cuda" and "cuda:0" runs compare equal
+    return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
     """The autocast dtype for ``amp`` ("auto", "bf16", "fp16", "off" or a bool) on ``device``.
 
     "auto" means CUDA only: bf16 where the GPU supports it, else fp16. On CPU, bf16 autocast must be
-    asked for explicitly ("bf16"); it is fast only on CPUs with AMX/AVX512-BF16.
+    asked for explicitly ("bf16"); it is fast only on CPUs with AMX/AVX512-BF16. (A recipe run asks
+    for it there: see :func:`run_amp`.)
     """
     if amp in ("off", False, None):
         return None
@@ -23,6 +60,20 @@ def autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+
+
+def run_amp(device: torch.device, amp: str | bool = "auto") -> str:
+    """The precision a recipe run trains in, "bf16", "fp16" or "off": the one rule ``fastprune
+    train``, ``fastprune bench``, ``bench.compare`` and the studies share (through ``run_recipe``).
+    An explicit choice stands; "auto" is bf16 on a GPU that supports it (else fp16), and on a CPU
+    bf16 where it trains faster than fp32 (AMX, or AVX512-BF16 on AMD: docs/benchmarks.md), else
+    fp32 ("off")."""
+    from ..bench.machine import cpu_has_fast_bf16  # the CPU's description lives with the machine's
+
+    dtype = autocast_dtype(device, amp)  # checks the value too
+    if dtype is None and amp in ("auto", True) and device.type == "cpu" and cpu_has_fast_bf16():
+        dtype = torch.bfloat16
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
@@ -39,3 +90,67 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so epoch timings measure the work, not just its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_record(device: torch.device | str) -> dict:
+    """What a result file records about the device a run trained on: ``device`` ("cpu",
+    "cuda:0"), ``gpu`` (its name), ``torch`` and ``cuda`` (the CUDA version torch runs). On the CPU
+    ``gpu`` and ``cuda`` are None."""
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if on_gpu else None,
+            "torch": torch.__version__, "cuda": torch.version.cuda if on_gpu else None}
+
+
+def gpu_utilization(device: torch.device) -> float | None:
+    """The GPU's busy percentage now (nvml, through ``torch.cuda.utilization``), or None: on the
+    CPU, and wherever nvml is missing or fails."""
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # no nvidia-ml-py, no driver library, an unsupported GPU: no figure
+        return None
+
+
+class GpuBusySampler:
+    """Samples :func:`gpu_utilization` every ``interval`` seconds from a daemon thread while open
+    (``with GpuBusySampler(device) as busy: ...``); ``busy.mean()`` is the mean busy percentage over
+    the samples so far (or since ``busy.mark()``), None on the CPU, where nvml does not answer, or
+    before the first sample. Never raises: a run must not fail for want of a figure."""
+
+    def __init__(self, device: torch.device, interval: float = 0.25, *, read=gpu_utilization):
+        self.device, self.interval, self._read = torch.device(device), interval, read
+        self._samples: list[float] = []
+        self._mark = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuBusySampler:
+        if self._read(self.device) is not None:  # a first reading says whether nvml answers at all
+            self._thread = threading.Thread(target=self._sample, name="fastprune-gpu-busy", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self._read(self.device)
+            if value is not None:
+                self._samples.append(value)
+
+    def mean(self, since_mark: bool = False) -> float | None:
+        samples = self._samples[self._mark:] if since_mark else self._samples
+        return round(sum(samples) / len(samples), 1) if samples else None
+
+    def mark(self) -> float | None:
+        """The mean since the previous mark (or the start), and a new mark: per-epoch figures."""
+        end = len(self._samples)  # the thread may append meanwhile: those count for the next mark
+        samples, self._mark = self._samples[self._mark:end], end
+        return round(sum(samples) / len(samples), 1) if samples else None

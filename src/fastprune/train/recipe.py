@@ -20,12 +20,15 @@ from torch import nn
 
 from ..models import build_model, build_user_model
 from .data import DataSpec, channel_statistics, describe_stores
+from .device import GpuBusySampler, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
 
 # Fashion-MNIST pixel statistics (the store holds gray replicated to RGB); runs compute their own
 # from the training store (train/data.py) unless given, these stay for code written against them.
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,) * 3, (0.353,) * 3
+
+VAL_BATCH = 1000  # evaluation's batch size (no gradients: larger than training's)
 
 STRATEGIES = ("full", "uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")
 
@@ -161,7 +164,7 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     val_crop = [CenterCrop(crop)] if crop else []
     train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
                           seed=seed, threads=threads, device=device, even_batches=even_batches)
-    val_loader = Loader(val, 1000, transforms=[*val_crop, normalize], shuffle=False, threads=threads,
+    val_loader = Loader(val, VAL_BATCH, transforms=[*val_crop, normalize], shuffle=False, threads=threads,
                         device=device)
     return train_loader, val_loader
 
@@ -173,17 +176,27 @@ def describe_recipe_data(recipe: Recipe, stores) -> DataSpec:
 
 
 def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, stores, *,
-               strategy_options: dict[str, Any] | None = None, device="cpu", threads: int | None = None,
+               strategy_options: dict[str, Any] | None = None, device="auto", threads: int | None = None,
                amp: str | bool = "auto", channels_last: bool = False, data: DataSpec | None = None,
                **fit_options):
     """Train ``recipe``'s model on ``stores`` (train, val paths) with a strategy by name; return
     (strategy, history). The number of classes and, unless the recipe gives them, the
     normalization statistics come from the stores (``data``, when a caller running many runs on
     the same stores has them already). ``strategy_options`` override the strategy's library
-    defaults; ``fit_options`` (progress, log, checkpoint, resume, settings) go to :func:`fit`."""
+    defaults; ``fit_options`` (progress, log, checkpoint, resume, settings, on_epoch_end) go to
+    :func:`fit`.
+
+    ``device``: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"
+    (:func:`~fastprune.train.device.resolve_device`). ``amp``: "auto" is the precision rule every
+    recipe run shares (:func:`~fastprune.train.device.run_amp`: bf16 on a GPU, and on CPUs where it
+    is fast). Every history record gets ``gpu_busy_pct``, the mean GPU busy percentage sampled
+    (nvml) during that epoch's training and evaluation: None on the CPU or where nvml is missing;
+    :func:`gpu_busy_of` averages them over a run."""
     from ..store.checksums import store_identity
     from ..store.reader import Store
 
+    device = resolve_device(device)
+    amp = run_amp(device, amp)
     seed_everything(seed)
     train_store, val_store = (Store(path) for path in stores)
     data = data or describe_recipe_data(recipe, (train_store, val_store))
@@ -200,6 +213,27 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     model = recipe.model.build(data.num_classes, data.channels).to(device)
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
     criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
-    history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
-                  criterion=criterion, amp=amp, channels_last=channels_last, **fit_options)
+    busy_by_epoch, on_epoch_end = {}, fit_options.pop("on_epoch_end", None)
+
+    def record_busy(record):
+        busy_by_epoch[record["epoch"]] = busy.mark()
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    with GpuBusySampler(device) as busy:
+        history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
+                      criterion=criterion, amp=amp, channels_last=channels_last, on_epoch_end=record_busy,
+                      **fit_options)
+    for record in history:  # epochs of a resumed run trained before it have no figure here
+        record["gpu_busy_pct"] = busy_by_epoch.get(record["epoch"], record.get("gpu_busy_pct"))
     return strategy, history
+
+
+def gpu_busy_of(history: list[dict[str, Any]]) -> float | None:
+    """A run's mean GPU busy percentage: its epochs' ``gpu_busy_pct`` weighted by their seconds
+    (None where no epoch has a figure: on the CPU, or without nvml)."""
+    measured = [(r["gpu_busy_pct"], r["epoch_s"]) for r in history if r.get("gpu_busy_pct") is not None]
+    seconds = sum(s for _, s in measured)
+    if not measured or seconds <= 0:
+        return None
+    return round(sum(value * s for value, s in measured) / seconds, 1)
