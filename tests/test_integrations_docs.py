@@ -25,3 +25,6 @@ def test_integration_example_runs(tmp_path, framework, block):
     # the recipe learns the toy task (2 classes: chance is 50%), not only runs
     found = re.search(rf"{framework}: accuracy ([\d.]+)%", result.stdout, flags=re.I)
     assert found and float(found.group(1)) >= 90, result.stdout
+    if framework == "lightning":  # a fastprune.Loader as val loader, its accuracy logged
+        logged = re.search(r"logged val_acc ([\d.]+)", result.stdout)
+        assert logged and float(logged.group(1)) >= 0.9, result.stdout

@@ -96,7 +96,14 @@ class Loader:
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
     ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass
     does not (the next iteration repeats that epoch unless you call ``set_epoch``).
+
+    Frameworks that inspect a torch ``DataLoader`` (PyTorch Lightning, for train, val, test and
+    predict loaders) find ``sampler`` (the sampler given, or the loader's all-samples default)
+    and ``batch_sampler = None``, as on a DataLoader that batches by itself: they leave the
+    Loader as it is and never wrap or replace its sampler.
     """
+
+    batch_sampler = None  # DataLoader's attribute; Lightning reads it for every non-training loader
 
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
