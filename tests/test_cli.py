@@ -189,3 +189,28 @@ def test_options_are_never_abbreviated(capsys):
     assert "unrecognized arguments: --train-lim" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "x", "--out", "y", "--qual", "9"])
+
+
+def test_convert_index_writes_each_samples_id_and_fastprune_still_finds_image_and_label(tmp_path, capsys):
+    """--index (index=True) adds an 'index' IntField after label; the Loader, training's label
+    detection and Store.class_names still take 'label' (not the extra integer field)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+    out = tmp_path / "d.beton"
+    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(out), "--index", "--class-names", "a,b,c",
+                 "--no-progress"]) == 0
+    store = fastprune.Store(out)
+    assert list(store.fields) == ["image", "label", "index"]
+    assert [store[i][1:] for i in (0, 39)] == [(labels[0], 0), (labels[39], 39)]
+    assert store.class_names == ["a", "b", "c"]
+    seen = {}
+    for batch in fastprune.Loader(out, batch_size=16, seed=1):
+        seen.update(zip(batch.indices.tolist(), batch.labels.tolist()))
+    assert seen == dict(enumerate(labels.tolist()))
+    from fastprune.train.data import describe_stores
+
+    assert describe_stores(out, out).num_classes == 3
+    assert main(["info", str(out)]) == 0
+    assert "index" in capsys.readouterr().out

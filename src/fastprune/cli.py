@@ -114,6 +114,9 @@ def add_convert_command(subparsers) -> None:
                              ".npz have none)")
     parser.add_argument("--drop-unlabeled", action="store_true",
                         help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
+    parser.add_argument("--index", action="store_true",
+                        help="also store an 'index' field (each sample's id), which ffcv's own Loader "
+                             "needs to say which samples a batch holds (fastprune.integrations.ffcv.PrunedOrder)")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_convert)
@@ -126,7 +129,7 @@ def run_convert(args: argparse.Namespace) -> int:
                   quality=args.quality, max_side=args.max_side, resize=args.resize,
                   coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                   progress=not args.no_progress, class_names=args.class_names,
-                  drop_unlabeled=args.drop_unlabeled)
+                  drop_unlabeled=args.drop_unlabeled, index=args.index)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

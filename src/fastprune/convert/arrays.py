@@ -44,13 +44,15 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool = False,
                 quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
                 progress: bool = True, class_names: Sequence[str] | None = None,
-                drop_unlabeled: bool = False) -> Path:
+                drop_unlabeled: bool = False, index: bool = False) -> Path:
     """Convert ``images`` (N x H x W[x C] uint8) and integer ``labels`` to a store at ``out``.
 
     Gray images are stored as RGB. Pixels must already be uint8: floats are refused, not rescaled.
     ``class_names`` (label i -> name i), if given, is kept in the store. A negative label (-1:
     "no label") is refused naming its sample, or with ``drop_unlabeled=True`` its sample is left
     out. Labels that are not 0..K-1 are written with a one-line LabelWarning (training refuses them).
+    ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
+    report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
     out = _common.check_output_path(out)
     images, labels = check_arrays(images, labels)
@@ -59,7 +61,7 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
         images, labels = images[kept], labels[kept]
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, _common.ArraySource(images, labels), fields, workers=workers,
-                         progress=progress, class_names=_common.label_names_option(class_names))
+                         progress=progress, class_names=_common.label_names_option(class_names), index=index)
 
 
 def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:

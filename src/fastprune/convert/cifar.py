@@ -208,13 +208,14 @@ def load_cifar(source: str | os.PathLike, kind: str, split: str = "train", coars
 def from_cifar(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "cifar10",
                split: str = "train", coarse: bool = False, jpeg: bool = False,
                quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
-               progress: bool = True, class_names: Sequence[str] | None = None) -> Path:
+               progress: bool = True, class_names: Sequence[str] | None = None, index: bool = False) -> Path:
     """Convert a CIFAR-10/100 python batch folder to a store at ``out``; returns the path.
 
     Fields: ``image`` (32x32 RGB), ``label`` (CIFAR-100: the fine label) and, for CIFAR-100 with
     ``coarse=True``, ``coarse_label``. The class names of the meta file (``batches.meta``,
     ``meta``) are kept in the store when the source has it; ``class_names`` replaces the
-    label's.
+    label's. ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
+    report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
     out = _common.check_output_path(out, inputs=input_files(Path(source)))
     names: dict[str, list[str]] = {}
@@ -223,4 +224,4 @@ def from_cifar(source: str | os.PathLike, out: str | os.PathLike, *, kind: str =
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality,
                                         extra_int_fields=("coarse_label",) if coarse else ())
     return _common.write(out, _common.ArraySource(images, *columns), fields,
-                         workers=workers, progress=progress, class_names=names)
+                         workers=workers, progress=progress, class_names=names, index=index)

@@ -75,10 +75,12 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
             resize: tuple[int, int] | None = None, coarse: bool = False,
             max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
-            class_names: Sequence[str] | None = None, drop_unlabeled: bool = False) -> Path:
+            class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
+            index: bool = False) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
     ``class_names`` replaces the names the source has (IDX and .npz files have none);
-    ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise)."""
+    ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise);
+    ``index`` adds an ``index`` field (each sample's id; see :func:`fastprune.convert.from_arrays`)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
@@ -87,7 +89,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
     if drop_unlabeled and kind != "npz":
         raise ConversionError(f"--drop-unlabeled applies to npz sources, not {kind} (its labels are never negative)")
-    common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names)
+    common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
+                  index=index)
     if kind == "idx":
         return from_idx(path, out, split=split or "train", **common)
     if kind in ("cifar10", "cifar100"):

@@ -113,16 +113,18 @@ def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> 
 def from_idx(source: str | os.PathLike | None, out: str | os.PathLike, *, split: str = "train",
              jpeg: bool = False, quality: int = _common.DEFAULT_JPEG_QUALITY,
              workers: int | None = None, progress: bool = True,
-             class_names: Sequence[str] | None = None) -> Path:
+             class_names: Sequence[str] | None = None, index: bool = False) -> Path:
     """Convert an MNIST-style IDX folder (default: Debian's Fashion-MNIST) to a store at ``out``.
 
     Gray images are stored as RGB (the gray value in all three channels) so that ffcv's own
     RGB decoder reads the file; ``label`` is an int field. IDX files hold no class names: give
     them as ``class_names`` to keep them in the store. Returns the output path.
+    ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
+    report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
     images_path, labels_path = find_idx_files(FASHION_MNIST_DIR if source is None else source, split)
     out = _common.check_output_path(out, inputs=(images_path, labels_path))
     images, labels = load_idx(images_path, labels_path)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, _common.ArraySource(images, labels), fields, workers=workers,
-                         progress=progress, class_names=_common.label_names_option(class_names))
+                         progress=progress, class_names=_common.label_names_option(class_names), index=index)

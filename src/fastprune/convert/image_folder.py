@@ -212,7 +212,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                       quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                       resize: tuple[int, int] | None = None, workers: int | None = None,
                       max_pixels: int = _common.DEFAULT_MAX_PIXELS, progress: bool = True,
-                      class_names: Sequence[str] | None = None) -> Path:
+                      class_names: Sequence[str] | None = None, index: bool = False) -> Path:
     """Convert an image-folder tree to a store at ``out``; returns the path. The class folders'
     names are kept in the store (``Store.class_names``) unless ``class_names`` replaces them.
 
@@ -220,6 +220,8 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     folders of mixed sizes, or store JPEG (``jpeg=True``), which keeps each image's own size.
     ``max_side`` shrinks images whose longer side is larger, keeping the aspect ratio.
     ``max_pixels`` refuses images whose header claims more pixels (checked before decoding).
+    ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
+    report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
     _common.check_max_pixels(max_pixels)
     _common.check_size_options(max_side, resize, max_pixels)
@@ -231,4 +233,5 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg)
     return _common.write(out, source, fields, workers=workers, progress=progress,
-                         class_names=_common.label_names_option(classes if class_names is None else class_names))
+                         class_names=_common.label_names_option(classes if class_names is None else class_names),
+                         index=index)

@@ -99,7 +99,8 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
                        quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                        resize: tuple[int, int] | None = None, workers: int | None = None,
                        progress: bool = True, image_key: str = "image", label_key: str = "label",
-                       class_names: Sequence[str] | None = None, drop_unlabeled: bool = False) -> Path:
+                       class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
+                       index: bool = False) -> Path:
     """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
     ``image_key`` and ``label_key``) to a store at ``out``.
 
@@ -112,6 +113,8 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     ``drop_unlabeled=True`` leaves such samples out (their labels are read first: a Hugging Face
     dataset's column directly, other datasets sample by sample). Labels that are not 0..K-1 are
     written with a one-line LabelWarning (training refuses them).
+    ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
+    report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
     out = _common.check_output_path(out)
     names = _common.names_list(class_names, "class_names") if class_names is not None \
@@ -120,7 +123,7 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
                            image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, source, fields, workers=workers, progress=progress,
-                         class_names={"label": names})
+                         class_names={"label": names}, index=index)
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:

@@ -1,14 +1,25 @@
 """Drive ffcv's own Loader (PyPI release 1.0.2) with fastprune's strategies.
 
+    import torch
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader
+    from ffcv.transforms import Convert, Squeeze, ToTensor, ToTorchImage
+    from fastprune import UCB
     from fastprune.integrations.ffcv import PrunedOrder
+
     strategy = UCB(num_samples, keep=0.5)
     order = PrunedOrder.register(strategy)          # ffcv 1.0.2 only accepts orders from ORDER_MAP
-    loader = ffcv.loader.Loader(path, batch_size=256, order=order, pipelines={...})
+    loader = Loader(path, batch_size=256, order=order, pipelines={
+        "image": [SimpleRGBImageDecoder(), ToTensor(), ToTorchImage(), Convert(torch.float32)],  # 0..255
+        "label": [IntDecoder(), ToTensor(), Squeeze()],
+        "index": [IntDecoder(), ToTensor(), Squeeze()]})  # convert with --index / index=True for this field
     for epoch in range(epochs):
-        for x, y, index in loader:                  # the .beton needs an index field (IntField)
+        for x, y, index in loader:
             loss = criterion(model(x), y)                                # reduction="none"
             strategy.update(index, loss)
-            (loss * order.weights(index)).mean().backward()
+            optimizer.zero_grad()
+            (loss * torch.from_numpy(order.weights(index))).mean().backward()
+            optimizer.step()
 
 Why ``register``: the PyPI release's Loader instantiates ``ORDER_MAP[order](loader)`` and its
 branch for custom TraversalOrder objects is broken (it calls an instance), so a custom order
