@@ -30,7 +30,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from fastprune.bench import compare  # noqa: E402
 from fastprune.bench.machine import RESULTS, command_line, machine, now, write_json  # noqa: E402
 from fastprune.convert import from_idx, from_image_folder  # noqa: E402
 from fastprune.loader import Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
-from fastprune.train.device import device_record, resolve_device, run_amp  # noqa: E402
+from fastprune.train.device import device_record, resolve_device, run_amp, synchronize  # noqa: E402
 from fastprune.train.recipe import RECIPE, ModelSpec, run_recipe  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -110,42 +109,6 @@ def photo_stores(args, workdir: Path) -> tuple[Path, Path]:
     return store, store  # (c) times training; the photo "accuracy" is not a claim
 
 
-# -- GPU busy -----------------------------------------------------------------------------------
-
-class BusySampler:
-    """Mean nvml GPU utilisation over a block, sampled every 0.1 s (None on CPU or without nvml)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.samples, self._stop = device, [], threading.Event()
-
-    def _run(self):
-        while not self._stop.wait(0.1):
-            try:
-                self.samples.append(torch.cuda.utilization(self.device))
-            except Exception:  # no nvml (pynvml missing, driver without it): no figure
-                return
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.device.type == "cuda":
-            self._thread.join()
-
-    @property
-    def mean(self):
-        return round(statistics.mean(self.samples), 1) if self.samples else None
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # -- (a) feed -----------------------------------------------------------------------------------
 
 def feed_rate(loader: Loader, batches: int, device) -> float:
@@ -190,7 +153,7 @@ def step_rate(model_spec: ModelSpec, num_classes: int, size: int, batch: int, de
     from fastprune.train.schedule import make_optimizer
 
     model = model_spec.build(num_classes, 3).to(device)
-    layout = memory_format_for(device, "auto")
+    layout = memory_format_for(device, True)  # NHWC, as the benchmark's runs (bench Settings.channels_last)
     model = model.to(memory_format=layout)
     optimizer = make_optimizer(model, 0.01, 5e-4)
     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=layout)
@@ -222,14 +185,13 @@ def run_step_vs_fit(args, device, workloads) -> list[dict]:
         size = recipe.crop or 28
         alone = step_rate(recipe.model, num_classes, size, recipe.batch_size, device, args.reps)
         fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
-        with BusySampler(device) as busy:
-            _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=args.fit_threads,
-                                    progress=False, log=None, eval_every=10)
+        _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=args.fit_threads,
+                                channels_last=True, progress=False, log=None, eval_every=10)
         last = history[-1]
         through_fit = last["samples"] / last["train_s"]
         rows.append({"workload": name, "step_img_per_s": round(alone), "fit_img_per_s": round(through_fit),
                      "fit_fraction_of_step": round(through_fit / alone, 3),
-                     "gpu_busy_pct_fit": last.get("gpu_busy_pct", busy.mean)})
+                     "gpu_busy_pct_fit": last["gpu_busy_pct"]})  # nvml, sampled by run_recipe
         print(f"(b) {name}: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} img/s "
               f"({100 * through_fit / alone:.0f}%), GPU busy {rows[-1]['gpu_busy_pct_fit']}", flush=True)
     return rows
@@ -284,17 +246,22 @@ def main(argv=None) -> dict:
                   "device": {**device_record(device), "precision": run_amp(device, "auto")},
                   "feed": [], "step_vs_fit": [], "end_to_end": []}
         print(f"device {device}: {result['device']}", flush=True)
-        if "feed" not in args.skip:
-            result["feed"] = run_feed(args, device, fmnist[0], photos[0])
-        if "step" not in args.skip:
-            result["step_vs_fit"] = run_step_vs_fit(args, device, workloads)
-        if "end_to_end" not in args.skip:
-            result["end_to_end"] = run_end_to_end(args, device, workloads)
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    write_json(args.out, result)
-    args.out.with_suffix(".md").write_text(markdown(result))
+        sections = (("feed", "feed", lambda: run_feed(args, device, fmnist[0], photos[0])),
+                    ("step", "step_vs_fit", lambda: run_step_vs_fit(args, device, workloads)),
+                    ("end_to_end", "end_to_end", lambda: run_end_to_end(args, device, workloads)))
+        for flag, key, run in sections:
+            if flag not in args.skip:
+                result[key] = run()
+                save(args.out, result, started)  # a run cut short by a time limit keeps what it measured
+    save(args.out, result, started)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({result['wall_s']} s)")
     return result
+
+
+def save(out: Path, result: dict, started: float) -> None:
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    write_json(out, result)
+    out.with_suffix(".md").write_text(markdown(result))
 
 
 def _model_fields(name: str) -> dict:

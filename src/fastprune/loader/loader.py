@@ -128,7 +128,10 @@ class Loader:
         self.rank, self.world_size = resolve_ranks(distributed)
         self.normalize_on = _check_normalize_on(normalize_on, self.device)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda" and self.normalize_on == "host")
-        self._pinned = PinnedBuffers() if self.device.type == "cuda" and self.normalize_on == "device" else None
+        # every buffer that can be in flight (queued per producer, copying ahead) stays in the pool:
+        # allocating pinned memory again costs milliseconds per batch
+        self._pinned = PinnedBuffers(keep=(self.threads + 1) * self.prefetch + 2) \
+            if self.device.type == "cuda" and self.normalize_on == "device" else None
         self._source = open_source(store_or_path, image_field, label_field, threads=1,
                                    max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"))
         if self._source.num_samples == 0:
