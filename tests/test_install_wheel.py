@@ -31,6 +31,7 @@ def test_the_wheel_holds_every_module_the_core_and_the_extras(wheel):
     sources = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src" / "fastprune").rglob("*.py")}
     assert sources <= names, sorted(sources - names)
     assert any(n.startswith("fastprune/_core") and n.endswith(".so") for n in names), "no compiled core"
+    assert "fastprune/py.typed" in names, "no PEP 561 marker: type checkers would see Any for every name"
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
     meta = Parser().parsestr(zipfile.ZipFile(wheel).read(metadata).decode())
     assert {"vision", "plots", "ffcv", "dev"} <= set(meta.get_all("Provides-Extra"))

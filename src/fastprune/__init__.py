@@ -61,7 +61,10 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    # each public name once (a lazy name is also in globals() once used), the subpackages, the
+    # module dunders; not this file's own imports (annotations, importlib) or private helpers
+    names = {name for name in globals() if name.startswith("__") or not name.startswith("_")}
+    return sorted((names - {"annotations", "importlib"}) | set(__all__) | set(_SUBMODULES))
 
 
 __all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "__version__", "build_info",

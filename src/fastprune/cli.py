@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +30,44 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in [0, 2**64 - 1], as the Python API takes it."""
+    from ._args import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64 - 1], got {text}")
+    return value
+
+
+def _number(text: str, what: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    value = float(text)
+    above = low < value if low_open else low <= value
+    if not (math.isfinite(value) and above and value <= high):  # nan fails every comparison
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A kept fraction: in (0, 1]."""
+    return _number(text, "a fraction in (0, 1]", 0.0, 1.0, low_open=True)
+
+
+def unit_interval(text: str) -> float:
+    return _number(text, "a number in [0, 1]", 0.0, 1.0)
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, "a finite number >= 0", 0.0)
 
 
 def jpeg_quality(text: str) -> int:
@@ -144,14 +184,19 @@ def add_info_command(subparsers) -> None:
                     "with --verify, also check every checksum.")
     parser.add_argument("file", metavar="FILE", type=Path, help="store (.beton) file")
     parser.add_argument("--verify", action="store_true", help="check all checksums (reads the whole file)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the same facts as one JSON object (see fastprune.store.info.summary)")
     parser.set_defaults(run=run_info)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .store.info import describe, printable, verify
+    from .store.info import describe, printable, summary, verify
     from .store.reader import Store
 
     store = Store(args.file)
+    if args.json:  # json.dumps escapes control characters a store's names may carry
+        print(json.dumps(summary(store, verify=args.verify), indent=2))
+        return 0
     print(describe(store))
     if args.verify:  # a damaged file raises StoreError naming the parts
         print(f"verify:      {printable(str(verify(store)))}")
@@ -176,6 +221,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; ``command`` names the one lazy subcommand whose full parser is needed."""
     parser = argparse.ArgumentParser(prog=PROG, description="Dynamic data pruning with a packed, "
                                      "memory-mapped data path.")
+    parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(subparsers)
@@ -211,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    from . import __version__, build_info
+
+    return f"{PROG} {__version__} (JPEG via {build_info()['jpeg_decoder']})"
 
 
 def _one_line_warning(command, show, message, category, *args, **kwargs) -> None:

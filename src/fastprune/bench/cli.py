@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import fraction, positive_int, seed
 from ..errors import MissingExtraError
 from ..train.cli import add_device_arguments, add_recipe_arguments, describe_device, recipe_from_args
 from ..train.device import resolve_device, run_amp
@@ -64,14 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quick run (the main job's): the full benchmark with a half-width model "
                              "(--width 16), keep 0.5, one seed, the two bandits")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
-    parser.add_argument("--keeps", nargs="+", type=float, help="keep ratios (default by mode)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default by mode)")
-    parser.add_argument("--epochs", type=int, help="epochs per run (default by mode)")
-    parser.add_argument("--train-limit", type=int, help="use the first N training images")
-    parser.add_argument("--eval-every", type=int, metavar="N",
+    parser.add_argument("--keeps", nargs="+", type=fraction, help="keep ratios (default by mode)")
+    parser.add_argument("--seeds", nargs="+", type=seed, help="seeds (default by mode)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default by mode)")
+    parser.add_argument("--train-limit", type=positive_int, help="use the first N training images")
+    parser.add_argument("--eval-every", type=positive_int, metavar="N",
                         help="evaluate every N-th epoch and the last (default: 1, every epoch); "
                              "evaluation is left out of the speed-up either way")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch + loader threads")
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads, help="torch + loader threads")
     add_device_arguments(parser)  # --device, --amp: as `fastprune train` takes them
     parser.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=defaults.flush_denormal,
                         help="flush denormal floats to zero on the CPU (faster late in training, same "

@@ -96,13 +96,15 @@ def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
 
 
 def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,
-                    workers: int, progress: bool):
-    """Yield EncodedChunks in sample order, updating a progress bar."""
+                    workers: int, progress: bool, label: str = "writing"):
+    """Yield EncodedChunks in sample order, updating a progress bar labelled ``label`` (none when
+    ``progress`` is false; tqdm's own settings, such as TQDM_DISABLE=1, apply otherwise)."""
     from tqdm import tqdm
 
     bounds = [(s, min(s + chunk_size, num_samples)) for s in range(0, num_samples, chunk_size)]
     items = list(fields.items())
-    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="write_dataset") as bar:
+    # disable= only when turning the bar off: passed at all, it would override TQDM_DISABLE
+    with tqdm(total=num_samples, unit="sample", desc=label, **({} if progress else {"disable": True})) as bar:
         if workers == 1:
             for start, stop in bounds:
                 yield encode_chunk(source, items, start, stop)

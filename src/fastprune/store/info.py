@@ -1,4 +1,5 @@
-"""Human-readable summary of a store, for ``fastprune info FILE [--verify]``."""
+"""Summary of a store, for ``fastprune info FILE [--verify] [--json]``: :func:`describe` (text for
+a person) and :func:`summary` (the same facts as a JSON-ready dict for a program)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,44 @@ def describe(store, verify: bool = False) -> str:
     if verify:
         lines.append(f"verify:      {store.verify()}")
     return "\n".join(lines)
+
+
+def summary(store, verify: bool = False) -> dict:
+    """What :func:`describe` prints, as a JSON-ready dict: ``file``, ``size_bytes``, ``samples``,
+    ``page_size``, ``checksums`` (true when the file has them), ``jpeg_decoder``, ``fields`` (one
+    dict per field, in order: ``name``, ``type``, ``settings``, and for image fields ``height`` /
+    ``width`` ranges, ``jpeg`` / ``raw`` counts, ``image_bytes``), ``classes`` (of the label
+    field: ``field``, ``counts`` {label value: samples}, ``names`` or None; None without an int
+    field) and, with ``verify``, ``verify`` (``ok``, ``report``). A damaged file raises StoreError
+    (on ``verify``: when a checksum fails)."""
+    from .. import build_info
+
+    fields = [_field_record(store, k, name, field) for k, (name, field) in enumerate(store.fields.items())]
+    label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
+    classes = None
+    if label is not None:
+        values, counts = np.unique(np.asarray(store.metadata[f"f{store.field_index(label)}"]), return_counts=True)
+        classes = {"field": label, "counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
+                   "names": store.field_class_names.get(label)}
+    record = {"file": str(store.path), "size_bytes": int(store.file_size), "samples": int(store.num_samples),
+              "page_size": int(store.page_size),
+              "checksums": read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end) is not None,
+              "jpeg_decoder": build_info()["jpeg_decoder"], "fields": fields, "classes": classes}
+    if verify:
+        report = store.verify().raise_if_bad()  # as verify(store), which the argument hides
+        record["verify"] = {"ok": report.ok, "report": str(report)}
+    return record
+
+
+def _field_record(store, k: int, name: str, field) -> dict:
+    record = {"name": name, "type": type(field).__name__, "settings": repr(field)}
+    column = store.metadata[f"f{k}"]
+    if isinstance(field, RGBImageField) and len(column):
+        jpeg = int(np.count_nonzero(column["mode"] == fmt.IMAGE_MODE_JPG))
+        record.update(height=[int(column["height"].min()), int(column["height"].max())],
+                      width=[int(column["width"].min()), int(column["width"].max())],
+                      jpeg=jpeg, raw=len(column) - jpeg, image_bytes=int(store.field_ranges(name)[1].sum()))
+    return record
 
 
 def _jpeg_decoder() -> str:
@@ -116,4 +155,4 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-__all__ = ["describe", "printable", "verify"]
+__all__ = ["describe", "printable", "summary", "verify"]

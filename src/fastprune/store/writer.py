@@ -40,6 +40,7 @@ from ._atomic import (create_temp_file, default_file_mode, remove_quietly, remov
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks
 from .fields import Field, RGBImageField
+from .info import printable
 
 
 def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
@@ -54,7 +55,7 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     jpeg_quality: if given, overrides the quality of every JPEG image field.
     workers: encoding processes (default: all cores; 1 encodes in this process). Workers are forked,
         so the source need not be picklable.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar ("writing NAME"; tqdm's TQDM_* environment settings apply).
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
     class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
         list (label value i -> names[i]) for the first IntField, or {int field name: list}.
@@ -76,7 +77,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 fd, tmp_name = create_temp_file(path)
             with os.fdopen(fd, "w+b") as out:
                 writer = _FileWriter(out, fields, num_samples, page_size, names)
-                for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress):
+                for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
+                                            label=f"writing {printable(path.name)}"):
                     writer.add_chunk(chunk)
                 writer.finish()
                 os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
 from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
 from .loop import save_csv, save_history
@@ -54,12 +55,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (all but --epochs), shared by ``fastprune train`` and ``bench``; their
     defaults are :data:`RECIPE`'s. :func:`recipe_from_args` turns them back into a Recipe."""
     group = parser.add_argument_group("recipe (defaults: the benchmark's)")
-    group.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
-    group.add_argument("--lr", type=float, default=RECIPE.lr, help="peak LR of the one-cycle schedule")
-    group.add_argument("--weight-decay", type=float, default=RECIPE.weight_decay)
-    group.add_argument("--label-smoothing", type=float, default=RECIPE.label_smoothing)
-    group.add_argument("--pad", type=int, default=RECIPE.pad, help="random-crop padding (0: flip only)")
-    group.add_argument("--crop", type=int, metavar="N", default=RECIPE.crop,
+    group.add_argument("--batch-size", type=positive_int, default=RECIPE.batch_size)
+    group.add_argument("--lr", type=positive_float, default=RECIPE.lr, help="peak LR of the one-cycle schedule")
+    group.add_argument("--weight-decay", type=non_negative_float, default=RECIPE.weight_decay)
+    group.add_argument("--label-smoothing", type=unit_interval, default=RECIPE.label_smoothing)
+    group.add_argument("--pad", type=non_negative_int, default=RECIPE.pad, help="random-crop padding (0: flip only)")
+    group.add_argument("--crop", type=positive_int, metavar="N", default=RECIPE.crop,
                        help="train on RandomResizedCrop(N) + flip, evaluate on CenterCrop(N): needed when "
                             "the store's images differ in size")
     group.add_argument("--mean", type=finite_float, nargs=3, metavar=("R", "G", "B"),
@@ -70,7 +71,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                        help="small_resnet (default), resnet18, or MODULE:CALLABLE: your function, called "
                             "with num_classes=, returning an nn.Module (MODULE is imported from the "
                             "current folder or PYTHONPATH)")
-    group.add_argument("--width", type=int, default=RECIPE.model.widths[0],
+    group.add_argument("--width", type=positive_int, default=RECIPE.model.widths[0],
                        help="small_resnet: channels of the first stage (doubled per stage)")
 
 
@@ -111,13 +112,13 @@ def add_train_command(subparsers):
     parser.add_argument("--train", required=True, type=Path, metavar="FILE", help="training store")
     parser.add_argument("--val", required=True, type=Path, metavar="FILE", help="validation store")
     parser.add_argument("--strategy", default="ucb", choices=STRATEGIES)
-    parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per pruned epoch")
-    parser.add_argument("--epochs", type=int, default=RECIPE.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+    parser.add_argument("--keep", type=fraction, default=0.5, help="fraction kept per pruned epoch")
+    parser.add_argument("--epochs", type=positive_int, default=RECIPE.epochs)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
                         help="evaluate on --val every N-th epoch and after the last (default: every epoch)")
     add_recipe_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch and loader threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch and loader threads")
     add_device_arguments(parser)
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
