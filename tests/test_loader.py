@@ -291,9 +291,11 @@ def test_bad_arguments_name_the_argument(raw_store):
         Loader(raw_store, 8, normalize_on="gpu")
     with pytest.raises(ValueError, match="Normalize must be the last"):
         Loader(raw_store, 8, transforms=[Normalize(), RandomHorizontalFlip()])
-    with pytest.raises(FileNotFoundError, match="store_or_path"):
+    with pytest.raises(FileNotFoundError) as missing:  # names the path given, not the parameter
         Loader("/nonexistent/x.beton", 8)
-    with pytest.raises(TypeError, match="store_or_path must be a fastprune.Store or a file path, got dict"):
+    assert str(missing.value) == "[Errno 2] no such store file: '/nonexistent/x.beton'"
+    assert missing.value.filename == "/nonexistent/x.beton"
+    with pytest.raises(TypeError, match="^the store must be a fastprune.Store or a file path, got dict"):
         Loader({"image": []}, 8)
 
     class Liar(ShrinkingSampler):

@@ -6,6 +6,7 @@ Accepts a ``fastprune.Store`` or the path of a .beton-compatible file (ffcv's ow
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -71,9 +72,9 @@ def _open(store_or_path) -> Store:
     if isinstance(store_or_path, Store):
         return store_or_path
     if not isinstance(store_or_path, (str, os.PathLike)):
-        raise TypeError(f"store_or_path must be a fastprune.Store or a file path, got {type(store_or_path).__name__}")
-    if not os.path.exists(store_or_path):
-        raise FileNotFoundError(f"store_or_path: no such file {os.fspath(store_or_path)!r}")
+        raise TypeError(f"the store must be a fastprune.Store or a file path, got {type(store_or_path).__name__}")
+    if not os.path.exists(store_or_path):  # the path as given; the message never names our parameter
+        raise FileNotFoundError(errno.ENOENT, "no such store file", os.fspath(store_or_path))
     return Store(store_or_path)
 
 
