@@ -36,10 +36,11 @@ from pathlib import Path
 
 from ..cli import fraction, positive_int, seed
 from ..errors import MissingExtraError
-from ..train.cli import add_device_arguments, add_recipe_arguments, describe_device, recipe_from_args
+from ..train.cli import HelpWithDefaults, add_device_arguments, add_recipe_arguments, describe_device, recipe_from_args
 from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
-from ..train.recipe import STRATEGIES, describe_recipe_data
+from ..store.reader import Store
+from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning
 from . import machine, plan, plots, report
 from .run import Settings, prepare_stores, run_one, warm_up
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_bench_command(subparsers) -> argparse.ArgumentParser:
     """Register ``fastprune bench`` on the CLI's subparsers."""
     parser = subparsers.add_parser("bench", help="benchmark every strategy against full-data training",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=__doc__, formatter_class=HelpWithDefaults)
     add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
@@ -109,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
+    print(describe_recipe(recipe), flush=True)
+    if args.train is not None:
+        warning = few_steps_warning(recipe, len(Store(args.train)), min(mode["keeps"]))
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     if args.train is not None:
         stores, default_out = (args.train, args.val), Path(f"bench_{args.train.stem}.json")
     else:

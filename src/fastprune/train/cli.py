@@ -16,7 +16,8 @@ from ..cli import fraction, non_negative_float, non_negative_int, positive_int, 
 from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
 from .loop import save_csv, save_history
-from .recipe import RECIPE, STRATEGIES, describe_recipe_data, gpu_busy_of, run_recipe
+from ..store.reader import Store
+from .recipe import RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning, gpu_busy_of, run_recipe
 
 # The arguments that define a run: a resume with any of them changed would not continue the same
 # run. Device, threads, logging and the stores' paths may change between the interrupted and the
@@ -25,6 +26,18 @@ from .recipe import RECIPE, STRATEGIES, describe_recipe_data, gpu_busy_of, run_r
 # normalization statistics and the number of classes actually used are added by run_recipe.
 RUN_SETTINGS = ("strategy", "keep", "seed", "lr", "weight_decay", "label_smoothing", "pad", "crop", "model",
                 "width")
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default (unless its help already says it, or it has none) and
+    the description as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not text or "default" in text or action.default is None or action.default is False \
+                or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def model_spec(text: str) -> str:
@@ -55,10 +68,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (all but --epochs), shared by ``fastprune train`` and ``bench``; their
     defaults are :data:`RECIPE`'s. :func:`recipe_from_args` turns them back into a Recipe."""
     group = parser.add_argument_group("recipe (defaults: the benchmark's)")
-    group.add_argument("--batch-size", type=positive_int, default=RECIPE.batch_size)
+    group.add_argument("--batch-size", type=positive_int, default=RECIPE.batch_size,
+                       help="training batch; a pruned epoch should still take >= 10 steps")
     group.add_argument("--lr", type=positive_float, default=RECIPE.lr, help="peak LR of the one-cycle schedule")
-    group.add_argument("--weight-decay", type=non_negative_float, default=RECIPE.weight_decay)
-    group.add_argument("--label-smoothing", type=unit_interval, default=RECIPE.label_smoothing)
+    group.add_argument("--weight-decay", type=non_negative_float, default=RECIPE.weight_decay, help="SGD weight decay")
+    group.add_argument("--label-smoothing", type=unit_interval, default=RECIPE.label_smoothing,
+                       help="cross-entropy label smoothing")
     group.add_argument("--pad", type=non_negative_int, default=RECIPE.pad, help="random-crop padding (0: flip only)")
     group.add_argument("--crop", type=positive_int, metavar="N", default=RECIPE.crop,
                        help="train on RandomResizedCrop(N) + flip, evaluate on CenterCrop(N): needed when "
@@ -108,19 +123,22 @@ def add_train_command(subparsers):
         "train", help="train a model on a store, pruning the data dynamically",
         description="Train a model on a store with a pruning strategy; one log line per epoch, "
                     "a JSON and a CSV log, a checkpoint after every epoch (--resume continues from it). "
-                    "Classes and normalization come from the training store.")
+                    "Classes and normalization come from the training store. The recipe's defaults are "
+                    "the benchmark's (60k Fashion-MNIST images): set --batch-size and --lr for your data.",
+        formatter_class=HelpWithDefaults)
     parser.add_argument("--train", required=True, type=Path, metavar="FILE", help="training store")
     parser.add_argument("--val", required=True, type=Path, metavar="FILE", help="validation store")
-    parser.add_argument("--strategy", default="ucb", choices=STRATEGIES)
+    parser.add_argument("--strategy", default="ucb", choices=STRATEGIES, help="pruning strategy")
     parser.add_argument("--keep", type=fraction, default=0.5, help="fraction kept per pruned epoch")
-    parser.add_argument("--epochs", type=positive_int, default=RECIPE.epochs)
-    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=RECIPE.epochs, help="training epochs")
+    parser.add_argument("--seed", type=seed, default=0, help="seeds model init, selection and augmentation")
     parser.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
                         help="evaluate on --val every N-th epoch and after the last (default: every epoch)")
     add_recipe_arguments(parser)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch and loader threads")
     add_device_arguments(parser)
-    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                        help="NHWC activations (auto: on CUDA)")
     parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
     parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
@@ -146,6 +164,10 @@ def train_main(args) -> int:
     print(f"{args.train}: {data.num_classes} classes, images {data.image_size}, normalized with mean "
           f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
     print(f"training on {describe_device(device)}, {'fp32' if amp == 'off' else amp}", flush=True)
+    print(describe_recipe(recipe), flush=True)
+    warning = few_steps_warning(recipe, len(Store(args.train)), 1.0 if args.strategy == "full" else args.keep)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),

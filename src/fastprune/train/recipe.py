@@ -10,6 +10,7 @@ is told, with the measurements, in docs/benchmarks.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -104,6 +105,34 @@ _UNSET_OMITTED = ("crop", "mean", "std")
 # the training images fit in about 5 minutes on 2 cores. Picked on a held-out split against smaller
 # subsets trained for more epochs (docs/benchmarks.md, "The main job").
 QUICK_RECIPE = RECIPE.replace(widths=(16, 32, 64))
+
+
+# Fewer optimizer steps than this per pruned epoch barely trains (240 images at keep 0.5 in batches
+# of 512: one step per epoch, 33-57% accuracy); train and bench warn.
+MIN_STEPS_PER_EPOCH = 10
+
+
+def describe_recipe(recipe: Recipe) -> str:
+    """One line: what a run trains with, as ``fastprune train`` and ``bench`` print it first."""
+    model = recipe.model.name + (str(recipe.model.widths) if recipe.model.name == "small_resnet" else "")
+    augment = (f"random crop (pad {recipe.pad}) + " if recipe.pad else "") + "flip" + \
+        (f", RandomResizedCrop {recipe.crop}" if recipe.crop else "")
+    return (f"recipe: {recipe.epochs} epochs, batch {recipe.batch_size} (--batch-size), one-cycle SGD to peak "
+            f"lr {recipe.lr:g} (--lr), weight decay {recipe.weight_decay:g}, label smoothing "
+            f"{recipe.label_smoothing:g}, {augment}, model {model} (--model); defaults: --help")
+
+
+def few_steps_warning(recipe: Recipe, num_samples: int, keep: float) -> str | None:
+    """One line when an epoch at ``keep`` would take fewer than MIN_STEPS_PER_EPOCH optimizer steps
+    (the recipe's batch suits 60k images, not a few hundred); None when it takes enough."""
+    kept = max(1, int(round(keep * num_samples)))
+    steps = math.ceil(kept / recipe.batch_size)
+    if steps >= MIN_STEPS_PER_EPOCH:
+        return None
+    smaller = max(1, kept // MIN_STEPS_PER_EPOCH)
+    return (f"warning: at keep {keep:g} an epoch trains {kept} of {num_samples} samples in {steps} optimizer "
+            f"step{'s' if steps > 1 else ''} of batch {recipe.batch_size}; pass --batch-size {smaller} or less "
+            f"for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr that suits it)")
 
 
 def seed_everything(seed: int) -> None:

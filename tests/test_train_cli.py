@@ -1,0 +1,41 @@
+"""``fastprune train`` / ``bench`` on a user's data: the effective recipe is printed, defaults show
+in --help, and a recipe that would take too few steps per epoch is warned about (issue 34.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+from fastprune.train.recipe import RECIPE, few_steps_warning
+
+
+def test_few_steps_per_epoch_are_warned_about_with_the_flag_to_change():
+    line = few_steps_warning(RECIPE, 240, 0.5)  # the recipe's batch 512 on 120 kept images: one step
+    assert line and "1 optimizer step of batch 512" in line and "--batch-size 12 or less" in line
+    assert "\n" not in line
+    assert few_steps_warning(RECIPE, 60000, 0.5) is None                       # 59 steps
+    assert few_steps_warning(RECIPE.replace(batch_size=64), 2000, 0.3) is None  # 600 kept: 10 steps
+    assert few_steps_warning(RECIPE.replace(batch_size=64), 2000, 0.25) is not None  # 500 kept: 8 steps
+
+
+def test_help_shows_the_recipes_defaults(capsys):
+    for command in ("train", "bench"):
+        try:
+            main([command, "--help"])
+        except SystemExit:
+            pass
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: 512)" in text and "(default: 1.2)" in text and "(default: 0.0005)" in text, command
+
+
+def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (240, 8, 8, 3), dtype=np.uint8)
+    train = from_arrays(images, np.arange(240) % 2, tmp_path / "train.beton", progress=False)
+    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "4",
+                 "--no-progress", "--threads", "1"]) == 0
+    out = capsys.readouterr()
+    assert "recipe: 1 epochs, batch 512 (--batch-size), one-cycle SGD to peak lr 1.2" in out.out
+    assert "model small_resnet(4, 8, 16)" in out.out
+    assert "warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step" in out.err
