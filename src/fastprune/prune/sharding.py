@@ -1,0 +1,189 @@
+"""Owner-computes sharding: which rank of a torch.distributed job owns which sample id.
+
+The one rule (every sharded component uses it, nothing else decides ownership): a seeded
+bijection ``pi`` of ``[0, N)`` scatters the ids, and rank ``r`` of ``world`` owns the ids at the
+strided positions ``r, r + world, r + 2*world, ...`` of that permutation::
+
+    owner(id) = pi(id) % world          local position of id on its owner = pi(id) // world
+    ids(r)    = pi^-1(r + world * j)    for j in range(shard_size(r))
+
+so the shards are disjoint, cover ``[0, N)``, differ in size by at most one (ranks below
+``N % world`` hold one more), and are statistically alike: a shard is a pseudo-random sample of
+the ids, whatever order (class, source, difficulty) the dataset was written in.
+
+``pi`` is a 4-round Feistel network on the smallest power of four >= N, cycle-walked back into
+``[0, N)``, with round keys from the seed (splitmix64). Nothing of size N is ever built: a rank
+computes its ids, or the owner of an id, in O(1) memory per id, so a 1e9-sample job needs no
+1e9-entry permutation anywhere (8 GB in every process). The permutation depends only on
+``(num_samples, seed)``; the partition on ``(num_samples, world_size, seed)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._args import check_seed
+
+_M64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+#: Salt of the sharding stream, so that it differs from any other use of the same seed.
+_SHARD_SALT = 0x5A4D_0001
+_ROUNDS = 4
+_CHUNK = 1 << 22  # ids per vectorised pass: bounds the temporaries (about 8 arrays of 32 MiB)
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser of ``z + golden`` (uint64 arrays wrap, as in C)."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def _splitmix_int(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+class Sharding:
+    """The partition of ``num_samples`` ids over ``world_size`` ranks, from ``seed``.
+
+    ``shard_size(rank)``, ``ids(rank)`` (a rank's ids, in local order), ``owner(ids)``,
+    ``local(ids, rank)`` (positions in rank's shard; an IndexError naming the first id another
+    rank owns) and ``global_ids(rank, positions)`` (the inverse). Equal settings give equal
+    partitions in every process: it is a pure function of ``(num_samples, world_size, seed)``.
+    """
+
+    def __init__(self, num_samples: int, world_size: int, seed: int = 0):
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if isinstance(world_size, bool) or int(world_size) != world_size or world_size <= 0:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if world_size > num_samples:
+            raise ValueError(f"world_size={world_size} is larger than num_samples={num_samples}: "
+                             "some rank would own no sample")
+        self.num_samples, self.world_size, self.seed = int(num_samples), int(world_size), check_seed(seed)
+        bits = max(2, (self.num_samples - 1).bit_length())
+        self._half = (bits + 1) // 2  # the Feistel domain 4**half is < 4 * num_samples
+        self._mask = np.uint64((1 << self._half) - 1)
+        base = _splitmix_int((self.seed ^ (_SHARD_SALT << 32)) & _M64)
+        self._keys = [np.uint64(_splitmix_int((base + r + 1) & _M64)) for r in range(_ROUNDS)]
+
+    def __repr__(self) -> str:
+        return f"Sharding(num_samples={self.num_samples}, world_size={self.world_size}, seed={self.seed})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sharding) and self.describe() == other.describe()
+
+    def __hash__(self) -> int:
+        return hash(self.describe())
+
+    def describe(self) -> str:
+        """The settings a checkpoint records (a shard of another partition is refused)."""
+        return f"{self.num_samples} samples over {self.world_size} ranks, seed {self.seed}"
+
+    # ---- the partition --------------------------------------------------------------------
+
+    def shard_size(self, rank: int) -> int:
+        rank = self._rank(rank)
+        return (self.num_samples - rank + self.world_size - 1) // self.world_size
+
+    @property
+    def min_shard_size(self) -> int:
+        """The size of the smallest shard (``num_samples // world_size``): what every rank can
+        visit in an epoch that keeps every sample, so that all ranks take the same steps."""
+        return self.num_samples // self.world_size
+
+    def ids(self, rank: int) -> np.ndarray:
+        """All ids rank ``rank`` owns, in local order (int64; O(shard) memory)."""
+        return self.global_ids(rank, np.arange(self.shard_size(rank), dtype=np.int64))
+
+    def global_ids(self, rank: int, positions) -> np.ndarray:
+        """The ids at local ``positions`` of rank ``rank``'s shard."""
+        rank = self._rank(rank)
+        positions = np.asarray(positions, dtype=np.int64)
+        size = self.shard_size(rank)
+        if positions.size and (positions.min() < 0 or positions.max() >= size):
+            raise IndexError(f"positions must be in [0, {size}) (rank {rank}'s shard size)")
+        return self.unpermute(positions * self.world_size + rank)
+
+    def owner(self, ids) -> np.ndarray:
+        """The rank owning each id (int64)."""
+        return self.permute(ids) % self.world_size
+
+    def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(owner rank, local position) of each id."""
+        p = self.permute(ids)
+        return p % self.world_size, p // self.world_size
+
+    def local(self, ids, rank: int) -> np.ndarray:
+        """Local positions of ``ids`` in rank ``rank``'s shard; an IndexError names the first id
+        that rank does not own."""
+        rank = self._rank(rank)
+        owner, position = self.locate(ids)
+        foreign = owner != rank
+        if foreign.any():
+            j = int(np.flatnonzero(foreign)[0])
+            raise IndexError(f"indices[{j}] = {int(np.asarray(ids).reshape(-1)[j])} belongs to rank "
+                             f"{int(owner[j])}'s shard, not rank {rank}'s ({int(foreign.sum())} such indices): "
+                             "a sharded strategy is updated by the rank that owns each sample")
+        return position
+
+    # ---- the permutation ------------------------------------------------------------------
+
+    def permute(self, ids) -> np.ndarray:
+        """``pi(ids)``: each id's position in the seeded permutation of [0, num_samples)."""
+        return self._walk(ids, self._encrypt, "ids")
+
+    def unpermute(self, positions) -> np.ndarray:
+        """``pi^-1(positions)``."""
+        return self._walk(positions, self._decrypt, "positions")
+
+    def _walk(self, values, step, name: str) -> np.ndarray:
+        array = np.asarray(values)
+        if array.size and array.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be integers, got dtype {array.dtype}")
+        flat = array.reshape(-1).astype(np.int64, copy=False)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_samples):
+            bad = flat[(flat < 0) | (flat >= self.num_samples)][0]
+            raise IndexError(f"{name} holds {int(bad)}, outside [0, {self.num_samples})")
+        out = np.empty(flat.size, dtype=np.int64)
+        n = np.uint64(self.num_samples)
+        for start in range(0, flat.size, _CHUNK):
+            v = step(flat[start:start + _CHUNK].astype(np.uint64))
+            out_of_range = np.flatnonzero(v >= n)
+            while out_of_range.size:  # cycle walking: at most a few rounds (domain < 4N)
+                w = step(v[out_of_range])
+                v[out_of_range] = w
+                out_of_range = out_of_range[w >= n]
+            out[start:start + _CHUNK] = v.astype(np.int64)
+        return out.reshape(array.shape)
+
+    def _round(self, x: np.ndarray, key) -> np.ndarray:
+        return _splitmix(x ^ key) & self._mask
+
+    def _encrypt(self, v: np.ndarray) -> np.ndarray:
+        h = np.uint64(self._half)
+        left, right = v >> h, v & self._mask
+        for key in self._keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << h) | right
+
+    def _decrypt(self, v: np.ndarray) -> np.ndarray:
+        h = np.uint64(self._half)
+        left, right = v >> h, v & self._mask
+        for key in reversed(self._keys):
+            left, right = right ^ self._round(left, key), left
+        return (left << h) | right
+
+    def _rank(self, rank) -> int:
+        if isinstance(rank, bool) or int(rank) != rank or not 0 <= rank < self.world_size:
+            raise ValueError(f"rank must be an integer in [0, {self.world_size}), got {rank!r}")
+        return int(rank)
+
+
+__all__ = ["Sharding"]
