@@ -90,7 +90,7 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
               "--threads", str(torch.get_num_threads()), "--amp", "off", "--no-flush-denormal"]
     assert cli.main([*common, "--seeds", "0"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "2k images, 2 epochs, SmallResNet(32, 64, 128), 1 seed; every measurement: docs/benchmarks.md"
+    assert printed[0] == "2k images, 2 epochs, SmallResNet(32, 64, 128), 1 seed; every measurement: docs/benchmarks.md in the source repository"
     assert f"plots: {tmp_path / 'e2e'}_curves.png, {tmp_path / 'e2e'}_frontier.png" in printed
     assert printed[-1].startswith("verdict at keep 0.5: uniform ") and "el2n" not in printed[-1]
     result = json.loads(out.read_text())
@@ -336,12 +336,12 @@ def test_scale_note_says_a_run_is_quick_and_what_the_full_benchmark_is():
     note = bench_report.scale_note(quick, recipe.RECIPE.replace(widths=(16, 32, 64)), True)
     assert note.startswith("quick run: all training images, 10 epochs, SmallResNet(16, 32, 64), 1 seed; ")
     assert note.endswith("the full benchmark (all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds): "
-                         "docs/benchmarks.md")
+                         "docs/benchmarks.md in the source repository")
     subset = bench_report.scale_note({"train_limit": 12000, "epochs": 30, "seeds": (0, 1)}, recipe.RECIPE, True)
     assert subset.startswith("quick run: 12k images, 30 epochs, SmallResNet(32, 64, 128), 2 seeds; ")
     full = bench_report.scale_note({"train_limit": None, "epochs": 10, "seeds": (0, 1, 2)}, recipe.RECIPE, False)
     assert full == "all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds; every measurement: " \
-                   "docs/benchmarks.md"
+                   "docs/benchmarks.md in the source repository"
     other = bench_report.scale_note({"train_limit": 1500, "epochs": 2, "seeds": (0,)},
                                     recipe.RECIPE.replace(name="resnet18"), False)
     assert other.startswith("1,500 images, 2 epochs, resnet18, 1 seed; ")

@@ -117,9 +117,9 @@ def scale_note(mode: dict, recipe, quick: bool) -> str:
     """How a run relates to the full benchmark, for the verdict line: a quick run says so."""
     size = _size(mode["train_limit"], mode["epochs"], recipe, mode["seeds"])
     if not quick:
-        return f"{size}; every measurement: docs/benchmarks.md"
+        return f"{size}; every measurement: docs/benchmarks.md in the source repository"
     full = _size(FULL_MODE["train_limit"], FULL_MODE["epochs"], RECIPE, FULL_MODE["seeds"])
-    return f"quick run: {size}; the full benchmark ({full}): docs/benchmarks.md"
+    return f"quick run: {size}; the full benchmark ({full}): docs/benchmarks.md in the source repository"
 
 
 def verdict(summary: list[dict], note: str) -> str:
