@@ -44,6 +44,7 @@ from fastprune.bench.machine import RESULTS, command_line, machine, now, write_j
 from fastprune.convert import from_idx, from_image_folder  # noqa: E402
 from fastprune.loader import Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
 from fastprune.train.device import device_record, resolve_device, run_amp, synchronize  # noqa: E402
+from fastprune.train.loop import COMPILE_CHOICES  # noqa: E402
 from fastprune.train.recipe import RECIPE, ModelSpec, run_recipe  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -68,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--feed-batches", type=int, default=60, help="batches timed per feed measurement")
     p.add_argument("--reps", type=int, default=3, help="repetitions per feed/step measurement (median)")
     p.add_argument("--fmnist-limit", type=int, default=None, help="use the first N training images")
+    p.add_argument("--compile", default="off", choices=COMPILE_CHOICES,
+                   help="(b) also times the benchmark recipe through fit with this torch.compile mode")
     p.add_argument("--skip", nargs="*", default=[], choices=["feed", "step", "end_to_end"])
     p.add_argument("--tiny", action="store_true", help="CPU dry run: tiny data, 1 epoch, 1 seed, small models")
     p.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
@@ -181,15 +184,19 @@ def step_rate(model_spec: ModelSpec, num_classes: int, size: int, batch: int, de
 
 def run_step_vs_fit(args, device, workloads) -> list[dict]:
     rows = []
+    if args.compile != "off":  # the launch-bound recipe once more, compiled (epoch 1 pays the compile)
+        workloads = [*workloads, (f"recipe+compile:{args.compile}", *workloads[0][1:])]
     for name, recipe, stores, num_classes in workloads:
         size = recipe.crop or 28
         alone = step_rate(recipe.model, num_classes, size, recipe.batch_size, device, args.reps)
         fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
         _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=args.fit_threads,
-                                channels_last=True, progress=False, log=None, eval_every=10)
+                                channels_last=True, progress=False, log=None, eval_every=10,
+                                compile=args.compile if "+compile" in name else False)
         last = history[-1]
         through_fit = last["samples"] / last["train_s"]
         rows.append({"workload": name, "step_img_per_s": round(alone), "fit_img_per_s": round(through_fit),
+                     "fit_epoch_s": round(last["train_s"], 3),
                      "fit_fraction_of_step": round(through_fit / alone, 3),
                      "gpu_busy_pct_fit": last["gpu_busy_pct"]})  # nvml, sampled by run_recipe
         print(f"(b) {name}: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} img/s "

@@ -39,3 +39,38 @@ def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):
     assert "recipe: 1 epochs, batch 512 (--batch-size), one-cycle SGD to peak lr 1.2" in out.out
     assert "model small_resnet(4, 8, 16)" in out.out
     assert "warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step" in out.err
+
+
+def test_compile_reaches_the_training_loop_from_train_bench_and_compare(tmp_path, monkeypatch):
+    """--compile / compare(compile=) arrive at run_recipe as fit's compile= (False for "off")."""
+    import pytest
+
+    import fastprune.bench.run as bench_run
+    import fastprune.train.cli as train_cli
+    from fastprune.bench import compare
+
+    class Stop(BaseException):
+        """Ends the command right there: only the argument matters."""
+
+    seen = []
+
+    def fake_run_recipe(*args, **kwargs):
+        seen.append(kwargs.get("compile"))
+        raise Stop
+
+    monkeypatch.setattr(train_cli, "run_recipe", fake_run_recipe)
+    monkeypatch.setattr(bench_run, "run_recipe", fake_run_recipe)
+    rng = np.random.default_rng(0)
+    train = from_arrays(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), np.arange(64) % 2,
+                        tmp_path / "t.beton", progress=False)
+    for mode, expected in (("off", False), ("reduce-overhead", "reduce-overhead")):
+        with pytest.raises(Stop):
+            main(["train", "--train", str(train), "--val", str(train), "--compile", mode, "--no-progress"])
+        assert seen[-1] == expected
+    with pytest.raises(Stop):
+        compare(train, train, compile="default", epochs=1)
+    assert seen[-1] == "default"
+    with pytest.raises(ValueError, match="compile must be one of"):
+        compare(train, train, compile="fast", epochs=1)
+    with pytest.raises(SystemExit):
+        main(["train", "--train", str(train), "--val", str(train), "--compile", "fast"])

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the runs ``--out`` does not hold yet, writing every output after each."""
     settings = Settings(amp=args.amp, channels_last=args.channels_last, threads=args.threads,
-                        flush_denormal=args.flush_denormal, progress=args.progress, device=args.device)
+                        flush_denormal=args.flush_denormal, progress=args.progress, device=args.device,
+                        compile=args.compile)
     settings = settings.resolved()  # before any work: CUDA asked for and missing is one line
     settings.apply()
     mode = plan.mode_for(args)

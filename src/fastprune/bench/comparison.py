@@ -57,7 +57,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             strategies: Sequence[str] = ("full", "epsilon_greedy", "ucb"), keep: float | Sequence[float] = 0.5,
             epochs: int = RECIPE.epochs, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
             threads: int | None = None, amp: str | None = None, channels_last: bool | None = None,
-            device: str = "auto", eval_every: int = 1, verbose: bool = False, **recipe_options) -> Comparison:
+            device: str = "auto", compile: str = "off", eval_every: int = 1, verbose: bool = False,
+            **recipe_options) -> Comparison:
     """Train ``model`` on the store ``train`` with full data and with each pruning strategy, evaluate
     on ``val`` after every ``eval_every``-th epoch and the last, and compare final accuracy and training wall-clock.
 
@@ -79,6 +80,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             for where there is none raises :class:`~fastprune.errors.ConfigError` before any work.
             The result records the device, GPU, torch and CUDA versions (``result["device"]``) and
             each run's mean GPU busy percentage (``gpu_busy_pct``, None on the CPU or without nvml).
+        compile: "off" (default), "default", "reduce-overhead" (CUDA graphs) or
+            "max-autotune-no-cudagraphs": ``torch.compile`` of the training forward (``fit(compile=)``).
         verbose: print a line per run.
         recipe_options: the recipe's fields (``batch_size``, ``lr``, ``weight_decay``,
             ``label_smoothing``, ``pad``, ``crop``, ``mean``, ``std``, ``even_batches``; for
@@ -101,7 +104,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     defaults = Settings()
     settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads or defaults.threads,
                         channels_last=defaults.channels_last if channels_last is None else channels_last,
-                        device=device).resolved()
+                        device=device, compile=compile).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)
     threads_before = torch.get_num_threads()
     settings.apply()

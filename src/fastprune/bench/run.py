@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..train.data import DataSpec
 from ..train.device import autocast_dtype, memory_format_for, resolve_device, run_amp, synchronize
+from ..train.loop import COMPILE_CHOICES
 from ..train.recipe import RECIPE, VAL_BATCH, Recipe, gpu_busy_of, run_recipe
 
 
@@ -37,10 +39,15 @@ class Settings:
     eval_every: int = 1
     # "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; resolved() pins it.
     device: str = "auto"
+    # torch.compile mode of the training forward ("off", "default", "reduce-overhead"...): recorded
+    # only when on, so files measured before the option existed still continue.
+    compile: str = "off"
 
     def resolved(self) -> Settings:
         """These settings with ``device`` resolved ("auto" -> "cuda" or "cpu"; ConfigError in one
         line for a malformed value or CUDA where there is none)."""
+        if self.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         return dataclasses.replace(self, device=str(resolve_device(self.device)))
 
     def apply(self) -> None:
@@ -60,6 +67,8 @@ class Settings:
             record["amp"] = "bf16"
         if device.type != "cpu":
             record["device"] = str(device)
+        if self.compile == "off":
+            del record["compile"]
         return record
 
 
@@ -88,7 +97,8 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
                                    data=data, device=settings.device,
                                    threads=settings.threads, amp=settings.amp,
                                    channels_last=settings.channels_last, progress=settings.progress,
-                                   eval_every=settings.eval_every, log=None)
+                                   eval_every=settings.eval_every, log=None,
+                                   compile=False if settings.compile == "off" else settings.compile)
     return _run_row(strategy_name, keep, seed, strategy, history)
 
 

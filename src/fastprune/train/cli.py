@@ -15,7 +15,7 @@ import torch
 from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
 from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
-from .loop import save_csv, save_history
+from .loop import COMPILE_CHOICES, save_csv, save_history
 from ..store.reader import Store
 from .recipe import RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning, gpu_busy_of, run_recipe
 
@@ -108,6 +108,11 @@ AMP_HELP = ("autocast (default auto: bf16 on a GPU, and on CPUs where bf16 is fa
             "AVX512-BF16 on AMD; else fp32 on the CPU)")
 
 
+def compile_option(choice: str):
+    """--compile's value as ``fit(compile=)`` takes it: False for "off", else the mode's name."""
+    return False if choice == "off" else choice
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device and --amp, shared by ``fastprune train`` and ``bench``: where a run trains and in
     which precision, resolved by :func:`~fastprune.train.device.resolve_device` and
@@ -115,6 +120,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else the CPU)")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help=AMP_HELP)
+    parser.add_argument("--compile", default="off", choices=COMPILE_CHOICES,
+                        help="torch.compile the training forward (reduce-overhead: CUDA graphs, for small, "
+                             "launch-bound models on a GPU)")
 
 
 def add_train_command(subparsers):
@@ -171,7 +179,8 @@ def train_main(args) -> int:
     _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
-                            eval_every=args.eval_every, progress=not args.no_progress)
+                            eval_every=args.eval_every, progress=not args.no_progress,
+                            compile=compile_option(args.compile))
     if args.log_json:  # typed: numbers stay numbers, paths become strings
         save_history(args.log_json, history, command="fastprune train", data=data.json(),
                      arguments={k: v for k, v in vars(args).items() if k != "run"},

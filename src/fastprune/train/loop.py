@@ -89,6 +89,8 @@ def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
 #: fit(compile=...) values: torch.compile's mode for each (None: torch's default mode).
 COMPILE_MODES = {True: None, "default": None, "reduce-overhead": "reduce-overhead",
                  "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}
+# The same modes as the command line and the bench settings name them ("off": no compile).
+COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 def compiled_forward(model: nn.Module, compile) -> nn.Module:
