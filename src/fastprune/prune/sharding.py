@@ -31,7 +31,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 #: Salt of the sharding stream, so that it differs from any other use of the same seed.
 _SHARD_SALT = 0x5A4D_0001
 _ROUNDS = 4
-_CHUNK = 1 << 22  # ids per vectorised pass: bounds the temporaries (about 8 arrays of 32 MiB)
+_CHUNK = 1 << 16  # ids per vectorised pass: the temporaries (512 KiB each) stay in cache
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:

@@ -1,0 +1,424 @@
+"""Scale benchmark for issue 36: what one rank holds, selects and sends, replicated vs sharded.
+
+* **memory**: score-table bytes per rank (counted from the arrays a strategy allocates, and the
+  process's RSS growth measured) for EpsilonGreedy, UCB and InfoBatch: replicated (N entries in
+  every rank) vs sharded (the rank's shard, ``fastprune.prune.sharding``), at each N of
+  ``--sizes`` and each world of ``--worlds``. A replicated table is built only where it fits in
+  the RAM free when the run starts (MemAvailable, recorded); the skipped ones are listed.
+* **selection time per epoch**: ``EpsilonGreedy.select`` (keep 0.5, eps 0.2) over a filled
+  replicated table vs one rank's shard, the latter including the mapping of the selected local
+  positions to sample ids (``Sharding.global_ids``); median of ``--repeats`` fresh epochs.
+* **communication per training step**: the bytes one rank receives from the replicated mode's
+  per-step all-gather of (index, loss, correct), counted from the shapes of the tensors
+  ``fastprune.prune.distributed.gather_updates`` really all-gathers (its collective replaced by
+  a counting one), at each world and per-rank batch; the sharded mode communicates nothing for
+  pruning (every update is local to the owner rank).
+* **overlap**: the union of per-shard selections (equal quotas k/world; top part plus random
+  part, by the native kernel the strategies use) against the global selection's top part, on
+  loss-like scores: a lognormal, a gamma, and the per-sample losses of a short real
+  Fashion-MNIST run (an MLP, 2 epochs) replicated to N with 10% multiplicative noise. Also the
+  top-part agreement of float16 / bfloat16-rounded scores with float32 (ranking precision).
+* **extrapolation** to 1e9-1e10 samples at 64-1024 ranks (labelled as such): memory from the
+  counted bytes per sample, selection time from the measured time per shard entry, the
+  all-gather bytes from the counted bytes per entry, the overlap from the hypergeometric
+  normal approximation, which the table checks against every simulated point.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1e7 1e8] [--sharded-sizes 1e9] [--worlds 8 64 512]
+                                         [--overlap-sizes 1e7 1e8] [--tiny] [--out benchmarks/results/scale.json]
+
+Prints tables; writes the JSON (see shared BENCHMARKS.md) and a markdown next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+from fastprune._native import core
+from fastprune.bench.machine import command_line, machine, now, write_json
+from fastprune.prune import UCB, EpsilonGreedy, InfoBatch
+from fastprune.prune import distributed as fp_distributed
+from fastprune.prune.sharding import Sharding
+
+KEEP, EPS, SEED = 0.5, 0.2, 0
+STRATEGIES = {"epsilon_greedy": lambda n: EpsilonGreedy(n, KEEP, EPS, seed=SEED),
+              "ucb": lambda n: UCB(n, KEEP, seed=SEED),
+              "infobatch": lambda n: InfoBatch(n, KEEP, epochs=10, seed=SEED)}
+KERNEL_LIMIT = 2**32  # the native selection kernels take fewer than 2^32 scores per call
+GiB = 2**30
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def fill(strategy, rng, chunk=1 << 24) -> None:
+    """Every sample seen once, with lognormal losses (a trained network's spread)."""
+    n = strategy.table.num_samples
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        strategy.update(np.arange(start, stop, dtype=np.int64),
+                        rng.lognormal(-2.0, 1.5, stop - start).astype(np.float32))
+
+
+def build(name, n):
+    """(strategy, counted table bytes, measured RSS growth) for a table of n entries."""
+    before = rss()
+    strategy = STRATEGIES[name](n)
+    strategy.update(np.array([0]), np.array([1.0], np.float32))  # no `correct`: as the recipe trains
+    counted = sum(a.nbytes for a in strategy.table._arrays.values())
+    return strategy, counted, rss() - before
+
+
+# ---- memory and selection time ---------------------------------------------------------------
+
+def memory_and_selection(sizes, sharded_sizes, worlds, repeats, skipped):
+    rows, timings = [], []
+    free = mem_available()
+    for n in sorted(set(sizes) | set(sharded_sizes)):
+        replicated_ok = n in sizes and n < KERNEL_LIMIT
+        for name in STRATEGIES:
+            bytes_per_sample = STRATEGIES[name](1000).table.bytes_per_sample
+            need = bytes_per_sample * n * 1.3 + 2 * GiB  # the table, the fill's temporaries, a margin
+            if replicated_ok and need > free:
+                skipped.append(f"replicated {name} table at N={n:.0e}: needs ~{need / GiB:.1f} GiB, "
+                               f"{free / GiB:.1f} GiB free at start")
+            elif replicated_ok:
+                strategy, counted, grown = build(name, n)
+                rows.append({"strategy": name, "mode": "replicated", "num_samples": n, "world": None,
+                             "entries": n, "table_bytes_counted": counted, "rss_growth_bytes": grown})
+                if name == "epsilon_greedy":
+                    timings.append(time_selection(strategy, n, None, repeats))
+                del strategy
+            for world in worlds:
+                if world > n:
+                    continue
+                sharding = Sharding(n, world, SEED)
+                entries = sharding.shard_size(0)
+                strategy, counted, grown = build(name, entries)
+                rows.append({"strategy": name, "mode": "sharded", "num_samples": n, "world": world,
+                             "entries": entries, "table_bytes_counted": counted, "rss_growth_bytes": grown})
+                if name == "epsilon_greedy":
+                    timings.append(time_selection(strategy, n, sharding, repeats))
+                del strategy
+    return rows, timings, free
+
+
+def time_selection(strategy, n, sharding, repeats):
+    """Median seconds of one epoch's select (and, sharded, the id mapping) on a filled table."""
+    fill(strategy, np.random.default_rng(1))
+    select_s, map_s = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        selection = strategy.select(r + 1)  # a fresh epoch each time: no cache hit
+        t1 = time.perf_counter()
+        if sharding is not None:
+            sharding.global_ids(0, selection.indices)
+        select_s.append(t1 - t0)
+        map_s.append(time.perf_counter() - t1)
+    row = {"mode": "replicated" if sharding is None else "sharded", "num_samples": n,
+           "world": None if sharding is None else sharding.world_size, "entries": strategy.table.num_samples,
+           "selected": len(selection), "select_s_median": statistics.median(select_s),
+           "map_ids_s_median": statistics.median(map_s) if sharding is not None else 0.0}
+    row["epoch_s_median"] = row["select_s_median"] + row["map_ids_s_median"]
+    row["ns_per_entry"] = row["epoch_s_median"] / row["entries"] * 1e9
+    return row
+
+
+# ---- communication ---------------------------------------------------------------------------
+
+class CountingGroup:
+    """Stands in for torch.distributed as gather_updates sees it: rank 0 of ``world``, every other
+    rank sending what rank 0 sends; counts the bytes rank 0 receives from the others."""
+
+    def __init__(self, world):
+        self.world, self.received, self.calls = world, 0, 0
+
+    def get_world_size(self):
+        return self.world
+
+    def get_rank(self):
+        return 0
+
+    def get_backend(self):
+        return "gloo"
+
+    def all_gather(self, outputs, tensor):
+        assert len(outputs) == self.world
+        for out in outputs:
+            out.copy_(tensor)
+        self.received += sum(o.numel() * o.element_size() for o in outputs[1:])
+        self.calls += 1
+
+
+def communication(worlds, batches):
+    rows = []
+    for world in worlds:
+        for batch in batches:
+            group = CountingGroup(world)
+            idx = np.arange(batch, dtype=np.int64)
+            loss = np.ones(batch, np.float32)
+            with mock.patch.object(fp_distributed, "_active_group", lambda: group):
+                fp_distributed.gather_updates(idx, loss, np.ones(batch, np.int8))
+            rows.append({"world": world, "batch_per_rank": batch, "collectives_per_step": group.calls,
+                         "replicated_bytes_received_per_rank": group.received,
+                         "bytes_per_entry": group.received / ((world - 1) * batch) if world > 1 else 0.0,
+                         "sharded_bytes_per_step": 0})
+    return rows
+
+
+# ---- overlap ---------------------------------------------------------------------------------
+
+def fashion_mnist_losses(samples, epochs, seed=0):
+    """Per-sample cross-entropy losses of an MLP trained ``epochs`` epochs on Fashion-MNIST's
+    training split (the first ``samples`` images), as a run's score table would hold them."""
+    from fastprune.convert import FASHION_MNIST_DIR, read_idx
+
+    x = read_idx(Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz", 3)[:samples]
+    y = read_idx(Path(FASHION_MNIST_DIR) / "train-labels-idx1-ubyte.gz", 1)[:samples]
+    x = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+    y = torch.from_numpy(y.astype(np.int64))
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(256):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+        accuracy = float((model(x).argmax(1) == y).float().mean())
+    return losses.numpy().astype(np.float32), accuracy
+
+
+def scores_for(dist, n, rng, fmnist):
+    if dist == "lognormal":
+        return rng.lognormal(-2.0, 1.5, n).astype(np.float32)
+    if dist == "gamma":
+        return rng.gamma(0.5, 1.0, n).astype(np.float32)
+    base = fmnist[rng.integers(0, len(fmnist), n)]
+    return (base * rng.lognormal(0.0, 0.1, n)).astype(np.float32)
+
+
+def predicted_overlap(n, world, k_top):
+    """The expected overlap of per-shard top-(k_top/world) with the global top-k_top for any
+    tie-free scores: a shard of m = n/world random ids holds X ~ Hypergeometric(n, k_top, m)
+    global-top ids, takes min(X, q) of them with q = k_top/world, so the overlap is
+    1 - E[(q - X)+]/q ~= 1 - sd(X) / (sqrt(2 pi) q) (normal approximation)."""
+    m, f = n / world, k_top / n
+    sd = math.sqrt(m * f * (1 - f) * (n - m) / max(n - 1, 1))
+    return 1.0 - sd / (math.sqrt(2 * math.pi) * (k_top / world))
+
+
+def top_mask(scores, k_top, stream=0):
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[core.select_top_random(scores, k_top, 0, SEED, 0, stream)] = True
+    return mask
+
+
+def overlap(sizes, worlds, dists, fmnist, log):
+    rows, precision = [], []
+    for n in sizes:
+        t0 = time.perf_counter()
+        position = Sharding(n, 1, SEED).permute(np.arange(n, dtype=np.int64))  # world-independent
+        id_at = np.empty(n, dtype=np.int64)
+        id_at[position] = np.arange(n, dtype=np.int64)
+        del position
+        log(f"  N={n:.0e}: permutation of the ids in {time.perf_counter() - t0:.1f} s")
+        k = int(round(KEEP * n))
+        k_top = k - int(round(EPS * k))
+        for dist in dists:
+            rng = np.random.default_rng([SEED, n, len(dist)])
+            scores = scores_for(dist, n, rng, fmnist)
+            glob = top_mask(scores, k_top)
+            by_position = scores[id_at]
+            for world in worlds:
+                if world > n:
+                    continue
+                t0 = time.perf_counter()
+                quota = k // world  # equal quotas: every rank the same number of steps
+                q_rand = int(round(EPS * quota))
+                q_top = quota - q_rand
+                chosen_top = np.zeros(n, dtype=bool)
+                chosen = np.zeros(n, dtype=bool)
+                for rank in range(world):
+                    shard = np.ascontiguousarray(by_position[rank::world])
+                    top = core.select_top_random(shard, q_top, 0, SEED, 1, rank + 1)
+                    both = core.select_top_random(shard, q_top, q_rand, SEED, 1, rank + 1)
+                    chosen_top[id_at[rank + world * top]] = True
+                    chosen[id_at[rank + world * both]] = True
+                hit = int((chosen_top & glob).sum())
+                rows.append({"distribution": dist, "num_samples": n, "world": world, "global_top": k_top,
+                             "sharded_top": world * q_top, "sharded_selected": int(chosen.sum()),
+                             "overlap_top": hit / k_top,
+                             "global_top_in_sharded_selection": int((chosen & glob).sum()) / k_top,
+                             "predicted_overlap_top": predicted_overlap(n, world, k_top),
+                             "seconds": time.perf_counter() - t0})
+                log(f"  {dist:9s} N={n:.0e} world={world:4d}: overlap {hit / k_top:.5f} "
+                    f"(predicted {rows[-1]['predicted_overlap_top']:.5f})")
+            for low in ("float16", "bfloat16"):
+                rounded = torch.from_numpy(scores).to(getattr(torch, low)).float().numpy()
+                agree = int((top_mask(rounded, k_top) & glob).sum()) / k_top
+                precision.append({"distribution": dist, "num_samples": n, "dtype": low, "top_agreement": agree,
+                                  "distinct_values": int(len(np.unique(rounded[: min(n, 1 << 22)])))})
+            del scores, glob, by_position
+    return rows, precision
+
+
+# ---- extrapolation ---------------------------------------------------------------------------
+
+def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch):
+    per_sample = {r["strategy"]: r["table_bytes_counted"] / r["entries"] for r in table_rows if r["entries"] > 1000}
+    sharded = [t for t in timings if t["mode"] == "sharded"]
+    ns = max(sharded, key=lambda t: t["entries"])["ns_per_entry"] if sharded else float("nan")
+    per_entry = max((c["bytes_per_entry"] for c in comm_rows if c["world"] > 1), default=float("nan"))
+    rows = []
+    for n in sizes:
+        for world in worlds:
+            entries = -(-n // world)
+            k_top = int(round(KEEP * n)) - int(round(EPS * round(KEEP * n)))
+            rows.append({"extrapolation": True, "num_samples": n, "world": world, "shard_entries": entries,
+                         **{f"sharded_{s}_bytes_per_rank": b * entries for s, b in per_sample.items()},
+                         **{f"replicated_{s}_bytes_per_rank": b * n for s, b in per_sample.items()},
+                         "replicated_selectable": n < KERNEL_LIMIT,
+                         "sharded_epoch_select_s": ns * entries / 1e9,
+                         "replicated_bytes_per_step": per_entry * (world - 1) * batch, "sharded_bytes_per_step": 0,
+                         "predicted_overlap_top": predicted_overlap(n, world, k_top)})
+    return rows, ns, per_entry
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+def fmt_bytes(b):
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def markdown(result) -> str:
+    m = result["machine"]
+    lines = [f"# Scale: replicated vs sharded score tables (issue 36)", "",
+             f"`{result['command']}` on {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM, "
+             f"{result['mem_available_gb']:.1f} GB free at start, load {m['load_avg_1m']}), {result['date']}.", "",
+             "## Score-table bytes per rank (counted; RSS growth measured)", "",
+             "| strategy | mode | N | world | entries | table bytes | RSS growth |", "|---|---|---|---|---|---|---|"]
+    for r in result["memory"]:
+        lines.append(f"| {r['strategy']} | {r['mode']} | {r['num_samples']:.0e} | {r['world'] or ''} | {r['entries']} | "
+                     f"{fmt_bytes(r['table_bytes_counted'])} | {fmt_bytes(max(r['rss_growth_bytes'], 0))} |")
+    lines += ["", "## Selection time per epoch (EpsilonGreedy keep 0.5, eps 0.2; one rank)", "",
+              "| mode | N | world | entries | select s | map ids s | epoch s |", "|---|---|---|---|---|---|---|"]
+    for t in result["selection"]:
+        lines.append(f"| {t['mode']} | {t['num_samples']:.0e} | {t['world'] or ''} | {t['entries']} | "
+                     f"{t['select_s_median']:.3f} | {t['map_ids_s_median']:.3f} | {t['epoch_s_median']:.3f} |")
+    lines += ["", "## Bytes per training step for pruning (received per rank; counted from gather_updates' "
+              "all-gather shapes)", "", "| world | batch/rank | replicated | sharded |", "|---|---|---|---|"]
+    for c in result["communication"]:
+        lines.append(f"| {c['world']} | {c['batch_per_rank']} | {fmt_bytes(c['replicated_bytes_received_per_rank'])} | 0 |")
+    lines += ["", "## Overlap of the union of per-shard top parts with the global top part", "",
+              "| scores | N | world | overlap | predicted | global top in sharded selection |", "|---|---|---|---|---|---|"]
+    for o in result["overlap"]:
+        lines.append(f"| {o['distribution']} | {o['num_samples']:.0e} | {o['world']} | {o['overlap_top']:.5f} | "
+                     f"{o['predicted_overlap_top']:.5f} | {o['global_top_in_sharded_selection']:.5f} |")
+    lines += ["", "## Top-part agreement of low-precision scores with float32", "",
+              "| scores | N | dtype | agreement |", "|---|---|---|---|"]
+    for p in result["precision"]:
+        lines.append(f"| {p['distribution']} | {p['num_samples']:.0e} | {p['dtype']} | {p['top_agreement']:.5f} |")
+    lines += ["", "## EXTRAPOLATION (not measured): 1e9-1e10 samples", "",
+              f"Bytes from the counted bytes per sample; select time from the measured "
+              f"{result['extrapolation_basis']['sharded_ns_per_entry']:.1f} ns per shard entry; all-gather bytes from "
+              f"{result['extrapolation_basis']['allgather_bytes_per_entry']:.0f} B per entry counted, at "
+              f"{result['extrapolation_basis']['batch_per_rank']} samples per rank and step; overlap from the "
+              "normal approximation. Replicated tables of N >= 2^32 cannot be selected by the native kernels at all.", "",
+              "| N | world | sharded eps-greedy/UCB per rank | replicated eps-greedy/UCB per rank | sharded select s/epoch "
+              "| replicated all-gather per step | predicted overlap |", "|---|---|---|---|---|---|---|"]
+    for e in result["extrapolation"]:
+        lines.append(f"| {e['num_samples']:.0e} | {e['world']} | {fmt_bytes(e.get('sharded_epsilon_greedy_bytes_per_rank', 0))}"
+                     f" / {fmt_bytes(e.get('sharded_ucb_bytes_per_rank', 0))} | "
+                     f"{fmt_bytes(e.get('replicated_epsilon_greedy_bytes_per_rank', 0))} / "
+                     f"{fmt_bytes(e.get('replicated_ucb_bytes_per_rank', 0))} | {e['sharded_epoch_select_s']:.2f} | "
+                     f"{fmt_bytes(e['replicated_bytes_per_step'])} | {e['predicted_overlap_top']:.5f} |")
+    if result["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {s}" for s in result["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e7, 1e8])
+    parser.add_argument("--sharded-sizes", nargs="+", type=float, default=[1e9],
+                        help="N measured for sharded tables only (one rank's shard)")
+    parser.add_argument("--worlds", nargs="+", type=int, default=[8, 64, 512])
+    parser.add_argument("--overlap-sizes", nargs="+", type=float, default=[1e7, 1e8])
+    parser.add_argument("--batches", nargs="+", type=int, default=[256, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fmnist-samples", type=int, default=60000)
+    parser.add_argument("--fmnist-epochs", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long run of every part (the test runs it)")
+    parser.add_argument("--out", default="benchmarks/results/scale.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.sizes, args.sharded_sizes, args.worlds, args.overlap_sizes = [2e4], [1e5], [2, 8], [2e4]
+        args.batches, args.repeats, args.fmnist_samples, args.fmnist_epochs = [16], 1, 2000, 1
+    sizes = [int(s) for s in args.sizes]
+    sharded_sizes = [int(s) for s in args.sharded_sizes]
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    skipped: list[str] = []
+    started = time.perf_counter()
+
+    log("memory and selection time ...")
+    table_rows, timings, free = memory_and_selection(sizes, sharded_sizes, args.worlds, args.repeats, skipped)
+    for t in timings:
+        log(f"  {t['mode']:10s} N={t['num_samples']:.0e} world={t['world']}: select {t['select_s_median']:.3f} s "
+            f"+ map ids {t['map_ids_s_median']:.3f} s over {t['entries']} entries")
+    log("communication ...")
+    comm_rows = communication(args.worlds, args.batches)
+    log("Fashion-MNIST losses ...")
+    fmnist, fmnist_acc = fashion_mnist_losses(args.fmnist_samples, args.fmnist_epochs)
+    log(f"  {len(fmnist)} losses, train accuracy {fmnist_acc:.3f}, mean loss {fmnist.mean():.3f}")
+    log("overlap ...")
+    overlap_rows, precision = overlap([int(s) for s in args.overlap_sizes], args.worlds,
+                                      ("lognormal", "gamma", "fashion_mnist"), fmnist, log)
+    extra_sizes = [10**9, 10**10] if not args.tiny else [10**6]
+    extra_worlds = [64, 256, 1024] if not args.tiny else [8]
+    extrapolation, ns, per_entry = extrapolate(table_rows, timings, comm_rows, extra_sizes, extra_worlds,
+                                               max(args.batches))
+    result = {"benchmark": "scale", "command": command_line(), "machine": machine(), "date": now(),
+              "mem_available_gb": free / GiB, "keep": KEEP, "eps": EPS, "seed": SEED,
+              "memory": table_rows, "selection": timings, "communication": comm_rows,
+              "fashion_mnist": {"samples": len(fmnist), "epochs": args.fmnist_epochs, "train_accuracy": fmnist_acc,
+                                "mean_loss": float(fmnist.mean()), "noise": "x lognormal(0, 0.1)"},
+              "overlap": overlap_rows, "precision": precision,
+              "extrapolation_basis": {"sharded_ns_per_entry": ns, "allgather_bytes_per_entry": per_entry,
+                                      "batch_per_rank": max(args.batches)},
+              "extrapolation": extrapolation, "skipped": skipped,
+              "wall_s": time.perf_counter() - started}
+    out = write_json(Path(args.out), result)
+    text = markdown(result)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

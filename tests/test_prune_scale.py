@@ -1,0 +1,74 @@
+"""benchmarks/scale.py --tiny runs every part and its numbers agree with hand-computed oracles."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scale():
+    spec = importlib.util.spec_from_file_location("scale_benchmark", ROOT / "benchmarks" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(scale, tmp_path_factory, fashion_mnist_dir):
+    out = tmp_path_factory.mktemp("scale") / "scale.json"
+    scale.main(["--tiny", "--out", str(out)])
+    return json.loads(out.read_text()), out
+
+
+def test_tiny_run_writes_json_and_markdown_with_the_machine(tiny):
+    result, out = tiny
+    assert result["benchmark"] == "scale" and result["machine"]["cores"] >= 1
+    for key in ("memory", "selection", "communication", "overlap", "precision", "extrapolation"):
+        assert result[key], key
+    text = out.with_suffix(".md").read_text()
+    assert "EXTRAPOLATION (not measured)" in text and "| fashion_mnist |" in text
+
+
+def test_table_bytes_are_the_strategies_fields(tiny):
+    per_sample = {"epsilon_greedy": 12, "ucb": 16, "infobatch": 8}  # mean+seen (+score) (+var)
+    for row in tiny[0]["memory"]:
+        assert row["table_bytes_counted"] == per_sample[row["strategy"]] * row["entries"], row
+        if row["mode"] == "sharded":
+            assert row["entries"] == -(-row["num_samples"] // row["world"])
+
+
+def test_allgather_bytes_are_counted_from_the_payload_shapes(tiny):
+    for row in tiny[0]["communication"]:
+        w, b = row["world"], row["batch_per_rank"]
+        # gather_updates: a header of 2 int64 and a (3, batch) float64 payload from each other rank
+        assert row["replicated_bytes_received_per_rank"] == (w - 1) * (2 * 8 + 3 * b * 8)
+        assert row["collectives_per_step"] == 2 and row["sharded_bytes_per_step"] == 0
+
+
+def test_overlap_is_close_to_the_prediction_and_the_union_has_equal_quotas(tiny):
+    result = tiny[0]
+    for row in result["overlap"]:
+        assert 0.95 < row["overlap_top"] <= 1.0
+        assert abs(row["overlap_top"] - row["predicted_overlap_top"]) < 0.01, row
+        k = round(0.5 * row["num_samples"])
+        quota = k // row["world"]
+        assert row["sharded_top"] == row["world"] * (quota - round(0.2 * quota))
+        assert row["sharded_selected"] == row["world"] * quota
+    assert result["fashion_mnist"]["train_accuracy"] > 0.6  # a real, if short, run
+
+
+def test_predicted_overlap_matches_a_direct_simulation(scale):
+    """The analytic overlap against a plain numpy simulation (random shards, argpartition)."""
+    rng = np.random.default_rng(3)
+    n, world, k_top = 200_000, 16, 80_000
+    scores = rng.random(n)
+    glob = np.zeros(n, bool)
+    glob[np.argpartition(-scores, k_top)[:k_top]] = True
+    perm = rng.permutation(n).reshape(world, -1)
+    hits = sum(glob[ids[np.argpartition(-scores[ids], k_top // world)[: k_top // world]]].sum() for ids in perm)
+    assert abs(hits / k_top - scale.predicted_overlap(n, world, k_top)) < 0.002
