@@ -3,20 +3,19 @@
 Trains the same model with the same recipe (``fastprune.train.RECIPE``) on Fashion-MNIST converted
 to a store, with full data and with every strategy at several keep ratios and seeds, and reports
 final accuracy (mean ± std over seeds), training wall-clock, speed-up versus full data, the time to
-reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes JSON (BENCHMARKS.md), a
-markdown table and two PNG plots into benchmarks/results/.
+reach full-data accuracy minus 0.5 pt, and the pruning overhead. Writes a JSON result (the
+machine, recipe and every run) where --out says, and a markdown table and two PNG plots beside it.
 
     fastprune bench --quick        # ~5 min on 2 cores: the quick preset (QUICK_RECIPE's half-width
                                    # model, keep 0.5, one seed, the two bandits)
     fastprune bench                # the full benchmark: 63 runs, hours on a 2-core CPU
-                                   # (bf16 where the CPU has it fast; times in docs/benchmarks.md)
-    fastprune bench --train my-train.beton --val my-val.beton --crop 64 --model mymodels:make \
+                                   # (bf16 where the CPU has it fast; times: docs/benchmarks.md
+                                   # in the source repository)
+    fastprune bench --train my-train.beton --val my-val.beton --crop 64 --model mymodels:make \\
                     --strategies epsilon_greedy ucb --keeps 0.5 --epochs 10    # your data and model
 
 With --train/--val the benchmark runs on your stores (classes and normalization read off them, as
 ``fastprune train`` does); ``fastprune.bench.compare`` is the same comparison from Python.
-
-(``python benchmarks/end_to_end.py`` is the same program.)
 
 What "wall-clock" means here: the training time of a run, including data loading, selection,
 score updates and any scoring epochs a static method needs (EL2N/Forgetting score during full-data
