@@ -1,8 +1,8 @@
-"""The ``fastprune`` command line: ``fastprune convert | info | train | bench`` (``python -m fastprune`` too).
+"""The ``fastprune`` command line: ``fastprune convert | info | train | bench | scores`` (``python -m fastprune`` too).
 
 Each subcommand is one ``add_<name>_command(subparsers)`` function that registers its parser and
 sets ``run`` to the function doing the work; :data:`COMMANDS` lists the ones defined here, and
-:data:`LAZY_COMMANDS` the ones whose modules import torch (``train``, ``bench``), built only when run.
+:data:`LAZY_COMMANDS` the ones whose modules import torch (``train``, ``bench``, ``scores``), built only when run.
 """
 
 from __future__ import annotations
@@ -211,6 +211,7 @@ def run_info(args: argparse.Namespace) -> int:
 LAZY_COMMANDS = {
     "train": ("fastprune.train.cli", "train a model on a store, pruning the data dynamically"),
     "bench": ("fastprune.bench.cli", "benchmark every strategy against full-data training"),
+    "scores": ("fastprune.prune.report", "export per-sample scores and times kept from a train checkpoint"),
 }
 
 # Subcommands built eagerly, in help order (the lazy ones follow).

@@ -13,10 +13,11 @@ Lines 2 and 3 in one call: ``strategy.weighted_loss(batch.indices, loss, batch.w
 """
 
 from .base import Selection, Strategy
+from .report import export_scores, kept_grid
 from .sampler import PrunedSampler, WithIndices
 from .static import EL2N, Forgetting
 from .strategies import UCB, EpsilonGreedy, Full, InfoBatch, UniformRandom
 from .table import ScoreTable
 
 __all__ = ["EL2N", "UCB", "EpsilonGreedy", "Forgetting", "Full", "InfoBatch", "PrunedSampler", "ScoreTable",
-           "Selection", "Strategy", "UniformRandom", "WithIndices"]
+           "Selection", "Strategy", "UniformRandom", "WithIndices", "export_scores", "kept_grid"]

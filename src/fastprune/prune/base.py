@@ -141,6 +141,10 @@ class Strategy:
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
         self._dense_weights = None  # (cached Selection, device, per-sample weights): weighted_loss's lookup
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
+        # What was kept: counted once per selected epoch (in select), not per step.
+        self._times_kept = np.zeros(self.num_samples, dtype=np.uint32)
+        self._last_kept = np.full(self.num_samples, -1, dtype=np.int32)  # -1: never kept
+        self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -152,9 +156,45 @@ class Strategy:
         self.table.flush()  # the previous epoch's deferred updates, even where no score is read
         self._epoch = epoch
         if self.is_full_epoch(epoch):
+            self._count_kept(epoch, None)
             return Selection.unweighted(np.arange(self.num_samples, dtype=np.int64))
         cached = self._current_pruned(epoch)
+        self._count_kept(epoch, cached.indices)
         return Selection(cached.indices.copy(), cached.weights.copy())
+
+    def _count_kept(self, epoch: int, indices) -> None:
+        """Count ``epoch``'s selection (None: every sample) into times kept and last kept epoch,
+        once per epoch: only an epoch later than the last one counted is counted."""
+        if epoch <= self._counted_through:
+            return
+        self._counted_through = epoch
+        where = slice(None) if indices is None else indices
+        self._times_kept[where] += 1
+        self._last_kept[where] = epoch
+
+    @property
+    def times_kept(self) -> np.ndarray:
+        """How many epochs each sample was selected in (read-only; see
+        :meth:`sample_report`)."""
+        view = self._times_kept.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def last_kept_epoch(self) -> np.ndarray:
+        """The latest epoch each sample was selected in (-1: never)."""
+        view = self._last_kept.view()
+        view.flags.writeable = False
+        return view
+
+    def sample_report(self) -> dict:
+        """Per-sample arrays, indexed by sample id: ``index``, ``score`` (what the strategy ranks
+        by: see :func:`fastprune.prune.report.strategy_scores`), ``loss`` (the score table's EMA
+        loss), ``seen`` (updates), ``times_kept`` and ``last_kept_epoch`` (-1: never).
+        :func:`fastprune.prune.export_scores` writes it as CSV or .npz."""
+        from .report import sample_report
+
+        return sample_report(self)
 
     def _current_pruned(self, epoch: int) -> Selection:
         """The cached selection of a pruned ``epoch`` (chosen now if not cached): never handed out."""
@@ -281,7 +321,10 @@ class Strategy:
             cache = {"anchor": anchor, "indices": torch.from_numpy(sel.indices.copy()),
                      "weights": torch.from_numpy(sel.weights.copy())}
         return {"format": _STATE_FORMAT, "config": self.config(), "epoch": self._epoch,
-                "table": self.table.state_dict(), "cache": cache}
+                "table": self.table.state_dict(), "cache": cache,
+                "kept": {"times": torch.from_numpy(self._times_kept.astype(np.int64)),
+                         "last_epoch": torch.from_numpy(self._last_kept.copy()),
+                         "counted_through": self._counted_through}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != _STATE_FORMAT:
@@ -299,10 +342,29 @@ class Strategy:
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
         self.table.load_state_dict(state["table"])
         self._epoch = self._non_negative(state["epoch"], "checkpoint epoch")
+        self._load_kept(state.get("kept"))
         cache = state["cache"]
         self._cache = None if cache is None else (
             self._non_negative(cache["anchor"], "checkpoint selection epoch"),
             self._checked_selection(np.asarray(cache["indices"]), np.asarray(cache["weights"])))
+
+    def _load_kept(self, kept) -> None:
+        """Times kept and last kept epochs from a checkpoint; one written before they were counted
+        has none (\"kept\" absent): they restart at zero, counting from the next selection."""
+        if kept is None:
+            self._times_kept[:] = 0
+            self._last_kept[:] = -1
+            self._counted_through = self._epoch
+            return
+        times, last = (np.asarray(kept[name]) for name in ("times", "last_epoch"))
+        if times.shape != (self.num_samples,) or last.shape != (self.num_samples,):
+            raise ValueError(f"checkpoint times kept / last kept epochs have shapes {times.shape}, "
+                             f"{last.shape}, expected ({self.num_samples},)")
+        if (times < 0).any() or (times > np.iinfo(np.uint32).max).any() or (last < -1).any():
+            raise ValueError("checkpoint times kept or last kept epochs hold negative values")
+        self._times_kept = times.astype(np.uint32)
+        self._last_kept = last.astype(np.int32)
+        self._counted_through = int(kept["counted_through"])
 
     def _checked_selection(self, indices: np.ndarray, weights: np.ndarray) -> Selection:
         """A cached selection from a checkpoint, refused unless it could have come from this

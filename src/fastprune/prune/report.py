@@ -1,0 +1,219 @@
+"""Seeing the pruning: per-sample scores, times kept and last kept epoch, from a strategy or a
+training checkpoint, written as CSV or .npz (``fastprune scores RUN.pt``), and a PNG grid of the
+most-kept and never-kept images of every class.
+
+    report = strategy.sample_report()                   # dict of per-sample arrays
+    fastprune.prune.export_scores(strategy, "scores.csv")   # or .npz; a checkpoint path works too
+    fastprune.prune.kept_grid(strategy, "train.beton", "kept.png")   # needs the plots extra
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, require
+
+#: The report's columns, in CSV order (``label`` and ``class`` follow when a store is given).
+COLUMNS = ("index", "score", "loss", "seen", "times_kept", "last_kept_epoch")
+
+
+def strategy_scores(strategy) -> np.ndarray:
+    """What ``strategy`` ranks samples by, one float32 per sample (higher: kept first): the
+    bandit score for UCB, EpsilonGreedy and EL2N (+inf while unseen), the forgetting count for
+    Forgetting (+inf: never classified correctly); the table's EMA loss for the others
+    (InfoBatch keeps the samples above its mean; UniformRandom and Full rank nothing)."""
+    scores = getattr(strategy, "_scores", None)
+    if scores is not None:
+        return np.asarray(scores(), dtype=np.float32).copy()
+    return np.asarray(strategy.table.mean, dtype=np.float32).copy()
+
+
+def sample_report(strategy) -> dict[str, np.ndarray]:
+    """Per-sample arrays of a live strategy (see ``Strategy.sample_report``)."""
+    table = strategy.table
+    return {"index": np.arange(strategy.num_samples, dtype=np.int64), "score": strategy_scores(strategy),
+            "loss": np.asarray(table.mean, dtype=np.float32).copy(), "seen": np.asarray(table.seen).copy(),
+            "times_kept": np.asarray(strategy.times_kept, dtype=np.uint32).copy(),
+            "last_kept_epoch": np.asarray(strategy.last_kept_epoch, dtype=np.int32).copy()}
+
+
+def report_from_state(state: dict) -> dict[str, np.ndarray]:
+    """The report of a strategy's ``state_dict()`` (as a checkpoint holds it), without building
+    the strategy. A checkpoint written before times kept were counted reports them as zeros
+    (and last kept epochs as -1)."""
+    from .._native import core
+
+    if not isinstance(state, dict) or state.get("format") != "fastprune.strategy/1":
+        raise ConfigError("not a fastprune strategy state (a checkpoint of fastprune train, or state_dict())")
+    config, table = state["config"], {k: np.asarray(v) for k, v in state["table"].items()}
+    n = int(config["num_samples"])
+    mean = np.ascontiguousarray(table["mean"], np.float32)
+    seen = np.ascontiguousarray(table["seen"], np.int32)
+    name = config["strategy"]
+    if name in ("UCB", "EpsilonGreedy", "EL2N"):
+        c, use_std = (float(config["c"]), config["bonus"] == "std") if name == "UCB" else (0.0, True)
+        var = np.ascontiguousarray(table.get("var", np.zeros(0)), np.float32)
+        score = np.asarray(core.bandit_scores(mean, var, seen, c, use_std), np.float32)
+    elif name == "Forgetting" and "forgets" in table:
+        score = np.where(table["ever_correct"].astype(bool), table["forgets"].astype(np.float32),
+                         np.float32(np.inf)).astype(np.float32)
+    else:
+        score = mean.copy()
+    kept = state.get("kept")
+    times = np.zeros(n, np.uint32) if kept is None else np.asarray(kept["times"]).astype(np.uint32)
+    last = np.full(n, -1, np.int32) if kept is None else np.asarray(kept["last_epoch"]).astype(np.int32)
+    return {"index": np.arange(n, dtype=np.int64), "score": score, "loss": mean, "seen": seen,
+            "times_kept": times, "last_kept_epoch": last}
+
+
+def report_of(source) -> dict[str, np.ndarray]:
+    """The report of a strategy, of a report itself, or of a ``fastprune train`` checkpoint (path)."""
+    if isinstance(source, dict):
+        return source if "times_kept" in source else report_from_state(source)
+    if isinstance(source, (str, os.PathLike)):
+        from ..train.checkpoints import read_checkpoint
+
+        state = read_checkpoint(source, map_location="cpu")
+        if state.get("strategy") is None:
+            raise ConfigError(f"{source}: the checkpoint holds no strategy (a run without pruning)")
+        return report_from_state(state["strategy"])
+    return sample_report(source)
+
+
+def _with_labels(report: dict, store) -> dict:
+    from ..loader._source import open_source
+
+    source = open_source(store, None, None, threads=1)
+    if source.labels is None:
+        raise ConfigError(f"{_name(store)}: the store has no label field")
+    if len(source.labels) != len(report["index"]):
+        raise ConfigError(f"{_name(store)} holds {len(source.labels)} samples, the strategy scored "
+                          f"{len(report['index'])}: give the run's training store")
+    report = {**report, "label": source.labels.copy()}
+    names = source.owner.field_class_names.get(source.label_field)
+    if names:
+        report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i) for i in source.labels])
+    return report
+
+
+def export_scores(source, path, *, store=None) -> Path:
+    """Write the per-sample report of ``source`` (a strategy, its state_dict, or a checkpoint
+    path) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
+    array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
+    the store names its classes). Returns the path."""
+    path = Path(path)
+    report = report_of(source)
+    if store is not None:
+        report = _with_labels(report, store)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".npz"):
+        raise ConfigError(f"{path}: export_scores writes .csv or .npz, not {path.suffix or 'a file without suffix'!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        np.savez(path, **report)
+        return path
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(list(report))
+        writer.writerows(zip(*(column.tolist() for column in report.values())))
+    return path
+
+
+def kept_order(report: dict, ids: np.ndarray) -> np.ndarray:
+    """``ids`` from most kept to least kept: times kept, then score (ties: lower id first)."""
+    times, score = report["times_kept"][ids].astype(np.int64), report["score"][ids].astype(np.float64)
+    score = np.nan_to_num(score, nan=-np.inf)
+    return ids[np.lexsort((ids, -score, -times))]
+
+
+def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20) -> Path:
+    """Draw a PNG of each class's ``per_class`` most-kept images (left) and never-kept or, when
+    every sample was kept, least-kept images (right), captioned with their times kept; one row per
+    class (the first ``max_classes``), named by the store's class names where it has them.
+    ``source``: a strategy, its state_dict, a report or a checkpoint path; ``store``: the training
+    store it scored. Needs matplotlib (the ``plots`` extra)."""
+    from ..loader._source import open_source
+
+    matplotlib = require("matplotlib", "plots", "drawing the kept-images grid")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "plots", "drawing the kept-images grid")
+    report = _with_labels(report_of(source), store)
+    source_ = open_source(store, None, None, threads=1)
+    labels, names = report["label"], source_.owner.field_class_names.get(source_.label_field)
+    classes = np.unique(labels)[:max_classes]
+    columns = 2 * per_class
+    fig, axes = plt.subplots(len(classes), columns, figsize=(1.1 * columns + 1.2, 1.2 * len(classes) + 0.6),
+                             squeeze=False)
+    never_any = False
+    for row, label in zip(axes, classes):
+        ids = np.flatnonzero(labels == label)
+        order = kept_order(report, ids)
+        most, least = order[:per_class], order[::-1][:per_class]
+        never_any |= bool((report["times_kept"][least] == 0).any())
+        for axis, i in zip(row, [*most, *([None] * (per_class - len(most))), *least]):
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+            if i is None:
+                continue
+            axis.imshow(_image(source_, int(i)), interpolation="nearest")
+            axis.set_title(f"#{int(i)} x{int(report['times_kept'][i])}", fontsize=6, pad=2)
+        name = names[label] if names and 0 <= label < len(names) else str(int(label))
+        row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    right = "never kept" if never_any else "least kept"
+    fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _image(source, i: int) -> np.ndarray:
+    images = np.empty((1, int(source.heights[i]), int(source.widths[i]), 3), np.uint8)
+    source.gather.gather(np.array([i], dtype=np.int64), images, max_threads=1)
+    return images[0]
+
+
+def _name(store) -> str:
+    return os.fspath(getattr(store, "path", store))
+
+
+# ----------------------------------------------------------------------------------- fastprune scores
+
+
+def add_scores_command(subparsers):
+    """Register ``fastprune scores`` (the top-level cli.py lists it in LAZY_COMMANDS)."""
+    parser = subparsers.add_parser(
+        "scores", help="export per-sample scores and times kept from a train checkpoint",
+        description="Export each sample's score, EMA loss, updates seen, times kept and last kept "
+                    "epoch from a `fastprune train --checkpoint` file, as CSV or .npz (by --out's "
+                    "suffix); with --store, also its label and class, and --grid draws the most- "
+                    "and never-kept images of every class (needs the plots extra).")
+    parser.add_argument("checkpoint", type=Path, metavar="RUN.pt", help="a fastprune train checkpoint")
+    parser.add_argument("--out", "-o", type=Path, metavar="FILE",
+                        help="output .csv or .npz (default: RUN_scores.csv beside the checkpoint)")
+    parser.add_argument("--store", type=Path, metavar="FILE", help="the run's training store: adds labels")
+    parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the kept-images grid (needs --store)")
+    parser.set_defaults(run=scores_main)
+    return parser
+
+
+def scores_main(args) -> int:
+    if args.grid is not None and args.store is None:
+        raise ConfigError("--grid needs --store (the run's training store, whose images it draws)")
+    report = report_of(args.checkpoint)
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_scores.csv")
+    export_scores(report, out, store=args.store)
+    times = report["times_kept"]
+    print(f"wrote {out}: {len(times)} samples, kept {times.mean():.2f} epochs on average, "
+          f"{int((times == 0).sum())} never kept")
+    if args.grid is not None:
+        print(f"wrote {kept_grid(report, args.store, args.grid)}")
+    return 0

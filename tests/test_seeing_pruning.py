@@ -1,0 +1,173 @@
+"""Seeing the pruning (issue 34 point 8): per-sample scores, times kept and last kept epoch
+exported from a strategy or a train checkpoint; the kept-images grid; TensorBoard; per-class
+accuracy; what bench records and plots."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import fastprune
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+from fastprune.prune import export_scores
+from fastprune.prune.report import report_from_state
+
+
+def _train_a_little(strategy, epochs=3, seed=0):
+    rng = np.random.default_rng(seed)
+    selections = []
+    for epoch in range(epochs):
+        selection = strategy.select(epoch)
+        strategy.select(epoch)  # the loader asks again: counted once
+        selections.append(selection.indices)
+        losses = rng.random(len(selection)).astype(np.float32)
+        strategy.update(selection.indices, losses, losses < 0.5)
+    return selections
+
+
+def test_times_kept_and_last_kept_epoch_are_counted_once_per_selected_epoch():
+    strategy = fastprune.UCB(50, keep=0.4, seed=0, warmup_epochs=1)
+    selections = _train_a_little(strategy, epochs=4)
+    expected = np.zeros(50, np.int64)
+    last = np.full(50, -1)
+    for epoch, ids in enumerate(selections):
+        expected[ids] += 1
+        last[ids] = epoch
+    assert selections[0].size == 50  # the warm-up epoch keeps everything
+    np.testing.assert_array_equal(strategy.times_kept, expected)
+    np.testing.assert_array_equal(strategy.last_kept_epoch, last)
+    assert strategy.times_kept.dtype == np.uint32 and strategy.last_kept_epoch.dtype == np.int32
+    strategy.num_selected(9)  # asking the size selects nothing
+    np.testing.assert_array_equal(strategy.times_kept, expected)
+    with pytest.raises(ValueError):
+        strategy.times_kept[0] = 7
+
+
+def test_times_kept_survive_a_checkpoint_and_old_checkpoints_still_load():
+    strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=1)
+    _train_a_little(strategy, epochs=3)
+    state = strategy.state_dict()
+    restored = fastprune.EpsilonGreedy(40, keep=0.5, seed=1)
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.times_kept, strategy.times_kept)
+    np.testing.assert_array_equal(restored.last_kept_epoch, strategy.last_kept_epoch)
+    restored.select(2)  # the checkpoint's own epoch again (a resume repeats no count)
+    np.testing.assert_array_equal(restored.times_kept, strategy.times_kept)
+
+    old = {k: v for k, v in state.items() if k != "kept"}  # written before the counting existed
+    legacy = fastprune.EpsilonGreedy(40, keep=0.5, seed=1)
+    legacy.load_state_dict(old)
+    assert legacy.times_kept.sum() == 0 and (legacy.last_kept_epoch == -1).all()
+    selected = legacy.select(3)
+    assert legacy.times_kept.sum() == len(selected) and (legacy.last_kept_epoch[selected.indices] == 3).all()
+    assert (report_from_state(old)["times_kept"] == 0).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastprune.UCB(30, keep=0.5, seed=0), lambda: fastprune.EpsilonGreedy(30, keep=0.5, seed=0),
+    lambda: fastprune.Forgetting(30, keep=0.5, seed=0, score_epochs=2),
+    lambda: fastprune.InfoBatch(30, keep=0.5, epochs=4, seed=0), lambda: fastprune.UniformRandom(30, 0.5)])
+def test_a_checkpoints_report_equals_the_live_strategys(make):
+    strategy = make()
+    _train_a_little(strategy, epochs=3)
+    live, saved = strategy.sample_report(), report_from_state(strategy.state_dict())
+    assert list(live) == ["index", "score", "loss", "seen", "times_kept", "last_kept_epoch"]
+    for name in live:
+        np.testing.assert_array_equal(live[name], saved[name], err_msg=name)
+
+
+def test_export_scores_writes_csv_and_npz(tmp_path):
+    strategy = fastprune.UCB(20, keep=0.5, seed=0)
+    _train_a_little(strategy)
+    report = strategy.sample_report()
+    export_scores(strategy, tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as saved:
+        for name in report:
+            np.testing.assert_array_equal(saved[name], report[name])
+    export_scores(strategy, tmp_path / "s.csv")
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert len(rows) == 20 and int(rows[3]["index"]) == 3
+    assert [int(r["times_kept"]) for r in rows] == report["times_kept"].tolist()
+    assert [int(r["last_kept_epoch"]) for r in rows] == report["last_kept_epoch"].tolist()
+    assert float(rows[5]["score"]) == pytest.approx(float(report["score"][5]))
+    with pytest.raises(fastprune.ConfigError, match=r"\.csv or \.npz"):
+        export_scores(strategy, tmp_path / "s.txt")
+
+
+def _store(tmp_path, n=40, names=("cat", "dog")):
+    rng = np.random.default_rng(0)
+    return from_arrays(rng.integers(0, 256, (n, 8, 8, 3), np.uint8), np.arange(n) % 2, tmp_path / "t.beton",
+                       progress=False, class_names=list(names))
+
+
+def _checkpoint(tmp_path, strategy):
+    from fastprune.train.checkpoints import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), None, strategy, None,
+                    [{"epoch": e} for e in range(3)])
+    return path
+
+
+def test_scores_command_exports_a_train_checkpoint_with_labels(tmp_path, capsys):
+    store = _store(tmp_path)
+    strategy = fastprune.UCB(40, keep=0.5, seed=0)
+    _train_a_little(strategy)
+    path = _checkpoint(tmp_path, strategy)
+    assert main(["scores", str(path)]) == 0
+    assert "never kept" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "run_scores.csv")))
+    assert [int(r["times_kept"]) for r in rows] == strategy.times_kept.tolist()
+    assert main(["scores", str(path), "--out", str(tmp_path / "x.npz"), "--store", str(store)]) == 0
+    with np.load(tmp_path / "x.npz") as saved:
+        assert saved["label"].tolist() == (np.arange(40) % 2).tolist() and saved["class"][1] == "dog"
+        np.testing.assert_array_equal(saved["score"], strategy.sample_report()["score"])
+    assert main(["scores", str(tmp_path / "missing.pt")]) == 1
+    assert main(["scores", str(path), "--grid", str(tmp_path / "g.png")]) == 1  # needs --store
+    assert "--grid needs --store" in capsys.readouterr().err
+
+
+def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys):
+    from fastprune.prune.report import kept_order
+
+    store = _store(tmp_path)
+    strategy = fastprune.UCB(40, keep=0.25, seed=0)
+    _train_a_little(strategy, epochs=2)
+    report = strategy.sample_report()
+    ids = np.flatnonzero(np.arange(40) % 2 == 1)
+    order = kept_order(report, ids)
+    assert report["times_kept"][order[0]] == report["times_kept"][ids].max()
+    assert report["times_kept"][order[-1]] == 0  # 2 epochs at keep 0.25: some never kept
+    path = fastprune.prune.kept_grid(strategy, store, tmp_path / "grid.png", per_class=3)
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(path)
+    assert picture.ndim == 3 and picture.shape[0] > 100 and picture.std() > 0
+    checkpoint = _checkpoint(tmp_path, strategy)
+    assert main(["scores", str(checkpoint), "--store", str(store), "--grid", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def _hide(monkeypatch, *modules: str) -> None:
+    """Make ``import module`` fail as if it were not installed (as tests/test_extras.py does)."""
+    import sys
+
+    for name in list(sys.modules):
+        if any(name == m or name.startswith(m + ".") for m in modules):
+            monkeypatch.setitem(sys.modules, name, None)
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+def test_kept_grid_without_matplotlib_names_the_plots_extra(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    _hide(monkeypatch, "matplotlib")
+    with pytest.raises(fastprune.errors.MissingExtraError) as caught:
+        fastprune.prune.kept_grid(fastprune.UCB(40, 0.5), store, tmp_path / "g.png")
+    assert str(caught.value) == ('drawing the kept-images grid needs matplotlib, which is not installed: '
+                                 'pip install "fastprune[plots]"')
