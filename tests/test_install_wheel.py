@@ -1,7 +1,15 @@
 """What `pip install .` gives a user, checked without the test environment's editable install:
 the wheel pip builds from this checkout holds every module and the compiled core, declares the
-extras the README names, and works on its own (convert a store, prune, load a batch)."""
+extras the README names, and works on its own (convert a store, prune, load a batch); building it
+writes nothing into the checkout; and a machine without a C++ compiler or without the Python
+headers gets one paragraph saying what to install (CMakeLists.txt), not CMake's raw output.
 
+The redistributable wheel (scripts/build_wheel: auditwheel, libjpeg-turbo bundled, installed and
+smoke-tested in a fresh venv with no compiler on PATH) is checked by that script itself (--check),
+not here: it installs torch and the dependencies into a new venv, several minutes."""
+
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,20 +20,53 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a checkout holds besides its sources when nothing lists them (no git): never copied
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "__pycache__", "*.so", "*.egg-info",
+                                     ".pytest_cache", ".hypothesis", "data", "runs", ".gpu*")
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def checkout(tmp_path_factory) -> Path:
+    """A copy of this checkout's sources (git's tracked and unignored files), without the build/
+    folder the development install keeps, so that a build writing into it would show."""
+    dest = tmp_path_factory.mktemp("checkout") / "fastprune"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True) if (ROOT / ".git").exists() else None
+    if listed is not None and listed.returncode == 0:
+        for name in listed.stdout.decode().split("\0"):
+            if name and (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
+    else:
+        shutil.copytree(ROOT, dest, ignore=NOT_SOURCES)
+    return dest
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def pip_wheel(source: Path, out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # --no-build-isolation: the venv's scikit-build-core/nanobind (no download)
+    return subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+                           "-w", str(out), *args, str(source)], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=out.parent)
+
+
+@pytest.fixture(scope="module")
+def wheel(checkout, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    # --no-build-isolation: the venv's scikit-build-core/nanobind (no download); scikit-build-core's
-    # build dir makes a rebuild incremental, as for a user running pip install twice
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
-                             "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=900)
+    before = files_under(checkout)
+    result = pip_wheel(checkout, out, "-q")
     assert result.returncode == 0, result.stderr[-3000:]
+    # pyproject sets no build-dir: CMake's tree lives in a temporary folder (the development
+    # installs, scripts/run and scripts/dev-build, ask for build/{wheel_tag} explicitly)
+    assert files_under(checkout) == before, f"pip wrote into the checkout: {sorted(files_under(checkout) - before)}"
     (wheel,) = out.glob("fastprune-*.whl")
     return wheel
 
 
+@pytest.mark.slow  # the wheel fixture compiles the core from scratch, as pip does (~1-2 min)
 def test_the_wheel_holds_every_module_the_core_and_the_extras(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src" / "fastprune").rglob("*.py")}
@@ -40,6 +81,7 @@ def test_the_wheel_holds_every_module_the_core_and_the_extras(wheel):
     assert {"torch", "numpy", "numba"} <= hard and not hard & {"torchvision", "matplotlib", "ffcv"}
 
 
+@pytest.mark.slow  # the wheel fixture compiles the core from scratch, as pip does (~1-2 min)
 def test_the_wheel_works_without_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -65,3 +107,43 @@ print(fastprune.build_info()["jpeg_decoder"])
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "build_info() said nothing"
+
+
+def assert_one_paragraph(result: subprocess.CompletedProcess, says: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    # CMake wraps the message; unwrap it to look for the words
+    flat = " ".join(output.replace("\n", " ").split())
+    assert says in flat, output[-3000:]
+    assert "apt-get install g++ python3-dev" in flat and "prebuilt fastprune wheel" in flat, output[-3000:]
+    assert "CMAKE_CXX_COMPILER" not in output and "patchlevel.h" not in output, output[-3000:]
+
+
+def test_no_cxx_compiler_gets_one_paragraph_naming_what_to_install(checkout, tmp_path):
+    """pip with no compiler on PATH: a PATH holding only cmake and make (what scikit-build-core runs),
+    so that CMake's search for c++/g++/clang++ finds nothing, as on a bare machine."""
+    cmake = subprocess.run(["cmake", "-P", "/dev/stdin"], input='message("${CMAKE_COMMAND}")', text=True,
+                           capture_output=True).stderr.strip()
+    make = shutil.which("make") or shutil.which("ninja")
+    if not (cmake and Path(cmake).is_file() and make):
+        pytest.skip("needs cmake and make (or ninja) to stand alone on a PATH")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "cmake").symlink_to(cmake)
+    (bare / Path(make).name).symlink_to(os.path.realpath(make))
+    for compiler in ("c++", "g++", "clang++", "cc", "gcc"):
+        assert not (bare / compiler).exists()
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CC", "CMAKE_ARGS", "CMAKE_GENERATOR")}
+    env["PATH"] = str(bare)
+    out = tmp_path / "out"
+    result = pip_wheel(checkout, out, env=env)
+    assert_one_paragraph(result, "fastprune: no C++ compiler found.")
+
+
+def test_no_python_headers_get_one_paragraph_naming_what_to_install(checkout, tmp_path):
+    """pip on a Python whose include folder has no Python.h (Debian's python3 without python3-dev):
+    scikit-build-core passes that folder to CMake as Python_INCLUDE_DIR; here an empty one."""
+    empty = tmp_path / "include"
+    empty.mkdir()
+    result = pip_wheel(checkout, tmp_path / "out", "-C", f"cmake.define.Python_INCLUDE_DIR={empty}")
+    assert_one_paragraph(result, "the Python headers (Python.h) for")
