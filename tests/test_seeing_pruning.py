@@ -171,3 +171,37 @@ def test_kept_grid_without_matplotlib_names_the_plots_extra(tmp_path, monkeypatc
         fastprune.prune.kept_grid(fastprune.UCB(40, 0.5), store, tmp_path / "g.png")
     assert str(caught.value) == ('drawing the kept-images grid needs matplotlib, which is not installed: '
                                  'pip install "fastprune[plots]"')
+
+
+def _fit_tiny(tmp_path, **options):
+    from fastprune.loader import Normalize
+    from fastprune.models import SmallResNet
+    from fastprune.train import fit
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    images = (rng.integers(0, 60, (60, 8, 8, 3)) + 90 * labels[:, None, None, None]).astype(np.uint8)
+    store = from_arrays(images, labels, tmp_path / "c.beton", progress=False, class_names=["ant", "bee", "cow"])
+    normalize = Normalize([0.5] * 3, [0.25] * 3)
+    strategy = fastprune.UCB(60, keep=0.5, seed=0)
+    train = fastprune.Loader(store, 10, sampler=strategy, transforms=[normalize], seed=0)
+    val = fastprune.Loader(store, 25, shuffle=False, transforms=[normalize])
+    torch.manual_seed(0)
+    model = SmallResNet(in_channels=3, num_classes=3, widths=(4,))
+    history = fit(model, train, val, strategy, epochs=2, progress=False, log=None,
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.05), **options)
+    return store, strategy, history
+
+
+def test_evaluation_records_per_class_accuracy_by_the_stores_class_names(tmp_path):
+    from fastprune.train.loop import save_csv
+
+    _, _, history = _fit_tiny(tmp_path, eval_every=2)
+    assert history[0]["val_class_acc"] is None  # not evaluated
+    per_class = history[-1]["val_class_acc"]
+    assert list(per_class) == ["ant", "bee", "cow"]
+    assert all(0 <= acc <= 100 for acc in per_class.values())
+    assert sum(per_class.values()) / 3 == pytest.approx(history[-1]["val_acc"], abs=1e-3)  # 20 per class
+    save_csv(tmp_path / "h.csv", history)
+    rows = list(csv.DictReader(open(tmp_path / "h.csv")))
+    assert float(rows[1]["val_class_acc.bee"]) == pytest.approx(per_class["bee"])

@@ -66,24 +66,56 @@ class _OverheadClock:
 def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
              channels_last: str | bool = "auto") -> tuple[float, float]:
     """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``."""
+    return _evaluate(model, loader, amp=amp, channels_last=channels_last)[:2]
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader, *, amp, channels_last):
+    """(accuracy %, mean cross-entropy, per-class hits, per-class counts): the counts are int64
+    tensors indexed by label (empty when nothing was seen)."""
     device = model_device(model)
     dtype = autocast_dtype(device, amp)
     memory_format = memory_format_for(device, channels_last)
     was_training = model.training
     model.eval()
     correct, loss_sum, seen = 0, 0.0, 0
+    hits = counts = torch.zeros(0, dtype=torch.int64, device=device)
     for batch in loader:
         images = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch[1].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        right = logits.argmax(1) == labels
+        correct += right.sum().item()
         seen += labels.numel()
+        size = max(logits.shape[1], len(counts))
+        counts = _grown(counts, size) + torch.bincount(labels, minlength=size)[:size]
+        hits = _grown(hits, size) + torch.bincount(labels[right], minlength=size)[:size]
     model.train(was_training)
     if seen == 0:
-        return float("nan"), float("nan")
-    return 100.0 * correct / seen, loss_sum / seen
+        return float("nan"), float("nan"), hits.cpu(), counts.cpu()
+    return 100.0 * correct / seen, loss_sum / seen, hits.cpu(), counts.cpu()
+
+
+def _grown(counts: torch.Tensor, size: int) -> torch.Tensor:
+    return counts if len(counts) == size else nn.functional.pad(counts, (0, size - len(counts)))
+
+
+def class_accuracies(hits: torch.Tensor, counts: torch.Tensor, names=None) -> dict[str, float]:
+    """{class name: accuracy %} over the classes the evaluation saw; ``names`` (the store's class
+    names, by label) name them, else the label's number does."""
+    return {(names[k] if names and k < len(names) else str(k)): round(100.0 * int(hits[k]) / int(counts[k]), 4)
+            for k in range(len(counts)) if int(counts[k])}
+
+
+def loader_class_names(loader) -> list[str] | None:
+    """The class names a fastprune Loader's store keeps for its label field (None: none, or
+    another kind of loader)."""
+    source = getattr(loader, "_source", None)
+    owner = getattr(source, "owner", None)
+    names = getattr(owner, "field_class_names", None)
+    return None if names is None else names.get(source.label_field)
 
 
 #: fit(compile=...) values: torch.compile's mode for each (None: torch's default mode).
@@ -232,7 +264,9 @@ def fit(
 
     Returns:
         One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
-        (mean per-sample training loss), ``val_acc``, ``val_loss``, ``lr`` (used by the epoch's last step),
+        (mean per-sample training loss), ``val_acc``, ``val_loss``, ``val_class_acc`` ({class:
+        accuracy %}, named by the validation store's class names where it keeps them, else by
+        label; None when not evaluated), ``lr`` (used by the epoch's last step),
         ``train_s`` (training incl. data loading and selection), ``eval_s``, ``overhead_s`` (time
         inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
         and ``cumulative_train_s``.
@@ -302,10 +336,12 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     train_s = time.perf_counter() - start
 
     val_acc, val_loss, eval_s = (float("nan"), float("nan"), 0.0) if evaluate_now else (None, None, 0.0)
+    val_class_acc = None
     if val_loader is not None and evaluate_now:
         start = time.perf_counter()
-        val_acc, val_loss = evaluate(model, val_loader, amp=amp, channels_last=channels_last)
+        val_acc, val_loss, hits, counts = _evaluate(model, val_loader, amp=amp, channels_last=channels_last)
         eval_s = time.perf_counter() - start
+        val_class_acc = class_accuracies(hits, counts, loader_class_names(val_loader))
 
     previous = history[-1] if history else {"cumulative_s": 0.0, "cumulative_train_s": 0.0}
     return {
@@ -313,6 +349,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
         **stats,
         "val_acc": val_acc,
         "val_loss": val_loss,
+        "val_class_acc": val_class_acc,
         "train_s": train_s,
         "eval_s": eval_s,
         "overhead_s": clock.seconds - overhead_before,
@@ -334,9 +371,21 @@ def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
     Path(path).write_text(json.dumps({**metadata, "history": history}, indent=2, default=str))
 
 
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with each dict value spread over ``key.subkey`` columns."""
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": item for sub, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def save_csv(path, rows: list[dict[str, Any]]) -> None:
     """Write ``rows`` (history records, maybe with leading columns such as the strategy) as CSV,
     one column per key in first-seen order, for any plotting tool."""
+    rows = [_flat(row) for row in rows]  # val_class_acc: one column per class
     columns = list(dict.fromkeys(key for row in rows for key in row))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
