@@ -205,3 +205,37 @@ def test_evaluation_records_per_class_accuracy_by_the_stores_class_names(tmp_pat
     save_csv(tmp_path / "h.csv", history)
     rows = list(csv.DictReader(open(tmp_path / "h.csv")))
     assert float(rows[1]["val_class_acc.bee"]) == pytest.approx(per_class["bee"])
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_logger_writes_loss_accuracy_kept_fraction_and_overhead(tmp_path):
+    from fastprune.train import TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path / "tb", num_samples=60) as logger:
+        _, _, history = _fit_tiny(tmp_path, on_epoch_end=logger)
+    scalars = _scalars(tmp_path / "tb")
+    assert {"loss/train", "loss/val", "accuracy/val", "pruning/kept_fraction", "pruning/overhead_s",
+            "accuracy_per_class/cow"} <= set(scalars)
+    assert scalars["pruning/kept_fraction"] == [(1, 0.5), (2, 0.5)]
+    assert scalars["accuracy/val"][-1] == (2, pytest.approx(history[-1]["val_acc"]))
+    assert scalars["loss/train"][0] == (1, pytest.approx(history[0]["loss"]))
+
+
+def test_train_writes_tensorboard_and_the_kept_grid_on_request(tmp_path, capsys, monkeypatch):
+    store = _store(tmp_path, n=60, names=("cat", "dog"))
+    argv = ["train", "--train", str(store), "--val", str(store), "--epochs", "2", "--width", "4", "--batch-size",
+            "6", "--no-progress", "--threads", "1", "--keep", "0.5"]
+    assert main([*argv, "--tensorboard", str(tmp_path / "tb"), "--kept-grid", str(tmp_path / "k.png")]) == 0
+    assert f"wrote {tmp_path / 'k.png'}" in capsys.readouterr().out and (tmp_path / "k.png").stat().st_size > 1000
+    assert _scalars(tmp_path / "tb")["pruning/kept_fraction"] == [(1, 0.5), (2, 0.5)]
+    _hide(monkeypatch, "tensorboard")
+    assert main([*argv, "--tensorboard", str(tmp_path / "tb2")]) == 1
+    assert capsys.readouterr().err.strip() == ('fastprune train: error: --tensorboard needs tensorboard, which is not '
+                                               'installed: pip install "fastprune[tensorboard]"')

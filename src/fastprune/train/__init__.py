@@ -38,6 +38,7 @@ from .loop import evaluate, fit, save_csv, save_history
 from .recipe import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, RECIPE, STRATEGIES, ModelSpec, Recipe, make_loaders,
                      make_strategy, run_recipe, seed_everything)
 from .schedule import OneCycle, ScheduleFactory, make_optimizer, one_cycle, planned_steps
+from .tensorboard import TensorBoardLogger
 
 __all__ = [
     "fit",
@@ -62,4 +63,5 @@ __all__ = [
     "ModelSpec",
     "RECIPE",
     "run_recipe",
+    "TensorBoardLogger",
 ]

@@ -151,9 +151,30 @@ def add_train_command(subparsers):
     parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    add_visibility_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=train_main)
     return parser
+
+
+def add_visibility_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tensorboard and --kept-grid, shared by ``fastprune train`` and ``bench``."""
+    parser.add_argument("--tensorboard", type=Path, metavar="DIR",
+                        help="log loss, accuracy (also per class), kept fraction and pruning overhead per "
+                             "epoch for TensorBoard (needs the tensorboard package)")
+    parser.add_argument("--kept-grid", type=Path, metavar="PNG",
+                        help="after training, draw each class's most-kept and never-kept images (needs "
+                             "matplotlib); `fastprune scores RUN.pt` exports the per-sample numbers")
+
+
+def check_visibility_arguments(args) -> None:
+    """A missing package for --tensorboard or --kept-grid stops the command before any work."""
+    from ..errors import require
+
+    if getattr(args, "tensorboard", None) is not None:
+        require("tensorboard", "tensorboard", "--tensorboard")
+    if getattr(args, "kept_grid", None) is not None:
+        require("matplotlib", "plots", "--kept-grid")
 
 
 def train_main(args) -> int:
@@ -163,6 +184,7 @@ def train_main(args) -> int:
     if args.eval_every < 1:
         raise SystemExit(f"fastprune train: --eval-every must be >= 1, got {args.eval_every}")
     device = resolve_device(args.device)  # before any work: CUDA asked for and missing is one line
+    check_visibility_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     amp = run_amp(device, args.amp)
@@ -176,11 +198,22 @@ def train_main(args) -> int:
     warning = few_steps_warning(recipe, len(Store(args.train)), 1.0 if args.strategy == "full" else args.keep)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    _, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
+    tensorboard = None
+    if args.tensorboard is not None:
+        from .tensorboard import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(args.tensorboard, len(Store(args.train)))
+    strategy, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
                             eval_every=args.eval_every, progress=not args.no_progress,
-                            compile=compile_option(args.compile))
+                            compile=compile_option(args.compile), on_epoch_end=tensorboard)
+    if tensorboard is not None:
+        tensorboard.close()
+    if args.kept_grid is not None:
+        from ..prune.report import kept_grid
+
+        print(f"wrote {kept_grid(strategy, args.train, args.kept_grid)}", flush=True)
     if args.log_json:  # typed: numbers stay numbers, paths become strings
         save_history(args.log_json, history, command="fastprune train", data=data.json(),
                      arguments={k: v for k, v in vars(args).items() if k != "run"},
