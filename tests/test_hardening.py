@@ -191,8 +191,9 @@ def test_empty_store_opens_but_the_loader_and_strategies_refuse_it(tmp_path):
         assert len(store) == 0
         with pytest.raises(IndexError):
             store[0]
-    with pytest.raises(ValueError, match="store_or_path.*no samples"):
+    with pytest.raises(ValueError, match="the store .*empty.* holds no samples") as info:
         fastprune.Loader(path, 4)
+    assert "store_or_path" not in str(info.value)  # the user's path, not our parameter's name
     with pytest.raises(ValueError, match="num_samples"):
         fastprune.UniformRandom(0, keep=0.5)
 

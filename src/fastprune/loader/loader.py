@@ -27,6 +27,7 @@ import torch
 
 from .._args import check_epoch, check_positive_int, check_seed
 from ..prune.distributed import resolve_ranks, shard
+from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
 from ._source import open_source
 from .device import DeviceFeed, PinnedBuffers
@@ -87,6 +88,8 @@ class Loader:
             any), False (no sharding), True (the group must exist) or (rank, world_size).
             Every rank shuffles identically and takes a disjoint, equal-length shard (the
             remainder of the selection past a multiple of world_size is dropped that epoch).
+            A sharded strategy (``distributed="sharded"``) selects this rank's own samples:
+            the loader then visits that selection whole, on the strategy's rank.
         image_field / label_field: field names (default: the only image field; "label" or the
             only integer field).
         max_image_pixels: a JPEG whose header claims more pixels is refused (ValueError naming
@@ -135,9 +138,12 @@ class Loader:
         self._source = open_source(store_or_path, image_field, label_field, threads=1,
                                    max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"))
         if self._source.num_samples == 0:
-            raise ValueError(f"store_or_path: the store {_store_name(store_or_path)} holds no samples")
+            raise ValueError(f"the store {_store_name(store_or_path)} holds no samples: nothing to load")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
         _check_sampler(self.sampler, self._source.num_samples)
+        # a sharded strategy (distributed="sharded") selects this rank's samples: visit them whole
+        sharding, self.rank, self.world_size = consumer_shard(self.sampler, self.rank, self.world_size, "Loader")
+        self._split = 1 if sharding is not None else self.world_size
         _check_batchable(self._source, self.transforms)
         self._epoch = 0
 
@@ -156,13 +162,13 @@ class Loader:
 
     def samples_in_epoch(self, epoch: int) -> int:
         """Samples this rank loads in ``epoch``."""
-        per_rank = _num_selected(self.sampler, epoch) // self.world_size
+        per_rank = _num_selected(self.sampler, epoch) // self._split
         if self.drop_last:
             return per_rank // self.batch_size * self.batch_size
         return per_rank
 
     def batches_in_epoch(self, epoch: int) -> int:
-        per_rank = _num_selected(self.sampler, epoch) // self.world_size
+        per_rank = _num_selected(self.sampler, epoch) // self._split
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __len__(self) -> int:
@@ -180,7 +186,8 @@ class Loader:
         if self.shuffle:
             order = epoch_permutation(self.seed, epoch, len(ids))
             ids, weights = ids[order], weights[order]
-        ids, weights = (shard(a, self.rank, self.world_size) for a in (ids, weights))
+        if self._split > 1:
+            ids, weights = (shard(a, self.rank, self.world_size) for a in (ids, weights))
         if self.drop_last:
             keep = len(ids) // self.batch_size * self.batch_size
             ids, weights = ids[:keep], weights[:keep]
