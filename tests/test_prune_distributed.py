@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, fn, port, args):
+def _rank_main(rank, fn, port, args, world=WORLD):
     """One rank: join the group, run ``fn(rank, *args)``, leave the group, then end the process
     with ``os._exit``: exit code 0 after success, 1 (traceback printed) after an exception.
 
@@ -43,7 +43,7 @@ def _rank_main(rank, fn, port, args):
     code = 1
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=WORLD)
+                                world_size=world)
         try:
             fn(rank, *args)
         finally:
@@ -57,9 +57,9 @@ def _rank_main(rank, fn, port, args):
         os._exit(code)
 
 
-def run_ranks(fn, *args) -> None:
-    """Run ``fn(rank, *args)`` on WORLD gloo ranks; raises if any rank failed."""
-    mp.spawn(_rank_main, args=(fn, free_port(), args), nprocs=WORLD, join=True)
+def run_ranks(fn, *args, world: int = WORLD) -> None:
+    """Run ``fn(rank, *args)`` on ``world`` gloo ranks (WORLD by default); raises if any rank failed."""
+    mp.spawn(_rank_main, args=(fn, free_port(), args, world), nprocs=world, join=True)
 
 
 def worker(rank, out_dir):

@@ -44,6 +44,7 @@ from ffcv.loader.loader import ORDER_MAP
 from ffcv.traversal_order.base import TraversalOrder
 
 from ..prune.distributed import shard
+from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
 
 
@@ -66,28 +67,41 @@ class PrunedOrder(TraversalOrder):
             raise ValueError(f"the strategy covers {self.strategy.num_samples} samples but the loader "
                              f"traverses {len(self.indices)} (its `indices`)")
         type(self).instance = self
-        self._weights = np.ones(self.strategy.num_samples, dtype=np.float32)
-
-    def sample_order(self, epoch: int):
-        selection = self.strategy.select(epoch)
-        self._weights = np.zeros(self.strategy.num_samples, dtype=np.float32)
-        self._weights[selection.indices] = selection.weights
-        # The strategy returns its selection in any order (often ascending): shuffle it.
-        seed = self.seed if self.seed is not None else self.strategy.seed
-        order = self.indices[selection.indices[epoch_permutation(seed, epoch, len(selection))]]
+        rank, world = (0, 1)
         if self.distributed:
             import torch.distributed as dist
 
-            order = shard(order, dist.get_rank(), dist.get_world_size())
+            rank, world = dist.get_rank(), dist.get_world_size()
+        # a sharded strategy (distributed="sharded") selects this rank's samples: traverse them whole
+        self._sharding, self._rank, self._world = consumer_shard(self.strategy, rank, world, "PrunedOrder")
+        self._weights = np.ones(self._entries(), dtype=np.float32)
+
+    def _entries(self) -> int:
+        return self.strategy.num_samples if self._sharding is None else self._sharding.shard_size(self._rank)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        return ids if self._sharding is None else self._sharding.local(ids, self._rank)
+
+    def sample_order(self, epoch: int):
+        selection = self.strategy.select(epoch)
+        self._weights = np.zeros(self._entries(), dtype=np.float32)
+        self._weights[self._positions(selection.indices)] = selection.weights
+        # The strategy returns its selection in any order (often ascending): shuffle it.
+        seed = self.seed if self.seed is not None else self.strategy.seed
+        order = self.indices[selection.indices[epoch_permutation(seed, epoch, len(selection))]]
+        if self.distributed and self._sharding is None:
+            order = shard(order, self._rank, self._world)
         self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current
         return order
 
     @classmethod
     def weights(cls, sample_ids) -> np.ndarray:
-        """The current epoch's loss weights of these sample ids (positions in the loader's indices)."""
+        """The current epoch's loss weights of these sample ids (positions in the loader's indices;
+        under a sharded strategy, ids of this rank's shard)."""
         from ..prune._inputs import to_numpy
 
-        return cls.instance._weights[np.asarray(to_numpy(sample_ids)).reshape(-1).astype(np.int64)]
+        ids = np.asarray(to_numpy(sample_ids)).reshape(-1).astype(np.int64)
+        return cls.instance._weights[cls.instance._positions(ids)]
 
     @classmethod
     def num_batches(cls, epoch: int, batch_size: int, drop_last: bool = False) -> int:

@@ -28,6 +28,7 @@ from .._args import check_epoch, check_seed
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import sampler_ranks, shard
+from .sharding import consumer_shard
 
 try:  # subclassing torch's Sampler lets DataLoader and Lightning recognise it; torch is optional here
     from torch.utils.data import Sampler as _SamplerBase
@@ -43,7 +44,9 @@ class PrunedSampler(_SamplerBase):
     ``len(selection) // num_replicas`` samples; the remainder is dropped that epoch (a different
     one each epoch, as the order is reshuffled). A complete pass advances ``epoch`` by one;
     ``set_epoch`` sets it. ``weights(indices)`` gives the loss weights of the latest pass (0 for
-    samples outside it; all 1 except for unbiased strategies such as InfoBatch)."""
+    samples outside it; all 1 except for unbiased strategies such as InfoBatch). A sharded strategy
+    (``distributed="sharded"``) already selects this rank's samples: the sampler visits all of
+    them, and ``weights`` takes only this rank's sample ids."""
 
     def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto",
                  num_replicas: int | None = None, rank: int | None = None):
@@ -51,9 +54,21 @@ class PrunedSampler(_SamplerBase):
         self.seed = check_seed(seed)
         self.shuffle = bool(shuffle)
         self.rank, self.world_size = sampler_ranks(distributed, num_replicas, rank)
+        # a sharded strategy (distributed="sharded") selects this rank's samples itself: visit them all
+        self._sharding, self.rank, self.world_size = consumer_shard(strategy, self.rank, self.world_size,
+                                                                    "PrunedSampler")
+        self._split = 1 if self._sharding is not None else self.world_size
         self.epoch = 0  # the epoch the next pass runs
         self._set_during_pass = False
-        self._weights = np.ones(strategy.num_samples, dtype=np.float32)
+        self._weights = np.ones(self._entries, dtype=np.float32)
+
+    @property
+    def _entries(self) -> int:
+        """Size of the weights lookup: every sample, or this rank's shard (sharded strategy)."""
+        return self.strategy.num_samples if self._sharding is None else self._sharding.shard_size(self.rank)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        return ids if self._sharding is None else self._sharding.local(ids, self.rank)
 
     @property
     def num_replicas(self) -> int:
@@ -64,18 +79,18 @@ class PrunedSampler(_SamplerBase):
         self._set_during_pass = True
 
     def __len__(self) -> int:
-        return self.strategy.num_selected(self.epoch) // self.world_size
+        return self.strategy.num_selected(self.epoch) // self._split
 
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
         self._set_during_pass = False
         selection = self.strategy.select(epoch)
-        self._weights = np.zeros(self.strategy.num_samples, dtype=np.float32)
-        self._weights[selection.indices] = selection.weights
+        self._weights = np.zeros(self._entries, dtype=np.float32)
+        self._weights[self._positions(selection.indices)] = selection.weights
         order = selection.indices
         if self.shuffle:
             order = order[epoch_permutation(self.seed, epoch, len(order))]
-        yield from shard(order, self.rank, self.world_size).tolist()
+        yield from shard(order, 0 if self._sharding else self.rank, self._split).tolist()
         if not self._set_during_pass:  # a complete pass: the next one runs the next epoch
             self.epoch = epoch + 1
 
@@ -84,7 +99,7 @@ class PrunedSampler(_SamplerBase):
         ``strategy.update`` takes them), as a float32 tensor on the indices' device."""
         import torch
 
-        ids = in_range(as_indices(indices), self.strategy.num_samples)
+        ids = self._positions(in_range(as_indices(indices), self.strategy.num_samples))
         weights = torch.from_numpy(self._weights[ids])
         return weights.to(indices.device) if isinstance(indices, torch.Tensor) else weights
 

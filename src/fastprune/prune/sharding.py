@@ -186,4 +186,47 @@ class Sharding:
         return int(rank)
 
 
-__all__ = ["Sharding"]
+SHARDED = "sharded"
+
+
+def is_sharded(distributed) -> bool:
+    """Whether ``distributed`` asks for the sharded (owner-computes) mode."""
+    if isinstance(distributed, str):
+        return distributed == SHARDED
+    return isinstance(distributed, tuple) and len(distributed) == 3 and distributed[0] == SHARDED
+
+
+def sharded_ranks(distributed) -> tuple[int, int]:
+    """(rank, world_size) of a sharded strategy: ``"sharded"`` takes the running torch.distributed
+    group's ((0, 1) without one: a single process owns every sample); ``("sharded", rank,
+    world_size)`` gives them explicitly (a simulation, or a launcher without a group)."""
+    from .distributed import resolve_ranks
+
+    if isinstance(distributed, str):
+        return resolve_ranks("auto")
+    _, rank, world = distributed
+    for value, name in ((rank, "rank"), (world, "world_size")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"distributed=('sharded', rank, world_size) needs integers, got {distributed!r}")
+    if world <= 0 or not 0 <= rank < world:
+        raise ValueError(f"distributed=('sharded', rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
+    return int(rank), int(world)
+
+
+def consumer_shard(strategy, rank: int, world: int, who: str) -> tuple["Sharding | None", int, int]:
+    """(sharding, rank, world) for a loader, sampler or order drawing from ``strategy``: a sharded
+    strategy's selection already is this rank's part, so the consumer visits it whole and takes
+    the strategy's rank and world; where the consumer itself runs on more than one rank (a
+    group, or an explicit (rank, world_size)) they must agree, else a ValueError naming ``who``.
+    A replicated strategy: (None, rank, world) unchanged."""
+    sharding = getattr(strategy, "sharding", None)
+    if sharding is None:
+        return None, rank, world
+    mine = (strategy.shard_rank, sharding.world_size)
+    if world > 1 and (rank, world) != mine:
+        raise ValueError(f"{who}: the strategy is sharded as rank {mine[0]} of {mine[1]} but {who} runs as "
+                         f"rank {rank} of {world}; give both the same ranks (or leave {who}'s at 'auto')")
+    return sharding, mine[0], mine[1]
+
+
+__all__ = ["SHARDED", "consumer_shard", "Sharding", "is_sharded", "sharded_ranks"]

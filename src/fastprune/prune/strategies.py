@@ -18,11 +18,13 @@ def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
 
 
 def _pool_size(strategy: Strategy, pool: np.ndarray | None) -> int:
-    return strategy.num_samples if pool is None else len(pool)
+    return strategy.table.num_samples if pool is None else len(pool)  # the shard's size when sharded
 
 
 class Full(Strategy):
     """Every sample, every epoch, weight 1 (the baseline and the 'no pruning' switch)."""
+
+    shardable = True
 
     def __init__(self, num_samples: int, **options):
         super().__init__(num_samples, 1.0, **options)
@@ -38,6 +40,8 @@ class UniformRandom(Strategy):
     recorded by update(), so the table can be inspected, but they do not affect the choice.
     """
 
+    shardable = True
+
     def _choose(self, context, epoch, pool, quota, stream):
         indices = core.sample_uniform(_pool_size(self, pool), quota, self.seed, epoch, stream)
         return Selection.unweighted(indices)
@@ -47,6 +51,8 @@ class _TopScores(Strategy):
     """Keeps the highest scores, optionally mixed with a uniform part (k_rand of the quota).
     By default the scores are the table's bandit score column, kept current by every update, so a
     selection reads one array and computes no scores."""
+
+    shardable = True
 
     def _scores(self) -> np.ndarray:
         return self.table.score
