@@ -239,3 +239,73 @@ def test_train_writes_tensorboard_and_the_kept_grid_on_request(tmp_path, capsys,
     assert main([*argv, "--tensorboard", str(tmp_path / "tb2")]) == 1
     assert capsys.readouterr().err.strip() == ('fastprune train: error: --tensorboard needs tensorboard, which is not '
                                                'installed: pip install "fastprune[tensorboard]"')
+
+
+def _runs(strategy, keep, accs_by_seed, block=None):
+    return [{"strategy": strategy, "keep": keep, "seed": seed, "block": block or keep, "final_acc": accs[-1],
+             "curve": [[10.0 * (i + 1) + seed, acc] for i, acc in enumerate(accs)]}
+            for seed, accs in enumerate(accs_by_seed)]
+
+
+def test_curves_plot_the_mean_over_seeds_with_a_band_and_name_the_validation_store(tmp_path):
+    from fastprune.bench import plan, plots
+
+    runs = _runs("full", 1.0, [[80, 90], [82, 92]], block=0.5) + _runs("ucb", 0.5, [[70, 88], [74, 90]])
+    assert plots.mean_curve(runs[2:]) == ([10.5, 20.5], [72, 89], [70, 88], [74, 90])
+    fig = plots.plot_curves(runs, tmp_path / "c.png", "mine.beton", "my-val.beton")
+    axis = fig.axes[0]
+    assert axis.get_ylabel() == "my-val.beton accuracy (%)"
+    assert "mean of 2 seeds" in fig.texts[0].get_text() and "my-val.beton" in fig.texts[0].get_text()
+    lines = {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
+    assert lines == {"full": [81, 91], "ucb": [72, 89]}
+    assert len(axis.collections) == 2  # one band per strategy
+    assert plan.evaluated_on({"data": {"val": "/data/my-val.beton"}}) == "my-val.beton"
+    assert plan.evaluated_on({"data": {"val": plan.BUILT_IN_DATA}}) == "Fashion-MNIST test"
+
+
+def test_bench_records_the_model_it_ran_and_writes_grids_and_tensorboard_per_run(tmp_path, monkeypatch, capsys):
+    import json
+
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "class Tiny(torch.nn.Module):\n"
+        "    def __init__(self, num_classes):\n"
+        "        super().__init__()\n"
+        "        self.head = torch.nn.Linear(3 * 8 * 8, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(x.flatten(1))\n"
+        "def make(num_classes):\n"
+        "    return Tiny(num_classes)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = _store(tmp_path, n=48)
+    assert main(["bench", "--train", str(store), "--val", str(store), "--strategies", "ucb", "--keeps", "0.5",
+                 "--seeds", "0", "1", "--epochs", "2", "--batch-size", "6", "--threads", "1", "--model",
+                 "mymodels:make", "--out", "b.json", "--kept-grid", "k.png", "--tensorboard", "tb"]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["model"] == {"name": "mymodels:make"}  # not SmallResNet's widths
+    assert result["architecture"] == {"spec": "mymodels:make", "class": "mymodels.Tiny", "parameters": 192 * 2 + 2}
+    assert (tmp_path / "k-ucb-keep0.5-seed0.png").exists() and (tmp_path / "k-ucb-keep0.5-seed1.png").exists()
+    assert not list(tmp_path.glob("k-full*"))
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == [
+        "full-keep1-seed0", "full-keep1-seed1", "ucb-keep0.5-seed0", "ucb-keep0.5-seed1"]
+    assert (tmp_path / "b_curves.png").exists()
+    assert "val_class_acc" in result["runs"][0]["history"][-1]
+
+
+def test_continue_accepts_a_file_that_recorded_smallresnets_widths_for_a_custom_model(tmp_path):
+    import json
+
+    from fastprune.bench import plan
+    from fastprune.bench.run import Settings
+    from fastprune.train.recipe import RECIPE
+
+    recipe = RECIPE.replace(name="mymodels:make")
+    result = plan.new_result(plan.FULL_MODE, Settings(threads=1, amp="off"), False, recipe)
+    assert result["model"] == {"name": "mymodels:make"}
+    old = json.loads(json.dumps(result))
+    old["model"] = {"name": "mymodels:make", "widths": [32, 64, 128], "blocks": 1, "stem_stride": 2}
+    plan.check_can_continue(old, result, tmp_path / "b.json")  # no SystemExit
+    old["model"] = {"name": "other:make"}
+    with pytest.raises(SystemExit):
+        plan.check_can_continue(old, result, tmp_path / "b.json")

@@ -35,13 +35,14 @@ from pathlib import Path
 
 from ..cli import fraction, positive_int, seed
 from ..errors import MissingExtraError
-from ..train.cli import HelpWithDefaults, add_device_arguments, add_recipe_arguments, describe_device, recipe_from_args
+from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
+                         check_visibility_arguments, describe_device, recipe_from_args)
 from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
 from ..store.reader import Store
 from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning
 from . import machine, plan, plots, report
-from .run import Settings, prepare_stores, run_one, warm_up
+from .run import Settings, architecture, prepare_stores, run_one, warm_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the runs already in --out and do only the missing ones")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
+    add_visibility_arguments(parser)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
     add_recipe_arguments(parser)
     parser.set_defaults(width=None)  # the mode's: --quick trains the narrower QUICK_RECIPE
 
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.resolved()  # before any work: CUDA asked for and missing is one line
     settings.apply()
     mode = plan.mode_for(args)
+    check_visibility_arguments(args)
     if (args.train is None) != (args.val is None):
         raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
     recipe = recipe_for(args, mode)
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         default_out = machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
     out = args.out or default_out
     result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
-                     built_in=args.train is None, log=functools.partial(print, flush=True))
+                     built_in=args.train is None, log=functools.partial(print, flush=True),
+                     tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
     skipped, stem = _plots_unavailable(), out.with_suffix("")
@@ -140,15 +144,17 @@ def recipe_for(args: argparse.Namespace, mode: dict):
 
 
 def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *, quick: bool = False,
-            resume: bool = False, built_in: bool = False, log=None) -> dict:
+            resume: bool = False, built_in: bool = False, log=None, tensorboard=None, kept_grid=None) -> dict:
     """Run the runs of ``mode`` (see plan.planned_runs) that ``out`` does not hold yet (all of them
     without ``resume``) on ``stores`` (train, val) with ``recipe``; return the result document,
     written to ``out`` (None: not written) after every run. ``fastprune bench`` and
-    :func:`fastprune.bench.compare` both run through here."""
+    :func:`fastprune.bench.compare` both run through here. ``tensorboard``, ``kept_grid``: see
+    :func:`~fastprune.bench.run.run_one`."""
     settings = dataclasses.replace(settings.resolved(), eval_every=mode.get("eval_every", 1))
     data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
     names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
     result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1], **data.json()})
+    result["architecture"] = architecture(recipe, data)  # what --model actually built
     if log:
         device = resolve_device(settings.device)
         precision = run_amp(device, settings.amp)
@@ -163,15 +169,17 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
         seconds = warm_up(stores, settings, recipe, data)
         if log:
             log(f"warm-up (untimed): {seconds:.1f}s")
-    _run_all(todo, stores, settings, recipe, data, result, out, log)
+    _run_all(todo, stores, settings, recipe, data, result, out, log, tensorboard=tensorboard, kept_grid=kept_grid)
     return result
 
 
-def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: Path | None, log) -> None:
+def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: Path | None, log, *,
+             tensorboard=None, kept_grid=None) -> None:
     runs = result["runs"]
     started, work = time.perf_counter(), [keep for _, keep, _, _ in todo]
     for number, (strategy, keep, seed, block) in enumerate(todo, 1):
-        row = {**run_one(strategy, keep, seed, stores, settings, recipe=recipe, data=data), "block": block}
+        row = {**run_one(strategy, keep, seed, stores, settings, recipe=recipe, data=data, tensorboard=tensorboard,
+                         kept_grid=kept_grid), "block": block}
         runs.append(row)
         elapsed = time.perf_counter() - started
         eta = remaining_time(elapsed, sum(work[:number]), sum(work[number:]))
@@ -209,8 +217,8 @@ def write_outputs(out: Path, result: dict) -> str | None:
             for run in result["runs"] for record in run.get("history", [])]
     save_csv(Path(f"{stem}_epochs.csv"), rows)
     try:
-        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name)
-        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name)
+        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name, plan.evaluated_on(result))
+        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name, plan.evaluated_on(result))
     except MissingExtraError as exc:
         return str(exc)
     return None

@@ -79,6 +79,13 @@ def new_result(mode: dict, settings, quick: bool, recipe=RECIPE, data: dict | No
             "settings": settings.record(), "notes": NOTES, "runs": [], "summary": []}
 
 
+def evaluated_on(result: dict) -> str:
+    """The store a result file's accuracies were measured on, for plot labels: "Fashion-MNIST test"
+    or the validation store's name."""
+    val = (result.get("data") or {}).get("val", BUILT_IN_DATA)
+    return "Fashion-MNIST test" if val == BUILT_IN_DATA else Path(val).name
+
+
 def data_name(result: dict) -> str:
     """What a result file's runs trained on, for titles: "Fashion-MNIST" or the training store's name."""
     train = (result.get("data") or {}).get("train", BUILT_IN_DATA)
@@ -121,6 +128,10 @@ def _field(document: dict, path: tuple[str, ...]):
 def check_can_continue(previous: dict, result: dict, out: Path) -> None:
     """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
     result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
+    model = previous.get("model") or {}
+    if model.get("name", "small_resnet") != "small_resnet" and len(model) > 1:
+        # files written before model_json recorded SmallResNet's options for any model
+        previous = {**previous, "model": {"name": model["name"]}}
     for path in CONTINUE_MUST_MATCH:
         if path in LEGACY_FIELDS and path[-1] not in (_field(previous, path[:-1]) or {}):
             previous = json.loads(json.dumps(previous))

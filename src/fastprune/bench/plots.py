@@ -17,37 +17,60 @@ from .report import TARGET_MARGIN_PT
 COLORS = {name: ("black" if name == "full" else f"C{i}") for i, name in enumerate(STRATEGIES)}
 
 
-def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
-    """Accuracy versus training wall-clock, one panel per keep ratio, one line per strategy
-    (seed 0 of each; every panel also draws the full-data run of its keep block)."""
+def mean_curve(runs: list[dict]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(seconds, mean accuracy, lowest, highest) per evaluation point over ``runs`` (the seeds of
+    one strategy and keep): point i averages the runs' i-th points (the same epoch in each run), up
+    to the shortest curve."""
+    curves = [run["curve"] for run in runs if run["curve"]]
+    if not curves:
+        return [], [], [], []
+    points = min(len(curve) for curve in curves)
+    seconds = [sum(curve[i][0] for curve in curves) / len(curves) for i in range(points)]
+    accs = [[curve[i][1] for curve in curves] for i in range(points)]
+    return seconds, [sum(a) / len(a) for a in accs], [min(a) for a in accs], [max(a) for a in accs]
+
+
+def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST",
+                evaluated_on: str = "Fashion-MNIST test"):
+    """Accuracy on ``evaluated_on`` (the validation store) versus training wall-clock, one panel
+    per keep ratio, one line per strategy: the mean over seeds, with a band from the lowest to the
+    highest seed (every panel also draws the full-data runs of its keep block). Returns the figure
+    (closed, after saving)."""
     plt = pyplot()
 
     keeps = sorted({r["keep"] for r in runs if r["strategy"] != "full"})
     if not keeps:  # only the baseline so far: nothing to compare yet
-        return
-    first_seed = min(r["seed"] for r in runs)
+        return None
+    seeds = sorted({r["seed"] for r in runs})
     fig, axes = plt.subplots(1, max(len(keeps), 1), figsize=(5 * max(len(keeps), 1), 4),
                              sharey=True, squeeze=False)
-    full = [r for r in runs if r["strategy"] == "full" and r["seed"] == first_seed]
+    full = [r for r in runs if r["strategy"] == "full"]
     for axis, keep in zip(axes[0], keeps):
-        shown = [r for r in full if r.get("block") == keep][:1] or full[:1]
-        shown += [r for r in runs if r["keep"] == keep and r["seed"] == first_seed
-                        and r["strategy"] != "full"]
-        for run in shown:
-            seconds, accs = zip(*run["curve"])
-            width = 2 if run["strategy"] == "full" else 1.2
-            axis.plot(seconds, accs, marker=".", label=run["strategy"], linewidth=width,
-                      color=COLORS.get(run["strategy"]))
+        groups = {"full": [r for r in full if r.get("block") == keep] or full}
+        for run in runs:
+            if run["keep"] == keep and run["strategy"] != "full":
+                groups.setdefault(run["strategy"], []).append(run)
+        for strategy, group in groups.items():
+            seconds, mean, low, high = mean_curve(group)
+            if not seconds:
+                continue
+            width = 2 if strategy == "full" else 1.2
+            color = COLORS.get(strategy)
+            axis.plot(seconds, mean, marker=".", label=strategy, linewidth=width, color=color)
+            if len({r["seed"] for r in group}) > 1:
+                axis.fill_between(seconds, low, high, color=color, alpha=0.15, linewidth=0)
         axis.set_title(f"keep {keep}")
         axis.set_xlabel("training wall-clock (s)")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel(f"{evaluated_on} accuracy (%)")
     _zoom_on_the_top(axes[0][0], runs)
     axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{data}: accuracy vs wall-clock (seed {first_seed})")
+    band = f"mean of {len(seeds)} seeds, band: lowest to highest" if len(seeds) > 1 else f"seed {seeds[0]}"
+    fig.suptitle(f"{data}: accuracy on {evaluated_on} vs wall-clock\n({band})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def pyplot():
@@ -62,7 +85,8 @@ def _zoom_on_the_top(axis, runs):
     axis.set_ylim(min(finals) - 5, max(finals) + 1)
 
 
-def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST") -> None:
+def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST",
+                  evaluated_on: str = "Fashion-MNIST test") -> None:
     """Final accuracy (mean ± std over seeds) versus speed-up, one series per strategy."""
     plt = pyplot()
 
@@ -85,7 +109,7 @@ def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST") 
         axis.axhline(full["acc_mean"] - TARGET_MARGIN_PT, color="gray", linestyle="--",
                      linewidth=1, label=f"full − {TARGET_MARGIN_PT} pt")
     axis.set_xlabel("wall-clock speed-up vs full data (x)")
-    axis.set_ylabel("final test accuracy (%)")
+    axis.set_ylabel(f"final {evaluated_on} accuracy (%)")
     axis.set_title(f"{data}: accuracy vs speed-up (labels: keep ratio)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

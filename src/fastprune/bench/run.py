@@ -89,16 +89,35 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
 
 
 def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, recipe: Recipe = RECIPE,
-            strategy_options: dict | None = None, data: DataSpec | None = None) -> dict:
+            strategy_options: dict | None = None, data: DataSpec | None = None,
+            tensorboard: Path | None = None, kept_grid: Path | None = None) -> dict:
     """Train one model with ``recipe``; return its row of the JSON's "runs". ``strategy_options``
     override the strategy's library defaults (the held-out study uses them; the benchmark does not);
-    ``data``: the stores' description, when the caller has it (else read off the stores)."""
+    ``data``: the stores' description, when the caller has it (else read off the stores).
+    ``tensorboard``: a folder, which gets a TensorBoard log of the run in STRATEGY-keepK-seedS/;
+    ``kept_grid``: a PNG path, whose name gets -STRATEGY-keepK-seedS for a pruned run's picture of
+    the most- and never-kept images (drawn after the timed run)."""
+    name = f"{strategy_name}-keep{keep:g}-seed{seed}"
+    logger = None
+    if tensorboard is not None:
+        from ..store.reader import Store
+        from ..train.tensorboard import TensorBoardLogger
+
+        with Store(stores[0]) as store:
+            logger = TensorBoardLogger(Path(tensorboard) / name, len(store))
     strategy, history = run_recipe(recipe, strategy_name, keep, seed, stores, strategy_options=strategy_options,
                                    data=data, device=settings.device,
                                    threads=settings.threads, amp=settings.amp,
                                    channels_last=settings.channels_last, progress=settings.progress,
-                                   eval_every=settings.eval_every, log=None,
+                                   eval_every=settings.eval_every, log=None, on_epoch_end=logger,
                                    compile=False if settings.compile == "off" else settings.compile)
+    if logger is not None:
+        logger.close()
+    if kept_grid is not None and strategy_name != "full":
+        from ..prune.report import kept_grid as draw
+
+        kept_grid = Path(kept_grid)
+        draw(strategy, stores[0], kept_grid.with_name(f"{kept_grid.stem}-{name}{kept_grid.suffix}"))
     return _run_row(strategy_name, keep, seed, strategy, history)
 
 
@@ -122,6 +141,15 @@ def warm_up(stores, settings, recipe: Recipe = RECIPE, data: DataSpec | None = N
                       batch_size=sizes[0], eval_batch_size=sizes[1])
     run_one("uniform_random", keep, 0, stores, settings, recipe=recipe.replace(epochs=1), data=data)
     return time.perf_counter() - started
+
+
+def architecture(recipe: Recipe, data: DataSpec) -> dict[str, Any]:
+    """The model ``recipe`` builds for ``data``, as a result file records it: its class
+    ("module.Class") and number of parameters (built once on the CPU; runs build their own)."""
+    model = recipe.model.build(data.num_classes, data.channels)
+    kind = type(model)
+    return {"spec": recipe.model.name, "class": f"{kind.__module__}.{kind.__qualname__}",
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def input_size(recipe: Recipe, data: DataSpec) -> tuple[int, int]:

@@ -92,7 +92,10 @@ class Recipe:
                 if field.name != "model" and not (field.name in _UNSET_OMITTED and getattr(self, field.name) is None)}
 
     def model_json(self) -> dict[str, Any]:
-        """The model, as a result file's "model" records it."""
+        """The model, as a result file's "model" records it: its name, and SmallResNet's options
+        for "small_resnet" only (another model takes none of them)."""
+        if self.model.name != "small_resnet":
+            return {"name": self.model.name}
         return {field.name: getattr(self.model, field.name) for field in dataclasses.fields(ModelSpec)
                 if field.name != "factory"}
 
