@@ -25,21 +25,50 @@ import numpy as np
 from .._args import check_seed
 
 _M64 = (1 << 64) - 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 #: Salt of the sharding stream, so that it differs from any other use of the same seed.
 _SHARD_SALT = 0x5A4D_0001
 _ROUNDS = 4
-_CHUNK = 1 << 16  # ids per vectorised pass: the temporaries (512 KiB each) stay in cache
+_KERNELS = None  # the compiled walks (forward, inverse)
 
 
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser of ``z + golden`` (uint64 arrays wrap, as in C)."""
-    z = z + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+def _kernel(inverse: bool):
+    """The Feistel walk (``inverse``: its inverse) over an int64 array, compiled on first use
+    (numba, cached on disk), so that importing this module stays cheap."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = (_compile(False), _compile(True))
+    return _KERNELS[inverse]
+
+
+def _compile(inverse: bool):
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def walk(values, out, n, half, mask, keys):
+        rounds = len(keys)
+        for i in range(len(values)):
+            v = np.uint64(values[i])
+            while True:  # cycle walking: the domain 4**half < 4n, so a few steps at most
+                left, right = v >> half, v & mask
+                for j in range(rounds):
+                    if inverse:  # a compile-time constant: each kernel keeps one branch
+                        z = left ^ keys[rounds - 1 - j]
+                    else:
+                        z = right ^ keys[j]
+                    z = z + np.uint64(0x9E3779B97F4A7C15)
+                    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                    f = (z ^ (z >> np.uint64(31))) & mask
+                    if inverse:
+                        left, right = right ^ f, left
+                    else:
+                        left, right = right, left ^ f
+                v = (left << half) | right
+                if v < n:
+                    break
+            out[i] = np.int64(v)
+
+    return walk
 
 
 def _splitmix_int(z: int) -> int:
@@ -137,48 +166,24 @@ class Sharding:
 
     def permute(self, ids) -> np.ndarray:
         """``pi(ids)``: each id's position in the seeded permutation of [0, num_samples)."""
-        return self._walk(ids, self._encrypt, "ids")
+        return self._walk(ids, False, "ids")
 
     def unpermute(self, positions) -> np.ndarray:
         """``pi^-1(positions)``."""
-        return self._walk(positions, self._decrypt, "positions")
+        return self._walk(positions, True, "positions")
 
-    def _walk(self, values, step, name: str) -> np.ndarray:
+    def _walk(self, values, inverse: bool, name: str) -> np.ndarray:
         array = np.asarray(values)
         if array.size and array.dtype.kind not in "iu":
             raise ValueError(f"{name} must be integers, got dtype {array.dtype}")
-        flat = array.reshape(-1).astype(np.int64, copy=False)
+        flat = np.ascontiguousarray(array.reshape(-1), dtype=np.int64)
         if flat.size and (flat.min() < 0 or flat.max() >= self.num_samples):
             bad = flat[(flat < 0) | (flat >= self.num_samples)][0]
             raise IndexError(f"{name} holds {int(bad)}, outside [0, {self.num_samples})")
         out = np.empty(flat.size, dtype=np.int64)
-        n = np.uint64(self.num_samples)
-        for start in range(0, flat.size, _CHUNK):
-            v = step(flat[start:start + _CHUNK].astype(np.uint64))
-            out_of_range = np.flatnonzero(v >= n)
-            while out_of_range.size:  # cycle walking: at most a few rounds (domain < 4N)
-                w = step(v[out_of_range])
-                v[out_of_range] = w
-                out_of_range = out_of_range[w >= n]
-            out[start:start + _CHUNK] = v.astype(np.int64)
+        _kernel(inverse)(flat, out, np.uint64(self.num_samples), np.uint64(self._half), self._mask,
+                         np.array(self._keys, dtype=np.uint64))
         return out.reshape(array.shape)
-
-    def _round(self, x: np.ndarray, key) -> np.ndarray:
-        return _splitmix(x ^ key) & self._mask
-
-    def _encrypt(self, v: np.ndarray) -> np.ndarray:
-        h = np.uint64(self._half)
-        left, right = v >> h, v & self._mask
-        for key in self._keys:
-            left, right = right, left ^ self._round(right, key)
-        return (left << h) | right
-
-    def _decrypt(self, v: np.ndarray) -> np.ndarray:
-        h = np.uint64(self._half)
-        left, right = v >> h, v & self._mask
-        for key in reversed(self._keys):
-            left, right = right ^ self._round(left, key), left
-        return (left << h) | right
 
     def _rank(self, rank) -> int:
         if isinstance(rank, bool) or int(rank) != rank or not 0 <= rank < self.world_size:
