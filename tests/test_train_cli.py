@@ -38,7 +38,7 @@ def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):
     out = capsys.readouterr()
     assert "recipe: 1 epochs, batch 512 (--batch-size), one-cycle SGD to peak lr 1.2" in out.out
     assert "model small_resnet(4, 8, 16)" in out.out
-    assert "warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step" in out.err
+    assert "warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step" in out.out
 
 
 def test_compile_reaches_the_training_loop_from_train_bench_and_compare(tmp_path, monkeypatch):

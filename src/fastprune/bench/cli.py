@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     print(describe_recipe(recipe), flush=True)
     if args.train is not None:
         warning = few_steps_warning(recipe, len(Store(args.train)), min(mode["keeps"]))
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
+        if warning:  # on stdout with the recipe: stderr carries only the one-line errors
+            print(warning, flush=True)
     if args.train is not None:
         stores, default_out = (args.train, args.val), Path(f"bench_{args.train.stem}.json")
     else:

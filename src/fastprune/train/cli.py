@@ -196,8 +196,8 @@ def train_main(args) -> int:
     print(f"training on {describe_device(device)}, {'fp32' if amp == 'off' else amp}", flush=True)
     print(describe_recipe(recipe), flush=True)
     warning = few_steps_warning(recipe, len(Store(args.train)), 1.0 if args.strategy == "full" else args.keep)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    if warning:  # on stdout with the recipe: stderr carries only the one-line errors
+        print(warning, flush=True)
     tensorboard = None
     if args.tensorboard is not None:
         from .tensorboard import TensorBoardLogger
