@@ -38,7 +38,16 @@ Scores that could poison a sample (the rule every strategy shares, in the score 
   several epochs' updates would be): the sample's mean moves once per occurrence and ``seen``
   counts every one. Under torch.distributed the ranks' updates are applied in rank order, so a
   sample two ranks both report (a padded sampler) counts twice on every rank alike.
-* ``distributed="auto"`` — all-gather updates whenever a torch.distributed group is running.
+* ``distributed="auto"`` — all-gather updates whenever a torch.distributed group is running
+  (replicated: every rank holds the whole table).
+* ``distributed="sharded"`` (or ``("sharded", rank, world_size)``) — owner computes: rank r holds
+  only the scores of its shard (``fastprune.prune.sharding``), selects ``k // world_size`` of it
+  (the same count on every rank, so DDP stays in step; a full epoch visits ``N // world_size``
+  of each shard) and updates its own samples with no collective at all. The Loader,
+  PrunedSampler and PrunedOrder then visit that selection whole. Checkpoints hold one shard:
+  each rank saves and loads its own, and a resume on another world size is refused. For
+  strategies with a fixed quota (EpsilonGreedy, UCB, UniformRandom, EL2N, Forgetting, Full;
+  not InfoBatch, whose epoch size follows the scores).
 """
 
 from __future__ import annotations
@@ -52,13 +61,14 @@ import numpy as np
 from .._args import MAX_EPOCH, check_seed
 from ._inputs import as_indices, to_numpy
 from .distributed import gather_updates
+from .sharding import is_sharded, sharded_ranks, Sharding
 from .table import ScoreTable
 
 _STATE_FORMAT = "fastprune.strategy/1"
 #: config() keys added after the first checkpoints: a checkpoint that lacks one predates it and is
 #: not checked on it (its value then is unknown). keep_schedule is different: absent means None.
 _LATER_KEYS = ("warmup_epochs", "reselect_every", "labels", "epochs", "final_full_epochs", "skip_invalid")
-_ABSENT_MEANS = {"keep_schedule": None}
+_ABSENT_MEANS = {"keep_schedule": None, "sharding": None}
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class Strategy:
     #: Optional score-table fields the strategy reads (table.OPTIONAL); mean and seen are always
     #: kept, and the correctness fields are allocated once an update passes `correct`.
     table_fields: tuple[str, ...] = ("correct",)
+    #: Whether distributed="sharded" is supported: the selection size must be a fixed quota.
+    shardable: bool = False
 
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
@@ -120,9 +132,12 @@ class Strategy:
                  distributed: bool | str = "auto"):
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)
-        self.table = ScoreTable(num_samples, self.default_decay if decay == "default" else decay,
-                                fields=self.table_fields, bandit_score=self._bandit_score())
-        self.num_samples = self.table.num_samples
+        self.sharding, self.shard_rank = self._sharding_of(distributed, num_samples)
+        entries = num_samples if self.sharding is None else self.sharding.shard_size(self.shard_rank)
+        self.table = ScoreTable(entries, self.default_decay if decay == "default" else decay,
+                                fields=self.table_fields, bandit_score=self._bandit_score(),
+                                index_map=None if self.sharding is None else self._rows)
+        self.num_samples = self.table.num_samples if self.sharding is None else self.sharding.num_samples
         self.num_kept = self._kept_count(self.keep, f"keep={keep}")
         self.keep_schedule = self._checked_schedule(keep_schedule)
         self.warmup_epochs = self._non_negative(warmup_epochs, "warmup_epochs")
@@ -134,16 +149,15 @@ class Strategy:
         if self.reselect_every < 1:
             raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
         self.skip_invalid = bool(skip_invalid)
-        if distributed not in (True, False, "auto"):
-            raise ValueError(f"distributed must be True, False or 'auto', got {distributed!r}")
         self.distributed = distributed
         self._pools, self._pool_sizes, self._labels_digest = self._class_pools(labels)
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
         self._dense_weights = None  # (cached Selection, device, per-sample weights): weighted_loss's lookup
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
-        # What was kept: counted once per selected epoch (in select), not per step.
-        self._times_kept = np.zeros(self.num_samples, dtype=np.uint32)
-        self._last_kept = np.full(self.num_samples, -1, dtype=np.int32)  # -1: never kept
+        # What was kept: counted once per selected epoch (in select), not per step; per shard row
+        # when sharded.
+        self._times_kept = np.zeros(self.table.num_samples, dtype=np.uint32)
+        self._last_kept = np.full(self.table.num_samples, -1, dtype=np.int32)  # -1: never kept
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
 
     # ---- the interface the loader uses ----------------------------------------------------
@@ -157,7 +171,7 @@ class Strategy:
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             self._count_kept(epoch, None)
-            return Selection.unweighted(np.arange(self.num_samples, dtype=np.int64))
+            return Selection.unweighted(self._all_ids(epoch))
         cached = self._current_pruned(epoch)
         self._count_kept(epoch, cached.indices)
         return Selection(cached.indices.copy(), cached.weights.copy())
@@ -168,7 +182,7 @@ class Strategy:
         if epoch <= self._counted_through:
             return
         self._counted_through = epoch
-        where = slice(None) if indices is None else indices
+        where = slice(None) if indices is None else self._rows(indices)
         self._times_kept[where] += 1
         self._last_kept[where] = epoch
 
@@ -207,7 +221,7 @@ class Strategy:
         """The exact size of ``select(epoch)`` given the current table; no side effects."""
         epoch = self._non_negative(epoch, "epoch")
         if self.is_full_epoch(epoch):
-            return self.num_samples
+            return self.num_samples if self.sharding is None else self.sharding.min_shard_size
         anchor = self._anchor(epoch)
         if self._cache is not None and self._cache[0] == anchor:
             return len(self._cache[1])
@@ -230,7 +244,7 @@ class Strategy:
         torch.distributed group the gather still happens here, per call."""
         if defer is None:
             defer = hasattr(losses, "detach") and losses.device.type != "cpu"
-        if self.distributed is not False:
+        if self.distributed is not False and self.sharding is None:
             indices, losses, correct = gather_updates(indices, losses, correct,
                                                       required=self.distributed is True)
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
@@ -280,14 +294,16 @@ class Strategy:
             else:
                 import torch
 
-                full = np.ones(self.num_samples, dtype=np.float32)
-                full[selection.indices] = selection.weights
+                full = np.ones(self.table.num_samples, dtype=np.float32)
+                full[self._rows(selection.indices)] = selection.weights
                 self._dense_weights = (selection, device, torch.from_numpy(full).to(device))
             dense = self._dense_weights
         if dense[2] is None:
             return None
         import torch
 
+        if self.sharding is not None:  # rows of this rank's shard (sharded strategies weigh 1 today)
+            indices = torch.from_numpy(self._rows(as_indices(indices)))
         ids = indices.to(device) if isinstance(indices, torch.Tensor) else torch.from_numpy(as_indices(indices))
         return dense[2][ids.to(device).long()]
 
@@ -310,6 +326,8 @@ class Strategy:
                   "final_full_epochs": self.final_full_epochs, "skip_invalid": self.skip_invalid}
         if self.keep_schedule is not None:  # absent otherwise: checkpoints from before it still load
             config["keep_schedule"] = list(self.keep_schedule)
+        if self.sharding is not None:  # absent when replicated, as in checkpoints from before it
+            config["sharding"] = f"rank {self.shard_rank}'s shard of {self.sharding.describe()}"
         return config
 
     def state_dict(self) -> dict:
@@ -330,6 +348,10 @@ class Strategy:
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"not a fastprune strategy checkpoint (format {state.get('format')!r})")
         mine, theirs = self.config(), state["config"]
+        if theirs.get("sharding") != mine.get("sharding"):
+            raise ValueError(f"checkpoint holds {theirs.get('sharding') or 'a replicated table'} but this strategy "
+                             f"is {mine.get('sharding') or 'replicated'}: a sharded run resumes with the same "
+                             "world size, each rank from its own checkpoint (re-sharding is not supported)")
         differ = {}
         for k in [*mine, *(k for k in theirs if k not in mine)]:
             if k in _LATER_KEYS and k not in theirs:
@@ -357,9 +379,10 @@ class Strategy:
             self._counted_through = self._epoch
             return
         times, last = (np.asarray(kept[name]) for name in ("times", "last_epoch"))
-        if times.shape != (self.num_samples,) or last.shape != (self.num_samples,):
+        rows = self.table.num_samples
+        if times.shape != (rows,) or last.shape != (rows,):
             raise ValueError(f"checkpoint times kept / last kept epochs have shapes {times.shape}, "
-                             f"{last.shape}, expected ({self.num_samples},)")
+                             f"{last.shape}, expected ({rows},)")
         if (times < 0).any() or (times > np.iinfo(np.uint32).max).any() or (last < -1).any():
             raise ValueError("checkpoint times kept or last kept epochs hold negative values")
         self._times_kept = times.astype(np.uint32)
@@ -376,6 +399,8 @@ class Strategy:
         if outside.any():
             raise ValueError(f"checkpoint selection holds index {int(indices[outside][0])} outside "
                              f"[0, {self.num_samples}) ({int(outside.sum())} such indices)")
+        if self.sharding is not None:
+            self._rows(indices)  # every one this rank's, else an IndexError naming the first
         weights = weights.astype(np.float32)
         if not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError("checkpoint selection holds weights that are negative, NaN or infinite")
@@ -401,24 +426,73 @@ class Strategy:
     # ---- helpers --------------------------------------------------------------------------
 
     def _quota(self, epoch: int) -> int:
-        """How many samples a pruned ``epoch`` keeps (at least one: checked at construction)."""
+        """How many samples a pruned ``epoch`` keeps (at least one: checked at construction); a
+        sharded strategy keeps an equal share of it on every rank (at least one)."""
         scheduled = self._scheduled(epoch)
-        return self.num_kept if scheduled is None else self._kept_count(scheduled, f"keep_schedule[{epoch}]")
+        quota = self.num_kept if scheduled is None else self._kept_count(scheduled, f"keep_schedule[{epoch}]")
+        return quota if self.sharding is None else max(1, quota // self.sharding.world_size)
 
     def _pool_quotas(self, epoch: int) -> np.ndarray:
         """Each class pool's share of the epoch's quota (class-balanced selection)."""
         return _quotas(self._pool_sizes, self._quota(epoch))
 
     def _select_pruned(self, epoch: int) -> Selection:
+        selection = self._select_rows(epoch)
+        if self.sharding is None:
+            return selection
+        ids = self.sharding.global_ids(self.shard_rank, selection.indices)
+        self._rows_of = (ids, selection.indices)  # so that counting them maps no id back
+        return Selection(ids, selection.weights)
+
+    def _select_rows(self, epoch: int) -> Selection:
+        """The pruned selection as rows of the table (sample ids, unless sharded)."""
         context = self._prepare(epoch)
+        # each rank of a sharded strategy draws from its own streams (rank + 1 in the high bits)
+        base = 0 if self.sharding is None else (self.shard_rank + 1) << 32
         if self._pools is None:
-            return self._choose(context, epoch, None, self._quota(epoch), stream=0)
+            return self._choose(context, epoch, None, self._quota(epoch), stream=base)
         parts = []
         for c, (pool, quota) in enumerate(zip(self._pools, self._pool_quotas(epoch))):
-            part = self._choose(context, epoch, pool, int(quota), stream=c + 1)
+            part = self._choose(context, epoch, pool, int(quota), stream=base + c + 1)
             parts.append(Selection(pool[part.indices], part.weights))
         return Selection(np.concatenate([p.indices for p in parts]),
                          np.concatenate([p.weights for p in parts]))
+
+    # ---- sharding -------------------------------------------------------------------------
+
+    def _sharding_of(self, distributed, num_samples) -> tuple[Sharding | None, int]:
+        """(Sharding, rank) for distributed="sharded"; (None, 0) for the replicated modes."""
+        if not is_sharded(distributed):
+            if isinstance(distributed, tuple) or distributed not in (True, False, "auto"):
+                raise ValueError(f"distributed must be True, False, 'auto', 'sharded' or ('sharded', rank, "
+                                 f"world_size), got {distributed!r}")
+            return None, 0
+        if not self.shardable:
+            raise ValueError(f"distributed='sharded' is not supported by {type(self).__name__}: its selection "
+                             "size is not a fixed quota, so ranks would fall out of step (EpsilonGreedy, UCB, "
+                             "UniformRandom, EL2N, Forgetting and Full are)")
+        rank, world = sharded_ranks(distributed)
+        return Sharding(num_samples, world, self.seed), rank
+
+    def _rows(self, ids) -> np.ndarray:
+        """Table rows of sample ``ids`` (themselves unless sharded; an IndexError names the first
+        id another rank owns)."""
+        if self.sharding is None:
+            return ids
+        known = self.__dict__.get("_rows_of")
+        if known is not None and known[0] is ids:  # the latest selection, whose rows are known
+            return known[1]
+        return self.sharding.local(ids, self.shard_rank)
+
+    def _all_ids(self, epoch: int) -> np.ndarray:
+        """A full epoch's samples: all of them; sharded, this rank's shard cut to the smallest
+        shard's size (every rank the same steps), the spare row a different one each epoch."""
+        if self.sharding is None:
+            return np.arange(self.num_samples, dtype=np.int64)
+        rows = np.arange(self.table.num_samples, dtype=np.int64)
+        if len(rows) > self.sharding.min_shard_size:
+            rows = np.delete(rows, epoch % len(rows))
+        return self.sharding.global_ids(self.shard_rank, rows)
 
     def _anchor(self, epoch: int) -> int:
         """The epoch whose selection ``epoch`` reuses (reselection every k epochs)."""
@@ -434,10 +508,12 @@ class Strategy:
             raise ValueError(f"labels must have one entry per sample ({self.num_samples}), "
                              f"got shape {labels.shape}")
         classes, inverse = np.unique(labels, return_inverse=True)
+        digest = hashlib.sha256(np.ascontiguousarray(inverse, dtype=np.int64).tobytes()).hexdigest()[:16]
+        if self.sharding is not None:  # pools of this rank's rows
+            inverse = inverse[self.sharding.ids(self.shard_rank)]
         order = np.argsort(inverse, kind="stable")
         sizes = np.bincount(inverse, minlength=len(classes))
         pools = np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
-        digest = hashlib.sha256(np.ascontiguousarray(inverse, dtype=np.int64).tobytes()).hexdigest()[:16]
         return pools, sizes, f"{len(classes)} classes, sha256 {digest}"
 
     def _checked_schedule(self, schedule) -> tuple[float, ...] | None:

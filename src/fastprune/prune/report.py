@@ -35,7 +35,9 @@ def strategy_scores(strategy) -> np.ndarray:
 def sample_report(strategy) -> dict[str, np.ndarray]:
     """Per-sample arrays of a live strategy (see ``Strategy.sample_report``)."""
     table = strategy.table
-    return {"index": np.arange(strategy.num_samples, dtype=np.int64), "score": strategy_scores(strategy),
+    sharding = getattr(strategy, "sharding", None)  # a sharded strategy reports its own shard's rows
+    index = np.arange(strategy.num_samples, dtype=np.int64) if sharding is None else sharding.ids(strategy.shard_rank)
+    return {"index": index, "score": strategy_scores(strategy),
             "loss": np.asarray(table.mean, dtype=np.float32).copy(), "seen": np.asarray(table.seen).copy(),
             "times_kept": np.asarray(strategy.times_kept, dtype=np.uint32).copy(),
             "last_kept_epoch": np.asarray(strategy.last_kept_epoch, dtype=np.int32).copy()}

@@ -46,6 +46,10 @@ class ScoreTable:
     their device: no host sync); staged updates are applied in order, before anything reads the
     table (a field, ``state_dict``), at :meth:`flush`, at the next immediate update, or once more
     than ``max_pending`` entries wait.
+
+    ``index_map``: a function from the sample ids ``update`` receives to rows of this table
+    (raising IndexError for an id it does not hold), applied when an update is applied: the
+    table of a sharded strategy holds only its rank's shard.
     """
 
     #: Staged entries (all deferred calls together) past which update() applies them at once, so
@@ -53,7 +57,7 @@ class ScoreTable:
     max_pending = 1 << 22
 
     def __init__(self, num_samples: int, decay: float | None = 0.7, *, fields=OPTIONAL,
-                 bandit_score: tuple[float, bool] | None = None):
+                 bandit_score: tuple[float, bool] | None = None, index_map=None):
         if int(num_samples) != num_samples or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if decay is not None and not 0.0 <= decay < 1.0:
@@ -71,6 +75,8 @@ class ScoreTable:
         self._arrays = {name: self._initial(name) for name in self._kept}
         if self.bandit_score is not None:
             self._arrays["score"] = np.full(self.num_samples, np.inf, dtype=np.float32)  # all unseen
+        # sample ids -> rows, applied with each update (a sharded strategy's table holds its shard)
+        self._index_map = index_map
         self._pending: list[_Staged] = []  # deferred updates, in call order
         self._pending_entries = 0
         self._calls = (None, 0)  # (epoch, update() calls in it): names a deferred call at fault
@@ -200,6 +206,8 @@ class ScoreTable:
 
     def _apply(self, indices, losses, correct, epoch, skip_invalid) -> int:
         idx = as_indices(indices)
+        if self._index_map is not None:
+            idx = self._index_map(idx)
         loss = as_losses(losses, len(idx))
         corr = as_correct(correct, len(idx))
         if not self._correctness:
