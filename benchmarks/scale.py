@@ -6,8 +6,10 @@
   ``--sizes`` and each world of ``--worlds``. A replicated table is built only where it fits in
   the RAM free when the run starts (MemAvailable, recorded); the skipped ones are listed.
 * **selection time per epoch**: ``EpsilonGreedy.select`` (keep 0.5, eps 0.2) over a filled
-  replicated table vs one rank's shard, the latter including the mapping of the selected local
-  positions to sample ids (``Sharding.global_ids``); median of ``--repeats`` fresh epochs.
+  replicated table vs rank 0 of ``EpsilonGreedy(N, distributed=("sharded", 0, world))``, whose
+  select includes mapping the chosen rows to sample ids (``Sharding.global_ids``, also timed
+  alone); median of ``--repeats`` fresh epochs. The per-sample kept counters (times kept, last
+  kept epoch: 8 B) are counted next to the score table.
 * **communication per training step**: the bytes one rank receives from the replicated mode's
   per-step all-gather of (index, loss, correct), counted from the shapes of the tensors
   ``fastprune.prune.distributed.gather_updates`` really all-gathers (its collective replaced by
@@ -48,9 +50,10 @@ from fastprune.prune import distributed as fp_distributed
 from fastprune.prune.sharding import Sharding
 
 KEEP, EPS, SEED = 0.5, 0.2, 0
-STRATEGIES = {"epsilon_greedy": lambda n: EpsilonGreedy(n, KEEP, EPS, seed=SEED),
-              "ucb": lambda n: UCB(n, KEEP, seed=SEED),
-              "infobatch": lambda n: InfoBatch(n, KEEP, epochs=10, seed=SEED)}
+STRATEGIES = {"epsilon_greedy": lambda n, **o: EpsilonGreedy(n, KEEP, EPS, seed=SEED, **o),
+              "ucb": lambda n, **o: UCB(n, KEEP, seed=SEED, **o),
+              "infobatch": lambda n, **o: InfoBatch(n, KEEP, epochs=10, seed=SEED, **o)}
+SHARDABLE = ("epsilon_greedy", "ucb")  # InfoBatch has no sharded mode (its epoch size follows the scores)
 KERNEL_LIMIT = 2**32  # the native selection kernels take fewer than 2^32 scores per call
 GiB = 2**30
 
@@ -69,22 +72,34 @@ def rss() -> int:
     return 0
 
 
-def fill(strategy, rng, chunk=1 << 24) -> None:
-    """Every sample seen once, with lognormal losses (a trained network's spread)."""
-    n = strategy.table.num_samples
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        strategy.update(np.arange(start, stop, dtype=np.int64),
-                        rng.lognormal(-2.0, 1.5, stop - start).astype(np.float32))
+def fill(strategy, rng) -> None:
+    """Every row of the strategy's table seen once, with lognormal losses (a trained network's
+    spread), loaded as a checkpoint's table would be (no id mapping: the values are what count)."""
+    table = strategy.table
+    rows = table.num_samples
+    state = {"mean": torch.from_numpy(rng.lognormal(-2.0, 1.5, rows).astype(np.float32)),
+             "seen": torch.ones(rows, dtype=torch.int32)}
+    if "var" in table.fields:
+        state["var"] = torch.zeros(rows, dtype=torch.float32)
+    table.load_state_dict(state)
 
 
-def build(name, n):
-    """(strategy, counted table bytes, measured RSS growth) for a table of n entries."""
+def per_rank_bytes(strategy) -> tuple[int, int]:
+    """(score-table bytes, bytes of the per-sample kept counters) the strategy holds."""
+    table = sum(a.nbytes for a in strategy.table._arrays.values())
+    kept = sum(getattr(strategy, name).nbytes for name in ("_times_kept", "_last_kept") if hasattr(strategy, name))
+    return table, kept
+
+
+def build(name, n, world=None):
+    """(strategy, counted table bytes, counted kept-counter bytes, measured RSS growth): replicated
+    (world None) or rank 0 of a sharded job of ``world`` ranks."""
     before = rss()
-    strategy = STRATEGIES[name](n)
-    strategy.update(np.array([0]), np.array([1.0], np.float32))  # no `correct`: as the recipe trains
-    counted = sum(a.nbytes for a in strategy.table._arrays.values())
-    return strategy, counted, rss() - before
+    strategy = STRATEGIES[name](n, **({} if world is None else {"distributed": ("sharded", 0, world)}))
+    first = np.array([0]) if world is None else strategy.sharding.global_ids(0, [0])
+    strategy.update(first, np.array([1.0], np.float32))  # no `correct`: as the recipe trains
+    table, kept = per_rank_bytes(strategy)
+    return strategy, table, kept, rss() - before
 
 
 # ---- memory and selection time ---------------------------------------------------------------
@@ -93,53 +108,55 @@ def memory_and_selection(sizes, sharded_sizes, worlds, repeats, skipped):
     rows, timings = [], []
     free = mem_available()
     for n in sorted(set(sizes) | set(sharded_sizes)):
-        replicated_ok = n in sizes and n < KERNEL_LIMIT
+        replicated_ok = n < KERNEL_LIMIT  # tried at every N: where it does not fit, the skip is recorded
+        if n >= KERNEL_LIMIT:
+            skipped.append(f"replicated tables at N={n:.0e}: the native selection takes < 2^32 scores")
         for name in STRATEGIES:
-            bytes_per_sample = STRATEGIES[name](1000).table.bytes_per_sample
-            need = bytes_per_sample * n * 1.3 + 2 * GiB  # the table, the fill's temporaries, a margin
+            bytes_per_sample = sum(per_rank_bytes(STRATEGIES[name](1000))) / 1000
+            need = bytes_per_sample * n * 1.3 + 2 * GiB  # the arrays, the fill's temporaries, a margin
             if replicated_ok and need > free:
                 skipped.append(f"replicated {name} table at N={n:.0e}: needs ~{need / GiB:.1f} GiB, "
                                f"{free / GiB:.1f} GiB free at start")
             elif replicated_ok:
-                strategy, counted, grown = build(name, n)
+                strategy, counted, kept, grown = build(name, n)
                 rows.append({"strategy": name, "mode": "replicated", "num_samples": n, "world": None,
-                             "entries": n, "table_bytes_counted": counted, "rss_growth_bytes": grown})
+                             "entries": n, "table_bytes_counted": counted, "kept_counter_bytes": kept,
+                             "rss_growth_bytes": grown})
                 if name == "epsilon_greedy":
                     timings.append(time_selection(strategy, n, None, repeats))
                 del strategy
             for world in worlds:
-                if world > n:
+                if world > n or name not in SHARDABLE:
                     continue
-                sharding = Sharding(n, world, SEED)
-                entries = sharding.shard_size(0)
-                strategy, counted, grown = build(name, entries)
+                strategy, counted, kept, grown = build(name, n, world)
                 rows.append({"strategy": name, "mode": "sharded", "num_samples": n, "world": world,
-                             "entries": entries, "table_bytes_counted": counted, "rss_growth_bytes": grown})
+                             "entries": strategy.table.num_samples, "table_bytes_counted": counted,
+                             "kept_counter_bytes": kept, "rss_growth_bytes": grown})
                 if name == "epsilon_greedy":
-                    timings.append(time_selection(strategy, n, sharding, repeats))
+                    timings.append(time_selection(strategy, n, strategy.sharding, repeats))
                 del strategy
     return rows, timings, free
 
 
 def time_selection(strategy, n, sharding, repeats):
-    """Median seconds of one epoch's select (and, sharded, the id mapping) on a filled table."""
+    """Median seconds of one epoch's ``select`` on a filled table (sharded: the real sharded
+    strategy, whose select maps the chosen rows to sample ids), and of that mapping alone."""
     fill(strategy, np.random.default_rng(1))
     select_s, map_s = [], []
     for r in range(repeats):
         t0 = time.perf_counter()
         selection = strategy.select(r + 1)  # a fresh epoch each time: no cache hit
-        t1 = time.perf_counter()
+        select_s.append(time.perf_counter() - t0)
         if sharding is not None:
-            sharding.global_ids(0, selection.indices)
-        select_s.append(t1 - t0)
-        map_s.append(time.perf_counter() - t1)
-    row = {"mode": "replicated" if sharding is None else "sharded", "num_samples": n,
-           "world": None if sharding is None else sharding.world_size, "entries": strategy.table.num_samples,
-           "selected": len(selection), "select_s_median": statistics.median(select_s),
-           "map_ids_s_median": statistics.median(map_s) if sharding is not None else 0.0}
-    row["epoch_s_median"] = row["select_s_median"] + row["map_ids_s_median"]
-    row["ns_per_entry"] = row["epoch_s_median"] / row["entries"] * 1e9
-    return row
+            rows = sharding.local(selection.indices, 0)
+            t1 = time.perf_counter()
+            sharding.global_ids(0, rows)
+            map_s.append(time.perf_counter() - t1)
+    return {"mode": "replicated" if sharding is None else "sharded", "num_samples": n,
+            "world": None if sharding is None else sharding.world_size, "entries": strategy.table.num_samples,
+            "selected": len(selection), "select_s_median": statistics.median(select_s),
+            "of_which_map_ids_s_median": statistics.median(map_s) if map_s else 0.0,
+            "ns_per_entry": statistics.median(select_s) / strategy.table.num_samples * 1e9}
 
 
 # ---- communication ---------------------------------------------------------------------------
@@ -288,6 +305,7 @@ def overlap(sizes, worlds, dists, fmnist, log):
 
 def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch):
     per_sample = {r["strategy"]: r["table_bytes_counted"] / r["entries"] for r in table_rows if r["entries"] > 1000}
+    kept = max((r["kept_counter_bytes"] / r["entries"] for r in table_rows if r["entries"] > 1000), default=0.0)
     sharded = [t for t in timings if t["mode"] == "sharded"]
     ns = max(sharded, key=lambda t: t["entries"])["ns_per_entry"] if sharded else float("nan")
     per_entry = max((c["bytes_per_entry"] for c in comm_rows if c["world"] > 1), default=float("nan"))
@@ -299,6 +317,7 @@ def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch):
             rows.append({"extrapolation": True, "num_samples": n, "world": world, "shard_entries": entries,
                          **{f"sharded_{s}_bytes_per_rank": b * entries for s, b in per_sample.items()},
                          **{f"replicated_{s}_bytes_per_rank": b * n for s, b in per_sample.items()},
+                         "kept_counter_bytes_per_rank_sharded": kept * entries,
                          "replicated_selectable": n < KERNEL_LIMIT,
                          "sharded_epoch_select_s": ns * entries / 1e9,
                          "replicated_bytes_per_step": per_entry * (world - 1) * batch, "sharded_bytes_per_step": 0,
@@ -317,19 +336,21 @@ def fmt_bytes(b):
 
 def markdown(result) -> str:
     m = result["machine"]
-    lines = [f"# Scale: replicated vs sharded score tables (issue 36)", "",
+    lines = ["# Scale: replicated vs sharded score tables (issue 36)", "",
              f"`{result['command']}` on {m['cpu']} ({m['cores']} cores, {m['ram_gb']} GB RAM, "
              f"{result['mem_available_gb']:.1f} GB free at start, load {m['load_avg_1m']}), {result['date']}.", "",
              "## Score-table bytes per rank (counted; RSS growth measured)", "",
-             "| strategy | mode | N | world | entries | table bytes | RSS growth |", "|---|---|---|---|---|---|---|"]
+             "| strategy | mode | N | world | entries | score table | + kept counters | RSS growth |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["memory"]:
         lines.append(f"| {r['strategy']} | {r['mode']} | {r['num_samples']:.0e} | {r['world'] or ''} | {r['entries']} | "
-                     f"{fmt_bytes(r['table_bytes_counted'])} | {fmt_bytes(max(r['rss_growth_bytes'], 0))} |")
+                     f"{fmt_bytes(r['table_bytes_counted'])} | {fmt_bytes(r['kept_counter_bytes'])} | "
+                     f"{fmt_bytes(max(r['rss_growth_bytes'], 0))} |")
     lines += ["", "## Selection time per epoch (EpsilonGreedy keep 0.5, eps 0.2; one rank)", "",
-              "| mode | N | world | entries | select s | map ids s | epoch s |", "|---|---|---|---|---|---|---|"]
+              "| mode | N | world | entries | select s | of which rows -> ids s |", "|---|---|---|---|---|---|"]
     for t in result["selection"]:
         lines.append(f"| {t['mode']} | {t['num_samples']:.0e} | {t['world'] or ''} | {t['entries']} | "
-                     f"{t['select_s_median']:.3f} | {t['map_ids_s_median']:.3f} | {t['epoch_s_median']:.3f} |")
+                     f"{t['select_s_median']:.3f} | {t['of_which_map_ids_s_median']:.3f} |")
     lines += ["", "## Bytes per training step for pruning (received per rank; counted from gather_updates' "
               "all-gather shapes)", "", "| world | batch/rank | replicated | sharded |", "|---|---|---|---|"]
     for c in result["communication"]:
@@ -349,11 +370,13 @@ def markdown(result) -> str:
               f"{result['extrapolation_basis']['allgather_bytes_per_entry']:.0f} B per entry counted, at "
               f"{result['extrapolation_basis']['batch_per_rank']} samples per rank and step; overlap from the "
               "normal approximation. Replicated tables of N >= 2^32 cannot be selected by the native kernels at all.", "",
-              "| N | world | sharded eps-greedy/UCB per rank | replicated eps-greedy/UCB per rank | sharded select s/epoch "
-              "| replicated all-gather per step | predicted overlap |", "|---|---|---|---|---|---|---|"]
+              "| N | world | sharded eps-greedy/UCB table per rank | + kept counters | replicated eps-greedy/UCB per rank "
+              "| sharded select s/epoch | replicated all-gather per step | predicted overlap |",
+              "|---|---|---|---|---|---|---|---|"]
     for e in result["extrapolation"]:
         lines.append(f"| {e['num_samples']:.0e} | {e['world']} | {fmt_bytes(e.get('sharded_epsilon_greedy_bytes_per_rank', 0))}"
                      f" / {fmt_bytes(e.get('sharded_ucb_bytes_per_rank', 0))} | "
+                     f"{fmt_bytes(e['kept_counter_bytes_per_rank_sharded'])} | "
                      f"{fmt_bytes(e.get('replicated_epsilon_greedy_bytes_per_rank', 0))} / "
                      f"{fmt_bytes(e.get('replicated_ucb_bytes_per_rank', 0))} | {e['sharded_epoch_select_s']:.2f} | "
                      f"{fmt_bytes(e['replicated_bytes_per_step'])} | {e['predicted_overlap_top']:.5f} |")
@@ -366,7 +389,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e7, 1e8])
     parser.add_argument("--sharded-sizes", nargs="+", type=float, default=[1e9],
-                        help="N measured for sharded tables only (one rank's shard)")
+                        help="more N for the sharded tables (one rank's shard); replicated too where it fits in RAM")
     parser.add_argument("--worlds", nargs="+", type=int, default=[8, 64, 512])
     parser.add_argument("--overlap-sizes", nargs="+", type=float, default=[1e7, 1e8])
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 1024])
@@ -389,7 +412,7 @@ def main(argv=None):
     table_rows, timings, free = memory_and_selection(sizes, sharded_sizes, args.worlds, args.repeats, skipped)
     for t in timings:
         log(f"  {t['mode']:10s} N={t['num_samples']:.0e} world={t['world']}: select {t['select_s_median']:.3f} s "
-            f"+ map ids {t['map_ids_s_median']:.3f} s over {t['entries']} entries")
+            f"(rows -> ids {t['of_which_map_ids_s_median']:.3f} s) over {t['entries']} entries")
     log("communication ...")
     comm_rows = communication(args.worlds, args.batches)
     log("Fashion-MNIST losses ...")

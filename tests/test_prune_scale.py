@@ -38,8 +38,10 @@ def test_table_bytes_are_the_strategies_fields(tiny):
     per_sample = {"epsilon_greedy": 12, "ucb": 16, "infobatch": 8}  # mean+seen (+score) (+var)
     for row in tiny[0]["memory"]:
         assert row["table_bytes_counted"] == per_sample[row["strategy"]] * row["entries"], row
+        assert row["kept_counter_bytes"] == 8 * row["entries"]  # times kept (uint32), last kept epoch (int32)
         if row["mode"] == "sharded":
-            assert row["entries"] == -(-row["num_samples"] // row["world"])
+            assert row["entries"] == -(-row["num_samples"] // row["world"])  # rank 0's shard
+    assert {r["strategy"] for r in tiny[0]["memory"] if r["mode"] == "sharded"} == {"epsilon_greedy", "ucb"}
 
 
 def test_allgather_bytes_are_counted_from_the_payload_shapes(tiny):
@@ -72,3 +74,16 @@ def test_predicted_overlap_matches_a_direct_simulation(scale):
     perm = rng.permutation(n).reshape(world, -1)
     hits = sum(glob[ids[np.argpartition(-scores[ids], k_top // world)[: k_top // world]]].sum() for ids in perm)
     assert abs(hits / k_top - scale.predicted_overlap(n, world, k_top)) < 0.002
+
+
+def test_sharded_accuracy_tiny_runs_both_modes_in_step(tmp_path, fashion_mnist_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the ranks import the worker by module name
+    import sharded_accuracy
+
+    out = tmp_path / "acc.json"
+    result = sharded_accuracy.main(["--tiny", "--out", str(out)])
+    runs = {r["mode"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"auto", "sharded"} and runs["auto"]["steps_per_rank"] == runs["sharded"]["steps_per_rank"]
+    assert runs["sharded"]["table_rows_rank0"] == 2000 and runs["auto"]["table_rows_rank0"] == 4000  # one shard
+    assert all(r["test_acc"] > 40 for r in runs.values())  # 10 classes: well above chance after 2 epochs
+    assert len(result["sharded_minus_replicated_pt"]) == 1
