@@ -153,15 +153,7 @@ def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys):
     assert (tmp_path / "g.png").stat().st_size > 1000
 
 
-def _hide(monkeypatch, *modules: str) -> None:
-    """Make ``import module`` fail as if it were not installed (as tests/test_extras.py does)."""
-    import sys
-
-    for name in list(sys.modules):
-        if any(name == m or name.startswith(m + ".") for m in modules):
-            monkeypatch.setitem(sys.modules, name, None)
-    for module in modules:
-        monkeypatch.setitem(sys.modules, module, None)
+from test_extras import _hide  # noqa: E402  (make an import fail as if not installed)
 
 
 def test_kept_grid_without_matplotlib_names_the_plots_extra(tmp_path, monkeypatch):
