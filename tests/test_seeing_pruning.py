@@ -15,6 +15,7 @@ from fastprune.cli import main
 from fastprune.convert import from_arrays
 from fastprune.prune import export_scores
 from fastprune.prune.report import report_from_state
+from test_extras import _hide  # makes an import fail as if the package were not installed
 
 
 def _train_a_little(strategy, epochs=3, seed=0):
@@ -152,8 +153,6 @@ def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys):
     assert main(["scores", str(checkpoint), "--store", str(store), "--grid", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 1000
 
-
-from test_extras import _hide  # noqa: E402  (make an import fail as if not installed)
 
 
 def test_kept_grid_without_matplotlib_names_the_plots_extra(tmp_path, monkeypatch):
