@@ -1,0 +1,27 @@
+#!/bin/bash
+# Run the GPU checks on the lent H200 (the device tool; ../shared/GPU.md). Prepare once, here:
+#   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/fmnist .gpu/debs .gpu/pylib
+#   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fmnist/
+#   (cd .gpu/debs && apt-get download libjpeg62-turbo libjpeg62-turbo-dev)     # libjpeg-turbo 2.1.5
+#   cp -r .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging,pytest_timeout.py} .gpu/pylib/
+# then: run with carry [".gpu"] and the command `bash benchmarks/gpu_device_run.sh` (about 5 min:
+# build, the CUDA tests of the data path and of deferred updates, benchmarks/gpu.py). Knobs:
+# GPU_SKIP_TESTS=1, GPU_THREADS="8 16", GPU_ARGS="--skip end_to_end --compile reduce-overhead",
+# GPU_BENCH_S (gpu.py's time limit, default 330). Results land in $OUT/gpu.json and gpu.md.
+REPO=$PWD
+J=/tmp/jt/usr; for f in .gpu/debs/*.deb; do dpkg -x "$f" /tmp/jt; done
+export LD_LIBRARY_PATH=$J/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-} CMAKE_BUILD_PARALLEL_LEVEL=16 PYTHONUNBUFFERED=1
+CXXFLAGS="-I$J/include/x86_64-linux-gnu" CMAKE_ARGS="-DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
+ -DJPEG_INCLUDE_DIR=$J/include -DJPEG_LIBRARY=$J/lib/x86_64-linux-gnu/libjpeg.so \
+ -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON" \
+ python3 -m pip install -q --no-build-isolation --no-deps --no-index . 2>&1 | tail -3
+python3 -c "import fastprune, torch; print(fastprune.build_info(), torch.__version__, torch.version.cuda)"
+if [ "${GPU_SKIP_TESTS:-0}" != 1 ]; then
+  (export PYTHONPATH=$REPO/.gpu/pylib
+   timeout 100 python3 -m pytest -q -p no:cacheprovider -x tests/test_loader.py -k "cuda or normalize_on or pinned" 2>&1 | tail -4
+   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_prune_deferred.py tests/test_device.py 2>&1 | tail -4)
+fi
+cd /tmp && timeout "${GPU_BENCH_S:-330}" python3 "$REPO/benchmarks/gpu.py" --fmnist "$REPO/.gpu/fmnist" \
+  --threads ${GPU_THREADS:-1 4 16} ${GPU_ARGS:-} --feed-batches 40 --workdir /tmp/gw --out "$OUT/gpu.json" 2>&1 \
+  | grep -v Warning | tail -40
+echo "gpu.py rc=${PIPESTATUS[0]}"
