@@ -87,8 +87,8 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
 
 
 def _load_failure(exc: BaseException) -> str:
-    """What torch.load found wrong, in one line, without torch's advice to retry with
-    ``weights_only=False``: the one thing not to do with a file one does not trust."""
+    """What torch.load found wrong, in one line, without torch's advice to retry
+    with ``weights_only`` turned off: the one thing not to do with a file one does not trust."""
     lines = (line.split("WeightsUnpickler error:", 1)[-1].strip() for line in str(exc).splitlines())
     useful = [line for line in lines if line and "weights_only" not in line and "Weights only" not in line
               and not line.startswith(("Check the documentation", "Please file an issue"))]
