@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
     print(describe_recipe(recipe), flush=True)
     if args.train is not None:
-        warning = few_steps_warning(recipe, len(Store(args.train)), min(mode["keeps"]))
+        with Store(args.train) as store:
+            warning = few_steps_warning(recipe, len(store), min(mode["keeps"]))
         if warning:  # on stdout with the recipe: stderr carries only the one-line errors
             print(warning, flush=True)
     if args.train is not None:

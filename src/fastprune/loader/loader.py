@@ -201,7 +201,8 @@ class Loader:
         run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch)
         try:
             if self.normalize_on == "device":
-                yield from DeviceFeed(self.device, self._device_normalize(), self.prefetch, self._pinned).run(run.batches())
+                normalize = self._pipeline()[1]
+                yield from DeviceFeed(self.device, normalize, self.prefetch, self._pinned).run(run.batches())
             else:
                 for batch in run.batches():
                     yield self._to_device(batch)
@@ -209,14 +210,18 @@ class Loader:
             run.close()
         self._epoch = epoch + 1
 
-    def _device_normalize(self) -> Normalize | None:
+    def _pipeline(self) -> tuple[list, Normalize | None]:
+        """(transforms the producer threads run, the Normalize run after the copy or None): with
+        normalize_on="device" a final Normalize moves to the device stage."""
         last = self.transforms[-1] if self.transforms else None
-        return last if isinstance(last, Normalize) else None
+        if self.normalize_on == "device" and isinstance(last, Normalize):
+            return self.transforms[:-1], last
+        return self.transforms, None
 
     def _batch_builder(self, epoch: int) -> "_BatchBuilder":
-        streams = [stream_key(self.seed, epoch, salt) for salt in range(len(self.transforms))]
-        host = self.transforms[:-1] if self.normalize_on == "device" and self._device_normalize() else self.transforms
-        return _BatchBuilder(self._source, host, streams[:len(host)], epoch, self._pinned)
+        host = self._pipeline()[0]
+        streams = [stream_key(self.seed, epoch, salt) for salt in range(len(host))]
+        return _BatchBuilder(self._source, host, streams, epoch, self._pinned)
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":

@@ -195,14 +195,16 @@ def train_main(args) -> int:
           f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
     print(f"training on {describe_device(device)}, {'fp32' if amp == 'off' else amp}", flush=True)
     print(describe_recipe(recipe), flush=True)
-    warning = few_steps_warning(recipe, len(Store(args.train)), 1.0 if args.strategy == "full" else args.keep)
+    with Store(args.train) as store:
+        num_samples = len(store)
+    warning = few_steps_warning(recipe, num_samples, 1.0 if args.strategy == "full" else args.keep)
     if warning:  # on stdout with the recipe: stderr carries only the one-line errors
         print(warning, flush=True)
     tensorboard = None
     if args.tensorboard is not None:
         from .tensorboard import TensorBoardLogger
 
-        tensorboard = TensorBoardLogger(args.tensorboard, len(Store(args.train)))
+        tensorboard = TensorBoardLogger(args.tensorboard, num_samples)
     strategy, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
                             device=device, threads=args.threads, amp=amp, channels_last=channels_last,
                             checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
