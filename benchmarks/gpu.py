@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
@@ -96,8 +95,8 @@ def fmnist_stores(args, workdir: Path) -> tuple[Path, Path]:
     stores = []
     for split in ("train", "test"):
         images, labels = load_idx(*find_idx_files(args.fmnist, split))
-        images = np.repeat(images[:args.fmnist_limit, :, :, None], 3, axis=-1)  # gray as RGB, as from_idx
-        stores.append(from_arrays(images, labels[:args.fmnist_limit], workdir / f"fmnist-{split}-limit.beton",
+        stores.append(from_arrays(images[:args.fmnist_limit], labels[:args.fmnist_limit],  # gray stored as RGB
+                                  workdir / f"fmnist-{split}-limit.beton",
                                   progress=False))
     return tuple(stores)
 
