@@ -1,7 +1,8 @@
 """The training loop: ``fit`` (epochs of training, evaluation, checkpoints) and ``evaluate``.
 
 Besides the three lines data pruning needs (see ``fastprune.train``), the loop keeps the books a
-benchmark needs to be honest: timing that separates training, evaluation and pruning overhead.
+benchmark needs to be honest: timing that separates training, evaluation, pruning overhead and the
+wait for data.
 """
 
 from __future__ import annotations
@@ -61,6 +62,30 @@ class _OverheadClock:
                     delattr(strategy, name)  # removes the instance attribute, unmasking the method
 
 
+class _WaitClock:
+    """Accumulates the host seconds the training loop spends blocked on the loader's next batch.
+
+    It times the loader's own iterator (``iter`` and every ``next``, the last one that ends the
+    epoch included), not the progress bar wrapped around it: the figure is the data path's alone.
+    Two ``perf_counter`` calls per batch, no device synchronization.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def timed(self, loader) -> Iterator:
+        start = time.perf_counter()
+        batches = iter(loader)  # a generator loader starts its epoch (selection...) at the first next
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                self.seconds += time.perf_counter() - start
+                return
+            self.seconds += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()  # the step's host work is done: the wait for the next begins
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
@@ -72,30 +97,36 @@ def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader, *, amp, channels_last):
     """(accuracy %, mean cross-entropy, per-class hits, per-class counts): the counts are int64
-    tensors indexed by label (empty when nothing was seen)."""
+    tensors indexed by label (empty when nothing was seen).
+
+    The sums stay on the device and are read once at the end: a read per batch (``.item()``, a
+    boolean mask, ``bincount``'s size) would make the host wait for the GPU on every batch."""
     device = model_device(model)
     dtype = autocast_dtype(device, amp)
     memory_format = memory_format_for(device, channels_last)
     was_training = model.training
     model.eval()
-    correct, loss_sum, seen = 0, 0.0, 0
+    seen = 0
+    # float64, as the Python float the per-batch float32 sums were once added into
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     hits = counts = torch.zeros(0, dtype=torch.int64, device=device)
     for batch in loader:
         images = batch[0].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch[1].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images)
-        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
+        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         right = logits.argmax(1) == labels
-        correct += right.sum().item()
         seen += labels.numel()
-        size = max(logits.shape[1], len(counts))
-        counts = _grown(counts, size) + torch.bincount(labels, minlength=size)[:size]
-        hits = _grown(hits, size) + torch.bincount(labels[right], minlength=size)[:size]
+        size = max(logits.shape[1], len(counts))  # shapes are known on the host: no sync
+        counts = _grown(counts, size).index_add(0, labels, torch.ones_like(right, dtype=torch.int64))
+        hits = _grown(hits, size).index_add(0, labels, right.long())
     model.train(was_training)
+    hits, counts = hits.cpu(), counts.cpu()
     if seen == 0:
-        return float("nan"), float("nan"), hits.cpu(), counts.cpu()
-    return 100.0 * correct / seen, loss_sum / seen, hits.cpu(), counts.cpu()
+        return float("nan"), float("nan"), hits, counts
+    # every right answer is a hit of its label (index_add refuses labels outside the classes)
+    return 100.0 * int(hits.sum()) / seen, loss_sum.item() / seen, hits, counts
 
 
 def _grown(counts: torch.Tensor, size: int) -> torch.Tensor:
@@ -140,16 +171,17 @@ def compiled_forward(model: nn.Module, compile) -> nn.Module:
 
 def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, dtype,
                      memory_format, scaler, progress, forward=None, graphs=False) -> dict[str, float]:
-    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR.
-    ``forward``: the module that runs the model (a compiled one), default ``model``; ``graphs``:
-    it replays CUDA graphs, so each step is marked as a new one."""
+    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR and
+    ``data_wait_s`` (see :class:`_WaitClock`). ``forward``: the module that runs the model (a
+    compiled one), default ``model``; ``graphs``: it replays CUDA graphs, so each step is marked as
+    a new one."""
     device = model_device(model)
     forward = model if forward is None else forward
     model.train()
     samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
     lr = optimizer.param_groups[0]["lr"]
-    bar = _progress_bar(loader, progress)
-    for batch in bar:
+    waits = _WaitClock()
+    for batch in _progress_bar(waits.timed(loader), loader, progress):
         if batch.labels is None:
             raise ValueError("fit: the loader yields no labels (its store has no integer field named "
                              "'label', or several integer fields): pass label_field=... to Loader")
@@ -180,7 +212,7 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         samples += labels.numel()
         steps += 1
     mean_loss = loss_sum.item() / samples if samples else float("nan")
-    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr}
+    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds}
 
 
 def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
@@ -191,18 +223,19 @@ def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
                          "reduction='none', e.g. nn.CrossEntropyLoss(reduction='none')")
 
 
-def _progress_bar(loader, enabled: bool):
+def _progress_bar(batches, loader, enabled: bool):
+    """``batches`` (an iteration over ``loader``), under a progress bar if ``enabled``."""
     if not enabled:
-        return loader
+        return batches
     from tqdm.auto import tqdm
-    return tqdm(loader, total=len(loader), leave=False, dynamic_ncols=True, unit="batch")
+    return tqdm(batches, total=len(loader), leave=False, dynamic_ncols=True, unit="batch")
 
 
 def _format_record(record: dict[str, Any], epochs: int) -> str:
     return (f"epoch {record['epoch'] + 1}/{epochs}  samples {record['samples']}  "
             f"loss {record['loss']:.4f}  val_acc {_percent(record['val_acc'])}  "
             f"epoch {record['epoch_s']:.1f}s  total {record['cumulative_s']:.1f}s  "
-            f"pruning {record['overhead_s']:.3f}s")
+            f"pruning {record['overhead_s']:.3f}s  data wait {record['data_wait_s']:.3f}s")
 
 
 def _percent(value: float | None) -> str:
@@ -268,8 +301,11 @@ def fit(
         accuracy %}, named by the validation store's class names where it keeps them, else by
         label; None when not evaluated), ``lr`` (used by the epoch's last step),
         ``train_s`` (training incl. data loading and selection), ``eval_s``, ``overhead_s`` (time
-        inside strategy.select + strategy.update), ``epoch_s`` (train + eval), ``cumulative_s``
-        and ``cumulative_train_s``.
+        inside strategy.select + strategy.update), ``data_wait_s`` (host seconds blocked waiting
+        for the loader's next batch; near 0 means the data path keeps up, the model (or launches)
+        bound the epoch. Part of ``train_s``; it includes the first batch, so the loader's epoch
+        start and the selection there, which ``overhead_s`` counts too), ``epoch_s`` (train +
+        eval), ``cumulative_s`` and ``cumulative_train_s``.
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
     forward = compiled_forward(model, compile)  # checked before any work
@@ -334,6 +370,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
         strategy.flush()
     synchronize(model_device(model))
     train_s = time.perf_counter() - start
+    data_wait_s = stats.pop("data_wait_s")  # recorded beside the other timings
 
     val_acc, val_loss, eval_s = (float("nan"), float("nan"), 0.0) if evaluate_now else (None, None, 0.0)
     val_class_acc = None
@@ -353,6 +390,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
         "train_s": train_s,
         "eval_s": eval_s,
         "overhead_s": clock.seconds - overhead_before,
+        "data_wait_s": data_wait_s,
         "epoch_s": train_s + eval_s,
         "cumulative_s": previous["cumulative_s"] + train_s + eval_s,
         "cumulative_train_s": previous["cumulative_train_s"] + train_s,
