@@ -64,10 +64,18 @@ def summarize(runs: list[dict]) -> list[dict]:
             "reached_target": f"{len(reached)}/{len(group)}",
             "scoring_s_mean": mean([r["scoring_s"] for r in group]),
             "overhead_share_pct": 100 * mean([r["pruning_overhead_s"] / r["wall_s"] for r in group]),
+            "data_wait_share_pct": _data_wait_share_pct(group),
         })
     order = {name: i for i, name in enumerate(STRATEGIES)}
     return sorted(rows, key=lambda row: (row["keep"] if row["strategy"] != "full" else -1,
                                          order.get(row["strategy"], 99)))
+
+
+def _data_wait_share_pct(group: list[dict]) -> float | None:
+    """Mean share of wall-clock blocked on the loader; None for runs recorded before fit kept it."""
+    if not all("data_wait_s" in r for r in group):
+        return None
+    return 100 * mean([r["data_wait_s"] / r["wall_s"] for r in group])
 
 
 def markdown_table(summary: list[dict]) -> str:

@@ -207,6 +207,7 @@ def _run_row(strategy_name, keep, seed, strategy, history) -> dict:
         "eval_s": sum(r["eval_s"] for r in history),
         "scoring_s": sum(r["train_s"] for r in history[:scoring_epochs]),
         "pruning_overhead_s": sum(r["overhead_s"] for r in history),
+        "data_wait_s": sum(r["data_wait_s"] for r in history),  # blocked on the loader (inside wall_s)
         "gpu_busy_pct": gpu_busy_of(history),  # None on the CPU or without nvml
         "samples_seen": sum(r["samples"] for r in history),
         "curve": [[round(r["cumulative_train_s"], 3), r["val_acc"]] for r in history if r["val_acc"] is not None],
