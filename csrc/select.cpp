@@ -4,10 +4,12 @@
 // sampling, which streams in index order and gives exact sizes).
 // Every random draw comes from CounterRng(seed, epoch, stream) indexed by a counter (rng.hpp).
 #include "core.hpp"
+#include "half.hpp"
 #include "rng.hpp"
 #include "select_kernels.hpp"
 
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
 #include <algorithm>
@@ -192,9 +194,11 @@ size_t checked_same_length(size_t n, size_t other, const char *name) {
 // ---- score table update --------------------------------------------------------------------
 
 // The table's arrays; a null pointer is a field the table does not keep (ScoreTable allocates
-// per strategy only what it reads). mean and seen are always kept.
+// per strategy only what it reads). mean and seen are always kept. The float fields are stored as
+// S::T (float, or the bits of a float16/bfloat16: half.hpp); the arithmetic is float's either way.
+template <class S>
 struct TableViews {
-    float *mean, *var, *score;
+    typename S::T *mean, *var, *score;
     int32_t *seen, *last_epoch, *forgets;
     int8_t *last_correct;
     uint8_t *ever_correct;
@@ -217,12 +221,12 @@ std::string format_loss(float loss) {
 }
 
 // The first bad entry (index out of range, loss not finite or beyond kMaxLoss, correct not 0/1), or -1.
-int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss, const int8_t *correct, size_t m,
+int64_t first_invalid(size_t n, const int64_t *idx, const float *loss, const int8_t *correct, size_t m,
                       std::string *why) {
     for (size_t j = 0; j < m; ++j) {
-        if (idx[j] < 0 || uint64_t(idx[j]) >= t.n) {
+        if (idx[j] < 0 || uint64_t(idx[j]) >= n) {
             *why = "indices[" + std::to_string(j) + "] = " + std::to_string(idx[j]) + " is out of range for a table of " +
-                   std::to_string(t.n) + " samples";
+                   std::to_string(n) + " samples";
             return int64_t(j);
         }
         if (!loss_valid(loss[j])) {
@@ -240,20 +244,22 @@ int64_t first_invalid(const TableViews &t, const int64_t *idx, const float *loss
     return -1;
 }
 
-bool entry_valid(const TableViews &t, int64_t i, float loss, const int8_t *correct, size_t j) {
-    return i >= 0 && uint64_t(i) < t.n && loss_valid(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
+bool entry_valid(size_t n, int64_t i, float loss, const int8_t *correct, size_t j) {
+    return i >= 0 && uint64_t(i) < n && loss_valid(loss) && (!correct || correct[j] == 0 || correct[j] == 1);
 }
 
 // The bandit score: +inf while unseen (every arm is tried once before any is exploited), -inf
 // for a sample tried whose every loss was skipped (seen == -1: it ranks last, retried only by a
 // random part), else mean + c * (sqrt(var) or var), computed in double, saturated at the largest
 // float (only an unseen sample scores +inf) and rounded once. c == 0 reads no variance, so a
-// table without one (epsilon-greedy) ranks by the mean.
-inline float bandit_score(float mean, const float *var, size_t i, int32_t seen, double c, bool use_std) {
+// table without one (epsilon-greedy) ranks by the mean. var is stored as S::T, read widened.
+template <class S = Float32Storage>
+inline float bandit_score(float mean, const typename S::T *var, size_t i, int32_t seen, double c, bool use_std) {
     if (seen == 0) return std::numeric_limits<float>::infinity();
     if (seen < 0) return -std::numeric_limits<float>::infinity();
     if (c == 0.0) return mean;
-    float bonus = use_std ? std::sqrt(std::max(var[i], 0.0f)) : var[i];
+    const float v = S::widen(var[i]);
+    float bonus = use_std ? std::sqrt(std::max(v, 0.0f)) : v;
     double score = double(mean) + c * double(bonus);
     return float(std::min(score, double(std::numeric_limits<float>::max())));
 }
@@ -261,19 +267,24 @@ inline float bandit_score(float mean, const float *var, size_t i, int32_t seen, 
 // EMA of the loss and of its squared deviation (the incremental form of Finch 2009, "Incremental
 // calculation of weighted mean and variance"). decay < 0 selects a plain running mean. The score
 // column, where kept, is recomputed from the new state, so it always equals bandit_score.
-void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, int32_t epoch) {
+// A 16-bit table computes the same from its stored values widened to float, and narrows each
+// float32 result (S::narrow: round to nearest even, saturating, so mean and var stay finite).
+template <class S>
+void apply_one(TableViews<S> &t, int64_t i, float loss, int correct, double decay, int32_t epoch) {
     int32_t seen = std::max(t.seen[i], 0);  // -1 (tried, every loss skipped) starts afresh, as unseen
     if (seen == 0) {
-        t.mean[i] = loss;
-        if (t.var) t.var[i] = 0.0f;
+        t.mean[i] = S::narrow(loss);
+        if (t.var) t.var[i] = S::narrow(0.0f);
     } else {
         double alpha = decay < 0 ? 1.0 / (double(seen) + 1.0) : 1.0 - decay;
-        double diff = double(loss) - t.mean[i];
-        t.mean[i] = float(t.mean[i] + alpha * diff);
-        if (t.var) t.var[i] = float((1.0 - alpha) * (t.var[i] + alpha * diff * diff));
+        const float mean = S::widen(t.mean[i]);
+        double diff = double(loss) - mean;
+        t.mean[i] = S::narrow(float(mean + alpha * diff));
+        if (t.var) t.var[i] = S::narrow(float((1.0 - alpha) * (S::widen(t.var[i]) + alpha * diff * diff)));
     }
     if (seen < std::numeric_limits<int32_t>::max()) t.seen[i] = seen + 1;
-    if (t.score) t.score[i] = bandit_score(t.mean[i], t.var, size_t(i), t.seen[i], t.c, t.use_std);
+    if (t.score)
+        t.score[i] = S::narrow(bandit_score<S>(S::widen(t.mean[i]), t.var, size_t(i), t.seen[i], t.c, t.use_std));
     if (t.last_epoch) t.last_epoch[i] = epoch;
     if (correct >= 0) {
         if (t.last_correct[i] == 1 && correct == 0 && t.forgets[i] < std::numeric_limits<int32_t>::max()) ++t.forgets[i];
@@ -285,10 +296,11 @@ void apply_one(TableViews &t, int64_t i, float loss, int correct, double decay, 
 // A skipped entry of an unseen sample (index in range) marks it tried: seen = -1, score -inf, so a
 // sample whose loss is always NaN is not re-chosen as "unseen" every epoch. A seen sample keeps its
 // statistics.
-void mark_tried(TableViews &t, int64_t i) {
+template <class S>
+void mark_tried(TableViews<S> &t, int64_t i) {
     if (i < 0 || uint64_t(i) >= t.n || t.seen[i] != 0) return;
     t.seen[i] = -1;
-    if (t.score) t.score[i] = bandit_score(t.mean[i], t.var, size_t(i), -1, t.c, t.use_std);
+    if (t.score) t.score[i] = S::narrow(bandit_score<S>(S::widen(t.mean[i]), t.var, size_t(i), -1, t.c, t.use_std));
 }
 
 // An optional field: length n, or 0 for "not kept" (null).
@@ -299,17 +311,18 @@ T *optional_field(Array1D<T> a, size_t n, const char *name) {
     return a.data();
 }
 
-int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<float> score, Array1D<int32_t> seen,
-                     Array1D<int32_t> last_epoch, Array1D<int32_t> forgets, Array1D<int8_t> last_correct,
-                     Array1D<uint8_t> ever_correct, ROArray1D<int64_t> indices, ROArray1D<float> losses,
-                     ROArray1D<int8_t> correct, double decay, int32_t epoch, bool has_correct, bool skip_invalid,
-                     double c, bool use_std) {
+template <class S>
+int64_t score_update(Array1D<typename S::T> mean, Array1D<typename S::T> var, Array1D<typename S::T> score,
+                     Array1D<int32_t> seen, Array1D<int32_t> last_epoch, Array1D<int32_t> forgets,
+                     Array1D<int8_t> last_correct, Array1D<uint8_t> ever_correct, ROArray1D<int64_t> indices,
+                     ROArray1D<float> losses, ROArray1D<int8_t> correct, double decay, int32_t epoch,
+                     bool has_correct, bool skip_invalid, double c, bool use_std) {
     size_t n = mean.shape(0);
     checked_same_length(n, seen.shape(0), "seen");
-    TableViews t{mean.data(), optional_field(var, n, "var"), optional_field(score, n, "score"), seen.data(),
-                 optional_field(last_epoch, n, "last_epoch"), optional_field(forgets, n, "forgets"),
-                 optional_field(last_correct, n, "last_correct"), optional_field(ever_correct, n, "ever_correct"),
-                 n, c, use_std};
+    TableViews<S> t{mean.data(), optional_field(var, n, "var"), optional_field(score, n, "score"), seen.data(),
+                    optional_field(last_epoch, n, "last_epoch"), optional_field(forgets, n, "forgets"),
+                    optional_field(last_correct, n, "last_correct"), optional_field(ever_correct, n, "ever_correct"),
+                    n, c, use_std};
     size_t m = indices.shape(0);
     checked_same_length(m, losses.shape(0), "losses");
     if (has_correct) checked_same_length(m, correct.shape(0), "correct");
@@ -326,10 +339,10 @@ int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<float> sco
     {
         nb::gil_scoped_release release;
         // Validate everything before touching the table, so an error leaves it unchanged.
-        int64_t bad = skip_invalid ? -1 : first_invalid(t, idx, loss, corr, m, &why);
+        int64_t bad = skip_invalid ? -1 : first_invalid(n, idx, loss, corr, m, &why);
         if (bad < 0) {
             for (size_t j = 0; j < m; ++j) {
-                if (skip_invalid && !entry_valid(t, idx[j], loss[j], corr, j)) {
+                if (skip_invalid && !entry_valid(n, idx[j], loss[j], corr, j)) {
                     ++skipped;
                     mark_tried(t, idx[j]);
                     continue;
@@ -343,6 +356,47 @@ int64_t score_update(Array1D<float> mean, Array1D<float> var, Array1D<float> sco
         fail_value("score update: " + why + " (pass skip_invalid=True to drop such entries)");
     }
     return skipped;
+}
+
+// The 16-bit storage a kind names ("float16" or "bfloat16", as ScoreTable's dtype spells it).
+bool is_bfloat16(const std::string &kind) {
+    if (kind != "float16" && kind != "bfloat16")
+        fail_value("kind must be 'float16' or 'bfloat16', got '" + kind + "'");
+    return kind == "bfloat16";
+}
+
+// score_update of a table whose float fields hold float16 or bfloat16 bits.
+int64_t score_update_half(Array1D<uint16_t> mean, Array1D<uint16_t> var, Array1D<uint16_t> score,
+                          Array1D<int32_t> seen, Array1D<int32_t> last_epoch, Array1D<int32_t> forgets,
+                          Array1D<int8_t> last_correct, Array1D<uint8_t> ever_correct, ROArray1D<int64_t> indices,
+                          ROArray1D<float> losses, ROArray1D<int8_t> correct, double decay, int32_t epoch,
+                          bool has_correct, bool skip_invalid, double c, bool use_std, const std::string &kind) {
+    auto update = is_bfloat16(kind) ? &score_update<BFloat16Storage> : &score_update<Float16Storage>;
+    return update(mean, var, score, seen, last_epoch, forgets, last_correct, ever_correct, indices, losses, correct,
+                  decay, epoch, has_correct, skip_invalid, c, use_std);
+}
+
+// Every element of `in` converted by `convert`, into a new array.
+template <typename To, typename From, typename Convert>
+NumpyArray<To> convert_all(ROArray1D<From> in, Convert convert) {
+    size_t n = in.shape(0);
+    Buffer<To> out(n);
+    const From *p = in.data();
+    {
+        nb::gil_scoped_release release;
+        for (size_t i = 0; i < n; ++i) out.data[i] = convert(p[i]);
+    }
+    return to_numpy(out, n);
+}
+
+NumpyArray<float> half_to_float32(ROArray1D<uint16_t> bits, const std::string &kind) {
+    return is_bfloat16(kind) ? convert_all<float>(bits, half::bf16_to_float)
+                             : convert_all<float>(bits, half::f16_to_float);
+}
+
+NumpyArray<uint16_t> float32_to_half(ROArray1D<float> values, const std::string &kind) {
+    return is_bfloat16(kind) ? convert_all<uint16_t>(values, half::float_to_bf16)
+                             : convert_all<uint16_t>(values, half::float_to_f16);
 }
 
 // ---- scores and selections -----------------------------------------------------------------
@@ -500,13 +554,28 @@ std::tuple<float, int64_t, int64_t, int> threshold_for_tests(ROArray1D<float> sc
 }  // namespace
 
 void bind_select(nb::module_ &m) {
-    m.def("score_update", &score_update, nb::arg("mean"), nb::arg("var"), nb::arg("score"), nb::arg("seen"),
-          nb::arg("last_epoch"), nb::arg("forgets"), nb::arg("last_correct"), nb::arg("ever_correct"),
+    m.def("score_update", &score_update<Float32Storage>, nb::arg("mean"), nb::arg("var"), nb::arg("score"),
+          nb::arg("seen"), nb::arg("last_epoch"), nb::arg("forgets"), nb::arg("last_correct"), nb::arg("ever_correct"),
           nb::arg("indices"), nb::arg("losses"), nb::arg("correct"), nb::arg("decay"), nb::arg("epoch"),
           nb::arg("has_correct"), nb::arg("skip_invalid"), nb::arg("c") = 0.0, nb::arg("use_std") = true,
           "Scatter (index, loss[, correct]) into the score table, in order; returns the number skipped. "
           "Optional fields (var, score, last_epoch, the correctness ones) may be empty: not kept. A kept "
           "score is set to bandit_scores' value (c, use_std) of every updated sample.");
+    // noconvert: a converted copy of a table array would take the update and be dropped, and
+    // float16 values converted to uint16 are not their bits.
+    m.def("score_update_half", &score_update_half, nb::arg("mean").noconvert(), nb::arg("var").noconvert(),
+          nb::arg("score").noconvert(), nb::arg("seen").noconvert(), nb::arg("last_epoch").noconvert(),
+          nb::arg("forgets").noconvert(), nb::arg("last_correct").noconvert(), nb::arg("ever_correct").noconvert(),
+          nb::arg("indices"), nb::arg("losses"), nb::arg("correct"), nb::arg("decay"), nb::arg("epoch"),
+          nb::arg("has_correct"), nb::arg("skip_invalid"), nb::arg("c"), nb::arg("use_std"), nb::arg("kind"),
+          "score_update for mean/var/score stored as float16 or bfloat16 (kind) bits, uint16: the same "
+          "float arithmetic on the widened values, each result rounded to nearest even and saturated "
+          "at the largest finite value of the kind.");
+    m.def("half_to_float32", &half_to_float32, nb::arg("bits").noconvert(), nb::arg("kind"),
+          "float16 or bfloat16 (kind) values given as uint16 bits, widened exactly to float32.");
+    m.def("float32_to_half", &float32_to_half, nb::arg("values").noconvert(), nb::arg("kind"),
+          "float32 values rounded to float16 or bfloat16 (kind) bits, uint16: to nearest even; a finite "
+          "value saturates at the largest finite one (65504, 3.3895e38); inf stays inf, NaN NaN.");
     m.def("bandit_scores", &bandit_scores, nb::arg("mean"), nb::arg("var"), nb::arg("seen"), nb::arg("c"),
           nb::arg("use_std"), "mean + c*sqrt(var) (or c*var; var unread and may be empty when c == 0); "
           "+inf for unseen samples.");
