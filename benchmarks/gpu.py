@@ -64,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--photo-crop", type=int, default=160)
     p.add_argument("--photo-epochs", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8, 16], help="loader threads for (a)")
-    p.add_argument("--fit-threads", type=int, default=16, help="loader threads for (b) and (c)")
+    p.add_argument("--fit-threads", type=int, nargs="+", default=[16],
+                   help="loader threads for (b), each timed (several: do loader threads compete with the thread "
+                        "that launches the kernels?); (c) uses the first")
     p.add_argument("--epochs", type=int, default=RECIPE.epochs, help="benchmark recipe epochs in (c)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--feed-batches", type=int, default=60, help="batches timed per feed measurement")
@@ -79,7 +81,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.photos, args.photo_max_side, args.photo_crop, args.photo_epochs = 48, 64, 32, 1
-        args.photo_model, args.threads, args.fit_threads, args.epochs = "small_resnet", [1, 2], 2, 1
+        args.photo_model, args.threads, args.fit_threads, args.epochs = "small_resnet", [1, 2], [2], 1
         args.seeds, args.feed_batches, args.reps, args.fmnist_limit = [0], 2, 1, args.fmnist_limit or 512
     return args
 
@@ -190,23 +192,31 @@ def run_step_vs_fit(args, device, workloads) -> list[dict]:
     for name, recipe, stores, num_classes in workloads:
         size = recipe.crop or 28
         alone = step_rate(recipe.model, num_classes, size, recipe.batch_size, device, args.reps)
-        fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
-        _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=args.fit_threads,
-                                channels_last=True, progress=False, log=None, eval_every=10,
-                                compile=args.compile if "+compile" in name else False)
-        last = history[-1]
-        through_fit = last["samples"] / last["train_s"]
-        rows.append({"workload": name, "step_img_per_s": round(alone), "fit_img_per_s": round(through_fit),
-                     "fit_epoch_s": round(last["train_s"], 3),
-                     "fit_fraction_of_step": round(through_fit / alone, 3),
-                     "gpu_busy_pct_fit": last["gpu_busy_pct"],  # nvml, sampled by run_recipe
-                     # the host blocked on the loader: near 0, the gap to the step rate is not the data path's
-                     "data_wait_s_fit": round(last["data_wait_s"], 3),
-                     "data_wait_fraction_fit": round(last["data_wait_s"] / last["train_s"], 3)})
-        print(f"(b) {name}: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} img/s "
-              f"({100 * through_fit / alone:.0f}%), GPU busy {rows[-1]['gpu_busy_pct_fit']}, "
-              f"waiting for data {rows[-1]['data_wait_fraction_fit']:.0%} of the epoch", flush=True)
+        for threads in args.fit_threads:
+            rows.append(_fit_row(args, name, recipe, stores, device, threads, alone))
     return rows
+
+
+def _fit_row(args, name, recipe, stores, device, threads, alone) -> dict:
+    """(b) for one workload and loader thread count: a full-data epoch through fit against the
+    step rate ``alone``."""
+    fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
+    _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=threads,
+                            channels_last=True, progress=False, log=None, eval_every=10,
+                            compile=args.compile if "+compile" in name else False)
+    last = history[-1]
+    through_fit = last["samples"] / last["train_s"]
+    row = {"workload": name, "fit_threads": threads, "step_img_per_s": round(alone),
+           "fit_img_per_s": round(through_fit), "fit_epoch_s": round(last["train_s"], 3),
+           "fit_fraction_of_step": round(through_fit / alone, 3),
+           "gpu_busy_pct_fit": last["gpu_busy_pct"],  # nvml, sampled by run_recipe
+           # the host blocked on the loader: near 0, the gap to the step rate is not the data path's
+           "data_wait_s_fit": round(last["data_wait_s"], 3),
+           "data_wait_fraction_fit": round(last["data_wait_s"] / last["train_s"], 3)}
+    print(f"(b) {name}, {threads} loader threads: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} "
+          f"img/s ({100 * through_fit / alone:.0f}%), GPU busy {row['gpu_busy_pct_fit']}, "
+          f"waiting for data {row['data_wait_fraction_fit']:.0%} of the epoch", flush=True)
+    return row
 
 
 # -- (c) end to end -----------------------------------------------------------------------------
@@ -217,7 +227,7 @@ def run_end_to_end(args, device, workloads) -> list[dict]:
         seeds = args.seeds if name == "recipe" else args.seeds[:1]
         epochs = recipe.epochs
         result = compare(*stores, model=recipe.model.factory or recipe.model.name, strategies=("full", "epsilon_greedy", "ucb"),
-                         keep=0.5, epochs=epochs, seeds=seeds, device=str(device), threads=args.fit_threads,
+                         keep=0.5, epochs=epochs, seeds=seeds, device=str(device), threads=args.fit_threads[0],
                          eval_every=1 if name == "recipe" else epochs,
                          **_recipe_options(recipe))
         for row in result.rows:
@@ -298,9 +308,9 @@ def markdown(result: dict) -> str:
         lines.append("")
     if result["step_vs_fit"]:
         lines += ["## (b) Training step alone vs a full-data epoch through fit", "",
-                  "| workload | step alone img/s | through fit img/s | fraction | GPU busy % | data wait s (of epoch) |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['workload']} | {r['step_img_per_s']:,} | {r['fit_img_per_s']:,} | "
+                  "| workload | loader threads | step alone img/s | through fit img/s | fraction | GPU busy % "
+                  "| data wait s (of epoch) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workload']} | {r.get('fit_threads', '')} | {r['step_img_per_s']:,} | {r['fit_img_per_s']:,} | "
                   f"{r['fit_fraction_of_step']:.0%} | {r['gpu_busy_pct_fit']} | "
                   f"{r['data_wait_s_fit']:.3f} ({r['data_wait_fraction_fit']:.0%}) |" for r in result["step_vs_fit"]]
         lines.append("")

@@ -6,7 +6,9 @@
 #   cp -r .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging,pytest_timeout.py} .gpu/pylib/
 # then: run with carry [".gpu"] and the command `bash benchmarks/gpu_device_run.sh` (about 5 min:
 # build, the CUDA tests of the data path and of deferred updates, benchmarks/gpu.py). Knobs:
-# GPU_SKIP_TESTS=1, GPU_THREADS="8 16", GPU_ARGS="--skip end_to_end --compile reduce-overhead",
+# GPU_SKIP_TESTS=1, GPU_THREADS="8 16", GPU_ARGS="--skip end_to_end --compile reduce-overhead" (or
+# "--skip feed end_to_end --fit-threads 8 12 15 16": is fit's gap loader threads competing with the
+# launching thread? each row records data_wait_s),
 # GPU_BENCH_S (gpu.py's time limit, default 330). Results land in $OUT/gpu.json and gpu.md.
 REPO=$PWD
 J=/tmp/jt/usr; for f in .gpu/debs/*.deb; do dpkg -x "$f" /tmp/jt; done
