@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._native import core
-from ._inputs import as_correct, as_indices, as_losses, staged
+from ._inputs import as_correct, as_indices, as_losses, staged, to_numpy
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection
 # kernel streams only the arrays it reads).
@@ -24,8 +24,12 @@ _ALWAYS = ("mean", "seen")
 #: values, so allocating them late is exact.
 OPTIONAL = ("var", "last_epoch", "correct")
 _CORRECTNESS = ("forgets", "last_correct", "ever_correct")
-_ABSENT = {np.dtype(dtype): np.zeros(0, dtype=dtype) for dtype, _ in _FIELDS.values()}
-_ABSENT_F32 = _ABSENT[np.dtype(np.float32)]
+#: The storage types of the float fields (``dtype``), each with the numpy dtype of its arrays: numpy
+#: has no bfloat16, so a bfloat16 table holds the raw bits as uint16.
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
+_FLOATS = ("mean", "var", "score")  # the fields stored in ``dtype``; the score column is derived
+_ABSENT = {np.dtype(dtype): np.zeros(0, dtype=dtype)
+           for dtype in [dtype for dtype, _ in _FIELDS.values()] + list(DTYPES.values())}
 
 
 class ScoreTable:
@@ -36,11 +40,22 @@ class ScoreTable:
     The first update of a sample sets its mean to the loss and its variance to 0.
 
     ``fields``: the optional fields to keep, of ``OPTIONAL`` (default: all). A strategy keeps only
-    what it reads: 4 bytes per sample each for mean, seen, var, last_epoch and score, 6 for the
-    correctness group. ``bandit_score=(c, use_std)`` keeps a ``score`` column equal to
+    what it reads: 4 bytes per sample each for mean, seen, var, last_epoch and score (mean, var
+    and score 2 in a 16-bit table, see ``dtype``), 6 for the correctness group.
+    ``bandit_score=(c, use_std)`` keeps a ``score`` column equal to
     ``core.bandit_scores(mean, var, seen, c, use_std)``, updated with every sample, so that a
     selection reads one array and computes nothing. The arrays are read-only views: only
     :meth:`update` and :meth:`load_state_dict` change them, which keeps the score column exact.
+
+    ``dtype`` ("float32", "float16" or "bfloat16") is the storage type of mean, var and score:
+    a 16-bit table takes 2 bytes per sample for each (half the table, for tables of 1e9 samples).
+    Its updates do float32's arithmetic on the stored values widened to float32 and round each
+    result to nearest even, saturating at the type's largest finite value, so mean and var stay
+    finite and only an unseen sample's score is +inf. bfloat16 keeps float32's range with about
+    3 significant digits; float16 has about 3.3 digits but the range 6e-5..65504: it clips a
+    larger loss (or score) to 65504. Reading ``mean``, ``var``, ``score`` or ``std`` of a 16-bit
+    table returns a read-only float32 copy (exact), so a selection reads a transient float32
+    copy of the score column: 4 bytes per sample while it runs.
 
     ``update(..., defer=True)`` stages an update instead of applying it (device tensors stay on
     their device: no host sync); staged updates are applied in order, before anything reads the
@@ -57,7 +72,7 @@ class ScoreTable:
     max_pending = 1 << 22
 
     def __init__(self, num_samples: int, decay: float | None = 0.7, *, fields=OPTIONAL,
-                 bandit_score: tuple[float, bool] | None = None, index_map=None):
+                 bandit_score: tuple[float, bool] | None = None, index_map=None, dtype: str = "float32"):
         if int(num_samples) != num_samples or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if decay is not None and not 0.0 <= decay < 1.0:
@@ -67,6 +82,9 @@ class ScoreTable:
             raise ValueError(f"unknown score table fields {sorted(unknown)}; optional ones are {OPTIONAL}")
         if bandit_score is not None and bandit_score[0] != 0 and "var" not in fields:
             raise ValueError("a bandit score with c != 0 needs the 'var' field")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
+        self._dtype = dtype
         self.num_samples = int(num_samples)
         self.decay = decay
         self.bandit_score = None if bandit_score is None else (float(bandit_score[0]), bool(bandit_score[1]))
@@ -74,7 +92,7 @@ class ScoreTable:
         self._correctness = "correct" in fields
         self._arrays = {name: self._initial(name) for name in self._kept}
         if self.bandit_score is not None:
-            self._arrays["score"] = np.full(self.num_samples, np.inf, dtype=np.float32)  # all unseen
+            self._arrays["score"] = self._initial("score")
         # sample ids -> rows, applied with each update (a sharded strategy's table holds its shard)
         self._index_map = index_map
         self._pending: list[_Staged] = []  # deferred updates, in call order
@@ -90,11 +108,17 @@ class ScoreTable:
         return tuple(name for name in _FIELDS if name in self._kept or self._tracks_correctness(name))
 
     @property
+    def dtype(self) -> str:
+        """The storage type of mean, var and score: "float32", "float16" or "bfloat16"."""
+        return self._dtype
+
+    @property
     def bytes_per_sample(self) -> int:
         return sum(array.itemsize for array in self._arrays.values())
 
     def __getattr__(self, name):
-        # Only called for names not found normally: the per-sample arrays, as read-only views.
+        # Only called for names not found normally: the per-sample arrays, as read-only views (of
+        # a 16-bit table's float fields: read-only float32 copies).
         arrays = self.__dict__.get("_arrays")
         if arrays is None or (name not in _FIELDS and name != "score"):
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
@@ -106,7 +130,8 @@ class ScoreTable:
             what = "score column" if name == "score" else f"{name!r} field"
             raise AttributeError(f"this score table keeps no {what} (it tracks {', '.join(self.fields)}); "
                                  "the strategy does not read it")
-        view = arrays[name].view()
+        array = arrays[name]
+        view = (_widen(array, self.dtype) if name in _FLOATS else array).view()  # 16-bit: a float32 copy
         view.flags.writeable = False
         return view
 
@@ -128,7 +153,8 @@ class ScoreTable:
         or a ``correct`` other than 0/1 — leaving the table untouched — unless ``skip_invalid``,
         which drops such entries instead: a seen sample keeps its statistics, an unseen one is
         marked tried (``seen`` -1, bandit score -inf) until its first valid loss. Returns the
-        number of entries skipped. A seen sample's bandit score saturates at the largest float32.
+        number of entries skipped. A seen sample's bandit score saturates at the largest float32
+        (and mean, var and score at the largest value of a 16-bit ``dtype``: 65504 for float16).
         ``correct`` is ignored by a table that does not keep the correctness fields.
 
         ``defer=True`` stages the update and returns None (the skipped count is not known
@@ -217,25 +243,38 @@ class ScoreTable:
             corr = _ABSENT[np.dtype(np.int8)]
         elif "forgets" not in self._arrays:
             self._allocate_correctness()
-        a = self._arrays
         native_decay = -1.0 if self.decay is None else float(self.decay)
         c, use_std = self.bandit_score or (0.0, True)
-        return core.score_update(
-            a["mean"], self._array("var"), a.get("score", _ABSENT_F32), a["seen"], self._array("last_epoch"),
-            self._array("forgets"), self._array("last_correct"), self._array("ever_correct"), idx, loss, corr,
-            native_decay, int(epoch), has_correct, bool(skip_invalid), c, use_std)
+        # a 16-bit table's update takes the bits as uint16, and the storage type's name
+        update, kind = (core.score_update, ()) if self.dtype == "float32" else (core.score_update_half, (self.dtype,))
+        mean, var, score = (_bits(self._array(name)) for name in _FLOATS)
+        return update(
+            mean, var, score, self._arrays["seen"], self._array("last_epoch"), self._array("forgets"),
+            self._array("last_correct"), self._array("ever_correct"), idx, loss, corr, native_decay, int(epoch),
+            has_correct, bool(skip_invalid), c, use_std, *kind)
 
     def state_dict(self) -> dict:
-        """The tracked fields (the score column is derived: recomputed on load)."""
+        """The tracked fields (the score column is derived: recomputed on load); mean and var as
+        tensors of the table's ``dtype`` (torch.float16, torch.bfloat16 in a 16-bit table)."""
         import torch  # tensors, so torch.load(weights_only=True) accepts checkpoints
 
         self.flush()
-        return {name: torch.from_numpy(self._arrays[name].copy()) for name in _FIELDS if name in self._arrays}
+
+        def tensor(name):
+            array = self._arrays[name].copy()
+            if self.dtype == "bfloat16" and name in _FLOATS:
+                # numpy holds the bits as uint16: reinterpret them (via int16: torch < 2.3 has no uint16)
+                return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+            return torch.from_numpy(array)
+
+        return {name: tensor(name) for name in _FIELDS if name in self._arrays}
 
     def load_state_dict(self, state: dict) -> None:
         """Load a state_dict of this version or an older one (which held all seven fields; the
         ones this table does not keep are ignored). The correctness group is loaded when present.
-        Staged updates are applied first (and then replaced, as they would have been)."""
+        mean and var may be float32, float16 or bfloat16 (of any table): they are rounded to this
+        table's ``dtype`` as an update rounds. Staged updates are applied first (and then
+        replaced, as they would have been)."""
         self.flush()
         names = list(self._kept)
         if self._correctness and all(name in state for name in _CORRECTNESS):
@@ -244,19 +283,24 @@ class ScoreTable:
         for name in _CORRECTNESS:
             self._arrays.pop(name, None)
         self._arrays.update(loaded)
-        if self.bandit_score is not None:
+        if self.bandit_score is not None:  # the value updates give it: from the stored values, rounded
             c, use_std = self.bandit_score
-            self._arrays["score"] = np.ascontiguousarray(
-                core.bandit_scores(loaded["mean"], loaded.get("var", _ABSENT_F32), loaded["seen"], c, use_std))
+            mean, var = (_widen(self._array(name), self.dtype) for name in ("mean", "var"))
+            self._arrays["score"] = _narrow(core.bandit_scores(mean, var, loaded["seen"], c, use_std), self.dtype)
 
     # ---- helpers --------------------------------------------------------------------------
 
     def _initial(self, name: str) -> np.ndarray:
-        dtype, init = _FIELDS[name]
+        dtype, init = _FIELDS.get(name, (np.float32, np.inf))  # score: +inf, every sample unseen
+        if name in _FLOATS:  # the initial value in the storage type
+            init = _narrow(np.array([init], dtype=np.float32), self.dtype)[0]
+            dtype = init.dtype
         return np.full(self.num_samples, init, dtype=dtype)
 
     def _array(self, name: str) -> np.ndarray:
-        return self._arrays.get(name, _ABSENT[np.dtype(_FIELDS[name][0])])
+        """Field ``name`` as stored, or an empty array of its type when not kept."""
+        dtype = DTYPES[self.dtype] if name in _FLOATS else np.dtype(_FIELDS[name][0])
+        return self._arrays.get(name, _ABSENT[dtype])
 
     def _tracks_correctness(self, name: str) -> bool:
         return name in _CORRECTNESS and self._correctness
@@ -268,10 +312,11 @@ class ScoreTable:
     def _checked(self, state: dict, name: str) -> np.ndarray:
         if name not in state:
             raise KeyError(f"score table state lacks {name!r}")
-        value = state[name]
-        array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        array = to_numpy(state[name])  # a float16/bfloat16 tensor comes widened to float32 (exact)
         if array.shape != (self.num_samples,):
             raise ValueError(f"score table state {name!r} has shape {array.shape}, expected ({self.num_samples},)")
+        if name in _FLOATS:
+            return _narrow(array, self.dtype)
         return np.ascontiguousarray(array, dtype=_FIELDS[name][0]).copy()
 
 
@@ -289,6 +334,28 @@ class _Staged:
     def key(self):
         """Calls with equal keys are applied by one native update."""
         return self.epoch, self.skip_invalid, self.correct is None
+
+
+def _bits(stored: np.ndarray) -> np.ndarray:
+    """A float field as the native update takes it: float32 as it is, a 16-bit type's bits as uint16."""
+    return stored if stored.dtype == np.float32 else stored.view(np.uint16)
+
+
+def _widen(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """A float field stored in ``dtype`` as float32: itself when float32, else a new array (exact)."""
+    if dtype == "float32":
+        return stored
+    return core.half_to_float32(_bits(stored), dtype)
+
+
+def _narrow(values, dtype: str) -> np.ndarray:
+    """``values`` (float32, or numbers numpy rounds to float32) as a new array of storage type
+    ``dtype``: core.float32_to_half rounds to nearest even, saturating a finite value at the largest
+    finite one."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "float32":
+        return values.copy()
+    return core.float32_to_half(values, dtype).view(DTYPES[dtype])
 
 
 def _to_host(parts: list) -> list:
