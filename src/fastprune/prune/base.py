@@ -48,6 +48,17 @@ Scores that could poison a sample (the rule every strategy shares, in the score 
   each rank saves and loads its own, and a resume on another world size is refused. For
   strategies with a fixed quota (EpsilonGreedy, UCB, UniformRandom, EL2N, Forgetting, Full;
   not InfoBatch, whose epoch size follows the scores).
+
+What a rank holds per sample (``strategy.bytes_per_sample``), for tables of 1e8-1e9 samples:
+
+* ``score_dtype="float32"`` — ``"bfloat16"`` or ``"float16"`` store the table's float fields (EMA
+  loss, its variance, the bandit score) in 2 bytes instead of 4: EpsilonGreedy 12 -> 8 bytes,
+  UCB 16 -> 10. Selections read a float32 copy while they run. bfloat16 keeps float32's range
+  with about 3 significant digits; float16 has a little more precision but clips at 65504. How
+  often the rounded tables select differently: ``benchmarks/scale.py`` (docs/guide.md, "Very
+  large datasets").
+* ``track_kept=True`` — times kept and last kept epoch per sample (8 bytes; ``sample_report``,
+  ``fastprune scores``, the kept-images grid); False counts nothing and reports no such columns.
 """
 
 from __future__ import annotations
@@ -68,7 +79,7 @@ _STATE_FORMAT = "fastprune.strategy/1"
 #: config() keys added after the first checkpoints: a checkpoint that lacks one predates it and is
 #: not checked on it (its value then is unknown). keep_schedule is different: absent means None.
 _LATER_KEYS = ("warmup_epochs", "reselect_every", "labels", "epochs", "final_full_epochs", "skip_invalid")
-_ABSENT_MEANS = {"keep_schedule": None, "sharding": None}
+_ABSENT_MEANS = {"keep_schedule": None, "sharding": None, "score_dtype": "float32", "track_kept": True}
 
 
 @dataclass(frozen=True)
@@ -129,14 +140,14 @@ class Strategy:
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
                  keep_schedule=None, labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
-                 distributed: bool | str = "auto"):
+                 distributed: bool | str = "auto", score_dtype: str = "float32", track_kept: bool = True):
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)
         self.sharding, self.shard_rank = self._sharding_of(distributed, num_samples)
         entries = num_samples if self.sharding is None else self.sharding.shard_size(self.shard_rank)
         self.table = ScoreTable(entries, self.default_decay if decay == "default" else decay,
                                 fields=self.table_fields, bandit_score=self._bandit_score(),
-                                index_map=None if self.sharding is None else self._rows)
+                                index_map=None if self.sharding is None else self._rows, dtype=score_dtype)
         self.num_samples = self.table.num_samples if self.sharding is None else self.sharding.num_samples
         self.num_kept = self._kept_count(self.keep, f"keep={keep}")
         self.keep_schedule = self._checked_schedule(keep_schedule)
@@ -155,9 +166,13 @@ class Strategy:
         self._dense_weights = None  # (cached Selection, device, per-sample weights): weighted_loss's lookup
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
         # What was kept: counted once per selected epoch (in select), not per step; per shard row
-        # when sharded.
-        self._times_kept = np.zeros(self.table.num_samples, dtype=np.uint32)
-        self._last_kept = np.full(self.table.num_samples, -1, dtype=np.int32)  # -1: never kept
+        # when sharded. 8 bytes per sample, as much as a float32 table: optional at scale.
+        if not isinstance(track_kept, (bool, np.bool_)):
+            raise TypeError(f"track_kept must be True or False, got {track_kept!r}")
+        self.track_kept = bool(track_kept)
+        rows = self.table.num_samples if self.track_kept else 0
+        self._times_kept = np.zeros(rows, dtype=np.uint32)
+        self._last_kept = np.full(rows, -1, dtype=np.int32)  # -1: never kept
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
 
     # ---- the interface the loader uses ----------------------------------------------------
@@ -179,7 +194,7 @@ class Strategy:
     def _count_kept(self, epoch: int, indices) -> None:
         """Count ``epoch``'s selection (None: every sample) into times kept and last kept epoch,
         once per epoch: only an epoch later than the last one counted is counted."""
-        if epoch <= self._counted_through:
+        if epoch <= self._counted_through or not self.track_kept:
             return
         self._counted_through = epoch
         where = slice(None) if indices is None else self._rows(indices)
@@ -190,16 +205,26 @@ class Strategy:
     def times_kept(self) -> np.ndarray:
         """How many epochs each sample was selected in (read-only; see
         :meth:`sample_report`)."""
-        view = self._times_kept.view()
-        view.flags.writeable = False
-        return view
+        return self._kept_view(self._times_kept, "times_kept")
 
     @property
     def last_kept_epoch(self) -> np.ndarray:
         """The latest epoch each sample was selected in (-1: never)."""
-        view = self._last_kept.view()
+        return self._kept_view(self._last_kept, "last_kept_epoch")
+
+    def _kept_view(self, array: np.ndarray, name: str) -> np.ndarray:
+        if not self.track_kept:
+            raise AttributeError(f"{name}: this strategy was built with track_kept=False, which counts "
+                                 "no times kept")
+        view = array.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """Bytes this strategy holds per table row: the score table's fields, plus 8 for times
+        kept and last kept epoch unless ``track_kept=False``."""
+        return self.table.bytes_per_sample + (self._times_kept.itemsize + self._last_kept.itemsize) * self.track_kept
 
     def sample_report(self) -> dict:
         """Per-sample arrays, indexed by sample id: ``index``, ``score`` (what the strategy ranks
@@ -328,6 +353,10 @@ class Strategy:
             config["keep_schedule"] = list(self.keep_schedule)
         if self.sharding is not None:  # absent when replicated, as in checkpoints from before it
             config["sharding"] = f"rank {self.shard_rank}'s shard of {self.sharding.describe()}"
+        if self.table.dtype != "float32":  # absent at the default, as in checkpoints from before it
+            config["score_dtype"] = self.table.dtype
+        if not self.track_kept:
+            config["track_kept"] = False
         return config
 
     def state_dict(self) -> dict:
@@ -338,11 +367,14 @@ class Strategy:
             anchor, sel = self._cache
             cache = {"anchor": anchor, "indices": torch.from_numpy(sel.indices.copy()),
                      "weights": torch.from_numpy(sel.weights.copy())}
-        return {"format": _STATE_FORMAT, "config": self.config(), "epoch": self._epoch,
-                "table": self.table.state_dict(), "cache": cache,
-                "kept": {"times": torch.from_numpy(self._times_kept.astype(np.int64)),
-                         "last_epoch": torch.from_numpy(self._last_kept.copy()),
-                         "counted_through": self._counted_through}}
+        kept = None if not self.track_kept else {
+            "times": torch.from_numpy(self._times_kept.astype(np.int64)),
+            "last_epoch": torch.from_numpy(self._last_kept.copy()), "counted_through": self._counted_through}
+        state = {"format": _STATE_FORMAT, "config": self.config(), "epoch": self._epoch,
+                 "table": self.table.state_dict(), "cache": cache, "kept": kept}
+        if self.sharding is not None:  # which rows these are, for a report read from the checkpoint
+            state["shard"] = {"rank": self.shard_rank, "world_size": self.sharding.world_size}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != _STATE_FORMAT:
@@ -373,6 +405,8 @@ class Strategy:
     def _load_kept(self, kept) -> None:
         """Times kept and last kept epochs from a checkpoint; one written before they were counted
         has none (\"kept\" absent): they restart at zero, counting from the next selection."""
+        if not self.track_kept:
+            return
         if kept is None:
             self._times_kept[:] = 0
             self._last_kept[:] = -1

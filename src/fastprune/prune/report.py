@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, require
+from .sharding import Sharding
 
 #: The report's columns, in CSV order (``label`` and ``class`` follow when a store is given).
 COLUMNS = ("index", "score", "loss", "seen", "times_kept", "last_kept_epoch")
@@ -37,45 +38,105 @@ def sample_report(strategy) -> dict[str, np.ndarray]:
     table = strategy.table
     sharding = getattr(strategy, "sharding", None)  # a sharded strategy reports its own shard's rows
     index = np.arange(strategy.num_samples, dtype=np.int64) if sharding is None else sharding.ids(strategy.shard_rank)
-    return {"index": index, "score": strategy_scores(strategy),
-            "loss": np.asarray(table.mean, dtype=np.float32).copy(), "seen": np.asarray(table.seen).copy(),
-            "times_kept": np.asarray(strategy.times_kept, dtype=np.uint32).copy(),
-            "last_kept_epoch": np.asarray(strategy.last_kept_epoch, dtype=np.int32).copy()}
+    report = {"index": index, "score": strategy_scores(strategy),
+              "loss": np.asarray(table.mean, dtype=np.float32).copy(), "seen": np.asarray(table.seen).copy()}
+    if getattr(strategy, "track_kept", True):
+        report["times_kept"] = np.asarray(strategy.times_kept, dtype=np.uint32).copy()
+        report["last_kept_epoch"] = np.asarray(strategy.last_kept_epoch, dtype=np.int32).copy()
+    return report
 
 
 def report_from_state(state: dict) -> dict[str, np.ndarray]:
     """The report of a strategy's ``state_dict()`` (as a checkpoint holds it), without building
     the strategy. A checkpoint written before times kept were counted reports them as zeros
-    (and last kept epochs as -1)."""
-    from .._native import core
-
+    (and last kept epochs as -1); one of a strategy built with ``track_kept=False`` has no such
+    columns. A sharded strategy's state reports its own shard's samples (``index`` names them);
+    :func:`merge_reports` joins the shards of a run."""
     if not isinstance(state, dict) or state.get("format") != "fastprune.strategy/1":
         raise ConfigError("not a fastprune strategy state (a checkpoint of fastprune train, or state_dict())")
-    config, table = state["config"], {k: np.asarray(v) for k, v in state["table"].items()}
-    n = int(config["num_samples"])
-    mean = np.ascontiguousarray(table["mean"], np.float32)
-    seen = np.ascontiguousarray(table["seen"], np.int32)
+    config = state["config"]
+    table = _table_of(config, state["table"])
+    index = _state_ids(state, table.num_samples)
     name = config["strategy"]
     if name in ("UCB", "EpsilonGreedy", "EL2N"):
-        c, use_std = (float(config["c"]), config["bonus"] == "std") if name == "UCB" else (0.0, True)
-        var = np.ascontiguousarray(table.get("var", np.zeros(0)), np.float32)
-        score = np.asarray(core.bandit_scores(mean, var, seen, c, use_std), np.float32)
-    elif name == "Forgetting" and "forgets" in table:
-        score = np.where(table["ever_correct"].astype(bool), table["forgets"].astype(np.float32),
+        score = table.score.copy()
+    elif name == "Forgetting" and "forgets" in table.fields:
+        score = np.where(table.ever_correct.astype(bool), table.forgets.astype(np.float32),
                          np.float32(np.inf)).astype(np.float32)
     else:
-        score = mean.copy()
-    kept = state.get("kept")
-    times = np.zeros(n, np.uint32) if kept is None else np.asarray(kept["times"]).astype(np.uint32)
-    last = np.full(n, -1, np.int32) if kept is None else np.asarray(kept["last_epoch"]).astype(np.int32)
-    return {"index": np.arange(n, dtype=np.int64), "score": score, "loss": mean, "seen": seen,
-            "times_kept": times, "last_kept_epoch": last}
+        score = table.mean.copy()
+    report = {"index": index, "score": score, "loss": table.mean.copy(), "seen": table.seen.copy()}
+    if config.get("track_kept", True) is False:
+        return report
+    kept, rows = state.get("kept"), len(index)
+    report["times_kept"] = np.zeros(rows, np.uint32) if kept is None else np.asarray(kept["times"]).astype(np.uint32)
+    report["last_kept_epoch"] = (np.full(rows, -1, np.int32) if kept is None
+                                 else np.asarray(kept["last_epoch"]).astype(np.int32))
+    return report
+
+
+def _table_of(config: dict, fields: dict):
+    """A ScoreTable holding a checkpoint's table ``fields``, with the strategy's score column."""
+    from .table import OPTIONAL, ScoreTable
+
+    rows = len(fields["mean"])
+    name = config["strategy"]
+    bandit = None
+    if name in ("UCB", "EpsilonGreedy", "EL2N"):
+        bandit = (float(config["c"]), config["bonus"] == "std") if name == "UCB" else (0.0, True)
+    kept = tuple(f for f in OPTIONAL if f in fields or (f == "correct" and "forgets" in fields))
+    table = ScoreTable(rows, config["decay"], fields=kept, bandit_score=bandit,
+                       dtype=config.get("score_dtype", "float32"))
+    table.load_state_dict(fields)
+    return table
+
+
+def _state_ids(state: dict, rows: int) -> np.ndarray:
+    """The sample ids of a state's table rows: 0..N-1, or a sharded strategy's shard."""
+    config = state["config"]
+    n = int(config["num_samples"])
+    if "sharding" not in config:
+        if rows != n:
+            raise ConfigError(f"strategy state holds {rows} table rows for {n} samples")
+        return np.arange(n, dtype=np.int64)
+    shard = state.get("shard")
+    if shard is None:
+        raise ConfigError("a sharded strategy's state without its shard record (written by an older "
+                          "fastprune): load it into the strategy and call sample_report() instead")
+    ids = Sharding(n, int(shard["world_size"]), int(config["seed"])).ids(int(shard["rank"]))
+    if len(ids) != rows:
+        raise ConfigError(f"strategy state holds {rows} table rows, but rank {shard['rank']}'s shard "
+                          f"has {len(ids)}")
+    return ids
+
+
+def merge_reports(reports) -> dict[str, np.ndarray]:
+    """One report of several (the shards of a sharded run, one per rank), ordered by sample id.
+    Refuses reports that name a sample twice or hold different columns."""
+    reports = list(reports)
+    if not reports:
+        raise ConfigError("merge_reports: no report given")
+    columns = list(reports[0])
+    for other in reports[1:]:
+        if list(other) != columns:
+            raise ConfigError(f"merge_reports: reports hold different columns ({columns} vs {list(other)})")
+    merged = {name: np.concatenate([r[name] for r in reports]) for name in columns}
+    order = np.argsort(merged["index"], kind="stable")
+    merged = {name: column[order] for name, column in merged.items()}
+    repeated = np.flatnonzero(np.diff(merged["index"]) == 0)
+    if len(repeated):
+        raise ConfigError(f"merge_reports: sample {int(merged['index'][repeated[0]])} is in more than one "
+                          "report (the same rank's checkpoint twice?)")
+    return merged
 
 
 def report_of(source) -> dict[str, np.ndarray]:
-    """The report of a strategy, of a report itself, or of a ``fastprune train`` checkpoint (path)."""
+    """The report of a strategy, of a report itself, or of a ``fastprune train`` checkpoint (path);
+    of a list or tuple of those (a sharded run's per-rank checkpoints), their merged report."""
+    if isinstance(source, (list, tuple)):
+        return merge_reports(report_of(part) for part in source)
     if isinstance(source, dict):
-        return source if "times_kept" in source else report_from_state(source)
+        return report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source
     if isinstance(source, (str, os.PathLike)):
         from ..train.checkpoints import read_checkpoint
 
@@ -92,10 +153,12 @@ def _with_labels(report: dict, store) -> dict:
     source = open_source(store, None, None, threads=1)
     if source.labels is None:
         raise ConfigError(f"{_name(store)}: the store has no label field")
-    if len(source.labels) != len(report["index"]):
+    index = report["index"]
+    whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
+    if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
         raise ConfigError(f"{_name(store)} holds {len(source.labels)} samples, the strategy scored "
-                          f"{len(report['index'])}: give the run's training store")
-    report = {**report, "label": source.labels.copy()}
+                          f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training store")
+    report = {**report, "label": source.labels[report["index"]]}
     names = source.owner.field_class_names.get(source.label_field)
     if names:
         report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i) for i in source.labels])
@@ -144,6 +207,9 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20)
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "plots", "drawing the kept-images grid")
     report = _with_labels(report_of(source), store)
+    if "times_kept" not in report:
+        raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
+                          "track_kept=False does not count")
     source_ = open_source(store, None, None, threads=1)
     labels, names = report["label"], source_.owner.field_class_names.get(source_.label_field)
     classes = np.unique(labels)[:max_classes]
@@ -163,8 +229,9 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20)
                 spine.set_visible(False)
             if i is None:
                 continue
-            axis.imshow(_image(source_, int(i)), interpolation="nearest")
-            axis.set_title(f"#{int(i)} x{int(report['times_kept'][i])}", fontsize=6, pad=2)
+            sample = int(report["index"][i])  # rows are ids, except in one shard's report
+            axis.imshow(_image(source_, sample), interpolation="nearest")
+            axis.set_title(f"#{sample} x{int(report['times_kept'][i])}", fontsize=6, pad=2)
         name = names[label] if names and 0 <= label < len(names) else str(int(label))
         row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
     right = "never kept" if never_any else "least kept"
@@ -198,9 +265,11 @@ def add_scores_command(subparsers):
                     "epoch from a `fastprune train --checkpoint` file, as CSV or .npz (by --out's "
                     "suffix); with --store, also its label and class, and --grid draws the most- "
                     "and never-kept images of every class (needs the plots extra).")
-    parser.add_argument("checkpoint", type=Path, metavar="RUN.pt", help="a fastprune train checkpoint")
+    parser.add_argument("checkpoint", type=Path, nargs="+", metavar="RUN.pt",
+                        help="a fastprune train checkpoint; a sharded run's per-rank checkpoints, all of "
+                             "them, give one report of every sample")
     parser.add_argument("--out", "-o", type=Path, metavar="FILE",
-                        help="output .csv or .npz (default: RUN_scores.csv beside the checkpoint)")
+                        help="output .csv or .npz (default: RUN_scores.csv beside the first checkpoint)")
     parser.add_argument("--store", type=Path, metavar="FILE", help="the run's training store: adds labels")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the kept-images grid (needs --store)")
     parser.set_defaults(run=scores_main)
@@ -210,12 +279,14 @@ def add_scores_command(subparsers):
 def scores_main(args) -> int:
     if args.grid is not None and args.store is None:
         raise ConfigError("--grid needs --store (the run's training store, whose images it draws)")
-    report = report_of(args.checkpoint)
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_scores.csv")
+    first = args.checkpoint[0]
+    report = report_of(args.checkpoint if len(args.checkpoint) > 1 else first)
+    out = args.out or first.with_name(f"{first.stem}_scores.csv")
     export_scores(report, out, store=args.store)
-    times = report["times_kept"]
-    print(f"wrote {out}: {len(times)} samples, kept {times.mean():.2f} epochs on average, "
-          f"{int((times == 0).sum())} never kept")
+    times = report.get("times_kept")
+    kept = ("times kept not counted (track_kept=False)" if times is None else
+            f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
+    print(f"wrote {out}: {len(report['index'])} samples, {kept}")
     if args.grid is not None:
         print(f"wrote {kept_grid(report, args.store, args.grid)}")
     return 0
