@@ -20,6 +20,12 @@
   loss-like scores: a lognormal, a gamma, and the per-sample losses of a short real
   Fashion-MNIST run (an MLP, 2 epochs) replicated to N with 10% multiplicative noise. Also the
   top-part agreement of float16 / bfloat16-rounded scores with float32 (ranking precision).
+* **compact tables**: at ``--compact-point`` (N = 1e9, world 64), rank 0's bytes, RSS growth,
+  select and update time for each ``score_dtype`` (float32, bfloat16, float16) and
+  ``track_kept``; and a **closed-loop precision replay**: each strategy in float32 and in each
+  half type over a 10-epoch Fashion-MNIST loss trace (and that trace replicated to 1e7
+  samples): top-part agreement with float32 when fed the same samples (rounding alone), and
+  when each selects for itself (closed loop).
 * **extrapolation** to 1e9-1e10 samples at 64-1024 ranks (labelled as such): memory from the
   counted bytes per sample, selection time from the measured time per shard entry, the
   all-gather bytes from the counted bytes per entry, the overlap from the hypergeometric
@@ -203,9 +209,11 @@ def communication(worlds, batches):
 
 # ---- overlap ---------------------------------------------------------------------------------
 
-def fashion_mnist_losses(samples, epochs, seed=0):
-    """Per-sample cross-entropy losses of an MLP trained ``epochs`` epochs on Fashion-MNIST's
-    training split (the first ``samples`` images), as a run's score table would hold them."""
+def fashion_mnist_loss_trace(samples, epochs, seed=0):
+    """Per-sample cross-entropy losses of an MLP trained on Fashion-MNIST's training split (the
+    first ``samples`` images), evaluated after each of ``epochs`` full-data epochs: an
+    (epochs, samples) float32 array, the losses a run's updates carry; and the final training
+    accuracy."""
     from fastprune.convert import FASHION_MNIST_DIR, read_idx
 
     x = read_idx(Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz", 3)[:samples]
@@ -216,15 +224,17 @@ def fashion_mnist_losses(samples, epochs, seed=0):
     model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
+    trace = []
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=generator).split(256):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
-    with torch.no_grad():
-        losses = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
-        accuracy = float((model(x).argmax(1) == y).float().mean())
-    return losses.numpy().astype(np.float32), accuracy
+        with torch.no_grad():
+            logits = model(x)
+            trace.append(torch.nn.functional.cross_entropy(logits, y, reduction="none").numpy())
+    accuracy = float((logits.argmax(1) == y).float().mean())
+    return np.stack(trace).astype(np.float32), accuracy
 
 
 def scores_for(dist, n, rng, fmnist):
@@ -301,10 +311,115 @@ def overlap(sizes, worlds, dists, fmnist, log):
     return rows, precision
 
 
+# ---- compact tables: score_dtype and track_kept -------------------------------------------------
+
+SETTINGS = (("float32", True), ("float32", False), ("bfloat16", True), ("bfloat16", False), ("float16", False))
+HALF = ("float16", "bfloat16")
+
+
+def compact_settings(n, world, repeats, log):
+    """At one (N, world) point, rank 0 of a sharded job for each strategy and (score_dtype,
+    track_kept): bytes counted and RSS growth; the transient bytes a selection adds (a half
+    table's float32 copy of the scores); select time (median of ``repeats`` epochs on a filled
+    table) and update time per entry (a batch of 2^20 of the rank's samples)."""
+    rows = []
+    for name in SHARDABLE:
+        for dtype, kept in SETTINGS:
+            before = rss()
+            strategy = STRATEGIES[name](n, distributed=("sharded", 0, world), score_dtype=dtype, track_kept=kept)
+            strategy.update(strategy.sharding.global_ids(0, [0]), np.array([1.0], np.float32))
+            table, counters = per_rank_bytes(strategy)
+            grown = rss() - before
+            entries = strategy.table.num_samples
+            timing = time_selection(strategy, n, strategy.sharding, repeats)
+            ids = strategy.sharding.global_ids(0, np.arange(min(entries, 1 << 20)))
+            losses = np.random.default_rng(2).lognormal(-2.0, 1.5, len(ids)).astype(np.float32)
+            t0 = time.perf_counter()
+            strategy.update(ids, losses)
+            update_ns = (time.perf_counter() - t0) / len(ids) * 1e9
+            rows.append({"strategy": name, "num_samples": n, "world": world, "entries": entries,
+                         "score_dtype": dtype, "track_kept": kept, "table_bytes_counted": table,
+                         "kept_counter_bytes": counters, "bytes_per_sample": strategy.bytes_per_sample,
+                         "rss_growth_bytes": grown, "select_transient_bytes": 4 * entries if dtype in HALF else 0,
+                         "select_s_median": timing["select_s_median"], "update_ns_per_entry": update_ns})
+            log(f"  {name:14s} {dtype:8s} track_kept={kept!s:5s}: {fmt_bytes(table + counters)} per rank "
+                f"({strategy.bytes_per_sample} B/sample), select {timing['select_s_median']:.3f} s, "
+                f"update {update_ns:.1f} ns/entry")
+            del strategy
+    return rows
+
+
+def replay_losses(trace, n, rng):
+    """A function epoch -> N losses: the trace itself at its own size, else each of the N samples
+    a random trace sample times a fixed lognormal(0, 0.1) factor (a larger dataset alike)."""
+    if n == trace.shape[1]:
+        return lambda epoch: trace[epoch]
+    source = rng.integers(0, trace.shape[1], n)
+    factor = rng.lognormal(0.0, 0.1, n).astype(np.float32)
+    return lambda epoch: trace[epoch][source] * factor
+
+
+def precision_replay(trace, sizes, log):
+    """Each strategy in float32 and in each half dtype, over the epochs of a loss trace, two ways:
+
+    * open loop (precision alone): the half table is updated with the same samples as the float32
+      one (float32's selection), so the two tables differ only by rounding; per epoch, the
+      agreement of their top parts (the k_top highest scores);
+    * closed loop (as training runs it): the half strategy selects for itself and is updated with
+      the trace's losses of what it selected, so any divergence compounds; per epoch, the share of
+      float32's selection it also selects, and the top-part agreement. EpsilonGreedy's random part
+      is drawn by rank among the samples outside the top part, so one differing top sample
+      re-draws it: its selections differ by about the random part's share even when the rounding
+      moves few samples (a different, equally uniform subset).
+
+    From epoch 2 on: before it, the unseen samples' +inf decides."""
+    rows = []
+    epochs = trace.shape[0]
+    for n in sizes:
+        losses_at = replay_losses(trace, n, np.random.default_rng([SEED, n]))
+        for name in SHARDABLE:
+            make = lambda dtype: STRATEGIES[name](n, score_dtype=dtype, track_kept=False)  # noqa: E731
+            reference = make("float32")
+            opened = {dtype: make(dtype) for dtype in HALF}
+            closed = {dtype: make(dtype) for dtype in HALF}
+            k_top = reference.num_kept - (int(round(EPS * reference.num_kept)) if name == "epsilon_greedy" else 0)
+            measured = {dtype: {"open_top": [], "closed_top": [], "closed_selection": []} for dtype in HALF}
+            for epoch in range(epochs):
+                chosen = reference.select(epoch).indices
+                own = {dtype: closed[dtype].select(epoch).indices for dtype in HALF}
+                if epoch >= 2:
+                    top = top_mask(reference.table.score, k_top)
+                    for dtype, m in measured.items():
+                        m["open_top"].append(int((top_mask(opened[dtype].table.score, k_top) & top).sum()) / k_top)
+                        m["closed_top"].append(int((top_mask(closed[dtype].table.score, k_top) & top).sum()) / k_top)
+                        both = np.intersect1d(chosen, own[dtype], assume_unique=True)
+                        m["closed_selection"].append(len(both) / len(chosen))
+                losses = losses_at(epoch)
+                reference.update(chosen, losses[chosen])
+                for dtype in HALF:
+                    opened[dtype].update(chosen, losses[chosen])
+                    closed[dtype].update(own[dtype], losses[own[dtype]])
+            for dtype, m in measured.items():
+                rows.append({"strategy": name, "num_samples": n, "epochs": epochs, "dtype": dtype,
+                             "open_top_agreement_min": min(m["open_top"]),
+                             "open_top_agreement_mean": statistics.fmean(m["open_top"]),
+                             "closed_top_agreement_min": min(m["closed_top"]),
+                             "closed_selection_agreement_min": min(m["closed_selection"]),
+                             "closed_selection_agreement_mean": statistics.fmean(m["closed_selection"])})
+                r = rows[-1]
+                log(f"  {name:14s} N={n:.0e} {dtype:8s}: top parts agree {r['open_top_agreement_min']:.5f} (min, "
+                    f"open loop), {r['closed_top_agreement_min']:.5f} (closed); closed-loop selections "
+                    f"{r['closed_selection_agreement_min']:.5f} (min) over epochs 2-{epochs - 1}")
+            del reference, opened, closed
+    return rows
+
+
 # ---- extrapolation ---------------------------------------------------------------------------
 
-def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch):
+def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch, compact):
     per_sample = {r["strategy"]: r["table_bytes_counted"] / r["entries"] for r in table_rows if r["entries"] > 1000}
+    smallest = {r["strategy"]: r["bytes_per_sample"] for r in compact
+                if r["score_dtype"] == "bfloat16" and not r["track_kept"]}
     kept = max((r["kept_counter_bytes"] / r["entries"] for r in table_rows if r["entries"] > 1000), default=0.0)
     sharded = [t for t in timings if t["mode"] == "sharded"]
     ns = max(sharded, key=lambda t: t["entries"])["ns_per_entry"] if sharded else float("nan")
@@ -317,6 +432,7 @@ def extrapolate(table_rows, timings, comm_rows, sizes, worlds, batch):
             rows.append({"extrapolation": True, "num_samples": n, "world": world, "shard_entries": entries,
                          **{f"sharded_{s}_bytes_per_rank": b * entries for s, b in per_sample.items()},
                          **{f"replicated_{s}_bytes_per_rank": b * n for s, b in per_sample.items()},
+                         **{f"sharded_{s}_bfloat16_untracked_bytes_per_rank": b * entries for s, b in smallest.items()},
                          "kept_counter_bytes_per_rank_sharded": kept * entries,
                          "replicated_selectable": n < KERNEL_LIMIT,
                          "sharded_epoch_select_s": ns * entries / 1e9,
@@ -364,19 +480,45 @@ def markdown(result) -> str:
               "| scores | N | dtype | agreement |", "|---|---|---|---|"]
     for p in result["precision"]:
         lines.append(f"| {p['distribution']} | {p['num_samples']:.0e} | {p['dtype']} | {p['top_agreement']:.5f} |")
+    lines += ["", "## What one rank holds per setting (score_dtype x track_kept; sharded, rank 0)", "",
+              "Counted from the arrays the strategy allocates; a half table's selection also holds a float32 "
+              "copy of the scores while it runs (transient).", "",
+              "| strategy | N | world | score_dtype | track_kept | B/sample | per rank | + transient in select | "
+              "RSS growth | select s | update ns/entry |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in result["compact"]:
+        lines.append(f"| {c['strategy']} | {c['num_samples']:.0e} | {c['world']} | {c['score_dtype']} | "
+                     f"{c['track_kept']} | {c['bytes_per_sample']} | "
+                     f"{fmt_bytes(c['table_bytes_counted'] + c['kept_counter_bytes'])} | "
+                     f"{fmt_bytes(c['select_transient_bytes'])} | {fmt_bytes(max(c['rss_growth_bytes'], 0))} | "
+                     f"{c['select_s_median']:.3f} | {c['update_ns_per_entry']:.1f} |")
+    lines += ["", "## Low-precision tables against float32 (Fashion-MNIST loss trace replayed)", "",
+              "Open loop: the half table is updated with float32's selections, so they differ by rounding alone; "
+              "closed loop: it selects for itself and is updated with what it selected (divergence compounds; "
+              "EpsilonGreedy's random part is re-drawn once any top sample differs). Agreement of the top parts "
+              "(the k_top highest scores) and of the selections, epochs 2 on.", "",
+              "| strategy | N | epochs | dtype | top parts, open loop min / mean | top parts, closed loop min "
+              "| selections, closed loop min / mean |", "|---|---|---|---|---|---|---|"]
+    for r in result["precision_replay"]:
+        lines.append(f"| {r['strategy']} | {r['num_samples']:.0e} | {r['epochs']} | {r['dtype']} | "
+                     f"{r['open_top_agreement_min']:.5f} / {r['open_top_agreement_mean']:.5f} | "
+                     f"{r['closed_top_agreement_min']:.5f} | {r['closed_selection_agreement_min']:.5f} / "
+                     f"{r['closed_selection_agreement_mean']:.5f} |")
     lines += ["", "## EXTRAPOLATION (not measured): 1e9-1e10 samples", "",
               f"Bytes from the counted bytes per sample; select time from the measured "
               f"{result['extrapolation_basis']['sharded_ns_per_entry']:.1f} ns per shard entry; all-gather bytes from "
               f"{result['extrapolation_basis']['allgather_bytes_per_entry']:.0f} B per entry counted, at "
               f"{result['extrapolation_basis']['batch_per_rank']} samples per rank and step; overlap from the "
               "normal approximation. Replicated tables of N >= 2^32 cannot be selected by the native kernels at all.", "",
-              "| N | world | sharded eps-greedy/UCB table per rank | + kept counters | replicated eps-greedy/UCB per rank "
-              "| sharded select s/epoch | replicated all-gather per step | predicted overlap |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| N | world | sharded eps-greedy/UCB table per rank | + kept counters | bfloat16, no kept counters "
+              "| replicated eps-greedy/UCB per rank | sharded select s/epoch | replicated all-gather per step "
+              "| predicted overlap |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for e in result["extrapolation"]:
         lines.append(f"| {e['num_samples']:.0e} | {e['world']} | {fmt_bytes(e.get('sharded_epsilon_greedy_bytes_per_rank', 0))}"
                      f" / {fmt_bytes(e.get('sharded_ucb_bytes_per_rank', 0))} | "
                      f"{fmt_bytes(e['kept_counter_bytes_per_rank_sharded'])} | "
+                     f"{fmt_bytes(e.get('sharded_epsilon_greedy_bfloat16_untracked_bytes_per_rank', 0))} / "
+                     f"{fmt_bytes(e.get('sharded_ucb_bfloat16_untracked_bytes_per_rank', 0))} | "
                      f"{fmt_bytes(e.get('replicated_epsilon_greedy_bytes_per_rank', 0))} / "
                      f"{fmt_bytes(e.get('replicated_ucb_bytes_per_rank', 0))} | {e['sharded_epoch_select_s']:.2f} | "
                      f"{fmt_bytes(e['replicated_bytes_per_step'])} | {e['predicted_overlap_top']:.5f} |")
@@ -395,13 +537,19 @@ def main(argv=None):
     parser.add_argument("--batches", nargs="+", type=int, default=[256, 1024])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fmnist-samples", type=int, default=60000)
-    parser.add_argument("--fmnist-epochs", type=int, default=2)
+    parser.add_argument("--fmnist-epochs", type=int, default=2, help="the losses after this epoch are the overlap's")
+    parser.add_argument("--compact-point", nargs=2, type=float, default=[1e9, 64], metavar=("N", "WORLD"),
+                        help="where score_dtype x track_kept are measured (one rank's shard)")
+    parser.add_argument("--replay-sizes", nargs="+", type=float, default=[6e4, 1e7],
+                        help="N of the closed-loop precision replay (the trace's own size, or replicated)")
+    parser.add_argument("--replay-epochs", type=int, default=10, help="epochs of the Fashion-MNIST loss trace")
     parser.add_argument("--tiny", action="store_true", help="seconds-long run of every part (the test runs it)")
     parser.add_argument("--out", default="benchmarks/results/scale.json")
     args = parser.parse_args(argv)
     if args.tiny:
         args.sizes, args.sharded_sizes, args.worlds, args.overlap_sizes = [2e4], [1e5], [2, 8], [2e4]
         args.batches, args.repeats, args.fmnist_samples, args.fmnist_epochs = [16], 1, 2000, 1
+        args.compact_point, args.replay_sizes, args.replay_epochs = [1e5, 8], [2000, 5000], 4
     sizes = [int(s) for s in args.sizes]
     sharded_sizes = [int(s) for s in args.sharded_sizes]
     log = lambda text: print(text, flush=True)  # noqa: E731
@@ -416,21 +564,29 @@ def main(argv=None):
     log("communication ...")
     comm_rows = communication(args.worlds, args.batches)
     log("Fashion-MNIST losses ...")
-    fmnist, fmnist_acc = fashion_mnist_losses(args.fmnist_samples, args.fmnist_epochs)
-    log(f"  {len(fmnist)} losses, train accuracy {fmnist_acc:.3f}, mean loss {fmnist.mean():.3f}")
+    trace, fmnist_acc = fashion_mnist_loss_trace(args.fmnist_samples, max(args.fmnist_epochs, args.replay_epochs))
+    fmnist = trace[args.fmnist_epochs - 1]
+    log(f"  {len(fmnist)} losses per epoch over {len(trace)} epochs, train accuracy after them {fmnist_acc:.3f}, "
+        f"mean loss after epoch {args.fmnist_epochs} {fmnist.mean():.3f}")
     log("overlap ...")
     overlap_rows, precision = overlap([int(s) for s in args.overlap_sizes], args.worlds,
                                       ("lognormal", "gamma", "fashion_mnist"), fmnist, log)
+    log("compact tables (score_dtype x track_kept) ...")
+    compact_n, compact_world = int(args.compact_point[0]), int(args.compact_point[1])
+    compact = compact_settings(compact_n, compact_world, args.repeats, log)
+    log("precision replay (closed loop on the Fashion-MNIST loss trace) ...")
+    replay = precision_replay(trace[: args.replay_epochs], [int(n) for n in args.replay_sizes], log)
     extra_sizes = [10**9, 10**10] if not args.tiny else [10**6]
     extra_worlds = [64, 256, 1024] if not args.tiny else [8]
     extrapolation, ns, per_entry = extrapolate(table_rows, timings, comm_rows, extra_sizes, extra_worlds,
-                                               max(args.batches))
+                                               max(args.batches), compact)
     result = {"benchmark": "scale", "command": command_line(), "machine": machine(), "date": now(),
               "mem_available_gb": free / GiB, "keep": KEEP, "eps": EPS, "seed": SEED,
               "memory": table_rows, "selection": timings, "communication": comm_rows,
-              "fashion_mnist": {"samples": len(fmnist), "epochs": args.fmnist_epochs, "train_accuracy": fmnist_acc,
-                                "mean_loss": float(fmnist.mean()), "noise": "x lognormal(0, 0.1)"},
-              "overlap": overlap_rows, "precision": precision,
+              "fashion_mnist": {"samples": len(fmnist), "epochs": args.fmnist_epochs, "trace_epochs": len(trace),
+                                "train_accuracy_after_trace": fmnist_acc, "mean_loss": float(fmnist.mean()),
+                                "noise": "x lognormal(0, 0.1)"},
+              "overlap": overlap_rows, "precision": precision, "compact": compact, "precision_replay": replay,
               "extrapolation_basis": {"sharded_ns_per_entry": ns, "allgather_bytes_per_entry": per_entry,
                                       "batch_per_rank": max(args.batches)},
               "extrapolation": extrapolation, "skipped": skipped,
