@@ -2,9 +2,10 @@
 
 Fashion-MNIST (the real IDX files), an MLP (784-256-10) under DDP over gloo, EpsilonGreedy
 (keep 0.5, eps 0.2) driving a PrunedSampler, ``--world`` ranks, ``--epochs`` epochs, for each
-seed of ``--seeds`` twice: ``distributed="auto"`` (replicated: every rank's update all-gathered)
-and ``distributed="sharded"`` (each rank selects and scores its own shard, no collective for
-pruning). Same seeds for model init, sampler and strategy in both modes. Test accuracy on the
+seed of ``--seeds`` in each mode: ``auto`` (replicated: every rank's update all-gathered),
+``sharded`` (each rank selects and scores its own shard, no collective for pruning) and
+``sharded-compact`` (sharded, with the smallest table: ``score_dtype="bfloat16"``,
+``track_kept=False``). Same seeds for model init, sampler and strategy in both modes. Test accuracy on the
 10k test split after the last epoch, as measured by rank 0.
 
     .venv/bin/python benchmarks/sharded_accuracy.py [--world 2] [--epochs 6] [--seeds 0 1 2 3] [--tiny]
@@ -45,6 +46,11 @@ def load(samples):
     return x[:samples], y[:samples], tx, ty
 
 
+#: mode -> the strategy's options
+MODES = {"auto": {"distributed": "auto"}, "sharded": {"distributed": "sharded"},
+         "sharded-compact": {"distributed": "sharded", "score_dtype": "bfloat16", "track_kept": False}}
+
+
 def worker(rank, mode, seed, epochs, samples, batch, out):
     from fastprune.prune import EpsilonGreedy, PrunedSampler
 
@@ -54,7 +60,7 @@ def worker(rank, mode, seed, epochs, samples, batch, out):
     model = torch.nn.parallel.DistributedDataParallel(
         torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    strategy = EpsilonGreedy(len(x), keep=0.5, eps=0.2, seed=seed, distributed=mode)
+    strategy = EpsilonGreedy(len(x), keep=0.5, eps=0.2, seed=seed, **MODES[mode])
     sampler = PrunedSampler(strategy, seed=seed)
     started, steps = time.perf_counter(), 0
     for epoch in range(epochs):
@@ -82,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--samples", type=int, default=60000)
     parser.add_argument("--batch", type=int, default=128, help="per rank")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/sharded_accuracy.json")
     args = parser.parse_args(argv)
@@ -90,24 +97,26 @@ def main(argv=None):
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for mode in ("auto", "sharded"):
+            for mode in args.modes:
                 out = Path(tmp) / f"{mode}{seed}.json"
                 run_ranks(worker, mode, seed, args.epochs, args.samples, args.batch, str(out), world=args.world)
                 runs.append(json.loads(out.read_text()))
                 r = runs[-1]
-                print(f"seed {seed} {('replicated' if mode == 'auto' else mode):10s}: test acc {r['test_acc']:.2f}% "
+                print(f"seed {seed} {('replicated' if mode == 'auto' else mode):15s}: test acc {r['test_acc']:.2f}% "
                       f"in {r['wall_s']:.1f} s, {r['steps_per_rank']} steps per rank", flush=True)
     summary = []
-    for mode in ("auto", "sharded"):
+    for mode in args.modes:
         acc = [r["test_acc"] for r in runs if r["mode"] == mode]
         summary.append({"mode": "replicated" if mode == "auto" else mode, "acc_mean": statistics.mean(acc),
                         "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "runs": len(acc)})
-    diffs = [s["test_acc"] - r["test_acc"] for r in runs if r["mode"] == "auto"
-             for s in runs if s["mode"] == "sharded" and s["seed"] == r["seed"]]
+    diffs = {mode: [s["test_acc"] - r["test_acc"] for r in runs if r["mode"] == "auto"
+                    for s in runs if s["mode"] == mode and s["seed"] == r["seed"]]
+             for mode in args.modes if mode != "auto"}
     result = {"benchmark": "sharded_accuracy", "command": command_line(), "machine": machine(), "date": now(),
               "world": args.world, "epochs": args.epochs, "samples": args.samples, "batch_per_rank": args.batch,
               "strategy": "epsilon_greedy keep 0.5 eps 0.2", "runs": runs, "summary": summary,
-              "sharded_minus_replicated_pt": diffs}
+              "sharded_minus_replicated_pt": diffs.get("sharded", []),
+              "minus_replicated_pt": diffs}
     out = write_json(Path(args.out), result)
     lines = ["# Sharded vs replicated score tables: end-to-end accuracy", "",
              f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), {result['date']}: "
@@ -115,7 +124,8 @@ def main(argv=None):
              f"{args.epochs} epochs, EpsilonGreedy keep 0.5 eps 0.2, batch {args.batch} per rank.", "",
              "| mode | test acc % (mean +- sd) | runs |", "|---|---|---|"]
     lines += [f"| {s['mode']} | {s['acc_mean']:.2f} +- {s['acc_std']:.2f} | {s['runs']} |" for s in summary]
-    lines += ["", "Per seed, sharded minus replicated (points): " + ", ".join(f"{d:+.2f}" for d in diffs)]
+    lines += [""] + [f"Per seed, {mode} minus replicated (points): " + ", ".join(f"{d:+.2f}" for d in values)
+                     for mode, values in diffs.items()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
