@@ -5,8 +5,16 @@
 // loss as a huge finite mean, so only an unseen sample's score is +inf. Infinities stay
 // infinities; NaN stays NaN (quiet, sign and leading payload bits kept). half -> float is exact.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#include <emmintrin.h>
+#define FASTPRUNE_SSE2 1
+#else
+#define FASTPRUNE_SSE2 0
+#endif
 
 namespace fastprune {
 namespace half {
@@ -45,11 +53,51 @@ inline uint16_t float_to_f16(float x) {
     return uint16_t(sign | shift_round_even((a & 0x7fffffu) | 0x800000u, 126 - exponent));
 }
 
-inline float f16_to_float(uint16_t h) {
+inline float f16_to_float_exact(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
     if (exponent == 0x1f) return float_of(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN (payload kept)
     if (exponent == 0) return float_of(sign | bits_of(float(mantissa) * 0x1p-24f));  // zero, subnormal: exact
     return float_of(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+// Every float16 widened by f16_to_float_exact (256 KiB, filled when the module loads): one load
+// instead of its branches (the table update widens three fields per entry).
+struct F16Table {
+    float value[65536];
+    F16Table() {
+        for (uint32_t h = 0; h < 65536; ++h) value[h] = f16_to_float_exact(uint16_t(h));
+    }
+};
+inline const F16Table kF16Table{};
+
+inline float f16_to_float(uint16_t h) { return kF16Table.value[h]; }
+
+// f16_to_float of in[0, count) into out, four at a time without a branch: the exponent and
+// mantissa shifted into place and rebiased (+112), then infinities and NaNs (exponent 31) rebiased
+// once more to 255, zeros and subnormals (exponent 0) made exact by 2^-14 * (1 + m/1024) - 2^-14 =
+// m * 2^-24 (a normal float, so no flush-to-zero mode touches it).
+inline void f16_to_float_n(const uint16_t *in, size_t count, float *out) {
+    size_t i = 0;
+#if FASTPRUNE_SSE2
+    const __m128i zero = _mm_setzero_si128(), low15 = _mm_set1_epi32(0x7fff), exponent = _mm_set1_epi32(0x0f800000);
+    const __m128i rebias = _mm_set1_epi32(112 << 23), subnormal_bias = _mm_set1_epi32(113 << 23);
+    const __m128 two_to_minus_14 = _mm_castsi128_ps(subnormal_bias);
+    auto widen4 = [&](__m128i h) {  // four halves, one per 32-bit lane
+        __m128i em = _mm_slli_epi32(_mm_and_si128(h, low15), 13), e = _mm_and_si128(em, exponent);
+        __m128i r = _mm_add_epi32(em, rebias);
+        r = _mm_add_epi32(r, _mm_and_si128(_mm_cmpeq_epi32(e, exponent), rebias));
+        __m128i small = _mm_cmpeq_epi32(e, zero);
+        __m128i sub = _mm_castps_si128(_mm_sub_ps(_mm_castsi128_ps(_mm_add_epi32(em, subnormal_bias)), two_to_minus_14));
+        r = _mm_or_si128(_mm_and_si128(small, sub), _mm_andnot_si128(small, r));
+        return _mm_castsi128_ps(_mm_or_si128(r, _mm_slli_epi32(_mm_srli_epi32(h, 15), 31)));
+    };
+    for (; i + 8 <= count; i += 8) {
+        __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + i));
+        _mm_storeu_ps(out + i, widen4(_mm_unpacklo_epi16(h, zero)));
+        _mm_storeu_ps(out + i + 4, widen4(_mm_unpackhi_epi16(h, zero)));
+    }
+#endif
+    for (; i < count; ++i) out[i] = f16_to_float(in[i]);
 }
 
 // ---- bfloat16: the high 16 bits of a float32 ----------------------------------------------------
@@ -64,23 +112,41 @@ inline uint16_t float_to_bf16(float x) {
 
 inline float bf16_to_float(uint16_t h) { return float_of(uint32_t(h) << 16); }
 
+// bf16_to_float of in[0, count) into out: each half moved into the high 16 bits of a zero word.
+inline void bf16_to_float_n(const uint16_t *in, size_t count, float *out) {
+    size_t i = 0;
+#if FASTPRUNE_SSE2
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 8 <= count; i += 8) {
+        __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(in + i));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i), _mm_unpacklo_epi16(zero, h));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i + 4), _mm_unpackhi_epi16(zero, h));
+    }
+#endif
+    for (; i < count; ++i) out[i] = bf16_to_float(in[i]);
+}
+
 }  // namespace half
 
-// Storage policies of the score table's float fields: the stored type T, widen (exact) and narrow
-// (float32 -> T as above). Float32's are the identity, so its instantiation is the plain float code.
+// Storage policies of the score table's float fields: the stored type T, widen (exact; widen_n:
+// an array of them) and narrow (float32 -> T as above). Float32's are the identity, so its
+// instantiation is the plain float code.
 struct Float32Storage {
     using T = float;
     static float widen(float v) { return v; }
+    static void widen_n(const float *in, size_t count, float *out) { std::memcpy(out, in, count * sizeof(float)); }
     static float narrow(float v) { return v; }
 };
 struct Float16Storage {
     using T = uint16_t;
     static float widen(uint16_t v) { return half::f16_to_float(v); }
+    static void widen_n(const uint16_t *in, size_t count, float *out) { half::f16_to_float_n(in, count, out); }
     static uint16_t narrow(float v) { return half::float_to_f16(v); }
 };
 struct BFloat16Storage {
     using T = uint16_t;
     static float widen(uint16_t v) { return half::bf16_to_float(v); }
+    static void widen_n(const uint16_t *in, size_t count, float *out) { half::bf16_to_float_n(in, count, out); }
     static uint16_t narrow(float v) { return half::float_to_bf16(v); }
 };
 

@@ -160,13 +160,15 @@ NumpyArray<T> to_numpy(Buffer<T> buffer, size_t size) {
 
 // Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others
 // (select_kernels.hpp has the definition and the algorithm).
-Buffer<int64_t> top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand, uint64_t seed,
-                                uint64_t epoch, uint64_t stream, unsigned threads = 0, bool one_pass = true) {
-    if (n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
+template <class S>
+Buffer<int64_t> top_plus_random(const select_detail::ScoreSource<S> &scores, uint64_t k_top, uint64_t k_rand,
+                                uint64_t seed, uint64_t epoch, uint64_t stream, unsigned threads = 0,
+                                bool one_pass = true) {
+    if (scores.n >= (size_t(1) << 32)) fail_value("at most 2^32 - 1 samples are supported");
     Buffer<int64_t> out(k_top + k_rand + 1);
     int64_t got;
     try {
-        got = select_detail::top_plus_random(scores, n, k_top, k_rand, derived_rng(seed, epoch, stream, kTieStream),
+        got = select_detail::top_plus_random(scores, k_top, k_rand, derived_rng(seed, epoch, stream, kTieStream),
                                              derived_rng(seed, epoch, stream, kRandomStream),
                                              derived_rng(seed, epoch, stream, kSampleStream), out.data, threads,
                                              one_pass);
@@ -376,27 +378,33 @@ int64_t score_update_half(Array1D<uint16_t> mean, Array1D<uint16_t> var, Array1D
                   decay, epoch, has_correct, skip_invalid, c, use_std);
 }
 
-// Every element of `in` converted by `convert`, into a new array.
-template <typename To, typename From, typename Convert>
-NumpyArray<To> convert_all(ROArray1D<From> in, Convert convert) {
+// `in` converted by `convert_n(in, n, out)` into a new array.
+template <typename To, typename From, typename ConvertN>
+NumpyArray<To> convert_all(ROArray1D<From> in, ConvertN convert_n) {
     size_t n = in.shape(0);
     Buffer<To> out(n);
     const From *p = in.data();
     {
         nb::gil_scoped_release release;
-        for (size_t i = 0; i < n; ++i) out.data[i] = convert(p[i]);
+        convert_n(p, n, out.data);
     }
     return to_numpy(out, n);
 }
 
 NumpyArray<float> half_to_float32(ROArray1D<uint16_t> bits, const std::string &kind) {
-    return is_bfloat16(kind) ? convert_all<float>(bits, half::bf16_to_float)
-                             : convert_all<float>(bits, half::f16_to_float);
+    return is_bfloat16(kind) ? convert_all<float>(bits, BFloat16Storage::widen_n)
+                             : convert_all<float>(bits, Float16Storage::widen_n);
+}
+
+// S::narrow of in[0, n) into out.
+template <class S>
+void narrow_n(const float *in, size_t n, uint16_t *out) {
+    for (size_t i = 0; i < n; ++i) out[i] = S::narrow(in[i]);
 }
 
 NumpyArray<uint16_t> float32_to_half(ROArray1D<float> values, const std::string &kind) {
-    return is_bfloat16(kind) ? convert_all<uint16_t>(values, half::float_to_bf16)
-                             : convert_all<uint16_t>(values, half::float_to_f16);
+    return is_bfloat16(kind) ? convert_all<uint16_t>(values, narrow_n<BFloat16Storage>)
+                             : convert_all<uint16_t>(values, narrow_n<Float16Storage>);
 }
 
 // ---- scores and selections -----------------------------------------------------------------
@@ -418,23 +426,41 @@ NumpyArray<float> bandit_scores(ROArray1D<float> mean, ROArray1D<float> var, ROA
     return to_numpy(out, n);
 }
 
-NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed,
-                                      uint64_t epoch, uint64_t stream, int64_t threads, bool one_pass) {
-    size_t n = scores.shape(0);
-    if (threads < 0) fail_value("select_top_random: threads must be >= 0 (0 = automatic)");
-    if (n >= (size_t(1) << 32)) fail_value("select_top_random: at most 2^32 - 1 samples are supported");
-    if (k_top < 0 || k_rand < 0) fail_value("select_top_random: k_top and k_rand must be >= 0");
+// select_top_random of n scores stored as S::T, after the argument checks (`name` is the binding's).
+template <class S>
+NumpyArray<int64_t> select_stored(const char *name, const typename S::T *scores, size_t n, int64_t k_top,
+                                  int64_t k_rand, uint64_t seed, uint64_t epoch, uint64_t stream, int64_t threads,
+                                  bool one_pass) {
+    const std::string prefix = std::string(name) + ": ";
+    if (threads < 0) fail_value(prefix + "threads must be >= 0 (0 = automatic)");
+    if (n >= (size_t(1) << 32)) fail_value(prefix + "at most 2^32 - 1 samples are supported");
+    if (k_top < 0 || k_rand < 0) fail_value(prefix + "k_top and k_rand must be >= 0");
     if (uint64_t(k_top) + uint64_t(k_rand) > n)
-        fail_value("select_top_random: k_top + k_rand = " + std::to_string(k_top + k_rand) + " exceeds the " +
+        fail_value(prefix + "k_top + k_rand = " + std::to_string(k_top + k_rand) + " exceeds the " +
                    std::to_string(n) + " scores");
-    const float *p = scores.data();
     Buffer<int64_t> out;
     {
         nb::gil_scoped_release release;
-        out = top_plus_random(p, n, uint64_t(k_top), uint64_t(k_rand), seed, epoch, stream,
-                              unsigned(std::min<int64_t>(threads, 2)), one_pass);
+        out = top_plus_random(select_detail::ScoreSource<S>{scores, n}, uint64_t(k_top), uint64_t(k_rand), seed,
+                              epoch, stream, unsigned(std::min<int64_t>(threads, 2)), one_pass);
     }
     return to_numpy(out, size_t(k_top + k_rand));
+}
+
+NumpyArray<int64_t> select_top_random(ROArray1D<float> scores, int64_t k_top, int64_t k_rand, uint64_t seed,
+                                      uint64_t epoch, uint64_t stream, int64_t threads, bool one_pass) {
+    return select_stored<Float32Storage>("select_top_random", scores.data(), scores.shape(0), k_top, k_rand, seed,
+                                         epoch, stream, threads, one_pass);
+}
+
+// select_top_random of float16 or bfloat16 (kind) scores given as their uint16 bits: read in place,
+// widened a chunk at a time (no float32 copy), the same selection as of the widened scores.
+NumpyArray<int64_t> select_top_random_half(ROArray1D<uint16_t> bits, const std::string &kind, int64_t k_top,
+                                           int64_t k_rand, uint64_t seed, uint64_t epoch, uint64_t stream,
+                                           int64_t threads, bool one_pass) {
+    auto select = is_bfloat16(kind) ? &select_stored<BFloat16Storage> : &select_stored<Float16Storage>;
+    return select("select_top_random_half", bits.data(), bits.shape(0), k_top, k_rand, seed, epoch, stream, threads,
+                  one_pass);
 }
 
 NumpyArray<int64_t> sample_uniform(int64_t n, int64_t k, uint64_t seed, uint64_t epoch, uint64_t stream) {
@@ -443,7 +469,7 @@ NumpyArray<int64_t> sample_uniform(int64_t n, int64_t k, uint64_t seed, uint64_t
     Buffer<int64_t> out;
     {
         nb::gil_scoped_release release;
-        out = top_plus_random(nullptr, size_t(n), 0, uint64_t(k), seed, epoch, stream);
+        out = top_plus_random(select_detail::FloatScores{nullptr, size_t(n)}, 0, uint64_t(k), seed, epoch, stream);
     }
     return to_numpy(out, size_t(k));
 }
@@ -531,24 +557,36 @@ NumpyArray<uint32_t> random_u32(uint64_t seed, uint64_t epoch, uint64_t stream, 
     return to_numpy(std::move(out));
 }
 
-// The top-k threshold by one method, for tests: 0 automatic, 1 copy + nth_element, 2 radix
-// histogram, 3 sampled bracket with a sample of `sample_size` and a margin of `sigmas`.
-// Returns (key as float, # above, # equal, path taken).
-std::tuple<float, int64_t, int64_t, int> threshold_for_tests(ROArray1D<float> scores, int64_t k, int method,
-                                                             int64_t sample_size, double sigmas, uint64_t seed) {
-    size_t n = scores.shape(0);
+// The top-k threshold of n scores stored as S::T by one method, for tests: 0 automatic, 1 copy +
+// nth_element, 2 radix histogram, 3 sampled bracket with a sample of `sample_size` and a margin of
+// `sigmas`. Returns (key as float, # above, # equal, path taken).
+template <class S>
+std::tuple<float, int64_t, int64_t, int> threshold_of(const typename S::T *scores, size_t n, int64_t k, int method,
+                                                      int64_t sample_size, double sigmas, uint64_t seed) {
     if (n >= (size_t(1) << 32) || k < 1 || uint64_t(k) > n) fail_value("threshold: need 1 <= k <= n < 2^32");
     if (sample_size < 0 || sample_size > (int64_t(1) << 24)) fail_value("threshold: bad sample_size");
-    const float *p = scores.data();
-    if (select_detail::first_nan(p, n) >= 0) fail_value("threshold: NaN");
+    const select_detail::ScoreSource<S> p{scores, n};
+    if (select_detail::first_nan(p) >= 0) fail_value("threshold: NaN");
     select_detail::ThresholdResult r;
-    if (method == 1) r = {select_detail::kth_largest_copy(p, n, uint64_t(k)), -1, 0};
-    else if (method == 2) r = {select_detail::kth_largest_histogram(p, n, uint64_t(k)), -1, 3};
+    if (method == 1) r = {select_detail::kth_largest_copy(p, uint64_t(k)), -1, 0};
+    else if (method == 2) r = {select_detail::kth_largest_histogram(p, uint64_t(k)), -1, 3};
     else if (method == 0 || method == 3)
-        r = select_detail::kth_largest(p, n, uint64_t(k), CounterRng(seed, 0, 2), method == 3 ? size_t(sample_size) : 0,
+        r = select_detail::kth_largest(p, uint64_t(k), CounterRng(seed, 0, 2), method == 3 ? size_t(sample_size) : 0,
                                        method == 3 ? sigmas : 4.5);
     else fail_value("threshold: unknown method");
     return {select_detail::key_to_float(r.th.key), int64_t(r.th.above), int64_t(r.th.equal), r.path};
+}
+
+std::tuple<float, int64_t, int64_t, int> threshold_for_tests(ROArray1D<float> scores, int64_t k, int method,
+                                                             int64_t sample_size, double sigmas, uint64_t seed) {
+    return threshold_of<Float32Storage>(scores.data(), scores.shape(0), k, method, sample_size, sigmas, seed);
+}
+
+std::tuple<float, int64_t, int64_t, int> threshold_half_for_tests(ROArray1D<uint16_t> bits, const std::string &kind,
+                                                                  int64_t k, int method, int64_t sample_size,
+                                                                  double sigmas, uint64_t seed) {
+    auto threshold = is_bfloat16(kind) ? &threshold_of<BFloat16Storage> : &threshold_of<Float16Storage>;
+    return threshold(bits.data(), bits.shape(0), k, method, sample_size, sigmas, seed);
 }
 
 }  // namespace
@@ -588,6 +626,18 @@ void bind_select(nb::module_ &m) {
         "Ascending indices of the k_top highest scores (ties broken uniformly at random) plus k_rand "
         "uniformly sampled without replacement from the rest. O(N), no sort. threads: 0 = automatic "
         "(up to 2, from 2^20 scores); the result is the same for every thread count.");
+    // noconvert: float16 values converted to uint16 are not their bits (nor would a float32 copy be wanted)
+    m.def(
+        "select_top_random_half",
+        [](ROArray1D<uint16_t> bits, const std::string &kind, int64_t k_top, int64_t k_rand, uint64_t seed,
+           uint64_t epoch, uint64_t stream, int64_t threads) {
+            return select_top_random_half(bits, kind, k_top, k_rand, seed, epoch, stream, threads, true);
+        },
+        nb::arg("bits").noconvert(), nb::arg("kind"), nb::arg("k_top"), nb::arg("k_rand"), nb::arg("seed"),
+        nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0,
+        "select_top_random of float16 or bfloat16 (kind) scores given as their bits (uint16, C-contiguous), "
+        "read in place without a float32 copy: the same indices as select_top_random of "
+        "half_to_float32(bits, kind).");
     m.def("sample_uniform", &sample_uniform, nb::arg("n"), nb::arg("k"), nb::arg("seed"), nb::arg("epoch"),
           nb::arg("stream"), "k ascending indices drawn uniformly without replacement from range(n).");
     m.def("masked_mean", &masked_mean, nb::arg("scores"), nb::arg("seen"),
@@ -611,10 +661,17 @@ void bind_select_testing(nb::module_ &t) {
           nb::arg("sample_size") = 0, nb::arg("sigmas") = 4.5, nb::arg("seed") = 0,
           "The k-th largest score, # above, # equal, path (0 copy, 1 bracket, 2 bracket end, "
           "3 histogram) by method 0 auto, 1 copy, 2 histogram, 3 bracket with the given sample.");
+    t.def("threshold_half", &threshold_half_for_tests, nb::arg("bits").noconvert(), nb::arg("kind"), nb::arg("k"),
+          nb::arg("method"), nb::arg("sample_size") = 0, nb::arg("sigmas") = 4.5, nb::arg("seed") = 0,
+          "threshold of float16 or bfloat16 (kind) scores given as their uint16 bits, read in place.");
     t.def("select_top_random", &select_top_random, nb::arg("scores"), nb::arg("k_top"), nb::arg("k_rand"),
           nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"), nb::arg("threads") = 0, nb::arg("one_pass") = true,
           "fastprune._core.select_top_random with the path chosen: one_pass=False forces the two-pass "
           "path (the result must be the same).");
+    t.def("select_top_random_half", &select_top_random_half, nb::arg("bits").noconvert(), nb::arg("kind"),
+          nb::arg("k_top"), nb::arg("k_rand"), nb::arg("seed"), nb::arg("epoch"), nb::arg("stream"),
+          nb::arg("threads") = 0, nb::arg("one_pass") = true,
+          "fastprune._core.select_top_random_half with the path chosen, as select_top_random's hook.");
 }
 
 }  // namespace fastprune

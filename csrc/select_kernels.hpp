@@ -27,7 +27,11 @@
 //   - Output words are built 64 positions at a time: the subset bits of the non-top positions
 //     put in place by a nibble-table "parallel deposit", set bits written out (dense words by a
 //     byte table, without a branch per bit).
+//   - The scores may be float32, or float16/bfloat16 bits (a 16-bit score table's column): every
+//     pass reads them through a ScoreSource, which widens 16-bit scores a chunk at a time, so
+//     they need no float32 copy (4 bytes per sample) and select exactly as widened float32 would.
 #pragma once
+#include "half.hpp"
 #include "rng.hpp"
 
 #include <algorithm>
@@ -38,15 +42,10 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
-#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
-#include <emmintrin.h>
-#define FASTPRUNE_SSE2 1
-#else
-#define FASTPRUNE_SSE2 0
-#endif
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #endif
@@ -71,6 +70,42 @@ inline float key_to_float(uint32_t key) {
     return x;
 }
 
+// ---- where the scores come from ------------------------------------------------------------
+
+// Widened scores are handed out in chunks of this many (16 KiB of floats on the stack). A multiple
+// of 4096, so that the 64-score words and 4096-score blocks of every pass, counted from the start
+// of its range, fall as they do on a float array, and so does every choice made per block (a copy
+// buffer filling up): the widened path takes the float path's steps, not only its result.
+inline constexpr size_t kChunk = 4096;
+
+// n scores stored as S::T (half.hpp's storage policies): float32 read in place, float16/bfloat16
+// bits widened exactly, one chunk at a time, into a buffer on the calling thread's stack.
+template <class S>
+struct ScoreSource {
+    const typename S::T *data;
+    size_t n;
+
+    float at(size_t i) const { return S::widen(data[i]); }
+    const void *address(size_t i) const { return data + i; }
+
+    // Calls f(x, offset, count) on consecutive pieces of [begin, end): x[j] is score
+    // begin + offset + j as a float. Float32 is one piece, the array itself.
+    template <class F>
+    void pieces(size_t begin, size_t end, F &&f) const {
+        if constexpr (std::is_same_v<typename S::T, float>) {
+            if (begin < end) f(data + begin, size_t(0), end - begin);
+        } else {
+            float chunk[kChunk];
+            for (size_t offset = 0; offset < end - begin; offset += kChunk) {
+                size_t count = std::min(kChunk, end - begin - offset);
+                S::widen_n(data + begin + offset, count, chunk);
+                f(static_cast<const float *>(chunk), offset, count);
+            }
+        }
+    }
+};
+using FloatScores = ScoreSource<Float32Storage>;
+
 // The k-th largest score (1-based) as a key, and how many scores lie strictly above / equal.
 struct Threshold {
     uint32_t key;
@@ -79,21 +114,28 @@ struct Threshold {
 };
 
 // Index of the first NaN, or -1.
-inline int64_t first_nan(const float *scores, size_t n) {
-    for (size_t t = 0; t < n; ++t)
-        if (std::isnan(scores[t])) return int64_t(t);
-    return -1;
+template <class Source>
+inline int64_t first_nan(const Source &scores) {
+    int64_t found = -1;
+    scores.pieces(0, scores.n, [&](const float *x, size_t offset, size_t count) {
+        for (size_t t = 0; t < count && found < 0; ++t)
+            if (std::isnan(x[t])) found = int64_t(offset + t);
+    });
+    return found;
 }
 
 // Exact: two histogram passes (high 16 bits of the key, then the low 16 bits inside the bucket
 // that holds the k-th largest). Scores must be NaN-free. 1 <= k <= n.
-inline Threshold kth_largest_histogram(const float *scores, size_t n, uint64_t k) {
+template <class Source>
+inline Threshold kth_largest_histogram(const Source &scores, uint64_t k) {
     // Four interleaved histograms break the store-to-load chain when many keys are equal.
     std::vector<uint32_t> hist(4 * 65536, 0);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; ++j) ++hist[j * 65536 + (sortable_key(scores[i + j]) >> 16)];
-    for (; i < n; ++i) ++hist[sortable_key(scores[i]) >> 16];
+    scores.pieces(0, scores.n, [&](const float *x, size_t, size_t count) {
+        size_t i = 0;
+        for (; i + 4 <= count; i += 4)
+            for (int j = 0; j < 4; ++j) ++hist[j * 65536 + (sortable_key(x[i + j]) >> 16)];
+        for (; i < count; ++i) ++hist[sortable_key(x[i]) >> 16];
+    });
     uint64_t above = 0;
     uint32_t high = 65535;
     for (;; --high) {
@@ -102,10 +144,12 @@ inline Threshold kth_largest_histogram(const float *scores, size_t n, uint64_t k
         above += count;
     }
     std::vector<uint64_t> low_hist(65536, 0);
-    for (size_t t = 0; t < n; ++t) {
-        uint32_t key = sortable_key(scores[t]);
-        if ((key >> 16) == high) ++low_hist[key & 0xFFFFu];
-    }
+    scores.pieces(0, scores.n, [&](const float *x, size_t, size_t count) {
+        for (size_t t = 0; t < count; ++t) {
+            uint32_t key = sortable_key(x[t]);
+            if ((key >> 16) == high) ++low_hist[key & 0xFFFFu];
+        }
+    });
     uint32_t low = 65535;
     for (;; --low) {
         if (above + low_hist[low] >= k) break;
@@ -115,9 +159,13 @@ inline Threshold kth_largest_histogram(const float *scores, size_t n, uint64_t k
 }
 
 // Exact, for small n: copy the keys and nth_element. Scores must be NaN-free. 1 <= k <= n.
-inline Threshold kth_largest_copy(const float *scores, size_t n, uint64_t k) {
+template <class Source>
+inline Threshold kth_largest_copy(const Source &scores, uint64_t k) {
+    const size_t n = scores.n;
     std::vector<uint32_t> keys(n);
-    for (size_t i = 0; i < n; ++i) keys[i] = sortable_key(scores[i]);
+    scores.pieces(0, n, [&](const float *x, size_t offset, size_t count) {
+        for (size_t i = 0; i < count; ++i) keys[offset + i] = sortable_key(x[i]);
+    });
     std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint32_t>());
     uint32_t key = keys[k - 1];
     uint64_t above = 0, equal = 0;
@@ -376,8 +424,9 @@ inline void bracket_scalar(const float *x, size_t count, float lo, float hi, flo
     else if (inside) c.overflow = true;
 }
 
-inline BracketCounts bracket_pass(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap) {
-    BracketCounts c;
+// bracket_pass and bracket_pass_fast add to c: a range may be passed in pieces.
+inline void bracket_pass(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap,
+                         BracketCounts &c) {
     constexpr size_t kBlock = 4096;  // int32 lane counters cannot overflow within a block
     size_t b = 0;
 #if FASTPRUNE_SSE2
@@ -418,7 +467,6 @@ inline BracketCounts bracket_pass(const float *scores, size_t n, float lo, float
     }
 #endif
     for (; b < n; b += kBlock) bracket_scalar(scores + b, std::min(kBlock, n - b), lo, hi, cand, cap, c);
-    return c;
 }
 
 // The common case, with fewer counters: how many scores are > hi and how many in [lo, hi]
@@ -448,9 +496,8 @@ inline void bracket_fast_scalar(const float *x, size_t count, float lo, float hi
     else if (inside) c.overflow = true;
 }
 
-inline BracketCounts bracket_pass_fast(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap,
-                                       bool store) {
-    BracketCounts c;
+inline void bracket_pass_fast(const float *scores, size_t n, float lo, float hi, float *cand, size_t cap,
+                              bool store, BracketCounts &c) {
     constexpr size_t kBlock = 4096;
     size_t b = 0;
 #if FASTPRUNE_SSE2
@@ -488,7 +535,6 @@ inline BracketCounts bracket_pass_fast(const float *scores, size_t n, float lo, 
 #endif
     for (; b < n; b += kBlock)
         bracket_fast_scalar(scores + b, std::min(kBlock, n - b), lo, hi, cand, cap, store, c);
-    return c;
 }
 
 // Below this many scores the threshold is found by copy + nth_element, without a sample.
@@ -506,8 +552,10 @@ struct Bracket {
 
 // The bracket from a stratified random sample of m scores: its elements at descending ranks
 // centre -+ margin (~4.5 standard deviations of the sample rank of the k-th largest).
-inline Bracket choose_bracket(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
-                              size_t sample_size, double sigmas) {
+template <class Source>
+inline Bracket choose_bracket(const Source &scores, uint64_t k, const CounterRng &sample_rng, size_t sample_size,
+                              double sigmas) {
+    const size_t n = scores.n;
     size_t m = sample_size ? sample_size : std::min<size_t>(65536, std::max<size_t>(4096, n / 64));
     std::vector<uint32_t> sample(m);
     for (size_t j = 0; j < m; ++j) {  // stratified: one position in each m-th of the array, in order
@@ -516,10 +564,10 @@ inline Bracket choose_bracket(const float *scores, size_t n, uint64_t k, const C
     }
     // The positions first, then the loads, prefetched ahead: each is a cache miss.
     constexpr size_t kAhead = 32;
-    for (size_t j = 0; j < std::min(m, kAhead); ++j) prefetch(scores + sample[j]);
+    for (size_t j = 0; j < std::min(m, kAhead); ++j) prefetch(scores.address(sample[j]));
     for (size_t j = 0; j < m; ++j) {
-        if (j + kAhead < m) prefetch(scores + sample[j + kAhead]);
-        sample[j] = sortable_key(scores[sample[j]]);
+        if (j + kAhead < m) prefetch(scores.address(sample[j + kAhead]));
+        sample[j] = sortable_key(scores.at(sample[j]));
     }
     double q = double(k) / double(n);
     double centre = q * double(m) - 0.5;
@@ -565,14 +613,16 @@ inline Threshold threshold_among(float *v, size_t stored, size_t r, uint64_t bef
 // The k-th largest key (1 <= k <= n), or the first NaN. `sample_rng` only picks the sample that
 // brackets the threshold: it changes the speed, never the result.
 // (Tests shrink the sample and the margin to force the exact fallback: sample_size, sigmas.)
-inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, const CounterRng &sample_rng,
+template <class Source>
+inline ThresholdResult kth_largest(const Source &scores, uint64_t k, const CounterRng &sample_rng,
                                    size_t sample_size = 0, double sigmas = 4.5, unsigned threads = 1) {
+    const size_t n = scores.n;
     if (n < kCopyBelow && sample_size == 0) {
-        int64_t bad = first_nan(scores, n);
+        int64_t bad = first_nan(scores);
         if (bad >= 0) return {{0, 0, 0}, bad, 0};
-        return {kth_largest_copy(scores, n, k), -1, 0};
+        return {kth_largest_copy(scores, k), -1, 0};
     }
-    const Bracket br = choose_bracket(scores, n, k, sample_rng, sample_size, sigmas);
+    const Bracket br = choose_bracket(scores, k, sample_rng, sample_size, sigmas);
     const uint32_t lo_key = br.lo_key, hi_key = br.hi_key;
     const float lo = br.lo, hi = br.hi;
     const bool fast = br.fast;
@@ -581,8 +631,12 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
     // With two threads each copies into its own cap-sized half; the halves are joined after.
     std::unique_ptr<float[]> cand(new float[parallel ? 2 * cap : cap]);
     auto pass = [&](size_t begin, size_t end, float *buf) {
-        if (fast) return bracket_pass_fast(scores + begin, end - begin, lo, hi, buf, cap, lo_key != hi_key);
-        return bracket_pass(scores + begin, end - begin, lo, hi, buf, cap);
+        BracketCounts counts;
+        scores.pieces(begin, end, [&](const float *x, size_t, size_t count) {
+            if (fast) bracket_pass_fast(x, count, lo, hi, buf, cap, lo_key != hi_key, counts);
+            else bracket_pass(x, count, lo, hi, buf, cap, counts);
+        });
+        return counts;
     };
     BracketCounts c;
     if (parallel) {
@@ -601,19 +655,19 @@ inline ThresholdResult kth_largest(const float *scores, size_t n, uint64_t k, co
         c = pass(0, n, cand.get());
     }
     if (fast && lo_key == hi_key) std::swap(c.at_hi, c.inside);  // all of them equal hi
-    if (c.nan) return {{0, 0, 0}, first_nan(scores, n), 1};
+    if (c.nan) return {{0, 0, 0}, first_nan(scores), 1};
     if (lo_key == hi_key) c.at_lo = 0;  // the same scores as at_hi
     uint64_t a = c.above;
-    if (k <= a) return {kth_largest_histogram(scores, n, k), -1, 3};
+    if (k <= a) return {kth_largest_histogram(scores, k), -1, 3};
     if (k <= a + c.at_hi) return {{hi_key, a, c.at_hi}, -1, 2};
     a += c.at_hi;
     if (k <= a + c.inside) {
-        if (c.overflow) return {kth_largest_histogram(scores, n, k), -1, 3};
+        if (c.overflow) return {kth_largest_histogram(scores, k), -1, 3};
         return {threshold_among(cand.get(), c.stored, size_t(k - a - 1), a), -1, 1};
     }
     a += c.inside;
     if (k <= a + c.at_lo) return {{lo_key, a, c.at_lo}, -1, 2};
-    return {kth_largest_histogram(scores, n, k), -1, 3};
+    return {kth_largest_histogram(scores, k), -1, 3};
 }
 
 // ---- uniform subsets as bitmaps ------------------------------------------------------------
@@ -693,6 +747,17 @@ inline std::pair<uint64_t, uint64_t> count_gt_eq(const float *x, size_t count, f
     return {gt, eq};
 }
 
+// How many of scores[0, end) are > t and == t.
+template <class Source>
+inline std::pair<uint64_t, uint64_t> count_gt_eq(const Source &scores, size_t end, float t) {
+    std::pair<uint64_t, uint64_t> total{0, 0};
+    scores.pieces(0, end, [&](const float *x, size_t, size_t count) {
+        std::pair<uint64_t, uint64_t> piece = count_gt_eq(x, count, t);
+        total.first += piece.first, total.second += piece.second;
+    });
+    return total;
+}
+
 // How many of the first `bits` bits of a bitmap are set.
 inline uint64_t popcount_prefix(const uint64_t *words, uint64_t bits) {
     uint64_t total = 0;
@@ -702,34 +767,44 @@ inline uint64_t popcount_prefix(const uint64_t *words, uint64_t bits) {
     return total;
 }
 
+// The taken bits of 64 scores x[0, count) (count < 64 only at the end): those > t, the chosen ties
+// == t (tc: the rank of the first of them among the ties) and, with_rest, the chosen others (rc:
+// likewise among the rest). Advances tc and rc past these scores.
+inline uint64_t emit_word(const float *x, size_t count, float t, bool all_ties, const uint64_t *tw, uint64_t &tc,
+                          const uint64_t *rw, uint64_t &rc, bool with_rest) {
+    uint64_t valid = count == 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
+    uint64_t top;
+    if (all_ties) {
+        top = count == 64 ? mask64<Cmp::Ge>(x, t) : mask_of<Cmp::Ge>(x, count, t);
+    } else {
+        uint64_t gt = count == 64 ? mask64<Cmp::Gt>(x, t) : mask_of<Cmp::Gt>(x, count, t);
+        uint64_t eq = count == 64 ? mask64<Cmp::Eq>(x, t) : mask_of<Cmp::Eq>(x, count, t);
+        top = gt;
+        if (eq) {
+            top |= deposit(eq, bits_at(tw, tc));
+            tc += popcount64(eq);
+        }
+    }
+    uint64_t taken = top;
+    if (with_rest) {
+        uint64_t others = ~top & valid;
+        taken |= deposit(others, bits_at(rw, rc));
+        rc += popcount64(others);
+    }
+    return taken;
+}
+
 // The emit pass over scores[begin, end) (begin a multiple of 64): rc and tc are the ranks among
 // the rest and among the ties of scores[begin]; writes from out[pos]; returns the new pos.
-inline size_t emit_range(const float *scores, size_t begin, size_t end, float t, bool all_ties, const uint64_t *tw,
+template <class Source>
+inline size_t emit_range(const Source &scores, size_t begin, size_t end, float t, bool all_ties, const uint64_t *tw,
                          uint64_t tc, const uint64_t *rw, uint64_t rc, bool with_rest, int64_t *out, size_t pos) {
-    for (size_t base = begin; base < end; base += 64) {
-        size_t count = std::min<size_t>(64, end - base);
-        const float *x = scores + base;
-        uint64_t valid = count == 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
-        uint64_t top;
-        if (all_ties) {
-            top = count == 64 ? mask64<Cmp::Ge>(x, t) : mask_of<Cmp::Ge>(x, count, t);
-        } else {
-            uint64_t gt = count == 64 ? mask64<Cmp::Gt>(x, t) : mask_of<Cmp::Gt>(x, count, t);
-            uint64_t eq = count == 64 ? mask64<Cmp::Eq>(x, t) : mask_of<Cmp::Eq>(x, count, t);
-            top = gt;
-            if (eq) {
-                top |= deposit(eq, bits_at(tw, tc));
-                tc += popcount64(eq);
-            }
+    scores.pieces(begin, end, [&](const float *x, size_t offset, size_t length) {
+        for (size_t j = 0; j < length; j += 64) {
+            uint64_t taken = emit_word(x + j, std::min<size_t>(64, length - j), t, all_ties, tw, tc, rw, rc, with_rest);
+            pos = write_bits(out, pos, begin + offset + j, taken);
         }
-        uint64_t taken = top;
-        if (with_rest) {
-            uint64_t others = ~top & valid;
-            taken |= deposit(others, bits_at(rw, rc));
-            rc += popcount64(others);
-        }
-        pos = write_bits(out, pos, base, taken);
-    }
+    });
     return pos;
 }
 
@@ -746,10 +821,12 @@ struct TieBits {
 
 // The two-pass selection, for every input: the threshold (kth_largest), then an emit pass that
 // compares every score with it again. `rw`: the subset of the non-top ranks (if k_rand > 0).
-inline int64_t top_plus_random_two_pass(const float *scores, size_t n, uint64_t k_top, const uint64_t *rw,
+template <class Source>
+inline int64_t top_plus_random_two_pass(const Source &scores, uint64_t k_top, const uint64_t *rw,
                                         const CounterRng &tie_rng, const CounterRng &sample_rng, int64_t *out,
                                         bool parallel) {
-    ThresholdResult r = kth_largest(scores, n, k_top, sample_rng, 0, 4.5, parallel ? 2u : 1u);
+    const size_t n = scores.n;
+    ThresholdResult r = kth_largest(scores, k_top, sample_rng, 0, 4.5, parallel ? 2u : 1u);
     if (r.nan_index >= 0) return -1 - r.nan_index;
     const float t = key_to_float(r.th.key);
     const TieBits ties(r.th, k_top, tie_rng);
@@ -836,19 +913,22 @@ inline uint64_t mark64(const float *x, size_t count, float lo, float hi, uint64_
 
 // The marking pass over scores[begin, end) (begin a multiple of 64): words[w] = the > hi bits of
 // scores[64w, 64w + 64).
-inline void mark_pass(const float *scores, size_t begin, size_t end, float lo, float hi, size_t cap,
+template <class Source>
+inline void mark_pass(const Source &scores, size_t begin, size_t end, float lo, float hi, size_t cap,
                       uint64_t *words, Marks &mk) {
-    for (size_t base = begin; base < end; base += 64) {
-        size_t count = std::min<size_t>(64, end - base);
-        uint64_t inside;
-        uint64_t gt = mark64(scores + base, count, lo, hi, inside, mk.nan);
-        words[base >> 6] = gt;
-        mk.above += popcount64(gt);
-        if (inside) {
-            mk.inside += popcount64(inside);
-            store_inside(scores + base, base, inside, cap, mk);
+    scores.pieces(begin, end, [&](const float *piece, size_t offset, size_t length) {
+        for (size_t j = 0; j < length; j += 64) {
+            const size_t base = begin + offset + j, count = std::min<size_t>(64, length - j);
+            uint64_t inside;
+            uint64_t gt = mark64(piece + j, count, lo, hi, inside, mk.nan);
+            words[base >> 6] = gt;
+            mk.above += popcount64(gt);
+            if (inside) {
+                mk.inside += popcount64(inside);
+                store_inside(piece + j, base, inside, cap, mk);
+            }
         }
-    }
+    });
 }
 
 // Writes the taken indices of words [w_begin, w_end) to out[pos, limit): the marked (top) bits,
@@ -876,9 +956,10 @@ enum class MarkedStatus { Ok, Nan, Fallback };
 // Runs the marking pass (split over two threads when `parallel` and there is no uniform part;
 // else the other thread draws the uniform subset `draw_rest` meanwhile) and finds the threshold
 // among the copies. `value`/`index`: room for 2 * cap copies.
-template <typename DrawRest>
-inline MarkedStatus mark_and_threshold(const float *scores, size_t n, uint64_t k, const Bracket &br, bool parallel,
+template <class Source, typename DrawRest>
+inline MarkedStatus mark_and_threshold(const Source &scores, uint64_t k, const Bracket &br, bool parallel,
                                        uint64_t *words, Marks (&mk)[2], DrawRest &&draw_rest, Threshold &th) {
+    const size_t n = scores.n;
     const bool split = parallel && !draw_rest.needed();
     size_t mid = split ? (n / 2) & ~size_t(4095) : n;
     run_two(
@@ -932,10 +1013,12 @@ inline constexpr int64_t kFallback = std::numeric_limits<int64_t>::min();
 
 // The one-pass selection: the count written, -1 - i for a NaN at scores[i], or kFallback (the
 // rest subset is drawn either way).
-inline int64_t top_plus_random_marked(const float *scores, size_t n, uint64_t k_top, RestDraw &rest,
+template <class Source>
+inline int64_t top_plus_random_marked(const Source &scores, uint64_t k_top, RestDraw &rest,
                                       const CounterRng &tie_rng, const CounterRng &sample_rng, int64_t *out,
                                       bool parallel) {
-    const Bracket br = choose_bracket(scores, n, k_top, sample_rng, 0, 4.5);
+    const size_t n = scores.n;
+    const Bracket br = choose_bracket(scores, k_top, sample_rng, 0, 4.5);
     if (!br.fast || br.lo_key == br.hi_key) {  // ties at the bracket's ends are not copied
         rest();
         return kFallback;
@@ -946,8 +1029,8 @@ inline int64_t top_plus_random_marked(const float *scores, size_t n, uint64_t k_
     Marks mk[2];
     for (int h = 0; h < 2; ++h) mk[h].value = values.get() + h * br.cap, mk[h].index = indices.get() + h * br.cap;
     Threshold th;
-    MarkedStatus status = mark_and_threshold(scores, n, k_top, br, parallel, top.data(), mk, rest, th);
-    if (status == MarkedStatus::Nan) return -1 - first_nan(scores, n);
+    MarkedStatus status = mark_and_threshold(scores, k_top, br, parallel, top.data(), mk, rest, th);
+    if (status == MarkedStatus::Nan) return -1 - first_nan(scores);
     if (status == MarkedStatus::Fallback) return kFallback;
     const TieBits ties(th, k_top, tie_rng);
     mark_threshold(mk, key_to_float(th.key), ties, top.data());
@@ -968,13 +1051,15 @@ inline int64_t top_plus_random_marked(const float *scores, size_t n, uint64_t k_
 
 // Indices (ascending) of the k_top highest scores plus k_rand drawn uniformly from the others,
 // written to `out` (room for k_top + k_rand + 1). Returns the count written, or -1 - i if
-// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores` may be null if k_top == 0.
-// threads: 0 = min(2, hardware threads), else at most 2 (1 below kParallelMin scores); the output
-// is the same for every thread count, and for either path (one-pass or two-pass).
-inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, uint64_t k_rand,
-                               const CounterRng &tie_rng, const CounterRng &random_rng,
-                               const CounterRng &sample_rng, int64_t *out, unsigned threads = 0,
-                               bool allow_one_pass = true) {
+// scores[i] is NaN (only checked when k_top > 0). n < 2^32. `scores.data` may be null if
+// k_top == 0. threads: 0 = min(2, hardware threads), else at most 2 (1 below kParallelMin scores);
+// the output is the same for every thread count, for either path (one-pass or two-pass), and for
+// 16-bit scores the same as for the float32 scores they widen to.
+template <class Source>
+inline int64_t top_plus_random(const Source &scores, uint64_t k_top, uint64_t k_rand, const CounterRng &tie_rng,
+                               const CounterRng &random_rng, const CounterRng &sample_rng, int64_t *out,
+                               unsigned threads = 0, bool allow_one_pass = true) {
+    const size_t n = scores.n;
     if (k_top == 0 && k_rand == 0) return 0;
     RestDraw rest(random_rng, n - k_top, k_rand);
     if (k_top == 0) {
@@ -985,12 +1070,12 @@ inline int64_t top_plus_random(const float *scores, size_t n, uint64_t k_top, ui
     }
     const bool parallel = pick_threads(n, threads) > 1;
     if (n >= kCopyBelow && allow_one_pass) {
-        int64_t got = top_plus_random_marked(scores, n, k_top, rest, tie_rng, sample_rng, out, parallel);
+        int64_t got = top_plus_random_marked(scores, k_top, rest, tie_rng, sample_rng, out, parallel);
         if (got != kFallback) return got;
     } else {
         rest();
     }
-    return top_plus_random_two_pass(scores, n, k_top, rest.words(), tie_rng, sample_rng, out, parallel);
+    return top_plus_random_two_pass(scores, k_top, rest.words(), tie_rng, sample_rng, out, parallel);
 }
 
 }  // namespace select_detail
