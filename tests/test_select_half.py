@@ -2,12 +2,14 @@
 their uint16 bits, without a float32 copy, against the oracle "widen to float32 (numpy, exactly as
 core.half_to_float32), then core.select_top_random" with the same path forced (copy below 16384
 scores, one pass, two passes, the exact histogram fallback of the threshold; 1 and 2 threads):
-the same indices, the same NaN refusal."""
+the same indices, the same NaN refusal. Then ScoreTable.raw and the strategies that select from a
+16-bit table through it, against the float32-copy path they replaced."""
 
 import numpy as np
 import pytest
 
 from fastprune._native import core
+from fastprune.prune import UCB, EpsilonGreedy, ScoreTable
 
 hooks = core.testing  # test-only entry points of the native core
 
@@ -183,3 +185,66 @@ def test_default_binding_equals_the_hook():
     for threads in (0, 1, 2):
         np.testing.assert_array_equal(core.select_top_random_half(bits, "bfloat16", 30_000, 5000, 4, 5, 6, threads=threads),
                                       hooks.select_top_random_half(bits, "bfloat16", 30_000, 5000, 4, 5, 6, one_pass=False))
+
+
+# ---- ScoreTable.raw --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ("float32",) + KINDS)
+def test_raw_is_the_stored_column_without_a_copy(dtype):
+    table = ScoreTable(1000, bandit_score=(1.0, True), dtype=dtype)
+    table.update(np.arange(0, 1000, 3), np.linspace(0.1, 9.0, 334, dtype=np.float32))
+    table.update(np.arange(5), np.full(5, 2.0, np.float32), defer=True)  # applied before the read
+    raw, kind = table.raw("score")
+    assert table.pending == 0
+    assert kind == (None if dtype == "float32" else dtype)
+    assert raw.dtype == (np.float32 if dtype == "float32" else np.uint16)
+    assert np.shares_memory(raw, table._arrays["score"]) and not raw.flags.writeable
+    widened = raw if kind is None else core.half_to_float32(raw, kind)
+    np.testing.assert_array_equal(widened.view(np.uint32), table.score.view(np.uint32))
+    seen, kind = table.raw("seen")
+    assert kind is None and seen.dtype == np.int32 and np.shares_memory(seen, table._arrays["seen"])
+    with pytest.raises(ValueError, match="unknown score table field 'bogus'"):
+        table.raw("bogus")
+    with pytest.raises(AttributeError, match="keeps no 'var' field"):
+        ScoreTable(10, fields=(), dtype=dtype).raw("var")
+
+
+# ---- the strategies --------------------------------------------------------------------------
+
+def trained(make, kind, labels, rng, n, epochs):
+    """Two strategies fed the same updates: one as built, one selecting from the float32 copy of
+    its score column (the path the half selection replaced). Yields (epoch, new, reference)."""
+    new, reference = (make(n, score_dtype=kind, labels=labels, skip_invalid=True) for _ in range(2))
+    reference._prepare = lambda epoch: (reference.table.score, None)
+    for epoch in range(epochs):
+        yield epoch, new, reference
+        ids = rng.choice(n, n // 2, replace=False)
+        losses = rng.lognormal(-2.0, 1.5, len(ids)).astype(np.float32)
+        losses[: len(ids) // 50] = np.nan  # skipped: an unseen sample becomes -inf
+        losses[len(ids) // 50: len(ids) // 25] = 1e5  # saturates float16 at 65504: ties
+        losses[len(ids) // 25: len(ids) // 10] = np.round(losses[len(ids) // 25: len(ids) // 10], 1)
+        for strategy in (new, reference):
+            strategy.update(ids, losses)
+
+
+STRATEGIES = {"epsilon_greedy": lambda n, **o: EpsilonGreedy(n, keep=0.3, eps=0.2, seed=5, **o),
+              "ucb": lambda n, **o: UCB(n, keep=0.4, c=1.0, seed=6, **o)}
+
+
+@pytest.mark.parametrize("classes", (None, 7))
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_strategies_select_as_from_the_float32_copy(kind, name, classes, monkeypatch):
+    """EpsilonGreedy and UCB on 16-bit tables, with and without class pools (whose gathered bits
+    are selected from), select what the float32 copy of their scores selected, epoch after epoch;
+    and never through the float32 kernel."""
+    rng = np.random.default_rng(17)
+    n = 40_000  # above the copy path's cutoff; class pools of ~5700 below it
+    labels = None if classes is None else rng.integers(0, classes, n)
+    for epoch, new, reference in trained(STRATEGIES[name], kind, labels, rng, n, epochs=5):
+        expected = reference.select(epoch)
+        with monkeypatch.context() as patch:
+            patch.setattr(core, "select_top_random", None)  # a half table must not need it
+            got = new.select(epoch)
+        np.testing.assert_array_equal(got.indices, expected.indices, err_msg=f"epoch {epoch}")
+        np.testing.assert_array_equal(got.weights, expected.weights)

@@ -50,7 +50,8 @@ class UniformRandom(Strategy):
 class _TopScores(Strategy):
     """Keeps the highest scores, optionally mixed with a uniform part (k_rand of the quota).
     By default the scores are the table's bandit score column, kept current by every update, so a
-    selection reads one array and computes no scores."""
+    selection reads one array and computes no scores; a 16-bit table's column is read as stored
+    (its bits), without a float32 copy."""
 
     shardable = True
 
@@ -61,11 +62,21 @@ class _TopScores(Strategy):
         return 0
 
     def _prepare(self, epoch):
-        return self._scores()
+        """(scores, kind): the bandit score column as stored (kind: a 16-bit table's dtype, else
+        None), or the float32 scores of a strategy that computes its own (Forgetting)."""
+        if self._bandit_score() is not None:
+            return self.table.raw("score")
+        return self._scores(), None
 
-    def _choose(self, scores, epoch, pool, quota, stream):
+    def _choose(self, context, epoch, pool, quota, stream):
+        scores, kind = context
         k_rand = self._random_part(quota)
-        indices = core.select_top_random(_sub(scores, pool), quota - k_rand, k_rand, self.seed, epoch, stream)
+        ranked = _sub(scores, pool)  # a class pool's gathered copy: of the bits when 16-bit (2 B/sample)
+        args = (quota - k_rand, k_rand, self.seed, epoch, stream)
+        if kind is None:
+            indices = core.select_top_random(ranked, *args)
+        else:
+            indices = core.select_top_random_half(ranked, kind, *args)
         return Selection.unweighted(indices)
 
 

@@ -54,8 +54,8 @@ class ScoreTable:
     finite and only an unseen sample's score is +inf. bfloat16 keeps float32's range with about
     3 significant digits; float16 has about 3.3 digits but the range 6e-5..65504: it clips a
     larger loss (or score) to 65504. Reading ``mean``, ``var``, ``score`` or ``std`` of a 16-bit
-    table returns a read-only float32 copy (exact), so a selection reads a transient float32
-    copy of the score column: 4 bytes per sample while it runs.
+    table returns a read-only float32 copy (exact): 4 bytes per sample while it lives.
+    :meth:`raw` gives a field as stored instead, without a copy: what a selection reads.
 
     ``update(..., defer=True)`` stages an update instead of applying it (device tensors stay on
     their device: no host sync); staged updates are applied in order, before anything reads the
@@ -119,21 +119,22 @@ class ScoreTable:
     def __getattr__(self, name):
         # Only called for names not found normally: the per-sample arrays, as read-only views (of
         # a 16-bit table's float fields: read-only float32 copies).
-        arrays = self.__dict__.get("_arrays")
-        if arrays is None or (name not in _FIELDS and name != "score"):
+        if self.__dict__.get("_arrays") is None or (name not in _FIELDS and name != "score"):
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-        if name in _CORRECTNESS and name not in arrays and self._correctness:
-            self._allocate_correctness()
-        if self.__dict__.get("_pending"):
-            self.flush()  # every read sees every update made before it
-        if name not in arrays:
-            what = "score column" if name == "score" else f"{name!r} field"
-            raise AttributeError(f"this score table keeps no {what} (it tracks {', '.join(self.fields)}); "
-                                 "the strategy does not read it")
-        array = arrays[name]
-        view = (_widen(array, self.dtype) if name in _FLOATS else array).view()  # 16-bit: a float32 copy
-        view.flags.writeable = False
-        return view
+        array = self._stored(name)
+        return _read_only(_widen(array, self.dtype) if name in _FLOATS else array)  # 16-bit: a float32 copy
+
+    def raw(self, name: str) -> tuple[np.ndarray, str | None]:
+        """Field ``name`` (or ``"score"``) as stored, read-only and without a copy, with its kind as
+        the native ``*_half`` functions take it: a 16-bit table's mean, var and score as their
+        uint16 bits with the table's ``dtype`` ("float16" or "bfloat16"); anything else as a field
+        read gives it, with None. Staged updates are applied first, as for a field read. A
+        selection ranks a 16-bit score column this way, without its float32 copy."""
+        if name not in _FIELDS and name != "score":
+            raise ValueError(f"unknown score table field {name!r}; fields are {', '.join(_FIELDS)} and 'score'")
+        array = self._stored(name)
+        half = name in _FLOATS and self.dtype != "float32"
+        return _read_only(_bits(array) if half else array), self.dtype if half else None
 
     @property
     def std(self) -> np.ndarray:
@@ -302,6 +303,20 @@ class ScoreTable:
         dtype = DTYPES[self.dtype] if name in _FLOATS else np.dtype(_FIELDS[name][0])
         return self._arrays.get(name, _ABSENT[dtype])
 
+    def _stored(self, name: str) -> np.ndarray:
+        """Field ``name`` as stored, after the staged updates (every read sees every update made
+        before it); AttributeError when the table does not keep it."""
+        arrays = self._arrays
+        if name in _CORRECTNESS and name not in arrays and self._correctness:
+            self._allocate_correctness()
+        if self.__dict__.get("_pending"):
+            self.flush()
+        if name not in arrays:
+            what = "score column" if name == "score" else f"{name!r} field"
+            raise AttributeError(f"this score table keeps no {what} (it tracks {', '.join(self.fields)}); "
+                                 "the strategy does not read it")
+        return arrays[name]
+
     def _tracks_correctness(self, name: str) -> bool:
         return name in _CORRECTNESS and self._correctness
 
@@ -339,6 +354,12 @@ class _Staged:
 def _bits(stored: np.ndarray) -> np.ndarray:
     """A float field as the native update takes it: float32 as it is, a 16-bit type's bits as uint16."""
     return stored if stored.dtype == np.float32 else stored.view(np.uint16)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _widen(stored: np.ndarray, dtype: str) -> np.ndarray:
