@@ -288,9 +288,14 @@ def test_train_log_json_records_the_device_and_null_gpu_fields_on_the_cpu(tmp_pa
 def test_bench_result_records_the_device_and_each_runs_gpu_busy(tmp_path, tiny_stores):
     from fastprune.bench import compare
 
+    from fastprune.bench.run import flushing_denormals
+
     out = tmp_path / "result.json"
+    threads, flushing = torch.get_num_threads(), flushing_denormals()
     comparison = compare(*tiny_stores, strategies=("full",), epochs=1, threads=1, amp="off", device="cpu",
                          batch_size=32, widths=(8, 16, 32), out=out)
+    # the benchmark's process settings (1 thread, denormals flushed) do not outlive the call
+    assert (torch.get_num_threads(), flushing_denormals()) == (threads, flushing)
     written = json.loads(out.read_text())
     assert written["device"] == {"device": "cpu", "gpu": None, "torch": torch.__version__, "cuda": None,
                                  "precision": "off"}
@@ -375,3 +380,17 @@ def test_the_markdown_report_names_the_gpu_only_for_gpu_results():
     assert report._on_gpu(gpu) == ", on cuda:0 (NVIDIA H200, CUDA 13.0, bf16)"
     assert report._on_gpu({"device": {"device": "cpu", "gpu": None, "cuda": None, "precision": "off"}}) == ""
     assert report._on_gpu({}) == ""  # written before devices were recorded: the CPU
+
+
+def test_flushing_denormals_reads_the_state_torch_sets():
+    from fastprune.bench.run import flushing_denormals
+
+    before = flushing_denormals()
+    try:
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        assert flushing_denormals()
+        torch.set_flush_denormal(False)
+        assert not flushing_denormals()
+    finally:
+        torch.set_flush_denormal(before)

@@ -68,6 +68,19 @@ def is_nan_bits(bits, kind):
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 
 
+@pytest.fixture(autouse=True)
+def ieee_denormals():
+    """These tests build and compare denormal floats bit for bit, with numpy and torch as oracles:
+    an earlier test of the same process (``fastprune bench`` run in-process) may have left torch's
+    denormal flushing on, which turns them into zeros."""
+    from fastprune.bench.run import flushing_denormals
+
+    flushing = flushing_denormals()
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(flushing)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_half_to_float32_is_exact_on_every_pattern(kind):
     widened = core.half_to_float32(ALL_BITS, kind)

@@ -75,7 +75,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             ``fastprune bench``. None writes nothing.
         threads, amp, channels_last: how the runs execute (:class:`~fastprune.bench.run.Settings`,
             whose defaults are the benchmark's). The benchmark's settings act on the process (torch
-            threads, denormal flushing); the thread count is restored afterwards.
+            threads, denormal flushing) while it runs; both are restored afterwards.
         device: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; CUDA asked
             for where there is none raises :class:`~fastprune.errors.ConfigError` before any work.
             The result records the device, GPU, torch and CUDA versions (``result["device"]``) and
@@ -106,13 +106,9 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
                         channels_last=defaults.channels_last if channels_last is None else channels_last,
                         device=device, compile=compile).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)
-    threads_before = torch.get_num_threads()
-    settings.apply()
-    try:
+    with settings.applied():  # the caller's thread count and denormal flushing come back after
         result = execute(mode, settings, recipe, (train, val), None if out is None else Path(out),
                          log=print if verbose else None)
-    finally:
-        torch.set_num_threads(threads_before)
     return Comparison(result)
 
 

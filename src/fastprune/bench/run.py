@@ -4,13 +4,15 @@ so their runs are timed like the benchmark's."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -55,6 +57,18 @@ class Settings:
         torch.set_num_threads(self.threads)
         torch.set_flush_denormal(self.flush_denormal)
 
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """:meth:`apply` for the duration of a ``with`` block, then the thread count and denormal
+        flushing as they were: a library call must not leave the caller's process changed."""
+        threads, flushing = torch.get_num_threads(), flushing_denormals()
+        self.apply()
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_flush_denormal(flushing)
+
     def record(self) -> dict[str, Any]:
         """The settings a result file records. As files written before the device was a setting
         (all trained on the CPU, whose default was amp "bf16" where it is fast and "auto" (fp32)
@@ -70,6 +84,12 @@ class Settings:
         if self.compile == "off":
             del record["compile"]
         return record
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal`` has no
+    getter): a float32 product that should be denormal comes out as 0."""
+    return bool(np.float32(2.0 ** -126) * np.float32(0.5) == 0)
 
 
 def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
