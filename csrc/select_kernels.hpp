@@ -96,7 +96,7 @@ struct ScoreSource {
             if (begin < end) f(data + begin, size_t(0), end - begin);
         } else {
             float chunk[kChunk];
-            for (size_t offset = 0; offset < end - begin; offset += kChunk) {
+            for (size_t offset = 0; begin + offset < end; offset += kChunk) {
                 size_t count = std::min(kChunk, end - begin - offset);
                 S::widen_n(data + begin + offset, count, chunk);
                 f(static_cast<const float *>(chunk), offset, count);
