@@ -9,6 +9,21 @@ import pytest
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(autouse=True)
+def _process_settings_restored():
+    """Each test leaves torch's thread count and denormal flushing as it found them: the
+    ``fastprune bench`` command line sets both for its whole process (it owns it), and run in-process
+    by a test it would change how every later test computes."""
+    import torch
+
+    from fastprune.bench.run import flushing_denormals
+
+    threads, flushing = torch.get_num_threads(), flushing_denormals()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flushing)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
     """The real Fashion-MNIST IDX files (Debian's dataset-fashion-mnist, installed by scripts/run)."""
