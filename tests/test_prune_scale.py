@@ -58,7 +58,9 @@ def test_compact_settings_hold_what_their_fields_take(tiny):
         assert row["table_bytes_counted"] == table * row["entries"], row
         assert row["kept_counter_bytes"] == 8 * row["entries"] * row["track_kept"], row
         assert row["bytes_per_sample"] == table + 8 * row["track_kept"]
-        assert row["select_transient_bytes"] == (0 if width == 4 else 4 * row["entries"])
+        # measured (-1: the kernel does not let RSS peaks be reset); too small here to bound: the
+        # allocator reuses freed pages, so the full run's 1e9 rows are where it means something
+        assert isinstance(row["select_peak_growth_bytes"], int) and row["select_peak_growth_bytes"] >= -1
 
 
 def test_the_precision_replay_compares_every_strategy_and_half_type(tiny):

@@ -53,7 +53,7 @@ What a rank holds per sample (``strategy.bytes_per_sample``), for tables of 1e8-
 
 * ``score_dtype="float32"`` — ``"bfloat16"`` or ``"float16"`` store the table's float fields (EMA
   loss, its variance, the bandit score) in 2 bytes instead of 4: EpsilonGreedy 12 -> 8 bytes,
-  UCB 16 -> 10. Selections read a float32 copy while they run. bfloat16 keeps float32's range
+  UCB 16 -> 10; selections read the 16-bit scores in place. bfloat16 keeps float32's range
   with about 3 significant digits; float16 has a little more precision but clips at 65504. How
   often the rounded tables select differently: ``benchmarks/scale.py`` (docs/guide.md, "Very
   large datasets").
