@@ -14,6 +14,17 @@
 #include <string>
 #include <vector>
 
+// SIMD: SSE2 (baseline x86-64) in the build; AVX2 for the vertical pass when the CPU has it.
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define FASTPRUNE_AVX2_DISPATCH 1
+#else
+#define FASTPRUNE_AVX2_DISPATCH 0
+#endif
+
 #include "core.hpp"
 #include "jpeg_decode.hpp"
 #include "thread_pool.hpp"
@@ -37,32 +48,109 @@ struct Window {
     double top, left, height, width;
 };
 
-// Horizontal taps of a bilinear resample: for output column x, source columns x0[x] and
-// x0[x] + step[x] (step 0 at the clamped edge) and the 8-bit weight of the second.
-struct Taps {
-    std::vector<int> x0, step, frac;
-};
-
-Taps make_taps(double start, double length, int first, int last, int out_size) {
-    Taps t;
-    t.x0.resize(out_size);
-    t.step.resize(out_size);
-    t.frac.resize(out_size);
+// Taps of a bilinear resample along one axis: output index x reads source indices x0 and
+// x0 + step (step 0 at the clamped edge) with 8-bit weights 256 - frac and frac.
+void make_taps(double start, double length, int first, int last, int out_size, int *x0_out, int *step_out,
+               int *frac_out) {
     for (int x = 0; x < out_size; ++x) {
         double sx = start + (x + 0.5) * length / out_size - 0.5;  // pixel-centre sampling
         sx = std::min(std::max(sx, double(first)), double(last));
         int x0 = std::min(int(sx), last);
-        t.x0[x] = x0;
-        t.step[x] = x0 < last ? 1 : 0;
-        t.frac[x] = int(std::lround((sx - x0) * 256));
+        x0_out[x] = x0;
+        step_out[x] = x0 < last ? 1 : 0;
+        frac_out[x] = int(std::lround((sx - x0) * 256));
     }
-    return t;
 }
+
+// Per-thread buffers of resize_window, grown to the largest image seen and then reused: no
+// allocation per image.
+struct ResizeScratch {
+    std::vector<int> x0, xstep, xfrac, y0, ystep, yfrac;
+    std::vector<int32_t> xoffset;   // SIMD pass: byte offset of source column x0[x] in a row
+    std::vector<uint16_t> xweight;  // SIMD pass: per output column 8 lanes (w0 w0 w0 w1 w1 w1 0 0)
+    std::vector<uint16_t> rows;     // the two horizontally resampled source rows (+ padding)
+
+    template <typename T>
+    static T *grow(std::vector<T> &v, size_t n) {
+        if (v.size() < n) v.resize(n);
+        return v.data();
+    }
+};
+
+// Horizontal pass of one source row: row[3x + c] = a[c] * (256 - f) + b[c] * f, exact in 16
+// bits (at most 255 * 256), where a and b are the source pixels of output column x's taps.
+void resample_row(const uint8_t *src, const int *x0, const int *step, const int *frac, int out_w, uint16_t *row) {
+    for (int x = 0; x < out_w; ++x) {
+        const uint8_t *a = src + size_t(x0[x]) * 3, *b = a + step[x] * 3;
+        int f = frac[x];
+        for (int c = 0; c < 3; ++c) row[x * 3 + c] = uint16_t(a[c] * (256 - f) + b[c] * f);
+    }
+}
+
+// Vertical pass: out[i] = (a[i] * (256 - f) + b[i] * f + 32768) >> 16, 0..255. Always inlined,
+// also into blend_rows_avx2 (for the end of a row): a call from AVX2 code to a function built for
+// SSE costs a stall per row on some CPUs.
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline void blend_rows(const uint16_t *a, const uint16_t *b, int f, int n, uint8_t *out) {
+    int i = 0;
+#if defined(__SSE2__)
+    // pmaddwd multiplies signed 16-bit lanes: with a' = a - 32768 (a ^ 0x8000 read as signed),
+    // a * (256 - f) + b * f = a' * (256 - f) + b' * f + 32768 * 256, exactly, in 32 bits.
+    const __m128i weights = _mm_set1_epi32(int32_t(uint32_t(f) << 16 | uint32_t(256 - f)));
+    const __m128i bias = _mm_set1_epi32((32768 << 8) + 32768);
+    const __m128i sign = _mm_set1_epi16(int16_t(0x8000));
+    for (; i + 16 <= n; i += 16) {
+        __m128i r[2];
+        for (int k = 0; k < 2; ++k) {
+            __m128i va = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i *>(a + i + 8 * k)), sign);
+            __m128i vb = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i *>(b + i + 8 * k)), sign);
+            __m128i lo = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(va, vb), weights), bias);
+            __m128i hi = _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(va, vb), weights), bias);
+            r[k] = _mm_packs_epi32(_mm_srli_epi32(lo, 16), _mm_srli_epi32(hi, 16));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(out + i), _mm_packus_epi16(r[0], r[1]));
+    }
+#endif
+    for (; i < n; ++i) out[i] = uint8_t((a[i] * (256 - f) + b[i] * f + 32768) >> 16);
+}
+
+#if FASTPRUNE_AVX2_DISPATCH
+// blend_rows 32 lanes at a time, on CPUs with AVX2 (checked at run time: the build targets
+// baseline x86-64); the rest of a row goes to blend_rows.
+__attribute__((target("avx2"))) void blend_rows_avx2(const uint16_t *a, const uint16_t *b, int f, int n,
+                                                     uint8_t *out) {
+    const __m256i weights = _mm256_set1_epi32(int32_t(uint32_t(f) << 16 | uint32_t(256 - f)));
+    const __m256i bias = _mm256_set1_epi32((32768 << 8) + 32768);
+    const __m256i sign = _mm256_set1_epi16(int16_t(0x8000));
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i r[2];
+        for (int k = 0; k < 2; ++k) {
+            __m256i va = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + i + 16 * k)), sign);
+            __m256i vb = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(b + i + 16 * k)), sign);
+            __m256i lo = _mm256_add_epi32(_mm256_madd_epi16(_mm256_unpacklo_epi16(va, vb), weights), bias);
+            __m256i hi = _mm256_add_epi32(_mm256_madd_epi16(_mm256_unpackhi_epi16(va, vb), weights), bias);
+            r[k] = _mm256_packs_epi32(_mm256_srli_epi32(lo, 16), _mm256_srli_epi32(hi, 16));  // in order per 128-bit lane
+        }
+        __m256i bytes = _mm256_packus_epi16(r[0], r[1]);  // 64-bit blocks: r0 lo, r1 lo, r0 hi, r1 hi
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(out + i), _mm256_permute4x64_epi64(bytes, 0xD8));
+    }
+    blend_rows(a + i, b + i, f, n - i, out + i);
+}
+
+bool have_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2");
+    return yes;
+}
+#endif
 
 // Bilinear resize of a window into dst (out_h x out_w x 3), sampling at pixel centres (the
 // convention of cv2.INTER_LINEAR / PIL), clamped to the pixels the window covers. Separable, in
-// 8-bit fixed point: each output row blends two horizontally resampled source rows, which
-// consecutive output rows mostly share. Within 1 grey level of the float formula.
+// 8-bit fixed point: each output row blends two horizontally resampled source rows (each
+// source row is resampled once: consecutive output rows share them). Within 1 grey level of the
+// float formula; the SIMD paths give the same bytes as the scalar one.
 void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w) {
     const int top = int(win.top), left = int(win.left);
     if (win.top == top && win.left == left && win.height == out_h && win.width == out_w) {  // pure crop
@@ -74,32 +162,77 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w) {
     auto last_of = [](double start, double length, int size) {
         return std::min(int(std::ceil(start + length)) - 1, size - 1);
     };
-    Taps tx = make_taps(win.left, win.width, left, last_of(win.left, win.width, win.cols), out_w);
-    Taps ty = make_taps(win.top, win.height, top, last_of(win.top, win.height, win.rows), out_h);
-    std::vector<uint16_t> rows[2] = {std::vector<uint16_t>(size_t(out_w) * 3), std::vector<uint16_t>(size_t(out_w) * 3)};
+    thread_local ResizeScratch s;
+    int *x0 = s.grow(s.x0, out_w), *xstep = s.grow(s.xstep, out_w), *xfrac = s.grow(s.xfrac, out_w);
+    int *y0 = s.grow(s.y0, out_h), *ystep = s.grow(s.ystep, out_h), *yfrac = s.grow(s.yfrac, out_h);
+    make_taps(win.left, win.width, left, last_of(win.left, win.width, win.cols), out_w, x0, xstep, xfrac);
+    make_taps(win.top, win.height, top, last_of(win.top, win.height, win.rows), out_h, y0, ystep, yfrac);
+    const size_t row_len = size_t(out_w) * 3 + 8;  // + room for the 4-lane stores of the SIMD pass
+    uint16_t *rows[2] = {s.grow(s.rows, 2 * row_len), nullptr};
+    rows[1] = rows[0] + row_len;
     int cached[2] = {-1, -1};
+#if defined(__SSE2__)
+    // The SIMD horizontal pass loads 8 bytes at each output column's first tap: both pixels when
+    // step is 1, and 2 bytes more. At step 0 the weights are made (256, 0), which gives the
+    // scalar a * (256 - f) + a * f whatever the second pixel read is, as long as it is inside
+    // the buffer: the last columns of the buffer's last row(s) take the scalar path.
+    int32_t *xoffset = s.grow(s.xoffset, out_w);
+    uint16_t *xweight = s.grow(s.xweight, size_t(out_w) * 8);  // 16-byte aligned (operator new)
+    for (int x = 0; x < out_w; ++x) {
+        xoffset[x] = x0[x] * 3;
+        const uint16_t f = uint16_t(xstep[x] ? xfrac[x] : 0), w = uint16_t(256 - f);
+        const uint16_t lanes[8] = {w, w, w, f, f, f, 0, 0};
+        std::memcpy(xweight + size_t(x) * 8, lanes, sizeof lanes);
+    }
+    const int64_t buffer_bytes = int64_t(win.rows) * win.cols * 3;
+#endif
     auto horizontal = [&](int src_row, int slot) {
         if (cached[slot] == src_row) return;
         const uint8_t *src = win.pixels + size_t(src_row) * win.cols * 3;
-        uint16_t *row = rows[slot].data();
-        for (int x = 0; x < out_w; ++x) {
-            const uint8_t *a = src + size_t(tx.x0[x]) * 3, *b = a + tx.step[x] * 3;
-            int f = tx.frac[x];
-            for (int c = 0; c < 3; ++c) row[x * 3 + c] = uint16_t(a[c] * (256 - f) + b[c] * f);
+        uint16_t *row = rows[slot];
+        int x = 0;
+#if defined(__SSE2__)
+        const int64_t readable = buffer_bytes - int64_t(src_row) * win.cols * 3;  // from src on
+        int simd_end = out_w;
+        while (simd_end > 0 && xoffset[simd_end - 1] + 8 > readable) --simd_end;  // x0 is nondecreasing
+        const __m128i zero = _mm_setzero_si128();
+        const __m128i *weights = reinterpret_cast<const __m128i *>(xweight);
+        auto column = [&](int x) {
+            __m128i p = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(src + xoffset[x]));  // a, b, 2 more
+            p = _mm_mullo_epi16(_mm_unpacklo_epi8(p, zero), _mm_load_si128(weights + x));
+            p = _mm_add_epi16(p, _mm_srli_si128(p, 6));  // lanes 0-2: a * w0 + b * w1
+            _mm_storel_epi64(reinterpret_cast<__m128i *>(row + size_t(x) * 3), p);  // lane 3: the next one's
+        };
+        for (; x + 4 <= simd_end; x += 4) {
+            column(x);
+            column(x + 1);
+            column(x + 2);
+            column(x + 3);
         }
+        for (; x < simd_end; ++x) column(x);
+#endif
+        resample_row(src, x0 + x, xstep + x, xfrac + x, out_w - x, row + size_t(x) * 3);
         cached[slot] = src_row;
     };
+#if FASTPRUNE_AVX2_DISPATCH
+    const bool avx2 = have_avx2();
+#endif
     for (int y = 0; y < out_h; ++y) {
-        int y0 = ty.x0[y], y1 = y0 + ty.step[y], f = ty.frac[y];
-        if (cached[1] == y0) {  // slide down: the old bottom row is the new top row
+        int ya = y0[y], yb = ya + ystep[y];
+        if (cached[1] == ya) {  // slide down: the old bottom row is the new top row
             std::swap(rows[0], rows[1]);
             std::swap(cached[0], cached[1]);
         }
-        horizontal(y0, 0);
-        horizontal(y1, 1);
-        const uint16_t *a = rows[0].data(), *b = rows[1].data();
+        horizontal(ya, 0);
+        horizontal(yb, 1);
         uint8_t *out = dst + size_t(y) * out_w * 3;
-        for (int i = 0; i < out_w * 3; ++i) out[i] = uint8_t((a[i] * (256 - f) + b[i] * f + 32768) >> 16);
+#if FASTPRUNE_AVX2_DISPATCH
+        if (avx2) {
+            blend_rows_avx2(rows[0], rows[1], yfrac[y], out_w * 3, out);
+            continue;
+        }
+#endif
+        blend_rows(rows[0], rows[1], yfrac[y], out_w * 3, out);
     }
 }
 

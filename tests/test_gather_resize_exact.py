@@ -1,0 +1,181 @@
+"""gather_crops' bilinear resize (csrc/gather.cpp, resize_window) byte for byte against a numpy
+model of its fixed-point formula: the float oracles of test_loader_native.py / test_loader_jpeg.py
+allow 1 grey level, so they would not notice a faster resize that rounds differently.
+
+The model: taps computed in double exactly as the C++ does (pixel-centre sampling, clamped to the
+pixels the window covers, weight f = lround(frac * 256)), a horizontal pass a * (256 - f) + b * f
+(exact in 16 bits), then a vertical one (top * (256 - f) + bottom * f + 32768) >> 16; a window at
+integral coordinates of the output's size is copied."""
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastprune import _core
+
+TURBO = _core.JPEG_BACKEND.startswith("libjpeg-turbo")
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # ships with matplotlib
+
+
+def _lround(v):
+    """C's lround (half away from zero) for v >= 0, without numpy's round-half-to-even."""
+    f = np.floor(v)
+    return (f + (v - f >= 0.5)).astype(np.int64)
+
+
+def _taps(start, length, size, n):
+    first, last = int(start), min(math.ceil(start + length) - 1, size - 1)
+    s = start + (np.arange(n) + 0.5) * length / n - 0.5  # same operations, same order as the C++
+    s = np.minimum(np.maximum(s, float(first)), float(last))
+    i0 = np.minimum(s.astype(np.int64), last)
+    return i0, i0 + (i0 < last), _lround((s - i0) * 256)
+
+
+def _model(pixels, top, left, h, w, out_h, out_w):
+    """The fixed-point resize of window (top, left, h, w) (floats allowed) of pixels [rows, cols, 3]."""
+    if top == int(top) and left == int(left) and h == out_h and w == out_w:
+        return pixels[int(top):int(top) + out_h, int(left):int(left) + out_w].copy()
+    x0, x1, fx = _taps(left, w, pixels.shape[1], out_w)
+    y0, y1, fy = _taps(top, h, pixels.shape[0], out_h)
+    p = pixels.astype(np.int64)
+    fx = fx[None, :, None]
+    rows = p[:, x0] * (256 - fx) + p[:, x1] * fx  # [rows, out_w, 3], each < 2^16
+    assert rows.max(initial=0) < 1 << 16
+    fy = fy[:, None, None]
+    return ((rows[y0] * (256 - fy) + rows[y1] * fy + 32768) >> 16).astype(np.uint8)
+
+
+def _raw_gather(images):
+    """ImageGather over raw images laid end to end in a buffer of exactly their size: the last
+    image ends where the buffer does (reads past it would show under ASan)."""
+    buffer = np.concatenate([im.reshape(-1) for im in images])
+    sizes = np.array([im.size for im in images], np.uint64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+    return _core.ImageGather(buffer, offsets, sizes, np.ones(len(images), np.uint8),
+                             np.array([im.shape[0] for im in images], np.uint32),
+                             np.array([im.shape[1] for im in images], np.uint32), 2)
+
+
+def _image(rng, h, w):
+    """Random pixels with runs of 0 and 255 (the extremes of the 16-bit intermediate)."""
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image[rng.random((h, w)) < 0.15] = 255
+    image[rng.random((h, w)) < 0.15] = 0
+    return image
+
+
+def _check_raw(images, crops, out_h, out_w):
+    gather = _raw_gather(images)
+    out = np.empty((len(crops), out_h, out_w, 3), np.uint8)
+    ids = np.array([c[0] for c in crops], np.int64)
+    gather.gather_crops(ids, np.array([c[1:] for c in crops], np.int32), out)
+    for b, (s, top, left, h, w) in enumerate(crops):
+        expected = _model(images[s], top, left, h, w, out_h, out_w)
+        assert np.array_equal(out[b], expected), (f"image {images[s].shape[:2]}, crop {(top, left, h, w)}, "
+                                                  f"out {out_h}x{out_w}: {np.argwhere(out[b] != expected)[:5]}")
+
+
+# (out_h, out_w): square and not, odd widths (out_w * 3 not a multiple of 16: the vector loops'
+# tails), one pixel, and the loader's sizes.
+OUT_SIZES = [(7, 9), (9, 7), (1, 1), (1, 13), (13, 1), (16, 16), (31, 5), (64, 48), (160, 160), (224, 224)]
+
+
+@pytest.mark.parametrize("out_size", OUT_SIZES, ids=str)
+def test_random_windows_match_the_fixed_point_model(out_size):
+    """Up- and downscaling, non-square windows and images, windows touching the edges, 1-pixel
+    wide/high windows and images (a 1-column image's last pixel is the end of the buffer)."""
+    rng = np.random.default_rng(sum(out_size))
+    shapes = [(40, 30), (30, 41), (1, 17), (17, 1), (1, 1), (2, 2), (3, 5), (300, 260)]
+    images = [_image(rng, *s) for s in shapes]
+    crops = []
+    for s, (rows, cols) in enumerate(shapes):
+        crops += [(s, 0, 0, rows, cols), (s, rows - 1, cols - 1, 1, 1), (s, 0, cols - 1, rows, 1),
+                  (s, rows - 1, 0, 1, cols)]
+        for _ in range(12):
+            top, left = int(rng.integers(0, rows)), int(rng.integers(0, cols))
+            h, w = int(rng.integers(1, rows - top + 1)), int(rng.integers(1, cols - left + 1))
+            crops.append((s, top, left, h, w))
+            crops.append((s, rows - h, cols - w, h, w))  # touching the bottom-right corner
+    _check_raw(images, crops, *out_size)
+
+
+def test_weights_at_rounding_ties():
+    """An odd-sized window upscaled to 256 (or a 2-pixel one to 512) puts taps at frac * 256 =
+    k + 1/2 exactly, where lround rounds up (half away from zero, not to even)."""
+    x = np.arange(256)
+    assert (((3 * (x + 0.5) / 256 - 0.5) * 256) % 1 == 0.5).any()  # the case is reached
+    rng = np.random.default_rng(5)
+    images = [_image(rng, 9, 9), _image(rng, 2, 9)]
+    _check_raw(images, [(0, 0, 0, 3, 5), (0, 2, 1, 7, 3), (0, 6, 6, 3, 3), (0, 0, 0, 9, 9)], 256, 256)
+    _check_raw(images, [(1, 0, 0, 2, 2), (1, 0, 7, 2, 2)], 512, 512)
+
+
+def test_pure_crops_are_copied():
+    """A window of the output's size (no resampling): the pixels themselves."""
+    rng = np.random.default_rng(7)
+    images = [_image(rng, 40, 30), _image(rng, 9, 8)]
+    crops = [(0, 0, 0, 9, 8), (0, 31, 22, 9, 8), (0, 5, 3, 9, 8), (1, 0, 0, 9, 8)]
+    _check_raw(images, crops, 9, 8)
+    gather = _raw_gather(images)
+    out = np.empty((1, 9, 8, 3), np.uint8)
+    gather.gather_crops(np.array([0]), np.array([[31, 22, 9, 8]], np.int32), out)
+    assert np.array_equal(out[0], images[0][31:, 22:])
+
+
+def test_loader_like_crops_of_photo_sized_images():
+    """RandomResizedCrop-like windows of 256-pixel images to 224 and 160 (mostly upscaling) and of
+    512-pixel ones (mostly downscaling)."""
+    rng = np.random.default_rng(11)
+    images = [_image(rng, 256, 256), _image(rng, 192, 256), _image(rng, 512, 384)]
+    for out_h, out_w in [(224, 224), (160, 160), (112, 128)]:
+        crops = []
+        for _ in range(8):
+            s = int(rng.integers(0, len(images)))
+            rows, cols = images[s].shape[:2]
+            h, w = int(rng.integers(16, rows + 1)), int(rng.integers(16, cols + 1))
+            crops.append((s, int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1)), h, w))
+        _check_raw(images, crops, out_h, out_w)
+
+
+def _jpeg(image, **options):
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "JPEG", quality=90, **options)
+    return np.frombuffer(out.getvalue(), np.uint8)
+
+
+@pytest.mark.skipif(not TURBO, reason="stb_image decodes whole images: no fractional windows")
+@pytest.mark.parametrize("options", [{"subsampling": 0}, {"subsampling": 2}, {"progressive": True}], ids=str)
+def test_fractional_windows_of_idct_downscaled_jpegs(options):
+    """A window >= 2x the output decodes at 1/2, 1/4 or 1/8 scale, where its edges fall between
+    pixels. Against the model applied to the whole image decoded at the same scale (the windowed
+    decode holds the same pixels; its origin in the scaled image is an integer shift)."""
+    photo = Image.open(PHOTO).convert("RGB")
+    rng = np.random.default_rng(3)
+    blobs, shapes = [], [(317, 245), (256, 256), (199, 401)]
+    for rows, cols in shapes:
+        blobs.append(_jpeg(np.asarray(photo.resize((cols, rows))), **options))
+    sizes = np.array([b.size for b in blobs], np.uint64)
+    gather = _core.ImageGather(np.concatenate(blobs), np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64),
+                               sizes, np.zeros(len(blobs), np.uint8), np.array([s[0] for s in shapes], np.uint32),
+                               np.array([s[1] for s in shapes], np.uint32), 2)
+    scaled = 0
+    for out_h, out_w in [(24, 24), (17, 31), (40, 30)]:
+        for _ in range(10):
+            s = int(rng.integers(0, len(blobs)))
+            rows, cols = shapes[s]
+            h, w = int(rng.integers(out_h, rows + 1)), int(rng.integers(out_w, cols + 1))
+            top, left = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
+            out = np.empty((1, out_h, out_w, 3), np.uint8)
+            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out)
+            k = next((k for k in (8, 4, 2) if h // k >= out_h and w // k >= out_w), 1)  # the decoder's scale
+            whole = _core.decode_jpeg(blobs[s], min_height=rows // k, min_width=cols // k)
+            assert whole.shape[:2] == (math.ceil(rows / k), math.ceil(cols / k))
+            expected = _model(whole, top / k, left / k, h / k, w / k, out_h, out_w)
+            assert np.array_equal(out[0], expected), f"image {s}, crop {(top, left, h, w)}, scale 1/{k}"
+            scaled += k > 1 and (top % k or left % k or h % k or w % k)
+    assert scaled >= 10  # most windows had fractional edges
