@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, require
 from .sharding import Sharding
+from .static import forgetting_scores
 
 #: The report's columns, in CSV order (``label`` and ``class`` follow when a store is given).
 COLUMNS = ("index", "score", "loss", "seen", "times_kept", "last_kept_epoch")
@@ -57,12 +58,10 @@ def report_from_state(state: dict) -> dict[str, np.ndarray]:
     config = state["config"]
     table = _table_of(config, state["table"])
     index = _state_ids(state, table.num_samples)
-    name = config["strategy"]
-    if name in ("UCB", "EpsilonGreedy", "EL2N"):
+    if table.bandit_score is not None:  # UCB, EpsilonGreedy, EL2N
         score = table.score.copy()
-    elif name == "Forgetting" and "forgets" in table.fields:
-        score = np.where(table.ever_correct.astype(bool), table.forgets.astype(np.float32),
-                         np.float32(np.inf)).astype(np.float32)
+    elif config["strategy"] == "Forgetting" and "forgets" in table.fields:
+        score = forgetting_scores(table)
     else:
         score = table.mean.copy()
     report = {"index": index, "score": score, "loss": table.mean.copy(), "seen": table.seen.copy()}

@@ -68,5 +68,11 @@ class Forgetting(_Static):
         return super().update(indices, losses, correct, defer=defer)
 
     def _scores(self):
-        forgets = self.table.forgets.astype(np.float32)
-        return np.where(self.table.ever_correct.astype(bool), forgets, np.float32(np.inf)).astype(np.float32)
+        return forgetting_scores(self.table)
+
+
+def forgetting_scores(table) -> np.ndarray:
+    """Forgetting's ranking from a score table: the forgetting count, +inf for a sample never
+    classified correctly (float32, one per row)."""
+    forgets = table.forgets.astype(np.float32)
+    return np.where(table.ever_correct.astype(bool), forgets, np.float32(np.inf)).astype(np.float32)
