@@ -70,14 +70,22 @@ def _image(rng, h, w):
 
 
 def _check_raw(images, crops, out_h, out_w):
+    """Every crop, unflipped and mirrored (the fused flip: taps of the mirrored column, whose
+    last rows' SIMD over-read guard then runs from the other end)."""
     gather = _raw_gather(images)
-    out = np.empty((len(crops), out_h, out_w, 3), np.uint8)
     ids = np.array([c[0] for c in crops], np.int64)
-    gather.gather_crops(ids, np.array([c[1:] for c in crops], np.int32), out)
-    for b, (s, top, left, h, w) in enumerate(crops):
-        expected = _model(images[s], top, left, h, w, out_h, out_w)
-        assert np.array_equal(out[b], expected), (f"image {images[s].shape[:2]}, crop {(top, left, h, w)}, "
-                                                  f"out {out_h}x{out_w}: {np.argwhere(out[b] != expected)[:5]}")
+    windows = np.array([c[1:] for c in crops], np.int32)
+    flips = np.arange(len(crops), dtype=np.uint8) % 2
+    for flip in (None, flips, 1 - flips):
+        out = np.empty((len(crops), out_h, out_w, 3), np.uint8)
+        gather.gather_crops(ids, windows, out, flips=flip)
+        for b, (s, top, left, h, w) in enumerate(crops):
+            expected = _model(images[s], top, left, h, w, out_h, out_w)
+            if flip is not None and flip[b]:
+                expected = expected[:, ::-1]
+            assert np.array_equal(out[b], expected), (
+                f"image {images[s].shape[:2]}, crop {(top, left, h, w)}, out {out_h}x{out_w}, flip "
+                f"{flip is not None and flip[b]}: {np.argwhere(out[b] != expected)[:5]}")
 
 
 # (out_h, out_w): square and not, odd widths (out_w * 3 not a multiple of 16: the vector loops'
@@ -125,6 +133,22 @@ def test_pure_crops_are_copied():
     out = np.empty((1, 9, 8, 3), np.uint8)
     gather.gather_crops(np.array([0]), np.array([[31, 22, 9, 8]], np.int32), out)
     assert np.array_equal(out[0], images[0][31:, 22:])
+
+
+def test_flipped_whole_images_and_bad_flips():
+    """gather (no resize) mirrors the rows whose flag is set; a flips array of the wrong length is
+    refused before anything is written."""
+    rng = np.random.default_rng(9)
+    images = [_image(rng, 5, 7) for _ in range(3)]
+    gather = _raw_gather(images)
+    out = np.empty((3, 5, 7, 3), np.uint8)
+    gather.gather(np.array([0, 1, 2]), out, flips=np.array([1, 0, 1], np.uint8))
+    for b, flip in enumerate([1, 0, 1]):
+        assert np.array_equal(out[b], images[b][:, ::-1] if flip else images[b])
+    with pytest.raises(ValueError, match="flips must hold one uint8 per id"):
+        gather.gather(np.array([0, 1, 2]), out, flips=np.ones(2, np.uint8))
+    with pytest.raises(ValueError, match="gather_crops: flips"):
+        gather.gather_crops(np.array([0]), np.array([[0, 0, 5, 7]], np.int32), out, flips=np.ones(3, np.uint8))
 
 
 def test_loader_like_crops_of_photo_sized_images():
@@ -177,5 +201,7 @@ def test_fractional_windows_of_idct_downscaled_jpegs(options):
             assert whole.shape[:2] == (math.ceil(rows / k), math.ceil(cols / k))
             expected = _model(whole, top / k, left / k, h / k, w / k, out_h, out_w)
             assert np.array_equal(out[0], expected), f"image {s}, crop {(top, left, h, w)}, scale 1/{k}"
+            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out, flips=np.ones(1, np.uint8))
+            assert np.array_equal(out[0], expected[:, ::-1]), f"flipped: image {s}, crop {(top, left, h, w)}"
             scaled += k > 1 and (top % k or left % k or h % k or w % k)
     assert scaled >= 10  # most windows had fractional edges

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import fastprune
-from fastprune.loader import Batch, Cutout, Loader, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+from fastprune.loader import (Batch, CenterCrop, Cutout, Loader, Normalize, RandomCrop, RandomHorizontalFlip,
+                              RandomResizedCrop)
 from fastprune.loader.transforms import BatchTransform
 from fastprune.store.fields import IntField, RGBImageField
 
@@ -170,6 +171,29 @@ def test_augmentation_matches_transforms_applied_by_hand(raw_store, data):
     for salt, transform in enumerate(_pipeline()):
         x = transform(x, ids, stream_key(5, 0, salt))
     assert torch.equal(batch.images, x)
+
+
+class _UnfusedFlip(RandomHorizontalFlip):
+    """A subclass is not fused into the gather: the numba flip pass, the reference."""
+
+
+@pytest.mark.parametrize("store, head", [
+    ("raw_store", []),
+    ("raw_store", [RandomResizedCrop(12)]),
+    ("raw_store", [CenterCrop(16, ratio=1.0)]),  # a pure crop: copied, not resampled
+    ("jpeg_store_mixed_sizes", [RandomResizedCrop((9, 13))]),
+], ids=["raw", "raw-rrc", "raw-copy", "jpeg-rrc"])
+def test_fused_flip_gives_the_bytes_of_the_flip_pass(request, store, head):
+    """A flip right after the gather (first, or after a first resized crop) is done by the
+    native gather as it writes: same batches as the separate numba pass."""
+    path = request.getfixturevalue(store)
+    fused, unfused = (Loader(path, 16, seed=3, threads=2, transforms=head + [flip(p=0.5), Cutout(3)])
+                      for flip in (RandomHorizontalFlip, _UnfusedFlip))
+    assert fused._batch_builder(0).fused == len(head) + 1 and unfused._batch_builder(0).fused == len(head)
+    for epoch in (0, 1):
+        fused.set_epoch(epoch), unfused.set_epoch(epoch)
+        pairs = list(zip(fused, unfused))
+        assert pairs and all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices) for a, b in pairs)
 
 
 def test_distributed_shards_are_disjoint_equal_and_cover_the_selection(raw_store):

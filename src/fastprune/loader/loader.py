@@ -31,7 +31,7 @@ from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
 from ._source import open_source
 from .device import DeviceFeed, PinnedBuffers
-from .transforms import BatchTransform, Normalize, _ResizedCrop, stream_key
+from .transforms import BatchTransform, Normalize, RandomHorizontalFlip, _ResizedCrop, stream_key
 
 __all__ = ["Loader", "Batch"]
 
@@ -260,14 +260,18 @@ class _BatchBuilder:
 
     def __init__(self, source, transforms, streams, epoch, pinned=None):
         self.source, self.transforms, self.streams, self.epoch = source, transforms, streams, epoch
+        # The native gather also does a first resized crop and a flip right after it (or first).
         self.fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
+        at = int(self.fused_crop)
+        self.fused_flip = len(transforms) > at and type(transforms[at]) is RandomHorizontalFlip  # not a subclass
+        self.fused = at + int(self.fused_flip)
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
         self.pinned = pinned  # uint8 batches end in these recycled pinned buffers (GPU hand-off)
 
     def __call__(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
         self.source.check_unchanged()  # a file rewritten in place would fault (SIGBUS) in the gather
         gathered = images = self._gather(ids)
-        for transform, stream in zip(self.transforms[int(self.fused_crop):], self.streams[int(self.fused_crop):]):
+        for transform, stream in zip(self.transforms[self.fused:], self.streams[self.fused:]):
             images = transform(images, ids, stream)
         if isinstance(images, np.ndarray):
             if self.pinned is not None and images is not gathered:  # a transform made a new array
@@ -283,14 +287,17 @@ class _BatchBuilder:
 
     def _gather(self, ids: np.ndarray) -> np.ndarray:
         source = self.source
+        flips = None
+        if self.fused_flip:
+            flips = self.transforms[self.fused - 1].flags(ids, self.streams[self.fused - 1])
         if self.fused_crop:
             crop = self.transforms[0]
             crops = crop.crop_params(source.heights[ids], source.widths[ids], ids, self.streams[0])
             out = self._empty((len(ids), *crop.size, 3))
-            source.gather.gather_crops(ids, crops, out, max_threads=1)
+            source.gather.gather_crops(ids, crops, out, max_threads=1, flips=flips)
         else:
             out = self._empty((len(ids), *source.uniform_shape, 3))
-            source.gather.gather(ids, out, max_threads=1)
+            source.gather.gather(ids, out, max_threads=1, flips=flips)
         return out
 
     def _empty(self, shape: tuple[int, ...]) -> np.ndarray:

@@ -302,13 +302,28 @@ def _flip_kernel(images, ids, stream, p):
     return images
 
 
+@numba.njit(nogil=True, cache=True)
+def _flip_flags_kernel(ids, stream, p, flags):
+    for b in range(ids.shape[0]):
+        flags[b] = uniform(stream, ids[b], 0) < p
+    return flags
+
+
 class RandomHorizontalFlip(BatchTransform):
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image left-right with probability ``p``.
+
+    Placed right after the gather (first, or after a first resized crop) the loader fuses it into
+    the native gather, which mirrors as it writes: the same bytes, without a pass of its own.
+    """
 
     def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
             raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
         self.p = float(p)
+
+    def flags(self, ids, stream) -> np.ndarray:
+        """uint8 [B]: 1 where this transform mirrors sample ``ids[b]`` (what ``__call__`` does)."""
+        return _flip_flags_kernel(ids, np.uint64(stream), self.p, np.empty(len(ids), np.uint8))
 
     def __call__(self, images, ids, stream):
         return _flip_kernel(images, ids, np.uint64(stream), self.p)
