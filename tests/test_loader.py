@@ -1,6 +1,8 @@
 """fastprune.Loader: epochs, lengths, determinism, shards, shutdown, errors."""
 
 import gc
+import os
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -194,6 +196,33 @@ def test_fused_flip_gives_the_bytes_of_the_flip_pass(request, store, head):
         fused.set_epoch(epoch), unfused.set_epoch(epoch)
         pairs = list(zip(fused, unfused))
         assert pairs and all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices) for a, b in pairs)
+
+
+class _RecordPriority(BatchTransform):
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, images, ids, stream):
+        self.seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return images
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_producer_threads_run_thread_nice_steps_below_the_caller(raw_store):
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if base > 14:
+        pytest.skip(f"this process already runs at nice {base}")
+    for nice, expected in ((5, base + 5), (0, base), ("auto", base)):  # auto on the CPU: 0
+        record = _RecordPriority()
+        loader = Loader(raw_store, 64, threads=2, thread_nice=nice, transforms=[record])
+        _epoch(loader)
+        assert record.seen == {expected}, nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller's is untouched
+    from fastprune.loader.loader import _check_thread_nice
+    assert _check_thread_nice("auto", torch.device("cuda")) == 10
+    for bad in (-1, 20, 2.0, True, "low"):
+        with pytest.raises(ValueError, match="thread_nice must be"):
+            Loader(raw_store, 64, thread_nice=bad)
 
 
 def test_distributed_shards_are_disjoint_equal_and_cover_the_selection(raw_store):

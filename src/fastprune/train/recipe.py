@@ -165,7 +165,7 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
 
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
                  pad: int = 0, crop: int | None = None, threads: int | None = None, channels_last: bool = False,
-                 mean=None, std=None, device="cpu", even_batches: bool = True):
+                 mean=None, std=None, device="cpu", even_batches: bool = True, thread_nice="auto"):
     """(train loader, val loader) over two stores: horizontal flip (and, with ``pad`` > 0, a random
     crop of the padded image) for training, no augmentation for validation. With ``crop``, a
     RandomResizedCrop(crop) first for training and a CenterCrop(crop) for validation: both fused
@@ -195,9 +195,10 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
         augmentations = [CenterCrop(crop)]
     val_crop = [CenterCrop(crop)] if crop else []
     train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
-                          seed=seed, threads=threads, device=device, even_batches=even_batches)
+                          seed=seed, threads=threads, device=device, even_batches=even_batches,
+                          thread_nice=thread_nice)
     val_loader = Loader(val, VAL_BATCH, transforms=[*val_crop, normalize], shuffle=False, threads=threads,
-                        device=device)
+                        device=device, thread_nice=thread_nice)
     return train_loader, val_loader
 
 
@@ -210,7 +211,7 @@ def describe_recipe_data(recipe: Recipe, stores) -> DataSpec:
 def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, stores, *,
                strategy_options: dict[str, Any] | None = None, device="auto", threads: int | None = None,
                amp: str | bool = "auto", channels_last: bool = False, data: DataSpec | None = None,
-               **fit_options):
+               thread_nice="auto", **fit_options):
     """Train ``recipe``'s model on ``stores`` (train, val paths) with a strategy by name; return
     (strategy, history). The number of classes and, unless the recipe gives them, the
     normalization statistics come from the stores (``data``, when a caller running many runs on
@@ -223,7 +224,8 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     recipe run shares (:func:`~fastprune.train.device.run_amp`: bf16 on a GPU, and on CPUs where it
     is fast). Every history record gets ``gpu_busy_pct``, the mean GPU busy percentage sampled
     (nvml) during that epoch's training and evaluation: None on the CPU or where nvml is missing;
-    :func:`gpu_busy_of` averages them over a run."""
+    :func:`gpu_busy_of` averages them over a run. ``threads`` and ``thread_nice`` go to the
+    :class:`~fastprune.loader.Loader` s."""
     from ..store.checksums import store_identity
     from ..store.reader import Store
 
@@ -241,7 +243,7 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     train_loader, val_loader = make_loaders(
         train_store, val_store, recipe.batch_size, sampler=strategy, seed=seed, pad=recipe.pad,
         crop=recipe.crop, threads=threads, channels_last=channels_last, mean=data.mean, std=data.std,
-        device=device, even_batches=recipe.even_batches)
+        device=device, even_batches=recipe.even_batches, thread_nice=thread_nice)
     model = recipe.model.build(data.num_classes, data.channels).to(device)
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
     criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
