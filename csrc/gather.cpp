@@ -269,9 +269,10 @@ class ImageGather {
 public:
     ImageGather(ROArray1D<uint8_t> buffer, ROArray1D<uint64_t> offsets, ROArray1D<uint64_t> sizes,
                 ROArray1D<uint8_t> modes, ROArray1D<uint32_t> heights, ROArray1D<uint32_t> widths, size_t threads,
-                uint64_t max_pixels)
+                uint64_t max_pixels, int nice)
         : buffer_(buffer), offsets_(offsets), sizes_(sizes), modes_(modes), heights_(heights), widths_(widths),
-          max_pixels_(max_pixels), pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads)) {
+          max_pixels_(max_pixels), pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads, nice)) {
+        if (nice < 0 || nice > 19) fail_value("ImageGather: nice must be in [0, 19], got " + std::to_string(nice));
         size_t n = offsets.shape(0);
         if (sizes.shape(0) != n || modes.shape(0) != n || heights.shape(0) != n || widths.shape(0) != n)
             fail_value("ImageGather: offsets, sizes, modes, heights and widths must have one entry per sample (got " +
@@ -282,6 +283,7 @@ public:
 
     size_t num_samples() const { return offsets_.shape(0); }
     size_t threads() const { return pool_->size(); }
+    int nice() const { return pool_->nice(); }
     uint64_t max_pixels() const { return max_pixels_; }
 
     void gather(ROArray1D<int64_t> ids, Batch4D out, size_t max_threads, ROArray1D<uint8_t> flips) {
@@ -465,11 +467,13 @@ void bind_loader(nb::module_ &m) {
     nb::class_<ImageGather>(m, "ImageGather",
                             "Assembles batches of one image field of a memory-mapped store (see csrc/gather.cpp).")
         .def(nb::init<ROArray1D<uint8_t>, ROArray1D<uint64_t>, ROArray1D<uint64_t>, ROArray1D<uint8_t>,
-                      ROArray1D<uint32_t>, ROArray1D<uint32_t>, size_t, uint64_t>(),
+                      ROArray1D<uint32_t>, ROArray1D<uint32_t>, size_t, uint64_t, int>(),
              nb::arg("buffer"), nb::arg("offsets"), nb::arg("sizes"), nb::arg("modes"), nb::arg("heights"),
-             nb::arg("widths"), nb::arg("threads") = 1, nb::arg("max_pixels") = DEFAULT_MAX_PIXELS)
+             nb::arg("widths"), nb::arg("threads") = 1, nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
+             nb::arg("nice") = 0)
         .def_prop_ro("num_samples", &ImageGather::num_samples)
         .def_prop_ro("threads", &ImageGather::threads)
+        .def_prop_ro("nice", &ImageGather::nice)
         .def_prop_ro("max_pixels", &ImageGather::max_pixels)
         .def("gather", &ImageGather::gather, nb::arg("ids"), nb::arg("out"), nb::arg("max_threads") = 0,
              nb::arg("flips").none() = nb::none(),

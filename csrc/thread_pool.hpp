@@ -14,11 +14,19 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <cerrno>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fastprune {
 
 class ThreadPool {
 public:
-    explicit ThreadPool(size_t threads) : size_(std::max<size_t>(threads, 1)) {
+    // nice > 0: the workers lower their scheduling priority by that much (Linux; see lower_priority).
+    explicit ThreadPool(size_t threads, int nice = 0) : size_(std::max<size_t>(threads, 1)), nice_(nice) {
         for (size_t t = 1; t < size_; ++t) workers_.emplace_back([this] { worker_loop(); });
     }
     ~ThreadPool() {
@@ -33,6 +41,7 @@ public:
     ThreadPool &operator=(const ThreadPool &) = delete;
 
     size_t size() const { return size_; }
+    int nice() const { return nice_; }
 
     // Runs fn(i) for i in [0, n) on up to max_threads threads (0 = all) and rethrows the first
     // exception a task raised. Concurrent callers are serialised: one job at a time.
@@ -75,7 +84,22 @@ private:
         }
     }
 
+    // A new thread starts at its creator's nice value; a worker adds nice_ to it, as the Python
+    // producer threads do (Loader(thread_nice=...)), so that the thread launching a GPU's work
+    // is not queued behind decoding. Failure (a sandbox forbidding it) leaves the priority as is.
+    void lower_priority() const {
+#if defined(__linux__)
+        if (nice_ <= 0) return;
+        const id_t tid = id_t(syscall(SYS_gettid));
+        errno = 0;
+        const int current = getpriority(PRIO_PROCESS, tid);
+        if (current == -1 && errno != 0) return;
+        setpriority(PRIO_PROCESS, tid, std::min(19, current + nice_));
+#endif
+    }
+
     void worker_loop() {
+        lower_priority();
         size_t seen = 0;
         for (;;) {
             {
@@ -95,6 +119,7 @@ private:
     }
 
     size_t size_;
+    int nice_;
     std::vector<std::thread> workers_;
     std::mutex job_mutex_;  // one job at a time
     std::mutex mutex_;

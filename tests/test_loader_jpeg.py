@@ -3,6 +3,7 @@ window is >= 2x the output (csrc/jpeg_turbo.cpp), against decode-everything orac
 
 import io
 import math
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -139,6 +140,19 @@ def test_batches_are_identical_across_thread_counts(tmp_path, crop):
             assert torch_equal(ids, ids_1) and torch_equal(images, images_1)
 
 
+def test_first_round_in_turns_on_the_pool_gives_the_same_batches(tmp_path):
+    """The first round of each epoch gathers in turns on the native pool, later batches on their
+    producer alone: the bytes do not depend on who gathered them."""
+    path = _photo_store(tmp_path)
+    passes = []
+    for pooled in (True, False):
+        loader = Loader(path, 5, threads=3, seed=2, transforms=[RandomResizedCrop(40), RandomHorizontalFlip()])
+        loader._pooled_gather = pooled
+        passes.append([(b.images.clone(), b.indices.clone()) for _ in range(2) for b in loader])
+    assert len(passes[0]) == 16
+    assert all(torch_equal(a, c) and torch_equal(i, j) for (a, i), (c, j) in zip(*passes))
+
+
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 
@@ -220,6 +234,32 @@ def test_damaged_jpegs_raise_naming_the_sample(damage):
         else:  # libjpeg resynchronises on some damage inside the scan and decodes the image;
             # stb_image also pads a cut stream and converts CMYK (libjpeg refuses both)
             assert damage in ({"garbage_scan"} if TURBO else {"garbage_scan", "cut_in_scan", "cmyk"})
+
+
+def _store_with_a_damaged_jpeg(tmp_path, damaged: int):
+    """24 JPEG samples; sample ``damaged`` has its SOI marker overwritten (not a JPEG any more)."""
+    path = _photo_store(tmp_path, count=24)
+    offsets, _ = fastprune.Store(path).field_ranges("image")
+    with open(path, "r+b") as f:
+        f.seek(int(offsets[damaged]))
+        f.write(b"\x00\x00")
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damaged", [5, 21], ids=["first-round", "later"])
+def test_a_damaged_jpeg_stops_the_epoch_naming_it_without_hanging_the_producers(tmp_path, damaged):
+    """Batch 1 (samples 4-7) is gathered in the first round, taking its turn on the pool while
+    the other producers wait theirs; batch 5 (samples 20-23) by its producer alone. Either way
+    the error reaches the consumer in its batch's place and the pass shuts down."""
+    path = _store_with_a_damaged_jpeg(tmp_path, damaged)
+    loader = Loader(path, 4, threads=3, shuffle=False, transforms=[RandomResizedCrop(32)])
+    seen = []
+    with pytest.raises(ValueError, match=f"JPEG decode of sample {damaged} failed"):
+        for batch in loader:
+            seen.append(batch.indices.tolist())
+    assert seen == [list(range(4 * b, 4 * b + 4)) for b in range(damaged // 4)]
+    assert not [t for t in threading.enumerate() if t.name.startswith("fastprune-loader")]
 
 
 def _jpeg_bytes_cmyk(image) -> bytes:

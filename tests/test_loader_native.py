@@ -1,6 +1,10 @@
 """The native batch gather/decode (fastprune._core.ImageGather) against numpy / PIL oracles."""
 
 import io
+import os
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -165,3 +169,40 @@ def test_corrupt_jpeg_raises_instead_of_crashing():
     wrong_size, _ = _pack([good], [(15, 16)], [0])
     with pytest.raises(ValueError, match="decodes to 16x16 but the store's metadata says 15x16"):
         wrong_size.gather(np.array([0]), np.empty((1, 15, 16, 3), np.uint8))
+
+
+def _thread_nices() -> dict[int, int]:
+    """{thread id: nice} of this process's threads (Linux /proc)."""
+    nices = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        nices[int(task)] = int(fields[16])  # field 19 of stat; fields[0] is field 3 (state)
+    return nices
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_pool_workers_run_nice_steps_below_their_creator():
+    """The workers of a Loader's native pool (Loader(thread_nice=...)) lower their own priority;
+    the creating thread keeps its own. A value outside [0, 19] is refused."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if base > 15:
+        pytest.skip(f"this process already runs at nice {base}")
+    before = set(_thread_nices())
+    buffer = np.zeros(12, np.uint8)
+    gather = _core.ImageGather(buffer, np.array([0], np.uint64), np.array([12], np.uint64), np.ones(1, np.uint8),
+                               np.array([2], np.uint32), np.array([2], np.uint32), 3, nice=4)
+    assert gather.nice == 4 and gather.threads == 3
+    for _ in range(100):  # the workers set their priority as they start
+        new = {tid: nice for tid, nice in _thread_nices().items() if tid not in before}
+        if len(new) == 2 and set(new.values()) == {base + 4}:
+            break
+        time.sleep(0.01)
+    assert sorted(new.values()) == [base + 4, base + 4]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    with pytest.raises(ValueError, match="nice must be in"):
+        _core.ImageGather(buffer, np.array([0], np.uint64), np.array([12], np.uint64), np.ones(1, np.uint8),
+                          np.array([2], np.uint32), np.array([2], np.uint32), 2, nice=20)

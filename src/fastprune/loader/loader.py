@@ -15,6 +15,7 @@ CenterCrop 2,527 vs 2,241.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -142,8 +143,12 @@ class Loader:
         # allocating pinned memory again costs milliseconds per batch
         self._pinned = PinnedBuffers(keep=(self.threads + 1) * self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
-        self._source = open_source(store_or_path, image_field, label_field, threads=1,
-                                   max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"))
+        self._source = open_source(store_or_path, image_field, label_field, threads=self.threads,
+                                   max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"),
+                                   nice=self.thread_nice)
+        # The first round of each epoch's batches gathers in turns on the whole pool (see
+        # _GatherTurns); False: each producer gathers alone (benchmarks/epoch_start.py compares).
+        self._pooled_gather = True
         if self._source.num_samples == 0:
             raise ValueError(f"the store {_store_name(store_or_path)} holds no samples: nothing to load")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
@@ -206,7 +211,7 @@ class Loader:
         ids, weights = self.epoch_order(epoch)
         bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)
         run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
-                        self.thread_nice)
+                        self.thread_nice, pooled=self._pooled_gather)
         try:
             if self.normalize_on == "device":
                 normalize = self._pipeline()[1]
@@ -245,13 +250,14 @@ class Loader:
         state = self.__dict__.copy()
         source = state.pop("_source")  # a native gather over this process's mapping: not picklable
         state["_source_settings"] = (source.owner, source.image_field, source.label_field,
-                                     source.gather.threads, source.gather.max_pixels)
+                                     source.gather.threads, source.gather.max_pixels, source.gather.nice)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        store, image_field, label_field, threads, max_pixels = state.pop("_source_settings")
+        store, image_field, label_field, threads, max_pixels, nice = state.pop("_source_settings")
         self.__dict__.update(state)
-        self._source = open_source(store, image_field, label_field, threads=threads, max_pixels=max_pixels)
+        self._source = open_source(store, image_field, label_field, threads=threads, max_pixels=max_pixels,
+                                   nice=nice)
 
 
 def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.ndarray:
@@ -276,9 +282,11 @@ class _BatchBuilder:
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
         self.pinned = pinned  # uint8 batches end in these recycled pinned buffers (GPU hand-off)
 
-    def __call__(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
+    def __call__(self, ids: np.ndarray, weights: np.ndarray, turn=None) -> Batch:
+        """``turn``: None gathers on this thread alone; a context manager (the epoch's
+        :class:`_GatherTurns`) gathers on the whole native pool, inside it."""
         self.source.check_unchanged()  # a file rewritten in place would fault (SIGBUS) in the gather
-        gathered = images = self._gather(ids)
+        gathered = images = self._gather(ids, turn)
         for transform, stream in zip(self.transforms[self.fused:], self.streams[self.fused:]):
             images = transform(images, ids, stream)
         if isinstance(images, np.ndarray):
@@ -293,34 +301,72 @@ class _BatchBuilder:
         labels = None if self.source.labels is None else torch.from_numpy(self.source.labels[ids])
         return Batch(images, labels, torch.from_numpy(ids), torch.from_numpy(weights))
 
-    def _gather(self, ids: np.ndarray) -> np.ndarray:
+    def _gather(self, ids: np.ndarray, turn) -> np.ndarray:
         source = self.source
         flips = None
         if self.fused_flip:
             flips = self.transforms[self.fused - 1].flags(ids, self.streams[self.fused - 1])
-        if self.fused_crop:
-            crop = self.transforms[0]
-            crops = crop.crop_params(source.heights[ids], source.widths[ids], ids, self.streams[0])
-            out = self._empty((len(ids), *crop.size, 3))
-            source.gather.gather_crops(ids, crops, out, max_threads=1, flips=flips)
-        else:
-            out = self._empty((len(ids), *source.uniform_shape, 3))
-            source.gather.gather(ids, out, max_threads=1, flips=flips)
+        threads = 1 if turn is None else 0  # 0: every thread of the pool
+        with turn if turn is not None else contextlib.nullcontext():
+            if self.fused_crop:
+                crop = self.transforms[0]
+                crops = crop.crop_params(source.heights[ids], source.widths[ids], ids, self.streams[0])
+                out = self._empty((len(ids), *crop.size, 3))
+                source.gather.gather_crops(ids, crops, out, max_threads=threads, flips=flips)
+            else:
+                out = self._empty((len(ids), *source.uniform_shape, 3))
+                source.gather.gather(ids, out, max_threads=threads, flips=flips)
         return out
 
     def _empty(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.empty(shape, np.uint8) if self.pinned is None else self.pinned.take(shape)
 
 
-class _EpochRun:
-    """Producer threads for one pass; close() stops and joins them and drops queued batches."""
+class _Stopped(Exception):
+    """A producer waiting for its gather turn when the pass was closed."""
 
-    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0):
+
+class _GatherTurns:
+    """An epoch's first batches gather in order, one at a time, each on the whole native pool.
+
+    Why: each producer gathers its own batches on its own core, so all of them start their first
+    batch at once and batch 0 is ready only after one core has decoded a whole batch (256 JPEGs:
+    ~0.2 s on the H200, with the GPU idle, every epoch). Taking turns on the pool, batch k of the
+    first round is ready after k + 1 batch-times of the pool (~1/threads of that). Later batches
+    are gathered by their producer alone again: one batch per core is what keeps every core busy
+    (the pool waits for its slowest chunk, and costs a wake-up per batch: 15% of the throughput
+    of RandomResizedCrop + Normalize on the CPU, 35% of raw 28 px batches).
+    """
+
+    def __init__(self, stop: threading.Event):
+        self._next, self._stop, self._cond = 0, stop, threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, k: int):
+        with self._cond:
+            while self._next != k:
+                if self._stop.is_set():
+                    raise _Stopped
+                self._cond.wait(_POLL_S)
+        try:
+            yield
+        finally:  # also after an error: the error reaches the consumer in its batch's place
+            with self._cond:
+                self._next = k + 1
+                self._cond.notify_all()
+
+
+class _EpochRun:
+    """Producer threads for one pass; close() stops and joins them and drops queued batches.
+    ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`)."""
+
+    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False):
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
         self.num_batches = len(bounds) - 1
         self._threads = max(1, min(threads, self.num_batches))
         self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
         self._stop = threading.Event()
+        self._turns = _GatherTurns(self._stop) if pooled else None
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
         for w in self._workers:
@@ -349,7 +395,10 @@ class _EpochRun:
                 return
             rows = slice(int(self._bounds[k]), int(self._bounds[k + 1]))
             try:
-                item = ("batch", self._build(self._ids[rows], self._weights[rows]))
+                turn = None if self._turns is None or k >= self._threads else self._turns.turn(k)
+                item = ("batch", self._build(self._ids[rows], self._weights[rows], turn))
+            except _Stopped:
+                return
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 _add_note(exc, f"raised by a fastprune loader thread while building batch {k} of epoch "
                                f"{self._build.epoch} (sample ids {self._ids[rows][:8].tolist()}...)")
