@@ -1,6 +1,6 @@
 """How long a GPU-bound consumer waits at the start of every epoch, with the first round of
 batches gathered in turns on the whole native pool (the loader's default) against each producer
-gathering its own first batch on one core (as before; ``loader._pooled_gather = False``).
+gathering its own first batch on one core (as before; ``fastprune.loader.loader.POOLED_FIRST_ROUND``).
 
 The consumer stands in for a GPU-bound training loop: per batch it sleeps ``--step-ms`` (the host
 waits for the GPU, using no CPU), chosen by default as 1.5x the loader's steady per-batch time, so
@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
 from loader_throughput import photo_folder  # noqa: E402
 
+import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.bench.machine import command_line, machine, now, write_json  # noqa: E402
 from fastprune.convert import from_image_folder  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
@@ -74,10 +75,13 @@ def main(argv=None) -> dict:
             from_image_folder(photo_folder(workdir, args.photos), store, jpeg=True, quality=90, max_side=256,
                               progress=False)
         loaders = {}
-        for name, pooled in SETTINGS.items():
-            loaders[name] = Loader(store, args.batch, threads=threads, seed=0,
-                                   transforms=[RandomResizedCrop(224), RandomHorizontalFlip()])
-            loaders[name]._pooled_gather = pooled
+        try:
+            for name, pooled in SETTINGS.items():
+                loader_module.POOLED_FIRST_ROUND = pooled  # read when the Loader is made
+                loaders[name] = Loader(store, args.batch, threads=threads, seed=0,
+                                       transforms=[RandomResizedCrop(224), RandomHorizontalFlip()])
+        finally:
+            loader_module.POOLED_FIRST_ROUND = True
         free = [epoch(loaders["each producer alone"], 0.0) for _ in range(2)][-1]  # warm-up, then the loader's pace
         step_s = args.step_ms / 1e3 if args.step_ms is not None else 1.5 * free["epoch_s"] / free["batches"]
         runs = {name: [] for name in SETTINGS}

@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
 from loader_throughput import photo_folder  # noqa: E402
 
+import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.bench import compare  # noqa: E402
 from fastprune.bench.machine import RESULTS, command_line, machine, now, write_json  # noqa: E402
 from fastprune.convert import from_idx, from_image_folder  # noqa: E402
@@ -70,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--fit-nice", type=int, nargs="+", default=[10],
                    help="Loader(thread_nice=...) values for (b), each timed at every --fit-threads count "
                         "(10 is what a CUDA loader uses by default; 0 = producers at the launching thread's priority)")
+    p.add_argument("--fit-first-round", nargs="+", default=["pooled"], choices=["pooled", "alone"],
+                   help="(b) with the first round of each epoch's batches gathered in turns on the loader's "
+                        "whole native pool (the default) and/or by each producer alone (as before 2026-12-04)")
     p.add_argument("--epochs", type=int, default=RECIPE.epochs, help="benchmark recipe epochs in (c)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--feed-batches", type=int, default=60, help="batches timed per feed measurement")
@@ -85,7 +89,7 @@ def parse_args(argv=None):
     if args.tiny:
         args.photos, args.photo_max_side, args.photo_crop, args.photo_epochs = 48, 64, 32, 1
         args.photo_model, args.threads, args.fit_threads, args.epochs = "small_resnet", [1, 2], [2], 1
-        args.fit_nice = [0, 10]
+        args.fit_nice, args.fit_first_round = [0, 10], ["pooled", "alone"]
         args.seeds, args.feed_batches, args.reps, args.fmnist_limit = [0], 2, 1, args.fmnist_limit or 512
     return args
 
@@ -198,27 +202,33 @@ def run_step_vs_fit(args, device, workloads) -> list[dict]:
         alone = step_rate(recipe.model, num_classes, size, recipe.batch_size, device, args.reps)
         for threads in args.fit_threads:
             for nice in args.fit_nice:
-                rows.append(_fit_row(args, name, recipe, stores, device, threads, nice, alone))
+                for first_round in args.fit_first_round:
+                    rows.append(_fit_row(args, name, recipe, stores, device, threads, nice, first_round, alone))
     return rows
 
 
-def _fit_row(args, name, recipe, stores, device, threads, nice, alone) -> dict:
-    """(b) for one workload, loader thread count and thread_nice: a full-data epoch through fit
-    against the step rate ``alone``."""
+def _fit_row(args, name, recipe, stores, device, threads, nice, first_round, alone) -> dict:
+    """(b) for one workload, loader thread count, thread_nice and first-round setting: a full-data
+    epoch through fit against the step rate ``alone``."""
     fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
-    _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=threads,
-                            thread_nice=nice, channels_last=True, progress=False, log=None, eval_every=10,
-                            compile=args.compile if "+compile" in name else False)
+    loader_module.POOLED_FIRST_ROUND = first_round == "pooled"  # read by the Loaders run_recipe makes
+    try:
+        _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=threads,
+                                thread_nice=nice, channels_last=True, progress=False, log=None, eval_every=10,
+                                compile=args.compile if "+compile" in name else False)
+    finally:
+        loader_module.POOLED_FIRST_ROUND = True
     last = history[-1]
     through_fit = last["samples"] / last["train_s"]
-    row = {"workload": name, "fit_threads": threads, "fit_thread_nice": nice, "step_img_per_s": round(alone),
+    row = {"workload": name, "fit_threads": threads, "fit_thread_nice": nice, "fit_first_round": first_round,
+           "step_img_per_s": round(alone),
            "fit_img_per_s": round(through_fit), "fit_epoch_s": round(last["train_s"], 3),
            "fit_fraction_of_step": round(through_fit / alone, 3),
            "gpu_busy_pct_fit": last["gpu_busy_pct"],  # nvml, sampled by run_recipe
            # the host blocked on the loader: near 0, the gap to the step rate is not the data path's
            "data_wait_s_fit": round(last["data_wait_s"], 3),
            "data_wait_fraction_fit": round(last["data_wait_s"] / last["train_s"], 3)}
-    print(f"(b) {name}, {threads} loader threads at nice +{nice}: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} "
+    print(f"(b) {name}, {threads} loader threads at nice +{nice}, first round {first_round}: step alone {alone:,.0f} img/s, through fit {through_fit:,.0f} "
           f"img/s ({100 * through_fit / alone:.0f}%), GPU busy {row['gpu_busy_pct_fit']}, "
           f"waiting for data {row['data_wait_fraction_fit']:.0%} of the epoch", flush=True)
     return row
@@ -313,9 +323,10 @@ def markdown(result: dict) -> str:
         lines.append("")
     if result["step_vs_fit"]:
         lines += ["## (b) Training step alone vs a full-data epoch through fit", "",
-                  "| workload | loader threads | thread_nice | step alone img/s | through fit img/s | fraction "
-                  "| GPU busy % | data wait s (of epoch) |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['workload']} | {r.get('fit_threads', '')} | {r.get('fit_thread_nice', '')} | {r['step_img_per_s']:,} | {r['fit_img_per_s']:,} | "
+                  "| workload | loader threads | thread_nice | first round | step alone img/s | through fit img/s "
+                  "| fraction | GPU busy % | data wait s (of epoch) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workload']} | {r.get('fit_threads', '')} | {r.get('fit_thread_nice', '')} | "
+                  f"{r.get('fit_first_round', '')} | {r['step_img_per_s']:,} | {r['fit_img_per_s']:,} | "
                   f"{r['fit_fraction_of_step']:.0%} | {r['gpu_busy_pct_fit']} | "
                   f"{r['data_wait_s_fit']:.3f} ({r['data_wait_fraction_fit']:.0%}) |" for r in result["step_vs_fit"]]
         lines.append("")

@@ -7,8 +7,9 @@
 # then: run with carry [".gpu"] and the command `bash benchmarks/gpu_device_run.sh` (about 5 min:
 # build, the CUDA tests of the data path and of deferred updates, benchmarks/gpu.py). Knobs:
 # GPU_SKIP_TESTS=1, GPU_THREADS="8 16", GPU_ARGS="--skip end_to_end --compile reduce-overhead" (or
-# "--skip feed end_to_end --fit-threads 8 16 --fit-nice 0 10": is fit's gap loader threads competing
-# with the launching thread? each row records data_wait_s; nice 10 is a CUDA loader's default),
+# "--skip end_to_end --fit-threads 16 --fit-nice 0 10 --fit-first-round pooled alone": which part of
+# fit's gap is loader threads competing with the launching thread, which the wait for each epoch's
+# first batch? each row records data_wait_s; nice 10 and pooled are a CUDA loader's defaults),
 # GPU_BENCH_S (gpu.py's time limit, default 330). Results land in $OUT/gpu.json and gpu.md.
 REPO=$PWD
 J=/tmp/jt/usr; for f in .gpu/debs/*.deb; do dpkg -x "$f" /tmp/jt; done

@@ -17,8 +17,10 @@ def test_gpu_benchmark_dry_run_writes_every_section(benchmark_script, fashion_mn
     assert all(r["img_per_s_median"] > 0 for r in result["feed"])
     steps = {r["workload"]: r for r in result["step_vs_fit"]}
     assert set(steps) == {"recipe", "photos"}
-    assert sorted((r["workload"], r["fit_thread_nice"]) for r in result["step_vs_fit"]) == [
-        ("photos", 0), ("photos", 10), ("recipe", 0), ("recipe", 10)]
+    assert sorted((r["workload"], r["fit_thread_nice"], r["fit_first_round"]) for r in result["step_vs_fit"]) == [
+        (w, n, f) for w in ("photos", "recipe") for n in (0, 10) for f in ("alone", "pooled")]
+    import fastprune.loader.loader as loader_module
+    assert loader_module.POOLED_FIRST_ROUND is True  # restored after the rows that changed it
     assert all(r["step_img_per_s"] > 0 and r["fit_fraction_of_step"] > 0 for r in steps.values())
     assert all(r["gpu_busy_pct_fit"] is None for r in steps.values())  # no GPU: no figure, not 0
     rows = {(r["workload"], r["strategy"]) for r in result["end_to_end"]}

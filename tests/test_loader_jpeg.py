@@ -147,7 +147,7 @@ def test_first_round_in_turns_on_the_pool_gives_the_same_batches(tmp_path):
     passes = []
     for pooled in (True, False):
         loader = Loader(path, 5, threads=3, seed=2, transforms=[RandomResizedCrop(40), RandomHorizontalFlip()])
-        loader._pooled_gather = pooled
+        loader._pooled_gather = pooled  # what POOLED_FIRST_ROUND sets when a Loader is made
         passes.append([(b.images.clone(), b.indices.clone()) for _ in range(2) for b in loader])
     assert len(passes[0]) == 16
     assert all(torch_equal(a, c) and torch_equal(i, j) for (a, i), (c, j) in zip(*passes))

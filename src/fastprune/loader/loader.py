@@ -38,6 +38,10 @@ from .transforms import BatchTransform, Normalize, RandomHorizontalFlip, _Resize
 __all__ = ["Loader", "Batch"]
 
 _POLL_S = 0.05  # how often blocked producers/consumers re-check for shutdown
+# The first round of each epoch's batches gathers in turns on the whole native pool (see
+# _GatherTurns). False: each producer gathers alone; for A/B measurements only
+# (benchmarks/epoch_start.py, benchmarks/gpu.py --fit-first-round), read when a Loader is made.
+POOLED_FIRST_ROUND = True
 
 
 class Batch(NamedTuple):
@@ -146,9 +150,7 @@ class Loader:
         self._source = open_source(store_or_path, image_field, label_field, threads=self.threads,
                                    max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"),
                                    nice=self.thread_nice)
-        # The first round of each epoch's batches gathers in turns on the whole pool (see
-        # _GatherTurns); False: each producer gathers alone (benchmarks/epoch_start.py compares).
-        self._pooled_gather = True
+        self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:
             raise ValueError(f"the store {_store_name(store_or_path)} holds no samples: nothing to load")
         self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
