@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
-from loader_throughput import photo_folder  # noqa: E402
+from loader_throughput import photo_store  # noqa: E402
 
 import fastprune.loader.loader as loader_module  # noqa: E402
-from fastprune.bench.machine import command_line, machine, now, write_json  # noqa: E402
-from fastprune.convert import from_image_folder  # noqa: E402
+from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
 
 SETTINGS = {"first round pooled": True, "each producer alone": False}
@@ -70,10 +69,7 @@ def main(argv=None) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        store = workdir / f"photos{args.photos}_256.beton"
-        if not store.exists():
-            from_image_folder(photo_folder(workdir, args.photos), store, jpeg=True, quality=90, max_side=256,
-                              progress=False)
+        store = photo_store(workdir, args.photos)
         loaders = {}
         try:
             for name, pooled in SETTINGS.items():
@@ -97,15 +93,13 @@ def main(argv=None) -> dict:
               "rows": rows, "all": runs}
     out = write_json(args.out, result)
     lines = ["# Waiting at the start of an epoch: first round pooled vs each producer alone", "",
-             f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['date']}: {threads} loader threads, RRC224 + flip of {args.photos} photos into uint8 batches "
+             f"{provenance(result)}: {threads} loader threads, RRC224 + flip of {args.photos} photos into uint8 batches "
              f"of {args.batch} ({batches} per epoch); the consumer sleeps {step_s * 1e3:.1f} ms per batch (ideal "
              f"epoch {batches * step_s:.3f} s); medians of {args.epochs} interleaved epochs.", "",
              "| setting | epoch s | first batch s | waited for data s |", "|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['epoch_s']:.3f} | {r['first_batch_s']:.3f} | {r['data_wait_s']:.3f} |"
               for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(out, lines)
     return result
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import fastprune
-from fastprune.bench.machine import command_line, machine, now, write_json
+from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown
 from fastprune.convert import from_idx
 from fastprune.loader import Normalize
 from fastprune.train import fit
@@ -102,13 +102,11 @@ def main(argv=None) -> dict:
               "bare_epoch_s_all": bare, "fit_epoch_s_all": through_fit}
     out = write_json(args.out, result)
     lines = ["# fit's own host time per step", "",
-             f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['date']}: Fashion-MNIST, EpsilonGreedy keep 0.5, linear model, batch {args.batch} "
+             f"{provenance(result)}: Fashion-MNIST, EpsilonGreedy keep 0.5, linear model, batch {args.batch} "
              f"({per_step} steps per pruned epoch), 1 loader and 1 torch thread; medians of {len(bare)} epochs each.",
              "", "| bare loop s/epoch | fit s/epoch | fit / bare | fit's extra ms per step |", "|---|---|---|---|",
              f"| {bare_s:.4f} | {fit_s:.4f} | {fit_s / bare_s:.3f} | {result['fit_extra_ms_per_step']:+.3f} |"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(out, lines)
     return result
 
 

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
-from loader_throughput import photo_folder  # noqa: E402
+from loader_throughput import photo_store  # noqa: E402
 
-from fastprune.bench.machine import command_line, machine, now, write_json  # noqa: E402
-from fastprune.convert import from_idx, from_image_folder  # noqa: E402
+from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
+from fastprune.convert import from_idx  # noqa: E402
 from fastprune.loader import Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
 
 NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -69,12 +69,7 @@ def main(argv=None) -> dict:
         args.photos, args.epochs = 48, 1
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        folder = photo_folder(workdir, args.photos)
-        photos = {}
-        for side in (256, 512):
-            photos[side] = workdir / f"photos{args.photos}_{side}.beton"
-            if not photos[side].exists():
-                from_image_folder(folder, photos[side], jpeg=True, quality=90, max_side=side, progress=False)
+        photos = {side: photo_store(workdir, args.photos, side) for side in (256, 512)}
         fmnist = workdir / "fmnist-train.beton"
         if not fmnist.exists():
             from_idx(None, fmnist, progress=False)
@@ -98,13 +93,11 @@ def main(argv=None) -> dict:
               "threads": args.threads, "epochs": args.epochs, "photos": args.photos, "rows": rows}
     out = write_json(args.out, result)
     lines = ["# RandomHorizontalFlip fused into the gather vs a separate pass", "",
-             f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['date']}: {args.threads} loader thread(s), medians of {args.epochs} interleaved epochs (img/s).",
+             f"{provenance(result)}: {args.threads} loader thread(s), medians of {args.epochs} interleaved epochs (img/s).",
              "", "| case | fused | separate numba pass | fused / pass |", "|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['fused_img_per_s']:,} | {r['numba_pass_img_per_s']:,} | {r['ratio']:.2f}x |"
               for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(out, lines)
     return result
 
 

@@ -38,12 +38,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
-from loader_throughput import photo_folder  # noqa: E402
+from loader_throughput import photo_store  # noqa: E402
 
 import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.bench import compare  # noqa: E402
 from fastprune.bench.machine import RESULTS, command_line, machine, now, write_json  # noqa: E402
-from fastprune.convert import from_idx, from_image_folder  # noqa: E402
+from fastprune.convert import from_idx  # noqa: E402
 from fastprune.loader import Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
 from fastprune.train.device import device_record, resolve_device, run_amp, synchronize  # noqa: E402
 from fastprune.train.loop import COMPILE_CHOICES  # noqa: E402
@@ -116,10 +116,7 @@ def fmnist_stores(args, workdir: Path) -> tuple[Path, Path]:
 def photo_stores(args, workdir: Path) -> tuple[Path, Path]:
     import os
 
-    folder = photo_folder(workdir, args.photos, workers=os.cpu_count() or 1)
-    store = workdir / "photos.beton"
-    if not store.exists():
-        from_image_folder(folder, store, jpeg=True, quality=90, max_side=args.photo_max_side, progress=False)
+    store = photo_store(workdir, args.photos, args.photo_max_side, workers=os.cpu_count() or 1)
     return store, store  # (c) times training; the photo "accuracy" is not a claim
 
 

@@ -278,6 +278,15 @@ def _write_photo_crops(root: Path, indices) -> None:
         crop.save(root / f"class{i % 10}" / f"{i:06d}.jpg", quality=int(rng.integers(85, 96)))
 
 
+def photo_store(workdir: Path, count: int, max_side: int = 256, workers: int = 1) -> Path:
+    """A fastprune store of :func:`photo_folder`'s `count` photos at `max_side` (JPEG, quality
+    90), converted once per workdir."""
+    store = workdir / f"photos{count}_{max_side}.beton"
+    if not store.exists():
+        convert_fastprune(photo_folder(workdir, count, workers), store, max_side, workers)
+    return store
+
+
 def convert_fastprune(folder: Path, out: Path, max_side: int, workers: int) -> None:
     from fastprune.convert.image_folder import from_image_folder
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastprune.bench.machine import command_line, machine, now, write_json
+from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # run_ranks: the gloo helper the distributed tests use
@@ -119,15 +119,14 @@ def main(argv=None):
               "minus_replicated_pt": diffs}
     out = write_json(Path(args.out), result)
     lines = ["# Sharded vs replicated score tables: end-to-end accuracy", "",
-             f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), {result['date']}: "
+             f"{provenance(result)}: "
              f"Fashion-MNIST ({args.samples} training samples), MLP 784-256-10, DDP over gloo, {args.world} ranks, "
              f"{args.epochs} epochs, EpsilonGreedy keep 0.5 eps 0.2, batch {args.batch} per rank.", "",
              "| mode | test acc % (mean +- sd) | runs |", "|---|---|---|"]
     lines += [f"| {s['mode']} | {s['acc_mean']:.2f} +- {s['acc_std']:.2f} | {s['runs']} |" for s in summary]
     lines += [""] + [f"Per seed, {mode} minus replicated (points): " + ", ".join(f"{d:+.2f}" for d in values)
                      for mode, values in diffs.items()]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(out, lines)
     return result
 
 

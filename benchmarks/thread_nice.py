@@ -29,10 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's photo helpers
-from loader_throughput import photo_folder  # noqa: E402
+from loader_throughput import photo_store  # noqa: E402
 
-from fastprune.bench.machine import command_line, machine, now, write_json  # noqa: E402
-from fastprune.convert import from_image_folder  # noqa: E402
+from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
 
 _SCRATCH = torch.zeros(8)
@@ -95,10 +94,7 @@ def main(argv=None) -> dict:
     threads = args.threads or len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
-        store = workdir / f"photos{args.photos}_256.beton"
-        if not store.exists():
-            from_image_folder(photo_folder(workdir, args.photos), store, jpeg=True, quality=90, max_side=256,
-                              progress=False)
+        store = photo_store(workdir, args.photos)
         loaders = {nice: Loader(store, args.batch, threads=threads, thread_nice=nice, seed=0,
                                 transforms=[RandomResizedCrop(224), RandomHorizontalFlip()]) for nice in args.nice}
         for loader in loaders.values():  # warm-up: numba compilation, page cache
@@ -120,15 +116,13 @@ def main(argv=None) -> dict:
               "all": {name: results for name, results in runs.items()}}
     out = write_json(args.out, result)
     lines = ["# Does decoding slow the launching thread? (CPU stand-in)", "",
-             f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-             f"{result['date']}: {threads} loader threads, RRC224 + flip of {args.photos} photos into uint8 batches "
+             f"{provenance(result)}: {threads} loader threads, RRC224 + flip of {args.photos} photos into uint8 batches "
              f"of {args.batch}; main thread {args.step_ms} ms of single-threaded work per batch; medians of "
              f"{args.repeats} runs of the first {args.batches} batches of a pass.", "",
              "| setting | main-thread work ms/batch | vs alone | batches/s | waited for data s |", "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['work_ms']:.2f} | {r['work_vs_alone']:.2f}x | {r['batches_per_s']:.1f} | "
               f"{r['wait_s']:.2f} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(out, lines)
     return result
 
 

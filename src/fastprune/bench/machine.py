@@ -109,6 +109,22 @@ def now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+def provenance(result: dict) -> str:
+    """How a result was made, for the first line of its report: command, CPU, cores, date."""
+    return (f"`{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
+            f"{result['date']}")
+
+
+def write_markdown(json_path: Path, lines: list[str]) -> Path:
+    """Write ``lines`` as the report next to the result file ``json_path`` (same name, .md), and
+    print them."""
+    text = "\n".join(lines) + "\n"
+    path = Path(json_path).with_suffix(".md")
+    path.write_text(text)
+    print(text, end="")
+    return path
+
+
 def write_json(path: Path, result: dict) -> Path:
     """Write ``result`` to ``path`` atomically (a reader never sees half a file)."""
     path = Path(path)
