@@ -14,11 +14,13 @@
 #include <thread>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>  // getpid
+#endif
 #if defined(__linux__)
 #include <cerrno>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 namespace fastprune {
@@ -26,10 +28,15 @@ namespace fastprune {
 class ThreadPool {
 public:
     // nice > 0: the workers lower their scheduling priority by that much (Linux; see lower_priority).
-    explicit ThreadPool(size_t threads, int nice = 0) : size_(std::max<size_t>(threads, 1)), nice_(nice) {
+    explicit ThreadPool(size_t threads, int nice = 0)
+        : size_(std::max<size_t>(threads, 1)), nice_(nice), owner_(process_id()) {
         for (size_t t = 1; t < size_; ++t) workers_.emplace_back([this] { worker_loop(); });
     }
     ~ThreadPool() {
+        if (forked()) {  // the workers were not copied into this process: nothing to stop or join
+            new std::vector<std::thread>(std::move(workers_));  // leaked: destroying them would terminate()
+            return;
+        }
         {
             std::lock_guard<std::mutex> lock(mutex_);
             stopping_ = true;
@@ -47,7 +54,9 @@ public:
     // exception a task raised. Concurrent callers are serialised: one job at a time.
     void parallel_for(size_t n, size_t max_threads, const std::function<void(size_t)> &fn) {
         size_t wanted = max_threads == 0 ? size_ : std::min(max_threads, size_);
-        if (wanted <= 1 || n <= 1) {  // inline: no locking, no wake-ups
+        // Inline: no locking, no wake-ups. Also in a forked child (a Loader iterated after
+        // os.fork), which has no workers, and whose mutexes another thread may have held.
+        if (wanted <= 1 || n <= 1 || forked()) {
             for (size_t i = 0; i < n; ++i) fn(i);
             return;
         }
@@ -72,6 +81,15 @@ public:
     }
 
 private:
+    static long process_id() {
+#if defined(__unix__) || defined(__APPLE__)
+        return long(getpid());
+#else
+        return 0;
+#endif
+    }
+    bool forked() const { return process_id() != owner_; }
+
     void run_tasks() {
         for (size_t i = next_.fetch_add(1); i < n_; i = next_.fetch_add(1)) {
             try {
@@ -120,6 +138,7 @@ private:
 
     size_t size_;
     int nice_;
+    long owner_;  // the process that started the workers
     std::vector<std::thread> workers_;
     std::mutex job_mutex_;  // one job at a time
     std::mutex mutex_;

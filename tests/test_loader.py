@@ -198,6 +198,31 @@ def test_fused_flip_gives_the_bytes_of_the_flip_pass(request, store, head):
         assert pairs and all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices) for a, b in pairs)
 
 
+def _epoch_in_child(loader, results):
+    results.put([(b.indices.tolist(), b.images.sum().item()) for b in loader])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_loader_made_before_a_fork_iterates_in_the_child(jpeg_store_mixed_sizes):
+    """The native pool's workers are not copied into a forked child: there its gathers run on the
+    calling thread (they would wait forever for workers), with the same batches."""
+    import multiprocessing
+
+    loader = Loader(jpeg_store_mixed_sizes, 8, threads=3, seed=4, transforms=[RandomResizedCrop(10)])
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_epoch_in_child, args=(loader, results))
+    child.start()
+    try:
+        got = results.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        if child.is_alive():  # hung: do not leave it behind
+            child.kill()
+    assert child.exitcode == 0
+    assert got == [(b.indices.tolist(), b.images.sum().item()) for b in loader]
+
+
 class _RecordPriority(BatchTransform):
     def __init__(self):
         self.seen = set()
