@@ -82,10 +82,12 @@ class Loader:
             leave 16), and one 16-sample step at a high learning rate measurably set the model
             back (see ``fastprune.train.make_loaders``). Excludes ``drop_last``.
         seed: seeds the order and every augmentation.
-        threads: producer threads (default: the CPUs this process may use).
+        threads: producer threads, each building whole batches, and the threads of the native
+            pool the first batch of each producer is gathered on, in turns (so that an epoch's
+            first batch is not one core's work); default: the CPUs this process may use.
         prefetch: finished batches kept ready per producer.
         thread_nice: how many nice steps (0-19) below the iterating thread's priority the
-            producer threads run, so that the training loop's own thread, which launches the
+            producer threads (and the pool's) run, so that the training loop's own thread, which launches the
             GPU's work, is not queued behind decoding when every core is busy (Linux; ignored
             elsewhere). "auto" (default): 10 when ``device`` is CUDA, else 0 (a CPU-trained
             model's threads and the decoding then share the cores evenly).
@@ -122,8 +124,8 @@ class Loader:
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2,
-                 thread_nice: int | str = "auto", device="cpu", normalize_on: str = "auto", distributed="auto", image_field: str | None = None, label_field: str | None = None,
-                 max_image_pixels: int = 1 << 27):
+                 thread_nice: int | str = "auto", device="cpu", normalize_on: str = "auto", distributed="auto",
+                 image_field: str | None = None, label_field: str | None = None, max_image_pixels: int = 1 << 27):
         batch_size = check_positive_int(batch_size, "batch_size")
         if threads is not None:
             threads = check_positive_int(threads, "threads")
