@@ -198,6 +198,19 @@ def test_fused_flip_gives_the_bytes_of_the_flip_pass(request, store, head):
         assert pairs and all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices) for a, b in pairs)
 
 
+def test_default_threads_follow_the_store_kind(raw_store, jpeg_store_mixed_sizes, monkeypatch):
+    """Every usable CPU for JPEGs; at most 4 for raw pixels (cheap batches: more threads only
+    contend); an explicit count is kept."""
+    from fastprune.loader import _source
+
+    monkeypatch.setattr(_source, "usable_cpus", lambda: 16)
+    assert Loader(raw_store, 64).threads == 4
+    assert Loader(jpeg_store_mixed_sizes, 8, transforms=[RandomResizedCrop(8)]).threads == 16
+    assert Loader(raw_store, 64, threads=9).threads == 9
+    monkeypatch.setattr(_source, "usable_cpus", lambda: 2)
+    assert Loader(raw_store, 64).threads == 2 and Loader(raw_store, 64)._source.gather.threads == 2
+
+
 def _epoch_in_child(loader, results):
     results.put([(b.indices.tolist(), b.images.sum().item()) for b in loader])
 
