@@ -271,8 +271,7 @@ public:
                 ROArray1D<uint8_t> modes, ROArray1D<uint32_t> heights, ROArray1D<uint32_t> widths, size_t threads,
                 uint64_t max_pixels, int nice)
         : buffer_(buffer), offsets_(offsets), sizes_(sizes), modes_(modes), heights_(heights), widths_(widths),
-          max_pixels_(max_pixels), pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads, nice)) {
-        if (nice < 0 || nice > 19) fail_value("ImageGather: nice must be in [0, 19], got " + std::to_string(nice));
+          max_pixels_(max_pixels), pool_(std::make_unique<ThreadPool>(threads == 0 ? 1 : threads, checked_nice(nice))) {
         size_t n = offsets.shape(0);
         if (sizes.shape(0) != n || modes.shape(0) != n || heights.shape(0) != n || widths.shape(0) != n)
             fail_value("ImageGather: offsets, sizes, modes, heights and widths must have one entry per sample (got " +
@@ -376,6 +375,11 @@ private:
         if (mode == MODE_RAW && size < h * w * 3)
             fail_value("ImageGather: raw " + sample_name(int64_t(i)) + " is " + std::to_string(h) + "x" +
                        std::to_string(w) + "x3 but its data holds only " + std::to_string(size) + " bytes");
+    }
+
+    static int checked_nice(int nice) {  // before the pool starts its workers
+        if (nice < 0 || nice > 19) fail_value("ImageGather: nice must be in [0, 19], got " + std::to_string(nice));
+        return nice;
     }
 
     int64_t checked_id(int64_t s, size_t row) const {
