@@ -289,10 +289,10 @@ class CenterCrop(_ResizedCrop):
 # Flip and cutout, in place.
 
 @numba.njit(nogil=True, cache=True)
-def _flip_kernel(images, ids, stream, p):
+def _flip_kernel(images, flags):
     w = images.shape[2]
     for b in range(images.shape[0]):
-        if uniform(stream, ids[b], 0) < p:
+        if flags[b]:
             for y in range(images.shape[1]):
                 for x in range(w // 2):
                     for c in range(3):
@@ -326,7 +326,7 @@ class RandomHorizontalFlip(BatchTransform):
         return _flip_flags_kernel(ids, np.uint64(stream), self.p, np.empty(len(ids), np.uint8))
 
     def __call__(self, images, ids, stream):
-        return _flip_kernel(images, ids, np.uint64(stream), self.p)
+        return _flip_kernel(images, self.flags(ids, stream))
 
 
 @numba.njit(nogil=True, cache=True)
