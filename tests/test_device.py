@@ -196,6 +196,28 @@ def test_settings_record_the_device_off_the_cpu_and_auto_amp_as_files_before_the
     assert gpu.device == "cuda:0" and gpu.record()["device"] == "cuda:0" and gpu.record()["amp"] == "auto"
 
 
+class _Captured(Exception):
+    pass
+
+
+def test_bench_loaders_take_the_torch_threads_on_the_cpu_and_their_own_default_on_a_gpu(monkeypatch):
+    """On the CPU the loaders share the cores with torch (settings.threads); on a GPU they take the
+    Loader's default, which keeps raw-pixel stores at a few threads (more only contend)."""
+    assert bench_run.Settings(threads=3, device="cpu").loader_threads == 3
+    assert bench_run.Settings(threads=3, device="cuda:0").loader_threads is None
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.append(kwargs["threads"])
+        raise _Captured
+
+    monkeypatch.setattr(bench_run, "run_recipe", capture)
+    for device in ("cpu", "cuda:0"):
+        with pytest.raises(_Captured):
+            bench_run.run_one("full", 1.0, 0, ("a.beton", "b.beton"), bench_run.Settings(threads=3, device=device))
+    assert seen == [3, None]
+
+
 # ------------------------------------------------------------------------------ GPU busy sampling
 
 

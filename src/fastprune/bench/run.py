@@ -52,6 +52,13 @@ class Settings:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         return dataclasses.replace(self, device=str(resolve_device(self.device)))
 
+    @property
+    def loader_threads(self) -> int | None:
+        """The training and evaluation loaders' threads: ``threads`` on the CPU, where they share
+        the cores with torch's; on a GPU the Loader's own default (every CPU for JPEG stores, at
+        most 4 for raw pixels, where more threads only contend with the thread launching kernels)."""
+        return None if self.device.startswith("cuda") else self.threads
+
     def apply(self) -> None:
         """Apply the settings that act on the whole process: torch threads, denormal flushing."""
         torch.set_num_threads(self.threads)
@@ -127,7 +134,7 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
             logger = TensorBoardLogger(Path(tensorboard) / name, len(store))
     strategy, history = run_recipe(recipe, strategy_name, keep, seed, stores, strategy_options=strategy_options,
                                    data=data, device=settings.device,
-                                   threads=settings.threads, amp=settings.amp,
+                                   threads=settings.loader_threads, amp=settings.amp,
                                    channels_last=settings.channels_last, progress=settings.progress,
                                    eval_every=settings.eval_every, log=None, on_epoch_end=logger,
                                    compile=False if settings.compile == "off" else settings.compile)
