@@ -67,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8, 16], help="loader threads for (a)")
     p.add_argument("--fit-threads", type=int, nargs="+", default=[16],
                    help="loader threads for (b), each timed (several: do loader threads compete with the thread "
-                        "that launches the kernels?); (c) uses the first")
+                        "that launches the kernels?); (c) runs through fastprune.bench, whose loaders take their "
+                        "own default on a GPU")
     p.add_argument("--fit-nice", type=int, nargs="+", default=[10],
                    help="Loader(thread_nice=...) values for (b), each timed at every --fit-threads count "
                         "(10 is what a CUDA loader uses by default; 0 = producers at the launching thread's priority)")
