@@ -19,7 +19,6 @@ producer's first batch of 256 took ~0.2 s, which is what the pool's turns cut to
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from loader_throughput import photo_store  # noqa: E402
 import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
+from fastprune.loader._source import usable_cpus  # noqa: E402
 
 SETTINGS = {"first round pooled": True, "each producer alone": False}
 
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.tiny:
         args.photos, args.batch, args.epochs = 48, 8, 1
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or usable_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         store = photo_store(workdir, args.photos)

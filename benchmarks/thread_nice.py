@@ -19,7 +19,6 @@ markdown next to it. No GPU figure: what it shows is the scheduling effect on th
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from loader_throughput import photo_store  # noqa: E402
 
 from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
+from fastprune.loader._source import usable_cpus  # noqa: E402
 
 _SCRATCH = torch.zeros(8)
 
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     if args.tiny:
         args.photos, args.batch, args.batches, args.repeats, args.step_ms = 48, 8, 6, 1, 1.0
     torch.set_num_threads(1)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or usable_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         store = photo_store(workdir, args.photos)
