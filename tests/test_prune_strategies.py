@@ -304,6 +304,12 @@ def test_bytes_per_sample_per_strategy():
     assert s.table.bytes_per_sample == 18 and s.table.forgets.sum() == 0
 
 
+def test_every_pruning_strategy_keeps_half_by_default():
+    """UniformRandom(n) once kept everything (the base class's keep): a random baseline that prunes nothing."""
+    for strategy in (UniformRandom(100), EpsilonGreedy(100), UCB(100)):
+        assert strategy.num_selected(0) == 50, type(strategy).__name__
+
+
 @pytest.mark.parametrize("make", [
     lambda **kw: EpsilonGreedy(1000, 0.3, seed=3, **kw),
     lambda **kw: UCB(1000, 0.3, seed=3, **kw),

@@ -123,7 +123,7 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
     ``data``: the stores' description, when the caller has it (else read off the stores).
     ``tensorboard``: a folder, which gets a TensorBoard log of the run in STRATEGY-keepK-seedS/;
     ``kept_grid``: a PNG path, whose name gets -STRATEGY-keepK-seedS for a pruned run's picture of
-    the most- and never-kept images (drawn after the timed run)."""
+    the most- and least-kept images (drawn after the timed run)."""
     name = f"{strategy_name}-keep{keep:g}-seed{seed}"
     logger = None
     if tensorboard is not None:

@@ -1,6 +1,6 @@
 """Seeing the pruning: per-sample scores, times kept and last kept epoch, from a strategy or a
 training checkpoint, written as CSV or .npz (``fastprune scores RUN.pt``), and a PNG grid of the
-most-kept and never-kept images of every class.
+most-kept and least-kept images of every class.
 
     report = strategy.sample_report()                   # dict of per-sample arrays
     fastprune.prune.export_scores(strategy, "scores.csv")   # or .npz; a checkpoint path works too
@@ -195,8 +195,8 @@ def kept_order(report: dict, ids: np.ndarray) -> np.ndarray:
 
 
 def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20) -> Path:
-    """Draw a PNG of each class's ``per_class`` most-kept images (left) and never-kept or, when
-    every sample was kept, least-kept images (right), captioned with their times kept; one row per
+    """Draw a PNG of each class's ``per_class`` most-kept images (left) and least-kept images
+    (right; titled "never kept" when every one shown there is), captioned with their times kept; one row per
     class (the first ``max_classes``), named by the store's class names where it has them.
     ``source``: a strategy, its state_dict, a report or a checkpoint path; ``store``: the training
     store it scored. Needs matplotlib (the ``plots`` extra)."""
@@ -215,12 +215,12 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20)
     columns = 2 * per_class
     fig, axes = plt.subplots(len(classes), columns, figsize=(1.1 * columns + 1.2, 1.2 * len(classes) + 0.6),
                              squeeze=False)
-    never_any = False
+    never_all = True  # every image on the right was never kept
     for row, label in zip(axes, classes):
         ids = np.flatnonzero(labels == label)
         order = kept_order(report, ids)
         most, least = order[:per_class], order[::-1][:per_class]
-        never_any |= bool((report["times_kept"][least] == 0).any())
+        never_all &= bool((report["times_kept"][least] == 0).all())
         for axis, i in zip(row, [*most, *([None] * (per_class - len(most))), *least]):
             axis.set_xticks([])
             axis.set_yticks([])
@@ -233,7 +233,7 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20)
             axis.set_title(f"#{sample} x{int(report['times_kept'][i])}", fontsize=6, pad=2)
         name = names[label] if names and 0 <= label < len(names) else str(int(label))
         row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
-    right = "never kept" if never_any else "least kept"
+    right = "never kept" if never_all else "least kept"
     fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept", fontsize=9)
     fig.tight_layout()
     path = Path(path)
@@ -263,7 +263,7 @@ def add_scores_command(subparsers):
         description="Export each sample's score, EMA loss, updates seen, times kept and last kept "
                     "epoch from a `fastprune train --checkpoint` file, as CSV or .npz (by --out's "
                     "suffix); with --store, also its label and class, and --grid draws the most- "
-                    "and never-kept images of every class (needs the plots extra).")
+                    "and least-kept images of every class (needs the plots extra).")
     parser.add_argument("checkpoint", type=Path, nargs="+", metavar="RUN.pt",
                         help="a fastprune train checkpoint; a sharded run's per-rank checkpoints, all of "
                              "them, give one report of every sample")

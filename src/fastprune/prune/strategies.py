@@ -42,6 +42,10 @@ class UniformRandom(Strategy):
 
     shardable = True
 
+    def __init__(self, num_samples: int, keep: float = 0.5, **options):
+        # 0.5 as every other pruning strategy: the base class's 1.0 would silently prune nothing
+        super().__init__(num_samples, keep, **options)
+
     def _choose(self, context, epoch, pool, quota, stream):
         indices = core.sample_uniform(_pool_size(self, pool), quota, self.seed, epoch, stream)
         return Selection.unweighted(indices)

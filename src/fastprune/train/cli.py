@@ -163,7 +163,7 @@ def add_visibility_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log loss, accuracy (also per class), kept fraction and pruning overhead per "
                              "epoch for TensorBoard (needs the tensorboard package)")
     parser.add_argument("--kept-grid", type=Path, metavar="PNG",
-                        help="after training, draw each class's most-kept and never-kept images (needs "
+                        help="after training, draw each class's most-kept and least-kept images (needs "
                              "matplotlib); `fastprune scores RUN.pt` exports the per-sample numbers")
 
 
