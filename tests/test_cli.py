@@ -214,3 +214,22 @@ def test_convert_index_writes_each_samples_id_and_fastprune_still_finds_image_an
     assert describe_stores(out, out).num_classes == 3
     assert main(["info", str(out)]) == 0
     assert "index" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_not_an_error(tmp_path):
+    """`fastprune info FILE | head -3` once ended on "error: [Errno 32] Broken pipe"."""
+    import os
+    import subprocess
+    import sys
+
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), tmp_path / "s.beton", progress=False)
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastprune", "info", str(store)], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert proc.stderr == "" and proc.returncode == 1

@@ -206,3 +206,20 @@ def test_iterable_dataset_without_len_is_refused(tmp_path):
 
     with pytest.raises(ConversionError, match="Stream has no len"):
         from_torch_dataset(Stream(), tmp_path / "o.beton", progress=False)
+
+
+def test_an_npz_claiming_more_than_memory_is_one_clear_error(tmp_path):
+    """A 200-byte .npz whose header claims 3 TiB of images: numpy's MemoryError, named and one line."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (2**20, 1024, 1024, 3)})
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w") as archive:
+        archive.writestr("images.npy", header.getvalue())
+        archive.writestr("labels.npy", header.getvalue())
+    with pytest.raises(ConversionError, match=r"bomb\.npz: (its arrays do not fit in memory|cannot read)"):
+        from_npz(bomb, tmp_path / "o.beton")
+    assert not (tmp_path / "o.beton").exists()

@@ -154,6 +154,22 @@ def test_unpickler_allows_only_numpy_array_rebuild():
             unpickler.find_class(module, name)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_batches_repickled_by_python3_at_any_protocol(tmp_path, protocol):
+    """Protocols 0-2 spell bytes through _codecs.encode(text, "latin1"), protocol 5 rebuilds arrays
+    with numpy's _frombuffer: "CIFAR-format" re-exports use them, and neither is a threat."""
+    images = cifar_images(3, seed=protocol)
+    for name in ("data_batch_1", "test_batch"):
+        (tmp_path / name).write_bytes(pickle.dumps({b"labels": [2, 0, 1], b"data": as_rows(images)}, protocol=protocol))
+    out = from_cifar(tmp_path, tmp_path / "c.beton", kind="cifar10", progress=False, workers=1)
+    samples = stored(out)
+    assert [label for _, label in samples] == [2, 0, 1]
+    np.testing.assert_array_equal(samples[1][0], images[1])
+    unpickler = RestrictedUnpickler(open(os.devnull, "rb"))
+    with pytest.raises(pickle.UnpicklingError, match="only latin1"):
+        unpickler.find_class("_codecs", "encode")("x", "hex_codec")
+
+
 @pytest.mark.parametrize("batch, message", [
     ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "dtype float32"),
     ({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, r"shape \(2, 1024\)"),

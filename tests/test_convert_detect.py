@@ -34,6 +34,15 @@ def test_folder_kinds_are_detected_by_names(tmp_path, files, kind):
     assert detect_kind(tmp_path) == kind
 
 
+@pytest.mark.parametrize("files", [["data_batch_1.bin", "batches.meta.txt"], ["cifar-10-batches-bin/test_batch.bin"],
+                                   ["train.bin", "test.bin", "coarse_label_names.txt"]])
+def test_cifars_binary_version_is_named_as_unsupported(tmp_path, files):
+    for name in files:
+        touch(tmp_path / name)
+    with pytest.raises(ConversionError, match="binary version .* not supported: use the python version"):
+        detect_kind(tmp_path)
+
+
 def test_file_kinds(tmp_path):
     assert detect_kind(touch(tmp_path / "data.NPZ")) == "npz"
     with pytest.raises(ConversionError, match=r"x\.csv: cannot tell what this file is"):

@@ -137,12 +137,22 @@ def test_file_that_is_not_an_image_is_named(tmp_path):
     assert not (tmp_path / "o.beton").exists()
 
 
-def test_sixteen_bit_png_is_refused_not_rescaled(tmp_path):
+def test_sixteen_bit_pngs_keep_their_high_byte_gray_as_rgb(tmp_path):
+    """Pillow reads a 16-bit RGB PNG as 8-bit RGB (the high bytes); a 16-bit gray one ("I;16") was
+    refused instead. Both now store the high byte; 32-bit images (range unknown) are refused."""
     root = tmp_path / "tree"
     (root / "a").mkdir(parents=True)
-    Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(root / "a/deep.png")
-    with pytest.raises(ConversionError, match=r"deep\.png.*not 8 bits"):
-        from_image_folder(root, tmp_path / "o.beton", progress=False)
+    gray = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000 + 123
+    Image.fromarray(gray).save(root / "a/deep.png")
+    assert Image.open(root / "a/deep.png").mode.startswith("I;16")
+    out = from_image_folder(root, tmp_path / "o.beton", progress=False)
+    image, _ = fastprune.Store(out)[0]
+    np.testing.assert_array_equal(image, np.repeat((gray >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)).save(root / "a/wide.tif")
+    (root / "a/deep.png").unlink()
+    (root / "a/wide.tif").rename(root / "a/wide.png")  # a TIFF by content: scanned by its name
+    with pytest.raises(ConversionError, match=r"wide\.png.*not 8 bits"):
+        from_image_folder(root, tmp_path / "o2.beton", progress=False)
 
 
 def test_empty_inputs(tmp_path):

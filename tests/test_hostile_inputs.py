@@ -417,3 +417,29 @@ def test_a_checkpointed_selection_with_indices_out_of_range_is_refused():
     state["cache"]["indices"][0] = -1
     with pytest.raises(ValueError, match="index -1 outside"):
         fastprune.UCB(10, keep=0.5).load_state_dict(state)
+
+
+def test_a_full_disk_names_the_output_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """ENOSPC while writing said only "[Errno 28] No space left on device"; a read-only folder
+    named the hidden temporary file. Both now name the output asked for."""
+    import errno
+
+    from fastprune.convert import from_arrays
+    from fastprune.store import writer
+
+    def full(self, chunk):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer._FileWriter, "add_chunk", full)
+    out = tmp_path / "x.beton"
+    with pytest.raises(ConversionError, match=r"cannot write .*x\.beton: No space left on device"):
+        from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+    def read_only(path):
+        temp = path.parent / f".{path.name}.host.1.abc.tmp"
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(temp))
+
+    monkeypatch.setattr(writer, "create_temp_file", read_only)
+    with pytest.raises(ConversionError, match=r"cannot write .*x\.beton: Permission denied$"):
+        from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)

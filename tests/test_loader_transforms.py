@@ -182,3 +182,38 @@ def test_normalize_reuses_output_memory_only_after_every_tensor_on_it_is_gone():
     assert torch.equal(third, torch.full_like(third, (30 / 255 - 0.5) / 0.25))
     for clone in (copy.deepcopy(norm), pickle.loads(pickle.dumps(norm))):
         assert torch.equal(clone(images[3], ids, 0), norm(images[3], ids, 0))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RandomCrop("16"), "size must be an integer"),            # once (1, 6)
+    (lambda: RandomCrop(True), "got the bool"),                        # once (1, 1)
+    (lambda: RandomCrop((16.7, 16)), "size must be an integer"),       # once (16, 16)
+    (lambda: RandomCrop(8, padding=1.5), "padding must be an integer"),
+    (lambda: Cutout(2.7), "size must be an integer"),
+    (lambda: Normalize(mean=0.5), "needs 3 values"),
+    (lambda: RandomResizedCrop(8, scale=(0.5,)), "scale must be a pair"),
+    (lambda: RandomHorizontalFlip("0.5"), "p must be a number"),
+])
+def test_transform_arguments_are_refused_not_coerced(make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make()
+
+
+def test_transform_arguments_take_numpy_and_torch_numbers():
+    assert RandomCrop(np.int64(8), padding=np.int32(2)).size == (8, 8)
+    assert Normalize(torch.tensor([0.5, 0.4, 0.3]), np.array([0.2, 0.2, 0.2])).mean == pytest.approx((0.5, 0.4, 0.3))
+    assert RandomHorizontalFlip(np.float32(0.25)).p == 0.25
+
+
+def test_a_crop_larger_than_the_stores_images_fails_when_the_loader_is_built(tmp_path):
+    import fastprune
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((8, 16, 16, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
+    with pytest.raises(ValueError, match=r"transforms\[0\]: RandomCrop: size \(40, 40\) is larger"):
+        fastprune.Loader(store, 4, transforms=[RandomCrop(40, padding=0)])
+    with pytest.raises(ValueError, match=r"transforms\[1\].*8x8"):  # after a crop: its output size
+        fastprune.Loader(store, 4, transforms=[CenterCrop(8), RandomCrop(10, padding=0)])
+    with pytest.raises(TypeError, match="drop_last must be True or False"):
+        fastprune.Loader(store, 4, drop_last="False")
+    assert len(fastprune.Loader(store, 4, transforms=[RandomCrop(12, padding=0)])) == 2

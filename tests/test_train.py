@@ -295,3 +295,47 @@ def test_make_strategy_places_final_full_epochs_from_the_run_length(name):
     strategy = make_strategy(name, 1000, 0.5, epochs=6, seed=0, final_full_epochs=2)
     assert [strategy.num_selected(e) for e in (3, 4, 5)] == [500, 1000, 1000]
     assert len(strategy.select(5)) == 1000 and len(strategy.select(3)) == 500
+
+
+def test_fit_refuses_misuse_before_training(tmp_path):
+    """A strategy other than the loader's sampler would get every loss and choose nothing; a loader
+    that yields no batch would 'train' with a NaN loss; a resume with another loader seed would
+    diverge from the uninterrupted run."""
+    import numpy as np
+    import pytest
+    import torch
+
+    import fastprune
+    from fastprune.convert import from_arrays
+    from fastprune.errors import CheckpointError
+    from fastprune.train import fit
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8), np.arange(32) % 2,
+                        tmp_path / "s.beton", progress=False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2))
+    selecting, other = fastprune.UCB(32, seed=0), fastprune.UCB(32, seed=1)
+    loader = fastprune.Loader(store, 8, sampler=selecting, seed=0, transforms=[fastprune.loader.Normalize()])
+    with pytest.raises(ValueError, match="is not the one that selects"):
+        fit(model, loader, None, other, epochs=1, progress=False, log=None)
+    with pytest.raises((TypeError, ValueError), match="epochs"):
+        fit(model, loader, None, selecting, epochs=1.5, progress=False, log=None)
+    empty = fastprune.Loader(store, 32, sampler=fastprune.UCB(32, seed=0), drop_last=True,  # 16 kept < 32
+                             transforms=[fastprune.loader.Normalize()])
+    with pytest.raises(ValueError, match="yielded no batch"):
+        fit(model, empty, None, empty.sampler, epochs=1, progress=False, log=None)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(Stop):  # killed after epoch 1, its checkpoint written
+        fit(model, loader, None, selecting, epochs=2, progress=False, log=None, checkpoint=checkpoint,
+            on_epoch_end=stop)
+    reseeded = fastprune.Loader(store, 8, sampler=selecting, seed=1, transforms=[fastprune.loader.Normalize()])
+    with pytest.raises(CheckpointError, match="loader_seed=0 in the checkpoint, 1 now"):
+        fit(model, reseeded, None, selecting, epochs=2, progress=False, log=None, checkpoint=checkpoint, resume=True)
+    assert len(fit(model, loader, None, selecting, epochs=2, progress=False, log=None, checkpoint=checkpoint,
+                   resume=True)) == 2

@@ -42,6 +42,13 @@ def _integer(value, name: str, expected: str) -> int:
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}") from None
 
 
+def check_bool(value, name: str) -> bool:
+    """``value`` as a bool: True or False (numpy's too), not strings ("False" is truthy) or numbers."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.40}")
+    return bool(value)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     return check_int_range(seed, name, 0, MAX_SEED)
 

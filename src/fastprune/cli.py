@@ -12,6 +12,7 @@ import functools
 import importlib
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -115,7 +116,8 @@ SOURCE is one of:
   a CIFAR-100 folder (cifar-100-python: train, test, meta) or its parent
   a CIFAR archive as downloaded (cifar-10-python.tar.gz, cifar-100-python.tar.gz), read without unpacking
   an image folder: one subfolder per class (sorted names -> labels 0, 1, ...), .jpg/.jpeg/.png
-    files below each (other and hidden files ignored)
+    files below each (other and hidden files ignored); EXIF orientation is not applied (as in
+    torchvision's ImageFolder): photos a camera stored sideways stay so
   a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
 replicated), label (int), and coarse_label for CIFAR-100 with --coarse.
@@ -251,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = functools.partial(_one_line_warning, args.command, warnings.showwarning)
             return args.run(args)
+    except BrokenPipeError:  # `fastprune info FILE | head`: the reader left; not an error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
+        return 1
     except (FastpruneError, OSError) as exc:  # the user's input or files; a traceback would not help
         # messages may quote a file's own text (names, paths): escaped, never sent raw to a terminal
         print(f"{PROG} {args.command}: error: {_printable(str(exc))}", file=sys.stderr)

@@ -14,6 +14,7 @@ Both accept any spatial size (global average pooling at the end), so 28x28 and 3
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -165,6 +166,13 @@ def build_user_model(factory, num_classes: int, spec: str | None = None) -> nn.M
     from .errors import ConfigError
 
     spec = spec or model_spec_of(factory)
+    try:  # a factory that cannot take num_classes= is the option's fault, not a bug inside the model
+        inspect.signature(factory).bind(num_classes=num_classes)
+    except TypeError as exc:
+        raise ConfigError(f"model {spec!r} must accept num_classes= (it is called as "
+                          f"{spec.rsplit(':', 1)[-1]}(num_classes={num_classes})): {exc}") from None
+    except ValueError:  # no signature to read (some builtins): let the call say
+        pass
     model = factory(num_classes=num_classes)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r}: returned a {type(model).__name__}, not a torch.nn.Module")

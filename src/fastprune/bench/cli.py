@@ -36,7 +36,7 @@ from pathlib import Path
 from ..cli import fraction, positive_int, seed
 from ..errors import MissingExtraError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
-                         check_visibility_arguments, describe_device, recipe_from_args)
+                         check_outputs, check_visibility_arguments, describe_device, recipe_from_args)
 from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
 from ..store.reader import Store
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     check_visibility_arguments(args)
     if (args.train is None) != (args.val is None):
         raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
+    out = args.out or default_out_of(args)
+    check_outputs(args, {"--out": out})
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
@@ -121,11 +123,9 @@ def run(args: argparse.Namespace) -> int:
         if warning:  # on stdout with the recipe: stderr carries only the one-line errors
             print(warning, flush=True)
     if args.train is not None:
-        stores, default_out = (args.train, args.val), Path(f"bench_{args.train.stem}.json")
+        stores = (args.train, args.val)
     else:
         stores = prepare_stores(args.workdir, mode["train_limit"])
-        default_out = machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
-    out = args.out or default_out
     result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
                      built_in=args.train is None, log=functools.partial(print, flush=True),
                      tensorboard=args.tensorboard, kept_grid=args.kept_grid)
@@ -136,6 +136,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")
     print(report.verdict(result["summary"], note))
     return 0
+
+
+def default_out_of(args: argparse.Namespace) -> Path:
+    """Where the results go without --out: beside the user's data, or the repository's results."""
+    if args.train is not None:
+        return Path(f"bench_{args.train.stem}.json")
+    return machine.RESULTS / ("end_to_end_quick.json" if args.quick else "end_to_end.json")
 
 
 def recipe_for(args: argparse.Namespace, mode: dict):

@@ -98,7 +98,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     if unknown:
         raise ValueError(f"compare(): unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     keeps = (keep,) if isinstance(keep, (int, float)) else tuple(keep)
-    mode = {"train_limit": None, "epochs": int(epochs), "keeps": keeps, "seeds": tuple(seeds),
+    mode = {"train_limit": None, "epochs": check_positive_int(epochs, "compare(): epochs"), "keeps": keeps,
+            "seeds": tuple(seeds),
             "strategies": tuple(name for name in strategies if name != "full"),
             "eval_every": check_positive_int(eval_every, "compare(): eval_every")}
     defaults = Settings()

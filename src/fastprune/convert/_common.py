@@ -10,13 +10,13 @@ file is created.
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .._outputs import check_output_file
 from ..errors import ConversionError
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
@@ -45,31 +45,8 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
 
 def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Fail before any work if the output cannot be written where asked, or writing it would
-    destroy something: ``out`` must not be an existing non-regular file (a FIFO, a device: the
-    atomic rename would replace it) nor, through any path or link, one of the ``inputs``."""
-    out = Path(out)
-    if out.is_dir():
-        raise ConversionError(f"output {out} is a directory; give a file name such as {out / 'data.beton'}")
-    if not out.parent.is_dir():
-        raise ConversionError(f"output folder {out.parent} does not exist (output {out})")
-    try:
-        existing = out.stat()
-    except OSError:  # nothing there (or a dangling link, which the rename replaces harmlessly)
-        return out
-    if not stat.S_ISREG(existing.st_mode):
-        raise ConversionError(f"output {out} exists and is not a regular file ({_file_kind(existing.st_mode)}); "
-                              "it is left alone: choose another --out")
-    for source in inputs:
-        if os.path.samefile(source, out):
-            raise ConversionError(f"output {out} is the input file {source}; the source is never "
-                                  "overwritten: choose another --out")
-    return out
-
-
-def _file_kind(mode: int) -> str:
-    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
-             stat.S_ISSOCK: "a socket"}
-    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
+    destroy something (see :func:`fastprune._outputs.check_output_file`)."""
+    return check_output_file(out, "output", inputs, error=ConversionError, example="data.beton")
 
 
 def check_max_pixels(max_pixels: int) -> None:
@@ -177,7 +154,12 @@ EIGHT_BIT_PIL_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX
 
 
 def pil_to_rgb(image: Any, what: str) -> np.ndarray:
-    """A PIL image as HxWx3 uint8; alpha is dropped, 16-bit and float images are refused."""
+    """A PIL image as HxWx3 uint8; alpha is dropped. 16-bit gray ("I;16", a 16-bit PNG) keeps its
+    high byte, as Pillow itself reads a 16-bit RGB PNG; 32-bit and float images, whose range is
+    unknown, are refused."""
+    if image.mode.startswith("I;16"):
+        high = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(high[:, :, None], 3, axis=2)
     if image.mode not in EIGHT_BIT_PIL_MODES:
         raise ConversionError(f"{what} has PIL mode {image.mode!r} (not 8 bits per channel); "
                               "fastprune stores 8-bit RGB and does not rescale")

@@ -39,6 +39,8 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             return archive["images"], archive["labels"]
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ConversionError(f"{path}: cannot read as .npz: {exc}") from exc
+    except MemoryError as exc:  # a header may claim any shape; numpy's message says which
+        raise ConversionError(f"{path}: its arrays do not fit in memory: {exc}") from None
 
 
 def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool = False,

@@ -34,17 +34,31 @@ PIXELS_PER_IMAGE = 3 * SIDE * SIDE
 
 
 def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle needs: how numpy rebuilds an array and its dtype."""
+    """The only globals a CIFAR pickle needs: how numpy rebuilds an array and its dtype (protocol
+    5: from a buffer), and how protocols 0-2 written by Python 3 spell a bytes object."""
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
+        from numpy._core.numeric import _frombuffer
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
     return {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # name in the original files
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # name numpy 2 writes
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_bytes,
     }
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocols 0-2 use it for bytes (``encode(text, "latin1")``): that
+    codec only, not a door to every registered one."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refused _codecs.encode(..., {encoding!r}): only latin1 spells bytes")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):

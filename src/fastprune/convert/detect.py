@@ -44,6 +44,10 @@ def detect_kind(path: Path) -> str:
         raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, "
                               ".npz files with 'images' and 'labels', or CIFAR .tar.gz archives")
     names = {p.name for p in path.iterdir()}
+    if "data_batch_1.bin" in names or "test_batch.bin" in names or "cifar-10-batches-bin" in names \
+            or {"train.bin", "test.bin"} <= names:
+        raise ConversionError(f"{path}: CIFAR's binary version (.bin files) is not supported: use the "
+                              "python version (cifar-10-python.tar.gz / cifar-100-python.tar.gz)")
     if any(name.endswith("-images-idx3-ubyte") or name.endswith("-images-idx3-ubyte.gz") for name in names):
         return "idx"
     if CIFAR10_FOLDER in names or "test_batch" in names or "data_batch_1" in names:

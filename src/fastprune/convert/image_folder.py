@@ -12,7 +12,10 @@ Rules:
 * a class folder without images is an error (its label id would silently go unused);
 * files directly in the root are ignored (they belong to no class);
 * an image whose header claims more than ``max_pixels`` pixels is refused before it is decoded
-  (a few bytes can claim gigabytes), as is a truncated image.
+  (a few bytes can claim gigabytes), as is a truncated image;
+* pixels are stored as the file holds them: EXIF orientation is not applied (torchvision's
+  ImageFolder does not either, and a kept JPEG's bytes could not carry the rotation), so a photo
+  a camera stored sideways stays sideways; rotate such files first (``ImageOps.exif_transpose``).
 
 JPEG storage (``jpeg=True``) keeps a file's own bytes when it needs no resizing and is a
 baseline 8-bit JPEG (grey or YCbCr) that decodes cleanly: no decode/re-encode, no generation
@@ -167,10 +170,16 @@ def _open_image(path: Path, data: bytes | None = None):
 
 
 def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[int, int] | None,
-                    workers: int | None, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """The one (H, W) all stored images will have, or an error naming two files that differ."""
+                    workers: int | None, max_pixels: int = _common.DEFAULT_MAX_PIXELS,
+                    progress: bool = False) -> tuple[int, int]:
+    """The one (H, W) all stored images will have, or an error naming two files that differ.
+    Every header is read (minutes for a million files): ``progress`` shows a bar meanwhile."""
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        sizes = list(pool.map(functools.partial(read_size, max_pixels=max_pixels), paths))
+        sizes = pool.map(functools.partial(read_size, max_pixels=max_pixels), paths)
+        sizes = list(tqdm(sizes, total=len(paths), unit="image", desc="checking sizes",
+                          **({} if progress else {"disable": True})))
     shapes = [_common.fitted_shape(h, w, max_side=max_side, resize=resize) for h, w in sizes]
     for path, shape in zip(paths, shapes):
         if shape != shapes[0]:
@@ -228,7 +237,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     paths, labels, classes = scan_image_folder(source)
     out = _common.check_output_path(out, inputs=paths)
     one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize,
-                                                  workers=workers, max_pixels=max_pixels)
+                                                  workers=workers, max_pixels=max_pixels, progress=progress)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg)

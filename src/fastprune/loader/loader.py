@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .._args import check_epoch, check_positive_int, check_seed
+from .._args import check_bool, check_epoch, check_positive_int, check_seed
 from ..prune.distributed import resolve_ranks, shard
 from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
@@ -134,9 +134,9 @@ class Loader:
             threads = check_positive_int(threads, "threads")
         prefetch = check_positive_int(prefetch, "prefetch")
         self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.even_batches = bool(even_batches)
+        self.shuffle = check_bool(shuffle, "shuffle")
+        self.drop_last = check_bool(drop_last, "drop_last")
+        self.even_batches = check_bool(even_batches, "even_batches")
         if self.drop_last and self.even_batches:
             raise ValueError("drop_last and even_batches exclude each other: drop_last keeps only full "
                              "batches, even_batches splits every sample into near-equal batches")
@@ -506,10 +506,20 @@ def _check_transforms(transforms, pin: bool) -> list:
 
 
 def _check_batchable(source, transforms) -> None:
+    """Every batch gets one shape, and a crop that cannot fit the store's images fails here, not
+    in the first batch's producer thread."""
     fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
     if not fused_crop and source.num_samples and source.uniform_shape is None:
         raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
                          "in transforms so that every batch has one shape")
+    size = source.uniform_shape if not fused_crop else transforms[0].output_size(0, 0)
+    for i, t in enumerate(transforms[1:] if fused_crop else transforms, start=int(fused_crop)):
+        if size is None or isinstance(t, Normalize) or not hasattr(t, "output_size"):
+            continue
+        try:
+            size = tuple(t.output_size(*size))
+        except ValueError as exc:
+            raise ValueError(f"transforms[{i}]: {exc} (its input: {size[0]}x{size[1]} images)") from None
 
 
 def _check_sampler(sampler, num_samples: int) -> None:

@@ -47,6 +47,8 @@ import numba
 import numpy as np
 import torch
 
+from .._args import check_int_range, check_positive_int
+
 __all__ = [
     "BatchTransform", "RandomCrop", "RandomResizedCrop", "CenterCrop", "RandomHorizontalFlip",
     "Cutout", "Normalize", "uniform", "stream_key",
@@ -141,13 +143,9 @@ class RandomCrop(BatchTransform):
     """Pad by ``padding`` (with ``fill``) and take a random ``size`` crop (default: input size)."""
 
     def __init__(self, size: int | tuple[int, int] | None = None, padding: int = 4, fill: int = 0):
-        if padding < 0:
-            raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")
-        if not 0 <= fill <= 255:
-            raise ValueError(f"RandomCrop: fill must be a uint8 value, got {fill}")
         self.size = _pair(size, "RandomCrop", "size") if size is not None else None
-        self.padding = int(padding)
-        self.fill = int(fill)
+        self.padding = check_int_range(padding, "RandomCrop: padding", 0, 2**30)
+        self.fill = check_int_range(fill, "RandomCrop: fill (a uint8 value)", 0, 255)
 
     def output_size(self, height, width):
         out = self.size or (height, width)
@@ -257,12 +255,13 @@ class RandomResizedCrop(_ResizedCrop):
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         super().__init__(size)
+        scale, ratio = _range(scale, "scale"), _range(ratio, "ratio")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"RandomResizedCrop: ratio must satisfy 0 < lo <= hi, got {ratio}")
-        self.scale = tuple(map(float, scale))
-        self.ratio = tuple(map(float, ratio))
+        self.scale = scale
+        self.ratio = ratio
 
     def crop_params(self, heights, widths, ids, stream):
         crops = np.empty((len(ids), 4), np.int32)
@@ -276,9 +275,10 @@ class CenterCrop(_ResizedCrop):
 
     def __init__(self, size, ratio: float = 224 / 256):
         super().__init__(size)
+        ratio = _real(ratio, "CenterCrop: ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"CenterCrop: ratio must be in (0, 1], got {ratio}")
-        self.ratio = float(ratio)
+        self.ratio = ratio
 
     def crop_params(self, heights, widths, ids, stream):
         crops = np.empty((len(heights), 4), np.int32)
@@ -317,9 +317,10 @@ class RandomHorizontalFlip(BatchTransform):
     """
 
     def __init__(self, p: float = 0.5):
+        p = _real(p, "RandomHorizontalFlip: p")
         if not 0 <= p <= 1:
             raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = p
 
     def flags(self, ids, stream) -> np.ndarray:
         """uint8 [B]: 1 where this transform mirrors sample ``ids[b]`` (what ``__call__`` does)."""
@@ -345,12 +346,8 @@ class Cutout(BatchTransform):
     """Fill a ``size`` x ``size`` square centred at a random pixel (clipped at the borders)."""
 
     def __init__(self, size: int, fill: int = 0):
-        if size <= 0:
-            raise ValueError(f"Cutout: size must be > 0, got {size}")
-        if not 0 <= fill <= 255:
-            raise ValueError(f"Cutout: fill must be a uint8 value, got {fill}")
-        self.size = int(size)
-        self.fill = int(fill)
+        self.size = check_positive_int(size, "Cutout: size")
+        self.fill = check_int_range(fill, "Cutout: fill (a uint8 value)", 0, 255)
 
     def __call__(self, images, ids, stream):
         return _cutout_kernel(images, ids, np.uint64(stream), self.size, np.uint8(self.fill))
@@ -498,7 +495,9 @@ class Normalize(BatchTransform):
 
 
 def _rgb(values, name: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in values)
+    if not isinstance(values, Sequence) and not hasattr(values, "__array__") or isinstance(values, str):
+        raise TypeError(f"Normalize: {name} needs 3 values (R, G, B; fractions of 255), got {values!r:.60}")
+    values = tuple(_real(v, f"Normalize: {name}") for v in values)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"Normalize: {name} needs 3 finite values (RGB), got {list(values)}")
     return values
@@ -515,7 +514,24 @@ def _check_fraction_units(mean, std) -> None:
 
 
 def _pair(value, owner: str, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(int(v) <= 0 for v in pair):
+    """A size: one positive int, or (height, width). Strings, floats and bools are refused, not
+    coerced ("16" is not (1, 6), 16.7 is not 16)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
         raise ValueError(f"{owner}: {name} must be a positive int or (height, width), got {value!r}")
-    return int(pair[0]), int(pair[1])
+    height, width = (check_positive_int(v, f"{owner}: {name}") for v in pair)
+    return height, width
+
+
+def _real(value, name: str) -> float:
+    """``value`` as a float: numbers only (not bools or strings such as "0.5")."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def _range(value, name: str) -> tuple[float, float]:
+    """RandomResizedCrop's (lo, hi) pairs."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"RandomResizedCrop: {name} must be a pair (lo, hi), got {value!r:.60}")
+    return _real(value[0], f"RandomResizedCrop: {name}"), _real(value[1], f"RandomResizedCrop: {name}")

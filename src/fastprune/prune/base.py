@@ -69,7 +69,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._args import MAX_EPOCH, check_seed
+from .._args import MAX_EPOCH, check_bool, check_positive_int, check_seed
 from ._inputs import as_indices, to_numpy
 from .distributed import gather_updates
 from .sharding import is_sharded, sharded_ranks, Sharding
@@ -141,6 +141,7 @@ class Strategy:
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
                  keep_schedule=None, labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
                  distributed: bool | str = "auto", score_dtype: str = "float32", track_kept: bool = True):
+        num_samples = check_positive_int(num_samples, f"{type(self).__name__}: num_samples")
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)
         self.sharding, self.shard_rank = self._sharding_of(distributed, num_samples)
@@ -159,7 +160,7 @@ class Strategy:
         self.reselect_every = self._non_negative(reselect_every, "reselect_every")  # 2.5 is refused, not cut to 2
         if self.reselect_every < 1:
             raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
-        self.skip_invalid = bool(skip_invalid)
+        self.skip_invalid = check_bool(skip_invalid, "skip_invalid")
         self.distributed = distributed
         self._pools, self._pool_sizes, self._labels_digest = self._class_pools(labels)
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
@@ -167,8 +168,7 @@ class Strategy:
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
         # What was kept: counted once per selected epoch (in select), not per step; per shard row
         # when sharded. 8 bytes per sample, as much as a float32 table: optional at scale.
-        if not isinstance(track_kept, (bool, np.bool_)):
-            raise TypeError(f"track_kept must be True or False, got {track_kept!r}")
+        check_bool(track_kept, "track_kept")
         self.track_kept = bool(track_kept)
         rows = self.table.num_samples if self.track_kept else 0
         self._times_kept = np.zeros(rows, dtype=np.uint32)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_distinct, check_image_file, check_output_file
 from ..errors import ConfigError, require
 from .sharding import Sharding
 from .static import forgetting_scores
@@ -132,24 +133,38 @@ def merge_reports(reports) -> dict[str, np.ndarray]:
 def report_of(source) -> dict[str, np.ndarray]:
     """The report of a strategy, of a report itself, or of a ``fastprune train`` checkpoint (path);
     of a list or tuple of those (a sharded run's per-rank checkpoints), their merged report."""
+    return run_report(source)[0]
+
+
+def run_report(source) -> tuple[dict[str, np.ndarray], str | None]:
+    """(:func:`report_of` ``source``, the training store its checkpoint records: size and checksums,
+    see ``store_identity``; None when ``source`` is no checkpoint or its run recorded none)."""
     if isinstance(source, (list, tuple)):
-        return merge_reports(report_of(part) for part in source)
+        parts = [run_report(part) for part in source]
+        return merge_reports(report for report, _ in parts), next((s for _, s in parts if s), None)
     if isinstance(source, dict):
-        return report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source
+        return (report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source), None
     if isinstance(source, (str, os.PathLike)):
         from ..train.checkpoints import read_checkpoint
 
         state = read_checkpoint(source, map_location="cpu")
         if state.get("strategy") is None:
             raise ConfigError(f"{source}: the checkpoint holds no strategy (a run without pruning)")
-        return report_from_state(state["strategy"])
-    return sample_report(source)
+        return report_from_state(state["strategy"]), (state.get("settings") or {}).get("train_store")
+    return sample_report(source), None
 
 
-def _with_labels(report: dict, store) -> dict:
+def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
+    """``report`` with the ``store``'s labels (and class names); ``trained_on``: the store identity
+    the run's checkpoint records, which ``store`` must match (another store of the same size would
+    label every row silently wrong)."""
     from ..loader._source import open_source
+    from ..store.checksums import store_identity
 
     source = open_source(store, None, None, threads=1)
+    if trained_on is not None and store_identity(source.owner) != trained_on:
+        raise ConfigError(f"{_name(store)} is not the store the run trained on (its checkpoint records "
+                          f"{trained_on}; this one: {store_identity(source.owner)}): give the run's training store")
     if source.labels is None:
         raise ConfigError(f"{_name(store)}: the store has no label field")
     index = report["index"]
@@ -164,15 +179,16 @@ def _with_labels(report: dict, store) -> dict:
     return report
 
 
-def export_scores(source, path, *, store=None) -> Path:
+def export_scores(source, path, *, store=None, trained_on: str | None = None) -> Path:
     """Write the per-sample report of ``source`` (a strategy, its state_dict, or a checkpoint
     path) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
     array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
-    the store names its classes). Returns the path."""
+    the store names its classes); a checkpoint's run must have trained on it. ``trained_on``: the
+    training store's identity, for a ``source`` that is already a report. Returns the path."""
     path = Path(path)
-    report = report_of(source)
+    report, recorded = run_report(source)
     if store is not None:
-        report = _with_labels(report, store)
+        report = _with_labels(report, store, recorded or trained_on)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".npz"):
         raise ConfigError(f"{path}: export_scores writes .csv or .npz, not {path.suffix or 'a file without suffix'!r}")
@@ -194,18 +210,21 @@ def kept_order(report: dict, ids: np.ndarray) -> np.ndarray:
     return ids[np.lexsort((ids, -score, -times))]
 
 
-def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20) -> Path:
+def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
+              trained_on: str | None = None) -> Path:
     """Draw a PNG of each class's ``per_class`` most-kept images (left) and least-kept images
     (right; titled "never kept" when every one shown there is), captioned with their times kept; one row per
     class (the first ``max_classes``), named by the store's class names where it has them.
     ``source``: a strategy, its state_dict, a report or a checkpoint path; ``store``: the training
-    store it scored. Needs matplotlib (the ``plots`` extra)."""
+    store it scored (``trained_on``: as in :func:`export_scores`). Needs matplotlib (the ``plots`` extra)."""
     from ..loader._source import open_source
 
     matplotlib = require("matplotlib", "plots", "drawing the kept-images grid")
+    check_image_file(path, "kept_grid: path", error=ConfigError)  # before the work: "." would write "./.png"
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "plots", "drawing the kept-images grid")
-    report = _with_labels(report_of(source), store)
+    report, recorded = run_report(source)
+    report = _with_labels(report, store, recorded or trained_on)
     if "times_kept" not in report:
         raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
                           "track_kept=False does not count")
@@ -279,13 +298,20 @@ def scores_main(args) -> int:
     if args.grid is not None and args.store is None:
         raise ConfigError("--grid needs --store (the run's training store, whose images it draws)")
     first = args.checkpoint[0]
-    report = report_of(args.checkpoint if len(args.checkpoint) > 1 else first)
     out = args.out or first.with_name(f"{first.stem}_scores.csv")
-    export_scores(report, out, store=args.store)
+    inputs = [*args.checkpoint, *([args.store] if args.store else [])]
+    check_output_file(out, "--out", inputs, makes_folders=True)
+    if args.grid is not None:
+        check_output_file(args.grid, "--grid", inputs, makes_folders=True)
+        check_distinct({"--out": out, "--grid": args.grid})
+        require("matplotlib", "plots", "--grid")
+        check_image_file(args.grid, "--grid")
+    report, trained_on = run_report(args.checkpoint if len(args.checkpoint) > 1 else first)
+    export_scores(report, out, store=args.store, trained_on=trained_on)
     times = report.get("times_kept")
     kept = ("times kept not counted (track_kept=False)" if times is None else
             f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
     print(f"wrote {out}: {len(report['index'])} samples, {kept}")
     if args.grid is not None:
-        print(f"wrote {kept_grid(report, args.store, args.grid)}")
+        print(f"wrote {kept_grid(report, args.store, args.grid, trained_on=trained_on)}")
     return 0

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .._args import check_epoch, check_seed
+from .._args import check_bool, check_epoch, check_seed
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import sampler_ranks, shard
@@ -52,7 +52,7 @@ class PrunedSampler(_SamplerBase):
                  num_replicas: int | None = None, rank: int | None = None):
         self.strategy = strategy
         self.seed = check_seed(seed)
-        self.shuffle = bool(shuffle)
+        self.shuffle = check_bool(shuffle, "PrunedSampler: shuffle")
         self.rank, self.world_size = sampler_ranks(distributed, num_replicas, rank)
         # a sharded strategy (distributed="sharded") selects this rank's samples itself: visit them all
         self._sharding, self.rank, self.world_size = consumer_shard(strategy, self.rank, self.world_size,

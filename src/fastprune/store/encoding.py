@@ -80,6 +80,11 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:
         os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself (an interrupted
+    # worker would send back an error and may block on a pipe nobody reads). SIGTERM from the
+    # parent kills at once (not the parent's inherited handler that turns it into an exception).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
@@ -116,8 +121,12 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
         # in user code) and raises BrokenProcessPool instead of waiting for it forever.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
+        # Futures, not pool.map: map cancels the pending ones when the loop is left (Ctrl-C), and
+        # the executor's thread then fails setting "broken" on a cancelled future (CPython 3.11).
+        pending = [pool.submit(_encode_in_worker, span) for span in reversed(bounds)]
         try:
-            for chunk in pool.map(_encode_in_worker, bounds):
+            while pending:
+                chunk = pending.pop().result()  # popped: a chunk written is not kept in memory
                 yield chunk
                 bar.update(chunk.stop - chunk.start)
         except BrokenProcessPool as exc:
@@ -128,12 +137,33 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers now, even mid-task (after an error or KeyboardInterrupt)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    """Stop the workers now, even mid-task (after an error or KeyboardInterrupt).
+
+    The processes are read before ``shutdown``, which forgets them (``_processes = None``): a
+    worker left alive can block forever writing a result nobody reads, and the interpreter's
+    exit would wait for it. Pending futures are not cancelled: the executor's own thread marks
+    them broken once the workers are gone (cancelling them first makes it fail on a cancelled
+    future, a traceback on Ctrl-C)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    results = getattr(pool, "_result_queue", None)
+    pool.shutdown(wait=False)
+    for process in processes:
         if process.is_alive():
             process.terminate()
-        process.join()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():  # SIGTERM blocked or ignored by the user's source code
+            process.kill()
+            process.join()
+    # A worker killed mid-way through sending a result leaves the executor's thread waiting for the
+    # rest; this process holds the pipe's last write end (inherited by the workers, never written
+    # here): closing it turns the wait into EOF, and the thread ends instead of blocking the exit.
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
+    if manager is not None:
+        manager.join(timeout=5)
 
 
 __all__ = ["encode_chunk", "encoded_chunks", "EncodedChunk"]

@@ -83,11 +83,20 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 writer.finish()
                 os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
-        except BaseException:
+        except BaseException as exc:
             if tmp_name is not None:
                 remove_quietly(tmp_name)
+            if isinstance(exc, OSError) and _about_output(exc, path):
+                # disk full, a read-only folder: named by the output asked for, not the hidden temp
+                raise ConversionError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
     return path
+
+
+def _about_output(exc: OSError, path: Path) -> bool:
+    """Whether ``exc`` came from writing the output (no file named, or the temporary twin),
+    not from reading a source file, whose name the error keeps."""
+    return exc.filename is None or Path(os.fsdecode(exc.filename)).name.startswith(f".{path.name}.")
 
 
 # --- argument checks -----------------------------------------------------------------------------

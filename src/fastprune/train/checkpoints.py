@@ -76,6 +76,11 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        if exc.filename is not None:  # the file itself: missing, unreadable (the message names it)
+            raise
+        # a read inside the archive (a truncated zip: "[Errno 22] Invalid argument") names nothing
+        raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (truncated or damaged): {exc}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
                               f"objects other than tensors and plain values): {_load_failure(exc)}") from None

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from .._outputs import check_distinct, check_image_file, check_output_file, check_output_folder
 from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
+from ..errors import ConfigError
 from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
 from .loop import COMPILE_CHOICES, save_csv, save_history
@@ -177,6 +179,21 @@ def check_visibility_arguments(args) -> None:
         require("matplotlib", "plots", "--kept-grid")
 
 
+def check_outputs(args, files: dict) -> None:
+    """Before any work: every file the command will write (``files``: {option: path or None}, plus
+    --kept-grid and --tensorboard) can be written, and none is one of the stores or another output.
+    Call after :func:`check_visibility_arguments` (the image check needs matplotlib)."""
+    inputs = [path for path in (args.train, args.val) if path is not None]
+    files = {**files, "--kept-grid": args.kept_grid}
+    for what, path in files.items():
+        if path is not None:
+            check_output_file(path, what, inputs, makes_folders=True)
+    check_distinct(files)
+    check_image_file(args.kept_grid, "--kept-grid")
+    if args.tensorboard is not None:
+        check_output_folder(args.tensorboard, "--tensorboard")
+
+
 def train_main(args) -> int:
     """Run ``fastprune train`` from parsed arguments; returns the exit code."""
     if args.resume and args.checkpoint is None:
@@ -185,6 +202,10 @@ def train_main(args) -> int:
         raise SystemExit(f"fastprune train: --eval-every must be >= 1, got {args.eval_every}")
     device = resolve_device(args.device)  # before any work: CUDA asked for and missing is one line
     check_visibility_arguments(args)
+    check_outputs(args, {"--log-json": args.log_json, "--log-csv": args.log_csv, "--checkpoint": args.checkpoint})
+    if args.checkpoint is not None and args.checkpoint.exists() and not args.resume:
+        raise ConfigError(f"--checkpoint {args.checkpoint} exists: --resume continues that run; to start "
+                          "over, delete it or choose another file")
     if args.threads:
         torch.set_num_threads(args.threads)
     amp = run_amp(device, args.amp)

@@ -42,6 +42,7 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
                     crop: int | None = None) -> DataSpec:
     """Check ``train`` and ``val`` (stores or paths) fit a run with these options; return the
     :class:`DataSpec`. ``mean``/``std``: None computes them from the training store."""
+    from ..loader import Normalize
     from ..loader._source import open_source
 
     sources = {role: open_source(store, None, None, threads=1) for role, store in (("training", train), ("validation", val))}
@@ -55,7 +56,12 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
                           "them from the training store")
     if mean is None:
         mean, std = channel_statistics(sources["training"])
-    return DataSpec(num_classes, 3, _three(mean, "mean"), _three(std, "std"), _size(sources["training"]))
+    mean, std = _three(mean, "mean"), _three(std, "std")
+    try:  # the loader's own check (0-255 units...), before any work
+        Normalize(mean, std)
+    except ValueError as exc:
+        raise ConfigError(f"--mean/--std (mean=, std=): {exc}") from None
+    return DataSpec(num_classes, 3, mean, std, _size(sources["training"]))
 
 
 def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -211,8 +211,26 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
         samples += labels.numel()
         steps += 1
-    mean_loss = loss_sum.item() / samples if samples else float("nan")
+    if steps == 0:
+        raise ValueError("fit: the training loader yielded no batch this epoch (drop_last with a batch "
+                         "larger than the epoch's selected samples?)")
+    mean_loss = loss_sum.item() / samples
     return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds}
+
+
+def _check_strategy_selects(strategy, loader) -> None:
+    """The strategy ``fit`` feeds losses to must be the one choosing the loader's samples (its
+    sampler, or a PrunedSampler's strategy): else the scores never reach a selection, and the run
+    prunes at random while looking like a bandit."""
+    sampler = getattr(loader, "sampler", None)
+    selecting = getattr(sampler, "strategy", sampler)
+    if strategy is None or not hasattr(selecting, "update"):
+        return
+    # the same object, or one wrapping the other (a recording wrapper's .strategy)
+    if not any(a is b for a in (sampler, selecting) for b in (strategy, getattr(strategy, "strategy", None))):
+        raise ValueError(f"fit: strategy {type(strategy).__name__} is not the one that selects train_loader's "
+                         f"samples ({type(selecting).__name__}): pass the same object to Loader(sampler=...) "
+                         "(or PrunedSampler) and to fit")
 
 
 def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
@@ -308,6 +326,8 @@ def fit(
         eval), ``cumulative_s`` and ``cumulative_train_s``.
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
+    epochs = check_positive_int(epochs, "fit: epochs")
+    _check_strategy_selects(strategy, train_loader)
     forward = compiled_forward(model, compile)  # checked before any work
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
@@ -326,6 +346,8 @@ def fit(
 
     settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
                 "batch_size": getattr(train_loader, "batch_size", None)}
+    if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
+        settings["loader_seed"] = train_loader.seed
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():

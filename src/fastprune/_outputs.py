@@ -1,0 +1,95 @@
+"""Checks on the files a command will write, made before any work: a long training run must not end
+on "Is a directory", and no output may land on one of the run's own inputs (a training store
+overwritten by its checkpoint) or on another output.
+
+``convert`` writes one file next to its temporary twin (so its folder must exist); ``train``,
+``bench`` and ``scores`` create missing folders for their outputs, so for them only the nearest
+existing ancestor must be a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def check_output_file(out: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike] = (), *,
+                      error: type[Exception] = ConfigError, makes_folders: bool = False,
+                      example: str = "out.json") -> Path:
+    """``out`` as a Path if a file can be written there without destroying anything; else ``error``
+    naming ``what`` (the option, e.g. "--checkpoint"): ``out`` is a folder, its folder is missing
+    (unless ``makes_folders``) or is a file, it exists as something other than a regular file (a
+    FIFO, a device: the atomic rename would replace it), or it is, through any path or link, one
+    of the ``inputs``. ``example``: a file name the message suggests inside a folder given."""
+    out = Path(out)
+    if out.is_dir():
+        raise error(f"{what} {out} is a directory; give a file name such as {out / example}")
+    _check_folder(out, what, error, makes_folders)
+    try:
+        existing = out.stat()
+    except OSError:  # nothing there (or a dangling link, which the rename replaces harmlessly)
+        return out
+    if not stat.S_ISREG(existing.st_mode):
+        raise error(f"{what} {out} exists and is not a regular file ({_file_kind(existing.st_mode)}); "
+                    f"it is left alone: choose another file")
+    for source in inputs:
+        if Path(source).exists() and os.path.samefile(source, out):
+            raise error(f"{what} {out} is the input file {source}; the source is never overwritten: "
+                        f"choose another file")
+    return out
+
+
+def check_output_folder(out: str | os.PathLike, what: str, *, error: type[Exception] = ConfigError) -> Path:
+    """``out`` as a Path if it is, or can be made, a folder (e.g. --tensorboard DIR)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise error(f"{what} {out} exists and is not a folder")
+    _check_folder(out, what, error, makes_folders=True)
+    return out
+
+
+def check_distinct(outputs: Mapping[str, str | os.PathLike | None], *, error: type[Exception] = ConfigError) -> None:
+    """Two options naming the same file would overwrite each other's output."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise error(f"{seen[key]} and {what} both name {path}: each output needs its own file")
+        seen[key] = what
+
+
+def check_image_file(out: str | os.PathLike | None, what: str, *, error: type[Exception] = ConfigError) -> None:
+    """An image a plot will be saved to must have a suffix matplotlib writes (.png, .pdf, .svg...),
+    checked before the work whose picture it is."""
+    if out is None:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if Path(out).suffix.lower().lstrip(".") not in formats:
+        raise error(f"{what} {out}: the name must end in an image format such as .png, .pdf or .svg "
+                    f"(supported: {', '.join(sorted(formats))})")
+
+
+def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
+    folder = out.parent
+    if not makes_folders:
+        if not folder.is_dir():
+            raise error(f"{what} folder {folder} does not exist ({what} {out})")
+        return
+    while not folder.exists() and folder != folder.parent:  # the nearest ancestor that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        raise error(f"{what} {out}: {folder} is a file, not a folder")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")

@@ -1,0 +1,130 @@
+"""The files ``train``, ``bench`` and ``scores`` write are checked before any work: an output that
+is one of the run's stores, a folder, another output's file, an existing checkpoint without
+--resume or a picture name matplotlib cannot write stops the command in one line, with the stores
+untouched and nothing trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastprune.bench.run as bench_run
+import fastprune.train.cli as train_cli
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+
+
+class Trained(BaseException):
+    """Raised in place of training: a check that lets the command reach it has failed."""
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    def never_train(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(train_cli, "run_recipe", never_train)
+    monkeypatch.setattr(bench_run, "run_recipe", never_train)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    train = from_arrays(images, np.arange(64) % 2, tmp_path / "train.beton", progress=False)
+    val = from_arrays(images[:16], np.arange(16) % 2, tmp_path / "val.beton", progress=False)
+    return train, val
+
+
+def _train(train, val, *extra):
+    return main(["train", "--train", str(train), "--val", str(val), "--epochs", "1", "--width", "4",
+                 "--no-progress", "--threads", "1", *map(str, extra)])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--log-json", "--log-csv"])
+def test_an_output_on_a_store_is_refused_and_the_store_kept(stores, capsys, option):
+    train, val = stores
+    before = train.read_bytes()
+    assert _train(train, val, option, train) == 1
+    err = _error(capsys)
+    assert "is the input file" in err and option in err
+    assert train.read_bytes() == before
+    assert _train(train, val, option, val) == 1
+
+
+def test_outputs_that_are_folders_or_one_file_twice_are_refused_before_training(stores, tmp_path, capsys):
+    train, val = stores
+    assert _train(train, val, "--log-json", tmp_path) == 1
+    err = _error(capsys)
+    assert "--log-json" in err and "is a directory" in err
+    assert _train(train, val, "--log-json", tmp_path / "a.json", "--log-csv", tmp_path / "a.json") == 1
+    assert "both name" in _error(capsys)
+    (tmp_path / "file").write_text("x")
+    assert _train(train, val, "--log-csv", tmp_path / "file" / "run.csv") == 1
+    assert "is a file, not a folder" in _error(capsys)
+    with pytest.raises(Trained):  # a folder still to be made is fine
+        _train(train, val, "--log-csv", tmp_path / "new" / "run.csv")
+
+
+def test_an_existing_checkpoint_needs_resume(stores, tmp_path, capsys):
+    train, val = stores
+    checkpoint = tmp_path / "run.pt"
+    checkpoint.write_bytes(b"an earlier run")
+    assert _train(train, val, "--checkpoint", checkpoint) == 1
+    assert "--resume continues that run" in _error(capsys)
+    assert checkpoint.read_bytes() == b"an earlier run"
+    with pytest.raises(Trained):
+        _train(train, val, "--checkpoint", tmp_path / "fresh.pt")
+
+
+def test_a_picture_name_matplotlib_cannot_write_is_refused_first(stores, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    train, val = stores
+    assert _train(train, val, "--kept-grid", tmp_path / "kept.txt") == 1
+    assert "--kept-grid" in _error(capsys)
+    assert main(["bench", "--train", str(train), "--val", str(val), "--epochs", "1", "--seeds", "0",
+                 "--strategies", "ucb", "--out", str(tmp_path / "b.json"), "--kept-grid", str(tmp_path / "k")]) == 1
+    assert "image format" in _error(capsys)
+
+
+def test_bench_out_on_a_folder_or_a_store_is_refused_before_any_run(stores, tmp_path, capsys):
+    train, val = stores
+    for out in (tmp_path, train):
+        assert main(["bench", "--train", str(train), "--val", str(val), "--epochs", "1", "--seeds", "0",
+                     "--strategies", "ucb", "--out", str(out)]) == 1
+        assert "--out" in _error(capsys)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A real one-epoch checkpoint of a run on a 64-sample store, and a different store of the same size."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    train = from_arrays(images, np.arange(64) % 2, tmp_path / "train.beton", progress=False)
+    other = from_arrays(images, np.arange(64) % 4, tmp_path / "other.beton", progress=False)
+    run = tmp_path / "run.pt"
+    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "4",
+                 "--batch-size", "16", "--no-progress", "--threads", "1", "--checkpoint", str(run)]) == 0
+    return run, train, other
+
+
+def test_scores_refuse_another_store_of_the_same_size(checkpoint, tmp_path, capsys):
+    run, train, other = checkpoint
+    capsys.readouterr()
+    assert main(["scores", str(run), "--store", str(other), "--out", str(tmp_path / "s.csv")]) == 1
+    assert "is not the store the run trained on" in _error(capsys)
+    assert not (tmp_path / "s.csv").exists()
+    assert main(["scores", str(run), "--store", str(train), "--out", str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().splitlines()[0].endswith("label")
+
+
+def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path, capsys):
+    run, train, _ = checkpoint
+    cut = tmp_path / "cut.pt"
+    data = run.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    assert main(["scores", str(cut)]) == 1
+    assert "cut.pt" in _error(capsys)
