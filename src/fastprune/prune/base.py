@@ -168,8 +168,7 @@ class Strategy:
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
         # What was kept: counted once per selected epoch (in select), not per step; per shard row
         # when sharded. 8 bytes per sample, as much as a float32 table: optional at scale.
-        check_bool(track_kept, "track_kept")
-        self.track_kept = bool(track_kept)
+        self.track_kept = check_bool(track_kept, "track_kept")
         rows = self.table.num_samples if self.track_kept else 0
         self._times_kept = np.zeros(rows, dtype=np.uint32)
         self._last_kept = np.full(rows, -1, dtype=np.int32)  # -1: never kept
