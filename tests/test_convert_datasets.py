@@ -68,3 +68,18 @@ def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):
         from_torch_dataset(rows, tmp_path / "t.beton", progress=False)
     store = fastprune.Store(from_torch_dataset(rows, tmp_path / "t.beton", progress=False, drop_unlabeled=True))
     assert len(store) == 5 and store[4][1] == 1
+
+
+def test_missing_labels_none_are_unlabelled_too(tmp_path):
+    """A Hugging Face int column with missing values reads back None: it was refused as "must be an
+    integer" even with drop_unlabeled=True."""
+    datasets = pytest.importorskip("datasets")
+    images = _images(4)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image) for image in images], "label": [1, None, 0, 1]}, features=features)
+    with pytest.raises(ConversionError, match=r"sample 1 of Dataset: label is missing \(None\).*drop_unlabeled=True"):
+        from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False)
+    store = fastprune.Store(from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False, drop_unlabeled=True))
+    assert [store[i][1] for i in range(len(store))] == [1, 0, 1]
+    np.testing.assert_array_equal(store[1][0], images[2])

@@ -106,3 +106,17 @@ def test_docstring_loop_runs_verbatim_on_a_store_converted_with_an_index_field(t
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         accuracy = (model(x).argmax(1).numpy() == labels).mean()
     assert accuracy >= 0.9, accuracy
+
+
+def test_the_order_follows_the_strategys_seed_not_ffcvs_random_one(beton):
+    """ffcv replaces Loader(seed=None) by a random seed: two ranks (or two runs) would shuffle
+    differently, and a distributed run's shards would overlap."""
+    def first_epoch(strategy, **options):
+        order = PrunedOrder.register(strategy, **options)
+        loader = Loader(str(beton), batch_size=BATCH, num_workers=1, order=order, drop_last=False,
+                        pipelines={"index": [IntDecoder()], "value": [FloatDecoder()]})  # no seed
+        return [int(i) for batch in loader for i in np.asarray(batch[0]).reshape(-1)]
+
+    runs = [first_epoch(UniformRandom(N, 0.5, seed=4)) for _ in range(2)]
+    assert runs[0] == runs[1] and sorted(runs[0]) != runs[0]  # shuffled, alike
+    assert first_epoch(UniformRandom(N, 0.5, seed=4), seed=9) != runs[0]

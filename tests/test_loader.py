@@ -444,3 +444,24 @@ def test_pinned_buffers_are_reused_only_after_their_copy_completed(monkeypatch):
     assert pool.take((2, 4, 4, 3)).ctypes.data == a.ctypes.data     # copy done: recycled
     pool.release(b, None)
     assert pool.take((3, 4, 4, 3)).shape == (3, 4, 4, 3)            # another shape: a new buffer
+
+
+def test_the_epoch_advances_when_its_last_batch_is_handed_out(tmp_path):
+    """Lightning (and zip(range(len(loader)), loader)) stop after len() batches without asking for
+    one more: the loader's epoch once stayed put, and every epoch repeated epoch 0's selection."""
+    import fastprune
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, tmp_path / "s.beton", progress=False)
+    strategy = fastprune.UniformRandom(40, keep=0.5, seed=0)
+    loader = fastprune.Loader(store, 8, sampler=strategy, seed=0)
+    firsts = []
+    for epoch in range(3):
+        batches = [batch for _, batch in zip(range(len(loader)), loader)]  # never asks for a 4th
+        assert loader.epoch == epoch + 1
+        firsts.append(sorted(torch.cat([b.indices for b in batches]).tolist()))
+        assert firsts[-1] == sorted(strategy.select(epoch).indices.tolist())
+    assert firsts[0] != firsts[1] != firsts[2]
+    for batch in loader:  # left before its last batch: the same epoch runs again
+        break
+    assert loader.epoch == 3

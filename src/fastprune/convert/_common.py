@@ -88,9 +88,11 @@ def as_int_labels(labels: Any, what: str) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def unlabeled_error(what: str, label: int, how_to_drop: str) -> ConversionError:
-    """The error for a negative label, naming the sample: it names no class, and training refuses it."""
-    return ConversionError(f"{what}: label {label} is negative (Hugging Face datasets use -1 for 'no label'); "
+def unlabeled_error(what: str, label: int | None, how_to_drop: str) -> ConversionError:
+    """The error for a negative or missing (None) label, naming the sample: it names no class, and
+    training refuses it."""
+    problem = "is missing (None)" if label is None else f"{label} is negative"
+    return ConversionError(f"{what}: label {problem} (Hugging Face datasets use -1 or None for 'no label'); "
                            f"classes are numbered 0, 1, 2, ...: {how_to_drop}")
 
 

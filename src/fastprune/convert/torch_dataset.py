@@ -53,8 +53,8 @@ class DatasetSource:
         index = index if self.indices is None else int(self.indices[index])
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
-        label = _common.as_int_label(item[1], f"{what}: label")
-        if label < 0:
+        label = _label(item[1], f"{what}: label")
+        if label is None or label < 0:
             raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = _common.any_image_to_rgb(item[0], f"{what}: image")
         image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
@@ -72,8 +72,8 @@ class DatasetSource:
         else:
             labels = [self._pair(self._fetch(i, f"sample {i}"), f"sample {i}")[1] for i in range(self.length)]
         name = type(self.dataset).__name__
-        return np.array([_common.as_int_label(v, f"sample {i} of {name}: label") for i, v in enumerate(labels)],
-                        dtype=np.int64)
+        labels = [_label(v, f"sample {i} of {name}: label") for i, v in enumerate(labels)]
+        return np.array([-1 if v is None else v for v in labels], dtype=np.int64)  # None: no label, as -1
 
     def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
         """(image, label) of a sample that is a pair or a dict."""
@@ -93,6 +93,12 @@ class DatasetSource:
             return self.dataset[index]
         except Exception as exc:  # the user's dataset code failed; say which sample
             raise ConversionError(f"{what}: the dataset raised {type(exc).__name__}: {exc}") from exc
+
+
+def _label(value: Any, what: str) -> int | None:
+    """A sample's label as an int, or None where it has none (a Hugging Face column's missing value,
+    as a ClassLabel reads -1 back), which drop_unlabeled leaves out like a negative label."""
+    return None if value is None else _common.as_int_label(value, what)
 
 
 def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = False,

@@ -21,6 +21,10 @@
             (loss * torch.from_numpy(order.weights(index))).mean().backward()
             optimizer.step()
 
+The order is shuffled per epoch with the strategy's seed (``register(strategy, seed=...)`` sets
+another), not ffcv's Loader ``seed=``: ffcv draws that at random when it is not given, so ranks
+of a distributed run would shuffle differently and their shards overlap.
+
 Why ``register``: the PyPI release's Loader instantiates ``ORDER_MAP[order](loader)`` and its
 branch for custom TraversalOrder objects is broken (it calls an instance), so a custom order
 must be a class registered in ``ffcv.loader.loader.ORDER_MAP``. ``register`` makes a subclass
@@ -52,10 +56,18 @@ class PrunedOrder(TraversalOrder):
     """An ffcv TraversalOrder whose epochs are the strategy's selections, shuffled per (seed, epoch)."""
 
     strategy = None  # set on the subclass that register() makes
+    shuffle_seed = None  # register()'s seed, else the strategy's
 
     @classmethod
-    def register(cls, strategy) -> type["PrunedOrder"]:
-        bound = type(f"PrunedOrder[{type(strategy).__name__}]", (cls,), {"strategy": strategy})
+    def register(cls, strategy, seed: int | None = None) -> type["PrunedOrder"]:
+        """The order class to pass as ``Loader(order=...)``. Epochs are shuffled with ``seed``, by
+        default the strategy's: never ffcv's Loader ``seed=``, which ffcv draws at random when it is
+        not given, so that every rank (and every rerun) shuffles alike."""
+        from .._args import check_seed
+
+        shuffle_seed = check_seed(strategy.seed if seed is None else seed)
+        bound = type(f"PrunedOrder[{type(strategy).__name__}]", (cls,),
+                     {"strategy": strategy, "shuffle_seed": shuffle_seed})
         ORDER_MAP[bound] = bound
         return bound
 
@@ -87,8 +99,7 @@ class PrunedOrder(TraversalOrder):
         self._weights = np.zeros(self._entries(), dtype=np.float32)
         self._weights[self._positions(selection.indices)] = selection.weights
         # The strategy returns its selection in any order (often ascending): shuffle it.
-        seed = self.seed if self.seed is not None else self.strategy.seed
-        order = self.indices[selection.indices[epoch_permutation(seed, epoch, len(selection))]]
+        order = self.indices[selection.indices[epoch_permutation(self.shuffle_seed, epoch, len(selection))]]
         if self.distributed and self._sharding is None:
             order = shard(order, self._rank, self._world)
         self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current

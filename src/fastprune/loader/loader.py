@@ -219,16 +219,24 @@ class Loader:
         bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)
         run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
                         self.thread_nice, pooled=self._pooled_gather)
+        last = len(bounds) - 1  # batches in the epoch
+        if last == 0:
+            self._epoch = epoch + 1
         try:
             if self.normalize_on == "device":
                 normalize = self._pipeline()[1]
-                yield from DeviceFeed(self.device, normalize, self.prefetch, self._pinned).run(run.batches())
+                batches = DeviceFeed(self.device, normalize, self.prefetch, self._pinned).run(run.batches())
             else:
-                for batch in run.batches():
-                    yield self._to_device(batch)
+                batches = map(self._to_device, run.batches())
+            for number, batch in enumerate(batches, 1):
+                if number == last:
+                    # Handed out in full: the epoch is over even for a consumer that stops after
+                    # len() batches without asking for more (Lightning, zip); an epoch left
+                    # before its last batch is run again.
+                    self._epoch = epoch + 1
+                yield batch
         finally:
             run.close()
-        self._epoch = epoch + 1
 
     def _pipeline(self) -> tuple[list, Normalize | None]:
         """(transforms the producer threads run, the Normalize run after the copy or None): with
