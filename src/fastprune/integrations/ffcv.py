@@ -9,7 +9,7 @@
 
     strategy = UCB(num_samples, keep=0.5)
     order = PrunedOrder.register(strategy)          # ffcv 1.0.2 only accepts orders from ORDER_MAP
-    loader = Loader(path, batch_size=256, order=order, pipelines={
+    loader = Loader(path, batch_size=256, order=order, drop_last=False, pipelines={  # ffcv drops by default
         "image": [SimpleRGBImageDecoder(), ToTensor(), ToTorchImage(), Convert(torch.float32)],  # 0..255
         "label": [IntDecoder(), ToTensor(), Squeeze()],
         "index": [IntDecoder(), ToTensor(), Squeeze()]})  # convert with --index / index=True for this field
