@@ -703,3 +703,28 @@ def test_a_loader_pickles_by_path_and_settings(tmp_path):
     for a, b in zip(ours, theirs):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert (loader.epoch, copy.epoch) == (3, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_half_read_iterator_alive_at_exit_does_not_abort_the_process(tmp_path):
+    """A producer thread coming back from a native gather while Python finalizes called
+    std::terminate: exit status 134 instead of 0 (or 1 after an uncaught error), every time here,
+    whenever a half-read iterator was still referenced at exit (a traceback keeps its frame)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos" / "a"
+    folder.mkdir(parents=True)
+    for i in range(60):
+        height, width = (int(v) for v in rng.integers(300, 700, 2))
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    store = fastprune.convert.from_image_folder(tmp_path / "photos", tmp_path / "p.beton", jpeg=True, progress=False)
+    script = (f"import fastprune\nfrom fastprune.loader import RandomResizedCrop\n"
+              f"loader = fastprune.Loader({str(store)!r}, 16, threads=4, prefetch=4,\n"
+              "                          transforms=[RandomResizedCrop(224)])\n"
+              "def train():\n    batches = iter(loader)\n    next(batches)\n    raise RuntimeError('loss is nan')\n")
+    for ending, code in (("it = iter(loader)\nnext(it)\nprint('done')\n", 0), ("train()\n", 1)):
+        proc = subprocess.run([sys.executable, "-c", script + ending], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == code, proc.stderr[-2000:]
+        assert "terminate called" not in proc.stderr and "leaked" not in proc.stderr

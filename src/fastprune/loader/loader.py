@@ -15,6 +15,7 @@ CenterCrop 2,527 vs 2,241.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import math
@@ -22,6 +23,7 @@ import os
 import queue
 import sys
 import threading
+import weakref
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -371,11 +373,25 @@ class _GatherTurns:
                 self._cond.notify_all()
 
 
+# Passes whose producers may still run. Closed at interpreter exit, before finalization: a daemon
+# producer coming back from a native gather while Python finalizes aborts the process
+# ("terminate called without an active exception"), e.g. when a half-read iterator is still
+# referenced at exit (a traceback's frames keep it).
+_LIVE_RUNS: "weakref.WeakSet[_EpochRun]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_runs() -> None:
+    for run in list(_LIVE_RUNS):
+        run.close()
+
+
 class _EpochRun:
     """Producer threads for one pass; close() stops and joins them and drops queued batches.
     ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`)."""
 
     def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False):
+        _LIVE_RUNS.add(self)
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
         self.num_batches = len(bounds) - 1
         self._threads = max(1, min(threads, self.num_batches))
