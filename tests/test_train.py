@@ -339,3 +339,30 @@ def test_fit_refuses_misuse_before_training(tmp_path):
         fit(model, reseeded, None, selecting, epochs=2, progress=False, log=None, checkpoint=checkpoint, resume=True)
     assert len(fit(model, loader, None, selecting, epochs=2, progress=False, log=None, checkpoint=checkpoint,
                    resume=True)) == 2
+
+
+def test_a_diverged_run_stops_with_one_error_naming_the_epoch_step_and_sample(tmp_path):
+    """A learning rate far too high made the strategy's update raise "losses[0] = nan ... pass
+    skip_invalid=True" (a traceback from `fastprune train`), and a run without a strategy went on
+    training a NaN model. Both now stop with TrainingDiverged; skip_invalid=True still trains on."""
+    import fastprune
+    from fastprune.errors import TrainingDiverged
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), np.uint8), np.arange(64) % 4,
+                        tmp_path / "s.beton", progress=False)
+
+    def run(strategy):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4))
+        loader = fastprune.Loader(store, 16, sampler=strategy, seed=0, transforms=[Normalize()])
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e36)
+        return fit(model, loader, None, strategy, epochs=3, optimizer=optimizer, progress=False, log=None)
+
+    with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1, step \d: the loss of sample \d+ "
+                                               r"is (nan|inf|[0-9.]+e\+\d+); lower the learning rate \(the last "
+                                               r"step's was 1e\+36\)"):
+        run(UCB(64, keep=0.5, seed=0))
+    with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1: the mean training loss is (nan|inf); lower"):
+        run(None)
+    history = run(UCB(64, keep=0.5, seed=0, skip_invalid=True))  # the user asked to drop such losses
+    assert len(history) == 3 and not math.isfinite(history[-1]["loss"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ._native import core as _core  # noqa: F401  (fails early, with a clear message, if the build is missing)
-from .errors import CheckpointError, ConfigError, ConversionError, FastpruneError, StoreError
+from .errors import CheckpointError, ConfigError, ConversionError, FastpruneError, StoreError, TrainingDiverged
 
 __version__ = "0.1.0"
 
@@ -67,5 +67,5 @@ def __dir__():
     return sorted((names - {"annotations", "importlib"}) | set(__all__) | set(_SUBMODULES))
 
 
-__all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "__version__", "build_info",
-           *_LAZY]
+__all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "TrainingDiverged",
+           "__version__", "build_info", *_LAZY]

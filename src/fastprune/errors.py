@@ -22,6 +22,11 @@ class ConfigError(FastpruneError, ValueError):
     image sizes need another option. The message names the option that fixes it."""
 
 
+class TrainingDiverged(FastpruneError, ValueError):
+    """Training produced a loss that is NaN or infinite (a diverged model: the learning rate is
+    usually too high); the message names the epoch, the step and the sample."""
+
+
 class MissingExtraError(FastpruneError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 

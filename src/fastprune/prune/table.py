@@ -27,6 +27,7 @@ _CORRECTNESS = ("forgets", "last_correct", "ever_correct")
 #: The storage types of the float fields (``dtype``), each with the numpy dtype of its arrays: numpy
 #: has no bfloat16, so a bfloat16 table holds the raw bits as uint16.
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
+MAX_LOSS = 1e18  # csrc/select.cpp's kMaxLoss: a larger loss's squared deviation overflows float32
 _FLOATS = ("mean", "var", "score")  # the fields stored in ``dtype``; the score column is derived
 _ABSENT = {np.dtype(dtype): np.zeros(0, dtype=dtype)
            for dtype in [dtype for dtype, _ in _FIELDS.values()] + list(DTYPES.values())}

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from .._args import check_positive_int
+from ..errors import TrainingDiverged
+from ..prune.table import MAX_LOSS
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
 from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
@@ -169,9 +172,9 @@ def compiled_forward(model: nn.Module, compile) -> nn.Module:
     return torch.compile(model, mode=COMPILE_MODES[compile])
 
 
-def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, dtype,
+def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, epoch, dtype,
                      memory_format, scaler, progress, forward=None, graphs=False) -> dict[str, float]:
-    """One pass over the epoch's selected samples. Returns samples, steps, mean loss, last LR and
+    """One pass over the epoch's selected samples (``epoch``: 0-based, for messages). Returns samples, steps, mean loss, last LR and
     ``data_wait_s`` (see :class:`_WaitClock`). ``forward``: the module that runs the model (a
     compiled one), default ``model``; ``graphs``: it replays CUDA graphs, so each step is marked as
     a new one."""
@@ -198,7 +201,15 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         if strategy is not None:
             # Device tensors as they are: a GPU's update is staged there, not copied to the host
             # (which would make the CPU wait for the GPU every step), and applied when read.
-            strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
+            try:
+                strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
+            except ValueError as exc:
+                bad = (~(loss.detach().abs() <= MAX_LOSS)).nonzero()  # a sync, but only on the way out
+                if len(bad):  # NaN, infinite or beyond what the strategy's statistics can hold
+                    sample = int(torch.as_tensor(batch.indices)[int(bad[0])])
+                    raise _diverged(f"epoch {epoch + 1}, step {steps + 1}",
+                                    f"the loss of sample {sample} is {loss[bad[0]].item():g}", lr) from exc
+                raise
         # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
         # survive for the gradient to stay an unbiased estimate of the full-data gradient.
         scaler.scale((loss * weights).mean()).backward()
@@ -215,7 +226,15 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         raise ValueError("fit: the training loader yielded no batch this epoch (drop_last with a batch "
                          "larger than the epoch's selected samples?)")
     mean_loss = loss_sum.item() / samples
+    if not math.isfinite(mean_loss) and not getattr(strategy, "skip_invalid", False):
+        # No check per step (a host sync each); a full-data run has no strategy to catch it early.
+        raise _diverged(f"epoch {epoch + 1}", f"the mean training loss is {mean_loss}", lr)
     return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds}
+
+
+def _diverged(where: str, what, lr: float) -> TrainingDiverged:
+    return TrainingDiverged(f"fit: training diverged in {where}: {what}; lower the learning rate (the "
+                            f"last step's was {lr:g}) or check the data and the model")
 
 
 def _check_strategy_selects(strategy, loader) -> None:
@@ -324,6 +343,11 @@ def fit(
         bound the epoch. Part of ``train_s``; it includes the first batch, so the loader's epoch
         start and the selection there, which ``overhead_s`` counts too), ``epoch_s`` (train +
         eval), ``cumulative_s`` and ``cumulative_train_s``.
+
+    Raises:
+        TrainingDiverged: a loss the strategy cannot score (NaN, infinite, beyond +-1e18) at the
+            step it is seen, or an epoch whose mean loss is not finite (a run without a strategy),
+            unless the strategy was built with ``skip_invalid=True``.
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
     epochs = check_positive_int(epochs, "fit: epochs")
@@ -385,7 +409,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
     overhead_before = clock.seconds
     start = time.perf_counter()
-    stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion,
+    stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion, epoch=epoch,
                              dtype=dtype, memory_format=memory_format, scaler=scaler,
                              progress=progress, forward=forward, graphs=graphs)
     if hasattr(strategy, "flush"):  # the epoch's deferred updates, while the loop waits anyway
