@@ -74,3 +74,49 @@ def test_compile_reaches_the_training_loop_from_train_bench_and_compare(tmp_path
         compare(train, train, compile="fast", epochs=1)
     with pytest.raises(SystemExit):
         main(["train", "--train", str(train), "--val", str(train), "--compile", "fast"])
+
+
+def test_running_out_of_memory_is_one_line_naming_the_options_that_fix_it(tmp_path, monkeypatch, capsys):
+    """A batch too large for the GPU or a model too wide for the host printed torch's traceback;
+    train and bench now print one line: what failed to allocate, and --batch-size / --model."""
+    import pytest
+
+    (tmp_path / "hungry.py").write_text('''
+import torch
+
+def too_wide(num_classes):
+    torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator refuses 4 EiB, whatever the machine
+
+class RaisesInForward(torch.nn.Module):
+    def __init__(self, error):
+        super().__init__()
+        self.linear, self.error = torch.nn.Linear(1, 1), error
+
+    def forward(self, images):
+        raise self.error
+
+def gpu_full(num_classes):  # torch's CUDA message, as a GPU machine raises it
+    return RaisesInForward(torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which "
+        "1.10 GiB is free. Of the allocated memory 130.00 GiB is allocated by PyTorch"))
+
+def buggy(num_classes):
+    return RaisesInForward(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x192 and 3x4)"))
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    store = from_arrays(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), np.arange(64) % 2,
+                        tmp_path / "s.beton", progress=False)
+    train = ["train", "--train", str(store), "--val", str(store), "--epochs", "1", "--no-progress",
+             "--threads", "1", "--batch-size", "16"]
+    bench = ["bench", "--train", str(store), "--val", str(store), "--strategies", "ucb", "--keeps", "0.5",
+             "--seeds", "0", "--epochs", "1", "--threads", "1", "--batch-size", "16", "--out",
+             str(tmp_path / "bench" / "result.json")]
+    for command, model, tried in ((train, "hungry:too_wide", "4294967296.0 GiB"), (train, "hungry:gpu_full", "2.00 GiB"),
+                                  (bench, "hungry:gpu_full", "2.00 GiB")):
+        assert main([*command, "--model", model]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == (f"fastprune {command[0]}: error: out of memory on cpu: tried to allocate {tried}; lower "
+                         "--batch-size (now 16), or use a smaller model (--model, --width) or images (--crop)")
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):  # not about memory: a bug, shown in full
+        main([*train, "--model", "hungry:buggy"])

@@ -36,7 +36,8 @@ from pathlib import Path
 from ..cli import fraction, positive_int, seed
 from ..errors import MissingExtraError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
-                         check_outputs, check_visibility_arguments, describe_device, recipe_from_args)
+                         check_outputs, check_visibility_arguments, describe_device, out_of_memory_named,
+                         recipe_from_args)
 from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
 from ..store.reader import Store
@@ -126,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
         stores = (args.train, args.val)
     else:
         stores = prepare_stores(args.workdir, mode["train_limit"])
-    result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
-                     built_in=args.train is None, log=functools.partial(print, flush=True),
-                     tensorboard=args.tensorboard, kept_grid=args.kept_grid)
+    with out_of_memory_named(settings.device, recipe.batch_size):
+        result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
+                         built_in=args.train is None, log=functools.partial(print, flush=True),
+                         tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
     skipped, stem = _plots_unavailable(), out.with_suffix("")

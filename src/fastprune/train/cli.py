@@ -4,8 +4,10 @@ stores, its defaults taken from :data:`~fastprune.train.recipe.RECIPE`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -226,11 +228,13 @@ def train_main(args) -> int:
         from .tensorboard import TensorBoardLogger
 
         tensorboard = TensorBoardLogger(args.tensorboard, num_samples)
-    strategy, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val), data=data,
-                            device=device, threads=args.threads, amp=amp, channels_last=channels_last,
-                            checkpoint=args.checkpoint, resume=args.resume, settings=_run_settings(args),
-                            eval_every=args.eval_every, progress=not args.no_progress,
-                            compile=compile_option(args.compile), on_epoch_end=tensorboard)
+    with out_of_memory_named(device, args.batch_size):
+        strategy, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val),
+                                       data=data, device=device, threads=args.threads, amp=amp,
+                                       channels_last=channels_last, checkpoint=args.checkpoint, resume=args.resume,
+                                       settings=_run_settings(args), eval_every=args.eval_every,
+                                       progress=not args.no_progress, compile=compile_option(args.compile),
+                                       on_epoch_end=tensorboard)
     if tensorboard is not None:
         tensorboard.close()
     if args.kept_grid is not None:
@@ -244,6 +248,31 @@ def train_main(args) -> int:
     if args.log_csv:
         save_csv(args.log_csv, history)
     return 0
+
+
+@contextlib.contextmanager
+def out_of_memory_named(device, batch_size: int):
+    """Running out of memory while building or training the model (a batch too large for the
+    GPU, a model too wide) as one line naming the options that fix it, not torch's traceback."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in text \
+                and "not enough memory" not in text:  # the CPU allocator's RuntimeError; others are bugs
+            raise
+        size = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B|\d+ bytes)", text)
+        tried = f": tried to allocate {_bytes(size.group(1))}" if size else ""
+        raise ConfigError(f"out of memory on {device}{tried}; lower --batch-size (now {batch_size}), or use a "
+                          "smaller model (--model, --width) or images (--crop)") from None
+
+
+def _bytes(text: str) -> str:
+    """torch's "360000000000 bytes" as "335.3 GiB"; its "2.00 GiB" as it is."""
+    if not text.endswith(" bytes"):
+        return text
+    count = int(text.split()[0])
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def describe_device(device: torch.device) -> str:
