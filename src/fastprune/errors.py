@@ -13,6 +13,13 @@ class ConversionError(FastpruneError):
     """A source could not be converted; the message names the file or sample at fault."""
 
 
+class UnreadableSample(ConversionError):
+    """One sample could not be read: a file that cannot be read or decoded, a dataset whose
+    ``__getitem__`` raised. A conversion with ``skip_unreadable=True`` leaves such samples out."""
+
+    why = ""  # the reason, without the sample's index (set where it is raised for the writer)
+
+
 class CheckpointError(FastpruneError):
     """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""
 
@@ -31,9 +38,17 @@ class MissingExtraError(FastpruneError, ImportError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 
 
-class LabelWarning(UserWarning):
+class FastpruneWarning(UserWarning):
+    """Base class of fastprune's own warnings (the command line prints them as one line)."""
+
+
+class LabelWarning(FastpruneWarning):
     """A converter wrote labels that training will refuse (not 0..K-1); the message says how to
     relabel them."""
+
+
+class SkippedSamplesWarning(FastpruneWarning):
+    """A conversion with ``skip_unreadable`` left samples out; the message names them and why."""
 
 
 def require(module: str, extra: str, purpose: str):

@@ -260,19 +260,19 @@ def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALIT
 
 
 def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress: bool,
-          class_names: dict[str, list[str]] | None = None, index: bool = False) -> Path:
+          class_names: dict[str, list[str]] | None = None, index: bool = False,
+          skip_unreadable: bool = False) -> Path:
     """Hand a ready source to the store writer; it writes ``out`` atomically or not at all.
     ``class_names`` ({int field: names}, where the source knows them) is kept in the file.
     ``index``: add an ``index`` IntField holding each sample's id (its position in the store),
-    the field ffcv's own Loader needs to report which samples a batch holds (PrunedOrder)."""
-    from ..store.fields import IntField
+    the field ffcv's own Loader needs to report which samples a batch holds (PrunedOrder).
+    ``skip_unreadable``: see ``write_dataset``."""
     from ..store.writer import write_dataset
 
     if not isinstance(index, bool):
         raise ConversionError(f"index must be True or False, got {index!r}")
-    if index:
-        fields, source = {**fields, "index": IntField()}, IndexedSource(source)
-    write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names)
+    write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names,
+                  index_field="index" if index else None, skip_unreadable=skip_unreadable)
     warn_if_sparse(out)
     return out
 
@@ -331,16 +331,3 @@ class ArraySource:
         if image.ndim == 2:  # gray, replicated per sample so the whole set is never tripled in RAM
             image = np.repeat(image[:, :, None], 3, axis=2)
         return (image, *(int(column[index]) for column in self.columns))
-
-
-class IndexedSource:
-    """A writer source whose samples end with their own index (the ``index`` field)."""
-
-    def __init__(self, source: Any):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple:
-        return (*self.source[index], index)

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .._native import core
-from ..errors import ConversionError
+from ..errors import ConversionError, UnreadableSample
 from ..store.fields import EncodedJpeg
 from . import _common
 
@@ -163,7 +163,9 @@ def _open_image(path: Path, data: bytes | None = None):
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open
         raise ConversionError(f"{path}: {exc} (PIL's own hard limit, above any --max-pixels; raise "
                               "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO where the bytes were read first
+        raise ConversionError(f"{path}: cannot read image: not an image format PIL can identify") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ConversionError(f"{path}: cannot read image: {exc}") from exc
     with image:
         yield image
@@ -171,20 +173,35 @@ def _open_image(path: Path, data: bytes | None = None):
 
 def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[int, int] | None,
                     workers: int | None, max_pixels: int = _common.DEFAULT_MAX_PIXELS,
-                    progress: bool = False) -> tuple[int, int]:
+                    progress: bool = False, skip_unreadable: bool = False) -> tuple[int, int]:
     """The one (H, W) all stored images will have, or an error naming two files that differ.
-    Every header is read (minutes for a million files): ``progress`` shows a bar meanwhile."""
+    Every header is read (minutes for a million files): ``progress`` shows a bar meanwhile.
+    ``skip_unreadable``: a file whose header cannot be read is passed over here (the write leaves
+    it out and names it)."""
     from tqdm import tqdm
 
+    read = functools.partial(_size_or_none if skip_unreadable else read_size, max_pixels=max_pixels)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        sizes = pool.map(functools.partial(read_size, max_pixels=max_pixels), paths)
-        sizes = list(tqdm(sizes, total=len(paths), unit="image", desc="checking sizes",
+        sizes = list(tqdm(pool.map(read, paths), total=len(paths), unit="image", desc="checking sizes",
                           **({} if progress else {"disable": True})))
-    shapes = [_common.fitted_shape(h, w, max_side=max_side, resize=resize) for h, w in sizes]
-    for path, shape in zip(paths, shapes):
-        if shape != shapes[0]:
-            raise _common.mixed_shape_error((str(paths[0]), (*shapes[0], 3)), (str(path), (*shape, 3)))
-    return shapes[0]
+    shapes = [(path, _common.fitted_shape(*size, max_side=max_side, resize=resize))
+              for path, size in zip(paths, sizes) if size is not None]
+    if not shapes:  # every header unreadable: the first one's error, said so
+        try:
+            read_size(paths[0], max_pixels)
+        except ConversionError as exc:
+            raise ConversionError(f"none of the {len(paths)} images can be read; the first: {exc}") from None
+    for path, shape in shapes:
+        if shape != shapes[0][1]:
+            raise _common.mixed_shape_error((str(shapes[0][0]), (*shapes[0][1], 3)), (str(path), (*shape, 3)))
+    return shapes[0][1]
+
+
+def _size_or_none(path: Path, max_pixels: int) -> tuple[int, int] | None:
+    try:
+        return read_size(path, max_pixels)
+    except ConversionError:
+        return None
 
 
 class ImageFolderSource:
@@ -204,24 +221,32 @@ class ImageFolderSource:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path = self.paths[index]
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConversionError(f"{path}: cannot read image: {exc}") from exc
-        as_is = _stored_as_is(path, data, self.max_side, self.resize, self.max_pixels) if self.keep_jpeg else None
-        if as_is is not None:
-            return as_is, int(self.labels[index])
-        image = read_fitted(path, data, self.max_side, self.resize, self.max_pixels)
+            image = self._read(path)
+        except ConversionError as exc:  # the file: what skip_unreadable leaves out
+            raise UnreadableSample(str(exc)) from exc
+        if isinstance(image, EncodedJpeg):
+            return image, int(self.labels[index])
         if self.one_shape is not None and image.shape[:2] != self.one_shape:  # header lied
             raise _common.mixed_shape_error((str(self.paths[0]), (*self.one_shape, 3)),
                                             (str(path), image.shape))
         return image, int(self.labels[index])
+
+    def _read(self, path: Path) -> np.ndarray | EncodedJpeg:
+        """The file's image, decoded and fitted, or its own bytes where they can be stored as is."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConversionError(f"{path}: cannot read image: {exc}") from exc
+        as_is = _stored_as_is(path, data, self.max_side, self.resize, self.max_pixels) if self.keep_jpeg else None
+        return as_is if as_is is not None else read_fitted(path, data, self.max_side, self.resize, self.max_pixels)
 
 
 def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg: bool = False,
                       quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
                       resize: tuple[int, int] | None = None, workers: int | None = None,
                       max_pixels: int = _common.DEFAULT_MAX_PIXELS, progress: bool = True,
-                      class_names: Sequence[str] | None = None, index: bool = False) -> Path:
+                      class_names: Sequence[str] | None = None, index: bool = False,
+                      skip_unreadable: bool = False) -> Path:
     """Convert an image-folder tree to a store at ``out``; returns the path. The class folders'
     names are kept in the store (``Store.class_names``) unless ``class_names`` replaces them.
 
@@ -231,16 +256,21 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     ``max_pixels`` refuses images whose header claims more pixels (checked before decoding).
     ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
+    ``skip_unreadable=True`` leaves out the files that cannot be read or decoded (or exceed
+    ``max_pixels``) instead of stopping: one ``SkippedSamplesWarning`` names them, and later
+    files move up (a sample's id is then not its file's place in the sorted listing). More than
+    1% of the files (and over 10) stops the conversion all the same.
     """
     _common.check_max_pixels(max_pixels)
     _common.check_size_options(max_side, resize, max_pixels)
     paths, labels, classes = scan_image_folder(source)
     out = _common.check_output_path(out, inputs=paths)
-    one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize,
-                                                  workers=workers, max_pixels=max_pixels, progress=progress)
+    one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize, workers=workers,
+                                                  max_pixels=max_pixels, progress=progress,
+                                                  skip_unreadable=skip_unreadable)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg)
     return _common.write(out, source, fields, workers=workers, progress=progress,
                          class_names=_common.label_names_option(classes if class_names is None else class_names),
-                         index=index)
+                         index=index, skip_unreadable=skip_unreadable)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, UnreadableSample
 from . import _common
 
 
@@ -24,7 +24,7 @@ class DatasetSource:
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
-                 drop_unlabeled: bool = False):
+                 drop_unlabeled: bool = False, skip_unreadable: bool = False):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.keys = (image_key, label_key)
@@ -36,15 +36,28 @@ class DatasetSource:
             raise ConversionError(f"{type(dataset).__name__} has no len(): a map-style dataset "
                                   "(with __len__ and __getitem__) is needed") from exc
         _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
+        self.skip_unreadable = skip_unreadable
         if drop_unlabeled:
             self.indices = _common.labelled_samples(self._all_labels(), f"dataset {type(dataset).__name__}",
                                                     drop_unlabeled=True)
             self.length = self.length if self.indices is None else len(self.indices)
-        # sample 0 is checked now, so a wholly unsuitable dataset fails before the writer starts;
-        # when raw storage needs one shape, its shape is the one every sample must have
-        self.reference_shape = None
-        first_image = self[0][0]
+        # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
+        # starts; when raw storage needs one shape, its shape is the one every sample must have
+        self.reference_index, self.reference_shape = 0, None
+        first_image = self._first_readable()
         self.reference_shape = first_image.shape if one_shape else None
+
+    def _first_readable(self) -> np.ndarray:
+        """The image of sample 0, or with skip_unreadable of the first sample that reads (the
+        writer names the ones before it)."""
+        for index in range(self.length):
+            try:
+                self.reference_index = index
+                return self[index][0]
+            except UnreadableSample:
+                if not self.skip_unreadable or index + 1 == self.length:
+                    raise
+        raise AssertionError("unreachable: a dataset that is not empty")
 
     def __len__(self) -> int:
         return self.length
@@ -59,7 +72,7 @@ class DatasetSource:
         image = _common.any_image_to_rgb(item[0], f"{what}: image")
         image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
         if self.reference_shape is not None and image.shape != self.reference_shape:
-            first = 0 if self.indices is None else int(self.indices[0])
+            first = self.reference_index if self.indices is None else int(self.indices[self.reference_index])
             raise _common.mixed_shape_error((f"sample {first}", self.reference_shape), (f"sample {index}", image.shape))
         return image, label
 
@@ -70,10 +83,18 @@ class DatasetSource:
         if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names:
             labels = self.dataset[label_key]
         else:
-            labels = [self._pair(self._fetch(i, f"sample {i}"), f"sample {i}")[1] for i in range(self.length)]
+            labels = [self._label_or_none(i) for i in range(self.length)]
         name = type(self.dataset).__name__
         labels = [_label(v, f"sample {i} of {name}: label") for i, v in enumerate(labels)]
         return np.array([-1 if v is None else v for v in labels], dtype=np.int64)  # None: no label, as -1
+
+    def _label_or_none(self, index: int) -> Any:
+        try:
+            return self._pair(self._fetch(index, f"sample {index}"), f"sample {index}")[1]
+        except UnreadableSample:
+            if not self.skip_unreadable:
+                raise
+            return 0  # kept for now: the writer reads it again, and leaves it out if it fails again
 
     def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
         """(image, label) of a sample that is a pair or a dict."""
@@ -91,8 +112,8 @@ class DatasetSource:
     def _fetch(self, index: int, what: str) -> Any:
         try:
             return self.dataset[index]
-        except Exception as exc:  # the user's dataset code failed; say which sample
-            raise ConversionError(f"{what}: the dataset raised {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # the user's dataset code failed (a bad file?); say which sample
+            raise UnreadableSample(f"{what}: the dataset raised {type(exc).__name__}: {exc}") from exc
 
 
 def _label(value: Any, what: str) -> int | None:
@@ -106,7 +127,7 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
                        resize: tuple[int, int] | None = None, workers: int | None = None,
                        progress: bool = True, image_key: str = "image", label_key: str = "label",
                        class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
-                       index: bool = False) -> Path:
+                       index: bool = False, skip_unreadable: bool = False) -> Path:
     """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
     ``image_key`` and ``label_key``) to a store at ``out``.
 
@@ -121,15 +142,19 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     written with a one-line LabelWarning (training refuses them).
     ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
+    ``skip_unreadable=True`` leaves out the samples whose ``dataset[i]`` raises (a bad file behind
+    it) instead of stopping: one ``SkippedSamplesWarning`` names them, and later samples move up.
+    More than 1% of the samples (and over 10) stops the conversion all the same.
     """
     out = _common.check_output_path(out)
     names = _common.names_list(class_names, "class_names") if class_names is not None \
         else _torchvision_classes(dataset)
     source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
-                           image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled)
+                           image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
+                           skip_unreadable=skip_unreadable)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
     return _common.write(out, source, fields, workers=workers, progress=progress,
-                         class_names={"label": names}, index=index)
+                         class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:

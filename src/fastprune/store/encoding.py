@@ -8,35 +8,45 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, UnreadableSample
 from .fields import Field
 
 
 @dataclass
 class EncodedChunk:
-    """The encoded samples [start, stop) of a source."""
+    """The encoded samples [start, stop) of a source, less those in ``skipped``."""
 
     start: int
     stop: int
     scalars: list[list]  # per field: the metadata scalars of each sample (None for payload-only)
     sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
     blob: bytes  # every payload, sample-major then field order, back to back
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) left out
 
 
-def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int) -> EncodedChunk:
-    """Read and encode samples [start, stop); errors name the sample and the field."""
+def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int,
+                 skip_unreadable: bool = False) -> EncodedChunk:
+    """Read and encode samples [start, stop); errors name the sample and the field. With
+    ``skip_unreadable``, a sample the source fails to read is left out and listed instead."""
     scalars: list[list] = [[] for _ in fields]
     payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
     sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
     payloads: list = []
-    for row, index in enumerate(range(start, stop)):
-        values = _read_sample(source, index, len(fields))
-        col = 0
+    skipped: list[tuple[int, str]] = []
+    for index in range(start, stop):
+        try:
+            values = _read_sample(source, index, len(fields))
+        except UnreadableSample as exc:
+            if not skip_unreadable:
+                raise
+            skipped.append((index, exc.why))
+            continue
+        row, col = index - start - len(skipped), 0
         for i, ((name, field), value) in enumerate(zip(fields, values)):
             try:
                 scalar, payload = field.encode(value)
@@ -47,15 +57,22 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 payloads.append(payload)
                 sizes[row, col] = payload.size
                 col += 1
-    return EncodedChunk(start, stop, scalars, sizes, b"".join(payloads))
+    return EncodedChunk(start, stop, scalars, sizes[:stop - start - len(skipped)], b"".join(payloads), skipped)
 
 
 def _read_sample(source, index: int, num_fields: int) -> tuple:
     try:
         values = source[index]
     except Exception as exc:
-        raise ConversionError(f"reading sample {index} from the source failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        # A converter's own errors name the file already; the one it calls unreadable, and any
+        # error of a source of the user's own, is what skip_unreadable leaves out. Its other
+        # errors (a label out of range, a second image shape) stop the write, skipping or not.
+        why = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
+        kind = ConversionError if isinstance(exc, ConversionError) and not isinstance(exc, UnreadableSample) \
+            else UnreadableSample
+        error = kind(f"reading sample {index} from the source failed: {why}")
+        error.why = why
+        raise error from exc
     if not isinstance(values, (tuple, list)) or len(values) != num_fields:
         got = f"{len(values)} values" if isinstance(values, (tuple, list)) else type(values).__name__
         raise ConversionError(f"sample {index}: the source returned {got}, expected a tuple of "
@@ -88,9 +105,9 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
-    source, fields = _WORKER_JOB
+    source, fields, skip_unreadable = _WORKER_JOB
     try:
-        return encode_chunk(source, fields, *bounds)
+        return encode_chunk(source, fields, *bounds, skip_unreadable)
     except ConversionError:
         raise
     except BaseException as exc:
@@ -101,7 +118,7 @@ def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
 
 
 def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_size: int,
-                    workers: int, progress: bool, label: str = "writing"):
+                    workers: int, progress: bool, label: str = "writing", skip_unreadable: bool = False):
     """Yield EncodedChunks in sample order, updating a progress bar labelled ``label`` (none when
     ``progress`` is false; tqdm's own settings, such as TQDM_DISABLE=1, apply otherwise)."""
     from tqdm import tqdm
@@ -112,11 +129,11 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
     with tqdm(total=num_samples, unit="sample", desc=label, **({} if progress else {"disable": True})) as bar:
         if workers == 1:
             for start, stop in bounds:
-                yield encode_chunk(source, items, start, stop)
+                yield encode_chunk(source, items, start, stop, skip_unreadable)
                 bar.update(stop - start)
             return
         global _WORKER_JOB
-        _WORKER_JOB = (source, items)
+        _WORKER_JOB = (source, items, skip_unreadable)
         # An executor, not multiprocessing.Pool: it notices a worker that dies (os._exit, a crash
         # in user code) and raises BrokenProcessPool instead of waiting for it forever.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),

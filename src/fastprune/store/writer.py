@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -32,21 +33,22 @@ from typing import Mapping
 import numpy as np
 
 from .._native import core
-from ..errors import ConversionError
+from .._args import check_bool
+from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
 from ._atomic import (create_temp_file, default_file_mode, remove_quietly, remove_stale_temp_files,
                       sigterm_as_interrupt, signals_deferred)
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks
-from .fields import Field, RGBImageField
+from .fields import Field, IntField, RGBImageField
 from .info import printable
 
 
 def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
                   workers: int | None = None, progress: bool = True,
                   page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None,
-                  class_names=None) -> Path:
+                  class_names=None, index_field: str | None = None, skip_unreadable: bool = False) -> Path:
     """Write ``source`` to a store file at ``path`` and return the path.
 
     source: any object with ``__len__`` and ``__getitem__(i)`` returning a tuple of values in the
@@ -60,12 +62,21 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
         list (label value i -> names[i]) for the first IntField, or {int field name: list}.
         A label >= the number of names stops the write.
+    index_field: the name of an IntField added after ``fields``, holding each sample's position in
+        the store (what ffcv's own Loader reports a batch's samples by); the source does not
+        return it.
+    skip_unreadable: leave out the samples the source fails to read (``source[i]`` raises: a file
+        that cannot be read or decoded) instead of stopping; later samples move up. They are
+        named in one ``SkippedSamplesWarning``; more than 1% of the samples (and over 10) stops
+        the write all the same, as something other than a few bad files.
     """
     path = Path(path)
     fields = _check_fields(fields, jpeg_quality)
     num_samples = _check_source(source)
     _check_page_size(page_size)
-    names = class_names_block.check_class_names(class_names, fields)
+    skip_unreadable = check_bool(skip_unreadable, "write_dataset: skip_unreadable")
+    stored_fields = _with_index_field(fields, index_field)
+    names = class_names_block.check_class_names(class_names, stored_fields)
     workers = _resolve_workers(workers, num_samples)
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
@@ -76,10 +87,12 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
             with signals_deferred():  # a Ctrl-C/SIGTERM right after the file exists still sees its name
                 fd, tmp_name = create_temp_file(path)
             with os.fdopen(fd, "w+b") as out:
-                writer = _FileWriter(out, fields, num_samples, page_size, names)
+                writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field)
                 for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
-                                            label=f"writing {printable(path.name)}"):
+                                            label=f"writing {printable(path.name)}",
+                                            skip_unreadable=skip_unreadable):
                     writer.add_chunk(chunk)
+                    _check_skipped(writer.skipped, num_samples)
                 writer.finish()
                 os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
@@ -90,7 +103,36 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 # disk full, a read-only folder: named by the output asked for, not the hidden temp
                 raise ConversionError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
+    if writer.skipped:
+        warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
+                                            f"{writer.written} samples written"), stacklevel=2)
     return path
+
+
+# The most samples skip_unreadable leaves out before it stops: a few bad files in a large set are
+# expected, a source failing everywhere (a wrong path, a missing codec) is not.
+_SKIP_FRACTION, _SKIP_ALWAYS_ALLOWED = 0.01, 10
+_SKIPS_NAMED = 5
+
+
+def _check_skipped(skipped: list[tuple[int, str]], num_samples: int) -> None:
+    if len(skipped) > max(_SKIP_ALWAYS_ALLOWED, _SKIP_FRACTION * num_samples) or len(skipped) == num_samples:
+        raise ConversionError(f"{_skipped_summary(skipped, num_samples)}: more than 1% of the samples (and "
+                              "over 10), so not a few bad files; the write stopped: fix the source")
+
+
+def _skipped_summary(skipped: list[tuple[int, str]], num_samples: int) -> str:
+    named = "; ".join(f"sample {index} ({why})" for index, why in skipped[:_SKIPS_NAMED])
+    more = f"; and {len(skipped) - _SKIPS_NAMED} more" if len(skipped) > _SKIPS_NAMED else ""
+    return f"skipped {len(skipped)} unreadable sample{'s' if len(skipped) > 1 else ''} of {num_samples}: {named}{more}"
+
+
+def _with_index_field(fields: dict[str, Field], index_field: str | None) -> dict[str, Field]:
+    if index_field is None:
+        return fields
+    if index_field in fields:
+        raise ValueError(f"write_dataset: index_field {index_field!r} is already one of the fields")
+    return _check_fields({**fields, index_field: IntField()}, None)
 
 
 def _about_output(exc: OSError, path: Path) -> bool:
@@ -157,9 +199,12 @@ class _FileWriter:
     """Appends encoded chunks to the open temporary file, then writes tables and header."""
 
     def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int,
-                 class_names: dict[str, list[str]]):
+                 class_names: dict[str, list[str]], index_field: str | None = None):
         self.out = out
         self.fields = list(fields.items())
+        self.index_field = index_field  # filled with the samples' positions, not read from the source
+        self.written = 0  # samples written so far (fewer than the source's when some are skipped)
+        self.skipped: list[tuple[int, str]] = []
         self.class_names = class_names
         self.num_samples = num_samples
         self.page_size = page_size
@@ -179,36 +224,41 @@ class _FileWriter:
         out.seek(self.data_start)
 
     def add_chunk(self, chunk: EncodedChunk) -> None:
-        n = chunk.stop - chunk.start
+        skipped = {index for index, _ in chunk.skipped}
+        sources = [i for i in range(chunk.start, chunk.stop) if i not in skipped]  # errors name these
+        first, n = self.written, len(sources)
         totals = chunk.sizes.sum(axis=1, dtype=np.uint64)
-        starts = self._place_samples(totals, chunk.start)
+        starts = self._place_samples(totals, sources)
         self._write_blob(chunk.blob, starts, totals)
         ptrs = starts[:, None] + np.cumsum(chunk.sizes, axis=1, dtype=np.uint64) - chunk.sizes
-        self._record_allocations(chunk.start, n, ptrs, chunk.sizes)
-        rows = self.metadata[chunk.start:chunk.stop]
+        self._record_allocations(first, n, ptrs, chunk.sizes)
+        rows = self.metadata[first:first + n]
         for i, (name, field) in enumerate(self.fields):
-            self._check_labels(name, chunk.scalars[i], chunk.start)
+            scalars = list(range(first, first + n)) if name == self.index_field else chunk.scalars[i]
+            self._check_labels(name, scalars, sources)
             col = self.payload_column.get(i)
             field_ptrs = None if col is None else ptrs[:, col]
             field_sizes = None if col is None else chunk.sizes[:, col]
-            field.fill_metadata(rows[f"f{i}"], chunk.scalars[i], field_ptrs, field_sizes)
+            field.fill_metadata(rows[f"f{i}"], scalars, field_ptrs, field_sizes)
+        self.written += n
+        self.skipped += chunk.skipped
 
-    def _check_labels(self, field: str, labels: list, first_index: int) -> None:
+    def _check_labels(self, field: str, labels: list, sources: list[int]) -> None:
         """Every label of a field with class names must name one (caught per chunk, early)."""
         names = self.class_names.get(field)
         bad = None if names is None else class_names_block.label_out_of_range(labels, len(names))
         if bad is not None:
-            raise ConversionError(f"sample {first_index + bad}, field {field!r}: label {labels[bad]} "
+            raise ConversionError(f"sample {sources[bad]}, field {field!r}: label {labels[bad]} "
                                   f"but only {len(names)} class names were given; pass names that "
                                   "cover every label (or none)")
 
-    def _place_samples(self, totals: np.ndarray, first_index: int) -> np.ndarray:
+    def _place_samples(self, totals: np.ndarray, sources: list[int]) -> np.ndarray:
         """File offset of each sample's first allocation (ffcv's page rule)."""
         starts = np.zeros(len(totals), dtype=np.uint64)
         page_size, cursor, page_end = self.page_size, self.cursor, self.page_end
         for row, total in enumerate(totals.tolist()):
             if total > page_size:
-                raise ConversionError(f"sample {first_index + row}: its data ({total} bytes) is larger "
+                raise ConversionError(f"sample {sources[row]}: its data ({total} bytes) is larger "
                                       f"than a page ({page_size} bytes); pass a larger page_size")
             if total == 0:
                 starts[row] = cursor
@@ -251,6 +301,11 @@ class _FileWriter:
         self.next_alloc += count
 
     def finish(self) -> None:
+        # Skipped samples: the tables shrink to what was written. The metadata keeps its place
+        # (the pages start where the full table would have ended): a gap, which readers never read.
+        self.num_samples = self.written
+        self.metadata = self.metadata[:self.written]
+        self.alloc_table = self.alloc_table[:self.next_alloc]
         out = self.out
         data_end = self.page_end if self.any_data else self.metadata_end
         block_ptr = fmt.align_up(data_end, 8)
