@@ -446,6 +446,50 @@ def test_pinned_buffers_are_reused_only_after_their_copy_completed(monkeypatch):
     assert pool.take((3, 4, 4, 3)).shape == (3, 4, 4, 3)            # another shape: a new buffer
 
 
+def test_pinned_buffers_of_alternating_shapes_are_all_reused(monkeypatch):
+    """even_batches alternates batch sizes n and n + 1, and an epoch ends on a short batch: the
+    pool dropped every buffer of another shape on each release, so nearly every batch allocated
+    pinned memory again (40 allocations for 48 batches)."""
+    from fastprune.loader.device import PinnedBuffers
+
+    allocated = []
+
+    def allocate(shape):
+        allocated.append(shape)
+        return torch.empty(shape, dtype=torch.uint8)
+
+    monkeypatch.setattr(PinnedBuffers, "_allocate", staticmethod(allocate))
+    pool = PinnedBuffers(keep=4)
+    for epoch in range(4):
+        for size in (8, 9) * 3 + (2,):  # in flight: one at a time
+            pool.release(pool.take((size, 4, 4, 3)), None)
+    assert sorted(allocated) == [(2, 4, 4, 3), (8, 4, 4, 3), (9, 4, 4, 3)]
+    for _ in range(6):  # past keep: the oldest go, the pool stays bounded
+        pool.release(np.empty((1, 4, 4, 3), np.uint8), None)
+    assert len(pool._free) == 4
+
+
+def test_a_loader_copies_on_one_cuda_stream_across_epochs_and_checks_the_device_index(monkeypatch, tmp_path):
+    """A new side stream each epoch left each epoch's batch memory cached on a stream no later
+    epoch allocates on; Loader(device="cuda:5") on a 1-GPU machine failed only at the first batch.
+    (CUDA pretended: the stream is any object, never used here.)"""
+    import pickle
+
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:5' but this machine has 1 CUDA device\(s\) \(cuda:0..cuda:0\)"):
+        Loader(store, 4, device="cuda:5")
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())
+    loader = Loader(store, 4, device="cuda:0")
+    stream = loader._side_stream()
+    assert loader._side_stream() is stream and made == [torch.device("cuda:0")]
+    assert pickle.loads(pickle.dumps(loader))._stream is None  # a stream is this process's own
+
+
 def test_the_epoch_advances_when_its_last_batch_is_handed_out(tmp_path):
     """Lightning (and zip(range(len(loader)), loader)) stop after len() batches without asking for
     one more: the loader's epoch once stayed put, and every epoch repeated epoch 0's selection."""
@@ -465,3 +509,23 @@ def test_the_epoch_advances_when_its_last_batch_is_handed_out(tmp_path):
     for batch in loader:  # left before its last batch: the same epoch runs again
         break
     assert loader.epoch == 3
+
+
+def test_the_device_feed_hands_out_an_epochs_first_batch_after_one_host_batch():
+    """The feed waited for prefetch + 1 host batches before the first step of every epoch; copies
+    in flight now ramp up (batch k leaves once batch k + min(k, prefetch) is issued)."""
+    from fastprune.loader.device import DeviceFeed
+    from fastprune.loader.loader import Batch
+
+    pulled = []
+
+    def host_batches():
+        for k in range(8):
+            pulled.append(k)
+            yield Batch(torch.full((1, 2, 2, 3), k, dtype=torch.uint8), torch.tensor([k]), torch.tensor([k]),
+                        torch.ones(1))
+
+    seen = []
+    for batch in DeviceFeed(torch.device("cpu"), None, ahead=2, pinned=None).run(host_batches()):
+        seen.append((int(batch.indices), len(pulled)))
+    assert seen == [(0, 1), (1, 3), (2, 5), (3, 6), (4, 7), (5, 8), (6, 8), (7, 8)]

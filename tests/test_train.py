@@ -366,3 +366,66 @@ def test_a_diverged_run_stops_with_one_error_naming_the_epoch_step_and_sample(tm
         run(None)
     history = run(UCB(64, keep=0.5, seed=0, skip_invalid=True))  # the user asked to drop such losses
     assert len(history) == 3 and not math.isfinite(history[-1]["loss"])
+
+
+def test_a_diverged_run_with_deferred_updates_is_training_diverged_too(tmp_path, monkeypatch):
+    """On a GPU every update is deferred (staged on the device, applied at flush): the invalid
+    loss surfaced from strategy.flush() after the epoch, as the strategy's raw ValueError. Run
+    here on the CPU with defer=True forced, as a CUDA loss chooses it."""
+    import fastprune
+    from fastprune.errors import TrainingDiverged
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), np.uint8), np.arange(64) % 4,
+                        tmp_path / "s.beton", progress=False)
+    update = UCB.update
+    monkeypatch.setattr(UCB, "update", lambda self, i, losses, correct=None, *, defer=None:
+                        update(self, i, losses, correct, defer=True))
+
+    class OneHugeLoss(torch.nn.CrossEntropyLoss):  # finite, but past what the score table holds
+        def forward(self, logits, labels):
+            loss = super().forward(logits, labels)
+            return loss + 1e19 * (torch.arange(len(loss)) == 3)
+
+    def run(lr, criterion=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4))
+        strategy = UCB(64, keep=0.5, seed=0)
+        loader = fastprune.Loader(store, 16, sampler=strategy, seed=0, transforms=[Normalize()])
+        fit(model, loader, None, strategy, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+            criterion=criterion, progress=False, log=None)
+
+    with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1: update\(\) call 1 of epoch 0 "
+                                               r"\(deferred, applied now\): score update: losses\[3\] = 1e\+19 "
+                                               r"\(sample \d+\) is beyond \+-1e18, where its variance would "
+                                               r"overflow float32; lower the learning rate"):
+        run(0.01, OneHugeLoss(reduction="none"))
+    with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1: update\(\) call \d of epoch 0 "
+                                               r"\(deferred, applied now\): score update: losses\[\d+\] = "):
+        run(1e36)
+
+
+def test_a_checkpoint_resumes_whatever_device_the_model_is_on(tmp_path, monkeypatch):
+    """load_checkpoint read the file onto the model's device: on a GPU the RNG states became CUDA
+    tensors, which do not restore, so every GPU resume failed ("its RNG states do not restore").
+    The meta device stands in for CUDA here: anything but the CPU failed alike."""
+    import fastprune
+    import fastprune.train.checkpoints as checkpoints
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8), np.arange(32) % 2,
+                        tmp_path / "s.beton", progress=False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2))
+    strategy = UCB(32, keep=0.5, seed=0)
+    loader = fastprune.Loader(store, 8, sampler=strategy, seed=0, transforms=[Normalize()])
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    with pytest.raises(Stop):  # killed after epoch 1, its checkpoint written
+        fit(model, loader, None, strategy, epochs=2, progress=False, log=None, checkpoint=tmp_path / "run.pt",
+            on_epoch_end=stop)
+    monkeypatch.setattr(checkpoints, "model_device", lambda model: torch.device("meta"))
+    history = fit(model, loader, None, strategy, epochs=2, progress=False, log=None,
+                  checkpoint=tmp_path / "run.pt", resume=True)
+    assert [record["epoch"] for record in history] == [0, 1]

@@ -56,9 +56,11 @@ class PinnedBuffers:
         return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
 
     def release(self, array: np.ndarray, event) -> None:
+        """Keep the buffer (the oldest one goes past ``keep``). Buffers of other shapes stay: with
+        ``even_batches`` the sizes alternate between n and n + 1, and each epoch ends on a short one."""
         with self._lock:
-            self._free = [f for f in self._free if tuple(f[0].shape) == array.shape][-(self._keep - 1):]
             self._free.append((torch.from_numpy(array), event))
+            del self._free[:-self._keep]
 
     def __reduce__(self):  # copies and pickles start empty (a lock cannot be copied)
         return PinnedBuffers, (self._keep,)
@@ -71,18 +73,26 @@ class DeviceFeed:
     NHWC) runs on the device. On CPU the copy is skipped and the same code runs synchronously.
     """
 
-    def __init__(self, device: torch.device, normalize, ahead: int, pinned: PinnedBuffers | None):
+    def __init__(self, device: torch.device, normalize, ahead: int, pinned: PinnedBuffers | None,
+                 stream=None):
         self.device = device
         self.normalize = normalize
         self.ahead = max(1, int(ahead))
         self.pinned = pinned
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # The side stream: the loader's own, kept across epochs. The caching allocator reuses freed
+        # memory only on the stream it was allocated on: a new stream each epoch would leave each
+        # epoch's batch memory cached where no later epoch allocates.
+        self.stream = stream if stream is not None or device.type != "cuda" else torch.cuda.Stream(device)
 
     def run(self, batches: Iterable) -> Iterator:
-        in_flight = collections.deque()
+        """The batches in order. The copies in flight ramp up: batch k is handed out once batch
+        ``k + min(k, ahead)`` is issued, so the epoch's first step waits for one host batch, not
+        ``ahead + 1``, and later ones find their copy ``ahead`` batches old."""
+        in_flight, handed_out = collections.deque(), 0
         for batch in batches:
             in_flight.append(self._issue(batch))
-            if len(in_flight) > self.ahead:
+            if len(in_flight) > min(self.ahead, handed_out):
+                handed_out += 1
                 yield self._hand_out(*in_flight.popleft())
         while in_flight:
             yield self._hand_out(*in_flight.popleft())

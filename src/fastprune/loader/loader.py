@@ -157,6 +157,7 @@ class Loader:
         # allocating pinned memory again costs milliseconds per batch
         self._pinned = PinnedBuffers(keep=(self.threads + 1) * self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
+        self._stream = None  # the CUDA stream batches are copied on (_side_stream)
         self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:
             raise ValueError(f"the store {_store_name(store_or_path)} holds no samples: nothing to load")
@@ -227,7 +228,8 @@ class Loader:
         try:
             if self.normalize_on == "device":
                 normalize = self._pipeline()[1]
-                batches = DeviceFeed(self.device, normalize, self.prefetch, self._pinned).run(run.batches())
+                batches = DeviceFeed(self.device, normalize, self.prefetch, self._pinned,
+                                     self._side_stream()).run(run.batches())
             else:
                 batches = map(self._to_device, run.batches())
             for number, batch in enumerate(batches, 1):
@@ -262,9 +264,18 @@ class Loader:
         return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, "
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
 
+    def _side_stream(self):
+        """The CUDA stream this loader copies on, made once (see DeviceFeed); None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     # -- pickling: by the store's path and the settings; the other side reopens the file --------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state["_stream"] = None  # a CUDA stream is this process's: the copy makes its own
         source = state.pop("_source")  # a native gather over this process's mapping: not picklable
         state["_source_settings"] = (source.owner, source.image_field, source.label_field,
                                      source.gather.threads, source.gather.max_pixels, source.gather.nice)
@@ -501,6 +512,10 @@ def _check_device(device) -> torch.device:
                            "use device='cpu'")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(device)!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.type == "cuda" and device.index >= count:
+        raise ValueError(f"device={str(device)!r} but this machine has {count} CUDA device(s) "
+                         f"(cuda:0..cuda:{count - 1})")
     return device
 
 

@@ -28,6 +28,12 @@ _CORRECTNESS = ("forgets", "last_correct", "ever_correct")
 #: has no bfloat16, so a bfloat16 table holds the raw bits as uint16.
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
 MAX_LOSS = 1e18  # csrc/select.cpp's kMaxLoss: a larger loss's squared deviation overflows float32
+SKIP_HINT = " (pass skip_invalid=True to drop such entries)"  # how the core's message ends
+
+
+class InvalidLoss(ValueError):
+    """An update's loss is NaN, infinite or beyond +-1e18 (usually a diverged model); the message
+    names the entry and its sample. ``fit`` turns it into :class:`~fastprune.TrainingDiverged`."""
 _FLOATS = ("mean", "var", "score")  # the fields stored in ``dtype``; the score column is derived
 _ABSENT = {np.dtype(dtype): np.zeros(0, dtype=dtype)
            for dtype in [dtype for dtype, _ in _FIELDS.values()] + list(DTYPES.values())}
@@ -250,10 +256,15 @@ class ScoreTable:
         # a 16-bit table's update takes the bits as uint16, and the storage type's name
         update, kind = (core.score_update, ()) if self.dtype == "float32" else (core.score_update_half, (self.dtype,))
         mean, var, score = (_bits(self._array(name)) for name in _FLOATS)
-        return update(
-            mean, var, score, self._arrays["seen"], self._array("last_epoch"), self._array("forgets"),
-            self._array("last_correct"), self._array("ever_correct"), idx, loss, corr, native_decay, int(epoch),
-            has_correct, bool(skip_invalid), c, use_std, *kind)
+        try:
+            return update(
+                mean, var, score, self._arrays["seen"], self._array("last_epoch"), self._array("forgets"),
+                self._array("last_correct"), self._array("ever_correct"), idx, loss, corr, native_decay,
+                int(epoch), has_correct, bool(skip_invalid), c, use_std, *kind)
+        except ValueError as exc:
+            if str(exc).startswith("score update: losses["):  # the core's check of the losses
+                raise InvalidLoss(str(exc)) from None
+            raise
 
     def state_dict(self) -> dict:
         """The tracked fields (the score column is derived: recomputed on load); mean and var as

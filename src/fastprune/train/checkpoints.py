@@ -124,7 +124,10 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
     ``settings``: what this run was started with; any that differ from the checkpoint's stop the
     resume with a one-line :class:`~fastprune.CheckpointError`, before anything is restored.
     """
-    state = read_checkpoint(path, map_location=model_device(model))
+    # Read to the CPU whatever the model's device: the RNG states and the strategy's arrays must be
+    # host tensors (a CUDA ByteTensor does not restore), and load_state_dict moves the model's and
+    # the optimizer's tensors to their parameters' device itself.
+    state = read_checkpoint(path, map_location="cpu")
     _check_contents(path, state)
     check_settings(path, state["settings"], settings or {})
     _check_optimizer_shapes(path, state["optimizer"], optimizer)

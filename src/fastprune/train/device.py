@@ -45,7 +45,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
     """The autocast dtype for ``amp`` ("auto", "bf16", "fp16", "off" or a bool) on ``device``.
 
-    "auto" means CUDA only: bf16 where the GPU supports it, else fp16. On CPU, bf16 autocast must be
+    "auto" means CUDA only: bf16 on GPUs with native bf16 (compute capability 8.0, Ampere, and
+    newer), else fp16: torch's ``is_bf16_supported()`` also says yes where bf16 is only emulated
+    (T4, V100), which is slow and which cuDNN's convolutions lack. On CPU, bf16 autocast must be
     asked for explicitly ("bf16"); it is fast only on CPUs with AMX/AVX512-BF16. (A recipe run asks
     for it there: see :func:`run_amp`.)
     """
@@ -58,7 +60,7 @@ def autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
     if amp in ("auto", True):
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
 
 

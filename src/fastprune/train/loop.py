@@ -23,7 +23,7 @@ from torch import nn
 
 from .._args import check_positive_int
 from ..errors import TrainingDiverged
-from ..prune.table import MAX_LOSS
+from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
 from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
@@ -203,13 +203,13 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
             # (which would make the CPU wait for the GPU every step), and applied when read.
             try:
                 strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
-            except ValueError as exc:
+            except InvalidLoss as exc:  # this step's loss, or (staged ones applied early) an earlier one's
                 bad = (~(loss.detach().abs() <= MAX_LOSS)).nonzero()  # a sync, but only on the way out
-                if len(bad):  # NaN, infinite or beyond what the strategy's statistics can hold
-                    sample = int(torch.as_tensor(batch.indices)[int(bad[0])])
-                    raise _diverged(f"epoch {epoch + 1}, step {steps + 1}",
-                                    f"the loss of sample {sample} is {loss[bad[0]].item():g}", lr) from exc
-                raise
+                if not len(bad):
+                    raise _diverged(f"epoch {epoch + 1}", exc, lr) from None
+                sample = int(torch.as_tensor(batch.indices)[int(bad[0])])
+                raise _diverged(f"epoch {epoch + 1}, step {steps + 1}",
+                                f"the loss of sample {sample} is {loss[bad[0]].item():g}", lr) from None
         # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
         # survive for the gradient to stay an unbiased estimate of the full-data gradient.
         scaler.scale((loss * weights).mean()).backward()
@@ -226,15 +226,30 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         raise ValueError("fit: the training loader yielded no batch this epoch (drop_last with a batch "
                          "larger than the epoch's selected samples?)")
     mean_loss = loss_sum.item() / samples
-    if not math.isfinite(mean_loss) and not getattr(strategy, "skip_invalid", False):
-        # No check per step (a host sync each); a full-data run has no strategy to catch it early.
-        raise _diverged(f"epoch {epoch + 1}", f"the mean training loss is {mean_loss}", lr)
     return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds}
 
 
 def _diverged(where: str, what, lr: float) -> TrainingDiverged:
+    """``what``: a description, or the strategy's InvalidLoss (its hint about skip_invalid, which
+    the strategy was not built with, left out)."""
+    what = str(what).replace(SKIP_HINT, "")
     return TrainingDiverged(f"fit: training diverged in {where}: {what}; lower the learning rate (the "
                             f"last step's was {lr:g}) or check the data and the model")
+
+
+def _flush_updates(strategy, epoch: int, lr: float) -> None:
+    """Apply the epoch's deferred (GPU) updates; a loss they cannot take is a diverged run."""
+    if hasattr(strategy, "flush"):
+        try:
+            strategy.flush()
+        except InvalidLoss as exc:
+            raise _diverged(f"epoch {epoch + 1}", exc, lr) from None
+
+
+def _check_mean_loss(stats: dict, strategy, epoch: int) -> None:
+    """No check per step (a host sync each): a run without a strategy is caught here, once."""
+    if not math.isfinite(stats["loss"]) and not getattr(strategy, "skip_invalid", False):
+        raise _diverged(f"epoch {epoch + 1}", f"the mean training loss is {stats['loss']}", stats["lr"])
 
 
 def _check_strategy_selects(strategy, loader) -> None:
@@ -412,9 +427,11 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion, epoch=epoch,
                              dtype=dtype, memory_format=memory_format, scaler=scaler,
                              progress=progress, forward=forward, graphs=graphs)
-    if hasattr(strategy, "flush"):  # the epoch's deferred updates, while the loop waits anyway
-        strategy.flush()
+    # The GPU's queued work first, so that the strategy's flush (timed as pruning overhead) does
+    # not include waiting for it; then the epoch's deferred updates, while the loop waits anyway.
     synchronize(model_device(model))
+    _flush_updates(strategy, epoch, stats["lr"])
+    _check_mean_loss(stats, strategy, epoch)
     train_s = time.perf_counter() - start
     data_wait_s = stats.pop("data_wait_s")  # recorded beside the other timings
 
