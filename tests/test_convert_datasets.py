@@ -83,3 +83,44 @@ def test_missing_labels_none_are_unlabelled_too(tmp_path):
     store = fastprune.Store(from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False, drop_unlabeled=True))
     assert [store[i][1] for i in range(len(store))] == [1, 0, 1]
     np.testing.assert_array_equal(store[1][0], images[2])
+
+
+def test_a_dataset_drawing_random_numbers_converts_the_same_at_any_number_of_workers(tmp_path):
+    """Forked workers all started from the parent's RNG states: at 2 workers half the samples
+    repeated others (sample 0 == sample 75) and the file changed from run to run. Each sample is
+    now read with the RNGs seeded from the starting states and its index; the caller's states are
+    left as they were."""
+    import hashlib
+    import random
+
+    import torch
+
+    from fastprune.convert import from_torch_dataset
+
+    class Augmented:  # offline augmentation through all three global RNGs
+        def __len__(self):
+            return 1200
+
+        def __getitem__(self, index):
+            noise = torch.randint(0, 200, (8, 8, 3), dtype=torch.uint8).numpy()
+            return noise + np.random.randint(0, 50, (8, 8, 3), dtype=np.uint8) + random.randrange(6), index % 3
+
+    def convert(name, workers, seed=0):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        before = torch.rand(1), np.random.rand(), random.random()
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        path = from_torch_dataset(Augmented(), tmp_path / name, workers=workers, progress=False)
+        after = torch.rand(1), np.random.rand(), random.random()
+        assert (before[0] == after[0]).all() and before[1:] == after[1:]  # the caller's RNGs untouched
+        with fastprune.Store(path) as store:
+            images = np.stack([store[i][0] for i in range(len(store))])
+        return hashlib.md5(path.read_bytes()).hexdigest(), images
+
+    one, images = convert("w1.beton", 1)
+    assert convert("w2.beton", 2)[0] == convert("w2again.beton", 2)[0] == one
+    assert len(np.unique(images.reshape(len(images), -1), axis=0)) == 1200  # no sample repeats another
+    assert convert("seed1.beton", 2, seed=1)[0] != one

@@ -9,7 +9,10 @@ bad one stops the conversion with an error naming its index (the writer then lea
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +40,7 @@ class DatasetSource:
                                   "(with __len__ and __getitem__) is needed") from exc
         _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
         self.skip_unreadable = skip_unreadable
+        self.base_seed = _rng_fingerprint()  # before any sample is read
         if drop_unlabeled:
             self.indices = _common.labelled_samples(self._all_labels(), f"dataset {type(dataset).__name__}",
                                                     drop_unlabeled=True)
@@ -110,10 +114,55 @@ class DatasetSource:
         return item[0], item[1]
 
     def _fetch(self, index: int, what: str) -> Any:
+        _seed_sample(self.base_seed, index)
         try:
             return self.dataset[index]
         except Exception as exc:  # the user's dataset code failed (a bad file?); say which sample
             raise UnreadableSample(f"{what}: the dataset raised {type(exc).__name__}: {exc}") from exc
+
+
+# A dataset that draws random numbers (offline augmentation, synthetic data) would otherwise give
+# results that depend on which forked worker read which chunk: every worker starts from the
+# parent's RNG states, so workers repeated each other's draws (half the samples duplicated, at 2
+# workers). Before each sample is read, torch's CPU generator, numpy's global one and Python's
+# ``random`` are seeded from the states the conversion began with and the sample's index: the
+# store is then the same at any number of workers, and the same again from the same states.
+# (A generator object of the dataset's own is copied into each worker like any other state; its
+# draws still depend on the worker.)
+
+def _rng_fingerprint() -> int:
+    """A 64-bit digest of the global RNG states now (none is advanced)."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(torch.default_generator.get_state().numpy().tobytes())
+    name, key, pos, *_ = np.random.get_state()
+    digest.update(key.tobytes() + pos.to_bytes(8, "little"))
+    digest.update(repr(random.getstate()).encode())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _seed_sample(base_seed: int, index: int) -> None:
+    seed = int.from_bytes(hashlib.blake2b(f"{base_seed}:{index}".encode(), digest_size=8).digest(), "little")
+    import torch
+
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: torch.manual_seed takes 250 us
+    np.random.seed(seed & 0xFFFFFFFF)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """The caller's RNG states as they were, after a conversion that seeded them per sample."""
+    import torch
+
+    states = torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
 
 
 def _label(value: Any, what: str) -> int | None:
@@ -149,12 +198,13 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     out = _common.check_output_path(out)
     names = _common.names_list(class_names, "class_names") if class_names is not None \
         else _torchvision_classes(dataset)
-    source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
-                           image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
-                           skip_unreadable=skip_unreadable)
-    fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
-    return _common.write(out, source, fields, workers=workers, progress=progress,
-                         class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
+    with _global_rng_kept():
+        source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
+                               image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
+                               skip_unreadable=skip_unreadable)
+        fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+        return _common.write(out, source, fields, workers=workers, progress=progress,
+                             class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:
