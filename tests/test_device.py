@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+import fastprune
+
 from fastprune import cli as fastprune_cli
 from fastprune.bench import machine
 from fastprune.bench import run as bench_run
@@ -309,6 +311,10 @@ def test_train_log_json_records_the_device_and_null_gpu_fields_on_the_cpu(tmp_pa
     assert document["torch"] == torch.__version__
     assert document["arguments"]["device"] == "cpu"
     assert [r["gpu_busy_pct"] for r in document["history"]] == [None]
+    # what else the numbers depend on (the README says so): version, JPEG decoder, torch threads
+    assert {key: document[key] for key in ("fastprune", "jpeg_decoder", "torch_threads")} == \
+        {"fastprune": fastprune.__version__, "jpeg_decoder": fastprune.build_info()["jpeg_decoder"],
+         "torch_threads": 1}
 
 
 def test_bench_result_records_the_device_and_each_runs_gpu_busy(tmp_path, tiny_stores):

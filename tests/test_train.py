@@ -429,3 +429,33 @@ def test_a_checkpoint_resumes_whatever_device_the_model_is_on(tmp_path, monkeypa
     history = fit(model, loader, None, strategy, epochs=2, progress=False, log=None,
                   checkpoint=tmp_path / "run.pt", resume=True)
     assert [record["epoch"] for record in history] == [0, 1]
+
+
+def test_a_resume_in_another_precision_is_refused(tmp_path):
+    """--resume --amp bf16 on an fp32 checkpoint trained on in bf16 (and the log said bf16 for the
+    whole run): precision is now one of the settings a resume must keep."""
+    import fastprune
+    from fastprune.errors import CheckpointError
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8), np.arange(32) % 2,
+                        tmp_path / "s.beton", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    def run(amp, **options):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2))
+        strategy = UCB(32, keep=0.5, seed=0)
+        loader = fastprune.Loader(store, 8, sampler=strategy, seed=0, transforms=[Normalize()])
+        return fit(model, loader, None, strategy, epochs=2, progress=False, log=None, amp=amp,
+                   checkpoint=tmp_path / "run.pt", resume=True, **options)
+
+    with pytest.raises(Stop):  # killed after epoch 1, its checkpoint written
+        run("off", on_epoch_end=stop)
+    with pytest.raises(CheckpointError, match="precision='off' in the checkpoint, 'bf16' now"):
+        run("bf16")
+    assert len(run("off")) == 2

@@ -120,3 +120,25 @@ def buggy(num_classes):
                          "--batch-size (now 16), or use a smaller model (--model, --width) or images (--crop)")
     with pytest.raises(RuntimeError, match="mat1 and mat2"):  # not about memory: a bug, shown in full
         main([*train, "--model", "hungry:buggy"])
+
+
+def test_train_with_benchs_execution_settings_trains_a_bench_runs_seed_alike(tmp_path):
+    """bench trains with channels-last, denormals flushed and its thread count; train's defaults
+    differ, so a bench run's seed could not be reproduced with train: these flags do it."""
+    import json
+
+    from fastprune.bench import compare
+
+    rng = np.random.default_rng(0)
+    train = from_arrays(rng.integers(0, 256, (256, 12, 12, 3), dtype=np.uint8), np.arange(256) % 4,
+                        tmp_path / "train.beton", progress=False)
+    val = from_arrays(rng.integers(0, 256, (64, 12, 12, 3), dtype=np.uint8), np.arange(64) % 4,
+                      tmp_path / "val.beton", progress=False)
+    recipe = {"widths": (8, 16, 32), "batch_size": 32, "lr": 0.2}
+    comparison = compare(train, val, strategies=("ucb",), epochs=2, seeds=(0,), threads=1, **recipe)
+    bench_run = next(run for run in comparison.runs if run["strategy"] == "ucb")
+    assert main(["train", "--train", str(train), "--val", str(val), "--strategy", "ucb", "--epochs", "2",
+                 "--width", "8", "--batch-size", "32", "--lr", "0.2", "--threads", "1", "--no-progress",
+                 "--channels-last", "on", "--flush-denormal", "--log-json", str(tmp_path / "run.json")]) == 0
+    history = json.loads((tmp_path / "run.json").read_text())["history"]
+    assert [(r["loss"], r["val_acc"]) for r in history] == [(r["loss"], r["val_acc"]) for r in bench_run["history"]]

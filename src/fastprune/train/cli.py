@@ -151,6 +151,9 @@ def add_train_command(subparsers):
     add_device_arguments(parser)
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                         help="NHWC activations (auto: on CUDA)")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="flush denormal floats to zero, as fastprune bench does by default (with "
+                             "--channels-last on and bench's --threads, a bench run's seed trains alike here)")
     parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
     parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
@@ -210,6 +213,8 @@ def train_main(args) -> int:
                           "over, delete it or choose another file")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     amp = run_amp(device, args.amp)
     channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
     recipe = recipe_from_args(args, args.epochs)
@@ -244,7 +249,8 @@ def train_main(args) -> int:
     if args.log_json:  # typed: numbers stay numbers, paths become strings
         save_history(args.log_json, history, command="fastprune train", data=data.json(),
                      arguments={k: v for k, v in vars(args).items() if k != "run"},
-                     **device_record(device), precision=amp, gpu_busy_pct=gpu_busy_of(history))
+                     **device_record(device), precision=amp, gpu_busy_pct=gpu_busy_of(history),
+                     **_software_record())
     if args.log_csv:
         save_csv(args.log_csv, history)
     return 0
@@ -273,6 +279,15 @@ def _bytes(text: str) -> str:
         return text
     count = int(text.split()[0])
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def _software_record() -> dict[str, Any]:
+    """What else a run's numbers depend on (README: results depend on the version, the JPEG
+    decoder and the thread count): recorded beside the device."""
+    from .. import __version__, build_info
+
+    return {"fastprune": __version__, "jpeg_decoder": build_info()["jpeg_decoder"],
+            "torch_threads": torch.get_num_threads()}
 
 
 def describe_device(device: torch.device) -> str:

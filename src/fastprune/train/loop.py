@@ -334,7 +334,7 @@ def fit(
             present, training continues from it with the same selections as an uninterrupted run.
         settings: the run's settings (e.g. the command line's LR), stored in the checkpoint; a
             resume refuses a checkpoint written with other settings, or with another ``epochs``,
-            batch size or model class (all of which ``fit`` adds itself).
+            batch size, model class, loader seed or precision (all of which ``fit`` adds itself).
         on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
             from it stops training after the checkpoint of that epoch is written.
         eval_every: evaluate after every N-th epoch (and always after the last): evaluation is not
@@ -383,8 +383,10 @@ def fit(
     # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
+    # precision: bf16 and fp32 train differently; a resume must not switch between them unnoticed
     settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
-                "batch_size": getattr(train_loader, "batch_size", None)}
+                "batch_size": getattr(train_loader, "batch_size", None),
+                "precision": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
     if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
         settings["loader_seed"] = train_loader.seed
     history: list[dict[str, Any]] = []
