@@ -8,8 +8,10 @@ or another rank of a distributed job draws exactly the same numbers.
   keyed by (strategy seed, epoch, stream), where stream 0 is the whole-data pool and stream
   ``c + 1`` the pool of class ``c`` for class-balanced selection.
 * **Epoch order** (the order the kept samples are visited in): :func:`epoch_permutation`, numpy's
-  PCG64 seeded with (loader seed, epoch, a fixed salt); used by ``fastprune.Loader`` and by
-  ``PrunedOrder`` for ffcv's own loader, so both visit a selection in the same order.
+  PCG64 seeded with (loader seed, epoch, a fixed salt); used by ``fastprune.Loader`` and
+  ``PrunedSampler`` (their ``seed=``, default 0) and by ``PrunedOrder`` for ffcv's own loader
+  (its ``register(seed=)``, default the strategy's seed): the same seed visits a selection in the
+  same order in all three.
 * **Augmentations**: ``fastprune.loader.transforms.stream_key(seed, epoch, position)`` gives each
   transform of a pipeline its 64-bit stream, and ``uniform(stream, sample_id, k)`` (a splitmix64
   hash, the same mixer as the native RNG) its k-th draw for one sample: independent of which
