@@ -115,9 +115,10 @@ SOURCE is one of:
   a CIFAR-10 folder (cifar-10-batches-py: data_batch_1..5, test_batch) or its parent
   a CIFAR-100 folder (cifar-100-python: train, test, meta) or its parent
   a CIFAR archive as downloaded (cifar-10-python.tar.gz, cifar-100-python.tar.gz), read without unpacking
-  an image folder: one subfolder per class (sorted names -> labels 0, 1, ...), .jpg/.jpeg/.png
-    files below each (other and hidden files ignored); EXIF orientation is not applied (as in
-    torchvision's ImageFolder): photos a camera stored sideways stay so
+  an image folder: one subfolder per class (sorted names -> labels 0, 1, ...; see --class-names),
+    .jpg/.jpeg/.png/.webp/.bmp/.tif/.tiff files below each
+    (other files ignored, with a warning; hidden ones silently); EXIF orientation is not applied
+    (as in torchvision's ImageFolder): photos a camera stored sideways stay so
   a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
 replicated), label (int), and coarse_label for CIFAR-100 with --coarse.
@@ -157,7 +158,9 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--class-names", type=class_names, metavar="A,B,C|@FILE",
                         help="the classes' names (label 0, 1, ...), kept in the store: comma-separated, "
                              "or @FILE with one name a line (default: those the source has; IDX and "
-                             ".npz have none)")
+                             ".npz have none). Image folders: names of every class folder order the "
+                             "labels (splits lacking a class get the same labels); names of none rename "
+                             "the sorted folders")
     parser.add_argument("--drop-unlabeled", action="store_true",
                         help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
     parser.add_argument("--index", action="store_true",
@@ -170,12 +173,18 @@ def add_convert_command(subparsers) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from .convert import convert
+    from .errors import ConversionError, UnreadableSample
 
-    out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
-                  quality=args.quality, max_side=args.max_side, resize=args.resize,
-                  coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
-                  progress=not args.no_progress, class_names=args.class_names,
-                  drop_unlabeled=args.drop_unlabeled, index=args.index, skip_unreadable=args.skip_unreadable)
+    try:
+        out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
+                      quality=args.quality, max_side=args.max_side, resize=args.resize,
+                      coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
+                      progress=not args.no_progress, class_names=args.class_names,
+                      drop_unlabeled=args.drop_unlabeled, index=args.index,
+                      skip_unreadable=args.skip_unreadable)
+    except UnreadableSample as exc:  # a bad file among many: say how to go on without it
+        raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
+                              "them)") from None
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

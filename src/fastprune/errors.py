@@ -47,6 +47,11 @@ class LabelWarning(FastpruneWarning):
     relabel them."""
 
 
+class SourceWarning(FastpruneWarning):
+    """A source's files or layout look unintended (files left out by their extension, an image
+    folder whose class folders look like splits); the message says what to check."""
+
+
 class SkippedSamplesWarning(FastpruneWarning):
     """A conversion with ``skip_unreadable`` left samples out; the message names them and why."""
 

@@ -2,10 +2,15 @@
 
 Rules:
 
-* classes are the non-hidden subfolders of the root, sorted by name; label = position in that list;
+* classes are the non-hidden subfolders of the root, sorted by name; label = position in that list,
+  or, with ``class_names`` that name every folder, the folder's position in those (so stores of
+  splits that lack a class get the same labels); names that match no folder rename them in order;
 * a class's images are the regular files below its folder (recursively) whose extension is .jpg,
-  .jpeg or .png (any case), sorted by path; other files, hidden files/folders (".name") and
-  anything that is not a regular file (a FIFO, a device, a dangling link) are ignored;
+  .jpeg, .png, .webp, .bmp, .tif or .tiff (any case), sorted by path; other files (counted in a
+  warning), hidden files/folders (".name") and anything that is not a regular file (a FIFO, a
+  device, a dangling link) are ignored;
+* a file is decoded only as one of those formats, whatever its bytes claim: never as one of PIL's
+  other formats (EPS would run Ghostscript on the file's PostScript);
 * symbolic links are followed, as torchvision's ImageFolder does, so a class folder or image may
   live elsewhere (datasets are often assembled from links into a shared copy); a folder reached
   twice (a link loop) is read once;
@@ -37,11 +42,16 @@ from typing import Sequence
 import numpy as np
 
 from .._native import core
-from ..errors import ConversionError, UnreadableSample
+from ..errors import ConversionError, SourceWarning, UnreadableSample
 from ..store.fields import EncodedJpeg
 from . import _common
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = frozenset(_EXTENSIONS)
+# The PIL formats a file may be decoded as: the extensions' own, and no other (EPS runs
+# Ghostscript; a file's content, not its name, picks PIL's plugin).
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+_EXTENSIONS_TEXT = "/".join(_EXTENSIONS)
 
 
 def _visible(path: Path) -> bool:
@@ -55,9 +65,10 @@ def list_classes(root: Path) -> list[str]:
     return classes
 
 
-def list_images(class_dir: Path) -> list[Path]:
-    """Image files below ``class_dir``, sorted; hidden entries, other extensions and anything
-    that is not a regular file skipped; symbolic links followed, each real folder read once."""
+def list_images(class_dir: Path, ignored: list[Path] | None = None) -> list[Path]:
+    """Image files below ``class_dir``, sorted; hidden entries, other extensions (appended to
+    ``ignored``) and anything that is not a regular file skipped; symbolic links followed, each
+    real folder read once."""
     found, visited, pending = [], set(), [class_dir]
     while pending:
         folder = pending.pop()
@@ -71,24 +82,74 @@ def list_images(class_dir: Path) -> list[Path]:
                     continue
                 if entry.is_dir():  # follows links
                     pending.append(Path(entry.path))
-                elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append(Path(entry.path))  # is_file(): regular files only, links followed
+                elif entry.is_file():  # regular files only, links followed
+                    image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+                    (found if image else ignored if ignored is not None else []).append(Path(entry.path))
     if not found:
-        raise ConversionError(f"{class_dir}: class folder holds no .jpg/.jpeg/.png images")
+        raise ConversionError(f"{class_dir}: class folder holds no {_EXTENSIONS_TEXT} images")
     return sorted(found)
 
 
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
-    """(image paths, int64 labels, class names) of an image-folder tree."""
+def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None = None
+                      ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(image paths, int64 labels, class names) of an image-folder tree; ``class_names`` as
+    :func:`_label_order` reads them."""
     root = _common.require_dir(root, "image folder")
     classes = list_classes(root)
+    names = classes if class_names is None else _label_order(root, classes, class_names)
+    label_of = {name: names.index(name) for name in classes} if set(classes) <= set(names) \
+        else {name: label for label, name in enumerate(classes)}  # renamed in sorted order
     paths: list[Path] = []
     labels: list[int] = []
-    for label, name in enumerate(classes):
-        images = list_images(root / name)
+    ignored: list[Path] = []
+    for name in classes:
+        images = list_images(root / name, ignored)
         paths += images
-        labels += [label] * len(images)
-    return paths, np.asarray(labels, dtype=np.int64), classes
+        labels += [label_of[name]] * len(images)
+    _warn_if_layout_unexpected(root, classes, paths, ignored)
+    return paths, np.asarray(labels, dtype=np.int64), names
+
+
+def _label_order(root: Path, classes: list[str], class_names) -> list[str]:
+    """The names of labels 0, 1, ... given ``class_names``: a list naming every class folder
+    orders the labels (a folder's label is its name's place, so a split lacking a class gets the
+    same labels as the others); a list naming none renames the sorted folders one for one
+    (ImageNet's wnid folders -> readable names). Anything between is ambiguous: refused."""
+    names = _common.names_list(class_names, "class_names")
+    listed = [name for name in classes if name in names]
+    if len(listed) == len(classes):
+        return names
+    if not listed and len(names) == len(classes):
+        return names
+    missing = next(name for name in classes if name not in names)
+    raise ConversionError(f"{root}: class names ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
+                          f"must either name every class folder ({missing!r} is missing), which orders "
+                          f"the labels, or rename the {len(classes)} folders in sorted order")
+
+
+def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path], ignored: list[Path]) -> None:
+    """One SourceWarning for files left out by their extension, and one when the class folders
+    look like splits (train/, val/) of the real class folders: each holds the same subfolders
+    and no image directly."""
+    if ignored:
+        warnings.warn(SourceWarning(
+            f"{root}: ignored {len(ignored)} file{'s' if len(ignored) > 1 else ''} that {'are' if len(ignored) > 1 else 'is'} "
+            f"not {_EXTENSIONS_TEXT} (e.g. {ignored[0].relative_to(root)})"), stacklevel=3)
+    if len(classes) < 2:
+        return
+    direct, inner = False, {name: set() for name in classes}  # class -> its subfolders holding images
+    for path in paths:
+        parts = path.relative_to(root).parts
+        if len(parts) == 2:
+            direct = True
+            break
+        inner[parts[0]].add(parts[1])
+    first = inner[classes[0]]
+    if not direct and len(first) > 1 and all(subfolders == first for subfolders in inner.values()):
+        warnings.warn(SourceWarning(
+            f"{root}: its class folders ({', '.join(classes[:4])}) hold the same subfolders "
+            f"({', '.join(sorted(first)[:4])}) and no image directly: they look like splits of the "
+            f"real classes; to keep those, convert each split, e.g. {root / classes[0]}"), stacklevel=3)
 
 
 def baseline_jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -136,7 +197,7 @@ def read_fitted(path: Path, data: bytes, max_side, resize,
         try:
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise ConversionError(f"{path}: cannot decode image: {exc}") from exc
+            raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
         pixels = _common.pil_to_rgb(image, str(path))
     return _common.fit_image(pixels, resize=target)
 
@@ -156,17 +217,21 @@ def _open_image(path: Path, data: bytes | None = None):
     itself, against its own limit."""
     from PIL import Image, UnidentifiedImageError
 
+    if data is not None and not data:
+        raise UnreadableSample(f"{path}: cannot read image: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path if data is None else io.BytesIO(data))
+            image = Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open
         raise ConversionError(f"{path}: {exc} (PIL's own hard limit, above any --max-pixels; raise "
                               "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)") from None
     except UnidentifiedImageError as exc:  # its message names a BytesIO where the bytes were read first
-        raise ConversionError(f"{path}: cannot read image: not an image format PIL can identify") from exc
+        what = "the file is empty" if data is None and path.stat().st_size == 0 else \
+            f"not an image of a format read here ({', '.join(PIL_FORMATS)})"
+        raise UnreadableSample(f"{path}: cannot read image: {what}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ConversionError(f"{path}: cannot read image: {exc}") from exc
+        raise UnreadableSample(f"{path}: cannot read image: {exc}") from exc
     with image:
         yield image
 
@@ -236,7 +301,7 @@ class ImageFolderSource:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ConversionError(f"{path}: cannot read image: {exc}") from exc
+            raise UnreadableSample(f"{path}: cannot read image: {exc}") from exc
         as_is = _stored_as_is(path, data, self.max_side, self.resize, self.max_pixels) if self.keep_jpeg else None
         return as_is if as_is is not None else read_fitted(path, data, self.max_side, self.resize, self.max_pixels)
 
@@ -248,7 +313,10 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                       class_names: Sequence[str] | None = None, index: bool = False,
                       skip_unreadable: bool = False) -> Path:
     """Convert an image-folder tree to a store at ``out``; returns the path. The class folders'
-    names are kept in the store (``Store.class_names``) unless ``class_names`` replaces them.
+    names are kept in the store (``Store.class_names``). ``class_names`` either names every class
+    folder, and then orders the labels (a folder's label is its name's position; the list may name
+    classes this folder lacks, so the splits of one dataset get the same labels where one lacks a
+    class), or names none of them and renames the sorted folders one for one (wnids -> names).
 
     Raw storage (default) needs one image shape after resizing: give ``resize=(h, w)`` for
     folders of mixed sizes, or store JPEG (``jpeg=True``), which keeps each image's own size.
@@ -263,7 +331,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     """
     _common.check_max_pixels(max_pixels)
     _common.check_size_options(max_side, resize, max_pixels)
-    paths, labels, classes = scan_image_folder(source)
+    paths, labels, classes = scan_image_folder(source, class_names)
     out = _common.check_output_path(out, inputs=paths)
     one_shape = None if jpeg else check_one_shape(paths, max_side=max_side, resize=resize, workers=workers,
                                                   max_pixels=max_pixels, progress=progress,
@@ -272,5 +340,5 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg)
     return _common.write(out, source, fields, workers=workers, progress=progress,
-                         class_names=_common.label_names_option(classes if class_names is None else class_names),
+                         class_names=_common.label_names_option(classes),
                          index=index, skip_unreadable=skip_unreadable)

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConversionError, UnreadableSample
+from ._atomic import signals_deferred
 from .fields import Field
 
 
@@ -102,6 +103,7 @@ def _die_with_parent(parent_pid: int) -> None:
     # parent kills at once (not the parent's inherited handler that turns it into an exception).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # held back by the fork
 
 
 def _encode_in_worker(bounds: tuple[int, int]) -> EncodedChunk:
@@ -138,10 +140,14 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
         # in user code) and raises BrokenProcessPool instead of waiting for it forever.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
-        # Futures, not pool.map: map cancels the pending ones when the loop is left (Ctrl-C), and
-        # the executor's thread then fails setting "broken" on a cancelled future (CPython 3.11).
-        pending = [pool.submit(_encode_in_worker, span) for span in reversed(bounds)]
         try:
+            # The first submit forks the workers: with SIGINT and SIGTERM held back meanwhile, a
+            # Ctrl-C cannot reach a worker before its initializer has set what it does there (it
+            # raised KeyboardInterrupt in the fork's own handlers: a broken pool, not "interrupted").
+            # Futures, not pool.map: map cancels the pending ones when the loop is left (Ctrl-C),
+            # and the executor's thread then fails setting "broken" on a cancelled future (3.11).
+            with signals_deferred():
+                pending = [pool.submit(_encode_in_worker, span) for span in reversed(bounds)]
             while pending:
                 chunk = pending.pop().result()  # popped: a chunk written is not kept in memory
                 yield chunk

@@ -89,13 +89,15 @@ def decode_jpeg(data: np.ndarray, expected_shape: tuple[int, int] | None = None)
     allocate a huge image (or raise its DecompressionBombError, which is not a ValueError)."""
     import warnings
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
-            img = Image.open(io.BytesIO(data.tobytes()))
+            img = Image.open(io.BytesIO(data.tobytes()), formats=("JPEG",))  # no other plugin: EPS runs Ghostscript
     except Image.DecompressionBombError as exc:
         raise ValueError(f"JPEG header claims an implausibly large image: {exc}") from None
+    except UnidentifiedImageError:
+        raise ValueError("not a JPEG (PIL reads a JPEG field's bytes only as JPEG)") from None
     with img:
         if expected_shape is not None and (img.height, img.width) != tuple(expected_shape):
             raise ValueError(f"JPEG header says {img.height}x{img.width}, metadata says "
