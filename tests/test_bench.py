@@ -83,6 +83,31 @@ def test_repeated_baselines_count_once_per_seed_for_accuracy_and_every_time_for_
     assert rows["ucb"]["speedup"] == pytest.approx(2.0)
 
 
+def test_speed_ups_are_of_median_times_and_a_busy_machine_is_said(capsys):
+    """A user's tiny bench on a shared 2-core machine: one full-data run took 25.1 s, the others
+    2.4 and 2.8; the mean made eps-greedy "8.72x faster" (seed-matched: ~2.2x), and nothing said so."""
+    runs = [_run("full", 1.0, seed, 60.0, wall, [[wall, 60.0]]) for seed, wall in enumerate((25.1, 2.4, 2.8))]
+    runs += [_run("epsilon_greedy", 0.5, seed, 58.0, wall, [[wall, 58.0]]) for seed, wall in enumerate((1.1, 1.2, 1.3))]
+    rows = {row["strategy"]: row for row in bench_report.summarize(runs)}
+    assert rows["epsilon_greedy"]["speedup"] == pytest.approx(2.8 / 1.2)
+    assert rows["full"]["wall_s_median"] == pytest.approx(2.8) and rows["full"]["wall_s_mean"] == pytest.approx(10.1)
+    note = bench_report.timing_spread_note(runs)
+    assert note.startswith("note: the runs of one cell took up to 10.5x each other's time (full at keep 1.0: "
+                           "2.4-25.1 s): the machine was busy")
+    assert bench_report.timing_spread_note(runs[3:]) == ""  # 1.1-1.3 s: alike
+
+
+def test_bench_says_its_plan_before_the_first_run_and_no_repository_note_on_own_data():
+    mode = {"seeds": (0, 1, 2), "keeps": (0.3, 0.5, 0.7), "epochs": 10, "train_limit": None,
+            "strategies": ("uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")}
+    assert bench_report.plan_line(mode) == (
+        "plan: 63 runs of 10 epochs: uniform_random, epsilon_greedy, ucb, infobatch, el2n, forgetting at keep "
+        "0.3, 0.5, 0.7, 3 seeds, full data once per keep and seed (--strategies, --keeps, --seeds, --epochs "
+        "choose fewer)")
+    assert bench_report.scale_note(mode, recipe.RECIPE, False, own_data=True) == \
+        "all training images, 10 epochs, SmallResNet(32, 64, 128), 3 seeds"
+
+
 def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp_path, capsys):
     out = tmp_path / "e2e.json"
     common = ["--train-limit", "2000", "--epochs", "2", "--strategies", "uniform_random", "el2n",

@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out_of(args)
     check_outputs(args, {"--out": out})
     recipe = recipe_for(args, mode)
-    note = report.scale_note(mode, recipe, args.quick)
+    note = report.scale_note(mode, recipe, args.quick, own_data=args.train is not None)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
+    print(report.plan_line(mode), flush=True)
     print(describe_recipe(recipe), flush=True)
     if args.train is not None:
         with Store(args.train) as store:
@@ -133,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
                          tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
+    spread = report.timing_spread_note(result["runs"])
+    if spread:
+        print(spread)
     skipped, stem = _plots_unavailable(), out.with_suffix("")
     print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")

@@ -26,7 +26,8 @@ _RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name not
 @dataclass
 class Comparison:
     """The outcome of :func:`compare`: ``rows`` (one per strategy and keep ratio: ``acc_mean``,
-    ``acc_std`` over seeds, ``wall_s_mean`` (training seconds), ``speedup`` versus full data,
+    ``acc_std`` over seeds, ``wall_s_mean`` and ``wall_s_median`` (training seconds), ``speedup``
+    versus full data (of the medians),
     ``acc_delta_pt``...), ``runs`` (every run, with its per-epoch ``history``) and ``result``, the
     whole document ``fastprune bench`` writes as JSON."""
 

@@ -20,6 +20,11 @@ def mean(values):
     return statistics.fmean(values) if values else None
 
 
+def median(values):
+    """The median of ``values``; None for none."""
+    return statistics.median(values) if values else None
+
+
 def std(values):
     """The sample standard deviation of ``values``; 0 for fewer than two."""
     return statistics.stdev(values) if len(values) > 1 else 0.0
@@ -38,12 +43,15 @@ def _per_seed_accuracies(runs: list[dict]) -> list[float]:
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (strategy, keep): accuracy mean ± std over seeds, speed-up and deltas versus
-    full data. The full-data baseline runs several times per seed (once per keep block): its
-    accuracy is averaged per seed first, its wall-clock over every run."""
+    """One row per (strategy, keep): accuracy mean ± std over seeds, speed-up (of median training
+    times) and deltas versus full data. The full-data baseline runs several times per seed (once
+    per keep block): its accuracy is averaged per seed first, its wall-clock's median taken over
+    every run."""
     full = [r for r in runs if r["strategy"] == "full"]
     full_acc = mean(_per_seed_accuracies(full))
-    full_wall = mean([r["wall_s"] for r in full])
+    # Speed-ups from medians: one run slowed by a busy machine (a shared CPU, another job) moves a
+    # mean by a factor, a median of three not at all (BENCHMARKS.md: medians).
+    full_wall = median([r["wall_s"] for r in full])
     target = None if full_acc is None else full_acc - TARGET_MARGIN_PT
     groups: dict[tuple[str, float], list[dict]] = {}
     for run in runs:
@@ -57,8 +65,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         rows.append({
             "strategy": strategy, "keep": keep, "seeds": len(accs), "runs": len(group),
             "acc_mean": mean(accs), "acc_std": std(accs),
-            "wall_s_mean": mean(walls),
-            "speedup": full_wall / mean(walls) if full_wall else None,
+            "wall_s_mean": mean(walls), "wall_s_median": median(walls),
+            "speedup": full_wall / median(walls) if full_wall else None,
             "acc_delta_pt": mean(accs) - full_acc if full_acc is not None else None,
             "time_to_target_s": mean(reached) if len(reached) == len(group) else None,
             "reached_target": f"{len(reached)}/{len(group)}",
@@ -78,17 +86,37 @@ def _data_wait_share_pct(group: list[dict]) -> float | None:
     return 100 * mean([r["data_wait_s"] / r["wall_s"] for r in group])
 
 
+# Runs of one cell whose training times differ more than this were not timed alike.
+SPREAD_WARNING = 1.5
+
+
+def timing_spread_note(runs: list[dict]) -> str:
+    """A line when the runs of one (strategy, keep) took very different times (a busy machine):
+    the medians stand, but the user should know; "" otherwise."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for run in runs:
+        groups.setdefault((run["strategy"], run["keep"]), []).append(run["wall_s"])
+    spreads = [(max(walls) / min(walls), name, keep, walls) for (name, keep), walls in groups.items()
+               if len(walls) > 1 and min(walls) > 0]
+    if not spreads or max(spreads)[0] <= SPREAD_WARNING:
+        return ""
+    ratio, name, keep, walls = max(spreads)
+    return (f"note: the runs of one cell took up to {ratio:.1f}x each other's time ({name} at keep {keep:.1f}: "
+            f"{min(walls):.1f}-{max(walls):.1f} s): the machine was busy; speed-ups use medians, but rerun "
+            "on an idle machine (or with --threads set) before trusting them")
+
+
 def markdown_table(summary: list[dict]) -> str:
     def fmt(value, spec):
         return "–" if value is None else format(value, spec)
 
-    lines = ["| strategy | keep | acc % (mean ± std) | Δ acc pt | wall s | speed-up | "
+    lines = ["| strategy | keep | acc % (mean ± std) | Δ acc pt | wall s (median) | speed-up | "
              "time to full−0.5 pt s (reached) | scoring s | pruning overhead % |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary:
         lines.append(
             f"| {row['strategy']} | {row['keep']:.1f} | {row['acc_mean']:.2f} ± {row['acc_std']:.2f} | "
-            f"{fmt(row['acc_delta_pt'], '+.2f')} | {row['wall_s_mean']:.1f} | "
+            f"{fmt(row['acc_delta_pt'], '+.2f')} | {row.get('wall_s_median', row['wall_s_mean']):.1f} | "
             f"{fmt(row['speedup'], '.2f')}x | {fmt(row['time_to_target_s'], '.1f')} "
             f"({row['reached_target']}) | {row['scoring_s_mean']:.1f} | "
             f"{row['overhead_share_pct']:.2f} |")
@@ -121,13 +149,25 @@ def _size(limit: int | None, epochs: int, recipe, seeds) -> str:
     return f"{images}, {epochs} epochs, {name}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
 
 
-def scale_note(mode: dict, recipe, quick: bool) -> str:
-    """How a run relates to the full benchmark, for the verdict line: a quick run says so."""
+def scale_note(mode: dict, recipe, quick: bool, own_data: bool = False) -> str:
+    """How a run relates to the full benchmark, for the verdict line: a quick run says so; a run
+    on the user's own stores is only described (the repository's measurements are not of it)."""
     size = _size(mode["train_limit"], mode["epochs"], recipe, mode["seeds"])
+    if own_data:
+        return size
     if not quick:
         return f"{size}; every measurement: docs/benchmarks.md in the source repository"
     full = _size(FULL_MODE["train_limit"], FULL_MODE["epochs"], RECIPE, FULL_MODE["seeds"])
     return f"quick run: {size}; the full benchmark ({full}): docs/benchmarks.md in the source repository"
+
+
+def plan_line(mode: dict) -> str:
+    """What the benchmark will run, said before the first (long) run starts."""
+    runs = planned_runs(mode)
+    keeps = ", ".join(f"{keep:g}" for keep in mode["keeps"])
+    return (f"plan: {len(runs)} runs of {mode['epochs']} epochs: {', '.join(mode['strategies'])} at keep {keeps}, "
+            f"{len(mode['seeds'])} seed{'s' if len(mode['seeds']) > 1 else ''}, full data once per keep and seed "
+            "(--strategies, --keeps, --seeds, --epochs choose fewer)")
 
 
 def verdict(summary: list[dict], note: str) -> str:
@@ -175,11 +215,17 @@ def render(result: dict) -> str:
             f"{completeness(result)}"
             f"{total_time(result['runs'])}"
             f"{markdown_table(result['summary'])}\n\n"
+            f"{_paragraph(timing_spread_note(result['runs']))}"
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
             f"Wall-clock = training time incl. loading, selection and scoring epochs; evaluation "
-            f"excluded. Speed-up = mean wall-clock of all full-data baseline runs (one per keep block "
-            f"and seed) / the strategy's mean wall-clock over seeds.\n")
+            f"excluded. Speed-up = median wall-clock of all full-data baseline runs (one per keep block "
+            f"and seed) / the strategy's median wall-clock over seeds (results written before "
+            f"2026-12-05 used means).\n")
+
+
+def _paragraph(text: str) -> str:
+    return f"{text}\n\n" if text else ""
 
 
 def _on_gpu(result: dict) -> str:
