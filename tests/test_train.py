@@ -459,3 +459,27 @@ def test_a_resume_in_another_precision_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="precision='off' in the checkpoint, 'bf16' now"):
         run("bf16")
     assert len(run("off")) == 2
+
+
+def test_a_model_that_cannot_classify_the_batches_fails_in_one_line_at_the_first_step(tmp_path):
+    """A model with too few outputs ended in "IndexError: Target 2 is out of bounds" (on a GPU a
+    device-side assert), one built for gray images in a raw RuntimeError traceback."""
+    import fastprune
+    from fastprune.errors import ConfigError
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8), np.arange(32) % 4,
+                        tmp_path / "s.beton", progress=False)
+
+    def run(model):
+        strategy = UCB(32, keep=0.5, seed=0)
+        loader = fastprune.Loader(store, 8, sampler=strategy, seed=0, transforms=[Normalize()])
+        fit(model, loader, None, strategy, epochs=1, progress=False, log=None)
+
+    with pytest.raises(ConfigError, match=r"^fit: the model returns 2 class scores per image, but the batch holds "
+                                          r"label 3: build it with num_classes=4 or more"):
+        run(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2)))
+    with pytest.raises(ConfigError, match=r"^fit: the model fails on the first batch \(images \(8, 3, 8, 8\), "
+                                          r"float32\): .*expected input\[8, 3, 8, 8\] to have 1 channels"):
+        run(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 4)))
+    with pytest.raises(ConfigError, match=r"^fit: the model returned \(8, 4, 1\) for a batch of 8 images"):
+        run(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4), torch.nn.Unflatten(1, (4, 1))))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._args import check_positive_int
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
@@ -194,7 +194,9 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = forward(images)
+            logits = forward(images) if steps else _first_forward(forward, images)
+        if not steps:  # once an epoch (a host sync): a model that cannot classify these labels
+            _check_logits(logits, labels)
         # Loss in float32 even under autocast: the strategy ranks samples by it.
         loss = criterion(logits.float(), labels)
         _check_per_sample(loss, labels)
@@ -265,6 +267,32 @@ def _check_strategy_selects(strategy, loader) -> None:
         raise ValueError(f"fit: strategy {type(strategy).__name__} is not the one that selects train_loader's "
                          f"samples ({type(selecting).__name__}): pass the same object to Loader(sampler=...) "
                          "(or PrunedSampler) and to fit")
+
+
+def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
+    """The model on an epoch's first batch; a model built for other inputs (one channel, another
+    size) fails here in one line naming the batch (the cause stays chained for a traceback)."""
+    try:
+        return forward(images)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"fit: the model fails on the first batch (images {tuple(images.shape)}, "
+                          f"{str(images.dtype).replace('torch.', '')}): {first_line}") from exc
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """One row of class scores per image, and a score for every label in the batch: else
+    cross-entropy fails with "Target 2 is out of bounds" (or, on a GPU, a device-side assert)."""
+    if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+        raise ConfigError(f"fit: the model returned {tuple(logits.shape)} for a batch of {labels.shape[0]} "
+                          "images; a classifier returns [batch, classes]")
+    top = int(labels.max())
+    if top >= logits.shape[1]:
+        raise ConfigError(f"fit: the model returns {logits.shape[1]} class scores per image, but the batch "
+                          f"holds label {top}: build it with num_classes={top + 1} or more (the store's "
+                          "number of classes)")
 
 
 def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
