@@ -233,3 +233,18 @@ def test_a_reader_that_leaves_the_pipe_early_is_not_an_error(tmp_path):
     finally:
         os.close(writer)
     assert proc.stderr == "" and proc.returncode == 1
+
+
+def test_a_small_stores_sparse_size_is_said_beside_its_length(tmp_path, capsys):
+    """A 2 MiB photo set converted to "16.0 MiB": data starts on an 8 MiB page and the last page's
+    tail is a hole. convert and info now say what the file takes on disk, where it is sparse."""
+    np.savez(tmp_path / "a.npz", images=np.zeros((40, 8, 8, 3), np.uint8), labels=np.arange(40) % 2)
+    out = tmp_path / "s.beton"
+    assert main(["convert", str(tmp_path / "a.npz"), "--out", str(out)]) == 0
+    wrote = capsys.readouterr().out
+    if out.stat().st_blocks * 512 >= 0.9 * out.stat().st_size:
+        pytest.skip("this filesystem does not keep the file sparse")
+    assert re.search(r"wrote .*s\.beton \(16\.0 MiB, [\d.]+ KiB on disk \(sparse: the pages' zero tails take no "
+                     r"space\)\)", wrote), wrote
+    assert main(["info", str(out)]) == 0
+    assert "on disk (sparse" in capsys.readouterr().out

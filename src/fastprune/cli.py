@@ -185,7 +185,9 @@ def run_convert(args: argparse.Namespace) -> int:
     except UnreadableSample as exc:  # a bad file among many: say how to go on without it
         raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
                               "them)") from None
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    from .store.info import on_disk
+
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB{on_disk(out)})")
     return 0
 
 
