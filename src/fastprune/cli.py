@@ -166,7 +166,9 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--index", action="store_true",
                         help="also store an 'index' field (each sample's id), which ffcv's own Loader "
                              "needs to say which samples a batch holds (fastprune.integrations.ffcv.PrunedOrder)")
-    parser.add_argument("--workers", type=positive_int, metavar="N", help="encoding processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help="encoding processes (default: the CPUs this process may use, a container's CPU "
+                             "quota included)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_convert)
 

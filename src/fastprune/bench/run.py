@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .._cpus import usable_cpus
 from ..errors import ConfigError
 from ..train.data import DataSpec
 from ..train.device import autocast_dtype, memory_format_for, resolve_device, run_amp, synchronize
@@ -31,7 +31,7 @@ class Settings:
     # fast on this CPU, else fp32 on the CPU.
     amp: str = "auto"
     channels_last: bool = True  # NHWC activations: faster with oneDNN on CPU and on CUDA
-    threads: int = field(default_factory=os.cpu_count)
+    threads: int = field(default_factory=usable_cpus)  # the CPUs this process may use
     # Late in training many activations and gradients become denormal, and x86 handles those in
     # slow microcode: flushing them to zero keeps late epochs as fast as early ones, same accuracy.
     flush_denormal: bool = True

@@ -41,6 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._cpus import usable_cpus
 from .._native import core
 from ..errors import ConversionError, SourceWarning, UnreadableSample
 from ..store.fields import EncodedJpeg
@@ -246,7 +247,7 @@ def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[in
     from tqdm import tqdm
 
     read = functools.partial(_size_or_none if skip_unreadable else read_size, max_pixels=max_pixels)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
         sizes = list(tqdm(pool.map(read, paths), total=len(paths), unit="image", desc="checking sizes",
                           **({} if progress else {"disable": True})))
     shapes = [(path, _common.fitted_shape(*size, max_side=max_side, resize=resize))

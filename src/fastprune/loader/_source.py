@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._cpus import usable_cpus
 from .._native import core
 from ..store.reader import Store
 
@@ -53,13 +54,6 @@ class ImageSource:
 # 16 cores fed raw 28 px batches at 528k img/s with 4 threads, 205k with 8, 144-244k with 16).
 RAW_THREADS = 4
 MODE_JPEG = 0  # ffcv's IMAGE_MODES: 'jpg' = 0, 'raw' = 1
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def default_threads(modes: np.ndarray) -> int:

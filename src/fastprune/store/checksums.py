@@ -10,13 +10,13 @@ This module works on an open store's buffer and layout; it never opens files its
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._cpus import usable_cpus
 from .._native import core
 from ..errors import StoreError
 from . import format as fmt
@@ -208,7 +208,7 @@ def _read_block(store, trailer, report: VerifyReport):
 def _check_allocations(store, expected: np.ndarray, report: VerifyReport) -> None:
     table = store.alloc_table
     actual = core.crc32_ranges(store.buffer, np.ascontiguousarray(table["ptr"]),
-                               np.ascontiguousarray(table["size"]), os.cpu_count() or 1)
+                               np.ascontiguousarray(table["size"]), usable_cpus())
     report.checked_allocations = len(table)
     bad = np.flatnonzero(actual != expected)
     if bad.size == 0:

@@ -32,8 +32,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .._native import core
 from .._args import check_bool
+from .._cpus import usable_cpus
+from .._native import core
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
@@ -183,7 +184,7 @@ def _check_page_size(page_size: int) -> None:
 
 def _resolve_workers(workers: int | None, num_samples: int) -> int:
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = usable_cpus()
     if workers < 1:
         raise ValueError(f"write_dataset: workers must be >= 1, got {workers}")
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -342,7 +343,7 @@ class _FileWriter:
         mapped = np.memmap(self.out, dtype=np.uint8, mode="r")
         try:
             return core.crc32_ranges(mapped, np.ascontiguousarray(self.alloc_table["ptr"]),
-                                     np.ascontiguousarray(self.alloc_table["size"]), os.cpu_count() or 1)
+                                     np.ascontiguousarray(self.alloc_table["size"]), usable_cpus())
         finally:
             del mapped
 

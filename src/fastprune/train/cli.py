@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._cpus import usable_cpus
 from .._outputs import check_distinct, check_image_file, check_output_file, check_output_folder
 from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
 from ..errors import ConfigError
@@ -147,7 +148,9 @@ def add_train_command(subparsers):
     parser.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
                         help="evaluate on --val every N-th epoch and after the last (default: every epoch)")
     add_recipe_arguments(parser)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch and loader threads")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch and loader threads (default: the CPUs this process may use: its "
+                             "affinity, capped by a container's CPU quota)")
     add_device_arguments(parser)
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                         help="NHWC activations (auto: on CUDA)")
@@ -213,6 +216,8 @@ def train_main(args) -> int:
                           "over, delete it or choose another file")
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif usable_cpus() < torch.get_num_threads():  # torch counts the machine's cores, not a container's quota
+        torch.set_num_threads(usable_cpus())
     if args.flush_denormal:
         torch.set_flush_denormal(True)
     amp = run_amp(device, args.amp)
