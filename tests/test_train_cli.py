@@ -142,3 +142,21 @@ def test_train_with_benchs_execution_settings_trains_a_bench_runs_seed_alike(tmp
                  "--channels-last", "on", "--flush-denormal", "--log-json", str(tmp_path / "run.json")]) == 0
     history = json.loads((tmp_path / "run.json").read_text())["history"]
     assert [(r["loss"], r["val_acc"]) for r in history] == [(r["loss"], r["val_acc"]) for r in bench_run["history"]]
+
+
+def test_a_crop_larger_than_every_image_is_warned_about(tmp_path, capsys):
+    """--crop 160 on a store converted with --max-side 128 trained on upscaled images, silently."""
+    from fastprune.train.recipe import upscale_warning
+
+    heights, widths = np.array([96, 128, 120]), np.array([128, 100, 140])
+    line = upscale_warning(160, heights, widths)
+    assert line == ("warning: --crop 160 is larger than every training image (the largest is 120 px on its shorter "
+                    "side): each is upscaled; --crop 120 or less keeps to the stored detail (or convert with a "
+                    "larger --max-side)")
+    assert upscale_warning(120, heights, widths) is None and upscale_warning(None, heights, widths) is None
+    rng = np.random.default_rng(0)
+    train = from_arrays(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), np.arange(64) % 2,
+                        tmp_path / "train.beton", progress=False)
+    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "12",
+                 "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
+    assert "warning: --crop 12 is larger than every training image (the largest is 8 px" in capsys.readouterr().out

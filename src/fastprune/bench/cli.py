@@ -40,8 +40,7 @@ from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_argu
                          recipe_from_args)
 from ..train.device import resolve_device, run_amp
 from ..train.loop import save_csv
-from ..store.reader import Store
-from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning
+from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, recipe_warnings
 from . import machine, plan, plots, report
 from .run import Settings, architecture, prepare_stores, run_one, warm_up
 
@@ -120,10 +119,8 @@ def run(args: argparse.Namespace) -> int:
     print(report.plan_line(mode), flush=True)
     print(describe_recipe(recipe), flush=True)
     if args.train is not None:
-        with Store(args.train) as store:
-            warning = few_steps_warning(recipe, len(store), min(mode["keeps"]))
-        if warning:  # on stdout with the recipe: stderr carries only the one-line errors
-            print(warning, flush=True)
+        for warning in recipe_warnings(recipe, args.train, min(mode["keeps"])):
+            print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     if args.train is not None:
         stores = (args.train, args.val)
     else:

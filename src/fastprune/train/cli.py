@@ -22,7 +22,8 @@ from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
 from .loop import COMPILE_CHOICES, save_csv, save_history
 from ..store.reader import Store
-from .recipe import RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, few_steps_warning, gpu_busy_of, run_recipe
+from .recipe import (RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, gpu_busy_of, recipe_warnings,
+                     run_recipe)
 
 # The arguments that define a run: a resume with any of them changed would not continue the same
 # run. Device, threads, logging and the stores' paths may change between the interrupted and the
@@ -230,9 +231,8 @@ def train_main(args) -> int:
     print(describe_recipe(recipe), flush=True)
     with Store(args.train) as store:
         num_samples = len(store)
-    warning = few_steps_warning(recipe, num_samples, 1.0 if args.strategy == "full" else args.keep)
-    if warning:  # on stdout with the recipe: stderr carries only the one-line errors
-        print(warning, flush=True)
+    for warning in recipe_warnings(recipe, args.train, 1.0 if args.strategy == "full" else args.keep):
+        print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     tensorboard = None
     if args.tensorboard is not None:
         from .tensorboard import TensorBoardLogger

@@ -138,6 +138,30 @@ def few_steps_warning(recipe: Recipe, num_samples: int, keep: float) -> str | No
             f"for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr that suits it)")
 
 
+def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -> str | None:
+    """One line when ``crop`` is larger than every image's shorter side: each is upscaled, and
+    the run trains on interpolated pixels at the cost of a larger model input."""
+    if crop is None or not len(heights):
+        return None
+    largest = int(np.minimum(heights, widths).max())
+    if crop <= largest:
+        return None
+    return (f"warning: --crop {crop} is larger than every training image (the largest is {largest} px on its "
+            f"shorter side): each is upscaled; --crop {largest} or less keeps to the stored detail (or "
+            "convert with a larger --max-side)")
+
+
+def recipe_warnings(recipe: Recipe, train_store, keep: float) -> list[str]:
+    """The recipe's warnings for a run on ``train_store`` at ``keep`` (``fastprune train`` and
+    ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales."""
+    from ..loader._source import open_source
+
+    source = open_source(train_store, None, None, threads=1)
+    found = (few_steps_warning(recipe, source.num_samples, keep),
+             upscale_warning(recipe.crop, source.heights, source.widths))
+    return [warning for warning in found if warning]
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) so model init and any stray randomness repeat."""
     random.seed(seed)
