@@ -107,3 +107,48 @@ def test_the_command_line_names_the_option_that_skips_a_bad_file(tmp_path, capsy
     err = capsys.readouterr().err
     assert "cut.png: cannot" in err and err.strip().endswith("(--skip-unreadable leaves out files that cannot be "
                                                               "read, naming them)")
+
+
+def test_names_store_each_images_path_and_scores_name_their_files(tmp_path, capsys):
+    """Scores and the kept grid named samples by store index only; with --skip-unreadable those
+    ids no longer follow the sorted listing. convert --names stores each image's path."""
+    import csv
+
+    import fastprune
+    from fastprune.errors import SkippedSamplesWarning
+    from fastprune.prune import export_scores
+
+    root = _tree(tmp_path / "tree", ["cat", "dog"], per_class=3)
+    (root / "cat" / "1.png").write_bytes(b"")
+    with pytest.warns(SkippedSamplesWarning):
+        out = from_image_folder(root, tmp_path / "o.beton", names=True, index=True, skip_unreadable=True,
+                                progress=False)
+    expected = ["cat/0.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
+    with Store(out) as store:
+        assert list(store.fields) == ["image", "label", "name", "index"]
+        assert [store[i][2].decode() for i in range(len(store))] == expected
+    strategy = fastprune.UCB(5, keep=0.4, seed=0)
+    strategy.update(strategy.select(0).indices, np.arange(2, dtype=np.float64))
+    with open(export_scores(strategy, tmp_path / "s.csv", store=out), newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["name"] for row in rows] == expected and [row["class"] for row in rows] == ["cat"] * 2 + ["dog"] * 3
+    assert main(["convert", str(root), "--out", str(tmp_path / "p.npz.beton"), "--names", "--skip-unreadable",
+                 "--no-progress"]) == 0
+    np.savez(tmp_path / "a.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4))
+    assert main(["convert", str(tmp_path / "a.npz"), "--out", str(tmp_path / "n.beton"), "--names"]) == 1
+    assert "--names applies to image folders, not npz" in capsys.readouterr().err
+
+
+def test_ffcv_reads_a_store_with_names(tmp_path):
+    pytest.importorskip("ffcv")
+    from ffcv.fields.bytes import BytesDecoder
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    root = _tree(tmp_path / "tree", ["cat", "dog"], per_class=3)
+    out = from_image_folder(root, tmp_path / "o.beton", names=True, progress=False)
+    loader = Loader(str(out), batch_size=6, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "name": [BytesDecoder()]})
+    images, labels, names = next(iter(loader))
+    assert np.array(labels).ravel().tolist() == [0, 0, 0, 1, 1, 1]
+    assert bytes(np.array(names)[4][:9].astype(np.uint8)).decode() == "dog/1.png"

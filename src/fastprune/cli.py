@@ -154,6 +154,9 @@ def add_convert_command(subparsers) -> None:
                         help="image folders: leave out files that cannot be read or decoded (named in one "
                              "warning; later files move up) instead of stopping; more than 1%% of the files "
                              "(and over 10) still stops")
+    parser.add_argument("--names", action="store_true",
+                        help="image folders: also store a 'name' field, each image's path below SOURCE, so "
+                             "that `fastprune scores --store` names the files behind its rows")
     parser.add_argument("--coarse", action="store_true", help="CIFAR-100: also store coarse_label")
     parser.add_argument("--class-names", type=class_names, metavar="A,B,C|@FILE",
                         help="the classes' names (label 0, 1, ...), kept in the store: comma-separated, "
@@ -183,7 +186,7 @@ def run_convert(args: argparse.Namespace) -> int:
                       coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                       progress=not args.no_progress, class_names=args.class_names,
                       drop_unlabeled=args.drop_unlabeled, index=args.index,
-                      skip_unreadable=args.skip_unreadable)
+                      skip_unreadable=args.skip_unreadable, names=args.names)
     except UnreadableSample as exc:  # a bad file among many: say how to go on without it
         raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
                               "them)") from None

@@ -80,20 +80,22 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             resize: tuple[int, int] | None = None, coarse: bool = False,
             max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
             class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
-            index: bool = False, skip_unreadable: bool = False) -> Path:
+            index: bool = False, skip_unreadable: bool = False, names: bool = False) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
     ``class_names`` replaces the names the source has (IDX and .npz files have none);
     ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise);
     ``index`` adds an ``index`` field (each sample's id; see :func:`fastprune.convert.from_arrays`);
-    ``skip_unreadable`` leaves out an image folder's unreadable files (see ``from_image_folder``)."""
+    ``skip_unreadable`` leaves out an image folder's unreadable files and ``names`` stores each
+    image's path (see ``from_image_folder``)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
-    if skip_unreadable and kind != "imagefolder":
-        raise ConversionError(f"--skip-unreadable applies to image folders, not {kind} (one file holds every image)")
+    for flag, given in (("--skip-unreadable", skip_unreadable), ("--names", names)):
+        if given and kind != "imagefolder":
+            raise ConversionError(f"{flag} applies to image folders, not {kind} (one file holds every image)")
     if drop_unlabeled and kind != "npz":
         raise ConversionError(f"--drop-unlabeled applies to npz sources, not {kind} (its labels are never negative)")
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
@@ -105,5 +107,5 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
     if kind == "imagefolder":
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return from_image_folder(path, out, max_side=max_side, resize=resize, skip_unreadable=skip_unreadable,
-                                 **limit, **common)
+                                 names=names, **limit, **common)
     return from_npz(path, out, drop_unlabeled=drop_unlabeled, **common)

@@ -41,10 +41,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .._args import check_bool
 from .._cpus import usable_cpus
 from .._native import core
 from ..errors import ConversionError, SourceWarning, UnreadableSample
-from ..store.fields import EncodedJpeg
+from ..store.fields import BytesField, EncodedJpeg
 from . import _common
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -275,8 +276,10 @@ class ImageFolderSource:
 
     def __init__(self, paths: list[Path], labels: np.ndarray, *, max_side: int | None,
                  resize: tuple[int, int] | None, one_shape: tuple[int, int] | None = None,
-                 max_pixels: int = _common.DEFAULT_MAX_PIXELS, keep_jpeg: bool = False):
+                 max_pixels: int = _common.DEFAULT_MAX_PIXELS, keep_jpeg: bool = False,
+                 names_from: Path | None = None):
         self.paths, self.labels = paths, labels
+        self.names_from = names_from  # the root: each sample also returns its path below it (UTF-8)
         self.max_side, self.resize, self.max_pixels = max_side, resize, max_pixels
         self.one_shape = one_shape  # raw storage: the shape the header pass found for all files
         self.keep_jpeg = keep_jpeg  # JPEG storage: store fitting baseline JPEGs unchanged
@@ -290,12 +293,13 @@ class ImageFolderSource:
             image = self._read(path)
         except ConversionError as exc:  # the file: what skip_unreadable leaves out
             raise UnreadableSample(str(exc)) from exc
-        if isinstance(image, EncodedJpeg):
-            return image, int(self.labels[index])
-        if self.one_shape is not None and image.shape[:2] != self.one_shape:  # header lied
+        if not isinstance(image, EncodedJpeg) and self.one_shape is not None \
+                and image.shape[:2] != self.one_shape:  # header lied
             raise _common.mixed_shape_error((str(self.paths[0]), (*self.one_shape, 3)),
                                             (str(path), image.shape))
-        return image, int(self.labels[index])
+        if self.names_from is None:
+            return image, int(self.labels[index])
+        return image, int(self.labels[index]), os.fsencode(path.relative_to(self.names_from))
 
     def _read(self, path: Path) -> np.ndarray | EncodedJpeg:
         """The file's image, decoded and fitted, or its own bytes where they can be stored as is."""
@@ -312,7 +316,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                       resize: tuple[int, int] | None = None, workers: int | None = None,
                       max_pixels: int = _common.DEFAULT_MAX_PIXELS, progress: bool = True,
                       class_names: Sequence[str] | None = None, index: bool = False,
-                      skip_unreadable: bool = False) -> Path:
+                      skip_unreadable: bool = False, names: bool = False) -> Path:
     """Convert an image-folder tree to a store at ``out``; returns the path. The class folders'
     names are kept in the store (``Store.class_names``). ``class_names`` either names every class
     folder, and then orders the labels (a folder's label is its name's position; the list may name
@@ -329,6 +333,8 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     ``max_pixels``) instead of stopping: one ``SkippedSamplesWarning`` names them, and later
     files move up (a sample's id is then not its file's place in the sorted listing). More than
     1% of the files (and over 10) stops the conversion all the same.
+    ``names=True`` adds a ``name`` field (bytes: each image's path below ``source``, e.g.
+    ``b"cat/0042.jpg"``), so that per-sample scores name their files (``fastprune scores --store``).
     """
     _common.check_max_pixels(max_pixels)
     _common.check_size_options(max_side, resize, max_pixels)
@@ -338,8 +344,11 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                                                   max_pixels=max_pixels, progress=progress,
                                                   skip_unreadable=skip_unreadable)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+    if check_bool(names, "names"):
+        fields["name"] = BytesField()
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
-                               max_pixels=max_pixels, keep_jpeg=jpeg)
+                               max_pixels=max_pixels, keep_jpeg=jpeg,
+                               names_from=_common.require_dir(source, "image folder") if names else None)
     return _common.write(out, source, fields, workers=workers, progress=progress,
                          class_names=_common.label_names_option(classes),
                          index=index, skip_unreadable=skip_unreadable)

@@ -174,16 +174,33 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
                           f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training store")
     report = {**report, "label": source.labels[report["index"]]}
     names = source.owner.field_class_names.get(source.label_field)
-    if names:
-        report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i) for i in source.labels])
+    if names:  # of the rows' labels (a shard's report holds some samples only)
+        report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i) for i in report["label"]])
+    files = sample_names(source.owner, report["index"])
+    if files is not None:
+        report["name"] = files
     return report
+
+
+def sample_names(store, ids: np.ndarray) -> np.ndarray | None:
+    """The ``name`` field of samples ``ids`` (the image's path, which ``convert --names`` stores)
+    as str, or None where the store has no such bytes field."""
+    from ..store.fields import BytesField
+
+    if not isinstance(store.fields.get("name"), BytesField):
+        return None
+    ptrs, sizes = store.field_ranges("name")
+    buffer = store.buffer
+    return np.array([bytes(buffer[int(ptrs[i]):int(ptrs[i]) + int(sizes[i])]).decode("utf-8", "backslashreplace")
+                     for i in ids])
 
 
 def export_scores(source, path, *, store=None, trained_on: str | None = None) -> Path:
     """Write the per-sample report of ``source`` (a strategy, its state_dict, or a checkpoint
     path) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
     array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
-    the store names its classes); a checkpoint's run must have trained on it. ``trained_on``: the
+    the store names its classes, and ``name``, each image's file, where ``convert --names`` stored
+    it); a checkpoint's run must have trained on it. ``trained_on``: the
     training store's identity, for a ``source`` that is already a report. Returns the path."""
     path = Path(path)
     report, recorded = run_report(source)
@@ -281,7 +298,8 @@ def add_scores_command(subparsers):
         "scores", help="export per-sample scores and times kept from a train checkpoint",
         description="Export each sample's score, EMA loss, updates seen, times kept and last kept "
                     "epoch from a `fastprune train --checkpoint` file, as CSV or .npz (by --out's "
-                    "suffix); with --store, also its label and class, and --grid draws the most- "
+                    "suffix); with --store, also its label, class and file name (a store converted "
+                    "with --names), and --grid draws the most- "
                     "and least-kept images of every class (needs the plots extra).")
     parser.add_argument("checkpoint", type=Path, nargs="+", metavar="RUN.pt",
                         help="a fastprune train checkpoint; a sharded run's per-rank checkpoints, all of "
