@@ -152,3 +152,24 @@ def test_ffcv_reads_a_store_with_names(tmp_path):
     images, labels, names = next(iter(loader))
     assert np.array(labels).ravel().tolist() == [0, 0, 0, 1, 1, 1]
     assert bytes(np.array(names)[4][:9].astype(np.uint8)).decode() == "dog/1.png"
+
+
+def test_the_kept_grid_captions_name_the_files_of_a_store_with_names(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    import fastprune
+    from fastprune.prune import kept_grid
+
+    titles = []
+    original = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, text, *a, **k: titles.append(text) or original(self, text, *a, **k))
+    root = _tree(tmp_path / "tree", ["cat", "dog"], per_class=2, suffix=".jpg")
+    (root / "dog" / "1.jpg").rename(root / "dog" / "a_very_long_file_name_indeed.jpg")
+    out = from_image_folder(root, tmp_path / "o.beton", names=True, progress=False)
+    strategy = fastprune.UCB(4, keep=0.5, seed=0)
+    strategy.update(strategy.select(0).indices, np.arange(2, dtype=np.float64))
+    kept_grid(strategy, out, tmp_path / "grid.png", per_class=1)
+    files = [t.split("\n")[1] for t in titles]
+    assert len(files) == 4 and set(files) <= {"0.jpg", "1.jpg", "a_very_long_fil…"} and "a_very_long_fil…" in files

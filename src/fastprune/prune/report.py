@@ -266,17 +266,25 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
                 continue
             sample = int(report["index"][i])  # rows are ids, except in one shard's report
             axis.imshow(_image(source_, sample), interpolation="nearest")
-            axis.set_title(f"#{sample} x{int(report['times_kept'][i])}", fontsize=6, pad=2)
+            caption = f"#{sample} x{int(report['times_kept'][i])}"
+            if "name" in report:  # the file's own name (convert --names), cut to fit the cell
+                caption += "\n" + _short(Path(str(report["name"][i])).name, 16)
+            axis.set_title(caption, fontsize=6, pad=2)
         name = names[label] if names and 0 <= label < len(names) else str(int(label))
         row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
     right = "never kept" if never_all else "least kept"
-    fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept", fontsize=9)
+    files = ", file" if "name" in report else ""
+    fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept{files}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _image(source, i: int) -> np.ndarray:
