@@ -56,6 +56,11 @@ class SkippedSamplesWarning(FastpruneWarning):
     """A conversion with ``skip_unreadable`` left samples out; the message names them and why."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's run over many), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def require(module: str, extra: str, purpose: str):
     """Import ``module`` (an optional dependency) or raise MissingExtraError, one line naming the
     extra to install: ``pip install "fastprune[plots]"``."""

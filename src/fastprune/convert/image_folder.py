@@ -98,9 +98,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     :func:`_label_order` reads them."""
     root = _common.require_dir(root, "image folder")
     classes = list_classes(root)
-    names = classes if class_names is None else _label_order(root, classes, class_names)
-    label_of = {name: names.index(name) for name in classes} if set(classes) <= set(names) \
-        else {name: label for label, name in enumerate(classes)}  # renamed in sorted order
+    names, label_of = _label_order(root, classes, class_names)
     paths: list[Path] = []
     labels: list[int] = []
     ignored: list[Path] = []
@@ -112,17 +110,21 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
-def _label_order(root: Path, classes: list[str], class_names) -> list[str]:
-    """The names of labels 0, 1, ... given ``class_names``: a list naming every class folder
-    orders the labels (a folder's label is its name's place, so a split lacking a class gets the
-    same labels as the others); a list naming none renames the sorted folders one for one
-    (ImageNet's wnid folders -> readable names). Anything between is ambiguous: refused."""
+def _label_order(root: Path, classes: list[str], class_names) -> tuple[list[str], dict[str, int]]:
+    """(the names of labels 0, 1, ..., each class folder's label) given ``class_names``: none keeps
+    the sorted folders; a list naming every class folder orders the labels (a folder's label is
+    its name's place, so a split lacking a class gets the same labels as the others); a list
+    naming none renames the sorted folders one for one (ImageNet's wnid folders -> readable
+    names). Anything between is ambiguous: refused."""
+    in_order = {name: label for label, name in enumerate(classes)}
+    if class_names is None:
+        return classes, in_order
     names = _common.names_list(class_names, "class_names")
     listed = [name for name in classes if name in names]
     if len(listed) == len(classes):
-        return names
+        return names, {name: names.index(name) for name in classes}
     if not listed and len(names) == len(classes):
-        return names
+        return names, in_order
     missing = next(name for name in classes if name not in names)
     raise ConversionError(f"{root}: class names ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
                           f"must either name every class folder ({missing!r} is missing), which orders "
@@ -134,9 +136,9 @@ def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path]
     look like splits (train/, val/) of the real class folders: each holds the same subfolders
     and no image directly."""
     if ignored:
-        warnings.warn(SourceWarning(
-            f"{root}: ignored {len(ignored)} file{'s' if len(ignored) > 1 else ''} that {'are' if len(ignored) > 1 else 'is'} "
-            f"not {_EXTENSIONS_TEXT} (e.g. {ignored[0].relative_to(root)})"), stacklevel=3)
+        files, verb = ("files", "are") if len(ignored) > 1 else ("file", "is")
+        warnings.warn(SourceWarning(f"{root}: ignored {len(ignored)} {files} that {verb} not {_EXTENSIONS_TEXT} "
+                                    f"(e.g. {ignored[0].relative_to(root)})"), stacklevel=3)
     if len(classes) < 2:
         return
     direct, inner = False, {name: set() for name in classes}  # class -> its subfolders holding images

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .device import model_device
 
 # Version of the checkpoint layout; files without it (or with another) are refused with a clear
@@ -145,8 +145,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         # another model, optimizer or strategy, or a tampered entry: one line, never a traceback
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} does not fit this run's model, optimizer or strategy: {first_line}") from None
+        raise CheckpointError(f"{path} does not fit this run's model, optimizer or strategy: "
+                              f"{first_line(exc)}") from None
     torch.set_rng_state(state["rng"]["torch"])
     _set_numpy_rng_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
@@ -199,7 +199,7 @@ def _check_rng(bad, rng) -> None:
                                            numpy_state["cached_gaussian"]))
         random.Random().setstate(rng["python"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        bad(f"its RNG states do not restore ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})")
+        bad(f"its RNG states do not restore ({first_line(exc)})")
 
 
 def _check_optimizer_shapes(path, saved, optimizer) -> None:

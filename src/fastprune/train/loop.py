@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .._args import check_positive_int
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged, first_line
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
@@ -174,8 +174,9 @@ def compiled_forward(model: nn.Module, compile) -> nn.Module:
 
 def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *, epoch, dtype,
                      memory_format, scaler, progress, forward=None, graphs=False) -> dict[str, float]:
-    """One pass over the epoch's selected samples (``epoch``: 0-based, for messages). Returns samples, steps, mean loss, last LR and
-    ``data_wait_s`` (see :class:`_WaitClock`). ``forward``: the module that runs the model (a
+    """One pass over the epoch's selected samples (``epoch``: 0-based, for messages). Returns
+    samples, steps, mean loss, last LR and ``data_wait_s`` (see :class:`_WaitClock`).
+    ``forward``: the module that runs the model (a
     compiled one), default ``model``; ``graphs``: it replays CUDA graphs, so each step is marked as
     a new one."""
     device = model_device(model)
@@ -277,9 +278,8 @@ def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"fit: the model fails on the first batch (images {tuple(images.shape)}, "
-                          f"{str(images.dtype).replace('torch.', '')}): {first_line}") from exc
+                          f"{str(images.dtype).replace('torch.', '')}): {first_line(exc)}") from exc
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
