@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,9 @@ def test_unlabelled_samples_can_be_dropped_and_sparse_labels_warn(tmp_path, caps
                                           r"none is 1\); training needs 0..K-1") as warned:
         out = from_arrays(images, [0, 2**40, 0, 2**40], tmp_path / "s.beton", progress=False)
     assert len(warned) == 1 and "\n" not in str(warned[0].message) and len(fastprune.Store(out)) == 4
+    with warnings.catch_warnings():  # class names count the classes: a subset of them is not sparse
+        warnings.simplefilter("error", LabelWarning)
+        from_arrays(images, [1, 2, 2, 1], tmp_path / "named.beton", progress=False, class_names=["x", "y", "z"])
     # the command line: an error naming the sample, --drop-unlabeled, one-line warnings
     np.savez(tmp_path / "u.npz", images=images, labels=np.array([0, 1, -1, 5]))
     arguments = ["convert", str(tmp_path / "u.npz"), "-o", str(tmp_path / "u.beton"), "--no-progress"]

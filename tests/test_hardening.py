@@ -633,6 +633,24 @@ def test_training_refuses_labels_that_are_not_0_to_k_minus_1(tmp_path, labels, m
     assert describe_stores(dense, dense, mean=(0.5,) * 3, std=(0.5,) * 3).num_classes == len(set(labels))
 
 
+def test_class_names_count_the_classes_of_a_subset(tmp_path, recwarn):
+    """A filtered Hugging Face split without class 0 (ClassLabel names x, y, z) was refused as
+    "labels are not 0..K-1" with advice to relabel, which breaks the names; one without class 2
+    made the full validation split's label 2 "out of range". The names count the classes."""
+    from fastprune.errors import ConfigError, LabelWarning
+    from fastprune.train.data import describe_stores
+
+    names = ["x", "y", "z"]
+    full = _store_with_labels(tmp_path / "full.beton", [0, 1, 2, 1], names)
+    for subset in ([1, 2, 2, 1], [0, 1, 1, 0]):
+        train = _store_with_labels(tmp_path / "train.beton", subset, names)
+        assert describe_stores(train, full, mean=(0.5,) * 3, std=(0.5,) * 3).num_classes == 3
+    assert not [w for w in recwarn if issubclass(w.category, LabelWarning)]
+    unnamed = _store_with_labels(tmp_path / "unnamed.beton", [1, 2, 2, 1])  # no names: still refused
+    with pytest.raises(ConfigError, match=r"labels are not 0..K-1"):
+        describe_stores(unnamed, unnamed, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
 def test_train_and_val_class_names_must_agree(tmp_path, capsys):
     """A validation folder missing "cat" shifts "dog" to label 1: accuracy against the wrong
     classes (50% where the truth is 100%). Names that agree, or a store without names, pass."""

@@ -286,7 +286,11 @@ def warn_if_sparse(out: Path) -> None:
     with Store(out) as store:
         if "label" not in store.fields:
             return
-        gap = label_gap(np.asarray(store.metadata[f"f{store.field_index('label')}"]))
+        labels = np.asarray(store.metadata[f"f{store.field_index('label')}"])
+        names = store.field_class_names.get("label")
+        if names and len(labels) and labels.max() < len(names):
+            return  # the names count the classes: a subset need not use every one (training takes K = names)
+        gap = label_gap(labels)
     if gap is not None:
         distinct, top, missing = gap
         warnings.warn(f"{out}: labels are sparse ({distinct} distinct values up to {top}; none is {missing}); "
