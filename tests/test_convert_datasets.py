@@ -124,3 +124,96 @@ def test_a_dataset_drawing_random_numbers_converts_the_same_at_any_number_of_wor
     assert convert("w2.beton", 2)[0] == convert("w2again.beton", 2)[0] == one
     assert len(np.unique(images.reshape(len(images), -1), axis=0)) == 1200  # no sample repeats another
     assert convert("seed1.beton", 2, seed=1)[0] != one
+
+
+def _palette_dataset(datasets, n=4):
+    """Palette ("P") PNGs, common on the hub: numpy/torch formats read them as their indices."""
+    rgb = _images(1)[0]
+    images = [Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16) for _ in range(n)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]}, features=features)
+    return dataset, np.asarray(images[0].convert("RGB"))
+
+
+@pytest.mark.parametrize("fmt", [None, "numpy", "torch"])
+def test_a_formatted_dataset_converts_to_the_same_pixels(tmp_path, fmt):
+    """with_format("torch") made a palette image's pixels its palette indices, stored as gray
+    without a word; the image column is now decoded by fastprune whatever the format."""
+    datasets = pytest.importorskip("datasets")
+    dataset, colours = _palette_dataset(datasets)
+    with fastprune.Store(from_hf_dataset(dataset.with_format(fmt), tmp_path / "f.beton", progress=False)) as store:
+        np.testing.assert_array_equal(store[0][0], colours)
+        assert [store[i][1] for i in range(4)] == [0, 1, 0, 1] and store.class_names == ["a", "b"]
+
+
+def test_encoded_images_are_decoded_with_the_image_folder_formats_only(tmp_path):
+    """An Image(decode=False) column (or a parquet struct of bytes and path) was refused ("image is
+    a dict"); an Image(mode="L") column keeps its mode; an EPS file in the bytes never reaches PIL's
+    EPS plugin (which runs Ghostscript); a missing image is unreadable (skip_unreadable drops it)."""
+    import io
+    import warnings
+
+    from fastprune.errors import SkippedSamplesWarning, UnreadableSample
+
+    datasets = pytest.importorskip("datasets")
+    dataset, colours = _palette_dataset(datasets)
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    with fastprune.Store(from_hf_dataset(undecoded, tmp_path / "u.beton", progress=False)) as store:
+        np.testing.assert_array_equal(store[1][0], colours)
+    gray = dataset.cast_column("image", datasets.Image(mode="L"))
+    with fastprune.Store(from_hf_dataset(gray, tmp_path / "g.beton", progress=False)) as store:
+        expected = np.asarray(Image.fromarray(colours).convert("L"))
+        np.testing.assert_array_equal(store[0][0], np.repeat(expected[:, :, None], 3, axis=2))
+    eps = io.BytesIO()
+    Image.fromarray(colours).save(eps, "EPS")
+    hostile = datasets.Dataset.from_dict(
+        {"image": [{"bytes": eps.getvalue(), "path": "cat.jpg"}], "label": [0]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(UnreadableSample, match=r"sample 0 of Dataset: image \(cat.jpg\): cannot read image: "
+                                               r"not an image of a format read here \(JPEG, PNG"):
+        from_hf_dataset(hostile, tmp_path / "e.beton", progress=False)
+    holes = datasets.Dataset.from_dict({"image": [Image.fromarray(colours), None, Image.fromarray(colours)],
+                                        "label": [0, 1, 0]}, features=dataset.features)
+    with pytest.raises(UnreadableSample, match=r"^sample 1 of Dataset: image is missing \(None\)$"):
+        from_hf_dataset(holes, tmp_path / "h.beton", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fastprune.Store(from_hf_dataset(holes, tmp_path / "h.beton", progress=False, workers=1,
+                                             skip_unreadable=True)) as store:
+            assert len(store) == 2
+    assert [w for w in caught if issubclass(w.category, SkippedSamplesWarning)]
+
+
+def test_a_transform_is_read_through_with_its_own_keys(tmp_path):
+    """with_transform returning pixel_values/labels: the default keys failed per sample, and the
+    keys it asked for were refused as "not a column"; its labels were read by running the
+    transform on every row twice (drop_unlabeled)."""
+    datasets = pytest.importorskip("datasets")
+    dataset, colours = _palette_dataset(datasets, n=6)
+    calls = []
+
+    def transform(batch):
+        calls.append(len(batch["label"]))
+        return {"pixel_values": [np.asarray(image.convert("RGB")) for image in batch["image"]],
+                "labels": batch["label"]}
+
+    out = from_hf_dataset(dataset.with_transform(transform), tmp_path / "t.beton", image_column="pixel_values",
+                          label_column="labels", progress=False, workers=1, drop_unlabeled=True)
+    with fastprune.Store(out) as store:
+        np.testing.assert_array_equal(store[5][0], colours)
+        assert [store[i][1] for i in range(6)] == [0, 1, 0, 1, 0, 1]
+    assert sum(calls) <= 2 * 6 + 1  # labels once per row, then each row's image once (and sample 0's check)
+
+
+def test_option_mistakes_name_the_option(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    dataset, _ = _palette_dataset(datasets)
+    for options, error, message in (
+            ({"jpg": True}, TypeError, r"from_hf_dataset\(\) got an unexpected keyword argument 'jpg'"),
+            ({"quality": "90"}, TypeError, "quality must be an integer from 1 to 100, got str '90'"),
+            ({"resize": 8}, ConversionError, r"resize must be \(height, width\)"),
+            ({"workers": 0}, ValueError, "workers must be an integer >= 1, got 0"),
+            ({"jpeg": "yes"}, TypeError, "jpeg must be True or False, got str 'yes'")):
+        with pytest.raises(error, match=message):
+            from_hf_dataset(dataset, tmp_path / "x.beton", progress=False, **options)
+    assert not (tmp_path / "x.beton").exists()

@@ -64,8 +64,20 @@ def test_with_indices_keeps_the_sample_shape():
     assert WithIndices([(1, 2)])[0] == (1, 2, 0)
     assert WithIndices([{"image": 1}])[0] == {"image": 1, "index": 0}
     assert WithIndices(["a"])[0] == ("a", 0)
-    with pytest.raises(KeyError, match="already have an 'index'"):
+    with pytest.raises(KeyError, match="already have a 'index' key; name another with WithIndices"):
         WithIndices([{"index": 3}])[0]
+    assert WithIndices([{"index": 3}], key="sample_id")[0] == {"index": 3, "sample_id": 0}
+
+
+def test_data_source_is_checked_against_the_strategy():
+    """UCB(20) over 50 samples never visited 30 of them, silently; UCB(100) over 50 failed deep in
+    the dataset ("83 is out of bounds"). Given the dataset, the sampler names the mismatch."""
+    dataset = _dataset(50)
+    for size in (20, 100):
+        with pytest.raises(ValueError, match=f"the strategy is for {size} samples but the dataset has 50"):
+            PrunedSampler(fastprune.UCB(size, keep=1.0), data_source=dataset)
+    sampler = PrunedSampler(fastprune.UCB(50, keep=1.0), data_source=dataset)
+    assert sorted(sampler) == list(range(50))
 
 
 def test_without_set_epoch_each_pass_runs_the_next_epoch():

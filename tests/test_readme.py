@@ -35,11 +35,13 @@ def test_readme_python_examples_run(tmp_path):
     accuracy = float(re.search(r"test accuracy ([\d.]+)%", result.stdout).group(1))
     assert accuracy > 50, result.stdout
     assert "torch.Size([64, 3, 28, 28]) torch.float32" in result.stdout
-    assert result.stdout.count("samples") == 2 and "epoch 1: 500 samples" in result.stdout
+    assert len(re.findall(r"^epoch \d: \d+ samples$", result.stdout, flags=re.M)) == 2
+    assert "epoch 1: 500 samples" in result.stdout
     # the guide's compare() example: its table's rows, and a speed-up read off a row
     assert "| full | 1.0 | " in result.stdout and "| ucb | 0.5 | " in result.stdout
     ucb = re.search(r"UCB: ([\d.]+)% in [\d.]+ s of training, [\d.]+x full data's speed", result.stdout)
     assert ucb and float(ucb.group(1)) > 50, result.stdout           # 4 classes: chance is 25%
     sampler = re.search(r"PrunedSampler: accuracy ([\d.]+)%", result.stdout)
     assert sampler and float(sampler.group(1)) > 70, result.stdout    # 3 classes: chance is 33%
+    assert "20 samples, classes ['ant', 'bee', 'cow']" in result.stdout  # the Hugging Face example
     assert "None / Ankle boot" in result.stdout  # the guide's class names: none from IDX, then given

@@ -223,7 +223,8 @@ def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
         raise ConversionError("give either max_side (--max-side) or resize (--resize), not both")
     if max_side is not None and max_side < 1:
         raise ConversionError(f"max_side must be a positive number of pixels, got {max_side}")
-    if resize is not None and (len(resize) != 2 or min(resize) < 1):
+    if resize is not None and (not isinstance(resize, (tuple, list)) or len(resize) != 2
+                               or not all(isinstance(side, (int, np.integer)) for side in resize) or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
     if resize is not None and resize[0] * resize[1] > max_pixels:
         raise ConversionError(f"resize {resize[0]}x{resize[1]} = {resize[0] * resize[1]:,} pixels exceeds the "
@@ -249,6 +250,8 @@ def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALIT
     """The ``image`` + ``label`` schema every converter writes (plus optional int fields)."""
     from ..store.fields import IntField, RGBImageField
 
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+        raise TypeError(f"quality must be an integer from 1 to 100, got {type(quality).__name__} {quality!r:.40}")
     if not 1 <= quality <= 100:
         raise ConversionError(f"JPEG quality must be between 1 and 100, got {quality}")
     image = (RGBImageField(write_mode="jpg", jpeg_quality=quality) if jpeg

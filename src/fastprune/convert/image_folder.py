@@ -187,10 +187,11 @@ def _stored_as_is(path: Path, data: bytes, max_side, resize, max_pixels) -> Enco
     return EncodedJpeg(data, *size)
 
 
-def read_fitted(path: Path, data: bytes, max_side, resize,
-                max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_fitted(path: Path | str, data: bytes, max_side, resize,
+                max_pixels: int = _common.DEFAULT_MAX_PIXELS, mode: str | None = None) -> np.ndarray:
     """Decode and fit one file (its size checked against ``max_pixels`` before any pixel is
-    decoded); a JPEG that shrinks by 2x or more is decoded DCT-downscaled."""
+    decoded); a JPEG that shrinks by 2x or more is decoded DCT-downscaled. ``path`` names the
+    file in errors; ``mode``: a PIL mode to convert to first ("L" keeps an image gray)."""
     from PIL import Image
 
     with _open_image(path, data) as image:
@@ -202,7 +203,7 @@ def read_fitted(path: Path, data: bytes, max_side, resize,
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
-        pixels = _common.pil_to_rgb(image, str(path))
+        pixels = _common.pil_to_rgb(image if mode in (None, image.mode) else image.convert(mode), str(path))
     return _common.fit_image(pixels, resize=target)
 
 
@@ -215,7 +216,7 @@ def read_size(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple
 
 
 @contextlib.contextmanager
-def _open_image(path: Path, data: bytes | None = None):
+def _open_image(path: Path | str, data: bytes | None = None):
     """PIL's lazy open (header only) of ``path`` (or of its bytes ``data``, already read), with its
     errors and size warnings turned into one-line ConversionErrors; fastprune checks the size
     itself, against its own limit."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import os
 import random
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._args import check_bool, check_positive_int
 from ..errors import ConversionError, UnreadableSample
 from . import _common
 
@@ -27,9 +29,10 @@ class DatasetSource:
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
-                 drop_unlabeled: bool = False, skip_unreadable: bool = False):
+                 drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
+        self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
         self.keys = (image_key, label_key)
         self.max_side, self.resize = max_side, resize
         self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
@@ -73,18 +76,28 @@ class DatasetSource:
         label = _label(item[1], f"{what}: label")
         if label is None or label < 0:
             raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
-        image = _common.any_image_to_rgb(item[0], f"{what}: image")
-        image = _common.fit_image(image, max_side=self.max_side, resize=self.resize)
+        image = self._image(item[0], f"{what}: image")
         if self.reference_shape is not None and image.shape != self.reference_shape:
             first = self.reference_index if self.indices is None else int(self.indices[self.reference_index])
             raise _common.mixed_shape_error((f"sample {first}", self.reference_shape), (f"sample {index}", image.shape))
         return image, label
 
+    def _image(self, value: Any, what: str) -> np.ndarray:
+        """A sample's image as fitted HxWx3 uint8: decoded here where it is still encoded (a
+        Hugging Face image as {"bytes", "path"}), else converted."""
+        if value is None:  # a scraped dataset's missing image: skip_unreadable may leave it out
+            raise UnreadableSample(f"{what} is missing (None)")
+        if _is_encoded_image(value):
+            return _decode_encoded(value, what, self.max_side, self.resize, self.image_mode)
+        image = _common.any_image_to_rgb(value, what)
+        return _common.fit_image(image, max_side=self.max_side, resize=self.resize)
+
     def _all_labels(self) -> np.ndarray:
         """Every sample's label: a Hugging Face dataset's label column (read without decoding any
         image), else each sample's, read in turn."""
         label_key = self.keys[1]
-        if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names:
+        if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names \
+                and not _has_transform(self.dataset):  # a transform would run on every row for it
             labels = self.dataset[label_key]
         else:
             labels = [self._label_or_none(i) for i in range(self.length)]
@@ -165,6 +178,35 @@ def _global_rng_kept():
         random.setstate(states[2])
 
 
+def _is_encoded_image(value: Any) -> bool:
+    """A Hugging Face image not yet decoded: {"bytes": ..., "path": ...} (an ``Image(decode=False)``
+    column, a parquet struct column, or what from_hf_dataset reads)."""
+    return isinstance(value, dict) and set(value) == {"bytes", "path"} and \
+        (value["bytes"] is not None or value["path"] is not None)
+
+
+def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) -> np.ndarray:
+    """Decode a {"bytes", "path"} image as the image-folder converter decodes a file: only the
+    formats it reads (PIL's EPS plugin would run Ghostscript), size checked before decoding, JPEGs
+    DCT-downscaled where they shrink."""
+    from .image_folder import read_fitted
+
+    data, path = value["bytes"], value["path"]
+    name = f"{what} ({path})" if path else what
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UnreadableSample(f"{name}: cannot read the file: {exc.strerror or exc}") from exc
+    return read_fitted(name, bytes(data), max_side, resize, mode=mode)
+
+
+def _has_transform(dataset: Any) -> bool:
+    """Whether a Hugging Face dataset runs a transform of the user's on each row (``with_transform``
+    / ``set_transform``): its rows are then whatever the transform returns."""
+    return (getattr(dataset, "format", None) or {}).get("type") == "custom"
+
+
 def _label(value: Any, what: str) -> int | None:
     """A sample's label as an int, or None where it has none (a Hugging Face column's missing value,
     as a ClassLabel reads -1 back), which drop_unlabeled leaves out like a negative label."""
@@ -195,13 +237,28 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     it) instead of stopping: one ``SkippedSamplesWarning`` names them, and later samples move up.
     More than 1% of the samples (and over 10) stops the conversion all the same.
     """
+    return _convert(dataset, out, jpeg=jpeg, quality=quality, max_side=max_side, resize=resize,
+                    workers=workers, progress=progress, image_key=image_key, label_key=label_key,
+                    class_names=class_names, drop_unlabeled=drop_unlabeled, index=index,
+                    skip_unreadable=skip_unreadable)
+
+
+def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, max_side: int | None,
+             resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
+             label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
+             skip_unreadable: bool, image_mode: str | None = None) -> Path:
     out = _common.check_output_path(out)
+    for name, flag in (("jpeg", jpeg), ("drop_unlabeled", drop_unlabeled), ("skip_unreadable", skip_unreadable),
+                       ("progress", progress)):
+        check_bool(flag, name)  # jpeg="no" is truthy
+    if workers is not None:
+        check_positive_int(workers, "workers")
     names = _common.names_list(class_names, "class_names") if class_names is not None \
         else _torchvision_classes(dataset)
     with _global_rng_kept():
         source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                                image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
-                               skip_unreadable=skip_unreadable)
+                               skip_unreadable=skip_unreadable, image_mode=image_mode)
         fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
         return _common.write(out, source, fields, workers=workers, progress=progress,
                              class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
@@ -224,19 +281,53 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
                     label_column: str = "label", **options: Any) -> Path:
     """Convert a Hugging Face ``datasets.Dataset`` (one split, already loaded) to a store.
 
-    Rows are read by column name; image columns decode to PIL images, label columns must hold
-    integers (a ``ClassLabel`` does, and its names are kept in the store). Options as
+    Rows are read by column name; label columns must hold integers (a ``ClassLabel`` does, and its
+    names are kept in the store). An ``Image`` column is decoded here from its bytes, as image
+    folders are (JPEG, PNG, WebP, BMP, TIFF; PIL's other plugins are never reached), whatever
+    ``set_format`` the dataset has (numpy/torch formats turn palette images into their indices).
+    A dataset with ``with_transform``/``set_transform`` is read through the transform, and
+    ``image_column``/``label_column`` then name keys of what it returns. Options as
     :func:`from_torch_dataset` (``jpeg``, ``resize``, ``max_side``, ``class_names``, ...).
     Nothing is downloaded here: load the dataset first.
     """
+    _check_options(options)
     columns = getattr(dataset, "column_names", None)
     if not isinstance(columns, list):  # a DatasetDict maps split names to column lists
-        raise ConversionError(f"expected a datasets.Dataset (one split), got {type(dataset).__name__}; "
-                              "for a DatasetDict pick a split, e.g. dataset['train']")
-    for what, column in (("image_column", image_column), ("label_column", label_column)):
-        if column not in columns:
-            raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns})")
-    label_names = getattr((getattr(dataset, "features", None) or {}).get(label_column), "names", None)
+        raise ConversionError(f"expected a datasets.Dataset (one split), got {type(dataset).__name__}"
+                              + ("; for a DatasetDict pick a split, e.g. dataset['train']"
+                                 if isinstance(columns, dict) else ""))
+    features = getattr(dataset, "features", None) or {}
+    label_names = getattr(features.get(label_column), "names", None)
     if label_names and options.get("class_names") is None:  # a ClassLabel column
         options["class_names"] = label_names
-    return from_torch_dataset(dataset, out, image_key=image_column, label_key=label_column, **options)
+    image_mode = None
+    if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample
+        for what, column in (("image_column", image_column), ("label_column", label_column)):
+            if column not in columns:
+                raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns})")
+        dataset, image_mode = _encoded_rows(dataset, image_column)
+    return _convert(dataset, out, image_key=image_column, label_key=label_column,
+                    image_mode=image_mode, **{**_DEFAULTS, **options})
+
+
+def _encoded_rows(dataset: Any, image_column: str) -> tuple[Any, str | None]:
+    """The dataset read as plain Python rows (no numpy/torch format), its ``Image`` column left
+    encoded ({"bytes", "path"}); and that column's mode, if it sets one."""
+    import datasets
+
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset.with_format(None), getattr(feature, "mode", None)
+
+
+# from_torch_dataset's options and their defaults, which from_hf_dataset passes on
+_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(from_torch_dataset).parameters.items()
+             if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("image_key", "label_key")}
+
+
+def _check_options(options: dict) -> None:
+    unknown = sorted(set(options) - set(_DEFAULTS))
+    if unknown:
+        raise TypeError(f"from_hf_dataset() got an unexpected keyword argument {unknown[0]!r} "
+                        f"(options: {', '.join(_DEFAULTS)})")

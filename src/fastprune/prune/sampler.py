@@ -46,10 +46,16 @@ class PrunedSampler(_SamplerBase):
     ``set_epoch`` sets it. ``weights(indices)`` gives the loss weights of the latest pass (0 for
     samples outside it; all 1 except for unbiased strategies such as InfoBatch). A sharded strategy
     (``distributed="sharded"``) already selects this rank's samples: the sampler visits all of
-    them, and ``weights`` takes only this rank's sample ids."""
+    them, and ``weights`` takes only this rank's sample ids. ``data_source``: the dataset, to check
+    its length against the strategy's (a strategy built for fewer samples silently never visits
+    the others)."""
 
     def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto",
-                 num_replicas: int | None = None, rank: int | None = None):
+                 num_replicas: int | None = None, rank: int | None = None, data_source=None):
+        if data_source is not None and len(data_source) != strategy.num_samples:
+            # a strategy for fewer samples never visits the rest; one for more indexes past the end
+            raise ValueError(f"PrunedSampler: the strategy is for {strategy.num_samples} samples but "
+                             f"the dataset has {len(data_source)}: build it with len(dataset)")
         self.strategy = strategy
         self.seed = check_seed(seed)
         self.shuffle = check_bool(shuffle, "PrunedSampler: shuffle")
@@ -106,11 +112,15 @@ class PrunedSampler(_SamplerBase):
 
 class WithIndices:
     """A map-style Dataset whose samples carry their index: ``(*sample, index)`` for tuple
-    samples, ``{**sample, "index": index}`` for dict samples, ``(sample, index)`` otherwise, so a
-    DataLoader batch tells ``strategy.update`` which samples its losses belong to."""
+    samples, ``{**sample, key: index}`` for dict samples, ``(sample, index)`` otherwise, so a
+    DataLoader batch tells ``strategy.update`` which samples its losses belong to. ``key``
+    (default "index") must not be a key the samples already have."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, key: str = "index"):
+        if not isinstance(key, str):
+            raise TypeError(f"WithIndices: key must be a string, got {type(key).__name__}")
         self.dataset = dataset
+        self.key = key
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -120,9 +130,10 @@ class WithIndices:
         if isinstance(sample, tuple):
             return (*sample, index)
         if isinstance(sample, dict):
-            if "index" in sample:
-                raise KeyError("WithIndices: the dataset's samples already have an 'index' key")
-            return {**sample, "index": index}
+            if self.key in sample:
+                raise KeyError(f"WithIndices: the dataset's samples already have a {self.key!r} key; "
+                               "name another with WithIndices(dataset, key=...)")
+            return {**sample, self.key: index}
         return sample, index
 
 

@@ -71,7 +71,8 @@ def _read_sample(source, index: int, num_fields: int) -> tuple:
         why = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
         kind = ConversionError if isinstance(exc, ConversionError) and not isinstance(exc, UnreadableSample) \
             else UnreadableSample
-        error = kind(f"reading sample {index} from the source failed: {why}")
+        own = isinstance(exc, ConversionError)  # a converter's message names its sample or file
+        error = kind(why if own else f"reading sample {index} from the source failed: {why}")
         error.why = why
         raise error from exc
     if not isinstance(values, (tuple, list)) or len(values) != num_fields:
