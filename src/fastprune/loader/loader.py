@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_positive_int, check_seed
-from ..prune.distributed import resolve_ranks, shard
+from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
 from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
 from ._source import open_source
@@ -147,6 +147,7 @@ class Loader:
         self.device = _check_device(device)
         self.thread_nice = _check_thread_nice(thread_nice, self.device)
         self.rank, self.world_size = resolve_ranks(distributed)
+        self._alone = alone_when_built(distributed, self.world_size)
         self.normalize_on = _check_normalize_on(normalize_on, self.device)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda" and self.normalize_on == "host")
         self._source = open_source(store_or_path, image_field, label_field, threads=threads,
@@ -166,6 +167,7 @@ class Loader:
         # a sharded strategy (distributed="sharded") selects this rank's samples: visit them whole
         sharding, self.rank, self.world_size = consumer_shard(self.sampler, self.rank, self.world_size, "Loader")
         self._split = 1 if sharding is not None else self.world_size
+        self._alone = self._alone and sharding is None
         _check_batchable(self._source, self.transforms)
         self._epoch = 0
 
@@ -217,6 +219,8 @@ class Loader:
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
+        if self._alone:
+            check_still_alone("Loader")
         epoch = self._epoch
         ids, weights = self.epoch_order(epoch)
         bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)

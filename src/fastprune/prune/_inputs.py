@@ -18,8 +18,8 @@ def _one_dim(array, name: str, length: int | None):
     """``array`` (a numpy array, or a torch tensor: only its metadata is read) if 1-D and, when
     ``length`` is given, of that length; else a ValueError naming ``name``."""
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one value per sample; use reduction='none'), "
-                         f"got shape {tuple(array.shape)}")
+        hint = "; use reduction='none'" if name == "losses" else ""
+        raise ValueError(f"{name} must be 1-D (one value per sample{hint}), got shape {tuple(array.shape)}")
     if length is not None and len(array) != length:
         hint = ": one loss per sample, so compute it with reduction='none'" if name == "losses" else ""
         raise ValueError(f"{name} has {len(array)} entries but indices has {length}{hint}")
@@ -79,7 +79,8 @@ def in_range(indices: np.ndarray, num_samples: int) -> np.ndarray:
 def as_losses(losses, length: int) -> np.ndarray:
     array = _one_dim(to_numpy(losses), "losses", length)
     _check_dtype(array, "losses")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 past float32's range is inf: the range check names it
+        return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def as_correct(correct, length: int) -> np.ndarray | None:

@@ -69,6 +69,25 @@ def sampler_ranks(distributed="auto", num_replicas=None, rank=None) -> tuple[int
     return rank, num_replicas
 
 
+def alone_when_built(distributed, world_size: int) -> bool:
+    """Whether a loader or sampler took "auto" and found no group (so runs unsharded): see
+    :func:`check_still_alone`."""
+    return isinstance(distributed, str) and distributed == "auto" and world_size == 1
+
+
+def check_still_alone(who: str) -> None:
+    """At the start of a pass of a loader or sampler that found no torch.distributed group when it
+    was built: a group running now means it was built before ``init_process_group``. Each rank
+    would then train on the whole selection while the strategy gathers every rank's losses (each
+    sample counted once per rank): a RuntimeError instead."""
+    dist = _active_group()
+    if dist is not None:
+        raise RuntimeError(f"{who} was built before torch.distributed.init_process_group, so it does not "
+                           f"shard, but a group of {dist.get_world_size()} ranks runs now: every rank would "
+                           f"train on the whole selection; build the {who} after init_process_group (or "
+                           "pass distributed=False to it if every rank should see everything)")
+
+
 def _group_initialized() -> bool:
     try:
         import torch.distributed as dist

@@ -27,7 +27,7 @@ import numpy as np
 from .._args import check_bool, check_epoch, check_seed
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
-from .distributed import sampler_ranks, shard
+from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
 from .sharding import consumer_shard
 
 try:  # subclassing torch's Sampler lets DataLoader and Lightning recognise it; torch is optional here
@@ -60,6 +60,7 @@ class PrunedSampler(_SamplerBase):
         self.seed = check_seed(seed)
         self.shuffle = check_bool(shuffle, "PrunedSampler: shuffle")
         self.rank, self.world_size = sampler_ranks(distributed, num_replicas, rank)
+        self._alone = num_replicas is None and rank is None and alone_when_built(distributed, self.world_size)
         # a sharded strategy (distributed="sharded") selects this rank's samples itself: visit them all
         self._sharding, self.rank, self.world_size = consumer_shard(strategy, self.rank, self.world_size,
                                                                     "PrunedSampler")
@@ -88,6 +89,8 @@ class PrunedSampler(_SamplerBase):
         return self.strategy.num_selected(self.epoch) // self._split
 
     def __iter__(self) -> Iterator[int]:
+        if self._alone and self._sharding is None:
+            check_still_alone("PrunedSampler")
         epoch = self.epoch
         self._set_during_pass = False
         selection = self.strategy.select(epoch)

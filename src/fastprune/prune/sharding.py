@@ -20,6 +20,8 @@ computes its ids, or the owner of an id, in O(1) memory per id, so a 1e9-sample 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .._args import check_seed
@@ -226,6 +228,11 @@ def consumer_shard(strategy, rank: int, world: int, who: str) -> tuple["Sharding
     A replicated strategy: (None, rank, world) unchanged."""
     sharding = getattr(strategy, "sharding", None)
     if sharding is None:
+        if world > 1 and getattr(strategy, "distributed", "auto") is False:
+            warnings.warn(f"{who} shards the selection over {world} ranks but the strategy was built with "
+                          "distributed=False: unless every rank feeds every rank's losses to update() "
+                          "itself, the ranks' scores and selections diverge (samples trained twice or "
+                          "never); leave the strategy's distributed at 'auto'", RuntimeWarning, stacklevel=3)
         return None, rank, world
     mine = (strategy.shard_rank, sharding.world_size)
     if world > 1 and (rank, world) != mine:
