@@ -16,7 +16,7 @@ DOC = ROOT / "docs" / "integrations.md"
 def test_integration_example_runs(tmp_path, framework, block):
     pytest.importorskip(framework)
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 4, "docs/integrations.md: set-up, Lightning, Accelerate and DDP-exit blocks expected"
+    assert len(blocks) == 4, "docs/integrations.md: set-up, Lightning, Accelerate and DDP blocks expected"
     script = tmp_path / f"{framework}_example.py"
     script.write_text(blocks[0] + "\n" + blocks[block])
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
@@ -28,3 +28,19 @@ def test_integration_example_runs(tmp_path, framework, block):
     if framework == "lightning":  # a fastprune.Loader as val loader, its accuracy logged
         logged = re.search(r"logged val_acc ([\d.]+)", result.stdout)
         assert logged and float(logged.group(1)) >= 0.9, result.stdout
+
+
+def test_plain_ddp_example_runs_under_torchrun(tmp_path):
+    """The DDP example: 2 gloo ranks, each half of every pruned epoch (UCB keep 0.5 of 512 samples,
+    batch 32: 128 samples, 4 batches a rank), and the model learns the toy task."""
+    blocks = python_blocks(DOC.read_text())
+    script = tmp_path / "ddp_example.py"
+    script.write_text(blocks[0] + "\n" + blocks[3])
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert [int(n) for n in re.findall(rf"rank {rank} epoch \d: (\d+) batches", result.stdout)] == [4] * 4
+    found = re.search(r"ddp: accuracy ([\d.]+)%", result.stdout)
+    assert found and float(found.group(1)) >= 90, result.stdout
