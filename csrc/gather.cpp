@@ -396,7 +396,12 @@ private:
         if (out.shape(0) < ids.shape(0))
             fail_value(std::string(fn) + ": out has room for " + std::to_string(out.shape(0)) + " images but ids has " +
                        std::to_string(ids.shape(0)));
+        // the kernels index rows and columns with int (a side of 2^32 + k wrapped to k)
+        if (out.shape(1) > MAX_OUT_SIDE || out.shape(2) > MAX_OUT_SIDE)
+            fail_value(std::string(fn) + ": out images of " + std::to_string(out.shape(1)) + "x" +
+                       std::to_string(out.shape(2)) + " exceed the largest side handled, " + std::to_string(MAX_OUT_SIDE));
     }
+    static constexpr size_t MAX_OUT_SIDE = 1 << 20;
 
     // The optional per-row mirror flags (None: no flips): one uint8 per id, nonzero = mirror.
     static const uint8_t *check_flips(const ROArray1D<int64_t> &ids, const ROArray1D<uint8_t> &flips, const char *fn) {

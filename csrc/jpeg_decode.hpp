@@ -4,8 +4,10 @@
 //   jpeg_stb.cpp    the vendored stb_image: no system library needed; always decodes the whole
 //                   image (the window is then cut from it by the resampler).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace fastprune {
@@ -77,6 +79,106 @@ inline bool check_jpeg_header(int h, int w, const JpegRequest &r, std::string &e
         return true;
     }
     return false;
+}
+
+// Limits on what decoding a stream may cost, which a header's size alone does not bound: a
+// progressive JPEG decodes every block once per scan (a 250 KB stream of 1000 tiny scans over a
+// 11584x11584 image took 25 s, uninterruptibly) and holds all coefficients in memory (2 bytes
+// each: an 870-byte stream of AC scans made each decode allocate 1.2 GB).
+constexpr int MAX_JPEG_SCANS = 500;         // real files have 1-3 (baseline), ~10 (progressive)
+constexpr uint64_t MAX_SCAN_PASSES = 16;    // scans x pixels <= 16 x max_pixels
+
+// Checks the stream's marker structure before a decoder starts, from the bytes alone: the scan
+// count and scans x pixels against the limits above; a progressive image's coefficients plus its
+// RGB output against 3 x max_pixels bytes (what a baseline image at the pixel cap takes); and
+// that a Huffman-coded image holds at least one bit per 8x8 block of its largest component (no
+// encoder writes less: every block's DC takes a code of >= 1 bit), which a truncated or crafted
+// stream claiming a large size does not (stb_image pads missing data and reports success).
+// Returns true when nothing is wrong, or when the structure is unclear: the decoder then reports
+// damage itself.
+inline bool check_jpeg_stream(const uint8_t *data, size_t size, const JpegRequest &r, std::string &error) {
+    if (size < 4 || data[0] != 0xFF || data[1] != 0xD8) return true;
+    int sof = -1;
+    uint64_t height = 0, width = 0, scans = 0, entropy_bytes = 0;
+    int components = 0, hmax = 0, vmax = 0, h[4] = {0}, v[4] = {0};
+    size_t pos = 2;
+    while (pos + 4 <= size && data[pos] == 0xFF) {
+        const uint8_t marker = data[pos + 1];
+        if (marker == 0xFF) { ++pos; continue; }  // a fill byte before a marker
+        if (marker == 0xD9) break;                 // EOI
+        if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { pos += 2; continue; }  // no length
+        const size_t length = size_t(data[pos + 2]) << 8 | data[pos + 3];
+        if (length < 2 || length > size - pos - 2) return true;  // truncated: the decoder says so
+        const uint8_t *segment = data + pos + 4;
+        const bool is_sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+        if (is_sof && sof < 0 && length >= 8) {
+            sof = marker - 0xC0;
+            height = uint64_t(segment[1]) << 8 | segment[2];
+            width = uint64_t(segment[3]) << 8 | segment[4];
+            components = segment[5];
+            if (components > 4 || length < 8 + 3 * size_t(components)) return true;
+            for (int c = 0; c < components; ++c) {
+                h[c] = segment[7 + 3 * c] >> 4;
+                v[c] = segment[7 + 3 * c] & 15;
+                hmax = std::max(hmax, h[c]);
+                vmax = std::max(vmax, v[c]);
+            }
+        }
+        pos += 2 + length;
+        if (marker != 0xDA) continue;
+        // SOS: entropy-coded data follows, up to the next marker that is not a restart marker
+        // (FF00 is a stuffed FF byte, FFD0-FFD7 restart markers, FFFF fill)
+        if (++scans > uint64_t(MAX_JPEG_SCANS)) {
+            error = "JPEG has more than " + std::to_string(MAX_JPEG_SCANS) + " scans (a decoding-time bomb?)";
+            return false;
+        }
+        const size_t start = pos;
+        while (pos < size) {
+            const void *ff = std::memchr(data + pos, 0xFF, size - pos);
+            if (!ff) { pos = size; break; }
+            pos = size_t(static_cast<const uint8_t *>(ff) - data);
+            if (pos + 1 >= size) { pos = size; break; }
+            const uint8_t next = data[pos + 1];
+            if (next == 0x00 || (next >= 0xD0 && next <= 0xD7)) { pos += 2; continue; }
+            if (next == 0xFF) { ++pos; continue; }
+            break;
+        }
+        entropy_bytes += pos - start;
+    }
+    if (pos + 4 <= size && data[pos] != 0xFF) return true;  // junk between segments: libjpeg skips it
+    if (sof < 0 || hmax == 0 || vmax == 0 || height == 0 || width == 0) return true;
+    if (!check_jpeg_header(int(height), int(width), r, error)) return false;  // its messages first
+    const uint64_t pixels = height * width;
+    const std::string size_text = std::to_string(height) + "x" + std::to_string(width);
+    if (scans * pixels > MAX_SCAN_PASSES * r.max_pixels) {
+        error = "JPEG has " + std::to_string(scans) + " scans over " + size_text + " pixels: decoding would take " +
+                std::to_string(scans) + " passes over the image, more than the limit of " +
+                std::to_string(MAX_SCAN_PASSES) + " x max_image_pixels pixels in all";
+        return false;
+    }
+    uint64_t largest_blocks = 0, all_blocks = 0;
+    for (int c = 0; c < components; ++c) {
+        const uint64_t rows = (height * uint64_t(v[c]) + uint64_t(vmax) - 1) / uint64_t(vmax);
+        const uint64_t cols = (width * uint64_t(h[c]) + uint64_t(hmax) - 1) / uint64_t(hmax);
+        const uint64_t blocks = ((rows + 7) / 8) * ((cols + 7) / 8);
+        largest_blocks = std::max(largest_blocks, blocks);
+        all_blocks += blocks;
+    }
+    const bool dct = sof != 3 && sof != 7 && sof != 11 && sof != 15;  // not lossless
+    const bool huffman = sof < 8;
+    const bool progressive = sof == 2 || sof == 6 || sof == 10 || sof == 14;
+    if (dct && huffman && entropy_bytes * 8 < largest_blocks) {
+        error = "JPEG holds " + std::to_string(entropy_bytes) + " bytes of image data, too few for a " + size_text +
+                " image (at least one bit per 8x8 block): truncated or damaged";
+        return false;
+    }
+    if (dct && progressive && all_blocks * 128 + pixels * 3 > r.max_pixels * 3) {
+        error = "progressive JPEG of " + size_text + " needs " + std::to_string((all_blocks * 128 + pixels * 3) >> 20) +
+                " MiB to decode (its coefficients are held in memory), more than the " +
+                std::to_string((r.max_pixels * 3) >> 20) + " MiB that max_image_pixels allows";
+        return false;
+    }
+    return true;
 }
 
 }  // namespace fastprune

@@ -46,7 +46,8 @@ bool decode_jpeg_region(const uint8_t *data, size_t size, const JpegRequest &req
         error = "unreadable JPEG header";
         return false;
     }
-    if (!check_jpeg_header(height, width, request, error)) return false;
+    if (!check_jpeg_header(height, width, request, error) || !check_jpeg_stream(data, size, request, error))
+        return false;
     out.pixels = stbi_load_from_memory(data, static_cast<int>(size), &width, &height, &channels, 3);
     if (out.pixels == nullptr) {
         const char *reason = stbi_failure_reason();  // thread-local in stb_image >= 2.26

@@ -124,6 +124,7 @@ bool decode_jpeg_region(const uint8_t *data, size_t size, const JpegRequest &req
         error = size == 0 ? "empty JPEG stream" : "JPEG larger than 4 GiB";
         return false;
     }
+    if (!check_jpeg_stream(data, size, request, error)) return false;
     if (decode_region(data, size, request, out, message)) return true;
     error = message;
     return false;

@@ -11,6 +11,8 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -30,19 +32,27 @@ public:
     // nice > 0: the workers lower their scheduling priority by that much (Linux; see lower_priority).
     explicit ThreadPool(size_t threads, int nice = 0)
         : size_(std::max<size_t>(threads, 1)), nice_(nice), owner_(process_id()) {
-        for (size_t t = 1; t < size_; ++t) workers_.emplace_back([this] { worker_loop(); });
+        // A thread that cannot start (a container's thread or memory limit) throws: the workers
+        // already running wait on this object's condition variables, so they are stopped and
+        // joined before it unwinds (destroying a waited-on condition variable hangs in glibc,
+        // and a joinable std::thread's destructor calls terminate()).
+        try {
+            workers_.reserve(size_ - 1);
+            for (size_t t = 1; t < size_; ++t) workers_.emplace_back([this] { worker_loop(); });
+        } catch (const std::exception &e) {
+            const size_t started = workers_.size();
+            stop_and_join();
+            throw std::runtime_error("cannot start " + std::to_string(size_ - 1) + " native loader threads (" +
+                                     std::to_string(started) + " started: " + e.what() +
+                                     "); ask for fewer threads (Loader(threads=N))");
+        }
     }
     ~ThreadPool() {
         if (forked()) {  // the workers were not copied into this process: nothing to stop or join
             new std::vector<std::thread>(std::move(workers_));  // leaked: destroying them would terminate()
             return;
         }
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
-        }
-        wake_.notify_all();
-        for (auto &w : workers_) w.join();
+        stop_and_join();
     }
     ThreadPool(const ThreadPool &) = delete;
     ThreadPool &operator=(const ThreadPool &) = delete;
@@ -81,6 +91,16 @@ public:
     }
 
 private:
+    void stop_and_join() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto &w : workers_) w.join();
+        workers_.clear();
+    }
+
     static long process_id() {
 #if defined(__unix__) || defined(__APPLE__)
         return long(getpid());

@@ -529,3 +529,29 @@ def test_the_device_feed_hands_out_an_epochs_first_batch_after_one_host_batch():
     for batch in DeviceFeed(torch.device("cpu"), None, ahead=2, pinned=None).run(host_batches()):
         seen.append((int(batch.indices), len(pulled)))
     assert seen == [(0, 1), (1, 3), (2, 5), (3, 6), (4, 7), (5, 8), (6, 8), (7, 8)]
+
+
+def test_producer_threads_that_cannot_start_raise_and_leave_nothing_running(raw_store, monkeypatch):
+    """"can't start new thread" for the 2nd producer (a container's limit): the 1st kept decoding,
+    and at exit closing the run raised "cannot join thread before it is started"."""
+    import threading
+
+    from fastprune.loader import loader as loader_module
+
+    real_start, started = threading.Thread.start, []
+
+    def start(thread):
+        if thread.name.startswith("fastprune-loader-") and started:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    loader = Loader(raw_store, 100, threads=3)
+    with pytest.raises(RuntimeError, match=r"Loader: cannot start 3 producer threads \(can't start new thread\); "
+                                           r"ask for fewer"):
+        next(iter(loader))
+    assert not started[0].is_alive()
+    loader_module._close_live_runs()  # what runs at exit: no error
+    monkeypatch.undo()
+    assert sum(len(batch[1]) for batch in loader) == loader.num_samples

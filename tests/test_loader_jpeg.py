@@ -3,6 +3,8 @@ window is >= 2x the output (csrc/jpeg_turbo.cpp), against decode-everything orac
 
 import io
 import math
+import os
+import re
 import threading
 from pathlib import Path
 
@@ -273,3 +275,106 @@ def test_build_info_names_the_decoder():
     assert info["jpeg_decoder"] == _core.JPEG_BACKEND
     assert info["jpeg_decoder"].startswith(("libjpeg-turbo", "stb_image"))
     assert info["max_image_pixels"] == 2**27
+
+
+# --- crafted streams whose cost the header's size does not bound (hostile-input audit) -----------
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + len(payload + b"..").to_bytes(2, "big") + payload
+
+
+def _progressive(height: int, width: int, scans: int, components: int = 1, data_bytes: int | None = None) -> bytes:
+    """A progressive JPEG of AC scans whose one Huffman code is an EOB run: every scan walks all
+    blocks, and each decode holds every block's coefficients."""
+    frame = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([components])
+    frame += b"".join(bytes([c + 1, 0x11, 0]) for c in range(components))
+    out = b"\xff\xd8" + _segment(0xDB, b"\x00" + b"\x01" * 64) + _segment(0xC2, frame)
+    out += _segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")
+    blocks = -(-height // 8) * -(-width // 8)
+    data = b"\x00" * (data_bytes if data_bytes is not None else blocks // 8 + 16)
+    for scan in range(scans):
+        out += _segment(0xDA, bytes([1, scan % components + 1, 0, 1, 0x3F, 0])) + data
+    return out + b"\xff\xd9"
+
+
+def _dc_overflow(blocks_w: int, blocks_h: int) -> bytes:
+    """A baseline gray JPEG (16-bit quantiser 65535) whose every block adds +32767 to the DC
+    predictor: stb_image's int predictor overflowed (undefined behaviour; UBSan aborts)."""
+    bits = ("0" + "1" * 15 + "0") * (blocks_w * blocks_h)
+    bits += "1" * (-len(bits) % 8)
+    data = bytearray()
+    for i in range(0, len(bits), 8):
+        data.append(int(bits[i:i + 8], 2))
+        if data[-1] == 0xFF:
+            data.append(0)  # byte stuffing
+    frame = bytes([8]) + (8 * blocks_h).to_bytes(2, "big") + (8 * blocks_w).to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    return (b"\xff\xd8" + _segment(0xDB, b"\x10" + b"\xff\xff" * 64) + _segment(0xC0, frame)
+            + _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x0f")
+            + _segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
+            + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00") + bytes(data) + b"\xff\xd9")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case, message", [
+    # 1000 scans over 11584x11584 took 25 s a sample, uninterruptibly
+    ("many_scans", r"JPEG has more than 500 scans \(a decoding-time bomb\?\)"),
+    ("scans_times_pixels", r"JPEG has 20 scans over 11584x11584 pixels: decoding would take 20 passes"),
+    # 3 components at 8000x8000: 549 MiB of coefficients and output for each decode
+    ("coefficients", r"progressive JPEG of 8000x8000 needs 549 MiB to decode .* more than the 384 MiB"),
+    # a 700-byte baseline stream claiming 65500x2049: stb_image padded it and "decoded" it
+    ("too_few_bytes", r"JPEG holds \d+ bytes of image data, too few for a 65500x2049 image"),
+])
+def test_streams_that_would_cost_more_than_their_size_says_are_refused(case, message):
+    if case == "many_scans":
+        data = _progressive(64, 64, scans=600)
+    elif case == "scans_times_pixels":
+        data = _progressive(11584, 11584, scans=20, data_bytes=16)
+    elif case == "coefficients":
+        data = _progressive(8000, 8000, scans=3, components=3)
+    else:
+        data = _with_sof_size(np.frombuffer(_jpeg_bytes(np.full((1, 200, 3), 100, np.uint8)), np.uint8),
+                              65500, 2049).tobytes()
+    with pytest.raises(ValueError, match=message):
+        _core.decode_jpeg(np.frombuffer(data, np.uint8))
+    # a real progressive photo (~10 scans) still decodes, as does the baseline one
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
+    for progressive in (True, False):
+        decoded = _core.decode_jpeg(np.frombuffer(_jpeg_bytes(photo, quality=90, progressive=progressive), np.uint8))
+        assert decoded.shape == photo.shape
+
+
+def test_dc_predictor_overflow_is_damage_not_undefined_behaviour():
+    """65,537 blocks of DC difference +32767 overflow an int predictor (stb_image: undefined
+    behaviour, an abort under UBSan in scripts/sanitize's stb pass); now a decode error there.
+    libjpeg-turbo clamps such values and decodes."""
+    data = np.frombuffer(_dc_overflow(blocks_w=512, blocks_h=130), np.uint8)
+    try:
+        image = _core.decode_jpeg(data)
+    except ValueError as exc:
+        assert not TURBO and "bad delta" in str(exc)
+    else:
+        assert TURBO and image.shape == (1040, 4096, 3)
+
+
+def test_a_pool_whose_threads_cannot_start_raises_instead_of_hanging(tmp_path):
+    """Loader(threads=N) past a container's limits: std::thread threw mid-construction and the
+    pool hung in pthread_cond_destroy (or aborted with "terminate called"). In a child process
+    with a 2 GiB address space, 1000 threads cannot start: a RuntimeError names the cause."""
+    import subprocess
+    import sys
+
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("AddressSanitizer reserves terabytes of address space: no RLIMIT_AS under it")
+    script = ("import resource, numpy as np\n"
+              "from fastprune import _core\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+              "one = np.ones(1, np.uint32)\n"
+              "try:\n"
+              "    _core.ImageGather(np.zeros(3, np.uint8), np.zeros(1, np.uint64), np.array([3], np.uint64),\n"
+              "                      np.ones(1, np.uint8), one, one, 1000)\n"
+              "except RuntimeError as exc:\n"
+              "    print('raised:', exc)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"raised: cannot start 999 native loader threads \(\d+ started: .*\); ask for fewer "
+                     r"threads", result.stdout), result.stdout

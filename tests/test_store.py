@@ -445,6 +445,16 @@ def test_json_and_torch_tensor_fields_round_trip(tmp_path):
     with pytest.raises(ConversionError, match="sample 0, field 'meta'.*JSON"):
         write_dataset(tmp_path / "bad.beton", ListSource([(object(),)]), {"meta": JSONField()},
                       workers=1, progress=False)
+    # a payload nested 100,000 deep (a crafted file) raised a bare RecursionError naming nothing
+    deep = write_dataset(tmp_path / "deep.beton", ListSource([("x" * 100_010,)]), {"meta": JSONField()},
+                         workers=1, progress=False)
+    with Store(deep) as store:
+        offsets, _ = store.field_ranges("meta")
+    with open(deep, "r+b") as f:
+        f.seek(int(offsets[0]))
+        f.write(b"[" * 100_000)
+    with Store(deep) as store, pytest.raises(StoreError, match=r"deep.beton: sample 0, field 'meta' cannot be decoded"):
+        store[0]
 
 
 def test_native_crc32_equals_zlib_on_every_tail_length_and_range():

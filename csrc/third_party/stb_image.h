@@ -2098,7 +2098,9 @@ stbi_inline static int stbi__jpeg_huff_decode(stbi__jpeg *j, stbi__huffman *h)
    // wants to be compared against something shifted to have 16;
    // that way we don't need to shift inside the loop.
    temp = j->code_buffer >> 16;
-   for (k=FAST_BITS+1 ; ; ++k)
+   // fastprune patch: bounded, as a table no DHT defined has no sentinel at maxcode[17] (UBSan:
+   // "index 18 out of bounds for type 'unsigned int [18]'", found by the sanitized fuzz run)
+   for (k=FAST_BITS+1 ; k < 17 ; ++k)
       if (temp < h->maxcode[k])
          break;
    if (k == 17) {
@@ -2178,6 +2180,17 @@ static const stbi_uc stbi__jpeg_dezigzag[64+15] =
    63, 63, 63, 63, 63, 63, 63
 };
 
+// fastprune patch (as upstream v2.28's stbi__addints_valid / stbi__mul2shorts_valid, with the
+// product computed wide): a crafted stream whose DC differences keep adding up overflowed the
+// int predictor (UBSan: "signed integer overflow: 2147483646 + 32767"); a DC value whose
+// dequantized product leaves a short's range is no JPEG's.
+static int stbi__fastprune_dc_valid(int pred, int diff, int scale)
+{
+   long long dc = (long long) pred + diff;
+   long long product = dc * scale;
+   return dc >= INT_MIN && dc <= INT_MAX && product >= SHRT_MIN && product <= SHRT_MAX;
+}
+
 // decode one 64-entry block--
 static int stbi__jpeg_decode_block(stbi__jpeg *j, short data[64], stbi__huffman *hdc, stbi__huffman *hac, stbi__int16 *fac, int b, stbi__uint16 *dequant)
 {
@@ -2192,6 +2205,7 @@ static int stbi__jpeg_decode_block(stbi__jpeg *j, short data[64], stbi__huffman 
    memset(data,0,64*sizeof(data[0]));
 
    diff = t ? stbi__extend_receive(j, t) : 0;
+   if (!stbi__fastprune_dc_valid(j->img_comp[b].dc_pred, diff, dequant[0])) return stbi__err("bad delta","Corrupt JPEG");
    dc = j->img_comp[b].dc_pred + diff;
    j->img_comp[b].dc_pred = dc;
    data[0] = (short) (dc * dequant[0]);
@@ -2245,6 +2259,7 @@ static int stbi__jpeg_decode_block_prog_dc(stbi__jpeg *j, short data[64], stbi__
       t = stbi__jpeg_huff_decode(j, hdc);
       if (t < 0 || t > 15) return stbi__err("can't merge dc and ac", "Corrupt JPEG");
       diff = t ? stbi__extend_receive(j, t) : 0;
+      if (!stbi__fastprune_dc_valid(j->img_comp[b].dc_pred, diff, 1 << j->succ_low)) return stbi__err("bad delta","Corrupt JPEG");
 
       dc = j->img_comp[b].dc_pred + diff;
       j->img_comp[b].dc_pred = dc;
@@ -3979,6 +3994,7 @@ static void *stbi__jpeg_load(stbi__context *s, int *x, int *y, int *comp, int re
    unsigned char* result;
    stbi__jpeg* j = (stbi__jpeg*) stbi__malloc(sizeof(stbi__jpeg));
    if (!j) return stbi__errpuc("outofmem", "Out of memory");
+   memset(j, 0, sizeof(stbi__jpeg)); // fastprune patch (as upstream v2.28): a scan may name a Huffman table no DHT defined
    STBI_NOTUSED(ri);
    j->s = s;
    stbi__setup_jpeg(j);
@@ -3992,6 +4008,7 @@ static int stbi__jpeg_test(stbi__context *s)
    int r;
    stbi__jpeg* j = (stbi__jpeg*)stbi__malloc(sizeof(stbi__jpeg));
    if (!j) return stbi__err("outofmem", "Out of memory");
+   memset(j, 0, sizeof(stbi__jpeg)); // fastprune patch (as upstream v2.28): a scan may name a Huffman table no DHT defined
    j->s = s;
    stbi__setup_jpeg(j);
    r = stbi__decode_jpeg_header(j, STBI__SCAN_type);
@@ -4017,6 +4034,7 @@ static int stbi__jpeg_info(stbi__context *s, int *x, int *y, int *comp)
    int result;
    stbi__jpeg* j = (stbi__jpeg*) (stbi__malloc(sizeof(stbi__jpeg)));
    if (!j) return stbi__err("outofmem", "Out of memory");
+   memset(j, 0, sizeof(stbi__jpeg)); // fastprune patch (as upstream v2.28): a scan may name a Huffman table no DHT defined
    j->s = s;
    result = stbi__jpeg_info_raw(j, x, y, comp);
    STBI_FREE(j);

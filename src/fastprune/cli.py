@@ -121,7 +121,8 @@ SOURCE is one of:
     (as in torchvision's ImageFolder): photos a camera stored sideways stay so
   a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
-replicated), label (int), and coarse_label for CIFAR-100 with --coarse.
+replicated), label (int), coarse_label for CIFAR-100 with --coarse, index (each sample's id) with
+--index, name (each image's path below the folder) with --names.
 Raw storage needs one image shape: use --resize HxW for image folders of mixed sizes, or --jpeg.
 """
 

@@ -17,4 +17,9 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
+def __dir__() -> list[str]:
+    """The public names (and submodules already imported), not this file's own imports."""
+    return sorted((set(globals()) - {"annotations", "importlib"}) | set(_LAZY))
+
+
 __all__ = ["compare", "Comparison"]

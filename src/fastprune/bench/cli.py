@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate every N-th epoch and the last (default: 1, every epoch); "
                              "evaluation is left out of the speed-up either way")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads,
-                        help="torch threads, and on the CPU the loaders' (on a GPU they take their own default)")
+                        help="torch threads, and on the CPU the loaders' (on a GPU they take their own default); "
+                             "default: the CPUs this process may use (affinity, capped by a container's CPU quota)")
     add_device_arguments(parser)  # --device, --amp: as `fastprune train` takes them
     parser.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=defaults.flush_denormal,
                         help="flush denormal floats to zero on the CPU (faster late in training, same "

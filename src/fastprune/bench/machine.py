@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # Relative to the working directory: run from the repository root, results land next to the
-# benchmark scripts (benchmarks/results/), as BENCHMARKS.md asks.
+# benchmark scripts (benchmarks/results/), as the project's benchmark rules ask.
 RESULTS = Path("benchmarks") / "results"
 
 
@@ -66,7 +66,7 @@ def cpu_has_fast_bf16(flags: set[str] | None = None, vendor: str | None = None) 
 
 
 def machine() -> dict:
-    """The machine description every result file carries (see BENCHMARKS.md)."""
+    """The machine description every result file carries (docs/benchmarks.md)."""
     import numba
     import numpy as np
     import torch

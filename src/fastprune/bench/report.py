@@ -50,7 +50,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     full = [r for r in runs if r["strategy"] == "full"]
     full_acc = mean(_per_seed_accuracies(full))
     # Speed-ups from medians: one run slowed by a busy machine (a shared CPU, another job) moves a
-    # mean by a factor, a median of three not at all (BENCHMARKS.md: medians).
+    # mean by a factor, a median of three not at all (the project's benchmark rules: medians).
     full_wall = median([r["wall_s"] for r in full])
     target = None if full_acc is None else full_acc - TARGET_MARGIN_PT
     groups: dict[tuple[str, float], list[dict]] = {}

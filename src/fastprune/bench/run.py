@@ -27,8 +27,8 @@ class Settings:
     """How the runs execute on this machine (not what they learn, which is the recipe); a result
     file records them, and ``--continue`` requires the same. The defaults are ``fastprune bench``'s."""
 
-    # The precision rule of every recipe run (train/device.run_amp): bf16 on a GPU and where it is
-    # fast on this CPU, else fp32 on the CPU.
+    # The precision rule of every recipe run (train/device.run_amp): bf16 on a GPU of compute
+    # capability 8.0+ (fp16 on older ones) and where it is fast on this CPU, else fp32 on the CPU.
     amp: str = "auto"
     channels_last: bool = True  # NHWC activations: faster with oneDNN on CPU and on CUDA
     threads: int = field(default_factory=usable_cpus)  # the CPUs this process may use

@@ -89,7 +89,7 @@ class Loader:
             first batch is not one core's work). Default: the CPUs this process may use when the
             store holds JPEGs; at most 4 when it holds raw pixels only, whose batches cost little
             native work next to each producer's Python (on the H200's 16 cores, raw 28 px batches
-            fed 528k img/s with 4 threads, 205k with 8, 144-244k with 16).
+            fed 528k img/s with 4 threads and 244k with 16: benchmarks/results/gpu_h200.md).
         prefetch: finished batches kept ready per producer.
         thread_nice: how many nice steps (0-19) below the iterating thread's priority the
             producer threads (and the pool's) run, so that the training loop's own thread, which launches the
@@ -416,7 +416,12 @@ class _EpochRun:
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
         for w in self._workers:
-            w.start()
+            try:
+                w.start()
+            except RuntimeError as exc:  # "can't start new thread": a container's thread or memory limit
+                self.close()
+                raise RuntimeError(f"Loader: cannot start {self._threads} producer threads ({exc}); ask for "
+                                   "fewer (Loader(threads=N))") from exc
 
     def batches(self) -> Iterator[Batch]:
         for k in range(self.num_batches):
@@ -430,7 +435,8 @@ class _EpochRun:
         for q in self._queues:  # unblock producers waiting on a full queue, free their batches
             _drain(q)
         for w in self._workers:
-            w.join()
+            if w.ident is not None:  # started (one that failed to start cannot be joined)
+                w.join()
         for q in self._queues:
             _drain(q)
 

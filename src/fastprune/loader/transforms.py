@@ -519,8 +519,13 @@ def _pair(value, owner: str, name: str) -> tuple[int, int]:
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(pair) != 2:
         raise ValueError(f"{owner}: {name} must be a positive int or (height, width), got {value!r}")
-    height, width = (check_positive_int(v, f"{owner}: {name}") for v in pair)
+    height, width = (check_int_range(v, f"{owner}: {name}", 1, MAX_SIDE) for v in pair)
     return height, width
+
+
+# The largest output side: the native kernels index rows and columns with int, and a batch of
+# (1, 2**31) crops would first allocate gigabytes (JPEG itself stops at 65535).
+MAX_SIDE = 1 << 20
 
 
 def _real(value, name: str) -> float:

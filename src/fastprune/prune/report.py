@@ -196,8 +196,8 @@ def sample_names(store, ids: np.ndarray) -> np.ndarray | None:
 
 
 def export_scores(source, path, *, store=None, trained_on: str | None = None) -> Path:
-    """Write the per-sample report of ``source`` (a strategy, its state_dict, or a checkpoint
-    path) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
+    """Write the per-sample report of ``source`` (a strategy, its state_dict, a checkpoint path,
+    or a list of these: the shards of a ``distributed="sharded"`` run, merged) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
     array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
     the store names its classes, and ``name``, each image's file, where ``convert --names`` stored
     it); a checkpoint's run must have trained on it. ``trained_on``: the

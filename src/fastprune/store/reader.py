@@ -127,7 +127,7 @@ class Store:
                 data = buffer[int(offsets[i]):int(offsets[i]) + int(sizes[i])]
             try:
                 values.append(field.decode(record[k], data))
-            except (ValueError, OSError, SyntaxError) as exc:  # PIL reports bad JPEGs as OSError
+            except (ValueError, OSError, SyntaxError, RecursionError) as exc:  # PIL: bad JPEGs as OSError; JSON: nesting
                 raise StoreError(f"{self.path}: sample {i}, field {name!r} cannot be decoded: {exc}") from exc
         return tuple(values)
 

@@ -56,8 +56,9 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         order of ``fields`` (like ffcv's ``DatasetWriter.from_indexed_dataset``).
     fields: name -> Field, in order (names: ASCII, 1..16 characters, unique).
     jpeg_quality: if given, overrides the quality of every JPEG image field.
-    workers: encoding processes (default: all cores; 1 encodes in this process). Workers are forked,
-        so the source need not be picklable.
+    workers: encoding processes (default: the CPUs this process may use, its affinity capped by a
+        container's CPU quota; 1 encodes in this process). Workers are forked, so the source need
+        not be picklable.
     progress: show a tqdm progress bar ("writing NAME"; tqdm's TQDM_* environment settings apply).
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
     class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a

@@ -110,8 +110,8 @@ def recipe_from_args(args, epochs: int):
                           name=args.model, widths=tuple(args.width * 2**i for i in range(3)))
 
 
-AMP_HELP = ("autocast (default auto: bf16 on a GPU, and on CPUs where bf16 is fast: AMX, or "
-            "AVX512-BF16 on AMD; else fp32 on the CPU)")
+AMP_HELP = ("autocast (default auto: bf16 on a GPU that runs it natively, compute capability 8.0+, "
+            "else fp16; on CPUs where bf16 is fast, AMX or AVX512-BF16 on AMD; else fp32 on the CPU)")
 
 
 def compile_option(choice: str):

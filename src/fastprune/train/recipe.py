@@ -245,8 +245,8 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
 
     ``device``: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"
     (:func:`~fastprune.train.device.resolve_device`). ``amp``: "auto" is the precision rule every
-    recipe run shares (:func:`~fastprune.train.device.run_amp`: bf16 on a GPU, and on CPUs where it
-    is fast). Every history record gets ``gpu_busy_pct``, the mean GPU busy percentage sampled
+    recipe run shares (:func:`~fastprune.train.device.run_amp`: bf16 on a GPU of compute capability
+    8.0+, fp16 on older ones, and bf16 on CPUs where it is fast). Every history record gets ``gpu_busy_pct``, the mean GPU busy percentage sampled
     (nvml) during that epoch's training and evaluation: None on the CPU or where nvml is missing;
     :func:`gpu_busy_of` averages them over a run. ``threads`` and ``thread_nice`` go to the
     :class:`~fastprune.loader.Loader` s."""
