@@ -131,7 +131,7 @@ def test_cifar10_folder_is_detected(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--split", "test"], "--split applies to cifar10/cifar100/idx sources, not imagefolder"),
+    (["--split", "test"], "--split applies to cifar10/cifar100/hf/idx sources, not imagefolder"),
     (["--kind", "cifar10"], "no CIFAR-10 training batches"),
     ([], r"raw storage needs one image shape, but .*a[/\\]1\.png is 4x4x3 and .*b[/\\]2\.png is 5x4x3"),
     # a resize target is bounded like a source image (99999x99999 drove a 24 GiB machine out of memory)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -217,3 +219,43 @@ def test_option_mistakes_name_the_option(tmp_path):
         with pytest.raises(error, match=message):
             from_hf_dataset(dataset, tmp_path / "x.beton", progress=False, **options)
     assert not (tmp_path / "x.beton").exists()
+
+
+def test_hugging_face_datasets_on_disk_convert_from_the_command_line(tmp_path, capsys):
+    """`fastprune convert` of a save_to_disk folder (one split, or a DatasetDict with --split) or a
+    .parquet file: "cannot tell what this folder holds" before; a DatasetDict's split folders even
+    looked like class folders."""
+    from fastprune.cli import main
+
+    datasets = pytest.importorskip("datasets")
+    images = _images(6)
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["a", "b", "c"])})
+    dataset = datasets.Dataset.from_dict({"img": [Image.fromarray(image) for image in images],
+                                          "y": [i % 3 for i in range(6)]}, features=features)
+    dataset.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": dataset, "validation": dataset.select([4, 5])}).save_to_disk(str(tmp_path / "dd"))
+    dataset.to_parquet(str(tmp_path / "one.parquet"))
+
+    def convert(source, *extra):
+        out = tmp_path / "out.beton"
+        code = main(["convert", str(tmp_path / source), "-o", str(out), "--no-progress", *extra])
+        return code, capsys.readouterr()
+
+    for source, extra, rows in (("one", [], [0, 5]), ("dd", ["--split", "validation"], [4, 5]),
+                                ("one.parquet", [], [0, 5])):
+        code, output = convert(source, "--columns", "img,y", *extra)
+        assert code == 0, output.err
+        with fastprune.Store(tmp_path / "out.beton") as store:
+            assert len(store) == (2 if source == "dd" else 6)
+            np.testing.assert_array_equal(store[len(store) - 1][0], images[rows[1]])
+            assert store.class_names == ["a", "b", "c"] and store[len(store) - 1][1] == rows[1] % 3
+    for source, extra, message in (
+            ("one", [], r"image_column='image' is not a column .*--columns IMAGE,LABEL"),
+            ("dd", ["--columns", "img,y"], r"dd holds the splits train, validation: pick one with --split"),
+            ("dd", ["--columns", "img,y", "--split", "test"], r"it has no split 'test'"),
+            ("one", ["--columns", "img,y", "--split", "train"], r"holds one split .*drop --split")):
+        code, output = convert(source, *extra)
+        assert code == 1 and output.err.count("\n") == 1 and re.search(message, output.err), output.err
+    assert main(["convert", "/usr/share/datasets/fashion-mnist", "--split", "validation", "-o",
+                 str(tmp_path / "f.beton")]) == 1
+    assert "--split of idx sources is train or test, not 'validation'" in capsys.readouterr().err

@@ -89,6 +89,14 @@ def height_by_width(text: str) -> tuple[int, int]:
     return height, width
 
 
+def column_pair(text: str) -> tuple[str, str]:
+    """--columns IMAGE,LABEL"""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected IMAGE,LABEL (two column names), got {text!r}")
+    return parts[0], parts[1]
+
+
 def class_names(text: str) -> list[str]:
     """'a,b,c' -> ['a', 'b', 'c']; '@names.txt' -> the file's lines (names may hold commas)."""
     if text.startswith("@"):
@@ -120,10 +128,14 @@ SOURCE is one of:
     (other files ignored, with a warning; hidden ones silently); EXIF orientation is not applied
     (as in torchvision's ImageFolder): photos a camera stored sideways stay so
   a .npz file with arrays 'images' (N x H x W[x 3] uint8) and 'labels' (N integers)
+  a Hugging Face dataset saved with save_to_disk (a DatasetDict: --split names one of its splits), or
+    a .parquet/.arrow file of one split; image and label columns by name (--columns), a ClassLabel's
+    names kept (needs the datasets package: pip install "fastprune[hf]")
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
 replicated), label (int), coarse_label for CIFAR-100 with --coarse, index (each sample's id) with
 --index, name (each image's path below the folder) with --names.
-Raw storage needs one image shape: use --resize HxW for image folders of mixed sizes, or --jpeg.
+Raw storage needs one image shape: use --resize HxW for image folders (or hf sources) of mixed
+sizes, or --jpeg.
 """
 
 
@@ -138,8 +150,11 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("source", metavar="SOURCE", help="dataset folder, .npz file, CIFAR .tar.gz or 'fashion-mnist'")
     parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="output file")
     parser.add_argument("--kind", default="auto", choices=("auto", *KINDS), help="source kind (default: auto)")
-    parser.add_argument("--split", choices=("train", "test"),
-                        help="split of an IDX or CIFAR source (default: train)")
+    parser.add_argument("--split", metavar="NAME",
+                        help="split of an IDX or CIFAR source: train (default) or test; of a Hugging Face "
+                             "DatasetDict folder: one of its splits")
+    parser.add_argument("--columns", type=column_pair, metavar="IMAGE,LABEL",
+                        help="Hugging Face sources: the image and label columns (default: image,label)")
     parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
     parser.add_argument("--quality", type=jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
                         help=f"JPEG quality (default: {DEFAULT_JPEG_QUALITY})")
@@ -187,7 +202,7 @@ def run_convert(args: argparse.Namespace) -> int:
                       coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                       progress=not args.no_progress, class_names=args.class_names,
                       drop_unlabeled=args.drop_unlabeled, index=args.index,
-                      skip_unreadable=args.skip_unreadable, names=args.names)
+                      skip_unreadable=args.skip_unreadable, names=args.names, columns=args.columns)
     except UnreadableSample as exc:  # a bad file among many: say how to go on without it
         raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
                               "them)") from None

@@ -10,13 +10,15 @@ from ..errors import ConversionError
 from . import _common
 from .arrays import from_npz
 from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar, is_archive
+from .hf_files import FILE_SUFFIXES, from_hf_path, is_hf_folder
 from .idx import FASHION_MNIST_DIR, from_idx
 from .image_folder import from_image_folder
 
-KINDS = ("idx", "cifar10", "cifar100", "imagefolder", "npz")
+KINDS = ("idx", "cifar10", "cifar100", "imagefolder", "npz", "hf")
 SHORTCUTS = {"fashion-mnist": FASHION_MNIST_DIR}  # names that stand for a known location
-SPLIT_KINDS = {"idx", "cifar10", "cifar100"}
-RESIZE_KINDS = {"imagefolder"}
+SPLIT_KINDS = {"idx", "cifar10", "cifar100", "hf"}
+TRAIN_TEST_KINDS = {"idx", "cifar10", "cifar100"}  # their only splits
+RESIZE_KINDS = {"imagefolder", "hf"}
 
 
 def resolve_source(source: str | os.PathLike) -> Path:
@@ -37,13 +39,18 @@ def detect_kind(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "npz"
+        if path.suffix.lower() in FILE_SUFFIXES:
+            return "hf"
         if is_archive(path) and "cifar-100" in path.name.lower():
             return "cifar100"
         if is_archive(path) and "cifar-10" in path.name.lower():
             return "cifar10"
         raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, "
-                              ".npz files with 'images' and 'labels', or CIFAR .tar.gz archives")
+                              ".npz files with 'images' and 'labels', CIFAR .tar.gz archives, or Hugging "
+                              "Face .parquet/.arrow files")
     names = {p.name for p in path.iterdir()}
+    if is_hf_folder(names):  # before image folders: a DatasetDict's splits are subfolders
+        return "hf"
     if "data_batch_1.bin" in names or "test_batch.bin" in names or "cifar-10-batches-bin" in names \
             or {"train.bin", "test.bin"} <= names:
         raise ConversionError(f"{path}: CIFAR's binary version (.bin files) is not supported: use the "
@@ -56,14 +63,16 @@ def detect_kind(path: Path) -> str:
         return "cifar100"
     if any((path / name).is_dir() and not name.startswith(".") for name in names):
         return "imagefolder"
-    raise ConversionError(f"{path}: cannot tell what this folder holds (no IDX files, CIFAR batches "
-                          "or class subfolders); name it with --kind")
+    raise ConversionError(f"{path}: cannot tell what this folder holds (no IDX files, CIFAR batches, "
+                          "class subfolders or Hugging Face save_to_disk files); name it with --kind")
 
 
 def _check_applicable(kind: str, split: str | None, max_side: int | None,
                       resize: tuple[int, int] | None, coarse: bool, max_pixels: int | None) -> None:
     if split is not None and kind not in SPLIT_KINDS:
         raise ConversionError(f"--split applies to {'/'.join(sorted(SPLIT_KINDS))} sources, not {kind}")
+    if split not in (None, "train", "test") and kind in TRAIN_TEST_KINDS:
+        raise ConversionError(f"--split of {kind} sources is train or test, not {split!r}")
     if (max_side is not None or resize is not None) and kind not in RESIZE_KINDS:
         raise ConversionError(f"--max-side/--resize apply to image folders, not {kind} "
                               "(its images already share one shape)")
@@ -80,24 +89,31 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             resize: tuple[int, int] | None = None, coarse: bool = False,
             max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
             class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
-            index: bool = False, skip_unreadable: bool = False, names: bool = False) -> Path:
+            index: bool = False, skip_unreadable: bool = False, names: bool = False,
+            columns: tuple[str, str] | None = None) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
     ``class_names`` replaces the names the source has (IDX and .npz files have none);
     ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise);
     ``index`` adds an ``index`` field (each sample's id; see :func:`fastprune.convert.from_arrays`);
     ``skip_unreadable`` leaves out an image folder's unreadable files and ``names`` stores each
-    image's path (see ``from_image_folder``)."""
+    image's path (see ``from_image_folder``); ``columns``: a Hugging Face source's (image, label)
+    column names (default: image, label)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
-    for flag, given in (("--skip-unreadable", skip_unreadable), ("--names", names)):
-        if given and kind != "imagefolder":
-            raise ConversionError(f"{flag} applies to image folders, not {kind} (one file holds every image)")
-    if drop_unlabeled and kind != "npz":
-        raise ConversionError(f"--drop-unlabeled applies to npz sources, not {kind} (its labels are never negative)")
+    if skip_unreadable and kind not in ("imagefolder", "hf"):
+        raise ConversionError(f"--skip-unreadable applies to image folders and hf sources, not {kind} "
+                              "(one file holds every image)")
+    if names and kind != "imagefolder":
+        raise ConversionError(f"--names applies to image folders, not {kind} (one file holds every image)")
+    if drop_unlabeled and kind not in ("npz", "hf"):
+        raise ConversionError(f"--drop-unlabeled applies to npz and hf sources, not {kind} (its labels are "
+                              "never negative)")
+    if columns is not None and kind != "hf":
+        raise ConversionError(f"--columns applies to hf sources, not {kind}")
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
                   index=index)
     if kind == "idx":
@@ -108,4 +124,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return from_image_folder(path, out, max_side=max_side, resize=resize, skip_unreadable=skip_unreadable,
                                  names=names, **limit, **common)
+    if kind == "hf":
+        image_column, label_column = columns or ("image", "label")
+        return from_hf_path(path, out, split=split, image_column=image_column, label_column=label_column,
+                            max_side=max_side, resize=resize, drop_unlabeled=drop_unlabeled,
+                            skip_unreadable=skip_unreadable, **common)
     return from_npz(path, out, drop_unlabeled=drop_unlabeled, **common)

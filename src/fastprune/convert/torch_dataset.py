@@ -304,7 +304,8 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample
         for what, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in columns:
-                raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns})")
+                raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns}); "
+                                      "name the image and label columns (fastprune convert: --columns IMAGE,LABEL)")
         dataset, image_mode = _encoded_rows(dataset, image_column)
     return _convert(dataset, out, image_key=image_column, label_key=label_column,
                     image_mode=image_mode, **{**_DEFAULTS, **options})
