@@ -145,4 +145,4 @@ def test_the_command_line_option(tmp_path, capsys):
     assert len(_samples(tmp_path / "o.beton")[0]) == 38
     np.savez(tmp_path / "a.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4))
     assert main(["convert", str(tmp_path / "a.npz"), "--out", str(tmp_path / "n.beton"), "--skip-unreadable"]) == 1
-    assert "--skip-unreadable applies to image folders, not npz" in capsys.readouterr().err
+    assert "--skip-unreadable applies to image folders and hf sources, not npz" in capsys.readouterr().err

@@ -239,6 +239,40 @@ def test_bad_options_name_the_argument():
         UCB(10).select(-1)
 
 
+def _largest_remainder(sizes: np.ndarray, total: int) -> list[int]:
+    """A slow split of ``total`` in proportion to ``sizes``: floors, then one more for the largest
+    remainders (exact fractions; ties to the first group)."""
+    from fractions import Fraction
+
+    if total == 0:
+        return [0] * len(sizes)
+    exact = [Fraction(int(size) * total, int(sizes.sum())) for size in sizes]
+    parts = [int(e) for e in exact]
+    for g in sorted(range(len(sizes)), key=lambda g: (-(exact[g] - parts[g]), g))[: total - sum(parts)]:
+        parts[g] += 1
+    return parts
+
+
+def test_the_uniform_part_of_a_class_balanced_epsilon_greedy_is_eps_of_the_whole_quota():
+    """100 classes of 10 at keep 0.5, eps 0.1: eps·5 rounds to 0 per class, and none of the 500
+    picks was uniform (pure greedy: dropped samples' stale scores never refreshed). The uniform
+    part is eps·k of the whole quota, split over the classes."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(1000) % 100
+    strategy = EpsilonGreedy(1000, 0.5, eps=0.1, labels=labels, seed=0)
+    losses = rng.random(1000).astype(np.float32)
+    strategy.update(np.arange(1000), losses)
+    chosen = strategy.select(1).indices
+    greedy_top4 = {int(i) for c in range(100) for i in np.flatnonzero(labels == c)[np.argsort(-losses[labels == c])[:4]]}
+    assert len(chosen) == 500 and greedy_top4 <= set(chosen.tolist())
+    quotas = strategy._pool_quotas(1)
+    random_parts = strategy._random_parts(quotas)
+    assert int(random_parts.sum()) == 50 and list(random_parts) == _largest_remainder(quotas, 50)
+    outside_top5 = set(chosen.tolist()) - {int(i) for c in range(100) for i in
+                                           np.flatnonzero(labels == c)[np.argsort(-losses[labels == c])[:5]]}
+    assert 30 <= len(outside_top5) <= 50  # each class's one uniform pick misses its 5th-best 5 times in 6
+
+
 def old_selection(strategy, epoch, state, c, use_std, eps=0.0):
     """What the strategies selected before the score column: scores materialised from a full
     table state by bandit_scores, then select_top_random per class pool (streams 0, 1, 2, ...)."""
@@ -246,8 +280,12 @@ def old_selection(strategy, epoch, state, c, use_std, eps=0.0):
     pools = [None] if strategy._pools is None else strategy._pools
     quotas = [strategy.num_kept] if strategy._pools is None else strategy._pool_quotas(epoch)
     parts = []
-    for stream, (pool, quota) in enumerate(zip(pools, quotas), start=0 if strategy._pools is None else 1):
-        k_rand = int(round(eps * int(quota)))
+    # the uniform part of the whole quota, split over the class pools by largest remainder
+    total_rand = int(round(eps * int(np.sum(quotas))))
+    k_rands = [total_rand] if strategy._pools is None else _largest_remainder(np.asarray(quotas), total_rand)
+    for stream, (pool, quota, k_rand) in enumerate(zip(pools, quotas, k_rands),
+                                                   start=0 if strategy._pools is None else 1):
+        k_rand = int(k_rand)
         sub = scores if pool is None else np.ascontiguousarray(scores[pool])
         got = core.select_top_random(sub, int(quota) - k_rand, k_rand, strategy.seed, epoch, stream)
         parts.append(got if pool is None else pool[got])

@@ -483,3 +483,131 @@ def test_a_model_that_cannot_classify_the_batches_fails_in_one_line_at_the_first
         run(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 4)))
     with pytest.raises(ConfigError, match=r"^fit: the model returned \(8, 4, 1\) for a batch of 8 images"):
         run(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4), torch.nn.Unflatten(1, (4, 1))))
+
+
+def _tiny(stores, strategy=None, **loader_options):
+    """A linear model over a UCB-pruned loader of the training store (fast: one step ~1 ms)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(3 * 28 * 28, 10))
+    loader = Loader(stores[0], 200, sampler=strategy, transforms=[Normalize(MEAN, STD)], seed=0, threads=1,
+                    **loader_options)
+    return model, loader
+
+
+def test_a_callback_drawing_random_numbers_does_not_break_resume(stores, tmp_path):
+    """The checkpoint (with the RNG state) is saved before on_epoch_end: a callback that drew from
+    torch's RNG made the uninterrupted run's dropout masks differ from a resumed run's."""
+    def run(stop_after=None, resume=False):
+        strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+        model, loader = _tiny(stores, strategy)
+
+        def callback(record):
+            torch.rand(3)
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt
+        try:
+            fit(model, loader, None, strategy, 3, torch.optim.SGD(model.parameters(), 0.01), None,
+                checkpoint=tmp_path / "c.pt", resume=resume, on_epoch_end=callback, progress=False, log=None)
+        except KeyboardInterrupt:
+            pass
+        return model
+
+    whole = run()
+    (tmp_path / "c.pt").unlink()
+    run(stop_after=0)
+    resumed = run(resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path):
+    from fastprune.errors import ConfigError
+
+    strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+    model, loader = _tiny(stores, strategy)
+    sgd = torch.optim.SGD(model.parameters(), 0.01)
+    refusals = [
+        (dict(schedule=torch.optim.lr_scheduler.ReduceLROnPlateau(sgd)), TypeError, "ReduceLROnPlateau steps on a metric"),
+        (dict(schedule=0.1), TypeError, "schedule must be a factory"),
+        (dict(schedule=lambda optimizer, steps: None), TypeError, "the schedule factory returned NoneType"),
+        (dict(optimizer=torch.optim.lr_scheduler.StepLR(sgd, 2)), TypeError, "optimizer must be a torch.optim.Optimizer"),
+        (dict(checkpoint=tmp_path), ConfigError, "is a folder; name a file in it"),
+        (dict(channels_last="off"), ValueError, "channels_last must be 'auto', True or False, got 'off'"),
+    ]
+    for options, error, message in refusals:
+        with pytest.raises(error, match=message):
+            fit(model, loader, None, strategy, **{"epochs": 1, "optimizer": sgd, "progress": False, "log": None, **options})
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    with pytest.raises(TypeError, match="train_loader must be a fastprune.Loader .* got DataLoader"):
+        fit(model, torch.utils.data.DataLoader([1, 2]), None, epochs=1, log=None)
+    with pytest.raises(ConfigError, match="model Sequential has no parameters"):
+        fit(torch.nn.Sequential(torch.nn.Flatten()), loader, None, strategy, 1, log=None)
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return self.inner(x), x
+
+    with pytest.raises(ConfigError, match="the model returned a tuple; fit needs a tensor of class scores"):
+        fit(Pair(), loader, None, strategy, 1, sgd, progress=False, log=None)
+    # pieces that do not meet: the loader prunes by scores fit never feeds, or the other way round
+    with pytest.warns(RuntimeWarning, match="sampler UCB prunes by scores, but fit got no strategy"):
+        fit(model, loader, None, None, 1, sgd, progress=False, log=None)
+    _, unpruned = _tiny(stores)
+    with pytest.warns(RuntimeWarning, match="does not choose train_loader's samples"):
+        fit(model, unpruned, None, UCB(TRAIN_SIZE, 0.5), 1, sgd, progress=False, log=None)
+
+
+def test_history_without_validation_is_json_and_user_patches_survive(stores):
+    """val_loader=None recorded NaN (json.dumps(allow_nan=False) failed; None means not
+    evaluated); a user's own instance attribute on the strategy was deleted after fit."""
+    import json
+
+    strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+    calls = []
+
+    def update(*args, **kwargs):
+        calls.append(1)
+        return type(strategy).update(strategy, *args, **kwargs)
+
+    strategy.update = update
+    model, loader = _tiny(stores, strategy)
+    history = fit(model, loader, None, strategy, 1, torch.optim.SGD(model.parameters(), 0.01),
+                  progress=False, log=None)
+    assert history[0]["val_acc"] is None and history[0]["val_loss"] is None
+    json.dumps(history, allow_nan=False)
+    assert vars(strategy)["update"] is update and calls
+
+
+def test_resume_with_another_optimizer_or_scheduler_kind_is_refused(stores, tmp_path):
+    from fastprune.errors import CheckpointError
+
+    def run(optimizer_kind, schedule):
+        strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+        model, loader = _tiny(stores, strategy)
+        return fit(model, loader, None, strategy, 2, optimizer_kind(model.parameters(), lr=0.01), schedule,
+                   checkpoint=tmp_path / "c.pt", resume=True, progress=False, log=None,
+                   on_epoch_end=lambda record: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    with pytest.raises(KeyboardInterrupt):
+        run(torch.optim.SGD, one_cycle(0.1))
+    with pytest.raises(CheckpointError, match=r"optimizer='SGD' in the checkpoint, 'Adam' now"):
+        run(torch.optim.Adam, one_cycle(0.1))
+    with pytest.raises(CheckpointError, match=r"schedule='OneCycle' in the checkpoint, None now"):
+        run(torch.optim.SGD, None)
+
+
+def test_a_schedule_that_cannot_replan_warns_under_infobatch(stores):
+    """InfoBatch's epoch sizes follow its scores: torch's OneCycleLR, sized at the start, ended at
+    52% of its peak after 81 of its 128 planned steps."""
+    strategy = InfoBatch(TRAIN_SIZE, 0.5, epochs=2, seed=0)
+    model, loader = _tiny(stores, strategy)
+    sgd = torch.optim.SGD(model.parameters(), 0.01)
+    with pytest.warns(RuntimeWarning, match="InfoBatch's epoch sizes follow its scores, so a schedule sized at "
+                                            "the start \\(OneCycleLR\\)"):
+        fit(model, loader, None, strategy, 2, sgd,
+            lambda optimizer, steps: torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=steps),
+            progress=False, log=None)

@@ -14,7 +14,10 @@ Common options (defaults and why):
   run pruned to the end; InfoBatch turns it on via ``delta``.
 * ``keep_schedule=None`` — a kept fraction per epoch (epoch ``e`` keeps ``keep_schedule[e]``;
   epochs past its end keep ``keep``; 1.0 is a full epoch), to spend the same number of sample
-  passes unevenly over the run, e.g. more of them late, where the learning rate is low.
+  passes unevenly over the run, e.g. more of them late, where the learning rate is low. A
+  subset kept over several epochs keeps the size of the epoch that chose it: with
+  ``reselect_every`` > 1 each window takes its first epoch's fraction, and EL2N/Forgetting's fixed
+  subset that of the epoch after scoring.
 * ``reselect_every=1`` — the dynamic methods' point is to re-choose every epoch; a larger value
   keeps each subset for that many epochs (cheaper only if selection cost mattered, which at
   O(N) it does not).
@@ -469,6 +472,11 @@ class Strategy:
         """Each class pool's share of the epoch's quota (class-balanced selection)."""
         return _quotas(self._pool_sizes, self._quota(epoch))
 
+    def _random_parts(self, quotas: np.ndarray) -> np.ndarray | None:
+        """Per class pool, how many of its quota are drawn uniformly (a strategy that mixes in a
+        uniform part); None for the others."""
+        return None
+
     def _select_pruned(self, epoch: int) -> Selection:
         selection = self._select_rows(epoch)
         if self.sharding is None:
@@ -485,8 +493,11 @@ class Strategy:
         if self._pools is None:
             return self._choose(context, epoch, None, self._quota(epoch), stream=base)
         parts = []
-        for c, (pool, quota) in enumerate(zip(self._pools, self._pool_quotas(epoch))):
-            part = self._choose(context, epoch, pool, int(quota), stream=base + c + 1)
+        quotas = self._pool_quotas(epoch)
+        random_parts = self._random_parts(quotas)
+        for c, (pool, quota) in enumerate(zip(self._pools, quotas)):
+            extra = {} if random_parts is None else {"k_rand": int(random_parts[c])}
+            part = self._choose(context, epoch, pool, int(quota), stream=base + c + 1, **extra)
             parts.append(Selection(pool[part.indices], part.weights))
         return Selection(np.concatenate([p.indices for p in parts]),
                          np.concatenate([p.weights for p in parts]))

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._native import core
-from .base import Selection, Strategy, _fraction, _real
+from .base import Selection, Strategy, _fraction, _quotas, _real
 
 
 def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -65,6 +65,15 @@ class _TopScores(Strategy):
     def _random_part(self, quota: int) -> int:
         return 0
 
+    def _random_parts(self, quotas):
+        """The uniform part of the whole quota, split over the class pools like the quota itself:
+        rounded per class, eps·5 is 0 for classes of quota 5, and 100 such classes had lost the
+        uniform part (and the refresh of stale scores it exists for) entirely."""
+        total = self._random_part(int(quotas.sum()))
+        if total == 0:
+            return np.zeros_like(quotas)
+        return _quotas(quotas, total)
+
     def _prepare(self, epoch):
         """(scores, kind): the bandit score column as stored (kind: a 16-bit table's dtype, else
         None), or the float32 scores of a strategy that computes its own (Forgetting)."""
@@ -72,9 +81,9 @@ class _TopScores(Strategy):
             return self.table.raw("score")
         return self._scores(), None
 
-    def _choose(self, context, epoch, pool, quota, stream):
+    def _choose(self, context, epoch, pool, quota, stream, k_rand=None):
         scores, kind = context
-        k_rand = self._random_part(quota)
+        k_rand = self._random_part(quota) if k_rand is None else k_rand
         ranked = _sub(scores, pool)  # a class pool's gathered copy: of the bits when 16-bit (2 B/sample)
         args = (quota - k_rand, k_rand, self.seed, epoch, stream)
         if kind is None:
@@ -155,9 +164,9 @@ class InfoBatch(Strategy):
     * ``keep`` given (overall fraction of the N samples, what InfoBatch's users ask for):
       ``k_below = round(keep·N) - n_above``, i.e. the below-mean keep probability is
       ``p = (keep - f_above) / f_below`` with ``f_above``/``f_below`` the fractions at/above and
-      below the mean. When more than ``keep·N`` samples are at/above the mean the target cannot
-      be met without dropping hard samples; then ``p = min_below_keep`` (default 0.1, so the
-      weights stay bounded) and the epoch is larger than the target.
+      below the mean. ``p`` is never below ``min_below_keep`` (default 0.1, so the weights stay
+      at most 10): where the target leaves a smaller share of the below-mean samples, or none
+      (more than ``keep·N`` samples at/above the mean), the epoch is larger than the target.
     * ``keep=None``: the paper's own rule, ``p = 1 - prune`` (``prune=0.5`` by default).
 
     The final ``epochs - ceil(delta·epochs)`` epochs use full data (``delta=0.875``, the paper's
@@ -165,6 +174,9 @@ class InfoBatch(Strategy):
     """
 
     default_decay = 0.0
+    #: Its epoch sizes follow the scores (how many are at/above the mean): a schedule sized at the
+    #: start of a run cannot know them (fit warns unless the schedule re-plans).
+    sizes_follow_scores = True
 
     def __init__(self, num_samples: int, keep: float | None = 0.5, *, epochs: int, delta: float = 0.875,
                  prune: float = 0.5, min_below_keep: float = 0.1, **options):

@@ -80,12 +80,21 @@ def run_amp(device: torch.device, amp: str | bool = "auto") -> str:
 
 def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
     """channels_last (NHWC) for ``channels_last`` True, or "auto" on CUDA; else contiguous."""
-    use = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    if not (channels_last == "auto" or isinstance(channels_last, bool)):  # "off" is truthy
+        raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    use = device.type == "cuda" if channels_last == "auto" else channels_last
     return torch.channels_last if use else torch.contiguous_format
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """The device of the model's parameters (a ConfigError for a model without any)."""
+    from ..errors import ConfigError
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for parameter in model.parameters():
+        return parameter.device
+    raise ConfigError(f"model {type(model).__name__} has no parameters: nothing to train")
 
 
 def synchronize(device: torch.device) -> None:

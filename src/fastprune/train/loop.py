@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,18 @@ class _OverheadClock:
             yield
             return
         patched = [name for name in ("select", "num_selected", "update", "flush") if hasattr(strategy, name)]
+        own = {name: vars(strategy)[name] for name in patched if name in vars(strategy)}  # the user's own
         for name in patched:
             setattr(strategy, name, self.timed(getattr(strategy, name)))
         try:
             yield
         finally:
             for name in patched:
-                with contextlib.suppress(AttributeError):
-                    delattr(strategy, name)  # removes the instance attribute, unmasking the method
+                if name in own:
+                    setattr(strategy, name, own[name])  # an instance attribute of the user's, put back
+                else:
+                    with contextlib.suppress(AttributeError):
+                        delattr(strategy, name)  # removes the instance attribute, unmasking the method
 
 
 class _WaitClock:
@@ -261,6 +266,14 @@ def _check_strategy_selects(strategy, loader) -> None:
     prunes at random while looking like a bandit."""
     sampler = getattr(loader, "sampler", None)
     selecting = getattr(sampler, "strategy", sampler)
+    if strategy is None and hasattr(selecting, "update") and type(selecting).__name__ not in ("Full", "UniformRandom"):
+        warnings.warn(f"fit: train_loader's sampler {type(selecting).__name__} prunes by scores, but fit got no "
+                      "strategy to feed the losses to: they never update and the run prunes blind; pass "
+                      "strategy= the same object", RuntimeWarning, stacklevel=3)
+    if strategy is not None and not hasattr(selecting, "update"):
+        warnings.warn(f"fit: strategy {type(strategy).__name__} does not choose train_loader's samples (the loader "
+                      "has no pruning sampler): the run trains on all of them and the scores go unused; pass "
+                      "it to Loader(sampler=...) too", RuntimeWarning, stacklevel=3)
     if strategy is None or not hasattr(selecting, "update"):
         return
     # the same object, or one wrapping the other (a recording wrapper's .strategy)
@@ -268,6 +281,26 @@ def _check_strategy_selects(strategy, loader) -> None:
         raise ValueError(f"fit: strategy {type(strategy).__name__} is not the one that selects train_loader's "
                          f"samples ({type(selecting).__name__}): pass the same object to Loader(sampler=...) "
                          "(or PrunedSampler) and to fit")
+
+
+def _check_loader(loader) -> None:
+    """fit drives a fastprune Loader (set_epoch, Batch tuples); a torch DataLoader fails deep
+    inside otherwise."""
+    if not hasattr(loader, "set_epoch") or not hasattr(loader, "batch_size"):
+        raise TypeError(f"fit: train_loader must be a fastprune.Loader (it sets each epoch and yields "
+                        f"Batch tuples), got {type(loader).__name__}; with a torch DataLoader and "
+                        "PrunedSampler, write the loop (docs/guide.md)")
+
+
+def _check_checkpoint_path(checkpoint) -> None:
+    """A checkpoint that cannot be written fails now, not after the first epoch's training."""
+    if checkpoint is None:
+        return
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ConfigError(f"fit: checkpoint {path} is a folder; name a file in it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"fit: checkpoint {path}: {path.parent} is not a folder")
 
 
 def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
@@ -285,6 +318,9 @@ def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
     """One row of class scores per image, and a score for every label in the batch: else
     cross-entropy fails with "Target 2 is out of bounds" (or, on a GPU, a device-side assert)."""
+    if not isinstance(logits, torch.Tensor):
+        raise ConfigError(f"fit: the model returned a {type(logits).__name__}; fit needs a tensor of class "
+                          "scores, [batch, classes] (wrap the model to return its logits)")
     if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
         raise ConfigError(f"fit: the model returned {tuple(logits.shape)} for a batch of {labels.shape[0]} "
                           "images; a classifier returns [batch, classes]")
@@ -355,16 +391,21 @@ def fit(
         optimizer: defaults to ``make_optimizer(model)``.
         schedule: a factory ``(optimizer, total_steps) -> scheduler`` (see ``one_cycle``), stepped
             once per batch and sized by ``planned_steps`` over the whole run (re-planned every
-            epoch if it has ``replan``); or a built scheduler; or None.
+            epoch if it has ``replan``; InfoBatch's sizes follow its scores, so other schedules
+            warn); or a built scheduler, also stepped once per batch (size it in steps, e.g.
+            ``planned_steps(loader, 0, epochs, strategy)``, not epochs); or None.
+            ``ReduceLROnPlateau`` is refused: it steps on a metric.
         criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
         amp, channels_last: "auto" enables them on CUDA only; see ``device.autocast_dtype``.
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
             present, training continues from it with the same selections as an uninterrupted run.
         settings: the run's settings (e.g. the command line's LR), stored in the checkpoint; a
             resume refuses a checkpoint written with other settings, or with another ``epochs``,
-            batch size, model class, loader seed or precision (all of which ``fit`` adds itself).
+            batch size, model class, loader seed, precision, optimizer or scheduler class (all of
+            which ``fit`` adds itself).
         on_epoch_end: called with each epoch's record (e.g. to record an accuracy curve); raising
-            from it stops training after the checkpoint of that epoch is written.
+            from it stops training after the checkpoint of that epoch is written. Its random draws
+            do not move training's torch RNG (a resumed run continues an uninterrupted one exactly).
         eval_every: evaluate after every N-th epoch (and always after the last): evaluation is not
             training, and on a large validation set or a short epoch it can cost as much. Epochs
             not evaluated record ``val_acc`` and ``val_loss`` as None.
@@ -394,8 +435,10 @@ def fit(
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
     epochs = check_positive_int(epochs, "fit: epochs")
-    _check_strategy_selects(strategy, train_loader)
     forward = compiled_forward(model, compile)  # checked before any work
+    _check_loader(train_loader)
+    _check_strategy_selects(strategy, train_loader)
+    _check_checkpoint_path(checkpoint)
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)
@@ -403,6 +446,8 @@ def fit(
     memory_format = memory_format_for(device, channels_last)
     model.to(memory_format=memory_format)
     optimizer = optimizer or make_optimizer(model)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     criterion = criterion or nn.CrossEntropyLoss(reduction="none")
     if getattr(criterion, "reduction", "none") != "none":  # caught before any work, not after an epoch
         raise ValueError(f"fit: criterion has reduction={criterion.reduction!r}; pruning needs one loss per "
@@ -414,7 +459,10 @@ def fit(
     # precision: bf16 and fp32 train differently; a resume must not switch between them unnoticed
     settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
                 "batch_size": getattr(train_loader, "batch_size", None),
-                "precision": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]}
+                "precision": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                # a resume loads their states: another kind would take a state not its own
+                "optimizer": type(optimizer).__name__,
+                "schedule": None if scheduler is None else type(scheduler).__name__}
     if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
         settings["loader_seed"] = train_loader.seed
     history: list[dict[str, Any]] = []
@@ -442,7 +490,10 @@ def fit(
                 save_checkpoint(checkpoint, model, optimizer, scheduler, strategy, train_loader,
                                 history, scaler=scaler, settings=settings)
             if on_epoch_end is not None:
-                on_epoch_end(record)
+                # the callback's random draws leave training's stream as it was, so a run resumed
+                # from this epoch's checkpoint (saved before the callback) continues it exactly
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    on_epoch_end(record)
     return history
 
 
@@ -465,7 +516,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     train_s = time.perf_counter() - start
     data_wait_s = stats.pop("data_wait_s")  # recorded beside the other timings
 
-    val_acc, val_loss, eval_s = (float("nan"), float("nan"), 0.0) if evaluate_now else (None, None, 0.0)
+    val_acc, val_loss, eval_s = None, None, 0.0  # None: not evaluated (no val_loader, or not this epoch)
     val_class_acc = None
     if val_loader is not None and evaluate_now:
         start = time.perf_counter()

@@ -7,6 +7,7 @@ every epoch's batch count (``planned_steps``), not ``len(loader) * epochs``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -94,9 +95,22 @@ def planned_steps(loader, start: int, stop: int, strategy=None) -> int:
 
 def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
     """``fit``'s scheduler: a factory is sized by the whole run's planned steps; a built one is kept."""
+    if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise TypeError("fit: schedule ReduceLROnPlateau steps on a metric, and fit steps its schedule "
+                        "once per batch with none; use a step-based schedule (one_cycle, a factory)")
     if schedule is None or isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
         return schedule
-    return schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
+    if not callable(schedule):
+        raise TypeError(f"fit: schedule must be a factory (optimizer, total_steps) -> scheduler, a built "
+                        f"scheduler or None, got {type(schedule).__name__} {schedule!r:.40}")
+    scheduler = schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
+    if not hasattr(scheduler, "step"):
+        raise TypeError(f"fit: the schedule factory returned {type(scheduler).__name__}, not a scheduler")
+    if not hasattr(scheduler, "replan") and getattr(strategy, "sizes_follow_scores", False):
+        warnings.warn(f"fit: {type(strategy).__name__}'s epoch sizes follow its scores, so a schedule "
+                      f"sized at the start ({type(scheduler).__name__}) will not end on the run's last step; "
+                      "fastprune.train.one_cycle re-plans itself every epoch", RuntimeWarning, stacklevel=3)
+    return scheduler
 
 
 def replan_schedule(scheduler, loader, strategy, epoch: int, epochs: int) -> None:
