@@ -537,6 +537,8 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     for options, error, message in refusals:
         with pytest.raises(error, match=message):
             fit(model, loader, None, strategy, **{"epochs": 1, "optimizer": sgd, "progress": False, "log": None, **options})
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        fit(model, loader, None, strategy, 1, sgd, resume=True, log=None)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
     with pytest.raises(TypeError, match="train_loader must be a fastprune.Loader .* got DataLoader"):
         fit(model, torch.utils.data.DataLoader([1, 2]), None, epochs=1, log=None)
@@ -559,6 +561,9 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     _, unpruned = _tiny(stores)
     with pytest.warns(RuntimeWarning, match="does not choose train_loader's samples"):
         fit(model, unpruned, None, UCB(TRAIN_SIZE, 0.5), 1, sgd, progress=False, log=None)
+    _, pruned_val = _tiny(stores, UCB(TRAIN_SIZE, 0.5))
+    with pytest.warns(RuntimeWarning, match="val_loader has a pruning sampler"):
+        fit(model, loader, pruned_val, strategy, 1, sgd, progress=False, log=None)
 
 
 def test_history_without_validation_is_json_and_user_patches_survive(stores):

@@ -418,7 +418,8 @@ def fit(
 
     Returns:
         One JSON-ready dict per epoch: ``epoch`` (0-based), ``samples`` used, ``steps``, ``loss``
-        (mean per-sample training loss), ``val_acc``, ``val_loss``, ``val_class_acc`` ({class:
+        (mean per-sample training loss), ``val_acc``, ``val_loss`` (mean cross-entropy, whatever
+        ``criterion`` is), ``val_class_acc`` ({class:
         accuracy %}, named by the validation store's class names where it keeps them, else by
         label; None when not evaluated), ``lr`` (used by the epoch's last step),
         ``train_s`` (training incl. data loading and selection), ``eval_s``, ``overhead_s`` (time
@@ -439,6 +440,11 @@ def fit(
     _check_loader(train_loader)
     _check_strategy_selects(strategy, train_loader)
     _check_checkpoint_path(checkpoint)
+    if resume and checkpoint is None:
+        raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
+    if hasattr(getattr(val_loader, "sampler", None), "update"):
+        warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
+                      "evaluate on a Loader without one (shuffle=False)", RuntimeWarning, stacklevel=2)
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)
