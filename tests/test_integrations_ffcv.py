@@ -64,6 +64,24 @@ def test_updates_and_weights_drive_the_next_epoch(beton):
     assert got == list(range(N - 21, N))  # top 21 (= round(0.2 * 103)) by loss
 
 
+def test_indices_other_than_the_first_n_samples_are_refused(beton):
+    """Loader(indices=reversed) with the docstring's loop: the strategy counted positions in
+    `indices`, batches reported store ids, and epoch 1 kept the 30 lowest losses instead of the
+    highest. The first n samples (positions = ids) still work."""
+    for indices in (np.arange(N)[::-1].copy(), np.arange(1, N)):
+        order = PrunedOrder.register(UCB(len(indices), 0.5))
+        with pytest.raises(ValueError, match="PrunedOrder needs the Loader's indices to be 0..n-1"):
+            Loader(str(beton), batch_size=BATCH, num_workers=1, order=order, indices=indices,
+                   pipelines={"index": [IntDecoder()], "value": [FloatDecoder()]})
+    first = PrunedOrder.register(UCB(60, 0.5, warmup_epochs=1))
+    loader = Loader(str(beton), batch_size=BATCH, num_workers=1, order=first, indices=np.arange(60),
+                    pipelines={"index": [IntDecoder()], "value": [FloatDecoder()]})
+    for index, value in loader:
+        first.strategy.update(np.asarray(index).reshape(-1), np.asarray(value).reshape(-1))
+    kept = sorted(int(i) for index, _ in loader for i in np.asarray(index).reshape(-1))
+    assert kept == list(range(30, 60))  # the highest losses of the first 60
+
+
 def test_register_is_required(beton):
     with pytest.raises(TypeError, match="register"):
         PrunedOrder(object())

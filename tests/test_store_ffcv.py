@@ -110,6 +110,23 @@ def test_fastprune_bytes_field_loads_in_ffcv_loader(tmp_path):
         assert got[i, :len(blob)].tobytes() == blob
 
 
+def test_an_empty_bytes_value_leaves_the_next_field_intact_in_ffcv(tmp_path):
+    """b"" shared its pointer with the next allocation, and ffcv's Loader (sizes found by an
+    unstable sort of pointers) read the image after it as 0 bytes: garbage pixels in exactly those
+    samples. Empty payloads now take a byte of their own (their recorded size stays 0)."""
+    rows = [(b"" if i % 2 == 0 else b"xyz", np.full((4, 4, 3), 10 * i, np.uint8)) for i in range(8)]
+    path = write_dataset(tmp_path / "e.beton", rows, {"b": BytesField(), "image": RGBImageField()},
+                         workers=1, progress=False, page_size=1 << 12)
+    with Store(path) as store:
+        assert [store[i][0] for i in range(8)] == [b for b, _ in rows]
+        assert store.verify().ok
+    loader = Loader(str(path), batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"b": [BytesDecoder()], "image": [SimpleRGBImageDecoder()]})
+    images = np.concatenate([np.array(batch[1]) for batch in loader])
+    for i, (_, image) in enumerate(rows):
+        np.testing.assert_array_equal(images[i], image)
+
+
 def test_ffcv_reader_sees_the_same_tables(tmp_path):
     rows = make_rows()
     path = write_dataset(tmp_path / "fp.beton", rows, FASTPRUNE_FIELDS, workers=1,

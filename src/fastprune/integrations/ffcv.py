@@ -78,6 +78,12 @@ class PrunedOrder(TraversalOrder):
         if len(self.indices) != self.strategy.num_samples:
             raise ValueError(f"the strategy covers {self.strategy.num_samples} samples but the loader "
                              f"traverses {len(self.indices)} (its `indices`)")
+        if not np.array_equal(self.indices, np.arange(len(self.indices))):
+            # a batch names its samples by store id (the index field), which update() and weights()
+            # take; the strategy would count positions in `indices`, so scores went to other samples
+            raise ValueError("PrunedOrder needs the Loader's indices to be 0..n-1 (all samples, or the "
+                             "first n): a batch reports store ids, and for another subset they are not "
+                             "the strategy's; write the subset to a store of its own")
         type(self).instance = self
         rank, world = (0, 1)
         if self.distributed:

@@ -55,10 +55,22 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 raise ConversionError(f"sample {index}, field {name!r} ({type(field).__name__}): {exc}") from exc
             scalars[i].append(scalar)
             if payload is not None:
-                payloads.append(payload)
+                # an empty payload still takes one (zero) byte of the file: see layout_sizes
+                payloads.append(payload if payload.size else EMPTY_PAYLOAD_PAD)
                 sizes[row, col] = payload.size
                 col += 1
     return EncodedChunk(start, stop, scalars, sizes[:stop - start - len(skipped)], b"".join(payloads), skipped)
+
+
+# An empty payload (b"" in a BytesField) is recorded with size 0 but placed on a byte of its own:
+# sharing its pointer with the next allocation made ffcv's Loader (which finds an allocation's
+# size by sorting pointers, unstably) read the next field of such samples as 0 bytes: garbage.
+EMPTY_PAYLOAD_PAD = b"\0"
+
+
+def layout_sizes(sizes: np.ndarray) -> np.ndarray:
+    """The bytes each payload takes in the file: its size, or 1 for an empty one."""
+    return sizes + (sizes == 0).astype(sizes.dtype)
 
 
 def _read_sample(source, index: int, num_fields: int) -> tuple:

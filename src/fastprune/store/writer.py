@@ -41,7 +41,7 @@ from . import names as class_names_block
 from ._atomic import (create_temp_file, default_file_mode, remove_quietly, remove_stale_temp_files,
                       sigterm_as_interrupt, signals_deferred)
 from .checksums import make_trailer, mark_checksummed
-from .encoding import EncodedChunk, encoded_chunks
+from .encoding import EncodedChunk, encoded_chunks, layout_sizes
 from .fields import Field, IntField, RGBImageField
 from .info import printable
 
@@ -229,10 +229,11 @@ class _FileWriter:
         skipped = {index for index, _ in chunk.skipped}
         sources = [i for i in range(chunk.start, chunk.stop) if i not in skipped]  # errors name these
         first, n = self.written, len(sources)
-        totals = chunk.sizes.sum(axis=1, dtype=np.uint64)
+        layout = layout_sizes(chunk.sizes)  # empty payloads on a byte of their own (recorded as 0)
+        totals = layout.sum(axis=1, dtype=np.uint64)
         starts = self._place_samples(totals, sources)
         self._write_blob(chunk.blob, starts, totals)
-        ptrs = starts[:, None] + np.cumsum(chunk.sizes, axis=1, dtype=np.uint64) - chunk.sizes
+        ptrs = starts[:, None] + np.cumsum(layout, axis=1, dtype=np.uint64) - layout
         self._record_allocations(first, n, ptrs, chunk.sizes)
         rows = self.metadata[first:first + n]
         for i, (name, field) in enumerate(self.fields):
