@@ -558,6 +558,14 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     # pieces that do not meet: the loader prunes by scores fit never feeds, or the other way round
     with pytest.warns(RuntimeWarning, match="sampler UCB prunes by scores, but fit got no strategy"):
         fit(model, loader, None, None, 1, sgd, progress=False, log=None)
+    import warnings
+
+    from fastprune.prune import UniformRandom
+
+    _, uniform = _tiny(stores, UniformRandom(TRAIN_SIZE, 0.5))
+    with warnings.catch_warnings():  # random pruning reads no scores: nothing is lost without updates
+        warnings.simplefilter("error", RuntimeWarning)
+        fit(model, uniform, None, None, 1, sgd, progress=False, log=None)
     _, unpruned = _tiny(stores)
     with pytest.warns(RuntimeWarning, match="does not choose train_loader's samples"):
         fit(model, unpruned, None, UCB(TRAIN_SIZE, 0.5), 1, sgd, progress=False, log=None)

@@ -139,6 +139,8 @@ class Strategy:
     table_fields: tuple[str, ...] = ("correct",)
     #: Whether distributed="sharded" is supported: the selection size must be a fixed quota.
     shardable: bool = False
+    #: Whether the selection reads the scores update() records (not for Full or UniformRandom).
+    uses_scores: bool = True
 
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,

@@ -25,6 +25,7 @@ class Full(Strategy):
     """Every sample, every epoch, weight 1 (the baseline and the 'no pruning' switch)."""
 
     shardable = True
+    uses_scores = False
 
     def __init__(self, num_samples: int, **options):
         super().__init__(num_samples, 1.0, **options)
@@ -41,6 +42,7 @@ class UniformRandom(Strategy):
     """
 
     shardable = True
+    uses_scores = False
 
     def __init__(self, num_samples: int, keep: float = 0.5, **options):
         # 0.5 as every other pruning strategy: the base class's 1.0 would silently prune nothing

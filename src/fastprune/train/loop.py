@@ -266,7 +266,7 @@ def _check_strategy_selects(strategy, loader) -> None:
     prunes at random while looking like a bandit."""
     sampler = getattr(loader, "sampler", None)
     selecting = getattr(sampler, "strategy", sampler)
-    if strategy is None and hasattr(selecting, "update") and type(selecting).__name__ not in ("Full", "UniformRandom"):
+    if strategy is None and hasattr(selecting, "update") and getattr(selecting, "uses_scores", True):
         warnings.warn(f"fit: train_loader's sampler {type(selecting).__name__} prunes by scores, but fit got no "
                       "strategy to feed the losses to: they never update and the run prunes blind; pass "
                       "strategy= the same object", RuntimeWarning, stacklevel=3)
