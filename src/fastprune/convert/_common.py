@@ -283,16 +283,15 @@ def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress
 def warn_if_sparse(out: Path) -> None:
     """One-line LabelWarning when the store's labels are not 0..K-1 (training refuses them)."""
     from ..errors import LabelWarning
-    from ..store.names import label_gap
+    from ..store.names import label_gap, named_class_count
     from ..store.reader import Store
 
     with Store(out) as store:
         if "label" not in store.fields:
             return
         labels = np.asarray(store.metadata[f"f{store.field_index('label')}"])
-        names = store.field_class_names.get("label")
-        if names and len(labels) and labels.max() < len(names):
-            return  # the names count the classes: a subset need not use every one (training takes K = names)
+        if named_class_count(store.field_class_names.get("label"), labels):
+            return  # the names count the classes (training takes K = names)
         gap = label_gap(labels)
     if gap is not None:
         distinct, top, missing = gap

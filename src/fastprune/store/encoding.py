@@ -80,10 +80,9 @@ def _read_sample(source, index: int, num_fields: int) -> tuple:
         # A converter's own errors name the file already; the one it calls unreadable, and any
         # error of a source of the user's own, is what skip_unreadable leaves out. Its other
         # errors (a label out of range, a second image shape) stop the write, skipping or not.
-        why = str(exc) if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-        kind = ConversionError if isinstance(exc, ConversionError) and not isinstance(exc, UnreadableSample) \
-            else UnreadableSample
         own = isinstance(exc, ConversionError)  # a converter's message names its sample or file
+        why = str(exc) if own else f"{type(exc).__name__}: {exc}"
+        kind = ConversionError if own and not isinstance(exc, UnreadableSample) else UnreadableSample
         error = kind(why if own else f"reading sample {index} from the source failed: {why}")
         error.why = why
         raise error from exc

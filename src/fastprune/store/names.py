@@ -109,6 +109,16 @@ def label_gap(labels) -> tuple[int, int, int] | None:
     return len(values), top, int(np.flatnonzero(values != np.arange(len(values)))[0])
 
 
+def named_class_count(names, *label_arrays) -> int | None:
+    """The number of classes ``names`` counts, when there are names and every label of the arrays
+    is below their count: a subset (a filtered split, a class folder left out) need not use every
+    named class, and its labels still mean what the names say. None otherwise."""
+    if not names:
+        return None
+    top = max((int(np.max(labels)) for labels in label_arrays if len(labels)), default=-1)
+    return len(names) if top < len(names) else None
+
+
 class ClassNames(list):
     """A store's class names: label i is ``names[i]``. A negative label names no class, so
     ``names[-1]`` raises IndexError instead of answering with the last class's name (-1 marks
@@ -180,4 +190,4 @@ def _header_crc(raw) -> int:
     return zlib.crc32(bytes(raw[:covered]))
 
 
-__all__ = ["ClassNames", "check_class_names", "label_gap", "label_out_of_range", "encode_block", "read_block", "MAX_JSON_BYTES"]
+__all__ = ["ClassNames", "check_class_names", "label_gap", "named_class_count", "label_out_of_range", "encode_block", "read_block", "MAX_JSON_BYTES"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..random_streams import statistics_sample
-from ..store.names import label_gap
+from ..store.names import label_gap, named_class_count
 
 # Images the statistics are computed over: enough for the mean and std of a channel to be exact
 # to about 0.3% of a pixel's range, and cheap (a few thousand decodes, well under a second).
@@ -95,23 +95,14 @@ def _classes(train, val, train_name: str, val_name: str) -> int:
         if len(source.labels) and source.labels.min() < 0:
             raise ConfigError(f"{name}: label {int(source.labels.min())} is negative; classes must be "
                               "numbered 0, 1, 2, ...")
-    num_classes = _named_classes(train, val) or _dense_classes(train.labels, train_name)
+    # the training store's names count the classes where every label of both stores is below them
+    names = train.owner.field_class_names.get(train.label_field)
+    num_classes = named_class_count(names, train.labels, val.labels) or _dense_classes(train.labels, train_name)
     if len(val.labels) and int(val.labels.max()) >= num_classes:
         raise ConfigError(f"{val_name}: label {int(val.labels.max())}, but the training store {train_name} "
                           f"has classes 0..{num_classes - 1} only: convert both from the same classes")
     _check_same_names(train, val, train_name, val_name)
     return num_classes
-
-
-def _named_classes(train, val) -> int | None:
-    """K from the training store's class names, when it names its classes and every label of both
-    stores is below their count: a subset (a filtered Hugging Face split, a class folder left out)
-    may not use every named class, and its labels still mean what the names say. None otherwise."""
-    names = train.owner.field_class_names.get(train.label_field)
-    if not names:
-        return None
-    top = max((int(source.labels.max()) for source in (train, val) if len(source.labels)), default=-1)
-    return len(names) if top < len(names) else None
 
 
 def _dense_classes(labels: np.ndarray, name: str) -> int:
