@@ -240,8 +240,12 @@ def test_per_sample_loss_mistakes_name_reduction_none(twelve_class_stores):
 
     train, val, _ = twelve_class_stores
     strategy = UCB(96, keep=0.5, seed=0)
-    with pytest.raises(ValueError, match=r"losses must be 1-D \(one value per sample; use reduction='none'\)"):
+    with pytest.raises(ValueError, match=r"losses must be 1-D \(one value per sample; use reduction='none'"):
         strategy.update(torch.arange(4), torch.tensor(1.5))
+    # a multi-label or per-pixel loss is already reduction='none': say how to make it per sample
+    with pytest.raises(ValueError, match=r"reduce any other dimensions per sample, e.g. loss.flatten\(1\).mean\(1\)"
+                                         r"\), got shape \(4, 5\)"):
+        strategy.update(torch.arange(4), torch.ones(4, 5))
     with pytest.raises(ValueError, match="losses has 1 entries but indices has 4: .*reduction='none'"):
         strategy.update(torch.arange(4), torch.tensor([1.5]))
 

@@ -555,3 +555,47 @@ def test_producer_threads_that_cannot_start_raise_and_leave_nothing_running(raw_
     loader_module._close_live_runs()  # what runs at exit: no error
     monkeypatch.undo()
     assert sum(len(batch[1]) for batch in loader) == loader.num_samples
+
+
+def _regression_store(path, n=64):
+    from fastprune.store import FloatField, RGBImageField
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 8, 3), np.uint8)
+    targets = rng.normal(0, 1, n) * 3
+
+    class Source:
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return images[i], float(targets[i])
+
+    fastprune.write_dataset(path, Source(), {"image": RGBImageField(), "target": FloatField()},
+                            workers=1, progress=False)
+    return targets
+
+
+def test_a_float_label_field_arrives_as_stored_not_cut_to_integers(tmp_path):
+    """A regression target named as label_field was cast to int64: 2.395 became 2, every target in
+    [0, 1) became 0, and a model trained on them reported perfect metrics."""
+    targets = _regression_store(tmp_path / "reg.beton")
+    batch = next(iter(fastprune.Loader(tmp_path / "reg.beton", 64, shuffle=False, label_field="target")))
+    assert batch.labels.dtype.is_floating_point
+    assert np.array_equal(batch.labels.numpy(), targets[batch.indices.numpy()])
+
+
+def test_fit_refuses_a_float_label_field_before_training(tmp_path):
+    """fit classifies (argmax accuracy, cross-entropy val_loss): on float targets it trained and
+    reported val_acc 100.0 for targets cut to 0; now it says what it is for, in one line."""
+    from fastprune.errors import ConfigError
+    from fastprune.train import fit
+
+    _regression_store(tmp_path / "reg.beton")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 1))
+    loader = fastprune.Loader(tmp_path / "reg.beton", 32, label_field="target")
+    with pytest.raises(ConfigError, match="label field 'target' holds floats; fit trains classifiers"):
+        fit(model, loader, None, epochs=1, criterion=lambda out, y: (out.squeeze(1) - y) ** 2,
+            progress=False, log=None)
+    with pytest.raises(ConfigError, match="val_loader's label field 'target'"):
+        fit(model, fastprune.Loader(tmp_path / "reg.beton", 32), loader, epochs=1, progress=False, log=None)

@@ -5,6 +5,7 @@ import torch
 import pytest
 
 from fastprune._native import core
+from fastprune.random_streams import tie_order
 from fastprune.prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, ScoreTable, Selection,
                              UniformRandom)
 
@@ -239,16 +240,17 @@ def test_bad_options_name_the_argument():
         UCB(10).select(-1)
 
 
-def _largest_remainder(sizes: np.ndarray, total: int) -> list[int]:
+def _largest_remainder(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> list[int]:
     """A slow split of ``total`` in proportion to ``sizes``: floors, then one more for the largest
-    remainders (exact fractions; ties to the first group)."""
+    remainders (exact fractions; equal ones to the group earliest in ``tie_order``)."""
     from fractions import Fraction
 
     if total == 0:
         return [0] * len(sizes)
+    rank = {int(g): r for r, g in enumerate(tie_order)}
     exact = [Fraction(int(size) * total, int(sizes.sum())) for size in sizes]
     parts = [int(e) for e in exact]
-    for g in sorted(range(len(sizes)), key=lambda g: (-(exact[g] - parts[g]), g))[: total - sum(parts)]:
+    for g in sorted(range(len(sizes)), key=lambda g: (-(exact[g] - parts[g]), rank[g]))[: total - sum(parts)]:
         parts[g] += 1
     return parts
 
@@ -266,8 +268,9 @@ def test_the_uniform_part_of_a_class_balanced_epsilon_greedy_is_eps_of_the_whole
     greedy_top4 = {int(i) for c in range(100) for i in np.flatnonzero(labels == c)[np.argsort(-losses[labels == c])[:4]]}
     assert len(chosen) == 500 and greedy_top4 <= set(chosen.tolist())
     quotas = strategy._pool_quotas(1)
-    random_parts = strategy._random_parts(quotas)
-    assert int(random_parts.sum()) == 50 and list(random_parts) == _largest_remainder(quotas, 50)
+    random_parts = strategy._random_parts(quotas, 1)
+    assert int(random_parts.sum()) == 50
+    assert list(random_parts) == _largest_remainder(quotas, 50, tie_order(0, 1, 1, 100))
     outside_top5 = set(chosen.tolist()) - {int(i) for c in range(100) for i in
                                            np.flatnonzero(labels == c)[np.argsort(-losses[labels == c])[:5]]}
     assert 30 <= len(outside_top5) <= 50  # each class's one uniform pick misses its 5th-best 5 times in 6
@@ -282,7 +285,8 @@ def old_selection(strategy, epoch, state, c, use_std, eps=0.0):
     parts = []
     # the uniform part of the whole quota, split over the class pools by largest remainder
     total_rand = int(round(eps * int(np.sum(quotas))))
-    k_rands = [total_rand] if strategy._pools is None else _largest_remainder(np.asarray(quotas), total_rand)
+    k_rands = [total_rand] if strategy._pools is None else _largest_remainder(
+        np.asarray(quotas), total_rand, tie_order(strategy.seed, epoch, 1, len(quotas)))
     for stream, (pool, quota, k_rand) in enumerate(zip(pools, quotas, k_rands),
                                                    start=0 if strategy._pools is None else 1):
         k_rand = int(k_rand)
@@ -502,3 +506,35 @@ def test_weighted_loss_updates_and_returns_the_weighted_mean():
     forgetting.select(0)
     forgetting.weighted_loss(torch.arange(10), torch.ones(10), correct=torch.arange(10) % 2 == 0)
     assert forgetting.table.ever_correct.sum() == 5
+
+
+@pytest.mark.parametrize("make", [lambda n, labels: UniformRandom(n, 0.3, labels=labels, seed=3),
+                                  lambda n, labels: UCB(n, 0.3, labels=labels, seed=3),
+                                  lambda n, labels: EpsilonGreedy(n, 0.3, labels=labels, seed=3)])
+def test_class_balanced_spare_samples_rotate_over_equal_classes(make):
+    """1000 classes of 2 samples at keep 0.3: 600 spare picks for 1000 equal classes. Ties went to
+    the lowest class ids every epoch, so classes 600..999 were never selected in 20 epochs; the
+    split now follows the epoch's tie order (an oracle of the largest-remainder rule)."""
+    labels = np.repeat(np.arange(1000), 2)
+    strategy = make(2000, labels)
+    strategy.update(np.arange(2000), np.random.default_rng(0).random(2000).astype(np.float32))
+    seen = np.zeros(1000, dtype=bool)
+    for epoch in range(1, 21):
+        quotas = strategy._pool_quotas(epoch)
+        assert list(quotas) == _largest_remainder(np.full(1000, 2), 600, tie_order(3, epoch, 0, 1000))
+        chosen = strategy.select(epoch).indices
+        assert np.array_equal(np.bincount(labels[chosen], minlength=1000), quotas)
+        seen[labels[chosen]] = True
+    assert seen.all()
+
+
+def test_class_balanced_selection_refuses_a_continuous_target_as_labels():
+    """Regression targets passed as labels= made one class per sample: every strategy kept the
+    samples with the smallest targets each epoch, whatever the scores. Integral floats are classes."""
+    targets = np.random.default_rng(0).normal(size=100)
+    with pytest.raises(ValueError, match=r"labels must be class ids, got .* for sample 0"):
+        UCB(100, 0.3, labels=targets)
+    with pytest.raises(ValueError, match="for sample 7"):
+        UCB(100, 0.3, labels=np.where(np.arange(100) == 7, np.nan, 1.0))
+    strategy = UCB(100, 0.3, labels=(np.arange(100) % 4).astype(np.float64))
+    assert len(strategy.select(0)) == 30 and len(strategy._pools) == 4

@@ -432,6 +432,48 @@ def test_a_worker_that_dies_fails_the_write_instead_of_hanging(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class ChunkLoggingSource(ListSource):
+    """Appends each chunk's first sample to a file as a (forked) worker starts encoding it."""
+
+    def __init__(self, rows, log, chunk_size):
+        super().__init__(rows)
+        self.log, self.chunk_size = log, chunk_size
+
+    def __getitem__(self, i):
+        if i % self.chunk_size == 0:
+            with open(self.log, "a") as f:
+                f.write(f"{i}\n")
+        return super().__getitem__(i)
+
+
+def test_workers_encode_in_sample_order_a_bounded_window_ahead_of_the_writer(tmp_path, monkeypatch):
+    """Chunks were submitted all at once in reverse order, so chunk 0 (the one the writer waits
+    for) was encoded last and every encoded chunk waited in memory: a 5.5 GB store held 5.4 GB in
+    the writing process, with the progress bar at 0% until the end."""
+    from fastprune.store import encoding, writer
+
+    log = tmp_path / "started.txt"
+    log.write_text("")
+    started_at_write = []
+    add_chunk = writer._FileWriter.add_chunk
+
+    def recording_add_chunk(self, chunk):
+        started_at_write.append(len(log.read_text().split()))
+        return add_chunk(self, chunk)
+
+    monkeypatch.setattr(writer._FileWriter, "add_chunk", recording_add_chunk)
+    rows = [(i,) for i in range(2000)]
+    path = write_dataset(tmp_path / "d.beton", ChunkLoggingSource(rows, log, 50), {"label": IntField()},
+                         workers=2, progress=False, chunk_size=50)
+    window = encoding.CHUNKS_IN_FLIGHT_PER_WORKER * 2
+    started = [int(x) for x in log.read_text().split()]
+    assert sorted(started) == list(range(0, 2000, 50)) and started[0] in (0, 50)  # sample order, give or take a race
+    # when chunk k is written, chunks up to k + window (the window, refilled) may have started
+    assert len(started_at_write) == 40 and all(n <= k + window + 1 for k, n in enumerate(started_at_write))
+    with Store(path) as store:
+        assert [store[i][0] for i in (0, 999, 1999)] == [0, 999, 1999]
+
+
 def test_json_and_torch_tensor_fields_round_trip(tmp_path):
     import torch
     rows = [({"box": [i, i + 1], "name": f"n{i}"}, torch.arange(4, dtype=torch.int32) * i) for i in range(5)]

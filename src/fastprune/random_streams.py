@@ -7,6 +7,10 @@ or another rank of a distributed job draws exactly the same numbers.
 * **Selections** (which samples an epoch keeps): the native counter-based RNG (``csrc/rng.hpp``),
   keyed by (strategy seed, epoch, stream), where stream 0 is the whole-data pool and stream
   ``c + 1`` the pool of class ``c`` for class-balanced selection.
+* **Class quotas** (class-balanced selection): which classes get the spare samples when the
+  quota does not split evenly, :func:`tie_order`, numpy's PCG64 seeded with (strategy seed,
+  epoch, stream, a fixed salt), so the spare samples rotate over equal classes from epoch to
+  epoch instead of always going to the lowest class ids.
 * **Epoch order** (the order the kept samples are visited in): :func:`epoch_permutation`, numpy's
   PCG64 seeded with (loader seed, epoch, a fixed salt); used by ``fastprune.Loader`` and
   ``PrunedSampler`` (their ``seed=``, default 0) and by ``PrunedOrder`` for ffcv's own loader
@@ -29,11 +33,18 @@ import numpy as np
 # Salt of the epoch-order stream, so that it differs from any other use of the same seed.
 _ORDER_SALT = 0x5EED
 _STATISTICS_SALT = 0x57A7
+_TIE_SALT = 0x7135
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The visiting order of an epoch's ``n`` selected samples: a permutation of range(n)."""
     return np.random.default_rng([int(seed), int(epoch), _ORDER_SALT]).permutation(n)
+
+
+def tie_order(seed: int, epoch: int, stream: int, n: int) -> np.ndarray:
+    """The order in which ``n`` groups with equal claims to a spare sample get one: a
+    permutation of range(n), another each epoch."""
+    return np.random.default_rng([int(seed), int(epoch), int(stream), _TIE_SALT]).permutation(n)
 
 
 def statistics_sample(n: int, count: int) -> np.ndarray:
@@ -45,4 +56,4 @@ def statistics_sample(n: int, count: int) -> np.ndarray:
     return np.sort(rng.choice(n, count, replace=False)).astype(np.int64)
 
 
-__all__ = ["epoch_permutation", "statistics_sample"]
+__all__ = ["epoch_permutation", "statistics_sample", "tie_order"]

@@ -25,7 +25,7 @@ class ImageSource:
     gather: "core.ImageGather"
     heights: np.ndarray  # uint32 [N]
     widths: np.ndarray  # uint32 [N]
-    labels: np.ndarray | None  # int64 [N] or None
+    labels: np.ndarray | None  # int64 [N] (float32/64 for a float label_field) or None
     image_field: str
     label_field: str | None
     owner: Store  # keeps the store (and its mmap) alive as long as the loader
@@ -86,7 +86,7 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
     gather = core.ImageGather(store.buffer, np.ascontiguousarray(offsets, np.uint64),
                               np.ascontiguousarray(sizes, np.uint64), modes, heights, widths, threads,
                               int(max_pixels), int(nice))
-    labels = None if label_field is None else np.ascontiguousarray(columns[label_field], np.int64)
+    labels = None if label_field is None else _labels(columns[label_field])
     return ImageSource(gather, heights, widths, labels, image_field, label_field, store)
 
 
@@ -110,6 +110,14 @@ def _pick_image_field(columns) -> str:
     if len(images) != 1:
         raise ValueError(f"image_field must be given: the store has {len(images)} image fields ({images})")
     return images[0]
+
+
+def _labels(column: np.ndarray) -> np.ndarray:
+    """A label column as batches carry it: integer (class) labels as int64; float targets (a
+    regression user's FloatField) as stored, never cut to integers."""
+    if column.dtype.kind == "f":
+        return np.ascontiguousarray(column)
+    return np.ascontiguousarray(column, np.int64)
 
 
 def _pick_label_field(columns, image_field) -> str | None:

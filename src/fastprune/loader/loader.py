@@ -48,7 +48,7 @@ POOLED_FIRST_ROUND = True
 
 class Batch(NamedTuple):
     images: torch.Tensor  # [B, 3, H, W] float (after Normalize) or uint8 [B, H, W, 3]
-    labels: torch.Tensor | None  # int64 [B]
+    labels: torch.Tensor | None  # int64 [B]; a float label_field's values as stored (float32/64)
     indices: torch.Tensor  # int64 [B] sample ids in the store
     weights: torch.Tensor  # float32 [B] per-sample loss weights from the sampler
 
@@ -109,7 +109,8 @@ class Loader:
             A sharded strategy (``distributed="sharded"``) selects this rank's own samples:
             the loader then visits that selection whole, on the strategy's rank.
         image_field / label_field: field names (default: the only image field; "label" or the
-            only integer field).
+            only integer field). Integer labels arrive as int64; a float field named here (a
+            regression target) arrives as stored, float32 or float64.
         max_image_pixels: a JPEG whose header claims more pixels is refused (ValueError naming
             the sample) before anything is allocated; default 2**27 (a 403 MB RGB image), so a
             damaged or hostile header cannot make the loader allocate gigabytes.

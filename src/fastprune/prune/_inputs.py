@@ -18,7 +18,8 @@ def _one_dim(array, name: str, length: int | None):
     """``array`` (a numpy array, or a torch tensor: only its metadata is read) if 1-D and, when
     ``length`` is given, of that length; else a ValueError naming ``name``."""
     if array.ndim != 1:
-        hint = "; use reduction='none'" if name == "losses" else ""
+        hint = ("; use reduction='none' and reduce any other dimensions per sample, e.g. "
+                "loss.flatten(1).mean(1)") if name == "losses" else ""
         raise ValueError(f"{name} must be 1-D (one value per sample{hint}), got shape {tuple(array.shape)}")
     if length is not None and len(array) != length:
         hint = ": one loss per sample, so compute it with reduction='none'" if name == "losses" else ""

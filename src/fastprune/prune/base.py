@@ -57,7 +57,8 @@ What a rank holds per sample (``strategy.bytes_per_sample``), for tables of 1e8-
 * ``score_dtype="float32"`` — ``"bfloat16"`` or ``"float16"`` store the table's float fields (EMA
   loss, its variance, the bandit score) in 2 bytes instead of 4: EpsilonGreedy 12 -> 8 bytes,
   UCB 16 -> 10; selections read the 16-bit scores in place. bfloat16 keeps float32's range
-  with about 3 significant digits; float16 has a little more precision but clips at 65504. How
+  with about 3 significant digits; float16 has a little more precision but clips at 65504 (UCB's
+  variance, in squared loss units, saturates once the losses spread by about 256: use bfloat16). How
   often the rounded tables select differently: ``benchmarks/scale.py`` (docs/guide.md, "Very
   large datasets").
 * ``track_kept=True`` — times kept and last kept epoch per sample (8 bytes; ``sample_report``,
@@ -73,6 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._args import MAX_EPOCH, check_bool, check_positive_int, check_seed
+from ..random_streams import tie_order
 from ._inputs import as_indices, to_numpy
 from .distributed import gather_updates
 from .sharding import is_sharded, sharded_ranks, Sharding
@@ -119,11 +121,14 @@ def _fraction(value: float, name: str) -> float:
     return float(value)
 
 
-def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, ties by group)."""
+def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes``: largest remainder, equal
+    remainders in ``tie_order`` (a permutation of the groups). Ties broken by group id would
+    give the spare samples to the same classes every epoch: 1000 classes of 2 samples at keep
+    0.3 never selected 400 of them."""
     exact = sizes * (total / sizes.sum())
     quotas = np.floor(exact).astype(np.int64)
-    order = np.argsort(-(exact - quotas), kind="stable")
+    order = tie_order[np.argsort(-(exact - quotas)[tie_order], kind="stable")]
     quotas[order[: total - quotas.sum()]] += 1
     return np.minimum(quotas, sizes)
 
@@ -472,9 +477,15 @@ class Strategy:
 
     def _pool_quotas(self, epoch: int) -> np.ndarray:
         """Each class pool's share of the epoch's quota (class-balanced selection)."""
-        return _quotas(self._pool_sizes, self._quota(epoch))
+        return _quotas(self._pool_sizes, self._quota(epoch), self._tie_order(epoch, 0))
 
-    def _random_parts(self, quotas: np.ndarray) -> np.ndarray | None:
+    def _tie_order(self, epoch: int, part: int) -> np.ndarray:
+        """The epoch's order of the class pools for spare samples (``part``: which split; a
+        sharded rank draws its own)."""
+        stream = part if self.sharding is None else ((self.shard_rank + 1) << 32) + part
+        return tie_order(self.seed, epoch, stream, len(self._pool_sizes))
+
+    def _random_parts(self, quotas: np.ndarray, epoch: int) -> np.ndarray | None:
         """Per class pool, how many of its quota are drawn uniformly (a strategy that mixes in a
         uniform part); None for the others."""
         return None
@@ -496,7 +507,7 @@ class Strategy:
             return self._choose(context, epoch, None, self._quota(epoch), stream=base)
         parts = []
         quotas = self._pool_quotas(epoch)
-        random_parts = self._random_parts(quotas)
+        random_parts = self._random_parts(quotas, epoch)
         for c, (pool, quota) in enumerate(zip(self._pools, quotas)):
             extra = {} if random_parts is None else {"k_rand": int(random_parts[c])}
             part = self._choose(context, epoch, pool, int(quota), stream=base + c + 1, **extra)
@@ -553,6 +564,11 @@ class Strategy:
         if labels.shape != (self.num_samples,):
             raise ValueError(f"labels must have one entry per sample ({self.num_samples}), "
                              f"got shape {labels.shape}")
+        if labels.dtype.kind in "fc":  # regression targets would make a class of every value
+            bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels.real)))
+            if len(bad):
+                raise ValueError(f"labels must be class ids, got {labels[bad[0]]!r} for sample {int(bad[0])}: "
+                                 "class-balanced selection needs classes, not a continuous target")
         classes, inverse = np.unique(labels, return_inverse=True)
         digest = hashlib.sha256(np.ascontiguousarray(inverse, dtype=np.int64).tobytes()).hexdigest()[:16]
         if self.sharding is not None:  # pools of this rank's rows

@@ -67,14 +67,14 @@ class _TopScores(Strategy):
     def _random_part(self, quota: int) -> int:
         return 0
 
-    def _random_parts(self, quotas):
+    def _random_parts(self, quotas, epoch):
         """The uniform part of the whole quota, split over the class pools like the quota itself:
         rounded per class, eps·5 is 0 for classes of quota 5, and 100 such classes had lost the
         uniform part (and the refresh of stale scores it exists for) entirely."""
         total = self._random_part(int(quotas.sum()))
         if total == 0:
             return np.zeros_like(quotas)
-        return _quotas(quotas, total)
+        return _quotas(quotas, total, self._tie_order(epoch, 1))
 
     def _prepare(self, epoch):
         """(scores, kind): the bandit score column as stored (kind: a 16-bit table's dtype, else

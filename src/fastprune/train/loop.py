@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -292,6 +293,18 @@ def _check_loader(loader) -> None:
                         "PrunedSampler, write the loop (docs/guide.md)")
 
 
+def _check_class_labels(loader, name: str) -> None:
+    """fit trains and evaluates classifiers (argmax accuracy, cross-entropy val_loss): float
+    labels (a regression target named as the Loader's label_field) would train, and report
+    meaningless metrics."""
+    source = getattr(loader, "_source", None)
+    labels = getattr(source, "labels", None)
+    if isinstance(labels, np.ndarray) and labels.dtype.kind == "f":
+        raise ConfigError(f"fit: {name}'s label field {source.label_field!r} holds floats; fit trains classifiers "
+                          "on integer class labels (for a regression target, use the Loader in your own loop: "
+                          "docs/guide.md)")
+
+
 def _check_checkpoint_path(checkpoint) -> None:
     """A checkpoint that cannot be written fails now, not after the first epoch's training."""
     if checkpoint is None:
@@ -328,7 +341,7 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if top >= logits.shape[1]:
         raise ConfigError(f"fit: the model returns {logits.shape[1]} class scores per image, but the batch "
                           f"holds label {top}: build it with num_classes={top + 1} or more (the store's "
-                          "number of classes)")
+                          "number of classes; fit trains classifiers, other tasks write their own loop)")
 
 
 def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
@@ -379,7 +392,12 @@ def fit(
     log: Callable[[str], None] | None = "stdout",
     compile: bool | str | None = False,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` for ``epochs`` epochs on the samples ``strategy`` selects; return the history.
+    """Train the classifier ``model`` for ``epochs`` epochs on the samples ``strategy`` selects;
+    return the history.
+
+    ``fit`` is for classification: integer labels, a model returning [batch, classes] scores,
+    accuracy by argmax and a cross-entropy ``val_loss``. Any other task (regression, multi-label,
+    segmentation) prunes with the same strategy in a loop of your own (docs/guide.md).
 
     Args:
         model: already on its device (batches are moved to the model's device).
@@ -438,6 +456,8 @@ def fit(
     epochs = check_positive_int(epochs, "fit: epochs")
     forward = compiled_forward(model, compile)  # checked before any work
     _check_loader(train_loader)
+    _check_class_labels(train_loader, "train_loader")
+    _check_class_labels(val_loader, "val_loader")
     _check_strategy_selects(strategy, train_loader)
     _check_checkpoint_path(checkpoint)
     if resume and checkpoint is None:
