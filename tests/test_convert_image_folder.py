@@ -214,3 +214,34 @@ def test_baseline_jpeg_size_reads_only_baseline_frames():
     assert baseline_jpeg_size(encoded(progressive=True)) is None
     for junk in (b"", b"\xff\xd8", b"\xff\xd8\xff\xc0\x00", b"not a jpeg", encoded()[:20]):
         assert baseline_jpeg_size(junk) is None
+
+
+def _tiny_class_tree(root, classes=("a", "b", "c"), per_class=2):
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((4, 4, 3), 40 * label + i, np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_a_link_into_another_class_or_the_root_is_refused_not_relabelled(tmp_path):
+    """c/loop -> .. read a/ and b/ again as class c: 6 image files gave 10 samples, 4 of them under
+    the wrong label, silently (the promise was 'each real folder once')."""
+    root = tmp_path / "src"
+    _tiny_class_tree(root)
+    (root / "c" / "loop").symlink_to("..")
+    with pytest.raises(ConversionError, match=r"c/loop: a link to the folder of the dataset root; its images "
+                                              r"would also be labelled as class 'c'"):
+        scan_image_folder(root)
+    (root / "c" / "loop").unlink()
+    (root / "c" / "more_a").symlink_to(root / "a")
+    with pytest.raises(ConversionError, match=r"c/more_a: a link to the folder of class 'a'"):
+        from_image_folder(root, tmp_path / "out.beton", progress=False, workers=1)
+    assert not (tmp_path / "out.beton").exists()
+    (root / "c" / "more_a").unlink()
+    (root / "d").symlink_to(root / "b")  # a second class folder that is b itself
+    with pytest.raises(ConversionError, match=r"d: the same folder as class 'b'"):
+        scan_image_folder(root)
+    (root / "d").unlink()
+    (root / "c" / "self").symlink_to(".")  # a loop inside one class: read once, as before
+    paths, labels, names = scan_image_folder(root)
+    assert len(paths) == 6 and list(np.bincount(labels)) == [2, 2, 2]

@@ -67,16 +67,25 @@ def list_classes(root: Path) -> list[str]:
     return classes
 
 
-def list_images(class_dir: Path, ignored: list[Path] | None = None) -> list[Path]:
+def list_images(class_dir: Path, ignored: list[Path] | None = None,
+                owners: dict[str, str] | None = None) -> list[Path]:
     """Image files below ``class_dir``, sorted; hidden entries, other extensions (appended to
     ``ignored``) and anything that is not a regular file skipped; symbolic links followed, each
-    real folder read once."""
+    real folder read once. ``owners``: real folder -> whose it is ("class 'a'", "the dataset
+    root"), shared across the classes by :func:`scan_image_folder`: a link into another class
+    or back to the root is refused, since its images would be read again under this label."""
+    this_class = f"class {class_dir.name!r}"
     found, visited, pending = [], set(), [class_dir]
+    owners = {} if owners is None else owners
     while pending:
         folder = pending.pop()
         real = os.path.realpath(folder)
         if real in visited:
             continue
+        owner = owners.setdefault(real, this_class)
+        if owner != this_class:
+            raise ConversionError(f"{folder}: a link to the folder of {owner}; its images would also be "
+                                  f"labelled as {this_class} (remove the link)")
         visited.add(real)
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -92,6 +101,18 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None) -> list[Path
     return sorted(found)
 
 
+def _folder_owners(root: Path, classes: list[str]) -> dict[str, str]:
+    """Real folder -> whose it is, for the root and each class folder; two class folders that are
+    one folder (a link) are refused: each image would have two labels."""
+    owners = {os.path.realpath(root): "the dataset root"}
+    for name in classes:
+        owner = owners.setdefault(os.path.realpath(root / name), f"class {name!r}")
+        if owner != f"class {name!r}":
+            raise ConversionError(f"{root / name}: the same folder as {owner} (a symbolic link); its images "
+                                  "would have two labels (remove the link)")
+    return owners
+
+
 def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[Path], np.ndarray, list[str]]:
     """(image paths, int64 labels, class names) of an image-folder tree; ``class_names`` as
@@ -102,8 +123,9 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     paths: list[Path] = []
     labels: list[int] = []
     ignored: list[Path] = []
+    owners = _folder_owners(root, classes)
     for name in classes:
-        images = list_images(root / name, ignored)
+        images = list_images(root / name, ignored, owners)
         paths += images
         labels += [label_of[name]] * len(images)
     _warn_if_layout_unexpected(root, classes, paths, ignored)
