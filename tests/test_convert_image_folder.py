@@ -164,7 +164,7 @@ def test_empty_inputs(tmp_path):
     (root / "a/readme.txt").write_text("x")
     with pytest.raises(ConversionError, match=r"a: class folder holds no \.jpg/\.jpeg/\.png"):
         from_image_folder(root, tmp_path / "o.beton", progress=False)
-    with pytest.raises(ConversionError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="folder not found: .*missing$"):  # a ConversionError too
         from_image_folder(tmp_path / "missing", tmp_path / "o.beton", progress=False)
     assert not (tmp_path / "o.beton").exists()
 

@@ -384,8 +384,8 @@ def test_bad_arguments_name_the_argument(raw_store):
         Loader(raw_store, 8, transforms=[Normalize(), RandomHorizontalFlip()])
     with pytest.raises(FileNotFoundError) as missing:  # names the path given, not the parameter
         Loader("/nonexistent/x.beton", 8)
-    assert str(missing.value) == "[Errno 2] no such store file: '/nonexistent/x.beton'"
-    assert missing.value.filename == "/nonexistent/x.beton"
+    assert str(missing.value) == "/nonexistent/x.beton: no such store file"
+    assert missing.value.filename == "/nonexistent/x.beton" and isinstance(missing.value, fastprune.StoreError)
     with pytest.raises(TypeError, match="^the store must be a fastprune.Store or a file path, got dict"):
         Loader({"image": []}, 8)
 

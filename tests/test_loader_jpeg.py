@@ -378,3 +378,33 @@ def test_a_pool_whose_threads_cannot_start_raises_instead_of_hanging(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"raised: cannot start 999 native loader threads \(\d+ started: .*\); ask for fewer "
                      r"threads", result.stdout), result.stdout
+
+
+def test_a_damaged_sample_and_a_missing_store_raise_the_same_errors_through_store_and_loader(tmp_path):
+    """store[3] raised StoreError naming the file while the Loader raised a bare ValueError
+    without it; a missing store was a StoreError from Store but a plain FileNotFoundError from
+    Loader, and a missing converter input neither."""
+    import fastprune
+    from fastprune.convert import from_arrays, from_npz
+
+    rng = np.random.default_rng(0)
+    path = from_arrays(rng.integers(0, 256, (16, 32, 32, 3), np.uint8), np.arange(16) % 2,
+                       tmp_path / "j.beton", jpeg=True, progress=False)
+    with fastprune.Store(path) as store:
+        offsets, sizes = store.field_ranges("image")
+        start, size = int(offsets[3]), int(sizes[3])
+    with open(path, "r+b") as f:  # keep SOI and EOI, zero the rest of sample 3's JPEG
+        f.seek(start + 2)
+        f.write(b"\0" * (size - 4))
+    with fastprune.Store(path) as store:
+        with pytest.raises(fastprune.StoreError, match=f"^{re.escape(str(path))}: sample 3"):
+            store[3]
+    with pytest.raises(fastprune.StoreError, match=f"^{re.escape(str(path))}: JPEG decode of sample 3 failed"):
+        list(fastprune.Loader(path, 8, shuffle=False))
+    for missing in (lambda: fastprune.Store(tmp_path / "none.beton"), lambda: fastprune.Loader(tmp_path / "none.beton", 8)):
+        with pytest.raises(fastprune.StoreError, match="none.beton: no such store file") as caught:
+            missing()
+        assert isinstance(caught.value, FileNotFoundError) and caught.value.filename.endswith("none.beton")
+    with pytest.raises(FileNotFoundError, match="npz file not found: .*none.npz") as caught:
+        from_npz(tmp_path / "none.npz", tmp_path / "o.beton")
+    assert isinstance(caught.value, fastprune.ConversionError)

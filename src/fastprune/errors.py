@@ -1,16 +1,51 @@
 """Exceptions raised by fastprune."""
 
+import errno
+import os
+
 
 class FastpruneError(Exception):
     """Base class of fastprune's own errors."""
 
 
-class StoreError(FastpruneError):
-    """A store file is missing, truncated, corrupted or not a store; the message names the file."""
+class StoreError(FastpruneError, ValueError):
+    """A store file is missing, truncated, corrupted or not a store, or one of its samples cannot
+    be decoded (by ``store[i]`` or the Loader alike); the message names the file. A ValueError,
+    as a bad value read from a file is."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store file at the path given (``Store``, ``Loader``): ``except FileNotFoundError`` and
+    ``except StoreError`` both catch it; ``filename`` is the path as given."""
+
+    def __init__(self, path):
+        super().__init__(f"{path}: no such store file")
+        self.errno, self.strerror, self.filename = errno.ENOENT, "no such store file", path
+
+    def __reduce__(self):  # picklable (an error raised in a worker process travels back)
+        return type(self), (self.filename,)
+
+    def __str__(self):  # the message, not OSError's "[Errno 2] ..." form
+        return self.args[0]
 
 
 class ConversionError(FastpruneError):
     """A source could not be converted; the message names the file or sample at fault."""
+
+
+class SourceNotFoundError(ConversionError, FileNotFoundError):
+    """A conversion's input file or folder does not exist; ``filename`` is its path."""
+
+    def __init__(self, what: str, path):
+        path = os.fspath(path)
+        super().__init__(f"{what} not found: {path}")
+        self.what, self.errno, self.strerror, self.filename = what, errno.ENOENT, f"{what} not found", path
+
+    def __reduce__(self):
+        return type(self), (self.what, self.filename)
+
+    def __str__(self):
+        return self.args[0]
 
 
 class UnreadableSample(ConversionError):

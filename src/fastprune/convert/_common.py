@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .._outputs import check_output_file
-from ..errors import ConversionError
+from ..errors import ConversionError, SourceNotFoundError
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
@@ -31,13 +31,17 @@ DEFAULT_MAX_PIXELS = 2**26
 def require_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a Path, or a ConversionError saying which input is missing."""
     path = Path(path)
+    if not path.exists():
+        raise SourceNotFoundError(what, path)
     if not path.is_file():
-        raise ConversionError(f"{what} not found: {path}")
+        raise ConversionError(f"{what} is not a file: {path}")
     return path
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
+    if not path.exists():
+        raise SourceNotFoundError(what, path)
     if not path.is_dir():
         raise ConversionError(f"{what} is not a directory: {path}")
     return path

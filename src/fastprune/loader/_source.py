@@ -6,7 +6,6 @@ Accepts a ``fastprune.Store`` or the path of a .beton-compatible file (ffcv's ow
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 from dataclasses import dataclass
@@ -95,9 +94,7 @@ def _open(store_or_path) -> Store:
         return store_or_path
     if not isinstance(store_or_path, (str, os.PathLike)):
         raise TypeError(f"the store must be a fastprune.Store or a file path, got {type(store_or_path).__name__}")
-    if not os.path.exists(store_or_path):  # the path as given; the message never names our parameter
-        raise FileNotFoundError(errno.ENOENT, "no such store file", os.fspath(store_or_path))
-    return Store(store_or_path)
+    return Store(store_or_path)  # a missing file: StoreNotFoundError, a FileNotFoundError naming the path
 
 
 def _columns(store: Store) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_positive_int, check_seed
+from ..errors import StoreError
 from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
 from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
@@ -111,8 +112,8 @@ class Loader:
         image_field / label_field: field names (default: the only image field; "label" or the
             only integer field). Integer labels arrive as int64; a float field named here (a
             regression target) arrives as stored, float32 or float64.
-        max_image_pixels: a JPEG whose header claims more pixels is refused (ValueError naming
-            the sample) before anything is allocated; default 2**27 (a 403 MB RGB image), so a
+        max_image_pixels: a JPEG whose header claims more pixels is refused (``StoreError``, a
+            ValueError, naming the file and the sample) before anything is allocated; default 2**27 (a 403 MB RGB image), so a
             damaged or hostile header cannot make the loader allocate gigabytes.
 
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
@@ -340,6 +341,13 @@ class _BatchBuilder:
         if self.fused_flip:
             flips = self.transforms[self.fused - 1].flags(ids, self.streams[self.fused - 1])
         threads = 1 if turn is None else 0  # 0: every thread of the pool
+        try:
+            return self._gather_on(ids, threads, flips, turn)
+        except ValueError as exc:  # a sample the native core refuses (a bad JPEG, a header past max_image_pixels)
+            raise StoreError(f"{source.owner.path}: {exc}") from None  # as store[i] names the file
+
+    def _gather_on(self, ids: np.ndarray, threads: int, flips, turn) -> np.ndarray:
+        source = self.source
         with turn if turn is not None else contextlib.nullcontext():
             if self.fused_crop:
                 crop = self.transforms[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreNotFoundError
 from . import format as fmt
 from .checksums import VerifyReport, read_class_names, read_trailer, verify_store
 from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, NDArrayField
@@ -376,6 +376,8 @@ def _map_file(path: Path):
     regular file. The file stays open so that ``check_unchanged`` can fstat it."""
     try:
         info = os.stat(path)
+    except FileNotFoundError:
+        raise StoreNotFoundError(os.fspath(path)) from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot open store: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device could block or never end
