@@ -5,6 +5,10 @@
 NB_MODULE(_core, m) {
     m.doc() = "fastprune native core: store checks, selection kernels, batch gather/decode";
     m.attr("ABI_VERSION") = 1;
+    // A Loader still referenced at exit (a daemon thread's frame, a forked child) is not freed by
+    // the interpreter's teardown; nanobind would call that "likely a reference counting issue in
+    // the binding code", a false alarm for users.
+    nb::set_leak_warnings(false);
     fastprune::bind_store(m);
     fastprune::bind_select(m);
     fastprune::bind_loader(m);

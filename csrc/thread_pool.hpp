@@ -11,6 +11,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -50,6 +51,15 @@ public:
     ~ThreadPool() {
         if (forked()) {  // the workers were not copied into this process: nothing to stop or join
             new std::vector<std::thread>(std::move(workers_));  // leaked: destroying them would terminate()
+            // The copied condition variables still count the parent's sleeping workers as
+            // waiters, and glibc's pthread_cond_destroy waits for them forever: a child that
+            // exited or dropped its Loader hung. Fresh ones (and fresh mutexes, which a parent
+            // thread may have held at the fork) are what the member destructors then destroy;
+            // the copies are abandoned, never destroyed.
+            new (&wake_) std::condition_variable();
+            new (&done_) std::condition_variable();
+            new (&mutex_) std::mutex();
+            new (&job_mutex_) std::mutex();
             return;
         }
         stop_and_join();

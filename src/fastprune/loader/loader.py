@@ -421,6 +421,7 @@ class _EpochRun:
         self._threads = max(1, min(threads, self.num_batches))
         self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
         self._stop = threading.Event()
+        self._closed = False
         self._turns = _GatherTurns(self._stop) if pooled else None
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
@@ -440,6 +441,11 @@ class _EpochRun:
             yield value
 
     def close(self) -> None:
+        # Once: the atexit hook closes a half-read pass, and its generator's finally closes it
+        # again during module teardown, when module globals such as `queue` may be None already.
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         for q in self._queues:  # unblock producers waiting on a full queue, free their batches
             _drain(q)
@@ -497,11 +503,11 @@ def _lower_priority(steps: int) -> None:
         pass
 
 
-def _drain(q: queue.Queue) -> None:
+def _drain(q: queue.Queue, empty=queue.Empty) -> None:  # bound now: usable during interpreter teardown
     try:
         while True:
             q.get_nowait()
-    except queue.Empty:
+    except empty:
         pass
 
 
