@@ -245,3 +245,23 @@ def test_a_link_into_another_class_or_the_root_is_refused_not_relabelled(tmp_pat
     (root / "c" / "self").symlink_to(".")  # a loop inside one class: read once, as before
     paths, labels, names = scan_image_folder(root)
     assert len(paths) == 6 and list(np.bincount(labels)) == [2, 2, 2]
+
+
+def test_a_sixteen_bit_gray_png_opened_as_mode_i_keeps_its_high_byte():
+    """Pillow 9.2-10.2 open a 16-bit gray PNG as mode "I", not "I;16": it was refused as 'not 8
+    bits per channel' there. This Pillow says "I;16", so the older one's image is made here."""
+    from fastprune.convert._common import pil_to_rgb
+
+    gray = np.arange(16, dtype=np.int32).reshape(4, 4) * 4000 + 123
+    image = Image.fromarray(gray)  # mode "I"
+    image.format = "PNG"  # what Image.open sets
+    np.testing.assert_array_equal(pil_to_rgb(image, "deep.png"),
+                                  np.repeat((gray >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    image = Image.fromarray(np.full((4, 4), 70000, dtype=np.int32))
+    image.format = "PNG"  # past 16 bits: not a PNG's range, refused as before
+    with pytest.raises(ConversionError, match="not 8 bits"):
+        pil_to_rgb(image, "wide.png")
+    image = Image.fromarray(gray)  # a 32-bit TIFF's mode "I": range unknown, refused
+    image.format = "TIFF"
+    with pytest.raises(ConversionError, match="not 8 bits"):
+        pil_to_rgb(image, "wide.tif")

@@ -125,3 +125,20 @@ def test_bench_writes_json_and_table_and_skips_plots_without_matplotlib(tmp_path
         assert pngs == []
     else:
         assert skipped is None and pngs == ["e2e_curves.png", "e2e_frontier.png"]
+
+
+def test_ffcv_interop_and_a_torchvision_model_spec_without_their_extras_name_them(monkeypatch):
+    """`from fastprune.integrations.ffcv import PrunedOrder` raised a bare 'No module named
+    ffcv'; `--model torchvision.models:resnet18` said to put torchvision's folder on PYTHONPATH."""
+    import importlib
+
+    from fastprune.errors import ConfigError
+    from fastprune.models import load_model_factory
+
+    _hide(monkeypatch, "ffcv", "torchvision")
+    monkeypatch.delitem(sys.modules, "fastprune.integrations.ffcv", raising=False)
+    with pytest.raises(MissingExtraError, match=r'^fastprune.integrations.ffcv needs ffcv, which is not installed: '
+                                                r'pip install "fastprune\[ffcv\]"$'):
+        importlib.import_module("fastprune.integrations.ffcv")
+    with pytest.raises(ConfigError, match=r"torchvision, which is not installed: pip install \"fastprune\[vision\]\""):
+        load_model_factory("torchvision.models:resnet18")

@@ -146,6 +146,9 @@ def load_model_factory(spec: str):
     try:
         target = importlib.import_module(module_name)
     except ImportError as exc:  # ModuleNotFoundError too, and a module whose own imports fail
+        if (getattr(exc, "name", None) or "").split(".")[0] == "torchvision":  # not installed, not a broken install
+            raise ConfigError(f"model {spec!r} needs torchvision, which is not installed: "
+                              'pip install "fastprune[vision]"') from None
         raise ConfigError(f"model {spec!r}: cannot import {module_name!r} ({exc}); put its folder on "
                           "PYTHONPATH (or sys.path)") from None
     for part in attribute.split("."):

@@ -163,13 +163,22 @@ def pil_to_rgb(image: Any, what: str) -> np.ndarray:
     """A PIL image as HxWx3 uint8; alpha is dropped. 16-bit gray ("I;16", a 16-bit PNG) keeps its
     high byte, as Pillow itself reads a 16-bit RGB PNG; 32-bit and float images, whose range is
     unknown, are refused."""
-    if image.mode.startswith("I;16"):
+    if image.mode.startswith("I;16") or _sixteen_bit_png(image):
         high = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(high[:, :, None], 3, axis=2)
     if image.mode not in EIGHT_BIT_PIL_MODES:
         raise ConversionError(f"{what} has PIL mode {image.mode!r} (not 8 bits per channel); "
                               "fastprune stores 8-bit RGB and does not rescale")
     return np.asarray(image.convert("RGB"))
+
+
+def _sixteen_bit_png(image: Any) -> bool:
+    """A 16-bit gray PNG as Pillow before 10.3 opens it: mode "I" (32-bit), values within 16 bits
+    (a PNG has at most 16 bits per channel; 10.3 and later say "I;16")."""
+    if image.mode != "I" or getattr(image, "format", None) != "PNG":
+        return False
+    low, high = image.getextrema()
+    return 0 <= low and high <= 0xFFFF
 
 
 def any_image_to_rgb(image: Any, what: str) -> np.ndarray:

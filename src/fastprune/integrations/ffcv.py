@@ -44,8 +44,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ffcv.loader.loader import ORDER_MAP
-from ffcv.traversal_order.base import TraversalOrder
+
+from ..errors import require
+
+require("ffcv", "ffcv", "fastprune.integrations.ffcv")  # else one line naming the extra, not a bare ImportError
+from ffcv.loader.loader import ORDER_MAP  # noqa: E402
+from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
 
 from ..prune.distributed import shard
 from ..prune.sharding import consumer_shard
