@@ -131,7 +131,27 @@ def test_dir_lists_each_public_name_once_and_no_helper_imports():
     fastprune.Loader, fastprune.UCB, fastprune.convert  # noqa: B018  (used once: now in globals() too)
     names = dir(fastprune)
     assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
-    assert not {"annotations", "importlib", "_core", "_LAZY"} & set(names)
+    assert not {"annotations", "importlib", "_core", "_LAZY", "TYPE_CHECKING", "Any"} & set(names)
     assert set(fastprune.__all__) <= set(names)
     for name in names:
         getattr(fastprune, name)  # every listed name resolves
+
+
+def test_type_checkers_see_every_lazy_name_as_what_it_resolves_to():
+    """The public names are imported lazily by a module __getattr__: without imports under
+    TYPE_CHECKING, mypy typed fastprune.Store, fastprune.UCB(...) and fastprune.convert as Any and
+    pyright flagged the README's quick start ('ModuleType is not callable')."""
+    import ast
+    import importlib
+
+    tree = ast.parse((ROOT / "src" / "fastprune" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1
+        for alias in node.names:
+            module = importlib.import_module(f"fastprune.{node.module}" if node.module else "fastprune")
+            seen[alias.name] = getattr(module, alias.name) if node.module else importlib.import_module(f"fastprune.{alias.name}")
+    assert set(seen) == set(fastprune._LAZY) | set(fastprune._SUBMODULES)
+    for name, value in seen.items():
+        assert getattr(fastprune, name) is value, name

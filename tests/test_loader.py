@@ -382,7 +382,7 @@ def test_device_handling(raw_store):
     batch = next(iter(Loader(raw_store, 8, device="cpu")))
     assert batch.images.device.type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):  # a ConfigError, as elsewhere
             Loader(raw_store, 8, device="cuda")
     else:  # pinned memory + non_blocking copy path
         batch = next(iter(Loader(raw_store, 8, device="cuda", transforms=[Normalize()])))
@@ -537,7 +537,7 @@ def test_a_loader_copies_on_one_cuda_stream_across_epochs_and_checks_the_device_
     store = from_arrays(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match=r"device='cuda:5' but this machine has 1 CUDA device\(s\) \(cuda:0..cuda:0\)"):
+    with pytest.raises(ValueError, match=r"device 'cuda:5': this machine has 1 CUDA device\(s\) \(cuda:0..cuda:0\)"):
         Loader(store, 4, device="cuda:5")
     made = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())

@@ -538,3 +538,16 @@ def test_class_balanced_selection_refuses_a_continuous_target_as_labels():
         UCB(100, 0.3, labels=np.where(np.arange(100) == 7, np.nan, 1.0))
     strategy = UCB(100, 0.3, labels=(np.arange(100) % 4).astype(np.float64))
     assert len(strategy.select(0)) == 30 and len(strategy._pools) == 4
+
+
+@pytest.mark.parametrize("cls", [Full, UniformRandom, EpsilonGreedy, UCB, InfoBatch, EL2N, Forgetting])
+def test_help_of_every_strategy_names_every_option_it_passes_on(cls):
+    """The strategies take the shared options through **options: help(UCB) named none of seed,
+    warmup_epochs, labels, score_dtype... (only the base module's docstring did)."""
+    import inspect
+
+    from fastprune.prune.base import Strategy
+
+    shared = [name for name in inspect.signature(Strategy.__init__).parameters if name not in ("self", "num_samples", "keep")]
+    missing = [name for name in shared if f"        {name}=" not in cls.__doc__]
+    assert not missing, f"{cls.__name__}'s docstring does not name {missing}"

@@ -214,9 +214,31 @@ def test_fit_compiled_trains_like_fit_uncompiled(stores):
 
 @pytest.mark.parametrize("value", ["fast", 1, "max-autotune-cudagraphs"])
 def test_fit_refuses_an_unknown_compile_mode_before_any_work(stores, value):
-    with pytest.raises(ValueError, match=r"^fit: compile must be False, None, True or one of 'default', "
+    with pytest.raises(ValueError, match=r"^fit: compile must be False, None, 'off', True or one of 'default', "
                                          r"'reduce-overhead', 'max-autotune-no-cudagraphs', got "):
         fit(torch.nn.Linear(2, 2), None, None, epochs=1, compile=value, log=None)
+
+
+def test_compile_device_and_channels_last_take_the_same_spellings_everywhere(tmp_path):
+    """fit refused compile='off' (the command line's word) while compare refused compile=False
+    (fit's); Loader(device='auto') died inside torch.device and Loader(device='cuda') without CUDA
+    raised a RuntimeError where every other entry point says ConfigError; fit refused
+    channels_last=None, compare's default."""
+    from fastprune.bench.run import Settings
+    from fastprune.errors import ConfigError
+    from fastprune.train.device import memory_format_for
+    from fastprune.train.loop import compiled_forward
+
+    model = torch.nn.Linear(2, 2)
+    assert compiled_forward(model, "off") is model and compiled_forward(model, None) is model
+    assert Settings(compile=False).compile == "off" and Settings(compile=True).compile == "default"
+    assert Settings(compile=None).resolved().compile == "off"
+    assert memory_format_for(torch.device("cpu"), None) == memory_format_for(torch.device("cpu"), "auto")
+    store = from_arrays(np.zeros((4, 4, 4, 3), np.uint8), np.arange(4) % 2, tmp_path / "d.beton", progress=False)
+    assert Loader(store, 2, device="auto").device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available on this machine"):
+            Loader(store, 2, device="cuda")
 
 
 def test_resume_continues_with_the_same_selections_and_weights(stores, tmp_path):

@@ -7,6 +7,7 @@ numba import) until a name that needs them is used.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._native import core as _core  # noqa: F401  (fails early, with a clear message, if the build is missing)
 from .errors import CheckpointError, ConfigError, ConversionError, FastpruneError, StoreError, TrainingDiverged
@@ -47,7 +48,16 @@ _LAZY = {
 _SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", "bench")
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what type checkers and IDEs see: the real classes and modules, not __getattr__'s Any
+    from . import bench, cli, convert, loader, models, prune, store, train  # noqa: F401
+    from .loader import Batch, Loader  # noqa: F401
+    from .prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, PrunedSampler, ScoreTable,  # noqa: F401
+                        Selection, UniformRandom, WithIndices)
+    from .store.reader import Store  # noqa: F401
+    from .store.writer import write_dataset  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         value = importlib.import_module(f"fastprune.{name}")
         globals()[name] = value
@@ -62,9 +72,9 @@ def __getattr__(name: str):
 
 def __dir__():
     # each public name once (a lazy name is also in globals() once used), the subpackages, the
-    # module dunders; not this file's own imports (annotations, importlib) or private helpers
+    # module dunders; not this file's own imports (annotations, importlib, typing names) or private helpers
     names = {name for name in globals() if name.startswith("__") or not name.startswith("_")}
-    return sorted((names - {"annotations", "importlib"}) | set(__all__) | set(_SUBMODULES))
+    return sorted((names - {"annotations", "importlib", "TYPE_CHECKING", "Any"}) | set(__all__) | set(_SUBMODULES))
 
 
 __all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "TrainingDiverged",

@@ -45,6 +45,10 @@ class Settings:
     # only when on, so files measured before the option existed still continue.
     compile: str = "off"
 
+    def __post_init__(self):  # fit's spellings too: True is "default", False or None "off"
+        if self.compile is True or self.compile is False or self.compile is None:
+            object.__setattr__(self, "compile", "default" if self.compile else "off")
+
     def resolved(self) -> Settings:
         """These settings with ``device`` resolved ("auto" -> "cuda" or "cpu"; ConfigError in one
         line for a malformed value or CUDA where there is none)."""

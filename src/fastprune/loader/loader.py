@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_positive_int, check_seed
+from .._devices import resolve_device
 from ..errors import StoreError
 from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
 from ..prune.sharding import consumer_shard
@@ -97,7 +98,8 @@ class Loader:
             GPU's work, is not queued behind decoding when every core is busy (Linux; ignored
             elsewhere). "auto" (default): 10 when ``device`` is CUDA, else 0 (a CPU-trained
             model's threads and the decoding then share the cores evenly).
-        device: "cpu" or a CUDA device: batches are handed out on it (see ``normalize_on``).
+        device: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when available): batches are
+            handed out on it (see ``normalize_on``). CUDA where there is none is a ConfigError.
         normalize_on: where a final :class:`Normalize` runs. "device": the host builds uint8
             batches in pinned, recycled buffers, copies them on a dedicated CUDA stream
             ``prefetch`` batches ahead of use, and normalizes on the device (4x fewer bytes over
@@ -146,7 +148,7 @@ class Loader:
                              "batches, even_batches splits every sample into near-equal batches")
         self.seed = check_seed(seed)
         self.prefetch = int(prefetch)
-        self.device = _check_device(device)
+        self.device = resolve_device(device)  # as every entry point reads it
         self.thread_nice = _check_thread_nice(thread_nice, self.device)
         self.rank, self.world_size = resolve_ranks(distributed)
         self._alone = alone_when_built(distributed, self.world_size)
@@ -528,20 +530,6 @@ def _check_thread_nice(thread_nice, device: torch.device) -> int:
     if isinstance(thread_nice, bool) or not isinstance(thread_nice, int) or not 0 <= thread_nice <= 19:
         raise ValueError(f"thread_nice must be 'auto' or an int in [0, 19], got {thread_nice!r}")
     return thread_nice
-
-
-def _check_device(device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} but CUDA is not available (torch {torch.__version__}); "
-                           "use device='cpu'")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or a CUDA device, got {str(device)!r}")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.index is not None and device.type == "cuda" and device.index >= count:
-        raise ValueError(f"device={str(device)!r} but this machine has {count} CUDA device(s) "
-                         f"(cuda:0..cuda:{count - 1})")
-    return device
 
 
 def _check_normalize_on(normalize_on: str, device: torch.device) -> str:

@@ -22,7 +22,8 @@ Common options (defaults and why):
   keeps each subset for that many epochs (cheaper only if selection cost mattered, which at
   O(N) it does not).
 * ``labels=None`` — when given, every class keeps the same fraction (quotas by largest
-  remainder), guarding against a strategy that drops an easy class entirely.
+  remainder; the spare samples of equal classes rotate from epoch to epoch), guarding against a
+  strategy that drops an easy class entirely. Labels are class ids: a continuous target is refused.
 * ``skip_invalid=False`` — a NaN loss usually means a diverged model: fail loudly by default.
 
 Scores that could poison a sample (the rule every strategy shares, in the score table's update):
@@ -133,9 +134,33 @@ def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
     return np.minimum(quotas, sizes)
 
 
+_COMMON_OPTIONS = """
+    Options every strategy takes (keywords; the module fastprune.prune.base says why each default):
+        seed=0: every random draw derives from (seed, epoch, stream).
+        warmup_epochs=0: full-data epochs before pruning starts.
+        final_full_epochs=0: full-data epochs at the end (needs epochs=, the run's length).
+        epochs=None: the run's total number of epochs.
+        reselect_every=1: keep each selection for this many epochs.
+        keep_schedule=None: a kept fraction per epoch (past its end: keep; 1.0: a full epoch).
+        labels=None: class ids, one per sample: every class keeps the same fraction.
+        decay="default": EMA decay of the scores (None: running mean).
+        skip_invalid=False: skip NaN/infinite losses instead of raising.
+        distributed="auto": all-gather updates under torch.distributed; False; "sharded".
+        score_dtype="float32": or "bfloat16"/"float16" (2 bytes per table field).
+        track_kept=True: count times kept and last kept epoch per sample (8 bytes).
+"""
+
+
 class Strategy:
     """Base class: epoch phases (warm-up / pruned / final full), reselection, class balance,
-    caching, updates and checkpoints. Subclasses implement :meth:`_choose`."""
+    caching, updates and checkpoints. Subclasses implement :meth:`_choose`.
+    """ + _COMMON_OPTIONS
+
+    def __init_subclass__(cls, **kwargs):
+        # help(UCB) lists the options its **options passes here, not only the class's own
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and not cls.__name__.startswith("_") and _COMMON_OPTIONS not in cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + _COMMON_OPTIONS
 
     #: EMA decay of the score table; subclasses override (None = running mean).
     default_decay: float | None = 0.7

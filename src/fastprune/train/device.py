@@ -11,35 +11,7 @@ import threading
 import torch
 from torch import nn
 
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """The one place a run's ``device`` is resolved: "auto" (or None) is CUDA when it is available,
-    else the CPU; "cpu", "cuda" and "cuda:N" are checked against this machine. A malformed value,
-    or CUDA where there is none, raises :class:`~fastprune.errors.ConfigError` in one line."""
-    from ..errors import ConfigError
-
-    text = device.strip().lower() if isinstance(device, str) else device
-    if text is None or text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(text)
-    except (RuntimeError, TypeError, ValueError):
-        resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be {DEVICE_CHOICES}, got {str(device)!r:.60}")
-    if resolved.type == "cpu":
-        return torch.device("cpu")  # "cpu:0" is the CPU too
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {str(device)!r}: CUDA is not available on this machine (torch "
-                          f"{torch.__version__}); use device cpu or auto")
-    count = torch.cuda.device_count()
-    if resolved.index is not None and resolved.index >= count:
-        raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s) "
-                          f"(cuda:0..cuda:{count - 1})")
-    # with its index, so that records of "cuda" and "cuda:0" runs compare equal
-    return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
+from .._devices import DEVICE_CHOICES, resolve_device  # noqa: F401  (one place; the Loader uses it too)
 
 
 def autocast_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
@@ -79,7 +51,8 @@ def run_amp(device: torch.device, amp: str | bool = "auto") -> str:
 
 
 def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.memory_format:
-    """channels_last (NHWC) for ``channels_last`` True, or "auto" on CUDA; else contiguous."""
+    """channels_last (NHWC) for ``channels_last`` True, or "auto" (None) on CUDA; else contiguous."""
+    channels_last = "auto" if channels_last is None else channels_last
     if not (channels_last == "auto" or isinstance(channels_last, bool)):  # "off" is truthy
         raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
     use = device.type == "cuda" if channels_last == "auto" else channels_last

@@ -166,14 +166,14 @@ COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagra
 
 
 def compiled_forward(model: nn.Module, compile) -> nn.Module:
-    """``model`` itself for ``compile`` False/None, else ``torch.compile(model, mode=...)`` with the
+    """``model`` itself for ``compile`` False/None/"off", else ``torch.compile(model, mode=...)`` with the
     mode of :data:`COMPILE_MODES` (True/"default", "reduce-overhead": CUDA graphs,
     "max-autotune-no-cudagraphs"). The compiled module shares the model's parameters; it is used
     for the training forward (and its backward) only, checkpoints hold the model's own keys."""
-    if compile is None or compile is False:
+    if compile is None or compile is False or compile == "off":  # "off": the command line's spelling
         return model
     if not isinstance(compile, (bool, str)) or compile not in COMPILE_MODES:
-        raise ValueError(f"fit: compile must be False, None, True or one of "
+        raise ValueError(f"fit: compile must be False, None, 'off', True or one of "
                          f"{', '.join(repr(m) for m in COMPILE_MODES if m is not True)}, got {compile!r}")
     return torch.compile(model, mode=COMPILE_MODES[compile])
 
