@@ -229,17 +229,24 @@ def test_a_link_into_another_class_or_the_root_is_refused_not_relabelled(tmp_pat
     root = tmp_path / "src"
     _tiny_class_tree(root)
     (root / "c" / "loop").symlink_to("..")
-    with pytest.raises(ConversionError, match=r"c/loop: a link to the folder of the dataset root; its images "
+    with pytest.raises(ConversionError, match=r"c/loop: a link back to the dataset root .*src; its images "
                                               r"would also be labelled as class 'c'"):
         scan_image_folder(root)
     (root / "c" / "loop").unlink()
     (root / "c" / "more_a").symlink_to(root / "a")
-    with pytest.raises(ConversionError, match=r"c/more_a: a link to the folder of class 'a'"):
+    with pytest.raises(ConversionError, match=r"c/more_a and .*src/a are one folder \(a symbolic link\): its images "
+                                              r"would be labelled both as class 'c' and as class 'a'"):
         from_image_folder(root, tmp_path / "out.beton", progress=False, workers=1)
     assert not (tmp_path / "out.beton").exists()
     (root / "c" / "more_a").unlink()
+    (root / "b" / "sub").mkdir()  # a link from an earlier class into a later class's subfolder:
+    (root / "a" / "to_b").symlink_to(root / "b" / "sub")  # both paths named, whichever is walked first
+    with pytest.raises(ConversionError, match=r"b/sub and .*a/to_b are one folder"):
+        scan_image_folder(root)
+    (root / "a" / "to_b").unlink()
+    (root / "b" / "sub").rmdir()
     (root / "d").symlink_to(root / "b")  # a second class folder that is b itself
-    with pytest.raises(ConversionError, match=r"d: the same folder as class 'b'"):
+    with pytest.raises(ConversionError, match=r"d and .*src/b are one folder .* both as class 'd' and as class 'b'"):
         scan_image_folder(root)
     (root / "d").unlink()
     (root / "c" / "self").symlink_to(".")  # a loop inside one class: read once, as before

@@ -142,3 +142,18 @@ def test_ffcv_interop_and_a_torchvision_model_spec_without_their_extras_name_the
         importlib.import_module("fastprune.integrations.ffcv")
     with pytest.raises(ConfigError, match=r"torchvision, which is not installed: pip install \"fastprune\[vision\]\""):
         load_model_factory("torchvision.models:resnet18")
+
+
+def test_an_installed_extra_whose_own_import_fails_is_not_called_missing(tmp_path, monkeypatch):
+    """ffcv installed without cv2 (common) was reported as 'not installed: pip install
+    fastprune[ffcv]', hiding the real error."""
+    from fastprune.errors import require
+
+    (tmp_path / "brokenextra").mkdir()
+    (tmp_path / "brokenextra" / "__init__.py").write_text("import cv2_that_is_not_there\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="cv2_that_is_not_there") as caught:
+        require("brokenextra", "x", "testing")
+    assert not isinstance(caught.value, MissingExtraError)
+    with pytest.raises(MissingExtraError, match=r'^testing needs absentextra, which is not installed: pip install "fastprune\[x\]"$'):
+        require("absentextra.sub", "x", "testing")

@@ -4,6 +4,7 @@ import gc
 import os
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -656,3 +657,28 @@ def test_fit_refuses_a_float_label_field_before_training(tmp_path):
             progress=False, log=None)
     with pytest.raises(ConfigError, match="val_loader's label field 'target'"):
         fit(model, fastprune.Loader(tmp_path / "reg.beton", 32), loader, epochs=1, progress=False, log=None)
+
+
+def test_a_close_interrupted_while_joining_is_finished_by_the_next_close(raw_store):
+    """close() marked the pass closed before joining: a second Ctrl-C during the join left every
+    later close (the generator's finally, the atexit hook) returning at once, threads still running."""
+    class Slow(BatchTransform):
+        def __call__(self, images, ids, stream):
+            time.sleep(0.2)
+            return images
+
+    batches = iter(Loader(raw_store, 4, threads=2, prefetch=1, transforms=[Slow()]))
+    next(batches)
+    run = batches.gi_frame.f_locals["run"]  # this pass's producers
+    worker = run._workers[0]
+
+    def interrupted_join(timeout=None):
+        del worker.join  # the next close joins for real
+        raise KeyboardInterrupt
+
+    worker.join = interrupted_join
+    with pytest.raises(KeyboardInterrupt):
+        run.close()
+    run.close()
+    assert not any(w.is_alive() for w in run._workers)
+    batches.close()

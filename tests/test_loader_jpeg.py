@@ -408,3 +408,26 @@ def test_a_damaged_sample_and_a_missing_store_raise_the_same_errors_through_stor
     with pytest.raises(FileNotFoundError, match="npz file not found: .*none.npz") as caught:
         from_npz(tmp_path / "none.npz", tmp_path / "o.beton")
     assert isinstance(caught.value, fastprune.ConversionError)
+    from fastprune.convert import convert  # the auto-detecting entry point (fastprune convert) too
+    with pytest.raises(FileNotFoundError, match=r"source not found: .*none \(shortcuts: ") as caught:
+        convert(tmp_path / "none", tmp_path / "o.beton")
+    assert isinstance(caught.value, fastprune.ConversionError)
+
+
+def test_a_transform_that_crops_outside_the_image_is_not_reported_as_a_damaged_store(tmp_path):
+    """Only a sample the native core cannot decode is the store's fault (StoreError naming the
+    file); a user's crop window past the image edge stays a plain ValueError about the crop."""
+    import fastprune
+    from fastprune.convert import from_arrays
+    from fastprune.loader import CenterCrop
+
+    class ShiftedCrop(CenterCrop):
+        def crop_params(self, heights, widths, ids, stream):
+            crops = super().crop_params(heights, widths, ids, stream)
+            crops[:, 0] += 5  # windows past the bottom edge
+            return crops
+
+    path = from_arrays(np.zeros((8, 12, 12, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
+    with pytest.raises(ValueError, match="gather_crops: crop") as caught:
+        next(iter(fastprune.Loader(path, 4, threads=1, transforms=[ShiftedCrop(8, ratio=1.0)])))
+    assert not isinstance(caught.value, fastprune.StoreError)

@@ -36,13 +36,13 @@ class ConversionError(FastpruneError):
 class SourceNotFoundError(ConversionError, FileNotFoundError):
     """A conversion's input file or folder does not exist; ``filename`` is its path."""
 
-    def __init__(self, what: str, path):
+    def __init__(self, what: str, path, hint: str = ""):
         path = os.fspath(path)
-        super().__init__(f"{what} not found: {path}")
-        self.what, self.errno, self.strerror, self.filename = what, errno.ENOENT, f"{what} not found", path
+        super().__init__(f"{what} not found: {path}{hint}")
+        self.what, self.hint, self.errno, self.strerror, self.filename = what, hint, errno.ENOENT, f"{what} not found", path
 
     def __reduce__(self):
-        return type(self), (self.what, self.filename)
+        return type(self), (self.what, self.filename, self.hint)
 
     def __str__(self):
         return self.args[0]
@@ -101,8 +101,12 @@ def require(module: str, extra: str, purpose: str):
     extra to install: ``pip install "fastprune[plots]"``."""
     import importlib
 
+    top = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        if missing != top and not missing.startswith(top + "."):  # installed, but its own import fails:
+            raise  # that error (a missing cv2, an ABI mismatch) says more than "install it"
+        raise MissingExtraError(f"{purpose} needs {top}, which is not installed: "
                                 f'pip install "fastprune[{extra}]"') from None

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConversionError
+from ..errors import ConversionError, SourceNotFoundError
 from . import _common
 from .arrays import from_npz
 from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar, is_archive
@@ -27,10 +27,10 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if not path.exists() and str(source) in SHORTCUTS:
         target = SHORTCUTS[str(source)]
         if not target.is_dir():
-            raise ConversionError(f"{source}: {target} not found (apt-get install dataset-{source})")
+            raise SourceNotFoundError(f"{source}: its folder", target, f" (apt-get install dataset-{source})")
         return target
     if not path.exists():
-        raise ConversionError(f"source not found: {path} (shortcuts: {', '.join(SHORTCUTS)})")
+        raise SourceNotFoundError("source", path, f" (shortcuts: {', '.join(SHORTCUTS)})")
     return path
 
 

@@ -68,12 +68,13 @@ def list_classes(root: Path) -> list[str]:
 
 
 def list_images(class_dir: Path, ignored: list[Path] | None = None,
-                owners: dict[str, str] | None = None) -> list[Path]:
+                owners: dict[str, tuple[str, Path]] | None = None) -> list[Path]:
     """Image files below ``class_dir``, sorted; hidden entries, other extensions (appended to
     ``ignored``) and anything that is not a regular file skipped; symbolic links followed, each
-    real folder read once. ``owners``: real folder -> whose it is ("class 'a'", "the dataset
-    root"), shared across the classes by :func:`scan_image_folder`: a link into another class
-    or back to the root is refused, since its images would be read again under this label."""
+    real folder read once. ``owners``: real folder -> (whose it is, the path it was first reached
+    by), shared across the classes by :func:`scan_image_folder` (the root and the class folders
+    preset): a folder reached from two classes (a link into another class, a folder two classes
+    link to) or back to the root is refused, since its images would get two labels."""
     this_class = f"class {class_dir.name!r}"
     found, visited, pending = [], set(), [class_dir]
     owners = {} if owners is None else owners
@@ -82,10 +83,9 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
         real = os.path.realpath(folder)
         if real in visited:
             continue
-        owner = owners.setdefault(real, this_class)
+        owner, first = owners.setdefault(real, (this_class, folder))
         if owner != this_class:
-            raise ConversionError(f"{folder}: a link to the folder of {owner}; its images would also be "
-                                  f"labelled as {this_class} (remove the link)")
+            raise ConversionError(_two_labels(folder, this_class, owner, first))
         visited.add(real)
         with os.scandir(folder) as entries:
             for entry in entries:
@@ -101,15 +101,27 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
     return sorted(found)
 
 
-def _folder_owners(root: Path, classes: list[str]) -> dict[str, str]:
-    """Real folder -> whose it is, for the root and each class folder; two class folders that are
-    one folder (a link) are refused: each image would have two labels."""
-    owners = {os.path.realpath(root): "the dataset root"}
+_ROOT = "the dataset root"
+
+
+def _two_labels(path: Path, this: str, owner: str, first: Path) -> str:
+    """The one-line refusal of a folder reached as ``path`` from ``this`` class and as ``first``
+    (``owner``'s)."""
+    if owner == _ROOT:
+        return f"{path}: a link back to the dataset root {first}; its images would also be labelled as {this} (remove the link)"
+    return (f"{path} and {first} are one folder (a symbolic link): its images would be labelled both as {this} "
+            f"and as {owner} (remove the link)")
+
+
+def _folder_owners(root: Path, classes: list[str]) -> dict[str, tuple[str, Path]]:
+    """Real folder -> (whose it is, its path), for the root and each class folder; two class
+    folders that are one folder (a link) are refused: each image would have two labels."""
+    owners = {os.path.realpath(root): (_ROOT, root)}
     for name in classes:
-        owner = owners.setdefault(os.path.realpath(root / name), f"class {name!r}")
-        if owner != f"class {name!r}":
-            raise ConversionError(f"{root / name}: the same folder as {owner} (a symbolic link); its images "
-                                  "would have two labels (remove the link)")
+        this = f"class {name!r}"
+        owner, first = owners.setdefault(os.path.realpath(root / name), (this, root / name))
+        if owner != this:
+            raise ConversionError(_two_labels(root / name, this, owner, first))
     return owners
 
 

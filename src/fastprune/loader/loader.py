@@ -41,7 +41,8 @@ from .transforms import BatchTransform, Normalize, RandomHorizontalFlip, _Resize
 
 __all__ = ["Loader", "Batch"]
 
-_POLL_S = 0.05  # how often blocked producers/consumers re-check for shutdown
+_POLL_S = 0.05
+_DECODE_FAILURE = "JPEG decode of "  # how the native gather's errors about a stored sample begin  # how often blocked producers/consumers re-check for shutdown
 # The first round of each epoch's batches gathers in turns on the whole native pool (see
 # _GatherTurns). False: each producer gathers alone; for A/B measurements only
 # (benchmarks/epoch_start.py, benchmarks/gpu.py --fit-first-round), read when a Loader is made.
@@ -345,7 +346,9 @@ class _BatchBuilder:
         threads = 1 if turn is None else 0  # 0: every thread of the pool
         try:
             return self._gather_on(ids, threads, flips, turn)
-        except ValueError as exc:  # a sample the native core refuses (a bad JPEG, a header past max_image_pixels)
+        except ValueError as exc:  # a sample that cannot be decoded (a bad JPEG, a header past max_image_pixels)
+            if not str(exc).startswith(_DECODE_FAILURE):  # a transform's bad crop window is not the file's fault
+                raise
             raise StoreError(f"{source.owner.path}: {exc}") from None  # as store[i] names the file
 
     def _gather_on(self, ids: np.ndarray, threads: int, flips, turn) -> np.ndarray:
@@ -443,11 +446,11 @@ class _EpochRun:
             yield value
 
     def close(self) -> None:
-        # Once: the atexit hook closes a half-read pass, and its generator's finally closes it
-        # again during module teardown, when module globals such as `queue` may be None already.
+        # Once done, not again: the atexit hook closes a half-read pass, and its generator's
+        # finally closes it again during module teardown, when module globals may be None. Marked
+        # done only after the joins: a close interrupted by a second Ctrl-C is finished by the next.
         if self._closed:
             return
-        self._closed = True
         self._stop.set()
         for q in self._queues:  # unblock producers waiting on a full queue, free their batches
             _drain(q)
@@ -456,6 +459,7 @@ class _EpochRun:
                 w.join()
         for q in self._queues:
             _drain(q)
+        self._closed = True
 
     def _produce(self, t: int) -> None:
         _lower_priority(self._nice)

@@ -267,9 +267,9 @@ def out_of_memory_named(device, batch_size: int):
     GPU, a model too wide) as one line naming the options that fix it, not torch's traceback."""
     try:
         yield
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         text = str(exc)
-        if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in text \
+        if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in text \
                 and "not enough memory" not in text:  # the CPU allocator's RuntimeError; others are bugs
             raise
         size = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B|\d+ bytes)", text)

@@ -321,7 +321,7 @@ def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
     size) fails here in one line naming the batch (the cause stays chained for a traceback)."""
     try:
         return forward(images)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         raise
     except RuntimeError as exc:
         raise ConfigError(f"fit: the model fails on the first batch (images {tuple(images.shape)}, "
