@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastprune.bench import machine
+from fastprune.bench import machine, plan
 from fastprune.bench.report import mean, std
 from fastprune.bench.run import Settings, run_one, warm_up
 from fastprune.errors import ConfigError
@@ -106,14 +106,23 @@ def run_settings(options: dict, labels: np.ndarray, epochs: int, keep: float = 0
     return int(own), float(own_keep), strategy_options(options, labels)
 
 
+# What an earlier file's full-data runs must share with this run: the same training (else the
+# accuracies differ for other reasons), the same kind of machine and device, precision included
+# (else the speed-ups divide wall-clocks of unlike runs; as `fastprune bench --continue` requires).
+FULL_FROM_MUST_MATCH = (("recipe",), ("model",), ("epochs",), ("split",), ("machine", "cpu"), ("machine", "cpu_id"),
+                        ("machine", "cpu_features"), ("machine", "cores"), ("machine", "torch"), ("device",))
+
+
 def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
     """{seed: full-data run} from an earlier result file, refused unless it trained the same
-    recipe, model, epochs and split (else its accuracies would not be comparable)."""
+    recipe, model, epochs and split on the same kind of machine and device (else its accuracies
+    or its wall-clocks would not be comparable)."""
     earlier = json.loads(path.read_text())
-    for key in ("recipe", "model", "epochs", "split"):
-        if earlier.get(key) != json.loads(json.dumps(result[key])):  # as written: tuples become lists
-            raise SystemExit(f"--full-from {path}: its {key} {earlier.get(key)!r} differs from this "
-                             f"run's {result[key]!r}")
+    written = json.loads(json.dumps(result))  # as written: tuples become lists
+    for key in FULL_FROM_MUST_MATCH:
+        old, new = plan._field(earlier, key), plan._field(written, key)
+        if old != new:
+            raise SystemExit(f"--full-from {path}: its {'.'.join(key)} {old!r} differs from this run's {new!r}")
     full = {run["seed"]: run for run in earlier["runs"] if run["variant"] == "full"}
     missing = [seed for seed in seeds if seed not in full]
     if missing:
@@ -157,7 +166,9 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], evaluated_on: str = "held-out") -> str:
-    lines = [f"| variant | seeds | {evaluated_on} acc % (mean ± std) | gap to full pt | wall s | speed-up |",
+    # means here (fastprune bench reports medians): said in the header, so tables are not mixed up
+    lines = [f"| variant | seeds | {evaluated_on} acc % (mean ± std) | gap to full pt | wall s (mean) | "
+             "speed-up (ratio of means) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         gap = "–" if r["gap_pt"] is None else f"{r['gap_pt']:+.2f}"

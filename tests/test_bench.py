@@ -245,7 +245,9 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
 
 def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(study_script, tmp_path):
     study = study_script("heldout_tuning")
-    this = {"recipe": {"lr": 1.2}, "model": {"widths": (32,)}, "epochs": 10, "split": {"fit": 50000}}
+    this = {"recipe": {"lr": 1.2}, "model": {"widths": (32,)}, "epochs": 10, "split": {"fit": 50000},
+            "machine": {"cpu": "AMD EPYC", "cpu_id": "family 23 model 49", "cpu_features": ["avx2"], "cores": 2,
+                        "torch": "2.14.1"}, "device": {"type": "cpu", "precision": "fp32"}}
     earlier = {**this, "model": {"widths": [32]}, "runs": [{"variant": "full", "seed": 0, "final_acc": 93.0},
                                 {"variant": "ucb", "seed": 0, "final_acc": 92.0},
                                 {"variant": "full", "seed": 1, "final_acc": 92.5}]}
@@ -258,6 +260,11 @@ def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(stud
         study.full_runs_from(path, this, [0, 2])
     with pytest.raises(SystemExit, match="its epochs 10 differs from this run's 5"):
         study.full_runs_from(path, {**this, "epochs": 5}, [0])
+    # full-data runs of another CPU or precision: their wall-clocks would make false speed-ups
+    with pytest.raises(SystemExit, match="its machine.cpu_id 'family 23 model 49' differs"):
+        study.full_runs_from(path, {**this, "machine": {**this["machine"], "cpu_id": "family 6 model 143"}}, [0])
+    with pytest.raises(SystemExit, match="its device .*'fp32'.* differs from this run's .*'bf16'"):
+        study.full_runs_from(path, {**this, "device": {"type": "cpu", "precision": "bf16"}}, [0])
     with pytest.raises(SystemExit, match="drop --fit-limit"):
         study.main(["--final-test", "--fit-limit", "300", "--workdir", str(tmp_path)])
 

@@ -20,8 +20,8 @@ QUICK_MODE = {**FULL_MODE, "epochs": QUICK_RECIPE.epochs, "keeps": (0.5,), "seed
 
 NOTES = ("wall_s = training seconds incl. data loading, selection, score updates and static scoring "
          "epochs; eval_s (per-epoch evaluation) is excluded from the speed-up. Runs are seed-major, then "
-         "one block per keep ratio opened by its own full-data baseline run; speed-ups divide the mean "
-         "wall_s of all baseline runs by the strategy's mean wall_s.")
+         "one block per keep ratio opened by its own full-data baseline run; speed-ups divide the median "
+         "wall_s of all baseline runs by the strategy's median wall_s.")
 
 # What must be the same for runs of one result file to be compared: speed-ups divide wall-clocks
 # of different runs, so they must come from the same kind of CPU and the same settings (the same

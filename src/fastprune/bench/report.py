@@ -31,7 +31,8 @@ def std(values):
 
 
 def time_to_target(curve, target: float) -> float | None:
-    """Training seconds until validation accuracy first reaches ``target`` (None: never)."""
+    """Training seconds until validation accuracy first reaches ``target`` (None: never). A first
+    crossing: the run may end below it (its final accuracy is the table's accuracy column)."""
     return next((seconds for seconds, acc in curve if acc >= target), None)
 
 
@@ -111,7 +112,7 @@ def markdown_table(summary: list[dict]) -> str:
         return "–" if value is None else format(value, spec)
 
     lines = ["| strategy | keep | acc % (mean ± std) | Δ acc pt | wall s (median) | speed-up | "
-             "time to full−0.5 pt s (reached) | scoring s | pruning overhead % |",
+             "first at full−0.5 pt s (runs) | scoring s | pruning overhead % |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary:
         lines.append(
