@@ -443,3 +443,28 @@ def test_a_full_disk_names_the_output_and_leaves_no_temp_file(tmp_path, monkeypa
     monkeypatch.setattr(writer, "create_temp_file", read_only)
     with pytest.raises(ConversionError, match=r"cannot write .*x\.beton: Permission denied$"):
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)
+
+
+def test_hand_built_selections_samplers_and_options_fail_in_one_line_naming_the_argument():
+    """Seen as AttributeError ('list' object has no attribute 'shape'), a raw '<=' TypeError, and
+    an id past int64 reported as -9223372036854775803."""
+    import numpy as np
+    import pytest
+
+    from fastprune import UCB, PrunedSampler, Selection, WithIndices
+
+    selection = Selection([2, 0], [1.0, 0.5])  # lists, as a hand-written sampler may return
+    assert selection.indices.dtype == np.int64 and selection.weights.dtype == np.float32 and len(selection) == 2
+    with pytest.raises(TypeError, match="Selection indices must be integers, got float64"):
+        Selection([2.7], [1.0])
+    with pytest.raises(ValueError, match=r"1-D of one length, got shapes \(2,\) and \(1,\)"):
+        Selection([1, 2], [1.0])
+    with pytest.raises(TypeError, match="^PrunedSampler takes a strategy .*got list"):
+        PrunedSampler([1, 2, 3])
+    with pytest.raises(TypeError, match="decay must be a number in \\[0, 1\\) or None .*got 'x'"):
+        UCB(10, decay="x")
+    with pytest.raises(IndexError, match="indices\\[1\\] = 18446744073709551615 is out of range"):
+        UCB(10).update(np.array([1, 2**64 - 1], np.uint64), np.ones(2))
+    import torch.utils.data
+    assert isinstance(WithIndices([1, 2]), torch.utils.data.Dataset)  # what DataLoader's annotations expect
+    assert repr(WithIndices([1, 2])) == "WithIndices(list of 2, key='index')"

@@ -70,6 +70,12 @@ def test_compile_reaches_the_training_loop_from_train_bench_and_compare(tmp_path
     with pytest.raises(Stop):
         compare(train, train, compile="default", epochs=1)
     assert seen[-1] == "default"
+    import fastprune  # the quick start's Store objects, not only paths (was a TypeError deep in pathlib)
+    with pytest.raises(Stop):
+        compare(fastprune.Store(train), fastprune.Store(train), compile=True, epochs=1)
+    assert seen[-1] == "default"
+    with pytest.raises(TypeError, match="^compare\\(\\): train and val must be store paths or fastprune.Store objects, got int"):
+        compare(3, train, epochs=1)
     with pytest.raises(ValueError, match="compile must be one of"):
         compare(train, train, compile="fast", epochs=1)
     with pytest.raises(SystemExit):

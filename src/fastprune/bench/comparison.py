@@ -64,7 +64,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     on ``val`` after every ``eval_every``-th epoch and the last, and compare final accuracy and training wall-clock.
 
     Args:
-        train, val: store paths (or ``fastprune.Store`` objects' paths). Classes, and unless given
+        train, val: store paths or ``fastprune.Store`` objects. Classes, and unless given
             the normalization statistics, are read off them, as ``fastprune train`` does.
         model: "small_resnet" (default), "resnet18", "MODULE:CALLABLE", or a function called as
             ``model(num_classes=...)`` returning an ``nn.Module``.
@@ -109,9 +109,18 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
                         device=device, compile=compile).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)
     with settings.applied():  # the caller's thread count and denormal flushing come back after
-        result = execute(mode, settings, recipe, (train, val), None if out is None else Path(out),
+        result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
                          log=print if verbose else None)
     return Comparison(result)
+
+
+def _path_of(store) -> Path:
+    """A store given as a path or as a ``fastprune.Store`` (the quick start's objects): its path."""
+    path = getattr(store, "path", store)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"compare(): train and val must be store paths or fastprune.Store objects, got "
+                        f"{type(store).__name__}")
+    return Path(path)
 
 
 def _recipe(model, epochs: int, options: dict[str, Any]) -> Recipe:

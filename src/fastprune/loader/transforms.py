@@ -105,7 +105,8 @@ class BatchTransform:
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
 
-    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray:
+    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray | torch.Tensor:
+        # uint8 [B, H, W, 3] in; the same (or a new array) out, or a tensor from a final Normalize
         raise NotImplementedError
 
     def __repr__(self) -> str:

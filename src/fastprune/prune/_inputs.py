@@ -64,6 +64,9 @@ def staged(tensor, name: str, length: int | None = None):
 def as_indices(indices) -> np.ndarray:
     array = _one_dim(to_numpy(indices), "indices", None)
     _check_dtype(array, "indices")
+    if array.dtype == np.uint64 and len(array) and array.max() > np.iinfo(np.int64).max:
+        j = int(np.argmax(array > np.iinfo(np.int64).max))  # int64 would wrap it to a negative id
+        raise IndexError(f"indices[{j}] = {int(array[j])} is out of range (past int64)")
     return np.ascontiguousarray(array, dtype=np.int64)
 
 

@@ -97,8 +97,15 @@ class Selection:
     weights: np.ndarray
 
     def __post_init__(self):
-        if self.indices.shape != self.weights.shape:
-            raise ValueError("Selection indices and weights must have the same shape")
+        # arrays as a sampler's select() may build them by hand (lists, other dtypes), no copy otherwise
+        indices = np.asarray(self.indices)
+        if indices.size and indices.dtype.kind not in "iu":  # 2.7 would be cut to 2 by a cast
+            raise TypeError(f"Selection indices must be integers, got {indices.dtype}")
+        object.__setattr__(self, "indices", indices.astype(np.int64, copy=False))
+        object.__setattr__(self, "weights", np.asarray(self.weights, dtype=np.float32))
+        if self.indices.shape != self.weights.shape or self.indices.ndim != 1:
+            raise ValueError(f"Selection indices and weights must be 1-D of one length, got shapes "
+                             f"{self.indices.shape} and {self.weights.shape}")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -175,7 +182,7 @@ class Strategy:
     def __init__(self, num_samples: int, keep: float = 1.0, *, seed: int = 0, warmup_epochs: int = 0,
                  final_full_epochs: int = 0, epochs: int | None = None, reselect_every: int = 1,
                  keep_schedule=None, labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
-                 distributed: bool | str = "auto", score_dtype: str = "float32", track_kept: bool = True):
+                 distributed: bool | str | tuple = "auto", score_dtype: str = "float32", track_kept: bool = True):
         num_samples = check_positive_int(num_samples, f"{type(self).__name__}: num_samples")
         self.keep = _fraction(keep, "keep")
         self.seed = check_seed(seed)

@@ -30,10 +30,11 @@ from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
 from .sharding import consumer_shard
 
-try:  # subclassing torch's Sampler lets DataLoader and Lightning recognise it; torch is optional here
+try:  # subclassing torch's Sampler/Dataset lets DataLoader, Lightning and type checkers recognise them
+    from torch.utils.data import Dataset as _DatasetBase
     from torch.utils.data import Sampler as _SamplerBase
 except ImportError:  # pragma: no cover - torch is installed wherever a DataLoader is
-    _SamplerBase = object
+    _SamplerBase = _DatasetBase = object
 
 
 class PrunedSampler(_SamplerBase):
@@ -52,6 +53,9 @@ class PrunedSampler(_SamplerBase):
 
     def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto",
                  num_replicas: int | None = None, rank: int | None = None, data_source=None):
+        if not callable(getattr(strategy, "select", None)) or not hasattr(strategy, "num_samples"):
+            raise TypeError(f"PrunedSampler takes a strategy (select(epoch), num_samples), such as "
+                            f"fastprune.UCB(len(dataset)), got {type(strategy).__name__}")
         if data_source is not None and len(data_source) != strategy.num_samples:
             # a strategy for fewer samples never visits the rest; one for more indexes past the end
             raise ValueError(f"PrunedSampler: the strategy is for {strategy.num_samples} samples but "
@@ -113,7 +117,7 @@ class PrunedSampler(_SamplerBase):
         return weights.to(indices.device) if isinstance(indices, torch.Tensor) else weights
 
 
-class WithIndices:
+class WithIndices(_DatasetBase):
     """A map-style Dataset whose samples carry their index: ``(*sample, index)`` for tuple
     samples, ``{**sample, key: index}`` for dict samples, ``(sample, index)`` otherwise, so a
     DataLoader batch tells ``strategy.update`` which samples its losses belong to. ``key``
@@ -127,6 +131,9 @@ class WithIndices:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __repr__(self) -> str:
+        return f"WithIndices({type(self.dataset).__name__} of {len(self.dataset)}, key={self.key!r})"
 
     def __getitem__(self, index: int):
         sample = self.dataset[index]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .._native import core
@@ -83,6 +85,8 @@ class ScoreTable:
                  bandit_score: tuple[float, bool] | None = None, index_map=None, dtype: str = "float32"):
         if int(num_samples) != num_samples or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if decay is not None and (isinstance(decay, (bool, str)) or not isinstance(decay, numbers.Real)):
+            raise TypeError(f"decay must be a number in [0, 1) or None (running mean), got {decay!r}")
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) or None (running mean), got {decay!r}")
         unknown = set(fields) - set(OPTIONAL)

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -389,7 +389,7 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     eval_every: int = 1,
     progress: bool = True,
-    log: Callable[[str], None] | None = "stdout",
+    log: Callable[[str], None] | Literal["stdout"] | None = "stdout",
     compile: bool | str | None = False,
 ) -> list[dict[str, Any]]:
     """Train the classifier ``model`` for ``epochs`` epochs on the samples ``strategy`` selects;
