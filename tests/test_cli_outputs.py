@@ -68,6 +68,26 @@ def test_outputs_that_are_folders_or_one_file_twice_are_refused_before_training(
         _train(train, val, "--log-csv", tmp_path / "new" / "run.csv")
 
 
+@pytest.mark.parametrize("option", ["--checkpoint", "--log-json"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(stores, tmp_path, capsys, monkeypatch,
+                                                                             option):
+    """A read-only folder failed only after the first epoch (--checkpoint: a torch traceback) or the
+    whole run (--log-json). os.access says no on a read-only file system even for root; here it is
+    told so for one folder, as a chmod would not stop root."""
+    import fastprune._outputs as outputs
+
+    train, val = stores
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = outputs.os.access
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: path != locked and real_access(path, mode))
+    assert _train(train, val, option, locked / "run.out") == 1
+    err = _error(capsys)
+    assert f"{option} {locked / 'run.out'}: cannot write in {locked} (permission denied)" in err
+    assert _train(train, val, option, locked / "sub" / "run.out") == 1  # a folder it would make there
+    assert f"cannot write in {locked}" in _error(capsys)
+
+
 def test_an_existing_checkpoint_needs_resume(stores, tmp_path, capsys):
     train, val = stores
     checkpoint = tmp_path / "run.pt"

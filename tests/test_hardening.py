@@ -746,3 +746,57 @@ def test_a_half_read_iterator_alive_at_exit_does_not_abort_the_process(tmp_path)
         proc = subprocess.run([sys.executable, "-c", script + ending], capture_output=True, text=True, timeout=120)
         assert proc.returncode == code, proc.stderr[-2000:]
         assert "terminate called" not in proc.stderr and "leaked" not in proc.stderr
+
+
+def test_garbage_bit_flipped_and_strategy_mismatched_checkpoints_are_refused_in_one_line(tmp_path):
+    """A text file ('hello') escaped as KeyError, 'abc...' as IndexError; a flipped byte inside a
+    weight resumed silently from the altered weights (torch.load checks no CRC); a pruned run's
+    checkpoint resumed without its strategy silently dropped it."""
+    import zipfile
+
+    from fastprune.errors import CheckpointError
+    from fastprune.train import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    for name, content in (("hello.pt", b"hello\n"), ("abc.pt", b"abc" * 20), ("pickle.pt", b"\x80\x04K\x05.")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"^{tmp_path / name}: not a loadable fastprune checkpoint"):
+            load_checkpoint(tmp_path / name, model)
+    model, optimizer, strategy = _checkpoint_parts()
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}], settings={"epochs": 4})
+    with pytest.raises(CheckpointError, match="was written with a pruning strategy and this run has none"):
+        load_checkpoint(path, *_checkpoint_parts()[:2], settings={"epochs": 4})
+    with zipfile.ZipFile(path) as archive:  # flip a byte in the middle of the largest stored part
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged checkpoint \\(the CRC-32 of its part .* does not match\\)"):
+        load_checkpoint(path, *_checkpoint_parts(), settings={"epochs": 4})
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk raised torch's 'RuntimeError: [enforce fail at inline_container.cc:672] unexpected
+    pos' (a 31-line traceback) and left run.pt.partial filling the disk."""
+    import errno
+
+    from fastprune.errors import CheckpointError
+    from fastprune.train import checkpoints
+
+    model, optimizer, strategy = _checkpoint_parts()
+    path = tmp_path / "run.pt"
+    checkpoints.save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}])
+    before = path.read_bytes()
+
+    def full_disk(state, file):
+        file.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"run.pt: cannot write the checkpoint \(\[Errno 28\] No space left on "
+                                              r"device\); the previous one, if any, is kept"):
+        checkpoints.save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}, {"epoch": 1}])
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]

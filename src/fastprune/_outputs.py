@@ -1,5 +1,5 @@
 """Checks on the files a command will write, made before any work: a long training run must not end
-on "Is a directory", and no output may land on one of the run's own inputs (a training store
+on "Is a directory" or "Read-only file system", and no output may land on one of the run's own inputs (a training store
 overwritten by its checkpoint) or on another output.
 
 ``convert`` writes one file next to its temporary twin (so its folder must exist); ``train``,
@@ -82,11 +82,21 @@ def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
     if not makes_folders:
         if not folder.is_dir():
             raise error(f"{what} folder {folder} does not exist ({what} {out})")
-        return
-    while not folder.exists() and folder != folder.parent:  # the nearest ancestor that exists
-        folder = folder.parent
-    if not folder.is_dir():
-        raise error(f"{what} {out}: {folder} is a file, not a folder")
+    else:
+        while not folder.exists() and folder != folder.parent:  # the nearest ancestor that exists
+            folder = folder.parent
+        if not folder.is_dir():
+            raise error(f"{what} {out}: {folder} is a file, not a folder")
+    # W_OK also says no on a read-only file system, for root too: found now, not after training
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{what} {out}: cannot write in {folder} ({'read-only file system' if _read_only(folder) else 'permission denied'})")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
 
 
 def _file_kind(mode: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,15 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
+    try:  # through a Python file, so a full disk is an OSError with its errno (torch's own: "unexpected pos")
+        with open(partial, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+    except (OSError, RuntimeError) as exc:
+        partial.unlink(missing_ok=True)  # a half-written file would keep a full disk full
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(exc)}); the previous one, if "
+                              "any, is kept") from None
     os.replace(partial, path)
 
 
@@ -72,23 +81,39 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     ``weights_only=True`` restricts unpickling to tensors and plain containers: a file carrying a
     pickled callable (a ``__reduce__`` payload) is refused here, never run.
     """
-    import pickle
-
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4...": the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
         if exc.filename is not None:  # the file itself: missing, unreadable (the message names it)
             raise
         # a read inside the archive (a truncated zip: "[Errno 22] Invalid argument") names nothing
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (truncated or damaged): {exc}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001  the unpickler of a random file raises anything: KeyError, IndexError...
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
                               f"objects other than tensors and plain values): {_load_failure(exc)}") from None
+    _check_crcs(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
                               f"expected {CHECKPOINT_FORMAT!r}); start a new run")
     return state
+
+
+def _check_crcs(path) -> None:
+    """torch.load does not check the archive's CRC-32s: a flipped bit in a weight would resume
+    silently from the altered weights. Reading the file once more costs about what loading did."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (truncated or damaged): {exc}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint (the CRC-32 of its part {damaged!r} does not match); "
+                              "resume from another checkpoint or start a new run")
 
 
 def _load_failure(exc: BaseException) -> str:
@@ -131,6 +156,10 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
     _check_contents(path, state)
     check_settings(path, state["settings"], settings or {})
     _check_optimizer_shapes(path, state["optimizer"], optimizer)
+    if (strategy is None) != (state["strategy"] is None):  # one would be dropped, or start from nothing mid-run
+        raise CheckpointError(f"{path} was written {'with' if state['strategy'] is not None else 'without'} a pruning "
+                              f"strategy and this run has {'none' if strategy is None else 'one'}: resume as the "
+                              "run was started, or start a new run")
     try:
         model.load_state_dict(state["model"])
         if optimizer is not None:
