@@ -468,3 +468,17 @@ def test_hand_built_selections_samplers_and_options_fail_in_one_line_naming_the_
     import torch.utils.data
     assert isinstance(WithIndices([1, 2]), torch.utils.data.Dataset)  # what DataLoader's annotations expect
     assert repr(WithIndices([1, 2])) == "WithIndices(list of 2, key='index')"
+
+
+def test_reprs_name_what_tells_one_strategy_sampler_or_table_from_another():
+    """Strategy reprs showed num_samples, keep and seed only (two UCBs of other c looked alike);
+    ScoreTable and PrunedSampler had object's default repr."""
+    from fastprune import UCB, EpsilonGreedy, InfoBatch, PrunedSampler
+
+    assert repr(UCB(100, c=2.0, bonus="var", seed=3)) == "UCB(num_samples=100, keep=0.5, c=2.0, bonus='var', seed=3)"
+    assert repr(EpsilonGreedy(10, 0.3, eps=0.1, reselect_every=2)) == \
+        "EpsilonGreedy(num_samples=10, keep=0.3, eps=0.1, seed=0, reselect_every=2)"
+    assert "delta=0.875" in repr(InfoBatch(50, epochs=10)) and "epochs=10" in repr(InfoBatch(50, epochs=10))
+    strategy = UCB(100, score_dtype="bfloat16")
+    assert repr(strategy.table) == "ScoreTable(num_samples=100, decay=0.7, dtype='bfloat16')"
+    assert repr(PrunedSampler(strategy)) == f"PrunedSampler({strategy!r}, epoch=0, seed=0, shuffle=True)"

@@ -638,4 +638,12 @@ class Strategy:
         return int(value)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_samples={self.num_samples}, keep={self.keep}, seed={self.seed})"
+        # the strategy's own settings (eps, c, delta...) and the shared ones not at their default
+        config, shared = self.config(), Strategy.config(self)
+        shown = {"num_samples": self.num_samples, "keep": self.keep,
+                 **{k: v for k, v in config.items() if k not in shared}, "seed": self.seed}
+        shown.update({k: getattr(self, k) for k in ("epochs", "warmup_epochs", "final_full_epochs")
+                      if getattr(self, k)})
+        if self.reselect_every != 1:
+            shown["reselect_every"] = self.reselect_every
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

@@ -92,6 +92,9 @@ class PrunedSampler(_SamplerBase):
     def __len__(self) -> int:
         return self.strategy.num_selected(self.epoch) // self._split
 
+    def __repr__(self) -> str:
+        return f"PrunedSampler({self.strategy!r}, epoch={self.epoch}, seed={self.seed}, shuffle={self.shuffle})"
+
     def __iter__(self) -> Iterator[int]:
         if self._alone and self._sharding is None:
             check_still_alone("PrunedSampler")

@@ -114,6 +114,9 @@ class ScoreTable:
     def __len__(self) -> int:
         return self.num_samples
 
+    def __repr__(self) -> str:
+        return f"ScoreTable(num_samples={self.num_samples}, decay={self.decay!r}, dtype={self.dtype!r})"
+
     @property
     def fields(self) -> tuple[str, ...]:
         """The statistics this table tracks (the correctness group counts once allocated or kept)."""

@@ -194,7 +194,7 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
     for batch in _progress_bar(waits.timed(loader), loader, progress):
         if batch.labels is None:
             raise ValueError("fit: the loader yields no labels (its store has no integer field named "
-                             "'label', or several integer fields): pass label_field=... to Loader")
+                             "'label', or several integer fields): pass label_field= (an integer field) to Loader")
         images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch.labels.to(device, non_blocking=True)
         weights = batch.weights.to(device, non_blocking=True)
