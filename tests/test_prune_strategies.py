@@ -551,3 +551,19 @@ def test_help_of_every_strategy_names_every_option_it_passes_on(cls):
     shared = [name for name in inspect.signature(Strategy.__init__).parameters if name not in ("self", "num_samples", "keep")]
     missing = [name for name in shared if f"        {name}=" not in cls.__doc__]
     assert not missing, f"{cls.__name__}'s docstring does not name {missing}"
+
+
+def test_the_typed_options_are_exactly_what_strategy_takes():
+    """**options is typed (Unpack[StrategyOptions]) so that IDEs complete the shared options and a
+    type checker flags UCB(10, kep=0.5); the TypedDicts must follow Strategy.__init__."""
+    import inspect
+    import typing
+
+    from fastprune.prune.base import InfoBatchOptions, StaticOptions, Strategy, StrategyOptions
+
+    shared = {name for name in inspect.signature(Strategy.__init__).parameters} - {"self", "num_samples", "keep"}
+    assert set(StrategyOptions.__annotations__) | set(StrategyOptions.__optional_keys__) == shared
+    assert set(InfoBatchOptions.__optional_keys__) == shared - {"epochs", "final_full_epochs"}
+    assert set(StaticOptions.__optional_keys__) == shared - {"warmup_epochs"}
+    for cls in (Full, UniformRandom, EpsilonGreedy, UCB, InfoBatch, EL2N, Forgetting):
+        typing.get_type_hints(cls.__init__)  # resolvable at run time too (jsonargparse, LightningCLI)

@@ -70,9 +70,16 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
+
+try:
+    from typing import Unpack  # Python 3.11+
+except ImportError:  # 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 from .._args import MAX_EPOCH, check_bool, check_positive_int, check_seed
 from ..random_streams import tie_order
@@ -139,6 +146,42 @@ def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
     order = tie_order[np.argsort(-(exact - quotas)[tie_order], kind="stable")]
     quotas[order[: total - quotas.sum()]] += 1
     return np.minimum(quotas, sizes)
+
+
+class SharedOptions(TypedDict, total=False):
+    """The keyword options every strategy passes on to :class:`Strategy` (typed, so that IDEs
+    complete them and type checkers catch a misspelt one; see ``_COMMON_OPTIONS``)."""
+
+    seed: int
+    reselect_every: int
+    keep_schedule: Sequence[float] | None
+    labels: Any
+    decay: float | None | str
+    skip_invalid: bool
+    distributed: bool | str | tuple
+    score_dtype: str
+    track_kept: bool
+
+
+class StrategyOptions(SharedOptions, total=False):
+    """:class:`SharedOptions` and the epoch phases (what InfoBatch and EL2N/Forgetting set themselves)."""
+
+    warmup_epochs: int
+    final_full_epochs: int
+    epochs: int | None
+
+
+class InfoBatchOptions(SharedOptions, total=False):
+    """InfoBatch sets ``epochs`` itself (a keyword of its own) and its final full epochs from ``delta``."""
+
+    warmup_epochs: int
+
+
+class StaticOptions(SharedOptions, total=False):
+    """EL2N and Forgetting set their warm-up from ``score_epochs`` and keep their subset."""
+
+    final_full_epochs: int
+    epochs: int | None
 
 
 _COMMON_OPTIONS = """

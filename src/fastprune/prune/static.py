@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import StaticOptions, Unpack
 from .strategies import _TopScores
 
 
 class _Static(_TopScores):
-    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int, **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int, **options: Unpack[StaticOptions]):
         for name in ("warmup_epochs", "reselect_every"):
             if name in options:
                 raise ValueError(f"{type(self).__name__} fixes {name}; pass score_epochs instead")
@@ -42,7 +43,8 @@ class EL2N(_Static):
 
     default_decay = None  # running mean over the scoring epochs
 
-    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 2, **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 2,
+                 **options: Unpack[StaticOptions]):
         super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
 
     def _bandit_score(self):
@@ -58,7 +60,8 @@ class Forgetting(_Static):
     Needs ``correct`` in every ``update()``.
     """
 
-    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 3, **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 3,
+                 **options: Unpack[StaticOptions]):
         super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
 
     def update(self, indices, losses, correct=None, *, defer=None):

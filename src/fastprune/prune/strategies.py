@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .._native import core
-from .base import Selection, Strategy, _fraction, _quotas, _real
+from .base import InfoBatchOptions, Selection, Strategy, StrategyOptions, Unpack, _fraction, _quotas, _real
 
 
 def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -27,7 +27,7 @@ class Full(Strategy):
     shardable = True
     uses_scores = False
 
-    def __init__(self, num_samples: int, **options):
+    def __init__(self, num_samples: int, **options: Unpack[StrategyOptions]):
         super().__init__(num_samples, 1.0, **options)
 
     def is_full_epoch(self, epoch: int) -> bool:
@@ -44,7 +44,7 @@ class UniformRandom(Strategy):
     shardable = True
     uses_scores = False
 
-    def __init__(self, num_samples: int, keep: float = 0.5, **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, **options: Unpack[StrategyOptions]):
         # 0.5 as every other pruning strategy: the base class's 1.0 would silently prune nothing
         super().__init__(num_samples, keep, **options)
 
@@ -108,7 +108,7 @@ class EpsilonGreedy(_TopScores):
     Unseen samples score +inf, so every sample is tried once first (ties broken at random).
     """
 
-    def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options: Unpack[StrategyOptions]):
         eps = _real(eps, "eps")
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps!r}")
@@ -137,7 +137,8 @@ class UCB(_TopScores):
 
     table_fields = ("var", "correct")
 
-    def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std", **options):
+    def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std",
+                 **options: Unpack[StrategyOptions]):
         if bonus not in ("std", "var"):
             raise ValueError(f"bonus must be 'std' or 'var', got {bonus!r}")
         c = _real(c, "c")
@@ -181,7 +182,7 @@ class InfoBatch(Strategy):
     sizes_follow_scores = True
 
     def __init__(self, num_samples: int, keep: float | None = 0.5, *, epochs: int, delta: float = 0.875,
-                 prune: float = 0.5, min_below_keep: float = 0.1, **options):
+                 prune: float = 0.5, min_below_keep: float = 0.1, **options: Unpack[InfoBatchOptions]):
         if "final_full_epochs" in options:
             raise ValueError("InfoBatch sets its final full-data epochs from delta; do not pass final_full_epochs")
         delta, prune = _real(delta, "delta"), _real(prune, "prune")
