@@ -56,7 +56,9 @@ class SmallResNet(nn.Module):
         blocks: BasicBlocks per stage (an int applies to every stage). ``widths=(16, 32, 64)``
             with ``blocks=3`` is the classic ResNet-20.
         stem_stride: 2 halves the resolution in the stem, which makes the network ~4x cheaper;
-            on 28x28 inputs a 14x14 first stage still leaves enough resolution.
+            on 28x28 inputs a 14x14 first stage still leaves enough resolution. The benchmark
+            recipe (``fastprune train``/``bench``, the README's headline) uses 2; the default 1
+            costs ~4x as much per sample.
     """
 
     def __init__(
