@@ -111,6 +111,8 @@ def run_settings(options: dict, labels: np.ndarray, epochs: int, keep: float = 0
 # (else the speed-ups divide wall-clocks of unlike runs; as `fastprune bench --continue` requires).
 FULL_FROM_MUST_MATCH = (("recipe",), ("model",), ("epochs",), ("split",), ("machine", "cpu"), ("machine", "cpu_id"),
                         ("machine", "cpu_features"), ("machine", "cores"), ("machine", "torch"), ("device",))
+# Fields that files written before they existed lack (every such study ran on the CPU).
+RECORDED_LATER = (("machine", "cpu_id"), ("machine", "cpu_features"), ("device",))
 
 
 def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
@@ -119,10 +121,19 @@ def full_runs_from(path: Path, result: dict, seeds) -> dict[int, dict]:
     or its wall-clocks would not be comparable)."""
     earlier = json.loads(path.read_text())
     written = json.loads(json.dumps(result))  # as written: tuples become lists
+    unrecorded = []
     for key in FULL_FROM_MUST_MATCH:
         old, new = plan._field(earlier, key), plan._field(written, key)
-        if old != new:
+        if old is None and key in RECORDED_LATER:  # an older file: compared on what it does record
+            unrecorded.append(".".join(key))
+        elif old != new:
             raise SystemExit(f"--full-from {path}: its {'.'.join(key)} {old!r} differs from this run's {new!r}")
+    if earlier.get("device") is None and (written.get("device") or {}).get("device") != "cpu":
+        raise SystemExit(f"--full-from {path}: its runs predate device records and ran on the CPU; this run "
+                         f"trains on {written['device']['device']}")
+    if unrecorded:
+        print(f"--full-from {path}: an older file, which does not record {', '.join(unrecorded)}: "
+              "compared on the rest", file=sys.stderr)
     full = {run["seed"]: run for run in earlier["runs"] if run["variant"] == "full"}
     missing = [seed for seed in seeds if seed not in full]
     if missing:

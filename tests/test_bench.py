@@ -247,7 +247,7 @@ def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(stud
     study = study_script("heldout_tuning")
     this = {"recipe": {"lr": 1.2}, "model": {"widths": (32,)}, "epochs": 10, "split": {"fit": 50000},
             "machine": {"cpu": "AMD EPYC", "cpu_id": "family 23 model 49", "cpu_features": ["avx2"], "cores": 2,
-                        "torch": "2.14.1"}, "device": {"type": "cpu", "precision": "fp32"}}
+                        "torch": "2.14.1"}, "device": {"device": "cpu", "precision": "fp32"}}
     earlier = {**this, "model": {"widths": [32]}, "runs": [{"variant": "full", "seed": 0, "final_acc": 93.0},
                                 {"variant": "ucb", "seed": 0, "final_acc": 92.0},
                                 {"variant": "full", "seed": 1, "final_acc": 92.5}]}
@@ -264,7 +264,15 @@ def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(stud
     with pytest.raises(SystemExit, match="its machine.cpu_id 'family 23 model 49' differs"):
         study.full_runs_from(path, {**this, "machine": {**this["machine"], "cpu_id": "family 6 model 143"}}, [0])
     with pytest.raises(SystemExit, match="its device .*'fp32'.* differs from this run's .*'bf16'"):
-        study.full_runs_from(path, {**this, "device": {"type": "cpu", "precision": "bf16"}}, [0])
+        study.full_runs_from(path, {**this, "device": {"device": "cpu", "precision": "bf16"}}, [0])
+    # the committed files predate the device and (some) cpu_id records: still reusable on the CPU
+    this_cpu = {**this, "device": {"device": "cpu", "precision": "off"}}
+    legacy = {**earlier, "machine": {k: v for k, v in this["machine"].items() if k != "cpu_id"}}
+    del legacy["device"]
+    path.write_text(json.dumps(legacy))
+    assert sorted(study.full_runs_from(path, this_cpu, [0, 1])) == [0, 1]
+    with pytest.raises(SystemExit, match="predate device records and ran on the CPU; this run trains on cuda:0"):
+        study.full_runs_from(path, {**this, "device": {"device": "cuda:0", "precision": "bf16"}}, [0])
     with pytest.raises(SystemExit, match="drop --fit-limit"):
         study.main(["--final-test", "--fit-limit", "300", "--workdir", str(tmp_path)])
 

@@ -5,6 +5,8 @@ untouched and nothing trained."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,24 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["scores", str(cut)]) == 1
     assert "cut.pt" in _error(capsys)
+
+
+def test_the_writability_check_looks_at_the_folder_written_in(tmp_path, monkeypatch):
+    """--tensorboard DIR was checked at DIR's parent (a writable /output mounted in a read-only
+    root was refused), and an existing log one may write was refused for its folder."""
+    import fastprune._outputs as outputs
+    from fastprune.errors import ConfigError
+
+    locked, board = tmp_path / "locked", tmp_path / "locked" / "tb"
+    board.mkdir(parents=True)
+    (locked / "run.json").write_text("{}")
+    real_access = outputs.os.access
+    denied = {locked}
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) not in denied and real_access(path, mode))
+    assert outputs.check_output_folder(board, "--tensorboard") == board
+    assert outputs.check_output_file(locked / "run.json", "--log-json", makes_folders=True) == locked / "run.json"
+    with pytest.raises(ConfigError, match="--log-json .*new.json: cannot write in .*locked"):
+        outputs.check_output_file(locked / "new.json", "--log-json", makes_folders=True)
+    denied.add(board)
+    with pytest.raises(ConfigError, match=r"--tensorboard .*tb: cannot write in .*tb \(permission denied\)"):
+        outputs.check_output_folder(board, "--tensorboard")

@@ -142,6 +142,9 @@ def test_ffcv_interop_and_a_torchvision_model_spec_without_their_extras_name_the
         importlib.import_module("fastprune.integrations.ffcv")
     with pytest.raises(ConfigError, match=r"torchvision, which is not installed: pip install \"fastprune\[vision\]\""):
         load_model_factory("torchvision.models:resnet18")
+    monkeypatch.undo()  # torchvision installed: a typo in the module is a typo, not a missing extra
+    with pytest.raises(ConfigError, match="cannot import 'torchvision.modelz'"):
+        load_model_factory("torchvision.modelz:resnet18")
 
 
 def test_an_installed_extra_whose_own_import_fails_is_not_called_missing(tmp_path, monkeypatch):

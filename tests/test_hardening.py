@@ -774,8 +774,8 @@ def test_garbage_bit_flipped_and_strategy_mismatched_checkpoints_are_refused_in_
         int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
     data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="damaged checkpoint \\(the CRC-32 of its part .* does not match\\)"):
-        load_checkpoint(path, *_checkpoint_parts(), settings={"epochs": 4})
+    with pytest.raises(CheckpointError, match="damaged checkpoint \\(its part .*Bad CRC-32"):
+        load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -800,3 +800,29 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_f
                                               r"device\); the previous one, if any, is kept"):
         checkpoints.save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}, {"epoch": 1}])
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
+def test_checkpoints_torch_writes_without_crcs_or_in_its_legacy_format_still_load(tmp_path, monkeypatch):
+    """The CRC check refused a valid checkpoint saved with torch's save.compute_crc32 = False (CRC 0
+    recorded) or in the legacy non-zip format; and a MemoryError while loading is the machine's,
+    not a damaged file's."""
+    import torch.utils.serialization
+
+    from fastprune.train import checkpoints, load_checkpoint, save_checkpoint
+
+    model, optimizer, strategy = _checkpoint_parts()
+    path = tmp_path / "run.pt"
+    monkeypatch.setattr(torch.utils.serialization.config.save, "compute_crc32", False)
+    save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}], settings={"epochs": 4})
+    monkeypatch.undo()
+    assert load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})[0] == 1
+    state = torch.load(path, weights_only=True)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})[0] == 1
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(checkpoints.torch, "load", no_memory)
+    with pytest.raises(MemoryError):
+        load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})

@@ -540,6 +540,9 @@ def test_a_loader_copies_on_one_cuda_stream_across_epochs_and_checks_the_device_
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device 'cuda:5': this machine has 1 CUDA device\(s\) \(cuda:0..cuda:0\)"):
         Loader(store, 4, device="cuda:5")
+    # a plain "cuda" (or "auto") stays the current device, as torch's .to("cuda"): a Loader built
+    # before torch.cuda.set_device(rank) must not pin cuda:0
+    assert Loader(store, 4, device="cuda").device == Loader(store, 4, device="auto").device == torch.device("cuda")
     made = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())
     loader = Loader(store, 4, device="cuda:0")

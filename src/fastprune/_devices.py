@@ -8,7 +8,7 @@ import torch
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto", *, pin_index: bool = True) -> torch.device:
     """The one place a run's ``device`` is resolved: "auto" (or None) is CUDA when it is available,
     else the CPU; "cpu", "cuda" and "cuda:N" are checked against this machine. A malformed value,
     or CUDA where there is none, raises :class:`~fastprune.errors.ConfigError` in one line."""
@@ -32,5 +32,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if resolved.index is not None and resolved.index >= count:
         raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s) "
                           f"(cuda:0..cuda:{count - 1})")
-    # with its index, so that records of "cuda" and "cuda:0" runs compare equal
-    return resolved if resolved.index is not None else torch.device("cuda", torch.cuda.current_device())
+    # with its index, so that records of "cuda" and "cuda:0" runs compare equal; pin_index=False
+    # keeps a plain "cuda" plain: the current device when used (a Loader built before set_device(rank))
+    if resolved.index is not None or not pin_index:
+        return resolved
+    return torch.device("cuda", torch.cuda.current_device())

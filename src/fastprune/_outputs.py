@@ -87,9 +87,12 @@ def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
             folder = folder.parent
         if not folder.is_dir():
             raise error(f"{what} {out}: {folder} is a file, not a folder")
-    # W_OK also says no on a read-only file system, for root too: found now, not after training
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise error(f"{what} {out}: cannot write in {folder} ({'read-only file system' if _read_only(folder) else 'permission denied'})")
+    # W_OK also says no on a read-only file system, for root too: found now, not after training.
+    # The folder itself when it exists (--tensorboard DIR); an existing file one may write is let
+    # through (a log written in place needs no write access to its folder).
+    where = out if out.is_dir() else folder
+    if not os.access(where, os.W_OK | os.X_OK) and not (out.is_file() and os.access(out, os.W_OK)):
+        raise error(f"{what} {out}: cannot write in {where} ({'read-only file system' if _read_only(where) else 'permission denied'})")
 
 
 def _read_only(folder: Path) -> bool:

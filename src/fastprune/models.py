@@ -135,6 +135,15 @@ def build_model(name: str = "small_resnet", *, in_channels: int = 3, num_classes
     raise ValueError(f"unknown model {name!r}; expected 'small_resnet', 'resnet18' or MODULE:CALLABLE")
 
 
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def load_model_factory(spec: str):
     """The callable ``spec`` ("MODULE:CALLABLE", the callable may be dotted: "pkg.mod:Net.small")
     names; a :class:`~fastprune.ConfigError` naming what is missing otherwise."""
@@ -148,7 +157,7 @@ def load_model_factory(spec: str):
     try:
         target = importlib.import_module(module_name)
     except ImportError as exc:  # ModuleNotFoundError too, and a module whose own imports fail
-        if (getattr(exc, "name", None) or "").split(".")[0] == "torchvision":  # not installed, not a broken install
+        if module_name.split(".")[0] == "torchvision" and not _installed("torchvision"):  # not a typo, not a broken install
             raise ConfigError(f"model {spec!r} needs torchvision, which is not installed: "
                               'pip install "fastprune[vision]"') from None
         raise ConfigError(f"model {spec!r}: cannot import {module_name!r} ({exc}); put its folder on "

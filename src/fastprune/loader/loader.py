@@ -149,7 +149,8 @@ class Loader:
                              "batches, even_batches splits every sample into near-equal batches")
         self.seed = check_seed(seed)
         self.prefetch = int(prefetch)
-        self.device = resolve_device(device)  # as every entry point reads it
+        # as every entry point reads it; a plain "cuda" stays the current device (DDP: set_device(rank) later)
+        self.device = resolve_device(device, pin_index=False)
         self.thread_nice = _check_thread_nice(thread_nice, self.device)
         self.rank, self.world_size = resolve_ranks(distributed)
         self._alone = alone_when_built(distributed, self.world_size)

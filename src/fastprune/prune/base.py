@@ -108,6 +108,8 @@ class Selection:
         indices = np.asarray(self.indices)
         if indices.size and indices.dtype.kind not in "iu":  # 2.7 would be cut to 2 by a cast
             raise TypeError(f"Selection indices must be integers, got {indices.dtype}")
+        if indices.dtype == np.uint64 and indices.size and indices.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"Selection index {int(indices.max())} is past int64 (it would wrap to a negative id)")
         object.__setattr__(self, "indices", indices.astype(np.int64, copy=False))
         object.__setattr__(self, "weights", np.asarray(self.weights, dtype=np.float32))
         if self.indices.shape != self.weights.shape or self.indices.ndim != 1:
@@ -681,7 +683,8 @@ class Strategy:
         return int(value)
 
     def __repr__(self) -> str:
-        # the strategy's own settings (eps, c, delta...) and the shared ones not at their default
+        # the strategy's own settings (eps, c, delta...), then the epoch phases and reselection when set
+        # (not every option: labels or a keep_schedule would not fit on a line)
         config, shared = self.config(), Strategy.config(self)
         shown = {"num_samples": self.num_samples, "keep": self.keep,
                  **{k: v for k, v in config.items() if k not in shared}, "seed": self.seed}
