@@ -812,9 +812,14 @@ def test_checkpoints_torch_writes_without_crcs_or_in_its_legacy_format_still_loa
 
     model, optimizer, strategy = _checkpoint_parts()
     path = tmp_path / "run.pt"
-    monkeypatch.setattr(torch.utils.serialization.config.save, "compute_crc32", False)
-    save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}], settings={"epochs": 4})
-    monkeypatch.undo()
+    # torch's own switch, set and put back by hand: monkeypatch's undo deletes a config entry
+    save_config = torch.utils.serialization.config.save
+    before = save_config.compute_crc32
+    save_config.compute_crc32 = False
+    try:
+        save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}], settings={"epochs": 4})
+    finally:
+        save_config.compute_crc32 = before
     assert load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})[0] == 1
     state = torch.load(path, weights_only=True)
     torch.save(state, path, _use_new_zipfile_serialization=False)
