@@ -1,6 +1,6 @@
 """Checks on the files a command will write, made before any work: a long training run must not end
-on "Is a directory" or "Read-only file system", and no output may land on one of the run's own inputs (a training store
-overwritten by its checkpoint) or on another output.
+on "Is a directory" or "Read-only file system", and no output may land on one of the run's own
+inputs (a training store overwritten by its checkpoint) or on another output.
 
 ``convert`` writes one file next to its temporary twin (so its folder must exist); ``train``,
 ``bench`` and ``scores`` create missing folders for their outputs, so for them only the nearest
@@ -92,7 +92,8 @@ def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
     # through (a log written in place needs no write access to its folder).
     where = out if out.is_dir() else folder
     if not os.access(where, os.W_OK | os.X_OK) and not (out.is_file() and os.access(out, os.W_OK)):
-        raise error(f"{what} {out}: cannot write in {where} ({'read-only file system' if _read_only(where) else 'permission denied'})")
+        why = "read-only file system" if _read_only(where) else "permission denied"
+        raise error(f"{what} {out}: cannot write in {where} ({why})")
 
 
 def _read_only(folder: Path) -> bool:

@@ -39,7 +39,8 @@ class SourceNotFoundError(ConversionError, FileNotFoundError):
     def __init__(self, what: str, path, hint: str = ""):
         path = os.fspath(path)
         super().__init__(f"{what} not found: {path}{hint}")
-        self.what, self.hint, self.errno, self.strerror, self.filename = what, hint, errno.ENOENT, f"{what} not found", path
+        self.what, self.hint = what, hint
+        self.errno, self.strerror, self.filename = errno.ENOENT, f"{what} not found", path
 
     def __reduce__(self):
         return type(self), (self.what, self.filename, self.hint)

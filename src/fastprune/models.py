@@ -157,7 +157,8 @@ def load_model_factory(spec: str):
     try:
         target = importlib.import_module(module_name)
     except ImportError as exc:  # ModuleNotFoundError too, and a module whose own imports fail
-        if module_name.split(".")[0] == "torchvision" and not _installed("torchvision"):  # not a typo, not a broken install
+        # torchvision absent (not a typo in its module path, not a broken install): name the extra
+        if module_name.split(".")[0] == "torchvision" and not _installed("torchvision"):
             raise ConfigError(f"model {spec!r} needs torchvision, which is not installed: "
                               'pip install "fastprune[vision]"') from None
         raise ConfigError(f"model {spec!r}: cannot import {module_name!r} ({exc}); put its folder on "

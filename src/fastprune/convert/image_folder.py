@@ -108,7 +108,8 @@ def _two_labels(path: Path, this: str, owner: str, first: Path) -> str:
     """The one-line refusal of a folder reached as ``path`` from ``this`` class and as ``first``
     (``owner``'s)."""
     if owner == _ROOT:
-        return f"{path}: a link back to the dataset root {first}; its images would also be labelled as {this} (remove the link)"
+        return (f"{path}: a link back to the dataset root {first}; its images would also be labelled as {this} "
+                "(remove the link)")
     return (f"{path} and {first} are one folder (a symbolic link): its images would be labelled both as {this} "
             f"and as {owner} (remove the link)")
 

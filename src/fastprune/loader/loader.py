@@ -41,8 +41,8 @@ from .transforms import BatchTransform, Normalize, RandomHorizontalFlip, _Resize
 
 __all__ = ["Loader", "Batch"]
 
-_POLL_S = 0.05
-_DECODE_FAILURE = "JPEG decode of "  # how the native gather's errors about a stored sample begin  # how often blocked producers/consumers re-check for shutdown
+_POLL_S = 0.05  # how often blocked producers/consumers re-check for shutdown
+_DECODE_FAILURE = "JPEG decode of "  # how the native gather's errors about a stored sample begin
 # The first round of each epoch's batches gathers in turns on the whole native pool (see
 # _GatherTurns). False: each producer gathers alone; for A/B measurements only
 # (benchmarks/epoch_start.py, benchmarks/gpu.py --fit-first-round), read when a Loader is made.
@@ -116,8 +116,9 @@ class Loader:
             only integer field). Integer labels arrive as int64; a float field named here (a
             regression target) arrives as stored, float32 or float64.
         max_image_pixels: a JPEG whose header claims more pixels is refused (``StoreError``, a
-            ValueError, naming the file and the sample) before anything is allocated; default 2**27 (a 403 MB RGB image), so a
-            damaged or hostile header cannot make the loader allocate gigabytes.
+            ValueError, naming the file and the sample) before anything is allocated; default
+            2**27 (a 403 MB RGB image), so a damaged or hostile header cannot make the loader
+            allocate gigabytes.
 
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
     ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass

@@ -63,8 +63,9 @@ class ScoreTable:
     finite and only an unseen sample's score is +inf. bfloat16 keeps float32's range with about
     3 significant digits; float16 has about 3.3 digits but the range 6e-5..65504: it clips a
     larger loss (or score) to 65504, and a variance past 65504 (losses spread by more than about
-    256, squared units) to it, which caps UCB's std bonus at 256. Reading ``mean``, ``var``, ``score`` or ``std`` of a 16-bit
-    table returns a read-only float32 copy (exact): 4 bytes per sample while it lives.
+    256, squared units) to it, which caps UCB's std bonus at 256. Reading ``mean``, ``var``,
+    ``score`` or ``std`` of a 16-bit table returns a read-only float32 copy (exact): 4 bytes per
+    sample while it lives.
     :meth:`raw` gives a field as stored instead, without a copy: what a selection reads.
 
     ``update(..., defer=True)`` stages an update instead of applying it (device tensors stay on
