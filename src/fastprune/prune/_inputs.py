@@ -61,11 +61,19 @@ def staged(tensor, name: str, length: int | None = None):
     return tensor.detach().clone()
 
 
+def first_past_int64(array: np.ndarray) -> int | None:
+    """The position of the first id of ``array`` that int64 cannot hold (a cast would wrap it to a
+    negative id), or None."""
+    if array.dtype != np.uint64 or not array.size or array.max() <= np.iinfo(np.int64).max:
+        return None
+    return int(np.argmax(array > np.iinfo(np.int64).max))
+
+
 def as_indices(indices) -> np.ndarray:
     array = _one_dim(to_numpy(indices), "indices", None)
     _check_dtype(array, "indices")
-    if array.dtype == np.uint64 and len(array) and array.max() > np.iinfo(np.int64).max:
-        j = int(np.argmax(array > np.iinfo(np.int64).max))  # int64 would wrap it to a negative id
+    j = first_past_int64(array)
+    if j is not None:
         raise IndexError(f"indices[{j}] = {int(array[j])} is out of range (past int64)")
     return np.ascontiguousarray(array, dtype=np.int64)
 

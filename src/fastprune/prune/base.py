@@ -83,7 +83,7 @@ except ImportError:  # 3.10: typing_extensions comes with torch
 
 from .._args import MAX_EPOCH, check_bool, check_positive_int, check_seed
 from ..random_streams import tie_order
-from ._inputs import as_indices, to_numpy
+from ._inputs import as_indices, first_past_int64, to_numpy
 from .distributed import gather_updates
 from .sharding import is_sharded, sharded_ranks, Sharding
 from .table import ScoreTable
@@ -108,8 +108,9 @@ class Selection:
         indices = np.asarray(self.indices)
         if indices.size and indices.dtype.kind not in "iu":  # 2.7 would be cut to 2 by a cast
             raise TypeError(f"Selection indices must be integers, got {indices.dtype}")
-        if indices.dtype == np.uint64 and indices.size and indices.max() > np.iinfo(np.int64).max:
-            raise IndexError(f"Selection index {int(indices.max())} is past int64 (it would wrap to a negative id)")
+        past = first_past_int64(indices)
+        if past is not None:
+            raise IndexError(f"Selection index {int(indices[past])} is past int64 (it would wrap to a negative id)")
         object.__setattr__(self, "indices", indices.astype(np.int64, copy=False))
         object.__setattr__(self, "weights", np.asarray(self.weights, dtype=np.float32))
         if self.indices.shape != self.weights.shape or self.indices.ndim != 1:
