@@ -97,6 +97,24 @@ def test_speed_ups_are_of_median_times_and_a_busy_machine_is_said(capsys):
     assert bench_report.timing_spread_note(runs[3:]) == ""  # 1.1-1.3 s: alike
 
 
+def test_one_seed_runs_timed_unalike_per_sample_are_said():
+    """A one-seed bench on a busy 2-core machine: full 13.5 s for 12k samples, eps-greedy 1.4 s and
+    UCB 10.9 s for 6k each; the verdict said "eps-greedy 9.97x faster" and no note came, since each
+    cell ran once. Seconds per trained sample differ 8x between the runs: that is said."""
+    runs = [{**_run("full", 1.0, 0, 26.8, 13.5, [[13.5, 26.8]]), "samples_seen": 12000},
+            {**_run("epsilon_greedy", 0.5, 0, 12.2, 1.4, [[1.4, 12.2]]), "samples_seen": 6000},
+            {**_run("ucb", 0.5, 0, 14.2, 10.9, [[10.9, 14.2]]), "samples_seen": 6000}]
+    note = bench_report.timing_spread_note(runs)
+    assert note.startswith("note: the runs spent up to 7.8x each other's time per trained sample "
+                           "(epsilon_greedy at keep 0.5: 0.23 ms, ucb at keep 0.5: 1.82 ms): the machine was busy")
+    # alike per sample (1.13 vs 1.17 ms, and 1.5x as the strategies' own costs can make): no note
+    runs[1]["wall_s"], runs[2]["wall_s"] = 7.0, 10.0
+    assert bench_report.timing_spread_note(runs) == ""
+    # results recorded without samples_seen are judged by the cells alone
+    assert bench_report.timing_spread_note([{k: v for k, v in run.items() if k != "samples_seen"}
+                                            for run in runs]) == ""
+
+
 def test_bench_says_its_plan_before_the_first_run_and_no_repository_note_on_own_data():
     mode = {"seeds": (0, 1, 2), "keeps": (0.3, 0.5, 0.7), "epochs": 10, "train_limit": None,
             "strategies": ("uniform_random", "epsilon_greedy", "ucb", "infobatch", "el2n", "forgetting")}

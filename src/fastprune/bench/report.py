@@ -89,11 +89,19 @@ def _data_wait_share_pct(group: list[dict]) -> float | None:
 
 # Runs of one cell whose training times differ more than this were not timed alike.
 SPREAD_WARNING = 1.5
+# Seconds per trained sample differ this much between any two runs: the strategies' own costs
+# move it by 1.2-1.6x in the committed results, a busy machine by several times.
+PER_SAMPLE_WARNING = 2.0
 
 
 def timing_spread_note(runs: list[dict]) -> str:
-    """A line when the runs of one (strategy, keep) took very different times (a busy machine):
-    the medians stand, but the user should know; "" otherwise."""
+    """A line when the runs were not timed alike (a busy machine): the runs of one (strategy, keep)
+    took very different times, or, where each cell ran once (one seed), two runs spent very
+    different times per trained sample. The medians stand, but the user should know; "" otherwise."""
+    return _cell_spread_note(runs) or _per_sample_spread_note(runs)
+
+
+def _cell_spread_note(runs: list[dict]) -> str:
     groups: dict[tuple[str, float], list[float]] = {}
     for run in runs:
         groups.setdefault((run["strategy"], run["keep"]), []).append(run["wall_s"])
@@ -103,8 +111,24 @@ def timing_spread_note(runs: list[dict]) -> str:
         return ""
     ratio, name, keep, walls = max(spreads)
     return (f"note: the runs of one cell took up to {ratio:.1f}x each other's time ({name} at keep {keep:.1f}: "
-            f"{min(walls):.1f}-{max(walls):.1f} s): the machine was busy; speed-ups use medians, but rerun "
-            "on an idle machine (or with --threads set) before trusting them")
+            f"{min(walls):.1f}-{max(walls):.1f} s): {_BUSY_ADVICE}")
+
+
+def _per_sample_spread_note(runs: list[dict]) -> str:
+    # one run per cell cannot differ from itself, but every run trains the same model on the same
+    # data: its seconds per trained sample should be alike whatever the strategy
+    rates = sorted((run["wall_s"] / run["samples_seen"], run["strategy"], run["keep"]) for run in runs
+                   if run.get("samples_seen") and run["wall_s"] > 0)
+    if len(rates) < 2 or rates[-1][0] <= PER_SAMPLE_WARNING * rates[0][0]:
+        return ""
+    (fast, fast_name, fast_keep), (slow, slow_name, slow_keep) = rates[0], rates[-1]
+    return (f"note: the runs spent up to {slow / fast:.1f}x each other's time per trained sample "
+            f"({fast_name} at keep {fast_keep:.1f}: {fast * 1e3:.2f} ms, {slow_name} at keep {slow_keep:.1f}: "
+            f"{slow * 1e3:.2f} ms): {_BUSY_ADVICE}")
+
+
+_BUSY_ADVICE = ("the machine was busy; speed-ups use medians, but rerun on an idle machine (or with "
+                "--threads set) before trusting them")
 
 
 def markdown_table(summary: list[dict]) -> str:
