@@ -254,6 +254,17 @@ def test_curves_plot_the_mean_over_seeds_with_a_band_and_name_the_validation_sto
     assert plan.evaluated_on({"data": {"val": plan.BUILT_IN_DATA}}) == "Fashion-MNIST test"
 
 
+def test_curves_show_a_peak_above_every_final_accuracy(tmp_path):
+    """A busy 2-core bench: eps-greedy's curve peaked at 30.5% and ended at 12.2%, UCB 27.9 -> 14.2,
+    full ended at 26.8; the axis stopped at the best final + 1 (27.8), cutting both peaks off."""
+    from fastprune.bench import plots
+
+    runs = _runs("full", 1.0, [[18.8, 26.8]], block=0.5) + _runs("epsilon_greedy", 0.5, [[10.2, 30.5, 12.2]])
+    axis = plots.plot_curves(runs, tmp_path / "c.png").axes[0]
+    low, high = axis.get_ylim()
+    assert high >= 30.5 and low <= 12.2 - 5
+
+
 def test_bench_records_the_model_it_ran_and_writes_grids_and_tensorboard_per_run(tmp_path, monkeypatch, capsys):
     import json
 

@@ -80,9 +80,11 @@ def pyplot():
 
 
 def _zoom_on_the_top(axis, runs):
-    """Early epochs sit far below the end of training; show the range where methods differ."""
+    """Early epochs sit far below the end of training; show the range where methods differ, up to
+    the highest point of any curve (a run that peaks mid-training and falls off must not be cut)."""
     finals = [r["final_acc"] for r in runs]
-    axis.set_ylim(min(finals) - 5, max(finals) + 1)
+    highest = max([acc for r in runs for _, acc in r["curve"] if acc is not None] + finals)
+    axis.set_ylim(min(finals) - 5, highest + 1)
 
 
 def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST",
