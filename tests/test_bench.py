@@ -135,6 +135,9 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "2k images, 2 epochs, SmallResNet(32, 64, 128), 1 seed; every measurement: docs/benchmarks.md in the source repository"
     assert f"plots: {tmp_path / 'e2e'}_curves.png, {tmp_path / 'e2e'}_frontier.png" in printed
+    # --train-limit makes the built-in data as small as a user's: the few-steps warning is said too
+    assert ("warning: at keep 0.5 an epoch trains 1000 of 2000 samples in 2 optimizer steps of batch 512; "
+            "pass --batch-size 100 or less for at least 10 steps per epoch (and a --lr that suits it)") in printed
     assert printed[-1].startswith("verdict at keep 0.5: uniform ") and "el2n" not in printed[-1]
     result = json.loads(out.read_text())
     assert [(r["strategy"], r["seed"], r["block"]) for r in result["runs"]] == [

@@ -120,12 +120,11 @@ def run(args: argparse.Namespace) -> int:
     print(report.plan_line(mode), flush=True)
     print(describe_recipe(recipe), flush=True)
     if args.train is not None:
-        for warning in recipe_warnings(recipe, args.train, min(mode["keeps"])):
-            print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
-    if args.train is not None:
         stores = (args.train, args.val)
-    else:
+    else:  # --train-limit can make the built-in data as small as a user's
         stores = prepare_stores(args.workdir, mode["train_limit"])
+    for warning in recipe_warnings(recipe, stores[0], min(mode["keeps"])):
+        print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     with out_of_memory_named(settings.device, recipe.batch_size):
         result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
                          built_in=args.train is None, log=functools.partial(print, flush=True),
