@@ -73,6 +73,15 @@ def test_round_trip_all_field_types(tmp_path, workers):
         assert store[-1][1] == rows[-1][1]
 
 
+def test_a_page_size_given_too_small_names_the_sample_and_the_size_that_fits(tmp_path):
+    rows = [(np.zeros((4, 4, 3), np.uint8),), (np.zeros((40, 40, 3), np.uint8),)]
+    with pytest.raises(ConversionError, match=r"^sample 1: its data \(4800 bytes\) is larger than a page "
+                                              r"\(4096 bytes\); pass page_size=8192 or more$"):
+        write_dataset(tmp_path / "s.beton", ListSource(rows), {"image": RGBImageField()}, page_size=1 << 12,
+                      workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_written_file_gets_normal_permissions(tmp_path):
     path = write_dataset(tmp_path / "p.beton", ListSource([(1,)]), {"label": IntField()}, progress=False)
     umask = os.umask(0)

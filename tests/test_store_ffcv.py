@@ -81,6 +81,25 @@ def test_fastprune_raw_file_loads_in_ffcv_loader(tmp_path):
     np.testing.assert_array_equal(feats, np.stack([r[3] for r in rows]))
 
 
+def test_a_sample_larger_than_the_default_page_grows_the_pages_and_loads_in_ffcv(tmp_path, monkeypatch):
+    """A raw image over 8 MiB (1700 x 1700) stopped every converter: "larger than a page; pass a
+    larger page_size", an option no converter or CLI flag has. The write now starts again with the
+    smallest power-of-two page that holds it (here, scaled down: 4 KiB default, 10,800-byte images)."""
+    from fastprune.store import format as fmt
+
+    monkeypatch.setattr(fmt, "DEFAULT_PAGE_SIZE", 1 << 12)
+    rng = np.random.default_rng(2)
+    rows = [(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8), i, float(i), np.zeros((3, 2), np.float32))
+            for i in range(N)]
+    path = write_dataset(tmp_path / "big.beton", rows, FASTPRUNE_FIELDS, workers=2, progress=False, chunk_size=5)
+    assert [p.name for p in tmp_path.iterdir()] == ["big.beton"]  # the first attempt left nothing
+    with Store(path) as store:
+        assert store.page_size == 1 << 14
+    images, labels = load_with_ffcv(path)[:2]
+    np.testing.assert_array_equal(images, np.stack([r[0] for r in rows]))
+    np.testing.assert_array_equal(labels.ravel(), np.arange(N))
+
+
 def test_fastprune_jpeg_file_loads_in_ffcv_loader(tmp_path):
     rows = make_rows(jpeg_friendly=True)
     fields = dict(FASTPRUNE_FIELDS, image=RGBImageField("jpg", jpeg_quality=90))

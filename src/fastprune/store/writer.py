@@ -23,6 +23,7 @@ live processes, or of other hosts sharing the folder, are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import warnings
@@ -48,7 +49,7 @@ from .info import printable
 
 def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: int | None = None,
                   workers: int | None = None, progress: bool = True,
-                  page_size: int = fmt.DEFAULT_PAGE_SIZE, chunk_size: int | None = None,
+                  page_size: int | None = None, chunk_size: int | None = None,
                   class_names=None, index_field: str | None = None, skip_unreadable: bool = False) -> Path:
     """Write ``source`` to a store file at ``path`` and return the path.
 
@@ -61,6 +62,9 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         not be picklable.
     progress: show a tqdm progress bar ("writing NAME"; tqdm's TQDM_* environment settings apply).
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
+        A sample's data must fit in one page. Default (None): 8 MiB, ffcv's, or where a sample is
+        larger (a raw image over ~1670 x 1670, a large camera JPEG kept as is), the smallest power
+        of two that holds it: the write starts again with that page size.
     class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
         list (label value i -> names[i]) for the first IntField, or {int field name: list}.
         A label >= the number of names stops the write.
@@ -75,7 +79,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     path = Path(path)
     fields = _check_fields(fields, jpeg_quality)
     num_samples = _check_source(source)
-    _check_page_size(page_size)
+    if page_size is not None:
+        _check_page_size(page_size)
     skip_unreadable = check_bool(skip_unreadable, "write_dataset: skip_unreadable")
     stored_fields = _with_index_field(fields, index_field)
     names = class_names_block.check_class_names(class_names, stored_fields)
@@ -83,6 +88,39 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
     remove_stale_temp_files(path)
+    size = page_size or fmt.DEFAULT_PAGE_SIZE
+    while True:
+        try:
+            writer = _write_file(path, source, fields, stored_fields, num_samples, size, names, index_field,
+                                 chunk_size, workers, progress, skip_unreadable)
+            break
+        except _PageTooSmall as small:
+            if page_size is not None or small.needed > fmt.MAX_PAGE_SIZE:
+                raise ConversionError(f"sample {small.sample}: its data ({small.bytes} bytes) is larger than a "
+                                      f"page ({size} bytes){_page_advice(page_size, small.needed)}") from None
+            size = small.needed  # rare (a huge sample): encode again, with pages that hold it
+    if writer.skipped:
+        warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
+                                            f"{writer.written} samples written"), stacklevel=2)
+    return path
+
+
+class _PageTooSmall(Exception):
+    def __init__(self, sample: int, nbytes: int):
+        super().__init__(sample, nbytes)
+        self.sample, self.bytes = sample, nbytes
+        self.needed = 1 << max(0, nbytes - 1).bit_length()  # the smallest power of two >= nbytes
+
+
+def _page_advice(page_size: int | None, needed: int) -> str:
+    if needed > fmt.MAX_PAGE_SIZE:
+        return f": a store's pages are at most {fmt.MAX_PAGE_SIZE} bytes (ffcv's format); store it smaller"
+    return f"; pass page_size={needed} or more"
+
+
+def _write_file(path: Path, source, fields, stored_fields, num_samples: int, page_size: int, names,
+                index_field, chunk_size: int, workers: int, progress: bool, skip_unreadable: bool) -> "_FileWriter":
+    """One attempt at the file: written to a temporary, renamed to ``path`` when complete."""
     with sigterm_as_interrupt():
         tmp_name = None
         try:
@@ -90,11 +128,12 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 fd, tmp_name = create_temp_file(path)
             with os.fdopen(fd, "w+b") as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field)
-                for chunk in encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
-                                            label=f"writing {printable(path.name)}",
-                                            skip_unreadable=skip_unreadable):
-                    writer.add_chunk(chunk)
-                    _check_skipped(writer.skipped, num_samples)
+                chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
+                                        label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)
+                with contextlib.closing(chunks):  # its workers stop here, before any second attempt
+                    for chunk in chunks:
+                        writer.add_chunk(chunk)
+                        _check_skipped(writer.skipped, num_samples)
                 writer.finish()
                 os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
             os.replace(tmp_name, path)
@@ -105,10 +144,7 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                 # disk full, a read-only folder: named by the output asked for, not the hidden temp
                 raise ConversionError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
-    if writer.skipped:
-        warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
-                                            f"{writer.written} samples written"), stacklevel=2)
-    return path
+    return writer
 
 
 # The most samples skip_unreadable leaves out before it stops: a few bad files in a large set are
@@ -260,9 +296,8 @@ class _FileWriter:
         starts = np.zeros(len(totals), dtype=np.uint64)
         page_size, cursor, page_end = self.page_size, self.cursor, self.page_end
         for row, total in enumerate(totals.tolist()):
-            if total > page_size:
-                raise ConversionError(f"sample {sources[row]}: its data ({total} bytes) is larger "
-                                      f"than a page ({page_size} bytes); pass a larger page_size")
+            if total > page_size:  # write_dataset starts again with larger pages, or says so
+                raise _PageTooSmall(sources[row], total)
             if total == 0:
                 starts[row] = cursor
                 continue
