@@ -20,7 +20,8 @@ scikit-image` for more than one photo), in an image folder of 10 classes. Each s
 quality 90, torchvision ImageFolder, 2 workers). Both loaders then read the ffcv-written file, batch
 128: RandomResizedCrop 160 / 224 + flip + normalize (ffcv: RandomResizedCropRGBImageDecoder) and
 CenterCrop 224, ratio 224/256 + normalize (ffcv: CenterCropRGBImageDecoder), fastprune and ffcv
-epochs interleaved.
+epochs interleaved; fastprune antialiases crops that shrink (ffcv: cv2.INTER_AREA), and its 2-tap
+resize (antialias=False) is timed beside it.
 
 Modes:
   python benchmarks/loader_throughput.py             throughput table, keep-0.5 epoch, JSON
@@ -302,12 +303,12 @@ def convert_ffcv(folder: Path, out: Path, max_side: int, workers: int) -> None:
                              "label": IntField()}, num_workers=workers).from_indexed_dataset(ImageFolder(str(folder)))
 
 
-def photo_pipeline(kind: str, size: int):
+def photo_pipeline(kind: str, size: int, antialias: bool = True):
     from fastprune.loader import CenterCrop, RandomResizedCrop
 
     if kind == "rrc":
-        return [RandomResizedCrop(size), RandomHorizontalFlip(), Normalize(PHOTO_MEAN, PHOTO_STD)]
-    return [CenterCrop(size, ratio=224 / 256), Normalize(PHOTO_MEAN, PHOTO_STD)]
+        return [RandomResizedCrop(size, antialias=antialias), RandomHorizontalFlip(), Normalize(PHOTO_MEAN, PHOTO_STD)]
+    return [CenterCrop(size, ratio=224 / 256, antialias=antialias), Normalize(PHOTO_MEAN, PHOTO_STD)]
 
 
 def ffcv_photo_loader(path, threads, kind: str, size: int):
@@ -360,16 +361,23 @@ def run_photos(args) -> dict:
         for kind, size in (("rrc", 160), ("rrc", 224), ("center", 224)):
             data = f"photo{max_side}_{kind}{size}"
             for threads in args.threads:
+                # fastprune antialiases the crops that shrink (as torchvision, PIL, and ffcv's
+                # cv2.INTER_AREA do); its 2-tap resize (antialias=False) runs beside it
                 loaders = {"fastprune": Loader(path, 128, threads=threads, seed=0, transforms=photo_pipeline(kind, size)),
+                           "fastprune_2tap": Loader(path, 128, threads=threads, seed=0,
+                                                    transforms=photo_pipeline(kind, size, antialias=False)),
                            "ffcv": ffcv_photo_loader(path, threads, kind, size)}
                 rates = interleaved_rates(loaders, args.epochs)
                 for system, r in rates.items():
                     rows.append({"system": system, "data": data, "threads": threads,
                                  "img_per_s_median": round(statistics.median(r)), "img_per_s_all": [round(x) for x in r]})
-                ratio = statistics.median(rates["fastprune"]) / statistics.median(rates["ffcv"])
+                median = {system: statistics.median(r) for system, r in rates.items()}
+                ratio = median["fastprune"] / median["ffcv"]
                 ratios[f"fastprune/ffcv {data} t{threads}"] = round(ratio, 2)
-                print(f"{data:>22} threads={threads}: fastprune {statistics.median(rates['fastprune']):7.0f} img/s, "
-                      f"ffcv {statistics.median(rates['ffcv']):7.0f} img/s ({ratio:.2f}x)", flush=True)
+                ratios[f"antialias/2-tap {data} t{threads}"] = round(median["fastprune"] / median["fastprune_2tap"], 2)
+                print(f"{data:>22} threads={threads}: fastprune {median['fastprune']:7.0f} img/s "
+                      f"(2-tap {median['fastprune_2tap']:7.0f}), ffcv {median['ffcv']:7.0f} img/s ({ratio:.2f}x)",
+                      flush=True)
     return {"runs": rows, "ratios": ratios, "conversion": conversion,
             "keep_half": photo_keep_half(args, args.workdir / f"photos{args.photos}_{args.max_sides[0]}_ffcv.beton")}
 

@@ -5,8 +5,9 @@
 // a persistent thread pool. Each call assembles one batch of selected samples into a
 // caller-owned uint8 [B, H, W, 3] buffer with the GIL released:
 //   gather(ids, out)              raw copy / JPEG decode; every sample must already be HxW.
-//   gather_crops(ids, crops, out) read or decode, crop (top, left, h, w), bilinear resize; a
-//                                 JPEG decodes only the window (see jpeg_decode.hpp).
+//   gather_crops(ids, crops, out) read or decode, crop (top, left, h, w), bilinear resize
+//                                 (antialiased where it shrinks); a JPEG decodes only the
+//                                 window (see jpeg_decode.hpp).
 // Both take optional per-row flips: the loader fuses a RandomHorizontalFlip that follows the
 // gather into it, mirroring as it writes (a separate pass over the batch cost 20% of an RRC224
 // batch of 256-pixel photos).
@@ -161,6 +162,201 @@ void copy_row(const uint8_t *src, uint8_t *dst, int w, bool flip) {
     }
 }
 
+// Antialiased resampling, for a window that shrinks (PIL's BILINEAR, torchvision's antialias=True):
+// a triangle filter stretched to the scale, so every source pixel under an output pixel counts.
+// The 2-tap path below reads two pixels whatever the scale, and a 3-pixel stripe pattern
+// shrunk 7x came out as stripes (aliasing), where PIL and torchvision give flat grey.
+constexpr int FILTER_BITS = 14;  // the weights of one output pixel sum to 1 << 14
+
+// Output x reads count[x] source pixels from first[x] on, with weights[x * width + k]
+// (nonnegative, summing to 1 << FILTER_BITS), restricted to the pixels [lo, hi] the window covers
+// and renormalised there (PIL's rule at image edges; its tap range too: no zero-weight taps).
+struct FilterTaps {
+    std::vector<int> first, count;
+    std::vector<int32_t> weights;
+    std::vector<double> raw;
+    int width = 0;
+};
+
+void make_filter_taps(double start, double length, int lo, int hi, int out_size, FilterTaps &t) {
+    const double scale = length / out_size, support = std::max(scale, 1.0);
+    t.width = int(std::ceil(2 * support)) + 2;
+    t.first.resize(std::max<size_t>(t.first.size(), size_t(out_size)));
+    t.count.resize(std::max<size_t>(t.count.size(), size_t(out_size)));
+    t.weights.resize(std::max<size_t>(t.weights.size(), size_t(out_size) * t.width));
+    t.raw.resize(std::max<size_t>(t.raw.size(), size_t(t.width)));
+    for (int x = 0; x < out_size; ++x) {
+        const double center = start + (x + 0.5) * scale;
+        const int k_lo = std::max(int(std::floor(center - support + 0.5)), lo);
+        const int k_hi = std::min(int(std::floor(center + support + 0.5)), hi + 1);
+        double total = 0;
+        int n = 0;
+        for (int k = k_lo; k < k_hi; ++k, ++n) {
+            t.raw[n] = std::max(0.0, 1.0 - std::fabs((k + 0.5 - center) / support));
+            total += t.raw[n];
+        }
+        int32_t *w = t.weights.data() + size_t(x) * t.width;
+        int sum = 0, biggest = 0;
+        for (int k = 0; k < n; ++k) {
+            w[k] = int32_t(std::lround(t.raw[k] / total * (1 << FILTER_BITS)));
+            sum += w[k];
+            if (w[k] > w[biggest]) biggest = k;
+        }
+        w[biggest] += (1 << FILTER_BITS) - sum;  // the rounding's remainder: the sum is exact
+        std::fill(w + n, w + t.width, 0);
+        t.first[x] = k_lo;
+        t.count[x] = n;
+    }
+}
+
+// Output column order reversed: the mirrored image's taps (the fused flip).
+void mirror_filter_taps(FilterTaps &t, int out_size) {
+    std::reverse(t.first.begin(), t.first.begin() + out_size);
+    std::reverse(t.count.begin(), t.count.begin() + out_size);
+    for (int a = 0, b = out_size - 1; a < b; ++a, --b)
+        std::swap_ranges(t.weights.begin() + size_t(a) * t.width, t.weights.begin() + size_t(a + 1) * t.width,
+                         t.weights.begin() + size_t(b) * t.width);
+}
+
+struct FilterScratch {
+    FilterTaps x, y;
+    std::vector<int16_t> pairs;  // per column, per pair of taps: (w0 w1 w0 w1 w0 w1 0 0)
+    std::vector<int16_t> row;    // one vertically filtered row: (pixel * 256) - 32768
+    std::vector<int32_t> sums;   // its vertical sums
+};
+
+// The horizontal pass's weights: every column gets `steps` pairs of taps (zero weights past its
+// own taps, so every column runs the same loop), (w0 w1 w0 w1 w0 w1 0 0) each.
+void make_pairs(const FilterTaps &t, int out_w, int steps, std::vector<int16_t> &pairs) {
+    pairs.assign(size_t(out_w) * steps * 8, 0);
+    for (int x = 0; x < out_w; ++x)
+        for (int k = 0; k < t.count[x]; ++k) {
+            int16_t *lanes = pairs.data() + (size_t(x) * steps + k / 2) * 8;
+            const int16_t w = int16_t(t.weights[size_t(x) * t.width + k]);
+            lanes[k % 2] = lanes[2 + k % 2] = lanes[4 + k % 2] = w;
+        }
+}
+
+// One output row of the vertical pass: row[i] = ((sum_k src_k[i] * w_k + 32) >> 6) - 32768 for
+// the window's columns (see resize_window_filtered).
+#if FASTPRUNE_AVX2_DISPATCH
+__attribute__((target_clones("avx2", "default")))  // the sums 8 lanes at a time where the CPU can
+#endif
+void vertical_row(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len, int32_t *sums,
+                  int16_t *row) {
+    const int32_t *w = t.weights.data() + size_t(y) * t.width;
+    for (int k = 0; k < t.count[y]; ++k) {
+        const uint8_t *src = win.pixels + (size_t(t.first[y] + k) * win.cols + col_first) * 3;
+        const int32_t weight = w[k];
+        if (k == 0)  // + 32 rounds the >> 6, - 32768 * 64 makes the stored value fit int16
+            for (size_t i = 0; i < row_len; ++i) sums[i] = int32_t(src[i]) * weight + (32 - 32768 * 64);
+        else
+            for (size_t i = 0; i < row_len; ++i) sums[i] += int32_t(src[i]) * weight;  // vectorized at -O3
+    }
+    for (size_t i = 0; i < row_len; ++i) row[i] = int16_t(sums[i] >> 6);
+}
+
+// One output row of the horizontal pass, out[x] from row's pixels at first[x] - col_first on:
+// two taps per step, the channels of the two pixels interleaved (r0 r1 g0 g1 b0 b1) for pmaddwd.
+#if defined(__SSE2__)
+inline __m128i two_taps(const int16_t *p) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+    return _mm_unpacklo_epi16(v, _mm_srli_si128(v, 6));
+}
+
+void horizontal_row(const int16_t *row, const FilterTaps &t, const int16_t *pairs, int col_first, int out_w,
+                    int steps, uint8_t *out, int x_begin = 0) {
+    for (int x = x_begin; x < out_w; ++x) {
+        const int16_t *p = row + size_t(t.first[x] - col_first) * 3;
+        const __m128i *w = reinterpret_cast<const __m128i *>(pairs) + size_t(x) * steps;
+        __m128i sum = _mm_set1_epi32((1 << 29) + (1 << 21));
+        for (int k = 0; k < steps; ++k) sum = _mm_add_epi32(sum, _mm_madd_epi16(two_taps(p + 6 * k), _mm_loadu_si128(w + k)));
+        const __m128i words = _mm_packs_epi32(_mm_srai_epi32(sum, 22), _mm_setzero_si128());
+        const int32_t bytes = _mm_cvtsi128_si32(_mm_packus_epi16(words, words));
+        std::memcpy(out + size_t(x) * 3, &bytes, 3);
+    }
+}
+#else
+void horizontal_row(const int16_t *row, const FilterTaps &t, const int16_t *pairs, int col_first, int out_w,
+                    int steps, uint8_t *out, int x_begin = 0) {
+    for (int x = x_begin; x < out_w; ++x) {
+        const int16_t *p = row + size_t(t.first[x] - col_first) * 3;
+        const int16_t *w = pairs + size_t(x) * steps * 8;
+        int32_t rgb[3] = {(1 << 29) + (1 << 21), (1 << 29) + (1 << 21), (1 << 29) + (1 << 21)};
+        for (int k = 0; k < 2 * steps; ++k)
+            for (int c = 0; c < 3; ++c) rgb[c] += int32_t(p[k * 3 + c]) * w[(k / 2) * 8 + 2 * c + k % 2];
+        for (int c = 0; c < 3; ++c) out[x * 3 + c] = uint8_t(rgb[c] >> 22);
+    }
+}
+#endif
+
+#if FASTPRUNE_AVX2_DISPATCH
+// horizontal_row two columns at a time (one per 128-bit lane); the last, odd one by the SSE2 code.
+__attribute__((target("avx2"))) void horizontal_row_avx2(const int16_t *row, const FilterTaps &t,
+                                                         const int16_t *pairs, int col_first, int out_w,
+                                                         int steps, uint8_t *out) {
+    int x = 0;
+    for (; x + 2 <= out_w; x += 2) {
+        const int16_t *p0 = row + size_t(t.first[x] - col_first) * 3, *p1 = row + size_t(t.first[x + 1] - col_first) * 3;
+        const __m128i *w0 = reinterpret_cast<const __m128i *>(pairs) + size_t(x) * steps, *w1 = w0 + steps;
+        __m256i sum = _mm256_set1_epi32((1 << 29) + (1 << 21));
+        for (int k = 0; k < steps; ++k) {
+            const __m256i v = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p0 + 6 * k))),
+                _mm_loadu_si128(reinterpret_cast<const __m128i *>(p1 + 6 * k)), 1);
+            const __m256i two = _mm256_unpacklo_epi16(v, _mm256_srli_si256(v, 6));  // per 128-bit lane
+            const __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(w0 + k)),
+                                                      _mm_loadu_si128(w1 + k), 1);
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(two, w));
+        }
+        const __m256i words = _mm256_packs_epi32(_mm256_srai_epi32(sum, 22), _mm256_setzero_si256());
+        const __m256i bytes = _mm256_packus_epi16(words, words);
+        const int32_t a = _mm256_cvtsi256_si32(bytes), b = _mm_cvtsi128_si32(_mm256_extracti128_si256(bytes, 1));
+        std::memcpy(out + size_t(x) * 3, &a, 3);
+        std::memcpy(out + size_t(x) * 3 + 3, &b, 3);
+    }
+    if (x < out_w) horizontal_row(row, t, pairs, col_first, out_w, steps, out, x);
+}
+#endif
+
+// Antialiased resize of a window (see FilterTaps), vertical pass first, so that the costlier
+// horizontal one runs on out_h rows rather than on every row of the window:
+//   row[i] = (sum_k src_k[i] * wy_k + 32) >> 6: the pixel times 256 (0..65280), stored less
+//            32768 so that it fits int16 lanes (pmaddwd);
+//   out    = (sum_k row[x_k] * wx_k + 2^21) >> 22, where sum_k (row - 32768) * wx_k fits int32
+//            (|.| <= 2^15 * 2^14) and adds back 32768 * 2^14 = 2^29, the weights summing to 2^14.
+// transforms.py's _filtered_crop models this arithmetic for the numba path (equal bytes).
+void resize_window_filtered(const Window &win, uint8_t *dst, int out_h, int out_w, bool flip, int x_last,
+                            int y_last) {
+    if (out_h == 0 || out_w == 0) return;
+    thread_local FilterScratch s;
+    make_filter_taps(win.left, win.width, int(win.left), x_last, out_w, s.x);
+    make_filter_taps(win.top, win.height, int(win.top), y_last, out_h, s.y);
+    const int col_first = s.x.first[0], cols = s.x.first[out_w - 1] + s.x.count[out_w - 1] - col_first;
+    if (flip) mirror_filter_taps(s.x, out_w);
+    const int steps = (*std::max_element(s.x.count.begin(), s.x.count.begin() + out_w) + 1) / 2;
+    make_pairs(s.x, out_w, steps, s.pairs);
+    // + room for the zero-weighted taps past a column's own and for the last 8-lane load
+    const size_t row_len = size_t(cols) * 3, padded = row_len + size_t(steps) * 6 + 8;
+    if (s.row.size() < padded) s.row.resize(padded);
+    std::fill(s.row.begin() + row_len, s.row.begin() + padded, int16_t(0));
+    if (s.sums.size() < row_len) s.sums.resize(row_len);
+#if FASTPRUNE_AVX2_DISPATCH
+    const bool avx2 = have_avx2();
+#endif
+    for (int y = 0; y < out_h; ++y) {
+        vertical_row(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
+        uint8_t *out = dst + size_t(y) * out_w * 3;
+#if FASTPRUNE_AVX2_DISPATCH
+        if (avx2) {
+            horizontal_row_avx2(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
+            continue;
+        }
+#endif
+        horizontal_row(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
+    }
+}
+
 // Bilinear resize of a window into dst (out_h x out_w x 3), sampling at pixel centres (the
 // convention of cv2.INTER_LINEAR / PIL), clamped to the pixels the window covers. Separable, in
 // 8-bit fixed point: each output row blends two horizontally resampled source rows (each
@@ -168,7 +364,7 @@ void copy_row(const uint8_t *src, uint8_t *dst, int w, bool flip) {
 // float formula; the SIMD paths give the same bytes as the scalar one. With flip, the output is
 // mirrored left-right for free: output column x takes the taps of column out_w - 1 - x, so the
 // bytes equal resizing and then flipping (RandomHorizontalFlip fused into the gather).
-void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool flip) {
+void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool flip, bool antialias) {
     const int top = int(win.top), left = int(win.left);
     if (win.top == top && win.left == left && win.height == out_h && win.width == out_w) {  // pure crop
         for (int y = 0; y < out_h; ++y)
@@ -178,6 +374,11 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
     auto last_of = [](double start, double length, int size) {
         return std::min(int(std::ceil(start + length)) - 1, size - 1);
     };
+    if (antialias && (win.width > out_w || win.height > out_h)) {  // it shrinks: filter (it enlarges: same as below)
+        resize_window_filtered(win, dst, out_h, out_w, flip, last_of(win.left, win.width, win.cols),
+                               last_of(win.top, win.height, win.rows));
+        return;
+    }
     thread_local ResizeScratch s;
     int *x0 = s.grow(s.x0, out_w), *xstep = s.grow(s.xstep, out_w), *xfrac = s.grow(s.xfrac, out_w);
     int *y0 = s.grow(s.y0, out_h), *ystep = s.grow(s.ystep, out_h), *yfrac = s.grow(s.yfrac, out_h);
@@ -316,7 +517,7 @@ public:
     }
 
     void gather_crops(ROArray1D<int64_t> ids, Crops2D crops, Batch4D out, size_t max_threads,
-                      ROArray1D<uint8_t> flips) {
+                      ROArray1D<uint8_t> flips, bool antialias) {
         check_out(ids, out, "gather_crops");
         const uint8_t *flip = check_flips(ids, flips, "gather_crops");
         if (crops.shape(0) != ids.shape(0) || crops.shape(1) != 4)
@@ -341,7 +542,7 @@ public:
             if (modes_.data()[s] == MODE_RAW) {
                 Window win{buffer_.data() + offsets_.data()[s], height, width, double(c[0]), double(c[1]),
                            double(c[2]), double(c[3])};
-                resize_window(win, dst + b * stride, out_h, out_w, flip && flip[b]);
+                resize_window(win, dst + b * stride, out_h, out_w, flip && flip[b], antialias);
                 return;
             }
             JpegRequest request;  // decode only the window, downscaled in the IDCT when it is >= 2x the output
@@ -351,7 +552,7 @@ public:
             decode(s, request, decoded.region);
             const JpegRegion &r = decoded.region;
             resize_window(Window{r.pixels, r.rows, r.cols, r.top, r.left, r.height, r.width}, dst + b * stride,
-                          out_h, out_w, flip && flip[b]);
+                          out_h, out_w, flip && flip[b], antialias);
         });
     }
 
@@ -489,9 +690,10 @@ void bind_loader(nb::module_ &m) {
              "Copy/decode samples ids into out[:len(ids)] (uint8 [B, H, W, 3]); all must be HxW. Rows whose "
              "flips entry is nonzero are mirrored left-right.")
         .def("gather_crops", &ImageGather::gather_crops, nb::arg("ids"), nb::arg("crops"), nb::arg("out"),
-             nb::arg("max_threads") = 0, nb::arg("flips").none() = nb::none(),
+             nb::arg("max_threads") = 0, nb::arg("flips").none() = nb::none(), nb::arg("antialias") = true,
              "Read/decode samples ids, crop crops[b] = (top, left, h, w) and resize bilinearly into out[b], "
-             "mirrored left-right where flips[b] is nonzero.");
+             "mirrored left-right where flips[b] is nonzero; a window that shrinks is filtered (antialiased, "
+             "as PIL's BILINEAR) unless antialias is False.");
     m.def("decode_jpeg", &decode_jpeg, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
           nb::arg("min_height") = 0, nb::arg("min_width") = 0,
           "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");

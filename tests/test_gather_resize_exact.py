@@ -1,11 +1,15 @@
-"""gather_crops' bilinear resize (csrc/gather.cpp, resize_window) byte for byte against a numpy
-model of its fixed-point formula: the float oracles of test_loader_native.py / test_loader_jpeg.py
-allow 1 grey level, so they would not notice a faster resize that rounds differently.
+"""gather_crops' resize (csrc/gather.cpp) byte for byte against numpy models of its fixed-point
+formulas: the float oracles of test_loader_native.py / test_loader_jpeg.py allow 1 grey level, so
+they would not notice a faster resize that rounds differently.
 
-The model: taps computed in double exactly as the C++ does (pixel-centre sampling, clamped to the
-pixels the window covers, weight f = lround(frac * 256)), a horizontal pass a * (256 - f) + b * f
-(exact in 16 bits), then a vertical one (top * (256 - f) + bottom * f + 32768) >> 16; a window at
-integral coordinates of the output's size is copied."""
+Two paths. The 2-tap bilinear one (resize_window: a window that enlarges, or any window with
+antialias=False): taps computed in double exactly as the C++ does (pixel-centre sampling, clamped
+to the pixels the window covers, weight f = lround(frac * 256)), a horizontal pass a * (256 - f) +
+b * f (exact in 16 bits), then a vertical one (top * (256 - f) + bottom * f + 32768) >> 16; a
+window at integral coordinates of the output's size is copied. The antialiased one
+(resize_window_filtered: a window that shrinks, antialias=True): a triangle filter as wide as the
+scale with 14-bit weights (PIL's tap range, renormalised at the window's edges), a vertical pass
+to the pixel times 256, then a horizontal one."""
 
 import io
 import math
@@ -50,6 +54,42 @@ def _model(pixels, top, left, h, w, out_h, out_w):
     return ((rows[y0] * (256 - fy) + rows[y1] * fy + 32768) >> 16).astype(np.uint8)
 
 
+def _filter_taps(start, length, lo, hi, n):
+    """make_filter_taps: (first, [weights]) per output pixel, in double as the C++ computes them."""
+    scale = length / n
+    support = max(scale, 1.0)
+    taps = []
+    for x in range(n):
+        center = start + (x + 0.5) * scale
+        k_lo, k_hi = max(math.floor(center - support + 0.5), lo), min(math.floor(center + support + 0.5), hi + 1)
+        raw = [max(0.0, 1.0 - abs((k + 0.5 - center) / support)) for k in range(k_lo, k_hi)]
+        total = 0.0
+        for v in raw:  # summed in order, as the C++ does
+            total += v
+        weights = [int(_lround(np.float64(v / total * (1 << 14)))) for v in raw]
+        weights[int(np.argmax(weights))] += (1 << 14) - sum(weights)  # the first largest, as the C++
+        taps.append((k_lo, weights))
+    return taps
+
+
+def _filtered_model(pixels, top, left, h, w, out_h, out_w):
+    """The antialiased resize of window (top, left, h, w) (floats allowed) of pixels [rows, cols, 3]."""
+    rows, cols = pixels.shape[:2]
+    xt = _filter_taps(left, w, int(left), min(math.ceil(left + w) - 1, cols - 1), out_w)
+    yt = _filter_taps(top, h, int(top), min(math.ceil(top + h) - 1, rows - 1), out_h)
+    p = pixels.astype(np.int64)
+    vertical = np.stack([(sum(p[first + k] * wk for k, wk in enumerate(weights)) + 32) >> 6
+                         for first, weights in yt])  # [out_h, cols, 3]: the pixel times 256
+    out = np.stack([sum(vertical[:, first + k] * wk for k, wk in enumerate(weights)) for first, weights in xt], 1)
+    return ((out + (1 << 21)) >> 22).astype(np.uint8)
+
+
+def _expected(pixels, top, left, h, w, out_h, out_w, antialias):
+    if antialias and (h > out_h or w > out_w):
+        return _filtered_model(pixels, top, left, h, w, out_h, out_w)
+    return _model(pixels, top, left, h, w, out_h, out_w)
+
+
 def _raw_gather(images):
     """ImageGather over raw images laid end to end in a buffer of exactly their size: the last
     image ends where the buffer does (reads past it would show under ASan)."""
@@ -69,7 +109,7 @@ def _image(rng, h, w):
     return image
 
 
-def _check_raw(images, crops, out_h, out_w):
+def _check_raw(images, crops, out_h, out_w, antialias=False):
     """Every crop, unflipped and mirrored (the fused flip: taps of the mirrored column, whose
     last rows' SIMD over-read guard then runs from the other end)."""
     gather = _raw_gather(images)
@@ -78,9 +118,9 @@ def _check_raw(images, crops, out_h, out_w):
     flips = np.arange(len(crops), dtype=np.uint8) % 2
     for flip in (None, flips, 1 - flips):
         out = np.empty((len(crops), out_h, out_w, 3), np.uint8)
-        gather.gather_crops(ids, windows, out, flips=flip)
+        gather.gather_crops(ids, windows, out, flips=flip, antialias=antialias)
         for b, (s, top, left, h, w) in enumerate(crops):
-            expected = _model(images[s], top, left, h, w, out_h, out_w)
+            expected = _expected(images[s], top, left, h, w, out_h, out_w, antialias)
             if flip is not None and flip[b]:
                 expected = expected[:, ::-1]
             assert np.array_equal(out[b], expected), (
@@ -93,8 +133,9 @@ def _check_raw(images, crops, out_h, out_w):
 OUT_SIZES = [(7, 9), (9, 7), (1, 1), (1, 13), (13, 1), (16, 16), (31, 5), (64, 48), (160, 160), (224, 224)]
 
 
+@pytest.mark.parametrize("antialias", [False, True], ids=["2-tap", "antialias"])
 @pytest.mark.parametrize("out_size", OUT_SIZES, ids=str)
-def test_random_windows_match_the_fixed_point_model(out_size):
+def test_random_windows_match_the_fixed_point_model(out_size, antialias):
     """Up- and downscaling, non-square windows and images, windows touching the edges, 1-pixel
     wide/high windows and images (a 1-column image's last pixel is the end of the buffer)."""
     rng = np.random.default_rng(sum(out_size))
@@ -109,7 +150,7 @@ def test_random_windows_match_the_fixed_point_model(out_size):
             h, w = int(rng.integers(1, rows - top + 1)), int(rng.integers(1, cols - left + 1))
             crops.append((s, top, left, h, w))
             crops.append((s, rows - h, cols - w, h, w))  # touching the bottom-right corner
-    _check_raw(images, crops, *out_size)
+    _check_raw(images, crops, *out_size, antialias=antialias)
 
 
 def test_weights_at_rounding_ties():
@@ -151,7 +192,8 @@ def test_flipped_whole_images_and_bad_flips():
         gather.gather_crops(np.array([0]), np.array([[0, 0, 5, 7]], np.int32), out, flips=np.ones(3, np.uint8))
 
 
-def test_loader_like_crops_of_photo_sized_images():
+@pytest.mark.parametrize("antialias", [False, True], ids=["2-tap", "antialias"])
+def test_loader_like_crops_of_photo_sized_images(antialias):
     """RandomResizedCrop-like windows of 256-pixel images to 224 and 160 (mostly upscaling) and of
     512-pixel ones (mostly downscaling)."""
     rng = np.random.default_rng(11)
@@ -163,7 +205,7 @@ def test_loader_like_crops_of_photo_sized_images():
             rows, cols = images[s].shape[:2]
             h, w = int(rng.integers(16, rows + 1)), int(rng.integers(16, cols + 1))
             crops.append((s, int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1)), h, w))
-        _check_raw(images, crops, out_h, out_w)
+        _check_raw(images, crops, out_h, out_w, antialias)
 
 
 def _jpeg(image, **options):
@@ -173,8 +215,9 @@ def _jpeg(image, **options):
 
 
 @pytest.mark.skipif(not TURBO, reason="stb_image decodes whole images: no fractional windows")
+@pytest.mark.parametrize("antialias", [False, True], ids=["2-tap", "antialias"])
 @pytest.mark.parametrize("options", [{"subsampling": 0}, {"subsampling": 2}, {"progressive": True}], ids=str)
-def test_fractional_windows_of_idct_downscaled_jpegs(options):
+def test_fractional_windows_of_idct_downscaled_jpegs(options, antialias):
     """A window >= 2x the output decodes at 1/2, 1/4 or 1/8 scale, where its edges fall between
     pixels. Against the model applied to the whole image decoded at the same scale (the windowed
     decode holds the same pixels; its origin in the scaled image is an integer shift)."""
@@ -195,13 +238,23 @@ def test_fractional_windows_of_idct_downscaled_jpegs(options):
             h, w = int(rng.integers(out_h, rows + 1)), int(rng.integers(out_w, cols + 1))
             top, left = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
             out = np.empty((1, out_h, out_w, 3), np.uint8)
-            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out)
+            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out, antialias=antialias)
             k = next((k for k in (8, 4, 2) if h // k >= out_h and w // k >= out_w), 1)  # the decoder's scale
             whole = _core.decode_jpeg(blobs[s], min_height=rows // k, min_width=cols // k)
             assert whole.shape[:2] == (math.ceil(rows / k), math.ceil(cols / k))
-            expected = _model(whole, top / k, left / k, h / k, w / k, out_h, out_w)
+            expected = _expected(whole, top / k, left / k, h / k, w / k, out_h, out_w, antialias)
             assert np.array_equal(out[0], expected), f"image {s}, crop {(top, left, h, w)}, scale 1/{k}"
-            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out, flips=np.ones(1, np.uint8))
+            gather.gather_crops(np.array([s]), np.array([[top, left, h, w]], np.int32), out, flips=np.ones(1, np.uint8),
+                                antialias=antialias)
             assert np.array_equal(out[0], expected[:, ::-1]), f"flipped: image {s}, crop {(top, left, h, w)}"
             scaled += k > 1 and (top % k or left % k or h % k or w % k)
     assert scaled >= 10  # most windows had fractional edges
+
+
+@pytest.mark.parametrize("antialias", [False, True], ids=["2-tap", "antialias"])
+def test_an_empty_output_is_nothing_to_do(antialias):
+    """A 0-pixel side: nothing written, nothing read (the filtered path indexed its taps at -1)."""
+    gather = _raw_gather([_image(np.random.default_rng(0), 10, 10)])
+    for shape in ((1, 0, 5, 3), (1, 5, 0, 3), (1, 0, 0, 3)):
+        gather.gather_crops(np.array([0]), np.array([[0, 0, 10, 10]], np.int32), np.empty(shape, np.uint8),
+                            antialias=antialias)

@@ -101,7 +101,7 @@ def test_gather_crops_matches_bilinear_oracle(raw_images):
     ids = np.array([0, 5, 9, 39])
     crops = np.array([[0, 0, 12, 10], [2, 1, 7, 9], [5, 3, 3, 4], [1, 1, 8, 8]], np.int32)
     out = np.empty((4, 9, 7, 3), np.uint8)
-    gather.gather_crops(ids, crops, out)
+    gather.gather_crops(ids, crops, out, antialias=False)  # 2 taps (the filtered path: below)
     for b, (s, c) in enumerate(zip(ids, crops)):
         expected = _bilinear_oracle(raw_images[s], *c, 9, 7)
         assert np.abs(out[b].astype(int) - expected).max() <= 1
@@ -115,10 +115,37 @@ def test_gather_crops_of_decoded_jpegs_of_different_sizes():
     gather, _ = _pack(blobs, shapes, [0, 0, 0])
     crops = np.array([[2, 4, 16, 20], [0, 0, 33, 17], [1, 1, 6, 6]], np.int32)
     out = np.empty((3, 10, 12, 3), np.uint8)
-    gather.gather_crops(np.arange(3), crops, out)
+    gather.gather_crops(np.arange(3), crops, out, antialias=False)
     for b in range(3):
         decoded = _core.decode_jpeg(blobs[b])
         np.testing.assert_allclose(out[b], _bilinear_oracle(decoded, *crops[b], 10, 12), atol=1)
+
+
+def test_shrinking_crops_are_antialiased_as_torchvision_does():
+    """A user moving from torchvision's RandomResizedCrop (antialias=True) gets the same pixels
+    within 1 grey level. The 2-tap resize, what gather_crops did for every window, turned fine
+    3-pixel stripes shrunk 2-7x into stripes (torchvision, PIL: near-flat grey)."""
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    import torch
+
+    rng = np.random.default_rng(8)
+    stripes = np.zeros((600, 500, 3), np.uint8)
+    stripes[:, (np.arange(500) // 3) % 2 == 0] = 255
+    images = [stripes, rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)]
+    gather, _ = _pack([im.reshape(-1) for im in images], [im.shape[:2] for im in images], [1, 1])
+    for s, crop, size in [(0, (10, 20, 500, 400), (224, 224)), (0, (0, 0, 600, 500), (64, 48)),
+                          (1, (5, 7, 300, 100), (224, 160)), (1, (40, 30, 335, 470), (160, 160))]:
+        out = np.empty((1, *size, 3), np.uint8)
+        gather.gather_crops(np.array([s]), np.array([crop], np.int32), out)
+        expected = tf.resized_crop(torch.from_numpy(images[s]).permute(2, 0, 1), *crop, list(size),
+                                   antialias=True).permute(1, 2, 0).numpy()
+        diff = np.abs(out[0].astype(int) - expected)
+        assert diff.max() <= 1 and diff.mean() < 0.2, (s, crop, size, diff.max(), diff.mean())
+        if s == 0 and size == (64, 48):  # 7.8x: flat grey, where 2 taps read stripes
+            assert out[0].std() < 5
+            aliased = np.empty_like(out)
+            gather.gather_crops(np.array([s]), np.array([crop], np.int32), aliased, antialias=False)
+            assert aliased[0].std() > 50
 
 
 def test_errors_name_the_sample(raw_images):

@@ -360,7 +360,8 @@ class _BatchBuilder:
                 crop = self.transforms[0]
                 crops = crop.crop_params(source.heights[ids], source.widths[ids], ids, self.streams[0])
                 out = self._empty((len(ids), *crop.size, 3))
-                source.gather.gather_crops(ids, crops, out, max_threads=threads, flips=flips)
+                source.gather.gather_crops(ids, crops, out, max_threads=threads, flips=flips,
+                                          antialias=crop.antialias)
             else:
                 out = self._empty((len(ids), *source.uniform_shape, 3))
                 source.gather.gather(ids, out, max_threads=threads, flips=flips)

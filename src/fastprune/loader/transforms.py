@@ -47,7 +47,7 @@ import numba
 import numpy as np
 import torch
 
-from .._args import check_int_range, check_positive_int
+from .._args import check_bool, check_int_range, check_positive_int
 
 __all__ = [
     "BatchTransform", "RandomCrop", "RandomResizedCrop", "CenterCrop", "RandomHorizontalFlip",
@@ -211,11 +211,15 @@ def _center_crop_params(heights, widths, ratio, crops):
 
 
 @numba.njit(nogil=True, cache=True)
-def _resize_crops_kernel(images, crops, out):
-    """Bilinear, pixel-centre sampling; the same formula as resize_crop in csrc/gather.cpp."""
+def _resize_crops_kernel(images, crops, out, antialias):
+    """Bilinear, pixel-centre sampling; a crop that shrinks is filtered when ``antialias`` (the
+    same fixed-point arithmetic as resize_window_filtered in csrc/gather.cpp: equal bytes)."""
     out_h, out_w = out.shape[1], out.shape[2]
     for b in range(images.shape[0]):
         top, left, h, w = crops[b, 0], crops[b, 1], crops[b, 2], crops[b, 3]
+        if antialias and (h > out_h or w > out_w):
+            _filtered_crop(images[b], top, left, h, w, out[b])
+            continue
         for y in range(out_h):
             sy = min(max((y + 0.5) * h / out_h - 0.5, 0.0), h - 1.0)
             y0 = int(sy)
@@ -233,9 +237,72 @@ def _resize_crops_kernel(images, crops, out):
     return out
 
 
+_FILTER_BITS = 14  # csrc/gather.cpp's FILTER_BITS
+
+
+@numba.njit(nogil=True, cache=True)
+def _filter_taps(start, length, lo, hi, out_size):
+    """(first, count, weights [out_size, width]) of make_filter_taps in csrc/gather.cpp: a triangle
+    filter stretched to the scale, 14-bit weights summing to 2**14 per output pixel."""
+    scale = length / out_size
+    support = max(scale, 1.0)
+    width = int(math.ceil(2 * support)) + 2
+    first = np.empty(out_size, np.int64)
+    count = np.empty(out_size, np.int64)
+    weights = np.zeros((out_size, width), np.int64)
+    raw = np.empty(width, np.float64)
+    for x in range(out_size):
+        center = start + (x + 0.5) * scale
+        k_lo = max(int(math.floor(center - support + 0.5)), lo)
+        k_hi = min(int(math.floor(center + support + 0.5)), hi + 1)
+        total = 0.0
+        n = 0
+        for k in range(k_lo, k_hi):
+            raw[n] = max(0.0, 1.0 - abs((k + 0.5 - center) / support))
+            total += raw[n]
+            n += 1
+        weight_sum = 0
+        biggest = 0
+        for k in range(n):
+            v = raw[k] / total * (1 << _FILTER_BITS)
+            weights[x, k] = int(math.floor(v)) + (1 if v - math.floor(v) >= 0.5 else 0)  # C's lround
+            weight_sum += weights[x, k]
+            if weights[x, k] > weights[x, biggest]:
+                biggest = k
+        weights[x, biggest] += (1 << _FILTER_BITS) - weight_sum
+        first[x] = k_lo
+        count[x] = n
+    return first, count, weights
+
+
+@numba.njit(nogil=True, cache=True)
+def _filtered_crop(image, top, left, h, w, out):
+    """resize_window_filtered's arithmetic: a vertical pass to the pixel times 256, then a
+    horizontal one, both with 14-bit weights."""
+    out_h, out_w = out.shape[0], out.shape[1]
+    xf, xc, xw = _filter_taps(float(left), float(w), left, left + w - 1, out_w)
+    yf, yc, yw = _filter_taps(float(top), float(h), top, top + h - 1, out_h)
+    col_first = xf[0]
+    row = np.empty((xf[out_w - 1] + xc[out_w - 1] - col_first, 3), np.int64)
+    for y in range(out_h):
+        for i in range(row.shape[0]):
+            for c in range(3):
+                acc = 32
+                for k in range(yc[y]):
+                    acc += np.int64(image[yf[y] + k, col_first + i, c]) * yw[y, k]
+                row[i, c] = acc >> 6
+        for x in range(out_w):
+            for c in range(3):
+                acc = 1 << (_FILTER_BITS + 7)
+                for k in range(xc[x]):
+                    acc += row[xf[x] + k - col_first, c] * xw[x, k]
+                out[y, x, c] = np.uint8(acc >> (_FILTER_BITS + 8))
+
+
 class _ResizedCrop(BatchTransform):
-    def __init__(self, size):
+    def __init__(self, size, antialias=True):
         self.size = _pair(size, type(self).__name__, "size")
+        self.antialias = check_bool(antialias, f"{type(self).__name__}: antialias")
 
     def output_size(self, height, width):
         return self.size
@@ -248,14 +315,21 @@ class _ResizedCrop(BatchTransform):
         b, h, w = images.shape[:3]
         crops = self.crop_params(np.full(b, h, np.int64), np.full(b, w, np.int64), ids, stream)
         out = np.empty((b, *self.size, 3), np.uint8)
-        return _resize_crops_kernel(images, crops, out)
+        return _resize_crops_kernel(images, crops, out, self.antialias)
 
 
 class RandomResizedCrop(_ResizedCrop):
-    """Random area fraction in ``scale`` and aspect ratio in ``ratio``, resized to ``size``."""
+    """Random area fraction in ``scale`` and aspect ratio in ``ratio``, resized to ``size``.
 
-    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-        super().__init__(size)
+    A crop larger than ``size`` is shrunk with antialiasing (``antialias=True``, the default): a
+    bilinear (triangle) filter as wide as the scale, as PIL's ``BILINEAR`` and torchvision's
+    ``antialias=True`` do (equal to within 1 grey level). ``antialias=False`` reads 2 pixels per
+    output pixel whatever the scale, as torchvision's ``antialias=False``: faster, but aliased
+    (fine patterns shrunk a few times turn into moire). Crops that enlarge are bilinear either way.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias: bool = True):
+        super().__init__(size, antialias)
         scale, ratio = _range(scale, "scale"), _range(ratio, "ratio")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"RandomResizedCrop: scale must satisfy 0 < lo <= hi <= 1, got {scale}")
@@ -272,10 +346,11 @@ class RandomResizedCrop(_ResizedCrop):
 
 
 class CenterCrop(_ResizedCrop):
-    """Central square of side ``ratio * min(h, w)``, resized to ``size`` (ffcv's CenterCrop)."""
+    """Central square of side ``ratio * min(h, w)``, resized to ``size`` (ffcv's CenterCrop);
+    ``antialias`` as in :class:`RandomResizedCrop`."""
 
-    def __init__(self, size, ratio: float = 224 / 256):
-        super().__init__(size)
+    def __init__(self, size, ratio: float = 224 / 256, antialias: bool = True):
+        super().__init__(size, antialias)
         ratio = _real(ratio, "CenterCrop: ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"CenterCrop: ratio must be in (0, 1], got {ratio}")
