@@ -2,6 +2,8 @@
 // every range bounds-checked against the buffer before it is touched.
 #include "core.hpp"
 #include <array>
+#include <atomic>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -64,12 +66,22 @@ void bind_store(nb::module_ &m) {
             const uint8_t *base = buffer.data();
             {
                 nb::gil_scoped_release release;
-                int nt = std::max(1, std::min<int>(threads, int(n / 64) + 1));
+                const int nt = std::max(1, std::min<int>(threads, int(n / 64) + 1));
+                constexpr size_t CHUNK = 64;  // ranges taken at a time
+                std::atomic<size_t> next{0};
+                auto work = [&] {
+                    for (size_t begin; (begin = next.fetch_add(CHUNK)) < n;)
+                        for (size_t i = begin; i < std::min(n, begin + CHUNK); ++i)
+                            out[i] = crc32_update(0, base + off[i], sz[i]);
+                };
                 std::vector<std::thread> pool;
-                for (int w = 0; w < nt; ++w)
-                    pool.emplace_back([=] {
-                        for (size_t i = w; i < n; i += nt) out[i] = crc32_update(0, base + off[i], sz[i]);
-                    });
+                try {
+                    for (int w = 1; w < nt; ++w) pool.emplace_back(work);
+                } catch (const std::system_error &) {
+                    // a container's thread or memory limit: the threads that started and this one
+                    // share the ranges (a joinable std::thread destroyed by the unwinding aborted)
+                }
+                work();
                 for (auto &th : pool) th.join();
             }
             return nb::ndarray<nb::numpy, uint32_t, nb::ndim<1>>(out, {n}, owner);

@@ -406,6 +406,31 @@ def test_a_pool_whose_threads_cannot_start_raises_instead_of_hanging(tmp_path):
                      r"threads", result.stdout), result.stdout
 
 
+def test_checksums_whose_threads_cannot_start_are_computed_by_fewer(tmp_path):
+    """Store.verify and the end of every conversion checksum on native threads: a thread that could
+    not start (a container's limit) aborted the process ("terminate called without an active
+    exception"), losing a whole conversion at its last step. With a 2 GiB address space 1000
+    threads cannot start: the CRCs come back, equal to one thread's."""
+    import subprocess
+    import sys
+
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("AddressSanitizer reserves terabytes of address space: no RLIMIT_AS under it")
+    script = ("import resource, zlib, numpy as np\n"
+              "from fastprune import _core\n"
+              "buffer = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8)\n"
+              "offsets = np.arange(100_000, dtype=np.uint64) % 60_000\n"
+              "sizes = np.arange(100_000, dtype=np.uint64) % 997\n"
+              "alone = _core.crc32_ranges(buffer, offsets, sizes, 1)\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+              "crowd = _core.crc32_ranges(buffer, offsets, sizes, 1000)\n"
+              "assert alone[12345] == zlib.crc32(buffer[offsets[12345]:][:sizes[12345]].tobytes())\n"
+              "print('equal:', np.array_equal(alone, crowd))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "equal: True"
+
+
 def test_a_damaged_sample_and_a_missing_store_raise_the_same_errors_through_store_and_loader(tmp_path):
     """store[3] raised StoreError naming the file while the Loader raised a bare ValueError
     without it; a missing store was a StoreError from Store but a plain FileNotFoundError from
