@@ -82,6 +82,31 @@ def test_a_page_size_given_too_small_names_the_sample_and_the_size_that_fits(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_closed_while_a_loader_reads_it_says_so(tmp_path):
+    """Store.close() on one thread while a Loader's producer checks the file on another: the
+    producer saw the file object, then close() ran, and fstat raised a bare OSError (Bad file
+    descriptor; 5 of 20 tries) instead of the StoreError a closed store gives."""
+    import fastprune
+
+    path = write_dataset(tmp_path / "c.beton", ListSource([(np.zeros((4, 4, 3), np.uint8),)] * 8),
+                         {"image": RGBImageField()}, progress=False, workers=1)
+    store = Store(path)
+    store.check_unchanged()
+    store._file.close()  # the interleaving: closed, not yet dropped
+    with pytest.raises(StoreError, match=r"c\.beton: the store is closed$"):
+        store.check_unchanged()
+    store.close()
+    with pytest.raises(StoreError, match=r"the store is closed$"):
+        store.check_unchanged()
+    reading = Store(path)
+    batches = iter(fastprune.Loader(reading, 4))
+    next(batches)
+    reading.close()
+    with pytest.raises(StoreError, match="the store is closed"):
+        for _ in batches:
+            pass
+
+
 def test_written_file_gets_normal_permissions(tmp_path):
     path = write_dataset(tmp_path / "p.beton", ListSource([(1,)]), {"label": IntField()}, progress=False)
     umask = os.umask(0)

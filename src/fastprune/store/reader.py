@@ -140,9 +140,14 @@ class Store:
         an error instead. It cannot catch a change that happens *during* a batch: replace store
         files with a rename (as fastprune's writer does), never in place, while they are read.
         """
-        if self._file is None:
-            raise StoreError(f"{self.path}: the store is closed")
-        if _identity(os.fstat(self._file.fileno())) != self._identity:
+        file = self._file  # once: close() may run on another thread (a Loader's producers call this)
+        try:
+            if file is None:
+                raise ValueError("closed")
+            identity = _identity(os.fstat(file.fileno()))
+        except (ValueError, OSError):  # closed between the two, or now
+            raise StoreError(f"{self.path}: the store is closed") from None
+        if identity != self._identity:
             raise StoreError(f"{self.path}: the file was changed in place while open (size or "
                              "modification time differs); reopen it, and replace stores by renaming")
 
