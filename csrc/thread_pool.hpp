@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -97,7 +98,12 @@ public:
         std::unique_lock<std::mutex> lock(mutex_);
         done_.wait(lock, [this] { return helpers_done_ == helpers_wanted_; });
         fn_ = nullptr;
-        if (error_) std::rethrow_exception(error_);
+        // taken out, not copied: the exception (and its message) does not live on in the pool
+        // until the next job, which would free it on another thread under the job's locks
+        if (std::exception_ptr error = std::exchange(error_, nullptr)) {
+            lock.unlock();
+            std::rethrow_exception(error);
+        }
     }
 
 private:
