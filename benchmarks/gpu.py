@@ -77,6 +77,9 @@ def parse_args(argv=None):
                         "whole native pool (the default) and/or by each producer alone (as before 2026-12-04)")
     p.add_argument("--epochs", type=int, default=RECIPE.epochs, help="benchmark recipe epochs in (c)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--antialias", default="on", choices=["on", "off"],
+                   help="(a)'s JPEG crops: antialiased where they shrink (the default since 2026-12-05) or "
+                        "the 2-tap resize the 18.0k img/s baseline was measured with")
     p.add_argument("--feed-batches", type=int, default=60, help="batches timed per feed measurement")
     p.add_argument("--reps", type=int, default=3, help="repetitions per feed/step measurement (median)")
     p.add_argument("--fmnist-limit", type=int, default=None, help="use the first N training images")
@@ -138,7 +141,8 @@ def run_feed(args, device, fmnist: Path, photos: Path) -> list[dict]:
     configs = [("raw28", fmnist, lambda: [RandomHorizontalFlip(), Normalize(FMNIST_MEAN, FMNIST_STD)])]
     for size in (160, 224) if not args.tiny else (args.photo_crop,):
         configs.append((f"jpeg_rrc{size}", photos, lambda size=size: [
-            RandomResizedCrop(size), RandomHorizontalFlip(), Normalize(PHOTO_MEAN, PHOTO_STD, channels_last=True)]))
+            RandomResizedCrop(size, antialias=args.antialias == "on"), RandomHorizontalFlip(),
+            Normalize(PHOTO_MEAN, PHOTO_STD, channels_last=True)]))
     rows = []
     for data, store, pipeline in configs:
         for threads in args.threads:
@@ -150,6 +154,7 @@ def run_feed(args, device, fmnist: Path, photos: Path) -> list[dict]:
                 rates[where] = [feed_rate(loader, args.feed_batches, device) for _ in range(args.reps)]
             for where, r in rates.items():
                 rows.append({"system": "fastprune", "data": data, "threads": threads, "normalize_on": where,
+                             "antialias": args.antialias if data.startswith("jpeg") else None,
                              "img_per_s_median": round(statistics.median(r)), "img_per_s_all": [round(x) for x in r]})
             gain = statistics.median(rates["device"]) / statistics.median(rates["host"])
             print(f"(a) {data:>12} threads={threads:>2}: normalize on device {statistics.median(rates['device']):9.0f} "

@@ -15,6 +15,7 @@ def test_gpu_benchmark_dry_run_writes_every_section(benchmark_script, fashion_mn
     feed = {(r["data"], r["threads"], r["normalize_on"]) for r in result["feed"]}
     assert feed == {(d, t, w) for d in ("raw28", "jpeg_rrc32") for t in (1, 2) for w in ("device", "host")}
     assert all(r["img_per_s_median"] > 0 for r in result["feed"])
+    assert {(r["data"], r["antialias"]) for r in result["feed"]} == {("raw28", None), ("jpeg_rrc32", "on")}
     steps = {r["workload"]: r for r in result["step_vs_fit"]}
     assert set(steps) == {"recipe", "photos"}
     assert sorted((r["workload"], r["fit_thread_nice"], r["fit_first_round"]) for r in result["step_vs_fit"]) == [
