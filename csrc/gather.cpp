@@ -169,7 +169,7 @@ void copy_row(const uint8_t *src, uint8_t *dst, int w, bool flip) {
 constexpr int FILTER_BITS = 14;  // the weights of one output pixel sum to 1 << 14
 
 // Output x reads count[x] source pixels from first[x] on, with weights[x * width + k]
-// (nonnegative, summing to 1 << FILTER_BITS), restricted to the pixels [lo, hi] the window covers
+// (nonnegative, summing to exactly 1 << FILTER_BITS), restricted to the pixels [lo, hi] the window covers
 // and renormalised there (PIL's rule at image edges; its tap range too: no zero-weight taps).
 struct FilterTaps {
     std::vector<int> first, count;
@@ -195,14 +195,24 @@ void make_filter_taps(double start, double length, int lo, int hi, int out_size,
             t.raw[n] = std::max(0.0, 1.0 - std::fabs((k + 0.5 - center) / support));
             total += t.raw[n];
         }
+        // Largest remainders: each weight floored, then +1 to those that lost the most until the
+        // sum is exact. Every weight stays within 1 of exact and >= 0 (the remainder put on the
+        // largest weight made it negative past ~1000x: 1280 rows shrunk to 1 came out white for black).
         int32_t *w = t.weights.data() + size_t(x) * t.width;
-        int sum = 0, biggest = 0;
+        int sum = 0;
         for (int k = 0; k < n; ++k) {
-            w[k] = int32_t(std::lround(t.raw[k] / total * (1 << FILTER_BITS)));
+            t.raw[k] = t.raw[k] / total * (1 << FILTER_BITS);
+            w[k] = int32_t(std::floor(t.raw[k]));
+            t.raw[k] -= w[k];  // what the floor lost
             sum += w[k];
-            if (w[k] > w[biggest]) biggest = k;
         }
-        w[biggest] += (1 << FILTER_BITS) - sum;  // the rounding's remainder: the sum is exact
+        for (int left = (1 << FILTER_BITS) - sum; left > 0; --left) {
+            int most = 0;  // the first of the largest losses (the Python model picks the same)
+            for (int k = 1; k < n; ++k)
+                if (t.raw[k] > t.raw[most]) most = k;
+            ++w[most];
+            t.raw[most] = -1;
+        }
         std::fill(w + n, w + t.width, 0);
         t.first[x] = k_lo;
         t.count[x] = n;

@@ -66,8 +66,12 @@ def _filter_taps(start, length, lo, hi, n):
         total = 0.0
         for v in raw:  # summed in order, as the C++ does
             total += v
-        weights = [int(_lround(np.float64(v / total * (1 << 14)))) for v in raw]
-        weights[int(np.argmax(weights))] += (1 << 14) - sum(weights)  # the first largest, as the C++
+        exact = [v / total * (1 << 14) for v in raw]
+        weights = [math.floor(v) for v in exact]
+        lost = [v - f for v, f in zip(exact, weights)]
+        for k in sorted(range(len(lost)), key=lambda k: (-lost[k], k))[:(1 << 14) - sum(weights)]:
+            weights[k] += 1  # the largest remainders (ties: the first), as the C++
+        assert min(weights) >= 0 and sum(weights) == 1 << 14
         taps.append((k_lo, weights))
     return taps
 
@@ -258,3 +262,25 @@ def test_an_empty_output_is_nothing_to_do(antialias):
     for shape in ((1, 0, 5, 3), (1, 5, 0, 3), (1, 0, 0, 3)):
         gather.gather_crops(np.array([0]), np.array([[0, 0, 10, 10]], np.int32), np.empty(shape, np.uint8),
                             antialias=antialias)
+
+
+@pytest.mark.parametrize("rows, out", [(1280, 1), (2870, 2), (3058, 1)])
+def test_extreme_shrinks_keep_their_weights_nonnegative(rows, out):
+    """Shrinking 1000x and more: the rounding remainder, all put on the largest weight, made it
+    negative and the 16-bit row sums wrapped: a black window with one white row there came out
+    white (255 where ~0.2 is right), a white one with a black row black; the numba path wrapped
+    where the native one saturated. A diagonal line puts the odd row at every tap position at
+    once (column c of a square image has it at row c), shrunk along either axis."""
+    from fastprune.loader import transforms
+
+    for base, line in ((0, 255), (255, 0)):
+        image = np.full((rows, rows, 3), base, np.uint8)
+        image[np.arange(rows), np.arange(rows)] = line
+        for size in ((out, rows), (rows, out)):
+            window = np.array([[0, 0, rows, rows]], np.int32)
+            native = np.empty((1, *size, 3), np.uint8)
+            _raw_gather([image]).gather_crops(np.array([0]), window, native, antialias=True)
+            assert np.abs(native.astype(int) - base).max() <= 1, (rows, size, base)
+            assert np.array_equal(native[0], _filtered_model(image, 0, 0, rows, rows, *size))
+            numba = transforms._resize_crops_kernel(image[None], window, np.empty((1, *size, 3), np.uint8), True)
+            assert np.array_equal(numba, native)

@@ -262,14 +262,18 @@ def _filter_taps(start, length, lo, hi, out_size):
             total += raw[n]
             n += 1
         weight_sum = 0
-        biggest = 0
-        for k in range(n):
-            v = raw[k] / total * (1 << _FILTER_BITS)
-            weights[x, k] = int(math.floor(v)) + (1 if v - math.floor(v) >= 0.5 else 0)  # C's lround
+        for k in range(n):  # largest remainders, as the C++: floors, then +1 where most was lost
+            raw[k] = raw[k] / total * (1 << _FILTER_BITS)
+            weights[x, k] = int(math.floor(raw[k]))
+            raw[k] -= weights[x, k]
             weight_sum += weights[x, k]
-            if weights[x, k] > weights[x, biggest]:
-                biggest = k
-        weights[x, biggest] += (1 << _FILTER_BITS) - weight_sum
+        for _ in range((1 << _FILTER_BITS) - weight_sum):
+            most = 0
+            for k in range(1, n):
+                if raw[k] > raw[most]:
+                    most = k
+            weights[x, most] += 1
+            raw[most] = -1.0
         first[x] = k_lo
         count[x] = n
     return first, count, weights
