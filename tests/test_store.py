@@ -88,7 +88,7 @@ def test_a_store_closed_while_a_loader_reads_it_says_so(tmp_path):
     descriptor; 5 of 20 tries) instead of the StoreError a closed store gives."""
     import fastprune
 
-    path = write_dataset(tmp_path / "c.beton", ListSource([(np.zeros((4, 4, 3), np.uint8),)] * 8),
+    path = write_dataset(tmp_path / "c.beton", ListSource([(np.zeros((4, 4, 3), np.uint8),)] * 32),
                          {"image": RGBImageField()}, progress=False, workers=1)
     store = Store(path)
     store.check_unchanged()
@@ -98,8 +98,18 @@ def test_a_store_closed_while_a_loader_reads_it_says_so(tmp_path):
     store.close()
     with pytest.raises(StoreError, match=r"the store is closed$"):
         store.check_unchanged()
+    # any other failure to stat the file (ESTALE after another NFS host renamed a new store over
+    # it, EIO) is said as such, not as a close the user never made
+    import errno
+    from unittest import mock
+
+    store = Store(path)
+    with mock.patch("os.fstat", side_effect=OSError(errno.ESTALE, "Stale file handle")):
+        with pytest.raises(StoreError, match=r"c\.beton: cannot check the file: Stale file handle$"):
+            store.check_unchanged()
+    store.close()
     reading = Store(path)
-    batches = iter(fastprune.Loader(reading, 4))
+    batches = iter(fastprune.Loader(reading, 1, prefetch=1))  # 32 batches: most still to make
     next(batches)
     reading.close()
     with pytest.raises(StoreError, match="the store is closed"):

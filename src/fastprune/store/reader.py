@@ -10,6 +10,7 @@ on ``buffer`` + ``field_ranges``) touch memory outside the mapping.
 from __future__ import annotations
 
 import mmap
+import errno
 import os
 import stat
 from pathlib import Path
@@ -141,12 +142,16 @@ class Store:
         files with a rename (as fastprune's writer does), never in place, while they are read.
         """
         file = self._file  # once: close() may run on another thread (a Loader's producers call this)
+        closed = StoreError(f"{self.path}: the store is closed")
+        if file is None or file.closed:
+            raise closed
         try:
-            if file is None:
-                raise ValueError("closed")
             identity = _identity(os.fstat(file.fileno()))
-        except (ValueError, OSError):  # closed between the two, or now
-            raise StoreError(f"{self.path}: the store is closed") from None
+        except ValueError:  # closed since the line above
+            raise closed from None
+        except OSError as exc:  # EBADF: closed since; else the file itself (ESTALE on NFS, EIO)
+            raise (closed if exc.errno == errno.EBADF else
+                   StoreError(f"{self.path}: cannot check the file: {exc.strerror or exc}")) from None
         if identity != self._identity:
             raise StoreError(f"{self.path}: the file was changed in place while open (size or "
                              "modification time differs); reopen it, and replace stores by renaming")
