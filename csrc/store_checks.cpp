@@ -76,8 +76,9 @@ void bind_store(nb::module_ &m) {
                 };
                 std::vector<std::thread> pool;
                 try {
+                    pool.reserve(size_t(nt));  // no reallocation (bad_alloc) once threads run
                     for (int w = 1; w < nt; ++w) pool.emplace_back(work);
-                } catch (const std::system_error &) {
+                } catch (const std::exception &) {  // system_error, or bad_alloc for a thread's state
                     // a container's thread or memory limit: the threads that started and this one
                     // share the ranges (a joinable std::thread destroyed by the unwinding aborted)
                 }
