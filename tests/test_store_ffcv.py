@@ -81,23 +81,41 @@ def test_fastprune_raw_file_loads_in_ffcv_loader(tmp_path):
     np.testing.assert_array_equal(feats, np.stack([r[3] for r in rows]))
 
 
-def test_a_sample_larger_than_the_default_page_grows_the_pages_and_loads_in_ffcv(tmp_path, monkeypatch):
+@pytest.mark.parametrize("os_cache", [False, True], ids=["page cache", "mmap"])
+def test_samples_larger_than_the_default_page_grow_the_pages_and_load_in_ffcv(tmp_path, monkeypatch, os_cache):
     """A raw image over 8 MiB (1700 x 1700) stopped every converter: "larger than a page; pass a
-    larger page_size", an option no converter or CLI flag has. The write now starts again with the
-    smallest power-of-two page that holds it (here, scaled down: 4 KiB default, 10,800-byte images)."""
+    larger page_size", an option no converter or CLI flag has. From such a sample on, pages are
+    the smallest power of two that holds it, at multiples of their size, so the pages before lie
+    inside them: ffcv's page-reading cache (os_cache=False) and its mmap path read every sample,
+    and the source is read once (scaled down here: 4 KiB default pages, blobs of 10,800 and 43,200
+    bytes among 100-byte ones)."""
     from fastprune.store import format as fmt
 
     monkeypatch.setattr(fmt, "DEFAULT_PAGE_SIZE", 1 << 12)
     rng = np.random.default_rng(2)
-    rows = [(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8), i, float(i), np.zeros((3, 2), np.float32))
-            for i in range(N)]
-    path = write_dataset(tmp_path / "big.beton", rows, FASTPRUNE_FIELDS, workers=2, progress=False, chunk_size=5)
-    assert [p.name for p in tmp_path.iterdir()] == ["big.beton"]  # the first attempt left nothing
+    sizes = [100] * 10 + [10_800] + [100] * 10 + [43_200] + [100] * (N - 22)
+    rows = [(rng.integers(0, 256, size, dtype=np.uint8).tobytes(), i) for i, size in enumerate(sizes)]
+    reads = []
+
+    class Source:
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return rows[i]
+
+    path = write_dataset(tmp_path / "big.beton", Source(), {"blob": BytesField(), "label": IntField()},
+                         workers=1, progress=False, chunk_size=5)
+    assert sorted(reads) == list(range(N))  # once each: the pages grew in place
+    assert [p.name for p in tmp_path.iterdir()] == ["big.beton"]
     with Store(path) as store:
-        assert store.page_size == 1 << 14
-    images, labels = load_with_ffcv(path)[:2]
-    np.testing.assert_array_equal(images, np.stack([r[0] for r in rows]))
-    np.testing.assert_array_equal(labels.ravel(), np.arange(N))
+        assert store.page_size == 1 << 16
+        assert [store[i] for i in range(N)] == rows
+    loader = Loader(str(path), batch_size=1, num_workers=1, order=OrderOption.SEQUENTIAL, os_cache=os_cache,
+                    pipelines={"blob": [BytesDecoder()], "label": [IntDecoder()]})
+    for (blob, label), (expected, i) in zip(loader, rows):
+        assert np.asarray(blob)[0, :len(expected)].tobytes() == expected and int(np.asarray(label).ravel()[0]) == i
 
 
 def test_fastprune_jpeg_file_loads_in_ffcv_loader(tmp_path):

@@ -62,9 +62,9 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         not be picklable.
     progress: show a tqdm progress bar ("writing NAME"; tqdm's TQDM_* environment settings apply).
     page_size: power of two from 4 KiB to 2 GiB; ffcv's own writer needs >= 2 MiB, its reader any.
-        A sample's data must fit in one page. Default (None): 8 MiB, ffcv's, or where a sample is
-        larger (a raw image over ~1670 x 1670, a large camera JPEG kept as is), the smallest power
-        of two that holds it: the write starts again with that page size.
+        A sample's data must fit in one page. Default (None): 8 MiB, ffcv's, and from a sample
+        that is larger (a raw image over ~1670 x 1670, a large camera JPEG kept as is) on, the
+        smallest power of two that holds it (the file's page size is then that).
     class_names: the classes' names, kept in the file (``Store.class_names``; see names.py): a
         list (label value i -> names[i]) for the first IntField, or {int field name: list}.
         A label >= the number of names stops the write.
@@ -89,16 +89,12 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
 
     remove_stale_temp_files(path)
     size = page_size or fmt.DEFAULT_PAGE_SIZE
-    while True:
-        try:
-            writer = _write_file(path, source, fields, stored_fields, num_samples, size, names, index_field,
-                                 chunk_size, workers, progress, skip_unreadable)
-            break
-        except _PageTooSmall as small:
-            if page_size is not None or small.needed > fmt.MAX_PAGE_SIZE:
-                raise ConversionError(f"sample {small.sample}: its data ({small.bytes} bytes) is larger than a "
-                                      f"page ({size} bytes){_page_advice(page_size, small.needed)}") from None
-            size = small.needed  # rare (a huge sample): encode again, with pages that hold it
+    try:
+        writer = _write_file(path, source, fields, stored_fields, num_samples, size, names, index_field,
+                             chunk_size, workers, progress, skip_unreadable, grow_pages=page_size is None)
+    except _PageTooSmall as small:
+        raise ConversionError(f"sample {small.sample}: its data ({small.bytes} bytes) is larger than a "
+                              f"page ({small.page_size} bytes){_page_advice(small.needed)}") from None
     if writer.skipped:
         warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
                                             f"{writer.written} samples written"), stacklevel=2)
@@ -106,31 +102,37 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
 
 
 class _PageTooSmall(Exception):
-    def __init__(self, sample: int, nbytes: int):
-        super().__init__(sample, nbytes)
-        self.sample, self.bytes = sample, nbytes
-        self.needed = 1 << max(0, nbytes - 1).bit_length()  # the smallest power of two >= nbytes
+    def __init__(self, sample: int, nbytes: int, page_size: int):
+        super().__init__(sample, nbytes, page_size)
+        self.sample, self.bytes, self.page_size = sample, nbytes, page_size
+        self.needed = _page_for(nbytes)
 
 
-def _page_advice(page_size: int | None, needed: int) -> str:
+def _page_for(nbytes: int) -> int:
+    """The smallest power of two >= nbytes."""
+    return 1 << max(0, nbytes - 1).bit_length()
+
+
+def _page_advice(needed: int) -> str:
     if needed > fmt.MAX_PAGE_SIZE:
         return f": a store's pages are at most {fmt.MAX_PAGE_SIZE} bytes (ffcv's format); store it smaller"
     return f"; pass page_size={needed} or more"
 
 
 def _write_file(path: Path, source, fields, stored_fields, num_samples: int, page_size: int, names,
-                index_field, chunk_size: int, workers: int, progress: bool, skip_unreadable: bool) -> "_FileWriter":
-    """One attempt at the file: written to a temporary, renamed to ``path`` when complete."""
+                index_field, chunk_size: int, workers: int, progress: bool, skip_unreadable: bool,
+                grow_pages: bool) -> "_FileWriter":
+    """Write the file to a temporary, renamed to ``path`` when complete; removed on any error."""
     with sigterm_as_interrupt():
         tmp_name = None
         try:
             with signals_deferred():  # a Ctrl-C/SIGTERM right after the file exists still sees its name
                 fd, tmp_name = create_temp_file(path)
             with os.fdopen(fd, "w+b") as out:
-                writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field)
+                writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
                                         label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)
-                with contextlib.closing(chunks):  # its workers stop here, before any second attempt
+                with contextlib.closing(chunks):  # its workers stop here, whatever ended the loop
                     for chunk in chunks:
                         writer.add_chunk(chunk)
                         _check_skipped(writer.skipped, num_samples)
@@ -237,8 +239,9 @@ class _FileWriter:
     """Appends encoded chunks to the open temporary file, then writes tables and header."""
 
     def __init__(self, out, fields: dict[str, Field], num_samples: int, page_size: int,
-                 class_names: dict[str, list[str]], index_field: str | None = None):
+                 class_names: dict[str, list[str]], index_field: str | None = None, grow_pages: bool = False):
         self.out = out
+        self.grow_pages = grow_pages  # a sample larger than a page: larger pages from there on
         self.fields = list(fields.items())
         self.index_field = index_field  # filled with the samples' positions, not read from the source
         self.written = 0  # samples written so far (fewer than the source's when some are skipped)
@@ -296,8 +299,16 @@ class _FileWriter:
         starts = np.zeros(len(totals), dtype=np.uint64)
         page_size, cursor, page_end = self.page_size, self.cursor, self.page_end
         for row, total in enumerate(totals.tolist()):
-            if total > page_size:  # write_dataset starts again with larger pages, or says so
-                raise _PageTooSmall(sources[row], total)
+            if total > page_size:
+                if not self.grow_pages or total > fmt.MAX_PAGE_SIZE:
+                    raise _PageTooSmall(sources[row], total, page_size)
+                # Larger pages from here on, each at a multiple of its size: every smaller page
+                # written so far lies inside one of them (ffcv's page cache reads the page at
+                # offset // page_size), so the header's final page_size holds for the whole file.
+                page_size = self.page_size = _page_for(total)
+                cursor = fmt.align_up(page_end if self.any_data else self.data_start, page_size)
+                page_end = cursor + page_size
+                self.any_data = True
             if total == 0:
                 starts[row] = cursor
                 continue
