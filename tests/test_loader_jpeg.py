@@ -382,53 +382,52 @@ def test_dc_predictor_overflow_is_damage_not_undefined_behaviour():
         assert TURBO and image.shape == (1040, 4096, 3)
 
 
-def test_a_pool_whose_threads_cannot_start_raises_instead_of_hanging(tmp_path):
-    """Loader(threads=N) past a container's limits: std::thread threw mid-construction and the
-    pool hung in pthread_cond_destroy (or aborted with "terminate called"). In a child process
-    with a 2 GiB address space, 1000 threads cannot start: a RuntimeError names the cause."""
+def _run_in_2_gib(script: str) -> str:
+    """stdout of ``script`` run by a child Python whose address space it caps at 2 GiB (so that
+    about 1000 threads cannot start), after checking that it exited cleanly."""
     import subprocess
     import sys
 
     if "asan" in os.environ.get("LD_PRELOAD", ""):
         pytest.skip("AddressSanitizer reserves terabytes of address space: no RLIMIT_AS under it")
-    script = ("import resource, numpy as np\n"
-              "from fastprune import _core\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
-              "one = np.ones(1, np.uint32)\n"
-              "try:\n"
-              "    _core.ImageGather(np.zeros(3, np.uint8), np.zeros(1, np.uint64), np.array([3], np.uint64),\n"
-              "                      np.ones(1, np.uint8), one, one, 1000)\n"
-              "except RuntimeError as exc:\n"
-              "    print('raised:', exc)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_a_pool_whose_threads_cannot_start_raises_instead_of_hanging():
+    """Loader(threads=N) past a container's limits: std::thread threw mid-construction and the
+    pool hung in pthread_cond_destroy (or aborted with "terminate called"). In a child process
+    with a 2 GiB address space, 1000 threads cannot start: a RuntimeError names the cause."""
+    out = _run_in_2_gib("import resource, numpy as np\n"
+                        "from fastprune import _core\n"
+                        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+                        "one = np.ones(1, np.uint32)\n"
+                        "try:\n"
+                        "    _core.ImageGather(np.zeros(3, np.uint8), np.zeros(1, np.uint64), np.array([3], np.uint64),\n"
+                        "                      np.ones(1, np.uint8), one, one, 1000)\n"
+                        "except RuntimeError as exc:\n"
+                        "    print('raised:', exc)\n")
     assert re.search(r"raised: cannot start 999 native loader threads \(\d+ started: .*\); ask for fewer "
-                     r"threads", result.stdout), result.stdout
+                     r"threads", out), out
 
 
-def test_checksums_whose_threads_cannot_start_are_computed_by_fewer(tmp_path):
+def test_checksums_whose_threads_cannot_start_are_computed_by_fewer():
     """Store.verify and the end of every conversion checksum on native threads: a thread that could
     not start (a container's limit) aborted the process ("terminate called without an active
     exception"), losing a whole conversion at its last step. With a 2 GiB address space 1000
     threads cannot start: the CRCs come back, equal to one thread's."""
-    import subprocess
-    import sys
-
-    if "asan" in os.environ.get("LD_PRELOAD", ""):
-        pytest.skip("AddressSanitizer reserves terabytes of address space: no RLIMIT_AS under it")
-    script = ("import resource, zlib, numpy as np\n"
-              "from fastprune import _core\n"
-              "buffer = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8)\n"
-              "offsets = np.arange(100_000, dtype=np.uint64) % 60_000\n"
-              "sizes = np.arange(100_000, dtype=np.uint64) % 997\n"
-              "alone = _core.crc32_ranges(buffer, offsets, sizes, 1)\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
-              "crowd = _core.crc32_ranges(buffer, offsets, sizes, 1000)\n"
-              "assert alone[12345] == zlib.crc32(buffer[offsets[12345]:][:sizes[12345]].tobytes())\n"
-              "print('equal:', np.array_equal(alone, crowd))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "equal: True"
+    out = _run_in_2_gib("import resource, zlib, numpy as np\n"
+                        "from fastprune import _core\n"
+                        "buffer = np.random.default_rng(0).integers(0, 256, 1 << 16, dtype=np.uint8)\n"
+                        "offsets = np.arange(100_000, dtype=np.uint64) % 60_000\n"
+                        "sizes = np.arange(100_000, dtype=np.uint64) % 997\n"
+                        "alone = _core.crc32_ranges(buffer, offsets, sizes, 1)\n"
+                        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+                        "crowd = _core.crc32_ranges(buffer, offsets, sizes, 1000)\n"
+                        "assert alone[12345] == zlib.crc32(buffer[offsets[12345]:][:sizes[12345]].tobytes())\n"
+                        "print('equal:', np.array_equal(alone, crowd))\n")
+    assert out.strip() == "equal: True"
 
 
 def test_a_damaged_sample_and_a_missing_store_raise_the_same_errors_through_store_and_loader(tmp_path):
