@@ -248,12 +248,13 @@ void make_pairs(const FilterTaps &t, int out_w, int steps, std::vector<int16_t> 
 }
 
 // One output row of the vertical pass: row[i] = ((sum_k src_k[i] * w_k + 32) >> 6) - 32768 for
-// the window's columns (see resize_window_filtered).
-#if FASTPRUNE_AVX2_DISPATCH
-__attribute__((target_clones("avx2", "default")))  // the sums 8 lanes at a time where the CPU can
+// the window's columns (see resize_window_filtered). Inlined into a plain and an AVX2 function
+// (explicit dispatch, as blend_rows: target_clones needs ifunc, which macOS and older clang lack).
+#if defined(__GNUC__)
+__attribute__((always_inline))
 #endif
-void vertical_row(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len, int32_t *sums,
-                  int16_t *row) {
+inline void vertical_row_body(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len,
+                              int32_t *sums, int16_t *row) {
     const int32_t *w = t.weights.data() + size_t(y) * t.width;
     for (int k = 0; k < t.count[y]; ++k) {
         const uint8_t *src = win.pixels + (size_t(t.first[y] + k) * win.cols + col_first) * 3;
@@ -265,6 +266,18 @@ void vertical_row(const Window &win, const FilterTaps &t, int y, int col_first, 
     }
     for (size_t i = 0; i < row_len; ++i) row[i] = int16_t(sums[i] >> 6);
 }
+
+void vertical_row(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len, int32_t *sums,
+                  int16_t *row) {
+    vertical_row_body(win, t, y, col_first, row_len, sums, row);
+}
+
+#if FASTPRUNE_AVX2_DISPATCH
+__attribute__((target("avx2"))) void vertical_row_avx2(const Window &win, const FilterTaps &t, int y, int col_first,
+                                                       size_t row_len, int32_t *sums, int16_t *row) {
+    vertical_row_body(win, t, y, col_first, row_len, sums, row);  // the sums 8 lanes at a time
+}
+#endif
 
 // One output row of the horizontal pass, out[x] from row's pixels at first[x] - col_first on:
 // two taps per step, the channels of the two pixels interleaved (r0 r1 g0 g1 b0 b1) for pmaddwd.
@@ -355,14 +368,15 @@ void resize_window_filtered(const Window &win, uint8_t *dst, int out_h, int out_
     const bool avx2 = have_avx2();
 #endif
     for (int y = 0; y < out_h; ++y) {
-        vertical_row(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
         uint8_t *out = dst + size_t(y) * out_w * 3;
 #if FASTPRUNE_AVX2_DISPATCH
         if (avx2) {
+            vertical_row_avx2(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
             horizontal_row_avx2(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
             continue;
         }
 #endif
+        vertical_row(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
         horizontal_row(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
     }
 }
