@@ -60,27 +60,14 @@ def test_an_interrupted_multi_worker_conversion_exits_at_once_in_one_line(tmp_pa
     out.parent.mkdir()
     command = [sys.executable, "-m", "fastprune", "convert", str(tmp_path / "photos"), "--out", str(out),
                "--resize", "100x100", "--workers", "2", "--no-progress"]  # 30 KB per sample sent back
-
-    def started():
+    interrupted = 0
+    for attempt in range(12):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         deadline = time.monotonic() + 60
         while not list(out.parent.glob(".x.beton.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        return proc
-
-    # How long a conversion runs once its temporary file exists, here and now: the signals land at
-    # random points within 60% of that (a fixed 0-0.4 s let half the conversions of a full CI run
-    # finish first, while alone every one was interrupted)
-    proc, start = started(), time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    busy = time.monotonic() - start
-    assert proc.returncode == 0, err[-2000:]
-    out.unlink()
-    interrupted = 0
-    for attempt in range(12):
-        proc = started()
-        time.sleep(float(rng.uniform(0.0, 0.6 * busy)))
+        time.sleep(float(rng.uniform(0.0, 0.4)))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM if attempt % 2 else signal.SIGINT)
         try:
