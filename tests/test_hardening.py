@@ -62,8 +62,11 @@ def test_an_interrupted_multi_worker_conversion_exits_at_once_in_one_line(tmp_pa
                "--resize", "100x100", "--workers", "2", "--no-progress"]  # 30 KB per sample sent back
     interrupted = 0
     for attempt in range(12):
+        # SIGINT at its default in the child: a suite started in the background by a shell without
+        # job control (`bash .ci/run &`) inherits it ignored, and then no Ctrl-C reaches anything
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while not list(out.parent.glob(".x.beton.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
