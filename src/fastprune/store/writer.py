@@ -88,24 +88,13 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
 
     remove_stale_temp_files(path)
-    size = page_size or fmt.DEFAULT_PAGE_SIZE
-    try:
-        writer = _write_file(path, source, fields, stored_fields, num_samples, size, names, index_field,
-                             chunk_size, workers, progress, skip_unreadable, grow_pages=page_size is None)
-    except _PageTooSmall as small:
-        raise ConversionError(f"sample {small.sample}: its data ({small.bytes} bytes) is larger than a "
-                              f"page ({small.page_size} bytes){_page_advice(small.needed)}") from None
+    writer = _write_file(path, source, fields, stored_fields, num_samples, page_size or fmt.DEFAULT_PAGE_SIZE,
+                         names, index_field, chunk_size, workers, progress, skip_unreadable,
+                         grow_pages=page_size is None)
     if writer.skipped:
         warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
                                             f"{writer.written} samples written"), stacklevel=2)
     return path
-
-
-class _PageTooSmall(Exception):
-    def __init__(self, sample: int, nbytes: int, page_size: int):
-        super().__init__(sample, nbytes, page_size)
-        self.sample, self.bytes, self.page_size = sample, nbytes, page_size
-        self.needed = _page_for(nbytes)
 
 
 def _page_for(nbytes: int) -> int:
@@ -301,7 +290,8 @@ class _FileWriter:
         for row, total in enumerate(totals.tolist()):
             if total > page_size:
                 if not self.grow_pages or total > fmt.MAX_PAGE_SIZE:
-                    raise _PageTooSmall(sources[row], total, page_size)
+                    raise ConversionError(f"sample {sources[row]}: its data ({total} bytes) is larger than a page "
+                                          f"({page_size} bytes){_page_advice(_page_for(total))}")
                 # Larger pages from here on, each at a multiple of its size: every smaller page
                 # written so far lies inside one of them (ffcv's page cache reads the page at
                 # offset // page_size), so the header's final page_size holds for the whole file.
