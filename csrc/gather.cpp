@@ -66,19 +66,20 @@ void make_taps(double start, double length, int first, int last, int out_size, i
     }
 }
 
-// Per-thread buffers of resize_window, grown to the largest image seen and then reused: no
-// allocation per image.
+// A per-thread scratch buffer of at least n elements: grown to the largest image seen and then
+// reused, no allocation per image.
+template <typename T>
+T *grow(std::vector<T> &v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
+
+// Per-thread buffers of resize_window (see grow).
 struct ResizeScratch {
     std::vector<int> x0, xstep, xfrac, y0, ystep, yfrac;
     std::vector<int32_t> xoffset;   // SIMD pass: byte offset of source column x0[x] in a row
     std::vector<uint16_t> xweight;  // SIMD pass: per output column 8 lanes (w0 w0 w0 w1 w1 w1 0 0)
     std::vector<uint16_t> rows;     // the two horizontally resampled source rows (+ padding)
-
-    template <typename T>
-    static T *grow(std::vector<T> &v, size_t n) {
-        if (v.size() < n) v.resize(n);
-        return v.data();
-    }
 };
 
 // Horizontal pass of one source row: row[3x + c] = a[c] * (256 - f) + b[c] * f, exact in 16
@@ -181,10 +182,10 @@ struct FilterTaps {
 void make_filter_taps(double start, double length, int lo, int hi, int out_size, FilterTaps &t) {
     const double scale = length / out_size, support = std::max(scale, 1.0);
     t.width = int(std::ceil(2 * support)) + 2;
-    t.first.resize(std::max<size_t>(t.first.size(), size_t(out_size)));
-    t.count.resize(std::max<size_t>(t.count.size(), size_t(out_size)));
-    t.weights.resize(std::max<size_t>(t.weights.size(), size_t(out_size) * t.width));
-    t.raw.resize(std::max<size_t>(t.raw.size(), size_t(t.width)));
+    grow(t.first, out_size);
+    grow(t.count, out_size);
+    grow(t.weights, size_t(out_size) * t.width);
+    grow(t.raw, t.width);
     for (int x = 0; x < out_size; ++x) {
         const double center = start + (x + 0.5) * scale;
         const int k_lo = std::max(int(std::floor(center - support + 0.5)), lo);
@@ -361,9 +362,9 @@ void resize_window_filtered(const Window &win, uint8_t *dst, int out_h, int out_
     make_pairs(s.x, out_w, steps, s.pairs);
     // + room for the zero-weighted taps past a column's own and for the last 8-lane load
     const size_t row_len = size_t(cols) * 3, padded = row_len + size_t(steps) * 6 + 8;
-    if (s.row.size() < padded) s.row.resize(padded);
+    grow(s.row, padded);
     std::fill(s.row.begin() + row_len, s.row.begin() + padded, int16_t(0));
-    if (s.sums.size() < row_len) s.sums.resize(row_len);
+    grow(s.sums, row_len);
 #if FASTPRUNE_AVX2_DISPATCH
     const bool avx2 = have_avx2();
 #endif
@@ -404,8 +405,8 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
         return;
     }
     thread_local ResizeScratch s;
-    int *x0 = s.grow(s.x0, out_w), *xstep = s.grow(s.xstep, out_w), *xfrac = s.grow(s.xfrac, out_w);
-    int *y0 = s.grow(s.y0, out_h), *ystep = s.grow(s.ystep, out_h), *yfrac = s.grow(s.yfrac, out_h);
+    int *x0 = grow(s.x0, out_w), *xstep = grow(s.xstep, out_w), *xfrac = grow(s.xfrac, out_w);
+    int *y0 = grow(s.y0, out_h), *ystep = grow(s.ystep, out_h), *yfrac = grow(s.yfrac, out_h);
     make_taps(win.left, win.width, left, last_of(win.left, win.width, win.cols), out_w, x0, xstep, xfrac);
     if (flip) {
         std::reverse(x0, x0 + out_w);
@@ -414,7 +415,7 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
     }
     make_taps(win.top, win.height, top, last_of(win.top, win.height, win.rows), out_h, y0, ystep, yfrac);
     const size_t row_len = size_t(out_w) * 3 + 8;  // + room for the 4-lane stores of the SIMD pass
-    uint16_t *rows[2] = {s.grow(s.rows, 2 * row_len), nullptr};
+    uint16_t *rows[2] = {grow(s.rows, 2 * row_len), nullptr};
     rows[1] = rows[0] + row_len;
     int cached[2] = {-1, -1};
 #if defined(__SSE2__)
@@ -423,8 +424,8 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
     // scalar a * (256 - f) + a * f whatever the second pixel read is, as long as it is inside
     // the buffer: the rightmost source columns of the buffer's last row(s) take the scalar path
     // (the last output columns, or the first ones when flipped: x0 runs backwards then).
-    int32_t *xoffset = s.grow(s.xoffset, out_w);
-    uint16_t *xweight = s.grow(s.xweight, size_t(out_w) * 8);  // 16-byte aligned (operator new)
+    int32_t *xoffset = grow(s.xoffset, out_w);
+    uint16_t *xweight = grow(s.xweight, size_t(out_w) * 8);  // 16-byte aligned (operator new)
     for (int x = 0; x < out_w; ++x) {
         xoffset[x] = x0[x] * 3;
         const uint16_t f = uint16_t(xstep[x] ? xfrac[x] : 0), w = uint16_t(256 - f);
