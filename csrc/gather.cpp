@@ -18,19 +18,9 @@
 #include <string>
 #include <vector>
 
-// SIMD: SSE2 (baseline x86-64) in the build; AVX2 for the vertical pass when the CPU has it.
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define FASTPRUNE_AVX2_DISPATCH 1
-#else
-#define FASTPRUNE_AVX2_DISPATCH 0
-#endif
-
 #include "core.hpp"
 #include "jpeg_decode.hpp"
+#include "simd.hpp"  // SSE2 in the build, AVX2 by run-time dispatch
 #include "thread_pool.hpp"
 
 namespace fastprune {
@@ -100,7 +90,7 @@ __attribute__((always_inline))
 #endif
 inline void blend_rows(const uint16_t *a, const uint16_t *b, int f, int n, uint8_t *out) {
     int i = 0;
-#if defined(__SSE2__)
+#if FASTPRUNE_SSE2
     // pmaddwd multiplies signed 16-bit lanes: with a' = a - 32768 (a ^ 0x8000 read as signed),
     // a * (256 - f) + b * f = a' * (256 - f) + b' * f + 32768 * 256, exactly, in 32 bits.
     const __m128i weights = _mm_set1_epi32(int32_t(uint32_t(f) << 16 | uint32_t(256 - f)));
@@ -282,7 +272,7 @@ __attribute__((target("avx2"))) void vertical_row_avx2(const Window &win, const 
 
 // One output row of the horizontal pass, out[x] from row's pixels at first[x] - col_first on:
 // two taps per step, the channels of the two pixels interleaved (r0 r1 g0 g1 b0 b1) for pmaddwd.
-#if defined(__SSE2__)
+#if FASTPRUNE_SSE2
 inline __m128i two_taps(const int16_t *p) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
     return _mm_unpacklo_epi16(v, _mm_srli_si128(v, 6));
@@ -418,7 +408,7 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
     uint16_t *rows[2] = {grow(s.rows, 2 * row_len), nullptr};
     rows[1] = rows[0] + row_len;
     int cached[2] = {-1, -1};
-#if defined(__SSE2__)
+#if FASTPRUNE_SSE2
     // The SIMD horizontal pass loads 8 bytes at each output column's first tap: both pixels when
     // step is 1, and 2 bytes more. At step 0 the weights are made (256, 0), which gives the
     // scalar a * (256 - f) + a * f whatever the second pixel read is, as long as it is inside
@@ -439,7 +429,7 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
         const uint8_t *src = win.pixels + size_t(src_row) * win.cols * 3;
         uint16_t *row = rows[slot];
         int simd_begin = 0, simd_end = 0;  // SIMD columns [simd_begin, simd_end), scalar the rest
-#if defined(__SSE2__)
+#if FASTPRUNE_SSE2
         const int64_t readable = buffer_bytes - int64_t(src_row) * win.cols * 3;  // from src on
         simd_end = out_w;
         if (flip)  // x0 is nonincreasing
@@ -723,6 +713,7 @@ void bind_loader(nb::module_ &m) {
           nb::arg("min_height") = 0, nb::arg("min_width") = 0,
           "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
     m.attr("JPEG_BACKEND") = jpeg_backend();
+    m.attr("SIMD") = simd_paths();
     m.attr("DEFAULT_MAX_PIXELS") = DEFAULT_MAX_PIXELS;
 }
 

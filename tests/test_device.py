@@ -312,9 +312,9 @@ def test_train_log_json_records_the_device_and_null_gpu_fields_on_the_cpu(tmp_pa
     assert document["arguments"]["device"] == "cpu"
     assert [r["gpu_busy_pct"] for r in document["history"]] == [None]
     # what else the numbers depend on (the README says so): version, JPEG decoder, torch threads
-    assert {key: document[key] for key in ("fastprune", "jpeg_decoder", "torch_threads")} == \
+    assert {key: document[key] for key in ("fastprune", "jpeg_decoder", "simd", "torch_threads")} == \
         {"fastprune": fastprune.__version__, "jpeg_decoder": fastprune.build_info()["jpeg_decoder"],
-         "torch_threads": 1}
+         "simd": fastprune.build_info()["simd"], "torch_threads": 1}
 
 
 def test_bench_result_records_the_device_and_each_runs_gpu_busy(tmp_path, tiny_stores):

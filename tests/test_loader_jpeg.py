@@ -4,6 +4,7 @@ window is >= 2x the output (csrc/jpeg_turbo.cpp), against decode-everything orac
 import io
 import math
 import os
+import platform
 import re
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image, ImageFilter
 
 import fastprune
 from fastprune import _core
+from fastprune.bench.machine import cpu_flags
 from fastprune.loader import CenterCrop, Loader, Normalize, RandomHorizontalFlip, RandomResizedCrop
 from fastprune.loader.transforms import stream_key
 from fastprune.store import IntField, RGBImageField, write_dataset
@@ -301,6 +303,13 @@ def test_build_info_names_the_decoder():
     assert info["jpeg_decoder"] == _core.JPEG_BACKEND
     assert info["jpeg_decoder"].startswith(("libjpeg-turbo", "stb_image"))
     assert info["max_image_pixels"] == 2**27
+    # the kernels' paths: SSE2 on every x86-64 build unless -DFASTPRUNE_SIMD=OFF (scripts/sanitize's
+    # second build, which says so in FASTPRUNE_EXPECT_SIMD), AVX2 where this CPU has it
+    expected = os.environ.get("FASTPRUNE_EXPECT_SIMD")
+    if expected is None:
+        x86 = platform.machine().lower() in ("x86_64", "amd64")
+        expected = ("sse2+avx2" if "avx2" in cpu_flags() else "sse2") if x86 else "portable"
+    assert info["simd"] == expected
 
 
 # --- crafted streams whose cost the header's size does not bound (hostile-input audit) -----------

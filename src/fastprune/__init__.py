@@ -16,12 +16,14 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """How the native core was built: ``{"version", "jpeg_decoder", "max_image_pixels"}``.
+    """How the native core was built: ``{"version", "jpeg_decoder", "simd", "max_image_pixels"}``.
 
     ``jpeg_decoder`` is ``"libjpeg-turbo X.Y.Z"`` when the build found the system library (it
     decodes only the window a resized crop keeps) or ``"stb_image ... (vendored)"``, the slower
-    fallback (see the README's install notes)."""
-    return {"version": __version__, "jpeg_decoder": _core.JPEG_BACKEND,
+    fallback (see the README's install notes). ``simd`` is what the resize and selection kernels
+    run on this CPU: ``"sse2+avx2"``, ``"sse2"`` or ``"portable"`` (scalar C++: non-x86 CPUs, or
+    a build with ``-DFASTPRUNE_SIMD=OFF``); all give the same bytes."""
+    return {"version": __version__, "jpeg_decoder": _core.JPEG_BACKEND, "simd": _core.SIMD,
             "max_image_pixels": int(_core.DEFAULT_MAX_PIXELS)}
 
 # public name -> module that defines it

@@ -86,6 +86,8 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "numba": numba.__version__, "ffcv": ffcv_version,
             "fastprune": fastprune.__version__,
+            # the native kernels' paths on this CPU ("sse2+avx2", "sse2", "portable"): their speed differs
+            "fastprune_simd": fastprune.build_info()["simd"],
             # the machine is shared: the load when the run started says how much to trust timings
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 

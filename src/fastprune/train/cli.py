@@ -288,10 +288,11 @@ def _bytes(text: str) -> str:
 
 def _software_record() -> dict[str, Any]:
     """What else a run's numbers depend on (README: results depend on the version, the JPEG
-    decoder and the thread count): recorded beside the device."""
+    decoder and the thread count; the native kernels' SIMD paths too): recorded beside the device."""
     from .. import __version__, build_info
 
-    return {"fastprune": __version__, "jpeg_decoder": build_info()["jpeg_decoder"],
+    info = build_info()
+    return {"fastprune": __version__, "jpeg_decoder": info["jpeg_decoder"], "simd": info["simd"],
             "torch_threads": torch.get_num_threads()}
 
 
