@@ -64,6 +64,19 @@ T *grow(std::vector<T> &v, size_t n) {
     return v.data();
 }
 
+// This thread's instance of a scratch struct, taken once per image. Not inlined: in a shared
+// library the compiler recomputes a thread_local's address (a __tls_get_addr call) at each use
+// rather than keep it in a register, even through a reference (27 calls in the resize loops,
+// 7% of an antialiased resize).
+template <typename T>
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+T &thread_scratch() {
+    thread_local T scratch;
+    return scratch;
+}
+
 // Per-thread buffers of resize_window (see grow).
 struct ResizeScratch {
     std::vector<int> x0, xstep, xfrac, y0, ystep, yfrac;
@@ -135,10 +148,6 @@ __attribute__((target("avx2"))) void blend_rows_avx2(const uint16_t *a, const ui
     blend_rows(a + i, b + i, f, n - i, out + i);
 }
 
-bool have_avx2() {
-    static const bool yes = __builtin_cpu_supports("avx2");
-    return yes;
-}
 #endif
 
 // Copies one row of w RGB pixels, mirrored left-right when flip is set.
@@ -219,11 +228,20 @@ void mirror_filter_taps(FilterTaps &t, int out_size) {
                          t.weights.begin() + size_t(b) * t.width);
 }
 
+// The taps of one output row of the vertical pass, in pairs for pmaddwd: pair j reads source
+// rows a[j] and b[j] with weights (wa, wb) packed in one int32 (low half wa). An odd last tap is
+// paired with itself at weight 0.
+struct VerticalPairs {
+    std::vector<const uint8_t *> a, b;
+    std::vector<int32_t> weights;
+    int count = 0;
+};
+
 struct FilterScratch {
     FilterTaps x, y;
     std::vector<int16_t> pairs;  // per column, per pair of taps: (w0 w1 w0 w1 w0 w1 0 0)
+    VerticalPairs vertical;      // one output row's source rows and weights
     std::vector<int16_t> row;    // one vertically filtered row: (pixel * 256) - 32768
-    std::vector<int32_t> sums;   // its vertical sums
 };
 
 // The horizontal pass's weights: every column gets `steps` pairs of taps (zero weights past its
@@ -238,35 +256,89 @@ void make_pairs(const FilterTaps &t, int out_w, int steps, std::vector<int16_t> 
         }
 }
 
-// One output row of the vertical pass: row[i] = ((sum_k src_k[i] * w_k + 32) >> 6) - 32768 for
-// the window's columns (see resize_window_filtered). Inlined into a plain and an AVX2 function
-// (explicit dispatch, as blend_rows: target_clones needs ifunc, which macOS and older clang lack).
+void make_vertical_pairs(const Window &win, const FilterTaps &t, int y, int col_first, VerticalPairs &p) {
+    const int n = t.count[y], pairs = (n + 1) / 2;
+    const int32_t *w = t.weights.data() + size_t(y) * t.width;
+    const uint8_t *first = win.pixels + (size_t(t.first[y]) * win.cols + col_first) * 3;
+    const size_t stride = size_t(win.cols) * 3;
+    grow(p.a, pairs);
+    grow(p.b, pairs);
+    grow(p.weights, pairs);
+    for (int j = 0; j < pairs; ++j) {
+        const int k = 2 * j, wb = k + 1 < n ? w[k + 1] : 0;
+        p.a[j] = first + size_t(k) * stride;
+        p.b[j] = k + 1 < n ? p.a[j] + stride : p.a[j];
+        p.weights[j] = int32_t(uint32_t(wb) << 16 | uint32_t(w[k]));
+    }
+    p.count = pairs;
+}
+
+// One output row of the vertical pass, values [i, end): row[i] = ((sum_k src_k[i] * w_k + 32) >> 6)
+// - 32768 (see resize_window_filtered). The + 32 rounds the >> 6; - 32768 * 64 makes the stored
+// value fit int16. Every path computes the same integer sums (each fits int32: 255 * 2^14 + 2^21).
+constexpr int32_t VERTICAL_BIAS = 32 - 32768 * 64;
+
+inline void vertical_values(const VerticalPairs &p, size_t i, size_t end, int16_t *row) {
+    for (; i < end; ++i) {
+        int32_t sum = VERTICAL_BIAS;
+        for (int j = 0; j < p.count; ++j)
+            sum += int32_t(p.a[j][i]) * int16_t(p.weights[j]) + int32_t(p.b[j][i]) * (p.weights[j] >> 16);
+        row[i] = int16_t(sum >> 6);
+    }
+}
+
+// 8 values at a time: the pixels of rows a and b widened to 16 bits and interleaved, so that one
+// pmaddwd gives a * wa + b * wb per value, the sums staying in registers across all taps. Always
+// inlined, also into vertical_row_avx2 (for the end of a row; see blend_rows).
+#if FASTPRUNE_SSE2
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-inline void vertical_row_body(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len,
-                              int32_t *sums, int16_t *row) {
-    const int32_t *w = t.weights.data() + size_t(y) * t.width;
-    for (int k = 0; k < t.count[y]; ++k) {
-        const uint8_t *src = win.pixels + (size_t(t.first[y] + k) * win.cols + col_first) * 3;
-        const int32_t weight = w[k];
-        if (k == 0)  // + 32 rounds the >> 6, - 32768 * 64 makes the stored value fit int16
-            for (size_t i = 0; i < row_len; ++i) sums[i] = int32_t(src[i]) * weight + (32 - 32768 * 64);
-        else
-            for (size_t i = 0; i < row_len; ++i) sums[i] += int32_t(src[i]) * weight;  // vectorized at -O3
+inline size_t vertical_values_sse2(const VerticalPairs &p, size_t i, size_t end, int16_t *row) {
+    const __m128i zero = _mm_setzero_si128(), bias = _mm_set1_epi32(VERTICAL_BIAS);
+    for (; i + 8 <= end; i += 8) {
+        __m128i lo = bias, hi = bias;
+        for (int j = 0; j < p.count; ++j) {
+            const __m128i a = _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p.a[j] + i)), zero);
+            const __m128i b = _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(p.b[j] + i)), zero);
+            const __m128i w = _mm_set1_epi32(p.weights[j]);
+            lo = _mm_add_epi32(lo, _mm_madd_epi16(_mm_unpacklo_epi16(a, b), w));
+            hi = _mm_add_epi32(hi, _mm_madd_epi16(_mm_unpackhi_epi16(a, b), w));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(row + i), _mm_packs_epi32(_mm_srai_epi32(lo, 6), _mm_srai_epi32(hi, 6)));
     }
-    for (size_t i = 0; i < row_len; ++i) row[i] = int16_t(sums[i] >> 6);
+    return i;
 }
+#endif
 
-void vertical_row(const Window &win, const FilterTaps &t, int y, int col_first, size_t row_len, int32_t *sums,
-                  int16_t *row) {
-    vertical_row_body(win, t, y, col_first, row_len, sums, row);
+void vertical_row(const VerticalPairs &p, size_t row_len, int16_t *row) {
+    size_t i = 0;
+#if FASTPRUNE_SSE2
+    i = vertical_values_sse2(p, i, row_len, row);
+#endif
+    vertical_values(p, i, row_len, row);
 }
 
 #if FASTPRUNE_AVX2_DISPATCH
-__attribute__((target("avx2"))) void vertical_row_avx2(const Window &win, const FilterTaps &t, int y, int col_first,
-                                                       size_t row_len, int32_t *sums, int16_t *row) {
-    vertical_row_body(win, t, y, col_first, row_len, sums, row);  // the sums 8 lanes at a time
+// 16 values at a time. unpacklo/hi work within 128-bit lanes, and packs puts the lanes back in
+// order: lo holds values 0-3 and 8-11, hi 4-7 and 12-15.
+__attribute__((target("avx2"))) void vertical_row_avx2(const VerticalPairs &p, size_t row_len, int16_t *row) {
+    const __m256i bias = _mm256_set1_epi32(VERTICAL_BIAS);
+    size_t i = 0;
+    for (; i + 16 <= row_len; i += 16) {
+        __m256i lo = bias, hi = bias;
+        for (int j = 0; j < p.count; ++j) {
+            const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p.a[j] + i)));
+            const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p.b[j] + i)));
+            const __m256i w = _mm256_set1_epi32(p.weights[j]);
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(row + i),
+                            _mm256_packs_epi32(_mm256_srai_epi32(lo, 6), _mm256_srai_epi32(hi, 6)));
+    }
+    i = vertical_values_sse2(p, i, row_len, row);
+    vertical_values(p, i, row_len, row);
 }
 #endif
 
@@ -343,7 +415,7 @@ __attribute__((target("avx2"))) void horizontal_row_avx2(const int16_t *row, con
 void resize_window_filtered(const Window &win, uint8_t *dst, int out_h, int out_w, bool flip, int x_last,
                             int y_last) {
     if (out_h == 0 || out_w == 0) return;
-    thread_local FilterScratch s;
+    FilterScratch &s = thread_scratch<FilterScratch>();
     make_filter_taps(win.left, win.width, int(win.left), x_last, out_w, s.x);
     make_filter_taps(win.top, win.height, int(win.top), y_last, out_h, s.y);
     const int col_first = s.x.first[0], cols = s.x.first[out_w - 1] + s.x.count[out_w - 1] - col_first;
@@ -354,20 +426,20 @@ void resize_window_filtered(const Window &win, uint8_t *dst, int out_h, int out_
     const size_t row_len = size_t(cols) * 3, padded = row_len + size_t(steps) * 6 + 8;
     grow(s.row, padded);
     std::fill(s.row.begin() + row_len, s.row.begin() + padded, int16_t(0));
-    grow(s.sums, row_len);
 #if FASTPRUNE_AVX2_DISPATCH
     const bool avx2 = have_avx2();
 #endif
     for (int y = 0; y < out_h; ++y) {
         uint8_t *out = dst + size_t(y) * out_w * 3;
+        make_vertical_pairs(win, s.y, y, col_first, s.vertical);
 #if FASTPRUNE_AVX2_DISPATCH
         if (avx2) {
-            vertical_row_avx2(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
+            vertical_row_avx2(s.vertical, row_len, s.row.data());
             horizontal_row_avx2(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
             continue;
         }
 #endif
-        vertical_row(win, s.y, y, col_first, row_len, s.sums.data(), s.row.data());
+        vertical_row(s.vertical, row_len, s.row.data());
         horizontal_row(s.row.data(), s.x, s.pairs.data(), col_first, out_w, steps, out);
     }
 }
@@ -394,7 +466,7 @@ void resize_window(const Window &win, uint8_t *dst, int out_h, int out_w, bool f
                                last_of(win.top, win.height, win.rows));
         return;
     }
-    thread_local ResizeScratch s;
+    ResizeScratch &s = thread_scratch<ResizeScratch>();
     int *x0 = grow(s.x0, out_w), *xstep = grow(s.xstep, out_w), *xfrac = grow(s.xfrac, out_w);
     int *y0 = grow(s.y0, out_h), *ystep = grow(s.ystep, out_h), *yfrac = grow(s.yfrac, out_h);
     make_taps(win.left, win.width, left, last_of(win.left, win.width, win.cols), out_w, x0, xstep, xfrac);

@@ -21,12 +21,23 @@
 #define FASTPRUNE_AVX2_DISPATCH 0
 #endif
 
+#include <cstdlib>
+
 namespace fastprune {
+
+#if FASTPRUNE_AVX2_DISPATCH
+// Whether the AVX2 functions run: the CPU has AVX2 and FASTPRUNE_DISABLE_AVX2 is not set in the
+// environment (the tests run the SSE2 paths on AVX2 machines with it). Read once.
+inline bool have_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2") && !std::getenv("FASTPRUNE_DISABLE_AVX2");
+    return yes;
+}
+#endif
 
 // What the build compiled and this CPU runs: "sse2+avx2", "sse2" or "portable" (build_info).
 inline const char *simd_paths() {
 #if FASTPRUNE_AVX2_DISPATCH
-    if (__builtin_cpu_supports("avx2")) return "sse2+avx2";
+    if (have_avx2()) return "sse2+avx2";
 #endif
     return FASTPRUNE_SSE2 ? "sse2" : "portable";
 }

@@ -13,6 +13,9 @@ to the pixel times 256, then a horizontal one."""
 
 import io
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -284,3 +287,17 @@ def test_extreme_shrinks_keep_their_weights_nonnegative(rows, out):
             assert np.array_equal(native[0], _filtered_model(image, 0, 0, rows, rows, *size))
             numba = transforms._resize_crops_kernel(image[None], window, np.empty((1, *size, 3), np.uint8), True)
             assert np.array_equal(numba, native)
+
+
+@pytest.mark.skipif(_core.SIMD != "sse2+avx2", reason="this CPU or build runs no AVX2 code: the tests above ran its paths")
+def test_the_sse2_paths_match_the_models_too():
+    """Every test above again with the AVX2 functions off (FASTPRUNE_DISABLE_AVX2): the SSE2
+    paths a CPU without AVX2 runs, which the AVX2 ones call only for the ends of rows."""
+    env = {**os.environ, "FASTPRUNE_DISABLE_AVX2": "1"}
+    probe = subprocess.run([sys.executable, "-c", "from fastprune import _core; print(_core.SIMD)"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "sse2"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                             "-k", "not sse2_paths"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
