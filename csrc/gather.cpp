@@ -278,6 +278,9 @@ void make_vertical_pairs(const Window &win, const FilterTaps &t, int y, int col_
 // value fit int16. Every path computes the same integer sums (each fits int32: 255 * 2^14 + 2^21).
 constexpr int32_t VERTICAL_BIAS = 32 - 32768 * 64;
 
+#if defined(__GNUC__)
+__attribute__((always_inline))  // also into vertical_row_avx2, for the last values of a row
+#endif
 inline void vertical_values(const VerticalPairs &p, size_t i, size_t end, int16_t *row) {
     for (; i < end; ++i) {
         int32_t sum = VERTICAL_BIAS;
