@@ -425,6 +425,48 @@ def test_always_nan_samples_are_not_chosen_every_epoch():
     assert max(taken[5:]) <= 20 and sum(taken[5:]) > 0
 
 
+@pytest.mark.parametrize("strategy_class", [Forgetting, EL2N])
+def test_static_strategies_drop_samples_whose_every_loss_was_skipped(strategy_class):
+    """The rule every strategy shares: a sample whose every loss was skipped ranks last. Forgetting
+    read only ever_correct and ranked such samples first ("never classified correctly"): all 5
+    always-NaN samples sat in its fixed 20-sample subset for the whole run (fidelity audit)."""
+    n, bad, rng = 100, np.arange(5), np.random.default_rng(0)
+    strategy = strategy_class(n, 0.2, score_epochs=3, skip_invalid=True, seed=0)
+    for epoch in range(3):
+        chosen = strategy.select(epoch).indices
+        losses = rng.gamma(2, 0.5, n).astype(np.float32)
+        losses[bad] = np.nan
+        correct = rng.uniform(size=n) < 0.8
+        correct[bad] = False
+        strategy.update(chosen, losses[chosen], correct[chosen])
+    assert (strategy.table.seen[bad] == -1).all()
+    assert not np.isin(bad, strategy.select(3).indices).any()
+
+
+@pytest.mark.parametrize("epochs, delta, full", [(25, 0.28, 18), (100, 0.07, 93), (50, 0.14, 43), (8, 0.75, 2),
+                                                 (10, 0.875, 1), (7, 0.5, 3)])
+def test_infobatch_final_full_epochs_are_exact_for_decimal_deltas(epochs, delta, full):
+    """epochs - ceil(delta·epochs) as the decimal delta means it: 0.28 * 25 = 7.000000000000001
+    in floating point gave 17 full epochs, not 18 (59 of 39,600 pairs were off; fidelity audit)."""
+    strategy = InfoBatch(100, 0.5, epochs=epochs, delta=delta)
+    assert sum(strategy.is_full_epoch(e) for e in range(epochs)) == full
+    assert strategy.is_full_epoch(epochs - full) and not strategy.is_full_epoch(epochs - full - 1)
+
+
+def test_infobatch_paper_rule_refuses_kept_fractions_it_would_ignore():
+    """keep=None prunes by `prune`: a keep_schedule of 0.9 or 0.1 gave the same epochs as none
+    (fidelity audit). Only 1.0 (a full epoch) means something there."""
+    with pytest.raises(ValueError, match=r"keep_schedule=\[0.9, 0.1\] may hold only 1.0"):
+        InfoBatch(1000, None, epochs=10, keep_schedule=[0.9, 0.1])
+    losses = np.random.default_rng(0).gamma(2, 0.5, 1000).astype(np.float32)
+    strategy = InfoBatch(1000, None, epochs=10, keep_schedule=[1.0, 1.0, 1.0])
+    strategy.update(np.arange(1000), losses)
+    assert len(strategy.select(2)) == 1000 and len(strategy.select(3)) < 1000
+    scheduled = InfoBatch(1000, 0.5, epochs=10, keep_schedule=[0.9, 0.9])
+    scheduled.update(np.arange(1000), losses)
+    assert len(scheduled.select(1)) == 900  # with keep given, a schedule is honoured
+
+
 def test_duplicate_indices_in_one_update_are_one_observation_each():
     """Issue 37.6: duplicates in one update() call are accepted, each one observation applied in
     order (documented in Strategy.update and the module docstring), as with torch tensors."""

@@ -37,7 +37,7 @@ Scores that could poison a sample (the rule every strategy shares, in the score 
   (score -inf) instead of staying "unseen" (+inf) and being chosen every epoch; InfoBatch counts
   it among the prunable below-mean samples. Only a random part (EpsilonGreedy's ``eps``,
   UniformRandom, InfoBatch's below-mean draw) revisits it; its first valid loss starts its
-  statistics afresh. UCB and EL2N, which keep only the top scores, drop it for good.
+  statistics afresh. UCB, EL2N and Forgetting, which keep only the top scores, drop it for good.
 * Duplicate indices in one ``update`` call are each one observation, applied in order (as
   several epochs' updates would be): the sample's mean moves once per occurrence and ``seen``
   counts every one. Under torch.distributed the ranks' updates are applied in rank order, so a

@@ -53,11 +53,13 @@ class EL2N(_Static):
 
 class Forgetting(_Static):
     """Forgetting scores (Toneva et al., ICLR 2019): count correct -> wrong transitions of each
-    sample over the first ``score_epochs`` (default 3: at least two transitions need three
-    observations) full-data epochs; keep the ``keep·N`` most forgotten samples, with samples
-    never classified correctly ranked first (the paper counts them as forgotten infinitely
-    often). Many samples tie at zero; ties are broken uniformly at random by (seed, epoch).
-    Needs ``correct`` in every ``update()``.
+    sample over the first ``score_epochs`` full-data epochs; keep the ``keep·N`` most forgotten
+    samples, with samples never classified correctly ranked first (the paper counts them as
+    forgotten infinitely often). The default 3 epochs tell three levels apart: never learned,
+    forgotten once (a forgetting needs a correct observation before a wrong one), never
+    forgotten; ``n`` epochs count up to ``n // 2`` forgettings. Many samples tie at zero; ties are
+    broken uniformly at random by (seed, epoch). Needs ``correct`` in every ``update()``. Under
+    ``skip_invalid``, a sample whose every loss was skipped ranks last, as in every strategy.
     """
 
     def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int = 3,
@@ -76,6 +78,9 @@ class Forgetting(_Static):
 
 def forgetting_scores(table) -> np.ndarray:
     """Forgetting's ranking from a score table: the forgetting count, +inf for a sample never
-    classified correctly (float32, one per row)."""
+    classified correctly, -inf for one whose every loss was skipped (``table.seen == -1``: never
+    observed at all, it would otherwise count as never classified correctly and be kept first)
+    (float32, one per row)."""
     forgets = table.forgets.astype(np.float32)
-    return np.where(table.ever_correct.astype(bool), forgets, np.float32(np.inf)).astype(np.float32)
+    scores = np.where(table.ever_correct.astype(bool), forgets, np.float32(np.inf))
+    return np.where(np.asarray(table.seen) < 0, np.float32(-np.inf), scores).astype(np.float32)

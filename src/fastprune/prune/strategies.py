@@ -154,6 +154,12 @@ class UCB(_TopScores):
         return self.c, self.bonus == "std"
 
 
+def _pruned_epochs(delta: float, epochs: int) -> int:
+    """ceil(delta·epochs), the epochs InfoBatch prunes, as the decimal delta the user wrote means
+    it: 0.28 * 25 is 7.000000000000001 in floating point, whose ceil would prune an 8th epoch."""
+    return math.ceil(round(delta * epochs, 9))
+
+
 class InfoBatch(Strategy):
     """InfoBatch (Qin et al., ICLR 2024) with a settable overall kept fraction.
 
@@ -190,8 +196,12 @@ class InfoBatch(Strategy):
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
         if not 0.0 <= prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {prune!r}")
-        full = int(epochs) - math.ceil(delta * int(epochs))
+        full = int(epochs) - _pruned_epochs(delta, int(epochs))
         super().__init__(num_samples, 1.0 if keep is None else keep, epochs=epochs, final_full_epochs=full, **options)
+        if keep is None and any(fraction != 1.0 for fraction in self.keep_schedule or ()):
+            raise ValueError(f"InfoBatch(keep=None) prunes by the paper's rule (prune={prune}), which "
+                             f"no kept fraction changes: keep_schedule={list(self.keep_schedule)} may hold only "
+                             f"1.0 (a full epoch) there; pass keep=<fraction> to schedule kept fractions")
         self.target = keep
         self.delta, self.prune = float(delta), float(prune)
         self.min_below_keep = _fraction(min_below_keep, "min_below_keep")
