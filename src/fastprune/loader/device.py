@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -42,14 +43,29 @@ class PinnedBuffers:
         self._free: list[tuple[torch.Tensor, object]] = []
         self._keep = keep
         self._lock = threading.Lock()
+        # Each buffer handed out, by address: (a weak reference to the array take() returned, the
+        # tensor allocated). release() keeps that tensor, not a new wrapper of the array it gets
+        # back: each wrapper (torch.from_numpy of an array whose base reaches the previous wrapper)
+        # kept the previous one alive, a chain one link longer per batch, ~8 KB of host memory per
+        # batch for the Loader's life. An entry whose array died unreleased (an epoch broken off)
+        # is dropped, and its buffer freed, at the next take().
+        self._taken: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
         with self._lock:
             for k, (buffer, event) in enumerate(self._free):
                 if tuple(buffer.shape) == shape and (event is None or event.query()):
                     del self._free[k]
-                    return buffer.numpy()
-        return self._allocate(shape).numpy()
+                    return self._hand_out(buffer)
+        buffer = self._allocate(shape)
+        with self._lock:
+            return self._hand_out(buffer)
+
+    def _hand_out(self, buffer: torch.Tensor) -> np.ndarray:
+        self._taken = {ptr: entry for ptr, entry in self._taken.items() if entry[0]() is not None}
+        array = buffer.numpy()
+        self._taken[buffer.data_ptr()] = (weakref.ref(array), buffer)
+        return array
 
     @staticmethod
     def _allocate(shape: tuple[int, ...]) -> torch.Tensor:
@@ -59,7 +75,8 @@ class PinnedBuffers:
         """Keep the buffer (the oldest one goes past ``keep``). Buffers of other shapes stay: with
         ``even_batches`` the sizes alternate between n and n + 1, and each epoch ends on a short one."""
         with self._lock:
-            self._free.append((torch.from_numpy(array), event))
+            _, buffer = self._taken.pop(array.ctypes.data, (None, None))
+            self._free.append((torch.from_numpy(array) if buffer is None else buffer, event))
             del self._free[:-self._keep]
 
     def __reduce__(self):  # copies and pickles start empty (a lock cannot be copied)
