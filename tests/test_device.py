@@ -426,3 +426,50 @@ def test_flushing_denormals_reads_the_state_torch_sets():
         assert not flushing_denormals()
     finally:
         torch.set_flush_denormal(before)
+
+
+def _tiny_checkpoint_objects():
+    model = torch.nn.Linear(4, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_checkpoints_save_and_restore_the_gpu_generators(tmp_path, monkeypatch):
+    """A GPU run's dropout masks draw from the CUDA generators, which checkpoints left out: a
+    resumed run replayed the masks of its first epochs (CUDA-path audit). CUDA pretended here;
+    the test below runs it for real on a GPU."""
+    from fastprune.errors import CheckpointError
+    from fastprune.train.checkpoints import load_checkpoint, save_checkpoint
+
+    saved = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in saved])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with 1 GPU of 2
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.update({index: state}))
+    model, optimizer = _tiny_checkpoint_objects()
+    save_checkpoint(tmp_path / "run.pt", model, optimizer, None, None, None, [])
+    load_checkpoint(tmp_path / "run.pt", model, optimizer)
+    assert list(restored) == [0] and torch.equal(restored[0], saved[0])
+    state = torch.load(tmp_path / "run.pt", weights_only=True)
+    state["rng"]["cuda"] = "tampered"
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="RNG states do not restore"):
+        load_checkpoint(tmp_path / "bad.pt", model, optimizer)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run never starts CUDA
+    save_checkpoint(tmp_path / "cpu.pt", model, optimizer, None, None, None, [])
+    assert torch.load(tmp_path / "cpu.pt", weights_only=True)["rng"]["cuda"] is None
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_on_cuda_a_checkpoint_continues_the_gpu_random_stream(tmp_path):
+    from fastprune.train.checkpoints import load_checkpoint, save_checkpoint
+
+    model, optimizer = _tiny_checkpoint_objects()
+    torch.cuda.manual_seed_all(0)
+    torch.rand(3, device="cuda")
+    save_checkpoint(tmp_path / "run.pt", model, optimizer, None, None, None, [])
+    expected = torch.rand(5, device="cuda")
+    torch.rand(7, device="cuda")  # the stream moves on
+    load_checkpoint(tmp_path / "run.pt", model, optimizer)
+    assert torch.equal(torch.rand(5, device="cuda"), expected)
