@@ -127,14 +127,30 @@ def photo_stores(args, workdir: Path) -> tuple[Path, Path]:
 # -- (a) feed -----------------------------------------------------------------------------------
 
 def feed_rate(loader: Loader, batches: int, device) -> float:
+    """Images/s of an epoch's batches 2..``batches`` (at least 2), timed from the first batch's
+    arrival to the last one's, synchronized. Neither the producers' start-up nor, when the loop is
+    left, the wait for the batches still being built counts: both did when the clock ran around
+    the whole loop, and they made a 40-batch rate of raw 28 px batches 0.6-0.7x a 200-batch one at
+    8 threads on the CPU (a CUDA-path audit); gpu_h200.json's raw rows were measured that way."""
     synchronize(device)
-    start, count = time.perf_counter(), 0
+    loop_start = start = time.perf_counter()
+    count, first, end = 0, None, None
     for k, batch in enumerate(loader):
+        if first is None:  # the first batch is here: the clock starts, its images do not count
+            synchronize(device)
+            start, first = time.perf_counter(), batch.images.shape[0]
+            continue
         count += batch.images.shape[0]
-        if k + 1 >= batches:
+        if k + 1 >= max(batches, 2):
+            synchronize(device)  # the last counted batch's copy and normalization are done
+            end = time.perf_counter()  # inside the loop: leaving it closes the epoch
             break
-    synchronize(device)
-    return count / (time.perf_counter() - start)
+    if end is None:  # the epoch ended first
+        synchronize(device)
+        end = time.perf_counter()
+    if count == 0:  # a one-batch epoch (the --tiny run's stores): the whole loop, start-up included
+        return (first or 0) / (end - loop_start)
+    return count / (end - start)
 
 
 def run_feed(args, device, fmnist: Path, photos: Path) -> list[dict]:
@@ -213,7 +229,10 @@ def run_step_vs_fit(args, device, workloads) -> list[dict]:
 def _fit_row(args, name, recipe, stores, device, threads, nice, first_round, alone) -> dict:
     """(b) for one workload, loader thread count, thread_nice and first-round setting: a full-data
     epoch through fit against the step rate ``alone``."""
-    fit_recipe = recipe.replace(epochs=2)  # epoch 1 pays compilation and autotune; epoch 2 is timed
+    # epoch 1 pays compilation and autotune; epoch 2 is timed; epoch 3, the last, is the one fit
+    # evaluates (always the last), whose GPU busy % covers the evaluation too: timing epoch 2 of 2
+    # mixed an evaluation pass into gpu_busy_pct_fit but not into fit_epoch_s (CUDA-path audit)
+    fit_recipe = recipe.replace(epochs=3)
     loader_module.POOLED_FIRST_ROUND = first_round == "pooled"  # read by the Loaders run_recipe makes
     try:
         _, history = run_recipe(fit_recipe, "full", 1.0, 0, stores, device=device, threads=threads,
@@ -221,7 +240,8 @@ def _fit_row(args, name, recipe, stores, device, threads, nice, first_round, alo
                                 compile=args.compile if "+compile" in name else False)
     finally:
         loader_module.POOLED_FIRST_ROUND = True
-    last = history[-1]
+    last = history[1]
+    assert last["val_acc"] is None, "the timed epoch must not be evaluated"
     through_fit = last["samples"] / last["train_s"]
     row = {"workload": name, "fit_threads": threads, "fit_thread_nice": nice, "fit_first_round": first_round,
            "step_img_per_s": round(alone),

@@ -50,7 +50,9 @@ class ImageSource:
 
 # Raw pixels are copied, not decoded: a batch is little native work next to the Python each
 # producer runs per batch (holding the GIL), and past a few threads they only contend (the H200's
-# 16 cores fed raw 28 px batches at 528k img/s with 4 threads, 205k with 8, 144-244k with 16).
+# 16 cores fed raw 28 px batches at 528k img/s with 4 threads, 205k with 8, 144-244k with 16;
+# 40-batch windows that also timed the producers' start-up, which costs more threads more:
+# benchmarks/gpu.py now times from the first batch, and the next GPU run re-measures this).
 RAW_THREADS = 4
 MODE_JPEG = 0  # ffcv's IMAGE_MODES: 'jpg' = 0, 'raw' = 1
 
