@@ -212,29 +212,51 @@ def _center_crop_params(heights, widths, ratio, crops):
 
 @numba.njit(nogil=True, cache=True)
 def _resize_crops_kernel(images, crops, out, antialias):
-    """Bilinear, pixel-centre sampling; a crop that shrinks is filtered when ``antialias`` (the
-    same fixed-point arithmetic as resize_window_filtered in csrc/gather.cpp: equal bytes)."""
+    """Bilinear, pixel-centre sampling; a crop that shrinks is filtered when ``antialias``. The
+    same fixed-point arithmetic as csrc/gather.cpp (resize_window_filtered, resize_window): equal
+    bytes, so a crop's place in the pipeline (fused first, or here) does not change its pixels."""
     out_h, out_w = out.shape[1], out.shape[2]
     for b in range(images.shape[0]):
         top, left, h, w = crops[b, 0], crops[b, 1], crops[b, 2], crops[b, 3]
         if antialias and (h > out_h or w > out_w):
             _filtered_crop(images[b], top, left, h, w, out[b])
-            continue
-        for y in range(out_h):
-            sy = min(max((y + 0.5) * h / out_h - 0.5, 0.0), h - 1.0)
-            y0 = int(sy)
-            y1 = min(y0 + 1, h - 1)
-            fy = sy - y0
-            for x in range(out_w):
-                sx = min(max((x + 0.5) * w / out_w - 0.5, 0.0), w - 1.0)
-                x0 = int(sx)
-                x1 = min(x0 + 1, w - 1)
-                fx = sx - x0
-                for c in range(3):
-                    t = images[b, top + y0, left + x0, c] * (1 - fx) + images[b, top + y0, left + x1, c] * fx
-                    d = images[b, top + y1, left + x0, c] * (1 - fx) + images[b, top + y1, left + x1, c] * fx
-                    out[b, y, x, c] = np.uint8(t * (1 - fy) + d * fy + 0.5)
+        else:
+            _two_tap_crop(images[b], top, left, h, w, out[b])
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _two_taps(start, length, out_size):
+    """make_taps in csrc/gather.cpp: output x blends source x0[x] and x1[x] with the 8-bit weight
+    frac[x] of x1 (pixel-centre sampling, clamped to the window; the same double operations)."""
+    last = start + length - 1
+    x0 = np.empty(out_size, np.int64)
+    x1 = np.empty(out_size, np.int64)
+    frac = np.empty(out_size, np.int64)
+    for x in range(out_size):
+        s = start + (x + 0.5) * length / out_size - 0.5
+        s = min(max(s, float(start)), float(last))
+        i0 = min(int(s), last)
+        x0[x], x1[x] = i0, (i0 + 1 if i0 < last else i0)
+        v = (s - i0) * 256
+        f = math.floor(v)
+        frac[x] = int(f) + (1 if v - f >= 0.5 else 0)  # C's lround, exactly (v + 0.5 can round up)
+    return x0, x1, frac
+
+
+@numba.njit(nogil=True, cache=True)
+def _two_tap_crop(image, top, left, h, w, out):
+    """resize_window's 2-tap bilinear resize: rows a * (256 - f) + b * f (exact in 16 bits),
+    then (upper * (256 - f) + lower * f + 32768) >> 16."""
+    out_h, out_w = out.shape[0], out.shape[1]
+    x0, x1, fx = _two_taps(left, w, out_w)
+    y0, y1, fy = _two_taps(top, h, out_h)
+    for y in range(out_h):
+        for x in range(out_w):
+            for c in range(3):
+                upper = np.int64(image[y0[y], x0[x], c]) * (256 - fx[x]) + np.int64(image[y0[y], x1[x], c]) * fx[x]
+                lower = np.int64(image[y1[y], x0[x], c]) * (256 - fx[x]) + np.int64(image[y1[y], x1[x], c]) * fx[x]
+                out[y, x, c] = np.uint8((upper * (256 - fy[y]) + lower * fy[y] + 32768) >> 16)
 
 
 _FILTER_BITS = 14  # csrc/gather.cpp's FILTER_BITS
