@@ -368,6 +368,35 @@ def test_exception_in_a_transform_reaches_the_caller_with_context(raw_store):
     assert loader.epoch == 0
 
 
+class _Returns(BatchTransform):
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self, images, ids, stream):
+        return self.make(images)
+
+    def __repr__(self):
+        return "Returns()"
+
+
+@pytest.mark.parametrize("make, got", [
+    (lambda images: None, "returned NoneType"),                             # forgot to return
+    (lambda images: images[1:], r"returned ndarray uint8 \(19, 16, 16, 3\)"),  # dropped a row
+    (lambda images: images.astype(np.float32), "returned ndarray float32"),  # before Normalize: numba's 20 lines
+    (lambda images: torch.from_numpy(images), "returned Tensor"),            # a tensor, not last
+])
+def test_what_a_transform_returns_is_checked_in_one_line(raw_store, make, got):
+    """A transform that forgot to return gave Batch.images None; one that dropped a row gave 19
+    images with 20 labels; a float array reached Normalize as a 20-line numba typing error (loader
+    audit). Each is one line naming the transform."""
+    loader = Loader(raw_store, 20, transforms=[_Returns(make), Normalize()], shuffle=False, threads=1)
+    with pytest.raises(TypeError, match=f"Returns\\(\\) {got}.*uint8 \\[B, H, W, 3\\]"):
+        next(iter(loader))
+    last = Loader(raw_store, 20, transforms=[_Returns(lambda images: torch.from_numpy(images).float())],
+                  shuffle=False, threads=1)
+    assert next(iter(last)).images.dtype == torch.float32  # a tensor from the last transform is fine
+
+
 def test_mixed_size_jpegs_need_a_resized_crop(jpeg_store_mixed_sizes):
     with pytest.raises(ValueError, match="RandomResizedCrop or CenterCrop first"):
         Loader(jpeg_store_mixed_sizes, 8)
@@ -453,6 +482,16 @@ def test_bad_arguments_name_the_argument(raw_store):
 
     with pytest.raises(ValueError, match="num_selected"):
         _epoch(Loader(raw_store, 8, sampler=Liar()))
+
+    for bad in (np.nan, -1.0, np.inf):  # they reached every weighted loss silently (loader audit)
+        class BadWeight(ShrinkingSampler):
+            def select(self, epoch, bad=bad):
+                selection = super().select(epoch)
+                selection.weights[7] = bad
+                return selection
+
+        with pytest.raises(ValueError, match=rf"gave sample \d+ the weight {bad} \(1 weights are NaN, negative"):
+            _epoch(Loader(raw_store, 8, sampler=BadWeight()))
 
 
 @pytest.mark.ffcv
@@ -602,6 +641,26 @@ def test_the_epoch_advances_when_its_last_batch_is_handed_out(tmp_path):
     for batch in loader:  # left before its last batch: the same epoch runs again
         break
     assert loader.epoch == 3
+
+
+def test_set_epoch_during_a_pass_is_kept(tmp_path):
+    """A pass that finished moved the epoch to its own + 1 whatever set_epoch() said meanwhile:
+    set_epoch(5) after epoch 0's first batch left epoch 1 (loader audit; PrunedSampler keeps 5)."""
+    import fastprune
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, tmp_path / "s.beton", progress=False)
+    loader = fastprune.Loader(store, 8, seed=0)
+    for number, _ in enumerate(loader):
+        if number == 0:
+            loader.set_epoch(5)
+    assert loader.epoch == 5
+    list(loader)  # a pass without set_epoch still advances
+    assert loader.epoch == 6
+    one_batch = fastprune.Loader(store, 64, seed=0)  # an epoch of one batch advances when it starts
+    for _ in one_batch:
+        one_batch.set_epoch(3)
+    assert one_batch.epoch == 3
 
 
 def test_the_device_feed_hands_out_an_epochs_first_batch_after_one_host_batch():

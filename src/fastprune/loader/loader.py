@@ -187,6 +187,8 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = check_epoch(epoch)
+        # counted, so that a pass running now does not move the epoch on past this one
+        self._epochs_set = getattr(self, "_epochs_set", 0) + 1
 
     @property
     def num_samples(self) -> int:
@@ -235,8 +237,14 @@ class Loader:
         run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
                         self.thread_nice, pooled=self._pooled_gather)
         last = len(bounds) - 1  # batches in the epoch
+        set_before = getattr(self, "_epochs_set", 0)
+
+        def advance():  # unless set_epoch was called during the pass: the epoch it set stands
+            if getattr(self, "_epochs_set", 0) == set_before:
+                self._epoch = epoch + 1
+
         if last == 0:
-            self._epoch = epoch + 1
+            advance()
         try:
             if self.normalize_on == "device":
                 normalize = self._pipeline()[1]
@@ -249,7 +257,7 @@ class Loader:
                     # Handed out in full: the epoch is over even for a consumer that stops after
                     # len() batches without asking for more (Lightning, zip); an epoch left
                     # before its last batch is run again.
-                    self._epoch = epoch + 1
+                    advance()
                 yield batch
         finally:
             run.close()
@@ -327,8 +335,9 @@ class _BatchBuilder:
         :class:`_GatherTurns`) gathers on the whole native pool, inside it."""
         self.source.check_unchanged()  # a file rewritten in place would fault (SIGBUS) in the gather
         gathered = images = self._gather(ids, turn)
-        for transform, stream in zip(self.transforms[self.fused:], self.streams[self.fused:]):
-            images = transform(images, ids, stream)
+        pipeline = list(zip(self.transforms[self.fused:], self.streams[self.fused:]))
+        for number, (transform, stream) in enumerate(pipeline, 1):
+            images = _checked_output(transform, transform(images, ids, stream), len(ids), final=number == len(pipeline))
         if isinstance(images, np.ndarray):
             if self.pinned is not None and images is not gathered:  # a transform made a new array
                 pinned = self.pinned.take(images.shape)
@@ -370,6 +379,23 @@ class _BatchBuilder:
 
     def _empty(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.empty(shape, np.uint8) if self.pinned is None else self.pinned.take(shape)
+
+
+def _checked_output(transform, images, count: int, final: bool):
+    """What a transform returned, if the next one (or the batch) can take it: the batch's
+    ``count`` images as uint8 [B, H, W, 3], or, from the last transform only, a tensor of
+    ``count`` rows (Normalize's). A transform that forgot to return gave Batch.images None, one
+    that dropped a row misaligned images and labels, and a float array reached the next numba
+    kernel as a 20-line typing error (loader audit)."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
+        if len(images) == count:
+            return images
+    elif final and isinstance(images, torch.Tensor) and images.dim() >= 1 and len(images) == count:
+        return images
+    got = (f"{type(images).__name__} {images.dtype} {tuple(images.shape)}" if hasattr(images, "shape")
+           else type(images).__name__)
+    raise TypeError(f"{transform!r} returned {got}: a transform returns the batch's {count} images as uint8 "
+                    f"[B, H, W, 3] (a tensor only from the last one, as Normalize)")
 
 
 class _Stopped(Exception):
@@ -616,6 +642,10 @@ def _selection(sampler, epoch: int, num_samples: int) -> tuple[np.ndarray, np.nd
     weights = np.ones(len(indices), np.float32) if weights is None else np.asarray(weights, np.float32)
     if weights.shape != indices.shape:
         raise ValueError(f"sampler.select({epoch}): {len(weights)} weights for {len(indices)} indices")
+    bad = np.flatnonzero(~(weights >= 0) | np.isinf(weights))  # NaN, negative, infinite
+    if bad.size:  # it would reach the weighted loss of every batch holding it
+        raise ValueError(f"sampler.select({epoch}) gave sample {indices[bad[0]]} the weight {weights[bad[0]]} "
+                         f"({bad.size} weights are NaN, negative or infinite)")
     if hasattr(sampler, "num_selected") and sampler.num_selected(epoch) != len(indices):
         raise ValueError(f"sampler.num_selected({epoch}) = {sampler.num_selected(epoch)} but select({epoch}) "
                          f"returned {len(indices)} indices; len(loader) would be wrong")
