@@ -156,6 +156,16 @@ def test_dataset_of_mixed_image_kinds(tmp_path):
         np.testing.assert_array_equal(samples[index][0], expected, err_msg=f"sample {index}")
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_rgba_arrays_are_refused_whatever_their_height(tmp_path, rows):
+    """An HxWx4 array 1 or 3 rows high was read as channels-first and stored as a Wx4 image of
+    other pixels; 8 rows high it was refused (converter audit). Now always refused, naming it."""
+    rgba = random_images(rows, 9, 4, seed=3)
+    with pytest.raises(ConversionError, match=rf"has shape \({rows}, 9, 4\); expected HxW"):
+        from_torch_dataset(ListDataset([(rgba, 0)]), tmp_path / "t.beton", progress=False)
+    assert not (tmp_path / "t.beton").exists()
+
+
 def test_torchvision_fake_data(tmp_path):
     from torchvision.datasets import FakeData
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import io
 import re
 
 import numpy as np
@@ -49,6 +51,35 @@ def test_a_hugging_face_dataset_converts_by_column_name(tmp_path):
         from_hf_dataset(dataset, tmp_path / "x.beton", image_column="picture", progress=False)
     with pytest.raises(ConversionError, match="pick a split"):
         from_hf_dataset(datasets.DatasetDict({"train": dataset}), tmp_path / "x.beton", progress=False)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_hugging_face_images_are_stored_upright_as_datasets_decodes_them(tmp_path, orientation):
+    """datasets (2.19+) turns an Image column's photos upright by their EXIF orientation, so
+    ds[i]["image"] is what the user sees; the store kept them as stored (a 20x40 photo tagged
+    "rotate 90" came back 20x40 where the user sees 40x20; converter audit). Image folders stay
+    as stored, as torchvision's ImageFolder reads them."""
+    datasets = pytest.importorskip("datasets")
+    if "exif_transpose" not in inspect.getsource(datasets.features.image.Image.decode_example):
+        pytest.skip("this datasets decodes photos as stored (before 2.19)")
+    pixels = np.zeros((200, 400, 3), np.uint8)
+    pixels[:, :100] = 255
+    pixels[:50, :, 1] = 200
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x"])})
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": buffer.getvalue(), "path": None}], "label": [0]},
+                                         features=features)
+    seen = np.asarray(dataset[0]["image"].convert("RGB"))
+    store = fastprune.Store(from_hf_dataset(dataset, tmp_path / "hf.beton", progress=False, workers=1))
+    np.testing.assert_array_equal(store[0][0], seen)
+    small = fastprune.Store(from_hf_dataset(dataset, tmp_path / "small.beton", max_side=100, progress=False,
+                                            workers=1))  # DCT-downscaled while decoding, then turned
+    assert small[0][0].shape[:2] == (seen.shape[0] // 4, seen.shape[1] // 4)
+    shrunk = np.asarray(Image.fromarray(seen).resize((seen.shape[1] // 4, seen.shape[0] // 4), Image.BILINEAR))
+    assert np.abs(small[0][0].astype(int) - shrunk).mean() < 8
 
 
 def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):

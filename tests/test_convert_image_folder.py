@@ -155,6 +155,22 @@ def test_sixteen_bit_pngs_keep_their_high_byte_gray_as_rgb(tmp_path):
         from_image_folder(root, tmp_path / "o2.beton", progress=False)
 
 
+def test_eight_bit_data_in_a_sixteen_bit_png_is_kept_as_torchvision_reads_it(tmp_path):
+    """A 16-bit gray PNG holding only 0-255 (8-bit data saved as 16 bits) was stored black, its
+    high byte 0 everywhere (converter audit). Such an image keeps its values, which is also what
+    torchvision's loader gives (it clips at 255); a real 16-bit image keeps its high byte."""
+    from torchvision.datasets.folder import default_loader
+
+    root = tmp_path / "tree"
+    (root / "a").mkdir(parents=True)
+    low = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 4).astype(np.uint16)  # 0..252
+    Image.fromarray(low).save(root / "a/low.png")
+    assert Image.open(root / "a/low.png").mode.startswith("I;16")
+    image, _ = fastprune.Store(from_image_folder(root, tmp_path / "o.beton", progress=False))[0]
+    np.testing.assert_array_equal(image, np.asarray(default_loader(str(root / "a/low.png"))))
+    assert image.max() == 252
+
+
 def test_empty_inputs(tmp_path):
     root = tmp_path / "tree"
     root.mkdir()

@@ -6,6 +6,7 @@ never handed to one of PIL's other plugins (EPS runs Ghostscript)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,25 @@ def test_the_kept_grid_captions_name_the_files_of_a_store_with_names(tmp_path, m
     kept_grid(strategy, out, tmp_path / "grid.png", per_class=1)
     files = [t.split("\n")[1] for t in titles]
     assert len(files) == 4 and set(files) <= {"0.jpg", "1.jpg", "a_very_long_fil…"} and "a_very_long_fil…" in files
+
+
+def test_nested_class_folders_keep_torchvision_image_folder_order(tmp_path):
+    """Store index i is torchvision's ImageFolder sample i, nested folders included: sorting whole
+    paths gave cat/sub/a, cat/sub/deeper/a, cat/sub-2/a, cat/z where ImageFolder gives cat/z,
+    cat/sub/a, cat/sub-2/a, cat/sub/deeper/a (converter audit), so per-sample scores joined by
+    index landed on other images."""
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "tree"
+    files = ["cat/z.png", "cat/sub/a.png", "cat/sub/deeper/a.png", "cat/sub-2/a.png", "cat/sub/B.png",
+             "dog/x.png", "dog/a b/c.png", "dog/a/c.png"]
+    for value, name in enumerate(files):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), 10 * value, np.uint8)).save(root / name)
+    out = from_image_folder(root, tmp_path / "o.beton", progress=False)
+    reference = ImageFolder(str(root))
+    with Store(out) as store:
+        assert len(store) == len(reference)
+        for i, (path, label) in enumerate(reference.samples):
+            image, stored_label = store[i]
+            assert stored_label == label and image[0, 0, 0] == 10 * files.index(str(Path(path).relative_to(root)))

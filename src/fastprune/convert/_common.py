@@ -161,11 +161,15 @@ EIGHT_BIT_PIL_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX
 
 def pil_to_rgb(image: Any, what: str) -> np.ndarray:
     """A PIL image as HxWx3 uint8; alpha is dropped. 16-bit gray ("I;16", a 16-bit PNG) keeps its
-    high byte, as Pillow itself reads a 16-bit RGB PNG; 32-bit and float images, whose range is
-    unknown, are refused."""
+    high byte, as Pillow itself reads a 16-bit RGB PNG, unless every value is below 256: 8-bit
+    data saved in a 16-bit file, kept as is (it came out black; torchvision's loader, which clips
+    at 255, gives the same pixels then). 32-bit and float images, whose range is unknown, are
+    refused."""
     if image.mode.startswith("I;16") or _sixteen_bit_png(image):
-        high = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(high[:, :, None], 3, axis=2)
+        values = np.asarray(image).astype(np.uint16)
+        eight_bit = values.max(initial=0) < 256
+        gray = (values if eight_bit else values >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode not in EIGHT_BIT_PIL_MODES:
         raise ConversionError(f"{what} has PIL mode {image.mode!r} (not 8 bits per channel); "
                               "fastprune stores 8-bit RGB and does not rescale")
@@ -202,7 +206,8 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
             array = array.transpose(1, 2, 0)
         return to_hwc3(array, what)
     if isinstance(image, np.ndarray):
-        if image.ndim == 3 and image.shape[2] not in (1, 3) and image.shape[0] in (1, 3):
+        # not when the last axis is 4: an RGBA array (refused below) 3 rows high was read as CxHxW
+        if image.ndim == 3 and image.shape[2] not in (1, 3, 4) and image.shape[0] in (1, 3):
             image = image.transpose(1, 2, 0)
         return to_hwc3(image, what)
     raise ConversionError(f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array "

@@ -20,7 +20,11 @@ Rules:
   (a few bytes can claim gigabytes), as is a truncated image;
 * pixels are stored as the file holds them: EXIF orientation is not applied (torchvision's
   ImageFolder does not either, and a kept JPEG's bytes could not carry the rotation), so a photo
-  a camera stored sideways stays sideways; rotate such files first (``ImageOps.exif_transpose``).
+  a camera stored sideways stays sideways; rotate such files first (``ImageOps.exif_transpose``);
+* a 16-bit gray image (a 16-bit PNG) is stored as its high byte (``v >> 8``, where torchvision's
+  loader clips at 255), unless all its values are below 256 (8-bit data saved as 16 bits: kept as
+  is, as torchvision gives it); 12-bit data in 16 bits then comes out dark: scale such images
+  yourself and convert them with ``from_arrays``.
 
 JPEG storage (``jpeg=True``) keeps a file's own bytes when it needs no resizing and is a
 baseline 8-bit JPEG (grey or YCbCr) that decodes cleanly: no decode/re-encode, no generation
@@ -69,7 +73,7 @@ def list_classes(root: Path) -> list[str]:
 
 def list_images(class_dir: Path, ignored: list[Path] | None = None,
                 owners: dict[str, tuple[str, Path]] | None = None) -> list[Path]:
-    """Image files below ``class_dir``, sorted; hidden entries, other extensions (appended to
+    """Image files below ``class_dir``, in torchvision's ImageFolder order; hidden entries, other extensions (appended to
     ``ignored``) and anything that is not a regular file skipped; symbolic links followed, each
     real folder read once. ``owners``: real folder -> (whose it is, the path it was first reached
     by), shared across the classes by :func:`scan_image_folder` (the root and the class folders
@@ -98,7 +102,10 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
                     (found if image else ignored if ignored is not None else []).append(Path(entry.path))
     if not found:
         raise ConversionError(f"{class_dir}: class folder holds no {_EXTENSIONS_TEXT} images")
-    return sorted(found)
+    # torchvision's ImageFolder order (sorted(os.walk(...)): folders by their path as a string,
+    # then each folder's files by name), so that store index i is ImageFolder's sample i also in
+    # nested class folders; sorting whole paths put cat/sub/deeper/a before cat/sub-2/a and cat/z
+    return sorted(found, key=lambda path: (str(path.parent), path.name))
 
 
 _ROOT = "the dataset root"
@@ -223,23 +230,41 @@ def _stored_as_is(path: Path, data: bytes, max_side, resize, max_pixels) -> Enco
 
 
 def read_fitted(path: Path | str, data: bytes, max_side, resize,
-                max_pixels: int = _common.DEFAULT_MAX_PIXELS, mode: str | None = None) -> np.ndarray:
+                max_pixels: int = _common.DEFAULT_MAX_PIXELS, mode: str | None = None,
+                exif_transpose: bool = False) -> np.ndarray:
     """Decode and fit one file (its size checked against ``max_pixels`` before any pixel is
     decoded); a JPEG that shrinks by 2x or more is decoded DCT-downscaled. ``path`` names the
-    file in errors; ``mode``: a PIL mode to convert to first ("L" keeps an image gray)."""
-    from PIL import Image
+    file in errors; ``mode``: a PIL mode to convert to first ("L" keeps an image gray).
+    ``exif_transpose``: turn the image upright by its EXIF orientation first, as Hugging Face
+    ``datasets`` decodes an Image column (2.19 and later); image folders are read as stored, as
+    torchvision's ImageFolder reads them."""
+    from PIL import Image, ImageOps
 
     with _open_image(path, data) as image:
         _common.check_pixels(image.height, image.width, max_pixels, str(path))
-        target = _common.fitted_shape(image.height, image.width, max_side=max_side, resize=resize)
-        if image.format == "JPEG" and target != (image.height, image.width):
-            image.draft("RGB", (target[1], target[0]))  # keeps at least the target size
+        turned = _orientation(image) in (5, 6, 7, 8) if exif_transpose else False  # a quarter turn
+        upright = (image.width, image.height) if turned else (image.height, image.width)
+        target = _common.fitted_shape(*upright, max_side=max_side, resize=resize)
+        if image.format == "JPEG" and target != upright:  # draft takes the stored (width, height)
+            image.draft("RGB", (target[0], target[1]) if turned else (target[1], target[0]))  # >= target
         try:
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
+        if exif_transpose and _orientation(image) != 1:
+            image = ImageOps.exif_transpose(image)
         pixels = _common.pil_to_rgb(image if mode in (None, image.mode) else image.convert(mode), str(path))
     return _common.fit_image(pixels, resize=target)
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation (1-8; 1, upright, where there is none or it cannot be read: a damaged
+    EXIF block must not stop a conversion)."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - whatever PIL's EXIF parser raises on a damaged block
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def read_size(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple[int, int]:

@@ -188,7 +188,8 @@ def _is_encoded_image(value: Any) -> bool:
 def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) -> np.ndarray:
     """Decode a {"bytes", "path"} image as the image-folder converter decodes a file: only the
     formats it reads (PIL's EPS plugin would run Ghostscript), size checked before decoding, JPEGs
-    DCT-downscaled where they shrink."""
+    DCT-downscaled where they shrink; and turned upright by its EXIF orientation, as ``datasets``
+    decodes it (``ds[i]["image"]``), which the user sees."""
     from .image_folder import read_fitted
 
     data, path = value["bytes"], value["path"]
@@ -198,7 +199,7 @@ def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) 
             data = Path(path).read_bytes()
         except OSError as exc:
             raise UnreadableSample(f"{name}: cannot read the file: {exc.strerror or exc}") from exc
-    return read_fitted(name, bytes(data), max_side, resize, mode=mode)
+    return read_fitted(name, bytes(data), max_side, resize, mode=mode, exif_transpose=True)
 
 
 def _has_transform(dataset: Any) -> bool:
