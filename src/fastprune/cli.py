@@ -157,7 +157,8 @@ def add_convert_command(subparsers) -> None:
                         help="Hugging Face sources: the image and label columns (default: image,label)")
     parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
     parser.add_argument("--quality", type=jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
-                        help=f"JPEG quality (default: {DEFAULT_JPEG_QUALITY})")
+                        help=f"quality of the JPEGs --jpeg encodes (default: {DEFAULT_JPEG_QUALITY}); a baseline "
+                             "JPEG that needs no resizing keeps its own bytes")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=positive_int, metavar="N",
                       help="image folders: shrink images whose longer side exceeds N (keeps aspect)")
