@@ -205,7 +205,8 @@ def run_throughput(args, data) -> dict:
 def run_keep_half(args, data) -> dict:
     path, images = data["raw32"]
     threads = max(args.threads)
-    loaders = {"full": fastprune_loader(path, threads), "half": fastprune_loader(path, threads, HalfSampler(len(images)))}
+    loaders = {"full": fastprune_loader(path, threads),
+               "half": fastprune_loader(path, threads, HalfSampler(len(images)))}
     seconds = interleaved(epoch_seconds, loaders, args.epochs)  # so that noise hits both alike
     full, half = seconds["full"], seconds["half"]
     ratio = statistics.median(half) / statistics.median(full)

@@ -289,7 +289,8 @@ def test_extreme_shrinks_keep_their_weights_nonnegative(rows, out):
             assert np.array_equal(numba, native)
 
 
-@pytest.mark.skipif(_core.SIMD != "sse2+avx2", reason="this CPU or build runs no AVX2 code: the tests above ran its paths")
+@pytest.mark.skipif(_core.SIMD != "sse2+avx2",
+                    reason="this CPU or build runs no AVX2 code: the tests above ran its paths")
 def test_the_sse2_paths_match_the_models_too():
     """Every test above again with the AVX2 functions off (FASTPRUNE_DISABLE_AVX2): the SSE2
     paths a CPU without AVX2 runs, which the AVX2 ones call only for the ends of rows."""

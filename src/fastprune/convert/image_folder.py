@@ -73,9 +73,9 @@ def list_classes(root: Path) -> list[str]:
 
 def list_images(class_dir: Path, ignored: list[Path] | None = None,
                 owners: dict[str, tuple[str, Path]] | None = None) -> list[Path]:
-    """Image files below ``class_dir``, in torchvision's ImageFolder order; hidden entries, other extensions (appended to
-    ``ignored``) and anything that is not a regular file skipped; symbolic links followed, each
-    real folder read once. ``owners``: real folder -> (whose it is, the path it was first reached
+    """Image files below ``class_dir``, in torchvision's ImageFolder order; hidden entries, other
+    extensions (appended to ``ignored``) and anything that is not a regular file skipped; symbolic
+    links followed, each real folder read once. ``owners``: real folder -> (whose it is, the path it was first reached
     by), shared across the classes by :func:`scan_image_folder` (the root and the class folders
     preset): a folder reached from two classes (a link into another class, a folder two classes
     link to) or back to the root is refused, since its images would get two labels."""

@@ -337,7 +337,8 @@ class _BatchBuilder:
         gathered = images = self._gather(ids, turn)
         pipeline = list(zip(self.transforms[self.fused:], self.streams[self.fused:]))
         for number, (transform, stream) in enumerate(pipeline, 1):
-            images = _checked_output(transform, transform(images, ids, stream), len(ids), final=number == len(pipeline))
+            images = _checked_output(transform, transform(images, ids, stream), len(ids),
+                                     final=number == len(pipeline))
         if isinstance(images, np.ndarray):
             if self.pinned is not None and images is not gathered:  # a transform made a new array
                 pinned = self.pinned.take(images.shape)
