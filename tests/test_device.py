@@ -433,32 +433,34 @@ def _tiny_checkpoint_objects():
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 
-def test_checkpoints_save_and_restore_the_gpu_generators(tmp_path, monkeypatch):
-    """A GPU run's dropout masks draw from the CUDA generators, which checkpoints left out: a
-    resumed run replayed the masks of its first epochs (CUDA-path audit). CUDA pretended here;
-    the test below runs it for real on a GPU."""
+def test_checkpoints_save_and_restore_the_gpu_generator(tmp_path, monkeypatch):
+    """A GPU run's dropout masks draw from its GPU's generator, which checkpoints left out: a
+    resumed run replayed the masks of its first epochs (CUDA-path audit). Only the model's GPU is
+    saved and restored (a DDP rank does not own the others). CUDA pretended here; the test below
+    runs it for real on a GPU."""
+    import fastprune.train.checkpoints as checkpoints
     from fastprune.errors import CheckpointError
     from fastprune.train.checkpoints import load_checkpoint, save_checkpoint
 
-    saved = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
-    restored = {}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in saved])
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with 1 GPU of 2
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.update({index: state}))
+    saved, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(checkpoints, "model_device", lambda model: torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved.clone() if device.index == 1 else None)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
     model, optimizer = _tiny_checkpoint_objects()
     save_checkpoint(tmp_path / "run.pt", model, optimizer, None, None, None, [])
     load_checkpoint(tmp_path / "run.pt", model, optimizer)
-    assert list(restored) == [0] and torch.equal(restored[0], saved[0])
+    [(state, device)] = restored
+    assert torch.equal(state, saved) and device == torch.device("cuda", 1)
     state = torch.load(tmp_path / "run.pt", weights_only=True)
     state["rng"]["cuda"] = "tampered"
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="RNG states do not restore"):
         load_checkpoint(tmp_path / "bad.pt", model, optimizer)
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run never starts CUDA
+    monkeypatch.setattr(checkpoints, "model_device", lambda model: torch.device("cpu"))  # a CPU run
     save_checkpoint(tmp_path / "cpu.pt", model, optimizer, None, None, None, [])
     assert torch.load(tmp_path / "cpu.pt", weights_only=True)["rng"]["cuda"] is None
+    load_checkpoint(tmp_path / "run.pt", model, optimizer)  # a GPU checkpoint resumed on the CPU
+    assert len(restored) == 1
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
@@ -466,6 +468,7 @@ def test_on_cuda_a_checkpoint_continues_the_gpu_random_stream(tmp_path):
     from fastprune.train.checkpoints import load_checkpoint, save_checkpoint
 
     model, optimizer = _tiny_checkpoint_objects()
+    model.cuda()
     torch.cuda.manual_seed_all(0)
     torch.rand(3, device="cuda")
     save_checkpoint(tmp_path / "run.pt", model, optimizer, None, None, None, [])

@@ -46,7 +46,7 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
         "next_epoch": history[-1]["epoch"] + 1 if history else 0,
         "history": history,
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(),
-                "python": random.getstate(), "cuda": _cuda_rng_states()},
+                "python": random.getstate(), "cuda": _cuda_rng_state(model)},
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,21 +63,30 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     os.replace(partial, path)
 
 
-def _cuda_rng_states() -> list[torch.Tensor] | None:
-    """Every GPU's generator state (dropout masks on the GPU draw from them), or None where CUDA
-    was never used (asking would initialize it on a CPU run)."""
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+def _cuda_rng_state(model) -> torch.Tensor | None:
+    """The generator state of the GPU the model trains on (its dropout masks draw from it), or
+    None for a model on the CPU. Only that GPU's: asking every GPU would touch the others, which a
+    DDP rank does not own."""
+    try:
+        device = model_device(model)
+    except Exception:  # noqa: BLE001 - no parameters: nothing trains, nothing to save
         return None
-    return [state.cpu() for state in torch.cuda.get_rng_state_all()]
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_rng_state(device).cpu()
 
 
-def _set_cuda_rng_states(states: list[torch.Tensor] | None) -> None:
-    """Restore the saved GPU generators, as many as both machines have (absent in checkpoints
-    from before they were saved, and from CPU runs: nothing to restore)."""
-    if states is None or not torch.cuda.is_available():
+def _set_cuda_rng_state(model, state: torch.Tensor | None) -> None:
+    """Restore it on the GPU the resumed model is on (absent in checkpoints from before it was
+    saved, and from CPU runs: nothing to restore)."""
+    if state is None:
         return
-    for index, state in enumerate(states[:torch.cuda.device_count()]):
-        torch.cuda.set_rng_state(state, index)
+    try:
+        device = model_device(model)
+    except Exception:  # noqa: BLE001
+        return
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
 
 
 def _numpy_rng_state() -> dict[str, Any]:
@@ -201,7 +210,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, 
         raise CheckpointError(f"{path} does not fit this run's model, optimizer or strategy: "
                               f"{first_line(exc)}") from None
     torch.set_rng_state(state["rng"]["torch"])
-    _set_cuda_rng_states(state["rng"].get("cuda"))
+    _set_cuda_rng_state(model, state["rng"].get("cuda"))
     _set_numpy_rng_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     return state["next_epoch"], state["history"]
@@ -253,9 +262,8 @@ def _check_rng(bad, rng) -> None:
                                            numpy_state["cached_gaussian"]))
         random.Random().setstate(rng["python"])
         cuda = rng.get("cuda")
-        if cuda is not None and not (isinstance(cuda, list) and all(
-                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in cuda)):
-            raise TypeError(f"'cuda' is not a list of uint8 generator states: {type(cuda).__name__}")
+        if cuda is not None and not (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8 and cuda.dim() == 1):
+            raise TypeError(f"'cuda' is not a uint8 generator state: {type(cuda).__name__}")
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         bad(f"its RNG states do not restore ({first_line(exc)})")
 
