@@ -82,6 +82,30 @@ def test_hugging_face_images_are_stored_upright_as_datasets_decodes_them(tmp_pat
     assert np.abs(small[0][0].astype(int) - shrunk).mean() < 8
 
 
+def test_hugging_face_uint8_array_columns_convert(tmp_path):
+    """An image column of type Array3D(dtype="uint8") or nested Sequence(Value("uint8")) was
+    refused ("image is a list"): datasets reads such columns back as lists, or int64 arrays in
+    numpy format (converter audit). Declared uint8, they are cast losslessly; other integer
+    columns are still refused (their range is unknown)."""
+    datasets = pytest.importorskip("datasets")
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 6, 3), np.uint8)
+    nested = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("uint8"))))
+    for name, feature in (("array", datasets.Array3D((8, 6, 3), "uint8")), ("nested", nested)):
+        dataset = datasets.Dataset.from_dict({"image": list(images), "label": [0, 1, 2]},
+                                             features=datasets.Features({"image": feature,
+                                                                         "label": datasets.Value("int64")}))
+        for formatted in (dataset, dataset.with_format("numpy")):
+            store = fastprune.Store(from_hf_dataset(formatted, tmp_path / f"{name}.beton", progress=False))
+            np.testing.assert_array_equal(np.stack([store[i][0] for i in range(3)]), images)
+            store.close()
+            (tmp_path / f"{name}.beton").unlink()
+    wide = datasets.Dataset.from_dict({"image": list(images.astype(np.int64)), "label": [0, 1, 2]},
+                                      features=datasets.Features({"image": datasets.Array3D((8, 6, 3), "int64"),
+                                                                  "label": datasets.Value("int64")}))
+    with pytest.raises(ConversionError, match="sample 0"):
+        from_hf_dataset(wide, tmp_path / "wide.beton", progress=False)
+
+
 def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):
     """-1 is Hugging Face's "no label": it was stored (and named the last class). Now it stops
     the conversion, naming the sample, unless drop_unlabeled=True leaves those samples out."""

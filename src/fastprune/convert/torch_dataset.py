@@ -29,10 +29,14 @@ class DatasetSource:
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
-                 drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None):
+                 drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None,
+                 uint8_arrays: bool = False):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
+        # a Hugging Face array column declared uint8 (Array3D, nested Sequence), which datasets
+        # reads back as lists or int64 arrays: cast, losslessly (its values are uint8 by type)
+        self.uint8_arrays = uint8_arrays
         self.keys = (image_key, label_key)
         self.max_side, self.resize = max_side, resize
         self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
@@ -89,6 +93,8 @@ class DatasetSource:
             raise UnreadableSample(f"{what} is missing (None)")
         if _is_encoded_image(value):
             return _decode_encoded(value, what, self.max_side, self.resize, self.image_mode)
+        if self.uint8_arrays and isinstance(value, (list, np.ndarray)):
+            value = np.asarray(value, dtype=np.uint8)
         image = _common.any_image_to_rgb(value, what)
         return _common.fit_image(image, max_side=self.max_side, resize=self.resize)
 
@@ -247,7 +253,7 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
 def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, max_side: int | None,
              resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
              label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
-             skip_unreadable: bool, image_mode: str | None = None) -> Path:
+             skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False) -> Path:
     out = _common.check_output_path(out)
     for name, flag in (("jpeg", jpeg), ("drop_unlabeled", drop_unlabeled), ("skip_unreadable", skip_unreadable),
                        ("progress", progress)):
@@ -259,7 +265,7 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
     with _global_rng_kept():
         source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                                image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
-                               skip_unreadable=skip_unreadable, image_mode=image_mode)
+                               skip_unreadable=skip_unreadable, image_mode=image_mode, uint8_arrays=uint8_arrays)
         fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
         return _common.write(out, source, fields, workers=workers, progress=progress,
                              class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
@@ -301,15 +307,16 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     label_names = getattr(features.get(label_column), "names", None)
     if label_names and options.get("class_names") is None:  # a ClassLabel column
         options["class_names"] = label_names
-    image_mode = None
+    image_mode, uint8_arrays = None, False
     if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample
         for what, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in columns:
                 raise ConversionError(f"{what}={column!r} is not a column of the dataset (columns: {columns}); "
                                       "name the image and label columns (fastprune convert: --columns IMAGE,LABEL)")
         dataset, image_mode = _encoded_rows(dataset, image_column)
+        uint8_arrays = _declared_dtype(features[image_column]) == "uint8"
     return _convert(dataset, out, image_key=image_column, label_key=label_column,
-                    image_mode=image_mode, **{**_DEFAULTS, **options})
+                    image_mode=image_mode, uint8_arrays=uint8_arrays, **{**_DEFAULTS, **options})
 
 
 def _encoded_rows(dataset: Any, image_column: str) -> tuple[Any, str | None]:
@@ -321,6 +328,15 @@ def _encoded_rows(dataset: Any, image_column: str) -> tuple[Any, str | None]:
     if isinstance(feature, datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return dataset.with_format(None), getattr(feature, "mode", None)
+
+
+def _declared_dtype(feature: Any) -> str | None:
+    """The element type a Hugging Face array column declares (Array2D/3D's dtype, a nested
+    Sequence's innermost Value), or None (an Image column, or no such type)."""
+    while hasattr(feature, "feature"):  # Sequence / List of ...
+        feature = feature.feature
+    dtype = getattr(feature, "dtype", None)
+    return dtype if isinstance(dtype, str) else None
 
 
 # from_torch_dataset's options and their defaults, which from_hf_dataset passes on
