@@ -242,7 +242,8 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
 
     with _open_image(path, data) as image:
         _common.check_pixels(image.height, image.width, max_pixels, str(path))
-        turned = _orientation(image) in (5, 6, 7, 8) if exif_transpose else False  # a quarter turn
+        orientation = _orientation(image) if exif_transpose else 1
+        turned = orientation in (5, 6, 7, 8)  # a quarter turn
         upright = (image.width, image.height) if turned else (image.height, image.width)
         target = _common.fitted_shape(*upright, max_side=max_side, resize=resize)
         if image.format == "JPEG" and target != upright:  # draft takes the stored (width, height)
@@ -251,7 +252,7 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
-        if exif_transpose and _orientation(image) != 1:
+        if orientation != 1:
             image = ImageOps.exif_transpose(image)
         pixels = _common.pil_to_rgb(image if mode in (None, image.mode) else image.convert(mode), str(path))
     return _common.fit_image(pixels, resize=target)
