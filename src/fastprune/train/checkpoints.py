@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError, ConfigError, first_line
 from .device import model_device
 
 # Version of the checkpoint layout; files without it (or with another) are refused with a clear
@@ -63,29 +63,27 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     os.replace(partial, path)
 
 
-def _cuda_rng_state(model) -> torch.Tensor | None:
-    """The generator state of the GPU the model trains on (its dropout masks draw from it), or
-    None for a model on the CPU. Only that GPU's: asking every GPU would touch the others, which a
-    DDP rank does not own."""
+def _model_gpu(model) -> torch.device | None:
+    """The GPU the model trains on, or None (the CPU; a model without parameters)."""
     try:
         device = model_device(model)
-    except Exception:  # noqa: BLE001 - no parameters: nothing trains, nothing to save
+    except ConfigError:
         return None
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_rng_state(device).cpu()
+    return device if device.type == "cuda" else None
+
+
+def _cuda_rng_state(model) -> torch.Tensor | None:
+    """The generator state of the model's GPU (its dropout masks draw from it); None on the CPU.
+    Only that GPU's: asking every GPU would touch the others, which a DDP rank does not own."""
+    device = _model_gpu(model)
+    return None if device is None else torch.cuda.get_rng_state(device).cpu()
 
 
 def _set_cuda_rng_state(model, state: torch.Tensor | None) -> None:
-    """Restore it on the GPU the resumed model is on (absent in checkpoints from before it was
-    saved, and from CPU runs: nothing to restore)."""
-    if state is None:
-        return
-    try:
-        device = model_device(model)
-    except Exception:  # noqa: BLE001
-        return
-    if device.type == "cuda":
+    """Restore it on the resumed model's GPU (nothing where the checkpoint has none: a CPU run,
+    or one from before it was saved; or where the model is on the CPU now)."""
+    device = _model_gpu(model)
+    if state is not None and device is not None:
         torch.cuda.set_rng_state(state, device)
 
 
@@ -262,7 +260,8 @@ def _check_rng(bad, rng) -> None:
                                            numpy_state["cached_gaussian"]))
         random.Random().setstate(rng["python"])
         cuda = rng.get("cuda")
-        if cuda is not None and not (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8 and cuda.dim() == 1):
+        if cuda is not None and not (isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8
+                                     and cuda.dim() == 1):
             raise TypeError(f"'cuda' is not a uint8 generator state: {type(cuda).__name__}")
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         bad(f"its RNG states do not restore ({first_line(exc)})")
