@@ -82,6 +82,31 @@ def test_hugging_face_images_are_stored_upright_as_datasets_decodes_them(tmp_pat
     assert np.abs(small[0][0].astype(int) - shrunk).mean() < 8
 
 
+def test_hugging_face_pngs_damaged_are_refused_and_tagged_ones_turned():
+    """Asking a PNG its EXIF orientation before decoding made Pillow decode it inside getexif(),
+    where the error was swallowed: a PNG with one flipped byte was stored with blank pixels,
+    not refused (review). A PNG's orientation is read after decoding now; a tagged one is still
+    turned upright, and an exact resize= applies to the upright image."""
+    from fastprune.convert.torch_dataset import _decode_encoded
+    from fastprune.errors import UnreadableSample
+
+    pixels = np.random.default_rng(0).integers(1, 256, (64, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    damaged = bytearray(buffer.getvalue())
+    damaged[228] ^= 0xFF
+    with pytest.raises(UnreadableSample, match="cannot decode image"):
+        _decode_encoded({"bytes": bytes(damaged), "path": "bad.png"}, "sample 0", None, None, None)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees: seen 48 high, 64 wide
+    tagged = io.BytesIO()
+    Image.fromarray(pixels).save(tagged, "PNG", exif=exif.tobytes())
+    upright = _decode_encoded({"bytes": tagged.getvalue(), "path": None}, "sample 0", None, None, None)
+    np.testing.assert_array_equal(upright, np.rot90(pixels, -1))
+    resized = _decode_encoded({"bytes": tagged.getvalue(), "path": None}, "sample 0", None, (24, 32), None)
+    assert resized.shape == (24, 32, 3)
+
+
 def test_hugging_face_uint8_array_columns_convert(tmp_path):
     """An image column of type Array3D(dtype="uint8") or nested Sequence(Value("uint8")) was
     refused ("image is a list"): datasets reads such columns back as lists, or int64 arrays in

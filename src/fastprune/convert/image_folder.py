@@ -240,22 +240,35 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
     torchvision's ImageFolder reads them."""
     from PIL import Image, ImageOps
 
+    def fitted(turned: bool):  # (stored (h, w) as seen upright, its target size)
+        upright = (image.width, image.height) if turned else (image.height, image.width)
+        return upright, _common.fitted_shape(*upright, max_side=max_side, resize=resize)
+
     with _open_image(path, data) as image:
         _common.check_pixels(image.height, image.width, max_pixels, str(path))
-        orientation = _orientation(image) if exif_transpose else 1
-        turned = orientation in (5, 6, 7, 8)  # a quarter turn
-        upright = (image.width, image.height) if turned else (image.height, image.width)
-        target = _common.fitted_shape(*upright, max_side=max_side, resize=resize)
-        if image.format == "JPEG" and target != upright:  # draft takes the stored (width, height)
+        jpeg = image.format == "JPEG"
+        # Asked before decoding only of a JPEG, whose draft size follows the turn (its getexif()
+        # reads the header). A PNG's getexif() decodes the image itself and swallowed its errors
+        # there: a damaged PNG's partial pixels were stored instead of refused.
+        orientation = _orientation(image) if exif_transpose and jpeg else 1
+        upright, target = fitted(orientation in _QUARTER_TURNS)
+        if jpeg and target != upright:  # draft takes the stored (width, height)
+            turned = orientation in _QUARTER_TURNS
             image.draft("RGB", (target[0], target[1]) if turned else (target[1], target[0]))  # >= target
         try:
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
+        if exif_transpose and not jpeg:
+            orientation = _orientation(image)
+            upright, target = fitted(orientation in _QUARTER_TURNS)
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         pixels = _common.pil_to_rgb(image if mode in (None, image.mode) else image.convert(mode), str(path))
     return _common.fit_image(pixels, resize=target)
+
+
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _orientation(image) -> int:
