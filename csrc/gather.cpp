@@ -308,7 +308,8 @@ inline size_t vertical_values_sse2(const VerticalPairs &p, size_t i, size_t end,
             lo = _mm_add_epi32(lo, _mm_madd_epi16(_mm_unpacklo_epi16(a, b), w));
             hi = _mm_add_epi32(hi, _mm_madd_epi16(_mm_unpackhi_epi16(a, b), w));
         }
-        _mm_storeu_si128(reinterpret_cast<__m128i *>(row + i), _mm_packs_epi32(_mm_srai_epi32(lo, 6), _mm_srai_epi32(hi, 6)));
+        _mm_storeu_si128(reinterpret_cast<__m128i *>(row + i),
+                         _mm_packs_epi32(_mm_srai_epi32(lo, 6), _mm_srai_epi32(hi, 6)));
     }
     return i;
 }

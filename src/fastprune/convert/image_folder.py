@@ -75,10 +75,11 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
                 owners: dict[str, tuple[str, Path]] | None = None) -> list[Path]:
     """Image files below ``class_dir``, in torchvision's ImageFolder order; hidden entries, other
     extensions (appended to ``ignored``) and anything that is not a regular file skipped; symbolic
-    links followed, each real folder read once. ``owners``: real folder -> (whose it is, the path it was first reached
-    by), shared across the classes by :func:`scan_image_folder` (the root and the class folders
-    preset): a folder reached from two classes (a link into another class, a folder two classes
-    link to) or back to the root is refused, since its images would get two labels."""
+    links followed, each real folder read once. ``owners``: real folder -> (whose it is, the path
+    it was first reached by), shared across the classes by :func:`scan_image_folder` (the root and
+    the class folders preset): a folder reached from two classes (a link into another class, a
+    folder two classes link to) or back to the root is refused, since its images would get two
+    labels."""
     this_class = f"class {class_dir.name!r}"
     found, visited, pending = [], set(), [class_dir]
     owners = {} if owners is None else owners
@@ -251,9 +252,9 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
         # reads the header). A PNG's getexif() decodes the image itself and swallowed its errors
         # there: a damaged PNG's partial pixels were stored instead of refused.
         orientation = _orientation(image) if exif_transpose and jpeg else 1
-        upright, target = fitted(orientation in _QUARTER_TURNS)
+        turned = orientation in _QUARTER_TURNS
+        upright, target = fitted(turned)
         if jpeg and target != upright:  # draft takes the stored (width, height)
-            turned = orientation in _QUARTER_TURNS
             image.draft("RGB", (target[0], target[1]) if turned else (target[1], target[0]))  # >= target
         try:
             image.load()  # a truncated file raises here (PIL's LOAD_TRUNCATED_IMAGES is off)
@@ -261,7 +262,7 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
             raise UnreadableSample(f"{path}: cannot decode image: {exc}") from exc
         if exif_transpose and not jpeg:
             orientation = _orientation(image)
-            upright, target = fitted(orientation in _QUARTER_TURNS)
+            _, target = fitted(orientation in _QUARTER_TURNS)
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         pixels = _common.pil_to_rgb(image if mode in (None, image.mode) else image.convert(mode), str(path))
