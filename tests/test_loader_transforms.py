@@ -240,7 +240,7 @@ def test_normalize_reuses_output_memory_only_after_every_tensor_on_it_is_gone():
     (lambda: Cutout(2.7), "size must be an integer"),
     (lambda: Normalize(mean=0.5), "needs 3 values"),
     (lambda: RandomResizedCrop(8, scale=(0.5,)), "scale must be a pair"),
-    (lambda: RandomHorizontalFlip("0.5"), "p must be a number"),
+    (lambda: RandomHorizontalFlip("0.5"), "p must be a real number"),
 ])
 def test_transform_arguments_are_refused_not_coerced(make, message):
     with pytest.raises((TypeError, ValueError), match=message):

@@ -7,6 +7,8 @@ the score table: these are the ranges checked here.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 MAX_SEED = 2**64 - 1
@@ -40,6 +42,26 @@ def _integer(value, name: str, expected: str) -> int:
         return value.__index__()
     except (AttributeError, TypeError):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}") from None
+
+
+def check_real(value, name: str) -> float:
+    """``value`` as a float (NaN and infinities included; range checks are the caller's): ints,
+    floats, numpy scalars and 0-d arrays or tensors (an element of ``torch.tensor([...])``); a
+    TypeError naming ``name`` for strings such as "0.5", None, bools, and arrays of any length."""
+    dtype = str(getattr(value, "dtype", ""))  # a 0-d array's or tensor's: "bool", "torch.complex64"...
+    zero_dim = getattr(value, "ndim", None) == 0 and hasattr(value, "__float__") and not any(
+        kind in dtype for kind in ("bool", "complex"))
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or zero_dim):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def check_fraction(value, name: str) -> float:
+    """``value`` as a float in (0, 1] (a kept fraction); NaN is refused."""
+    value = check_real(value, name)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return value
 
 
 def check_bool(value, name: str) -> bool:

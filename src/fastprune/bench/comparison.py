@@ -5,6 +5,7 @@ summarizes through the same code as ``fastprune bench`` (plan, cli.execute, repo
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._args import check_positive_int
+from .._args import check_fraction, check_positive_int, check_seed
 from ..models import load_model_factory, model_spec_of
 from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
 from . import report
@@ -98,13 +99,18 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     unknown = [name for name in strategies if name not in STRATEGIES]
     if unknown:
         raise ValueError(f"compare(): unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-    keeps = (keep,) if isinstance(keep, (int, float)) else tuple(keep)
+    # checked before any training: keep=2.0 used to fail only when its run began, after the others
+    keeps = (keep,) if isinstance(keep, numbers.Real) or getattr(keep, "ndim", None) == 0 else tuple(keep)
+    keeps = tuple(check_fraction(k, "compare(): keep") for k in keeps)
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"compare(): seeds must be a sequence of integers, got {type(seeds).__name__} {seeds!r:.40}")
     mode = {"train_limit": None, "epochs": check_positive_int(epochs, "compare(): epochs"), "keeps": keeps,
-            "seeds": tuple(seeds),
+            "seeds": tuple(check_seed(s, "compare(): seeds") for s in seeds),
             "strategies": tuple(name for name in strategies if name != "full"),
             "eval_every": check_positive_int(eval_every, "compare(): eval_every")}
     defaults = Settings()
-    settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads or defaults.threads,
+    threads = defaults.threads if threads is None else check_positive_int(threads, "compare(): threads")
+    settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads,
                         channels_last=defaults.channels_last if channels_last is None else channels_last,
                         device=device, compile=compile).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .._args import check_bool
 from .._outputs import check_output_file
 from ..errors import ConversionError, SourceNotFoundError
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
@@ -54,7 +55,7 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
 
 
 def check_max_pixels(max_pixels: int) -> None:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
         raise ConversionError(f"max_pixels must be a positive integer, got {max_pixels!r}")
 
 
@@ -239,8 +240,9 @@ def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
     (the bound on sources, which a resize must not get round: 99999x99999 is 30 GB a sample)."""
     if max_side is not None and resize is not None:
         raise ConversionError("give either max_side (--max-side) or resize (--resize), not both")
-    if max_side is not None and max_side < 1:
-        raise ConversionError(f"max_side must be a positive number of pixels, got {max_side}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                 or max_side < 1):  # True would store 1x1 images
+        raise ConversionError(f"max_side must be a positive number of pixels, got {max_side!r:.40}")
     if resize is not None and (not isinstance(resize, (tuple, list)) or len(resize) != 2
                                or not all(isinstance(side, (int, np.integer)) for side in resize) or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
@@ -268,6 +270,7 @@ def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALIT
     """The ``image`` + ``label`` schema every converter writes (plus optional int fields)."""
     from ..store.fields import IntField, RGBImageField
 
+    jpeg = check_bool(jpeg, "jpeg")  # jpeg="no" is truthy: it would store lossy JPEGs
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
         raise TypeError(f"quality must be an integer from 1 to 100, got {type(quality).__name__} {quality!r:.40}")
     if not 1 <= quality <= 100:

@@ -196,13 +196,13 @@ class Loader:
 
     def samples_in_epoch(self, epoch: int) -> int:
         """Samples this rank loads in ``epoch``."""
-        per_rank = _num_selected(self.sampler, epoch) // self._split
+        per_rank = _num_selected(self.sampler, check_epoch(epoch)) // self._split
         if self.drop_last:
             return per_rank // self.batch_size * self.batch_size
         return per_rank
 
     def batches_in_epoch(self, epoch: int) -> int:
-        per_rank = _num_selected(self.sampler, epoch) // self._split
+        per_rank = _num_selected(self.sampler, check_epoch(epoch)) // self._split
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __len__(self) -> int:
@@ -216,6 +216,7 @@ class Loader:
 
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(sample ids, weights) this rank visits in ``epoch``, in order."""
+        epoch = check_epoch(epoch)
         ids, weights = _selection(self.sampler, epoch, self._source.num_samples)
         if self.shuffle:
             order = epoch_permutation(self.seed, epoch, len(ids))
@@ -562,9 +563,10 @@ def _store_name(store_or_path) -> str:
 def _check_thread_nice(thread_nice, device: torch.device) -> int:
     if thread_nice == "auto":
         return 10 if device.type == "cuda" else 0
-    if isinstance(thread_nice, bool) or not isinstance(thread_nice, int) or not 0 <= thread_nice <= 19:
+    if isinstance(thread_nice, (bool, np.bool_)) or not isinstance(thread_nice, (int, np.integer)) \
+            or not 0 <= thread_nice <= 19:
         raise ValueError(f"thread_nice must be 'auto' or an int in [0, 19], got {thread_nice!r}")
-    return thread_nice
+    return int(thread_nice)
 
 
 def _check_normalize_on(normalize_on: str, device: torch.device) -> str:
@@ -576,8 +578,15 @@ def _check_normalize_on(normalize_on: str, device: torch.device) -> str:
 
 
 def _check_transforms(transforms, pin: bool) -> list:
+    if transforms is None:  # as the default (): none
+        return []
+    if isinstance(transforms, (str, bytes)) or not hasattr(transforms, "__iter__"):
+        raise TypeError(f"transforms must be a list of transforms, got {type(transforms).__name__} "
+                        f"{transforms!r:.60}; a single one goes in a list: transforms=[t]")
     transforms = list(transforms)
     for i, t in enumerate(transforms):
+        if isinstance(t, type):  # callable, but calling it builds a transform: fails later, deep inside
+            raise TypeError(f"transforms[{i}] is the class {t.__name__}; pass an instance: {t.__name__}(...)")
         if not callable(t):
             raise TypeError(f"transforms[{i}] is not callable: {t!r}")
         if isinstance(t, Normalize) and i != len(transforms) - 1:

@@ -47,7 +47,7 @@ import numba
 import numpy as np
 import torch
 
-from .._args import check_bool, check_int_range, check_positive_int
+from .._args import check_bool, check_int_range, check_positive_int, check_real
 
 __all__ = [
     "BatchTransform", "RandomCrop", "RandomResizedCrop", "CenterCrop", "RandomHorizontalFlip",
@@ -377,7 +377,7 @@ class CenterCrop(_ResizedCrop):
 
     def __init__(self, size, ratio: float = 224 / 256, antialias: bool = True):
         super().__init__(size, antialias)
-        ratio = _real(ratio, "CenterCrop: ratio")
+        ratio = check_real(ratio, "CenterCrop: ratio")
         if not 0 < ratio <= 1:
             raise ValueError(f"CenterCrop: ratio must be in (0, 1], got {ratio}")
         self.ratio = ratio
@@ -419,7 +419,7 @@ class RandomHorizontalFlip(BatchTransform):
     """
 
     def __init__(self, p: float = 0.5):
-        p = _real(p, "RandomHorizontalFlip: p")
+        p = check_real(p, "RandomHorizontalFlip: p")
         if not 0 <= p <= 1:
             raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
         self.p = p
@@ -536,7 +536,7 @@ class Normalize(BatchTransform):
         self.mean = mean
         self.std = std
         self.dtype = dtype
-        self.channels_last = bool(channels_last)
+        self.channels_last = check_bool(channels_last, "Normalize: channels_last")  # "False" is truthy
         self.pin_memory = False
         values = torch.arange(256, dtype=torch.float64) / 255.0
         table = (values[None, :] - torch.tensor(self.mean)[:, None]) / torch.tensor(self.std)[:, None]
@@ -599,7 +599,7 @@ class Normalize(BatchTransform):
 def _rgb(values, name: str) -> tuple[float, float, float]:
     if not isinstance(values, Sequence) and not hasattr(values, "__array__") or isinstance(values, str):
         raise TypeError(f"Normalize: {name} needs 3 values (R, G, B; fractions of 255), got {values!r:.60}")
-    values = tuple(_real(v, f"Normalize: {name}") for v in values)
+    values = tuple(check_real(v, f"Normalize: {name}") for v in values)
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"Normalize: {name} needs 3 finite values (RGB), got {list(values)}")
     return values
@@ -630,15 +630,8 @@ def _pair(value, owner: str, name: str) -> tuple[int, int]:
 MAX_SIDE = 1 << 20
 
 
-def _real(value, name: str) -> float:
-    """``value`` as a float: numbers only (not bools or strings such as "0.5")."""
-    if isinstance(value, (bool, np.bool_, str, bytes)) or not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
-
-
 def _range(value, name: str) -> tuple[float, float]:
     """RandomResizedCrop's (lo, hi) pairs."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"RandomResizedCrop: {name} must be a pair (lo, hi), got {value!r:.60}")
-    return _real(value[0], f"RandomResizedCrop: {name}"), _real(value[1], f"RandomResizedCrop: {name}")
+    return check_real(value[0], f"RandomResizedCrop: {name}"), check_real(value[1], f"RandomResizedCrop: {name}")

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -81,7 +82,7 @@ try:
 except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
-from .._args import MAX_EPOCH, check_bool, check_positive_int, check_seed
+from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
 from .distributed import gather_updates
@@ -123,20 +124,6 @@ class Selection:
     @classmethod
     def unweighted(cls, indices: np.ndarray) -> "Selection":
         return cls(np.asarray(indices, dtype=np.int64), np.ones(len(indices), dtype=np.float32))
-
-
-def _real(value, name: str) -> float:
-    """``value`` as a float; a TypeError naming ``name`` for strings, None, bools, arrays..."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
-
-
-def _fraction(value: float, name: str) -> float:
-    value = _real(value, name)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    return float(value)
 
 
 def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
@@ -230,7 +217,7 @@ class Strategy:
                  keep_schedule=None, labels=None, decay: float | None | str = "default", skip_invalid: bool = False,
                  distributed: bool | str | tuple = "auto", score_dtype: str = "float32", track_kept: bool = True):
         num_samples = check_positive_int(num_samples, f"{type(self).__name__}: num_samples")
-        self.keep = _fraction(keep, "keep")
+        self.keep = check_fraction(keep, "keep")
         self.seed = check_seed(seed)
         self.sharding, self.shard_rank = self._sharding_of(distributed, num_samples)
         entries = num_samples if self.sharding is None else self.sharding.shard_size(self.shard_rank)
@@ -249,6 +236,7 @@ class Strategy:
         if self.reselect_every < 1:
             raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
         self.skip_invalid = check_bool(skip_invalid, "skip_invalid")
+        self._warn_if_never_pruned()
         self.distributed = distributed
         self._pools, self._pool_sizes, self._labels_digest = self._class_pools(labels)
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
@@ -356,11 +344,12 @@ class Strategy:
         torch.distributed group the gather still happens here, per call."""
         if defer is None:
             defer = hasattr(losses, "detach") and losses.device.type != "cpu"
+        defer = check_bool(defer, "update: defer")  # "no" is truthy
         if self.distributed is not False and self.sharding is None:
             indices, losses, correct = gather_updates(indices, losses, correct,
                                                       required=self.distributed is True)
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
-                                 defer=bool(defer))
+                                 defer=defer)
 
     def flush(self) -> int:
         """Apply deferred updates now (see :meth:`update`); return the number of entries skipped.
@@ -420,6 +409,7 @@ class Strategy:
         return dense[2][ids.to(device).long()]
 
     def is_full_epoch(self, epoch: int) -> bool:
+        epoch = check_epoch(epoch)
         if epoch < self.warmup_epochs or self._scheduled(epoch) == 1.0:
             return True
         return bool(self.final_full_epochs) and epoch >= self.epochs - self.final_full_epochs
@@ -598,7 +588,9 @@ class Strategy:
     def _sharding_of(self, distributed, num_samples) -> tuple[Sharding | None, int]:
         """(Sharding, rank) for distributed="sharded"; (None, 0) for the replicated modes."""
         if not is_sharded(distributed):
-            if isinstance(distributed, tuple) or distributed not in (True, False, "auto"):
+            # by identity: 1 == True and 0 == False, but distributed=1 is no setting
+            if not (distributed is True or distributed is False or (isinstance(distributed, str)
+                                                                     and distributed == "auto")):
                 raise ValueError(f"distributed must be True, False, 'auto', 'sharded' or ('sharded', rank, "
                                  f"world_size), got {distributed!r}")
             return None, 0
@@ -659,10 +651,24 @@ class Strategy:
     def _checked_schedule(self, schedule) -> tuple[float, ...] | None:
         if schedule is None:
             return None
-        fractions = tuple(_fraction(value, f"keep_schedule[{e}]") for e, value in enumerate(schedule))
+        if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+            raise TypeError(f"keep_schedule must be a sequence of kept fractions, one per epoch, got "
+                            f"{type(schedule).__name__} {schedule!r:.40}; for one fraction throughout, pass keep=")
+        fractions = tuple(check_fraction(value, f"keep_schedule[{e}]") for e, value in enumerate(schedule))
         for e, fraction in enumerate(fractions):
             self._kept_count(fraction, f"keep_schedule[{e}]={fraction}")
         return fractions
+
+    def _warn_if_never_pruned(self) -> None:
+        """A run whose warm-up (or scoring) and final full epochs cover all ``epochs`` trains on
+        all data every epoch: a costly Full, which a benchmark would report as this strategy."""
+        if self.epochs is None or (not self.uses_scores and self.keep >= 1):  # Full
+            return
+        full = self.warmup_epochs + self.final_full_epochs
+        if full >= self.epochs:
+            warnings.warn(f"{type(self).__name__}: warm-up/scoring ({self.warmup_epochs}) and final full "
+                          f"({self.final_full_epochs}) epochs cover all {self.epochs} epochs: it never prunes",
+                          RuntimeWarning, stacklevel=4)
 
     def _kept_count(self, fraction: float, described: str) -> int:
         """round(fraction * N), refused with ``described`` when that keeps no sample."""
@@ -675,8 +681,8 @@ class Strategy:
     def _non_negative(value, name: str) -> int:
         """An epoch count or index: an integer in [0, MAX_EPOCH] (the score table stores epochs as
         int32); integral floats such as 3.0 are accepted."""
-        try:
-            ok = int(value) == value and 0 <= value <= MAX_EPOCH
+        try:  # True is no count of epochs
+            ok = not isinstance(value, (bool, np.bool_)) and int(value) == value and 0 <= value <= MAX_EPOCH
         except (TypeError, ValueError, OverflowError):  # None, "3", nan, inf
             ok = False
         if not ok:

@@ -31,12 +31,15 @@ def resolve_ranks(distributed="auto") -> tuple[int, int]:
             raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
         return 0, 1
     try:
-        rank, world = (int(v) for v in distributed)
+        rank, world = distributed
     except (TypeError, ValueError):
         raise ValueError(f"distributed must be 'auto', True, False or (rank, world_size), got {distributed!r}") from None
+    # integers, not int() of them: (0.9, 2) ran as rank 0 and (1, 2.99) with world size 2
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (rank, world)):
+        raise ValueError(f"distributed=(rank, world_size) needs integers, got {distributed!r}")
     if world <= 0 or not 0 <= rank < world:
         raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
-    return rank, world
+    return int(rank), int(world)
 
 
 def sampler_ranks(distributed="auto", num_replicas=None, rank=None) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._args import check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file
 from ..errors import ConfigError, require
 from .sharding import Sharding
@@ -236,6 +237,8 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     store it scored (``trained_on``: as in :func:`export_scores`). Needs matplotlib (the ``plots`` extra)."""
     from ..loader._source import open_source
 
+    per_class = check_positive_int(per_class, "kept_grid: per_class")
+    max_classes = check_positive_int(max_classes, "kept_grid: max_classes")
     matplotlib = require("matplotlib", "plots", "drawing the kept-images grid")
     check_image_file(path, "kept_grid: path", error=ConfigError)  # before the work: "." would write "./.png"
     matplotlib.use("Agg")

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from .._native import core
-from .base import InfoBatchOptions, Selection, Strategy, StrategyOptions, Unpack, _fraction, _quotas, _real
+from .._args import check_fraction, check_real
+from .base import InfoBatchOptions, Selection, Strategy, StrategyOptions, Unpack, _quotas
 
 
 def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -109,7 +110,7 @@ class EpsilonGreedy(_TopScores):
     """
 
     def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options: Unpack[StrategyOptions]):
-        eps = _real(eps, "eps")
+        eps = check_real(eps, "eps")
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps!r}")
         self.eps = float(eps)
@@ -141,7 +142,7 @@ class UCB(_TopScores):
                  **options: Unpack[StrategyOptions]):
         if bonus not in ("std", "var"):
             raise ValueError(f"bonus must be 'std' or 'var', got {bonus!r}")
-        c = _real(c, "c")
+        c = check_real(c, "c")
         if not math.isfinite(c) or c < 0:
             raise ValueError(f"c must be a finite number >= 0, got {c!r}")
         self.c, self.bonus = float(c), bonus
@@ -191,12 +192,13 @@ class InfoBatch(Strategy):
                  prune: float = 0.5, min_below_keep: float = 0.1, **options: Unpack[InfoBatchOptions]):
         if "final_full_epochs" in options:
             raise ValueError("InfoBatch sets its final full-data epochs from delta; do not pass final_full_epochs")
-        delta, prune = _real(delta, "delta"), _real(prune, "prune")
+        delta, prune = check_real(delta, "delta"), check_real(prune, "prune")
         if not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
         if not 0.0 <= prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {prune!r}")
-        full = int(epochs) - _pruned_epochs(delta, int(epochs))
+        epochs = self._non_negative(epochs, "epochs")  # None or -3 named as epochs, not final_full_epochs
+        full = epochs - _pruned_epochs(delta, epochs)
         super().__init__(num_samples, 1.0 if keep is None else keep, epochs=epochs, final_full_epochs=full, **options)
         if keep is None and any(fraction != 1.0 for fraction in self.keep_schedule or ()):
             raise ValueError(f"InfoBatch(keep=None) prunes by the paper's rule (prune={prune}), which "
@@ -204,7 +206,7 @@ class InfoBatch(Strategy):
                              f"1.0 (a full epoch) there; pass keep=<fraction> to schedule kept fractions")
         self.target = keep
         self.delta, self.prune = float(delta), float(prune)
-        self.min_below_keep = _fraction(min_below_keep, "min_below_keep")
+        self.min_below_keep = check_fraction(min_below_keep, "min_below_keep")
 
     def config(self):
         return {**super().config(), "target": self.target, "delta": self.delta, "prune": self.prune,

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .._args import check_bool, check_epoch
 from .._native import core
 from ._inputs import as_correct, as_indices, as_losses, staged, to_numpy
 
@@ -179,9 +180,11 @@ class ScoreTable:
         waits for a GPU; shapes and dtypes are checked now, values when the update is applied
         (see :meth:`flush`).
         """
+        epoch = check_epoch(epoch, "ScoreTable.update: epoch")  # the table keeps epochs as int32
+        skip_invalid = check_bool(skip_invalid, "ScoreTable.update: skip_invalid")
         number = self._count_call(epoch)
-        if defer:
-            self._stage(indices, losses, correct, int(epoch), bool(skip_invalid), number)
+        if check_bool(defer, "ScoreTable.update: defer"):
+            self._stage(indices, losses, correct, epoch, skip_invalid, number)
             return None
         self.flush()
         return self._apply(indices, losses, correct, epoch, skip_invalid)

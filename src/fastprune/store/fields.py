@@ -32,8 +32,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from .._args import check_int_range
 from . import format as fmt
-
 from .images import DEFAULT_JPEG_QUALITY, decode_jpeg, encode_jpeg, resize_image
 
 
@@ -165,13 +165,11 @@ class RGBImageField(Field):
                  max_resolution: int | None = None):
         if write_mode not in _WRITE_MODES:
             raise ValueError(f"RGBImageField: write_mode must be 'raw' or 'jpg', got {write_mode!r}")
-        if not 1 <= int(jpeg_quality) <= 100:
-            raise ValueError(f"RGBImageField: jpeg_quality must be in 1..100, got {jpeg_quality!r}")
-        if max_resolution is not None and not 1 <= int(max_resolution) <= 65535:
-            raise ValueError(f"RGBImageField: max_resolution must be in 1..65535, got {max_resolution!r}")
+        # True, "90" or 50.5 are refused, not taken as quality 1, 90 or 50
+        self.jpeg_quality = check_int_range(jpeg_quality, "RGBImageField: jpeg_quality", 1, 100)
+        self.max_resolution = (None if max_resolution is None
+                               else check_int_range(max_resolution, "RGBImageField: max_resolution", 1, 65535))
         self.write_mode = write_mode
-        self.jpeg_quality = int(jpeg_quality)
-        self.max_resolution = None if max_resolution is None else int(max_resolution)
 
     def settings(self):
         return {"write_mode": self.write_mode, "jpeg_quality": self.jpeg_quality,

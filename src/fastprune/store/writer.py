@@ -33,7 +33,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .._args import check_bool
+from .._args import check_bool, check_positive_int
 from .._cpus import usable_cpus
 from .._native import core
 from ..errors import ConversionError, SkippedSamplesWarning
@@ -85,7 +85,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     stored_fields = _with_index_field(fields, index_field)
     names = class_names_block.check_class_names(class_names, stored_fields)
     workers = _resolve_workers(workers, num_samples)
-    chunk_size = chunk_size or int(np.clip(num_samples // (workers * 8) or 1, 64, 2048))
+    chunk_size = (int(np.clip(num_samples // (workers * 8) or 1, 64, 2048)) if chunk_size is None
+                  else check_positive_int(chunk_size, "write_dataset: chunk_size"))  # -1 wrote no sample
 
     remove_stale_temp_files(path)
     writer = _write_file(path, source, fields, stored_fields, num_samples, page_size or fmt.DEFAULT_PAGE_SIZE,
@@ -205,16 +206,14 @@ def _check_source(source) -> int:
 
 
 def _check_page_size(page_size: int) -> None:
+    page_size = check_positive_int(page_size, "write_dataset: page_size")
     if not fmt.is_power_of_two(page_size) or not fmt.MIN_PAGE_SIZE <= page_size <= fmt.MAX_PAGE_SIZE:
         raise ValueError(f"write_dataset: page_size must be a power of two in "
                          f"[{fmt.MIN_PAGE_SIZE}, {fmt.MAX_PAGE_SIZE}], got {page_size}")
 
 
 def _resolve_workers(workers: int | None, num_samples: int) -> int:
-    if workers is None:
-        workers = usable_cpus()
-    if workers < 1:
-        raise ValueError(f"write_dataset: workers must be >= 1, got {workers}")
+    workers = usable_cpus() if workers is None else check_positive_int(workers, "write_dataset: workers")
     if "fork" not in multiprocessing.get_all_start_methods():
         workers = 1  # workers inherit the source by forking; elsewhere encode in this process
     return max(1, min(workers, num_samples // 256 or 1))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._args import check_positive_int
+from .._args import check_bool, check_positive_int
 from ..errors import ConfigError, TrainingDiverged, first_line
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -284,6 +284,42 @@ def _check_strategy_selects(strategy, loader) -> None:
                          "(or PrunedSampler) and to fit")
 
 
+def _check_strategy(strategy, epochs: int) -> None:
+    """A strategy is an object with select and update (a name such as "ucb" failed at step 1),
+    built for the run's length: InfoBatch(epochs=10) under fit(epochs=3) never reached its final
+    full-data epochs, and nothing said so."""
+    if strategy is None:
+        return
+    if not (hasattr(strategy, "select") and hasattr(strategy, "update")):
+        raise TypeError(f"fit: strategy must be a pruning strategy (select and update), got "
+                        f"{type(strategy).__name__} {strategy!r:.40}; e.g. fastprune.UCB(len(store), keep=0.5)")
+    planned = getattr(strategy, "epochs", None)
+    if planned is not None and planned != epochs:
+        raise ConfigError(f"fit: strategy {type(strategy).__name__} was built for epochs={planned}, fit trains "
+                          f"{epochs}: its epoch phases (final full-data epochs) follow its own; build it with "
+                          f"epochs={epochs}")
+
+
+def _check_val_loader(loader) -> None:
+    """Evaluation iterates batches; a store's path (a str iterates by character) failed only after
+    the first epoch's training."""
+    if loader is None:
+        return
+    if isinstance(loader, (str, bytes, os.PathLike)) or not hasattr(loader, "__iter__"):
+        raise TypeError(f"fit: val_loader must be a Loader (or an iterable of (images, labels, ...) batches), "
+                        f"got {type(loader).__name__} {loader!r:.60}; e.g. Loader(Store(path), 512, shuffle=False)")
+
+
+def _check_optimizes(optimizer, model) -> None:
+    """An optimizer built over another model's parameters trains nothing, silently."""
+    own = {id(p) for p in model.parameters() if p.requires_grad}
+    given = [p for group in optimizer.param_groups for p in group["params"]]
+    if own and given and not any(id(p) in own for p in given):
+        raise ConfigError(f"fit: optimizer holds none of the model's trainable parameters (built for another "
+                          f"model, or before a copy?): the model would never change; build it from "
+                          f"{type(model).__name__}.parameters()")
+
+
 def _check_loader(loader) -> None:
     """fit drives a fastprune Loader (set_epoch, Batch tuples); a torch DataLoader fails deep
     inside otherwise."""
@@ -405,8 +441,10 @@ def fit(
         val_loader: evaluated after every ``eval_every``-th epoch and after the last (accuracy in
             percent); None skips evaluation.
         strategy: the pruning strategy, whose ``update`` receives every batch's per-sample losses.
-            None trains on whatever the loader yields, with no updates.
-        optimizer: defaults to ``make_optimizer(model)``.
+            None trains on whatever the loader yields, with no updates. One built with ``epochs=``
+            (InfoBatch, final full epochs) must be built for this run's ``epochs``.
+        optimizer: defaults to ``make_optimizer(model)``; one holding none of the model's
+            trainable parameters (built for another model) is refused.
         schedule: a factory ``(optimizer, total_steps) -> scheduler`` (see ``one_cycle``), stepped
             once per batch and sized by ``planned_steps`` over the whole run (re-planned every
             epoch if it has ``replan``; InfoBatch's sizes follow its scores, so other schedules
@@ -458,8 +496,13 @@ def fit(
     _check_loader(train_loader)
     _check_class_labels(train_loader, "train_loader")
     _check_class_labels(val_loader, "val_loader")
+    _check_strategy(strategy, epochs)
     _check_strategy_selects(strategy, train_loader)
+    _check_val_loader(val_loader)
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise TypeError(f"fit: on_epoch_end must be callable (or None), got {type(on_epoch_end).__name__}")
     _check_checkpoint_path(checkpoint)
+    resume = check_bool(resume, "fit: resume")  # "no" is truthy
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
     if hasattr(getattr(val_loader, "sampler", None), "update"):
@@ -474,6 +517,7 @@ def fit(
     optimizer = optimizer or make_optimizer(model)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"fit: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _check_optimizes(optimizer, model)
     criterion = criterion or nn.CrossEntropyLoss(reduction="none")
     if getattr(criterion, "reduction", "none") != "none":  # caught before any work, not after an epoch
         raise ValueError(f"fit: criterion has reduction={criterion.reduction!r}; pruning needs one loss per "

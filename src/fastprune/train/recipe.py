@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._args import check_bool
+from ..errors import ConfigError
 from ..models import build_model, build_user_model
 from .data import DataSpec, channel_statistics, describe_stores
 from .device import GpuBusySampler, resolve_device, run_amp
@@ -207,7 +209,11 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     from ..loader import CenterCrop, Loader, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
     from ..loader._source import open_source
 
-    if mean is None or std is None:
+    if (mean is None) != (std is None):  # one alone was replaced by the store's, silently
+        raise ConfigError(f"make_loaders: give mean and std together (or neither: both are computed from "
+                          f"train), got {'mean' if std is None else 'std'} alone")
+    augment = check_bool(augment, "make_loaders: augment")
+    if mean is None:
         mean, std = channel_statistics(open_source(train, None, None, threads=1))
     normalize = Normalize(mean, std, channels_last=channels_last)
     augmentations = []
