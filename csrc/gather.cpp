@@ -23,6 +23,8 @@
 #include "simd.hpp"  // SSE2 in the build, AVX2 by run-time dispatch
 #include "thread_pool.hpp"
 
+#include <nanobind/stl/string.h>  // check_jpeg_cost returns its reason as a str
+
 namespace fastprune {
 namespace {
 
@@ -762,6 +764,18 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data
     return nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>>(r.pixels, {size_t(r.rows), size_t(r.cols), 3}, capsule);
 }
 
+// The decode-cost limits alone (scan count, scans x pixels, coefficient memory, too little data
+// for the claimed size), for JPEGs another decoder reads: the converter decodes with PIL, which
+// has no such limits. "" when the stream passes (or its structure is unclear), else the reason.
+std::string check_jpeg_cost(ROArray1D<uint8_t> data, uint64_t max_pixels) {
+    std::string error;
+    JpegRequest request;
+    request.max_pixels = max_pixels;
+    nb::gil_scoped_release no_gil;
+    check_jpeg_stream(data.data(), data.shape(0), request, error);
+    return error;
+}
+
 }  // namespace
 
 void bind_loader(nb::module_ &m) {
@@ -788,6 +802,9 @@ void bind_loader(nb::module_ &m) {
     m.def("decode_jpeg", &decode_jpeg, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
           nb::arg("min_height") = 0, nb::arg("min_width") = 0,
           "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
+    m.def("check_jpeg_cost", &check_jpeg_cost, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
+          "'' if decoding these JPEG bytes stays within the decode-cost limits (scans, scans x pixels, "
+          "coefficient memory, data for the claimed size), else why not.");
     m.attr("JPEG_BACKEND") = jpeg_backend();
     m.attr("SIMD") = simd_paths();
     m.attr("DEFAULT_MAX_PIXELS") = DEFAULT_MAX_PIXELS;

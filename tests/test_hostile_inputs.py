@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import pickle
 import signal
 import struct
 import subprocess
@@ -27,7 +28,7 @@ from PIL import Image
 
 import fastprune
 from fastprune import CheckpointError, ConversionError, StoreError
-from fastprune.convert import convert, from_idx, from_image_folder, from_npz
+from fastprune.convert import convert, from_cifar, from_idx, from_image_folder, from_npz
 from fastprune.store import IntField, NDArrayField, Store, write_dataset
 from fastprune.store import format as fmt
 
@@ -484,3 +485,148 @@ def test_reprs_name_what_tells_one_strategy_sampler_or_table_from_another():
     strategy = UCB(100, score_dtype="bfloat16")
     assert repr(strategy.table) == "ScoreTable(num_samples=100, decay=0.7, dtype='bfloat16')"
     assert repr(PrunedSampler(strategy)) == f"PrunedSampler({strategy!r}, epoch=0, seed=0, shuffle=True)"
+
+
+# --- 5. untrusted files claiming more than they hold (security audit) ---------------------------------
+
+class _ClaimedArray:
+    """Pickles as a call of an allowed numpy global with a shape and no data."""
+
+    def __init__(self, call, shape):
+        self.call, self.shape = call, shape
+
+    def __reduce__(self):
+        return (self.call, self.shape)
+
+
+@pytest.mark.parametrize("route", ["ndarray", "reconstruct"])
+def test_a_cifar_pickle_cannot_claim_memory_it_does_not_hold(tmp_path, route):
+    """numpy.ndarray((N, 3072)) or _reconstruct(ndarray, (N, 3072), ...) in a 240-byte batch
+    allocated N x 3 KB of uninitialised memory and stored it as images."""
+    from numpy._core.multiarray import _reconstruct
+    n = 200_000  # 586 MiB claimed
+    claim = (_ClaimedArray(np.ndarray, ((n, 3072), np.dtype("u1"))) if route == "ndarray"
+             else _ClaimedArray(_reconstruct, (np.ndarray, (n, 3072), b"b")))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": claim, b"labels": [0]}, protocol=2))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match="data_batch_1: cannot read as a CIFAR batch pickle: refused"):
+            from_cifar(tmp_path, tmp_path / "o.beton", kind="cifar10", progress=False, workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20 and not (tmp_path / "o.beton").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("special", ["device", "fifo"])
+def test_a_hugging_face_image_path_must_be_a_regular_file(tmp_path, special):
+    """An encoded image's "path" (a parquet row's) naming /dev/zero read until memory ran out; a
+    FIFO blocked forever."""
+    from fastprune.convert import from_torch_dataset
+    path = "/dev/zero" if special == "device" else tmp_path / "pipe.png"
+    if special == "fifo":
+        os.mkfifo(path)
+    rows = [{"image": {"bytes": _jpeg_bytes(), "path": None}, "label": 0},
+            {"image": {"bytes": None, "path": str(path)}, "label": 1}]
+    with pytest.raises(ConversionError, match=f"{path}.*not a regular file"):
+        from_torch_dataset(rows, tmp_path / "o.beton", jpeg=True, progress=False, workers=1)
+    assert not (tmp_path / "o.beton").exists()
+
+
+@pytest.mark.parametrize("jpeg", [False, True])
+def test_an_image_file_larger_than_any_allowed_image_is_not_read(tmp_path, jpeg):
+    """A valid PNG followed by GiBs of (sparse) zeros was read whole before any check."""
+    folder = _image_folder(tmp_path / "photos")
+    padded = folder / "b" / "padded.png"
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "PNG")  # the folder's size: raw storage takes it
+    padded.write_bytes(buf.getvalue())
+    os.truncate(padded, 1 << 30)  # 1 GiB, sparse: a few KB on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConversionError, match=r"padded.png: 1,073,741,824 bytes is more than an image of at "
+                                                  r"most 256 pixels takes"):
+            from_image_folder(folder, tmp_path / "o.beton", jpeg=jpeg, max_pixels=256, workers=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
+def _progressive_jpeg(side: int, scans: int) -> bytes:
+    """A gray progressive JPEG of ``scans`` AC scans that each skip every block (EOB runs): tiny,
+    and every scan is a pass over the whole image for a decoder without a scan limit."""
+    def segment(marker: int, body: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+    def huffman(table: int, symbol: int) -> bytes:  # one 1-bit code
+        return segment(0xC4, bytes([table]) + bytes([1] + [0] * 15) + bytes([symbol]))
+
+    bits, left = "", (side // 8) ** 2
+    while left > 0:  # EOB-run codes (symbol 0xE0: 14 more bits), each skipping up to 32767 blocks
+        run = min(left, 32767)
+        bits, left = bits + "0" + format(run - 16384, "014b"), left - run
+    bits += "1" * (-len(bits) % 8)
+    data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    head = (b"\xff\xd8" + segment(0xDB, b"\x00" + b"\x01" * 64)
+            + segment(0xC2, struct.pack(">BHHB", 8, side, side, 1) + b"\x01\x11\x00")
+            + huffman(0x00, 0x00) + huffman(0x10, 0xE0))
+    return head + (segment(0xDA, b"\x01\x01\x00" + bytes([1, 63, 0])) + data) * scans + b"\xff\xd9"
+
+
+def test_the_converter_keeps_the_loaders_limit_on_jpeg_scans(tmp_path):
+    """PIL decodes any number of scans: 5000 in a 485 KB file took 20 s of CPU to convert, while
+    the loader's decoder refuses more than 500."""
+    folder = _image_folder(tmp_path / "photos")
+    (folder / "b" / "scans.jpg").write_bytes(_progressive_jpeg(1024, 501))
+    with pytest.raises(ConversionError, match="scans.jpg: JPEG has more than 500 scans"):
+        from_image_folder(folder, tmp_path / "o.beton", resize=(16, 16), workers=1, progress=False)
+    buf = io.BytesIO()  # a real progressive JPEG (about 10 scans) is converted
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+        buf, "JPEG", progressive=True)
+    (folder / "b" / "scans.jpg").write_bytes(buf.getvalue())
+    out = from_image_folder(folder, tmp_path / "o.beton", resize=(16, 16), workers=1, progress=False)
+    assert len(Store(out)) == 5
+
+
+def test_a_class_folder_named_in_another_encoding_converts(tmp_path):
+    """A Latin-1 folder name ("caf\\xe9") reached the store's UTF-8 names as lone surrogates and
+    stopped the conversion with a UnicodeEncodeError traceback."""
+    root = tmp_path / "photos"
+    for name in (b"caf\xe9", b"tea"):
+        folder = Path(os.fsdecode(bytes(root) + b"/" + name))
+        folder.mkdir(parents=True)
+        (folder / "0.jpg").write_bytes(_jpeg_bytes())
+    store = Store(from_image_folder(root, tmp_path / "o.beton", progress=False))
+    assert store.class_names == ["caf\\xe9", "tea"]
+
+
+def test_a_npy_or_junk_named_npz_is_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((2, 4, 4, 3), np.uint8))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(ConversionError, match=r"a.npz: a .npy file \(one array\), not a .npz archive"):
+        from_npz(tmp_path / "a.npz", tmp_path / "o.beton", progress=False)
+    (tmp_path / "b.npz").write_bytes(b"not an archive")  # numpy took it for a pickle and said allow_pickle
+    with pytest.raises(ConversionError, match="b.npz: cannot read as .npz: not a zip archive"):
+        from_npz(tmp_path / "b.npz", tmp_path / "o.beton", progress=False)
+
+
+def test_class_names_are_text_in_plots_and_distinct_in_accuracies(tmp_path):
+    """A class named "$\\bad$" made the kept-images grid a matplotlib parse error; two classes
+    sharing a name (ImageNet's two "crane"s) shared one val_class_acc entry."""
+    pytest.importorskip("matplotlib")
+    from fastprune.convert import from_arrays
+    from fastprune.prune import kept_grid
+    from fastprune.train.loop import class_accuracies
+    rng = np.random.default_rng(0)
+    store = from_arrays(rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), np.arange(12) % 3, tmp_path / "s.beton",
+                        class_names=["$\\bad$", "crane", "crane"], progress=False)
+    strategy = fastprune.UCB(12, keep=0.5)
+    strategy.select(0)
+    strategy.update(np.arange(12), np.linspace(0.1, 1.2, 12))
+    assert kept_grid(strategy, store, tmp_path / "g.png").stat().st_size > 0
+    accuracies = class_accuracies(torch.tensor([1, 2, 0]), torch.tensor([4, 4, 4]), ["$\\bad$", "crane", "crane"])
+    assert accuracies == {"$\\bad$": 25.0, "crane (1)": 50.0, "crane (2)": 0.0}

@@ -220,9 +220,10 @@ def test_header_claiming_too_many_pixels_is_refused_before_decoding():
 
 def test_loader_passes_max_image_pixels(tmp_path):
     path = _photo_store(tmp_path, count=6)
-    loader = Loader(path, 3, transforms=[CenterCrop(16)], max_image_pixels=100)
-    with pytest.raises(ValueError, match="more than the limit of 100"):
-        next(iter(loader))
+    # refused where the Loader is built: its batches are allocated from the sizes the store claims
+    with pytest.raises(fastprune.StoreError, match=r"photos.beton: sample 0's image is \d+x\d+ by the store's metadata, "
+                                         r"more than max_image_pixels=100 \(6 such sample"):
+        Loader(path, 3, transforms=[CenterCrop(16)], max_image_pixels=100)
     with pytest.raises(ValueError, match="max_image_pixels must be an integer >= 1"):
         Loader(path, 3, transforms=[CenterCrop(16)], max_image_pixels=0)
 

@@ -10,6 +10,7 @@ file is created.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 from .._args import check_bool
 from .._outputs import check_output_file
-from ..errors import ConversionError, SourceNotFoundError
+from ..errors import ConversionError, SourceNotFoundError, UnreadableSample
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
@@ -37,6 +38,26 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     if not path.is_file():
         raise ConversionError(f"{what} is not a file: {path}")
     return path
+
+
+def read_image_file(path: str | os.PathLike, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """An image file's bytes: a regular file (``/dev/zero`` or a FIFO would read forever) of at
+    most 8 bytes per allowed pixel plus 16 MiB (16-bit RGBA uncompressed, plus metadata), checked
+    before it is read: a valid 8x8 PNG followed by 3 GiB of sparse zeros was read whole. An
+    UnreadableSample names ``what`` otherwise."""
+    limit = 8 * max_pixels + (16 << 20)
+    try:  # O_NONBLOCK: opening a FIFO would wait for a writer; a regular file reads as usual
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise UnreadableSample(f"{what}: not a regular file (a device or a pipe?)")
+            if info.st_size > limit:
+                raise UnreadableSample(f"{what}: {info.st_size:,} bytes is more than an image of at most "
+                                       f"{max_pixels:,} pixels takes ({limit:,}); raise --max-pixels / "
+                                       "max_pixels= if the image is genuine")
+            return file.read()  # sized by fstat: read(limit) would allocate the whole limit up front
+    except OSError as exc:
+        raise UnreadableSample(f"{what}: cannot read the file: {exc.strerror or exc}") from exc
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:

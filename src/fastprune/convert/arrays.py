@@ -31,6 +31,13 @@ def check_arrays(images: Any, labels: Any, what: str = "arrays") -> tuple[np.nda
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``images`` and ``labels`` from a .npz; object arrays (pickles) are refused."""
     path = _common.require_file(path, "npz file")
+    with open(path, "rb") as file:  # np.load reads a .npy (one array, loaded whole) as readily
+        magic = file.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise ConversionError(f"{path}: a .npy file (one array), not a .npz archive; save both with "
+                              "np.savez(path, images=..., labels=...)")
+    if not magic.startswith(b"PK"):  # else numpy takes it for a pickle, and its error invites allow_pickle=True
+        raise ConversionError(f"{path}: cannot read as .npz: not a zip archive (np.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"images", "labels"} - set(archive.files)

@@ -33,21 +33,39 @@ SIDE = 32
 PIXELS_PER_IMAGE = 3 * SIDE * SIDE
 
 
+class _NdarrayName:
+    """What the name ``numpy.ndarray`` unpickles to: only :func:`_empty_array`'s first argument.
+    The class itself would be callable, and ``ndarray((10**10,))`` allocates any size (uninitialised:
+    a 240-byte file became a store of 1.9 GB of process memory)."""
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refused a call of numpy.ndarray(...): it allocates the size the file claims")
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct(ndarray, (0,), b"b")``, as every pickled array starts: an empty array
+    whose BUILD state then brings its shape and bytes, checked against each other by numpy. Any
+    other shape would allocate what the file claims, before its bytes are seen."""
+    if not isinstance(subtype, _NdarrayName) or shape not in ((0,), 0):
+        raise pickle.UnpicklingError(f"refused numpy array reconstruction with shape {shape!r:.40}: "
+                                     "a pickled array starts empty")
+    return np.empty(0, dtype=np.uint8)
+
+
 def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR pickle needs: how numpy rebuilds an array and its dtype (protocol
-    5: from a buffer), and how protocols 0-2 written by Python 3 spell a bytes object."""
+    5: from a buffer, whose size numpy checks against the shape), and how protocols 0-2 written by
+    Python 3 spell a bytes object."""
     try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-        from numpy._core.numeric import _frombuffer
+        from numpy._core.numeric import _frombuffer  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
         from numpy.core.numeric import _frombuffer
     return {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # name in the original files
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # name numpy 2 writes
+        ("numpy.core.multiarray", "_reconstruct"): _empty_array,  # name in the original files
+        ("numpy._core.multiarray", "_reconstruct"): _empty_array,  # name numpy 2 writes
         ("numpy.core.numeric", "_frombuffer"): _frombuffer,
         ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NdarrayName(),
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _latin1_bytes,
     }
@@ -83,6 +101,9 @@ def unpickle(file: BinaryIO, name: str) -> Any:
     """Unpickle a CIFAR batch safely; bytes keys are kept as the Python 2 files have them."""
     try:
         return RestrictedUnpickler(file, encoding="bytes").load()
+    except MemoryError:  # a length field claiming more bytes than there are memory (no message)
+        raise ConversionError(f"{name}: cannot read as a CIFAR batch pickle: it claims more memory than there is "
+                              "(a damaged file?)") from None
     except Exception as exc:  # any unpickling failure: corrupt, truncated or malicious file
         raise ConversionError(f"{name}: cannot read as a CIFAR batch pickle: {exc}") from exc
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._cpus import usable_cpus
 from .._native import core
+from ..errors import StoreError
 from ..store.reader import Store
 
 _RGB_METADATA_NAMES = {"mode", "width", "height", "data_ptr"}
@@ -83,12 +84,25 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
     heights = np.ascontiguousarray(meta["height"], np.uint32)
     widths = np.ascontiguousarray(meta["width"], np.uint32)
     modes = np.ascontiguousarray(meta["mode"], np.uint8)
+    _check_claimed_sizes(store, image_field, heights, widths, int(max_pixels))
     threads = default_threads(modes) if threads is None else max(1, threads)
     gather = core.ImageGather(store.buffer, np.ascontiguousarray(offsets, np.uint64),
                               np.ascontiguousarray(sizes, np.uint64), modes, heights, widths, threads,
                               int(max_pixels), int(nice))
     labels = None if label_field is None else _labels(columns[label_field])
     return ImageSource(gather, heights, widths, labels, image_field, label_field, store)
+
+
+def _check_claimed_sizes(store: Store, field: str, heights: np.ndarray, widths: np.ndarray, max_pixels: int) -> None:
+    """Batches are allocated from the sizes the store's metadata claims, before any JPEG header is
+    read: a damaged (or crafted) entry of 65535x65535 made the first batch a 48 GiB MemoryError
+    instead of the error the decoder gives, naming the file and sample."""
+    too_big = np.flatnonzero(heights.astype(np.uint64) * widths > max_pixels)
+    if len(too_big):
+        i = int(too_big[0])
+        raise StoreError(f"{store.path}: sample {i}'s {field} is {widths[i]}x{heights[i]} by the store's metadata, "
+                         f"more than max_image_pixels={max_pixels:,} ({len(too_big)} such sample(s)); a damaged "
+                         "store (fastprune info --verify), or raise Loader(max_image_pixels=)")
 
 
 def _open(store_or_path) -> Store:

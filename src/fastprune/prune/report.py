@@ -272,9 +272,10 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
             caption = f"#{sample} x{int(report['times_kept'][i])}"
             if "name" in report:  # the file's own name (convert --names), cut to fit the cell
                 caption += "\n" + _short(Path(str(report["name"][i])).name, 16)
-            axis.set_title(caption, fontsize=6, pad=2)
+            axis.set_title(caption, fontsize=6, pad=2, parse_math=False)  # "$x$" in a file name
         name = names[label] if names and 0 <= label < len(names) else str(int(label))
-        row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+        # parse_math=False: a class named "$\\bad$" is text, not a formula matplotlib fails on
+        row[0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center", parse_math=False)
     right = "never kept" if never_all else "least kept"
     files = ", file" if "name" in report else ""
     fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept{files}", fontsize=9)

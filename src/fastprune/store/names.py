@@ -78,11 +78,22 @@ def check_class_names(class_names, fields: Mapping) -> dict[str, list[str]]:
                 or not all(isinstance(n, str) for n in names):
             raise TypeError(f"write_dataset: class_names[{name!r}] must be a list of strings")
         if names:
-            checked[name] = list(names)
+            checked[name] = [_encodable(n) for n in names]
     if len(encode_json(checked)) > MAX_JSON_BYTES:
         raise ValueError(f"write_dataset: the class names take more than {MAX_JSON_BYTES} bytes "
                          "of JSON; store shorter names")
     return checked
+
+
+def _encodable(name: str) -> str:
+    """``name`` as UTF-8 can store it: a folder named in another encoding (Latin-1 "caf\xe9") reaches
+    Python with its stray bytes as lone surrogates, which UTF-8 refuses; they are kept as ``\xe9``
+    escapes, so the name still shows which folder it was."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def label_out_of_range(labels: Sequence[int], count: int) -> int | None:

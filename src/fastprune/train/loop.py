@@ -15,6 +15,7 @@ import math
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -144,9 +145,16 @@ def _grown(counts: torch.Tensor, size: int) -> torch.Tensor:
 
 def class_accuracies(hits: torch.Tensor, counts: torch.Tensor, names=None) -> dict[str, float]:
     """{class name: accuracy %} over the classes the evaluation saw; ``names`` (the store's class
-    names, by label) name them, else the label's number does."""
-    return {(names[k] if names and k < len(names) else str(k)): round(100.0 * int(hits[k]) / int(counts[k]), 4)
-            for k in range(len(counts)) if int(counts[k])}
+    names, by label) name them, else the label's number does. A name two labels share (ImageNet
+    has two "crane"s) gets its label added, "crane (517)", so that no class's entry replaces another's."""
+    shared = {name for name, times in Counter(names or ()).items() if times > 1}
+
+    def key(k: int) -> str:
+        if not names or k >= len(names):
+            return str(k)
+        return f"{names[k]} ({k})" if names[k] in shared else names[k]
+
+    return {key(k): round(100.0 * int(hits[k]) / int(counts[k]), 4) for k in range(len(counts)) if int(counts[k])}
 
 
 def loader_class_names(loader) -> list[str] | None:
