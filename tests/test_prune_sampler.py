@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -105,6 +107,42 @@ def test_without_set_epoch_each_pass_runs_the_next_epoch():
     sampler.set_epoch(9)                                                # set during a pass: kept
     list(it)
     assert sampler.epoch == 9
+
+
+def test_a_loop_taking_exactly_len_batches_still_advances_the_epoch():
+    """With num_workers=0 a DataLoader asks no further once its last batch is full (a subset a
+    multiple of the batch size): the sampler never reached its advance, and epoch 0's cached
+    subset was trained again every epoch, whatever the scores said."""
+    strategy = fastprune.UCB(100, keep=0.4, seed=1)                     # 40 samples: 5 full batches of 8
+    sampler = PrunedSampler(strategy, seed=2)
+    loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler)
+    subsets = []
+    for epoch in range(3):
+        seen = [indices for _, (_, _, indices) in zip(range(len(loader)), loader)]
+        subsets.append(sorted(torch.cat(seen).tolist()))
+        strategy.update(torch.cat(seen), torch.rand(40))
+        assert sampler.epoch == epoch + 1
+    assert subsets[0] != subsets[1] != subsets[2]
+
+
+def test_drop_last_without_set_epoch_warns_that_the_epoch_runs_again():
+    strategy = fastprune.UCB(100, keep=0.3, seed=1)                     # 30 samples: 3 batches of 8, 6 dropped
+    sampler = PrunedSampler(strategy, seed=2)
+    loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler, drop_last=True)
+
+    def epoch_of_len_batches():  # as Lightning or zip(range(len(loader)), loader) take them
+        return torch.cat([indices for _, (_, _, indices) in zip(range(len(loader)), loader)])
+
+    epoch_of_len_batches()
+    with pytest.warns(RuntimeWarning, match="the pass over epoch 0 stopped before its last sample, so epoch 0 runs "
+                                            "again .* call sampler.set_epoch"):
+        epoch_of_len_batches()
+    for epoch in range(1, 3):                                          # the remedy: no warning, epochs move on
+        sampler.set_epoch(epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert len(epoch_of_len_batches()) == 24
+        assert strategy._epoch == epoch
 
 
 def test_a_torch_loop_changes_by_one_call_with_weighted_loss():

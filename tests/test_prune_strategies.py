@@ -609,3 +609,36 @@ def test_the_typed_options_are_exactly_what_strategy_takes():
     assert set(StaticOptions.__optional_keys__) == shared - {"warmup_epochs"}
     for cls in (Full, UniformRandom, EpsilonGreedy, UCB, InfoBatch, EL2N, Forgetting):
         typing.get_type_hints(cls.__init__)  # resolvable at run time too (jsonargparse, LightningCLI)
+
+
+def _losses(ids: np.ndarray, epoch: int) -> np.ndarray:
+    """Fixed per (sample, epoch), so two runs of the same calls see the same losses."""
+    return ((ids * 7919 + epoch * 104729) % 1000 / 1000.0).astype(np.float32)
+
+
+def _run(strategy, epochs: int, look_back_at=None) -> list:
+    """Per epoch: the selected ids, and InfoBatch-style weighted losses of its two halves, with
+    ``select(1)`` (a look back, as Loader.epoch_order(1) does) between them at ``look_back_at``."""
+    out = []
+    for epoch in range(epochs):
+        ids = strategy.select(epoch).indices
+        first, second = ids[: len(ids) // 2], ids[len(ids) // 2:]
+        strategy.update(first, _losses(first, epoch))
+        if epoch == look_back_at:
+            strategy.select(1)
+        weighted = float(strategy.weighted_loss(torch.from_numpy(second), torch.from_numpy(_losses(second, epoch))))
+        strategy.update(second, _losses(second, epoch))
+        out.append((sorted(ids.tolist()), round(weighted, 6)))
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda: UCB(400, 0.5, reselect_every=2, seed=3),
+                                  lambda: InfoBatch(400, 0.5, epochs=8, seed=3)])
+def test_selecting_an_earlier_epoch_leaves_the_current_one_alone(make):
+    """select(1) during epoch 4 moved the current epoch back and evicted its cached subset: a
+    reselect_every=2 run chose epoch 5 anew (541 of 800 samples the same), and InfoBatch's
+    weighted_loss read epoch 1's weights for the rest of the epoch."""
+    assert _run(make(), 7, look_back_at=4) == _run(make(), 7)
+    strategy = make()
+    _run(strategy, 5)
+    assert strategy.select(1).indices.size == strategy.num_selected(1)

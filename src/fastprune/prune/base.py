@@ -255,9 +255,16 @@ class Strategy:
     def select(self, epoch: int) -> Selection:
         """The samples of ``epoch``. Calling it again for the same epoch returns the same
         selection, even after updates (a pruned selection is cached until the next one). The
-        arrays are the caller's own copies: writing to them changes nothing here."""
+        arrays are the caller's own copies: writing to them changes nothing here.
+
+        Selecting an epoch starts it: later updates count toward it, and its subset is fixed from
+        the scores so far (to size an epoch ahead without that, ask :meth:`num_selected`). An
+        earlier epoch than the latest selected is a look back, chosen from the current scores,
+        which leaves the current epoch, its subset and its weights as they are."""
         epoch = self._non_negative(epoch, "epoch")
         self.table.flush()  # the previous epoch's deferred updates, even where no score is read
+        if epoch < self._epoch:
+            return self._looked_back(epoch)
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             self._count_kept(epoch, None)
@@ -265,6 +272,17 @@ class Strategy:
         cached = self._current_pruned(epoch)
         self._count_kept(epoch, cached.indices)
         return Selection(cached.indices.copy(), cached.weights.copy())
+
+    def _looked_back(self, epoch: int) -> Selection:
+        """``select`` of an epoch before the current one (``Loader.epoch_order(1)`` during epoch 4):
+        it moved the current epoch back and evicted its cached subset, so the next epoch of a
+        reselect_every=2 run was chosen anew, and weighted_loss read epoch 1's weights in epoch 3."""
+        if self.is_full_epoch(epoch):
+            return Selection.unweighted(self._all_ids(epoch))
+        anchor = self._anchor(epoch)
+        chosen = self._cache[1] if self._cache is not None and self._cache[0] == anchor \
+            else self._select_pruned(anchor)
+        return Selection(chosen.indices.copy(), chosen.weights.copy())
 
     def _count_kept(self, epoch: int, indices) -> None:
         """Count ``epoch``'s selection (None: every sample) into times kept and last kept epoch,

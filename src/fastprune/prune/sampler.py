@@ -20,6 +20,7 @@ every sample.
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -43,8 +44,10 @@ class PrunedSampler(_SamplerBase):
     torch's DistributedSampler takes them (checked against a running torch.distributed group), or
     ``distributed`` (see ``resolve_ranks``; default "auto": the running group's). Every rank takes
     ``len(selection) // num_replicas`` samples; the remainder is dropped that epoch (a different
-    one each epoch, as the order is reshuffled). A complete pass advances ``epoch`` by one;
-    ``set_epoch`` sets it. ``weights(indices)`` gives the loss weights of the latest pass (0 for
+    one each epoch, as the order is reshuffled). A complete pass advances ``epoch`` by one (once
+    its last index is handed out); ``set_epoch`` sets it. A DataLoader with ``drop_last=True``
+    never asks for the last indices: call ``set_epoch(epoch)`` each epoch there (a warning says
+    when an epoch runs again). ``weights(indices)`` gives the loss weights of the latest pass (0 for
     samples outside it; all 1 except for unbiased strategies such as InfoBatch). A sharded strategy
     (``distributed="sharded"``) already selects this rank's samples: the sampler visits all of
     them, and ``weights`` takes only this rank's sample ids. ``data_source``: the dataset, to check
@@ -98,17 +101,31 @@ class PrunedSampler(_SamplerBase):
     def __iter__(self) -> Iterator[int]:
         if self._alone and self._sharding is None:
             check_still_alone("PrunedSampler")
+        unfinished = getattr(self, "_unfinished", None)
+        if unfinished is not None and not self._set_during_pass:
+            warnings.warn(f"PrunedSampler: the pass over epoch {unfinished} stopped before its last sample, so "
+                          f"epoch {self.epoch} runs again (a DataLoader with drop_last=True never asks for the "
+                          "remainder: call sampler.set_epoch(epoch) at each epoch's start)", RuntimeWarning,
+                          stacklevel=2)
         epoch = self.epoch
         self._set_during_pass = False
+        self._unfinished = epoch
         selection = self.strategy.select(epoch)
         self._weights = np.zeros(self._entries, dtype=np.float32)
         self._weights[self._positions(selection.indices)] = selection.weights
         order = selection.indices
         if self.shuffle:
             order = order[epoch_permutation(self.seed, epoch, len(order))]
-        yield from shard(order, 0 if self._sharding else self.rank, self._split).tolist()
-        if not self._set_during_pass:  # a complete pass: the next one runs the next epoch
+        ids = shard(order, 0 if self._sharding else self.rank, self._split).tolist()
+        yield from ids[:-1]
+        # Advanced before the last index, as the Loader before its last batch: a DataLoader in
+        # this process stops asking once its last batch is full (a subset a multiple of the batch
+        # size, or drop_last), and the same epoch ran again and again. An epoch left before its
+        # end runs again.
+        if not self._set_during_pass:
             self.epoch = epoch + 1
+        self._unfinished = None
+        yield from ids[-1:]
 
     def weights(self, indices):
         """The latest pass's loss weights of these dataset indices (1-D integers in range, as
