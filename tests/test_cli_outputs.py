@@ -171,3 +171,121 @@ def test_the_writability_check_looks_at_the_folder_written_in(tmp_path, monkeypa
     denied.add(board)
     with pytest.raises(ConfigError, match=r"--tensorboard .*tb: cannot write in .*tb \(permission denied\)"):
         outputs.check_output_folder(board, "--tensorboard")
+
+
+# --- paths that reach an input another way; writes that fail (failure audit) -------------------------
+
+def test_an_output_through_a_folder_still_to_be_made_and_dotdot_is_the_input(stores, tmp_path, capsys):
+    """new/../train.beton does not exist while "new" does not: the check passed, the writer made
+    "new", and the checkpoint (or log, or bench result) replaced the training store."""
+    train, val = stores
+    before = train.read_bytes()
+    for option in ("--checkpoint", "--log-json", "--log-csv"):
+        assert _train(train, val, option, tmp_path / f"new{option}" / ".." / train.name) == 1
+        assert "is the input file" in _error(capsys)
+    assert main(["bench", "--train", str(train), "--val", str(val), "--epochs", "1", "--seeds", "0",
+                 "--strategies", "ucb", "--out", str(tmp_path / "new" / ".." / train.name)]) == 1
+    assert "is the input file" in _error(capsys)
+    assert train.read_bytes() == before
+
+
+def test_an_output_linked_to_another_output_is_refused(stores, tmp_path, capsys):
+    train, val = stores
+    (tmp_path / "alias.json").symlink_to(tmp_path / "run.pt")
+    assert _train(train, val, "--checkpoint", tmp_path / "run.pt", "--log-json", tmp_path / "alias.json") == 1
+    assert "both name" in _error(capsys)
+
+
+def test_bench_out_named_like_its_own_report_is_refused(stores, tmp_path, capsys):
+    """--out r.md: the result JSON was overwritten by its markdown report, and --continue then
+    failed with a JSONDecodeError traceback."""
+    train, val = stores
+    assert main(["bench", "--train", str(train), "--val", str(val), "--epochs", "1", "--seeds", "0",
+                 "--strategies", "ucb", "--out", str(tmp_path / "r.md")]) == 1
+    assert "--out and --out's report both name" in _error(capsys)
+
+
+@pytest.mark.parametrize("content", ['{"runs": [', "", "[]"])
+def test_bench_continue_on_a_damaged_result_is_one_line(stores, tmp_path, capsys, content):
+    train, val = stores
+    out = tmp_path / "r.json"
+    out.write_text(content)
+    assert main(["bench", "--train", str(train), "--val", str(val), "--epochs", "1", "--seeds", "0",
+                 "--strategies", "ucb", "--out", str(out), "--continue"]) == 1
+    assert f"--continue: {out} is not a" in _error(capsys)
+    assert out.read_text() == content
+
+
+def test_a_failed_log_write_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk turned a complete log.json into 2 KB of invalid JSON, with an error naming no
+    file ("[Errno 27] File too large")."""
+    import errno
+    import json
+    import os
+
+    from fastprune.errors import OutputError
+    from fastprune.train.loop import save_csv, save_history
+
+    log, table = tmp_path / "log.json", tmp_path / "log.csv"
+    save_history(log, [{"epoch": 0, "loss": 1.0}])
+    save_csv(table, [{"epoch": 0, "loss": 1.0}])
+    before = {path: path.read_bytes() for path in (log, table)}
+
+    real_replace = os.replace
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OutputError, match=f"^cannot write {log}: File too large$"):
+        save_history(log, [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}])
+    with pytest.raises(OutputError, match=f"^cannot write {table}: File too large$"):
+        save_csv(table, [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {path: path.read_bytes() for path in (log, table)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "log.json"]  # no temporary file left
+    assert json.loads(log.read_text())["history"] == [{"epoch": 0, "loss": 1.0}]
+
+
+def test_an_interrupted_log_or_plot_write_leaves_no_temporary_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastprune._outputs import written_atomically
+
+    target = tmp_path / "r_curves.png"
+    target.write_bytes(b"the previous plot")
+    with pytest.raises(KeyboardInterrupt):
+        with written_atomically(target, binary=True) as file:
+            file.write(b"half a pl")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"the previous plot" and [p.name for p in tmp_path.iterdir()] == ["r_curves.png"]
+    with written_atomically(target, binary=True) as file:
+        file.write(b"new")
+    assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_ctrl_c_during_a_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import torch
+
+    from fastprune.train import checkpoints
+
+    model = torch.nn.Linear(2, 2)
+    path = tmp_path / "run.pt"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, None, [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    import fastprune.cli as cli
+
+    def importing_torch(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", importing_torch)
+    assert cli.main(["train", "--help"]) == 130
+    assert capsys.readouterr().err.strip() == "fastprune train: interrupted"

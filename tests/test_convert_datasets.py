@@ -339,3 +339,14 @@ def test_hugging_face_datasets_on_disk_convert_from_the_command_line(tmp_path, c
     assert main(["convert", "/usr/share/datasets/fashion-mnist", "--split", "validation", "-o",
                  str(tmp_path / "f.beton")]) == 1
     assert "--split of idx sources is train or test, not 'validation'" in capsys.readouterr().err
+    # onto its own source: the parquet (or an Arrow file of the saved folder) became the store
+    for source, out in (("one.parquet", "one.parquet"), ("one", "one/data-00000-of-00001.arrow")):
+        before = (tmp_path / out).read_bytes()
+        code = main(["convert", str(tmp_path / source), "-o", str(tmp_path / out), "--columns", "img,y",
+                     "--no-progress"])
+        assert code == 1 and "is the input file" in capsys.readouterr().err
+        assert (tmp_path / out).read_bytes() == before
+    loaded = datasets.load_from_disk(str(tmp_path / "one"))
+    with pytest.raises(ConversionError, match="is the input file"):  # a loaded dataset's own Arrow file
+        from_hf_dataset(loaded, loaded.cache_files[0]["filename"], image_column="img", label_column="y",
+                        progress=False)

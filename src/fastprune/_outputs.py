@@ -9,12 +9,13 @@ existing ancestor must be a folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 
 def check_output_file(out: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike] = (), *,
@@ -29,18 +30,54 @@ def check_output_file(out: str | os.PathLike, what: str, inputs: Iterable[str | 
     if out.is_dir():
         raise error(f"{what} {out} is a directory; give a file name such as {out / example}")
     _check_folder(out, what, error, makes_folders)
+    # Where the file will land once missing folders are made: "new/../train.beton" does not exist
+    # now ("new" does not), but is the training store after the writer's mkdir.
+    landing = Path(os.path.realpath(out))
     try:
-        existing = out.stat()
+        existing = landing.stat()
     except OSError:  # nothing there (or a dangling link, which the rename replaces harmlessly)
         return out
     if not stat.S_ISREG(existing.st_mode):
         raise error(f"{what} {out} exists and is not a regular file ({_file_kind(existing.st_mode)}); "
                     f"it is left alone: choose another file")
     for source in inputs:
-        if Path(source).exists() and os.path.samefile(source, out):
+        if Path(source).exists() and os.path.samefile(source, landing):
             raise error(f"{what} {out} is the input file {source}; the source is never overwritten: "
                         f"choose another file")
     return out
+
+
+@contextlib.contextmanager
+def written_atomically(path: str | os.PathLike, *, binary: bool = False, newline: str | None = None,
+                       fsync: bool = False) -> Iterator:
+    """A file object to write ``path``'s new content to: a temporary file beside it, which replaces
+    ``path`` when the block ends without an error. After any failure (a full disk, Ctrl-C) the
+    temporary file is removed and ``path`` keeps what it held: a complete log.json used to become
+    2 KB of invalid JSON when the disk filled. An OSError becomes an OutputError naming ``path``.
+    Missing folders are made; ``fsync``: on disk before the rename."""
+    from .store._atomic import create_temp_file, default_file_mode, remove_stale_temp_files, signals_deferred
+
+    path = Path(path)
+    temp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)  # of killed writes by this host's dead processes
+        with signals_deferred():  # the name is recorded before an interrupt can leave the file unknown
+            fd, temp = create_temp_file(path)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": newline,
+                                                                           "encoding": "utf-8"})) as file:
+            yield file
+            if fsync:
+                file.flush()
+                os.fsync(file.fileno())
+        os.chmod(temp, default_file_mode())  # mkstemp's 0600, else: the mode a plain open() gives
+        os.replace(temp, path)
+    except BaseException as exc:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
 
 
 def check_output_folder(out: str | os.PathLike, what: str, *, error: type[Exception] = ConfigError) -> Path:
@@ -58,7 +95,7 @@ def check_distinct(outputs: Mapping[str, str | os.PathLike | None], *, error: ty
     for what, path in outputs.items():
         if path is None:
             continue
-        key = Path(os.path.abspath(path))
+        key = Path(os.path.realpath(path))  # through links and "..", as the writes will go
         if key in seen:
             raise error(f"{seen[key]} and {what} both name {path}: each output needs its own file")
         seen[key] = what

@@ -281,8 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code (errors: one line on stderr, code 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # The top-level parser has no options taking a value, so the first word is the command.
-    parser = build_parser(next((word for word in argv if not word.startswith("-")), None))
-    args = parser.parse_args(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    try:  # building it imports the command's modules (torch: seconds), where Ctrl-C is likely
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}{'' if command is None else ' ' + _printable(command)}: interrupted", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

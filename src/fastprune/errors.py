@@ -56,6 +56,14 @@ class UnreadableSample(ConversionError):
     why = ""  # the reason, without the sample's index (set where it is raised for the writer)
 
 
+class OutputError(FastpruneError, OSError):
+    """An output file (a log, a report, a plot) could not be written; the message names it, and
+    the file that was there before, if any, is left as it was."""
+
+    def __str__(self):  # the message, not OSError's "[Errno 28] ..." form
+        return self.args[0]
+
+
 class CheckpointError(FastpruneError):
     """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""
 

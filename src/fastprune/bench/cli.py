@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from ..cli import fraction, positive_int, seed
-from ..errors import MissingExtraError
+from .._outputs import check_distinct, check_output_file, written_atomically
+from ..errors import ConfigError, MissingExtraError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
                          check_outputs, check_visibility_arguments, describe_device, out_of_memory_named,
                          recipe_from_args)
@@ -171,8 +172,10 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
         device = resolve_device(settings.device)
         precision = run_amp(device, settings.amp)
         log(f"training on {describe_device(device)}, {'fp32' if precision == 'off' else precision}")
+    if out is not None:
+        check_result_files(out, stores)
     if resume and out is not None and out.exists():
-        previous = json.loads(out.read_text())
+        previous = _previous_result(out)
         plan.check_can_continue(previous, result, out)
         result["runs"] = previous["runs"]
         result["summary"] = report.summarize(result["runs"])
@@ -183,6 +186,19 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
             log(f"warm-up (untimed): {seconds:.1f}s")
     _run_all(todo, stores, settings, recipe, data, result, out, log, tensorboard=tensorboard, kept_grid=kept_grid)
     return result
+
+
+def _previous_result(out: Path) -> dict:
+    """The result document --continue adds to, or a one-line ConfigError (a damaged file gave a
+    JSONDecodeError traceback)."""
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--continue: {out} is not a result file (not JSON: {exc}); move it away or "
+                          "drop --continue") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("runs"), list):
+        raise ConfigError(f"--continue: {out} is not a fastprune bench result (no list of runs)")
+    return previous
 
 
 def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: Path | None, log, *,
@@ -216,21 +232,38 @@ def remaining_time(elapsed: float, work_done: float, work_left: float) -> str:
     return f"~{elapsed / work_done * work_left / 60:.0f} min left"
 
 
+def companion_files(out: Path) -> dict[str, Path]:
+    """The files written beside the result JSON ``out``: its markdown report, epochs CSV, plots."""
+    stem = Path(out).with_suffix("")
+    return {"report": Path(f"{stem}.md"), "epochs CSV": Path(f"{stem}_epochs.csv"),
+            "curves plot": Path(f"{stem}_curves.png"), "frontier plot": Path(f"{stem}_frontier.png")}
+
+
+def check_result_files(out: Path, stores) -> None:
+    """``out`` and the files beside it can be written, none is a store, and none is another:
+    ``--out r.md`` was overwritten by its own report."""
+    files = {"--out": out, **{f"--out's {what}": path for what, path in companion_files(out).items()}}
+    for what, path in files.items():
+        check_output_file(path, what, stores, makes_folders=True)
+    check_distinct(files)
+
+
 def write_outputs(out: Path, result: dict) -> str | None:
     """The result JSON, and once there is a summary, its markdown report, a CSV of every run's
     epochs and two plots beside it. Returns why the plots were skipped (matplotlib missing), or None."""
     machine.write_json(out, result)
     if not result["summary"]:
         return None
-    stem, name = out.with_suffix(""), plan.data_name(result)
-    Path(f"{stem}.md").write_text(report.render(result))
+    files, name = companion_files(out), plan.data_name(result)
+    with written_atomically(files["report"]) as file:
+        file.write(report.render(result))
     # runs of result files from before per-epoch histories were kept have none: no rows for them
     rows = [{"strategy": run["strategy"], "keep": run["keep"], "seed": run["seed"], **record}
             for run in result["runs"] for record in run.get("history", [])]
-    save_csv(Path(f"{stem}_epochs.csv"), rows)
+    save_csv(files["epochs CSV"], rows)
     try:
-        plots.plot_curves(result["runs"], Path(f"{stem}_curves.png"), name, plan.evaluated_on(result))
-        plots.plot_frontier(result["summary"], Path(f"{stem}_frontier.png"), name, plan.evaluated_on(result))
+        plots.plot_curves(result["runs"], files["curves plot"], name, plan.evaluated_on(result))
+        plots.plot_frontier(result["summary"], files["frontier plot"], name, plan.evaluated_on(result))
     except MissingExtraError as exc:
         return str(exc)
     return None

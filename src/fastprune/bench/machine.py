@@ -11,6 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from .._outputs import written_atomically
+
 # Relative to the working directory: run from the repository root, results land next to the
 # benchmark scripts (benchmarks/results/), as the project's benchmark rules ask.
 RESULTS = Path("benchmarks") / "results"
@@ -122,16 +124,15 @@ def write_markdown(json_path: Path, lines: list[str]) -> Path:
     print them."""
     text = "\n".join(lines) + "\n"
     path = Path(json_path).with_suffix(".md")
-    path.write_text(text)
+    with written_atomically(path) as file:
+        file.write(text)
     print(text, end="")
     return path
 
 
 def write_json(path: Path, result: dict) -> Path:
     """Write ``result`` to ``path`` atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(result, indent=2) + "\n"
+    with written_atomically(path) as file:
+        file.write(text)
+    return Path(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._outputs import written_atomically
 from ..errors import require
 
 from ..train.recipe import STRATEGIES
@@ -68,8 +69,7 @@ def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST",
     band = f"mean of {len(seeds)} seeds, band: lowest to highest" if len(seeds) > 1 else f"seed {seeds[0]}"
     fig.suptitle(f"{data}: accuracy on {evaluated_on} vs wall-clock\n({band})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return fig
 
 
@@ -116,5 +116,16 @@ def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST",
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    """Save through a temporary file (a failed write leaves the previous plot whole, not a
+    truncated PNG), then free the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with written_atomically(path, binary=True) as file:
+            fig.savefig(file, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=120)
+    finally:
+        plt.close(fig)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError, require
+from . import _common
 from .torch_dataset import from_hf_dataset
 
 FILE_SUFFIXES = (".parquet", ".arrow")
@@ -60,5 +61,9 @@ def from_hf_path(source: str | os.PathLike, out: str | os.PathLike, *, split: st
                  image_column: str = "image", label_column: str = "label", **options: Any) -> Path:
     """Convert the Hugging Face dataset saved at ``source`` (see the module docstring); options
     as :func:`~fastprune.convert.from_hf_dataset`."""
-    dataset = load_hf(Path(source), split, options.get("progress", True))
+    source = Path(source)
+    # before loading: the .parquet itself is not among the Arrow cache files datasets makes of it
+    files = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
+    _common.check_output_path(out, inputs=files)
+    dataset = load_hf(source, split, options.get("progress", True))
     return from_hf_dataset(dataset, out, image_column=image_column, label_column=label_column, **options)

@@ -251,7 +251,9 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
              resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
              label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
              skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False) -> Path:
-    out = _common.check_output_path(out)
+    # a Hugging Face dataset's Arrow files (converting onto one of them destroyed the source)
+    out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
+                                                 if isinstance(f, dict) and "filename" in f])
     for name, flag in (("jpeg", jpeg), ("drop_unlabeled", drop_unlabeled), ("skip_unreadable", skip_unreadable),
                        ("progress", progress)):
         check_bool(flag, name)  # jpeg="no" is truthy

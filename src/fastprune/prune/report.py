@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._args import check_positive_int
-from .._outputs import check_distinct, check_image_file, check_output_file
+from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
 from ..errors import ConfigError, require
 from .sharding import Sharding
 from .static import forgetting_scores
@@ -210,11 +210,11 @@ def export_scores(source, path, *, store=None, trained_on: str | None = None) ->
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".npz"):
         raise ConfigError(f"{path}: export_scores writes .csv or .npz, not {path.suffix or 'a file without suffix'!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
-        np.savez(path, **report)
+        with written_atomically(path, binary=True) as file:
+            np.savez(file, **report)
         return path
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with written_atomically(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow(list(report))
         writer.writerows(zip(*(column.tolist() for column in report.values())))
@@ -280,9 +280,8 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     files = ", file" if "name" in report else ""
     fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept{files}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with written_atomically(path, binary=True) as file:
+        fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
     plt.close(fig)
     return path
 

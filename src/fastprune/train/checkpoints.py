@@ -56,8 +56,10 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
-    except (OSError, RuntimeError) as exc:
+    except BaseException as exc:  # Ctrl-C included: no .partial is left beside the checkpoint
         partial.unlink(missing_ok=True)  # a half-written file would keep a full disk full
+        if not isinstance(exc, (OSError, RuntimeError)):
+            raise
         raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(exc)}); the previous one, if "
                               "any, is kept") from None
     os.replace(partial, path)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._args import check_bool, check_positive_int
+from .._outputs import written_atomically
 from ..errors import ConfigError, TrainingDiverged, first_line
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -627,8 +628,9 @@ def _evaluates(epoch: int, epochs: int, eval_every: int) -> bool:
 def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
     """Write the history (plus any metadata, e.g. the command's arguments) as JSON: numbers stay
     numbers, paths and other objects become strings."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({**metadata, "history": history}, indent=2, default=str))
+    text = json.dumps({**metadata, "history": history}, indent=2, default=str)
+    with written_atomically(path) as file:  # a full disk leaves the previous log whole
+        file.write(text)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -647,8 +649,7 @@ def save_csv(path, rows: list[dict[str, Any]]) -> None:
     one column per key in first-seen order, for any plotting tool."""
     rows = [_flat(row) for row in rows]  # val_class_acc: one column per class
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as file:
+    with written_atomically(path, newline="") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
         writer.writerows(rows)
