@@ -377,9 +377,35 @@ def test_sigterm_during_a_conversion_removes_the_temp_file(fashion_mnist_dir, tm
     assert list(tmp_path.glob(".fm.beton.*.tmp")), "the conversion never started writing"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert process.returncode == 143, stderr
+    assert stderr.strip() == "fastprune convert: terminated"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_during_training_ends_in_one_line_and_the_run_resumes(tmp_path):
+    """SIGTERM (a scheduler's stop) killed `fastprune train` with no message; it now ends as
+    Ctrl-C does, and --resume continues from the last checkpoint."""
+    from fastprune.convert import from_arrays
+    rng = np.random.default_rng(0)
+    store = from_arrays(rng.integers(0, 256, (8192, 16, 16, 3), dtype=np.uint8), np.arange(8192) % 4,
+                        tmp_path / "s.beton", progress=False)  # epochs of seconds: the signal comes within one
+    checkpoint = tmp_path / "run.pt"
+    command = [sys.executable, "-m", "fastprune", "train", "--train", str(store), "--val", str(store),
+               "--epochs", "3", "--width", "8", "--threads", "1", "--no-progress", "--checkpoint", str(checkpoint)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 200
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "fastprune train: terminated" and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt", "s.beton"]  # no .partial left
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=200)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr
 
 
 def test_out_of_range_seeds_and_epochs_fail_where_they_are_given(tmp_path):

@@ -291,8 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from .store._atomic import sigterm_as_interrupt
+
     try:
-        with warnings.catch_warnings():
+        # SIGTERM (a batch scheduler's stop, `kill`) ends as Ctrl-C does: temporary files removed,
+        # loader threads stopped, one line; it used to kill `train` with no message
+        with warnings.catch_warnings(), sigterm_as_interrupt():
             warnings.showwarning = functools.partial(_one_line_warning, args.command, warnings.showwarning)
             return args.run(args)
     except BrokenPipeError:  # `fastprune info FILE | head`: the reader left; not an error to report
@@ -302,9 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # messages may quote a file's own text (names, paths): escaped, never sent raw to a terminal
         print(f"{PROG} {args.command}: error: {_printable(str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = str(exc).startswith("terminated")  # sigterm_as_interrupt's
+        print(f"{PROG} {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 def _version() -> str:
