@@ -764,13 +764,15 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data
     return nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>>(r.pixels, {size_t(r.rows), size_t(r.cols), 3}, capsule);
 }
 
-// The decode-cost limits alone (scan count, scans x pixels, coefficient memory, too little data
-// for the claimed size), for JPEGs another decoder reads: the converter decodes with PIL, which
-// has no such limits. "" when the stream passes (or its structure is unclear), else the reason.
+// The decode-time limits alone (scan count, scans x pixels, too little data for the claimed
+// size), for JPEGs another decoder reads: the converter decodes with PIL, which has no such
+// limits (its memory is bounded by the pixel limit the caller checks). "" when the stream passes
+// (or its structure is unclear), else the reason.
 std::string check_jpeg_cost(ROArray1D<uint8_t> data, uint64_t max_pixels) {
     std::string error;
     JpegRequest request;
     request.max_pixels = max_pixels;
+    request.limit_coefficients = false;
     nb::gil_scoped_release no_gil;
     check_jpeg_stream(data.data(), data.shape(0), request, error);
     return error;
@@ -803,8 +805,8 @@ void bind_loader(nb::module_ &m) {
           nb::arg("min_height") = 0, nb::arg("min_width") = 0,
           "Decode JPEG bytes (uint8 1-D) to uint8 [H, W, 3] RGB.");
     m.def("check_jpeg_cost", &check_jpeg_cost, nb::arg("data"), nb::arg("max_pixels") = DEFAULT_MAX_PIXELS,
-          "'' if decoding these JPEG bytes stays within the decode-cost limits (scans, scans x pixels, "
-          "coefficient memory, data for the claimed size), else why not.");
+          "'' if decoding these JPEG bytes stays within the decode-time limits (scans, scans x pixels, "
+          "data for the claimed size), else why not.");
     m.attr("JPEG_BACKEND") = jpeg_backend();
     m.attr("SIMD") = simd_paths();
     m.attr("DEFAULT_MAX_PIXELS") = DEFAULT_MAX_PIXELS;

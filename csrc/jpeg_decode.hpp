@@ -30,6 +30,9 @@ struct JpegRequest {
     // (0 = unknown) and the pixel cap.
     uint32_t expect_height = 0, expect_width = 0;
     uint64_t max_pixels = DEFAULT_MAX_PIXELS;
+    // Whether a progressive image's coefficient memory counts against max_pixels: the loader's
+    // decoder holds them; a caller checking only decode time for another decoder sets it false.
+    bool limit_coefficients = true;
 };
 
 // The decoded region: a rows x cols RGB buffer holding (at least) the requested window, and
@@ -172,7 +175,7 @@ inline bool check_jpeg_stream(const uint8_t *data, size_t size, const JpegReques
                 " image (at least one bit per 8x8 block): truncated or damaged";
         return false;
     }
-    if (dct && progressive && all_blocks * 128 + pixels * 3 > r.max_pixels * 3) {
+    if (r.limit_coefficients && dct && progressive && all_blocks * 128 + pixels * 3 > r.max_pixels * 3) {
         error = "progressive JPEG of " + size_text + " needs " + std::to_string((all_blocks * 128 + pixels * 3) >> 20) +
                 " MiB to decode (its coefficients are held in memory), more than the " +
                 std::to_string((r.max_pixels * 3) >> 20) + " MiB that max_image_pixels allows";

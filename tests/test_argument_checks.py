@@ -235,6 +235,11 @@ def test_transforms_and_schedules_are_checked(store_path):
 def test_numpy_and_zero_dim_numbers_are_accepted(store_path, tmp_path):
     normalize = Normalize(torch.tensor([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25]))
     assert normalize.mean == (0.5, 0.5, 0.5)
+    normalize = Normalize(torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1), torch.full((3, 1, 1), 0.25))  # torchvision's shape
+    assert normalize.std == (0.25, 0.25, 0.25)
+    assert RandomHorizontalFlip(torch.tensor([0.25])).p == 0.25
+    with pytest.raises(TypeError, match="must be a real number"):
+        Normalize(torch.tensor([0.5, 0.5, 0.5]), [torch.tensor([True]), 0.25, 0.25])
     images = np.zeros((2, 4, 4, 3), np.uint8)
     from fastprune.convert._common import check_max_pixels  # from_image_folder's max_pixels
     check_max_pixels(np.int64(1000))

@@ -253,6 +253,7 @@ def test_an_interrupted_log_or_plot_write_leaves_no_temporary_file(tmp_path):
 
     target = tmp_path / "r_curves.png"
     target.write_bytes(b"the previous plot")
+    target.chmod(0o644)
     with pytest.raises(KeyboardInterrupt):
         with written_atomically(target, binary=True) as file:
             file.write(b"half a pl")
@@ -260,7 +261,12 @@ def test_an_interrupted_log_or_plot_write_leaves_no_temporary_file(tmp_path):
     assert target.read_bytes() == b"the previous plot" and [p.name for p in tmp_path.iterdir()] == ["r_curves.png"]
     with written_atomically(target, binary=True) as file:
         file.write(b"new")
-    assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) != oct(0o600)
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o644  # its mode kept
+    fresh = tmp_path / "fresh.png"
+    with written_atomically(fresh, binary=True) as file:
+        file.write(b"x")
+    from fastprune.store._atomic import default_file_mode
+    assert fresh.stat().st_mode & 0o777 == default_file_mode()  # as open() makes it (umask), not mkstemp's 0600
 
 
 def test_ctrl_c_during_a_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -289,3 +295,32 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", importing_torch)
     assert cli.main(["train", "--help"]) == 130
     assert capsys.readouterr().err.strip() == "fastprune train: interrupted"
+
+
+def test_an_atomic_write_follows_links_keeps_modes_and_falls_back_in_place(tmp_path, monkeypatch):
+    """Review of written_atomically: a symlinked log (latest.json -> runs/run5.json) was replaced by
+    a plain file, a 0600 log became 0644, and a writable log in a folder that takes no new file
+    (which the pre-flight check lets through) failed after training."""
+    from fastprune._outputs import written_atomically
+    from fastprune.store import _atomic
+
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "run5.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    with written_atomically(link) as file:
+        file.write("new")
+    assert link.is_symlink() and target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o600
+
+    def folder_takes_no_new_file(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(_atomic, "create_exclusive", folder_takes_no_new_file)
+    with written_atomically(target) as file:
+        file.write("in place")
+    assert target.read_text() == "in place"
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'runs' / 'absent.json'}: Permission denied"):
+        with written_atomically(tmp_path / "runs" / "absent.json") as file:
+            file.write("x")

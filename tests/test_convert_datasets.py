@@ -346,6 +346,9 @@ def test_hugging_face_datasets_on_disk_convert_from_the_command_line(tmp_path, c
                      "--no-progress"])
         assert code == 1 and "is the input file" in capsys.readouterr().err
         assert (tmp_path / out).read_bytes() == before
+    for _ in range(2):  # a store kept inside the saved folder is no input of the next conversion
+        assert main(["convert", str(tmp_path / "one"), "-o", str(tmp_path / "one" / "train.beton"), "--columns",
+                     "img,y", "--no-progress"]) == 0, capsys.readouterr().err
     loaded = datasets.load_from_disk(str(tmp_path / "one"))
     with pytest.raises(ConversionError, match="is the input file"):  # a loaded dataset's own Arrow file
         from_hf_dataset(loaded, loaded.cache_files[0]["filename"], image_column="img", label_column="y",

@@ -463,11 +463,10 @@ def test_a_full_disk_names_the_output_and_leaves_no_temp_file(tmp_path, monkeypa
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)
     assert list(tmp_path.iterdir()) == []
 
-    def read_only(path):
-        temp = path.parent / f".{path.name}.host.1.abc.tmp"
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(temp))
+    def read_only(name):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
 
-    monkeypatch.setattr(writer, "create_temp_file", read_only)
+    monkeypatch.setattr(writer, "create_exclusive", read_only)
     with pytest.raises(ConversionError, match=r"cannot write .*x\.beton: Permission denied$"):
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)
 
@@ -618,6 +617,21 @@ def test_the_converter_keeps_the_loaders_limit_on_jpeg_scans(tmp_path):
     assert len(Store(out)) == 5
 
 
+def test_the_converter_checks_decode_time_not_the_loaders_coefficient_memory():
+    """The converter's PIL decode holds no coefficients the loader's limit is about: a genuine
+    6800x6800 progressive 4:4:4 photo (46 Mpx, under the converter's pixel limit) was refused for
+    needing 396 MiB of them, naming max_image_pixels, a Loader option."""
+    from fastprune._native import core
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buf, "JPEG", progressive=True, subsampling=0)  # 4:4:4: 3 x 64 blocks of 128 bytes + 3 per pixel
+    data = np.frombuffer(buf.getvalue(), np.uint8)
+    with pytest.raises(ValueError, match="needs .* MiB to decode .* max_image_pixels"):
+        core.decode_jpeg(data, max_pixels=4096)  # the loader's decoder: 36,864 bytes > 3 x 4096
+    assert core.check_jpeg_cost(data, 4096) == ""
+    assert "more than 500 scans" in core.check_jpeg_cost(np.frombuffer(_progressive_jpeg(1024, 501), np.uint8))
+
+
 def test_a_class_folder_named_in_another_encoding_converts(tmp_path):
     """A Latin-1 folder name ("caf\\xe9") reached the store's UTF-8 names as lone surrogates and
     stopped the conversion with a UnicodeEncodeError traceback."""
@@ -628,6 +642,10 @@ def test_a_class_folder_named_in_another_encoding_converts(tmp_path):
         (folder / "0.jpg").write_bytes(_jpeg_bytes())
     store = Store(from_image_folder(root, tmp_path / "o.beton", progress=False))
     assert store.class_names == ["caf\\xe9", "tea"]
+    from fastprune.convert import from_arrays  # a lone surrogate no file name decodes to
+    names = Store(from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], tmp_path / "n.beton",
+                              class_names=["x\ud800", "y"], progress=False)).class_names
+    assert names == ["x\\ud800", "y"]
 
 
 def test_a_npy_or_junk_named_npz_is_refused_in_one_line(tmp_path):

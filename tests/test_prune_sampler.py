@@ -135,7 +135,7 @@ def test_drop_last_without_set_epoch_warns_that_the_epoch_runs_again():
 
     epoch_of_len_batches()
     with pytest.warns(RuntimeWarning, match="the pass over epoch 0 stopped before its last sample, so epoch 0 runs "
-                                            "again .* call sampler.set_epoch"):
+                                            "again .*drop_last=True.* call sampler.set_epoch"):
         epoch_of_len_batches()
     for epoch in range(1, 3):                                          # the remedy: no warning, epochs move on
         sampler.set_epoch(epoch)

@@ -46,14 +46,17 @@ def _integer(value, name: str, expected: str) -> int:
 
 def check_real(value, name: str) -> float:
     """``value`` as a float (NaN and infinities included; range checks are the caller's): ints,
-    floats, numpy scalars and 0-d arrays or tensors (an element of ``torch.tensor([...])``); a
-    TypeError naming ``name`` for strings such as "0.5", None, bools, and arrays of any length."""
-    dtype = str(getattr(value, "dtype", ""))  # a 0-d array's or tensor's: "bool", "torch.complex64"...
-    zero_dim = getattr(value, "ndim", None) == 0 and hasattr(value, "__float__") and not any(
-        kind in dtype for kind in ("bool", "complex"))
-    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or zero_dim):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
+    floats, numpy scalars, and arrays or tensors of one element (an element of
+    ``torch.tensor([...])``, a (3, 1, 1) statistics tensor's rows); a TypeError naming ``name`` for
+    strings such as "0.5", None, bools, and arrays of several values."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "item") and int(np.prod(tuple(shape))) == 1:
+        item = value.item()  # a Python scalar: bool, complex and str elements are refused below
+        if isinstance(item, numbers.Real) and not isinstance(item, bool):
+            return float(item)
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
 
 
 def check_fraction(value, name: str) -> float:

@@ -54,30 +54,51 @@ def written_atomically(path: str | os.PathLike, *, binary: bool = False, newline
     ``path`` when the block ends without an error. After any failure (a full disk, Ctrl-C) the
     temporary file is removed and ``path`` keeps what it held: a complete log.json used to become
     2 KB of invalid JSON when the disk filled. An OSError becomes an OutputError naming ``path``.
-    Missing folders are made; ``fsync``: on disk before the rename."""
-    from .store._atomic import create_temp_file, default_file_mode, remove_stale_temp_files, signals_deferred
+    Missing folders are made; ``fsync``: on disk before the rename.
 
-    path = Path(path)
-    temp = None
+    A link is followed (its target is replaced, the link kept) and an existing file keeps its
+    mode. A writable file in a folder that takes no new file (check_output_file lets it through)
+    is written in place, as before, without the protection."""
+    from .store._atomic import create_exclusive, default_file_mode, remove_stale_temp_files, temp_name
+
+    shown, path = Path(path), Path(os.path.realpath(path))
+    temp, mode = None, _mode_of(path)
+    options = {} if binary else {"newline": newline, "encoding": "utf-8"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path)  # of killed writes by this host's dead processes
-        with signals_deferred():  # the name is recorded before an interrupt can leave the file unknown
-            fd, temp = create_temp_file(path)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": newline,
-                                                                           "encoding": "utf-8"})) as file:
+        temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
+        try:
+            fd = create_exclusive(temp)
+        except PermissionError:
+            temp = None
+            if mode is None or not os.access(path, os.W_OK):
+                raise
+            with open(path, "wb" if binary else "w", **options) as file:  # the folder takes no new file
+                yield file
+            return
+        with os.fdopen(fd, "wb" if binary else "w", **options) as file:
             yield file
             if fsync:
                 file.flush()
                 os.fsync(file.fileno())
-        os.chmod(temp, default_file_mode())  # mkstemp's 0600, else: the mode a plain open() gives
+        os.chmod(temp, default_file_mode() if mode is None else mode)
         os.replace(temp, path)
     except BaseException as exc:
         if temp is not None:
             Path(temp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
         raise
+
+
+def _mode_of(path: Path) -> int | None:
+    """An existing regular file's permission bits (kept by a rewrite), else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
 
 
 def check_output_folder(out: str | os.PathLike, what: str, *, error: type[Exception] = ConfigError) -> Path:

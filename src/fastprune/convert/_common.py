@@ -40,21 +40,23 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def read_image_file(path: str | os.PathLike, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def read_image_file(path: str | os.PathLike, what: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    hint: str = "; raise --max-pixels / max_pixels= if the image is genuine") -> bytes:
     """An image file's bytes: a regular file (``/dev/zero`` or a FIFO would read forever) of at
     most 8 bytes per allowed pixel plus 16 MiB (16-bit RGBA uncompressed, plus metadata), checked
     before it is read: a valid 8x8 PNG followed by 3 GiB of sparse zeros was read whole. An
-    UnreadableSample names ``what`` otherwise."""
+    UnreadableSample names ``what`` otherwise; ``hint`` ends the size refusal."""
     limit = 8 * max_pixels + (16 << 20)
-    try:  # O_NONBLOCK: opening a FIFO would wait for a writer; a regular file reads as usual
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise UnreadableSample(f"{what}: not a regular file (a device or a pipe?)")
-            if info.st_size > limit:
-                raise UnreadableSample(f"{what}: {info.st_size:,} bytes is more than an image of at most "
-                                       f"{max_pixels:,} pixels takes ({limit:,}); raise --max-pixels / "
-                                       "max_pixels= if the image is genuine")
+    try:
+        # stat before open: opening a FIFO waits for a writer (O_NONBLOCK instead failed at once on
+        # a regular file under a lease, which a plain open waits out)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UnreadableSample(f"{what}: not a regular file (a device or a pipe?)")
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > limit:
+                raise UnreadableSample(f"{what}: {size:,} bytes is more than an image of at most "
+                                       f"{max_pixels:,} pixels takes ({limit:,}){hint}")
             return file.read()  # sized by fstat: read(limit) would allocate the whole limit up front
     except OSError as exc:
         raise UnreadableSample(f"{what}: cannot read the file: {exc.strerror or exc}") from exc

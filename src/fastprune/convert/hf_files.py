@@ -62,8 +62,7 @@ def from_hf_path(source: str | os.PathLike, out: str | os.PathLike, *, split: st
     """Convert the Hugging Face dataset saved at ``source`` (see the module docstring); options
     as :func:`~fastprune.convert.from_hf_dataset`."""
     source = Path(source)
-    # before loading: the .parquet itself is not among the Arrow cache files datasets makes of it
-    files = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
-    _common.check_output_path(out, inputs=files)
+    if source.is_file():  # before loading: a .parquet is not among the Arrow files datasets makes of it
+        _common.check_output_path(out, inputs=[source])  # (a saved folder's are: from_hf_dataset checks them)
     dataset = load_hf(source, split, options.get("progress", True))
     return from_hf_dataset(dataset, out, image_column=image_column, label_column=label_column, **options)

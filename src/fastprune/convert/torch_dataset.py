@@ -201,7 +201,7 @@ def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) 
     data, path = value["bytes"], value["path"]
     name = f"{what} ({path})" if path else what
     if data is None:  # a path the row names: a regular file of an image's size, as in an image folder
-        data = _common.read_image_file(path, name)
+        data = _common.read_image_file(path, name, hint="")
     return read_fitted(name, bytes(data), max_side, resize, mode=mode, exif_transpose=True)
 
 

@@ -45,9 +45,10 @@ class PrunedSampler(_SamplerBase):
     ``distributed`` (see ``resolve_ranks``; default "auto": the running group's). Every rank takes
     ``len(selection) // num_replicas`` samples; the remainder is dropped that epoch (a different
     one each epoch, as the order is reshuffled). A complete pass advances ``epoch`` by one (once
-    its last index is handed out); ``set_epoch`` sets it. A DataLoader with ``drop_last=True``
-    never asks for the last indices: call ``set_epoch(epoch)`` each epoch there (a warning says
-    when an epoch runs again). ``weights(indices)`` gives the loss weights of the latest pass (0 for
+    its last index is handed out); ``set_epoch`` sets it. A pass left before its end runs its epoch
+    again, with a warning unless ``set_epoch`` was called: a loop taking ``len(loader)`` batches
+    of a DataLoader with ``drop_last=True`` never asks for the last indices, so call
+    ``set_epoch(epoch)`` each epoch there. ``weights(indices)`` gives the loss weights of the latest pass (0 for
     samples outside it; all 1 except for unbiased strategies such as InfoBatch). A sharded strategy
     (``distributed="sharded"``) already selects this rank's samples: the sampler visits all of
     them, and ``weights`` takes only this rank's sample ids. ``data_source``: the dataset, to check
@@ -104,9 +105,9 @@ class PrunedSampler(_SamplerBase):
         unfinished = getattr(self, "_unfinished", None)
         if unfinished is not None and not self._set_during_pass:
             warnings.warn(f"PrunedSampler: the pass over epoch {unfinished} stopped before its last sample, so "
-                          f"epoch {self.epoch} runs again (a DataLoader with drop_last=True never asks for the "
-                          "remainder: call sampler.set_epoch(epoch) at each epoch's start)", RuntimeWarning,
-                          stacklevel=2)
+                          f"epoch {self.epoch} runs again (a loop taking len(loader) batches of a DataLoader with "
+                          "drop_last=True never asks for the remainder); to choose the epoch, call "
+                          "sampler.set_epoch(epoch) at each epoch's start", RuntimeWarning, stacklevel=2)
         epoch = self.epoch
         self._set_during_pass = False
         self._unfinished = epoch

@@ -36,13 +36,20 @@ def sigterm_as_interrupt():
 
 
 
-def create_temp_file(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path`` (its name made by :func:`temp_prefix`): (fd, name).
-    Call it inside :func:`signals_deferred` with the name stored before the block ends, so an
-    interrupt cannot fall between creating the file and recording its name for cleanup."""
-    import tempfile
+def temp_name(path: Path) -> str:
+    """A name for a temporary file beside ``path`` (see :func:`temp_prefix`), chosen before the
+    file exists: the caller records it, then :func:`create_exclusive` makes the file, so a Ctrl-C
+    at any point finds the name to remove. (Blocking signals around mkstemp instead held nothing
+    back once other threads existed: Python runs handlers in the main thread whichever thread
+    received the signal.)"""
+    import secrets
 
-    return tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path, os.getpid()), suffix=".tmp")
+    return str(path.parent / f"{temp_prefix(path, os.getpid())}{secrets.token_hex(6)}.tmp")
+
+
+def create_exclusive(name: str) -> int:
+    """Create ``name`` (which must not exist), mode 0600 until renamed into place; its fd."""
+    return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
 
 
 @contextlib.contextmanager

@@ -93,7 +93,11 @@ def _encodable(name: str) -> str:
         name.encode("utf-8")
         return name
     except UnicodeEncodeError:
+        pass
+    try:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name decodes to ("\ud800"): escaped as such
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def label_out_of_range(labels: Sequence[int], count: int) -> int | None:

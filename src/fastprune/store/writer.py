@@ -39,8 +39,8 @@ from .._native import core
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
-from ._atomic import (create_temp_file, default_file_mode, remove_quietly, remove_stale_temp_files,
-                      sigterm_as_interrupt, signals_deferred)
+from ._atomic import (create_exclusive, default_file_mode, remove_quietly, remove_stale_temp_files,
+                      sigterm_as_interrupt, temp_name)
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks, layout_sizes
 from .fields import Field, IntField, RGBImageField
@@ -116,8 +116,8 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
     with sigterm_as_interrupt():
         tmp_name = None
         try:
-            with signals_deferred():  # a Ctrl-C/SIGTERM right after the file exists still sees its name
-                fd, tmp_name = create_temp_file(path)
+            tmp_name = temp_name(path)  # recorded before the file exists: an interrupt still finds it
+            fd = create_exclusive(tmp_name)
             with os.fdopen(fd, "w+b") as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
