@@ -253,3 +253,61 @@ def test_kept_grid_checks_its_counts(store_path, tmp_path):
     for name, bad in (("per_class", 0), ("per_class", 2.5), ("max_classes", 0)):
         with pytest.raises((ValueError, TypeError), match=f"kept_grid: {name}"):
             kept_grid(UCB(64, 0.5), store_path, tmp_path / "g.png", **{name: bad})
+
+
+def test_a_second_fit_with_the_same_strategy_is_refused(store_path):
+    """A notebook cell run again started fit at epoch 0 with a strategy standing at the old run's
+    epoch: epoch 1 reused that run's cached subset, and nothing said so."""
+    strategy = UCB(64, keep=0.5, epochs=2)
+    _fit(store_path, strategy=strategy, epochs=2)
+    model = _CountingModel()
+    with pytest.raises(ConfigError, match="has already selected epoch 1 .* build a new strategy"):
+        _fit(store_path, model, strategy=strategy, epochs=2)
+    assert model.calls == 0
+    interrupted = UCB(64, keep=0.5, epochs=2)  # scores from an epoch 0 that was stopped midway
+    interrupted.select(0)
+    interrupted.update(np.arange(8), np.ones(8))
+    with pytest.warns(RuntimeWarning, match="already holds scores"):
+        _fit(store_path, strategy=interrupted, epochs=2)
+
+
+def test_the_never_prunes_warning_points_at_the_callers_line():
+    for build in (lambda: EL2N(64, 0.5, epochs=2), lambda: UCB(64, 0.5, warmup_epochs=2, epochs=2)):
+        with pytest.warns(RuntimeWarning, match="never prunes") as caught:
+            build()
+        assert caught[0].filename == __file__
+
+
+def test_signals_deferred_holds_a_signal_another_thread_receives():
+    """The mask alone blocked the calling thread only: a signal taken by another thread ran its
+    Python handler in the main thread inside the block."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from fastprune.store._atomic import signals_deferred
+
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            thread = threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGINT))
+            thread.start()
+            thread.join()
+            time.sleep(0.1)  # a handler would have run by now
+            events.append("block done")
+    assert events == ["block done"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_settings_are_fixed_at_construction():
+    """strategy.keep = 0.2 after construction was ignored by the selection, while repr, config()
+    and a checkpoint said 0.2; UCB's c likewise, and eps = 2.0 failed later in a native call."""
+    from fastprune.prune import EpsilonGreedy
+    strategy = UCB(100, keep=0.5, c=1.0)
+    for name, value in (("keep", 0.2), ("c", 5.0), ("epochs", 3), ("seed", 1)):
+        with pytest.raises(AttributeError, match=f"UCB.{name} is fixed at construction"):
+            setattr(strategy, name, value)
+    with pytest.raises(AttributeError, match="EpsilonGreedy.eps is fixed"):
+        EpsilonGreedy(100, eps=0.1).eps = 2.0
+    assert strategy.keep == 0.5 and strategy.num_selected(1) == 50 and "keep=0.5" in repr(strategy)

@@ -117,9 +117,19 @@ def test_newcomer_brings_a_12_class_image_folder_and_a_model(tmp_path, user_modu
     with open(tmp_path / "results" / "mine_epochs.csv", newline="") as file:
         assert [row["strategy"] for row in csv.DictReader(file)] == ["full", "epsilon_greedy", "ucb"]
 
-    # 4. the same comparison from Python
+    # 4. the same comparison from Python, which leaves the caller's random streams as they were
+    import random
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
     comparison = fastprune.bench.compare(stores["train"], stores["val"], model=f"{user_module}:make",
                                          epochs=1, crop=32, threads=1, amp="off", batch_size=32)
+    after = (random.random(), np.random.random(), torch.rand(1).item())
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    assert after == (random.random(), np.random.random(), torch.rand(1).item())
+    assert len(repr(comparison)) < 300 and repr(comparison).startswith("Comparison(3 runs; full@1.0: ")
     assert [(row["strategy"], row["keep"]) for row in comparison.rows] == [
         ("full", 1.0), ("epsilon_greedy", 0.5), ("ucb", 0.5)]
     assert comparison.row("full")["speedup"] == pytest.approx(1.0)

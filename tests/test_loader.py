@@ -776,3 +776,28 @@ def test_a_close_interrupted_while_joining_is_finished_by_the_next_close(raw_sto
     run.close()
     assert not any(w.is_alive() for w in run._workers)
     batches.close()
+
+
+def test_a_ctrl_c_while_a_pass_starts_its_threads_leaves_none_running(raw_store, monkeypatch):
+    """The run was created before the pass's try, and starting its threads caught only
+    RuntimeError: a Ctrl-C there (a notebook's interrupt) left the started producers polling, with
+    their batches and the file mapping, until the interpreter exited."""
+    import threading
+
+    real_start, started = threading.Thread.start, []
+
+    def interrupted_start(thread):
+        real_start(thread)
+        started.append(thread)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+
+    loader = Loader(raw_store, 4, threads=3, prefetch=1)
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        next(iter(loader))
+    monkeypatch.undo()
+    for thread in started:
+        thread.join(timeout=5)
+    assert started and not any(t.is_alive() for t in started)
+    assert len(list(loader)) == len(loader)  # and the loader still works, from the same epoch

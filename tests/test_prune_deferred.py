@@ -194,3 +194,45 @@ def test_cuda_losses_are_deferred_by_default_and_match_the_host_path():
             assert deferred.update(*on_gpu) is None
         assert deferred.table.pending > 0
     np.testing.assert_array_equal(immediate.table.score, deferred.table.score)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 1.1])
+def test_a_ctrl_c_during_a_flush_neither_drops_nor_repeats_updates(fraction):
+    """flush() emptied the staged updates before applying them: a Ctrl-C then lost them all, and
+    the next selection ranked without that epoch's losses. Each run of calls is now applied and
+    counted as one, so an interrupt leaves every update either applied or staged, once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def staged_strategy():
+        strategy = UCB(50_000, keep=0.5, seed=0)
+        strategy.select(0)
+        rng = np.random.default_rng(0)
+        for _ in range(4_000):
+            strategy.update(torch.from_numpy(rng.integers(0, 50_000, 5)), torch.rand(5), defer=True)
+        return strategy
+
+    timing = staged_strategy()
+    started = time.perf_counter()
+    timing.flush()
+    duration = time.perf_counter() - started
+
+    strategy = staged_strategy()
+    go = threading.Event()
+
+    def interrupt():  # from another thread, as a terminal's Ctrl-C may reach any thread
+        go.wait()
+        time.sleep(duration * fraction)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    try:
+        go.set()
+        strategy.flush()
+        time.sleep(max(0.5, 2 * duration))  # the signal, if it comes after the flush
+    except KeyboardInterrupt:
+        pass
+    strategy.flush()
+    assert int(strategy.table.seen.sum()) == 20_000  # every update once

@@ -4,14 +4,17 @@ summarizes through the same code as ``fastprune bench`` (plan, cli.execute, repo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._args import check_fraction, check_positive_int, check_seed
@@ -53,6 +56,11 @@ class Comparison:
     def table(self) -> str:
         """The markdown table ``fastprune bench`` prints."""
         return report.markdown_table(self.rows)
+
+    def __repr__(self) -> str:  # the dataclass's showed the whole document: 10 kB in a notebook cell
+        rows = ", ".join(f"{r['strategy']}@{r['keep']}: {r['acc_mean']:.2f}%/{r['speedup']:.2f}x" for r in self.rows
+                         if r.get("acc_mean") is not None and r.get("speedup") is not None)
+        return f"Comparison({len(self.runs)} runs; {rows or 'no summary yet'}; .table() for the markdown table)"
 
 
 def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.model.name,
@@ -114,10 +122,24 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
                         channels_last=defaults.channels_last if channels_last is None else channels_last,
                         device=device, compile=compile).resolved()
     recipe = _recipe(model, int(epochs), recipe_options)
-    with settings.applied():  # the caller's thread count and denormal flushing come back after
+    # the caller's thread count, denormal flushing and random streams come back after (each run
+    # seeds Python's, numpy's and torch's generators for its model)
+    with settings.applied(), _random_states_kept():
         result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
                          log=print if verbose else None)
     return Comparison(result)
+
+
+@contextlib.contextmanager
+def _random_states_kept():
+    """Python's, numpy's and torch's global generators (CUDA's too) as they were before the block."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
 
 
 def _path_of(store) -> Path:

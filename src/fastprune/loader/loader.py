@@ -235,8 +235,6 @@ class Loader:
         epoch = self._epoch
         ids, weights = self.epoch_order(epoch)
         bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)
-        run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
-                        self.thread_nice, pooled=self._pooled_gather)
         last = len(bounds) - 1  # batches in the epoch
         set_before = getattr(self, "_epochs_set", 0)
 
@@ -244,9 +242,11 @@ class Loader:
             if getattr(self, "_epochs_set", 0) == set_before:
                 self._epoch = epoch + 1
 
-        if last == 0:
-            advance()
-        try:
+        run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
+                        self.thread_nice, pooled=self._pooled_gather)  # closes itself if interrupted starting
+        try:  # right after the run exists: a Ctrl-C before the try left its threads polling until exit
+            if last == 0:
+                advance()
             if self.normalize_on == "device":
                 normalize = self._pipeline()[1]
                 batches = DeviceFeed(self.device, normalize, self.prefetch, self._pinned,
@@ -282,7 +282,8 @@ class Loader:
         return Batch(*(None if t is None else t.to(self.device, non_blocking=True) for t in batch))
 
     def __repr__(self) -> str:
-        return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, "
+        sampler = "" if isinstance(self.sampler, _AllSamples) else f"sampler={self.sampler!r}, "  # what prunes it
+        return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, {sampler}"
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
 
     def _side_stream(self):
@@ -462,13 +463,16 @@ class _EpochRun:
         self._turns = _GatherTurns(self._stop) if pooled else None
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
-        for w in self._workers:
-            try:
+        try:
+            for w in self._workers:
                 w.start()
-            except RuntimeError as exc:  # "can't start new thread": a container's thread or memory limit
-                self.close()
-                raise RuntimeError(f"Loader: cannot start {self._threads} producer threads ({exc}); ask for "
-                                   "fewer (Loader(threads=N))") from exc
+        except RuntimeError as exc:  # "can't start new thread": a container's thread or memory limit
+            self.close()
+            raise RuntimeError(f"Loader: cannot start {self._threads} producer threads ({exc}); ask for "
+                               "fewer (Loader(threads=N))") from exc
+        except BaseException:  # Ctrl-C while starting them: the ones started polled on, forever
+            self.close()
+            raise
 
     def batches(self) -> Iterator[Batch]:
         for k in range(self.num_batches):

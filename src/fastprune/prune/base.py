@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,6 +125,16 @@ class Selection:
     @classmethod
     def unweighted(cls, indices: np.ndarray) -> "Selection":
         return cls(np.asarray(indices, dtype=np.int64), np.ones(len(indices), dtype=np.float32))
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` that points a warning raised in the function calling this one at the
+    first frame outside fastprune (the user's line, however many constructors are in between:
+    EL2N's pointed into static.py, so a re-run cell showed it only once)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastprune."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
@@ -191,10 +202,42 @@ _COMMON_OPTIONS = """
 """
 
 
+class Fixed:
+    """A strategy's setting, fixed once set in its constructor: the kept count, the score table's
+    bonus and the epoch phases are derived from it there. Set later, ``strategy.keep = 0.2`` was
+    ignored by the selection while repr, config() and a checkpoint reported 0.2 (and a resume into
+    ``UCB(keep=0.2)`` then selected another size)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.slot = name, f"_{name}_setting"
+
+    def __get__(self, strategy, owner=None):
+        if strategy is None:
+            return self
+        try:
+            return strategy.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, strategy, value) -> None:
+        if self.slot in strategy.__dict__:
+            raise AttributeError(f"{type(strategy).__name__}.{self.name} is fixed at construction (the selection "
+                                 f"is set up from it); build a new strategy with {self.name}={value!r}")
+        strategy.__dict__[self.slot] = value
+
+
 class Strategy:
     """Base class: epoch phases (warm-up / pruned / final full), reselection, class balance,
     caching, updates and checkpoints. Subclasses implement :meth:`_choose`.
     """ + _COMMON_OPTIONS
+
+    keep = Fixed()
+    seed = Fixed()
+    warmup_epochs = Fixed()
+    final_full_epochs = Fixed()
+    epochs = Fixed()
+    reselect_every = Fixed()
+    keep_schedule = Fixed()
 
     def __init_subclass__(cls, **kwargs):
         # help(UCB) lists the options its **options passes here, not only the class's own
@@ -251,6 +294,11 @@ class Strategy:
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
 
     # ---- the interface the loader uses ----------------------------------------------------
+
+    @property
+    def current_epoch(self) -> int:
+        """The latest epoch selected (0 before any): updates count toward it."""
+        return self._epoch
 
     def select(self, epoch: int) -> Selection:
         """The samples of ``epoch``. Calling it again for the same epoch returns the same
@@ -686,7 +734,7 @@ class Strategy:
         if full >= self.epochs:
             warnings.warn(f"{type(self).__name__}: warm-up/scoring ({self.warmup_epochs}) and final full "
                           f"({self.final_full_epochs}) epochs cover all {self.epochs} epochs: it never prunes",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=_callers_level())
 
     def _kept_count(self, fraction: float, described: str) -> int:
         """round(fraction * N), refused with ``described`` when that keeps no sample."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import StaticOptions, Unpack
+from .base import Fixed, StaticOptions, Unpack
 from .strategies import _TopScores
 
 
 class _Static(_TopScores):
+    score_epochs = Fixed()
+
     def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int, **options: Unpack[StaticOptions]):
         for name in ("warmup_epochs", "reselect_every"):
             if name in options:

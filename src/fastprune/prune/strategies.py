@@ -11,7 +11,7 @@ import numpy as np
 
 from .._native import core
 from .._args import check_fraction, check_real
-from .base import InfoBatchOptions, Selection, Strategy, StrategyOptions, Unpack, _quotas
+from .base import Fixed, InfoBatchOptions, Selection, Strategy, StrategyOptions, Unpack, _quotas
 
 
 def _sub(array: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
@@ -109,6 +109,8 @@ class EpsilonGreedy(_TopScores):
     Unseen samples score +inf, so every sample is tried once first (ties broken at random).
     """
 
+    eps = Fixed()
+
     def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options: Unpack[StrategyOptions]):
         eps = check_real(eps, "eps")
         if not 0.0 <= eps <= 1.0:
@@ -137,6 +139,8 @@ class UCB(_TopScores):
     """
 
     table_fields = ("var", "correct")
+    c = Fixed()
+    bonus = Fixed()
 
     def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std",
                  **options: Unpack[StrategyOptions]):
@@ -184,6 +188,7 @@ class InfoBatch(Strategy):
     """
 
     default_decay = 0.0
+    target, delta, prune, min_below_keep = Fixed(), Fixed(), Fixed(), Fixed()
     #: Its epoch sizes follow the scores (how many are at/above the mean): a schedule sized at the
     #: start of a run cannot know them (fit warns unless the schedule re-plans).
     sizes_follow_scores = True

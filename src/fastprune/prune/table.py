@@ -8,6 +8,7 @@ import numpy as np
 
 from .._args import check_bool, check_epoch
 from .._native import core
+from ..store._atomic import signals_deferred
 from ._inputs import as_correct, as_indices, as_losses, staged, to_numpy
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection
@@ -195,20 +196,30 @@ class ScoreTable:
         run of calls of the same epoch, so the table ends bit for bit as if each call had been
         applied when it was made. An invalid value raises the error the immediate update would
         have raised, prefixed with the call at fault (``update() call 12 of epoch 3``); the calls
-        before it are applied, it and the later ones dropped."""
+        before it are applied, it and the later ones dropped. An interrupt (Ctrl-C) leaves the calls
+        not applied yet staged: it used to drop them all, and the next selection ranked without them."""
         pending, self._pending, self._pending_entries = self._pending, [], 0
         if not pending:
             return 0
-        columns = [_to_host([getattr(call, name) for call in pending]) for name in ("indices", "losses", "correct")]
-        calls = [_Staged(c.epoch, c.skip_invalid, c.number, i, l, k) for c, i, l, k in zip(pending, *columns)]
         skipped = start = 0
-        while start < len(calls):  # runs of calls that one native update can apply together
-            key = calls[start].key
-            stop = start + 1
-            while stop < len(calls) and calls[stop].key == key:
-                stop += 1
-            skipped += self._apply_run(calls[start:stop])
-            start = stop
+        try:
+            columns = [_to_host([getattr(call, name) for call in pending])
+                       for name in ("indices", "losses", "correct")]
+            calls = [_Staged(c.epoch, c.skip_invalid, c.number, i, l, k) for c, i, l, k in zip(pending, *columns)]
+            while start < len(calls):  # runs of calls that one native update can apply together
+                key = calls[start].key
+                stop = start + 1
+                while stop < len(calls) and calls[stop].key == key:
+                    stop += 1
+                with signals_deferred():  # applied and counted as one: a Ctrl-C between them re-applied it
+                    skipped += self._apply_run(calls[start:stop])
+                    start = stop
+        except Exception:
+            raise  # a bad value: the calls from the one at fault on are dropped, as documented
+        except BaseException:  # KeyboardInterrupt, SystemExit: the updates were fine, keep them
+            self._pending = pending[start:] + self._pending
+            self._pending_entries = sum(len(call.indices) for call in self._pending)
+            raise
         return skipped
 
     def _apply_run(self, calls: list) -> int:

@@ -55,17 +55,32 @@ def create_exclusive(name: str) -> int:
 @contextlib.contextmanager
 def signals_deferred():
     """Hold SIGINT and SIGTERM back within the block; one that arrives is delivered (its handler
-    runs) when the block ends. Main thread only, where Python runs signal handlers."""
+    runs) when the block ends. Main thread only, where Python runs signal handlers.
+
+    Two layers: this thread's signal mask, and Python-level handlers that only note a signal. The
+    mask alone held nothing back once other threads existed (any thread may receive a process's
+    signal, and Python then runs the handler in the main thread at its next instruction)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    caught: list[int] = []
+    handlers = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if callable(handler):  # a Python handler (SIG_DFL/SIG_IGN act in C: the mask holds those)
+            handlers[number] = handler
+            signal.signal(number, lambda signum, frame: caught.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):  # once each, in order
+            handlers[number](number, None)
 
 
 def default_file_mode() -> int:

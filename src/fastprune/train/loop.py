@@ -309,6 +309,25 @@ def _check_strategy(strategy, epochs: int) -> None:
                           f"epochs={epochs}")
 
 
+def _check_strategy_unused(strategy, start_epoch: int) -> None:
+    """A strategy carries one run: a second fit with it (a notebook cell run again, after a Ctrl-C
+    or not) started at epoch 0 while the strategy stood at the old run's epoch, so epoch 1 reused
+    that run's cached subset and the new scores were filed under its epochs, with no word."""
+    if strategy is None:
+        return
+    selected = getattr(strategy, "current_epoch", 0)
+    if selected > start_epoch:
+        raise ConfigError(f"fit: strategy {type(strategy).__name__} has already selected epoch {selected} (of an "
+                          f"earlier run) and this run starts at epoch {start_epoch}: its scores and cached subsets "
+                          "belong to that run; build a new strategy (and Loader) for a new run, or resume=True "
+                          "from that run's checkpoint")
+    table = getattr(strategy, "table", None)
+    if start_epoch == 0 and table is not None and (table.pending or bool(np.any(table.seen != 0))):
+        warnings.warn(f"fit: strategy {type(strategy).__name__} already holds scores (of an interrupted run?): "
+                      "they count in this run's first selections; build a new strategy to start afresh",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _check_val_loader(loader) -> None:
     """Evaluation iterates batches; a store's path (a str iterates by character) failed only after
     the first epoch's training."""
@@ -553,6 +572,7 @@ def fit(
             log(f"{checkpoint} already holds {start_epoch} of {epochs} epochs: nothing left to train")
         elif log:
             log(f"resumed from {checkpoint} at epoch {start_epoch + 1}/{epochs}")
+    _check_strategy_unused(strategy, start_epoch)
 
     clock = _OverheadClock()
     with clock.watching(strategy):
