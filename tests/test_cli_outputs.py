@@ -324,3 +324,26 @@ def test_an_atomic_write_follows_links_keeps_modes_and_falls_back_in_place(tmp_p
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'runs' / 'absent.json'}: Permission denied"):
         with written_atomically(tmp_path / "runs" / "absent.json") as file:
             file.write("x")
+
+
+def test_train_in_process_leaves_threads_denormals_and_random_streams_as_they_were(tmp_path):
+    """A sweep calling main(["train", ...]) in one process ran every later run with the previous
+    one's --threads and --flush-denormal, and with its seeds."""
+    import random
+
+    import torch
+
+    from fastprune.bench.run import flushing_denormals
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    train = from_arrays(images, np.arange(64) % 2, tmp_path / "train.beton", progress=False)
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
+    random.seed(3)
+    torch.manual_seed(3)
+    assert _train(train, train, "--seed", "5", "--flush-denormal") == 0  # _train passes --threads 1
+    state = (torch.get_num_threads(), flushing_denormals(), random.random(), torch.rand(1).item())
+    random.seed(3)
+    torch.manual_seed(3)
+    assert state == (2, False, random.random(), torch.rand(1).item())

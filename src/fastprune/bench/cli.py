@@ -39,7 +39,7 @@ from ..errors import ConfigError, MissingExtraError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
                          check_outputs, check_visibility_arguments, describe_device, out_of_memory_named,
                          recipe_from_args)
-from ..train.device import resolve_device, run_amp
+from ..train.device import process_state_kept, resolve_device, run_amp
 from ..train.loop import save_csv
 from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, recipe_warnings
 from . import machine, plan, plots, report
@@ -103,7 +103,13 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the runs ``--out`` does not hold yet, writing every output after each."""
+    """Run the runs ``--out`` does not hold yet, writing every output after each. The process's
+    threads, denormal flushing and random streams are put back after (as compare() does)."""
+    with process_state_kept():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = Settings(amp=args.amp, channels_last=args.channels_last, threads=args.threads,
                         flush_denormal=args.flush_denormal, progress=args.progress, device=args.device,
                         compile=args.compile)

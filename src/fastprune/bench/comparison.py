@@ -4,21 +4,19 @@ summarizes through the same code as ``fastprune bench`` (plan, cli.execute, repo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import numbers
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .._args import check_fraction, check_positive_int, check_seed
 from ..models import load_model_factory, model_spec_of
+from ..train.device import process_state_kept
 from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
 from . import report
 from .run import Settings
@@ -124,22 +122,10 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     recipe = _recipe(model, int(epochs), recipe_options)
     # the caller's thread count, denormal flushing and random streams come back after (each run
     # seeds Python's, numpy's and torch's generators for its model)
-    with settings.applied(), _random_states_kept():
+    with process_state_kept(), settings.applied():
         result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
                          log=print if verbose else None)
     return Comparison(result)
-
-
-@contextlib.contextmanager
-def _random_states_kept():
-    """Python's, numpy's and torch's global generators (CUDA's too) as they were before the block."""
-    python, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
-        try:
-            yield
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy_state)
 
 
 def _path_of(store) -> Path:

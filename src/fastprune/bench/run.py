@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from .._cpus import usable_cpus
 from ..errors import ConfigError
 from ..train.data import DataSpec
-from ..train.device import autocast_dtype, memory_format_for, resolve_device, run_amp, synchronize
+from ..train.device import (autocast_dtype, flushing_denormals, memory_format_for, resolve_device, run_amp,
+                            synchronize)
 from ..train.loop import COMPILE_CHOICES
 from ..train.recipe import RECIPE, VAL_BATCH, Recipe, gpu_busy_of, run_recipe
 
@@ -95,12 +95,6 @@ class Settings:
         if self.compile == "off":
             del record["compile"]
         return record
-
-
-def flushing_denormals() -> bool:
-    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal`` has no
-    getter): a float32 product that should be denormal comes out as 0."""
-    return bool(np.float32(2.0 ** -126) * np.float32(0.5) == 0)
 
 
 def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:

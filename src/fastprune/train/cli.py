@@ -19,7 +19,7 @@ from .._outputs import check_distinct, check_image_file, check_output_file, chec
 from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
 from ..errors import ConfigError
 from ..models import load_model_factory
-from .device import DEVICE_CHOICES, device_record, resolve_device, run_amp
+from .device import DEVICE_CHOICES, device_record, process_state_kept, resolve_device, run_amp
 from .loop import COMPILE_CHOICES, save_csv, save_history
 from ..store.reader import Store
 from .recipe import (RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, gpu_busy_of, recipe_warnings,
@@ -204,7 +204,13 @@ def check_outputs(args, files: dict) -> None:
 
 
 def train_main(args) -> int:
-    """Run ``fastprune train`` from parsed arguments; returns the exit code."""
+    """Run ``fastprune train`` from parsed arguments; returns the exit code. The threads, denormal
+    flushing and random streams it sets are put back after (a sweep may call it in-process)."""
+    with process_state_kept():
+        return _train(args)
+
+
+def _train(args) -> int:
     if args.resume and args.checkpoint is None:
         raise SystemExit("fastprune train: --resume needs --checkpoint")
     if args.eval_every < 1:

@@ -6,8 +6,12 @@ was during a run (nvml), or says nothing (None) where it cannot."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import threading
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -138,3 +142,28 @@ class GpuBusySampler:
         end = len(self._samples)  # the thread may append meanwhile: those count for the next mark
         samples, self._mark = self._samples[self._mark:end], end
         return round(sum(samples) / len(samples), 1) if samples else None
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal`` has no
+    getter): a float32 product that should be denormal comes out as 0."""
+    return bool(np.float32(2.0 ** -126) * np.float32(0.5) == 0)
+
+
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """torch's thread count and denormal flushing, and Python's, numpy's and torch's random
+    streams (CUDA's where it is initialised), as they were before the block: a command or library
+    call run in-process must not leave them changed. A sweep calling ``fastprune.cli.main(["train",
+    ...])`` ran every later run with the previous one's threads, denormal flushing and seeds."""
+    threads, flushing = torch.get_num_threads(), flushing_denormals()
+    python, numpy_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_flush_denormal(flushing)
+            random.setstate(python)
+            np.random.set_state(numpy_state)
