@@ -311,3 +311,12 @@ def test_settings_are_fixed_at_construction():
     with pytest.raises(AttributeError, match="EpsilonGreedy.eps is fixed"):
         EpsilonGreedy(100, eps=0.1).eps = 2.0
     assert strategy.keep == 0.5 and strategy.num_selected(1) == 50 and "keep=0.5" in repr(strategy)
+
+
+def test_a_subclass_may_set_a_setting_to_its_value_before_the_constructor():
+    class Mine(UCB):
+        def __init__(self, n):
+            self.keep = 0.4  # the same value the constructor then sets
+            super().__init__(n, keep=0.4)
+
+    assert Mine(100).num_selected(1) == 40

@@ -220,10 +220,18 @@ class Fixed:
             raise AttributeError(self.name) from None
 
     def __set__(self, strategy, value) -> None:
-        if self.slot in strategy.__dict__:
+        # the same value again is no change (a subclass may set it before calling the constructor)
+        if self.slot in strategy.__dict__ and not _same(strategy.__dict__[self.slot], value):
             raise AttributeError(f"{type(strategy).__name__}.{self.name} is fixed at construction (the selection "
                                  f"is set up from it); build a new strategy with {self.name}={value!r}")
         strategy.__dict__[self.slot] = value
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # arrays and the like: compared as different
+        return False
 
 
 class Strategy:

@@ -79,8 +79,9 @@ def signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         for number, handler in handlers.items():
             signal.signal(number, handler)
-        for number in dict.fromkeys(caught):  # once each, in order
-            handlers[number](number, None)
+        for number in dict.fromkeys(caught):  # once each, in order, as real signals: Python runs
+            signal.raise_signal(number)       # every handler even when one raises (a direct call
+            # to the SIGINT handler raised before a SIGTERM noted after it was replayed)
 
 
 def default_file_mode() -> int:
