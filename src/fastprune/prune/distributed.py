@@ -34,11 +34,17 @@ def resolve_ranks(distributed="auto") -> tuple[int, int]:
         rank, world = distributed
     except (TypeError, ValueError):
         raise ValueError(f"distributed must be 'auto', True, False or (rank, world_size), got {distributed!r}") from None
-    # integers, not int() of them: (0.9, 2) ran as rank 0 and (1, 2.99) with world size 2
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (rank, world)):
-        raise ValueError(f"distributed=(rank, world_size) needs integers, got {distributed!r}")
+    return checked_ranks(rank, world, "distributed=(rank, world_size)", distributed)
+
+
+def checked_ranks(rank, world, spelled: str, given) -> tuple[int, int]:
+    """(rank, world_size) as ints when both are integers with 0 <= rank < world_size; else a
+    ValueError saying what ``spelled`` needs and what was ``given``. Integers, not int() of them:
+    (0.9, 2) ran as rank 0 and (1, 2.99) with world size 2."""
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in (rank, world)):
+        raise ValueError(f"{spelled} needs integers, got {given!r}")
     if world <= 0 or not 0 <= rank < world:
-        raise ValueError(f"distributed=(rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
+        raise ValueError(f"{spelled} needs 0 <= rank < world_size, got {given!r}")
     return int(rank), int(world)
 
 

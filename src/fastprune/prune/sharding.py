@@ -207,17 +207,12 @@ def sharded_ranks(distributed) -> tuple[int, int]:
     """(rank, world_size) of a sharded strategy: ``"sharded"`` takes the running torch.distributed
     group's ((0, 1) without one: a single process owns every sample); ``("sharded", rank,
     world_size)`` gives them explicitly (a simulation, or a launcher without a group)."""
-    from .distributed import resolve_ranks
+    from .distributed import checked_ranks, resolve_ranks
 
     if isinstance(distributed, str):
         return resolve_ranks("auto")
     _, rank, world = distributed
-    for value, name in ((rank, "rank"), (world, "world_size")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"distributed=('sharded', rank, world_size) needs integers, got {distributed!r}")
-    if world <= 0 or not 0 <= rank < world:
-        raise ValueError(f"distributed=('sharded', rank, world_size) needs 0 <= rank < world_size, got {distributed!r}")
-    return int(rank), int(world)
+    return checked_ranks(rank, world, "distributed=('sharded', rank, world_size)", distributed)
 
 
 def consumer_shard(strategy, rank: int, world: int, who: str) -> tuple["Sharding | None", int, int]:
