@@ -170,6 +170,32 @@ def test_output_onto_an_idx_cifar_or_image_folder_input_is_refused(tmp_path, fas
     assert (cifar / "data_batch_1").read_bytes() == b"not really a batch"
 
 
+def test_a_store_written_through_a_link_replaces_its_target_and_keeps_its_mode(tmp_path, monkeypatch):
+    """The store writer and the log writer share one atomic write (store/_atomic.replaced_when_done):
+    a store re-converted through a link (current.beton -> v2/data.beton) used to replace the link
+    with a plain file and reset a 0640 store to 0644; logs already followed links and kept modes."""
+    from fastprune.store import _atomic
+
+    (tmp_path / "v2").mkdir()
+    target = _raw_store(tmp_path / "v2" / "data.beton", n=8)
+    target.chmod(0o640)
+    link = tmp_path / "current.beton"
+    link.symlink_to(target)
+    _raw_store(link, n=16)
+    assert link.is_symlink() and len(Store(target)) == 16 and target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "v2").iterdir()) == ["data.beton"]
+
+    # Unlike a log, a store is never rewritten in place where its folder takes no new file: a reader
+    # mapping it would see it change under it.
+    def folder_takes_no_new_file(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(_atomic, "create_exclusive", folder_takes_no_new_file)
+    with pytest.raises(ConversionError, match=f"cannot write {link}: Permission denied"):
+        _raw_store(link, n=4)
+    assert len(Store(target)) == 16
+
+
 def test_output_that_is_a_fifo_or_device_is_left_alone(tmp_path):
     source = _npz(tmp_path / "src.npz")
     fifo = tmp_path / "out.fifo"
@@ -452,7 +478,7 @@ def test_a_full_disk_names_the_output_and_leaves_no_temp_file(tmp_path, monkeypa
     import errno
 
     from fastprune.convert import from_arrays
-    from fastprune.store import writer
+    from fastprune.store import _atomic, writer
 
     def full(self, chunk):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -466,7 +492,7 @@ def test_a_full_disk_names_the_output_and_leaves_no_temp_file(tmp_path, monkeypa
     def read_only(name):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
 
-    monkeypatch.setattr(writer, "create_exclusive", read_only)
+    monkeypatch.setattr(_atomic, "create_exclusive", read_only)
     with pytest.raises(ConversionError, match=r"cannot write .*x\.beton: Permission denied$"):
         from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4), out, progress=False, workers=1)
 

@@ -59,46 +59,19 @@ def written_atomically(path: str | os.PathLike, *, binary: bool = False, newline
     A link is followed (its target is replaced, the link kept) and an existing file keeps its
     mode. A writable file in a folder that takes no new file (check_output_file lets it through)
     is written in place, as before, without the protection."""
-    from .store._atomic import create_exclusive, default_file_mode, remove_stale_temp_files, temp_name
+    from .store._atomic import existing_mode, replaced_when_done
 
     shown, path = Path(path), Path(os.path.realpath(path))
-    temp, mode = None, _mode_of(path)
-    options = {} if binary else {"newline": newline, "encoding": "utf-8"}
+    open_mode, options = ("wb", {}) if binary else ("w", {"newline": newline, "encoding": "utf-8"})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(path)  # of killed writes by this host's dead processes
-        temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
-        try:
-            fd = create_exclusive(temp)
-        except PermissionError:
-            temp = None
-            if mode is None or not os.access(path, os.W_OK):
-                raise
-            with open(path, "wb" if binary else "w", **options) as file:  # the folder takes no new file
-                yield file
-            return
-        with os.fdopen(fd, "wb" if binary else "w", **options) as file:
+        with replaced_when_done(path, open_mode=open_mode, mode=existing_mode(path), fsync=fsync,
+                                in_place_if_denied=True, **options) as file:
             yield file
-            if fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        os.chmod(temp, default_file_mode() if mode is None else mode)
-        os.replace(temp, path)
-    except BaseException as exc:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
-        raise
-
-
-def _mode_of(path: Path) -> int | None:
-    """An existing regular file's permission bits (kept by a rewrite), else None."""
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"cannot write {shown}: {exc.strerror or exc}") from None
 
 
 def check_output_folder(out: str | os.PathLike, what: str, *, error: type[Exception] = ConfigError) -> Path:

@@ -1,6 +1,7 @@
-"""How a store write lands atomically (see writer.py's docstring): the temporary file's name,
-its mode, the removal of leftovers of killed writes, and SIGTERM turned into KeyboardInterrupt so
-that the temporary file is removed as for Ctrl-C."""
+"""How a file lands atomically (a store: see writer.py's docstring; logs and reports:
+_outputs.written_atomically): the temporary file's name, its mode, the removal of leftovers of
+killed writes, and SIGTERM turned into KeyboardInterrupt so that the temporary file is removed as
+for Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import stat
 from pathlib import Path
 
 
@@ -125,6 +127,50 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def replaced_when_done(path: Path, *, open_mode: str = "wb", mode: int | None = None, fsync: bool = False,
+                       in_place_if_denied: bool = False, **options):
+    """A file object on a new temporary file beside ``path``, which replaces ``path`` when the block
+    ends without an error; after any error (Ctrl-C included) the temporary file is removed and
+    ``path`` keeps what it held. Leftovers of killed writes to ``path`` are removed first.
+    ``mode``: the permission bits given at the rename (default: what open() gives a new file);
+    ``fsync``: on disk before the rename; ``options``: for open (encoding, newline).
+    ``in_place_if_denied``: where the folder takes no new file but ``path`` is a writable file,
+    write it in place, without the protection (a log), instead of failing (a store)."""
+    remove_stale_temp_files(path)
+    temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
+    try:
+        try:
+            fd = create_exclusive(temp)
+        except PermissionError:
+            temp = None
+            if not (in_place_if_denied and existing_mode(path) is not None and os.access(path, os.W_OK)):
+                raise
+            with open(path, open_mode, **options) as file:
+                yield file
+            return
+        with os.fdopen(fd, open_mode, **options) as file:
+            yield file
+            if fsync:
+                file.flush()
+                os.fsync(file.fileno())
+        os.chmod(temp, default_file_mode() if mode is None else mode)  # 0600 was for the temp only
+        os.replace(temp, path)
+    except BaseException:
+        if temp is not None:
+            remove_quietly(temp)
+        raise
+
+
+def existing_mode(path: Path) -> int | None:
+    """An existing regular file's permission bits (a rewrite keeps them), else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else None
+
+
 def remove_quietly(name: str) -> None:
     try:
         os.unlink(name)
@@ -133,4 +179,5 @@ def remove_quietly(name: str) -> None:
 
 
 
-__all__ = ["sigterm_as_interrupt", "default_file_mode", "temp_prefix", "remove_stale_temp_files", "remove_quietly"]
+__all__ = ["sigterm_as_interrupt", "signals_deferred", "replaced_when_done", "existing_mode", "default_file_mode", "temp_prefix",
+           "remove_stale_temp_files", "remove_quietly"]

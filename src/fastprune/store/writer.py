@@ -11,7 +11,9 @@ How a file is written:
    allocation table and finally the header, and renames the temporary file to ``path``.
 
 Any exception (including KeyboardInterrupt) removes the temporary file: a failed conversion leaves
-no file at ``path`` (an existing file there is left untouched) and nothing else behind. SIGTERM (what
+no file at ``path`` (an existing file there is left untouched) and nothing else behind. A link at
+``path`` is followed: its target is replaced and the link kept, and a file replaced keeps its
+permissions (as logs and reports do: _outputs.written_atomically). SIGTERM (what
 ``kill``, ``timeout`` and job schedulers send) is treated like Ctrl-C while a write runs in the main
 thread of a process that has not set its own SIGTERM handler.
 
@@ -39,8 +41,7 @@ from .._native import core
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
-from ._atomic import (create_exclusive, default_file_mode, remove_quietly, remove_stale_temp_files,
-                      sigterm_as_interrupt, temp_name)
+from ._atomic import existing_mode, replaced_when_done, sigterm_as_interrupt
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks, layout_sizes
 from .fields import Field, IntField, RGBImageField
@@ -88,7 +89,6 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     chunk_size = (int(np.clip(num_samples // (workers * 8) or 1, 64, 2048)) if chunk_size is None
                   else check_positive_int(chunk_size, "write_dataset: chunk_size"))  # -1 wrote no sample
 
-    remove_stale_temp_files(path)
     writer = _write_file(path, source, fields, stored_fields, num_samples, page_size or fmt.DEFAULT_PAGE_SIZE,
                          names, index_field, chunk_size, workers, progress, skip_unreadable,
                          grow_pages=page_size is None)
@@ -113,12 +113,11 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
                 index_field, chunk_size: int, workers: int, progress: bool, skip_unreadable: bool,
                 grow_pages: bool) -> "_FileWriter":
     """Write the file to a temporary, renamed to ``path`` when complete; removed on any error."""
+    landing = Path(os.path.realpath(path))  # through a link its target is replaced, as for logs
     with sigterm_as_interrupt():
-        tmp_name = None
         try:
-            tmp_name = temp_name(path)  # recorded before the file exists: an interrupt still finds it
-            fd = create_exclusive(tmp_name)
-            with os.fdopen(fd, "w+b") as out:
+            # w+: finish() reads the file back; a store re-converted keeps its permissions
+            with replaced_when_done(landing, open_mode="w+b", mode=existing_mode(landing)) as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
                                         label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)
@@ -127,12 +126,8 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
                         writer.add_chunk(chunk)
                         _check_skipped(writer.skipped, num_samples)
                 writer.finish()
-                os.fchmod(out.fileno(), default_file_mode())  # mkstemp's 0600 is for the temp only
-            os.replace(tmp_name, path)
-        except BaseException as exc:
-            if tmp_name is not None:
-                remove_quietly(tmp_name)
-            if isinstance(exc, OSError) and _about_output(exc, path):
+        except OSError as exc:
+            if _about_output(exc, landing):
                 # disk full, a read-only folder: named by the output asked for, not the hidden temp
                 raise ConversionError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
