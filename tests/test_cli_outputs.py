@@ -286,6 +286,33 @@ def test_ctrl_c_during_a_checkpoint_write_leaves_no_partial_file(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_checkpoint_written_through_a_link_replaces_its_target(tmp_path):
+    """Checkpoints share the stores' and logs' atomic write: through a link (latest.pt ->
+    runs/run5.pt) the target is replaced and the link kept (the link itself was replaced), and the
+    temporary file of a run killed mid-save is removed by the next save."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from fastprune.store._atomic import temp_prefix
+    from fastprune.train import checkpoints
+
+    model = torch.nn.Linear(2, 2)
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "run5.pt"
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "runs" / f"{temp_prefix(target, int(dead.stdout))}abc123.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    for history in ([{"epoch": 0}], [{"epoch": 0}, {"epoch": 1}]):
+        checkpoints.save_checkpoint(link, model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, None,
+                                    history)
+    assert link.is_symlink() and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run5.pt"]
+    assert checkpoints.load_checkpoint(target, torch.nn.Linear(2, 2))[0] == 2
+
+
 def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     import fastprune.cli as cli
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, first_line
+from ..store._atomic import existing_mode, replaced_when_done
 from .device import model_device
 
 # Version of the checkpoint layout; files without it (or with another) are refused with a clear
@@ -49,20 +50,16 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
                 "python": random.getstate(), "cuda": _cuda_rng_state(model)},
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    landing = Path(os.path.realpath(path))  # through a link its target is replaced, as for logs and stores
+    landing.parent.mkdir(parents=True, exist_ok=True)
     try:  # through a Python file, so a full disk is an OSError with its errno (torch's own: "unexpected pos")
-        with open(partial, "wb") as file:
+        # a temporary file beside it, on disk before the rename makes it the checkpoint; removed after
+        # any error, Ctrl-C included (a half-written file would keep a full disk full)
+        with replaced_when_done(landing, mode=existing_mode(landing), fsync=True) as file:
             torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
-    except BaseException as exc:  # Ctrl-C included: no .partial is left beside the checkpoint
-        partial.unlink(missing_ok=True)  # a half-written file would keep a full disk full
-        if not isinstance(exc, (OSError, RuntimeError)):
-            raise
+    except (OSError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(exc)}); the previous one, if "
                               "any, is kept") from None
-    os.replace(partial, path)
 
 
 def _model_gpu(model) -> torch.device | None:
