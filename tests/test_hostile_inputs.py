@@ -434,6 +434,23 @@ def test_sigterm_during_training_ends_in_one_line_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr
 
 
+def test_a_crop_larger_than_max_image_pixels_is_refused_when_the_loader_is_built(tmp_path):
+    """RandomResizedCrop(2**20) was accepted and the first batch raised MemoryError (a terapixel
+    per image); the size now stays within what a decoded image may have."""
+    from fastprune.loader import transforms as T
+
+    store = _raw_store(tmp_path / "s.beton")
+    with pytest.raises(ValueError, match=r"transforms\[0\] makes 1048576x1048576 images, more than "
+                                         r"max_image_pixels \(134217728\) pixels each"):
+        fastprune.Loader(store, 8, transforms=[T.RandomResizedCrop(2**20)])
+    with pytest.raises(ValueError, match=r"transforms\[1\] makes 64x64 images, more than max_image_pixels \(1100\)"):
+        fastprune.Loader(store, 8, transforms=[T.CenterCrop(16), T.RandomResizedCrop(64)], max_image_pixels=1100)
+    with pytest.raises(ValueError, match=r"transforms\[0\] makes 40x40 images"):  # padding grows a raw image
+        fastprune.Loader(store, 8, transforms=[T.RandomCrop(40, padding=4)], max_image_pixels=40 * 40 - 1)
+    batch = next(iter(fastprune.Loader(store, 8, transforms=[T.RandomResizedCrop(32)], max_image_pixels=32 * 32)))
+    assert tuple(batch[0].shape[1:3]) == (32, 32)  # exactly the limit is allowed
+
+
 def test_out_of_range_seeds_and_epochs_fail_where_they_are_given(tmp_path):
     store = _raw_store(tmp_path / "s.beton")
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 18446744073709551615\], got -1"):

@@ -119,7 +119,8 @@ class Loader:
         max_image_pixels: a JPEG whose header claims more pixels is refused (``StoreError``, a
             ValueError, naming the file and the sample) before anything is allocated; default
             2**27 (a 403 MB RGB image), so a damaged or hostile header cannot make the loader
-            allocate gigabytes.
+            allocate gigabytes. A transform making larger images is refused when the loader
+            is built.
 
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
     ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass
@@ -158,9 +159,9 @@ class Loader:
         self._alone = alone_when_built(distributed, self.world_size)
         self.normalize_on = _check_normalize_on(normalize_on, self.device)
         self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda" and self.normalize_on == "host")
+        max_image_pixels = check_positive_int(max_image_pixels, "max_image_pixels")
         self._source = open_source(store_or_path, image_field, label_field, threads=threads,
-                                   max_pixels=check_positive_int(max_image_pixels, "max_image_pixels"),
-                                   nice=self.thread_nice)
+                                   max_pixels=max_image_pixels, nice=self.thread_nice)
         self.threads = self._source.gather.threads  # threads=None: default_threads of the store
         # every buffer that can be in flight (queued per producer, copying ahead) stays in the pool:
         # allocating pinned memory again costs milliseconds per batch
@@ -176,7 +177,7 @@ class Loader:
         sharding, self.rank, self.world_size = consumer_shard(self.sampler, self.rank, self.world_size, "Loader")
         self._split = 1 if sharding is not None else self.world_size
         self._alone = self._alone and sharding is None
-        _check_batchable(self._source, self.transforms)
+        _check_batchable(self._source, self.transforms, max_image_pixels)
         self._epoch = 0
 
     # -- epochs and lengths ---------------------------------------------------------------------
@@ -605,14 +606,17 @@ def _check_transforms(transforms, pin: bool) -> list:
     return transforms
 
 
-def _check_batchable(source, transforms) -> None:
-    """Every batch gets one shape, and a crop that cannot fit the store's images fails here, not
-    in the first batch's producer thread."""
+def _check_batchable(source, transforms, max_pixels: int) -> None:
+    """Every batch gets one shape, and a crop that cannot fit the store's images, or makes images
+    larger than ``max_pixels`` (RandomResizedCrop(2**20): a MemoryError at the first batch), fails
+    here, not in the first batch's producer thread."""
     fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
     if not fused_crop and source.num_samples and source.uniform_shape is None:
         raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
                          "in transforms so that every batch has one shape")
     size = source.uniform_shape if not fused_crop else transforms[0].output_size(0, 0)
+    if fused_crop:
+        _check_output_pixels(0, size, max_pixels)
     for i, t in enumerate(transforms[1:] if fused_crop else transforms, start=int(fused_crop)):
         if size is None or isinstance(t, Normalize) or not hasattr(t, "output_size"):
             continue
@@ -620,6 +624,13 @@ def _check_batchable(source, transforms) -> None:
             size = tuple(t.output_size(*size))
         except ValueError as exc:
             raise ValueError(f"transforms[{i}]: {exc} (its input: {size[0]}x{size[1]} images)") from None
+        _check_output_pixels(i, size, max_pixels)
+
+
+def _check_output_pixels(i: int, size: tuple[int, int], max_pixels: int) -> None:
+    if size[0] * size[1] > max_pixels:
+        raise ValueError(f"transforms[{i}] makes {size[0]}x{size[1]} images, more than max_image_pixels "
+                         f"({max_pixels}) pixels each; choose a smaller size (or raise max_image_pixels)")
 
 
 def _check_sampler(sampler, num_samples: int) -> None:
