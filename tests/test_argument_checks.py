@@ -140,7 +140,7 @@ def test_truthy_strings_and_bools_are_not_settings(store_path, tmp_path, call, m
 
 def test_from_torch_dataset_refuses_max_side_true(tmp_path):
     data = [(np.zeros((8, 8, 3), np.uint8), 0), (np.zeros((8, 8, 3), np.uint8), 1)]
-    with pytest.raises(ConversionError, match="max_side must be a positive number of pixels, got True"):
+    with pytest.raises(ConversionError, match="max_side must be an integer >= 1, got the bool True"):
         from_torch_dataset(data, tmp_path / "a.beton", max_side=True, progress=False)
 
 
@@ -241,8 +241,8 @@ def test_numpy_and_zero_dim_numbers_are_accepted(store_path, tmp_path):
     with pytest.raises(TypeError, match="must be a real number"):
         Normalize(torch.tensor([0.5, 0.5, 0.5]), [torch.tensor([True]), 0.25, 0.25])
     images = np.zeros((2, 4, 4, 3), np.uint8)
-    from fastprune.convert._common import check_max_pixels  # from_image_folder's max_pixels
-    check_max_pixels(np.int64(1000))
+    from fastprune.convert._common import check_positive_option  # from_image_folder's max_pixels
+    assert check_positive_option(np.int64(1000), "max_pixels") == 1000
     assert Store(from_arrays(images, [0, 1], tmp_path / "q.beton", jpeg=np.bool_(True), quality=np.int64(80),
                              progress=False)).num_samples == 2
 

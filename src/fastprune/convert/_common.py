@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._args import check_bool
+from .._args import check_bool, check_positive_int
 from .._outputs import check_output_file
 from ..errors import ConversionError, SourceNotFoundError, UnreadableSample
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
@@ -77,9 +77,13 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
     return check_output_file(out, "output", inputs, error=ConversionError, example="data.beton")
 
 
-def check_max_pixels(max_pixels: int) -> None:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise ConversionError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+def check_positive_option(value, name: str) -> int:
+    """``value`` as an int >= 1 (a size or a limit: max_pixels, max_side); else a ConversionError
+    naming ``name`` (True would store 1x1 images)."""
+    try:
+        return check_positive_int(value, name)
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
@@ -263,9 +267,8 @@ def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
     (the bound on sources, which a resize must not get round: 99999x99999 is 30 GB a sample)."""
     if max_side is not None and resize is not None:
         raise ConversionError("give either max_side (--max-side) or resize (--resize), not both")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
-                                 or max_side < 1):  # True would store 1x1 images
-        raise ConversionError(f"max_side must be a positive number of pixels, got {max_side!r:.40}")
+    if max_side is not None:
+        check_positive_option(max_side, "max_side")
     if resize is not None and (not isinstance(resize, (tuple, list)) or len(resize) != 2
                                or not all(isinstance(side, (int, np.integer)) for side in resize) or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")

@@ -415,7 +415,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     ``names=True`` adds a ``name`` field (bytes: each image's path below ``source``, e.g.
     ``b"cat/0042.jpg"``), so that per-sample scores name their files (``fastprune scores --store``).
     """
-    _common.check_max_pixels(max_pixels)
+    _common.check_positive_option(max_pixels, "max_pixels")
     _common.check_size_options(max_side, resize, max_pixels)
     paths, labels, classes = scan_image_folder(source, class_names)
     out = _common.check_output_path(out, inputs=paths)
