@@ -683,6 +683,50 @@ def test_the_device_feed_hands_out_an_epochs_first_batch_after_one_host_batch():
     assert seen == [(0, 1), (1, 3), (2, 5), (3, 6), (4, 7), (5, 8), (6, 8), (7, 8)]
 
 
+def test_a_cuda_feed_hands_out_a_batch_after_its_copy_and_keeps_its_memory_for_the_consumer(monkeypatch):
+    """On CUDA the copies run on a side stream. Before a batch is handed out, the consuming stream
+    must wait for the event recorded after its copy (else the step reads a half-copied batch), and
+    each tensor must be recorded on that stream (else the caching allocator reuses its memory while
+    the step still reads it). Checked with stand-ins for torch.cuda's streams and events, so the
+    ordering is tested without a GPU (the mutation audit found dropping the wait passed the suite)."""
+    import contextlib
+
+    from fastprune.loader.device import DeviceFeed
+    from fastprune.loader.loader import Batch
+
+    recorded, waited, kept = [], [], []
+
+    class Event:
+        def record(self, stream):
+            recorded.append((self, stream))
+
+    class Consumer:
+        def wait_event(self, event):
+            waited.append(event)
+
+    consumer = Consumer()
+
+    class Part:
+        def __init__(self, k):
+            self.k = k
+
+        def to(self, device, non_blocking):
+            assert non_blocking
+            return self
+
+        def record_stream(self, stream):
+            kept.append((self.k, stream))
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
+    feed = DeviceFeed(torch.device("cuda"), None, ahead=2, pinned=None, stream="side stream")
+    for k, batch in enumerate(feed.run(Batch(Part(i), Part(i), Part(i), None) for i in range(5))):
+        assert batch.images.k == k
+        assert waited[-1] is recorded[k][0] and recorded[k][1] == "side stream" and len(waited) == k + 1
+        assert kept[-3:] == [(k, consumer)] * 3  # images, labels, indices; no weights
+
+
 def test_producer_threads_that_cannot_start_raise_and_leave_nothing_running(raw_store, monkeypatch):
     """"can't start new thread" for the 2nd producer (a container's limit): the 1st kept decoding,
     and at exit closing the run raised "cannot join thread before it is started"."""
