@@ -773,15 +773,19 @@ def test_garbage_bit_flipped_and_strategy_mismatched_checkpoints_are_refused_in_
     save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}], settings={"epochs": 4})
     with pytest.raises(CheckpointError, match="was written with a pruning strategy and this run has none"):
         load_checkpoint(path, *_checkpoint_parts()[:2], settings={"epochs": 4})
-    with zipfile.ZipFile(path) as archive:  # flip a byte in the middle of the largest stored part
-        info = max(archive.infolist(), key=lambda i: i.file_size)
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
-        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
-    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="damaged checkpoint \\(its part .*Bad CRC-32"):
-        load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})
+    saved = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:  # a weight (the largest tensor), and the pickled record itself
+        parts = archive.infolist()
+    largest_tensor = max((i for i in parts if "/data/" in i.filename), key=lambda i: i.file_size)
+    record = next(i for i in parts if i.filename.endswith("data.pkl"))
+    for info in (largest_tensor, record):  # a byte flipped in the record failed in the unpickler instead
+        data = bytearray(saved)
+        name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+            int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+        data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=f"damaged checkpoint \\(its part '{info.filename}'.*Bad CRC-32"):
+            load_checkpoint(path, *_checkpoint_parts()[:2], strategy=_checkpoint_parts()[2], settings={"epochs": 4})
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -104,6 +104,9 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     ``weights_only=True`` restricts unpickling to tensors and plain containers: a file carrying a
     pickled callable (a ``__reduce__`` payload) is refused here, never run.
     """
+    # CRCs first: a flipped byte in the pickled record failed in the unpickler instead ("Unsupported
+    # operand 181"), a message that changed with where the byte fell
+    _check_crcs(path)
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4...": the refusal below says it all
             warnings.simplefilter("ignore", UserWarning)
@@ -118,7 +121,6 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001  the unpickler of a random file raises anything: KeyError, IndexError...
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
                               f"objects other than tensors and plain values): {_load_failure(exc)}") from None
-    _check_crcs(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
@@ -133,7 +135,11 @@ def _check_crcs(path) -> None:
 
     if not zipfile.is_zipfile(path):  # torch's legacy format (_use_new_zipfile_serialization=False): no CRCs
         return
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:  # a damaged directory: torch.load's refusal names what it found
+        return
+    with archive:
         for part in archive.infolist():
             if part.CRC == 0 and part.file_size:  # written without one (torch's save.compute_crc32 = False)
                 continue
