@@ -254,23 +254,8 @@ def test_seed_everything_repeats_numpys_global_stream():
 
 
 def test_fit_channels_last_true_on_cpu_converts_the_model():
-    from fastprune.loader import Batch
-    from fastprune.train import fit
-
-    class Loader:
-        batch_size = 4
-
-        def set_epoch(self, epoch):
-            pass
-
-        def __len__(self):
-            return 1
-
-        def __iter__(self):
-            yield Batch(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 0, 1]), torch.arange(4), torch.ones(4))
-
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 2))
-    fit(model, Loader(), None, epochs=1, channels_last=True, amp="off", progress=False, log=None)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, CLASSES))
+    fit(model, MemLoader(batches=1), None, epochs=1, channels_last=True, amp="off", progress=False, log=None)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not model[0].weight.is_contiguous()
 

@@ -63,24 +63,13 @@ class FlushRecorder:
 
 
 def test_fit_log_stdout_flushes_each_epoch_line(monkeypatch):
-    from fastprune.loader import Batch
+    from test_train_boundaries import MemLoader, Zero
+
     from fastprune.train import fit
-
-    class Loader:
-        batch_size = 4
-
-        def set_epoch(self, epoch):
-            pass
-
-        def __len__(self):
-            return 1
-
-        def __iter__(self):
-            yield Batch(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]), torch.arange(4), torch.ones(4))
 
     out = FlushRecorder()
     monkeypatch.setattr(sys, "stdout", out)
-    fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)), Loader(), None, epochs=1, progress=False)
+    fit(Zero(), MemLoader(batches=1), None, epochs=1, progress=False)
     lines = [i for i, (kind, text) in enumerate(out.events) if kind == "write" and text.startswith("epoch 1/1")]
     assert lines and ("flush", None) in out.events[lines[0]:]
 
