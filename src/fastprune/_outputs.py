@@ -59,14 +59,13 @@ def written_atomically(path: str | os.PathLike, *, binary: bool = False, newline
     A link is followed (its target is replaced, the link kept) and an existing file keeps its
     mode. A writable file in a folder that takes no new file (check_output_file lets it through)
     is written in place, as before, without the protection."""
-    from .store._atomic import existing_mode, replaced_when_done
+    from .store._atomic import replaced_when_done
 
     shown, path = Path(path), Path(os.path.realpath(path))
     open_mode, options = ("wb", {}) if binary else ("w", {"newline": newline, "encoding": "utf-8"})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replaced_when_done(path, open_mode=open_mode, mode=existing_mode(path), fsync=fsync,
-                                in_place_if_denied=True, **options) as file:
+        with replaced_when_done(path, open_mode=open_mode, fsync=fsync, in_place_if_denied=True, **options) as file:
             yield file
     except OSError as exc:
         if isinstance(exc, OutputError):

@@ -128,23 +128,24 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def replaced_when_done(path: Path, *, open_mode: str = "wb", mode: int | None = None, fsync: bool = False,
-                       in_place_if_denied: bool = False, **options):
+def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False, in_place_if_denied: bool = False,
+                       **options):
     """A file object on a new temporary file beside ``path``, which replaces ``path`` when the block
     ends without an error; after any error (Ctrl-C included) the temporary file is removed and
-    ``path`` keeps what it held. Leftovers of killed writes to ``path`` are removed first.
-    ``mode``: the permission bits given at the rename (default: what open() gives a new file);
-    ``fsync``: on disk before the rename; ``options``: for open (encoding, newline).
+    ``path`` keeps what it held. Leftovers of killed writes to ``path`` are removed first. The new
+    file keeps an existing file's permissions (else what open() gives a new file). ``fsync``: on
+    disk before the rename; ``options``: for open (encoding, newline).
     ``in_place_if_denied``: where the folder takes no new file but ``path`` is a writable file,
     write it in place, without the protection (a log), instead of failing (a store)."""
     remove_stale_temp_files(path)
+    mode = existing_mode(path)
     temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
     try:
         try:
             fd = create_exclusive(temp)
         except PermissionError:
             temp = None
-            if not (in_place_if_denied and existing_mode(path) is not None and os.access(path, os.W_OK)):
+            if not (in_place_if_denied and mode is not None and os.access(path, os.W_OK)):
                 raise
             with open(path, open_mode, **options) as file:
                 yield file
@@ -179,5 +180,5 @@ def remove_quietly(name: str) -> None:
 
 
 
-__all__ = ["sigterm_as_interrupt", "signals_deferred", "replaced_when_done", "existing_mode", "default_file_mode", "temp_prefix",
-           "remove_stale_temp_files", "remove_quietly"]
+__all__ = ["sigterm_as_interrupt", "signals_deferred", "replaced_when_done", "existing_mode", "default_file_mode",
+           "temp_prefix", "remove_stale_temp_files", "remove_quietly"]

@@ -41,7 +41,7 @@ from .._native import core
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
-from ._atomic import existing_mode, replaced_when_done, sigterm_as_interrupt
+from ._atomic import replaced_when_done, sigterm_as_interrupt
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks, layout_sizes
 from .fields import Field, IntField, RGBImageField
@@ -117,7 +117,7 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
     with sigterm_as_interrupt():
         try:
             # w+: finish() reads the file back; a store re-converted keeps its permissions
-            with replaced_when_done(landing, open_mode="w+b", mode=existing_mode(landing)) as out:
+            with replaced_when_done(landing, open_mode="w+b") as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
                                         label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, first_line
-from ..store._atomic import existing_mode, replaced_when_done
+from ..store._atomic import replaced_when_done
 from .device import model_device
 
 # Version of the checkpoint layout; files without it (or with another) are refused with a clear
@@ -55,7 +55,7 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     try:  # through a Python file, so a full disk is an OSError with its errno (torch's own: "unexpected pos")
         # a temporary file beside it, on disk before the rename makes it the checkpoint; removed after
         # any error, Ctrl-C included (a half-written file would keep a full disk full)
-        with replaced_when_done(landing, mode=existing_mode(landing), fsync=True) as file:
+        with replaced_when_done(landing, fsync=True) as file:
             torch.save(state, file)
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(exc)}); the previous one, if "
