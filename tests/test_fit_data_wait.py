@@ -27,18 +27,18 @@ DELAY_S = 0.02  # per batch, in the loader or in the model's forward
 class SleepyLoader:
     """An in-memory loader of ``BATCHES`` random batches, each handed out ``delay`` seconds late."""
 
-    def __init__(self, delay: float = 0.0, seed: int = 0):
+    def __init__(self, delay: float = 0.0, seed: int = 0, batches: int = BATCHES):
         generator = torch.Generator().manual_seed(seed)
-        count = BATCHES * BATCH
+        count = batches * BATCH
         self.images = torch.randn(count, 3, SIDE, SIDE, generator=generator)
         self.labels = torch.randint(0, CLASSES, (count,), generator=generator)
-        self.delay, self.batch_size = delay, BATCH
+        self.delay, self.batch_size, self.batches = delay, BATCH, batches
 
     def set_epoch(self, epoch: int) -> None:
         pass
 
     def __len__(self) -> int:
-        return BATCHES
+        return self.batches
 
     def __iter__(self):
         for start in range(0, len(self.labels), BATCH):

@@ -5,6 +5,7 @@ table), ffcv's layout rules, and refusals that keep a file readable."""
 
 import numpy as np
 import pytest
+from test_store import ListSource
 
 from fastprune.errors import ConversionError, StoreError
 from fastprune.store import format as fmt
@@ -14,21 +15,10 @@ from fastprune.store.reader import Store
 from fastprune.store.writer import write_dataset
 
 
-class Rows:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
 def _write(path, rows, fields, **kw):
     kw.setdefault("workers", 1)
     kw.setdefault("progress", False)
-    return write_dataset(path, Rows(rows), fields, **kw)
+    return write_dataset(path, ListSource(rows), fields, **kw)
 
 
 def _patch(path, offset, data: bytes):

@@ -21,30 +21,8 @@ from torch import nn
 from fastprune.loader import Batch
 from fastprune.train import fit
 
-CLASSES, SIDE, BATCH, BATCHES = 4, 4, 8, 5
-
-
-class MemLoader:
-    """In-memory loader: BATCHES batches of BATCH random images."""
-
-    def __init__(self, delay: float = 0.0, batches: int = BATCHES):
-        g = torch.Generator().manual_seed(0)
-        n = batches * BATCH
-        self.images = torch.randn(n, 3, SIDE, SIDE, generator=g)
-        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
-        self.batch_size, self.delay, self.batches = BATCH, delay, batches
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __len__(self):
-        return self.batches
-
-    def __iter__(self):
-        for start in range(0, len(self.labels), BATCH):
-            time.sleep(self.delay)
-            ids = torch.arange(start, start + BATCH)
-            yield Batch(self.images[ids], self.labels[ids], ids, torch.ones(BATCH))
+from test_fit_data_wait import BATCH, BATCHES, CLASSES, SIDE
+from test_fit_data_wait import SleepyLoader as MemLoader  # in-memory batches, optionally late
 
 
 class Zero(nn.Module):
@@ -254,7 +232,7 @@ def test_seed_everything_repeats_numpys_global_stream():
 
 
 def test_fit_channels_last_true_on_cpu_converts_the_model():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, CLASSES))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * (SIDE - 2) ** 2, CLASSES))
     fit(model, MemLoader(batches=1), None, epochs=1, channels_last=True, amp="off", progress=False, log=None)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not model[0].weight.is_contiguous()
