@@ -169,9 +169,10 @@ class ScoreTable:
 
         Raises IndexError for an index outside [0, num_samples) and ValueError for a loss that is
         NaN, infinite or beyond +-1e18 (its squared deviation would overflow the float32 variance)
-        or a ``correct`` other than 0/1 — leaving the table untouched — unless ``skip_invalid``,
-        which drops such entries instead: a seen sample keeps its statistics, an unseen one is
-        marked tried (``seen`` -1, bandit score -inf) until its first valid loss. Returns the
+        — leaving the table untouched — unless ``skip_invalid``, which drops such entries instead:
+        a seen sample keeps its statistics, an unseen one is marked tried (``seen`` -1, bandit
+        score -inf) until its first valid loss. A ``correct`` other than 0/1 always raises
+        ValueError (a wrong tensor passed, not a value training produces). Returns the
         number of entries skipped. A seen sample's bandit score saturates at the largest float32
         (and mean, var and score at the largest value of a 16-bit ``dtype``: 65504 for float16).
         ``correct`` is ignored by a table that does not keep the correctness fields.
