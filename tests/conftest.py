@@ -24,6 +24,18 @@ def _process_settings_restored():
     torch.set_flush_denormal(flushing)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in this test, as in a terminal, even when the suite was
+    started in the background by a shell without job control (`bash scripts/run test &`), which
+    starts Python with SIGINT ignored; the disposition is restored afterwards."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @functools.lru_cache(maxsize=None)
 def _uses_ffcv(module_path: str) -> bool:
     return "ffcv" in Path(module_path).read_text()

@@ -278,7 +278,7 @@ def test_the_never_prunes_warning_points_at_the_callers_line():
         assert caught[0].filename == __file__
 
 
-def test_signals_deferred_holds_a_signal_another_thread_receives():
+def test_signals_deferred_holds_a_signal_another_thread_receives(ctrl_c_raises):
     """The mask alone blocked the calling thread only: a signal taken by another thread ran its
     Python handler in the main thread inside the block."""
     import os

@@ -197,7 +197,7 @@ def test_cuda_losses_are_deferred_by_default_and_match_the_host_path():
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 1.1])
-def test_a_ctrl_c_during_a_flush_neither_drops_nor_repeats_updates(fraction):
+def test_a_ctrl_c_during_a_flush_neither_drops_nor_repeats_updates(fraction, ctrl_c_raises):
     """flush() emptied the staged updates before applying them: a Ctrl-C then lost them all, and
     the next selection ranked without that epoch's losses. Each run of calls is now applied and
     counted as one, so an interrupt leaves every update either applied or staged, once."""
