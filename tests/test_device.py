@@ -240,22 +240,36 @@ def test_gpu_utilization_is_none_on_the_cpu_and_where_nvml_is_missing(monkeypatc
 
 
 def test_sampler_averages_readings_per_mark_and_is_none_without_them():
+    """Readings are handed to the sampler's thread one by one (a queue), so how the threads are
+    scheduled cannot move a reading across a mark (the timed version failed once on a loaded machine)."""
+    import queue
     import time
 
-    readings = itertools.chain([50.0] + [20.0] * 3, itertools.repeat(80.0))  # the first: nvml answers
+    readings = queue.Queue()
 
     def read(device):
-        return next(readings)
+        try:
+            return readings.get(timeout=0.01)
+        except queue.Empty:
+            return None  # as when nvml has no new figure: not a sample
 
+    def sampled(busy, count):
+        while len(busy._samples) < count:
+            time.sleep(0.001)
+
+    readings.put(50.0)  # the first: nvml answers
     with train_device.GpuBusySampler(torch.device("cuda"), interval=0.001, read=read) as busy:
-        while len(busy._samples) < 3:
-            time.sleep(0.001)
+        for value in [20.0, 30.0, 40.0]:
+            readings.put(value)
+        sampled(busy, 3)
         first = busy.mark()
-        while len(busy._samples) < 10:
-            time.sleep(0.001)
-    assert first is not None and 20.0 <= first <= 80.0
-    assert busy.mark() == 80.0 and busy.mark() is None  # nothing new since the last mark
-    assert busy.mean() is not None and busy.mean() > first
+        for _ in range(7):
+            readings.put(80.0)
+        sampled(busy, 10)
+        second = busy.mark()
+        assert busy.mark() is None  # nothing new since the last mark
+    assert (first, second) == (30.0, 80.0)
+    assert busy.mean() == 65.0  # (90 + 7 * 80) / 10, over every sample
     with train_device.GpuBusySampler(torch.device("cpu")) as idle:  # the CPU: no thread, no figure
         assert idle._thread is None
     assert idle.mean() is None and idle.mark() is None
