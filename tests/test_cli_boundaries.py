@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from test_convert_image_folder_layout import _tree
 
 import fastprune
 from fastprune.cli import build_parser, main
@@ -42,9 +42,7 @@ def test_convert_accepts_quality_100_and_refuses_a_zero_side(capsys):
 
 def test_convert_resize_is_height_by_width(tmp_path):
     """--resize 6x10: every image 6 rows tall and 10 columns wide (as its help and error messages say)."""
-    for name in ("a/1.png", "b/2.png"):
-        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(tmp_path / "tree" / name)
+    _tree(tmp_path / "tree", ["a", "b"], per_class=1)  # two 6x6 images
     out = tmp_path / "r.beton"
     assert main(["convert", str(tmp_path / "tree"), "-o", str(out), "--resize", "6x10", "--workers", "1",
                  "--no-progress"]) == 0
@@ -279,9 +277,7 @@ def test_an_os_error_from_any_command_is_one_line_and_exit_1(monkeypatch, capsys
 def test_convert_warns_of_a_file_it_leaves_out_in_one_line(tmp_path, capsys):
     """An image folder's stray file (notes.txt) is named in one `fastprune convert: warning:` line,
     as every fastprune warning on the command line is, not in Python's two-line warning format."""
-    for name in ("a/1.png", "b/2.png"):
-        (tmp_path / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "tree" / name)
+    _tree(tmp_path / "tree", ["a", "b"], per_class=1)
     (tmp_path / "tree" / "a" / "notes.txt").write_text("where these came from")
     assert main(["convert", str(tmp_path / "tree"), "-o", str(tmp_path / "o.beton"), "--workers", "1",
                  "--no-progress"]) == 0
