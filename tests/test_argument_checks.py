@@ -286,7 +286,7 @@ def test_signals_deferred_holds_a_signal_another_thread_receives(ctrl_c_raises):
     import threading
     import time
 
-    from fastprune.store._atomic import signals_deferred
+    from fastprune._signals import signals_deferred
 
     events = []
     with pytest.raises(KeyboardInterrupt):

@@ -17,7 +17,7 @@ from test_store_boundaries import _patch
 from fastprune.store import Store
 from fastprune.store import checksums
 from fastprune.store import format as fmt
-from fastprune.store._atomic import sigterm_as_interrupt, signals_deferred
+from fastprune._signals import sigterm_as_interrupt, signals_deferred
 
 
 class _ExitingSource:

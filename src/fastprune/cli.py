@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ._signals import ctrl_c_after_imports, sigterm_as_interrupt
 from .errors import FastpruneError
 
 PROG = "fastprune"
@@ -279,7 +280,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the exit code (errors: one line on stderr, code 1)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    with ctrl_c_after_imports():  # a Ctrl-C that lands in an import (torch's: seconds) waits for its end
+        return _run_command(sys.argv[1:] if argv is None else list(argv))
+
+
+def _run_command(argv: list[str]) -> int:
     # The top-level parser has no options taking a value, so the first word is the command.
     command = next((word for word in argv if not word.startswith("-")), None)
     try:  # building it imports the command's modules (torch: seconds), where Ctrl-C is likely
@@ -291,8 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from .store._atomic import sigterm_as_interrupt
-
     try:
         # SIGTERM (a batch scheduler's stop, `kill`) ends as Ctrl-C does: temporary files removed,
         # loader threads stopped, one line; it used to kill `train` with no message

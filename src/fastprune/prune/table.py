@@ -8,7 +8,7 @@ import numpy as np
 
 from .._args import check_bool, check_epoch
 from .._native import core
-from ..store._atomic import signals_deferred
+from .._signals import signals_deferred
 from ._inputs import as_correct, as_indices, as_losses, staged, to_numpy
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection

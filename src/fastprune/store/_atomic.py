@@ -1,67 +1,15 @@
 """How a file lands atomically (a store: see writer.py's docstring; logs and reports:
 _outputs.written_atomically): the temporary file's name, its mode, the removal of leftovers of
-killed writes, and SIGTERM turned into KeyboardInterrupt so that the temporary file is removed as
-for Ctrl-C."""
+killed writes (signals: ../_signals.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import signal
 import socket
 import stat
 from pathlib import Path
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt (so the temporary file is removed, as
-    for Ctrl-C) instead of killing the process outright. Only where Python can install handlers
-    (the main thread) and only over the default action: a handler the caller set is kept."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        if _importing(frame):
-            # Raised inside an import, the exception could be lost (importlib's weakref callback
-            # prints and drops it), wrapped (a class body's __set_name__: a RuntimeError) or, where
-            # it passed through exec'd source (namedtuple, dataclass), make `python -m` exit by
-            # SIGINT after reporting it: 3 in 100 signals that land in an import did. Sent again
-            # in a few milliseconds instead, until it lands after the import.
-            timer = threading.Timer(IMPORT_RETRY_S, os.kill, (os.getpid(), signal.SIGTERM))
-            timer.daemon = True
-            timer.start()
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills, as usual
-        raise KeyboardInterrupt("terminated (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-
-#: How long a SIGTERM that arrived during an import waits before it is sent again.
-IMPORT_RETRY_S = 0.01
-
-_IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
-
-
-def _importing(frame) -> bool:
-    """Whether ``frame`` (a signal handler's) runs inside an import: importlib's frames stay on
-    the stack while a module's code runs (frozen or not, their globals name the module)."""
-    while frame is not None:
-        if frame.f_globals.get("__name__") in _IMPORT_MACHINERY:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def temp_name(path: Path) -> str:
@@ -78,38 +26,6 @@ def temp_name(path: Path) -> str:
 def create_exclusive(name: str) -> int:
     """Create ``name`` (which must not exist), mode 0600 until renamed into place; its fd."""
     return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGINT and SIGTERM back within the block; one that arrives is delivered (its handler
-    runs) when the block ends. Main thread only, where Python runs signal handlers.
-
-    Two layers: this thread's signal mask, and Python-level handlers that only note a signal. The
-    mask alone held nothing back once other threads existed (any thread may receive a process's
-    signal, and Python then runs the handler in the main thread at its next instruction)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    caught: list[int] = []
-    handlers = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(number)
-        if callable(handler):  # a Python handler (SIG_DFL/SIG_IGN act in C: the mask holds those)
-            handlers[number] = handler
-            signal.signal(number, lambda signum, frame: caught.append(signum))
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(caught):  # once each, in order, as real signals: Python runs
-            signal.raise_signal(number)       # every handler even when one raises (a direct call
-            # to the SIGINT handler raised before a SIGTERM noted after it was replayed)
 
 
 def default_file_mode() -> int:
@@ -206,5 +122,4 @@ def remove_quietly(name: str) -> None:
 
 
 
-__all__ = ["sigterm_as_interrupt", "signals_deferred", "replaced_when_done", "existing_mode", "default_file_mode",
-           "temp_prefix", "remove_stale_temp_files", "remove_quietly"]
+__all__ = ["replaced_when_done", "existing_mode", "default_file_mode", "temp_prefix", "remove_stale_temp_files", "remove_quietly"]

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .._signals import signals_deferred
 from ..errors import ConversionError, UnreadableSample
-from ._atomic import signals_deferred
 from .fields import Field
 
 # Chunks submitted ahead per worker process: enough that no worker idles while the writer writes,

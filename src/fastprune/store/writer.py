@@ -38,10 +38,11 @@ import numpy as np
 from .._args import check_bool, check_positive_int
 from .._cpus import usable_cpus
 from .._native import core
+from .._signals import sigterm_as_interrupt
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
-from ._atomic import replaced_when_done, sigterm_as_interrupt
+from ._atomic import replaced_when_done
 from .checksums import make_trailer, mark_checksummed
 from .encoding import EncodedChunk, encoded_chunks, layout_sizes
 from .fields import Field, IntField, RGBImageField
