@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -238,3 +239,26 @@ def test_an_npz_claiming_more_than_memory_is_one_clear_error(tmp_path):
     with pytest.raises(ConversionError, match=r"bomb\.npz: (its arrays do not fit in memory|cannot read)"):
         from_npz(bomb, tmp_path / "o.beton")
     assert not (tmp_path / "o.beton").exists()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 added the warning on a fork with threads")
+def test_a_conversion_with_workers_does_not_warn_of_forking_a_process_with_threads(tmp_path):
+    """numpy alone starts OpenBLAS's threads, so on Python 3.12+ every conversion with workers
+    warned that fork() may deadlock (shown in users' pytest runs): the workers fork on purpose."""
+    import threading
+
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait)  # a thread of the user's, alive during the fork
+    thread.start()
+    rng = np.random.default_rng(0)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = from_arrays(rng.integers(0, 256, (1024, 8, 8, 3), dtype=np.uint8), np.arange(1024) % 4,
+                              tmp_path / "s.beton", workers=2, progress=False)
+    finally:
+        idle.set()
+        thread.join()
+    assert not [w for w in caught if "multi-threaded" in str(w.message)], [str(w.message) for w in caught]
+    with fastprune.Store(out) as store:
+        assert len(store) == 1024 and store.verify().ok

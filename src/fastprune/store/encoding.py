@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import warnings
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -102,6 +103,13 @@ def _read_sample(source, index: int, num_fields: int) -> tuple:
 # Set in the parent right before forking the pool; the workers inherit them.
 _WORKER_JOB: tuple | None = None
 
+# Python 3.12+ warns on each fork of a process that has threads, and numpy's import alone starts
+# OpenBLAS's: every conversion with workers warned, in users' test runs too. Fork it is all the
+# same (as for torch's DataLoader): the workers must share the source as it is (a user's dataset
+# may not pickle; arrays would be copied into each), and the threads there are libraries' pools
+# that reset themselves in a fork's child (OpenBLAS, torch); the workers run no thread of ours.
+FORK_WITH_THREADS = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+
 
 def _die_with_parent(parent_pid: int) -> None:
     """Pool initializer: a worker must not outlive a parent killed with SIGKILL (nothing would
@@ -169,7 +177,8 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
             # submitted at once, in reverse, every finished chunk waited in memory for chunk 0,
             # which ran last: a 5.5 GB store held 5.4 GB in this process, the bar at 0%.)
             spans = iter(bounds)
-            with signals_deferred():
+            with signals_deferred(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", FORK_WITH_THREADS, DeprecationWarning)
                 pending = deque(pool.submit(_encode_in_worker, span)
                                 for span in itertools.islice(spans, CHUNKS_IN_FLIGHT_PER_WORKER * workers))
             while pending:
