@@ -6,8 +6,12 @@ from __future__ import annotations
 import ast
 import json
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own TOML reader
+    import tomli as tomllib
 
 import pytest
 
@@ -72,7 +76,8 @@ def test_the_dev_extra_brings_every_package_the_tests_import():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in local}
+    newer_stdlib = {"tomllib"}  # from Python 3.11 (3.10 imports tomli instead)
+    third_party = {m for m in imported if m not in sys.stdlib_module_names | newer_stdlib and m not in local}
     missing = {m for m in third_party if DISTRIBUTIONS.get(m, m).lower() not in installed}
     assert not missing, f"tests import {sorted(missing)}, which no extra scripts/run installs brings"
     # the script still installs those extras

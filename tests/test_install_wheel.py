@@ -145,5 +145,5 @@ def test_no_python_headers_get_one_paragraph_naming_what_to_install(checkout, tm
     scikit-build-core passes that folder to CMake as Python_INCLUDE_DIR; here an empty one."""
     empty = tmp_path / "include"
     empty.mkdir()
-    result = pip_wheel(checkout, tmp_path / "out", "-C", f"cmake.define.Python_INCLUDE_DIR={empty}")
+    result = pip_wheel(checkout, tmp_path / "out", "--config-settings", f"cmake.define.Python_INCLUDE_DIR={empty}")
     assert_one_paragraph(result, "the Python headers (Python.h) for")
