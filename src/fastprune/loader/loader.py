@@ -557,7 +557,7 @@ def _drain(q: queue.Queue, empty=queue.Empty) -> None:  # bound now: usable duri
 def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
-    else:  # Python 3.10: the attribute 3.11's add_note sets (pytest and the exceptiongroup backport print it)
+    else:  # Python 3.10: the attribute 3.11's add_note sets (pytest shows it; 3.10's own tracebacks do not)
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
