@@ -39,8 +39,12 @@ def _result(changes=None):
     result = {"machine": {"cpu": "X", "cpu_id": "v family 1 model 2", "cpu_features": ["avx2"], "cores": 2,
                           "torch": "2.14.1"},
               "settings": {"amp": "off"}, "recipe": {"lr": 0.1}, "model": {"name": "small_resnet"},
-              "mode": {"epochs": 2, "train_limit": None},
-              "data": {"train": "/data/a-train.beton", "val": "/data/a-val.beton"}, "runs": []}
+              "architecture": {"spec": "small_resnet", "class": "fastprune.models.SmallResNet", "parameters": 99},
+              "mode": {"epochs": 2, "train_limit": None, "eval_every": 1},
+              "data": {"train": "/data/a-train.beton", "val": "/data/a-val.beton",
+                       "train_identity": "10 samples, 1000 bytes, crc 0",
+                       "val_identity": "5 samples, 500 bytes, crc 0"},
+              "runs": []}
     for (section, key), value in (changes or {}).items():
         result[section] = {**result[section], key: value}
     return result, plan
@@ -50,14 +54,20 @@ def _result(changes=None):
     ("data", "train", "/data/b-train.beton"),  # another training store: accuracies not comparable
     ("data", "val", "/data/b-val.beton"),
     ("machine", "cores", 16),  # 16 cores train several times faster than 2: speed-ups not comparable
+    ("data", "train_identity", "10 samples, 1000 bytes, crc 1"),  # another store at the same path
+    ("data", "val_identity", "5 samples, 500 bytes, crc 1"),
+    ("architecture", "parameters", 100),  # a --model MODULE:CALLABLE whose code changed
+    ("mode", "eval_every", 3),  # curves average evaluation points one by one
 ])
 def test_continue_refuses_a_file_measured_on_other_stores_or_core_count(tmp_path, section, key, other):
     """CONTINUE_MUST_MATCH: the suite checks cpu, cpu_id, cpu_features, epochs,
-    settings and recipe, but not data.train/data.val or machine.cores."""
+    settings and recipe, but not data.train/data.val (path and contents), machine.cores, the model
+    built or eval_every."""
     this, plan = _result()
     previous, _ = _result({(section, key): other})
     plan.check_can_continue(this, this, tmp_path / "r.json")  # alike: accepted
-    with pytest.raises(SystemExit, match=f"{section}.{key}"):
+    named = section if section == "architecture" else f"{section}.{key}"  # compared whole
+    with pytest.raises(SystemExit, match=f"with {named} = "):
         plan.check_can_continue(previous, this, tmp_path / "r.json")
 
 

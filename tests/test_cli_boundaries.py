@@ -93,13 +93,16 @@ def test_main_job_converts_each_split_to_its_own_file_then_describes_then_benche
         ["convert", "fashion-mnist", "--split", "train", "--out", str(data / "fashion-mnist-train.beton")],
         ["convert", "fashion-mnist", "--split", "test", "--out", str(data / "fashion-mnist-test.beton")],
         ["info", str(data / "fashion-mnist-train.beton")],
-        ["bench", "--workdir", str(data), "--device", "cpu", "--quick"],
+        ["bench", "--workdir", str(data), "--device", "cpu", "--quick", "--overwrite"],  # measured afresh
     ]
     said = capsys.readouterr().out
-    assert "fastprune bench --device cpu --quick (the full benchmark: bash scripts/run main --bench)" in said
+    assert ("fastprune bench --device cpu --quick --overwrite (the full benchmark: bash scripts/run main "
+            "--bench)") in said
     main_job.main(["--data-dir", str(data), "--device", "cpu", "--bench", "--epochs", "3"])
-    assert calls[-1] == ["bench", "--workdir", str(data), "--device", "cpu", "--epochs", "3"]
+    assert calls[-1] == ["bench", "--workdir", str(data), "--device", "cpu", "--epochs", "3", "--overwrite"]
     assert "the full benchmark" not in capsys.readouterr().out  # not a quick run: no pointer to itself
+    main_job.main(["--data-dir", str(data), "--device", "cpu", "--bench", "--continue"])
+    assert calls[-1] == ["bench", "--workdir", str(data), "--device", "cpu", "--continue"]  # adds to the file
 
 
 @pytest.mark.parametrize("failing, code", [("convert", 1), ("info", 1), ("bench", 130)])

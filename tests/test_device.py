@@ -126,9 +126,10 @@ def test_main_job_passes_its_device_to_bench_unless_the_bench_arguments_name_one
     main_job.main(["--data-dir", str(tmp_path), "--bench", "--quick", "--device=auto"])
     main_job.main(["--data-dir", str(tmp_path)])
     benches = [argv for argv in calls if argv[0] == "bench"]
-    assert benches[0][-3:] == ["--device", "cpu", "--quick"]
-    assert benches[1][-2:] == ["--quick", "--device=auto"] and benches[1].count("--device") == 0
-    assert benches[2][-3:] == ["--device", "auto", "--quick"]  # the default: CUDA where there is one
+    assert benches[0][-4:-1] == ["--device", "cpu", "--quick"]
+    assert benches[1][-3:-1] == ["--quick", "--device=auto"] and benches[1].count("--device") == 0
+    assert benches[2][-4:-1] == ["--device", "auto", "--quick"]  # the default: CUDA where there is one
+    assert {argv[-1] for argv in benches} == {"--overwrite"}
 
 
 def test_compare_and_the_study_refuse_cuda_without_cuda(monkeypatch, tiny_stores, study_script, capsys):

@@ -86,6 +86,12 @@ class FastpruneWarning(UserWarning):
     """Base class of fastprune's own warnings (the command line prints them as one line)."""
 
 
+class UsageWarning(FastpruneWarning, RuntimeWarning):
+    """A call will likely not do what was meant (a strategy that never prunes, scores that go
+    unused, a sampler's epoch run again); the message says what to change. A RuntimeWarning too,
+    as these were before they had their own class."""
+
+
 class LabelWarning(FastpruneWarning):
     """A converter wrote labels that training will refuse (not 0..K-1); the message says how to
     relabel them."""

@@ -4,7 +4,9 @@ recipe and 10 epochs with a half-width model, full data vs the two bandits at ke
 about 5 minutes on 2 cores), print its table, where its plots went, and a one-line verdict.
 ``--bench`` passes other options, e.g. ``bash scripts/run main --bench --keeps 0.3 0.5`` or
 ``--bench`` alone for the full benchmark. ``--device`` (auto: CUDA when available, else the CPU)
-says where the benchmark trains: on a GPU machine the main job trains on the GPU.
+says where the benchmark trains: on a GPU machine the main job trains on the GPU. Each run
+replaces the result file of the last (``--overwrite``) unless ``--continue`` is among the
+``--bench`` arguments.
 
 Stores are written under ``data/`` (kept between runs: a store is reconverted only when missing
 or when it fails verification).
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"{parser.prog}: error: {exc}\n")
     bench = args.bench if any(a == "--device" or a.startswith("--device=") for a in args.bench) else \
         ["--device", args.device, *args.bench]
+    if not {"--continue", "--overwrite"} & set(bench):  # the main job measures afresh each time it runs
+        bench.append("--overwrite")
     args.data_dir.mkdir(parents=True, exist_ok=True)
     train = ensure_store("train", args.data_dir / "fashion-mnist-train.beton")
     ensure_store("test", args.data_dir / "fashion-mnist-test.beton")

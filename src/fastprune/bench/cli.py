@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "benchmarks/results/end_to_end[_quick].json; with --train, bench_<train's name>.json)")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the runs already in --out and do only the missing ones")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (without it or --continue, an existing --out is refused)")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
     add_visibility_arguments(parser)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
     add_recipe_arguments(parser)
@@ -134,13 +136,14 @@ def _run(args: argparse.Namespace) -> int:
         print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     with out_of_memory_named(settings.device, recipe.batch_size):
         result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
+                         overwrite=args.overwrite or _REPLACE_HINT,
                          built_in=args.train is None, log=functools.partial(print, flush=True),
                          tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
-    spread = report.timing_spread_note(result["runs"])
-    if spread:
-        print(spread)
+    for note in (report.never_pruned_note(result["runs"]), report.timing_spread_note(result["runs"])):
+        if note:
+            print(note)
     skipped, stem = _plots_unavailable(), out.with_suffix("")
     print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")
@@ -162,17 +165,25 @@ def recipe_for(args: argparse.Namespace, mode: dict):
     return recipe_from_args(argparse.Namespace(**{**vars(args), "width": width}), mode["epochs"])
 
 
+_REPLACE_HINT = "add --continue to run only the missing runs, --overwrite to replace it, or give another --out"
+
+
 def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *, quick: bool = False,
-            resume: bool = False, built_in: bool = False, log=None, tensorboard=None, kept_grid=None) -> dict:
+            resume: bool = False, overwrite: bool | str = False, built_in: bool = False, log=None,
+            tensorboard=None, kept_grid=None) -> dict:
     """Run the runs of ``mode`` (see plan.planned_runs) that ``out`` does not hold yet (all of them
     without ``resume``) on ``stores`` (train, val) with ``recipe``; return the result document,
-    written to ``out`` (None: not written) after every run. ``fastprune bench`` and
-    :func:`fastprune.bench.compare` both run through here. ``tensorboard``, ``kept_grid``: see
+    written to ``out`` (None: not written) after every run. An existing ``out`` is replaced only
+    with ``overwrite=True`` (a string: what the refusal tells the user to do). ``fastprune bench``
+    and :func:`fastprune.bench.compare` both run through here. ``tensorboard``, ``kept_grid``: see
     :func:`~fastprune.bench.run.run_one`."""
     settings = dataclasses.replace(settings.resolved(), eval_every=mode.get("eval_every", 1))
     data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
     names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
-    result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1], **data.json()})
+    identities = [None if built_in else _identity(path) for path in stores]  # a store replaced at its path
+    result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1],
+                                                             "train_identity": identities[0],
+                                                             "val_identity": identities[1], **data.json()})
     result["architecture"] = architecture(recipe, data)  # what --model actually built
     if log:
         device = resolve_device(settings.device)
@@ -180,9 +191,15 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
         log(f"training on {describe_device(device)}, {'fp32' if precision == 'off' else precision}")
     if out is not None:
         check_result_files(out, stores)
+        if out.exists() and not resume and overwrite is not True:  # hours of runs, gone at the first write
+            raise ConfigError(f"{out} exists{_holding(out)}; {overwrite or 'pass overwrite=True to replace it'}")
     if resume and out is not None and out.exists():
         previous = _previous_result(out)
         plan.check_can_continue(previous, result, out)
+        result["mode"] = {**plan.merged_mode(previous, mode), "quick": result["mode"]["quick"]}
+        # this session's command and date head the file; the earlier sessions' are kept
+        result["earlier_sessions"] = [*previous.get("earlier_sessions", []),
+                                      {"command": previous.get("command"), "date": previous.get("date")}]
         result["runs"] = previous["runs"]
         result["summary"] = report.summarize(result["runs"])
     todo = plan.missing_runs(mode, result["runs"])
@@ -192,6 +209,24 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
             log(f"warm-up (untimed): {seconds:.1f}s")
     _run_all(todo, stores, settings, recipe, data, result, out, log, tensorboard=tensorboard, kept_grid=kept_grid)
     return result
+
+
+def _holding(out: Path) -> str:
+    """" (a result of 6 runs, 2026-12-06T01:02:03)" for a result file, "" for anything else."""
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        return f" (a result of {len(previous['runs'])} runs, {previous['date']})"
+    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError):
+        return ""
+
+
+def _identity(path) -> str:
+    """The store's content identity (size, sample count, checksums: store_identity)."""
+    from ..store.checksums import store_identity
+    from ..store.reader import Store
+
+    with Store(path) as store:
+        return store_identity(store)
 
 
 def _previous_result(out: Path) -> dict:
@@ -221,7 +256,7 @@ def _run_all(todo, stores, settings: Settings, recipe, data, result: dict, out: 
         if out is not None:
             write_outputs(out, result)  # after every run: a long benchmark can be inspected or continued
         if log:
-            log(f"[{number}/{len(todo)}] {strategy:>14} keep {keep:.1f} seed {seed}: "
+            log(f"[{number}/{len(todo)}] {strategy:>14} keep {report.keep_label(keep)} seed {seed}: "
                 f"acc {row['final_acc']:.2f}%  wall {row['wall_s']:.1f}s  eval {row['eval_s']:.1f}s  "
                 f"overhead {row['pruning_overhead_s']:.2f}s{_busy(row)}  (elapsed {elapsed:.0f}s, {eta})")
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .._args import check_fraction, check_positive_int, check_seed
+from .._args import check_bool, check_fraction, check_positive_int, check_seed
 from ..models import load_model_factory, model_spec_of
 from ..train.device import process_state_kept
 from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
-from . import report
+from . import plan, report
 from .run import Settings
 
 _RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name not in ("epochs", "model")) + \
@@ -65,8 +65,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             strategies: Sequence[str] = ("full", "epsilon_greedy", "ucb"), keep: float | Sequence[float] = 0.5,
             epochs: int = RECIPE.epochs, seeds: Sequence[int] = (0,), out: str | os.PathLike | None = None,
             threads: int | None = None, amp: str | None = None, channels_last: bool | None = None,
-            device: str = "auto", compile: str = "off", eval_every: int = 1, verbose: bool = False,
-            **recipe_options) -> Comparison:
+            device: str = "auto", compile: str = "off", eval_every: int = 1, overwrite: bool = False,
+            verbose: bool = False, **recipe_options) -> Comparison:
     """Train ``model`` on the store ``train`` with full data and with each pruning strategy, evaluate
     on ``val`` after every ``eval_every``-th epoch and the last, and compare final accuracy and training wall-clock.
 
@@ -80,7 +80,8 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
         keep: the kept fraction of each pruned epoch, or several.
         out: a JSON path (relative to the current folder): the result document, its markdown report,
             a CSV of every epoch and two plots are written there (after every run), as by
-            ``fastprune bench``. None writes nothing.
+            ``fastprune bench``. None writes nothing. An existing file is refused (ConfigError,
+            before any work) unless ``overwrite=True``.
         threads, amp, channels_last: how the runs execute (:class:`~fastprune.bench.run.Settings`,
             whose defaults are the benchmark's). The benchmark's settings act on the process (torch
             threads, denormal flushing) while it runs; both are restored afterwards.
@@ -114,6 +115,10 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
             "seeds": tuple(check_seed(s, "compare(): seeds") for s in seeds),
             "strategies": tuple(name for name in strategies if name != "full"),
             "eval_every": check_positive_int(eval_every, "compare(): eval_every")}
+    repeat = plan.repeated_choice({**mode, "strategies": tuple(strategies)}, "compare(): {}")
+    if repeat:
+        raise ValueError(repeat)
+    overwrite = check_bool(overwrite, "compare(): overwrite")
     defaults = Settings()
     threads = defaults.threads if threads is None else check_positive_int(threads, "compare(): threads")
     settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads,
@@ -124,7 +129,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     # seeds Python's, numpy's and torch's generators for its model)
     with process_state_kept(), settings.applied():
         result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
-                         log=print if verbose else None)
+                         overwrite=overwrite, log=print if verbose else None)
     return Comparison(result)
 
 

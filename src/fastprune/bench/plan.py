@@ -31,15 +31,32 @@ NOTES = ("wall_s = training seconds incl. data loading, selection, score updates
 # different speeds, with and without AMX, or of different generations (docs/benchmarks.md). A file
 # written before cpu_id or cpu_features were recorded cannot show which CPU it came from, so it is
 # not continued.
+# The stores are compared by path and by content (a store replaced at the same path trained other
+# data), the model by its record and by what it built (a --model MODULE:CALLABLE is recorded by
+# name: its code can change between sessions), and evaluation by eval_every (the curves average
+# the runs' evaluation points one by one). The recipe's epochs are mode.epochs'.
 CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "cpu_features"),
                        ("machine", "cores"), ("machine", "torch"), ("settings",), ("recipe",), ("model",),
-                       ("mode", "epochs"), ("mode", "train_limit"), ("data", "train"), ("data", "val"))
+                       ("architecture",), ("mode", "epochs"), ("mode", "train_limit"), ("mode", "eval_every"),
+                       ("data", "train"), ("data", "val"), ("data", "train_identity"), ("data", "val_identity"))
 
 # What ``fastprune bench`` trains on when not given --train/--val: Fashion-MNIST it converts itself.
 BUILT_IN_DATA = "fashion-mnist (built in)"
-# Fields files written before they were recorded hold implicitly: every such file benchmarked the
-# built-in Fashion-MNIST.
-LEGACY_FIELDS = {("data", "train"): BUILT_IN_DATA, ("data", "val"): BUILT_IN_DATA}
+_UNKNOWN = object()
+
+
+def _legacy_value(path: tuple[str, ...], previous: dict, result: dict):
+    """What a file written before ``path`` was recorded held there implicitly, or _UNKNOWN."""
+    if path in (("data", "train"), ("data", "val")):
+        return BUILT_IN_DATA  # every such file benchmarked the built-in Fashion-MNIST
+    if path == ("mode", "eval_every"):
+        return 1  # evaluated after every epoch, as before --eval-every
+    if path in (("data", "train_identity"), ("data", "val_identity")):
+        # the built-in data (converted by fastprune from Debian's files) records no identity
+        return None if _field(previous, ("data", path[1].split("_")[0])) == BUILT_IN_DATA else _UNKNOWN
+    if path == ("architecture",) and (previous.get("model") or {}).get("name", "small_resnet") == "small_resnet":
+        return _field(result, path)  # SmallResNet's record holds every option that builds it
+    return _UNKNOWN
 
 
 def mode_for(args) -> dict:
@@ -57,7 +74,22 @@ def mode_for(args) -> dict:
             mode[key] = tuple(value) if isinstance(value, list) else value
     if mode["eval_every"] < 1:
         raise SystemExit(f"fastprune bench: --eval-every must be >= 1, got {mode['eval_every']}")
+    repeat = repeated_choice(mode, "--{}")
+    if repeat:
+        raise SystemExit(f"fastprune bench: {repeat}")
     return mode
+
+
+def repeated_choice(mode: dict, option: str) -> str | None:
+    """What ``mode`` repeats, e.g. "--seeds gives 0 twice: ..." (``option``: how a key is named),
+    or None. A seed given twice ran twice and counted as two seeds; a keep or strategy given twice
+    ran its cells twice."""
+    for key in ("strategies", "keeps", "seeds"):
+        values = list(mode[key])
+        twice = next((value for i, value in enumerate(values) if value in values[:i]), None)
+        if twice is not None:
+            return f"{option.format(key)} gives {twice!r} twice; give each once"
+    return None
 
 
 def base_recipe(quick: bool) -> Recipe:
@@ -69,9 +101,9 @@ def base_recipe(quick: bool) -> Recipe:
 def new_result(mode: dict, settings, quick: bool, recipe=RECIPE, data: dict | None = None) -> dict:
     """A result document with no runs yet: what the runs will be compared under. ``data``: the
     stores ("train", "val": paths, or BUILT_IN_DATA) and what was read off them."""
-    # The run length is mode.epochs; the recipe record keeps the default's epochs, as every result
-    # file has since the recipe was recorded, so that those files still continue.
-    recorded = recipe.replace(epochs=RECIPE.epochs)
+    # The run length is mode.epochs; the recipe record has it too (files before 2026-12-06 always
+    # recorded the default's 10, which check_can_continue therefore leaves out).
+    recorded = recipe.replace(epochs=mode["epochs"])
     return {"benchmark": "end_to_end", "command": machine.command_line(),
             "machine": machine.machine(), "device": machine.run_device(settings), "date": machine.now(),
             "mode": {**mode, "quick": quick}, "recipe": recorded.training_json(), "model": recipe.model_json(),
@@ -126,22 +158,43 @@ def _field(document: dict, path: tuple[str, ...]):
 
 
 def check_can_continue(previous: dict, result: dict, out: Path) -> None:
-    """Refuse ``--continue`` onto a result file measured on another machine or with other settings."""
+    """Refuse ``--continue`` onto a result file measured on another machine, data or model, or with
+    other settings."""
     result = json.loads(json.dumps(result))  # as it will be stored: tuples become lists
+    previous = json.loads(json.dumps(previous))  # filled in below where it predates a field
     model = previous.get("model") or {}
     if model.get("name", "small_resnet") != "small_resnet" and len(model) > 1:
         # files written before model_json recorded SmallResNet's options for any model
-        previous = {**previous, "model": {"name": model["name"]}}
+        previous["model"] = {"name": model["name"]}
+    for document in (previous, result):  # the recipe's epochs were always 10 in older files
+        (document.get("recipe") or {}).pop("epochs", None)
     for path in CONTINUE_MUST_MATCH:
-        if path in LEGACY_FIELDS and path[-1] not in (_field(previous, path[:-1]) or {}):
-            previous = json.loads(json.dumps(previous))
-            previous.setdefault(path[0], {})[path[1]] = LEGACY_FIELDS[path]
         if path[-1] not in (_field(previous, path[:-1]) or {}):
-            raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
-                             f"older fastprune), so it cannot be shown to come from this machine and "
-                             f"settings. Use another --out, or rerun without --continue.")
+            legacy = _legacy_value(path, previous, result)
+            if legacy is _UNKNOWN:
+                raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
+                                 f"older fastprune), so it cannot be shown to come from this machine, data and "
+                                 f"settings. Use another --out, or rerun without --continue.")
+            _place(previous, path, legacy)
         old, new = _field(previous, path), _field(result, path)
         if old != new:
             raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
                              f"{new!r}; mixing them would compare unlike runs. Use another --out, or "
                              f"rerun without --continue.")
+
+
+def _place(document: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        document = document.setdefault(key, {})
+    document[path[-1]] = value
+
+
+def merged_mode(previous: dict, mode: dict) -> dict:
+    """The mode a continued file records: this session's, with the strategies, keeps and seeds of
+    the runs it keeps from earlier sessions (a narrower --continue keeps them; the file must still
+    describe them, and its completeness is judged against all of them)."""
+    merged = dict(mode)
+    for key in ("strategies", "keeps", "seeds"):
+        earlier = list((previous.get("mode") or {}).get(key) or [])
+        merged[key] = tuple(earlier + [value for value in mode[key] if value not in earlier])
+    return merged

@@ -12,7 +12,7 @@ from .._outputs import written_atomically
 from ..errors import require
 
 from ..train.recipe import STRATEGIES
-from .report import TARGET_MARGIN_PT
+from .report import TARGET_MARGIN_PT, keep_label
 
 # One colour per strategy in every plot (tab10), full data in black.
 COLORS = {name: ("black" if name == "full" else f"C{i}") for i, name in enumerate(STRATEGIES)}
@@ -60,7 +60,7 @@ def plot_curves(runs: list[dict], path: Path, data: str = "Fashion-MNIST",
             axis.plot(seconds, mean, marker=".", label=strategy, linewidth=width, color=color)
             if len({r["seed"] for r in group}) > 1:
                 axis.fill_between(seconds, low, high, color=color, alpha=0.15, linewidth=0)
-        axis.set_title(f"keep {keep}")
+        axis.set_title(f"keep {keep_label(keep)}")
         axis.set_xlabel("training wall-clock (s)")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{evaluated_on} accuracy (%)")
@@ -101,10 +101,10 @@ def plot_frontier(summary: list[dict], path: Path, data: str = "Fashion-MNIST",
         style = {"marker": "*", "markersize": 12} if strategy == "full" else {"marker": "o"}
         style["color"] = COLORS.get(strategy)
         axis.errorbar([r["speedup"] for r in rows], [r["acc_mean"] for r in rows],
-                      yerr=[r["acc_std"] for r in rows], label=strategy, capsize=3, **style)
+                      yerr=[r["acc_std"] or 0 for r in rows], label=strategy, capsize=3, **style)
         for row in rows:
             if strategy != "full":
-                axis.annotate(f"{row['keep']:.1f}", (row["speedup"], row["acc_mean"]), fontsize=7,
+                axis.annotate(keep_label(row["keep"]), (row["speedup"], row["acc_mean"]), fontsize=7,
                               xytext=(3, 3), textcoords="offset points")
     full = next((r for r in summary if r["strategy"] == "full"), None)
     if full:

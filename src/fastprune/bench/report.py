@@ -26,8 +26,22 @@ def median(values):
 
 
 def std(values):
-    """The sample standard deviation of ``values``; 0 for fewer than two."""
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    """The sample standard deviation of ``values``; None for fewer than two (one seed measures no
+    spread: "± 0.00" read as "none")."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def keep_label(keep: float) -> str:
+    """A keep ratio as tables and plots show it: "0.5", "1.0", and every digit it has ("0.25": one
+    decimal printed 0.2 and 0.25 alike)."""
+    return f"{keep:.1f}" if round(keep, 1) == keep else f"{keep:g}"
+
+
+def accuracy_cell(row: dict) -> str:
+    """"92.36 ± 0.12" over seeds, "92.36 (1 seed)" where one seed measured no spread."""
+    if row["acc_std"] is None:
+        return f"{row['acc_mean']:.2f} (1 seed)"
+    return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f}"
 
 
 def time_to_target(curve, target: float) -> float | None:
@@ -110,8 +124,8 @@ def _cell_spread_note(runs: list[dict]) -> str:
     if not spreads or max(spreads)[0] <= SPREAD_WARNING:
         return ""
     ratio, name, keep, walls = max(spreads)
-    return (f"note: the runs of one cell took up to {ratio:.1f}x each other's time ({name} at keep {keep:.1f}: "
-            f"{min(walls):.1f}-{max(walls):.1f} s): {_BUSY_ADVICE}")
+    return (f"note: the runs of one cell took up to {ratio:.1f}x each other's time ({name} at keep "
+            f"{keep_label(keep)}: {min(walls):.1f}-{max(walls):.1f} s): {_BUSY_ADVICE}")
 
 
 def _per_sample_spread_note(runs: list[dict]) -> str:
@@ -123,8 +137,25 @@ def _per_sample_spread_note(runs: list[dict]) -> str:
         return ""
     (fast, fast_name, fast_keep), (slow, slow_name, slow_keep) = rates[0], rates[-1]
     return (f"note: the runs spent up to {slow / fast:.1f}x each other's time per trained sample "
-            f"({fast_name} at keep {fast_keep:.1f}: {fast * 1e3:.2f} ms, {slow_name} at keep {slow_keep:.1f}: "
+            f"({fast_name} at keep {keep_label(fast_keep)}: {fast * 1e3:.2f} ms, {slow_name} at keep "
+            f"{keep_label(slow_keep)}: "
             f"{slow * 1e3:.2f} ms): {_BUSY_ADVICE}")
+
+
+def never_pruned_note(runs: list[dict]) -> str:
+    """A line naming the pruned cells whose runs trained on every sample in every epoch (a static
+    method's scoring epochs, or warm-up and final full epochs, covering the run): their rows
+    measure full-data training under a strategy's name. "" when there are none."""
+    full = [run["samples_seen"] for run in runs if run["strategy"] == "full" and run.get("samples_seen")]
+    if not full:
+        return ""
+    cells = dict.fromkeys((run["strategy"], run["keep"]) for run in runs if run["strategy"] != "full"
+                          and run.get("samples_seen") and run["samples_seen"] >= max(full))
+    if not cells:
+        return ""
+    named = ", ".join(f"{name} at keep {keep_label(keep)}" for name, keep in cells)
+    return (f"note: {named} trained on every sample in every epoch (its warm-up or scoring epochs cover "
+            "the run): that row is full-data training, not pruning (with more epochs it prunes)")
 
 
 _BUSY_ADVICE = ("the machine was busy; speed-ups use medians, but rerun on an idle machine (or with "
@@ -140,7 +171,7 @@ def markdown_table(summary: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary:
         lines.append(
-            f"| {row['strategy']} | {row['keep']:.1f} | {row['acc_mean']:.2f} ± {row['acc_std']:.2f} | "
+            f"| {row['strategy']} | {keep_label(row['keep'])} | {accuracy_cell(row)} | "
             f"{fmt(row['acc_delta_pt'], '+.2f')} | {row.get('wall_s_median', row['wall_s_mean']):.1f} | "
             f"{fmt(row['speedup'], '.2f')}x | {fmt(row['time_to_target_s'], '.1f')} "
             f"({row['reached_target']}) | {row['scoring_s_mean']:.1f} | "
@@ -160,9 +191,9 @@ def pivot_table(summary: list[dict]) -> str:
         for name in strategies:
             row = cells.get((name, keep))
             row_cells.append("–" if row is None else
-                             f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} / "
+                             f"{accuracy_cell(row)} / "
                              + ("–" if row["speedup"] is None else f"{row['speedup']:.2f}x"))
-        lines.append(f"| {keep:.1f} | " + " | ".join(row_cells) + " |")
+        lines.append(f"| {keep_label(keep)} | " + " | ".join(row_cells) + " |")
     return "\n".join(lines)
 
 
@@ -208,7 +239,7 @@ def verdict(summary: list[dict], note: str) -> str:
     parts = [f"{VERDICT_STRATEGIES.get(row['strategy'], row['strategy'])} "
              f"{'–' if row['speedup'] is None else format(row['speedup'], '.2f')}x faster, "
              f"{row['acc_delta_pt']:+.2f} pt" for row in rows]
-    return (f"verdict at keep {keep:.1f}: {'; '.join(parts)} vs full data ({full['acc_mean']:.2f}%) "
+    return (f"verdict at keep {keep_label(keep)}: {'; '.join(parts)} vs full data ({full['acc_mean']:.2f}%) "
             f"({note})")
 
 
@@ -237,9 +268,11 @@ def render(result: dict) -> str:
     return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{quick}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}{_on_gpu(result)}.\n\n"
+            f"{_continued(result)}"
             f"{completeness(result)}"
             f"{total_time(result['runs'])}"
             f"{markdown_table(result['summary'])}\n\n"
+            f"{_paragraph(never_pruned_note(result['runs']))}"
             f"{_paragraph(timing_spread_note(result['runs']))}"
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
@@ -260,3 +293,12 @@ def _on_gpu(result: dict) -> str:
     if not device.get("gpu"):
         return ""
     return f", on {device['device']} ({device['gpu']}, CUDA {device['cuda']}, {device['precision']})"
+
+
+def _continued(result: dict) -> str:
+    """A line for a file continued over several sessions: the command above is only the last's."""
+    earlier = result.get("earlier_sessions") or []
+    if not earlier:
+        return ""
+    return (f"Continued: runs from {len(earlier) + 1} sessions (`--continue`), the first on "
+            f"{earlier[0].get('date')}; `earlier_sessions` in the JSON has their commands.\n\n")

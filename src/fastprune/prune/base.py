@@ -84,6 +84,7 @@ except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
+from ..errors import UsageWarning
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
 from .distributed import gather_updates
@@ -742,7 +743,7 @@ class Strategy:
         if full >= self.epochs:
             warnings.warn(f"{type(self).__name__}: warm-up/scoring ({self.warmup_epochs}) and final full "
                           f"({self.final_full_epochs}) epochs cover all {self.epochs} epochs: it never prunes",
-                          RuntimeWarning, stacklevel=_callers_level())
+                          UsageWarning, stacklevel=_callers_level())
 
     def _kept_count(self, fraction: float, described: str) -> int:
         """round(fraction * N), refused with ``described`` when that keeps no sample."""

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from .._args import check_bool, check_epoch, check_seed
+from ..errors import UsageWarning
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
@@ -107,7 +108,7 @@ class PrunedSampler(_SamplerBase):
             warnings.warn(f"PrunedSampler: the pass over epoch {unfinished} stopped before its last sample, so "
                           f"epoch {self.epoch} runs again (a loop taking len(loader) batches of a DataLoader with "
                           "drop_last=True never asks for the remainder); to choose the epoch, call "
-                          "sampler.set_epoch(epoch) at each epoch's start", RuntimeWarning, stacklevel=2)
+                          "sampler.set_epoch(epoch) at each epoch's start", UsageWarning, stacklevel=2)
         epoch = self.epoch
         self._set_during_pass = False
         self._unfinished = epoch

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from .._args import check_seed
+from ..errors import UsageWarning
 
 _M64 = (1 << 64) - 1
 #: Salt of the sharding stream, so that it differs from any other use of the same seed.
@@ -227,7 +228,7 @@ def consumer_shard(strategy, rank: int, world: int, who: str) -> tuple["Sharding
             warnings.warn(f"{who} shards the selection over {world} ranks but the strategy was built with "
                           "distributed=False: unless every rank feeds every rank's losses to update() "
                           "itself, the ranks' scores and selections diverge (samples trained twice or "
-                          "never); leave the strategy's distributed at 'auto'", RuntimeWarning, stacklevel=3)
+                          "never); leave the strategy's distributed at 'auto'", UsageWarning, stacklevel=3)
         return None, rank, world
     mine = (strategy.shard_rank, sharding.world_size)
     if world > 1 and (rank, world) != mine:

@@ -26,7 +26,7 @@ from torch import nn
 
 from .._args import check_bool, check_positive_int
 from .._outputs import written_atomically
-from ..errors import ConfigError, TrainingDiverged, first_line
+from ..errors import ConfigError, TrainingDiverged, UsageWarning, first_line
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
@@ -279,11 +279,11 @@ def _check_strategy_selects(strategy, loader) -> None:
     if strategy is None and hasattr(selecting, "update") and getattr(selecting, "uses_scores", True):
         warnings.warn(f"fit: train_loader's sampler {type(selecting).__name__} prunes by scores, but fit got no "
                       "strategy to feed the losses to: they never update and the run prunes blind; pass "
-                      "strategy= the same object", RuntimeWarning, stacklevel=3)
+                      "strategy= the same object", UsageWarning, stacklevel=3)
     if strategy is not None and not hasattr(selecting, "update"):
         warnings.warn(f"fit: strategy {type(strategy).__name__} does not choose train_loader's samples (the loader "
                       "has no pruning sampler): the run trains on all of them and the scores go unused; pass "
-                      "it to Loader(sampler=...) too", RuntimeWarning, stacklevel=3)
+                      "it to Loader(sampler=...) too", UsageWarning, stacklevel=3)
     if strategy is None or not hasattr(selecting, "update"):
         return
     # the same object, or one wrapping the other (a recording wrapper's .strategy)
@@ -325,7 +325,7 @@ def _check_strategy_unused(strategy, start_epoch: int) -> None:
     if start_epoch == 0 and table is not None and (table.pending or bool(np.any(table.seen != 0))):
         warnings.warn(f"fit: strategy {type(strategy).__name__} already holds scores (of an interrupted run?): "
                       "they count in this run's first selections; build a new strategy to start afresh",
-                      RuntimeWarning, stacklevel=3)
+                      UsageWarning, stacklevel=3)
 
 
 def _check_val_loader(loader) -> None:
@@ -535,7 +535,7 @@ def fit(
         raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
     if hasattr(getattr(val_loader, "sampler", None), "update"):
         warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
-                      "evaluate on a Loader without one (shuffle=False)", RuntimeWarning, stacklevel=2)
+                      "evaluate on a Loader without one (shuffle=False)", UsageWarning, stacklevel=2)
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import UsageWarning
+
 # A schedule factory: given the optimizer and the run's exact number of optimizer steps, build an
 # LR scheduler that ``fit`` steps once per batch. A factory (not a built scheduler) because the
 # step count is only known once the loader and strategy are known.
@@ -109,7 +111,7 @@ def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
     if not hasattr(scheduler, "replan") and getattr(strategy, "sizes_follow_scores", False):
         warnings.warn(f"fit: {type(strategy).__name__}'s epoch sizes follow its scores, so a schedule "
                       f"sized at the start ({type(scheduler).__name__}) will not end on the run's last step; "
-                      "fastprune.train.one_cycle re-plans itself every epoch", RuntimeWarning, stacklevel=3)
+                      "fastprune.train.one_cycle re-plans itself every epoch", UsageWarning, stacklevel=3)
     return scheduler
 
 

@@ -1,0 +1,150 @@
+"""What a result file of ``fastprune bench`` may hold (bench audit, 2026-12-06): --continue refuses
+runs of other data at the same path, of a changed --model or of another --eval-every; a narrower
+--continue still describes the runs it keeps; an existing --out is not replaced silently; keep
+ratios print every digit; one seed shows no invented spread; a strategy that never pruned is said."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from fastprune.bench import report
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+
+TINY_MODEL = ("import torch\n"
+              "class Tiny(torch.nn.Module):\n"
+              "    def __init__(self, num_classes):\n"
+              "        super().__init__()\n"
+              "        self.head = torch.nn.Linear(3 * 8 * 8, {hidden})\n"
+              "        self.out = torch.nn.Linear({hidden}, num_classes)\n"
+              "    def forward(self, x):\n"
+              "        return self.out(self.head(x.flatten(1)))\n"
+              "def make(num_classes):\n"
+              "    return Tiny(num_classes)\n")
+
+
+def _store(path, seed=0, n=48):
+    rng = np.random.default_rng(seed)
+    return from_arrays(rng.integers(0, 256, (n, 8, 8, 3), np.uint8), np.arange(n) % 2, path, progress=False)
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    """``bench(*args)``: fastprune bench on a tiny store with a tiny --model, into b.json."""
+    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=4))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mymodels", raising=False)
+    _store(tmp_path / "t.beton")
+
+    def run(*args):
+        return main(["bench", "--train", "t.beton", "--val", "t.beton", "--strategies", "ucb", "--epochs", "2",
+                     "--batch-size", "6", "--threads", "1", "--model", "mymodels:make", "--out", "b.json", *args])
+    return run
+
+
+def test_continue_refuses_another_store_at_the_same_path_a_changed_model_and_another_eval_every(
+        bench, tmp_path, monkeypatch):
+    assert bench("--keeps", "0.5", "--seeds", "0") == 0
+    before = (tmp_path / "b.json").read_text()
+    assert json.loads(before)["data"]["train_identity"].startswith("48 samples, ")
+
+    _store(tmp_path / "t.beton", seed=1)  # other images, same path and size
+    with pytest.raises(SystemExit, match="data.train_identity = "):
+        bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
+    _store(tmp_path / "t.beton", seed=0)  # the same data again: accepted below
+
+    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=16))  # edited between sessions
+    monkeypatch.delitem(sys.modules, "mymodels")
+    with pytest.raises(SystemExit, match="architecture = "):
+        bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
+    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=4))
+    monkeypatch.delitem(sys.modules, "mymodels")
+
+    with pytest.raises(SystemExit, match="mode.eval_every = 1, this run has 2"):
+        bench("--keeps", "0.5", "--seeds", "0", "1", "--eval-every", "2", "--continue")
+    assert (tmp_path / "b.json").read_text() == before  # every refusal left the file as it was
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 0
+    assert len(json.loads((tmp_path / "b.json").read_text())["runs"]) == 4
+
+
+def test_a_narrower_continue_still_describes_the_runs_it_keeps(bench, tmp_path):
+    assert bench("--keeps", "0.25", "0.5", "--seeds", "0") == 0
+    first = json.loads((tmp_path / "b.json").read_text())
+    assert first["recipe"]["epochs"] == 2  # the run's, not the default's 10
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["mode"]["keeps"] == [0.25, 0.5] and result["mode"]["seeds"] == [0, 1]
+    assert result["earlier_sessions"] == [{"command": first["command"], "date": first["date"]}]
+    written = (tmp_path / "b.md").read_text()
+    # the merged plan: 2 seeds x 2 keeps x (full, ucb); seed 1 never ran keep 0.25
+    assert "**Partial: 6 of 8 planned runs**" in written
+    assert f"Continued: runs from 2 sessions (`--continue`), the first on {first['date']}" in written
+    assert "| ucb | 0.25 | " in written and "| ucb | 0.5 | " in written  # 0.25 printed as 0.2 before
+
+
+def test_an_existing_out_is_replaced_only_when_asked(bench, tmp_path, capsys):
+    assert bench("--keeps", "0.5", "--seeds", "0") == 0
+    before = (tmp_path / "b.json").read_text()
+    capsys.readouterr()
+    assert bench("--keeps", "0.5", "--seeds", "1") == 1
+    error = capsys.readouterr().err
+    date = json.loads(before)["date"]
+    assert error.startswith(f"fastprune bench: error: b.json exists (a result of 2 runs, {date}); "
+                            "add --continue to run only the missing runs, --overwrite to replace it")
+    assert (tmp_path / "b.json").read_text() == before
+    assert bench("--keeps", "0.5", "--seeds", "1", "--overwrite") == 0
+    assert [run["seed"] for run in json.loads((tmp_path / "b.json").read_text())["runs"]] == [1, 1]
+
+
+def test_compare_refuses_an_existing_out_and_repeated_choices_before_any_work(tmp_path):
+    from fastprune import ConfigError
+    from fastprune.bench import compare
+
+    store = _store(tmp_path / "t.beton")
+    (tmp_path / "r.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"r.json exists; pass overwrite=True to replace it"):
+        compare(store, store, model="mymodels:make", out=tmp_path / "r.json")
+    with pytest.raises(TypeError, match="compare\\(\\): overwrite must be True or False"):
+        compare(store, store, out=tmp_path / "r.json", overwrite="yes")
+    with pytest.raises(ValueError, match="compare\\(\\): seeds gives 0 twice; give each once"):
+        compare(tmp_path / "missing.beton", tmp_path / "missing.beton", seeds=(0, 1, 0))
+    with pytest.raises(ValueError, match="compare\\(\\): keeps gives 0.5 twice"):
+        compare(tmp_path / "missing.beton", tmp_path / "missing.beton", keep=(0.5, 0.5))
+
+
+@pytest.mark.parametrize("option, values, repeated", [
+    ("--seeds", ["0", "0"], "0"), ("--keeps", ["0.5", "0.3", "0.5"], "0.5"), ("--strategies", ["ucb", "ucb"], "'ucb'")])
+def test_bench_refuses_a_choice_given_twice(tmp_path, option, values, repeated):
+    # a seed given twice ran twice and counted as 2 seeds (the std over one)
+    with pytest.raises(SystemExit, match=f"fastprune bench: {option} gives {repeated} twice; give each once"):
+        main(["bench", "--train", "t.beton", "--val", "t.beton", option, *values, "--out", str(tmp_path / "b.json")])
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_strategy_that_never_pruned_is_said_and_its_warning_is_one_line(bench, tmp_path, capsys):
+    # EL2N scores for 2 epochs by default: at --epochs 2 it trains on all data every epoch
+    assert bench("--strategies", "el2n", "ucb", "--keeps", "0.5", "--seeds", "0") == 0
+    said = capsys.readouterr()
+    note = ("note: el2n at keep 0.5 trained on every sample in every epoch (its warm-up or scoring epochs cover "
+            "the run): that row is full-data training, not pruning (with more epochs it prunes)")
+    assert note in said.out.splitlines() and note in (tmp_path / "b.md").read_text()
+    assert said.err.splitlines() == ["fastprune bench: warning: EL2N: warm-up/scoring (2) and final full (0) epochs "
+                                     "cover all 2 epochs: it never prunes"]  # one line, no source lines
+
+
+def test_keep_labels_and_one_seed_cells():
+    assert [report.keep_label(k) for k in (0.5, 1.0, 0.25, 0.15, 0.333)] == ["0.5", "1.0", "0.25", "0.15", "0.333"]
+    assert report.std([91.0]) is None and report.std([91.0, 93.0]) == pytest.approx(2 ** 0.5)
+    row = {"strategy": "ucb", "keep": 0.25, "seeds": 1, "acc_mean": 91.0, "acc_std": None}
+    assert report.accuracy_cell(row) == "91.00 (1 seed)"
+    assert report.accuracy_cell({**row, "seeds": 2, "acc_std": 0.5}) == "91.00 ± 0.50"
+    runs = [{"strategy": "full", "keep": 1.0, "samples_seen": 100},
+            {"strategy": "ucb", "keep": 0.5, "samples_seen": 50},
+            {"strategy": "forgetting", "keep": 0.25, "samples_seen": 100}]
+    assert report.never_pruned_note(runs).startswith("note: forgetting at keep 0.25 trained on every sample")
+    assert report.never_pruned_note(runs[:2]) == ""
