@@ -142,19 +142,22 @@ class Store:
         files with a rename (as fastprune's writer does), never in place, while they are read.
         """
         file = self._file  # once: close() may run on another thread (a Loader's producers call this)
-        closed = StoreError(f"{self.path}: the store is closed")
         if file is None or file.closed:
-            raise closed
+            raise self._closed_error()
         try:
             identity = _identity(os.fstat(file.fileno()))
         except ValueError:  # closed since the line above
-            raise closed from None
+            raise self._closed_error() from None
         except OSError as exc:  # EBADF: closed since; else the file itself (ESTALE on NFS, EIO)
-            raise (closed if exc.errno == errno.EBADF else
+            raise (self._closed_error() if exc.errno == errno.EBADF else
                    StoreError(f"{self.path}: cannot check the file: {exc.strerror or exc}")) from None
         if identity != self._identity:
             raise StoreError(f"{self.path}: the file was changed in place while open (size or "
                              "modification time differs); reopen it, and replace stores by renaming")
+
+    def _closed_error(self) -> StoreError:
+        # made only when raised: check_unchanged runs before every batch
+        return StoreError(f"{self.path}: the store is closed")
 
     def verify(self):
         """Check the structure and every checksum; returns a VerifyReport (see checksums.py)."""
