@@ -76,8 +76,9 @@ def test_the_precision_replay_compares_every_strategy_and_half_type(tiny):
 def test_allgather_bytes_are_counted_from_the_payload_shapes(tiny):
     for row in tiny[0]["communication"]:
         w, b = row["world"], row["batch_per_rank"]
-        # gather_updates: a header of 2 int64 and a (3, batch) float64 payload from each other rank
-        assert row["replicated_bytes_received_per_rank"] == (w - 1) * (2 * 8 + 3 * b * 8)
+        # gather_updates: a header of 6 int64 (size, correct flag, distributed.Agreement's 4) and a
+        # (3, batch) float64 payload from each other rank
+        assert row["replicated_bytes_received_per_rank"] == (w - 1) * (6 * 8 + 3 * b * 8)
         assert row["collectives_per_step"] == 2 and row["sharded_bytes_per_step"] == 0
 
 

@@ -112,6 +112,8 @@ class PrunedOrder(TraversalOrder):
         order = self.indices[selection.indices[epoch_permutation(self.shuffle_seed, epoch, len(selection))]]
         if self.distributed and self._sharding is None:
             order = shard(order, self._rank, self._world)
+            if self._world > 1 and hasattr(self.strategy, "_note_order"):  # the ranks' update() calls check it
+                self.strategy._note_order(self.shuffle_seed, epoch, self._world)
         self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current
         return order
 

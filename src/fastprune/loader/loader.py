@@ -224,6 +224,8 @@ class Loader:
             ids, weights = ids[order], weights[order]
         if self._split > 1:
             ids, weights = (shard(a, self.rank, self.world_size) for a in (ids, weights))
+            if hasattr(self.sampler, "_note_order"):  # the ranks' update() calls check they share it
+                self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)
         if self.drop_last:
             keep = len(ids) // self.batch_size * self.batch_size
             ids, weights = ids[:keep], weights[:keep]

@@ -69,9 +69,11 @@ What a rank holds per sample (``strategy.bytes_per_sample``), for tables of 1e8-
 from __future__ import annotations
 
 import hashlib
+import json
 import numbers
 import sys
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -84,10 +86,10 @@ except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
-from ..errors import UsageWarning
+from ..errors import ConfigError, UsageWarning
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
-from .distributed import gather_updates
+from .distributed import Agreement, all_gather_ints, gather_updates, group_world_size
 from .sharding import is_sharded, sharded_ranks, Sharding
 from .table import ScoreTable
 
@@ -294,6 +296,10 @@ class Strategy:
         self._cache: tuple[int, Selection] | None = None  # (anchor epoch, its pruned selection)
         self._dense_weights = None  # (cached Selection, device, per-sample weights): weighted_loss's lookup
         self._epoch = 0  # the epoch updates are attributed to: the latest one selected
+        # What the ranks' updates are checked to share (distributed.Agreement)
+        self._settings_digest: int | None = None
+        self._order_note = 0  # how the consumer orders the epoch (0: not noted)
+        self._consumer_split, self._warned_alone = 1, False
         # What was kept: counted once per selected epoch (in select), not per step; per shard row
         # when sharded. 8 bytes per sample, as much as a float32 table: optional at scale.
         self.track_kept = check_bool(track_kept, "track_kept")
@@ -301,6 +307,8 @@ class Strategy:
         self._times_kept = np.zeros(rows, dtype=np.uint32)
         self._last_kept = np.full(rows, -1, dtype=np.int32)  # -1: never kept
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
+        if isinstance(distributed, str) and is_sharded(distributed):  # ranks from the group: check they agree
+            self._check_shards_agree()
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -421,10 +429,46 @@ class Strategy:
             defer = hasattr(losses, "detach") and losses.device.type != "cpu"
         defer = check_bool(defer, "update: defer")  # "no" is truthy
         if self.distributed is not False and self.sharding is None:
-            indices, losses, correct = gather_updates(indices, losses, correct,
-                                                      required=self.distributed is True)
+            indices, losses, correct = gather_updates(indices, losses, correct, required=self.distributed is True,
+                                                      agreement=self._agreement())
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
                                  defer=defer)
+
+    def _agreement(self) -> Agreement:
+        """What this rank's update() call must share with the other ranks' (checked in the gather);
+        warns once when the consumer shards over ranks but no group gathers their losses."""
+        if self._consumer_split > 1 and not self._warned_alone and group_world_size() == 1:
+            self._warned_alone = True
+            warnings.warn(f"{type(self).__name__}.update(): the selection is sharded over {self._consumer_split} "
+                          "ranks but no torch.distributed group runs to gather their losses: each rank's scores "
+                          "see its own shard only and the ranks' selections diverge (samples trained twice or "
+                          "never); initialise the process group before the first update()", UsageWarning,
+                          stacklevel=_callers_level())
+        return Agreement(self._epoch, self.table.next_call_number(self._epoch), self._settings(),
+                         self._order_note)
+
+    def _settings(self) -> int:
+        """A digest of config() (settings are fixed at construction), which every rank must share."""
+        if self._settings_digest is None:
+            config = {k: v for k, v in self.config().items() if k != "sharding"}  # names this rank's shard
+            self._settings_digest = zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode())
+        return self._settings_digest
+
+    def _check_shards_agree(self) -> None:
+        """Sharded over a running group: every rank built the same strategy (one seed: the seed
+        draws the partition, so ranks seeded apart owned some samples twice and others never).
+        Once, at construction, which every rank of a sharded run does (a sharded run has no
+        per-step collective to carry this check, as the replicated update() does)."""
+        if group_world_size() > 1 and len({tuple(v) for v in all_gather_ints([self._settings()])}) > 1:
+            raise ConfigError(f"{type(self).__name__}(distributed='sharded'): the ranks built it with different "
+                              "settings (keep, seed, epochs, ...): the seed draws the partition, so build the same "
+                              "strategy on every rank, with one seed for all")
+
+    def _note_order(self, seed: int | None, epoch: int, split: int) -> None:
+        """A Loader or PrunedSampler sharding this strategy's selection over ``split`` ranks tells
+        how it orders ``epoch`` (``seed``; None: unshuffled): the ranks' update() calls compare it."""
+        self._consumer_split = split
+        self._order_note = zlib.crc32(f"{seed}:{epoch}:{split}".encode()) or 1
 
     def flush(self) -> int:
         """Apply deferred updates now (see :meth:`update`); return the number of entries skipped.

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import NamedTuple
+
 from .._args import check_int_range, check_positive_int
+from ..errors import ConfigError
 from ._inputs import as_correct, as_indices, as_losses
 
 
@@ -123,8 +126,63 @@ def _active_group():
     return dist
 
 
-def gather_updates(indices, losses, correct=None, *, required: bool = False):
-    """Returns this rank's update unchanged outside a multi-process group, else everyone's."""
+def group_world_size() -> int:
+    """The running torch.distributed group's size; 1 without a group (or a group of one)."""
+    dist = _active_group()
+    return 1 if dist is None else dist.get_world_size()
+
+
+def _collective_device(dist):
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_gather_ints(values: list[int]) -> list[list[int]]:
+    """Every rank's ``values`` (the same count on each), in rank order, from the running group."""
+    import torch
+
+    dist = _active_group()
+    if dist is None:
+        return [list(values)]
+    mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_collective_device(dist))
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    return [[int(v) for v in tensor.tolist()] for tensor in gathered]
+
+
+class Agreement(NamedTuple):
+    """What the ranks' update() calls must share; all-gathered with each call's size, so checking
+    costs no collective of its own. Without it a rank calling update() once more than another
+    paired its calls with the next epoch's (tables out of step, then a hang), and ranks seeded
+    apart trained samples twice or never, silently (distributed audit)."""
+
+    epoch: int = 0  # the strategy's current epoch
+    call: int = 0  # this call's number within it (1-based)
+    settings: int = 0  # a digest of the strategy's config()
+    order: int = 0  # a digest of how the consumer (Loader, PrunedSampler) orders the epoch; 0: none noted
+
+    @staticmethod
+    def check(ranks: "list[Agreement]") -> None:
+        first = ranks[0]
+        if any((a.epoch, a.call) != (first.epoch, first.call) for a in ranks):
+            where = ", ".join(f"rank {r} at call {a.call} of epoch {a.epoch}" for r, a in enumerate(ranks))
+            raise ConfigError(f"update(): the ranks are out of step ({where}): every rank must call update() "
+                              "once per step, as often as the others in each epoch (equal shards give every "
+                              "rank the same number of batches)")
+        if any(a.settings != first.settings for a in ranks):
+            raise ConfigError("update(): the ranks' strategies were built with different settings (keep, seed, "
+                              "epochs, ...): build the same strategy on every rank, with one seed for all")
+        if any(a.order != first.order for a in ranks):
+            raise ConfigError("update(): the ranks order the epoch differently (their Loaders' or PrunedSamplers' "
+                              "seeds differ): give every rank the same seed, so that each takes its own shard of "
+                              "one order (seeded per rank, shards overlap: samples trained twice or never)")
+
+
+def gather_updates(indices, losses, correct=None, *, required: bool = False, agreement: "Agreement | None" = None):
+    """Returns this rank's update unchanged outside a multi-process group, else everyone's.
+    ``agreement``: what every rank's call must share (see :class:`Agreement`), checked with the
+    sizes (the same collective): a ConfigError on every rank where they differ."""
     dist = _active_group()
     if dist is None:
         if required:
@@ -136,16 +194,15 @@ def gather_updates(indices, losses, correct=None, *, required: bool = False):
     idx = as_indices(indices)
     loss = as_losses(losses, len(idx))
     corr = as_correct(correct, len(idx))
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _collective_device(dist)
     world = dist.get_world_size()
 
-    header = torch.tensor([len(idx), corr is not None], dtype=torch.int64, device=device)
-    headers = [torch.empty_like(header) for _ in range(world)]
-    dist.all_gather(headers, header)
-    sizes = [int(h[0]) for h in headers]
+    headers = all_gather_ints([len(idx), corr is not None, *(agreement or Agreement())])
+    sizes = [h[0] for h in headers]
     flags = {bool(h[1]) for h in headers}
     if len(flags) != 1:
         raise ValueError("update(): some ranks passed `correct` and others did not")
+    Agreement.check([Agreement(*h[2:]) for h in headers])
 
     # One float64 payload per rank: indices (< 2^53, exact), losses (float32, exact), correct.
     width = max(sizes)

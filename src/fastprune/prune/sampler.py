@@ -119,6 +119,8 @@ class PrunedSampler(_SamplerBase):
         if self.shuffle:
             order = order[epoch_permutation(self.seed, epoch, len(order))]
         ids = shard(order, 0 if self._sharding else self.rank, self._split).tolist()
+        if self._split > 1 and hasattr(self.strategy, "_note_order"):  # the ranks' update() calls check it
+            self.strategy._note_order(self.seed if self.shuffle else None, epoch, self._split)
         yield from ids[:-1]
         # Advanced before the last index, as the Loader before its last batch: a DataLoader in
         # this process stops asking once its last batch is full (a subset a multiple of the batch

@@ -244,10 +244,14 @@ class ScoreTable:
 
     def _count_call(self, epoch) -> int:
         """The 1-based number of this update() call within its epoch."""
-        last, count = self._calls
-        count = count + 1 if last == epoch else 1
+        count = self.next_call_number(epoch)
         self._calls = (epoch, count)
         return count
+
+    def next_call_number(self, epoch: int) -> int:
+        """The number the next update() call of ``epoch`` will have (1 for its first)."""
+        last, count = self._calls
+        return count + 1 if last == epoch else 1
 
     def _stage(self, indices, losses, correct, epoch: int, skip_invalid: bool, number: int) -> None:
         is_tensor = hasattr(indices, "detach")
