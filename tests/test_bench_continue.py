@@ -35,15 +35,17 @@ def _store(path, seed=0, n=48):
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     """``bench(*args)``: fastprune bench on a tiny store with a tiny --model, into b.json."""
-    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=4))
+    (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "mymodels", raising=False)
+    monkeypatch.setitem(sys.modules, "continue_models", None)  # undone after the test: the import goes too
+    del sys.modules["continue_models"]
     _store(tmp_path / "t.beton")
 
     def run(*args):
         return main(["bench", "--train", "t.beton", "--val", "t.beton", "--strategies", "ucb", "--epochs", "2",
-                     "--batch-size", "6", "--threads", "1", "--model", "mymodels:make", "--out", "b.json", *args])
+                     "--batch-size", "6", "--threads", "1", "--model", "continue_models:make", "--out", "b.json",
+                     *args])
     return run
 
 
@@ -58,12 +60,12 @@ def test_continue_refuses_another_store_at_the_same_path_a_changed_model_and_ano
         bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
     _store(tmp_path / "t.beton", seed=0)  # the same data again: accepted below
 
-    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=16))  # edited between sessions
-    monkeypatch.delitem(sys.modules, "mymodels")
+    (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=16))  # edited between sessions
+    del sys.modules["continue_models"]
     with pytest.raises(SystemExit, match="architecture = "):
         bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
-    (tmp_path / "mymodels.py").write_text(TINY_MODEL.format(hidden=4))
-    monkeypatch.delitem(sys.modules, "mymodels")
+    (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4))
+    del sys.modules["continue_models"]
 
     with pytest.raises(SystemExit, match="mode.eval_every = 1, this run has 2"):
         bench("--keeps", "0.5", "--seeds", "0", "1", "--eval-every", "2", "--continue")
@@ -108,7 +110,7 @@ def test_compare_refuses_an_existing_out_and_repeated_choices_before_any_work(tm
     store = _store(tmp_path / "t.beton")
     (tmp_path / "r.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"r.json exists; pass overwrite=True to replace it"):
-        compare(store, store, model="mymodels:make", out=tmp_path / "r.json")
+        compare(store, store, out=tmp_path / "r.json")
     with pytest.raises(TypeError, match="compare\\(\\): overwrite must be True or False"):
         compare(store, store, out=tmp_path / "r.json", overwrite="yes")
     with pytest.raises(ValueError, match="compare\\(\\): seeds gives 0 twice; give each once"):

@@ -312,3 +312,85 @@ def test_continue_accepts_a_file_that_recorded_smallresnets_widths_for_a_custom_
     old["model"] = {"name": "other:make"}
     with pytest.raises(SystemExit):
         plan.check_can_continue(old, result, tmp_path / "b.json")
+
+
+# ---- seeing-the-pruning audit (2026-12-06) ------------------------------------------------------
+
+def test_a_sharded_full_epoch_does_not_count_the_spare_sample_it_leaves_out():
+    # 7 samples on 2 ranks: rank 0's shard of 4 visits 3 per full epoch (every rank the same steps)
+    strategy = fastprune.UCB(7, keep=0.5, seed=0, warmup_epochs=2, distributed=("sharded", 0, 2))
+    counted = np.zeros(7, np.int64)
+    for epoch in range(2):
+        counted[strategy.select(epoch).indices] += 1
+    report = strategy.sample_report()
+    assert report["times_kept"].tolist() == counted[report["index"]].tolist()
+    assert sorted(report["times_kept"].tolist()) == [1, 1, 2, 2]  # each epoch left a different one out
+
+
+def test_tensorboard_folders_hold_one_run_each(tmp_path, capsys):
+    store = _store(tmp_path, n=60, names=("cat", "dog"))
+    argv = ["train", "--train", str(store), "--val", str(store), "--epochs", "2", "--width", "4", "--batch-size",
+            "6", "--no-progress", "--threads", "1", "--keep", "0.5", "--tensorboard", str(tmp_path / "tb")]
+    assert main([*argv, "--checkpoint", str(tmp_path / "a.pt")]) == 0
+    capsys.readouterr()
+    assert main(argv) == 1  # a second run would draw as one zig-zagging curve with the first
+    assert capsys.readouterr().err.startswith(f"fastprune train: error: --tensorboard: {tmp_path / 'tb'} already "
+                                              "holds a run's TensorBoard events")
+    assert main([*argv, "--checkpoint", str(tmp_path / "a.pt"), "--resume"]) == 0  # continues its own curves
+    # a run refused before its first epoch writes no event file
+    assert main([*argv[:-1], str(tmp_path / "tb2"), "--checkpoint", str(tmp_path / "a.pt"), "--resume",
+                 "--batch-size", "7"]) == 1
+    assert not (tmp_path / "tb2").exists() or not list((tmp_path / "tb2").iterdir())
+
+
+def test_bench_refuses_a_tensorboard_folder_of_earlier_runs_and_overwrite_replaces_each_runs_events(tmp_path):
+    from fastprune.train.tensorboard import event_files
+
+    store = _store(tmp_path, n=48)
+    argv = ["bench", "--train", str(store), "--val", str(store), "--strategies", "ucb", "--keeps", "0.5", "--seeds",
+            "0", "--epochs", "2", "--batch-size", "6", "--threads", "1", "--width", "4",
+            "--tensorboard", str(tmp_path / "tb")]
+    assert main([*argv, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 1  # another result, the same run folders
+    assert main([*argv, "--out", str(tmp_path / "a.json"), "--overwrite"]) == 0
+    for run in ("full-keep1-seed0", "ucb-keep0.5-seed0"):
+        assert len(event_files(tmp_path / "tb" / run)) == 1, run  # replaced, not a second one beside it
+        assert [step for step, _ in _scalars(tmp_path / "tb" / run)["loss/train"]] == [1, 2]
+
+
+def test_a_fit_checkpoint_names_its_store_so_scores_refuse_another(tmp_path):
+    store = _store(tmp_path, n=40)
+    other = from_arrays(np.zeros((40, 8, 8, 3), np.uint8), np.zeros(40, np.int64), tmp_path / "other.beton",
+                        progress=False)
+    strategy = fastprune.UCB(40, keep=0.5, seed=0)
+    loader = fastprune.Loader(store, 8, sampler=strategy, threads=1, transforms=[fastprune.loader.Normalize()])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    fastprune.train.fit(model, loader, None, strategy, epochs=1, checkpoint=tmp_path / "run.pt", progress=False,
+                        log=None)
+    assert main(["scores", str(tmp_path / "run.pt"), "--store", str(store), "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["scores", str(tmp_path / "run.pt"), "--store", str(other), "--out", str(tmp_path / "b.csv")]) == 1
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_kept_grid_of_a_small_class_shows_each_sample_once(tmp_path, monkeypatch):
+    from fastprune.prune import report as report_module
+
+    store = _store(tmp_path, n=10)  # 5 per class, 3 most + 3 least asked: 2 left for the right side
+    strategy = fastprune.UCB(10, keep=0.5, seed=0)
+    _train_a_little(strategy, epochs=3)
+    drawn = []
+    real_image = report_module._image
+    monkeypatch.setattr(report_module, "_image",
+                        lambda source, sample: drawn.append(sample) or real_image(source, sample))
+    fastprune.prune.kept_grid(strategy, store, tmp_path / "grid.png", per_class=3)
+    assert sorted(drawn) == list(range(10))  # every sample once: none on both sides
+
+
+def test_scores_grid_of_a_checkpoint_without_times_kept_writes_nothing(tmp_path, capsys):
+    store = _store(tmp_path)
+    strategy = fastprune.UCB(40, keep=0.5, seed=0, track_kept=False)
+    _train_a_little(strategy)
+    path = _checkpoint(tmp_path, strategy)
+    assert main(["scores", str(path), "--store", str(store), "--grid", str(tmp_path / "g.png")]) == 1
+    assert "--grid needs times kept" in capsys.readouterr().err
+    assert not (tmp_path / "run_scores.csv").exists() and not (tmp_path / "g.png").exists()

@@ -43,7 +43,7 @@ from ..train.device import process_state_kept, resolve_device, run_amp
 from ..train.loop import save_csv
 from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, recipe_warnings
 from . import machine, plan, plots, report
-from .run import Settings, architecture, prepare_stores, run_one, warm_up
+from .run import Settings, architecture, prepare_stores, run_name, run_one, warm_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +123,12 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
     out = args.out or default_out_of(args)
     check_outputs(args, {"--out": out})
+    if args.tensorboard is not None and not (args.resume or args.overwrite):
+        from ..train.tensorboard import check_fresh_folder
+
+        check_fresh_folder([args.tensorboard / run_name(name, keep, seed) for name, keep, seed, _ in
+                            plan.planned_runs(mode)], "--tensorboard", "--continue or --overwrite (each run "
+                           "replaces its own folder's events)")
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick, own_data=args.train is not None)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result
@@ -141,9 +147,9 @@ def _run(args: argparse.Namespace) -> int:
                          tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
-    for note in (report.never_pruned_note(result["runs"]), report.timing_spread_note(result["runs"])):
-        if note:
-            print(note)
+    for caveat in (report.never_pruned_note(result["runs"]), report.timing_spread_note(result["runs"])):
+        if caveat:
+            print(caveat)
     skipped, stem = _plots_unavailable(), out.with_suffix("")
     print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")

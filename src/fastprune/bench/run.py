@@ -113,6 +113,11 @@ def prepare_stores(workdir: Path, train_limit: int | None) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def run_name(strategy_name: str, keep: float, seed: int) -> str:
+    """A run's name in file and folder names: "ucb-keep0.5-seed0"."""
+    return f"{strategy_name}-keep{keep:g}-seed{seed}"
+
+
 def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, recipe: Recipe = RECIPE,
             strategy_options: dict | None = None, data: DataSpec | None = None,
             tensorboard: Path | None = None, kept_grid: Path | None = None) -> dict:
@@ -122,14 +127,14 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
     ``tensorboard``: a folder, which gets a TensorBoard log of the run in STRATEGY-keepK-seedS/;
     ``kept_grid``: a PNG path, whose name gets -STRATEGY-keepK-seedS for a pruned run's picture of
     the most- and least-kept images (drawn after the timed run)."""
-    name = f"{strategy_name}-keep{keep:g}-seed{seed}"
+    name = run_name(strategy_name, keep, seed)
     logger = None
     if tensorboard is not None:
         from ..store.reader import Store
         from ..train.tensorboard import TensorBoardLogger
 
-        with Store(stores[0]) as store:
-            logger = TensorBoardLogger(Path(tensorboard) / name, len(store))
+        with Store(stores[0]) as store:  # a run (re)done replaces its folder's events (bench refuses others)
+            logger = TensorBoardLogger(Path(tensorboard) / name, len(store), replace=True)
     strategy, history = run_recipe(recipe, strategy_name, keep, seed, stores, strategy_options=strategy_options,
                                    data=data, device=settings.device,
                                    threads=settings.loader_threads, amp=settings.amp,

@@ -332,8 +332,10 @@ class Strategy:
             return self._looked_back(epoch)
         self._epoch = epoch
         if self.is_full_epoch(epoch):
-            self._count_kept(epoch, None)
-            return Selection.unweighted(self._all_ids(epoch))
+            ids = self._all_ids(epoch)
+            # sharded, a full epoch leaves a larger shard's spare sample out: not counted as kept
+            self._count_kept(epoch, None if self.sharding is None else ids)
+            return Selection.unweighted(ids)
         cached = self._current_pruned(epoch)
         self._count_kept(epoch, cached.indices)
         return Selection(cached.indices.copy(), cached.weights.copy())

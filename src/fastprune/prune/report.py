@@ -258,9 +258,12 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     for row, label in zip(axes, classes):
         ids = np.flatnonzero(labels == label)
         order = kept_order(report, ids)
-        most, least = order[:per_class], order[::-1][:per_class]
+        # a class of fewer than 2 x per_class samples: the right side shows the ones the left does not
+        most = order[:per_class]
+        least = order[len(most):][::-1][:per_class]
         never_all &= bool((report["times_kept"][least] == 0).all())
-        for axis, i in zip(row, [*most, *([None] * (per_class - len(most))), *least]):
+        for axis, i in zip(row, [*most, *([None] * (per_class - len(most))), *least,
+                                 *([None] * (per_class - len(least)))]):
             axis.set_xticks([])
             axis.set_yticks([])
             for spine in axis.spines.values():
@@ -336,6 +339,9 @@ def scores_main(args) -> int:
         require("matplotlib", "plots", "--grid")
         check_image_file(args.grid, "--grid")
     report, trained_on = run_report(args.checkpoint if len(args.checkpoint) > 1 else first)
+    if args.grid is not None and "times_kept" not in report:  # before writing anything
+        raise ConfigError(f"--grid needs times kept, which a strategy built with track_kept=False does not count "
+                          f"({first}): drop --grid")
     export_scores(report, out, store=args.store, trained_on=trained_on)
     times = report.get("times_kept")
     kept = ("times kept not counted (track_kept=False)" if times is None else

@@ -221,6 +221,10 @@ def _train(args) -> int:
     if args.checkpoint is not None and args.checkpoint.exists() and not args.resume:
         raise ConfigError(f"--checkpoint {args.checkpoint} exists: --resume continues that run; to start "
                           "over, delete it or choose another file")
+    if args.tensorboard is not None and not args.resume:  # a resumed run continues its own curves there
+        from .tensorboard import check_fresh_folder
+
+        check_fresh_folder([args.tensorboard], "--tensorboard", "--resume to continue that run")
     if args.threads:
         torch.set_num_threads(args.threads)
     elif usable_cpus() < torch.get_num_threads():  # torch counts the machine's cores, not a container's quota

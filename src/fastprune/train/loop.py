@@ -431,6 +431,15 @@ def _format_record(record: dict[str, Any], epochs: int) -> str:
             f"pruning {record['overhead_s']:.3f}s  data wait {record['data_wait_s']:.3f}s")
 
 
+def _store_identity_of(loader) -> str | None:
+    """store_identity of the store a fastprune Loader reads; None for any other loader."""
+    from ..store.checksums import store_identity
+    from ..store.reader import Store
+
+    owner = getattr(getattr(loader, "_source", None), "owner", None)
+    return store_identity(owner) if isinstance(owner, Store) else None
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
@@ -563,6 +572,10 @@ def fit(
                 "schedule": None if scheduler is None else type(scheduler).__name__}
     if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
         settings["loader_seed"] = train_loader.seed
+    for key, loader in (("train_store", train_loader), ("val_store", val_loader)):
+        identity = _store_identity_of(loader)  # a resume on other data is refused; `scores --store` checks it
+        if identity is not None:
+            settings.setdefault(key, identity)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():

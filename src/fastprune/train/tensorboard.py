@@ -21,13 +21,22 @@ class TensorBoardLogger:
     absent without it), ``pruning/overhead_s`` (seconds inside the strategy), ``time/epoch_s``,
     ``time/train_s`` and ``lr``. Epochs not evaluated have no validation points."""
 
-    def __init__(self, log_dir: str | os.PathLike, num_samples: int | None = None):
+    def __init__(self, log_dir: str | os.PathLike, num_samples: int | None = None, *, replace: bool = False):
         require("tensorboard", "tensorboard", "TensorBoard logging")
-        from torch.utils.tensorboard import SummaryWriter
-
         self.log_dir = os.fspath(log_dir)
         self.num_samples = num_samples
-        self.writer = SummaryWriter(self.log_dir)
+        self.replace = replace  # the folder's earlier event files go when the first epoch is written
+        self.writer = None  # made at the first epoch: a run refused or failed before it writes nothing
+
+    def _writer(self):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if self.replace:
+                for name in event_files(self.log_dir):
+                    os.remove(os.path.join(self.log_dir, name))
+            self.writer = SummaryWriter(self.log_dir)
+        return self.writer
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"]) + 1
@@ -39,16 +48,37 @@ class TensorBoardLogger:
             scalars["pruning/kept_fraction"] = record["samples"] / self.num_samples
         for name, accuracy in (record.get("val_class_acc") or {}).items():
             scalars[f"accuracy_per_class/{name}"] = accuracy
+        writer = self._writer()
         for tag, value in scalars.items():
             if value is not None and value == value:  # None: not evaluated; NaN: nothing to evaluate
-                self.writer.add_scalar(tag, float(value), step)
-        self.writer.flush()
+                writer.add_scalar(tag, float(value), step)
+        writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def __enter__(self) -> TensorBoardLogger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def event_files(folder: str | os.PathLike) -> list[str]:
+    """The TensorBoard event files directly in ``folder`` (none where it does not exist)."""
+    try:
+        return sorted(name for name in os.listdir(folder) if name.startswith("events.out.tfevents."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def check_fresh_folder(folders, option: str, allowed_by: str) -> None:
+    """Refuse folders that already hold a run's events: TensorBoard draws two runs' points in one
+    folder as one zig-zagging run. ``allowed_by``: the options that allow it, for the message."""
+    from ..errors import ConfigError
+
+    for folder in folders:
+        if event_files(folder):
+            raise ConfigError(f"{option}: {folder} already holds a run's TensorBoard events (two runs in one "
+                              f"folder draw as one): give another folder, delete it, or {allowed_by}")
