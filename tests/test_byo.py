@@ -279,3 +279,68 @@ def test_wrong_field_names_list_the_store_fields(twelve_class_stores):
         Loader(train, 8, image_field="img")
     with pytest.raises(ValueError, match=r"label_field='target' is not a scalar field .*\['image', 'label'\]"):
         Loader(train, 8, label_field="target")
+
+
+# ---- a newcomer's audit (2026-12-06) ------------------------------------------------------------
+
+def test_statistics_in_0_255_units_are_refused_naming_the_command_lines_form(twelve_class_stores, capsys):
+    train, val, _ = twelve_class_stores
+    assert main(_train_args(train, val, "--mean", "124", "116", "104", "--std", "58", "57", "57")) == 1
+    err = capsys.readouterr().err
+    assert "--mean 0.4863 0.4549 0.4078 --std 0.2275 0.2235 0.2235" in err and err.count("\n") == 1, err
+
+
+def test_a_model_asserting_its_input_size_fails_in_one_line(twelve_class_stores):
+    from fastprune.errors import ConfigError
+    from fastprune.loader import Normalize
+    from fastprune.train import fit
+
+    class SizeChecked(torch.nn.Module):  # as torchvision's ViT: assert h == self.image_size
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, CLASSES)
+
+        def forward(self, x):
+            assert x.shape[-1] == 224, f"Wrong image width! Expected 224 but got {x.shape[-1]}!"
+            return self.head(x.mean((2, 3)))
+
+    train, val, _ = twelve_class_stores
+    loader = fastprune.Loader(train, 8, threads=1, transforms=[Normalize()])
+    with pytest.raises(ConfigError, match=r"fit: the model fails on the first batch \(images \(8, 3, 32, 32\), "
+                                          r"float32\): Wrong image width! Expected 224 but got 32!"):
+        fit(SizeChecked(), loader, None, epochs=1, progress=False, log=None)
+
+
+def test_compare_shows_the_caveats_bench_prints_under_its_table():
+    from fastprune.bench import report
+    from fastprune.bench.comparison import Comparison
+
+    # a busy machine: full data took 13.5 s for 12k samples, UCB 0.5 s for 6k (26.9x "faster")
+    runs = [{"strategy": "full", "keep": 1.0, "seed": 0, "block": 0.5, "wall_s": 13.5, "samples_seen": 12000,
+             "final_acc": 86.0, "eval_s": 0.1, "scoring_s": 0.0, "pruning_overhead_s": 0.0, "curve": [[13.5, 86.0]]},
+            {"strategy": "ucb", "keep": 0.5, "seed": 0, "block": 0.5, "wall_s": 0.5, "samples_seen": 6000,
+             "final_acc": 86.0, "eval_s": 0.1, "scoring_s": 0.0, "pruning_overhead_s": 0.0, "curve": [[0.5, 86.0]]}]
+    comparison = Comparison({"runs": runs, "summary": report.summarize(runs)})
+    assert len(comparison.notes) == 1 and comparison.notes[0].startswith("note: the runs spent up to 13.5x")
+    assert comparison.table().endswith(comparison.notes[0])
+    assert "1 note(s) in .notes, e.g. a busy machine" in repr(comparison)
+    alike = [runs[0], {**runs[1], "wall_s": 7.0}]
+    assert Comparison({"runs": alike, "summary": report.summarize(alike)}).notes == []
+
+
+def test_images_in_the_root_of_an_image_folder_are_said_to_be_left_out(tmp_path):
+    from PIL import Image
+
+    from fastprune.convert.image_folder import scan_image_folder
+    from fastprune.errors import SourceWarning
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name / "a.png")
+    (tmp_path / "LICENSE.txt").write_text("not an image: no word")
+    scan_image_folder(tmp_path)  # no warning (pytest's filterwarnings: none expected is checked below)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "stray.jpg")
+    with pytest.warns(SourceWarning, match=r"1 image file lies in the root, in no class folder, and is left out "
+                                           r"\(e.g. stray.jpg\)"):
+        paths, _, _ = scan_image_folder(tmp_path)
+    assert len(paths) == 2

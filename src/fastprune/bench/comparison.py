@@ -51,14 +51,21 @@ class Comparison:
                            f"rows: {[(r['strategy'], r['keep']) for r in self.rows]}")
         return matches[0]
 
+    @property
+    def notes(self) -> list[str]:
+        """The caveats ``fastprune bench`` prints under its table: runs timed unalike (a busy
+        machine: the speed-ups are not to be trusted), a strategy that never pruned."""
+        return [note for note in (report.never_pruned_note(self.runs), report.timing_spread_note(self.runs)) if note]
+
     def table(self) -> str:
-        """The markdown table ``fastprune bench`` prints."""
-        return report.markdown_table(self.rows)
+        """The markdown table ``fastprune bench`` prints, with its notes under it."""
+        return "\n\n".join([report.markdown_table(self.rows), *self.notes])
 
     def __repr__(self) -> str:  # the dataclass's showed the whole document: 10 kB in a notebook cell
-        rows = ", ".join(f"{r['strategy']}@{r['keep']}: {r['acc_mean']:.2f}%/{r['speedup']:.2f}x" for r in self.rows
-                         if r.get("acc_mean") is not None and r.get("speedup") is not None)
-        return f"Comparison({len(self.runs)} runs; {rows or 'no summary yet'}; .table() for the markdown table)"
+        rows = ", ".join(f"{r['strategy']}@{report.keep_label(r['keep'])}: {r['acc_mean']:.2f}%/{r['speedup']:.2f}x"
+                         for r in self.rows if r.get("acc_mean") is not None and r.get("speedup") is not None)
+        notes = f"; {len(self.notes)} note(s) in .notes, e.g. a busy machine" if self.notes else ""
+        return f"Comparison({len(self.runs)} runs; {rows or 'no summary yet'}{notes}; .table() for the markdown table)"
 
 
 def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.model.name,
@@ -130,7 +137,11 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     with process_state_kept(), settings.applied():
         result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
                          overwrite=overwrite, log=print if verbose else None)
-    return Comparison(result)
+    comparison = Comparison(result)
+    if verbose:
+        for note in comparison.notes:
+            print(note)
+    return comparison
 
 
 def _path_of(store) -> Path:

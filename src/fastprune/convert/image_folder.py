@@ -15,7 +15,7 @@ Rules:
   live elsewhere (datasets are often assembled from links into a shared copy); a folder reached
   twice (a link loop) is read once;
 * a class folder without images is an error (its label id would silently go unused);
-* files directly in the root are ignored (they belong to no class);
+* files directly in the root are ignored (they belong to no class; image files there with a warning);
 * an image whose header claims more than ``max_pixels`` pixels is refused before it is decoded
   (a few bytes can claim gigabytes), as is a truncated image;
 * pixels are stored as the file holds them: EXIF orientation is not applied (torchvision's
@@ -182,6 +182,12 @@ def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path]
         files, verb = ("files", "are") if len(ignored) > 1 else ("file", "is")
         warnings.warn(SourceWarning(f"{root}: ignored {len(ignored)} {files} that {verb} not {_EXTENSIONS_TEXT} "
                                     f"(e.g. {ignored[0].relative_to(root)})"), stacklevel=3)
+    strays = _root_images(root)  # as torchvision's ImageFolder, left out; said, since it looks like a slip
+    if strays:
+        files = "image files lie" if len(strays) > 1 else "image file lies"
+        warnings.warn(SourceWarning(f"{root}: {len(strays)} {files} in the root, in no class folder, and "
+                                    f"{'are' if len(strays) > 1 else 'is'} left out (e.g. {strays[0]})"),
+                      stacklevel=3)
     if len(classes) < 2:
         return
     direct, inner = False, {name: set() for name in classes}  # class -> its subfolders holding images
@@ -197,6 +203,13 @@ def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path]
             f"{root}: its class folders ({', '.join(classes[:4])}) hold the same subfolders "
             f"({', '.join(sorted(first)[:4])}) and no image directly: they look like splits of the "
             f"real classes; to keep those, convert each split, e.g. {root / classes[0]}"), stacklevel=3)
+
+
+def _root_images(root: Path) -> list[str]:
+    """The names of image files directly in ``root`` (hidden ones aside), sorted."""
+    with os.scandir(root) as entries:
+        return sorted(entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file()
+                      and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def baseline_jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -387,7 +387,7 @@ def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
         return forward(images)
     except torch.cuda.OutOfMemoryError:
         raise
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError) as exc:  # models check their input size with assert too (ViT)
         raise ConfigError(f"fit: the model fails on the first batch (images {tuple(images.shape)}, "
                           f"{str(images.dtype).replace('torch.', '')}): {first_line(exc)}") from exc
 
