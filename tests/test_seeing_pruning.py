@@ -394,3 +394,31 @@ def test_scores_grid_of_a_checkpoint_without_times_kept_writes_nothing(tmp_path,
     assert main(["scores", str(path), "--store", str(store), "--grid", str(tmp_path / "g.png")]) == 1
     assert "--grid needs times kept" in capsys.readouterr().err
     assert not (tmp_path / "run_scores.csv").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_csv_of_a_run_not_evaluated_every_epoch_keeps_the_per_class_columns_in_place(tmp_path):
+    from fastprune.train.loop import save_csv
+
+    history = [{"epoch": 0, "val_acc": None, "val_class_acc": None, "lr": 0.1},
+               {"epoch": 1, "val_acc": 50.0, "val_class_acc": {"cat": 40.0, "dog": 60.0}, "lr": 0.05}]
+    save_csv(tmp_path / "h.csv", history)
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    assert lines == ["epoch,val_acc,val_class_acc.cat,val_class_acc.dog,lr", "0,,,,0.1", "1,50.0,40.0,60.0,0.05"]
+
+
+def test_one_shards_scores_come_by_sample_id_and_tie_by_id(tmp_path):
+    from fastprune.prune.report import kept_order
+
+    strategy = fastprune.UCB(41, keep=0.5, seed=0, distributed=("sharded", 1, 2))
+    report = strategy.sample_report()  # nothing kept or scored yet: every row ties
+    assert list(kept_order(report, np.arange(len(report["index"])))) == list(np.argsort(report["index"]))
+    export_scores(strategy, tmp_path / "s.csv")
+    ids = [int(row["index"]) for row in csv.DictReader(open(tmp_path / "s.csv"))]
+    assert ids == sorted(report["index"].tolist()) and ids != report["index"].tolist()
+
+
+def test_train_refuses_a_kept_grid_of_full_data(tmp_path, capsys):
+    store = _store(tmp_path)
+    assert main(["train", "--train", str(store), "--val", str(store), "--strategy", "full", "--kept-grid",
+                 str(tmp_path / "k.png")]) == 1
+    assert "--strategy full keeps every sample every epoch" in capsys.readouterr().err

@@ -207,6 +207,8 @@ def export_scores(source, path, *, store=None, trained_on: str | None = None) ->
     report, recorded = run_report(source)
     if store is not None:
         report = _with_labels(report, store, recorded or trained_on)
+    by_id = np.argsort(report["index"], kind="stable")  # one shard's rows come in shard order: by id, as merged
+    report = {name: column[by_id] for name, column in report.items()}
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".npz"):
         raise ConfigError(f"{path}: export_scores writes .csv or .npz, not {path.suffix or 'a file without suffix'!r}")
@@ -222,10 +224,11 @@ def export_scores(source, path, *, store=None, trained_on: str | None = None) ->
 
 
 def kept_order(report: dict, ids: np.ndarray) -> np.ndarray:
-    """``ids`` from most kept to least kept: times kept, then score (ties: lower id first)."""
+    """``ids`` (rows of ``report``) from most kept to least kept: times kept, then score (ties: lower
+    sample id first; a shard's report lists its samples in shard order, not by id)."""
     times, score = report["times_kept"][ids].astype(np.int64), report["score"][ids].astype(np.float64)
     score = np.nan_to_num(score, nan=-np.inf)
-    return ids[np.lexsort((ids, -score, -times))]
+    return ids[np.lexsort((report["index"][ids], -score, -times))]
 
 
 def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,

@@ -666,22 +666,31 @@ def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
         file.write(text)
 
 
-def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with each dict value spread over ``key.subkey`` columns."""
+def _flat(row: dict[str, Any], spread: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with each dict value spread over ``key.subkey`` columns; a key that holds a dict in
+    some row (``spread``) and None in this one (an epoch not evaluated) leaves those cells empty."""
     flat = {}
     for key, value in row.items():
         if isinstance(value, dict):
             flat.update({f"{key}.{sub}": item for sub, item in value.items()})
-        else:
+        elif key not in spread:
             flat[key] = value
     return flat
 
 
 def save_csv(path, rows: list[dict[str, Any]]) -> None:
     """Write ``rows`` (history records, maybe with leading columns such as the strategy) as CSV,
-    one column per key in first-seen order, for any plotting tool."""
-    rows = [_flat(row) for row in rows]  # val_class_acc: one column per class
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    one column per key in first-seen order, for any plotting tool; a dict value (val_class_acc)
+    becomes one column per entry, in its key's place."""
+    spread: dict[str, dict[str, None]] = {}  # key -> its sub-keys in first-seen order
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, dict):
+                spread.setdefault(key, {}).update(dict.fromkeys(value))
+    columns = []
+    for key in dict.fromkeys(key for row in rows for key in row):
+        columns += [f"{key}.{sub}" for sub in spread[key]] if key in spread else [key]
+    rows = [_flat(row, spread) for row in rows]
     with written_atomically(path, newline="") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
