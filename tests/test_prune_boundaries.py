@@ -169,5 +169,5 @@ def test_kept_order_breaks_equal_times_kept_by_the_higher_score():
     """kept_order: 'times kept, then score (ties: lower id first)'."""
     from fastprune.prune.report import kept_order
 
-    report = {"times_kept": np.array([2, 2, 2, 5]), "score": np.array([0.1, 0.9, 0.5, 0.0])}
+    report = {"times_kept": np.array([2, 2, 2, 5]), "score": np.array([0.1, 0.9, 0.5, 0.0]), "index": np.arange(4)}
     assert kept_order(report, np.arange(4)).tolist() == [3, 1, 2, 0]
