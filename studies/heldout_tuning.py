@@ -184,8 +184,8 @@ def markdown(rows: list[dict], evaluated_on: str = "held-out") -> str:
     for r in rows:
         gap = "–" if r["gap_pt"] is None else f"{r['gap_pt']:+.2f}"
         speedup = "–" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
-        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
-                     f"{gap} | {r['wall_s']:.1f} | {speedup} |")
+        accuracy = f"{r['acc_mean']:.2f}" + ("" if r["acc_std"] is None else f" ± {r['acc_std']:.2f}")  # 1 seed
+        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {accuracy} | {gap} | {r['wall_s']:.1f} | {speedup} |")
     return "\n".join(lines)
 
 

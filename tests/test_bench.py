@@ -262,6 +262,8 @@ def test_heldout_study_splits_train_disjointly_parses_variants_and_measures_gaps
     assert ucb["acc_mean"] == pytest.approx(91.75) and ucb["gap_pt"] == pytest.approx(-0.75)
     assert ucb["seeds"] == [0, 1] and "| ucb | 2 | 91.75 ± 0.35 | -0.75 | 6.0 | 1.83x |" in study.markdown([full, ucb])
     assert "| variant | seeds | test acc % (mean ± std) |" in study.markdown([full, ucb], "test")
+    one_seed = study.summarize(runs[:2])  # a second file's single seed: no spread (it crashed the table)
+    assert "| ucb | 1 | 92.00 | -1.00 | 5.0 | 2.00x |" in study.markdown(one_seed)
 
 
 def test_heldout_study_reuses_full_runs_only_from_a_file_of_the_same_recipe(study_script, tmp_path):

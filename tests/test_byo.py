@@ -288,6 +288,9 @@ def test_statistics_in_0_255_units_are_refused_naming_the_command_lines_form(twe
     assert main(_train_args(train, val, "--mean", "124", "116", "104", "--std", "58", "57", "57")) == 1
     err = capsys.readouterr().err
     assert "--mean 0.4863 0.4549 0.4078 --std 0.2275 0.2235 0.2235" in err and err.count("\n") == 1, err
+    # only the list in 0-255 units is converted: a mean already in fractions stays as it is
+    assert main(_train_args(train, val, "--mean", "0.485", "0.456", "0.406", "--std", "58", "57", "57")) == 1
+    assert "--mean 0.485 0.456 0.406 --std 0.2275 0.2235 0.2235" in capsys.readouterr().err
 
 
 def test_a_model_asserting_its_input_size_fails_in_one_line(twelve_class_stores):

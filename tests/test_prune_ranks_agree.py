@@ -4,7 +4,7 @@ update() all-gathers each call's size anyway; it now also carries the strategy's
 number in it, a digest of the strategy's settings and of how the consumer orders the epoch. Before:
 a rank one update() ahead paired its calls with the other's next epoch (tables out of step, then a
 hang), and ranks seeded apart (strategy, Loader or PrunedSampler) trained overlapping shards
-silently; a sharded strategy seeded per rank owned some samples twice and others never.
+silently.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import fastprune
 from fastprune.convert import from_arrays
 from fastprune.errors import ConfigError, UsageWarning
-from fastprune.prune import UCB, EpsilonGreedy, PrunedSampler
+from fastprune.prune import UCB, PrunedSampler
 
 from test_prune_distributed import run_ranks
 
@@ -69,18 +69,38 @@ def disagreeing_worker(rank, out_dir):
         s.update(torch.tensor([ids]), torch.ones(1))
     _expect_config_error(results, "sampler_seed", sampler_seeded_per_rank)
 
-    def sharded_seeded_per_rank():
-        EpsilonGreedy(N, 0.5, seed=rank, distributed="sharded")
-    _expect_config_error(results, "sharded_seed", sharded_seeded_per_rank)
-
     def agreeing():  # the same setup on both ranks: a whole epoch, no error
         s = UCB(N, 0.5, seed=0)
         loader = fastprune.Loader(store, 6, sampler=s, seed=0, threads=1)
         for epoch in range(2):
             for batch in loader:
                 s.update(batch.indices, torch.rand(len(batch.indices)))
-        EpsilonGreedy(N, 0.5, seed=0, distributed="sharded")
     _expect_config_error(results, "agreeing", agreeing)
+
+    def inspecting_on_one_rank():  # looking at an epoch's order is no pass: nothing to compare
+        s = UCB(N, 0.5, seed=0)
+        loader = fastprune.Loader(store, 6, sampler=s, seed=0, threads=1)
+        for epoch in range(2):
+            for number, batch in enumerate(loader):
+                if rank == 0 and number == 1:
+                    loader.epoch_order(0)  # a look back
+                    fastprune.Loader(store, 6, sampler=s, shuffle=False, threads=1).epoch_order(epoch)
+                s.update(batch.indices, torch.rand(len(batch.indices)))
+    _expect_config_error(results, "inspecting", inspecting_on_one_rank)
+
+    class Tagged(UCB):  # a subclass whose config() holds what JSON cannot (its str() names an address)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tag = object()
+
+        def config(self):
+            return {**super().config(), "tag": self.tag, "hook": lambda: None}
+
+    def subclass_with_objects_in_its_config():
+        s = Tagged(N, 0.5, seed=0)
+        s.select(0)
+        s.update(torch.arange(rank, 12, 2), losses)
+    _expect_config_error(results, "objects_in_config", subclass_with_objects_in_its_config)
     with open(f"{out_dir}/rank{rank}.json", "w") as file:
         json.dump(results, file)
 
@@ -96,9 +116,7 @@ def test_ranks_that_disagree_stop_with_one_config_error_on_every_rank(tmp_path):
     for name in ("loader_seed", "sampler_seed"):
         assert said[name].startswith("update(): the ranks order the epoch differently (their Loaders' or "
                                      "PrunedSamplers' seeds differ)"), name
-    assert said["sharded_seed"].startswith("EpsilonGreedy(distributed='sharded'): the ranks built it with "
-                                           "different settings")
-    assert said["agreeing"] is None
+    assert said["agreeing"] is None and said["inspecting"] is None and said["objects_in_config"] is None
 
 
 @pytest.mark.parametrize("consumer", ["loader", "sampler"])

@@ -191,8 +191,8 @@ def sharded_worker(rank, out_dir, world):
     def refuse(*args, **kwargs):
         raise AssertionError("a sharded strategy must not all-gather")
 
-    s = UCB(N, keep=0.3, seed=SEED, distributed="sharded")  # one all-gather: the ranks' settings agree
-    dist.all_gather = refuse  # any pruning collective after that fails the rank
+    dist.all_gather = refuse  # any pruning collective fails the rank
+    s = UCB(N, keep=0.3, seed=SEED, distributed="sharded")
     oracle = UCB(N, keep=0.3, seed=SEED, distributed=("sharded", rank, world))  # no group involved
     assert (s.shard_rank, s.sharding.world_size) == (rank, world)
     rng = np.random.default_rng(rank)

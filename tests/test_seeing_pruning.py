@@ -422,3 +422,14 @@ def test_train_refuses_a_kept_grid_of_full_data(tmp_path, capsys):
     assert main(["train", "--train", str(store), "--val", str(store), "--strategy", "full", "--kept-grid",
                  str(tmp_path / "k.png")]) == 1
     assert "--strategy full keeps every sample every epoch" in capsys.readouterr().err
+
+
+def test_tensorboard_logger_writes_nothing_unused_and_its_writer_works_before_training(tmp_path):
+    from fastprune.train import TensorBoardLogger
+    from fastprune.train.tensorboard import event_files
+
+    TensorBoardLogger(tmp_path / "unused").close()
+    assert event_files(tmp_path / "unused") == []
+    with TensorBoardLogger(tmp_path / "tb") as logger:
+        logger.writer.add_scalar("setup/lr", 0.1, 0)  # before any epoch, as a SummaryWriter allows
+    assert _scalars(tmp_path / "tb")["setup/lr"] == [(0, pytest.approx(0.1))]

@@ -174,13 +174,13 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
             if legacy is _UNKNOWN:
                 raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
                                  f"older fastprune), so it cannot be shown to come from this machine, data and "
-                                 f"settings. Use another --out, or rerun without --continue.")
+                                 f"settings. Use another --out, or --overwrite instead of --continue to replace it.")
             _place(previous, path, legacy)
         old, new = _field(previous, path), _field(result, path)
         if old != new:
             raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
                              f"{new!r}; mixing them would compare unlike runs. Use another --out, or "
-                             f"rerun without --continue.")
+                             f"--overwrite instead of --continue to replace it.")
 
 
 def _place(document: dict, path: tuple[str, ...], value) -> None:

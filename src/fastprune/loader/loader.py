@@ -224,8 +224,6 @@ class Loader:
             ids, weights = ids[order], weights[order]
         if self._split > 1:
             ids, weights = (shard(a, self.rank, self.world_size) for a in (ids, weights))
-            if hasattr(self.sampler, "_note_order"):  # the ranks' update() calls check they share it
-                self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)
         if self.drop_last:
             keep = len(ids) // self.batch_size * self.batch_size
             ids, weights = ids[:keep], weights[:keep]
@@ -237,6 +235,8 @@ class Loader:
             check_still_alone("Loader")
         epoch = self._epoch
         ids, weights = self.epoch_order(epoch)
+        if self._split > 1 and hasattr(self.sampler, "_note_order"):  # a pass: the ranks' update() calls check it
+            self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)
         bounds = batch_bounds(len(ids), self.batch_size, self.even_batches)
         last = len(bounds) - 1  # batches in the epoch
         set_before = getattr(self, "_epochs_set", 0)

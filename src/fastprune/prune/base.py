@@ -86,10 +86,10 @@ except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
-from ..errors import ConfigError, UsageWarning
+from ..errors import UsageWarning
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
-from .distributed import Agreement, all_gather_ints, gather_updates, group_world_size
+from .distributed import Agreement, gather_updates, group_world_size
 from .sharding import is_sharded, sharded_ranks, Sharding
 from .table import ScoreTable
 
@@ -307,8 +307,6 @@ class Strategy:
         self._times_kept = np.zeros(rows, dtype=np.uint32)
         self._last_kept = np.full(rows, -1, dtype=np.int32)  # -1: never kept
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
-        if isinstance(distributed, str) and is_sharded(distributed):  # ranks from the group: check they agree
-            self._check_shards_agree()
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -450,21 +448,14 @@ class Strategy:
                          self._order_note)
 
     def _settings(self) -> int:
-        """A digest of config() (settings are fixed at construction), which every rank must share."""
+        """A digest of config() (settings are fixed at construction), which every rank must share.
+        A value JSON cannot hold counts by its type's name (its str() may hold an address, which
+        differs between processes)."""
         if self._settings_digest is None:
             config = {k: v for k, v in self.config().items() if k != "sharding"}  # names this rank's shard
-            self._settings_digest = zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode())
+            named = json.dumps(config, sort_keys=True, default=lambda value: type(value).__qualname__)
+            self._settings_digest = zlib.crc32(named.encode())
         return self._settings_digest
-
-    def _check_shards_agree(self) -> None:
-        """Sharded over a running group: every rank built the same strategy (one seed: the seed
-        draws the partition, so ranks seeded apart owned some samples twice and others never).
-        Once, at construction, which every rank of a sharded run does (a sharded run has no
-        per-step collective to carry this check, as the replicated update() does)."""
-        if group_world_size() > 1 and len({tuple(v) for v in all_gather_ints([self._settings()])}) > 1:
-            raise ConfigError(f"{type(self).__name__}(distributed='sharded'): the ranks built it with different "
-                              "settings (keep, seed, epochs, ...): the seed draws the partition, so build the same "
-                              "strategy on every rank, with one seed for all")
 
     def _note_order(self, seed: int | None, epoch: int, split: int) -> None:
         """A Loader or PrunedSampler sharding this strategy's selection over ``split`` ranks tells

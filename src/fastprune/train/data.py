@@ -58,11 +58,12 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
         mean, std = channel_statistics(sources["training"])
     mean, std = _three(mean, "mean"), _three(std, "std")
     if max(map(abs, mean + std)) > 1:  # said in both forms: Normalize's own message gives only Python's
-        as_fractions = lambda values: [round(v / 255, 4) for v in values]  # noqa: E731
-        raise ConfigError(f"--mean/--std (mean=, std=) {list(mean)}, {list(std)} look like 0-255 pixel units, but "
-                          f"they are fractions of 255: --mean {' '.join(map(str, as_fractions(mean)))} --std "
-                          f"{' '.join(map(str, as_fractions(std)))} (mean={as_fractions(mean)}, "
-                          f"std={as_fractions(std)} in Python)")
+        # each list converted only where it is in 0-255 units: a mean in fractions stays as it is
+        fixed = [[round(v / 255, 4) for v in values] if max(map(abs, values)) > 1 else list(values)
+                 for values in (mean, std)]
+        raise ConfigError(f"--mean/--std (mean=, std=) {list(mean)}, {list(std)}: values above 1 look like 0-255 "
+                          f"pixel units, but they are fractions of 255: --mean {' '.join(map(str, fixed[0]))} --std "
+                          f"{' '.join(map(str, fixed[1]))} (mean={fixed[0]}, std={fixed[1]} in Python)")
     try:  # the loader's own check (0-255 units...), before any work
         Normalize(mean, std)
     except ValueError as exc:

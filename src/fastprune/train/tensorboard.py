@@ -25,18 +25,21 @@ class TensorBoardLogger:
         require("tensorboard", "tensorboard", "TensorBoard logging")
         self.log_dir = os.fspath(log_dir)
         self.num_samples = num_samples
-        self.replace = replace  # the folder's earlier event files go when the first epoch is written
-        self.writer = None  # made at the first epoch: a run refused or failed before it writes nothing
+        self.replace = replace  # the folder's earlier event files go when the writer is made
+        self._made = None  # made at first use (the first epoch): a run refused or failed before writes nothing
 
-    def _writer(self):
-        if self.writer is None:
+    @property
+    def writer(self):
+        """The ``SummaryWriter`` (made on first use: ``logger.writer.add_text(...)`` works before
+        training too)."""
+        if self._made is None:
             from torch.utils.tensorboard import SummaryWriter
 
             if self.replace:
                 for name in event_files(self.log_dir):
                     os.remove(os.path.join(self.log_dir, name))
-            self.writer = SummaryWriter(self.log_dir)
-        return self.writer
+            self._made = SummaryWriter(self.log_dir)
+        return self._made
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"]) + 1
@@ -48,15 +51,15 @@ class TensorBoardLogger:
             scalars["pruning/kept_fraction"] = record["samples"] / self.num_samples
         for name, accuracy in (record.get("val_class_acc") or {}).items():
             scalars[f"accuracy_per_class/{name}"] = accuracy
-        writer = self._writer()
+        writer = self.writer
         for tag, value in scalars.items():
             if value is not None and value == value:  # None: not evaluated; NaN: nothing to evaluate
                 writer.add_scalar(tag, float(value), step)
         writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._made is not None:
+            self._made.close()
 
     def __enter__(self) -> TensorBoardLogger:
         return self
