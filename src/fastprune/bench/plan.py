@@ -81,9 +81,9 @@ def mode_for(args) -> dict:
 
 
 def repeated_choice(mode: dict, option: str) -> str | None:
-    """What ``mode`` repeats, e.g. "--seeds gives 0 twice: ..." (``option``: how a key is named),
-    or None. A seed given twice ran twice and counted as two seeds; a keep or strategy given twice
-    ran its cells twice."""
+    """What ``mode`` repeats, e.g. "--seeds gives 0 twice; give each once" (``option``: how a key
+    is named), or None. A seed given twice ran twice and counted as two seeds; a keep or strategy
+    given twice ran its cells twice."""
     for key in ("strategies", "keeps", "seeds"):
         values = list(mode[key])
         twice = next((value for i, value in enumerate(values) if value in values[:i]), None)
