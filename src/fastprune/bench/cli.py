@@ -147,9 +147,8 @@ def _run(args: argparse.Namespace) -> int:
                          tensorboard=args.tensorboard, kept_grid=args.kept_grid)
     print()
     print(report.markdown_table(result["summary"]))
-    for caveat in (report.never_pruned_note(result["runs"]), report.timing_spread_note(result["runs"])):
-        if caveat:
-            print(caveat)
+    for caveat in report.caveats(result["runs"]):
+        print(caveat)
     skipped, stem = _plots_unavailable(), out.with_suffix("")
     print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")

@@ -55,7 +55,7 @@ class Comparison:
     def notes(self) -> list[str]:
         """The caveats ``fastprune bench`` prints under its table: runs timed unalike (a busy
         machine: the speed-ups are not to be trusted), a strategy that never pruned."""
-        return [note for note in (report.never_pruned_note(self.runs), report.timing_spread_note(self.runs)) if note]
+        return report.caveats(self.runs)
 
     def table(self) -> str:
         """The markdown table ``fastprune bench`` prints, with its notes under it."""
@@ -64,7 +64,8 @@ class Comparison:
     def __repr__(self) -> str:  # the dataclass's showed the whole document: 10 kB in a notebook cell
         rows = ", ".join(f"{r['strategy']}@{report.keep_label(r['keep'])}: {r['acc_mean']:.2f}%/{r['speedup']:.2f}x"
                          for r in self.rows if r.get("acc_mean") is not None and r.get("speedup") is not None)
-        notes = f"; {len(self.notes)} note(s) in .notes, e.g. a busy machine" if self.notes else ""
+        count = len(self.notes)
+        notes = f"; {count} note(s) in .notes, e.g. a busy machine" if count else ""
         return f"Comparison({len(self.runs)} runs; {rows or 'no summary yet'}{notes}; .table() for the markdown table)"
 
 

@@ -142,6 +142,12 @@ def _per_sample_spread_note(runs: list[dict]) -> str:
             f"{slow * 1e3:.2f} ms): {_BUSY_ADVICE}")
 
 
+def caveats(runs: list[dict]) -> list[str]:
+    """The notes printed under the table, those that apply: a strategy that never pruned, runs
+    timed unalike (a busy machine)."""
+    return [note for note in (never_pruned_note(runs), timing_spread_note(runs)) if note]
+
+
 def never_pruned_note(runs: list[dict]) -> str:
     """A line naming the pruned cells whose runs trained on every sample in every epoch (a static
     method's scoring epochs, or warm-up and final full epochs, covering the run): their rows
@@ -272,8 +278,7 @@ def render(result: dict) -> str:
             f"{completeness(result)}"
             f"{total_time(result['runs'])}"
             f"{markdown_table(result['summary'])}\n\n"
-            f"{_paragraph(never_pruned_note(result['runs']))}"
-            f"{_paragraph(timing_spread_note(result['runs']))}"
+            f"{''.join(_paragraph(note) for note in caveats(result['runs']))}"
             f"Accuracy % (mean ± std over seeds) / speed-up versus full data:\n\n"
             f"{pivot_table(result['summary'])}\n\n"
             f"Wall-clock = training time incl. loading, selection and scoring epochs; evaluation "

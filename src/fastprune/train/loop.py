@@ -573,9 +573,9 @@ def fit(
     if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
         settings["loader_seed"] = train_loader.seed
     for key, loader in (("train_store", train_loader), ("val_store", val_loader)):
-        identity = _store_identity_of(loader)  # a resume on other data is refused; `scores --store` checks it
-        if identity is not None:
-            settings.setdefault(key, identity)
+        identity = None if key in settings else _store_identity_of(loader)  # run_recipe passes its own
+        if identity is not None:  # a resume on other data is refused; `scores --store` checks it
+            settings[key] = identity
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
