@@ -233,13 +233,13 @@ def run_info(args: argparse.Namespace) -> int:
     from .store.info import describe, printable, summary, verify
     from .store.reader import Store
 
-    store = Store(args.file)
-    if args.json:  # json.dumps escapes control characters a store's names may carry
-        print(json.dumps(summary(store, verify=args.verify), indent=2))
-        return 0
-    print(describe(store))
-    if args.verify:  # a damaged file raises StoreError naming the parts
-        print(f"verify:      {printable(str(verify(store)))}")
+    with Store(args.file) as store:
+        if args.json:  # json.dumps escapes control characters a store's names may carry
+            print(json.dumps(summary(store, verify=args.verify), indent=2))
+            return 0
+        print(describe(store))
+        if args.verify:  # a damaged file raises StoreError naming the parts
+            print(f"verify:      {printable(str(verify(store)))}")
     return 0
 
 

@@ -29,6 +29,20 @@ class ImageSource:
     image_field: str
     label_field: str | None
     owner: Store  # keeps the store (and its mmap) alive as long as the loader
+    owns_store: bool = False  # opened from a path here: close() closes it
+
+    def close(self) -> None:
+        """Close the store file if this source opened it (a Store passed in is its caller's). A
+        file left to the garbage collector is closed by a finalizer that swallows exceptions: a
+        Ctrl-C landing while `fastprune train` dropped one was lost, and training ran on."""
+        if self.owns_store:
+            self.owner.close()
+
+    def __enter__(self) -> "ImageSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def num_samples(self) -> int:
@@ -69,8 +83,19 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
                 max_pixels: int = core.DEFAULT_MAX_PIXELS, nice: int = 0) -> ImageSource:
     """The loader's view of one image field (and label field) of a store. ``threads``/``nice``:
     the native gather's pool (its workers run ``nice`` steps below their creator); None:
-    :func:`default_threads`."""
+    :func:`default_threads`. Opened from a path, the source holds the file open until its
+    ``close()`` (or the end of a ``with`` block)."""
     store = _open(store_or_path)
+    try:
+        return _source_of(store, image_field, label_field, threads, max_pixels, nice,
+                          owns_store=store is not store_or_path)
+    except BaseException:
+        if store is not store_or_path:  # opened here, for nothing
+            store.close()
+        raise
+
+
+def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice, owns_store: bool) -> ImageSource:
     columns = _columns(store)
     image_field = image_field or _pick_image_field(columns)
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
@@ -90,7 +115,7 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
                               np.ascontiguousarray(sizes, np.uint64), modes, heights, widths, threads,
                               int(max_pixels), int(nice))
     labels = None if label_field is None else _labels(columns[label_field])
-    return ImageSource(gather, heights, widths, labels, image_field, label_field, store)
+    return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store)
 
 
 def _check_claimed_sizes(store: Store, field: str, heights: np.ndarray, widths: np.ndarray, max_pixels: int) -> None:

@@ -162,24 +162,27 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
     from ..loader._source import open_source
     from ..store.checksums import store_identity
 
-    source = open_source(store, None, None, threads=1)
-    if trained_on is not None and store_identity(source.owner) != trained_on:
-        raise ConfigError(f"{_name(store)} is not the store the run trained on (its checkpoint records "
-                          f"{trained_on}; this one: {store_identity(source.owner)}): give the run's training store")
-    if source.labels is None:
-        raise ConfigError(f"{_name(store)}: the store has no label field")
-    index = report["index"]
-    whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
-    if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
-        raise ConfigError(f"{_name(store)} holds {len(source.labels)} samples, the strategy scored "
-                          f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training store")
-    report = {**report, "label": source.labels[report["index"]]}
-    names = source.owner.field_class_names.get(source.label_field)
-    if names:  # of the rows' labels (a shard's report holds some samples only)
-        report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i) for i in report["label"]])
-    files = sample_names(source.owner, report["index"])
-    if files is not None:
-        report["name"] = files
+    with open_source(store, None, None, threads=1) as source:
+        if trained_on is not None and store_identity(source.owner) != trained_on:
+            raise ConfigError(f"{_name(store)} is not the store the run trained on (its checkpoint records "
+                              f"{trained_on}; this one: {store_identity(source.owner)}): give the run's "
+                              "training store")
+        if source.labels is None:
+            raise ConfigError(f"{_name(store)}: the store has no label field")
+        index = report["index"]
+        whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
+        if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
+            raise ConfigError(f"{_name(store)} holds {len(source.labels)} samples, the strategy scored "
+                              f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training "
+                              "store")
+        report = {**report, "label": source.labels[report["index"]]}
+        names = source.owner.field_class_names.get(source.label_field)
+        if names:  # of the rows' labels (a shard's report holds some samples only)
+            report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i)
+                                        for i in report["label"]])
+        files = sample_names(source.owner, report["index"])
+        if files is not None:
+            report["name"] = files
     return report
 
 
@@ -251,8 +254,17 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     if "times_kept" not in report:
         raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
                           "track_kept=False does not count")
-    source_ = open_source(store, None, None, threads=1)
-    labels, names = report["label"], source_.owner.field_class_names.get(source_.label_field)
+    with open_source(store, None, None, threads=1) as images:
+        fig = _grid_figure(plt, report, images, per_class, max_classes)
+    with written_atomically(path, binary=True) as file:
+        fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _grid_figure(plt, report: dict, images, per_class: int, max_classes: int):
+    """The kept grid's figure: ``images`` (an open source of the training store) gives the pictures."""
+    labels, names = report["label"], images.owner.field_class_names.get(images.label_field)
     classes = np.unique(labels)[:max_classes]
     columns = 2 * per_class
     fig, axes = plt.subplots(len(classes), columns, figsize=(1.1 * columns + 1.2, 1.2 * len(classes) + 0.6),
@@ -274,7 +286,7 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
             if i is None:
                 continue
             sample = int(report["index"][i])  # rows are ids, except in one shard's report
-            axis.imshow(_image(source_, sample), interpolation="nearest")
+            axis.imshow(_image(images, sample), interpolation="nearest")
             caption = f"#{sample} x{int(report['times_kept'][i])}"
             if "name" in report:  # the file's own name (convert --names), cut to fit the cell
                 caption += "\n" + _short(Path(str(report["name"][i])).name, 16)
@@ -286,10 +298,7 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     files = ", file" if "name" in report else ""
     fig.suptitle(f"most kept (left) | {right} (right), captions: sample #id x times kept{files}", fontsize=9)
     fig.tight_layout()
-    with written_atomically(path, binary=True) as file:
-        fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _short(text: str, width: int) -> str:

@@ -42,10 +42,15 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
                     crop: int | None = None) -> DataSpec:
     """Check ``train`` and ``val`` (stores or paths) fit a run with these options; return the
     :class:`DataSpec`. ``mean``/``std``: None computes them from the training store."""
-    from ..loader import Normalize
     from ..loader._source import open_source
 
-    sources = {role: open_source(store, None, None, threads=1) for role, store in (("training", train), ("validation", val))}
+    with open_source(train, None, None, threads=1) as training, open_source(val, None, None, threads=1) as validation:
+        return _described({"training": training, "validation": validation}, train, val, mean, std, crop)
+
+
+def _described(sources: dict, train, val, mean, std, crop) -> DataSpec:
+    from ..loader import Normalize
+
     for role, store in (("training", train), ("validation", val)):
         if sources[role].num_samples == 0:
             raise ConfigError(f"{_name(store)}: the {role} store holds no samples")

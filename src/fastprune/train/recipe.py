@@ -158,9 +158,9 @@ def recipe_warnings(recipe: Recipe, train_store, keep: float) -> list[str]:
     ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales."""
     from ..loader._source import open_source
 
-    source = open_source(train_store, None, None, threads=1)
-    found = (few_steps_warning(recipe, source.num_samples, keep),
-             upscale_warning(recipe.crop, source.heights, source.widths))
+    with open_source(train_store, None, None, threads=1) as source:
+        found = (few_steps_warning(recipe, source.num_samples, keep),
+                 upscale_warning(recipe.crop, source.heights, source.widths))
     return [warning for warning in found if warning]
 
 
@@ -214,7 +214,8 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
                           f"train), got {'mean' if std is None else 'std'} alone")
     augment = check_bool(augment, "make_loaders: augment")
     if mean is None:
-        mean, std = channel_statistics(open_source(train, None, None, threads=1))
+        with open_source(train, None, None, threads=1) as source:
+            mean, std = channel_statistics(source)
     normalize = Normalize(mean, std, channels_last=channels_last)
     augmentations = []
     if augment:
@@ -252,8 +253,9 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     ``device``: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"
     (:func:`~fastprune.train.device.resolve_device`). ``amp``: "auto" is the precision rule every
     recipe run shares (:func:`~fastprune.train.device.run_amp`: bf16 on a GPU of compute capability
-    8.0+, fp16 on older ones, and bf16 on CPUs where it is fast). Every history record gets ``gpu_busy_pct``, the mean GPU busy percentage sampled
-    (nvml) during that epoch's training and evaluation: None on the CPU or where nvml is missing;
+    8.0+, fp16 on older ones, and bf16 on CPUs where it is fast). Every history record gets
+    ``gpu_busy_pct``, the mean GPU busy percentage sampled (nvml) during that epoch's training and
+    evaluation: None on the CPU or where nvml is missing;
     :func:`gpu_busy_of` averages them over a run. ``threads`` and ``thread_nice`` go to the
     :class:`~fastprune.loader.Loader` s."""
     from ..store.checksums import store_identity
@@ -262,35 +264,38 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     device = resolve_device(device)
     amp = run_amp(device, amp)
     seed_everything(seed)
-    train_store, val_store = (Store(path) for path in stores)
-    data = data or describe_recipe_data(recipe, (train_store, val_store))
-    if fit_options.get("settings") is not None:  # a resume must normalize, classify and read alike
-        fit_options["settings"] = {**fit_options["settings"], "num_classes": data.num_classes,
-                                   "mean": list(data.mean), "std": list(data.std),
-                                   "train_store": store_identity(train_store), "val_store": store_identity(val_store)}
-    strategy = make_strategy(strategy_name, len(train_store), keep, epochs=recipe.epochs, seed=seed,
-                             **(strategy_options or {}))
-    train_loader, val_loader = make_loaders(
-        train_store, val_store, recipe.batch_size, sampler=strategy, seed=seed, pad=recipe.pad,
-        crop=recipe.crop, threads=threads, channels_last=channels_last, mean=data.mean, std=data.std,
-        device=device, even_batches=recipe.even_batches, thread_nice=thread_nice)
-    model = recipe.model.build(data.num_classes, data.channels).to(device)
-    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
-    criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
-    busy_by_epoch, on_epoch_end = {}, fit_options.pop("on_epoch_end", None)
+    # closed when the run ends: a file left to the garbage collector is closed by a finalizer that
+    # swallows exceptions (a Ctrl-C that landed there was lost)
+    with Store(stores[0]) as train_store, Store(stores[1]) as val_store:
+        data = data or describe_recipe_data(recipe, (train_store, val_store))
+        if fit_options.get("settings") is not None:  # a resume must normalize, classify and read alike
+            fit_options["settings"] = {**fit_options["settings"], "num_classes": data.num_classes,
+                                       "mean": list(data.mean), "std": list(data.std),
+                                       "train_store": store_identity(train_store),
+                                       "val_store": store_identity(val_store)}
+        strategy = make_strategy(strategy_name, len(train_store), keep, epochs=recipe.epochs, seed=seed,
+                                 **(strategy_options or {}))
+        train_loader, val_loader = make_loaders(
+            train_store, val_store, recipe.batch_size, sampler=strategy, seed=seed, pad=recipe.pad,
+            crop=recipe.crop, threads=threads, channels_last=channels_last, mean=data.mean, std=data.std,
+            device=device, even_batches=recipe.even_batches, thread_nice=thread_nice)
+        model = recipe.model.build(data.num_classes, data.channels).to(device)
+        optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
+        criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
+        busy_by_epoch, on_epoch_end = {}, fit_options.pop("on_epoch_end", None)
 
-    def record_busy(record):
-        busy_by_epoch[record["epoch"]] = busy.mark()
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        def record_busy(record):
+            busy_by_epoch[record["epoch"]] = busy.mark()
+            if on_epoch_end is not None:
+                on_epoch_end(record)
 
-    with GpuBusySampler(device) as busy:
-        history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
-                      criterion=criterion, amp=amp, channels_last=channels_last, on_epoch_end=record_busy,
-                      **fit_options)
-    for record in history:  # epochs of a resumed run trained before it have no figure here
-        record["gpu_busy_pct"] = busy_by_epoch.get(record["epoch"], record.get("gpu_busy_pct"))
-    return strategy, history
+        with GpuBusySampler(device) as busy:
+            history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
+                          criterion=criterion, amp=amp, channels_last=channels_last, on_epoch_end=record_busy,
+                          **fit_options)
+        for record in history:  # epochs of a resumed run trained before it have no figure here
+            record["gpu_busy_pct"] = busy_by_epoch.get(record["epoch"], record.get("gpu_busy_pct"))
+        return strategy, history
 
 
 def gpu_busy_of(history: list[dict[str, Any]]) -> float | None:
