@@ -64,7 +64,9 @@ def test_a_source_closes_only_a_store_it_opened(store):
         assert given.check_unchanged() is None  # the caller's store stays open
     with open_source(store, None, None, threads=1) as source:
         pass
-    with pytest.raises(Exception, match="closed"):
+    from fastprune.errors import StoreError
+
+    with pytest.raises(StoreError, match="the store is closed"):
         source.owner.check_unchanged()
 
 
