@@ -105,3 +105,27 @@ def test_commands_leave_no_store_file_to_the_garbage_collector(store, tmp_path):
         result = subprocess.run(fastprune + command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, (command[0], result.stderr[-2000:])
         assert "ResourceWarning" not in result.stderr, (command[0], result.stderr[-2000:])
+
+
+def test_a_loader_closes_the_store_it_opened_and_then_refuses_a_pass(store):
+    import pickle
+
+    from fastprune import Loader
+    from fastprune.errors import StoreError
+    from fastprune.store.reader import Store
+
+    def read_in_a_block():
+        with Loader(store, 32, seed=0) as loader:
+            assert sum(len(batch.indices) for batch in loader) == 96
+        with pytest.raises(StoreError, match="the store is closed"):
+            next(iter(loader))
+
+    assert _left_to_the_collector(read_in_a_block) == []
+    with Store(store) as given:
+        with Loader(given, 32) as loader:
+            pass
+        assert given.check_unchanged() is None  # the caller's store stays open
+    copy = pickle.loads(pickle.dumps(Loader(store, 32)))  # a spawned DataLoader worker's copy closes its own
+    assert _left_to_the_collector(copy.close) == []
+    with pytest.raises(StoreError, match="the store is closed"):
+        next(iter(copy))

@@ -289,6 +289,18 @@ class Loader:
         return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, {sampler}"
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
 
+    def close(self) -> None:
+        """Close the store file this loader opened from a path (a ``Store`` passed in stays open:
+        it is its caller's). A pass started afterwards raises StoreError. ``with Loader(...) as
+        loader:`` closes it at the block's end."""
+        self._source.close()
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _side_stream(self):
         """The CUDA stream this loader copies on, made once (see DeviceFeed); None on the CPU."""
         if self.device.type != "cuda":
@@ -303,14 +315,16 @@ class Loader:
         state["_stream"] = None  # a CUDA stream is this process's: the copy makes its own
         source = state.pop("_source")  # a native gather over this process's mapping: not picklable
         state["_source_settings"] = (source.owner, source.image_field, source.label_field,
-                                     source.gather.threads, source.gather.max_pixels, source.gather.nice)
+                                     source.gather.threads, source.gather.max_pixels, source.gather.nice,
+                                     source.owns_store)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        store, image_field, label_field, threads, max_pixels, nice = state.pop("_source_settings")
+        store, image_field, label_field, threads, max_pixels, nice, owns_store = state.pop("_source_settings")
         self.__dict__.update(state)
         self._source = open_source(store, image_field, label_field, threads=threads, max_pixels=max_pixels,
                                    nice=nice)
+        self._source.owns_store = owns_store  # the copy's store was unpickled for it: its own as here
 
 
 def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.ndarray:
