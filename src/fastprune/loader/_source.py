@@ -86,11 +86,11 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None,
     :func:`default_threads`. Opened from a path, the source holds the file open until its
     ``close()`` (or the end of a ``with`` block)."""
     store = _open(store_or_path)
+    opened_here = store is not store_or_path
     try:
-        return _source_of(store, image_field, label_field, threads, max_pixels, nice,
-                          owns_store=store is not store_or_path)
+        return _source_of(store, image_field, label_field, threads, max_pixels, nice, owns_store=opened_here)
     except BaseException:
-        if store is not store_or_path:  # opened here, for nothing
+        if opened_here:  # for nothing
             store.close()
         raise
 
