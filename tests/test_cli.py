@@ -90,6 +90,29 @@ def test_info_and_convert_do_not_import_torch(tmp_path):
     assert "torch imported: False" in result.stdout
 
 
+def test_loading_and_training_do_not_import_opencv(tmp_path):
+    """OpenCV (optional; ffcv's encoder) is imported at the first resize or JPEG encode, not by
+    `import fastprune`: importing it starts its BLAS threads in every process that only trains.
+    A conversion that shrinks images imports it where it is installed."""
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), labels=np.arange(8) % 2)
+    store = tmp_path / "d.beton"
+    script = ("import sys; import fastprune, fastprune.prune, fastprune.train\n"
+              "from fastprune.cli import main; from fastprune.loader import Loader, RandomCrop\n"
+              f"assert main(['convert', {str(tmp_path / 'd.npz')!r}, '-o', {str(store)!r}, '--no-progress']) == 0\n"
+              f"assert main(['info', {str(store)!r}]) == 0\n"
+              f"loader = Loader({str(store)!r}, 4, transforms=[RandomCrop(padding=2)])\n"
+              "assert sum(len(b.images) for b in loader) == 8\n"
+              "print('before a resize:', 'cv2' in sys.modules)\n"
+              "from fastprune.store.images import resize_image\n"
+              "resize_image(__import__('numpy').zeros((8, 8, 3), 'uint8'), 4, 4)\n"
+              "print('after a resize:', 'cv2' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "before a resize: False" in result.stdout and "after a resize: True" in result.stdout
+
+
 def test_help_lists_every_command_and_builds_the_one_asked_for(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -588,7 +588,7 @@ def test_area_shrink_without_opencv_matches_opencv(monkeypatch, block):
             assert got.shape == expected.shape
             diff = np.abs(got - expected)
             assert diff.max() <= 1 and diff.mean() < 0.2, (image.shape, height, width)
-    monkeypatch.setattr(images, "_cv2", None)
+    monkeypatch.setattr(images, "_opencv", lambda: None)
     image = _photo_and_noise()[0]
     np.testing.assert_array_equal(images.resize_image(image, 200, 170), images._area_shrink(image, 200, 170))
 

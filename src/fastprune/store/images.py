@@ -11,18 +11,27 @@ rounding: the two agree to within 1 grey level (tests/test_store.py checks this)
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 
-try:  # OpenCV is ffcv's own JPEG encoder; it releases the GIL and is faster on tiny images.
-    import cv2 as _cv2
-except ImportError:  # pragma: no cover - depends on the environment
-    _cv2 = None
-
 # Quality of every JPEG fastprune encodes unless told otherwise (converters, the CLI's --quality,
 # RGBImageField): ffcv's own default.
 DEFAULT_JPEG_QUALITY = 90
+
+
+@functools.cache
+def _opencv():
+    """OpenCV's module, or None where it is not installed. Imported at the first resize or encode,
+    not with fastprune: importing it starts its own BLAS threads and maps its libraries into every
+    process that only trains. OpenCV is ffcv's own JPEG encoder; it releases the GIL and is faster
+    on tiny images."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return cv2
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -31,8 +40,9 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if (height, width) == image.shape[:2]:
         return image
     if height <= image.shape[0] and width <= image.shape[1]:
-        if _cv2 is not None:
-            return _cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=_cv2.INTER_AREA)
+        cv2 = _opencv()
+        if cv2 is not None:
+            return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_AREA)
         return _area_shrink(image, height, width)
     from PIL import Image
 
@@ -71,9 +81,10 @@ def _area_rows(x: np.ndarray, n_out: int) -> np.ndarray:
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    if _cv2 is not None:
-        ok, encoded = _cv2.imencode(".jpg", _cv2.cvtColor(image, _cv2.COLOR_RGB2BGR),
-                                    [int(_cv2.IMWRITE_JPEG_QUALITY), quality])
+    cv2 = _opencv()
+    if cv2 is not None:
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                   [int(cv2.IMWRITE_JPEG_QUALITY), quality])
         if not ok:
             raise ValueError("OpenCV failed to encode the image as JPEG")
         return encoded.reshape(-1)
