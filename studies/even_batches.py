@@ -19,6 +19,7 @@ from pathlib import Path
 from fastprune.bench import machine
 from fastprune.bench.report import mean
 from fastprune.bench.run import Settings, run_one, warm_up
+from fastprune.errors import ConfigError
 from fastprune.train import RECIPE
 
 # the study beside this one (this script's folder is on sys.path): the same split and report
@@ -48,10 +49,15 @@ def markdown(runs: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (CUDA when available, else the CPU), cpu, cuda or cuda:N")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=RESULTS / "even_batches.json")
     args = parser.parse_args(argv)
-    settings = Settings()  # as `fastprune bench` runs on this CPU
+    try:  # as `fastprune bench` runs on this machine; CUDA asked for and missing is one line
+        settings = Settings(device=args.device).resolved()
+    except ConfigError as exc:
+        raise SystemExit(f"even_batches: {exc}") from None
     settings.apply()
     fit_store, held_store, _ = split_stores(args.workdir)
     stores = (fit_store, held_store)
@@ -62,7 +68,8 @@ def main(argv=None) -> int:
     print(f"warm-up (untimed): {warm_up(stores, settings):.1f}s; keep {keep}", flush=True)
     runs = []
     result = {"benchmark": "even_batches", "command": machine.command_line(), "machine": machine.machine(),
-              "date": machine.now(), "recipe": RECIPE.training_json(), "keep": keep, "remainder": REMAINDER, "runs": runs}
+              "device": machine.run_device(settings), "date": machine.now(), "recipe": RECIPE.training_json(),
+              "keep": keep, "remainder": REMAINDER, "runs": runs}
     for seed in args.seeds:
         for even in (False, True):
             row = run_one("uniform_random", keep, seed, stores, settings, recipe=RECIPE.replace(even_batches=even))

@@ -350,6 +350,17 @@ def test_even_batches_study_picks_a_keep_with_the_tiny_remainder_and_both_batchi
     assert "| plain | mean | | 91.25 |" in table and "| even | mean | | 92.25 |" in table
 
 
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="a machine with a cuda:7")
+@pytest.mark.parametrize("name", ["even_batches", "heldout_tuning"])
+def test_studies_take_a_device_and_refuse_a_missing_gpu_in_one_line(study_script, tmp_path, name):
+    """Each study trains where --device says (auto: CUDA when available) and records it; a GPU
+    that is not there ends it before any data is prepared, naming the study."""
+    study = study_script(name)
+    with pytest.raises(SystemExit, match=f"^{name}: .*cuda:7"):
+        study.main(["--device", "cuda:7", "--workdir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+
+
 def test_eval_every_thins_the_curves_not_the_final_accuracy_or_wall_clock(fashion_mnist_dir, tmp_path, capsys):
     out = tmp_path / "sparse.json"
     assert cli.main(["--train-limit", "1000", "--epochs", "3", "--eval-every", "2", "--strategies",
