@@ -18,12 +18,11 @@ from pathlib import Path
 
 from fastprune.bench import machine
 from fastprune.bench.report import mean
-from fastprune.bench.run import Settings, run_one, warm_up
-from fastprune.errors import ConfigError
+from fastprune.bench.run import run_one, warm_up
 from fastprune.train import RECIPE
 
 # the study beside this one (this script's folder is on sys.path): the same split and report
-from heldout_tuning import RESULTS, split_stores, write_markdown
+from heldout_tuning import RESULTS, applied_settings, split_stores, write_markdown
 
 REMAINDER = 16
 
@@ -54,11 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-heldout"))
     parser.add_argument("--out", type=Path, default=RESULTS / "even_batches.json")
     args = parser.parse_args(argv)
-    try:  # as `fastprune bench` runs on this machine; CUDA asked for and missing is one line
-        settings = Settings(device=args.device).resolved()
-    except ConfigError as exc:
-        raise SystemExit(f"even_batches: {exc}") from None
-    settings.apply()
+    settings = applied_settings("even_batches", device=args.device)
     fit_store, held_store, _ = split_stores(args.workdir)
     stores = (fit_store, held_store)
     from fastprune.store.reader import Store

@@ -189,6 +189,17 @@ def markdown(rows: list[dict], evaluated_on: str = "held-out") -> str:
     return "\n".join(lines)
 
 
+def applied_settings(study: str, **chosen) -> Settings:
+    """Settings as `fastprune bench` runs on this machine, the device resolved and applied; CUDA
+    asked for and missing ends ``study`` in one line, before any data is prepared."""
+    try:
+        settings = Settings(**chosen).resolved()
+    except ConfigError as exc:
+        raise SystemExit(f"{study}: {exc}") from None
+    settings.apply()
+    return settings
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
@@ -216,11 +227,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "heldout_tuning.json")
     args = parser.parse_args(argv)
     recipe = RECIPE.replace(batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths))
-    try:  # as `fastprune bench` runs on this machine; CUDA asked for and missing is one line
-        settings = Settings(eval_every=args.eval_every, device=args.device).resolved()
-    except ConfigError as exc:
-        raise SystemExit(f"heldout_tuning: {exc}") from None
-    settings.apply()
+    settings = applied_settings("heldout_tuning", eval_every=args.eval_every, device=args.device)
     if args.final_test:
         if args.fit_limit is not None:
             raise SystemExit("--final-test trains on all 60k training images: drop --fit-limit")

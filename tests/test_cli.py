@@ -93,7 +93,7 @@ def test_info_and_convert_do_not_import_torch(tmp_path):
 def test_loading_and_training_do_not_import_opencv(tmp_path):
     """OpenCV (optional; ffcv's encoder) is imported at the first resize or JPEG encode, not by
     `import fastprune`: importing it starts its BLAS threads in every process that only trains.
-    A conversion that shrinks images imports it where it is installed."""
+    A resize (what a conversion that shrinks images runs) imports it where it is installed."""
     pytest.importorskip("cv2")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), labels=np.arange(8) % 2)
