@@ -507,6 +507,36 @@ def test_a_model_that_cannot_classify_the_batches_fails_in_one_line_at_the_first
         run(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4), torch.nn.Unflatten(1, (4, 1))))
 
 
+def test_a_model_with_more_outputs_than_the_store_has_classes_trains_with_one_warning(tmp_path):
+    """A model built with its default head (torchvision's 1000 classes) on a 4-class store trained
+    silently; the store's class count comes from its class names, else from its largest label."""
+    import warnings
+
+    import fastprune
+    from fastprune.errors import UsageWarning
+
+    images = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8)
+    labels = np.arange(32) % 4
+    plain = from_arrays(images, labels, tmp_path / "plain.beton", progress=False)
+    named = from_arrays(images, labels, tmp_path / "named.beton", progress=False, class_names=list("abcdefgh"))
+
+    def caught(store, outputs):
+        loader = fastprune.Loader(store, 8, seed=0, transforms=[Normalize()])
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, outputs))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fit(model, loader, None, None, epochs=2, progress=False, log=None)
+        return [w for w in seen if issubclass(w.category, UsageWarning)]
+
+    (warning,) = caught(plain, 10)[:1]
+    assert str(warning.message) == ("fit: the model returns 10 class scores per image but the store has 4 classes: "
+                                    "the extra outputs are trained to lose (build it with num_classes=4)")
+    assert warning.filename == __file__  # the caller's fit() line, not fastprune's
+    assert caught(plain, 4) == []
+    assert caught(named, 8) == []  # the names count 8 classes, though only 4 labels occur
+    assert "but the store has 8 classes" in str(caught(named, 9)[0].message)
+
+
 def _tiny(stores, strategy=None, **loader_options):
     """A linear model over a UCB-pruned loader of the training store (fast: one step ~1 ms)."""
     torch.manual_seed(0)

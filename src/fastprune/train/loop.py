@@ -167,6 +167,18 @@ def loader_class_names(loader) -> list[str] | None:
     return None if names is None else names.get(source.label_field)
 
 
+def loader_class_count(loader) -> int | None:
+    """How many classes a fastprune Loader's store has: its class names' count, else its largest
+    integer label + 1 (None: no labels, float targets, or another kind of loader)."""
+    names = loader_class_names(loader)
+    if names:
+        return len(names)
+    labels = getattr(getattr(loader, "_source", None), "labels", None)
+    if labels is None or not len(labels) or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    return int(labels.max()) + 1
+
+
 #: fit(compile=...) values: torch.compile's mode for each (None: torch's default mode).
 COMPILE_MODES = {True: None, "default": None, "reduce-overhead": "reduce-overhead",
                  "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs"}
@@ -212,7 +224,7 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = forward(images) if steps else _first_forward(forward, images)
         if not steps:  # once an epoch (a host sync): a model that cannot classify these labels
-            _check_logits(logits, labels)
+            _check_logits(logits, labels, loader)
         # Loss in float32 even under autocast: the strategy ranks samples by it.
         loss = criterion(logits.float(), labels)
         _check_per_sample(loss, labels)
@@ -392,9 +404,11 @@ def _first_forward(forward, images: torch.Tensor) -> torch.Tensor:
                           f"{str(images.dtype).replace('torch.', '')}): {first_line(exc)}") from exc
 
 
-def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor, loader=None) -> None:
     """One row of class scores per image, and a score for every label in the batch: else
-    cross-entropy fails with "Target 2 is out of bounds" (or, on a GPU, a device-side assert)."""
+    cross-entropy fails with "Target 2 is out of bounds" (or, on a GPU, a device-side assert).
+    More scores than the store has classes train, but usually mean a model built with its default
+    head (torchvision's 1000 classes): a warning."""
     if not isinstance(logits, torch.Tensor):
         raise ConfigError(f"fit: the model returned a {type(logits).__name__}; fit needs a tensor of class "
                           "scores, [batch, classes] (wrap the model to return its logits)")
@@ -406,6 +420,11 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ConfigError(f"fit: the model returns {logits.shape[1]} class scores per image, but the batch "
                           f"holds label {top}: build it with num_classes={top + 1} or more (the store's "
                           "number of classes; fit trains classifiers, other tasks write their own loop)")
+    classes = loader_class_count(loader) if logits.shape[1] > top + 1 else None
+    if classes is not None and logits.shape[1] > classes:
+        warnings.warn(f"fit: the model returns {logits.shape[1]} class scores per image but the store has "
+                      f"{classes} classes: the extra outputs are trained to lose (build it with "
+                      f"num_classes={classes})", UsageWarning, stacklevel=5)
 
 
 def _check_per_sample(loss: torch.Tensor, labels: torch.Tensor) -> None:
