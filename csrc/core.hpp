@@ -2,6 +2,7 @@
 #pragma once
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include "gil.hpp"  // GilReleased: every native section that runs without the GIL
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,7 @@ void bind_loader(nb::module_ &m);  // gather.cpp: batch gather / decode
 // Hooks that exist only for the tests, bound into the submodule fastprune._core.testing.
 void bind_store_testing(nb::module_ &t);   // store_checks.cpp
 void bind_select_testing(nb::module_ &t);  // select.cpp
+void bind_gil_testing(nb::module_ &t);     // gil_testing.cpp
 
 // Read-only 1-D views used by the kernels (C-contiguous, on the CPU).
 template <typename T>

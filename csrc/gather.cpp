@@ -586,7 +586,7 @@ public:
         const size_t stride = size_t(out_h) * out_w * 3;
         const int64_t *id = ids.data();
         uint8_t *dst = out.data();
-        nb::gil_scoped_release no_gil;
+        GilReleased no_gil;
         run(ids.shape(0), max_threads, [&](size_t b) {
             int64_t s = checked_id(id[b], b);
             if (heights_.data()[s] != uint32_t(out_h) || widths_.data()[s] != uint32_t(out_w))
@@ -621,7 +621,7 @@ public:
         const int64_t *id = ids.data();
         const int32_t *crop = crops.data();
         uint8_t *dst = out.data();
-        nb::gil_scoped_release no_gil;
+        GilReleased no_gil;
         run(ids.shape(0), max_threads, [&](size_t b) {
             int64_t s = checked_id(id[b], b);
             const int32_t *c = crop + b * 4;
@@ -752,7 +752,7 @@ nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>> decode_jpeg(ROArray1D<uint8_t> data
     auto *owner = new JpegRegionOwner();
     bool ok;
     {
-        nb::gil_scoped_release no_gil;
+        GilReleased no_gil;
         ok = decode_jpeg_region(data.data(), data.shape(0), request, owner->region, error);
     }
     if (!ok) {
@@ -773,7 +773,7 @@ std::string check_jpeg_cost(ROArray1D<uint8_t> data, uint64_t max_pixels) {
     JpegRequest request;
     request.max_pixels = max_pixels;
     request.limit_coefficients = false;
-    nb::gil_scoped_release no_gil;
+    GilReleased no_gil;
     check_jpeg_stream(data.data(), data.shape(0), request, error);
     return error;
 }

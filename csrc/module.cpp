@@ -16,4 +16,5 @@ NB_MODULE(_core, m) {
     nb::module_ testing = m.def_submodule("testing", "hooks for fastprune's tests only (oracles, forced paths)");
     fastprune::bind_store_testing(testing);
     fastprune::bind_select_testing(testing);
+    fastprune::bind_gil_testing(testing);
 }

@@ -339,7 +339,7 @@ int64_t score_update(Array1D<typename S::T> mean, Array1D<typename S::T> var, Ar
     int64_t skipped = 0;
     std::string why;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         // Validate everything before touching the table, so an error leaves it unchanged.
         int64_t bad = skip_invalid ? -1 : first_invalid(n, idx, loss, corr, m, &why);
         if (bad < 0) {
@@ -385,7 +385,7 @@ NumpyArray<To> convert_all(ROArray1D<From> in, ConvertN convert_n) {
     Buffer<To> out(n);
     const From *p = in.data();
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         convert_n(p, n, out.data);
     }
     return to_numpy(out, n);
@@ -420,7 +420,7 @@ NumpyArray<float> bandit_scores(ROArray1D<float> mean, ROArray1D<float> var, ROA
     const float *mu = mean.data(), *v = var.shape(0) ? var.data() : nullptr;
     const int32_t *s = seen.data();
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         for (size_t i = 0; i < n; ++i) out.data[i] = bandit_score(mu[i], v, i, s[i], c, use_std);
     }
     return to_numpy(out, n);
@@ -440,7 +440,7 @@ NumpyArray<int64_t> select_stored(const char *name, const typename S::T *scores,
                    std::to_string(n) + " scores");
     Buffer<int64_t> out;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         out = top_plus_random(select_detail::ScoreSource<S>{scores, n}, uint64_t(k_top), uint64_t(k_rand), seed,
                               epoch, stream, unsigned(std::min<int64_t>(threads, 2)), one_pass);
     }
@@ -468,7 +468,7 @@ NumpyArray<int64_t> sample_uniform(int64_t n, int64_t k, uint64_t seed, uint64_t
         fail_value("sample_uniform: need 0 <= k <= n, got n=" + std::to_string(n) + " k=" + std::to_string(k));
     Buffer<int64_t> out;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         out = top_plus_random(select_detail::FloatScores{nullptr, size_t(n)}, 0, uint64_t(k), seed, epoch, stream);
     }
     return to_numpy(out, size_t(k));
@@ -481,7 +481,7 @@ std::pair<double, int64_t> masked_mean(ROArray1D<float> scores, ROArray1D<int32_
     double sum = 0.0;
     int64_t count = 0;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         for (size_t i = 0; i < n; ++i) {
             bool used = s[i] > 0;
             sum += used ? double(p[i]) : 0.0;
@@ -503,7 +503,7 @@ int64_t count_below(ROArray1D<float> scores, ROArray1D<int32_t> seen, float thre
     const int32_t *s = seen.data();
     int64_t count = 0;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         for (size_t i = 0; i < n; ++i) count += is_below(p, s, i, threshold);
     }
     return count;
@@ -519,7 +519,7 @@ std::pair<NumpyArray<int64_t>, NumpyArray<float>> split_sample(ROArray1D<float> 
     std::vector<float> weights;
     std::string error;
     {
-        nb::gil_scoped_release release;
+        GilReleased release;
         uint64_t n_below = 0;
         for (size_t i = 0; i < n; ++i) n_below += is_below(p, s, i, threshold);
         if (n >= (size_t(1) << 32)) {

@@ -65,7 +65,7 @@ void bind_store(nb::module_ &m) {
             nb::capsule owner(out, [](void *p) noexcept { delete[] static_cast<uint32_t *>(p); });
             const uint8_t *base = buffer.data();
             {
-                nb::gil_scoped_release release;
+                GilReleased release;
                 const int nt = std::max(1, std::min<int>(threads, int(n / 64) + 1));
                 constexpr size_t CHUNK = 64;  // ranges taken at a time
                 std::atomic<size_t> next{0};
@@ -100,7 +100,7 @@ void bind_store_testing(nb::module_ &t) {
         [](ROArray1D<uint8_t> data, uint32_t start) {
             const uint8_t *p = data.data();
             size_t n = data.shape(0);
-            nb::gil_scoped_release release;
+            GilReleased release;
             return crc32_update(start, p, n);
         },
         nb::arg("data"), nb::arg("start") = 0,

@@ -754,6 +754,50 @@ def test_a_half_read_iterator_alive_at_exit_does_not_abort_the_process(tmp_path)
         assert "terminate called" not in proc.stderr and "leaked" not in proc.stderr
 
 
+# The race of the test below, made certain: the worker's native section ends while the main thread
+# holds the GIL into finalization, so the worker waits for the GIL and Python ends it (pthread_exit,
+# a forced unwind in glibc) when a __del__ in teardown lets go of it; or ("after") the section ends
+# once finalization began. The thread's target is the native call itself: a Python frame would keep
+# __main__, and its __del__, alive past teardown.
+_NATIVE_SECTION_AT_EXIT = """
+import functools, os, sys, threading, time
+from fastprune._native import core
+
+class LetGoOfTheGil:
+    def __del__(self, sleep=time.sleep, write=os.write):
+        sleep(0.05)
+        write(1, b"teardown ran")
+
+keep = LetGoOfTheGil()
+sys.setswitchinterval(1000.0)  # the waiting worker never asks the main thread to drop the GIL
+threading.Thread(target=functools.partial(core.testing.sleep_without_gil, 0.1), daemon=True).start()
+time.sleep(0.02)
+if sys.argv[1] == "waiting":
+    core.testing.sleep_holding_gil(0.2)  # the worker's section ends meanwhile: it waits for the GIL
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_daemon_thread_in_native_code_at_exit_does_not_abort_the_process(tmp_path):
+    """A user's daemon thread inside a native call (Store.verify in a loop) when the script ended
+    aborted the process 4 times in 6 ("terminate called without an active exception"): taking the
+    GIL back, Python 3.10-3.13 end such a thread with pthread_exit, whose unwind met a noexcept
+    destructor (nanobind's gil_scoped_release). The thread now sleeps until the process ends."""
+    store = fastprune.convert.from_arrays(np.random.default_rng(0).integers(0, 256, (2000, 64, 64, 3), np.uint8),
+                                          np.zeros(2000, int), tmp_path / "s.beton", progress=False)
+    verifying = ("import sys, threading, time, fastprune\nstore = fastprune.Store(sys.argv[1])\n"
+                 "def verify():\n    while True:\n        store.verify()\n"
+                 "threading.Thread(target=verify, daemon=True).start()\ntime.sleep(float(sys.argv[2]))\n")
+    for seconds in ("0.1", "0.2", "0.3"):
+        proc = subprocess.run([sys.executable, "-c", verifying, str(store), seconds], capture_output=True, text=True,
+                              timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr[-2000:]
+    for path in ("waiting", "after"):
+        proc = subprocess.run([sys.executable, "-c", _NATIVE_SECTION_AT_EXIT, path], capture_output=True, text=True,
+                              timeout=60)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "teardown ran", ""), (path, proc.stderr[-2000:])
+
+
 def test_garbage_bit_flipped_and_strategy_mismatched_checkpoints_are_refused_in_one_line(tmp_path):
     """A text file ('hello') escaped as KeyError, 'abc...' as IndexError; a flipped byte inside a
     weight resumed silently from the altered weights (torch.load checks no CRC); a pruned run's

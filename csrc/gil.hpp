@@ -1,0 +1,56 @@
+// Releasing the GIL around native work, safe at interpreter exit.
+//
+// Why not nb::gil_scoped_release: a thread still in native work when Python finalizes (a daemon
+// thread of the user's, calling Store.verify or a selection kernel) takes the GIL back in that
+// guard's destructor. Python 3.10-3.13 then end the thread with pthread_exit, which glibc runs as a
+// forced unwind; the unwind reaches the noexcept destructor (or nanobind's catch (...), which
+// swallows it) and the process aborts: "terminate called without an active exception". Python
+// 3.14 parks such a thread instead; this guard does the same on every version: the thread sleeps
+// until the process ends, holding nothing (Python released the GIL before ending it).
+#pragma once
+#include <nanobind/nanobind.h>
+
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>  // abi::__forced_unwind
+#endif
+#include <chrono>
+#include <thread>
+
+namespace fastprune {
+
+// Never returns: the process is ending and the thread must not run on without the GIL.
+[[noreturn]] inline void park_thread_until_exit() noexcept {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
+}
+
+inline bool python_finalizing() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+class GilReleased {
+public:
+    GilReleased() : state_(PyEval_SaveThread()) {}
+    ~GilReleased() {
+        if (python_finalizing()) park_thread_until_exit();  // would be ended on taking the GIL
+#if defined(__GLIBCXX__)
+        try {
+            PyEval_RestoreThread(state_);
+        } catch (abi::__forced_unwind &) {  // finalization began while it waited: never leave this handler
+            park_thread_until_exit();
+        }
+#else
+        PyEval_RestoreThread(state_);
+#endif
+    }
+    GilReleased(const GilReleased &) = delete;
+    GilReleased &operator=(const GilReleased &) = delete;
+
+private:
+    PyThreadState *state_;
+};
+
+}  // namespace fastprune
