@@ -294,6 +294,26 @@ def test_a_daemon_thread_still_prefetching_at_exit_raises_no_false_leak_alarm(ra
     assert done.returncode == 0 and "leaked" not in done.stderr, done.stderr
 
 
+def test_a_daemon_thread_waiting_for_a_batch_at_exit_ends_without_an_error_traceback(raw_store):
+    """Exit stops and joins the producers; a daemon thread of the user's still iterating then found
+    them gone and printed "RuntimeError: fastprune loader threads stopped without delivering a
+    batch" as the script ended, a false report of a loader failure. It now waits for the end."""
+    import subprocess
+
+    script = ("import atexit, sys, threading, time\n"
+              "atexit.register(time.sleep, 0.5)  # runs after fastprune's exit hook: the thread runs meanwhile\n"
+              "import fastprune\nfrom fastprune.loader.transforms import BatchTransform\n"
+              "class Slow(BatchTransform):\n    def __call__(self, images, ids, stream):\n"
+              "        time.sleep(0.1)\n        return images\n"
+              "loader = fastprune.Loader(sys.argv[1], 8, threads=1, transforms=[Slow()])\n"
+              "def consume():\n    while True:\n        for batch in loader:\n            pass\n"
+              "threading.Thread(target=consume, daemon=True).start()\ntime.sleep(0.3)\n")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script, str(raw_store)], timeout=120, capture_output=True,
+                              text=True)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr[-2000:]
+
+
 class _RecordPriority(BatchTransform):
     def __init__(self):
         self.seen = set()

@@ -462,6 +462,7 @@ _LIVE_RUNS: "weakref.WeakSet[_EpochRun]" = weakref.WeakSet()
 @atexit.register
 def _close_live_runs() -> None:
     for run in list(_LIVE_RUNS):
+        run.exiting = True  # a daemon thread still iterating it waits for the process to end
         run.close()
 
 
@@ -477,6 +478,7 @@ class _EpochRun:
         self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
         self._stop = threading.Event()
         self._closed = False
+        self.exiting = False  # closed by the interpreter's exit, not by its consumer
         self._turns = _GatherTurns(self._stop) if pooled else None
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
@@ -547,6 +549,8 @@ class _EpochRun:
                 return q.get(timeout=_POLL_S)
             except queue.Empty:
                 if not any(w.is_alive() for w in self._workers) and q.empty():
+                    if self.exiting:  # a daemon thread's pass, stopped at exit: no error traceback, the process ends
+                        threading.Event().wait()
                     raise RuntimeError("fastprune loader threads stopped without delivering a batch")
 
 
