@@ -4,6 +4,7 @@
 #   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fmnist/
 #   (cd .gpu/debs && apt-get download libjpeg62-turbo libjpeg62-turbo-dev)     # libjpeg-turbo 2.1.5
 #   cp -r .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging,pytest_timeout.py} .gpu/pylib/
+#   mkdir -p .gpu/buildlib; cp -r .venv/lib/python3.11/site-packages/{nanobind,scikit_build_core,pathspec,packaging}* .gpu/buildlib/
 # then: run with carry [".gpu"] and the command `bash benchmarks/gpu_device_run.sh` (about 5 min:
 # build, the CUDA tests of the data path and of deferred updates, benchmarks/gpu.py). Knobs:
 # GPU_SKIP_TESTS=1, GPU_THREADS="8 16", GPU_ARGS="--skip end_to_end --compile reduce-overhead" (or
@@ -12,6 +13,9 @@
 # first batch? each row records data_wait_s; nice 10 and pooled are a CUDA loader's defaults),
 # GPU_BENCH_S (gpu.py's time limit, default 330). Results land in $OUT/gpu.json and gpu.md.
 REPO=$PWD
+# The build backend: the machine's own (the H200 had it), else the carried copy (another machine's image may not)
+python3 -c "import nanobind, scikit_build_core" 2>/dev/null || { echo "using the carried build backend"; \
+  export PYTHONPATH=$REPO/.gpu/buildlib${PYTHONPATH:+:$PYTHONPATH}; }
 J=/tmp/jt/usr; for f in .gpu/debs/*.deb; do dpkg -x "$f" /tmp/jt; done
 export LD_LIBRARY_PATH=$J/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-} CMAKE_BUILD_PARALLEL_LEVEL=16 PYTHONUNBUFFERED=1
 CXXFLAGS="-I$J/include/x86_64-linux-gnu" CMAKE_ARGS="-DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
