@@ -10,9 +10,6 @@
 #pragma once
 #include <nanobind/nanobind.h>
 
-#if defined(__GLIBCXX__)
-#include <cxxabi.h>  // abi::__forced_unwind
-#endif
 #include <chrono>
 #include <thread>
 
@@ -36,15 +33,11 @@ public:
     GilReleased() : state_(PyEval_SaveThread()) {}
     ~GilReleased() {
         if (python_finalizing()) park_thread_until_exit();  // would be ended on taking the GIL
-#if defined(__GLIBCXX__)
         try {
             PyEval_RestoreThread(state_);
-        } catch (abi::__forced_unwind &) {  // finalization began while it waited: never leave this handler
-            park_thread_until_exit();
+        } catch (...) {  // glibc's forced unwind (finalization began while it waited): never leave the handler
+            park_thread_until_exit();  // (catching abi::__forced_unwind & by name binds a null reference: UBSan)
         }
-#else
-        PyEval_RestoreThread(state_);
-#endif
     }
     GilReleased(const GilReleased &) = delete;
     GilReleased &operator=(const GilReleased &) = delete;
