@@ -28,6 +28,7 @@ from .._args import check_bool, check_positive_int
 from .._outputs import written_atomically
 from ..errors import ConfigError, TrainingDiverged, UsageWarning, first_line
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
+from ..store.names import named_class_count
 from .checkpoints import load_checkpoint, save_checkpoint
 from .device import autocast_dtype, memory_format_for, model_device, synchronize
 from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
@@ -168,15 +169,13 @@ def loader_class_names(loader) -> list[str] | None:
 
 
 def loader_class_count(loader) -> int | None:
-    """How many classes a fastprune Loader's store has: its class names' count, else its largest
-    integer label + 1 (None: no labels, float targets, or another kind of loader)."""
-    names = loader_class_names(loader)
-    if names:
-        return len(names)
+    """How many classes a fastprune Loader's store has, counted as `fastprune train` counts them:
+    its class names' count where every label is below it, else its largest label + 1 (None: no
+    labels, float targets, or another kind of loader)."""
     labels = getattr(getattr(loader, "_source", None), "labels", None)
     if labels is None or not len(labels) or not np.issubdtype(labels.dtype, np.integer):
         return None
-    return int(labels.max()) + 1
+    return named_class_count(loader_class_names(loader), labels) or int(labels.max()) + 1
 
 
 #: fit(compile=...) values: torch.compile's mode for each (None: torch's default mode).
