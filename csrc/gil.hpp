@@ -5,8 +5,9 @@
 // guard's destructor. Python 3.10-3.13 then end the thread with pthread_exit, which glibc runs as a
 // forced unwind; the unwind reaches the noexcept destructor (or nanobind's catch (...), which
 // swallows it) and the process aborts: "terminate called without an active exception". Python
-// 3.14 parks such a thread instead; this guard does the same on every version: the thread sleeps
-// until the process ends, holding nothing (Python released the GIL before ending it).
+// 3.14 parks such a thread instead; this guard does the same on every version: it catches the
+// unwind and the thread sleeps until the process ends, holding nothing (Python released the GIL
+// before ending it). Elsewhere (macOS, Windows) ending a thread does not unwind C++ frames.
 #pragma once
 #include <nanobind/nanobind.h>
 
@@ -20,22 +21,16 @@ namespace fastprune {
     for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
 }
 
-inline bool python_finalizing() noexcept {
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
 class GilReleased {
 public:
     GilReleased() : state_(PyEval_SaveThread()) {}
+    // Python decides which thread it ends: any but the one finalizing (which may itself run native
+    // code in a __del__ at teardown, and must go on). No check of Py_IsFinalizing() here, which
+    // is true on that thread too: parking it hung the exit.
     ~GilReleased() {
-        if (python_finalizing()) park_thread_until_exit();  // would be ended on taking the GIL
         try {
             PyEval_RestoreThread(state_);
-        } catch (...) {  // glibc's forced unwind (finalization began while it waited): never leave the handler
+        } catch (...) {  // glibc's forced unwind (Python ending this thread): never leave the handler
             park_thread_until_exit();  // (catching abi::__forced_unwind & by name binds a null reference: UBSan)
         }
     }

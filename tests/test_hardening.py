@@ -782,7 +782,8 @@ def test_a_daemon_thread_in_native_code_at_exit_does_not_abort_the_process(tmp_p
     """A user's daemon thread inside a native call (Store.verify in a loop) when the script ended
     aborted the process 4 times in 6 ("terminate called without an active exception"): taking the
     GIL back, Python 3.10-3.13 end such a thread with pthread_exit, whose unwind met a noexcept
-    destructor (nanobind's gil_scoped_release). The thread now sleeps until the process ends."""
+    destructor (nanobind's gil_scoped_release). The thread now sleeps until the process ends; the
+    thread that finalizes runs on."""
     store = fastprune.convert.from_arrays(np.random.default_rng(0).integers(0, 256, (2000, 64, 64, 3), np.uint8),
                                           np.zeros(2000, int), tmp_path / "s.beton", progress=False)
     verifying = ("import sys, threading, time, fastprune\nstore = fastprune.Store(sys.argv[1])\n"
@@ -796,6 +797,13 @@ def test_a_daemon_thread_in_native_code_at_exit_does_not_abort_the_process(tmp_p
         proc = subprocess.run([sys.executable, "-c", _NATIVE_SECTION_AT_EXIT, path], capture_output=True, text=True,
                               timeout=60)
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, "teardown ran", ""), (path, proc.stderr[-2000:])
+    # the finalizing thread itself may run native code (a __del__ at teardown): it goes on (a check
+    # of Py_IsFinalizing(), true on that thread too, parked it and hung the exit)
+    teardown = ("import os\nfrom fastprune._native import core\nclass Native:\n"
+                "    def __del__(self, native=core.testing.sleep_without_gil, write=os.write):\n"
+                "        native(0.01)\n        write(1, b'teardown ran')\nkeep = Native()\n")
+    proc = subprocess.run([sys.executable, "-c", teardown], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "teardown ran", ""), proc.stderr[-2000:]
 
 
 def test_garbage_bit_flipped_and_strategy_mismatched_checkpoints_are_refused_in_one_line(tmp_path):
