@@ -549,8 +549,8 @@ class _EpochRun:
                 return q.get(timeout=_POLL_S)
             except queue.Empty:
                 if not any(w.is_alive() for w in self._workers) and q.empty():
-                    if self.exiting:  # a daemon thread's pass, stopped at exit: no error traceback, the process ends
-                        threading.Event().wait()
+                    if self.exiting and threading.current_thread() is not threading.main_thread():
+                        threading.Event().wait()  # a daemon thread's pass, stopped at exit: no error, the process ends
                     raise RuntimeError("fastprune loader threads stopped without delivering a batch")
 
 
