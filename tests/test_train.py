@@ -622,8 +622,9 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     with pytest.warns(RuntimeWarning, match="does not choose train_loader's samples"):
         fit(model, unpruned, None, UCB(TRAIN_SIZE, 0.5), 1, sgd, progress=False, log=None)
     _, pruned_val = _tiny(stores, UCB(TRAIN_SIZE, 0.5))
-    with pytest.warns(RuntimeWarning, match="val_loader has a pruning sampler"):
+    with pytest.warns(RuntimeWarning, match="val_loader has a pruning sampler") as caught:
         fit(model, loader, pruned_val, strategy, 1, sgd, progress=False, log=None)
+    assert {w.filename for w in caught} == {__file__}  # each points at the caller's fit() line
 
 
 def test_history_without_validation_is_json_and_user_patches_survive(stores):

@@ -462,6 +462,48 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
+def _check_fit_inputs(train_loader, val_loader, strategy, epochs: int, on_epoch_end, checkpoint,
+                      resume) -> bool:
+    """fit's checks of its data, strategy, callback and checkpoint, all before any work; returns
+    ``resume`` as a bool."""
+    _check_loader(train_loader)
+    _check_class_labels(train_loader, "train_loader")
+    _check_class_labels(val_loader, "val_loader")
+    _check_strategy(strategy, epochs)
+    _check_strategy_selects(strategy, train_loader)
+    _check_val_loader(val_loader)
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise TypeError(f"fit: on_epoch_end must be callable (or None), got {type(on_epoch_end).__name__}")
+    _check_checkpoint_path(checkpoint)
+    resume = check_bool(resume, "fit: resume")  # "no" is truthy
+    if resume and checkpoint is None:
+        raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
+    if hasattr(getattr(val_loader, "sampler", None), "update"):
+        # stacklevel 3: fit's caller, through fit
+        warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
+                      "evaluate on a Loader without one (shuffle=False)", UsageWarning, stacklevel=3)
+    return resume
+
+
+def _run_settings(settings, epochs: int, model, train_loader, val_loader, dtype, optimizer,
+                  scheduler) -> dict[str, Any]:
+    """The caller's ``settings`` plus what fit adds itself: what a resume must find unchanged."""
+    # precision: bf16 and fp32 train differently; a resume must not switch between them unnoticed
+    settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
+                "batch_size": getattr(train_loader, "batch_size", None),
+                "precision": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                # a resume loads their states: another kind would take a state not its own
+                "optimizer": type(optimizer).__name__,
+                "schedule": None if scheduler is None else type(scheduler).__name__}
+    if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
+        settings["loader_seed"] = train_loader.seed
+    for key, loader in (("train_store", train_loader), ("val_store", val_loader)):
+        identity = None if key in settings else _store_identity_of(loader)  # run_recipe passes its own
+        if identity is not None:  # a resume on other data is refused; `scores --store` checks it
+            settings[key] = identity
+    return settings
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -548,21 +590,7 @@ def fit(
     eval_every = check_positive_int(eval_every, "fit: eval_every")
     epochs = check_positive_int(epochs, "fit: epochs")
     forward = compiled_forward(model, compile)  # checked before any work
-    _check_loader(train_loader)
-    _check_class_labels(train_loader, "train_loader")
-    _check_class_labels(val_loader, "val_loader")
-    _check_strategy(strategy, epochs)
-    _check_strategy_selects(strategy, train_loader)
-    _check_val_loader(val_loader)
-    if on_epoch_end is not None and not callable(on_epoch_end):
-        raise TypeError(f"fit: on_epoch_end must be callable (or None), got {type(on_epoch_end).__name__}")
-    _check_checkpoint_path(checkpoint)
-    resume = check_bool(resume, "fit: resume")  # "no" is truthy
-    if resume and checkpoint is None:
-        raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
-    if hasattr(getattr(val_loader, "sampler", None), "update"):
-        warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
-                      "evaluate on a Loader without one (shuffle=False)", UsageWarning, stacklevel=2)
+    resume = _check_fit_inputs(train_loader, val_loader, strategy, epochs, on_epoch_end, checkpoint, resume)
     if log == "stdout":  # flushed, so `fastprune train | tee` shows each epoch as it ends
         log = functools.partial(print, flush=True)
     device = model_device(model)
@@ -581,19 +609,7 @@ def fit(
     # A gradient scaler only for fp16 (bf16 has float32's range); disabled it is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
-    # precision: bf16 and fp32 train differently; a resume must not switch between them unnoticed
-    settings = {**(settings or {}), "epochs": epochs, "model": type(model).__name__,
-                "batch_size": getattr(train_loader, "batch_size", None),
-                "precision": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                # a resume loads their states: another kind would take a state not its own
-                "optimizer": type(optimizer).__name__,
-                "schedule": None if scheduler is None else type(scheduler).__name__}
-    if getattr(train_loader, "seed", None) is not None:  # order and augmentation follow it
-        settings["loader_seed"] = train_loader.seed
-    for key, loader in (("train_store", train_loader), ("val_store", val_loader)):
-        identity = None if key in settings else _store_identity_of(loader)  # run_recipe passes its own
-        if identity is not None:  # a resume on other data is refused; `scores --store` checks it
-            settings[key] = identity
+    settings = _run_settings(settings, epochs, model, train_loader, val_loader, dtype, optimizer, scheduler)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
