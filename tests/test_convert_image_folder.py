@@ -288,3 +288,36 @@ def test_a_sixteen_bit_gray_png_opened_as_mode_i_keeps_its_high_byte():
     image.format = "TIFF"
     with pytest.raises(ConversionError, match="not 8 bits"):
         pil_to_rgb(image, "wide.tif")
+
+
+def test_the_size_pass_reads_headers_a_slice_at_a_time_and_stops_at_the_first_mismatch(tmp_path, monkeypatch):
+    """Raw storage checks that every image has one shape. The pass queues a slice of files at a
+    time (one future per file queued at once held ~2 KB per file: 0.6 GB for 300k images) and stops
+    at the first file that differs, naming it and the first file; under resize it reads nothing."""
+    from fastprune.convert import image_folder
+
+    root = tmp_path / "tree"
+    for i in range(12):
+        save(root / f"c/{i:02d}.png", random_image(9 if i == 7 else 8, 6, i))
+    paths, _, _ = scan_image_folder(root)
+    reads = []
+    real = image_folder.read_size
+    monkeypatch.setattr(image_folder, "read_size", lambda path, max_pixels: reads.append(path) or real(path, max_pixels))
+    monkeypatch.setattr(image_folder, "_SIZES_AT_ONCE", 3)
+    with pytest.raises(ConversionError, match=r"00\.png.*07\.png"):
+        image_folder.check_one_shape(paths, max_side=None, resize=None, workers=2)
+    assert len(reads) == 9  # the slices up to the one holding 07.png; 09-11 never read
+    reads.clear()
+    assert image_folder.check_one_shape(paths, max_side=None, resize=(5, 4), workers=2) == (5, 4)
+    assert reads == []  # every image gets the resize's shape: no header to read
+    assert image_folder.check_one_shape(paths[:7], max_side=None, resize=None, workers=2) == (8, 6)
+
+
+def test_converting_shows_a_bar_while_the_files_are_listed(png_tree, tmp_path, capsys):
+    """Listing ImageNet's 1.28M files takes a minute or more: a bar over the class folders says so
+    (nothing was printed until the next stage)."""
+    root, _ = png_tree
+    from_image_folder(root, tmp_path / "out.beton", progress=True)
+    assert "listing files" in capsys.readouterr().err
+    from_image_folder(root, tmp_path / "quiet.beton", progress=False)
+    assert "listing files" not in capsys.readouterr().err

@@ -40,11 +40,20 @@ def check_output_file(out: str | os.PathLike, what: str, inputs: Iterable[str | 
     if not stat.S_ISREG(existing.st_mode):
         raise error(f"{what} {out} exists and is not a regular file ({_file_kind(existing.st_mode)}); "
                     f"it is left alone: choose another file")
-    for source in inputs:
-        if Path(source).exists() and os.path.samefile(source, landing):
+    for source in inputs:  # one stat each (exists() and samefile() took three: 6 s for 300k images)
+        if _same_file(source, existing):
             raise error(f"{what} {out} is the input file {source}; the source is never overwritten: "
                         f"choose another file")
     return out
+
+
+def _same_file(path: str | os.PathLike, target: os.stat_result) -> bool:
+    """Whether ``path`` (through any link) is the file ``target`` is the status of."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):  # missing, or a name the system refuses: not the output
+        return False
+    return (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino)
 
 
 @contextlib.contextmanager
