@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import warnings
+import zlib
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +36,9 @@ class EncodedChunk:
     sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
     blob: bytes  # every payload, sample-major then field order, back to back
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) left out
+    # uint32 [samples, payload fields]: each payload's CRC-32, computed where it was encoded (the
+    # writer no longer reads the whole output back for them: minutes for a store larger than RAM)
+    crcs: np.ndarray | None = None
 
 
 def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int,
@@ -44,6 +48,7 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
     scalars: list[list] = [[] for _ in fields]
     payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
     sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
+    crcs = np.zeros((stop - start, len(payload_fields)), dtype=np.uint32)
     payloads: list = []
     skipped: list[tuple[int, str]] = []
     for index in range(start, stop):
@@ -65,8 +70,10 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 # an empty payload still takes one (zero) byte of the file: see layout_sizes
                 payloads.append(payload if payload.size else EMPTY_PAYLOAD_PAD)
                 sizes[row, col] = payload.size
+                crcs[row, col] = zlib.crc32(payload)
                 col += 1
-    return EncodedChunk(start, stop, scalars, sizes[:stop - start - len(skipped)], b"".join(payloads), skipped)
+    kept = stop - start - len(skipped)
+    return EncodedChunk(start, stop, scalars, sizes[:kept], b"".join(payloads), skipped, crcs[:kept])
 
 
 # An empty payload (b"" in a BytesField) is recorded with size 0 but placed on a byte of its own:

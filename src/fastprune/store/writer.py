@@ -7,7 +7,8 @@ How a file is written:
 2. the main process lays the payloads out in pages as ffcv's allocator does (all allocations of a
    sample in one page, in field order; a sample that does not fit in what is left of a page starts
    the next page) and appends them to a temporary file in the destination folder;
-3. it then writes the metadata table, the per-allocation CRC-32 block, the checksum trailer, the
+3. it then writes the metadata table, the per-allocation CRC-32 block (each payload's CRC-32 is
+   computed where it was encoded: the file is never read back), the checksum trailer, the
    allocation table and finally the header, and renames the temporary file to ``path``.
 
 Any exception (including KeyboardInterrupt) removes the temporary file: a failed conversion leaves
@@ -37,7 +38,6 @@ import numpy as np
 
 from .._args import check_bool, check_positive_int
 from .._cpus import usable_cpus
-from .._native import core
 from .._signals import sigterm_as_interrupt
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
@@ -117,8 +117,8 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
     landing = Path(os.path.realpath(path))  # through a link its target is replaced, as for logs
     with sigterm_as_interrupt():
         try:
-            # w+: finish() reads the file back; a store re-converted keeps its permissions
-            with replaced_when_done(landing, open_mode="w+b") as out:
+            # a store re-converted keeps its permissions
+            with replaced_when_done(landing, open_mode="wb") as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
                                         label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)
@@ -240,6 +240,7 @@ class _FileWriter:
         self.data_start = fmt.align_up(self.metadata_end, page_size)
         num_allocs = num_samples * len(self.payload_fields)
         self.alloc_table = np.zeros(num_allocs, dtype=fmt.ALLOC_TABLE_TYPE)
+        self.alloc_crcs = np.zeros(num_allocs, dtype=np.uint32)  # from the chunks, in table order
         self.next_alloc = 0
         self.page_end = self.data_start  # end of the current page (none opened yet)
         # next free byte in the current page; before the first page, empty allocations point at
@@ -257,7 +258,7 @@ class _FileWriter:
         starts = self._place_samples(totals, sources)
         self._write_blob(chunk.blob, starts, totals)
         ptrs = starts[:, None] + np.cumsum(layout, axis=1, dtype=np.uint64) - layout
-        self._record_allocations(first, n, ptrs, chunk.sizes)
+        self._record_allocations(first, n, ptrs, chunk.sizes, chunk.crcs)
         rows = self.metadata[first:first + n]
         for i, (name, field) in enumerate(self.fields):
             scalars = list(range(first, first + n)) if name == self.index_field else chunk.scalars[i]
@@ -324,7 +325,8 @@ class _FileWriter:
             self.out.seek(int(starts[a]))
             self.out.write(view[lo:hi])
 
-    def _record_allocations(self, first: int, n: int, ptrs: np.ndarray, sizes: np.ndarray) -> None:
+    def _record_allocations(self, first: int, n: int, ptrs: np.ndarray, sizes: np.ndarray,
+                            crcs: np.ndarray) -> None:
         count = n * len(self.payload_fields)
         if count == 0:
             return
@@ -332,6 +334,7 @@ class _FileWriter:
         table["sample_id"] = np.repeat(np.arange(first, first + n, dtype=np.uint64), len(self.payload_fields))
         table["ptr"] = ptrs.reshape(-1)
         table["size"] = sizes.reshape(-1)
+        self.alloc_crcs[self.next_alloc:self.next_alloc + count] = crcs.reshape(-1)
         self.next_alloc += count
 
     def finish(self) -> None:
@@ -340,6 +343,7 @@ class _FileWriter:
         self.num_samples = self.written
         self.metadata = self.metadata[:self.written]
         self.alloc_table = self.alloc_table[:self.next_alloc]
+        self.alloc_crcs = self.alloc_crcs[:self.next_alloc]
         out = self.out
         data_end = self.page_end if self.any_data else self.metadata_end
         block_ptr = fmt.align_up(data_end, 8)
@@ -350,8 +354,7 @@ class _FileWriter:
         out.write(descriptors.tobytes())
         out.write(self.metadata.tobytes())
         out.flush()
-        crcs = self._allocation_crcs()
-        block = crcs.astype(fmt.CHECKSUM_DTYPE).tobytes()
+        block = self.alloc_crcs.astype(fmt.CHECKSUM_DTYPE).tobytes()
         names_ptr = fmt.align_up(block_ptr + len(block), 8)
         names = class_names_block.encode_block(self.class_names)  # between CRCs and trailer
         trailer_ptr = names_ptr + len(names)
@@ -369,16 +372,6 @@ class _FileWriter:
         out.seek(0)
         out.write(header.tobytes())
         out.flush()
-
-    def _allocation_crcs(self) -> np.ndarray:
-        if len(self.alloc_table) == 0:
-            return np.zeros(0, dtype=np.uint32)
-        mapped = np.memmap(self.out, dtype=np.uint8, mode="r")
-        try:
-            return core.crc32_ranges(mapped, np.ascontiguousarray(self.alloc_table["ptr"]),
-                                     np.ascontiguousarray(self.alloc_table["size"]), usable_cpus())
-        finally:
-            del mapped
 
     def _header(self) -> np.ndarray:
         header = np.zeros(1, dtype=fmt.HEADER_TYPE)
