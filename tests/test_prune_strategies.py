@@ -54,6 +54,28 @@ def test_same_seed_same_run(make):
         np.testing.assert_array_equal(feed(a, epoch, ra).indices, feed(b, epoch, rb).indices)
 
 
+@pytest.mark.parametrize("make", ALL[2:])
+def test_micro_batch_updates_equal_one_joined_update_per_step(make):
+    """Gradient accumulation (docs/guide.md): each micro-batch's update, or one per optimizer step
+    with the micro-batches joined, leaves the same table and the same next selections."""
+    per_micro, joined = make(300), make(300)
+    rng = np.random.default_rng(3)
+    for epoch in range(4):
+        sel = per_micro.select(epoch)
+        np.testing.assert_array_equal(joined.select(epoch).indices, sel.indices)
+        for step in np.array_split(np.arange(len(sel)), 5):  # optimizer steps of 4 micro-batches each
+            micro = np.array_split(sel.indices[step], 4)
+            losses = [rng.exponential(size=len(m)).astype(np.float32) for m in micro]
+            correct = [rng.random(len(m)) < 0.7 for m in micro]
+            for m, loss, ok in zip(micro, losses, correct):
+                per_micro.update(m, loss, ok)
+            joined.update(np.concatenate(micro), np.concatenate(losses), np.concatenate(correct))
+    assert per_micro.table.fields == joined.table.fields
+    for field in per_micro.table.fields:
+        np.testing.assert_array_equal(getattr(per_micro.table, field), getattr(joined.table, field))
+    np.testing.assert_array_equal(per_micro.select(4).indices, joined.select(4).indices)
+
+
 def test_full():
     sel = Full(7).select(3)
     np.testing.assert_array_equal(sel.indices, np.arange(7))

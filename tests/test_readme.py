@@ -43,5 +43,7 @@ def test_readme_python_examples_run(tmp_path):
     assert ucb and float(ucb.group(1)) > 50, result.stdout           # 4 classes: chance is 25%
     sampler = re.search(r"PrunedSampler: accuracy ([\d.]+)%", result.stdout)
     assert sampler and float(sampler.group(1)) > 70, result.stdout    # 3 classes: chance is 33%
+    mixup = re.search(r"MixUp: accuracy ([\d.]+)%", result.stdout)  # the own-loop MixUp example learns
+    assert mixup and float(mixup.group(1)) > 70, result.stdout
     assert "20 samples, classes ['ant', 'bee', 'cow']" in result.stdout  # the Hugging Face example
     assert "None / Ankle boot" in result.stdout  # the guide's class names: none from IDX, then given

@@ -507,6 +507,38 @@ def test_a_model_that_cannot_classify_the_batches_fails_in_one_line_at_the_first
         run(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4), torch.nn.Unflatten(1, (4, 1))))
 
 
+def test_soft_labels_stop_fit_in_one_line_that_points_at_a_loop_of_ones_own(tmp_path):
+    """A loader wrapped to yield MixUp's soft labels (float [batch, classes]) got through to
+    "The size of tensor a (8) must match the size of tensor b (4)" at the accuracy count; fit trains
+    on integer labels, and the guide's own-loop section is where mixing belongs."""
+    import fastprune
+    from fastprune.errors import ConfigError
+    from fastprune.loader.loader import Batch
+
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), np.uint8), np.arange(32) % 4,
+                        tmp_path / "s.beton", progress=False)
+    strategy = UCB(32, keep=0.5, seed=0)
+    inner = fastprune.Loader(store, 8, sampler=strategy, seed=0, transforms=[Normalize()])
+
+    class Mixed:  # a user's wrapper: the Loader's batches with one-hot (soft) labels
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def __len__(self):
+            return len(inner)
+
+        def __iter__(self):
+            for batch in inner:
+                yield Batch(batch.images, torch.nn.functional.one_hot(batch.labels, 4).float(), batch.indices,
+                            batch.weights)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4))
+    with pytest.raises(ConfigError, match=r"^fit: the loader's labels are float32 \(8, 4\); fit trains on integer "
+                                          r"class labels, one per image. Soft labels \(MixUp, CutMix\) need a loop"):
+        fit(model, Mixed(), None, strategy, epochs=1, progress=False, log=None,
+            criterion=torch.nn.CrossEntropyLoss(reduction="none"))
+
+
 def test_a_model_with_more_outputs_than_the_store_has_classes_trains_with_one_warning(tmp_path):
     """A model built with its default head (torchvision's 1000 classes) on a 4-class store trained
     silently; the store's class count comes from its class names, else from its largest label."""

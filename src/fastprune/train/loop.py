@@ -408,6 +408,10 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor, loader=None) -> No
     cross-entropy fails with "Target 2 is out of bounds" (or, on a GPU, a device-side assert).
     More scores than the store has classes train, but usually mean a model built with its default
     head (torchvision's 1000 classes): a warning."""
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ConfigError(f"fit: the loader's labels are {str(labels.dtype).replace('torch.', '')} "
+                          f"{tuple(labels.shape)}; fit trains on integer class labels, one per image. Soft "
+                          "labels (MixUp, CutMix) need a loop of your own: docs/guide.md, 'MixUp and CutMix'")
     if not isinstance(logits, torch.Tensor):
         raise ConfigError(f"fit: the model returned a {type(logits).__name__}; fit needs a tensor of class "
                           "scores, [batch, classes] (wrap the model to return its logits)")
