@@ -43,6 +43,7 @@ import argparse
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -51,6 +52,7 @@ import torch
 
 from fastprune._native import core
 from fastprune.bench.machine import command_line, machine, now, write_json
+from fastprune.errors import UsageWarning
 from fastprune.prune import UCB, EpsilonGreedy, InfoBatch
 from fastprune.prune import distributed as fp_distributed
 from fastprune.prune.sharding import Sharding
@@ -542,6 +544,8 @@ def markdown(result) -> str:
 
 
 def main(argv=None):
+    # selections timed at fresh epochs with no training between: fastprune warns them unscored
+    warnings.simplefilter("ignore", UsageWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e7, 1e8])
     parser.add_argument("--sharded-sizes", nargs="+", type=float, default=[1e9],

@@ -20,6 +20,7 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 
 from fastprune._native import core
 from fastprune.bench.machine import command_line, machine, now, write_json
+from fastprune.errors import UsageWarning
 from fastprune.prune import UCB, EpsilonGreedy, InfoBatch, ScoreTable, UniformRandom
 
 KEEP, EPS = 0.5, 0.2
@@ -253,6 +255,8 @@ def print_strategy_rows(rows: list[dict]) -> None:
 
 
 def main(argv=None):
+    # selections timed at fresh epochs with no training between: fastprune warns them unscored
+    warnings.simplefilter("ignore", UsageWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy-sizes", nargs="*", type=float, default=[1e6, 1e7])
     parser.add_argument("--sizes", nargs="*", type=float, default=[1e5, 1e6, 1e7, 1e8])

@@ -131,7 +131,9 @@ def test_drop_last_without_set_epoch_warns_that_the_epoch_runs_again():
     loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler, drop_last=True)
 
     def epoch_of_len_batches():  # as Lightning or zip(range(len(loader)), loader) take them
-        return torch.cat([indices for _, (_, _, indices) in zip(range(len(loader)), loader)])
+        indices = torch.cat([indices for _, (_, _, indices) in zip(range(len(loader)), loader)])
+        strategy.update(indices, torch.ones(len(indices)))  # scored, as a training loop would
+        return indices
 
     epoch_of_len_batches()
     with pytest.warns(RuntimeWarning, match="the pass over epoch 0 stopped before its last sample, so epoch 0 runs "

@@ -664,3 +664,50 @@ def test_selecting_an_earlier_epoch_leaves_the_current_one_alone(make):
     strategy = make()
     _run(strategy, 5)
     assert strategy.select(1).indices.size == strategy.num_selected(1)
+
+
+def _train_epochs(strategy, epochs, scored_fraction=1.0, start=0):
+    """Select each epoch and update a leading ``scored_fraction`` of its samples (a loop scoring
+    one micro-batch in four scores 0.25)."""
+    rng = np.random.default_rng(0)
+    for epoch in range(start, start + epochs):
+        sel = strategy.select(epoch)
+        scored = sel.indices[:int(len(sel) * scored_fraction)]
+        strategy.update(scored, rng.exponential(size=len(scored)).astype(np.float32), rng.random(len(scored)) < 0.5)
+
+
+def test_a_loop_that_scores_too_few_samples_is_warned_once():
+    """Gradient accumulation that passes only the stepping micro-batch's losses to update(), or
+    a loop with no update() at all, pruned by chance silently: unscored samples are kept first."""
+    import warnings
+
+    from fastprune.errors import UsageWarning
+
+    strategy = UCB(400, 0.5, seed=0)
+    with pytest.warns(UsageWarning, match=r"^UCB: epoch 1 starts, but update\(\) got losses for 50 of the 200 "
+                                          r"samples selected for epoch 0: .* every micro-batch under gradient") as seen:
+        _train_epochs(strategy, 4, scored_fraction=0.25)
+    assert len([w for w in seen if "starts, but update()" in str(w.message)]) == 1  # once per strategy
+    assert seen[0].filename == __file__  # the line that selected (here the helper's select)
+    with pytest.warns(UsageWarning, match="got losses for 0 of the 120"):
+        _train_epochs(EpsilonGreedy(400, 0.3, seed=0), 2, scored_fraction=0.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # every sample scored, warm-up and final full epochs included; static strategies after
+        # their scoring epochs, and strategies that read no scores, need none
+        _train_epochs(UCB(400, 0.5, seed=0, warmup_epochs=2, final_full_epochs=2, epochs=8), 8)
+        _train_epochs(UCB(400, 0.5, seed=0, reselect_every=3), 7, scored_fraction=0.5)  # half is enough
+        for static in (EL2N(400, 0.5, score_epochs=2), Forgetting(400, 0.5, score_epochs=2)):
+            _train_epochs(static, 2)
+            _train_epochs(static, 5, scored_fraction=0.0, start=2)
+        _train_epochs(UniformRandom(400, 0.5, seed=0), 4, scored_fraction=0.0)
+        _train_epochs(Full(400), 4, scored_fraction=0.0)
+        # a resumed run: the epoch it resumes in was partly trained before the checkpoint
+        trained = UCB(400, 0.5, seed=0)
+        _train_epochs(trained, 3)
+        resumed = UCB(400, 0.5, seed=0)
+        resumed.load_state_dict(trained.state_dict())
+        _train_epochs(resumed, 2, start=3)
+    with pytest.warns(UsageWarning, match="epoch 6 starts, .* 20 of the 200 samples selected for epoch 5"):
+        _train_epochs(resumed, 2, scored_fraction=0.1, start=5)

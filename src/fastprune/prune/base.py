@@ -307,6 +307,11 @@ class Strategy:
         self._times_kept = np.zeros(rows, dtype=np.uint32)
         self._last_kept = np.full(rows, -1, dtype=np.int32)  # -1: never kept
         self._counted_through = -1  # the latest epoch counted (a repeated select counts once)
+        # Losses update() got during the epoch this process saw start (its selection's size): a
+        # loop scoring too few of them (one micro-batch in four, or none) is warned once
+        self._started: tuple[int, int] | None = None  # (epoch, samples selected)
+        self._losses_received = 0
+        self._warned_unscored = False
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -328,15 +333,40 @@ class Strategy:
         self.table.flush()  # the previous epoch's deferred updates, even where no score is read
         if epoch < self._epoch:
             return self._looked_back(epoch)
+        starting = self._started is None or epoch != self._started[0]
+        if starting and not self.is_full_epoch(epoch) and (self._cache is None
+                                                           or self._cache[0] != self._anchor(epoch)):
+            self._warn_if_unscored(epoch)  # a subset is chosen from the scores now
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             ids = self._all_ids(epoch)
             # sharded, a full epoch leaves a larger shard's spare sample out: not counted as kept
             self._count_kept(epoch, None if self.sharding is None else ids)
-            return Selection.unweighted(ids)
-        cached = self._current_pruned(epoch)
-        self._count_kept(epoch, cached.indices)
-        return Selection(cached.indices.copy(), cached.weights.copy())
+            selection = Selection.unweighted(ids)
+        else:
+            cached = self._current_pruned(epoch)
+            self._count_kept(epoch, cached.indices)
+            selection = Selection(cached.indices.copy(), cached.weights.copy())
+        if starting:
+            self._started, self._losses_received = (epoch, len(selection)), 0
+        return selection
+
+    def _warn_if_unscored(self, epoch: int) -> None:
+        """Warn once when ``epoch``'s subset is chosen and update() got losses for fewer than half
+        the samples of the epoch before it (as this process saw it start): unscored samples are
+        kept first, so the strategy would prune by chance. Gradient accumulation scoring only the
+        micro-batch that steps, or a loop without update(), did so silently."""
+        if self._started is None or not self.uses_scores or self._warned_unscored or self._warned_alone:
+            return
+        previous, selected = self._started
+        if self._losses_received >= selected / 2:
+            return
+        self._warned_unscored = True
+        warnings.warn(f"{type(self).__name__}: epoch {epoch} starts, but update() got losses for "
+                      f"{self._losses_received} of the {selected} samples selected for epoch {previous}: the "
+                      "strategy keeps unscored samples first, so it prunes by chance; pass every batch's "
+                      "per-sample losses to update() (or weighted_loss), every micro-batch under gradient "
+                      "accumulation", UsageWarning, stacklevel=_callers_level())
 
     def _looked_back(self, epoch: int) -> Selection:
         """``select`` of an epoch before the current one (``Loader.epoch_order(1)`` during epoch 4):
@@ -431,6 +461,7 @@ class Strategy:
         if self.distributed is not False and self.sharding is None:
             indices, losses, correct = gather_updates(indices, losses, correct, required=self.distributed is True,
                                                       agreement=self._agreement())
+        self._losses_received += len(indices)  # no sync: a tensor's length is on the host
         return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
                                  defer=defer)
 
@@ -585,6 +616,7 @@ class Strategy:
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
         self.table.load_state_dict(state["table"])
         self._epoch = self._non_negative(state["epoch"], "checkpoint epoch")
+        self._started = None  # the resumed epoch's updates so far are not counted here
         self._load_kept(state.get("kept"))
         cache = state["cache"]
         self._cache = None if cache is None else (
