@@ -302,7 +302,8 @@ def test_the_size_pass_reads_headers_a_slice_at_a_time_and_stops_at_the_first_mi
     paths, _, _ = scan_image_folder(root)
     reads = []
     real = image_folder.read_size
-    monkeypatch.setattr(image_folder, "read_size", lambda path, max_pixels: reads.append(path) or real(path, max_pixels))
+    monkeypatch.setattr(image_folder, "read_size",
+                        lambda path, max_pixels: reads.append(path) or real(path, max_pixels))
     monkeypatch.setattr(image_folder, "_SIZES_AT_ONCE", 3)
     with pytest.raises(ConversionError, match=r"00\.png.*07\.png"):
         image_folder.check_one_shape(paths, max_side=None, resize=None, workers=2)
