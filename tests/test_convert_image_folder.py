@@ -322,3 +322,36 @@ def test_converting_shows_a_bar_while_the_files_are_listed(png_tree, tmp_path, c
     assert "listing files" in capsys.readouterr().err
     from_image_folder(root, tmp_path / "quiet.beton", progress=False)
     assert "listing files" not in capsys.readouterr().err
+
+
+def test_header_sizes_of_jpegs_read_from_their_frame_header_agree_with_pil(tmp_path):
+    """read_size takes a baseline JPEG's size from its frame header (the size pass's speed); it
+    must agree with PIL's for every kind of file, fall back to PIL for the others, and name an
+    unreadable file as before."""
+    import io
+
+    from fastprune.convert.image_folder import _jpeg_head_size, read_size
+
+    image = Image.fromarray(smooth_image(37, 53))
+    exif = image.getexif()
+    exif[0x010E] = "x" * 20000  # an APP1 segment pushing the frame header past the first 4 KiB
+    cases = {"plain.jpg": {"quality": 90}, "grey.jpeg": {"quality": 90, "mode": "L"},
+             "progressive.jpg": {"quality": 90, "progressive": True}, "exif.JPG": {"exif": exif.tobytes()},
+             "png.png": {}}
+    for name, options in cases.items():
+        mode = options.pop("mode", "RGB")
+        path = tmp_path / name
+        image.convert(mode).save(path, **options)
+        with Image.open(path) as opened:
+            assert read_size(path) == (37, 53) == opened.size[::-1], name
+    assert _jpeg_head_size(tmp_path / "exif.JPG") == (37, 53)  # found past 4 KiB
+    assert _jpeg_head_size(tmp_path / "progressive.jpg") is None  # PIL's open reads it
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    (tmp_path / "png_named.jpg").write_bytes(buffer.getvalue())  # a PNG under a .jpg name: PIL
+    assert read_size(tmp_path / "png_named.jpg") == (37, 53)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ConversionError, match="empty.jpg: cannot read image"):
+        read_size(tmp_path / "empty.jpg")
+    with pytest.raises(ConversionError, match=r"53x37 = 1,961 pixels exceeds the limit of 1,000"):
+        read_size(tmp_path / "plain.jpg", max_pixels=1000)
