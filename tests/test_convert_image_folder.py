@@ -355,3 +355,34 @@ def test_header_sizes_of_jpegs_read_from_their_frame_header_agree_with_pil(tmp_p
         read_size(tmp_path / "empty.jpg")
     with pytest.raises(ConversionError, match=r"53x37 = 1,961 pixels exceeds the limit of 1,000"):
         read_size(tmp_path / "plain.jpg", max_pixels=1000)
+
+
+def test_threads_opening_images_at_once_leave_the_warning_filters_as_they_were(tmp_path, monkeypatch):
+    """The size pass opens files from several threads, each silencing PIL's DecompressionBombWarning
+    with warnings.catch_warnings, which swaps the process's filter list: two threads inside it at
+    once restored each other's lists, and an 'ignore' outlived the pass."""
+    import threading
+    import time
+    import warnings
+
+    from PIL import Image
+
+    from fastprune.convert.image_folder import read_size
+
+    save(tmp_path / "a.png", random_image(4, 4, 0))
+    real_open = Image.open
+
+    def slow_open(*args, **kwargs):  # both threads inside the silenced block at once, if allowed
+        time.sleep(0.2)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        threads = [threading.Thread(target=read_size, args=(tmp_path / "a.png",)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join()
+        assert warnings.filters == before

@@ -50,6 +50,7 @@ from .._cpus import usable_cpus
 from .._native import core
 from ..errors import ConversionError, SourceWarning, UnreadableSample
 from ..store.fields import BytesField, EncodedJpeg
+from ..store.images import bomb_warning_ignored
 from . import _common
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -341,8 +342,7 @@ def _open_image(path: Path | str, data: bytes | None = None):
     if data is not None and not data:
         raise UnreadableSample(f"{path}: cannot read image: the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with bomb_warning_ignored():
             image = Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open
         raise ConversionError(f"{path}: {exc} (PIL's own hard limit, above any --max-pixels; raise "

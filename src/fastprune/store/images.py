@@ -11,14 +11,34 @@ rounding: the two agree to within 1 grey level (tests/test_store.py checks this)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import threading
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
 # Quality of every JPEG fastprune encodes unless told otherwise (converters, the CLI's --quality,
 # RGBImageField): ffcv's own default.
 DEFAULT_JPEG_QUALITY = 90
+
+
+# warnings.catch_warnings swaps the process's whole filter list: two threads inside it at once can
+# restore each other's list (an 'ignore' outliving the call). fastprune's own PIL opens take turns.
+_FILTERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def bomb_warning_ignored() -> Iterator[None]:
+    """PIL's DecompressionBombWarning silenced around a PIL open (fastprune checks image sizes
+    against its own limit), safe to use from several threads at once."""
+    from PIL import Image
+
+    with _FILTERS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 @functools.cache
@@ -98,12 +118,9 @@ def decode_jpeg(data: np.ndarray, expected_shape: tuple[int, int] | None = None)
     """JPEG bytes -> H x W x 3 uint8. With ``expected_shape`` (height, width), a header that
     disagrees is rejected before any pixel is decoded, so a corrupted header cannot make PIL
     allocate a huge image (or raise its DecompressionBombError, which is not a ValueError)."""
-    import warnings
-
     from PIL import Image, UnidentifiedImageError
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
+        with bomb_warning_ignored():  # the size check follows
             img = Image.open(io.BytesIO(data.tobytes()), formats=("JPEG",))  # no other plugin: EPS runs Ghostscript
     except Image.DecompressionBombError as exc:
         raise ValueError(f"JPEG header claims an implausibly large image: {exc}") from None
