@@ -93,6 +93,7 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
         if owner != this_class:
             raise ConversionError(_two_labels(folder, this_class, owner, first))
         visited.add(real)
+        where = str(folder)
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
@@ -100,14 +101,17 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
                 if entry.is_dir():  # follows links
                     pending.append(Path(entry.path))
                 elif entry.is_file():  # regular files only, links followed
-                    image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
-                    (found if image else ignored if ignored is not None else []).append(Path(entry.path))
+                    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                        found.append((where, entry.name))  # strings: a Path per file is made once, below
+                    elif ignored is not None:
+                        ignored.append(Path(entry.path))
     if not found:
         raise ConversionError(f"{class_dir}: class folder holds no {_EXTENSIONS_TEXT} images")
     # torchvision's ImageFolder order (sorted(os.walk(...)): folders by their path as a string,
     # then each folder's files by name), so that store index i is ImageFolder's sample i also in
     # nested class folders; sorting whole paths put cat/sub/deeper/a before cat/sub-2/a and cat/z
-    return sorted(found, key=lambda path: (str(path.parent), path.name))
+    found.sort()
+    return [Path(where, name) for where, name in found]
 
 
 _ROOT = "the dataset root"
