@@ -39,6 +39,7 @@ import functools
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -374,20 +375,14 @@ def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[in
 
     read = functools.partial(_size_or_none if skip_unreadable else read_size, max_pixels=max_pixels)
     first = None  # (path, shape) of the first readable file
-    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool, \
-            tqdm(total=len(paths), unit="image", desc="checking sizes", disable=not progress) as bar:
-        # a slice at a time: one future per file queued at once held ~2 KB per file (0.6 GB for 300k)
-        for start in range(0, len(paths), _SIZES_AT_ONCE):
-            some = paths[start:start + _SIZES_AT_ONCE]
-            for path, size in zip(some, pool.map(read, some)):
-                bar.update()
-                if size is None:
-                    continue
-                shape = _common.fitted_shape(*size, max_side=max_side, resize=resize)
-                if first is None:
-                    first = path, shape
-                elif shape != first[1]:
-                    raise _common.mixed_shape_error((str(first[0]), (*first[1], 3)), (str(path), (*shape, 3)))
+    with tqdm(total=len(paths), unit="image", desc="checking sizes", disable=not progress) as bar, \
+            contextlib.closing(_header_sizes(paths, read, workers, bar)) as sizes:  # its pool ends here
+        for path, size in sizes:
+            shape = _common.fitted_shape(*size, max_side=max_side, resize=resize)
+            if first is None:
+                first = path, shape
+            elif shape != first[1]:
+                raise _common.mixed_shape_error((str(first[0]), (*first[1], 3)), (str(path), (*shape, 3)))
     if first is None:  # every header unreadable: the first one's error, said so
         try:
             read_size(paths[0], max_pixels)
@@ -396,7 +391,21 @@ def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[in
     return first[1]
 
 
-_SIZES_AT_ONCE = 4096
+_SIZES_AT_ONCE, _SIZES_PER_TASK = 4096, 128
+
+
+def _header_sizes(paths: list[Path], read, workers: int | None, bar) -> Iterator[tuple[Path, tuple[int, int]]]:
+    """(path, read(path)) in order, for the files whose size ``read`` finds (None: passed over),
+    read on a thread pool; ``bar`` counts the files read."""
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
+        # a slice at a time: one future per file queued at once held ~2 KB per file (0.6 GB for
+        # 300k); each task reads a run of files (a future per file cost more than a JPEG's header)
+        for start in range(0, len(paths), _SIZES_AT_ONCE):
+            some = paths[start:start + _SIZES_AT_ONCE]
+            runs = [some[i:i + _SIZES_PER_TASK] for i in range(0, len(some), _SIZES_PER_TASK)]
+            for run, sizes in zip(runs, pool.map(lambda run: [read(path) for path in run], runs)):
+                bar.update(len(run))
+                yield from ((path, size) for path, size in zip(run, sizes) if size is not None)
 
 
 def _size_or_none(path: Path, max_pixels: int) -> tuple[int, int] | None:
