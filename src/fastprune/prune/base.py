@@ -334,9 +334,6 @@ class Strategy:
         if epoch < self._epoch:
             return self._looked_back(epoch)
         starting = self._started is None or epoch != self._started[0]
-        if starting and not self.is_full_epoch(epoch) and (self._cache is None
-                                                           or self._cache[0] != self._anchor(epoch)):
-            self._warn_if_unscored(epoch)  # a subset is chosen from the scores now
         self._epoch = epoch
         if self.is_full_epoch(epoch):
             ids = self._all_ids(epoch)
@@ -427,6 +424,7 @@ class Strategy:
         """The cached selection of a pruned ``epoch`` (chosen now if not cached): never handed out."""
         anchor = self._anchor(epoch)
         if self._cache is None or self._cache[0] != anchor:
+            self._warn_if_unscored(epoch)  # a subset is chosen from the scores now
             self._cache = (anchor, self._select_pruned(anchor))
         return self._cache[1]
 
