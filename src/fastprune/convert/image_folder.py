@@ -54,7 +54,8 @@ from ..store.fields import BytesField, EncodedJpeg
 from ..store.images import bomb_warning_ignored
 from . import _common
 
-_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_EXTENSIONS = (*_JPEG_SUFFIXES, ".png", ".webp", ".bmp", ".tif", ".tiff")
 IMAGE_EXTENSIONS = frozenset(_EXTENSIONS)
 # The PIL formats a file may be decoded as: the extensions' own, and no other (EPS runs
 # Ghostscript; a file's content, not its name, picks PIL's plugin).
@@ -244,7 +245,7 @@ def baseline_jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _stored_as_is(path: Path, data: bytes, max_side, resize, max_pixels) -> EncodedJpeg | None:
     """The file's own bytes, when they can be stored unchanged (see the module docstring)."""
-    size = baseline_jpeg_size(data) if path.suffix.lower() in (".jpg", ".jpeg") else None
+    size = baseline_jpeg_size(data) if path.suffix.lower() in _JPEG_SUFFIXES else None
     if size is None or _common.fitted_shape(*size, max_side=max_side, resize=resize) != size:
         return None
     _common.check_pixels(*size, max_pixels, str(path))
@@ -315,7 +316,7 @@ def read_size(path: Path, max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> tuple
     """(height, width) from the file header, without decoding the pixels: a baseline JPEG's from
     its frame header in the file's first 64 KiB (46 vs 182 us a file on a busy 2-core machine:
     PIL's open parses more in Python), any other file's from PIL."""
-    size = _jpeg_head_size(path) if path.suffix.lower() in (".jpg", ".jpeg") else None
+    size = _jpeg_head_size(path) if path.suffix.lower() in _JPEG_SUFFIXES else None
     if size is None:
         with _open_image(path) as image:
             size = image.size[::-1]

@@ -35,10 +35,10 @@ class EncodedChunk:
     scalars: list[list]  # per field: the metadata scalars of each sample (None for payload-only)
     sizes: np.ndarray  # uint64 [samples, payload fields]: payload sizes, field order
     blob: bytes  # every payload, sample-major then field order, back to back
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) left out
     # uint32 [samples, payload fields]: each payload's CRC-32, computed where it was encoded (the
     # writer no longer reads the whole output back for them: minutes for a store larger than RAM)
-    crcs: np.ndarray | None = None
+    crcs: np.ndarray
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) left out
 
 
 def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int,
@@ -73,7 +73,7 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 crcs[row, col] = zlib.crc32(payload)
                 col += 1
     kept = stop - start - len(skipped)
-    return EncodedChunk(start, stop, scalars, sizes[:kept], b"".join(payloads), skipped, crcs[:kept])
+    return EncodedChunk(start, stop, scalars, sizes[:kept], b"".join(payloads), crcs[:kept], skipped)
 
 
 # An empty payload (b"" in a BytesField) is recorded with size 0 but placed on a byte of its own:
