@@ -15,10 +15,12 @@ namespace fastprune {
 void bind_store(nb::module_ &m);   // store_checks.cpp: checksums, bounds validation
 void bind_select(nb::module_ &m);  // select.cpp: score updates, selection kernels, RNG
 void bind_loader(nb::module_ &m);  // gather.cpp: batch gather / decode
+void bind_readahead(nb::module_ &m);  // readahead.cpp: read-ahead hints for a store not in memory
 // Hooks that exist only for the tests, bound into the submodule fastprune._core.testing.
 void bind_store_testing(nb::module_ &t);   // store_checks.cpp
 void bind_select_testing(nb::module_ &t);  // select.cpp
 void bind_gil_testing(nb::module_ &t);     // gil_testing.cpp
+void bind_readahead_testing(nb::module_ &t);  // readahead.cpp
 
 // Read-only 1-D views used by the kernels (C-contiguous, on the CPU).
 template <typename T>

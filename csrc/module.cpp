@@ -12,9 +12,11 @@ NB_MODULE(_core, m) {
     fastprune::bind_store(m);
     fastprune::bind_select(m);
     fastprune::bind_loader(m);
+    fastprune::bind_readahead(m);
     // Test-only hooks live apart, so the product's surface is exactly the names above.
     nb::module_ testing = m.def_submodule("testing", "hooks for fastprune's tests only (oracles, forced paths)");
     fastprune::bind_store_testing(testing);
     fastprune::bind_select_testing(testing);
     fastprune::bind_gil_testing(testing);
+    fastprune::bind_readahead_testing(testing);
 }

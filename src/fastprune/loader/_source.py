@@ -30,6 +30,9 @@ class ImageSource:
     label_field: str | None
     owner: Store  # keeps the store (and its mmap) alive as long as the loader
     owns_store: bool = False  # opened from a path here: close() closes it
+    buffer: np.ndarray | None = None  # the mapped file, offsets and sizes of the image field: read-ahead hints
+    offsets: np.ndarray | None = None  # uint64 [N]
+    sizes: np.ndarray | None = None  # uint64 [N]
 
     def close(self) -> None:
         """Close the store file if this source opened it (a Store passed in is its caller's). A
@@ -51,6 +54,16 @@ class ImageSource:
     def check_unchanged(self) -> None:
         """Raise StoreError if the store's file was changed in place."""
         self.owner.check_unchanged()
+
+    def advise(self, ids: np.ndarray, granule: int = 0) -> int:
+        """Ask the OS to read samples ``ids``' bytes, each rounded out to ``granule``-byte aligned
+        blocks (0: pages), into memory in the background (a hint: see csrc/readahead.cpp);
+        returns the bytes hinted."""
+        return core.advise_willneed(self.buffer, self.offsets, self.sizes, ids, granule)
+
+    def resident_fraction(self, ids: np.ndarray) -> float:
+        """The share of samples ``ids`` whose first page is in memory (1.0 where that cannot be told)."""
+        return core.resident_fraction(self.buffer, self.offsets, ids)
 
     @functools.cached_property
     def uniform_shape(self) -> tuple[int, int] | None:
@@ -105,17 +118,16 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     if label_field is not None and (label_field not in columns or columns[label_field].dtype.names is not None):
         raise ValueError(f"label_field={label_field!r} is not a scalar field of this store (fields: {sorted(columns)})")
     meta = columns[image_field]
-    offsets, sizes = store.field_ranges(image_field)
+    offsets, sizes = (np.ascontiguousarray(a, np.uint64) for a in store.field_ranges(image_field))
     heights = np.ascontiguousarray(meta["height"], np.uint32)
     widths = np.ascontiguousarray(meta["width"], np.uint32)
     modes = np.ascontiguousarray(meta["mode"], np.uint8)
     _check_claimed_sizes(store, image_field, heights, widths, int(max_pixels))
     threads = default_threads(modes) if threads is None else max(1, threads)
-    gather = core.ImageGather(store.buffer, np.ascontiguousarray(offsets, np.uint64),
-                              np.ascontiguousarray(sizes, np.uint64), modes, heights, widths, threads,
-                              int(max_pixels), int(nice))
+    gather = core.ImageGather(store.buffer, offsets, sizes, modes, heights, widths, threads, int(max_pixels), int(nice))
     labels = None if label_field is None else _labels(columns[label_field])
-    return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store)
+    return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store,
+                       store.buffer, offsets, sizes)
 
 
 def _check_claimed_sizes(store: Store, field: str, heights: np.ndarray, widths: np.ndarray, max_pixels: int) -> None:

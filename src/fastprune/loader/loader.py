@@ -35,6 +35,7 @@ from ..errors import StoreError
 from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
 from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
+from ._readahead import Readahead
 from ._source import open_source
 from .device import DeviceFeed, PinnedBuffers
 from .transforms import BatchTransform, Normalize, RandomHorizontalFlip, _ResizedCrop, stream_key
@@ -121,6 +122,11 @@ class Loader:
             2**27 (a 403 MB RGB image), so a damaged or hostile header cannot make the loader
             allocate gigabytes. A transform making larger images is refused when the loader
             is built.
+        readahead: when a pass starts and some of its samples are not in memory (the first
+            epoch after a reboot, a store larger than RAM), a thread asks the OS for the next
+            batches' bytes ahead of the producers, so their reads are in flight together rather
+            than one page fault per thread at a time (benchmarks/cold_read.py). A pass over a
+            store in memory sends no hints. False: never.
 
     ``len(loader)`` is the number of batches of the next epoch (``loader.epoch``), computed from
     ``sampler.num_selected``. A complete pass advances the epoch by one; breaking out of a pass
@@ -138,7 +144,8 @@ class Loader:
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2,
                  thread_nice: int | str = "auto", device="cpu", normalize_on: str = "auto", distributed="auto",
-                 image_field: str | None = None, label_field: str | None = None, max_image_pixels: int = 1 << 27):
+                 image_field: str | None = None, label_field: str | None = None, max_image_pixels: int = 1 << 27,
+                 readahead: bool = True):
         batch_size = check_positive_int(batch_size, "batch_size")
         if threads is not None:
             threads = check_positive_int(threads, "threads")
@@ -147,6 +154,7 @@ class Loader:
         self.shuffle = check_bool(shuffle, "shuffle")
         self.drop_last = check_bool(drop_last, "drop_last")
         self.even_batches = check_bool(even_batches, "even_batches")
+        self.readahead = check_bool(readahead, "readahead")
         if self.drop_last and self.even_batches:
             raise ValueError("drop_last and even_batches exclude each other: drop_last keeps only full "
                              "batches, even_batches splits every sample into near-equal batches")
@@ -245,8 +253,8 @@ class Loader:
             if getattr(self, "_epochs_set", 0) == set_before:
                 self._epoch = epoch + 1
 
-        run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch,
-                        self.thread_nice, pooled=self._pooled_gather)  # closes itself if interrupted starting
+        run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch, self.thread_nice,
+                        pooled=self._pooled_gather, readahead=self.readahead)  # closes itself if interrupted starting
         try:  # right after the run exists: a Ctrl-C before the try left its threads polling until exit
             if last == 0:
                 advance()
@@ -468,9 +476,11 @@ def _close_live_runs() -> None:
 
 class _EpochRun:
     """Producer threads for one pass; close() stops and joins them and drops queued batches.
-    ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`)."""
+    ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`).
+    ``readahead``: a thread requests the next batches' bytes from the OS while the store is not in
+    memory (:class:`Readahead`)."""
 
-    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False):
+    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False, readahead=False):
         _LIVE_RUNS.add(self)
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
         self.num_batches = len(bounds) - 1
@@ -480,9 +490,12 @@ class _EpochRun:
         self._closed = False
         self.exiting = False  # closed by the interpreter's exit, not by its consumer
         self._turns = _GatherTurns(self._stop) if pooled else None
+        self._readahead = None
         self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
         try:
+            if readahead:  # first: its hints for the first batches go out before their page faults
+                self._readahead = Readahead(build.source, ids, bounds, ahead=max(2, self._threads), stop=self._stop)
             for w in self._workers:
                 w.start()
         except RuntimeError as exc:  # "can't start new thread": a container's thread or memory limit
@@ -512,6 +525,8 @@ class _EpochRun:
         for w in self._workers:
             if w.ident is not None:  # started (one that failed to start cannot be joined)
                 w.join()
+        if self._readahead is not None:
+            self._readahead.join()
         for q in self._queues:
             _drain(q)
         self._closed = True
@@ -522,6 +537,8 @@ class _EpochRun:
             if self._stop.is_set():
                 return
             rows = slice(int(self._bounds[k]), int(self._bounds[k + 1]))
+            if self._readahead is not None:
+                self._readahead.started(k)
             try:
                 turn = None if self._turns is None or k >= self._threads else self._turns.turn(k)
                 item = ("batch", self._build(self._ids[rows], self._weights[rows], turn))
