@@ -1,8 +1,6 @@
 """Read-ahead hints for stores the OS has not cached (csrc/readahead.cpp, loader/_readahead.py)."""
 
-import gc
 import mmap
-import os
 import threading
 import time
 
@@ -92,27 +90,17 @@ def test_offsets_and_sizes_must_pair():
 
 # --- on a real file: a hint reads pages in, a resident store sends none ------------------------------
 
-def _evict(path) -> None:
-    gc.collect()  # a Loader left in a reference cycle keeps the file mapped, and mapped pages stay
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # pages not yet written back stay too
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.fixture
-def cold_store(tmp_path):
-    """A 12 MB raw store, dropped from the page cache (skipped where the file system cannot)."""
-    rng = np.random.default_rng(0)
-    path = from_arrays(rng.integers(0, 256, (1000, 64, 64, 3), dtype=np.uint8), rng.integers(0, 10, 1000),
-                       tmp_path / "s.beton", progress=False)
-    _evict(path)
+def cold_store(tmp_path, benchmark_script):
+    """A 12 MB raw store (1000 samples of 64 px), dropped from the page cache by the benchmark's
+    own helpers (skipped where the file system cannot drop it)."""
+    bench = benchmark_script("cold_read")
+    path = bench.raw_store(tmp_path, 1000)
+    bench.drop_from_cache(path)
     with Loader(path, 100, readahead=False) as loader:
         if loader._source.resident_fraction(np.arange(1000, dtype=np.int64)) > 0.5:
             pytest.skip("this file system keeps the file in memory (tmpfs?): nothing is cold")
-    _evict(path)
+    bench.drop_from_cache(path)
     return path
 
 
