@@ -1,4 +1,5 @@
-"""How many CPUs this process may use: the default of every thread and worker count.
+"""How many CPUs this process may use: the default of every thread and worker count; and lowering
+a thread's priority (loader threads run below the training loop's).
 
 ``os.cpu_count()`` is the machine's; a process may use fewer. Its CPU affinity (taskset, a job
 scheduler's cpuset) and a container's CPU quota (cgroup ``cpu.max``: ``docker --cpus 2``,
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from pathlib import Path
 
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
@@ -39,3 +42,15 @@ def cgroup_cpu_quota(v2: Path = _CGROUP_V2, v1: Path = _CGROUP_V1) -> int | None
         return None if limit <= 0 or period <= 0 else max(1, math.ceil(limit / period))
     except (OSError, ValueError):
         return None
+
+
+def lower_thread_priority(steps: int) -> None:
+    """Raise the calling thread's nice value by ``steps`` (Linux: nice is per thread; a thread
+    starts with its creator's). Lowering one's own priority needs no privilege."""
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except OSError:  # e.g. a sandbox without setpriority: run at the normal priority
+        pass

@@ -33,6 +33,8 @@ class ImageSource:
     buffer: np.ndarray | None = None  # the mapped file, offsets and sizes of the image field: read-ahead hints
     offsets: np.ndarray | None = None  # uint64 [N]
     sizes: np.ndarray | None = None  # uint64 [N]
+    # mincore's word on the file's pages holds only for a file this process may write (Linux 5.0+)
+    mincore_trusted: bool = True
 
     def close(self) -> None:
         """Close the store file if this source opened it (a Store passed in is its caller's). A
@@ -62,8 +64,11 @@ class ImageSource:
         return core.advise_willneed(self.buffer, self.offsets, self.sizes, ids, granule)
 
     def resident_fraction(self, ids: np.ndarray) -> float:
-        """The share of samples ``ids`` whose first page is in memory (1.0 where that cannot be told)."""
-        return core.resident_fraction(self.buffer, self.offsets, ids)
+        """The share of samples ``ids`` whose first page is in memory (1.0 where that cannot be
+        told), asked without reading the file (see csrc/readahead.cpp)."""
+        file = getattr(self.owner, "_file", None)  # None once the store is closed
+        fd = file.fileno() if file is not None else -1
+        return core.resident_fraction(self.buffer, self.offsets, ids, fd, self.mincore_trusted)
 
     @functools.cached_property
     def uniform_shape(self) -> tuple[int, int] | None:
@@ -127,7 +132,7 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     gather = core.ImageGather(store.buffer, offsets, sizes, modes, heights, widths, threads, int(max_pixels), int(nice))
     labels = None if label_field is None else _labels(columns[label_field])
     return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store,
-                       store.buffer, offsets, sizes)
+                       store.buffer, offsets, sizes, mincore_trusted=os.access(store.path, os.W_OK))
 
 
 def _check_claimed_sizes(store: Store, field: str, heights: np.ndarray, widths: np.ndarray, max_pixels: int) -> None:

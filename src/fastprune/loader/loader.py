@@ -21,7 +21,6 @@ import copy
 import math
 import os
 import queue
-import sys
 import threading
 import weakref
 from typing import Iterator, NamedTuple, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_positive_int, check_seed
+from .._cpus import lower_thread_priority
 from .._devices import resolve_device
 from ..errors import StoreError
 from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
@@ -495,7 +495,10 @@ class _EpochRun:
                                           name=f"fastprune-loader-{t}") for t in range(self._threads)]
         try:
             if readahead:  # first: its hints for the first batches go out before their page faults
-                self._readahead = Readahead(build.source, ids, bounds, ahead=max(2, self._threads), stop=self._stop)
+                self._readahead = Readahead(build.source, ids, bounds, ahead=max(2, self._threads), stop=self._stop,
+                                            nice=nice)
+                if not self._readahead.start():  # no thread to spare (a container's limit): hints are optional
+                    self._readahead = None
             for w in self._workers:
                 w.start()
         except RuntimeError as exc:  # "can't start new thread": a container's thread or memory limit
@@ -532,7 +535,7 @@ class _EpochRun:
         self._closed = True
 
     def _produce(self, t: int) -> None:
-        _lower_priority(self._nice)
+        lower_thread_priority(self._nice)
         for k in range(t, self.num_batches, self._threads):
             if self._stop.is_set():
                 return
@@ -569,18 +572,6 @@ class _EpochRun:
                     if self.exiting and threading.current_thread() is not threading.main_thread():
                         threading.Event().wait()  # a daemon thread's pass, stopped at exit: no error, the process ends
                     raise RuntimeError("fastprune loader threads stopped without delivering a batch")
-
-
-def _lower_priority(steps: int) -> None:
-    """Raise the calling thread's nice value by ``steps`` (Linux: nice is per thread; a thread
-    starts with its creator's). Lowering one's own priority needs no privilege."""
-    if steps <= 0 or not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
-    except OSError:  # e.g. a sandbox without setpriority: run at the normal priority
-        pass
 
 
 def _drain(q: queue.Queue, empty=queue.Empty) -> None:  # bound now: usable during interpreter teardown
