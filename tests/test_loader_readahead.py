@@ -218,6 +218,17 @@ def test_a_batch_mostly_in_memory_is_not_hinted(monkeypatch):
     assert run.hinted_batches == 8
 
 
+def test_the_thread_stops_after_a_streak_of_batches_in_memory(monkeypatch):
+    monkeypatch.setattr(_readahead, "RESIDENT_STREAK", 3)
+    ids = np.arange(200, dtype=np.int64)
+    # pass probe: pages missing; batches 0-1 in memory, 2 not (the streak starts again), 3-5 in
+    # memory: the thread stops there, and batches 6-19 are neither probed nor hinted
+    source = _Source(answers=[0.5, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0], resident=0.0)
+    run = _started(source, ids, batch_bounds(200, 10), ahead=30)
+    run.join()
+    assert [a[0] for a in source.advised] == [20] and len(source.probes) == 7
+
+
 def test_the_pass_probe_spreads_over_the_pass_and_a_resident_pass_sends_nothing(monkeypatch):
     monkeypatch.setattr(_readahead, "PASS_PROBES", 5)
     ids = np.arange(1000, 2000, dtype=np.int64)
