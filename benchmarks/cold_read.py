@@ -5,7 +5,8 @@ A store is cold on the first epoch after a reboot or a copy, and on every epoch 
 than RAM. Each timed pass here starts cold: the loader is closed (mapped pages cannot be dropped)
 and the file dropped from the page cache (fsync + posix_fadvise DONTNEED); how much of it was
 still in memory when the pass began is recorded (``resident_at_start``, a spread of 1024 samples).
-Three warm passes per setting follow (store in memory: no hints are sent, the rates should agree).
+Then passes over the store mostly in memory (1/32 of it dropped: memory pressure, a store larger
+than RAM) and wholly in memory; the batches each pass hinted are recorded.
 Settings are interleaved pass by pass, their order alternating (A B B A ...).
 
 Data, written under --workdir: raw 64 px images (12 KB a sample, random pixels) and JPEG photo
@@ -45,11 +46,14 @@ from loader_throughput import photo_store  # noqa: E402
 
 from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.convert.arrays import from_arrays  # noqa: E402
+import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
+from fastprune.loader._readahead import Readahead  # noqa: E402
 
 SLOW_DISK_SOURCE = Path(__file__).resolve().parent / "slow_disk.c"
 SETTINGS = {"read-ahead (default)": True, "no hints": False}
-WARM_PASSES = 3  # per setting, interleaved, after the cold ones
+STATES = ("cold", "mostly", "warm")  # the store at a pass's start: dropped, 1/32 dropped, in memory
+WARM_PASSES = 3  # per setting for the "mostly" and "warm" states, interleaved, after the cold ones
 
 
 def raw_store(folder: Path, count: int) -> Path:
@@ -71,16 +75,46 @@ def drop_from_cache(path: Path) -> None:
         os.close(fd)
 
 
-def one_pass(path: Path, readahead: bool, transforms, threads: int, batch: int, cold: bool) -> dict:
-    if cold:
+def drop_a_part(path: Path, parts: int = 32) -> None:
+    """Read the file into memory, then drop 1/32 of it from the page cache, in ``parts`` ranges
+    spread over it: a store mostly in memory (as after memory pressure, or larger than RAM)."""
+    read_through(path)
+    gc.collect()
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for k in range(parts):
+            os.posix_fadvise(fd, size * k // parts, max(1, size // (parts * 32)), os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def one_pass(path: Path, readahead: bool, transforms, threads: int, batch: int, state: str) -> dict:
+    """One timed pass over a store that is ``state``: "cold" (dropped from the page cache),
+    "mostly" (1/32 of it dropped) or "warm" (as the previous pass left it)."""
+    if state == "cold":
         drop_from_cache(path)
-    with Loader(path, batch, transforms=transforms(), threads=threads, seed=0, readahead=readahead) as loader:
-        spread = np.linspace(0, loader.num_samples - 1, min(1024, loader.num_samples)).astype(np.int64)
-        resident = loader._source.resident_fraction(spread)
-        start = time.perf_counter()
-        images = sum(len(b.images) for b in loader)
-        seconds = time.perf_counter() - start
-    return {"img_per_s": images / seconds, "seconds": seconds, "resident_at_start": resident}
+    elif state == "mostly":
+        drop_a_part(path)
+    made = []
+
+    class Counted(Readahead):  # counts the pass's hinted batches
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    loader_module.Readahead = Counted
+    try:
+        with Loader(path, batch, transforms=transforms(), threads=threads, seed=0, readahead=readahead) as loader:
+            spread = np.linspace(0, loader.num_samples - 1, min(1024, loader.num_samples)).astype(np.int64)
+            resident = loader._source.resident_fraction(spread)
+            start = time.perf_counter()
+            images = sum(len(b.images) for b in loader)
+            seconds = time.perf_counter() - start
+    finally:
+        loader_module.Readahead = Readahead
+    return {"img_per_s": images / seconds, "seconds": seconds, "resident_at_start": resident,
+            "hinted_batches": sum(r.hinted_batches for r in made), "batches": len(loader)}
 
 
 def read_through(path: Path) -> None:
@@ -108,8 +142,7 @@ def slow_disk(source: Path, workdir: Path, latency_us: int, queue: int):
         raise SystemExit("--slow-disk-us needs libfuse3 and /dev/fuse (Debian: apt-get install libfuse3-dev fuse3)")
     subprocess.run(["cc", "-O2", str(SLOW_DISK_SOURCE), *flags.stdout.split(), "-o", str(binary)], check=True)
     mountpoint.mkdir(exist_ok=True)
-    daemon = subprocess.Popen([str(binary), str(source), str(mountpoint), str(latency_us), "-f",
-                               "-o", f"max_threads={queue}"])
+    daemon = subprocess.Popen([str(binary), str(source), str(mountpoint), str(latency_us), str(queue), "-f"])
     try:
         deadline = time.monotonic() + 10
         while not os.path.ismount(mountpoint):
@@ -136,19 +169,20 @@ def measure(stores: dict, threads_list, batch: int, epochs: int) -> list[dict]:
     for data, (path, transforms) in stores.items():
         for threads in threads_list:
             for readahead in SETTINGS.values():  # warm-up: numba, the loader's threads
-                one_pass(path, readahead, transforms, threads, batch, cold=True)
-            cold = {name: [] for name in SETTINGS}
-            for name, readahead in alternating(epochs):
-                cold[name].append(one_pass(path, readahead, transforms, threads, batch, cold=True))
-            warm = {name: [] for name in SETTINGS}
-            for name, readahead in alternating(WARM_PASSES):
-                warm[name].append(one_pass(path, readahead, transforms, threads, batch, cold=False)["img_per_s"])
+                one_pass(path, readahead, transforms, threads, batch, "cold")
+            passes = {(state, name): [] for state in STATES for name in SETTINGS}
+            for state in STATES:
+                for name, readahead in alternating(epochs if state == "cold" else WARM_PASSES):
+                    passes[state, name].append(one_pass(path, readahead, transforms, threads, batch, state))
             for name in SETTINGS:
-                rates = [r["img_per_s"] for r in cold[name]]
-                rows.append({"data": data, "threads": threads, "setting": name,
-                             "cold_img_per_s_median": statistics.median(rates), "cold_img_per_s_all": rates,
-                             "resident_at_start_max": max(r["resident_at_start"] for r in cold[name]),
-                             "warm_img_per_s_median": statistics.median(warm[name]), "warm_img_per_s_all": warm[name]})
+                row = {"data": data, "threads": threads, "setting": name, "batches": passes["cold", name][0]["batches"]}
+                for state in STATES:
+                    runs = passes[state, name]
+                    rates = [r["img_per_s"] for r in runs]
+                    row.update({f"{state}_img_per_s_median": statistics.median(rates), f"{state}_img_per_s_all": rates,
+                                f"{state}_resident_at_start": [round(r["resident_at_start"], 3) for r in runs],
+                                f"{state}_hinted_batches": [r["hinted_batches"] for r in runs]})
+                rows.append(row)
     return rows
 
 
@@ -191,21 +225,25 @@ def main(argv=None) -> dict:
     ratios = {}
     for hinted, plain in zip(rows[::2], rows[1::2]):  # measure() puts each setting pair together
         ratios[f"{hinted['data']} t{hinted['threads']}"] = {
-            "cold": hinted["cold_img_per_s_median"] / plain["cold_img_per_s_median"],
-            "warm": hinted["warm_img_per_s_median"] / plain["warm_img_per_s_median"]}
+            state: hinted[f"{state}_img_per_s_median"] / plain[f"{state}_img_per_s_median"] for state in STATES}
     result = {"benchmark": "cold_read", "command": command_line(), "machine": machine(), "date": now(),
               "disk": disk, "batch": args.batch, "epochs": args.epochs, "runs": rows, "ratios": ratios}
     out = write_json(args.out, result)
     where = (f"a FUSE disk waiting {args.slow_disk_us} us per read, {args.disk_queue} at once (benchmarks/slow_disk.c)"
              if args.slow_disk_us else f"this machine's disk (read_ahead_kb {disk['read_ahead_kb']})")
     lines = ["# Reading a store that is not in memory: read-ahead hints vs none", "",
-             f"{provenance(result)}: stores on {where}; batches of {args.batch}; each cold pass starts with "
-             f"the file dropped from the page cache; medians of {args.epochs} interleaved cold passes and {WARM_PASSES} warm ones.",
-             "", "| data | threads | setting | cold img/s | warm img/s | in memory at start |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['data']} | {r['threads']} | {r['setting']} | {r['cold_img_per_s_median']:,.0f} | "
-              f"{r['warm_img_per_s_median']:,.0f} | {r['resident_at_start_max']:.0%} |" for r in rows]
-    lines += ["", "| data | read-ahead / none, cold | warm |", "|---|---|---|"]
-    lines += [f"| {key} | {v['cold']:.2f}x | {v['warm']:.2f}x |" for key, v in ratios.items()]
+             f"{provenance(result)}: stores on {where}; batches of {args.batch}. Before each pass the store is "
+             "*cold* (dropped from the page cache), *mostly* in memory (1/32 of it dropped, in 32 places) or "
+             f"*warm*; medians of {args.epochs} cold passes and {WARM_PASSES} of each other kind, the two settings "
+             "alternating. Hinted: batches hinted per pass / batches.", "",
+             "| data | threads | setting | cold img/s | mostly img/s | warm img/s | hinted cold / mostly / warm |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hinted = " / ".join(f"{statistics.median(r[f'{state}_hinted_batches']):.0f}" for state in STATES)
+        lines.append(f"| {r['data']} | {r['threads']} | {r['setting']} | " + " | ".join(
+            f"{r[f'{state}_img_per_s_median']:,.0f}" for state in STATES) + f" | {hinted} of {r['batches']} |")
+    lines += ["", "| data | read-ahead / none: cold | mostly | warm |", "|---|---|---|---|"]
+    lines += [f"| {key} | " + " | ".join(f"{v[state]:.2f}x" for state in STATES) + " |" for key, v in ratios.items()]
     write_markdown(out, lines)
     print("\n".join(lines))
     return result

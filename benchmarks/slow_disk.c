@@ -1,8 +1,9 @@
 // A slow disk for benchmarks/cold_read.py: a read-only FUSE view of one folder in which every
 // read waits a fixed latency before it is served (from the real file, usually in the page cache),
-// with at most max_threads reads in service at once, like a device's queue.
+// with at most QUEUE reads in service at once, like a device's queue: QUEUE serving threads, and
+// the kernel's limit on FUSE's background (read-ahead) requests raised from its default 12.
 //   cc -O2 slow_disk.c $(pkg-config --cflags --libs fuse3) -o slow_disk
-//   ./slow_disk SOURCE_DIR MOUNTPOINT LATENCY_US [-o max_threads=N]
+//   ./slow_disk SOURCE_DIR MOUNTPOINT LATENCY_US QUEUE [fuse options, e.g. -f]
 // Needs /dev/fuse and the right to mount (root, or fusermount3); unmount with fusermount3 -u.
 #define FUSE_USE_VERSION 31
 #include <fuse.h>
@@ -19,6 +20,14 @@
 
 static const char *source_dir;
 static long latency_us;
+static unsigned queue_depth;
+
+static void *sd_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
+    (void)cfg;
+    conn->max_background = queue_depth;
+    conn->congestion_threshold = queue_depth;
+    return NULL;
+}
 
 static void real_path(char *out, const char *path) { snprintf(out, PATH_MAX, "%s%s", source_dir, path); }
 
@@ -67,12 +76,13 @@ static int sd_release(const char *path, struct fuse_file_info *fi) {
 }
 
 static const struct fuse_operations ops = {
-    .getattr = sd_getattr, .readdir = sd_readdir, .open = sd_open, .read = sd_read, .release = sd_release,
+    .init = sd_init, .getattr = sd_getattr, .readdir = sd_readdir, .open = sd_open, .read = sd_read,
+    .release = sd_release,
 };
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT LATENCY_US [fuse options]\n", argv[0]);
+    if (argc < 5 || atoi(argv[4]) < 1) {
+        fprintf(stderr, "usage: %s SOURCE_DIR MOUNTPOINT LATENCY_US QUEUE [fuse options]\n", argv[0]);
         return 2;
     }
     static char source[PATH_MAX];
@@ -82,14 +92,18 @@ int main(int argc, char **argv) {
     }
     source_dir = source;
     latency_us = atol(argv[3]);
-    // fuse_main sees: prog MOUNTPOINT -o ro [fuse options...]
+    queue_depth = (unsigned)atoi(argv[4]);
+    // fuse_main sees: prog MOUNTPOINT -o ro,...,max_threads=QUEUE [fuse options...]
+    static char options[128];
+    snprintf(options, sizeof options, "ro,default_permissions,max_threads=%u,max_idle_threads=%u", queue_depth,
+             queue_depth);
     char *args[64];
     int n = 0;
     args[n++] = argv[0];
     args[n++] = argv[2];
     args[n++] = "-o";
-    args[n++] = "ro,default_permissions";
-    for (int i = 4; i < argc && n < 63; ++i) args[n++] = argv[i];
+    args[n++] = options;
+    for (int i = 5; i < argc && n < 63; ++i) args[n++] = argv[i];
     args[n] = NULL;
     return fuse_main(n, args, &ops, NULL);
 }

@@ -29,11 +29,16 @@ def test_tiny_run_times_both_settings_cold_and_warm(benchmark_script, tmp_path, 
         ("photos 256, RRC224 + flip", "read-ahead (default)"), ("photos 256, RRC224 + flip", "no hints")]
     for row in written["runs"]:
         assert row["cold_img_per_s_median"] > 0 and len(row["warm_img_per_s_all"]) == 3
-        assert 0 <= row["resident_at_start_max"] <= 1
+        assert row["warm_resident_at_start"] == [1.0] * 3  # the store in memory: no hints sent
+        assert row["warm_hinted_batches"] == [0, 0, 0]
+        assert all(0.9 <= r < 1.0 for r in row["mostly_resident_at_start"])  # 1/32 dropped
     assert set(written["ratios"]) == {"raw 64 px t2", "photos 256, RRC224 + flip t2"}
+    assert set(written["ratios"]["raw 64 px t2"]) == {"cold", "mostly", "warm"}
+    hinted = {r["setting"]: r["cold_hinted_batches"] for r in written["runs"]}
+    assert hinted["no hints"] == [0] and hinted["read-ahead (default)"][0] >= 1
     if slow_disk_us:
         assert written["disk"] == {"kind": "slow_disk.c (FUSE)", "latency_us": slow_disk_us, "queue": 32}
         # the FUSE file's pages were dropped before each cold pass: none was in memory at its start
-        assert all(row["resident_at_start_max"] < 0.5 for row in written["runs"])
+        assert all(max(row["cold_resident_at_start"]) < 0.5 for row in written["runs"])
         assert not os.path.ismount(tmp_path / "work" / "slow")  # unmounted afterwards
     assert "| raw 64 px | 2 | read-ahead (default) |" in out.with_suffix(".md").read_text()
