@@ -41,12 +41,18 @@ uint64_t page_size() {
 #endif
 }
 
+// Sample id (at `row` of the ids given), checked against the store's sample count.
+int64_t checked_id(int64_t id, size_t row, size_t samples) {
+    if (id < 0 || uint64_t(id) >= samples)
+        fail_index("readahead: sample id " + std::to_string(id) + " at row " + std::to_string(row) +
+                   " is out of range for a store of " + std::to_string(samples) + " samples");
+    return id;
+}
+
 // The byte range [offset, offset + size) of sample ids[b], checked against the buffer.
 std::pair<uint64_t, uint64_t> sample_range(const ROArray1D<uint64_t> &offsets, const ROArray1D<uint64_t> &sizes,
                                            int64_t id, size_t row, uint64_t total) {
-    if (id < 0 || uint64_t(id) >= offsets.shape(0))
-        fail_index("readahead: sample id " + std::to_string(id) + " at row " + std::to_string(row) +
-                   " is out of range for a store of " + std::to_string(offsets.shape(0)) + " samples");
+    checked_id(id, row, offsets.shape(0));
     uint64_t off = offsets.data()[id], size = sizes.data()[id];
     if (off > total || size > total - off)
         fail_index("readahead: sample " + std::to_string(id) + " has byte range [" + std::to_string(off) + ", " +
@@ -174,10 +180,7 @@ double resident_fraction_by(ROArray1D<uint8_t> buffer, ROArray1D<uint64_t> offse
     if (ids.shape(0) == 0) return 1.0;
     std::vector<uint64_t> firsts(ids.shape(0));
     for (size_t b = 0; b < ids.shape(0); ++b) {
-        int64_t id = ids.data()[b];
-        if (id < 0 || uint64_t(id) >= offsets.shape(0))
-            fail_index("readahead: sample id " + std::to_string(id) + " at row " + std::to_string(b) +
-                       " is out of range for a store of " + std::to_string(offsets.shape(0)) + " samples");
+        int64_t id = checked_id(ids.data()[b], b, offsets.shape(0));
         if (offsets.data()[id] >= total)
             fail_index("readahead: sample " + std::to_string(id) + " starts at byte " +
                        std::to_string(offsets.data()[id]) + ", outside the " + std::to_string(total) + "-byte store");
