@@ -34,9 +34,12 @@ def test_tiny_run_times_both_settings_cold_and_warm(benchmark_script, tmp_path, 
         assert all(0.9 <= r < 1.0 for r in row["mostly_resident_at_start"])  # 1/32 dropped
     assert set(written["ratios"]) == {"raw 64 px t2", "photos 256, RRC224 + flip t2"}
     assert set(written["ratios"]["raw 64 px t2"]) == {"cold", "mostly", "warm"}
-    hinted = {r["setting"]: r["cold_hinted_batches"] for r in written["runs"]}
-    assert hinted["no hints"] == [0] and hinted["read-ahead (default)"][0] >= 1
+    hinted = {(r["data"], r["setting"]): r["cold_hinted_batches"][0] for r in written["runs"]}
+    assert [n for (_, setting), n in hinted.items() if setting == "no hints"] == [0, 0]
     if slow_disk_us:
+        # reads take 2 ms there, so the thread probes the first batches before the producers'
+        # faults bring them in (on a fast disk with a large read-around they may come first)
+        assert all(n >= 1 for (_, setting), n in hinted.items() if setting != "no hints")
         assert written["disk"] == {"kind": "slow_disk.c (FUSE)", "latency_us": slow_disk_us, "queue": 32}
         # the FUSE file's pages were dropped before each cold pass: none was in memory at its start
         assert all(max(row["cold_resident_at_start"]) < 0.5 for row in written["runs"])

@@ -132,6 +132,14 @@ def test_a_cold_pass_sends_hints_and_a_warm_one_none(cold_store, monkeypatch):
             super().__init__(*args, **kwargs)
             made.append(self)
 
+        def start(self):
+            # the producers start only once the thread has hinted its first batch or decided
+            # not to: otherwise their own page faults (an 8 MiB read-around on some disks) may
+            # bring a 12 MB store in before the thread probes it
+            started = super().start()
+            assert _wait_for(lambda: self.hinted_batches >= 1 or not self._thread.is_alive())
+            return started
+
     monkeypatch.setattr("fastprune.loader.loader.Readahead", Recorded)
     with Loader(cold_store, 100, seed=1) as loader, Loader(cold_store, 100, seed=1, readahead=False) as plain:
         cold = [b.images.clone() for b in loader]
