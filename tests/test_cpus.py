@@ -88,6 +88,10 @@ def test_local_ranks_come_from_the_launchers_variables():
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "8", "MPI_LOCALNRANKS": "2"}) == 8  # torchrun's first
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "", "MPI_LOCALNRANKS": "2"}) == 2  # empty: the next one
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "x", "MPI_LOCALNRANKS": "0"}) == 1  # neither is a count
+    assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "8(x2)"}) == 8  # srun: 8 tasks on each of 2 nodes
+    assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "4,4"}) == 4
+    assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}) == 1  # which node is this? not said
+    assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "2", "LOCAL_WORLD_SIZE": "4"}) == 4  # torchrun under srun
 
 
 def test_ranks_share_the_cpus_they_may_all_run_on():

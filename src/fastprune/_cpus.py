@@ -25,10 +25,11 @@ _CPUSET_V2 = Path("/sys/fs/cgroup/cpuset.cpus.effective")
 _CPUSET_V1 = Path("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
 
 #: Where launchers put the number of processes they started on this machine: torchrun (and the
-#: launchers built on it: Accelerate, DeepSpeed), Open MPI, MPICH / Intel MPI, MVAPICH. The list
-#: Accelerate reads. Lightning's own launcher sets none of them (pass the Loader's threads=).
+#: launchers built on it: Accelerate, DeepSpeed), Open MPI, MPICH / Intel MPI, MVAPICH (the list
+#: Accelerate reads), then Slurm's srun (its tasks per node, e.g. "8(x2)": read when every node of
+#: the step runs as many). Lightning's own launcher sets none of them (pass the Loader's threads=).
 LOCAL_RANKS_VARIABLES = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                         "MV2_COMM_WORLD_LOCAL_SIZE")
+                         "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE")
 
 
 def usable_cpus() -> int:
@@ -48,13 +49,23 @@ def local_ranks(environ=os.environ) -> int:
     """The processes a launcher started on this machine (:data:`LOCAL_RANKS_VARIABLES`); 1 when
     none says."""
     for name in LOCAL_RANKS_VARIABLES:
+        value = environ.get(name, "")
         try:
-            count = int(environ.get(name, ""))
+            count = slurm_tasks_per_node(value) if name.startswith("SLURM_") else int(value)
         except ValueError:  # unset or not a number: the next launcher's variable
             continue
         if count >= 1:
             return count
     return 1
+
+
+def slurm_tasks_per_node(value: str) -> int:
+    """The tasks on each node of a Slurm list such as ``"8(x2)"`` or ``"4,4"``; ValueError when
+    the nodes run different counts (``"2(x3),1"``: which is this one is not said here)."""
+    counts = {int(part.split("(")[0]) for part in value.split(",")}
+    if len(counts) != 1:
+        raise ValueError(f"tasks per node differ: {value!r}")
+    return counts.pop()
 
 
 def ranks_sharing(affinity: int, local: int, machine: int) -> int:
