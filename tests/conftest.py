@@ -1,12 +1,20 @@
 """Fixtures shared by the whole suite."""
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from fastprune._cpus import LOCAL_RANKS_VARIABLES
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# The suite run under a launcher (srun on a cluster, say) is one process, not one of its ranks:
+# without this, every default thread count (and the tests that check them) would be a share.
+for _name in LOCAL_RANKS_VARIABLES:
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,8 @@ def test_tiny_run_times_ranks_at_their_share_and_at_every_cpu(benchmark_script, 
     assert written["benchmark"] == "local_ranks" and len(written["all"]) == 2
     share, every = written["runs"]
     assert (share["setting"], every["setting"]) == ("share", "every CPU") and share["ranks"] == every["ranks"] == 2
-    affinity = len(os.sched_getaffinity(0))
-    quota = _cpus.cgroup_cpu_quota()
-    usable = min(affinity, quota) if quota else affinity
-    assert every["threads_per_rank"] == affinity  # threads= every CPU, as the old default
-    assert share["threads_per_rank"] == max(1, usable // _cpus.ranks_sharing(affinity, 2, _cpus.machine_cpus()))
+    assert every["threads_per_rank"] == len(os.sched_getaffinity(0))  # threads= every CPU, as the old default
+    assert share["threads_per_rank"] == max(1, _cpus.usable_cpus() // 2)  # two unbound ranks: half each
     # a rank holds threads x (prefetch + 1) batches of 8 float32 224 px images
     assert share["in_flight_bytes"] == share["threads_per_rank"] * 3 * 8 * 3 * 224 * 224 * 4
     assert all(r["img_per_s_median"] > 0 and r["peak_rss_bytes_median"] > 0 for r in written["runs"])

@@ -60,78 +60,108 @@ def test_train_without_threads_uses_no_more_torch_threads_than_the_quota_allows(
         torch.set_num_threads(before)
 
 
-def test_cpu_lists_are_counted_and_malformed_ones_refused():
-    assert _cpus.cpu_list_size("0-7,16-23,31\n") == 17
-    assert _cpus.cpu_list_size("5") == 1
+def test_cpu_lists_are_read_and_malformed_ones_refused():
+    assert _cpus.cpu_list("0-2,16-17,31\n") == {0, 1, 2, 16, 17, 31}
+    assert _cpus.cpu_list("5") == {5}
     for bad in ("", "\n", "3-1", "a-b", "0-3,,5"):
         with pytest.raises(ValueError):
-            _cpus.cpu_list_size(bad)
+            _cpus.cpu_list(bad)
 
 
-def test_the_machine_is_the_containers_cpuset_then_the_cpu_count(tmp_path):
-    v2, v1 = tmp_path / "cpuset.cpus.effective", tmp_path / "cpuset.effective_cpus"
-    assert _cpus.machine_cpus(v2, v1) == os.cpu_count()  # no cpuset file: the whole machine
-    v1.write_text("0-31\n")
-    assert _cpus.machine_cpus(v2, v1) == 32  # cgroup v1 (a Kubernetes pod's exclusive CPUs, say)
-    v2.write_text("\n")  # unreadable as a list: the next source
-    assert _cpus.machine_cpus(v2, v1) == 32
-    v2.write_text("0-3,64-67\n")
-    assert _cpus.machine_cpus(v2, v1) == 8  # cgroup v2 first
+def test_the_machine_is_the_own_cgroups_cpuset_then_the_cpu_count(tmp_path):
+    root, own = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    assert _cpus.machine_cpus(root, own) == os.cpu_count()  # no cgroup file, no cpuset: the whole machine
+    own.write_text("0::/slurm/job_5/step_0/task_1\n")  # cgroup v2, bare metal: the path from the root
+    (root / "slurm" / "job_5").mkdir(parents=True)
+    (root / "cpuset.cpus.effective").write_text("0-127\n")
+    assert _cpus.machine_cpus(root, own) == 128  # only the root has a cpuset
+    (root / "slurm" / "job_5" / "cpuset.cpus.effective").write_text("0-31\n")
+    assert _cpus.machine_cpus(root, own) == 32  # the nearest parent with one: the job's 32 of 128
+    own.write_text("4:memory:/x\n3:cpuset,cpuacct:/docker/abc\n")  # cgroup v1; a path the container does not see
+    (root / "cpuset").mkdir()
+    assert _cpus.machine_cpus(root, own) == os.cpu_count()  # no v1 cpuset file yet
+    (root / "cpuset" / "cpuset.effective_cpus").write_text("0-3,64-67\n")
+    assert _cpus.machine_cpus(root, own) == 8  # walked up to the container's own root
+    (root / "cpuset" / "cpuset.effective_cpus").write_text("garbage")
+    assert _cpus.machine_cpus(root, own) == os.cpu_count()
 
 
 def test_local_ranks_come_from_the_launchers_variables():
     assert _cpus.local_ranks({}) == 1
-    assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "8"}) == 8  # torchrun, Accelerate, DeepSpeed
+    assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "8"}) == 8  # torchrun, Accelerate
     assert _cpus.local_ranks({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4  # Open MPI's mpirun
     assert _cpus.local_ranks({"MPI_LOCALNRANKS": "2"}) == 2  # MPICH, Intel MPI
     assert _cpus.local_ranks({"MV2_COMM_WORLD_LOCAL_SIZE": "3"}) == 3  # MVAPICH
+    assert _cpus.local_ranks({"HOROVOD_LOCAL_SIZE": "5"}) == 5  # horovodrun
+    assert _cpus.local_ranks({"LOCAL_SIZE": "6", "LOCAL_RANK": "0", "CROSS_SIZE": "1"}) == 6  # deepspeed
+    assert _cpus.local_ranks({"LOCAL_SIZE": "6"}) == 1  # without a LOCAL_RANK beside it: not a launcher's
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "8", "MPI_LOCALNRANKS": "2"}) == 8  # torchrun's first
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "", "MPI_LOCALNRANKS": "2"}) == 2  # empty: the next one
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "x", "MPI_LOCALNRANKS": "0"}) == 1  # neither is a count
     assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "8(x2)"}) == 8  # srun: 8 tasks on each of 2 nodes
     assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "4,4"}) == 4
-    assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}) == 1  # which node is this? not said
+    uneven = {"SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}
+    assert _cpus.local_ranks(uneven) == 1  # which node is this? not said
+    assert [_cpus.local_ranks({**uneven, "SLURM_NODEID": str(n)}) for n in range(4)] == [2, 2, 2, 1]
+    assert _cpus.local_ranks({**uneven, "SLURM_NODEID": "4"}) == 1  # not a node of the list
     assert _cpus.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "2", "LOCAL_WORLD_SIZE": "4"}) == 4  # torchrun under srun
 
 
-def test_ranks_share_the_cpus_they_may_all_run_on():
-    assert _cpus.ranks_sharing(128, 8, 128) == 8  # torchrun: every rank may run anywhere
-    assert _cpus.ranks_sharing(16, 8, 128) == 1  # each rank bound to its own 16 cores
-    assert _cpus.ranks_sharing(64, 8, 128) == 4  # --numa-binding: a socket's 64 cores, 4 ranks on it
-    assert _cpus.ranks_sharing(128, 1, 128) == 1  # not distributed
-    assert _cpus.ranks_sharing(8, 8, 4) == 8  # a machine read smaller than the affinity: all of them
-    assert _cpus.ranks_sharing(1, 8, 128) == 1
+def test_ranks_share_the_cpus_their_siblings_may_run_on():
+    node, socket0 = set(range(128)), set(range(64))
+    assert _cpus.ranks_sharing(node, 8, [node] * 7, 128) == 8  # torchrun: every rank may run anywhere
+    own = [set(range(16 * r, 16 * r + 16)) for r in range(8)]
+    assert _cpus.ranks_sharing(own[0], 8, own[1:], 128) == 1  # each rank bound to its own 16 cores
+    assert _cpus.ranks_sharing(socket0, 8, [socket0] * 3 + [node - socket0] * 4, 128) == 4  # --numa-binding
+    pairs = [set(range(32))] + [set(range(32 * (r // 2), 32 * (r // 2) + 32)) for r in range(1, 8)]
+    assert _cpus.ranks_sharing(pairs[0], 8, pairs[1:], 256) == 2  # GPUs in pairs on NUMA nodes: not 32/256 of 8
+    assert _cpus.ranks_sharing(node, 4, [node] * 9, 128) == 4  # more siblings than ranks: at most the ranks
+    assert _cpus.ranks_sharing(node, 1, [node] * 7, 128) == 1  # not distributed
+    # no sibling seen (a shell per rank, no /proc): the fraction of the machine
+    assert _cpus.ranks_sharing(node, 8, [], 128) == _cpus.ranks_sharing(node, 8, None, 128) == 8
+    assert _cpus.ranks_sharing(set(range(16)), 8, None, 128) == 1
+    assert _cpus.ranks_sharing(socket0, 8, None, 128) == 4
+    assert _cpus.ranks_sharing(set(range(8)), 8, None, 4) == 8  # a machine read smaller than the affinity
 
 
-def test_a_ranks_usable_cpus_are_its_share(monkeypatch):
-    affinity = len(os.sched_getaffinity(0))
+def test_siblings_are_the_parents_other_children(tmp_path):
+    proc = tmp_path / "proc"
+    assert _cpus.sibling_cpu_sets(proc, pid=10, parent=1) is None  # no /proc: not known
+    for thread, children in ((1, "10 11 12"), (2, "13\n")):
+        (proc / "1" / "task" / str(thread)).mkdir(parents=True)
+        (proc / "1" / "task" / str(thread) / "children").write_text(children)
+    for pid, cpus in ((10, "0-1"), (11, "0-3"), (13, "8")):  # 12 has ended
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "status").write_text(f"Name:\tpython\nCpus_allowed_list:\t{cpus}\nMems_allowed:\t1\n")
+    assert sorted(map(sorted, _cpus.sibling_cpu_sets(proc, pid=10, parent=1))) == [[0, 1, 2, 3], [8]]
+
+
+def test_a_ranks_cpus_are_its_share(monkeypatch):
+    affinity = os.sched_getaffinity(0)
     monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: None)
-    monkeypatch.setattr(_cpus, "machine_cpus", lambda: affinity)  # the ranks may all run on every CPU
-    for name in _cpus.LOCAL_RANKS_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    assert _cpus.usable_cpus() == affinity
+    monkeypatch.setattr(_cpus, "machine_cpus", lambda: len(affinity))
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [affinity])  # one other rank on the same CPUs
+    assert _cpus.rank_cpus() == _cpus.usable_cpus() == len(affinity)  # no launcher's variable: not a rank
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert _cpus.usable_cpus() == max(1, affinity // 2)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * affinity))
-    assert _cpus.usable_cpus() == 1  # more ranks than CPUs: one each, not zero
-    monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: 1)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert _cpus.usable_cpus() == 1  # a quota of 1 CPU shared by 2 ranks
-    monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: None)
-    monkeypatch.setattr(_cpus, "machine_cpus", lambda: 2 * affinity)  # this rank has its own half
-    assert _cpus.usable_cpus() == affinity
+    assert _cpus.rank_cpus() == max(1, len(affinity) // 2) and _cpus.usable_cpus() == len(affinity)
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [{max(affinity) + 1}])  # the other rank: elsewhere
+    assert _cpus.rank_cpus() == len(affinity)
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [affinity] * 7)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert _cpus.rank_cpus() == max(1, len(affinity) // 8)  # more ranks than CPUs: one each, not zero
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [{max(affinity) + 1}] * 7)  # bound ranks...
+    monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: 8 * len(affinity) // 2)  # ...in a container's quota
+    assert _cpus.rank_cpus() == max(1, len(affinity) // 2)  # the quota is every rank's: an 8th each
 
 
 def test_torchrun_ranks_default_to_their_share_of_the_loader_threads(tmp_path):
-    """The real launcher: two ranks on this machine's CPUs each default to half of them."""
+    """The real launcher: two unbound ranks on this machine's CPUs each default to half of them."""
     import subprocess
     import sys
 
     from fastprune.convert import from_arrays
 
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cpus.cgroup_cpu_quota()
-    cpus = min(cpus, quota) if quota else cpus
+    cpus = _cpus.usable_cpus()
     if cpus < 2:
         pytest.skip("one CPU: one thread per rank either way")
     store = tmp_path / "s.beton"
@@ -143,8 +173,7 @@ def test_torchrun_ranks_default_to_their_share_of_the_loader_threads(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _cpus.LOCAL_RANKS_VARIABLES}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                     str(script), str(store), str(tmp_path)], check=True, env=env, capture_output=True, timeout=300)
-    expected = max(1, cpus // _cpus.ranks_sharing(len(os.sched_getaffinity(0)), 2, _cpus.machine_cpus()))
-    assert [(tmp_path / r).read_text() for r in ("0", "1")] == [str(expected)] * 2
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == [str(cpus // 2)] * 2
     alone = subprocess.run([sys.executable, str(script), str(store), str(tmp_path)], env={**env, "RANK": "x"},
                            check=True, capture_output=True, timeout=300)
     assert alone.returncode == 0 and (tmp_path / "x").read_text() == str(cpus)

@@ -204,11 +204,11 @@ def test_default_threads_follow_the_store_kind(raw_store, jpeg_store_mixed_sizes
     contend); an explicit count is kept."""
     from fastprune.loader import _source
 
-    monkeypatch.setattr(_source, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(_source, "rank_cpus", lambda: 16)
     assert Loader(raw_store, 64).threads == 4
     assert Loader(jpeg_store_mixed_sizes, 8, transforms=[RandomResizedCrop(8)]).threads == 16
     assert Loader(raw_store, 64, threads=9).threads == 9
-    monkeypatch.setattr(_source, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_source, "rank_cpus", lambda: 2)
     assert Loader(raw_store, 64).threads == 2 and Loader(raw_store, 64)._source.gather.threads == 2
 
 

@@ -89,7 +89,7 @@ def test_an_image_of_exactly_max_image_pixels_is_accepted(store40):
 def test_a_store_with_any_jpeg_gets_every_cpu(monkeypatch):
     from fastprune.loader import _source
 
-    monkeypatch.setattr(_source, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(_source, "rank_cpus", lambda: 16)
     assert _source.default_threads(np.array([0, 1, 1], np.uint8)) == 16  # mixed: decoding work
     assert _source.default_threads(np.array([1, 1], np.uint8)) == _source.RAW_THREADS
 

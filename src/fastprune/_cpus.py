@@ -13,6 +13,7 @@ run 1,024 loader threads (and hold 8x the batches in flight). A rank's default i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -21,28 +22,46 @@ from pathlib import Path
 
 _CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 _CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
-_CPUSET_V2 = Path("/sys/fs/cgroup/cpuset.cpus.effective")
-_CPUSET_V1 = Path("/sys/fs/cgroup/cpuset/cpuset.effective_cpus")
+_CGROUPS = Path("/sys/fs/cgroup")
+_PROC = Path("/proc")
 
-#: Where launchers put the number of processes they started on this machine: torchrun (and the
-#: launchers built on it: Accelerate, DeepSpeed), Open MPI, MPICH / Intel MPI, MVAPICH (the list
-#: Accelerate reads), then Slurm's srun (its tasks per node, e.g. "8(x2)": read when every node of
-#: the step runs as many). Lightning's own launcher sets none of them (pass the Loader's threads=).
+#: Where launchers put the number of processes they started on this machine: torchrun (and
+#: Accelerate, which launches through it), Open MPI, MPICH / Intel MPI, MVAPICH (the list
+#: Accelerate reads), Horovod, DeepSpeed's own launcher (``LOCAL_SIZE``, read only beside its
+#: ``LOCAL_RANK``), then Slurm's srun (tasks per node, e.g. "8(x2)"). Lightning's own launcher sets
+#: none of them (pass the Loader's threads=).
 LOCAL_RANKS_VARIABLES = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                         "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE")
+                         "MV2_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE", "LOCAL_SIZE",
+                         "SLURM_STEP_TASKS_PER_NODE")
 
 
 def usable_cpus() -> int:
-    """This process's share of the CPUs: those it may run on (affinity), capped by its cgroup's CPU
-    quota, divided among the ranks of a distributed job that run on them (:func:`ranks_sharing`);
-    at least 1."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        affinity = os.cpu_count() or 1
+    """The CPUs this process may use: those it may run on (affinity), capped by its cgroup's CPU
+    quota; at least 1. The default of one-process work (conversion, checksums, ``fastprune
+    train``/``bench``); a Loader's default is :func:`rank_cpus`."""
     quota = cgroup_cpu_quota()
-    cpus = max(1, min(affinity, quota) if quota else affinity)
-    return max(1, cpus // ranks_sharing(affinity, local_ranks(), machine_cpus()))
+    cpus = len(_affinity())
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def rank_cpus() -> int:
+    """This process's share of :func:`usable_cpus` when it is one of the ranks a launcher started
+    on this machine (:func:`local_ranks`): its CPUs divided among the ranks that may run on them
+    (:func:`ranks_sharing`), and the container's CPU quota among all of them; at least 1."""
+    local = local_ranks()
+    if local <= 1:
+        return usable_cpus()
+    mine = _affinity()
+    cpus = len(mine) // ranks_sharing(mine, local, sibling_cpu_sets(), machine_cpus())
+    quota = cgroup_cpu_quota()  # a container's: every rank in it draws on the same CPU time
+    return max(1, min(cpus, quota // local) if quota else cpus)
+
+
+def _affinity() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
 
 
 def local_ranks(environ=os.environ) -> int:
@@ -50,8 +69,10 @@ def local_ranks(environ=os.environ) -> int:
     none says."""
     for name in LOCAL_RANKS_VARIABLES:
         value = environ.get(name, "")
+        if name == "LOCAL_SIZE" and "LOCAL_RANK" not in environ:  # a name other programs may use
+            continue
         try:
-            count = slurm_tasks_per_node(value) if name.startswith("SLURM_") else int(value)
+            count = slurm_tasks_per_node(value, environ) if name.startswith("SLURM_") else int(value)
         except ValueError:  # unset or not a number: the next launcher's variable
             continue
         if count >= 1:
@@ -59,44 +80,100 @@ def local_ranks(environ=os.environ) -> int:
     return 1
 
 
-def slurm_tasks_per_node(value: str) -> int:
-    """The tasks on each node of a Slurm list such as ``"8(x2)"`` or ``"4,4"``; ValueError when
-    the nodes run different counts (``"2(x3),1"``: which is this one is not said here)."""
-    counts = {int(part.split("(")[0]) for part in value.split(",")}
-    if len(counts) != 1:
-        raise ValueError(f"tasks per node differ: {value!r}")
-    return counts.pop()
+def slurm_tasks_per_node(value: str, environ=os.environ) -> int:
+    """This node's tasks in a Slurm list such as ``"8(x2)"`` or ``"2(x3),1"`` (the nodes in
+    order; this one is ``SLURM_NODEID``); ValueError when the list is not one, or the nodes run
+    different counts and which one this is is not said."""
+    counts = []
+    for part in value.split(","):
+        count, _, times = part.partition("(x")
+        counts += [int(count)] * (int(times.rstrip(")")) if times else 1)
+    if len(set(counts)) == 1:
+        return counts[0]
+    node = int(environ.get("SLURM_NODEID", ""))
+    if not 0 <= node < len(counts):
+        raise ValueError(f"SLURM_NODEID {node} is not a node of {value!r}")
+    return counts[node]
 
 
-def ranks_sharing(affinity: int, local: int, machine: int) -> int:
-    """How many of this machine's ``local`` ranks run on this process's ``affinity`` CPUs, out of
-    the ``machine``'s: all of them when each may run anywhere (torchrun binds none), one when each
-    rank has its own slice (Slurm's --cpu-bind, mpirun --bind-to), and in proportion in between
-    (torchrun --numa-binding: the ranks of one socket share its cores)."""
-    return max(1, min(local, round(local * affinity / max(1, machine))))
+def ranks_sharing(mine: set[int], local: int, siblings: list[set[int]] | None, machine: int) -> int:
+    """How many of this machine's ``local`` ranks may run on this process's CPUs ``mine``.
+
+    A launcher's ranks are its children, so this process's siblings are the other ranks: those
+    whose CPUs overlap ``mine`` share them with it (all, when none is bound: torchrun; none, when
+    each has its own cores: Slurm's --cpu-bind, mpirun --bind-to; those of one NUMA node under
+    torchrun --numa-binding). Where no sibling is seen (each rank wrapped in a shell of its own, or
+    no /proc), the estimate is the fraction of the ``machine``'s CPUs the process may use."""
+    if siblings:
+        return max(1, min(local, 1 + sum(1 for cpus in siblings if cpus & mine)))
+    return max(1, min(local, round(local * len(mine) / max(1, machine))))
 
 
-def machine_cpus(v2: Path = _CPUSET_V2, v1: Path = _CPUSET_V1) -> int:
-    """The CPUs of the machine as this process's container has them: its cgroup's cpuset (a
-    Kubernetes pod's exclusive CPUs, ``docker --cpuset-cpus``), else ``os.cpu_count()``."""
-    for path in (v2, v1):
+def sibling_cpu_sets(proc: Path = _PROC, pid: int | None = None, parent: int | None = None) -> list[set[int]] | None:
+    """The CPUs each other child of this process's parent may run on; None where /proc does not
+    list the parent's children."""
+    pid, parent = pid or os.getpid(), parent or os.getppid()
+    children: set[int] = set()
+    try:
+        for thread in (proc / str(parent) / "task").iterdir():
+            children.update(int(child) for child in (thread / "children").read_text().split())
+    except (OSError, ValueError):
+        return None
+    sets = []
+    for child in children - {pid}:
         try:
-            return max(1, cpu_list_size(path.read_text()))
+            status = (proc / str(child) / "status").read_text()
+        except OSError:  # it ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                with contextlib.suppress(ValueError):
+                    sets.append(cpu_list(line.partition(":")[2]))
+    return sets
+
+
+def machine_cpus(root: Path = _CGROUPS, own: Path = _PROC / "self" / "cgroup") -> int:
+    """The CPUs of the machine as this process's cgroup has them: its cpuset (a container's, a
+    Kubernetes pod's exclusive CPUs, a Slurm job's or step's), else ``os.cpu_count()``."""
+    for path in _cpuset_files(root, own):
+        try:
+            return max(1, len(cpu_list(path.read_text())))
         except (OSError, ValueError):
             continue
     return os.cpu_count() or 1
 
 
-def cpu_list_size(text: str) -> int:
-    """The CPUs in a Linux CPU list such as ``"0-7,16-23,31"``; ValueError when it is not one."""
-    count = 0
+def _cpuset_files(root: Path, own: Path) -> list[Path]:
+    """Where this process's cgroup's cpuset may be, nearest first: its own cgroup then each parent
+    (cgroup v2: ``0::/path``; v1: ``N:cpuset:/path``), the root last."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    found = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            folder, name = root, "cpuset.cpus.effective"
+        elif "cpuset" in controllers.split(","):
+            folder, name = root / "cpuset", "cpuset.effective_cpus"
+        else:
+            continue
+        parts = [part for part in path.strip().split("/") if part and part != ".."]
+        found += [folder.joinpath(*parts[:depth], name) for depth in range(len(parts), -1, -1)]
+    return found or [root / "cpuset.cpus.effective", root / "cpuset" / "cpuset.effective_cpus"]
+
+
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a Linux CPU list such as ``"0-7,16-23,31"``; ValueError when it is not one."""
+    cpus: set[int] = set()
     for part in text.strip().split(","):
         first, _, last = part.partition("-")
         low, high = int(first), int(last or first)  # ValueError: not a number (an empty file)
         if high < low:
             raise ValueError(f"not a CPU list: {text!r}")
-        count += high - low + 1
-    return count
+        cpus.update(range(low, high + 1))
+    return cpus
 
 
 def cgroup_cpu_quota(v2: Path = _CGROUP_V2, v1: Path = _CGROUP_V1) -> int | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._cpus import usable_cpus
+from .._cpus import rank_cpus, usable_cpus
 from .._native import core
 from ..errors import StoreError
 from ..store.reader import Store
@@ -92,9 +92,9 @@ MODE_JPEG = 0  # ffcv's IMAGE_MODES: 'jpg' = 0, 'raw' = 1
 
 def default_threads(modes: np.ndarray) -> int:
     """Loader threads for a store whose samples have these image modes: this process's share of
-    the CPUs (:func:`usable_cpus`: a distributed rank's share) when any image is a JPEG, at most
+    the CPUs (:func:`rank_cpus`: a distributed rank's share) when any image is a JPEG, at most
     RAW_THREADS when all are raw pixels."""
-    cpus = usable_cpus()
+    cpus = rank_cpus()
     return cpus if (modes == MODE_JPEG).any() else min(cpus, RAW_THREADS)
 
 

@@ -92,8 +92,8 @@ class Loader:
             pool the first batch of each producer is gathered on, in turns (so that an epoch's
             first batch is not one core's work). Default: the CPUs this process may use when the
             store holds JPEGs (a distributed rank's share of them: the machine's ranks, as its
-            launcher counts them in ``LOCAL_WORLD_SIZE``, MPI's or Slurm's variables, split the
-            CPUs they run on); at most 4 when it holds raw pixels only, whose batches cost little
+            launcher counts them in ``LOCAL_WORLD_SIZE``, MPI's, DeepSpeed's or Slurm's variables,
+            split the CPUs they may run on); at most 4 when it holds raw pixels only, whose batches cost little
             native work next to each producer's Python (on the H200's 16 cores, raw 28 px batches
             fed 528k img/s with 4 threads and 244k with 16, in windows that also timed the
             producers' start-up: benchmarks/results/gpu_h200.md; to be re-measured).
