@@ -88,6 +88,9 @@ def test_the_machine_is_the_own_cgroups_cpuset_then_the_cpu_count(tmp_path):
 
 def test_local_ranks_come_from_the_launchers_variables():
     assert _cpus.local_ranks({}) == 1
+    assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "1", "MPI_LOCALNRANKS": "2"}) == 1  # torchrun's one rank
+    assert _cpus.launcher_variable({"LOCAL_WORLD_SIZE": "1"}) is None  # one rank: nothing to share
+    assert _cpus.launcher_variable({"LOCAL_WORLD_SIZE": "", "MPI_LOCALNRANKS": "2"}) == ("MPI_LOCALNRANKS", "2")
     assert _cpus.local_ranks({"LOCAL_WORLD_SIZE": "8"}) == 8  # torchrun, Accelerate
     assert _cpus.local_ranks({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == 4  # Open MPI's mpirun
     assert _cpus.local_ranks({"MPI_LOCALNRANKS": "2"}) == 2  # MPICH, Intel MPI
@@ -124,32 +127,44 @@ def test_ranks_share_the_cpus_their_siblings_may_run_on():
     assert _cpus.ranks_sharing(set(range(8)), 8, None, 4) == 8  # a machine read smaller than the affinity
 
 
-def test_siblings_are_the_parents_other_children(tmp_path):
+def test_siblings_are_the_parents_other_children_that_are_ranks(tmp_path):
     proc = tmp_path / "proc"
     assert _cpus.sibling_cpu_sets(proc, pid=10, parent=1) is None  # no /proc: not known
-    for thread, children in ((1, "10 11 12"), (2, "13\n")):
+    for thread, children in ((1, "10 11 12 14 15"), (2, "13\n")):
         (proc / "1" / "task" / str(thread)).mkdir(parents=True)
         (proc / "1" / "task" / str(thread) / "children").write_text(children)
-    for pid, cpus in ((10, "0-1"), (11, "0-3"), (13, "8")):  # 12 has ended
+    (proc / "1" / "task" / "3").mkdir()  # a thread without a children file (it ended): the others count
+    rank_env = b"PATH=/bin\0LOCAL_WORLD_SIZE=4\0LOCAL_RANK=1\0"
+    siblings = {10: ("0-1", rank_env), 11: ("0-3", rank_env), 13: ("8", rank_env),  # 12 has ended
+                14: ("0-3", b"PATH=/bin\0"),  # a tee beside the ranks: not one of them
+                15: ("0-3", b"PATH=/bin\0LOCAL_WORLD_SIZE=40\0")}  # another launch's rank
+    for pid, (cpus, env) in siblings.items():
         (proc / str(pid)).mkdir()
-        (proc / str(pid) / "status").write_text(f"Name:\tpython\nCpus_allowed_list:\t{cpus}\nMems_allowed:\t1\n")
-    assert sorted(map(sorted, _cpus.sibling_cpu_sets(proc, pid=10, parent=1))) == [[0, 1, 2, 3], [8]]
+        (proc / str(pid) / "status").write_bytes(b"Name:\tpy-\xe8\xa8\nCpus_allowed_list:\t" + cpus.encode() +
+                                                 b"\nMems_allowed:\t1\n")  # a name cut inside a character
+        (proc / str(pid) / "environ").write_bytes(env)
+    ranks = _cpus.sibling_cpu_sets(proc, pid=10, parent=1, marker="LOCAL_WORLD_SIZE=4")
+    assert sorted(map(sorted, ranks)) == [[0, 1, 2, 3], [8]]
+    assert len(_cpus.sibling_cpu_sets(proc, pid=10, parent=1)) == 4  # no marker: every child
+    (proc / "13" / "environ").chmod(0)  # another account's rank: unreadable, not counted
+    if not os.access(proc / "13" / "environ", os.R_OK):  # (root reads it anyway)
+        assert len(_cpus.sibling_cpu_sets(proc, pid=10, parent=1, marker="LOCAL_WORLD_SIZE=4")) == 1
 
 
 def test_a_ranks_cpus_are_its_share(monkeypatch):
     affinity = os.sched_getaffinity(0)
     monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr(_cpus, "machine_cpus", lambda: len(affinity))
-    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [affinity])  # one other rank on the same CPUs
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda **_: [affinity])  # one other rank on the same CPUs
     assert _cpus.rank_cpus() == _cpus.usable_cpus() == len(affinity)  # no launcher's variable: not a rank
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert _cpus.rank_cpus() == max(1, len(affinity) // 2) and _cpus.usable_cpus() == len(affinity)
-    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [{max(affinity) + 1}])  # the other rank: elsewhere
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda **_: [{max(affinity) + 1}])  # the other rank: elsewhere
     assert _cpus.rank_cpus() == len(affinity)
-    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [affinity] * 7)
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda **_: [affinity] * 7)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert _cpus.rank_cpus() == max(1, len(affinity) // 8)  # more ranks than CPUs: one each, not zero
-    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda: [{max(affinity) + 1}] * 7)  # bound ranks...
+    monkeypatch.setattr(_cpus, "sibling_cpu_sets", lambda **_: [{max(affinity) + 1}] * 7)  # bound ranks...
     monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: 8 * len(affinity) // 2)  # ...in a container's quota
     assert _cpus.rank_cpus() == max(1, len(affinity) // 2)  # the quota is every rank's: an 8th each
 
@@ -168,12 +183,16 @@ def test_torchrun_ranks_default_to_their_share_of_the_loader_threads(tmp_path):
     from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 2, store, jpeg=True, progress=False)
     script = tmp_path / "rank.py"
     script.write_text("import os, sys, fastprune\n"
+                      "from fastprune import _cpus\n"
                       "loader = fastprune.Loader(sys.argv[1], 4)\n"
-                      "open(os.path.join(sys.argv[2], os.environ['RANK']), 'w').write(str(loader.threads))\n")
+                      "launcher = _cpus.launcher_variable()\n"
+                      "ranks = -1 if launcher is None else len(_cpus.sibling_cpu_sets(marker='='.join(launcher)))\n"
+                      "open(os.path.join(sys.argv[2], os.environ['RANK']), 'w').write(f'{loader.threads} {ranks}')\n")
     env = {k: v for k, v in os.environ.items() if k not in _cpus.LOCAL_RANKS_VARIABLES}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                     str(script), str(store), str(tmp_path)], check=True, env=env, capture_output=True, timeout=300)
-    assert [(tmp_path / r).read_text() for r in ("0", "1")] == [str(cpus // 2)] * 2
+    # each rank saw the other among its siblings (not only the fallback's fraction of the machine)
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == [f"{cpus // 2} 1"] * 2
     alone = subprocess.run([sys.executable, str(script), str(store), str(tmp_path)], env={**env, "RANK": "x"},
                            check=True, capture_output=True, timeout=300)
-    assert alone.returncode == 0 and (tmp_path / "x").read_text() == str(cpus)
+    assert alone.returncode == 0 and (tmp_path / "x").read_text() == f"{cpus} -1"

@@ -48,13 +48,15 @@ def rank_cpus() -> int:
     """This process's share of :func:`usable_cpus` when it is one of the ranks a launcher started
     on this machine (:func:`local_ranks`): its CPUs divided among the ranks that may run on them
     (:func:`ranks_sharing`), and the container's CPU quota among all of them; at least 1."""
-    local = local_ranks()
-    if local <= 1:
+    launcher = launcher_variable()
+    if launcher is None:
         return usable_cpus()
+    local = _rank_count(*launcher, os.environ)
     mine = _affinity()
-    cpus = len(mine) // ranks_sharing(mine, local, sibling_cpu_sets(), machine_cpus())
+    siblings = sibling_cpu_sets(marker="=".join(launcher))
+    cpus = len(mine) // ranks_sharing(mine, local, siblings, machine_cpus())
     quota = cgroup_cpu_quota()  # a container's: every rank in it draws on the same CPU time
-    return max(1, min(cpus, quota // local) if quota else cpus)
+    return max(1, min(cpus, math.ceil(quota / local)) if quota else cpus)
 
 
 def _affinity() -> set[int]:
@@ -67,17 +69,28 @@ def _affinity() -> set[int]:
 def local_ranks(environ=os.environ) -> int:
     """The processes a launcher started on this machine (:data:`LOCAL_RANKS_VARIABLES`); 1 when
     none says."""
+    found = launcher_variable(environ)
+    return 1 if found is None else _rank_count(*found, environ)
+
+
+def launcher_variable(environ=os.environ) -> tuple[str, str] | None:
+    """(name, value) of the first of :data:`LOCAL_RANKS_VARIABLES` that gives a count of 2 or more
+    ranks; None when none does (not a rank of a distributed job on this machine)."""
     for name in LOCAL_RANKS_VARIABLES:
-        value = environ.get(name, "")
         if name == "LOCAL_SIZE" and "LOCAL_RANK" not in environ:  # a name other programs may use
             continue
+        value = environ.get(name, "")
         try:
-            count = slurm_tasks_per_node(value, environ) if name.startswith("SLURM_") else int(value)
+            count = _rank_count(name, value, environ)
         except ValueError:  # unset or not a number: the next launcher's variable
             continue
         if count >= 1:
-            return count
-    return 1
+            return (name, value) if count > 1 else None
+    return None
+
+
+def _rank_count(name: str, value: str, environ) -> int:
+    return slurm_tasks_per_node(value, environ) if name.startswith("SLURM_") else int(value)
 
 
 def slurm_tasks_per_node(value: str, environ=os.environ) -> int:
@@ -109,21 +122,31 @@ def ranks_sharing(mine: set[int], local: int, siblings: list[set[int]] | None, m
     return max(1, min(local, round(local * len(mine) / max(1, machine))))
 
 
-def sibling_cpu_sets(proc: Path = _PROC, pid: int | None = None, parent: int | None = None) -> list[set[int]] | None:
-    """The CPUs each other child of this process's parent may run on; None where /proc does not
-    list the parent's children."""
+def sibling_cpu_sets(proc: Path = _PROC, pid: int | None = None, parent: int | None = None,
+                     marker: str = "") -> list[set[int]] | None:
+    """The CPUs each other rank among this process's siblings (its parent's other children) may
+    run on; None where /proc does not list the parent's children. A sibling is a rank when its
+    environment holds ``marker`` (``NAME=value`` of the launcher's variable, as this process's):
+    a ``tee`` or monitor beside the ranks is not one (its environment, if another account's, is
+    unreadable: not counted either)."""
     pid, parent = pid or os.getpid(), parent or os.getppid()
     children: set[int] = set()
     try:
-        for thread in (proc / str(parent) / "task").iterdir():
-            children.update(int(child) for child in (thread / "children").read_text().split())
-    except (OSError, ValueError):
+        threads = list((proc / str(parent) / "task").iterdir())
+    except OSError:
         return None
+    for thread in threads:
+        try:
+            children.update(int(child) for child in (thread / "children").read_text().split())
+        except (OSError, ValueError):  # a thread that ended meanwhile; a kernel without the file
+            continue
     sets = []
     for child in children - {pid}:
-        try:
-            status = (proc / str(child) / "status").read_text()
-        except OSError:  # it ended meanwhile
+        try:  # bytes: a process name cut at 15 bytes can end inside a UTF-8 character
+            if marker and marker.encode() not in (proc / str(child) / "environ").read_bytes().split(b"\0"):
+                continue
+            status = (proc / str(child) / "status").read_bytes().decode("ascii", "replace")
+        except OSError:  # it ended meanwhile, or another account's
             continue
         for line in status.splitlines():
             if line.startswith("Cpus_allowed_list:"):
@@ -147,7 +170,7 @@ def _cpuset_files(root: Path, own: Path) -> list[Path]:
     """Where this process's cgroup's cpuset may be, nearest first: its own cgroup then each parent
     (cgroup v2: ``0::/path``; v1: ``N:cpuset:/path``), the root last."""
     try:
-        lines = own.read_text().splitlines()
+        lines = own.read_bytes().decode("utf-8", "replace").splitlines()
     except OSError:
         lines = []
     found = []
