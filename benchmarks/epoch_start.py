@@ -31,7 +31,7 @@ from loader_throughput import photo_store  # noqa: E402
 import fastprune.loader.loader as loader_module  # noqa: E402
 from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, RandomHorizontalFlip, RandomResizedCrop  # noqa: E402
-from fastprune.loader._source import usable_cpus  # noqa: E402
+from fastprune._cpus import usable_cpus  # noqa: E402
 
 SETTINGS = {"first round pooled": True, "each producer alone": False}
 

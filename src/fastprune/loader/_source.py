@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._cpus import rank_cpus, usable_cpus
+from .._cpus import rank_cpus
 from .._native import core
 from ..errors import StoreError
 from ..store.reader import Store

@@ -93,10 +93,11 @@ class Loader:
             first batch is not one core's work). Default: the CPUs this process may use when the
             store holds JPEGs (a distributed rank's share of them: the machine's ranks, as its
             launcher counts them in ``LOCAL_WORLD_SIZE``, MPI's, DeepSpeed's or Slurm's variables,
-            split the CPUs they may run on); at most 4 when it holds raw pixels only, whose batches cost little
-            native work next to each producer's Python (on the H200's 16 cores, raw 28 px batches
-            fed 528k img/s with 4 threads and 244k with 16, in windows that also timed the
-            producers' start-up: benchmarks/results/gpu_h200.md; to be re-measured).
+            split the CPUs they may run on); at most 4 when it holds raw pixels only, whose
+            batches cost little native work next to each producer's Python (on the H200's 16
+            cores, raw 28 px batches fed 528k img/s with 4 threads and 244k with 16, in windows
+            that also timed the producers' start-up: benchmarks/results/gpu_h200.md; to be
+            re-measured).
         prefetch: finished batches kept ready per producer.
         thread_nice: how many nice steps (0-19) below the iterating thread's priority the
             producer threads (and the pool's) run, so that the training loop's own thread, which launches the
