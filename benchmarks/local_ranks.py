@@ -88,7 +88,8 @@ def run_setting(store: Path, ranks: int, setting: str, args) -> dict:
                     raise SystemExit(f"a rank failed ({setting}, {ranks} ranks): exit code {p.returncode}")
         finally:
             for p in procs:
-                p.kill() if p.poll() is None else None
+                if p.poll() is None:
+                    p.kill()
         seen = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(ranks)]
     span = max(s["end"] for s in seen) - min(s["start"] for s in seen)
     return {"ranks": ranks, "setting": setting, "threads_per_rank": seen[0]["threads"],
@@ -130,9 +131,8 @@ def main(argv=None) -> dict:
                          "img_per_s_all": [r["img_per_s"] for r in mine],
                          "peak_rss_bytes_median": statistics.median(r["peak_rss_bytes_max"] for r in mine),
                          "in_flight_bytes": mine[0]["in_flight_bytes"]})
-    ratios = {str(ranks): next(r["img_per_s_median"] for r in rows if r["ranks"] == ranks and r["setting"] == "share")
-              / next(r["img_per_s_median"] for r in rows if r["ranks"] == ranks and r["setting"] == "every CPU")
-              for ranks in args.ranks}
+    medians = {(r["ranks"], r["setting"]): r["img_per_s_median"] for r in rows}
+    ratios = {str(ranks): medians[ranks, "share"] / medians[ranks, "every CPU"] for ranks in args.ranks}
     # Each repeat ran the two settings back to back: their ratio is the same-moment comparison.
     paired = {str(ranks): [a["img_per_s"] / b["img_per_s"] for a, b in zip(runs[0::2], runs[1::2]) if a["ranks"] == ranks]
               for ranks in args.ranks}

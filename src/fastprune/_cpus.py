@@ -51,7 +51,7 @@ def rank_cpus() -> int:
     launcher = launcher_variable()
     if launcher is None:
         return usable_cpus()
-    local = _rank_count(*launcher, os.environ)
+    local = local_ranks()
     mine = _affinity()
     siblings = sibling_cpu_sets(marker="=".join(launcher))
     cpus = len(mine) // ranks_sharing(mine, local, siblings, machine_cpus())
