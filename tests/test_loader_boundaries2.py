@@ -148,6 +148,65 @@ def test_producers_build_at_most_prefetch_batches_ahead(tmp_path):
     it.close()
 
 
+def test_a_slow_batch_holds_up_only_its_own_producer(tmp_path):
+    """A free producer takes the next unstarted batch: while batch 0 is stuck, the other producer
+    builds batches 1.. up to the window (threads x (prefetch + 1) batches started and not taken),
+    and no further. (With batch k fixed to producer k % threads it built only 1, 3, 5.)"""
+    import threading
+    import time
+
+    from fastprune.loader.transforms import BatchTransform
+
+    class StuckFirst(BatchTransform):
+        def __init__(self):
+            self.release, self.built, self.lock = threading.Event(), [], threading.Lock()
+
+        def __call__(self, images, ids, stream):
+            if 0 in ids:  # batch 0 (shuffle=False)
+                self.release.wait(10)
+            with self.lock:
+                self.built.append(int(ids[0]) // 2)
+            return images
+
+    store = from_arrays(np.zeros((64, 4, 4, 3), np.uint8), np.arange(64) % 2, tmp_path / "s.beton", progress=False)
+    stuck = StuckFirst()
+    it = iter(Loader(store, 2, threads=2, prefetch=2, shuffle=False, transforms=[stuck]))  # 32 batches
+    result = []
+    consumer = threading.Thread(target=lambda: result.append(next(it)))
+    consumer.start()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and len(stuck.built) < 5:
+        time.sleep(0.02)
+    time.sleep(0.2)  # had the window not held, more would be built by now
+    assert sorted(stuck.built) == [1, 2, 3, 4, 5]
+    stuck.release.set()
+    consumer.join(10)
+    assert result[0].indices.tolist() == [0, 1]
+    assert [b.indices[0].item() for b in it] == list(range(2, 64, 2))  # delivered in order
+
+
+def test_batches_finishing_out_of_order_arrive_in_order_and_identical(tmp_path):
+    """Random build times shuffle which producer builds which batch and when it finishes; the
+    batches handed out are the same as with one thread."""
+    import time
+
+    from fastprune.loader.transforms import BatchTransform, RandomHorizontalFlip
+
+    class Jitter(BatchTransform):
+        def __call__(self, images, ids, stream):
+            time.sleep(np.random.default_rng().uniform(0, 0.004))
+            return images
+
+    images = np.random.default_rng(0).integers(0, 256, (300, 6, 6, 3), dtype=np.uint8)
+    store = from_arrays(images, np.arange(300) % 3, tmp_path / "s.beton", progress=False)
+    runs = [[(b.indices.clone(), b.images.clone()) for b in
+             Loader(store, 7, threads=threads, seed=3, transforms=[Jitter(), RandomHorizontalFlip()])]
+            for threads in (1, 4)]
+    assert len(runs[0]) == len(runs[1]) == 43
+    for (ids1, im1), (ids4, im4) in zip(*runs):
+        assert torch.equal(ids1, ids4) and torch.equal(im1, im4)
+
+
 def test_a_transform_that_makes_a_new_array_hands_the_pinned_gather_buffer_back(tmp_path, monkeypatch):
     """GPU hand-off: a crop after the gather copies into a new pinned buffer; the gather's buffer
     must return to the pool, else every batch allocates pinned memory again (slow: cudaHostAlloc).

@@ -3,9 +3,10 @@
 Per epoch the loader asks the sampler for the epoch's selection (sample ids + weights), shuffles
 its order from (seed, epoch), takes this rank's shard, and hands the batches to ``threads``
 producer threads. A producer builds whole batches: native gather/decode (GIL released) then the
-numba transforms (nogil). Batch k is built by producer k % threads and delivered in order, so
-results are identical whatever the thread count; at most ``prefetch`` finished batches wait per
-producer, which bounds memory.
+numba transforms (nogil). A free producer takes the next unstarted batch, and batches are
+delivered in order; a batch's pixels depend only on its samples, the seed and the epoch, so
+results are identical whatever the thread count. At most ``threads x (prefetch + 1)`` batches are
+started and not yet handed out, which bounds memory.
 
 Why producer threads rather than one producer and the native thread pool inside each gather:
 the producers also run the transforms in parallel. Measured on 2 cores (2026-12-03, 2 threads,
@@ -20,7 +21,6 @@ import contextlib
 import copy
 import math
 import os
-import queue
 import threading
 import weakref
 from typing import Iterator, NamedTuple, Sequence
@@ -98,7 +98,8 @@ class Loader:
             cores, raw 28 px batches fed 528k img/s with 4 threads and 244k with 16, in windows
             that also timed the producers' start-up: benchmarks/results/gpu_h200.md; to be
             re-measured).
-        prefetch: finished batches kept ready per producer.
+        prefetch: finished batches kept ready per producer: at most ``threads x (prefetch + 1)``
+            batches are in flight (being built or waiting), which bounds memory.
         thread_nice: how many nice steps (0-19) below the iterating thread's priority the
             producer threads (and the pool's) run, so that the training loop's own thread, which launches the
             GPU's work, is not queued behind decoding when every core is busy (Linux; ignored
@@ -174,9 +175,9 @@ class Loader:
         self._source = open_source(store_or_path, image_field, label_field, threads=threads,
                                    max_pixels=max_image_pixels, nice=self.thread_nice)
         self.threads = self._source.gather.threads  # threads=None: default_threads of the store
-        # every buffer that can be in flight (queued per producer, copying ahead) stays in the pool:
-        # allocating pinned memory again costs milliseconds per batch
-        self._pinned = PinnedBuffers(keep=(self.threads + 1) * self.prefetch + 2) \
+        # every buffer that can be in flight stays in the pool (being built or finished ahead of the
+        # consumer, copying ahead, the one in use): allocating pinned memory again costs milliseconds
+        self._pinned = PinnedBuffers(keep=self.threads * (self.prefetch + 1) + self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
         self._stream = None  # the CUDA stream batches are copied on (_side_stream)
         self._pooled_gather = POOLED_FIRST_ROUND
@@ -478,7 +479,16 @@ def _close_live_runs() -> None:
 
 
 class _EpochRun:
-    """Producer threads for one pass; close() stops and joins them and drops queued batches.
+    """Producer threads for one pass; close() stops and joins them and drops finished batches.
+
+    A producer that is free takes the pass's next unstarted batch, so a slow batch (a large
+    photo, a producer preempted) holds up only its own thread; the consumer still receives batch
+    k as the k-th. At most ``threads x (prefetch + 1)`` batches are started and not yet taken by
+    the consumer, which bounds memory. Why not batch k on producer k % threads, each with its own
+    queue (the first design, the same bound): one late batch then stalls the whole pass once the
+    other producers' queues fill, and with threads = cores a stalled producer is an idle core
+    (benchmarks/producer_order.py).
+
     ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`).
     ``readahead``: a thread requests the next batches' bytes from the OS while the store is not in
     memory (:class:`Readahead`)."""
@@ -488,14 +498,20 @@ class _EpochRun:
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
         self.num_batches = len(bounds) - 1
         self._threads = max(1, min(threads, self.num_batches))
-        self._queues = [queue.Queue(maxsize=prefetch) for _ in range(self._threads)]
+        self._window = self._threads * (prefetch + 1)  # batches started and not yet taken
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # producers wait here for the window to move
+        self._ready = threading.Condition(self._lock)  # the consumer waits here for its next batch
+        self._next = 0  # the next batch a producer will start
+        self._taken = 0  # batches the consumer has taken
+        self._finished: dict[int, tuple] = {}  # batch number -> ("batch", Batch) or ("error", exc)
         self._stop = threading.Event()
         self._closed = False
         self.exiting = False  # closed by the interpreter's exit, not by its consumer
         self._turns = _GatherTurns(self._stop) if pooled else None
         self._readahead = None
-        self._workers = [threading.Thread(target=self._produce, args=(t,), daemon=True,
-                                          name=f"fastprune-loader-{t}") for t in range(self._threads)]
+        self._workers = [threading.Thread(target=self._produce, daemon=True, name=f"fastprune-loader-{t}")
+                         for t in range(self._threads)]
         try:
             if readahead:  # first: its hints for the first batches go out before their page faults
                 self._readahead = Readahead(build.source, ids, bounds, ahead=max(2, self._threads), stop=self._stop,
@@ -514,7 +530,7 @@ class _EpochRun:
 
     def batches(self) -> Iterator[Batch]:
         for k in range(self.num_batches):
-            kind, value = self._take(self._queues[k % self._threads])
+            kind, value = self._take(k)
             if kind == "error":
                 raise value
             yield value
@@ -526,21 +542,23 @@ class _EpochRun:
         if self._closed:
             return
         self._stop.set()
-        for q in self._queues:  # unblock producers waiting on a full queue, free their batches
-            _drain(q)
+        with self._lock:  # wake producers waiting for room: they see the stop and return
+            self._room.notify_all()
+            self._finished.clear()
         for w in self._workers:
             if w.ident is not None:  # started (one that failed to start cannot be joined)
                 w.join()
         if self._readahead is not None:
             self._readahead.join()
-        for q in self._queues:
-            _drain(q)
+        with self._lock:
+            self._finished.clear()  # what a producer finished while the first clear ran
         self._closed = True
 
-    def _produce(self, t: int) -> None:
+    def _produce(self) -> None:
         lower_thread_priority(self._nice)
-        for k in range(t, self.num_batches, self._threads):
-            if self._stop.is_set():
+        while True:
+            k = self._start_next()
+            if k is None:
                 return
             rows = slice(int(self._bounds[k]), int(self._bounds[k + 1]))
             if self._readahead is not None:
@@ -554,35 +572,39 @@ class _EpochRun:
                 _add_note(exc, f"raised by a fastprune loader thread while building batch {k} of epoch "
                                f"{self._build.epoch} (sample ids {self._ids[rows][:8].tolist()}...)")
                 item = ("error", exc)
-            if not self._put(self._queues[t], item) or item[0] == "error":
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._finished[k] = item
+                self._ready.notify()
+            if item[0] == "error":
                 return
 
-    def _put(self, q: queue.Queue, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _start_next(self) -> int | None:
+        """The number of the batch this producer starts next, once the window has room; None
+        when the pass is over or closed."""
+        with self._lock:
+            while not self._stop.is_set() and self._next < self.num_batches \
+                    and self._next >= self._taken + self._window:
+                self._room.wait(_POLL_S)
+            if self._stop.is_set() or self._next >= self.num_batches:
+                return None
+            self._next += 1
+            return self._next - 1
 
-    def _take(self, q: queue.Queue):
+    def _take(self, k: int):
         while True:
-            try:
-                return q.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not any(w.is_alive() for w in self._workers) and q.empty():
-                    if self.exiting and threading.current_thread() is not threading.main_thread():
-                        threading.Event().wait()  # a daemon thread's pass, stopped at exit: no error, the process ends
-                    raise RuntimeError("fastprune loader threads stopped without delivering a batch")
-
-
-def _drain(q: queue.Queue, empty=queue.Empty) -> None:  # bound now: usable during interpreter teardown
-    try:
-        while True:
-            q.get_nowait()
-    except empty:
-        pass
+            with self._lock:
+                if k in self._finished:
+                    self._taken = k + 1
+                    self._room.notify()  # one more batch may start
+                    return self._finished.pop(k)
+                if any(w.is_alive() for w in self._workers):  # (one putting k holds the lock)
+                    self._ready.wait(_POLL_S)
+                    continue
+            if self.exiting and threading.current_thread() is not threading.main_thread():
+                threading.Event().wait()  # a daemon thread's pass, stopped at exit: no error, the process ends
+            raise RuntimeError("fastprune loader threads stopped without delivering a batch")
 
 
 def _add_note(exc: BaseException, note: str) -> None:
