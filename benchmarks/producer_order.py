@@ -10,8 +10,8 @@ its own few batches ahead are built, and with threads = cores a stalled producer
 Three parts, each arm alternating with the other, medians:
   real      the Loader on this machine's cores: RandomResizedCrop 224 + flip + Normalize of
             --photos JPEG photos, batch --batch, --threads producers, epochs timed after a warm-up.
-  times     the build time of each batch of that pipeline with one producer (two epochs): how much
-            batch times vary here.
+  times     the build time of each batch of that pipeline with one producer (four epochs): how
+            much batch times vary here.
   replay    the Loader's producer threads (its own class) with builds that sleep for those
             measured times, drawn at random, at --replay-threads producers: what a big machine's
             cores would see, on this 2-core one. A model: real cores also contend for memory
@@ -103,8 +103,9 @@ def real_epochs(store: Path, args) -> dict[str, list[float]]:
     return rates
 
 
-def batch_times(store: Path, args) -> list[float]:
-    """Each batch's build time with one producer (so no producer waits on another)."""
+def batch_times(store: Path, args, epochs: int) -> list[float]:
+    """Each batch's build time with one producer (so no producer waits on another), over
+    ``epochs`` epochs after a warm-up."""
     times = []
     builder_class = loader_module._BatchBuilder
 
@@ -118,7 +119,7 @@ def batch_times(store: Path, args) -> list[float]:
     loader = Loader(store, args.batch, transforms=photo_pipeline("rrc", 224), threads=1)
     loader_module._BatchBuilder = Timed
     try:
-        for epoch in range(3):
+        for epoch in range(epochs + 1):
             if epoch == 1:
                 times.clear()  # the first epoch warms up
             for _ in loader:
@@ -206,7 +207,7 @@ def main(argv=None) -> dict:
         args.photos, args.batch, args.repeats, args.replay_threads, args.replay_batches_per_thread = 48, 8, 2, [4], 5
     with tempfile.TemporaryDirectory() as tmp:
         store = photo_store(args.workdir or Path(tmp), args.photos)
-        times = batch_times(store, args)
+        times = batch_times(store, args, epochs=2 if args.tiny else 4)
         print(f"batch build time, 1 producer: median {1e3 * statistics.median(times):.1f} ms, "
               f"cv {statistics.pstdev(times) / statistics.fmean(times):.2f}, max {1e3 * max(times):.1f} ms", flush=True)
         real = real_epochs(store, args)

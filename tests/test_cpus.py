@@ -189,6 +189,7 @@ def test_torchrun_ranks_default_to_their_share_of_the_loader_threads(tmp_path):
                       "ranks = -1 if launcher is None else len(_cpus.sibling_cpu_sets(marker='='.join(launcher)))\n"
                       "open(os.path.join(sys.argv[2], os.environ['RANK']), 'w').write(f'{loader.threads} {ranks}')\n")
     env = {k: v for k, v in os.environ.items() if k not in _cpus.LOCAL_RANKS_VARIABLES}
+    env["TMPDIR"] = str(tmp_path)  # torchrun leaves a folder there
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                     str(script), str(store), str(tmp_path)], check=True, env=env, capture_output=True, timeout=300)
     # each rank saw the other among its siblings (not only the fallback's fraction of the machine)

@@ -1,6 +1,7 @@
 """docs/integrations.md's PyTorch Lightning and Accelerate examples run as written (on CPU, one
 process), each block after the shared set-up block, as a script in a temp dir."""
 
+import os
 import re
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def test_plain_ddp_example_runs_under_torchrun(tmp_path):
     script.write_text(blocks[0] + "\n" + blocks[3])
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              "--nproc_per_node=2", str(script)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=180)
+                            timeout=180, env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's temp folders
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert [int(n) for n in re.findall(rf"rank {rank} epoch \d: (\d+) batches", result.stdout)] == [4] * 4
