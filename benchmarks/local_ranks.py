@@ -8,8 +8,8 @@ sets it, each iterating the same store of JPEG photos (RandomResizedCrop 224 + f
 the host into float32 batches): one warm-up epoch, then ``--epochs`` timed epochs started together
 (a file barrier). Reported per setting: loader threads per rank, the ranks' images/s together
 (all images over the span from the first start to the last end), each rank's peak RSS, and the
-bytes of the batches a rank can hold at once (``threads x (prefetch + 1)`` batches: each producer's
-queue and the batch it builds). Settings alternate, ``--repeats`` times; medians.
+bytes of the batches a rank can hold at once (``threads x (prefetch + 1)`` batches started and
+not yet handed out). Settings alternate, ``--repeats`` times; medians.
 
     .venv/bin/python benchmarks/local_ranks.py [--ranks 2 4] [--photos 4000] [--epochs 3] [--repeats 3] [--tiny]
 

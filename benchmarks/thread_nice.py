@@ -57,7 +57,7 @@ def calibrate(step_ms: float) -> int:
 def timed_run(loader: Loader | None, ops: int, batches: int) -> dict:
     """Main-thread work per batch and batches/s over the first ``batches`` batches of a fresh
     pass of ``loader`` (None: the work alone). From the start of a pass, as in a short epoch:
-    every producer decodes flat out until its queue is full."""
+    every producer decodes flat out until the batches ahead of the consumer reach their bound."""
     work, waited = [], 0.0
     start = time.perf_counter()
     batch_iter = iter(loader) if loader is not None else None

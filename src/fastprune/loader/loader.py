@@ -89,7 +89,7 @@ class Loader:
             back (see ``fastprune.train.make_loaders``). Excludes ``drop_last``.
         seed: seeds the order and every augmentation.
         threads: producer threads, each building whole batches, and the threads of the native
-            pool the first batch of each producer is gathered on, in turns (so that an epoch's
+            pool a pass's first ``threads`` batches are gathered on, in turns (so that an epoch's
             first batch is not one core's work). Default: the CPUs this process may use when the
             store holds JPEGs (a distributed rank's share of them: the machine's ranks, as its
             launcher counts them in ``LOCAL_WORLD_SIZE``, MPI's, DeepSpeed's or Slurm's variables,
@@ -98,8 +98,9 @@ class Loader:
             cores, raw 28 px batches fed 528k img/s with 4 threads and 244k with 16, in windows
             that also timed the producers' start-up: benchmarks/results/gpu_h200.md; to be
             re-measured).
-        prefetch: finished batches kept ready per producer: at most ``threads x (prefetch + 1)``
-            batches are in flight (being built or waiting), which bounds memory.
+        prefetch: how far producers may run ahead of the consumer: at most ``threads x (prefetch
+            + 1)`` batches are started and not yet handed out (being built or finished), which
+            bounds memory.
         thread_nice: how many nice steps (0-19) below the iterating thread's priority the
             producer threads (and the pool's) run, so that the training loop's own thread, which launches the
             GPU's work, is not queued behind decoding when every core is busy (Linux; ignored
@@ -175,10 +176,15 @@ class Loader:
         self._source = open_source(store_or_path, image_field, label_field, threads=threads,
                                    max_pixels=max_image_pixels, nice=self.thread_nice)
         self.threads = self._source.gather.threads  # threads=None: default_threads of the store
-        # every buffer that can be in flight stays in the pool (being built or finished ahead of the
-        # consumer, copying ahead, the one in use): allocating pinned memory again costs milliseconds
-        self._pinned = PinnedBuffers(keep=self.threads * (self.prefetch + 1) + self.prefetch + 2) \
+        # Every buffer that can be in flight stays in its pool (batches started ahead of the consumer,
+        # copying ahead, the one in use and the one before it): allocating pinned memory again costs
+        # milliseconds, a large array fresh from mmap its page faults.
+        in_flight = self.threads * (self.prefetch + 1)
+        self._pinned = PinnedBuffers(keep=in_flight + self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
+        for t in self.transforms:
+            if isinstance(t, Normalize):  # (one shared by several loaders keeps the largest count)
+                t._buffers.reserve(in_flight + 3)
         self._stream = None  # the CUDA stream batches are copied on (_side_stream)
         self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:
@@ -534,6 +540,7 @@ class _EpochRun:
             if kind == "error":
                 raise value
             yield value
+            value = None  # not held while the next one is waited for (recycled buffers reuse it)
 
     def close(self) -> None:
         # Once done, not again: the atexit hook closes a half-read pass, and its generator's
@@ -569,15 +576,17 @@ class _EpochRun:
             except _Stopped:
                 return
             except BaseException as exc:  # handed to the consumer, which re-raises it
-                _add_note(exc, f"raised by a fastprune loader thread while building batch {k} of epoch "
-                               f"{self._build.epoch} (sample ids {self._ids[rows][:8].tolist()}...)")
+                with contextlib.suppress(Exception):  # (a MemoryError here left batch k never delivered)
+                    _add_note(exc, f"raised by a fastprune loader thread while building batch {k} of epoch "
+                                   f"{self._build.epoch} (sample ids {self._ids[rows][:8].tolist()}...)")
                 item = ("error", exc)
             with self._lock:
                 if self._stop.is_set():
                     return
                 self._finished[k] = item
                 self._ready.notify()
-            if item[0] == "error":
+            failed, item = item[0] == "error", None  # the consumer's now: held here, it outlived its use
+            if failed:
                 return
 
     def _start_next(self) -> int | None:
