@@ -464,6 +464,28 @@ def test_normalize_on_the_device_gives_the_host_path_values(raw_store, pipeline)
             assert torch.equal(a.labels, b.labels) and torch.equal(a.weights, b.weights)
 
 
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_a_failing_batch_is_raised_after_every_batch_before_it(raw_store, where):
+    """The device hand-off reads ``prefetch`` batches ahead: batch 3's error was raised before
+    batches 1 and 2 were handed out. Both paths hand out 0, 1, 2, then raise, naming batch 3."""
+    from fastprune.loader.transforms import BatchTransform
+
+    class FailOnFourth(BatchTransform):
+        def __call__(self, images, ids, stream):
+            if 60 in ids:  # batch 3 of batches of 20, unshuffled
+                raise ValueError("bad sample")
+            return images
+
+    loader = Loader(raw_store, 20, shuffle=False, transforms=[FailOnFourth(), Normalize((0.5,) * 3, (0.2,) * 3)],
+                    threads=2, prefetch=2, normalize_on=where)
+    received = []
+    with pytest.raises(ValueError, match="bad sample") as raised:
+        for batch in loader:
+            received.append(batch.indices[0].item())
+    assert received == [0, 20, 40]
+    assert any("building batch 3 of epoch 0" in note for note in raised.value.__notes__)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CPU twin above runs everywhere)")
 def test_cuda_hand_off_copies_uint8_and_matches_the_host_path(raw_store):
     pipeline = [RandomCrop(padding=2), RandomHorizontalFlip(), Normalize((0.5,) * 3, (0.2,) * 3, channels_last=True)]

@@ -105,14 +105,24 @@ class DeviceFeed:
         """The batches in order. The copies in flight ramp up: batch k is handed out once batch
         ``k + min(k, ahead)`` is issued, so the epoch's first step waits for one host batch, not
         ``ahead + 1``, and later ones find their copy ``ahead`` batches old."""
-        in_flight, handed_out = collections.deque(), 0
-        for batch in batches:
+        in_flight, handed_out, error = collections.deque(), 0, None
+        batches = iter(batches)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:  # a batch that failed to build: those issued before it are good,
+                error = exc  # and the host path hands them out before raising too
+                break
             in_flight.append(self._issue(batch))
             if len(in_flight) > min(self.ahead, handed_out):
                 handed_out += 1
                 yield self._hand_out(*in_flight.popleft())
         while in_flight:
             yield self._hand_out(*in_flight.popleft())
+        if error is not None:
+            raise error
 
     def _issue(self, batch):
         """Queue the copies and the device-side transforms of one batch on the side stream."""
