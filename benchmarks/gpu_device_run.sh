@@ -11,7 +11,9 @@
 # "--skip end_to_end --fit-threads 16 --fit-nice 0 10 --fit-first-round pooled alone": which part of
 # fit's gap is loader threads competing with the launching thread, which the wait for each epoch's
 # first batch? each row records data_wait_s; nice 10 and pooled are a CUDA loader's defaults),
-# GPU_BENCH_S (gpu.py's time limit, default 330). Results land in $OUT/gpu.json and gpu.md.
+# GPU_BENCH_S (gpu.py's time limit, default 330), GPU_PRODUCER_ORDER=1 (then, about 90 s:
+# benchmarks/producer_order.py on the machine's 16 cores, the next-free rule vs batch k on producer
+# k % threads, over gpu.py's photo store). Results land in $OUT/gpu.json and gpu.md.
 REPO=$PWD
 # The build backend: the machine's own (the H200 had it), else the carried copy (another machine's image may not)
 python3 -c "import nanobind, scikit_build_core" 2>/dev/null || { echo "using the carried build backend"; \
@@ -32,3 +34,7 @@ cd /tmp && timeout "${GPU_BENCH_S:-330}" python3 "$REPO/benchmarks/gpu.py" --fmn
   --threads ${GPU_THREADS:-1 4 16} ${GPU_ARGS:-} --feed-batches 40 --workdir /tmp/gw --out "$OUT/gpu.json" 2>&1 \
   | grep -v Warning | tail -40
 echo "gpu.py rc=${PIPESTATUS[0]}"
+if [ "${GPU_PRODUCER_ORDER:-0}" = 1 ]; then
+  timeout 150 python3 "$REPO/benchmarks/producer_order.py" --threads 16 --replay-threads 16 64 --repeats 4 \
+    --photos 12800 --workdir /tmp/gw --out "$OUT/producer_order.json" 2>&1 | grep -v Warning | tail -12
+fi
