@@ -1,7 +1,7 @@
-"""Host Normalize's recycled output arrays: kept for the loader's batches in flight ("sized", the
-rule since 2026-12-06) against the first rule ("8 kept"): at most 8 arrays, and every array of
-another shape dropped when one is allocated, so an epoch's short last batch dropped the full-size
-ones and the next epoch allocated them again.
+"""Host Normalize's recycled output arrays: a pool per Loader, kept for the loader's batches in
+flight, the most recently used staying ("sized", the rule since 2026-12-06), against the first
+rule ("8 kept"): at most 8 arrays, and every array of another shape dropped when one is allocated,
+so an epoch's short last batch dropped the full-size ones and the next epoch allocated them again.
 
 Why it matters: a float32 batch of 128 x 3 x 224 x 224 is 77 MB; an array that large comes fresh
 from mmap and every page faults on first write. A Loader holds up to ``threads x (prefetch + 1)``
@@ -41,12 +41,13 @@ ARMS = ("sized", "8 kept")
 class CountingBuffers(_RecycledBuffers):
     """The pool, counting the arrays it allocates; ``first_rule`` restores the first rule."""
 
-    def __init__(self, first_rule: bool):
-        super().__init__()
+    def __init__(self, first_rule: bool, keep: int = 8):
+        super().__init__(keep=8 if first_rule else keep)
         self.first_rule, self.allocated = first_rule, 0
 
     def take(self, shape, dtype):
-        before = [id(a) for a in self._arrays]
+        with self._lock:
+            before = [id(a) for a in self._arrays]
         array = self._take_first_rule(shape, dtype) if self.first_rule else super().take(shape, dtype)
         self.allocated += id(array) not in before
         return array
@@ -61,17 +62,13 @@ class CountingBuffers(_RecycledBuffers):
             self._arrays.append(array)
             return array
 
-    def reserve(self, count):
-        if not self.first_rule:
-            super().reserve(count)
-
 
 def loader_for(store: Path, arm: str, batch: int, threads: int) -> tuple[Loader, CountingBuffers]:
-    pipeline = photo_pipeline("rrc", 224)
-    normalize = pipeline[-1]
+    loader = Loader(store, batch, transforms=photo_pipeline("rrc", 224), threads=threads)
+    normalize = loader.transforms[-1]  # the loader's own copy, with its own pool
     assert isinstance(normalize, Normalize)
-    normalize._buffers = buffers = CountingBuffers(first_rule=arm == "8 kept")
-    return Loader(store, batch, transforms=pipeline, threads=threads), buffers
+    normalize._buffers = buffers = CountingBuffers(first_rule=arm == "8 kept", keep=normalize._buffers._keep)
+    return loader, buffers
 
 
 def measure(store: Path, batch: int, threads: int, repeats: int) -> list[dict]:

@@ -563,10 +563,11 @@ def test_fields_named_like_metadata_columns_are_found_by_position(tmp_path, data
 
 
 def test_host_normalize_reuses_every_output_array_after_the_first_epoch(raw_store):
-    """Host Normalize's output arrays are recycled once nothing uses them. The pool keeps as many
-    as the loader can hold at once (threads x (prefetch + 1) started ahead, plus those in use), and
-    keeps them across an epoch's short last batch: with 8 kept whatever the loader, and every
-    full-size array dropped when the short one came, batches kept coming fresh from mmap."""
+    """Host Normalize's output arrays are recycled once nothing uses them. Each Loader's copy of
+    the Normalize has its own pool, as large as the loader can hold at once (threads x (prefetch +
+    1) started ahead, plus those in use), which keeps its arrays across an epoch's short last
+    batch and across the validation loader sharing the Normalize. With one pool of 8 whatever the
+    loader, every full-size array dropped when the short one came, batches kept coming fresh."""
     import time
 
     from fastprune.loader import transforms as transforms_module
@@ -575,21 +576,28 @@ def test_host_normalize_reuses_every_output_array_after_the_first_epoch(raw_stor
 
     class Counting(transforms_module._RecycledBuffers):
         def take(self, shape, dtype):
-            kept = [id(a) for a in self._arrays]
+            with self._lock:
+                kept = [id(a) for a in self._arrays]
             array = super().take(shape, dtype)
             fresh.append(id(array) not in kept)
             return array
 
     normalize = Normalize((0.5,) * 3, (0.2,) * 3)
-    normalize._buffers = Counting()
-    loader = Loader(raw_store, 23, transforms=[RandomCrop(padding=2), normalize], threads=4, prefetch=2)
-    for epoch in range(3):  # 14 batches of 23, the last of 2
+    train = Loader(raw_store, 23, transforms=[RandomCrop(padding=2), normalize], threads=4, prefetch=2)
+    val = Loader(raw_store, 100, transforms=[normalize], threads=2, shuffle=False)  # as make_loaders shares it
+    for loader in (train, val):
+        assert loader.transforms[-1] is not normalize and loader.transforms[-1].mean == normalize.mean
+        loader.transforms[-1]._buffers = Counting(keep=loader.transforms[-1]._buffers._keep)
+    assert train.transforms[-1]._buffers._keep == 4 * 3 + 3
+    for epoch in range(3):  # 14 batches of 23 (the last of 2), then 3 of 100
         fresh.clear()
-        for batch in loader:
+        for batch in train:
             time.sleep(0.01)  # a consumer slower than the producers: they fill their 12 batches ahead
-        assert len(fresh) == 14
+        for batch in val:
+            pass
+        assert len(fresh) == 17
         if epoch > 0:
-            assert not any(fresh), f"epoch {epoch}: {sum(fresh)} of 14 output arrays allocated afresh"
+            assert not any(fresh), f"epoch {epoch}: {sum(fresh)} of 17 output arrays allocated afresh"
 
 
 def test_pinned_buffers_are_reused_only_after_their_copy_completed(monkeypatch):

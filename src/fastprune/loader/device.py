@@ -113,7 +113,7 @@ class DeviceFeed:
             except StopIteration:
                 break
             except Exception as exc:  # a batch that failed to build: those issued before it are good,
-                error = exc  # and the host path hands them out before raising too
+                error = exc  # and the host path hands them out before raising too (Ctrl-C goes at once)
                 break
             in_flight.append(self._issue(batch))
             if len(in_flight) > min(self.ahead, handed_out):

@@ -182,9 +182,7 @@ class Loader:
         in_flight = self.threads * (self.prefetch + 1)
         self._pinned = PinnedBuffers(keep=in_flight + self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
-        for t in self.transforms:
-            if isinstance(t, Normalize):  # (one shared by several loaders keeps the largest count)
-                t._buffers.reserve(in_flight + 3)
+        self.transforms = [t._for_loader(in_flight + 3) if isinstance(t, Normalize) else t for t in self.transforms]
         self._stream = None  # the CUDA stream batches are copied on (_side_stream)
         self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:

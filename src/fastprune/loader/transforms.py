@@ -38,6 +38,7 @@ A transform that changes the image size overrides ``output_size(height, width)``
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import threading
@@ -503,21 +504,16 @@ class _RecycledBuffers:
 
     def take(self, shape: tuple, dtype) -> np.ndarray:
         with self._lock:
-            for array in self._arrays:
+            for k in range(len(self._arrays)):  # (enumerate's reused tuple would hold one more reference)
+                array = self._arrays[k]
                 if array.shape == shape and array.dtype == dtype and sys.getrefcount(array) <= self._FREE_REFCOUNT:
+                    self._arrays.append(self._arrays.pop(k))  # the most recently used go last
                     return array
             array = np.empty(shape, dtype)
-            # The newest stay, whatever their shape: an epoch's short last batch dropped every
-            # full-size array when it dropped the other shapes, and each epoch began by allocating
+            # The most recently used stay, whatever their shape: an epoch's short last batch dropped
+            # every full-size array when it dropped the other shapes, and each epoch began by allocating
             self._arrays = [*self._arrays[max(0, len(self._arrays) - self._keep + 1):], array]
             return array
-
-    def reserve(self, count: int) -> None:
-        """Keep at least ``count`` arrays: a Loader's producers and its consumer hold up to its
-        ``threads x (prefetch + 1)`` batches started ahead plus those in use. With 8 kept, 26-29
-        of an epoch's 32 batches came fresh from mmap at 8 threads (2 cores, unrecorded count)."""
-        with self._lock:
-            self._keep = max(self._keep, int(count))
 
     def __reduce__(self):  # copies and pickles start empty (a lock cannot be copied)
         return _RecycledBuffers, (self._keep,)
@@ -585,6 +581,16 @@ class Normalize(BatchTransform):
     def from_255(cls, mean: Sequence[float], std: Sequence[float], **kwargs) -> "Normalize":
         """Normalize with statistics in 0-255 pixel units (FFCV's convention): divides them by 255."""
         return cls([m / 255 for m in _rgb(mean, "mean")], [s / 255 for s in _rgb(std, "std")], **kwargs)
+
+    def _for_loader(self, in_flight: int) -> "Normalize":
+        """This Normalize with an output pool of its own, for a Loader that holds up to
+        ``in_flight`` batches (started ahead of its consumer and in use). With the 8 arrays kept
+        before, 26-29 of an epoch's 32 batches came fresh from mmap at 8 threads (2 cores,
+        unrecorded count); and one pool shared by a training and a validation loader
+        (``make_loaders``) had the two batch shapes evict each other."""
+        own = copy.copy(self)
+        own._buffers = _RecycledBuffers(keep=max(8, in_flight))
+        return own
 
     def __call__(self, images, ids, stream) -> torch.Tensor:
         b, h, w, _ = images.shape
