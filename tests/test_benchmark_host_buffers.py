@@ -12,7 +12,11 @@ def test_tiny_run_counts_the_arrays_each_rule_allocates(benchmark_script, tmp_pa
     written = json.loads(out.read_text())
     sized, first = written["runs"]
     assert (sized["arm"], first["arm"]) == ("sized", "8 kept") and sized["batches_per_epoch"] == 8  # 60 photos
-    assert sized["fresh_arrays_all"] == [0, 0]  # after the warm-up, every batch reuses an array
+    # The first rule drops the full-size arrays at each epoch's short last batch: the next epoch
+    # allocates one again, then the short one. The sized pool keeps both (it allocates only when
+    # more batches are alive at once than ever before: the test in test_loader.py fixes that).
+    assert all(fresh >= 2 for fresh in first["fresh_arrays_all"])
+    assert sum(sized["fresh_arrays_all"]) < sum(first["fresh_arrays_all"])
     assert all(r["img_per_s_median"] > 0 for r in written["runs"]) and "batch 8, 4 threads" in written["ratios"]
     assert "| 8 | 4 |" in out.with_suffix(".md").read_text()
 
