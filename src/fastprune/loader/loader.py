@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import math
 import os
 import threading
@@ -171,7 +170,7 @@ class Loader:
         self.rank, self.world_size = resolve_ranks(distributed)
         self._alone = alone_when_built(distributed, self.world_size)
         self.normalize_on = _check_normalize_on(normalize_on, self.device)
-        self.transforms = _check_transforms(transforms, pin=self.device.type == "cuda" and self.normalize_on == "host")
+        self.transforms = _check_transforms(transforms)
         max_image_pixels = check_positive_int(max_image_pixels, "max_image_pixels")
         self._source = open_source(store_or_path, image_field, label_field, threads=threads,
                                    max_pixels=max_image_pixels, nice=self.thread_nice)
@@ -182,7 +181,8 @@ class Loader:
         in_flight = self.threads * (self.prefetch + 1)
         self._pinned = PinnedBuffers(keep=in_flight + self.prefetch + 2) \
             if self.device.type == "cuda" and self.normalize_on == "device" else None
-        self.transforms = [t._for_loader(in_flight + 3) if isinstance(t, Normalize) else t for t in self.transforms]
+        pin = self.device.type == "cuda" and self.normalize_on == "host"  # float batches copied from pinned memory
+        self.transforms = [t._for_loader(in_flight + 3, pin) if isinstance(t, Normalize) else t for t in self.transforms]
         self._stream = None  # the CUDA stream batches are copied on (_side_stream)
         self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:
@@ -644,7 +644,7 @@ def _check_normalize_on(normalize_on: str, device: torch.device) -> str:
     return normalize_on
 
 
-def _check_transforms(transforms, pin: bool) -> list:
+def _check_transforms(transforms) -> list:
     if transforms is None:  # as the default (): none
         return []
     if isinstance(transforms, (str, bytes)) or not hasattr(transforms, "__iter__"):
@@ -660,11 +660,6 @@ def _check_transforms(transforms, pin: bool) -> list:
             raise ValueError(f"transforms[{i}]: Normalize must be the last transform (it returns a torch tensor)")
         if isinstance(t, _ResizedCrop) and i != 0:
             continue  # allowed: then it runs in numba on the uint8 batch
-    if pin:
-        transforms = [copy.copy(t) if isinstance(t, Normalize) else t for t in transforms]
-        for t in transforms:
-            if isinstance(t, Normalize):
-                t.pin_memory = True
     return transforms
 
 

@@ -582,13 +582,15 @@ class Normalize(BatchTransform):
         """Normalize with statistics in 0-255 pixel units (FFCV's convention): divides them by 255."""
         return cls([m / 255 for m in _rgb(mean, "mean")], [s / 255 for s in _rgb(std, "std")], **kwargs)
 
-    def _for_loader(self, in_flight: int) -> "Normalize":
-        """This Normalize with an output pool of its own, for a Loader that holds up to
+    def _for_loader(self, in_flight: int, pin: bool) -> "Normalize":
+        """This Normalize as a Loader runs it: writing pinned memory (``pin``, float batches bound
+        for CUDA), else recycled arrays of a pool of its own, sized for a Loader that holds up to
         ``in_flight`` batches (started ahead of its consumer and in use). With the 8 arrays kept
         before, 26-29 of an epoch's 32 batches came fresh from mmap at 8 threads (2 cores,
         unrecorded count); and one pool shared by a training and a validation loader
         (``make_loaders``) had the two batch shapes evict each other."""
         own = copy.copy(self)
+        own.pin_memory = self.pin_memory or pin
         own._buffers = _RecycledBuffers(keep=max(8, in_flight))
         return own
 
