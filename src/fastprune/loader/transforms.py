@@ -486,6 +486,12 @@ _LUT_STORAGE = {torch.float32: (np.float32, torch.float32), torch.float16: (np.u
                 torch.bfloat16: (np.uint16, torch.bfloat16)}
 
 
+def _references(items: list, k: int) -> int:
+    """``sys.getrefcount`` of ``items[k]``, read the same way for a pool's arrays and for its probe."""
+    item = items[k]
+    return sys.getrefcount(item)
+
+
 class _RecycledBuffers:
     """Output arrays reused once the caller has dropped every tensor that uses them.
 
@@ -493,21 +499,27 @@ class _RecycledBuffers:
     from mmap and is page-faulted in on first write, which cost as much as decoding the batch.
     ``torch.from_numpy`` keeps its array alive as long as any tensor or view of that storage
     lives, so an array whose reference count is down to the pool's own is free to reuse.
-    """
 
-    _FREE_REFCOUNT = 3  # the pool's list, the loop variable, getrefcount's argument
+    What "the pool's own" reads as depends on the interpreter: 3 on Python 3.10-3.13 (the list,
+    the local, getrefcount's argument), 2 on 3.14, whose compiler passes a local to a call as a
+    borrowed reference. A fixed 3 there reused an array that one tensor still held. So each take
+    compares with a probe array that only the pool's probe list holds, read by the same function.
+    """
 
     def __init__(self, keep: int = 8):
         self._arrays: list[np.ndarray] = []
+        self._probe = [np.empty(0)]  # referenced by this list alone: the count of a free array
         self._keep = keep
         self._lock = threading.Lock()
 
     def take(self, shape: tuple, dtype) -> np.ndarray:
         with self._lock:
-            for k in range(len(self._arrays)):  # (enumerate's reused tuple would hold one more reference)
-                array = self._arrays[k]
-                if array.shape == shape and array.dtype == dtype and sys.getrefcount(array) <= self._FREE_REFCOUNT:
-                    self._arrays.append(self._arrays.pop(k))  # the most recently used go last
+            free, arrays = _references(self._probe, 0), self._arrays
+            # No local may hold a candidate while it is counted (enumerate's reused tuple would too)
+            for k in range(len(arrays)):
+                if arrays[k].shape == shape and arrays[k].dtype == dtype and _references(arrays, k) <= free:
+                    array = arrays.pop(k)
+                    arrays.append(array)  # the most recently used go last
                     return array
             array = np.empty(shape, dtype)
             # The most recently used stay, whatever their shape: an epoch's short last batch dropped
