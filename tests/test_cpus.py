@@ -182,12 +182,20 @@ def test_torchrun_ranks_default_to_their_share_of_the_loader_threads(tmp_path):
     store = tmp_path / "s.beton"
     from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 2, store, jpeg=True, progress=False)
     script = tmp_path / "rank.py"
-    script.write_text("import os, sys, fastprune\n"
+    script.write_text("import os, sys, time, fastprune\n"
                       "from fastprune import _cpus\n"
                       "loader = fastprune.Loader(sys.argv[1], 4)\n"
                       "launcher = _cpus.launcher_variable()\n"
                       "ranks = -1 if launcher is None else len(_cpus.sibling_cpu_sets(marker='='.join(launcher)))\n"
-                      "open(os.path.join(sys.argv[2], os.environ['RANK']), 'w').write(f'{loader.threads} {ranks}')\n")
+                      "out = os.path.join(sys.argv[2], os.environ['RANK'])\n"
+                      "open(out + '.part', 'w').write(f'{loader.threads} {ranks}')\n"
+                      "os.replace(out + '.part', out)\n"
+                      # Neither rank exits before both have looked: a rank that had finished and been
+                      # reaped was no longer the other's sibling (1 run in 12 read '1 0')
+                      "deadline = time.monotonic() + 120\n"
+                      "while os.environ['RANK'] in ('0', '1') and time.monotonic() < deadline and not all(\n"
+                      "        os.path.exists(os.path.join(sys.argv[2], r)) for r in ('0', '1')):\n"
+                      "    time.sleep(0.02)\n")
     env = {k: v for k, v in os.environ.items() if k not in _cpus.LOCAL_RANKS_VARIABLES}
     env["TMPDIR"] = str(tmp_path)  # torchrun leaves a folder there
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

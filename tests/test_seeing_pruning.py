@@ -207,6 +207,7 @@ def _scalars(folder):
 
 
 def test_tensorboard_logger_writes_loss_accuracy_kept_fraction_and_overhead(tmp_path):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     from fastprune.train import TensorBoardLogger
 
     with TensorBoardLogger(tmp_path / "tb", num_samples=60) as logger:
@@ -220,6 +221,7 @@ def test_tensorboard_logger_writes_loss_accuracy_kept_fraction_and_overhead(tmp_
 
 
 def test_train_writes_tensorboard_and_the_kept_grid_on_request(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     store = _store(tmp_path, n=60, names=("cat", "dog"))
     argv = ["train", "--train", str(store), "--val", str(store), "--epochs", "2", "--width", "4", "--batch-size",
             "6", "--no-progress", "--threads", "1", "--keep", "0.5"]
@@ -266,6 +268,7 @@ def test_curves_show_a_peak_above_every_final_accuracy(tmp_path):
 
 
 def test_bench_records_the_model_it_ran_and_writes_grids_and_tensorboard_per_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     import json
 
     (tmp_path / "mymodels.py").write_text(
@@ -328,6 +331,7 @@ def test_a_sharded_full_epoch_does_not_count_the_spare_sample_it_leaves_out():
 
 
 def test_tensorboard_folders_hold_one_run_each(tmp_path, capsys):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     store = _store(tmp_path, n=60, names=("cat", "dog"))
     argv = ["train", "--train", str(store), "--val", str(store), "--epochs", "2", "--width", "4", "--batch-size",
             "6", "--no-progress", "--threads", "1", "--keep", "0.5", "--tensorboard", str(tmp_path / "tb")]
@@ -344,6 +348,7 @@ def test_tensorboard_folders_hold_one_run_each(tmp_path, capsys):
 
 
 def test_bench_refuses_a_tensorboard_folder_of_earlier_runs_and_overwrite_replaces_each_runs_events(tmp_path):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     from fastprune.train.tensorboard import event_files
 
     store = _store(tmp_path, n=48)
@@ -425,6 +430,7 @@ def test_train_refuses_a_kept_grid_of_full_data(tmp_path, capsys):
 
 
 def test_tensorboard_logger_writes_nothing_unused_and_its_writer_works_before_training(tmp_path):
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed with dev)
     from fastprune.train import TensorBoardLogger
     from fastprune.train.tensorboard import event_files
 
