@@ -84,6 +84,10 @@ def run_worker(tree: Path | None, args) -> dict[str, list[float]]:
 
 def export_base(base: str, into: Path) -> Path:
     """``base``'s src/fastprune under ``into``, with the working tree's native core beside it."""
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=REPO,
+                           capture_output=True, text=True)
+    if known.returncode != 0:
+        raise SystemExit(f"revisions.py: --base {base}: no such revision in {REPO} (a shallow clone lacks history)")
     native = subprocess.run(["git", "diff", "--stat", base, "--", "csrc", "CMakeLists.txt"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.strip()
     if native:

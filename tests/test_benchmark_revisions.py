@@ -37,13 +37,25 @@ def test_pairs_alternate_which_revision_runs_first_and_ratios_are_paired(benchma
     assert result["rows"][0]["paired_ratios"] == [2.0, 2.0, 2.0]
 
 
-def test_a_base_with_another_native_core_is_refused(benchmark_script, tmp_path):
+def test_a_base_with_another_native_core_or_none_at_all_is_refused(benchmark_script, tmp_path, monkeypatch):
     script = benchmark_script("revisions")
-    changed = subprocess.run(["git", "log", "--format=%h", "-1", "--", "csrc"], cwd=script.REPO,
-                             capture_output=True, text=True, check=True).stdout.strip()
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    (repo / "csrc").mkdir(parents=True)
+    (repo / "src" / "fastprune").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for version in ("1", "2"):  # the native core changes between the two commits
+        (repo / "csrc" / "core.cpp").write_text(f"int v = {version};\n")
+        (repo / "src" / "fastprune" / "__init__.py").write_text(f"v = {version}\n")
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", version], check=True)
+    monkeypatch.setattr(script, "REPO", repo)
+    (tmp_path / "out").mkdir()
     with pytest.raises(SystemExit, match="native core differs"):
-        script.export_base(f"{changed}~1", tmp_path)
-    assert not (tmp_path / "src").exists()
+        script.export_base("HEAD~1", tmp_path / "out")
+    with pytest.raises(SystemExit, match="--base nope: no such revision"):
+        script.export_base("nope", tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
 
 
 def test_the_base_process_must_import_the_exported_tree(benchmark_script, tmp_path, monkeypatch):
