@@ -73,7 +73,8 @@ def run_worker(tree: Path | None, args) -> dict[str, list[float]]:
     command += ["--limit", str(args.limit)] if args.limit else []
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:
-        raise SystemExit(f"revisions.py: the {'base' if tree else 'working-tree'} process failed:\n{done.stderr[-3000:]}")
+        which = "base" if tree else "working-tree"
+        raise SystemExit(f"revisions.py: the {which} process failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if tree is not None and not Path(result["fastprune"]).is_relative_to(tree):
         raise SystemExit(f"revisions.py: the base process imported {result['fastprune']}, not the exported {tree}")
@@ -105,7 +106,7 @@ def export_base(base: str, into: Path) -> Path:
 def compare(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         base_tree = export_base(args.base, Path(tmp))
-        run_worker(None, args)  # writes the data files once, and warms numba's cache for both
+        run_worker(None, args)  # writes the data files before any timed pair
         pairs = []
         for pair in range(args.pairs):
             order = [("head", None), ("base", base_tree)]
