@@ -33,7 +33,7 @@ from loader_throughput import photo_pipeline, photo_store  # noqa: E402
 
 from fastprune.bench.machine import command_line, machine, now, provenance, write_json, write_markdown  # noqa: E402
 from fastprune.loader import Loader, Normalize  # noqa: E402
-from fastprune.loader.transforms import _RecycledBuffers, _references  # noqa: E402
+from fastprune.loader.transforms import _RecycledBuffers  # noqa: E402
 
 ARMS = ("sized", "8 kept")
 
@@ -54,11 +54,9 @@ class CountingBuffers(_RecycledBuffers):
 
     def _take_first_rule(self, shape, dtype):
         with self._lock:
-            free = _references(self._probe, 0)  # the pool's free test, on any interpreter
-            arrays = self._arrays
-            for k in range(len(arrays)):  # no local holds a candidate while it is counted
-                if arrays[k].shape == shape and arrays[k].dtype == dtype and _references(arrays, k) <= free:
-                    return arrays[k]
+            k = self._free_index(shape, dtype)  # the pool's own free test
+            if k is not None:
+                return self._arrays[k]
             array = np.empty(shape, dtype)
             self._arrays = [a for a in self._arrays if a.shape == shape and a.dtype == dtype][-(self._keep - 1):]
             self._arrays.append(array)

@@ -512,15 +512,23 @@ class _RecycledBuffers:
         self._keep = keep
         self._lock = threading.Lock()
 
+    def _free_index(self, shape: tuple, dtype) -> int | None:
+        """The index of a kept array of this shape and dtype that nothing else holds (call with
+        the lock held)."""
+        free, arrays = _references(self._probe, 0), self._arrays
+        # No local may hold a candidate while it is counted (enumerate's reused tuple would too)
+        for k in range(len(arrays)):
+            if arrays[k].shape == shape and arrays[k].dtype == dtype and _references(arrays, k) <= free:
+                return k
+        return None
+
     def take(self, shape: tuple, dtype) -> np.ndarray:
         with self._lock:
-            free, arrays = _references(self._probe, 0), self._arrays
-            # No local may hold a candidate while it is counted (enumerate's reused tuple would too)
-            for k in range(len(arrays)):
-                if arrays[k].shape == shape and arrays[k].dtype == dtype and _references(arrays, k) <= free:
-                    array = arrays.pop(k)
-                    arrays.append(array)  # the most recently used go last
-                    return array
+            k = self._free_index(shape, dtype)
+            if k is not None:
+                array = self._arrays.pop(k)
+                self._arrays.append(array)  # the most recently used go last
+                return array
             array = np.empty(shape, dtype)
             # The most recently used stay, whatever their shape: an epoch's short last batch dropped
             # every full-size array when it dropped the other shapes, and each epoch began by allocating
