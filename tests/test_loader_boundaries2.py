@@ -252,3 +252,50 @@ def test_label_field_naming_the_image_field_is_refused_naming_label_field(tmp_pa
     store = from_arrays(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
     with pytest.raises(ValueError, match=r"label_field='image' is not a scalar field of this store"):
         Loader(store, 4, label_field="image")
+
+
+@pytest.mark.parametrize("cuda_device", [1, None])
+def test_producer_threads_make_the_loaders_gpu_their_current_device(tmp_path, monkeypatch, cuda_device):
+    """A new thread's CUDA device is 0: a producer's pinning and its queries of a copy's event
+    could make a context on GPU 0 for a rank training on GPU 1. Each producer sets the loader's
+    device once, before its first batch; a CPU loader's producers set none, and a failure reaches
+    the consumer as an error. (torch.cuda.set_device is stood in for: this machine has no GPU.)"""
+    import threading
+
+    from fastprune.loader._source import open_source
+    from fastprune.loader.loader import _BatchBuilder, _EpochRun, batch_bounds
+
+    calls, built = [], set()
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append((threading.current_thread().name, d)))
+
+    class Recording(_BatchBuilder):
+        def __call__(self, *args, **kwargs):
+            name = threading.current_thread().name
+            assert (name in dict(calls)) == (cuda_device is not None), "a batch built before the device was set"
+            built.add(name)
+            return super().__call__(*args, **kwargs)
+
+    store = from_arrays(np.zeros((64, 4, 4, 3), np.uint8), np.arange(64) % 2, tmp_path / "s.beton", progress=False)
+    builder = Recording(open_source(store, None, None, threads=1), [], [], 0, cuda_device=cuda_device)
+    ids, weights = np.arange(64, dtype=np.int64), np.ones(64, np.float32)
+    run = _EpochRun(builder, ids, weights, batch_bounds(64, 4), threads=3, prefetch=1)
+    try:
+        assert sum(len(batch.indices) for batch in run.batches()) == 64
+    finally:
+        run.close()
+    if cuda_device is None:
+        assert calls == []
+        return
+    assert sorted(calls) == [(name, 1) for name in sorted(built)]  # once in each producer that built a batch
+
+    def broken(device):
+        raise RuntimeError("CUDA error: invalid device ordinal")
+
+    monkeypatch.setattr(torch.cuda, "set_device", broken)
+    run = _EpochRun(_BatchBuilder(builder.source, [], [], 0, cuda_device=7), ids, weights, batch_bounds(64, 4),
+                    threads=2, prefetch=1)
+    try:
+        with pytest.raises(RuntimeError, match="invalid device ordinal"):
+            list(run.batches())
+    finally:
+        run.close()

@@ -293,7 +293,8 @@ class Loader:
     def _batch_builder(self, epoch: int) -> "_BatchBuilder":
         host = self._pipeline()[0]
         streams = [stream_key(self.seed, epoch, salt) for salt in range(len(host))]
-        return _BatchBuilder(self._source, host, streams, epoch, self._pinned)
+        cuda = self.device.index if self.device.type == "cuda" else None
+        return _BatchBuilder(self._source, host, streams, epoch, self._pinned, cuda_device=cuda)
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":
@@ -355,8 +356,9 @@ def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.nd
 class _BatchBuilder:
     """Builds one batch from its sample ids: native gather/decode, then the transforms."""
 
-    def __init__(self, source, transforms, streams, epoch, pinned=None):
+    def __init__(self, source, transforms, streams, epoch, pinned=None, cuda_device: int | None = None):
         self.source, self.transforms, self.streams, self.epoch = source, transforms, streams, epoch
+        self.cuda_device = cuda_device  # the loader's GPU: each producer thread makes it its own
         # The native gather also does a first resized crop and a flip right after it (or first).
         self.fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
         at = int(self.fused_crop)
@@ -364,6 +366,14 @@ class _BatchBuilder:
         self.fused = at + int(self.fused_flip)
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
         self.pinned = pinned  # uint8 batches end in these recycled pinned buffers (GPU hand-off)
+
+    def bind_thread(self) -> None:
+        """Make the loader's GPU this (producer) thread's current device. A new thread's CUDA
+        device is 0, and its CUDA calls (pinning a batch, asking whether a pinned buffer's copy
+        has run) could make a context there: ~300-500 MB on GPU 0 for every rank training on
+        another GPU. torch's DataLoader sets its pin-memory thread's device for the same reason."""
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
 
     def __call__(self, ids: np.ndarray, weights: np.ndarray, turn=None) -> Batch:
         """``turn``: None gathers on this thread alone; a context manager (the epoch's
@@ -561,6 +571,7 @@ class _EpochRun:
 
     def _produce(self) -> None:
         lower_thread_priority(self._nice)
+        bound = False
         while True:
             k = self._start_next()
             if k is None:
@@ -569,6 +580,9 @@ class _EpochRun:
             if self._readahead is not None:
                 self._readahead.started(k)
             try:
+                if not bound:  # in the try: a failure reaches the consumer as this batch's error
+                    self._build.bind_thread()
+                    bound = True
                 turn = None if self._turns is None or k >= self._threads else self._turns.turn(k)
                 item = ("batch", self._build(self._ids[rows], self._weights[rows], turn))
             except _Stopped:
