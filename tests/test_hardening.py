@@ -275,6 +275,8 @@ def test_empty_source_is_refused_by_the_writer(tmp_path):
     (np.arange(3), np.ones(3, complex), "losses must be numbers"),
     (np.arange(3), np.ones((3, 1)), "losses must be 1-D"),
     (np.arange(3), 1.0, "losses must be 1-D"),
+    (3, 1.0, r"indices must be 1-D .* got shape \(\)"),  # DataLoader(batch_size=None): a TypeError from len()
+    (torch.tensor(3), torch.tensor(1.0), r"indices must be 1-D .* got shape \(\)"),
 ])
 def test_update_rejects_bad_losses_and_indices(indices, losses, match):
     strategy = fastprune.UniformRandom(10, keep=0.5)

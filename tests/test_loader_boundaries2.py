@@ -276,9 +276,9 @@ def test_producer_threads_make_the_loaders_gpu_their_current_device(tmp_path, mo
             return super().__call__(*args, **kwargs)
 
     store = from_arrays(np.zeros((64, 4, 4, 3), np.uint8), np.arange(64) % 2, tmp_path / "s.beton", progress=False)
-    builder = Recording(open_source(store, None, None, threads=1), [], [], 0, cuda_device=cuda_device)
+    builder = Recording(open_source(store, None, None, threads=1), [], [], 0)
     ids, weights = np.arange(64, dtype=np.int64), np.ones(64, np.float32)
-    run = _EpochRun(builder, ids, weights, batch_bounds(64, 4), threads=3, prefetch=1)
+    run = _EpochRun(builder, ids, weights, batch_bounds(64, 4), threads=3, prefetch=1, cuda_device=cuda_device)
     try:
         assert sum(len(batch.indices) for batch in run.batches()) == 64
     finally:
@@ -292,8 +292,8 @@ def test_producer_threads_make_the_loaders_gpu_their_current_device(tmp_path, mo
         raise RuntimeError("CUDA error: invalid device ordinal")
 
     monkeypatch.setattr(torch.cuda, "set_device", broken)
-    run = _EpochRun(_BatchBuilder(builder.source, [], [], 0, cuda_device=7), ids, weights, batch_bounds(64, 4),
-                    threads=2, prefetch=1)
+    run = _EpochRun(_BatchBuilder(builder.source, [], [], 0), ids, weights, batch_bounds(64, 4), threads=2,
+                    prefetch=1, cuda_device=7)
     try:
         with pytest.raises(RuntimeError, match="invalid device ordinal"):
             list(run.batches())

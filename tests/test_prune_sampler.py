@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fastprune
 from fastprune import PrunedSampler, WithIndices
+from fastprune.errors import UsageWarning
 from fastprune.random_streams import epoch_permutation
 
 
@@ -99,7 +100,8 @@ def test_without_set_epoch_each_pass_runs_the_next_epoch():
     assert passes[0] != passes[1] != passes[2]                          # pruning follows the scores
     sampler.set_epoch(1)
     assert sorted(sampler) == sorted(strategy.select(1).indices.tolist()) and sampler.epoch == 2
-    next(iter(sampler))                                                 # broken off: no advance
+    with pytest.warns(UsageWarning, match="runs epoch 2 again"):        # epoch 2 was trained above
+        next(iter(sampler))                                             # broken off: no advance
     assert sampler.epoch == 2
     sampler.set_epoch(7)
     it = iter(sampler)
@@ -271,3 +273,88 @@ def test_a_strategy_opted_out_of_gathering_under_a_sharding_sampler_warns():
         warnings.simplefilter("error", RuntimeWarning)
         PrunedSampler(fastprune.UCB(10), num_replicas=2, rank=0)
         PrunedSampler(fastprune.UCB(10, distributed=False))
+
+
+def _pass(sampler, strategy):
+    """One pass of a DataLoader over ``sampler``, its losses fed back: the sorted ids it trained."""
+    ids = torch.cat([indices for _, _, indices in DataLoader(WithIndices(_dataset()), batch_size=10,
+                                                             sampler=sampler)])
+    strategy.update(ids, torch.rand(len(ids)))
+    return sorted(ids.tolist())
+
+
+def test_a_new_sampler_each_epoch_warns_that_it_repeats_a_subset_and_set_epoch_moves_on():
+    """User audit: a DataLoader (and its sampler) built inside the epoch loop started every
+    sampler at epoch 0, and the strategy handed back epoch 0's cached subset each time: half the
+    samples never seen, silently (behind a warm-up epoch, no pruning at all)."""
+    strategy = fastprune.UCB(100, keep=0.5, seed=1, warmup_epochs=0)
+    first = _pass(PrunedSampler(strategy, seed=2), strategy)
+    with pytest.warns(UsageWarning, match=r"runs epoch 0 again \(UCB got its losses\), so it repeats"):
+        assert _pass(PrunedSampler(strategy, seed=2), strategy) == first
+    with warnings.catch_warnings():  # set_epoch chooses the epoch: no warning, the next subset
+        warnings.simplefilter("error")
+        for epoch in (1, 2):
+            sampler = PrunedSampler(strategy, seed=2)
+            sampler.set_epoch(epoch)
+            assert _pass(sampler, strategy) == sorted(strategy.select(epoch).indices.tolist())
+        one = PrunedSampler(strategy, seed=2)  # one sampler for the run: each pass runs the next epoch
+        one.set_epoch(3)
+        for _ in range(3):
+            _pass(one, strategy)
+    assert strategy.current_epoch == 5
+
+
+def test_resuming_needs_set_epoch_and_then_selects_what_an_uninterrupted_run_does():
+    """A fresh sampler over a strategy loaded from a checkpoint ran epochs 0, 1, 2 again (the
+    full warm-up first) with the updates filed under the checkpoint's epoch; it now warns, and
+    with set_epoch the resumed epochs select as the uninterrupted run's."""
+    def run(strategy, sampler, epochs):
+        return [_pass(sampler, strategy) for _ in range(epochs)]
+
+    torch.manual_seed(0)
+    whole = fastprune.UCB(100, keep=0.5, seed=1)
+    uninterrupted = run(whole, PrunedSampler(whole, seed=2), 5)
+    torch.manual_seed(0)
+    before = fastprune.UCB(100, keep=0.5, seed=1)
+    sampler = PrunedSampler(before, seed=2)
+    run(before, sampler, 3)
+    state, next_epoch = before.state_dict(), sampler.epoch
+    assert next_epoch == 3
+    after = fastprune.UCB(100, keep=0.5, seed=1)
+    after.load_state_dict(state)
+    with pytest.warns(UsageWarning, match="runs epoch 0 but UCB is at epoch 2"):
+        list(PrunedSampler(after, seed=2))
+    after = fastprune.UCB(100, keep=0.5, seed=1)
+    after.load_state_dict(state)
+    resumed = PrunedSampler(after, seed=2)
+    resumed.set_epoch(next_epoch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(after, resumed, 2) == uninterrupted[3:]
+
+
+def test_a_new_loader_on_a_trained_strategy_warns_unless_its_epoch_is_set(tmp_path):
+    import numpy as np
+
+    from fastprune.convert import from_arrays
+
+    store = from_arrays(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, tmp_path / "s.beton", progress=False)
+    strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
+
+    def epoch(loader):
+        for batch in loader:
+            strategy.update(batch.indices, torch.rand(len(batch.indices)))
+
+    epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1))
+    with pytest.warns(UsageWarning, match="Loader: this pass runs epoch 0 again"):
+        epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1))
+    strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = fastprune.Loader(store, 10, sampler=strategy, threads=1)
+        for _ in range(3):  # one loader: each pass runs the next epoch
+            epoch(loader)
+        again = fastprune.Loader(store, 10, sampler=strategy, threads=1)
+        again.set_epoch(3)
+        epoch(again)
+    assert strategy.current_epoch == 3

@@ -37,6 +37,7 @@ def test_readme_python_examples_run(tmp_path):
     assert "torch.Size([64, 3, 28, 28]) torch.float32" in result.stdout
     assert len(re.findall(r"^epoch \d: \d+ samples$", result.stdout, flags=re.M)) == 2
     assert "epoch 1: 500 samples" in result.stdout
+    assert "resumed at epoch 2: 500 samples" in result.stdout  # the guide's resume of a loop of one's own
     # the guide's compare() example: its table's rows, and a speed-up read off a row
     assert "| full | 1.0 | " in result.stdout and "| ucb | 0.5 | " in result.stdout
     ucb = re.search(r"UCB: ([\d.]+)% in [\d.]+ s of training, [\d.]+x full data's speed", result.stdout)

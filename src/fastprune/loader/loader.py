@@ -206,6 +206,7 @@ class Loader:
         self._epoch = check_epoch(epoch)
         # counted, so that a pass running now does not move the epoch on past this one
         self._epochs_set = getattr(self, "_epochs_set", 0) + 1
+        self._epoch_chosen = True  # the next pass runs the epoch asked for: no replay warning
 
     @property
     def num_samples(self) -> int:
@@ -250,6 +251,9 @@ class Loader:
         if self._alone:
             check_still_alone("Loader")
         epoch = self._epoch
+        chosen, self._epoch_chosen = getattr(self, "_epoch_chosen", False), False
+        if not chosen and hasattr(self.sampler, "_check_pass_epoch"):  # a new Loader on a trained strategy
+            self.sampler._check_pass_epoch(epoch, "Loader")
         ids, weights = self.epoch_order(epoch)
         if self._split > 1 and hasattr(self.sampler, "_note_order"):  # a pass: the ranks' update() calls check it
             self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)
@@ -262,7 +266,8 @@ class Loader:
                 self._epoch = epoch + 1
 
         run = _EpochRun(self._batch_builder(epoch), ids, weights, bounds, self.threads, self.prefetch, self.thread_nice,
-                        pooled=self._pooled_gather, readahead=self.readahead)  # closes itself if interrupted starting
+                        pooled=self._pooled_gather, readahead=self.readahead,  # closes itself if interrupted starting
+                        cuda_device=self.device.index if self.device.type == "cuda" else None)
         try:  # right after the run exists: a Ctrl-C before the try left its threads polling until exit
             if last == 0:
                 advance()
@@ -293,8 +298,7 @@ class Loader:
     def _batch_builder(self, epoch: int) -> "_BatchBuilder":
         host = self._pipeline()[0]
         streams = [stream_key(self.seed, epoch, salt) for salt in range(len(host))]
-        cuda = self.device.index if self.device.type == "cuda" else None
-        return _BatchBuilder(self._source, host, streams, epoch, self._pinned, cuda_device=cuda)
+        return _BatchBuilder(self._source, host, streams, epoch, self._pinned)
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":
@@ -356,9 +360,8 @@ def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.nd
 class _BatchBuilder:
     """Builds one batch from its sample ids: native gather/decode, then the transforms."""
 
-    def __init__(self, source, transforms, streams, epoch, pinned=None, cuda_device: int | None = None):
+    def __init__(self, source, transforms, streams, epoch, pinned=None):
         self.source, self.transforms, self.streams, self.epoch = source, transforms, streams, epoch
-        self.cuda_device = cuda_device  # the loader's GPU: each producer thread makes it its own
         # The native gather also does a first resized crop and a flip right after it (or first).
         self.fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
         at = int(self.fused_crop)
@@ -366,14 +369,6 @@ class _BatchBuilder:
         self.fused = at + int(self.fused_flip)
         self.pin = any(getattr(t, "pin_memory", False) for t in transforms)
         self.pinned = pinned  # uint8 batches end in these recycled pinned buffers (GPU hand-off)
-
-    def bind_thread(self) -> None:
-        """Make the loader's GPU this (producer) thread's current device. A new thread's CUDA
-        device is 0, and its CUDA calls (pinning a batch, asking whether a pinned buffer's copy
-        has run) could make a context there: ~300-500 MB on GPU 0 for every rank training on
-        another GPU. torch's DataLoader sets its pin-memory thread's device for the same reason."""
-        if self.cuda_device is not None:
-            torch.cuda.set_device(self.cuda_device)
 
     def __call__(self, ids: np.ndarray, weights: np.ndarray, turn=None) -> Batch:
         """``turn``: None gathers on this thread alone; a context manager (the epoch's
@@ -505,11 +500,17 @@ class _EpochRun:
 
     ``pooled``: the first round of batches takes turns on the native pool (:class:`_GatherTurns`).
     ``readahead``: a thread requests the next batches' bytes from the OS while the store is not in
-    memory (:class:`Readahead`)."""
+    memory (:class:`Readahead`). ``cuda_device``: a CUDA loader's GPU, which each producer makes
+    its thread's current device before its first batch: a new thread's device is 0, and its CUDA
+    calls (pinning a batch, asking whether a pinned buffer's copy has run) could make a context
+    there, ~300-500 MB on GPU 0 for every rank training on another GPU (torch's DataLoader sets
+    its pin-memory thread's device alike)."""
 
-    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False, readahead=False):
+    def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False, readahead=False,
+                 cuda_device: int | None = None):
         _LIVE_RUNS.add(self)
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
+        self._cuda_device = cuda_device
         self.num_batches = len(bounds) - 1
         self._threads = max(1, min(threads, self.num_batches))
         self._window = self._threads * (prefetch + 1)  # batches started and not yet taken
@@ -571,7 +572,7 @@ class _EpochRun:
 
     def _produce(self) -> None:
         lower_thread_priority(self._nice)
-        bound = False
+        bound = self._cuda_device is None
         while True:
             k = self._start_next()
             if k is None:
@@ -581,7 +582,7 @@ class _EpochRun:
                 self._readahead.started(k)
             try:
                 if not bound:  # in the try: a failure reaches the consumer as this batch's error
-                    self._build.bind_thread()
+                    torch.cuda.set_device(self._cuda_device)
                     bound = True
                 turn = None if self._turns is None or k >= self._threads else self._turns.turn(k)
                 item = ("batch", self._build(self._ids[rows], self._weights[rows], turn))

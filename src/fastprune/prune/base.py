@@ -312,6 +312,7 @@ class Strategy:
         self._started: tuple[int, int] | None = None  # (epoch, samples selected)
         self._losses_received = 0
         self._warned_unscored = False
+        self._warned_replay = False
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -364,6 +365,24 @@ class Strategy:
                       "strategy keeps unscored samples first, so it prunes by chance; pass every batch's "
                       "per-sample losses to update() (or weighted_loss), every micro-batch under gradient "
                       "accumulation", UsageWarning, stacklevel=_callers_level())
+
+    def _check_pass_epoch(self, epoch: int, consumer: str) -> None:
+        """A sampler's or Loader's pass over ``epoch`` starts, its epoch not chosen by set_epoch:
+        warn once when the strategy is past that epoch (before the latest selected, or the latest
+        after update() got losses for it). A consumer built anew, each epoch or after
+        load_state_dict, starts at epoch 0 and replayed the subsets chosen before, silently: one
+        subset every epoch and the others never seen, or no pruning at all behind a warm-up."""
+        latest = self._epoch
+        trained = self._started is not None and self._started[0] == latest and self._losses_received > 0
+        if self._warned_replay or not (epoch < latest or (epoch == latest and trained)):
+            return
+        self._warned_replay = True
+        where = f"again ({type(self).__name__} got its losses)" if epoch == latest else \
+            f"but {type(self).__name__} is at epoch {latest}"
+        warnings.warn(f"{consumer}: this pass runs epoch {epoch} {where}, so it repeats a subset chosen before "
+                      f"(a new {consumer} starts at epoch 0): use one {consumer} for the whole run, or call "
+                      f"set_epoch(epoch) at each epoch's start, after load_state_dict too", UsageWarning,
+                      stacklevel=_callers_level())
 
     def _looked_back(self, epoch: int) -> Selection:
         """``select`` of an epoch before the current one (``Loader.epoch_order(1)`` during epoch 4):
@@ -459,9 +478,10 @@ class Strategy:
         if self.distributed is not False and self.sharding is None:
             indices, losses, correct = gather_updates(indices, losses, correct, required=self.distributed is True,
                                                       agreement=self._agreement())
-        self._losses_received += len(indices)  # no sync: a tensor's length is on the host
-        return self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
-                                 defer=defer)
+        skipped = self.table.update(indices, losses, correct, epoch=self._epoch, skip_invalid=self.skip_invalid,
+                                    defer=defer)
+        self._losses_received += len(indices)  # after the table's checks (a scalar id has no len); on the host
+        return skipped
 
     def _agreement(self) -> Agreement:
         """What this rank's update() call must share with the other ranks' (checked in the gather);
