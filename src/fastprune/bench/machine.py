@@ -40,7 +40,7 @@ def _cpuinfo(key: str, path: Path | None = None) -> str | None:
 def cpu_id(path: Path | None = None) -> str | None:
     """Vendor, family and model of the CPU ("AuthenticAMD family 26 model 2"): the model name of a VM's
     CPU can be as vague as "AMD EPYC", which this project has seen on CPU kinds of very different
-    speeds (an AVX2 EPYC and a Zen 5 one)."""
+    speeds (Zen 2 and Zen 3 with AVX2 only, Zen 4 and Zen 5 with AVX512-BF16)."""
     parts = [_cpuinfo(key, path) for key in ("vendor_id", "cpu family", "model")]
     if None in parts:
         return None
@@ -61,7 +61,8 @@ def cpu_has_fast_bf16(flags: set[str] | None = None, vendor: str | None = None) 
     """Whether bf16 autocast trains the benchmark's model faster than fp32 on this CPU, by what was
     measured (docs/benchmarks.md): yes with AMX (Intel), and with AVX512-BF16 on AMD (Zen 5, whose
     512-bit units run bf16 dot products natively); no with AVX512-BF16 on Intel without AMX (oneDNN
-    converts to and from bf16 around each op). Zen 4 (family 25) is not measured."""
+    converts to and from bf16 around each op). On a Zen 4 (family 25 model 17), 1.29x fp32's speed
+    (benchmarks/cpu_precision.py)."""
     flags = cpu_flags() if flags is None else flags
     vendor = cpu_vendor() if vendor is None else vendor
     return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
