@@ -57,7 +57,14 @@ def test_npz_round_trip_and_jpeg(tmp_path):
 
 @pytest.mark.parametrize("images, labels, message", [
     (np.zeros((2, 4, 4, 3), np.float32), [0, 1], "dtype float32.*does not rescale"),
-    (np.zeros((2, 4, 4, 3), np.uint16), [0, 1], "dtype uint16"),
+    # integers got the float recipe, (x * 255), which wraps pixels already in 0..255
+    (np.zeros((2, 4, 4, 3), np.uint16), [0, 1], r"dtype uint16.*x.astype\(np.uint8\) for integers already in 0..255"),
+    (np.zeros((2, 4, 4, 3), np.int64), [0, 1], r"dtype int64.*\(x >> 8\).astype\(np.uint8\) for 16-bit"),
+    (np.zeros((2, 3, 4, 5), np.uint8), [0, 1], r"shape \(2, 3, 4, 5\).*channels first\? images.transpose\(0, 2, 3, 1\)"),
+    (np.zeros((2, 4, 4, 4), np.uint8), [0, 1], r"RGBA\? drop the alpha channel: images\[\.\.\., :3\]"),
+    # a ragged list raised numpy's own "inhomogeneous shape" ValueError
+    ([np.zeros((4, 4, 3), np.uint8), np.zeros((2, 4, 3), np.uint8)], [0, 1],
+     "images are not all of one shape .* from_torch_dataset"),
     (np.zeros((2, 4, 4, 3), np.uint8), [0.0, 1.0], "labels must be integers, got dtype float64"),
     (np.zeros((2, 4, 4, 3), np.uint8), ["cat", "dog"], "labels must be integers"),
     (np.zeros((2, 4, 4, 3), np.uint8), [True, False], "labels must be integers, got dtype bool"),
@@ -78,6 +85,17 @@ def test_bad_arrays_leave_no_file(tmp_path, images, labels, message):
     out = tmp_path / "o.beton"
     with pytest.raises(ConversionError, match=message):
         from_arrays(images, labels, out, progress=False)
+    assert not out.exists()
+
+
+def test_a_list_of_pil_images_is_refused_not_stored_as_palette_indices(tmp_path):
+    """np.asarray of a palette ("P") image is its palette indices, which were stored as gray pixels."""
+    from PIL import Image
+
+    palette = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4)).convert("P")
+    out = tmp_path / "p.beton"
+    with pytest.raises(ConversionError, match=r"images\[1\] is a PIL image \(mode 'P'\).*from_torch_dataset"):
+        from_arrays([np.zeros((4, 4, 3), np.uint8), palette], [0, 1], out, progress=False)
     assert not out.exists()
 
 

@@ -219,7 +219,8 @@ def test_a_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path, jpeg):
     folder = _image_folder(tmp_path / "photos")
     os.mkfifo(folder / "a" / "stuck.jpg")
     (folder / "a" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    out = from_image_folder(folder, tmp_path / "o.beton", jpeg=jpeg, progress=False)
+    with pytest.warns(fastprune.errors.SourceWarning, match="a/dangling.jpg"):  # the FIFO goes unsaid
+        out = from_image_folder(folder, tmp_path / "o.beton", jpeg=jpeg, progress=False)
     assert len(Store(out)) == 4
 
 
@@ -231,6 +232,20 @@ def test_symlinked_class_folders_and_loops_are_followed_once(tmp_path):
     paths, labels, classes = fastprune.convert.image_folder.scan_image_folder(folder)
     assert classes == ["a", "b", "c"]
     assert np.bincount(labels).tolist() == [2, 2, 3]
+
+
+def test_a_dangling_link_named_like_an_image_is_left_out_with_a_warning(tmp_path):
+    """A dataset assembled from links whose target is gone has lost that image: it was dropped with
+    no word, while files of other extensions are counted in a warning."""
+    from fastprune.errors import SourceWarning
+
+    folder = _image_folder(tmp_path / "photos")
+    (folder / "a" / "gone.jpg").symlink_to(tmp_path / "missing" / "photo.jpg")
+    (folder / "a" / "notes").symlink_to(tmp_path / "missing" / "notes")  # not named like an image: not counted
+    with pytest.warns(SourceWarning, match=r"left out 1 link named like an image that points to nothing "
+                                           r"\(e.g. a/gone.jpg -> .*missing/photo.jpg\)"):
+        paths, labels, _ = fastprune.convert.image_folder.scan_image_folder(folder)
+    assert np.bincount(labels).tolist() == [2, 2] and all(path.name != "gone.jpg" for path in paths)
 
 
 # --- 4. decompression bombs ---------------------------------------------------------------------

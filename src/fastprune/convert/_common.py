@@ -95,12 +95,16 @@ def check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
 
 
 def check_uint8(array: np.ndarray, what: str) -> None:
-    """Refuse non-uint8 pixels instead of guessing a scale (0..1 floats? 0..65535 ints?)."""
-    if array.dtype != np.uint8:
-        raise ConversionError(
-            f"{what} has dtype {array.dtype}; fastprune stores 8-bit pixels (uint8, 0..255) and "
-            "does not rescale: convert them yourself first, e.g. (x * 255).round().astype(np.uint8) "
-            "for floats in [0, 1]")
+    """Refuse non-uint8 pixels instead of guessing a scale (0..1 floats? 0..65535 ints?), with the
+    conversion that fits the dtype (the float recipe would wrap integers already in 0..255)."""
+    if array.dtype == np.uint8:
+        return
+    if np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        how = "x.astype(np.uint8) for integers already in 0..255, (x >> 8).astype(np.uint8) for 16-bit ones"
+    else:
+        how = "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+    raise ConversionError(f"{what} has dtype {array.dtype}; fastprune stores 8-bit pixels (uint8, 0..255) and "
+                          f"does not rescale: convert them yourself first, e.g. {how}")
 
 
 def as_int_labels(labels: Any, what: str) -> np.ndarray:

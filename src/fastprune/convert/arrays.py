@@ -15,17 +15,40 @@ from . import _common
 
 def check_arrays(images: Any, labels: Any, what: str = "arrays") -> tuple[np.ndarray, np.ndarray]:
     """``images`` as N x H x W (gray) or N x H x W x 3 uint8, ``labels`` as N int64."""
-    images = np.asarray(images)
+    images = _as_pixel_array(images, what)
     _common.check_uint8(images, f"{what}: images")
     if images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
+        hint = ""
+        if images.ndim == 4 and images.shape[3] == 4:
+            hint = " (RGBA? drop the alpha channel: images[..., :3])"
+        elif images.ndim == 4 and images.shape[1] in (1, 3):
+            hint = " (channels first? images.transpose(0, 2, 3, 1))"
         raise ConversionError(f"{what}: images have shape {images.shape}; expected N x H x W (gray), "
-                              "N x H x W x 1 or N x H x W x 3 (RGB)")
+                              f"N x H x W x 1 or N x H x W x 3 (RGB){hint}")
     labels = _common.as_int_labels(labels, f"{what}: labels")
     _common.check_counts_match(len(images), len(labels), what)
     _common.check_not_empty(len(images), what)
     return images, labels
+
+
+def _as_pixel_array(images: Any, what: str) -> np.ndarray:
+    """``images`` as one numpy array. A sequence of PIL images is refused: np.asarray reads a
+    palette image as its palette indices, which were stored as gray pixels; and a sequence of
+    images of several shapes gets one line instead of numpy's."""
+    if isinstance(images, (list, tuple)):
+        for i, image in enumerate(images):
+            if hasattr(image, "mode") and hasattr(image, "convert"):
+                raise ConversionError(f"{what}: images[{i}] is a PIL image (mode {image.mode!r}); from_arrays takes "
+                                      "pixel arrays: pass a list of (image, label) pairs to from_torch_dataset, "
+                                      "which converts each to RGB")
+    try:
+        return np.asarray(images)
+    except ValueError as exc:  # "inhomogeneous shape": a ragged sequence
+        raise ConversionError(f"{what}: images are not all of one shape ({exc}); from_arrays takes one "
+                              "N x H x W x 3 array: images of several sizes convert with from_torch_dataset "
+                              "(jpeg=True or resize=)") from None
 
 
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

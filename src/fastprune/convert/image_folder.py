@@ -8,7 +8,8 @@ Rules:
 * a class's images are the regular files below its folder (recursively) whose extension is .jpg,
   .jpeg, .png, .webp, .bmp, .tif or .tiff (any case), sorted by path; other files (counted in a
   warning), hidden files/folders (".name") and anything that is not a regular file (a FIFO, a
-  device, a dangling link) are ignored;
+  device, a dangling link) are ignored; a dangling link named like an image is counted in a warning
+  (a dataset assembled from links has lost that image);
 * a file is decoded only as one of those formats, whatever its bytes claim: never as one of PIL's
   other formats (EPS would run Ghostscript on the file's PostScript);
 * symbolic links are followed, as torchvision's ImageFolder does, so a class folder or image may
@@ -75,9 +76,10 @@ def list_classes(root: Path) -> list[str]:
 
 
 def list_images(class_dir: Path, ignored: list[Path] | None = None,
-                owners: dict[str, tuple[str, Path]] | None = None) -> list[Path]:
+                owners: dict[str, tuple[str, Path]] | None = None, broken: list[Path] | None = None) -> list[Path]:
     """Image files below ``class_dir``, in torchvision's ImageFolder order; hidden entries, other
-    extensions (appended to ``ignored``) and anything that is not a regular file skipped; symbolic
+    extensions (appended to ``ignored``) and anything that is not a regular file skipped (dangling
+    links named like images appended to ``broken``); symbolic
     links followed, each real folder read once. ``owners``: real folder -> (whose it is, the path
     it was first reached by), shared across the classes by :func:`scan_image_folder` (the root and
     the class folders preset): a folder reached from two classes (a link into another class, a
@@ -107,6 +109,9 @@ def list_images(class_dir: Path, ignored: list[Path] | None = None,
                         found.append((where, entry.name))  # strings: a Path per file is made once, below
                     elif ignored is not None:
                         ignored.append(Path(entry.path))
+                elif broken is not None and entry.is_symlink() and not os.path.exists(entry.path) \
+                        and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    broken.append(Path(entry.path))
     if not found:
         raise ConversionError(f"{class_dir}: class folder holds no {_EXTENSIONS_TEXT} images")
     # torchvision's ImageFolder order (sorted(os.walk(...)): folders by their path as a string,
@@ -154,12 +159,13 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     paths: list[Path] = []
     labels: list[int] = []
     ignored: list[Path] = []
+    broken: list[Path] = []
     owners = _folder_owners(root, classes)
     for name in tqdm(classes, unit="folder", desc="listing files", disable=not progress):
-        images = list_images(root / name, ignored, owners)
+        images = list_images(root / name, ignored, owners, broken)
         paths += images
         labels += [label_of[name]] * len(images)
-    _warn_if_layout_unexpected(root, classes, paths, ignored)
+    _warn_if_layout_unexpected(root, classes, paths, ignored, broken)
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
@@ -187,10 +193,16 @@ def _label_order(root: Path, classes: list[str], class_names) -> tuple[list[str]
                           f"the labels, or rename the {len(classes)} folders in sorted order")
 
 
-def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path], ignored: list[Path]) -> None:
-    """One SourceWarning for files left out by their extension, and one when the class folders
-    look like splits (train/, val/) of the real class folders: each holds the same subfolders
-    and no image directly."""
+def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path], ignored: list[Path],
+                               broken: list[Path] = ()) -> None:
+    """One SourceWarning for files left out by their extension, one for dangling links named like
+    images, and one when the class folders look like splits (train/, val/) of the real class
+    folders: each holds the same subfolders and no image directly."""
+    if broken:
+        links = "links named like images that point" if len(broken) > 1 else "link named like an image that points"
+        warnings.warn(SourceWarning(f"{root}: left out {len(broken)} {links} to nothing "
+                                    f"(e.g. {broken[0].relative_to(root)} -> {os.readlink(broken[0])})"),
+                      stacklevel=3)
     if ignored:
         files, verb = ("files", "are") if len(ignored) > 1 else ("file", "is")
         warnings.warn(SourceWarning(f"{root}: ignored {len(ignored)} {files} that {verb} not {_EXTENSIONS_TEXT} "
