@@ -64,6 +64,36 @@ def test_updates_and_weights_drive_the_next_epoch(beton):
     assert got == list(range(N - 21, N))  # top 21 (= round(0.2 * 103)) by loss
 
 
+def test_a_new_ffcv_loader_over_a_trained_strategy_warns_unless_its_next_epoch_is_set(beton):
+    """An ffcv Loader built each epoch, or over a loaded checkpoint, starts at epoch 0 and replayed
+    the subsets chosen before, silently. Building one draws epoch 0's order (for len()): only a
+    pass is checked."""
+    import warnings
+
+    from fastprune.errors import UsageWarning
+
+    def epoch(loader, strategy):
+        for index, value in loader:
+            strategy.update(np.asarray(index).reshape(-1), np.asarray(value).reshape(-1))
+
+    strategy = UCB(N, 0.5, seed=1, warmup_epochs=0)
+    epoch(make_loader(beton, strategy)[0], strategy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = make_loader(beton, strategy)  # built: no pass yet, no warning
+    with pytest.warns(UsageWarning, match=r"ffcv Loader: this pass runs epoch 0 again .*unless loader.next_epoch is set"):
+        epoch(again, strategy)
+    state = strategy.state_dict()
+    resumed = UCB(N, 0.5, seed=1, warmup_epochs=0)
+    resumed.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader, _ = make_loader(beton, resumed)
+        loader.next_epoch = 1
+        epoch(loader, resumed)
+    assert resumed.current_epoch == 1
+
+
 def test_indices_other_than_the_first_n_samples_are_refused(beton):
     """Loader(indices=reversed) with the docstring's loop: the strategy counted positions in
     `indices`, batches reported store ids, and epoch 1 kept the 30 lowest losses instead of the

@@ -93,8 +93,11 @@ def test_a_replicated_strategy_under_distributed_gives_each_rank_a_disjoint_shar
     for rank in range(2):
         monkeypatch.setattr(dist, "get_rank", lambda: rank)
         monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-        fake_loader = types.SimpleNamespace(indices=np.arange(N), seed=None, distributed=True)
-        orders.append(bound(fake_loader).sample_order(1).tolist())
+        building = types.SimpleNamespace(indices=np.arange(N), seed=None, distributed=True)
+        drawn_for_len = len(bound(building).sample_order(1))  # while ffcv builds its Loader: the length alone
+        built = types.SimpleNamespace(indices=np.arange(N), seed=None, distributed=True, first_traversal_order=None)
+        orders.append(bound(built).sample_order(1).tolist())
+        assert drawn_for_len == len(orders[-1])
     selection = strategy.select(1)
     whole = selection.indices[epoch_permutation(4, 1, len(selection))].tolist()
     assert orders == [whole[:len(whole) // 2 * 2][0::2], whole[:len(whole) // 2 * 2][1::2]]

@@ -99,9 +99,9 @@ def test_without_set_epoch_each_pass_runs_the_next_epoch():
     assert sampler.epoch == 3
     assert passes[0] != passes[1] != passes[2]                          # pruning follows the scores
     sampler.set_epoch(1)
-    assert sorted(sampler) == sorted(strategy.select(1).indices.tolist()) and sampler.epoch == 2
-    with pytest.warns(UsageWarning, match="runs epoch 2 again"):        # epoch 2 was trained above
-        next(iter(sampler))                                             # broken off: no advance
+    with pytest.warns(UsageWarning, match=r"runs epoch 1 but UCB is at epoch 2.*set_epoch\(1\) chose it"):
+        assert sorted(sampler) == sorted(strategy.select(1).indices.tolist()) and sampler.epoch == 2
+    next(iter(sampler))                                                 # broken off: no advance
     assert sampler.epoch == 2
     sampler.set_epoch(7)
     it = iter(sampler)
@@ -322,8 +322,14 @@ def test_resuming_needs_set_epoch_and_then_selects_what_an_uninterrupted_run_doe
     assert next_epoch == 3
     after = fastprune.UCB(100, keep=0.5, seed=1)
     after.load_state_dict(state)
-    with pytest.warns(UsageWarning, match="runs epoch 0 but UCB is at epoch 2"):
+    with pytest.warns(UsageWarning, match="runs epoch 0 but UCB is at epoch 2, .*a new PrunedSampler starts at epoch"):
         list(PrunedSampler(after, seed=2))
+    after = fastprune.UCB(100, keep=0.5, seed=1)  # Accelerate's prepared loader sets its own count, from 0
+    after.load_state_dict(state)
+    counted_from_zero = PrunedSampler(after, seed=2)
+    counted_from_zero.set_epoch(0)
+    with pytest.warns(UsageWarning, match=r"runs epoch 0 but UCB is at epoch 2, .*set_epoch\(0\) chose it.*Accelerate"):
+        list(counted_from_zero)
     after = fastprune.UCB(100, keep=0.5, seed=1)
     after.load_state_dict(state)
     resumed = PrunedSampler(after, seed=2)
@@ -338,23 +344,31 @@ def test_a_new_loader_on_a_trained_strategy_warns_unless_its_epoch_is_set(tmp_pa
 
     from fastprune.convert import from_arrays
 
-    store = from_arrays(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, tmp_path / "s.beton", progress=False)
-    strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
+    path = from_arrays(np.zeros((40, 4, 4, 3), np.uint8), np.arange(40) % 2, tmp_path / "s.beton", progress=False)
 
-    def epoch(loader):
+    def epoch(loader, strategy):
         for batch in loader:
             strategy.update(batch.indices, torch.rand(len(batch.indices)))
 
-    epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1))
-    with pytest.warns(UsageWarning, match="Loader: this pass runs epoch 0 again"):
-        epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1))
-    strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with fastprune.Store(path) as store:  # the Loaders read the caller's open store
+        strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
+        epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1), strategy)
+        with pytest.warns(UsageWarning, match=r"Loader: this pass runs epoch 0 again .*\(a new Loader starts at epoch"):
+            epoch(fastprune.Loader(store, 10, sampler=strategy, threads=1), strategy)
+        strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
         loader = fastprune.Loader(store, 10, sampler=strategy, threads=1)
-        for _ in range(3):  # one loader: each pass runs the next epoch
-            epoch(loader)
-        again = fastprune.Loader(store, 10, sampler=strategy, threads=1)
-        again.set_epoch(3)
-        epoch(again)
-    assert strategy.current_epoch == 3
+        for batch in loader:  # left after its first batch: the epoch runs again
+            strategy.update(batch.indices, torch.rand(len(batch.indices)))
+            break
+        with pytest.warns(UsageWarning, match="runs epoch 0 again .*this Loader's pass over it stopped before its"):
+            epoch(loader, strategy)
+        strategy = fastprune.EpsilonGreedy(40, keep=0.5, seed=0, warmup_epochs=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loader = fastprune.Loader(store, 10, sampler=strategy, threads=1)
+            for _ in range(3):  # one loader: each pass runs the next epoch
+                epoch(loader, strategy)
+            again = fastprune.Loader(store, 10, sampler=strategy, threads=1)
+            again.set_epoch(3)
+            epoch(again, strategy)
+        assert strategy.current_epoch == 3

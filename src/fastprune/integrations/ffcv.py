@@ -21,6 +21,11 @@
             (loss * torch.from_numpy(order.weights(index))).mean().backward()
             optimizer.step()
 
+ffcv's Loader counts its epochs from 0 (``loader.next_epoch``): to resume after
+``strategy.load_state_dict(...)``, set ``loader.next_epoch`` to the checkpoint's next epoch. A pass
+over an epoch the strategy is past (an ffcv Loader built each epoch, or a resume without it)
+repeats a subset chosen before, and warns once (``UsageWarning``).
+
 The order is shuffled per epoch with the strategy's seed (``register(strategy, seed=...)`` sets
 another), not ffcv's Loader ``seed=``: ffcv draws that at random when it is not given, so ranks
 of a distributed run would shuffle differently and their shards overlap.
@@ -105,6 +110,16 @@ class PrunedOrder(TraversalOrder):
         return ids if self._sharding is None else self._sharding.local(ids, self._rank)
 
     def sample_order(self, epoch: int):
+        if not hasattr(self.loader, "first_traversal_order"):
+            # ffcv's Loader draws an order when it is built, for len() alone: its length, with no
+            # select(), which starts an epoch (a strategy loaded from a checkpoint took its epoch as
+            # started afresh, unscored, and warned so at the next epoch)
+            return np.zeros(self._order_length(epoch), dtype=self.indices.dtype)
+        # each pass: an ffcv Loader built each epoch, or over a loaded checkpoint without
+        # loader.next_epoch set, starts at epoch 0 and would repeat the subsets chosen before
+        if hasattr(self.strategy, "_check_pass_epoch"):
+            self.strategy._check_pass_epoch(epoch, "ffcv Loader", cause=(
+                "a new ffcv Loader starts at epoch 0 unless loader.next_epoch is set"))
         selection = self.strategy.select(epoch)
         self._weights = np.zeros(self._entries(), dtype=np.float32)
         self._weights[self._positions(selection.indices)] = selection.weights
@@ -116,6 +131,13 @@ class PrunedOrder(TraversalOrder):
                 self.strategy._note_order(self.shuffle_seed, epoch, self._world)
         self.loader.first_traversal_order = order  # ffcv's len() reads this: keep it current
         return order
+
+    def _order_length(self, epoch: int) -> int:
+        """The length of ``sample_order(epoch)``'s array (this rank's shard under distribution)."""
+        count = self.strategy.num_selected(epoch)
+        if self.distributed and self._sharding is None:
+            return len(shard(np.arange(count), self._rank, self._world))
+        return count
 
     @classmethod
     def weights(cls, sample_ids) -> np.ndarray:

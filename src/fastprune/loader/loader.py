@@ -252,8 +252,11 @@ class Loader:
             check_still_alone("Loader")
         epoch = self._epoch
         chosen, self._epoch_chosen = getattr(self, "_epoch_chosen", False), False
-        if not chosen and hasattr(self.sampler, "_check_pass_epoch"):  # a new Loader on a trained strategy
-            self.sampler._check_pass_epoch(epoch, "Loader")
+        if hasattr(self.sampler, "_check_pass_epoch"):  # a new Loader on a trained strategy, an epoch left early
+            again = getattr(self, "_last_pass_epoch", None) == epoch
+            self.sampler._check_pass_epoch(epoch, "Loader", chosen=chosen, cause=None if not again else (
+                "this Loader's pass over it stopped before its last batch; a loop leaving epochs early sets them"))
+        self._last_pass_epoch = epoch
         ids, weights = self.epoch_order(epoch)
         if self._split > 1 and hasattr(self.sampler, "_note_order"):  # a pass: the ranks' update() calls check it
             self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)

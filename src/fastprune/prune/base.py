@@ -364,24 +364,32 @@ class Strategy:
                       f"{self._losses_received} of the {selected} samples selected for epoch {previous}: the "
                       "strategy keeps unscored samples first, so it prunes by chance; pass every batch's "
                       "per-sample losses to update() (or weighted_loss), every micro-batch under gradient "
-                      "accumulation", UsageWarning, stacklevel=_callers_level())
+                      "accumulation (an epoch cut short, as by Lightning's limit_train_batches, leaves the rest "
+                      "unscored too)", UsageWarning, stacklevel=_callers_level())
 
-    def _check_pass_epoch(self, epoch: int, consumer: str) -> None:
-        """A sampler's or Loader's pass over ``epoch`` starts, its epoch not chosen by set_epoch:
-        warn once when the strategy is past that epoch (before the latest selected, or the latest
-        after update() got losses for it). A consumer built anew, each epoch or after
-        load_state_dict, starts at epoch 0 and replayed the subsets chosen before, silently: one
-        subset every epoch and the others never seen, or no pruning at all behind a warm-up."""
+    def _check_pass_epoch(self, epoch: int, consumer: str, *, chosen: bool = False, cause: str | None = None) -> None:
+        """A sampler's, Loader's or ffcv order's pass over ``epoch`` starts: warn once when it
+        repeats a subset chosen before. An epoch before the latest selected repeats one whoever
+        chose it (a new process's Accelerate loader or a second Lightning Trainer counts epochs
+        from 0 and sets them); the latest one, after update() got its losses, unless set_epoch
+        chose it (``chosen``). ``cause``: why the consumer runs this epoch (default: a new one
+        starts at epoch 0). Unwarned, a consumer built each epoch or over a loaded checkpoint
+        trained epoch 0's subset again and again: the others never seen, or no pruning behind a
+        warm-up."""
         latest = self._epoch
         trained = self._started is not None and self._started[0] == latest and self._losses_received > 0
-        if self._warned_replay or not (epoch < latest or (epoch == latest and trained)):
+        if self._warned_replay or not (epoch < latest or (epoch == latest and trained and not chosen)):
             return
         self._warned_replay = True
-        where = f"again ({type(self).__name__} got its losses)" if epoch == latest else \
-            f"but {type(self).__name__} is at epoch {latest}"
+        name = type(self).__name__
+        where = f"again ({name} got its losses)" if epoch == latest else f"but {name} is at epoch {latest}"
+        if cause is None:
+            cause = (f"set_epoch({epoch}) chose it, as a framework counting epochs from 0 in a new process does: "
+                     "Accelerate's prepared loader, a second Lightning Trainer") if chosen else \
+                f"a new {consumer} starts at epoch 0 unless set_epoch sets another"
         warnings.warn(f"{consumer}: this pass runs epoch {epoch} {where}, so it repeats a subset chosen before "
-                      f"(a new {consumer} starts at epoch 0): use one {consumer} for the whole run, or call "
-                      f"set_epoch(epoch) at each epoch's start, after load_state_dict too", UsageWarning,
+                      f"({cause}); use one {consumer} for the whole run and set the epoch the run is at "
+                      "(after load_state_dict: the checkpoint's next epoch)", UsageWarning,
                       stacklevel=_callers_level())
 
     def _looked_back(self, epoch: int) -> Selection:

@@ -104,8 +104,8 @@ class PrunedSampler(_SamplerBase):
         if self._alone and self._sharding is None:
             check_still_alone("PrunedSampler")
         unfinished = getattr(self, "_unfinished", None)
-        if not self._set_during_pass and unfinished is None and hasattr(self.strategy, "_check_pass_epoch"):
-            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler")
+        if (self._set_during_pass or unfinished is None) and hasattr(self.strategy, "_check_pass_epoch"):
+            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler", chosen=self._set_during_pass)
         if unfinished is not None and not self._set_during_pass:
             warnings.warn(f"PrunedSampler: the pass over epoch {unfinished} stopped before its last sample, so "
                           f"epoch {self.epoch} runs again (a loop taking len(loader) batches of a DataLoader with "
