@@ -127,8 +127,12 @@ def test_hugging_face_uint8_array_columns_convert(tmp_path):
     wide = datasets.Dataset.from_dict({"image": list(images.astype(np.int64)), "label": [0, 1, 2]},
                                       features=datasets.Features({"image": datasets.Array3D((8, 6, 3), "int64"),
                                                                   "label": datasets.Value("int64")}))
-    with pytest.raises(ConversionError, match="sample 0"):
+    with pytest.raises(ConversionError, match="sample 0 .*image has dtype int64.*for integers already in 0..255"):
         from_hf_dataset(wide, tmp_path / "wide.beton", progress=False)
+    # a float column inferred by from_dict comes back as nested lists: it said only "image is a list"
+    floats = datasets.Dataset.from_dict({"image": list(images / 255.0), "label": [0, 1, 2]})
+    with pytest.raises(ConversionError, match=r"sample 0 .*image has dtype float64.*\(x \* 255\)"):
+        from_hf_dataset(floats, tmp_path / "floats.beton", progress=False)
 
 
 def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):

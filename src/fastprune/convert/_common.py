@@ -237,6 +237,12 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
         if array.ndim == 3 and array.shape[0] in (1, 3):
             array = array.transpose(1, 2, 0)
         return to_hwc3(array, what)
+    if isinstance(image, list):  # nested lists: a Hugging Face array column in its default (Python) format
+        try:
+            image = np.asarray(image)  # then its dtype is refused or taken as an array's, with the fix
+        except ValueError:
+            raise ConversionError(f"{what} is a list of rows of several lengths; expected a PIL image, "
+                                  "a numpy array or a uint8 tensor") from None
     if isinstance(image, np.ndarray):
         # not when the last axis is 4: an RGBA array (refused below) 3 rows high was read as CxHxW
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4) and image.shape[0] in (1, 3):
