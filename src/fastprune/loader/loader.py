@@ -251,12 +251,7 @@ class Loader:
         if self._alone:
             check_still_alone("Loader")
         epoch = self._epoch
-        chosen, self._epoch_chosen = getattr(self, "_epoch_chosen", False), False
-        if hasattr(self.sampler, "_check_pass_epoch"):  # a new Loader on a trained strategy, an epoch left early
-            again = getattr(self, "_last_pass_epoch", None) == epoch
-            self.sampler._check_pass_epoch(epoch, "Loader", chosen=chosen, cause=None if not again else (
-                "this Loader's pass over it stopped before its last batch; a loop leaving epochs early sets them"))
-        self._last_pass_epoch = epoch
+        self._check_replay(epoch)
         ids, weights = self.epoch_order(epoch)
         if self._split > 1 and hasattr(self.sampler, "_note_order"):  # a pass: the ranks' update() calls check it
             self.sampler._note_order(self.seed if self.shuffle else None, epoch, self._split)
@@ -289,6 +284,15 @@ class Loader:
                 yield batch
         finally:
             run.close()
+
+    def _check_replay(self, epoch: int) -> None:
+        """A pass over ``epoch`` starts: the strategy warns if it repeats a subset chosen before (a
+        Loader built anew starts at epoch 0; a pass of this one left early runs its epoch again)."""
+        chosen, self._epoch_chosen = getattr(self, "_epoch_chosen", False), False
+        again, self._last_pass_epoch = getattr(self, "_last_pass_epoch", None) == epoch, epoch
+        if hasattr(self.sampler, "_check_pass_epoch"):
+            self.sampler._check_pass_epoch(epoch, "Loader", chosen=chosen, cause=None if not again else (
+                "this Loader's pass over it stopped before its last batch; a loop leaving epochs early sets them"))
 
     def _pipeline(self) -> tuple[list, Normalize | None]:
         """(transforms the producer threads run, the Normalize run after the copy or None): with
