@@ -191,6 +191,11 @@ def to_hwc3(image: np.ndarray, what: str) -> np.ndarray:
 EIGHT_BIT_PIL_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
+def is_pil_image(value: Any) -> bool:
+    """Whether ``value`` is a PIL image (duck-typed: PIL need not be imported to ask)."""
+    return hasattr(value, "mode") and hasattr(value, "convert")
+
+
 def pil_to_rgb(image: Any, what: str) -> np.ndarray:
     """A PIL image as HxWx3 uint8; alpha is dropped. 16-bit gray ("I;16", a 16-bit PNG) keeps its
     high byte, as Pillow itself reads a 16-bit RGB PNG, unless every value is below 256: 8-bit
@@ -226,7 +231,7 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
     import sys
 
     torch = sys.modules.get("torch")  # a torch tensor can only come from an imported torch
-    if hasattr(image, "mode") and hasattr(image, "convert"):
+    if is_pil_image(image):
         return pil_to_rgb(image, what)
     if torch is not None and isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8:

@@ -39,7 +39,7 @@ def _as_pixel_array(images: Any, what: str) -> np.ndarray:
     images of several shapes gets one line instead of numpy's."""
     if isinstance(images, (list, tuple)):
         for i, image in enumerate(images):
-            if hasattr(image, "mode") and hasattr(image, "convert"):
+            if _common.is_pil_image(image):
                 raise ConversionError(f"{what}: images[{i}] is a PIL image (mode {image.mode!r}); from_arrays takes "
                                       "pixel arrays: pass a list of (image, label) pairs to from_torch_dataset, "
                                       "which converts each to RGB")
