@@ -870,7 +870,7 @@ def test_fit_refuses_a_float_label_field_before_training(tmp_path):
     _regression_store(tmp_path / "reg.beton")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 1))
     loader = fastprune.Loader(tmp_path / "reg.beton", 32, label_field="target")
-    with pytest.raises(ConfigError, match="label field 'target' holds floats; fit trains classifiers"):
+    with pytest.raises(ConfigError, match="label field 'target' holds float targets; fit trains classifiers"):
         fit(model, loader, None, epochs=1, criterion=lambda out, y: (out.squeeze(1) - y) ** 2,
             progress=False, log=None)
     with pytest.raises(ConfigError, match="val_loader's label field 'target'"):

@@ -250,7 +250,7 @@ def test_a_store_with_two_image_fields_needs_image_field(tmp_path):
 
 def test_label_field_naming_the_image_field_is_refused_naming_label_field(tmp_path):
     store = from_arrays(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 2, tmp_path / "s.beton", progress=False)
-    with pytest.raises(ValueError, match=r"label_field='image' is not a scalar field of this store"):
+    with pytest.raises(ValueError, match=r"label_field='image' is not an int, float or array field of this store"):
         Loader(store, 4, label_field="image")
 
 

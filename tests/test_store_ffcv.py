@@ -224,6 +224,21 @@ def test_ffcv_raw_file_opens_in_store(tmp_path):
         assert store.class_names is None and store.field_class_names == {}  # ffcv keeps none
 
 
+def test_an_ffcv_files_float_and_array_fields_reach_batches_as_ffcvs_decoders_read_them(tmp_path):
+    """Targets that are not classes, in a file ffcv wrote: fastprune's Loader, naming the field as
+    label_field, hands out per sample what ffcv's own Loader decodes (FloatDecoder, NDArrayDecoder)."""
+    import fastprune
+
+    rows = make_rows(seed=4)
+    fields = {"image": FfcvRGB(write_mode="raw"), "label": FfcvInt(), "weight": FfcvFloat(),
+              "feat": FfcvNDArray(np.dtype("float32"), (3, 2))}
+    path = write_with_ffcv(tmp_path / "targets.beton", rows, fields)
+    _, _, weights, feats = load_with_ffcv(path)  # sequential: row i is sample i
+    for name, expected in (("weight", weights.ravel()), ("feat", feats)):
+        for batch in fastprune.Loader(path, BATCH, label_field=name, seed=0):
+            np.testing.assert_array_equal(batch.labels.numpy(), expected[batch.indices.numpy()])
+
+
 def test_ffcv_jpeg_file_opens_in_store(tmp_path):
     rows = make_rows(jpeg_friendly=True, seed=3)
     path = write_with_ffcv(tmp_path / "ffcvj.beton", [(r[0], r[1]) for r in rows],

@@ -184,6 +184,10 @@ def add_convert_command(subparsers) -> None:
                              "the sorted folders")
     parser.add_argument("--drop-unlabeled", action="store_true",
                         help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
+    parser.add_argument("--targets", action="store_true",
+                        help=".npz: 'labels' are targets, not classes: a number per sample (regression, "
+                             "stored as float64) or an array of one shape (multi-label, several outputs); "
+                             "for a training loop of your own (train and bench classify)")
     parser.add_argument("--index", action="store_true",
                         help="also store an 'index' field (each sample's id), which ffcv's own Loader "
                              "needs to say which samples a batch holds (fastprune.integrations.ffcv.PrunedOrder)")
@@ -204,7 +208,8 @@ def run_convert(args: argparse.Namespace) -> int:
                       coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                       progress=not args.no_progress, class_names=args.class_names,
                       drop_unlabeled=args.drop_unlabeled, index=args.index,
-                      skip_unreadable=args.skip_unreadable, names=args.names, columns=args.columns)
+                      skip_unreadable=args.skip_unreadable, names=args.names, columns=args.columns,
+                      targets=args.targets)
     except UnreadableSample as exc:  # a bad file among many: say how to go on without it
         raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
                               "them)") from None

@@ -107,21 +107,50 @@ def check_uint8(array: np.ndarray, what: str) -> None:
                           f"does not rescale: convert them yourself first, e.g. {how}")
 
 
-def as_int_labels(labels: Any, what: str) -> np.ndarray:
-    """Labels as a 1-D int64 array; floats, bools and strings are refused, not rounded."""
+def as_int_labels(labels: Any, what: str, hint: str = "") -> np.ndarray:
+    """Labels as a 1-D int64 array; floats, bools and strings are refused, not rounded (``hint``
+    follows the message that refuses them)."""
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ConversionError(f"{what} must be 1-D (one label per sample), got shape {array.shape}")
+        raise ConversionError(f"{what} must be 1-D (one label per sample), got shape {array.shape}{hint}")
     if array.size == 0:  # an empty list has no integer dtype to check; emptiness is checked elsewhere
         return array.astype(np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise ConversionError(f"{what} must be integers, got dtype {array.dtype}")
+        raise ConversionError(f"{what} must be integers, got dtype {array.dtype}{hint}")
     if array.dtype == np.uint64:  # values past int64 would wrap round to negative labels
         too_large = np.flatnonzero(array > np.uint64(2**63 - 1))
         if too_large.size:
             raise ConversionError(f"{what}: sample {int(too_large[0])} has label {int(array[too_large[0]])}, which "
                                   "does not fit in a 64-bit signed label; labels must be 0, 1, 2, ...")
     return array.astype(np.int64, copy=False)
+
+
+def as_targets(targets: Any, what: str) -> np.ndarray:
+    """Targets that are not class labels, checked: one real number per sample (a regression
+    target, stored as float64) or one array of a fixed shape (multi-label, several outputs,
+    stored in its own dtype). Strings and objects are refused, and so are NaN and infinities,
+    naming the sample: every loss of that sample would be NaN."""
+    array = np.asarray(targets)
+    if array.ndim == 0:
+        raise ConversionError(f"{what} must hold one target per sample, got a scalar")
+    if array.dtype.kind not in "biuf":
+        raise ConversionError(f"{what} must be numbers or booleans, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.size:
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        if bad.size:
+            raise ConversionError(f"{what}: sample {int(bad[0])}'s target is not finite ({str(array[bad[0]]):.60}; "
+                                  f"{bad.size} such samples): its losses would be NaN")
+    if array.ndim == 1:
+        return array.astype(np.float64)
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def target_field(targets: np.ndarray):
+    """The field a converter writes checked ``targets`` (:func:`as_targets`) to: a number per
+    sample is a FloatField, an array an NDArrayField of its shape and dtype."""
+    from ..store.fields import FloatField, NDArrayField
+
+    return FloatField() if targets.ndim == 1 else NDArrayField(targets.dtype, targets.shape[1:])
 
 
 def unlabeled_error(what: str, label: int | None, how_to_drop: str) -> ConversionError:
@@ -345,11 +374,12 @@ def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress
 def warn_if_sparse(out: Path) -> None:
     """One-line LabelWarning when the store's labels are not 0..K-1 (training refuses them)."""
     from ..errors import LabelWarning
+    from ..store.fields import IntField
     from ..store.names import label_gap, named_class_count
     from ..store.reader import Store
 
     with Store(out) as store:
-        if "label" not in store.fields:
+        if not isinstance(store.fields.get("label"), IntField):  # none, or targets (from_arrays(targets=True))
             return
         labels = np.asarray(store.metadata[f"f{store.field_index('label')}"])
         if named_class_count(store.field_class_names.get("label"), labels):
@@ -395,7 +425,18 @@ class ArraySource:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple:
+        return (self.image(index), *(int(column[index]) for column in self.columns))
+
+    def image(self, index: int) -> np.ndarray:
         image = self.images[index]
         if image.ndim == 2:  # gray, replicated per sample so the whole set is never tripled in RAM
             image = np.repeat(image[:, :, None], 3, axis=2)
-        return (image, *(int(column[index]) for column in self.columns))
+        return image
+
+
+class TargetSource(ArraySource):
+    """In-memory images and targets (:func:`as_targets`): a float, or an array, per sample."""
+
+    def __getitem__(self, index: int) -> tuple:
+        target = self.columns[0][index]
+        return self.image(index), (float(target) if np.ndim(target) == 0 else target)

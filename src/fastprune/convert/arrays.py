@@ -9,12 +9,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._args import check_bool
 from ..errors import ConversionError
 from . import _common
 
 
-def check_arrays(images: Any, labels: Any, what: str = "arrays") -> tuple[np.ndarray, np.ndarray]:
-    """``images`` as N x H x W (gray) or N x H x W x 3 uint8, ``labels`` as N int64."""
+#: Where class labels are expected: how to store other targets.
+TARGETS_HINT = " (targets that are not classes, e.g. regression: from_arrays(targets=True), convert --targets)"
+
+
+def check_arrays(images: Any, labels: Any, what: str = "arrays",
+                 targets: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` as N x H x W (gray) or N x H x W x 3 uint8, ``labels`` as N int64 (``targets``:
+    as :func:`_common.as_targets` checks them)."""
     images = _as_pixel_array(images, what)
     _common.check_uint8(images, f"{what}: images")
     if images.ndim == 4 and images.shape[3] == 1:
@@ -27,7 +34,10 @@ def check_arrays(images: Any, labels: Any, what: str = "arrays") -> tuple[np.nda
             hint = " (channels first? images.transpose(0, 2, 3, 1))"
         raise ConversionError(f"{what}: images have shape {images.shape}; expected N x H x W (gray), "
                               f"N x H x W x 1 or N x H x W x 3 (RGB){hint}")
-    labels = _common.as_int_labels(labels, f"{what}: labels")
+    if targets:
+        labels = _common.as_targets(labels, f"{what}: labels")
+    else:
+        labels = _common.as_int_labels(labels, f"{what}: labels", hint=TARGETS_HINT)
     _common.check_counts_match(len(images), len(labels), what)
     _common.check_not_empty(len(images), what)
     return images, labels
@@ -76,7 +86,7 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool = False,
                 quality: int = _common.DEFAULT_JPEG_QUALITY, workers: int | None = None,
                 progress: bool = True, class_names: Sequence[str] | None = None,
-                drop_unlabeled: bool = False, index: bool = False) -> Path:
+                drop_unlabeled: bool = False, index: bool = False, targets: bool = False) -> Path:
     """Convert ``images`` (N x H x W[x C] uint8) and integer ``labels`` to a store at ``out``.
 
     Gray images are stored as RGB. Pixels must already be uint8: floats are refused, not rescaled.
@@ -85,8 +95,17 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
     out. Labels that are not 0..K-1 are written with a one-line LabelWarning (training refuses them).
     ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
+
+    ``targets=True``: ``labels`` are targets, not classes: a real number per sample (regression;
+    stored as float64) or an array of one shape per sample, N x ... (multi-label 0/1 vectors,
+    several outputs; stored in its dtype). The Loader's batches carry them as ``labels``; train
+    in a loop of your own (``fit`` and ``fastprune train`` classify). NaN and infinities are refused.
     """
     out = _common.check_output_path(out)
+    targets = check_bool(targets, "from_arrays: targets")
+    if targets:
+        return _from_targets(images, labels, out, jpeg=jpeg, quality=quality, workers=workers, progress=progress,
+                             class_names=class_names, drop_unlabeled=drop_unlabeled, index=index)
     images, labels = check_arrays(images, labels)
     kept = _common.labelled_samples(labels, "arrays: labels", drop_unlabeled)
     if kept is not None:
@@ -96,9 +115,21 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
                          progress=progress, class_names=_common.label_names_option(class_names), index=index)
 
 
+def _from_targets(images, targets, out: Path, *, jpeg, quality, workers, progress, class_names, drop_unlabeled,
+                  index) -> Path:
+    if class_names is not None or drop_unlabeled:  # both are about class labels
+        raise ConversionError("from_arrays: class_names and drop_unlabeled apply to class labels, not to "
+                              "targets=True")
+    images, targets = check_arrays(images, targets, targets=True)
+    fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": _common.target_field(targets)}
+    return _common.write(out, _common.TargetSource(images, targets), fields, workers=workers, progress=progress,
+                         index=index)
+
+
 def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
     """Convert a .npz holding ``images`` and ``labels`` (see :func:`from_arrays`)."""
     out = _common.check_output_path(out, inputs=(source,))
     images, labels = load_npz(source)
-    images, labels = check_arrays(images, labels, what=str(source))
+    targets = check_bool(options.get("targets", False), "from_npz: targets")
+    images, labels = check_arrays(images, labels, what=str(source), targets=targets)
     return from_arrays(images, labels, out, **options)

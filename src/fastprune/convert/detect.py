@@ -90,14 +90,15 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
             max_pixels: int | None = None, workers: int | None = None, progress: bool = True,
             class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
             index: bool = False, skip_unreadable: bool = False, names: bool = False,
-            columns: tuple[str, str] | None = None) -> Path:
+            columns: tuple[str, str] | None = None, targets: bool = False) -> Path:
     """Convert any supported source to a store at ``out``; ``kind="auto"`` detects the kind.
     ``class_names`` replaces the names the source has (IDX and .npz files have none);
     ``drop_unlabeled`` leaves out a .npz file's samples whose label is negative (refused otherwise);
     ``index`` adds an ``index`` field (each sample's id; see :func:`fastprune.convert.from_arrays`);
     ``skip_unreadable`` leaves out an image folder's unreadable files and ``names`` stores each
     image's path (see ``from_image_folder``); ``columns``: a Hugging Face source's (image, label)
-    column names (default: image, label)."""
+    column names (default: image, label); ``targets``: a .npz file's labels are targets, not
+    classes (see :func:`fastprune.convert.from_arrays`)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
@@ -114,6 +115,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
                               "never negative)")
     if columns is not None and kind != "hf":
         raise ConversionError(f"--columns applies to hf sources, not {kind}")
+    if targets and kind != "npz":
+        raise ConversionError(f"--targets applies to npz sources, not {kind} (its labels are classes)")
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
                   index=index)
     if kind == "idx":
@@ -129,4 +132,4 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         return from_hf_path(path, out, split=split, image_column=image_column, label_column=label_column,
                             max_side=max_side, resize=resize, drop_unlabeled=drop_unlabeled,
                             skip_unreadable=skip_unreadable, **common)
-    return from_npz(path, out, drop_unlabeled=drop_unlabeled, **common)
+    return from_npz(path, out, drop_unlabeled=drop_unlabeled, targets=targets, **common)

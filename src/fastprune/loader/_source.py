@@ -15,9 +15,11 @@ import numpy as np
 from .._cpus import rank_cpus
 from .._native import core
 from ..errors import StoreError
+from ..store.fields import FloatField, IntField, NDArrayField
 from ..store.reader import Store
 
 _RGB_METADATA_NAMES = {"mode", "width", "height", "data_ptr"}
+_LABEL_FIELD_TYPES = (IntField, FloatField, NDArrayField)
 
 
 @dataclass
@@ -25,7 +27,8 @@ class ImageSource:
     gather: "core.ImageGather"
     heights: np.ndarray  # uint32 [N]
     widths: np.ndarray  # uint32 [N]
-    labels: np.ndarray | None  # int64 [N] (float32/64 for a float label_field) or None
+    # int64 [N] (an IntField), float64 [N] (a FloatField), ArrayLabels (an NDArrayField) or None
+    labels: "np.ndarray | ArrayLabels | None"
     image_field: str
     label_field: str | None
     owner: Store  # keeps the store (and its mmap) alive as long as the loader
@@ -120,9 +123,10 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
         raise ValueError(f"image_field={image_field!r} is not an RGB image field of this store "
                          f"(fields: {sorted(columns)})")
-    label_field = label_field if label_field is not None else _pick_label_field(columns, image_field)
-    if label_field is not None and (label_field not in columns or columns[label_field].dtype.names is not None):
-        raise ValueError(f"label_field={label_field!r} is not a scalar field of this store (fields: {sorted(columns)})")
+    label_field = label_field if label_field is not None else _pick_label_field(store.fields)
+    if label_field is not None and not isinstance(store.fields.get(label_field), _LABEL_FIELD_TYPES):
+        raise ValueError(f"label_field={label_field!r} is not an int, float or array field of this store "
+                         f"(fields: {_field_kinds(store)})")
     meta = columns[image_field]
     offsets, sizes = (np.ascontiguousarray(a, np.uint64) for a in store.field_ranges(image_field))
     heights = np.ascontiguousarray(meta["height"], np.uint32)
@@ -131,7 +135,7 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     _check_claimed_sizes(store, image_field, heights, widths, int(max_pixels))
     threads = default_threads(modes) if threads is None else max(1, threads)
     gather = core.ImageGather(store.buffer, offsets, sizes, modes, heights, widths, threads, int(max_pixels), int(nice))
-    labels = None if label_field is None else _labels(columns[label_field])
+    labels = None if label_field is None else _labels(store, label_field, columns[label_field])
     return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store,
                        store.buffer, offsets, sizes, mincore_trusted=os.access(store.path, os.W_OK))
 
@@ -168,16 +172,88 @@ def _pick_image_field(columns) -> str:
     return images[0]
 
 
-def _labels(column: np.ndarray) -> np.ndarray:
-    """A label column as batches carry it: integer (class) labels as int64; float targets (a
-    regression user's FloatField) as stored, never cut to integers."""
-    if column.dtype.kind == "f":
+def _labels(store: Store, name: str, column: np.ndarray):
+    """A label field as batches carry it: integer (class) labels as int64; float targets (a
+    regression user's FloatField) as stored, never cut to integers; an NDArrayField's arrays
+    (multi-label or multi-output targets) read from the file per batch."""
+    field = store.fields[name]
+    if isinstance(field, NDArrayField):
+        return ArrayLabels(store, name, field)
+    if isinstance(field, FloatField):
         return np.ascontiguousarray(column)
     return np.ascontiguousarray(column, np.int64)
 
 
-def _pick_label_field(columns, image_field) -> str | None:
-    ints = [n for n, c in columns.items() if n != image_field and c.dtype.names is None and c.dtype.kind in "iu"]
-    if "label" in ints:
+#: Where the guide shows a loop of one's own for targets that are not class labels.
+OTHER_TASKS = "docs/guide.md#other-tasks-regression-multi-label"
+
+
+def targets_kind(labels) -> str | None:
+    """What labels that are not class labels hold ("float targets", "arrays of shape (5,)"), for
+    the classifiers' refusals; None for integer class labels (or no labels)."""
+    if isinstance(labels, ArrayLabels):
+        return f"arrays of shape {labels.shape[1:]} ({labels.dtype})"
+    if labels is not None and labels.dtype.kind == "f":
+        return "float targets"
+    return None
+
+
+def _pick_label_field(fields) -> str | None:
+    """``label`` if it is an int, float or array field, else the only int field. An array field's
+    metadata is a pointer (an unsigned integer): its type, not its column, tells them apart."""
+    if isinstance(fields.get("label"), _LABEL_FIELD_TYPES):
         return "label"
+    ints = [name for name, field in fields.items() if isinstance(field, IntField)]
     return ints[0] if len(ints) == 1 else None
+
+
+def _field_kinds(store: Store) -> str:
+    return ", ".join(f"{name} ({type(field).__name__})" for name, field in store.fields.items())
+
+
+class ArrayLabels:
+    """An NDArrayField's values as a batch's labels: ``labels[ids]`` is ``[len(ids), *shape]`` in
+    the field's dtype (native byte order), copied from the mapped file. Each sample's range was
+    checked against the file when the store was opened."""
+
+    def __init__(self, store: Store, name: str, field: NDArrayField):
+        dtype = field.dtype.newbyteorder("=")
+        try:  # refused now, not at the first batch: torch has no tensors of some numpy dtypes
+            import torch
+            torch.from_numpy(np.zeros(1, dtype))
+        except TypeError as exc:
+            raise ValueError(f"label_field={name!r}: its dtype {field.dtype} cannot be a torch tensor ({exc})") \
+                from None
+        self.dtype, self.shape = dtype, (store.num_samples, *field.shape)
+        self.ndim = len(self.shape)
+        self._field, self._buffer = field, store.buffer
+        self._offsets = np.ascontiguousarray(store.field_ranges(name)[0], np.int64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids) -> np.ndarray:
+        offsets = self._offsets[np.asarray(ids, np.int64)]
+        out = np.empty((len(offsets), self._field.element_size), np.uint8)
+        _copy_ranges(self._buffer, offsets, out)
+        return out.view(self._field.dtype).reshape(len(offsets), *self._field.shape).astype(self.dtype, copy=False)
+
+
+def _copy_ranges(buffer: np.ndarray, offsets: np.ndarray, out: np.ndarray) -> None:
+    """out[r] = buffer[offsets[r]:offsets[r] + out.shape[1]]: numba, as a fancy index of every
+    byte would build an index array 8x the batch's size."""
+    global _copy_ranges_kernel
+    if _copy_ranges_kernel is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def kernel(buffer, offsets, out):
+            width = out.shape[1]
+            for r in range(len(offsets)):
+                out[r, :] = buffer[offsets[r]:offsets[r] + width]
+
+        _copy_ranges_kernel = kernel
+    _copy_ranges_kernel(buffer, offsets, out)
+
+
+_copy_ranges_kernel = None

@@ -51,7 +51,7 @@ POOLED_FIRST_ROUND = True
 
 class Batch(NamedTuple):
     images: torch.Tensor  # [B, 3, H, W] float (after Normalize) or uint8 [B, H, W, 3]
-    labels: torch.Tensor | None  # int64 [B]; a float label_field's values as stored (float32/64)
+    labels: torch.Tensor | None  # int64 [B]; a FloatField's float64 [B]; an NDArrayField's [B, *shape]
     indices: torch.Tensor  # int64 [B] sample ids in the store
     weights: torch.Tensor  # float32 [B] per-sample loss weights from the sampler
 
@@ -118,9 +118,11 @@ class Loader:
             remainder of the selection past a multiple of world_size is dropped that epoch).
             A sharded strategy (``distributed="sharded"``) selects this rank's own samples:
             the loader then visits that selection whole, on the strategy's rank.
-        image_field / label_field: field names (default: the only image field; "label" or the
-            only integer field). Integer labels arrive as int64; a float field named here (a
-            regression target) arrives as stored, float32 or float64.
+        image_field / label_field: field names (default: the only image field; "label" if it is
+            an int, float or array field, else the only integer field). Integer labels arrive as
+            int64; targets that are not classes as stored: a FloatField (a regression target) as
+            float64 [B], an NDArrayField (multi-label, several outputs) as [B, *shape] in its
+            dtype (docs/guide.md, "Other tasks").
         max_image_pixels: a JPEG whose header claims more pixels is refused (``StoreError``, a
             ValueError, naming the file and the sample) before anything is allocated; default
             2**27 (a 403 MB RGB image), so a damaged or hostile header cannot make the loader

@@ -159,7 +159,7 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
     """``report`` with the ``store``'s labels (and class names); ``trained_on``: the store identity
     the run's checkpoint records, which ``store`` must match (another store of the same size would
     label every row silently wrong)."""
-    from ..loader._source import open_source
+    from ..loader._source import open_source, targets_kind
     from ..store.checksums import store_identity
 
     with open_source(store, None, None, threads=1) as source:
@@ -169,6 +169,10 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
                               "training store")
         if source.labels is None:
             raise ConfigError(f"{_name(store)}: the store has no label field")
+        kind = targets_kind(source.labels)
+        if kind:  # the report groups samples by class
+            raise ConfigError(f"{_name(store)}: its label field {source.label_field!r} holds {kind}, not class "
+                              "labels: report without the store")
         index = report["index"]
         whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
         if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..loader._source import OTHER_TASKS, targets_kind
 from ..random_streams import statistics_sample
 from ..store.names import label_gap, named_class_count
 
@@ -104,6 +105,10 @@ def _classes(train, val, train_name: str, val_name: str) -> int:
         if source.labels is None:
             raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only "
                               "integer field); convert it with labels (fastprune convert writes 'label')")
+        kind = targets_kind(source.labels)
+        if kind:
+            raise ConfigError(f"{name}: its label field {source.label_field!r} holds {kind}, not class labels; "
+                              f"fastprune train and bench train classifiers (other targets: {OTHER_TASKS})")
         if len(source.labels) and source.labels.min() < 0:
             raise ConfigError(f"{name}: label {int(source.labels.min())} is negative; classes must be "
                               "numbered 0, 1, 2, ...")

@@ -27,6 +27,7 @@ from torch import nn
 from .._args import check_bool, check_positive_int
 from .._outputs import written_atomically
 from ..errors import ConfigError, TrainingDiverged, UsageWarning, first_line
+from ..loader._source import OTHER_TASKS, targets_kind
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from ..store.names import named_class_count
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -369,15 +370,14 @@ def _check_loader(loader) -> None:
 
 
 def _check_class_labels(loader, name: str) -> None:
-    """fit trains and evaluates classifiers (argmax accuracy, cross-entropy val_loss): float
-    labels (a regression target named as the Loader's label_field) would train, and report
-    meaningless metrics."""
+    """fit trains and evaluates classifiers (argmax accuracy, cross-entropy val_loss): float or
+    array labels (a regression or multi-label target named as the Loader's label_field) would
+    train, and report meaningless metrics."""
     source = getattr(loader, "_source", None)
-    labels = getattr(source, "labels", None)
-    if isinstance(labels, np.ndarray) and labels.dtype.kind == "f":
-        raise ConfigError(f"fit: {name}'s label field {source.label_field!r} holds floats; fit trains classifiers "
-                          "on integer class labels (for a regression target, use the Loader in your own loop: "
-                          "docs/guide.md)")
+    kind = targets_kind(getattr(source, "labels", None))
+    if kind:
+        raise ConfigError(f"fit: {name}'s label field {source.label_field!r} holds {kind}; fit trains classifiers "
+                          f"on integer class labels (for other targets, use the Loader in your own loop: {OTHER_TASKS})")
 
 
 def _check_checkpoint_path(checkpoint) -> None:
@@ -534,7 +534,8 @@ def fit(
 
     ``fit`` is for classification: integer labels, a model returning [batch, classes] scores,
     accuracy by argmax and a cross-entropy ``val_loss``. Any other task (regression, multi-label,
-    segmentation) prunes with the same strategy in a loop of your own (docs/guide.md).
+    segmentation) prunes with the same strategy in a loop of your own (docs/guide.md, "Other
+    tasks").
 
     Args:
         model: already on its device (batches are moved to the model's device).

@@ -1,0 +1,165 @@
+"""Targets that are not class labels: a regression number (FloatField) or an array per sample
+(NDArrayField: multi-label, several outputs), written by from_arrays(targets=True) or any store,
+carried as a batch's labels; the classifiers (fit, train, bench) refuse them in one line."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastprune
+from fastprune.cli import main
+from fastprune.convert import from_arrays
+from fastprune.errors import ConfigError, ConversionError
+from fastprune.store import BytesField, FloatField, IntField, NDArrayField, RGBImageField, Store, write_dataset
+
+N = 37  # not a multiple of the batch size: the last, partial batch is checked too
+
+
+def _images(n=N, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 6, 5, 3), dtype=np.uint8)
+
+
+def _every_batch(loader):
+    """(ids, labels) of a whole epoch, in the order handed out."""
+    ids, labels = [], []
+    for batch in loader:
+        ids.append(batch.indices.numpy())
+        labels.append(batch.labels.numpy())
+    return np.concatenate(ids), np.concatenate(labels)
+
+
+def test_an_array_field_is_not_taken_for_labels_by_default(tmp_path):
+    """An NDArrayField's metadata column is its data pointer (an unsigned integer): the Loader
+    took such a field for the only integer field and yielded the pointers (8388768, ...) as labels."""
+    feats = np.arange(N * 2, dtype=np.int32).reshape(N, 2)
+    path = write_dataset(tmp_path / "f.beton", list(zip(_images(), feats)),
+                         {"image": RGBImageField(), "feat": NDArrayField(np.int32, (2,))}, workers=1, progress=False)
+    assert next(iter(fastprune.Loader(path, 8))).labels is None
+    ids, labels = _every_batch(fastprune.Loader(path, 8, label_field="feat", seed=1))
+    assert sorted(ids) == list(range(N)) and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, feats[ids])
+
+
+@pytest.mark.parametrize("dtype, shape", [(">f4", (2, 3)), ("<u2", (4,)), ("bool", (5,)), ("uint8", (64, 48))],
+                         ids=["big-endian float", "uint16", "bool", "a 64x48 mask"])
+def test_an_array_label_field_arrives_per_sample_in_native_byte_order(tmp_path, dtype, shape):
+    rng = np.random.default_rng(3)
+    values = (rng.normal(size=(N, *shape)) * 40 + 50).clip(0, 255).astype(dtype)
+    path = write_dataset(tmp_path / "a.beton", list(zip(_images(), values, range(N))),
+                         {"image": RGBImageField(), "label": NDArrayField(dtype, shape), "y": IntField()},
+                         workers=2, progress=False, chunk_size=5)
+    loader = fastprune.Loader(path, 8, seed=2)  # "label" is chosen over the only int field, y
+    assert loader._source.label_field == "label"
+    ids, labels = _every_batch(loader)
+    assert labels.shape == (N, *shape) and labels.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(labels, values[ids])
+
+
+def test_a_label_field_that_holds_no_numbers_is_refused_naming_the_fields(tmp_path):
+    path = write_dataset(tmp_path / "b.beton", [(image, b"x", 1) for image in _images(4)],
+                         {"image": RGBImageField(), "blob": BytesField(), "label": IntField()},
+                         workers=1, progress=False)
+    with pytest.raises(ValueError, match=r"label_field='blob' is not an int, float or array field of this store "
+                                         r"\(fields: image \(RGBImageField\), blob \(BytesField\), label"):
+        fastprune.Loader(path, 4, label_field="blob")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_from_arrays_stores_regression_targets_as_float64(tmp_path, workers):
+    targets = np.random.default_rng(1).normal(size=N).astype(np.float32) * 1e3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not "labels are sparse": they are not classes
+        path = from_arrays(_images(), targets, tmp_path / "r.beton", targets=True, workers=workers, progress=False)
+    with Store(path) as store:
+        assert store.fields["label"] == FloatField()
+    ids, labels = _every_batch(fastprune.Loader(path, 8, seed=0))
+    assert labels.dtype == np.float64
+    np.testing.assert_array_equal(labels, targets[ids].astype(np.float64))
+
+
+def test_from_arrays_stores_multi_label_vectors_as_an_array_field(tmp_path):
+    labels = np.random.default_rng(2).random((N, 7)) > 0.5
+    path = from_arrays(_images(), labels, tmp_path / "m.beton", targets=True, jpeg=True, index=True, progress=False)
+    with Store(path) as store:
+        assert store.fields["label"] == NDArrayField(np.bool_, (7,)) and "index" in store.fields
+    ids, got = _every_batch(fastprune.Loader(path, 8, seed=0))
+    np.testing.assert_array_equal(got, labels[ids])
+
+
+@pytest.mark.parametrize("targets, message", [
+    (np.array(["a"] * N), r"labels must be numbers or booleans, got dtype <U1"),
+    (np.r_[np.zeros(N - 2), np.inf, 0.0], r"sample 35's target is not finite \(inf; 1 such samples\)"),
+    (np.c_[np.zeros(N), np.r_[np.zeros(N - 1), np.nan]], r"sample 36's target is not finite \(\[ 0. nan\]"),
+    (np.float64(2.0), r"must hold one target per sample, got a scalar"),
+    (np.zeros(N - 1), r"arrays: 37 images but 36 labels"),
+])
+def test_from_arrays_refuses_targets_it_cannot_train_on_and_writes_nothing(tmp_path, targets, message):
+    out = tmp_path / "bad.beton"
+    with pytest.raises(ConversionError, match=message):
+        from_arrays(_images(), targets, out, targets=True, progress=False)
+    assert not out.exists()
+
+
+def test_targets_options_are_checked(tmp_path):
+    with pytest.raises(ConversionError, match="class_names and drop_unlabeled apply to class labels"):
+        from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", targets=True, class_names=["a"], progress=False)
+    with pytest.raises(TypeError, match="targets must be True or False, got str 'yes'"):
+        from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", targets="yes", progress=False)
+    # class labels that are floats say how to store targets instead
+    with pytest.raises(ConversionError, match=r"labels must be integers, got dtype float64 \(targets that are "
+                                              r"not classes, e.g. regression: from_arrays\(targets=True\)"):
+        from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", progress=False)
+
+
+def test_convert_targets_from_a_npz_and_only_from_one(tmp_path, capsys):
+    values = np.random.default_rng(4).normal(size=(N, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", images=_images()[..., 0], labels=values)
+    out = tmp_path / "d.beton"
+    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(out), "--targets", "--no-progress"]) == 0
+    ids, labels = _every_batch(fastprune.Loader(out, 8, seed=0))
+    np.testing.assert_array_equal(labels, values[ids])
+    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(tmp_path / "e.beton"), "--no-progress"]) != 0
+    assert "convert --targets" in capsys.readouterr().err
+    tree = tmp_path / "tree" / "a"
+    tree.mkdir(parents=True)
+    assert main(["convert", str(tree.parent), "-o", str(tmp_path / "t.beton"), "--targets"]) != 0
+    assert "--targets applies to npz sources, not imagefolder" in capsys.readouterr().err
+
+
+@pytest.fixture
+def multi_label_store(tmp_path):
+    labels = np.random.default_rng(5).random((N, 4)) > 0.5
+    return from_arrays(_images(), labels, tmp_path / "ml.beton", targets=True, progress=False)
+
+
+def test_fit_refuses_array_labels_in_one_line(multi_label_store):
+    from fastprune.train import fit
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(90, 4))
+    with pytest.raises(ConfigError, match=r"fit: train_loader's label field 'label' holds arrays of shape \(4,\) "
+                                          r"\(bool\); fit trains classifiers .* docs/guide.md#other-tasks"):
+        fit(model, fastprune.Loader(multi_label_store, 8), None, epochs=1, progress=False, log=None)
+
+
+def test_train_refuses_targets_before_any_work(multi_label_store, tmp_path, capsys):
+    checkpoint = tmp_path / "run.pt"
+    code = main(["train", "--train", str(multi_label_store), "--val", str(multi_label_store), "--epochs", "1",
+                 "--checkpoint", str(checkpoint)])
+    assert code != 0 and not checkpoint.exists()
+    assert ("its label field 'label' holds arrays of shape (4,) (bool), not class labels; fastprune train and "
+            "bench train classifiers") in capsys.readouterr().err
+
+
+def test_the_guide_anchor_for_other_tasks_exists():
+    from pathlib import Path
+
+    from fastprune.loader._source import OTHER_TASKS
+
+    guide = Path(__file__).resolve().parents[1] / OTHER_TASKS.split("#")[0]
+    headings = [line.lstrip("#").strip() for line in guide.read_text().splitlines() if line.startswith("## ")]
+    slugs = {"-".join("".join(c for c in h.lower() if c.isalnum() or c in " -").split()) for h in headings}
+    assert OTHER_TASKS.split("#")[1] in slugs
