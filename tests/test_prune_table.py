@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastprune
 from fastprune._native import core
 from fastprune.prune import ScoreTable
 
@@ -147,8 +148,9 @@ def test_invalid_entries_raise_and_leave_table_unchanged():
         table.update([1, 5], [1.0, 1.0])
     with pytest.raises(IndexError, match="out of range"):
         table.update([-1], [1.0])
-    with pytest.raises(ValueError, match=r"losses\[0\].*sample 2.*not finite"):
+    with pytest.raises(ValueError, match=r"losses\[0\].*sample 2.*not finite") as invalid:
         table.update([2], [np.nan])
+    assert isinstance(invalid.value, fastprune.FastpruneError)  # caught with fastprune's other errors
     with pytest.raises(ValueError, match="not finite"):
         table.update([2, 3], [1.0, np.inf])
     with pytest.raises(ValueError, match="1-D"):

@@ -46,5 +46,8 @@ def test_readme_python_examples_run(tmp_path):
     assert sampler and float(sampler.group(1)) > 70, result.stdout    # 3 classes: chance is 33%
     mixup = re.search(r"MixUp: accuracy ([\d.]+)%", result.stdout)  # the own-loop MixUp example learns
     assert mixup and float(mixup.group(1)) > 70, result.stdout
+    # the guide's regression example learns: its error is far below predicting the mean's
+    regression = re.search(r"regression: mean squared error ([\d.]+), predicting the mean: ([\d.]+)", result.stdout)
+    assert regression and float(regression.group(1)) < 0.2 * float(regression.group(2)), result.stdout
     assert "20 samples, classes ['ant', 'bee', 'cow']" in result.stdout  # the Hugging Face example
     assert "None / Ankle boot" in result.stdout  # the guide's class names: none from IDX, then given

@@ -185,7 +185,7 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--drop-unlabeled", action="store_true",
                         help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
     parser.add_argument("--targets", action="store_true",
-                        help=".npz: 'labels' are targets, not classes: a number per sample (regression, "
+                        help=".npz, hf: the labels are targets, not classes: a number per sample (regression, "
                              "stored as float64) or an array of one shape (multi-label, several outputs); "
                              "for a training loop of your own (train and bench classify)")
     parser.add_argument("--index", action="store_true",

@@ -107,6 +107,10 @@ def check_uint8(array: np.ndarray, what: str) -> None:
                           f"does not rescale: convert them yourself first, e.g. {how}")
 
 
+#: Where class labels are expected: how to store targets that are not classes.
+TARGETS_HINT = " (targets that are not classes, e.g. regression: pass targets=True, or convert --targets)"
+
+
 def as_int_labels(labels: Any, what: str, hint: str = "") -> np.ndarray:
     """Labels as a 1-D int64 array; floats, bools and strings are refused, not rounded (``hint``
     follows the message that refuses them)."""
@@ -145,9 +149,31 @@ def as_targets(targets: Any, what: str) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
+def as_target(value: Any, what: str) -> float | np.ndarray:
+    """One sample's target, checked as :func:`as_targets` checks them all: a real number (as a
+    float) or an array of numbers or booleans (a tensor's values), finite."""
+    if value is None:
+        raise ConversionError(f"{what} is missing (None)")
+    if hasattr(value, "detach"):  # a tensor, on any device
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ConversionError(f"{what} must be a number or an array of numbers, got {type(value).__name__} "
+                              f"of dtype {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ConversionError(f"{what} is not finite ({str(array):.60}): its losses would be NaN")
+    return float(array) if array.ndim == 0 else array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def check_target_options(class_names: Any, drop_unlabeled: bool, what: str) -> None:
+    """Targets have no classes to name and no "no label" value to drop."""
+    if class_names is not None or drop_unlabeled:
+        raise ConversionError(f"{what}: class_names and drop_unlabeled apply to class labels, not to targets=True")
+
+
 def target_field(targets: np.ndarray):
-    """The field a converter writes checked ``targets`` (:func:`as_targets`) to: a number per
-    sample is a FloatField, an array an NDArrayField of its shape and dtype."""
+    """The field a converter writes checked ``targets`` (:func:`as_targets`: one row per sample)
+    to: a number per sample is a FloatField, an array an NDArrayField of its shape and dtype."""
     from ..store.fields import FloatField, NDArrayField
 
     return FloatField() if targets.ndim == 1 else NDArrayField(targets.dtype, targets.shape[1:])
@@ -179,12 +205,13 @@ def labelled_samples(labels: np.ndarray, what: str, drop_unlabeled: bool) -> np.
     return kept
 
 
-def as_int_label(label: Any, what: str) -> int:
-    """One label as a Python int: int, numpy integer or 0-d integer tensor."""
+def as_int_label(label: Any, what: str, hint: str = "") -> int:
+    """One label as a Python int: int, numpy integer or 0-d integer tensor (``hint`` follows the
+    message that refuses anything else)."""
     if getattr(label, "ndim", None) == 0 and hasattr(label, "item"):
         label = label.item()  # 0-d tensor or array: its Python value keeps the int/float/bool kind
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-        raise ConversionError(f"{what} must be an integer, got {type(label).__name__} {label!r}")
+        raise ConversionError(f"{what} must be an integer, got {type(label).__name__} {label!r:.60}{hint}")
     return int(label)
 
 

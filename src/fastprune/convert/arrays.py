@@ -14,10 +14,6 @@ from ..errors import ConversionError
 from . import _common
 
 
-#: Where class labels are expected: how to store other targets.
-TARGETS_HINT = " (targets that are not classes, e.g. regression: from_arrays(targets=True), convert --targets)"
-
-
 def check_arrays(images: Any, labels: Any, what: str = "arrays",
                  targets: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``images`` as N x H x W (gray) or N x H x W x 3 uint8, ``labels`` as N int64 (``targets``:
@@ -37,7 +33,7 @@ def check_arrays(images: Any, labels: Any, what: str = "arrays",
     if targets:
         labels = _common.as_targets(labels, f"{what}: labels")
     else:
-        labels = _common.as_int_labels(labels, f"{what}: labels", hint=TARGETS_HINT)
+        labels = _common.as_int_labels(labels, f"{what}: labels", hint=_common.TARGETS_HINT)
     _common.check_counts_match(len(images), len(labels), what)
     _common.check_not_empty(len(images), what)
     return images, labels
@@ -117,9 +113,7 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
 
 def _from_targets(images, targets, out: Path, *, jpeg, quality, workers, progress, class_names, drop_unlabeled,
                   index) -> Path:
-    if class_names is not None or drop_unlabeled:  # both are about class labels
-        raise ConversionError("from_arrays: class_names and drop_unlabeled apply to class labels, not to "
-                              "targets=True")
+    _common.check_target_options(class_names, drop_unlabeled, "from_arrays")
     images, targets = check_arrays(images, targets, targets=True)
     fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": _common.target_field(targets)}
     return _common.write(out, _common.TargetSource(images, targets), fields, workers=workers, progress=progress,

@@ -97,8 +97,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
     ``index`` adds an ``index`` field (each sample's id; see :func:`fastprune.convert.from_arrays`);
     ``skip_unreadable`` leaves out an image folder's unreadable files and ``names`` stores each
     image's path (see ``from_image_folder``); ``columns``: a Hugging Face source's (image, label)
-    column names (default: image, label); ``targets``: a .npz file's labels are targets, not
-    classes (see :func:`fastprune.convert.from_arrays`)."""
+    column names (default: image, label); ``targets``: a .npz file's or Hugging Face
+    source's labels are targets, not classes (see :func:`fastprune.convert.from_arrays`)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
@@ -115,8 +115,8 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
                               "never negative)")
     if columns is not None and kind != "hf":
         raise ConversionError(f"--columns applies to hf sources, not {kind}")
-    if targets and kind != "npz":
-        raise ConversionError(f"--targets applies to npz sources, not {kind} (its labels are classes)")
+    if targets and kind not in ("npz", "hf"):
+        raise ConversionError(f"--targets applies to npz and hf sources, not {kind} (its labels are classes)")
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
                   index=index)
     if kind == "idx":
@@ -131,5 +131,5 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         image_column, label_column = columns or ("image", "label")
         return from_hf_path(path, out, split=split, image_column=image_column, label_column=label_column,
                             max_side=max_side, resize=resize, drop_unlabeled=drop_unlabeled,
-                            skip_unreadable=skip_unreadable, **common)
+                            skip_unreadable=skip_unreadable, targets=targets, **common)
     return from_npz(path, out, drop_unlabeled=drop_unlabeled, targets=targets, **common)

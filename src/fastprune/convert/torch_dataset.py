@@ -25,12 +25,12 @@ from . import _common
 
 
 class DatasetSource:
-    """Adapts a map-style dataset to the writer: (HxWx3 uint8, int) per index, checked."""
+    """Adapts a map-style dataset to the writer: (HxWx3 uint8, int label or target) per index, checked."""
 
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
                  drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None,
-                 uint8_arrays: bool = False):
+                 uint8_arrays: bool = False, targets: bool = False):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
@@ -38,6 +38,7 @@ class DatasetSource:
         # reads back as lists or int64 arrays: cast, losslessly (its values are uint8 by type)
         self.uint8_arrays = uint8_arrays
         self.keys = (image_key, label_key)
+        self.targets = targets  # labels are targets (from_torch_dataset(targets=True)), not classes
         self.max_side, self.resize = max_side, resize
         self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
         try:
@@ -55,16 +56,25 @@ class DatasetSource:
         # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
         # starts; when raw storage needs one shape, its shape is the one every sample must have
         self.reference_index, self.reference_shape = 0, None
-        first_image = self._first_readable()
+        first_image, self.first_label = self._first_readable()
         self.reference_shape = first_image.shape if one_shape else None
 
-    def _first_readable(self) -> np.ndarray:
-        """The image of sample 0, or with skip_unreadable of the first sample that reads (the
-        writer names the ones before it)."""
+    def label_field(self):
+        """The label's field: an IntField for classes; for targets, as sample 0's target is (a
+        FloatField for a number, else an NDArrayField of its shape and dtype)."""
+        from ..store.fields import IntField
+
+        if not self.targets:
+            return IntField()
+        return _common.target_field(np.asarray(self.first_label)[None])
+
+    def _first_readable(self) -> tuple[np.ndarray, Any]:
+        """Sample 0, or with skip_unreadable the first sample that reads (the writer names the
+        ones before it)."""
         for index in range(self.length):
             try:
                 self.reference_index = index
-                return self[index][0]
+                return self[index]
             except UnreadableSample:
                 if not self.skip_unreadable or index + 1 == self.length:
                     raise
@@ -73,13 +83,16 @@ class DatasetSource:
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         index = index if self.indices is None else int(self.indices[index])
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
-        label = _label(item[1], f"{what}: label")
-        if label is None or label < 0:
-            raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
+        if self.targets:
+            label = _common.as_target(item[1], f"{what}: target")
+        else:
+            label = _label(item[1], f"{what}: label")
+            if label is None or label < 0:
+                raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = self._image(item[0], f"{what}: image")
         if self.reference_shape is not None and image.shape != self.reference_shape:
             first = self.reference_index if self.indices is None else int(self.indices[self.reference_index])
@@ -214,7 +227,7 @@ def _has_transform(dataset: Any) -> bool:
 def _label(value: Any, what: str) -> int | None:
     """A sample's label as an int, or None where it has none (a Hugging Face column's missing value,
     as a ClassLabel reads -1 back), which drop_unlabeled leaves out like a negative label."""
-    return None if value is None else _common.as_int_label(value, what)
+    return None if value is None else _common.as_int_label(value, what, hint=_common.TARGETS_HINT)
 
 
 def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = False,
@@ -222,7 +235,7 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
                        resize: tuple[int, int] | None = None, workers: int | None = None,
                        progress: bool = True, image_key: str = "image", label_key: str = "label",
                        class_names: Sequence[str] | None = None, drop_unlabeled: bool = False,
-                       index: bool = False, skip_unreadable: bool = False) -> Path:
+                       index: bool = False, skip_unreadable: bool = False, targets: bool = False) -> Path:
     """Convert a map-style dataset of ``(image, int label)`` pairs (or dicts holding
     ``image_key`` and ``label_key``) to a store at ``out``.
 
@@ -240,34 +253,42 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     ``skip_unreadable=True`` leaves out the samples whose ``dataset[i]`` raises (a bad file behind
     it) instead of stopping: one ``SkippedSamplesWarning`` names them, and later samples move up.
     More than 1% of the samples (and over 10) stops the conversion all the same.
+    ``targets=True``: the labels are targets, not classes (regression, multi-label; see
+    :func:`~fastprune.convert.from_arrays`): sample 0's decides the field, a number (float64) or
+    an array, a tensor's included, whose shape and dtype every sample's must take.
     """
     return _convert(dataset, out, jpeg=jpeg, quality=quality, max_side=max_side, resize=resize,
                     workers=workers, progress=progress, image_key=image_key, label_key=label_key,
                     class_names=class_names, drop_unlabeled=drop_unlabeled, index=index,
-                    skip_unreadable=skip_unreadable)
+                    skip_unreadable=skip_unreadable, targets=targets)
 
 
 def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, max_side: int | None,
              resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
              label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
-             skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False) -> Path:
+             skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False,
+             targets: bool = False) -> Path:
     # a Hugging Face dataset's Arrow files (converting onto one of them destroyed the source)
     out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
                                                  if isinstance(f, dict) and "filename" in f])
     for name, flag in (("jpeg", jpeg), ("drop_unlabeled", drop_unlabeled), ("skip_unreadable", skip_unreadable),
-                       ("progress", progress)):
+                       ("progress", progress), ("targets", targets)):
         check_bool(flag, name)  # jpeg="no" is truthy
+    if targets:
+        _common.check_target_options(class_names, drop_unlabeled, f"dataset {type(dataset).__name__}")
     if workers is not None:
         check_positive_int(workers, "workers")
     names = _common.names_list(class_names, "class_names") if class_names is not None \
-        else _torchvision_classes(dataset)
+        else None if targets else _torchvision_classes(dataset)
     with _global_rng_kept():
         source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                                image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
-                               skip_unreadable=skip_unreadable, image_mode=image_mode, uint8_arrays=uint8_arrays)
-        fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
+                               skip_unreadable=skip_unreadable, image_mode=image_mode, uint8_arrays=uint8_arrays,
+                               targets=targets)
+        fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": source.label_field()}
         return _common.write(out, source, fields, workers=workers, progress=progress,
-                             class_names={"label": names}, index=index, skip_unreadable=skip_unreadable)
+                             class_names={} if targets else {"label": names}, index=index,
+                             skip_unreadable=skip_unreadable)
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:
@@ -304,7 +325,7 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
                                  if isinstance(columns, dict) else ""))
     features = getattr(dataset, "features", None) or {}
     label_names = getattr(features.get(label_column), "names", None)
-    if label_names and options.get("class_names") is None:  # a ClassLabel column
+    if label_names and options.get("class_names") is None and options.get("targets") is not True:  # ClassLabel
         options["class_names"] = label_names
     image_mode, uint8_arrays = None, False
     if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample

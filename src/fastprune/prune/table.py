@@ -9,6 +9,7 @@ import numpy as np
 from .._args import check_bool, check_epoch
 from .._native import core
 from .._signals import signals_deferred
+from ..errors import FastpruneError
 from ._inputs import as_correct, as_indices, as_losses, staged, to_numpy
 
 # name -> (dtype, initial value); one contiguous array each (structure of arrays, so a selection
@@ -35,7 +36,7 @@ MAX_LOSS = 1e18  # csrc/select.cpp's kMaxLoss: a larger loss's squared deviation
 SKIP_HINT = " (pass skip_invalid=True to drop such entries)"  # how the core's message ends
 
 
-class InvalidLoss(ValueError):
+class InvalidLoss(FastpruneError, ValueError):
     """An update's loss is NaN, infinite or beyond +-1e18 (usually a diverged model); the message
     names the entry and its sample. ``fit`` turns it into :class:`~fastprune.TrainingDiverged`."""
 _FLOATS = ("mean", "var", "score")  # the fields stored in ``dtype``; the score column is derived

@@ -111,7 +111,7 @@ def test_targets_options_are_checked(tmp_path):
         from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", targets="yes", progress=False)
     # class labels that are floats say how to store targets instead
     with pytest.raises(ConversionError, match=r"labels must be integers, got dtype float64 \(targets that are "
-                                              r"not classes, e.g. regression: from_arrays\(targets=True\)"):
+                                              r"not classes, e.g. regression: pass targets=True, or convert --targets\)"):
         from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", progress=False)
 
 
@@ -127,7 +127,7 @@ def test_convert_targets_from_a_npz_and_only_from_one(tmp_path, capsys):
     tree = tmp_path / "tree" / "a"
     tree.mkdir(parents=True)
     assert main(["convert", str(tree.parent), "-o", str(tmp_path / "t.beton"), "--targets"]) != 0
-    assert "--targets applies to npz sources, not imagefolder" in capsys.readouterr().err
+    assert "--targets applies to npz and hf sources, not imagefolder" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -163,3 +163,75 @@ def test_the_guide_anchor_for_other_tasks_exists():
     headings = [line.lstrip("#").strip() for line in guide.read_text().splitlines() if line.startswith("## ")]
     slugs = {"-".join("".join(c for c in h.lower() if c.isalnum() or c in " -").split()) for h in headings}
     assert OTHER_TASKS.split("#")[1] in slugs
+
+
+class _Samples:
+    """A map-style dataset of (image, target) pairs; ``target(i)`` makes sample i's."""
+
+    def __init__(self, target, n=N):
+        self.target, self.images = target, _images(n, seed=6)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.target(i)
+
+
+@pytest.mark.parametrize("target, field, expected", [
+    (lambda i: i / 3, FloatField(), lambda i: i / 3),
+    (lambda i: torch.tensor([i, -i], dtype=torch.float32), NDArrayField(np.float32, (2,)),
+     lambda i: np.array([i, -i], np.float32)),
+    (lambda i: [i % 2 == 0, True, False], NDArrayField(np.bool_, (3,)), lambda i: np.array([i % 2 == 0, 1, 0], bool)),
+], ids=["number", "tensor", "list of booleans"])
+def test_from_torch_dataset_stores_targets_as_sample_0s_is(tmp_path, target, field, expected):
+    from fastprune.convert import from_torch_dataset
+
+    path = from_torch_dataset(_Samples(target), tmp_path / "t.beton", targets=True, workers=2, progress=False)
+    with Store(path) as store:
+        assert store.fields["label"] == field and store.class_names is None
+    ids, labels = _every_batch(fastprune.Loader(path, 8, seed=0))
+    np.testing.assert_array_equal(labels, np.stack([expected(i) for i in ids]))
+
+
+@pytest.mark.parametrize("target, message", [
+    (lambda i: None if i == 3 else 1.0, r"sample 3 of _Samples: target is missing \(None\)"),
+    (lambda i: float("nan") if i == 7 else 1.0, r"sample 7 of _Samples: target is not finite \(nan\)"),
+    (lambda i: np.zeros(2 if i < 5 else 3), r"sample 5, field 'label' \(NDArrayField\): expected an array of shape"),
+    (lambda i: "cat", r"sample 0 of _Samples: target must be a number or an array of numbers, got str"),
+])
+def test_from_torch_dataset_refuses_a_target_naming_its_sample(tmp_path, target, message):
+    from fastprune.convert import from_torch_dataset
+
+    out = tmp_path / "bad.beton"
+    with pytest.raises(ConversionError, match=message):
+        from_torch_dataset(_Samples(target), out, targets=True, workers=1, progress=False)
+    assert not out.exists()
+
+
+def test_from_torch_dataset_says_how_to_store_float_labels(tmp_path):
+    from fastprune.convert import from_torch_dataset
+
+    with pytest.raises(ConversionError, match=r"sample 0 of _Samples: label must be an integer, got float 0.0 "
+                                              r"\(targets that are not classes, e.g. regression: pass targets=True"):
+        from_torch_dataset(_Samples(float), tmp_path / "x.beton", progress=False)
+    with pytest.raises(ConversionError, match="dataset _Samples: class_names and drop_unlabeled apply to class"):
+        from_torch_dataset(_Samples(float), tmp_path / "x.beton", targets=True, drop_unlabeled=True, progress=False)
+
+
+def test_a_hugging_face_float_column_converts_as_targets(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    from fastprune.convert import from_hf_dataset
+
+    values = np.random.default_rng(7).normal(size=(N, 2)).astype(np.float32)
+    dataset = datasets.Dataset.from_dict({"image": list(_images()), "depth": values.tolist(),
+                                          "score": values[:, 0].tolist()})
+    path = from_hf_dataset(dataset, tmp_path / "hf.beton", label_column="depth", targets=True, progress=False)
+    ids, labels = _every_batch(fastprune.Loader(path, 8, seed=0))
+    np.testing.assert_array_equal(labels, values[ids].astype(np.float64))  # from_dict infers float64 from Python floats
+    dataset.save_to_disk(tmp_path / "saved")
+    out = tmp_path / "cli.beton"
+    assert main(["convert", str(tmp_path / "saved"), "-o", str(out), "--columns", "image,score", "--targets",
+                 "--no-progress"]) == 0
+    ids, labels = _every_batch(fastprune.Loader(out, 8, seed=0))
+    np.testing.assert_array_equal(labels, values[ids, 0].astype(np.float64))
