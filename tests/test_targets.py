@@ -235,3 +235,20 @@ def test_a_hugging_face_float_column_converts_as_targets(tmp_path, capsys):
                  "--no-progress"]) == 0
     ids, labels = _every_batch(fastprune.Loader(out, 8, seed=0))
     np.testing.assert_array_equal(labels, values[ids, 0].astype(np.float64))
+
+
+def test_describe_stores_and_export_scores_refuse_targets_naming_the_field(multi_label_store, tmp_path):
+    from fastprune.prune import export_scores
+    from fastprune.train import describe_stores
+
+    with pytest.raises(ConfigError, match=r"ml.beton: its label field 'label' holds arrays of shape \(4,\) \(bool\), "
+                                          r"not class labels"):
+        describe_stores(multi_label_store, multi_label_store)
+    strategy = fastprune.UCB(N, keep=0.5, seed=0)
+    strategy.select(0)
+    out = tmp_path / "scores.csv"
+    with pytest.raises(ConfigError, match=r"its label field 'label' holds arrays of shape \(4,\) \(bool\), not class "
+                                          r"labels: report without the store"):
+        export_scores(strategy, out, store=multi_label_store)
+    assert not out.exists()
+    assert export_scores(strategy, out).exists()  # without the store: scores, no labels
