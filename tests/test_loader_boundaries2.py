@@ -91,20 +91,28 @@ def test_raw_images_of_one_height_but_different_widths_are_refused(tmp_path):
 
 
 def test_two_integer_fields_without_a_label_give_no_labels_rather_than_a_guess(tmp_path):
-    """Docs: the label field is "label" or the only integer field; of "index" and "target" neither."""
+    """Docs: the label field is "label" or the only integer field, never "index" (the sample ids
+    the converters' index= writes); of "target" and "other" neither, with a warning."""
+    from fastprune.errors import UsageWarning
+
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
 
     class Rows(_Images):
         def __getitem__(self, i):
-            return self.images[i], i, int(self.labels[i])
+            return self.images[i], i, int(self.labels[i]), 5 - i
 
     path = fastprune.write_dataset(tmp_path / "t.beton", Rows(images, np.arange(6) % 2),
-                                   {"image": RGBImageField(), "index": IntField(), "target": IntField()},
-                                   workers=1, progress=False)
-    assert next(iter(Loader(path, 6, shuffle=False))).labels is None
+                                   {"image": RGBImageField(), "index": IntField(), "target": IntField(),
+                                    "other": IntField()}, workers=1, progress=False)
+    with pytest.warns(UsageWarning, match="fields that could be: target, other"):
+        assert next(iter(Loader(path, 6, shuffle=False))).labels is None
     labels = next(iter(Loader(path, 6, shuffle=False, label_field="target"))).labels
     assert labels.tolist() == [0, 1, 0, 1, 0, 1]
+    two = fastprune.write_dataset(tmp_path / "two.beton", [row[:3] for row in Rows(images, np.arange(6) % 2)],
+                                  {"image": RGBImageField(), "index": IntField(), "target": IntField()},
+                                  workers=1, progress=False)
+    assert next(iter(Loader(two, 6, shuffle=False))).labels.tolist() == [0, 1, 0, 1, 0, 1]  # not the ids
 
 
 def test_a_pickled_loader_keeps_its_thread_nice(tmp_path):

@@ -32,13 +32,31 @@ def _every_batch(loader):
     return np.concatenate(ids), np.concatenate(labels)
 
 
+def test_the_index_field_is_never_taken_for_labels_and_unchosen_candidates_warn(tmp_path):
+    """write_dataset(index_field=) beside a float target made the sample ids the labels: fastprune
+    train took them for 200 classes and trained a classifier on them."""
+    rows = [(image, float(i) / 2) for i, image in enumerate(_images())]
+    path = write_dataset(tmp_path / "i.beton", rows, {"image": RGBImageField(), "target": FloatField()},
+                         index_field="index", workers=1, progress=False)
+    with pytest.warns(fastprune.errors.UsageWarning, match=r"i.beton: batches carry no labels \(no field is named "
+                                                            r"'label'; fields that could be: target\): pass "
+                                                            r"Loader\(label_field=...\)"):
+        loader = fastprune.Loader(path, 8)
+    assert next(iter(loader)).labels is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastprune.errors.UsageWarning)  # named: no warning
+        ids, labels = _every_batch(fastprune.Loader(path, 8, label_field="target", seed=0))
+    np.testing.assert_array_equal(labels, ids / 2)
+
+
 def test_an_array_field_is_not_taken_for_labels_by_default(tmp_path):
     """An NDArrayField's metadata column is its data pointer (an unsigned integer): the Loader
     took such a field for the only integer field and yielded the pointers (8388768, ...) as labels."""
     feats = np.arange(N * 2, dtype=np.int32).reshape(N, 2)
     path = write_dataset(tmp_path / "f.beton", list(zip(_images(), feats)),
                          {"image": RGBImageField(), "feat": NDArrayField(np.int32, (2,))}, workers=1, progress=False)
-    assert next(iter(fastprune.Loader(path, 8))).labels is None
+    with pytest.warns(fastprune.errors.UsageWarning, match="fields that could be: feat"):
+        assert next(iter(fastprune.Loader(path, 8))).labels is None
     ids, labels = _every_batch(fastprune.Loader(path, 8, label_field="feat", seed=1))
     assert sorted(ids) == list(range(N)) and labels.dtype == np.int32
     np.testing.assert_array_equal(labels, feats[ids])
@@ -95,6 +113,8 @@ def test_from_arrays_stores_multi_label_vectors_as_an_array_field(tmp_path):
     (np.r_[np.zeros(N - 2), np.inf, 0.0], r"sample 35's target is not finite \(inf; 1 such samples\)"),
     (np.c_[np.zeros(N), np.r_[np.zeros(N - 1), np.nan]], r"sample 36's target is not finite \(\[ 0. nan\]"),
     (np.float64(2.0), r"must hold one target per sample, got a scalar"),
+    ([np.zeros(2)] * 5 + [np.zeros(3)] * (N - 5), r"labels are not all of one shape .*0/1 vector of one length"),
+    (np.zeros((N, 0)), r"each sample's target is empty \(shape \(0,\)\)"),
     (np.zeros(N - 1), r"arrays: 37 images but 36 labels"),
 ])
 def test_from_arrays_refuses_targets_it_cannot_train_on_and_writes_nothing(tmp_path, targets, message):
@@ -143,6 +163,28 @@ def test_fit_refuses_array_labels_in_one_line(multi_label_store):
     with pytest.raises(ConfigError, match=r"fit: train_loader's label field 'label' holds arrays of shape \(4,\) "
                                           r"\(bool\); fit trains classifiers .* docs/guide.md#other-tasks"):
         fit(model, fastprune.Loader(multi_label_store, 8), None, epochs=1, progress=False, log=None)
+
+
+def test_bench_refuses_targets_before_printing_its_plan(multi_label_store, tmp_path, capsys):
+    code = main(["bench", "--train", str(multi_label_store), "--val", str(multi_label_store), "--quick",
+                 "--out", str(tmp_path / "b.json")])
+    out, err = capsys.readouterr()
+    assert code != 0 and "holds arrays of shape (4,) (bool), not class labels" in err
+    assert out == "" and not (tmp_path / "b.json").exists()
+
+
+def test_a_square_loss_is_told_to_squeeze_the_prediction():
+    """A [B, 1] prediction against [B] targets broadcasts to a [B, B] loss; the usual advice,
+    flatten(1).mean(1), would run and average each prediction's error against every target."""
+    strategy = fastprune.UCB(8, keep=0.5, seed=0)
+    strategy.select(0)
+    prediction, targets = torch.zeros(4, 1), torch.ones(4)
+    loss = (prediction - targets) ** 2  # what mse_loss(reduction="none") gives, with a warning
+    with pytest.raises(ValueError, match=r"a \[B, B\] loss is usually a \[B, 1\] prediction broadcast against \[B\] "
+                                         r"targets: squeeze\(1\) the prediction\), got shape \(4, 4\)"):
+        strategy.update(torch.arange(4), loss)
+    with pytest.raises(ValueError, match=r"e.g. loss.flatten\(1\).mean\(1\)\), got shape \(4, 3\)"):
+        strategy.update(torch.arange(4), torch.zeros(4, 3))
 
 
 def test_train_refuses_targets_before_any_work(multi_label_store, tmp_path, capsys):
@@ -197,7 +239,12 @@ def test_from_torch_dataset_stores_targets_as_sample_0s_is(tmp_path, target, fie
 @pytest.mark.parametrize("target, message", [
     (lambda i: None if i == 3 else 1.0, r"sample 3 of _Samples: target is missing \(None\)"),
     (lambda i: float("nan") if i == 7 else 1.0, r"sample 7 of _Samples: target is not finite \(nan\)"),
-    (lambda i: np.zeros(2 if i < 5 else 3), r"sample 5, field 'label' \(NDArrayField\): expected an array of shape"),
+    (lambda i: np.zeros(2 if i < 5 else 3), r"sample 5 of _Samples: target has shape \(3,\), sample 0's \(2,\): "
+                                            r"every sample's target needs one shape"),
+    (lambda i: 1.0 if i < 3 else np.zeros(2), r"sample 3 of _Samples: target has shape \(2,\), sample 0's \(\)"),
+    (lambda i: np.zeros(2, np.float32 if i < 5 else np.float64),
+     r"sample 5 of _Samples: target is float64, sample 0's float32, which it does not cast to safely"),
+    (lambda i: np.zeros(0), r"sample 0 of _Samples: target is empty \(shape \(0,\)\)"),
     (lambda i: "cat", r"sample 0 of _Samples: target must be a number or an array of numbers, got str"),
 ])
 def test_from_torch_dataset_refuses_a_target_naming_its_sample(tmp_path, target, message):
@@ -217,6 +264,27 @@ def test_from_torch_dataset_says_how_to_store_float_labels(tmp_path):
         from_torch_dataset(_Samples(float), tmp_path / "x.beton", progress=False)
     with pytest.raises(ConversionError, match="dataset _Samples: class_names and drop_unlabeled apply to class"):
         from_torch_dataset(_Samples(float), tmp_path / "x.beton", targets=True, drop_unlabeled=True, progress=False)
+
+
+def test_a_hugging_face_list_column_keeps_its_declared_dtype(tmp_path):
+    """datasets reads a list column back as Python numbers: stored as float64/int64, they were
+    twice to eight times the bytes of the float32/int8 the column declares."""
+    datasets = pytest.importorskip("datasets")
+    from fastprune.convert import from_hf_dataset
+
+    values = np.random.default_rng(8).normal(size=(N, 3)).astype(np.float32)
+    features = datasets.Features({"image": datasets.Array3D((6, 5, 3), "uint8"),
+                                  "y": datasets.Sequence(datasets.Value("float32")),
+                                  "t": datasets.Sequence(datasets.Value("int8"), length=3)})
+    dataset = datasets.Dataset.from_dict({"image": list(_images()), "y": values.tolist(),
+                                          "t": (values * 10).astype(np.int8).tolist()}, features=features)
+    for column, dtype, expected in (("y", np.float32, values), ("t", np.int8, (values * 10).astype(np.int8))):
+        path = from_hf_dataset(dataset, tmp_path / f"{column}.beton", label_column=column, targets=True,
+                               progress=False)
+        with Store(path) as store:
+            assert store.fields["label"] == NDArrayField(dtype, (3,))
+        ids, labels = _every_batch(fastprune.Loader(path, 8, seed=0))
+        np.testing.assert_array_equal(labels, expected[ids])
 
 
 def test_a_hugging_face_float_column_converts_as_targets(tmp_path, capsys):

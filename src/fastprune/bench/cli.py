@@ -39,6 +39,7 @@ from ..errors import ConfigError, MissingExtraError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
                          check_outputs, check_visibility_arguments, describe_device, out_of_memory_named,
                          recipe_from_args)
+from ..train.data import check_classes
 from ..train.device import process_state_kept, resolve_device, run_amp
 from ..train.loop import save_csv
 from ..train.recipe import STRATEGIES, describe_recipe, describe_recipe_data, recipe_warnings
@@ -129,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
         check_fresh_folder([args.tensorboard / run_name(name, keep, seed) for name, keep, seed, _ in
                             plan.planned_runs(mode)], "--tensorboard", "--continue or --overwrite (each run "
                            "replaces its own folder's events)")
+    if args.train is not None:  # before the plan is printed: a store of targets, not classes, stops here
+        check_classes(args.train, args.val)
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick, own_data=args.train is not None)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result

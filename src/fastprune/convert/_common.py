@@ -134,11 +134,17 @@ def as_targets(targets: Any, what: str) -> np.ndarray:
     target, stored as float64) or one array of a fixed shape (multi-label, several outputs,
     stored in its own dtype). Strings and objects are refused, and so are NaN and infinities,
     naming the sample: every loss of that sample would be NaN."""
-    array = np.asarray(targets)
+    try:
+        array = np.asarray(targets)
+    except ValueError as exc:  # "inhomogeneous shape": rows of several lengths
+        raise ConversionError(f"{what} are not all of one shape ({exc}); multi-label tags: give each sample "
+                              "a 0/1 vector of one length") from None
     if array.ndim == 0:
         raise ConversionError(f"{what} must hold one target per sample, got a scalar")
     if array.dtype.kind not in "biuf":
         raise ConversionError(f"{what} must be numbers or booleans, got dtype {array.dtype}")
+    if 0 in array.shape[1:]:
+        raise ConversionError(f"{what}: each sample's target is empty (shape {array.shape[1:]})")
     if array.dtype.kind == "f" and array.size:
         bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
         if bad.size:
@@ -160,6 +166,8 @@ def as_target(value: Any, what: str) -> float | np.ndarray:
     if array.dtype.kind not in "biuf":
         raise ConversionError(f"{what} must be a number or an array of numbers, got {type(value).__name__} "
                               f"of dtype {array.dtype}")
+    if array.size == 0:
+        raise ConversionError(f"{what} is empty (shape {array.shape})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ConversionError(f"{what} is not finite ({str(array):.60}): its losses would be NaN")
     return float(array) if array.ndim == 0 else array.astype(array.dtype.newbyteorder("="), copy=False)

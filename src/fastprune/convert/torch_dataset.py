@@ -30,7 +30,7 @@ class DatasetSource:
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
                  drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None,
-                 uint8_arrays: bool = False, targets: bool = False):
+                 uint8_arrays: bool = False, targets: bool = False, target_dtype: str | None = None):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
@@ -39,6 +39,7 @@ class DatasetSource:
         self.uint8_arrays = uint8_arrays
         self.keys = (image_key, label_key)
         self.targets = targets  # labels are targets (from_torch_dataset(targets=True)), not classes
+        self.target_dtype = target_dtype  # arrays cast to it (a Hugging Face column's declared type)
         self.max_side, self.resize = max_side, resize
         self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
         try:
@@ -88,16 +89,37 @@ class DatasetSource:
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
         if self.targets:
-            label = _common.as_target(item[1], f"{what}: target")
+            label = self._target(item[1], what)
         else:
             label = _label(item[1], f"{what}: label")
             if label is None or label < 0:
                 raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = self._image(item[0], f"{what}: image")
         if self.reference_shape is not None and image.shape != self.reference_shape:
-            first = self.reference_index if self.indices is None else int(self.indices[self.reference_index])
-            raise _common.mixed_shape_error((f"sample {first}", self.reference_shape), (f"sample {index}", image.shape))
+            raise _common.mixed_shape_error((f"sample {self._first_id()}", self.reference_shape),
+                                            (f"sample {index}", image.shape))
         return image, label
+
+    def _target(self, value: Any, what: str) -> float | np.ndarray:
+        """A sample's target, checked, in sample 0's shape and dtype (which set the field)."""
+        target = _common.as_target(value, f"{what}: target")
+        if self.target_dtype is not None and np.ndim(target):  # a Hugging Face column's declared type
+            target = target.astype(self.target_dtype)
+        first = getattr(self, "first_label", None)
+        if first is None:
+            return target
+        shape, first_shape = np.shape(target), np.shape(first)
+        if shape != first_shape:
+            raise ConversionError(f"{what}: target has shape {shape}, sample {self._first_id()}'s {first_shape}: every "
+                                  "sample's target needs one shape (multi-label tags: a 0/1 vector of one length)")
+        if shape and not np.can_cast(target.dtype, first.dtype, "safe"):
+            raise ConversionError(f"{what}: target is {target.dtype}, sample {self._first_id()}'s {first.dtype}, which "
+                                  "it does not cast to safely: give every sample's target one dtype")
+        return target
+
+    def _first_id(self) -> int:
+        """The dataset index of the first sample read (its reference), drops counted."""
+        return self.reference_index if self.indices is None else int(self.indices[self.reference_index])
 
     def _image(self, value: Any, what: str) -> np.ndarray:
         """A sample's image as fitted HxWx3 uint8: decoded here where it is still encoded (a
@@ -267,7 +289,7 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
              resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
              label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
              skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False,
-             targets: bool = False) -> Path:
+             targets: bool = False, target_dtype: str | None = None) -> Path:
     # a Hugging Face dataset's Arrow files (converting onto one of them destroyed the source)
     out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
                                                  if isinstance(f, dict) and "filename" in f])
@@ -284,7 +306,7 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
         source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                                image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
                                skip_unreadable=skip_unreadable, image_mode=image_mode, uint8_arrays=uint8_arrays,
-                               targets=targets)
+                               targets=targets, target_dtype=target_dtype)
         fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": source.label_field()}
         return _common.write(out, source, fields, workers=workers, progress=progress,
                              class_names={} if targets else {"label": names}, index=index,
@@ -327,7 +349,7 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     label_names = getattr(features.get(label_column), "names", None)
     if label_names and options.get("class_names") is None and options.get("targets") is not True:  # ClassLabel
         options["class_names"] = label_names
-    image_mode, uint8_arrays = None, False
+    image_mode, uint8_arrays, target_dtype = None, False, None
     if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample
         for what, column in (("image_column", image_column), ("label_column", label_column)):
             if column not in columns:
@@ -335,8 +357,10 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
                                       "name the image and label columns (fastprune convert: --columns IMAGE,LABEL)")
         dataset, image_mode = _encoded_rows(dataset, image_column)
         uint8_arrays = _declared_dtype(features[image_column]) == "uint8"
-    return _convert(dataset, out, image_key=image_column, label_key=label_column,
-                    image_mode=image_mode, uint8_arrays=uint8_arrays, **{**_DEFAULTS, **options})
+        # datasets reads a list column back as Python numbers (float64, int64): keep its own type
+        target_dtype = _declared_dtype(features[label_column]) if options.get("targets") is True else None
+    return _convert(dataset, out, image_key=image_column, label_key=label_column, image_mode=image_mode,
+                    uint8_arrays=uint8_arrays, target_dtype=target_dtype, **{**_DEFAULTS, **options})
 
 
 def _encoded_rows(dataset: Any, image_column: str) -> tuple[Any, str | None]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._cpus import rank_cpus
 from .._native import core
-from ..errors import StoreError
+from ..errors import StoreError, UsageWarning
 from ..store.fields import FloatField, IntField, NDArrayField
 from ..store.reader import Store
 
@@ -123,7 +124,7 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
         raise ValueError(f"image_field={image_field!r} is not an RGB image field of this store "
                          f"(fields: {sorted(columns)})")
-    label_field = label_field if label_field is not None else _pick_label_field(store.fields)
+    label_field = label_field if label_field is not None else _pick_label_field(store)
     if label_field is not None and not isinstance(store.fields.get(label_field), _LABEL_FIELD_TYPES):
         raise ValueError(f"label_field={label_field!r} is not an int, float or array field of this store "
                          f"(fields: {_field_kinds(store)})")
@@ -198,13 +199,22 @@ def targets_kind(labels) -> str | None:
     return None
 
 
-def _pick_label_field(fields) -> str | None:
-    """``label`` if it is an int, float or array field, else the only int field. An array field's
-    metadata is a pointer (an unsigned integer): its type, not its column, tells them apart."""
+def _pick_label_field(store: Store) -> str | None:
+    """``label`` if it is an int, float or array field, else the only int field, unless another
+    field could be the labels too. The converters' ``index`` field (each sample's id) is never
+    chosen: ``write_dataset(index_field=...)`` beside a float target made the ids the labels,
+    and a classifier trained on them. An array field's metadata is a pointer (an unsigned
+    integer): its type, not its column, tells them apart. Candidates left unchosen warn once."""
+    fields = store.fields
     if isinstance(fields.get("label"), _LABEL_FIELD_TYPES):
         return "label"
-    ints = [name for name, field in fields.items() if isinstance(field, IntField)]
-    return ints[0] if len(ints) == 1 else None
+    candidates = [name for name, field in fields.items() if isinstance(field, _LABEL_FIELD_TYPES) and name != "index"]
+    if len(candidates) == 1 and isinstance(fields[candidates[0]], IntField):
+        return candidates[0]
+    if candidates:
+        warnings.warn(f"{store.path}: batches carry no labels (no field is named 'label'; fields that could be: "
+                      f"{', '.join(candidates)}): pass Loader(label_field=...)", UsageWarning, stacklevel=5)
+    return None
 
 
 def _field_kinds(store: Store) -> str:

@@ -119,10 +119,11 @@ class Loader:
             A sharded strategy (``distributed="sharded"``) selects this rank's own samples:
             the loader then visits that selection whole, on the strategy's rank.
         image_field / label_field: field names (default: the only image field; "label" if it is
-            an int, float or array field, else the only integer field). Integer labels arrive as
-            int64; targets that are not classes as stored: a FloatField (a regression target) as
-            float64 [B], an NDArrayField (multi-label, several outputs) as [B, *shape] in its
-            dtype (docs/guide.md, "Other tasks").
+            an int, float or array field, else the only integer field other than ``index`` (the
+            sample ids); where several fields could be the labels, none, with a warning). Integer
+            labels arrive as int64; targets that are not classes as stored: a FloatField (a
+            regression target) as float64 [B], an NDArrayField (multi-label, several outputs) as
+            [B, *shape] in its dtype (docs/guide.md, "Other tasks").
         max_image_pixels: a JPEG whose header claims more pixels is refused (``StoreError``, a
             ValueError, naming the file and the sample) before anything is allocated; default
             2**27 (a 403 MB RGB image), so a damaged or hostile header cannot make the loader

@@ -59,7 +59,9 @@ What a rank holds per sample (``strategy.bytes_per_sample``), for tables of 1e8-
   loss, its variance, the bandit score) in 2 bytes instead of 4: EpsilonGreedy 12 -> 8 bytes,
   UCB 16 -> 10; selections read the 16-bit scores in place. bfloat16 keeps float32's range
   with about 3 significant digits; float16 has a little more precision but clips at 65504 (UCB's
-  variance, in squared loss units, saturates once the losses spread by about 256: use bfloat16). How
+  variance, in squared loss units, saturates once the losses spread by about 256) and loses
+  values below 6e-5 (flushed to 0 below 6e-8: the variance of losses near 1e-4, as a small
+  regression error's are, is 0): use bfloat16. How
   often the rounded tables select differently: ``benchmarks/scale.py`` (docs/guide.md, "Very
   large datasets").
 * ``track_kept=True`` — times kept and last kept epoch per sample (8 bytes; ``sample_report``,

@@ -49,6 +49,16 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
         return _described({"training": training, "validation": validation}, train, val, mean, std, crop)
 
 
+def check_classes(train, val) -> int:
+    """The number of classes of ``train`` and ``val`` (stores or paths), their labels checked as
+    :func:`describe_stores` checks them, and nothing else read: a command checks them before it
+    prints its plan."""
+    from ..loader._source import open_source
+
+    with open_source(train, None, None, threads=1) as training, open_source(val, None, None, threads=1) as validation:
+        return _classes(training, validation, _name(train), _name(val))
+
+
 def _described(sources: dict, train, val, mean, std, crop) -> DataSpec:
     from ..loader import Normalize
 
