@@ -4,6 +4,7 @@ torchvision/ffcv, RandomResizedCrop's draws and fallback crop, limits of the arg
 Normalize.from_255's keyword arguments, and how labels and fields are picked."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -307,3 +308,45 @@ def test_producer_threads_make_the_loaders_gpu_their_current_device(tmp_path, mo
             list(run.batches())
     finally:
         run.close()
+
+
+def _mappings_of(path) -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(str(path) in line for line in maps)
+
+
+def _native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+def test_a_closed_loader_keeps_no_threads_and_no_mapping_of_its_store(tmp_path):
+    """close() closed the file only: the native gather's threads and its view of the mapping
+    lived as long as the closed Loader (a sweep keeping each run's loader kept them all), and a
+    pickled copy never closed the Store reopened for it."""
+    labels = np.random.default_rng(0).random((16, 3)).astype(np.float32)  # array labels: a view of their own
+    path = from_arrays(np.zeros((16, 4, 4, 3), np.uint8), labels, tmp_path / "s.beton", targets=True, progress=False)
+
+    def closed_loaders():
+        loader = Loader(path, 4, threads=3)
+        for _ in loader:
+            pass
+        copy = pickle.loads(pickle.dumps(loader))
+        assert _mappings_of(path) == 2
+        loader.close()
+        copy.close()
+        return loader, copy
+
+    kept = [closed_loaders()]  # the first pass starts threads of torch's and numba's that stay
+    threads_before = _native_threads()
+    kept += [closed_loaders() for _ in range(3)]
+    assert _native_threads() == threads_before and _mappings_of(path) == 0
+    loader = kept[-1][0]
+    assert loader.threads == 3 and pickle.loads(pickle.dumps(loader)).threads == 3  # settings kept for copies
+    with pytest.raises(fastprune.StoreError, match="s.beton: the store is closed"):
+        next(iter(loader))
+    store = fastprune.Store(path)
+    with Loader(store, 4, threads=2):
+        pass
+    store.check_unchanged()  # a Store passed in stays open: its caller's
+    store.close()

@@ -43,9 +43,16 @@ class ImageSource:
     def close(self) -> None:
         """Close the store file if this source opened it (a Store passed in is its caller's). A
         file left to the garbage collector is closed by a finalizer that swallows exceptions: a
-        Ctrl-C landing while `fastprune train` dropped one was lost, and training ran on."""
+        Ctrl-C landing while `fastprune train` dropped one was lost, and training ran on.
+        The native gather (its threads) and the views of the mapping go too: they had lived as
+        long as the closed loader, and a sweep keeping each run's loader kept every run's
+        threads and mapped file. (A gather running on another thread keeps its own reference.)"""
         if self.owns_store:
             self.owner.close()
+            self.gather = _ClosedGather(self.gather, self.owner.path)
+            self.buffer = None
+            if isinstance(self.labels, ArrayLabels):
+                self.labels.close()
 
     def __enter__(self) -> "ImageSource":
         return self
@@ -65,14 +72,17 @@ class ImageSource:
         """Ask the OS to read samples ``ids``' bytes, each rounded out to ``granule``-byte aligned
         blocks (0: pages), into memory in the background (a hint: see csrc/readahead.cpp);
         returns the bytes hinted."""
-        return core.advise_willneed(self.buffer, self.offsets, self.sizes, ids, granule)
+        buffer = self.buffer
+        return 0 if buffer is None else core.advise_willneed(buffer, self.offsets, self.sizes, ids, granule)
 
     def resident_fraction(self, ids: np.ndarray) -> float:
         """The share of samples ``ids`` whose first page is in memory (1.0 where that cannot be
         told), asked without reading the file (see csrc/readahead.cpp)."""
-        file = getattr(self.owner, "_file", None)  # None once the store is closed
+        file, buffer = getattr(self.owner, "_file", None), self.buffer  # None once the store is closed
+        if buffer is None:
+            return 1.0
         fd = file.fileno() if file is not None else -1
-        return core.resident_fraction(self.buffer, self.offsets, ids, fd, self.mincore_trusted)
+        return core.resident_fraction(buffer, self.offsets, ids, fd, self.mincore_trusted)
 
     @functools.cached_property
     def uniform_shape(self) -> tuple[int, int] | None:
@@ -221,6 +231,19 @@ def _field_kinds(store: Store) -> str:
     return ", ".join(f"{name} ({type(field).__name__})" for name, field in store.fields.items())
 
 
+class _ClosedGather:
+    """What a closed source keeps of its native gather: the settings a pickled copy of its loader
+    reopens the store with, not the threads or the view of the mapping."""
+
+    def __init__(self, gather, path):
+        self.threads, self.max_pixels, self.nice, self._path = gather.threads, gather.max_pixels, gather.nice, path
+
+    def gather(self, *args, **kwargs):
+        raise StoreError(f"{self._path}: the store is closed")
+
+    gather_crops = gather
+
+
 class ArrayLabels:
     """An NDArrayField's values as a batch's labels: ``labels[ids]`` is ``[len(ids), *shape]`` in
     the field's dtype (native byte order), copied from the mapped file. Each sample's range was
@@ -242,10 +265,16 @@ class ArrayLabels:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def close(self) -> None:
+        self._buffer = None  # the mapping is released once no view holds it
+
     def __getitem__(self, ids) -> np.ndarray:
         offsets = self._offsets[np.asarray(ids, np.int64)]
         out = np.empty((len(offsets), self._field.element_size), np.uint8)
-        _copy_ranges(self._buffer, offsets, out)
+        buffer = self._buffer
+        if buffer is None:
+            raise StoreError("the store of these labels is closed")
+        _copy_ranges(buffer, offsets, out)
         return out.view(self._field.dtype).reshape(len(offsets), *self._field.shape).astype(self.dtype, copy=False)
 
 
