@@ -155,9 +155,10 @@ def as_targets(targets: Any, what: str) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def as_target(value: Any, what: str) -> float | np.ndarray:
+def as_target(value: Any, what: str, dtype: str | None = None) -> float | np.ndarray:
     """One sample's target, checked as :func:`as_targets` checks them all: a real number (as a
-    float) or an array of numbers or booleans (a tensor's values), finite."""
+    float) or an array of numbers or booleans (a tensor's values; cast to ``dtype`` if given),
+    finite."""
     if value is None:
         raise ConversionError(f"{what} is missing (None)")
     if hasattr(value, "detach"):  # a tensor, on any device
@@ -168,6 +169,8 @@ def as_target(value: Any, what: str) -> float | np.ndarray:
                               f"of dtype {array.dtype}")
     if array.size == 0:
         raise ConversionError(f"{what} is empty (shape {array.shape})")
+    if dtype is not None and array.ndim:
+        array = array.astype(dtype)  # before the check: a value past float32's range becomes inf
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ConversionError(f"{what} is not finite ({str(array):.60}): its losses would be NaN")
     return float(array) if array.ndim == 0 else array.astype(array.dtype.newbyteorder("="), copy=False)

@@ -102,9 +102,7 @@ class DatasetSource:
 
     def _target(self, value: Any, what: str) -> float | np.ndarray:
         """A sample's target, checked, in sample 0's shape and dtype (which set the field)."""
-        target = _common.as_target(value, f"{what}: target")
-        if self.target_dtype is not None and np.ndim(target):  # a Hugging Face column's declared type
-            target = target.astype(self.target_dtype)
+        target = _common.as_target(value, f"{what}: target", self.target_dtype)
         first = getattr(self, "first_label", None)
         if first is None:
             return target
