@@ -280,7 +280,8 @@ def test_wrong_field_names_list_the_store_fields(twelve_class_stores):
     train, _, _ = twelve_class_stores
     with pytest.raises(ValueError, match=r"image_field='img' is not an RGB image field .*\['image', 'label'\]"):
         Loader(train, 8, image_field="img")
-    with pytest.raises(ValueError, match=r"label_field='target' is not an int, float or array field of this store \(fields: image "
+    with pytest.raises(ValueError, match=r"label_field='target' is not an int, float or array field of this "
+                                         r"store \(fields: image "
                                          r"\(RGBImageField\), label \(IntField\)\)"):
         Loader(train, 8, label_field="target")
 

@@ -39,8 +39,8 @@ def test_the_index_field_is_never_taken_for_labels_and_unchosen_candidates_warn(
     path = write_dataset(tmp_path / "i.beton", rows, {"image": RGBImageField(), "target": FloatField()},
                          index_field="index", workers=1, progress=False)
     with pytest.warns(fastprune.errors.UsageWarning, match=r"i.beton: batches carry no labels \(no field is named "
-                                                            r"'label'; fields that could be: target\): pass "
-                                                            r"Loader\(label_field=...\)"):
+                                                            r"'label'; fields that could be: target\): "
+                                                            r"name one as the Loader's label_field"):
         loader = fastprune.Loader(path, 8)
     assert next(iter(loader)).labels is None
     with warnings.catch_warnings():
@@ -125,13 +125,15 @@ def test_from_arrays_refuses_targets_it_cannot_train_on_and_writes_nothing(tmp_p
 
 
 def test_targets_options_are_checked(tmp_path):
-    with pytest.raises(ConversionError, match="class_names and drop_unlabeled apply to class labels"):
+    with pytest.raises(ConversionError, match=r"from_arrays: class_names \(--class-names\) apply to class labels, "
+                                              r"not to targets \(targets=True, --targets\)"):
         from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", targets=True, class_names=["a"], progress=False)
     with pytest.raises(TypeError, match="targets must be True or False, got str 'yes'"):
         from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", targets="yes", progress=False)
     # class labels that are floats say how to store targets instead
     with pytest.raises(ConversionError, match=r"labels must be integers, got dtype float64 \(targets that are "
-                                              r"not classes, e.g. regression: pass targets=True, or convert --targets\)"):
+                                              r"not classes, e.g. regression: pass targets=True, or convert "
+                                              r"--targets\)"):
         from_arrays(_images(), np.zeros(N), tmp_path / "x.beton", progress=False)
 
 
@@ -180,8 +182,9 @@ def test_a_square_loss_is_told_to_squeeze_the_prediction():
     strategy.select(0)
     prediction, targets = torch.zeros(4, 1), torch.ones(4)
     loss = (prediction - targets) ** 2  # what mse_loss(reduction="none") gives, with a warning
-    with pytest.raises(ValueError, match=r"a \[B, B\] loss is usually a \[B, 1\] prediction broadcast against \[B\] "
-                                         r"targets: squeeze\(1\) the prediction\), got shape \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"e.g. loss.flatten\(1\).mean\(1\); a \[B, B\] loss is usually a \[B, 1\] "
+                                         r"prediction broadcast against \[B\] targets: squeeze\(1\) the prediction\), "
+                                         r"got shape \(4, 4\)"):
         strategy.update(torch.arange(4), loss)
     with pytest.raises(ValueError, match=r"e.g. loss.flatten\(1\).mean\(1\)\), got shape \(4, 3\)"):
         strategy.update(torch.arange(4), torch.zeros(4, 3))
@@ -224,8 +227,11 @@ class _Samples:
     (lambda i: i / 3, FloatField(), lambda i: i / 3),
     (lambda i: torch.tensor([i, -i], dtype=torch.float32), NDArrayField(np.float32, (2,)),
      lambda i: np.array([i, -i], np.float32)),
-    (lambda i: [i % 2 == 0, True, False], NDArrayField(np.bool_, (3,)), lambda i: np.array([i % 2 == 0, 1, 0], bool)),
-], ids=["number", "tensor", "list of booleans"])
+    (lambda i: [i % 2 == 0, i % 3 == 0, False], NDArrayField(np.bool_, (3,)),
+     lambda i: np.array([i % 2 == 0, i % 3 == 0, 0], bool)),
+    (lambda i: torch.tensor([i / 7, -1.0], dtype=torch.bfloat16), NDArrayField(np.float32, (2,)),
+     lambda i: torch.tensor([i / 7, -1.0], dtype=torch.bfloat16).float().numpy()),
+], ids=["number", "tensor", "list of booleans", "bfloat16 tensor, as float32"])
 def test_from_torch_dataset_stores_targets_as_sample_0s_is(tmp_path, target, field, expected):
     from fastprune.convert import from_torch_dataset
 
@@ -262,7 +268,7 @@ def test_from_torch_dataset_says_how_to_store_float_labels(tmp_path):
     with pytest.raises(ConversionError, match=r"sample 0 of _Samples: label must be an integer, got float 0.0 "
                                               r"\(targets that are not classes, e.g. regression: pass targets=True"):
         from_torch_dataset(_Samples(float), tmp_path / "x.beton", progress=False)
-    with pytest.raises(ConversionError, match="dataset _Samples: class_names and drop_unlabeled apply to class"):
+    with pytest.raises(ConversionError, match=r"dataset _Samples: drop_unlabeled \(--drop-unlabeled\) apply to class"):
         from_torch_dataset(_Samples(float), tmp_path / "x.beton", targets=True, drop_unlabeled=True, progress=False)
 
 
@@ -320,3 +326,50 @@ def test_describe_stores_and_export_scores_refuse_targets_naming_the_field(multi
         export_scores(strategy, out, store=multi_label_store)
     assert not out.exists()
     assert export_scores(strategy, out).exists()  # without the store: scores, no labels
+
+
+def test_an_int_label_field_beside_float_and_array_fields_is_still_chosen(tmp_path):
+    """The only integer field (not 'index') is the labels whatever float or array fields sit
+    beside it: stores of image + target + weight trained on target before targets existed."""
+    rows = [(image, i % 3, i * 0.5, np.full(2, i, np.int16)) for i, image in enumerate(_images())]
+    path = write_dataset(tmp_path / "k.beton", rows, {"image": RGBImageField(), "target": IntField(),
+                                                     "weight": FloatField(), "feat": NDArrayField(np.int16, (2,))},
+                         index_field="index", workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastprune.errors.UsageWarning)
+        ids, labels = _every_batch(fastprune.Loader(path, 8, seed=0))
+    np.testing.assert_array_equal(labels, ids % 3)
+
+
+def test_info_shows_targets_not_a_histogram_of_them_or_of_the_ids(tmp_path, capsys):
+    from fastprune.store.info import summary
+
+    path = from_arrays(_images(), np.arange(N) * 0.5, tmp_path / "t.beton", targets=True, index=True, progress=False)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "targets:     'label' holds targets, not classes" in out and "\nclasses" not in out  # no histogram
+    with Store(path) as store:
+        record = summary(store)
+        assert record["classes"] is None and record["targets"] == "label" and store.class_names is None
+    classes = from_arrays(_images(), np.arange(N) % 2, tmp_path / "c.beton", index=True, class_names=["a", "b"],
+                          progress=False)
+    with Store(classes) as store:  # the labels, not the ids, whichever field comes first
+        assert summary(store)["classes"]["field"] == "label" and store.class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("how", ["copy.copy", "pickled beside its store"])
+def test_a_copy_of_a_loader_over_a_callers_store_leaves_that_store_open(tmp_path, how):
+    import copy
+    import pickle
+
+    path = from_arrays(_images(), np.arange(N) % 2, tmp_path / "s.beton", progress=False)
+    store = Store(path)
+    loader = fastprune.Loader(store, 8, seed=0)
+    if how == "copy.copy":
+        twin = copy.copy(loader)
+    else:
+        _, twin = pickle.loads(pickle.dumps((store, loader)))
+    twin.close()
+    store.check_unchanged()  # still open: the caller's
+    assert len(_every_batch(loader)[0]) == N
+    store.close()

@@ -141,15 +141,7 @@ def as_targets(targets: Any, what: str) -> np.ndarray:
                               "a 0/1 vector of one length") from None
     if array.ndim == 0:
         raise ConversionError(f"{what} must hold one target per sample, got a scalar")
-    if array.dtype.kind not in "biuf":
-        raise ConversionError(f"{what} must be numbers or booleans, got dtype {array.dtype}")
-    if 0 in array.shape[1:]:
-        raise ConversionError(f"{what}: each sample's target is empty (shape {array.shape[1:]})")
-    if array.dtype.kind == "f" and array.size:
-        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
-        if bad.size:
-            raise ConversionError(f"{what}: sample {int(bad[0])}'s target is not finite ({str(array[bad[0]]):.60}; "
-                                  f"{bad.size} such samples): its losses would be NaN")
+    _check_target_values(array, what)
     if array.ndim == 1:
         return array.astype(np.float64)
     return array.astype(array.dtype.newbyteorder("="), copy=False)
@@ -162,24 +154,46 @@ def as_target(value: Any, what: str, dtype: str | None = None) -> float | np.nda
     if value is None:
         raise ConversionError(f"{what} is missing (None)")
     if hasattr(value, "detach"):  # a tensor, on any device
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        try:
+            value = value.numpy()
+        except TypeError:  # bfloat16, which numpy has not: as float32, which holds every value
+            value = value.float().numpy()
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise ConversionError(f"{what} must be a number or an array of numbers, got {type(value).__name__} "
                               f"of dtype {array.dtype}")
-    if array.size == 0:
-        raise ConversionError(f"{what} is empty (shape {array.shape})")
     if dtype is not None and array.ndim:
         array = array.astype(dtype)  # before the check: a value past float32's range becomes inf
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ConversionError(f"{what} is not finite ({str(array):.60}): its losses would be NaN")
+    _check_target_values(array[None], what, one=True)
     return float(array) if array.ndim == 0 else array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _check_target_values(array: np.ndarray, what: str, one: bool = False) -> None:
+    """Refuse targets (one row per sample; ``one``: the row of one sample, named by ``what``) that
+    are not numbers or booleans, are empty, or hold NaN or infinities (every loss of that sample
+    would be NaN)."""
+    if array.dtype.kind not in "biuf":
+        expected = "a number or an array of numbers" if one else "numbers or booleans"
+        raise ConversionError(f"{what} must be {expected}, got dtype {array.dtype}")
+    if 0 in array.shape[1:]:
+        subject = f"{what} is" if one else f"{what}: each sample's target is"
+        raise ConversionError(f"{subject} empty (shape {array.shape[1:]})")
+    if array.dtype.kind == "f" and array.size:
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        if bad.size:
+            subject = f"{what} is" if one else f"{what}: sample {int(bad[0])}'s target is"
+            count = "" if one else f"; {bad.size} such samples"
+            raise ConversionError(f"{subject} not finite ({str(array[bad[0]]):.60}{count}): its losses would be NaN")
 
 
 def check_target_options(class_names: Any, drop_unlabeled: bool, what: str) -> None:
     """Targets have no classes to name and no "no label" value to drop."""
-    if class_names is not None or drop_unlabeled:
-        raise ConversionError(f"{what}: class_names and drop_unlabeled apply to class labels, not to targets=True")
+    given = [option for option, value in (("class_names (--class-names)", class_names is not None),
+                                          ("drop_unlabeled (--drop-unlabeled)", drop_unlabeled)) if value]
+    if given:
+        raise ConversionError(f"{what}: {' and '.join(given)} apply to class labels, not to targets "
+                              "(targets=True, --targets)")
 
 
 def target_field(targets: np.ndarray):

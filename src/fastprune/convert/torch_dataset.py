@@ -345,7 +345,7 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
                                  if isinstance(columns, dict) else ""))
     features = getattr(dataset, "features", None) or {}
     label_names = getattr(features.get(label_column), "names", None)
-    if label_names and options.get("class_names") is None and options.get("targets") is not True:  # ClassLabel
+    if label_names and options.get("class_names") is None and not options.get("targets"):  # ClassLabel
         options["class_names"] = label_names
     image_mode, uint8_arrays, target_dtype = None, False, None
     if not _has_transform(dataset):  # with one, the keys are the transform's: checked per sample
@@ -356,7 +356,7 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
         dataset, image_mode = _encoded_rows(dataset, image_column)
         uint8_arrays = _declared_dtype(features[image_column]) == "uint8"
         # datasets reads a list column back as Python numbers (float64, int64): keep its own type
-        target_dtype = _declared_dtype(features[label_column]) if options.get("targets") is True else None
+        target_dtype = _declared_dtype(features[label_column]) if options.get("targets") else None
     return _convert(dataset, out, image_key=image_column, label_key=label_column, image_mode=image_mode,
                     uint8_arrays=uint8_arrays, target_dtype=target_dtype, **{**_DEFAULTS, **options})
 

@@ -16,7 +16,7 @@ import numpy as np
 from .._cpus import rank_cpus
 from .._native import core
 from ..errors import StoreError, UsageWarning
-from ..store.fields import FloatField, IntField, NDArrayField
+from ..store.fields import FloatField, IntField, NDArrayField, class_label_field
 from ..store.reader import Store
 
 _RGB_METADATA_NAMES = {"mode", "width", "height", "data_ptr"}
@@ -204,27 +204,40 @@ def targets_kind(labels) -> str | None:
     the classifiers' refusals; None for integer class labels (or no labels)."""
     if isinstance(labels, ArrayLabels):
         return f"arrays of shape {labels.shape[1:]} ({labels.dtype})"
-    if labels is not None and labels.dtype.kind == "f":
+    if isinstance(labels, np.ndarray) and labels.dtype.kind == "f":
         return "float targets"
     return None
 
 
 def _pick_label_field(store: Store) -> str | None:
-    """``label`` if it is an int, float or array field, else the only int field, unless another
-    field could be the labels too. The converters' ``index`` field (each sample's id) is never
-    chosen: ``write_dataset(index_field=...)`` beside a float target made the ids the labels,
-    and a classifier trained on them. An array field's metadata is a pointer (an unsigned
+    """``label`` if it is an int, float or array field (of a dtype torch holds), else the class
+    labels' field (:func:`class_label_field`: the first int field other than ``index``, the
+    sample ids; ``write_dataset(index_field=)`` beside a float target had made them the labels,
+    and a classifier trained on them). An array field's metadata is a pointer (an unsigned
     integer): its type, not its column, tells them apart. Candidates left unchosen warn once."""
     fields = store.fields
-    if isinstance(fields.get("label"), _LABEL_FIELD_TYPES):
+    label = fields.get("label")
+    if isinstance(label, (IntField, FloatField)) or (isinstance(label, NDArrayField) and _torch_holds(label.dtype)):
         return "label"
-    candidates = [name for name, field in fields.items() if isinstance(field, _LABEL_FIELD_TYPES) and name != "index"]
-    if len(candidates) == 1 and isinstance(fields[candidates[0]], IntField):
-        return candidates[0]
-    if candidates:
-        warnings.warn(f"{store.path}: batches carry no labels (no field is named 'label'; fields that could be: "
-                      f"{', '.join(candidates)}): pass Loader(label_field=...)", UsageWarning, stacklevel=5)
-    return None
+    chosen = class_label_field(fields)
+    if chosen is None:
+        candidates = [name for name, field in fields.items() if isinstance(field, _LABEL_FIELD_TYPES)
+                      and name != "index"]
+        if candidates:
+            warnings.warn(f"{store.path}: batches carry no labels (no field is named 'label'; fields that could "
+                          f"be: {', '.join(candidates)}): name one as the Loader's label_field", UsageWarning,
+                          stacklevel=5)
+    return chosen
+
+
+def _torch_holds(dtype: np.dtype) -> bool:
+    import torch
+
+    try:
+        torch.from_numpy(np.zeros(1, dtype.newbyteorder("=")))
+    except TypeError:
+        return False
+    return True
 
 
 def _field_kinds(store: Store) -> str:
@@ -251,15 +264,11 @@ class ArrayLabels:
 
     def __init__(self, store: Store, name: str, field: NDArrayField):
         dtype = field.dtype.newbyteorder("=")
-        try:  # refused now, not at the first batch: torch has no tensors of some numpy dtypes
-            import torch
-            torch.from_numpy(np.zeros(1, dtype))
-        except TypeError as exc:
-            raise ValueError(f"label_field={name!r}: its dtype {field.dtype} cannot be a torch tensor ({exc})") \
-                from None
+        if not _torch_holds(dtype):  # refused now, not at the first batch
+            raise ValueError(f"label_field={name!r}: torch has no tensors of its dtype, {field.dtype}")
         self.dtype, self.shape = dtype, (store.num_samples, *field.shape)
         self.ndim = len(self.shape)
-        self._field, self._buffer = field, store.buffer
+        self._field, self._buffer, self._path = field, store.buffer, store.path
         self._offsets = np.ascontiguousarray(store.field_ranges(name)[0], np.int64)
 
     def __len__(self) -> int:
@@ -273,7 +282,7 @@ class ArrayLabels:
         out = np.empty((len(offsets), self._field.element_size), np.uint8)
         buffer = self._buffer
         if buffer is None:
-            raise StoreError("the store of these labels is closed")
+            raise StoreError(f"{self._path}: the store is closed")
         _copy_ranges(buffer, offsets, out)
         return out.view(self._field.dtype).reshape(len(offsets), *self._field.shape).astype(self.dtype, copy=False)
 

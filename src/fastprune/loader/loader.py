@@ -345,18 +345,19 @@ class Loader:
         state = self.__dict__.copy()
         state["_stream"] = None  # a CUDA stream is this process's: the copy makes its own
         source = state.pop("_source")  # a native gather over this process's mapping: not picklable
-        state["_source_settings"] = (source.owner, source.image_field, source.label_field,
+        # the store by path and identity (Store.__reduce__): every copy reopens a Store of its own,
+        # which it closes; sharing the original's (copy.copy, or pickled beside it) closed the
+        # caller's store with the copy
+        state["_source_settings"] = (source.owner.__reduce__(), source.image_field, source.label_field,
                                      source.gather.threads, source.gather.max_pixels, source.gather.nice)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        store, image_field, label_field, threads, max_pixels, nice = state.pop("_source_settings")
+        (reopen, args), image_field, label_field, threads, max_pixels, nice = state.pop("_source_settings")
         self.__dict__.update(state)
-        self._source = open_source(store, image_field, label_field, threads=threads, max_pixels=max_pixels,
+        self._source = open_source(reopen(*args), image_field, label_field, threads=threads, max_pixels=max_pixels,
                                    nice=nice)
-        # the copy's Store was reopened for it by unpickling (Store.__reduce__): its own to close,
-        # even where the original's was its caller's (left open, it lived as long as the copy)
-        self._source.owns_store = True
+        self._source.owns_store = True  # reopened for this copy alone
 
 
 def batch_bounds(num_samples: int, batch_size: int, even: bool = False) -> np.ndarray:

@@ -22,8 +22,8 @@ def _one_dim(array, name: str, length: int | None):
                 "loss.flatten(1).mean(1)") if name == "losses" else ""
         if name == "losses" and array.ndim == 2 and array.shape[0] == array.shape[1] > 1:
             # flatten(1).mean(1) would run, averaging each prediction's error against every target
-            hint = ("; a [B, B] loss is usually a [B, 1] prediction broadcast against [B] targets: "
-                    "squeeze(1) the prediction")
+            hint += ("; a [B, B] loss is usually a [B, 1] prediction broadcast against [B] targets: "
+                     "squeeze(1) the prediction")
         raise ValueError(f"{name} must be 1-D (one value per sample{hint}), got shape {tuple(array.shape)}")
     if length is not None and len(array) != length:
         hint = ": one loss per sample, so compute it with reduction='none'" if name == "losses" else ""

@@ -391,5 +391,16 @@ TYPE_ID_TO_FIELD: dict[int, type[Field]] = {
                                  JSONField, TorchTensorField)
 }
 
-__all__ = ["Field", "FloatField", "IntField", "EncodedJpeg", "RGBImageField", "BytesField", "NDArrayField",
-           "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]
+def class_label_field(fields) -> str | None:
+    """The field of a store's class labels: ``label`` if it is an IntField, else the only IntField
+    other than ``index`` (the sample ids the converters' ``index=`` adds), else none (a guess
+    between two could train on the wrong one). The Loader, ``fastprune info`` and
+    ``Store.class_names`` all read the labels there."""
+    if isinstance(fields.get("label"), IntField):
+        return "label"
+    ints = [name for name, field in fields.items() if isinstance(field, IntField) and name != "index"]
+    return ints[0] if len(ints) == 1 else None
+
+
+__all__ = ["Field", "class_label_field", "FloatField", "IntField", "EncodedJpeg", "RGBImageField", "BytesField",
+           "NDArrayField", "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import format as fmt
-from .fields import IntField, RGBImageField
+from .fields import FloatField, NDArrayField, RGBImageField, class_label_field
 from .checksums import read_class_names, read_trailer
 
 _MAX_CLASSES_SHOWN = 30
@@ -27,29 +27,37 @@ def describe(store, verify: bool = False) -> str:
     ]
     for k, (name, field) in enumerate(store.fields.items()):
         lines.append(f"  {printable(name):<16} {printable(_field_summary(store, k, name, field))}")
-    label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
+    label = class_label_field(store.fields)
     names = read_class_names(store)
     if isinstance(names, str):
         lines.append(f"class names: damaged: {printable(names)}")
     if label is not None:
         lines += _histogram_lines(store, label, names.get(label) if isinstance(names, dict) else None)
+    elif _targets_field(store):
+        lines.append("targets:     'label' holds targets, not classes (regression, multi-label)")
     if verify:
         lines.append(f"verify:      {store.verify()}")
     return "\n".join(lines)
+
+
+def _targets_field(store) -> str | None:
+    """``label`` where it holds targets that are not classes (a FloatField or NDArrayField)."""
+    return "label" if isinstance(store.fields.get("label"), (FloatField, NDArrayField)) else None
 
 
 def summary(store, verify: bool = False) -> dict:
     """What :func:`describe` prints, as a JSON-ready dict: ``file``, ``size_bytes``, ``samples``,
     ``page_size``, ``checksums`` (true when the file has them), ``jpeg_decoder``, ``fields`` (one
     dict per field, in order: ``name``, ``type``, ``settings``, and for image fields ``height`` /
-    ``width`` ranges, ``jpeg`` / ``raw`` counts, ``image_bytes``), ``classes`` (of the label
-    field: ``field``, ``counts`` {label value: samples}, ``names`` or None; None without an int
-    field) and, with ``verify``, ``verify`` (``ok``, ``report``). A damaged file raises StoreError
-    (on ``verify``: when a checksum fails)."""
+    ``width`` ranges, ``jpeg`` / ``raw`` counts, ``image_bytes``), ``classes`` (of the class
+    label field, ``fields.class_label_field``: ``field``, ``counts`` {label value: samples},
+    ``names`` or None; None without one), ``targets`` (``"label"`` where that field holds
+    targets, not classes, else None) and, with ``verify``, ``verify`` (``ok``, ``report``). A
+    damaged file raises StoreError (on ``verify``: when a checksum fails)."""
     from .. import build_info
 
     fields = [_field_record(store, k, name, field) for k, (name, field) in enumerate(store.fields.items())]
-    label = next((name for name, f in store.fields.items() if isinstance(f, IntField)), None)
+    label = class_label_field(store.fields)
     classes = None
     if label is not None:
         values, counts = np.unique(np.asarray(store.metadata[f"f{store.field_index(label)}"]), return_counts=True)
@@ -58,7 +66,8 @@ def summary(store, verify: bool = False) -> dict:
     record = {"file": str(store.path), "size_bytes": int(store.file_size), "samples": int(store.num_samples),
               "page_size": int(store.page_size),
               "checksums": read_trailer(store.buffer, store.alloc_table_ptr, store.metadata_end) is not None,
-              "jpeg_decoder": build_info()["jpeg_decoder"], "fields": fields, "classes": classes}
+              "jpeg_decoder": build_info()["jpeg_decoder"], "fields": fields, "classes": classes,
+              "targets": _targets_field(store)}
     if verify:
         report = store.verify().raise_if_bad()  # as verify(store), which the argument hides
         record["verify"] = {"ok": report.ok, "report": str(report)}

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import StoreError, StoreNotFoundError
 from . import format as fmt
 from .checksums import VerifyReport, read_class_names, read_trailer, verify_store
-from .fields import TYPE_ID_TO_FIELD, Field, IntField, FloatField, RGBImageField, NDArrayField
+from .fields import TYPE_ID_TO_FIELD, Field, FloatField, IntField, NDArrayField, RGBImageField, class_label_field
 
 
 class Store:
@@ -88,11 +88,10 @@ class Store:
 
     @property
     def class_names(self) -> list[str] | None:
-        """The names of the classes of the label field (the first IntField): label value i is
+        """The names of the classes of the label field (``fields.class_label_field``): label value i is
         ``class_names[i]``; None when the file keeps none (ffcv's files, stores written without
         names). StoreError, naming the file, when the names block is damaged."""
-        label = next((name for name, f in self._fields.items() if isinstance(f, IntField)), None)
-        return self.field_class_names.get(label)
+        return self.field_class_names.get(class_label_field(self._fields))
 
     @property
     def field_class_names(self) -> dict[str, list[str]]:

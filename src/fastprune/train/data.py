@@ -7,6 +7,7 @@ it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the l
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -43,9 +44,7 @@ def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Seq
                     crop: int | None = None) -> DataSpec:
     """Check ``train`` and ``val`` (stores or paths) fit a run with these options; return the
     :class:`DataSpec`. ``mean``/``std``: None computes them from the training store."""
-    from ..loader._source import open_source
-
-    with open_source(train, None, None, threads=1) as training, open_source(val, None, None, threads=1) as validation:
+    with _opened(train, val) as (training, validation):
         return _described({"training": training, "validation": validation}, train, val, mean, std, crop)
 
 
@@ -53,10 +52,17 @@ def check_classes(train, val) -> int:
     """The number of classes of ``train`` and ``val`` (stores or paths), their labels checked as
     :func:`describe_stores` checks them, and nothing else read: a command checks them before it
     prints its plan."""
+    with _opened(train, val) as (training, validation):
+        return _classes(training, validation, _name(train), _name(val))
+
+
+@contextlib.contextmanager
+def _opened(train, val):
+    """The loader's views of the two stores (one gather thread each), closed at the block's end."""
     from ..loader._source import open_source
 
     with open_source(train, None, None, threads=1) as training, open_source(val, None, None, threads=1) as validation:
-        return _classes(training, validation, _name(train), _name(val))
+        yield training, validation
 
 
 def _described(sources: dict, train, val, mean, std, crop) -> DataSpec:
@@ -113,8 +119,8 @@ def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple
 def _classes(train, val, train_name: str, val_name: str) -> int:
     for source, name in ((train, train_name), (val, val_name)):
         if source.labels is None:
-            raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only "
-                              "integer field); convert it with labels (fastprune convert writes 'label')")
+            raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only integer "
+                              "field other than 'index'); convert it with labels (fastprune convert writes 'label')")
         kind = targets_kind(source.labels)
         if kind:
             raise ConfigError(f"{name}: its label field {source.label_field!r} holds {kind}, not class labels; "

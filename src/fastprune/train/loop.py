@@ -214,8 +214,8 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
     waits = _WaitClock()
     for batch in _progress_bar(waits.timed(loader), loader, progress):
         if batch.labels is None:
-            raise ValueError("fit: the loader yields no labels (its store has no integer field named "
-                             "'label', or several integer fields): pass label_field= (an integer field) to Loader")
+            raise ValueError("fit: the loader yields no labels (its store has no field named 'label', and none "
+                             "or several other integer fields): pass label_field= (an integer field) to Loader")
         images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = batch.labels.to(device, non_blocking=True)
         weights = batch.weights.to(device, non_blocking=True)
@@ -377,7 +377,8 @@ def _check_class_labels(loader, name: str) -> None:
     kind = targets_kind(getattr(source, "labels", None))
     if kind:
         raise ConfigError(f"fit: {name}'s label field {source.label_field!r} holds {kind}; fit trains classifiers "
-                          f"on integer class labels (for other targets, use the Loader in your own loop: {OTHER_TASKS})")
+                          f"on integer class labels (for other targets, use the Loader in your own loop: "
+                          f"{OTHER_TASKS})")
 
 
 def _check_checkpoint_path(checkpoint) -> None:
