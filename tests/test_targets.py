@@ -373,3 +373,25 @@ def test_a_copy_of_a_loader_over_a_callers_store_leaves_that_store_open(tmp_path
     store.check_unchanged()  # still open: the caller's
     assert len(_every_batch(loader)[0]) == N
     store.close()
+
+
+def test_image_statistics_serve_a_store_of_any_labels(tmp_path):
+    """describe_stores refuses targets (it counts classes); a loop of one's own still needs the
+    mean and std Normalize takes, computed here without choosing (or warning about) labels."""
+    from fastprune.train import describe_stores, image_statistics
+
+    images = _images()
+    targets = from_arrays(images, np.arange(N) * 0.5, tmp_path / "t.beton", targets=True, progress=False)
+    mean, std = image_statistics(targets)
+    pixels = images.reshape(-1, 3) / 255
+    np.testing.assert_allclose(mean, pixels.mean(0), atol=1e-9)
+    np.testing.assert_allclose(std, pixels.std(0), atol=1e-9)
+    classes = from_arrays(images, np.arange(N) % 2, tmp_path / "c.beton", progress=False)
+    spec = describe_stores(classes, classes)
+    assert (spec.mean, spec.std) == image_statistics(classes)
+    rows = [(image, 1, 2) for image in images]  # two int fields, neither named label: no warning here
+    ambiguous = write_dataset(tmp_path / "a.beton", rows, {"image": RGBImageField(), "x": IntField(),
+                                                           "y": IntField()}, workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastprune.errors.UsageWarning)
+        assert image_statistics(ambiguous) == (mean, std)

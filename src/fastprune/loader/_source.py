@@ -112,12 +112,12 @@ def default_threads(modes: np.ndarray) -> int:
     return cpus if (modes == MODE_JPEG).any() else min(cpus, RAW_THREADS)
 
 
-def open_source(store_or_path, image_field: str | None, label_field: str | None, threads: int | None,
+def open_source(store_or_path, image_field: str | None, label_field: str | None | bool, threads: int | None,
                 max_pixels: int = core.DEFAULT_MAX_PIXELS, nice: int = 0) -> ImageSource:
     """The loader's view of one image field (and label field) of a store. ``threads``/``nice``:
     the native gather's pool (its workers run ``nice`` steps below their creator); None:
-    :func:`default_threads`. Opened from a path, the source holds the file open until its
-    ``close()`` (or the end of a ``with`` block)."""
+    :func:`default_threads`. ``label_field`` None chooses one; False: no labels. Opened from a
+    path, the source holds the file open until its ``close()`` (or the end of a ``with`` block)."""
     store = _open(store_or_path)
     opened_here = store is not store_or_path
     try:
@@ -134,7 +134,10 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
         raise ValueError(f"image_field={image_field!r} is not an RGB image field of this store "
                          f"(fields: {sorted(columns)})")
-    label_field = label_field if label_field is not None else _pick_label_field(store)
+    if label_field is None:
+        label_field = _pick_label_field(store)
+    elif label_field is False:  # no labels wanted (image statistics): none chosen, nothing warned
+        label_field = None
     if label_field is not None and not isinstance(store.fields.get(label_field), _LABEL_FIELD_TYPES):
         raise ValueError(f"label_field={label_field!r} is not an int, float or array field of this store "
                          f"(fields: {_field_kinds(store)})")

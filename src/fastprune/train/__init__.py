@@ -33,7 +33,7 @@ from __future__ import annotations
 # the Fashion-MNIST statistics and ScheduleFactory (not in __all__).
 from .checkpoints import CHECKPOINT_FORMAT, check_settings, load_checkpoint, read_checkpoint, save_checkpoint
 from .cli import RUN_SETTINGS, add_recipe_arguments, add_train_command, recipe_from_args, train_main
-from .data import DataSpec, describe_stores
+from .data import DataSpec, describe_stores, image_statistics
 from .loop import evaluate, fit, save_csv, save_history
 from .recipe import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, RECIPE, STRATEGIES, ModelSpec, Recipe, make_loaders,
                      make_strategy, run_recipe, seed_everything)
@@ -53,6 +53,7 @@ __all__ = [
     "save_history",
     "save_csv",
     "describe_stores",
+    "image_statistics",
     "DataSpec",
     "make_strategy",
     "make_loaders",

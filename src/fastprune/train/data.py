@@ -93,6 +93,16 @@ def _described(sources: dict, train, val, mean, std, crop) -> DataSpec:
     return DataSpec(num_classes, 3, mean, std, _size(sources["training"]))
 
 
+def image_statistics(store, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of ``store``'s images (a store or path; a seeded sample of
+    ``samples`` images), as fractions of 255, what ``Normalize`` takes: for a loop of one's own
+    over a store of any labels (:func:`describe_stores` also checks class labels)."""
+    from ..loader._source import open_source
+
+    with open_source(store, None, False, threads=1) as source:
+        return channel_statistics(source, samples)
+
+
 def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) of the pixels of a seeded sample of the store's images, as fractions
     of 255 (what ``Normalize`` takes). Every pixel counts once, whatever its image's size."""
