@@ -93,9 +93,12 @@ def _in_main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def signals_deferred():
+def signals_deferred(every: bool = False):
     """Hold SIGINT and SIGTERM back within the block; one that arrives is delivered (its handler
-    runs) when the block ends. Main thread only, where Python runs signal handlers.
+    runs) when the block ends. Main thread only, where Python runs signal handlers. ``every``:
+    also every other signal with a Python handler (a user's SIGALRM timeout that raises), for a
+    block no exception may cut short: one landing between a worker's fork and its registration
+    in the pool left the worker running, and the interpreter's exit waiting for it.
 
     Two layers: this thread's signal mask, and Python-level handlers that only note a signal. The
     mask alone held nothing back once other threads existed (any thread may receive a process's
@@ -105,12 +108,15 @@ def signals_deferred():
         return
     caught: list[int] = []
     handlers = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
+    numbers = {signal.SIGINT, signal.SIGTERM}
+    if every:
+        numbers |= {number for number in signal.valid_signals() if _has_python_handler(number)}
+    for number in sorted(numbers):
         handler = signal.getsignal(number)
         if callable(handler):  # a Python handler (SIG_DFL/SIG_IGN act in C: the mask holds those)
             handlers[number] = handler
             signal.signal(number, lambda signum, frame: caught.append(signum))
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
     try:
         yield
     finally:
@@ -120,6 +126,13 @@ def signals_deferred():
         for number in dict.fromkeys(caught):  # once each, in order, as real signals: Python runs
             signal.raise_signal(number)       # every handler even when one raises (a direct call
             # to the SIGINT handler raised before a SIGTERM noted after it was replayed)
+
+
+def _has_python_handler(number: int) -> bool:
+    try:
+        return callable(signal.getsignal(number))
+    except (ValueError, OSError):  # a number Python cannot ask about (SIGKILL, real-time ones)
+        return False
 
 
 __all__ = ["sigterm_as_interrupt", "ctrl_c_after_imports", "signals_deferred"]

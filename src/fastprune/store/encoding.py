@@ -184,7 +184,7 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
             # submitted at once, in reverse, every finished chunk waited in memory for chunk 0,
             # which ran last: a 5.5 GB store held 5.4 GB in this process, the bar at 0%.)
             spans = iter(bounds)
-            with signals_deferred(), warnings.catch_warnings():
+            with signals_deferred(every=True), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", FORK_WITH_THREADS, DeprecationWarning)
                 pending = deque(pool.submit(_encode_in_worker, span)
                                 for span in itertools.islice(spans, CHUNKS_IN_FLIGHT_PER_WORKER * workers))
