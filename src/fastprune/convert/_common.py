@@ -141,6 +141,8 @@ def as_targets(targets: Any, what: str) -> np.ndarray:
                               "a 0/1 vector of one length") from None
     if array.ndim == 0:
         raise ConversionError(f"{what} must hold one target per sample, got a scalar")
+    if array.dtype.kind not in "biuf":
+        raise ConversionError(f"{what} must be numbers or booleans, got dtype {array.dtype}")
     _check_target_values(array, what)
     if array.ndim == 1:
         return array.astype(np.float64)
@@ -170,12 +172,9 @@ def as_target(value: Any, what: str, dtype: str | None = None) -> float | np.nda
 
 
 def _check_target_values(array: np.ndarray, what: str, one: bool = False) -> None:
-    """Refuse targets (one row per sample; ``one``: the row of one sample, named by ``what``) that
-    are not numbers or booleans, are empty, or hold NaN or infinities (every loss of that sample
-    would be NaN)."""
-    if array.dtype.kind not in "biuf":
-        expected = "a number or an array of numbers" if one else "numbers or booleans"
-        raise ConversionError(f"{what} must be {expected}, got dtype {array.dtype}")
+    """Refuse numeric targets (one row per sample; ``one``: the row of one sample, named by
+    ``what``) that are empty or hold NaN or infinities (every loss of that sample would be NaN).
+    Their dtype is checked by the callers, each naming what it was given."""
     if 0 in array.shape[1:]:
         subject = f"{what} is" if one else f"{what}: each sample's target is"
         raise ConversionError(f"{subject} empty (shape {array.shape[1:]})")

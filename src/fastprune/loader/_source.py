@@ -214,7 +214,7 @@ def targets_kind(labels) -> str | None:
 
 def _pick_label_field(store: Store) -> str | None:
     """``label`` if it is an int, float or array field (of a dtype torch holds), else the class
-    labels' field (:func:`class_label_field`: the first int field other than ``index``, the
+    labels' field (:func:`class_label_field`: the only int field other than ``index``, the
     sample ids; ``write_dataset(index_field=)`` beside a float target had made them the labels,
     and a classifier trained on them). An array field's metadata is a pointer (an unsigned
     integer): its type, not its column, tells them apart. Candidates left unchosen warn once."""
@@ -281,11 +281,11 @@ class ArrayLabels:
         self._buffer = None  # the mapping is released once no view holds it
 
     def __getitem__(self, ids) -> np.ndarray:
-        offsets = self._offsets[np.asarray(ids, np.int64)]
-        out = np.empty((len(offsets), self._field.element_size), np.uint8)
         buffer = self._buffer
         if buffer is None:
             raise StoreError(f"{self._path}: the store is closed")
+        offsets = self._offsets[np.asarray(ids, np.int64)]
+        out = np.empty((len(offsets), self._field.element_size), np.uint8)
         _copy_ranges(buffer, offsets, out)
         return out.view(self._field.dtype).reshape(len(offsets), *self._field.shape).astype(self.dtype, copy=False)
 
