@@ -6,6 +6,7 @@ Normalize.from_255's keyword arguments, and how labels and fields are picked."""
 import gc
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -316,8 +317,13 @@ def _mappings_of(path) -> int:
         return sum(os.path.realpath(path) in line for line in maps)
 
 
-def _native_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _native_threads(expect: int | None = None) -> int:
+    """This process's thread count; given ``expect``, once it settles there (a pass's producer
+    threads end just after its last batch), or after 5 s."""
+    deadline = time.monotonic() + 5
+    while (count := len(os.listdir("/proc/self/task"))) != expect and expect is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
@@ -343,13 +349,20 @@ def test_a_closed_loader_keeps_no_threads_and_no_mapping_of_its_store(tmp_path):
     threads_before = _native_threads()
     kept += [closed_loaders() for _ in range(3)]
     gc.collect()
-    assert _native_threads() == threads_before and _mappings_of(path) == 0  # the kept loaders hold none
+    assert _native_threads(threads_before) == threads_before and _mappings_of(path) == 0  # the kept loaders hold none
     loader = kept[-1][0]
     assert loader.threads == 3 and pickle.loads(pickle.dumps(loader)).threads == 3  # settings kept for copies
     with pytest.raises(fastprune.StoreError, match="s.beton: the store is closed"):
         next(iter(loader))
     store = fastprune.Store(path)
-    with Loader(store, 4, threads=2):
-        pass
+    with Loader(store, 4, threads=3) as loader:
+        for _ in loader:
+            pass
+        assert _native_threads(threads_before + 2) == threads_before + 2  # the gather's 2 workers ...
+    assert _native_threads(threads_before) == threads_before  # ... closed with the loader, not with the store
     store.check_unchanged()  # a Store passed in stays open: its caller's
+    with pytest.raises(fastprune.StoreError, match="s.beton: this Loader is closed"):
+        next(iter(loader))
+    with Loader(store, 4) as again:  # and serves the next loader
+        assert len(list(again)) == 4
     store.close()

@@ -41,18 +41,21 @@ class ImageSource:
     mincore_trusted: bool = True
 
     def close(self) -> None:
-        """Close the store file if this source opened it (a Store passed in is its caller's). A
-        file left to the garbage collector is closed by a finalizer that swallows exceptions: a
-        Ctrl-C landing while `fastprune train` dropped one was lost, and training ran on.
-        The native gather (its threads) and the views of the mapping go too: they had lived as
-        long as the closed loader, and a sweep keeping each run's loader kept every run's
-        threads and mapped file. (A gather running on another thread keeps its own reference.)"""
+        """Release the native gather (its threads) and the views of the mapping, and close the
+        store file if this source opened it (a Store passed in is its caller's, and stays open).
+        A file left to the garbage collector is closed by a finalizer that swallows exceptions: a
+        Ctrl-C landing while `fastprune train` dropped one was lost, and training ran on. The
+        gather and the views had lived as long as the closed loader, so a sweep keeping each
+        run's loader kept every run's threads and mapped file. (A gather running on another
+        thread keeps its own reference.)"""
         if self.owns_store:
             self.owner.close()
-            self.gather = _ClosedGather(self.gather, self.owner.path)
-            self.buffer = None
-            if isinstance(self.labels, ArrayLabels):
-                self.labels.close()
+        why = "the store is closed" if self.owns_store else "this Loader is closed (its Store, passed in, is not)"
+        if not isinstance(self.gather, _ClosedGather):
+            self.gather = _ClosedGather(self.gather, self.owner.path, why)
+        self.buffer = None
+        if isinstance(self.labels, ArrayLabels):
+            self.labels.close()
 
     def __enter__(self) -> "ImageSource":
         return self
@@ -65,7 +68,9 @@ class ImageSource:
         return len(self.heights)
 
     def check_unchanged(self) -> None:
-        """Raise StoreError if the store's file was changed in place."""
+        """Raise StoreError if the store's file was changed in place, or this source was closed."""
+        if isinstance(self.gather, _ClosedGather):
+            self.gather.gather()  # raises, naming the store and why
         self.owner.check_unchanged()
 
     def advise(self, ids: np.ndarray, granule: int = 0) -> int:
@@ -251,11 +256,12 @@ class _ClosedGather:
     """What a closed source keeps of its native gather: the settings a pickled copy of its loader
     reopens the store with, not the threads or the view of the mapping."""
 
-    def __init__(self, gather, path):
-        self.threads, self.max_pixels, self.nice, self._path = gather.threads, gather.max_pixels, gather.nice, path
+    def __init__(self, gather, path, why: str):
+        self.threads, self.max_pixels, self.nice = gather.threads, gather.max_pixels, gather.nice
+        self._path, self._why = path, why
 
     def gather(self, *args, **kwargs):
-        raise StoreError(f"{self._path}: the store is closed")
+        raise StoreError(f"{self._path}: {self._why}")
 
     gather_crops = gather
 

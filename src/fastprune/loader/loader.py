@@ -321,9 +321,9 @@ class Loader:
                 f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
 
     def close(self) -> None:
-        """Close the store file this loader opened from a path (a ``Store`` passed in stays open:
-        it is its caller's). A pass started afterwards raises StoreError. ``with Loader(...) as
-        loader:`` closes it at the block's end."""
+        """Stop this loader's native threads, and close the store file it opened from a path (a
+        ``Store`` passed in stays open: it is its caller's). A pass started afterwards raises
+        StoreError. ``with Loader(...) as loader:`` closes it at the block's end."""
         self._source.close()
 
     def __enter__(self) -> "Loader":
