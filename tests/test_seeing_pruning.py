@@ -133,7 +133,7 @@ def test_scores_command_exports_a_train_checkpoint_with_labels(tmp_path, capsys)
     assert "--grid needs --store" in capsys.readouterr().err
 
 
-def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys):
+def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys, monkeypatch):
     from fastprune.prune.report import kept_order
 
     store = _store(tmp_path)
@@ -150,8 +150,12 @@ def test_kept_grid_draws_most_and_never_kept_images_per_class(tmp_path, capsys):
     picture = matplotlib.image.imread(path)
     assert picture.ndim == 3 and picture.shape[0] > 100 and picture.std() > 0
     checkpoint = _checkpoint(tmp_path, strategy)
+    opened = []
+    real_init = fastprune.Store.__init__
+    monkeypatch.setattr(fastprune.Store, "__init__", lambda self, path: (opened.append(path), real_init(self, path))[1])
     assert main(["scores", str(checkpoint), "--store", str(store), "--grid", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").stat().st_size > 1000
+    assert len(opened) == 1  # the CSV's labels and the grid's pictures from one opening (each checks every offset)
 
 
 

@@ -9,6 +9,7 @@ most-kept and least-kept images of every class.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from .._args import check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
 from ..errors import ConfigError, require
+from ..store.reader import Store
 from .sharding import Sharding
 from .static import forgetting_scores
 
@@ -159,34 +161,41 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
     """``report`` with the ``store``'s labels (and class names); ``trained_on``: the store identity
     the run's checkpoint records, which ``store`` must match (another store of the same size would
     label every row silently wrong)."""
-    from ..loader._source import open_source, targets_kind
-    from ..store.checksums import store_identity
+    from ..loader._source import open_source
 
     with open_source(store, None, None, threads=1) as source:
-        if trained_on is not None and store_identity(source.owner) != trained_on:
-            raise ConfigError(f"{_name(store)} is not the store the run trained on (its checkpoint records "
-                              f"{trained_on}; this one: {store_identity(source.owner)}): give the run's "
-                              "training store")
-        if source.labels is None:
-            raise ConfigError(f"{_name(store)}: the store has no label field")
-        kind = targets_kind(source.labels)
-        if kind:  # the report groups samples by class
-            raise ConfigError(f"{_name(store)}: its label field {source.label_field!r} holds {kind}, not class "
-                              "labels: report without the store")
-        index = report["index"]
-        whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
-        if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
-            raise ConfigError(f"{_name(store)} holds {len(source.labels)} samples, the strategy scored "
-                              f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training "
-                              "store")
-        report = {**report, "label": source.labels[report["index"]]}
-        names = source.owner.field_class_names.get(source.label_field)
-        if names:  # of the rows' labels (a shard's report holds some samples only)
-            report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i)
-                                        for i in report["label"]])
-        files = sample_names(source.owner, report["index"])
-        if files is not None:
-            report["name"] = files
+        return _labelled(report, source, _name(store), trained_on)
+
+
+def _labelled(report: dict, source, store_name: str, trained_on: str | None) -> dict:
+    """:func:`_with_labels` on ``source``, an open loader view of the store named ``store_name``."""
+    from ..loader._source import targets_kind
+    from ..store.checksums import store_identity
+
+    if trained_on is not None and store_identity(source.owner) != trained_on:
+        raise ConfigError(f"{store_name} is not the store the run trained on (its checkpoint records "
+                          f"{trained_on}; this one: {store_identity(source.owner)}): give the run's "
+                          "training store")
+    if source.labels is None:
+        raise ConfigError(f"{store_name}: the store has no label field")
+    kind = targets_kind(source.labels)
+    if kind:  # the report groups samples by class
+        raise ConfigError(f"{store_name}: its label field {source.label_field!r} holds {kind}, not class "
+                          "labels: report without the store")
+    index = report["index"]
+    whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
+    if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
+        raise ConfigError(f"{store_name} holds {len(source.labels)} samples, the strategy scored "
+                          f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training "
+                          "store")
+    report = {**report, "label": source.labels[report["index"]]}
+    names = source.owner.field_class_names.get(source.label_field)
+    if names:  # of the rows' labels (a shard's report holds some samples only)
+        report["class"] = np.array([names[i] if 0 <= i < len(names) else str(i)
+                                    for i in report["label"]])
+    files = sample_names(source.owner, report["index"])
+    if files is not None:
+        report["name"] = files
     return report
 
 
@@ -254,11 +263,11 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "plots", "drawing the kept-images grid")
     report, recorded = run_report(source)
-    report = _with_labels(report, store, recorded or trained_on)
     if "times_kept" not in report:
         raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
                           "track_kept=False does not count")
-    with open_source(store, None, None, threads=1) as images:
+    with open_source(store, None, None, threads=1) as images:  # the store opened once, for labels and pictures
+        report = _labelled(report, images, _name(store), recorded or trained_on)
         fig = _grid_figure(plt, report, images, per_class, max_classes)
     with written_atomically(path, binary=True) as file:
         fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
@@ -358,11 +367,13 @@ def scores_main(args) -> int:
     if args.grid is not None and "times_kept" not in report:  # before writing anything
         raise ConfigError(f"--grid needs times kept, which a strategy built with track_kept=False does not count "
                           f"({first}): drop --grid")
-    export_scores(report, out, store=args.store, trained_on=trained_on)
-    times = report.get("times_kept")
-    kept = ("times kept not counted (track_kept=False)" if times is None else
-            f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
-    print(f"wrote {out}: {len(report['index'])} samples, {kept}")
-    if args.grid is not None:
-        print(f"wrote {kept_grid(report, args.store, args.grid, trained_on=trained_on)}")
+    with contextlib.ExitStack() as opened:  # the store opened (and its offsets checked) once, for both outputs
+        store = None if args.store is None else opened.enter_context(Store(args.store))
+        export_scores(report, out, store=store, trained_on=trained_on)
+        times = report.get("times_kept")
+        kept = ("times kept not counted (track_kept=False)" if times is None else
+                f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
+        print(f"wrote {out}: {len(report['index'])} samples, {kept}")
+        if args.grid is not None:
+            print(f"wrote {kept_grid(report, store, args.grid, trained_on=trained_on)}")
     return 0
