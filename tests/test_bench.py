@@ -165,6 +165,11 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
     assert [(r["strategy"], r["seed"]) for r in continued["runs"][3:]] == [
         ("full", 1), ("uniform_random", 1), ("el2n", 1)]
     assert {row["seeds"] for row in continued["summary"]} == {2}
+    capsys.readouterr()
+    assert cli.main([*common, "--seeds", "0", "--continue"]) == 0  # a narrower --continue: nothing to run
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("2k images, 2 epochs, SmallResNet(32, 64, 128), 1 seed;")  # what this call runs
+    assert ", 2 seeds; every measurement" in printed[-1]  # what the verdict's means average: the file's runs
 
     # --continue onto a file from another machine or with other settings is refused, file untouched
     for args in (["--epochs", "3"], ["--amp", "bf16"]):

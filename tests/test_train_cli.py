@@ -4,6 +4,9 @@ in --help, and a recipe that would take too few steps per epoch is warned about 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+import fastprune
 
 from fastprune.cli import main
 from fastprune.convert import from_arrays
@@ -36,9 +39,33 @@ def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):
     assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "4",
                  "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr()
-    assert "recipe: 1 epochs, batch 512 (--batch-size), one-cycle SGD to peak lr 1.2" in out.out
+    assert "recipe: 1 epoch, batch 512 (--batch-size), one-cycle SGD to peak lr 1.2" in out.out
     assert "model small_resnet(4, 8, 16)" in out.out
-    assert "warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step" in out.out
+    assert ("warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step of batch 512; pass "
+            "--batch-size 12 or less for at least 10 steps per epoch") in out.out
+
+
+def test_a_keep_that_keeps_no_sample_is_one_line_before_any_work(tmp_path, capsys):
+    """keep 0.1 of 3 samples rounds to none: the strategy refused it after the warm-up epochs, in a
+    traceback (a plain ValueError), and bench after its full-data run; and the few-steps warning
+    had rounded the same count up to 1."""
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    train = from_arrays(images, np.arange(3) % 2, tmp_path / "train.beton", progress=False)
+    assert main(["train", "--train", str(train), "--val", str(train), "--keep", "0.1", "--epochs", "1",
+                 "--no-progress"]) == 1
+    out = capsys.readouterr()
+    assert out.err == f"fastprune train: error: --keep 0.1 keeps no sample of the 3 in {train}: give a larger --keep\n"
+    assert "epoch 1/1" not in out.out
+    assert main(["bench", "--train", str(train), "--val", str(train), "--keeps", "0.1", "0.9", "--epochs", "1",
+                 "--seeds", "0", "--strategies", "ucb", "--out", str(tmp_path / "b.json")]) == 1
+    assert "--keeps 0.1 keeps no sample of the 3" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+    assert main(["train", "--train", str(train), "--val", str(train), "--keep", "0.7", "--epochs", "1",
+                 "--no-progress", "--threads", "1"]) == 0  # 2 of 3, in 1 step: no batch makes 10
+    assert ("trains 2 of 3 samples in 1 optimizer step of batch 512; even --batch-size 1 would take only 2 steps"
+            in capsys.readouterr().out)
+    with pytest.raises(fastprune.errors.ConfigError, match="keep=0.1 keeps no sample out of 3"):
+        fastprune.UCB(3, keep=0.1)
 
 
 def test_compile_reaches_the_training_loop_from_train_bench_and_compare(tmp_path, monkeypatch):

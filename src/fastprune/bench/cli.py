@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         stores = (args.train, args.val)
     else:  # --train-limit can make the built-in data as small as a user's
         stores = prepare_stores(args.workdir, mode["train_limit"])
-    for warning in recipe_warnings(recipe, stores[0], min(mode["keeps"])):
+    for warning in recipe_warnings(recipe, stores[0], min(mode["keeps"]), keep_option="--keeps"):
         print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     with out_of_memory_named(settings.device, recipe.batch_size):
         result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,
@@ -155,7 +155,9 @@ def _run(args: argparse.Namespace) -> int:
     skipped, stem = _plots_unavailable(), out.with_suffix("")
     print(f"\nwrote {out}, {stem}.md, {stem}_epochs.csv")
     print(f"plots skipped: {skipped}" if skipped else f"plots: {stem}_curves.png, {stem}_frontier.png")
-    print(report.verdict(result["summary"], note))
+    # of the file's runs: a narrower --continue keeps earlier seeds, which the summary averages
+    final_note = report.scale_note(result["mode"], recipe, args.quick, own_data=args.train is not None)
+    print(report.verdict(result["summary"], final_note))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 
+from .._text import counted
 from ..train.recipe import RECIPE, STRATEGIES
 from .plan import FULL_MODE, data_name, missing_runs, planned_runs
 
@@ -208,7 +209,7 @@ def _size(limit: int | None, epochs: int, recipe, seeds) -> str:
         f"{limit // 1000}k images" if limit % 1000 == 0 else f"{limit:,} images"
     model = recipe.model
     name = f"SmallResNet{tuple(model.widths)}" if model.name == "small_resnet" else model.name
-    return f"{images}, {epochs} epochs, {name}, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    return f"{images}, {counted(epochs, 'epoch')}, {name}, {counted(len(seeds), 'seed')}"
 
 
 def scale_note(mode: dict, recipe, quick: bool, own_data: bool = False) -> str:
@@ -227,8 +228,8 @@ def plan_line(mode: dict) -> str:
     """What the benchmark will run, said before the first (long) run starts."""
     runs = planned_runs(mode)
     keeps = ", ".join(f"{keep:g}" for keep in mode["keeps"])
-    return (f"plan: {len(runs)} runs of {mode['epochs']} epochs: {', '.join(mode['strategies'])} at keep {keeps}, "
-            f"{len(mode['seeds'])} seed{'s' if len(mode['seeds']) > 1 else ''}, full data once per keep and seed "
+    return (f"plan: {counted(len(runs), 'run')} of {counted(mode['epochs'], 'epoch')}: {', '.join(mode['strategies'])} "
+            f"at keep {keeps}, {counted(len(mode['seeds']), 'seed')}, full data once per keep and seed "
             "(--strategies, --keeps, --seeds, --epochs choose fewer)")
 
 
@@ -271,7 +272,7 @@ def render(result: dict) -> str:
     """The markdown report of a result document."""
     machine = result["machine"]
     quick = " (quick run, `--quick`)" if result["mode"].get("quick") else ""
-    return (f"# End-to-end: {data_name(result)}, {result['mode']['epochs']} epochs{quick}\n\n"
+    return (f"# End-to-end: {data_name(result)}, {counted(result['mode']['epochs'], 'epoch')}{quick}\n\n"
             f"`{result['command']}` — {result['date']}, {machine['cpu']}, {machine['cores']} cores, "
             f"torch {machine['torch']}, amp {result['settings']['amp']}{_on_gpu(result)}.\n\n"
             f"{_continued(result)}"

@@ -88,7 +88,7 @@ except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
-from ..errors import UsageWarning
+from ..errors import ConfigError, UsageWarning
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
 from .distributed import Agreement, gather_updates, group_world_size
@@ -846,7 +846,7 @@ class Strategy:
         """round(fraction * N), refused with ``described`` when that keeps no sample."""
         count = int(round(fraction * self.num_samples))
         if count < 1:
-            raise ValueError(f"{described} keeps no sample out of {self.num_samples}")
+            raise ConfigError(f"{described} keeps no sample out of {self.num_samples}")  # a ValueError too
         return count
 
     @staticmethod

@@ -39,6 +39,7 @@ import numpy as np
 from .._args import check_bool, check_positive_int
 from .._cpus import usable_cpus
 from .._signals import sigterm_as_interrupt
+from .._text import counted
 from ..errors import ConversionError, SkippedSamplesWarning
 from . import format as fmt
 from . import names as class_names_block
@@ -150,7 +151,7 @@ def _check_skipped(skipped: list[tuple[int, str]], num_samples: int) -> None:
 def _skipped_summary(skipped: list[tuple[int, str]], num_samples: int) -> str:
     named = "; ".join(f"sample {index} ({why})" for index, why in skipped[:_SKIPS_NAMED])
     more = f"; and {len(skipped) - _SKIPS_NAMED} more" if len(skipped) > _SKIPS_NAMED else ""
-    return f"skipped {len(skipped)} unreadable sample{'s' if len(skipped) > 1 else ''} of {num_samples}: {named}{more}"
+    return f"skipped {counted(len(skipped), 'unreadable sample')} of {num_samples}: {named}{more}"
 
 
 def _with_index_field(fields: dict[str, Field], index_field: str | None) -> dict[str, Field]:

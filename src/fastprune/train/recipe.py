@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from .._args import check_bool
+from .._text import counted
 from ..errors import ConfigError
 from ..models import build_model, build_user_model
-from .data import DataSpec, channel_statistics, describe_stores
+from .data import DataSpec, _name, channel_statistics, describe_stores
 from .device import GpuBusySampler, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
@@ -122,7 +123,7 @@ def describe_recipe(recipe: Recipe) -> str:
     model = recipe.model.name + (str(recipe.model.widths) if recipe.model.name == "small_resnet" else "")
     augment = (f"random crop (pad {recipe.pad}) + " if recipe.pad else "") + "flip" + \
         (f", RandomResizedCrop {recipe.crop}" if recipe.crop else "")
-    return (f"recipe: {recipe.epochs} epochs, batch {recipe.batch_size} (--batch-size), one-cycle SGD to peak "
+    return (f"recipe: {counted(recipe.epochs, 'epoch')}, batch {recipe.batch_size} (--batch-size), one-cycle SGD to peak "
             f"lr {recipe.lr:g} (--lr), weight decay {recipe.weight_decay:g}, label smoothing "
             f"{recipe.label_smoothing:g}, {augment}, model {model} (--model); defaults: --help")
 
@@ -130,14 +131,16 @@ def describe_recipe(recipe: Recipe) -> str:
 def few_steps_warning(recipe: Recipe, num_samples: int, keep: float) -> str | None:
     """One line when an epoch at ``keep`` would take fewer than MIN_STEPS_PER_EPOCH optimizer steps
     (the recipe's batch suits 60k images, not a few hundred); None when it takes enough."""
-    kept = max(1, int(round(keep * num_samples)))
+    kept = int(round(keep * num_samples))  # as a strategy rounds (recipe_warnings refused 0 first)
     steps = math.ceil(kept / recipe.batch_size)
     if steps >= MIN_STEPS_PER_EPOCH:
         return None
-    smaller = max(1, kept // MIN_STEPS_PER_EPOCH)
-    return (f"warning: at keep {keep:g} an epoch trains {kept} of {num_samples} samples in {steps} optimizer "
-            f"step{'s' if steps > 1 else ''} of batch {recipe.batch_size}; pass --batch-size {smaller} or less "
-            f"for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr that suits it)")
+    smaller = kept // MIN_STEPS_PER_EPOCH
+    advice = (f"pass --batch-size {smaller} or less for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr "
+              "that suits it)" if smaller >= 1 else
+              f"even --batch-size 1 would take only {counted(kept, 'step')}: the store is small for this recipe")
+    return (f"warning: at keep {keep:g} an epoch trains {kept} of {num_samples} samples in "
+            f"{counted(steps, 'optimizer step')} of batch {recipe.batch_size}; {advice}")
 
 
 def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -> str | None:
@@ -153,12 +156,16 @@ def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -
             "convert with a larger --max-side)")
 
 
-def recipe_warnings(recipe: Recipe, train_store, keep: float) -> list[str]:
+def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str = "--keep") -> list[str]:
     """The recipe's warnings for a run on ``train_store`` at ``keep`` (``fastprune train`` and
-    ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales."""
+    ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales. A
+    ``keep`` that keeps no sample is refused (ConfigError naming ``keep_option``), before any work."""
     from ..loader._source import open_source
 
     with open_source(train_store, None, None, threads=1) as source:
+        if int(round(keep * source.num_samples)) < 1:  # as the strategy would refuse it, after the warm-up
+            raise ConfigError(f"{keep_option} {keep:g} keeps no sample of the {source.num_samples} in "
+                              f"{_name(train_store)}: give a larger {keep_option}")
         found = (few_steps_warning(recipe, source.num_samples, keep),
                  upscale_warning(recipe.crop, source.heights, source.widths))
     return [warning for warning in found if warning]
