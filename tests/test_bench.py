@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fastprune.bench import cli, machine, plan
+from fastprune.errors import ConfigError
 from fastprune.bench import report as bench_report
 from fastprune.bench import run as bench_run
+from fastprune.store.reader import verify_file
 from fastprune.train import recipe
 
 
@@ -224,6 +228,52 @@ def test_cpu_id_is_vendor_family_and_model_number(tmp_path):
     assert machine.cpu_id(tmp_path / "absent") is None
     cpuinfo.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 26\n")  # no model line
     assert machine.cpu_id(cpuinfo) is None
+
+
+def test_the_built_in_stores_are_converted_again_when_the_cached_file_is_not_theirs(fashion_mnist_dir, tmp_path):
+    """The workdir's stores were trusted by their names: a 300-image store copied over the test
+    split was benchmarked (and recorded) as Fashion-MNIST's, and a damaged one failed each run."""
+    from fastprune import Store
+
+    train, test = bench_run.prepare_stores(tmp_path, 500)
+    converted = test.stat().st_mtime_ns
+    assert bench_run.prepare_stores(tmp_path, 500) == (train, test) and test.stat().st_mtime_ns == converted
+    test.write_bytes(train.read_bytes())  # another store under the test split's name
+    bench_run.prepare_stores(tmp_path, 500)
+    with Store(test) as store:
+        assert store.num_samples == 10_000
+    damaged = bytearray(test.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one pixel byte: only the checksums tell
+    test.write_bytes(bytes(damaged))
+    bench_run.prepare_stores(tmp_path, 500)
+    assert verify_file(test).ok
+
+
+def test_the_workdir_is_the_users_cache_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    """The default was /tmp/fastprune-bench, which the first user to run bench owned; a --workdir
+    that is a file gave "[Errno 17] File exists"."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert cli.default_workdir() == tmp_path / "cache" / "fastprune" / "bench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cli.default_workdir() == tmp_path / "home" / ".cache" / "fastprune" / "bench"
+    a_file = tmp_path / "stores.beton"
+    a_file.write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"^--workdir {a_file} is a file, not a folder$"):
+        cli.main(["--quick", "--workdir", str(a_file), "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_the_recorded_command_runs_as_typed(monkeypatch):
+    """``python -m fastprune bench`` was recorded as ``python .../fastprune/__main__.py bench``,
+    which fails to run (its relative imports need the package)."""
+    python = Path(sys.executable).name
+    cases = {("/x/src/fastprune/__main__.py", "bench", "--out", "a b.json"): f"{python} -m fastprune bench --out 'a b.json'",
+             (".venv/bin/fastprune", "bench"): ".venv/bin/fastprune bench",
+             ("benchmarks/gpu.py", "--quick"): f"{python} benchmarks/gpu.py --quick"}
+    for argv, recorded in cases.items():
+        monkeypatch.setattr(sys, "argv", list(argv))
+        assert machine.command_line() == recorded
 
 
 def test_remaining_time_extrapolates_seconds_per_unit_of_work():

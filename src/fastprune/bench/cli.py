@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,8 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=Path, metavar="STORE",
                         help="your training store (default: Fashion-MNIST, converted into --workdir)")
     parser.add_argument("--val", type=Path, metavar="STORE", help="your validation store (with --train)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastprune-bench"),
-                        help="where the converted Fashion-MNIST stores go")
+    parser.add_argument("--workdir", type=Path, default=default_workdir(),
+                        help="where the converted Fashion-MNIST stores go (default: fastprune/bench in your "
+                             "cache folder, $XDG_CACHE_HOME or ~/.cache: %(default)s)")
     parser.add_argument("--out", type=Path, help="result JSON, relative to the current folder (default: "
                         "benchmarks/results/end_to_end[_quick].json; with --train, bench_<train's name>.json)")
     parser.add_argument("--continue", dest="resume", action="store_true",
@@ -159,6 +161,13 @@ def _run(args: argparse.Namespace) -> int:
     final_note = report.scale_note(result["mode"], recipe, args.quick, own_data=args.train is not None)
     print(report.verdict(result["summary"], final_note))
     return 0
+
+
+def default_workdir() -> Path:
+    """The built-in stores' folder: this user's cache (a fixed folder in /tmp, the default before,
+    belonged to whichever user made it first, and the next user's bench failed on it)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "fastprune" / "bench"
 
 
 def default_out_of(args: argparse.Namespace) -> Path:

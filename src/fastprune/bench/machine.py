@@ -106,8 +106,18 @@ def run_device(settings) -> dict:
 
 
 def command_line() -> str:
-    """The exact command that is running, for the result file."""
-    return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
+    """The command that is running, for the result file, as it can be typed again: the console
+    script as called (``.venv/bin/fastprune bench ...``), ``python -m fastprune ...`` for the
+    module (whose sys.argv[0] is __main__.py's path, which does not run as a script), else
+    ``python SCRIPT ...``."""
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py" and program.parent.name == "fastprune":
+        head = [Path(sys.executable).name, "-m", "fastprune"]
+    elif program.name == "fastprune":
+        head = [sys.argv[0]]
+    else:
+        head = [Path(sys.executable).name, sys.argv[0]]
+    return " ".join(shlex.quote(part) for part in [*head, *sys.argv[1:]])
 
 
 def now() -> str:
