@@ -855,11 +855,27 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_f
     checkpoints.save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}])
     before = path.read_bytes()
 
-    def full_disk(state, file):
-        file.write(b"x" * 1000)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullAfter1000Bytes:  # a file on a disk that fills up: torch.save's own writer meets the OSError
+        def __init__(self, file):
+            self.file, self.written = file, 0
 
-    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    real = checkpoints.replaced_when_done
+
+    @contextlib.contextmanager
+    def filling(*args, **kwargs):
+        with real(*args, **kwargs) as file:
+            yield FullAfter1000Bytes(file)
+
+    monkeypatch.setattr(checkpoints, "replaced_when_done", filling)
     with pytest.raises(CheckpointError, match=r"run.pt: cannot write the checkpoint \(\[Errno 28\] No space left on "
                                               r"device\); the previous one, if any, is kept"):
         checkpoints.save_checkpoint(path, model, optimizer, None, strategy, None, [{"epoch": 0}, {"epoch": 1}])

@@ -52,14 +52,28 @@ def save_checkpoint(path, model, optimizer, scheduler, strategy, loader, history
     path = Path(path)
     landing = Path(os.path.realpath(path))  # through a link its target is replaced, as for logs and stores
     landing.parent.mkdir(parents=True, exist_ok=True)
-    try:  # through a Python file, so a full disk is an OSError with its errno (torch's own: "unexpected pos")
+    try:  # through a Python file, whose write raises the OSError of a full disk with its errno
         # a temporary file beside it, on disk before the rename makes it the checkpoint; removed after
         # any error, Ctrl-C included (a half-written file would keep a full disk full)
         with replaced_when_done(landing, fsync=True) as file:
             torch.save(state, file)
     except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(exc)}); the previous one, if "
-                              "any, is kept") from None
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({first_line(_os_error_behind(exc))}); the "
+                              "previous one, if any, is kept") from None
+
+
+def _os_error_behind(exc: BaseException) -> BaseException:
+    """The OSError ``exc`` was raised while handling, else ``exc``: torch's zip writer turns the
+    file's "[Errno 28] No space left on device" into "[enforce fail at inline_container.cc:672] .
+    unexpected pos 704 vs 598", and keeps it only as the context."""
+    seen = exc
+    for _ in range(8):  # a chain, not a cycle
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            break
+    return exc
 
 
 def _model_gpu(model) -> torch.device | None:
