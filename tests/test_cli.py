@@ -185,6 +185,11 @@ def test_unknown_source_and_bad_arguments(tmp_path, capsys):
             main(["convert", str(tmp_path), "-o", str(tmp_path / "o.beton"), *bad])
         assert exit_.value.code == 2
     assert main([]) == 2
+    capsys.readouterr()
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.arange(2))
+    assert main(["convert", str(tmp_path / "a.npz"), "-o", str(tmp_path / "o.beton"), "--quality", "50"]) == 1
+    assert capsys.readouterr().err == ("fastprune convert: error: --quality applies with --jpeg (raw pixels are "
+                                       "stored without loss)\n")  # it was accepted, and did nothing
     assert not (tmp_path / "o.beton").exists()
 
 

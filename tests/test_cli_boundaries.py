@@ -332,3 +332,11 @@ def test_a_diverged_training_run_ends_in_one_line(tmp_path, monkeypatch, capsys)
     train = _store(tmp_path / "t.beton", 0)
     assert main(_args(train, train)) == 1
     assert capsys.readouterr().err == "fastprune train: error: epoch 0, step 3: the loss is nan (sample 17); lower --lr\n"
+
+
+def test_bench_refuses_continue_with_overwrite(capsys):
+    """Both were accepted, and --continue silently won."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser("bench").parse_args(["bench", "--continue", "--overwrite"])
+    assert exit_.value.code == 2
+    assert "argument --overwrite: not allowed with argument --continue" in capsys.readouterr().err

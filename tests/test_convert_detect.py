@@ -70,8 +70,8 @@ def test_cifar100_through_convert_with_coarse(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (dict(kind="npz", split="test"), "--split applies to cifar10/cifar100/hf/idx sources, not npz"),
-    (dict(kind="npz", max_side=8), "--max-side/--resize apply to image folders, not npz"),
-    (dict(kind="idx", resize=(8, 8)), "apply to image folders, not idx"),
+    (dict(kind="npz", max_side=8), "--max-side/--resize apply to image folders and hf sources, not npz"),
+    (dict(kind="idx", resize=(8, 8)), "apply to image folders and hf sources, not idx"),
     (dict(kind="npz", coarse=True), "--coarse applies to cifar100 sources, not npz"),
     (dict(kind="tfrecord"), "unknown source kind 'tfrecord'"),
 ])

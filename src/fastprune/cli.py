@@ -157,21 +157,21 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument("--columns", type=column_pair, metavar="IMAGE,LABEL",
                         help="Hugging Face sources: the image and label columns (default: image,label)")
     parser.add_argument("--jpeg", action="store_true", help="store images as JPEG (default: raw pixels)")
-    parser.add_argument("--quality", type=jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
+    parser.add_argument("--quality", type=jpeg_quality, metavar="Q",
                         help=f"quality of the JPEGs --jpeg encodes (default: {DEFAULT_JPEG_QUALITY}); a baseline "
                              "JPEG that needs no resizing keeps its own bytes")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=positive_int, metavar="N",
-                      help="image folders: shrink images whose longer side exceeds N (keeps aspect)")
+                      help="image folders, hf sources: shrink images whose longer side exceeds N (keeps aspect)")
     size.add_argument("--resize", type=height_by_width, metavar="HxW",
-                      help="image folders: resize every image to exactly HxW")
+                      help="image folders, hf sources: resize every image to exactly HxW")
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
                         help="image folders: refuse images whose header claims more than N pixels, "
                              "before decoding them (default: 2**26 = 67,108,864)")
     parser.add_argument("--skip-unreadable", action="store_true",
-                        help="image folders: leave out files that cannot be read or decoded (named in one "
-                             "warning; later files move up) instead of stopping; more than 1%% of the files "
-                             "(and over 10) still stops")
+                        help="image folders, hf sources: leave out images that cannot be read or decoded "
+                             "(named in one warning; later ones move up) instead of stopping; more than 1%% of "
+                             "them (and over 10) still stops")
     parser.add_argument("--names", action="store_true",
                         help="image folders: also store a 'name' field, each image's path below SOURCE, so "
                              "that `fastprune scores --store` names the files behind its rows")
@@ -183,7 +183,8 @@ def add_convert_command(subparsers) -> None:
                              "labels (splits lacking a class get the same labels); names of none rename "
                              "the sorted folders")
     parser.add_argument("--drop-unlabeled", action="store_true",
-                        help=".npz: leave out samples whose label is negative (-1: no label); refused otherwise")
+                        help=".npz, hf sources: leave out samples whose label is negative (-1: no label); "
+                             "refused otherwise")
     parser.add_argument("--targets", action="store_true",
                         help=".npz, hf: the labels are targets, not classes: a number per sample (regression, "
                              "stored as float64) or an array of one shape (multi-label, several outputs); "
@@ -201,10 +202,13 @@ def add_convert_command(subparsers) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from .convert import convert
     from .errors import ConversionError, UnreadableSample
+    from .store.images import DEFAULT_JPEG_QUALITY
 
+    if args.quality is not None and not args.jpeg:  # raw pixels are stored as they are
+        raise ConversionError("--quality applies with --jpeg (raw pixels are stored without loss)")
     try:
         out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
-                      quality=args.quality, max_side=args.max_side, resize=args.resize,
+                      quality=DEFAULT_JPEG_QUALITY if args.quality is None else args.quality, max_side=args.max_side, resize=args.resize,
                       coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                       progress=not args.no_progress, class_names=args.class_names,
                       drop_unlabeled=args.drop_unlabeled, index=args.index,

@@ -93,10 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cache folder, $XDG_CACHE_HOME or ~/.cache: %(default)s)")
     parser.add_argument("--out", type=Path, help="result JSON, relative to the current folder (default: "
                         "benchmarks/results/end_to_end[_quick].json; with --train, bench_<train's name>.json)")
-    parser.add_argument("--continue", dest="resume", action="store_true",
-                        help="keep the runs already in --out and do only the missing ones")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out (without it or --continue, an existing --out is refused)")
+    existing = parser.add_mutually_exclusive_group()  # both at once: which of the two was meant?
+    existing.add_argument("--continue", dest="resume", action="store_true",
+                          help="keep the runs already in --out and do only the missing ones")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing --out (without it or --continue, an existing --out is refused)")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
     add_visibility_arguments(parser)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
     add_recipe_arguments(parser)

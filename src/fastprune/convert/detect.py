@@ -74,7 +74,7 @@ def _check_applicable(kind: str, split: str | None, max_side: int | None,
     if split not in (None, "train", "test") and kind in TRAIN_TEST_KINDS:
         raise ConversionError(f"--split of {kind} sources is train or test, not {split!r}")
     if (max_side is not None or resize is not None) and kind not in RESIZE_KINDS:
-        raise ConversionError(f"--max-side/--resize apply to image folders, not {kind} "
+        raise ConversionError(f"--max-side/--resize apply to image folders and hf sources, not {kind} "
                               "(its images already share one shape)")
     if max_pixels is not None and kind != "imagefolder":
         raise ConversionError(f"--max-pixels applies to image folders, not {kind} "
