@@ -217,6 +217,13 @@ def test_options_are_never_abbreviated(capsys):
     assert "unrecognized arguments: --train-lim" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "x", "--out", "y", "--qual", "9"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # said by the command's own parser, with its usage
+        main(["bench", "--train-lim", "100"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastprune bench") and err.endswith(
+        "fastprune bench: error: unrecognized arguments: --train-lim 100\n")
 
 
 def test_convert_index_writes_each_samples_id_and_fastprune_still_finds_image_and_label(tmp_path, capsys):

@@ -284,6 +284,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.allow_abbrev = False
     for subparser in subparsers.choices.values():
         subparser.allow_abbrev = False
+    parser.commands = subparsers.choices  # their own parsers, for their own usage lines
     return parser
 
 
@@ -298,7 +299,9 @@ def _run_command(argv: list[str]) -> int:
     command = next((word for word in argv if not word.startswith("-")), None)
     try:  # building it imports the command's modules (torch: seconds), where Ctrl-C is likely
         parser = build_parser(command)
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command's parser, with its usage (argparse's top-level one shows neither)
+            (parser.commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except KeyboardInterrupt:
         print(f"{PROG}{'' if command is None else ' ' + _printable(command)}: interrupted", file=sys.stderr)
         return 130
