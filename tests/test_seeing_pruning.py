@@ -443,3 +443,15 @@ def test_tensorboard_logger_writes_nothing_unused_and_its_writer_works_before_tr
     with TensorBoardLogger(tmp_path / "tb") as logger:
         logger.writer.add_scalar("setup/lr", 0.1, 0)  # before any epoch, as a SummaryWriter allows
     assert _scalars(tmp_path / "tb")["setup/lr"] == [(0, pytest.approx(0.1))]
+
+
+def test_scores_of_a_missing_checkpoint_or_a_folder_is_one_line_naming_it(tmp_path, capsys):
+    """They printed Python's '[Errno 2] No such file or directory: ...' and '[Errno 21] ...'."""
+    missing, folder = tmp_path / "missing.pt", tmp_path / "folder.pt"
+    folder.mkdir()
+    assert main(["scores", str(missing)]) == 1
+    assert capsys.readouterr().err == f"fastprune scores: error: {missing}: no such checkpoint file\n"
+    assert main(["scores", str(folder)]) == 1
+    assert capsys.readouterr().err == f"fastprune scores: error: {folder}: cannot read the checkpoint: Is a directory\n"
+    with pytest.raises(fastprune.errors.CheckpointError, match="no such checkpoint file"):
+        fastprune.train.load_checkpoint(missing, torch.nn.Linear(1, 1), None)

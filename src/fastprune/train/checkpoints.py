@@ -7,6 +7,7 @@ refused in one line before anything is restored.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import warnings
@@ -126,8 +127,9 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
-        if exc.filename is not None:  # the file itself: missing, unreadable (the message names it)
-            raise
+        if exc.filename is not None:  # the file itself: missing, a folder, unreadable
+            raise CheckpointError(f"{path}: no such checkpoint file" if exc.errno == errno.ENOENT else
+                                  f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
         # a read inside the archive (a truncated zip: "[Errno 22] Invalid argument") names nothing
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (truncated or damaged): {exc}") from None
     except MemoryError:  # this machine's state, not the file's
