@@ -78,7 +78,7 @@ def test_npz_round_trip_and_jpeg(tmp_path):
      "sample 2 has label 18446744073709551615, which does not fit in a 64-bit signed label"),
     # -1 ("no label" in Hugging Face datasets) was stored, and only training refused it
     (np.zeros((3, 4, 4, 3), np.uint8), [0, -1, 1],
-     r"sample 1: label -1 is negative .* pass drop_unlabeled=True \(convert --drop-unlabeled\) .*\(1 such samples\)"),
+     r"sample 1: label -1 is negative .* pass drop_unlabeled=True \(convert --drop-unlabeled\) .*\(1 such sample\)"),
     (np.zeros((2, 4, 4, 3), np.uint8), [-1, -1], "sample 0: label -1 is negative"),
 ])
 def test_bad_arrays_leave_no_file(tmp_path, images, labels, message):
@@ -121,7 +121,7 @@ def test_unlabelled_samples_can_be_dropped_and_sparse_labels_warn(tmp_path, caps
     arguments = ["convert", str(tmp_path / "u.npz"), "-o", str(tmp_path / "u.beton"), "--no-progress"]
     assert main(arguments) == 1
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "sample 2: label -1 is negative" in error
+    assert error.count("\n") == 1 and f"{tmp_path / 'u.npz'}: labels: sample 2: label -1 is negative" in error
     assert not (tmp_path / "u.beton").exists()
     assert main([*arguments, "--drop-unlabeled"]) == 0
     assert [label for _, label in stored(tmp_path / "u.beton")] == [0, 1, 5]

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._args import check_bool, check_positive_int
 from .._outputs import check_output_file
+from .._text import counted
 from ..errors import ConversionError, SourceNotFoundError, UnreadableSample
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
@@ -223,7 +224,7 @@ def labelled_samples(labels: np.ndarray, what: str, drop_unlabeled: bool) -> np.
     if not drop_unlabeled:
         first = int(negative[0])
         raise unlabeled_error(f"{what}: sample {first}", int(labels[first]),
-                              f"{DROP_OPTION} ({negative.size} such samples)")
+                              f"{DROP_OPTION} ({counted(negative.size, 'such sample')})")
     kept = np.flatnonzero(labels >= 0)
     check_not_empty(len(kept), f"{what} without its unlabelled samples")
     return kept

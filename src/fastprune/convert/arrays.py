@@ -98,12 +98,21 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
     in a loop of your own (``fit`` and ``fastprune train`` classify). NaN and infinities are refused.
     """
     out = _common.check_output_path(out)
+    return _from_arrays(images, labels, out, what="arrays", jpeg=jpeg, quality=quality, workers=workers,
+                        progress=progress, class_names=class_names, drop_unlabeled=drop_unlabeled, index=index,
+                        targets=targets)
+
+
+def _from_arrays(images, labels, out: Path, *, what: str, jpeg=False, quality=_common.DEFAULT_JPEG_QUALITY,
+                 workers=None, progress=True, class_names=None, drop_unlabeled=False, index=False,
+                 targets=False) -> Path:
+    """:func:`from_arrays`, its messages naming ``what`` (the arrays, or the .npz file holding them)."""
     targets = check_bool(targets, "from_arrays: targets")
     if targets:
-        return _from_targets(images, labels, out, jpeg=jpeg, quality=quality, workers=workers, progress=progress,
-                             class_names=class_names, drop_unlabeled=drop_unlabeled, index=index)
-    images, labels = check_arrays(images, labels)
-    kept = _common.labelled_samples(labels, "arrays: labels", drop_unlabeled)
+        return _from_targets(images, labels, out, what=what, jpeg=jpeg, quality=quality, workers=workers,
+                             progress=progress, class_names=class_names, drop_unlabeled=drop_unlabeled, index=index)
+    images, labels = check_arrays(images, labels, what=what)
+    kept = _common.labelled_samples(labels, f"{what}: labels", drop_unlabeled)
     if kept is not None:
         images, labels = images[kept], labels[kept]
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
@@ -111,10 +120,10 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
                          progress=progress, class_names=_common.label_names_option(class_names), index=index)
 
 
-def _from_targets(images, targets, out: Path, *, jpeg, quality, workers, progress, class_names, drop_unlabeled,
+def _from_targets(images, targets, out: Path, *, what, jpeg, quality, workers, progress, class_names, drop_unlabeled,
                   index) -> Path:
     _common.check_target_options(class_names, drop_unlabeled, "from_arrays")
-    images, targets = check_arrays(images, targets, targets=True)
+    images, targets = check_arrays(images, targets, what=what, targets=True)
     fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": _common.target_field(targets)}
     return _common.write(out, _common.TargetSource(images, targets), fields, workers=workers, progress=progress,
                          index=index)
@@ -124,6 +133,4 @@ def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) 
     """Convert a .npz holding ``images`` and ``labels`` (see :func:`from_arrays`)."""
     out = _common.check_output_path(out, inputs=(source,))
     images, labels = load_npz(source)
-    targets = check_bool(options.get("targets", False), "from_npz: targets")
-    images, labels = check_arrays(images, labels, what=str(source), targets=targets)
-    return from_arrays(images, labels, out, **options)
+    return _from_arrays(images, labels, out, what=str(source), **options)  # its messages name the file
