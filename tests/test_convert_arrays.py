@@ -280,3 +280,11 @@ def test_a_conversion_with_workers_does_not_warn_of_forking_a_process_with_threa
     assert not [w for w in caught if "multi-threaded" in str(w.message)], [str(w.message) for w in caught]
     with fastprune.Store(out) as store:
         assert len(store) == 1024 and store.verify().ok
+
+
+def test_too_few_class_names_name_the_option(tmp_path):
+    images = np.zeros((4, 4, 4, 3), np.uint8)
+    with pytest.raises(ConversionError, match=r"^sample 2, field 'label': label 2 but only 2 class names were given "
+                                              r"\(class_names=, convert --class-names\); pass names"):
+        from_arrays(images, [0, 1, 2, 1], tmp_path / "n.beton", progress=False, class_names=["a", "b"])
+    assert not (tmp_path / "n.beton").exists()

@@ -277,8 +277,8 @@ class _FileWriter:
         bad = None if names is None else class_names_block.label_out_of_range(labels, len(names))
         if bad is not None:
             raise ConversionError(f"sample {sources[bad]}, field {field!r}: label {labels[bad]} "
-                                  f"but only {len(names)} class names were given; pass names that "
-                                  "cover every label (or none)")
+                                  f"but only {len(names)} class names were given (class_names=, convert "
+                                  "--class-names); pass names that cover every label (or none)")
 
     def _place_samples(self, totals: np.ndarray, sources: list[int]) -> np.ndarray:
         """File offset of each sample's first allocation (ffcv's page rule)."""
