@@ -191,6 +191,9 @@ def test_conflicting_size_options_and_bad_output_folder(png_tree, tmp_path):
         from_image_folder(root, tmp_path / "o.beton", max_side=4, resize=(2, 2), progress=False)
     with pytest.raises(ConversionError, match="output folder .*nowhere does not exist"):
         from_image_folder(root, tmp_path / "nowhere/o.beton", progress=False)
+    (tmp_path / "a.beton").write_bytes(b"")  # said to not exist, as a folder
+    with pytest.raises(ConversionError, match=r"output .*a.beton/o.beton: .*a.beton is a file, not a folder$"):
+        from_image_folder(root, tmp_path / "a.beton/o.beton", progress=False)
 
 
 def test_fitting_baseline_jpegs_are_stored_byte_for_byte(tmp_path):

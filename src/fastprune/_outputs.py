@@ -119,6 +119,8 @@ def check_image_file(out: str | os.PathLike | None, what: str, *, error: type[Ex
 def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
     folder = out.parent
     if not makes_folders:
+        if folder.exists() and not folder.is_dir():
+            raise error(f"{what} {out}: {folder} is a file, not a folder")
         if not folder.is_dir():
             raise error(f"{what} folder {folder} does not exist ({what} {out})")
     else:
