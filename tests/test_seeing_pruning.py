@@ -455,3 +455,11 @@ def test_scores_of_a_missing_checkpoint_or_a_folder_is_one_line_naming_it(tmp_pa
     assert capsys.readouterr().err == f"fastprune scores: error: {folder}: cannot read the checkpoint: Is a directory\n"
     with pytest.raises(fastprune.errors.CheckpointError, match="no such checkpoint file"):
         fastprune.train.load_checkpoint(missing, torch.nn.Linear(1, 1), None)
+
+
+def test_scores_refuses_an_out_suffix_before_reading_the_checkpoint(tmp_path, capsys):
+    """--out s.txt was refused only after the checkpoint was loaded, naming export_scores."""
+    missing = tmp_path / "missing.pt"
+    assert main(["scores", str(missing), "--out", str(tmp_path / "s.txt")]) == 1
+    assert capsys.readouterr().err == (f"fastprune scores: error: --out {tmp_path / 's.txt'}: the report is a .csv "
+                                       "or .npz file, not '.txt'\n")

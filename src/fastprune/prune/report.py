@@ -358,6 +358,8 @@ def scores_main(args) -> int:
     out = args.out or first.with_name(f"{first.stem}_scores.csv")
     inputs = [*args.checkpoint, *([args.store] if args.store else [])]
     check_output_file(out, "--out", inputs, makes_folders=True)
+    if out.suffix.lower() not in (".csv", ".npz"):  # before the checkpoint is read
+        raise ConfigError(f"--out {out}: the report is a .csv or .npz file, not {out.suffix or 'one without suffix'!r}")
     if args.grid is not None:
         check_output_file(args.grid, "--grid", inputs, makes_folders=True)
         check_distinct({"--out": out, "--grid": args.grid})
