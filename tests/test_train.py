@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -709,3 +710,35 @@ def test_a_schedule_that_cannot_replan_warns_under_infobatch(stores):
         fit(model, loader, None, strategy, 2, sgd,
             lambda optimizer, steps: torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=steps),
             progress=False, log=None)
+
+
+def test_a_model_torchs_cpu_channels_last_backward_corrupts_trains_contiguous_with_a_warning(tmp_path):
+    """SmallResNet(widths=(8, 16, 32)) under channels_last on the CPU died in torch's backward of its
+    1x1 stride-2 shortcut (8 input channels) at odd batch sizes: "free(): invalid size" or a
+    segfault, from `fastprune bench --width 8` (bench trains channels-last) and fit(channels_last=True)."""
+    from fastprune.errors import UsageWarning
+    from fastprune.train.device import cpu_channels_last_hazard
+
+    narrow = SmallResNet(num_classes=2, widths=(8, 16, 32), stem_stride=2)
+    assert cpu_channels_last_hazard(narrow) == "stages.1.shortcut.0 (Conv2d(8, 16, kernel_size=1, stride=2))"
+    for safe in (SmallResNet(num_classes=2, widths=(16, 32, 64)), torch.nn.Conv2d(8, 16, 3, stride=2),
+                 torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(1, 16, 1, stride=2)):
+        assert cpu_channels_last_hazard(safe) is None
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (75, 16, 16, 3), dtype=np.uint8),
+                        np.arange(75) % 2, tmp_path / "d.beton", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loader = Loader(store, 25, transforms=[Normalize(MEAN, STD, channels_last=True)], seed=0, threads=1)
+        with pytest.warns(UsageWarning, match=r"^fit: channels_last is off for this model on the CPU: torch's CPU "
+                                              r"backward of stages.1.shortcut.0 \(Conv2d\(8, 16, kernel_size=1, "
+                                              r"stride=2\)\) in channels_last corrupts memory"):
+            fit(narrow, loader, None, None, 2, progress=False, log=None, channels_last=True)
+        assert all(p.is_contiguous() for p in narrow.parameters())
+        wide = SmallResNet(num_classes=2, widths=(16, 32, 64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UsageWarning)  # kept channels-last, unwarned
+            fit(wide, loader, None, None, 1, progress=False, log=None, channels_last=True)
+        assert wide.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    finally:
+        torch.set_num_threads(threads)

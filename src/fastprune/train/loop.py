@@ -31,7 +31,7 @@ from ..loader._source import OTHER_TASKS, targets_kind
 from ..prune.table import MAX_LOSS, SKIP_HINT, InvalidLoss
 from ..store.names import named_class_count
 from .checkpoints import load_checkpoint, save_checkpoint
-from .device import autocast_dtype, memory_format_for, model_device, synchronize
+from .device import autocast_dtype, cpu_channels_last_hazard, memory_format_for, model_device, synchronize
 from .schedule import ScheduleFactory, build_scheduler, make_optimizer, replan_schedule
 
 
@@ -108,6 +108,21 @@ def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
 
 
 @torch.no_grad()
+def _trainable_memory_format(model: nn.Module, device: torch.device, asked: torch.memory_format):
+    """``asked``, or the contiguous format where torch's CPU channels_last backward would corrupt
+    memory for one of the model's layers (see :func:`device.cpu_channels_last_hazard`): a crash of
+    the interpreter, or silently wrong gradients, is worth no speed-up."""
+    if asked is not torch.channels_last or device.type != "cpu":
+        return asked
+    layer = cpu_channels_last_hazard(model)
+    if layer is None:
+        return asked
+    warnings.warn(f"fit: channels_last is off for this model on the CPU: torch's CPU backward of {layer} in "
+                  "channels_last corrupts memory at odd batch sizes (measured with torch 2.14.1); training "
+                  "goes on in the contiguous format", UsageWarning, stacklevel=3)
+    return torch.contiguous_format
+
+
 def _evaluate(model: nn.Module, loader, *, amp, channels_last):
     """(accuracy %, mean cross-entropy, per-class hits, per-class counts): the counts are int64
     tensors indexed by label (empty when nothing was seen).
@@ -601,7 +616,7 @@ def fit(
         log = functools.partial(print, flush=True)
     device = model_device(model)
     dtype = autocast_dtype(device, amp)
-    memory_format = memory_format_for(device, channels_last)
+    memory_format = _trainable_memory_format(model, device, memory_format_for(device, channels_last))
     model.to(memory_format=memory_format)
     optimizer = optimizer or make_optimizer(model)
     if not isinstance(optimizer, torch.optim.Optimizer):
