@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import types
 
 import numpy as np
@@ -304,9 +305,14 @@ def test_run_recipe_records_each_epochs_gpu_busy_and_keeps_the_callers_on_epoch_
     monkeypatch.setattr(train_recipe, "GpuBusySampler", FakeSampler)
     ends = []
     recipe = train_recipe.RECIPE.replace(epochs=2, batch_size=32, widths=(8, 16, 32))
+    random.seed(12345)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
     _, history = train_recipe.run_recipe(recipe, "uniform_random", 0.5, 0, tiny_stores, device="cpu", threads=1,
                                          progress=False, log=None, on_epoch_end=ends.append)
     assert [r["gpu_busy_pct"] for r in history] == [61.0, 63.0]
+    # the caller's random streams as they were (they were left seeded with the run's seed)
+    assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.get_rng_state(), states[2])
     assert [r["epoch"] for r in ends] == [0, 1]
 
 

@@ -24,7 +24,7 @@ from .._text import counted
 from ..errors import ConfigError
 from ..models import build_model, build_user_model
 from .data import DataSpec, _name, channel_statistics, describe_stores
-from .device import GpuBusySampler, resolve_device, run_amp
+from .device import GpuBusySampler, process_state_kept, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
 
@@ -246,6 +246,7 @@ def describe_recipe_data(recipe: Recipe, stores) -> DataSpec:
     return describe_stores(*stores, mean=recipe.mean, std=recipe.std, crop=recipe.crop)
 
 
+@process_state_kept()  # seeded for the run; the caller's random streams (a notebook's, a sweep's) as they were
 def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, stores, *,
                strategy_options: dict[str, Any] | None = None, device="auto", threads: int | None = None,
                amp: str | bool = "auto", channels_last: bool = False, data: DataSpec | None = None,
@@ -255,7 +256,8 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
     normalization statistics come from the stores (``data``, when a caller running many runs on
     the same stores has them already). ``strategy_options`` override the strategy's library
     defaults; ``fit_options`` (progress, log, checkpoint, resume, settings, on_epoch_end) go to
-    :func:`fit`.
+    :func:`fit`. Python's, numpy's and torch's random streams are seeded with ``seed`` for the run
+    and left as they were before it.
 
     ``device``: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"
     (:func:`~fastprune.train.device.resolve_device`). ``amp``: "auto" is the precision rule every
