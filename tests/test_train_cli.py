@@ -30,6 +30,10 @@ def test_help_shows_the_recipes_defaults(capsys):
             pass
         text = " ".join(capsys.readouterr().out.split())
         assert "(default: 512)" in text and "(default: 1.2)" in text and "(default: 0.0005)" in text, command
+        if command == "bench":  # the mode's defaults, which were "default by mode"; the width, which was none
+            assert "keep ratios (default: 0.3 0.5 0.7; --quick: 0.5)" in text
+            assert "seeds (default: 0 1 2; --quick: 0)" in text and "(doubled per stage) (default: 32; --quick: 16)" in text
+            assert "one per pruned run, PNG's name + -STRATEGY-keepK-seedS" in text
 
 
 def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):

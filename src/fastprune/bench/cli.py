@@ -68,10 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="quick run (the main job's): the full benchmark with a half-width model "
                              "(--width 16), keep 0.5, one seed, the two bandits")
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:], help="subset of strategies")
-    parser.add_argument("--keeps", nargs="+", type=fraction, help="keep ratios (default by mode)")
-    parser.add_argument("--seeds", nargs="+", type=seed, help="seeds (default by mode)")
-    parser.add_argument("--epochs", type=positive_int, help="epochs per run (default by mode)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES[1:],
+                        help="subset of strategies (default: all; --quick: epsilon_greedy ucb)")
+    parser.add_argument("--keeps", nargs="+", type=fraction,
+                        help=f"keep ratios (default: {_listed(plan.FULL_MODE['keeps'])}; --quick: "
+                             f"{_listed(plan.QUICK_MODE['keeps'])})")
+    parser.add_argument("--seeds", nargs="+", type=seed,
+                        help=f"seeds (default: {_listed(plan.FULL_MODE['seeds'])}; --quick: "
+                             f"{_listed(plan.QUICK_MODE['seeds'])})")
+    parser.add_argument("--epochs", type=positive_int,
+                        help=f"epochs per run (default: {plan.FULL_MODE['epochs']}; --quick: {plan.QUICK_MODE['epochs']})")
     parser.add_argument("--train-limit", type=positive_int, help="use the first N training images")
     parser.add_argument("--eval-every", type=positive_int, metavar="N",
                         help="evaluate every N-th epoch and the last (default: 1, every epoch); "
@@ -99,9 +105,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an existing --out (without it or --continue, an existing --out is refused)")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
-    add_visibility_arguments(parser)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
+    add_visibility_arguments(parser, per_run=True)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
     add_recipe_arguments(parser)
     parser.set_defaults(width=None)  # the mode's: --quick trains the narrower QUICK_RECIPE
+    _action(parser, "width").help += (f" (default: {plan.base_recipe(False).model.widths[0]}; --quick: "
+                                      f"{plan.base_recipe(True).model.widths[0]})")
+
+
+def _listed(values) -> str:
+    return " ".join(f"{value:g}" for value in values)
+
+
+def _action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    return next(action for action in parser._actions if action.dest == dest)
 
 
 def main(argv=None) -> int:

@@ -135,8 +135,9 @@ def add_train_command(subparsers):
     """Register ``fastprune train`` on an argparse ``subparsers`` object; returns its parser."""
     parser = subparsers.add_parser(
         "train", help="train a model on a store, pruning the data dynamically",
-        description="Train a model on a store with a pruning strategy; one log line per epoch, "
-                    "a JSON and a CSV log, a checkpoint after every epoch (--resume continues from it). "
+        description="Train a model on a store with a pruning strategy; one log line per epoch; on request a "
+                    "JSON and a CSV log (replaced if they exist) and a checkpoint after every epoch (an "
+                    "existing one is refused unless --resume continues from it). "
                     "Classes and normalization come from the training store. The recipe's defaults are "
                     "the benchmark's (60k Fashion-MNIST images): set --batch-size and --lr for your data.",
         formatter_class=HelpWithDefaults)
@@ -168,14 +169,18 @@ def add_train_command(subparsers):
     return parser
 
 
-def add_visibility_arguments(parser: argparse.ArgumentParser) -> None:
-    """--tensorboard and --kept-grid, shared by ``fastprune train`` and ``bench``."""
+def add_visibility_arguments(parser: argparse.ArgumentParser, per_run: bool = False) -> None:
+    """--tensorboard and --kept-grid, shared by ``fastprune train`` and ``bench`` (``per_run``:
+    a folder and a picture for each of its runs)."""
     parser.add_argument("--tensorboard", type=Path, metavar="DIR",
                         help="log loss, accuracy (also per class), kept fraction and pruning overhead per "
-                             "epoch for TensorBoard (needs the tensorboard package)")
+                             "epoch for TensorBoard (needs the tensorboard package)"
+                             + ("; in DIR/STRATEGY-keepK-seedS/ for each run" if per_run else ""))
     parser.add_argument("--kept-grid", type=Path, metavar="PNG",
                         help="after training, draw each class's most-kept and least-kept images (needs "
-                             "matplotlib); `fastprune scores RUN.pt` exports the per-sample numbers")
+                             "matplotlib)" + ("; one per pruned run, PNG's name + -STRATEGY-keepK-seedS"
+                                              if per_run else "; `fastprune scores RUN.pt` exports the "
+                                              "per-sample numbers"))
 
 
 def check_visibility_arguments(args) -> None:
