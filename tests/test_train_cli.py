@@ -197,3 +197,39 @@ def test_a_crop_larger_than_every_image_is_warned_about(tmp_path, capsys):
     assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "12",
                  "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
     assert "warning: --crop 12 is larger than every training image (the largest is 8 px" in capsys.readouterr().out
+
+
+def test_the_logs_keep_the_epochs_an_interrupted_run_finished_and_a_resume_completes_them(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """--log-json and --log-csv were written only after the last epoch: Ctrl-C, a kill or a crash
+    left none, while the checkpoint held every finished epoch."""
+    import csv
+    import json
+
+    import fastprune.train.loop as loop
+
+    rng = np.random.default_rng(0)
+    train = from_arrays(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), np.arange(64) % 2,
+                        tmp_path / "train.beton", progress=False)
+    files = {"json": tmp_path / "log.json", "csv": tmp_path / "log.csv", "pt": tmp_path / "run.pt"}
+    arguments = ["train", "--train", str(train), "--val", str(train), "--epochs", "4", "--width", "4",
+                 "--batch-size", "8", "--no-progress", "--threads", "1", "--log-json", str(files["json"]),
+                 "--log-csv", str(files["csv"]), "--checkpoint", str(files["pt"])]
+    real_epoch = loop._run_epoch
+
+    def interrupted_at_2(epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_run_epoch", interrupted_at_2)
+    assert main(arguments) == 130
+    assert [r["epoch"] for r in json.loads(files["json"].read_text())["history"]] == [0, 1]
+    with open(files["csv"]) as rows:
+        assert [row["epoch"] for row in csv.DictReader(rows)] == ["0", "1"]
+    monkeypatch.setattr(loop, "_run_epoch", real_epoch)
+    assert main([*arguments, "--resume"]) == 0
+    logged = json.loads(files["json"].read_text())
+    assert [r["epoch"] for r in logged["history"]] == [0, 1, 2, 3] and logged["command"] == "fastprune train"
+    with open(files["csv"]) as rows:
+        assert [row["epoch"] for row in csv.DictReader(rows)] == ["0", "1", "2", "3"]

@@ -159,8 +159,9 @@ def add_train_command(subparsers):
     parser.add_argument("--flush-denormal", action="store_true",
                         help="flush denormal floats to zero, as fastprune bench does by default (with "
                              "--channels-last on and bench's --threads, a bench run's seed trains alike here)")
-    parser.add_argument("--log-json", type=Path, metavar="FILE", help="write the history and arguments here")
-    parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here")
+    parser.add_argument("--log-json", type=Path, metavar="FILE",
+                        help="write the history and arguments here, after every epoch")
+    parser.add_argument("--log-csv", type=Path, metavar="FILE", help="write one row per epoch here, after every epoch")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE", help="checkpoint after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     add_visibility_arguments(parser)
@@ -256,27 +257,63 @@ def _train(args) -> int:
         from .tensorboard import TensorBoardLogger
 
         tensorboard = TensorBoardLogger(args.tensorboard, num_samples)
+    logs = _EpochLogs(args, data, device, amp)
     with out_of_memory_named(device, args.batch_size):
         strategy, history = run_recipe(recipe, args.strategy, args.keep, args.seed, (args.train, args.val),
                                        data=data, device=device, threads=args.threads, amp=amp,
                                        channels_last=channels_last, checkpoint=args.checkpoint, resume=args.resume,
                                        settings=_run_settings(args), eval_every=args.eval_every,
                                        progress=not args.no_progress, compile=compile_option(args.compile),
-                                       on_epoch_end=tensorboard)
+                                       on_epoch_end=_each(logs, tensorboard))
     if tensorboard is not None:
         tensorboard.close()
     if args.kept_grid is not None:
         from ..prune.report import kept_grid
 
         print(f"wrote {kept_grid(strategy, args.train, args.kept_grid)}", flush=True)
-    if args.log_json:  # typed: numbers stay numbers, paths become strings
-        save_history(args.log_json, history, command="fastprune train", data=data.json(),
-                     arguments={k: v for k, v in vars(args).items() if k != "run"},
-                     **device_record(device), precision=amp, gpu_busy_pct=gpu_busy_of(history),
-                     **_software_record())
-    if args.log_csv:
-        save_csv(args.log_csv, history)
+    logs.write(history)  # the whole history (a run with nothing left to train has no epoch end)
     return 0
+
+
+class _EpochLogs:
+    """--log-json and --log-csv, written after every epoch (a run stopped by Ctrl-C, a kill or a
+    crash keeps the epochs it finished, as its checkpoint does) and at the end."""
+
+    def __init__(self, args, data, device, amp: str):
+        self.args, self.data, self.device, self.amp = args, data, device, amp
+        self.history: list[dict[str, Any]] | None = None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.args.log_json is None and self.args.log_csv is None:
+            return
+        if self.history is None:
+            self.history = []
+            if record["epoch"] > 0:  # a resumed run's earlier epochs: in its checkpoint, saved before this call
+                from .checkpoints import read_checkpoint
+
+                self.history = read_checkpoint(self.args.checkpoint, map_location="cpu")["history"][:record["epoch"]]
+        self.history.append(record)
+        self.write(self.history)
+
+    def write(self, history: list[dict[str, Any]]) -> None:
+        args = self.args
+        if args.log_json:  # typed: numbers stay numbers, paths become strings
+            save_history(args.log_json, history, command="fastprune train", data=self.data.json(),
+                         arguments={k: v for k, v in vars(args).items() if k != "run"},
+                         **device_record(self.device), precision=self.amp, gpu_busy_pct=gpu_busy_of(history),
+                         **_software_record())
+        if args.log_csv:
+            save_csv(args.log_csv, history)
+
+
+def _each(*callbacks):
+    """One on_epoch_end calling each of ``callbacks`` (None: left out) in turn."""
+    callbacks = [callback for callback in callbacks if callback is not None]
+
+    def each(record: dict[str, Any]) -> None:
+        for callback in callbacks:
+            callback(record)
+    return each
 
 
 @contextlib.contextmanager
