@@ -177,34 +177,34 @@ def test_tiny_benchmark_writes_every_output_and_continues(fashion_mnist_dir, tmp
 
     # --continue onto a file from another machine or with other settings is refused, file untouched
     for args in (["--epochs", "3"], ["--amp", "bf16"]):
-        with pytest.raises(SystemExit, match="--continue: .*(mode.epochs|settings)"):
+        with pytest.raises(ConfigError, match="--continue: .*(mode.epochs|settings)"):
             cli.main([*common, *args, "--seeds", "0", "1", "--continue"])
     foreign = {**continued, "machine": {**continued["machine"], "cpu": "Some Other CPU"}}
     out.write_text(json.dumps(foreign))
-    with pytest.raises(SystemExit, match="machine.cpu = 'Some Other CPU'"):
+    with pytest.raises(ConfigError, match="machine.cpu = 'Some Other CPU'"):
         cli.main([*common, "--seeds", "0", "1", "--continue"])
     assert json.loads(out.read_text()) == foreign
     # ... and onto one from a CPU of the same name without AMX (half as fast in bf16) ...
     other_features = {**continued, "machine": {**continued["machine"], "cpu_features": ["avx2", "amx_bf16"]}}
     out.write_text(json.dumps(other_features))
-    with pytest.raises(SystemExit, match="machine.cpu_features"):
+    with pytest.raises(ConfigError, match="machine.cpu_features"):
         cli.main([*common, "--seeds", "0", "1", "--continue"])
     # ... and onto one from a CPU of the same name and features but another family/model ...
     other_id = {**continued, "machine": {**continued["machine"], "cpu_id": "OtherVendor family 99 model 99"}}
     out.write_text(json.dumps(other_id))
-    with pytest.raises(SystemExit, match="machine.cpu_id"):
+    with pytest.raises(ConfigError, match="machine.cpu_id"):
         cli.main([*common, "--seeds", "0", "1", "--continue"])
     # ... and onto one written before the CPU's id or features were recorded: it cannot show its CPU
     for field in ("cpu_id", "cpu_features"):
         older = {**continued, "machine": {k: v for k, v in continued["machine"].items() if k != field}}
         out.write_text(json.dumps(older))
-        with pytest.raises(SystemExit, match=f"does not record machine.{field}"):
+        with pytest.raises(ConfigError, match=f"does not record machine.{field}"):
             cli.main([*common, "--seeds", "0", "1", "--continue"])
         assert json.loads(out.read_text()) == older
     # ... and onto one measured before even batches were part of the recipe
     old_recipe = {k: v for k, v in continued["recipe"].items() if k != "even_batches"}
     out.write_text(json.dumps({**continued, "recipe": old_recipe}))
-    with pytest.raises(SystemExit, match="--continue: .*recipe"):
+    with pytest.raises(ConfigError, match="--continue: .*recipe"):
         cli.main([*common, "--seeds", "0", "1", "--continue"])
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from fastprune.errors import ConfigError
+
 from fastprune.bench import report as bench_report
 
 
@@ -67,7 +69,7 @@ def test_continue_refuses_a_file_measured_on_other_stores_or_core_count(tmp_path
     previous, _ = _result({(section, key): other})
     plan.check_can_continue(this, this, tmp_path / "r.json")  # alike: accepted
     named = section if section == "architecture" else f"{section}.{key}"  # compared whole
-    with pytest.raises(SystemExit, match=f"with {named} = "):
+    with pytest.raises(ConfigError, match=f"with {named} = "):
         plan.check_can_continue(previous, this, tmp_path / "r.json")
 
 

@@ -50,25 +50,25 @@ def bench(tmp_path, monkeypatch):
 
 
 def test_continue_refuses_another_store_at_the_same_path_a_changed_model_and_another_eval_every(
-        bench, tmp_path, monkeypatch):
+        bench, tmp_path, monkeypatch, capsys):
     assert bench("--keeps", "0.5", "--seeds", "0") == 0
     before = (tmp_path / "b.json").read_text()
     assert json.loads(before)["data"]["train_identity"].startswith("48 samples, ")
 
     _store(tmp_path / "t.beton", seed=1)  # other images, same path and size
-    with pytest.raises(SystemExit, match="data.train_identity = "):
-        bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 1
+    assert "data.train_identity = " in capsys.readouterr().err
     _store(tmp_path / "t.beton", seed=0)  # the same data again: accepted below
 
     (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=16))  # edited between sessions
     del sys.modules["continue_models"]
-    with pytest.raises(SystemExit, match="architecture = "):
-        bench("--keeps", "0.5", "--seeds", "0", "1", "--continue")
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 1
+    assert "architecture = " in capsys.readouterr().err
     (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4))
     del sys.modules["continue_models"]
 
-    with pytest.raises(SystemExit, match="mode.eval_every = 1, this run has 2"):
-        bench("--keeps", "0.5", "--seeds", "0", "1", "--eval-every", "2", "--continue")
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--eval-every", "2", "--continue") == 1
+    assert "mode.eval_every = 1, this run has 2" in capsys.readouterr().err
     assert (tmp_path / "b.json").read_text() == before  # every refusal left the file as it was
     assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 0
     assert len(json.loads((tmp_path / "b.json").read_text())["runs"]) == 4
@@ -121,10 +121,14 @@ def test_compare_refuses_an_existing_out_and_repeated_choices_before_any_work(tm
 
 @pytest.mark.parametrize("option, values, repeated", [
     ("--seeds", ["0", "0"], "0"), ("--keeps", ["0.5", "0.3", "0.5"], "0.5"), ("--strategies", ["ucb", "ucb"], "'ucb'")])
-def test_bench_refuses_a_choice_given_twice(tmp_path, option, values, repeated):
+def test_bench_refuses_a_choice_given_twice(tmp_path, capsys, option, values, repeated):
     # a seed given twice ran twice and counted as 2 seeds (the std over one)
-    with pytest.raises(SystemExit, match=f"fastprune bench: {option} gives {repeated} twice; give each once"):
+    with pytest.raises(SystemExit) as exit_:  # a usage error, as argparse's: exit 2
         main(["bench", "--train", "t.beton", "--val", "t.beton", option, *values, "--out", str(tmp_path / "b.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastprune bench") and err.endswith(
+        f"fastprune bench: error: {option} gives {repeated} twice; give each once\n")
     assert not (tmp_path / "b.json").exists()
 
 

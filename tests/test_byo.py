@@ -111,7 +111,7 @@ def test_newcomer_brings_a_12_class_image_folder_and_a_model(tmp_path, user_modu
     assert bench["data"]["classes"] == CLASSES and bench["data"]["train"] == str(stores["train"])
     assert bench["model"]["name"] == f"{user_module}:make" and bench["recipe"]["crop"] == 32
     report = out.with_suffix(".md").read_text()
-    assert report.startswith("# End-to-end: train.beton, 1 epochs")
+    assert report.startswith("# End-to-end: train.beton, 1 epoch\n")
     for strategy in ("full | 1.0", "epsilon_greedy | 0.5", "ucb | 0.5"):
         assert f"| {strategy} |" in report and f"| {strategy} |" in result.stdout
     with open(tmp_path / "results" / "mine_epochs.csv", newline="") as file:
@@ -232,9 +232,9 @@ def test_bench_takes_both_stores_or_neither(twelve_class_stores, capsys):
     from fastprune.bench import cli
 
     train, _, _ = twelve_class_stores
-    with pytest.raises(SystemExit, match="give both --train and --val"):
+    with pytest.raises(fastprune.errors.UsageError, match="give both --train and --val"):
         cli.main(["--train", str(train), *FAST])
-    with pytest.raises(SystemExit, match="--train-limit applies to the built-in Fashion-MNIST only"):
+    with pytest.raises(fastprune.errors.UsageError, match="--train-limit applies to the built-in Fashion-MNIST only"):
         cli.main(["--train", str(train), "--val", str(train), "--train-limit", "10", *FAST])
 
 

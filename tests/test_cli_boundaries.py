@@ -340,3 +340,16 @@ def test_bench_refuses_continue_with_overwrite(capsys):
         build_parser("bench").parse_args(["bench", "--continue", "--overwrite"])
     assert exit_.value.code == 2
     assert "argument --overwrite: not allowed with argument --continue" in capsys.readouterr().err
+
+
+def test_options_that_do_not_go_together_are_usage_errors(tmp_path, capsys):
+    """--resume without --checkpoint exited 1 through SystemExit, without "error:" or the usage
+    that argparse's own refusals print with exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *STORES, "--resume"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastprune train") and err.endswith("fastprune train: error: --resume needs --checkpoint\n")
+    with pytest.raises(fastprune.errors.UsageError, match="^--resume needs --checkpoint$"):  # a ConfigError in Python
+        from fastprune.train.cli import _train
+        _train(build_parser("train").parse_args(["train", *STORES, "--resume"]))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ._signals import ctrl_c_after_imports, sigterm_as_interrupt
-from .errors import FastpruneError
+from .errors import FastpruneError, UsageError
 
 PROG = "fastprune"
 
@@ -314,6 +314,8 @@ def _run_command(argv: list[str]) -> int:
         with warnings.catch_warnings(), sigterm_as_interrupt():
             warnings.showwarning = functools.partial(_one_line_warning, args.command, warnings.showwarning)
             return args.run(args)
+    except UsageError as exc:  # options that do not go together: as argparse refuses one, usage and exit 2
+        (parser.commands.get(args.command) or parser).error(_printable(str(exc)))
     except BrokenPipeError:  # `fastprune info FILE | head`: the reader left; not an error to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet
         return 1

@@ -73,6 +73,11 @@ class ConfigError(FastpruneError, ValueError):
     image sizes need another option. The message names the option that fixes it."""
 
 
+class UsageError(ConfigError):
+    """Command-line options that do not go together: the command prints its usage and this one
+    line, and exits 2, as for an option argparse refuses on its own."""
+
+
 class TrainingDiverged(FastpruneError, ValueError):
     """Training produced a loss that is NaN or infinite (a diverged model: the learning rate is
     usually too high); the message names the epoch, the step and the sample."""

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..cli import fraction, positive_int, seed
 from .._outputs import check_distinct, check_output_file, written_atomically
-from ..errors import ConfigError, MissingExtraError
+from ..errors import ConfigError, MissingExtraError, UsageError
 from ..train.cli import (HelpWithDefaults, add_device_arguments, add_recipe_arguments, add_visibility_arguments,
                          check_outputs, check_visibility_arguments, describe_device, out_of_memory_named,
                          recipe_from_args)
@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     mode = plan.mode_for(args)
     check_visibility_arguments(args)
     if (args.train is None) != (args.val is None):
-        raise SystemExit("fastprune bench: give both --train and --val (or neither, for Fashion-MNIST)")
+        raise UsageError("give both --train and --val (or neither, for Fashion-MNIST)")
     out = args.out or default_out_of(args)
     check_outputs(args, {"--out": out})
     if args.tensorboard is not None and not (args.resume or args.overwrite):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import ConfigError, UsageError
 from ..train.recipe import QUICK_RECIPE, RECIPE, STRATEGIES, Recipe
 from . import machine
 
@@ -64,8 +65,8 @@ def mode_for(args) -> dict:
     mode = dict(QUICK_MODE if args.quick else FULL_MODE)
     if getattr(args, "train", None) is not None:  # the user's stores are used whole
         if args.train_limit is not None:
-            raise SystemExit("fastprune bench: --train-limit applies to the built-in Fashion-MNIST only; "
-                             "convert a smaller store of your own instead")
+            raise UsageError("--train-limit applies to the built-in Fashion-MNIST only; convert a smaller "
+                             "store of your own instead")
         mode["train_limit"] = None
     for key, value in (("strategies", args.strategies), ("keeps", args.keeps), ("seeds", args.seeds),
                        ("epochs", args.epochs), ("train_limit", args.train_limit),
@@ -73,10 +74,10 @@ def mode_for(args) -> dict:
         if value is not None:
             mode[key] = tuple(value) if isinstance(value, list) else value
     if mode["eval_every"] < 1:
-        raise SystemExit(f"fastprune bench: --eval-every must be >= 1, got {mode['eval_every']}")
+        raise UsageError(f"--eval-every must be >= 1, got {mode['eval_every']}")
     repeat = repeated_choice(mode, "--{}")
     if repeat:
-        raise SystemExit(f"fastprune bench: {repeat}")
+        raise UsageError(repeat)
     return mode
 
 
@@ -172,13 +173,13 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
         if path[-1] not in (_field(previous, path[:-1]) or {}):
             legacy = _legacy_value(path, previous, result)
             if legacy is _UNKNOWN:
-                raise SystemExit(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
+                raise ConfigError(f"--continue: {out} does not record {'.'.join(path)} (it was written by an "
                                  f"older fastprune), so it cannot be shown to come from this machine, data and "
                                  f"settings. Use another --out, or --overwrite instead of --continue to replace it.")
             _place(previous, path, legacy)
         old, new = _field(previous, path), _field(result, path)
         if old != new:
-            raise SystemExit(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
+            raise ConfigError(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
                              f"{new!r}; mixing them would compare unlike runs. Use another --out, or "
                              f"--overwrite instead of --continue to replace it.")
 

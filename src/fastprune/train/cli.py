@@ -17,7 +17,7 @@ import torch
 from .._cpus import usable_cpus
 from .._outputs import check_distinct, check_image_file, check_output_file, check_output_folder
 from ..cli import fraction, non_negative_float, non_negative_int, positive_int, seed, unit_interval
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..models import load_model_factory
 from .device import DEVICE_CHOICES, device_record, process_state_kept, resolve_device, run_amp
 from .loop import COMPILE_CHOICES, save_csv, save_history
@@ -218,9 +218,9 @@ def train_main(args) -> int:
 
 def _train(args) -> int:
     if args.resume and args.checkpoint is None:
-        raise SystemExit("fastprune train: --resume needs --checkpoint")
+        raise UsageError("--resume needs --checkpoint")
     if args.eval_every < 1:
-        raise SystemExit(f"fastprune train: --eval-every must be >= 1, got {args.eval_every}")
+        raise UsageError(f"--eval-every must be >= 1, got {args.eval_every}")
     device = resolve_device(args.device)  # before any work: CUDA asked for and missing is one line
     if args.kept_grid is not None and args.strategy == "full":  # as bench draws none for its full runs
         raise ConfigError("--kept-grid draws what a pruning strategy kept and left out; --strategy full keeps "
