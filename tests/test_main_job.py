@@ -19,7 +19,7 @@ def test_main_job_converts_once_runs_the_quick_preset_and_ends_on_a_verdict(fash
     printed = capsys.readouterr().out
     assert (data / "fashion-mnist-train.beton").exists() and (data / "fashion-mnist-train-600.beton").exists()
     assert "samples" in printed  # `fastprune info` of the converted store
-    assert "quick run: 600 images, 1 epochs, SmallResNet(16, 32, 64), 1 seed; the full benchmark" in printed
+    assert "quick run: 600 images, 1 epoch, SmallResNet(16, 32, 64), 1 seed; the full benchmark" in printed
     lines = printed.rstrip().splitlines()
     assert lines[-2] == f"plots: {tmp_path / 'quick'}_curves.png, {tmp_path / 'quick'}_frontier.png"
     assert lines[-1].startswith("verdict at keep 0.5: eps-greedy ") and "quick run" in lines[-1]

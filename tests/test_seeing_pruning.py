@@ -315,9 +315,9 @@ def test_continue_accepts_a_file_that_recorded_smallresnets_widths_for_a_custom_
     result["architecture"] = {"spec": "mymodels:make", "class": "mymodels.Tiny", "parameters": 386}  # as execute adds
     old = json.loads(json.dumps(result))
     old["model"] = {"name": "mymodels:make", "widths": [32, 64, 128], "blocks": 1, "stem_stride": 2}
-    plan.check_can_continue(old, result, tmp_path / "b.json")  # no SystemExit
+    plan.check_can_continue(old, result, tmp_path / "b.json")  # accepted
     old["model"] = {"name": "other:make"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(fastprune.errors.ConfigError, match="was measured with model = "):
         plan.check_can_continue(old, result, tmp_path / "b.json")
 
 

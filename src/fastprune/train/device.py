@@ -66,10 +66,12 @@ def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.
 def cpu_channels_last_hazard(model: nn.Module) -> str | None:
     """The first layer whose weight gradient torch's CPU channels_last path may compute into freed
     memory, or None: a 1x1 convolution of stride > 1 with 2-15 input channels (a narrow ResNet's
-    downsampling shortcut). Measured with torch 2.14.1 on a 2-core Zen 4 EPYC: "free(): invalid
-    size", "corrupted size vs. prev_size" or a segfault within 30 steps at odd batch sizes (3, 125,
-    511) with 2+ threads, fp32 and bf16; never at even ones, in contiguous format, with 1 thread, or
-    for 16+ input channels, other kernels or stride 1."""
+    downsampling shortcut). Measured with torch 2.14.1 on a 2-core Zen 4 EPYC (AVX-512): "free():
+    invalid size", "corrupted size vs. prev_size" or a segfault within 30 steps at odd batch sizes
+    (3 to 511) with 2-4 threads, fp32 and bf16, strides 2 to 4 and (2, 1); never at even ones or
+    batch 1, in the contiguous format, with 1 thread, for 1 or 16+ input channels, for 3x3 or
+    depthwise kernels, stride 1, or other layers (a sweep of pools, norms, transposed convolutions
+    and torchvision's small models). The gradients were right until the crash."""
     for name, module in model.named_modules():
         if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
                 and 1 < module.in_channels < 16):
