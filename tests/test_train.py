@@ -742,3 +742,18 @@ def test_a_model_torchs_cpu_channels_last_backward_corrupts_trains_contiguous_wi
         assert wide.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_fits_evaluation_builds_no_gradient_graph(tmp_path):
+    """A helper inserted between @torch.no_grad() and _evaluate took its decorator: every
+    validation batch's activations were kept for a backward that never came."""
+    store = from_arrays(np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3), dtype=np.uint8),
+                        np.arange(24) % 2, tmp_path / "d.beton", progress=False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    grad_in_eval = []
+    model.register_forward_hook(lambda module, args, out: None if module.training else
+                                grad_in_eval.append(out.requires_grad or torch.is_grad_enabled()))
+    loader = Loader(store, 8, transforms=[Normalize(MEAN, STD)], seed=0, threads=1)
+    val_loader = Loader(store, 8, transforms=[Normalize(MEAN, STD)], shuffle=False, threads=1)
+    fit(model, loader, val_loader, None, 1, progress=False, log=None)
+    assert grad_in_eval == [False, False, False]  # 3 validation batches, none tracked

@@ -100,18 +100,10 @@ class _WaitClock:
             start = time.perf_counter()  # the step's host work is done: the wait for the next begins
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
-             channels_last: str | bool = "auto") -> tuple[float, float]:
-    """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``."""
-    return _evaluate(model, loader, amp=amp, channels_last=channels_last)[:2]
-
-
-@torch.no_grad()
 def _trainable_memory_format(model: nn.Module, device: torch.device, asked: torch.memory_format):
     """``asked``, or the contiguous format where torch's CPU channels_last backward would corrupt
     memory for one of the model's layers (see :func:`device.cpu_channels_last_hazard`): a crash of
-    the interpreter, or silently wrong gradients, is worth no speed-up."""
+    the interpreter is worth no speed-up."""
     if asked is not torch.channels_last or device.type != "cpu":
         return asked
     layer = cpu_channels_last_hazard(model)
@@ -123,6 +115,14 @@ def _trainable_memory_format(model: nn.Module, device: torch.device, asked: torc
     return torch.contiguous_format
 
 
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
+             channels_last: str | bool = "auto") -> tuple[float, float]:
+    """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``."""
+    return _evaluate(model, loader, amp=amp, channels_last=channels_last)[:2]
+
+
+@torch.no_grad()
 def _evaluate(model: nn.Module, loader, *, amp, channels_last):
     """(accuracy %, mean cross-entropy, per-class hits, per-class counts): the counts are int64
     tensors indexed by label (empty when nothing was seen).
