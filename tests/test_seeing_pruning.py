@@ -5,6 +5,7 @@ accuracy; what bench records and plots."""
 from __future__ import annotations
 
 import csv
+import pickle
 
 import numpy as np
 import pytest
@@ -455,6 +456,9 @@ def test_scores_of_a_missing_checkpoint_or_a_folder_is_one_line_naming_it(tmp_pa
     assert capsys.readouterr().err == f"fastprune scores: error: {folder}: cannot read the checkpoint: Is a directory\n"
     with pytest.raises(fastprune.errors.CheckpointError, match="no such checkpoint file"):
         fastprune.train.load_checkpoint(missing, torch.nn.Linear(1, 1), None)
+    with pytest.raises(FileNotFoundError) as caught:  # what a loop that starts over without one catches
+        fastprune.train.load_checkpoint(missing, torch.nn.Linear(1, 1), None)
+    assert caught.value.filename == str(missing) and pickle.loads(pickle.dumps(caught.value)).filename == str(missing)
 
 
 def test_scores_refuses_an_out_suffix_before_reading_the_checkpoint(tmp_path, capsys):

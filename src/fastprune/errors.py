@@ -68,6 +68,21 @@ class CheckpointError(FastpruneError):
     """A checkpoint is unsafe, damaged, or was written by a different run; the message says which."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint file at the path given: ``except FileNotFoundError`` (a loop that starts over
+    without one) and ``except CheckpointError`` both catch it; ``filename`` is the path."""
+
+    def __init__(self, path):
+        super().__init__(f"{path}: no such checkpoint file")
+        self.errno, self.strerror, self.filename = errno.ENOENT, "no such checkpoint file", os.fspath(path)
+
+    def __reduce__(self):
+        return type(self), (self.filename,)
+
+    def __str__(self):  # the message, not OSError's "[Errno 2] ..." form
+        return self.args[0]
+
+
 class ConfigError(FastpruneError, ValueError):
     """An option does not fit the run: a model spec that cannot be built, stores whose labels or
     image sizes need another option. The message names the option that fixes it."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, first_line
 from ..store._atomic import replaced_when_done
 from .device import model_device
 
@@ -128,8 +128,9 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
             state = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
         if exc.filename is not None:  # the file itself: missing, a folder, unreadable
-            raise CheckpointError(f"{path}: no such checkpoint file" if exc.errno == errno.ENOENT else
-                                  f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
+            if exc.errno == errno.ENOENT:
+                raise CheckpointNotFoundError(path) from None
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
         # a read inside the archive (a truncated zip: "[Errno 22] Invalid argument") names nothing
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (truncated or damaged): {exc}") from None
     except MemoryError:  # this machine's state, not the file's
