@@ -308,8 +308,10 @@ def test_run_recipe_records_each_epochs_gpu_busy_and_keeps_the_callers_on_epoch_
     random.seed(12345)
     states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
     _, history = train_recipe.run_recipe(recipe, "uniform_random", 0.5, 0, tiny_stores, device="cpu", threads=1,
-                                         progress=False, log=None, on_epoch_end=ends.append)
+                                         progress=False, log=None,
+                                         on_epoch_end=lambda r: ends.append({**r}))  # as the callback saw it
     assert [r["gpu_busy_pct"] for r in history] == [61.0, 63.0]
+    assert [r["gpu_busy_pct"] for r in ends] == [61.0, 63.0]  # train's per-epoch logs write what it sees
     # the caller's random streams as they were (they were left seeded with the run's seed)
     assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
     assert torch.equal(torch.get_rng_state(), states[2])

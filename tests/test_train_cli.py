@@ -217,16 +217,21 @@ def test_the_logs_keep_the_epochs_an_interrupted_run_finished_and_a_resume_compl
                  "--log-csv", str(files["csv"]), "--checkpoint", str(files["pt"])]
     real_epoch = loop._run_epoch
 
-    def interrupted_at_2(epoch, *args, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(epoch, *args, **kwargs)
+    def interrupted_at(stop):
+        def run_epoch(epoch, *args, **kwargs):
+            if epoch == stop:
+                raise KeyboardInterrupt
+            return real_epoch(epoch, *args, **kwargs)
+        return run_epoch
 
-    monkeypatch.setattr(loop, "_run_epoch", interrupted_at_2)
+    monkeypatch.setattr(loop, "_run_epoch", interrupted_at(2))
     assert main(arguments) == 130
     assert [r["epoch"] for r in json.loads(files["json"].read_text())["history"]] == [0, 1]
     with open(files["csv"]) as rows:
         assert [row["epoch"] for row in csv.DictReader(rows)] == ["0", "1"]
+    monkeypatch.setattr(loop, "_run_epoch", interrupted_at(3))  # resumed, and stopped again: the logs hold
+    assert main([*arguments, "--resume"]) == 130                  # the checkpoint's epochs and the new one
+    assert [r["epoch"] for r in json.loads(files["json"].read_text())["history"]] == [0, 1, 2]
     monkeypatch.setattr(loop, "_run_epoch", real_epoch)
     assert main([*arguments, "--resume"]) == 0
     logged = json.loads(files["json"].read_text())

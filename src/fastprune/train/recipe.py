@@ -291,10 +291,10 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
         model = recipe.model.build(data.num_classes, data.channels).to(device)
         optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
         criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
-        busy_by_epoch, on_epoch_end = {}, fit_options.pop("on_epoch_end", None)
+        on_epoch_end = fit_options.pop("on_epoch_end", None)
 
-        def record_busy(record):
-            busy_by_epoch[record["epoch"]] = busy.mark()
+        def record_busy(record):  # before the caller's callback, which may log the record (train's logs)
+            record["gpu_busy_pct"] = busy.mark()
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
@@ -302,8 +302,8 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
             history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
                           criterion=criterion, amp=amp, channels_last=channels_last, on_epoch_end=record_busy,
                           **fit_options)
-        for record in history:  # epochs of a resumed run trained before it have no figure here
-            record["gpu_busy_pct"] = busy_by_epoch.get(record["epoch"], record.get("gpu_busy_pct"))
+        for record in history:  # an epoch of a resumed run trained before it: its checkpoint's figure, if any
+            record.setdefault("gpu_busy_pct", None)
         return strategy, history
 
 
