@@ -270,6 +270,7 @@ def test_the_recorded_command_runs_as_typed(monkeypatch):
     python = Path(sys.executable).name
     cases = {("/x/src/fastprune/__main__.py", "bench", "--out", "a b.json"): f"{python} -m fastprune bench --out 'a b.json'",
              (".venv/bin/fastprune", "bench"): ".venv/bin/fastprune bench",
+             ("/x/src/fastprune/main_job.py", "--bench", "--quick"): f"{python} -m fastprune.main_job --bench --quick",
              ("benchmarks/gpu.py", "--quick"): f"{python} benchmarks/gpu.py --quick"}
     for argv, recorded in cases.items():
         monkeypatch.setattr(sys, "argv", list(argv))

@@ -107,12 +107,13 @@ def run_device(settings) -> dict:
 
 def command_line() -> str:
     """The command that is running, for the result file, as it can be typed again: the console
-    script as called (``.venv/bin/fastprune bench ...``), ``python -m fastprune ...`` for the
-    module (whose sys.argv[0] is __main__.py's path, which does not run as a script), else
-    ``python SCRIPT ...``."""
+    script as called (``.venv/bin/fastprune bench ...``), ``python -m fastprune[.main_job] ...``
+    for a module of the package (whose sys.argv[0] is the module's path, which does not run as a
+    script: its imports are relative), else ``python SCRIPT ...``."""
     program = Path(sys.argv[0])
-    if program.name == "__main__.py" and program.parent.name == "fastprune":
-        head = [Path(sys.executable).name, "-m", "fastprune"]
+    if program.suffix == ".py" and program.parent.name == "fastprune":
+        module = "fastprune" if program.stem == "__main__" else f"fastprune.{program.stem}"
+        head = [Path(sys.executable).name, "-m", module]
     elif program.name == "fastprune":
         head = [sys.argv[0]]
     else:
