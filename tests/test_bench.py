@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fastprune.bench import cli, machine, plan
-from fastprune.errors import ConfigError
+from fastprune.errors import ConfigError, ConversionError
 from fastprune.bench import report as bench_report
 from fastprune.bench import run as bench_run
 from fastprune.store.reader import verify_file
@@ -230,7 +230,8 @@ def test_cpu_id_is_vendor_family_and_model_number(tmp_path):
     assert machine.cpu_id(cpuinfo) is None
 
 
-def test_the_built_in_stores_are_converted_again_when_the_cached_file_is_not_theirs(fashion_mnist_dir, tmp_path):
+def test_the_built_in_stores_are_converted_again_when_the_cached_file_is_not_theirs(fashion_mnist_dir, tmp_path,
+                                                                                      monkeypatch):
     """The workdir's stores were trusted by their names: a 300-image store copied over the test
     split was benchmarked (and recorded) as Fashion-MNIST's, and a damaged one failed each run."""
     from fastprune import Store
@@ -247,6 +248,12 @@ def test_the_built_in_stores_are_converted_again_when_the_cached_file_is_not_the
     test.write_bytes(bytes(damaged))
     bench_run.prepare_stores(tmp_path, 500)
     assert verify_file(test).ok
+    # without the dataset (uninstalled since), sound cached stores are used; a damaged one is refused
+    monkeypatch.setattr("fastprune.convert.FASHION_MNIST_DIR", tmp_path / "no-dataset")
+    assert bench_run.prepare_stores(tmp_path, 500) == (train, test)
+    test.write_bytes(bytes(damaged))
+    with pytest.raises(ConversionError, match="no-dataset"):
+        bench_run.prepare_stores(tmp_path, 500)
 
 
 def test_the_workdir_is_the_users_cache_and_a_bad_one_is_named(tmp_path, monkeypatch):
