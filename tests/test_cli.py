@@ -187,9 +187,11 @@ def test_unknown_source_and_bad_arguments(tmp_path, capsys):
     assert main([]) == 2
     capsys.readouterr()
     np.savez(tmp_path / "a.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.arange(2))
-    assert main(["convert", str(tmp_path / "a.npz"), "-o", str(tmp_path / "o.beton"), "--quality", "50"]) == 1
-    assert capsys.readouterr().err == ("fastprune convert: error: --quality applies with --jpeg (raw pixels are "
-                                       "stored without loss)\n")  # it was accepted, and did nothing
+    with pytest.raises(SystemExit) as exit_:  # it was accepted, and did nothing
+        main(["convert", str(tmp_path / "a.npz"), "-o", str(tmp_path / "o.beton"), "--quality", "50"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("fastprune convert: error: --quality applies with --jpeg (raw pixels "
+                                            "are stored without loss)\n")
     assert not (tmp_path / "o.beton").exists()
 
 

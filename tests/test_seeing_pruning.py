@@ -130,7 +130,9 @@ def test_scores_command_exports_a_train_checkpoint_with_labels(tmp_path, capsys)
         assert saved["label"].tolist() == (np.arange(40) % 2).tolist() and saved["class"][1] == "dog"
         np.testing.assert_array_equal(saved["score"], strategy.sample_report()["score"])
     assert main(["scores", str(tmp_path / "missing.pt")]) == 1
-    assert main(["scores", str(path), "--grid", str(tmp_path / "g.png")]) == 1  # needs --store
+    with pytest.raises(SystemExit) as exit_:  # needs --store: a usage error
+        main(["scores", str(path), "--grid", str(tmp_path / "g.png")])
+    assert exit_.value.code == 2
     assert "--grid needs --store" in capsys.readouterr().err
 
 
@@ -429,8 +431,10 @@ def test_one_shards_scores_come_by_sample_id_and_tie_by_id(tmp_path):
 
 def test_train_refuses_a_kept_grid_of_full_data(tmp_path, capsys):
     store = _store(tmp_path)
-    assert main(["train", "--train", str(store), "--val", str(store), "--strategy", "full", "--kept-grid",
-                 str(tmp_path / "k.png")]) == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--train", str(store), "--val", str(store), "--strategy", "full", "--kept-grid",
+              str(tmp_path / "k.png")])
+    assert exit_.value.code == 2
     assert "--strategy full keeps every sample every epoch" in capsys.readouterr().err
 
 

@@ -205,10 +205,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from .store.images import DEFAULT_JPEG_QUALITY
 
     if args.quality is not None and not args.jpeg:  # raw pixels are stored as they are
-        raise ConversionError("--quality applies with --jpeg (raw pixels are stored without loss)")
+        raise UsageError("--quality applies with --jpeg (raw pixels are stored without loss)")
     try:
         out = convert(args.source, args.out, kind=args.kind, split=args.split, jpeg=args.jpeg,
-                      quality=DEFAULT_JPEG_QUALITY if args.quality is None else args.quality, max_side=args.max_side, resize=args.resize,
+                      quality=DEFAULT_JPEG_QUALITY if args.quality is None else args.quality,
+                      max_side=args.max_side, resize=args.resize,
                       coarse=args.coarse, max_pixels=args.max_pixels, workers=args.workers,
                       progress=not args.no_progress, class_names=args.class_names,
                       drop_unlabeled=args.drop_unlabeled, index=args.index,
@@ -289,7 +290,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; returns the exit code (errors: one line on stderr, code 1)."""
+    """Run one subcommand; returns the exit code (errors: one line on stderr, code 1). Options
+    that argparse refuses, or that do not go together (UsageError), exit 2 through SystemExit
+    with the command's usage, as argparse does."""
     with ctrl_c_after_imports():  # a Ctrl-C that lands in an import (torch's: seconds) waits for its end
         return _run_command(sys.argv[1:] if argv is None else list(argv))
 

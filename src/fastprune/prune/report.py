@@ -18,7 +18,7 @@ import numpy as np
 
 from .._args import check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
-from ..errors import ConfigError, require
+from ..errors import ConfigError, UsageError, require
 from ..store.reader import Store
 from .sharding import Sharding
 from .static import forgetting_scores
@@ -353,7 +353,7 @@ def add_scores_command(subparsers):
 
 def scores_main(args) -> int:
     if args.grid is not None and args.store is None:
-        raise ConfigError("--grid needs --store (the run's training store, whose images it draws)")
+        raise UsageError("--grid needs --store (the run's training store, whose images it draws)")
     first = args.checkpoint[0]
     out = args.out or first.with_name(f"{first.stem}_scores.csv")
     inputs = [*args.checkpoint, *([args.store] if args.store else [])]

@@ -223,7 +223,7 @@ def _train(args) -> int:
         raise UsageError(f"--eval-every must be >= 1, got {args.eval_every}")
     device = resolve_device(args.device)  # before any work: CUDA asked for and missing is one line
     if args.kept_grid is not None and args.strategy == "full":  # as bench draws none for its full runs
-        raise ConfigError("--kept-grid draws what a pruning strategy kept and left out; --strategy full keeps "
+        raise UsageError("--kept-grid draws what a pruning strategy kept and left out; --strategy full keeps "
                           "every sample every epoch")
     check_visibility_arguments(args)
     check_outputs(args, {"--log-json": args.log_json, "--log-csv": args.log_csv, "--checkpoint": args.checkpoint})
