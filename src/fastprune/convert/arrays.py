@@ -100,14 +100,13 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
     out = _common.check_output_path(out)
     return _from_arrays(images, labels, out, what="arrays", jpeg=jpeg, quality=quality, workers=workers,
                         progress=progress, class_names=class_names, drop_unlabeled=drop_unlabeled, index=index,
-                        targets=targets)
+                        targets=check_bool(targets, "from_arrays: targets"))
 
 
 def _from_arrays(images, labels, out: Path, *, what: str, jpeg=False, quality=_common.DEFAULT_JPEG_QUALITY,
                  workers=None, progress=True, class_names=None, drop_unlabeled=False, index=False,
                  targets=False) -> Path:
     """:func:`from_arrays`, its messages naming ``what`` (the arrays, or the .npz file holding them)."""
-    targets = check_bool(targets, "from_arrays: targets")
     if targets:
         return _from_targets(images, labels, out, what=what, jpeg=jpeg, quality=quality, workers=workers,
                              progress=progress, class_names=class_names, drop_unlabeled=drop_unlabeled, index=index)
@@ -133,4 +132,5 @@ def from_npz(source: str | os.PathLike, out: str | os.PathLike, **options: Any) 
     """Convert a .npz holding ``images`` and ``labels`` (see :func:`from_arrays`)."""
     out = _common.check_output_path(out, inputs=(source,))
     images, labels = load_npz(source)
+    options["targets"] = check_bool(options.get("targets", False), "from_npz: targets")
     return _from_arrays(images, labels, out, what=str(source), **options)  # its messages name the file

@@ -359,7 +359,8 @@ def scores_main(args) -> int:
     inputs = [*args.checkpoint, *([args.store] if args.store else [])]
     check_output_file(out, "--out", inputs, makes_folders=True)
     if out.suffix.lower() not in (".csv", ".npz"):  # before the checkpoint is read
-        raise ConfigError(f"--out {out}: the report is a .csv or .npz file, not {out.suffix or 'one without suffix'!r}")
+        raise ConfigError(f"--out {out}: the report is a .csv or .npz file, not "
+                          f"{repr(out.suffix) if out.suffix else 'a file without suffix'}")
     if args.grid is not None:
         check_output_file(args.grid, "--grid", inputs, makes_folders=True)
         check_distinct({"--out": out, "--grid": args.grid})
