@@ -363,6 +363,8 @@ def test_a_closed_loader_keeps_no_threads_and_no_mapping_of_its_store(tmp_path):
     store.check_unchanged()  # a Store passed in stays open: its caller's
     with pytest.raises(fastprune.StoreError, match="s.beton: this Loader is closed"):
         next(iter(loader))
+    with pytest.raises(fastprune.StoreError, match="s.beton: this Loader is closed"):  # its array labels too
+        loader._source.labels[[0]]
     with Loader(store, 4) as again:  # and serves the next loader
         assert len(list(again)) == 4
     store.close()

@@ -55,7 +55,7 @@ class ImageSource:
             self.gather = _ClosedGather(self.gather, self.owner.path, why)
         self.buffer = None
         if isinstance(self.labels, ArrayLabels):
-            self.labels.close()
+            self.labels.close(why)
 
     def __enter__(self) -> "ImageSource":
         return self
@@ -277,19 +277,19 @@ class ArrayLabels:
             raise ValueError(f"label_field={name!r}: torch has no tensors of its dtype, {field.dtype}")
         self.dtype, self.shape = dtype, (store.num_samples, *field.shape)
         self.ndim = len(self.shape)
-        self._field, self._buffer, self._path = field, store.buffer, store.path
+        self._field, self._buffer, self._path, self._why = field, store.buffer, store.path, None
         self._offsets = np.ascontiguousarray(store.field_ranges(name)[0], np.int64)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def close(self) -> None:
-        self._buffer = None  # the mapping is released once no view holds it
+    def close(self, why: str = "the store is closed") -> None:
+        self._buffer, self._why = None, why  # the mapping is released once no view holds it
 
     def __getitem__(self, ids) -> np.ndarray:
         buffer = self._buffer
         if buffer is None:
-            raise StoreError(f"{self._path}: the store is closed")
+            raise StoreError(f"{self._path}: {self._why}")
         offsets = self._offsets[np.asarray(ids, np.int64)]
         out = np.empty((len(offsets), self._field.element_size), np.uint8)
         _copy_ranges(buffer, offsets, out)
