@@ -19,7 +19,7 @@ import numpy as np
 from .._args import check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
 from ..errors import ConfigError, UsageError, require
-from ..store.reader import Store
+from ..store.reader import Store, store_name
 from .sharding import Sharding
 from .static import forgetting_scores
 
@@ -164,7 +164,7 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
     from ..loader._source import open_source
 
     with open_source(store, None, None, threads=1) as source:
-        return _labelled(report, source, _name(store), trained_on)
+        return _labelled(report, source, store_name(store), trained_on)
 
 
 def _labelled(report: dict, source, store_name: str, trained_on: str | None) -> dict:
@@ -267,7 +267,7 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
         raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
                           "track_kept=False does not count")
     with open_source(store, None, None, threads=1) as images:  # the store opened once, for labels and pictures
-        report = _labelled(report, images, _name(store), recorded or trained_on)
+        report = _labelled(report, images, store_name(store), recorded or trained_on)
         fig = _grid_figure(plt, report, images, per_class, max_classes)
     with written_atomically(path, binary=True) as file:
         fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
@@ -322,10 +322,6 @@ def _image(source, i: int) -> np.ndarray:
     images = np.empty((1, int(source.heights[i]), int(source.widths[i]), 3), np.uint8)
     source.gather.gather(np.array([i], dtype=np.int64), images, max_threads=1)
     return images[0]
-
-
-def _name(store) -> str:
-    return os.fspath(getattr(store, "path", store))
 
 
 # ----------------------------------------------------------------------------------- fastprune scores

@@ -408,6 +408,11 @@ def _map_file(path: Path):
     return file, np.frombuffer(mapping, dtype=np.uint8)
 
 
+def store_name(store_or_path) -> str:
+    """The path of a Store, or the path given, as text: how messages name a store either way."""
+    return os.fspath(getattr(store_or_path, "path", store_or_path))
+
+
 def verify_file(path) -> VerifyReport:
     """Open and verify ``path``; a file that does not even open gives a report, not an exception."""
     try:

@@ -8,7 +8,6 @@ it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the l
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from ..errors import ConfigError
 from ..loader._source import OTHER_TASKS, targets_kind
 from ..random_streams import statistics_sample
 from ..store.names import label_gap, named_class_count
+from ..store.reader import store_name
 
 # Images the statistics are computed over: enough for the mean and std of a channel to be exact
 # to about 0.3% of a pixel's range, and cheap (a few thousand decodes, well under a second).
@@ -53,7 +53,7 @@ def check_classes(train, val) -> int:
     :func:`describe_stores` checks them, and nothing else read: a command checks them before it
     prints its plan."""
     with _opened(train, val) as (training, validation):
-        return _classes(training, validation, _name(train), _name(val))
+        return _classes(training, validation, store_name(train), store_name(val))
 
 
 @contextlib.contextmanager
@@ -70,9 +70,9 @@ def _described(sources: dict, train, val, mean, std, crop) -> DataSpec:
 
     for role, store in (("training", train), ("validation", val)):
         if sources[role].num_samples == 0:
-            raise ConfigError(f"{_name(store)}: the {role} store holds no samples")
-        _check_batchable(sources[role], _name(store), role, crop)
-    num_classes = _classes(sources["training"], sources["validation"], _name(train), _name(val))
+            raise ConfigError(f"{store_name(store)}: the {role} store holds no samples")
+        _check_batchable(sources[role], store_name(store), role, crop)
+    num_classes = _classes(sources["training"], sources["validation"], store_name(train), store_name(val))
     if (mean is None) != (std is None):
         raise ConfigError("give both --mean and --std (mean= and std= in Python), or neither to compute "
                           "them from the training store")
@@ -196,7 +196,3 @@ def _three(values, name: str) -> tuple[float, float, float]:
     if name == "std" and min(values) <= 0:
         raise ConfigError(f"--std values must be positive, got {values}")
     return values  # type: ignore[return-value]
-
-
-def _name(store) -> str:
-    return os.fspath(getattr(store, "path", store))

@@ -23,7 +23,8 @@ from .._args import check_bool
 from .._text import counted
 from ..errors import ConfigError
 from ..models import build_model, build_user_model
-from .data import DataSpec, _name, channel_statistics, describe_stores
+from ..store.reader import store_name
+from .data import DataSpec, channel_statistics, describe_stores
 from .device import GpuBusySampler, process_state_kept, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
@@ -165,7 +166,7 @@ def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str =
     with open_source(train_store, None, None, threads=1) as source:
         if int(round(keep * source.num_samples)) < 1:  # as the strategy would refuse it, after the warm-up
             raise ConfigError(f"{keep_option} {keep:g} keeps no sample of the {source.num_samples} in "
-                              f"{_name(train_store)}: give a larger {keep_option}")
+                              f"{store_name(train_store)}: give a larger {keep_option}")
         found = (few_steps_warning(recipe, source.num_samples, keep),
                  upscale_warning(recipe.crop, source.heights, source.widths))
     return [warning for warning in found if warning]
