@@ -10,7 +10,7 @@ import fastprune
 
 from fastprune.cli import main
 from fastprune.convert import from_arrays
-from fastprune.train.recipe import RECIPE, few_steps_warning
+from fastprune.train.recipe import RECIPE, few_steps_warning, recipe_warnings
 
 
 def test_few_steps_per_epoch_are_warned_about_with_the_flag_to_change():
@@ -47,6 +47,11 @@ def test_train_prints_its_recipe_and_warns_on_a_small_store(tmp_path, capsys):
     assert "model small_resnet(4, 8, 16)" in out.out
     assert ("warning: at keep 0.5 an epoch trains 120 of 240 samples in 1 optimizer step of batch 512; pass "
             "--batch-size 12 or less for at least 10 steps per epoch") in out.out
+    assert f"warning: --val {train} is the training store: its accuracy is on images the model trains on" in out.out
+    (tmp_path / "val.beton").symlink_to(train)  # the same file by another name is the same store
+    val = from_arrays(images[:24], np.arange(24) % 2, tmp_path / "held_out.beton", progress=False)
+    assert "is the training store" in " ".join(recipe_warnings(RECIPE, train, 0.5, val_store=tmp_path / "val.beton"))
+    assert "is the training store" not in " ".join(recipe_warnings(RECIPE, train, 0.5, val_store=val))
 
 
 def test_a_keep_that_keeps_no_sample_is_one_line_before_any_work(tmp_path, capsys):

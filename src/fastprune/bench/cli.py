@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         stores = (args.train, args.val)
     else:  # --train-limit can make the built-in data as small as a user's
         stores = prepare_stores(args.workdir, mode["train_limit"])
-    for warning in recipe_warnings(recipe, stores[0], min(mode["keeps"]), keep_option="--keeps"):
+    for warning in recipe_warnings(recipe, stores[0], min(mode["keeps"]), keep_option="--keeps", val_store=stores[1]):
         print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     with out_of_memory_named(settings.device, recipe.batch_size):
         result = execute(mode, settings, recipe, stores, out, quick=args.quick, resume=args.resume,

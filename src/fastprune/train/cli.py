@@ -250,7 +250,8 @@ def _train(args) -> int:
     print(describe_recipe(recipe), flush=True)
     with Store(args.train) as store:
         num_samples = len(store)
-    for warning in recipe_warnings(recipe, args.train, 1.0 if args.strategy == "full" else args.keep):
+    for warning in recipe_warnings(recipe, args.train, 1.0 if args.strategy == "full" else args.keep,
+                                   val_store=args.val):
         print(warning, flush=True)  # on stdout with the recipe: stderr carries only the one-line errors
     tensorboard = None
     if args.tensorboard is not None:

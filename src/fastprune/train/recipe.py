@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -157,10 +158,12 @@ def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -
             "convert with a larger --max-side)")
 
 
-def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str = "--keep") -> list[str]:
+def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str = "--keep",
+                    val_store=None) -> list[str]:
     """The recipe's warnings for a run on ``train_store`` at ``keep`` (``fastprune train`` and
-    ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales. A
-    ``keep`` that keeps no sample is refused (ConfigError naming ``keep_option``), before any work."""
+    ``bench`` print them with the recipe): too few steps per epoch, a crop that upscales, a
+    validation store that is the training store. A ``keep`` that keeps no sample is refused
+    (ConfigError naming ``keep_option``), before any work."""
     from ..loader._source import open_source
 
     with open_source(train_store, None, None, threads=1) as source:
@@ -168,8 +171,24 @@ def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str =
             raise ConfigError(f"{keep_option} {keep:g} keeps no sample of the {source.num_samples} in "
                               f"{store_name(train_store)}: give a larger {keep_option}")
         found = (few_steps_warning(recipe, source.num_samples, keep),
-                 upscale_warning(recipe.crop, source.heights, source.widths))
+                 upscale_warning(recipe.crop, source.heights, source.widths),
+                same_store_warning(train_store, val_store))
     return [warning for warning in found if warning]
+
+
+def same_store_warning(train_store, val_store) -> str | None:
+    """One line when the validation store is the training store's file (by any path): its
+    accuracy then measures how well the model fits its training images, not how it generalizes."""
+    if val_store is None:
+        return None
+    try:
+        same = os.path.samefile(store_name(train_store), store_name(val_store))
+    except OSError:
+        return None
+    if not same:
+        return None
+    return (f"warning: --val {store_name(val_store)} is the training store: its accuracy is on images the model "
+            "trains on, not on held-out ones")
 
 
 def seed_everything(seed: int) -> None:
