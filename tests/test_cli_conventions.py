@@ -155,3 +155,13 @@ def test_type_checkers_see_every_lazy_name_as_what_it_resolves_to():
     assert set(seen) == set(fastprune._LAZY) | set(fastprune._SUBMODULES)
     for name, value in seen.items():
         assert getattr(fastprune, name) is value, name
+    # mypy --strict and pyright take only "X as X" imports and a literal __all__ as re-exports: every
+    # README line failed under --strict ('Module "fastprune" does not explicitly export "Store"')
+    assert all(alias.asname == alias.name for node in block.body for alias in node.names)
+    literal = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                   and getattr(node.targets[0], "id", "") == "__all__")
+    assert isinstance(literal, ast.List) and all(isinstance(item, ast.Constant) for item in literal.elts)
+    assert set(fastprune._LAZY) <= set(fastprune.__all__)
+    # the module __getattr__ only where checkers do not look: a misspelt fastprune.UBC was Any, not an error
+    assert not any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
+    assert any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in block.orelse)

@@ -51,25 +51,28 @@ _SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", 
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the real classes and modules, not __getattr__'s Any
-    from . import bench, cli, convert, loader, models, prune, store, train  # noqa: F401
-    from .loader import Batch, Loader  # noqa: F401
-    from .prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, PrunedSampler, ScoreTable,  # noqa: F401
-                        Selection, UniformRandom, WithIndices)
-    from .store.reader import Store  # noqa: F401
-    from .store.writer import write_dataset  # noqa: F401
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        value = importlib.import_module(f"fastprune.{name}")
+    # "X as X": an explicit re-export, which mypy --strict and pyright require of a py.typed package
+    from . import bench as bench, cli as cli, convert as convert, loader as loader  # noqa: F401
+    from . import models as models, prune as prune, store as store, train as train  # noqa: F401
+    from .loader import Batch as Batch, Loader as Loader  # noqa: F401
+    from .prune import EL2N as EL2N, UCB as UCB, EpsilonGreedy as EpsilonGreedy, Forgetting as Forgetting  # noqa: F401
+    from .prune import Full as Full, InfoBatch as InfoBatch, PrunedSampler as PrunedSampler  # noqa: F401
+    from .prune import ScoreTable as ScoreTable, Selection as Selection, UniformRandom as UniformRandom  # noqa: F401
+    from .prune import WithIndices as WithIndices  # noqa: F401
+    from .store.reader import Store as Store  # noqa: F401
+    from .store.writer import write_dataset as write_dataset  # noqa: F401
+else:  # hidden from type checkers, for which a module __getattr__ makes every name, a misspelt one too, Any
+    def __getattr__(name: str) -> Any:
+        if name in _SUBMODULES:
+            value = importlib.import_module(f"fastprune.{name}")
+            globals()[name] = value
+            return value
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'fastprune' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
 
 
 def __dir__():
@@ -79,5 +82,8 @@ def __dir__():
     return sorted((names - {"annotations", "importlib", "TYPE_CHECKING", "Any"}) | set(__all__) | set(_SUBMODULES))
 
 
+# a literal list, which type checkers read (the test suite checks it against _LAZY)
 __all__ = ["CheckpointError", "ConfigError", "ConversionError", "FastpruneError", "StoreError", "TrainingDiverged",
-           "__version__", "build_info", *_LAZY]
+           "__version__", "build_info", "write_dataset", "Store", "Loader", "Batch", "ScoreTable", "Selection",
+           "Full", "UniformRandom", "EpsilonGreedy", "UCB", "InfoBatch", "EL2N", "Forgetting", "PrunedSampler",
+           "WithIndices"]
