@@ -22,7 +22,7 @@ import math
 import os
 import threading
 import weakref
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -150,7 +150,8 @@ class Loader:
     def __init__(self, store_or_path, batch_size: int, *, sampler=None,
                  transforms: Sequence[BatchTransform] = (), shuffle: bool = True, drop_last: bool = False,
                  even_batches: bool = False, seed: int = 0, threads: int | None = None, prefetch: int = 2,
-                 thread_nice: int | str = "auto", device="cpu", normalize_on: str = "auto", distributed="auto",
+                 thread_nice: int | str = "auto", device: str | torch.device = "cpu", normalize_on: str = "auto",
+                 distributed: bool | str | tuple[int, int] | None = "auto",
                  image_field: str | None = None, label_field: str | None = None, max_image_pixels: int = 1 << 27,
                  readahead: bool = True):
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -190,7 +191,8 @@ class Loader:
         self._pooled_gather = POOLED_FIRST_ROUND
         if self._source.num_samples == 0:
             raise ValueError(f"the store {_store_name(store_or_path)} holds no samples: nothing to load")
-        self.sampler = sampler if sampler is not None else _AllSamples(self._source.num_samples)
+        # Any: a strategy, a PrunedSampler-like object of the user's, or every sample in order
+        self.sampler: Any = sampler if sampler is not None else _AllSamples(self._source.num_samples)
         _check_sampler(self.sampler, self._source.num_samples)
         # a sharded strategy (distributed="sharded") selects this rank's samples: visit them whole
         sharding, self.rank, self.world_size = consumer_shard(self.sampler, self.rank, self.world_size, "Loader")

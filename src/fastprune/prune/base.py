@@ -78,7 +78,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
 import numpy as np
 
@@ -86,6 +86,9 @@ try:
     from typing import Unpack  # Python 3.11+
 except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
+
+if TYPE_CHECKING:  # annotations only: importing fastprune.prune does not import torch
+    import torch
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
 from ..errors import ConfigError, UsageWarning
@@ -159,7 +162,6 @@ class SharedOptions(TypedDict, total=False):
     complete them and type checkers catch a misspelt one; see ``_COMMON_OPTIONS``)."""
 
     seed: int
-    reselect_every: int
     keep_schedule: Sequence[float] | None
     labels: Any
     decay: float | None | str
@@ -175,12 +177,14 @@ class StrategyOptions(SharedOptions, total=False):
     warmup_epochs: int
     final_full_epochs: int
     epochs: int | None
+    reselect_every: int
 
 
 class InfoBatchOptions(SharedOptions, total=False):
     """InfoBatch sets ``epochs`` itself (a keyword of its own) and its final full epochs from ``delta``."""
 
     warmup_epochs: int
+    reselect_every: int
 
 
 class StaticOptions(SharedOptions, total=False):
@@ -207,14 +211,24 @@ _COMMON_OPTIONS = """
 """
 
 
-class Fixed:
+_Setting = TypeVar("_Setting")
+
+
+class Fixed(Generic[_Setting]):
     """A strategy's setting, fixed once set in its constructor: the kept count, the score table's
     bonus and the epoch phases are derived from it there. Set later, ``strategy.keep = 0.2`` was
     ignored by the selection while repr, config() and a checkpoint reported 0.2 (and a resume into
-    ``UCB(keep=0.2)`` then selected another size)."""
+    ``UCB(keep=0.2)`` then selected another size). ``Fixed[float]``: what a type checker sees on a
+    strategy (``strategy.keep * 2``), the descriptor itself on the class."""
 
     def __set_name__(self, owner, name: str) -> None:
         self.name, self.slot = name, f"_{name}_setting"
+
+    @overload
+    def __get__(self, strategy: None, owner: type | None = None) -> "Fixed[_Setting]": ...
+
+    @overload
+    def __get__(self, strategy: object, owner: type | None = None) -> _Setting: ...
 
     def __get__(self, strategy, owner=None):
         if strategy is None:
@@ -244,13 +258,13 @@ class Strategy:
     caching, updates and checkpoints. Subclasses implement :meth:`_choose`.
     """ + _COMMON_OPTIONS
 
-    keep = Fixed()
-    seed = Fixed()
-    warmup_epochs = Fixed()
-    final_full_epochs = Fixed()
-    epochs = Fixed()
-    reselect_every = Fixed()
-    keep_schedule = Fixed()
+    keep: Fixed[float] = Fixed()
+    seed: Fixed[int] = Fixed()
+    warmup_epochs: Fixed[int] = Fixed()
+    final_full_epochs: Fixed[int] = Fixed()
+    epochs: Fixed[int | None] = Fixed()
+    reselect_every: Fixed[int] = Fixed()
+    keep_schedule: Fixed[tuple[float, ...] | None] = Fixed()
 
     def __init_subclass__(cls, **kwargs):
         # help(UCB) lists the options its **options passes here, not only the class's own
@@ -440,7 +454,7 @@ class Strategy:
         kept and last kept epoch unless ``track_kept=False``."""
         return self.table.bytes_per_sample + (self._times_kept.itemsize + self._last_kept.itemsize) * self.track_kept
 
-    def sample_report(self) -> dict:
+    def sample_report(self) -> dict[str, np.ndarray]:
         """Per-sample arrays, indexed by sample id: ``index``, ``score`` (what the strategy ranks
         by: see :func:`fastprune.prune.report.strategy_scores`), ``loss`` (the score table's EMA
         loss), ``seen`` (updates), ``times_kept`` and ``last_kept_epoch`` (-1: never).
@@ -527,7 +541,7 @@ class Strategy:
         Reads of the scores do this themselves; call it to raise a deferred error early."""
         return self.table.flush()
 
-    def weighted_loss(self, indices, losses, weights=None, *, correct=None):
+    def weighted_loss(self, indices, losses, weights=None, *, correct=None) -> torch.Tensor:
         """One call for the end of a training step: ``update(indices, losses)`` and return
         ``(losses * weights).mean()``, the loss to backpropagate. ``losses``: per-sample (a torch
         tensor from ``reduction="none"``). ``weights``: the batch's loss weights (the Loader's

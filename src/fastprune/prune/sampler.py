@@ -21,7 +21,7 @@ every sample.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
 from .sharding import consumer_shard
+
+if TYPE_CHECKING:  # annotations only: importing fastprune.prune does not import torch
+    import torch
 
 try:  # subclassing torch's Sampler/Dataset lets DataLoader, Lightning and type checkers recognise them
     from torch.utils.data import Dataset as _DatasetBase
@@ -56,7 +59,8 @@ class PrunedSampler(_SamplerBase):
     its length against the strategy's (a strategy built for fewer samples silently never visits
     the others)."""
 
-    def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True, distributed="auto",
+    def __init__(self, strategy, *, seed: int = 0, shuffle: bool = True,
+                 distributed: bool | str | tuple[int, int] | None = "auto",
                  num_replicas: int | None = None, rank: int | None = None, data_source=None):
         if not callable(getattr(strategy, "select", None)) or not hasattr(strategy, "num_samples"):
             raise TypeError(f"PrunedSampler takes a strategy (select(epoch), num_samples), such as "
@@ -133,7 +137,7 @@ class PrunedSampler(_SamplerBase):
         self._unfinished = None
         yield from ids[-1:]
 
-    def weights(self, indices):
+    def weights(self, indices) -> torch.Tensor:
         """The latest pass's loss weights of these dataset indices (1-D integers in range, as
         ``strategy.update`` takes them), as a float32 tensor on the indices' device."""
         import torch

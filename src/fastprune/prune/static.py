@@ -12,7 +12,7 @@ from .strategies import _TopScores
 
 
 class _Static(_TopScores):
-    score_epochs = Fixed()
+    score_epochs: Fixed[int] = Fixed()
 
     def __init__(self, num_samples: int, keep: float = 0.5, *, score_epochs: int, **options: Unpack[StaticOptions]):
         for name in ("warmup_epochs", "reselect_every"):
@@ -70,7 +70,7 @@ class Forgetting(_Static):
                  **options: Unpack[StaticOptions]):
         super().__init__(num_samples, keep, score_epochs=score_epochs, **options)
 
-    def update(self, indices, losses, correct=None, *, defer=None):
+    def update(self, indices, losses, correct=None, *, defer: bool | None = None) -> int | None:
         if correct is None:
             raise ValueError("Forgetting.update() needs `correct` (per-sample 0/1 or bool, "
                              "e.g. out.argmax(1) == y)")

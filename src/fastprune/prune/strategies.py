@@ -109,7 +109,7 @@ class EpsilonGreedy(_TopScores):
     Unseen samples score +inf, so every sample is tried once first (ties broken at random).
     """
 
-    eps = Fixed()
+    eps: Fixed[float] = Fixed()
 
     def __init__(self, num_samples: int, keep: float = 0.5, eps: float = 0.2, **options: Unpack[StrategyOptions]):
         eps = check_real(eps, "eps")
@@ -139,8 +139,8 @@ class UCB(_TopScores):
     """
 
     table_fields = ("var", "correct")
-    c = Fixed()
-    bonus = Fixed()
+    c: Fixed[float] = Fixed()
+    bonus: Fixed[str] = Fixed()
 
     def __init__(self, num_samples: int, keep: float = 0.5, c: float = 1.0, bonus: str = "std",
                  **options: Unpack[StrategyOptions]):
@@ -188,7 +188,10 @@ class InfoBatch(Strategy):
     """
 
     default_decay = 0.0
-    target, delta, prune, min_below_keep = Fixed(), Fixed(), Fixed(), Fixed()
+    target: Fixed[float | None] = Fixed()  # keep=None: the paper's rule alone
+    delta: Fixed[float] = Fixed()
+    prune: Fixed[float] = Fixed()
+    min_below_keep: Fixed[float] = Fixed()
     #: Its epoch sizes follow the scores (how many are at/above the mean): a schedule sized at the
     #: start of a run cannot know them (fit warns unless the schedule re-plans).
     sizes_follow_scores = True

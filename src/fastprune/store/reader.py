@@ -31,7 +31,7 @@ class Store:
     something references them, even after ``close()``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self._file, self._buffer = _map_file(self.path)
         self._identity = _identity(os.fstat(self._file.fileno()))
@@ -158,7 +158,7 @@ class Store:
         # made only when raised: check_unchanged runs before every batch
         return StoreError(f"{self.path}: the store is closed")
 
-    def verify(self):
+    def verify(self) -> VerifyReport:
         """Check the structure and every checksum; returns a VerifyReport (see checksums.py)."""
         return verify_store(self)
 

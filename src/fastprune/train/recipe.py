@@ -14,7 +14,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from .data import DataSpec, channel_statistics, describe_stores
 from .device import GpuBusySampler, process_state_kept, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
+
+if TYPE_CHECKING:
+    from ..loader import Loader
 
 # Fashion-MNIST pixel statistics (the store holds gray replicated to RGB); runs compute their own
 # from the training store (train/data.py) unless given, these stay for code written against them.
@@ -218,7 +221,8 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
 
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
                  pad: int = 0, crop: int | None = None, threads: int | None = None, channels_last: bool = False,
-                 mean=None, std=None, device="cpu", even_batches: bool = True, thread_nice="auto"):
+                 mean=None, std=None, device: str | torch.device = "cpu", even_batches: bool = True,
+                 thread_nice="auto") -> tuple[Loader, Loader]:
     """(train loader, val loader) over two stores: horizontal flip (and, with ``pad`` > 0, a random
     crop of the padded image) for training, no augmentation for validation. With ``crop``, a
     RandomResizedCrop(crop) first for training and a CenterCrop(crop) for validation: both fused
