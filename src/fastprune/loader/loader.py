@@ -105,15 +105,16 @@ class Loader:
             GPU's work, is not queued behind decoding when every core is busy (Linux; ignored
             elsewhere). "auto" (default): 10 when ``device`` is CUDA, else 0 (a CPU-trained
             model's threads and the decoding then share the cores evenly).
-        device: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when available): batches are
-            handed out on it (see ``normalize_on``). CUDA where there is none is a ConfigError.
+        device: "cpu" (default), "cuda", "cuda:N", a torch.device, or "auto" (CUDA when
+            available): batches are handed out on it (see ``normalize_on``). CUDA where there is
+            none is a ConfigError.
         normalize_on: where a final :class:`Normalize` runs. "device": the host builds uint8
             batches in pinned, recycled buffers, copies them on a dedicated CUDA stream
             ``prefetch`` batches ahead of use, and normalizes on the device (4x fewer bytes over
             PCIe, copies overlap compute; values identical to "host"). "host": normalize on the
             CPU and copy float batches. "auto" (default): "device" for CUDA, "host" for CPU.
         distributed: "auto" (default: shard across the running torch.distributed group, if
-            any), False (no sharding), True (the group must exist) or (rank, world_size).
+            any), False or None (no sharding), True (the group must exist) or (rank, world_size).
             Every rank shuffles identically and takes a disjoint, equal-length shard (the
             remainder of the selection past a multiple of world_size is dropped that epoch).
             A sharded strategy (``distributed="sharded"``) selects this rank's own samples:

@@ -78,17 +78,16 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
+from typing import Any, Generic, TypedDict, TypeVar, overload
 
 import numpy as np
+import torch
 
 try:
     from typing import Unpack  # Python 3.11+
 except ImportError:  # 3.10: typing_extensions comes with torch
     from typing_extensions import Unpack
 
-if TYPE_CHECKING:  # annotations only: importing fastprune.prune does not import torch
-    import torch
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
 from ..errors import ConfigError, UsageWarning
@@ -195,12 +194,13 @@ class StaticOptions(SharedOptions, total=False):
 
 
 _COMMON_OPTIONS = """
-    Options every strategy takes (keywords; the module fastprune.prune.base says why each default):
+    Options the strategies take (keywords; the module fastprune.prune.base says why each default):
         seed=0: every random draw derives from (seed, epoch, stream).
-        warmup_epochs=0: full-data epochs before pruning starts.
-        final_full_epochs=0: full-data epochs at the end (needs epochs=, the run's length).
+        warmup_epochs=0: full-data epochs before pruning starts (EL2N/Forgetting: score_epochs).
+        final_full_epochs=0: full-data epochs at the end (needs epochs=, the run's length; InfoBatch
+            sets them from delta).
         epochs=None: the run's total number of epochs.
-        reselect_every=1: keep each selection for this many epochs.
+        reselect_every=1: keep each selection for this many epochs (EL2N/Forgetting keep theirs).
         keep_schedule=None: a kept fraction per epoch (past its end: keep; 1.0: a full epoch).
         labels=None: class ids, one per sample: every class keeps the same fraction.
         decay="default": EMA decay of the scores (None: running mean).
@@ -218,8 +218,8 @@ class Fixed(Generic[_Setting]):
     """A strategy's setting, fixed once set in its constructor: the kept count, the score table's
     bonus and the epoch phases are derived from it there. Set later, ``strategy.keep = 0.2`` was
     ignored by the selection while repr, config() and a checkpoint reported 0.2 (and a resume into
-    ``UCB(keep=0.2)`` then selected another size). ``Fixed[float]``: what a type checker sees on a
-    strategy (``strategy.keep * 2``), the descriptor itself on the class."""
+    ``UCB(keep=0.2)`` then selected another size). Annotated ``Fixed[float]`` on the class, it
+    reads as a float on a strategy (``strategy.keep * 2``) to a type checker too."""
 
     def __set_name__(self, owner, name: str) -> None:
         self.name, self.slot = name, f"_{name}_setting"

@@ -167,25 +167,25 @@ def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
         return _labelled(report, source, store_name(store), trained_on)
 
 
-def _labelled(report: dict, source, store_name: str, trained_on: str | None) -> dict:
-    """:func:`_with_labels` on ``source``, an open loader view of the store named ``store_name``."""
+def _labelled(report: dict, source, name: str, trained_on: str | None) -> dict:
+    """:func:`_with_labels` on ``source``, an open loader view of the store named ``name``."""
     from ..loader._source import targets_kind
     from ..store.checksums import store_identity
 
     if trained_on is not None and store_identity(source.owner) != trained_on:
-        raise ConfigError(f"{store_name} is not the store the run trained on (its checkpoint records "
+        raise ConfigError(f"{name} is not the store the run trained on (its checkpoint records "
                           f"{trained_on}; this one: {store_identity(source.owner)}): give the run's "
                           "training store")
     if source.labels is None:
-        raise ConfigError(f"{store_name}: the store has no label field")
+        raise ConfigError(f"{name}: the store has no label field")
     kind = targets_kind(source.labels)
     if kind:  # the report groups samples by class
-        raise ConfigError(f"{store_name}: its label field {source.label_field!r} holds {kind}, not class "
+        raise ConfigError(f"{name}: its label field {source.label_field!r} holds {kind}, not class "
                           "labels: report without the store")
     index = report["index"]
     whole = np.array_equal(index, np.arange(len(index)))  # ids 0..N-1, not one shard's
     if (len(source.labels) != len(index)) if whole else int(index.max()) >= len(source.labels):
-        raise ConfigError(f"{store_name} holds {len(source.labels)} samples, the strategy scored "
+        raise ConfigError(f"{name} holds {len(source.labels)} samples, the strategy scored "
                           f"{len(index)}{'' if whole else ' of a larger set'}: give the run's training "
                           "store")
     report = {**report, "label": source.labels[report["index"]]}

@@ -21,9 +21,10 @@ every sample.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
+import torch
 
 from .._args import check_bool, check_epoch, check_seed
 from ..errors import UsageWarning
@@ -31,9 +32,6 @@ from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
 from .sharding import consumer_shard
-
-if TYPE_CHECKING:  # annotations only: importing fastprune.prune does not import torch
-    import torch
 
 try:  # subclassing torch's Sampler/Dataset lets DataLoader, Lightning and type checkers recognise them
     from torch.utils.data import Dataset as _DatasetBase

@@ -14,7 +14,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,14 +24,12 @@ from .._args import check_bool
 from .._text import counted
 from ..errors import ConfigError
 from ..models import build_model, build_user_model
+from ..loader import Loader
 from ..store.reader import store_name
 from .data import DataSpec, channel_statistics, describe_stores
 from .device import GpuBusySampler, process_state_kept, resolve_device, run_amp
 from .loop import fit
 from .schedule import make_optimizer, one_cycle
-
-if TYPE_CHECKING:
-    from ..loader import Loader
 
 # Fashion-MNIST pixel statistics (the store holds gray replicated to RGB); runs compute their own
 # from the training store (train/data.py) unless given, these stay for code written against them.
@@ -237,7 +235,7 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     remainder depends on the keep ratio, and a last step on a handful of samples sets the model
     back (studies/even_batches.py measures it; docs/benchmarks.md).
     """
-    from ..loader import CenterCrop, Loader, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+    from ..loader import CenterCrop, Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
     from ..loader._source import open_source
 
     if (mean is None) != (std is None):  # one alone was replaced by the store's, silently
@@ -326,7 +324,9 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
             history = fit(model, train_loader, val_loader, strategy, recipe.epochs, optimizer, one_cycle(recipe.lr),
                           criterion=criterion, amp=amp, channels_last=channels_last, on_epoch_end=record_busy,
                           **fit_options)
-        for record in history:  # an epoch of a resumed run trained before it: its checkpoint's figure, if any
+        # an epoch trained before a resume: its checkpoint's figure if a later epoch's checkpoint was
+        # saved (the last one before the stop is saved before its figure is set: None)
+        for record in history:
             record.setdefault("gpu_busy_pct", None)
         return strategy, history
 
