@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seeds (default: {_listed(plan.FULL_MODE['seeds'])}; --quick: "
                              f"{_listed(plan.QUICK_MODE['seeds'])})")
     parser.add_argument("--epochs", type=positive_int,
-                        help=f"epochs per run (default: {plan.FULL_MODE['epochs']}; --quick: {plan.QUICK_MODE['epochs']})")
+                        help=f"epochs per run (default: {plan.FULL_MODE['epochs']}; --quick: "
+                             f"{plan.QUICK_MODE['epochs']})")
     parser.add_argument("--train-limit", type=positive_int, help="use the first N training images")
     parser.add_argument("--eval-every", type=positive_int, metavar="N",
                         help="evaluate every N-th epoch and the last (default: 1, every epoch); "
@@ -105,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an existing --out (without it or --continue, an existing --out is refused)")
     parser.add_argument("--progress", action="store_true", help="a progress bar per epoch")
-    add_visibility_arguments(parser, per_run=True)  # --tensorboard DIR (a folder per run), --kept-grid PNG (one per pruned run)
+    add_visibility_arguments(parser, per_run=True)  # --tensorboard: a folder per run; --kept-grid: a PNG per pruned run
     add_recipe_arguments(parser)
     parser.set_defaults(width=None)  # the mode's: --quick trains the narrower QUICK_RECIPE
     _action(parser, "width").help += (f" (default: {plan.base_recipe(False).model.widths[0]}; --quick: "

@@ -126,8 +126,8 @@ def describe_recipe(recipe: Recipe) -> str:
     model = recipe.model.name + (str(recipe.model.widths) if recipe.model.name == "small_resnet" else "")
     augment = (f"random crop (pad {recipe.pad}) + " if recipe.pad else "") + "flip" + \
         (f", RandomResizedCrop {recipe.crop}" if recipe.crop else "")
-    return (f"recipe: {counted(recipe.epochs, 'epoch')}, batch {recipe.batch_size} (--batch-size), one-cycle SGD to peak "
-            f"lr {recipe.lr:g} (--lr), weight decay {recipe.weight_decay:g}, label smoothing "
+    return (f"recipe: {counted(recipe.epochs, 'epoch')}, batch {recipe.batch_size} (--batch-size), one-cycle SGD "
+            f"to peak lr {recipe.lr:g} (--lr), weight decay {recipe.weight_decay:g}, label smoothing "
             f"{recipe.label_smoothing:g}, {augment}, model {model} (--model); defaults: --help")
 
 
