@@ -65,7 +65,7 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if magic.startswith(b"\x93NUMPY"):
         raise ConversionError(f"{path}: a .npy file (one array), not a .npz archive; save both with "
                               "np.savez(path, images=..., labels=...)")
-    if not magic.startswith(b"PK"):  # else numpy takes it for a pickle, and its error invites allow_pickle=True
+    if not magic.startswith(b"PK"):  # else numpy takes it for a pickle, and its error invites the user to allow pickles
         raise ConversionError(f"{path}: cannot read as .npz: not a zip archive (np.savez writes one)")
     try:
         with np.load(path, allow_pickle=False) as archive:
