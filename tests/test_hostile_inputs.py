@@ -541,6 +541,9 @@ def test_hand_built_selections_samplers_and_options_fail_in_one_line_naming_the_
     assert selection.indices.dtype == np.int64 and selection.weights.dtype == np.float32 and len(selection) == 2
     with pytest.raises(TypeError, match="Selection indices must be integers, got float64"):
         Selection([2.7], [1.0])
+    with pytest.raises(TypeError, match="Selection indices must be integers, got float64"):
+        Selection.unweighted([2.7])  # it cast to int64 first, cutting 2.7 to 2
+    assert Selection.unweighted(range(3)).weights.tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(IndexError, match="Selection index 9223372036854775813 is past int64"):
         Selection(np.array([2**63 + 5], np.uint64), [1.0])
     with pytest.raises(ValueError, match=r"1-D of one length, got shapes \(2,\) and \(1,\)"):

@@ -38,6 +38,7 @@ for batch in loader:
     loss: torch.Tensor = strategy.weighted_loss(batch.indices, losses)
     weights: torch.Tensor = sampler.weights(batch.indices)
 report = strategy.sample_report()
+hand_made = fastprune.Selection([2, 0], [1.0, 0.5])  # a sampler's select() may build one from lists
 ok: bool = store.verify().ok
 train_loader, val_loader = make_loaders("train.beton", "val.beton", 256, sampler=strategy)
 history = fit(torch.nn.Linear(2, 2), train_loader, val_loader, strategy, 1)

@@ -82,6 +82,7 @@ from typing import Any, Generic, TypedDict, TypeVar, overload
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 try:
     from typing import Unpack  # Python 3.11+
@@ -112,16 +113,16 @@ class Selection:
     indices: np.ndarray
     weights: np.ndarray
 
-    def __post_init__(self):
+    def __init__(self, indices: ArrayLike, weights: ArrayLike) -> None:
         # arrays as a sampler's select() may build them by hand (lists, other dtypes), no copy otherwise
-        indices = np.asarray(self.indices)
+        indices = np.asarray(indices)
         if indices.size and indices.dtype.kind not in "iu":  # 2.7 would be cut to 2 by a cast
             raise TypeError(f"Selection indices must be integers, got {indices.dtype}")
         past = first_past_int64(indices)
         if past is not None:
             raise IndexError(f"Selection index {int(indices[past])} is past int64 (it would wrap to a negative id)")
         object.__setattr__(self, "indices", indices.astype(np.int64, copy=False))
-        object.__setattr__(self, "weights", np.asarray(self.weights, dtype=np.float32))
+        object.__setattr__(self, "weights", np.asarray(weights, dtype=np.float32))
         if self.indices.shape != self.weights.shape or self.indices.ndim != 1:
             raise ValueError(f"Selection indices and weights must be 1-D of one length, got shapes "
                              f"{self.indices.shape} and {self.weights.shape}")
@@ -130,8 +131,9 @@ class Selection:
         return len(self.indices)
 
     @classmethod
-    def unweighted(cls, indices: np.ndarray) -> "Selection":
-        return cls(np.asarray(indices, dtype=np.int64), np.ones(len(indices), dtype=np.float32))
+    def unweighted(cls, indices: ArrayLike) -> "Selection":
+        indices = np.asarray(indices)  # not cast here: Selection refuses non-integer ids
+        return cls(indices, np.ones(len(indices), dtype=np.float32))
 
 
 def _callers_level() -> int:
