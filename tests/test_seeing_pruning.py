@@ -14,6 +14,7 @@ import torch
 import fastprune
 from fastprune.cli import main
 from fastprune.convert import from_arrays
+from fastprune.errors import UsageWarning
 from fastprune.prune import export_scores
 from fastprune.prune.report import report_from_state
 from test_extras import _hide  # makes an import fail as if the package were not installed
@@ -62,11 +63,12 @@ def test_times_kept_survive_a_checkpoint_and_old_checkpoints_still_load():
 
     old = {k: v for k, v in state.items() if k != "kept"}  # written before the counting existed
     legacy = fastprune.EpsilonGreedy(40, keep=0.5, seed=1)
-    legacy.load_state_dict(old)
+    with pytest.warns(UsageWarning, match="times kept were not counted, so they count from here on"):
+        legacy.load_state_dict(old)
     assert legacy.times_kept.sum() == 0 and (legacy.last_kept_epoch == -1).all()
     selected = legacy.select(3)
     assert legacy.times_kept.sum() == len(selected) and (legacy.last_kept_epoch[selected.indices] == 3).all()
-    assert (report_from_state(old)["times_kept"] == 0).all()
+    assert "times_kept" not in report_from_state(old)  # not zeros: unknown (tests/test_older_files.py)
 
 
 @pytest.mark.parametrize("make", [

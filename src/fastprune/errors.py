@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sys
 
 
 class FastpruneError(Exception):
@@ -124,6 +125,16 @@ class SourceWarning(FastpruneWarning):
 
 class SkippedSamplesWarning(FastpruneWarning):
     """A conversion with ``skip_unreadable`` left samples out; the message names them and why."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised in the function calling this one at the
+    first frame outside fastprune (the user's line, however many constructors are in between:
+    EL2N's pointed into static.py, so a re-run cell showed it only once)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastprune."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def first_line(exc: BaseException) -> str:

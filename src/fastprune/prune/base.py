@@ -91,7 +91,7 @@ except ImportError:  # 3.10: typing_extensions comes with torch
 
 
 from .._args import MAX_EPOCH, check_bool, check_epoch, check_fraction, check_positive_int, check_real, check_seed
-from ..errors import ConfigError, UsageWarning
+from ..errors import ConfigError, UsageWarning, user_stacklevel
 from ..random_streams import tie_order
 from ._inputs import as_indices, first_past_int64, to_numpy
 from .distributed import Agreement, gather_updates, group_world_size
@@ -136,14 +136,18 @@ class Selection:
         return cls(indices, np.ones(len(indices), dtype=np.float32))
 
 
-def _callers_level() -> int:
-    """The ``stacklevel`` that points a warning raised in the function calling this one at the
-    first frame outside fastprune (the user's line, however many constructors are in between:
-    EL2N's pointed into static.py, so a re-run cell showed it only once)."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastprune."):
-        frame, level = frame.f_back, level + 1
-    return level
+def _warn_older_state(name: str, unchecked: list[str], counted_kept: bool) -> None:
+    """Say what a state written by an older fastprune leaves unchecked or uncounted: it loads (its
+    settings then were these defaults), but a difference in them would pass silently."""
+    notes = []
+    if unchecked:
+        notes.append(f"its {', '.join(unchecked)} {'was' if len(unchecked) == 1 else 'were'} not recorded, so "
+                     "this strategy's are taken as the run's")
+    if not counted_kept:
+        notes.append("times kept were not counted, so they count from here on")
+    if notes:
+        warnings.warn(f"{name}.load_state_dict: a state from an older fastprune: {'; '.join(notes)}",
+                      UsageWarning, stacklevel=user_stacklevel())
 
 
 def _quotas(sizes: np.ndarray, total: int, tie_order: np.ndarray) -> np.ndarray:
@@ -383,7 +387,7 @@ class Strategy:
                       "strategy keeps unscored samples first, so it prunes by chance; pass every batch's "
                       "per-sample losses to update() (or weighted_loss), every micro-batch under gradient "
                       "accumulation (an epoch cut short, as by Lightning's limit_train_batches, leaves the rest "
-                      "unscored too)", UsageWarning, stacklevel=_callers_level())
+                      "unscored too)", UsageWarning, stacklevel=user_stacklevel())
 
     def _check_pass_epoch(self, epoch: int, consumer: str, *, chosen: bool = False, cause: str | None = None) -> None:
         """A sampler's, Loader's or ffcv order's pass over ``epoch`` starts: warn once when it
@@ -408,7 +412,7 @@ class Strategy:
         warnings.warn(f"{consumer}: this pass runs epoch {epoch} {where}, so it repeats a subset chosen before "
                       f"({cause}); use one {consumer} for the whole run and set the epoch the run is at "
                       "(after load_state_dict: the checkpoint's next epoch)", UsageWarning,
-                      stacklevel=_callers_level())
+                      stacklevel=user_stacklevel())
 
     def _looked_back(self, epoch: int) -> Selection:
         """``select`` of an epoch before the current one (``Loader.epoch_order(1)`` during epoch 4):
@@ -518,7 +522,7 @@ class Strategy:
                           "ranks but no torch.distributed group runs to gather their losses: each rank's scores "
                           "see its own shard only and the ranks' selections diverge (samples trained twice or "
                           "never); initialise the process group before the first update()", UsageWarning,
-                          stacklevel=_callers_level())
+                          stacklevel=user_stacklevel())
         return Agreement(self._epoch, self.table.next_call_number(self._epoch), self._settings(),
                          self._order_note)
 
@@ -648,10 +652,11 @@ class Strategy:
             raise ValueError(f"checkpoint holds {theirs.get('sharding') or 'a replicated table'} but this strategy "
                              f"is {mine.get('sharding') or 'replicated'}: a sharded run resumes with the same "
                              "world size, each rank from its own checkpoint (re-sharding is not supported)")
-        differ = {}
+        differ, unchecked = {}, []
         for k in [*mine, *(k for k in theirs if k not in mine)]:
             if k in _LATER_KEYS and k not in theirs:
-                continue  # a checkpoint from before the key existed
+                unchecked.append(k)  # a checkpoint from before the key existed
+                continue
             a, b = theirs.get(k, _ABSENT_MEANS.get(k)), mine.get(k, _ABSENT_MEANS.get(k))
             if a != b:
                 differ[k] = (a, b)
@@ -659,6 +664,7 @@ class Strategy:
             raise ValueError("checkpoint was taken with different settings (checkpoint, this strategy): "
                              + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
         self.table.load_state_dict(state["table"])
+        _warn_older_state(type(self).__name__, unchecked, counted_kept="kept" in state or not self.track_kept)
         self._epoch = self._non_negative(state["epoch"], "checkpoint epoch")
         self._started = None  # the resumed epoch's updates so far are not counted here
         self._load_kept(state.get("kept"))
@@ -856,7 +862,7 @@ class Strategy:
         if full >= self.epochs:
             warnings.warn(f"{type(self).__name__}: warm-up/scoring ({self.warmup_epochs}) and final full "
                           f"({self.final_full_epochs}) epochs cover all {self.epochs} epochs: it never prunes",
-                          UsageWarning, stacklevel=_callers_level())
+                          UsageWarning, stacklevel=user_stacklevel())
 
     def _kept_count(self, fraction: float, described: str) -> int:
         """round(fraction * N), refused with ``described`` when that keeps no sample."""

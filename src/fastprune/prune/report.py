@@ -25,6 +25,9 @@ from .static import forgetting_scores
 
 #: The report's columns, in CSV order (``label`` and ``class`` follow when a store is given).
 COLUMNS = ("index", "score", "loss", "seen", "times_kept", "last_kept_epoch")
+# why a report has no times kept
+NO_TIMES_KEPT = ("which a strategy built with track_kept=False does not count, and a checkpoint written by a "
+                 "fastprune from before they were counted does not hold")
 
 
 def strategy_scores(strategy) -> np.ndarray:
@@ -53,10 +56,10 @@ def sample_report(strategy) -> dict[str, np.ndarray]:
 
 def report_from_state(state: dict) -> dict[str, np.ndarray]:
     """The report of a strategy's ``state_dict()`` (as a checkpoint holds it), without building
-    the strategy. A checkpoint written before times kept were counted reports them as zeros
-    (and last kept epochs as -1); one of a strategy built with ``track_kept=False`` has no such
-    columns. A sharded strategy's state reports its own shard's samples (``index`` names them);
-    :func:`merge_reports` joins the shards of a run."""
+    the strategy. One of a strategy built with ``track_kept=False``, or written by a fastprune
+    from before times kept were counted, has no times kept and last kept epoch columns (such a
+    file's zeros would read as samples never trained on). A sharded strategy's state reports its
+    own shard's samples (``index`` names them); :func:`merge_reports` joins the shards of a run."""
     if not isinstance(state, dict) or state.get("format") != "fastprune.strategy/1":
         raise ConfigError("not a fastprune strategy state (a checkpoint of fastprune train, or state_dict())")
     config = state["config"]
@@ -69,12 +72,11 @@ def report_from_state(state: dict) -> dict[str, np.ndarray]:
     else:
         score = table.mean.copy()
     report = {"index": index, "score": score, "loss": table.mean.copy(), "seen": table.seen.copy()}
-    if config.get("track_kept", True) is False:
+    kept = state.get("kept")
+    if config.get("track_kept", True) is False or kept is None:
         return report
-    kept, rows = state.get("kept"), len(index)
-    report["times_kept"] = np.zeros(rows, np.uint32) if kept is None else np.asarray(kept["times"]).astype(np.uint32)
-    report["last_kept_epoch"] = (np.full(rows, -1, np.int32) if kept is None
-                                 else np.asarray(kept["last_epoch"]).astype(np.int32))
+    report["times_kept"] = np.asarray(kept["times"]).astype(np.uint32)
+    report["last_kept_epoch"] = np.asarray(kept["last_epoch"]).astype(np.int32)
     return report
 
 
@@ -264,8 +266,7 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     plt = require("matplotlib.pyplot", "plots", "drawing the kept-images grid")
     report, recorded = run_report(source)
     if "times_kept" not in report:
-        raise ConfigError("the kept-images grid needs times kept, which a strategy built with "
-                          "track_kept=False does not count")
+        raise ConfigError(f"the kept-images grid needs times kept, {NO_TIMES_KEPT}")
     with open_source(store, None, None, threads=1) as images:  # the store opened once, for labels and pictures
         report = _labelled(report, images, store_name(store), recorded or trained_on)
         fig = _grid_figure(plt, report, images, per_class, max_classes)
@@ -364,13 +365,12 @@ def scores_main(args) -> int:
         check_image_file(args.grid, "--grid")
     report, trained_on = run_report(args.checkpoint if len(args.checkpoint) > 1 else first)
     if args.grid is not None and "times_kept" not in report:  # before writing anything
-        raise ConfigError(f"--grid needs times kept, which a strategy built with track_kept=False does not count "
-                          f"({first}): drop --grid")
+        raise ConfigError(f"--grid needs times kept, {NO_TIMES_KEPT} ({first}): drop --grid")
     with contextlib.ExitStack() as opened:  # the store opened (and its offsets checked) once, for both outputs
         store = None if args.store is None else opened.enter_context(Store(args.store))
         export_scores(report, out, store=store, trained_on=trained_on)
         times = report.get("times_kept")
-        kept = ("times kept not counted (track_kept=False)" if times is None else
+        kept = ("no times kept (track_kept=False, or a checkpoint older than their counting)" if times is None else
                 f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
         print(f"wrote {out}: {len(report['index'])} samples, {kept}")
         if args.grid is not None:

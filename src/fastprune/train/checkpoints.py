@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, first_line
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, UsageWarning, first_line, user_stacklevel
 from ..store._atomic import replaced_when_done
 from .device import model_device
 
@@ -136,13 +136,23 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
     except MemoryError:  # this machine's state, not the file's
         raise
     except Exception as exc:  # noqa: BLE001  the unpickler of a random file raises anything: KeyError, IndexError...
-        raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, or holds "
-                              f"objects other than tensors and plain values): {_load_failure(exc)}") from None
+        raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, written by a fastprune "
+                              "before checkpoint format 2, or holds objects other than tensors and plain values): "
+                              f"{_load_failure(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r}); start a new run")
+                              f"expected {CHECKPOINT_FORMAT!r}); {_format_advice(found)}")
     return state
+
+
+def _format_advice(found: Any) -> str:
+    """What to do with a checkpoint of another format: a newer fastprune's needs that version."""
+    prefix = CHECKPOINT_FORMAT.rsplit("-", 1)[0] + "-"
+    if isinstance(found, str) and found.startswith(prefix) and found[len(prefix):].isdigit() \
+            and int(found[len(prefix):]) > int(CHECKPOINT_FORMAT[len(prefix):]):
+        return "a newer fastprune wrote it: resume with that version (upgrade fastprune)"
+    return "this version cannot resume it: start a new run"
 
 
 def _check_crcs(path) -> None:
@@ -175,7 +185,9 @@ def _load_failure(exc: BaseException) -> str:
     lines = (line.split("WeightsUnpickler error:", 1)[-1].strip() for line in str(exc).splitlines())
     useful = [line for line in lines if line and "weights_only" not in line and "Weights only" not in line
               and not line.startswith(("Check the documentation", "Please file an issue"))]
-    return useful[0] if useful else type(exc).__name__
+    # "Unsupported global: GLOBAL x was not an allowed global by default. Please use
+    # torch.serialization.add_safe_globals([x]) ...": the allow-listing advice goes too
+    return useful[0].split(" Please use ")[0] if useful else type(exc).__name__
 
 
 # Settings that name the stores a run trained and evaluated on (store_identity: size and CRCs).
@@ -193,6 +205,14 @@ def check_settings(path, saved: dict[str, Any], current: dict[str, Any]) -> None
     if differ:
         raise CheckpointError(f"{path} was written by a run with other settings ({'; '.join(differ)}): "
                               "resume with the same settings, or start a new checkpoint")
+    unchecked = [key for key in current if key not in saved]
+    if unchecked:  # an older fastprune's checkpoint (or a settings= key added since): it resumes unchecked
+        hint = (" (precision: pass amp= / --amp as the run trained; --amp auto picks bf16 on CPUs fast at it)"
+                if "precision" in unchecked else "")
+        warnings.warn(f"{path} does not record {', '.join(unchecked)} (an older fastprune, or a run set up "
+                      f"otherwise, wrote it): this run's "
+                      f"{'is' if len(unchecked) == 1 else 'are'} taken as the checkpoint's{hint}", UsageWarning,
+                      stacklevel=user_stacklevel())
 
 
 def load_checkpoint(path, model, optimizer=None, scheduler=None, strategy=None, loader=None, *,
