@@ -714,13 +714,17 @@ def test_a_schedule_that_cannot_replan_warns_under_infobatch(stores):
 
 def test_a_model_torchs_cpu_channels_last_backward_corrupts_trains_contiguous_with_a_warning(tmp_path):
     """SmallResNet(widths=(8, 16, 32)) under channels_last on the CPU died in torch's backward of its
-    1x1 stride-2 shortcut (8 input channels) at odd batch sizes: "free(): invalid size" or a
-    segfault, from `fastprune bench --width 8` (bench trains channels-last) and fit(channels_last=True)."""
+    1x1 stride-2 shortcut (8 input channels): "free(): invalid size" or a segfault, from `fastprune
+    bench --width 8` (bench trains channels-last) and fit(channels_last=True). oneDNN's AVX2 kernel
+    (ONEDNN_MAX_CPU_ISA=AVX2) also hangs, or computes weight gradients 5-33% off, for 2-7 channels."""
     from fastprune.errors import UsageWarning
     from fastprune.train.device import cpu_channels_last_hazard
 
     narrow = SmallResNet(num_classes=2, widths=(8, 16, 32), stem_stride=2)
     assert cpu_channels_last_hazard(narrow) == "stages.1.shortcut.0 (Conv2d(8, 16, kernel_size=1, stride=2))"
+    for failing in (torch.nn.Conv2d(3, 8, 1, stride=(2, 1)), torch.nn.Conv2d(15, 4, 1, stride=3, bias=False),
+                    torch.nn.Conv2d(2, 64, 1, stride=2, dilation=2)):  # each failed in the audit's sweep
+        assert cpu_channels_last_hazard(failing) is not None
     for safe in (SmallResNet(num_classes=2, widths=(16, 32, 64)), torch.nn.Conv2d(8, 16, 3, stride=2),
                  torch.nn.Conv2d(8, 16, 1), torch.nn.Conv2d(1, 16, 1, stride=2)):
         assert cpu_channels_last_hazard(safe) is None

@@ -64,14 +64,19 @@ def memory_format_for(device: torch.device, channels_last: str | bool) -> torch.
 
 
 def cpu_channels_last_hazard(model: nn.Module) -> str | None:
-    """The first layer whose weight gradient torch's CPU channels_last path may compute into freed
-    memory, or None: a 1x1 convolution of stride > 1 with 2-15 input channels (a narrow ResNet's
-    downsampling shortcut). Measured with torch 2.14.1 on a 2-core Zen 4 EPYC (AVX-512): "free():
-    invalid size", "corrupted size vs. prev_size" or a segfault within 30 steps at odd batch sizes
-    (3 to 511) with 2-4 threads, fp32 and bf16, strides 2 to 4 and (2, 1); never at even ones or
-    batch 1, in the contiguous format, with 1 thread, for 1 or 16+ input channels, for 3x3 or
-    depthwise kernels, stride 1, or other layers (a sweep of pools, norms, transposed convolutions
-    and torchvision's small models). The gradients were right until the crash."""
+    """The first layer whose backward torch's CPU channels_last path (oneDNN's 1x1 backward-weights
+    kernel) gets wrong, or None: a 1x1 convolution of stride > 1 with 2-15 input channels (a narrow
+    ResNet's downsampling shortcut). Measured with torch 2.14.1 on a Zen 4 EPYC, the AVX2 kernel
+    chosen by ONEDNN_MAX_CPU_ISA=AVX2 as on a CPU without AVX-512:
+    * AVX-512 kernel: "free(): invalid size", "corrupted size vs. prev_size" or a segfault within a
+      few steps for 2-15 input channels, at odd and even batch sizes, with 1 or more threads.
+    * AVX2 kernel, 2-7 input channels: heap corruption with 1 thread; with 2, a hang (an endless
+      loop in the kernel) from 32x32 images up, and below that weight gradients 5-33% off with no
+      error at all. Any batch size.
+    * Never for 1 or 16+ input channels, 3x3 kernels, stride 1, the contiguous format, oneDNN's AVX
+      and SSE4.1 kernels or with torch.backends.mkldnn off; nor in a sweep of pools, norms,
+      transposed convolutions and torchvision's small models. Depthwise, grouped and padded 1x1
+      convolutions never failed but are matched too (few trials; a false match costs only speed)."""
     for name, module in model.named_modules():
         if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
                 and 1 < module.in_channels < 16):

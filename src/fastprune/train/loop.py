@@ -110,8 +110,8 @@ def _trainable_memory_format(model: nn.Module, device: torch.device, asked: torc
     if layer is None:
         return asked
     warnings.warn(f"fit: channels_last is off for this model on the CPU: torch's CPU backward of {layer} in "
-                  "channels_last corrupts memory at odd batch sizes (measured with torch 2.14.1); training "
-                  "goes on in the contiguous format", UsageWarning, stacklevel=3)
+                  "channels_last corrupts memory, hangs or computes wrong weight gradients (measured with torch "
+                  "2.14.1); training goes on in the contiguous format", UsageWarning, stacklevel=3)
     return torch.contiguous_format
 
 
