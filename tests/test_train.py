@@ -716,7 +716,7 @@ def test_a_model_torchs_cpu_channels_last_backward_corrupts_trains_contiguous_wi
     """SmallResNet(widths=(8, 16, 32)) under channels_last on the CPU died in torch's backward of its
     1x1 stride-2 shortcut (8 input channels): "free(): invalid size" or a segfault, from `fastprune
     bench --width 8` (bench trains channels-last) and fit(channels_last=True). oneDNN's AVX2 kernel
-    (ONEDNN_MAX_CPU_ISA=AVX2) also hangs, or computes weight gradients 5-33% off, for 2-7 channels."""
+    (ONEDNN_MAX_CPU_ISA=AVX2) also hangs, or computes weight gradients 4-33% off, for 2-7 channels."""
     from fastprune.errors import UsageWarning
     from fastprune.train.device import cpu_channels_last_hazard
 

@@ -71,7 +71,7 @@ def cpu_channels_last_hazard(model: nn.Module) -> str | None:
     * AVX-512 kernel: "free(): invalid size", "corrupted size vs. prev_size" or a segfault within a
       few steps for 2-15 input channels, at odd and even batch sizes, with 1 or more threads.
     * AVX2 kernel, 2-7 input channels: heap corruption with 1 thread; with 2, a hang (an endless
-      loop in the kernel) from 32x32 images up, and below that weight gradients 5-33% off with no
+      loop in the kernel) from 32x32 images up, and below that weight gradients 4-33% off with no
       error at all. Any batch size.
     * Never for 1 or 16+ input channels, 3x3 kernels, stride 1, the contiguous format, oneDNN's AVX
       and SSE4.1 kernels or with torch.backends.mkldnn off; nor in a sweep of pools, norms,
