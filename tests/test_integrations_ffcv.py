@@ -168,3 +168,31 @@ def test_the_order_follows_the_strategys_seed_not_ffcvs_random_one(beton):
     runs = [first_epoch(UniformRandom(N, 0.5, seed=4)) for _ in range(2)]
     assert runs[0] == runs[1] and sorted(runs[0]) != runs[0]  # shuffled, alike
     assert first_epoch(UniformRandom(N, 0.5, seed=4), seed=9) != runs[0]
+
+
+def test_a_loader_yielding_fields_in_another_order_than_its_pipelines_warns_at_the_users_line(beton):
+    """ffcv yields the store's field order: with pipelines {'value', 'index'} over a store written as
+    (index, value), a loop unpacking (value, index) took values for sample ids, silently."""
+    import warnings
+
+    from fastprune.errors import UsageWarning
+
+    order = PrunedOrder.register(UCB(N, keep=0.5, seed=0))
+    with pytest.warns(UsageWarning, match=r"yields \(index, value\) per batch, the store's field order, not the "
+                                          r"pipelines' \(value, index\)") as caught:
+        loader = Loader(str(beton), batch_size=BATCH, num_workers=1, order=order, drop_last=False,
+                        pipelines={"value": [FloatDecoder()], "index": [IntDecoder()]})
+    assert caught[0].filename == __file__
+    first, second = next(iter(loader))
+    assert first.dtype.kind == "i" and second.dtype.kind == "f"  # what the warning says: index first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UsageWarning)
+        make_loader(beton, UCB(N, keep=0.5, seed=0))  # the store's order: silent
+
+
+def test_pipelines_naming_a_field_the_store_lacks_are_refused_naming_it(beton):
+    order = PrunedOrder.register(UCB(N, keep=0.5, seed=0))
+    with pytest.raises(ValueError, match=r"pairs.beton: the Loader's pipelines name 'label', which the store does not "
+                                         r"hold \(its fields: index, value\)$"):  # ffcv: a bare AssertionError
+        Loader(str(beton), batch_size=BATCH, num_workers=1, order=order,
+               pipelines={"label": [IntDecoder()], "index": [IntDecoder()], "value": None})

@@ -248,6 +248,9 @@ def test_ffcv_jpeg_file_opens_in_store(tmp_path):
     ffcv_images = np.concatenate([np.array(b[0]) for b in loader])
     with Store(path) as store:
         assert store.fields["image"].write_mode == "jpg"  # inferred from the samples
+        # ffcv records no settings: info showed fastprune's defaults (quality 90) for a file of any quality
+        assert repr(store.fields["image"]) == ("RGBImageField(written by ffcv: JPEG samples, quality and "
+                                               "max_resolution not recorded)")
         ours = np.stack([store[i][0] for i in range(N)])
         assert [store[i][1] for i in range(N)] == [r[1] for r in rows]
     assert np.abs(ours.astype(int) - np.stack([r[0] for r in rows])).mean() < 4

@@ -14,12 +14,18 @@
         "label": [IntDecoder(), ToTensor(), Squeeze()],
         "index": [IntDecoder(), ToTensor(), Squeeze()]})  # convert with --index / index=True for this field
     for epoch in range(epochs):
-        for x, y, index in loader:
+        for x, y, index in loader:                     # the store's field order (convert's: image, label, index)
             loss = criterion(model(x), y)                                # reduction="none"
             strategy.update(index, loss)
             optimizer.zero_grad()
             (loss * torch.from_numpy(order.weights(index))).mean().backward()
             optimizer.step()
+
+ffcv yields a batch's fields in the store's order, not the ``pipelines`` dict's, and fields the
+dict leaves out too (unless set to None): ``PrunedOrder`` warns when the two orders differ (a
+store written as image, index, label unpacked as above trained on sample ids as labels), and
+refuses pipelines naming a field the store lacks. A store with no index field cannot name a
+batch's samples: convert it with ``index=True``.
 
 ffcv's Loader counts its epochs from 0 (``loader.next_epoch``): to resume after
 ``strategy.load_state_dict(...)``, set ``loader.next_epoch`` to the checkpoint's next epoch. A pass
@@ -93,6 +99,7 @@ class PrunedOrder(TraversalOrder):
             raise ValueError("PrunedOrder needs the Loader's indices to be 0..n-1 (all samples, or the "
                              "first n): a batch reports store ids, and for another subset they are not "
                              "the strategy's; write the subset to a store of its own")
+        _check_pipeline_fields(loader)
         type(self).instance = self
         rank, world = (0, 1)
         if self.distributed:
@@ -114,6 +121,7 @@ class PrunedOrder(TraversalOrder):
             # ffcv's Loader draws an order when it is built, for len() alone: its length, with no
             # select(), which starts an epoch (a strategy loaded from a checkpoint took its epoch as
             # started afresh, unscored, and warned so at the next epoch)
+            _warn_field_order(self.loader)  # its outputs are known by now
             return np.zeros(self._order_length(epoch), dtype=self.indices.dtype)
         # each pass: an ffcv Loader built each epoch, or over a loaded checkpoint without
         # loader.next_epoch set, starts at epoch 0 and would repeat the subsets chosen before
@@ -152,3 +160,42 @@ class PrunedOrder(TraversalOrder):
     def num_batches(cls, epoch: int, batch_size: int, drop_last: bool = False) -> int:
         k = cls.strategy.num_selected(epoch)
         return k // batch_size if drop_last else math.ceil(k / batch_size)
+
+
+def _asked_fields(loader) -> list[str]:
+    """The outputs the Loader's ``pipelines`` dict names, in its order (None disables a field)."""
+    return [name for name, spec in loader._args["pipelines"].items() if spec is not None]
+
+
+def _check_pipeline_fields(loader) -> None:
+    """A pipeline (a list of operations) reads the field of its name: one the store lacks failed
+    in ffcv with a bare AssertionError; a PipelineSpec may name another source, and is not checked."""
+    from ffcv.pipeline import PipelineSpec
+
+    if not (hasattr(loader, "reader") and hasattr(loader, "_args")):  # not ffcv 1.0.2's Loader: nothing to check
+        return
+    stored = list(loader.reader.handlers)
+    missing = [name for name, spec in loader._args["pipelines"].items()
+               if spec is not None and not isinstance(spec, PipelineSpec) and name not in stored]
+    if missing:
+        hint = (": a store converted with index=True (fastprune convert --index) holds each sample's id as "
+                "'index', which update() and weights() need" if "index" in missing else "")
+        raise ValueError(f"{loader.fname}: the Loader's pipelines name {', '.join(map(repr, missing))}, which the "
+                         f"store does not hold (its fields: {', '.join(stored)}){hint}")
+
+
+def _warn_field_order(loader) -> None:
+    """ffcv yields the store's fields in the file's order (and those the pipelines dict omits), not
+    the dict's: a loop unpacking in the dict's order silently swaps them (labels for sample ids)."""
+    import warnings
+
+    from ..errors import UsageWarning
+
+    if not (hasattr(loader, "pipeline_specs") and hasattr(loader, "_args")):
+        return
+    outputs, asked = list(loader.pipeline_specs), _asked_fields(loader)
+    if outputs != asked:
+        warnings.warn(f"{loader.fname}: this ffcv Loader yields ({', '.join(outputs)}) per batch, the store's "
+                      f"field order, not the pipelines' ({', '.join(asked)}): unpack batches in the store's order "
+                      "(or set a field's pipeline to None to leave it out)", UsageWarning,
+                      stacklevel=5)  # past sample_order and ffcv's Loader.next_traversal_order and __init__

@@ -194,9 +194,22 @@ class RGBImageField(Field):
                        int(ours["max_resolution"]) or None)
         # Written by ffcv: the settings are not stored; infer the mode from the samples.
         field = cls()
-        if metadata is not None and len(metadata) and bool(np.all(metadata["mode"] == fmt.IMAGE_MODE_JPG)):
+        modes = set() if metadata is None else set(np.unique(metadata["mode"]).tolist())
+        if modes == {fmt.IMAGE_MODE_JPG}:
             field.write_mode = "jpg"
+        field.written_by_ffcv = ("JPEG and raw" if len(modes) > 1 else  # ffcv's 'smart' / 'proportion' modes
+                                 {fmt.IMAGE_MODE_JPG: "JPEG", fmt.IMAGE_MODE_RAW: "raw"}.get(next(iter(modes), None),
+                                                                                          "no"))
         return field
+
+    #: how an ffcv-written field's samples are stored ("JPEG", "raw", "JPEG and raw"); None for
+    #: fastprune's, whose settings the file records (ffcv's hold zeros, shown as not recorded)
+    written_by_ffcv: str | None = None
+
+    def __repr__(self):
+        if self.written_by_ffcv is None:
+            return super().__repr__()
+        return f"RGBImageField(written by ffcv: {self.written_by_ffcv} samples, quality and max_resolution not recorded)"
 
     def encode(self, value):
         if isinstance(value, EncodedJpeg) and self.write_mode == "jpg" and not self._too_large(value):
