@@ -89,7 +89,7 @@ def test_raw_images_of_one_height_but_different_widths_are_refused(tmp_path):
     path = fastprune.write_dataset(tmp_path / "w.beton", _Images(images, np.zeros(8, np.int64)),
                                    {"image": RGBImageField(write_mode="raw"), "label": IntField()},
                                    workers=1, progress=False)
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match=r"^.*w\.beton: the store's images differ in size"):  # names the file
         Loader(path, 4)
 
 
@@ -253,8 +253,12 @@ def test_a_store_with_two_image_fields_needs_image_field(tmp_path):
     path = fastprune.write_dataset(tmp_path / "two.beton", Pairs(images, np.arange(4) % 2),
                                    {"photo": RGBImageField(write_mode="raw"), "mask": RGBImageField(write_mode="raw"),
                                     "label": IntField()}, workers=1, progress=False)
-    with pytest.raises(ValueError, match=r"image_field must be given: the store has 2 image fields"):
+    with pytest.raises(ValueError, match=r"two\.beton: image_field must be given: the store has 2 image fields"):
         Loader(path, 4)
+    labels_only = fastprune.write_dataset(tmp_path / "labels.beton", [(0,), (1,)], {"label": IntField()}, workers=1,
+                                          progress=False)
+    with pytest.raises(ValueError, match=r"labels\.beton: the store holds no image field \(its fields: label\)"):
+        Loader(labels_only, 4)  # it said 'image_field must be given', which cannot help
     batch = next(iter(Loader(path, 4, shuffle=False, image_field="mask")))
     np.testing.assert_array_equal(batch.images.numpy(), 255 - images)
 

@@ -135,9 +135,9 @@ def open_source(store_or_path, image_field: str | None, label_field: str | None 
 
 def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice, owns_store: bool) -> ImageSource:
     columns = _columns(store)
-    image_field = image_field or _pick_image_field(columns)
+    image_field = image_field or _pick_image_field(columns, store.path)
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
-        raise ValueError(f"image_field={image_field!r} is not an RGB image field of this store "
+        raise ValueError(f"{store.path}: image_field={image_field!r} is not an RGB image field of this store "
                          f"(fields: {sorted(columns)})")
     if label_field is None:
         label_field = _pick_label_field(store)
@@ -184,10 +184,13 @@ def _columns(store: Store) -> dict[str, np.ndarray]:
     return {name: store.metadata[f"f{i}"] for i, name in enumerate(store.fields)}
 
 
-def _pick_image_field(columns) -> str:
+def _pick_image_field(columns, path) -> str:
     images = [n for n, c in columns.items() if _RGB_METADATA_NAMES <= set(c.dtype.names or ())]
-    if len(images) != 1:
-        raise ValueError(f"image_field must be given: the store has {len(images)} image fields ({images})")
+    if not images:  # naming one cannot help
+        raise ValueError(f"{path}: the store holds no image field (its fields: {', '.join(columns)}); the Loader "
+                         "reads images")
+    if len(images) > 1:
+        raise ValueError(f"{path}: image_field must be given: the store has {len(images)} image fields ({images})")
     return images[0]
 
 

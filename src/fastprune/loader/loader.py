@@ -699,8 +699,8 @@ def _check_batchable(source, transforms, max_pixels: int) -> None:
     here, not in the first batch's producer thread."""
     fused_crop = bool(transforms) and isinstance(transforms[0], _ResizedCrop)
     if not fused_crop and source.num_samples and source.uniform_shape is None:
-        raise ValueError("the store's images differ in size: put a RandomResizedCrop or CenterCrop first "
-                         "in transforms so that every batch has one shape")
+        raise ValueError(f"{source.owner.path}: the store's images differ in size: put a RandomResizedCrop or "
+                         "CenterCrop first in transforms so that every batch has one shape")
     size = source.uniform_shape if not fused_crop else transforms[0].output_size(0, 0)
     if fused_crop:
         _check_output_pixels(0, size, max_pixels)
