@@ -21,6 +21,7 @@ import torch
 import fastprune
 from fastprune.cli import main
 from fastprune.convert import from_arrays
+from fastprune.store import IntField, RGBImageField
 
 CLASSES = 12
 TINY_MODEL = """
@@ -180,6 +181,11 @@ def test_stores_that_do_not_fit_fail_in_one_line_naming_the_fix(twelve_class_sto
     more_classes = from_arrays(images[:20], np.arange(20), tmp_path / "twenty.beton", progress=False, workers=1)
     mixed = _image_folder(tmp_path / "mixed", 1, seed=0)
     mixed_store = tmp_path / "mixed.beton"
+    coarse_fine = fastprune.write_dataset(  # two label fields, neither 'label': as ffcv users write them
+        tmp_path / "cf.beton", [(images[i], i % 2, i % 4) for i in range(8)],
+        {"image": RGBImageField(), "coarse": IntField(), "fine": IntField()}, workers=1, progress=False)
+    unlabelled = fastprune.write_dataset(tmp_path / "u.beton", [(images[i],) for i in range(8)],
+                                         {"image": RGBImageField()}, workers=1, progress=False)
     assert main(["convert", str(mixed), "--jpeg", "--out", str(mixed_store), "--no-progress", "--workers", "1"]) == 0
     capsys.readouterr()
     cases = [
@@ -187,6 +193,10 @@ def test_stores_that_do_not_fit_fail_in_one_line_naming_the_fix(twelve_class_sto
         (_train_args(mixed_store, mixed_store), "differ in size (mixed, "),
         (_train_args(mixed_store, mixed_store), "give --crop N (crop=N in Python)"),
         (_train_args(train, val, "--mean", "0.5", "0.5", "0.5"), "give both --mean and --std"),
+        (_train_args(coarse_fine, val), "no label field (an integer field named 'label', or the only integer field "
+                                        "other than 'index'); train from Python, naming one of coarse, fine: fit() "
+                                        "on Loader(..., label_field=NAME)"),
+        (_train_args(unlabelled, val), "convert it with labels (fastprune convert writes 'label')"),
         (_train_args(train, val, "--model", "no_such_module_here:make"), "cannot import 'no_such_module_here'"),
     ]
     for arguments, message in cases:

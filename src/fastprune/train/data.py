@@ -8,6 +8,7 @@ it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the l
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..loader._source import OTHER_TASKS, targets_kind
 from ..random_streams import statistics_sample
+from ..store.fields import IntField
 from ..store.names import label_gap, named_class_count
 from ..store.reader import store_name
 
@@ -61,7 +63,14 @@ def _opened(train, val):
     """The loader's views of the two stores (one gather thread each), closed at the block's end."""
     from ..loader._source import open_source
 
-    with open_source(train, None, None, threads=1) as training, open_source(val, None, None, threads=1) as validation:
+    with contextlib.ExitStack() as stack:
+        with warnings.catch_warnings(record=True) as seen:  # "batches carry no labels" ahead of the refusal
+            warnings.simplefilter("always")
+            training, validation = (stack.enter_context(open_source(store, None, None, threads=1))
+                                    for store in (train, val))
+        if training.labels is not None and validation.labels is not None:  # else _classes refuses, in one line
+            for warning in seen:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         yield training, validation
 
 
@@ -129,8 +138,12 @@ def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple
 def _classes(train, val, train_name: str, val_name: str) -> int:
     for source, name in ((train, train_name), (val, val_name)):
         if source.labels is None:
+            ints = [field for field, kind in source.owner.fields.items()
+                    if isinstance(kind, IntField) and field != "index"]
+            fix = (f"train from Python, naming one of {', '.join(ints)}: fit() on Loader(..., label_field=NAME)"
+                   if ints else "convert it with labels (fastprune convert writes 'label')")
             raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only integer "
-                              "field other than 'index'); convert it with labels (fastprune convert writes 'label')")
+                              f"field other than 'index'); {fix}")
         kind = targets_kind(source.labels)
         if kind:
             raise ConfigError(f"{name}: its label field {source.label_field!r} holds {kind}, not class labels; "
