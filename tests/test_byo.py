@@ -205,6 +205,27 @@ def test_stores_that_do_not_fit_fail_in_one_line_naming_the_fix(twelve_class_sto
         assert message in err and err.count("\n") == 1, err
 
 
+def test_label_field_trains_on_a_store_whose_labels_are_not_named_label(twelve_class_stores, tmp_path, capsys):
+    """ffcv users' stores name their label fields as they like (coarse/fine): --label-field picks
+    one for the classes, the Loaders and the checkpoint's settings."""
+    train, val, images = twelve_class_stores
+    fields = {"image": RGBImageField(), "coarse": IntField(), "fine": IntField()}
+    stores = [fastprune.write_dataset(tmp_path / f"{name}.beton", [(images[i], i % 2, i % 4) for i in range(48)],
+                                      fields, workers=1, progress=False) for name in ("cf-train", "cf-val")]
+    log = tmp_path / "log.json"
+    assert main(_train_args(*stores, "--label-field", "fine", "--checkpoint", str(tmp_path / "c.pt"), "--log-json",
+                            str(log), "--batch-size", "8")) == 0
+    out = capsys.readouterr().out
+    assert f"{stores[0]}: 4 classes (field 'fine')" in out
+    assert json.loads(log.read_text())["history"][0]["val_class_acc"].keys() == {"0", "1", "2", "3"}
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["settings"]["label_field"] == "fine"
+    assert main(_train_args(*stores, "--label-field", "coarse", "--checkpoint", str(tmp_path / "c.pt"), "--resume",
+                            "--epochs", "2", "--batch-size", "8")) == 1
+    assert "label_field='fine' in the checkpoint, 'coarse' now" in capsys.readouterr().err
+    assert main(_train_args(*stores, "--label-field", "nope")) == 1
+    assert "label_field='nope'" in capsys.readouterr().err
+
+
 def test_user_models_are_checked_before_any_work(user_module, twelve_class_stores, capsys):
     from fastprune.models import build_model
 

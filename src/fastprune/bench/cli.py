@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
                             plan.planned_runs(mode)], "--tensorboard", "--continue or --overwrite (each run "
                            "replaces its own folder's events)")
     if args.train is not None:  # before the plan is printed: a store of targets, not classes, stops here
-        check_classes(args.train, args.val)
+        check_classes(args.train, args.val, args.label_field)
     recipe = recipe_for(args, mode)
     note = report.scale_note(mode, recipe, args.quick, own_data=args.train is not None)
     print(note, flush=True)  # up front: a quick run must not be read as the benchmark's result

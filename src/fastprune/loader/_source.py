@@ -144,8 +144,8 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     elif label_field is False:  # no labels wanted (image statistics): none chosen, nothing warned
         label_field = None
     if label_field is not None and not isinstance(store.fields.get(label_field), _LABEL_FIELD_TYPES):
-        raise ValueError(f"label_field={label_field!r} is not an int, float or array field of this store "
-                         f"(fields: {_field_kinds(store)})")
+        raise ValueError(f"{store.path}: label_field={label_field!r} is not an int, float or array field of this "
+                         f"store (fields: {_field_kinds(store)})")
     meta = columns[image_field]
     offsets, sizes = (np.ascontiguousarray(a, np.uint64) for a in store.field_ranges(image_field))
     heights = np.ascontiguousarray(meta["height"], np.uint32)

@@ -31,7 +31,7 @@ from .recipe import (RECIPE, STRATEGIES, describe_recipe, describe_recipe_data, 
 # ``model`` is stored as "model_spec": fit records the model's class under "model" itself. The
 # normalization statistics and the number of classes actually used are added by run_recipe.
 RUN_SETTINGS = ("strategy", "keep", "seed", "lr", "weight_decay", "label_smoothing", "pad", "crop", "model",
-                "width")
+                "width", "label_field")
 
 
 class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
@@ -88,6 +88,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
                        help="normalization mean per channel, fractions of 255 (default: computed from "
                             "the training store)")
     group.add_argument("--std", type=positive_float, nargs=3, metavar=("R", "G", "B"), help="ditto, standard deviation")
+    group.add_argument("--label-field", metavar="NAME", default=RECIPE.label_field,
+                       help="the stores' integer field of class labels (default: 'label', or the only integer "
+                            "field other than 'index'; an ffcv file's may be named otherwise)")
     group.add_argument("--model", type=model_spec, default=RECIPE.model.name, metavar="MODEL",
                        help="small_resnet (default), resnet18, or MODULE:CALLABLE: your function, called "
                             "with num_classes=, returning an nn.Module (MODULE is imported from the "
@@ -106,7 +109,7 @@ def recipe_from_args(args, epochs: int):
     return RECIPE.replace(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           label_smoothing=args.label_smoothing, pad=args.pad, crop=args.crop,
                           mean=None if args.mean is None else tuple(args.mean),
-                          std=None if args.std is None else tuple(args.std),
+                          std=None if args.std is None else tuple(args.std), label_field=args.label_field,
                           name=args.model, widths=tuple(args.width * 2**i for i in range(3)))
 
 
@@ -244,7 +247,8 @@ def _train(args) -> int:
     channels_last = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
     recipe = recipe_from_args(args, args.epochs)
     data = describe_recipe_data(recipe, (args.train, args.val))
-    print(f"{args.train}: {data.num_classes} classes, images {data.image_size}, normalized with mean "
+    labels = "" if recipe.label_field is None else f" (field {recipe.label_field!r})"
+    print(f"{args.train}: {data.num_classes} classes{labels}, images {data.image_size}, normalized with mean "
           f"{_rounded(data.mean)} std {_rounded(data.std)}", flush=True)
     print(f"training on {describe_device(device)}, {'fp32' if amp == 'off' else amp}", flush=True)
     print(describe_recipe(recipe), flush=True)

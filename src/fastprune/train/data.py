@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FastpruneError
 from ..loader._source import OTHER_TASKS, targets_kind
 from ..random_streams import statistics_sample
 from ..store.fields import IntField
@@ -43,31 +43,37 @@ class DataSpec:
 
 
 def describe_stores(train, val, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    crop: int | None = None) -> DataSpec:
+                    crop: int | None = None, label_field: str | None = None) -> DataSpec:
     """Check ``train`` and ``val`` (stores or paths) fit a run with these options; return the
-    :class:`DataSpec`. ``mean``/``std``: None computes them from the training store."""
-    with _opened(train, val) as (training, validation):
+    :class:`DataSpec`. ``mean``/``std``: None computes them from the training store.
+    ``label_field``: the stores' field of class labels (None: as the Loader chooses)."""
+    with _opened(train, val, label_field) as (training, validation):
         return _described({"training": training, "validation": validation}, train, val, mean, std, crop)
 
 
-def check_classes(train, val) -> int:
+def check_classes(train, val, label_field: str | None = None) -> int:
     """The number of classes of ``train`` and ``val`` (stores or paths), their labels checked as
     :func:`describe_stores` checks them, and nothing else read: a command checks them before it
     prints its plan."""
-    with _opened(train, val) as (training, validation):
+    with _opened(train, val, label_field) as (training, validation):
         return _classes(training, validation, store_name(train), store_name(val))
 
 
 @contextlib.contextmanager
-def _opened(train, val):
+def _opened(train, val, label_field: str | None = None):
     """The loader's views of the two stores (one gather thread each), closed at the block's end."""
     from ..loader._source import open_source
 
     with contextlib.ExitStack() as stack:
         with warnings.catch_warnings(record=True) as seen:  # "batches carry no labels" ahead of the refusal
             warnings.simplefilter("always")
-            training, validation = (stack.enter_context(open_source(store, None, None, threads=1))
-                                    for store in (train, val))
+            try:
+                training, validation = (stack.enter_context(open_source(store, None, label_field, threads=1))
+                                        for store in (train, val))
+            except FastpruneError:  # a damaged store stays a StoreError
+                raise
+            except ValueError as exc:  # a store that does not fit the options (--label-field): one line
+                raise ConfigError(str(exc)) from None
         if training.labels is not None and validation.labels is not None:  # else _classes refuses, in one line
             for warning in seen:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -82,6 +82,8 @@ class Recipe:
     # Normalization (per channel, fractions of 255); None: computed from the training store.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # The stores' integer field of class labels; None: 'label', or the only integer field but 'index'
+    label_field: str | None = None
     model: ModelSpec = ModelSpec()
 
     def replace(self, **changes) -> Recipe:
@@ -92,7 +94,7 @@ class Recipe:
 
     def training_json(self) -> dict[str, Any]:
         """The training fields (all but the model), as a result file's "recipe" records them.
-        crop, mean and std are left out while unset, so a recipe without them records as it did
+        crop, mean, std and label_field are left out while unset, so a recipe without them records as it did
         before they existed (and ``bench --continue`` accepts those files)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
                 if field.name != "model" and not (field.name in _UNSET_OMITTED and getattr(self, field.name) is None)}
@@ -107,7 +109,7 @@ class Recipe:
 
 
 RECIPE = Recipe()
-_UNSET_OMITTED = ("crop", "mean", "std")
+_UNSET_OMITTED = ("crop", "mean", "std", "label_field")
 
 # The main job's quick preset (`fastprune bench --quick`): the recipe with a half-width model,
 # about 3x cheaper per sample on a CPU, so that full data and the two bandits at keep 0.5 over all
@@ -220,13 +222,14 @@ def make_strategy(name: str, num_samples: int, keep: float, *, epochs: int, seed
 def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, augment: bool = True,
                  pad: int = 0, crop: int | None = None, threads: int | None = None, channels_last: bool = False,
                  mean=None, std=None, device: str | torch.device = "cpu", even_batches: bool = True,
-                 thread_nice="auto") -> tuple[Loader, Loader]:
+                 thread_nice="auto", label_field: str | None = None) -> tuple[Loader, Loader]:
     """(train loader, val loader) over two stores: horizontal flip (and, with ``pad`` > 0, a random
     crop of the padded image) for training, no augmentation for validation. With ``crop``, a
     RandomResizedCrop(crop) first for training and a CenterCrop(crop) for validation: both fused
     into the native decode, they batch stores whose images differ in size.
 
     ``mean``/``std`` (per channel, fractions of 255): None computes them from ``train``.
+    ``label_field``: the Loaders' (None: 'label', or the only integer field other than 'index').
 
     ``channels_last`` makes the loader's Normalize write NHWC-strided tensors directly, so the
     model's channels_last layout needs no conversion per batch.
@@ -256,16 +259,16 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
     val_crop = [CenterCrop(crop)] if crop else []
     train_loader = Loader(train, batch_size, sampler=sampler, transforms=[*augmentations, normalize],
                           seed=seed, threads=threads, device=device, even_batches=even_batches,
-                          thread_nice=thread_nice)
+                          thread_nice=thread_nice, label_field=label_field)
     val_loader = Loader(val, VAL_BATCH, transforms=[*val_crop, normalize], shuffle=False, threads=threads,
-                        device=device, thread_nice=thread_nice)
+                        device=device, thread_nice=thread_nice, label_field=label_field)
     return train_loader, val_loader
 
 
 def describe_recipe_data(recipe: Recipe, stores) -> DataSpec:
     """The classes, statistics and checks of ``stores`` (train, val) for ``recipe``
-    (:func:`~fastprune.train.data.describe_stores` with the recipe's crop, mean and std)."""
-    return describe_stores(*stores, mean=recipe.mean, std=recipe.std, crop=recipe.crop)
+    (:func:`~fastprune.train.data.describe_stores` with the recipe's crop, mean, std and label field)."""
+    return describe_stores(*stores, mean=recipe.mean, std=recipe.std, crop=recipe.crop, label_field=recipe.label_field)
 
 
 @process_state_kept()  # seeded for the run; the caller's random streams (a notebook's, a sweep's) as they were
@@ -309,7 +312,7 @@ def run_recipe(recipe: Recipe, strategy_name: str, keep: float, seed: int, store
         train_loader, val_loader = make_loaders(
             train_store, val_store, recipe.batch_size, sampler=strategy, seed=seed, pad=recipe.pad,
             crop=recipe.crop, threads=threads, channels_last=channels_last, mean=data.mean, std=data.std,
-            device=device, even_batches=recipe.even_batches, thread_nice=thread_nice)
+            device=device, even_batches=recipe.even_batches, thread_nice=thread_nice, label_field=recipe.label_field)
         model = recipe.model.build(data.num_classes, data.channels).to(device)
         optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
         criterion = nn.CrossEntropyLoss(reduction="none", label_smoothing=recipe.label_smoothing)
