@@ -194,8 +194,8 @@ def test_stores_that_do_not_fit_fail_in_one_line_naming_the_fix(twelve_class_sto
         (_train_args(mixed_store, mixed_store), "give --crop N (crop=N in Python)"),
         (_train_args(train, val, "--mean", "0.5", "0.5", "0.5"), "give both --mean and --std"),
         (_train_args(coarse_fine, val), "no label field (an integer field named 'label', or the only integer field "
-                                        "other than 'index'); train from Python, naming one of coarse, fine: fit() "
-                                        "on Loader(..., label_field=NAME)"),
+                                        "other than 'index'); name one of coarse, fine with --label-field "
+                                        "(label_field= in Python)"),
         (_train_args(unlabelled, val), "convert it with labels (fastprune convert writes 'label')"),
         (_train_args(train, val, "--model", "no_such_module_here:make"), "cannot import 'no_such_module_here'"),
     ]

@@ -146,7 +146,7 @@ def _classes(train, val, train_name: str, val_name: str) -> int:
         if source.labels is None:
             ints = [field for field, kind in source.owner.fields.items()
                     if isinstance(kind, IntField) and field != "index"]
-            fix = (f"train from Python, naming one of {', '.join(ints)}: fit() on Loader(..., label_field=NAME)"
+            fix = (f"name one of {', '.join(ints)} with --label-field (label_field= in Python)"
                    if ints else "convert it with labels (fastprune convert writes 'label')")
             raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only integer "
                               f"field other than 'index'); {fix}")
