@@ -100,3 +100,4 @@ def test_a_checkpoint_holding_numpy_arrays_names_the_older_format_without_torchs
     message = str(error.value)
     assert "written by a fastprune before checkpoint format 2" in message and "Unsupported global" in message
     assert "safe_globals" not in message and "weights_only" not in message and "\n" not in message
+

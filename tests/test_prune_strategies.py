@@ -714,3 +714,26 @@ def test_a_loop_that_scores_too_few_samples_is_warned_once():
         _train_epochs(resumed, 2, start=3)
     with pytest.warns(UsageWarning, match="epoch 6 starts, .* 20 of the 200 samples selected for epoch 5"):
         _train_epochs(resumed, 2, scored_fraction=0.1, start=5)
+
+
+def test_a_warning_points_at_the_users_line_through_context_manager_decorators():
+    """run_recipe is decorated with @process_state_kept(): its strategies' warnings (EL2N's 'never
+    prunes') pointed at contextlib's wrapper, not the caller's line."""
+    import contextlib
+    import warnings
+
+    from fastprune.errors import UsageWarning, user_stacklevel
+
+    namespace = {"__name__": "fastprune.fake", "warnings": warnings, "user_stacklevel": user_stacklevel}
+    exec("def warn_here():\n    warnings.warn('deep', UsageWarning, stacklevel=user_stacklevel())\n",
+         {**namespace, "UsageWarning": UsageWarning}, namespace)
+
+    @contextlib.contextmanager
+    def kept():
+        yield
+
+    namespace["decorated"] = kept()(namespace["warn_here"])
+    exec("def entry():\n    decorated()\n", namespace)
+    with pytest.warns(UsageWarning, match="deep") as caught:
+        namespace["entry"]()
+    assert caught[0].filename == __file__

@@ -132,7 +132,10 @@ def user_stacklevel() -> int:
     first frame outside fastprune (the user's line, however many constructors are in between:
     EL2N's pointed into static.py, so a re-run cell showed it only once)."""
     frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("fastprune."):
+    # contextlib's frames too: a function of ours under a context-manager decorator (run_recipe's
+    # @process_state_kept()) is called through contextlib's wrapper
+    while frame is not None and (frame.f_globals.get("__name__", "").startswith("fastprune.")
+                                 or frame.f_globals.get("__name__") == "contextlib"):
         frame, level = frame.f_back, level + 1
     return level
 
