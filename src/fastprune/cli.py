@@ -132,6 +132,8 @@ SOURCE is one of:
   a Hugging Face dataset saved with save_to_disk (a DatasetDict: --split names one of its splits), or
     a .parquet/.arrow file of one split; image and label columns by name (--columns), a ClassLabel's
     names kept (needs the datasets package: pip install "fastprune[hf]")
+  a .beton store (one ffcv wrote, say) with --index: copied, every value as stored (JPEG bytes
+    kept), with the index field ffcv's own Loader needs to name a batch's samples (PrunedOrder)
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
 replicated), label (int), coarse_label for CIFAR-100 with --coarse, index (each sample's id) with
 --index, name (each image's path below the folder) with --names.

@@ -13,8 +13,9 @@ from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar, is_archive
 from .hf_files import FILE_SUFFIXES, from_hf_path, is_hf_folder
 from .idx import FASHION_MNIST_DIR, from_idx
 from .image_folder import from_image_folder
+from .store_copy import from_store
 
-KINDS = ("idx", "cifar10", "cifar100", "imagefolder", "npz", "hf")
+KINDS = ("idx", "cifar10", "cifar100", "imagefolder", "npz", "hf", "store")
 SHORTCUTS = {"fashion-mnist": FASHION_MNIST_DIR}  # names that stand for a known location
 SPLIT_KINDS = {"idx", "cifar10", "cifar100", "hf"}
 TRAIN_TEST_KINDS = {"idx", "cifar10", "cifar100"}  # their only splits
@@ -39,6 +40,8 @@ def detect_kind(path: Path) -> str:
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "npz"
+        if path.suffix.lower() == ".beton":
+            return "store"
         if path.suffix.lower() in FILE_SUFFIXES:
             return "hf"
         if is_archive(path) and "cifar-100" in path.name.lower():
@@ -46,8 +49,8 @@ def detect_kind(path: Path) -> str:
         if is_archive(path) and "cifar-10" in path.name.lower():
             return "cifar10"
         raise ConversionError(f"{path}: cannot tell what this file is; sources are folders, "
-                              ".npz files with 'images' and 'labels', CIFAR .tar.gz archives, or Hugging "
-                              "Face .parquet/.arrow files")
+                              ".npz files with 'images' and 'labels', CIFAR .tar.gz archives, Hugging "
+                              "Face .parquet/.arrow files, or .beton stores (--index)")
     names = {p.name for p in path.iterdir()}
     if is_hf_folder(names):  # before image folders: a DatasetDict's splits are subfolders
         return "hf"
@@ -83,6 +86,16 @@ def _check_applicable(kind: str, split: str | None, max_side: int | None,
         raise ConversionError(f"--coarse applies to cifar100 sources, not {kind}")
 
 
+def _check_store_copy(path: Path, index: bool, jpeg: bool, class_names) -> None:
+    """A store is converted only to add an index field, every value kept as stored."""
+    if not index:
+        raise ConversionError(f"{path}: a store is already converted; converting it again adds an index field "
+                              "(for ffcv's own Loader): pass --index (index=True)")
+    if jpeg or class_names is not None:
+        raise ConversionError(f"--{'jpeg' if jpeg else 'class-names'} does not apply to a store source: its values "
+                              "are copied as stored")
+
+
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "auto",
             split: str | None = None, jpeg: bool = False,
             quality: int = _common.DEFAULT_JPEG_QUALITY, max_side: int | None = None,
@@ -98,7 +111,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
     ``skip_unreadable`` leaves out an image folder's unreadable files and ``names`` stores each
     image's path (see ``from_image_folder``); ``columns``: a Hugging Face source's (image, label)
     column names (default: image, label); ``targets``: a .npz file's or Hugging Face
-    source's labels are targets, not classes (see :func:`fastprune.convert.from_arrays`)."""
+    source's labels are targets, not classes (see :func:`fastprune.convert.from_arrays`). A
+    .beton store (ffcv's, say) converts only with ``index``: copied with an ``index`` field added
+    (:func:`fastprune.convert.from_store`)."""
     path = resolve_source(source)
     if kind == "auto":
         kind = detect_kind(path)
@@ -117,6 +132,9 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         raise ConversionError(f"--columns applies to hf sources, not {kind}")
     if targets and kind not in ("npz", "hf"):
         raise ConversionError(f"--targets applies to npz and hf sources, not {kind} (its labels are classes)")
+    if kind == "store":
+        _check_store_copy(path, index, jpeg, class_names)
+        return from_store(path, out, workers=workers, progress=progress)
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
                   index=index)
     if kind == "idx":

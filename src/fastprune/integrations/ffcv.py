@@ -24,8 +24,9 @@
 ffcv yields a batch's fields in the store's order, not the ``pipelines`` dict's, and fields the
 dict leaves out too (unless set to None): ``PrunedOrder`` warns when the two orders differ (a
 store written as image, index, label unpacked as above trained on sample ids as labels), and
-refuses pipelines naming a field the store lacks. A store with no index field cannot name a
-batch's samples: convert it with ``index=True``.
+refuses pipelines naming a field the store lacks. A store with no index field (ffcv's writer adds
+none) cannot name a batch's samples: ``fastprune convert FILE.beton --index --out COPY.beton``
+(:func:`fastprune.convert.from_store`) copies it with one, every value as stored.
 
 ffcv's Loader counts its epochs from 0 (``loader.next_epoch``): to resume after
 ``strategy.load_state_dict(...)``, set ``loader.next_epoch`` to the checkpoint's next epoch. A pass

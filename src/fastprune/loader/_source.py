@@ -118,29 +118,32 @@ def default_threads(modes: np.ndarray) -> int:
 
 
 def open_source(store_or_path, image_field: str | None, label_field: str | None | bool, threads: int | None,
-                max_pixels: int = core.DEFAULT_MAX_PIXELS, nice: int = 0) -> ImageSource:
+                max_pixels: int = core.DEFAULT_MAX_PIXELS, nice: int = 0, quiet: bool = False) -> ImageSource:
     """The loader's view of one image field (and label field) of a store. ``threads``/``nice``:
     the native gather's pool (its workers run ``nice`` steps below their creator); None:
-    :func:`default_threads`. ``label_field`` None chooses one; False: no labels. Opened from a
+    :func:`default_threads`. ``label_field`` None chooses one (``quiet``: without warning when none
+    fits, for a caller that refuses that itself); False: no labels. Opened from a
     path, the source holds the file open until its ``close()`` (or the end of a ``with`` block)."""
     store = _open(store_or_path)
     opened_here = store is not store_or_path
     try:
-        return _source_of(store, image_field, label_field, threads, max_pixels, nice, owns_store=opened_here)
+        return _source_of(store, image_field, label_field, threads, max_pixels, nice, owns_store=opened_here,
+                          quiet=quiet)
     except BaseException:
         if opened_here:  # for nothing
             store.close()
         raise
 
 
-def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice, owns_store: bool) -> ImageSource:
+def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice, owns_store: bool,
+               quiet: bool = False) -> ImageSource:
     columns = _columns(store)
     image_field = image_field or _pick_image_field(columns, store.path)
     if image_field not in columns or not _RGB_METADATA_NAMES <= set(columns[image_field].dtype.names or ()):
         raise ValueError(f"{store.path}: image_field={image_field!r} is not an RGB image field of this store "
                          f"(fields: {sorted(columns)})")
     if label_field is None:
-        label_field = _pick_label_field(store)
+        label_field = _pick_label_field(store, warn=not quiet)
     elif label_field is False:  # no labels wanted (image statistics): none chosen, nothing warned
         label_field = None
     if label_field is not None and not isinstance(store.fields.get(label_field), _LABEL_FIELD_TYPES):
@@ -220,7 +223,7 @@ def targets_kind(labels) -> str | None:
     return None
 
 
-def _pick_label_field(store: Store) -> str | None:
+def _pick_label_field(store: Store, warn: bool = True) -> str | None:
     """``label`` if it is an int, float or array field (of a dtype torch holds), else the class
     labels' field (:func:`class_label_field`: the only int field other than ``index``, the
     sample ids; ``write_dataset(index_field=)`` beside a float target had made them the labels,
@@ -231,7 +234,7 @@ def _pick_label_field(store: Store) -> str | None:
     if isinstance(label, (IntField, FloatField)) or (isinstance(label, NDArrayField) and _torch_holds(label.dtype)):
         return "label"
     chosen = class_label_field(fields)
-    if chosen is None:
+    if chosen is None and warn:
         candidates = [name for name, field in fields.items() if isinstance(field, _LABEL_FIELD_TYPES)
                       and name != "index"]
         if candidates:

@@ -209,7 +209,8 @@ class RGBImageField(Field):
     def __repr__(self):
         if self.written_by_ffcv is None:
             return super().__repr__()
-        return f"RGBImageField(written by ffcv: {self.written_by_ffcv} samples, quality and max_resolution not recorded)"
+        return (f"RGBImageField(written by ffcv: {self.written_by_ffcv} samples, quality and max_resolution "
+                "not recorded)")
 
     def encode(self, value):
         if isinstance(value, EncodedJpeg) and self.write_mode == "jpg" and not self._too_large(value):
@@ -411,9 +412,15 @@ def class_label_field(fields) -> str | None:
     ``Store.class_names`` all read the labels there."""
     if isinstance(fields.get("label"), IntField):
         return "label"
-    ints = [name for name, field in fields.items() if isinstance(field, IntField) and name != "index"]
+    ints = class_label_candidates(fields)
     return ints[0] if len(ints) == 1 else None
 
 
-__all__ = ["Field", "class_label_field", "FloatField", "IntField", "EncodedJpeg", "RGBImageField", "BytesField",
-           "NDArrayField", "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD", "encode_jpeg", "decode_jpeg"]
+def class_label_candidates(fields) -> list[str]:
+    """The fields that could hold class labels: the IntFields other than ``index``."""
+    return [name for name, field in fields.items() if isinstance(field, IntField) and name != "index"]
+
+
+__all__ = ["Field", "class_label_candidates", "class_label_field", "FloatField", "IntField", "EncodedJpeg",
+           "RGBImageField", "BytesField", "NDArrayField", "JSONField", "TorchTensorField", "TYPE_ID_TO_FIELD",
+           "encode_jpeg", "decode_jpeg"]

@@ -119,17 +119,26 @@ class Store:
         buffer = self._open_buffer()
         self.check_unchanged()
         record = self._metadata[i]
-        values = []
-        for k, (name, field) in enumerate(self._fields.items()):
-            data = None
-            if field.has_payload:
-                offsets, sizes = self._ranges[name]
-                data = buffer[int(offsets[i]):int(offsets[i]) + int(sizes[i])]
-            try:
-                values.append(field.decode(record[k], data))
-            except (ValueError, OSError, SyntaxError, RecursionError) as exc:  # PIL: bad JPEGs as OSError; JSON: nesting
-                raise StoreError(f"{self.path}: sample {i}, field {name!r} cannot be decoded: {exc}") from exc
-        return tuple(values)
+        return tuple(self._decoded(i, k, name, field, record, buffer)
+                     for k, (name, field) in enumerate(self._fields.items()))
+
+    def field_value(self, index, name: str):
+        """Field ``name`` of sample ``index``, decoded (``store[index]`` decodes every field)."""
+        self.field_ranges(name)  # another name: a KeyError naming the fields
+        i = self._check_index(index)
+        buffer = self._open_buffer()
+        self.check_unchanged()
+        return self._decoded(i, self.field_index(name), name, self._fields[name], self._metadata[i], buffer)
+
+    def _decoded(self, i: int, k: int, name: str, field: Field, record, buffer: np.ndarray):
+        data = None
+        if field.has_payload:
+            offsets, sizes = self._ranges[name]
+            data = buffer[int(offsets[i]):int(offsets[i]) + int(sizes[i])]
+        try:
+            return field.decode(record[k], data)
+        except (ValueError, OSError, SyntaxError, RecursionError) as exc:  # PIL: bad JPEGs as OSError; JSON: nesting
+            raise StoreError(f"{self.path}: sample {i}, field {name!r} cannot be decoded: {exc}") from exc
 
     def check_unchanged(self) -> None:
         """Raise StoreError if the file was changed in place since it was opened.

@@ -194,12 +194,18 @@ def _load_failure(exc: BaseException) -> str:
 STORE_SETTINGS = {"train_store": "training", "val_store": "validation"}
 
 
+# Settings recorded since checkpoint format 2 whose absence means one value: before --label-field,
+# every run read the default label field
+SETTINGS_ABSENT_MEAN = {"label_field": None}
+
+
 def check_settings(path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume a run whose settings differ from the checkpoint's, naming each difference."""
     for key, role in STORE_SETTINGS.items():
         if key in saved and key in current and saved[key] != current[key]:
             raise CheckpointError(f"{path} was written for another {role} store ({saved[key]}; this one: "
                                   f"{current[key]}): resume on the same stores, or start a new checkpoint")
+    saved = {**SETTINGS_ABSENT_MEAN, **saved}
     differ = [f"{key}={saved.get(key)!r} in the checkpoint, {value!r} now"
               for key, value in current.items() if saved.get(key, value) != value]
     if differ:

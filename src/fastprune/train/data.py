@@ -8,7 +8,6 @@ it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the l
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,7 +16,7 @@ import numpy as np
 from ..errors import ConfigError, FastpruneError
 from ..loader._source import OTHER_TASKS, targets_kind
 from ..random_streams import statistics_sample
-from ..store.fields import IntField
+from ..store.fields import class_label_candidates
 from ..store.names import label_gap, named_class_count
 from ..store.reader import store_name
 
@@ -65,18 +64,13 @@ def _opened(train, val, label_field: str | None = None):
     from ..loader._source import open_source
 
     with contextlib.ExitStack() as stack:
-        with warnings.catch_warnings(record=True) as seen:  # "batches carry no labels" ahead of the refusal
-            warnings.simplefilter("always")
-            try:
-                training, validation = (stack.enter_context(open_source(store, None, label_field, threads=1))
-                                        for store in (train, val))
-            except FastpruneError:  # a damaged store stays a StoreError
-                raise
-            except ValueError as exc:  # a store that does not fit the options (--label-field): one line
-                raise ConfigError(str(exc)) from None
-        if training.labels is not None and validation.labels is not None:  # else _classes refuses, in one line
-            for warning in seen:
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        try:  # quiet: a store without labels is refused by _classes, naming --label-field, in one line
+            training, validation = (stack.enter_context(open_source(store, None, label_field, threads=1, quiet=True))
+                                    for store in (train, val))
+        except FastpruneError:  # a damaged store stays a StoreError
+            raise
+        except ValueError as exc:  # a store that does not fit the options (--label-field): one line
+            raise ConfigError(str(exc)) from None
         yield training, validation
 
 
@@ -144,8 +138,7 @@ def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple
 def _classes(train, val, train_name: str, val_name: str) -> int:
     for source, name in ((train, train_name), (val, val_name)):
         if source.labels is None:
-            ints = [field for field, kind in source.owner.fields.items()
-                    if isinstance(kind, IntField) and field != "index"]
+            ints = class_label_candidates(source.owner.fields)
             fix = (f"name one of {', '.join(ints)} with --label-field (label_field= in Python)"
                    if ints else "convert it with labels (fastprune convert writes 'label')")
             raise ConfigError(f"{name}: no label field (an integer field named 'label', or the only integer "

@@ -169,7 +169,7 @@ def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str =
     (ConfigError naming ``keep_option``), before any work."""
     from ..loader._source import open_source
 
-    with open_source(train_store, None, None, threads=1) as source:
+    with open_source(train_store, None, False, threads=1) as source:  # no labels read
         if int(round(keep * source.num_samples)) < 1:  # as the strategy would refuse it, after the warm-up
             raise ConfigError(f"{keep_option} {keep:g} keeps no sample of the {source.num_samples} in "
                               f"{store_name(train_store)}: give a larger {keep_option}")
@@ -246,7 +246,7 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
                           f"train), got {'mean' if std is None else 'std'} alone")
     augment = check_bool(augment, "make_loaders: augment")
     if mean is None:
-        with open_source(train, None, None, threads=1) as source:
+        with open_source(train, None, False, threads=1) as source:  # pixels only
             mean, std = channel_statistics(source)
     normalize = Normalize(mean, std, channels_last=channels_last)
     augmentations = []
