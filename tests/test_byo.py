@@ -215,8 +215,14 @@ def test_label_field_trains_on_a_store_whose_labels_are_not_named_label(twelve_c
     log = tmp_path / "log.json"
     assert main(_train_args(*stores, "--label-field", "fine", "--checkpoint", str(tmp_path / "c.pt"), "--log-json",
                             str(log), "--batch-size", "8")) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"{stores[0]}: 4 classes (field 'fine')" in out
+    assert "no labels" not in err  # the Loader's 'name one as the label_field' was printed though it was named
+    scores = tmp_path / "s.csv"  # the checkpoint's label field labels the rows
+    assert main(["scores", str(tmp_path / "c.pt"), "--store", str(stores[0]), "--out", str(scores)]) == 0
+    rows = list(csv.DictReader(scores.open()))
+    assert sorted({row["label"] for row in rows}) == ["0", "1", "2", "3"]
+    assert all(int(row["label"]) == int(row["index"]) % 4 for row in rows)
     assert json.loads(log.read_text())["history"][0]["val_class_acc"].keys() == {"0", "1", "2", "3"}
     assert torch.load(tmp_path / "c.pt", weights_only=True)["settings"]["label_field"] == "fine"
     assert main(_train_args(*stores, "--label-field", "coarse", "--checkpoint", str(tmp_path / "c.pt"), "--resume",

@@ -75,6 +75,19 @@ def test_a_checkpoint_without_a_setting_this_run_records_resumes_with_a_warning_
         load_checkpoint(path, model, make_optimizer(model), settings={"epochs": 2})  # all recorded: silent
 
 
+def test_a_checkpoint_from_before_label_field_resumes_silently_with_the_default_and_refuses_another(tmp_path):
+    """Before --label-field every run read the default field: its absence means None, which a
+    resume may take without a word; another field would train a different task, and is refused."""
+    from fastprune.train import load_checkpoint, make_optimizer
+
+    path, model = _checkpoint(tmp_path, {"epochs": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(path, model, make_optimizer(model), settings={"epochs": 2, "label_field": None})
+    with pytest.raises(CheckpointError, match="label_field=None in the checkpoint, 'fine' now"):
+        load_checkpoint(path, model, make_optimizer(model), settings={"epochs": 2, "label_field": "fine"})
+
+
 def test_a_checkpoint_of_another_format_says_whether_to_upgrade_or_start_over(tmp_path):
     from fastprune.train import load_checkpoint
 

@@ -5,6 +5,7 @@ import torch
 import pytest
 
 from fastprune._native import core
+from fastprune.errors import UsageWarning
 from fastprune.random_streams import tie_order
 from fastprune.prune import (EL2N, UCB, EpsilonGreedy, Forgetting, Full, InfoBatch, ScoreTable, Selection,
                              UniformRandom)
@@ -534,7 +535,9 @@ def test_other_labels_are_refused_and_older_checkpoints_still_load():
     state = EpsilonGreedy(60, 0.5).state_dict()  # a checkpoint from before these keys were recorded
     for key in ("warmup_epochs", "reselect_every", "labels", "epochs", "final_full_epochs", "skip_invalid"):
         del state["config"][key]
-    EpsilonGreedy(60, 0.5).load_state_dict(state)
+    with pytest.warns(UsageWarning, match="its warmup_epochs, reselect_every, labels, epochs, final_full_epochs, "
+                                          "skip_invalid were not recorded"):
+        EpsilonGreedy(60, 0.5).load_state_dict(state)
     scheduled = EpsilonGreedy(60, 0.5, keep_schedule=[0.2]).state_dict()  # checked both ways now
     with pytest.raises(ValueError, match="keep_schedule"):
         EpsilonGreedy(60, 0.5).load_state_dict(scheduled)

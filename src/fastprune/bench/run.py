@@ -187,7 +187,8 @@ def run_one(strategy_name: str, keep: float, seed: int, stores, settings, *, rec
         from ..prune.report import kept_grid as draw
 
         kept_grid = Path(kept_grid)
-        draw(strategy, stores[0], kept_grid.with_name(f"{kept_grid.stem}-{name}{kept_grid.suffix}"))
+        draw(strategy, stores[0], kept_grid.with_name(f"{kept_grid.stem}-{name}{kept_grid.suffix}"),
+             label_field=recipe.label_field)
     return _run_row(strategy_name, keep, seed, strategy, history)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,31 +142,32 @@ def report_of(source) -> dict[str, np.ndarray]:
     return run_report(source)[0]
 
 
-def run_report(source) -> tuple[dict[str, np.ndarray], str | None]:
-    """(:func:`report_of` ``source``, the training store its checkpoint records: size and checksums,
-    see ``store_identity``; None when ``source`` is no checkpoint or its run recorded none)."""
+def run_report(source) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(:func:`report_of` ``source``, the settings its checkpoint records: ``train_store``, the
+    training store's size and checksums (see ``store_identity``), and ``label_field`` where the run
+    named one; empty when ``source`` is no checkpoint)."""
     if isinstance(source, (list, tuple)):
         parts = [run_report(part) for part in source]
-        return merge_reports(report for report, _ in parts), next((s for _, s in parts if s), None)
+        return merge_reports(report for report, _ in parts), next((s for _, s in parts if s), {})
     if isinstance(source, dict):
-        return (report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source), None
+        return (report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source), {}
     if isinstance(source, (str, os.PathLike)):
         from ..train.checkpoints import read_checkpoint
 
         state = read_checkpoint(source, map_location="cpu")
         if state.get("strategy") is None:
             raise ConfigError(f"{source}: the checkpoint holds no strategy (a run without pruning)")
-        return report_from_state(state["strategy"]), (state.get("settings") or {}).get("train_store")
-    return sample_report(source), None
+        return report_from_state(state["strategy"]), state.get("settings") or {}
+    return sample_report(source), {}
 
 
-def _with_labels(report: dict, store, trained_on: str | None = None) -> dict:
-    """``report`` with the ``store``'s labels (and class names); ``trained_on``: the store identity
-    the run's checkpoint records, which ``store`` must match (another store of the same size would
-    label every row silently wrong)."""
+def _with_labels(report: dict, store, trained_on: str | None = None, label_field: str | None = None) -> dict:
+    """``report`` with the ``store``'s labels (of ``label_field``; None: the Loader's choice) and
+    class names; ``trained_on``: the store identity the run's checkpoint records, which ``store``
+    must match (another store of the same size would label every row silently wrong)."""
     from ..loader._source import open_source
 
-    with open_source(store, None, None, threads=1) as source:
+    with open_source(store, None, label_field, threads=1) as source:
         return _labelled(report, source, store_name(store), trained_on)
 
 
@@ -214,17 +216,20 @@ def sample_names(store, ids: np.ndarray) -> np.ndarray | None:
                      for i in ids])
 
 
-def export_scores(source, path, *, store=None, trained_on: str | None = None) -> Path:
+def export_scores(source, path, *, store=None, trained_on: str | None = None,
+                  label_field: str | None = None) -> Path:
     """Write the per-sample report of ``source`` (a strategy, its state_dict, a checkpoint path,
     or a list of these: the shards of a ``distributed="sharded"`` run, merged) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
     array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
     the store names its classes, and ``name``, each image's file, where ``convert --names`` stored
     it); a checkpoint's run must have trained on it. ``trained_on``: the
-    training store's identity, for a ``source`` that is already a report. Returns the path."""
+    training store's identity, for a ``source`` that is already a report. ``label_field``: the
+    store's field of class labels (a checkpoint's run records its own). Returns the path."""
     path = Path(path)
     report, recorded = run_report(source)
     if store is not None:
-        report = _with_labels(report, store, recorded or trained_on)
+        report = _with_labels(report, store, recorded.get("train_store") or trained_on,
+                              recorded.get("label_field") or label_field)
     by_id = np.argsort(report["index"], kind="stable")  # one shard's rows come in shard order: by id, as merged
     report = {name: column[by_id] for name, column in report.items()}
     suffix = path.suffix.lower()
@@ -250,12 +255,13 @@ def kept_order(report: dict, ids: np.ndarray) -> np.ndarray:
 
 
 def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
-              trained_on: str | None = None) -> Path:
+              trained_on: str | None = None, label_field: str | None = None) -> Path:
     """Draw a PNG of each class's ``per_class`` most-kept images (left) and least-kept images
     (right; titled "never kept" when every one shown there is), captioned with their times kept; one row per
     class (the first ``max_classes``), named by the store's class names where it has them.
     ``source``: a strategy, its state_dict, a report or a checkpoint path; ``store``: the training
-    store it scored (``trained_on``: as in :func:`export_scores`). Needs matplotlib (the ``plots`` extra)."""
+    store it scored (``trained_on``, ``label_field``: as in :func:`export_scores`). Needs matplotlib (the
+    ``plots`` extra)."""
     from ..loader._source import open_source
 
     per_class = check_positive_int(per_class, "kept_grid: per_class")
@@ -267,8 +273,9 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     report, recorded = run_report(source)
     if "times_kept" not in report:
         raise ConfigError(f"the kept-images grid needs times kept, {NO_TIMES_KEPT}")
-    with open_source(store, None, None, threads=1) as images:  # the store opened once, for labels and pictures
-        report = _labelled(report, images, store_name(store), recorded or trained_on)
+    label_field = recorded.get("label_field") or label_field
+    with open_source(store, None, label_field, threads=1) as images:  # opened once, for labels and pictures
+        report = _labelled(report, images, store_name(store), recorded.get("train_store") or trained_on)
         fig = _grid_figure(plt, report, images, per_class, max_classes)
     with written_atomically(path, binary=True) as file:
         fig.savefig(file, format=Path(path).suffix[1:].lower(), dpi=100)
@@ -363,16 +370,19 @@ def scores_main(args) -> int:
         check_distinct({"--out": out, "--grid": args.grid})
         require("matplotlib", "plots", "--grid")
         check_image_file(args.grid, "--grid")
-    report, trained_on = run_report(args.checkpoint if len(args.checkpoint) > 1 else first)
+    report, recorded = run_report(args.checkpoint if len(args.checkpoint) > 1 else first)
     if args.grid is not None and "times_kept" not in report:  # before writing anything
         raise ConfigError(f"--grid needs times kept, {NO_TIMES_KEPT} ({first}): drop --grid")
     with contextlib.ExitStack() as opened:  # the store opened (and its offsets checked) once, for both outputs
         store = None if args.store is None else opened.enter_context(Store(args.store))
-        export_scores(report, out, store=store, trained_on=trained_on)
+        export_scores(report, out, store=store, trained_on=recorded.get("train_store"),
+                      label_field=recorded.get("label_field"))
         times = report.get("times_kept")
         kept = ("no times kept (track_kept=False, or a checkpoint older than their counting)" if times is None else
                 f"kept {times.mean():.2f} epochs on average, {int((times == 0).sum())} never kept")
         print(f"wrote {out}: {len(report['index'])} samples, {kept}")
         if args.grid is not None:
-            print(f"wrote {kept_grid(report, store, args.grid, trained_on=trained_on)}")
+            grid = kept_grid(report, store, args.grid, trained_on=recorded.get("train_store"),
+                             label_field=recorded.get("label_field"))
+            print(f"wrote {grid}")
     return 0

@@ -275,7 +275,7 @@ def _train(args) -> int:
     if args.kept_grid is not None:
         from ..prune.report import kept_grid
 
-        print(f"wrote {kept_grid(strategy, args.train, args.kept_grid)}", flush=True)
+        print(f"wrote {kept_grid(strategy, args.train, args.kept_grid, label_field=args.label_field)}", flush=True)
     logs.write(history)  # the whole history (a run with nothing left to train has no epoch end)
     return 0
 
