@@ -219,10 +219,21 @@ def test_label_field_trains_on_a_store_whose_labels_are_not_named_label(twelve_c
     assert f"{stores[0]}: 4 classes (field 'fine')" in out
     assert "no labels" not in err  # the Loader's 'name one as the label_field' was printed though it was named
     scores = tmp_path / "s.csv"  # the checkpoint's label field labels the rows
-    assert main(["scores", str(tmp_path / "c.pt"), "--store", str(stores[0]), "--out", str(scores)]) == 0
+    assert main(["scores", str(tmp_path / "c.pt"), "--store", str(stores[0]), "--out", str(scores),
+                 "--grid", str(tmp_path / "g.png")]) == 0
     rows = list(csv.DictReader(scores.open()))
     assert sorted({row["label"] for row in rows}) == ["0", "1", "2", "3"]
     assert all(int(row["label"]) == int(row["index"]) % 4 for row in rows)
+    assert (tmp_path / "g.png").stat().st_size > 0  # its rows are the 4 fine classes (it stopped: no 'label')
+    from fastprune.errors import ConfigError
+    from fastprune.prune import export_scores
+
+    with pytest.raises(ConfigError, match="label_field='coarse', but the run trained on 'fine'"):
+        export_scores(tmp_path / "c.pt", tmp_path / "s2.csv", store=stores[0], label_field="coarse")
+    report = fastprune.prune.report.report_of(tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match=r"cf-train\.beton: the store has no label field; name one of coarse, "
+                                          r"fine with label_field= \(--label-field\)$"):
+        export_scores(report, tmp_path / "s2.csv", store=stores[0])
     assert json.loads(log.read_text())["history"][0]["val_class_acc"].keys() == {"0", "1", "2", "3"}
     assert torch.load(tmp_path / "c.pt", weights_only=True)["settings"]["label_field"] == "fine"
     assert main(_train_args(*stores, "--label-field", "coarse", "--checkpoint", str(tmp_path / "c.pt"), "--resume",

@@ -35,7 +35,18 @@ def test_a_fastprune_store_is_copied_with_an_index_its_jpegs_and_names_as_stored
     source = from_arrays(rng.integers(0, 256, (30, 12, 10, 3), dtype=np.uint8), np.arange(30) % 3,
                          tmp_path / "a.beton", jpeg=True, quality=70, class_names=["x", "y", "z"], progress=False)
     assert main(["convert", str(source), "--index", "--out", str(tmp_path / "b.beton"), "--no-progress"]) == 0
-    assert _same_store_plus_index(source, tmp_path / "b.beton") == repr(fastprune.Store(source).fields["image"])
+    with fastprune.Store(source) as store:
+        assert _same_store_plus_index(source, tmp_path / "b.beton") == repr(store.fields["image"])
+        assert store.field_value(-1, "label") == 29 % 3 and store.field_value(2, "image").shape == (12, 10, 3)
+        with pytest.raises(KeyError, match="no field 'nope'"):
+            store.field_value(0, "nope")
+
+
+def test_many_samples_copy_alike_through_two_workers(tmp_path):
+    rng = np.random.default_rng(2)
+    source = from_arrays(rng.integers(0, 256, (700, 6, 5, 3), dtype=np.uint8), np.arange(700) % 7,
+                         tmp_path / "a.beton", progress=False)
+    _same_store_plus_index(source, from_store(source, tmp_path / "b.beton", workers=2, progress=False))
 
 
 def test_an_ffcv_store_of_jpeg_and_raw_samples_keeps_each_and_feeds_ffcvs_loader_ids(tmp_path):
@@ -77,10 +88,36 @@ def test_a_store_converts_only_to_add_an_index(tmp_path):
     with pytest.raises(ConversionError, match=r"a\.beton: a store is already converted; converting it again adds an "
                                               r"index field \(for ffcv's own Loader\): pass --index"):
         fastprune.convert.convert(source, tmp_path / "b.beton")
-    with pytest.raises(ConversionError, match="--jpeg does not apply to a store source"):
+    with pytest.raises(ConversionError, match=r"a\.beton: --jpeg does not apply to a store source"):
         fastprune.convert.convert(source, tmp_path / "b.beton", index=True, jpeg=True)
+    with pytest.raises(ConversionError, match=r"a\.beton: --resize does not apply to a store source: its values "
+                                              r"are copied as stored"):  # not 'its images share one shape'
+        fastprune.convert.convert(source, tmp_path / "b.beton", index=True, resize=(4, 4))
+    before = source.read_bytes()
+    link = tmp_path / "link.beton"
+    link.symlink_to(source)
+    for out in (source, link):  # it replaced the source with its copy
+        with pytest.raises(ConversionError, match="is the input file"):
+            from_store(source, out, progress=False)
+    assert source.read_bytes() == before
     indexed = from_arrays(np.zeros((4, 4, 4, 3), np.uint8), np.arange(4) % 2, tmp_path / "i.beton", index=True,
                           progress=False)
     with pytest.raises(ConversionError, match=r"i\.beton: the store already has an 'index' field"):
         from_store(indexed, tmp_path / "b.beton")
+    assert not (tmp_path / "b.beton").exists()
+
+
+def test_a_damaged_source_is_refused_not_copied_under_new_checksums(tmp_path):
+    """The copy's fresh checksums would vouch for the damaged bytes: the source is verified first."""
+    rng = np.random.default_rng(3)
+    source = from_arrays(rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), np.arange(6) % 2,
+                         tmp_path / "a.beton", progress=False)
+    with fastprune.Store(source) as store:
+        offsets, _ = store.field_ranges("image")
+        at = int(offsets[2])
+    data = bytearray(source.read_bytes())
+    data[at] ^= 1
+    source.write_bytes(bytes(data))
+    with pytest.raises(fastprune.StoreError, match=r"a\.beton: CORRUPT: data of 1 sample\(s\) corrupted"):
+        from_store(source, tmp_path / "b.beton", progress=False)
     assert not (tmp_path / "b.beton").exists()

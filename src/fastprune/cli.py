@@ -136,7 +136,7 @@ SOURCE is one of:
     kept), with the index field ffcv's own Loader needs to name a batch's samples (PrunedOrder)
 The kind is detected from the file names unless --kind says. Fields written: image (RGB; gray is
 replicated), label (int), coarse_label for CIFAR-100 with --coarse, index (each sample's id) with
---index, name (each image's path below the folder) with --names.
+--index, name (each image's path below the folder) with --names; a store's own fields plus index.
 Raw storage needs one image shape: use --resize HxW for image folders (or hf sources) of mixed
 sizes, or --jpeg.
 """
@@ -150,7 +150,8 @@ def add_convert_command(subparsers) -> None:
         "convert", help="convert a dataset to a store (.beton) file",
         description="Convert a dataset to a store (.beton) file, written atomically.",
         epilog=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", metavar="SOURCE", help="dataset folder, .npz file, CIFAR .tar.gz or 'fashion-mnist'")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="dataset folder, .npz file, CIFAR .tar.gz, .beton store (with --index) or 'fashion-mnist'")
     parser.add_argument("--out", "-o", required=True, type=Path, metavar="FILE", help="output file")
     parser.add_argument("--kind", default="auto", choices=("auto", *KINDS), help="source kind (default: auto)")
     parser.add_argument("--split", metavar="NAME",

@@ -86,14 +86,14 @@ def _check_applicable(kind: str, split: str | None, max_side: int | None,
         raise ConversionError(f"--coarse applies to cifar100 sources, not {kind}")
 
 
-def _check_store_copy(path: Path, index: bool, jpeg: bool, class_names) -> None:
+def _check_store_copy(path: Path, index: bool, options: list[str]) -> None:
     """A store is converted only to add an index field, every value kept as stored."""
     if not index:
         raise ConversionError(f"{path}: a store is already converted; converting it again adds an index field "
                               "(for ffcv's own Loader): pass --index (index=True)")
-    if jpeg or class_names is not None:
-        raise ConversionError(f"--{'jpeg' if jpeg else 'class-names'} does not apply to a store source: its values "
-                              "are copied as stored")
+    if options:
+        raise ConversionError(f"{path}: {options[0]} does not apply to a store source: its values are copied "
+                              "as stored, with an index field added")
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "auto",
@@ -119,6 +119,14 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         kind = detect_kind(path)
     if kind not in KINDS:
         raise ConversionError(f"unknown source kind {kind!r}; one of auto, {', '.join(KINDS)}")
+    if kind == "store":
+        given = {"--split": split is not None, "--jpeg": jpeg, "--max-side": max_side is not None,
+                 "--resize": resize is not None, "--coarse": coarse, "--max-pixels": max_pixels is not None,
+                 "--class-names": class_names is not None, "--drop-unlabeled": drop_unlabeled,
+                 "--skip-unreadable": skip_unreadable, "--names": names, "--columns": columns is not None,
+                 "--targets": targets}
+        _check_store_copy(path, index, [option for option, on in given.items() if on])
+        return from_store(path, out, workers=workers, progress=progress)
     _check_applicable(kind, split, max_side, resize, coarse, max_pixels)
     if skip_unreadable and kind not in ("imagefolder", "hf"):
         raise ConversionError(f"--skip-unreadable applies to image folders and hf sources, not {kind} "
@@ -132,9 +140,6 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         raise ConversionError(f"--columns applies to hf sources, not {kind}")
     if targets and kind not in ("npz", "hf"):
         raise ConversionError(f"--targets applies to npz and hf sources, not {kind} (its labels are classes)")
-    if kind == "store":
-        _check_store_copy(path, index, jpeg, class_names)
-        return from_store(path, out, workers=workers, progress=progress)
     common = dict(jpeg=jpeg, quality=quality, workers=workers, progress=progress, class_names=class_names,
                   index=index)
     if kind == "idx":

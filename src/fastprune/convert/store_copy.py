@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError
+from ._common import check_output_path
 from ..store import format as fmt
 from ..store.fields import EncodedJpeg, RGBImageField
 from ..store.reader import Store
@@ -75,10 +76,13 @@ def from_store(source: str | os.PathLike, out: str | os.PathLike, *, workers: in
 
     Every field and value is kept as stored (JPEG bytes copied, raw images raw), with the class
     names the source keeps. A source that already has an ``index`` field is refused: it needs no
-    copy."""
+    copy. A source with checksums (fastprune's) is verified first: the copy's new checksums would
+    vouch for damaged data; an ffcv source has none, so only its structure is checked."""
+    out = check_output_path(out, inputs=(source,))  # never over the source, even through a link
     with Store(source) as store:
         if INDEX_FIELD in store.fields:
             raise ConversionError(f"{source}: the store already has an {INDEX_FIELD!r} field")
+        store.verify().raise_if_bad()
         fields = {name: _as_stored(field) if isinstance(field, RGBImageField) else field
                   for name, field in store.fields.items()}
         return write_dataset(out, _Rows(store), fields, workers=workers, progress=progress,

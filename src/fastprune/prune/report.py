@@ -20,6 +20,7 @@ import numpy as np
 from .._args import check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
 from ..errors import ConfigError, UsageError, require
+from ..store.fields import class_label_candidates
 from ..store.reader import Store, store_name
 from .sharding import Sharding
 from .static import forgetting_scores
@@ -167,8 +168,18 @@ def _with_labels(report: dict, store, trained_on: str | None = None, label_field
     must match (another store of the same size would label every row silently wrong)."""
     from ..loader._source import open_source
 
-    with open_source(store, None, label_field, threads=1) as source:
+    with open_source(store, None, label_field, threads=1, quiet=True) as source:  # _labelled names the fix
         return _labelled(report, source, store_name(store), trained_on)
+
+
+def _run_label_field(recorded: dict[str, Any], label_field: str | None) -> str | None:
+    """The label field a report reads: the one the checkpoint's run trained on, else ``label_field``;
+    a ``label_field`` naming another is refused (the rows would be labelled by a field not trained on)."""
+    trained = recorded.get("label_field")
+    if trained is not None and label_field is not None and trained != label_field:
+        raise ConfigError(f"label_field={label_field!r}, but the run trained on {trained!r} (its checkpoint "
+                          "records it): give that one, or none")
+    return trained or label_field
 
 
 def _labelled(report: dict, source, name: str, trained_on: str | None) -> dict:
@@ -181,7 +192,9 @@ def _labelled(report: dict, source, name: str, trained_on: str | None) -> dict:
                           f"{trained_on}; this one: {store_identity(source.owner)}): give the run's "
                           "training store")
     if source.labels is None:
-        raise ConfigError(f"{name}: the store has no label field")
+        candidates = class_label_candidates(source.owner.fields)
+        raise ConfigError(f"{name}: the store has no label field" + (
+            f"; name one of {', '.join(candidates)} with label_field= (--label-field)" if candidates else ""))
     kind = targets_kind(source.labels)
     if kind:  # the report groups samples by class
         raise ConfigError(f"{name}: its label field {source.label_field!r} holds {kind}, not class "
@@ -219,17 +232,18 @@ def sample_names(store, ids: np.ndarray) -> np.ndarray | None:
 def export_scores(source, path, *, store=None, trained_on: str | None = None,
                   label_field: str | None = None) -> Path:
     """Write the per-sample report of ``source`` (a strategy, its state_dict, a checkpoint path,
-    or a list of these: the shards of a ``distributed="sharded"`` run, merged) to ``path``: ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one
-    array per column). ``store``: the training store, which adds ``label`` (and ``class``, where
-    the store names its classes, and ``name``, each image's file, where ``convert --names`` stored
-    it); a checkpoint's run must have trained on it. ``trained_on``: the
-    training store's identity, for a ``source`` that is already a report. ``label_field``: the
-    store's field of class labels (a checkpoint's run records its own). Returns the path."""
+    or a list of these: the shards of a ``distributed="sharded"`` run, merged) to ``path``:
+    ``.csv`` (one row per sample, columns :data:`COLUMNS`) or ``.npz`` (one array per column).
+    ``store``: the training store, which adds ``label`` (and ``class``, where the store names its
+    classes, and ``name``, each image's file, where ``convert --names`` stored it); a checkpoint's
+    run must have trained on it. ``trained_on``: the training store's identity, for a ``source``
+    that is already a report. ``label_field``: the store's field of class labels (a checkpoint's
+    run records its own, and another is refused). Returns the path."""
     path = Path(path)
     report, recorded = run_report(source)
     if store is not None:
         report = _with_labels(report, store, recorded.get("train_store") or trained_on,
-                              recorded.get("label_field") or label_field)
+                              _run_label_field(recorded, label_field))
     by_id = np.argsort(report["index"], kind="stable")  # one shard's rows come in shard order: by id, as merged
     report = {name: column[by_id] for name, column in report.items()}
     suffix = path.suffix.lower()
@@ -273,8 +287,8 @@ def kept_grid(source, store, path, *, per_class: int = 6, max_classes: int = 20,
     report, recorded = run_report(source)
     if "times_kept" not in report:
         raise ConfigError(f"the kept-images grid needs times kept, {NO_TIMES_KEPT}")
-    label_field = recorded.get("label_field") or label_field
-    with open_source(store, None, label_field, threads=1) as images:  # opened once, for labels and pictures
+    label_field = _run_label_field(recorded, label_field)
+    with open_source(store, None, label_field, threads=1, quiet=True) as images:  # once, for labels and pictures
         report = _labelled(report, images, store_name(store), recorded.get("train_store") or trained_on)
         fig = _grid_figure(plt, report, images, per_class, max_classes)
     with written_atomically(path, binary=True) as file:
