@@ -43,29 +43,25 @@ def _as_stored(field: RGBImageField) -> _AsStored:
 
 
 class _Rows:
-    """The source store's samples, image fields as stored (JPEG bytes undecoded)."""
+    """The source store's samples, its JPEG images as their bytes (not decoded)."""
 
     def __init__(self, store: Store):
         self.store = store
-        self.images = {name: (store.field_index(name), *store.field_ranges(name))
+        self.images = {name: store.field_ranges(name)
                        for name, field in store.fields.items() if isinstance(field, RGBImageField)}
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple:
-        record, buffer = self.store.metadata[i], self.store.buffer
-        values = []
-        for k, (name, field) in enumerate(self.store.fields.items()):
-            if name not in self.images:
+        record, values = self.store.metadata[i], []
+        for k, name in enumerate(self.store.fields):
+            if name in self.images and int(record[k]["mode"]) == fmt.IMAGE_MODE_JPG:
+                offset, size = (int(column[i]) for column in self.images[name])
+                data = self.store.buffer[offset:offset + size].tobytes()
+                values.append(EncodedJpeg(data, int(record[k]["height"]), int(record[k]["width"])))
+            else:  # raw pixels decode to themselves
                 values.append(self.store.field_value(i, name))
-                continue
-            meta, (offset, size) = record[k], (int(self.images[name][1][i]), int(self.images[name][2][i]))
-            data = buffer[offset:offset + size]
-            if int(meta["mode"]) == fmt.IMAGE_MODE_JPG:
-                values.append(EncodedJpeg(data.tobytes(), int(meta["height"]), int(meta["width"])))
-            else:
-                values.append(np.asarray(data).reshape(int(meta["height"]), int(meta["width"]), 3))
         return tuple(values)
 
 
