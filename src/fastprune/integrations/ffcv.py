@@ -175,9 +175,9 @@ def _check_pipeline_fields(loader) -> None:
 
     if not (hasattr(loader, "reader") and hasattr(loader, "_args")):  # not ffcv 1.0.2's Loader: nothing to check
         return
-    stored = list(loader.reader.handlers)
-    missing = [name for name, spec in loader._args["pipelines"].items()
-               if spec is not None and not isinstance(spec, PipelineSpec) and name not in stored]
+    stored, pipelines = list(loader.reader.handlers), loader._args["pipelines"]
+    missing = [name for name in _asked_fields(loader)
+               if not isinstance(pipelines[name], PipelineSpec) and name not in stored]
     if missing:
         hint = (": a store converted with index=True (fastprune convert --index) holds each sample's id as "
                 "'index', which update() and weights() need" if "index" in missing else "")

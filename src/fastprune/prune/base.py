@@ -73,7 +73,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import sys
 import warnings
 import zlib
 from collections.abc import Sequence
