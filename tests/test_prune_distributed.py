@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import traceback
+import types
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastprune.prune import UCB, InfoBatch
-from fastprune.prune.distributed import gather_updates
+from fastprune.prune.distributed import _collective_device, gather_updates
 
 WORLD = 2
 
@@ -105,6 +106,31 @@ def test_two_ranks_hold_identical_tables_and_selections(tmp_path):
 def test_distributed_true_without_a_group_is_an_error():
     with pytest.raises(RuntimeError, match="process group"):
         UCB(10, distributed=True).update([0], [1.0])
+
+
+class _NcclGroup:
+    """Stands in for torch.distributed under an NCCL-only group (CI has no GPU): what
+    _collective_device reads."""
+
+    def __init__(self, bound=None, backend="nccl"):
+        group = types.SimpleNamespace() if bound is False else types.SimpleNamespace(bound_device_id=bound)
+        self.distributed_c10d = types.SimpleNamespace(_get_default_group=lambda: group)
+        self.get_backend = lambda: backend
+
+
+def test_collectives_run_on_the_rank_s_own_gpu(monkeypatch):
+    # DDP tutorial style: each rank's model on cuda:rank, no set_device, so the current device is
+    # cuda:0 on every rank; the collective must follow the losses (or the group's bound device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    on_gpu1 = types.SimpleNamespace(device=torch.device("cuda", 1))
+    assert _collective_device(_NcclGroup(), on_gpu1) == torch.device("cuda", 1)
+    assert _collective_device(_NcclGroup(bound=torch.device("cuda", 2)), on_gpu1) == torch.device("cuda", 2)
+    assert _collective_device(_NcclGroup(bound=False), on_gpu1) == torch.device("cuda", 1)  # torch < 2.3
+    # losses on the host (numpy, a CPU tensor): the current device, as before
+    assert _collective_device(_NcclGroup(), np.zeros(3)) == torch.device("cuda", 0)
+    assert _collective_device(_NcclGroup(), torch.zeros(3)) == torch.device("cuda", 0)
+    for backend in ("gloo", "cpu:gloo,cuda:nccl"):  # torch's default group gathers host tensors over gloo
+        assert _collective_device(_NcclGroup(backend=backend), on_gpu1) == torch.device("cpu")
 
 
 def train_worker(rank, store, out_dir):

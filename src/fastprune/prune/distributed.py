@@ -132,20 +132,38 @@ def group_world_size() -> int:
     return 1 if dist is None else dist.get_world_size()
 
 
-def _collective_device(dist):
+def _collective_device(dist, losses=None):
+    """Where this rank's collectives run: the CPU unless the group is NCCL only; then the GPU the
+    group was bound to (``init_process_group(device_id=)``), else the one ``losses`` lie on, else
+    the current one. PyTorch's own DDP tutorial moves each rank's model to ``cuda:rank`` without
+    ``set_device``: the current device is then cuda:0 on every rank, and NCCL refuses (or hangs
+    on) two ranks sharing a GPU."""
     import torch
 
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    try:  # a private attribute (torch 2.3+): without it, the losses' device decides
+        bound = dist.distributed_c10d._get_default_group().bound_device_id
+    except AttributeError:
+        bound = None
+    if bound is not None:
+        return bound
+    device = getattr(losses, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
 
 
-def all_gather_ints(values: list[int]) -> list[list[int]]:
-    """Every rank's ``values`` (the same count on each), in rank order, from the running group."""
+def all_gather_ints(values: list[int], device=None) -> list[list[int]]:
+    """Every rank's ``values`` (the same count on each), in rank order, from the running group;
+    ``device``: the collective's (default: :func:`_collective_device`'s choice)."""
     import torch
 
     dist = _active_group()
     if dist is None:
         return [list(values)]
-    mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_collective_device(dist))
+    device = _collective_device(dist) if device is None else device
+    mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     return [[int(v) for v in tensor.tolist()] for tensor in gathered]
@@ -191,13 +209,13 @@ def gather_updates(indices, losses, correct=None, *, required: bool = False, agr
         return indices, losses, correct
     import torch
 
+    device = _collective_device(dist, losses)
     idx = as_indices(indices)
     loss = as_losses(losses, len(idx))
     corr = as_correct(correct, len(idx))
-    device = _collective_device(dist)
     world = dist.get_world_size()
 
-    headers = all_gather_ints([len(idx), corr is not None, *(agreement or Agreement())])
+    headers = all_gather_ints([len(idx), corr is not None, *(agreement or Agreement())], device)
     sizes = [h[0] for h in headers]
     flags = {bool(h[1]) for h in headers}
     if len(flags) != 1:
