@@ -156,6 +156,45 @@ def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):
     assert len(store) == 5 and store[4][1] == 1
 
 
+class _CountingDataset:
+    """A map-style dataset that counts how often each sample is read (every 3rd is unlabelled)."""
+
+    def __init__(self, images):
+        self.images, self.reads = images, [0] * len(images)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.images[index], -1 if index % 3 == 0 else index % 2
+
+
+def test_drop_unlabeled_reads_each_sample_once(tmp_path):
+    """Unlabelled samples were found by reading every sample once before the write read them
+    again: twice the time of a dataset that decodes its images. Now they are left out as the
+    writer reads them; only the reference sample (the first labelled one) is read twice, and an
+    unlabelled sample before it."""
+    images = _images(10)
+    dataset = _CountingDataset(images)
+    store = fastprune.Store(from_torch_dataset(dataset, tmp_path / "t.beton", progress=False, drop_unlabeled=True,
+                                               workers=1))
+    assert dataset.reads == [2, 2] + [1] * 8
+    kept = [i for i in range(10) if i % 3]
+    assert len(store) == len(kept) == 6
+    for position, index in enumerate(kept):
+        image, label = store[position]
+        np.testing.assert_array_equal(image, images[index])
+        assert label == index % 2
+
+
+def test_a_dataset_with_no_labelled_sample_is_refused(tmp_path):
+    rows = [(image, -1) for image in _images(3)]
+    with pytest.raises(ConversionError, match="dataset list without its unlabelled samples has no samples"):
+        from_torch_dataset(rows, tmp_path / "t.beton", progress=False, drop_unlabeled=True)
+    assert not (tmp_path / "t.beton").exists()
+
+
 def test_missing_labels_none_are_unlabelled_too(tmp_path):
     """A Hugging Face int column with missing values reads back None: it was refused as "must be an
     integer" even with drop_unlabeled=True."""

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from fastprune import ConversionError, StoreError
+from fastprune.errors import SkippedSamplesWarning
 from fastprune.store import (BytesField, FloatField, IntField, JSONField, NDArrayField, RGBImageField,
                              Store, TorchTensorField, write_dataset)
 from fastprune.store import format as fmt
+from fastprune.store.encoding import LeftOut
 from fastprune.store.info import describe, verify
 from fastprune.store.reader import verify_file
 
@@ -92,6 +94,43 @@ def test_checksums_are_computed_as_samples_are_encoded_not_read_back(tmp_path, w
         report = store.verify()
         assert report.ok and report.checked_allocations == 199 * 3, report  # image, feat, blob: each checked
         assert_rows_equal(store, rows[:17] + rows[18:])
+
+
+class LeavingOut(ListSource):
+    """Leaves out every sample whose index is in ``left_out`` (a converter's drop_unlabeled)."""
+
+    def __init__(self, rows, left_out, fail_at=None):
+        super().__init__(rows, fail_at)
+        self.left_out = set(left_out)
+
+    def __getitem__(self, i):
+        if i in self.left_out:
+            raise LeftOut
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_samples_the_source_leaves_out_are_not_written_nor_counted_as_skipped(tmp_path, workers):
+    """LeftOut: samples left out on purpose, in any chunk (a whole chunk too), beside unreadable
+    ones; the rest move up, the index field numbers what was written, checksums verify."""
+    rows = mixed_rows(200, seed=4)
+    left_out = {0, 1, 36, 37, 38, *range(74, 111), 199}  # chunk edges and chunk 2 (74..110) whole
+    kept = [row for i, row in enumerate(rows) if i not in left_out and i != 50]
+    with pytest.warns(SkippedSamplesWarning, match=rf"skipped 1 unreadable sample of 200: sample 50 .*; {len(kept)} "
+                                                   "samples written"):
+        path = write_dataset(tmp_path / "d.beton", LeavingOut(rows, left_out, fail_at=50), MIXED_FIELDS,
+                             workers=workers, page_size=SMALL_PAGE, progress=False, chunk_size=37,
+                             skip_unreadable=True, index_field="index")
+    with Store(path) as store:
+        assert store.verify().ok
+        assert_rows_equal(store, kept)
+        assert [store[i][5] for i in range(len(store))] == list(range(len(kept)))
+    # a source that leaves out everything (it could read) writes nothing
+    with pytest.raises(ConversionError, match=r"no sample to write: of its 200 samples the source left out 199 "
+                                              r"and could not read 1$"):
+        write_dataset(tmp_path / "e.beton", LeavingOut(rows, set(range(200)) - {50}, fail_at=50), MIXED_FIELDS,
+                      workers=workers, progress=False, chunk_size=37, skip_unreadable=True)
+    assert not (tmp_path / "e.beton").exists()
 
 
 def test_a_page_size_given_too_small_names_the_sample_and_the_size_that_fits(tmp_path):

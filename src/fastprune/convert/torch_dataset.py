@@ -21,6 +21,7 @@ import numpy as np
 
 from .._args import check_bool, check_positive_int
 from ..errors import ConversionError, UnreadableSample
+from ..store.encoding import LeftOut
 from . import _common
 
 
@@ -41,7 +42,9 @@ class DatasetSource:
         self.targets = targets  # labels are targets (from_torch_dataset(targets=True)), not classes
         self.target_dtype = target_dtype  # arrays cast to it (a Hugging Face column's declared type)
         self.max_side, self.resize = max_side, resize
-        self.indices = None  # dataset index of each sample written, when unlabelled ones are dropped
+        # unlabelled samples are left out as the writer reads them (LeftOut), not found by reading
+        # every sample once more first
+        self.drop_unlabeled = drop_unlabeled
         try:
             self.length = len(dataset)
         except TypeError as exc:
@@ -50,10 +53,6 @@ class DatasetSource:
         _common.check_not_empty(self.length, f"dataset {type(dataset).__name__}")
         self.skip_unreadable = skip_unreadable
         self.base_seed = _rng_fingerprint()  # before any sample is read
-        if drop_unlabeled:
-            self.indices = _common.labelled_samples(self._all_labels(), f"dataset {type(dataset).__name__}",
-                                                    drop_unlabeled=True)
-            self.length = self.length if self.indices is None else len(self.indices)
         # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
         # starts; when raw storage needs one shape, its shape is the one every sample must have
         self.reference_index, self.reference_shape = 0, None
@@ -70,22 +69,24 @@ class DatasetSource:
         return _common.target_field(np.asarray(self.first_label)[None])
 
     def _first_readable(self) -> tuple[np.ndarray, Any]:
-        """Sample 0, or with skip_unreadable the first sample that reads (the writer names the
-        ones before it)."""
+        """Sample 0, or the first sample that is labelled (with drop_unlabeled) and reads (with
+        skip_unreadable; the writer names the ones before it)."""
         for index in range(self.length):
             try:
                 self.reference_index = index
                 return self[index]
+            except LeftOut:
+                continue
             except UnreadableSample:
                 if not self.skip_unreadable or index + 1 == self.length:
                     raise
-        raise AssertionError("unreachable: a dataset that is not empty")
+        _common.check_not_empty(0, f"dataset {type(self.dataset).__name__} without its unlabelled samples")
+        raise AssertionError("unreachable: check_not_empty raised")
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
-        index = index if self.indices is None else int(self.indices[index])
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
         if self.targets:
@@ -93,10 +94,12 @@ class DatasetSource:
         else:
             label = _label(item[1], f"{what}: label")
             if label is None or label < 0:
+                if self.drop_unlabeled:
+                    raise LeftOut  # before its image is decoded
                 raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = self._image(item[0], f"{what}: image")
         if self.reference_shape is not None and image.shape != self.reference_shape:
-            raise _common.mixed_shape_error((f"sample {self._first_id()}", self.reference_shape),
+            raise _common.mixed_shape_error((f"sample {self.reference_index}", self.reference_shape),
                                             (f"sample {index}", image.shape))
         return image, label
 
@@ -106,18 +109,14 @@ class DatasetSource:
         first = getattr(self, "first_label", None)
         if first is None:
             return target
-        shape, first_shape = np.shape(target), np.shape(first)
+        shape, first_shape, reference = np.shape(target), np.shape(first), f"sample {self.reference_index}'s"
         if shape != first_shape:
-            raise ConversionError(f"{what}: target has shape {shape}, sample {self._first_id()}'s {first_shape}: every "
-                                  "sample's target needs one shape (multi-label tags: a 0/1 vector of one length)")
+            raise ConversionError(f"{what}: target has shape {shape}, {reference} {first_shape}: every sample's "
+                                  "target needs one shape (multi-label tags: a 0/1 vector of one length)")
         if shape and not np.can_cast(target.dtype, first.dtype, "safe"):
-            raise ConversionError(f"{what}: target is {target.dtype}, sample {self._first_id()}'s {first.dtype}, which "
-                                  "it does not cast to safely: give every sample's target one dtype")
+            raise ConversionError(f"{what}: target is {target.dtype}, {reference} {first.dtype}, which it does not "
+                                  "cast to safely: give every sample's target one dtype")
         return target
-
-    def _first_id(self) -> int:
-        """The dataset index of the first sample read (its reference), drops counted."""
-        return self.reference_index if self.indices is None else int(self.indices[self.reference_index])
 
     def _image(self, value: Any, what: str) -> np.ndarray:
         """A sample's image as fitted HxWx3 uint8: decoded here where it is still encoded (a
@@ -130,27 +129,6 @@ class DatasetSource:
             value = np.asarray(value, dtype=np.uint8)
         image = _common.any_image_to_rgb(value, what)
         return _common.fit_image(image, max_side=self.max_side, resize=self.resize)
-
-    def _all_labels(self) -> np.ndarray:
-        """Every sample's label: a Hugging Face dataset's label column (read without decoding any
-        image), else each sample's, read in turn."""
-        label_key = self.keys[1]
-        if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names \
-                and not _has_transform(self.dataset):  # a transform would run on every row for it
-            labels = self.dataset[label_key]
-        else:
-            labels = [self._label_or_none(i) for i in range(self.length)]
-        name = type(self.dataset).__name__
-        labels = [_label(v, f"sample {i} of {name}: label") for i, v in enumerate(labels)]
-        return np.array([-1 if v is None else v for v in labels], dtype=np.int64)  # None: no label, as -1
-
-    def _label_or_none(self, index: int) -> Any:
-        try:
-            return self._pair(self._fetch(index, f"sample {index}"), f"sample {index}")[1]
-        except UnreadableSample:
-            if not self.skip_unreadable:
-                raise
-            return 0  # kept for now: the writer reads it again, and leaves it out if it fails again
 
     def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
         """(image, label) of a sample that is a pair or a dict."""
@@ -265,9 +243,9 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     ``class_names`` (label i -> name i) is kept in the store; by default the dataset's own
     ``.classes`` (torchvision's datasets, also through a ``Subset``); ``[]`` keeps none.
     A negative label (-1: "no label") stops the conversion naming its sample, unless
-    ``drop_unlabeled=True`` leaves such samples out (their labels are read first: a Hugging Face
-    dataset's column directly, other datasets sample by sample). Labels that are not 0..K-1 are
-    written with a one-line LabelWarning (training refuses them).
+    ``drop_unlabeled=True`` leaves such samples out as they are read (once each), and later
+    samples move up. Labels that are not 0..K-1 are written with a one-line LabelWarning (training
+    refuses them).
     ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     ``skip_unreadable=True`` leaves out the samples whose ``dataset[i]`` raises (a bad file behind

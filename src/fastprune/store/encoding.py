@@ -26,9 +26,15 @@ from .fields import Field
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
 
+class LeftOut(Exception):
+    """Raised by a source's ``__getitem__`` to leave that sample out of the store on purpose (an
+    unlabelled sample under ``drop_unlabeled``): neither an error nor a skipped unreadable sample,
+    so the source is read once, not first scanned for what to leave out."""
+
+
 @dataclass
 class EncodedChunk:
-    """The encoded samples [start, stop) of a source, less those in ``skipped``."""
+    """The encoded samples [start, stop) of a source, less those in ``skipped`` and ``left_out``."""
 
     start: int
     stop: int
@@ -38,28 +44,38 @@ class EncodedChunk:
     # uint32 [samples, payload fields]: each payload's CRC-32, computed where it was encoded (the
     # writer no longer reads the whole output back for them: minutes for a store larger than RAM)
     crcs: np.ndarray
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) left out
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source index, why) unreadable
+    left_out: list[int] = field(default_factory=list)  # source indices the source left out (LeftOut)
+
+    def omitted(self) -> set[int]:
+        """The source indices in [start, stop) that were not encoded."""
+        return {index for index, _ in self.skipped} | set(self.left_out)
 
 
 def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: int,
                  skip_unreadable: bool = False) -> EncodedChunk:
     """Read and encode samples [start, stop); errors name the sample and the field. With
-    ``skip_unreadable``, a sample the source fails to read is left out and listed instead."""
+    ``skip_unreadable``, a sample the source fails to read is left out and listed instead; one the
+    source leaves out (LeftOut) is listed as such."""
     scalars: list[list] = [[] for _ in fields]
     payload_fields = [i for i, (_, f) in enumerate(fields) if f.has_payload]
     sizes = np.zeros((stop - start, len(payload_fields)), dtype=np.uint64)
     crcs = np.zeros((stop - start, len(payload_fields)), dtype=np.uint32)
     payloads: list = []
     skipped: list[tuple[int, str]] = []
+    left_out: list[int] = []
     for index in range(start, stop):
         try:
             values = _read_sample(source, index, len(fields))
+        except LeftOut:
+            left_out.append(index)
+            continue
         except UnreadableSample as exc:
             if not skip_unreadable:
                 raise
             skipped.append((index, exc.why))
             continue
-        row, col = index - start - len(skipped), 0
+        row, col = index - start - len(skipped) - len(left_out), 0
         for i, ((name, field), value) in enumerate(zip(fields, values)):
             try:
                 scalar, payload = field.encode(value)
@@ -72,8 +88,8 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 sizes[row, col] = payload.size
                 crcs[row, col] = zlib.crc32(payload)
                 col += 1
-    kept = stop - start - len(skipped)
-    return EncodedChunk(start, stop, scalars, sizes[:kept], b"".join(payloads), crcs[:kept], skipped)
+    kept = stop - start - len(skipped) - len(left_out)
+    return EncodedChunk(start, stop, scalars, sizes[:kept], b"".join(payloads), crcs[:kept], skipped, left_out)
 
 
 # An empty payload (b"" in a BytesField) is recorded with size 0 but placed on a byte of its own:
@@ -90,6 +106,8 @@ def layout_sizes(sizes: np.ndarray) -> np.ndarray:
 def _read_sample(source, index: int, num_fields: int) -> tuple:
     try:
         values = source[index]
+    except LeftOut:
+        raise
     except Exception as exc:
         # A converter's own errors name the file already; the one it calls unreadable, and any
         # error of a source of the user's own, is what skip_unreadable leaves out. Its other

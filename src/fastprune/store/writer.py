@@ -127,6 +127,9 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
                     for chunk in chunks:
                         writer.add_chunk(chunk)
                         _check_skipped(writer.skipped, num_samples)
+                if not writer.written:  # every sample left out (a converter's source refuses this first)
+                    raise ConversionError(f"{path}: no sample to write: of its {num_samples} samples the source "
+                                          f"left out {writer.left_out} and could not read {len(writer.skipped)}")
                 writer.finish()
         except OSError as exc:
             if _about_output(exc, landing):
@@ -231,6 +234,7 @@ class _FileWriter:
         self.index_field = index_field  # filled with the samples' positions, not read from the source
         self.written = 0  # samples written so far (fewer than the source's when some are skipped)
         self.skipped: list[tuple[int, str]] = []
+        self.left_out = 0  # samples the source left out on purpose (encoding.LeftOut)
         self.class_names = class_names
         self.num_samples = num_samples
         self.page_size = page_size
@@ -251,8 +255,8 @@ class _FileWriter:
         out.seek(self.data_start)
 
     def add_chunk(self, chunk: EncodedChunk) -> None:
-        skipped = {index for index, _ in chunk.skipped}
-        sources = [i for i in range(chunk.start, chunk.stop) if i not in skipped]  # errors name these
+        omitted = chunk.omitted()
+        sources = [i for i in range(chunk.start, chunk.stop) if i not in omitted]  # errors name these
         first, n = self.written, len(sources)
         layout = layout_sizes(chunk.sizes)  # empty payloads on a byte of their own (recorded as 0)
         totals = layout.sum(axis=1, dtype=np.uint64)
@@ -270,6 +274,7 @@ class _FileWriter:
             field.fill_metadata(rows[f"f{i}"], scalars, field_ptrs, field_sizes)
         self.written += n
         self.skipped += chunk.skipped
+        self.left_out += len(chunk.left_out)
 
     def _check_labels(self, field: str, labels: list, sources: list[int]) -> None:
         """Every label of a field with class names must name one (caught per chunk, early)."""
