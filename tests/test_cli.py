@@ -281,7 +281,7 @@ def test_a_small_stores_sparse_size_is_said_beside_its_length(tmp_path, capsys):
     wrote = capsys.readouterr().out
     if out.stat().st_blocks * 512 >= 0.9 * out.stat().st_size:
         pytest.skip("this filesystem does not keep the file sparse")
-    assert re.search(r"wrote .*s\.beton \(16\.0 MiB, [\d.]+ KiB on disk \(sparse: the pages' zero tails take no "
+    assert re.search(r"wrote .*s\.beton: 40 samples \(16\.0 MiB, [\d.]+ KiB on disk \(sparse: the pages' zero tails take no "
                      r"space\)\)", wrote), wrote
     assert main(["info", str(out)]) == 0
     assert "on disk (sparse" in capsys.readouterr().out

@@ -125,8 +125,9 @@ def test_unlabelled_samples_can_be_dropped_and_sparse_labels_warn(tmp_path, caps
     assert not (tmp_path / "u.beton").exists()
     assert main([*arguments, "--drop-unlabeled"]) == 0
     assert [label for _, label in stored(tmp_path / "u.beton")] == [0, 1, 5]
-    error = capsys.readouterr().err
+    out, error = capsys.readouterr()
     assert error.count("\n") == 1 and error.startswith("fastprune convert: warning: ") and "labels are sparse" in error
+    assert f"wrote {tmp_path / 'u.beton'}: 3 samples (" in out  # what the drop left, seen
 
 
 def test_bad_npz_files_are_named(tmp_path):

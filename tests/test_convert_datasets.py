@@ -12,6 +12,7 @@ from PIL import Image
 
 import fastprune
 from fastprune import ConversionError
+from fastprune.errors import SkippedSamplesWarning, UnreadableSample
 from fastprune.convert import from_hf_dataset, from_torch_dataset
 
 
@@ -157,29 +158,37 @@ def test_negative_labels_are_refused_naming_the_sample_or_dropped(tmp_path):
 
 
 class _CountingDataset:
-    """A map-style dataset that counts how often each sample is read (every 3rd is unlabelled)."""
+    """A map-style dataset that counts how often each sample is read; unlabelled: the samples
+    ``unlabelled(i)`` says; ``bad``: samples whose reading raises."""
 
-    def __init__(self, images):
-        self.images, self.reads = images, [0] * len(images)
+    def __init__(self, images, unlabelled=lambda i: i % 3 == 0, bad=()):
+        self.images, self.reads, self.unlabelled, self.bad = images, [0] * len(images), unlabelled, set(bad)
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, index):
         self.reads[index] += 1
-        return self.images[index], -1 if index % 3 == 0 else index % 2
+        if index in self.bad:
+            raise OSError(f"cannot open file_{index}.png")
+        return self.images[index], -1 if self.unlabelled(index) else index % 2
 
 
 def test_drop_unlabeled_reads_each_sample_once(tmp_path):
     """Unlabelled samples were found by reading every sample once before the write read them
     again: twice the time of a dataset that decodes its images. Now they are left out as the
-    writer reads them; only the reference sample (the first labelled one) is read twice, and an
-    unlabelled sample before it."""
+    writer reads them; only the reference sample (the first labelled one) is read twice. The
+    unlabelled ones before it are read once, by the search for it, also where most samples lead
+    with no label (an unlabelled set and a labelled one concatenated)."""
     images = _images(10)
     dataset = _CountingDataset(images)
     store = fastprune.Store(from_torch_dataset(dataset, tmp_path / "t.beton", progress=False, drop_unlabeled=True,
                                                workers=1))
-    assert dataset.reads == [2, 2] + [1] * 8
+    assert dataset.reads == [1, 2] + [1] * 8
+    leading = _CountingDataset(images, unlabelled=lambda i: i < 7)
+    assert len(fastprune.Store(from_torch_dataset(leading, tmp_path / "l.beton", progress=False, drop_unlabeled=True,
+                                                  workers=1))) == 3
+    assert leading.reads == [1] * 7 + [2, 1, 1]
     kept = [i for i in range(10) if i % 3]
     assert len(store) == len(kept) == 6
     for position, index in enumerate(kept):
@@ -193,6 +202,28 @@ def test_a_dataset_with_no_labelled_sample_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="dataset list without its unlabelled samples has no samples"):
         from_torch_dataset(rows, tmp_path / "t.beton", progress=False, drop_unlabeled=True)
     assert not (tmp_path / "t.beton").exists()
+    # labelled samples that all fail to read: their error, not "no labelled samples"
+    failing = _CountingDataset(_images(12), unlabelled=lambda i: i not in (4, 9), bad=(4, 9))
+    with pytest.raises(UnreadableSample, match=r"sample 9 of _CountingDataset: .*OSError: cannot open file_9\.png"):
+        from_torch_dataset(failing, tmp_path / "f.beton", progress=False, drop_unlabeled=True, skip_unreadable=True)
+
+
+def test_skip_unreadable_s_limit_counts_the_labelled_samples_only(tmp_path):
+    """skip_unreadable stops past 1% (and 10) unreadable samples. Measured against every sample,
+    unlabelled ones left out included, a source with few labels passed with 7.5% of its labelled samples
+    broken: 15 of the 200 labelled ones, among 1,800 unlabelled (a helper's audit)."""
+    images = _images(2000)
+    bad = range(1800, 2000, 13)  # 16 of the 200 labelled samples
+    dataset = _CountingDataset(images, unlabelled=lambda i: i < 1800, bad=bad)
+    with pytest.raises(ConversionError, match=r"skipped 16 unreadable samples of 200: sample 1800 .*more than 1% of "
+                                              r"the samples"):
+        from_torch_dataset(dataset, tmp_path / "t.beton", progress=False, drop_unlabeled=True, skip_unreadable=True,
+                           workers=1)
+    few = _CountingDataset(images[:1900], unlabelled=lambda i: i < 1800, bad=[1850])
+    with pytest.warns(SkippedSamplesWarning, match=r"skipped 1 unreadable sample of 100: sample 1850 .*; 99 samples "
+                                                   r"written \(1800 others left out by the source\)"):
+        from_torch_dataset(few, tmp_path / "f.beton", progress=False, drop_unlabeled=True, skip_unreadable=True,
+                           workers=1)
 
 
 def test_missing_labels_none_are_unlabelled_too(tmp_path):

@@ -116,8 +116,8 @@ def test_samples_the_source_leaves_out_are_not_written_nor_counted_as_skipped(tm
     rows = mixed_rows(200, seed=4)
     left_out = {0, 1, 36, 37, 38, *range(74, 111), 199}  # chunk edges and chunk 2 (74..110) whole
     kept = [row for i, row in enumerate(rows) if i not in left_out and i != 50]
-    with pytest.warns(SkippedSamplesWarning, match=rf"skipped 1 unreadable sample of 200: sample 50 .*; {len(kept)} "
-                                                   "samples written"):
+    with pytest.warns(SkippedSamplesWarning, match=rf"skipped 1 unreadable sample of 157: sample 50 .*; {len(kept)} "
+                                                   r"samples written \(43 others left out by the source\)$"):
         path = write_dataset(tmp_path / "d.beton", LeavingOut(rows, left_out, fail_at=50), MIXED_FIELDS,
                              workers=workers, page_size=SMALL_PAGE, progress=False, chunk_size=37,
                              skip_unreadable=True, index_field="index")
@@ -125,9 +125,12 @@ def test_samples_the_source_leaves_out_are_not_written_nor_counted_as_skipped(tm
         assert store.verify().ok
         assert_rows_equal(store, kept)
         assert [store[i][5] for i in range(len(store))] == list(range(len(kept)))
-    # a source that leaves out everything (it could read) writes nothing
-    with pytest.raises(ConversionError, match=r"no sample to write: of its 200 samples the source left out 199 "
-                                              r"and could not read 1$"):
+    # a source that leaves out everything writes nothing; one whose only sample kept fails to read, too
+    with pytest.raises(ConversionError, match=r"e\.beton: no sample to write: the source left out all 200$"):
+        write_dataset(tmp_path / "e.beton", LeavingOut(rows, range(200)), MIXED_FIELDS, workers=workers,
+                      progress=False, chunk_size=37, skip_unreadable=True)
+    with pytest.raises(ConversionError, match=r"^skipped 1 unreadable sample of 1: sample 50 \(RuntimeError: boom at "
+                                              r"50\): not one sample could be read; the write stopped"):
         write_dataset(tmp_path / "e.beton", LeavingOut(rows, set(range(200)) - {50}, fail_at=50), MIXED_FIELDS,
                       workers=workers, progress=False, chunk_size=37, skip_unreadable=True)
     assert not (tmp_path / "e.beton").exists()

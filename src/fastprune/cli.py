@@ -221,9 +221,13 @@ def run_convert(args: argparse.Namespace) -> int:
     except UnreadableSample as exc:  # a bad file among many: say how to go on without it
         raise ConversionError(f"{exc} (--skip-unreadable leaves out files that cannot be read, naming "
                               "them)") from None
+    from ._text import counted
     from .store.info import on_disk
+    from .store.reader import Store
 
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB{on_disk(out)})")
+    with Store(out) as store:  # the count: what --drop-unlabeled or --skip-unreadable left is seen here
+        count = counted(store.num_samples, "sample")
+    print(f"wrote {out}: {count} ({out.stat().st_size / 2**20:.1f} MiB{on_disk(out)})")
     return 0
 
 

@@ -56,6 +56,7 @@ class DatasetSource:
         # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
         # starts; when raw storage needs one shape, its shape is the one every sample must have
         self.reference_index, self.reference_shape = 0, None
+        self.unlabelled_before_reference: set[int] = set()
         first_image, self.first_label = self._first_readable()
         self.reference_shape = first_image.shape if one_shape else None
 
@@ -70,16 +71,21 @@ class DatasetSource:
 
     def _first_readable(self) -> tuple[np.ndarray, Any]:
         """Sample 0, or the first sample that is labelled (with drop_unlabeled) and reads (with
-        skip_unreadable; the writer names the ones before it)."""
+        skip_unreadable; the writer names the ones before it). The unlabelled ones passed over are
+        noted, so that the writer leaves them out without reading them again."""
+        unreadable = None
         for index in range(self.length):
             try:
                 self.reference_index = index
                 return self[index]
             except LeftOut:
-                continue
-            except UnreadableSample:
-                if not self.skip_unreadable or index + 1 == self.length:
+                self.unlabelled_before_reference.add(index)
+            except UnreadableSample as exc:
+                if not self.skip_unreadable:
                     raise
+                unreadable = exc
+        if unreadable is not None:  # every labelled sample failed to read: the last one's error
+            raise unreadable
         _common.check_not_empty(0, f"dataset {type(self.dataset).__name__} without its unlabelled samples")
         raise AssertionError("unreachable: check_not_empty raised")
 
@@ -87,6 +93,8 @@ class DatasetSource:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
+        if index in self.unlabelled_before_reference:
+            raise LeftOut  # read once already, by _first_readable
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
         if self.targets:

@@ -95,8 +95,9 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
                          names, index_field, chunk_size, workers, progress, skip_unreadable,
                          grow_pages=page_size is None)
     if writer.skipped:
-        warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, num_samples)}; "
-                                            f"{writer.written} samples written"), stacklevel=2)
+        left_out = f" ({writer.left_out} others left out by the source)" if writer.left_out else ""
+        warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, writer.to_write)}; "
+                                            f"{writer.written} samples written{left_out}"), stacklevel=2)
     return path
 
 
@@ -126,10 +127,9 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
                 with contextlib.closing(chunks):  # its workers stop here, whatever ended the loop
                     for chunk in chunks:
                         writer.add_chunk(chunk)
-                        _check_skipped(writer.skipped, num_samples)
+                        _check_skipped(writer.skipped, writer.to_write)
                 if not writer.written:  # every sample left out (a converter's source refuses this first)
-                    raise ConversionError(f"{path}: no sample to write: of its {num_samples} samples the source "
-                                          f"left out {writer.left_out} and could not read {len(writer.skipped)}")
+                    raise ConversionError(f"{path}: no sample to write: the source left out all {num_samples}")
                 writer.finish()
         except OSError as exc:
             if _about_output(exc, landing):
@@ -146,7 +146,12 @@ _SKIPS_NAMED = 5
 
 
 def _check_skipped(skipped: list[tuple[int, str]], num_samples: int) -> None:
-    if len(skipped) > max(_SKIP_ALWAYS_ALLOWED, _SKIP_FRACTION * num_samples) or len(skipped) == num_samples:
+    """Stop the write when too many samples are unreadable. ``num_samples``: those the source means
+    to store (exact once every chunk is in, an upper bound before)."""
+    if skipped and len(skipped) == num_samples:
+        raise ConversionError(f"{_skipped_summary(skipped, num_samples)}: not one sample could be read; the write "
+                              "stopped: fix the source")
+    if len(skipped) > max(_SKIP_ALWAYS_ALLOWED, _SKIP_FRACTION * num_samples):
         raise ConversionError(f"{_skipped_summary(skipped, num_samples)}: more than 1% of the samples (and "
                               "over 10), so not a few bad files; the write stopped: fix the source")
 
@@ -237,6 +242,7 @@ class _FileWriter:
         self.left_out = 0  # samples the source left out on purpose (encoding.LeftOut)
         self.class_names = class_names
         self.num_samples = num_samples
+        self.source_samples = num_samples  # num_samples becomes what was written at finish()
         self.page_size = page_size
         self.payload_fields = [i for i, (_, f) in enumerate(self.fields) if f.has_payload]
         self.payload_column = {field_index: col for col, field_index in enumerate(self.payload_fields)}
@@ -253,6 +259,13 @@ class _FileWriter:
         self.cursor = self.metadata_end
         self.any_data = False
         out.seek(self.data_start)
+
+    @property
+    def to_write(self) -> int:
+        """The samples the source means to store: all but those it left out so far (exact once
+        every chunk is in). skip_unreadable's 1% is of these: unlabelled samples a converter
+        leaves out must not widen it."""
+        return self.source_samples - self.left_out
 
     def add_chunk(self, chunk: EncodedChunk) -> None:
         omitted = chunk.omitted()
