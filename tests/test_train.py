@@ -579,6 +579,34 @@ def _tiny(stores, strategy=None, **loader_options):
     return model, loader
 
 
+def test_an_interrupt_inside_the_progress_bar_closes_the_pass_at_once(stores, monkeypatch):
+    """A Ctrl-C landing in the progress bar's own code (a notebook's "interrupt kernel") left the
+    loader's pass, its threads and finished batches, to whatever kept the traceback: IPython keeps
+    the last one, so each interrupted run kept a pass alive (a notebook audit: 107 MB)."""
+    from fastprune.loader import loader as loader_module
+    from fastprune.train import loop
+
+    def interrupted_bar(batches, loader, enabled):
+        def bar():  # holds ``batches`` in its frame, as tqdm's __iter__ does
+            for k, batch in enumerate(batches):
+                if k == 2:
+                    raise KeyboardInterrupt
+                yield batch
+        return bar()
+
+    monkeypatch.setattr(loop, "_progress_bar", interrupted_bar)
+    strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+    model, loader = _tiny(stores, strategy, prefetch=4)
+    kept = []
+    try:
+        fit(model, loader, None, strategy, 2, torch.optim.SGD(model.parameters(), 0.01), None, log=None)
+    except KeyboardInterrupt as exc:
+        kept.append(exc)  # the traceback, and every frame in it, stays referenced
+    assert kept and kept[0].__traceback__ is not None
+    runs = list(loader_module._LIVE_RUNS)
+    assert runs == [] or all(run._closed for run in runs), "the pass is still open"
+
+
 def test_a_callback_drawing_random_numbers_does_not_break_resume(stores, tmp_path):
     """The checkpoint (with the RNG state) is saved before on_epoch_end: a callback that drew from
     torch's RNG made the uninterrupted run's dropout masks differ from a resumed run's."""

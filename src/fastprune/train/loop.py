@@ -227,46 +227,48 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
     samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
     lr = optimizer.param_groups[0]["lr"]
     waits = _WaitClock()
-    for batch in _progress_bar(waits.timed(loader), loader, progress):
-        if batch.labels is None:
-            raise ValueError("fit: the loader yields no labels (its store has no field named 'label', and none "
-                             "or several other integer fields): pass label_field= (an integer field) to Loader")
-        images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        labels = batch.labels.to(device, non_blocking=True)
-        weights = batch.weights.to(device, non_blocking=True)
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = forward(images) if steps else _first_forward(forward, images)
-        if not steps:  # once an epoch (a host sync): a model that cannot classify these labels
-            _check_logits(logits, labels, loader)
-        # Loss in float32 even under autocast: the strategy ranks samples by it.
-        loss = criterion(logits.float(), labels)
-        _check_per_sample(loss, labels)
-        if strategy is not None:
-            # Device tensors as they are: a GPU's update is staged there, not copied to the host
-            # (which would make the CPU wait for the GPU every step), and applied when read.
-            try:
-                strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
-            except InvalidLoss as exc:  # this step's loss, or (staged ones applied early) an earlier one's
-                bad = (~(loss.detach().abs() <= MAX_LOSS)).nonzero()  # a sync, but only on the way out
-                if not len(bad):
-                    raise _diverged(f"epoch {epoch + 1}", exc, lr) from None
-                sample = int(torch.as_tensor(batch.indices)[int(bad[0])])
-                raise _diverged(f"epoch {epoch + 1}, step {steps + 1}",
-                                f"the loss of sample {sample} is {loss[bad[0]].item():g}", lr) from None
-        # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
-        # survive for the gradient to stay an unbiased estimate of the full-data gradient.
-        scaler.scale((loss * weights).mean()).backward()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
-        samples += labels.numel()
-        steps += 1
+    # closed however the loop ends: a Ctrl-C inside the progress bar left the pass to the garbage collector
+    with contextlib.closing(waits.timed(loader)) as timed:
+        for batch in _progress_bar(timed, loader, progress):
+            if batch.labels is None:
+                raise ValueError("fit: the loader yields no labels (its store has no field named 'label', and none "
+                                 "or several other integer fields): pass label_field= (an integer field) to Loader")
+            images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            labels = batch.labels.to(device, non_blocking=True)
+            weights = batch.weights.to(device, non_blocking=True)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = forward(images) if steps else _first_forward(forward, images)
+            if not steps:  # once an epoch (a host sync): a model that cannot classify these labels
+                _check_logits(logits, labels, loader)
+            # Loss in float32 even under autocast: the strategy ranks samples by it.
+            loss = criterion(logits.float(), labels)
+            _check_per_sample(loss, labels)
+            if strategy is not None:
+                # Device tensors as they are: a GPU's update is staged there, not copied to the host
+                # (which would make the CPU wait for the GPU every step), and applied when read.
+                try:
+                    strategy.update(batch.indices, loss.detach(), logits.argmax(1) == labels)  # timed by the clock
+                except InvalidLoss as exc:  # this step's loss, or (staged ones applied early) an earlier one's
+                    bad = (~(loss.detach().abs() <= MAX_LOSS)).nonzero()  # a sync, but only on the way out
+                    if not len(bad):
+                        raise _diverged(f"epoch {epoch + 1}", exc, lr) from None
+                    sample = int(torch.as_tensor(batch.indices)[int(bad[0])])
+                    raise _diverged(f"epoch {epoch + 1}, step {steps + 1}",
+                                    f"the loss of sample {sample} is {loss[bad[0]].item():g}", lr) from None
+            # mean (not sum/weights.sum()) of weighted losses: InfoBatch's 1/keep up-weighting must
+            # survive for the gradient to stay an unbiased estimate of the full-data gradient.
+            scaler.scale((loss * weights).mean()).backward()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
+            samples += labels.numel()
+            steps += 1
     if steps == 0:
         raise ValueError("fit: the training loader yielded no batch this epoch (drop_last with a batch "
                          "larger than the epoch's selected samples?)")
