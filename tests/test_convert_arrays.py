@@ -113,6 +113,7 @@ def test_unlabelled_samples_can_be_dropped_and_sparse_labels_warn(tmp_path, caps
                                           r"none is 1\); training needs 0..K-1") as warned:
         out = from_arrays(images, [0, 2**40, 0, 2**40], tmp_path / "s.beton", progress=False)
     assert len(warned) == 1 and "\n" not in str(warned[0].message) and len(fastprune.Store(out)) == 4
+    assert warned[0].filename == __file__  # the user's line (it was arrays.py's: a re-run cell was silent)
     with warnings.catch_warnings():  # class names count the classes: a subset of them is not sparse
         warnings.simplefilter("error", LabelWarning)
         from_arrays(images, [1, 2, 2, 1], tmp_path / "named.beton", progress=False, class_names=["x", "y", "z"])

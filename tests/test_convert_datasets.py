@@ -221,9 +221,10 @@ def test_skip_unreadable_s_limit_counts_the_labelled_samples_only(tmp_path):
                            workers=1)
     few = _CountingDataset(images[:1900], unlabelled=lambda i: i < 1800, bad=[1850])
     with pytest.warns(SkippedSamplesWarning, match=r"skipped 1 unreadable sample of 100: sample 1850 .*; 99 samples "
-                                                   r"written \(1800 others left out by the source\)"):
+                                                   r"written \(1800 others left out by the source\)") as warned:
         from_torch_dataset(few, tmp_path / "f.beton", progress=False, drop_unlabeled=True, skip_unreadable=True,
                            workers=1)
+    assert [w.filename for w in warned] == [__file__]  # the user's line
 
 
 def test_missing_labels_none_are_unlabelled_too(tmp_path):

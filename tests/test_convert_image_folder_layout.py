@@ -61,6 +61,7 @@ def test_left_out_files_and_a_parent_of_splits_are_warned_about(tmp_path):
         labels, names = _labels_and_names(from_image_folder(tmp_path / "photos", tmp_path / "p.beton",
                                                             progress=False))
     messages = [str(w.message) for w in warned]
+    assert {w.filename for w in warned} == {__file__}  # the user's line: a notebook cell re-run warns again
     assert names == ["train", "val"] and any("ignored 1 file that is not .jpg/.jpeg/.png/.webp/.bmp/.tif/.tiff "
                                              "(e.g. train/cat/notes.gif)" in m for m in messages)
     assert any("its class folders (train, val) hold the same subfolders (cat, dog) and no image directly: "

@@ -20,7 +20,7 @@ import numpy as np
 from .._args import check_bool, check_positive_int
 from .._outputs import check_output_file
 from .._text import counted
-from ..errors import ConversionError, SourceNotFoundError, UnreadableSample
+from ..errors import ConversionError, SourceNotFoundError, UnreadableSample, user_stacklevel
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
@@ -441,7 +441,7 @@ def warn_if_sparse(out: Path) -> None:
         distinct, top, missing = gap
         warnings.warn(f"{out}: labels are sparse ({distinct} distinct values up to {top}; none is {missing}); "
                       f"training needs 0..K-1: relabel them first, e.g. "
-                      "labels = np.unique(labels, return_inverse=True)[1]", LabelWarning, stacklevel=3)
+                      "labels = np.unique(labels, return_inverse=True)[1]", LabelWarning, stacklevel=user_stacklevel())
 
 
 def label_names_option(class_names: Any) -> dict[str, list[str]]:

@@ -50,7 +50,7 @@ import numpy as np
 from .._args import check_bool
 from .._cpus import usable_cpus
 from .._native import core
-from ..errors import ConversionError, SourceWarning, UnreadableSample
+from ..errors import ConversionError, SourceWarning, UnreadableSample, user_stacklevel
 from ..store.fields import BytesField, EncodedJpeg
 from ..store.images import bomb_warning_ignored
 from . import _common
@@ -202,17 +202,17 @@ def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path]
         links = "links named like images that point" if len(broken) > 1 else "link named like an image that points"
         warnings.warn(SourceWarning(f"{root}: left out {len(broken)} {links} to nothing "
                                     f"(e.g. {broken[0].relative_to(root)} -> {os.readlink(broken[0])})"),
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
     if ignored:
         files, verb = ("files", "are") if len(ignored) > 1 else ("file", "is")
         warnings.warn(SourceWarning(f"{root}: ignored {len(ignored)} {files} that {verb} not {_EXTENSIONS_TEXT} "
-                                    f"(e.g. {ignored[0].relative_to(root)})"), stacklevel=3)
+                                    f"(e.g. {ignored[0].relative_to(root)})"), stacklevel=user_stacklevel())
     strays = _root_images(root)  # as torchvision's ImageFolder, left out; said, since it looks like a slip
     if strays:
         files = "image files lie" if len(strays) > 1 else "image file lies"
         warnings.warn(SourceWarning(f"{root}: {len(strays)} {files} in the root, in no class folder, and "
                                     f"{'are' if len(strays) > 1 else 'is'} left out (e.g. {strays[0]})"),
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
     if len(classes) < 2:
         return
     direct, inner = False, {name: set() for name in classes}  # class -> its subfolders holding images
@@ -227,7 +227,7 @@ def _warn_if_layout_unexpected(root: Path, classes: list[str], paths: list[Path]
         warnings.warn(SourceWarning(
             f"{root}: its class folders ({', '.join(classes[:4])}) hold the same subfolders "
             f"({', '.join(sorted(first)[:4])}) and no image directly: they look like splits of the "
-            f"real classes; to keep those, convert each split, e.g. {root / classes[0]}"), stacklevel=3)
+            f"real classes; to keep those, convert each split, e.g. {root / classes[0]}"), stacklevel=user_stacklevel())
 
 
 def _root_images(root: Path) -> list[str]:

@@ -40,7 +40,7 @@ from .._args import check_bool, check_positive_int
 from .._cpus import usable_cpus
 from .._signals import sigterm_as_interrupt
 from .._text import counted
-from ..errors import ConversionError, SkippedSamplesWarning
+from ..errors import ConversionError, SkippedSamplesWarning, user_stacklevel
 from . import format as fmt
 from . import names as class_names_block
 from ._atomic import replaced_when_done
@@ -97,7 +97,7 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     if writer.skipped:
         left_out = f" ({writer.left_out} others left out by the source)" if writer.left_out else ""
         warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, writer.to_write)}; "
-                                            f"{writer.written} samples written{left_out}"), stacklevel=2)
+                                            f"{writer.written} samples written{left_out}"), stacklevel=user_stacklevel())
     return path
 
 
