@@ -3,7 +3,7 @@
 #   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/fmnist .gpu/debs .gpu/pylib
 #   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fmnist/
 #   (cd .gpu/debs && apt-get download libjpeg62-turbo libjpeg62-turbo-dev)     # libjpeg-turbo 2.1.5
-#   cp -r .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging,pytest_timeout.py} .gpu/pylib/
+#   cp -r .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging,pygments,py.py,pytest_timeout.py,pytest_timeout-*.dist-info} .gpu/pylib/
 #   mkdir -p .gpu/buildlib; cp -r .venv/lib/python3.11/site-packages/{nanobind,scikit_build_core,pathspec,packaging}* .gpu/buildlib/
 # then: run with carry [".gpu"] and the command `bash benchmarks/gpu_device_run.sh` (about 5 min:
 # build, the CUDA tests of the data path and of deferred updates, benchmarks/gpu.py). Knobs:
@@ -27,6 +27,9 @@ CXXFLAGS="-I$J/include/x86_64-linux-gnu" CMAKE_ARGS="-DCMAKE_DISABLE_FIND_PACKAG
 python3 -c "import fastprune, torch; print(fastprune.build_info(), torch.__version__, torch.version.cuda)"
 if [ "${GPU_SKIP_TESTS:-0}" != 1 ]; then
   (export PYTHONPATH=$REPO/.gpu/pylib
+   # pytest's own imports (pygments, py.py) must be carried too: without them no test ran (a
+   # simulation of this script with torch 2.11 found it), and only the tail below would show it
+   python3 -c "import pytest, pytest_timeout" || echo "GPU TESTS NOT RUN: pytest does not import from .gpu/pylib"
    timeout 100 python3 -m pytest -q -p no:cacheprovider -x tests/test_loader.py -k "cuda or normalize_on or pinned" 2>&1 | tail -4
    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_prune_deferred.py tests/test_device.py 2>&1 | tail -4)
 fi

@@ -58,3 +58,49 @@ def test_feed_rate_times_only_the_batches_it_counts(benchmark_script):
 
     rate = gpu.feed_rate(Loader(), 11, torch.device("cpu"))
     assert 10 * 256 / 0.1 / 2 < rate < 10 * 256 / 0.1 * 1.5  # ~25.6k img/s; the whole loop: ~3.6k
+
+
+def test_the_gpu_script_s_carried_libraries_import_alone(tmp_path):
+    """benchmarks/gpu_device_run.sh runs its CUDA tests with a pytest carried in .gpu/pylib (the
+    lent machine has none and no network). Its copy list lacked pytest's own imports (pygments,
+    py.py): run the way the script runs it, no test would have started, found only by simulating
+    the script (torch 2.11). Here: the header's copy lines, into a folder of their own, must give a
+    pytest with its timeout plugin, and the build backend, in a Python without site-packages; and
+    what the run carries must fit the device tool's 64 MiB."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    script = (repo / "benchmarks" / "gpu_device_run.sh").read_text().splitlines()
+    copies = [line[4:] for line in script[:12] if line.startswith("#   ") and ".venv/lib/python3.11" in line]
+    assert len(copies) == 2, copies  # pylib and buildlib
+    if not (repo / ".venv" / "lib" / "python3.11" / "site-packages").is_dir():
+        pytest.skip("the copy lines name .venv's python3.11 site-packages, which this checkout lacks")
+    for line in copies:
+        line = line.replace(".gpu/", f"{tmp_path}/")
+        subprocess.run(["bash", "-c", f"set -e; mkdir -p {tmp_path}/pylib {tmp_path}/buildlib; {line}"], cwd=repo,
+                       check=True)
+
+    def alone(folder: str, code: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / folder)}
+        return subprocess.run([sys.executable, "-S", *code], env=env, capture_output=True, text=True, cwd=tmp_path)
+
+    help_text = alone("pylib", ["-m", "pytest", "--help"])
+    assert help_text.returncode == 0, help_text.stderr[-2000:]
+    assert "--timeout=TIMEOUT" in help_text.stdout  # the plugin loads from its carried metadata
+    build = alone("buildlib", ["-c", "import nanobind, scikit_build_core.build"])
+    assert build.returncode == 0, build.stderr[-2000:]
+
+    def size(path: Path) -> int:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    fmnist = Path("/usr/share/datasets/fashion-mnist")
+    carried = (sum(size(repo / name) for name in tracked.decode().split("\0") if name and (repo / name).is_file())
+               + size(tmp_path / "pylib") + size(tmp_path / "buildlib") + 1_000_000  # the two .debs: 0.46 MB
+               + (sum(size(f) for f in fmnist.glob("*.gz")) if fmnist.is_dir() else 31_000_000))
+    assert carried < 60 * 2**20, f"{carried / 2**20:.1f} MiB would travel; the device tool takes 64 MiB"

@@ -8,6 +8,7 @@ import pytest
 
 
 def test_a_tiny_comparison_runs_each_revision_in_its_own_process(benchmark_script, tmp_path):
+    pytest.importorskip("ffcv")  # loader_throughput.py's datasets() writes ffcv's own stores too
     out = tmp_path / "revisions.json"
     benchmark_script("revisions").main([
         "--base", "HEAD", "--pairs", "1", "--epochs", "1", "--rows", "raw28", "photos-rrc224", "--threads", "1",
