@@ -138,15 +138,32 @@ def test_drop_last_without_set_epoch_warns_that_the_epoch_runs_again():
         return indices
 
     epoch_of_len_batches()
-    with pytest.warns(RuntimeWarning, match="the pass over epoch 0 stopped before its last sample, so epoch 0 runs "
-                                            "again .*drop_last=True.* call sampler.set_epoch"):
+    with pytest.warns(RuntimeWarning, match=r"PrunedSampler: this pass runs epoch 0 again \(UCB got its losses\), "
+                                            r"so it repeats a subset chosen before \(the pass over it stopped before "
+                                            "its last sample: .*drop_last=True.* call sampler.set_epoch") as warned:
         epoch_of_len_batches()
+    assert [w.filename for w in warned] == [__file__]  # the loop's line, not torch's sampler.py
     for epoch in range(1, 3):                                          # the remedy: no warning, epochs move on
         sampler.set_epoch(epoch)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert len(epoch_of_len_batches()) == 24
         assert strategy._epoch == epoch
+
+
+def test_looking_at_a_batch_then_training_does_not_warn():
+    """``next(iter(loader))`` to look at a batch leaves the sampler's pass unfinished; the first
+    real pass then runs that epoch again, which repeats nothing trained: it warned all the same (a
+    notebook audit), where the Loader waits for losses."""
+    strategy = fastprune.UCB(100, keep=0.3, seed=1)
+    sampler = PrunedSampler(strategy, seed=2)
+    loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler)
+    first = next(iter(loader))[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seen = torch.cat([indices for _, _, indices in loader])
+        strategy.update(seen, torch.ones(len(seen)))
+    assert first.tolist() == seen[:8].tolist() and sampler.epoch == 1  # epoch 0, whole, then on
 
 
 def test_a_torch_loop_changes_by_one_call_with_weighted_loss():

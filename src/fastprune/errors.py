@@ -133,11 +133,14 @@ def user_stacklevel() -> int:
     EL2N's pointed into static.py, so a re-run cell showed it only once)."""
     frame, level = sys._getframe(2), 2
     # contextlib's frames too: a function of ours under a context-manager decorator (run_recipe's
-    # @process_state_kept()) is called through contextlib's wrapper
-    while frame is not None and (frame.f_globals.get("__name__", "").startswith("fastprune.")
-                                 or frame.f_globals.get("__name__") == "contextlib"):
+    # @process_state_kept()) is called through contextlib's wrapper; and torch's data loading, which
+    # iterates a PrunedSampler for the user's `for batch in loader`
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_NOT_THE_USER):
         frame, level = frame.f_back, level + 1
     return level
+
+
+_NOT_THE_USER = ("fastprune.", "contextlib", "torch.utils.data.")
 
 
 def first_line(exc: BaseException) -> str:

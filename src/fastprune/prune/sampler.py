@@ -20,14 +20,12 @@ every sample.
 
 from __future__ import annotations
 
-import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_seed
-from ..errors import UsageWarning
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
@@ -106,13 +104,14 @@ class PrunedSampler(_SamplerBase):
         if self._alone and self._sharding is None:
             check_still_alone("PrunedSampler")
         unfinished = getattr(self, "_unfinished", None)
-        if (self._set_during_pass or unfinished is None) and hasattr(self.strategy, "_check_pass_epoch"):
-            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler", chosen=self._set_during_pass)
-        if unfinished is not None and not self._set_during_pass:
-            warnings.warn(f"PrunedSampler: the pass over epoch {unfinished} stopped before its last sample, so "
-                          f"epoch {self.epoch} runs again (a loop taking len(loader) batches of a DataLoader with "
-                          "drop_last=True never asks for the remainder); to choose the epoch, call "
-                          "sampler.set_epoch(epoch) at each epoch's start", UsageWarning, stacklevel=2)
+        if hasattr(self.strategy, "_check_pass_epoch"):
+            # an unfinished pass runs its epoch again: said once losses came in for it (a pass only
+            # looked at, `next(iter(loader))`, repeats nothing trained)
+            again = unfinished is not None and not self._set_during_pass
+            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler", chosen=self._set_during_pass, cause=(
+                f"the pass over it stopped before its last sample: a loop taking len(loader) batches of a "
+                "DataLoader with drop_last=True never asks for the remainder; call sampler.set_epoch(epoch) at "
+                "each epoch's start") if again else None)
         epoch = self.epoch
         self._set_during_pass = False
         self._unfinished = epoch
