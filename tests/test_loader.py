@@ -94,6 +94,22 @@ def test_full_epoch_yields_every_sample_once_with_its_label(raw_store, data):
     assert loader.epoch == 1
 
 
+def test_a_notebook_shows_batches_loaders_and_stores_in_a_line(raw_store):
+    """A cell ending in a batch printed every value (160 lines for 64 images); closed stores and
+    loaders looked open (a notebook audit)."""
+    store = fastprune.Store(raw_store)
+    loader = Loader(store, 8, threads=1, transforms=_pipeline())
+    batch = next(iter(loader))
+    assert repr(batch) == ("Batch(images=float32[8, 3, 16, 16], labels=int64[8], indices=int64[8], "
+                           "weights=float32[8])")
+    assert repr(batch._replace(labels=None)).startswith("Batch(images=float32[8, 3, 16, 16], labels=None, ")
+    assert "closed" not in repr(loader) and "closed" not in repr(store)
+    loader.close()
+    assert repr(loader).endswith(", closed)") and "closed" not in repr(store)  # a Store passed in stays open
+    store.close()
+    assert repr(store).endswith(", closed)")
+
+
 def test_len_follows_the_sampler_when_the_subset_changes(raw_store):
     loader = Loader(raw_store, 64, sampler=ShrinkingSampler())
     for epoch in range(4):

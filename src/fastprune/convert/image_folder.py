@@ -151,7 +151,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     """(image paths, int64 labels, class names) of an image-folder tree; ``class_names`` as
     :func:`_label_order` reads them. ``progress``: a bar over the class folders (listing
     ImageNet's 1.28M files takes a minute or more)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook's widget bar (as fit's), a terminal's text one
 
     root = _common.require_dir(root, "image folder")
     classes = list_classes(root)
@@ -384,7 +384,7 @@ def check_one_shape(paths: list[Path], *, max_side: int | None, resize: tuple[in
     whose header cannot be read is passed over here (the write leaves it out and names it)."""
     if resize is not None:  # the write still reads each header before decoding (max_pixels)
         return tuple(resize)
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook's widget bar (as fit's), a terminal's text one
 
     read = functools.partial(_size_or_none if skip_unreadable else read_size, max_pixels=max_pixels)
     first = None  # (path, shape) of the first readable file

@@ -67,6 +67,10 @@ class ImageSource:
     def num_samples(self) -> int:
         return len(self.heights)
 
+    @property
+    def closed(self) -> bool:
+        return isinstance(self.gather, _ClosedGather)
+
     def check_unchanged(self) -> None:
         """Raise StoreError if the store's file was changed in place, or this source was closed."""
         if isinstance(self.gather, _ClosedGather):

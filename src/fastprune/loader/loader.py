@@ -55,6 +55,21 @@ class Batch(NamedTuple):
     indices: torch.Tensor  # int64 [B] sample ids in the store
     weights: torch.Tensor  # float32 [B] per-sample loss weights from the sampler
 
+    def __repr__(self) -> str:
+        """Shapes, types and devices: a notebook cell ending in a batch printed every value of
+        every tensor (160 lines for 64 small images)."""
+        parts = ", ".join(f"{name}={_tensor_summary(value)}" for name, value in zip(self._fields, self))
+        return f"Batch({parts})"
+
+
+def _tensor_summary(value) -> str:
+    """'uint8[64, 28, 28, 3]' (plus ' cuda:0' off the CPU); anything else as its repr."""
+    if not isinstance(value, torch.Tensor):
+        return repr(value)
+    dtype = str(value.dtype).removeprefix("torch.")
+    where = "" if value.device.type == "cpu" else f" {value.device}"
+    return f"{dtype}[{', '.join(map(str, value.shape))}]{where}"
+
 
 class _AllSamples:
     """The default sampler: every sample, weight 1."""
@@ -321,7 +336,8 @@ class Loader:
     def __repr__(self) -> str:
         sampler = "" if isinstance(self.sampler, _AllSamples) else f"sampler={self.sampler!r}, "  # what prunes it
         return (f"Loader({self.num_samples} samples, batch_size={self.batch_size}, epoch={self._epoch}, {sampler}"
-                f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device})")
+                f"threads={self.threads}, transforms={list(self.transforms)}, device={self.device}"
+                f"{', closed' if self._source.closed else ''})")
 
     def close(self) -> None:
         """Stop this loader's native threads, and close the store file it opened from a path (a

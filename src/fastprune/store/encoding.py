@@ -174,7 +174,7 @@ def encoded_chunks(source, fields: dict[str, Field], num_samples: int, chunk_siz
                     workers: int, progress: bool, label: str = "writing", skip_unreadable: bool = False):
     """Yield EncodedChunks in sample order, updating a progress bar labelled ``label`` (none when
     ``progress`` is false; tqdm's own settings, such as TQDM_DISABLE=1, apply otherwise)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a notebook's widget bar (as fit's), a terminal's text one
 
     bounds = [(s, min(s + chunk_size, num_samples)) for s in range(0, num_samples, chunk_size)]
     items = list(fields.items())

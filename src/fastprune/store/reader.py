@@ -193,7 +193,8 @@ class Store:
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}: {f!r}" for n, f in self._fields.items())
-        return f"Store({str(self.path)!r}, {self._num_samples} samples, {{{fields}}})"
+        closed = ", closed" if self._buffer is None else ""
+        return f"Store({str(self.path)!r}, {self._num_samples} samples, {{{fields}}}{closed})"
 
     # --- parsing and validation ------------------------------------------------------------------
 
