@@ -1,7 +1,8 @@
 """Batch transforms: numba kernels over a whole uint8 NHWC batch.
 
 Every transform sees the batch being assembled, ``images`` (uint8 ``[B, H, W, 3]``), the store
-sample ids of its rows, ``ids`` (int64 ``[B]``), and ``stream``, a 64-bit key derived from
+sample ids of its rows, ``ids`` (int64 ``[B]``), and ``stream``, a 64-bit key (``numpy.uint64``:
+a numba kernel takes it as is; half the keys overflow a signed int64) derived from
 (loader seed, epoch, position of the transform in the pipeline). Random choices come from
 ``uniform(stream, ids[b], k)`` -- a counter-based hash of (stream, sample id, draw number) -- so
 a sample's augmentation depends only on (seed, epoch, sample id): not on the thread count, the
@@ -106,7 +107,7 @@ class BatchTransform:
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
 
-    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray | torch.Tensor:
+    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: np.uint64) -> np.ndarray | torch.Tensor:
         # uint8 [B, H, W, 3] in; the same (or a new array) out, or a tensor from a final Normalize
         raise NotImplementedError
 
