@@ -165,7 +165,8 @@ def add_convert_command(subparsers) -> None:
                              "JPEG that needs no resizing keeps its own bytes")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--max-side", type=positive_int, metavar="N",
-                      help="image folders, hf sources: shrink images whose longer side exceeds N (keeps aspect)")
+                      help="image folders, hf sources: shrink images whose longer side exceeds N (keeps aspect); "
+                           "about 1.15-2x the crop you train at: larger images decode slower for nothing")
     size.add_argument("--resize", type=height_by_width, metavar="HxW",
                       help="image folders, hf sources: resize every image to exactly HxW")
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
