@@ -579,10 +579,15 @@ def _tiny(stores, strategy=None, **loader_options):
     return model, loader
 
 
-def test_an_interrupt_inside_the_progress_bar_closes_the_pass_at_once(stores, monkeypatch):
+@pytest.mark.parametrize("where", ["progress bar", "data clock"])
+def test_an_interrupt_inside_the_progress_bar_closes_the_pass_at_once(stores, monkeypatch, where):
     """A Ctrl-C landing in the progress bar's own code (a notebook's "interrupt kernel") left the
     loader's pass, its threads and finished batches, to whatever kept the traceback: IPython keeps
-    the last one, so each interrupted run kept a pass alive (a notebook audit: 107 MB)."""
+    the last one, so each interrupted run kept a pass alive (a notebook audit: 107 MB). So did one
+    landing in the clock that times the loader (between its next() and its yield)."""
+    import sys
+    import time
+
     from fastprune.loader import loader as loader_module
     from fastprune.train import loop
 
@@ -594,7 +599,20 @@ def test_an_interrupt_inside_the_progress_bar_closes_the_pass_at_once(stores, mo
                 yield batch
         return bar()
 
-    monkeypatch.setattr(loop, "_progress_bar", interrupted_bar)
+    class InterruptingClock:  # loop's time: raises at _WaitClock.timed's 4th reading (after a next())
+        readings = 0
+
+        def perf_counter(self):
+            if sys._getframe(1).f_code.co_name == "timed":
+                self.readings += 1
+                if self.readings == 4:
+                    raise KeyboardInterrupt
+            return time.perf_counter()
+
+    if where == "progress bar":
+        monkeypatch.setattr(loop, "_progress_bar", interrupted_bar)
+    else:
+        monkeypatch.setattr(loop, "time", InterruptingClock())
     strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
     model, loader = _tiny(stores, strategy, prefetch=4)
     kept = []

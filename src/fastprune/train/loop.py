@@ -87,17 +87,25 @@ class _WaitClock:
         self.seconds = 0.0
 
     def timed(self, loader) -> Iterator:
+        """The loader's batches, timed. Closing it (the epoch loop does, however it ends) closes the
+        loader's pass, its threads and finished batches, now: left to the garbage collector, a
+        pass stayed alive as long as a traceback holding it (IPython keeps the last one)."""
         start = time.perf_counter()
         batches = iter(loader)  # a generator loader starts its epoch (selection...) at the first next
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
+        try:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    self.seconds += time.perf_counter() - start
+                    return
                 self.seconds += time.perf_counter() - start
-                return
-            self.seconds += time.perf_counter() - start
-            yield batch
-            start = time.perf_counter()  # the step's host work is done: the wait for the next begins
+                yield batch
+                start = time.perf_counter()  # the step's host work is done: the wait for the next begins
+        finally:
+            close = getattr(batches, "close", None)  # a generator's; a DataLoader's iterator has none
+            if close is not None:
+                close()
 
 
 def _trainable_memory_format(model: nn.Module, device: torch.device, asked: torch.memory_format):
