@@ -740,3 +740,27 @@ def test_a_warning_points_at_the_users_line_through_context_manager_decorators()
     with pytest.warns(UsageWarning, match="deep") as caught:
         namespace["entry"]()
     assert caught[0].filename == __file__
+
+
+def test_an_epoch_past_the_planned_ones_warns_once():
+    """A strategy built for ``epochs`` ran on past them without a word: a loop run longer, or run
+    again after an interrupt in a notebook, had InfoBatch's final full-data epochs go on (a notebook
+    audit)."""
+    import warnings
+
+    strategy = InfoBatch(100, keep=0.5, epochs=8, seed=0)  # epoch 7 is its final full-data one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(8):
+            strategy.select(epoch)
+            strategy.update(np.arange(100), np.random.default_rng(epoch).random(100))
+    with pytest.warns(UsageWarning, match=r"InfoBatch: epoch 8 starts, past the epochs=8 it was built for \(epochs "
+                                          r"0\.\.7\), so its plan no longer fits the run \(its final full-data epochs "
+                                          r"go on\): build it with epochs= the run's number of epochs") as warned:
+        strategy.select(8)
+    assert [w.filename for w in warned] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strategy.select(8)  # the same epoch again: not a new start
+        strategy.select(9)  # once per strategy
+        UCB(100, keep=0.5, seed=0).select(50)  # no planned epochs: nothing to be past

@@ -334,6 +334,7 @@ class Strategy:
         self._losses_received = 0
         self._warned_unscored = False
         self._warned_replay = False
+        self._warned_past_plan = False
 
     # ---- the interface the loader uses ----------------------------------------------------
 
@@ -368,7 +369,21 @@ class Strategy:
             selection = Selection(cached.indices.copy(), cached.weights.copy())
         if starting:
             self._started, self._losses_received = (epoch, len(selection)), 0
+            self._warn_if_past_plan(epoch)
         return selection
+
+    def _warn_if_past_plan(self, epoch: int) -> None:
+        """Warn once when an epoch past ``epochs`` starts: the plan built on that count (InfoBatch's
+        final full-data epochs, the epochs its schedule spans) no longer fits the run. A loop run
+        longer than the strategy was built for (or run again after an interrupt, in a notebook)
+        trained on, pruning or not, without a word."""
+        if self.epochs is None or epoch < self.epochs or self._warned_past_plan:
+            return
+        self._warned_past_plan = True
+        warnings.warn(f"{type(self).__name__}: epoch {epoch} starts, past the epochs={self.epochs} it was built for "
+                      f"(epochs 0..{self.epochs - 1}), so its plan no longer fits the run"
+                      f"{' (its final full-data epochs go on)' if self.final_full_epochs else ''}: build it with "
+                      "epochs= the run's number of epochs", UsageWarning, stacklevel=user_stacklevel())
 
     def _warn_if_unscored(self, epoch: int) -> None:
         """Warn once when ``epoch``'s subset is chosen and update() got losses for fewer than half
