@@ -22,14 +22,14 @@ from ..store.names import label_gap, named_class_count
 from ..store.reader import store_name
 
 # Images the statistics are computed over: enough for the mean and std of a channel to be exact
-# to about 0.3% of a pixel's range, and cheap (a few thousand decodes of images of at most
-# STATISTICS_SIDE px: about a second).
+# to about 0.3% of a pixel's range, and cheap for images of ordinary sizes (a few thousand
+# decodes: about a second). Camera-size photos take minutes (each is decoded whole, as training
+# would read them: the figures must stay those of the images, a checkpoint compares them on
+# resume); train and bench warn of such images (recipe.oversize_warning).
 STATISTICS_SAMPLES = 4096
-# Larger images are read shrunk to this side (as a crop of them is, before the model sees it): a
-# store of camera-size photos took minutes of full decodes, and 256 at once of 12 MP, copied to
-# float64, asked for 75 GB (a performance audit: a 26.8 GiB MemoryError on 3000 x 2000 photos).
-STATISTICS_SIDE = 512
-_PIXELS_AT_ONCE = 1 << 23  # pixels decoded per gather (24 MB): bounds memory whatever the sizes
+# Pixels decoded per gather (24 MB): 256 images at once of 12 MP, copied to float64, asked for
+# 75 GB (a performance audit: a 26.8 GiB MemoryError on 3000 x 2000 photos)
+_PIXELS_AT_ONCE = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,15 @@ def check_classes(train, val, label_field: str | None = None) -> int:
 
 @contextlib.contextmanager
 def _opened(train, val, label_field: str | None = None):
-    """The loader's views of the two stores (one gather thread each), closed at the block's end."""
+    """The loader's views of the two stores, closed at the block's end: the training one decodes
+    on the default threads (its statistics), the validation one on one."""
     from ..loader._source import open_source
 
     with contextlib.ExitStack() as stack:
         try:  # quiet: a store without labels is refused by _classes, naming --label-field, in one line
-            training, validation = (stack.enter_context(open_source(store, None, label_field, threads=1, quiet=True))
-                                    for store in (train, val))
+            training, validation = (stack.enter_context(open_source(store, None, label_field, threads=threads,
+                                                                    quiet=True))
+                                    for store, threads in ((train, None), (val, 1)))
         except FastpruneError:  # a damaged store stays a StoreError
             raise
         except ValueError as exc:  # a store that does not fit the options (--label-field): one line
@@ -114,34 +116,26 @@ def image_statistics(store, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[fl
     over a store of any labels (:func:`describe_stores` also checks class labels)."""
     from ..loader._source import open_source
 
-    with open_source(store, None, False, threads=1) as source:
+    with open_source(store, None, False, threads=None) as source:  # decoded on the default threads
         return channel_statistics(source, samples)
 
 
 def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) of the pixels of a seeded sample of the store's images, as fractions
-    of 255 (what ``Normalize`` takes). Every pixel counts once, whatever its image's size; an image
-    larger than ``STATISTICS_SIDE`` a side counts as read, shrunk to that side (antialiased, as a
-    crop of it is shrunk), which leaves the mean and moves the std by a fraction of a percent."""
+    of 255 (what ``Normalize`` takes). Every pixel counts once, whatever its image's size."""
     ids = statistics_sample(source.num_samples, samples)
-    heights, widths = source.heights[ids].astype(np.int64), source.widths[ids].astype(np.int64)
-    shrink = np.maximum(heights, widths) > STATISTICS_SIDE
-    scale = STATISTICS_SIDE / np.maximum(heights, widths)
-    read = np.stack([np.where(shrink, np.maximum(1, np.rint(heights * scale)), heights),
-                     np.where(shrink, np.maximum(1, np.rint(widths * scale)), widths), shrink], axis=1).astype(np.int64)
+    shapes = np.stack([source.heights[ids], source.widths[ids]], axis=1).astype(np.int64)
     histogram = np.zeros((3, 256), np.int64)  # exact counts: no float copy of the pixels
-    for height, width, shrunk in np.unique(read, axis=0):  # one output shape per gather
-        group = np.flatnonzero((read == (height, width, shrunk)).all(axis=1))
-        per_gather = max(1, _PIXELS_AT_ONCE // int(height * width))
+    for height, width in np.unique(shapes, axis=0):  # one shape per gather: mixed stores group by size
+        group = ids[(shapes == (height, width)).all(axis=1)]
+        per_gather = min(len(group), max(1, _PIXELS_AT_ONCE // int(height * width)))
+        buffer = np.empty((per_gather, int(height), int(width), 3), np.uint8)  # one per shape, reused
         for start in range(0, len(group), per_gather):
-            rows = group[start:start + per_gather]
-            images = np.empty((len(rows), int(height), int(width), 3), np.uint8)
-            if shrunk:  # the whole image as the crop, resized (JPEGs decoded already downscaled)
-                crops = np.stack([np.zeros_like(rows), np.zeros_like(rows), heights[rows], widths[rows]], axis=1)
-                source.gather.gather_crops(ids[rows], crops.astype(np.int32), images, max_threads=1)
-            else:
-                source.gather.gather(ids[rows], images, max_threads=1)
+            chunk = group[start:start + per_gather]
+            images = buffer[:len(chunk)]
+            source.gather.gather(chunk, images)  # on the source's threads
             _count_channel_values(images.reshape(-1, 3), histogram)
+        del buffer, images  # before the next shape's
     values = np.arange(256, dtype=np.float64)
     pixels = histogram[0].sum()
     mean = histogram @ values / pixels

@@ -266,7 +266,7 @@ def make_loaders(train, val, batch_size: int, *, sampler=None, seed: int = 0, au
                           f"train), got {'mean' if std is None else 'std'} alone")
     augment = check_bool(augment, "make_loaders: augment")
     if mean is None:
-        with open_source(train, None, False, threads=1) as source:  # pixels only
+        with open_source(train, None, False, threads=None) as source:  # pixels only, on the default threads
             mean, std = channel_statistics(source)
     normalize = Normalize(mean, std, channels_last=channels_last)
     augmentations = []
