@@ -286,40 +286,44 @@ def test_a_crop_larger_than_the_stores_images_fails_when_the_loader_is_built(tmp
     assert len(fastprune.Loader(store, 4, transforms=[RandomCrop(12, padding=0)])) == 2
 
 
-def test_a_numba_transform_of_the_user_s_gets_keys_past_2_63(tmp_path):
-    """The guide's own-augmentation example (a numba kernel taking ``stream``) raised OverflowError
-    at epoch 5 of seed 0: the Loader passed the key as a Python int, and a kernel numba had
-    compiled for the int64 of earlier epochs' keys cannot take one past 2**63 (a performance
-    audit). Keys now arrive as uint64."""
-    import numba
+def test_the_guide_s_own_transform_takes_keys_past_2_63(tmp_path):
+    """The guide's own-augmentation example raised OverflowError at epoch 5 of seed 0: it gave its
+    numba kernel the key as a Python int, numba compiled the kernel for the int64 of the first
+    keys, and that epoch's key is past 2**63 (a performance audit). The example now passes
+    np.uint64(stream); keys stay Python ints (random.Random(stream) takes them). Run here as the
+    guide writes it, over a small key then a large one."""
+    import random
+    import re
+    from pathlib import Path
 
     import fastprune
     from fastprune.loader import Loader
-    from fastprune.loader.transforms import BatchTransform, stream_key, uniform
     from fastprune.store.fields import IntField, RGBImageField
 
-    @numba.njit(nogil=True)
-    def invert(images, ids, stream, p):
-        for b in range(images.shape[0]):
-            if uniform(stream, ids[b], 0) < p:
-                images[b] = 255 - images[b]
-
-    class RandomInvert(BatchTransform):
-        def __call__(self, images, ids, stream):
-            invert(images, ids, stream, 0.5)
-            return images
-
-    images = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", guide, flags=re.S) if "class RandomInvert" in b)
+    images = np.random.default_rng(0).integers(0, 256, (64, 4, 4, 3), dtype=np.uint8)
     store = fastprune.write_dataset(tmp_path / "s.beton", [(image, 0) for image in images],
                                     {"image": RGBImageField(write_mode="raw"), "label": IntField()},
                                     workers=1, progress=False)
+    names = {"fastprune": fastprune, "store": store}
+    exec(compile(block.split("images, labels, indices, weights")[0], "guide.md", "exec"), names)  # its definitions
     small = next(e for e in range(100) if stream_key(0, e, 0) < 2**63)
-    epoch = next(e for e in range(100) if stream_key(0, e, 0) >= 2**63)
-    loader = Loader(store, 16, transforms=[RandomInvert()], shuffle=False, seed=0, threads=1)
-    loader.set_epoch(small)  # compiled first for this key's type (a Python int's: int64)
+    epoch = next(e for e in range(small, 100) if stream_key(0, e, 0) >= 2**63)
+    loader = Loader(store, 64, transforms=[names["RandomInvert"]()], shuffle=False, seed=0, threads=1)
+    loader.set_epoch(small)  # numba compiles the kernel for the first key's type
     next(iter(loader))
     loader.set_epoch(epoch)
     batch = next(iter(loader))
-    inverted = [uniform_py(stream_key(0, epoch, 0), i, 0) < 0.5 for i in range(16)]
+    inverted = [uniform_py(stream_key(0, epoch, 0), i, 0) < 0.5 for i in range(64)]
     expected = np.where(np.array(inverted)[:, None, None, None], 255 - images, images)
     np.testing.assert_array_equal(batch.images.numpy(), expected)
+    seen = []
+
+    class Keys(fastprune.loader.transforms.BatchTransform):
+        def __call__(self, images, ids, stream):
+            seen.append(random.Random(stream).random())  # a Python int, as before
+            return images
+
+    next(iter(Loader(store, 64, transforms=[Keys()], threads=1)))
+    assert len(seen) == 1

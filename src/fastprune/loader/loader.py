@@ -326,9 +326,7 @@ class Loader:
 
     def _batch_builder(self, epoch: int) -> "_BatchBuilder":
         host = self._pipeline()[0]
-        # numpy's uint64, not a Python int: a user's numba kernel given a key past 2**63 as an int
-        # raised OverflowError (the guide's RandomInvert, at epoch 5 of seed 0)
-        streams = [np.uint64(stream_key(self.seed, epoch, salt)) for salt in range(len(host))]
+        streams = [stream_key(self.seed, epoch, salt) for salt in range(len(host))]
         return _BatchBuilder(self._source, host, streams, epoch, self._pinned)
 
     def _to_device(self, batch: Batch) -> Batch:

@@ -1,9 +1,9 @@
 """Batch transforms: numba kernels over a whole uint8 NHWC batch.
 
 Every transform sees the batch being assembled, ``images`` (uint8 ``[B, H, W, 3]``), the store
-sample ids of its rows, ``ids`` (int64 ``[B]``), and ``stream``, a 64-bit key (``numpy.uint64``:
-a numba kernel takes it as is; half the keys overflow a signed int64) derived from
-(loader seed, epoch, position of the transform in the pipeline). Random choices come from
+sample ids of its rows, ``ids`` (int64 ``[B]``), and ``stream``, a 64-bit key (a Python int;
+pass ``np.uint64(stream)`` to a numba kernel: half the keys overflow the signed int64 numba
+reads an int as) derived from (loader seed, epoch, position of the transform in the pipeline). Random choices come from
 ``uniform(stream, ids[b], k)`` -- a counter-based hash of (stream, sample id, draw number) -- so
 a sample's augmentation depends only on (seed, epoch, sample id): not on the thread count, the
 batch size, or which other samples share its batch.
@@ -16,6 +16,7 @@ Writing your own transform takes a few lines: a ``nogil`` numba kernel plus a
 :class:`BatchTransform` subclass whose ``__call__`` runs it and returns the batch::
 
     import numba
+    import numpy as np
     from fastprune.loader.transforms import BatchTransform, uniform
 
     @numba.njit(nogil=True, cache=True)
@@ -29,7 +30,7 @@ Writing your own transform takes a few lines: a ``nogil`` numba kernel plus a
             self.p = p
 
         def __call__(self, images, ids, stream):
-            _invert(images, ids, stream, self.p)
+            _invert(images, ids, np.uint64(stream), self.p)   # the key as numba's uint64
             return images            # in place; return a new array if the shape changes
 
     loader = Loader(store, 256, transforms=[RandomInvert(), Normalize(MEAN, STD)])
@@ -107,7 +108,7 @@ class BatchTransform:
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
 
-    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: np.uint64) -> np.ndarray | torch.Tensor:
+    def __call__(self, images: np.ndarray, ids: np.ndarray, stream: int) -> np.ndarray | torch.Tensor:
         # uint8 [B, H, W, 3] in; the same (or a new array) out, or a tensor from a final Normalize
         raise NotImplementedError
 
