@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -149,6 +150,30 @@ def test_drop_last_without_set_epoch_warns_that_the_epoch_runs_again():
             warnings.simplefilter("error")
             assert len(epoch_of_len_batches()) == 24
         assert strategy._epoch == epoch
+
+
+def test_drop_last_over_a_strategy_of_one_s_own_still_warns():
+    """A strategy of the user's own (select, num_samples, num_selected: what PrunedSampler asks
+    for) has no record of losses; its sampler still says an unfinished pass runs again (a review
+    found it silent, the epoch at 0 for ever)."""
+    from fastprune.prune.base import Selection
+
+    class Half:
+        num_samples = 100
+
+        def select(self, epoch):
+            return Selection(np.arange(0, 100, 2), np.ones(50, np.float32))
+
+        def num_selected(self, epoch):
+            return 50
+
+    sampler = PrunedSampler(Half(), seed=0)
+    loader = DataLoader(WithIndices(_dataset()), batch_size=8, sampler=sampler, drop_last=True)
+    list(zip(range(len(loader)), loader))
+    with pytest.warns(UsageWarning, match=r"PrunedSampler: this pass runs epoch 0 again \(the pass over it stopped "
+                                          r"before its last sample: .*drop_last=True.*\); to choose the epoch, call "
+                                          r"sampler.set_epoch\(epoch\)"):
+        list(zip(range(len(loader)), loader))
 
 
 def test_looking_at_a_batch_then_training_does_not_warn():

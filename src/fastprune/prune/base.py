@@ -403,15 +403,16 @@ class Strategy:
                       "accumulation (an epoch cut short, as by Lightning's limit_train_batches, leaves the rest "
                       "unscored too)", UsageWarning, stacklevel=user_stacklevel())
 
-    def _check_pass_epoch(self, epoch: int, consumer: str, *, chosen: bool = False, cause: str | None = None) -> None:
+    def _check_pass_epoch(self, epoch: int, consumer: str, *, chosen: bool = False, cause: str | None = None,
+                          advice: str | None = None) -> None:
         """A sampler's, Loader's or ffcv order's pass over ``epoch`` starts: warn once when it
         repeats a subset chosen before. An epoch before the latest selected repeats one whoever
         chose it (a new process's Accelerate loader or a second Lightning Trainer counts epochs
         from 0 and sets them); the latest one, after update() got its losses, unless set_epoch
         chose it (``chosen``). ``cause``: why the consumer runs this epoch (default: a new one
-        starts at epoch 0). Unwarned, a consumer built each epoch or over a loaded checkpoint
-        trained epoch 0's subset again and again: the others never seen, or no pruning behind a
-        warm-up."""
+        starts at epoch 0); ``advice``: what to do (default: one consumer, set to the run's epoch).
+        Unwarned, a consumer built each epoch or over a loaded checkpoint trained epoch 0's subset
+        again and again: the others never seen, or no pruning behind a warm-up."""
         latest = self._epoch
         trained = self._started is not None and self._started[0] == latest and self._losses_received > 0
         if self._warned_replay or not (epoch < latest or (epoch == latest and trained and not chosen)):
@@ -423,10 +424,10 @@ class Strategy:
             cause = (f"set_epoch({epoch}) chose it, as a framework counting epochs from 0 in a new process does: "
                      "Accelerate's prepared loader, a second Lightning Trainer") if chosen else \
                 f"a new {consumer} starts at epoch 0 unless set_epoch sets another"
+        advice = advice or (f"use one {consumer} for the whole run and set the epoch the run is at (after "
+                            "load_state_dict: the checkpoint's next epoch)")
         warnings.warn(f"{consumer}: this pass runs epoch {epoch} {where}, so it repeats a subset chosen before "
-                      f"({cause}); use one {consumer} for the whole run and set the epoch the run is at "
-                      "(after load_state_dict: the checkpoint's next epoch)", UsageWarning,
-                      stacklevel=user_stacklevel())
+                      f"({cause}); {advice}", UsageWarning, stacklevel=user_stacklevel())
 
     def _looked_back(self, epoch: int) -> Selection:
         """``select`` of an epoch before the current one (``Loader.epoch_order(1)`` during epoch 4):

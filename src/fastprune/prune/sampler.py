@@ -20,12 +20,14 @@ every sample.
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from .._args import check_bool, check_epoch, check_seed
+from ..errors import UsageWarning, user_stacklevel
 from ..random_streams import epoch_permutation
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
@@ -104,14 +106,18 @@ class PrunedSampler(_SamplerBase):
         if self._alone and self._sharding is None:
             check_still_alone("PrunedSampler")
         unfinished = getattr(self, "_unfinished", None)
+        again = unfinished is not None and not self._set_during_pass
+        cause = ("the pass over it stopped before its last sample: a loop taking len(loader) batches of a "
+                 "DataLoader with drop_last=True never asks for the remainder")
+        advice = "to choose the epoch, call sampler.set_epoch(epoch) at each epoch's start"
         if hasattr(self.strategy, "_check_pass_epoch"):
-            # an unfinished pass runs its epoch again: said once losses came in for it (a pass only
-            # looked at, `next(iter(loader))`, repeats nothing trained)
-            again = unfinished is not None and not self._set_during_pass
-            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler", chosen=self._set_during_pass, cause=(
-                f"the pass over it stopped before its last sample: a loop taking len(loader) batches of a "
-                "DataLoader with drop_last=True never asks for the remainder; call sampler.set_epoch(epoch) at "
-                "each epoch's start") if again else None)
+            # said once losses came in for the epoch (a pass only looked at, `next(iter(loader))`,
+            # repeats nothing trained)
+            self.strategy._check_pass_epoch(self.epoch, "PrunedSampler", chosen=self._set_during_pass,
+                                            cause=cause if again else None, advice=advice if again else None)
+        elif again:  # a strategy of the user's own: no record of its losses, so said every time
+            warnings.warn(f"PrunedSampler: this pass runs epoch {self.epoch} again ({cause}); {advice}", UsageWarning,
+                          stacklevel=user_stacklevel())
         epoch = self.epoch
         self._set_during_pass = False
         self._unfinished = epoch
