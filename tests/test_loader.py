@@ -107,6 +107,7 @@ def test_a_resized_crop_not_first_is_warned_about(raw_store):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Loader(raw_store, 8, threads=1, transforms=[RandomResizedCrop(8), RandomHorizontalFlip()]).close()
+        Loader(raw_store, 8, threads=1, transforms=[RandomResizedCrop(12), CenterCrop(8)]).close()  # fused first
 
 
 def test_a_notebook_shows_batches_loaders_and_stores_in_a_line(raw_store):

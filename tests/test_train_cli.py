@@ -211,17 +211,18 @@ def test_images_far_larger_than_the_crop_are_warned_about(tmp_path, capsys):
 
     heights, widths = np.array([2000, 1500, 3000]), np.array([3000, 2000, 2000])
     assert oversize_warning(224, heights, widths) == (
-        "warning: the training images are 9x --crop 224 (median shorter side 2000 px): each is decoded far larger "
-        "than the model's input, which makes loading several times slower than needed; convert with --max-side 448 "
-        "or so (1.15-2x the crop keeps the detail a crop uses)")
+        "warning: the training images are 9x --crop 224 (median shorter side 2000 px): each is read far larger than "
+        "the model's input, which makes loading several times slower than needed; store them at about 448 px "
+        "(convert --max-side 448 for image folders and Hugging Face datasets)")
     assert oversize_warning(501, heights, widths) is None  # 4x and more only: ImageNet's ~400 px at 224 is fine
     assert oversize_warning(None, heights, widths) is None
+    assert oversize_warning(8, np.array([40, 500]), np.array([40, 500])) is None  # small images: cheap whatever
     rng = np.random.default_rng(0)
-    train = from_arrays(rng.integers(0, 256, (64, 40, 40, 3), dtype=np.uint8), np.arange(64) % 2,
+    train = from_arrays(rng.integers(0, 256, (16, 520, 520, 3), dtype=np.uint8), np.arange(16) % 2,
                         tmp_path / "train.beton", progress=False)
-    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "8",
+    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "16",
                  "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
-    assert "warning: the training images are 5x --crop 8 (median shorter side 40 px)" in capsys.readouterr().out
+    assert "warning: the training images are 32x --crop 16 (median shorter side 520 px)" in capsys.readouterr().out
 
 
 def test_the_logs_keep_the_epochs_an_interrupted_run_finished_and_a_resume_completes_them(tmp_path, monkeypatch,

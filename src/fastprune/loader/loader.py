@@ -705,7 +705,8 @@ def _check_transforms(transforms) -> list:
             raise TypeError(f"transforms[{i}] is not callable: {t!r}")
         if isinstance(t, Normalize) and i != len(transforms) - 1:
             raise ValueError(f"transforms[{i}]: Normalize must be the last transform (it returns a torch tensor)")
-        if isinstance(t, _ResizedCrop) and i != 0:  # allowed: then it runs in numba on the uint8 batch
+        # allowed: then it runs in numba on the uint8 batch (behind a first crop, on its small output)
+        if isinstance(t, _ResizedCrop) and i != 0 and not isinstance(transforms[0], _ResizedCrop):
             warnings.warn(f"transforms[{i}]: {type(t).__name__} after {type(transforms[0]).__name__} runs on the "
                           "whole decoded images; placed first, it is fused into the decode, which reads only the "
                           "crop's window (3-30x faster): put it first unless the transforms before it need the "

@@ -161,23 +161,25 @@ def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -
             "convert with a larger --max-side)")
 
 
-# Stored images this many times the crop (median shorter side) are decoded far larger than the
-# model's input: 3000 x 2000 photos under --crop 224 or 64 loaded 38-54x slower than the same
-# photos kept at 256 px, and the store was 23x the size (a performance audit).
-OVERSIZE_FACTOR = 4
+# Stored images this many times the crop (median shorter side), and at least OVERSIZE_PIXELS, are
+# read far larger than the model's input: 3000 x 2000 photos under --crop 224 or 64 loaded 38-54x
+# slower than the same photos kept at 256 px, and the store was 23x the size (a performance
+# audit). Small images several times a tiny crop cost little: not said.
+OVERSIZE_FACTOR, OVERSIZE_PIXELS = 4, 512
 
 
 def oversize_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -> str | None:
-    """One line when the training images are much larger than ``crop``: each is read whole, or
-    decoded at most 8x shrunk (JPEG), to be cut down to the crop."""
+    """One line when the training images are much larger than ``crop``: each is read whole (a
+    JPEG decoded at most 8x shrunk) to be cut down to the crop."""
     if crop is None or not len(heights):
         return None
     median = int(np.median(np.minimum(heights, widths)))
-    if median < OVERSIZE_FACTOR * crop:
+    if median < max(OVERSIZE_FACTOR * crop, OVERSIZE_PIXELS):
         return None
     return (f"warning: the training images are {median / crop:.0f}x --crop {crop} (median shorter side {median} "
-            f"px): each is decoded far larger than the model's input, which makes loading several times slower "
-            f"than needed; convert with --max-side {2 * crop} or so (1.15-2x the crop keeps the detail a crop uses)")
+            f"px): each is read far larger than the model's input, which makes loading several times slower than "
+            f"needed; store them at about {2 * crop} px (convert --max-side {2 * crop} for image folders and Hugging "
+            "Face datasets)")
 
 
 def recipe_warnings(recipe: Recipe, train_store, keep: float, keep_option: str = "--keep",
