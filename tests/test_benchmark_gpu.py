@@ -98,7 +98,10 @@ def test_the_gpu_script_s_carried_libraries_import_alone(tmp_path):
     def size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: what the device tool carries is its tracked files")
+    tracked = listed.stdout
     fmnist = Path("/usr/share/datasets/fashion-mnist")
     carried = (sum(size(repo / name) for name in tracked.decode().split("\0") if name and (repo / name).is_file())
                + size(tmp_path / "pylib") + size(tmp_path / "buildlib") + 1_000_000  # the two .debs: 0.46 MB

@@ -43,7 +43,7 @@ class DatasetSource:
         self.target_dtype = target_dtype  # arrays cast to it (a Hugging Face column's declared type)
         self.max_side, self.resize = max_side, resize
         # unlabelled samples are left out as the writer reads them (LeftOut), not found by reading
-        # every sample once more first
+        # every sample once more first; those known already are marked in ``left_out``
         self.drop_unlabeled = drop_unlabeled
         try:
             self.length = len(dataset)
@@ -56,7 +56,7 @@ class DatasetSource:
         # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
         # starts; when raw storage needs one shape, its shape is the one every sample must have
         self.reference_index, self.reference_shape = 0, None
-        self.unlabelled_before_reference: set[int] = set()
+        self.left_out = self._unlabelled_by_column() if drop_unlabeled else None  # bool [length]
         first_image, self.first_label = self._first_readable()
         self.reference_shape = first_image.shape if one_shape else None
 
@@ -79,7 +79,7 @@ class DatasetSource:
                 self.reference_index = index
                 return self[index]
             except LeftOut:
-                self.unlabelled_before_reference.add(index)
+                self.left_out[index] = True  # read once: the writer leaves it out unread (forked workers too)
             except UnreadableSample as exc:
                 if not self.skip_unreadable:
                     raise
@@ -93,8 +93,8 @@ class DatasetSource:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
-        if index in self.unlabelled_before_reference:
-            raise LeftOut  # read once already, by _first_readable
+        if self.left_out is not None and self.left_out[index]:
+            raise LeftOut  # known unlabelled: a label column said so, or _first_readable read it
         what = f"sample {index} of {type(self.dataset).__name__}"
         item = self._pair(self._fetch(index, what), what)
         if self.targets:
@@ -137,6 +137,19 @@ class DatasetSource:
             value = np.asarray(value, dtype=np.uint8)
         image = _common.any_image_to_rgb(value, what)
         return _common.fit_image(image, max_side=self.max_side, resize=self.resize)
+
+    def _unlabelled_by_column(self) -> np.ndarray:
+        """Which samples a Hugging Face dataset's label column says are unlabelled (-1 or None),
+        read without fetching a row; none known for other datasets (found as they are read)."""
+        unlabelled = np.zeros(self.length, dtype=bool)
+        label_key = self.keys[1]
+        if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names \
+                and not _has_transform(self.dataset):  # a transform would run on every row for it
+            labels = self.dataset[label_key]
+            for i, value in enumerate(labels):
+                label = _label(value, f"sample {i} of {type(self.dataset).__name__}: label")
+                unlabelled[i] = label is None or label < 0
+        return unlabelled
 
     def _pair(self, item: Any, what: str) -> tuple[Any, Any]:
         """(image, label) of a sample that is a pair or a dict."""

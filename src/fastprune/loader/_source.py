@@ -73,7 +73,7 @@ class ImageSource:
 
     def check_unchanged(self) -> None:
         """Raise StoreError if the store's file was changed in place, or this source was closed."""
-        if isinstance(self.gather, _ClosedGather):
+        if self.closed:
             self.gather.gather()  # raises, naming the store and why
         self.owner.check_unchanged()
 

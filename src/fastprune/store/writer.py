@@ -77,7 +77,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     skip_unreadable: leave out the samples the source fails to read (``source[i]`` raises: a file
         that cannot be read or decoded) instead of stopping; later samples move up. They are
         named in one ``SkippedSamplesWarning``; more than 1% of the samples (and over 10) stops
-        the write all the same, as something other than a few bad files.
+        the write all the same, as something other than a few bad files. Samples the source
+        leaves out on purpose (``encoding.LeftOut``: a converter's unlabelled ones) do not count.
     """
     path = Path(path)
     fields = _check_fields(fields, jpeg_quality)
@@ -145,14 +146,14 @@ _SKIP_FRACTION, _SKIP_ALWAYS_ALLOWED = 0.01, 10
 _SKIPS_NAMED = 5
 
 
-def _check_skipped(skipped: list[tuple[int, str]], num_samples: int) -> None:
-    """Stop the write when too many samples are unreadable. ``num_samples``: those the source means
-    to store (exact once every chunk is in, an upper bound before)."""
-    if skipped and len(skipped) == num_samples:
-        raise ConversionError(f"{_skipped_summary(skipped, num_samples)}: not one sample could be read; the write "
+def _check_skipped(skipped: list[tuple[int, str]], to_write: int) -> None:
+    """Stop the write when too many samples are unreadable. ``to_write``: the samples the source
+    means to store (exact once every chunk is in, an upper bound before)."""
+    if skipped and len(skipped) == to_write:
+        raise ConversionError(f"{_skipped_summary(skipped, to_write)}: not one sample could be read; the write "
                               "stopped: fix the source")
-    if len(skipped) > max(_SKIP_ALWAYS_ALLOWED, _SKIP_FRACTION * num_samples):
-        raise ConversionError(f"{_skipped_summary(skipped, num_samples)}: more than 1% of the samples (and "
+    if len(skipped) > max(_SKIP_ALWAYS_ALLOWED, _SKIP_FRACTION * to_write):
+        raise ConversionError(f"{_skipped_summary(skipped, to_write)}: more than 1% of the samples (and "
                               "over 10), so not a few bad files; the write stopped: fix the source")
 
 
