@@ -108,6 +108,10 @@ def test_a_resized_crop_not_first_is_warned_about(raw_store):
         warnings.simplefilter("error")
         Loader(raw_store, 8, threads=1, transforms=[RandomResizedCrop(8), RandomHorizontalFlip()]).close()
         Loader(raw_store, 8, threads=1, transforms=[RandomResizedCrop(12), CenterCrop(8)]).close()  # fused first
+    with pytest.warns(UsageWarning) as warned:  # only the first crop loses the fused decode
+        Loader(raw_store, 8, threads=1, transforms=[RandomHorizontalFlip(), RandomResizedCrop(12), CenterCrop(8)])
+    assert [str(w.message)[:64] for w in warned if w.category is UsageWarning] == [
+        "transforms[1]: RandomResizedCrop after RandomHorizontalFlip runs"]
 
 
 def test_a_notebook_shows_batches_loaders_and_stores_in_a_line(raw_store):

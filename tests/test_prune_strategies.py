@@ -764,3 +764,7 @@ def test_an_epoch_past_the_planned_ones_warns_once():
         strategy.select(8)  # the same epoch again: not a new start
         strategy.select(9)  # once per strategy
         UCB(100, keep=0.5, seed=0).select(50)  # no planned epochs: nothing to be past
+    older = InfoBatch(100, keep=0.5, epochs=2, seed=0)
+    del older.__dict__["_warned_past_plan"]  # as unpickled from a version without the flag
+    with pytest.warns(UsageWarning, match="past the epochs=2"):
+        older.select(2)

@@ -216,7 +216,8 @@ def test_images_far_larger_than_the_crop_are_warned_about(tmp_path, capsys):
         "(convert --max-side 448 for image folders and Hugging Face datasets)")
     assert oversize_warning(501, heights, widths) is None  # 4x and more only: ImageNet's ~400 px at 224 is fine
     assert oversize_warning(None, heights, widths) is None
-    assert oversize_warning(8, np.array([40, 500]), np.array([40, 500])) is None  # small images: cheap whatever
+    assert oversize_warning(8, np.array([40, 40]), np.array([40, 500])) is None  # small images: cheap whatever
+    assert oversize_warning(32, np.array([480]), np.array([640])) is not None  # raw: 10.8x slower than at 64 px
     rng = np.random.default_rng(0)
     train = from_arrays(rng.integers(0, 256, (16, 520, 520, 3), dtype=np.uint8), np.arange(16) % 2,
                         tmp_path / "train.beton", progress=False)

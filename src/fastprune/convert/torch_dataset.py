@@ -145,7 +145,8 @@ class DatasetSource:
         label_key = self.keys[1]
         if isinstance(getattr(self.dataset, "column_names", None), list) and label_key in self.dataset.column_names \
                 and not _has_transform(self.dataset):  # a transform would run on every row for it
-            labels = self.dataset[label_key]
+            labels = self.dataset[label_key][:]  # datasets 5's lazy Column took 8 us a row to step through
+            labels = labels.tolist() if hasattr(labels, "tolist") else labels  # numpy / torch formats
             for i, value in enumerate(labels):
                 label = _label(value, f"sample {i} of {type(self.dataset).__name__}: label")
                 unlabelled[i] = label is None or label < 0

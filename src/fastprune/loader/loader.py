@@ -705,12 +705,15 @@ def _check_transforms(transforms) -> list:
             raise TypeError(f"transforms[{i}] is not callable: {t!r}")
         if isinstance(t, Normalize) and i != len(transforms) - 1:
             raise ValueError(f"transforms[{i}]: Normalize must be the last transform (it returns a torch tensor)")
-        # allowed: then it runs in numba on the uint8 batch (behind a first crop, on its small output)
-        if isinstance(t, _ResizedCrop) and i != 0 and not isinstance(transforms[0], _ResizedCrop):
-            warnings.warn(f"transforms[{i}]: {type(t).__name__} after {type(transforms[0]).__name__} runs on the "
-                          "whole decoded images; placed first, it is fused into the decode, which reads only the "
-                          "crop's window (3-30x faster): put it first unless the transforms before it need the "
-                          "whole image", UsageWarning, stacklevel=user_stacklevel())
+    # A resized crop after others is allowed (it then runs in numba on the uint8 batch), but the
+    # first one loses the fused decode; a later one crops the first one's small output
+    first_crop = next((i for i, t in enumerate(transforms) if isinstance(t, _ResizedCrop)), 0)
+    if first_crop:
+        warnings.warn(f"transforms[{first_crop}]: {type(transforms[first_crop]).__name__} after "
+                      f"{type(transforms[first_crop - 1]).__name__} runs on the whole decoded images; placed first, "
+                      "it is fused into the decode, which reads only the crop's window (3-30x faster): put it "
+                      "first unless the transforms before it need the whole image", UsageWarning,
+                      stacklevel=user_stacklevel())
     return transforms
 
 

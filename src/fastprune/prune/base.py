@@ -263,6 +263,8 @@ class Strategy:
     caching, updates and checkpoints. Subclasses implement :meth:`_choose`.
     """ + _COMMON_OPTIONS
 
+    # once-only warnings' flags, here too for a strategy pickled before a flag existed
+    _warned_replay = _warned_past_plan = False
     keep: Fixed[float] = Fixed()
     seed: Fixed[int] = Fixed()
     warmup_epochs: Fixed[int] = Fixed()

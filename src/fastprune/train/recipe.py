@@ -164,8 +164,9 @@ def upscale_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -
 # Stored images this many times the crop (median shorter side), and at least OVERSIZE_PIXELS, are
 # read far larger than the model's input: 3000 x 2000 photos under --crop 224 or 64 loaded 38-54x
 # slower than the same photos kept at 256 px, and the store was 23x the size (a performance
-# audit). Small images several times a tiny crop cost little: not said.
-OVERSIZE_FACTOR, OVERSIZE_PIXELS = 4, 512
+# audit; raw images of 480 px at --crop 32 loaded 10.8x slower than at 64 px, a review). Small
+# images several times a tiny crop (40 px at --crop 8) cost little: not said.
+OVERSIZE_FACTOR, OVERSIZE_PIXELS = 4, 128
 
 
 def oversize_warning(crop: int | None, heights: np.ndarray, widths: np.ndarray) -> str | None:
