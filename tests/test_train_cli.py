@@ -196,12 +196,18 @@ def test_a_crop_larger_than_every_image_is_warned_about(tmp_path, capsys):
                     "side): each is upscaled; --crop 120 or less keeps to the stored detail (or convert with a "
                     "larger --max-side)")
     assert upscale_warning(120, heights, widths) is None and upscale_warning(None, heights, widths) is None
+    printed = _one_epoch_printed(tmp_path, capsys, count=64, side=8, crop=12)
+    assert "warning: --crop 12 is larger than every training image (the largest is 8 px" in printed
+
+
+def _one_epoch_printed(tmp_path, capsys, count: int, side: int, crop: int) -> str:
+    """What `fastprune train` prints over ``count`` random images of ``side`` px at ``--crop``."""
     rng = np.random.default_rng(0)
-    train = from_arrays(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), np.arange(64) % 2,
+    train = from_arrays(rng.integers(0, 256, (count, side, side, 3), dtype=np.uint8), np.arange(count) % 2,
                         tmp_path / "train.beton", progress=False)
-    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "12",
-                 "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
-    assert "warning: --crop 12 is larger than every training image (the largest is 8 px" in capsys.readouterr().out
+    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop",
+                 str(crop), "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
+    return capsys.readouterr().out
 
 
 def test_images_far_larger_than_the_crop_are_warned_about(tmp_path, capsys):
@@ -218,12 +224,8 @@ def test_images_far_larger_than_the_crop_are_warned_about(tmp_path, capsys):
     assert oversize_warning(None, heights, widths) is None
     assert oversize_warning(8, np.array([40, 40]), np.array([40, 500])) is None  # small images: cheap whatever
     assert oversize_warning(32, np.array([480]), np.array([640])) is not None  # raw: 10.8x slower than at 64 px
-    rng = np.random.default_rng(0)
-    train = from_arrays(rng.integers(0, 256, (16, 520, 520, 3), dtype=np.uint8), np.arange(16) % 2,
-                        tmp_path / "train.beton", progress=False)
-    assert main(["train", "--train", str(train), "--val", str(train), "--epochs", "1", "--width", "8", "--crop", "16",
-                 "--batch-size", "8", "--no-progress", "--threads", "1"]) == 0
-    assert "warning: the training images are 32x --crop 16 (median shorter side 520 px)" in capsys.readouterr().out
+    printed = _one_epoch_printed(tmp_path, capsys, count=16, side=520, crop=16)
+    assert "warning: the training images are 32x --crop 16 (median shorter side 520 px)" in printed
 
 
 def test_the_logs_keep_the_epochs_an_interrupted_run_finished_and_a_resume_completes_them(tmp_path, monkeypatch,
