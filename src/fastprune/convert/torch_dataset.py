@@ -42,9 +42,6 @@ class DatasetSource:
         self.targets = targets  # labels are targets (from_torch_dataset(targets=True)), not classes
         self.target_dtype = target_dtype  # arrays cast to it (a Hugging Face column's declared type)
         self.max_side, self.resize = max_side, resize
-        # unlabelled samples are left out as the writer reads them (LeftOut), not found by reading
-        # every sample once more first; those known already are marked in ``left_out``
-        self.drop_unlabeled = drop_unlabeled
         try:
             self.length = len(dataset)
         except TypeError as exc:
@@ -56,6 +53,8 @@ class DatasetSource:
         # the first sample is checked now, so a wholly unsuitable dataset fails before the writer
         # starts; when raw storage needs one shape, its shape is the one every sample must have
         self.reference_index, self.reference_shape = 0, None
+        # drop_unlabeled: unlabelled samples are left out as the writer reads them (LeftOut), not
+        # found by reading every sample once more first; those known already are marked here
         self.left_out = self._unlabelled_by_column() if drop_unlabeled else None  # bool [length]
         first_image, self.first_label = self._first_readable()
         self.reference_shape = first_image.shape if one_shape else None
@@ -102,7 +101,7 @@ class DatasetSource:
         else:
             label = _label(item[1], f"{what}: label")
             if label is None or label < 0:
-                if self.drop_unlabeled:
+                if self.left_out is not None:  # drop_unlabeled
                     raise LeftOut  # before its image is decoded
                 raise _common.unlabeled_error(what, label, _common.DROP_OPTION)
         image = self._image(item[0], f"{what}: image")

@@ -154,15 +154,14 @@ def _collective_device(dist, losses=None):
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def all_gather_ints(values: list[int], device=None) -> list[list[int]]:
-    """Every rank's ``values`` (the same count on each), in rank order, from the running group;
-    ``device``: the collective's (default: :func:`_collective_device`'s choice)."""
+def all_gather_ints(values: list[int], device) -> list[list[int]]:
+    """Every rank's ``values`` (the same count on each), in rank order, from the running group, on
+    ``device`` (:func:`_collective_device`'s choice)."""
     import torch
 
     dist = _active_group()
     if dist is None:
         return [list(values)]
-    device = _collective_device(dist) if device is None else device
     mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)

@@ -98,7 +98,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     if writer.skipped:
         left_out = f" ({writer.left_out} others left out by the source)" if writer.left_out else ""
         warnings.warn(SkippedSamplesWarning(f"{path}: {_skipped_summary(writer.skipped, writer.to_write)}; "
-                                            f"{writer.written} samples written{left_out}"), stacklevel=user_stacklevel())
+                                            f"{writer.written} samples written{left_out}"),
+                      stacklevel=user_stacklevel())
     return path
 
 
