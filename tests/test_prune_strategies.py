@@ -256,6 +256,8 @@ def test_bad_options_name_the_argument():
                         (lambda: UCB(10, labels=[0, 1]), "labels"),
                         (lambda: InfoBatch(10, epochs=5, delta=0), "delta"),
                         (lambda: EL2N(10, score_epochs=0), "score_epochs must be >= 1"),
+                        (lambda: UCB(10, 0.5, epochs=0), "epochs must be >= 1"),
+                        (lambda: InfoBatch(10, epochs=0), "epochs must be >= 1"),
                         (lambda: EL2N(10, score_epochs=1.5), "score_epochs must be an integer")]:
         with pytest.raises(ValueError, match=match):
             make()

@@ -308,10 +308,8 @@ class Strategy:
         self.final_full_epochs = self._non_negative(final_full_epochs, "final_full_epochs")
         if self.final_full_epochs and epochs is None:
             raise ValueError("final_full_epochs needs epochs (the total number of training epochs)")
-        self.epochs = None if epochs is None else self._non_negative(epochs, "epochs")
-        self.reselect_every = self._non_negative(reselect_every, "reselect_every")  # 2.5 is refused, not cut to 2
-        if self.reselect_every < 1:
-            raise ValueError(f"reselect_every must be >= 1, got {reselect_every!r}")
+        self.epochs = None if epochs is None else self._positive(epochs, "epochs")
+        self.reselect_every = self._positive(reselect_every, "reselect_every")
         self.skip_invalid = check_bool(skip_invalid, "skip_invalid")
         self._warn_if_never_pruned()
         self.distributed = distributed
@@ -898,6 +896,14 @@ class Strategy:
             ok = False
         if not ok:
             raise ValueError(f"{name} must be an integer in [0, {MAX_EPOCH}], got {value!r}")
+        return int(value)
+
+    @classmethod
+    def _positive(cls, value, name: str) -> int:
+        """A count of epochs that cannot be 0 (a run's length, a selection's span): 2.5 is refused,
+        not cut to 2; 0 is refused (a run of epochs=0 had warned 'epochs 0..-1' at its first epoch)."""
+        if cls._non_negative(value, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
         return int(value)
 
     def __repr__(self) -> str:

@@ -18,10 +18,9 @@ class _Static(_TopScores):
         for name in ("warmup_epochs", "reselect_every"):
             if name in options:
                 raise ValueError(f"{type(self).__name__} fixes {name}; pass score_epochs instead")
-        if self._non_negative(score_epochs, "score_epochs") < 1:  # 1.5 is refused, not cut to 1
-            raise ValueError(f"score_epochs must be >= 1, got {score_epochs!r}")
-        super().__init__(num_samples, keep, warmup_epochs=int(score_epochs), **options)
-        self.score_epochs = int(score_epochs)
+        score_epochs = self._positive(score_epochs, "score_epochs")
+        super().__init__(num_samples, keep, warmup_epochs=score_epochs, **options)
+        self.score_epochs = score_epochs
 
     def config(self):
         return {**super().config(), "score_epochs": self.score_epochs}

@@ -205,7 +205,7 @@ class InfoBatch(Strategy):
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
         if not 0.0 <= prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {prune!r}")
-        epochs = self._non_negative(epochs, "epochs")  # None or -3 named as epochs, not final_full_epochs
+        epochs = self._positive(epochs, "epochs")  # None or -3 named as epochs, not final_full_epochs
         full = epochs - _pruned_epochs(delta, epochs)
         super().__init__(num_samples, 1.0 if keep is None else keep, epochs=epochs, final_full_epochs=full, **options)
         if keep is None and any(fraction != 1.0 for fraction in self.keep_schedule or ()):
