@@ -190,6 +190,21 @@ def test_info_escapes_control_characters_in_names_fields_and_path(tmp_path, caps
 
 # --- converters -------------------------------------------------------------------------------
 
+def test_a_label_to_name_mapping_names_classes_in_label_order(tmp_path):
+    """Hugging Face's id2label is a {label: name} dict (string keys in a JSON config): iterated,
+    it gave the labels, stored as the names ('0', '1'), and a dict in another order named label 0
+    '1'. Now its names go in label order; keys that are not the labels 0..K-1 are refused."""
+    images, labels = np.zeros((3, 4, 4), np.uint8), np.array([0, 2, 1], np.uint8)
+    out = from_arrays(images, labels, tmp_path / "a.beton", class_names={2: "cow", 0: "ant", 1: "bee"}, progress=False)
+    assert Store(out).class_names == ["ant", "bee", "cow"]
+    out = from_arrays(images, labels, tmp_path / "b.beton", class_names={"1": "b", "0": "a", "2": "c"}, progress=False)
+    assert Store(out).class_names == ["a", "b", "c"]
+    for keys in ([1, 2, 3], ["ant", "bee", "cow"], [0, 1, 1.5]):
+        with pytest.raises(ConversionError, match=r"class_names: a mapping of class names needs the labels 0\.\.2"):
+            from_arrays(images, labels, tmp_path / "c.beton", class_names=dict(zip(keys, "xyz")), progress=False)
+    assert not (tmp_path / "c.beton").exists()
+
+
 def test_image_folder_keeps_its_folder_names(tmp_path):
     for i, name in enumerate(["zebra", "ant", "émeu"]):
         (tmp_path / "tree" / name).mkdir(parents=True)

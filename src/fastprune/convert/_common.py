@@ -13,7 +13,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -463,7 +463,25 @@ def names_list(values: Any, what: str) -> list[str]:
                               "expected a string")
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise ConversionError(f"{what}: class names must be a list of strings, got {type(values).__name__}")
+    if isinstance(values, Mapping):  # label -> name (Hugging Face's id2label): iterating gave the labels
+        values = _by_label(values, what)
     return [one(value) for value in values]
+
+
+def _by_label(names: Mapping, what: str) -> list:
+    """A {label: name} mapping's names in label order; its labels must be 0..K-1 (as ints, or as
+    the digit strings a JSON config holds)."""
+    def number(label: Any) -> int | None:
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            return int(label)
+        return int(label) if isinstance(label, str) and label.isdigit() else None
+
+    labels = {number(label): name for label, name in names.items()}
+    if None in labels or len(labels) != len(names) or sorted(labels) != list(range(len(labels))):
+        shown = ", ".join(repr(k) for k in list(names)[:4]) + (", ..." if len(names) > 4 else "")
+        raise ConversionError(f"{what}: a mapping of class names needs the labels 0..{len(names) - 1} as keys "
+                              f"(label -> name), got keys {shown}; or pass a list, label i -> name i")
+    return [labels[label] for label in range(len(labels))]
 
 
 class ArraySource:
