@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 import fastprune
-from fastprune.convert import from_arrays, from_torch_dataset
+from fastprune.convert import from_arrays, from_idx, from_torch_dataset
 from fastprune.errors import ConfigError, ConversionError
 from fastprune.loader import Loader, Normalize, RandomHorizontalFlip
 from fastprune.prune import EL2N, UCB, Full, InfoBatch, ScoreTable
-from fastprune.store import RGBImageField, Store, write_dataset
+from fastprune.store import IntField, RGBImageField, Store, write_dataset
 from fastprune.train import fit
 from fastprune.train.recipe import make_loaders
 
@@ -123,6 +123,15 @@ def test_make_loaders_refuses_mean_without_std(store_path):
 @pytest.mark.parametrize("call, message", [
     (lambda p, t: from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], t / "a.beton", jpeg="no", progress=False),
      "jpeg must be True or False"),
+    # drop_unlabeled="no" dropped the unlabelled samples; progress="no" showed bars (an API audit)
+    (lambda p, t: from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, -1], t / "a.beton", drop_unlabeled="no",
+                              progress=False), "drop_unlabeled must be True or False"),
+    (lambda p, t: from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], t / "a.beton", progress="no"),
+     "progress must be True or False"),
+    (lambda p, t: from_idx(None, t / "a.beton", progress="no"), "progress must be True or False"),
+    (lambda p, t: write_dataset(t / "a.beton", [(np.zeros((4, 4, 3), np.uint8), 0)],
+                                {"image": RGBImageField(), "label": IntField()}, progress="no"),
+     "write_dataset: progress must be True or False"),
     (lambda p, t: Normalize((0.5,) * 3, (0.25,) * 3, channels_last="False"), "channels_last must be True or False"),
     (lambda p, t: RGBImageField(jpeg_quality=True), "jpeg_quality must be an integer"),
     (lambda p, t: RGBImageField(jpeg_quality="90"), "jpeg_quality must be an integer"),
@@ -176,6 +185,8 @@ def test_compare_checks_keep_before_any_training(store_path, tmp_path, keep, err
     ({"seeds": (1.5,)}, "seeds must be an integer"),
     ({"seeds": "ab"}, "seeds must be a sequence of integers"),
     ({"threads": -2}, "threads must be an integer >= 1"),
+    # a built model is callable, and its signature takes any keyword: it failed inside the first run
+    ({"model": nn.Linear(2, 2)}, "compare\\(model=\\) takes a function that builds the model .* got a built Linear"),
 ])
 def test_compare_checks_seeds_and_threads(store_path, options, message):
     from fastprune.bench import compare
@@ -230,6 +241,36 @@ def test_transforms_and_schedules_are_checked(store_path):
     with pytest.raises(TypeError, match="keep_schedule must be a sequence of kept fractions"):
         UCB(8, 0.5, keep_schedule=0.5)
     assert Loader(store_path, 8, thread_nice=np.int64(5)).thread_nice == 5
+
+
+def test_torchvision_transforms_and_callables_of_another_arity_are_refused_when_the_loader_is_built(store_path):
+    """The Loader calls a transform as t(images, ids, stream): torchvision's were accepted and the
+    first batch failed in a loader thread ('forward() takes 2 positional arguments but 4 were given')."""
+    import functools
+
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.transforms import v2
+
+    for t in (torchvision.transforms.RandomHorizontalFlip(), torchvision.transforms.ToTensor(),
+              v2.RandomHorizontalFlip(), nn.Identity()):
+        with pytest.raises(TypeError, match=f"transforms\\[0\\] is torch(vision)?'s {type(t).__name__}, which "
+                                            "transforms one image or tensor.*fastprune.loader's"):
+            Loader(store_path, 8, transforms=[t])
+
+    class OneArgument(nn.Module):
+        def forward(self, x):
+            return x
+
+    for t in (lambda images: images, OneArgument()):
+        with pytest.raises(TypeError, match="cannot be called as t\\(images, ids, stream\\)"):
+            Loader(store_path, 8, transforms=[RandomHorizontalFlip(), t])
+
+    class OwnModule(nn.Module):  # a module of one's own taking the three arguments is a transform
+        def forward(self, images, ids, stream):
+            return images
+
+    Loader(store_path, 8, transforms=[OwnModule(), functools.partial(lambda scale, images, ids, stream: images, 2),
+                                      lambda images, *rest: images])
 
 
 def test_numpy_and_zero_dim_numbers_are_accepted(store_path, tmp_path):

@@ -258,6 +258,10 @@ def test_bad_options_name_the_argument():
                         (lambda: EL2N(10, score_epochs=0), "score_epochs must be >= 1"),
                         (lambda: UCB(10, 0.5, epochs=0), "epochs must be >= 1"),
                         (lambda: InfoBatch(10, epochs=0), "epochs must be >= 1"),
+                        # each mode's knob was accepted by the other and ignored
+                        (lambda: InfoBatch(10, epochs=5, prune=0.3), "prune=0.3 sets the paper's rule, which "
+                                                                      "applies with keep=None"),
+                        (lambda: InfoBatch(10, None, epochs=5, min_below_keep=0.2), "with keep=None the paper's"),
                         (lambda: EL2N(10, score_epochs=1.5), "score_epochs must be an integer")]:
         with pytest.raises(ValueError, match=match):
             make()

@@ -704,6 +704,14 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     with pytest.warns(RuntimeWarning, match="val_loader has a pruning sampler") as caught:
         fit(model, loader, pruned_val, strategy, 1, sgd, progress=False, log=None)
     assert {w.filename for w in caught} == {__file__}  # each points at the caller's fit() line
+    # evaluate() on the training loader (training accuracy) started the strategy's next epoch each
+    # time: the loop trained every other epoch's subset, and the final full epochs came early
+    from fastprune.train import evaluate
+
+    epoch = pruned_val.sampler.current_epoch
+    with pytest.raises(ValueError, match="evaluate: this loader prunes \\(its sampler is UCB\\)"):
+        evaluate(model, pruned_val)
+    assert pruned_val.sampler.current_epoch == epoch
 
 
 def test_history_without_validation_is_json_and_user_patches_survive(stores):

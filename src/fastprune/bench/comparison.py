@@ -158,6 +158,10 @@ def _recipe(model, epochs: int, options: dict[str, Any]) -> Recipe:
     # tuples, as the command line makes them (a list would record and compare differently)
     options = {name: tuple(value) if name in ("mean", "std", "widths") and value is not None else value
                for name, value in options.items()}
+    if isinstance(model, torch.nn.Module):  # callable, but each run needs a fresh model: fit() takes one built
+        raise TypeError(f"compare(model=) takes a function that builds the model (called with num_classes= for "
+                        f"each run), got a built {type(model).__name__}; e.g. model=lambda num_classes: "
+                        f"MyNet(num_classes)")
     if callable(model):
         return RECIPE.replace(epochs=epochs, name=model_spec_of(model), factory=model, **options)
     if ":" in model:

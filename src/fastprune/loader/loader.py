@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import math
 import os
 import threading
@@ -703,6 +704,7 @@ def _check_transforms(transforms) -> list:
             raise TypeError(f"transforms[{i}] is the class {t.__name__}; pass an instance: {t.__name__}(...)")
         if not callable(t):
             raise TypeError(f"transforms[{i}] is not callable: {t!r}")
+        _check_batch_transform(t, i)
         if isinstance(t, Normalize) and i != len(transforms) - 1:
             raise ValueError(f"transforms[{i}]: Normalize must be the last transform (it returns a torch tensor)")
     # A resized crop after others is allowed (it then runs in numba on the uint8 batch), but the
@@ -715,6 +717,27 @@ def _check_transforms(transforms) -> list:
                       "first unless the transforms before it need the whole image", UsageWarning,
                       stacklevel=user_stacklevel())
     return transforms
+
+
+def _check_batch_transform(t, i: int) -> None:
+    """Refuse what cannot be called as ``t(images, ids, stream)``, the way a producer calls it: a
+    torchvision transform (or a one-argument lambda) was accepted, and the first batch failed in a
+    loader thread with 'forward() takes 2 positional arguments but 4 were given'."""
+    kind = type(t).__module__.split(".")[0]
+    if kind in ("torchvision", "torch"):
+        raise TypeError(f"transforms[{i}] is {kind}'s {type(t).__name__}, which transforms one image or "
+                        "tensor; the Loader's transforms take a uint8 batch with its sample ids and random "
+                        "stream: fastprune.loader's RandomResizedCrop, RandomCrop, RandomHorizontalFlip, Normalize... "
+                        "or one of your own (guide: 'Your own augmentation'); torchvision's go on the batch in "
+                        "your loop")
+    try:  # a module of one's own is called through forward (its __call__ takes anything)
+        inspect.signature(t.forward if isinstance(t, torch.nn.Module) else t).bind(None, None, None)
+    except ValueError:  # no signature to read (a builtin, some compiled callables): it may fit
+        pass
+    except TypeError:
+        raise TypeError(f"transforms[{i}] {t!r:.60} cannot be called as t(images, ids, stream), the way the Loader "
+                        "calls a transform (images: uint8 [batch, H, W, 3]; ids: the samples; stream: a "
+                        "random stream key); guide: 'Your own augmentation'") from None
 
 
 def _check_batchable(source, transforms, max_pixels: int) -> None:

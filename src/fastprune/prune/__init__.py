@@ -4,7 +4,7 @@ Integration into a training loop (three changed lines)::
 
     criterion = torch.nn.CrossEntropyLoss(reduction="none")      # 1: per-sample loss
     ...
-    loss = criterion(model(batch.x), batch.y)
+    loss = criterion(model(batch.images), batch.labels)
     strategy.update(batch.indices, loss)                          # 2: feed the scores back
     (loss * batch.weights).mean().backward()                      # 3: weighted mean
 

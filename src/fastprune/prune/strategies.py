@@ -183,6 +183,9 @@ class InfoBatch(Strategy):
       (more than ``keep·N`` samples at/above the mean), the epoch is larger than the target.
     * ``keep=None``: the paper's own rule, ``p = 1 - prune`` (``prune=0.5`` by default).
 
+    ``prune`` applies with ``keep=None`` only and ``min_below_keep`` with a ``keep`` only; the
+    other mode refuses them.
+
     The final ``epochs - ceil(delta·epochs)`` epochs use full data (``delta=0.875``, the paper's
     default, "annealing"). ``decay=0.0`` by default: InfoBatch scores by the latest loss.
     """
@@ -197,9 +200,20 @@ class InfoBatch(Strategy):
     sizes_follow_scores = True
 
     def __init__(self, num_samples: int, keep: float | None = 0.5, *, epochs: int, delta: float = 0.875,
-                 prune: float = 0.5, min_below_keep: float = 0.1, **options: Unpack[InfoBatchOptions]):
+                 prune: float | None = None, min_below_keep: float | None = None,
+                 **options: Unpack[InfoBatchOptions]):
         if "final_full_epochs" in options:
             raise ValueError("InfoBatch sets its final full-data epochs from delta; do not pass final_full_epochs")
+        # Each mode has its own knob; the other's was accepted and ignored (a port of InfoBatch's
+        # prune_ratio writing InfoBatch(n, epochs=E, prune=0.3) pruned to the default keep=0.5)
+        if keep is not None and prune is not None:
+            raise ValueError(f"InfoBatch: prune={prune!r} sets the paper's rule, which applies with keep=None; with "
+                             f"keep={keep!r} the kept fraction decides: pass keep=None, prune=... or keep alone")
+        if keep is None and min_below_keep is not None:
+            raise ValueError(f"InfoBatch: min_below_keep={min_below_keep!r} bounds keep='s below-mean share; with "
+                             "keep=None the paper's rule (prune=) decides it")
+        prune = 0.5 if prune is None else prune
+        min_below_keep = 0.1 if min_below_keep is None else min_below_keep
         delta, prune = check_real(delta, "delta"), check_real(prune, "prune")
         if not 0.0 < delta <= 1.0:
             raise ValueError(f"delta must be in (0, 1], got {delta!r}")
