@@ -56,7 +56,7 @@ def test_bool_class_names_are_refused_not_spelt_true_and_false(tmp_path):
 def test_an_index_option_that_is_not_a_bool_is_refused(tmp_path, index):
     """_common.py:322: ``index`` adds a field to the file: "no" (a truthy string from a config
     file) must not silently add it, nor 1/None pass for True/False."""
-    with pytest.raises(ConversionError, match=f"index must be True or False, got {index!r}"):
+    with pytest.raises(TypeError, match=f"index must be True or False, got {type(index).__name__} {index!r}"):
         from_arrays(random_images(2, 4, 4, 3), [0, 1], tmp_path / "o.beton", index=index, progress=False)
     assert not (tmp_path / "o.beton").exists()
 

@@ -387,6 +387,13 @@ def mixed_shape_error(first: tuple[str, Sequence[int]], other: tuple[str, Sequen
 # ----------------------------------------------------------------------------------- fields & write
 
 
+def check_flags(**flags: Any) -> None:
+    """Refuse options that are not True or False, before any work: "no" is truthy
+    (``drop_unlabeled="no"`` left samples out, ``jpeg="no"`` stored lossy JPEGs)."""
+    for name, value in flags.items():
+        check_bool(value, name)
+
+
 def image_label_fields(*, jpeg: bool = False, quality: int = DEFAULT_JPEG_QUALITY,
                        extra_int_fields: Sequence[str] = ()) -> dict:
     """The ``image`` + ``label`` schema every converter writes (plus optional int fields)."""

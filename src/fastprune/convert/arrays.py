@@ -97,10 +97,11 @@ def from_arrays(images: Any, labels: Any, out: str | os.PathLike, *, jpeg: bool 
     several outputs; stored in its dtype). The Loader's batches carry them as ``labels``; train
     in a loop of your own (``fit`` and ``fastprune train`` classify). NaN and infinities are refused.
     """
+    _common.check_flags(jpeg=jpeg, progress=progress, drop_unlabeled=drop_unlabeled, index=index, targets=targets)
     out = _common.check_output_path(out)
     return _from_arrays(images, labels, out, what="arrays", jpeg=jpeg, quality=quality, workers=workers,
                         progress=progress, class_names=class_names, drop_unlabeled=drop_unlabeled, index=index,
-                        targets=check_bool(targets, "from_arrays: targets"))
+                        targets=targets)
 
 
 def _from_arrays(images, labels, out: Path, *, what: str, jpeg=False, quality=_common.DEFAULT_JPEG_QUALITY,

@@ -252,6 +252,7 @@ def from_cifar(source: str | os.PathLike, out: str | os.PathLike, *, kind: str =
     label's. ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
+    _common.check_flags(coarse=coarse, jpeg=jpeg, progress=progress, index=index)
     out = _common.check_output_path(out, inputs=input_files(Path(source)))
     names: dict[str, list[str]] = {}
     images, columns = load_cifar(source, kind, split, coarse, names=names)

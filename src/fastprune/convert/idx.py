@@ -122,6 +122,7 @@ def from_idx(source: str | os.PathLike | None, out: str | os.PathLike, *, split:
     ``index=True`` adds an ``index`` field (each sample's id), which ffcv's own Loader needs to
     report a batch's samples (:class:`fastprune.integrations.ffcv.PrunedOrder`).
     """
+    _common.check_flags(jpeg=jpeg, progress=progress, index=index)
     images_path, labels_path = find_idx_files(FASHION_MNIST_DIR if source is None else source, split)
     out = _common.check_output_path(out, inputs=(images_path, labels_path))
     images, labels = load_idx(images_path, labels_path)

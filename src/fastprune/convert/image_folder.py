@@ -47,7 +47,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .._args import check_bool
 from .._cpus import usable_cpus
 from .._native import core
 from ..errors import ConversionError, SourceWarning, UnreadableSample, user_stacklevel
@@ -490,6 +489,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
     ``names=True`` adds a ``name`` field (bytes: each image's path below ``source``, e.g.
     ``b"cat/0042.jpg"``), so that per-sample scores name their files (``fastprune scores --store``).
     """
+    _common.check_flags(jpeg=jpeg, progress=progress, index=index, skip_unreadable=skip_unreadable, names=names)
     _common.check_positive_option(max_pixels, "max_pixels")
     _common.check_size_options(max_side, resize, max_pixels)
     paths, labels, classes = scan_image_folder(source, class_names, progress=progress)
@@ -498,7 +498,7 @@ def from_image_folder(source: str | os.PathLike, out: str | os.PathLike, *, jpeg
                                                   max_pixels=max_pixels, progress=progress,
                                                   skip_unreadable=skip_unreadable)
     fields = _common.image_label_fields(jpeg=jpeg, quality=quality)
-    if check_bool(names, "names"):
+    if names:
         fields["name"] = BytesField()
     source = ImageFolderSource(paths, labels, max_side=max_side, resize=resize, one_shape=one_shape,
                                max_pixels=max_pixels, keep_jpeg=jpeg,

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._args import check_bool, check_positive_int
+from .._args import check_positive_int
 from ..errors import ConversionError, UnreadableSample
 from ..store.encoding import LeftOut
 from . import _common
@@ -290,9 +290,8 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
     # a Hugging Face dataset's Arrow files (converting onto one of them destroyed the source)
     out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
                                                  if isinstance(f, dict) and "filename" in f])
-    for name, flag in (("jpeg", jpeg), ("drop_unlabeled", drop_unlabeled), ("skip_unreadable", skip_unreadable),
-                       ("progress", progress), ("targets", targets)):
-        check_bool(flag, name)  # jpeg="no" is truthy
+    _common.check_flags(jpeg=jpeg, drop_unlabeled=drop_unlabeled, skip_unreadable=skip_unreadable, progress=progress,
+                        targets=targets)
     if targets:
         _common.check_target_options(class_names, drop_unlabeled, f"dataset {type(dataset).__name__}")
     if workers is not None:

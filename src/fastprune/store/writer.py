@@ -86,6 +86,7 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
     if page_size is not None:
         _check_page_size(page_size)
     skip_unreadable = check_bool(skip_unreadable, "write_dataset: skip_unreadable")
+    progress = check_bool(progress, "write_dataset: progress")
     stored_fields = _with_index_field(fields, index_field)
     names = class_names_block.check_class_names(class_names, stored_fields)
     workers = _resolve_workers(workers, num_samples)
