@@ -273,6 +273,29 @@ def test_torchvision_transforms_and_callables_of_another_arity_are_refused_when_
                                       lambda images, *rest: images])
 
 
+def test_a_path_that_is_no_path_is_named(store_path, tmp_path, monkeypatch):
+    """pathlib's 'expected str, bytes or os.PathLike object, not list' named no argument; a
+    write_dataset call with its (path, source, fields) order swapped, as the converters' is, gave it."""
+    from fastprune.bench import compare
+    from fastprune.prune import export_scores
+    from fastprune.train import save_history
+
+    monkeypatch.chdir(tmp_path)
+    data = [(np.zeros((4, 4, 3), np.uint8), 0)]
+    for call, message in [
+        (lambda: write_dataset(data, "w.beton", {"image": RGBImageField(), "label": IntField()}),
+         r"write_dataset\(path, source, fields\): path must be a file path \(str or os.PathLike\), got list$"),
+        (lambda: Store(None), "Store: path must be a file path .*, got NoneType None"),
+        (lambda: from_arrays(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], None), "output must be a file path"),
+        (lambda: export_scores(UCB(4), 3), "export_scores: path must be a file path .*, got int 3"),
+        (lambda: save_history(None, []), "save_history: path must be a file path"),
+        (lambda: compare(store_path, store_path, out=123, epochs=1), r"compare\(\): out must be a file path"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            call()
+    assert not list(tmp_path.iterdir())
+
+
 def test_numpy_and_zero_dim_numbers_are_accepted(store_path, tmp_path):
     normalize = Normalize(torch.tensor([0.5, 0.5, 0.5]), np.array([0.25, 0.25, 0.25]))
     assert normalize.mean == (0.5, 0.5, 0.5)

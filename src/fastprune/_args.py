@@ -8,11 +8,23 @@ the score table: these are the ranges checked here.
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 
 import numpy as np
 
 MAX_SEED = 2**64 - 1
 MAX_EPOCH = 2**31 - 1
+
+
+def check_path(value, name: str) -> Path:
+    """``value`` (a str or os.PathLike) as a Path; else a TypeError naming ``name`` (pathlib's own
+    'expected str, bytes or os.PathLike object, not list' names nothing)."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    shown = repr(value)
+    shown = f" {shown}" if len(shown) <= 40 and "\n" not in shown else ""
+    raise TypeError(f"{name} must be a file path (str or os.PathLike), got {type(value).__name__}{shown}")
 
 
 def check_int_range(value, name: str, low: int, high: int) -> int:

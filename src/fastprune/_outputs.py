@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from ._args import check_path
 from .errors import ConfigError, OutputError
 
 
@@ -26,7 +27,7 @@ def check_output_file(out: str | os.PathLike, what: str, inputs: Iterable[str | 
     (unless ``makes_folders``) or is a file, it exists as something other than a regular file (a
     FIFO, a device: the atomic rename would replace it), or it is, through any path or link, one
     of the ``inputs``. ``example``: a file name the message suggests inside a folder given."""
-    out = Path(out)
+    out = check_path(out, what)
     if out.is_dir():
         raise error(f"{what} {out} is a directory; give a file name such as {out / example}")
     _check_folder(out, what, error, makes_folders)

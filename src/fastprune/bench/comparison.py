@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._args import check_bool, check_fraction, check_positive_int, check_seed
+from .._args import check_bool, check_fraction, check_path, check_positive_int, check_seed
 from ..models import load_model_factory, model_spec_of
 from ..train.device import process_state_kept
 from ..train.recipe import RECIPE, STRATEGIES, ModelSpec, Recipe
@@ -127,6 +127,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     if repeat:
         raise ValueError(repeat)
     overwrite = check_bool(overwrite, "compare(): overwrite")
+    out = None if out is None else check_path(out, "compare(): out")
     defaults = Settings()
     threads = defaults.threads if threads is None else check_positive_int(threads, "compare(): threads")
     settings = Settings(amp=defaults.amp if amp is None else amp, threads=threads,
@@ -136,7 +137,7 @@ def compare(train, val, *, model: str | Callable[..., torch.nn.Module] = RECIPE.
     # the caller's thread count, denormal flushing and random streams come back after (each run
     # seeds Python's, numpy's and torch's generators for its model)
     with process_state_kept(), settings.applied():
-        result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), None if out is None else Path(out),
+        result = execute(mode, settings, recipe, (_path_of(train), _path_of(val)), out,
                          overwrite=overwrite, log=print if verbose else None)
     comparison = Comparison(result)
     if verbose:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._args import check_positive_int
+from .._args import check_path, check_positive_int
 from .._outputs import check_distinct, check_image_file, check_output_file, written_atomically
 from ..errors import ConfigError, UsageError, require
 from ..store.fields import class_label_candidates
@@ -239,7 +239,7 @@ def export_scores(source, path, *, store=None, trained_on: str | None = None,
     run must have trained on it. ``trained_on``: the training store's identity, for a ``source``
     that is already a report. ``label_field``: the store's field of class labels (a checkpoint's
     run records its own, and another is refused). Returns the path."""
-    path = Path(path)
+    path = check_path(path, "export_scores: path")
     report, recorded = run_report(source)
     if store is not None:
         report = _with_labels(report, store, recorded.get("train_store") or trained_on,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._args import check_path
 from ..errors import StoreError, StoreNotFoundError
 from . import format as fmt
 from .checksums import VerifyReport, read_class_names, read_trailer, verify_store
@@ -32,7 +33,7 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        self.path = check_path(path, "Store: path")
         self._file, self._buffer = _map_file(self.path)
         self._identity = _identity(os.fstat(self._file.fileno()))
         try:

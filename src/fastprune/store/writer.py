@@ -36,7 +36,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .._args import check_bool, check_positive_int
+from .._args import check_bool, check_path, check_positive_int
 from .._cpus import usable_cpus
 from .._signals import sigterm_as_interrupt
 from .._text import counted
@@ -80,7 +80,8 @@ def write_dataset(path, source, fields: Mapping[str, Field], *, jpeg_quality: in
         the write all the same, as something other than a few bad files. Samples the source
         leaves out on purpose (``encoding.LeftOut``: a converter's unlabelled ones) do not count.
     """
-    path = Path(path)
+    # the output comes first here, second in every converter: a swapped call is named as such
+    path = check_path(path, "write_dataset(path, source, fields): path")
     fields = _check_fields(fields, jpeg_quality)
     num_samples = _check_source(source)
     if page_size is not None:

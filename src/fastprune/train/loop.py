@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._args import check_bool, check_positive_int
+from .._args import check_bool, check_path, check_positive_int
 from .._outputs import written_atomically
 from ..errors import ConfigError, TrainingDiverged, UsageWarning, first_line
 from ..loader._source import OTHER_TASKS, targets_kind
@@ -736,6 +736,7 @@ def _evaluates(epoch: int, epochs: int, eval_every: int) -> bool:
 def save_history(path, history: list[dict[str, Any]], **metadata) -> None:
     """Write the history (plus any metadata, e.g. the command's arguments) as JSON: numbers stay
     numbers, paths and other objects become strings."""
+    path = check_path(path, "save_history: path")
     text = json.dumps({**metadata, "history": history}, indent=2, default=str)
     with written_atomically(path) as file:  # a full disk leaves the previous log whole
         file.write(text)
