@@ -165,3 +165,15 @@ def test_type_checkers_see_every_lazy_name_as_what_it_resolves_to():
     # the module __getattr__ only where checkers do not look: a misspelt fastprune.UBC was Any, not an error
     assert not any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
     assert any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in block.orelse)
+
+
+def test_the_readme_s_dotted_ffcv_bridge_resolves_after_import_fastprune_alone():
+    """The README writes fastprune.integrations.ffcv.PrunedOrder; after `import fastprune` alone
+    that was an AttributeError (every other subpackage loaded on first use)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ffcv")
+    code = "import fastprune; print(fastprune.integrations.ffcv.PrunedOrder.__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "PrunedOrder"

@@ -47,12 +47,13 @@ _LAZY = {
 
 
 # subpackages reachable as attributes (``fastprune.convert.from_idx(...)``) without an explicit import
-_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", "bench")
+_SUBMODULES = ("convert", "store", "loader", "prune", "train", "models", "cli", "bench", "integrations")
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the real classes and modules, not __getattr__'s Any
     # "X as X": an explicit re-export, which mypy --strict and pyright require of a py.typed package
-    from . import bench as bench, cli as cli, convert as convert, loader as loader  # noqa: F401
+    from . import bench as bench, cli as cli, convert as convert, integrations as integrations  # noqa: F401
+    from . import loader as loader  # noqa: F401
     from . import models as models, prune as prune, store as store, train as train  # noqa: F401
     from .loader import Batch as Batch, Loader as Loader  # noqa: F401
     from .prune import EL2N as EL2N, UCB as UCB, EpsilonGreedy as EpsilonGreedy, Forgetting as Forgetting  # noqa: F401

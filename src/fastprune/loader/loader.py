@@ -256,7 +256,10 @@ class Loader:
         return sum(self.batches_in_epoch(e) for e in range(start, stop))
 
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(sample ids, weights) this rank visits in ``epoch``, in order."""
+        """(sample ids, weights) this rank visits in ``epoch``, in order. With a pruning sampler
+        this is its ``select(epoch)``: the subset is chosen from the scores so far and the strategy
+        moves to ``epoch``, so ask for the epoch about to run, not one ahead (its subset would
+        miss the losses of the epochs between)."""
         epoch = check_epoch(epoch)
         ids, weights = _selection(self.sampler, epoch, self._source.num_samples)
         if self.shuffle:
