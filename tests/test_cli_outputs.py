@@ -154,7 +154,9 @@ def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path, capsys):
 
 def test_the_writability_check_looks_at_the_folder_written_in(tmp_path, monkeypatch):
     """--tensorboard DIR was checked at DIR's parent (a writable /output mounted in a read-only
-    root was refused), and an existing log one may write was refused for its folder."""
+    root was refused). An existing log one may write is refused for its folder: it is replaced by
+    a file written beside it (written in place, a full disk or a kill left it cut: a bench
+    result's earlier runs were lost, in a failure-injection audit)."""
     import fastprune._outputs as outputs
     from fastprune.errors import ConfigError
 
@@ -165,7 +167,9 @@ def test_the_writability_check_looks_at_the_folder_written_in(tmp_path, monkeypa
     denied = {locked}
     monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) not in denied and real_access(path, mode))
     assert outputs.check_output_folder(board, "--tensorboard") == board
-    assert outputs.check_output_file(locked / "run.json", "--log-json", makes_folders=True) == locked / "run.json"
+    with pytest.raises(ConfigError, match="--log-json .*run.json: cannot write in .*locked \\(permission denied; "
+                                          "run.json is replaced by a new file written beside it, never rewritten"):
+        outputs.check_output_file(locked / "run.json", "--log-json", makes_folders=True)
     with pytest.raises(ConfigError, match="--log-json .*new.json: cannot write in .*locked"):
         outputs.check_output_file(locked / "new.json", "--log-json", makes_folders=True)
     denied.add(board)
@@ -324,10 +328,11 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "fastprune train: interrupted"
 
 
-def test_an_atomic_write_follows_links_keeps_modes_and_falls_back_in_place(tmp_path, monkeypatch):
+def test_an_atomic_write_follows_links_keeps_modes_and_never_writes_in_place(tmp_path, monkeypatch):
     """Review of written_atomically: a symlinked log (latest.json -> runs/run5.json) was replaced by
-    a plain file, a 0600 log became 0644, and a writable log in a folder that takes no new file
-    (which the pre-flight check lets through) failed after training."""
+    a plain file, a 0600 log became 0644. A folder that takes no new file (which the pre-flight
+    check refuses) is an error that keeps the file whole: it was rewritten in place, and a full
+    disk left it cut."""
     from fastprune._outputs import written_atomically
     from fastprune.store import _atomic
 
@@ -345,9 +350,10 @@ def test_an_atomic_write_follows_links_keeps_modes_and_falls_back_in_place(tmp_p
         raise PermissionError(13, "Permission denied", name)
 
     monkeypatch.setattr(_atomic, "create_exclusive", folder_takes_no_new_file)
-    with written_atomically(target) as file:
-        file.write("in place")
-    assert target.read_text() == "in place"
+    with pytest.raises(OSError, match=f"cannot write {target}: Permission denied"):
+        with written_atomically(target) as file:
+            file.write("in place")
+    assert target.read_text() == "new"
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'runs' / 'absent.json'}: Permission denied"):
         with written_atomically(tmp_path / "runs" / "absent.json") as file:
             file.write("x")

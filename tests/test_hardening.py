@@ -149,23 +149,43 @@ def test_sigkilled_conversions_leave_no_file_and_a_rerun_succeeds(fashion_mnist_
     assert {p.name: _sha256(p) for p in sources} == before, "the source files were modified"
 
 
-def test_stale_temp_files_of_live_processes_and_other_hosts_are_kept(tmp_path):
+def test_leftover_temp_files_are_told_from_live_writers_by_their_lock(tmp_path, monkeypatch):
+    """A writer holds a lock on its temporary file; the kernel drops it when the writer dies. A
+    killed container's leftover (another host name, PID 1, which is alive here for ever) stayed
+    for good, a store's size each (a failure-injection audit). On a local file system a file whose
+    lock is free is now removed whoever wrote it; one a live process holds is kept."""
     import socket
 
-    from fastprune.store._atomic import temp_prefix as _temp_prefix
+    from fastprune.store import _atomic
 
     path = tmp_path / "d.beton"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / (_temp_prefix(path, dead.pid) + "abc123.tmp")
-    live = tmp_path / (_temp_prefix(path, os.getppid()) + "def456.tmp")
-    other_host = tmp_path / f".d.beton.not-{socket.gethostname()}.{dead.pid}.ghi789.tmp"
-    other_file = tmp_path / (_temp_prefix(tmp_path / "e.beton", dead.pid) + "jkl012.tmp")
-    for p in (stale, live, other_host, other_file):
+    stale = tmp_path / (_atomic.temp_prefix(path, dead.pid) + "abc123.tmp")
+    container = tmp_path / f".d.beton.not-{socket.gethostname()}.1.ghi789.tmp"  # PID 1 of another container
+    held = tmp_path / (_atomic.temp_prefix(path, 1) + "def456.tmp")
+    other_file = tmp_path / (_atomic.temp_prefix(tmp_path / "e.beton", dead.pid) + "jkl012.tmp")
+    for p in (stale, container, held, other_file):
         p.write_bytes(b"partial")
-    write_dataset(path, [(1,), (2,)], {"label": IntField()}, progress=False)
-    assert not stale.exists()
-    assert live.exists() and other_host.exists() and other_file.exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(held)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _atomic._local_file_system(tmp_path)
+        write_dataset(path, [(1,), (2,)], {"label": IntField()}, progress=False)
+        assert not stale.exists() and not container.exists()
+        assert held.exists() and other_file.exists()
+        # on a network file system a lock may be this host's alone: only this host's gone writers' files go
+        monkeypatch.setattr(_atomic, "_local_file_system", lambda folder: False)
+        for p in (stale, container):
+            p.write_bytes(b"partial")
+        write_dataset(path, [(1,), (2,)], {"label": IntField()}, progress=False)
+        assert not stale.exists() and container.exists() and held.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.beton", container.name, held.name, other_file.name])
 
 
 # --- 4. bad API input: clear errors that name the argument ---------------------------------------

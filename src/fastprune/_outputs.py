@@ -67,15 +67,15 @@ def written_atomically(path: str | os.PathLike, *, binary: bool = False, newline
     Missing folders are made; ``fsync``: on disk before the rename.
 
     A link is followed (its target is replaced, the link kept) and an existing file keeps its
-    mode. A writable file in a folder that takes no new file (check_output_file lets it through)
-    is written in place, as before, without the protection."""
+    mode. A folder that takes no new file is an OutputError (check_output_file refuses it first):
+    never a rewrite in place, which a failure would leave cut."""
     from .store._atomic import replaced_when_done
 
     shown, path = Path(path), Path(os.path.realpath(path))
     open_mode, options = ("wb", {}) if binary else ("w", {"newline": newline, "encoding": "utf-8"})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with replaced_when_done(path, open_mode=open_mode, fsync=fsync, in_place_if_denied=True, **options) as file:
+        with replaced_when_done(path, open_mode=open_mode, fsync=fsync, **options) as file:
             yield file
     except OSError as exc:
         if isinstance(exc, OutputError):
@@ -130,12 +130,15 @@ def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
         if not folder.is_dir():
             raise error(f"{what} {out}: {folder} is a file, not a folder")
     # W_OK also says no on a read-only file system, for root too: found now, not after training.
-    # The folder itself when it exists (--tensorboard DIR); an existing file one may write is let
-    # through (a log written in place needs no write access to its folder).
+    # The folder itself when it exists (--tensorboard DIR). A file is replaced by a new one written
+    # beside it, so its folder must take new files even where the file itself is writable (written
+    # in place, a full disk or a kill mid-write left it cut: a bench result's earlier runs lost).
     where = out if out.is_dir() else folder
-    if not os.access(where, os.W_OK | os.X_OK) and not (out.is_file() and os.access(out, os.W_OK)):
+    if not os.access(where, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only(where) else "permission denied"
-        raise error(f"{what} {out}: cannot write in {where} ({why})")
+        beside = (f"; {out.name} is replaced by a new file written beside it, never rewritten in place"
+                  if out.is_file() else "")
+        raise error(f"{what} {out}: cannot write in {where} ({why}{beside})")
 
 
 def _read_only(folder: Path) -> bool:

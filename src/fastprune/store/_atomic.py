@@ -1,10 +1,20 @@
 """How a file lands atomically (a store: see writer.py's docstring; logs and reports:
 _outputs.written_atomically): the temporary file's name, its mode, the removal of leftovers of
-killed writes (signals: ../_signals.py)."""
+killed writes (signals: ../_signals.py).
+
+A writer holds a lock (flock) on its temporary file until the file is renamed into place, and the
+kernel drops it when the writer dies, however it dies. On a local file system every writer runs on
+this kernel (containers too), so a temporary file whose lock can be taken is a leftover. The host
+and process id in its name could not tell a writer in another container (another host name, its
+PID 1 alive for ever) or a reused PID from a live one, and such leftovers, a store's size each,
+stayed. On a network file system a lock may be this host's alone (NFS mounted nolock, FUSE), so
+there only files of this host's processes that are gone are removed, as before."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import socket
@@ -44,17 +54,75 @@ def _host() -> str:
 
 
 def remove_stale_temp_files(path: Path) -> None:
-    """Remove temporary files of earlier writes to ``path`` by processes of this host that are
-    gone (killed before they could clean up)."""
-    pattern = re.compile(re.escape(f".{path.name}.{_host()}.") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
+    """Remove temporary files of earlier writes to ``path`` that no process writes any more
+    (killed before they could clean up)."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(.*)\.(\d+)\.[A-Za-z0-9_]+\.tmp")
     try:
         entries = os.listdir(path.parent)
     except OSError:
         return
+    local = None
     for entry in entries:
         match = pattern.fullmatch(entry)
-        if match and not _process_alive(int(match.group(1))):
-            remove_quietly(str(path.parent / entry))
+        if match:
+            local = _local_file_system(path.parent) if local is None else local
+            if _abandoned(str(path.parent / entry), match.group(1), int(match.group(2)), local):
+                remove_quietly(str(path.parent / entry))
+
+
+def _abandoned(name: str, host: str, pid: int, local: bool) -> bool:
+    """Whether no live process writes the temporary file ``name`` (written by ``pid`` on ``host``,
+    in a folder on a ``local`` file system or not)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        free = True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False  # its writer runs
+        free = False  # a file system without locks
+    finally:
+        os.close(fd)
+    return (free and local) or (host == _host() and not _process_alive(pid))
+
+
+# File systems of one machine's disks and memory, whose locks every writer (on this kernel) sees
+_LOCAL_TYPES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "jfs", "reiserfs",
+                "ramfs", "bcachefs", "vfat", "exfat", "ntfs", "ntfs3", "hfsplus"}
+
+
+def _local_file_system(folder: Path) -> bool:
+    """Whether ``folder`` lies on a local file system (/proc/self/mountinfo; unknown: no)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            mounts = f.read().splitlines()
+        target = os.path.realpath(folder)
+    except OSError:
+        return False
+    best, kind = "", None
+    for line in mounts:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])  # "\040" is a space
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the innermost mount, the latest over the same point
+            best, kind = point, rest.split()[0]
+    return kind in _LOCAL_TYPES
+
+
+def _hold_lock(fd: int) -> int | None:
+    """A lock on the new temporary file ``fd`` for as long as the returned descriptor is open
+    (a duplicate: closing the file object after writing must not drop it before the rename)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no locks on this file system: the name's host and pid serve instead
+        return None
+    return os.dup(fd)
 
 
 def _process_alive(pid: int) -> bool:
@@ -70,28 +138,19 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False, in_place_if_denied: bool = False,
-                       **options):
+def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False, **options):
     """A file object on a new temporary file beside ``path``, which replaces ``path`` when the block
     ends without an error; after any error (Ctrl-C included) the temporary file is removed and
     ``path`` keeps what it held. Leftovers of killed writes to ``path`` are removed first. The new
     file keeps an existing file's permissions (else what open() gives a new file). ``fsync``: on
-    disk before the rename; ``options``: for open (encoding, newline).
-    ``in_place_if_denied``: where the folder takes no new file but ``path`` is a writable file,
-    write it in place, without the protection (a log), instead of failing (a store)."""
+    disk before the rename; ``options``: for open (encoding, newline)."""
     remove_stale_temp_files(path)
     mode = existing_mode(path)
     temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
+    lock = None
     try:
-        try:
-            fd = create_exclusive(temp)
-        except PermissionError:
-            temp = None
-            if not (in_place_if_denied and mode is not None and os.access(path, os.W_OK)):
-                raise
-            with open(path, open_mode, **options) as file:
-                yield file
-            return
+        fd = create_exclusive(temp)
+        lock = _hold_lock(fd)
         with os.fdopen(fd, open_mode, **options) as file:
             yield file
             if fsync:
@@ -100,9 +159,11 @@ def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False
         os.chmod(temp, default_file_mode() if mode is None else mode)  # 0600 was for the temp only
         os.replace(temp, path)
     except BaseException:
-        if temp is not None:
-            remove_quietly(temp)
+        remove_quietly(temp)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def existing_mode(path: Path) -> int | None:
