@@ -89,6 +89,34 @@ def test_a_narrower_continue_still_describes_the_runs_it_keeps(bench, tmp_path):
     assert "| ucb | 0.25 | " in written and "| ucb | 0.5 | " in written  # 0.25 printed as 0.2 before
 
 
+def test_a_continue_with_nothing_left_to_run_remakes_the_files_beside_the_result(bench, tmp_path, monkeypatch):
+    """A session stopped after its last run's JSON (Ctrl-C or a full disk while plotting) left the
+    report, CSV and plots of fewer runs; --continue then had nothing to run and left them so for
+    good (a failure-injection audit). It remakes them from the file, which it leaves as it is."""
+    from fastprune.bench import cli as bench_cli
+
+    real = bench_cli.write_companions
+    calls = []
+
+    def stopped_at_the_last(out, result):  # the last run's companions are never written
+        calls.append(len(result["runs"]))
+        if len(result["runs"]) == 4:
+            raise KeyboardInterrupt
+        return real(out, result)
+
+    monkeypatch.setattr(bench_cli, "write_companions", stopped_at_the_last)
+    assert bench("--keeps", "0.5", "--seeds", "0", "1") == 130
+    result = (tmp_path / "b.json").read_text()
+    assert len(json.loads(result)["runs"]) == 4
+    assert len((tmp_path / "b_epochs.csv").read_text().splitlines()) == 1 + 3 * 2  # the first 3 runs'
+    monkeypatch.setattr(bench_cli, "write_companions", real)
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 0
+    assert (tmp_path / "b.json").read_text() == result
+    rows = (tmp_path / "b_epochs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2  # a header, 2 epochs of each of the 4 runs
+    assert "Partial" not in (tmp_path / "b.md").read_text()
+
+
 def test_an_existing_out_is_replaced_only_when_asked(bench, tmp_path, capsys):
     assert bench("--keeps", "0.5", "--seeds", "0") == 0
     before = (tmp_path / "b.json").read_text()

@@ -102,6 +102,34 @@ def test_tensorboard_skips_values_not_evaluated_and_nan_ones(tmp_path):
     assert scalars["loss/train"] == [(1, 1.5), (2, pytest.approx(1.2))]
 
 
+def test_a_tensorboard_write_that_fails_is_one_line_naming_the_folder(tmp_path, monkeypatch, capfd):
+    """On a full disk TensorBoard's writer thread printed a 15-line traceback, then the next write
+    raised errno's bare 'No space left on device', naming no folder (a failure-injection audit)."""
+    import errno
+    import time
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import record_writer
+
+    from fastprune.errors import OutputError
+    from fastprune.train import TensorBoardLogger
+
+    record = {"epoch": 0, "loss": 1.5, "lr": 0.1, "samples": 8}
+    logger = TensorBoardLogger(tmp_path / "tb")
+    logger(record)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    with pytest.raises(OutputError, match=f"^cannot write TensorBoard events in {tmp_path / 'tb'}: No space left"):
+        for epoch in range(1, 50):  # the writer thread fails on its own time; a later write says so
+            logger({**record, "epoch": epoch})
+            time.sleep(0.02)
+    logger.close()  # said once, by the write that failed
+    assert "Traceback" not in capfd.readouterr().err
+
+
 class _Recording:
     """Selects every sample (no subset) and keeps what fit feeds its update."""
 

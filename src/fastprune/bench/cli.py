@@ -244,6 +244,10 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
         seconds = warm_up(stores, settings, recipe, data)
         if log:
             log(f"warm-up (untimed): {seconds:.1f}s")
+    elif resume and out is not None and out.exists():
+        # A session stopped after its last run's JSON (Ctrl-C or a full disk while plotting) left
+        # the report, CSV and plots of fewer runs, which no later --continue would redo: made again
+        write_companions(out, {**previous, "summary": report.summarize(previous["runs"])})
     _run_all(todo, stores, settings, recipe, data, result, out, log, tensorboard=tensorboard, kept_grid=kept_grid)
     return result
 
@@ -327,9 +331,15 @@ def check_result_files(out: Path, stores) -> None:
 
 
 def write_outputs(out: Path, result: dict) -> str | None:
-    """The result JSON, and once there is a summary, its markdown report, a CSV of every run's
-    epochs and two plots beside it. Returns why the plots were skipped (matplotlib missing), or None."""
+    """The result JSON, and once there is a summary, its companion files (:func:`write_companions`).
+    Returns why the plots were skipped (matplotlib missing), or None."""
     machine.write_json(out, result)
+    return write_companions(out, result)
+
+
+def write_companions(out: Path, result: dict) -> str | None:
+    """The markdown report, a CSV of every run's epochs and two plots beside ``out``, once the
+    result has a summary. Returns why the plots were skipped (matplotlib missing), or None."""
     if not result["summary"]:
         return None
     files, name = companion_files(out), plan.data_name(result)

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Any
 
-from ..errors import require
+from ..errors import OutputError, require
 
 
 class TensorBoardLogger:
@@ -26,6 +28,7 @@ class TensorBoardLogger:
         self.log_dir = os.fspath(log_dir)
         self.num_samples = num_samples
         self.replace = replace  # the folder's earlier event files go when the writer is made
+        self._failed = False  # a write failed (and raised): close() does not say it again
         self._made = None  # made at first use (the first epoch): a run refused or failed before writes nothing
 
     @property
@@ -35,11 +38,23 @@ class TensorBoardLogger:
         if self._made is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            if self.replace:
-                for name in event_files(self.log_dir):
-                    os.remove(os.path.join(self.log_dir, name))
-            self._made = SummaryWriter(self.log_dir)
+            _quiet_writer_threads()
+            with self._named_errors():
+                if self.replace:
+                    for name in event_files(self.log_dir):
+                        os.remove(os.path.join(self.log_dir, name))
+                self._made = SummaryWriter(self.log_dir)
         return self._made
+
+    @contextlib.contextmanager
+    def _named_errors(self):
+        """A failed write (a full disk, a folder turned read-only) as one OutputError naming the
+        folder: it was errno's bare text ('No space left on device'), naming no file."""
+        try:
+            yield
+        except OSError as exc:
+            self._failed = True
+            raise OutputError(f"cannot write TensorBoard events in {self.log_dir}: {exc.strerror or exc}") from None
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"]) + 1
@@ -52,20 +67,43 @@ class TensorBoardLogger:
         for name, accuracy in (record.get("val_class_acc") or {}).items():
             scalars[f"accuracy_per_class/{name}"] = accuracy
         writer = self.writer
-        for tag, value in scalars.items():
-            if value is not None and value == value:  # None: not evaluated; NaN: nothing to evaluate
-                writer.add_scalar(tag, float(value), step)
-        writer.flush()
+        with self._named_errors():
+            for tag, value in scalars.items():
+                if value is not None and value == value:  # None: not evaluated; NaN: nothing to evaluate
+                    writer.add_scalar(tag, float(value), step)
+            writer.flush()
 
     def close(self) -> None:
         if self._made is not None:
-            self._made.close()
+            made, self._made = self._made, None
+            try:
+                with self._named_errors():
+                    made.close()
+            except OutputError:
+                if not self._failed:  # else said already: the write that failed raised it
+                    raise
 
     def __enter__(self) -> TensorBoardLogger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread prints its failed write's traceback (15 lines, on a full disk)
+    and dies; the next write in the main thread raises the same error, which the logger names in
+    one line. So that traceback, and only it, is left unprinted (installed once per process)."""
+    hook = threading.excepthook
+    if getattr(hook, "fastprune_quiet_tensorboard", False):
+        return
+
+    def quiet(args):
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+            hook(args)
+
+    quiet.fastprune_quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = quiet
 
 
 def event_files(folder: str | os.PathLike) -> list[str]:
