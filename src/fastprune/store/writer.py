@@ -20,8 +20,9 @@ thread of a process that has not set its own SIGTERM handler.
 
 A process killed outright (SIGKILL, power loss) cannot clean up: it leaves no file at ``path``, but
 its temporary file ``.NAME.HOST.PID.XXXXXXXX.tmp`` stays in the folder. The next write to the same
-``path`` from the same host removes such leftovers whose process no longer runs; temporary files of
-live processes, or of other hosts sharing the folder, are never touched.
+``path`` removes such leftovers: a writer holds a lock on its temporary file while it runs, which
+the kernel drops however it dies (_atomic.py). Temporary files of live writers are never touched,
+and on a network file system, where a lock may be one host's alone, neither are other hosts'.
 """
 
 from __future__ import annotations
