@@ -176,6 +176,30 @@ def test_drop_last_over_a_strategy_of_one_s_own_still_warns():
         list(zip(range(len(loader)), loader))
 
 
+def test_a_strategy_of_one_s_own_is_taken_and_checked_as_the_loader_takes_it():
+    """The Loader accepts select() returning (indices, weights) and a sampler without
+    num_selected, and refuses a num_selected that miscounts; PrunedSampler raised AttributeError on
+    the first two and reported len() 40 of a 20-sample pass (an API audit)."""
+    class Pairs:
+        num_samples = 100
+
+        def select(self, epoch):
+            return np.arange(epoch, 100, 5), np.full(20, 2.0, np.float32)
+
+    sampler = PrunedSampler(Pairs(), seed=0)
+    assert len(sampler) == 20 and sorted(sampler) == list(range(0, 100, 5))
+    assert sampler.weights(torch.tensor([5, 6])).tolist() == [2.0, 0.0]
+
+    class Miscounted(Pairs):
+        def num_selected(self, epoch):
+            return 40
+
+    with pytest.raises(ValueError, match=r"sampler.num_selected\(0\) = 40 but select\(0\) returned 20 indices"):
+        list(PrunedSampler(Miscounted()))
+    with pytest.raises(IndexError, match="returned sample ids outside"):
+        list(PrunedSampler(type("Past", (Pairs,), {"select": lambda self, e: np.array([0, 100])})()))
+
+
 def test_looking_at_a_batch_then_training_does_not_warn():
     """``next(iter(loader))`` to look at a batch leaves the sampler's pass unfinished; the first
     real pass then runs that epoch again, which repeats nothing trained: it warned all the same (a

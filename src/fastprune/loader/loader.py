@@ -34,6 +34,7 @@ from .._cpus import lower_thread_priority
 from .._devices import resolve_device
 from ..errors import StoreError, UsageWarning, user_stacklevel
 from ..prune.distributed import alone_when_built, check_still_alone, resolve_ranks, shard
+from ..prune import selections
 from ..prune.sharding import consumer_shard
 from ..random_streams import epoch_permutation
 from ._readahead import Readahead
@@ -237,13 +238,13 @@ class Loader:
 
     def samples_in_epoch(self, epoch: int) -> int:
         """Samples this rank loads in ``epoch``."""
-        per_rank = _num_selected(self.sampler, check_epoch(epoch)) // self._split
+        per_rank = selections.num_selected(self.sampler, check_epoch(epoch)) // self._split
         if self.drop_last:
             return per_rank // self.batch_size * self.batch_size
         return per_rank
 
     def batches_in_epoch(self, epoch: int) -> int:
-        per_rank = _num_selected(self.sampler, check_epoch(epoch)) // self._split
+        per_rank = selections.num_selected(self.sampler, check_epoch(epoch)) // self._split
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __len__(self) -> int:
@@ -261,7 +262,7 @@ class Loader:
         moves to ``epoch``, so ask for the epoch about to run, not one ahead (its subset would
         miss the losses of the epochs between)."""
         epoch = check_epoch(epoch)
-        ids, weights = _selection(self.sampler, epoch, self._source.num_samples)
+        ids, weights = selections.checked_selection(self.sampler, epoch, self._source.num_samples)
         if self.shuffle:
             order = epoch_permutation(self.seed, epoch, len(ids))
             ids, weights = ids[order], weights[order]
@@ -778,37 +779,3 @@ def _check_sampler(sampler, num_samples: int) -> None:
         raise ValueError(f"sampler.num_samples = {declared} but the store has {num_samples} samples")
 
 
-def _num_selected(sampler, epoch: int) -> int:
-    if hasattr(sampler, "num_selected"):
-        return int(sampler.num_selected(epoch))
-    return len(_selection_arrays(sampler.select(epoch))[0])
-
-
-def _selection_arrays(selection):
-    if hasattr(selection, "indices"):
-        return selection.indices, getattr(selection, "weights", None)
-    if isinstance(selection, tuple) and len(selection) == 2:
-        return selection
-    return selection, None
-
-
-def _selection(sampler, epoch: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    indices, weights = _selection_arrays(sampler.select(epoch))
-    indices = np.asarray(indices)
-    if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
-        raise ValueError(f"sampler.select({epoch}) must return 1-D integer indices, got {indices.dtype} "
-                         f"{indices.shape}")
-    indices = indices.astype(np.int64, copy=False)
-    if indices.size and (indices.min() < 0 or indices.max() >= num_samples):
-        raise IndexError(f"sampler.select({epoch}) returned sample ids outside [0, {num_samples})")
-    weights = np.ones(len(indices), np.float32) if weights is None else np.asarray(weights, np.float32)
-    if weights.shape != indices.shape:
-        raise ValueError(f"sampler.select({epoch}): {len(weights)} weights for {len(indices)} indices")
-    bad = np.flatnonzero(~(weights >= 0) | np.isinf(weights))  # NaN, negative, infinite
-    if bad.size:  # it would reach the weighted loss of every batch holding it
-        raise ValueError(f"sampler.select({epoch}) gave sample {indices[bad[0]]} the weight {weights[bad[0]]} "
-                         f"({bad.size} weights are NaN, negative or infinite)")
-    if hasattr(sampler, "num_selected") and sampler.num_selected(epoch) != len(indices):
-        raise ValueError(f"sampler.num_selected({epoch}) = {sampler.num_selected(epoch)} but select({epoch}) "
-                         f"returned {len(indices)} indices; len(loader) would be wrong")
-    return indices, weights

@@ -29,6 +29,7 @@ import torch
 from .._args import check_bool, check_epoch, check_seed
 from ..errors import UsageWarning, user_stacklevel
 from ..random_streams import epoch_permutation
+from . import selections
 from ._inputs import as_indices, in_range
 from .distributed import alone_when_built, check_still_alone, sampler_ranks, shard
 from .sharding import consumer_shard
@@ -97,7 +98,7 @@ class PrunedSampler(_SamplerBase):
         self._set_during_pass = True
 
     def __len__(self) -> int:
-        return self.strategy.num_selected(self.epoch) // self._split
+        return selections.num_selected(self.strategy, self.epoch) // self._split
 
     def __repr__(self) -> str:
         return f"PrunedSampler({self.strategy!r}, epoch={self.epoch}, seed={self.seed}, shuffle={self.shuffle})"
@@ -121,10 +122,11 @@ class PrunedSampler(_SamplerBase):
         epoch = self.epoch
         self._set_during_pass = False
         self._unfinished = epoch
-        selection = self.strategy.select(epoch)
+        # checked as the Loader checks it: a strategy of one's own may return (indices, weights)
+        # or miscount its num_selected (len() said 40 of a 32-sample pass)
+        order, weights = selections.checked_selection(self.strategy, epoch, self.strategy.num_samples)
         self._weights = np.zeros(self._entries, dtype=np.float32)
-        self._weights[self._positions(selection.indices)] = selection.weights
-        order = selection.indices
+        self._weights[self._positions(order)] = weights
         if self.shuffle:
             order = order[epoch_permutation(self.seed, epoch, len(order))]
         ids = shard(order, 0 if self._sharding else self.rank, self._split).tolist()
