@@ -315,6 +315,61 @@ def test_statistics_of_camera_size_images_are_exact_in_bounded_memory(tmp_path):
     np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-9)
 
 
+def _mixed_size_store(path, mode: str, count: int = 40):
+    from fastprune.store.fields import IntField, RGBImageField
+    from fastprune.store.writer import write_dataset
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (int(rng.integers(8, 40)), int(rng.integers(8, 40)), 3), dtype=np.uint8)
+              // (1 + i % 3) for i in range(count)]
+    write_dataset(path, [(image, 0) for image in images],
+                  {"image": RGBImageField(write_mode=mode), "label": IntField()}, workers=1, progress=False)
+    return path, images
+
+
+def test_statistics_of_a_mixed_size_store_are_the_same_on_every_thread_count(tmp_path):
+    """One gather per shape held one image of a mixed-size store (photos), so the statistics of
+    4,096 photos were decoded one at a time; threads of their own now share the shapes' gathers.
+    The figures stay exact (numpy's over the pixels) and the same on any number of threads."""
+    from fastprune.loader._source import open_source
+    from fastprune.train.data import channel_statistics
+
+    raw, images = _mixed_size_store(tmp_path / "raw.beton", "raw")
+    jpeg, _ = _mixed_size_store(tmp_path / "jpeg.beton", "jpg")
+    pixels = np.concatenate([image.reshape(-1, 3) for image in images]).astype(np.float64) / 255
+    for threads in (1, 3):
+        with open_source(raw, None, None, threads=threads) as source:
+            mean, std = channel_statistics(source)
+        np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-9)
+    figures = set()
+    for threads in (1, 3, 8):
+        with open_source(jpeg, None, None, threads=threads) as source:
+            figures.add(channel_statistics(source))
+    assert len(figures) == 1
+
+
+def test_a_damaged_image_stops_the_statistics_naming_it_and_leaves_no_thread(tmp_path):
+    import threading
+
+    from fastprune.loader._source import open_source
+    from fastprune.train.data import channel_statistics
+
+    from fastprune import Store
+
+    path, _ = _mixed_size_store(tmp_path / "jpeg.beton", "jpg")
+    with Store(path) as store:
+        offsets, _ = store.field_ranges("image")
+    with open(tmp_path / "jpeg.beton", "r+b") as f:  # sample 17's SOI marker: not a JPEG any more
+        f.seek(int(offsets[17]))
+        f.write(b"\x00\x00")
+    before = threading.active_count()
+    with open_source(tmp_path / "jpeg.beton", None, None, threads=3) as source:
+        with pytest.raises(ValueError, match="JPEG decode of sample 17 failed"):
+            channel_statistics(source)
+    assert threading.active_count() == before
+
+
 def test_a_validation_label_one_past_the_training_classes_is_refused(tmp_path):
     from fastprune.convert import from_arrays
     from fastprune.errors import ConfigError

@@ -37,6 +37,7 @@ class ImageSource:
     buffer: np.ndarray | None = None  # the mapped file, offsets and sizes of the image field: read-ahead hints
     offsets: np.ndarray | None = None  # uint64 [N]
     sizes: np.ndarray | None = None  # uint64 [N]
+    modes: np.ndarray | None = None  # uint8 [N]: the samples' image modes (MODE_JPEG or raw)
     # mincore's word on the file's pages holds only for a file this process may write (Linux 5.0+)
     mincore_trusted: bool = True
 
@@ -56,6 +57,14 @@ class ImageSource:
         self.buffer = None
         if isinstance(self.labels, ArrayLabels):
             self.labels.close(why)
+
+    def solo_gather(self) -> "core.ImageGather":
+        """Another gather over the same samples that runs on its caller's thread alone: the pool's
+        gathers run one at a time, so work spread over threads of one's own gives each its own."""
+        if isinstance(self.gather, _ClosedGather):
+            self.gather.gather()  # raises, naming the store
+        return core.ImageGather(self.buffer, self.offsets, self.sizes, self.modes, self.heights, self.widths, 1,
+                                self.gather.max_pixels, self.gather.nice)
 
     def __enter__(self) -> "ImageSource":
         return self
@@ -163,7 +172,7 @@ def _source_of(store: Store, image_field, label_field, threads, max_pixels, nice
     gather = core.ImageGather(store.buffer, offsets, sizes, modes, heights, widths, threads, int(max_pixels), int(nice))
     labels = None if label_field is None else _labels(store, label_field, columns[label_field])
     return ImageSource(gather, heights, widths, labels, image_field, label_field, store, owns_store,
-                       store.buffer, offsets, sizes, mincore_trusted=os.access(store.path, os.W_OK))
+                       store.buffer, offsets, sizes, modes, mincore_trusted=os.access(store.path, os.W_OK))
 
 
 def _check_claimed_sizes(store: Store, field: str, heights: np.ndarray, widths: np.ndarray, max_pixels: int) -> None:

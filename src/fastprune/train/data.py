@@ -7,7 +7,9 @@ it (``--crop``, ``--mean/--std``...), instead of an IndexError deep inside the l
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import queue
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -124,18 +126,12 @@ def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple
     """Per-channel (mean, std) of the pixels of a seeded sample of the store's images, as fractions
     of 255 (what ``Normalize`` takes). Every pixel counts once, whatever its image's size."""
     ids = statistics_sample(source.num_samples, samples)
-    shapes = np.stack([source.heights[ids], source.widths[ids]], axis=1).astype(np.int64)
-    histogram = np.zeros((3, 256), np.int64)  # exact counts: no float copy of the pixels
-    for height, width in np.unique(shapes, axis=0):  # one shape per gather: mixed stores group by size
-        group = ids[(shapes == (height, width)).all(axis=1)]
-        per_gather = min(len(group), max(1, _PIXELS_AT_ONCE // int(height * width)))
-        buffer = np.empty((per_gather, int(height), int(width), 3), np.uint8)  # one per shape, reused
-        for start in range(0, len(group), per_gather):
-            chunk = group[start:start + per_gather]
-            images = buffer[:len(chunk)]
-            source.gather.gather(chunk, images)  # on the source's threads
-            _count_channel_values(images.reshape(-1, 3), histogram)
-        del buffer, images  # before the next shape's
+    if len(ids) == 0:
+        raise ValueError(f"{store_name(source.owner)}: no images to compute the channel statistics of")
+    threads = max(1, source.gather.threads)  # each thread holds up to its share of the pixels, or one image
+    chunks = _chunks_of_one_shape(ids, source.heights[ids], source.widths[ids], _PIXELS_AT_ONCE // threads,
+                                  -(-len(ids) // threads))
+    histogram = _count_in_threads(source, chunks, min(threads, len(chunks)))
     values = np.arange(256, dtype=np.float64)
     pixels = histogram[0].sum()
     mean = histogram @ values / pixels
@@ -143,6 +139,61 @@ def channel_statistics(source, samples: int = STATISTICS_SAMPLES) -> tuple[tuple
     # A constant channel carries nothing; dividing it by 1 keeps it finite (Normalize refuses 0).
     std = np.where(std < 1e-3, 255.0, std)
     return tuple(float(v) for v in mean / 255), tuple(float(v) for v in std / 255)
+
+
+def _chunks_of_one_shape(ids: np.ndarray, heights: np.ndarray, widths: np.ndarray, pixels: int,
+                         images: int) -> list[tuple[int, int, np.ndarray]]:
+    """``ids`` cut into gathers (height, width, ids) of one image shape each, of at most ``images``
+    images and ``pixels`` pixels (or one image)."""
+    shapes = np.stack([heights, widths], axis=1).astype(np.int64)
+    chunks = []
+    for height, width in np.unique(shapes, axis=0).tolist():
+        group = ids[(shapes == (height, width)).all(axis=1)]
+        per_gather = max(1, min(images, pixels // (height * width)))
+        chunks += [(height, width, group[start:start + per_gather]) for start in range(0, len(group), per_gather)]
+    return chunks
+
+
+def _count_in_threads(source, chunks: list[tuple[int, int, np.ndarray]], threads: int) -> np.ndarray:
+    """Per-channel counts of the pixel values of ``chunks``' images, decoded and counted on
+    ``threads`` threads, each with a gather and buffer of its own. One gather per shape held one
+    image of a mixed-size store (photos), so the pool's threads sat idle (4,096 decodes in turn)."""
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for chunk in chunks:
+        todo.put(chunk)
+    largest = max(height * width * len(ids) for height, width, ids in chunks)
+
+    def count() -> np.ndarray:
+        gather, histogram = source.solo_gather(), np.zeros((3, 256), np.int64)  # exact counts, no float copy
+        buffer = np.empty(largest * 3, np.uint8)  # reused by every chunk of this thread
+        try:
+            while (chunk := _next(todo)) is not None:
+                height, width, ids = chunk
+                images = buffer[:len(ids) * height * width * 3].reshape(len(ids), height, width, 3)
+                gather.gather(ids, images)
+                _count_channel_values(images.reshape(-1, 3), histogram)
+        except BaseException:
+            _drain(todo)  # the other threads stop at their next chunk
+            raise
+        return histogram
+
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fastprune-statistics") as pool:
+        try:
+            return sum(pool.map(lambda _: count(), range(threads)))
+        finally:  # a Ctrl-C in the wait: the threads finish their chunk, not the whole sample
+            _drain(todo)
+
+
+def _next(todo: queue.SimpleQueue):
+    try:
+        return todo.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _drain(todo: queue.SimpleQueue) -> None:
+    while _next(todo) is not None:
+        pass
 
 
 @numba.njit(nogil=True, cache=True)
