@@ -172,6 +172,14 @@ def test_the_writability_check_looks_at_the_folder_written_in(tmp_path, monkeypa
         outputs.check_output_file(locked / "run.json", "--log-json", makes_folders=True)
     with pytest.raises(ConfigError, match="--log-json .*new.json: cannot write in .*locked"):
         outputs.check_output_file(locked / "new.json", "--log-json", makes_folders=True)
+    # a link is followed: the new file goes beside its target, so that folder is the one checked
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "run.json").write_text("{}")
+    (locked / "latest.json").symlink_to(tmp_path / "open" / "run.json")
+    assert outputs.check_output_file(locked / "latest.json", "--log-json") == locked / "latest.json"
+    (tmp_path / "open" / "into-locked.json").symlink_to(locked / "run.json")
+    with pytest.raises(ConfigError, match="--log-json .*into-locked.json: cannot write in .*locked"):
+        outputs.check_output_file(tmp_path / "open" / "into-locked.json", "--log-json")
     denied.add(board)
     with pytest.raises(ConfigError, match=r"--tensorboard .*tb: cannot write in .*tb \(permission denied\)"):
         outputs.check_output_folder(board, "--tensorboard")

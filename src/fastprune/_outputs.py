@@ -125,20 +125,27 @@ def _check_folder(out: Path, what: str, error, makes_folders: bool) -> None:
         if not folder.is_dir():
             raise error(f"{what} folder {folder} does not exist ({what} {out})")
     else:
-        while not folder.exists() and folder != folder.parent:  # the nearest ancestor that exists
-            folder = folder.parent
+        folder = _nearest_existing(folder)
         if not folder.is_dir():
             raise error(f"{what} {out}: {folder} is a file, not a folder")
     # W_OK also says no on a read-only file system, for root too: found now, not after training.
     # The folder itself when it exists (--tensorboard DIR). A file is replaced by a new one written
-    # beside it, so its folder must take new files even where the file itself is writable (written
-    # in place, a full disk or a kill mid-write left it cut: a bench result's earlier runs lost).
-    where = out if out.is_dir() else folder
+    # beside it (beside a link's target: links are followed), so that folder must take new files
+    # even where the file itself is writable (written in place, a full disk or a kill mid-write
+    # left it cut: a bench result's earlier runs lost).
+    where = out if out.is_dir() else _nearest_existing(Path(os.path.realpath(out)).parent)
     if not os.access(where, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only(where) else "permission denied"
         beside = (f"; {out.name} is replaced by a new file written beside it, never rewritten in place"
                   if out.is_file() else "")
         raise error(f"{what} {out}: cannot write in {where} ({why}{beside})")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder``, or its nearest ancestor that exists (the writer makes the rest)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _read_only(folder: Path) -> bool:

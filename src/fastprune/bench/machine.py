@@ -143,8 +143,9 @@ def write_markdown(json_path: Path, lines: list[str]) -> Path:
 
 
 def write_json(path: Path, result: dict) -> Path:
-    """Write ``result`` to ``path`` atomically (a reader never sees half a file)."""
+    """Write ``result`` to ``path`` atomically (a reader never sees half a file), on disk before
+    it takes the name: a bench result holds hours of runs."""
     text = json.dumps(result, indent=2) + "\n"
-    with written_atomically(path) as file:
+    with written_atomically(path, fsync=True) as file:
         file.write(text)
     return Path(path)

@@ -8,7 +8,11 @@ this kernel (containers too), so a temporary file whose lock can be taken is a l
 and process id in its name could not tell a writer in another container (another host name, its
 PID 1 alive for ever) or a reused PID from a live one, and such leftovers, a store's size each,
 stayed. On a network file system a lock may be this host's alone (NFS mounted nolock, FUSE), so
-there only files of this host's processes that are gone are removed, as before."""
+there only files of this host's processes that are gone are removed, as before.
+
+A writer creates its file under a pending name (``.new`` after the temporary name), locks it, then
+renames it to the temporary name: a file under that name is locked from its first moment, and a
+pending one is left alone until it is a minute old (one killed between the two steps)."""
 
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ def _host() -> str:
 def remove_stale_temp_files(path: Path) -> None:
     """Remove temporary files of earlier writes to ``path`` that no process writes any more
     (killed before they could clean up)."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(.*)\.(\d+)\.[A-Za-z0-9_]+\.tmp")
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(.*)\.(\d+)\.[A-Za-z0-9_]+\.tmp(\.new)?")
     try:
         entries = os.listdir(path.parent)
     except OSError:
@@ -64,10 +68,26 @@ def remove_stale_temp_files(path: Path) -> None:
     local = None
     for entry in entries:
         match = pattern.fullmatch(entry)
-        if match:
-            local = _local_file_system(path.parent) if local is None else local
-            if _abandoned(str(path.parent / entry), match.group(1), int(match.group(2)), local):
-                remove_quietly(str(path.parent / entry))
+        name = str(path.parent / entry)
+        if not match or (match.group(3) and not _older_than(name, _PENDING_SECONDS)):
+            continue
+        local = _local_file_system(path.parent) if local is None else local
+        if _abandoned(name, match.group(1), int(match.group(2)), local):
+            remove_quietly(name)
+
+
+# A pending file is renamed within microseconds of its creation; one older was left by a writer
+# killed in between (or by a clock jump, which only delays its removal)
+_PENDING_SECONDS = 60
+
+
+def _older_than(name: str, seconds: float) -> bool:
+    import time
+
+    try:
+        return time.time() - os.stat(name).st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _abandoned(name: str, host: str, pid: int, local: bool) -> bool:
@@ -143,14 +163,21 @@ def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False
     ends without an error; after any error (Ctrl-C included) the temporary file is removed and
     ``path`` keeps what it held. Leftovers of killed writes to ``path`` are removed first. The new
     file keeps an existing file's permissions (else what open() gives a new file). ``fsync``: on
-    disk before the rename; ``options``: for open (encoding, newline)."""
+    disk before the rename, and the rename on disk after it (what a power loss leaves is then the
+    old file or the new one, not an empty one under the new name); ``options``: for open
+    (encoding, newline)."""
     remove_stale_temp_files(path)
     mode = existing_mode(path)
     temp = temp_name(path)  # recorded before the file exists: an interrupt still finds it
-    lock = None
+    pending, lock = temp + ".new", None
     try:
-        fd = create_exclusive(temp)
-        lock = _hold_lock(fd)
+        fd = create_exclusive(pending)
+        try:
+            lock = _hold_lock(fd)
+            os.rename(pending, temp)  # locked before any other writer's clean-up can see it as a leftover
+        except BaseException:
+            os.close(fd)
+            raise
         with os.fdopen(fd, open_mode, **options) as file:
             yield file
             if fsync:
@@ -158,12 +185,29 @@ def replaced_when_done(path: Path, *, open_mode: str = "wb", fsync: bool = False
                 os.fsync(file.fileno())
         os.chmod(temp, default_file_mode() if mode is None else mode)  # 0600 was for the temp only
         os.replace(temp, path)
+        if fsync:
+            _sync_folder(path.parent)
     except BaseException:
+        remove_quietly(pending)
         remove_quietly(temp)
         raise
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The folder's entries (a rename) on disk; a file system that cannot sync a folder is left be."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL: folders cannot be synced here
+        pass
+    finally:
+        os.close(fd)
 
 
 def existing_mode(path: Path) -> int | None:

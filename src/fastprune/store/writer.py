@@ -124,8 +124,9 @@ def _write_file(path: Path, source, fields, stored_fields, num_samples: int, pag
     landing = Path(os.path.realpath(path))  # through a link its target is replaced, as for logs
     with sigterm_as_interrupt():
         try:
-            # a store re-converted keeps its permissions
-            with replaced_when_done(landing, open_mode="wb") as out:
+            # a store re-converted keeps its permissions; on disk before it takes the name (a power
+            # loss after a conversion of hours left an empty or partial file under it)
+            with replaced_when_done(landing, open_mode="wb", fsync=True) as out:
                 writer = _FileWriter(out, stored_fields, num_samples, page_size, names, index_field, grow_pages)
                 chunks = encoded_chunks(source, fields, num_samples, chunk_size, workers, progress,
                                         label=f"writing {printable(path.name)}", skip_unreadable=skip_unreadable)
