@@ -252,8 +252,8 @@ def test_torchvision_transforms_and_callables_of_another_arity_are_refused_when_
     from torchvision.transforms import v2
 
     for t in (torchvision.transforms.RandomHorizontalFlip(), torchvision.transforms.ToTensor(),
-              v2.RandomHorizontalFlip(), nn.Identity()):
-        with pytest.raises(TypeError, match=f"transforms\\[0\\] is torch(vision)?'s {type(t).__name__}, which "
+              v2.RandomHorizontalFlip()):
+        with pytest.raises(TypeError, match=f"transforms\\[0\\] is torchvision's {type(t).__name__}, which "
                                             "transforms one image or tensor.*fastprune.loader's"):
             Loader(store_path, 8, transforms=[t])
 
@@ -261,7 +261,7 @@ def test_torchvision_transforms_and_callables_of_another_arity_are_refused_when_
         def forward(self, x):
             return x
 
-    for t in (lambda images: images, OneArgument()):
+    for t in (lambda images: images, OneArgument(), nn.Identity()):
         with pytest.raises(TypeError, match="cannot be called as t\\(images, ids, stream\\)"):
             Loader(store_path, 8, transforms=[RandomHorizontalFlip(), t])
 
@@ -270,7 +270,7 @@ def test_torchvision_transforms_and_callables_of_another_arity_are_refused_when_
             return images
 
     Loader(store_path, 8, transforms=[OwnModule(), functools.partial(lambda scale, images, ids, stream: images, 2),
-                                      lambda images, *rest: images])
+                                      lambda images, *rest: images, torch.compile(OwnModule(), backend="eager")])
 
 
 def test_a_path_that_is_no_path_is_named(store_path, tmp_path, monkeypatch):

@@ -199,7 +199,10 @@ def test_a_label_to_name_mapping_names_classes_in_label_order(tmp_path):
     assert Store(out).class_names == ["ant", "bee", "cow"]
     out = from_arrays(images, labels, tmp_path / "b.beton", class_names={"1": "b", "0": "a", "2": "c"}, progress=False)
     assert Store(out).class_names == ["a", "b", "c"]
-    for keys in ([1, 2, 3], ["ant", "bee", "cow"], [0, 1, 1.5]):
+    # torchvision's class_to_idx, {name: label}, the other way round (iterated it gave the names)
+    out = from_arrays(images, labels, tmp_path / "d.beton", class_names={"ant": 0, "cow": 2, "bee": 1}, progress=False)
+    assert Store(out).class_names == ["ant", "bee", "cow"]
+    for keys in ([1, 2, 3], ["ant", "bee", "cow"], [0, 1, 1.5], ["0", "1", "\u00b2"]):
         with pytest.raises(ConversionError, match=r"class_names: a mapping of class names needs the labels 0\.\.2"):
             from_arrays(images, labels, tmp_path / "c.beton", class_names=dict(zip(keys, "xyz")), progress=False)
     assert not (tmp_path / "c.beton").exists()

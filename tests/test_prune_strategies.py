@@ -250,14 +250,15 @@ def test_bad_options_name_the_argument():
     for make, match in [(lambda: UCB(10, 0.0), "keep"), (lambda: UCB(10, 0.5, c=-1), "c must"),
                         (lambda: UCB(10, 0.5, bonus="x"), "bonus"), (lambda: EpsilonGreedy(10, eps=2), "eps"),
                         (lambda: UniformRandom(10, 0.5, final_full_epochs=1), "needs epochs"),
-                        (lambda: UniformRandom(10, 0.5, reselect_every=0), "reselect_every must be >= 1"),
+                        (lambda: UniformRandom(10, 0.5, reselect_every=0), "reselect_every must be an integer in "
+                                                                                   "\\[1, "),
                         (lambda: UniformRandom(10, 0.5, reselect_every=2.5), "reselect_every must be an integer"),
                         (lambda: UniformRandom(10, 0.01), "keeps no sample"),
                         (lambda: UCB(10, labels=[0, 1]), "labels"),
                         (lambda: InfoBatch(10, epochs=5, delta=0), "delta"),
-                        (lambda: EL2N(10, score_epochs=0), "score_epochs must be >= 1"),
-                        (lambda: UCB(10, 0.5, epochs=0), "epochs must be >= 1"),
-                        (lambda: InfoBatch(10, epochs=0), "epochs must be >= 1"),
+                        (lambda: EL2N(10, score_epochs=0), "score_epochs must be an integer in \\[1, "),
+                        (lambda: UCB(10, 0.5, epochs=0), "epochs must be an integer in \\[1, "),
+                        (lambda: InfoBatch(10, epochs=0), "epochs must be an integer in \\[1, "),
                         # each mode's knob was accepted by the other and ignored
                         (lambda: InfoBatch(10, epochs=5, prune=0.3), "prune=0.3 sets the paper's rule, which "
                                                                       "applies with keep=None"),
@@ -774,3 +775,19 @@ def test_an_epoch_past_the_planned_ones_warns_once():
     del older.__dict__["_warned_past_plan"]  # as unpickled from a version without the flag
     with pytest.warns(UsageWarning, match="past the epochs=2"):
         older.select(2)
+
+
+def test_an_infobatch_checkpoint_resumes_whatever_its_inert_knob_recorded():
+    """prune= under a keep (and min_below_keep= under keep=None) was accepted and ignored, and
+    recorded: now refused, such a run's checkpoint still resumes (the knob never acted). The knob
+    that acts is still compared, and the repr shows only it."""
+    state = InfoBatch(100, 0.3, epochs=10).state_dict()
+    state["config"]["prune"] = 0.3  # a run built with prune=0.3, ignored
+    InfoBatch(100, 0.3, epochs=10).load_state_dict(state)
+    paper = InfoBatch(100, None, epochs=10).state_dict()
+    paper["config"]["min_below_keep"] = 0.2
+    InfoBatch(100, None, epochs=10).load_state_dict(paper)
+    with pytest.raises(ValueError, match="prune=0.5 vs 0.3"):
+        InfoBatch(100, None, epochs=10, prune=0.3).load_state_dict(paper)
+    assert "prune" not in repr(InfoBatch(100, 0.3, epochs=10))
+    assert "min_below_keep" not in repr(InfoBatch(100, None, epochs=10, prune=0.3))

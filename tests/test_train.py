@@ -712,6 +712,15 @@ def test_fit_refuses_or_warns_about_mismatched_pieces_up_front(stores, tmp_path)
     with pytest.raises(ValueError, match="evaluate: this loader prunes \\(its sampler is UCB\\)"):
         evaluate(model, pruned_val)
     assert pruned_val.sampler.current_epoch == epoch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fastprune import PrunedSampler
+
+    sampler = PrunedSampler(UCB(16, 0.5))  # torch's DataLoader, as the guide's PrunedSampler loop
+    data = DataLoader(TensorDataset(torch.zeros(16, 3, 4, 4), torch.zeros(16, dtype=torch.long)), 4, sampler=sampler)
+    with pytest.raises(ValueError, match="evaluate: this loader prunes \\(its sampler is PrunedSampler\\)"):
+        evaluate(model, data)
+    assert sampler.epoch == 0
 
 
 def test_history_without_validation_is_json_and_user_patches_survive(stores):

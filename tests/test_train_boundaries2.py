@@ -128,6 +128,17 @@ def test_a_tensorboard_write_that_fails_is_one_line_naming_the_folder(tmp_path, 
             time.sleep(0.02)
     logger.close()  # said once, by the write that failed
     assert "Traceback" not in capfd.readouterr().err
+    # a failure first seen at close (a network file system reports a lost write there) is said
+    fresh = TensorBoardLogger(tmp_path / "tb2")
+    monkeypatch.undo()
+    fresh(record)
+
+    def lost(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fresh.writer, "close", lost)
+    with pytest.raises(OutputError, match="cannot write TensorBoard events in .*tb2: Input/output error"):
+        fresh.close()
 
 
 class _Recording:

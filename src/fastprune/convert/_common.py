@@ -422,8 +422,7 @@ def write(out: Path, source: Any, fields: dict, *, workers: int | None, progress
     ``skip_unreadable``: see ``write_dataset``."""
     from ..store.writer import write_dataset
 
-    if not isinstance(index, bool):
-        raise ConversionError(f"index must be True or False, got {index!r}")
+    index = check_bool(index, "index")  # np.True_ too; "no" is truthy
     write_dataset(out, source, fields, workers=workers, progress=progress, class_names=class_names,
                   index_field="index" if index else None, skip_unreadable=skip_unreadable)
     warn_if_sparse(out)
@@ -477,14 +476,21 @@ def names_list(values: Any, what: str) -> list[str]:
 
 def _by_label(names: Mapping, what: str) -> list:
     """A {label: name} mapping's names in label order; its labels must be 0..K-1 (as ints, or as
-    the digit strings a JSON config holds)."""
+    the digit strings a JSON config holds). torchvision's ``class_to_idx``, {name: label}, is read
+    the other way round (iterated, it gave the names in label order, as a list would)."""
     def number(label: Any) -> int | None:
         if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
             return int(label)
-        return int(label) if isinstance(label, str) and label.isdigit() else None
+        return int(label) if isinstance(label, str) and label.isascii() and label.isdigit() else None
+
+    def dense(labels: dict) -> bool:
+        return None not in labels and len(labels) == len(names) and sorted(labels) == list(range(len(labels)))
 
     labels = {number(label): name for label, name in names.items()}
-    if None in labels or len(labels) != len(names) or sorted(labels) != list(range(len(labels))):
+    by_value = {number(label): name for name, label in names.items()}
+    if not dense(labels) and all(isinstance(name, str) for name in names) and dense(by_value):
+        labels = by_value
+    if not dense(labels):
         shown = ", ".join(repr(k) for k in list(names)[:4]) + (", ..." if len(names) > 4 else "")
         raise ConversionError(f"{what}: a mapping of class names needs the labels 0..{len(names) - 1} as keys "
                               f"(label -> name), got keys {shown}; or pass a list, label i -> name i")

@@ -291,7 +291,7 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
     out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
                                                  if isinstance(f, dict) and "filename" in f])
     _common.check_flags(jpeg=jpeg, drop_unlabeled=drop_unlabeled, skip_unreadable=skip_unreadable, progress=progress,
-                        targets=targets)
+                        targets=targets, index=index)
     if targets:
         _common.check_target_options(class_names, drop_unlabeled, f"dataset {type(dataset).__name__}")
     if workers is not None:

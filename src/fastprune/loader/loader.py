@@ -727,9 +727,10 @@ def _check_batch_transform(t, i: int) -> None:
     """Refuse what cannot be called as ``t(images, ids, stream)``, the way a producer calls it: a
     torchvision transform (or a one-argument lambda) was accepted, and the first batch failed in a
     loader thread with 'forward() takes 2 positional arguments but 4 were given'."""
-    kind = type(t).__module__.split(".")[0]
-    if kind in ("torchvision", "torch"):
-        raise TypeError(f"transforms[{i}] is {kind}'s {type(t).__name__}, which transforms one image or "
+    # torchvision's by their module (a v2 transform's forward takes any arguments); torch's own
+    # classes are checked by signature below (torch.compile(own_transform) is one of them)
+    if type(t).__module__.split(".")[0] == "torchvision":
+        raise TypeError(f"transforms[{i}] is torchvision's {type(t).__name__}, which transforms one image or "
                         "tensor; the Loader's transforms take a uint8 batch with its sample ids and random "
                         "stream: fastprune.loader's RandomResizedCrop, RandomCrop, RandomHorizontalFlip, Normalize... "
                         "or one of your own (guide: 'Your own augmentation'); torchvision's go on the batch in "

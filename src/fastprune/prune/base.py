@@ -626,6 +626,11 @@ class Strategy:
 
     # ---- checkpoints ----------------------------------------------------------------------
 
+    def _inert_settings(self) -> set[str]:
+        """Settings ``config()`` records that have no effect in this strategy's mode: a resume
+        does not compare them and the repr leaves them out."""
+        return set()
+
     def config(self) -> dict:
         """The settings a checkpoint must agree with to be restored into this strategy."""
         config = {"strategy": type(self).__name__, "num_samples": self.num_samples, "keep": self.keep,
@@ -669,6 +674,8 @@ class Strategy:
                              "world size, each rank from its own checkpoint (re-sharding is not supported)")
         differ, unchecked = {}, []
         for k in [*mine, *(k for k in theirs if k not in mine)]:
+            if k in self._inert_settings():
+                continue  # recorded, but without effect in this mode: any value resumes
             if k in _LATER_KEYS and k not in theirs:
                 unchecked.append(k)  # a checkpoint from before the key existed
                 continue
@@ -887,31 +894,30 @@ class Strategy:
         return count
 
     @staticmethod
-    def _non_negative(value, name: str) -> int:
-        """An epoch count or index: an integer in [0, MAX_EPOCH] (the score table stores epochs as
-        int32); integral floats such as 3.0 are accepted."""
+    def _non_negative(value, name: str, low: int = 0) -> int:
+        """An epoch count or index: an integer in [low, MAX_EPOCH] (the score table stores epochs as
+        int32); integral floats such as 3.0 are accepted, 2.5 refused rather than cut."""
         try:  # True is no count of epochs
-            ok = not isinstance(value, (bool, np.bool_)) and int(value) == value and 0 <= value <= MAX_EPOCH
+            ok = not isinstance(value, (bool, np.bool_)) and int(value) == value and low <= value <= MAX_EPOCH
         except (TypeError, ValueError, OverflowError):  # None, "3", nan, inf
             ok = False
         if not ok:
-            raise ValueError(f"{name} must be an integer in [0, {MAX_EPOCH}], got {value!r}")
+            raise ValueError(f"{name} must be an integer in [{low}, {MAX_EPOCH}], got {value!r}")
         return int(value)
 
     @classmethod
     def _positive(cls, value, name: str) -> int:
-        """A count of epochs that cannot be 0 (a run's length, a selection's span): 2.5 is refused,
-        not cut to 2; 0 is refused (a run of epochs=0 had warned 'epochs 0..-1' at its first epoch)."""
-        if cls._non_negative(value, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value!r}")
-        return int(value)
+        """A count of epochs that cannot be 0 (a run's length, a selection's span): 0 is refused (a
+        run of epochs=0 had warned 'epochs 0..-1' at its first epoch)."""
+        return cls._non_negative(value, name, low=1)
 
     def __repr__(self) -> str:
         # the strategy's own settings (eps, c, delta...), then the epoch phases and reselection when set
         # (not every option: labels or a keep_schedule would not fit on a line)
         config, shared = self.config(), Strategy.config(self)
         shown = {"num_samples": self.num_samples, "keep": self.keep,
-                 **{k: v for k, v in config.items() if k not in shared}, "seed": self.seed}
+                 **{k: v for k, v in config.items() if k not in shared and k not in self._inert_settings()},
+                 "seed": self.seed}
         shown.update({k: getattr(self, k) for k in ("epochs", "warmup_epochs", "final_full_epochs")
                       if getattr(self, k)})
         if self.reselect_every != 1:

@@ -210,8 +210,8 @@ class InfoBatch(Strategy):
             raise ValueError(f"InfoBatch: prune={prune!r} sets the paper's rule, which applies with keep=None; with "
                              f"keep={keep!r} the kept fraction decides: pass keep=None, prune=... or keep alone")
         if keep is None and min_below_keep is not None:
-            raise ValueError(f"InfoBatch: min_below_keep={min_below_keep!r} bounds keep='s below-mean share; with "
-                             "keep=None the paper's rule (prune=) decides it")
+            raise ValueError(f"InfoBatch: min_below_keep={min_below_keep!r} bounds the below-mean share a keep= "
+                             "leaves; with keep=None the paper's rule (prune=) decides it")
         prune = 0.5 if prune is None else prune
         min_below_keep = 0.1 if min_below_keep is None else min_below_keep
         delta, prune = check_real(delta, "delta"), check_real(prune, "prune")
@@ -233,6 +233,11 @@ class InfoBatch(Strategy):
     def config(self):
         return {**super().config(), "target": self.target, "delta": self.delta, "prune": self.prune,
                 "min_below_keep": self.min_below_keep}
+
+    def _inert_settings(self):
+        # a checkpoint of a run that passed the other mode's knob (accepted and ignored before it
+        # was refused) resumes: the knob never acted
+        return {"prune"} if self.target is not None else {"min_below_keep"}
 
     def _prepare(self, epoch):
         mean, _ = core.masked_mean(self.table.mean, self.table.seen)

@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, loader, *, amp: str | bool = "auto",
              channels_last: str | bool = "auto") -> tuple[float, float]:
     """Return (accuracy in percent, mean cross-entropy) of ``model`` over ``loader``, a loader
     without a pruning sampler (a pass of one would start the strategy's next epoch)."""
-    if _prunes(loader):
+    if _pruning_strategy(loader) is not None:
         raise ValueError(f"evaluate: this loader prunes (its sampler is {type(loader.sampler).__name__}): a pass "
                          "would measure one epoch's subset and start the strategy's next epoch, which training "
                          "would then skip; evaluate on a loader without a sampler (Loader(store, batch_size, "
@@ -514,15 +514,18 @@ def _check_fit_inputs(train_loader, val_loader, strategy, epochs: int, on_epoch_
     resume = check_bool(resume, "fit: resume")  # "no" is truthy
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
-    if _prunes(val_loader):
+    if _pruning_strategy(val_loader) is not None:
         # stacklevel 3: fit's caller, through fit
         warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
                       "evaluate on a Loader without one (shuffle=False)", UsageWarning, stacklevel=3)
     return resume
 
 
-def _prunes(loader) -> bool:
-    return hasattr(getattr(loader, "sampler", None), "update")
+def _pruning_strategy(loader):
+    """The strategy choosing ``loader``'s samples (its sampler, or a PrunedSampler's), or None."""
+    sampler = getattr(loader, "sampler", None)
+    selecting = getattr(sampler, "strategy", sampler)
+    return selecting if hasattr(selecting, "update") else None
 
 
 def _run_settings(settings, epochs: int, model, train_loader, val_loader, dtype, optimizer,

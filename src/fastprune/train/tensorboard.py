@@ -75,12 +75,12 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         if self._made is not None:
-            made, self._made = self._made, None
+            made, self._made, said = self._made, None, self._failed
             try:
                 with self._named_errors():
                     made.close()
             except OutputError:
-                if not self._failed:  # else said already: the write that failed raised it
+                if not said:  # else said already: the write that failed raised it
                     raise
 
     def __enter__(self) -> TensorBoardLogger:
