@@ -367,19 +367,24 @@ def test_fit_refuses_misuse_before_training(tmp_path):
 def test_a_diverged_run_stops_with_one_error_naming_the_epoch_step_and_sample(tmp_path):
     """A learning rate far too high made the strategy's update raise "losses[0] = nan ... pass
     skip_invalid=True" (a traceback from `fastprune train`), and a run without a strategy went on
-    training a NaN model. Both now stop with TrainingDiverged; skip_invalid=True still trains on."""
+    training a NaN model. Both now stop with TrainingDiverged. skip_invalid=True trains on past a
+    loss it keeps out of the scores, but not on weights that loss made non-finite (it finished on
+    NaN weights without a word; a fit audit)."""
     import fastprune
     from fastprune.errors import TrainingDiverged
 
     store = from_arrays(np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), np.uint8), np.arange(64) % 4,
                         tmp_path / "s.beton", progress=False)
 
-    def run(strategy):
+    def run(strategy, lr=1e36, criterion=None):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 4))
         loader = fastprune.Loader(store, 16, sampler=strategy, seed=0, transforms=[Normalize()])
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e36)
-        return fit(model, loader, None, strategy, epochs=3, optimizer=optimizer, progress=False, log=None)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        history = fit(model, loader, None, strategy, epochs=3, optimizer=optimizer, progress=False, log=None,
+                      criterion=criterion)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        return history
 
     with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1, step \d: the loss of sample \d+ "
                                                r"is (nan|inf|[0-9.]+e\+\d+); lower the learning rate \(the last "
@@ -387,8 +392,18 @@ def test_a_diverged_run_stops_with_one_error_naming_the_epoch_step_and_sample(tm
         run(UCB(64, keep=0.5, seed=0))
     with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch 1: the mean training loss is (nan|inf); lower"):
         run(None)
-    history = run(UCB(64, keep=0.5, seed=0, skip_invalid=True))  # the user asked to drop such losses
-    assert len(history) == 3 and not math.isfinite(history[-1]["loss"])
+    with pytest.raises(TrainingDiverged, match=r"^fit: training diverged in epoch \d: (\d+ of its 32 losses were "
+                                               r"non-finite or beyond \+-1e\+18|the model's weights are no longer "
+                                               r"finite) \(skip_invalid keeps a few such losses out of the scores, "
+                                               r"not out of the gradient\)"):
+        run(UCB(64, keep=0.5, seed=0, skip_invalid=True))
+
+    def one_infinite(logits, labels):  # an infinite loss whose gradient is finite: training goes on
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return loss + torch.where(labels == 3, torch.inf, 0.0)
+
+    history = run(UCB(64, keep=0.5, seed=0, skip_invalid=True), lr=0.01, criterion=one_infinite)
+    assert len(history) == 3 and not math.isfinite(history[0]["loss"])
 
 
 def test_a_diverged_run_with_deferred_updates_is_training_diverged_too(tmp_path, monkeypatch):
@@ -824,3 +839,71 @@ def test_fits_evaluation_builds_no_gradient_graph(tmp_path):
     val_loader = Loader(store, 8, transforms=[Normalize(MEAN, STD)], shuffle=False, threads=1)
     fit(model, loader, val_loader, None, 1, progress=False, log=None)
     assert grad_in_eval == [False, False, False]  # 3 validation batches, none tracked
+
+
+def test_fit_checks_a_checkpoint_and_a_built_schedule_against_the_run_before_training(stores, tmp_path):
+    """A fit audit: an existing checkpoint without resume=True was replaced after the first epoch;
+    a scheduler built on another optimizer drove nobody's LR (fit trained at its default 0.2); a
+    OneCycleLR of len(loader) * epochs steps raised in the last epoch of a run with a final full
+    epoch; an epoch-sized CosineAnnealingLR cycled once per epoch; a built schedule under
+    InfoBatch never ended, where a factory warned."""
+    from fastprune.errors import ConfigError, UsageWarning
+
+    def pieces(strategy=None):
+        model, loader = _tiny(stores, strategy)
+        return model, loader, torch.optim.SGD(model.parameters(), 0.05)
+
+    model, loader, sgd = pieces(UCB(TRAIN_SIZE, 0.5, seed=0))
+    (tmp_path / "run.pt").write_bytes(b"a finished run's checkpoint")
+    with pytest.raises(ConfigError, match="fit: checkpoint .*run.pt exists: resume=True continues that run"):
+        fit(model, loader, None, loader.sampler, 1, sgd, checkpoint=tmp_path / "run.pt", progress=False, log=None)
+    assert (tmp_path / "run.pt").read_bytes() == b"a finished run's checkpoint"
+
+    other = torch.optim.SGD(model.parameters(), 0.05)
+    with pytest.raises(ValueError, match="schedule StepLR drives another optimizer than the one fit trains with"):
+        fit(model, loader, None, loader.sampler, 1, schedule=torch.optim.lr_scheduler.StepLR(other, 100), log=None)
+
+    strategy = UCB(TRAIN_SIZE, 0.5, seed=0, epochs=3, final_full_epochs=1)
+    model, loader, sgd = pieces(strategy)
+    before = [p.clone() for p in model.parameters()]
+    short = torch.optim.lr_scheduler.OneCycleLR(sgd, 0.05, total_steps=len(loader) * 3)
+    with pytest.raises(ValueError, match=f"OneCycleLR has total_steps={len(loader) * 3}, but the run takes "
+                                         f"{loader.steps_for_epochs(0, 3)} steps"):
+        fit(model, loader, None, strategy, 3, sgd, schedule=short, progress=False, log=None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any step
+
+    model, loader, sgd = pieces(UCB(TRAIN_SIZE, 0.5, seed=0))
+    with pytest.warns(UsageWarning, match="CosineAnnealingLR's T_max=2 looks counted in epochs, but fit steps it "
+                                          "once per batch") as caught:
+        fit(model, loader, None, loader.sampler, 2, sgd, schedule=torch.optim.lr_scheduler.CosineAnnealingLR(sgd, 2),
+            progress=False, log=None)
+    assert {w.filename for w in caught} == {__file__}
+
+    strategy = InfoBatch(TRAIN_SIZE, 0.5, epochs=2)
+    model, loader, sgd = pieces(strategy)
+    steps = loader.steps_for_epochs(0, 2)
+    with pytest.warns(UsageWarning, match="InfoBatch's epoch sizes follow its scores, so a schedule sized at the "
+                                          "start \\(OneCycleLR\\)"):
+        fit(model, loader, None, strategy, 2, sgd, schedule=torch.optim.lr_scheduler.OneCycleLR(sgd, 0.05, steps),
+            progress=False, log=None)
+
+
+def test_a_strategy_copied_or_pickled_during_fit_is_a_strategy_of_its_own(stores):
+    """fit times the strategy by wrapping its methods on the instance: pickling it in an
+    on_epoch_end failed on the wrappers, and a deepcopy snapshot kept calling the original's
+    methods, feeding the original with its updates (a fit audit)."""
+    import copy
+    import pickle
+
+    strategy = UCB(TRAIN_SIZE, 0.5, seed=0)
+    model, loader = _tiny(stores, strategy)
+    snapshots = []
+    fit(model, loader, None, strategy, 1, progress=False, log=None,
+        on_epoch_end=lambda record: snapshots.append((copy.deepcopy(strategy), pickle.dumps(strategy))))
+    snapshot, pickled = snapshots[0]
+    seen = strategy.table.seen.copy()
+    snapshot.update(np.arange(10), torch.ones(10))
+    assert np.array_equal(strategy.table.seen, seen)  # the original untouched
+    assert snapshot.table.seen[:10].tolist() == (seen[:10] + 1).tolist()
+    assert np.array_equal(pickle.loads(pickled).table.seen, seen)
+    assert "update" not in vars(snapshot) and "select" not in vars(pickle.loads(pickled))

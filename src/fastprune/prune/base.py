@@ -626,6 +626,20 @@ class Strategy:
 
     # ---- checkpoints ----------------------------------------------------------------------
 
+    def __getstate__(self) -> dict:
+        """The instance's state for pickle and copy, without the timing wrappers ``fit`` puts on
+        its methods while it runs: a snapshot taken in an ``on_epoch_end`` (deepcopy) called the
+        original's methods through them, and pickling one failed on them."""
+        state = self.__dict__.copy()
+        for name, value in self.__dict__.items():
+            if getattr(value, "fastprune_timed", False):
+                masked = value.fastprune_masks
+                if masked is None:
+                    del state[name]
+                else:
+                    state[name] = masked
+        return state
+
     def _inert_settings(self) -> set[str]:
         """Settings ``config()`` records that have no effect in this strategy's mode: a resume
         does not compare them and the repr leaves them out."""

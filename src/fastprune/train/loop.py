@@ -46,13 +46,17 @@ class _OverheadClock:
     def __init__(self):
         self.seconds = 0.0
 
-    def timed(self, method):
+    def timed(self, method, own=None):
+        """``method`` timed; ``own``: the instance attribute it masks, if the user set one (a copy
+        of the strategy made meanwhile keeps that, not the wrapper: Strategy.__getstate__)."""
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+        wrapper.fastprune_timed = True  # type: ignore[attr-defined]
+        wrapper.fastprune_masks = own  # type: ignore[attr-defined]
         return wrapper
 
     @contextlib.contextmanager
@@ -63,7 +67,7 @@ class _OverheadClock:
         patched = [name for name in ("select", "num_selected", "update", "flush") if hasattr(strategy, name)]
         own = {name: vars(strategy)[name] for name in patched if name in vars(strategy)}  # the user's own
         for name in patched:
-            setattr(strategy, name, self.timed(getattr(strategy, name)))
+            setattr(strategy, name, self.timed(getattr(strategy, name), own.get(name)))
         try:
             yield
         finally:
@@ -239,6 +243,8 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
     forward = model if forward is None else forward
     model.train()
     samples, steps, loss_sum = 0, 0, torch.zeros((), dtype=torch.float64, device=device)
+    # under skip_invalid, the losses the strategy can score (counted on the device, read once)
+    scorable = torch.zeros((), dtype=torch.int64, device=device) if getattr(strategy, "skip_invalid", False) else None
     lr = optimizer.param_groups[0]["lr"]
     waits = _WaitClock()
     # closed however the loop ends: a Ctrl-C inside the progress bar left the pass to the garbage collector
@@ -281,13 +287,16 @@ def _train_one_epoch(model, loader, strategy, optimizer, scheduler, criterion, *
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach().sum()  # no .item() here: it would sync the GPU every step
+            if scorable is not None:
+                scorable += (loss.detach().abs() <= MAX_LOSS).sum()
             samples += labels.numel()
             steps += 1
     if steps == 0:
         raise ValueError("fit: the training loader yielded no batch this epoch (drop_last with a batch "
                          "larger than the epoch's selected samples?)")
     mean_loss = loss_sum.item() / samples
-    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds}
+    return {"samples": samples, "steps": steps, "loss": mean_loss, "lr": lr, "data_wait_s": waits.seconds,
+            "scorable": None if scorable is None else int(scorable)}
 
 
 def _diverged(where: str, what, lr: float) -> TrainingDiverged:
@@ -307,10 +316,28 @@ def _flush_updates(strategy, epoch: int, lr: float) -> None:
             raise _diverged(f"epoch {epoch + 1}", exc, lr) from None
 
 
-def _check_mean_loss(stats: dict, strategy, epoch: int) -> None:
-    """No check per step (a host sync each): a run without a strategy is caught here, once."""
-    if not math.isfinite(stats["loss"]) and not getattr(strategy, "skip_invalid", False):
-        raise _diverged(f"epoch {epoch + 1}", f"the mean training loss is {stats['loss']}", stats["lr"])
+def _check_mean_loss(stats: dict, strategy, epoch: int, model: nn.Module) -> None:
+    """No check per step (a host sync each): a run without a strategy is caught here, once. Under
+    ``skip_invalid`` a loss the strategy cannot score is kept out of the scores, but it was
+    backpropagated all the same: an epoch of which most losses could not be scored, or whose
+    weights ended non-finite, stops the run here (it finished on garbage without a word)."""
+    scorable = stats.pop("scorable")
+    if scorable is None:  # no skip_invalid: the strategy raised at the step, or there is none
+        if not math.isfinite(stats["loss"]):
+            raise _diverged(f"epoch {epoch + 1}", f"the mean training loss is {stats['loss']}", stats["lr"])
+        return
+    why = " (skip_invalid keeps a few such losses out of the scores, not out of the gradient)"
+    if scorable * 2 < stats["samples"]:
+        raise _diverged(f"epoch {epoch + 1}", f"{stats['samples'] - scorable} of its {stats['samples']} losses were "
+                        f"non-finite or beyond +-{MAX_LOSS:g}{why}", stats["lr"])
+    if not math.isfinite(stats["loss"]) and not _weights_finite(model):
+        raise _diverged(f"epoch {epoch + 1}", f"the model's weights are no longer finite{why}", stats["lr"])
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite: one host sync for the whole model."""
+    checks = [torch.isfinite(p).all() for p in model.parameters() if p.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def _check_strategy_selects(strategy, loader) -> None:
@@ -514,6 +541,11 @@ def _check_fit_inputs(train_loader, val_loader, strategy, epochs: int, on_epoch_
     resume = check_bool(resume, "fit: resume")  # "no" is truthy
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs checkpoint= (the file to continue from)")
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        # as `fastprune train` refuses it: a restarted job without resume=True replaced a finished
+        # or half-finished run's checkpoint after its first epoch
+        raise ConfigError(f"fit: checkpoint {checkpoint} exists: resume=True continues that run; give another "
+                          "file, or delete it to start afresh")
     if _pruning_strategy(val_loader) is not None:
         # stacklevel 3: fit's caller, through fit
         warnings.warn("fit: val_loader has a pruning sampler: each evaluation would measure another subset; "
@@ -590,12 +622,15 @@ def fit(
             once per batch and sized by ``planned_steps`` over the whole run (re-planned every
             epoch if it has ``replan``; InfoBatch's sizes follow its scores, so other schedules
             warn); or a built scheduler, also stepped once per batch (size it in steps, e.g.
-            ``planned_steps(loader, 0, epochs, strategy)``, not epochs); or None.
-            ``ReduceLROnPlateau`` is refused: it steps on a metric.
+            ``planned_steps(loader, 0, epochs, strategy)``, not epochs: an epoch-sized
+            CosineAnnealingLR, StepLR or MultiStepLR warns, a OneCycleLR shorter than the run is
+            refused), built on ``optimizer``; or None. ``ReduceLROnPlateau`` is refused: it steps
+            on a metric.
         criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
         amp, channels_last: "auto" enables them on CUDA only; see ``device.autocast_dtype``.
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file
             present, training continues from it with the same selections as an uninterrupted run.
+            An existing file without ``resume=True`` is refused (as ``fastprune train`` does).
         settings: the run's settings (e.g. the command line's LR), stored in the checkpoint; a
             resume refuses a checkpoint written with other settings, or with another ``epochs``,
             batch size, model class, loader seed, precision, optimizer or scheduler class (all of
@@ -628,8 +663,9 @@ def fit(
 
     Raises:
         TrainingDiverged: a loss the strategy cannot score (NaN, infinite, beyond +-1e18) at the
-            step it is seen, or an epoch whose mean loss is not finite (a run without a strategy),
-            unless the strategy was built with ``skip_invalid=True``.
+            step it is seen, or an epoch whose mean loss is not finite (a run without a strategy).
+            Under the strategy's ``skip_invalid=True``: an epoch of which more than half the losses
+            cannot be scored, or whose weights end non-finite.
     """
     eval_every = check_positive_int(eval_every, "fit: eval_every")
     epochs = check_positive_int(epochs, "fit: epochs")
@@ -702,7 +738,7 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
     # not include waiting for it; then the epoch's deferred updates, while the loop waits anyway.
     synchronize(model_device(model))
     _flush_updates(strategy, epoch, stats["lr"])
-    _check_mean_loss(stats, strategy, epoch)
+    _check_mean_loss(stats, strategy, epoch, model)
     train_s = time.perf_counter() - start
     data_wait_s = stats.pop("data_wait_s")  # recorded beside the other timings
 

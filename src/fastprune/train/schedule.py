@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import UsageWarning
+from ..errors import UsageWarning, user_stacklevel
 
 # A schedule factory: given the optimizer and the run's exact number of optimizer steps, build an
 # LR scheduler that ``fit`` steps once per batch. A factory (not a built scheduler) because the
@@ -100,7 +100,10 @@ def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
     if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
         raise TypeError("fit: schedule ReduceLROnPlateau steps on a metric, and fit steps its schedule "
                         "once per batch with none; use a step-based schedule (one_cycle, a factory)")
-    if schedule is None or isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
+    if schedule is None:
+        return None
+    if isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
+        _check_built(schedule, optimizer, loader, epochs, strategy)
         return schedule
     if not callable(schedule):
         raise TypeError(f"fit: schedule must be a factory (optimizer, total_steps) -> scheduler, a built "
@@ -108,11 +111,51 @@ def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
     scheduler = schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
     if not hasattr(scheduler, "step"):
         raise TypeError(f"fit: the schedule factory returned {type(scheduler).__name__}, not a scheduler")
+    _warn_if_sized_by_scores(scheduler, strategy)
+    return scheduler
+
+
+def _warn_if_sized_by_scores(scheduler, strategy) -> None:
     if not hasattr(scheduler, "replan") and getattr(strategy, "sizes_follow_scores", False):
         warnings.warn(f"fit: {type(strategy).__name__}'s epoch sizes follow its scores, so a schedule "
                       f"sized at the start ({type(scheduler).__name__}) will not end on the run's last step; "
-                      "fastprune.train.one_cycle re-plans itself every epoch", UsageWarning, stacklevel=3)
-    return scheduler
+                      "fastprune.train.one_cycle re-plans itself every epoch", UsageWarning,
+                      stacklevel=user_stacklevel())
+
+
+def _check_built(scheduler, optimizer, loader, epochs: int, strategy) -> None:
+    """A scheduler the user built, checked before any work against the run fit will step it through
+    (once per batch): it must drive fit's optimizer, and a OneCycleLR must last the run."""
+    if scheduler.optimizer is not optimizer:  # its LR moved an optimizer nobody stepped
+        raise ValueError(f"fit: schedule {type(scheduler).__name__} drives another optimizer than the one fit "
+                         "trains with; pass the optimizer it was built on as optimizer= too")
+    _warn_if_sized_by_scores(scheduler, strategy)
+    planned = planned_steps(loader, 0, epochs, strategy)
+    sized = f"total_steps=fastprune.train.planned_steps(loader, 0, {epochs}, strategy)"
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps < planned \
+            and not getattr(strategy, "sizes_follow_scores", False):  # InfoBatch's plan is an upper bound
+        # it raises at step total_steps + 1, after the epochs before it have been paid for
+        raise ValueError(f"fit: schedule OneCycleLR has total_steps={scheduler.total_steps}, but the run takes "
+                         f"{planned} steps (fit steps it once per batch; pruned epochs differ in size): build it "
+                         f"with {sized}")
+    horizon = _horizon_in_steps(scheduler)
+    if horizon is not None and horizon[1] <= epochs < planned:
+        warnings.warn(f"fit: schedule {type(scheduler).__name__}'s {horizon[0]}={horizon[1]} looks counted in "
+                      f"epochs, but fit steps it once per batch ({planned} steps in this run): size it in steps, "
+                      f"e.g. from {sized}", UsageWarning, stacklevel=user_stacklevel())
+
+
+def _horizon_in_steps(scheduler) -> tuple[str, int] | None:
+    """(setting, value) of a built scheduler's own length, where it has one: an epoch-sized one
+    stepped per batch cycles (CosineAnnealingLR) or decays (StepLR) many times over."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if isinstance(scheduler, lr_scheduler.CosineAnnealingLR):
+        return "T_max", int(scheduler.T_max)
+    if isinstance(scheduler, lr_scheduler.StepLR):
+        return "step_size", int(scheduler.step_size)
+    if isinstance(scheduler, lr_scheduler.MultiStepLR) and scheduler.milestones:
+        return "milestones", max(scheduler.milestones)
+    return None
 
 
 def replan_schedule(scheduler, loader, strategy, epoch: int, epochs: int) -> None:
