@@ -202,6 +202,12 @@ def test_a_label_to_name_mapping_names_classes_in_label_order(tmp_path):
     # torchvision's class_to_idx, {name: label}, the other way round (iterated it gave the names)
     out = from_arrays(images, labels, tmp_path / "d.beton", class_names={"ant": 0, "cow": 2, "bee": 1}, progress=False)
     assert Store(out).class_names == ["ant", "bee", "cow"]
+    # folders named "0".."10": the keys look like labels, but the values are (sorted as text)
+    folders = sorted(str(i) for i in range(11))
+    labels11 = np.arange(11, dtype=np.uint8)
+    out = from_arrays(np.zeros((11, 4, 4), np.uint8), labels11, tmp_path / "e.beton",
+                      class_names={name: i for i, name in enumerate(folders)}, progress=False)
+    assert Store(out).class_names == folders
     for keys in ([1, 2, 3], ["ant", "bee", "cow"], [0, 1, 1.5], ["0", "1", "\u00b2"]):
         with pytest.raises(ConversionError, match=r"class_names: a mapping of class names needs the labels 0\.\.2"):
             from_arrays(images, labels, tmp_path / "c.beton", class_names=dict(zip(keys, "xyz")), progress=False)

@@ -167,9 +167,9 @@ def test_leftover_temp_files_are_told_from_live_writers_by_their_lock(tmp_path, 
     other_file = tmp_path / (_atomic.temp_prefix(tmp_path / "e.beton", dead.pid) + "jkl012.tmp")
     for p in (stale, container, held, other_file):
         p.write_bytes(b"partial")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(held)],
-                              stdout=subprocess.PIPE, text=True)
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(held)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert _atomic._local_file_system(tmp_path)

@@ -405,6 +405,13 @@ def test_a_diverged_run_stops_with_one_error_naming_the_epoch_step_and_sample(tm
     history = run(UCB(64, keep=0.5, seed=0, skip_invalid=True), lr=0.01, criterion=one_infinite)
     assert len(history) == 3 and not math.isfinite(history[0]["loss"])
 
+    def nan_gradient(logits, labels):  # finite losses whose gradient is NaN (sqrt at 0)
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        return loss + ((logits - logits.detach()) ** 2).sum(1).sqrt()
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: the model's weights are no longer finite"):
+        run(UCB(64, keep=0.5, seed=0, skip_invalid=True), lr=0.01, criterion=nan_gradient)
+
 
 def test_a_diverged_run_with_deferred_updates_is_training_diverged_too(tmp_path, monkeypatch):
     """On a GPU every update is deferred (staged on the device, applied at flush): the invalid
@@ -878,6 +885,15 @@ def test_fit_checks_a_checkpoint_and_a_built_schedule_against_the_run_before_tra
         fit(model, loader, None, loader.sampler, 2, sgd, schedule=torch.optim.lr_scheduler.CosineAnnealingLR(sgd, 2),
             progress=False, log=None)
     assert {w.filename for w in caught} == {__file__}
+    model, loader, sgd = pieces(UCB(TRAIN_SIZE, 0.5, seed=0))
+    with pytest.warns(UsageWarning, match="StepLR's step_size=1 looks counted in epochs"):  # 0.1 ** steps: no rate left
+        fit(model, loader, None, loader.sampler, 2, sgd, schedule=torch.optim.lr_scheduler.StepLR(sgd, 1, 0.1),
+            progress=False, log=None)
+    model, loader, sgd = pieces(UCB(TRAIN_SIZE, 0.5, seed=0))
+    with warnings.catch_warnings():  # a decay per step, sized in steps: no warning
+        warnings.simplefilter("error", UsageWarning)
+        fit(model, loader, None, loader.sampler, 2, sgd, schedule=torch.optim.lr_scheduler.StepLR(sgd, 1, 0.999),
+            progress=False, log=None)
 
     strategy = InfoBatch(TRAIN_SIZE, 0.5, epochs=2)
     model, loader, sgd = pieces(strategy)
@@ -886,6 +902,10 @@ def test_fit_checks_a_checkpoint_and_a_built_schedule_against_the_run_before_tra
                                           "start \\(OneCycleLR\\)"):
         fit(model, loader, None, strategy, 2, sgd, schedule=torch.optim.lr_scheduler.OneCycleLR(sgd, 0.05, steps),
             progress=False, log=None)
+
+
+class _Tagged(UCB):
+    __slots__ = ("tag",)
 
 
 def test_a_strategy_copied_or_pickled_during_fit_is_a_strategy_of_its_own(stores):
@@ -900,6 +920,9 @@ def test_a_strategy_copied_or_pickled_during_fit_is_a_strategy_of_its_own(stores
     snapshots = []
     fit(model, loader, None, strategy, 1, progress=False, log=None,
         on_epoch_end=lambda record: snapshots.append((copy.deepcopy(strategy), pickle.dumps(strategy))))
+    tagged = _Tagged(10, 0.5)  # a subclass's __slots__ are copied and pickled beside the __dict__
+    tagged.tag = "run-7"
+    assert copy.deepcopy(tagged).tag == pickle.loads(pickle.dumps(tagged)).tag == "run-7"
     snapshot, pickled = snapshots[0]
     seen = strategy.table.seen.copy()
     snapshot.update(np.arange(10), torch.ones(10))

@@ -476,24 +476,29 @@ def names_list(values: Any, what: str) -> list[str]:
 
 def _by_label(names: Mapping, what: str) -> list:
     """A {label: name} mapping's names in label order; its labels must be 0..K-1 (as ints, or as
-    the digit strings a JSON config holds). torchvision's ``class_to_idx``, {name: label}, is read
-    the other way round (iterated, it gave the names in label order, as a list would)."""
+    the digit strings a JSON config holds). One of text keys and integer values is torchvision's
+    ``class_to_idx``, {name: label}, read the other way round (folders named "0".."10" are keys
+    that look like labels, but their values are)."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
     def number(label: Any) -> int | None:
-        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        if integer(label):
             return int(label)
         return int(label) if isinstance(label, str) and label.isascii() and label.isdigit() else None
 
     def dense(labels: dict) -> bool:
         return None not in labels and len(labels) == len(names) and sorted(labels) == list(range(len(labels)))
 
-    labels = {number(label): name for label, name in names.items()}
-    by_value = {number(label): name for name, label in names.items()}
-    if not dense(labels) and all(isinstance(name, str) for name in names) and dense(by_value):
-        labels = by_value
+    if all(isinstance(key, str) for key in names) and all(integer(value) for value in names.values()):
+        labels = {int(label): name for name, label in names.items()}  # names are text: {name: label}
+    else:
+        labels = {number(label): name for label, name in names.items()}
     if not dense(labels):
         shown = ", ".join(repr(k) for k in list(names)[:4]) + (", ..." if len(names) > 4 else "")
-        raise ConversionError(f"{what}: a mapping of class names needs the labels 0..{len(names) - 1} as keys "
-                              f"(label -> name), got keys {shown}; or pass a list, label i -> name i")
+        raise ConversionError(f"{what}: a mapping of class names needs the labels 0..{len(names) - 1}, as its keys "
+                              f"(label -> name) or as its values (name -> label), got keys {shown}; or pass a "
+                              "list, label i -> name i")
     return [labels[label] for label in range(len(labels))]
 
 

@@ -727,8 +727,9 @@ def _check_batch_transform(t, i: int) -> None:
     """Refuse what cannot be called as ``t(images, ids, stream)``, the way a producer calls it: a
     torchvision transform (or a one-argument lambda) was accepted, and the first batch failed in a
     loader thread with 'forward() takes 2 positional arguments but 4 were given'."""
-    # torchvision's by their module (a v2 transform's forward takes any arguments); torch's own
-    # classes are checked by signature below (torch.compile(own_transform) is one of them)
+    # torchvision's by their module (a v2 transform's forward takes any arguments); the others by
+    # signature below. torch.compile(t) is judged by the t it wraps (its own forward takes anything).
+    t = getattr(t, "_orig_mod", t)
     if type(t).__module__.split(".")[0] == "torchvision":
         raise TypeError(f"transforms[{i}] is torchvision's {type(t).__name__}, which transforms one image or "
                         "tensor; the Loader's transforms take a uint8 batch with its sample ids and random "

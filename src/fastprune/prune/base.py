@@ -630,15 +630,19 @@ class Strategy:
         """The instance's state for pickle and copy, without the timing wrappers ``fit`` puts on
         its methods while it runs: a snapshot taken in an ``on_epoch_end`` (deepcopy) called the
         original's methods through them, and pickling one failed on them."""
-        state = self.__dict__.copy()
-        for name, value in self.__dict__.items():
+        # object's own state (Python 3.11+): the __dict__, and a subclass's __slots__ beside it
+        state = super().__getstate__() if hasattr(object, "__getstate__") else self.__dict__.copy()
+        attributes = state[0] if isinstance(state, tuple) else state
+        if not attributes:
+            return state
+        attributes = dict(attributes)
+        for name, value in list(attributes.items()):
             if getattr(value, "fastprune_timed", False):
-                masked = value.fastprune_masks
-                if masked is None:
-                    del state[name]
+                if value.fastprune_masks is None:
+                    del attributes[name]
                 else:
-                    state[name] = masked
-        return state
+                    attributes[name] = value.fastprune_masks
+        return (attributes, state[1]) if isinstance(state, tuple) else attributes
 
     def _inert_settings(self) -> set[str]:
         """Settings ``config()`` records that have no effect in this strategy's mode: a resume

@@ -330,7 +330,7 @@ def _check_mean_loss(stats: dict, strategy, epoch: int, model: nn.Module) -> Non
     if scorable * 2 < stats["samples"]:
         raise _diverged(f"epoch {epoch + 1}", f"{stats['samples'] - scorable} of its {stats['samples']} losses were "
                         f"non-finite or beyond +-{MAX_LOSS:g}{why}", stats["lr"])
-    if not math.isfinite(stats["loss"]) and not _weights_finite(model):
+    if not _weights_finite(model):  # one sync an epoch: a finite loss can leave NaN gradients
         raise _diverged(f"epoch {epoch + 1}", f"the model's weights are no longer finite{why}", stats["lr"])
 
 
@@ -623,9 +623,9 @@ def fit(
             epoch if it has ``replan``; InfoBatch's sizes follow its scores, so other schedules
             warn); or a built scheduler, also stepped once per batch (size it in steps, e.g.
             ``planned_steps(loader, 0, epochs, strategy)``, not epochs: an epoch-sized
-            CosineAnnealingLR, StepLR or MultiStepLR warns, a OneCycleLR shorter than the run is
-            refused), built on ``optimizer``; or None. ``ReduceLROnPlateau`` is refused: it steps
-            on a metric.
+            CosineAnnealingLR or a StepLR that would decay the rate to nothing warns, a OneCycleLR
+            shorter than the run is refused), built on ``optimizer``; or None.
+            ``ReduceLROnPlateau`` is refused: it steps on a metric.
         criterion: per-sample loss; must use ``reduction="none"``. Default: cross-entropy.
         amp, channels_last: "auto" enables them on CUDA only; see ``device.autocast_dtype``.
         checkpoint: file written (atomically) after every epoch; with ``resume=True`` and the file

@@ -125,37 +125,39 @@ def _warn_if_sized_by_scores(scheduler, strategy) -> None:
 
 def _check_built(scheduler, optimizer, loader, epochs: int, strategy) -> None:
     """A scheduler the user built, checked before any work against the run fit will step it through
-    (once per batch): it must drive fit's optimizer, and a OneCycleLR must last the run."""
+    (once per batch): it must drive fit's optimizer, a OneCycleLR must last the run, and an
+    epoch-sized cosine or step decay, stepped per batch, warns."""
     if scheduler.optimizer is not optimizer:  # its LR moved an optimizer nobody stepped
         raise ValueError(f"fit: schedule {type(scheduler).__name__} drives another optimizer than the one fit "
                          "trains with; pass the optimizer it was built on as optimizer= too")
     _warn_if_sized_by_scores(scheduler, strategy)
-    planned = planned_steps(loader, 0, epochs, strategy)
-    sized = f"total_steps=fastprune.train.planned_steps(loader, 0, {epochs}, strategy)"
-    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps < planned \
-            and not getattr(strategy, "sizes_follow_scores", False):  # InfoBatch's plan is an upper bound
-        # it raises at step total_steps + 1, after the epochs before it have been paid for
-        raise ValueError(f"fit: schedule OneCycleLR has total_steps={scheduler.total_steps}, but the run takes "
-                         f"{planned} steps (fit steps it once per batch; pruned epochs differ in size): build it "
-                         f"with {sized}")
-    horizon = _horizon_in_steps(scheduler)
-    if horizon is not None and horizon[1] <= epochs < planned:
-        warnings.warn(f"fit: schedule {type(scheduler).__name__}'s {horizon[0]}={horizon[1]} looks counted in "
-                      f"epochs, but fit steps it once per batch ({planned} steps in this run): size it in steps, "
-                      f"e.g. from {sized}", UsageWarning, stacklevel=user_stacklevel())
-
-
-def _horizon_in_steps(scheduler) -> tuple[str, int] | None:
-    """(setting, value) of a built scheduler's own length, where it has one: an epoch-sized one
-    stepped per batch cycles (CosineAnnealingLR) or decays (StepLR) many times over."""
     lr_scheduler = torch.optim.lr_scheduler
+    if not isinstance(scheduler, (lr_scheduler.OneCycleLR, lr_scheduler.CosineAnnealingLR, lr_scheduler.StepLR)):
+        return
+    try:  # a loader of one's own may not know its length: then there is nothing to compare
+        planned = planned_steps(loader, 0, epochs, strategy)
+    except TypeError:
+        return
+    sized = f"total_steps=fastprune.train.planned_steps(loader, 0, {epochs}, strategy)"
+    if isinstance(scheduler, lr_scheduler.OneCycleLR):
+        if scheduler.total_steps < planned and not getattr(strategy, "sizes_follow_scores", False):
+            # it raises at step total_steps + 1, after the epochs before it have been paid for
+            # (InfoBatch's plan is an upper bound: a shorter schedule may fit its run)
+            raise ValueError(f"fit: schedule OneCycleLR has total_steps={scheduler.total_steps}, but the run takes "
+                             f"{planned} steps (fit steps it once per batch; pruned epochs differ in size): build "
+                             f"it with {sized}")
+        return
     if isinstance(scheduler, lr_scheduler.CosineAnnealingLR):
-        return "T_max", int(scheduler.T_max)
-    if isinstance(scheduler, lr_scheduler.StepLR):
-        return "step_size", int(scheduler.step_size)
-    if isinstance(scheduler, lr_scheduler.MultiStepLR) and scheduler.milestones:
-        return "milestones", max(scheduler.milestones)
-    return None
+        # a cosine of T_max steps cycles planned / T_max times: never meant when T_max is the epochs
+        suspect, setting = scheduler.T_max <= epochs < planned, f"T_max={scheduler.T_max}"
+    else:  # StepLR: per-batch decays of an epoch-sized step_size leave no learning rate
+        suspect = scheduler.step_size <= epochs < planned and \
+            scheduler.gamma ** (planned // scheduler.step_size) < 1e-6
+        setting = f"step_size={scheduler.step_size}"
+    if suspect:
+        warnings.warn(f"fit: schedule {type(scheduler).__name__}'s {setting} looks counted in epochs, but fit "
+                      f"steps it once per batch ({planned} steps in this run): size it in steps, e.g. from {sized}",
+                      UsageWarning, stacklevel=user_stacklevel())
 
 
 def replan_schedule(scheduler, loader, strategy, epoch: int, epochs: int) -> None:
