@@ -114,6 +114,25 @@ def test_train_s_includes_the_strategys_flush():
     assert history[0]["epoch_s"] >= 0.29
 
 
+def test_the_schedule_s_replan_is_training_time_and_pruning_overhead():
+    """A re-planning schedule asks the strategy the size of every epoch left, before each epoch
+    (InfoBatch: a pass over its scores each): that ran before the epoch's clocks started, so
+    neither train_s nor overhead_s held it (a fit audit)."""
+    from fastprune.train import one_cycle
+
+    class Sized(SlowStrategy):
+        def num_selected(self, epoch):
+            time.sleep(0.02)
+            return self.n
+
+    strategy = Sized(BATCH * BATCHES)
+    history = fit(Zero(), _loader_with(strategy), None, strategy, epochs=3, schedule=one_cycle(0.1),
+                  progress=False, log=None)
+    for epoch, record in enumerate(history):  # epoch e re-plans the 3 - e epochs left
+        assert record["overhead_s"] >= (3 - epoch) * 0.02, history
+        assert record["train_s"] >= record["overhead_s"]
+
+
 def test_evaluate_leaves_an_eval_model_in_eval_mode():
     from fastprune.train.loop import evaluate
 

@@ -727,10 +727,12 @@ def _run_epoch(epoch, epochs, model, train_loader, val_loader, strategy, optimiz
                scaler, clock, history, *, dtype, memory_format, amp, channels_last, progress, evaluate_now=True,
                forward=None, graphs=False):
     """Train one epoch, evaluate after it if ``evaluate_now``; return its history record."""
-    train_loader.set_epoch(epoch)
-    replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
     overhead_before = clock.seconds
     start = time.perf_counter()
+    train_loader.set_epoch(epoch)
+    # Inside the epoch's clocks: the re-plan asks the strategy the size of every epoch left
+    # (InfoBatch: a pass over its scores each), which training time and pruning overhead left out
+    replan_schedule(scheduler, train_loader, strategy, epoch, epochs)
     stats = _train_one_epoch(model, train_loader, strategy, optimizer, scheduler, criterion, epoch=epoch,
                              dtype=dtype, memory_format=memory_format, scaler=scaler,
                              progress=progress, forward=forward, graphs=graphs)
