@@ -779,5 +779,3 @@ def _check_sampler(sampler, num_samples: int) -> None:
     declared = getattr(sampler, "num_samples", num_samples)
     if declared != num_samples:
         raise ValueError(f"sampler.num_samples = {declared} but the store has {num_samples} samples")
-
-

@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import stat
+import time
 from pathlib import Path
 
 
@@ -82,8 +83,6 @@ _PENDING_SECONDS = 60
 
 
 def _older_than(name: str, seconds: float) -> bool:
-    import time
-
     try:
         return time.time() - os.stat(name).st_mtime > seconds
     except OSError:

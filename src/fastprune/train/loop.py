@@ -344,17 +344,16 @@ def _check_strategy_selects(strategy, loader) -> None:
     """The strategy ``fit`` feeds losses to must be the one choosing the loader's samples (its
     sampler, or a PrunedSampler's strategy): else the scores never reach a selection, and the run
     prunes at random while looking like a bandit."""
-    sampler = getattr(loader, "sampler", None)
-    selecting = getattr(sampler, "strategy", sampler)
-    if strategy is None and hasattr(selecting, "update") and getattr(selecting, "uses_scores", True):
+    sampler, selecting = getattr(loader, "sampler", None), _pruning_strategy(loader)
+    if strategy is None and selecting is not None and getattr(selecting, "uses_scores", True):
         warnings.warn(f"fit: train_loader's sampler {type(selecting).__name__} prunes by scores, but fit got no "
                       "strategy to feed the losses to: they never update and the run prunes blind; pass "
                       "strategy= the same object", UsageWarning, stacklevel=3)
-    if strategy is not None and not hasattr(selecting, "update"):
+    if strategy is not None and selecting is None:
         warnings.warn(f"fit: strategy {type(strategy).__name__} does not choose train_loader's samples (the loader "
                       "has no pruning sampler): the run trains on all of them and the scores go unused; pass "
                       "it to Loader(sampler=...) too", UsageWarning, stacklevel=3)
-    if strategy is None or not hasattr(selecting, "update"):
+    if strategy is None or selecting is None:
         return
     # the same object, or one wrapping the other (a recording wrapper's .strategy)
     if not any(a is b for a in (sampler, selecting) for b in (strategy, getattr(strategy, "strategy", None))):

@@ -104,23 +104,20 @@ def build_scheduler(schedule, optimizer, loader, epochs: int, strategy):
         return None
     if isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
         _check_built(schedule, optimizer, loader, epochs, strategy)
-        return schedule
-    if not callable(schedule):
+        scheduler = schedule
+    elif callable(schedule):
+        scheduler = schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
+        if not hasattr(scheduler, "step"):
+            raise TypeError(f"fit: the schedule factory returned {type(scheduler).__name__}, not a scheduler")
+    else:
         raise TypeError(f"fit: schedule must be a factory (optimizer, total_steps) -> scheduler, a built "
                         f"scheduler or None, got {type(schedule).__name__} {schedule!r:.40}")
-    scheduler = schedule(optimizer, planned_steps(loader, 0, epochs, strategy))
-    if not hasattr(scheduler, "step"):
-        raise TypeError(f"fit: the schedule factory returned {type(scheduler).__name__}, not a scheduler")
-    _warn_if_sized_by_scores(scheduler, strategy)
-    return scheduler
-
-
-def _warn_if_sized_by_scores(scheduler, strategy) -> None:
     if not hasattr(scheduler, "replan") and getattr(strategy, "sizes_follow_scores", False):
         warnings.warn(f"fit: {type(strategy).__name__}'s epoch sizes follow its scores, so a schedule "
                       f"sized at the start ({type(scheduler).__name__}) will not end on the run's last step; "
                       "fastprune.train.one_cycle re-plans itself every epoch", UsageWarning,
                       stacklevel=user_stacklevel())
+    return scheduler
 
 
 def _check_built(scheduler, optimizer, loader, epochs: int, strategy) -> None:
@@ -130,19 +127,19 @@ def _check_built(scheduler, optimizer, loader, epochs: int, strategy) -> None:
     if scheduler.optimizer is not optimizer:  # its LR moved an optimizer nobody stepped
         raise ValueError(f"fit: schedule {type(scheduler).__name__} drives another optimizer than the one fit "
                          "trains with; pass the optimizer it was built on as optimizer= too")
-    _warn_if_sized_by_scores(scheduler, strategy)
     lr_scheduler = torch.optim.lr_scheduler
-    if not isinstance(scheduler, (lr_scheduler.OneCycleLR, lr_scheduler.CosineAnnealingLR, lr_scheduler.StepLR)):
+    # InfoBatch's plan is an upper bound: a OneCycleLR shorter than it may fit its run
+    one_cycle_to_check = isinstance(scheduler, lr_scheduler.OneCycleLR) and \
+        not getattr(strategy, "sizes_follow_scores", False)
+    if not (one_cycle_to_check or isinstance(scheduler, (lr_scheduler.CosineAnnealingLR, lr_scheduler.StepLR))):
         return
     try:  # a loader of one's own may not know its length: then there is nothing to compare
         planned = planned_steps(loader, 0, epochs, strategy)
     except TypeError:
         return
     sized = f"total_steps=fastprune.train.planned_steps(loader, 0, {epochs}, strategy)"
-    if isinstance(scheduler, lr_scheduler.OneCycleLR):
-        if scheduler.total_steps < planned and not getattr(strategy, "sizes_follow_scores", False):
-            # it raises at step total_steps + 1, after the epochs before it have been paid for
-            # (InfoBatch's plan is an upper bound: a shorter schedule may fit its run)
+    if one_cycle_to_check:
+        if scheduler.total_steps < planned:  # it raises at step total_steps + 1, epochs of work later
             raise ValueError(f"fit: schedule OneCycleLR has total_steps={scheduler.total_steps}, but the run takes "
                              f"{planned} steps (fit steps it once per batch; pruned epochs differ in size): build "
                              f"it with {sized}")
