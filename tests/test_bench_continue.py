@@ -64,6 +64,12 @@ def test_continue_refuses_another_store_at_the_same_path_a_changed_model_and_ano
     del sys.modules["continue_models"]
     assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 1
     assert "architecture = " in capsys.readouterr().err
+    # an edited forward keeps the class and the parameter count (a docs audit: it was continued)
+    (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4).replace(
+        "self.out(self.head(x.flatten(1)))", "self.out(torch.relu(self.head(x.flatten(1))))"))
+    del sys.modules["continue_models"]
+    assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 1
+    assert "model_code = " in capsys.readouterr().err
     (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4))
     del sys.modules["continue_models"]
 
@@ -182,3 +188,69 @@ def test_keep_labels_and_one_seed_cells():
             {"strategy": "forgetting", "keep": 0.25, "samples_seen": 100}]
     assert report.never_pruned_note(runs).startswith("note: forgetting at keep 0.25 trained on every sample")
     assert report.never_pruned_note(runs[:2]) == ""
+
+
+def _layers(*modules):
+    import torch
+
+    return torch.nn.Sequential(*modules)
+
+
+def test_model_code_tells_a_swapped_activation_and_a_models_own_code_and_not_a_rebuild(tmp_path, monkeypatch):
+    """bench --continue compared only a model's class and parameter count: a ReLU swapped for a
+    GELU, or an edited forward, merged runs of two models in one file (a docs audit)."""
+    import functools
+
+    import torch
+
+    from fastprune.bench.run import model_code
+    from fastprune.train.recipe import ModelSpec
+
+    def code(factory, **spec):
+        return model_code(factory(), ModelSpec(name="mine:make", factory=factory, **spec))
+
+    relu = functools.partial(_layers, torch.nn.Linear(4, 4), torch.nn.ReLU())
+    gelu = functools.partial(_layers, torch.nn.Linear(4, 4), torch.nn.GELU())
+    assert code(relu)["layers"] != code(gelu)["layers"]  # the same class, the same parameters
+    assert code(relu) == code(relu) and code(relu)["code"] is None  # torch's layers only: torch's version says it
+    (tmp_path / "own_layers.py").write_text(TINY_MODEL.format(hidden=4))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import own_layers
+
+    first = model_code(own_layers.make(2), ModelSpec(name="own_layers:make"))
+    assert first["code"] is not None and first == model_code(own_layers.make(2), ModelSpec(name="own_layers:make"))
+    (tmp_path / "own_layers.py").write_text(TINY_MODEL.format(hidden=4) + "# edited\n")
+    assert model_code(own_layers.make(2), ModelSpec(name="own_layers:make"))["code"] != first["code"]
+    builtin = ModelSpec()
+    assert model_code(builtin.build(), builtin)["code"] is None  # fastprune's own SmallResNet
+
+
+def test_continue_takes_an_older_file_without_model_code_for_a_builtin_model_only(tmp_path):
+    from fastprune.bench import plan
+    from fastprune.bench.run import Settings
+    from fastprune.errors import ConfigError
+    from fastprune.train.recipe import RECIPE
+
+    for name, accepted in (("small_resnet", True), ("resnet18", True), ("mymodels:make", False)):
+        result = plan.new_result(plan.FULL_MODE, Settings(threads=1, amp="off"), False, RECIPE.replace(name=name))
+        result["architecture"] = {"spec": name, "class": "X", "parameters": 1}
+        result["model_code"] = {"layers": "0123", "code": None}
+        older = json.loads(json.dumps(result))
+        del older["model_code"]
+        if accepted:
+            plan.check_can_continue(older, result, tmp_path / "b.json")
+        else:
+            with pytest.raises(ConfigError, match="does not record model_code"):
+                plan.check_can_continue(older, result, tmp_path / "b.json")
+        older["model_code"] = {"layers": "4567", "code": None}
+        with pytest.raises(ConfigError, match="was measured with model_code = "):
+            plan.check_can_continue(older, result, tmp_path / "b.json")
+
+
+def test_an_existing_out_is_refused_before_the_built_in_data_is_converted(tmp_path, capsys):
+    """The refusal came after prepare_stores had converted Fashion-MNIST (seconds, a minute on a
+    first run) and the statistics were computed (a docs audit: 'checked before any work')."""
+    (tmp_path / "r.json").write_text("{}")
+    assert main(["bench", "--quick", "--out", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "wd")]) == 1
+    assert f"{tmp_path / 'r.json'} exists; add --continue" in capsys.readouterr().err
+    assert not (tmp_path / "wd").exists()

@@ -318,6 +318,7 @@ def test_continue_accepts_a_file_that_recorded_smallresnets_widths_for_a_custom_
     result = plan.new_result(plan.FULL_MODE, Settings(threads=1, amp="off"), False, recipe)
     assert result["model"] == {"name": "mymodels:make"}
     result["architecture"] = {"spec": "mymodels:make", "class": "mymodels.Tiny", "parameters": 386}  # as execute adds
+    result["model_code"] = {"layers": "0123456789abcdef", "code": "fedcba9876543210"}
     old = json.loads(json.dumps(result))
     old["model"] = {"name": "mymodels:make", "widths": [32, 64, 128], "blocks": 1, "stem_stride": 2}
     plan.check_can_continue(old, result, tmp_path / "b.json")  # accepted

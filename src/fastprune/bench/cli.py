@@ -144,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give both --train and --val (or neither, for Fashion-MNIST)")
     out = args.out or default_out_of(args)
     check_outputs(args, {"--out": out})
+    check_replaceable(out, args.resume, args.overwrite or _REPLACE_HINT)  # before the stores are converted
     if args.tensorboard is not None and not (args.resume or args.overwrite):
         from ..train.tensorboard import check_fresh_folder
 
@@ -215,21 +216,20 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
     and :func:`fastprune.bench.compare` both run through here. ``tensorboard``, ``kept_grid``: see
     :func:`~fastprune.bench.run.run_one`."""
     settings = dataclasses.replace(settings.resolved(), eval_every=mode.get("eval_every", 1))
+    if out is not None:  # before the stores' statistics (minutes for photos)
+        check_result_files(out, stores)
+        check_replaceable(out, resume, overwrite)
     data = describe_recipe_data(recipe, stores)  # checked once, before any run, for all of them
     names = [plan.BUILT_IN_DATA if built_in else str(Path(path).resolve()) for path in stores]
     identities = [None if built_in else _identity(path) for path in stores]  # a store replaced at its path
     result = plan.new_result(mode, settings, quick, recipe, {"train": names[0], "val": names[1],
                                                              "train_identity": identities[0],
                                                              "val_identity": identities[1], **data.json()})
-    result["architecture"] = architecture(recipe, data)  # what --model actually built
+    result["architecture"], result["model_code"] = architecture(recipe, data)  # what --model actually built
     if log:
         device = resolve_device(settings.device)
         precision = run_amp(device, settings.amp)
         log(f"training on {describe_device(device)}, {'fp32' if precision == 'off' else precision}")
-    if out is not None:
-        check_result_files(out, stores)
-        if out.exists() and not resume and overwrite is not True:  # hours of runs, gone at the first write
-            raise ConfigError(f"{out} exists{_holding(out)}; {overwrite or 'pass overwrite=True to replace it'}")
     if resume and out is not None and out.exists():
         previous = _previous_result(out)
         plan.check_can_continue(previous, result, out)
@@ -250,6 +250,13 @@ def execute(mode: dict, settings: Settings, recipe, stores, out: Path | None, *,
         write_companions(out, {**previous, "summary": report.summarize(previous["runs"])})
     _run_all(todo, stores, settings, recipe, data, result, out, log, tensorboard=tensorboard, kept_grid=kept_grid)
     return result
+
+
+def check_replaceable(out: Path, resume: bool, overwrite: bool | str) -> None:
+    """An existing ``out`` is continued (``resume``) or replaced with ``overwrite=True`` only (a
+    string: what the refusal tells the user to do): hours of runs, gone at the first write."""
+    if out.exists() and not resume and overwrite is not True:
+        raise ConfigError(f"{out} exists{_holding(out)}; {overwrite or 'pass overwrite=True to replace it'}")
 
 
 def _holding(out: Path) -> str:

@@ -33,12 +33,13 @@ NOTES = ("wall_s = training seconds incl. data loading, selection, score updates
 # written before cpu_id or cpu_features were recorded cannot show which CPU it came from, so it is
 # not continued.
 # The stores are compared by path and by content (a store replaced at the same path trained other
-# data), the model by its record and by what it built (a --model MODULE:CALLABLE is recorded by
-# name: its code can change between sessions), and evaluation by eval_every (the curves average
-# the runs' evaluation points one by one). The recipe's epochs are mode.epochs'.
+# data), the model by its record, by what it built and by its code (a --model MODULE:CALLABLE is
+# recorded by name: its code can change between sessions, keeping its class and size), and
+# evaluation by eval_every (the curves average the runs' evaluation points one by one). The
+# recipe's epochs are mode.epochs'.
 CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "cpu_features"),
                        ("machine", "cores"), ("machine", "torch"), ("settings",), ("recipe",), ("model",),
-                       ("architecture",), ("mode", "epochs"), ("mode", "train_limit"), ("mode", "eval_every"),
+                       ("architecture",), ("model_code",), ("mode", "epochs"), ("mode", "train_limit"), ("mode", "eval_every"),
                        ("data", "train"), ("data", "val"), ("data", "train_identity"), ("data", "val_identity"))
 
 # What ``fastprune bench`` trains on when not given --train/--val: Fashion-MNIST it converts itself.
@@ -55,8 +56,11 @@ def _legacy_value(path: tuple[str, ...], previous: dict, result: dict):
     if path in (("data", "train_identity"), ("data", "val_identity")):
         # the built-in data (converted by fastprune from Debian's files) records no identity
         return None if _field(previous, ("data", path[1].split("_")[0])) == BUILT_IN_DATA else _UNKNOWN
-    if path == ("architecture",) and (previous.get("model") or {}).get("name", "small_resnet") == "small_resnet":
+    model = (previous.get("model") or {}).get("name", "small_resnet")
+    if path == ("architecture",) and model == "small_resnet":
         return _field(result, path)  # SmallResNet's record holds every option that builds it
+    if path == ("model_code",) and ":" not in model:
+        return _field(result, path)  # a built-in model: fastprune's and torchvision's code, not the user's
     return _UNKNOWN
 
 

@@ -214,13 +214,56 @@ def warm_up(stores, settings, recipe: Recipe = RECIPE, data: DataSpec | None = N
     return time.perf_counter() - started
 
 
-def architecture(recipe: Recipe, data: DataSpec) -> dict[str, Any]:
-    """The model ``recipe`` builds for ``data``, as a result file records it: its class
-    ("module.Class") and number of parameters (built once on the CPU; runs build their own)."""
+def architecture(recipe: Recipe, data: DataSpec) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The model ``recipe`` builds for ``data``, as a result file records it (built once on the CPU;
+    runs build their own): its class ("module.Class") and number of parameters, and
+    :func:`model_code`."""
     model = recipe.model.build(data.num_classes, data.channels)
     kind = type(model)
-    return {"spec": recipe.model.name, "class": f"{kind.__module__}.{kind.__qualname__}",
-            "parameters": sum(p.numel() for p in model.parameters())}
+    record = {"spec": recipe.model.name, "class": f"{kind.__module__}.{kind.__qualname__}",
+              "parameters": sum(p.numel() for p in model.parameters())}
+    return record, model_code(model, recipe.model)
+
+
+# Packages whose code a result file records by version (machine.torch) or that build the built-in models.
+_VERSIONED_PACKAGES = ("torch", "torchvision", "fastprune")
+
+
+def model_code(model: torch.nn.Module, spec) -> dict[str, str | None]:
+    """What `bench --continue` compares of a model beyond its class and size, which a
+    ``--model MODULE:CALLABLE`` whose code changed can keep: a digest of its layers as ``repr``
+    lists them (an activation swapped), and one of the source files of the model function and of
+    its own layer classes (an edited ``forward``); None where there are none (built-in models)."""
+    import hashlib
+
+    from ..models import load_model_factory
+
+    factory = spec.factory or (load_model_factory(spec.name) if ":" in spec.name else None)
+    owners = [factory, *(type(module) for module in model.modules())]
+    files = sorted({path for owner in owners if owner is not None and _own_code(owner)
+                    for path in [_source_file(owner)] if path is not None})
+    code = hashlib.sha256()
+    for path in files:
+        code.update(Path(path).read_bytes())
+    return {"layers": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
+            "code": code.hexdigest()[:16] if files else None}
+
+
+def _own_code(owner) -> bool:
+    module = getattr(owner, "__module__", None) or ""
+    return module.split(".")[0] not in _VERSIONED_PACKAGES
+
+
+def _source_file(owner) -> str | None:
+    """The file ``owner`` (a class or function) is defined in; None for one defined where no file
+    holds it (an interactive session, a builtin, a functools.partial)."""
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(owner)
+    except TypeError:
+        return None
+    return path if path is not None and Path(path).is_file() else None
 
 
 def input_size(recipe: Recipe, data: DataSpec) -> tuple[int, int]:

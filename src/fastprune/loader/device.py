@@ -69,7 +69,7 @@ class PinnedBuffers:
 
     @staticmethod
     def _allocate(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        return torch.empty(shape, dtype=torch.uint8, device="cpu", pin_memory=True)
 
     def release(self, array: np.ndarray, event) -> None:
         """Keep the buffer (the oldest one goes past ``keep``). Buffers of other shapes stay: with

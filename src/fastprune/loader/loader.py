@@ -774,6 +774,8 @@ def _check_output_pixels(i: int, size: tuple[int, int], max_pixels: int) -> None
 
 
 def _check_sampler(sampler, num_samples: int) -> None:
+    if isinstance(sampler, type):  # its select(epoch) is unbound: the first pass failed on a missing argument
+        raise TypeError(f"sampler must be a strategy, not the class: {sampler.__name__}(len(store), ...)")
     if not callable(getattr(sampler, "select", None)):
         raise TypeError(f"sampler must have select(epoch) -> Selection(indices, weights), got {sampler!r}")
     declared = getattr(sampler, "num_samples", num_samples)

@@ -564,8 +564,10 @@ class Normalize(BatchTransform):
         self.dtype = dtype
         self.channels_last = check_bool(channels_last, "Normalize: channels_last")  # "False" is truthy
         self.pin_memory = False
-        values = torch.arange(256, dtype=torch.float64) / 255.0
-        table = (values[None, :] - torch.tensor(self.mean)[:, None]) / torch.tensor(self.std)[:, None]
+        # on the CPU whatever torch.set_default_device says: the table is a numpy array
+        values = torch.arange(256, dtype=torch.float64, device="cpu") / 255.0
+        mean, std = (torch.tensor(per_channel, device="cpu")[:, None] for per_channel in (self.mean, self.std))
+        table = (values[None, :] - mean) / std
         storage, _ = _LUT_STORAGE[dtype]
         self._buffers = _RecycledBuffers()
         self._lut = table.to(dtype).view(torch.int16 if storage is np.uint16 else dtype).numpy().view(storage).copy()
@@ -622,7 +624,8 @@ class Normalize(BatchTransform):
         shape = (b, h, w, 3) if self.channels_last else (b, 3, h, w)
         # pinned memory (for CUDA) comes from torch; CPU batches from recycled arrays
         if self.pin_memory:
-            out = torch.empty(shape, dtype=torch.int16 if storage is np.uint16 else torch_dtype, pin_memory=True)
+            out = torch.empty(shape, dtype=torch.int16 if storage is np.uint16 else torch_dtype, device="cpu",
+                              pin_memory=True)
         else:
             out = torch.from_numpy(self._buffers.take(shape, np.int16 if storage is np.uint16 else storage))
         target = out.numpy().view(storage)

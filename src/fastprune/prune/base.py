@@ -579,7 +579,8 @@ class Strategy:
         import torch
 
         if weights is not None:  # checked first: an error leaves the table untouched
-            weights = torch.as_tensor(weights).to(losses.device, losses.dtype)
+            # float32 at least, as looked-up weights are: a bf16 loss rounded InfoBatch's 9.94 to 9.9375
+            weights = torch.as_tensor(weights).to(losses.device, torch.promote_types(losses.dtype, torch.float32))
             if weights.shape != losses.shape:
                 raise ValueError(f"weights has shape {tuple(weights.shape)} but losses {tuple(losses.shape)}")
         self.update(indices, losses, correct)  # deferred for a GPU loss: the weights read no scores
@@ -683,6 +684,9 @@ class Strategy:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):  # checkpoint.get("strategy") of a checkpoint without one: None
+            raise TypeError(f"{type(self).__name__}.load_state_dict takes the dict state_dict() returned, "
+                            f"got {type(state).__name__}")
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"not a fastprune strategy checkpoint (format {state.get('format')!r})")
         mine, theirs = self.config(), state["config"]
@@ -928,6 +932,12 @@ class Strategy:
         """A count of epochs that cannot be 0 (a run's length, a selection's span): 0 is refused (a
         run of epochs=0 had warned 'epochs 0..-1' at its first epoch)."""
         return cls._non_negative(value, name, low=1)
+
+    def __iter__(self):
+        # DataLoader(data, sampler=strategy) iterates it, where torch said "'UCB' object is not iterable"
+        raise TypeError(f"a {type(self).__name__} is not a torch sampler: give the DataLoader "
+                        "sampler=PrunedSampler(strategy, data_source=dataset) and WithIndices(dataset), or read "
+                        "a store with fastprune.Loader(store, batch_size, sampler=strategy)")
 
     def __repr__(self) -> str:
         # the strategy's own settings (eps, c, delta...), then the epoch phases and reselection when set

@@ -22,6 +22,7 @@ from .._outputs import check_distinct, check_image_file, check_output_file, writ
 from ..errors import ConfigError, UsageError, require
 from ..store.fields import class_label_candidates
 from ..store.reader import Store, store_name
+from .base import _STATE_FORMAT
 from .sharding import Sharding
 from .static import forgetting_scores
 
@@ -151,15 +152,36 @@ def run_report(source) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         parts = [run_report(part) for part in source]
         return merge_reports(report for report, _ in parts), next((s for _, s in parts if s), {})
     if isinstance(source, dict):
-        return (report_from_state(source) if source.get("format") == "fastprune.strategy/1" else source), {}
+        return (report_from_state(source) if source.get("format") == _STATE_FORMAT else source), {}
     if isinstance(source, (str, os.PathLike)):
-        from ..train.checkpoints import read_checkpoint
-
-        state = read_checkpoint(source, map_location="cpu")
-        if state.get("strategy") is None:
-            raise ConfigError(f"{source}: the checkpoint holds no strategy (a run without pruning)")
-        return report_from_state(state["strategy"]), state.get("settings") or {}
+        return _file_report(source)
     return sample_report(source), {}
+
+
+def _file_report(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """:func:`run_report` of a file: ``fit``'s (``fastprune train``'s) checkpoint, a strategy's
+    ``state_dict()`` saved with ``torch.save``, or a dict of yours holding one (a loop's own
+    checkpoint: ``{"strategy": strategy.state_dict(), "model": ...}``)."""
+    from ..train.checkpoints import CHECKPOINT_FORMAT, check_format, read_saved
+
+    state = read_saved(path, map_location="cpu")
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        if state.get("strategy") is None:
+            raise ConfigError(f"{path}: the checkpoint holds no strategy (a run without pruning)")
+        return report_from_state(state["strategy"]), state.get("settings") or {}
+    if isinstance(state, dict) and state.get("format") == _STATE_FORMAT:
+        return report_from_state(state), {}
+    held = [key for key, value in state.items() if isinstance(value, dict) and value.get("format") == _STATE_FORMAT] \
+        if isinstance(state, dict) else []
+    if len(held) == 1:
+        return report_from_state(state[held[0]]), {}
+    if len(held) > 1:
+        raise ConfigError(f"{path}: holds {len(held)} strategies' states (under {', '.join(map(repr, held))}): "
+                          "give one, as export_scores(torch.load(path)[KEY], ...)")
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("fastprune-checkpoint-"):
+        check_format(path, state)  # another version's checkpoint: its refusal says which to use
+    raise ConfigError(f"{path}: holds no fastprune strategy state: expected fastprune train's (fit's) checkpoint, "
+                      "a strategy's state_dict() saved with torch.save, or a dict holding one")
 
 
 def _with_labels(report: dict, store, trained_on: str | None = None, label_field: str | None = None) -> dict:
@@ -359,7 +381,8 @@ def add_scores_command(subparsers):
                     "with --names), and --grid draws the most- "
                     "and least-kept images of every class (needs the plots extra).")
     parser.add_argument("checkpoint", type=Path, nargs="+", metavar="RUN.pt",
-                        help="a fastprune train checkpoint; a sharded run's per-rank checkpoints, all of "
+                        help="a fastprune train checkpoint, or a torch.save file of a strategy's state_dict() "
+                             "(or of a dict holding one); a sharded run's per-rank checkpoints, all of "
                              "them, give one report of every sample")
     parser.add_argument("--out", "-o", type=Path, metavar="FILE",
                         help="output .csv or .npz (default: RUN_scores.csv beside the first checkpoint)")

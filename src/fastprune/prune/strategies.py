@@ -226,7 +226,7 @@ class InfoBatch(Strategy):
             raise ValueError(f"InfoBatch(keep=None) prunes by the paper's rule (prune={prune}), which "
                              f"no kept fraction changes: keep_schedule={list(self.keep_schedule)} may hold only "
                              f"1.0 (a full epoch) there; pass keep=<fraction> to schedule kept fractions")
-        self.target = keep
+        self.target = None if keep is None else self.keep  # a float: numpy's would not load with weights_only
         self.delta, self.prune = float(delta), float(prune)
         self.min_below_keep = check_fraction(min_below_keep, "min_below_keep")
 

@@ -102,7 +102,7 @@ class ScoreTable:
             raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
         self._dtype = dtype
         self.num_samples = int(num_samples)
-        self.decay = decay
+        self.decay = None if decay is None else float(decay)  # numpy's would not load with weights_only=True
         self.bandit_score = None if bandit_score is None else (float(bandit_score[0]), bool(bandit_score[1]))
         self._kept = _ALWAYS + tuple(name for name in ("var", "last_epoch") if name in fields)
         self._correctness = "correct" in fields

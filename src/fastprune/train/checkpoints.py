@@ -114,7 +114,24 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
 
 
 def read_checkpoint(path, map_location=None) -> dict[str, Any]:
-    """The checkpoint's contents, read without executing anything it holds.
+    """The checkpoint's contents, read without executing anything it holds (:func:`read_saved`);
+    a file of another format is refused."""
+    state = read_saved(path, map_location)
+    check_format(path, state)
+    return state
+
+
+def check_format(path, state: Any) -> None:
+    """Refuse ``state`` (read from ``path``) unless it is a checkpoint of this version's format."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}); {_format_advice(found)}")
+
+
+def read_saved(path, map_location=None) -> Any:
+    """What ``torch.save`` wrote to ``path`` (a checkpoint, a strategy's state_dict...), its CRCs
+    checked, read without executing anything it holds.
 
     ``weights_only=True`` restricts unpickling to tensors and plain containers: a file carrying a
     pickled callable (a ``__reduce__`` payload) is refused here, never run.
@@ -139,10 +156,6 @@ def read_checkpoint(path, map_location=None) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, written by a fastprune "
                               "before checkpoint format 2, or holds objects other than tensors and plain values): "
                               f"{_load_failure(exc)}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a fastprune checkpoint of this version (format {found!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r}); {_format_advice(found)}")
     return state
 
 
