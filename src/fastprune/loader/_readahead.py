@@ -71,7 +71,7 @@ class Readahead:
         """Wait for the thread, if it started (its pass's stop event set first)."""
         with self._cond:
             self._cond.notify()
-        if self._thread.ident is not None:
+        if self._thread.ident is not None and self._thread is not threading.current_thread():  # (a gc run there)
             self._thread.join()
 
     def _run(self) -> None:

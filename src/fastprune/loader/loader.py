@@ -309,8 +309,12 @@ class Loader:
                     # before its last batch is run again.
                     advance()
                 yield batch
-        finally:
-            run.close()
+        finally:  # no module globals here: at interpreter teardown they may be None already
+            try:
+                run.close()
+            except KeyboardInterrupt:  # a second Ctrl-C, in close(): nothing else closes the pass before
+                run.close()  # the process exits, and its producers would poll on, holding their batches
+                raise
 
     def _check_replay(self, epoch: int) -> None:
         """A pass over ``epoch`` starts: the strategy warns if it repeats a subset chosen before (a
@@ -521,7 +525,10 @@ _LIVE_RUNS: "weakref.WeakSet[_EpochRun]" = weakref.WeakSet()
 def _close_live_runs() -> None:
     for run in list(_LIVE_RUNS):
         run.exiting = True  # a daemon thread still iterating it waits for the process to end
-        run.close()
+        try:
+            run.close()
+        except Exception:  # noqa: BLE001  one pass's failure must not leave the others' producers running
+            pass
 
 
 class _EpochRun:
@@ -545,7 +552,6 @@ class _EpochRun:
 
     def __init__(self, build, ids, weights, bounds, threads, prefetch, nice=0, pooled=False, readahead=False,
                  cuda_device: int | None = None):
-        _LIVE_RUNS.add(self)
         self._build, self._ids, self._weights, self._bounds, self._nice = build, ids, weights, bounds, nice
         self._cuda_device = cuda_device
         self.num_batches = len(bounds) - 1
@@ -564,6 +570,8 @@ class _EpochRun:
         self._readahead = None
         self._workers = [threading.Thread(target=self._produce, daemon=True, name=f"fastprune-loader-{t}")
                          for t in range(self._threads)]
+        self._pid = os.getpid()  # a pass continued in a fork()ed child has no producers there
+        _LIVE_RUNS.add(self)  # once close() can run: the exit hook met a half-made pass (no _closed yet)
         try:
             if readahead:  # first: its hints for the first batches go out before their page faults
                 self._readahead = Readahead(build.source, ids, bounds, ahead=max(2, self._threads), stop=self._stop,
@@ -598,8 +606,9 @@ class _EpochRun:
         with self._lock:  # wake producers waiting for room: they see the stop and return
             self._room.notify_all()
             self._finished.clear()
+        current = threading.current_thread()  # a producer, when the cycle collector finalizes the pass there
         for w in self._workers:
-            if w.ident is not None:  # started (one that failed to start cannot be joined)
+            if w.ident is not None and w is not current:  # started (one that failed to start cannot be joined)
                 w.join()
         if self._readahead is not None:
             self._readahead.join()
@@ -663,6 +672,9 @@ class _EpochRun:
                     continue
             if self.exiting and threading.current_thread() is not threading.main_thread():
                 threading.Event().wait()  # a daemon thread's pass, stopped at exit: no error, the process ends
+            if os.getpid() != self._pid:
+                raise RuntimeError("this pass was started before os.fork(): its loader threads are in the parent "
+                                   "process; start a new pass in the child (a new `for batch in loader`)")
             raise RuntimeError("fastprune loader threads stopped without delivering a batch")
 
 

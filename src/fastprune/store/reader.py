@@ -34,6 +34,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = check_path(path, "Store: path")
+        self._absolute_path = self.path.absolute()  # what a pickled copy opens, wherever its process is
         self._file, self._buffer = _map_file(self.path)
         self._identity = _identity(os.fstat(self._file.fileno()))
         try:
@@ -46,14 +47,15 @@ class Store:
 
     @property
     def buffer(self) -> np.ndarray:
-        """The whole file as a read-only uint8 array (a view of the mapping, no copy)."""
-        return self._open_buffer()
+        """The whole file as a read-only uint8 array (a view of the mapping, no copy). Like
+        :attr:`metadata` and :attr:`alloc_table`, checked unchanged first (:meth:`check_unchanged`):
+        reading a file shrunk in place past its new end is a SIGBUS, not an exception."""
+        return self._checked_arrays()[0]
 
     @property
     def metadata(self) -> np.ndarray:
         """The per-sample metadata table: a read-only structured array, fields f0, f1, ..."""
-        self._open_buffer()
-        return self._metadata
+        return self._checked_arrays()[1]
 
     @property
     def num_samples(self) -> int:
@@ -69,8 +71,11 @@ class Store:
 
     @property
     def alloc_table(self) -> np.ndarray:
-        self._open_buffer()
-        return self._alloc_table
+        table = self._alloc_table
+        self._checked_arrays()
+        if table is None:  # closed since the line above
+            raise self._closed_error()
+        return table
 
     @property
     def alloc_table_ptr(self) -> int:
@@ -117,9 +122,8 @@ class Store:
 
     def __getitem__(self, index) -> tuple:
         i = self._check_index(index)
-        buffer = self._open_buffer()
-        self.check_unchanged()
-        record = self._metadata[i]
+        buffer, metadata = self._checked_arrays()
+        record = metadata[i]
         return tuple(self._decoded(i, k, name, field, record, buffer)
                      for k, (name, field) in enumerate(self._fields.items()))
 
@@ -127,9 +131,17 @@ class Store:
         """Field ``name`` of sample ``index``, decoded (``store[index]`` decodes every field)."""
         self.field_ranges(name)  # another name: a KeyError naming the fields
         i = self._check_index(index)
-        buffer = self._open_buffer()
+        buffer, metadata = self._checked_arrays()
+        return self._decoded(i, self.field_index(name), name, self._fields[name], metadata[i], buffer)
+
+    def _checked_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(buffer, metadata) of an open store whose file is unchanged. Held here: close() on another
+        thread drops the store's own references (a read racing it met None: a TypeError)."""
+        buffer, metadata = self._buffer, self._metadata
+        if buffer is None or metadata is None:
+            raise self._closed_error()
         self.check_unchanged()
-        return self._decoded(i, self.field_index(name), name, self._fields[name], self._metadata[i], buffer)
+        return buffer, metadata
 
     def _decoded(self, i: int, k: int, name: str, field: Field, record, buffer: np.ndarray):
         data = None
@@ -183,8 +195,9 @@ class Store:
 
     def __reduce__(self):
         """Pickled by path (a DataLoader worker started with "spawn" gets a copy): the other side
-        maps the file again, and refuses it (StoreError) if it was changed in the meantime."""
-        return _reopen, (str(self.path), self._identity)
+        maps the file again, and refuses it (StoreError) if it was changed in the meantime. The
+        path as it was when opened: a relative one failed after os.chdir (Hydra's run folders)."""
+        return _reopen, (str(self._absolute_path), self._identity)
 
     def __enter__(self) -> "Store":
         return self
