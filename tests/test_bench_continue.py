@@ -231,7 +231,8 @@ def test_continue_takes_an_older_file_without_model_code_for_a_builtin_model_onl
     from fastprune.errors import ConfigError
     from fastprune.train.recipe import RECIPE
 
-    for name, accepted in (("small_resnet", True), ("resnet18", True), ("mymodels:make", False)):
+    for name, accepted in (("small_resnet", True), ("resnet18", True), ("torchvision.models:resnet18", True),
+                           ("mymodels:make", False)):
         result = plan.new_result(plan.FULL_MODE, Settings(threads=1, amp="off"), False, RECIPE.replace(name=name))
         result["architecture"] = {"spec": name, "class": "X", "parameters": 1}
         result["model_code"] = {"layers": "0123", "code": None}
@@ -254,3 +255,35 @@ def test_an_existing_out_is_refused_before_the_built_in_data_is_converted(tmp_pa
     assert main(["bench", "--quick", "--out", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "wd")]) == 1
     assert f"{tmp_path / 'r.json'} exists; add --continue" in capsys.readouterr().err
     assert not (tmp_path / "wd").exists()
+
+
+def test_model_code_is_stable_for_reprs_with_addresses_and_code_typed_into_a_notebook(monkeypatch):
+    """A Lambda(fn) module shows its function's address (a new digest in every process: --continue
+    always refused); a class typed into a notebook has no file (inspect raised OSError: compare()
+    stopped before its first run)."""
+    import types
+
+    import torch
+
+    from fastprune.bench.run import model_code
+    from fastprune.train.recipe import ModelSpec
+
+    class Lambda(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def extra_repr(self):
+            return repr(self.fn)
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(2, 2), Lambda(lambda x: x * 2))
+
+    first, second = build(), build()
+    assert repr(first) != repr(second)  # the two lambdas' addresses
+    spec = ModelSpec(name="nb:make", factory=build)
+    assert model_code(first, spec)["layers"] == model_code(second, spec)["layers"]
+    notebook = types.ModuleType("notebook_cell")  # a module with no file, as __main__ is in Jupyter
+    monkeypatch.setitem(sys.modules, "notebook_cell", notebook)
+    typed = type("Typed", (torch.nn.Linear,), {"__module__": "notebook_cell"})
+    assert model_code(typed(2, 2), ModelSpec(name="nb:make", factory=lambda: None))["layers"]

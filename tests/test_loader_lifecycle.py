@@ -172,3 +172,12 @@ def test_a_store_opened_by_a_relative_path_pickles_where_it_lies(store_path, tmp
     np.testing.assert_array_equal(copy[3][0], store[3][0])
     first = next(iter(pickle.loads(pickle.dumps(loader))))
     np.testing.assert_array_equal(first.indices.numpy(), np.arange(8))
+
+
+def test_a_store_opened_from_a_folder_deleted_since_still_pickles(store_path, tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    store = fastprune.Store(f"../{store_path.name}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").rmdir()  # '.../run/../s.beton' no longer resolves
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(store))[3][0], store[3][0])

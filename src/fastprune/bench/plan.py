@@ -42,6 +42,10 @@ CONTINUE_MUST_MATCH = (("machine", "cpu"), ("machine", "cpu_id"), ("machine", "c
                        ("architecture",), ("model_code",), ("mode", "epochs"), ("mode", "train_limit"), ("mode", "eval_every"),
                        ("data", "train"), ("data", "val"), ("data", "train_identity"), ("data", "val_identity"))
 
+# Packages whose code a result file records by version (machine.torch), or that build the built-in
+# models: a model's code from them is not the user's to change (``run.model_code`` leaves it out).
+VERSIONED_PACKAGES = ("torch", "torchvision", "fastprune")
+
 # What ``fastprune bench`` trains on when not given --train/--val: Fashion-MNIST it converts itself.
 BUILT_IN_DATA = "fashion-mnist (built in)"
 _UNKNOWN = object()
@@ -59,8 +63,8 @@ def _legacy_value(path: tuple[str, ...], previous: dict, result: dict):
     model = (previous.get("model") or {}).get("name", "small_resnet")
     if path == ("architecture",) and model == "small_resnet":
         return _field(result, path)  # SmallResNet's record holds every option that builds it
-    if path == ("model_code",) and ":" not in model:
-        return _field(result, path)  # a built-in model: fastprune's and torchvision's code, not the user's
+    if path == ("model_code",) and (":" not in model or model.split(".")[0] in VERSIONED_PACKAGES):
+        return _field(result, path)  # a built-in or torchvision model: their code, by version, not the user's
     return _UNKNOWN
 
 

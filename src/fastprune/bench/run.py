@@ -21,6 +21,7 @@ from ..train.device import (autocast_dtype, flushing_denormals, memory_format_fo
                             synchronize)
 from ..train.loop import COMPILE_CHOICES
 from ..train.recipe import RECIPE, VAL_BATCH, Recipe, gpu_busy_of, run_recipe
+from .plan import VERSIONED_PACKAGES
 
 
 @dataclass(frozen=True)
@@ -225,45 +226,53 @@ def architecture(recipe: Recipe, data: DataSpec) -> tuple[dict[str, Any], dict[s
     return record, model_code(model, recipe.model)
 
 
-# Packages whose code a result file records by version (machine.torch) or that build the built-in models.
-_VERSIONED_PACKAGES = ("torch", "torchvision", "fastprune")
-
-
 def model_code(model: torch.nn.Module, spec) -> dict[str, str | None]:
     """What `bench --continue` compares of a model beyond its class and size, which a
     ``--model MODULE:CALLABLE`` whose code changed can keep: a digest of its layers as ``repr``
-    lists them (an activation swapped), and one of the source files of the model function and of
-    its own layer classes (an edited ``forward``); None where there are none (built-in models)."""
+    lists them (an activation swapped; addresses left out), and one of the source files of the
+    model function and of its own layer classes (an edited ``forward``), None where there are none
+    (built-in models, code typed into a notebook). A record only: it never raises."""
     import hashlib
+    import re
 
     from ..models import load_model_factory
 
-    factory = spec.factory or (load_model_factory(spec.name) if ":" in spec.name else None)
+    layers = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))  # a Lambda(fn) module shows its function's address
+    try:
+        factory = spec.factory or (load_model_factory(spec.name) if ":" in spec.name else None)
+    except ConfigError:  # built already, by name: cannot happen, but a record never stops a benchmark
+        factory = None
     owners = [factory, *(type(module) for module in model.modules())]
-    files = sorted({path for owner in owners if owner is not None and _own_code(owner)
-                    for path in [_source_file(owner)] if path is not None})
-    code = hashlib.sha256()
-    for path in files:
-        code.update(Path(path).read_bytes())
-    return {"layers": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
-            "code": code.hexdigest()[:16] if files else None}
+    files = {path for owner in owners if owner is not None and _own_code(owner)
+             for path in [_source_file(owner)] if path is not None}
+    digests = sorted(digest for digest in map(_file_digest, files) if digest is not None)  # in no path's order
+    return {"layers": hashlib.sha256(layers.encode()).hexdigest()[:16],
+            "code": hashlib.sha256("".join(digests).encode()).hexdigest()[:16] if digests else None}
 
 
 def _own_code(owner) -> bool:
     module = getattr(owner, "__module__", None) or ""
-    return module.split(".")[0] not in _VERSIONED_PACKAGES
+    return module.split(".")[0] not in VERSIONED_PACKAGES
 
 
 def _source_file(owner) -> str | None:
     """The file ``owner`` (a class or function) is defined in; None for one defined where no file
-    holds it (an interactive session, a builtin, a functools.partial)."""
+    holds it (a notebook or the REPL: OSError, a builtin or a functools.partial: TypeError)."""
     import inspect
 
     try:
-        path = inspect.getsourcefile(owner)
-    except TypeError:
+        return inspect.getsourcefile(owner)
+    except (TypeError, OSError):
         return None
-    return path if path is not None and Path(path).is_file() else None
+
+
+def _file_digest(path: str) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:  # gone from disk since it was imported
+        return None
 
 
 def input_size(recipe: Recipe, data: DataSpec) -> tuple[int, int]:

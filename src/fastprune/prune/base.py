@@ -933,12 +933,6 @@ class Strategy:
         run of epochs=0 had warned 'epochs 0..-1' at its first epoch)."""
         return cls._non_negative(value, name, low=1)
 
-    def __iter__(self):
-        # DataLoader(data, sampler=strategy) iterates it, where torch said "'UCB' object is not iterable"
-        raise TypeError(f"a {type(self).__name__} is not a torch sampler: give the DataLoader "
-                        "sampler=PrunedSampler(strategy, data_source=dataset) and WithIndices(dataset), or read "
-                        "a store with fastprune.Loader(store, batch_size, sampler=strategy)")
-
     def __repr__(self) -> str:
         # the strategy's own settings (eps, c, delta...), then the epoch phases and reselection when set
         # (not every option: labels or a keep_schedule would not fit on a line)

@@ -171,6 +171,8 @@ def _file_report(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return report_from_state(state["strategy"]), state.get("settings") or {}
     if isinstance(state, dict) and state.get("format") == _STATE_FORMAT:
         return report_from_state(state), {}
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("fastprune-checkpoint-"):
+        check_format(path, state)  # another version's checkpoint: its refusal says which to use
     held = [key for key, value in state.items() if isinstance(value, dict) and value.get("format") == _STATE_FORMAT] \
         if isinstance(state, dict) else []
     if len(held) == 1:
@@ -178,8 +180,6 @@ def _file_report(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if len(held) > 1:
         raise ConfigError(f"{path}: holds {len(held)} strategies' states (under {', '.join(map(repr, held))}): "
                           "give one, as export_scores(torch.load(path)[KEY], ...)")
-    if isinstance(state, dict) and str(state.get("format", "")).startswith("fastprune-checkpoint-"):
-        check_format(path, state)  # another version's checkpoint: its refusal says which to use
     raise ConfigError(f"{path}: holds no fastprune strategy state: expected fastprune train's (fit's) checkpoint, "
                       "a strategy's state_dict() saved with torch.save, or a dict holding one")
 

@@ -34,8 +34,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = check_path(path, "Store: path")
-        self._absolute_path = self.path.absolute()  # what a pickled copy opens, wherever its process is
         self._file, self._buffer = _map_file(self.path)
+        self._absolute_path = _where(self.path)
         self._identity = _identity(os.fstat(self._file.fileno()))
         try:
             self._parse()
@@ -197,7 +197,7 @@ class Store:
         """Pickled by path (a DataLoader worker started with "spawn" gets a copy): the other side
         maps the file again, and refuses it (StoreError) if it was changed in the meantime. The
         path as it was when opened: a relative one failed after os.chdir (Hydra's run folders)."""
-        return _reopen, (str(self._absolute_path), self._identity)
+        return _reopen, (self._absolute_path, self._identity)
 
     def __enter__(self) -> "Store":
         return self
@@ -391,6 +391,15 @@ def _in_bounds(ptrs: np.ndarray, sizes: np.ndarray, lo: int, hi: int) -> np.ndar
     size_ok = sizes <= hi_
     room = np.where(size_ok, hi_ - np.minimum(sizes, hi_), np.uint64(0))
     return size_ok & (ptrs >= np.uint64(lo)) & (ptrs <= room)
+
+
+def _where(path: Path) -> str:
+    """What a pickled copy of a store opened at ``path`` opens, wherever its process runs: the
+    file's real path, or ``path`` itself where the working folder is gone (os.getcwd fails)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return str(path)
 
 
 def _reopen(path: str, identity: tuple[int, int]) -> Store:
