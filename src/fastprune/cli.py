@@ -102,7 +102,7 @@ def class_names(text: str) -> list[str]:
     """'a,b,c' -> ['a', 'b', 'c']; '@names.txt' -> the file's lines (names may hold commas)."""
     if text.startswith("@"):
         try:
-            lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
+            lines = Path(text[1:]).read_text(encoding="utf-8-sig").splitlines()  # -sig: Excel's "CSV UTF-8" BOM
         except (OSError, UnicodeDecodeError) as exc:
             raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc}") from None
     else:
@@ -170,7 +170,7 @@ def add_convert_command(subparsers) -> None:
     size.add_argument("--resize", type=height_by_width, metavar="HxW",
                       help="image folders, hf sources: resize every image to exactly HxW")
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
-                        help="image folders: refuse images whose header claims more than N pixels, "
+                        help="image folders, hf sources: refuse images whose header claims more than N pixels, "
                              "before decoding them (default: 2**26 = 67,108,864)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="image folders, hf sources: leave out images that cannot be read or decoded "

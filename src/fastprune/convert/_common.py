@@ -89,8 +89,8 @@ def check_positive_option(value, name: str) -> int:
 
 def check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
     """Refuse an image whose (claimed) size exceeds ``max_pixels``, before it is decoded."""
-    if height * width > max_pixels:
-        raise ConversionError(f"{what}: {width}x{height} = {height * width:,} pixels exceeds the limit of "
+    if height * width > max_pixels:  # unreadable: skip_unreadable leaves such an image out
+        raise UnreadableSample(f"{what}: {width}x{height} = {height * width:,} pixels exceeds the limit of "
                               f"{max_pixels:,} (a damaged file or a decompression bomb?); raise it with "
                               "--max-pixels / max_pixels= if the image is genuine")
 
@@ -334,8 +334,11 @@ def any_image_to_rgb(image: Any, what: str) -> np.ndarray:
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4) and image.shape[0] in (1, 3):
             image = image.transpose(1, 2, 0)
         return to_hwc3(image, what)
+    encoded = isinstance(image, (bytes, bytearray, str))  # a file's bytes or its path
     raise ConversionError(f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array "
-                          "or a uint8 tensor")
+                          "or a uint8 tensor" + ("; a Hugging Face column of encoded images or paths decodes as "
+                                                 "one once cast: dataset.cast_column(COLUMN, datasets.Image())"
+                                                 if encoded else ""))
 
 
 def fit_image(image: np.ndarray, *, max_side: int | None = None,

@@ -10,7 +10,7 @@ from ..errors import ConversionError, SourceNotFoundError
 from . import _common
 from .arrays import from_npz
 from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, from_cifar, is_archive
-from .hf_files import FILE_SUFFIXES, from_hf_path, is_hf_folder
+from .hf_files import FILE_SUFFIXES, SAVED_DATASET_FILES, from_hf_path, is_hf_folder
 from .idx import FASHION_MNIST_DIR, from_idx
 from .image_folder import from_image_folder
 from .store_copy import from_store
@@ -64,6 +64,11 @@ def detect_kind(path: Path) -> str:
         return "cifar10"
     if CIFAR100_FOLDER in names or {"train", "test", "meta"} <= names:
         return "cifar100"
+    saved = sorted(name for name in names  # two stats per subfolder, not a listing of each
+                   if all((path / name / file).is_file() for file in SAVED_DATASET_FILES))
+    if saved:  # datasets saved one per split: read as class folders, they held 'no images'
+        raise ConversionError(f"{path} holds Hugging Face datasets saved one per folder ({', '.join(saved)}): "
+                              f"convert one of them, e.g. {path / saved[0]}")
     if any((path / name).is_dir() and not name.startswith(".") for name in names):
         return "imagefolder"
     raise ConversionError(f"{path}: cannot tell what this folder holds (no IDX files, CIFAR batches, "
@@ -79,8 +84,8 @@ def _check_applicable(kind: str, split: str | None, max_side: int | None,
     if (max_side is not None or resize is not None) and kind not in RESIZE_KINDS:
         raise ConversionError(f"--max-side/--resize apply to image folders and hf sources, not {kind} "
                               "(its images already share one shape)")
-    if max_pixels is not None and kind != "imagefolder":
-        raise ConversionError(f"--max-pixels applies to image folders, not {kind} "
+    if max_pixels is not None and kind not in ("imagefolder", "hf"):
+        raise ConversionError(f"--max-pixels applies to image folders and hf sources, not {kind} "
                               "(its image size is fixed by the format)")
     if coarse and kind != "cifar100":
         raise ConversionError(f"--coarse applies to cifar100 sources, not {kind}")
@@ -146,13 +151,13 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, *, kind: str = "a
         return from_idx(path, out, split=split or "train", **common)
     if kind in ("cifar10", "cifar100"):
         return from_cifar(path, out, kind=kind, split=split or "train", coarse=coarse, **common)
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     if kind == "imagefolder":
-        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
         return from_image_folder(path, out, max_side=max_side, resize=resize, skip_unreadable=skip_unreadable,
                                  names=names, **limit, **common)
     if kind == "hf":
         image_column, label_column = columns or ("image", "label")
         return from_hf_path(path, out, split=split, image_column=image_column, label_column=label_column,
                             max_side=max_side, resize=resize, drop_unlabeled=drop_unlabeled,
-                            skip_unreadable=skip_unreadable, targets=targets, **common)
+                            skip_unreadable=skip_unreadable, targets=targets, **limit, **common)
     return from_npz(path, out, drop_unlabeled=drop_unlabeled, targets=targets, **common)

@@ -15,10 +15,14 @@ from .torch_dataset import from_hf_dataset
 FILE_SUFFIXES = (".parquet", ".arrow")
 
 
+# What save_to_disk writes for one Dataset (beside its Arrow files)
+SAVED_DATASET_FILES = ("state.json", "dataset_info.json")
+
+
 def is_hf_folder(names: set[str]) -> bool:
     """Whether a folder's file names are those ``save_to_disk`` writes (a Dataset's state and
     info, or a DatasetDict's split list)."""
-    return "dataset_dict.json" in names or {"state.json", "dataset_info.json"} <= names
+    return "dataset_dict.json" in names or set(SAVED_DATASET_FILES) <= names
 
 
 def load_hf(path: Path, split: str | None, progress: bool = True) -> Any:

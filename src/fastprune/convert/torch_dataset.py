@@ -14,13 +14,14 @@ import hashlib
 import inspect
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .._args import check_positive_int
-from ..errors import ConversionError, UnreadableSample
+from ..errors import ConversionError, LabelWarning, UnreadableSample, UsageWarning, user_stacklevel
 from ..store.encoding import LeftOut
 from . import _common
 
@@ -31,7 +32,8 @@ class DatasetSource:
     def __init__(self, dataset: Any, *, one_shape: bool, max_side: int | None = None,
                  resize: tuple[int, int] | None = None, image_key: str = "image", label_key: str = "label",
                  drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None,
-                 uint8_arrays: bool = False, targets: bool = False, target_dtype: str | None = None):
+                 uint8_arrays: bool = False, targets: bool = False, target_dtype: str | None = None,
+                 max_pixels: int = _common.DEFAULT_MAX_PIXELS):
         _common.check_size_options(max_side, resize)
         self.dataset = dataset
         self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
@@ -42,6 +44,7 @@ class DatasetSource:
         self.targets = targets  # labels are targets (from_torch_dataset(targets=True)), not classes
         self.target_dtype = target_dtype  # arrays cast to it (a Hugging Face column's declared type)
         self.max_side, self.resize = max_side, resize
+        self.max_pixels = max_pixels  # of an encoded image (a Hugging Face Image column), checked before decoding
         try:
             self.length = len(dataset)
         except TypeError as exc:
@@ -131,7 +134,7 @@ class DatasetSource:
         if value is None:  # a scraped dataset's missing image: skip_unreadable may leave it out
             raise UnreadableSample(f"{what} is missing (None)")
         if _is_encoded_image(value):
-            return _decode_encoded(value, what, self.max_side, self.resize, self.image_mode)
+            return _decode_encoded(value, what, self.max_side, self.resize, self.image_mode, self.max_pixels)
         if self.uint8_arrays and isinstance(value, (list, np.ndarray)):
             value = np.asarray(value, dtype=np.uint8)
         image = _common.any_image_to_rgb(value, what)
@@ -223,7 +226,8 @@ def _is_encoded_image(value: Any) -> bool:
         (value["bytes"] is not None or value["path"] is not None)
 
 
-def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) -> np.ndarray:
+def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None,
+                    max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a {"bytes", "path"} image as the image-folder converter decodes a file: only the
     formats it reads (PIL's EPS plugin would run Ghostscript), size checked before decoding, JPEGs
     DCT-downscaled where they shrink; and turned upright by its EXIF orientation, as ``datasets``
@@ -234,7 +238,7 @@ def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None) 
     name = f"{what} ({path})" if path else what
     if data is None:  # a path the row names: a regular file of an image's size, as in an image folder
         data = _common.read_image_file(path, name, hint="")
-    return read_fitted(name, bytes(data), max_side, resize, mode=mode, exif_transpose=True)
+    return read_fitted(name, bytes(data), max_side, resize, max_pixels, mode=mode, exif_transpose=True)
 
 
 def _has_transform(dataset: Any) -> bool:
@@ -286,7 +290,8 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
              resize: tuple[int, int] | None, workers: int | None, progress: bool, image_key: str,
              label_key: str, class_names: Sequence[str] | None, drop_unlabeled: bool, index: bool,
              skip_unreadable: bool, image_mode: str | None = None, uint8_arrays: bool = False,
-             targets: bool = False, target_dtype: str | None = None) -> Path:
+             targets: bool = False, target_dtype: str | None = None,
+             max_pixels: int = _common.DEFAULT_MAX_PIXELS) -> Path:
     # a Hugging Face dataset's Arrow files (converting onto one of them destroyed the source)
     out = _common.check_output_path(out, inputs=[f["filename"] for f in getattr(dataset, "cache_files", None) or ()
                                                  if isinstance(f, dict) and "filename" in f])
@@ -296,17 +301,69 @@ def _convert(dataset: Any, out: str | os.PathLike, *, jpeg: bool, quality: int, 
         _common.check_target_options(class_names, drop_unlabeled, f"dataset {type(dataset).__name__}")
     if workers is not None:
         check_positive_int(workers, "workers")
+    workers = _workers_for_open_files(dataset, workers)
     names = _common.names_list(class_names, "class_names") if class_names is not None \
         else None if targets else _torchvision_classes(dataset)
     with _global_rng_kept():
         source = DatasetSource(dataset, one_shape=not jpeg, max_side=max_side, resize=resize,
                                image_key=image_key, label_key=label_key, drop_unlabeled=drop_unlabeled,
                                skip_unreadable=skip_unreadable, image_mode=image_mode, uint8_arrays=uint8_arrays,
-                               targets=targets, target_dtype=target_dtype)
+                               targets=targets, target_dtype=target_dtype, max_pixels=max_pixels)
         fields = {**_common.image_label_fields(jpeg=jpeg, quality=quality), "label": source.label_field()}
         return _common.write(out, source, fields, workers=workers, progress=progress,
                              class_names={} if targets else {"label": names}, index=index,
                              skip_unreadable=skip_unreadable)
+
+
+def _workers_for_open_files(dataset: Any, workers: int | None) -> int | None:
+    """``workers``, or 1 where the dataset holds an open file and no count was given: the writer's
+    workers are forked, and forked processes share an open file's position, so their seek/read
+    pairs interleave (2 workers stored 18 of 2000 samples with another's pixels, under valid
+    checksums) and a zip's reads fail their CRCs. Said in one warning either way."""
+    held = _open_files(dataset)
+    if not held or workers == 1:
+        return workers
+    advice = ("open it on first use in each process (in __getitem__) to convert on every core"
+              if workers is None else "unless its reads do not move a shared position, pass workers=1")
+    warnings.warn(f"{held[0]} is an open file, which forked workers share (their reads interleave: wrong samples); "
+                  f"{'converting in one process' if workers is None else f'converting with {workers} workers'}; "
+                  f"{advice}", UsageWarning, stacklevel=user_stacklevel())
+    return 1 if workers is None else workers
+
+
+def _open_files(dataset: Any, depth: int = 3) -> list[str]:
+    """Attributes of ``dataset``, and of the datasets it wraps (a Subset's, a ConcatDataset's), that
+    are open files: a Python file, a zip or tar archive, an h5py file or an LMDB environment."""
+    import io
+    import tarfile
+    import zipfile
+
+    def is_open(value) -> bool:
+        if isinstance(value, io.IOBase):
+            return not value.closed
+        if isinstance(value, zipfile.ZipFile):
+            return value.fp is not None
+        if isinstance(value, tarfile.TarFile):
+            return not value.closed
+        kind = type(value)
+        return (kind.__module__.split(".")[0], kind.__name__) in (("h5py", "File"), ("lmdb", "Environment"))
+
+    found, seen = [], set()
+
+    def visit(obj, name: str, level: int) -> None:
+        if id(obj) in seen or level > depth or not hasattr(obj, "__dict__"):
+            return
+        seen.add(id(obj))
+        for key, value in vars(obj).items():
+            values = value if isinstance(value, (list, tuple)) and len(value) <= 64 else [value]
+            for item in values:
+                if is_open(item):
+                    found.append(f"{name}.{key}")
+                elif hasattr(item, "__getitem__") and hasattr(item, "__len__"):  # a wrapped dataset
+                    visit(item, f"{name}.{key}", level + 1)
+
+    visit(dataset, f"dataset {type(dataset).__name__}", 0)
+    return found
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:
@@ -314,6 +371,12 @@ def _torchvision_classes(dataset: Any) -> list[str]:
     labels are the same); [] when there is none, or it is not a list of names."""
     for candidate in (dataset, getattr(dataset, "dataset", None)):
         classes = getattr(candidate, "classes", None)
+        if isinstance(classes, (list, tuple)) and classes and getattr(candidate, "target_transform", None):
+            # ImageFolder(target_transform=...) remaps the labels its .classes name: a cat stored as 'dog'
+            warnings.warn(f"{type(candidate).__name__}.target_transform remaps the labels its .classes name, so "
+                          "no class names are stored; give class_names= (label i -> name i) to store some",
+                          LabelWarning, stacklevel=user_stacklevel())
+            return []
         if isinstance(classes, (list, tuple)) and classes:
             try:
                 return _common.names_list(classes, f"{type(candidate).__name__}.classes")
@@ -323,7 +386,8 @@ def _torchvision_classes(dataset: Any) -> list[str]:
 
 
 def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str = "image",
-                    label_column: str = "label", **options: Any) -> Path:
+                    label_column: str = "label", max_pixels: int = _common.DEFAULT_MAX_PIXELS,
+                    **options: Any) -> Path:
     """Convert a Hugging Face ``datasets.Dataset`` (one split, already loaded) to a store.
 
     Rows are read by column name; label columns must hold integers (a ``ClassLabel`` does, and its
@@ -331,8 +395,10 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
     folders are (JPEG, PNG, WebP, BMP, TIFF; PIL's other plugins are never reached), whatever
     ``set_format`` the dataset has (numpy/torch formats turn palette images into their indices).
     A dataset with ``with_transform``/``set_transform`` is read through the transform, and
-    ``image_column``/``label_column`` then name keys of what it returns. Options as
-    :func:`from_torch_dataset` (``jpeg``, ``resize``, ``max_side``, ``class_names``, ...).
+    ``image_column``/``label_column`` then name keys of what it returns. ``max_pixels``: an encoded
+    image whose header claims more pixels is refused before it is decoded (or skipped, with
+    ``skip_unreadable=True``). Options as :func:`from_torch_dataset` (``jpeg``, ``resize``,
+    ``max_side``, ``class_names``, ...).
     Nothing is downloaded here: load the dataset first.
     """
     _check_options(options)
@@ -356,7 +422,8 @@ def from_hf_dataset(dataset: Any, out: str | os.PathLike, *, image_column: str =
         # datasets reads a list column back as Python numbers (float64, int64): keep its own type
         target_dtype = _declared_dtype(features[label_column]) if options.get("targets") else None
     return _convert(dataset, out, image_key=image_column, label_key=label_column, image_mode=image_mode,
-                    uint8_arrays=uint8_arrays, target_dtype=target_dtype, **{**_DEFAULTS, **options})
+                    uint8_arrays=uint8_arrays, target_dtype=target_dtype,
+                    max_pixels=check_positive_int(max_pixels, "max_pixels"), **{**_DEFAULTS, **options})
 
 
 def _encoded_rows(dataset: Any, image_column: str) -> tuple[Any, str | None]:

@@ -41,6 +41,9 @@ def _zero_args() -> np.ndarray:
     return np.zeros(fmt.FIELD_ARGS_BYTES, dtype="<u1")
 
 
+# An image's sides are stored as uint16 (ffcv's metadata): the largest a store holds
+MAX_IMAGE_SIDE = 65535
+
 class Field:
     """Base class; subclasses set ``type_id`` and ``metadata_type`` (ffcv's values)."""
 
@@ -168,7 +171,7 @@ class RGBImageField(Field):
         # True, "90" or 50.5 are refused, not taken as quality 1, 90 or 50
         self.jpeg_quality = check_int_range(jpeg_quality, "RGBImageField: jpeg_quality", 1, 100)
         self.max_resolution = (None if max_resolution is None
-                               else check_int_range(max_resolution, "RGBImageField: max_resolution", 1, 65535))
+                               else check_int_range(max_resolution, "RGBImageField: max_resolution", 1, MAX_IMAGE_SIDE))
         self.write_mode = write_mode
 
     def settings(self):
@@ -238,8 +241,8 @@ class RGBImageField(Field):
             value = np.repeat(value.reshape(value.shape[0], value.shape[1], 1), 3, axis=2)
         elif value.ndim != 3 or value.shape[2] != 3:
             raise ValueError(f"image must be HxWx3, HxW or HxWx1, got shape {value.shape}")
-        if not (1 <= value.shape[0] <= 65535 and 1 <= value.shape[1] <= 65535):
-            raise ValueError(f"image sides must be in 1..65535, got shape {value.shape}")
+        if not (1 <= value.shape[0] <= MAX_IMAGE_SIDE and 1 <= value.shape[1] <= MAX_IMAGE_SIDE):
+            raise ValueError(f"image sides must be in 1..{MAX_IMAGE_SIDE}, got shape {value.shape}")
         return value
 
     def _too_large(self, value: EncodedJpeg) -> bool:
