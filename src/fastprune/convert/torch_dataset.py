@@ -279,6 +279,9 @@ def from_torch_dataset(dataset: Any, out: str | os.PathLike, *, jpeg: bool = Fal
     ``targets=True``: the labels are targets, not classes (regression, multi-label; see
     :func:`~fastprune.convert.from_arrays`): sample 0's decides the field, a number (float64) or
     an array, a tensor's included, whose shape and dtype every sample's must take.
+    ``workers`` (default: every core) read the dataset in forked processes, which share any file
+    it holds open: a dataset holding one (a file, a zip, an h5py file) is read in one process, with
+    a warning; open such files on first use in ``__getitem__`` to convert on every core.
     """
     return _convert(dataset, out, jpeg=jpeg, quality=quality, max_side=max_side, resize=resize,
                     workers=workers, progress=progress, image_key=image_key, label_key=label_key,
