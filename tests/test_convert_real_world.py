@@ -17,6 +17,7 @@ from PIL import Image
 import fastprune
 from fastprune.cli import main
 from fastprune.convert import from_hf_dataset, from_image_folder, from_torch_dataset
+from fastprune.convert.torch_dataset import _open_files
 from fastprune.errors import ConversionError, LabelWarning, UsageWarning
 
 
@@ -33,6 +34,26 @@ class _RefilledBuffer(torch.utils.data.Dataset):
         self.image[:] = i
         self.target[:] = i
         return self.image, self.target
+
+
+def test_a_source_that_refills_one_owned_array_for_a_bytes_field_stores_each_samples_bytes(tmp_path):
+    """BytesField hands its value back as the payload: an array owning its data was not copied."""
+    from fastprune.store.fields import BytesField, IntField
+    from fastprune.store.writer import write_dataset
+
+    class Refill:
+        buffer = np.zeros(8, np.uint8)
+
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            self.buffer[:] = i
+            return self.buffer, i
+
+    store = fastprune.Store(write_dataset(tmp_path / "b.beton", Refill(), {"x": BytesField(), "label": IntField()},
+                                          workers=1, progress=False))
+    assert [int(np.frombuffer(store[i][0], np.uint8)[0]) for i in range(20)] == list(range(20))
 
 
 def test_a_dataset_that_refills_one_buffer_stores_each_samples_own_pixels(tmp_path):
@@ -85,6 +106,11 @@ def test_a_dataset_holding_an_open_file_converts_in_one_process_and_says_so(tmp_
     with pytest.warns(UsageWarning, match=r"dataset Subset.dataset.file is an open file.*converting with 2 workers; "
                                           "unless its reads"):
         from_torch_dataset(wrapped, tmp_path / "sub.beton", progress=False, workers=2)  # the user's choice
+    for held in (io.BytesIO(b"x"), open(tmp_path / "out.txt", "w"), open(tmp_path / "log.txt", "a")):  # noqa: SIM115
+        dataset.file = held  # a fork copies a BytesIO; a file open for writing shares no reads
+        assert _open_files(dataset) == []
+    dataset.file = {"train": open(tmp_path / "records.bin", "rb")}  # noqa: SIM115  one per split, in a dict
+    assert _open_files(dataset) == ["dataset _OpenFile.file"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UsageWarning)  # a closed file is no one's to share
         store = fastprune.Store(from_torch_dataset(_OpensPerRead(tmp_path / "records.bin", n), tmp_path / "n.beton",
@@ -99,16 +125,23 @@ def _folder(root, classes, size=(8, 8)):
     return root
 
 
-def test_a_target_transform_stores_no_class_names_and_says_so(tmp_path):
+def test_a_target_transform_names_the_labels_it_makes_or_none(tmp_path):
     """ImageFolder(target_transform=lambda y: 1 - y) stored the cat image as label 1 named 'dog'."""
     datasets = pytest.importorskip("torchvision.datasets")
-    root = _folder(tmp_path / "photos", ["cat", "dog"])
-    folder = datasets.ImageFolder(str(root), target_transform=lambda y: 1 - y)
-    with pytest.warns(LabelWarning, match=r"ImageFolder.target_transform remaps the labels its .classes name"):
-        store = fastprune.Store(from_torch_dataset(folder, tmp_path / "s.beton", progress=False))
-    assert not store.class_names and store[0][1] == 1
-    plain = fastprune.Store(from_torch_dataset(datasets.ImageFolder(str(root)), tmp_path / "p.beton", progress=False))
-    assert plain.class_names == ["cat", "dog"]
+    root = _folder(tmp_path / "photos", ["cat", "dog", "eel"])
+
+    def converted(transform, name):
+        folder = datasets.ImageFolder(str(root), target_transform=transform)
+        return fastprune.Store(from_torch_dataset(folder, tmp_path / name, progress=False))
+
+    swapped = converted(lambda y: 2 - y, "swapped.beton")  # a permutation: the names follow their labels
+    assert swapped.class_names == ["eel", "dog", "cat"] and swapped[0][1] == 2  # the cat image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelWarning)
+        assert converted(torch.tensor, "kept.beton").class_names == ["cat", "dog", "eel"]  # each label kept
+    with pytest.warns(LabelWarning, match=r"ImageFolder.target_transform makes labels its .classes do not name"):
+        grouped = converted(lambda y: int(y > 0), "grouped.beton")  # cat vs the rest
+    assert not grouped.class_names and [grouped[i][1] for i in range(3)] == [0, 1, 1]
 
 
 def test_a_hugging_face_image_over_the_pixel_limit_can_be_let_through_or_skipped(tmp_path):
@@ -129,6 +162,8 @@ def test_a_hugging_face_image_over_the_pixel_limit_can_be_let_through_or_skipped
         skipped = fastprune.Store(from_hf_dataset(dataset, tmp_path / "c.beton", max_pixels=100, resize=(4, 4),
                                                   skip_unreadable=True, progress=False))
     assert [skipped[i][1] for i in range(2)] == [1, 0]
+    with pytest.raises(ConversionError, match=r"resize 20x20 = 400 pixels exceeds the limit of 100"):
+        from_hf_dataset(dataset, tmp_path / "e.beton", max_pixels=100, resize=(20, 20), progress=False)
     dataset.save_to_disk(str(tmp_path / "saved"))
     assert main(["convert", str(tmp_path / "saved"), "--resize", "4x4", "--max-pixels", "400", "--out",
                  str(tmp_path / "d.beton"), "--no-progress"]) == 0
@@ -141,13 +176,21 @@ def test_a_class_folder_behind_a_dangling_link_is_refused_not_left_out(tmp_path)
     with pytest.raises(ConversionError, match=r"bee: a link to '.*moved/bee', which does not exist"):
         from_image_folder(root, tmp_path / "s.beton", progress=False)
     assert not (tmp_path / "s.beton").exists()
+    (root / "bee").unlink()
+    (root / "notes.txt").symlink_to(tmp_path / "moved" / "notes.txt")  # a file's link: no class, ignored
+    assert len(fastprune.Store(from_image_folder(root, tmp_path / "s.beton", progress=False))) == 2
 
 
 def test_class_names_respelt_in_another_order_are_refused_and_in_the_same_order_rename(tmp_path):
     """Folders cat, dog with 'Dog,Cat' (meant to put dog first) labelled the cat images 'Dog'."""
     root = _folder(tmp_path / "photos", ["cat", "dog"])
-    with pytest.raises(ConversionError, match=r"spelt otherwise, in another order.*folder 'cat' named 'Dog'"):
+    with pytest.raises(ConversionError, match=r"spell folders' names otherwise, in another order.*folder 'cat' named "
+                                              "'Dog'"):
         from_image_folder(root, tmp_path / "s.beton", class_names=["Dog", "Cat"], progress=False)
+    more = _folder(tmp_path / "more", ["cat", "dog", "sea_lion"])  # one name off, '_' for a space: as ambiguous
+    for names in (["Dog", "Cat", "Horses"], ["Sea Lion", "Cat", "Dog"]):
+        with pytest.raises(ConversionError, match="in another order"):
+            from_image_folder(more, tmp_path / "m.beton", class_names=names, progress=False)
     renamed = fastprune.Store(from_image_folder(root, tmp_path / "r.beton", class_names=["Cat", "Dog"], progress=False))
     assert renamed.class_names == ["Cat", "Dog"]
     ordered = fastprune.Store(from_image_folder(root, tmp_path / "o.beton", class_names=["dog", "cat"], progress=False))
@@ -208,3 +251,22 @@ def test_a_panorama_too_wide_for_a_store_is_named_and_skippable(tmp_path):
     assert len(fastprune.Store(tmp_path / "s.beton")) == 1
     from_image_folder(root, tmp_path / "shrunk.beton", progress=False, jpeg=True, max_side=1000)  # shrunk: stored
     assert os.path.getsize(tmp_path / "shrunk.beton") > 0
+    with pytest.raises(ConversionError, match=r"^resize 1x70000: a store holds image sides of at most 65535"):
+        from_image_folder(root, tmp_path / "r.beton", progress=False, resize=(1, 70000))  # the option, not a file
+
+
+class _Config:
+    """A settings object whose __getattr__ raises KeyError (the open-file scan asked it for __len__)."""
+
+    def __init__(self):
+        self._values = {}
+
+    def __getattr__(self, name):
+        return self._values[name]
+
+
+def test_the_open_file_scan_reads_past_a_getattr_that_raises(tmp_path):
+    dataset = _RefilledBuffer(4)
+    dataset.config = _Config()
+    store = fastprune.Store(from_torch_dataset(dataset, tmp_path / "s.beton", progress=False, targets=True))
+    assert len(store) == 4

@@ -21,6 +21,7 @@ from .._args import check_bool, check_positive_int
 from .._outputs import check_output_file
 from .._text import counted
 from ..errors import ConversionError, SourceNotFoundError, UnreadableSample, user_stacklevel
+from ..store.fields import MAX_IMAGE_SIDE
 from ..store.images import DEFAULT_JPEG_QUALITY, resize_image  # the converters read _common.DEFAULT_JPEG_QUALITY
 # Images whose header claims more pixels are refused before decoding: a few hundred bytes can claim
 # 12000x12000 (430 MB of RGB). 2**26 (e.g. 8192x8192) is far above photo datasets (ImageNet's
@@ -371,6 +372,8 @@ def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
     if resize is not None and (not isinstance(resize, (tuple, list)) or len(resize) != 2
                                or not all(isinstance(side, (int, np.integer)) for side in resize) or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
+    if resize is not None and max(resize) > MAX_IMAGE_SIDE:
+        raise ConversionError(f"resize {resize[0]}x{resize[1]}: a store holds image sides of at most {MAX_IMAGE_SIDE}")
     if resize is not None and resize[0] * resize[1] > max_pixels:
         raise ConversionError(f"resize {resize[0]}x{resize[1]} = {resize[0] * resize[1]:,} pixels exceeds the "
                               f"limit of {max_pixels:,}; raise it with --max-pixels / max_pixels= if "

@@ -30,7 +30,8 @@ Rules:
 JPEG storage (``jpeg=True``) keeps a file's own bytes when it needs no resizing and is a
 baseline 8-bit JPEG (grey or YCbCr) that decodes cleanly: no decode/re-encode, no generation
 loss, and the conversion costs only a check (a 1/8-scale decode). Other files are decoded (a
-JPEG that must shrink by 2x or more is decoded already DCT-downscaled), fitted and re-encoded.
+JPEG that must shrink by 4x or more is decoded already DCT-downscaled, to twice the target at
+least), fitted and re-encoded.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _visible(path: Path) -> bool:
 
 def list_classes(root: Path) -> list[str]:
     entries = [p for p in root.iterdir() if _visible(p)]
-    dangling = next((p for p in entries if p.is_symlink() and not p.exists()), None)
+    # a dangling link named like a folder (no suffix: a link to a file was always ignored here)
+    dangling = next((p for p in entries if not p.suffix and p.is_symlink() and not p.exists()), None)
     if dangling is not None:  # left out, it shifted the labels of every class after it
         raise ConversionError(f"{dangling}: a link to {os.readlink(dangling)!r}, which does not exist (a class folder "
                               "moved or unmounted?); restore it, or remove the link to convert without that class")
@@ -199,17 +201,18 @@ def _label_order(root: Path, classes: list[str], class_names) -> tuple[list[str]
 
 
 def _check_not_respelt(root: Path, classes: list[str], names: list[str]) -> None:
-    """Refuse names that spell the folders' own otherwise (case, spaces) in another order: meant to
-    order the labels, they would rename the folders in sorted order ('Dog,Cat' named cat 'Dog')."""
-    def folded(name: str) -> str:
-        return " ".join(name.casefold().split())
+    """Refuse names that spell a folder's own otherwise (case, spaces, '_' or '-') at another label:
+    meant to order the labels, they would rename the folders in sorted order ('Dog,Cat' named cat
+    'Dog')."""
+    def folded(name: str) -> str:  # 'Sea Lion' is folder sea_lion
+        return " ".join(name.casefold().replace("_", " ").replace("-", " ").split())
 
     place = {folded(name): label for label, name in enumerate(names)}
     moved = next((folder for label, folder in enumerate(classes)
                   if folded(folder) in place and place[folded(folder)] != label), None)
-    if moved is not None and all(folded(folder) in place for folder in classes):
+    if moved is not None:  # even one: 'Dog,Cat,Horses' named cat 'Dog' all the same
         raise ConversionError(f"{root}: class names ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
-                              "are the folders' names spelt otherwise, in another order: they would rename the "
+                              "spell folders' names otherwise, in another order: they would rename the "
                               f"folders in sorted order (folder {moved!r} named {names[classes.index(moved)]!r}); "
                               "to order the labels, spell them as the folders are")
 
@@ -293,7 +296,8 @@ def read_fitted(path: Path | str, data: bytes, max_side, resize,
                 max_pixels: int = _common.DEFAULT_MAX_PIXELS, mode: str | None = None,
                 exif_transpose: bool = False) -> np.ndarray:
     """Decode and fit one file (its size checked against ``max_pixels`` before any pixel is
-    decoded); a JPEG that shrinks by 2x or more is decoded DCT-downscaled. ``path`` names the
+    decoded); a JPEG that shrinks by 4x or more is decoded DCT-downscaled (to twice the target at
+    least). ``path`` names the
     file in errors; ``mode``: a PIL mode to convert to first ("L" keeps an image gray).
     ``exif_transpose``: turn the image upright by its EXIF orientation first, as Hugging Face
     ``datasets`` decodes an Image column (2.19 and later); image folders are read as stored, as

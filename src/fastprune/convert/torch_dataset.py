@@ -34,7 +34,7 @@ class DatasetSource:
                  drop_unlabeled: bool = False, skip_unreadable: bool = False, image_mode: str | None = None,
                  uint8_arrays: bool = False, targets: bool = False, target_dtype: str | None = None,
                  max_pixels: int = _common.DEFAULT_MAX_PIXELS):
-        _common.check_size_options(max_side, resize)
+        _common.check_size_options(max_side, resize, max_pixels)
         self.dataset = dataset
         self.image_mode = image_mode  # a Hugging Face Image(mode=...) column's mode, for encoded images
         # a Hugging Face array column declared uint8 (Array3D, nested Sequence), which datasets
@@ -237,7 +237,7 @@ def _decode_encoded(value: dict, what: str, max_side, resize, mode: str | None,
     data, path = value["bytes"], value["path"]
     name = f"{what} ({path})" if path else what
     if data is None:  # a path the row names: a regular file of an image's size, as in an image folder
-        data = _common.read_image_file(path, name, hint="")
+        data = _common.read_image_file(path, name, max_pixels)
     return read_fitted(name, bytes(data), max_side, resize, max_pixels, mode=mode, exif_transpose=True)
 
 
@@ -336,37 +336,95 @@ def _workers_for_open_files(dataset: Any, workers: int | None) -> int | None:
 
 def _open_files(dataset: Any, depth: int = 3) -> list[str]:
     """Attributes of ``dataset``, and of the datasets it wraps (a Subset's, a ConcatDataset's), that
-    are open files: a Python file, a zip or tar archive, an h5py file or an LMDB environment."""
-    import io
-    import tarfile
-    import zipfile
-
-    def is_open(value) -> bool:
-        if isinstance(value, io.IOBase):
-            return not value.closed
-        if isinstance(value, zipfile.ZipFile):
-            return value.fp is not None
-        if isinstance(value, tarfile.TarFile):
-            return not value.closed
-        kind = type(value)
-        return (kind.__module__.split(".")[0], kind.__name__) in (("h5py", "File"), ("lmdb", "Environment"))
-
+    hold a file open for reading that forked processes would share: a Python file on an OS file, a
+    zip or tar archive over one, an h5py file or an LMDB environment. In-memory buffers (BytesIO)
+    and files open only for writing (a log, sys.stdout) are not shared reads."""
     found, seen = [], set()
 
     def visit(obj, name: str, level: int) -> None:
-        if id(obj) in seen or level > depth or not hasattr(obj, "__dict__"):
+        if id(obj) in seen or level > depth:
             return
         seen.add(id(obj))
-        for key, value in vars(obj).items():
-            values = value if isinstance(value, (list, tuple)) and len(value) <= 64 else [value]
-            for item in values:
-                if is_open(item):
-                    found.append(f"{name}.{key}")
-                elif hasattr(item, "__getitem__") and hasattr(item, "__len__"):  # a wrapped dataset
+        for key, value in _attributes(obj):
+            items = _contents(value)
+            if any(_shared_read_file(item) for item in items):
+                found.append(f"{name}.{key}")
+                continue
+            for item in items:
+                if _is_dataset_like(item):
                     visit(item, f"{name}.{key}", level + 1)
 
     visit(dataset, f"dataset {type(dataset).__name__}", 0)
     return found
+
+
+def _attributes(obj) -> list[tuple[str, Any]]:
+    """``obj``'s instance attributes (``__dict__`` and ``__slots__``), read past any ``__getattr__``
+    of the user's (one raising KeyError stopped a conversion)."""
+    try:
+        held = dict(object.__getattribute__(obj, "__dict__"))
+    except (AttributeError, TypeError):
+        held = {}
+    for kind in type(obj).__mro__:
+        slots = vars(kind).get("__slots__", ())
+        for slot in [slots] if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__"):
+                with contextlib.suppress(AttributeError):  # a slot not set
+                    held.setdefault(slot, object.__getattribute__(obj, slot))
+    return list(held.items())
+
+
+def _contents(value, limit: int = 1000) -> list:
+    """``value``, or the first ``limit`` items of a list, tuple or dict of them (one file per shard)."""
+    if isinstance(value, dict):
+        return list(value.values())[:limit]
+    if isinstance(value, (list, tuple)):
+        return list(value[:limit])
+    return [value]
+
+
+def _is_dataset_like(value) -> bool:
+    kind = type(value)  # not hasattr(value, ...): a __getattr__ of the user's may raise anything
+    return hasattr(kind, "__getitem__") and hasattr(kind, "__len__") and not isinstance(value, (str, bytes))
+
+
+def _shared_read_file(value) -> bool:
+    import io
+    import tarfile
+    import zipfile
+
+    if isinstance(value, zipfile.ZipFile):
+        return _shared_read_file(value.fp)
+    if isinstance(value, tarfile.TarFile):
+        return _shared_read_file(value.fileobj)
+    if isinstance(value, io.IOBase):
+        try:  # an OS file (BytesIO has none: a fork copies it whole) open for reading
+            return not value.closed and value.readable() and value.fileno() >= 0
+        except (OSError, ValueError):  # io.UnsupportedOperation is both
+            return False
+    kind = type(value)
+    return (kind.__module__.split(".")[0], kind.__name__) in (("h5py", "File"), ("lmdb", "Environment"))
+
+
+def _names_through(transform, classes: list, owner: str) -> list:
+    """The names of the labels ``owner``'s target_transform makes of its ``classes``' labels: the
+    same where it keeps each one (int, torch.tensor; a random relabelling, whose labels still name
+    classes), reordered where it permutes them, none (a LabelWarning) where it does anything else
+    (1 - y on 3 classes: a cat stored as 'dog')."""
+    def mapped() -> list[int]:
+        return [_common.as_int_label(transform(label), "") for label in range(len(classes))]
+
+    try:
+        labels, again = mapped(), mapped()
+    except Exception:  # noqa: BLE001  the user's transform, on a label alone: anything
+        labels = again = None
+    if labels is not None and (labels != again or labels == list(range(len(classes)))):
+        return classes
+    if labels is not None and sorted(labels) == list(range(len(classes))):
+        return [classes[labels.index(label)] for label in range(len(classes))]
+    warnings.warn(f"{owner}.target_transform makes labels its .classes do not name, so no class names are stored; "
+                  "give class_names= (label i -> name i) to store some", LabelWarning, stacklevel=user_stacklevel())
+    return []
 
 
 def _torchvision_classes(dataset: Any) -> list[str]:
@@ -374,12 +432,9 @@ def _torchvision_classes(dataset: Any) -> list[str]:
     labels are the same); [] when there is none, or it is not a list of names."""
     for candidate in (dataset, getattr(dataset, "dataset", None)):
         classes = getattr(candidate, "classes", None)
-        if isinstance(classes, (list, tuple)) and classes and getattr(candidate, "target_transform", None):
-            # ImageFolder(target_transform=...) remaps the labels its .classes name: a cat stored as 'dog'
-            warnings.warn(f"{type(candidate).__name__}.target_transform remaps the labels its .classes name, so "
-                          "no class names are stored; give class_names= (label i -> name i) to store some",
-                          LabelWarning, stacklevel=user_stacklevel())
-            return []
+        transform = getattr(candidate, "target_transform", None)
+        if isinstance(classes, (list, tuple)) and classes and transform is not None:
+            classes = _names_through(transform, list(classes), type(candidate).__name__)
         if isinstance(classes, (list, tuple)) and classes:
             try:
                 return _common.names_list(classes, f"{type(candidate).__name__}.classes")

@@ -83,8 +83,8 @@ def encode_chunk(source, fields: Sequence[tuple[str, Field]], start: int, stop: 
                 raise ConversionError(f"sample {index}, field {name!r} ({type(field).__name__}): {exc}") from exc
             scalars[i].append(scalar)
             if payload is not None:
-                if not payload.flags.owndata:  # a view of the caller's buffer, which the next sample may refill
-                    payload = payload.copy()
+                if payload is value or not payload.flags.owndata:  # the caller's buffer (or a view of
+                    payload = payload.copy()  # it), which the next sample may refill: a chunk held its last
                 # an empty payload still takes one (zero) byte of the file: see layout_sizes
                 payloads.append(payload if payload.size else EMPTY_PAYLOAD_PAD)
                 sizes[row, col] = payload.size
