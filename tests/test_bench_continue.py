@@ -5,6 +5,7 @@ ratios print every digit; one seed shows no invented spread; a strategy that nev
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -215,7 +216,7 @@ def test_model_code_tells_a_swapped_activation_and_a_models_own_code_and_not_a_r
     assert code(relu) == code(relu) and code(relu)["code"] is None  # torch's layers only: torch's version says it
     (tmp_path / "own_layers.py").write_text(TINY_MODEL.format(hidden=4))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import own_layers
+    own_layers = importlib.import_module("own_layers")  # written above (an import statement reads as a package)
 
     first = model_code(own_layers.make(2), ModelSpec(name="own_layers:make"))
     assert first["code"] is not None and first == model_code(own_layers.make(2), ModelSpec(name="own_layers:make"))
