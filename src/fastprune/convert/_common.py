@@ -372,12 +372,12 @@ def check_size_options(max_side: int | None, resize: tuple[int, int] | None,
     if resize is not None and (not isinstance(resize, (tuple, list)) or len(resize) != 2
                                or not all(isinstance(side, (int, np.integer)) for side in resize) or min(resize) < 1):
         raise ConversionError(f"resize must be (height, width) with positive sides, got {resize}")
-    if resize is not None and max(resize) > MAX_IMAGE_SIDE:
-        raise ConversionError(f"resize {resize[0]}x{resize[1]}: a store holds image sides of at most {MAX_IMAGE_SIDE}")
     if resize is not None and resize[0] * resize[1] > max_pixels:
         raise ConversionError(f"resize {resize[0]}x{resize[1]} = {resize[0] * resize[1]:,} pixels exceeds the "
                               f"limit of {max_pixels:,}; raise it with --max-pixels / max_pixels= if "
                               "you mean it")
+    if resize is not None and max(resize) > MAX_IMAGE_SIDE:  # within the pixels: 1x70000
+        raise ConversionError(f"resize {resize[0]}x{resize[1]}: a store holds image sides of at most {MAX_IMAGE_SIDE}")
 
 
 def mixed_shape_error(first: tuple[str, Sequence[int]], other: tuple[str, Sequence[int]]) -> ConversionError:
