@@ -505,6 +505,9 @@ def test_verdict_is_one_line_on_the_bandits_and_uniform_at_keep_one_half():
     assert bench_report.verdict([row("full", 1.0, 90.0, 1.0), row("el2n", 0.3, 88.5, 2.25)], "n") == \
         "verdict at keep 0.3: el2n 2.25x faster, -1.50 pt vs full data (90.00%) (n)"
     assert bench_report.verdict([row("full", 1.0, 90.0, 1.0)], "n").startswith("verdict: no full-data and pruned")
+    # slower than full data is not "0.82x faster" (a train audit)
+    assert bench_report.verdict([row("full", 1.0, 90.0, 1.0), row("ucb", 0.5, 68.0, 0.82)], "n") == \
+        "verdict at keep 0.5: UCB 0.82x the speed (slower), -22.00 pt vs full data (90.00%) (n)"
 
 
 def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_path):

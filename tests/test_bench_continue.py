@@ -70,7 +70,8 @@ def test_continue_refuses_another_store_at_the_same_path_a_changed_model_and_ano
         "self.out(self.head(x.flatten(1)))", "self.out(torch.relu(self.head(x.flatten(1))))"))
     del sys.modules["continue_models"]
     assert bench("--keeps", "0.5", "--seeds", "0", "1", "--continue") == 1
-    assert "model_code = " in capsys.readouterr().err
+    assert ("measured with another version of the model: its source files differ (any edit to continue_models.py "
+            "counts, comments included)") in capsys.readouterr().err
     (tmp_path / "continue_models.py").write_text(TINY_MODEL.format(hidden=4))
     del sys.modules["continue_models"]
 
@@ -245,7 +246,7 @@ def test_continue_takes_an_older_file_without_model_code_for_a_builtin_model_onl
             with pytest.raises(ConfigError, match="does not record model_code"):
                 plan.check_can_continue(older, result, tmp_path / "b.json")
         older["model_code"] = {"layers": "4567", "code": None}
-        with pytest.raises(ConfigError, match="was measured with model_code = "):
+        with pytest.raises(ConfigError, match="was measured with another version of the model: its layers differ"):
             plan.check_can_continue(older, result, tmp_path / "b.json")
 
 

@@ -118,3 +118,11 @@ def test_scores_refuse_a_file_holding_no_strategy_or_two_in_one_line(tmp_path, c
         torch.save({"format": "fastprune-checkpoint-99", **held}, tmp_path / "newer.pt")
         assert main(["scores", str(tmp_path / "newer.pt")]) == 1
         assert "a newer fastprune wrote it" in capsys.readouterr().err
+
+
+def test_scores_of_two_separate_runs_say_they_are_merged_as_shards(tmp_path, capsys):
+    for name in ("a", "b"):
+        torch.save(fastprune.UCB(10, seed=0).state_dict(), tmp_path / f"{name}.pt")
+    assert main(["scores", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 1
+    assert ("sample 0 is in more than one of the reports, which are merged as the shards of one sharded run: two "
+            "separate runs (export each on its own)") in capsys.readouterr().err

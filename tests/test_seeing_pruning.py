@@ -351,6 +351,9 @@ def test_tensorboard_folders_hold_one_run_each(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"fastprune train: error: --tensorboard: {tmp_path / 'tb'} already "
                                               "holds a run's TensorBoard events")
     assert main([*argv, "--checkpoint", str(tmp_path / "a.pt"), "--resume"]) == 0  # continues its own curves
+    # --resume with no checkpoint yet starts a run: it was let into the folder of another (a train audit)
+    assert main([*argv, "--checkpoint", str(tmp_path / "new.pt"), "--resume"]) == 1
+    assert "already holds a run's TensorBoard events" in capsys.readouterr().err
     # a run refused before its first epoch writes no event file
     assert main([*argv[:-1], str(tmp_path / "tb2"), "--checkpoint", str(tmp_path / "a.pt"), "--resume",
                  "--batch-size", "7"]) == 1

@@ -186,10 +186,22 @@ def check_can_continue(previous: dict, result: dict, out: Path) -> None:
                                  f"settings. Use another --out, or --overwrite instead of --continue to replace it.")
             _place(previous, path, legacy)
         old, new = _field(previous, path), _field(result, path)
+        if old != new and path == ("model_code",):
+            raise ConfigError(_model_code_refusal(old, new, out))
         if old != new:
             raise ConfigError(f"--continue: {out} was measured with {'.'.join(path)} = {old!r}, this run has "
                              f"{new!r}; mixing them would compare unlike runs. Use another --out, or "
                              f"--overwrite instead of --continue to replace it.")
+
+
+def _model_code_refusal(old: dict, new: dict, out: Path) -> str:
+    """Why a --continue is refused on the model's code, in words (two digests named nothing)."""
+    what = [part for part, differs in (("its layers", old.get("layers") != new.get("layers")),
+                                       ("its source files", old.get("code") != new.get("code"))) if differs]
+    files = ", ".join(new.get("files") or old.get("files") or []) or "the model's own modules"
+    return (f"--continue: {out} was measured with another version of the model: {' and '.join(what) or 'its record'} "
+            f"differ (any edit to {files} counts, comments included); mixing them would compare unlike runs. "
+            "Undo the edit, use another --out, or --overwrite instead of --continue to replace it.")
 
 
 def _place(document: dict, path: tuple[str, ...], value) -> None:

@@ -243,11 +243,17 @@ def verdict(summary: list[dict], note: str) -> str:
     keep = min({row["keep"] for row in pruned}, key=lambda k: abs(k - VERDICT_KEEP))
     rows = [row for row in pruned if row["keep"] == keep]
     rows = [row for row in rows if row["strategy"] in VERDICT_STRATEGIES] or rows
-    parts = [f"{VERDICT_STRATEGIES.get(row['strategy'], row['strategy'])} "
-             f"{'–' if row['speedup'] is None else format(row['speedup'], '.2f')}x faster, "
+    parts = [f"{VERDICT_STRATEGIES.get(row['strategy'], row['strategy'])} {_speed_words(row['speedup'])}, "
              f"{row['acc_delta_pt']:+.2f} pt" for row in rows]
     return (f"verdict at keep {keep_label(keep)}: {'; '.join(parts)} vs full data ({full['acc_mean']:.2f}%) "
             f"({note})")
+
+
+def _speed_words(speedup: float | None) -> str:
+    """'1.95x faster', or '0.82x the speed (slower)': a pruned run slower than full data is not 'faster'."""
+    if speedup is None:
+        return "–x faster"
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{speedup:.2f}x the speed (slower)"
 
 
 def completeness(result: dict) -> str:

@@ -247,7 +247,8 @@ def model_code(model: torch.nn.Module, spec) -> dict[str, str | None]:
              for path in [_source_file(owner)] if path is not None}
     digests = sorted(digest for digest in map(_file_digest, files) if digest is not None)  # in no path's order
     return {"layers": hashlib.sha256(layers.encode()).hexdigest()[:16],
-            "code": hashlib.sha256("".join(digests).encode()).hexdigest()[:16] if digests else None}
+            "code": hashlib.sha256("".join(digests).encode()).hexdigest()[:16] if digests else None,
+            "files": sorted(Path(path).name for path in files)}  # named by a refusal
 
 
 def _own_code(owner) -> bool:

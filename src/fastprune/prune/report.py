@@ -133,8 +133,9 @@ def merge_reports(reports) -> dict[str, np.ndarray]:
     merged = {name: column[order] for name, column in merged.items()}
     repeated = np.flatnonzero(np.diff(merged["index"]) == 0)
     if len(repeated):
-        raise ConfigError(f"merge_reports: sample {int(merged['index'][repeated[0]])} is in more than one "
-                          "report (the same rank's checkpoint twice?)")
+        raise ConfigError(f"sample {int(merged['index'][repeated[0]])} is in more than one of the reports, which are "
+                          "merged as the shards of one sharded run: two separate runs (export each on its own), "
+                          "or one rank's checkpoint twice?")
     return merged
 
 

@@ -233,7 +233,9 @@ def _train(args) -> int:
     if args.checkpoint is not None and args.checkpoint.exists() and not args.resume:
         raise ConfigError(f"--checkpoint {args.checkpoint} exists: --resume continues that run; to start "
                           "over, delete it or choose another file")
-    if args.tensorboard is not None and not args.resume:  # a resumed run continues its own curves there
+    resuming = args.resume and args.checkpoint is not None and args.checkpoint.exists()
+    if args.tensorboard is not None and not resuming:  # a resumed run continues its own curves there
+        # (--resume with no checkpoint yet starts a run: another's events there would mix with its own)
         from .tensorboard import check_fresh_folder
 
         check_fresh_folder([args.tensorboard], "--tensorboard", "--resume to continue that run")
