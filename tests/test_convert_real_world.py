@@ -17,7 +17,7 @@ from PIL import Image
 import fastprune
 from fastprune.cli import main
 from fastprune.convert import from_hf_dataset, from_image_folder, from_torch_dataset
-from fastprune.convert.torch_dataset import _open_files
+from fastprune.convert.open_files import open_files
 from fastprune.errors import ConversionError, LabelWarning, UsageWarning
 
 
@@ -108,9 +108,9 @@ def test_a_dataset_holding_an_open_file_converts_in_one_process_and_says_so(tmp_
         from_torch_dataset(wrapped, tmp_path / "sub.beton", progress=False, workers=2)  # the user's choice
     for held in (io.BytesIO(b"x"), open(tmp_path / "out.txt", "w"), open(tmp_path / "log.txt", "a")):  # noqa: SIM115
         dataset.file = held  # a fork copies a BytesIO; a file open for writing shares no reads
-        assert _open_files(dataset) == []
+        assert open_files(dataset) == []
     dataset.file = {"train": open(tmp_path / "records.bin", "rb")}  # noqa: SIM115  one per split, in a dict
-    assert _open_files(dataset) == ["dataset _OpenFile.file"]
+    assert open_files(dataset) == ["dataset _OpenFile.file"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UsageWarning)  # a closed file is no one's to share
         store = fastprune.Store(from_torch_dataset(_OpensPerRead(tmp_path / "records.bin", n), tmp_path / "n.beton",
