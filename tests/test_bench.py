@@ -528,3 +528,15 @@ def test_run_one_trains_the_model_override_of_a_held_out_study(monkeypatch, tmp_
     bench_run.run_one("uniform_random", 0.5, 0, (store, store), options, recipe=one_epoch)  # no override: the benchmark's
     assert built[1] == ("small_resnet", {"in_channels": 3, "num_classes": 10, **{k: v for k, v in recipe.RECIPE.model_json().items()
                                                                if k != "name"}})
+
+
+def test_a_keep_one_cell_is_said_to_keep_every_sample_and_a_batch_of_one_is_advised_as_such():
+    """A train audit: ucb at keep 1.0 was said to be covered by 'its warm-up or scoring epochs', and
+    a store of 15 samples was advised '--batch-size 1 or less'."""
+    from fastprune.train.recipe import RECIPE, few_steps_warning
+
+    runs = [{"strategy": "full", "keep": 1.0, "samples_seen": 100}, {"strategy": "ucb", "keep": 1.0, "samples_seen": 100}]
+    assert bench_report.never_pruned_note(runs) == ("note: ucb at keep 1.0 trained on every sample in every epoch "
+                                                    "(keep 1 keeps every sample): that row is full-data training, "
+                                                    "not pruning")
+    assert "pass --batch-size 1 for at least 10 steps" in few_steps_warning(RECIPE.replace(batch_size=8), 15, 1.0)

@@ -161,8 +161,11 @@ def never_pruned_note(runs: list[dict]) -> str:
     if not cells:
         return ""
     named = ", ".join(f"{name} at keep {keep_label(keep)}" for name, keep in cells)
-    return (f"note: {named} trained on every sample in every epoch (its warm-up or scoring epochs cover "
-            "the run): that row is full-data training, not pruning (with more epochs it prunes)")
+    why = ("keep 1 keeps every sample" if all(keep >= 1 for _, keep in cells) else
+           "its warm-up or scoring epochs cover the run")  # keep 1.0 was blamed on warm-up epochs
+    more = "" if why.startswith("keep 1") else " (with more epochs it prunes)"
+    return (f"note: {named} trained on every sample in every epoch ({why}): that row is full-data training, "
+            f"not pruning{more}")
 
 
 _BUSY_ADVICE = ("the machine was busy; speed-ups use medians, but rerun on an idle machine (or with "

@@ -141,7 +141,8 @@ def few_steps_warning(recipe: Recipe, num_samples: int, keep: float) -> str | No
     if steps >= MIN_STEPS_PER_EPOCH:
         return None
     smaller = kept // MIN_STEPS_PER_EPOCH
-    advice = (f"pass --batch-size {smaller} or less for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr "
+    most = f"{smaller} or less" if smaller > 1 else "1"  # "--batch-size 1 or less" named an impossible size
+    advice = (f"pass --batch-size {most} for at least {MIN_STEPS_PER_EPOCH} steps per epoch (and a --lr "
               "that suits it)" if smaller >= 1 else
               f"even --batch-size 1 would take only {counted(kept, 'step')}: the store is small for this recipe")
     return (f"warning: at keep {keep:g} an epoch trains {kept} of {num_samples} samples in "
