@@ -126,3 +126,14 @@ def test_scores_of_two_separate_runs_say_they_are_merged_as_shards(tmp_path, cap
     assert main(["scores", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 1
     assert ("sample 0 is in more than one of the reports, which are merged as the shards of one sharded run: two "
             "separate runs (export each on its own)") in capsys.readouterr().err
+
+
+def test_a_store_given_as_a_checkpoint_and_a_checkpoint_given_as_a_store_say_what_they_are(tmp_path, capsys):
+    """'Unsupported operand 2' and 'format version 19280 (... an ffcv .beton file?)' (a train audit)."""
+    store = from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2, tmp_path / "s.beton", progress=False)
+    torch.save(fastprune.UCB(4).state_dict(), tmp_path / "run.pt")
+    assert main(["scores", str(store)]) == 1
+    assert capsys.readouterr().err == f"fastprune scores: error: {store}: a store, not a checkpoint: give the " \
+                                      "checkpoint (--checkpoint's file)\n"
+    with pytest.raises(fastprune.StoreError, match=r"not a store: a zip archive \(a torch checkpoint, .pt\?\)"):
+        fastprune.Store(tmp_path / "run.pt")

@@ -237,6 +237,8 @@ class Store:
         if size < fmt.HEADER_TYPE.itemsize:
             self._fail(f"file of {size} bytes is too small to be a store (the header alone is "
                        f"{fmt.HEADER_TYPE.itemsize} bytes)")
+        if bytes(buffer[:4]) == b"PK\x03\x04":  # its version field read 19280: name what the file is instead
+            self._fail("not a store: a zip archive (a torch checkpoint, .pt?)")
         header = buffer[: fmt.HEADER_TYPE.itemsize].view(fmt.HEADER_TYPE)[0]
         self._parse_header(header)
         self._parse_fields()

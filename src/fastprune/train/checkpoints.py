@@ -153,6 +153,9 @@ def read_saved(path, map_location=None) -> Any:
     except MemoryError:  # this machine's state, not the file's
         raise
     except Exception as exc:  # noqa: BLE001  the unpickler of a random file raises anything: KeyError, IndexError...
+        if str(path).lower().endswith(".beton"):  # the unpickler said "Unsupported operand 2"
+            raise CheckpointError(f"{path}: a store, not a checkpoint: give the checkpoint (--checkpoint's file)") \
+                from None
         raise CheckpointError(f"{path}: not a loadable fastprune checkpoint (it is damaged, written by a fastprune "
                               "before checkpoint format 2, or holds objects other than tensors and plain values): "
                               f"{_load_failure(exc)}") from None
