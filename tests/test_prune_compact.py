@@ -119,7 +119,7 @@ def test_a_sharded_checkpoints_report_names_its_samples_and_shards_merge_into_on
     merged_states = report_of([s.state_dict() for s in reversed(strategies)])
     for name in merged:
         np.testing.assert_array_equal(merged_states[name], merged[name], err_msg=name)
-    with pytest.raises(fastprune.ConfigError, match="more than one report"):
+    with pytest.raises(fastprune.ConfigError, match="more than one of the reports"):
         merge_reports([reports[0], reports[1], reports[0]])
 
 
