@@ -215,11 +215,6 @@ class Store:
     def _fail(self, what: str):
         raise StoreError(f"{self.path}: {what}")
 
-    def _open_buffer(self) -> np.ndarray:
-        if self._buffer is None:
-            raise StoreError(f"{self.path}: the store is closed")
-        return self._buffer
-
     def _check_index(self, index) -> int:
         try:
             i = index.__index__()
